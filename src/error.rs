@@ -1,0 +1,114 @@
+//! The crate's error type. Every error says which file and, for damaged data, which byte offset.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Results of the crate's operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A filesystem call failed.
+    #[error("{operation} {}: {source}", path.display())]
+    Io {
+        /// What the engine was doing, e.g. "write segment".
+        operation: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another handle, in this process or another, has the queue open.
+    #[error("queue directory {} is locked by another handle{}", dir.display(), match pid {
+        Some(pid) => format!(" (process {pid})"),
+        None => String::new(),
+    })]
+    Locked {
+        /// The queue directory.
+        dir: PathBuf,
+        /// The holder's process id, when the lock file names it.
+        pid: Option<u32>,
+    },
+    /// Bytes on disk are damaged or inconsistent. Nothing is skipped: the queue stops at the
+    /// damage until it is repaired (see `spool repair`).
+    #[error("{}: corrupt at byte offset {offset}: {detail}", file.display())]
+    Corrupt {
+        /// The damaged file.
+        file: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A file was written by a format version this build does not read.
+    #[error("{}: format version {found} is not supported (this build reads version {supported})",
+        file.display())]
+    UnsupportedVersion {
+        /// The file.
+        file: PathBuf,
+        /// The version in the file.
+        found: u16,
+        /// The version this build reads and writes.
+        supported: u16,
+    },
+    /// A payload is larger than `Options::max_record_size`.
+    #[error("record of {len} bytes exceeds max_record_size of {max} bytes")]
+    RecordTooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A batch is larger than one segment can hold; batches are atomic only within a segment.
+    #[error("batch of {len} bytes does not fit in a segment of {max} bytes; split it or raise segment_size")]
+    BatchTooLarge {
+        /// The encoded batch's length.
+        len: u64,
+        /// The room a segment has for records.
+        max: u64,
+    },
+    /// An option is out of range or inconsistent with another.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// An earlier write or sync failed, so what is on disk is no longer known; the queue refuses
+    /// further changes until it is reopened (which recovers from what is on disk).
+    #[error("queue refuses changes after an earlier I/O failure ({cause}); reopen it")]
+    Poisoned {
+        /// The first failure.
+        cause: String,
+    },
+    /// A typed payload could not be encoded or decoded.
+    #[error("codec failed for record {seq:?}: {source}")]
+    Codec {
+        /// The record's sequence number, when decoding.
+        seq: Option<u64>,
+        /// The codec's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(operation: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            operation,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(
+        file: impl Into<PathBuf>,
+        offset: u64,
+        detail: impl Into<String>,
+    ) -> Self {
+        Error::Corrupt {
+            file: file.into(),
+            offset,
+            detail: detail.into(),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The record frame: how one record is laid out inside a segment. Pure functions, no I/O.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  crc32         CRC-32 (IEEE) of bytes 4..24 and the payload
+//!      4     4  len_flags     bits 0..31: payload length; bit 31: BATCH_CONTINUES
+//!      8     8  seq           the record's sequence number
+//!     16     8  enqueued_us   enqueue time, microseconds since the Unix epoch
+//!     24     n  payload
+//!   24+n     p  padding       zero bytes up to the next multiple of 8 (not checksummed)
+//! ```
+//!
+//! All integers are little-endian. The checksum covers the sequence number, so a frame only
+//! validates at the position it was written for: stale bytes from an older life of a file, or a
+//! zeroed tail, never read as a record (a frame of zeros fails the checksum, which
+//! [`tests::zeroed_frame_never_validates`] checks).
+
+use std::ops::Range;
+
+/// Bytes of the frame header that precedes each payload.
+pub const FRAME_HEADER_LEN: usize = PAYLOAD_OFFSET;
+/// Every frame starts at a multiple of this many bytes from the start of the segment.
+pub const FRAME_ALIGN: usize = 8;
+/// Set in `len_flags` on every frame of a batch but the last: a batch whose last frame is missing
+/// was torn by a crash and is discarded whole.
+pub const BATCH_CONTINUES: u32 = 1 << 31;
+/// The largest payload length a frame can describe.
+pub const PAYLOAD_LEN_MAX: u32 = BATCH_CONTINUES - 1;
+
+const CRC_OFFSET: usize = 0;
+const LEN_FLAGS_OFFSET: usize = CRC_OFFSET + 4;
+const SEQ_OFFSET: usize = LEN_FLAGS_OFFSET + 4;
+const ENQUEUED_OFFSET: usize = SEQ_OFFSET + 8;
+const PAYLOAD_OFFSET: usize = ENQUEUED_OFFSET + 8;
+
+/// The fields of a frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// The payload's length in bytes.
+    pub payload_len: u32,
+    /// Enqueue time in microseconds since the Unix epoch.
+    pub enqueued_us: u64,
+    /// True on every frame of a batch except its last.
+    pub batch_continues: bool,
+}
+
+/// A frame that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedFrame {
+    /// The header fields.
+    pub header: FrameHeader,
+    /// Where the payload lies, relative to the start of the frame.
+    pub payload: Range<usize>,
+    /// The whole frame's length including padding: the distance to the next frame.
+    pub frame_len: usize,
+}
+
+/// Why bytes do not decode as the expected frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Fewer bytes remain than the frame needs.
+    #[error("frame cut short: {needed} bytes needed, {available} available")]
+    Truncated {
+        /// Bytes the frame needs.
+        needed: usize,
+        /// Bytes that remain.
+        available: usize,
+    },
+    /// The length field exceeds the configured limit.
+    #[error("payload length {len} exceeds the limit of {max} bytes")]
+    TooLong {
+        /// The length field.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The frame belongs to another position.
+    #[error("expected sequence number {expected}, found {found}")]
+    WrongSeq {
+        /// The sequence number this position must hold.
+        expected: u64,
+        /// The sequence number written in the frame.
+        found: u64,
+    },
+    /// The checksum does not match the bytes.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// The checksum in the frame.
+        stored: u32,
+        /// The checksum of the bytes as they are.
+        computed: u32,
+    },
+}
+
+/// The length of a whole frame (header, payload, padding) for a payload of `payload_len` bytes.
+pub fn frame_len(payload_len: usize) -> usize {
+    align_up(FRAME_HEADER_LEN + payload_len)
+}
+
+/// Rounds `len` up to the frame alignment.
+pub fn align_up(len: usize) -> usize {
+    len.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
+}
+
+/// Appends one encoded frame to `out`.
+///
+/// The caller checks the payload against its limits first; a payload longer than
+/// [`PAYLOAD_LEN_MAX`] is a bug in the caller.
+pub fn encode(
+    out: &mut Vec<u8>,
+    seq: u64,
+    enqueued_us: u64,
+    payload: &[u8],
+    batch_continues: bool,
+) {
+    let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    assert!(
+        payload_len <= PAYLOAD_LEN_MAX,
+        "payload length checked by the caller"
+    );
+    let start = out.len();
+    let len_flags = payload_len | if batch_continues { BATCH_CONTINUES } else { 0 };
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&len_flags.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&enqueued_us.to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = checksum(&out[start + LEN_FLAGS_OFFSET..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    out.resize(start + frame_len(payload.len()), 0);
+    debug_assert_eq!(
+        decode(&out[start..], seq, PAYLOAD_LEN_MAX).map(|frame| frame.header.payload_len),
+        Ok(payload_len),
+        "an encoded frame decodes back",
+    );
+}
+
+/// Reads only the header fields, without checking the checksum. For inspection tools that want
+/// to describe a damaged frame; never use it to hand out a record.
+pub fn peek_header(bytes: &[u8]) -> Option<FrameHeader> {
+    let header = bytes.get(..FRAME_HEADER_LEN)?;
+    let len_flags = read_u32(header, LEN_FLAGS_OFFSET);
+    Some(FrameHeader {
+        seq: read_u64(header, SEQ_OFFSET),
+        payload_len: len_flags & PAYLOAD_LEN_MAX,
+        enqueued_us: read_u64(header, ENQUEUED_OFFSET),
+        batch_continues: len_flags & BATCH_CONTINUES != 0,
+    })
+}
+
+/// Decodes the frame at the start of `bytes`, which must hold sequence number `expected_seq` and
+/// a payload of at most `payload_len_max` bytes.
+///
+/// `bytes` runs from the frame's first byte to the end of the readable data; the frame may be
+/// followed by more frames.
+pub fn decode(
+    bytes: &[u8],
+    expected_seq: u64,
+    payload_len_max: u32,
+) -> Result<DecodedFrame, FrameError> {
+    let header = peek_header(bytes).ok_or(FrameError::Truncated {
+        needed: FRAME_HEADER_LEN,
+        available: bytes.len(),
+    })?;
+    if header.payload_len > payload_len_max {
+        return Err(FrameError::TooLong {
+            len: header.payload_len,
+            max: payload_len_max,
+        });
+    }
+    let payload_end = FRAME_HEADER_LEN + header.payload_len as usize;
+    let Some(covered) = bytes.get(LEN_FLAGS_OFFSET..payload_end) else {
+        return Err(FrameError::Truncated {
+            needed: payload_end,
+            available: bytes.len(),
+        });
+    };
+    let stored = read_u32(bytes, CRC_OFFSET);
+    let computed = checksum(covered);
+    if stored != computed {
+        return Err(FrameError::Checksum { stored, computed });
+    }
+    // Checked after the checksum: a frame from another position that happens to validate is the
+    // more precise diagnosis.
+    if header.seq != expected_seq {
+        return Err(FrameError::WrongSeq {
+            expected: expected_seq,
+            found: header.seq,
+        });
+    }
+    // The padding is not checksummed and may be cut off by a torn write of the last frame:
+    // the caller restores it when it truncates the file to the frame's end.
+    Ok(DecodedFrame {
+        header,
+        payload: FRAME_HEADER_LEN..payload_end,
+        frame_len: frame_len(header.payload_len as usize),
+    })
+}
+
+fn checksum(bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(bytes);
+    hasher.finalize()
+}
+
+pub(crate) fn read_u32(bytes: &[u8], offset: usize) -> u32 {
+    let mut word = [0; 4];
+    word.copy_from_slice(&bytes[offset..offset + 4]);
+    u32::from_le_bytes(word)
+}
+
+pub(crate) fn read_u64(bytes: &[u8], offset: usize) -> u64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(&bytes[offset..offset + 8]);
+    u64::from_le_bytes(word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let mut out = Vec::new();
+        encode(&mut out, 42, 1_700_000_000_000_000, b"hello", true);
+        assert_eq!(out.len(), frame_len(5));
+        assert_eq!(out.len() % FRAME_ALIGN, 0);
+        let frame = decode(&out, 42, 1024).unwrap();
+        assert_eq!(frame.header.seq, 42);
+        assert_eq!(frame.header.enqueued_us, 1_700_000_000_000_000);
+        assert!(frame.header.batch_continues);
+        assert_eq!(&out[frame.payload.clone()], b"hello");
+        assert_eq!(frame.frame_len, out.len());
+    }
+
+    #[test]
+    fn frame_at_another_position_is_rejected() {
+        let mut out = Vec::new();
+        encode(&mut out, 7, 0, b"x", false);
+        assert_eq!(
+            decode(&out, 8, 1024),
+            Err(FrameError::WrongSeq {
+                expected: 8,
+                found: 7
+            })
+        );
+    }
+
+    #[test]
+    fn zeroed_frame_never_validates() {
+        // Zeroed preallocated space or a zero-filled tail after a power loss: every possible
+        // expected sequence number fails, because the checksum of zeros is not zero.
+        let zeros = [0u8; 64];
+        for expected in [0, 1, u64::MAX] {
+            assert!(matches!(
+                decode(&zeros, expected, 1024),
+                Err(FrameError::Checksum { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let mut out = Vec::new();
+        encode(&mut out, 3, 99, b"payload bytes", false);
+        let covered = FRAME_HEADER_LEN + 13;
+        for byte in 0..covered {
+            for bit in 0..8 {
+                let mut damaged = out.clone();
+                damaged[byte] ^= 1 << bit;
+                assert!(decode(&damaged, 3, 1024).is_err(), "byte {byte} bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn cut_frames_are_truncated_errors() {
+        let mut out = Vec::new();
+        encode(&mut out, 1, 0, &[7; 40], false);
+        for cut in 0..FRAME_HEADER_LEN + 40 {
+            assert!(
+                matches!(
+                    decode(&out[..cut], 1, 1024),
+                    Err(FrameError::Truncated { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn length_over_limit_is_rejected_before_reading() {
+        let mut out = Vec::new();
+        encode(&mut out, 1, 0, &[1; 100], false);
+        assert_eq!(
+            decode(&out, 1, 99),
+            Err(FrameError::TooLong { len: 100, max: 99 })
+        );
+    }
+}

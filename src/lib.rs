@@ -1,0 +1,51 @@
+//! diskspool: an embeddable, durable, disk-backed FIFO queue with a write-ahead log.
+//!
+//! A [`Queue`] lives in one directory. Pushed records are appended to segment files (the log),
+//! each framed with its length, sequence number and a CRC-32; a persisted head index records
+//! what has been consumed; consumed segments are deleted by the compactor. A `pop` removes the
+//! record: it is a queue, not a log with cursors.
+//!
+//! ```
+//! # fn main() -> Result<(), diskspool::Error> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use diskspool::{Options, Queue, SyncPolicy};
+//!
+//! let queue = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always))?;
+//! let seq = queue.push(b"resize image 42")?;
+//! let record = queue.pop()?.expect("one record");
+//! assert_eq!(record.seq(), seq);
+//! assert_eq!(record.payload(), b"resize image 42");
+//! assert!(queue.is_empty());
+//! # Ok(()) }
+//! ```
+//!
+//! - [`Options`] and [`SyncPolicy`] choose segment size and durability; `docs/DURABILITY.md`
+//!   says what survives a process kill and a power loss under each policy.
+//! - [`TypedQueue`] stores serde values through a [`Codec`] (bincode by default).
+//! - Damaged bytes surface as [`Error::Corrupt`] naming the file and byte offset; the queue
+//!   never hands out a damaged record and never skips one silently.
+//! - `docs/FORMAT.md` describes every byte on disk.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod compactor;
+mod error;
+pub mod frame;
+pub mod head;
+mod options;
+mod queue;
+mod recovery;
+pub mod segment;
+pub mod storage;
+mod sync;
+mod typed;
+
+pub use compactor::CompactReport;
+pub use error::{Error, Result};
+pub use options::{
+    Options, SyncPolicy, RECORD_SIZE_MAX_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX,
+    SEGMENT_SIZE_MIN,
+};
+pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
+pub use recovery::{RecoveryReport, Truncation};
+pub use typed::{Bincode, BoxError, Codec, TypedQueue};

@@ -1,0 +1,151 @@
+//! How a queue is opened: segment size, durability, limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::frame::{frame_len, PAYLOAD_LEN_MAX};
+use crate::segment::SEGMENT_HEADER_LEN;
+use crate::storage::{OsStorage, Storage};
+
+/// The smallest segment size accepted.
+pub const SEGMENT_SIZE_MIN: u64 = 4096;
+/// The largest segment size accepted.
+pub const SEGMENT_SIZE_MAX: u64 = 1 << 32;
+/// The default segment size: 64 MiB.
+pub const SEGMENT_SIZE_DEFAULT: u64 = 64 << 20;
+/// The default record size limit (16 MiB), lowered to what a segment can hold when segments are
+/// smaller.
+pub const RECORD_SIZE_MAX_DEFAULT: usize = 16 << 20;
+
+/// When changes reach stable storage. See `docs/DURABILITY.md` for what survives each crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// `push` and `pop` return only after their change is durable (`fdatasync`). Concurrent
+    /// callers share one sync (group commit).
+    Always,
+    /// A background thread syncs at this interval; a power loss loses at most about one interval
+    /// of changes. A process kill loses nothing.
+    Interval(Duration),
+    /// The engine never syncs records on its own (the operating system writes them back when it
+    /// chooses); [`Queue::sync`](crate::Queue::sync) syncs on demand. A process kill loses
+    /// nothing; a power loss may lose recent changes.
+    Never,
+}
+
+/// Options for [`Queue::open`](crate::Queue::open), built from [`Options::default`] with
+/// consuming setters:
+///
+/// ```
+/// use diskspool::{Options, SyncPolicy};
+/// let options = Options::default().segment_size(1 << 20).sync(SyncPolicy::Always);
+/// assert_eq!(options.segment_size_bytes(), 1 << 20);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) segment_size: u64,
+    pub(crate) sync: SyncPolicy,
+    pub(crate) max_record_size: Option<usize>,
+    pub(crate) auto_compact: bool,
+    pub(crate) storage: Arc<dyn Storage>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_size: SEGMENT_SIZE_DEFAULT,
+            sync: SyncPolicy::Always,
+            max_record_size: None,
+            auto_compact: true,
+            storage: Arc::new(OsStorage),
+        }
+    }
+}
+
+impl Options {
+    /// Bytes after which a segment is sealed and a new one started (default 64 MiB).
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// The durability policy (default [`SyncPolicy::Always`]).
+    pub fn sync(mut self, policy: SyncPolicy) -> Self {
+        self.sync = policy;
+        self
+    }
+
+    /// The largest payload accepted; larger ones fail with
+    /// [`Error::RecordTooLarge`](crate::Error::RecordTooLarge). Default: 16 MiB, or what one
+    /// segment holds if that is less.
+    pub fn max_record_size(mut self, bytes: usize) -> Self {
+        self.max_record_size = Some(bytes);
+        self
+    }
+
+    /// Whether consumed segments are deleted automatically when the writer or the reader moves
+    /// to a new segment (default on). [`Queue::compact`](crate::Queue::compact) always works.
+    pub fn auto_compact(mut self, enabled: bool) -> Self {
+        self.auto_compact = enabled;
+        self
+    }
+
+    /// Runs the queue on another filesystem implementation, such as a simulated one in tests.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// The configured segment size.
+    pub fn segment_size_bytes(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// The configured sync policy.
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.sync
+    }
+
+    /// The record size limit in force, after the default is fitted to the segment size.
+    pub fn max_record_size_bytes(&self) -> usize {
+        let fits = self.segment_room() - frame_len(0) as u64;
+        match self.max_record_size {
+            Some(bytes) => bytes,
+            None => (RECORD_SIZE_MAX_DEFAULT as u64).min(fits) as usize,
+        }
+    }
+
+    /// Bytes of a segment available to frames.
+    pub(crate) fn segment_room(&self) -> u64 {
+        self.segment_size.saturating_sub(SEGMENT_HEADER_LEN as u64)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&self.segment_size) {
+            return Err(Error::InvalidOptions(format!(
+                "segment_size {} is outside {SEGMENT_SIZE_MIN}..={SEGMENT_SIZE_MAX}",
+                self.segment_size
+            )));
+        }
+        let max_record = self.max_record_size_bytes();
+        if max_record as u64 > PAYLOAD_LEN_MAX as u64 {
+            return Err(Error::InvalidOptions(format!(
+                "max_record_size {max_record} exceeds the format's limit of {PAYLOAD_LEN_MAX}"
+            )));
+        }
+        if frame_len(max_record) as u64 > self.segment_room() {
+            return Err(Error::InvalidOptions(format!(
+                "max_record_size {max_record} does not fit in a segment of {} bytes",
+                self.segment_size
+            )));
+        }
+        if let SyncPolicy::Interval(interval) = self.sync {
+            if interval.is_zero() {
+                return Err(Error::InvalidOptions(
+                    "SyncPolicy::Interval needs a non-zero interval".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

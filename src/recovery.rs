@@ -1,0 +1,377 @@
+//! Opening a queue directory: validate the head, recover the active segment's tail, locate the
+//! head's position. Sealed segments are not read here, so open time does not depend on how many
+//! there are; they are checked frame by frame when the reader reaches them.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::frame::{self, PAYLOAD_LEN_MAX};
+use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
+use crate::options::Options;
+use crate::segment::{
+    decode_header, find_later_frame, header_error, parse_segment_file_name, segment_file_name,
+    walk_frames, Segment, WalkStep, SEGMENT_HEADER_LEN,
+};
+use crate::storage::{Mapping, Storage, StorageFile};
+
+/// What recovery did while opening a queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Torn tails cut from the active segment: records whose write was interrupted by a crash
+    /// (never acknowledged under [`SyncPolicy::Always`](crate::SyncPolicy::Always)).
+    pub truncated: Vec<Truncation>,
+    /// Files removed because they never held a record: a segment whose creation was cut short,
+    /// a temporary file of an interrupted head index creation.
+    pub removed_files: Vec<PathBuf>,
+    /// Set when the head had moved past the records found on disk (consumed records whose
+    /// bytes a power loss took, possible under the weaker sync policies): the sequence number at
+    /// which a fresh segment was started so that no sequence number is ever reused.
+    pub restarted_at_seq: Option<u64>,
+}
+
+/// One torn tail that recovery cut off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// The segment file.
+    pub file: PathBuf,
+    /// The new length of the file: where the cut bytes started.
+    pub offset: u64,
+    /// How many bytes were cut.
+    pub bytes_cut: u64,
+    /// The first sequence number that was not recovered.
+    pub first_lost_seq: u64,
+    /// Why the bytes at `offset` did not decode.
+    pub reason: String,
+}
+
+/// The state a queue starts from.
+pub(crate) struct Recovered {
+    pub(crate) segments: BTreeMap<u64, Arc<Segment>>,
+    pub(crate) active: Arc<Segment>,
+    pub(crate) active_file: Arc<dyn StorageFile>,
+    pub(crate) tail: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) head: HeadIndex,
+    pub(crate) head_segment: Arc<Segment>,
+    pub(crate) head_offset: u64,
+    pub(crate) report: RecoveryReport,
+}
+
+pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> Result<Recovered> {
+    let io_error = |operation, path: &Path| {
+        let path = path.to_path_buf();
+        move |error: io::Error| Error::io(operation, path, error)
+    };
+    let names = storage
+        .list_dir(dir)
+        .map_err(io_error("list queue directory", dir))?;
+    let mut bases: Vec<u64> = names
+        .iter()
+        .filter_map(|name| parse_segment_file_name(name))
+        .collect();
+    bases.sort_unstable();
+    let mut report = RecoveryReport::default();
+
+    let tmp_name = format!("{HEAD_FILE_NAME}.tmp");
+    if names.iter().any(|name| *name == tmp_name) {
+        let tmp_path = dir.join(&tmp_name);
+        storage
+            .remove_file(&tmp_path)
+            .map_err(io_error("remove leftover", &tmp_path))?;
+        report.removed_files.push(tmp_path);
+    }
+    if !names.iter().any(|name| name == HEAD_FILE_NAME) {
+        if let Some(&base) = bases.first() {
+            return Err(Error::corrupt(
+                dir.join(HEAD_FILE_NAME),
+                0,
+                format!(
+                    "the head index is missing while segment files exist (first: {}); \
+                     refusing to guess which records were consumed",
+                    segment_file_name(base)
+                ),
+            ));
+        }
+        let state = HeadState {
+            head_seq: 0,
+            hint_base: 0,
+            hint_offset: SEGMENT_HEADER_LEN as u64,
+        };
+        HeadIndex::create(storage, dir, state)?;
+    }
+    let head = HeadIndex::open(storage, dir)?;
+    let head_seq = head.state().head_seq;
+
+    // The active segment is the last one, unless its creation was cut short by a crash.
+    let mut active = None;
+    while let Some(&base) = bases.last() {
+        let path = dir.join(segment_file_name(base));
+        match recover_active(storage, &path, base, &mut report)? {
+            Some(found) => {
+                active = Some(found);
+                break;
+            }
+            None => {
+                storage
+                    .remove_file(&path)
+                    .map_err(io_error("remove unborn segment", &path))?;
+                storage
+                    .sync_dir(dir)
+                    .map_err(io_error("sync queue directory", dir))?;
+                report.removed_files.push(path);
+                bases.pop();
+            }
+        }
+    }
+
+    if let Some(&first) = bases.first() {
+        if first > head_seq {
+            return Err(Error::corrupt(
+                dir.join(segment_file_name(first)),
+                0,
+                format!(
+                    "records {head_seq}..{first} are missing: the head is at {head_seq} but the \
+                     oldest segment starts at {first}"
+                ),
+            ));
+        }
+    }
+
+    let mut segments = BTreeMap::new();
+    for &base in bases.iter().rev().skip(1) {
+        let path = dir.join(segment_file_name(base));
+        segments.insert(base, Arc::new(Segment::unopened(base, path)));
+    }
+    let (mut active, mut active_file, mut tail, mut next_seq) = match active {
+        Some((base, file, tail, next_seq)) => {
+            let path = dir.join(segment_file_name(base));
+            let map_len = options.segment_size.max(tail);
+            let segment = Segment::active(base, path, file.clone(), tail, map_len);
+            (Arc::new(segment), file, tail, next_seq)
+        }
+        None => {
+            let (segment, file) = create_segment(storage, dir, head_seq, options.segment_size)?;
+            (segment, file, SEGMENT_HEADER_LEN as u64, head_seq)
+        }
+    };
+    segments.insert(active.base_seq, active.clone());
+
+    if head_seq > next_seq {
+        // Consumed records are gone from disk (a power loss under a weaker policy took them
+        // after the head had moved past them). Start a fresh segment at the head so that no
+        // sequence number that was handed out is ever used again.
+        let (segment, file) = create_segment(storage, dir, head_seq, options.segment_size)?;
+        active.seal(tail);
+        segments.insert(segment.base_seq, segment.clone());
+        report.restarted_at_seq = Some(head_seq);
+        active = segment;
+        active_file = file;
+        tail = SEGMENT_HEADER_LEN as u64;
+        next_seq = head_seq;
+    }
+
+    let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
+    Ok(Recovered {
+        segments,
+        active,
+        active_file,
+        tail,
+        next_seq,
+        head,
+        head_segment,
+        head_offset,
+        report,
+    })
+}
+
+fn bytes_of(view: &Mapping) -> &[u8] {
+    (**view).as_ref()
+}
+
+/// Recovers the last segment: checks its header, walks its frames, cuts a torn tail. Returns
+/// `None` for a segment whose creation was cut short (no valid header and no room for records).
+#[allow(clippy::type_complexity)]
+fn recover_active(
+    storage: &dyn Storage,
+    path: &Path,
+    base: u64,
+    report: &mut RecoveryReport,
+) -> Result<Option<(u64, Arc<dyn StorageFile>, u64, u64)>> {
+    let io_error = |operation| move |error: io::Error| Error::io(operation, path, error);
+    let file: Arc<dyn StorageFile> =
+        Arc::from(storage.open(path).map_err(io_error("open segment"))?);
+    let len = file.len().map_err(io_error("stat segment"))?;
+    let view = file.map(len).map_err(io_error("map segment"))?;
+    let bytes = bytes_of(&view);
+    if (bytes.len() as u64) < len {
+        return Err(Error::corrupt(
+            path,
+            0,
+            "segment mapping shorter than the file",
+        ));
+    }
+    match decode_header(bytes) {
+        Ok(found) if found == base => {}
+        Ok(found) => {
+            return Err(Error::corrupt(
+                path,
+                0,
+                format!("header names base sequence {found}, file name {base}"),
+            ))
+        }
+        Err(_) if len <= SEGMENT_HEADER_LEN as u64 => return Ok(None),
+        Err(error) => return Err(header_error(path, error)),
+    }
+
+    let mut complete_end = SEGMENT_HEADER_LEN as u64;
+    let mut complete_next_seq = base;
+    let mut stop = None;
+    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base, PAYLOAD_LEN_MAX) {
+        match step {
+            WalkStep::Frame { offset, frame } => {
+                if !frame.header.batch_continues {
+                    complete_end = offset + frame.frame_len as u64;
+                    complete_next_seq = frame.header.seq + 1;
+                }
+            }
+            WalkStep::Bad {
+                offset,
+                expected_seq,
+                error,
+            } => stop = Some((offset, expected_seq, error)),
+        }
+    }
+    if let Some((offset, expected_seq, error)) = &stop {
+        let later = find_later_frame(bytes, *offset as usize, *expected_seq, PAYLOAD_LEN_MAX);
+        if let Some((later_offset, later_seq)) = later {
+            return Err(Error::corrupt(
+                path,
+                *offset,
+                format!(
+                    "{error}; a valid record (sequence {later_seq} at offset {later_offset}) \
+                     follows, so this is damage rather than a torn write; run `spool repair`"
+                ),
+            ));
+        }
+    }
+    drop(view);
+    if complete_end != len {
+        // Cut the torn tail (or an incomplete batch), or restore padding a torn write cut off.
+        file.set_len(complete_end)
+            .map_err(io_error("truncate torn tail"))?;
+        if complete_end < len {
+            let reason = match stop {
+                Some((_, _, error)) => error.to_string(),
+                None => String::from("the last batch is incomplete"),
+            };
+            report.truncated.push(Truncation {
+                file: path.to_path_buf(),
+                offset: complete_end,
+                bytes_cut: len - complete_end,
+                first_lost_seq: complete_next_seq,
+                reason,
+            });
+        }
+    }
+    // What recovery read must be durable before anything is built on it.
+    file.sync_data().map_err(io_error("sync segment"))?;
+    Ok(Some((base, file, complete_end, complete_next_seq)))
+}
+
+/// Creates a segment file durably: header written and synced, directory entry synced.
+pub(crate) fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: u64,
+    segment_size: u64,
+) -> Result<(Arc<Segment>, Arc<dyn StorageFile>)> {
+    let path = dir.join(segment_file_name(base));
+    let io_error = |operation, path: &Path| {
+        let path = path.to_path_buf();
+        move |error: io::Error| Error::io(operation, path, error)
+    };
+    let file: Arc<dyn StorageFile> = Arc::from(
+        storage
+            .create_new(&path)
+            .map_err(io_error("create segment", &path))?,
+    );
+    let header = crate::segment::encode_header(base);
+    let written = file
+        .write_all_at(&header, 0)
+        .and_then(|()| file.sync_data())
+        .and_then(|()| storage.sync_dir(dir));
+    if let Err(error) = written {
+        // A segment without a durable header holds nothing; recovery would remove it too.
+        let _ = storage.remove_file(&path);
+        return Err(Error::io("create segment", &path, error));
+    }
+    let segment = Segment::active(
+        base,
+        path,
+        file.clone(),
+        SEGMENT_HEADER_LEN as u64,
+        segment_size,
+    );
+    Ok((Arc::new(segment), file))
+}
+
+/// Finds the byte position of the head's record: the hint if it checks out, else a scan of the
+/// one segment that holds it.
+fn locate_head(
+    storage: &dyn Storage,
+    segments: &BTreeMap<u64, Arc<Segment>>,
+    state: HeadState,
+) -> Result<(Arc<Segment>, u64)> {
+    let head_seq = state.head_seq;
+    let Some((_, segment)) = segments.range(..=head_seq).next_back() else {
+        return Err(Error::corrupt(
+            PathBuf::from(HEAD_FILE_NAME),
+            0,
+            format!("no segment holds the head at sequence {head_seq}"),
+        ));
+    };
+    let segment = segment.clone();
+    if segment.base_seq == head_seq {
+        return Ok((segment, SEGMENT_HEADER_LEN as u64));
+    }
+    segment.ensure_open(storage)?;
+    let end = segment.readable_end();
+    let view = segment.view(end)?;
+    let bytes = bytes_of(&view).get(..end as usize).unwrap_or(&[]);
+    if state.hint_base == segment.base_seq && state.hint_offset < end {
+        let at = bytes.get(state.hint_offset as usize..).unwrap_or(&[]);
+        if frame::decode(at, head_seq, PAYLOAD_LEN_MAX).is_ok() {
+            return Ok((segment.clone(), state.hint_offset));
+        }
+    }
+    let mut last_end = None;
+    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, segment.base_seq, PAYLOAD_LEN_MAX) {
+        match step {
+            WalkStep::Frame { offset, frame } => {
+                if frame.header.seq == head_seq {
+                    return Ok((segment.clone(), offset));
+                }
+                last_end = Some((frame.header.seq, offset + frame.frame_len as u64));
+            }
+            WalkStep::Bad { offset, error, .. } => {
+                return Err(Error::corrupt(
+                    &segment.path,
+                    offset,
+                    format!("{error} (while locating the head at sequence {head_seq})"),
+                ))
+            }
+        }
+    }
+    match last_end {
+        Some((seq, end)) if seq + 1 == head_seq => Ok((segment, end)),
+        _ => Err(Error::corrupt(
+            &segment.path,
+            end,
+            format!("the head at sequence {head_seq} is not in this segment"),
+        )),
+    }
+}

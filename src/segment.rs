@@ -1,0 +1,426 @@
+//! A segment file: a header followed by record frames, named by its first sequence number.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic          b"DSPOOLSG"
+//!      8     2  version        FORMAT_VERSION
+//!     10     2  header_len     32
+//!     12     4  reserved       zero
+//!     16     8  base_seq       sequence number of the first frame
+//!     24     4  reserved       zero
+//!     28     4  crc32          CRC-32 of bytes 0..28
+//!     32        frames, each aligned to 8 bytes (see `frame`)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::frame::{self, DecodedFrame, FrameError};
+use crate::storage::{Mapping, Storage, StorageFile};
+use crate::sync::lock;
+
+/// The format version this build reads and writes, for segments and the head index alike.
+pub const FORMAT_VERSION: u16 = 1;
+/// Magic bytes at the start of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"DSPOOLSG";
+/// Bytes of the segment header; the first frame starts here.
+pub const SEGMENT_HEADER_LEN: usize = CRC_OFFSET + 4;
+/// The file name suffix of segments.
+pub const SEGMENT_SUFFIX: &str = ".seg";
+
+const MAGIC_OFFSET: usize = 0;
+const VERSION_OFFSET: usize = MAGIC_OFFSET + 8;
+const HEADER_LEN_OFFSET: usize = VERSION_OFFSET + 2;
+const BASE_SEQ_OFFSET: usize = HEADER_LEN_OFFSET + 2 + 4;
+const CRC_OFFSET: usize = BASE_SEQ_OFFSET + 8 + 4;
+
+/// The file name of the segment whose first record is `base_seq`: 20 digits, so names sort.
+pub fn segment_file_name(base_seq: u64) -> String {
+    format!("{base_seq:020}{SEGMENT_SUFFIX}")
+}
+
+/// The base sequence number in a segment file name, or `None` for any other name.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Encodes a segment header.
+pub fn encode_header(base_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut header = [0; SEGMENT_HEADER_LEN];
+    header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&SEGMENT_MAGIC);
+    header[VERSION_OFFSET..HEADER_LEN_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[HEADER_LEN_OFFSET..HEADER_LEN_OFFSET + 2]
+        .copy_from_slice(&(SEGMENT_HEADER_LEN as u16).to_le_bytes());
+    header[BASE_SEQ_OFFSET..BASE_SEQ_OFFSET + 8].copy_from_slice(&base_seq.to_le_bytes());
+    let crc = crc32fast::hash(&header[..CRC_OFFSET]);
+    header[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Why a segment header is rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// The file is shorter than a header.
+    #[error("segment header cut short: {0} of 32 bytes")]
+    Truncated(usize),
+    /// The magic bytes are wrong: not a segment file.
+    #[error("not a segment file (bad magic bytes)")]
+    BadMagic,
+    /// The checksum does not match.
+    #[error("segment header checksum mismatch")]
+    Checksum,
+    /// Written by another format version.
+    #[error("unsupported segment format version {0}")]
+    UnsupportedVersion(u16),
+}
+
+/// Decodes a segment header and returns its base sequence number.
+pub fn decode_header(bytes: &[u8]) -> Result<u64, HeaderError> {
+    let header = bytes
+        .get(..SEGMENT_HEADER_LEN)
+        .ok_or(HeaderError::Truncated(bytes.len()))?;
+    if header[MAGIC_OFFSET..VERSION_OFFSET] != SEGMENT_MAGIC {
+        return Err(HeaderError::BadMagic);
+    }
+    let stored = frame::read_u32(header, CRC_OFFSET);
+    if stored != crc32fast::hash(&header[..CRC_OFFSET]) {
+        return Err(HeaderError::Checksum);
+    }
+    let version = u16::from_le_bytes([header[VERSION_OFFSET], header[VERSION_OFFSET + 1]]);
+    if version != FORMAT_VERSION {
+        return Err(HeaderError::UnsupportedVersion(version));
+    }
+    Ok(frame::read_u64(header, BASE_SEQ_OFFSET))
+}
+
+/// Converts a header problem into the crate's error for `path`.
+pub(crate) fn header_error(path: &Path, error: HeaderError) -> Error {
+    match error {
+        HeaderError::UnsupportedVersion(found) => Error::UnsupportedVersion {
+            file: path.to_path_buf(),
+            found,
+            supported: FORMAT_VERSION,
+        },
+        other => Error::corrupt(path, 0, other.to_string()),
+    }
+}
+
+/// One step of a walk over a segment's frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalkStep {
+    /// A valid frame at `offset`.
+    Frame {
+        /// Byte offset of the frame in the file.
+        offset: u64,
+        /// The decoded frame.
+        frame: DecodedFrame,
+    },
+    /// The bytes at `offset` are not the expected frame; the walk stops here.
+    Bad {
+        /// Byte offset of the first byte that does not decode.
+        offset: u64,
+        /// The sequence number expected there.
+        expected_seq: u64,
+        /// Why it does not decode.
+        error: FrameError,
+    },
+}
+
+/// Walks the frames of a segment's bytes from `start` (an offset in `bytes`), expecting
+/// `first_seq` there, and stops after the first bad frame or at the end of `bytes`.
+pub fn walk_frames(
+    bytes: &[u8],
+    start: usize,
+    first_seq: u64,
+    payload_len_max: u32,
+) -> impl Iterator<Item = WalkStep> + '_ {
+    let mut offset = start;
+    let mut expected_seq = first_seq;
+    let mut stopped = false;
+    std::iter::from_fn(move || {
+        if stopped || offset >= bytes.len() {
+            return None;
+        }
+        let rest = bytes.get(offset..)?;
+        match frame::decode(rest, expected_seq, payload_len_max) {
+            Ok(frame) => {
+                let step = WalkStep::Frame {
+                    offset: offset as u64,
+                    frame: frame.clone(),
+                };
+                offset += frame.frame_len;
+                expected_seq += 1;
+                Some(step)
+            }
+            Err(error) => {
+                stopped = true;
+                Some(WalkStep::Bad {
+                    offset: offset as u64,
+                    expected_seq,
+                    error,
+                })
+            }
+        }
+    })
+}
+
+/// Searches `bytes` after `from` for any frame that validates with a sequence number at or
+/// above `min_seq`: evidence that damage at `from` is not a torn tail.
+pub fn find_later_frame(
+    bytes: &[u8],
+    from: usize,
+    min_seq: u64,
+    payload_len_max: u32,
+) -> Option<(u64, u64)> {
+    let mut offset = frame::align_up(from + 1);
+    while offset + frame::FRAME_HEADER_LEN <= bytes.len() {
+        let rest = &bytes[offset..];
+        if let Some(header) = frame::peek_header(rest) {
+            // Only plausible sequence numbers are worth a checksum.
+            let plausible = header.seq >= min_seq && header.seq - min_seq < (bytes.len() as u64);
+            if plausible && frame::decode(rest, header.seq, payload_len_max).is_ok() {
+                return Some((offset as u64, header.seq));
+            }
+        }
+        offset += frame::FRAME_ALIGN;
+    }
+    None
+}
+
+/// A segment as the running engine holds it. Sealed segments found at open are opened lazily,
+/// when the reader reaches them, so that open time does not grow with their number.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base_seq: u64,
+    pub(crate) path: PathBuf,
+    /// Bytes `[0, readable_end)` hold frames that readers may hand out.
+    readable_end: AtomicU64,
+    /// Set once no more frames will be appended; `readable_end` is then final.
+    sealed: AtomicBool,
+    /// The length to map: the segment size for the active segment, the file length otherwise.
+    map_len: AtomicU64,
+    inner: Mutex<SegmentFiles>,
+}
+
+#[derive(Default)]
+struct SegmentFiles {
+    file: Option<Arc<dyn StorageFile>>,
+    view: Option<Mapping>,
+}
+
+impl std::fmt::Debug for SegmentFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentFiles")
+            .field("open", &self.file.is_some())
+            .field("mapped", &self.view.is_some())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// A sealed segment found on disk, not opened yet.
+    pub(crate) fn unopened(base_seq: u64, path: PathBuf) -> Self {
+        Segment {
+            base_seq,
+            path,
+            readable_end: AtomicU64::new(0),
+            sealed: AtomicBool::new(true),
+            map_len: AtomicU64::new(0),
+            inner: Mutex::new(SegmentFiles::default()),
+        }
+    }
+
+    /// The active segment, open for appending, with `readable_end` bytes already readable.
+    pub(crate) fn active(
+        base_seq: u64,
+        path: PathBuf,
+        file: Arc<dyn StorageFile>,
+        readable_end: u64,
+        map_len: u64,
+    ) -> Self {
+        Segment {
+            base_seq,
+            path,
+            readable_end: AtomicU64::new(readable_end),
+            sealed: AtomicBool::new(false),
+            map_len: AtomicU64::new(map_len),
+            inner: Mutex::new(SegmentFiles {
+                file: Some(file),
+                view: None,
+            }),
+        }
+    }
+
+    pub(crate) fn readable_end(&self) -> u64 {
+        self.readable_end.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// Makes bytes up to `end` readable (never moves backwards).
+    pub(crate) fn publish(&self, end: u64) {
+        self.readable_end.fetch_max(end, Ordering::AcqRel);
+    }
+
+    /// Marks the segment complete at `end` bytes.
+    pub(crate) fn seal(&self, end: u64) {
+        self.publish(end);
+        self.sealed.store(true, Ordering::Release);
+    }
+
+    /// Opens a sealed segment found on disk and checks its header; a no-op once opened.
+    pub(crate) fn ensure_open(&self, storage: &dyn Storage) -> Result<()> {
+        let mut files = lock(&self.inner);
+        if files.file.is_some() {
+            return Ok(());
+        }
+        let file = storage
+            .open(&self.path)
+            .map_err(|error| Error::io("open segment", &self.path, error))?;
+        let len = file
+            .len()
+            .map_err(|error| Error::io("stat segment", &self.path, error))?;
+        let mut header = [0; SEGMENT_HEADER_LEN];
+        let available = len.min(SEGMENT_HEADER_LEN as u64) as usize;
+        file.read_exact_at(&mut header[..available], 0)
+            .map_err(|error| Error::io("read segment header", &self.path, error))?;
+        let base = decode_header(&header[..available]).map_err(|e| header_error(&self.path, e))?;
+        if base != self.base_seq {
+            return Err(Error::corrupt(
+                &self.path,
+                0,
+                format!(
+                    "header names base sequence {base}, file name {}",
+                    self.base_seq
+                ),
+            ));
+        }
+        self.map_len.store(len, Ordering::Release);
+        self.readable_end.store(len, Ordering::Release);
+        files.file = Some(Arc::from(file));
+        Ok(())
+    }
+
+    /// The open file; `ensure_open` must have succeeded.
+    pub(crate) fn file(&self) -> Option<Arc<dyn StorageFile>> {
+        lock(&self.inner).file.clone()
+    }
+
+    /// A mapping that covers at least `[0, end)`.
+    pub(crate) fn view(&self, end: u64) -> Result<Mapping> {
+        let mut files = lock(&self.inner);
+        if let Some(view) = &files.view {
+            if (*view).as_ref().as_ref().len() as u64 >= end {
+                return Ok(view.clone());
+            }
+        }
+        let Some(file) = files.file.clone() else {
+            return Err(Error::corrupt(
+                &self.path,
+                0,
+                "segment read before it was opened",
+            ));
+        };
+        let map_len = self.map_len.load(Ordering::Acquire).max(end);
+        let view = file
+            .map(map_len)
+            .map_err(|error| Error::io("map segment", &self.path, error))?;
+        if ((*view).as_ref().as_ref().len() as u64) < end {
+            return Err(Error::corrupt(
+                &self.path,
+                end,
+                "segment is shorter than the data written to it",
+            ));
+        }
+        files.view = Some(view.clone());
+        Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_by_sequence_and_parse_back() {
+        let small = segment_file_name(9);
+        let large = segment_file_name(10);
+        assert!(small < large);
+        assert_eq!(parse_segment_file_name(&large), Some(10));
+        assert_eq!(parse_segment_file_name("10.seg"), None);
+        assert_eq!(parse_segment_file_name("0000000000000000001x.seg"), None);
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_damage() {
+        let header = encode_header(1234);
+        assert_eq!(decode_header(&header), Ok(1234));
+        for byte in 0..SEGMENT_HEADER_LEN {
+            let mut damaged = header;
+            damaged[byte] ^= 0x40;
+            assert!(decode_header(&damaged).is_err(), "byte {byte}");
+        }
+        assert_eq!(
+            decode_header(&header[..10]),
+            Err(HeaderError::Truncated(10))
+        );
+    }
+
+    #[test]
+    fn other_versions_are_named() {
+        let mut header = encode_header(5);
+        header[VERSION_OFFSET] = 9;
+        let crc = crc32fast::hash(&header[..CRC_OFFSET]);
+        header[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_header(&header),
+            Err(HeaderError::UnsupportedVersion(9))
+        );
+    }
+
+    #[test]
+    fn walk_stops_at_first_bad_frame() {
+        let mut bytes = encode_header(0).to_vec();
+        for seq in 0..3 {
+            frame::encode(&mut bytes, seq, 0, b"abc", false);
+        }
+        let good_end = bytes.len();
+        bytes.extend_from_slice(&[0xAB; 40]);
+        let steps: Vec<_> = walk_frames(&bytes, SEGMENT_HEADER_LEN, 0, 1024).collect();
+        assert_eq!(steps.len(), 4);
+        assert!(matches!(
+            steps[3],
+            WalkStep::Bad { offset, expected_seq: 3, .. } if offset == good_end as u64
+        ));
+    }
+
+    #[test]
+    fn later_frame_is_found_past_damage() {
+        let mut bytes = encode_header(0).to_vec();
+        for seq in 0..3 {
+            frame::encode(&mut bytes, seq, 0, b"abcdefgh", false);
+        }
+        let second = SEGMENT_HEADER_LEN + frame::frame_len(8);
+        bytes[second + 30] ^= 1;
+        assert_eq!(
+            find_later_frame(&bytes, second, 1, 1024),
+            Some(((second + frame::frame_len(8)) as u64, 2))
+        );
+        assert_eq!(
+            find_later_frame(&bytes[..second + 40], second, 1, 1024),
+            None
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! The I/O seam: every file operation the engine performs goes through [`Storage`].
+//!
+//! The engine never calls `std::fs` directly. [`OsStorage`] is the real filesystem; tests swap in a
+//! simulated one that models what survives a power loss. The trait is deliberately small: the
+//! fewer operations the engine depends on, the fewer behaviours a simulation has to get right.
+//!
+//! Contract that every implementation must keep, and that the engine relies on:
+//! - `write_at` either writes every byte or returns an error; a failed write may leave any prefix
+//!   of the bytes behind.
+//! - `sync_data` makes every byte written to the file so far durable, including its length.
+//! - `sync_dir` makes every create, rename and remove in the directory durable.
+//! - A [`Mapping`] shows the file's bytes as they are when they are read. Callers read only bytes
+//!   they know to be inside the file, so a mapping longer than the file is never touched past its
+//!   end.
+
+use std::fmt;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A read-only view of a file's bytes, shared by every record that borrows from it.
+pub type Mapping = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A handle that holds an exclusive lock on a queue directory until dropped.
+pub type DirLock = Box<dyn Send + Sync>;
+
+/// Why a directory lock could not be taken.
+#[derive(Debug)]
+pub enum LockFailure {
+    /// Another handle holds the lock; `pid` is the holder's process id when it is known.
+    Held {
+        /// The process id written into the lock file by the holder.
+        pid: Option<u32>,
+    },
+    /// The lock file could not be created or read.
+    Io(io::Error),
+}
+
+/// A filesystem as the engine sees it.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Creates `dir` and any missing parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The names of the entries in `dir` (files and folders), in no particular order.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens an existing file for reading and writing.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
+    /// Creates a new, empty file; fails if it already exists.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Atomically renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creates, renames, removes) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `dir` that is released when the returned handle is dropped or
+    /// the process dies.
+    fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure>;
+}
+
+/// An open file.
+pub trait StorageFile: Send + Sync + fmt::Debug {
+    /// The file's length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Fills `buf` from `offset`; fails if the file ends first.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`, growing the file if needed.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Truncates or extends the file to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes the file's data and length durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Maps `len` bytes from the start of the file for reading. `len` may exceed the file's
+    /// current length (the file may grow into it); an implementation may return a shorter view,
+    /// in which case the caller maps again when it needs more.
+    fn map(&self, len: u64) -> io::Result<Mapping>;
+}
+
+/// The real filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsStorage;
+
+impl Storage for OsStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            // Names that are not UTF-8 cannot be ours; they are reported as strays by the caller.
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Box::new(OsFile { file }))
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Box::new(OsFile { file }))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
+        let path = dir.join(crate::queue::LOCK_FILE_NAME);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(LockFailure::Io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LockFailure::Held {
+                    pid: read_pid(&mut file),
+                })
+            }
+            Err(TryLockError::Error(error)) => return Err(LockFailure::Io(error)),
+        }
+        // The pid is advice for the error message of the next opener, nothing depends on it.
+        let pid = std::process::id().to_string();
+        file.set_len(0).map_err(LockFailure::Io)?;
+        file.write_all_at(pid.as_bytes(), 0)
+            .map_err(LockFailure::Io)?;
+        Ok(Box::new(LockedFile { _file: file }))
+    }
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.take(32).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+/// Keeps the lock file open: the `flock` lives as long as the open file description.
+struct LockedFile {
+    _file: File,
+}
+
+#[derive(Debug)]
+struct OsFile {
+    file: File,
+}
+
+impl StorageFile for OsFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(&self.file, buf, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn map(&self, len: u64) -> io::Result<Mapping> {
+        if len == 0 {
+            return Ok(Arc::new(Vec::<u8>::new()));
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mapping too large"))?;
+        // SAFETY: the mapping is read-only. The engine holds the directory lock, never truncates
+        // a file below bytes it has handed out, and reads only bytes inside the file, so no page
+        // it touches can vanish under it (which would raise SIGBUS). Other writers to the bytes
+        // are excluded by the lock; the read-only CLI commands validate every frame they read.
+        let mmap = unsafe { memmap2::MmapOptions::new().len(len).map(&self.file)? };
+        Ok(Arc::new(mmap))
+    }
+}
+
+/// A path joined from a queue directory, kept for error messages.
+pub(crate) fn join(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+/// Reads a whole small file (used for the head index).
+pub(crate) fn read_all(file: &dyn StorageFile) -> io::Result<Vec<u8>> {
+    let len = file.len()?;
+    let len = usize::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large"))?;
+    let mut buf = vec![0; len];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
+/// Writes a whole file through the engine's atomic-replace recipe:
+/// write a temporary file, sync it, rename it over `path`, sync the directory.
+pub(crate) fn write_atomically(
+    storage: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let tmp_path = join(dir, &format!("{name}.tmp"));
+    // A leftover from a crash during an earlier attempt is garbage by construction.
+    match storage.remove_file(&tmp_path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let tmp = storage.create_new(&tmp_path)?;
+    tmp.write_all_at(bytes, 0)?;
+    tmp.sync_data()?;
+    drop(tmp);
+    storage.rename(&tmp_path, &join(dir, name))?;
+    storage.sync_dir(dir)
+}
