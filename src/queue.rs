@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::compactor::{self, CompactReport};
 use crate::error::{Error, Result};
@@ -118,6 +119,7 @@ pub(crate) struct Shared {
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
     pub(crate) compact_lock: Mutex<()>,
+    arrivals: Arrivals,
     recovery: RecoveryReport,
     _lock: DirLock,
 }
@@ -190,6 +192,7 @@ impl Queue {
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             compact_lock: Mutex::new(()),
+            arrivals: Arrivals::default(),
             recovery: recovered.report,
             _lock: dir_lock,
             options,
@@ -235,6 +238,20 @@ impl Queue {
     /// never be returned again, whatever crash follows.
     pub fn pop(&self) -> Result<Option<Record>> {
         Ok(self.pop_batch(1)?.pop())
+    }
+
+    /// Like [`pop`](Queue::pop), but when the queue is empty waits up to `timeout` for a record
+    /// to arrive (without spinning). Returns `None` if none arrived in time.
+    pub fn pop_timeout(&self, timeout: Duration) -> Result<Option<Record>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(record) = self.pop()? {
+                return Ok(Some(record));
+            }
+            if !self.shared.wait_for_records(deadline) {
+                return Ok(None);
+            }
+        }
     }
 
     /// Removes and returns up to `max` of the oldest records, with one head update for all.
@@ -394,7 +411,8 @@ impl Shared {
             if self.options.sync != SyncPolicy::Always {
                 writer.active.publish(writer.tail);
                 self.published_next_seq
-                    .fetch_max(writer.next_seq, Ordering::AcqRel);
+                    .fetch_max(writer.next_seq, Ordering::SeqCst);
+                self.arrivals.notify();
             }
             (writer.active.clone(), first..writer.next_seq, writer.tail)
         };
@@ -405,7 +423,8 @@ impl Shared {
             // Readers see a record only once it is durable.
             segment.publish(end);
             self.published_next_seq
-                .fetch_max(range.end, Ordering::AcqRel);
+                .fetch_max(range.end, Ordering::SeqCst);
+            self.arrivals.notify();
         }
         Ok(range)
     }
@@ -563,6 +582,14 @@ impl Shared {
         }
     }
 
+    /// Blocks until a record may be available or `deadline` passes; false when it passed.
+    pub(crate) fn wait_for_records(&self, deadline: Instant) -> bool {
+        let head = lock(&self.reader).cursor.next_seq;
+        self.arrivals.wait_until(deadline, || {
+            self.published_next_seq.load(Ordering::SeqCst) > head
+        })
+    }
+
     fn peek(&self) -> Result<Option<Record>> {
         let mut cursor = lock(&self.reader).cursor.clone();
         self.read_next(&mut cursor)
@@ -619,6 +646,47 @@ impl Shared {
             .map_err(|error| self.poison(error))?;
         self.head_sync.mark_durable(generation);
         Ok(())
+    }
+}
+
+/// Wakes threads waiting for records. Publishers pay only an atomic load when nobody waits.
+#[derive(Default)]
+struct Arrivals {
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    arrived: Condvar,
+}
+
+impl Arrivals {
+    fn notify(&self) {
+        // SeqCst pairs with `wait_until`: either the waiter is counted before this load, or the
+        // publication is visible to the waiter's check.
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = lock(&self.lock);
+            self.arrived.notify_all();
+        }
+    }
+
+    /// Waits until `ready()` or `deadline`; returns `ready()`'s last answer.
+    fn wait_until(&self, deadline: Instant, ready: impl Fn() -> bool) -> bool {
+        let mut guard = lock(&self.lock);
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let outcome = loop {
+            if ready() {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break false;
+            }
+            guard = self
+                .arrived
+                .wait_timeout(guard, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        outcome
     }
 }
 
