@@ -31,11 +31,14 @@
 mod compactor;
 mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod head;
 mod options;
 mod queue;
 mod recovery;
 pub mod segment;
+pub mod sim;
 pub mod storage;
 mod sync;
 mod typed;
@@ -48,4 +51,5 @@ pub use options::{
 };
 pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
 pub use recovery::{RecoveryReport, Truncation};
+pub use sim::SimStorage;
 pub use typed::{Bincode, BoxError, Codec, TypedQueue};
