@@ -53,3 +53,8 @@ pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
 pub use recovery::{RecoveryReport, Truncation};
 pub use sim::SimStorage;
 pub use typed::{Bincode, BoxError, Codec, TypedQueue};
+
+/// The README's examples, compiled as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
