@@ -31,8 +31,6 @@
 mod compactor;
 mod error;
 pub mod frame;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod head;
 mod options;
 mod queue;

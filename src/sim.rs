@@ -290,7 +290,7 @@ struct SimState {
 }
 
 fn eio(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::Other, format!("EIO (simulated): {what}"))
+    io::Error::other(format!("EIO (simulated): {what}"))
 }
 
 fn enospc() -> io::Error {
@@ -298,10 +298,7 @@ fn enospc() -> io::Error {
 }
 
 fn dead_handle() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Other,
-        "handle from before a simulated crash: the process that owned it is dead",
-    )
+    io::Error::other("handle from before a simulated crash: the process that owned it is dead")
 }
 
 fn not_found(path: &Path) -> io::Error {
@@ -614,7 +611,11 @@ impl SimStorage {
 
     fn open_handle(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
         let mut state = self.lock();
-        let op = if create { SimOp::CreateNew } else { SimOp::Open };
+        let op = if create {
+            SimOp::CreateNew
+        } else {
+            SimOp::Open
+        };
         if let Err(kind) = state.call(op) {
             return Err(SimState::fail(kind, "open"));
         }
@@ -781,7 +782,10 @@ impl StorageFile for SimFile {
         if let Some(kind) = fault {
             return Err(SimState::fail(kind, "len"));
         }
-        Ok(state.inodes.get(&self.inode).map_or(0, |i| i.live.len() as u64))
+        Ok(state
+            .inodes
+            .get(&self.inode)
+            .map_or(0, |i| i.live.len() as u64))
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -789,7 +793,10 @@ impl StorageFile for SimFile {
         if let Some(kind) = fault {
             return Err(SimState::fail(kind, "read"));
         }
-        let live = state.inodes.get(&self.inode).map_or(&[][..], |i| &i.live[..]);
+        let live = state
+            .inodes
+            .get(&self.inode)
+            .map_or(&[][..], |i| &i.live[..]);
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         let source = start
             .checked_add(buf.len())
@@ -801,7 +808,10 @@ impl StorageFile for SimFile {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let (mut state, fault) = self.enter(SimOp::Write)?;
-        let len = state.inodes.get(&self.inode).map_or(0, |i| i.live.len() as u64);
+        let len = state
+            .inodes
+            .get(&self.inode)
+            .map_or(0, |i| i.live.len() as u64);
         // How many bytes get written, and the error that stops the rest.
         let (mut count, mut error) = match fault {
             None => (buf.len(), None),
@@ -845,7 +855,10 @@ impl StorageFile for SimFile {
         if let Some(kind) = fault {
             return Err(SimState::fail(kind, "set_len"));
         }
-        let current = state.inodes.get(&self.inode).map_or(0, |i| i.live.len() as u64);
+        let current = state
+            .inodes
+            .get(&self.inode)
+            .map_or(0, |i| i.live.len() as u64);
         if let Some(capacity) = state.capacity_bytes {
             if len > current && state.used_bytes() + (len - current) > capacity {
                 state.stats.faults += 1;
@@ -885,7 +898,10 @@ impl StorageFile for SimFile {
         }
         // A snapshot of the bytes that exist now: the contract allows a shorter view than asked,
         // and the engine maps again when it needs bytes written later.
-        let live = state.inodes.get(&self.inode).map_or(&[][..], |i| &i.live[..]);
+        let live = state
+            .inodes
+            .get(&self.inode)
+            .map_or(&[][..], |i| &i.live[..]);
         let end = usize::try_from(len).unwrap_or(usize::MAX).min(live.len());
         Ok(Arc::new(live[..end].to_vec()))
     }
