@@ -504,6 +504,7 @@ impl Shared {
                 head_seq: cursor.next_seq,
                 hint_base: cursor.segment.base_seq,
                 hint_offset: cursor.offset,
+                synced_seq: self.push_sync.durable(),
             };
             let generation = reader
                 .head
@@ -640,10 +641,22 @@ impl Shared {
         self.check_poisoned()?;
         let covered = self.sync_data().map_err(|error| self.poison(error))?;
         self.push_sync.mark_durable(covered);
-        let generation = lock(&self.reader)
-            .head
-            .sync()
-            .map_err(|error| self.poison(error))?;
+        let mut reader = lock(&self.reader);
+        let state = reader.head.state();
+        if state.synced_seq < covered {
+            // Record how far the records are synced, so that recovery can tell writes a power
+            // loss persisted out of order (cut) from damage to synced records (refused).
+            let updated = HeadState {
+                synced_seq: covered,
+                ..state
+            };
+            reader
+                .head
+                .write(updated)
+                .map_err(|error| self.poison(error))?;
+        }
+        let generation = reader.head.sync().map_err(|error| self.poison(error))?;
+        drop(reader);
         self.head_sync.mark_durable(generation);
         Ok(())
     }

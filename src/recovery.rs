@@ -100,6 +100,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
             head_seq: 0,
             hint_base: 0,
             hint_offset: SEGMENT_HEADER_LEN as u64,
+            synced_seq: 0,
         };
         HeadIndex::create(storage, dir, state)?;
     }
@@ -110,7 +111,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     let mut active = None;
     while let Some(&base) = bases.last() {
         let path = dir.join(segment_file_name(base));
-        match recover_active(storage, &path, base, &mut report)? {
+        match recover_active(storage, &path, base, head.state().synced_seq, &mut report)? {
             Some(found) => {
                 active = Some(found);
                 break;
@@ -194,11 +195,16 @@ fn bytes_of(view: &Mapping) -> &[u8] {
 
 /// Recovers the last segment: checks its header, walks its frames, cuts a torn tail. Returns
 /// `None` for a segment whose creation was cut short (no valid header and no room for records).
+///
+/// A bad frame followed by valid ones is damage when the bad frame's record had been synced
+/// (below `synced_seq`): open refuses. Above it, the writes were never synced, and a power loss
+/// may persist a later one without an earlier one: the tail from the bad frame on is cut.
 #[allow(clippy::type_complexity)]
 fn recover_active(
     storage: &dyn Storage,
     path: &Path,
     base: u64,
+    synced_seq: u64,
     report: &mut RecoveryReport,
 ) -> Result<Option<(u64, Arc<dyn StorageFile>, u64, u64)>> {
     let io_error = |operation| move |error: io::Error| Error::io(operation, path, error);
@@ -245,9 +251,20 @@ fn recover_active(
             } => stop = Some((offset, expected_seq, error)),
         }
     }
+    let mut out_of_order = None;
     if let Some((offset, expected_seq, error)) = &stop {
         let later = find_later_frame(bytes, *offset as usize, *expected_seq, PAYLOAD_LEN_MAX);
         if let Some((later_offset, later_seq)) = later {
+            // Everything the cut would remove lies above what was synced.
+            if complete_next_seq >= synced_seq {
+                out_of_order = Some(format!(
+                    "{error}; the valid records after it (from sequence {later_seq} at offset \
+                     {later_offset}) were never synced: a power loss persisted them without \
+                     the earlier writes"
+                ));
+            }
+        }
+        if let (Some((later_offset, later_seq)), None) = (later, &out_of_order) {
             return Err(Error::corrupt(
                 path,
                 *offset,
@@ -264,9 +281,10 @@ fn recover_active(
         file.set_len(complete_end)
             .map_err(io_error("truncate torn tail"))?;
         if complete_end < len {
-            let reason = match stop {
-                Some((_, _, error)) => error.to_string(),
-                None => String::from("the last batch is incomplete"),
+            let reason = match (stop, out_of_order) {
+                (_, Some(reason)) => reason,
+                (Some((_, _, error)), None) => error.to_string(),
+                (None, None) => String::from("the last batch is incomplete"),
             };
             report.truncated.push(Truncation {
                 file: path.to_path_buf(),
