@@ -452,12 +452,16 @@ impl Shared {
             return Err(self.poison(error));
         }
         self.push_sync.mark_durable(writer.next_seq);
-        let (segment, file) = recovery::create_segment(
+        let (segment, file) = recovery::create_segment_or_clean_up(
             &*self.storage,
             &self.dir,
             writer.next_seq,
             self.options.segment_size,
-        )?;
+        )
+        .map_err(|failure| match failure.leftover {
+            true => self.poison(failure.error),
+            false => failure.error,
+        })?;
         self.segments
             .write()
             .unwrap_or_else(PoisonError::into_inner)

@@ -307,6 +307,29 @@ pub(crate) fn create_segment(
     base: u64,
     segment_size: u64,
 ) -> Result<(Arc<Segment>, Arc<dyn StorageFile>)> {
+    create_segment_or_clean_up(storage, dir, base, segment_size).map_err(|failure| failure.error)
+}
+
+/// Why a segment could not be created, and whether its file may be left behind.
+pub(crate) struct CreateFailure {
+    pub(crate) error: Error,
+    /// The half-created file could not be removed durably. A later roll would trip over it, and
+    /// a crash could bring it back with a valid header, making recovery take it for the active
+    /// segment and miss records appended to the previous one: the caller must stop writing.
+    pub(crate) leftover: bool,
+}
+
+/// Like [`create_segment`], and on failure removes the half-created file durably.
+pub(crate) fn create_segment_or_clean_up(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: u64,
+    segment_size: u64,
+) -> Result<(Arc<Segment>, Arc<dyn StorageFile>), CreateFailure> {
+    let clean = |error: Error| CreateFailure {
+        error,
+        leftover: false,
+    };
     let path = dir.join(segment_file_name(base));
     let io_error = |operation, path: &Path| {
         let path = path.to_path_buf();
@@ -315,7 +338,8 @@ pub(crate) fn create_segment(
     let file: Arc<dyn StorageFile> = Arc::from(
         storage
             .create_new(&path)
-            .map_err(io_error("create segment", &path))?,
+            .map_err(io_error("create segment", &path))
+            .map_err(clean)?,
     );
     let header = crate::segment::encode_header(base);
     let written = file
@@ -323,9 +347,15 @@ pub(crate) fn create_segment(
         .and_then(|()| file.sync_data())
         .and_then(|()| storage.sync_dir(dir));
     if let Err(error) = written {
-        // A segment without a durable header holds nothing; recovery would remove it too.
-        let _ = storage.remove_file(&path);
-        return Err(Error::io("create segment", &path, error));
+        // A segment without a durable header holds nothing; its file must go, durably.
+        let removed = match storage.remove_file(&path) {
+            Err(cleanup) if cleanup.kind() != io::ErrorKind::NotFound => Err(cleanup),
+            _ => storage.sync_dir(dir),
+        };
+        return Err(CreateFailure {
+            error: Error::io("create segment", &path, error),
+            leftover: removed.is_err(),
+        });
     }
     let segment = Segment::active(
         base,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use diskspool::frame;
 use diskspool::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
 use diskspool::segment::{encode_header, segment_file_name, SEGMENT_HEADER_LEN};
+use diskspool::sim::{Fault, FaultKind, SimOp};
 use diskspool::{Error, Options, Queue, SimStorage, SyncPolicy};
 
 const DIR: &str = "/q";
@@ -112,4 +113,44 @@ fn sync_records_the_synced_sequence_in_the_head() {
     let read = diskspool::head::decode_head_file(&head);
     let current = read.current.unwrap();
     assert_eq!(read.slots[current].clone().unwrap().state.synced_seq, 3);
+}
+
+/// Found by simulation seed 174: a roll whose new segment could not be created, nor its file
+/// removed, left the file behind; a later push went into the previous segment, and the reopened
+/// queue took the empty leftover for the active segment and lost that acknowledged push. Now
+/// the queue refuses writes until it is reopened, and nothing acknowledged is lost.
+#[test]
+fn failed_roll_that_cannot_clean_up_poisons_and_loses_nothing() {
+    let sim = SimStorage::new(1);
+    let queue = open(&sim, SyncPolicy::Always);
+    let mut acknowledged = Vec::new();
+    // Fill the first segment almost completely.
+    for seq in 0..7u64 {
+        let payload = vec![seq as u8; 500];
+        assert_eq!(queue.push(&payload).unwrap(), seq);
+        acknowledged.push((seq, payload));
+    }
+    // The next big push rolls: the new segment's header sync fails, and so does every later
+    // call until the faults are cleared, so its file stays behind.
+    sim.inject(Fault {
+        op: Some(SimOp::SyncData),
+        skip: 1,
+        kind: FaultKind::Io,
+        sticky: false,
+    });
+    sim.inject(Fault {
+        op: Some(SimOp::RemoveFile),
+        skip: 0,
+        kind: FaultKind::Io,
+        sticky: true,
+    });
+    assert!(queue.push(&[9; 900]).is_err());
+    sim.clear_faults();
+    // A small push would fit in the old segment; it must be refused, not acknowledged.
+    assert!(matches!(queue.push(b"small"), Err(Error::Poisoned { .. })));
+    sim.process_crash();
+    drop(queue);
+    let queue = open(&sim, SyncPolicy::Always);
+    assert_eq!(drain(&queue), acknowledged);
+    assert_eq!(queue.push(b"after").unwrap(), 7);
 }
