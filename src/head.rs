@@ -250,9 +250,20 @@ impl HeadIndex {
         let slot = 1 - self.durable_slot;
         let bytes = encode_slot(&HeadSlot { generation, state });
         debug_assert_eq!(decode_slot(&bytes).map(|slot| slot.state), Ok(state));
-        self.file
-            .write_all_at(&bytes, HEAD_SLOT_OFFSETS[slot])
-            .map_err(|error| Error::io("write head index", &self.path, error))?;
+        if let Err(error) = self.file.write_all_at(&bytes, HEAD_SLOT_OFFSETS[slot]) {
+            if self.dirty {
+                // The slot held the newest head, written but not synced yet. A failed write may
+                // have torn it; put it back, so that a reopen after this failure does not fall
+                // back to the older durable head and hand out records that pops returned.
+                // Best effort: the caller poisons the queue either way.
+                let previous = encode_slot(&HeadSlot {
+                    generation: self.generation,
+                    state: self.state,
+                });
+                let _ = self.file.write_all_at(&previous, HEAD_SLOT_OFFSETS[slot]);
+            }
+            return Err(Error::io("write head index", &self.path, error));
+        }
         self.generation = generation;
         self.state = state;
         self.dirty = true;

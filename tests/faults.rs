@@ -154,3 +154,24 @@ fn failed_roll_that_cannot_clean_up_poisons_and_loses_nothing() {
     assert_eq!(drain(&queue), acknowledged);
     assert_eq!(queue.push(b"after").unwrap(), 7);
 }
+
+/// Found by simulation seed 185: under `Never`, a failed head write tore the slot that held the
+/// newest (unsynced) head, so a reopen fell back to the older durable head and handed out
+/// records that pops had already returned. The failed write now puts the slot back.
+#[test]
+fn failed_head_write_does_not_bring_back_returned_pops() {
+    let sim = SimStorage::new(1);
+    let queue = open(&sim, SyncPolicy::Never);
+    for seq in 0..6u64 {
+        queue.push(format!("record {seq}").as_bytes()).unwrap();
+    }
+    let returned = queue.pop_batch(4).unwrap();
+    assert_eq!(returned.len(), 4);
+    sim.inject(Fault::next(SimOp::Write, FaultKind::ShortWrite));
+    assert!(queue.pop().is_err());
+    sim.process_crash();
+    drop(queue);
+    let queue = open(&sim, SyncPolicy::Never);
+    let seqs: Vec<u64> = drain(&queue).into_iter().map(|(seq, _)| seq).collect();
+    assert!(seqs.first().is_some_and(|&first| first >= 4), "{seqs:?}");
+}
