@@ -31,6 +31,8 @@
 mod compactor;
 mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod head;
 mod options;
 mod queue;
