@@ -175,3 +175,112 @@ fn failed_head_write_does_not_bring_back_returned_pops() {
     let seqs: Vec<u64> = drain(&queue).into_iter().map(|(seq, _)| seq).collect();
     assert!(seqs.first().is_some_and(|&first| first >= 4), "{seqs:?}");
 }
+
+/// A full disk: the push that does not fit fails with ENOSPC, every record accepted before
+/// survives (also a power loss), and once space is freed the same queue accepts pushes again
+/// without being reopened.
+#[test]
+fn full_disk_fails_the_push_loses_nothing_and_recovers_when_space_is_freed() {
+    let sim = SimStorage::new(3);
+    let ballast = Path::new("/other/ballast");
+    let queue = open(&sim, SyncPolicy::Always);
+    sim.write_file(ballast, &[0; 20_000]).unwrap();
+    sim.set_capacity(Some(sim.used_bytes() + 10_000));
+    let mut accepted = Vec::new();
+    let error = loop {
+        let payload = vec![accepted.len() as u8; 700];
+        match queue.push(&payload) {
+            Ok(seq) => accepted.push((seq, payload)),
+            Err(error) => break error,
+        }
+        assert!(accepted.len() < 100, "the capacity limit never hit");
+    };
+    match &error {
+        Error::Io { source, .. } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{error}")
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    assert!(error.to_string().contains("No space left"), "{error}");
+    assert!(accepted.len() >= 10, "only {} pushes fit", accepted.len());
+    // Nothing accepted is lost, and nothing of the failed push is visible.
+    assert_eq!(queue.len(), accepted.len() as u64);
+    assert_eq!(
+        queue.peek().unwrap().map(|record| record.seq()),
+        Some(0),
+        "the oldest record is still first"
+    );
+    sim.delete_file(ballast).unwrap();
+    let seq = queue.push(b"after freeing space").unwrap();
+    assert_eq!(seq, accepted.len() as u64);
+    accepted.push((seq, b"after freeing space".to_vec()));
+    sim.power_loss();
+    drop(queue);
+    let queue = open(&sim, SyncPolicy::Always);
+    assert_eq!(drain(&queue), accepted);
+}
+
+/// Every kind of call failing at every point of a short workload, once or for good, with EIO,
+/// ENOSPC or a short write: each call returns a typed error (an I/O error during the call, or
+/// `Poisoned` after one), and the reopened queue agrees with the durability contract. The
+/// simulation model (`diskspool::fuzzing::run_ops`) checks both.
+#[test]
+fn every_fault_at_every_call_leaves_typed_errors_and_a_consistent_queue() {
+    use diskspool::fuzzing::{run_ops, Op, Policy};
+    use diskspool::sim::{Fault, FaultKind, SimOp};
+    let kinds = [
+        SimOp::Write,
+        SimOp::SyncData,
+        SimOp::SetLen,
+        SimOp::Map,
+        SimOp::Open,
+        SimOp::CreateNew,
+        SimOp::RemoveFile,
+        SimOp::SyncDir,
+        SimOp::Read,
+        SimOp::Len,
+        SimOp::ListDir,
+        SimOp::Rename,
+        SimOp::LockDir,
+    ];
+    let mut runs = 0;
+    for policy in [Policy::Always, Policy::Never] {
+        for op in kinds {
+            for kind in [FaultKind::Io, FaultKind::NoSpace, FaultKind::ShortWrite] {
+                for skip in 0..4 {
+                    for sticky in [false, true] {
+                        let fault = Fault {
+                            op: Some(op),
+                            skip,
+                            kind,
+                            sticky,
+                        };
+                        let mut ops = vec![Op::Reopen { policy }];
+                        ops.extend((0..6).map(|_| Op::Push { len: 590 }));
+                        ops.push(Op::Pop { max: 2 });
+                        ops.push(Op::Fault(fault));
+                        // One operation that rolls, pops across segments or reopens.
+                        ops.push(match skip % 4 {
+                            0 => Op::PushBatch { count: 3, len: 500 },
+                            1 => Op::Pop { max: 8 },
+                            2 => Op::Compact,
+                            _ => Op::Reopen { policy },
+                        });
+                        ops.extend([
+                            Op::Push { len: 10 },
+                            Op::Pop { max: 3 },
+                            Op::Sync,
+                            Op::ProcessCrash { policy },
+                            Op::Pop { max: 8 },
+                        ]);
+                        if let Err(violation) = run_ops(&ops) {
+                            panic!("{violation}\n{ops:#?}");
+                        }
+                        runs += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(runs, 2 * 13 * 3 * 4 * 2);
+}
