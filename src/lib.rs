@@ -28,12 +28,17 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod acklog;
+#[cfg(feature = "async")]
+mod asynchronous;
 mod compactor;
 mod error;
 pub mod frame;
 pub mod head;
+mod jobs;
 mod options;
 mod queue;
+mod reader;
 mod recovery;
 pub mod segment;
 pub mod storage;
@@ -42,9 +47,10 @@ mod typed;
 
 pub use compactor::CompactReport;
 pub use error::{Error, Result};
+pub use jobs::{DeadLetter, Delivery, IN_FLIGHT_MAX};
 pub use options::{
-    Options, SyncPolicy, RECORD_SIZE_MAX_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX,
-    SEGMENT_SIZE_MIN,
+    Options, SyncPolicy, LEASE_DEFAULT, LEASE_MAX, RECORD_SIZE_MAX_DEFAULT, SEGMENT_SIZE_DEFAULT,
+    SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
 pub use recovery::{RecoveryReport, Truncation};
