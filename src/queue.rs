@@ -185,16 +185,7 @@ impl Queue {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
-        storage
-            .create_dir_all(&dir)
-            .map_err(|error| Error::io("create queue directory", &dir, error))?;
-        let dir_lock = storage.lock_dir(&dir).map_err(|failure| match failure {
-            LockFailure::Held { pid } => Error::Locked {
-                dir: dir.clone(),
-                pid,
-            },
-            LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
-        })?;
+        let dir_lock = create_and_lock(&*storage, &dir)?;
         let recovered = recovery::recover(&*storage, &dir, &options)?;
         let head_generation = recovered.head.generation();
         let shared = Arc::new(Shared {
@@ -420,6 +411,20 @@ impl Drop for Queue {
             let _ = self.shared.sync_all();
         }
     }
+}
+
+/// Creates `dir` if needed and takes its exclusive lock.
+pub(crate) fn create_and_lock(storage: &dyn Storage, dir: &Path) -> Result<DirLock> {
+    storage
+        .create_dir_all(dir)
+        .map_err(|error| Error::io("create directory", dir, error))?;
+    storage.lock_dir(dir).map_err(|failure| match failure {
+        LockFailure::Held { pid } => Error::Locked {
+            dir: dir.to_path_buf(),
+            pid,
+        },
+        LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
+    })
 }
 
 pub(crate) fn now_micros() -> u64 {

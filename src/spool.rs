@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::frame::{read_u32, read_u64};
 use crate::options::{Options, SyncPolicy};
 use crate::queue::Queue;
-use crate::storage::{DirLock, LockFailure, Storage, StorageFile};
+use crate::storage::{DirLock, Storage, StorageFile};
 use crate::sync::lock;
 
 /// The fanout intent log's file name inside the spool directory.
@@ -118,18 +118,7 @@ impl Spool {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
-        storage
-            .create_dir_all(&dir)
-            .map_err(|error| Error::io("create spool directory", &dir, error))?;
-        let dir_lock = storage.lock_dir(&dir).map_err(|failure| match failure {
-            LockFailure::Held { pid } => Error::Locked {
-                dir: dir.clone(),
-                pid,
-            },
-            LockFailure::Io(error) => {
-                Error::io("lock", dir.join(crate::queue::LOCK_FILE_NAME), error)
-            }
-        })?;
+        let dir_lock = crate::queue::create_and_lock(&*storage, &dir)?;
         let (fanout_log, intents) = FanoutLog::open(&*storage, &dir)?;
         let spool = Spool {
             dir,
