@@ -9,7 +9,7 @@ import zlib
 
 
 def segment_header(base):
-    head = b"DSPOOLSG" + struct.pack("<HHIQI", 1, 32, 0, base, 0)
+    head = b"DSPOOLSG" + struct.pack("<HHIQI", 2, 32, 0, base, 0)
     return head + struct.pack("<I", zlib.crc32(head))
 
 
@@ -28,7 +28,7 @@ def segment(base, payloads):
 
 
 def head_slot(generation, head_seq, hint_base, hint_offset):
-    slot = b"DSPOOLHD" + struct.pack("<HHIQQQQ", 1, 64, 0, generation, head_seq, hint_base, hint_offset)
+    slot = b"DSPOOLHD" + struct.pack("<HHIQQQQ", 2, 64, 0, generation, head_seq, hint_base, hint_offset)
     slot += b"\0" * 12
     return slot + struct.pack("<I", zlib.crc32(slot))
 

@@ -534,6 +534,13 @@ impl Model {
     /// may have consumed records without handing them out (its error says it may or may not
     /// have taken effect), so the head may have moved up to `head_high`.
     fn take_record(&mut self, seq: u64, payload: &[u8], what: &str) -> Result<(), String> {
+        self.check_record(seq, payload, what)?;
+        self.head = seq;
+        Ok(())
+    }
+
+    /// Checks a record seen at the head without taking it.
+    fn check_record(&self, seq: u64, payload: &[u8], what: &str) -> Result<(), String> {
         if seq < self.head || seq > self.head_high {
             return Err(format!(
                 "{what} returned seq {seq}, expected {}..={}",
@@ -549,7 +556,6 @@ impl Model {
             }
             None => return Err(format!("{what} returned seq {seq}, which no push wrote")),
         }
-        self.head = seq;
         Ok(())
     }
 }
@@ -742,7 +748,7 @@ impl Run {
         match self.queue()?.peek() {
             Ok(Some(record)) => self
                 .model
-                .take_record(record.seq(), record.payload(), "peek"),
+                .check_record(record.seq(), record.payload(), "peek"),
             Ok(None) => {
                 let faulted = self.sim.stats().faults > faults_before;
                 if !faulted && self.model.head_high < self.model.tail {

@@ -47,6 +47,7 @@ fn segment_with_a_hole(sim: &SimStorage, synced_seq: u64) {
             0,
             format!("record {seq}").as_bytes(),
             false,
+            0,
         );
         if seq == 1 {
             segment[start..].fill(0);

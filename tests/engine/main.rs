@@ -5,10 +5,13 @@
 
 mod util;
 
+mod asynchronous;
 mod batches;
 mod compaction;
 mod corruption;
+mod fanout;
 mod fifo;
+mod jobs;
 mod limits;
 mod locking;
 mod model;
