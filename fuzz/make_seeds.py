@@ -41,6 +41,16 @@ def head_file(slot0, slot1=None):
     return bytes(out)
 
 
+def acklog_header(log_id):
+    head = b"DSPOOLAK" + struct.pack("<HHHHQI", 2, 32, 24, 0, log_id, 0)
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def ack_entry(log_id, kind, seq, value):
+    body = struct.pack("<B3xQQ", kind, seq, value)
+    return struct.pack("<I", zlib.crc32(struct.pack("<Q", log_id) + body)) + body
+
+
 def dir_blob(seed, files):
     """The open_dir input: 8 seed bytes, then (selector, u16 length, bytes) per file."""
     out = struct.pack("<Q", seed)
@@ -70,7 +80,12 @@ write("head_decode", "slot0", head_file(head_slot(1, 0, 0, 32)))
 write("head_decode", "both_slots", head_file(head_slot(4, 10, 0, 200), head_slot(5, 11, 0, 232)))
 write("head_decode", "torn_slot1", head_file(head_slot(4, 10, 0, 200), head_slot(5, 11, 0, 232)[:40]))
 
-# open_dir selectors: 0 head, 1 head.tmp, 2 lock, 3 stray, 8*k+4.. segment with base k.
+acks = acklog_header(7) + ack_entry(7, 1, 2, 4) + ack_entry(7, 2, 1, 3) + ack_entry(7, 3, 5, 99)
+write("acklog_decode", "three_kinds", acks)
+write("acklog_decode", "torn_entry", acks[:-7])
+write("acklog_decode", "overlapping", acklog_header(1) + ack_entry(1, 1, 2, 6) + ack_entry(1, 1, 4, 9) + ack_entry(1, 1, 9, 12))
+
+# open_dir selectors: 0 head, 1 head.tmp, 2 acks, 3 stray, 8*k+4.. segment with base k.
 head = head_file(head_slot(3, 1, 0, 32 + len(frame(0, records[0]))))
 write("open_dir", "one_segment", dir_blob(1, [(0, head), (4, seg)]))
 seg5 = segment(5, [b"five", b"six"])
@@ -78,6 +93,7 @@ write("open_dir", "two_segments", dir_blob(2, [(0, head), (4, seg), (44, seg5)])
 write("open_dir", "torn_active", dir_blob(3, [(0, head), (4, seg[:-3]), (1, b"garbage")]))
 write("open_dir", "missing_head", dir_blob(4, [(4, seg)]))
 write("open_dir", "empty", dir_blob(5, []))
+write("open_dir", "with_acks", dir_blob(6, [(0, head), (4, seg), (2, acklog_header(1) + ack_entry(1, 1, 2, 4) + ack_entry(1, 2, 1, 3))]))
 
 # ops_model: opcode byte (mod 16) and arguments; see diskspool::fuzzing::ops_from_bytes.
 push = lambda n: bytes([0, n & 0xFF, n >> 8])

@@ -36,6 +36,11 @@ fn head_decode_seeds() {
 }
 
 #[test]
+fn acklog_decode_seeds() {
+    replay("acklog_decode", fuzzing::check_acklog_decode);
+}
+
+#[test]
 fn open_dir_seeds() {
     replay("open_dir", fuzzing::check_open_dir);
 }
