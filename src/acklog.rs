@@ -343,29 +343,22 @@ impl AckLog {
             other => Error::corrupt(&path, 0, other.to_string()),
         })?;
         let mut history = JobHistory::default();
-        let mut offset = ACK_LOG_HEADER_LEN;
         let mut entries_in_file = 0;
-        while let Some(entry) = bytes
-            .get(offset..)
-            .and_then(|rest| decode_entry(rest, log_id))
-        {
-            history.apply(&entry);
-            offset += ACK_ENTRY_LEN;
-            entries_in_file += 1;
+        // The end of the last valid entry: what follows it is a torn tail.
+        let mut offset = ACK_LOG_HEADER_LEN;
+        let mut scan = ACK_LOG_HEADER_LEN;
+        while let Some(rest) = bytes.get(scan..scan + ACK_ENTRY_LEN) {
+            // A bad entry followed by valid ones is skipped, not refused: unsynced appends may
+            // reach the disk in any order, so a power loss can keep a later entry and lose an
+            // earlier one. Each entry is a self-contained fact, so the others stay valid.
+            if let Some(entry) = decode_entry(rest, log_id) {
+                history.apply(&entry);
+                entries_in_file += 1;
+                offset = scan + ACK_ENTRY_LEN;
+            }
+            scan += ACK_ENTRY_LEN;
         }
         if offset < bytes.len() {
-            // Valid entries after the damage mean it is not a torn append.
-            let mut later = offset + ACK_ENTRY_LEN;
-            while later + ACK_ENTRY_LEN <= bytes.len() {
-                if decode_entry(&bytes[later..], log_id).is_some() {
-                    return Err(Error::corrupt(
-                        &path,
-                        offset as u64,
-                        format!("damaged ack log entry followed by a valid one at {later}"),
-                    ));
-                }
-                later += ACK_ENTRY_LEN;
-            }
             file.set_len(offset as u64)
                 .map_err(io_error("truncate torn ack log tail"))?;
             truncations.push(Truncation {
