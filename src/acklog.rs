@@ -237,6 +237,26 @@ impl JobHistory {
         self.not_before = self.not_before.split_off(&head);
     }
 
+    /// Forgets everything at or above `end`; returns whether anything was known there.
+    pub fn prune_from(&mut self, end: u64) -> bool {
+        let mut removed = false;
+        let straddling = self
+            .acked
+            .range(..end)
+            .next_back()
+            .map(|(&start, &range_end)| (start, range_end));
+        if let Some((start, range_end)) = straddling {
+            if range_end > end {
+                self.acked.insert(start, end);
+                removed = true;
+            }
+        }
+        removed |= !self.acked.split_off(&end).is_empty();
+        removed |= !self.deliveries.split_off(&end).is_empty();
+        removed |= !self.not_before.split_off(&end).is_empty();
+        removed
+    }
+
     /// Takes what is known about `seq`: (acknowledged, deliveries, not-before).
     pub fn take(&mut self, seq: u64) -> (bool, u32, u64) {
         let acked = self

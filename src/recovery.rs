@@ -179,7 +179,13 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     }
 
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
-    let (acklog, history) = AckLog::open(storage, dir, head_seq, &mut report.truncated)?;
+    let (mut acklog, mut history) = AckLog::open(storage, dir, head_seq, &mut report.truncated)?;
+    if history.prune_from(next_seq) {
+        // Facts about records that a power loss took (possible only under the weaker policies,
+        // where acks can outlive unsynced records). The next pushes use those sequence numbers
+        // again, so the facts must go, durably, or they would apply to the new records.
+        acklog.rewrite(storage, &history.entries())?;
+    }
     Ok(Recovered {
         segments,
         active,
