@@ -291,6 +291,14 @@ pub enum Op {
     },
     /// Peek at the oldest record.
     Peek,
+    /// Receive up to `count` records as jobs and acknowledge them all, in reverse order when
+    /// `reverse` (so that acks beyond the head go through the ack log).
+    RecvAck {
+        /// Most records to receive.
+        count: u8,
+        /// Acknowledge the newest first.
+        reverse: bool,
+    },
     /// Run the compactor.
     Compact,
     /// Make everything durable.
@@ -370,7 +378,11 @@ pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
                 len: u16::from(next().unwrap_or(0)) * 2,
             },
             5..=7 => Op::Pop { max: 1 + a % 8 },
-            8 => Op::Peek,
+            8 if a & 1 == 0 => Op::Peek,
+            8 => Op::RecvAck {
+                count: 1 + (a >> 1) % 8,
+                reverse: a & 2 != 0,
+            },
             9 => Op::Compact,
             10 => Op::Sync,
             11 => Op::Reopen {
@@ -421,7 +433,11 @@ pub fn ops_from_seed(seed: u64, count: usize) -> Vec<Op> {
             40..=64 => Op::Pop {
                 max: 1 + rng.below(4) as u8,
             },
-            65..=69 => Op::Peek,
+            65..=66 => Op::Peek,
+            67..=69 => Op::RecvAck {
+                count: 1 + rng.below(5) as u8,
+                reverse: rng.chance(1, 2),
+            },
             70..=73 => Op::Compact,
             74..=76 => Op::Sync,
             77..=79 => Op::Reopen {
@@ -462,7 +478,19 @@ struct Model {
     tail: u64,
     tail_durable: u64,
     tail_high: u64,
+    /// Records acknowledged as jobs, possibly beyond the head: a pop or receive may skip them.
+    acked: BTreeMap<u64, AckState>,
     next_payload_id: u64,
+}
+
+/// What is known about an acknowledged job.
+#[derive(Debug, Clone, Copy)]
+struct AckState {
+    /// The acknowledgement is on stable storage.
+    durable: bool,
+    /// The record must never be delivered again (false after a power loss took a non-durable
+    /// acknowledgement).
+    guaranteed: bool,
 }
 
 impl Model {
@@ -503,6 +531,31 @@ impl Model {
         self.head_high = self.head;
         self.tail_durable = self.tail;
         self.tail_high = self.tail;
+        // An acknowledgement a power loss may have taken stays uncertain: the sync makes
+        // durable whatever the queue holds, which the model does not know.
+        for state in self.acked.values_mut() {
+            state.durable |= state.guaranteed;
+        }
+        self.extend_high();
+    }
+
+    /// A power loss may take back every acknowledgement that was not durable.
+    fn power_lost(&mut self) {
+        for state in self.acked.values_mut() {
+            state.guaranteed = state.durable;
+        }
+    }
+
+    /// The head may move over acknowledged jobs without a pop.
+    fn extend_high(&mut self) {
+        while self.head_high < self.tail_high && self.acked.contains_key(&self.head_high) {
+            self.head_high += 1;
+        }
+    }
+
+    /// The first record at or after `from` that must still be delivered.
+    fn first_owed(&self, from: u64) -> Option<u64> {
+        (from.max(self.head_high)..self.tail).find(|seq| !self.acked.contains_key(seq))
     }
 
     /// Checks a recovered queue's bounds and adopts them.
@@ -511,6 +564,7 @@ impl Model {
             .stats()
             .map_err(|error| format!("stats failed: {error}"))?;
         let (head, tail) = (stats.head_seq, stats.next_seq);
+        self.extend_high();
         let head_low = if power_loss {
             self.head_durable
         } else {
@@ -565,6 +619,9 @@ impl Model {
         self.tail = tail;
         self.tail_durable = tail;
         self.tail_high = tail;
+        self.acked = self.acked.split_off(&head);
+        self.acked.split_off(&tail);
+        self.extend_high();
         Ok(())
     }
 
@@ -579,9 +636,22 @@ impl Model {
 
     /// Checks a record seen at the head without taking it.
     fn check_record(&self, seq: u64, payload: &[u8], what: &str) -> Result<(), String> {
-        if seq < self.head || seq > self.head_high {
+        if seq < self.head {
             return Err(format!(
-                "{what} returned seq {seq}, expected {}..={}",
+                "{what} returned seq {seq}, below the head {}",
+                self.head
+            ));
+        }
+        if self.acked.get(&seq).is_some_and(|state| state.guaranteed) {
+            return Err(format!(
+                "{what} returned seq {seq}, an acknowledged job, again"
+            ));
+        }
+        // Records before it may be skipped only if a failed call may have consumed them or
+        // they were acknowledged as jobs.
+        if let Some(skipped) = (self.head_high..seq).find(|seq| !self.acked.contains_key(seq)) {
+            return Err(format!(
+                "{what} returned seq {seq}, skipping seq {skipped} (head {}, high {})",
                 self.head, self.head_high
             ));
         }
@@ -651,6 +721,9 @@ impl Run {
             Op::PushBatch { count, len } => self.push(&vec![*len; usize::from(*count)]),
             Op::Pop { max } => self.pop(usize::from(*max), faults_before),
             Op::Peek => self.peek(faults_before),
+            Op::RecvAck { count, reverse } => {
+                self.recv_ack(usize::from(*count), *reverse, faults_before)
+            }
             Op::Compact => match self.queue()?.compact() {
                 Ok(_) => {
                     self.model.head_durable = self.model.head;
@@ -677,6 +750,7 @@ impl Run {
             Op::PowerLoss { seed, policy } => {
                 self.sim.power_loss_seeded(*seed);
                 self.queue = None;
+                self.model.power_lost();
                 self.open(*policy, true)
             }
             Op::Fault(fault) => {
@@ -713,8 +787,16 @@ impl Run {
                         model.tail + lens.len() as u64
                     ));
                 }
+                // A failed push before this one may have written its bytes in full before
+                // they were cut back; a power loss can bring them back while losing these
+                // (unless these are durable). The live payload is the last candidate.
+                let durable = self.policy == Policy::Always;
                 for (seq, payload) in range.clone().zip(payloads) {
-                    model.candidates.insert(seq, vec![payload]);
+                    let list = model.candidates.entry(seq).or_default();
+                    if durable {
+                        list.clear();
+                    }
+                    list.push(payload);
                 }
                 model.tail = range.end;
                 model.tail_high = model.tail_high.max(range.end);
@@ -753,6 +835,7 @@ impl Run {
                 model.head_high = model
                     .head_high
                     .max((model.head + max as u64).min(model.tail_high));
+                model.extend_high();
                 return self.expect_fault(error, faults_before);
             }
         };
@@ -762,16 +845,18 @@ impl Run {
                 .take_record(record.seq(), record.payload(), "pop")?;
             self.model.head += 1;
             self.model.head_high = self.model.head_high.max(self.model.head);
+            self.model.extend_high();
         }
         let faulted = self.sim.stats().faults > faults_before;
-        let start = first.unwrap_or(self.model.head);
-        let available = self.model.tail.saturating_sub(start);
-        if !faulted && (records.len() as u64) < available.min(max as u64) {
-            let uncertain = self.model.head_high > self.model.head;
-            if !(uncertain && records.is_empty()) {
+        if !faulted && records.len() < max {
+            // Fewer than asked: nothing may be owed after the last record handed out.
+            let from = records
+                .last()
+                .map_or(self.model.head, |record| record.seq() + 1);
+            if let Some(owed) = self.model.first_owed(from) {
                 return Err(format!(
-                    "pop of up to {max} returned {} records with {available} acknowledged in \
-                     the queue",
+                    "pop of up to {max} returned {} records (first {first:?}) while seq {owed} \
+                     is owed",
                     records.len()
                 ));
             }
@@ -782,6 +867,74 @@ impl Run {
         Ok(())
     }
 
+    /// Receives up to `count` jobs and acknowledges all of them.
+    fn recv_ack(&mut self, count: usize, reverse: bool, faults_before: u64) -> Result<(), String> {
+        let mut deliveries = match self.queue()?.recv_batch(count) {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                // Receiving consumes nothing; a failure may leave records leased until reopen.
+                let model = &mut self.model;
+                model.head_high = model
+                    .head_high
+                    .max((model.head + count as u64).min(model.tail_high));
+                model.extend_high();
+                return self.expect_fault(error, faults_before);
+            }
+        };
+        let mut lowest_unacked = None;
+        for delivery in &deliveries {
+            let seq = delivery.seq();
+            self.model.check_record(seq, delivery.payload(), "recv")?;
+            lowest_unacked.get_or_insert(seq);
+            self.model.head_high = self.model.head_high.max(seq + 1);
+        }
+        if let Some(seq) = lowest_unacked {
+            self.model.head = seq;
+        }
+        if reverse {
+            deliveries.reverse();
+        }
+        let mut failed = Vec::new();
+        for delivery in deliveries {
+            let seq = delivery.seq();
+            match delivery.ack() {
+                Ok(()) => {
+                    let durable = self.policy == Policy::Always;
+                    let state = AckState {
+                        durable,
+                        guaranteed: true,
+                    };
+                    self.model.acked.insert(seq, state);
+                }
+                Err(error) => {
+                    failed.push(seq);
+                    self.expect_fault(error, faults_before)?;
+                }
+            }
+        }
+        // Records whose ack failed may be delivered again; the rest are done.
+        let model = &mut self.model;
+        match failed.iter().min() {
+            Some(&lowest) => model.head = model.head.min(lowest),
+            None => {
+                // The head passes acknowledged jobs; uncertain ones may be back in the queue.
+                while model.head < model.head_high
+                    && model
+                        .acked
+                        .get(&model.head)
+                        .is_some_and(|state| state.guaranteed)
+                {
+                    model.head += 1;
+                }
+                if self.policy == Policy::Always {
+                    model.head_durable = model.head_durable.max(model.head);
+                }
+            }
+        }
+        model.extend_high();
+        Ok(())
+    }
+
     fn peek(&mut self, faults_before: u64) -> Result<(), String> {
         match self.queue()?.peek() {
             Ok(Some(record)) => self
@@ -789,11 +942,8 @@ impl Run {
                 .check_record(record.seq(), record.payload(), "peek"),
             Ok(None) => {
                 let faulted = self.sim.stats().faults > faults_before;
-                if !faulted && self.model.head_high < self.model.tail {
-                    return Err(format!(
-                        "peek found nothing with records {}..{} acknowledged",
-                        self.model.head, self.model.tail
-                    ));
+                if let (false, Some(owed)) = (faulted, self.model.first_owed(self.model.head)) {
+                    return Err(format!("peek found nothing while seq {owed} is owed"));
                 }
                 Ok(())
             }
@@ -821,10 +971,10 @@ impl Run {
                 self.model.head_high = self.model.head_high.max(self.model.head);
             }
         }
-        if self.model.head != self.model.tail {
+        if let Some(owed) = self.model.first_owed(self.model.head) {
             return Err(format!(
-                "final drain stopped at {} with records up to {} acknowledged",
-                self.model.head, self.model.tail
+                "final drain stopped at {} while seq {owed} is owed",
+                self.model.head
             ));
         }
         let seq = self
