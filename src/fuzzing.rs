@@ -907,7 +907,13 @@ impl Run {
                     self.model.acked.insert(seq, state);
                 }
                 Err(error) => {
+                    // A failed ack may or may not have taken effect.
                     failed.push(seq);
+                    let state = AckState {
+                        durable: false,
+                        guaranteed: false,
+                    };
+                    self.model.acked.insert(seq, state);
                     self.expect_fault(error, faults_before)?;
                 }
             }
