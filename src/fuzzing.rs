@@ -539,10 +539,19 @@ impl Model {
         self.extend_high();
     }
 
-    /// A power loss may take back every acknowledgement that was not durable.
+    /// A power loss may take back every acknowledgement that was not durable, and bring back
+    /// any record popped since the last durable head, or not (a pop's consumption can persist
+    /// in the ack log without the head): such records may be delivered again or skipped.
     fn power_lost(&mut self) {
         for state in self.acked.values_mut() {
             state.guaranteed = state.durable;
+        }
+        let uncertain = AckState {
+            durable: false,
+            guaranteed: false,
+        };
+        for seq in self.head_durable..self.head {
+            self.acked.entry(seq).or_insert(uncertain);
         }
     }
 
@@ -575,9 +584,12 @@ impl Model {
         } else {
             self.tail
         };
-        if head < head_low {
+        // The head index may lag behind jobs acknowledged in the ack log; those are skipped.
+        let returned =
+            (head..head_low).find(|seq| !self.acked.get(seq).is_some_and(|state| state.guaranteed));
+        if let Some(returned) = returned {
             return Err(format!(
-                "consumed records came back: head {head} < {head_low} ({})",
+                "consumed records came back: head {head} < {head_low}, seq {returned} would be delivered again ({})",
                 self.bounds()
             ));
         }
@@ -840,6 +852,10 @@ impl Run {
             }
         };
         let first = records.first().map(|record| record.seq());
+        if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
+            let seqs: Vec<u64> = records.iter().map(|record| record.seq()).collect();
+            eprintln!("   popped {seqs:?}");
+        }
         for record in &records {
             self.model
                 .take_record(record.seq(), record.payload(), "pop")?;
@@ -881,6 +897,10 @@ impl Run {
                 return self.expect_fault(error, faults_before);
             }
         };
+        if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
+            let seqs: Vec<u64> = deliveries.iter().map(|delivery| delivery.seq()).collect();
+            eprintln!("   received {seqs:?}");
+        }
         let mut lowest_unacked = None;
         for delivery in &deliveries {
             let seq = delivery.seq();
@@ -897,7 +917,11 @@ impl Run {
         let mut failed = Vec::new();
         for delivery in deliveries {
             let seq = delivery.seq();
-            match delivery.ack() {
+            let acked = delivery.ack();
+            if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
+                eprintln!("   ack {seq}: {acked:?}");
+            }
+            match acked {
                 Ok(()) => {
                     let durable = self.policy == Policy::Always;
                     let state = AckState {
@@ -1011,9 +1035,17 @@ pub fn run_ops(ops: &[Op]) -> Result<(), String> {
     run.model.boundaries.insert(0);
     run.open(Policy::Always, false)
         .map_err(|error| format!("initial open: {error}"))?;
+    let trace = std::env::var_os("DISKSPOOL_SIM_TRACE").is_some();
     for (index, op) in ops.iter().enumerate() {
-        run.step(op)
-            .map_err(|error| format!("operation {index} ({op:?}): {error}"))?;
+        let outcome = run.step(op);
+        if trace {
+            let model = run.model.bounds();
+            eprintln!(
+                "{index}: {op:?} -> {outcome:?}; {model}; acked {:?}",
+                run.model.acked
+            );
+        }
+        outcome.map_err(|error| format!("operation {index} ({op:?}): {error}"))?;
     }
     run.finish()
         .map_err(|error| format!("after the last operation: {error}"))
