@@ -265,11 +265,15 @@ fn every_fault_at_every_call_leaves_typed_errors_and_a_consistent_queue() {
                         ops.push(match skip % 4 {
                             0 => Op::PushBatch { count: 3, len: 500 },
                             1 => Op::Pop { max: 8 },
-                            2 => Op::Compact,
+                            2 => Op::RecvAck {
+                                count: 3,
+                                reverse: sticky,
+                            },
                             _ => Op::Reopen { policy },
                         });
                         ops.extend([
                             Op::Push { len: 10 },
+                            Op::Compact,
                             Op::Pop { max: 3 },
                             Op::Sync,
                             Op::ProcessCrash { policy },
