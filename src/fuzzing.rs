@@ -562,6 +562,20 @@ impl Model {
         }
     }
 
+    /// How far the head may move when a call takes up to `count` records: acknowledged jobs
+    /// in between are skipped without counting.
+    fn high_after_taking(&self, count: usize) -> u64 {
+        let mut taken = 0;
+        let mut seq = self.head;
+        while taken < count && seq < self.tail_high {
+            if !self.acked.contains_key(&seq) {
+                taken += 1;
+            }
+            seq += 1;
+        }
+        seq
+    }
+
     /// The first record at or after `from` that must still be delivered.
     fn first_owed(&self, from: u64) -> Option<u64> {
         (from.max(self.head_high)..self.tail).find(|seq| !self.acked.contains_key(seq))
@@ -642,8 +656,21 @@ impl Model {
     /// have taken effect), so the head may have moved up to `head_high`.
     fn take_record(&mut self, seq: u64, payload: &[u8], what: &str) -> Result<(), String> {
         self.check_record(seq, payload, what)?;
-        self.head = seq;
+        self.skip_to(seq);
         Ok(())
+    }
+
+    /// Moves the head to `seq`. The live queue skipped the records before it, so they are
+    /// consumed there: a process crash keeps that (a power loss may not, unless durable).
+    fn skip_to(&mut self, seq: u64) {
+        for skipped in self.head..seq {
+            let state = self.acked.entry(skipped).or_insert(AckState {
+                durable: false,
+                guaranteed: true,
+            });
+            state.guaranteed = true;
+        }
+        self.head = self.head.max(seq);
     }
 
     /// Checks a record seen at the head without taking it.
@@ -844,9 +871,7 @@ impl Run {
             Ok(records) => records,
             Err(error) => {
                 let model = &mut self.model;
-                model.head_high = model
-                    .head_high
-                    .max((model.head + max as u64).min(model.tail_high));
+                model.head_high = model.head_high.max(model.high_after_taking(max));
                 model.extend_high();
                 return self.expect_fault(error, faults_before);
             }
@@ -890,9 +915,7 @@ impl Run {
             Err(error) => {
                 // Receiving consumes nothing; a failure may leave records leased until reopen.
                 let model = &mut self.model;
-                model.head_high = model
-                    .head_high
-                    .max((model.head + count as u64).min(model.tail_high));
+                model.head_high = model.head_high.max(model.high_after_taking(count));
                 model.extend_high();
                 return self.expect_fault(error, faults_before);
             }
@@ -909,7 +932,7 @@ impl Run {
             self.model.head_high = self.model.head_high.max(seq + 1);
         }
         if let Some(seq) = lowest_unacked {
-            self.model.head = seq;
+            self.model.skip_to(seq);
         }
         if reverse {
             deliveries.reverse();
