@@ -131,6 +131,12 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
             }
         }
     }
+    // Records are about to be appended to the active segment: its directory entry must be
+    // durable first. A roll whose directory sync failed can leave a segment whose header is
+    // synced but whose entry is not, and a crash then makes it the active segment here.
+    storage
+        .sync_dir(dir)
+        .map_err(io_error("sync queue directory", dir))?;
 
     if let Some(&first) = bases.first() {
         if first > head_seq {

@@ -343,3 +343,39 @@ fn acks_for_records_a_power_loss_took_do_not_apply_to_new_records() {
     let queue = open(&sim, SyncPolicy::Never);
     assert_eq!(drained_seqs(&queue), vec![0, 1, 2, 3, 4]);
 }
+
+/// Found by simulation seed 2004836: a roll synced the new segment's header but not the
+/// directory, and could not remove the file; after a process crash, recovery took that file for
+/// the active segment and appended acknowledged records to it, although its directory entry was
+/// never durable, so a power loss took the whole file. Recovery now syncs the directory before
+/// building on the segments it found.
+#[test]
+fn segment_found_at_open_is_made_durable_before_records_go_into_it() {
+    // Each crash seed decides differently which unsynced directory changes survive.
+    for crash_seed in 0..16 {
+        let sim = SimStorage::new(crash_seed);
+        let queue = open(&sim, SyncPolicy::Always);
+        let mut acknowledged = Vec::new();
+        for seq in 0..7u64 {
+            let payload = vec![seq as u8; 500];
+            assert_eq!(queue.push(&payload).unwrap(), seq);
+            acknowledged.push((seq, payload));
+        }
+        // The roll's directory sync fails, and so does the cleanup's removal.
+        sim.inject(Fault::next(SimOp::SyncDir, FaultKind::Io));
+        sim.inject(Fault::next(SimOp::RemoveFile, FaultKind::Io));
+        assert!(queue.push(&[9; 900]).is_err());
+        sim.process_crash();
+        drop(queue);
+        let queue = open(&sim, SyncPolicy::Always);
+        for seq in 7..10u64 {
+            let payload = vec![seq as u8; 900];
+            assert_eq!(queue.push(&payload).unwrap(), seq);
+            acknowledged.push((seq, payload));
+        }
+        sim.power_loss_seeded(crash_seed);
+        drop(queue);
+        let queue = open(&sim, SyncPolicy::Always);
+        assert_eq!(drain(&queue), acknowledged, "crash seed {crash_seed}");
+    }
+}
