@@ -562,6 +562,21 @@ impl Model {
         }
     }
 
+    /// After a failed consumer call under `Never` or `Interval`: the head write may have
+    /// failed and torn the slot that held the newest unsynced head, and putting it back may
+    /// have failed too (a device that keeps failing), so records popped since the last durable
+    /// head may be delivered again after reopening, or not.
+    fn unsynced_pops_uncertain(&mut self) {
+        let uncertain = AckState {
+            durable: false,
+            guaranteed: false,
+        };
+        for seq in self.head_durable..self.head {
+            self.acked.entry(seq).or_insert(uncertain);
+        }
+        self.head = self.head_durable.min(self.head);
+    }
+
     /// How far the head may move when a call takes up to `count` records: acknowledged jobs
     /// in between are skipped without counting.
     fn high_after_taking(&self, count: usize) -> u64 {
@@ -847,6 +862,9 @@ impl Run {
             }
             Err(Error::BatchTooLarge { .. } | Error::RecordTooLarge { .. }) => Ok(()),
             Err(error) => {
+                if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
+                    eprintln!("   push error: {error}");
+                }
                 // The records may have landed; they may surface after a crash.
                 for (seq, payload) in (model.tail..).zip(payloads) {
                     model.candidates.entry(seq).or_default().insert(0, payload);
@@ -873,6 +891,9 @@ impl Run {
                 let model = &mut self.model;
                 model.head_high = model.head_high.max(model.high_after_taking(max));
                 model.extend_high();
+                if self.policy != Policy::Always {
+                    model.unsynced_pops_uncertain();
+                }
                 return self.expect_fault(error, faults_before);
             }
         };
@@ -917,6 +938,9 @@ impl Run {
                 let model = &mut self.model;
                 model.head_high = model.head_high.max(model.high_after_taking(count));
                 model.extend_high();
+                if self.policy != Policy::Always {
+                    model.unsynced_pops_uncertain();
+                }
                 return self.expect_fault(error, faults_before);
             }
         };
@@ -968,7 +992,12 @@ impl Run {
         // Records whose ack failed may be delivered again; the rest are done.
         let model = &mut self.model;
         match failed.iter().min() {
-            Some(&lowest) => model.head = model.head.min(lowest),
+            Some(&lowest) => {
+                model.head = model.head.min(lowest);
+                if self.policy != Policy::Always {
+                    model.unsynced_pops_uncertain();
+                }
+            }
             None => {
                 // The head passes acknowledged jobs; uncertain ones may be back in the queue.
                 while model.head < model.head_high
