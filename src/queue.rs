@@ -692,10 +692,13 @@ impl Shared {
         let covered = self.sync_data().map_err(|error| self.poison(error))?;
         self.push_sync.mark_durable(covered);
         let mut reader = lock(&self.reader);
+        let mut generation = reader.head.sync().map_err(|error| self.poison(error))?;
         let state = reader.head.state();
         if state.synced_seq < covered {
             // Record how far the records are synced, so that recovery can tell writes a power
-            // loss persisted out of order (cut) from damage to synced records (refused).
+            // loss persisted out of order (cut) from damage to synced records (refused). Written
+            // after the sync above, so that it goes over the older slot: a failed write cannot
+            // take the newest head with it.
             let updated = HeadState {
                 synced_seq: covered,
                 ..state
@@ -704,8 +707,8 @@ impl Shared {
                 .head
                 .write(updated)
                 .map_err(|error| self.poison(error))?;
+            generation = reader.head.sync().map_err(|error| self.poison(error))?;
         }
-        let generation = reader.head.sync().map_err(|error| self.poison(error))?;
         drop(reader);
         self.head_sync.mark_durable(generation);
         let ticket = self.sync_acklog().map_err(|error| self.poison(error))?;
