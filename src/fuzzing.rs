@@ -574,6 +574,14 @@ impl Model {
         for seq in self.head_durable..self.head {
             self.acked.entry(seq).or_insert(uncertain);
         }
+        // Acks at the head live in that slot too.
+        for state in self
+            .acked
+            .range_mut(self.head_durable..)
+            .map(|(_, state)| state)
+        {
+            state.guaranteed &= state.durable;
+        }
         self.head = self.head_durable.min(self.head);
     }
 
