@@ -1,0 +1,902 @@
+//! Read-only, lock-free views of a queue directory, for tools such as `spool`.
+//!
+//! Nothing here takes the directory lock or writes a byte, so every function works while another
+//! process has the queue open and is pushing and popping. Files are read with positioned reads
+//! into buffers (never mapped), up to the length observed when they were opened: a segment that
+//! grows meanwhile is read as it was, one that is deleted meanwhile (compacted) stays readable
+//! through the open handle or is reported as vanished, and nothing can raise `SIGBUS`.
+//!
+//! - [`Snapshot::take`] lists and checks every segment (used by `spool inspect` and by
+//!   [`verify`](crate::verify::verify)).
+//! - [`stat`] reads only the head index, the segment holding the head and the last segment.
+//! - [`records`] iterates over the records from the head without removing them.
+//! - [`segment_frames`] lists every frame of one segment file.
+//!
+//! ```
+//! # fn main() -> Result<(), diskspool::Error> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use diskspool::{inspect, storage::OsStorage, Options, Queue};
+//!
+//! let queue = Queue::open(dir.path(), Options::default())?;
+//! queue.push(b"a")?;
+//! queue.push(b"b")?;
+//! // Another process could do this while `queue` stays open.
+//! let stat = inspect::stat(&OsStorage, dir.path())?;
+//! assert_eq!(stat.len, 2);
+//! let first = inspect::records(&OsStorage, dir.path(), None)?.next().expect("a record")?;
+//! assert_eq!(first.payload, b"a");
+//! assert_eq!(queue.len(), 2, "nothing was removed");
+//! # Ok(()) }
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX};
+use crate::head::{decode_head_file, HeadRead, HeadState, HEAD_FILE_NAME};
+use crate::queue::LOCK_FILE_NAME;
+use crate::segment::{
+    decode_header, find_later_frame, parse_segment_file_name, walk_frames, HeaderError, WalkStep,
+    SEGMENT_HEADER_LEN,
+};
+use crate::storage::Storage;
+
+/// The folder inside a queue directory where `repair` moves data it cuts.
+pub const QUARANTINE_DIR_NAME: &str = "quarantine";
+
+/// How many times a lock-free reader retakes its view when the files changed under it.
+const SNAPSHOT_ATTEMPTS_MAX: u32 = 5;
+/// How long a reader waits before retaking a view that looked inconsistent.
+const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// What an entry of a queue directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A segment file, with the base sequence number its name carries.
+    Segment(u64),
+    /// The head index.
+    Head,
+    /// A temporary head index left by an interrupted creation; `Queue::open` removes it.
+    HeadTemporary,
+    /// The lock file.
+    Lock,
+    /// The quarantine folder written by `repair`.
+    Quarantine,
+    /// Anything else: not written by diskspool.
+    Stray,
+}
+
+/// Classifies a name found in a queue directory.
+pub fn classify_entry(name: &str) -> EntryKind {
+    if let Some(base) = parse_segment_file_name(name) {
+        return EntryKind::Segment(base);
+    }
+    match name {
+        HEAD_FILE_NAME => EntryKind::Head,
+        LOCK_FILE_NAME => EntryKind::Lock,
+        QUARANTINE_DIR_NAME => EntryKind::Quarantine,
+        _ if name == format!("{HEAD_FILE_NAME}.tmp") => EntryKind::HeadTemporary,
+        _ => EntryKind::Stray,
+    }
+}
+
+/// The entries of a queue directory, sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Segment files as `(base_seq, file name)`, in sequence order.
+    pub segments: Vec<(u64, String)>,
+    /// True when the head index file exists.
+    pub head_present: bool,
+    /// Names that diskspool did not write, sorted.
+    pub strays: Vec<String>,
+}
+
+/// Lists a queue directory. A directory that does not exist is an error.
+pub fn list(storage: &dyn Storage, dir: &Path) -> Result<Listing> {
+    let names = storage
+        .list_dir(dir)
+        .map_err(|error| Error::io("list queue directory", dir, error))?;
+    let mut listing = Listing::default();
+    for name in names {
+        match classify_entry(&name) {
+            EntryKind::Segment(base) => listing.segments.push((base, name)),
+            EntryKind::Head => listing.head_present = true,
+            EntryKind::Stray => listing.strays.push(name),
+            EntryKind::HeadTemporary | EntryKind::Lock | EntryKind::Quarantine => {}
+        }
+    }
+    listing.segments.sort_unstable();
+    listing.strays.sort_unstable();
+    Ok(listing)
+}
+
+/// Reads a whole file as it is now, or `None` when it does not exist (any more).
+///
+/// The length is observed once and exactly that many bytes are read; a file that shrinks in
+/// between (a recovering writer cutting a torn tail) is read again.
+pub fn read_file(storage: &dyn Storage, path: &Path) -> Result<Option<Vec<u8>>> {
+    let mut last_error = None;
+    for _ in 0..SNAPSHOT_ATTEMPTS_MAX {
+        let file = match storage.open_read(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(Error::io("open", path, error)),
+        };
+        let len = file.len().map_err(|error| Error::io("stat", path, error))?;
+        let len = usize::try_from(len).map_err(|_| {
+            Error::io(
+                "read",
+                path,
+                io::Error::new(io::ErrorKind::OutOfMemory, "file too large to read"),
+            )
+        })?;
+        let mut bytes = vec![0; len];
+        match file.read_exact_at(&mut bytes, 0) {
+            Ok(()) => return Ok(Some(bytes)),
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => last_error = Some(error),
+            Err(error) => return Err(Error::io("read", path, error)),
+        }
+    }
+    let error = last_error.unwrap_or_else(|| io::Error::other("file kept changing"));
+    Err(Error::io("read", path, error))
+}
+
+/// The state of a segment's header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderStatus {
+    /// Valid, and it names the same base sequence as the file name.
+    Ok,
+    /// Rejected.
+    Bad(HeaderError),
+    /// Valid, but it names another base sequence than the file name.
+    WrongBase {
+        /// The base sequence in the header.
+        found: u64,
+    },
+}
+
+/// How a segment's frames end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentEnd {
+    /// The last frame ends exactly at the end of the file (or the header is bad and no frame
+    /// was read).
+    Clean,
+    /// The file ends inside the padding of its last frame: every record is intact, a few zero
+    /// bytes are missing.
+    PaddingCut,
+    /// The last frames belong to a batch whose final frame is missing.
+    IncompleteBatch {
+        /// Where the incomplete batch starts.
+        offset: u64,
+        /// Its first sequence number.
+        first_seq: u64,
+    },
+    /// Bytes that do not decode as the expected frame.
+    BadFrame {
+        /// Where the bad bytes start.
+        offset: u64,
+        /// The sequence number expected there.
+        expected_seq: u64,
+        /// Why they do not decode.
+        error: FrameError,
+        /// The valid frames found further on in the same file, as `(offset, seq)`: evidence
+        /// that this is damage rather than an interrupted write.
+        later_frames: Vec<(u64, u64)>,
+    },
+}
+
+/// One segment file, checked frame by frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// The file name.
+    pub name: String,
+    /// The base sequence number its name carries.
+    pub base_seq: u64,
+    /// The file's length when it was read.
+    pub file_len: u64,
+    /// The header's state; frames are only read behind a valid header.
+    pub header: HeaderStatus,
+    /// Records in complete batches.
+    pub records: u64,
+    /// The first record's sequence number.
+    pub first_seq: Option<u64>,
+    /// The last record's sequence number.
+    pub last_seq: Option<u64>,
+    /// Where the last complete batch ends: the length `Queue::open` would keep.
+    pub valid_end: u64,
+    /// How the frames end.
+    pub end: SegmentEnd,
+}
+
+impl SegmentScan {
+    /// The sequence number the next segment must start with.
+    pub fn next_seq(&self) -> u64 {
+        self.last_seq.map_or(self.base_seq, |last| last + 1)
+    }
+
+    /// True when the header and every frame are intact and the file ends where they do.
+    pub fn is_intact(&self) -> bool {
+        self.header == HeaderStatus::Ok && self.end == SegmentEnd::Clean
+    }
+
+    /// True for a segment whose creation was cut short: no valid header and no room for a
+    /// record. `Queue::open` removes such a file when it is the last segment.
+    pub fn is_unborn(&self) -> bool {
+        self.header != HeaderStatus::Ok && self.file_len <= SEGMENT_HEADER_LEN as u64
+    }
+}
+
+/// One frame of a segment, as listed by [`segment_frames`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// Byte offset of the frame in the file.
+    pub offset: u64,
+    /// The sequence number in the frame header (unchecked when `crc_ok` is false).
+    pub seq: u64,
+    /// The payload length in the frame header.
+    pub payload_len: u32,
+    /// The enqueue time in the frame header, microseconds since the Unix epoch.
+    pub enqueued_us: u64,
+    /// True on every frame of a batch but the last.
+    pub batch_continues: bool,
+    /// True when the frame passed every check (checksum, sequence number, length).
+    pub crc_ok: bool,
+    /// Why the frame was rejected.
+    pub error: Option<String>,
+}
+
+/// Checks a segment file's bytes. Pure: `bytes` is the whole file as read.
+pub fn scan_segment(name: &str, base_seq: u64, bytes: &[u8]) -> SegmentScan {
+    let mut scan = SegmentScan {
+        name: name.to_string(),
+        base_seq,
+        file_len: bytes.len() as u64,
+        header: HeaderStatus::Ok,
+        records: 0,
+        first_seq: None,
+        last_seq: None,
+        valid_end: SEGMENT_HEADER_LEN as u64,
+        end: SegmentEnd::Clean,
+    };
+    match decode_header(bytes) {
+        Ok(found) if found == base_seq => {}
+        Ok(found) => {
+            scan.header = HeaderStatus::WrongBase { found };
+            return scan;
+        }
+        Err(error) => {
+            scan.header = HeaderStatus::Bad(error);
+            return scan;
+        }
+    }
+    let mut batch_start = None;
+    let mut walk_end = SEGMENT_HEADER_LEN as u64;
+    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base_seq, PAYLOAD_LEN_MAX) {
+        match step {
+            WalkStep::Frame { offset, frame } => {
+                walk_end = offset + frame.frame_len as u64;
+                if frame.header.batch_continues {
+                    batch_start.get_or_insert((offset, frame.header.seq));
+                    continue;
+                }
+                batch_start = None;
+                scan.valid_end = walk_end;
+                scan.first_seq.get_or_insert(base_seq);
+                scan.last_seq = Some(frame.header.seq);
+                scan.records = frame.header.seq - base_seq + 1;
+            }
+            WalkStep::Bad {
+                offset,
+                expected_seq,
+                error,
+            } => {
+                let offset = batch_start.map_or(offset, |(start, _)| start);
+                let expected_seq = batch_start.map_or(expected_seq, |(_, seq)| seq);
+                scan.end = SegmentEnd::BadFrame {
+                    offset,
+                    expected_seq,
+                    error,
+                    later_frames: later_frames(bytes, offset, expected_seq),
+                };
+                return scan;
+            }
+        }
+    }
+    scan.end = match batch_start {
+        Some((offset, first_seq)) => SegmentEnd::IncompleteBatch { offset, first_seq },
+        None if walk_end > scan.file_len => SegmentEnd::PaddingCut,
+        None => SegmentEnd::Clean,
+    };
+    scan
+}
+
+/// Every frame after `from` that validates, with a sequence number at or above `min_seq`.
+fn later_frames(bytes: &[u8], from: u64, min_seq: u64) -> Vec<(u64, u64)> {
+    let mut found = Vec::new();
+    let mut at = from as usize;
+    while let Some((offset, seq)) = find_later_frame(bytes, at, min_seq, PAYLOAD_LEN_MAX) {
+        found.push((offset, seq));
+        at = offset as usize;
+    }
+    found
+}
+
+/// Lists every frame of a segment's bytes: the valid ones, then the first rejected one (whose
+/// header fields are shown unchecked), then any valid frames found past the damage.
+pub fn segment_frames(base_seq: u64, bytes: &[u8]) -> Vec<FrameInfo> {
+    let mut frames = Vec::new();
+    if decode_header(bytes) != Ok(base_seq) {
+        return frames;
+    }
+    let info = |offset: u64, crc_ok: bool, error: Option<String>| {
+        let at = bytes.get(offset as usize..).unwrap_or(&[]);
+        frame::peek_header(at).map(|header| FrameInfo {
+            offset,
+            seq: header.seq,
+            payload_len: header.payload_len,
+            enqueued_us: header.enqueued_us,
+            batch_continues: header.batch_continues,
+            crc_ok,
+            error,
+        })
+    };
+    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base_seq, PAYLOAD_LEN_MAX) {
+        match step {
+            WalkStep::Frame { offset, .. } => frames.extend(info(offset, true, None)),
+            WalkStep::Bad {
+                offset,
+                expected_seq,
+                error,
+            } => {
+                let detail = Some(error.to_string());
+                let bad = info(offset, false, detail.clone()).unwrap_or(FrameInfo {
+                    offset,
+                    seq: expected_seq,
+                    payload_len: 0,
+                    enqueued_us: 0,
+                    batch_continues: false,
+                    crc_ok: false,
+                    error: detail,
+                });
+                frames.push(bad);
+                for (later, _) in later_frames(bytes, offset, expected_seq) {
+                    frames.extend(info(later, true, None));
+                }
+            }
+        }
+    }
+    frames
+}
+
+/// The head index as read from disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadSnapshot {
+    /// The file's length, or `None` when the file does not exist.
+    pub file_len: Option<u64>,
+    /// Both slots and the one in force.
+    pub read: HeadRead,
+}
+
+impl HeadSnapshot {
+    /// The state in force: the valid slot with the highest generation.
+    pub fn state(&self) -> Option<HeadState> {
+        let current = self.read.current?;
+        self.read.slots.get(current)?.as_ref().ok().map(|slot| slot.state)
+    }
+}
+
+/// Reads the head index without locking.
+pub fn read_head(storage: &dyn Storage, dir: &Path) -> Result<HeadSnapshot> {
+    let bytes = read_file(storage, &dir.join(HEAD_FILE_NAME))?;
+    Ok(HeadSnapshot {
+        file_len: bytes.as_ref().map(|bytes| bytes.len() as u64),
+        read: decode_head_file(bytes.as_deref().unwrap_or(&[])),
+    })
+}
+
+/// How far a scan has got, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanProgress {
+    /// Bytes read so far.
+    pub bytes_done: u64,
+    /// Bytes to read in total, as listed when the scan started.
+    pub bytes_total: u64,
+}
+
+/// Every segment of a queue directory, checked frame by frame, and its head index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The queue directory.
+    pub dir: PathBuf,
+    /// The head index, read after the directory was listed, so it is at least as new as the
+    /// listing: no segment it still needs can be missing from the listing because of compaction.
+    pub head: HeadSnapshot,
+    /// The segments that could be read, in sequence order.
+    pub segments: Vec<SegmentScan>,
+    /// Segments that were listed but deleted before they could be read (compacted meanwhile).
+    pub vanished: Vec<String>,
+    /// Names diskspool did not write.
+    pub strays: Vec<String>,
+}
+
+impl Snapshot {
+    /// Lists and reads the whole directory once.
+    pub fn take(storage: &dyn Storage, dir: &Path) -> Result<Snapshot> {
+        Self::take_with_progress(storage, dir, &mut |_| {})
+    }
+
+    /// Like [`take`](Snapshot::take), reporting progress after each segment.
+    pub fn take_with_progress(
+        storage: &dyn Storage,
+        dir: &Path,
+        progress: &mut dyn FnMut(ScanProgress),
+    ) -> Result<Snapshot> {
+        let listing = list(storage, dir)?;
+        let head = read_head(storage, dir)?;
+        let mut sizes = Vec::with_capacity(listing.segments.len());
+        for (_, name) in &listing.segments {
+            let len = storage
+                .open_read(&dir.join(name))
+                .and_then(|file| file.len())
+                .unwrap_or(0);
+            sizes.push(len);
+        }
+        let mut done = ScanProgress {
+            bytes_done: 0,
+            bytes_total: sizes.iter().sum(),
+        };
+        let mut snapshot = Snapshot {
+            dir: dir.to_path_buf(),
+            head,
+            segments: Vec::with_capacity(listing.segments.len()),
+            vanished: Vec::new(),
+            strays: listing.strays,
+        };
+        for ((base, name), size) in listing.segments.iter().zip(sizes) {
+            match read_file(storage, &dir.join(name))? {
+                Some(bytes) => snapshot.segments.push(scan_segment(name, *base, &bytes)),
+                None => snapshot.vanished.push(name.clone()),
+            }
+            done.bytes_done += size;
+            progress(done);
+        }
+        Ok(snapshot)
+    }
+
+    /// The head sequence number in force: from the head index, or 0 for a directory without
+    /// one and without segments (a queue not created yet).
+    pub fn head_seq(&self) -> Option<u64> {
+        match self.head.state() {
+            Some(state) => Some(state.head_seq),
+            None if self.head.file_len.is_none() && self.segments.is_empty() => Some(0),
+            None => None,
+        }
+    }
+
+    /// The segments `Queue::open` would use: without an unborn last segment.
+    pub fn live_segments(&self) -> &[SegmentScan] {
+        match self.segments.split_last() {
+            Some((last, rest)) if last.is_unborn() => rest,
+            _ => &self.segments,
+        }
+    }
+}
+
+/// Sizes and positions of a queue, read without locking. Field names match the JSON of
+/// `spool stat --json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStat {
+    /// Records in the queue.
+    pub len: u64,
+    /// Sequence number of the oldest record (the next pop).
+    pub head_seq: u64,
+    /// Sequence number the next push will get.
+    pub next_seq: u64,
+    /// Segment files on disk.
+    pub segments: usize,
+    /// Bytes of frames not yet consumed.
+    pub live_bytes: u64,
+    /// Bytes of all segment files and the head index.
+    pub disk_bytes: u64,
+    /// When the oldest record was pushed, microseconds since the Unix epoch.
+    pub oldest_enqueued_us: Option<u64>,
+}
+
+impl QueueStat {
+    /// How long ago the oldest record was pushed, by this machine's clock.
+    pub fn oldest_age(&self, now: SystemTime) -> Option<Duration> {
+        let enqueued = UNIX_EPOCH + Duration::from_micros(self.oldest_enqueued_us?);
+        Some(now.duration_since(enqueued).unwrap_or(Duration::ZERO))
+    }
+}
+
+/// Reads a queue's sizes and positions without locking it. Reads the head index, the segment
+/// holding the head and the last segment; the others only by their length.
+pub fn stat(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
+    retry_while_changing(|| stat_once(storage, dir))
+}
+
+/// Runs a lock-free read until two conditions hold: it succeeded, or it failed the same way
+/// after the files stopped changing under it.
+fn retry_while_changing<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut outcome = attempt();
+    for _ in 1..SNAPSHOT_ATTEMPTS_MAX {
+        if outcome.is_ok() {
+            break;
+        }
+        std::thread::sleep(SNAPSHOT_RETRY_PAUSE);
+        outcome = attempt();
+    }
+    outcome
+}
+
+fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
+    let listing = list(storage, dir)?;
+    let head = read_head(storage, dir)?;
+    let mut disk_bytes = head.file_len.unwrap_or(0);
+    let mut lens = Vec::with_capacity(listing.segments.len());
+    for (_, name) in &listing.segments {
+        let path = dir.join(name);
+        let len = match storage.open_read(&path) {
+            Ok(file) => file.len().map_err(|error| Error::io("stat", &path, error))?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
+            Err(error) => return Err(Error::io("open", &path, error)),
+        };
+        disk_bytes += len;
+        lens.push(len);
+    }
+    let mut cursor = Cursor::locate(storage, dir, &listing, &head, None, OnVanish::Fail)?;
+    let tail = Tail::read(storage, dir, &listing)?;
+    let live_bytes = match (cursor.loaded, tail.index) {
+        (Some(head_index), Some(tail_index)) if head_index == tail_index => {
+            tail.valid_end.saturating_sub(cursor.offset)
+        }
+        (Some(head_index), Some(tail_index)) => {
+            let header = SEGMENT_HEADER_LEN as u64;
+            let middle: u64 = lens
+                .iter()
+                .take(tail_index)
+                .skip(head_index + 1)
+                .map(|len| len.saturating_sub(header))
+                .sum();
+            cursor.valid_end.saturating_sub(cursor.offset)
+                + middle
+                + tail.valid_end.saturating_sub(header)
+        }
+        _ => 0,
+    };
+    let head_seq = cursor.head_seq;
+    let oldest = cursor.step(storage, dir, &listing)?;
+    Ok(QueueStat {
+        len: tail.next_seq.saturating_sub(head_seq),
+        head_seq,
+        next_seq: tail.next_seq.max(head_seq),
+        segments: listing.segments.len(),
+        live_bytes,
+        disk_bytes,
+        oldest_enqueued_us: oldest.map(|record| record.enqueued_us),
+    })
+}
+
+/// The end of the log: the last segment that `Queue::open` would keep.
+struct Tail {
+    /// Index into the listing, `None` without segments.
+    index: Option<usize>,
+    /// The sequence number the next push gets.
+    next_seq: u64,
+    /// Where the last complete batch ends.
+    valid_end: u64,
+}
+
+impl Tail {
+    fn read(storage: &dyn Storage, dir: &Path, listing: &Listing) -> Result<Tail> {
+        for (index, (base, name)) in listing.segments.iter().enumerate().rev() {
+            let path = dir.join(name);
+            let Some(bytes) = read_file(storage, &path)? else {
+                return Err(Error::corrupt(path, 0, "segment deleted while being read"));
+            };
+            let scan = scan_segment(name, *base, &bytes);
+            let is_last = index + 1 == listing.segments.len();
+            if is_last && scan.is_unborn() {
+                continue;
+            }
+            check_header(&path, &scan)?;
+            return Ok(Tail {
+                index: Some(index),
+                next_seq: scan.next_seq(),
+                valid_end: scan.valid_end,
+            });
+        }
+        Ok(Tail {
+            index: None,
+            next_seq: 0,
+            valid_end: SEGMENT_HEADER_LEN as u64,
+        })
+    }
+}
+
+fn check_header(path: &Path, scan: &SegmentScan) -> Result<()> {
+    match &scan.header {
+        HeaderStatus::Ok => Ok(()),
+        HeaderStatus::Bad(HeaderError::UnsupportedVersion(found)) => {
+            Err(Error::UnsupportedVersion {
+                file: path.to_path_buf(),
+                found: *found,
+                supported: crate::segment::FORMAT_VERSION,
+            })
+        }
+        HeaderStatus::Bad(error) => Err(Error::corrupt(path, 0, error.to_string())),
+        HeaderStatus::WrongBase { found } => Err(Error::corrupt(
+            path,
+            0,
+            format!(
+                "header names base sequence {found}, file name {}",
+                scan.base_seq
+            ),
+        )),
+    }
+}
+
+/// A record copied out of a segment by a lock-free reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// Enqueue time in microseconds since the Unix epoch.
+    pub enqueued_us: u64,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+impl StoredRecord {
+    /// When the record was pushed.
+    pub fn enqueued_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.enqueued_us)
+    }
+}
+
+/// What a reader does when a segment it needs was deleted after the listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnVanish {
+    /// Fail, so that the caller takes a fresh view.
+    Fail,
+    /// Go on with the next segment: compaction deleted it, so its records were consumed.
+    Skip,
+}
+
+/// A lock-free read position: one segment's bytes and an offset in them.
+#[derive(Debug)]
+struct Cursor {
+    head_seq: u64,
+    on_vanish: OnVanish,
+    /// Index into the listing of the segment in `bytes`.
+    loaded: Option<usize>,
+    bytes: Vec<u8>,
+    offset: u64,
+    next_seq: u64,
+    /// Where the loaded segment stops serving records.
+    valid_end: u64,
+    /// Raised when the reader reaches `valid_end` of a damaged sealed segment.
+    damage: Option<Error>,
+    finished: bool,
+}
+
+impl Cursor {
+    /// Positions a reader at the first record at or after `from` (the head by default; never
+    /// before the head).
+    fn locate(
+        storage: &dyn Storage,
+        dir: &Path,
+        listing: &Listing,
+        head: &HeadSnapshot,
+        from: Option<u64>,
+        on_vanish: OnVanish,
+    ) -> Result<Cursor> {
+        let head_seq = match head.state() {
+            Some(state) => state.head_seq,
+            None if head.file_len.is_none() && listing.segments.is_empty() => 0,
+            None => {
+                return Err(Error::corrupt(
+                    dir.join(HEAD_FILE_NAME),
+                    0,
+                    "the head index is missing or has no valid slot, so which records were \
+                     consumed is unknown",
+                ))
+            }
+        };
+        let target = from.unwrap_or(head_seq).max(head_seq);
+        let mut cursor = Cursor {
+            head_seq,
+            on_vanish,
+            loaded: None,
+            bytes: Vec::new(),
+            offset: SEGMENT_HEADER_LEN as u64,
+            next_seq: target,
+            valid_end: SEGMENT_HEADER_LEN as u64,
+            damage: None,
+            finished: true,
+        };
+        let Some(index) = listing.segments.iter().rposition(|(base, _)| *base <= target) else {
+            if let Some((first, name)) = listing.segments.first() {
+                return Err(Error::corrupt(
+                    dir.join(name),
+                    0,
+                    format!(
+                        "records {head_seq}..{first} are missing: the head is at {head_seq} \
+                         but the oldest segment starts at {first}"
+                    ),
+                ));
+            }
+            return Ok(cursor);
+        };
+        cursor.finished = false;
+        cursor.enter(storage, dir, listing, index)?;
+        // Skip the records before the target: consumed ones, or those before `from`.
+        while !cursor.finished && cursor.next_seq < target {
+            if cursor.offset >= cursor.valid_end {
+                break;
+            }
+            cursor.step(storage, dir, listing)?;
+        }
+        Ok(cursor)
+    }
+
+    /// Reads segment `index` of the listing and positions at its first frame; skips segments
+    /// that vanished if allowed.
+    fn enter(
+        &mut self,
+        storage: &dyn Storage,
+        dir: &Path,
+        listing: &Listing,
+        index: usize,
+    ) -> Result<()> {
+        let mut index = index;
+        loop {
+            let Some((base, name)) = listing.segments.get(index) else {
+                self.finished = true;
+                return Ok(());
+            };
+            let path = dir.join(name);
+            let Some(bytes) = read_file(storage, &path)? else {
+                if self.on_vanish == OnVanish::Skip {
+                    index += 1;
+                    if let Some((next_base, _)) = listing.segments.get(index) {
+                        self.next_seq = *next_base;
+                    }
+                    continue;
+                }
+                return Err(Error::corrupt(path, 0, "segment deleted while being read"));
+            };
+            if *base != self.next_seq && self.loaded.is_some() {
+                return Err(Error::corrupt(
+                    &path,
+                    0,
+                    format!(
+                        "records {}..{base} are missing: the previous segment ends before {} \
+                         and this one starts at {base}",
+                        self.next_seq, self.next_seq
+                    ),
+                ));
+            }
+            let scan = scan_segment(name, *base, &bytes);
+            let is_last = index + 1 == listing.segments.len();
+            if is_last && scan.is_unborn() {
+                self.finished = true;
+                return Ok(());
+            }
+            check_header(&path, &scan)?;
+            self.damage = None;
+            if !is_last {
+                // A sealed segment was synced whole before the next one was created, so
+                // anything but a clean end is damage. The records before it are still served.
+                self.damage = match &scan.end {
+                    SegmentEnd::Clean => None,
+                    SegmentEnd::BadFrame { offset, error, .. } => {
+                        Some(Error::corrupt(&path, *offset, error.to_string()))
+                    }
+                    SegmentEnd::PaddingCut | SegmentEnd::IncompleteBatch { .. } => Some(
+                        Error::corrupt(&path, scan.valid_end, "sealed segment ends inside a batch"),
+                    ),
+                };
+            }
+            self.loaded = Some(index);
+            self.next_seq = *base;
+            self.offset = SEGMENT_HEADER_LEN as u64;
+            self.valid_end = scan.valid_end.min(bytes.len() as u64);
+            self.bytes = bytes;
+            return Ok(());
+        }
+    }
+
+    /// The next record, or `None` at the end of the log.
+    fn step(
+        &mut self,
+        storage: &dyn Storage,
+        dir: &Path,
+        listing: &Listing,
+    ) -> Result<Option<StoredRecord>> {
+        loop {
+            if self.finished {
+                return Ok(None);
+            }
+            if self.offset < self.valid_end {
+                return self.decode_here(dir, listing).map(Some);
+            }
+            if let Some(damage) = self.damage.take() {
+                self.finished = true;
+                return Err(damage);
+            }
+            let next = self.loaded.map_or(0, |index| index + 1);
+            if next >= listing.segments.len() {
+                self.finished = true;
+                return Ok(None);
+            }
+            self.enter(storage, dir, listing, next)?;
+        }
+    }
+
+    fn decode_here(&mut self, dir: &Path, listing: &Listing) -> Result<StoredRecord> {
+        let path = match self.loaded.and_then(|index| listing.segments.get(index)) {
+            Some((_, name)) => dir.join(name),
+            None => dir.to_path_buf(),
+        };
+        let start = usize::try_from(self.offset).unwrap_or(usize::MAX);
+        let end = usize::try_from(self.valid_end).unwrap_or(usize::MAX);
+        let at = self.bytes.get(start..end).unwrap_or(&[]);
+        let decoded = frame::decode(at, self.next_seq, PAYLOAD_LEN_MAX).map_err(|error| {
+            self.finished = true;
+            Error::corrupt(&path, self.offset, error.to_string())
+        })?;
+        let payload = at.get(decoded.payload.clone()).unwrap_or(&[]).to_vec();
+        let record = StoredRecord {
+            seq: self.next_seq,
+            enqueued_us: decoded.header.enqueued_us,
+            payload,
+        };
+        self.offset += decoded.frame_len as u64;
+        self.next_seq += 1;
+        Ok(record)
+    }
+}
+
+/// Records from the head (or from `from`, if later), read without locking and without removing
+/// them. See [`records`].
+#[derive(Debug)]
+pub struct Records<'a> {
+    storage: &'a dyn Storage,
+    dir: PathBuf,
+    listing: Listing,
+    cursor: Cursor,
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<StoredRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.cursor
+            .step(self.storage, &self.dir, &self.listing)
+            .transpose()
+    }
+}
+
+/// Reads the queue's records without removing them, oldest first, starting at the head or at
+/// `from` when that is later. Records pushed after the call may or may not be included; a
+/// segment compacted while reading is skipped (its records were consumed meanwhile). A damaged
+/// frame ends the iteration with [`Error::Corrupt`]; an interrupted write at the very end of
+/// the log ends it quietly, as `Queue::open` would cut it.
+pub fn records<'a>(storage: &'a dyn Storage, dir: &Path, from: Option<u64>) -> Result<Records<'a>> {
+    let (listing, cursor) = retry_while_changing(|| {
+        let listing = list(storage, dir)?;
+        let head = read_head(storage, dir)?;
+        let cursor = Cursor::locate(storage, dir, &listing, &head, from, OnVanish::Skip)?;
+        Ok((listing, cursor))
+    })?;
+    Ok(Records {
+        storage,
+        dir: dir.to_path_buf(),
+        listing,
+        cursor,
+    })
+}
