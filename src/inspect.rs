@@ -221,10 +221,83 @@ impl SegmentScan {
         self.header == HeaderStatus::Ok && self.end == SegmentEnd::Clean
     }
 
+    /// The segment's health; `is_last` tells whether it is the last segment, where an
+    /// interrupted write is expected after a crash.
+    pub fn health(&self, is_last: bool) -> SegmentHealth {
+        match (&self.header, &self.end) {
+            (HeaderStatus::Bad(HeaderError::UnsupportedVersion(_)), _) => {
+                SegmentHealth::UnsupportedVersion
+            }
+            (HeaderStatus::Bad(_) | HeaderStatus::WrongBase { .. }, _) => SegmentHealth::BadHeader,
+            (HeaderStatus::Ok, SegmentEnd::Clean) => SegmentHealth::Ok,
+            (HeaderStatus::Ok, SegmentEnd::BadFrame { later_frames, .. })
+                if is_last && later_frames.is_empty() =>
+            {
+                SegmentHealth::TornTail
+            }
+            (HeaderStatus::Ok, SegmentEnd::PaddingCut | SegmentEnd::IncompleteBatch { .. })
+                if is_last =>
+            {
+                SegmentHealth::TornTail
+            }
+            (HeaderStatus::Ok, _) => SegmentHealth::Damaged,
+        }
+    }
+
     /// True for a segment whose creation was cut short: no valid header and no room for a
     /// record. `Queue::open` removes such a file when it is the last segment.
     pub fn is_unborn(&self) -> bool {
         self.header != HeaderStatus::Ok && self.file_len <= SEGMENT_HEADER_LEN as u64
+    }
+}
+
+/// A segment's health in one word, as `spool inspect` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentHealth {
+    /// Header and every frame intact.
+    Ok,
+    /// The last segment ends in an interrupted write (`Queue::open` cuts it).
+    TornTail,
+    /// A frame or batch is damaged while data follows it.
+    Damaged,
+    /// The header is unreadable or names another base sequence.
+    BadHeader,
+    /// Written by another format version.
+    UnsupportedVersion,
+}
+
+impl SegmentHealth {
+    /// The stable snake_case name used in JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            SegmentHealth::Ok => "ok",
+            SegmentHealth::TornTail => "torn_tail",
+            SegmentHealth::Damaged => "damaged",
+            SegmentHealth::BadHeader => "bad_header",
+            SegmentHealth::UnsupportedVersion => "unsupported_version",
+        }
+    }
+}
+
+/// Whether a segment's records are still to be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentState {
+    /// Every record is behind the head; compaction deletes the file.
+    Consumed,
+    /// Holds records not consumed yet; no longer written to.
+    Live,
+    /// The last segment: new records are appended to it.
+    Active,
+}
+
+impl SegmentState {
+    /// The stable name used in output: `consumed`, `live` or `active`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SegmentState::Consumed => "consumed",
+            SegmentState::Live => "live",
+            SegmentState::Active => "active",
+        }
     }
 }
 
@@ -383,7 +456,12 @@ impl HeadSnapshot {
     /// The state in force: the valid slot with the highest generation.
     pub fn state(&self) -> Option<HeadState> {
         let current = self.read.current?;
-        self.read.slots.get(current)?.as_ref().ok().map(|slot| slot.state)
+        self.read
+            .slots
+            .get(current)?
+            .as_ref()
+            .ok()
+            .map(|slot| slot.state)
     }
 }
 
@@ -475,6 +553,22 @@ impl Snapshot {
         }
     }
 
+    /// Whether segment `index` of [`segments`](Snapshot::segments) is consumed, live or active.
+    pub fn segment_state(&self, index: usize) -> SegmentState {
+        if index + 1 >= self.segments.len() {
+            return SegmentState::Active;
+        }
+        let consumed = match (self.segments.get(index), self.head_seq()) {
+            (Some(scan), Some(head)) => scan.next_seq() <= head,
+            _ => false,
+        };
+        if consumed {
+            SegmentState::Consumed
+        } else {
+            SegmentState::Live
+        }
+    }
+
     /// The segments `Queue::open` would use: without an unborn last segment.
     pub fn live_segments(&self) -> &[SegmentScan] {
         match self.segments.split_last() {
@@ -540,7 +634,9 @@ fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
     for (_, name) in &listing.segments {
         let path = dir.join(name);
         let len = match storage.open_read(&path) {
-            Ok(file) => file.len().map_err(|error| Error::io("stat", &path, error))?,
+            Ok(file) => file
+                .len()
+                .map_err(|error| Error::io("stat", &path, error))?,
             Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
             Err(error) => return Err(Error::io("open", &path, error)),
         };
@@ -718,7 +814,11 @@ impl Cursor {
             damage: None,
             finished: true,
         };
-        let Some(index) = listing.segments.iter().rposition(|(base, _)| *base <= target) else {
+        let Some(index) = listing
+            .segments
+            .iter()
+            .rposition(|(base, _)| *base <= target)
+        else {
             if let Some((first, name)) = listing.segments.first() {
                 return Err(Error::corrupt(
                     dir.join(name),

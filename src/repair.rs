@@ -50,8 +50,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME, HEAD_SLOT_LEN};
 use crate::inspect::{
-    read_file, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
-    QUARANTINE_DIR_NAME,
+    read_file, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot, QUARANTINE_DIR_NAME,
 };
 use crate::queue::LOCK_FILE_NAME;
 use crate::segment::SEGMENT_HEADER_LEN;
@@ -415,9 +414,9 @@ impl<'a> Planner<'a> {
                 oldest
             }
             (Some(state), _) => {
-                let damaged_slot = head.read.slots.iter().any(|slot| {
-                    matches!(slot, Err(error) if *error != crate::head::SlotError::Empty)
-                });
+                let damaged_slot = head.read.slots.iter().any(
+                    |slot| matches!(slot, Err(error) if *error != crate::head::SlotError::Empty),
+                );
                 if !damaged_slot {
                     return;
                 }
@@ -425,9 +424,7 @@ impl<'a> Planner<'a> {
             }
         };
         self.new_head = Some(target);
-        let saved_as = head
-            .file_len
-            .map(|_| self.quarantine_path(HEAD_FILE_NAME));
+        let saved_as = head.file_len.map(|_| self.quarantine_path(HEAD_FILE_NAME));
         let reason = if self.head_moved {
             format!(
                 "head index unreadable or behind the oldest record; set to {target} (records \
@@ -506,7 +503,11 @@ fn execute(
     Ok(())
 }
 
-fn truncate_tail(storage: &dyn Storage, action: &RepairAction, saved_as: Option<&Path>) -> Result<()> {
+fn truncate_tail(
+    storage: &dyn Storage,
+    action: &RepairAction,
+    saved_as: Option<&Path>,
+) -> Result<()> {
     let path = &action.file;
     let file = storage
         .open(path)
