@@ -54,3 +54,8 @@ pub use options::{
 pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
 pub use recovery::{RecoveryReport, Truncation};
 pub use typed::{Bincode, BoxError, Codec, TypedQueue};
+
+/// The README's examples, compiled as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
