@@ -1,7 +1,7 @@
 //! `spool push`, `pop`, `peek` and `dump`: records in and out.
 
 use std::io::{self, BufRead, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -258,7 +258,7 @@ pub fn dump(args: &DumpArgs) -> Result<u8, Failure> {
     )
 }
 
-fn print_records(dir: &PathBuf, from: Option<u64>, limit: u64, json: bool) -> Result<u8, Failure> {
+fn print_records(dir: &Path, from: Option<u64>, limit: u64, json: bool) -> Result<u8, Failure> {
     require_dir(dir)?;
     let mut out = io::BufWriter::new(io::stdout().lock());
     let records = inspect::records(&OsStorage, dir, from)?;
