@@ -2,13 +2,13 @@
 
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use diskspool::frame::frame_len;
 use diskspool::inspect::{self, StoredRecord};
 use diskspool::storage::OsStorage;
-use diskspool::{Queue, SyncPolicy};
+use diskspool::{Queue, Record, SyncPolicy};
 
 use crate::{open_queue, print, require_dir, Failure, EXIT_OK, EXIT_WAIT_EXPIRED};
 
@@ -18,6 +18,8 @@ const PUSH_BATCH_BYTES_MAX: u64 = 1 << 20;
 /// Records removed per `pop_batch` with `--all` or a large `-n`: at most this many are lost if
 /// standard output fails after they were removed.
 const POP_BATCH_RECORDS_MAX: usize = 256;
+/// How often `pop --wait` looks for a record while it waits without holding the lock.
+const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// When `push` makes records durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,6 +69,8 @@ Examples:
   spool pop -n 10 /var/spool/jobs            up to 10 records
   spool pop --all --json /var/spool/jobs     everything, as JSON lines
   spool pop --wait 30 /var/spool/jobs        wait up to 30 s for a record (exit 3 if none)
+
+While it waits, pop --wait does not hold the queue's lock, so other processes can push.
 
 Removal is durable before a record is printed; if standard output fails, the records of the
 batch being printed (at most 256) are lost. An empty queue prints nothing and exits 0.
@@ -207,42 +211,75 @@ pub fn pop(args: &PopArgs) -> Result<u8, Failure> {
         Some(secs) => Some(Duration::from_secs_f64(secs)),
         None => None,
     };
-    let queue = open_queue(&args.dir, None, SyncPolicy::Always, true)?;
-    let mut out = io::stdout().lock();
     let mut left = if args.all { usize::MAX } else { args.count };
     if left == 0 {
         return Ok(EXIT_OK);
     }
-    if let Some(wait) = wait {
-        let Some(record) = queue.pop_timeout(wait)? else {
-            return Ok(EXIT_WAIT_EXPIRED);
-        };
-        let stored = StoredRecord {
-            seq: record.seq(),
-            enqueued_us: record.enqueued_at_micros(),
-            payload: record.payload().to_vec(),
-        };
-        write_record(&mut out, &stored, args.json)?;
-        left -= 1;
-    }
+    let mut out = io::stdout().lock();
+    let queue = match wait {
+        Some(wait) => {
+            let Some((queue, first)) = wait_for_record(&args.dir, wait)? else {
+                return Ok(EXIT_WAIT_EXPIRED);
+            };
+            write_record(&mut out, &stored(&first), args.json)?;
+            left -= 1;
+            queue
+        }
+        None => open_queue(&args.dir, None, SyncPolicy::Always, true)?,
+    };
     while left > 0 {
         let batch = queue.pop_batch(left.min(POP_BATCH_RECORDS_MAX))?;
         if batch.is_empty() {
             break;
         }
         left = left.saturating_sub(batch.len());
-        for record in batch {
-            let stored = StoredRecord {
-                seq: record.seq(),
-                enqueued_us: record.enqueued_at_micros(),
-                payload: record.payload().to_vec(),
-            };
-            write_record(&mut out, &stored, args.json)?;
+        for record in &batch {
+            write_record(&mut out, &stored(record), args.json)?;
         }
         out.flush()?;
     }
     out.flush()?;
     Ok(EXIT_OK)
+}
+
+fn stored(record: &Record) -> StoredRecord {
+    StoredRecord {
+        seq: record.seq(),
+        enqueued_us: record.enqueued_at_micros(),
+        payload: record.payload().to_vec(),
+    }
+}
+
+/// Waits until the queue holds a record and pops it; `None` when `wait` ran out first.
+///
+/// A process that holds the queue open keeps every other process out, so the wait happens
+/// without the lock: a lock-free `stat` every few milliseconds lets producers in other processes
+/// push meanwhile. Once a record shows, the queue is opened and `pop_timeout` takes it (waiting
+/// briefly, as another consumer may have taken it first).
+fn wait_for_record(dir: &Path, wait: Duration) -> Result<Option<(Queue, Record)>, Failure> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let stat = inspect::stat(&OsStorage, dir)?;
+        if stat.len > 0 {
+            match open_queue(dir, None, SyncPolicy::Always, true) {
+                Ok(queue) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if let Some(record) = queue.pop_timeout(remaining.min(WAIT_POLL_INTERVAL))? {
+                        return Ok(Some((queue, record)));
+                    }
+                }
+                // A producer has it open for a moment: try again until the deadline.
+                Err(Failure::Queue(diskspool::Error::Locked { .. }))
+                    if Instant::now() < deadline => {}
+                Err(failure) => return Err(failure),
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(WAIT_POLL_INTERVAL.min(deadline - now));
+    }
 }
 
 pub fn peek(args: &PeekArgs) -> Result<u8, Failure> {
