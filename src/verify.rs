@@ -251,7 +251,7 @@ fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
                     detail: sequence_break(expected, scan.base_seq),
                 });
             }
-        } else if let Some(head) = head_seq {
+        } else if let (0, Some(head)) = (index, head_seq) {
             if scan.base_seq > head {
                 problems.push(Problem {
                     kind: ProblemKind::MissingRecords,
@@ -265,12 +265,18 @@ fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
                 });
             }
         }
-        expected = Some(scan.next_seq());
         if let Some(problem) = header_problem(&path, scan) {
             problems.push(problem);
+            expected = None;
             continue;
         }
-        problems.extend(end_problem(path, scan, is_last));
+        // Where a damaged segment really ends is unknown: the next one is not compared with it.
+        let end = end_problem(path, scan, is_last);
+        expected = match scan.end {
+            SegmentEnd::Clean | SegmentEnd::PaddingCut => Some(scan.next_seq()),
+            SegmentEnd::IncompleteBatch { .. } | SegmentEnd::BadFrame { .. } => None,
+        };
+        problems.extend(end);
     }
     // An unborn last segment is removed by `Queue::open`; it holds nothing.
     if let Some(unborn) = snapshot.segments.get(segments.len()) {

@@ -1,0 +1,225 @@
+//! `repair`: exactly the damaged range is cut and quarantined, verify is clean afterwards, and
+//! every good record before the damage pops with the right bytes.
+
+use predicates::prelude::*;
+
+use crate::util::*;
+
+/// Runs `spool repair --json DIR` and returns the report and exit code.
+fn repair_json(dir: &std::path::Path, dry_run: bool) -> (serde_json::Value, i32) {
+    let mut args = vec!["repair", "--json"];
+    if dry_run {
+        args.push("--dry-run");
+    }
+    args.push(arg(dir));
+    let output = spool(&args).output().unwrap();
+    let report = serde_json::from_slice(&output.stdout).unwrap();
+    (report, output.status.code().unwrap())
+}
+
+/// Every file of `dir` with its bytes, for before/after comparisons.
+fn contents(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file() && name(path) != "lock")
+        .map(|path| (name(&path), std::fs::read(&path).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn damage_in_a_sealed_segment_cuts_from_the_bad_frame_and_quarantines_the_rest() {
+    let (_temp, dir) = queue_with(100, 0);
+    let files = segments(&dir);
+    assert!(files.len() >= 3);
+    let (offset, bad_seq) = frames(&files[0])[5];
+    let first_len = std::fs::metadata(&files[0]).unwrap().len();
+    flip_byte(&files[0], offset + 30);
+
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["cut_first_seq"], bad_seq);
+    assert_eq!(report["cut_end_seq"], 100);
+    // The bad frame is unreadable; the ones after it in the segment and all later segments are
+    // readable copies in quarantine.
+    assert_eq!(report["quarantined_records"], 100 - bad_seq - 1);
+    assert_eq!(report["clean_after"], true);
+
+    let mut expected = vec![format!("{}.cut-at-{offset}", name(&files[0]))];
+    expected.extend(files[1..].iter().map(|path| name(path)));
+    expected.sort();
+    assert_eq!(quarantined(&dir), expected);
+    let cut = std::fs::read(
+        dir.join("quarantine")
+            .join(format!("{}.cut-at-{offset}", name(&files[0]))),
+    )
+    .unwrap();
+    assert_eq!(
+        cut.len() as u64,
+        first_len - offset,
+        "the whole cut tail was saved"
+    );
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), offset);
+
+    assert_eq!(verify_json(&dir).1, 0);
+    assert_records(&drain(&dir), 0..bad_seq);
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_saved() {
+    let (_temp, dir) = queue_with(80, 10);
+    let last = segments(&dir).last().unwrap().clone();
+    let tail = frames(&last);
+    let (offset, first_lost) = tail[tail.len() - 3];
+    zero_from(&last, offset);
+    spool(&["repair", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(format!(
+            "truncate {} at byte {offset}",
+            name(&last)
+        )))
+        .stdout(predicate::str::contains(format!(
+            "the queue now ends before sequence {first_lost}"
+        )))
+        .stdout(predicate::str::contains("verify after repair: clean"));
+    assert_eq!(
+        quarantined(&dir),
+        [format!("{}.cut-at-{offset}", name(&last))]
+    );
+    assert_eq!(verify_json(&dir).1, 0);
+    assert_records(&drain(&dir), 10..first_lost);
+}
+
+#[test]
+fn a_deleted_middle_segment_quarantines_everything_after_the_gap() {
+    let (_temp, dir) = queue_with(100, 0);
+    let files = segments(&dir);
+    let first_missing = frames(&files[1])[0].1;
+    std::fs::remove_file(&files[1]).unwrap();
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["cut_first_seq"], first_missing);
+    assert_eq!(report["cut_end_seq"], 100);
+    let expected: Vec<String> = files[2..].iter().map(|path| name(path)).collect();
+    assert_eq!(quarantined(&dir), expected);
+    assert_eq!(verify_json(&dir).1, 0);
+    assert_records(&drain(&dir), 0..first_missing);
+}
+
+#[test]
+fn a_segment_of_another_version_is_quarantined_with_what_follows() {
+    let (_temp, dir) = queue_with(100, 0);
+    let files = segments(&dir);
+    let base = frames(&files[1])[0].1;
+    set_segment_version(&files[1], 7);
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["cut_first_seq"], base);
+    let expected: Vec<String> = files[1..].iter().map(|path| name(path)).collect();
+    assert_eq!(quarantined(&dir), expected);
+    assert_records(&drain(&dir), 0..base);
+}
+
+#[test]
+fn a_damaged_consumed_segment_is_quarantined_without_cutting_live_records() {
+    let (_temp, dir) = queue_with(100, 60);
+    let files = segments(&dir);
+    assert!(frames(&files[0]).last().unwrap().1 < 60);
+    flip_byte(&files[0], frames(&files[0])[2].0 + 30);
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert!(report["cut_first_seq"].is_null(), "{report}");
+    assert_eq!(quarantined(&dir), [name(&files[0])]);
+    assert_records(&drain(&dir), 60..100);
+}
+
+#[test]
+fn one_damaged_head_slot_is_rewritten_and_the_head_kept() {
+    let (_temp, dir) = queue_with(30, 12);
+    flip_byte(&dir.join("head"), 20);
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert!(report["head_reset_to"].is_null());
+    assert_eq!(quarantined(&dir), ["head"]);
+    assert_eq!(verify_json(&dir).1, 0);
+    assert_records(&drain(&dir), 12..30);
+}
+
+#[test]
+fn an_unreadable_head_is_reset_to_the_oldest_record_on_disk() {
+    // Records consumed but not compacted come back: delivering twice loses nothing.
+    let (_temp, dir) = queue_with(30, 12);
+    let head = dir.join("head");
+    flip_byte(&head, 20);
+    flip_byte(&head, 4096 + 20);
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["head_reset_to"], 0);
+    assert_eq!(verify_json(&dir).1, 0);
+    assert_records(&drain(&dir), 0..30);
+}
+
+#[test]
+fn stray_files_move_to_quarantine() {
+    let (_temp, dir) = queue_with(5, 0);
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(quarantined(&dir), ["notes.txt"]);
+    assert_eq!(
+        std::fs::read(dir.join("quarantine/notes.txt")).unwrap(),
+        b"mine"
+    );
+    assert_records(&drain(&dir), 0..5);
+}
+
+#[test]
+fn dry_run_changes_nothing_and_exits_1_when_there_is_work() {
+    let (_temp, dir) = queue_with(100, 0);
+    let files = segments(&dir);
+    let (offset, bad_seq) = frames(&files[1])[3];
+    flip_byte(&files[1], offset + 30);
+    let before = contents(&dir);
+    let (report, code) = repair_json(&dir, true);
+    assert_eq!(code, 1);
+    assert_eq!(report["dry_run"], true);
+    assert!(report["clean_after"].is_null());
+    assert_eq!(report["cut_first_seq"], bad_seq);
+    assert!(!report["actions"].as_array().unwrap().is_empty());
+    assert_eq!(contents(&dir), before);
+    assert!(!dir.join("quarantine").exists());
+    spool(&["repair", "--dry-run", arg(&dir)])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("would cut sequence numbers"));
+}
+
+#[test]
+fn a_clean_queue_needs_no_repair() {
+    let (_temp, dir) = queue_with(40, 5);
+    let before = contents(&dir);
+    spool(&["repair", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("nothing to repair"));
+    spool(&["repair", "--dry-run", arg(&dir)]).assert().code(0);
+    assert_eq!(contents(&dir), before);
+}
+
+#[test]
+fn repeated_repairs_never_overwrite_quarantined_files() {
+    let (_temp, dir) = queue_with(5, 0);
+    std::fs::write(dir.join("stray"), "one").unwrap();
+    spool(&["repair", arg(&dir)]).assert().code(0);
+    std::fs::write(dir.join("stray"), "two").unwrap();
+    spool(&["repair", arg(&dir)]).assert().code(0);
+    assert_eq!(quarantined(&dir), ["stray", "stray.1"]);
+    assert_eq!(std::fs::read(dir.join("quarantine/stray")).unwrap(), b"one");
+    assert_eq!(
+        std::fs::read(dir.join("quarantine/stray.1")).unwrap(),
+        b"two"
+    );
+}
