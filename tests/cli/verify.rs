@@ -197,7 +197,8 @@ fn a_truncated_segment_header_is_a_bad_header() {
 #[test]
 fn damaged_queues_make_read_commands_fail_cleanly_never_crash() {
     // Every fixture, every read-only command: exit 0, 1 or 5 with a message, never a signal.
-    let damage: [(&str, fn(&std::path::Path)); 6] = [
+    type Damage = fn(&std::path::Path);
+    let damage: [(&str, Damage); 6] = [
         ("flipped", |dir| {
             let first = &segments(dir)[0];
             flip_byte(first, frames(first)[1].0 + 30);
