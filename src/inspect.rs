@@ -644,7 +644,12 @@ fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
         lens.push(len);
     }
     let mut cursor = Cursor::locate(storage, dir, &listing, &head, None, OnVanish::Fail)?;
-    let tail = Tail::read(storage, dir, &listing)?;
+    let mut tail = Tail::read(storage, dir, &listing)?;
+    if cursor.loaded.is_some() && cursor.loaded == tail.index {
+        // The reader started from the head's hint and may have read past damage before it.
+        tail.next_seq = cursor.end_seq;
+        tail.valid_end = cursor.valid_end;
+    }
     let live_bytes = match (cursor.loaded, tail.index) {
         (Some(head_index), Some(tail_index)) if head_index == tail_index => {
             tail.valid_end.saturating_sub(cursor.offset)
@@ -774,6 +779,8 @@ struct Cursor {
     next_seq: u64,
     /// Where the loaded segment stops serving records.
     valid_end: u64,
+    /// The sequence number of the record at `valid_end`: just past the last one served.
+    end_seq: u64,
     /// Raised when the reader reaches `valid_end` of a damaged sealed segment.
     damage: Option<Error>,
     finished: bool,
@@ -811,6 +818,7 @@ impl Cursor {
             offset: SEGMENT_HEADER_LEN as u64,
             next_seq: target,
             valid_end: SEGMENT_HEADER_LEN as u64,
+            end_seq: target,
             damage: None,
             finished: true,
         };
@@ -833,6 +841,11 @@ impl Cursor {
         };
         cursor.finished = false;
         cursor.enter(storage, dir, listing, index)?;
+        if target == head_seq {
+            if let Some(state) = head.state() {
+                cursor.jump_to_hint(dir, listing, index, state);
+            }
+        }
         // Skip the records before the target: consumed ones, or those before `from`.
         while !cursor.finished && cursor.next_seq < target {
             if cursor.offset >= cursor.valid_end {
@@ -905,9 +918,51 @@ impl Cursor {
             self.next_seq = *base;
             self.offset = SEGMENT_HEADER_LEN as u64;
             self.valid_end = scan.valid_end.min(bytes.len() as u64);
+            self.end_seq = scan.next_seq();
             self.bytes = bytes;
             return Ok(());
         }
+    }
+
+    /// Moves to the head's frame when the head index's hint points at it, as the engine does:
+    /// consumed records before it are not read, so damage among them does not stop the reader.
+    fn jump_to_hint(&mut self, dir: &Path, listing: &Listing, index: usize, state: HeadState) {
+        let Some((base, name)) = listing.segments.get(index) else {
+            return;
+        };
+        let hint = usize::try_from(state.hint_offset).unwrap_or(usize::MAX);
+        let Some(at) = self.bytes.get(hint..) else {
+            return;
+        };
+        if state.hint_base != *base
+            || hint < SEGMENT_HEADER_LEN
+            || frame::decode(at, state.head_seq, PAYLOAD_LEN_MAX).is_err()
+        {
+            return;
+        }
+        let is_last = index + 1 == listing.segments.len();
+        let mut valid_end = state.hint_offset;
+        let mut end_seq = state.head_seq;
+        let mut damage = None;
+        for step in walk_frames(&self.bytes, hint, state.head_seq, PAYLOAD_LEN_MAX) {
+            match step {
+                WalkStep::Frame { offset, frame } => {
+                    if !frame.header.batch_continues {
+                        valid_end = offset + frame.frame_len as u64;
+                        end_seq = frame.header.seq + 1;
+                    }
+                }
+                WalkStep::Bad { offset, error, .. } if !is_last => {
+                    damage = Some(Error::corrupt(dir.join(name), offset, error.to_string()));
+                }
+                WalkStep::Bad { .. } => {}
+            }
+        }
+        self.offset = state.hint_offset;
+        self.next_seq = state.head_seq;
+        self.valid_end = valid_end.min(self.bytes.len() as u64);
+        self.end_seq = end_seq;
+        self.damage = damage;
     }
 
     /// The next record, or `None` at the end of the log.

@@ -14,6 +14,10 @@
 //!   version: that segment and every later one are moved into `quarantine/`.
 //! - **A damaged segment wholly behind the head** (every record in it consumed): moved into
 //!   `quarantine/`; nothing is cut from the queue.
+//! - **Damage before the head inside the head's segment**, when the head index's hint locates
+//!   the head's record: the bytes from that record on are copied into a new segment named after
+//!   the head's sequence number, and the old segment is moved into `quarantine/`; nothing live
+//!   is cut. (Damage in the copied part is then treated as above.)
 //! - **File ends inside the padding** of its last record: the zero padding is restored.
 //! - **Head index**: one damaged slot is rewritten from the valid one. A head that is missing or
 //!   has no valid slot, or that points before the oldest record left, is set to the oldest record
@@ -48,12 +52,16 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::frame;
 use crate::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME, HEAD_SLOT_LEN};
 use crate::inspect::{
-    read_file, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot, QUARANTINE_DIR_NAME,
+    read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
+    QUARANTINE_DIR_NAME,
 };
 use crate::queue::LOCK_FILE_NAME;
-use crate::segment::SEGMENT_HEADER_LEN;
+use crate::segment::{
+    encode_header, parse_segment_file_name, segment_file_name, SEGMENT_HEADER_LEN,
+};
 use crate::storage::{self, LockFailure, Storage};
 use crate::verify::{self, VerifyReport};
 
@@ -78,6 +86,9 @@ pub enum ActionKind {
     RestorePadding,
     /// Write a new head index (the old one is copied into quarantine first).
     RewriteHead,
+    /// Copy a segment's bytes from `offset` (the head's frame) into a new segment that starts
+    /// at the head, named in `saved_as`; the old segment is quarantined by the next action.
+    RebaseSegment,
 }
 
 impl ActionKind {
@@ -88,6 +99,7 @@ impl ActionKind {
             ActionKind::Quarantine => "quarantine",
             ActionKind::RestorePadding => "restore_padding",
             ActionKind::RewriteHead => "rewrite_head",
+            ActionKind::RebaseSegment => "rebase_segment",
         }
     }
 }
@@ -129,6 +141,11 @@ impl fmt::Display for RepairAction {
                 write!(f, "restore padding of {name} to {} bytes", self.offset)?
             }
             ActionKind::RewriteHead => write!(f, "rewrite {name}")?,
+            ActionKind::RebaseSegment => write!(
+                f,
+                "copy {name} from byte {} ({} bytes) into a new segment",
+                self.offset, self.bytes
+            )?,
         }
         if let Some(saved) = &self.saved_as {
             write!(f, " -> {}", saved.display())?;
@@ -324,15 +341,7 @@ impl<'a> Planner<'a> {
             let kept_start = self.kept.as_ref().map_or(scan.base_seq, |kept| kept.start);
             match &scan.end {
                 SegmentEnd::Clean => {}
-                SegmentEnd::PaddingCut => self.actions.push(RepairAction {
-                    kind: ActionKind::RestorePadding,
-                    file: self.snapshot.dir.join(&scan.name),
-                    offset: scan.valid_end,
-                    bytes: 0,
-                    saved_as: None,
-                    seqs: None,
-                    reason: String::from("the file ends inside its last record's padding"),
-                }),
+                SegmentEnd::PaddingCut => self.restore_padding(scan),
                 SegmentEnd::IncompleteBatch { .. } | SegmentEnd::BadFrame { .. } => {
                     let next_base = rest.first().map(|next| next.base_seq);
                     if next_base.is_some_and(behind_head) {
@@ -342,8 +351,27 @@ impl<'a> Planner<'a> {
                         expected = next_base;
                         continue;
                     }
-                    self.truncate_tail(scan)?;
+                    let path = self.snapshot.dir.join(&scan.name);
+                    let bytes = read_file(self.storage, &path)?.unwrap_or_default();
+                    let (scan, bytes) = match self.plan_rebase(scan, &bytes, head_seq) {
+                        Some(rebased) => rebased,
+                        None => (scan.clone(), bytes),
+                    };
+                    let kept_start = self.kept.as_ref().map_or(scan.base_seq, |kept| kept.start);
                     self.kept = Some(kept_start..scan.next_seq());
+                    match scan.end {
+                        SegmentEnd::Clean => {
+                            expected = Some(scan.next_seq());
+                            continue;
+                        }
+                        SegmentEnd::PaddingCut => {
+                            self.restore_padding(&scan);
+                            expected = Some(scan.next_seq());
+                            continue;
+                        }
+                        SegmentEnd::IncompleteBatch { .. } | SegmentEnd::BadFrame { .. } => {}
+                    }
+                    self.truncate_tail(&scan, &bytes);
                     for later in rest {
                         let reason = String::from("follows the damage");
                         self.quarantine_segment(later, reason, true);
@@ -366,11 +394,62 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn truncate_tail(&mut self, scan: &SegmentScan) -> Result<()> {
+    fn restore_padding(&mut self, scan: &SegmentScan) {
+        self.actions.push(RepairAction {
+            kind: ActionKind::RestorePadding,
+            file: self.snapshot.dir.join(&scan.name),
+            offset: scan.valid_end,
+            bytes: 0,
+            saved_as: None,
+            seqs: None,
+            reason: String::from("the file ends inside its last record's padding"),
+        });
+    }
+
+    /// When the damage in `scan` lies before the head and the head index's hint points at the
+    /// head's frame in it, plans a new segment starting at the head with every byte from there
+    /// on, and moves the old segment into quarantine: the damaged records were consumed, and
+    /// cutting at the damage would cut live records. Returns the new segment's scan and bytes.
+    fn plan_rebase(
+        &mut self,
+        scan: &SegmentScan,
+        bytes: &[u8],
+        head_seq: Option<u64>,
+    ) -> Option<(SegmentScan, Vec<u8>)> {
+        let state = self.snapshot.head.state()?;
+        let head = head_seq?;
+        let hint = usize::try_from(state.hint_offset).ok()?;
+        let damaged_seq = scan.next_seq();
+        if head <= damaged_seq || state.hint_base != scan.base_seq || hint < SEGMENT_HEADER_LEN {
+            return None;
+        }
+        let from_head = bytes.get(hint..)?;
+        frame::decode(from_head, head, frame::PAYLOAD_LEN_MAX).ok()?;
+        let mut rebased = encode_header(head).to_vec();
+        rebased.extend_from_slice(from_head);
+        let name = segment_file_name(head);
+        let new_scan = scan_segment(&name, head, &rebased);
+        self.actions.push(RepairAction {
+            kind: ActionKind::RebaseSegment,
+            file: self.snapshot.dir.join(&scan.name),
+            offset: state.hint_offset,
+            bytes: from_head.len() as u64,
+            saved_as: Some(self.snapshot.dir.join(&name)),
+            seqs: new_scan.last_seq.map(|last| head..last + 1),
+            reason: format!(
+                "the damage (record {damaged_seq}) lies before the head ({head}): the records \
+                 from the head on are copied into a new segment"
+            ),
+        });
+        let reason = String::from("damaged before the head; its live records were copied");
+        self.quarantine_segment(scan, reason, false);
+        Some((new_scan, rebased))
+    }
+
+    fn truncate_tail(&mut self, scan: &SegmentScan, bytes: &[u8]) {
         let path = self.snapshot.dir.join(&scan.name);
-        let bytes = read_file(self.storage, &path)?.unwrap_or_default();
         // The valid frames past the damage: readable copies in quarantine.
-        let readable: Vec<u64> = segment_frames(scan.base_seq, &bytes)
+        let readable: Vec<u64> = segment_frames(scan.base_seq, bytes)
             .into_iter()
             .filter(|frame| frame.crc_ok && frame.offset >= scan.valid_end)
             .map(|frame| frame.seq)
@@ -393,7 +472,6 @@ impl<'a> Planner<'a> {
             seqs: known,
             reason,
         });
-        Ok(())
     }
 
     fn plan_head(&mut self) {
@@ -498,6 +576,7 @@ fn execute(
             ActionKind::RewriteHead => {
                 rewrite_head(storage, dir, action, saved_as, new_head)?;
             }
+            ActionKind::RebaseSegment => rebase_segment(storage, dir, action, saved_as)?,
         }
     }
     Ok(())
@@ -525,6 +604,41 @@ fn truncate_tail(
     file.set_len(action.offset)
         .and_then(|()| file.sync_data())
         .map_err(|error| Error::io("truncate segment", path, error))
+}
+
+/// Writes a new segment holding the old one's bytes from `action.offset` on, behind a header
+/// for the head's sequence number (taken from the new file's name).
+fn rebase_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    action: &RepairAction,
+    new_path: Option<&Path>,
+) -> Result<()> {
+    let Some(new_path) = new_path else {
+        return Ok(());
+    };
+    let name = new_path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(base) = parse_segment_file_name(&name) else {
+        return Err(Error::corrupt(new_path, 0, "not a segment file name"));
+    };
+    let old = storage
+        .open(&action.file)
+        .map_err(|error| Error::io("open segment", &action.file, error))?;
+    let mut bytes = encode_header(base).to_vec();
+    let header_len = bytes.len();
+    bytes.resize(header_len + usize::try_from(action.bytes).unwrap_or(0), 0);
+    old.read_exact_at(
+        bytes.get_mut(header_len..).unwrap_or(&mut []),
+        action.offset,
+    )
+    .map_err(|error| Error::io("read segment", &action.file, error))?;
+    save_copy(storage, new_path, &bytes)?;
+    storage
+        .sync_dir(dir)
+        .map_err(|error| Error::io("sync queue directory", dir, error))
 }
 
 /// Writes `bytes` into a new file and makes it durable, directory entry included.

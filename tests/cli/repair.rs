@@ -223,3 +223,38 @@ fn repeated_repairs_never_overwrite_quarantined_files() {
         b"two"
     );
 }
+
+#[test]
+fn damage_before_the_head_in_its_segment_keeps_every_live_record() {
+    // Records 0..10 are consumed; record 3 is damaged in the segment that also holds the
+    // head. Read commands start at the head like the engine does; repair copies the records
+    // from the head on into a new segment instead of cutting them.
+    let (_temp, dir) = queue_with(20, 10);
+    let files = segments(&dir);
+    assert_eq!(
+        files.len(),
+        1,
+        "one segment holds consumed and live records"
+    );
+    let (offset, _) = frames(&files[0])[3];
+    flip_byte(&files[0], offset + 30);
+
+    assert_eq!(verify_json(&dir).1, 1);
+    let output = spool(&["stat", "--json", arg(&dir)]).output().unwrap();
+    assert!(output.status.success());
+    let stat: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(stat["len"], 10);
+    let dumped = spool(&["dump", arg(&dir)]).output().unwrap();
+    assert!(dumped.status.success());
+    assert_eq!(String::from_utf8_lossy(&dumped.stdout).lines().count(), 10);
+
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert!(report["cut_first_seq"].is_null(), "{report}");
+    assert_eq!(report["actions"][0]["action"], "rebase_segment");
+    assert_eq!(quarantined(&dir), [name(&files[0])]);
+    let rebased: Vec<String> = segments(&dir).iter().map(|path| name(path)).collect();
+    assert_eq!(rebased, ["00000000000000000010.seg"]);
+    assert_eq!(verify_json(&dir).1, 0);
+    assert_records(&drain(&dir), 10..20);
+}
