@@ -365,8 +365,8 @@ pub fn scan_segment(name: &str, base_seq: u64, bytes: &[u8]) -> SegmentScan {
                 expected_seq,
                 error,
             } => {
-                let offset = batch_start.map_or(offset, |(start, _)| start);
-                let expected_seq = batch_start.map_or(expected_seq, |(_, seq)| seq);
+                // `valid_end` stays at the start of the damaged frame's batch: a batch is
+                // served whole or not at all. The problem is located at the frame itself.
                 scan.end = SegmentEnd::BadFrame {
                     offset,
                     expected_seq,

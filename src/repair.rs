@@ -282,6 +282,8 @@ impl<'a> Planner<'a> {
     }
 
     fn note_cut(&mut self, first_seq: u64, known: Option<&Range<u64>>) {
+        // Records behind the head are consumed: cutting their bytes takes nothing from the queue.
+        let first_seq = first_seq.max(self.snapshot.head_seq().unwrap_or(0));
         let first = *self.first_cut_seq.get_or_insert(first_seq);
         let end = known.map_or(first, |known| known.end);
         self.cut_end_seq = self.cut_end_seq.max(end).max(first);
@@ -460,6 +462,13 @@ impl<'a> Planner<'a> {
         self.note_cut(first_cut, known.as_ref());
         let saved_as = self.quarantine_path(&format!("{}.cut-at-{}", scan.name, scan.valid_end));
         let reason = match &scan.end {
+            SegmentEnd::BadFrame {
+                expected_seq,
+                error,
+                ..
+            } if *expected_seq != first_cut => {
+                format!("record {expected_seq}: {error} (its batch starts at record {first_cut})")
+            }
             SegmentEnd::BadFrame { error, .. } => format!("record {first_cut}: {error}"),
             _ => format!("batch starting at record {first_cut} has no final record"),
         };

@@ -258,3 +258,35 @@ fn damage_before_the_head_in_its_segment_keeps_every_live_record() {
     assert_eq!(verify_json(&dir).1, 0);
     assert_records(&drain(&dir), 10..20);
 }
+
+#[test]
+fn damage_inside_a_batch_cuts_the_whole_batch() {
+    // Batches are atomic: a batch with a damaged record is cut from its first record on, while
+    // verify points at the damaged record itself.
+    let (_temp, dir) = queue_with(10, 0);
+    {
+        let queue = diskspool::Queue::open(&dir, options()).unwrap();
+        let batch: Vec<Vec<u8>> = (10..15).map(payload_for).collect();
+        assert_eq!(queue.push_batch(&batch).unwrap(), 10..15);
+        for seq in 15..18 {
+            queue.push(&payload_for(seq)).unwrap();
+        }
+    }
+    let files = segments(&dir);
+    assert_eq!(files.len(), 1);
+    let (offset, seq) = frames(&files[0])[12];
+    assert_eq!(seq, 12);
+    let batch_start = frames(&files[0])[10].0;
+    flip_byte(&files[0], offset + 30);
+    let (report, _) = verify_json(&dir);
+    assert_eq!(
+        problems(&report),
+        [("damaged_frame".to_string(), name(&files[0]), offset)]
+    );
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["cut_first_seq"], 10);
+    assert_eq!(report["cut_end_seq"], 18);
+    assert_eq!(report["actions"][0]["offset"], batch_start);
+    assert_records(&drain(&dir), 0..10);
+}
