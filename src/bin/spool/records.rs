@@ -150,7 +150,9 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
         SyncArg::Never => SyncPolicy::Never,
     };
     let queue = open_queue(&args.dir, args.segment_size, sync, true)?;
-    let batch_bytes_max = (queue.options().segment_size_bytes() / 2).min(PUSH_BATCH_BYTES_MAX);
+    // An eighth of a segment: a batch that does not fit starts a new segment, so segments stay
+    // at least seven eighths full.
+    let batch_bytes_max = (queue.options().segment_size_bytes() / 8).min(PUSH_BATCH_BYTES_MAX);
     if args.raw {
         let mut payload = Vec::new();
         io::stdin().lock().read_to_end(&mut payload)?;
