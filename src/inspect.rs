@@ -125,6 +125,14 @@ pub fn read_file(storage: &dyn Storage, path: &Path) -> Result<Option<Vec<u8>>> 
             Err(error) => return Err(Error::io("open", path, error)),
         };
         let len = file.len().map_err(|error| Error::io("stat", path, error))?;
+        if len > crate::SEGMENT_SIZE_MAX {
+            // No file diskspool writes is this large: do not try to hold it in memory.
+            return Err(Error::corrupt(
+                path,
+                crate::SEGMENT_SIZE_MAX,
+                format!("file of {len} bytes is larger than any segment can be"),
+            ));
+        }
         let len = usize::try_from(len).map_err(|_| {
             Error::io(
                 "read",

@@ -1,6 +1,6 @@
 //! Mending a damaged queue directory so that `Queue::open` serves every good record again.
 //!
-//! [`repair`] takes the directory lock, reads the directory as [`verify`](crate::verify) does,
+//! [`repair`] takes the directory lock, reads the directory as [`verify`] does,
 //! and then, in sequence order, keeps every record up to the first point of damage and cuts the
 //! rest. It never deletes a byte: whatever it cuts is copied or moved into `DIR/quarantine/`
 //! first and synced there. Concretely:
