@@ -33,6 +33,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::acklog::{
+    self, AckHeaderError, JobHistory, ACK_ENTRY_LEN, ACK_LOG_FILE_NAME, ACK_LOG_HEADER_LEN,
+};
 use crate::error::{Error, Result};
 use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX};
 use crate::head::{decode_head_file, HeadRead, HeadState, HEAD_FILE_NAME};
@@ -62,6 +65,8 @@ pub enum EntryKind {
     HeadTemporary,
     /// The lock file.
     Lock,
+    /// The ack log of the jobs API (`acks`), or its temporary file during a rewrite.
+    AckLog,
     /// The quarantine folder written by `repair`.
     Quarantine,
     /// Anything else: not written by diskspool.
@@ -77,6 +82,8 @@ pub fn classify_entry(name: &str) -> EntryKind {
         HEAD_FILE_NAME => EntryKind::Head,
         LOCK_FILE_NAME => EntryKind::Lock,
         QUARANTINE_DIR_NAME => EntryKind::Quarantine,
+        ACK_LOG_FILE_NAME => EntryKind::AckLog,
+        _ if name == format!("{ACK_LOG_FILE_NAME}.tmp") => EntryKind::AckLog,
         _ if name == format!("{HEAD_FILE_NAME}.tmp") => EntryKind::HeadTemporary,
         _ => EntryKind::Stray,
     }
@@ -104,7 +111,10 @@ pub fn list(storage: &dyn Storage, dir: &Path) -> Result<Listing> {
             EntryKind::Segment(base) => listing.segments.push((base, name)),
             EntryKind::Head => listing.head_present = true,
             EntryKind::Stray => listing.strays.push(name),
-            EntryKind::HeadTemporary | EntryKind::Lock | EntryKind::Quarantine => {}
+            EntryKind::HeadTemporary
+            | EntryKind::Lock
+            | EntryKind::Quarantine
+            | EntryKind::AckLog => {}
         }
     }
     listing.segments.sort_unstable();
@@ -482,6 +492,66 @@ pub fn read_head(storage: &dyn Storage, dir: &Path) -> Result<HeadSnapshot> {
     })
 }
 
+/// The ack log of the jobs API as read from disk: which records beyond the head were
+/// acknowledged out of order (they are no longer in the queue).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckLogSnapshot {
+    /// The file's length, or `None` when there is no ack log (a queue used only with
+    /// `push`/`pop` never has one).
+    pub file_len: Option<u64>,
+    /// Why the header was rejected, if it was.
+    pub header_error: Option<AckHeaderError>,
+    /// What the valid entries say.
+    pub history: JobHistory,
+    /// Where the first entry that does not decode starts (an interrupted append at the end is
+    /// expected after a crash), if any.
+    pub bad_entry_offset: Option<u64>,
+}
+
+impl AckLogSnapshot {
+    /// True when record `seq` was acknowledged out of order.
+    pub fn is_acked(&self, seq: u64) -> bool {
+        self.history
+            .acked
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &end)| end > seq)
+    }
+}
+
+/// Reads the ack log without locking.
+pub fn read_ack_log(storage: &dyn Storage, dir: &Path) -> Result<AckLogSnapshot> {
+    let Some(bytes) = read_file(storage, &dir.join(ACK_LOG_FILE_NAME))? else {
+        return Ok(AckLogSnapshot::default());
+    };
+    let mut snapshot = AckLogSnapshot {
+        file_len: Some(bytes.len() as u64),
+        ..AckLogSnapshot::default()
+    };
+    let log_id = match acklog::decode_header(&bytes) {
+        Ok(log_id) => log_id,
+        Err(error) => {
+            snapshot.header_error = Some(error);
+            return Ok(snapshot);
+        }
+    };
+    let mut offset = ACK_LOG_HEADER_LEN;
+    while let Some(entry_bytes) = bytes.get(offset..offset + ACK_ENTRY_LEN) {
+        match acklog::decode_entry(entry_bytes, log_id) {
+            Some(entry) => snapshot.history.apply(&entry),
+            None => {
+                snapshot.bad_entry_offset = Some(offset as u64);
+                return Ok(snapshot);
+            }
+        }
+        offset += ACK_ENTRY_LEN;
+    }
+    if offset < bytes.len() {
+        snapshot.bad_entry_offset = Some(offset as u64);
+    }
+    Ok(snapshot)
+}
+
 /// How far a scan has got, for progress bars.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanProgress {
@@ -505,6 +575,8 @@ pub struct Snapshot {
     pub vanished: Vec<String>,
     /// Names diskspool did not write.
     pub strays: Vec<String>,
+    /// The ack log of the jobs API.
+    pub acks: AckLogSnapshot,
 }
 
 impl Snapshot {
@@ -521,6 +593,7 @@ impl Snapshot {
     ) -> Result<Snapshot> {
         let listing = list(storage, dir)?;
         let head = read_head(storage, dir)?;
+        let acks = read_ack_log(storage, dir)?;
         let mut sizes = Vec::with_capacity(listing.segments.len());
         for (_, name) in &listing.segments {
             let len = storage
@@ -539,6 +612,7 @@ impl Snapshot {
             segments: Vec::with_capacity(listing.segments.len()),
             vanished: Vec::new(),
             strays: listing.strays,
+            acks,
         };
         for ((base, name), size) in listing.segments.iter().zip(sizes) {
             match read_file(storage, &dir.join(name))? {
@@ -637,7 +711,8 @@ fn retry_while_changing<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> 
 fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
     let listing = list(storage, dir)?;
     let head = read_head(storage, dir)?;
-    let mut disk_bytes = head.file_len.unwrap_or(0);
+    let acks = read_ack_log(storage, dir)?;
+    let mut disk_bytes = head.file_len.unwrap_or(0) + acks.file_len.unwrap_or(0);
     let mut lens = Vec::with_capacity(listing.segments.len());
     for (_, name) in &listing.segments {
         let path = dir.join(name);
@@ -677,9 +752,16 @@ fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
         _ => 0,
     };
     let head_seq = cursor.head_seq;
-    let oldest = cursor.step(storage, dir, &listing)?;
+    let mut oldest = cursor.step(storage, dir, &listing)?;
+    while oldest
+        .as_ref()
+        .is_some_and(|record| acks.is_acked(record.seq))
+    {
+        oldest = cursor.step(storage, dir, &listing)?;
+    }
+    let acked = acks.history.acked_count_from(head_seq);
     Ok(QueueStat {
-        len: tail.next_seq.saturating_sub(head_seq),
+        len: tail.next_seq.saturating_sub(head_seq).saturating_sub(acked),
         head_seq,
         next_seq: tail.next_seq.max(head_seq),
         segments: listing.segments.len(),
@@ -1032,15 +1114,21 @@ pub struct Records<'a> {
     dir: PathBuf,
     listing: Listing,
     cursor: Cursor,
+    /// Records acknowledged out of order (jobs API) are no longer in the queue: skipped.
+    acks: AckLogSnapshot,
 }
 
 impl Iterator for Records<'_> {
     type Item = Result<StoredRecord>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.cursor
-            .step(self.storage, &self.dir, &self.listing)
-            .transpose()
+        loop {
+            let step = self.cursor.step(self.storage, &self.dir, &self.listing);
+            match step {
+                Ok(Some(record)) if self.acks.is_acked(record.seq) => continue,
+                other => return other.transpose(),
+            }
+        }
     }
 }
 
@@ -1050,16 +1138,18 @@ impl Iterator for Records<'_> {
 /// frame ends the iteration with [`Error::Corrupt`]; an interrupted write at the very end of
 /// the log ends it quietly, as `Queue::open` would cut it.
 pub fn records<'a>(storage: &'a dyn Storage, dir: &Path, from: Option<u64>) -> Result<Records<'a>> {
-    let (listing, cursor) = retry_while_changing(|| {
+    let (listing, cursor, acks) = retry_while_changing(|| {
         let listing = list(storage, dir)?;
         let head = read_head(storage, dir)?;
+        let acks = read_ack_log(storage, dir)?;
         let cursor = Cursor::locate(storage, dir, &listing, &head, from, OnVanish::Skip)?;
-        Ok((listing, cursor))
+        Ok((listing, cursor, acks))
     })?;
     Ok(Records {
         storage,
         dir: dir.to_path_buf(),
         listing,
         cursor,
+        acks,
     })
 }

@@ -30,13 +30,18 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod acklog;
+#[cfg(feature = "async")]
+mod asynchronous;
 mod compactor;
 mod error;
 pub mod frame;
 pub mod head;
 pub mod inspect;
+mod jobs;
 mod options;
 mod queue;
+mod reader;
 mod recovery;
 pub mod repair;
 pub mod segment;
@@ -47,9 +52,10 @@ pub mod verify;
 
 pub use compactor::CompactReport;
 pub use error::{Error, Result};
+pub use jobs::{DeadLetter, Delivery, IN_FLIGHT_MAX};
 pub use options::{
-    Options, SyncPolicy, RECORD_SIZE_MAX_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX,
-    SEGMENT_SIZE_MIN,
+    Options, SyncPolicy, LEASE_DEFAULT, LEASE_MAX, RECORD_SIZE_MAX_DEFAULT, SEGMENT_SIZE_DEFAULT,
+    SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
 pub use recovery::{RecoveryReport, Truncation};

@@ -56,6 +56,9 @@ pub enum ProblemKind {
     /// The head index is missing while segments exist, or neither slot is valid: which records
     /// were consumed is unknown, and `Queue::open` refuses to guess.
     HeadUnreadable,
+    /// The ack log of the jobs API has a bad header: acknowledgements beyond the head are
+    /// unknown. `repair` does not mend it.
+    AckLogDamaged,
     /// A file or folder that diskspool did not write.
     StrayFile,
 }
@@ -71,6 +74,7 @@ impl ProblemKind {
             ProblemKind::MissingRecords => "missing_records",
             ProblemKind::HeadSlotDamaged => "head_slot_damaged",
             ProblemKind::HeadUnreadable => "head_unreadable",
+            ProblemKind::AckLogDamaged => "ack_log_damaged",
             ProblemKind::StrayFile => "stray_file",
         }
     }
@@ -168,6 +172,14 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
     };
     check_head(snapshot, &mut report.problems);
     check_segments(snapshot, &mut report.problems);
+    if let Some(error) = &snapshot.acks.header_error {
+        report.problems.push(Problem {
+            kind: ProblemKind::AckLogDamaged,
+            file: snapshot.dir.join(crate::acklog::ACK_LOG_FILE_NAME),
+            offset: 0,
+            detail: error.to_string(),
+        });
+    }
     for stray in &snapshot.strays {
         report.problems.push(Problem {
             kind: ProblemKind::StrayFile,

@@ -208,7 +208,7 @@ fn damaged_queues_make_read_commands_fail_cleanly_never_crash() {
         ("head", |dir| {
             std::fs::write(dir.join("head"), [1u8; 9000]).unwrap()
         }),
-        ("version", |dir| set_segment_version(&segments(dir)[0], 2)),
+        ("version", |dir| set_segment_version(&segments(dir)[0], 99)),
         ("zeroed", |dir| zero_from(&segments(dir)[0], 32)),
     ];
     for (what, damage) in damage {

@@ -5,10 +5,12 @@
 
 mod util;
 
+mod asynchronous;
 mod batches;
 mod compaction;
 mod corruption;
 mod fifo;
+mod jobs;
 mod limits;
 mod locking;
 mod model;
