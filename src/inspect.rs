@@ -674,7 +674,7 @@ pub struct QueueStat {
     pub segments: usize,
     /// Bytes of frames not yet consumed.
     pub live_bytes: u64,
-    /// Bytes of all segment files and the head index.
+    /// Bytes of all segment files, the head index and the ack log.
     pub disk_bytes: u64,
     /// When the oldest record was pushed, microseconds since the Unix epoch.
     pub oldest_enqueued_us: Option<u64>,

@@ -23,6 +23,9 @@
 //!   has no valid slot, or that points before the oldest record left, is set to the oldest record
 //!   left: records consumed but not yet compacted may then be delivered again, which is the
 //!   choice that loses nothing. The old head file is copied into `quarantine/` first.
+//! - **Ack log** (jobs API): when records are cut, what it says about their sequence numbers
+//!   (acknowledgements, delivery counts, delays) is dropped by rewriting it, the old file copied
+//!   into `quarantine/` first; new records will carry those numbers again.
 //! - **Stray files** and a segment whose creation was cut short: moved into `quarantine/`.
 //!
 //! The [`RepairReport`] says which sequence numbers the queue no longer serves
@@ -89,6 +92,10 @@ pub enum ActionKind {
     /// Copy a segment's bytes from `offset` (the head's frame) into a new segment that starts
     /// at the head, named in `saved_as`; the old segment is quarantined by the next action.
     RebaseSegment,
+    /// Rewrite the jobs API's ack log without what it says about cut sequence numbers (the old
+    /// one is copied into quarantine first): new records will carry those numbers again, and
+    /// must not inherit acknowledgements or delivery counts of the records cut.
+    RewriteAckLog,
 }
 
 impl ActionKind {
@@ -100,6 +107,7 @@ impl ActionKind {
             ActionKind::RestorePadding => "restore_padding",
             ActionKind::RewriteHead => "rewrite_head",
             ActionKind::RebaseSegment => "rebase_segment",
+            ActionKind::RewriteAckLog => "rewrite_ack_log",
         }
     }
 }
@@ -140,7 +148,7 @@ impl fmt::Display for RepairAction {
             ActionKind::RestorePadding => {
                 write!(f, "restore padding of {name} to {} bytes", self.offset)?
             }
-            ActionKind::RewriteHead => write!(f, "rewrite {name}")?,
+            ActionKind::RewriteHead | ActionKind::RewriteAckLog => write!(f, "rewrite {name}")?,
             ActionKind::RebaseSegment => write!(
                 f,
                 "copy {name} from byte {} ({} bytes) into a new segment",
@@ -206,6 +214,7 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
     let mut planner = Planner::new(storage, &snapshot)?;
     planner.plan_segments()?;
     planner.plan_head();
+    planner.plan_ack_log();
     planner.plan_strays();
     let mut report = RepairReport {
         dir: dir.to_path_buf(),
@@ -531,6 +540,33 @@ impl<'a> Planner<'a> {
         });
     }
 
+    /// Plans dropping what the ack log says about sequence numbers at or beyond the first cut.
+    fn plan_ack_log(&mut self) {
+        let (Some(first_cut), Some(len)) = (self.first_cut_seq, self.snapshot.acks.file_len) else {
+            return;
+        };
+        let history = &self.snapshot.acks.history;
+        let mentions_cut = history.acked.values().any(|&end| end > first_cut)
+            || history.deliveries.range(first_cut..).next().is_some()
+            || history.not_before.range(first_cut..).next().is_some();
+        if !mentions_cut {
+            return;
+        }
+        let saved_as = self.quarantine_path(crate::acklog::ACK_LOG_FILE_NAME);
+        self.actions.push(RepairAction {
+            kind: ActionKind::RewriteAckLog,
+            file: self.snapshot.dir.join(crate::acklog::ACK_LOG_FILE_NAME),
+            offset: first_cut,
+            bytes: len,
+            saved_as: Some(saved_as),
+            seqs: None,
+            reason: format!(
+                "forget acknowledgements and delivery counts of records from {first_cut} on, \
+                 whose sequence numbers new records will carry"
+            ),
+        });
+    }
+
     fn plan_strays(&mut self) {
         for stray in &self.snapshot.strays {
             let saved_as = self.quarantine_path(stray);
@@ -586,6 +622,7 @@ fn execute(
                 rewrite_head(storage, dir, action, saved_as, new_head)?;
             }
             ActionKind::RebaseSegment => rebase_segment(storage, dir, action, saved_as)?,
+            ActionKind::RewriteAckLog => rewrite_ack_log(storage, dir, action, saved_as)?,
         }
     }
     Ok(())
@@ -648,6 +685,44 @@ fn rebase_segment(
     storage
         .sync_dir(dir)
         .map_err(|error| Error::io("sync queue directory", dir, error))
+}
+
+/// Rewrites the ack log keeping only entries below `action.offset` (the first sequence number
+/// cut), under the next log id so that no entry of the old file can validate in the new one.
+fn rewrite_ack_log(
+    storage: &dyn Storage,
+    dir: &Path,
+    action: &RepairAction,
+    saved_as: Option<&Path>,
+) -> Result<()> {
+    use crate::acklog::{self, AckEntry};
+    let Some(old) = read_file(storage, &action.file)? else {
+        return Ok(());
+    };
+    if let Some(saved_as) = saved_as {
+        save_copy(storage, saved_as, &old)?;
+    }
+    let first_cut = action.offset;
+    let snapshot = crate::inspect::read_ack_log(storage, dir)?;
+    let log_id = acklog::decode_header(&old).map_or(0, |log_id| log_id) + 1;
+    let mut bytes = acklog::encode_header(log_id).to_vec();
+    for entry in snapshot.history.entries() {
+        let kept = match entry {
+            AckEntry::Acked { start, end } if start < first_cut => Some(AckEntry::Acked {
+                start,
+                end: end.min(first_cut),
+            }),
+            AckEntry::Acked { .. } => None,
+            AckEntry::Delivered { seq, .. } | AckEntry::NotBefore { seq, .. } => {
+                (seq < first_cut).then_some(entry)
+            }
+        };
+        if let Some(entry) = kept {
+            acklog::encode_entry(&mut bytes, log_id, &entry);
+        }
+    }
+    storage::write_atomically(storage, dir, acklog::ACK_LOG_FILE_NAME, &bytes)
+        .map_err(|error| Error::io("rewrite ack log", &action.file, error))
 }
 
 /// Writes `bytes` into a new file and makes it durable, directory entry included.

@@ -290,3 +290,46 @@ fn damage_inside_a_batch_cuts_the_whole_batch() {
     assert_eq!(report["actions"][0]["offset"], batch_start);
     assert_records(&drain(&dir), 0..10);
 }
+
+#[test]
+fn acknowledgements_of_cut_records_do_not_swallow_new_records() {
+    // Records 40..50 were acknowledged out of order, then damage at 30 cuts 30.. away. New
+    // pushes reuse 30.., so the ack log must forget 40..50, or they would never be delivered.
+    let (_temp, dir) = queue_with(60, 0);
+    {
+        let queue = diskspool::Queue::open(&dir, options()).unwrap();
+        let deliveries = queue.recv_batch(50).unwrap();
+        for delivery in deliveries {
+            if (40..50).contains(&delivery.seq()) {
+                delivery.ack().unwrap();
+            }
+        }
+        queue.sync().unwrap();
+    }
+    let (path, offset) = segments(&dir)
+        .into_iter()
+        .find_map(|path| {
+            let offset = frames(&path).into_iter().find(|(_, seq)| *seq == 30)?.0;
+            Some((path, offset))
+        })
+        .unwrap();
+    flip_byte(&path, offset + 30);
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["cut_first_seq"], 30);
+    let actions: Vec<&str> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|action| action["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"rewrite_ack_log"), "{actions:?}");
+    assert!(quarantined(&dir).contains(&"acks".to_string()));
+    {
+        let queue = diskspool::Queue::open(&dir, options()).unwrap();
+        for seq in 30..60 {
+            assert_eq!(queue.push(&payload_for(seq)).unwrap(), seq);
+        }
+    }
+    assert_records(&drain(&dir), 0..60);
+}
