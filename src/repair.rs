@@ -34,8 +34,8 @@
 //! records carry are used again.
 //!
 //! ```
-//! # fn main() -> Result<(), diskspool::Error> {
-//! # let dir = tempfile::tempdir().unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
 //! use diskspool::{repair, storage::OsStorage, Options, Queue};
 //!
 //! drop(Queue::open(dir.path(), Options::default())?);
