@@ -219,3 +219,39 @@ fn push_keeps_the_segment_size_of_an_existing_queue() {
     }
     assert_eq!(drain(&dir).len(), 300);
 }
+
+#[test]
+fn push_under_each_sync_policy_keeps_every_record() {
+    for policy in ["always", "interval", "never"] {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("q");
+        spool(&["push", "--sync", policy, arg(&dir), "one", "two"])
+            .assert()
+            .success();
+        let records = drain(&dir);
+        let payloads: Vec<&[u8]> = records.iter().map(|(_, p)| p.as_slice()).collect();
+        assert_eq!(payloads, [&b"one"[..], b"two"], "--sync {policy}");
+    }
+    spool(&["push", "--sync", "sometimes", "q", "x"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn a_torn_tail_cut_when_opening_is_reported_on_stderr() {
+    // Mutating commands open the queue, which cuts a torn tail; the operator is told.
+    let (_temp, dir) = queue_with(20, 0);
+    let last = segments(&dir).last().unwrap().clone();
+    let (offset, seq) = *frames(&last).last().unwrap();
+    zero_from(&last, offset);
+    let torn_bytes = std::fs::metadata(&last).unwrap().len() - offset;
+    spool(&["push", arg(&dir), "after the crash"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "cut a torn tail of {torn_bytes} bytes at byte {offset} (records from {seq}"
+        )));
+    let records = drain(&dir);
+    assert_eq!(records.len(), 20, "19 old records and the new one");
+    assert_eq!(records[19], (19, b"after the crash".to_vec()));
+}

@@ -178,7 +178,36 @@ fn open_queue(
         .segment_size(segment_size)
         .sync(sync)
         .auto_compact(auto_compact);
-    Ok(Queue::open(dir, options)?)
+    let queue = Queue::open(dir, options)?;
+    report_recovery(queue.recovery_report());
+    Ok(queue)
+}
+
+/// Tells the operator on standard error what opening the queue recovered from a crash.
+fn report_recovery(report: &diskspool::RecoveryReport) {
+    for cut in &report.truncated {
+        eprintln!(
+            "spool: recovered {}: cut a torn tail of {} bytes at byte {} (records from {} were \
+             never complete: {})",
+            cut.file.display(),
+            cut.bytes_cut,
+            cut.offset,
+            cut.first_lost_seq,
+            cut.reason
+        );
+    }
+    for removed in &report.removed_files {
+        eprintln!(
+            "spool: recovered: removed {}, left empty by an interrupted creation",
+            removed.display()
+        );
+    }
+    if let Some(seq) = report.restarted_at_seq {
+        eprintln!(
+            "spool: recovered: consumed records were lost to a power cut; new records start at \
+             sequence {seq}"
+        );
+    }
 }
 
 fn infer_segment_size(dir: &Path) -> Result<u64, Failure> {
