@@ -1153,3 +1153,112 @@ pub fn records<'a>(storage: &'a dyn Storage, dir: &Path, from: Option<u64>) -> R
         acks,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::encode_header;
+
+    fn segment(base: u64, records: &[(&[u8], bool)]) -> Vec<u8> {
+        let mut bytes = encode_header(base).to_vec();
+        for (index, (payload, batch_continues)) in records.iter().enumerate() {
+            frame::encode(
+                &mut bytes,
+                base + index as u64,
+                7,
+                payload,
+                *batch_continues,
+                0,
+            );
+        }
+        bytes
+    }
+
+    #[test]
+    fn intact_segment_scans_clean() {
+        let bytes = segment(10, &[(b"a", false), (b"bb", false)]);
+        let scan = scan_segment("x.seg", 10, &bytes);
+        assert!(scan.is_intact());
+        assert_eq!(
+            (scan.first_seq, scan.last_seq, scan.records),
+            (Some(10), Some(11), 2)
+        );
+        assert_eq!(scan.valid_end, bytes.len() as u64);
+        assert_eq!(scan.health(true), SegmentHealth::Ok);
+    }
+
+    #[test]
+    fn incomplete_batch_is_not_counted_and_is_a_torn_tail_only_at_the_end() {
+        let bytes = segment(0, &[(b"a", false), (b"b", true), (b"c", true)]);
+        let scan = scan_segment("x.seg", 0, &bytes);
+        assert_eq!(scan.records, 1);
+        assert_eq!(
+            scan.valid_end,
+            (SEGMENT_HEADER_LEN + frame::frame_len(1)) as u64
+        );
+        assert!(matches!(
+            scan.end,
+            SegmentEnd::IncompleteBatch { first_seq: 1, .. }
+        ));
+        assert_eq!(scan.health(true), SegmentHealth::TornTail);
+        assert_eq!(scan.health(false), SegmentHealth::Damaged);
+    }
+
+    #[test]
+    fn damage_keeps_the_batch_start_as_the_end_and_names_the_frame() {
+        let mut bytes = segment(
+            0,
+            &[(b"a", false), (b"b", true), (b"c", false), (b"d", false)],
+        );
+        let third = SEGMENT_HEADER_LEN + 2 * frame::frame_len(1);
+        bytes[third + 24] ^= 1;
+        let scan = scan_segment("x.seg", 0, &bytes);
+        assert_eq!(
+            scan.valid_end,
+            (SEGMENT_HEADER_LEN + frame::frame_len(1)) as u64
+        );
+        match &scan.end {
+            SegmentEnd::BadFrame {
+                offset,
+                expected_seq,
+                later_frames,
+                ..
+            } => {
+                assert_eq!(*offset, third as u64);
+                assert_eq!(*expected_seq, 2);
+                assert_eq!(
+                    later_frames.as_slice(),
+                    &[((third + frame::frame_len(1)) as u64, 3)]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(scan.health(true), SegmentHealth::Damaged);
+    }
+
+    #[test]
+    fn cut_padding_and_wrong_base_are_told_apart() {
+        let bytes = segment(5, &[(b"abc", false)]);
+        let scan = scan_segment("x.seg", 5, &bytes[..bytes.len() - 2]);
+        assert_eq!(scan.end, SegmentEnd::PaddingCut);
+        assert_eq!(scan.records, 1);
+        let scan = scan_segment("x.seg", 6, &bytes);
+        assert_eq!(scan.header, HeaderStatus::WrongBase { found: 5 });
+        let scan = scan_segment("x.seg", 5, &bytes[..10]);
+        assert!(scan.is_unborn());
+        assert_eq!(scan.health(true), SegmentHealth::BadHeader);
+    }
+
+    #[test]
+    fn entries_are_classified() {
+        assert_eq!(
+            classify_entry("00000000000000000042.seg"),
+            EntryKind::Segment(42)
+        );
+        assert_eq!(classify_entry("head"), EntryKind::Head);
+        assert_eq!(classify_entry("head.tmp"), EntryKind::HeadTemporary);
+        assert_eq!(classify_entry("acks"), EntryKind::AckLog);
+        assert_eq!(classify_entry("quarantine"), EntryKind::Quarantine);
+        assert_eq!(classify_entry("42.seg"), EntryKind::Stray);
+    }
+}
