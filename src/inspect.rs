@@ -694,8 +694,8 @@ pub fn stat(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
     retry_while_changing(|| stat_once(storage, dir))
 }
 
-/// Runs a lock-free read until two conditions hold: it succeeded, or it failed the same way
-/// after the files stopped changing under it.
+/// Runs a lock-free read again, after a short pause, while it fails: a failure may come from a
+/// write or a compaction in flight. Real damage fails every attempt and is returned.
 fn retry_while_changing<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
     let mut outcome = attempt();
     for _ in 1..SNAPSHOT_ATTEMPTS_MAX {
