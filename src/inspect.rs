@@ -573,6 +573,9 @@ pub struct Snapshot {
     pub segments: Vec<SegmentScan>,
     /// Segments that were listed but deleted before they could be read (compacted meanwhile).
     pub vanished: Vec<String>,
+    /// Segments that could not be read (an I/O error, or a folder with a segment's name), with
+    /// the error. They are left out of `segments`, so the records they hold count as missing.
+    pub unreadable: Vec<(String, String)>,
     /// Names diskspool did not write.
     pub strays: Vec<String>,
     /// The ack log of the jobs API.
@@ -611,13 +614,19 @@ impl Snapshot {
             head,
             segments: Vec::with_capacity(listing.segments.len()),
             vanished: Vec::new(),
+            unreadable: Vec::new(),
             strays: listing.strays,
             acks,
         };
         for ((base, name), size) in listing.segments.iter().zip(sizes) {
-            match read_file(storage, &dir.join(name))? {
-                Some(bytes) => snapshot.segments.push(scan_segment(name, *base, &bytes)),
-                None => snapshot.vanished.push(name.clone()),
+            match read_file(storage, &dir.join(name)) {
+                Ok(Some(bytes)) => snapshot.segments.push(scan_segment(name, *base, &bytes)),
+                Ok(None) => snapshot.vanished.push(name.clone()),
+                // One bad file (a failing disk sector) must not hide the state of the others.
+                Err(error @ Error::Io { .. }) => {
+                    snapshot.unreadable.push((name.clone(), error.to_string()))
+                }
+                Err(error) => return Err(error),
             }
             done.bytes_done += size;
             progress(done);

@@ -568,6 +568,25 @@ impl<'a> Planner<'a> {
     }
 
     fn plan_strays(&mut self) {
+        // An unreadable segment cannot be served; the records it held were cut as missing.
+        for (name, error) in &self.snapshot.unreadable {
+            let base = crate::segment::parse_segment_file_name(name).unwrap_or(0);
+            let kept_end = self.kept.as_ref().map_or(0, |kept| kept.end);
+            if self.first_cut_seq.is_none() && base >= kept_end {
+                // The last segment: what it held is cut, how many is unknown.
+                self.note_cut(base, None);
+            }
+            let saved_as = self.quarantine_path(name);
+            self.actions.push(RepairAction {
+                kind: ActionKind::Quarantine,
+                file: self.snapshot.dir.join(name),
+                offset: 0,
+                bytes: 0,
+                saved_as: Some(saved_as),
+                seqs: None,
+                reason: format!("could not be read: {error}"),
+            });
+        }
         for stray in &self.snapshot.strays {
             let saved_as = self.quarantine_path(stray);
             self.actions.push(RepairAction {

@@ -56,6 +56,8 @@ pub enum ProblemKind {
     /// The head index is missing while segments exist, or neither slot is valid: which records
     /// were consumed is unknown, and `Queue::open` refuses to guess.
     HeadUnreadable,
+    /// A segment file could not be read (an I/O error, or a folder with a segment's name).
+    Unreadable,
     /// The ack log of the jobs API has a bad header: acknowledgements beyond the head are
     /// unknown. `repair` does not mend it.
     AckLogDamaged,
@@ -74,6 +76,7 @@ impl ProblemKind {
             ProblemKind::MissingRecords => "missing_records",
             ProblemKind::HeadSlotDamaged => "head_slot_damaged",
             ProblemKind::HeadUnreadable => "head_unreadable",
+            ProblemKind::Unreadable => "unreadable",
             ProblemKind::AckLogDamaged => "ack_log_damaged",
             ProblemKind::StrayFile => "stray_file",
         }
@@ -172,6 +175,14 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
     };
     check_head(snapshot, &mut report.problems);
     check_segments(snapshot, &mut report.problems);
+    for (name, error) in &snapshot.unreadable {
+        report.problems.push(Problem {
+            kind: ProblemKind::Unreadable,
+            file: snapshot.dir.join(name),
+            offset: 0,
+            detail: format!("could not be read: {error}"),
+        });
+    }
     if let Some(error) = &snapshot.acks.header_error {
         report.problems.push(Problem {
             kind: ProblemKind::AckLogDamaged,

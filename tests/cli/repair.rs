@@ -333,3 +333,19 @@ fn acknowledgements_of_cut_records_do_not_swallow_new_records() {
     }
     assert_records(&drain(&dir), 0..60);
 }
+
+#[test]
+fn an_unreadable_segment_is_quarantined_with_what_follows() {
+    let (_temp, dir) = queue_with(100, 0);
+    let files = segments(&dir);
+    let first_missing = frames(&files[1])[0].1;
+    std::fs::remove_file(&files[1]).unwrap();
+    std::fs::create_dir(&files[1]).unwrap();
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["cut_first_seq"], first_missing);
+    let mut expected: Vec<String> = files[1..].iter().map(|path| name(path)).collect();
+    expected.sort();
+    assert_eq!(quarantined(&dir), expected);
+    assert_records(&drain(&dir), 0..first_missing);
+}

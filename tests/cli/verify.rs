@@ -234,3 +234,26 @@ fn damaged_queues_make_read_commands_fail_cleanly_never_crash() {
         assert_eq!(verify_json(&dir).1, 1, "verify finds the {what} damage");
     }
 }
+
+#[test]
+fn an_unreadable_segment_is_reported_and_the_rest_still_checked() {
+    // A folder with a segment's name cannot be read, like a file on a failing sector.
+    let (_temp, dir) = queue_with(100, 0);
+    let files = segments(&dir);
+    std::fs::remove_file(&files[1]).unwrap();
+    std::fs::create_dir(&files[1]).unwrap();
+    flip_byte(&files[2], frames(&files[2])[1].0 + 30);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    let found = problems(&report);
+    assert!(
+        found.contains(&("unreadable".to_string(), name(&files[1]), 0)),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(kind, file, _)| kind == "damaged_frame" && *file == name(&files[2])),
+        "later segments are still checked: {found:?}"
+    );
+}
