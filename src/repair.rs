@@ -26,7 +26,8 @@
 //! - **Ack log** (jobs API): when records are cut, what it says about their sequence numbers
 //!   (acknowledgements, delivery counts, delays) is dropped by rewriting it, the old file copied
 //!   into `quarantine/` first; new records will carry those numbers again.
-//! - **Stray files** and a segment whose creation was cut short: moved into `quarantine/`.
+//! - **Unreadable segments**, **stray files** and a segment whose creation was cut short: moved
+//!   into `quarantine/`.
 //!
 //! The [`RepairReport`] says which sequence numbers the queue no longer serves
 //! ([`RepairReport::cut_seqs`]) and what each action did. After a repair, [`verify`] is clean
