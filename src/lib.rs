@@ -45,6 +45,7 @@ mod reader;
 mod recovery;
 pub mod repair;
 pub mod segment;
+mod spool;
 pub mod storage;
 mod sync;
 mod typed;
@@ -59,6 +60,7 @@ pub use options::{
 };
 pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
 pub use recovery::{RecoveryReport, Truncation};
+pub use spool::{validate_queue_name, Spool, FANOUT_LOG_FILE_NAME, QUEUE_NAME_LEN_MAX};
 pub use typed::{Bincode, BoxError, Codec, TypedQueue};
 
 /// The README's examples, compiled as doc tests so they cannot rot.

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -159,12 +159,20 @@ pub(crate) struct Shared {
     _lock: DirLock,
 }
 
-struct Writer {
+/// The producer side: the active segment and where the next frame goes.
+pub(crate) struct Writer {
     active: Arc<Segment>,
     file: Arc<dyn StorageFile>,
     tail: u64,
-    next_seq: u64,
+    pub(crate) next_seq: u64,
     scratch: Vec<u8>,
+}
+
+/// A batch written at the tail, not yet complete.
+pub(crate) struct Written {
+    segment: Arc<Segment>,
+    range: Range<u64>,
+    end: u64,
 }
 
 impl Queue {
@@ -177,16 +185,7 @@ impl Queue {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
-        storage
-            .create_dir_all(&dir)
-            .map_err(|error| Error::io("create queue directory", &dir, error))?;
-        let dir_lock = storage.lock_dir(&dir).map_err(|failure| match failure {
-            LockFailure::Held { pid } => Error::Locked {
-                dir: dir.clone(),
-                pid,
-            },
-            LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
-        })?;
+        let dir_lock = create_and_lock(&*storage, &dir)?;
         let recovered = recovery::recover(&*storage, &dir, &options)?;
         let head_generation = recovered.head.generation();
         let shared = Arc::new(Shared {
@@ -397,7 +396,6 @@ impl Queue {
         &self.shared.options
     }
 
-    #[cfg(feature = "async")]
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
@@ -413,6 +411,20 @@ impl Drop for Queue {
             let _ = self.shared.sync_all();
         }
     }
+}
+
+/// Creates `dir` if needed and takes its exclusive lock.
+pub(crate) fn create_and_lock(storage: &dyn Storage, dir: &Path) -> Result<DirLock> {
+    storage
+        .create_dir_all(dir)
+        .map_err(|error| Error::io("create directory", dir, error))?;
+    storage.lock_dir(dir).map_err(|failure| match failure {
+        LockFailure::Held { pid } => Error::Locked {
+            dir: dir.to_path_buf(),
+            pid,
+        },
+        LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
+    })
 }
 
 pub(crate) fn now_micros() -> u64 {
@@ -442,6 +454,19 @@ impl Shared {
     }
 
     fn push_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<Range<u64>> {
+        let batch_len = self.check_batch(payloads, not_before_us)?;
+        let written = {
+            let mut writer = self.lock_writer();
+            if payloads.is_empty() {
+                return Ok(writer.next_seq..writer.next_seq);
+            }
+            self.write_locked(&mut writer, payloads, not_before_us, batch_len)?
+        };
+        self.complete(written)
+    }
+
+    /// Checks a batch against the limits; returns its encoded length.
+    pub(crate) fn check_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<u64> {
         self.check_poisoned()?;
         let max = self.options.max_record_size_bytes();
         let mut batch_len = 0u64;
@@ -461,64 +486,84 @@ impl Shared {
                 max: self.options.segment_room(),
             });
         }
+        Ok(batch_len)
+    }
+
+    /// The writer, locked: while it is held no other push can take a sequence number.
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        lock(&self.writer)
+    }
+
+    /// Writes a checked, non-empty batch at the tail. Under every policy the bytes are in the
+    /// kernel when this returns; [`complete`](Shared::complete) makes them durable and visible.
+    pub(crate) fn write_locked(
+        &self,
+        writer: &mut Writer,
+        payloads: &[&[u8]],
+        not_before_us: u64,
+        batch_len: u64,
+    ) -> Result<Written> {
+        debug_assert!(!payloads.is_empty());
         let enqueued_us = now_micros();
-        let (segment, range, end) = {
-            let mut writer = lock(&self.writer);
-            if payloads.is_empty() {
-                return Ok(writer.next_seq..writer.next_seq);
+        let has_records = writer.tail > SEGMENT_HEADER_LEN as u64;
+        if has_records && writer.tail + batch_len > self.options.segment_size {
+            self.roll(writer)?;
+        }
+        writer.scratch.clear();
+        let last = payloads.len() - 1;
+        for (index, payload) in payloads.iter().enumerate() {
+            let seq = writer.next_seq + index as u64;
+            frame::encode(
+                &mut writer.scratch,
+                seq,
+                enqueued_us,
+                payload,
+                index < last,
+                not_before_us,
+            );
+        }
+        debug_assert_eq!(writer.scratch.len() as u64, batch_len);
+        if let Err(error) = writer.file.write_all_at(&writer.scratch, writer.tail) {
+            // Remove whatever part was written, so no fragment can later read as data.
+            if let Err(cleanup) = writer.file.set_len(writer.tail) {
+                return Err(self.poison(Error::io(
+                    "truncate after failed write",
+                    &writer.active.path,
+                    cleanup,
+                )));
             }
-            let has_records = writer.tail > SEGMENT_HEADER_LEN as u64;
-            if has_records && writer.tail + batch_len > self.options.segment_size {
-                self.roll(&mut writer)?;
-            }
-            let writer = &mut *writer;
-            writer.scratch.clear();
-            let last = payloads.len() - 1;
-            for (index, payload) in payloads.iter().enumerate() {
-                let seq = writer.next_seq + index as u64;
-                frame::encode(
-                    &mut writer.scratch,
-                    seq,
-                    enqueued_us,
-                    payload,
-                    index < last,
-                    not_before_us,
-                );
-            }
-            debug_assert_eq!(writer.scratch.len() as u64, batch_len);
-            if let Err(error) = writer.file.write_all_at(&writer.scratch, writer.tail) {
-                // Remove whatever part was written, so no fragment can later read as data.
-                if let Err(cleanup) = writer.file.set_len(writer.tail) {
-                    return Err(self.poison(Error::io(
-                        "truncate after failed write",
-                        &writer.active.path,
-                        cleanup,
-                    )));
-                }
-                return Err(Error::io("write segment", &writer.active.path, error));
-            }
-            let first = writer.next_seq;
-            writer.next_seq += payloads.len() as u64;
-            writer.tail += batch_len;
-            if self.options.sync != SyncPolicy::Always {
-                writer.active.publish(writer.tail);
-                self.published_next_seq
-                    .fetch_max(writer.next_seq, Ordering::SeqCst);
-                self.arrivals.notify();
-            }
-            (writer.active.clone(), first..writer.next_seq, writer.tail)
-        };
-        if self.options.sync == SyncPolicy::Always {
-            self.push_sync
-                .wait(range.end, || self.sync_data())
-                .map_err(|error| self.poison(error))?;
-            // Readers see a record only once it is durable.
-            segment.publish(end);
+            return Err(Error::io("write segment", &writer.active.path, error));
+        }
+        let first = writer.next_seq;
+        writer.next_seq += payloads.len() as u64;
+        writer.tail += batch_len;
+        if self.options.sync != SyncPolicy::Always {
+            writer.active.publish(writer.tail);
             self.published_next_seq
-                .fetch_max(range.end, Ordering::SeqCst);
+                .fetch_max(writer.next_seq, Ordering::SeqCst);
             self.arrivals.notify();
         }
-        Ok(range)
+        Ok(Written {
+            segment: writer.active.clone(),
+            range: first..writer.next_seq,
+            end: writer.tail,
+        })
+    }
+
+    /// Finishes a write: under [`SyncPolicy::Always`], waits until it is durable (sharing the
+    /// sync with concurrent writers) and only then shows it to readers.
+    pub(crate) fn complete(&self, written: Written) -> Result<Range<u64>> {
+        if self.options.sync == SyncPolicy::Always {
+            self.push_sync
+                .wait(written.range.end, || self.sync_data())
+                .map_err(|error| self.poison(error))?;
+            // Readers see a record only once it is durable.
+            written.segment.publish(written.end);
+            self.published_next_seq
+                .fetch_max(written.range.end, Ordering::SeqCst);
+            self.arrivals.notify();
+        }
+        Ok(written.range)
     }
 
     /// Syncs the active segment; returns the sequence number below which all is durable.

@@ -260,14 +260,7 @@ impl Shared {
             }
             pending.head_segment_moved = reader.head_segment_base() != head_segment_before;
         }
-        if let Some(error) = failure {
-            if out.is_empty() {
-                self.finish(pending)?;
-                return Err(error);
-            }
-        }
-        self.finish(pending)?;
-        Ok(out)
+        self.finish_handing_out(pending, out, failure)
     }
 
     /// One plain FIFO pop at the frontier, while nothing is tracked.
@@ -420,14 +413,22 @@ impl Shared {
             .into_iter()
             .map(|(record, count, token)| Delivery::new(self, record, count, token))
             .collect();
-        if let Some(error) = failure {
-            if deliveries.is_empty() {
-                self.finish(pending)?;
-                return Err(error);
-            }
-        }
+        self.finish_handing_out(pending, deliveries, failure)
+    }
+
+    /// Finishes an operation that handed out `out`. A failure met after something was handed
+    /// out is not reported now: the next call meets it again, before handing out anything.
+    fn finish_handing_out<T>(
+        &self,
+        pending: Pending,
+        out: Vec<T>,
+        failure: Option<Error>,
+    ) -> Result<Vec<T>> {
         self.finish(pending)?;
-        Ok(deliveries)
+        match failure {
+            Some(error) if out.is_empty() => Err(error),
+            _ => Ok(out),
+        }
     }
 
     /// Marks `seq` done.
@@ -605,14 +606,7 @@ impl Shared {
             lock(&self.reader).jobs.set_state(seq, JobState::Ready);
             return Err(error);
         }
-        let mut pending = Pending::default();
-        {
-            let mut reader = lock(&self.reader);
-            let head_segment_before = reader.head_segment_base();
-            self.settle_acked(&mut reader, seq, &mut pending)?;
-            pending.head_segment_moved = reader.head_segment_base() != head_segment_before;
-        }
-        self.finish(pending)
+        self.ack(seq)
     }
 
     fn dead_letter_queue(&self) -> Result<Arc<Queue>> {

@@ -9,6 +9,7 @@ mod asynchronous;
 mod batches;
 mod compaction;
 mod corruption;
+mod fanout;
 mod fifo;
 mod jobs;
 mod limits;

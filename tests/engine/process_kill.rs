@@ -32,9 +32,23 @@ fn child() {
     let (Ok(mode), Ok(dir)) = (std::env::var(CHILD_ENV), std::env::var(DIR_ENV)) else {
         return;
     };
+    use std::io::Write;
+    if mode == "fanout" {
+        let spool = diskspool::Spool::open(&dir, options()).unwrap();
+        let mut next = spool.queue("a").unwrap().stats().unwrap().next_seq;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready").unwrap();
+        out.flush().unwrap();
+        loop {
+            let message = format!("m{next}");
+            spool.fanout(message.as_bytes(), &["a", "b", "c"]).unwrap();
+            writeln!(out, "{next}").unwrap();
+            out.flush().unwrap();
+            next += 1;
+        }
+    }
     let queue = Queue::open(&dir, options()).unwrap();
     let mut out = std::io::stdout().lock();
-    use std::io::Write;
     writeln!(out, "ready").unwrap();
     out.flush().unwrap();
     match mode.as_str() {
@@ -275,12 +289,11 @@ fn kill_cycles(cycles: u32) {
     );
 }
 
-fn worker_kill_cycles(cycles: u32) {
+fn worker_kill_cycles(cycles: u32, total: u64) {
     let seed = seed();
     eprintln!("worker kill test seed {seed} (replay with DISKSPOOL_KILL_SEED={seed})");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let total = 3_000u64;
     {
         let queue = Queue::open(dir.path(), options()).unwrap();
         for chunk in (0..total).collect::<Vec<_>>().chunks(50) {
@@ -362,7 +375,48 @@ fn worker_kill_cycles(cycles: u32) {
 
 #[test]
 fn kill_nine_of_eight_workers_loses_no_job_and_repeats_no_acked_one() {
-    worker_kill_cycles(25);
+    worker_kill_cycles(25, 3_000);
+}
+
+#[test]
+fn kill_nine_during_fanout_leaves_every_queue_with_the_same_messages() {
+    let seed = seed();
+    eprintln!("fanout kill test seed {seed} (replay with DISKSPOOL_KILL_SEED={seed})");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut reported = 0;
+    for cycle in 0..15 {
+        let fanned = run_and_kill("fanout", dir.path(), &mut rng);
+        if let Some(&last) = fanned.last() {
+            reported = reported.max(last + 1);
+        }
+        // Opening the spool rolls an interrupted fanout forward.
+        let spool = diskspool::Spool::open(dir.path(), options()).unwrap();
+        let lens: Vec<u64> = ["a", "b", "c"]
+            .iter()
+            .map(|name| spool.queue(name).unwrap().stats().unwrap().next_seq)
+            .collect();
+        assert!(
+            lens.iter().all(|&len| len == lens[0]),
+            "seed {seed} cycle {cycle}: queues differ: {lens:?}"
+        );
+        assert!(
+            lens[0] >= reported,
+            "seed {seed}: a returned fanout is missing"
+        );
+    }
+    let spool = diskspool::Spool::open(dir.path(), options()).unwrap();
+    for name in ["a", "b", "c"] {
+        let records = spool.queue(name).unwrap().pop_batch(usize::MAX).unwrap();
+        for (index, record) in records.iter().enumerate() {
+            assert_eq!(
+                record.payload(),
+                format!("m{index}").as_bytes(),
+                "queue {name}"
+            );
+        }
+    }
+    eprintln!("15 kills during fanout, {reported} fanouts reported");
 }
 
 #[test]
@@ -379,5 +433,5 @@ fn long_kill_soak() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(500);
     kill_cycles(cycles);
-    worker_kill_cycles(cycles);
+    worker_kill_cycles(cycles, u64::from(cycles) * 150);
 }
