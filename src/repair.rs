@@ -701,10 +701,14 @@ fn rebase_segment(
         action.offset,
     )
     .map_err(|error| Error::io("read segment", &action.file, error))?;
-    save_copy(storage, new_path, &bytes)?;
+    // Written under a temporary name and renamed, so that a crash never leaves a half-copied
+    // segment under a segment's name (a leftover `.tmp` is a stray the next repair moves away).
+    let tmp_path = dir.join(format!("{name}.tmp"));
+    save_copy(storage, &tmp_path, &bytes)?;
     storage
-        .sync_dir(dir)
-        .map_err(|error| Error::io("sync queue directory", dir, error))
+        .rename(&tmp_path, new_path)
+        .and_then(|()| storage.sync_dir(dir))
+        .map_err(|error| Error::io("rename new segment", new_path, error))
 }
 
 /// Rewrites the ack log keeping only entries below `action.offset` (the first sequence number
