@@ -59,8 +59,8 @@ use crate::error::{Error, Result};
 use crate::frame;
 use crate::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME, HEAD_SLOT_LEN};
 use crate::inspect::{
-    read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
-    QUARANTINE_DIR_NAME,
+    read_file, scan_segment, segment_frames, EntryKind, HeaderStatus, SegmentEnd, SegmentScan,
+    Snapshot, QUARANTINE_DIR_NAME,
 };
 use crate::queue::LOCK_FILE_NAME;
 use crate::segment::{
@@ -199,10 +199,24 @@ impl RepairReport {
 /// Repairs the queue in `dir` (see the [module documentation](self)). Fails with
 /// [`Error::Locked`] while another handle has the queue open.
 pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairReport> {
-    // Listing first: locking would create a lock file in a directory that is not a queue.
-    storage
+    // Listing first: locking would create a lock file in a directory that is not a queue, and
+    // repairing one would move every file in it (a home directory, say) into quarantine.
+    let names = storage
         .list_dir(dir)
         .map_err(|error| Error::io("list queue directory", dir, error))?;
+    let is_queue = names.iter().any(|name| {
+        matches!(
+            crate::inspect::classify_entry(name),
+            EntryKind::Head | EntryKind::Segment(_)
+        )
+    });
+    if !is_queue {
+        return Err(Error::io(
+            "repair: not a queue directory",
+            dir,
+            io::Error::new(io::ErrorKind::NotFound, "no head index and no segment file"),
+        ));
+    }
     let _lock = storage.lock_dir(dir).map_err(|failure| match failure {
         LockFailure::Held { pid } => Error::Locked {
             dir: dir.to_path_buf(),

@@ -349,3 +349,17 @@ fn an_unreadable_segment_is_quarantined_with_what_follows() {
     assert_eq!(quarantined(&dir), expected);
     assert_records(&drain(&dir), 0..first_missing);
 }
+
+#[test]
+fn a_directory_without_a_queue_is_never_repaired() {
+    // `spool repair ~` by mistake must not move someone's files into quarantine.
+    let temp = tempfile::tempdir().unwrap();
+    std::fs::write(temp.path().join("thesis.tex"), "precious").unwrap();
+    spool(&["repair", arg(temp.path())])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains("not a queue directory"));
+    assert!(temp.path().join("thesis.tex").exists());
+    assert!(!temp.path().join("quarantine").exists());
+    assert!(!temp.path().join("lock").exists());
+}
