@@ -255,3 +255,21 @@ fn a_torn_tail_cut_when_opening_is_reported_on_stderr() {
     assert_eq!(records.len(), 20, "19 old records and the new one");
     assert_eq!(records[19], (19, b"after the crash".to_vec()));
 }
+
+#[test]
+fn pop_stops_at_damage_with_exit_5_naming_the_file_and_offset() {
+    // Records before the damage are handed out; then the error, never a skip.
+    let (_temp, dir) = queue_with(80, 0);
+    let files = segments(&dir);
+    let (offset, seq) = frames(&files[1])[2];
+    flip_byte(&files[1], offset + 30);
+    let output = spool(&["pop", "--all", arg(&dir)]).output().unwrap();
+    assert_eq!(output.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&name(&files[1])), "{stderr}");
+    assert!(stderr.contains(&format!("offset {offset}")), "{stderr}");
+    let expected: Vec<u8> = (0..seq)
+        .flat_map(|seq| [payload_for(seq), b"\n".to_vec()].concat())
+        .collect();
+    assert_eq!(output.stdout, expected);
+}
