@@ -8,6 +8,7 @@ mod util;
 
 mod commands;
 mod concurrent;
+mod random_damage;
 mod records;
 mod repair;
 mod verify;
