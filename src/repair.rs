@@ -183,6 +183,9 @@ pub struct RepairReport {
     pub quarantined_records: u64,
     /// When the head was moved, the sequence number it now points at.
     pub head_reset_to: Option<u64>,
+    /// Records between the head and the oldest record left that are gone from disk (a deleted
+    /// segment): the head was moved past them.
+    pub gone_seqs: Option<Range<u64>>,
     /// The problems found before repairing.
     pub before: VerifyReport,
     /// The check after repairing (`None` for a dry run).
@@ -240,6 +243,7 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
             .map(|first| first..planner.cut_end_seq.max(first)),
         quarantined_records: planner.quarantined_records,
         head_reset_to: planner.new_head.filter(|_| planner.head_moved),
+        gone_seqs: planner.gone_seqs,
         before,
         after: None,
     };
@@ -268,6 +272,7 @@ struct Planner<'a> {
     /// The head state to write, when the head is rewritten.
     new_head: Option<u64>,
     head_moved: bool,
+    gone_seqs: Option<Range<u64>>,
 }
 
 impl<'a> Planner<'a> {
@@ -290,6 +295,7 @@ impl<'a> Planner<'a> {
             kept: None,
             new_head: None,
             head_moved: false,
+            gone_seqs: None,
         })
     }
 
@@ -519,9 +525,7 @@ impl<'a> Planner<'a> {
             }
             (Some(state), Some(oldest)) if state.head_seq < oldest => {
                 self.head_moved = true;
-                if self.first_cut_seq.is_none() {
-                    self.note_cut(state.head_seq, Some(&(state.head_seq..oldest)));
-                }
+                self.gone_seqs = Some(state.head_seq..oldest);
                 oldest
             }
             (Some(state), _) => {

@@ -481,6 +481,8 @@ struct RepairJson {
     cut_end_seq: Option<u64>,
     quarantined_records: u64,
     head_reset_to: Option<u64>,
+    gone_first_seq: Option<u64>,
+    gone_end_seq: Option<u64>,
     problems_before: Vec<ProblemJson>,
     clean_after: Option<bool>,
     problems_after: Option<Vec<ProblemJson>>,
@@ -530,6 +532,8 @@ fn repair_json(report: &RepairReport) -> RepairJson {
         cut_end_seq: report.cut_seqs.as_ref().map(|seqs| seqs.end),
         quarantined_records: report.quarantined_records,
         head_reset_to: report.head_reset_to,
+        gone_first_seq: report.gone_seqs.as_ref().map(|seqs| seqs.start),
+        gone_end_seq: report.gone_seqs.as_ref().map(|seqs| seqs.end),
         problems_before: verify_json(&report.before).problems,
         clean_after: report.after.as_ref().map(VerifyReport::is_clean),
         problems_after: report
@@ -567,6 +571,13 @@ fn print_repair(out: &mut impl Write, report: &RepairReport) -> io::Result<()> {
         )?,
         None if !report.nothing_to_do() => writeln!(out, "no record was cut")?,
         None => {}
+    }
+    if let Some(gone) = &report.gone_seqs {
+        writeln!(
+            out,
+            "records {}..{} are gone from disk (before the oldest segment left)",
+            gone.start, gone.end
+        )?;
     }
     if let Some(head) = report.head_reset_to {
         writeln!(out, "head set to sequence {head}")?;
