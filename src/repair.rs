@@ -12,8 +12,8 @@
 //!   so records after a hole cannot be served.
 //! - **Missing records** between two segments, or a segment with a bad header or another format
 //!   version: that segment and every later one are moved into `quarantine/`.
-//! - **A damaged segment wholly behind the head** (every record in it consumed): moved into
-//!   `quarantine/`; nothing is cut from the queue.
+//! - **A damaged segment wholly behind the head** (a bad frame or header, every record in it
+//!   consumed): moved into `quarantine/`; nothing is cut from the queue.
 //! - **Damage before the head inside the head's segment**, when the head index's hint locates
 //!   the head's record: the bytes from that record on are copied into a new segment named after
 //!   the head's sequence number, and the old segment is moved into `quarantine/`; nothing live
@@ -359,6 +359,14 @@ impl<'a> Planner<'a> {
                     return Ok(());
                 }
             }
+            let next_base = rest.first().map(|next| next.base_seq);
+            let wholly_consumed = next_base.is_some_and(behind_head);
+            if scan.header != HeaderStatus::Ok && wholly_consumed {
+                let reason = String::from("bad header, and every record in it is consumed");
+                self.quarantine_segment(scan, reason, false);
+                expected = next_base;
+                continue;
+            }
             if scan.header != HeaderStatus::Ok {
                 let reason = match &scan.header {
                     HeaderStatus::Bad(error) => error.to_string(),
@@ -375,8 +383,7 @@ impl<'a> Planner<'a> {
                 SegmentEnd::Clean => {}
                 SegmentEnd::PaddingCut => self.restore_padding(scan),
                 SegmentEnd::IncompleteBatch { .. } | SegmentEnd::BadFrame { .. } => {
-                    let next_base = rest.first().map(|next| next.base_seq);
-                    if next_base.is_some_and(behind_head) {
+                    if wholly_consumed {
                         // Every record in this segment is consumed: drop it whole.
                         let reason = String::from("damaged, and every record in it is consumed");
                         self.quarantine_segment(scan, reason, false);

@@ -363,3 +363,19 @@ fn a_directory_without_a_queue_is_never_repaired() {
     assert!(!temp.path().join("quarantine").exists());
     assert!(!temp.path().join("lock").exists());
 }
+
+#[test]
+fn a_consumed_segment_with_a_bad_header_is_quarantined_alone() {
+    let (_temp, dir) = queue_with(100, 60);
+    let files = segments(&dir);
+    assert!(frames(&files[0]).last().unwrap().1 < 60);
+    flip_byte(&files[0], 3);
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report["cut_first_seq"].is_null(),
+        "no live record is cut: {report}"
+    );
+    assert_eq!(quarantined(&dir), [name(&files[0])]);
+    assert_records(&drain(&dir), 60..100);
+}
