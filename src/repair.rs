@@ -11,7 +11,8 @@
 //!   segment is moved whole into `quarantine/`: the queue's sequence numbers must be contiguous,
 //!   so records after a hole cannot be served.
 //! - **Missing records** between two segments, or a segment with a bad header or another format
-//!   version: that segment and every later one are moved into `quarantine/`.
+//!   version: that segment and every later one are moved into `quarantine/`. When every record
+//!   before a gap is consumed, the head moves past the missing ones instead and nothing is cut.
 //! - **A damaged segment wholly behind the head** (a bad frame or header, every record in it
 //!   consumed): moved into `quarantine/`; nothing is cut from the queue.
 //! - **Damage before the head inside the head's segment**, when the head index's hint locates
@@ -352,7 +353,12 @@ impl<'a> Planner<'a> {
             let rest = live.get(index + 1..).unwrap_or(&[]);
             let behind_head = |seq: u64| head_seq.is_some_and(|head| seq <= head);
             if let Some(expected) = expected {
-                if scan.base_seq != expected && !behind_head(scan.base_seq) {
+                let gap = scan.base_seq != expected && !behind_head(scan.base_seq);
+                if gap && head_seq.is_some_and(|head| expected <= head) {
+                    // Every record before the gap is consumed: the head moves past the missing
+                    // ones to this segment (see `plan_head`) and nothing after it is cut.
+                    self.kept = None;
+                } else if gap {
                     self.note_cut(expected.min(scan.base_seq), None);
                     let reason = format!("records {expected}..{} are missing", scan.base_seq);
                     self.cut_from(scan, rest, reason);

@@ -379,3 +379,30 @@ fn a_consumed_segment_with_a_bad_header_is_quarantined_alone() {
     assert_eq!(quarantined(&dir), [name(&files[0])]);
     assert_records(&drain(&dir), 60..100);
 }
+
+#[test]
+fn a_deleted_segment_holding_the_head_moves_the_head_past_it_and_cuts_nothing_else() {
+    // Records before the gap are all consumed: only the missing records are lost.
+    let (_temp, dir) = queue_with(100, 40);
+    let files = segments(&dir);
+    let missing = frames(&files[1]);
+    let (first_missing, last_missing) = (missing[0].1, missing.last().unwrap().1);
+    assert!(
+        first_missing <= 40 && 40 <= last_missing,
+        "the head lies in the deleted segment"
+    );
+    std::fs::remove_file(&files[1]).unwrap();
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert!(report["cut_first_seq"].is_null(), "{report}");
+    assert_eq!(report["gone_first_seq"], 40);
+    assert_eq!(report["gone_end_seq"], last_missing + 1);
+    assert_eq!(report["head_reset_to"], last_missing + 1);
+    assert!(
+        quarantined(&dir).iter().all(|name| name == "head"),
+        "{:?}",
+        quarantined(&dir)
+    );
+    assert_eq!(verify_json(&dir).1, 0);
+    assert_records(&drain(&dir), last_missing + 1..100);
+}
