@@ -11,4 +11,5 @@ mod concurrent;
 mod random_damage;
 mod records;
 mod repair;
+mod spool_queues;
 mod verify;

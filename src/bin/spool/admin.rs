@@ -30,7 +30,7 @@ Takes no lock. JSON fields: len, head_seq, next_seq, segments, live_bytes, disk_
 oldest_age_ms (null when the queue is empty).")]
 pub struct StatArgs {
     /// The queue directory.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -48,7 +48,7 @@ Takes no lock. STATE is consumed (every record popped; compaction deletes it), l
 (being appended to). CHECKSUMS is ok, torn_tail, damaged, bad_header or unsupported_version.")]
 pub struct InspectArgs {
     /// The queue directory.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// One segment file (its name in DIR) to list frame by frame.
     segment: Option<String>,
     /// Print JSON.
@@ -68,7 +68,7 @@ file and byte offset. Problem kinds: damaged_frame, torn_tail, bad_segment_heade
 unsupported_version, missing_records, head_slot_damaged, head_unreadable, stray_file.")]
 pub struct VerifyArgs {
     /// The queue directory.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -83,7 +83,7 @@ Example:
 Locks the queue (exit 4 while another process has it open).")]
 pub struct CompactArgs {
     /// The queue directory.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -102,7 +102,7 @@ Exit status: 0 when the queue is clean afterwards (or was clean), 1 when --dry-r
 something to repair or the queue is still not clean. docs/CLI.md describes every step.")]
 pub struct RepairArgs {
     /// The queue directory.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Only print what would be done.
     #[arg(long)]
     dry_run: bool,

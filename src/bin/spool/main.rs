@@ -47,6 +47,28 @@ Exit codes:
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Address the queue NAME inside DIR, where DIR is a spool of several queues (see
+    /// `diskspool::Spool`): every command then works on DIR/NAME.
+    #[arg(long, global = true, value_name = "NAME")]
+    queue: Option<String>,
+}
+
+impl Command {
+    /// The queue directory the command works on (`demo` has none).
+    fn dir_mut(&mut self) -> Option<&mut std::path::PathBuf> {
+        match self {
+            Command::Push(args) => Some(&mut args.dir),
+            Command::Pop(args) => Some(&mut args.dir),
+            Command::Peek(args) => Some(&mut args.dir),
+            Command::Dump(args) => Some(&mut args.dir),
+            Command::Stat(args) => Some(&mut args.dir),
+            Command::Inspect(args) => Some(&mut args.dir),
+            Command::Verify(args) => Some(&mut args.dir),
+            Command::Compact(args) => Some(&mut args.dir),
+            Command::Repair(args) => Some(&mut args.dir),
+            Command::Demo(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,7 +119,20 @@ impl From<io::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(name) = &cli.queue {
+        if let Err(error) = diskspool::validate_queue_name(name) {
+            return ExitCode::from(report(Failure::Queue(error)));
+        }
+        match cli.command.dir_mut() {
+            Some(dir) => *dir = dir.join(name),
+            None => {
+                return ExitCode::from(report(Failure::Usage(
+                    "--queue does not apply to demo".to_string(),
+                )))
+            }
+        }
+    }
     let outcome = match cli.command {
         Command::Push(args) => records::push(&args),
         Command::Pop(args) => records::pop(&args),

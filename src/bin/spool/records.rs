@@ -47,7 +47,7 @@ batch is either wholly in the queue or not at all. Exit status 0 means every rec
 under the --sync policy.")]
 pub struct PushArgs {
     /// The queue directory; created when it does not exist.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Records to push, one per argument. Without any, standard input is read.
     payloads: Vec<String>,
     /// Push all of standard input as one record instead of one record per line.
@@ -79,7 +79,7 @@ JSON lines: {\"seq\":7,\"enqueued_at\":\"2026-11-26T04:43:21.123456Z\",\"encodin
 \"payload\":\"resize 42\"}; \"encoding\" is \"base64\" when the payload is not UTF-8.")]
 pub struct PopArgs {
     /// The queue directory.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Remove up to this many records.
     #[arg(
         short = 'n',
@@ -110,7 +110,7 @@ Examples:
 Takes no lock: works while another process uses the queue. Output as for `spool pop`.")]
 pub struct PeekArgs {
     /// The queue directory.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Show up to this many records.
     #[arg(short = 'n', long = "count", value_name = "N", default_value_t = 1)]
     count: usize,
@@ -131,7 +131,7 @@ Takes no lock: works while another process uses the queue. --from before the hea
 the head (consumed records are not shown). Output as for `spool pop`.")]
 pub struct DumpArgs {
     /// The queue directory.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Start at this sequence number instead of the head.
     #[arg(long, value_name = "SEQ")]
     from: Option<u64>,
