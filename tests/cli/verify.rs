@@ -130,6 +130,31 @@ fn one_damaged_head_slot_is_reported_both_are_head_unreadable() {
 }
 
 #[test]
+fn a_zeroed_head_slot_is_told_apart_from_one_never_written() {
+    // A new queue has written only slot 0: its empty slot 1 is no problem.
+    let (_temp, fresh) = queue_with(3, 0);
+    assert_eq!(verify_json(&fresh).1, 0);
+    // After pops both slots were written: zeroing one loses a head, which verify reports.
+    let (_temp, dir) = queue_with(10, 3);
+    let head = dir.join("head");
+    let mut bytes = std::fs::read(&head).unwrap();
+    let newest = diskspool::head::decode_head_file(&bytes).current.unwrap();
+    let offset = diskspool::head::HEAD_SLOT_OFFSETS[1 - newest] as usize;
+    bytes[offset..offset + diskspool::head::HEAD_SLOT_LEN].fill(0);
+    std::fs::write(&head, bytes).unwrap();
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [(
+            "head_slot_damaged".to_string(),
+            "head".to_string(),
+            offset as u64
+        )]
+    );
+}
+
+#[test]
 fn a_missing_head_with_segments_is_head_unreadable() {
     let (_temp, dir) = queue_with(10, 0);
     std::fs::remove_file(dir.join("head")).unwrap();
