@@ -816,18 +816,23 @@ fn rewrite_head(
         })
         .unwrap_or(0);
     let head_seq = new_head.unwrap_or(0);
-    let slot = encode_slot(&HeadSlot {
-        generation: generation + 1,
-        state: HeadState {
-            head_seq,
-            // Hints are checked before use; a segment start is always a valid frame offset.
-            hint_base: head_seq,
-            hint_offset: SEGMENT_HEADER_LEN as u64,
-        },
-    });
+    let state = HeadState {
+        head_seq,
+        // Hints are checked before use; a segment start is always a valid frame offset.
+        hint_base: head_seq,
+        hint_offset: SEGMENT_HEADER_LEN as u64,
+    };
+    // Both slots hold the new head, so neither reads as a lost (zeroed) slot.
     let mut bytes = vec![0; HEAD_FILE_LEN as usize];
-    if let Some(first) = bytes.get_mut(..HEAD_SLOT_LEN) {
-        first.copy_from_slice(&slot);
+    for (index, offset) in crate::head::HEAD_SLOT_OFFSETS.iter().enumerate() {
+        let slot = encode_slot(&HeadSlot {
+            generation: generation + 1 + index as u64,
+            state,
+        });
+        let start = *offset as usize;
+        if let Some(target) = bytes.get_mut(start..start + HEAD_SLOT_LEN) {
+            target.copy_from_slice(&slot);
+        }
     }
     storage::write_atomically(storage, dir, HEAD_FILE_NAME, &bytes)
         .map_err(|error| Error::io("rewrite head index", &action.file, error))
