@@ -49,6 +49,11 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
     };
     let mut report = CompactReport::default();
     for segment in victims {
+        // Delete only a file whose header proves it is the segment its name says: a damaged or
+        // foreign file with a segment's name stays for `spool verify` and `spool repair`.
+        if segment.ensure_open(&*shared.storage).is_err() {
+            continue;
+        }
         let bytes = match segment.file() {
             Some(file) => file.len().unwrap_or(0),
             None => shared

@@ -21,7 +21,7 @@
 //! Updates overwrite only the slot that does not hold the newest *durable* generation, so a torn
 //! write (power loss mid-update) can only damage a slot whose content was not yet promised to
 //! anyone; the other slot still holds the last durable head. The durable slot flips only after a
-//! sync that is known to cover the newest write (see [`HeadIndex::sync`]).
+//! sync that is known to cover the newest write (see `HeadIndex::sync`).
 
 use std::path::{Path, PathBuf};
 

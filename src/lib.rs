@@ -24,6 +24,8 @@
 //! - [`TypedQueue`] stores serde values through a [`Codec`] (bincode by default).
 //! - Damaged bytes surface as [`Error::Corrupt`] naming the file and byte offset; the queue
 //!   never hands out a damaged record and never skips one silently.
+//! - [`inspect`], [`verify`] and [`repair`] read, check and mend a queue directory from outside
+//!   the engine; the `spool` tool prints what they return (`docs/CLI.md`).
 //! - `docs/FORMAT.md` describes every byte on disk.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -37,17 +39,20 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod head;
+pub mod inspect;
 mod jobs;
 mod options;
 mod queue;
 mod reader;
 mod recovery;
+pub mod repair;
 pub mod segment;
 pub mod sim;
 mod spool;
 pub mod storage;
 mod sync;
 mod typed;
+pub mod verify;
 
 pub use compactor::CompactReport;
 pub use error::{Error, Result};
