@@ -13,7 +13,8 @@
 //!     24     8  head_seq     every record below this sequence number is consumed
 //!     32     8  hint_base    base sequence of the segment holding head_seq (a hint)
 //!     40     8  hint_offset  byte offset of head_seq's frame in that segment (a hint)
-//!     48    12  reserved     zero
+//!     48     8  synced_seq   every record below this sequence number was synced (0: unknown)
+//!     56     4  reserved     zero
 //!     60     4  crc32        CRC-32 of bytes 0..60
 //! ```
 //!
@@ -46,7 +47,8 @@ const GENERATION_OFFSET: usize = SLOT_LEN_OFFSET + 2 + 4;
 const HEAD_SEQ_OFFSET: usize = GENERATION_OFFSET + 8;
 const HINT_BASE_OFFSET: usize = HEAD_SEQ_OFFSET + 8;
 const HINT_OFFSET_OFFSET: usize = HINT_BASE_OFFSET + 8;
-const CRC_OFFSET: usize = HINT_OFFSET_OFFSET + 8 + 12;
+const SYNCED_SEQ_OFFSET: usize = HINT_OFFSET_OFFSET + 8;
+const CRC_OFFSET: usize = SYNCED_SEQ_OFFSET + 8 + 4;
 
 /// What one slot records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,11 @@ pub struct HeadState {
     pub hint_base: u64,
     /// Offset of `head_seq`'s frame in that segment (a hint, verified on use).
     pub hint_offset: u64,
+    /// Every record below this sequence number had been synced to stable storage when the slot
+    /// was written (0 when not known, as in files written before the field existed). Recovery
+    /// uses it to tell unsynced writes that a power loss persisted out of order, which may be
+    /// cut, from damage to synced records, which must not be.
+    pub synced_seq: u64,
 }
 
 /// A decoded slot.
@@ -101,6 +108,8 @@ pub fn encode_slot(slot: &HeadSlot) -> [u8; HEAD_SLOT_LEN] {
         .copy_from_slice(&slot.state.hint_base.to_le_bytes());
     bytes[HINT_OFFSET_OFFSET..HINT_OFFSET_OFFSET + 8]
         .copy_from_slice(&slot.state.hint_offset.to_le_bytes());
+    bytes[SYNCED_SEQ_OFFSET..SYNCED_SEQ_OFFSET + 8]
+        .copy_from_slice(&slot.state.synced_seq.to_le_bytes());
     let crc = crc32fast::hash(&bytes[..CRC_OFFSET]);
     bytes[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
     bytes
@@ -128,6 +137,7 @@ pub fn decode_slot(bytes: &[u8]) -> Result<HeadSlot, SlotError> {
             head_seq: read_u64(bytes, HEAD_SEQ_OFFSET),
             hint_base: read_u64(bytes, HINT_BASE_OFFSET),
             hint_offset: read_u64(bytes, HINT_OFFSET_OFFSET),
+            synced_seq: read_u64(bytes, SYNCED_SEQ_OFFSET),
         },
     })
 }
@@ -240,9 +250,20 @@ impl HeadIndex {
         let slot = 1 - self.durable_slot;
         let bytes = encode_slot(&HeadSlot { generation, state });
         debug_assert_eq!(decode_slot(&bytes).map(|slot| slot.state), Ok(state));
-        self.file
-            .write_all_at(&bytes, HEAD_SLOT_OFFSETS[slot])
-            .map_err(|error| Error::io("write head index", &self.path, error))?;
+        if let Err(error) = self.file.write_all_at(&bytes, HEAD_SLOT_OFFSETS[slot]) {
+            if self.dirty {
+                // The slot held the newest head, written but not synced yet. A failed write may
+                // have torn it; put it back, so that a reopen after this failure does not fall
+                // back to the older durable head and hand out records that pops returned.
+                // Best effort: the caller poisons the queue either way.
+                let previous = encode_slot(&HeadSlot {
+                    generation: self.generation,
+                    state: self.state,
+                });
+                let _ = self.file.write_all_at(&previous, HEAD_SLOT_OFFSETS[slot]);
+            }
+            return Err(Error::io("write head index", &self.path, error));
+        }
         self.generation = generation;
         self.state = state;
         self.dirty = true;
@@ -274,6 +295,7 @@ mod tests {
                 head_seq,
                 hint_base: 0,
                 hint_offset: 32,
+                synced_seq: head_seq,
             },
         }
     }

@@ -36,6 +36,8 @@ mod asynchronous;
 mod compactor;
 mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod head;
 pub mod inspect;
 mod jobs;
@@ -45,6 +47,7 @@ mod reader;
 mod recovery;
 pub mod repair;
 pub mod segment;
+pub mod sim;
 mod spool;
 pub mod storage;
 mod sync;
@@ -60,6 +63,7 @@ pub use options::{
 };
 pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
 pub use recovery::{RecoveryReport, Truncation};
+pub use sim::SimStorage;
 pub use spool::{validate_queue_name, Spool, FANOUT_LOG_FILE_NAME, QUEUE_NAME_LEN_MAX};
 pub use typed::{Bincode, BoxError, Codec, TypedQueue};
 

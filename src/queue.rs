@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::compactor::{self, CompactReport};
 use crate::error::{Error, Result};
 use crate::frame;
+use crate::head::HeadState;
 use crate::jobs::{Delivery, Jobs};
 use crate::options::{Options, SyncPolicy};
 use crate::reader::{Cursor, Reader};
@@ -589,12 +590,16 @@ impl Shared {
             return Err(self.poison(error));
         }
         self.push_sync.mark_durable(writer.next_seq);
-        let (segment, file) = recovery::create_segment(
+        let (segment, file) = recovery::create_segment_or_clean_up(
             &*self.storage,
             &self.dir,
             writer.next_seq,
             self.options.segment_size,
-        )?;
+        )
+        .map_err(|failure| match failure.leftover {
+            true => self.poison(failure.error),
+            false => failure.error,
+        })?;
         self.segments
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -677,14 +682,34 @@ impl Shared {
         })
     }
 
+    /// Every record below this sequence number is synced.
+    pub(crate) fn synced_seq(&self) -> u64 {
+        self.push_sync.durable()
+    }
+
     pub(crate) fn sync_all(&self) -> Result<()> {
         self.check_poisoned()?;
         let covered = self.sync_data().map_err(|error| self.poison(error))?;
         self.push_sync.mark_durable(covered);
-        let generation = lock(&self.reader)
-            .head
-            .sync()
-            .map_err(|error| self.poison(error))?;
+        let mut reader = lock(&self.reader);
+        let mut generation = reader.head.sync().map_err(|error| self.poison(error))?;
+        let state = reader.head.state();
+        if state.synced_seq < covered {
+            // Record how far the records are synced, so that recovery can tell writes a power
+            // loss persisted out of order (cut) from damage to synced records (refused). Written
+            // after the sync above, so that it goes over the older slot: a failed write cannot
+            // take the newest head with it.
+            let updated = HeadState {
+                synced_seq: covered,
+                ..state
+            };
+            reader
+                .head
+                .write(updated)
+                .map_err(|error| self.poison(error))?;
+            generation = reader.head.sync().map_err(|error| self.poison(error))?;
+        }
+        drop(reader);
         self.head_sync.mark_durable(generation);
         let ticket = self.sync_acklog().map_err(|error| self.poison(error))?;
         self.ack_sync.mark_durable(ticket);

@@ -19,6 +19,8 @@ fn queue_with_records() -> (tempfile::TempDir, std::path::PathBuf) {
     {
         let queue = Queue::open(dir.path(), options()).unwrap();
         push_expected(&queue, RECORDS);
+        // Synced, so that damage to these records is damage, not writes a power loss lost.
+        queue.sync().unwrap();
     }
     let segment = segment_files(dir.path()).pop().unwrap();
     (dir, segment)
