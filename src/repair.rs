@@ -542,10 +542,7 @@ impl<'a> Planner<'a> {
                 oldest
             }
             (Some(state), _) => {
-                let damaged_slot = head.read.slots.iter().any(
-                    |slot| matches!(slot, Err(error) if *error != crate::head::SlotError::Empty),
-                );
-                if !damaged_slot {
+                if head.read.damaged_slots().is_empty() {
                     return;
                 }
                 state.head_seq
@@ -816,11 +813,23 @@ fn rewrite_head(
         })
         .unwrap_or(0);
     let head_seq = new_head.unwrap_or(0);
+    // Keep how far the records were known to be synced (0, unknown, if no slot is readable).
+    let synced_seq = old
+        .as_deref()
+        .map(crate::head::decode_head_file)
+        .and_then(|read| {
+            read.slots
+                .iter()
+                .filter_map(|slot| slot.as_ref().ok().map(|slot| slot.state.synced_seq))
+                .max()
+        })
+        .unwrap_or(0);
     let state = HeadState {
         head_seq,
         // Hints are checked before use; a segment start is always a valid frame offset.
         hint_base: head_seq,
         hint_offset: SEGMENT_HEADER_LEN as u64,
+        synced_seq,
     };
     // Both slots hold the new head, so neither reads as a lost (zeroed) slot.
     let mut bytes = vec![0; HEAD_FILE_LEN as usize];
