@@ -151,6 +151,29 @@ pub struct HeadRead {
     pub current: Option<usize>,
 }
 
+impl HeadRead {
+    /// The slots that are damaged: one that fails its checks, or one that is all zero although
+    /// it was written. A new queue writes generation 1 into slot 0 and nothing into slot 1, and
+    /// every later write goes into the other slot; so once a valid slot is past generation 1,
+    /// both slots have been written, and an all-zero slot was wiped rather than never written.
+    pub fn damaged_slots(&self) -> Vec<usize> {
+        let newest_generation = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.as_ref().ok())
+            .map(|slot| slot.generation)
+            .max()
+            .unwrap_or(0);
+        (0..self.slots.len())
+            .filter(|&index| match &self.slots[index] {
+                Ok(_) => false,
+                Err(SlotError::Empty) => newest_generation > 1,
+                Err(_) => true,
+            })
+            .collect()
+    }
+}
+
 /// Decodes a whole head file's bytes.
 pub fn decode_head_file(bytes: &[u8]) -> HeadRead {
     let slot_at = |offset: u64| -> Result<HeadSlot, SlotError> {

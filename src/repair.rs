@@ -542,22 +542,7 @@ impl<'a> Planner<'a> {
                 oldest
             }
             (Some(state), _) => {
-                // As verify sees it: an all-zero slot is damage once the queue is past its first
-                // head write (both slots have been written since).
-                let newest_generation = head
-                    .read
-                    .slots
-                    .iter()
-                    .filter_map(|slot| slot.as_ref().ok())
-                    .map(|slot| slot.generation)
-                    .max()
-                    .unwrap_or(0);
-                let damaged_slot = head.read.slots.iter().any(|slot| match slot {
-                    Ok(_) => false,
-                    Err(crate::head::SlotError::Empty) => newest_generation > 1,
-                    Err(_) => true,
-                });
-                if !damaged_slot {
+                if head.read.damaged_slots().is_empty() {
                     return;
                 }
                 state.head_seq
@@ -828,13 +813,23 @@ fn rewrite_head(
         })
         .unwrap_or(0);
     let head_seq = new_head.unwrap_or(0);
+    // Keep how far the records were known to be synced (0, unknown, if no slot is readable).
+    let synced_seq = old
+        .as_deref()
+        .map(crate::head::decode_head_file)
+        .and_then(|read| {
+            read.slots
+                .iter()
+                .filter_map(|slot| slot.as_ref().ok().map(|slot| slot.state.synced_seq))
+                .max()
+        })
+        .unwrap_or(0);
     let state = HeadState {
         head_seq,
         // Hints are checked before use; a segment start is always a valid frame offset.
         hint_base: head_seq,
         hint_offset: SEGMENT_HEADER_LEN as u64,
-        // Not known: the next sync of the reopened queue records it.
-        synced_seq: 0,
+        synced_seq,
     };
     // Both slots hold the new head, so neither reads as a lost (zeroed) slot.
     let mut bytes = vec![0; HEAD_FILE_LEN as usize];

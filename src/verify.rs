@@ -232,36 +232,21 @@ fn check_head(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
         });
         return;
     }
-    // A new queue writes generation 1 into slot 0 and nothing into slot 1; every later write
-    // goes into the other slot. So once the slot in force is past generation 1, both slots
-    // have been written, and an all-zero slot was wiped rather than never written.
-    let newest_generation = head
-        .read
-        .slots
-        .iter()
-        .filter_map(|slot| slot.as_ref().ok())
-        .map(|slot| slot.generation)
-        .max()
-        .unwrap_or(0);
-    for (index, slot) in head.read.slots.iter().enumerate() {
-        match slot {
-            Err(SlotError::Empty) if newest_generation > 1 => problems.push(Problem {
-                kind: ProblemKind::HeadSlotDamaged,
-                file: path.clone(),
-                offset: HEAD_SLOT_OFFSETS[index],
-                detail: format!(
-                    "head slot {index} is all zero although it was written (the other slot is at                      generation {newest_generation}); the other slot is in force"
-                ),
-            }),
-            // A slot never written yet (a young queue) is fine as long as the other is valid.
-            Ok(_) | Err(SlotError::Empty) => {}
-            Err(error) => problems.push(Problem {
-                kind: ProblemKind::HeadSlotDamaged,
-                file: path.clone(),
-                offset: HEAD_SLOT_OFFSETS[index],
-                detail: format!("head slot {index}: {error}; the other slot is in force"),
-            }),
-        }
+    for index in head.read.damaged_slots() {
+        let detail = match &head.read.slots[index] {
+            Err(SlotError::Empty) => format!(
+                "head slot {index} is all zero although both slots were written; the other slot \
+                 is in force"
+            ),
+            Err(error) => format!("head slot {index}: {error}; the other slot is in force"),
+            Ok(_) => continue,
+        };
+        problems.push(Problem {
+            kind: ProblemKind::HeadSlotDamaged,
+            file: path.clone(),
+            offset: HEAD_SLOT_OFFSETS[index],
+            detail,
+        });
     }
 }
 
