@@ -291,6 +291,12 @@ pub enum Op {
     },
     /// Peek at the oldest record.
     Peek,
+    /// Receive up to `count` records as jobs and release them unacknowledged (`nack`): they are
+    /// available again at once, and their delivery counts grow.
+    RecvNack {
+        /// Most records to receive.
+        count: u8,
+    },
     /// Receive up to `count` records as jobs and acknowledge them all, in reverse order when
     /// `reverse` (so that acks beyond the head go through the ack log).
     RecvAck {
@@ -378,7 +384,10 @@ pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
                 len: u16::from(next().unwrap_or(0)) * 2,
             },
             5..=7 => Op::Pop { max: 1 + a % 8 },
-            8 if a & 1 == 0 => Op::Peek,
+            8 if a & 3 == 0 => Op::Peek,
+            8 if a & 3 == 1 => Op::RecvNack {
+                count: 1 + (a >> 2) % 8,
+            },
             8 => Op::RecvAck {
                 count: 1 + (a >> 1) % 8,
                 reverse: a & 2 != 0,
@@ -433,7 +442,10 @@ pub fn ops_from_seed(seed: u64, count: usize) -> Vec<Op> {
             40..=64 => Op::Pop {
                 max: 1 + rng.below(4) as u8,
             },
-            65..=66 => Op::Peek,
+            65 => Op::Peek,
+            66 => Op::RecvNack {
+                count: 1 + rng.below(4) as u8,
+            },
             67..=69 => Op::RecvAck {
                 count: 1 + rng.below(5) as u8,
                 reverse: rng.chance(1, 2),
@@ -583,6 +595,21 @@ impl Model {
             state.guaranteed &= state.durable;
         }
         self.head = self.head_durable.min(self.head);
+    }
+
+    /// A failed call that takes up to `count` records may have consumed them, also for good
+    /// (a pop's consumption of records beyond the head goes into the ack log).
+    fn may_have_taken(&mut self, count: usize) {
+        let high = self.high_after_taking(count);
+        let uncertain = AckState {
+            durable: false,
+            guaranteed: false,
+        };
+        for seq in self.head..high {
+            self.acked.entry(seq).or_insert(uncertain);
+        }
+        self.head_high = self.head_high.max(high);
+        self.extend_high();
     }
 
     /// How far the head may move when a call takes up to `count` records: acknowledged jobs
@@ -783,6 +810,7 @@ impl Run {
             Op::PushBatch { count, len } => self.push(&vec![*len; usize::from(*count)]),
             Op::Pop { max } => self.pop(usize::from(*max), faults_before),
             Op::Peek => self.peek(faults_before),
+            Op::RecvNack { count } => self.recv_nack(usize::from(*count), faults_before),
             Op::RecvAck { count, reverse } => {
                 self.recv_ack(usize::from(*count), *reverse, faults_before)
             }
@@ -897,8 +925,7 @@ impl Run {
             Ok(records) => records,
             Err(error) => {
                 let model = &mut self.model;
-                model.head_high = model.head_high.max(model.high_after_taking(max));
-                model.extend_high();
+                model.may_have_taken(max);
                 if self.policy != Policy::Always {
                     model.unsynced_pops_uncertain();
                 }
@@ -933,6 +960,40 @@ impl Run {
         }
         if self.policy == Policy::Always && !records.is_empty() {
             self.model.head_durable = self.model.head;
+        }
+        Ok(())
+    }
+
+    /// Receives up to `count` jobs and releases them: nothing is consumed.
+    fn recv_nack(&mut self, count: usize, faults_before: u64) -> Result<(), String> {
+        let deliveries = match self.queue()?.recv_batch(count) {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                let model = &mut self.model;
+                model.head_high = model.head_high.max(model.high_after_taking(count));
+                model.extend_high();
+                return self.expect_fault(error, faults_before);
+            }
+        };
+        // Each delivery follows the one before; nothing moves the model's head for good.
+        let saved = (self.model.head, self.model.head_high);
+        for delivery in &deliveries {
+            let checked = self
+                .model
+                .check_record(delivery.seq(), delivery.payload(), "recv");
+            self.model.head = delivery.seq() + 1;
+            self.model.head_high = self.model.head_high.max(self.model.head);
+            if let Err(violation) = checked {
+                (self.model.head, self.model.head_high) = saved;
+                return Err(violation);
+            }
+        }
+        (self.model.head, self.model.head_high) = saved;
+        for delivery in deliveries {
+            // Releasing is in memory only.
+            delivery
+                .nack()
+                .map_err(|error| format!("nack failed: {error}"))?;
         }
         Ok(())
     }
