@@ -1165,6 +1165,7 @@ pub fn run_ops(ops: &[Op]) -> Result<(), String> {
                 "{index}: {op:?} -> {outcome:?}; {model}; acked {:?}",
                 run.model.acked
             );
+            eprintln!("   files {:?}", run.sim.file_names(&run.dir));
         }
         outcome.map_err(|error| format!("operation {index} ({op:?}): {error}"))?;
     }
