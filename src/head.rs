@@ -248,14 +248,20 @@ impl HeadIndex {
         })?;
         file.sync_data()
             .map_err(|error| Error::io("sync head index", &path, error))?;
-        Ok(HeadIndex {
+        let mut index = HeadIndex {
             path,
             file,
             generation: slot.generation,
             durable_slot: current,
             dirty: false,
             state: slot.state,
-        })
+        };
+        // The other slot may hold a write from before a crash that never became durable, with
+        // the generation the next write will use. A torn write over those stale bytes could
+        // combine into a valid slot that was never written as such, so overwrite it durably now.
+        index.write(slot.state)?;
+        index.sync()?;
+        Ok(index)
     }
 
     pub(crate) fn state(&self) -> HeadState {
