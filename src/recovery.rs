@@ -77,7 +77,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     let mut report = RecoveryReport::default();
 
     let tmp_name = format!("{HEAD_FILE_NAME}.tmp");
-    if names.iter().any(|name| *name == tmp_name) {
+    if names.contains(&tmp_name) {
         let tmp_path = dir.join(&tmp_name);
         storage
             .remove_file(&tmp_path)
@@ -335,10 +335,10 @@ fn locate_head(
         ));
     };
     let segment = segment.clone();
+    segment.ensure_open(storage)?;
     if segment.base_seq == head_seq {
         return Ok((segment, SEGMENT_HEADER_LEN as u64));
     }
-    segment.ensure_open(storage)?;
     let end = segment.readable_end();
     let view = segment.view(end)?;
     let bytes = bytes_of(&view).get(..end as usize).unwrap_or(&[]);

@@ -60,6 +60,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
 }
 
 /// An open file.
+#[allow(clippy::len_without_is_empty)] // a fallible length; emptiness is never asked
 pub trait StorageFile: Send + Sync + fmt::Debug {
     /// The file's length in bytes.
     fn len(&self) -> io::Result<u64>;
@@ -76,6 +77,9 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// in which case the caller maps again when it needs more.
     fn map(&self, len: u64) -> io::Result<Mapping>;
 }
+
+/// How long `lock_dir` keeps trying before it reports the directory as locked.
+const LOCK_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The real filesystem.
 #[derive(Debug, Default, Clone, Copy)]
@@ -131,14 +135,24 @@ impl Storage for OsStorage {
             .truncate(false)
             .open(&path)
             .map_err(LockFailure::Io)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(LockFailure::Held {
-                    pid: read_pid(&mut file),
-                })
+        // A flock belongs to the open file description, which a child process shares between
+        // fork and exec: a program that closes and reopens a queue while another thread spawns
+        // a process can find its own released lock still held for that moment. Retry briefly
+        // before reporting the directory as locked.
+        let deadline = std::time::Instant::now() + LOCK_RETRY_WINDOW;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(LockFailure::Held {
+                        pid: read_pid(&mut file),
+                    })
+                }
+                Err(TryLockError::Error(error)) => return Err(LockFailure::Io(error)),
             }
-            Err(TryLockError::Error(error)) => return Err(LockFailure::Io(error)),
         }
         // The pid is advice for the error message of the next opener, nothing depends on it.
         let pid = std::process::id().to_string();

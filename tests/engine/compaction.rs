@@ -1,0 +1,84 @@
+//! Consumed segments are deleted, automatically and on demand; live ones never.
+
+use diskspool::{Queue, SyncPolicy};
+
+use crate::util::{drain_checked, push_expected, segment_files, small_segments};
+
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_drained_queue_keeps_only_the_active_segment_head_and_lock() {
+    for policy in [SyncPolicy::Never, SyncPolicy::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path(), small_segments(policy)).unwrap();
+        push_expected(&queue, 300);
+        assert!(segment_files(dir.path()).len() > 10);
+        drain_checked(&queue);
+        let names = files_in(dir.path());
+        assert_eq!(names.len(), 3, "{policy:?}: {names:?}");
+        assert!(names.contains(&"head".to_string()) && names.contains(&"lock".to_string()));
+        assert_eq!(queue.stats().unwrap().segments, 1);
+    }
+}
+
+#[test]
+fn manual_compaction_frees_consumed_segments_and_keeps_live_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_segments(SyncPolicy::Never).auto_compact(false);
+    let queue = Queue::open(dir.path(), options).unwrap();
+    push_expected(&queue, 300);
+    let before = segment_files(dir.path());
+    let sizes: Vec<u64> = before
+        .iter()
+        .map(|path| path.metadata().unwrap().len())
+        .collect();
+    for _ in 0..150 {
+        queue.pop().unwrap().unwrap();
+    }
+    assert_eq!(
+        segment_files(dir.path()),
+        before,
+        "no automatic compaction when off"
+    );
+    let report = queue.compact().unwrap();
+    let after = segment_files(dir.path());
+    assert!(report.segments_removed > 0);
+    assert_eq!(after.len() + report.segments_removed, before.len());
+    let freed: u64 = before
+        .iter()
+        .zip(&sizes)
+        .filter(|(path, _)| !after.contains(path))
+        .map(|(_, size)| size)
+        .sum();
+    assert_eq!(report.bytes_freed, freed);
+    // Only segments wholly behind the head went: the oldest remaining one holds record 150.
+    let first_kept = crate::util::frame_offsets(&after[0]);
+    assert!(first_kept.first().unwrap().1 <= 150 && first_kept.last().unwrap().1 >= 150);
+    // Every remaining record is still served.
+    let rest = drain_checked(&queue);
+    assert_eq!(rest, (150..300).collect::<Vec<_>>());
+    assert_eq!(queue.compact().unwrap().segments_removed, after.len() - 1);
+}
+
+#[test]
+fn compaction_at_open_removes_segments_a_crash_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let options = small_segments(SyncPolicy::Never).auto_compact(false);
+        let queue = Queue::open(dir.path(), options).unwrap();
+        push_expected(&queue, 300);
+        drain_checked(&queue);
+        queue.sync().unwrap();
+        assert!(segment_files(dir.path()).len() > 10);
+    }
+    let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Never)).unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    assert!(queue.is_empty());
+}

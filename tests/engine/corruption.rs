@@ -1,0 +1,189 @@
+//! Damage in a sealed segment or the head index is reported, never skipped or served.
+
+use diskspool::head::{HEAD_FILE_NAME, HEAD_SLOT_OFFSETS};
+use diskspool::{Error, Queue, SyncPolicy};
+
+use crate::util::{frame_offsets, payload_for, push_expected, segment_files, small_segments};
+
+#[test]
+fn flipped_byte_in_a_sealed_segment_is_corrupt_with_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Never)).unwrap();
+        push_expected(&queue, 200);
+    }
+    let segments = segment_files(dir.path());
+    assert!(segments.len() > 3);
+    let damaged = &segments[1];
+    let frames = frame_offsets(damaged);
+    let (offset, damaged_seq) = frames[frames.len() / 2];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    bytes[offset as usize + 20] ^= 0x01; // inside the enqueue time
+    std::fs::write(damaged, &bytes).unwrap();
+
+    let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Never)).unwrap();
+    for seq in 0..damaged_seq {
+        let record = queue.pop().unwrap().unwrap();
+        assert_eq!(record.seq(), seq);
+        assert_eq!(record.payload(), payload_for(seq));
+    }
+    for _ in 0..2 {
+        match queue.pop() {
+            Err(Error::Corrupt {
+                file, offset: at, ..
+            }) => {
+                assert_eq!(&file, damaged);
+                assert_eq!(at, offset);
+            }
+            other => panic!("expected Corrupt at {offset}, got {other:?}"),
+        }
+    }
+    assert!(
+        matches!(queue.peek(), Err(Error::Corrupt { .. })),
+        "peek must not skip it either"
+    );
+    // pop_batch hands out the good records before damage, then reports it.
+    drop(queue);
+}
+
+#[test]
+fn pop_batch_stops_before_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Never)).unwrap();
+        push_expected(&queue, 100);
+    }
+    let first = &segment_files(dir.path())[0];
+    let (offset, damaged_seq) = frame_offsets(first)[3];
+    let mut bytes = std::fs::read(first).unwrap();
+    bytes[offset as usize + 9] ^= 0xFF; // inside the sequence number
+    std::fs::write(first, &bytes).unwrap();
+    let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Never)).unwrap();
+    let records = queue.pop_batch(50).unwrap();
+    assert_eq!(records.len() as u64, damaged_seq);
+    assert!(matches!(queue.pop_batch(50), Err(Error::Corrupt { .. })));
+}
+
+#[test]
+fn missing_segment_in_the_middle_is_reported_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Never)).unwrap();
+        push_expected(&queue, 200);
+    }
+    let segments = segment_files(dir.path());
+    std::fs::remove_file(&segments[2]).unwrap();
+    let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Never)).unwrap();
+    let last_good = frame_offsets(&segments[1]).last().unwrap().1;
+    let mut popped = 0;
+    let error = loop {
+        match queue.pop() {
+            Ok(Some(_)) => popped += 1,
+            Ok(None) => panic!("reached the end: records were skipped"),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(popped, last_good + 1);
+    assert!(matches!(error, Error::Corrupt { ref detail, .. } if detail.contains("missing")));
+}
+
+fn damage_head(dir: &std::path::Path, slot: usize) {
+    let path = dir.join(HEAD_FILE_NAME);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[HEAD_SLOT_OFFSETS[slot] as usize + 25] ^= 0x04;
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// A queue with 10 records of which 3 were popped under `Always`: the two head slots hold the
+/// heads after the second and the third pop.
+fn queue_with_three_popped() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Always)).unwrap();
+    push_expected(&queue, 10);
+    for _ in 0..3 {
+        queue.pop().unwrap().unwrap();
+    }
+    dir
+}
+
+fn newest_slot(dir: &std::path::Path) -> usize {
+    let bytes = std::fs::read(dir.join(HEAD_FILE_NAME)).unwrap();
+    diskspool::head::decode_head_file(&bytes).current.unwrap()
+}
+
+#[test]
+fn damaged_newest_head_slot_falls_back_to_the_previous_one() {
+    let dir = queue_with_three_popped();
+    damage_head(dir.path(), newest_slot(dir.path()));
+    let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Always)).unwrap();
+    // The previous durable head: one record comes back, never a restart from zero.
+    assert_eq!(queue.pop().unwrap().unwrap().seq(), 2);
+}
+
+#[test]
+fn damaged_older_head_slot_changes_nothing() {
+    let dir = queue_with_three_popped();
+    damage_head(dir.path(), 1 - newest_slot(dir.path()));
+    let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Always)).unwrap();
+    assert_eq!(queue.pop().unwrap().unwrap().seq(), 3);
+}
+
+#[test]
+fn both_head_slots_damaged_is_an_error_naming_the_head_file() {
+    let dir = queue_with_three_popped();
+    damage_head(dir.path(), 0);
+    damage_head(dir.path(), 1);
+    match Queue::open(dir.path(), small_segments(SyncPolicy::Always)) {
+        Err(Error::Corrupt { file, .. }) => assert_eq!(file, dir.path().join(HEAD_FILE_NAME)),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_head_with_segments_present_is_an_error() {
+    let dir = queue_with_three_popped();
+    std::fs::remove_file(dir.path().join(HEAD_FILE_NAME)).unwrap();
+    assert!(matches!(
+        Queue::open(dir.path(), small_segments(SyncPolicy::Always)),
+        Err(Error::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn segment_header_of_another_version_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Never)).unwrap();
+        push_expected(&queue, 3);
+    }
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[8] = 2; // version
+    let crc = crc32fast_hash(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&segment, &bytes).unwrap();
+    match Queue::open(dir.path(), small_segments(SyncPolicy::Never)) {
+        Err(Error::UnsupportedVersion {
+            file,
+            found: 2,
+            supported: 1,
+        }) => assert_eq!(file, segment),
+        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    }
+}
+
+fn crc32fast_hash(bytes: &[u8]) -> u32 {
+    // The segment header checksum: CRC-32 (IEEE), as in docs/FORMAT.md.
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

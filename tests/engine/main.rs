@@ -1,0 +1,18 @@
+//! Integration tests of the engine, one module per behaviour.
+
+// Test code unwraps: a failure is a test failure, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+mod batches;
+mod compaction;
+mod corruption;
+mod fifo;
+mod limits;
+mod locking;
+mod model;
+mod persistence;
+mod process_kill;
+mod torn_tail;
+mod typed;

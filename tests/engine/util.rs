@@ -1,0 +1,85 @@
+//! Helpers shared by the engine tests.
+
+use std::path::{Path, PathBuf};
+
+use diskspool::{Options, Queue, SyncPolicy};
+
+/// A deterministic payload for `seq`, of varying length (0..=300 bytes), so that a record
+/// returned under the wrong sequence number, or with bytes from another record, is detected.
+pub fn payload_for(seq: u64) -> Vec<u8> {
+    let len = (seq.wrapping_mul(2_654_435_761) % 301) as usize;
+    (0..len)
+        .map(|index| (seq as usize).wrapping_mul(31).wrapping_add(index) as u8)
+        .collect()
+}
+
+/// Options with small segments, so that tests cross many segment boundaries.
+pub fn small_segments(policy: SyncPolicy) -> Options {
+    Options::default().segment_size(4096).sync(policy)
+}
+
+/// Pushes `count` records with `payload_for` payloads; checks the sequence numbers returned.
+pub fn push_expected(queue: &Queue, count: u64) {
+    for _ in 0..count {
+        let expected = queue.stats().unwrap().next_seq;
+        assert_eq!(queue.push(&payload_for(expected)).unwrap(), expected);
+    }
+}
+
+/// Pops everything, checking order and bytes; returns the sequence numbers popped.
+pub fn drain_checked(queue: &Queue) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while let Some(record) = queue.pop().unwrap() {
+        assert_eq!(
+            record.payload(),
+            payload_for(record.seq()),
+            "seq {}",
+            record.seq()
+        );
+        if let Some(&last) = seqs.last() {
+            assert_eq!(record.seq(), last + 1, "records out of order");
+        }
+        seqs.push(record.seq());
+    }
+    seqs
+}
+
+/// Segment files in `dir`, sorted.
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Byte offsets of the frames in a segment file, with their sequence numbers.
+pub fn frame_offsets(path: &Path) -> Vec<(u64, u64)> {
+    let bytes = std::fs::read(path).unwrap();
+    let base = diskspool::segment::decode_header(&bytes).unwrap();
+    diskspool::segment::walk_frames(
+        &bytes,
+        diskspool::segment::SEGMENT_HEADER_LEN,
+        base,
+        u32::MAX >> 1,
+    )
+    .filter_map(|step| match step {
+        diskspool::segment::WalkStep::Frame { offset, frame } => Some((offset, frame.header.seq)),
+        diskspool::segment::WalkStep::Bad { .. } => None,
+    })
+    .collect()
+}
+
+/// Copies a queue directory's files (not the lock) into a new temporary directory.
+pub fn copy_queue(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != diskspool::LOCK_FILE_NAME {
+            std::fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
+        }
+    }
+    to
+}
