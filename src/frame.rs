@@ -115,23 +115,52 @@ pub fn encode(
     payload: &[u8],
     batch_continues: bool,
 ) {
+    let start = out.len();
+    out.resize(start + frame_len(payload.len()), 0);
+    encode_into(
+        &mut out[start..],
+        seq,
+        enqueued_us,
+        payload,
+        batch_continues,
+    );
+}
+
+/// Encodes one frame into `out`, which must be exactly [`frame_len`]`(payload.len())` bytes long
+/// (the writer encodes straight into a mapping of the segment this way, without a copy).
+///
+/// Every byte of `out` is written, padding included, so stale bytes in reused space never
+/// survive inside a frame. Panics if `out` has the wrong length or the payload is longer than
+/// [`PAYLOAD_LEN_MAX`]: both are bugs in the caller.
+pub fn encode_into(
+    out: &mut [u8],
+    seq: u64,
+    enqueued_us: u64,
+    payload: &[u8],
+    batch_continues: bool,
+) {
     let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     assert!(
         payload_len <= PAYLOAD_LEN_MAX,
         "payload length checked by the caller"
     );
-    let start = out.len();
+    assert_eq!(out.len(), frame_len(payload.len()), "frame buffer length");
     let len_flags = payload_len | if batch_continues { BATCH_CONTINUES } else { 0 };
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&len_flags.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&enqueued_us.to_le_bytes());
-    out.extend_from_slice(payload);
-    let crc = checksum(&out[start + LEN_FLAGS_OFFSET..]);
-    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
-    out.resize(start + frame_len(payload.len()), 0);
+    let payload_end = PAYLOAD_OFFSET + payload.len();
+    out[LEN_FLAGS_OFFSET..SEQ_OFFSET].copy_from_slice(&len_flags.to_le_bytes());
+    out[SEQ_OFFSET..ENQUEUED_OFFSET].copy_from_slice(&seq.to_le_bytes());
+    out[ENQUEUED_OFFSET..PAYLOAD_OFFSET].copy_from_slice(&enqueued_us.to_le_bytes());
+    out[PAYLOAD_OFFSET..payload_end].copy_from_slice(payload);
+    out[payload_end..].fill(0);
+    // The checksum is computed from the caller's payload, not read back from `out`: `out` may be
+    // a shared mapping, and reading it back would cost a second pass over cold memory.
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&out[LEN_FLAGS_OFFSET..PAYLOAD_OFFSET]);
+    hasher.update(payload);
+    let crc = hasher.finalize();
+    out[CRC_OFFSET..LEN_FLAGS_OFFSET].copy_from_slice(&crc.to_le_bytes());
     debug_assert_eq!(
-        decode(&out[start..], seq, PAYLOAD_LEN_MAX).map(|frame| frame.header.payload_len),
+        decode(out, seq, PAYLOAD_LEN_MAX).map(|frame| frame.header.payload_len),
         Ok(payload_len),
         "an encoded frame decodes back",
     );
@@ -233,6 +262,17 @@ mod tests {
         assert!(frame.header.batch_continues);
         assert_eq!(&out[frame.payload.clone()], b"hello");
         assert_eq!(frame.frame_len, out.len());
+    }
+
+    #[test]
+    fn encode_into_overwrites_stale_bytes() {
+        // Reused space (a recycled or preallocated segment) holds old bytes; the frame written
+        // over them, padding included, must be exactly what `encode` produces.
+        let mut expected = Vec::new();
+        encode(&mut expected, 9, 5, b"abc", false);
+        let mut reused = vec![0xEE; expected.len()];
+        encode_into(&mut reused, 9, 5, b"abc", false);
+        assert_eq!(reused, expected);
     }
 
     #[test]

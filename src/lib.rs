@@ -39,6 +39,7 @@ pub mod segment;
 pub mod storage;
 mod sync;
 mod typed;
+mod writer;
 
 pub use compactor::CompactReport;
 pub use error::{Error, Result};

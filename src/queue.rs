@@ -17,8 +17,9 @@ use crate::head::{HeadIndex, HeadState};
 use crate::options::{Options, SyncPolicy};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{Segment, SEGMENT_HEADER_LEN};
-use crate::storage::{DirLock, LockFailure, Mapping, Storage, StorageFile};
+use crate::storage::{DirLock, LockFailure, Mapping, Storage};
 use crate::sync::{lock, SyncGroup};
+use crate::writer::Writer;
 
 /// The lock file's name inside the queue directory.
 pub const LOCK_FILE_NAME: &str = "lock";
@@ -124,14 +125,6 @@ pub(crate) struct Shared {
     _lock: DirLock,
 }
 
-struct Writer {
-    active: Arc<Segment>,
-    file: Arc<dyn StorageFile>,
-    tail: u64,
-    next_seq: u64,
-    scratch: Vec<u8>,
-}
-
 /// A read position.
 #[derive(Clone)]
 pub(crate) struct Cursor {
@@ -171,13 +164,12 @@ impl Queue {
             dir,
             storage,
             segments: RwLock::new(recovered.segments),
-            writer: Mutex::new(Writer {
-                active: recovered.active,
-                file: recovered.active_file,
-                tail: recovered.tail,
-                next_seq: recovered.next_seq,
-                scratch: Vec::new(),
-            }),
+            writer: Mutex::new(Writer::new(
+                recovered.active,
+                recovered.active_file,
+                recovered.tail,
+                recovered.next_seq,
+            )),
             reader: Mutex::new(Reader {
                 cursor: Cursor {
                     segment: recovered.head_segment,
@@ -323,6 +315,9 @@ impl Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
+        // A cleanly closed queue holds no zeros after its data; if this fails, recovery treats
+        // the zeros as free space anyway.
+        let _ = lock(&self.shared.writer).trim();
         if let Some(flusher) = self.flusher.take() {
             flusher.stop();
             // A clean close under Interval leaves nothing to a later power loss.
@@ -386,28 +381,16 @@ impl Shared {
             if has_records && writer.tail + batch_len > self.options.segment_size {
                 self.roll(&mut writer)?;
             }
-            let writer = &mut *writer;
-            writer.scratch.clear();
-            let last = payloads.len() - 1;
-            for (index, payload) in payloads.iter().enumerate() {
-                let seq = writer.next_seq + index as u64;
-                frame::encode(&mut writer.scratch, seq, enqueued_us, payload, index < last);
-            }
-            debug_assert_eq!(writer.scratch.len() as u64, batch_len);
-            if let Err(error) = writer.file.write_all_at(&writer.scratch, writer.tail) {
-                // Remove whatever part was written, so no fragment can later read as data.
-                if let Err(cleanup) = writer.file.set_len(writer.tail) {
-                    return Err(self.poison(Error::io(
-                        "truncate after failed write",
-                        &writer.active.path,
-                        cleanup,
-                    )));
-                }
-                return Err(Error::io("write segment", &writer.active.path, error));
-            }
             let first = writer.next_seq;
-            writer.next_seq += payloads.len() as u64;
-            writer.tail += batch_len;
+            let appended =
+                writer.append(payloads, batch_len, enqueued_us, self.options.segment_size);
+            if let Err(failure) = appended {
+                return Err(if failure.poison {
+                    self.poison(failure.error)
+                } else {
+                    failure.error
+                });
+            }
             if self.options.sync != SyncPolicy::Always {
                 writer.active.publish(writer.tail);
                 self.published_next_seq
@@ -446,8 +429,9 @@ impl Shared {
 
     /// Seals the active segment and starts a new one at the next sequence number.
     fn roll(&self, writer: &mut Writer) -> Result<()> {
-        // Sealed segments are always durable, so damage in one is never a torn write.
-        if let Err(error) = writer.file.sync_data() {
+        // Sealed segments are always durable, so damage in one is never a torn write; their
+        // length is their data's (the zeros ahead of the tail are cut first).
+        if let Err(error) = writer.trim().and_then(|()| writer.file.sync_data()) {
             let error = Error::io("sync segment", &writer.active.path, error);
             return Err(self.poison(error));
         }
@@ -463,9 +447,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(segment.base_seq, segment.clone());
         writer.active.seal(writer.tail);
-        writer.active = segment;
-        writer.file = file;
-        writer.tail = SEGMENT_HEADER_LEN as u64;
+        writer.start_segment(segment, file);
         Ok(())
     }
 

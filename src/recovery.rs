@@ -23,6 +23,10 @@ use crate::storage::{Mapping, Storage, StorageFile};
 pub struct RecoveryReport {
     /// Torn tails cut from the active segment: records whose write was interrupted by a crash
     /// (never acknowledged under [`SyncPolicy::Always`](crate::SyncPolicy::Always)).
+    ///
+    /// A tail of zeros after the last record is cut but not reported: it is the space the
+    /// writer prepares ahead of its tail. Records that a power loss left as zeros look the same
+    /// and are not reported either (under `Always` none of them was acknowledged).
     pub truncated: Vec<Truncation>,
     /// Files removed because they never held a record: a segment whose creation was cut short,
     /// a temporary file of an interrupted head index creation.
@@ -245,7 +249,15 @@ fn recover_active(
             } => stop = Some((offset, expected_seq, error)),
         }
     }
-    if let Some((offset, expected_seq, error)) = &stop {
+    // Zeros after the last frame are space the writer prepared ahead of its tail (see
+    // `writer`), not a torn write: they never validate as a frame, and nothing is lost there.
+    let zero_tail = match &stop {
+        Some((offset, _, _)) => bytes
+            .get(*offset as usize..)
+            .is_some_and(|tail| tail.iter().all(|&byte| byte == 0)),
+        None => false,
+    };
+    if let Some((offset, expected_seq, error)) = stop.as_ref().filter(|_| !zero_tail) {
         let later = find_later_frame(bytes, *offset as usize, *expected_seq, PAYLOAD_LEN_MAX);
         if let Some((later_offset, later_seq)) = later {
             return Err(Error::corrupt(
@@ -263,15 +275,20 @@ fn recover_active(
         // Cut the torn tail (or an incomplete batch), or restore padding a torn write cut off.
         file.set_len(complete_end)
             .map_err(io_error("truncate torn tail"))?;
-        if complete_end < len {
-            let reason = match stop {
+        // Nothing was lost if all that is cut is the zero tail.
+        let data_end = match (&stop, zero_tail) {
+            (Some((offset, _, _)), true) => *offset,
+            _ => len,
+        };
+        if complete_end < data_end {
+            let reason = match stop.filter(|_| !zero_tail) {
                 Some((_, _, error)) => error.to_string(),
                 None => String::from("the last batch is incomplete"),
             };
             report.truncated.push(Truncation {
                 file: path.to_path_buf(),
                 offset: complete_end,
-                bytes_cut: len - complete_end,
+                bytes_cut: data_end - complete_end,
                 first_lost_seq: complete_next_seq,
                 reason,
             });

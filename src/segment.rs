@@ -181,6 +181,14 @@ pub fn find_later_frame(
     let mut offset = frame::align_up(from + 1);
     while offset + frame::FRAME_HEADER_LEN <= bytes.len() {
         let rest = &bytes[offset..];
+        // Zeros (space prepared ahead of the tail) never validate: skip them without a checksum.
+        let zeros = rest
+            .get(..frame::FRAME_HEADER_LEN)
+            .is_some_and(|header| header.iter().all(|&byte| byte == 0));
+        if zeros {
+            offset += frame::FRAME_ALIGN;
+            continue;
+        }
         if let Some(header) = frame::peek_header(rest) {
             // Only plausible sequence numbers are worth a checksum.
             let plausible = header.seq >= min_seq && header.seq - min_seq < (bytes.len() as u64);

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod util;
+mod write_paths;
 
 mod batches;
 mod compaction;

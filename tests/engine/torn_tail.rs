@@ -67,10 +67,10 @@ fn zeroed_tail_after_the_last_record_is_cut_and_nothing_is_lost() {
     bytes.extend_from_slice(&[0; 8192]);
     std::fs::write(&segment, &bytes).unwrap();
     let queue = Queue::open(dir.path(), options()).unwrap();
+    // Zeros after the last frame are what the writer prepares ahead of its tail: they are cut,
+    // but they held no record, so they are not reported as a torn write.
     let report = queue.recovery_report();
-    assert_eq!(report.truncated.len(), 1);
-    assert_eq!(report.truncated[0].offset, len);
-    assert_eq!(report.truncated[0].bytes_cut, 8192);
+    assert!(report.truncated.is_empty(), "{report:?}");
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), len);
     assert_eq!(drain_checked(&queue), (0..RECORDS).collect::<Vec<_>>());
 }

@@ -1,0 +1,159 @@
+//! The two write paths: frames stored through a writable mapping of zeros written ahead of the
+//! tail (the real filesystem), and frames written with `write_all_at` (storage without writable
+//! mappings). Both must leave files that recover exactly.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use diskspool::frame;
+use diskspool::storage::{DirLock, LockFailure, Mapping, OsStorage, Storage, StorageFile};
+use diskspool::{Options, Queue, SyncPolicy};
+
+use crate::util::{copy_queue, drain_checked, payload_for, push_expected, segment_files};
+
+/// A snapshot of a running queue (as a process kill leaves it) has zeros after the last record;
+/// recovery cuts them, reports nothing lost and returns every record.
+#[test]
+fn zero_tail_of_a_running_queue_recovers_without_a_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
+    push_expected(&queue, 50);
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let data_end = queue.stats().unwrap().live_bytes + 32;
+    let on_disk = std::fs::metadata(&segment).unwrap().len();
+    assert!(on_disk > data_end, "zeros are prepared ahead of the tail");
+    let bytes = std::fs::read(&segment).unwrap();
+    assert!(bytes[data_end as usize..].iter().all(|&byte| byte == 0));
+
+    let snapshot = copy_queue(dir.path());
+    let recovered = Queue::open(snapshot.path(), Options::default()).unwrap();
+    assert!(recovered.recovery_report().truncated.is_empty());
+    let copied = segment_files(snapshot.path()).pop().unwrap();
+    assert_eq!(std::fs::metadata(&copied).unwrap().len(), data_end);
+    assert_eq!(drain_checked(&recovered), (0..50).collect::<Vec<_>>());
+}
+
+/// A torn frame followed by zeros is a torn write: cut and reported, earlier records kept.
+#[test]
+fn torn_frame_before_the_zero_tail_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
+    push_expected(&queue, 10);
+    let data_end = queue.stats().unwrap().live_bytes + 32;
+    let snapshot = copy_queue(dir.path());
+    let segment = segment_files(snapshot.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut torn = Vec::new();
+    frame::encode(&mut torn, 10, 0, &payload_for(10), false);
+    torn.truncate(torn.len() / 2);
+    bytes[data_end as usize..data_end as usize + torn.len()].copy_from_slice(&torn);
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let recovered = Queue::open(snapshot.path(), Options::default()).unwrap();
+    let report = recovered.recovery_report();
+    assert_eq!(report.truncated.len(), 1, "{report:?}");
+    assert_eq!(report.truncated[0].offset, data_end);
+    assert_eq!(report.truncated[0].first_lost_seq, 10);
+    assert_eq!(drain_checked(&recovered), (0..10).collect::<Vec<_>>());
+}
+
+/// Sealed segments and a cleanly closed queue hold no zeros: every file ends at its data.
+#[test]
+fn sealed_segments_and_closed_queues_end_at_their_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path(), Options::default().segment_size(8192)).unwrap();
+        push_expected(&queue, 200);
+    }
+    let segments = segment_files(dir.path());
+    assert!(segments.len() > 3);
+    for segment in &segments {
+        let bytes = std::fs::read(segment).unwrap();
+        let frames = crate::util::frame_offsets(segment);
+        let (last_offset, last_seq) = *frames.last().unwrap();
+        let end = last_offset as usize + frame::frame_len(payload_for(last_seq).len());
+        assert_eq!(bytes.len(), end, "{}", segment.display());
+    }
+    let queue = Queue::open(dir.path(), Options::default()).unwrap();
+    assert!(queue.recovery_report().truncated.is_empty());
+    assert_eq!(drain_checked(&queue), (0..200).collect::<Vec<_>>());
+}
+
+/// The real filesystem, minus writable mappings: the engine must fall back to plain writes.
+#[derive(Debug)]
+struct NoMappingStorage;
+
+#[derive(Debug)]
+struct NoMappingFile(Box<dyn StorageFile>);
+
+impl Storage for NoMappingStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        OsStorage.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        OsStorage.list_dir(dir)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(NoMappingFile(OsStorage.open(path)?)))
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(NoMappingFile(OsStorage.create_new(path)?)))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        OsStorage.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        OsStorage.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        OsStorage.sync_dir(dir)
+    }
+    fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
+        OsStorage.lock_dir(dir)
+    }
+}
+
+impl StorageFile for NoMappingFile {
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn map(&self, len: u64) -> io::Result<Mapping> {
+        self.0.map(len)
+    }
+}
+
+#[test]
+fn storage_without_writable_mappings_uses_plain_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        Options::default()
+            .segment_size(8192)
+            .sync(SyncPolicy::Always)
+            .storage(Arc::new(NoMappingStorage))
+    };
+    {
+        let queue = Queue::open(dir.path(), options()).unwrap();
+        push_expected(&queue, 100);
+        // No zeros are written ahead on this path: the active file ends at its data.
+        let segment = segment_files(dir.path()).pop().unwrap();
+        let frames = crate::util::frame_offsets(&segment);
+        let (last_offset, last_seq) = *frames.last().unwrap();
+        let end = last_offset + frame::frame_len(payload_for(last_seq).len()) as u64;
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), end);
+    }
+    let queue = Queue::open(dir.path(), options()).unwrap();
+    assert_eq!(drain_checked(&queue), (0..100).collect::<Vec<_>>());
+}
