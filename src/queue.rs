@@ -115,6 +115,11 @@ pub(crate) struct Shared {
     writer: Mutex<Writer>,
     pub(crate) reader: Mutex<Reader>,
     push_sync: SyncGroup,
+    /// Pushers under `SyncPolicy::Always` inside `push_batch`, and the sequence number after
+    /// the last record appended: a group-commit leader lets pushers that have not appended yet
+    /// do so before it syncs, so that one sync covers them (see `gather_pushers`).
+    pushers_inside: AtomicUsize,
+    appended_next_seq: AtomicU64,
     pub(crate) head_sync: SyncGroup,
     published_next_seq: AtomicU64,
     poisoned: AtomicBool,
@@ -179,6 +184,8 @@ impl Queue {
                 head: recovered.head,
             }),
             push_sync: SyncGroup::new(recovered.next_seq),
+            pushers_inside: AtomicUsize::new(0),
+            appended_next_seq: AtomicU64::new(recovered.next_seq),
             head_sync: SyncGroup::new(head_generation),
             published_next_seq: AtomicU64::new(recovered.next_seq),
             poisoned: AtomicBool::new(false),
@@ -372,6 +379,8 @@ impl Shared {
             });
         }
         let enqueued_us = now_micros();
+        let always = self.options.sync == SyncPolicy::Always;
+        let _inside = always.then(|| Inside::enter(&self.pushers_inside));
         let (segment, range, end) = {
             let mut writer = lock(&self.writer);
             if payloads.is_empty() {
@@ -391,7 +400,10 @@ impl Shared {
                     failure.error
                 });
             }
-            if self.options.sync != SyncPolicy::Always {
+            if always {
+                self.appended_next_seq
+                    .fetch_max(writer.next_seq, Ordering::AcqRel);
+            } else {
                 writer.active.publish(writer.tail);
                 self.published_next_seq
                     .fetch_max(writer.next_seq, Ordering::SeqCst);
@@ -399,9 +411,12 @@ impl Shared {
             }
             (writer.active.clone(), first..writer.next_seq, writer.tail)
         };
-        if self.options.sync == SyncPolicy::Always {
+        if always {
             self.push_sync
-                .wait(range.end, || self.sync_data())
+                .wait(range.end, || {
+                    self.gather_pushers();
+                    self.sync_data()
+                })
                 .map_err(|error| self.poison(error))?;
             // Readers see a record only once it is durable.
             segment.publish(end);
@@ -410,6 +425,25 @@ impl Shared {
             self.arrivals.notify();
         }
         Ok(range)
+    }
+
+    /// Lets pushers that are about to append do so before the group's sync, so that it covers
+    /// them instead of leaving them to the next one: while more pushers are inside `push_batch`
+    /// than records wait for the sync, some pusher has yet to append (or is on its way out after
+    /// the previous sync, and may be back at once), so the leader yields the processor, a
+    /// bounded number of times. A lone pusher never yields.
+    fn gather_pushers(&self) {
+        let durable = self.push_sync.durable();
+        for _ in 0..GATHER_YIELDS_MAX {
+            let pending = self
+                .appended_next_seq
+                .load(Ordering::Acquire)
+                .saturating_sub(durable);
+            if self.pushers_inside.load(Ordering::Acquire) as u64 <= pending {
+                return;
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// Syncs the active segment; returns the sequence number below which all is durable.
@@ -628,6 +662,25 @@ impl Shared {
             .map_err(|error| self.poison(error))?;
         self.head_sync.mark_durable(generation);
         Ok(())
+    }
+}
+
+/// The most times a group-commit leader yields to pushers about to append before it syncs.
+const GATHER_YIELDS_MAX: usize = 64;
+
+/// Counts a pusher as inside `push_batch` for as long as it lives.
+struct Inside<'a>(&'a AtomicUsize);
+
+impl<'a> Inside<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Inside(counter)
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -76,6 +76,11 @@ impl SyncGroup {
         }
     }
 
+    /// The ticket below which everything is durable.
+    pub(crate) fn durable(&self) -> u64 {
+        lock(&self.state).durable
+    }
+
     /// Records that a sync outside the group (a roll, the interval flusher) covered `ticket`.
     pub(crate) fn mark_durable(&self, ticket: u64) {
         let mut state = lock(&self.state);
