@@ -6,14 +6,20 @@
 //! ```
 //!
 //! Sizes are set by environment variables (defaults in parentheses: quick / full):
-//! - `SPOOL_BENCH_RECORDS`: 100 B records pushed then popped (300 000 / 2 000 000); the 1 KiB and
+//! - `SPOOL_BENCH_RECORDS`: 100 B records pushed then popped (300 000 / 1 000 000); the 1 KiB and
 //!   64 KiB rows move the same number of bytes as the 100 B one, at least 1 000 records;
 //! - `SPOOL_BENCH_SYNC_SECS`: seconds per synced measurement (0.6 / 2);
 //! - `SPOOL_BENCH_RSS_MIB`: MiB pushed in the peak-RSS child process (256 / 2048);
 //! - `SPOOL_BENCH_SEGMENTS`: sealed segments for the open-time row (1000 / 1000);
 //! - `SPOOL_BENCH_DIR`: where the queues live (a temporary directory in `target/`);
 //! - `SPOOL_BENCH_PLOT`: the PNG written (`docs/throughput.png`);
-//! - `SPOOL_BENCH_ONLY`: comma-separated sections to run (`single,producers,sync,open,rss,drain`).
+//! - `SPOOL_BENCH_ONLY`: comma-separated sections to run (`single,producers,sync,open,rss,drain`);
+//! - `SPOOL_BENCH_WARMUP_MIB`: MiB written to a file and deleted before measuring (1024 / 3072):
+//!   on a virtual machine the first touch of guest memory is several times slower than reuse
+//!   (measured here: 0.33 GB/s against 3–4 GB/s), which would penalise whichever subject runs
+//!   first; the warm-up makes every subject write into memory the guest has touched before;
+//! - `SPOOL_BENCH_ROUNDS`: rounds of the single-thread section, interleaved, best kept (3 / 3);
+//! - `SPOOL_BENCH_PEERS=0`: leave the peers and the raw references out (for profiling).
 //!
 //! Every rate is measured in this run, so ratios compare like with like on a noisy machine.
 
@@ -40,6 +46,9 @@ struct Config {
     dir: PathBuf,
     plot: PathBuf,
     only: Option<Vec<String>>,
+    peers: bool,
+    warmup_mib: u64,
+    rounds: usize,
 }
 
 impl Config {
@@ -53,7 +62,7 @@ impl Config {
         };
         let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         Config {
-            records: number("SPOOL_BENCH_RECORDS", 300_000.0, 2_000_000.0) as u64,
+            records: number("SPOOL_BENCH_RECORDS", 300_000.0, 1_000_000.0) as u64,
             sync_secs: number("SPOOL_BENCH_SYNC_SECS", 0.6, 2.0),
             rss_mib: number("SPOOL_BENCH_RSS_MIB", 256.0, 2048.0) as u64,
             segments: number("SPOOL_BENCH_SEGMENTS", 1000.0, 1000.0) as u64,
@@ -67,6 +76,9 @@ impl Config {
             only: std::env::var("SPOOL_BENCH_ONLY")
                 .ok()
                 .map(|list| list.split(',').map(str::to_owned).collect()),
+            rounds: number("SPOOL_BENCH_ROUNDS", 3.0, 3.0) as usize,
+            warmup_mib: number("SPOOL_BENCH_WARMUP_MIB", 1024.0, 3072.0) as u64,
+            peers: std::env::var("SPOOL_BENCH_PEERS").map_or(true, |value| value != "0"),
         }
     }
 
@@ -76,12 +88,13 @@ impl Config {
             .is_none_or(|list| list.iter().any(|name| name == section))
     }
 
-    /// A fresh, empty directory for one measurement.
+    /// A fresh, empty directory for one measurement; the previous measurement's files are
+    /// deleted first, so that their page-cache memory is reused.
     fn fresh(&self, name: &str) -> BoxResult<PathBuf> {
-        let path = self.dir.join(name);
-        if path.exists() {
-            std::fs::remove_dir_all(&path)?;
+        for entry in std::fs::read_dir(&self.dir)? {
+            std::fs::remove_dir_all(entry?.path())?;
         }
+        let path = self.dir.join(name);
         std::fs::create_dir_all(&path)?;
         Ok(path)
     }
@@ -107,6 +120,23 @@ struct Table {
 
 impl Table {
     fn add(&mut self, workload: &str, subject: &str, rate: f64, bytes: usize, note: &str) {
+        let key = format!("{workload} | {subject}");
+        if let Some(row) = self
+            .rows
+            .iter_mut()
+            .find(|row| row.workload == workload && row.subject == subject)
+        {
+            // A repeated round: keep the best, the round least disturbed by the neighbours.
+            eprintln!(
+                "  {workload:<34} {subject:<30} {:>12} rec/s (again)",
+                fmt_rate(rate)
+            );
+            if rate > row.records_per_sec {
+                row.records_per_sec = rate;
+                self.figures.insert(key, rate);
+            }
+            return;
+        }
         eprintln!(
             "  {workload:<34} {subject:<30} {:>12} rec/s {:>9.1} MB/s {note}",
             fmt_rate(rate),
@@ -190,9 +220,12 @@ fn main() -> BoxResult<()> {
     );
     let mut table = Table::default();
     let started = Instant::now();
+    warm_up(&config)?;
     if config.wants("single") {
-        for size in [100, 1024, 64 << 10] {
-            single_thread(&config, &mut table, size)?;
+        for _round in 0..config.rounds {
+            for size in [100, 1024, 64 << 10] {
+                single_thread(&config, &mut table, size)?;
+            }
         }
     }
     if config.wants("sync") {
@@ -228,6 +261,27 @@ fn main() -> BoxResult<()> {
     Ok(())
 }
 
+/// Writes and deletes a file, so that later writers get page-cache memory the guest has touched.
+fn warm_up(config: &Config) -> BoxResult<()> {
+    let dir = config.fresh("warm-up")?;
+    let path = dir.join("warm-up");
+    let chunk = vec![1u8; 1 << 20];
+    let start = Instant::now();
+    {
+        let mut file = File::create(&path)?;
+        for _ in 0..config.warmup_mib {
+            file.write_all(&chunk)?;
+        }
+    }
+    std::fs::remove_file(&path)?;
+    eprintln!(
+        "warm-up: {} MiB in {:.2} s",
+        config.warmup_mib,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Single thread, no sync: push everything, then pop everything.
 
@@ -244,7 +298,7 @@ fn single_thread(config: &Config, table: &mut Table, size: usize) -> BoxResult<(
     eprintln!("single thread, {size} B x {count}");
 
     // Raw: the same framed bytes, BufWriter then one fsync (not timed), read back via BufReader.
-    {
+    if config.peers {
         let dir = config.fresh("raw")?;
         let mut framed = Vec::new();
         frame::encode(&mut framed, 0, 0, &data, false);
@@ -329,6 +383,9 @@ fn single_thread(config: &Config, table: &mut Table, size: usize) -> BoxResult<(
         );
     }
 
+    if !config.peers {
+        return Ok(());
+    }
     // yaque: one sender, one receiver, commit per record.
     {
         let dir = config.fresh("yaque")?;
