@@ -301,7 +301,7 @@ fn single_thread(config: &Config, table: &mut Table, size: usize) -> BoxResult<(
     if config.peers {
         let dir = config.fresh("raw")?;
         let mut framed = Vec::new();
-        frame::encode(&mut framed, 0, 0, &data, false);
+        frame::encode(&mut framed, 0, 0, &data, false, 0);
         let path = dir.join("raw.log");
         let mut writer = BufWriter::with_capacity(64 << 10, File::create(&path)?);
         let start = Instant::now();
@@ -471,7 +471,7 @@ fn single_thread(config: &Config, table: &mut Table, size: usize) -> BoxResult<(
 fn raw_fdatasync(config: &Config, table: &mut Table) -> BoxResult<()> {
     eprintln!("raw write + fdatasync loops");
     let mut framed = Vec::new();
-    frame::encode(&mut framed, 0, 0, &payload(100), false);
+    frame::encode(&mut framed, 0, 0, &payload(100), false, 0);
     for batch in [1usize, 4, 16, 64] {
         let bytes: Vec<u8> = framed.repeat(batch);
         for prewritten in [false, true] {

@@ -25,11 +25,11 @@ fn frames(c: &mut Criterion) {
     group.bench_function("encode 100 B", |b| {
         b.iter(|| {
             out.clear();
-            frame::encode(&mut out, 42, 0, black_box(&payload), false);
+            frame::encode(&mut out, 42, 0, black_box(&payload), false, 0);
         })
     });
     out.clear();
-    frame::encode(&mut out, 42, 0, &payload, false);
+    frame::encode(&mut out, 42, 0, &payload, false, 0);
     group.bench_function("decode 100 B", |b| {
         b.iter(|| frame::decode(black_box(&out), 42, frame::PAYLOAD_LEN_MAX))
     });

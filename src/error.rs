@@ -80,6 +80,20 @@ pub enum Error {
         /// The first failure.
         cause: String,
     },
+    /// The lease of a delivery ran out and the record may have been handed to another receiver,
+    /// so the lease can no longer be extended.
+    #[error("the lease on record {seq} has expired")]
+    LeaseExpired {
+        /// The record.
+        seq: u64,
+    },
+    /// The queue of a delivery was closed (dropped) before the delivery was settled; the record
+    /// is delivered again after the queue is reopened.
+    #[error("the queue of record {seq} was closed before it was settled")]
+    Closed {
+        /// The record.
+        seq: u64,
+    },
     /// A typed payload could not be encoded or decoded.
     #[error("codec failed for record {seq:?}: {source}")]
     Codec {

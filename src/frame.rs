@@ -3,10 +3,11 @@
 //! ```text
 //! offset  size  field
 //!      0     4  crc32         CRC-32 (IEEE) of bytes 4..24 and the payload
-//!      4     4  len_flags     bits 0..31: payload length; bit 31: BATCH_CONTINUES
+//!      4     4  len_flags     bits 0..30: body length n; bit 30: DELAYED; bit 31: BATCH_CONTINUES
 //!      8     8  seq           the record's sequence number
 //!     16     8  enqueued_us   enqueue time, microseconds since the Unix epoch
-//!     24     n  payload
+//!     24     n  body          with DELAYED: 8 bytes not_before_us, then the payload;
+//!                             without: the payload
 //!   24+n     p  padding       zero bytes up to the next multiple of 8 (not checksummed)
 //! ```
 //!
@@ -24,8 +25,13 @@ pub const FRAME_ALIGN: usize = 8;
 /// Set in `len_flags` on every frame of a batch but the last: a batch whose last frame is missing
 /// was torn by a crash and is discarded whole.
 pub const BATCH_CONTINUES: u32 = 1 << 31;
-/// The largest payload length a frame can describe.
-pub const PAYLOAD_LEN_MAX: u32 = BATCH_CONTINUES - 1;
+/// Set in `len_flags` on a record that must not be handed out before the time in the first 8
+/// bytes of its body (`push_delayed`).
+pub const DELAYED: u32 = 1 << 30;
+/// The largest body length a frame can describe.
+pub const PAYLOAD_LEN_MAX: u32 = DELAYED - 1;
+/// Bytes the not-before time takes at the start of a delayed record's body.
+pub const DELAY_PREFIX_LEN: usize = 8;
 
 const CRC_OFFSET: usize = 0;
 const LEN_FLAGS_OFFSET: usize = CRC_OFFSET + 4;
@@ -38,12 +44,14 @@ const PAYLOAD_OFFSET: usize = ENQUEUED_OFFSET + 8;
 pub struct FrameHeader {
     /// The record's sequence number.
     pub seq: u64,
-    /// The payload's length in bytes.
+    /// The body's length in bytes (the payload, plus the delay prefix on a delayed record).
     pub payload_len: u32,
     /// Enqueue time in microseconds since the Unix epoch.
     pub enqueued_us: u64,
     /// True on every frame of a batch except its last.
     pub batch_continues: bool,
+    /// True when the body starts with a not-before time.
+    pub delayed: bool,
 }
 
 /// A frame that passed every check.
@@ -53,6 +61,8 @@ pub struct DecodedFrame {
     pub header: FrameHeader,
     /// Where the payload lies, relative to the start of the frame.
     pub payload: Range<usize>,
+    /// Microseconds since the Unix epoch before which the record is not handed out; 0 if none.
+    pub not_before_us: u64,
     /// The whole frame's length including padding: the distance to the next frame.
     pub frame_len: usize,
 }
@@ -84,6 +94,12 @@ pub enum FrameError {
         /// The sequence number written in the frame.
         found: u64,
     },
+    /// A delayed frame whose body cannot hold the not-before time.
+    #[error("delayed frame with a body of {len} bytes, shorter than its 8-byte delay")]
+    ShortDelay {
+        /// The body length.
+        len: u32,
+    },
     /// The checksum does not match the bytes.
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum {
@@ -104,9 +120,14 @@ pub fn align_up(len: usize) -> usize {
     len.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
 }
 
-/// Appends one encoded frame to `out`.
+/// The length of a record's frame body: the payload, plus the prefix of a delayed record.
+pub fn body_len(payload_len: usize, delayed: bool) -> usize {
+    payload_len + if delayed { DELAY_PREFIX_LEN } else { 0 }
+}
+
+/// Appends one encoded frame to `out`. A `not_before_us` of 0 means no delay.
 ///
-/// The caller checks the payload against its limits first; a payload longer than
+/// The caller checks the payload against its limits first; a body longer than
 /// [`PAYLOAD_LEN_MAX`] is a bug in the caller.
 pub fn encode(
     out: &mut Vec<u8>,
@@ -114,23 +135,27 @@ pub fn encode(
     enqueued_us: u64,
     payload: &[u8],
     batch_continues: bool,
+    not_before_us: u64,
 ) {
     let start = out.len();
-    out.resize(start + frame_len(payload.len()), 0);
+    let body_len = body_len(payload.len(), not_before_us != 0);
+    out.resize(start + frame_len(body_len), 0);
     encode_into(
         &mut out[start..],
         seq,
         enqueued_us,
         payload,
         batch_continues,
+        not_before_us,
     );
 }
 
-/// Encodes one frame into `out`, which must be exactly [`frame_len`]`(payload.len())` bytes long
-/// (the writer encodes straight into a mapping of the segment this way, without a copy).
+/// Encodes one frame into `out`, which must be exactly as long as the frame
+/// ([`frame_len`] of its [`body_len`]); the writer encodes straight into a mapping of the
+/// segment this way, without a copy. A `not_before_us` of 0 means no delay.
 ///
 /// Every byte of `out` is written, padding included, so stale bytes in reused space never
-/// survive inside a frame. Panics if `out` has the wrong length or the payload is longer than
+/// survive inside a frame. Panics if `out` has the wrong length or the body is longer than
 /// [`PAYLOAD_LEN_MAX`]: both are bugs in the caller.
 pub fn encode_into(
     out: &mut [u8],
@@ -138,30 +163,45 @@ pub fn encode_into(
     enqueued_us: u64,
     payload: &[u8],
     batch_continues: bool,
+    not_before_us: u64,
 ) {
-    let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let delayed = not_before_us != 0;
+    let body_len = body_len(payload.len(), delayed);
+    let body_len_field = u32::try_from(body_len).unwrap_or(u32::MAX);
     assert!(
-        payload_len <= PAYLOAD_LEN_MAX,
+        body_len_field <= PAYLOAD_LEN_MAX,
         "payload length checked by the caller"
     );
-    assert_eq!(out.len(), frame_len(payload.len()), "frame buffer length");
-    let len_flags = payload_len | if batch_continues { BATCH_CONTINUES } else { 0 };
-    let payload_end = PAYLOAD_OFFSET + payload.len();
-    out[LEN_FLAGS_OFFSET..SEQ_OFFSET].copy_from_slice(&len_flags.to_le_bytes());
+    assert_eq!(out.len(), frame_len(body_len), "frame buffer length");
+    let mut flags = 0;
+    if batch_continues {
+        flags |= BATCH_CONTINUES;
+    }
+    if delayed {
+        flags |= DELAYED;
+    }
+    out[LEN_FLAGS_OFFSET..SEQ_OFFSET].copy_from_slice(&(body_len_field | flags).to_le_bytes());
     out[SEQ_OFFSET..ENQUEUED_OFFSET].copy_from_slice(&seq.to_le_bytes());
     out[ENQUEUED_OFFSET..PAYLOAD_OFFSET].copy_from_slice(&enqueued_us.to_le_bytes());
-    out[PAYLOAD_OFFSET..payload_end].copy_from_slice(payload);
-    out[payload_end..].fill(0);
+    let mut payload_start = PAYLOAD_OFFSET;
+    if delayed {
+        out[PAYLOAD_OFFSET..PAYLOAD_OFFSET + DELAY_PREFIX_LEN]
+            .copy_from_slice(&not_before_us.to_le_bytes());
+        payload_start += DELAY_PREFIX_LEN;
+    }
+    let body_end = payload_start + payload.len();
+    out[payload_start..body_end].copy_from_slice(payload);
+    out[body_end..].fill(0);
     // The checksum is computed from the caller's payload, not read back from `out`: `out` may be
     // a shared mapping, and reading it back would cost a second pass over cold memory.
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&out[LEN_FLAGS_OFFSET..PAYLOAD_OFFSET]);
+    hasher.update(&out[LEN_FLAGS_OFFSET..payload_start]);
     hasher.update(payload);
     let crc = hasher.finalize();
     out[CRC_OFFSET..LEN_FLAGS_OFFSET].copy_from_slice(&crc.to_le_bytes());
     debug_assert_eq!(
-        decode(out, seq, PAYLOAD_LEN_MAX).map(|frame| frame.header.payload_len),
-        Ok(payload_len),
+        decode(out, seq, PAYLOAD_LEN_MAX).map(|frame| frame.payload.len()),
+        Ok(payload.len()),
         "an encoded frame decodes back",
     );
 }
@@ -176,6 +216,7 @@ pub fn peek_header(bytes: &[u8]) -> Option<FrameHeader> {
         payload_len: len_flags & PAYLOAD_LEN_MAX,
         enqueued_us: read_u64(header, ENQUEUED_OFFSET),
         batch_continues: len_flags & BATCH_CONTINUES != 0,
+        delayed: len_flags & DELAYED != 0,
     })
 }
 
@@ -219,11 +260,23 @@ pub fn decode(
             found: header.seq,
         });
     }
+    let mut payload_start = FRAME_HEADER_LEN;
+    let mut not_before_us = 0;
+    if header.delayed {
+        if (header.payload_len as usize) < DELAY_PREFIX_LEN {
+            return Err(FrameError::ShortDelay {
+                len: header.payload_len,
+            });
+        }
+        not_before_us = read_u64(bytes, FRAME_HEADER_LEN);
+        payload_start += DELAY_PREFIX_LEN;
+    }
     // The padding is not checksummed and may be cut off by a torn write of the last frame:
     // the caller restores it when it truncates the file to the frame's end.
     Ok(DecodedFrame {
         header,
-        payload: FRAME_HEADER_LEN..payload_end,
+        payload: payload_start..payload_end,
+        not_before_us,
         frame_len: frame_len(header.payload_len as usize),
     })
 }
@@ -253,7 +306,7 @@ mod tests {
     #[test]
     fn round_trip_keeps_every_field() {
         let mut out = Vec::new();
-        encode(&mut out, 42, 1_700_000_000_000_000, b"hello", true);
+        encode(&mut out, 42, 1_700_000_000_000_000, b"hello", true, 0);
         assert_eq!(out.len(), frame_len(5));
         assert_eq!(out.len() % FRAME_ALIGN, 0);
         let frame = decode(&out, 42, 1024).unwrap();
@@ -268,17 +321,30 @@ mod tests {
     fn encode_into_overwrites_stale_bytes() {
         // Reused space (a recycled or preallocated segment) holds old bytes; the frame written
         // over them, padding included, must be exactly what `encode` produces.
-        let mut expected = Vec::new();
-        encode(&mut expected, 9, 5, b"abc", false);
-        let mut reused = vec![0xEE; expected.len()];
-        encode_into(&mut reused, 9, 5, b"abc", false);
-        assert_eq!(reused, expected);
+        for not_before_us in [0, 77] {
+            let mut expected = Vec::new();
+            encode(&mut expected, 9, 5, b"abc", false, not_before_us);
+            let mut reused = vec![0xEE; expected.len()];
+            encode_into(&mut reused, 9, 5, b"abc", false, not_before_us);
+            assert_eq!(reused, expected);
+        }
+    }
+
+    #[test]
+    fn delayed_frame_keeps_its_time_out_of_the_payload() {
+        let mut out = Vec::new();
+        encode(&mut out, 9, 5, b"later", false, 123_456);
+        assert_eq!(out.len(), frame_len(body_len(5, true)));
+        let frame = decode(&out, 9, 1024).unwrap();
+        assert!(frame.header.delayed);
+        assert_eq!(frame.not_before_us, 123_456);
+        assert_eq!(&out[frame.payload.clone()], b"later");
     }
 
     #[test]
     fn frame_at_another_position_is_rejected() {
         let mut out = Vec::new();
-        encode(&mut out, 7, 0, b"x", false);
+        encode(&mut out, 7, 0, b"x", false, 0);
         assert_eq!(
             decode(&out, 8, 1024),
             Err(FrameError::WrongSeq {
@@ -304,7 +370,7 @@ mod tests {
     #[test]
     fn every_flipped_bit_is_detected() {
         let mut out = Vec::new();
-        encode(&mut out, 3, 99, b"payload bytes", false);
+        encode(&mut out, 3, 99, b"payload bytes", false, 0);
         let covered = FRAME_HEADER_LEN + 13;
         for byte in 0..covered {
             for bit in 0..8 {
@@ -318,7 +384,7 @@ mod tests {
     #[test]
     fn cut_frames_are_truncated_errors() {
         let mut out = Vec::new();
-        encode(&mut out, 1, 0, &[7; 40], false);
+        encode(&mut out, 1, 0, &[7; 40], false, 0);
         for cut in 0..FRAME_HEADER_LEN + 40 {
             assert!(
                 matches!(
@@ -333,7 +399,7 @@ mod tests {
     #[test]
     fn length_over_limit_is_rejected_before_reading() {
         let mut out = Vec::new();
-        encode(&mut out, 1, 0, &[1; 100], false);
+        encode(&mut out, 1, 0, &[1; 100], false, 0);
         assert_eq!(
             decode(&out, 1, 99),
             Err(FrameError::TooLong { len: 100, max: 99 })

@@ -28,14 +28,20 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod acklog;
+#[cfg(feature = "async")]
+mod asynchronous;
 mod compactor;
 mod error;
 pub mod frame;
 pub mod head;
+mod jobs;
 mod options;
 mod queue;
+mod reader;
 mod recovery;
 pub mod segment;
+mod spool;
 pub mod storage;
 mod sync;
 mod typed;
@@ -43,10 +49,17 @@ mod writer;
 
 pub use compactor::CompactReport;
 pub use error::{Error, Result};
+pub use jobs::{DeadLetter, Delivery, IN_FLIGHT_MAX};
 pub use options::{
-    Options, SyncPolicy, RECORD_SIZE_MAX_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX,
-    SEGMENT_SIZE_MIN,
+    Options, SyncPolicy, LEASE_DEFAULT, LEASE_MAX, RECORD_SIZE_MAX_DEFAULT, SEGMENT_SIZE_DEFAULT,
+    SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
 pub use recovery::{RecoveryReport, Truncation};
+pub use spool::{validate_queue_name, Spool, FANOUT_LOG_FILE_NAME, QUEUE_NAME_LEN_MAX};
 pub use typed::{Bincode, BoxError, Codec, TypedQueue};
+
+/// The README's examples, compiled as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

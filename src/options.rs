@@ -1,5 +1,6 @@
 //! How a queue is opened: segment size, durability, limits.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,11 @@ pub const SEGMENT_SIZE_MIN: u64 = 4096;
 pub const SEGMENT_SIZE_MAX: u64 = 1 << 32;
 /// The default segment size: 64 MiB.
 pub const SEGMENT_SIZE_DEFAULT: u64 = 64 << 20;
+/// The default lease (visibility timeout) of a delivery: 30 s, as in SQS.
+pub const LEASE_DEFAULT: Duration = Duration::from_secs(30);
+/// The longest lease accepted: 12 h, as in SQS.
+pub const LEASE_MAX: Duration = Duration::from_secs(12 * 3600);
+
 /// The default record size limit (16 MiB), lowered to what a segment can hold when segments are
 /// smaller.
 pub const RECORD_SIZE_MAX_DEFAULT: usize = 16 << 20;
@@ -48,6 +54,9 @@ pub struct Options {
     pub(crate) max_record_size: Option<usize>,
     pub(crate) auto_compact: bool,
     pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) lease: Duration,
+    pub(crate) max_deliveries: Option<u32>,
+    pub(crate) dead_letter_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -58,6 +67,9 @@ impl Default for Options {
             max_record_size: None,
             auto_compact: true,
             storage: Arc::new(OsStorage),
+            lease: LEASE_DEFAULT,
+            max_deliveries: None,
+            dead_letter_dir: None,
         }
     }
 }
@@ -94,6 +106,54 @@ impl Options {
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = storage;
         self
+    }
+
+    /// How long a [`Delivery`](crate::Delivery) is leased to its receiver (SQS's visibility
+    /// timeout; default 30 s, at most 12 h). A delivery neither acknowledged nor extended in
+    /// time is handed out again.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// After this many deliveries without an acknowledgement, a record moves to the dead-letter
+    /// queue instead of being delivered again (default: no limit).
+    pub fn max_deliveries(mut self, deliveries: u32) -> Self {
+        self.max_deliveries = Some(deliveries);
+        self
+    }
+
+    /// The dead-letter queue's directory. A relative path is taken from the queue directory's
+    /// parent, so a plain name makes a sibling. Default: a sibling named `<queue>.dead`.
+    pub fn dead_letter_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dead_letter_dir = Some(dir.into());
+        self
+    }
+
+    /// The configured lease.
+    pub fn lease_duration(&self) -> Duration {
+        self.lease
+    }
+
+    /// The configured delivery limit.
+    pub fn max_deliveries_limit(&self) -> Option<u32> {
+        self.max_deliveries
+    }
+
+    /// The dead-letter directory for a queue in `queue_dir`.
+    pub fn dead_letter_path(&self, queue_dir: &Path) -> PathBuf {
+        let parent = queue_dir.parent().unwrap_or(Path::new("."));
+        match &self.dead_letter_dir {
+            Some(dir) if dir.is_absolute() => dir.clone(),
+            Some(dir) => parent.join(dir),
+            None => {
+                let name = queue_dir
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| String::from("queue"));
+                parent.join(format!("{name}.dead"))
+            }
+        }
     }
 
     /// The configured segment size.
@@ -138,6 +198,17 @@ impl Options {
                 "max_record_size {max_record} does not fit in a segment of {} bytes",
                 self.segment_size
             )));
+        }
+        if self.lease.is_zero() || self.lease > LEASE_MAX {
+            return Err(Error::InvalidOptions(format!(
+                "lease {:?} is outside (0 s, 12 h]",
+                self.lease
+            )));
+        }
+        if self.max_deliveries == Some(0) {
+            return Err(Error::InvalidOptions(
+                "max_deliveries must be at least 1".into(),
+            ));
         }
         if let SyncPolicy::Interval(interval) = self.sync {
             if interval.is_zero() {

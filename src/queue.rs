@@ -6,15 +6,16 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::compactor::{self, CompactReport};
 use crate::error::{Error, Result};
-use crate::frame::{self, PAYLOAD_LEN_MAX};
-use crate::head::{HeadIndex, HeadState};
+use crate::frame;
+use crate::jobs::{Delivery, Jobs};
 use crate::options::{Options, SyncPolicy};
+use crate::reader::{Cursor, Reader};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{Segment, SEGMENT_HEADER_LEN};
 use crate::storage::{DirLock, LockFailure, Mapping, Storage};
@@ -32,11 +33,28 @@ pub const LOCK_FILE_NAME: &str = "lock";
 pub struct Record {
     seq: u64,
     enqueued_us: u64,
+    not_before_us: u64,
     bytes: Mapping,
     payload: Range<usize>,
 }
 
 impl Record {
+    pub(crate) fn new(
+        seq: u64,
+        enqueued_us: u64,
+        not_before_us: u64,
+        bytes: Mapping,
+        payload: Range<usize>,
+    ) -> Self {
+        Record {
+            seq,
+            enqueued_us,
+            not_before_us,
+            bytes,
+            payload,
+        }
+    }
+
     /// The record's sequence number.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -58,6 +76,17 @@ impl Record {
     /// When the record was pushed, in microseconds since the Unix epoch.
     pub fn enqueued_at_micros(&self) -> u64 {
         self.enqueued_us
+    }
+
+    /// For a record pushed with [`Queue::push_delayed`]: the time before which it is not
+    /// handed out.
+    pub fn not_before(&self) -> Option<SystemTime> {
+        (self.not_before_us != 0).then(|| UNIX_EPOCH + Duration::from_micros(self.not_before_us))
+    }
+
+    /// The not-before time in microseconds since the Unix epoch; 0 when the record has none.
+    pub fn not_before_us(&self) -> u64 {
+        self.not_before_us
     }
 }
 
@@ -89,6 +118,8 @@ pub struct Stats {
     pub disk_bytes: u64,
     /// When the oldest record was pushed.
     pub oldest_enqueued_at: Option<SystemTime>,
+    /// Records handed out by `recv` and not yet acknowledged or released.
+    pub leased: u64,
 }
 
 /// A durable, disk-backed FIFO queue. See the crate documentation for an overview.
@@ -121,26 +152,24 @@ pub(crate) struct Shared {
     pushers_inside: AtomicUsize,
     appended_next_seq: AtomicU64,
     pub(crate) head_sync: SyncGroup,
+    pub(crate) ack_sync: SyncGroup,
     published_next_seq: AtomicU64,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
     pub(crate) compact_lock: Mutex<()>,
-    arrivals: Arrivals,
+    pub(crate) arrivals: Arrivals,
+    pub(crate) dead_letters: Mutex<Option<Arc<Queue>>>,
+    #[cfg(feature = "async")]
+    pub(crate) timer: crate::asynchronous::Timer,
     recovery: RecoveryReport,
     _lock: DirLock,
 }
 
-/// A read position.
-#[derive(Clone)]
-pub(crate) struct Cursor {
-    pub(crate) segment: Arc<Segment>,
-    pub(crate) offset: u64,
-    pub(crate) next_seq: u64,
-}
-
-pub(crate) struct Reader {
-    pub(crate) cursor: Cursor,
-    pub(crate) head: HeadIndex,
+/// A batch written at the tail, not yet complete.
+pub(crate) struct Written {
+    segment: Arc<Segment>,
+    range: Range<u64>,
+    end: u64,
 }
 
 impl Queue {
@@ -153,16 +182,7 @@ impl Queue {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
-        storage
-            .create_dir_all(&dir)
-            .map_err(|error| Error::io("create queue directory", &dir, error))?;
-        let dir_lock = storage.lock_dir(&dir).map_err(|failure| match failure {
-            LockFailure::Held { pid } => Error::Locked {
-                dir: dir.clone(),
-                pid,
-            },
-            LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
-        })?;
+        let dir_lock = create_and_lock(&*storage, &dir)?;
         let recovered = recovery::recover(&*storage, &dir, &options)?;
         let head_generation = recovered.head.generation();
         let shared = Arc::new(Shared {
@@ -182,16 +202,22 @@ impl Queue {
                     next_seq: recovered.head.state().head_seq,
                 },
                 head: recovered.head,
+                jobs: Jobs::with_history(recovered.history),
+                acklog: recovered.acklog,
             }),
             push_sync: SyncGroup::new(recovered.next_seq),
             pushers_inside: AtomicUsize::new(0),
             appended_next_seq: AtomicU64::new(recovered.next_seq),
             head_sync: SyncGroup::new(head_generation),
+            ack_sync: SyncGroup::new(0),
             published_next_seq: AtomicU64::new(recovered.next_seq),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             compact_lock: Mutex::new(()),
             arrivals: Arrivals::default(),
+            dead_letters: Mutex::new(None),
+            #[cfg(feature = "async")]
+            timer: crate::asynchronous::Timer::default(),
             recovery: recovered.report,
             _lock: dir_lock,
             options,
@@ -215,7 +241,18 @@ impl Queue {
     /// its bytes are in the kernel, so a process kill cannot lose it.
     pub fn push(&self, payload: &[u8]) -> Result<u64> {
         self.shared
-            .push_batch(std::slice::from_ref(&payload))
+            .push_batch(std::slice::from_ref(&payload), 0)
+            .map(|range| range.start)
+    }
+
+    /// Appends one record that is not handed out (by `pop`, `peek` or `recv`) before `delay`
+    /// has passed. The delay is stored in the record, so it holds across restarts. Records
+    /// pushed after it are not held up by it.
+    pub fn push_delayed(&self, payload: &[u8], delay: Duration) -> Result<u64> {
+        let delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        let not_before_us = now_micros().saturating_add(delay_us).max(1);
+        self.shared
+            .push_batch(std::slice::from_ref(&payload), not_before_us)
             .map(|range| range.start)
     }
 
@@ -228,7 +265,7 @@ impl Queue {
     {
         let payloads: Vec<P> = payloads.into_iter().collect();
         let slices: Vec<&[u8]> = payloads.iter().map(AsRef::as_ref).collect();
-        self.shared.push_batch(&slices)
+        self.shared.push_batch(&slices, 0)
     }
 
     /// Removes and returns the oldest record, or `None` when the queue is empty.
@@ -244,13 +281,54 @@ impl Queue {
     pub fn pop_timeout(&self, timeout: Duration) -> Result<Option<Record>> {
         let deadline = Instant::now() + timeout;
         loop {
+            let seen = self.shared.arrivals.epoch();
             if let Some(record) = self.pop()? {
                 return Ok(Some(record));
             }
-            if !self.shared.wait_for_records(deadline) {
+            if !self.shared.wait_for_change(seen, deadline) {
                 return Ok(None);
             }
         }
+    }
+
+    /// Hands out the oldest record that is not leased, under a lease of
+    /// [`Options::lease`](crate::Options::lease): at-least-once delivery. Acknowledge it with
+    /// [`Delivery::ack`] when the job is done; if the lease runs out first, or the delivery is
+    /// dropped or released, the record is handed out again. Returns `None` when no record is
+    /// available.
+    ///
+    /// Use `recv` when losing a job to a crashed worker is not acceptable; [`pop`](Queue::pop)
+    /// is the at-most-once fast path.
+    pub fn recv(&self) -> Result<Option<Delivery>> {
+        Ok(self.shared.recv_batch(1)?.pop())
+    }
+
+    /// Hands out up to `max` records, each under its own lease, with one ack-log write.
+    pub fn recv_batch(&self, max: usize) -> Result<Vec<Delivery>> {
+        self.shared.recv_batch(max)
+    }
+
+    /// Like [`recv`](Queue::recv), but waits up to `timeout` for a record to become available:
+    /// pushed, released, or its delay or lease run out. Waits without spinning.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Delivery>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.shared.arrivals.epoch();
+            if let Some(delivery) = self.recv()? {
+                return Ok(Some(delivery));
+            }
+            if !self.shared.wait_for_change(seen, deadline) && Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Receives asynchronously: resolves when a record is handed out. Works with any executor
+    /// (it needs no runtime): a waiting future is woken by pushes and releases, and by a small
+    /// timer thread for delays and lease expiries.
+    #[cfg(feature = "async")]
+    pub fn recv_async(&self) -> crate::asynchronous::Recv<'_> {
+        crate::asynchronous::Recv::new(self)
     }
 
     /// Removes and returns up to `max` of the oldest records, with one head update for all.
@@ -276,11 +354,8 @@ impl Queue {
 
     /// The number of records in the queue.
     pub fn len(&self) -> u64 {
-        let head = lock(&self.shared.reader).cursor.next_seq;
-        self.shared
-            .published_next_seq
-            .load(Ordering::Acquire)
-            .saturating_sub(head)
+        let published = self.shared.published_next_seq.load(Ordering::Acquire);
+        lock(&self.shared.reader).len(published)
     }
 
     /// True when the queue holds no records.
@@ -318,6 +393,10 @@ impl Queue {
     pub fn options(&self) -> &Options {
         &self.shared.options
     }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
 }
 
 impl Drop for Queue {
@@ -325,6 +404,8 @@ impl Drop for Queue {
         // A cleanly closed queue holds no zeros after its data; if this fails, recovery treats
         // the zeros as free space anyway.
         let _ = lock(&self.shared.writer).trim();
+        #[cfg(feature = "async")]
+        self.shared.timer.stop();
         if let Some(flusher) = self.flusher.take() {
             flusher.stop();
             // A clean close under Interval leaves nothing to a later power loss.
@@ -333,7 +414,21 @@ impl Drop for Queue {
     }
 }
 
-fn now_micros() -> u64 {
+/// Creates `dir` if needed and takes its exclusive lock.
+pub(crate) fn create_and_lock(storage: &dyn Storage, dir: &Path) -> Result<DirLock> {
+    storage
+        .create_dir_all(dir)
+        .map_err(|error| Error::io("create directory", dir, error))?;
+    storage.lock_dir(dir).map_err(|failure| match failure {
+        LockFailure::Held { pid } => Error::Locked {
+            dir: dir.to_path_buf(),
+            pid,
+        },
+        LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
+    })
+}
+
+pub(crate) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
@@ -359,7 +454,22 @@ impl Shared {
         error
     }
 
-    fn push_batch(&self, payloads: &[&[u8]]) -> Result<Range<u64>> {
+    fn push_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<Range<u64>> {
+        let batch_len = self.check_batch(payloads, not_before_us)?;
+        let always = self.options.sync == SyncPolicy::Always;
+        let _inside = always.then(|| Inside::enter(&self.pushers_inside));
+        let written = {
+            let mut writer = self.lock_writer();
+            if payloads.is_empty() {
+                return Ok(writer.next_seq..writer.next_seq);
+            }
+            self.write_locked(&mut writer, payloads, not_before_us, batch_len)?
+        };
+        self.complete(written)
+    }
+
+    /// Checks a batch against the limits; returns its encoded length.
+    pub(crate) fn check_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<u64> {
         self.check_poisoned()?;
         let max = self.options.max_record_size_bytes();
         let mut batch_len = 0u64;
@@ -370,7 +480,8 @@ impl Shared {
                     max,
                 });
             }
-            batch_len += frame::frame_len(payload.len()) as u64;
+            let body_len = frame::body_len(payload.len(), not_before_us != 0);
+            batch_len += frame::frame_len(body_len) as u64;
         }
         if batch_len > self.options.segment_room() {
             return Err(Error::BatchTooLarge {
@@ -378,53 +489,77 @@ impl Shared {
                 max: self.options.segment_room(),
             });
         }
+        Ok(batch_len)
+    }
+
+    /// The writer, locked: while it is held no other push can take a sequence number.
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        lock(&self.writer)
+    }
+
+    /// Writes a checked, non-empty batch at the tail. Under every policy the bytes are in the
+    /// kernel when this returns; [`complete`](Shared::complete) makes them durable and visible.
+    pub(crate) fn write_locked(
+        &self,
+        writer: &mut Writer,
+        payloads: &[&[u8]],
+        not_before_us: u64,
+        batch_len: u64,
+    ) -> Result<Written> {
+        debug_assert!(!payloads.is_empty());
         let enqueued_us = now_micros();
-        let always = self.options.sync == SyncPolicy::Always;
-        let _inside = always.then(|| Inside::enter(&self.pushers_inside));
-        let (segment, range, end) = {
-            let mut writer = lock(&self.writer);
-            if payloads.is_empty() {
-                return Ok(writer.next_seq..writer.next_seq);
-            }
-            let has_records = writer.tail > SEGMENT_HEADER_LEN as u64;
-            if has_records && writer.tail + batch_len > self.options.segment_size {
-                self.roll(&mut writer)?;
-            }
-            let first = writer.next_seq;
-            let appended =
-                writer.append(payloads, batch_len, enqueued_us, self.options.segment_size);
-            if let Err(failure) = appended {
-                return Err(if failure.poison {
-                    self.poison(failure.error)
-                } else {
-                    failure.error
-                });
-            }
-            if always {
-                self.appended_next_seq
-                    .fetch_max(writer.next_seq, Ordering::AcqRel);
+        let has_records = writer.tail > SEGMENT_HEADER_LEN as u64;
+        if has_records && writer.tail + batch_len > self.options.segment_size {
+            self.roll(writer)?;
+        }
+        let first = writer.next_seq;
+        let appended = writer.append(
+            payloads,
+            batch_len,
+            enqueued_us,
+            not_before_us,
+            self.options.segment_size,
+        );
+        if let Err(failure) = appended {
+            return Err(if failure.poison {
+                self.poison(failure.error)
             } else {
-                writer.active.publish(writer.tail);
-                self.published_next_seq
-                    .fetch_max(writer.next_seq, Ordering::SeqCst);
-                self.arrivals.notify();
-            }
-            (writer.active.clone(), first..writer.next_seq, writer.tail)
-        };
-        if always {
+                failure.error
+            });
+        }
+        if self.options.sync == SyncPolicy::Always {
+            self.appended_next_seq
+                .fetch_max(writer.next_seq, Ordering::AcqRel);
+        } else {
+            writer.active.publish(writer.tail);
+            self.published_next_seq
+                .fetch_max(writer.next_seq, Ordering::SeqCst);
+            self.arrivals.notify();
+        }
+        Ok(Written {
+            segment: writer.active.clone(),
+            range: first..writer.next_seq,
+            end: writer.tail,
+        })
+    }
+
+    /// Finishes a write: under [`SyncPolicy::Always`], waits until it is durable (sharing the
+    /// sync with concurrent writers) and only then shows it to readers.
+    pub(crate) fn complete(&self, written: Written) -> Result<Range<u64>> {
+        if self.options.sync == SyncPolicy::Always {
             self.push_sync
-                .wait(range.end, || {
+                .wait(written.range.end, || {
                     self.gather_pushers();
                     self.sync_data()
                 })
                 .map_err(|error| self.poison(error))?;
             // Readers see a record only once it is durable.
-            segment.publish(end);
+            written.segment.publish(written.end);
             self.published_next_seq
-                .fetch_max(range.end, Ordering::SeqCst);
+                .fetch_max(written.range.end, Ordering::SeqCst);
             self.arrivals.notify();
         }
-        Ok(range)
+        Ok(written.range)
     }
 
     /// Lets pushers that are about to append do so before the group's sync, so that it covers
@@ -485,135 +620,38 @@ impl Shared {
         Ok(())
     }
 
-    fn pop_with<T>(
-        &self,
-        max: usize,
-        mut convert: impl FnMut(Record) -> Result<T>,
-    ) -> Result<Vec<T>> {
-        self.check_poisoned()?;
-        let mut out = Vec::new();
-        let (generation, crossed) = {
-            let mut reader = lock(&self.reader);
-            let mut cursor = reader.cursor.clone();
-            let mut crossed = false;
-            while out.len() < max {
-                let mut next = cursor.clone();
-                let step = self
-                    .read_next(&mut next)
-                    .and_then(|record| record.map(&mut convert).transpose());
-                match step {
-                    Ok(Some(value)) => {
-                        crossed |= !Arc::ptr_eq(&next.segment, &cursor.segment);
-                        out.push(value);
-                        cursor = next;
-                    }
-                    Ok(None) => break,
-                    // Hand out what was read before the problem; the next call meets it again.
-                    Err(_) if !out.is_empty() => break,
-                    Err(error) => return Err(error),
-                }
+    /// Blocks until the arrivals epoch moves past `seen`, a delay or lease runs out, or
+    /// `deadline` passes; false when nothing changed.
+    pub(crate) fn wait_for_change(&self, seen: u64, deadline: Instant) -> bool {
+        let next_due_us = lock(&self.reader).jobs.next_due_us();
+        let wake = match next_due_us {
+            Some(due_us) => {
+                let wait = Duration::from_micros(due_us.saturating_sub(now_micros()));
+                deadline.min(Instant::now() + wait)
             }
-            if out.is_empty() {
-                return Ok(out);
-            }
-            let state = HeadState {
-                head_seq: cursor.next_seq,
-                hint_base: cursor.segment.base_seq,
-                hint_offset: cursor.offset,
-            };
-            let generation = reader
-                .head
-                .write(state)
-                .map_err(|error| self.poison(error))?;
-            reader.cursor = cursor;
-            (generation, crossed)
+            None => deadline,
         };
-        if self.options.sync == SyncPolicy::Always {
-            self.head_sync
-                .wait(generation, || lock(&self.reader).head.sync())
-                .map_err(|error| self.poison(error))?;
-        }
-        if crossed && self.options.auto_compact {
-            // The records are already consumed; a failed compaction is retried by the next one
-            // and an I/O failure in it poisons the queue, so the caller learns of it next call.
-            let _ = compactor::compact(self);
-        }
-        Ok(out)
-    }
-
-    /// Reads the record at `cursor` and advances it; `None` at the end of the queue.
-    fn read_next(&self, cursor: &mut Cursor) -> Result<Option<Record>> {
-        loop {
-            let end = cursor.segment.readable_end();
-            if cursor.offset < end {
-                let view = cursor.segment.view(end)?;
-                let bytes = (*view).as_ref();
-                let start = cursor.offset as usize;
-                let at = bytes.get(start..end as usize).unwrap_or(&[]);
-                let frame =
-                    frame::decode(at, cursor.next_seq, PAYLOAD_LEN_MAX).map_err(|error| {
-                        Error::corrupt(&cursor.segment.path, cursor.offset, error.to_string())
-                    })?;
-                let record = Record {
-                    seq: cursor.next_seq,
-                    enqueued_us: frame.header.enqueued_us,
-                    bytes: view.clone(),
-                    payload: start + frame.payload.start..start + frame.payload.end,
-                };
-                cursor.offset += frame.frame_len as u64;
-                cursor.next_seq += 1;
-                return Ok(Some(record));
-            }
-            if !cursor.segment.is_sealed() || cursor.offset < cursor.segment.readable_end() {
-                // Not sealed: this is the end. Sealed meanwhile: read the rest first.
-                if cursor.segment.is_sealed() {
-                    continue;
-                }
-                return Ok(None);
-            }
-            let next = self
-                .segments
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .range(cursor.segment.base_seq + 1..)
-                .next()
-                .map(|(_, segment)| segment.clone());
-            let Some(next) = next else {
-                return Ok(None);
-            };
-            next.ensure_open(&*self.storage)?;
-            if next.base_seq != cursor.next_seq {
-                return Err(Error::corrupt(
-                    &next.path,
-                    0,
-                    format!(
-                        "records {}..{} are missing: the previous segment ends before {} and \
-                         this one starts at {}",
-                        cursor.next_seq, next.base_seq, cursor.next_seq, next.base_seq
-                    ),
-                ));
-            }
-            cursor.segment = next;
-            cursor.offset = SEGMENT_HEADER_LEN as u64;
-        }
-    }
-
-    /// Blocks until a record may be available or `deadline` passes; false when it passed.
-    pub(crate) fn wait_for_records(&self, deadline: Instant) -> bool {
-        let head = lock(&self.reader).cursor.next_seq;
-        self.arrivals.wait_until(deadline, || {
-            self.published_next_seq.load(Ordering::SeqCst) > head
-        })
-    }
-
-    fn peek(&self) -> Result<Option<Record>> {
-        let mut cursor = lock(&self.reader).cursor.clone();
-        self.read_next(&mut cursor)
+        self.arrivals
+            .wait_until(wake, || self.arrivals.epoch() != seen)
     }
 
     fn stats(&self) -> Result<Stats> {
-        let cursor = lock(&self.reader).cursor.clone();
         let next_seq = self.published_next_seq.load(Ordering::Acquire);
+        let (head_seq, head_base, head_offset, len, leased) = {
+            let reader = lock(&self.reader);
+            let head = reader.head_seq();
+            let (base, offset) = match reader.jobs.entries.values().next() {
+                Some(job) => (job.segment.base_seq, job.offset),
+                None => (reader.cursor.segment.base_seq, reader.cursor.offset),
+            };
+            (
+                head,
+                base,
+                offset,
+                reader.len(next_seq),
+                reader.jobs.leased(),
+            )
+        };
         let segments: Vec<Arc<Segment>> = self
             .segments
             .read()
@@ -622,7 +660,7 @@ impl Shared {
             .cloned()
             .collect();
         let mut live_bytes = 0;
-        let mut disk_bytes = crate::head::HEAD_FILE_LEN;
+        let mut disk_bytes = crate::head::HEAD_FILE_LEN + self.acklog_len();
         for segment in &segments {
             segment.ensure_open(&*self.storage)?;
             let len = match segment.file() {
@@ -632,9 +670,9 @@ impl Shared {
                 None => 0,
             };
             disk_bytes += len;
-            if segment.base_seq == cursor.segment.base_seq {
-                live_bytes += segment.readable_end().saturating_sub(cursor.offset);
-            } else if segment.base_seq > cursor.segment.base_seq {
+            if segment.base_seq == head_base {
+                live_bytes += segment.readable_end().saturating_sub(head_offset);
+            } else if segment.base_seq > head_base {
                 live_bytes += segment
                     .readable_end()
                     .saturating_sub(SEGMENT_HEADER_LEN as u64);
@@ -642,13 +680,14 @@ impl Shared {
         }
         let oldest_enqueued_at = self.peek()?.map(|record| record.enqueued_at());
         Ok(Stats {
-            len: next_seq.saturating_sub(cursor.next_seq),
-            head_seq: cursor.next_seq,
+            len,
+            head_seq,
             next_seq,
             segments: segments.len(),
             live_bytes,
             disk_bytes,
             oldest_enqueued_at,
+            leased,
         })
     }
 
@@ -661,7 +700,14 @@ impl Shared {
             .sync()
             .map_err(|error| self.poison(error))?;
         self.head_sync.mark_durable(generation);
+        let ticket = self.sync_acklog().map_err(|error| self.poison(error))?;
+        self.ack_sync.mark_durable(ticket);
         Ok(())
+    }
+
+    fn acklog_len(&self) -> u64 {
+        let (file, _) = lock(&self.reader).acklog.sync_target();
+        file.and_then(|file| file.len().ok()).unwrap_or(0)
     }
 }
 
@@ -684,21 +730,55 @@ impl Drop for Inside<'_> {
     }
 }
 
-/// Wakes threads waiting for records. Publishers pay only an atomic load when nobody waits.
+/// Wakes threads (and async tasks) waiting for records. A publisher pays an atomic increment
+/// and an atomic load when nobody waits.
 #[derive(Default)]
-struct Arrivals {
+pub(crate) struct Arrivals {
+    epoch: AtomicU64,
     waiters: AtomicUsize,
     lock: Mutex<()>,
     arrived: Condvar,
+    wakers: Mutex<Vec<std::task::Waker>>,
 }
 
 impl Arrivals {
-    fn notify(&self) {
-        // SeqCst pairs with `wait_until`: either the waiter is counted before this load, or the
-        // publication is visible to the waiter's check.
+    /// A counter that moves on every notification.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn notify(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        // SeqCst pairs with `wait_until` and `register`: either the waiter is counted before
+        // this load, or the new epoch is visible to the waiter's check.
         if self.waiters.load(Ordering::SeqCst) > 0 {
-            let _guard = lock(&self.lock);
-            self.arrived.notify_all();
+            {
+                let _guard = lock(&self.lock);
+                self.arrived.notify_all();
+            }
+            let wakers = std::mem::take(&mut *lock(&self.wakers));
+            if !wakers.is_empty() {
+                // The registered tasks counted as one waiter (see `register`).
+                self.waiters.fetch_sub(1, Ordering::SeqCst);
+            }
+            for waker in wakers {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Registers an async waker, woken at the next notification after `seen`. All registered
+    /// wakers together count as one waiter.
+    #[cfg(feature = "async")]
+    pub(crate) fn register(&self, waker: &std::task::Waker, seen: u64) {
+        let mut wakers = lock(&self.wakers);
+        if wakers.is_empty() {
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+        }
+        wakers.push(waker.clone());
+        drop(wakers);
+        if self.epoch() != seen {
+            self.notify();
         }
     }
 

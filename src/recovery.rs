@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::acklog::{AckLog, JobHistory};
 use crate::error::{Error, Result};
 use crate::frame::{self, PAYLOAD_LEN_MAX};
 use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
@@ -62,6 +63,8 @@ pub(crate) struct Recovered {
     pub(crate) head: HeadIndex,
     pub(crate) head_segment: Arc<Segment>,
     pub(crate) head_offset: u64,
+    pub(crate) acklog: AckLog,
+    pub(crate) history: JobHistory,
     pub(crate) report: RecoveryReport,
 }
 
@@ -179,6 +182,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     }
 
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
+    let (acklog, history) = AckLog::open(storage, dir, head_seq, &mut report.truncated)?;
     Ok(Recovered {
         segments,
         active,
@@ -188,6 +192,8 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         head,
         head_segment,
         head_offset,
+        acklog,
+        history,
         report,
     })
 }

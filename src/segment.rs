@@ -21,8 +21,9 @@ use crate::frame::{self, DecodedFrame, FrameError};
 use crate::storage::{Mapping, Storage, StorageFile};
 use crate::sync::lock;
 
-/// The format version this build reads and writes, for segments and the head index alike.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build reads and writes, for segments, the head index and the ack
+/// log alike. Version 1 (no delayed records, no ack log) was never released and is not read.
+pub const FORMAT_VERSION: u16 = 2;
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"DSPOOLSG";
 /// Bytes of the segment header; the first frame starts here.
@@ -402,7 +403,7 @@ mod tests {
     fn walk_stops_at_first_bad_frame() {
         let mut bytes = encode_header(0).to_vec();
         for seq in 0..3 {
-            frame::encode(&mut bytes, seq, 0, b"abc", false);
+            frame::encode(&mut bytes, seq, 0, b"abc", false, 0);
         }
         let good_end = bytes.len();
         bytes.extend_from_slice(&[0xAB; 40]);
@@ -418,7 +419,7 @@ mod tests {
     fn later_frame_is_found_past_damage() {
         let mut bytes = encode_header(0).to_vec();
         for seq in 0..3 {
-            frame::encode(&mut bytes, seq, 0, b"abcdefgh", false);
+            frame::encode(&mut bytes, seq, 0, b"abcdefgh", false, 0);
         }
         let second = SEGMENT_HEADER_LEN + frame::frame_len(8);
         bytes[second + 30] ^= 1;

@@ -91,6 +91,7 @@ impl Writer {
         payloads: &[&[u8]],
         batch_len: u64,
         enqueued_us: u64,
+        not_before_us: u64,
         segment_size: u64,
     ) -> std::result::Result<(), AppendFailure> {
         debug_assert!(!payloads.is_empty());
@@ -103,14 +104,21 @@ impl Writer {
                 poison: false,
             })?;
         if let Some(bytes) = mapped {
-            encode_batch(bytes, first_seq, enqueued_us, payloads);
+            encode_batch(bytes, first_seq, enqueued_us, not_before_us, payloads);
         } else {
             self.scratch.clear();
             self.scratch.reserve(batch_len as usize);
             let last = payloads.len() - 1;
             for (index, payload) in payloads.iter().enumerate() {
                 let seq = self.next_seq + index as u64;
-                frame::encode(&mut self.scratch, seq, enqueued_us, payload, index < last);
+                frame::encode(
+                    &mut self.scratch,
+                    seq,
+                    enqueued_us,
+                    payload,
+                    index < last,
+                    not_before_us,
+                );
             }
             debug_assert_eq!(self.scratch.len() as u64, batch_len);
             if let Err(error) = self.file.write_all_at(&self.scratch, self.tail) {
@@ -215,17 +223,25 @@ impl Writer {
 }
 
 /// Encodes a batch into `bytes`, which is exactly as long as its frames.
-fn encode_batch(bytes: &mut [u8], first_seq: u64, enqueued_us: u64, payloads: &[&[u8]]) {
+fn encode_batch(
+    bytes: &mut [u8],
+    first_seq: u64,
+    enqueued_us: u64,
+    not_before_us: u64,
+    payloads: &[&[u8]],
+) {
     let last = payloads.len() - 1;
     let mut rest = bytes;
     for (index, payload) in payloads.iter().enumerate() {
-        let (frame_bytes, after) = rest.split_at_mut(frame::frame_len(payload.len()));
+        let body_len = frame::body_len(payload.len(), not_before_us != 0);
+        let (frame_bytes, after) = rest.split_at_mut(frame::frame_len(body_len));
         frame::encode_into(
             frame_bytes,
             first_seq + index as u64,
             enqueued_us,
             payload,
             index < last,
+            not_before_us,
         );
         rest = after;
     }

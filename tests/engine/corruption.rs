@@ -158,15 +158,15 @@ fn segment_header_of_another_version_is_named() {
     }
     let segment = segment_files(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[8] = 2; // version
+    bytes[8] = 9; // version
     let crc = crc32fast_hash(&bytes[..28]);
     bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&segment, &bytes).unwrap();
     match Queue::open(dir.path(), small_segments(SyncPolicy::Never)) {
         Err(Error::UnsupportedVersion {
             file,
-            found: 2,
-            supported: 1,
+            found: 9,
+            supported: 2,
         }) => assert_eq!(file, segment),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }

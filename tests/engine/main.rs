@@ -6,10 +6,13 @@
 mod util;
 mod write_paths;
 
+mod asynchronous;
 mod batches;
 mod compaction;
 mod corruption;
+mod fanout;
 mod fifo;
+mod jobs;
 mod limits;
 mod locking;
 mod model;

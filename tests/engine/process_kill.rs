@@ -32,9 +32,23 @@ fn child() {
     let (Ok(mode), Ok(dir)) = (std::env::var(CHILD_ENV), std::env::var(DIR_ENV)) else {
         return;
     };
+    use std::io::Write;
+    if mode == "fanout" {
+        let spool = diskspool::Spool::open(&dir, options()).unwrap();
+        let mut next = spool.queue("a").unwrap().stats().unwrap().next_seq;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready").unwrap();
+        out.flush().unwrap();
+        loop {
+            let message = format!("m{next}");
+            spool.fanout(message.as_bytes(), &["a", "b", "c"]).unwrap();
+            writeln!(out, "{next}").unwrap();
+            out.flush().unwrap();
+            next += 1;
+        }
+    }
     let queue = Queue::open(&dir, options()).unwrap();
     let mut out = std::io::stdout().lock();
-    use std::io::Write;
     writeln!(out, "ready").unwrap();
     out.flush().unwrap();
     match mode.as_str() {
@@ -53,6 +67,46 @@ fn child() {
                 out.flush().unwrap();
             }
             std::thread::sleep(Duration::from_secs(60));
+        }
+        "work" => {
+            // 8 workers: receive, work a little, ack most jobs out of order, fail some.
+            drop(out); // the workers print through their own handle
+            let out = Mutex::new(std::io::stdout());
+            std::thread::scope(|scope| {
+                for worker in 0..8u64 {
+                    let (queue, out) = (&queue, &out);
+                    scope.spawn(move || loop {
+                        let Some(delivery) =
+                            queue.recv_timeout(Duration::from_millis(100)).unwrap()
+                        else {
+                            continue;
+                        };
+                        assert_eq!(delivery.payload(), payload_for(delivery.seq()));
+                        let (seq, count) = (delivery.seq(), delivery.deliveries());
+                        {
+                            let mut out = out.lock().unwrap();
+                            writeln!(out, "d {seq} {count}").unwrap();
+                            out.flush().unwrap();
+                        }
+                        std::thread::sleep(Duration::from_micros((seq * 37 + worker * 11) % 2000));
+                        if seq % 7 == 3 && count < 3 {
+                            delivery.nack().unwrap();
+                        } else {
+                            // "i": about to ack (a kill may land before or after the ack
+                            // takes effect); "a": the ack returned, so it is durable.
+                            {
+                                let mut out = out.lock().unwrap();
+                                writeln!(out, "i {seq}").unwrap();
+                                out.flush().unwrap();
+                            }
+                            delivery.ack().unwrap();
+                            let mut out = out.lock().unwrap();
+                            writeln!(out, "a {seq}").unwrap();
+                            out.flush().unwrap();
+                        }
+                    });
+                }
+            });
         }
         other => panic!("unknown child mode {other}"),
     }
@@ -117,6 +171,26 @@ fn seed() -> u64 {
                 | 1
         }
     }
+}
+
+/// Runs the child until a random moment after it is ready, kills it with SIGKILL and returns
+/// the complete lines it printed.
+fn run_and_kill_lines(mode: &str, dir: &Path, rng: &mut Rng, max_micros: u64) -> Vec<String> {
+    let mut child = spawn_child(mode, dir);
+    wait_for_line(&mut child);
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    std::thread::sleep(Duration::from_micros(rng.below(max_micros)));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let text = reader.join().unwrap();
+    // A line the kill cut short has no newline: drop it.
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines().map(str::to_owned).collect()
 }
 
 /// Runs the child until a random moment after it is ready, kills it with SIGKILL and returns
@@ -215,6 +289,137 @@ fn kill_cycles(cycles: u32) {
     );
 }
 
+fn worker_kill_cycles(cycles: u32) {
+    let seed = seed();
+    eprintln!("worker kill test seed {seed} (replay with DISKSPOOL_KILL_SEED={seed})");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let total = 3_000u64;
+    {
+        let queue = Queue::open(dir.path(), options()).unwrap();
+        for chunk in (0..total).collect::<Vec<_>>().chunks(50) {
+            queue
+                .push_batch(chunk.iter().map(|&seq| payload_for(seq)))
+                .unwrap();
+        }
+    }
+    let mut acked = std::collections::BTreeSet::new();
+    let mut ack_attempted = std::collections::BTreeSet::new();
+    let mut deliveries = std::collections::BTreeMap::<u64, u32>::new();
+    for cycle in 0..cycles {
+        for line in run_and_kill_lines("work", dir.path(), &mut rng, 60_000) {
+            let fields: Vec<u64> = line
+                .split(' ')
+                .skip(1)
+                .map(|field| field.parse().unwrap())
+                .collect();
+            match (line.as_bytes()[0], fields.as_slice()) {
+                (b'd', &[seq, count]) => {
+                    assert!(
+                        !acked.contains(&seq),
+                        "seed {seed} cycle {cycle}: acked job {seq} delivered again"
+                    );
+                    let count = count as u32;
+                    let before = deliveries.insert(seq, count).unwrap_or(0);
+                    assert!(
+                        count > before,
+                        "seed {seed} cycle {cycle}: job {seq} delivery count {count} after {before}"
+                    );
+                }
+                (b'i', &[seq]) => {
+                    ack_attempted.insert(seq);
+                }
+                (b'a', &[seq]) => {
+                    acked.insert(seq);
+                }
+                _ => panic!("unexpected line {line:?}"),
+            }
+        }
+    }
+    // Drain what is left: every job not acked yet is still there, once, intact; no acked one.
+    let queue = Queue::open(dir.path(), options()).unwrap();
+    let mut rest = Vec::new();
+    while let Some(delivery) = queue.recv().unwrap() {
+        assert!(
+            !acked.contains(&delivery.seq()),
+            "seed {seed}: acked job delivered again"
+        );
+        assert_eq!(delivery.payload(), payload_for(delivery.seq()));
+        let before = deliveries.get(&delivery.seq()).copied().unwrap_or(0);
+        assert!(
+            delivery.deliveries() > before,
+            "seed {seed}: delivery count went back"
+        );
+        rest.push(delivery.seq());
+        delivery.ack().unwrap();
+    }
+    // A job that is gone was acked: reported, or attempted when the kill came. A job whose ack
+    // was never called must have come back.
+    let rest: std::collections::BTreeSet<u64> = rest.iter().copied().collect();
+    let lost: Vec<u64> = (0..total)
+        .filter(|seq| !rest.contains(seq) && !acked.contains(seq) && !ack_attempted.contains(seq))
+        .collect();
+    assert!(lost.is_empty(), "seed {seed}: jobs lost: {lost:?}");
+    let unreported = (0..total)
+        .filter(|seq| !rest.contains(seq) && !acked.contains(seq))
+        .count();
+    assert!(
+        unreported <= 8 * cycles as usize,
+        "seed {seed}: {unreported} jobs gone without a reported ack, more than 8 per kill"
+    );
+    eprintln!(
+        "{cycles} kills of 8 workers: {} jobs acked before the kills, {} after",
+        acked.len(),
+        rest.len()
+    );
+}
+
+#[test]
+fn kill_nine_of_eight_workers_loses_no_job_and_repeats_no_acked_one() {
+    worker_kill_cycles(25);
+}
+
+#[test]
+fn kill_nine_during_fanout_leaves_every_queue_with_the_same_messages() {
+    let seed = seed();
+    eprintln!("fanout kill test seed {seed} (replay with DISKSPOOL_KILL_SEED={seed})");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut reported = 0;
+    for cycle in 0..15 {
+        let fanned = run_and_kill("fanout", dir.path(), &mut rng);
+        if let Some(&last) = fanned.last() {
+            reported = reported.max(last + 1);
+        }
+        // Opening the spool rolls an interrupted fanout forward.
+        let spool = diskspool::Spool::open(dir.path(), options()).unwrap();
+        let lens: Vec<u64> = ["a", "b", "c"]
+            .iter()
+            .map(|name| spool.queue(name).unwrap().stats().unwrap().next_seq)
+            .collect();
+        assert!(
+            lens.iter().all(|&len| len == lens[0]),
+            "seed {seed} cycle {cycle}: queues differ: {lens:?}"
+        );
+        assert!(
+            lens[0] >= reported,
+            "seed {seed}: a returned fanout is missing"
+        );
+    }
+    let spool = diskspool::Spool::open(dir.path(), options()).unwrap();
+    for name in ["a", "b", "c"] {
+        let records = spool.queue(name).unwrap().pop_batch(usize::MAX).unwrap();
+        for (index, record) in records.iter().enumerate() {
+            assert_eq!(
+                record.payload(),
+                format!("m{index}").as_bytes(),
+                "queue {name}"
+            );
+        }
+    }
+    eprintln!("15 kills during fanout, {reported} fanouts reported");
+}
+
 #[test]
 fn kill_nine_loses_no_returned_push_and_repeats_no_returned_pop() {
     kill_cycles(30); // 60 kills
@@ -229,4 +434,5 @@ fn long_kill_soak() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(500);
     kill_cycles(cycles);
+    worker_kill_cycles(cycles);
 }

@@ -45,7 +45,7 @@ fn torn_frame_before_the_zero_tail_is_reported() {
     let segment = segment_files(snapshot.path()).pop().unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     let mut torn = Vec::new();
-    frame::encode(&mut torn, 10, 0, &payload_for(10), false);
+    frame::encode(&mut torn, 10, 0, &payload_for(10), false, 0);
     torn.truncate(torn.len() / 2);
     bytes[data_end as usize..data_end as usize + torn.len()].copy_from_slice(&torn);
     std::fs::write(&segment, &bytes).unwrap();

@@ -1,0 +1,531 @@
+//! The ack log: job state beyond the head, for at-least-once delivery.
+//!
+//! The head index records the contiguous prefix of consumed records. With many workers acks
+//! arrive out of order, and each delivery must be counted durably (so that a record that crashes
+//! its worker over and over still reaches the dead-letter queue). Those facts go into this
+//! append-only log, file `acks`:
+//!
+//! ```text
+//! header (32 bytes)
+//! offset  size  field
+//!      0     8  magic       b"DSPOOLAK"
+//!      8     2  version     FORMAT_VERSION
+//!     10     2  header_len  32
+//!     12     2  entry_len   24
+//!     14     2  reserved    zero
+//!     16     8  log_id      generation of this file; every entry's checksum covers it
+//!     24     4  reserved    zero
+//!     28     4  crc32       CRC-32 of bytes 0..28
+//!
+//! entry (24 bytes), from offset 32
+//!      0     4  crc32       CRC-32 of log_id (8 bytes, little-endian) then bytes 4..24
+//!      4     1  kind        1 = ACKED, 2 = DELIVERED, 3 = NOT_BEFORE
+//!      5     3  reserved    zero
+//!      8     8  seq         ACKED: first sequence number; otherwise: the record
+//!     16     8  value       ACKED: end (exclusive); DELIVERED: delivery count;
+//!                           NOT_BEFORE: microseconds since the Unix epoch
+//! ```
+//!
+//! Entries for sequence numbers below the head are obsolete. When they dominate, the log is
+//! rewritten with only the live state (after the head is synced, so that the head that makes
+//! the dropped entries obsolete survives any crash): write `acks.tmp`, sync, rename, sync the
+//! directory. The new file gets the next `log_id`, so no entry of an older file can validate
+//! in it. Open time therefore depends on the live job state, never on how many records were
+//! ever acknowledged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::frame::{read_u32, read_u64};
+use crate::recovery::Truncation;
+use crate::segment::FORMAT_VERSION;
+use crate::storage::{self, Storage, StorageFile};
+
+/// The ack log's file name inside the queue directory.
+pub const ACK_LOG_FILE_NAME: &str = "acks";
+/// Magic bytes at the start of the ack log.
+pub const ACK_LOG_MAGIC: [u8; 8] = *b"DSPOOLAK";
+/// Bytes of the ack log header.
+pub const ACK_LOG_HEADER_LEN: usize = 32;
+/// Bytes of one ack log entry.
+pub const ACK_ENTRY_LEN: usize = 24;
+
+const KIND_ACKED: u8 = 1;
+const KIND_DELIVERED: u8 = 2;
+const KIND_NOT_BEFORE: u8 = 3;
+
+/// One fact about a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckEntry {
+    /// Records `start..end` are acknowledged.
+    Acked {
+        /// First sequence number.
+        start: u64,
+        /// End, exclusive.
+        end: u64,
+    },
+    /// Record `seq` has been handed out `deliveries` times.
+    Delivered {
+        /// The record.
+        seq: u64,
+        /// Its delivery count.
+        deliveries: u32,
+    },
+    /// Record `seq` must not be handed out before `at_us`.
+    NotBefore {
+        /// The record.
+        seq: u64,
+        /// Microseconds since the Unix epoch.
+        at_us: u64,
+    },
+}
+
+/// Encodes the ack log header.
+pub fn encode_header(log_id: u64) -> [u8; ACK_LOG_HEADER_LEN] {
+    let mut header = [0; ACK_LOG_HEADER_LEN];
+    header[..8].copy_from_slice(&ACK_LOG_MAGIC);
+    header[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[10..12].copy_from_slice(&(ACK_LOG_HEADER_LEN as u16).to_le_bytes());
+    header[12..14].copy_from_slice(&(ACK_ENTRY_LEN as u16).to_le_bytes());
+    header[16..24].copy_from_slice(&log_id.to_le_bytes());
+    let crc = crc32fast::hash(&header[..28]);
+    header[28..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Why an ack log header is rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckHeaderError {
+    /// Shorter than a header.
+    #[error("ack log header cut short")]
+    Truncated,
+    /// Not an ack log.
+    #[error("not an ack log (bad magic bytes)")]
+    BadMagic,
+    /// Checksum mismatch.
+    #[error("ack log header checksum mismatch")]
+    Checksum,
+    /// Another format version.
+    #[error("unsupported ack log format version {0}")]
+    UnsupportedVersion(u16),
+}
+
+/// Decodes the ack log header and returns the log id.
+pub fn decode_header(bytes: &[u8]) -> Result<u64, AckHeaderError> {
+    let header = bytes
+        .get(..ACK_LOG_HEADER_LEN)
+        .ok_or(AckHeaderError::Truncated)?;
+    if header[..8] != ACK_LOG_MAGIC {
+        return Err(AckHeaderError::BadMagic);
+    }
+    if read_u32(header, 28) != crc32fast::hash(&header[..28]) {
+        return Err(AckHeaderError::Checksum);
+    }
+    let version = u16::from_le_bytes([header[8], header[9]]);
+    if version != FORMAT_VERSION {
+        return Err(AckHeaderError::UnsupportedVersion(version));
+    }
+    Ok(read_u64(header, 16))
+}
+
+/// Appends one encoded entry to `out`.
+pub fn encode_entry(out: &mut Vec<u8>, log_id: u64, entry: &AckEntry) {
+    let (kind, seq, value) = match *entry {
+        AckEntry::Acked { start, end } => (KIND_ACKED, start, end),
+        AckEntry::Delivered { seq, deliveries } => (KIND_DELIVERED, seq, u64::from(deliveries)),
+        AckEntry::NotBefore { seq, at_us } => (KIND_NOT_BEFORE, seq, at_us),
+    };
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&value.to_le_bytes());
+    let crc = entry_checksum(log_id, &out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn entry_checksum(log_id: u64, body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&log_id.to_le_bytes());
+    hasher.update(body);
+    hasher.finalize()
+}
+
+/// Decodes one entry; `None` if the bytes are not a valid entry of log `log_id`.
+pub fn decode_entry(bytes: &[u8], log_id: u64) -> Option<AckEntry> {
+    let bytes = bytes.get(..ACK_ENTRY_LEN)?;
+    if read_u32(bytes, 0) != entry_checksum(log_id, &bytes[4..]) {
+        return None;
+    }
+    let seq = read_u64(bytes, 8);
+    let value = read_u64(bytes, 16);
+    match bytes[4] {
+        KIND_ACKED if value > seq => Some(AckEntry::Acked {
+            start: seq,
+            end: value,
+        }),
+        KIND_DELIVERED => Some(AckEntry::Delivered {
+            seq,
+            deliveries: u32::try_from(value).unwrap_or(u32::MAX),
+        }),
+        KIND_NOT_BEFORE => Some(AckEntry::NotBefore { seq, at_us: value }),
+        _ => None,
+    }
+}
+
+/// What the ack log says about records at or beyond the head.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobHistory {
+    /// Acknowledged ranges, `start -> end`, merged, disjoint.
+    pub acked: BTreeMap<u64, u64>,
+    /// Delivery counts.
+    pub deliveries: BTreeMap<u64, u32>,
+    /// Not-before times from retries.
+    pub not_before: BTreeMap<u64, u64>,
+}
+
+impl JobHistory {
+    /// Applies one entry.
+    pub fn apply(&mut self, entry: &AckEntry) {
+        match *entry {
+            AckEntry::Acked { start, end } => self.add_acked(start, end),
+            AckEntry::Delivered { seq, deliveries } => {
+                let count = self.deliveries.entry(seq).or_insert(0);
+                *count = (*count).max(deliveries);
+            }
+            AckEntry::NotBefore { seq, at_us } => {
+                self.not_before.insert(seq, at_us);
+            }
+        }
+    }
+
+    fn add_acked(&mut self, mut start: u64, mut end: u64) {
+        // Merge with every range that touches or overlaps [start, end).
+        if let Some((&before_start, &before_end)) = self.acked.range(..=start).next_back() {
+            if before_end >= start {
+                start = before_start;
+                end = end.max(before_end);
+                self.acked.remove(&before_start);
+            }
+        }
+        while let Some((&next_start, &next_end)) = self.acked.range(start..).next() {
+            if next_start > end {
+                break;
+            }
+            end = end.max(next_end);
+            self.acked.remove(&next_start);
+        }
+        self.acked.insert(start, end);
+    }
+
+    /// Forgets everything below `head`.
+    pub fn prune_below(&mut self, head: u64) {
+        let straddling = self
+            .acked
+            .range(..head)
+            .next_back()
+            .map(|(&start, &end)| (start, end));
+        self.acked = self.acked.split_off(&head);
+        if let Some((_, end)) = straddling {
+            if end > head {
+                self.acked.insert(head, end);
+            }
+        }
+        self.deliveries = self.deliveries.split_off(&head);
+        self.not_before = self.not_before.split_off(&head);
+    }
+
+    /// Takes what is known about `seq`: (acknowledged, deliveries, not-before).
+    pub fn take(&mut self, seq: u64) -> (bool, u32, u64) {
+        let acked = self
+            .acked
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &end)| end > seq);
+        let deliveries = self.deliveries.remove(&seq).unwrap_or(0);
+        let not_before = self.not_before.remove(&seq).unwrap_or(0);
+        (acked, deliveries, not_before)
+    }
+
+    /// True when nothing is known beyond the head.
+    pub fn is_empty(&self) -> bool {
+        self.acked.is_empty() && self.deliveries.is_empty() && self.not_before.is_empty()
+    }
+
+    /// Acknowledged records at or beyond `from`.
+    pub fn acked_count_from(&self, from: u64) -> u64 {
+        self.acked
+            .iter()
+            .map(|(&start, &end)| end.saturating_sub(start.max(from)))
+            .sum()
+    }
+
+    /// The entries that describe this history.
+    pub fn entries(&self) -> Vec<AckEntry> {
+        let mut entries: Vec<AckEntry> = self
+            .acked
+            .iter()
+            .map(|(&start, &end)| AckEntry::Acked { start, end })
+            .collect();
+        entries.extend(
+            self.deliveries
+                .iter()
+                .map(|(&seq, &deliveries)| AckEntry::Delivered { seq, deliveries }),
+        );
+        entries.extend(
+            self.not_before
+                .iter()
+                .map(|(&seq, &at_us)| AckEntry::NotBefore { seq, at_us }),
+        );
+        entries
+    }
+}
+
+/// The open ack log of a running queue. The file is created on the first append, so a queue
+/// used only with `push`/`pop` never has one.
+#[derive(Debug)]
+pub(crate) struct AckLog {
+    path: PathBuf,
+    dir: PathBuf,
+    file: Option<Arc<dyn StorageFile>>,
+    log_id: u64,
+    tail: u64,
+    entries_in_file: u64,
+    /// Entries appended since open, across rewrites: the group-commit ticket.
+    appended: u64,
+    scratch: Vec<u8>,
+}
+
+/// Below this many entries the log is never rewritten.
+const REWRITE_MIN_ENTRIES: u64 = 4096;
+
+impl AckLog {
+    /// Opens the ack log in `dir` if there is one, recovers a torn tail, and returns the history
+    /// it holds at or beyond `head`.
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        dir: &Path,
+        head: u64,
+        truncations: &mut Vec<Truncation>,
+    ) -> Result<(AckLog, JobHistory)> {
+        let path = dir.join(ACK_LOG_FILE_NAME);
+        let io_error = |operation| {
+            let path = path.clone();
+            move |error| Error::io(operation, path, error)
+        };
+        let file = match storage.open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let log = AckLog {
+                    path,
+                    dir: dir.to_path_buf(),
+                    file: None,
+                    log_id: 0,
+                    tail: 0,
+                    entries_in_file: 0,
+                    appended: 0,
+                    scratch: Vec::new(),
+                };
+                return Ok((log, JobHistory::default()));
+            }
+            Err(error) => return Err(Error::io("open ack log", &path, error)),
+        };
+        let file: Arc<dyn StorageFile> = Arc::from(file);
+        let bytes = storage::read_all(&*file).map_err(io_error("read ack log"))?;
+        let log_id = decode_header(&bytes).map_err(|error| match error {
+            AckHeaderError::UnsupportedVersion(found) => Error::UnsupportedVersion {
+                file: path.clone(),
+                found,
+                supported: FORMAT_VERSION,
+            },
+            other => Error::corrupt(&path, 0, other.to_string()),
+        })?;
+        let mut history = JobHistory::default();
+        let mut offset = ACK_LOG_HEADER_LEN;
+        let mut entries_in_file = 0;
+        while let Some(entry) = bytes
+            .get(offset..)
+            .and_then(|rest| decode_entry(rest, log_id))
+        {
+            history.apply(&entry);
+            offset += ACK_ENTRY_LEN;
+            entries_in_file += 1;
+        }
+        if offset < bytes.len() {
+            // Valid entries after the damage mean it is not a torn append.
+            let mut later = offset + ACK_ENTRY_LEN;
+            while later + ACK_ENTRY_LEN <= bytes.len() {
+                if decode_entry(&bytes[later..], log_id).is_some() {
+                    return Err(Error::corrupt(
+                        &path,
+                        offset as u64,
+                        format!("damaged ack log entry followed by a valid one at {later}"),
+                    ));
+                }
+                later += ACK_ENTRY_LEN;
+            }
+            file.set_len(offset as u64)
+                .map_err(io_error("truncate torn ack log tail"))?;
+            truncations.push(Truncation {
+                file: path.clone(),
+                offset: offset as u64,
+                bytes_cut: (bytes.len() - offset) as u64,
+                first_lost_seq: head,
+                reason: String::from("torn ack log entry"),
+            });
+        }
+        file.sync_data().map_err(io_error("sync ack log"))?;
+        history.prune_below(head);
+        let log = AckLog {
+            path,
+            dir: dir.to_path_buf(),
+            file: Some(file),
+            log_id,
+            tail: offset as u64,
+            entries_in_file,
+            appended: 0,
+            scratch: Vec::new(),
+        };
+        Ok((log, history))
+    }
+
+    /// Appends entries with one write; returns the ticket that `sync` must cover.
+    pub(crate) fn append(&mut self, storage: &dyn Storage, entries: &[AckEntry]) -> Result<u64> {
+        let file = match &self.file {
+            Some(file) => file.clone(),
+            None => self.create(storage)?,
+        };
+        self.scratch.clear();
+        for entry in entries {
+            encode_entry(&mut self.scratch, self.log_id, entry);
+        }
+        if let Err(error) = file.write_all_at(&self.scratch, self.tail) {
+            // Undo a partial append so that no fragment is left between entries.
+            if let Err(cleanup) = file.set_len(self.tail) {
+                return Err(Error::Poisoned {
+                    cause: format!(
+                        "{}: undoing a failed append failed: {cleanup}",
+                        self.path.display()
+                    ),
+                });
+            }
+            return Err(Error::io("append to ack log", &self.path, error));
+        }
+        self.tail += self.scratch.len() as u64;
+        self.entries_in_file += entries.len() as u64;
+        self.appended += entries.len() as u64;
+        Ok(self.appended)
+    }
+
+    /// Creates the file durably (temporary file, sync, rename, directory sync).
+    fn create(&mut self, storage: &dyn Storage) -> Result<Arc<dyn StorageFile>> {
+        let log_id = 1;
+        storage::write_atomically(
+            storage,
+            &self.dir,
+            ACK_LOG_FILE_NAME,
+            &encode_header(log_id),
+        )
+        .map_err(|error| Error::io("create ack log", &self.path, error))?;
+        let file: Arc<dyn StorageFile> = Arc::from(
+            storage
+                .open(&self.path)
+                .map_err(|error| Error::io("open ack log", &self.path, error))?,
+        );
+        self.file = Some(file.clone());
+        self.log_id = log_id;
+        self.tail = ACK_LOG_HEADER_LEN as u64;
+        self.entries_in_file = 0;
+        Ok(file)
+    }
+
+    /// The file (if it exists yet) and the ticket a sync of it now would cover.
+    pub(crate) fn sync_target(&self) -> (Option<Arc<dyn StorageFile>>, u64) {
+        (self.file.clone(), self.appended)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when obsolete entries dominate the file.
+    pub(crate) fn wants_rewrite(&self, live_entries: usize) -> bool {
+        self.entries_in_file > REWRITE_MIN_ENTRIES && self.entries_in_file > 4 * live_entries as u64
+    }
+
+    /// Replaces the log with `live` entries. The caller has made the head durable first.
+    pub(crate) fn rewrite(&mut self, storage: &dyn Storage, live: &[AckEntry]) -> Result<()> {
+        let dir = self.dir.clone();
+        let log_id = self.log_id + 1;
+        let mut bytes = encode_header(log_id).to_vec();
+        for entry in live {
+            encode_entry(&mut bytes, log_id, entry);
+        }
+        storage::write_atomically(storage, &dir, ACK_LOG_FILE_NAME, &bytes)
+            .map_err(|error| Error::io("rewrite ack log", &self.path, error))?;
+        let file = storage
+            .open(&self.path)
+            .map_err(|error| Error::io("open ack log", &self.path, error))?;
+        self.file = Some(Arc::from(file));
+        self.log_id = log_id;
+        self.tail = bytes.len() as u64;
+        self.entries_in_file = live.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_bind_to_their_log() {
+        let entries = [
+            AckEntry::Acked { start: 5, end: 9 },
+            AckEntry::Delivered {
+                seq: 7,
+                deliveries: 3,
+            },
+            AckEntry::NotBefore { seq: 8, at_us: 42 },
+        ];
+        for entry in entries {
+            let mut bytes = Vec::new();
+            encode_entry(&mut bytes, 11, &entry);
+            assert_eq!(decode_entry(&bytes, 11), Some(entry));
+            assert_eq!(decode_entry(&bytes, 12), None, "an entry of another log");
+        }
+        assert_eq!(decode_entry(&[0; ACK_ENTRY_LEN], 1), None);
+    }
+
+    #[test]
+    fn history_merges_ranges_and_prunes_below_the_head() {
+        let mut history = JobHistory::default();
+        for (start, end) in [(10, 12), (14, 15), (12, 14), (20, 21), (3, 5)] {
+            history.apply(&AckEntry::Acked { start, end });
+        }
+        let ranges: Vec<_> = history.acked.iter().map(|(&s, &e)| (s, e)).collect();
+        assert_eq!(ranges, [(3, 5), (10, 15), (20, 21)]);
+        history.prune_below(12);
+        let ranges: Vec<_> = history.acked.iter().map(|(&s, &e)| (s, e)).collect();
+        assert_eq!(ranges, [(12, 15), (20, 21)]);
+        assert_eq!(history.acked_count_from(12), 4);
+        assert_eq!(history.take(13), (true, 0, 0));
+        assert_eq!(history.take(16), (false, 0, 0));
+    }
+
+    #[test]
+    fn delivery_counts_only_grow() {
+        let mut history = JobHistory::default();
+        history.apply(&AckEntry::Delivered {
+            seq: 1,
+            deliveries: 3,
+        });
+        history.apply(&AckEntry::Delivered {
+            seq: 1,
+            deliveries: 2,
+        });
+        assert_eq!(history.take(1), (false, 3, 0));
+    }
+}

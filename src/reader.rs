@@ -1,0 +1,625 @@
+//! The consumer side of a queue: reading frames at the frontier, `pop`, `peek`, and the jobs
+//! operations (`recv`, `ack`, release, dead letters), with the head index and the ack log.
+
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use crate::acklog::{AckEntry, AckLog};
+use crate::compactor;
+use crate::error::{Error, Result};
+use crate::frame::{self, PAYLOAD_LEN_MAX};
+use crate::head::{HeadIndex, HeadState};
+use crate::jobs::{DeadLetter, Delivery, Job, JobState, Jobs};
+use crate::options::SyncPolicy;
+use crate::queue::{now_micros, Queue, Record, Shared};
+use crate::segment::{Segment, SEGMENT_HEADER_LEN};
+use crate::sync::lock;
+
+/// A read position: the next frame to read.
+#[derive(Clone)]
+pub(crate) struct Cursor {
+    pub(crate) segment: Arc<Segment>,
+    pub(crate) offset: u64,
+    pub(crate) next_seq: u64,
+}
+
+/// Everything on the consumer side, under one lock.
+pub(crate) struct Reader {
+    /// The frontier: the first record never read in this process's life.
+    pub(crate) cursor: Cursor,
+    pub(crate) head: HeadIndex,
+    /// Records tracked between the head and the frontier.
+    pub(crate) jobs: Jobs,
+    pub(crate) acklog: AckLog,
+}
+
+/// A record read at the frontier, with where its frame is.
+pub(crate) struct Found {
+    pub(crate) record: Record,
+    pub(crate) segment: Arc<Segment>,
+    pub(crate) offset: u64,
+}
+
+impl Reader {
+    /// Every record below this sequence number is consumed.
+    pub(crate) fn head_seq(&self) -> u64 {
+        self.jobs.first_seq().unwrap_or(self.cursor.next_seq)
+    }
+
+    fn head_state(&self) -> HeadState {
+        match self.jobs.entries.values().next() {
+            Some(job) => HeadState {
+                head_seq: job.record.seq(),
+                hint_base: job.segment.base_seq,
+                hint_offset: job.offset,
+            },
+            None => HeadState {
+                head_seq: self.cursor.next_seq,
+                hint_base: self.cursor.segment.base_seq,
+                hint_offset: self.cursor.offset,
+            },
+        }
+    }
+
+    fn head_segment_base(&self) -> u64 {
+        self.head_state().hint_base
+    }
+
+    /// Writes the head if it moved; returns the generation to sync.
+    fn write_head_if_moved(&mut self) -> Result<Option<u64>> {
+        let state = self.head_state();
+        if state.head_seq == self.head.state().head_seq {
+            return Ok(None);
+        }
+        self.head.write(state).map(Some)
+    }
+
+    /// Records in the queue, given the highest published sequence number.
+    pub(crate) fn len(&self, published_next_seq: u64) -> u64 {
+        published_next_seq
+            .saturating_sub(self.head_seq())
+            .saturating_sub(self.jobs.acked_beyond_head(self.cursor.next_seq))
+    }
+}
+
+/// The outcome of one pop attempt.
+enum Step<T> {
+    Value(T),
+    /// Nothing taken, but the state changed: try again.
+    Again,
+    End,
+}
+
+/// What a consumer operation must make durable before it returns.
+#[derive(Default)]
+struct Pending {
+    head_generation: Option<u64>,
+    ack_ticket: Option<u64>,
+    head_segment_moved: bool,
+    dead_letters: Vec<(u64, Record, u32)>,
+}
+
+impl Shared {
+    /// Reads the record at `cursor` and advances it; `None` at the end of the queue.
+    pub(crate) fn read_next(&self, cursor: &mut Cursor) -> Result<Option<Found>> {
+        loop {
+            let end = cursor.segment.readable_end();
+            if cursor.offset < end {
+                let view = cursor.segment.view(end)?;
+                let bytes = (*view).as_ref();
+                let start = cursor.offset as usize;
+                let at = bytes.get(start..end as usize).unwrap_or(&[]);
+                let frame =
+                    frame::decode(at, cursor.next_seq, PAYLOAD_LEN_MAX).map_err(|error| {
+                        Error::corrupt(&cursor.segment.path, cursor.offset, error.to_string())
+                    })?;
+                let record = Record::new(
+                    cursor.next_seq,
+                    frame.header.enqueued_us,
+                    frame.not_before_us,
+                    view.clone(),
+                    start + frame.payload.start..start + frame.payload.end,
+                );
+                let found = Found {
+                    record,
+                    segment: cursor.segment.clone(),
+                    offset: cursor.offset,
+                };
+                cursor.offset += frame.frame_len as u64;
+                cursor.next_seq += 1;
+                return Ok(Some(found));
+            }
+            if !cursor.segment.is_sealed() || cursor.offset < cursor.segment.readable_end() {
+                // Not sealed: this is the end. Sealed meanwhile: read the rest first.
+                if cursor.segment.is_sealed() {
+                    continue;
+                }
+                return Ok(None);
+            }
+            let next = self
+                .segments
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .range(cursor.segment.base_seq + 1..)
+                .next()
+                .map(|(_, segment)| segment.clone());
+            let Some(next) = next else {
+                return Ok(None);
+            };
+            next.ensure_open(&*self.storage)?;
+            if next.base_seq != cursor.next_seq {
+                return Err(Error::corrupt(
+                    &next.path,
+                    0,
+                    format!(
+                        "records {}..{} are missing: the previous segment ends before {} and \
+                         this one starts at {}",
+                        cursor.next_seq, next.base_seq, cursor.next_seq, next.base_seq
+                    ),
+                ));
+            }
+            cursor.segment = next;
+            cursor.offset = SEGMENT_HEADER_LEN as u64;
+        }
+    }
+
+    /// The oldest available tracked record, reading more from the frontier as needed.
+    fn next_available(&self, reader: &mut Reader, now_us: u64) -> Result<Option<u64>> {
+        reader.jobs.fire_timers(now_us);
+        loop {
+            if let Some(seq) = reader.jobs.first_ready() {
+                return Ok(Some(seq));
+            }
+            if reader.jobs.entries.len() >= crate::jobs::IN_FLIGHT_MAX {
+                return Ok(None);
+            }
+            let mut next = reader.cursor.clone();
+            let Some(found) = self.read_next(&mut next)? else {
+                return Ok(None);
+            };
+            reader.cursor = next;
+            self.track(reader, found, now_us);
+            reader.jobs.fold();
+        }
+    }
+
+    /// Starts tracking a record read at the frontier, with what the ack log remembers of it.
+    fn track(&self, reader: &mut Reader, found: Found, now_us: u64) {
+        let seq = found.record.seq();
+        let (acked, deliveries, retry_at_us) = reader.jobs.history.take(seq);
+        let not_before_us = found.record.not_before_us().max(retry_at_us);
+        let state = if acked {
+            JobState::Acked
+        } else if not_before_us > now_us {
+            JobState::Waiting {
+                due_us: not_before_us,
+            }
+        } else {
+            JobState::Ready
+        };
+        let job = Job {
+            record: found.record,
+            segment: found.segment,
+            offset: found.offset,
+            deliveries,
+            state,
+        };
+        reader.jobs.insert(seq, job);
+    }
+
+    fn over_delivery_limit(&self, deliveries: u32) -> bool {
+        self.options
+            .max_deliveries
+            .is_some_and(|limit| deliveries >= limit)
+    }
+
+    /// Removes up to `max` records through `convert`. A record that `convert` rejects stays in
+    /// the queue and its error is returned if nothing was removed before it.
+    pub(crate) fn pop_with<T>(
+        &self,
+        max: usize,
+        mut convert: impl FnMut(Record) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        self.check_poisoned()?;
+        let now_us = now_micros();
+        let mut out = Vec::new();
+        let mut pending = Pending::default();
+        let mut failure = None;
+        {
+            let mut guard = lock(&self.reader);
+            let reader = &mut *guard;
+            let head_segment_before = reader.head_segment_base();
+            let mut acked = Vec::new();
+            while out.len() < max {
+                let step = if reader.jobs.is_idle() {
+                    self.pop_plain(reader, now_us, &mut convert)
+                } else {
+                    self.pop_tracked(reader, now_us, &mut convert, &mut acked, &mut pending)
+                };
+                match step {
+                    Ok(Step::Value(value)) => out.push(value),
+                    Ok(Step::Again) => {}
+                    Ok(Step::End) => break,
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            reader.jobs.fold();
+            pending.head_generation = reader
+                .write_head_if_moved()
+                .map_err(|error| self.poison(error))?;
+            if !acked.is_empty() {
+                pending.ack_ticket = Some(
+                    reader
+                        .acklog
+                        .append(&*self.storage, &acked)
+                        .map_err(|e| self.poison(e))?,
+                );
+            }
+            pending.head_segment_moved = reader.head_segment_base() != head_segment_before;
+        }
+        self.finish_handing_out(pending, out, failure)
+    }
+
+    /// One plain FIFO pop at the frontier, while nothing is tracked.
+    fn pop_plain<T>(
+        &self,
+        reader: &mut Reader,
+        now_us: u64,
+        convert: &mut impl FnMut(Record) -> Result<T>,
+    ) -> Result<Step<T>> {
+        let mut next = reader.cursor.clone();
+        let Some(found) = self.read_next(&mut next)? else {
+            return Ok(Step::End);
+        };
+        if found.record.not_before_us() > now_us {
+            // A delayed record: track it, and let the tracked path find what comes after it.
+            reader.cursor = next;
+            self.track(reader, found, now_us);
+            return Ok(Step::Again);
+        }
+        let value = convert(found.record)?;
+        reader.cursor = next;
+        Ok(Step::Value(value))
+    }
+
+    /// One pop among tracked records: at-most-once, like an immediate acknowledgement.
+    fn pop_tracked<T>(
+        &self,
+        reader: &mut Reader,
+        now_us: u64,
+        convert: &mut impl FnMut(Record) -> Result<T>,
+        acked: &mut Vec<AckEntry>,
+        pending: &mut Pending,
+    ) -> Result<Step<T>> {
+        loop {
+            let Some(seq) = self.next_available(reader, now_us)? else {
+                return Ok(Step::End);
+            };
+            let Some(job) = reader.jobs.entries.get(&seq) else {
+                return Ok(Step::End);
+            };
+            if self.over_delivery_limit(job.deliveries) {
+                pending
+                    .dead_letters
+                    .push((seq, job.record.clone(), job.deliveries));
+                reader.jobs.set_state(seq, JobState::DeadLettering);
+                continue;
+            }
+            let value = convert(job.record.clone())?;
+            let at_head = reader.jobs.first_seq() == Some(seq);
+            reader.jobs.set_state(seq, JobState::Acked);
+            if !at_head {
+                acked.push(AckEntry::Acked {
+                    start: seq,
+                    end: seq + 1,
+                });
+            }
+            return Ok(Step::Value(value));
+        }
+    }
+
+    /// The oldest record that a pop would return, not removed.
+    pub(crate) fn peek(&self) -> Result<Option<Record>> {
+        let now_us = now_micros();
+        let mut reader = lock(&self.reader);
+        if reader.jobs.is_idle() {
+            let mut next = reader.cursor.clone();
+            match self.read_next(&mut next)? {
+                None => return Ok(None),
+                Some(found) if found.record.not_before_us() <= now_us => {
+                    return Ok(Some(found.record))
+                }
+                Some(found) => {
+                    reader.cursor = next;
+                    self.track(&mut reader, found, now_us);
+                }
+            }
+        }
+        let Some(seq) = self.next_available(&mut reader, now_us)? else {
+            return Ok(None);
+        };
+        Ok(reader.jobs.entries.get(&seq).map(|job| job.record.clone()))
+    }
+
+    /// Hands out up to `max` records under a lease.
+    pub(crate) fn recv_batch(self: &Arc<Self>, max: usize) -> Result<Vec<Delivery>> {
+        self.check_poisoned()?;
+        let now_us = now_micros();
+        let lease_us = u64::try_from(self.options.lease.as_micros()).unwrap_or(u64::MAX);
+        let mut deliveries = Vec::new();
+        let mut pending = Pending::default();
+        let mut failure = None;
+        {
+            let mut guard = lock(&self.reader);
+            let reader = &mut *guard;
+            let mut log = Vec::new();
+            while deliveries.len() < max {
+                let seq = match self.next_available(reader, now_us) {
+                    Ok(Some(seq)) => seq,
+                    Ok(None) => break,
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                };
+                let token = reader.jobs.token();
+                let Some(job) = reader.jobs.entries.get_mut(&seq) else {
+                    break;
+                };
+                if self.over_delivery_limit(job.deliveries) {
+                    pending
+                        .dead_letters
+                        .push((seq, job.record.clone(), job.deliveries));
+                    reader.jobs.set_state(seq, JobState::DeadLettering);
+                    continue;
+                }
+                job.deliveries += 1;
+                let record = job.record.clone();
+                let count = job.deliveries;
+                reader.jobs.set_state(
+                    seq,
+                    JobState::Leased {
+                        due_us: now_us.saturating_add(lease_us),
+                        token,
+                    },
+                );
+                log.push(AckEntry::Delivered {
+                    seq,
+                    deliveries: count,
+                });
+                deliveries.push((record, count, token));
+            }
+            if !log.is_empty() {
+                match reader.acklog.append(&*self.storage, &log) {
+                    Ok(ticket) => pending.ack_ticket = Some(ticket),
+                    Err(error) => {
+                        // Nothing is handed out: undo the leases.
+                        for (record, _, _) in &deliveries {
+                            if let Some(job) = reader.jobs.entries.get_mut(&record.seq()) {
+                                job.deliveries -= 1;
+                            }
+                            reader.jobs.set_state(record.seq(), JobState::Ready);
+                        }
+                        return Err(error);
+                    }
+                }
+                self.maybe_rewrite_acklog(reader)?;
+            }
+        }
+        let deliveries: Vec<Delivery> = deliveries
+            .into_iter()
+            .map(|(record, count, token)| Delivery::new(self, record, count, token))
+            .collect();
+        self.finish_handing_out(pending, deliveries, failure)
+    }
+
+    /// Finishes an operation that handed out `out`. A failure met after something was handed
+    /// out is not reported now: the next call meets it again, before handing out anything.
+    fn finish_handing_out<T>(
+        &self,
+        pending: Pending,
+        out: Vec<T>,
+        failure: Option<Error>,
+    ) -> Result<Vec<T>> {
+        self.finish(pending)?;
+        match failure {
+            Some(error) if out.is_empty() => Err(error),
+            _ => Ok(out),
+        }
+    }
+
+    /// Marks `seq` done.
+    pub(crate) fn ack(&self, seq: u64) -> Result<()> {
+        self.check_poisoned()?;
+        let mut pending = Pending::default();
+        {
+            let mut reader = lock(&self.reader);
+            let head_segment_before = reader.head_segment_base();
+            self.settle_acked(&mut reader, seq, &mut pending)?;
+            pending.head_segment_moved = reader.head_segment_base() != head_segment_before;
+        }
+        self.finish(pending)
+    }
+
+    fn settle_acked(&self, reader: &mut Reader, seq: u64, pending: &mut Pending) -> Result<()> {
+        let Some(job) = reader.jobs.entries.get(&seq) else {
+            // No longer tracked: the head already passed it.
+            return Ok(());
+        };
+        if job.state == JobState::Acked {
+            return Ok(());
+        }
+        let at_head = reader.jobs.first_seq() == Some(seq);
+        reader.jobs.set_state(seq, JobState::Acked);
+        if at_head {
+            reader.jobs.fold();
+            pending.head_generation = reader
+                .write_head_if_moved()
+                .map_err(|error| self.poison(error))?;
+        } else {
+            let entry = AckEntry::Acked {
+                start: seq,
+                end: seq + 1,
+            };
+            pending.ack_ticket = Some(
+                reader
+                    .acklog
+                    .append(&*self.storage, &[entry])
+                    .map_err(|error| self.poison(error))?,
+            );
+            self.maybe_rewrite_acklog(reader)?;
+        }
+        Ok(())
+    }
+
+    /// Releases a leased record, now or after `delay`. A release by a receiver whose lease ran
+    /// out (and whose record may be with someone else now) changes nothing.
+    pub(crate) fn release(&self, seq: u64, token: u64, delay: Option<Duration>) -> Result<()> {
+        let now_us = now_micros();
+        let mut pending = Pending::default();
+        {
+            let mut guard = lock(&self.reader);
+            let reader = &mut *guard;
+            let Some(job) = reader.jobs.entries.get(&seq) else {
+                return Ok(());
+            };
+            if !matches!(job.state, JobState::Leased { token: held, .. } if held == token) {
+                return Ok(());
+            }
+            if self.over_delivery_limit(job.deliveries) {
+                pending
+                    .dead_letters
+                    .push((seq, job.record.clone(), job.deliveries));
+                reader.jobs.set_state(seq, JobState::DeadLettering);
+            } else {
+                match delay {
+                    Some(delay) if !delay.is_zero() => {
+                        let delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+                        let due_us = now_us.saturating_add(delay_us);
+                        reader.jobs.set_state(seq, JobState::Waiting { due_us });
+                        self.check_poisoned()?;
+                        let entry = AckEntry::NotBefore { seq, at_us: due_us };
+                        pending.ack_ticket = Some(
+                            reader
+                                .acklog
+                                .append(&*self.storage, &[entry])
+                                .map_err(|error| self.poison(error))?,
+                        );
+                    }
+                    _ => reader.jobs.set_state(seq, JobState::Ready),
+                }
+            }
+        }
+        self.arrivals.notify();
+        self.finish(pending)
+    }
+
+    /// Extends a lease to `lease` from now.
+    pub(crate) fn extend(&self, seq: u64, token: u64, lease: Duration) -> Result<()> {
+        let now_us = now_micros();
+        let mut reader = lock(&self.reader);
+        let held = reader.jobs.entries.get(&seq).is_some_and(
+            |job| matches!(job.state, JobState::Leased { token: held, .. } if held == token),
+        );
+        if !held {
+            return Err(Error::LeaseExpired { seq });
+        }
+        let lease_us = u64::try_from(lease.as_micros()).unwrap_or(u64::MAX);
+        let due_us = now_us.saturating_add(lease_us);
+        reader
+            .jobs
+            .set_state(seq, JobState::Leased { due_us, token });
+        Ok(())
+    }
+
+    /// Rewrites the ack log when obsolete entries dominate it. The head is synced first, so
+    /// that the head that makes the dropped entries obsolete survives any crash.
+    fn maybe_rewrite_acklog(&self, reader: &mut Reader) -> Result<()> {
+        if !reader.acklog.wants_rewrite(reader.jobs.live_estimate()) {
+            return Ok(());
+        }
+        let generation = reader.head.sync().map_err(|error| self.poison(error))?;
+        self.head_sync.mark_durable(generation);
+        let live = reader.jobs.live_entries();
+        reader
+            .acklog
+            .rewrite(&*self.storage, &live)
+            .map_err(|error| self.poison(error))
+    }
+
+    /// Makes durable what the policy asks for, moves dead letters, compacts.
+    fn finish(&self, pending: Pending) -> Result<()> {
+        if self.options.sync == SyncPolicy::Always {
+            if let Some(generation) = pending.head_generation {
+                self.head_sync
+                    .wait(generation, || lock(&self.reader).head.sync())
+                    .map_err(|error| self.poison(error))?;
+            }
+            if let Some(ticket) = pending.ack_ticket {
+                self.ack_sync
+                    .wait(ticket, || self.sync_acklog())
+                    .map_err(|error| self.poison(error))?;
+            }
+        }
+        for (seq, record, deliveries) in pending.dead_letters {
+            self.move_to_dead_letters(seq, &record, deliveries)?;
+        }
+        if pending.head_segment_moved && self.options.auto_compact {
+            // The records are already consumed; a failed compaction is retried by the next one,
+            // and an I/O failure in it poisons the queue, so the caller learns of it next call.
+            let _ = compactor::compact(self);
+        }
+        Ok(())
+    }
+
+    /// Syncs the ack log; returns the ticket covered.
+    pub(crate) fn sync_acklog(&self) -> Result<u64> {
+        let (file, ticket, path) = {
+            let reader = lock(&self.reader);
+            let (file, ticket) = reader.acklog.sync_target();
+            (file, ticket, reader.acklog.path().to_path_buf())
+        };
+        if let Some(file) = file {
+            file.sync_data()
+                .map_err(|error| Error::io("sync ack log", path, error))?;
+        }
+        Ok(ticket)
+    }
+
+    /// Pushes a record into the dead-letter queue, then marks it done here. A crash between the
+    /// two leaves it in both (it is moved again, so the dead-letter queue may hold it twice);
+    /// never in neither.
+    fn move_to_dead_letters(&self, seq: u64, record: &Record, deliveries: u32) -> Result<()> {
+        let pushed = self.dead_letter_queue().and_then(|queue| {
+            let envelope = DeadLetter {
+                original_seq: seq,
+                deliveries,
+                enqueued_at_us: record.enqueued_at_micros(),
+                payload: record.payload(),
+            };
+            queue.push(&envelope.encode())
+        });
+        if let Err(error) = pushed {
+            lock(&self.reader).jobs.set_state(seq, JobState::Ready);
+            return Err(error);
+        }
+        self.ack(seq)
+    }
+
+    fn dead_letter_queue(&self) -> Result<Arc<Queue>> {
+        let mut slot = lock(&self.dead_letters);
+        if let Some(queue) = &*slot {
+            return Ok(queue.clone());
+        }
+        let path = self.options.dead_letter_path(&self.dir);
+        let mut options = self.options.clone();
+        options.max_deliveries = None;
+        options.dead_letter_dir = None;
+        let queue = Arc::new(Queue::open(path, options)?);
+        *slot = Some(queue.clone());
+        Ok(queue)
+    }
+}

@@ -1,0 +1,484 @@
+//! A spool: a directory of named queues, and fanout of one message to several of them.
+//!
+//! It is a queue, not a log: to give N consumer groups the same message, [`Spool::fanout`]
+//! writes N physical copies, one into each group's queue, and each group drains its own.
+//!
+//! Fanout is all-or-nothing. Before writing any copy it records an *intent* in `fanout.log`
+//! (the payload and the sequence number each copy will get, known because the writers of all
+//! the target queues are held), then writes the copies, then marks the intent done. When the
+//! spool is opened, an intent without its mark is rolled forward: every copy whose queue has
+//! not reached the recorded sequence number is written. The intent is synced under
+//! [`SyncPolicy::Always`], so the guarantee holds across power loss there, and across process
+//! kills under every policy.
+//!
+//! ```text
+//! fanout.log entry (little-endian):
+//! offset  size  field
+//!      0     4  crc32      CRC-32 of bytes 4..len
+//!      4     4  len        length of the whole entry
+//!      8     1  kind       1 = INTENT, 2 = DONE
+//!      9     7  reserved   zero
+//!     16     8  id         the fanout's number
+//! INTENT continues:
+//!     24     4  targets    count, then per target: name length (u16), name, sequence (u64)
+//!      …     4  payload    length, then the payload
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::frame::{read_u32, read_u64};
+use crate::options::{Options, SyncPolicy};
+use crate::queue::Queue;
+use crate::storage::{DirLock, Storage, StorageFile};
+use crate::sync::lock;
+
+/// The fanout intent log's file name inside the spool directory.
+pub const FANOUT_LOG_FILE_NAME: &str = "fanout.log";
+/// The longest queue name.
+pub const QUEUE_NAME_LEN_MAX: usize = 128;
+
+const KIND_INTENT: u8 = 1;
+const KIND_DONE: u8 = 2;
+const ENTRY_HEADER_LEN: usize = 24;
+/// Once all intents are done, a log longer than this is truncated.
+const LOG_TRUNCATE_BYTES: u64 = 1 << 20;
+
+/// A directory of named queues.
+///
+/// ```
+/// # fn main() -> Result<(), diskspool::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// use diskspool::{Options, Spool};
+///
+/// let spool = Spool::open(dir.path(), Options::default())?;
+/// spool.fanout(b"order 7 shipped", &["billing", "email"])?;
+/// assert_eq!(spool.queue("billing")?.pop()?.unwrap().payload(), b"order 7 shipped");
+/// assert_eq!(spool.queue("email")?.len(), 1, "each group has its own copy");
+/// # Ok(()) }
+/// ```
+pub struct Spool {
+    dir: PathBuf,
+    options: Options,
+    queues: Mutex<BTreeMap<String, Arc<Queue>>>,
+    fanout_log: Mutex<FanoutLog>,
+    _lock: DirLock,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct FanoutLog {
+    path: PathBuf,
+    file: Box<dyn StorageFile>,
+    tail: u64,
+    next_id: u64,
+    pending: BTreeSet<u64>,
+}
+
+/// One recorded fanout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Intent {
+    id: u64,
+    targets: Vec<(String, u64)>,
+    payload: Vec<u8>,
+}
+
+/// Checks a queue name: 1 to 128 characters of `A-Z a-z 0-9 _ - .`, not starting with a dot,
+/// and not a name the spool uses for its own files.
+pub fn validate_queue_name(name: &str) -> Result<()> {
+    if name == FANOUT_LOG_FILE_NAME || name == crate::queue::LOCK_FILE_NAME {
+        return Err(Error::InvalidOptions(format!(
+            "queue name {name:?} is reserved"
+        )));
+    }
+    let valid_chars = name
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'));
+    if name.is_empty() || name.len() > QUEUE_NAME_LEN_MAX || !valid_chars || name.starts_with('.') {
+        return Err(Error::InvalidOptions(format!(
+            "queue name {name:?} must be 1 to {QUEUE_NAME_LEN_MAX} characters of A-Z a-z 0-9 _ - . \
+             and not start with a dot"
+        )));
+    }
+    Ok(())
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir`, and completes any fanout that a crash
+    /// interrupted. Every queue of the spool is opened with `options`.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Spool> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let storage = options.storage.clone();
+        let dir_lock = crate::queue::create_and_lock(&*storage, &dir)?;
+        let (fanout_log, intents) = FanoutLog::open(&*storage, &dir)?;
+        let spool = Spool {
+            dir,
+            options,
+            queues: Mutex::new(BTreeMap::new()),
+            fanout_log: Mutex::new(fanout_log),
+            _lock: dir_lock,
+        };
+        for intent in &intents {
+            spool.roll_forward(intent)?;
+        }
+        let mut log = lock(&spool.fanout_log);
+        log.pending.clear();
+        log.truncate()?;
+        drop(log);
+        Ok(spool)
+    }
+
+    /// The queue named `name`, opened (and created) on first use.
+    pub fn queue(&self, name: &str) -> Result<Arc<Queue>> {
+        validate_queue_name(name)?;
+        let mut queues = lock(&self.queues);
+        if let Some(queue) = queues.get(name) {
+            return Ok(queue.clone());
+        }
+        let queue = Arc::new(Queue::open(self.dir.join(name), self.options.clone())?);
+        queues.insert(name.to_string(), queue.clone());
+        Ok(queue)
+    }
+
+    /// The names of the queues in the spool (directories holding a queue), sorted.
+    pub fn queue_names(&self) -> Result<Vec<String>> {
+        let storage = &*self.options.storage;
+        let names = storage
+            .list_dir(&self.dir)
+            .map_err(|error| Error::io("list spool directory", &self.dir, error))?;
+        let mut queues: Vec<String> = names
+            .into_iter()
+            .filter(|name| validate_queue_name(name).is_ok())
+            .filter(|name| {
+                storage
+                    .list_dir(&self.dir.join(name))
+                    .is_ok_and(|entries| entries.iter().any(|entry| entry == "head"))
+            })
+            .collect();
+        queues.sort();
+        Ok(queues)
+    }
+
+    /// The spool's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes one copy of `payload` into each named queue, all or nothing, and returns each
+    /// copy's sequence number in the order of `names`.
+    ///
+    /// If this returns an error after the intent was recorded, the copies not yet written are
+    /// written when the spool is next opened.
+    pub fn fanout(&self, payload: &[u8], names: &[&str]) -> Result<Vec<u64>> {
+        let mut sorted: Vec<&str> = names.to_vec();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(Error::InvalidOptions(
+                "fanout names a queue twice".to_string(),
+            ));
+        }
+        let queues = sorted
+            .iter()
+            .map(|name| self.queue(name))
+            .collect::<Result<Vec<_>>>()?;
+        let payloads = [payload];
+        let mut batch_lens = Vec::with_capacity(queues.len());
+        for queue in &queues {
+            batch_lens.push(queue.shared().check_batch(&payloads, 0)?);
+        }
+
+        let mut log = lock(&self.fanout_log);
+        // Holding every target's writer fixes the sequence number each copy will get.
+        let mut writers: Vec<_> = queues
+            .iter()
+            .map(|queue| queue.shared().lock_writer())
+            .collect();
+        let intent = Intent {
+            id: log.next_id,
+            targets: sorted
+                .iter()
+                .zip(&writers)
+                .map(|(name, writer)| (name.to_string(), writer.next_seq))
+                .collect(),
+            payload: payload.to_vec(),
+        };
+        log.append_intent(&intent, self.options.sync == SyncPolicy::Always)?;
+        let mut written = Vec::with_capacity(queues.len());
+        for ((queue, writer), batch_len) in queues.iter().zip(&mut writers).zip(&batch_lens) {
+            written.push(
+                queue
+                    .shared()
+                    .write_locked(writer, &payloads, 0, *batch_len)?,
+            );
+        }
+        drop(writers);
+        let mut seqs_by_name = BTreeMap::new();
+        for ((queue, written), name) in queues.iter().zip(written).zip(&sorted) {
+            let range = queue.shared().complete(written)?;
+            seqs_by_name.insert(*name, range.start);
+        }
+        // A lost DONE mark costs only a roll-forward that finds every copy in place.
+        log.append_done(intent.id)?;
+        if log.pending.is_empty() && log.tail > LOG_TRUNCATE_BYTES {
+            log.truncate()?;
+        }
+        Ok(names
+            .iter()
+            .filter_map(|name| seqs_by_name.get(name).copied())
+            .collect())
+    }
+
+    /// Writes the copies of an interrupted fanout that did not make it.
+    fn roll_forward(&self, intent: &Intent) -> Result<()> {
+        for (name, seq) in &intent.targets {
+            let queue = self.queue(name)?;
+            let shared = queue.shared();
+            let payloads = [&intent.payload[..]];
+            let batch_len = shared.check_batch(&payloads, 0)?;
+            let written = {
+                let mut writer = shared.lock_writer();
+                // Past `seq`: the copy is there. At or before it: it never made it (before:
+                // a power loss also took records ahead of it).
+                if writer.next_seq > *seq {
+                    continue;
+                }
+                shared.write_locked(&mut writer, &payloads, 0, batch_len)?
+            };
+            shared.complete(written)?;
+        }
+        Ok(())
+    }
+}
+
+impl FanoutLog {
+    fn open(storage: &dyn Storage, dir: &Path) -> Result<(FanoutLog, Vec<Intent>)> {
+        let path = dir.join(FANOUT_LOG_FILE_NAME);
+        let file = match storage.open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let file = storage
+                    .create_new(&path)
+                    .map_err(|error| Error::io("create fanout log", &path, error))?;
+                storage
+                    .sync_dir(dir)
+                    .map_err(|error| Error::io("sync spool directory", dir, error))?;
+                file
+            }
+            Err(error) => return Err(Error::io("open fanout log", &path, error)),
+        };
+        let bytes = crate::storage::read_all(&*file)
+            .map_err(|error| Error::io("read fanout log", &path, error))?;
+        let mut intents = BTreeMap::new();
+        let mut next_id = 0;
+        let mut offset = 0;
+        // A torn last entry is an intent whose fanout never started, or a lost DONE mark.
+        while let Some((entry, len)) = decode_entry(bytes.get(offset..).unwrap_or(&[])) {
+            match entry {
+                Entry::Intent(intent) => {
+                    next_id = next_id.max(intent.id + 1);
+                    intents.insert(intent.id, intent);
+                }
+                Entry::Done(id) => {
+                    next_id = next_id.max(id + 1);
+                    intents.remove(&id);
+                }
+            }
+            offset += len;
+        }
+        let log = FanoutLog {
+            path,
+            file,
+            tail: offset as u64,
+            next_id,
+            pending: intents.keys().copied().collect(),
+        };
+        Ok((log, intents.into_values().collect()))
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Err(error) = self.file.write_all_at(bytes, self.tail) {
+            let _ = self.file.set_len(self.tail);
+            return Err(Error::io("append to fanout log", &self.path, error));
+        }
+        self.tail += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn append_intent(&mut self, intent: &Intent, sync: bool) -> Result<()> {
+        self.append(&encode_intent(intent))?;
+        self.next_id = intent.id + 1;
+        self.pending.insert(intent.id);
+        if sync {
+            self.file
+                .sync_data()
+                .map_err(|error| Error::io("sync fanout log", &self.path, error))?;
+        }
+        Ok(())
+    }
+
+    fn append_done(&mut self, id: u64) -> Result<()> {
+        self.append(&encode_header(KIND_DONE, id, &[]))?;
+        self.pending.remove(&id);
+        Ok(())
+    }
+
+    /// Empties the log once no intent is pending.
+    fn truncate(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|error| Error::io("truncate fanout log", &self.path, error))?;
+        self.tail = 0;
+        Ok(())
+    }
+}
+
+enum Entry {
+    Intent(Intent),
+    Done(u64),
+}
+
+fn encode_header(kind: u8, id: u64, body: &[u8]) -> Vec<u8> {
+    let len = ENTRY_HEADER_LEN + body.len();
+    let mut bytes = Vec::with_capacity(len);
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    bytes.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
+    bytes.extend_from_slice(&id.to_le_bytes());
+    bytes.extend_from_slice(body);
+    let crc = crc32fast::hash(&bytes[4..]);
+    bytes[..4].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn encode_intent(intent: &Intent) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(intent.targets.len() as u32).to_le_bytes());
+    for (name, seq) in &intent.targets {
+        body.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(&seq.to_le_bytes());
+    }
+    body.extend_from_slice(&(intent.payload.len() as u32).to_le_bytes());
+    body.extend_from_slice(&intent.payload);
+    encode_header(KIND_INTENT, intent.id, &body)
+}
+
+/// Decodes the entry at the start of `bytes` and its length; `None` for a torn or damaged one.
+fn decode_entry(bytes: &[u8]) -> Option<(Entry, usize)> {
+    let header = bytes.get(..ENTRY_HEADER_LEN)?;
+    let len = read_u32(header, 4) as usize;
+    let entry = bytes.get(..len.max(ENTRY_HEADER_LEN))?;
+    if read_u32(entry, 0) != crc32fast::hash(&entry[4..]) {
+        return None;
+    }
+    let id = read_u64(entry, 16);
+    match entry[8] {
+        KIND_DONE => Some((Entry::Done(id), len)),
+        KIND_INTENT => {
+            let mut body = Reader(&entry[ENTRY_HEADER_LEN..]);
+            let count = body.u32()?;
+            let mut targets = Vec::new();
+            for _ in 0..count {
+                let name_len = body.u16()?;
+                let name = String::from_utf8(body.take(usize::from(name_len))?.to_vec()).ok()?;
+                validate_queue_name(&name).ok()?;
+                targets.push((name, body.u64()?));
+            }
+            let payload_len = body.u32()? as usize;
+            let payload = body.take(payload_len)?.to_vec();
+            Some((
+                Entry::Intent(Intent {
+                    id,
+                    targets,
+                    payload,
+                }),
+                len,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Bounds-checked little-endian reads.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        let taken = self.0.get(..len)?;
+        self.0 = self.0.get(len..)?;
+        Some(taken)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intents_round_trip_and_damage_is_rejected() {
+        let intent = Intent {
+            id: 3,
+            targets: vec![("a".into(), 10), ("b-2".into(), 0)],
+            payload: b"hello".to_vec(),
+        };
+        let bytes = encode_intent(&intent);
+        match decode_entry(&bytes) {
+            Some((Entry::Intent(decoded), len)) => {
+                assert_eq!(decoded, intent);
+                assert_eq!(len, bytes.len());
+            }
+            _ => panic!("intent did not decode"),
+        }
+        for cut in 0..bytes.len() {
+            assert!(decode_entry(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut damaged = bytes.clone();
+        damaged[30] ^= 1;
+        assert!(decode_entry(&damaged).is_none());
+    }
+
+    #[test]
+    fn queue_names_are_checked() {
+        for good in ["a", "billing", "Q_1", "x.y-z"] {
+            assert!(validate_queue_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "lock",
+            "fanout.log",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_queue_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
