@@ -57,6 +57,7 @@ pub struct Options {
     pub(crate) lease: Duration,
     pub(crate) max_deliveries: Option<u32>,
     pub(crate) dead_letter_dir: Option<PathBuf>,
+    pub(crate) mapped_writes: bool,
 }
 
 impl Default for Options {
@@ -70,6 +71,7 @@ impl Default for Options {
             lease: LEASE_DEFAULT,
             max_deliveries: None,
             dead_letter_dir: None,
+            mapped_writes: true,
         }
     }
 }
@@ -105,6 +107,17 @@ impl Options {
     /// Runs the queue on another filesystem implementation, such as a simulated one in tests.
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = storage;
+        self
+    }
+
+    /// Whether pushes store frames through a writable mapping of the active segment (default
+    /// on, where the storage offers one): no system call per push. Space is written with zeros
+    /// before it is mapped, so on filesystems that overwrite in place (ext4, XFS without
+    /// reflinks) a full disk is an error from `push`. On copy-on-write filesystems (btrfs, ZFS)
+    /// overwriting needs new space too, and a full disk could raise SIGBUS at a store: turn
+    /// this off there, and pushes use one `pwrite` per batch instead.
+    pub fn mapped_writes(mut self, enabled: bool) -> Self {
+        self.mapped_writes = enabled;
         self
     }
 

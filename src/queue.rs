@@ -194,6 +194,7 @@ impl Queue {
                 recovered.active_file,
                 recovered.tail,
                 recovered.next_seq,
+                options.mapped_writes,
             )),
             reader: Mutex::new(Reader {
                 cursor: Cursor {

@@ -13,8 +13,8 @@ use crate::frame::{self, PAYLOAD_LEN_MAX};
 use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
 use crate::options::Options;
 use crate::segment::{
-    decode_header, find_later_frame, header_error, parse_segment_file_name, segment_file_name,
-    walk_frames, Segment, WalkStep, SEGMENT_HEADER_LEN,
+    decode_header, find_later_frame, header_error, is_zero_tail, parse_segment_file_name,
+    segment_file_name, walk_frames, Segment, WalkStep, SEGMENT_HEADER_LEN,
 };
 use crate::storage::{Mapping, Storage, StorageFile};
 
@@ -258,9 +258,7 @@ fn recover_active(
     // Zeros after the last frame are space the writer prepared ahead of its tail (see
     // `writer`), not a torn write: they never validate as a frame, and nothing is lost there.
     let zero_tail = match &stop {
-        Some((offset, _, _)) => bytes
-            .get(*offset as usize..)
-            .is_some_and(|tail| tail.iter().all(|&byte| byte == 0)),
+        Some((offset, _, _)) => is_zero_tail(bytes, *offset as usize),
         None => false,
     };
     if let Some((offset, expected_seq, error)) = stop.as_ref().filter(|_| !zero_tail) {

@@ -171,6 +171,15 @@ pub fn walk_frames(
     })
 }
 
+/// True when every byte of `bytes` from `from` on is zero: the space a writer prepares ahead of
+/// its tail (see `writer`), which never validates as a frame. Recovery cuts such a tail without
+/// reporting it as a torn write; inspection tools can say "free space" instead of "damage".
+pub fn is_zero_tail(bytes: &[u8], from: usize) -> bool {
+    bytes
+        .get(from..)
+        .is_some_and(|tail| tail.iter().all(|&byte| byte == 0))
+}
+
 /// Searches `bytes` after `from` for any frame that validates with a sequence number at or
 /// above `min_seq`: evidence that damage at `from` is not a torn tail.
 pub fn find_later_frame(

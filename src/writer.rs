@@ -64,12 +64,14 @@ struct Window {
 }
 
 impl Writer {
-    /// A writer appending to `file` (whose bytes end at `tail`) from `next_seq` on.
+    /// A writer appending to `file` (whose bytes end at `tail`) from `next_seq` on, through
+    /// writable mappings if `mapped_writes` and the storage offers them.
     pub(crate) fn new(
         active: Arc<Segment>,
         file: Arc<dyn StorageFile>,
         tail: u64,
         next_seq: u64,
+        mapped_writes: bool,
     ) -> Self {
         Writer {
             active,
@@ -78,7 +80,7 @@ impl Writer {
             next_seq,
             written_end: tail,
             window: None,
-            mapping_enabled: true,
+            mapping_enabled: mapped_writes,
             scratch: Vec::new(),
         }
     }

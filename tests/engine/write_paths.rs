@@ -157,3 +157,23 @@ fn storage_without_writable_mappings_uses_plain_writes() {
     let queue = Queue::open(dir.path(), options()).unwrap();
     assert_eq!(drain_checked(&queue), (0..100).collect::<Vec<_>>());
 }
+
+/// `Options::mapped_writes(false)` keeps the real filesystem on plain writes: no zeros ahead.
+#[test]
+fn mapped_writes_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        Options::default()
+            .sync(SyncPolicy::Never)
+            .mapped_writes(false)
+    };
+    {
+        let queue = Queue::open(dir.path(), options()).unwrap();
+        push_expected(&queue, 20);
+        let segment = segment_files(dir.path()).pop().unwrap();
+        let data_end = queue.stats().unwrap().live_bytes + 32;
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), data_end);
+    }
+    let queue = Queue::open(dir.path(), options()).unwrap();
+    assert_eq!(drain_checked(&queue), (0..20).collect::<Vec<_>>());
+}
