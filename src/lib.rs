@@ -37,6 +37,7 @@ pub mod frame;
 pub mod head;
 mod jobs;
 mod options;
+mod pool;
 mod queue;
 mod reader;
 mod recovery;

@@ -58,6 +58,7 @@ pub struct Options {
     pub(crate) max_deliveries: Option<u32>,
     pub(crate) dead_letter_dir: Option<PathBuf>,
     pub(crate) mapped_writes: bool,
+    pub(crate) segment_pool: usize,
 }
 
 impl Default for Options {
@@ -72,6 +73,7 @@ impl Default for Options {
             max_deliveries: None,
             dead_letter_dir: None,
             mapped_writes: true,
+            segment_pool: 0,
         }
     }
 }
@@ -118,6 +120,15 @@ impl Options {
     /// this off there, and pushes use one `pwrite` per batch instead.
     pub fn mapped_writes(mut self, enabled: bool) -> Self {
         self.mapped_writes = enabled;
+        self
+    }
+
+    /// How many consumed segment files are kept for reuse instead of deleted (default 0: none).
+    /// A new segment written into a recycled file overwrites blocks that exist, often in pages
+    /// still cached, instead of allocating both; the pool costs up to this many segments of disk
+    /// space after the queue drains, which [`Queue::compact`](crate::Queue::compact) releases.
+    pub fn segment_pool(mut self, files: usize) -> Self {
+        self.segment_pool = files;
         self
     }
 

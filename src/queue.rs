@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::frame;
 use crate::jobs::{Delivery, Jobs};
 use crate::options::{Options, SyncPolicy};
+use crate::pool;
 use crate::reader::{Cursor, Reader};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{Segment, SEGMENT_HEADER_LEN};
@@ -157,6 +158,8 @@ pub(crate) struct Shared {
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
     pub(crate) compact_lock: Mutex<()>,
+    /// Consumed segment files kept for reuse (see `pool`), at most `Options::segment_pool`.
+    pub(crate) pool: Mutex<Vec<PathBuf>>,
     pub(crate) arrivals: Arrivals,
     pub(crate) dead_letters: Mutex<Option<Arc<Queue>>>,
     #[cfg(feature = "async")]
@@ -184,6 +187,7 @@ impl Queue {
         let storage = options.storage.clone();
         let dir_lock = create_and_lock(&*storage, &dir)?;
         let recovered = recovery::recover(&*storage, &dir, &options)?;
+        let pool = pool::adopt(&*storage, &dir, options.segment_pool)?;
         let head_generation = recovered.head.generation();
         let shared = Arc::new(Shared {
             dir,
@@ -215,6 +219,7 @@ impl Queue {
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             compact_lock: Mutex::new(()),
+            pool: Mutex::new(pool),
             arrivals: Arrivals::default(),
             dead_letters: Mutex::new(None),
             #[cfg(feature = "async")]
@@ -374,10 +379,11 @@ impl Queue {
         self.shared.sync_all()
     }
 
-    /// Deletes every segment whose records have all been consumed. Runs automatically unless
-    /// [`Options::auto_compact`] is off.
+    /// Deletes every segment whose records have all been consumed, and the files kept for reuse
+    /// ([`Options::segment_pool`]). Runs automatically unless [`Options::auto_compact`] is off;
+    /// the automatic runs keep the pool.
     pub fn compact(&self) -> Result<CompactReport> {
-        compactor::compact(&self.shared)
+        compactor::compact_and_release_pool(&self.shared)
     }
 
     /// What recovery found and did when this queue was opened.
@@ -606,18 +612,37 @@ impl Shared {
             return Err(self.poison(error));
         }
         self.push_sync.mark_durable(writer.next_seq);
-        let (segment, file) = recovery::create_segment(
-            &*self.storage,
-            &self.dir,
-            writer.next_seq,
-            self.options.segment_size,
-        )?;
+        let pooled = lock(&self.pool).pop();
+        // A pool file that cannot be reused is gone (see `pool::reuse`): make a fresh segment.
+        let reused = pooled.and_then(|pooled| {
+            let base = writer.next_seq;
+            pool::reuse(
+                &*self.storage,
+                &self.dir,
+                &pooled,
+                base,
+                self.options.segment_size,
+            )
+            .ok()
+        });
+        let (segment, file, len) = match reused {
+            Some(reused) => reused,
+            None => {
+                let (segment, file) = recovery::create_segment(
+                    &*self.storage,
+                    &self.dir,
+                    writer.next_seq,
+                    self.options.segment_size,
+                )?;
+                (segment, file, SEGMENT_HEADER_LEN as u64)
+            }
+        };
         self.segments
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(segment.base_seq, segment.clone());
         writer.active.seal(writer.tail);
-        writer.start_segment(segment, file);
+        writer.start_segment(segment, file, len);
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::acklog::{AckLog, JobHistory};
 use crate::error::{Error, Result};
-use crate::frame::{self, PAYLOAD_LEN_MAX};
+use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX};
 use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
 use crate::options::Options;
 use crate::segment::{
@@ -25,9 +25,10 @@ pub struct RecoveryReport {
     /// Torn tails cut from the active segment: records whose write was interrupted by a crash
     /// (never acknowledged under [`SyncPolicy::Always`](crate::SyncPolicy::Always)).
     ///
-    /// A tail of zeros after the last record is cut but not reported: it is the space the
-    /// writer prepares ahead of its tail. Records that a power loss left as zeros look the same
-    /// and are not reported either (under `Always` none of them was acknowledged).
+    /// Free space after the last record is cut but not reported: zeros the writer prepares
+    /// ahead of its tail, or the stale frames of a recycled segment file. Records that a power
+    /// loss left as zeros look the same and are not reported either (under `Always` none of
+    /// them was acknowledged).
     pub truncated: Vec<Truncation>,
     /// Files removed because they never held a record: a segment whose creation was cut short,
     /// a temporary file of an interrupted head index creation.
@@ -255,8 +256,22 @@ fn recover_active(
             } => stop = Some((offset, expected_seq, error)),
         }
     }
-    // Zeros after the last frame are space the writer prepared ahead of its tail (see
-    // `writer`), not a torn write: they never validate as a frame, and nothing is lost there.
+    // What follows the last frame may be free space rather than a torn write: zeros the writer
+    // prepared ahead of its tail (see `writer`), or the stale frames of a recycled file (see
+    // `pool`), whose sequence numbers are below this segment's base. Neither ever validates as
+    // a frame, and nothing is lost there. (Records a power loss turned to zeros look the same.)
+    let free_space = match &stop {
+        Some((offset, _, error)) => {
+            let at = *offset as usize;
+            let rest = bytes.get(at..).unwrap_or(&[]);
+            let header = rest.get(..frame::FRAME_HEADER_LEN).unwrap_or(rest);
+            let zeros = header.iter().all(|&byte| byte == 0);
+            let stale = matches!(error, FrameError::WrongSeq { found, .. } if *found < base);
+            zeros || stale
+        }
+        None => false,
+    };
+    // An all-zero tail cannot hide a later frame: skip the scan.
     let zero_tail = match &stop {
         Some((offset, _, _)) => is_zero_tail(bytes, *offset as usize),
         None => false,
@@ -279,13 +294,13 @@ fn recover_active(
         // Cut the torn tail (or an incomplete batch), or restore padding a torn write cut off.
         file.set_len(complete_end)
             .map_err(io_error("truncate torn tail"))?;
-        // Nothing was lost if all that is cut is the zero tail.
-        let data_end = match (&stop, zero_tail) {
+        // Nothing was lost if all that is cut is free space.
+        let data_end = match (&stop, free_space) {
             (Some((offset, _, _)), true) => *offset,
             _ => len,
         };
         if complete_end < data_end {
-            let reason = match stop.filter(|_| !zero_tail) {
+            let reason = match stop.filter(|_| !free_space) {
                 Some((_, _, error)) => error.to_string(),
                 None => String::from("the last batch is incomplete"),
             };

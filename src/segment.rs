@@ -327,6 +327,15 @@ impl Segment {
         Ok(())
     }
 
+    /// True when no record (or anything else) shares this segment's read mapping: the file may
+    /// be reused without changing bytes someone still reads.
+    pub(crate) fn mapping_unshared(&self) -> bool {
+        lock(&self.inner)
+            .view
+            .as_ref()
+            .is_none_or(|view| Arc::strong_count(view) == 1)
+    }
+
     /// The open file; `ensure_open` must have succeeded.
     pub(crate) fn file(&self) -> Option<Arc<dyn StorageFile>> {
         lock(&self.inner).file.clone()

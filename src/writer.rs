@@ -47,8 +47,10 @@ pub(crate) struct Writer {
     pub(crate) tail: u64,
     /// The sequence number of the next record.
     pub(crate) next_seq: u64,
-    /// The file holds bytes up to here: frames below `tail`, zeros from `tail` on.
+    /// Bytes `[tail, written_end)` of the file are zeros written by this writer.
     written_end: u64,
+    /// The file may be this long (zeros, or the stale bytes of a recycled file, after the tail).
+    len_max: u64,
     /// The writable mapping of `[start, end)` of the active file, if any.
     window: Option<Window>,
     /// False once the storage declined a writable mapping: use `write_all_at` from then on.
@@ -79,6 +81,7 @@ impl Writer {
             tail,
             next_seq,
             written_end: tail,
+            len_max: tail,
             window: None,
             mapping_enabled: mapped_writes,
             scratch: Vec::new(),
@@ -108,6 +111,15 @@ impl Writer {
         if let Some(bytes) = mapped {
             encode_batch(bytes, first_seq, enqueued_us, not_before_us, payloads);
         } else {
+            // A recycled file holds stale bytes after the tail: keep zeros ahead of the tail on
+            // this path too, so that recovery finds free space, not a torn frame, after it.
+            if self.len_max > self.written_end.max(end) {
+                let zeros_end = self.len_max.min(end.max(self.tail + WRITE_WINDOW_BYTES));
+                self.zero_fill(zeros_end).map_err(|error| AppendFailure {
+                    error,
+                    poison: false,
+                })?;
+            }
             self.scratch.clear();
             self.scratch.reserve(batch_len as usize);
             let last = payloads.len() - 1;
@@ -143,6 +155,7 @@ impl Writer {
         }
         self.tail = end;
         self.written_end = self.written_end.max(end);
+        self.len_max = self.len_max.max(end);
         self.next_seq += payloads.len() as u64;
         Ok(())
     }
@@ -199,6 +212,7 @@ impl Writer {
                 .write_all_at(&ZEROS[..chunk], self.written_end)
                 .map_err(|error| Error::io("preallocate segment", &self.active.path, error))?;
             self.written_end += chunk as u64;
+            self.len_max = self.len_max.max(self.written_end);
         }
         Ok(())
     }
@@ -207,20 +221,29 @@ impl Writer {
     /// sealed segment's length is its data's length) and when the queue closes.
     pub(crate) fn trim(&mut self) -> std::io::Result<()> {
         self.window = None;
-        if self.written_end > self.tail {
+        if self.len_max > self.tail {
             self.file.set_len(self.tail)?;
             self.written_end = self.tail;
+            self.len_max = self.tail;
         }
         Ok(())
     }
 
-    /// Switches to a freshly created segment that holds only its header.
-    pub(crate) fn start_segment(&mut self, segment: Arc<Segment>, file: Arc<dyn StorageFile>) {
+    /// Switches to a new segment whose file is `len` bytes long: its header, then nothing (a
+    /// fresh file) or the stale bytes of a recycled one, which are overwritten with zeros a
+    /// window at a time ahead of the tail and cut off when the segment is sealed.
+    pub(crate) fn start_segment(
+        &mut self,
+        segment: Arc<Segment>,
+        file: Arc<dyn StorageFile>,
+        len: u64,
+    ) {
         self.window = None;
         self.active = segment;
         self.file = file;
         self.tail = SEGMENT_HEADER_LEN as u64;
         self.written_end = self.tail;
+        self.len_max = len.max(self.tail);
     }
 }
 
