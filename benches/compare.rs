@@ -8,12 +8,14 @@
 //! Sizes are set by environment variables (defaults in parentheses: quick / full):
 //! - `SPOOL_BENCH_RECORDS`: 100 B records pushed then popped (300 000 / 1 000 000); the 1 KiB and
 //!   64 KiB rows move the same number of bytes as the 100 B one, at least 1 000 records;
+//! - `SPOOL_BENCH_STEADY_MIB`: MiB of 1 KiB records pushed and popped in the steady-state rows,
+//!   through 8 MiB segments (256 / 1024);
 //! - `SPOOL_BENCH_SYNC_SECS`: seconds per synced measurement (0.6 / 2);
 //! - `SPOOL_BENCH_RSS_MIB`: MiB pushed in the peak-RSS child process (256 / 2048);
 //! - `SPOOL_BENCH_SEGMENTS`: sealed segments for the open-time row (1000 / 1000);
 //! - `SPOOL_BENCH_DIR`: where the queues live (a temporary directory in `target/`);
 //! - `SPOOL_BENCH_PLOT`: the PNG written (`docs/throughput.png`);
-//! - `SPOOL_BENCH_ONLY`: comma-separated sections to run (`single,sync,producers,jobs,open,rss,drain`);
+//! - `SPOOL_BENCH_ONLY`: comma-separated sections to run (`single,steady,sync,producers,jobs,open,rss,drain`);
 //! - `SPOOL_BENCH_WARMUP_MIB`: MiB written to a file and deleted before measuring (1024 / 3072):
 //!   on a virtual machine the first touch of guest memory is several times slower than reuse
 //!   (measured here: 0.33 GB/s against 3–4 GB/s), which would penalise whichever subject runs
@@ -49,6 +51,7 @@ struct Config {
     peers: bool,
     warmup_mib: u64,
     rounds: usize,
+    steady_mib: u64,
 }
 
 impl Config {
@@ -76,6 +79,7 @@ impl Config {
             only: std::env::var("SPOOL_BENCH_ONLY")
                 .ok()
                 .map(|list| list.split(',').map(str::to_owned).collect()),
+            steady_mib: number("SPOOL_BENCH_STEADY_MIB", 256.0, 1024.0) as u64,
             rounds: number("SPOOL_BENCH_ROUNDS", 3.0, 3.0) as usize,
             warmup_mib: number("SPOOL_BENCH_WARMUP_MIB", 1024.0, 3072.0) as u64,
             peers: std::env::var("SPOOL_BENCH_PEERS").map_or(true, |value| value != "0"),
@@ -226,6 +230,11 @@ fn main() -> BoxResult<()> {
             for size in [100, 1024, 64 << 10] {
                 single_thread(&config, &mut table, size)?;
             }
+        }
+    }
+    if config.wants("steady") {
+        for _round in 0..config.rounds {
+            steady(&config, &mut table)?;
         }
     }
     if config.wants("sync") {
@@ -463,6 +472,48 @@ fn single_thread(config: &Config, table: &mut Table, size: usize) -> BoxResult<(
             table
                 .figures
                 .insert("drain | disk-queue".into(), dir_bytes(&dir).1 as f64);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steady state: a queue that stays short while many segments pass through it.
+
+fn steady(config: &Config, table: &mut Table) -> BoxResult<()> {
+    const SEGMENT_BYTES: u64 = 8 << 20;
+    let data = payload(1024);
+    let batch: Vec<&[u8]> = (0..64).map(|_| data.as_slice()).collect();
+    let batches = (config.steady_mib << 20) / (64 * 1024);
+    eprintln!("steady state, {} MiB of 1 KiB records", config.steady_mib);
+    for (subject, pool) in [("diskspool", 0), ("diskspool segment_pool(2)", 2)] {
+        for (policy_name, policy) in [
+            ("Never", SyncPolicy::Never),
+            (
+                "Interval(10ms)",
+                SyncPolicy::Interval(Duration::from_millis(10)),
+            ),
+        ] {
+            let dir = config.fresh("steady")?;
+            let options = Options::default()
+                .segment_size(SEGMENT_BYTES)
+                .sync(policy)
+                .segment_pool(pool);
+            let queue = Queue::open(&dir, options)?;
+            let start = Instant::now();
+            for _ in 0..batches {
+                queue.push_batch(&batch)?;
+                let records = queue.pop_batch(64)?;
+                black_box(records.len());
+            }
+            let elapsed = start.elapsed();
+            table.add(
+                &format!("push+pop 1 KiB, 8 MiB segments, {policy_name}"),
+                subject,
+                rate(batches * 64, elapsed),
+                1024,
+                "batches of 64",
+            );
         }
     }
     Ok(())
