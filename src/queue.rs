@@ -147,11 +147,6 @@ pub(crate) struct Shared {
     writer: Mutex<Writer>,
     pub(crate) reader: Mutex<Reader>,
     push_sync: SyncGroup,
-    /// Pushers under `SyncPolicy::Always` inside `push_batch`, and the sequence number after
-    /// the last record appended: a group-commit leader lets pushers that have not appended yet
-    /// do so before it syncs, so that one sync covers them (see `gather_pushers`).
-    pushers_inside: AtomicUsize,
-    appended_next_seq: AtomicU64,
     pub(crate) head_sync: SyncGroup,
     pub(crate) ack_sync: SyncGroup,
     published_next_seq: AtomicU64,
@@ -211,8 +206,6 @@ impl Queue {
                 acklog: recovered.acklog,
             }),
             push_sync: SyncGroup::new(recovered.next_seq),
-            pushers_inside: AtomicUsize::new(0),
-            appended_next_seq: AtomicU64::new(recovered.next_seq),
             head_sync: SyncGroup::new(head_generation),
             ack_sync: SyncGroup::new(0),
             published_next_seq: AtomicU64::new(recovered.next_seq),
@@ -464,7 +457,8 @@ impl Shared {
     fn push_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<Range<u64>> {
         let batch_len = self.check_batch(payloads, not_before_us)?;
         let always = self.options.sync == SyncPolicy::Always;
-        let _inside = always.then(|| Inside::enter(&self.pushers_inside));
+        // Announced to the group commit, so that a leader lets this push join its sync.
+        let _entered = always.then(|| self.push_sync.enter());
         let written = {
             let mut writer = self.lock_writer();
             if payloads.is_empty() {
@@ -534,10 +528,7 @@ impl Shared {
                 failure.error
             });
         }
-        if self.options.sync == SyncPolicy::Always {
-            self.appended_next_seq
-                .fetch_max(writer.next_seq, Ordering::AcqRel);
-        } else {
+        if self.options.sync != SyncPolicy::Always {
             writer.active.publish(writer.tail);
             self.published_next_seq
                 .fetch_max(writer.next_seq, Ordering::SeqCst);
@@ -555,10 +546,7 @@ impl Shared {
     pub(crate) fn complete(&self, written: Written) -> Result<Range<u64>> {
         if self.options.sync == SyncPolicy::Always {
             self.push_sync
-                .wait(written.range.end, || {
-                    self.gather_pushers();
-                    self.sync_data()
-                })
+                .wait(written.range.end, || self.sync_data())
                 .map_err(|error| self.poison(error))?;
             // Readers see a record only once it is durable.
             written.segment.publish(written.end);
@@ -567,25 +555,6 @@ impl Shared {
             self.arrivals.notify();
         }
         Ok(written.range)
-    }
-
-    /// Lets pushers that are about to append do so before the group's sync, so that it covers
-    /// them instead of leaving them to the next one: while more pushers are inside `push_batch`
-    /// than records wait for the sync, some pusher has yet to append (or is on its way out after
-    /// the previous sync, and may be back at once), so the leader yields the processor, a
-    /// bounded number of times. A lone pusher never yields.
-    fn gather_pushers(&self) {
-        let durable = self.push_sync.durable();
-        for _ in 0..GATHER_YIELDS_MAX {
-            let pending = self
-                .appended_next_seq
-                .load(Ordering::Acquire)
-                .saturating_sub(durable);
-            if self.pushers_inside.load(Ordering::Acquire) as u64 <= pending {
-                return;
-            }
-            std::thread::yield_now();
-        }
     }
 
     /// Syncs the active segment; returns the sequence number below which all is durable.
@@ -734,25 +703,6 @@ impl Shared {
     fn acklog_len(&self) -> u64 {
         let (file, _) = lock(&self.reader).acklog.sync_target();
         file.and_then(|file| file.len().ok()).unwrap_or(0)
-    }
-}
-
-/// The most times a group-commit leader yields to pushers about to append before it syncs.
-const GATHER_YIELDS_MAX: usize = 64;
-
-/// Counts a pusher as inside `push_batch` for as long as it lives.
-struct Inside<'a>(&'a AtomicUsize);
-
-impl<'a> Inside<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::AcqRel);
-        Inside(counter)
-    }
-}
-
-impl Drop for Inside<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
