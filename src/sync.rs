@@ -151,3 +151,53 @@ impl SyncGroup {
         self.done.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// Nobody returns before a sync covered their ticket; a failed sync fails every waiter and
+    /// every later one, and is never retried.
+    #[test]
+    fn waiters_return_only_when_covered_and_failures_stick() {
+        let group = SyncGroup::new(0);
+        let written = AtomicU64::new(0);
+        let synced = AtomicU64::new(0);
+        let syncs = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..16 {
+                scope.spawn(|| {
+                    for _ in 0..50 {
+                        let _entered = group.enter();
+                        let ticket = written.fetch_add(1, Ordering::SeqCst) + 1;
+                        group
+                            .wait(ticket, || {
+                                syncs.fetch_add(1, Ordering::SeqCst);
+                                let covered = written.load(Ordering::SeqCst);
+                                synced.fetch_max(covered, Ordering::SeqCst);
+                                Ok(covered)
+                            })
+                            .unwrap();
+                        assert!(synced.load(Ordering::SeqCst) >= ticket);
+                    }
+                });
+            }
+        });
+        assert!(syncs.load(Ordering::SeqCst) <= 800);
+        assert_eq!(group.inside.load(Ordering::SeqCst), 0);
+        assert!(lock(&group.state).pending.is_empty());
+
+        let failing = SyncGroup::new(0);
+        let attempts = AtomicU64::new(0);
+        let fail = || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            Err(Error::Poisoned {
+                cause: "disk on fire".into(),
+            })
+        };
+        assert!(failing.wait(1, fail).is_err());
+        assert!(failing.wait(2, fail).is_err());
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "never retried");
+    }
+}
