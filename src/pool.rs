@@ -40,19 +40,19 @@ pub fn is_pool_file_name(name: &str) -> bool {
         .is_some_and(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Takes over the pool files an earlier process left, up to `max`; deletes the others.
-pub(crate) fn adopt(storage: &dyn Storage, dir: &Path, max: usize) -> Result<Vec<PathBuf>> {
-    let names = storage
-        .list_dir(dir)
-        .map_err(|error| Error::io("list queue directory", dir, error))?;
-    let mut found: Vec<&String> = names
-        .iter()
-        .filter(|name| is_pool_file_name(name))
-        .collect();
-    found.sort();
+/// Takes over the pool files an earlier process left (`names`, as listed by recovery), up to
+/// `max`; deletes the others.
+pub(crate) fn adopt(
+    storage: &dyn Storage,
+    dir: &Path,
+    mut names: Vec<String>,
+    max: usize,
+) -> Result<Vec<PathBuf>> {
+    names.retain(|name| is_pool_file_name(name));
+    names.sort();
     let mut pool = Vec::new();
     let mut removed = false;
-    for name in found {
+    for name in names {
         let path = dir.join(name);
         if pool.len() < max {
             pool.push(path);

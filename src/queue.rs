@@ -181,8 +181,9 @@ impl Queue {
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
         let dir_lock = create_and_lock(&*storage, &dir)?;
-        let recovered = recovery::recover(&*storage, &dir, &options)?;
-        let pool = pool::adopt(&*storage, &dir, options.segment_pool)?;
+        let mut recovered = recovery::recover(&*storage, &dir, &options)?;
+        let pool_files = std::mem::take(&mut recovered.pool_files);
+        let pool = pool::adopt(&*storage, &dir, pool_files, options.segment_pool)?;
         let head_generation = recovered.head.generation();
         let shared = Arc::new(Shared {
             dir,

@@ -67,6 +67,8 @@ pub(crate) struct Recovered {
     pub(crate) acklog: AckLog,
     pub(crate) history: JobHistory,
     pub(crate) report: RecoveryReport,
+    /// Segment files kept for reuse, found in the directory (see `pool`).
+    pub(crate) pool_files: Vec<String>,
 }
 
 pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> Result<Recovered> {
@@ -196,6 +198,10 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         acklog,
         history,
         report,
+        pool_files: names
+            .into_iter()
+            .filter(|name| crate::pool::is_pool_file_name(name))
+            .collect(),
     })
 }
 
