@@ -289,12 +289,11 @@ fn kill_cycles(cycles: u32) {
     );
 }
 
-fn worker_kill_cycles(cycles: u32) {
+fn worker_kill_cycles(cycles: u32, total: u64) {
     let seed = seed();
     eprintln!("worker kill test seed {seed} (replay with DISKSPOOL_KILL_SEED={seed})");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let total = 3_000u64;
     {
         let queue = Queue::open(dir.path(), options()).unwrap();
         for chunk in (0..total).collect::<Vec<_>>().chunks(50) {
@@ -376,7 +375,7 @@ fn worker_kill_cycles(cycles: u32) {
 
 #[test]
 fn kill_nine_of_eight_workers_loses_no_job_and_repeats_no_acked_one() {
-    worker_kill_cycles(25);
+    worker_kill_cycles(25, 3_000);
 }
 
 #[test]
@@ -434,5 +433,5 @@ fn long_kill_soak() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(500);
     kill_cycles(cycles);
-    worker_kill_cycles(cycles);
+    worker_kill_cycles(cycles, u64::from(cycles) * 150);
 }
