@@ -1134,21 +1134,41 @@ fn plot(config: &Config, table: &Table) -> BoxResult<()> {
         .x_label_area_size(44)
         .y_label_area_size(80)
         .build_cartesian_2d(
-            (0.8f64..80.0f64).log_scale(),
+            -0.3f64..config.producers.len() as f64 - 0.7,
             (min / 2.0..max * 2.0).log_scale(),
         )?;
+    // One evenly spaced column per producer count (1, 4, 16, 64: a log scale, labelled).
+    let producers = config.producers.clone();
+    let column = |threads: usize| -> f64 {
+        producers
+            .iter()
+            .position(|&count| count == threads)
+            .unwrap_or(0) as f64
+    };
+    let label = |x: &f64| -> String {
+        let index = x.round();
+        if (x - index).abs() < 1e-6 && index >= 0.0 {
+            producers
+                .get(index as usize)
+                .map(|count| count.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
     chart
         .configure_mesh()
         .x_desc("producer threads")
         .y_desc("records/s")
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(config.producers.len() * 4)
+        .x_label_formatter(&label)
         .y_label_formatter(&|y| fmt_rate(*y))
         .draw()?;
     for (index, (name, points)) in table.series.iter().enumerate() {
         let color = Palette99::pick(index).to_rgba();
         let points: Vec<(f64, f64)> = points
             .iter()
-            .map(|(threads, rate)| (*threads as f64, *rate))
+            .map(|(threads, rate)| (column(*threads), *rate))
             .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
