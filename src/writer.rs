@@ -26,6 +26,11 @@ use crate::storage::{StorageFile, WritableMapping};
 /// How far ahead of the tail zeros are written and mapped, in bytes.
 pub(crate) const WRITE_WINDOW_BYTES: u64 = 1 << 20;
 
+/// Batches at least this long are written with `write_all_at` even when mapping works: for them
+/// the system call costs little per byte, and writing zeros first and then the frames would copy
+/// every byte into the page cache twice (measured: 64 KiB records 20–25 % slower mapped).
+pub(crate) const MAPPED_BATCH_BYTES_MAX: u64 = 32 << 10;
+
 /// Zeros for the zero fill, written in chunks of this size.
 static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
 
@@ -102,8 +107,9 @@ impl Writer {
         debug_assert!(!payloads.is_empty());
         let end = self.tail + batch_len;
         let first_seq = self.next_seq;
+        let small = batch_len < MAPPED_BATCH_BYTES_MAX;
         let mapped = self
-            .mapped(end, segment_size)
+            .mapped(end, segment_size, small)
             .map_err(|error| AppendFailure {
                 error,
                 poison: false,
@@ -161,8 +167,9 @@ impl Writer {
     }
 
     /// The mapped bytes `[tail, end)`, mapping a new window (after writing zeros up to its end)
-    /// when the current one does not cover them; `None` on the written path.
-    fn mapped(&mut self, end: u64, segment_size: u64) -> Result<Option<&mut [u8]>> {
+    /// when the current one does not cover them and the batch is `small`; `None` when the batch
+    /// is to be written with `write_all_at`.
+    fn mapped(&mut self, end: u64, segment_size: u64, small: bool) -> Result<Option<&mut [u8]>> {
         if !self.mapping_enabled {
             return Ok(None);
         }
@@ -170,6 +177,10 @@ impl Writer {
             .window
             .as_ref()
             .is_some_and(|window| window.start <= self.tail && end <= window.end);
+        if !covered && !small {
+            // A large batch outside the window is written directly (see MAPPED_BATCH_BYTES_MAX).
+            return Ok(None);
+        }
         if !covered {
             // Unmap first: at most one window is mapped, which bounds the writer's memory.
             self.window = None;
