@@ -190,7 +190,11 @@ fn large_and_small_records_interleave_on_both_paths() {
             .sync(SyncPolicy::Never)
     };
     let payload = |index: u64| -> Vec<u8> {
-        let len = if index % 3 == 0 { 40 << 10 } else { 100 };
+        let len = if index.is_multiple_of(3) {
+            40 << 10
+        } else {
+            100
+        };
         (0..len).map(|byte| (byte as u64 + index) as u8).collect()
     };
     let queue = Queue::open(dir.path(), options()).unwrap();
