@@ -20,7 +20,7 @@
 //!   on a virtual machine the first touch of guest memory is several times slower than reuse
 //!   (measured here: 0.33 GB/s against 3–4 GB/s), which would penalise whichever subject runs
 //!   first; the warm-up makes every subject write into memory the guest has touched before;
-//! - `SPOOL_BENCH_ROUNDS`: rounds of the single-thread section, interleaved, best kept (3 / 3);
+//! - `SPOOL_BENCH_ROUNDS`: rounds of every throughput section, interleaved, best kept (3 / 3);
 //! - `SPOOL_BENCH_PEERS=0`: leave the peers and the raw references out (for profiling).
 //!
 //! Every rate is measured in this run, so ratios compare like with like on a noisy machine.
@@ -237,14 +237,18 @@ fn main() -> BoxResult<()> {
             steady(&config, &mut table)?;
         }
     }
-    if config.wants("sync") {
-        raw_fdatasync(&config, &mut table)?;
-    }
-    if config.wants("producers") {
-        producers(&config, &mut table)?;
-    }
-    if config.wants("jobs") {
-        jobs(&config, &mut table)?;
+    // The synced rows depend most on the neighbours' fsyncs: several interleaved rounds, the
+    // best of each kept, like the single-thread rows.
+    for _round in 0..config.rounds {
+        if config.wants("sync") {
+            raw_fdatasync(&config, &mut table)?;
+        }
+        if config.wants("producers") {
+            producers(&config, &mut table)?;
+        }
+        if config.wants("jobs") {
+            jobs(&config, &mut table)?;
+        }
     }
     if config.wants("open") {
         open_time(&config, &mut table)?;
@@ -264,6 +268,7 @@ fn main() -> BoxResult<()> {
     );
     print_table(&table);
     print_targets(&table);
+    table.series = producer_series(&table);
     if !table.series.is_empty() {
         if let Err(error) = plot(&config, &table) {
             eprintln!("plot failed: {error}");
@@ -650,11 +655,6 @@ fn producers(config: &Config, table: &mut Table) -> BoxResult<()> {
                 Ok(())
             })?;
             table.add(&workload, subject, measured, 100, "");
-            table
-                .series
-                .entry(subject.into())
-                .or_default()
-                .push((threads, measured));
         }
         // okaywal: a WAL with group commit; every commit is durable.
         {
@@ -668,11 +668,6 @@ fn producers(config: &Config, table: &mut Table) -> BoxResult<()> {
             })?;
             wal.shutdown()?;
             table.add(&workload, "okaywal (synced)", measured, 100, "");
-            table
-                .series
-                .entry("okaywal (synced)".into())
-                .or_default()
-                .push((threads, measured));
         }
         // The unsynced peers, shared behind a mutex where they need `&mut`.
         {
@@ -686,11 +681,6 @@ fn producers(config: &Config, table: &mut Table) -> BoxResult<()> {
             })?;
             drop((sender, receiver));
             table.add(&workload, "yaque (mutex)", measured, 100, "");
-            table
-                .series
-                .entry("yaque (mutex)".into())
-                .or_default()
-                .push((threads, measured));
         }
         {
             let dir = config.fresh("queue-file")?;
@@ -703,11 +693,6 @@ fn producers(config: &Config, table: &mut Table) -> BoxResult<()> {
                 Ok(())
             })?;
             table.add(&workload, "queue-file (mutex)", measured, 100, "");
-            table
-                .series
-                .entry("queue-file (mutex)".into())
-                .or_default()
-                .push((threads, measured));
         }
         {
             let dir = config.fresh("disk-queue")?;
@@ -718,11 +703,6 @@ fn producers(config: &Config, table: &mut Table) -> BoxResult<()> {
                 Ok(())
             })?;
             table.add(&workload, "disk-queue", measured, 100, "");
-            table
-                .series
-                .entry("disk-queue".into())
-                .or_default()
-                .push((threads, measured));
         }
     }
     Ok(())
@@ -1103,6 +1083,25 @@ fn print_targets(table: &Table) {
         };
         println!("| {target} | {measured} | {met} |");
     }
+}
+
+/// The producer-scaling rows, as series for the plot: subject → (producers, best records/s).
+fn producer_series(table: &Table) -> BTreeMap<String, Vec<(usize, f64)>> {
+    let mut series: BTreeMap<String, Vec<(usize, f64)>> = BTreeMap::new();
+    for row in &table.rows {
+        let threads = row
+            .workload
+            .strip_prefix("push 100 B, ")
+            .and_then(|rest| rest.strip_suffix(" producers"))
+            .and_then(|count| count.parse().ok());
+        if let Some(threads) = threads {
+            series
+                .entry(row.subject.clone())
+                .or_default()
+                .push((threads, row.records_per_sec));
+        }
+    }
+    series
 }
 
 fn plot(config: &Config, table: &Table) -> BoxResult<()> {
