@@ -22,6 +22,9 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The most times a leader yields to announced writers before it syncs.
 const GATHER_YIELDS_MAX: usize = 64;
 
+/// The most unannounced writers a leader expects (from the last sync's count).
+const GATHER_UNANNOUNCED_MAX: usize = 16;
+
 /// Tracks how far a monotonically growing "ticket" (a sequence number, a generation) is durable.
 #[derive(Debug)]
 pub(crate) struct SyncGroup {
@@ -39,6 +42,9 @@ struct GroupState {
     /// The tickets of the threads waiting in `wait` that are not durable yet (the leader's
     /// included): a handful, one per waiting thread.
     pending: Vec<u64>,
+    /// How many waiters the last sync covered: what a leader expects when writers do not
+    /// announce themselves.
+    last_covered: usize,
 }
 
 /// An announced writer; see [`SyncGroup::enter`].
@@ -58,6 +64,7 @@ impl SyncGroup {
                 leader_active: false,
                 failure: None,
                 pending: Vec::new(),
+                last_covered: 0,
             }),
             done: Condvar::new(),
             inside: AtomicUsize::new(0),
@@ -108,7 +115,9 @@ impl SyncGroup {
                 Ok(covered) => {
                     state.durable = state.durable.max(covered);
                     let durable = state.durable;
+                    let before = state.pending.len();
                     state.pending.retain(|&pending| pending > durable);
+                    state.last_covered = before - state.pending.len();
                 }
                 Err(error) => {
                     state.failure = Some(error.to_string());
@@ -132,7 +141,15 @@ impl SyncGroup {
     /// more writers are inside than wait for a sync, yields (a bounded number of times).
     fn gather<'a>(&'a self, mut state: MutexGuard<'a, GroupState>) -> MutexGuard<'a, GroupState> {
         for _ in 0..GATHER_YIELDS_MAX {
-            if self.inside.load(Ordering::Acquire) <= state.pending.len() {
+            let announced = self.inside.load(Ordering::Acquire);
+            // Writers that do not announce themselves: expect as many as the last sync covered,
+            // waiting at most a few yields for them.
+            let expected = if announced == 0 {
+                state.last_covered.min(GATHER_UNANNOUNCED_MAX)
+            } else {
+                announced
+            };
+            if expected <= state.pending.len() {
                 break;
             }
             drop(state);
