@@ -7,6 +7,8 @@
 //! to write again) yields the processor to them a bounded number of times before it syncs. A
 //! lone writer never yields. On the development machine (2 cores) this took 16 producers under
 //! `SyncPolicy::Always` from about 40 k to 55–67 k records/s (`examples/always_scaling.rs`).
+//! Groups whose writers do not announce themselves get a weaker form: the leader waits (a few
+//! yields at most) for as many waiters as the last sync covered.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
