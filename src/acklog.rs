@@ -237,6 +237,26 @@ impl JobHistory {
         self.not_before = self.not_before.split_off(&head);
     }
 
+    /// Forgets everything at or above `end`; returns whether anything was known there.
+    pub fn prune_from(&mut self, end: u64) -> bool {
+        let mut removed = false;
+        let straddling = self
+            .acked
+            .range(..end)
+            .next_back()
+            .map(|(&start, &range_end)| (start, range_end));
+        if let Some((start, range_end)) = straddling {
+            if range_end > end {
+                self.acked.insert(start, end);
+                removed = true;
+            }
+        }
+        removed |= !self.acked.split_off(&end).is_empty();
+        removed |= !self.deliveries.split_off(&end).is_empty();
+        removed |= !self.not_before.split_off(&end).is_empty();
+        removed
+    }
+
     /// Takes what is known about `seq`: (acknowledged, deliveries, not-before).
     pub fn take(&mut self, seq: u64) -> (bool, u32, u64) {
         let acked = self
@@ -343,29 +363,22 @@ impl AckLog {
             other => Error::corrupt(&path, 0, other.to_string()),
         })?;
         let mut history = JobHistory::default();
-        let mut offset = ACK_LOG_HEADER_LEN;
         let mut entries_in_file = 0;
-        while let Some(entry) = bytes
-            .get(offset..)
-            .and_then(|rest| decode_entry(rest, log_id))
-        {
-            history.apply(&entry);
-            offset += ACK_ENTRY_LEN;
-            entries_in_file += 1;
+        // The end of the last valid entry: what follows it is a torn tail.
+        let mut offset = ACK_LOG_HEADER_LEN;
+        let mut scan = ACK_LOG_HEADER_LEN;
+        while let Some(rest) = bytes.get(scan..scan + ACK_ENTRY_LEN) {
+            // A bad entry followed by valid ones is skipped, not refused: unsynced appends may
+            // reach the disk in any order, so a power loss can keep a later entry and lose an
+            // earlier one. Each entry is a self-contained fact, so the others stay valid.
+            if let Some(entry) = decode_entry(rest, log_id) {
+                history.apply(&entry);
+                entries_in_file += 1;
+                offset = scan + ACK_ENTRY_LEN;
+            }
+            scan += ACK_ENTRY_LEN;
         }
         if offset < bytes.len() {
-            // Valid entries after the damage mean it is not a torn append.
-            let mut later = offset + ACK_ENTRY_LEN;
-            while later + ACK_ENTRY_LEN <= bytes.len() {
-                if decode_entry(&bytes[later..], log_id).is_some() {
-                    return Err(Error::corrupt(
-                        &path,
-                        offset as u64,
-                        format!("damaged ack log entry followed by a valid one at {later}"),
-                    ));
-                }
-                later += ACK_ENTRY_LEN;
-            }
             file.set_len(offset as u64)
                 .map_err(io_error("truncate torn ack log tail"))?;
             truncations.push(Truncation {

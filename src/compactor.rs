@@ -76,6 +76,11 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
         .saturating_sub(lock(&shared.pool).len());
     let mut recycled = Vec::new();
     for segment in victims {
+        // Delete only a file whose header proves it is the segment its name says: a damaged or
+        // foreign file with a segment's name stays for `spool verify` and `spool repair`.
+        if segment.ensure_open(&*shared.storage).is_err() {
+            continue;
+        }
         if recycled.len() < pool_room {
             shared
                 .segments

@@ -14,7 +14,7 @@
 //! All integers are little-endian. The checksum covers the sequence number, so a frame only
 //! validates at the position it was written for: stale bytes from an older life of a file, or a
 //! zeroed tail, never read as a record (a frame of zeros fails the checksum, which
-//! [`tests::zeroed_frame_never_validates`] checks).
+//! the unit test `zeroed_frame_never_validates` checks).
 
 use std::ops::Range;
 

@@ -13,14 +13,15 @@
 //!     24     8  head_seq     every record below this sequence number is consumed
 //!     32     8  hint_base    base sequence of the segment holding head_seq (a hint)
 //!     40     8  hint_offset  byte offset of head_seq's frame in that segment (a hint)
-//!     48    12  reserved     zero
+//!     48     8  synced_seq   every record below this sequence number was synced (0: unknown)
+//!     56     4  reserved     zero
 //!     60     4  crc32        CRC-32 of bytes 0..60
 //! ```
 //!
 //! Updates overwrite only the slot that does not hold the newest *durable* generation, so a torn
 //! write (power loss mid-update) can only damage a slot whose content was not yet promised to
 //! anyone; the other slot still holds the last durable head. The durable slot flips only after a
-//! sync that is known to cover the newest write (see [`HeadIndex::sync`]).
+//! sync that is known to cover the newest write (see `HeadIndex::sync`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,7 +48,8 @@ const GENERATION_OFFSET: usize = SLOT_LEN_OFFSET + 2 + 4;
 const HEAD_SEQ_OFFSET: usize = GENERATION_OFFSET + 8;
 const HINT_BASE_OFFSET: usize = HEAD_SEQ_OFFSET + 8;
 const HINT_OFFSET_OFFSET: usize = HINT_BASE_OFFSET + 8;
-const CRC_OFFSET: usize = HINT_OFFSET_OFFSET + 8 + 12;
+const SYNCED_SEQ_OFFSET: usize = HINT_OFFSET_OFFSET + 8;
+const CRC_OFFSET: usize = SYNCED_SEQ_OFFSET + 8 + 4;
 
 /// What one slot records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,11 @@ pub struct HeadState {
     pub hint_base: u64,
     /// Offset of `head_seq`'s frame in that segment (a hint, verified on use).
     pub hint_offset: u64,
+    /// Every record below this sequence number had been synced to stable storage when the slot
+    /// was written (0 when not known, as in files written before the field existed). Recovery
+    /// uses it to tell unsynced writes that a power loss persisted out of order, which may be
+    /// cut, from damage to synced records, which must not be.
+    pub synced_seq: u64,
 }
 
 /// A decoded slot.
@@ -102,6 +109,8 @@ pub fn encode_slot(slot: &HeadSlot) -> [u8; HEAD_SLOT_LEN] {
         .copy_from_slice(&slot.state.hint_base.to_le_bytes());
     bytes[HINT_OFFSET_OFFSET..HINT_OFFSET_OFFSET + 8]
         .copy_from_slice(&slot.state.hint_offset.to_le_bytes());
+    bytes[SYNCED_SEQ_OFFSET..SYNCED_SEQ_OFFSET + 8]
+        .copy_from_slice(&slot.state.synced_seq.to_le_bytes());
     let crc = crc32fast::hash(&bytes[..CRC_OFFSET]);
     bytes[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
     bytes
@@ -129,6 +138,7 @@ pub fn decode_slot(bytes: &[u8]) -> Result<HeadSlot, SlotError> {
             head_seq: read_u64(bytes, HEAD_SEQ_OFFSET),
             hint_base: read_u64(bytes, HINT_BASE_OFFSET),
             hint_offset: read_u64(bytes, HINT_OFFSET_OFFSET),
+            synced_seq: read_u64(bytes, SYNCED_SEQ_OFFSET),
         },
     })
 }
@@ -140,6 +150,29 @@ pub struct HeadRead {
     pub slots: [Result<HeadSlot, SlotError>; 2],
     /// Index of the slot in force: the valid one with the highest generation.
     pub current: Option<usize>,
+}
+
+impl HeadRead {
+    /// The slots that are damaged: one that fails its checks, or one that is all zero although
+    /// it was written. A new queue writes generation 1 into slot 0 and nothing into slot 1, and
+    /// every later write goes into the other slot; so once a valid slot is past generation 1,
+    /// both slots have been written, and an all-zero slot was wiped rather than never written.
+    pub fn damaged_slots(&self) -> Vec<usize> {
+        let newest_generation = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.as_ref().ok())
+            .map(|slot| slot.generation)
+            .max()
+            .unwrap_or(0);
+        (0..self.slots.len())
+            .filter(|&index| match &self.slots[index] {
+                Ok(_) => false,
+                Err(SlotError::Empty) => newest_generation > 1,
+                Err(_) => true,
+            })
+            .collect()
+    }
 }
 
 /// Decodes a whole head file's bytes.
@@ -189,6 +222,8 @@ pub(crate) struct HeadIndex {
     /// True when `state` is newer than both slots: written while a sync was in flight, it is
     /// written into a slot by the next sync (the writer waits for that sync before returning).
     deferred: bool,
+    /// The bytes last written into the non-durable slot (restored if a later write fails).
+    written: Option<[u8; HEAD_SLOT_LEN]>,
 }
 
 /// How a group-commit sync of the head starts; see [`HeadIndex::begin_sync`].
@@ -268,6 +303,7 @@ impl HeadIndex {
             in_flight: None,
             sync_epoch: 0,
             deferred: false,
+            written: None,
             generation: slot.generation,
             durable_slot: current,
             dirty: false,
@@ -288,13 +324,17 @@ impl HeadIndex {
     /// sync of that slot is in flight (only under `SyncPolicy::Always`, whose writers wait for a
     /// sync before they return): then the state is kept for the next sync to write.
     pub(crate) fn write(&mut self, state: HeadState) -> Result<u64> {
+        let previous = (self.generation, self.state);
         self.generation += 1;
         self.state = state;
         if self.in_flight.is_some() {
             self.deferred = true;
             return Ok(self.generation);
         }
-        self.write_slot()?;
+        if let Err(error) = self.write_slot() {
+            (self.generation, self.state) = previous;
+            return Err(error);
+        }
         Ok(self.generation)
     }
 
@@ -316,12 +356,23 @@ impl HeadIndex {
             .as_mut()
             .and_then(|map| map.0.bytes_mut().get_mut(offset..offset + HEAD_SLOT_LEN));
         match mapped {
+            // A store cannot fail half way.
             Some(target) => target.copy_from_slice(&bytes),
-            None => self
-                .file
-                .write_all_at(&bytes, HEAD_SLOT_OFFSETS[slot])
-                .map_err(|error| Error::io("write head index", &self.path, error))?,
+            None => {
+                if let Err(error) = self.file.write_all_at(&bytes, HEAD_SLOT_OFFSETS[slot]) {
+                    if let Some(previous) = self.written.filter(|_| self.dirty) {
+                        // The slot held the newest head, written but not synced yet. A failed
+                        // write may have torn it; put it back, so that a reopen after this
+                        // failure does not fall back to the older durable head and hand out
+                        // records that pops returned. Best effort: the caller poisons the queue
+                        // either way.
+                        let _ = self.file.write_all_at(&previous, HEAD_SLOT_OFFSETS[slot]);
+                    }
+                    return Err(Error::io("write head index", &self.path, error));
+                }
+            }
         }
+        self.written = Some(bytes);
         self.dirty = true;
         self.deferred = false;
         Ok(())
@@ -434,6 +485,7 @@ mod tests {
                 head_seq,
                 hint_base: 0,
                 hint_offset: 32,
+                synced_seq: head_seq,
             },
         }
     }
@@ -443,6 +495,7 @@ mod tests {
             head_seq,
             hint_base: 0,
             hint_offset: 32,
+            synced_seq: head_seq,
         }
     }
 

@@ -24,6 +24,8 @@
 //! - [`TypedQueue`] stores serde values through a [`Codec`] (bincode by default).
 //! - Damaged bytes surface as [`Error::Corrupt`] naming the file and byte offset; the queue
 //!   never hands out a damaged record and never skips one silently.
+//! - [`inspect`], [`verify`] and [`repair`] read, check and mend a queue directory from outside
+//!   the engine; the `spool` tool prints what they return (`docs/CLI.md`).
 //! - `docs/FORMAT.md` describes every byte on disk.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -34,18 +36,24 @@ mod asynchronous;
 mod compactor;
 mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod head;
+pub mod inspect;
 mod jobs;
 mod options;
 mod pool;
 mod queue;
 mod reader;
 mod recovery;
+pub mod repair;
 pub mod segment;
+pub mod sim;
 mod spool;
 pub mod storage;
 mod sync;
 mod typed;
+pub mod verify;
 mod writer;
 
 pub use compactor::CompactReport;
@@ -57,6 +65,7 @@ pub use options::{
 };
 pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
 pub use recovery::{RecoveryReport, Truncation};
+pub use sim::SimStorage;
 pub use spool::{validate_queue_name, Spool, FANOUT_LOG_FILE_NAME, QUEUE_NAME_LEN_MAX};
 pub use typed::{Bincode, BoxError, Codec, TypedQueue};
 

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::recovery::CreateFailure;
 use crate::segment::{encode_header, segment_file_name, Segment, SEGMENT_HEADER_LEN};
 use crate::storage::{Storage, StorageFile};
 
@@ -84,16 +85,20 @@ pub(crate) fn put(storage: &dyn Storage, dir: &Path, segment: &Segment) -> io::R
     Ok(path)
 }
 
+/// A pool file made the active segment: the segment, its file, the file's length.
+pub(crate) type Reused = (Arc<Segment>, Arc<dyn StorageFile>, u64);
+
 /// Turns a pool file into the active segment starting at `base`. Returns the segment, its file
-/// and the file's length (stale bytes after the header). On failure the pool file is deleted
-/// (best effort) and the caller creates a fresh segment instead.
+/// and the file's length (stale bytes after the header). On failure both names are removed and
+/// the directory synced; `leftover` says that this cleanup failed too, so that a file may still
+/// carry the new segment's name (the caller must then refuse further writes).
 pub(crate) fn reuse(
     storage: &dyn Storage,
     dir: &Path,
     pooled: &Path,
     base: u64,
     segment_size: u64,
-) -> Result<(Arc<Segment>, Arc<dyn StorageFile>, u64)> {
+) -> std::result::Result<Reused, CreateFailure> {
     let path = dir.join(segment_file_name(base));
     let attempt = || -> io::Result<(Arc<dyn StorageFile>, u64)> {
         let file: Arc<dyn StorageFile> = Arc::from(storage.open(pooled)?);
@@ -116,10 +121,18 @@ pub(crate) fn reuse(
             Ok((Arc::new(segment), file, len))
         }
         Err(error) => {
-            // Whichever name the file has now, it holds no record: remove both.
-            let _ = storage.remove_file(pooled);
-            let _ = storage.remove_file(&path);
-            Err(Error::io("reuse pooled segment", pooled, error))
+            // Whichever name the file has now, it holds no record: remove both, durably.
+            let gone = |name: &Path| match storage.remove_file(name) {
+                Err(cleanup) if cleanup.kind() != io::ErrorKind::NotFound => Err(cleanup),
+                _ => Ok(()),
+            };
+            let removed = gone(pooled)
+                .and_then(|()| gone(&path))
+                .and_then(|()| storage.sync_dir(dir));
+            Err(CreateFailure {
+                error: Error::io("reuse pooled segment", pooled, error),
+                leftover: removed.is_err(),
+            })
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::compactor::{self, CompactReport};
 use crate::error::{Error, Result};
 use crate::frame;
+use crate::head::HeadState;
 use crate::jobs::{Delivery, Jobs};
 use crate::options::{Options, SyncPolicy};
 use crate::pool;
@@ -583,27 +584,35 @@ impl Shared {
         }
         self.push_sync.mark_durable(writer.next_seq);
         let pooled = lock(&self.pool).pop();
-        // A pool file that cannot be reused is gone (see `pool::reuse`): make a fresh segment.
-        let reused = pooled.and_then(|pooled| {
-            let base = writer.next_seq;
-            pool::reuse(
+        let reused = match pooled {
+            Some(pooled) => match pool::reuse(
                 &*self.storage,
                 &self.dir,
                 &pooled,
-                base,
+                writer.next_seq,
                 self.options.segment_size,
-            )
-            .ok()
-        });
+            ) {
+                Ok(reused) => Some(reused),
+                // A file that may still carry the new segment's name: the state is unknown.
+                Err(failure) if failure.leftover => return Err(self.poison(failure.error)),
+                // The pool file is gone: make a fresh segment instead.
+                Err(_) => None,
+            },
+            None => None,
+        };
         let (segment, file, len) = match reused {
             Some(reused) => reused,
             None => {
-                let (segment, file) = recovery::create_segment(
+                let (segment, file) = recovery::create_segment_or_clean_up(
                     &*self.storage,
                     &self.dir,
                     writer.next_seq,
                     self.options.segment_size,
-                )?;
+                )
+                .map_err(|failure| match failure.leftover {
+                    true => self.poison(failure.error),
+                    false => failure.error,
+                })?;
                 (segment, file, SEGMENT_HEADER_LEN as u64)
             }
         };
@@ -687,14 +696,34 @@ impl Shared {
         })
     }
 
+    /// Every record below this sequence number is synced.
+    pub(crate) fn synced_seq(&self) -> u64 {
+        self.push_sync.durable()
+    }
+
     pub(crate) fn sync_all(&self) -> Result<()> {
         self.check_poisoned()?;
         let covered = self.sync_data().map_err(|error| self.poison(error))?;
         self.push_sync.mark_durable(covered);
-        let generation = lock(&self.reader)
-            .head
-            .sync()
-            .map_err(|error| self.poison(error))?;
+        let mut reader = lock(&self.reader);
+        let mut generation = reader.head.sync().map_err(|error| self.poison(error))?;
+        let state = reader.head.state();
+        if state.synced_seq < covered {
+            // Record how far the records are synced, so that recovery can tell writes a power
+            // loss persisted out of order (cut) from damage to synced records (refused). Written
+            // after the sync above, so that it goes over the older slot: a failed write cannot
+            // take the newest head with it.
+            let updated = HeadState {
+                synced_seq: covered,
+                ..state
+            };
+            reader
+                .head
+                .write(updated)
+                .map_err(|error| self.poison(error))?;
+            generation = reader.head.sync().map_err(|error| self.poison(error))?;
+        }
+        drop(reader);
         self.head_sync.mark_durable(generation);
         let ticket = self.sync_acklog().map_err(|error| self.poison(error))?;
         self.ack_sync.mark_durable(ticket);

@@ -46,28 +46,31 @@ impl Reader {
         self.jobs.first_seq().unwrap_or(self.cursor.next_seq)
     }
 
-    fn head_state(&self) -> HeadState {
+    /// The head as it should be written; `synced_seq` is how far the records are synced.
+    fn head_state(&self, synced_seq: u64) -> HeadState {
         match self.jobs.entries.values().next() {
             Some(job) => HeadState {
                 head_seq: job.record.seq(),
                 hint_base: job.segment.base_seq,
                 hint_offset: job.offset,
+                synced_seq,
             },
             None => HeadState {
                 head_seq: self.cursor.next_seq,
                 hint_base: self.cursor.segment.base_seq,
                 hint_offset: self.cursor.offset,
+                synced_seq,
             },
         }
     }
 
     fn head_segment_base(&self) -> u64 {
-        self.head_state().hint_base
+        self.head_state(0).hint_base
     }
 
     /// Writes the head if it moved; returns the generation to sync.
-    fn write_head_if_moved(&mut self) -> Result<Option<u64>> {
-        let state = self.head_state();
+    fn write_head_if_moved(&mut self, synced_seq: u64) -> Result<Option<u64>> {
+        let state = self.head_state(synced_seq);
         if state.head_seq == self.head.state().head_seq {
             return Ok(None);
         }
@@ -248,7 +251,7 @@ impl Shared {
             }
             reader.jobs.fold();
             pending.head_generation = reader
-                .write_head_if_moved()
+                .write_head_if_moved(self.synced_seq())
                 .map_err(|error| self.poison(error))?;
             if !acked.is_empty() {
                 pending.ack_ticket = Some(
@@ -457,7 +460,7 @@ impl Shared {
         if at_head {
             reader.jobs.fold();
             pending.head_generation = reader
-                .write_head_if_moved()
+                .write_head_if_moved(self.synced_seq())
                 .map_err(|error| self.poison(error))?;
         } else {
             let entry = AckEntry::Acked {

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use crate::acklog::{AckLog, JobHistory};
 use crate::error::{Error, Result};
-use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX};
+use crate::frame::{self, PAYLOAD_LEN_MAX};
 use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
 use crate::options::Options;
 use crate::segment::{
-    decode_header, find_later_frame, header_error, is_zero_tail, parse_segment_file_name,
-    segment_file_name, walk_frames, Segment, WalkStep, SEGMENT_HEADER_LEN,
+    decode_header, find_later_frame, header_error, is_free_space, is_zero_tail,
+    parse_segment_file_name, segment_file_name, walk_frames, Segment, WalkStep, SEGMENT_HEADER_LEN,
 };
 use crate::storage::{Mapping, Storage, StorageFile};
 
@@ -110,6 +110,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
             head_seq: 0,
             hint_base: 0,
             hint_offset: SEGMENT_HEADER_LEN as u64,
+            synced_seq: 0,
         };
         HeadIndex::create(storage, dir, state)?;
     }
@@ -120,7 +121,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     let mut active = None;
     while let Some(&base) = bases.last() {
         let path = dir.join(segment_file_name(base));
-        match recover_active(storage, &path, base, &mut report)? {
+        match recover_active(storage, &path, base, head.state().synced_seq, &mut report)? {
             Some(found) => {
                 active = Some(found);
                 break;
@@ -137,6 +138,12 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
             }
         }
     }
+    // Records are about to be appended to the active segment: its directory entry must be
+    // durable first. A roll whose directory sync failed can leave a segment whose header is
+    // synced but whose entry is not, and a crash then makes it the active segment here.
+    storage
+        .sync_dir(dir)
+        .map_err(io_error("sync queue directory", dir))?;
 
     if let Some(&first) = bases.first() {
         if first > head_seq {
@@ -185,7 +192,13 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     }
 
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
-    let (acklog, history) = AckLog::open(storage, dir, head_seq, &mut report.truncated)?;
+    let (mut acklog, mut history) = AckLog::open(storage, dir, head_seq, &mut report.truncated)?;
+    if history.prune_from(next_seq) {
+        // Facts about records that a power loss took (possible only under the weaker policies,
+        // where acks can outlive unsynced records). The next pushes use those sequence numbers
+        // again, so the facts must go, durably, or they would apply to the new records.
+        acklog.rewrite(storage, &history.entries())?;
+    }
     Ok(Recovered {
         segments,
         active,
@@ -211,11 +224,16 @@ fn bytes_of(view: &Mapping) -> &[u8] {
 
 /// Recovers the last segment: checks its header, walks its frames, cuts a torn tail. Returns
 /// `None` for a segment whose creation was cut short (no valid header and no room for records).
+///
+/// A bad frame followed by valid ones is damage when the bad frame's record had been synced
+/// (below `synced_seq`): open refuses. Above it, the writes were never synced, and a power loss
+/// may persist a later one without an earlier one: the tail from the bad frame on is cut.
 #[allow(clippy::type_complexity)]
 fn recover_active(
     storage: &dyn Storage,
     path: &Path,
     base: u64,
+    synced_seq: u64,
     report: &mut RecoveryReport,
 ) -> Result<Option<(u64, Arc<dyn StorageFile>, u64, u64)>> {
     let io_error = |operation| move |error: io::Error| Error::io(operation, path, error);
@@ -267,14 +285,7 @@ fn recover_active(
     // `pool`), whose sequence numbers are below this segment's base. Neither ever validates as
     // a frame, and nothing is lost there. (Records a power loss turned to zeros look the same.)
     let free_space = match &stop {
-        Some((offset, _, error)) => {
-            let at = *offset as usize;
-            let rest = bytes.get(at..).unwrap_or(&[]);
-            let header = rest.get(..frame::FRAME_HEADER_LEN).unwrap_or(rest);
-            let zeros = header.iter().all(|&byte| byte == 0);
-            let stale = matches!(error, FrameError::WrongSeq { found, .. } if *found < base);
-            zeros || stale
-        }
+        Some((offset, _, error)) => is_free_space(bytes, *offset as usize, error, base),
         None => false,
     };
     // An all-zero tail cannot hide a later frame: skip the scan.
@@ -282,9 +293,20 @@ fn recover_active(
         Some((offset, _, _)) => is_zero_tail(bytes, *offset as usize),
         None => false,
     };
+    let mut out_of_order = None;
     if let Some((offset, expected_seq, error)) = stop.as_ref().filter(|_| !zero_tail) {
         let later = find_later_frame(bytes, *offset as usize, *expected_seq, PAYLOAD_LEN_MAX);
         if let Some((later_offset, later_seq)) = later {
+            // Everything the cut would remove lies above what was synced.
+            if complete_next_seq >= synced_seq {
+                out_of_order = Some(format!(
+                    "{error}; the valid records after it (from sequence {later_seq} at offset \
+                     {later_offset}) were never synced: a power loss persisted them without \
+                     the earlier writes"
+                ));
+            }
+        }
+        if let (Some((later_offset, later_seq)), None) = (later, &out_of_order) {
             return Err(Error::corrupt(
                 path,
                 *offset,
@@ -300,15 +322,17 @@ fn recover_active(
         // Cut the torn tail (or an incomplete batch), or restore padding a torn write cut off.
         file.set_len(complete_end)
             .map_err(io_error("truncate torn tail"))?;
-        // Nothing was lost if all that is cut is free space.
+        // Nothing was lost if all that is cut is free space (and no unsynced records after it).
+        let free_space = free_space && out_of_order.is_none();
         let data_end = match (&stop, free_space) {
             (Some((offset, _, _)), true) => *offset,
             _ => len,
         };
         if complete_end < data_end {
-            let reason = match stop.filter(|_| !free_space) {
-                Some((_, _, error)) => error.to_string(),
-                None => String::from("the last batch is incomplete"),
+            let reason = match (stop.filter(|_| !free_space), out_of_order) {
+                (_, Some(reason)) => reason,
+                (Some((_, _, error)), None) => error.to_string(),
+                (None, None) => String::from("the last batch is incomplete"),
             };
             report.truncated.push(Truncation {
                 file: path.to_path_buf(),
@@ -331,6 +355,29 @@ pub(crate) fn create_segment(
     base: u64,
     segment_size: u64,
 ) -> Result<(Arc<Segment>, Arc<dyn StorageFile>)> {
+    create_segment_or_clean_up(storage, dir, base, segment_size).map_err(|failure| failure.error)
+}
+
+/// Why a segment could not be created, and whether its file may be left behind.
+pub(crate) struct CreateFailure {
+    pub(crate) error: Error,
+    /// The half-created file could not be removed durably. A later roll would trip over it, and
+    /// a crash could bring it back with a valid header, making recovery take it for the active
+    /// segment and miss records appended to the previous one: the caller must stop writing.
+    pub(crate) leftover: bool,
+}
+
+/// Like [`create_segment`], and on failure removes the half-created file durably.
+pub(crate) fn create_segment_or_clean_up(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: u64,
+    segment_size: u64,
+) -> Result<(Arc<Segment>, Arc<dyn StorageFile>), CreateFailure> {
+    let clean = |error: Error| CreateFailure {
+        error,
+        leftover: false,
+    };
     let path = dir.join(segment_file_name(base));
     let io_error = |operation, path: &Path| {
         let path = path.to_path_buf();
@@ -339,7 +386,8 @@ pub(crate) fn create_segment(
     let file: Arc<dyn StorageFile> = Arc::from(
         storage
             .create_new(&path)
-            .map_err(io_error("create segment", &path))?,
+            .map_err(io_error("create segment", &path))
+            .map_err(clean)?,
     );
     let header = crate::segment::encode_header(base);
     let written = file
@@ -347,9 +395,15 @@ pub(crate) fn create_segment(
         .and_then(|()| file.sync_data())
         .and_then(|()| storage.sync_dir(dir));
     if let Err(error) = written {
-        // A segment without a durable header holds nothing; recovery would remove it too.
-        let _ = storage.remove_file(&path);
-        return Err(Error::io("create segment", &path, error));
+        // A segment without a durable header holds nothing; its file must go, durably.
+        let removed = match storage.remove_file(&path) {
+            Err(cleanup) if cleanup.kind() != io::ErrorKind::NotFound => Err(cleanup),
+            _ => storage.sync_dir(dir),
+        };
+        return Err(CreateFailure {
+            error: Error::io("create segment", &path, error),
+            leftover: removed.is_err(),
+        });
     }
     let segment = Segment::active(
         base,

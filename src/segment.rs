@@ -171,13 +171,40 @@ pub fn walk_frames(
     })
 }
 
-/// True when every byte of `bytes` from `from` on is zero: the space a writer prepares ahead of
-/// its tail (see `writer`), which never validates as a frame. Recovery cuts such a tail without
-/// reporting it as a torn write; inspection tools can say "free space" instead of "damage".
+/// True when every byte of `bytes` from `from` on is zero: no frame can hide there, so a search
+/// for later frames can be skipped. (Whether it is free space: see [`is_free_space`].)
 pub fn is_zero_tail(bytes: &[u8], from: usize) -> bool {
     bytes
         .get(from..)
         .is_some_and(|tail| tail.iter().all(|&byte| byte == 0))
+}
+
+/// Space a writer prepares ahead of its tail ends on a multiple of this many bytes (see
+/// `writer`): a run of zeros that ends elsewhere is not prepared space.
+pub const PREPARED_SPACE_ALIGN: u64 = 4096;
+
+/// True when what `bytes` holds from `offset` on (where a walk of a segment whose base is
+/// `base` stopped with `error`) is free space rather than a torn write:
+/// - a stale frame from an older life of a recycled file (valid checksum, sequence number below
+///   `base`), or
+/// - zeros that run to a multiple of [`PREPARED_SPACE_ALIGN`] (the end of the space a writer
+///   prepared), followed by nothing or by such stale bytes.
+///
+/// Neither ever validates as a frame. The caller must also have found no valid frame of this
+/// segment further on ([`find_later_frame`]). Zeros that a power loss left where records were
+/// written look the same when they run to such a boundary.
+pub fn is_free_space(bytes: &[u8], offset: usize, error: &FrameError, base: u64) -> bool {
+    if matches!(error, FrameError::WrongSeq { found, .. } if *found < base) {
+        return true;
+    }
+    let Some(rest) = bytes.get(offset..) else {
+        return false;
+    };
+    let zeros = rest
+        .iter()
+        .position(|&byte| byte != 0)
+        .unwrap_or(rest.len());
+    zeros > 0 && ((offset + zeros) as u64).is_multiple_of(PREPARED_SPACE_ALIGN)
 }
 
 /// Searches `bytes` after `from` for any frame that validates with a sequence number at or

@@ -57,6 +57,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Opens an existing file for reading and writing.
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
+    /// Opens an existing file for reading only, for tools that inspect a queue another process
+    /// may be writing. Writes through the returned handle fail. The default opens it like
+    /// [`open`](Storage::open), for implementations that make no difference.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        self.open(path)
+    }
     /// Creates a new, empty file; fails if it already exists.
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
     /// Removes a file.
@@ -123,6 +129,11 @@ impl Storage for OsStorage {
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Box::new(OsFile { file }))
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let file = OpenOptions::new().read(true).open(path)?;
         Ok(Box::new(OsFile { file }))
     }
 

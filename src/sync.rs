@@ -161,6 +161,11 @@ impl SyncGroup {
         state
     }
 
+    /// The ticket below which everything is known durable.
+    pub(crate) fn durable(&self) -> u64 {
+        lock(&self.state).durable
+    }
+
     /// Records that a sync outside the group (a roll, the interval flusher) covered `ticket`.
     pub(crate) fn mark_durable(&self, ticket: u64) {
         let mut state = lock(&self.state);

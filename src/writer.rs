@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::frame;
-use crate::segment::{Segment, SEGMENT_HEADER_LEN};
+use crate::segment::{Segment, PREPARED_SPACE_ALIGN, SEGMENT_HEADER_LEN};
 use crate::storage::{StorageFile, WritableMapping};
 
 /// How far ahead of the tail zeros are written and mapped, in bytes.
@@ -60,6 +60,9 @@ pub(crate) struct Writer {
     window: Option<Window>,
     /// False once the storage declined a writable mapping: use `write_all_at` from then on.
     mapping_enabled: bool,
+    /// True once the storage showed that it offers writable mappings (asked before the first
+    /// zeros are written, so that storage without them never gets any).
+    mapping_probed: bool,
     /// Encoding buffer of the written path, reused across batches.
     scratch: Vec<u8>,
 }
@@ -89,6 +92,7 @@ impl Writer {
             len_max: tail,
             window: None,
             mapping_enabled: mapped_writes,
+            mapping_probed: false,
             scratch: Vec::new(),
         }
     }
@@ -108,19 +112,40 @@ impl Writer {
         let end = self.tail + batch_len;
         let first_seq = self.next_seq;
         let small = batch_len < MAPPED_BATCH_BYTES_MAX;
-        let mapped = self
-            .mapped(end, segment_size, small)
-            .map_err(|error| AppendFailure {
-                error,
-                poison: false,
-            })?;
+        let mut small_enough = small;
+        if let Err(error) = self.mapped(end, segment_size, small).map(|_| ()) {
+            let full = matches!(&error, Error::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::StorageFull);
+            if !full {
+                return Err(AppendFailure {
+                    error,
+                    poison: false,
+                });
+            }
+            // No room for a window of zeros: cut what was prepared and write this batch, which
+            // may still fit, without a mapping.
+            let _ = self.trim();
+            small_enough = false;
+        }
+        let mapped = if small_enough {
+            self.mapped(end, segment_size, small)
+                .map_err(|error| AppendFailure {
+                    error,
+                    poison: false,
+                })?
+        } else {
+            None
+        };
         if let Some(bytes) = mapped {
             encode_batch(bytes, first_seq, enqueued_us, not_before_us, payloads);
         } else {
             // A recycled file holds stale bytes after the tail: keep zeros ahead of the tail on
             // this path too, so that recovery finds free space, not a torn frame, after it.
             if self.len_max > self.written_end.max(end) {
-                let zeros_end = self.len_max.min(end.max(self.tail + WRITE_WINDOW_BYTES));
+                let zeros_end = self
+                    .len_max
+                    .min(end.max(self.tail + WRITE_WINDOW_BYTES))
+                    .next_multiple_of(PREPARED_SPACE_ALIGN);
                 self.zero_fill(zeros_end).map_err(|error| AppendFailure {
                     error,
                     poison: false,
@@ -181,10 +206,26 @@ impl Writer {
             // A large batch outside the window is written directly (see MAPPED_BATCH_BYTES_MAX).
             return Ok(None);
         }
+        if !covered && !self.mapping_probed {
+            // Map the header (always in the file) to learn whether mappings are offered at all.
+            let probe = self
+                .file
+                .map_writable(0, SEGMENT_HEADER_LEN as u64)
+                .map_err(|error| Error::io("map segment for writing", &self.active.path, error))?;
+            if probe.is_none() {
+                self.mapping_enabled = false;
+                return Ok(None);
+            }
+            self.mapping_probed = true;
+        }
         if !covered {
             // Unmap first: at most one window is mapped, which bounds the writer's memory.
             self.window = None;
-            let window_end = end.max(segment_size.min(self.tail + WRITE_WINDOW_BYTES));
+            // Prepared space ends on an aligned boundary (possibly past the segment size, by
+            // less than the alignment): how recovery tells it from zeros a crash left.
+            let window_end = end
+                .max(segment_size.min(self.tail + WRITE_WINDOW_BYTES))
+                .next_multiple_of(PREPARED_SPACE_ALIGN);
             self.zero_fill(window_end)?;
             let map = self
                 .file
@@ -219,11 +260,12 @@ impl Writer {
     fn zero_fill(&mut self, end: u64) -> Result<()> {
         while self.written_end < end {
             let chunk = (end - self.written_end).min(ZEROS.len() as u64) as usize;
+            // A failed write may still have grown the file: `trim` must cut that too.
+            self.len_max = self.len_max.max(self.written_end + chunk as u64);
             self.file
                 .write_all_at(&ZEROS[..chunk], self.written_end)
                 .map_err(|error| Error::io("preallocate segment", &self.active.path, error))?;
             self.written_end += chunk as u64;
-            self.len_max = self.len_max.max(self.written_end);
         }
         Ok(())
     }

@@ -82,3 +82,33 @@ fn compaction_at_open_removes_segments_a_crash_left_behind() {
     assert_eq!(segment_files(dir.path()).len(), 1);
     assert!(queue.is_empty());
 }
+
+#[test]
+fn compaction_leaves_a_foreign_file_with_a_segment_name_for_repair() {
+    // Found by the CLI's tests: the compactor deleted a file it had never validated.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let options = small_segments(SyncPolicy::Never).auto_compact(false);
+        let queue = Queue::open(dir.path(), options).unwrap();
+        push_expected(&queue, 300);
+        for _ in 0..200 {
+            queue.pop().unwrap().unwrap();
+        }
+    }
+    let segments = segment_files(dir.path());
+    let first_base = diskspool::segment::parse_segment_file_name(
+        segments[0].file_name().unwrap().to_str().unwrap(),
+    )
+    .unwrap();
+    let foreign = dir
+        .path()
+        .join(diskspool::segment::segment_file_name(first_base + 1));
+    std::fs::write(&foreign, b"not a segment").unwrap();
+    let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Never)).unwrap();
+    assert!(!segments[0].exists(), "a consumed segment is deleted");
+    assert!(
+        foreign.exists(),
+        "a file that is not a valid segment is kept"
+    );
+    assert_eq!(drain_checked(&queue), (200..300).collect::<Vec<_>>());
+}

@@ -217,3 +217,95 @@ fn large_and_small_records_interleave_on_both_paths() {
     let reopened = Queue::open(dir.path(), options()).unwrap();
     check(&reopened);
 }
+
+/// The real filesystem, except that zero fills (large all-zero writes) fail with ENOSPC, as on
+/// a disk too full for a window of prepared space.
+#[derive(Debug)]
+struct NoRoomForZeros;
+
+#[derive(Debug)]
+struct NoRoomForZerosFile(Box<dyn StorageFile>);
+
+impl Storage for NoRoomForZeros {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        OsStorage.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        OsStorage.list_dir(dir)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(NoRoomForZerosFile(OsStorage.open(path)?)))
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(NoRoomForZerosFile(OsStorage.create_new(path)?)))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        OsStorage.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        OsStorage.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        OsStorage.sync_dir(dir)
+    }
+    fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
+        OsStorage.lock_dir(dir)
+    }
+}
+
+impl StorageFile for NoRoomForZerosFile {
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if buf.len() >= 4096 && buf.iter().all(|&byte| byte == 0) {
+            // Half of it lands, as a real short write on a full disk may.
+            self.0.write_all_at(&buf[..buf.len() / 2], offset)?;
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "no room"));
+        }
+        self.0.write_all_at(buf, offset)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn map(&self, len: u64) -> io::Result<Mapping> {
+        self.0.map(len)
+    }
+    fn map_writable(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<Option<Box<dyn diskspool::storage::WritableMapping>>> {
+        self.0.map_writable(offset, len)
+    }
+}
+
+/// Without room for a window of zeros, pushes that fit are still accepted (written without a
+/// mapping), and no partial zeros are left behind.
+#[test]
+fn no_room_for_prepared_space_falls_back_to_plain_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        Options::default()
+            .sync(SyncPolicy::Always)
+            .storage(Arc::new(NoRoomForZeros))
+    };
+    {
+        let queue = Queue::open(dir.path(), options()).unwrap();
+        push_expected(&queue, 30);
+        let segment = segment_files(dir.path()).pop().unwrap();
+        let frames = crate::util::frame_offsets(&segment);
+        let (last_offset, last_seq) = *frames.last().unwrap();
+        let end = last_offset + frame::frame_len(payload_for(last_seq).len()) as u64;
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), end);
+    }
+    let queue = Queue::open(dir.path(), options()).unwrap();
+    assert!(queue.recovery_report().truncated.is_empty());
+    assert_eq!(drain_checked(&queue), (0..30).collect::<Vec<_>>());
+}

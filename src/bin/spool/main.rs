@@ -1,42 +1,270 @@
 //! `spool`: the command-line tool for diskspool queues.
 //!
 //! The binary is thin glue: every subcommand calls the library and prints what it returns.
+//! `main` maps outcomes to the documented exit codes and treats a closed standard output (as in
+//! `spool dump DIR | head`) as success.
 
+mod admin;
 mod demo;
+mod print;
+mod records;
 
+use std::io;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use diskspool::{Options, Queue, SyncPolicy};
+
+/// Everything went well (for `verify`: no problem found).
+const EXIT_OK: u8 = 0;
+/// `verify` or `repair --dry-run` found problems; `repair` could not make the queue clean.
+const EXIT_PROBLEMS: u8 = 1;
+/// The command line or its input is wrong (clap uses 2 as well).
+const EXIT_USAGE: u8 = 2;
+/// `pop --wait` ran out of time without a record.
+const EXIT_WAIT_EXPIRED: u8 = 3;
+/// Another process has the queue open.
+const EXIT_LOCKED: u8 = 4;
+/// An I/O error or damaged data stopped the command.
+const EXIT_FAILURE: u8 = 5;
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success (verify: no problem found)
+  1  problems found (verify, repair --dry-run), or repair could not make the queue clean
+  2  usage error: bad arguments or input that does not fit the queue
+  3  pop --wait ran out of time
+  4  the queue is locked by another process
+  5  I/O error or damaged data";
 
 /// Inspect, verify, repair and script diskspool queues.
+///
+/// A queue is a directory. Read-only commands (stat, inspect, dump, peek, verify) take no lock
+/// and work while another process uses the queue; the others lock it.
 #[derive(Debug, Parser)]
-#[command(name = "spool", version, about, long_about = None)]
+#[command(name = "spool", version, about, after_help = EXIT_CODES_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Address the queue NAME inside DIR, where DIR is a spool of several queues (see
+    /// `diskspool::Spool`): every command then works on DIR/NAME.
+    #[arg(long, global = true, value_name = "NAME")]
+    queue: Option<String>,
+}
+
+impl Command {
+    /// The queue directory the command works on (`demo` has none).
+    fn dir_mut(&mut self) -> Option<&mut std::path::PathBuf> {
+        match self {
+            Command::Push(args) => Some(&mut args.dir),
+            Command::Pop(args) => Some(&mut args.dir),
+            Command::Peek(args) => Some(&mut args.dir),
+            Command::Dump(args) => Some(&mut args.dir),
+            Command::Stat(args) => Some(&mut args.dir),
+            Command::Inspect(args) => Some(&mut args.dir),
+            Command::Verify(args) => Some(&mut args.dir),
+            Command::Compact(args) => Some(&mut args.dir),
+            Command::Repair(args) => Some(&mut args.dir),
+            Command::Demo(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Append records: each argument, or each line of standard input, is one record.
+    Push(records::PushArgs),
+    /// Remove records and print them, oldest first, one a line.
+    Pop(records::PopArgs),
+    /// Print the oldest records without removing them.
+    Peek(records::PeekArgs),
+    /// Print records from the head (or from a sequence number) without removing them.
+    Dump(records::DumpArgs),
+    /// Show the number of records, positions, sizes and the age of the oldest record.
+    Stat(admin::StatArgs),
+    /// List segment files, or the frames of one segment.
+    Inspect(admin::InspectArgs),
+    /// Check every frame of every segment and the head index.
+    Verify(admin::VerifyArgs),
+    /// Delete fully consumed segments and report what was freed.
+    Compact(admin::CompactArgs),
+    /// Cut damaged data into DIR/quarantine/ so the queue serves every good record again.
+    Repair(admin::RepairArgs),
     /// Run producers and workers on a temporary queue and print throughput and stats.
     Demo(demo::DemoArgs),
 }
 
+/// Why a command stopped.
+#[derive(Debug)]
+enum Failure {
+    /// The library failed.
+    Queue(diskspool::Error),
+    /// Reading standard input or writing standard output failed.
+    Stream(io::Error),
+    /// The arguments or the input are unusable.
+    Usage(String),
+}
+
+impl From<diskspool::Error> for Failure {
+    fn from(error: diskspool::Error) -> Self {
+        Failure::Queue(error)
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(error: io::Error) -> Self {
+        Failure::Stream(error)
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let outcome = match cli.command {
-        Command::Demo(args) => demo::run(&args),
-    };
-    match outcome {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("spool: {error}");
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
+    let mut cli = Cli::parse();
+    if let Some(name) = &cli.queue {
+        if let Err(error) = diskspool::validate_queue_name(name) {
+            return ExitCode::from(report(Failure::Queue(error)));
+        }
+        match cli.command.dir_mut() {
+            Some(dir) => *dir = dir.join(name),
+            None => {
+                return ExitCode::from(report(Failure::Usage(
+                    "--queue does not apply to demo".to_string(),
+                )))
             }
-            ExitCode::from(5)
         }
     }
+    let outcome = match cli.command {
+        Command::Push(args) => records::push(&args),
+        Command::Pop(args) => records::pop(&args),
+        Command::Peek(args) => records::peek(&args),
+        Command::Dump(args) => records::dump(&args),
+        Command::Stat(args) => admin::stat(&args),
+        Command::Inspect(args) => admin::inspect(&args),
+        Command::Verify(args) => admin::verify(&args),
+        Command::Compact(args) => admin::compact(&args),
+        Command::Repair(args) => admin::repair(&args),
+        Command::Demo(args) => demo::run(&args).map(|_| EXIT_OK).map_err(Failure::Queue),
+    };
+    ExitCode::from(match outcome {
+        Ok(code) => code,
+        Err(failure) => report(failure),
+    })
+}
+
+/// Prints a failure to standard error and returns its exit code.
+fn report(failure: Failure) -> u8 {
+    use diskspool::Error;
+    match failure {
+        // The reader went away (`spool dump | head`): what it wanted, it got.
+        Failure::Stream(error) if error.kind() == io::ErrorKind::BrokenPipe => EXIT_OK,
+        Failure::Stream(error) => {
+            eprintln!("spool: standard input or output failed: {error}");
+            EXIT_FAILURE
+        }
+        Failure::Usage(message) => {
+            eprintln!("spool: {message}");
+            EXIT_USAGE
+        }
+        Failure::Queue(error) => {
+            eprintln!("spool: {error}");
+            match error {
+                Error::Locked { .. } => EXIT_LOCKED,
+                Error::RecordTooLarge { .. }
+                | Error::BatchTooLarge { .. }
+                | Error::InvalidOptions(_) => EXIT_USAGE,
+                _ => EXIT_FAILURE,
+            }
+        }
+    }
+}
+
+/// Fails unless `dir` exists, so that a mistyped path is not silently made into a new queue.
+fn require_dir(dir: &Path) -> Result<(), Failure> {
+    match std::fs::metadata(dir) {
+        Ok(metadata) if metadata.is_dir() => Ok(()),
+        Ok(_) => Err(Failure::Usage(format!(
+            "{} is not a directory",
+            dir.display()
+        ))),
+        Err(error) => Err(Failure::Queue(diskspool::Error::Io {
+            operation: "open queue directory",
+            path: dir.to_path_buf(),
+            source: error,
+        })),
+    }
+}
+
+/// Opens a queue for a command that changes it.
+///
+/// The engine does not record a queue's segment size, so for an existing queue without
+/// `--segment-size` it is taken as the next power of two at or above its largest sealed segment
+/// (segments are sealed before they would exceed it), or the default when there is none.
+fn open_queue(
+    dir: &Path,
+    segment_size: Option<u64>,
+    sync: SyncPolicy,
+    auto_compact: bool,
+) -> Result<Queue, Failure> {
+    let segment_size = match segment_size {
+        Some(bytes) => bytes,
+        None => infer_segment_size(dir)?,
+    };
+    let options = Options::default()
+        .segment_size(segment_size)
+        .sync(sync)
+        .auto_compact(auto_compact);
+    let queue = Queue::open(dir, options)?;
+    report_recovery(queue.recovery_report());
+    Ok(queue)
+}
+
+/// Tells the operator on standard error what opening the queue recovered from a crash.
+fn report_recovery(report: &diskspool::RecoveryReport) {
+    for cut in &report.truncated {
+        eprintln!(
+            "spool: recovered {}: cut a torn tail of {} bytes at byte {} (records from {} were \
+             never complete: {})",
+            cut.file.display(),
+            cut.bytes_cut,
+            cut.offset,
+            cut.first_lost_seq,
+            cut.reason
+        );
+    }
+    for removed in &report.removed_files {
+        eprintln!(
+            "spool: recovered: removed {}, left empty by an interrupted creation",
+            removed.display()
+        );
+    }
+    if let Some(seq) = report.restarted_at_seq {
+        eprintln!(
+            "spool: recovered: consumed records were lost to a power cut; new records start at \
+             sequence {seq}"
+        );
+    }
+}
+
+fn infer_segment_size(dir: &Path) -> Result<u64, Failure> {
+    let storage = diskspool::storage::OsStorage;
+    let listing = match diskspool::inspect::list(&storage, dir) {
+        Ok(listing) => listing,
+        // A queue not created yet.
+        Err(_) if !dir.exists() => return Ok(diskspool::SEGMENT_SIZE_DEFAULT),
+        Err(error) => return Err(error.into()),
+    };
+    let sealed = listing.segments.len().saturating_sub(1);
+    let largest = listing
+        .segments
+        .iter()
+        .take(sealed)
+        .filter_map(|(_, name)| std::fs::metadata(dir.join(name)).ok())
+        .map(|metadata| metadata.len())
+        .max();
+    Ok(match largest {
+        Some(bytes) => bytes
+            .next_power_of_two()
+            .clamp(diskspool::SEGMENT_SIZE_MIN, diskspool::SEGMENT_SIZE_MAX),
+        None => diskspool::SEGMENT_SIZE_DEFAULT,
+    })
 }

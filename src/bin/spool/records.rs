@@ -1,0 +1,338 @@
+//! `spool push`, `pop`, `peek` and `dump`: records in and out.
+
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use diskspool::frame::frame_len;
+use diskspool::inspect::{self, StoredRecord};
+use diskspool::storage::OsStorage;
+use diskspool::{Queue, Record, SyncPolicy};
+
+use crate::{open_queue, print, require_dir, Failure, EXIT_OK, EXIT_WAIT_EXPIRED};
+
+/// Bytes of records sent in one atomic `push_batch`: large enough to share one sync among many
+/// lines, small enough to fit any segment size.
+const PUSH_BATCH_BYTES_MAX: u64 = 1 << 20;
+/// Records removed per `pop_batch` with `--all` or a large `-n`: at most this many are lost if
+/// standard output fails after they were removed.
+const POP_BATCH_RECORDS_MAX: usize = 256;
+/// How often `pop --wait` looks for a record while it waits without holding the lock.
+const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// When `push` makes records durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncArg {
+    /// Every batch is synced before `push` goes on (fdatasync).
+    Always,
+    /// A background thread syncs every second, and once more before `push` exits.
+    Interval,
+    /// No sync: the records are in the operating system's cache when `push` exits; a process
+    /// crash cannot lose them, a power loss can.
+    Never,
+}
+
+/// Options of `spool push`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  spool push /var/spool/jobs 'resize 42' 'resize 43'   two records
+  seq 1000 | spool push /var/spool/jobs                one record per line
+  spool push --raw /var/spool/jobs < image.png         the whole input as one record
+  spool push --segment-size 1048576 ./q hello          a new queue with 1 MiB segments
+
+Records from standard input are pushed in atomic batches of up to 1 MiB: after a crash, each
+batch is either wholly in the queue or not at all. Exit status 0 means every record was accepted
+under the --sync policy.")]
+pub struct PushArgs {
+    /// The queue directory; created when it does not exist.
+    pub(crate) dir: PathBuf,
+    /// Records to push, one per argument. Without any, standard input is read.
+    payloads: Vec<String>,
+    /// Push all of standard input as one record instead of one record per line.
+    #[arg(long, conflicts_with = "payloads")]
+    raw: bool,
+    /// When records are made durable.
+    #[arg(long, value_enum, default_value_t = SyncArg::Always)]
+    sync: SyncArg,
+    /// Segment size in bytes for a queue that does not exist yet (default 64 MiB).
+    #[arg(long, value_name = "BYTES")]
+    segment_size: Option<u64>,
+}
+
+/// Options of `spool pop`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  spool pop /var/spool/jobs                  remove and print the oldest record
+  spool pop -n 10 /var/spool/jobs            up to 10 records
+  spool pop --all --json /var/spool/jobs     everything, as JSON lines
+  spool pop --wait 30 /var/spool/jobs        wait up to 30 s for a record (exit 3 if none)
+
+While it waits, pop --wait does not hold the queue's lock, so other processes can push.
+
+Removal is durable before a record is printed; if standard output fails, the records of the
+batch being printed (at most 256) are lost. An empty queue prints nothing and exits 0.
+
+JSON lines: {\"seq\":7,\"enqueued_at\":\"2026-11-26T04:43:21.123456Z\",\"encoding\":\"utf8\",
+\"payload\":\"resize 42\"}; \"encoding\" is \"base64\" when the payload is not UTF-8.")]
+pub struct PopArgs {
+    /// The queue directory.
+    pub(crate) dir: PathBuf,
+    /// Remove up to this many records.
+    #[arg(
+        short = 'n',
+        long = "count",
+        value_name = "N",
+        default_value_t = 1,
+        conflicts_with = "all"
+    )]
+    count: usize,
+    /// Remove every record in the queue.
+    #[arg(long)]
+    all: bool,
+    /// When the queue is empty, wait up to SECS seconds for the first record.
+    #[arg(long, value_name = "SECS")]
+    wait: Option<f64>,
+    /// One JSON object per record instead of the bare payload.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `spool peek`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  spool peek /var/spool/jobs            the oldest record
+  spool peek -n 5 --json /var/spool/jobs
+
+Takes no lock: works while another process uses the queue. Output as for `spool pop`.")]
+pub struct PeekArgs {
+    /// The queue directory.
+    pub(crate) dir: PathBuf,
+    /// Show up to this many records.
+    #[arg(short = 'n', long = "count", value_name = "N", default_value_t = 1)]
+    count: usize,
+    /// One JSON object per record instead of the bare payload.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `spool dump`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  spool dump /var/spool/jobs                    every record, oldest first
+  spool dump --from 1200 --limit 10 /var/spool/jobs
+  spool dump --json /var/spool/jobs | jq .seq
+
+Takes no lock: works while another process uses the queue. --from before the head starts at
+the head (consumed records are not shown). Output as for `spool pop`.")]
+pub struct DumpArgs {
+    /// The queue directory.
+    pub(crate) dir: PathBuf,
+    /// Start at this sequence number instead of the head.
+    #[arg(long, value_name = "SEQ")]
+    from: Option<u64>,
+    /// Show at most this many records.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+    /// One JSON object per record instead of the bare payload.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn push(args: &PushArgs) -> Result<u8, Failure> {
+    let sync = match args.sync {
+        SyncArg::Always => SyncPolicy::Always,
+        SyncArg::Interval => SyncPolicy::Interval(Duration::from_secs(1)),
+        SyncArg::Never => SyncPolicy::Never,
+    };
+    let queue = open_queue(&args.dir, args.segment_size, sync, true)?;
+    // An eighth of a segment: a batch that does not fit starts a new segment, so segments stay
+    // at least seven eighths full.
+    let batch_bytes_max = (queue.options().segment_size_bytes() / 8).min(PUSH_BATCH_BYTES_MAX);
+    if args.raw {
+        let mut payload = Vec::new();
+        io::stdin().lock().read_to_end(&mut payload)?;
+        queue.push(&payload)?;
+    } else if !args.payloads.is_empty() {
+        let payloads = args.payloads.iter().map(String::as_bytes);
+        push_in_batches(&queue, payloads.map(|p| Ok(p.to_vec())), batch_bytes_max)?;
+    } else {
+        let lines = io::stdin().lock().split(b'\n').map(|line| {
+            line.map(|mut line| {
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                line
+            })
+        });
+        push_in_batches(&queue, lines, batch_bytes_max)?;
+    }
+    if args.sync == SyncArg::Interval {
+        // Dropping the queue syncs too, but cannot report a failure.
+        queue.sync()?;
+    }
+    Ok(EXIT_OK)
+}
+
+fn push_in_batches(
+    queue: &Queue,
+    payloads: impl Iterator<Item = io::Result<Vec<u8>>>,
+    batch_bytes_max: u64,
+) -> Result<(), Failure> {
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut batch_bytes = 0u64;
+    for payload in payloads {
+        let payload = payload?;
+        let bytes = frame_len(payload.len()) as u64;
+        if !batch.is_empty() && batch_bytes + bytes > batch_bytes_max {
+            queue.push_batch(&batch)?;
+            batch.clear();
+            batch_bytes = 0;
+        }
+        batch_bytes += bytes;
+        batch.push(payload);
+    }
+    if !batch.is_empty() {
+        queue.push_batch(&batch)?;
+    }
+    Ok(())
+}
+
+pub fn pop(args: &PopArgs) -> Result<u8, Failure> {
+    require_dir(&args.dir)?;
+    let wait = match args.wait {
+        Some(secs) if !(0.0..=1e9).contains(&secs) => {
+            return Err(Failure::Usage(format!(
+                "--wait {secs} is not a number of seconds between 0 and 1e9"
+            )))
+        }
+        Some(secs) => Some(Duration::from_secs_f64(secs)),
+        None => None,
+    };
+    let mut left = if args.all { usize::MAX } else { args.count };
+    if left == 0 {
+        return Ok(EXIT_OK);
+    }
+    let mut out = io::stdout().lock();
+    let queue = match wait {
+        Some(wait) => {
+            let Some((queue, first)) = wait_for_record(&args.dir, wait)? else {
+                return Ok(EXIT_WAIT_EXPIRED);
+            };
+            write_record(&mut out, &stored(&first), args.json)?;
+            left -= 1;
+            queue
+        }
+        None => open_queue(&args.dir, None, SyncPolicy::Always, true)?,
+    };
+    while left > 0 {
+        let batch = queue.pop_batch(left.min(POP_BATCH_RECORDS_MAX))?;
+        if batch.is_empty() {
+            break;
+        }
+        left = left.saturating_sub(batch.len());
+        for record in &batch {
+            write_record(&mut out, &stored(record), args.json)?;
+        }
+        out.flush()?;
+    }
+    out.flush()?;
+    Ok(EXIT_OK)
+}
+
+fn stored(record: &Record) -> StoredRecord {
+    StoredRecord {
+        seq: record.seq(),
+        enqueued_us: record.enqueued_at_micros(),
+        payload: record.payload().to_vec(),
+    }
+}
+
+/// Waits until the queue holds a record and pops it; `None` when `wait` ran out first.
+///
+/// A process that holds the queue open keeps every other process out, so the wait happens
+/// without the lock: a lock-free `stat` every few milliseconds lets producers in other processes
+/// push meanwhile. Once a record shows, the queue is opened and `pop_timeout` takes it (waiting
+/// briefly, as another consumer may have taken it first).
+fn wait_for_record(dir: &Path, wait: Duration) -> Result<Option<(Queue, Record)>, Failure> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let stat = inspect::stat(&OsStorage, dir)?;
+        if stat.len > 0 {
+            match open_queue(dir, None, SyncPolicy::Always, true) {
+                Ok(queue) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if let Some(record) = queue.pop_timeout(remaining.min(WAIT_POLL_INTERVAL))? {
+                        return Ok(Some((queue, record)));
+                    }
+                }
+                // A producer has it open for a moment: try again until the deadline.
+                Err(Failure::Queue(diskspool::Error::Locked { .. }))
+                    if Instant::now() < deadline => {}
+                Err(failure) => return Err(failure),
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(WAIT_POLL_INTERVAL.min(deadline - now));
+    }
+}
+
+pub fn peek(args: &PeekArgs) -> Result<u8, Failure> {
+    print_records(&args.dir, None, args.count as u64, args.json)
+}
+
+pub fn dump(args: &DumpArgs) -> Result<u8, Failure> {
+    print_records(
+        &args.dir,
+        args.from,
+        args.limit.unwrap_or(u64::MAX),
+        args.json,
+    )
+}
+
+fn print_records(dir: &Path, from: Option<u64>, limit: u64, json: bool) -> Result<u8, Failure> {
+    require_dir(dir)?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let records = inspect::records(&OsStorage, dir, from)?;
+    for record in records.take(usize::try_from(limit).unwrap_or(usize::MAX)) {
+        write_record(&mut out, &record?, json)?;
+    }
+    out.flush()?;
+    Ok(EXIT_OK)
+}
+
+/// One record: the bare payload and a newline, or one JSON object on a line.
+fn write_record(out: &mut impl Write, record: &StoredRecord, json: bool) -> io::Result<()> {
+    if !json {
+        out.write_all(&record.payload)?;
+        return out.write_all(b"\n");
+    }
+    let (encoding, payload) = match std::str::from_utf8(&record.payload) {
+        Ok(text) => ("utf8", text.to_string()),
+        Err(_) => ("base64", print::base64(&record.payload)),
+    };
+    let line = JsonRecord {
+        seq: record.seq,
+        enqueued_at: print::timestamp(record.enqueued_us),
+        encoding,
+        payload,
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
+}
+
+/// The JSON form of a record; fields in this order, documented in docs/CLI.md.
+#[derive(serde::Serialize)]
+struct JsonRecord {
+    seq: u64,
+    enqueued_at: String,
+    encoding: &'static str,
+    payload: String,
+}

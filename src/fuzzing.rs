@@ -1,0 +1,1112 @@
+//! Check functions shared by the fuzz targets in `fuzz/` and the tests that replay their seed
+//! corpus and run the deterministic simulation. Not part of the stable API.
+//!
+//! Every function takes arbitrary bytes (or operations decoded from them) and panics when the
+//! engine breaks a promise: a panic inside the engine, a record with a bad checksum, a record
+//! out of order, a record lost or delivered twice against the durability contract.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::acklog;
+use crate::frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN};
+use crate::head::{decode_head_file, decode_slot, encode_slot, HEAD_FILE_NAME};
+use crate::segment::{self, segment_file_name, walk_frames, WalkStep, SEGMENT_HEADER_LEN};
+use crate::sim::{Fault, FaultKind, SimOp, SimRng, SimStorage};
+use crate::{Error, Options, Queue, SyncPolicy};
+
+/// The payload limit the decoding checks use: large enough for any frame in a fuzz input.
+const PAYLOAD_LEN_LIMIT: u32 = 1 << 20;
+
+/// Reads a little-endian u64 from up to 8 leading bytes (missing bytes are zero).
+fn u64_prefix(bytes: &[u8]) -> u64 {
+    let mut word = [0; 8];
+    let count = bytes.len().min(8);
+    word[..count].copy_from_slice(&bytes[..count]);
+    u64::from_le_bytes(word)
+}
+
+/// Checks that a frame the decoder accepted really is what it claims: CRC over its bytes,
+/// the expected sequence number, a payload inside the input.
+fn assert_frame_valid(bytes: &[u8], offset: usize, seq: u64, found: &frame::DecodedFrame) {
+    assert_eq!(found.header.seq, seq, "frame at {offset} has the wrong seq");
+    assert_eq!(found.frame_len % FRAME_ALIGN, 0, "frame length not aligned");
+    assert!(
+        found.frame_len >= FRAME_HEADER_LEN,
+        "frame shorter than a header"
+    );
+    let end = offset + FRAME_HEADER_LEN + found.header.payload_len as usize;
+    assert!(end <= bytes.len(), "frame payload runs past the input");
+    let stored = u32::from_le_bytes([
+        bytes[offset],
+        bytes[offset + 1],
+        bytes[offset + 2],
+        bytes[offset + 3],
+    ]);
+    assert_eq!(
+        stored,
+        crc32fast::hash(&bytes[offset + 4..end]),
+        "frame at {offset} accepted with a bad checksum"
+    );
+    assert_eq!(found.payload, FRAME_HEADER_LEN..end - offset);
+}
+
+/// Fuzz target `segment_decode`: `data` as a segment file. Decodes the header; walks the frames
+/// from the header's base sequence number (or, when the header is invalid, from the one in the
+/// first 8 bytes, so that the frame decoder is reached without a valid header); searches for a
+/// later frame after damage. No panic, every frame valid, the walk ends.
+pub fn check_segment_decode(data: &[u8]) {
+    let base = match segment::decode_header(data) {
+        Ok(base) => base,
+        Err(_) => u64_prefix(data),
+    };
+    let mut expected = base;
+    let mut last_end = SEGMENT_HEADER_LEN;
+    let mut steps = 0usize;
+    for step in walk_frames(data, SEGMENT_HEADER_LEN, base, PAYLOAD_LEN_LIMIT) {
+        steps += 1;
+        assert!(steps <= data.len() / FRAME_ALIGN + 1, "walk does not end");
+        match step {
+            WalkStep::Frame { offset, frame } => {
+                assert_eq!(offset as usize, last_end, "walk skipped bytes");
+                assert_frame_valid(data, offset as usize, expected, &frame);
+                expected += 1;
+                last_end = offset as usize + frame.frame_len;
+            }
+            WalkStep::Bad {
+                offset,
+                expected_seq,
+                ..
+            } => {
+                assert_eq!(offset as usize, last_end);
+                assert_eq!(expected_seq, expected);
+                if let Some((later, seq)) = segment::find_later_frame(
+                    data,
+                    offset as usize,
+                    expected_seq,
+                    PAYLOAD_LEN_LIMIT,
+                ) {
+                    assert!(later > offset, "later frame is not later");
+                    let at = &data[later as usize..];
+                    let found = frame::decode(at, seq, PAYLOAD_LEN_LIMIT);
+                    assert!(found.is_ok(), "find_later_frame returned an invalid frame");
+                }
+            }
+        }
+    }
+}
+
+/// Fuzz target `head_decode`: `data` as a head index file. The slot in force must be valid and
+/// the newest valid one; a decoded slot must survive a re-encode.
+pub fn check_head_decode(data: &[u8]) {
+    let read = decode_head_file(data);
+    match read.current {
+        None => assert!(read.slots.iter().all(|slot| slot.is_err())),
+        Some(current) => {
+            let chosen = read.slots[current]
+                .clone()
+                .unwrap_or_else(|error| panic!("slot in force is invalid: {error}"));
+            if let Ok(other) = &read.slots[1 - current] {
+                assert!(chosen.generation >= other.generation, "older slot chosen");
+            }
+            assert_eq!(decode_slot(&encode_slot(&chosen)), Ok(chosen));
+        }
+    }
+    for slot in read.slots.iter().flatten() {
+        assert_eq!(decode_slot(&encode_slot(slot)), Ok(*slot));
+    }
+}
+
+/// Fuzz target `acklog_decode`: `data` as an ack log file. Decodes the header (or, when it is
+/// invalid, takes the log id from the first 8 bytes so that entries are reached anyway) and every
+/// entry; a decoded entry re-encodes to an entry that decodes the same; the history built from
+/// the entries keeps its acknowledged ranges merged and disjoint.
+pub fn check_acklog_decode(data: &[u8]) {
+    let log_id = acklog::decode_header(data).unwrap_or_else(|_| u64_prefix(data));
+    let mut history = acklog::JobHistory::default();
+    let mut offset = acklog::ACK_LOG_HEADER_LEN;
+    while let Some(bytes) = data.get(offset..offset + acklog::ACK_ENTRY_LEN) {
+        if let Some(entry) = acklog::decode_entry(bytes, log_id) {
+            let mut encoded = Vec::new();
+            acklog::encode_entry(&mut encoded, log_id, &entry);
+            assert_eq!(acklog::decode_entry(&encoded, log_id), Some(entry));
+            if let acklog::AckEntry::Acked { start, end } = entry {
+                assert!(start < end, "empty acknowledged range decoded");
+            }
+            history.apply(&entry);
+        }
+        offset += acklog::ACK_ENTRY_LEN;
+    }
+    let mut previous_end = None;
+    for (&start, &end) in &history.acked {
+        assert!(start < end, "empty range in the history");
+        if let Some(previous_end) = previous_end {
+            assert!(start > previous_end, "ranges overlap or touch");
+        }
+        previous_end = Some(end);
+    }
+    let head = u64_prefix(data.get(8..).unwrap_or(&[]));
+    let before = history.acked_count_from(head);
+    history.prune_below(head);
+    assert_eq!(history.acked_count_from(head), before, "pruning lost acks");
+    assert!(history.acked.keys().all(|&start| start >= head));
+}
+
+/// Fuzz target `open_dir`: `data` describes the files of a queue directory (see
+/// [`files_from_bytes`]). Opening it, popping everything and pushing must never panic; an open
+/// that succeeds hands out only valid records in increasing sequence order and accepts a push.
+pub fn check_open_dir(data: &[u8]) {
+    let sim = SimStorage::new(u64_prefix(data));
+    let dir = Path::new("/fuzz/q");
+    for (name, bytes) in files_from_bytes(data) {
+        // Writing into the simulated filesystem only fails for unusable names.
+        let _ = sim.write_file(&dir.join(name), &bytes);
+    }
+    let options = Options::default()
+        .segment_size(4096)
+        .max_record_size(1024)
+        .sync(SyncPolicy::Never)
+        .storage(Arc::new(sim.clone()));
+    let queue = match Queue::open(dir, options) {
+        Ok(queue) => queue,
+        Err(error) => {
+            assert!(
+                matches!(
+                    error,
+                    Error::Corrupt { .. } | Error::UnsupportedVersion { .. } | Error::Io { .. }
+                ),
+                "unexpected error kind from open: {error:?}"
+            );
+            return;
+        }
+    };
+    let mut expected: Option<u64> = None;
+    for _ in 0..10_000 {
+        match queue.pop() {
+            Ok(Some(record)) => {
+                // Acknowledged records (from the ack log) are skipped, so only the order is fixed.
+                if let Some(seq) = expected {
+                    assert!(record.seq() >= seq, "records out of order or repeated");
+                }
+                expected = Some(record.seq() + 1);
+            }
+            Ok(None) => break,
+            Err(Error::Corrupt { .. } | Error::UnsupportedVersion { .. } | Error::Io { .. }) => {
+                break
+            }
+            Err(error) => panic!("unexpected error kind from pop: {error:?}"),
+        }
+    }
+    if let Err(error) = queue.push(b"after open") {
+        panic!("a queue that opened refuses a push: {error}");
+    }
+}
+
+/// Decodes a directory listing from fuzz bytes: up to 6 files, each a name selector byte, a
+/// length byte pair and that many content bytes. Names are the ones the engine looks for
+/// (`head`, `head.tmp`, the ack log `acks`, segments with small base sequence numbers) and one
+/// stray.
+pub fn files_from_bytes(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut rest = data.get(8..).unwrap_or(&[]);
+    while files.len() < 6 && rest.len() >= 3 {
+        let selector = rest[0];
+        let len = u16::from_le_bytes([rest[1], rest[2]]) as usize % 8192;
+        rest = &rest[3..];
+        let take = len.min(rest.len());
+        let (content, tail) = rest.split_at(take);
+        rest = tail;
+        let name = match selector % 8 {
+            0 => HEAD_FILE_NAME.to_string(),
+            1 => format!("{HEAD_FILE_NAME}.tmp"),
+            2 => acklog::ACK_LOG_FILE_NAME.to_string(),
+            3 => String::from("stray.txt"),
+            _ => segment_file_name(u64::from(selector / 8)),
+        };
+        files.push((name, content.to_vec()));
+    }
+    files
+}
+
+/// Fuzz target `ops_model`: runs the operations decoded from `data` (see [`ops_from_bytes`])
+/// against the model and panics with the violation, if any.
+pub fn check_ops_model(data: &[u8]) {
+    let ops = ops_from_bytes(data);
+    if let Err(violation) = run_ops(&ops) {
+        panic!("{violation}\noperations: {ops:#?}");
+    }
+}
+
+/// The sync policy of a simulated run. `Interval` uses an interval far longer than any run, so
+/// that the flusher thread never fires and the run stays deterministic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// [`SyncPolicy::Always`].
+    Always,
+    /// [`SyncPolicy::Interval`] of an hour.
+    Interval,
+    /// [`SyncPolicy::Never`].
+    Never,
+}
+
+impl Policy {
+    fn sync_policy(self) -> SyncPolicy {
+        match self {
+            Policy::Always => SyncPolicy::Always,
+            Policy::Interval => SyncPolicy::Interval(Duration::from_secs(3600)),
+            Policy::Never => SyncPolicy::Never,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Policy {
+        match byte % 3 {
+            0 => Policy::Always,
+            1 => Policy::Interval,
+            _ => Policy::Never,
+        }
+    }
+}
+
+/// One step of a simulated workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Push one record of `len` bytes.
+    Push {
+        /// Payload length.
+        len: u16,
+    },
+    /// Push `count` records of `len` bytes each in one batch.
+    PushBatch {
+        /// Records in the batch.
+        count: u8,
+        /// Payload length of each.
+        len: u16,
+    },
+    /// Pop up to `max` records (`max` 1 uses `pop`).
+    Pop {
+        /// Most records to pop.
+        max: u8,
+    },
+    /// Peek at the oldest record.
+    Peek,
+    /// Receive up to `count` records as jobs and acknowledge them all, in reverse order when
+    /// `reverse` (so that acks beyond the head go through the ack log).
+    RecvAck {
+        /// Most records to receive.
+        count: u8,
+        /// Acknowledge the newest first.
+        reverse: bool,
+    },
+    /// Run the compactor.
+    Compact,
+    /// Make everything durable.
+    Sync,
+    /// Close the queue cleanly and open it again with `policy`.
+    Reopen {
+        /// The policy to reopen with.
+        policy: Policy,
+    },
+    /// Kill the process and open again with `policy`.
+    ProcessCrash {
+        /// The policy to reopen with.
+        policy: Policy,
+    },
+    /// Cut the power (the crash's choices drawn from `seed`) and open again with `policy`.
+    PowerLoss {
+        /// Seed of this crash's choices.
+        seed: u64,
+        /// The policy to reopen with.
+        policy: Policy,
+    },
+    /// Arm a fault for the next operation.
+    Fault(Fault),
+}
+
+/// Payload lengths go up to this, so that a few records fill a 4 KiB segment.
+pub const SIM_RECORD_SIZE_MAX: u16 = 600;
+/// Segment size of simulated runs: small, so that runs roll and compact segments often.
+pub const SIM_SEGMENT_SIZE: u64 = 4096;
+/// The most operations decoded from one fuzz input.
+pub const OPS_MAX: usize = 300;
+
+const FAULT_OPS: [SimOp; 9] = [
+    SimOp::Write,
+    SimOp::SyncData,
+    SimOp::SetLen,
+    SimOp::Map,
+    SimOp::Open,
+    SimOp::CreateNew,
+    SimOp::RemoveFile,
+    SimOp::SyncDir,
+    SimOp::Read,
+];
+
+fn fault_from(rng_value: u64) -> Fault {
+    let op = match rng_value % 11 {
+        9 | 10 => None,
+        index => Some(FAULT_OPS[index as usize]),
+    };
+    let kind = match (rng_value >> 8) % 3 {
+        0 => FaultKind::Io,
+        1 => FaultKind::NoSpace,
+        _ => FaultKind::ShortWrite,
+    };
+    Fault {
+        op,
+        skip: (rng_value >> 16) % 6,
+        kind,
+        sticky: (rng_value >> 24) & 7 == 0,
+    }
+}
+
+/// Decodes operations from fuzz bytes: one opcode byte and up to two argument bytes each.
+pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut bytes = data.iter().copied();
+    let mut next = move || bytes.next();
+    while ops.len() < OPS_MAX {
+        let Some(code) = next() else { break };
+        let a = next().unwrap_or(0);
+        let op = match code % 16 {
+            0..=3 => Op::Push {
+                len: u16::from_le_bytes([a, next().unwrap_or(0)]) % (SIM_RECORD_SIZE_MAX + 1),
+            },
+            4 => Op::PushBatch {
+                count: 1 + a % 8,
+                len: u16::from(next().unwrap_or(0)) * 2,
+            },
+            5..=7 => Op::Pop { max: 1 + a % 8 },
+            8 if a & 1 == 0 => Op::Peek,
+            8 => Op::RecvAck {
+                count: 1 + (a >> 1) % 8,
+                reverse: a & 2 != 0,
+            },
+            9 => Op::Compact,
+            10 => Op::Sync,
+            11 => Op::Reopen {
+                policy: Policy::from_byte(a),
+            },
+            12 => Op::ProcessCrash {
+                policy: Policy::from_byte(a),
+            },
+            13 => Op::PowerLoss {
+                seed: u64::from(a) << 8 | u64::from(next().unwrap_or(0)),
+                policy: Policy::from_byte(a >> 4),
+            },
+            _ => {
+                let b = next().unwrap_or(0);
+                let c = next().unwrap_or(0);
+                Op::Fault(fault_from(u64::from_le_bytes([a, b, c, a ^ c, 0, 0, 0, 0])))
+            }
+        };
+        ops.push(op);
+    }
+    ops
+}
+
+/// Generates a random workload of `count` operations from `seed`, weighted like a busy queue:
+/// mostly pushes and pops, now and then a crash or an injected fault.
+pub fn ops_from_seed(seed: u64, count: usize) -> Vec<Op> {
+    let mut rng = SimRng::new(seed);
+    let mut ops = Vec::with_capacity(count);
+    // Each run leans towards one policy, so that runs under Never build up unsynced state.
+    let lean = Policy::from_byte(rng.below(3) as u8);
+    let policy = |rng: &mut SimRng| {
+        if rng.chance(3, 4) {
+            lean
+        } else {
+            Policy::from_byte(rng.below(3) as u8)
+        }
+    };
+    for _ in 0..count {
+        let roll = rng.below(100);
+        let op = match roll {
+            0..=29 => Op::Push {
+                len: rng.below(u64::from(SIM_RECORD_SIZE_MAX) + 1) as u16,
+            },
+            30..=39 => Op::PushBatch {
+                count: 1 + rng.below(6) as u8,
+                len: rng.below(300) as u16,
+            },
+            40..=64 => Op::Pop {
+                max: 1 + rng.below(4) as u8,
+            },
+            65..=66 => Op::Peek,
+            67..=69 => Op::RecvAck {
+                count: 1 + rng.below(5) as u8,
+                reverse: rng.chance(1, 2),
+            },
+            70..=73 => Op::Compact,
+            74..=76 => Op::Sync,
+            77..=79 => Op::Reopen {
+                policy: policy(&mut rng),
+            },
+            80..=83 => Op::ProcessCrash {
+                policy: policy(&mut rng),
+            },
+            84..=91 => Op::PowerLoss {
+                seed: rng.next_u64(),
+                policy: policy(&mut rng),
+            },
+            _ => Op::Fault(fault_from(rng.next_u64())),
+        };
+        ops.push(op);
+    }
+    // Every workload starts under its leaning policy.
+    ops.insert(0, Op::Reopen { policy: lean });
+    ops
+}
+
+/// What the durability contract allows the queue to hold, given what the calls returned.
+///
+/// `head` and `tail` are what the calls so far say (records `head..tail` are in the queue);
+/// `*_durable` is how far each is known to be on stable storage; `*_high` how far a failed call
+/// may have moved it. After a process crash the queue must be at `head..=head_high` and
+/// `tail..=tail_high`; after a power loss at `head_durable..=head_high` and
+/// `tail_durable..=tail_high`.
+#[derive(Default)]
+struct Model {
+    /// Every payload that may sit at each sequence number (more than one after a failed push).
+    candidates: BTreeMap<u64, Vec<Vec<u8>>>,
+    /// Sequence numbers at which a push call ended: where a recovered queue may end.
+    boundaries: BTreeSet<u64>,
+    head: u64,
+    head_durable: u64,
+    head_high: u64,
+    tail: u64,
+    tail_durable: u64,
+    tail_high: u64,
+    /// Records acknowledged as jobs, possibly beyond the head: a pop or receive may skip them.
+    acked: BTreeMap<u64, AckState>,
+    next_payload_id: u64,
+}
+
+/// What is known about an acknowledged job.
+#[derive(Debug, Clone, Copy)]
+struct AckState {
+    /// The acknowledgement is on stable storage.
+    durable: bool,
+    /// The record must never be delivered again (false after a power loss took a non-durable
+    /// acknowledgement).
+    guaranteed: bool,
+}
+
+impl Model {
+    /// A payload unique to this push: its id, then `len` bytes derived from it.
+    fn payload(&mut self, len: u16) -> Vec<u8> {
+        let id = self.next_payload_id;
+        self.next_payload_id += 1;
+        let mut bytes = id.to_le_bytes().to_vec();
+        let fill = (id % 251) as u8;
+        bytes.extend((0..len).map(|index| fill.wrapping_add(index as u8)));
+        bytes
+    }
+
+    fn bounds(&self) -> String {
+        format!(
+            "model: head {} (durable {}, high {}), tail {} (durable {}, high {})",
+            self.head,
+            self.head_durable,
+            self.head_high,
+            self.tail,
+            self.tail_durable,
+            self.tail_high
+        )
+    }
+
+    /// Makes everything the calls said durable.
+    fn all_durable(&mut self) {
+        for seq in self.tail_durable..self.tail {
+            if let Some(list) = self.candidates.get_mut(&seq) {
+                let last = list.pop();
+                list.clear();
+                list.extend(last);
+            }
+        }
+        self.candidates.split_off(&self.tail);
+        self.boundaries.split_off(&(self.tail + 1));
+        self.head_durable = self.head;
+        self.head_high = self.head;
+        self.tail_durable = self.tail;
+        self.tail_high = self.tail;
+        // An acknowledgement a power loss may have taken stays uncertain: the sync makes
+        // durable whatever the queue holds, which the model does not know.
+        for state in self.acked.values_mut() {
+            state.durable |= state.guaranteed;
+        }
+        self.extend_high();
+    }
+
+    /// A power loss may take back every acknowledgement that was not durable, and bring back
+    /// any record popped since the last durable head, or not (a pop's consumption can persist
+    /// in the ack log without the head): such records may be delivered again or skipped.
+    fn power_lost(&mut self) {
+        for state in self.acked.values_mut() {
+            state.guaranteed = state.durable;
+        }
+        let uncertain = AckState {
+            durable: false,
+            guaranteed: false,
+        };
+        for seq in self.head_durable..self.head {
+            self.acked.entry(seq).or_insert(uncertain);
+        }
+    }
+
+    /// The head may move over acknowledged jobs without a pop.
+    fn extend_high(&mut self) {
+        while self.head_high < self.tail_high && self.acked.contains_key(&self.head_high) {
+            self.head_high += 1;
+        }
+    }
+
+    /// After a failed consumer call under `Never` or `Interval`: the head write may have
+    /// failed and torn the slot that held the newest unsynced head, and putting it back may
+    /// have failed too (a device that keeps failing), so records popped since the last durable
+    /// head may be delivered again after reopening, or not.
+    fn unsynced_pops_uncertain(&mut self) {
+        let uncertain = AckState {
+            durable: false,
+            guaranteed: false,
+        };
+        for seq in self.head_durable..self.head {
+            self.acked.entry(seq).or_insert(uncertain);
+        }
+        // Acks at the head live in that slot too.
+        for state in self
+            .acked
+            .range_mut(self.head_durable..)
+            .map(|(_, state)| state)
+        {
+            state.guaranteed &= state.durable;
+        }
+        self.head = self.head_durable.min(self.head);
+    }
+
+    /// How far the head may move when a call takes up to `count` records: acknowledged jobs
+    /// in between are skipped without counting.
+    fn high_after_taking(&self, count: usize) -> u64 {
+        let mut taken = 0;
+        let mut seq = self.head;
+        while taken < count && seq < self.tail_high {
+            if !self.acked.contains_key(&seq) {
+                taken += 1;
+            }
+            seq += 1;
+        }
+        seq
+    }
+
+    /// The first record at or after `from` that must still be delivered.
+    fn first_owed(&self, from: u64) -> Option<u64> {
+        (from.max(self.head_high)..self.tail).find(|seq| !self.acked.contains_key(seq))
+    }
+
+    /// Checks a recovered queue's bounds and adopts them.
+    fn recovered(&mut self, queue: &Queue, power_loss: bool) -> Result<(), String> {
+        let stats = queue
+            .stats()
+            .map_err(|error| format!("stats failed: {error}"))?;
+        let (head, tail) = (stats.head_seq, stats.next_seq);
+        self.extend_high();
+        let head_low = if power_loss {
+            self.head_durable
+        } else {
+            self.head
+        };
+        let tail_low = if power_loss {
+            self.tail_durable
+        } else {
+            self.tail
+        };
+        // The head index may lag behind jobs acknowledged in the ack log; those are skipped.
+        let returned =
+            (head..head_low).find(|seq| !self.acked.get(seq).is_some_and(|state| state.guaranteed));
+        if let Some(returned) = returned {
+            return Err(format!(
+                "consumed records came back: head {head} < {head_low}, seq {returned} would be delivered again ({})",
+                self.bounds()
+            ));
+        }
+        if head > self.head_high {
+            return Err(format!(
+                "records were consumed that no pop took: head {head} > {} ({})",
+                self.head_high,
+                self.bounds()
+            ));
+        }
+        if tail > self.tail_high {
+            return Err(format!(
+                "records appeared that no push wrote: next_seq {tail} > {} ({})",
+                self.tail_high,
+                self.bounds()
+            ));
+        }
+        let restarted = queue.recovery_report().restarted_at_seq == Some(head);
+        if !(restarted && tail == head) {
+            if tail < tail_low {
+                return Err(format!(
+                    "acknowledged records were lost: next_seq {tail} < {tail_low} ({})",
+                    self.bounds()
+                ));
+            }
+            if tail > 0 && !self.boundaries.contains(&tail) {
+                return Err(format!(
+                    "recovered queue ends inside a batch at {tail} ({})",
+                    self.bounds()
+                ));
+            }
+        }
+        self.candidates.split_off(&tail);
+        self.boundaries.split_off(&(tail + 1));
+        self.boundaries.insert(tail);
+        self.head = head;
+        self.head_durable = head;
+        self.head_high = head;
+        self.tail = tail;
+        self.tail_durable = tail;
+        self.tail_high = tail;
+        self.acked = self.acked.split_off(&head);
+        self.acked.split_off(&tail);
+        self.extend_high();
+        Ok(())
+    }
+
+    /// Checks one record handed out at the head and moves the model's head to it. A failed pop
+    /// may have consumed records without handing them out (its error says it may or may not
+    /// have taken effect), so the head may have moved up to `head_high`.
+    fn take_record(&mut self, seq: u64, payload: &[u8], what: &str) -> Result<(), String> {
+        self.check_record(seq, payload, what)?;
+        self.skip_to(seq);
+        Ok(())
+    }
+
+    /// Moves the head to `seq`. The live queue skipped the records before it, so they are
+    /// consumed there: a process crash keeps that (a power loss may not, unless durable).
+    fn skip_to(&mut self, seq: u64) {
+        for skipped in self.head..seq {
+            let state = self.acked.entry(skipped).or_insert(AckState {
+                durable: false,
+                guaranteed: true,
+            });
+            state.guaranteed = true;
+        }
+        self.head = self.head.max(seq);
+    }
+
+    /// Checks a record seen at the head without taking it.
+    fn check_record(&self, seq: u64, payload: &[u8], what: &str) -> Result<(), String> {
+        if seq < self.head {
+            return Err(format!(
+                "{what} returned seq {seq}, below the head {}",
+                self.head
+            ));
+        }
+        if self.acked.get(&seq).is_some_and(|state| state.guaranteed) {
+            return Err(format!(
+                "{what} returned seq {seq}, an acknowledged job, again"
+            ));
+        }
+        // Records before it may be skipped only if a failed call may have consumed them or
+        // they were acknowledged as jobs.
+        if let Some(skipped) = (self.head_high..seq).find(|seq| !self.acked.contains_key(seq)) {
+            return Err(format!(
+                "{what} returned seq {seq}, skipping seq {skipped} (head {}, high {})",
+                self.head, self.head_high
+            ));
+        }
+        match self.candidates.get(&seq) {
+            Some(list) if list.iter().any(|candidate| candidate == payload) => {}
+            Some(_) => {
+                return Err(format!(
+                    "{what} returned seq {seq} with a payload never pushed there"
+                ))
+            }
+            None => return Err(format!("{what} returned seq {seq}, which no push wrote")),
+        }
+        Ok(())
+    }
+}
+
+/// One simulated run: the filesystem, the open queue, the model.
+struct Run {
+    sim: SimStorage,
+    dir: PathBuf,
+    queue: Option<Queue>,
+    policy: Policy,
+    model: Model,
+}
+
+impl Run {
+    fn options(&self, policy: Policy) -> Options {
+        Options::default()
+            .segment_size(SIM_SEGMENT_SIZE)
+            .max_record_size(usize::from(SIM_RECORD_SIZE_MAX) + 16)
+            .sync(policy.sync_policy())
+            .storage(Arc::new(self.sim.clone()))
+    }
+
+    /// Opens the queue; an open that an armed fault breaks must fail with a typed error, and the
+    /// next open, without faults, must succeed.
+    fn open(&mut self, policy: Policy, power_loss: bool) -> Result<(), String> {
+        let opened = Queue::open(&self.dir, self.options(policy));
+        // A fault armed for this step is spent on the open, not on the checks after it.
+        self.sim.clear_faults();
+        let queue = match opened {
+            Ok(queue) => queue,
+            Err(error) => {
+                if !matches!(error, Error::Io { .. }) || self.sim.stats().faults == 0 {
+                    return Err(format!("open failed: {error}"));
+                }
+                Queue::open(&self.dir, self.options(policy))
+                    .map_err(|error| format!("open failed after a fault: {error}"))?
+            }
+        };
+        self.model.recovered(&queue, power_loss)?;
+        self.queue = Some(queue);
+        self.policy = policy;
+        Ok(())
+    }
+
+    fn queue(&self) -> Result<&Queue, String> {
+        self.queue
+            .as_ref()
+            .ok_or_else(|| String::from("no open queue"))
+    }
+
+    fn step(&mut self, op: &Op) -> Result<(), String> {
+        let faults_before = self.sim.stats().faults;
+        let outcome = match op {
+            Op::Push { len } => self.push(&[*len]),
+            Op::PushBatch { count, len } => self.push(&vec![*len; usize::from(*count)]),
+            Op::Pop { max } => self.pop(usize::from(*max), faults_before),
+            Op::Peek => self.peek(faults_before),
+            Op::RecvAck { count, reverse } => {
+                self.recv_ack(usize::from(*count), *reverse, faults_before)
+            }
+            Op::Compact => match self.queue()?.compact() {
+                Ok(_) => {
+                    self.model.head_durable = self.model.head;
+                    Ok(())
+                }
+                Err(error) => self.expect_fault(error, faults_before),
+            },
+            Op::Sync => match self.queue()?.sync() {
+                Ok(()) => {
+                    self.model.all_durable();
+                    Ok(())
+                }
+                Err(error) => self.expect_fault(error, faults_before),
+            },
+            Op::Reopen { policy } => {
+                self.queue = None;
+                self.open(*policy, false)
+            }
+            Op::ProcessCrash { policy } => {
+                self.sim.process_crash();
+                self.queue = None;
+                self.open(*policy, false)
+            }
+            Op::PowerLoss { seed, policy } => {
+                self.sim.power_loss_seeded(*seed);
+                self.queue = None;
+                self.model.power_lost();
+                self.open(*policy, true)
+            }
+            Op::Fault(fault) => {
+                self.sim.inject(*fault);
+                return Ok(());
+            }
+        };
+        self.sim.clear_faults();
+        outcome
+    }
+
+    /// An error is acceptable only when a fault was injected during the call, or the queue was
+    /// poisoned by an earlier one.
+    fn expect_fault(&self, error: Error, faults_before: u64) -> Result<(), String> {
+        let injected = self.sim.stats().faults > faults_before;
+        match error {
+            Error::Io { .. } if injected => Ok(()),
+            Error::Poisoned { .. } => Ok(()),
+            other => Err(format!("unexpected error: {other}")),
+        }
+    }
+
+    fn push(&mut self, lens: &[u16]) -> Result<(), String> {
+        let faults_before = self.sim.stats().faults;
+        let payloads: Vec<Vec<u8>> = lens.iter().map(|&len| self.model.payload(len)).collect();
+        let result = self.queue()?.push_batch(&payloads);
+        let model = &mut self.model;
+        match result {
+            Ok(range) => {
+                if range.start != model.tail || range.end - range.start != lens.len() as u64 {
+                    return Err(format!(
+                        "push returned {range:?}, expected {}..{}",
+                        model.tail,
+                        model.tail + lens.len() as u64
+                    ));
+                }
+                // A failed push before this one may have written its bytes in full before
+                // they were cut back; a power loss can bring them back while losing these
+                // (unless these are durable). The live payload is the last candidate.
+                let durable = self.policy == Policy::Always;
+                for (seq, payload) in range.clone().zip(payloads) {
+                    let list = model.candidates.entry(seq).or_default();
+                    if durable {
+                        list.clear();
+                    }
+                    list.push(payload);
+                }
+                model.tail = range.end;
+                model.tail_high = model.tail_high.max(range.end);
+                model.boundaries.insert(range.end);
+                if self.policy == Policy::Always {
+                    model.tail_durable = range.end;
+                }
+                Ok(())
+            }
+            Err(Error::BatchTooLarge { .. } | Error::RecordTooLarge { .. }) => Ok(()),
+            Err(error) => {
+                if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
+                    eprintln!("   push error: {error}");
+                }
+                // The records may have landed; they may surface after a crash.
+                for (seq, payload) in (model.tail..).zip(payloads) {
+                    model.candidates.entry(seq).or_default().insert(0, payload);
+                }
+                let end = model.tail + lens.len() as u64;
+                model.tail_high = model.tail_high.max(end);
+                model.boundaries.insert(end);
+                self.expect_fault(error, faults_before)
+            }
+        }
+    }
+
+    fn pop(&mut self, max: usize, faults_before: u64) -> Result<(), String> {
+        let result = if max == 1 {
+            self.queue()?
+                .pop()
+                .map(|record| record.into_iter().collect())
+        } else {
+            self.queue()?.pop_batch(max)
+        };
+        let records = match result {
+            Ok(records) => records,
+            Err(error) => {
+                let model = &mut self.model;
+                model.head_high = model.head_high.max(model.high_after_taking(max));
+                model.extend_high();
+                if self.policy != Policy::Always {
+                    model.unsynced_pops_uncertain();
+                }
+                return self.expect_fault(error, faults_before);
+            }
+        };
+        let first = records.first().map(|record| record.seq());
+        if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
+            let seqs: Vec<u64> = records.iter().map(|record| record.seq()).collect();
+            eprintln!("   popped {seqs:?}");
+        }
+        for record in &records {
+            self.model
+                .take_record(record.seq(), record.payload(), "pop")?;
+            self.model.head += 1;
+            self.model.head_high = self.model.head_high.max(self.model.head);
+            self.model.extend_high();
+        }
+        let faulted = self.sim.stats().faults > faults_before;
+        if !faulted && records.len() < max {
+            // Fewer than asked: nothing may be owed after the last record handed out.
+            let from = records
+                .last()
+                .map_or(self.model.head, |record| record.seq() + 1);
+            if let Some(owed) = self.model.first_owed(from) {
+                return Err(format!(
+                    "pop of up to {max} returned {} records (first {first:?}) while seq {owed} \
+                     is owed",
+                    records.len()
+                ));
+            }
+        }
+        if self.policy == Policy::Always && !records.is_empty() {
+            self.model.head_durable = self.model.head;
+        }
+        Ok(())
+    }
+
+    /// Receives up to `count` jobs and acknowledges all of them.
+    fn recv_ack(&mut self, count: usize, reverse: bool, faults_before: u64) -> Result<(), String> {
+        let mut deliveries = match self.queue()?.recv_batch(count) {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                // Receiving consumes nothing; a failure may leave records leased until reopen.
+                let model = &mut self.model;
+                model.head_high = model.head_high.max(model.high_after_taking(count));
+                model.extend_high();
+                if self.policy != Policy::Always {
+                    model.unsynced_pops_uncertain();
+                }
+                return self.expect_fault(error, faults_before);
+            }
+        };
+        if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
+            let seqs: Vec<u64> = deliveries.iter().map(|delivery| delivery.seq()).collect();
+            eprintln!("   received {seqs:?}");
+        }
+        let mut lowest_unacked = None;
+        for delivery in &deliveries {
+            let seq = delivery.seq();
+            self.model.check_record(seq, delivery.payload(), "recv")?;
+            lowest_unacked.get_or_insert(seq);
+            self.model.head_high = self.model.head_high.max(seq + 1);
+        }
+        if let Some(seq) = lowest_unacked {
+            self.model.skip_to(seq);
+        }
+        if reverse {
+            deliveries.reverse();
+        }
+        let mut failed = Vec::new();
+        for delivery in deliveries {
+            let seq = delivery.seq();
+            let acked = delivery.ack();
+            if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
+                eprintln!("   ack {seq}: {acked:?}");
+            }
+            match acked {
+                Ok(()) => {
+                    let durable = self.policy == Policy::Always;
+                    let state = AckState {
+                        durable,
+                        guaranteed: true,
+                    };
+                    self.model.acked.insert(seq, state);
+                }
+                Err(error) => {
+                    // A failed ack may or may not have taken effect.
+                    failed.push(seq);
+                    let state = AckState {
+                        durable: false,
+                        guaranteed: false,
+                    };
+                    self.model.acked.insert(seq, state);
+                    self.expect_fault(error, faults_before)?;
+                }
+            }
+        }
+        // Records whose ack failed may be delivered again; the rest are done.
+        let model = &mut self.model;
+        match failed.iter().min() {
+            Some(&lowest) => {
+                model.head = model.head.min(lowest);
+                if self.policy != Policy::Always {
+                    model.unsynced_pops_uncertain();
+                }
+            }
+            None => {
+                // The head passes acknowledged jobs; uncertain ones may be back in the queue.
+                while model.head < model.head_high
+                    && model
+                        .acked
+                        .get(&model.head)
+                        .is_some_and(|state| state.guaranteed)
+                {
+                    model.head += 1;
+                }
+                if self.policy == Policy::Always {
+                    model.head_durable = model.head_durable.max(model.head);
+                }
+            }
+        }
+        model.extend_high();
+        Ok(())
+    }
+
+    fn peek(&mut self, faults_before: u64) -> Result<(), String> {
+        match self.queue()?.peek() {
+            Ok(Some(record)) => self
+                .model
+                .check_record(record.seq(), record.payload(), "peek"),
+            Ok(None) => {
+                let faulted = self.sim.stats().faults > faults_before;
+                if let (false, Some(owed)) = (faulted, self.model.first_owed(self.model.head)) {
+                    return Err(format!("peek found nothing while seq {owed} is owed"));
+                }
+                Ok(())
+            }
+            Err(error) => self.expect_fault(error, faults_before),
+        }
+    }
+
+    /// Drains the queue after a clean reopen and checks it matches the model exactly.
+    fn finish(&mut self) -> Result<(), String> {
+        self.sim.clear_faults();
+        self.queue = None;
+        self.open(self.policy, false)?;
+        loop {
+            let batch = self
+                .queue()?
+                .pop_batch(64)
+                .map_err(|error| format!("final drain failed: {error}"))?;
+            if batch.is_empty() {
+                break;
+            }
+            for record in &batch {
+                self.model
+                    .take_record(record.seq(), record.payload(), "final drain")?;
+                self.model.head += 1;
+                self.model.head_high = self.model.head_high.max(self.model.head);
+            }
+        }
+        if let Some(owed) = self.model.first_owed(self.model.head) {
+            return Err(format!(
+                "final drain stopped at {} while seq {owed} is owed",
+                self.model.head
+            ));
+        }
+        let seq = self
+            .queue()?
+            .push(b"still works")
+            .map_err(|error| format!("push after the run failed: {error}"))?;
+        let back = self
+            .queue()?
+            .pop()
+            .map_err(|error| format!("pop after the run failed: {error}"))?;
+        match back {
+            Some(record) if record.seq() == seq && record.payload() == b"still works" => Ok(()),
+            other => Err(format!("pop after the run returned {other:?}")),
+        }
+    }
+}
+
+/// Runs `ops` against a fresh simulated filesystem and the model of the durability contract;
+/// returns the first violation, naming the operation index.
+pub fn run_ops(ops: &[Op]) -> Result<(), String> {
+    let mut run = Run {
+        sim: SimStorage::new(0x5eed),
+        dir: PathBuf::from("/sim/queue"),
+        queue: None,
+        policy: Policy::Always,
+        model: Model::default(),
+    };
+    run.model.boundaries.insert(0);
+    run.open(Policy::Always, false)
+        .map_err(|error| format!("initial open: {error}"))?;
+    let trace = std::env::var_os("DISKSPOOL_SIM_TRACE").is_some();
+    for (index, op) in ops.iter().enumerate() {
+        let outcome = run.step(op);
+        if trace {
+            let model = run.model.bounds();
+            eprintln!(
+                "{index}: {op:?} -> {outcome:?}; {model}; acked {:?}",
+                run.model.acked
+            );
+        }
+        outcome.map_err(|error| format!("operation {index} ({op:?}): {error}"))?;
+    }
+    run.finish()
+        .map_err(|error| format!("after the last operation: {error}"))
+}

@@ -1,0 +1,791 @@
+//! Read-only, lock-free views of a queue directory, for tools such as `spool`.
+//!
+//! Nothing here takes the directory lock or writes a byte, so every function works while another
+//! process has the queue open and is pushing and popping. Files are read with positioned reads
+//! into buffers (never mapped), up to the length observed when they were opened: a segment that
+//! grows meanwhile is read as it was, one that is deleted meanwhile (compacted) stays readable
+//! through the open handle or is reported as vanished, and nothing can raise `SIGBUS`.
+//!
+//! - [`Snapshot::take`] lists and checks every segment (used by `spool inspect` and by
+//!   [`verify`](crate::verify::verify)).
+//! - [`stat`] reads only the head index, the segment holding the head and the last segment.
+//! - [`records`] iterates over the records from the head without removing them.
+//! - [`segment_frames`] lists every frame of one segment file.
+//!
+//! ```
+//! # fn main() -> Result<(), diskspool::Error> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use diskspool::{inspect, storage::OsStorage, Options, Queue};
+//!
+//! let queue = Queue::open(dir.path(), Options::default())?;
+//! queue.push(b"a")?;
+//! queue.push(b"b")?;
+//! // Another process could do this while `queue` stays open.
+//! let stat = inspect::stat(&OsStorage, dir.path())?;
+//! assert_eq!(stat.len, 2);
+//! let first = inspect::records(&OsStorage, dir.path(), None)?.next().expect("a record")?;
+//! assert_eq!(first.payload, b"a");
+//! assert_eq!(queue.len(), 2, "nothing was removed");
+//! # Ok(()) }
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::acklog::{
+    self, AckHeaderError, JobHistory, ACK_ENTRY_LEN, ACK_LOG_FILE_NAME, ACK_LOG_HEADER_LEN,
+};
+use crate::error::{Error, Result};
+use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX};
+use crate::head::{decode_head_file, HeadRead, HeadState, HEAD_FILE_NAME};
+use crate::queue::LOCK_FILE_NAME;
+use crate::segment::{
+    decode_header, find_later_frame, parse_segment_file_name, walk_frames, HeaderError, WalkStep,
+    SEGMENT_HEADER_LEN,
+};
+use crate::storage::Storage;
+
+mod reading;
+
+pub use reading::{records, stat, QueueStat, Records, StoredRecord};
+
+/// The folder inside a queue directory where `repair` moves data it cuts.
+pub const QUARANTINE_DIR_NAME: &str = "quarantine";
+
+/// How many times a lock-free reader retakes its view when the files changed under it.
+const SNAPSHOT_ATTEMPTS_MAX: u32 = 5;
+/// How long a reader waits before retaking a view that looked inconsistent.
+const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// What an entry of a queue directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A segment file, with the base sequence number its name carries.
+    Segment(u64),
+    /// The head index.
+    Head,
+    /// A temporary head index left by an interrupted creation; `Queue::open` removes it.
+    HeadTemporary,
+    /// The lock file.
+    Lock,
+    /// The ack log of the jobs API (`acks`), or its temporary file during a rewrite.
+    AckLog,
+    /// The quarantine folder written by `repair`.
+    Quarantine,
+    /// Anything else: not written by diskspool.
+    Stray,
+}
+
+/// Classifies a name found in a queue directory.
+pub fn classify_entry(name: &str) -> EntryKind {
+    if let Some(base) = parse_segment_file_name(name) {
+        return EntryKind::Segment(base);
+    }
+    match name {
+        HEAD_FILE_NAME => EntryKind::Head,
+        LOCK_FILE_NAME => EntryKind::Lock,
+        QUARANTINE_DIR_NAME => EntryKind::Quarantine,
+        ACK_LOG_FILE_NAME => EntryKind::AckLog,
+        _ if name == format!("{ACK_LOG_FILE_NAME}.tmp") => EntryKind::AckLog,
+        _ if name == format!("{HEAD_FILE_NAME}.tmp") => EntryKind::HeadTemporary,
+        _ => EntryKind::Stray,
+    }
+}
+
+/// The entries of a queue directory, sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Segment files as `(base_seq, file name)`, in sequence order.
+    pub segments: Vec<(u64, String)>,
+    /// True when the head index file exists.
+    pub head_present: bool,
+    /// Names that diskspool did not write, sorted.
+    pub strays: Vec<String>,
+}
+
+/// Lists a queue directory. A directory that does not exist is an error.
+pub fn list(storage: &dyn Storage, dir: &Path) -> Result<Listing> {
+    let names = storage
+        .list_dir(dir)
+        .map_err(|error| Error::io("list queue directory", dir, error))?;
+    let mut listing = Listing::default();
+    for name in names {
+        match classify_entry(&name) {
+            EntryKind::Segment(base) => listing.segments.push((base, name)),
+            EntryKind::Head => listing.head_present = true,
+            EntryKind::Stray => listing.strays.push(name),
+            EntryKind::HeadTemporary
+            | EntryKind::Lock
+            | EntryKind::Quarantine
+            | EntryKind::AckLog => {}
+        }
+    }
+    listing.segments.sort_unstable();
+    listing.strays.sort_unstable();
+    Ok(listing)
+}
+
+/// Reads a whole file as it is now, or `None` when it does not exist (any more).
+///
+/// The length is observed once and exactly that many bytes are read; a file that shrinks in
+/// between (a recovering writer cutting a torn tail) is read again.
+pub fn read_file(storage: &dyn Storage, path: &Path) -> Result<Option<Vec<u8>>> {
+    let mut last_error = None;
+    for _ in 0..SNAPSHOT_ATTEMPTS_MAX {
+        let file = match storage.open_read(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(Error::io("open", path, error)),
+        };
+        let len = file.len().map_err(|error| Error::io("stat", path, error))?;
+        if len > crate::SEGMENT_SIZE_MAX {
+            // No file diskspool writes is this large: do not try to hold it in memory.
+            return Err(Error::corrupt(
+                path,
+                crate::SEGMENT_SIZE_MAX,
+                format!("file of {len} bytes is larger than any segment can be"),
+            ));
+        }
+        let len = usize::try_from(len).map_err(|_| {
+            Error::io(
+                "read",
+                path,
+                io::Error::new(io::ErrorKind::OutOfMemory, "file too large to read"),
+            )
+        })?;
+        let mut bytes = vec![0; len];
+        match file.read_exact_at(&mut bytes, 0) {
+            Ok(()) => return Ok(Some(bytes)),
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => last_error = Some(error),
+            Err(error) => return Err(Error::io("read", path, error)),
+        }
+    }
+    let error = last_error.unwrap_or_else(|| io::Error::other("file kept changing"));
+    Err(Error::io("read", path, error))
+}
+
+/// The state of a segment's header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderStatus {
+    /// Valid, and it names the same base sequence as the file name.
+    Ok,
+    /// Rejected.
+    Bad(HeaderError),
+    /// Valid, but it names another base sequence than the file name.
+    WrongBase {
+        /// The base sequence in the header.
+        found: u64,
+    },
+}
+
+/// How a segment's frames end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentEnd {
+    /// The last frame ends exactly at the end of the file (or the header is bad and no frame
+    /// was read).
+    Clean,
+    /// The file ends inside the padding of its last frame: every record is intact, a few zero
+    /// bytes are missing.
+    PaddingCut,
+    /// The last frames belong to a batch whose final frame is missing.
+    IncompleteBatch {
+        /// Where the incomplete batch starts.
+        offset: u64,
+        /// Its first sequence number.
+        first_seq: u64,
+    },
+    /// Bytes that do not decode as the expected frame.
+    BadFrame {
+        /// Where the bad bytes start.
+        offset: u64,
+        /// The sequence number expected there.
+        expected_seq: u64,
+        /// Why they do not decode.
+        error: FrameError,
+        /// The valid frames found further on in the same file, as `(offset, seq)`: evidence
+        /// that this is damage rather than an interrupted write.
+        later_frames: Vec<(u64, u64)>,
+    },
+}
+
+/// One segment file, checked frame by frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// The file name.
+    pub name: String,
+    /// The base sequence number its name carries.
+    pub base_seq: u64,
+    /// The file's length when it was read.
+    pub file_len: u64,
+    /// The header's state; frames are only read behind a valid header.
+    pub header: HeaderStatus,
+    /// Records in complete batches.
+    pub records: u64,
+    /// The first record's sequence number.
+    pub first_seq: Option<u64>,
+    /// The last record's sequence number.
+    pub last_seq: Option<u64>,
+    /// Where the last complete batch ends: the length `Queue::open` would keep.
+    pub valid_end: u64,
+    /// How the frames end.
+    pub end: SegmentEnd,
+}
+
+impl SegmentScan {
+    /// The sequence number the next segment must start with.
+    pub fn next_seq(&self) -> u64 {
+        self.last_seq.map_or(self.base_seq, |last| last + 1)
+    }
+
+    /// True when the header and every frame are intact and the file ends where they do.
+    pub fn is_intact(&self) -> bool {
+        self.header == HeaderStatus::Ok && self.end == SegmentEnd::Clean
+    }
+
+    /// The segment's health; `is_last` tells whether it is the last segment, where an
+    /// interrupted write is expected after a crash.
+    pub fn health(&self, is_last: bool) -> SegmentHealth {
+        match (&self.header, &self.end) {
+            (HeaderStatus::Bad(HeaderError::UnsupportedVersion(_)), _) => {
+                SegmentHealth::UnsupportedVersion
+            }
+            (HeaderStatus::Bad(_) | HeaderStatus::WrongBase { .. }, _) => SegmentHealth::BadHeader,
+            (HeaderStatus::Ok, SegmentEnd::Clean) => SegmentHealth::Ok,
+            (HeaderStatus::Ok, SegmentEnd::BadFrame { later_frames, .. })
+                if is_last && later_frames.is_empty() =>
+            {
+                SegmentHealth::TornTail
+            }
+            (HeaderStatus::Ok, SegmentEnd::PaddingCut | SegmentEnd::IncompleteBatch { .. })
+                if is_last =>
+            {
+                SegmentHealth::TornTail
+            }
+            (HeaderStatus::Ok, _) => SegmentHealth::Damaged,
+        }
+    }
+
+    /// True for a segment whose creation was cut short: no valid header and no room for a
+    /// record. `Queue::open` removes such a file when it is the last segment.
+    pub fn is_unborn(&self) -> bool {
+        self.header != HeaderStatus::Ok && self.file_len <= SEGMENT_HEADER_LEN as u64
+    }
+}
+
+/// A segment's health in one word, as `spool inspect` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentHealth {
+    /// Header and every frame intact.
+    Ok,
+    /// The last segment ends in an interrupted write (`Queue::open` cuts it).
+    TornTail,
+    /// A frame or batch is damaged while data follows it.
+    Damaged,
+    /// The header is unreadable or names another base sequence.
+    BadHeader,
+    /// Written by another format version.
+    UnsupportedVersion,
+}
+
+impl SegmentHealth {
+    /// The stable snake_case name used in JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            SegmentHealth::Ok => "ok",
+            SegmentHealth::TornTail => "torn_tail",
+            SegmentHealth::Damaged => "damaged",
+            SegmentHealth::BadHeader => "bad_header",
+            SegmentHealth::UnsupportedVersion => "unsupported_version",
+        }
+    }
+}
+
+/// Whether a segment's records are still to be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentState {
+    /// Every record is behind the head; compaction deletes the file.
+    Consumed,
+    /// Holds records not consumed yet; no longer written to.
+    Live,
+    /// The last segment: new records are appended to it.
+    Active,
+}
+
+impl SegmentState {
+    /// The stable name used in output: `consumed`, `live` or `active`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SegmentState::Consumed => "consumed",
+            SegmentState::Live => "live",
+            SegmentState::Active => "active",
+        }
+    }
+}
+
+/// One frame of a segment, as listed by [`segment_frames`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// Byte offset of the frame in the file.
+    pub offset: u64,
+    /// The sequence number in the frame header (unchecked when `crc_ok` is false).
+    pub seq: u64,
+    /// The payload length in the frame header.
+    pub payload_len: u32,
+    /// The enqueue time in the frame header, microseconds since the Unix epoch.
+    pub enqueued_us: u64,
+    /// True on every frame of a batch but the last.
+    pub batch_continues: bool,
+    /// True when the frame passed every check (checksum, sequence number, length).
+    pub crc_ok: bool,
+    /// Why the frame was rejected.
+    pub error: Option<String>,
+}
+
+/// Checks a segment file's bytes. Pure: `bytes` is the whole file as read.
+pub fn scan_segment(name: &str, base_seq: u64, bytes: &[u8]) -> SegmentScan {
+    let mut scan = SegmentScan {
+        name: name.to_string(),
+        base_seq,
+        file_len: bytes.len() as u64,
+        header: HeaderStatus::Ok,
+        records: 0,
+        first_seq: None,
+        last_seq: None,
+        valid_end: SEGMENT_HEADER_LEN as u64,
+        end: SegmentEnd::Clean,
+    };
+    match decode_header(bytes) {
+        Ok(found) if found == base_seq => {}
+        Ok(found) => {
+            scan.header = HeaderStatus::WrongBase { found };
+            return scan;
+        }
+        Err(error) => {
+            scan.header = HeaderStatus::Bad(error);
+            return scan;
+        }
+    }
+    let mut batch_start = None;
+    let mut walk_end = SEGMENT_HEADER_LEN as u64;
+    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base_seq, PAYLOAD_LEN_MAX) {
+        match step {
+            WalkStep::Frame { offset, frame } => {
+                walk_end = offset + frame.frame_len as u64;
+                if frame.header.batch_continues {
+                    batch_start.get_or_insert((offset, frame.header.seq));
+                    continue;
+                }
+                batch_start = None;
+                scan.valid_end = walk_end;
+                scan.first_seq.get_or_insert(base_seq);
+                scan.last_seq = Some(frame.header.seq);
+                scan.records = frame.header.seq - base_seq + 1;
+            }
+            WalkStep::Bad {
+                offset,
+                expected_seq,
+                error,
+            } => {
+                let later_frames = later_frames(bytes, offset, expected_seq);
+                // Zeros a writer prepared ahead of its tail, or stale frames of a recycled
+                // file: the segment ends here, nothing is damaged.
+                let free = later_frames.is_empty()
+                    && crate::segment::is_free_space(bytes, offset as usize, &error, base_seq);
+                if free {
+                    break;
+                }
+                // `valid_end` stays at the start of the damaged frame's batch: a batch is
+                // served whole or not at all. The problem is located at the frame itself.
+                scan.end = SegmentEnd::BadFrame {
+                    offset,
+                    expected_seq,
+                    error,
+                    later_frames,
+                };
+                return scan;
+            }
+        }
+    }
+    scan.end = match batch_start {
+        Some((offset, first_seq)) => SegmentEnd::IncompleteBatch { offset, first_seq },
+        None if walk_end > scan.file_len => SegmentEnd::PaddingCut,
+        None => SegmentEnd::Clean,
+    };
+    scan
+}
+
+/// Every frame after `from` that validates, with a sequence number at or above `min_seq`.
+fn later_frames(bytes: &[u8], from: u64, min_seq: u64) -> Vec<(u64, u64)> {
+    let mut found = Vec::new();
+    let mut at = from as usize;
+    while let Some((offset, seq)) = find_later_frame(bytes, at, min_seq, PAYLOAD_LEN_MAX) {
+        found.push((offset, seq));
+        at = offset as usize;
+    }
+    found
+}
+
+/// Lists every frame of a segment's bytes: the valid ones, then the first rejected one (whose
+/// header fields are shown unchecked), then any valid frames found past the damage.
+pub fn segment_frames(base_seq: u64, bytes: &[u8]) -> Vec<FrameInfo> {
+    let mut frames = Vec::new();
+    if decode_header(bytes) != Ok(base_seq) {
+        return frames;
+    }
+    let info = |offset: u64, crc_ok: bool, error: Option<String>| {
+        let at = bytes.get(offset as usize..).unwrap_or(&[]);
+        frame::peek_header(at).map(|header| FrameInfo {
+            offset,
+            seq: header.seq,
+            payload_len: header.payload_len,
+            enqueued_us: header.enqueued_us,
+            batch_continues: header.batch_continues,
+            crc_ok,
+            error,
+        })
+    };
+    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base_seq, PAYLOAD_LEN_MAX) {
+        match step {
+            WalkStep::Frame { offset, .. } => frames.extend(info(offset, true, None)),
+            WalkStep::Bad {
+                offset,
+                expected_seq,
+                error,
+            } => {
+                let detail = Some(error.to_string());
+                let bad = info(offset, false, detail.clone()).unwrap_or(FrameInfo {
+                    offset,
+                    seq: expected_seq,
+                    payload_len: 0,
+                    enqueued_us: 0,
+                    batch_continues: false,
+                    crc_ok: false,
+                    error: detail,
+                });
+                frames.push(bad);
+                for (later, _) in later_frames(bytes, offset, expected_seq) {
+                    frames.extend(info(later, true, None));
+                }
+            }
+        }
+    }
+    frames
+}
+
+/// The head index as read from disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadSnapshot {
+    /// The file's length, or `None` when the file does not exist.
+    pub file_len: Option<u64>,
+    /// Both slots and the one in force.
+    pub read: HeadRead,
+}
+
+impl HeadSnapshot {
+    /// The state in force: the valid slot with the highest generation.
+    pub fn state(&self) -> Option<HeadState> {
+        let current = self.read.current?;
+        self.read
+            .slots
+            .get(current)?
+            .as_ref()
+            .ok()
+            .map(|slot| slot.state)
+    }
+}
+
+/// Reads the head index without locking.
+pub fn read_head(storage: &dyn Storage, dir: &Path) -> Result<HeadSnapshot> {
+    let bytes = read_file(storage, &dir.join(HEAD_FILE_NAME))?;
+    Ok(HeadSnapshot {
+        file_len: bytes.as_ref().map(|bytes| bytes.len() as u64),
+        read: decode_head_file(bytes.as_deref().unwrap_or(&[])),
+    })
+}
+
+/// The ack log of the jobs API as read from disk: which records beyond the head were
+/// acknowledged out of order (they are no longer in the queue).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckLogSnapshot {
+    /// The file's length, or `None` when there is no ack log (a queue used only with
+    /// `push`/`pop` never has one).
+    pub file_len: Option<u64>,
+    /// Why the header was rejected, if it was.
+    pub header_error: Option<AckHeaderError>,
+    /// What the valid entries say.
+    pub history: JobHistory,
+    /// Where the first entry that does not decode starts (an interrupted append at the end is
+    /// expected after a crash), if any.
+    pub bad_entry_offset: Option<u64>,
+}
+
+impl AckLogSnapshot {
+    /// True when record `seq` was acknowledged out of order.
+    pub fn is_acked(&self, seq: u64) -> bool {
+        self.history
+            .acked
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &end)| end > seq)
+    }
+}
+
+/// Reads the ack log without locking.
+pub fn read_ack_log(storage: &dyn Storage, dir: &Path) -> Result<AckLogSnapshot> {
+    let Some(bytes) = read_file(storage, &dir.join(ACK_LOG_FILE_NAME))? else {
+        return Ok(AckLogSnapshot::default());
+    };
+    let mut snapshot = AckLogSnapshot {
+        file_len: Some(bytes.len() as u64),
+        ..AckLogSnapshot::default()
+    };
+    let log_id = match acklog::decode_header(&bytes) {
+        Ok(log_id) => log_id,
+        Err(error) => {
+            snapshot.header_error = Some(error);
+            return Ok(snapshot);
+        }
+    };
+    let mut offset = ACK_LOG_HEADER_LEN;
+    while let Some(entry_bytes) = bytes.get(offset..offset + ACK_ENTRY_LEN) {
+        match acklog::decode_entry(entry_bytes, log_id) {
+            Some(entry) => snapshot.history.apply(&entry),
+            None => {
+                snapshot.bad_entry_offset = Some(offset as u64);
+                return Ok(snapshot);
+            }
+        }
+        offset += ACK_ENTRY_LEN;
+    }
+    if offset < bytes.len() {
+        snapshot.bad_entry_offset = Some(offset as u64);
+    }
+    Ok(snapshot)
+}
+
+/// How far a scan has got, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanProgress {
+    /// Bytes read so far.
+    pub bytes_done: u64,
+    /// Bytes to read in total, as listed when the scan started.
+    pub bytes_total: u64,
+}
+
+/// Every segment of a queue directory, checked frame by frame, and its head index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The queue directory.
+    pub dir: PathBuf,
+    /// The head index, read after the directory was listed, so it is at least as new as the
+    /// listing: no segment it still needs can be missing from the listing because of compaction.
+    pub head: HeadSnapshot,
+    /// The segments that could be read, in sequence order.
+    pub segments: Vec<SegmentScan>,
+    /// Segments that were listed but deleted before they could be read (compacted meanwhile).
+    pub vanished: Vec<String>,
+    /// Segments that could not be read (an I/O error, or a folder with a segment's name), with
+    /// the error. They are left out of `segments`, so the records they hold count as missing.
+    pub unreadable: Vec<(String, String)>,
+    /// Names diskspool did not write.
+    pub strays: Vec<String>,
+    /// The ack log of the jobs API.
+    pub acks: AckLogSnapshot,
+}
+
+impl Snapshot {
+    /// Lists and reads the whole directory once.
+    pub fn take(storage: &dyn Storage, dir: &Path) -> Result<Snapshot> {
+        Self::take_with_progress(storage, dir, &mut |_| {})
+    }
+
+    /// Like [`take`](Snapshot::take), reporting progress after each segment.
+    pub fn take_with_progress(
+        storage: &dyn Storage,
+        dir: &Path,
+        progress: &mut dyn FnMut(ScanProgress),
+    ) -> Result<Snapshot> {
+        let listing = list(storage, dir)?;
+        let head = read_head(storage, dir)?;
+        let acks = read_ack_log(storage, dir)?;
+        let mut sizes = Vec::with_capacity(listing.segments.len());
+        for (_, name) in &listing.segments {
+            let len = storage
+                .open_read(&dir.join(name))
+                .and_then(|file| file.len())
+                .unwrap_or(0);
+            sizes.push(len);
+        }
+        let mut done = ScanProgress {
+            bytes_done: 0,
+            bytes_total: sizes.iter().sum(),
+        };
+        let mut snapshot = Snapshot {
+            dir: dir.to_path_buf(),
+            head,
+            segments: Vec::with_capacity(listing.segments.len()),
+            vanished: Vec::new(),
+            unreadable: Vec::new(),
+            strays: listing.strays,
+            acks,
+        };
+        for ((base, name), size) in listing.segments.iter().zip(sizes) {
+            match read_file(storage, &dir.join(name)) {
+                Ok(Some(bytes)) => snapshot.segments.push(scan_segment(name, *base, &bytes)),
+                Ok(None) => snapshot.vanished.push(name.clone()),
+                // One bad file (a failing disk sector) must not hide the state of the others.
+                Err(error @ Error::Io { .. }) => {
+                    snapshot.unreadable.push((name.clone(), error.to_string()))
+                }
+                Err(error) => return Err(error),
+            }
+            done.bytes_done += size;
+            progress(done);
+        }
+        Ok(snapshot)
+    }
+
+    /// The head sequence number in force: from the head index, or 0 for a directory without
+    /// one and without segments (a queue not created yet).
+    pub fn head_seq(&self) -> Option<u64> {
+        match self.head.state() {
+            Some(state) => Some(state.head_seq),
+            None if self.head.file_len.is_none() && self.segments.is_empty() => Some(0),
+            None => None,
+        }
+    }
+
+    /// Whether segment `index` of [`segments`](Snapshot::segments) is consumed, live or active.
+    pub fn segment_state(&self, index: usize) -> SegmentState {
+        if index + 1 >= self.segments.len() {
+            return SegmentState::Active;
+        }
+        let consumed = match (self.segments.get(index), self.head_seq()) {
+            (Some(scan), Some(head)) => scan.next_seq() <= head,
+            _ => false,
+        };
+        if consumed {
+            SegmentState::Consumed
+        } else {
+            SegmentState::Live
+        }
+    }
+
+    /// The segments `Queue::open` would use: without an unborn last segment.
+    pub fn live_segments(&self) -> &[SegmentScan] {
+        match self.segments.split_last() {
+            Some((last, rest)) if last.is_unborn() => rest,
+            _ => &self.segments,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::encode_header;
+
+    fn segment(base: u64, records: &[(&[u8], bool)]) -> Vec<u8> {
+        let mut bytes = encode_header(base).to_vec();
+        for (index, (payload, batch_continues)) in records.iter().enumerate() {
+            frame::encode(
+                &mut bytes,
+                base + index as u64,
+                7,
+                payload,
+                *batch_continues,
+                0,
+            );
+        }
+        bytes
+    }
+
+    #[test]
+    fn intact_segment_scans_clean() {
+        let bytes = segment(10, &[(b"a", false), (b"bb", false)]);
+        let scan = scan_segment("x.seg", 10, &bytes);
+        assert!(scan.is_intact());
+        assert_eq!(
+            (scan.first_seq, scan.last_seq, scan.records),
+            (Some(10), Some(11), 2)
+        );
+        assert_eq!(scan.valid_end, bytes.len() as u64);
+        assert_eq!(scan.health(true), SegmentHealth::Ok);
+    }
+
+    #[test]
+    fn incomplete_batch_is_not_counted_and_is_a_torn_tail_only_at_the_end() {
+        let bytes = segment(0, &[(b"a", false), (b"b", true), (b"c", true)]);
+        let scan = scan_segment("x.seg", 0, &bytes);
+        assert_eq!(scan.records, 1);
+        assert_eq!(
+            scan.valid_end,
+            (SEGMENT_HEADER_LEN + frame::frame_len(1)) as u64
+        );
+        assert!(matches!(
+            scan.end,
+            SegmentEnd::IncompleteBatch { first_seq: 1, .. }
+        ));
+        assert_eq!(scan.health(true), SegmentHealth::TornTail);
+        assert_eq!(scan.health(false), SegmentHealth::Damaged);
+    }
+
+    #[test]
+    fn damage_keeps_the_batch_start_as_the_end_and_names_the_frame() {
+        let mut bytes = segment(
+            0,
+            &[(b"a", false), (b"b", true), (b"c", false), (b"d", false)],
+        );
+        let third = SEGMENT_HEADER_LEN + 2 * frame::frame_len(1);
+        bytes[third + 24] ^= 1;
+        let scan = scan_segment("x.seg", 0, &bytes);
+        assert_eq!(
+            scan.valid_end,
+            (SEGMENT_HEADER_LEN + frame::frame_len(1)) as u64
+        );
+        match &scan.end {
+            SegmentEnd::BadFrame {
+                offset,
+                expected_seq,
+                later_frames,
+                ..
+            } => {
+                assert_eq!(*offset, third as u64);
+                assert_eq!(*expected_seq, 2);
+                assert_eq!(
+                    later_frames.as_slice(),
+                    &[((third + frame::frame_len(1)) as u64, 3)]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(scan.health(true), SegmentHealth::Damaged);
+    }
+
+    #[test]
+    fn cut_padding_and_wrong_base_are_told_apart() {
+        let bytes = segment(5, &[(b"abc", false)]);
+        let scan = scan_segment("x.seg", 5, &bytes[..bytes.len() - 2]);
+        assert_eq!(scan.end, SegmentEnd::PaddingCut);
+        assert_eq!(scan.records, 1);
+        let scan = scan_segment("x.seg", 6, &bytes);
+        assert_eq!(scan.header, HeaderStatus::WrongBase { found: 5 });
+        let scan = scan_segment("x.seg", 5, &bytes[..10]);
+        assert!(scan.is_unborn());
+        assert_eq!(scan.health(true), SegmentHealth::BadHeader);
+    }
+
+    #[test]
+    fn entries_are_classified() {
+        assert_eq!(
+            classify_entry("00000000000000000042.seg"),
+            EntryKind::Segment(42)
+        );
+        assert_eq!(classify_entry("head"), EntryKind::Head);
+        assert_eq!(classify_entry("head.tmp"), EntryKind::HeadTemporary);
+        assert_eq!(classify_entry("acks"), EntryKind::AckLog);
+        assert_eq!(classify_entry("quarantine"), EntryKind::Quarantine);
+        assert_eq!(classify_entry("42.seg"), EntryKind::Stray);
+    }
+}

@@ -1,0 +1,848 @@
+//! Mending a damaged queue directory so that `Queue::open` serves every good record again.
+//!
+//! [`repair`] takes the directory lock, reads the directory as [`verify`] does,
+//! and then, in sequence order, keeps every record up to the first point of damage and cuts the
+//! rest. It never deletes a byte: whatever it cuts is copied or moved into `DIR/quarantine/`
+//! first and synced there. Concretely:
+//!
+//! - **Torn tail or damaged frame** in a segment: the bytes from the end of the last good record
+//!   (or complete batch) to the end of the file are copied to
+//!   `quarantine/<segment>.cut-at-<offset>`, then the segment is truncated there. Every later
+//!   segment is moved whole into `quarantine/`: the queue's sequence numbers must be contiguous,
+//!   so records after a hole cannot be served.
+//! - **Missing records** between two segments, or a segment with a bad header or another format
+//!   version: that segment and every later one are moved into `quarantine/`. When every record
+//!   before a gap is consumed, the head moves past the missing ones instead and nothing is cut.
+//! - **A damaged segment wholly behind the head** (a bad frame or header, every record in it
+//!   consumed): moved into `quarantine/`; nothing is cut from the queue.
+//! - **Damage before the head inside the head's segment**, when the head index's hint locates
+//!   the head's record: the bytes from that record on are copied into a new segment named after
+//!   the head's sequence number, and the old segment is moved into `quarantine/`; nothing live
+//!   is cut. (Damage in the copied part is then treated as above.)
+//! - **File ends inside the padding** of its last record: the zero padding is restored.
+//! - **Head index**: one damaged slot is rewritten from the valid one. A head that is missing or
+//!   has no valid slot, or that points before the oldest record left, is set to the oldest record
+//!   left: records consumed but not yet compacted may then be delivered again, which is the
+//!   choice that loses nothing. The old head file is copied into `quarantine/` first.
+//! - **Ack log** (jobs API): when records are cut, what it says about their sequence numbers
+//!   (acknowledgements, delivery counts, delays) is dropped by rewriting it, the old file copied
+//!   into `quarantine/` first; new records will carry those numbers again.
+//! - **Unreadable segments**, **stray files** and a segment whose creation was cut short: moved
+//!   into `quarantine/`.
+//!
+//! The [`RepairReport`] says which sequence numbers the queue no longer serves
+//! ([`RepairReport::cut_seqs`]) and what each action did. After a repair, [`verify`] is clean
+//! and new records continue from the first sequence number cut: numbers that only quarantined
+//! records carry are used again.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! use diskspool::{repair, storage::OsStorage, Options, Queue};
+//!
+//! drop(Queue::open(dir.path(), Options::default())?);
+//! std::fs::write(dir.path().join("notes.txt"), "not ours")?;
+//! let report = repair::repair(&OsStorage, dir.path(), repair::Mode::Repair)?;
+//! assert_eq!(report.actions.len(), 1, "the stray file moved to quarantine/");
+//! assert!(report.after.expect("verified after repair").is_clean());
+//! # Ok(()) }
+//! ```
+//!
+//! [`verify`]: crate::verify::verify
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::frame;
+use crate::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME, HEAD_SLOT_LEN};
+use crate::inspect::{
+    read_file, scan_segment, segment_frames, EntryKind, HeaderStatus, SegmentEnd, SegmentScan,
+    Snapshot, QUARANTINE_DIR_NAME,
+};
+use crate::queue::LOCK_FILE_NAME;
+use crate::segment::{
+    encode_header, parse_segment_file_name, segment_file_name, SEGMENT_HEADER_LEN,
+};
+use crate::storage::{self, LockFailure, Storage};
+use crate::verify::{self, VerifyReport};
+
+/// Whether [`repair`] changes anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Only plan: the report lists what a repair would do.
+    DryRun,
+    /// Carry the plan out.
+    Repair,
+}
+
+/// What one step of a repair does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ActionKind {
+    /// Copy a segment's bytes from `offset` to its end into quarantine, then truncate it there.
+    TruncateTail,
+    /// Move a whole file into quarantine.
+    Quarantine,
+    /// Extend a segment whose last record's zero padding was cut off.
+    RestorePadding,
+    /// Write a new head index (the old one is copied into quarantine first).
+    RewriteHead,
+    /// Copy a segment's bytes from `offset` (the head's frame) into a new segment that starts
+    /// at the head, named in `saved_as`; the old segment is quarantined by the next action.
+    RebaseSegment,
+    /// Rewrite the jobs API's ack log without what it says about cut sequence numbers (the old
+    /// one is copied into quarantine first): new records will carry those numbers again, and
+    /// must not inherit acknowledgements or delivery counts of the records cut.
+    RewriteAckLog,
+}
+
+impl ActionKind {
+    /// The stable snake_case name used in JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionKind::TruncateTail => "truncate_tail",
+            ActionKind::Quarantine => "quarantine",
+            ActionKind::RestorePadding => "restore_padding",
+            ActionKind::RewriteHead => "rewrite_head",
+            ActionKind::RebaseSegment => "rebase_segment",
+            ActionKind::RewriteAckLog => "rewrite_ack_log",
+        }
+    }
+}
+
+/// One step of a repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairAction {
+    /// What it does.
+    pub kind: ActionKind,
+    /// The file it changes or moves.
+    pub file: PathBuf,
+    /// For a truncation, where the cut starts; for restored padding, the new length.
+    pub offset: u64,
+    /// Bytes copied or moved into quarantine.
+    pub bytes: u64,
+    /// Where the cut bytes or the moved file went.
+    pub saved_as: Option<PathBuf>,
+    /// Sequence numbers of the valid records in the bytes that were cut or moved.
+    pub seqs: Option<Range<u64>>,
+    /// Why.
+    pub reason: String,
+}
+
+impl fmt::Display for RepairAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self
+            .file
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match self.kind {
+            ActionKind::TruncateTail => write!(
+                f,
+                "truncate {name} at byte {} ({} bytes saved)",
+                self.offset, self.bytes
+            )?,
+            ActionKind::Quarantine => write!(f, "move {name} ({} bytes)", self.bytes)?,
+            ActionKind::RestorePadding => {
+                write!(f, "restore padding of {name} to {} bytes", self.offset)?
+            }
+            ActionKind::RewriteHead | ActionKind::RewriteAckLog => write!(f, "rewrite {name}")?,
+            ActionKind::RebaseSegment => write!(
+                f,
+                "copy {name} from byte {} ({} bytes) into a new segment",
+                self.offset, self.bytes
+            )?,
+        }
+        if let Some(saved) = &self.saved_as {
+            write!(f, " -> {}", saved.display())?;
+        }
+        if let Some(seqs) = &self.seqs {
+            write!(f, " [records {}..{}]", seqs.start, seqs.end)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// What [`repair`] did, or would do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The queue directory.
+    pub dir: PathBuf,
+    /// Whether anything was changed.
+    pub mode: Mode,
+    /// The steps, in the order they run.
+    pub actions: Vec<RepairAction>,
+    /// Sequence numbers the queue no longer serves, from the first one cut to just past the
+    /// highest one found in the cut data. Empty when only unreadable bytes were cut. `None` when
+    /// no record was cut.
+    pub cut_seqs: Option<Range<u64>>,
+    /// Valid records among the cut ones: readable copies in `quarantine/`.
+    pub quarantined_records: u64,
+    /// When the head was moved, the sequence number it now points at.
+    pub head_reset_to: Option<u64>,
+    /// Records between the head and the oldest record left that are gone from disk (a deleted
+    /// segment): the head was moved past them.
+    pub gone_seqs: Option<Range<u64>>,
+    /// The problems found before repairing.
+    pub before: VerifyReport,
+    /// The check after repairing (`None` for a dry run).
+    pub after: Option<VerifyReport>,
+}
+
+impl RepairReport {
+    /// True when there was nothing to repair.
+    pub fn nothing_to_do(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+/// Repairs the queue in `dir` (see the [module documentation](self)). Fails with
+/// [`Error::Locked`] while another handle has the queue open.
+pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairReport> {
+    // Listing first: locking would create a lock file in a directory that is not a queue, and
+    // repairing one would move every file in it (a home directory, say) into quarantine.
+    let names = storage
+        .list_dir(dir)
+        .map_err(|error| Error::io("list queue directory", dir, error))?;
+    let is_queue = names.iter().any(|name| {
+        matches!(
+            crate::inspect::classify_entry(name),
+            EntryKind::Head | EntryKind::Segment(_)
+        )
+    });
+    if !is_queue {
+        return Err(Error::io(
+            "repair: not a queue directory",
+            dir,
+            io::Error::new(io::ErrorKind::NotFound, "no head index and no segment file"),
+        ));
+    }
+    let _lock = storage.lock_dir(dir).map_err(|failure| match failure {
+        LockFailure::Held { pid } => Error::Locked {
+            dir: dir.to_path_buf(),
+            pid,
+        },
+        LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
+    })?;
+    let snapshot = Snapshot::take(storage, dir)?;
+    let before = verify::check(&snapshot);
+    let mut planner = Planner::new(storage, &snapshot)?;
+    planner.plan_segments()?;
+    planner.plan_head();
+    planner.plan_ack_log();
+    planner.plan_strays();
+    let mut report = RepairReport {
+        dir: dir.to_path_buf(),
+        mode,
+        actions: planner.actions,
+        cut_seqs: planner
+            .first_cut_seq
+            .map(|first| first..planner.cut_end_seq.max(first)),
+        quarantined_records: planner.quarantined_records,
+        head_reset_to: planner.new_head.filter(|_| planner.head_moved),
+        gone_seqs: planner.gone_seqs,
+        before,
+        after: None,
+    };
+    if mode == Mode::Repair {
+        if !report.actions.is_empty() {
+            execute(storage, dir, &report.actions, planner.new_head)?;
+        }
+        report.after = Some(verify::check(&Snapshot::take(storage, dir)?));
+    }
+    Ok(report)
+}
+
+/// Builds the list of actions from a snapshot taken under the lock.
+struct Planner<'a> {
+    storage: &'a dyn Storage,
+    snapshot: &'a Snapshot,
+    quarantine: PathBuf,
+    /// Names taken in quarantine, existing or planned.
+    taken: BTreeSet<String>,
+    actions: Vec<RepairAction>,
+    first_cut_seq: Option<u64>,
+    cut_end_seq: u64,
+    quarantined_records: u64,
+    /// The first sequence number kept, and just past the last one kept.
+    kept: Option<Range<u64>>,
+    /// The head state to write, when the head is rewritten.
+    new_head: Option<u64>,
+    head_moved: bool,
+    gone_seqs: Option<Range<u64>>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(storage: &'a dyn Storage, snapshot: &'a Snapshot) -> Result<Self> {
+        let quarantine = snapshot.dir.join(QUARANTINE_DIR_NAME);
+        let taken = match storage.list_dir(&quarantine) {
+            Ok(names) => names.into_iter().collect(),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(error) => return Err(Error::io("list quarantine", &quarantine, error)),
+        };
+        Ok(Planner {
+            storage,
+            snapshot,
+            quarantine,
+            taken,
+            actions: Vec::new(),
+            first_cut_seq: None,
+            cut_end_seq: 0,
+            quarantined_records: 0,
+            kept: None,
+            new_head: None,
+            head_moved: false,
+            gone_seqs: None,
+        })
+    }
+
+    /// A name in quarantine that is not taken yet: `name`, else `name.1`, `name.2`, ...
+    fn quarantine_path(&mut self, name: &str) -> PathBuf {
+        let mut candidate = name.to_string();
+        let mut suffix = 0u32;
+        while self.taken.contains(&candidate) {
+            suffix += 1;
+            candidate = format!("{name}.{suffix}");
+        }
+        self.taken.insert(candidate.clone());
+        self.quarantine.join(candidate)
+    }
+
+    fn note_cut(&mut self, first_seq: u64, known: Option<&Range<u64>>) {
+        // Records behind the head are consumed: cutting their bytes takes nothing from the queue.
+        let first_seq = first_seq.max(self.snapshot.head_seq().unwrap_or(0));
+        let first = *self.first_cut_seq.get_or_insert(first_seq);
+        let end = known.map_or(first, |known| known.end);
+        self.cut_end_seq = self.cut_end_seq.max(end).max(first);
+    }
+
+    fn quarantine_segment(&mut self, scan: &SegmentScan, reason: String, cuts_records: bool) {
+        let seqs = scan
+            .last_seq
+            .map(|last| scan.first_seq.unwrap_or(scan.base_seq)..last + 1);
+        if cuts_records {
+            self.quarantined_records += scan.records;
+            self.note_cut(scan.base_seq, seqs.as_ref());
+        }
+        let saved_as = self.quarantine_path(&scan.name);
+        self.actions.push(RepairAction {
+            kind: ActionKind::Quarantine,
+            file: self.snapshot.dir.join(&scan.name),
+            offset: 0,
+            bytes: scan.file_len,
+            saved_as: Some(saved_as),
+            seqs,
+            reason,
+        });
+    }
+
+    fn plan_segments(&mut self) -> Result<()> {
+        let head_seq = self.snapshot.head_seq();
+        let all = self.snapshot.segments.as_slice();
+        let live = self.snapshot.live_segments();
+        if let Some(unborn) = all.get(live.len()) {
+            let reason = String::from("segment creation was cut short; it holds no records");
+            self.quarantine_segment(unborn, reason, false);
+        }
+        let mut expected: Option<u64> = None;
+        for (index, scan) in live.iter().enumerate() {
+            let rest = live.get(index + 1..).unwrap_or(&[]);
+            let behind_head = |seq: u64| head_seq.is_some_and(|head| seq <= head);
+            if let Some(expected) = expected {
+                let gap = scan.base_seq != expected && !behind_head(scan.base_seq);
+                if gap && head_seq.is_some_and(|head| expected <= head) {
+                    // Every record before the gap is consumed: the head moves past the missing
+                    // ones to this segment (see `plan_head`) and nothing after it is cut.
+                    self.kept = None;
+                } else if gap {
+                    self.note_cut(expected.min(scan.base_seq), None);
+                    let reason = format!("records {expected}..{} are missing", scan.base_seq);
+                    self.cut_from(scan, rest, reason);
+                    return Ok(());
+                }
+            }
+            let next_base = rest.first().map(|next| next.base_seq);
+            let wholly_consumed = next_base.is_some_and(behind_head);
+            if scan.header != HeaderStatus::Ok && wholly_consumed {
+                let reason = String::from("bad header, and every record in it is consumed");
+                self.quarantine_segment(scan, reason, false);
+                expected = next_base;
+                continue;
+            }
+            if scan.header != HeaderStatus::Ok {
+                let reason = match &scan.header {
+                    HeaderStatus::Bad(error) => error.to_string(),
+                    HeaderStatus::WrongBase { found } => {
+                        format!("header names base sequence {found}")
+                    }
+                    HeaderStatus::Ok => String::new(),
+                };
+                self.cut_from(scan, rest, reason);
+                return Ok(());
+            }
+            let kept_start = self.kept.as_ref().map_or(scan.base_seq, |kept| kept.start);
+            match &scan.end {
+                SegmentEnd::Clean => {}
+                SegmentEnd::PaddingCut => self.restore_padding(scan),
+                SegmentEnd::IncompleteBatch { .. } | SegmentEnd::BadFrame { .. } => {
+                    if wholly_consumed {
+                        // Every record in this segment is consumed: drop it whole.
+                        let reason = String::from("damaged, and every record in it is consumed");
+                        self.quarantine_segment(scan, reason, false);
+                        expected = next_base;
+                        continue;
+                    }
+                    let path = self.snapshot.dir.join(&scan.name);
+                    let bytes = read_file(self.storage, &path)?.unwrap_or_default();
+                    let (scan, bytes) = match self.plan_rebase(scan, &bytes, head_seq) {
+                        Some(rebased) => rebased,
+                        None => (scan.clone(), bytes),
+                    };
+                    let kept_start = self.kept.as_ref().map_or(scan.base_seq, |kept| kept.start);
+                    self.kept = Some(kept_start..scan.next_seq());
+                    match scan.end {
+                        SegmentEnd::Clean => {
+                            expected = Some(scan.next_seq());
+                            continue;
+                        }
+                        SegmentEnd::PaddingCut => {
+                            self.restore_padding(&scan);
+                            expected = Some(scan.next_seq());
+                            continue;
+                        }
+                        SegmentEnd::IncompleteBatch { .. } | SegmentEnd::BadFrame { .. } => {}
+                    }
+                    self.truncate_tail(&scan, &bytes);
+                    for later in rest {
+                        let reason = String::from("follows the damage");
+                        self.quarantine_segment(later, reason, true);
+                    }
+                    return Ok(());
+                }
+            }
+            self.kept = Some(kept_start..scan.next_seq());
+            expected = Some(scan.next_seq());
+        }
+        Ok(())
+    }
+
+    /// Moves `scan` and every segment in `rest` into quarantine.
+    fn cut_from(&mut self, scan: &SegmentScan, rest: &[SegmentScan], reason: String) {
+        self.note_cut(scan.base_seq, None);
+        self.quarantine_segment(scan, reason, true);
+        for later in rest {
+            self.quarantine_segment(later, String::from("follows the damage"), true);
+        }
+    }
+
+    fn restore_padding(&mut self, scan: &SegmentScan) {
+        self.actions.push(RepairAction {
+            kind: ActionKind::RestorePadding,
+            file: self.snapshot.dir.join(&scan.name),
+            offset: scan.valid_end,
+            bytes: 0,
+            saved_as: None,
+            seqs: None,
+            reason: String::from("the file ends inside its last record's padding"),
+        });
+    }
+
+    /// When the damage in `scan` lies before the head and the head index's hint points at the
+    /// head's frame in it, plans a new segment starting at the head with every byte from there
+    /// on, and moves the old segment into quarantine: the damaged records were consumed, and
+    /// cutting at the damage would cut live records. Returns the new segment's scan and bytes.
+    fn plan_rebase(
+        &mut self,
+        scan: &SegmentScan,
+        bytes: &[u8],
+        head_seq: Option<u64>,
+    ) -> Option<(SegmentScan, Vec<u8>)> {
+        let state = self.snapshot.head.state()?;
+        let head = head_seq?;
+        let hint = usize::try_from(state.hint_offset).ok()?;
+        let damaged_seq = scan.next_seq();
+        if head <= damaged_seq || state.hint_base != scan.base_seq || hint < SEGMENT_HEADER_LEN {
+            return None;
+        }
+        let from_head = bytes.get(hint..)?;
+        frame::decode(from_head, head, frame::PAYLOAD_LEN_MAX).ok()?;
+        let mut rebased = encode_header(head).to_vec();
+        rebased.extend_from_slice(from_head);
+        let name = segment_file_name(head);
+        let new_scan = scan_segment(&name, head, &rebased);
+        self.actions.push(RepairAction {
+            kind: ActionKind::RebaseSegment,
+            file: self.snapshot.dir.join(&scan.name),
+            offset: state.hint_offset,
+            bytes: from_head.len() as u64,
+            saved_as: Some(self.snapshot.dir.join(&name)),
+            seqs: new_scan.last_seq.map(|last| head..last + 1),
+            reason: format!(
+                "the damage (record {damaged_seq}) lies before the head ({head}): the records \
+                 from the head on are copied into a new segment"
+            ),
+        });
+        let reason = String::from("damaged before the head; its live records were copied");
+        self.quarantine_segment(scan, reason, false);
+        Some((new_scan, rebased))
+    }
+
+    fn truncate_tail(&mut self, scan: &SegmentScan, bytes: &[u8]) {
+        let path = self.snapshot.dir.join(&scan.name);
+        // The valid frames past the damage: readable copies in quarantine.
+        let readable: Vec<u64> = segment_frames(scan.base_seq, bytes)
+            .into_iter()
+            .filter(|frame| frame.crc_ok && frame.offset >= scan.valid_end)
+            .map(|frame| frame.seq)
+            .collect();
+        let first_cut = scan.next_seq();
+        let known = readable.iter().max().map(|last| first_cut..last + 1);
+        self.quarantined_records += readable.len() as u64;
+        self.note_cut(first_cut, known.as_ref());
+        let saved_as = self.quarantine_path(&format!("{}.cut-at-{}", scan.name, scan.valid_end));
+        let reason = match &scan.end {
+            SegmentEnd::BadFrame {
+                expected_seq,
+                error,
+                ..
+            } if *expected_seq != first_cut => {
+                format!("record {expected_seq}: {error} (its batch starts at record {first_cut})")
+            }
+            SegmentEnd::BadFrame { error, .. } => format!("record {first_cut}: {error}"),
+            _ => format!("batch starting at record {first_cut} has no final record"),
+        };
+        self.actions.push(RepairAction {
+            kind: ActionKind::TruncateTail,
+            file: path,
+            offset: scan.valid_end,
+            bytes: scan.file_len.saturating_sub(scan.valid_end),
+            saved_as: Some(saved_as),
+            seqs: known,
+            reason,
+        });
+    }
+
+    fn plan_head(&mut self) {
+        let head = &self.snapshot.head;
+        let state = head.state();
+        let oldest_kept = self.kept.as_ref().map(|kept| kept.start);
+        let target = match (state, oldest_kept) {
+            (None, _) if head.file_len.is_none() && self.snapshot.segments.is_empty() => return,
+            (None, oldest) => {
+                self.head_moved = true;
+                oldest.or(self.first_cut_seq).unwrap_or(0)
+            }
+            (Some(state), Some(oldest)) if state.head_seq < oldest => {
+                self.head_moved = true;
+                self.gone_seqs = Some(state.head_seq..oldest);
+                oldest
+            }
+            (Some(state), _) => {
+                if head.read.damaged_slots().is_empty() {
+                    return;
+                }
+                state.head_seq
+            }
+        };
+        self.new_head = Some(target);
+        let saved_as = head.file_len.map(|_| self.quarantine_path(HEAD_FILE_NAME));
+        let reason = if self.head_moved {
+            format!(
+                "head index unreadable or behind the oldest record; set to {target} (records \
+                 consumed but not compacted may be delivered again)"
+            )
+        } else {
+            String::from("a damaged slot is rewritten from the valid one")
+        };
+        self.actions.push(RepairAction {
+            kind: ActionKind::RewriteHead,
+            file: self.snapshot.dir.join(HEAD_FILE_NAME),
+            offset: 0,
+            bytes: head.file_len.unwrap_or(0),
+            saved_as,
+            seqs: None,
+            reason,
+        });
+    }
+
+    /// Plans dropping what the ack log says about sequence numbers at or beyond the first cut.
+    fn plan_ack_log(&mut self) {
+        let (Some(first_cut), Some(len)) = (self.first_cut_seq, self.snapshot.acks.file_len) else {
+            return;
+        };
+        let history = &self.snapshot.acks.history;
+        let mentions_cut = history.acked.values().any(|&end| end > first_cut)
+            || history.deliveries.range(first_cut..).next().is_some()
+            || history.not_before.range(first_cut..).next().is_some();
+        if !mentions_cut {
+            return;
+        }
+        let saved_as = self.quarantine_path(crate::acklog::ACK_LOG_FILE_NAME);
+        self.actions.push(RepairAction {
+            kind: ActionKind::RewriteAckLog,
+            file: self.snapshot.dir.join(crate::acklog::ACK_LOG_FILE_NAME),
+            offset: first_cut,
+            bytes: len,
+            saved_as: Some(saved_as),
+            seqs: None,
+            reason: format!(
+                "forget acknowledgements and delivery counts of records from {first_cut} on, \
+                 whose sequence numbers new records will carry"
+            ),
+        });
+    }
+
+    fn plan_strays(&mut self) {
+        // An unreadable segment cannot be served; the records it held were cut as missing.
+        for (name, error) in &self.snapshot.unreadable {
+            let base = crate::segment::parse_segment_file_name(name).unwrap_or(0);
+            let kept_end = self.kept.as_ref().map_or(0, |kept| kept.end);
+            if self.first_cut_seq.is_none() && base >= kept_end {
+                // The last segment: what it held is cut, how many is unknown.
+                self.note_cut(base, None);
+            }
+            let saved_as = self.quarantine_path(name);
+            self.actions.push(RepairAction {
+                kind: ActionKind::Quarantine,
+                file: self.snapshot.dir.join(name),
+                offset: 0,
+                bytes: 0,
+                saved_as: Some(saved_as),
+                seqs: None,
+                reason: format!("could not be read: {error}"),
+            });
+        }
+        for stray in &self.snapshot.strays {
+            let saved_as = self.quarantine_path(stray);
+            self.actions.push(RepairAction {
+                kind: ActionKind::Quarantine,
+                file: self.snapshot.dir.join(stray),
+                offset: 0,
+                bytes: 0,
+                saved_as: Some(saved_as),
+                seqs: None,
+                reason: String::from("not a file diskspool writes"),
+            });
+        }
+    }
+}
+
+/// Carries out the actions in order. Every byte that leaves the queue is durable in quarantine
+/// before the queue's copy is cut or its directory entry removed.
+fn execute(
+    storage: &dyn Storage,
+    dir: &Path,
+    actions: &[RepairAction],
+    new_head: Option<u64>,
+) -> Result<()> {
+    let quarantine = dir.join(QUARANTINE_DIR_NAME);
+    storage
+        .create_dir_all(&quarantine)
+        .and_then(|()| storage.sync_dir(dir))
+        .map_err(|error| Error::io("create quarantine", &quarantine, error))?;
+    for action in actions {
+        let saved_as = action.saved_as.as_deref();
+        match action.kind {
+            ActionKind::TruncateTail => truncate_tail(storage, action, saved_as)?,
+            ActionKind::Quarantine => {
+                let to = saved_as.unwrap_or(&quarantine);
+                storage
+                    .rename(&action.file, to)
+                    .map_err(|error| Error::io("move into quarantine", &action.file, error))?;
+                storage
+                    .sync_dir(&quarantine)
+                    .and_then(|()| storage.sync_dir(dir))
+                    .map_err(|error| Error::io("sync directory", dir, error))?;
+            }
+            ActionKind::RestorePadding => {
+                let file = storage
+                    .open(&action.file)
+                    .map_err(|error| Error::io("open segment", &action.file, error))?;
+                file.set_len(action.offset)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|error| Error::io("restore padding", &action.file, error))?;
+            }
+            ActionKind::RewriteHead => {
+                rewrite_head(storage, dir, action, saved_as, new_head)?;
+            }
+            ActionKind::RebaseSegment => rebase_segment(storage, dir, action, saved_as)?,
+            ActionKind::RewriteAckLog => rewrite_ack_log(storage, dir, action, saved_as)?,
+        }
+    }
+    Ok(())
+}
+
+fn truncate_tail(
+    storage: &dyn Storage,
+    action: &RepairAction,
+    saved_as: Option<&Path>,
+) -> Result<()> {
+    let path = &action.file;
+    let file = storage
+        .open(path)
+        .map_err(|error| Error::io("open segment", path, error))?;
+    let len = file
+        .len()
+        .map_err(|error| Error::io("stat segment", path, error))?;
+    let cut_len = usize::try_from(len.saturating_sub(action.offset)).unwrap_or(0);
+    let mut cut = vec![0; cut_len];
+    file.read_exact_at(&mut cut, action.offset)
+        .map_err(|error| Error::io("read segment tail", path, error))?;
+    if let Some(saved_as) = saved_as {
+        save_copy(storage, saved_as, &cut)?;
+    }
+    file.set_len(action.offset)
+        .and_then(|()| file.sync_data())
+        .map_err(|error| Error::io("truncate segment", path, error))
+}
+
+/// Writes a new segment holding the old one's bytes from `action.offset` on, behind a header
+/// for the head's sequence number (taken from the new file's name).
+fn rebase_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    action: &RepairAction,
+    new_path: Option<&Path>,
+) -> Result<()> {
+    let Some(new_path) = new_path else {
+        return Ok(());
+    };
+    let name = new_path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(base) = parse_segment_file_name(&name) else {
+        return Err(Error::corrupt(new_path, 0, "not a segment file name"));
+    };
+    let old = storage
+        .open(&action.file)
+        .map_err(|error| Error::io("open segment", &action.file, error))?;
+    let mut bytes = encode_header(base).to_vec();
+    let header_len = bytes.len();
+    bytes.resize(header_len + usize::try_from(action.bytes).unwrap_or(0), 0);
+    old.read_exact_at(
+        bytes.get_mut(header_len..).unwrap_or(&mut []),
+        action.offset,
+    )
+    .map_err(|error| Error::io("read segment", &action.file, error))?;
+    // Written under a temporary name and renamed, so that a crash never leaves a half-copied
+    // segment under a segment's name (a leftover `.tmp` is a stray the next repair moves away).
+    let tmp_path = dir.join(format!("{name}.tmp"));
+    save_copy(storage, &tmp_path, &bytes)?;
+    storage
+        .rename(&tmp_path, new_path)
+        .and_then(|()| storage.sync_dir(dir))
+        .map_err(|error| Error::io("rename new segment", new_path, error))
+}
+
+/// Rewrites the ack log keeping only entries below `action.offset` (the first sequence number
+/// cut), under the next log id so that no entry of the old file can validate in the new one.
+fn rewrite_ack_log(
+    storage: &dyn Storage,
+    dir: &Path,
+    action: &RepairAction,
+    saved_as: Option<&Path>,
+) -> Result<()> {
+    use crate::acklog::{self, AckEntry};
+    let Some(old) = read_file(storage, &action.file)? else {
+        return Ok(());
+    };
+    if let Some(saved_as) = saved_as {
+        save_copy(storage, saved_as, &old)?;
+    }
+    let first_cut = action.offset;
+    let snapshot = crate::inspect::read_ack_log(storage, dir)?;
+    let log_id = acklog::decode_header(&old).map_or(0, |log_id| log_id) + 1;
+    let mut bytes = acklog::encode_header(log_id).to_vec();
+    for entry in snapshot.history.entries() {
+        let kept = match entry {
+            AckEntry::Acked { start, end } if start < first_cut => Some(AckEntry::Acked {
+                start,
+                end: end.min(first_cut),
+            }),
+            AckEntry::Acked { .. } => None,
+            AckEntry::Delivered { seq, .. } | AckEntry::NotBefore { seq, .. } => {
+                (seq < first_cut).then_some(entry)
+            }
+        };
+        if let Some(entry) = kept {
+            acklog::encode_entry(&mut bytes, log_id, &entry);
+        }
+    }
+    storage::write_atomically(storage, dir, acklog::ACK_LOG_FILE_NAME, &bytes)
+        .map_err(|error| Error::io("rewrite ack log", &action.file, error))
+}
+
+/// Writes `bytes` into a new file and makes it durable, directory entry included.
+fn save_copy(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> Result<()> {
+    let copy = storage
+        .create_new(path)
+        .map_err(|error| Error::io("create quarantine file", path, error))?;
+    copy.write_all_at(bytes, 0)
+        .and_then(|()| copy.sync_data())
+        .map_err(|error| Error::io("write quarantine file", path, error))?;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    storage
+        .sync_dir(parent)
+        .map_err(|error| Error::io("sync directory", parent, error))
+}
+
+fn rewrite_head(
+    storage: &dyn Storage,
+    dir: &Path,
+    action: &RepairAction,
+    saved_as: Option<&Path>,
+    new_head: Option<u64>,
+) -> Result<()> {
+    let old = read_file(storage, &action.file)?;
+    if let (Some(old), Some(saved_as)) = (&old, saved_as) {
+        save_copy(storage, saved_as, old)?;
+    }
+    let generation = old
+        .as_deref()
+        .map(crate::head::decode_head_file)
+        .and_then(|read| {
+            read.slots
+                .iter()
+                .filter_map(|slot| slot.as_ref().ok().map(|slot| slot.generation))
+                .max()
+        })
+        .unwrap_or(0);
+    let head_seq = new_head.unwrap_or(0);
+    // Keep how far the records were known to be synced (0, unknown, if no slot is readable).
+    let synced_seq = old
+        .as_deref()
+        .map(crate::head::decode_head_file)
+        .and_then(|read| {
+            read.slots
+                .iter()
+                .filter_map(|slot| slot.as_ref().ok().map(|slot| slot.state.synced_seq))
+                .max()
+        })
+        .unwrap_or(0);
+    let state = HeadState {
+        head_seq,
+        // Hints are checked before use; a segment start is always a valid frame offset.
+        hint_base: head_seq,
+        hint_offset: SEGMENT_HEADER_LEN as u64,
+        synced_seq,
+    };
+    // Both slots hold the new head, so neither reads as a lost (zeroed) slot.
+    let mut bytes = vec![0; HEAD_FILE_LEN as usize];
+    for (index, offset) in crate::head::HEAD_SLOT_OFFSETS.iter().enumerate() {
+        let slot = encode_slot(&HeadSlot {
+            generation: generation + 1 + index as u64,
+            state,
+        });
+        let start = *offset as usize;
+        if let Some(target) = bytes.get_mut(start..start + HEAD_SLOT_LEN) {
+            target.copy_from_slice(&slot);
+        }
+    }
+    storage::write_atomically(storage, dir, HEAD_FILE_NAME, &bytes)
+        .map_err(|error| Error::io("rewrite head index", &action.file, error))
+}

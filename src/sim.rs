@@ -1,0 +1,908 @@
+//! A simulated filesystem with power-loss semantics and fault injection, for crash testing.
+//!
+//! [`SimStorage`] implements [`Storage`] in memory. Plug it in with
+//! [`Options::storage`](crate::Options::storage), run a workload, then pull the plug with
+//! [`SimStorage::power_loss`] or kill the "process" with [`SimStorage::process_crash`], reopen
+//! the queue on the same `SimStorage` and check what survived. Every decision is drawn from a
+//! seeded generator, so a failing run replays exactly from its seed.
+//!
+//! ```
+//! # fn main() -> Result<(), diskspool::Error> {
+//! use std::sync::Arc;
+//! use diskspool::{Options, Queue, SimStorage, SyncPolicy};
+//!
+//! let sim = SimStorage::new(7);
+//! let options = || Options::default().sync(SyncPolicy::Always).storage(Arc::new(sim.clone()));
+//! let queue = Queue::open("/q", options())?;
+//! queue.push(b"survives")?;
+//! sim.power_loss(); // the queue handle is now dead: every call on it fails
+//! drop(queue);
+//! let queue = Queue::open("/q", options())?;
+//! assert_eq!(queue.pop()?.expect("durable record").payload(), b"survives");
+//! # Ok(()) }
+//! ```
+//!
+//! # What a power loss keeps
+//!
+//! Each file has *durable* content (what the last `sync_data` covered) and the list of writes and
+//! truncations since then. A power loss keeps the durable content and, of the unsynced changes,
+//! for each file independently one of: none of them; all of them; a prefix of them whose last
+//! write may be torn at any byte; or, when [`SimStorage::set_reordering`] is on (the default),
+//! an arbitrary subset of them, so that a later write survives while an earlier one is lost, as
+//! page writeback in any order can do. Bytes that no surviving write covered read as zeros.
+//!
+//! Each directory has durable entries (what the last [`sync_dir`](Storage::sync_dir) covered)
+//! and the list of creates, removes and renames since then. A power loss keeps a prefix of that
+//! list (possibly empty): metadata operations reach the disk in order, as on a journaling
+//! filesystem. A file whose entry did not survive is gone, whatever was synced in it.
+//! Directories themselves are durable as soon as they are created.
+//!
+//! A process crash keeps everything written (the kernel's page cache survives it) and only
+//! releases the locks and invalidates the open handles.
+//!
+//! # Faults
+//!
+//! [`SimStorage::inject`] arms a [`Fault`]: the chosen call, counted from now among calls of a
+//! chosen [`SimOp`] kind (or of any kind), fails with EIO or ENOSPC, or writes only a prefix of
+//! its bytes. [`SimStorage::set_capacity`] bounds the bytes all files may hold: a write past it
+//! writes what fits and fails with ENOSPC. A failed `sync_data` may, like Linux after an
+//! `fsync` error, mark the unsynced pages clean without writing them: a later sync then does not
+//! make them durable.
+//!
+//! # Relation to other simulators
+//!
+//! turmoil's `unstable-fs` models durability inside turmoil's async network simulation and
+//! RocksDB's `FaultInjectionTestFS` drops unsynced data of a C++ `FileSystem`; neither plugs into
+//! this crate's synchronous [`Storage`] seam, tears or reorders individual writes, or loses
+//! directory operations in order, so this module implements the model directly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::storage::{DirLock, LockFailure, Mapping, Storage, StorageFile};
+
+/// A small, fast, seeded pseudo-random generator (SplitMix64). Deterministic across platforms.
+#[derive(Debug, Clone)]
+pub struct SimRng {
+    state: u64,
+}
+
+impl SimRng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        SimRng { state: seed }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound` (0 when `bound` is 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        if bound == 0 {
+            return 0;
+        }
+        self.next_u64() % bound
+    }
+
+    /// True with probability `numerator / denominator`.
+    pub fn chance(&mut self, numerator: u64, denominator: u64) -> bool {
+        self.below(denominator) < numerator
+    }
+}
+
+/// The kinds of calls a [`Fault`] can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimOp {
+    /// [`Storage::create_dir_all`].
+    CreateDirAll,
+    /// [`Storage::list_dir`].
+    ListDir,
+    /// [`Storage::open`].
+    Open,
+    /// [`Storage::create_new`].
+    CreateNew,
+    /// [`Storage::remove_file`].
+    RemoveFile,
+    /// [`Storage::rename`].
+    Rename,
+    /// [`Storage::sync_dir`].
+    SyncDir,
+    /// [`Storage::lock_dir`].
+    LockDir,
+    /// [`StorageFile::len`].
+    Len,
+    /// [`StorageFile::read_exact_at`].
+    Read,
+    /// [`StorageFile::write_all_at`].
+    Write,
+    /// [`StorageFile::set_len`].
+    SetLen,
+    /// [`StorageFile::sync_data`].
+    SyncData,
+    /// [`StorageFile::map`].
+    Map,
+}
+
+/// How an injected fault fails its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// EIO. A failed write may have written any prefix of its bytes.
+    Io,
+    /// ENOSPC. A failed write may have written any prefix of its bytes.
+    NoSpace,
+    /// A write that stops after a non-empty strict prefix of its bytes and reports
+    /// [`io::ErrorKind::WriteZero`], as `write_all` does when the device stops accepting bytes.
+    /// On calls other than writes it acts as [`FaultKind::Io`].
+    ShortWrite,
+}
+
+/// A fault to inject: the `skip + 1`-th call from now of kind `op` (any kind when `None`) fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// The kind of call to fail, or any call.
+    pub op: Option<SimOp>,
+    /// How many matching calls to let through first.
+    pub skip: u64,
+    /// How the call fails.
+    pub kind: FaultKind,
+    /// Whether every matching call after the first failing one fails too (a dead device).
+    pub sticky: bool,
+}
+
+impl Fault {
+    /// Fails the next call of kind `op` with `kind`, once.
+    pub fn next(op: SimOp, kind: FaultKind) -> Self {
+        Fault {
+            op: Some(op),
+            skip: 0,
+            kind,
+            sticky: false,
+        }
+    }
+}
+
+/// Counters of what a [`SimStorage`] has done, for test reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SimStats {
+    /// Calls made through the storage and its files.
+    pub calls: u64,
+    /// Calls failed by injected faults or by the capacity limit.
+    pub faults: u64,
+    /// Simulated power losses.
+    pub power_losses: u64,
+    /// Simulated process crashes.
+    pub process_crashes: u64,
+}
+
+/// An in-memory filesystem that models what survives a power loss; see the
+/// [module documentation](self).
+///
+/// Clones share the same filesystem, like two handles on one disk.
+#[derive(Clone)]
+pub struct SimStorage {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl fmt::Debug for SimStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("SimStorage")
+            .field("files", &state.inodes.len())
+            .field("epoch", &state.epoch)
+            .field("stats", &state.stats)
+            .finish()
+    }
+}
+
+/// One unsynced change to a file's content.
+#[derive(Debug, Clone)]
+enum FileChange {
+    Write { offset: u64, bytes: Vec<u8> },
+    SetLen(u64),
+}
+
+impl FileChange {
+    fn apply(&self, content: &mut Vec<u8>) {
+        match self {
+            FileChange::Write { offset, bytes } => {
+                let start = *offset as usize;
+                let end = start + bytes.len();
+                if content.len() < end {
+                    content.resize(end, 0);
+                }
+                content[start..end].copy_from_slice(bytes);
+            }
+            FileChange::SetLen(len) => content.resize(*len as usize, 0),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inode {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    unsynced: Vec<FileChange>,
+}
+
+/// One unsynced change to a directory's entries.
+#[derive(Debug, Clone)]
+enum DirChange {
+    Create(String, u64),
+    Remove(String),
+    Rename(String, String),
+}
+
+impl DirChange {
+    fn apply(&self, entries: &mut BTreeMap<String, u64>) {
+        match self {
+            DirChange::Create(name, inode) => {
+                entries.insert(name.clone(), *inode);
+            }
+            DirChange::Remove(name) => {
+                entries.remove(name);
+            }
+            DirChange::Rename(from, to) => {
+                if let Some(inode) = entries.remove(from) {
+                    entries.insert(to.clone(), inode);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Dir {
+    live: BTreeMap<String, u64>,
+    durable: BTreeMap<String, u64>,
+    unsynced: Vec<DirChange>,
+}
+
+#[derive(Debug)]
+struct ArmedFault {
+    fault: Fault,
+    remaining_skip: u64,
+    fired: bool,
+}
+
+#[derive(Debug)]
+struct SimState {
+    rng: SimRng,
+    dirs: BTreeMap<PathBuf, Dir>,
+    inodes: BTreeMap<u64, Inode>,
+    next_inode: u64,
+    /// Bumped by every crash; handles from an older epoch are dead.
+    epoch: u64,
+    locks: BTreeMap<PathBuf, u64>,
+    faults: Vec<ArmedFault>,
+    capacity_bytes: Option<u64>,
+    reordering: bool,
+    stats: SimStats,
+}
+
+fn eio(what: &str) -> io::Error {
+    io::Error::other(format!("EIO (simulated): {what}"))
+}
+
+fn enospc() -> io::Error {
+    io::Error::from_raw_os_error(28)
+}
+
+fn dead_handle() -> io::Error {
+    io::Error::other("handle from before a simulated crash: the process that owned it is dead")
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file (simulated)", path.display()),
+    )
+}
+
+fn split(path: &Path) -> io::Result<(PathBuf, String)> {
+    let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    Ok((parent, name.to_string()))
+}
+
+impl SimState {
+    /// Counts a call and fails it if an armed fault says so.
+    fn call(&mut self, op: SimOp) -> Result<(), FaultKind> {
+        self.stats.calls += 1;
+        let mut outcome = Ok(());
+        for armed in &mut self.faults {
+            if armed.fault.op.is_some_and(|target| target != op) {
+                continue;
+            }
+            if armed.fired && !armed.fault.sticky {
+                continue;
+            }
+            if armed.remaining_skip > 0 {
+                armed.remaining_skip -= 1;
+                continue;
+            }
+            armed.fired = true;
+            if outcome.is_ok() {
+                outcome = Err(armed.fault.kind);
+            }
+        }
+        self.faults
+            .retain(|armed| !armed.fired || armed.fault.sticky);
+        if outcome.is_err() {
+            self.stats.faults += 1;
+        }
+        outcome
+    }
+
+    fn fail(kind: FaultKind, what: &str) -> io::Error {
+        match kind {
+            FaultKind::NoSpace => enospc(),
+            FaultKind::Io | FaultKind::ShortWrite => eio(what),
+        }
+    }
+
+    fn dir(&self, dir: &Path) -> io::Result<&Dir> {
+        self.dirs.get(dir).ok_or_else(|| not_found(dir))
+    }
+
+    fn dir_mut(&mut self, dir: &Path) -> io::Result<&mut Dir> {
+        self.dirs.get_mut(dir).ok_or_else(|| not_found(dir))
+    }
+
+    fn lookup(&self, path: &Path) -> io::Result<u64> {
+        let (parent, name) = split(path)?;
+        self.dir(&parent)?
+            .live
+            .get(&name)
+            .copied()
+            .ok_or_else(|| not_found(path))
+    }
+
+    fn used_bytes(&self) -> u64 {
+        let mut used = 0;
+        for dir in self.dirs.values() {
+            for inode in dir.live.values() {
+                used += self
+                    .inodes
+                    .get(inode)
+                    .map_or(0, |inode| inode.live.len() as u64);
+            }
+        }
+        used
+    }
+
+    fn create_dirs(&mut self, dir: &Path) {
+        for ancestor in dir.ancestors() {
+            self.dirs.entry(ancestor.to_path_buf()).or_default();
+        }
+    }
+
+    fn create_file(&mut self, path: &Path, durable: bool) -> io::Result<u64> {
+        let (parent, name) = split(path)?;
+        let inode = self.next_inode;
+        let dir = self.dir_mut(&parent)?;
+        if dir.live.contains_key(&name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{}: file exists (simulated)", path.display()),
+            ));
+        }
+        dir.live.insert(name.clone(), inode);
+        if durable {
+            dir.durable.insert(name, inode);
+        } else {
+            dir.unsynced.push(DirChange::Create(name, inode));
+        }
+        self.next_inode += 1;
+        self.inodes.insert(inode, Inode::default());
+        Ok(inode)
+    }
+
+    /// What one file keeps of its unsynced changes at a power loss.
+    fn surviving_changes(&mut self, changes: &[FileChange]) -> Vec<FileChange> {
+        let count = changes.len() as u64;
+        if count == 0 {
+            return Vec::new();
+        }
+        let choice = self.rng.below(if self.reordering { 4 } else { 3 });
+        let mut kept: Vec<FileChange> = match choice {
+            0 => return Vec::new(),
+            1 => return changes.to_vec(),
+            2 => changes[..=self.rng.below(count) as usize].to_vec(),
+            _ => changes
+                .iter()
+                .filter(|_| self.rng.chance(1, 2))
+                .cloned()
+                .collect(),
+        };
+        // Tear the last surviving write at any byte.
+        if self.rng.chance(1, 2) {
+            if let Some(FileChange::Write { bytes, .. }) = kept.last_mut() {
+                let keep = self.rng.below(bytes.len() as u64 + 1) as usize;
+                bytes.truncate(keep);
+            }
+        }
+        kept
+    }
+
+    fn crash(&mut self, power_loss: bool) {
+        self.epoch += 1;
+        self.locks.clear();
+        self.faults.clear();
+        if !power_loss {
+            self.stats.process_crashes += 1;
+            return;
+        }
+        self.stats.power_losses += 1;
+        let dirs: Vec<PathBuf> = self.dirs.keys().cloned().collect();
+        for path in &dirs {
+            let unsynced = match self.dirs.get_mut(path) {
+                Some(dir) => std::mem::take(&mut dir.unsynced),
+                None => continue,
+            };
+            let keep = self.rng.below(unsynced.len() as u64 + 1) as usize;
+            if let Some(dir) = self.dirs.get_mut(path) {
+                for change in &unsynced[..keep] {
+                    change.apply(&mut dir.durable);
+                }
+                dir.live = dir.durable.clone();
+            }
+        }
+        let reachable: Vec<u64> = self
+            .dirs
+            .values()
+            .flat_map(|dir| dir.durable.values().copied())
+            .collect();
+        let mut survivors = BTreeMap::new();
+        for number in reachable {
+            let Some(mut inode) = self.inodes.remove(&number) else {
+                continue;
+            };
+            let changes = std::mem::take(&mut inode.unsynced);
+            for change in self.surviving_changes(&changes) {
+                change.apply(&mut inode.durable);
+            }
+            inode.live = inode.durable.clone();
+            survivors.insert(number, inode);
+        }
+        self.inodes = survivors;
+    }
+}
+
+impl SimStorage {
+    /// An empty filesystem whose crash and fault decisions are drawn from `seed`.
+    pub fn new(seed: u64) -> Self {
+        SimStorage {
+            state: Arc::new(Mutex::new(SimState {
+                rng: SimRng::new(seed),
+                dirs: BTreeMap::new(),
+                inodes: BTreeMap::new(),
+                next_inode: 1,
+                epoch: 0,
+                locks: BTreeMap::new(),
+                faults: Vec::new(),
+                capacity_bytes: None,
+                reordering: true,
+                stats: SimStats::default(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Cuts the power: unsynced changes are lost, kept, kept in part, torn or reordered as the
+    /// [module documentation](self) describes. Every handle opened before is dead afterwards,
+    /// every lock released and every armed fault disarmed.
+    pub fn power_loss(&self) {
+        self.lock().crash(true);
+    }
+
+    /// Like [`power_loss`](Self::power_loss), with this crash's decisions drawn from `seed`
+    /// instead of the filesystem's generator (so that one crash replays on its own).
+    pub fn power_loss_seeded(&self, seed: u64) {
+        let mut state = self.lock();
+        let saved = std::mem::replace(&mut state.rng, SimRng::new(seed));
+        state.crash(true);
+        state.rng = saved;
+    }
+
+    /// Kills the "process": every write survives (the page cache outlives the process), every
+    /// handle opened before is dead, every lock released and every armed fault disarmed.
+    pub fn process_crash(&self) {
+        self.lock().crash(false);
+    }
+
+    /// Arms a fault; several may be armed at once.
+    pub fn inject(&self, fault: Fault) {
+        self.lock().faults.push(ArmedFault {
+            fault,
+            remaining_skip: fault.skip,
+            fired: false,
+        });
+    }
+
+    /// Disarms every fault.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Limits the bytes all files together may hold (`None`: no limit). Writes past the limit
+    /// write what fits and fail with ENOSPC.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.lock().capacity_bytes = bytes;
+    }
+
+    /// The bytes all files hold now.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes()
+    }
+
+    /// Whether a power loss may keep a later unsynced write of a file and lose an earlier one
+    /// (default on).
+    pub fn set_reordering(&self, enabled: bool) {
+        self.lock().reordering = enabled;
+    }
+
+    /// Counters of calls, faults and crashes so far.
+    pub fn stats(&self) -> SimStats {
+        self.lock().stats
+    }
+
+    /// Writes a whole file durably (entry and content), creating its directories: for building
+    /// test fixtures, such as a damaged queue directory.
+    pub fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.lock();
+        let (parent, _) = split(path)?;
+        state.create_dirs(&parent);
+        let inode = match state.lookup(path) {
+            Ok(inode) => inode,
+            Err(_) => state.create_file(path, true)?,
+        };
+        let file = state.inodes.entry(inode).or_default();
+        file.live = bytes.to_vec();
+        file.durable = bytes.to_vec();
+        file.unsynced.clear();
+        Ok(())
+    }
+
+    /// A file's current (not necessarily durable) content, or `None` if it does not exist.
+    pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        let state = self.lock();
+        let inode = state.lookup(path).ok()?;
+        state.inodes.get(&inode).map(|inode| inode.live.clone())
+    }
+
+    /// Removes a file durably, bypassing fault injection: for freeing space in tests.
+    pub fn delete_file(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        let (parent, name) = split(path)?;
+        let dir = state.dir_mut(&parent)?;
+        dir.live.remove(&name).ok_or_else(|| not_found(path))?;
+        dir.unsynced.push(DirChange::Remove(name.clone()));
+        let unsynced = std::mem::take(&mut dir.unsynced);
+        for change in &unsynced {
+            change.apply(&mut dir.durable);
+        }
+        Ok(())
+    }
+
+    /// The names in a directory, sorted.
+    pub fn file_names(&self, dir: &Path) -> Vec<String> {
+        self.lock()
+            .dirs
+            .get(dir)
+            .map(|dir| dir.live.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn open_handle(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
+        let mut state = self.lock();
+        let op = if create {
+            SimOp::CreateNew
+        } else {
+            SimOp::Open
+        };
+        if let Err(kind) = state.call(op) {
+            return Err(SimState::fail(kind, "open"));
+        }
+        let inode = if create {
+            state.create_file(path, false)?
+        } else {
+            state.lookup(path)?
+        };
+        Ok(Box::new(SimFile {
+            state: self.state.clone(),
+            inode,
+            epoch: state.epoch,
+        }))
+    }
+}
+
+impl Storage for SimStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        if let Err(kind) = state.call(SimOp::CreateDirAll) {
+            return Err(SimState::fail(kind, "create_dir_all"));
+        }
+        state.create_dirs(dir);
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut state = self.lock();
+        if let Err(kind) = state.call(SimOp::ListDir) {
+            return Err(SimState::fail(kind, "list_dir"));
+        }
+        let mut names: Vec<String> = state.dir(dir)?.live.keys().cloned().collect();
+        for path in state.dirs.keys() {
+            if path.parent() == Some(dir) {
+                if let Some(name) = path.file_name().and_then(|name| name.to_str()) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        self.open_handle(path, false)
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        self.open_handle(path, true)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        if let Err(kind) = state.call(SimOp::RemoveFile) {
+            return Err(SimState::fail(kind, "remove_file"));
+        }
+        let (parent, name) = split(path)?;
+        let dir = state.dir_mut(&parent)?;
+        dir.live.remove(&name).ok_or_else(|| not_found(path))?;
+        dir.unsynced.push(DirChange::Remove(name));
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        if let Err(kind) = state.call(SimOp::Rename) {
+            return Err(SimState::fail(kind, "rename"));
+        }
+        let (from_dir, from_name) = split(from)?;
+        let (to_dir, to_name) = split(to)?;
+        state.dir(&to_dir)?;
+        let dir = state.dir_mut(&from_dir)?;
+        let inode = dir.live.remove(&from_name).ok_or_else(|| not_found(from))?;
+        if from_dir == to_dir {
+            dir.live.insert(to_name.clone(), inode);
+            dir.unsynced.push(DirChange::Rename(from_name, to_name));
+        } else {
+            dir.unsynced.push(DirChange::Remove(from_name));
+            let target = state.dir_mut(&to_dir)?;
+            target.live.insert(to_name.clone(), inode);
+            target.unsynced.push(DirChange::Create(to_name, inode));
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        if let Err(kind) = state.call(SimOp::SyncDir) {
+            return Err(SimState::fail(kind, "sync_dir"));
+        }
+        let dir = state.dir_mut(dir)?;
+        dir.durable = dir.live.clone();
+        dir.unsynced.clear();
+        Ok(())
+    }
+
+    fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
+        let mut state = self.lock();
+        if let Err(kind) = state.call(SimOp::LockDir) {
+            return Err(LockFailure::Io(SimState::fail(kind, "lock_dir")));
+        }
+        if state.locks.contains_key(dir) {
+            return Err(LockFailure::Held { pid: None });
+        }
+        let epoch = state.epoch;
+        state.locks.insert(dir.to_path_buf(), epoch);
+        Ok(Box::new(SimLock {
+            state: self.state.clone(),
+            dir: dir.to_path_buf(),
+            epoch,
+        }))
+    }
+}
+
+/// A lock that dies with its "process": a crash releases it, and dropping a dead one is a no-op.
+struct SimLock {
+    state: Arc<Mutex<SimState>>,
+    dir: PathBuf,
+    epoch: u64,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.locks.get(&self.dir) == Some(&self.epoch) {
+            state.locks.remove(&self.dir);
+        }
+    }
+}
+
+/// An open simulated file.
+struct SimFile {
+    state: Arc<Mutex<SimState>>,
+    inode: u64,
+    epoch: u64,
+}
+
+impl fmt::Debug for SimFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimFile")
+            .field("inode", &self.inode)
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+impl SimFile {
+    /// Locks the state, counts the call, checks the handle is alive and applies faults.
+    fn enter(&self, op: SimOp) -> io::Result<(MutexGuard<'_, SimState>, Option<FaultKind>)> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let fault = state.call(op).err();
+        if state.epoch != self.epoch {
+            return Err(dead_handle());
+        }
+        if !state.inodes.contains_key(&self.inode) {
+            return Err(eio("inode vanished"));
+        }
+        Ok((state, fault))
+    }
+}
+
+impl StorageFile for SimFile {
+    fn len(&self) -> io::Result<u64> {
+        let (state, fault) = self.enter(SimOp::Len)?;
+        if let Some(kind) = fault {
+            return Err(SimState::fail(kind, "len"));
+        }
+        Ok(state
+            .inodes
+            .get(&self.inode)
+            .map_or(0, |i| i.live.len() as u64))
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let (state, fault) = self.enter(SimOp::Read)?;
+        if let Some(kind) = fault {
+            return Err(SimState::fail(kind, "read"));
+        }
+        let live = state
+            .inodes
+            .get(&self.inode)
+            .map_or(&[][..], |i| &i.live[..]);
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let source = start
+            .checked_add(buf.len())
+            .and_then(|end| live.get(start..end))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past end"))?;
+        buf.copy_from_slice(source);
+        Ok(())
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let (mut state, fault) = self.enter(SimOp::Write)?;
+        let len = state
+            .inodes
+            .get(&self.inode)
+            .map_or(0, |i| i.live.len() as u64);
+        // How many bytes get written, and the error that stops the rest.
+        let (mut count, mut error) = match fault {
+            None => (buf.len(), None),
+            Some(FaultKind::ShortWrite) if buf.len() > 1 => {
+                let count = 1 + state.rng.below(buf.len() as u64 - 1) as usize;
+                let short = io::Error::new(io::ErrorKind::WriteZero, "short write (simulated)");
+                (count, Some(short))
+            }
+            Some(kind) => {
+                let count = state.rng.below(buf.len() as u64 + 1) as usize;
+                (count, Some(SimState::fail(kind, "write")))
+            }
+        };
+        if let Some(capacity) = state.capacity_bytes {
+            let room = capacity.saturating_sub(state.used_bytes());
+            let fits = (len + room).saturating_sub(offset) as usize;
+            if count > fits {
+                count = fits;
+                error = Some(enospc());
+                state.stats.faults += 1;
+            }
+        }
+        if count > 0 {
+            let change = FileChange::Write {
+                offset,
+                bytes: buf[..count].to_vec(),
+            };
+            if let Some(inode) = state.inodes.get_mut(&self.inode) {
+                change.apply(&mut inode.live);
+                inode.unsynced.push(change);
+            }
+        }
+        match error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let (mut state, fault) = self.enter(SimOp::SetLen)?;
+        if let Some(kind) = fault {
+            return Err(SimState::fail(kind, "set_len"));
+        }
+        let current = state
+            .inodes
+            .get(&self.inode)
+            .map_or(0, |i| i.live.len() as u64);
+        if let Some(capacity) = state.capacity_bytes {
+            if len > current && state.used_bytes() + (len - current) > capacity {
+                state.stats.faults += 1;
+                return Err(enospc());
+            }
+        }
+        if let Some(inode) = state.inodes.get_mut(&self.inode) {
+            let change = FileChange::SetLen(len);
+            change.apply(&mut inode.live);
+            inode.unsynced.push(change);
+        }
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let (mut state, fault) = self.enter(SimOp::SyncData)?;
+        if let Some(kind) = fault {
+            // Like Linux after a failed fsync: the dirty pages may be marked clean unwritten.
+            if state.rng.chance(1, 2) {
+                if let Some(inode) = state.inodes.get_mut(&self.inode) {
+                    inode.unsynced.clear();
+                }
+            }
+            return Err(SimState::fail(kind, "sync_data"));
+        }
+        if let Some(inode) = state.inodes.get_mut(&self.inode) {
+            inode.durable = inode.live.clone();
+            inode.unsynced.clear();
+        }
+        Ok(())
+    }
+
+    fn map(&self, len: u64) -> io::Result<Mapping> {
+        let (state, fault) = self.enter(SimOp::Map)?;
+        if let Some(kind) = fault {
+            return Err(SimState::fail(kind, "map"));
+        }
+        // A snapshot of the bytes that exist now: the contract allows a shorter view than asked,
+        // and the engine maps again when it needs bytes written later.
+        let live = state
+            .inodes
+            .get(&self.inode)
+            .map_or(&[][..], |i| &i.live[..]);
+        let end = usize::try_from(len).unwrap_or(usize::MAX).min(live.len());
+        Ok(Arc::new(live[..end].to_vec()))
+    }
+}

@@ -1,0 +1,422 @@
+//! Checking a queue directory: every frame of every segment, the sequence numbers between
+//! segments, the head index, and files that do not belong.
+//!
+//! [`verify`] takes no lock and writes nothing, so it can run while another process uses the
+//! queue. A problem that disappears when the directory is read again (a write or a compaction in
+//! flight) is not reported; one that stays is, with its file and byte offset.
+//!
+//! ```
+//! # fn main() -> Result<(), diskspool::Error> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use diskspool::{storage::OsStorage, verify, Options, Queue};
+//!
+//! let queue = Queue::open(dir.path(), Options::default())?;
+//! queue.push(b"checked")?;
+//! let report = verify::verify(&OsStorage, dir.path())?;
+//! assert!(report.is_clean(), "{:?}", report.problems);
+//! assert_eq!(report.records, 1);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::head::{SlotError, HEAD_FILE_NAME, HEAD_SLOT_OFFSETS};
+use crate::inspect::{HeaderStatus, ScanProgress, SegmentEnd, SegmentScan, Snapshot};
+use crate::segment::HeaderError;
+use crate::storage::Storage;
+
+/// How many times verify reads the directory again before it believes a problem.
+const VERIFY_ATTEMPTS_MAX: u32 = 4;
+/// The pause between those reads: long enough for a write or compaction in flight to finish.
+const VERIFY_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// What kind of problem was found. The names are stable: they appear in `spool verify --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// A frame fails its checks (checksum, sequence number, length) while valid records follow
+    /// it, in the same segment or a later one: damage, not an interrupted write.
+    DamagedFrame,
+    /// The last segment ends in bytes that do not form a complete record or batch: the remains
+    /// of an interrupted write, which `Queue::open` cuts on its own.
+    TornTail,
+    /// A segment's header is cut short, has bad magic bytes or checksum, or names another base
+    /// sequence number than the file name.
+    BadSegmentHeader,
+    /// A segment written by a format version this build does not read.
+    UnsupportedVersion,
+    /// Sequence numbers are missing between two segments or between the head and the oldest
+    /// segment (a deleted or truncated segment), or two segments overlap.
+    MissingRecords,
+    /// One head slot is damaged; the other one is in force.
+    HeadSlotDamaged,
+    /// The head index is missing while segments exist, or neither slot is valid: which records
+    /// were consumed is unknown, and `Queue::open` refuses to guess.
+    HeadUnreadable,
+    /// A segment file could not be read (an I/O error, or a folder with a segment's name).
+    Unreadable,
+    /// The ack log of the jobs API has a bad header: acknowledgements beyond the head are
+    /// unknown. `repair` does not mend it.
+    AckLogDamaged,
+    /// A file or folder that diskspool did not write.
+    StrayFile,
+}
+
+impl ProblemKind {
+    /// The stable snake_case name used in JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProblemKind::DamagedFrame => "damaged_frame",
+            ProblemKind::TornTail => "torn_tail",
+            ProblemKind::BadSegmentHeader => "bad_segment_header",
+            ProblemKind::UnsupportedVersion => "unsupported_version",
+            ProblemKind::MissingRecords => "missing_records",
+            ProblemKind::HeadSlotDamaged => "head_slot_damaged",
+            ProblemKind::HeadUnreadable => "head_unreadable",
+            ProblemKind::Unreadable => "unreadable",
+            ProblemKind::AckLogDamaged => "ack_log_damaged",
+            ProblemKind::StrayFile => "stray_file",
+        }
+    }
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One problem, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What kind of problem.
+    pub kind: ProblemKind,
+    /// The file involved, relative to nothing: the full path.
+    pub file: PathBuf,
+    /// Where in the file the problem starts.
+    pub offset: u64,
+    /// One sentence saying what is wrong.
+    pub detail: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at byte {}: {} ({})",
+            self.file.display(),
+            self.offset,
+            self.detail,
+            self.kind
+        )
+    }
+}
+
+/// The result of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The queue directory.
+    pub dir: PathBuf,
+    /// Segment files checked.
+    pub segments: usize,
+    /// Valid records found, consumed or not.
+    pub records: u64,
+    /// Bytes of segment files read.
+    pub bytes: u64,
+    /// The head sequence number in force, when the head index is readable.
+    pub head_seq: Option<u64>,
+    /// Every problem, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks the queue in `dir`. See the [module documentation](self).
+pub fn verify(storage: &dyn Storage, dir: &std::path::Path) -> Result<VerifyReport> {
+    verify_with_progress(storage, dir, &mut |_| {})
+}
+
+/// Like [`verify`], reporting progress of the first full read after each segment.
+pub fn verify_with_progress(
+    storage: &dyn Storage,
+    dir: &std::path::Path,
+    progress: &mut dyn FnMut(ScanProgress),
+) -> Result<VerifyReport> {
+    let mut snapshot = Snapshot::take_with_progress(storage, dir, progress)?;
+    let mut report = check(&snapshot);
+    for _ in 1..VERIFY_ATTEMPTS_MAX {
+        if report.is_clean() {
+            break;
+        }
+        std::thread::sleep(VERIFY_RETRY_PAUSE);
+        snapshot = Snapshot::take(storage, dir)?;
+        report = check(&snapshot);
+    }
+    Ok(report)
+}
+
+/// Lists the problems of a snapshot. Pure.
+pub fn check(snapshot: &Snapshot) -> VerifyReport {
+    let mut report = VerifyReport {
+        dir: snapshot.dir.clone(),
+        segments: snapshot.segments.len(),
+        records: snapshot.segments.iter().map(|scan| scan.records).sum(),
+        bytes: snapshot.segments.iter().map(|scan| scan.file_len).sum(),
+        head_seq: snapshot.head_seq(),
+        problems: Vec::new(),
+    };
+    check_head(snapshot, &mut report.problems);
+    check_segments(snapshot, &mut report.problems);
+    for (name, error) in &snapshot.unreadable {
+        report.problems.push(Problem {
+            kind: ProblemKind::Unreadable,
+            file: snapshot.dir.join(name),
+            offset: 0,
+            detail: format!("could not be read: {error}"),
+        });
+    }
+    if let Some(error) = &snapshot.acks.header_error {
+        report.problems.push(Problem {
+            kind: ProblemKind::AckLogDamaged,
+            file: snapshot.dir.join(crate::acklog::ACK_LOG_FILE_NAME),
+            offset: 0,
+            detail: error.to_string(),
+        });
+    }
+    for stray in &snapshot.strays {
+        report.problems.push(Problem {
+            kind: ProblemKind::StrayFile,
+            file: snapshot.dir.join(stray),
+            offset: 0,
+            detail: String::from("not a file diskspool writes (repair moves it to quarantine/)"),
+        });
+    }
+    report
+}
+
+fn check_head(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
+    let path = snapshot.dir.join(HEAD_FILE_NAME);
+    let head = &snapshot.head;
+    if head.file_len.is_none() {
+        if let Some(first) = snapshot.segments.first() {
+            problems.push(Problem {
+                kind: ProblemKind::HeadUnreadable,
+                file: path,
+                offset: 0,
+                detail: format!(
+                    "the head index is missing while segment files exist (first: {})",
+                    first.name
+                ),
+            });
+        }
+        return;
+    }
+    if head.read.current.is_none() {
+        problems.push(Problem {
+            kind: ProblemKind::HeadUnreadable,
+            file: path,
+            offset: 0,
+            detail: format!(
+                "neither head slot is valid (slot 0: {}; slot 1: {})",
+                slot_text(&head.read.slots[0]),
+                slot_text(&head.read.slots[1])
+            ),
+        });
+        return;
+    }
+    for index in head.read.damaged_slots() {
+        let detail = match &head.read.slots[index] {
+            Err(SlotError::Empty) => format!(
+                "head slot {index} is all zero although both slots were written; the other slot \
+                 is in force"
+            ),
+            Err(error) => format!("head slot {index}: {error}; the other slot is in force"),
+            Ok(_) => continue,
+        };
+        problems.push(Problem {
+            kind: ProblemKind::HeadSlotDamaged,
+            file: path.clone(),
+            offset: HEAD_SLOT_OFFSETS[index],
+            detail,
+        });
+    }
+}
+
+fn slot_text(slot: &std::result::Result<crate::head::HeadSlot, SlotError>) -> String {
+    match slot {
+        Ok(_) => String::from("valid"),
+        Err(error) => error.to_string(),
+    }
+}
+
+fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
+    let head_seq = snapshot.head_seq();
+    let segments = snapshot.live_segments();
+    let last_index = segments.len().checked_sub(1);
+    // The sequence number the next segment must start with, when known.
+    let mut expected: Option<u64> = None;
+    for (index, scan) in segments.iter().enumerate() {
+        let path = snapshot.dir.join(&scan.name);
+        let is_last = Some(index) == last_index;
+        if let Some(expected) = expected {
+            // Gaps wholly behind the head are consumed records: nothing is lost.
+            let matters = head_seq.is_none_or(|head| scan.base_seq > head);
+            if scan.base_seq != expected && matters {
+                problems.push(Problem {
+                    kind: ProblemKind::MissingRecords,
+                    file: path.clone(),
+                    offset: 0,
+                    detail: sequence_break(expected, scan.base_seq),
+                });
+            }
+        } else if let (0, Some(head)) = (index, head_seq) {
+            if scan.base_seq > head {
+                problems.push(Problem {
+                    kind: ProblemKind::MissingRecords,
+                    file: path.clone(),
+                    offset: 0,
+                    detail: format!(
+                        "records {head}..{} are missing: the head is at {head} but the oldest \
+                         segment starts at {}",
+                        scan.base_seq, scan.base_seq
+                    ),
+                });
+            }
+        }
+        if let Some(problem) = header_problem(&path, scan) {
+            problems.push(problem);
+            expected = None;
+            continue;
+        }
+        // Where a damaged segment really ends is unknown: the next one is not compared with it.
+        let end = end_problem(path, scan, is_last);
+        expected = match scan.end {
+            SegmentEnd::Clean | SegmentEnd::PaddingCut => Some(scan.next_seq()),
+            SegmentEnd::IncompleteBatch { .. } | SegmentEnd::BadFrame { .. } => None,
+        };
+        problems.extend(end);
+    }
+    // An unborn last segment is removed by `Queue::open`; it holds nothing.
+    if let Some(unborn) = snapshot.segments.get(segments.len()) {
+        problems.push(Problem {
+            kind: ProblemKind::BadSegmentHeader,
+            file: snapshot.dir.join(&unborn.name),
+            offset: 0,
+            detail: format!(
+                "segment of {} bytes was never completed (no valid header); it holds no records",
+                unborn.file_len
+            ),
+        });
+    }
+}
+
+fn sequence_break(expected: u64, found: u64) -> String {
+    if found > expected {
+        format!(
+            "records {expected}..{found} are missing: the previous segment ends before \
+             {expected} and this one starts at {found}"
+        )
+    } else {
+        format!(
+            "segment starts at {found} but the previous one already holds records up to {}",
+            expected.saturating_sub(1)
+        )
+    }
+}
+
+fn header_problem(path: &std::path::Path, scan: &SegmentScan) -> Option<Problem> {
+    let (kind, detail) = match &scan.header {
+        HeaderStatus::Ok => return None,
+        HeaderStatus::Bad(HeaderError::UnsupportedVersion(version)) => (
+            ProblemKind::UnsupportedVersion,
+            format!(
+                "segment written by format version {version}; this build reads version {}",
+                crate::segment::FORMAT_VERSION
+            ),
+        ),
+        HeaderStatus::Bad(error) => (ProblemKind::BadSegmentHeader, error.to_string()),
+        HeaderStatus::WrongBase { found } => (
+            ProblemKind::BadSegmentHeader,
+            format!(
+                "header names base sequence {found}, file name {}",
+                scan.base_seq
+            ),
+        ),
+    };
+    Some(Problem {
+        kind,
+        file: path.to_path_buf(),
+        offset: 0,
+        detail,
+    })
+}
+
+fn end_problem(path: PathBuf, scan: &SegmentScan, is_last: bool) -> Option<Problem> {
+    let (kind, offset, detail) = match &scan.end {
+        SegmentEnd::Clean => return None,
+        SegmentEnd::PaddingCut => (
+            if is_last {
+                ProblemKind::TornTail
+            } else {
+                ProblemKind::DamagedFrame
+            },
+            scan.file_len,
+            format!(
+                "file ends inside the padding of its last record (length {}, expected {})",
+                scan.file_len, scan.valid_end
+            ),
+        ),
+        SegmentEnd::IncompleteBatch { offset, first_seq } => (
+            if is_last {
+                ProblemKind::TornTail
+            } else {
+                ProblemKind::DamagedFrame
+            },
+            *offset,
+            format!("batch starting at sequence {first_seq} has no final record"),
+        ),
+        SegmentEnd::BadFrame {
+            offset,
+            expected_seq,
+            error,
+            later_frames,
+        } => match later_frames.first() {
+            Some((later_offset, later_seq)) => (
+                ProblemKind::DamagedFrame,
+                *offset,
+                format!(
+                    "record {expected_seq}: {error}; a valid record (sequence {later_seq} at \
+                     byte {later_offset}) follows"
+                ),
+            ),
+            None if is_last => (
+                ProblemKind::TornTail,
+                *offset,
+                format!(
+                    "record {expected_seq}: {error}; {} bytes from here to the end of the file \
+                     hold no valid record",
+                    scan.file_len.saturating_sub(*offset)
+                ),
+            ),
+            None => (
+                ProblemKind::DamagedFrame,
+                *offset,
+                format!("record {expected_seq}: {error}; later segments follow"),
+            ),
+        },
+    };
+    Some(Problem {
+        kind,
+        file: path,
+        offset,
+        detail,
+    })
+}

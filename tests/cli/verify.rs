@@ -1,0 +1,284 @@
+//! `verify` on clean queues and on every kind of damage: each problem named with its file and
+//! byte offset, exit 1; never a crash.
+
+use predicates::prelude::*;
+
+use crate::util::*;
+
+#[test]
+fn a_clean_queue_verifies_with_exit_0() {
+    let (_temp, dir) = queue_with(80, 30);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 0);
+    assert_eq!(report["clean"], true);
+    assert_eq!(report["records"], 80);
+    assert_eq!(report["head_seq"], 30);
+    assert_eq!(report["segments"], segments(&dir).len());
+    spool(&["verify", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("clean: no problems found"));
+}
+
+#[test]
+fn a_new_empty_directory_verifies_clean() {
+    let temp = tempfile::tempdir().unwrap();
+    spool(&["verify", arg(temp.path())]).assert().code(0);
+}
+
+#[test]
+fn a_flipped_byte_in_a_sealed_segment_is_a_damaged_frame_at_its_offset() {
+    let (_temp, dir) = queue_with(80, 0);
+    let first = &segments(&dir)[0];
+    let (offset, seq) = frames(first)[4];
+    flip_byte(first, offset + 26);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(report["clean"], false);
+    assert_eq!(
+        problems(&report),
+        [("damaged_frame".to_string(), name(first), offset)]
+    );
+    let detail = report["problems"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("record {seq}")), "{detail}");
+    spool(&["verify", arg(&dir)])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("damaged_frame"))
+        .stdout(predicate::str::contains(offset.to_string()));
+}
+
+#[test]
+fn a_sealed_segment_truncated_mid_frame_is_reported() {
+    let (_temp, dir) = queue_with(80, 0);
+    let first = &segments(&dir)[0];
+    let (offset, _) = *frames(first).last().unwrap();
+    truncate(first, offset + 10);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [("damaged_frame".to_string(), name(first), offset)]
+    );
+}
+
+#[test]
+fn a_zeroed_tail_of_the_last_segment_is_a_torn_tail() {
+    let (_temp, dir) = queue_with(80, 0);
+    let last = segments(&dir).last().unwrap().clone();
+    let tail_frames = frames(&last);
+    let (offset, _) = tail_frames[tail_frames.len() - 2];
+    zero_from(&last, offset);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [("torn_tail".to_string(), name(&last), offset)]
+    );
+}
+
+#[test]
+fn a_deleted_segment_in_the_middle_is_missing_records() {
+    let (_temp, dir) = queue_with(100, 0);
+    let files = segments(&dir);
+    assert!(files.len() >= 3);
+    let first_missing = frames(&files[1])[0].1;
+    let after = frames(&files[2])[0].1;
+    std::fs::remove_file(&files[1]).unwrap();
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [("missing_records".to_string(), name(&files[2]), 0)]
+    );
+    let detail = report["problems"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("{first_missing}..{after}")),
+        "{detail}"
+    );
+}
+
+#[test]
+fn a_deleted_consumed_segment_is_not_a_problem() {
+    // Compaction deletes consumed segments; a gap wholly behind the head loses nothing.
+    let (_temp, dir) = queue_with(100, 70);
+    let files = segments(&dir);
+    assert!(frames(&files[1]).last().unwrap().1 < 70);
+    std::fs::remove_file(&files[1]).unwrap();
+    assert_eq!(verify_json(&dir).1, 0);
+}
+
+#[test]
+fn one_damaged_head_slot_is_reported_both_are_head_unreadable() {
+    let (_temp, dir) = queue_with(10, 3);
+    let head = dir.join("head");
+    flip_byte(&head, 20);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [("head_slot_damaged".to_string(), "head".to_string(), 0)]
+    );
+    flip_byte(&head, 4096 + 20);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [("head_unreadable".to_string(), "head".to_string(), 0)]
+    );
+    assert!(report["head_seq"].is_null());
+}
+
+#[test]
+fn a_zeroed_head_slot_is_told_apart_from_one_never_written() {
+    // A new queue has written only slot 0: its empty slot 1 is no problem.
+    let (_temp, fresh) = queue_with(3, 0);
+    assert_eq!(verify_json(&fresh).1, 0);
+    // After pops both slots were written: zeroing one loses a head, which verify reports.
+    let (_temp, dir) = queue_with(10, 3);
+    let head = dir.join("head");
+    let mut bytes = std::fs::read(&head).unwrap();
+    let newest = diskspool::head::decode_head_file(&bytes).current.unwrap();
+    let offset = diskspool::head::HEAD_SLOT_OFFSETS[1 - newest] as usize;
+    bytes[offset..offset + diskspool::head::HEAD_SLOT_LEN].fill(0);
+    std::fs::write(&head, bytes).unwrap();
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [(
+            "head_slot_damaged".to_string(),
+            "head".to_string(),
+            offset as u64
+        )]
+    );
+}
+
+#[test]
+fn a_missing_head_with_segments_is_head_unreadable() {
+    let (_temp, dir) = queue_with(10, 0);
+    std::fs::remove_file(dir.join("head")).unwrap();
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(problems(&report)[0].0, "head_unreadable");
+}
+
+#[test]
+fn stray_and_empty_files_are_reported_not_a_crash() {
+    let (_temp, dir) = queue_with(10, 0);
+    std::fs::write(dir.join("notes.txt"), "hello").unwrap();
+    std::fs::write(dir.join("empty"), "").unwrap();
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [
+            ("stray_file".to_string(), "empty".to_string(), 0),
+            ("stray_file".to_string(), "notes.txt".to_string(), 0),
+        ]
+    );
+}
+
+#[test]
+fn an_empty_segment_file_is_a_bad_header() {
+    let (_temp, dir) = queue_with(80, 0);
+    let files = segments(&dir);
+    // In the middle: records after it cannot be reached.
+    std::fs::write(&files[1], "").unwrap();
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    let found = problems(&report);
+    assert!(
+        found.contains(&("bad_segment_header".to_string(), name(&files[1]), 0)),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_segment_of_another_format_version_is_named() {
+    let (_temp, dir) = queue_with(80, 0);
+    let files = segments(&dir);
+    set_segment_version(&files[1], 9);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report)[0],
+        ("unsupported_version".to_string(), name(&files[1]), 0)
+    );
+    let detail = report["problems"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("version 9"), "{detail}");
+}
+
+#[test]
+fn a_truncated_segment_header_is_a_bad_header() {
+    let (_temp, dir) = queue_with(80, 0);
+    let files = segments(&dir);
+    truncate(&files[1], 20);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert!(problems(&report).contains(&("bad_segment_header".to_string(), name(&files[1]), 0)));
+}
+
+#[test]
+fn damaged_queues_make_read_commands_fail_cleanly_never_crash() {
+    // Every fixture, every read-only command: exit 0, 1 or 5 with a message, never a signal.
+    type Damage = fn(&std::path::Path);
+    let damage: [(&str, Damage); 6] = [
+        ("flipped", |dir| {
+            let first = &segments(dir)[0];
+            flip_byte(first, frames(first)[1].0 + 30);
+        }),
+        ("truncated", |dir| truncate(&segments(dir)[0], 100)),
+        ("header", |dir| truncate(&segments(dir)[1], 7)),
+        ("head", |dir| {
+            std::fs::write(dir.join("head"), [1u8; 9000]).unwrap()
+        }),
+        ("version", |dir| set_segment_version(&segments(dir)[0], 99)),
+        ("zeroed", |dir| zero_from(&segments(dir)[0], 32)),
+    ];
+    for (what, damage) in damage {
+        let (_temp, dir) = queue_with(80, 0);
+        damage(&dir);
+        for command in ["stat", "dump", "peek", "inspect", "verify"] {
+            let output = spool(&[command, arg(&dir)]).output().unwrap();
+            let code = output.status.code();
+            assert!(
+                matches!(code, Some(0 | 1 | 5)),
+                "{command} on {what}: {code:?} {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if code == Some(5) {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                assert!(
+                    stderr.starts_with("spool: "),
+                    "{command} on {what}: {stderr}"
+                );
+                assert!(stderr.contains(arg(&dir)), "names the file: {stderr}");
+            }
+        }
+        assert_eq!(verify_json(&dir).1, 1, "verify finds the {what} damage");
+    }
+}
+
+#[test]
+fn an_unreadable_segment_is_reported_and_the_rest_still_checked() {
+    // A folder with a segment's name cannot be read, like a file on a failing sector.
+    let (_temp, dir) = queue_with(100, 0);
+    let files = segments(&dir);
+    std::fs::remove_file(&files[1]).unwrap();
+    std::fs::create_dir(&files[1]).unwrap();
+    flip_byte(&files[2], frames(&files[2])[1].0 + 30);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    let found = problems(&report);
+    assert!(
+        found.contains(&("unreadable".to_string(), name(&files[1]), 0)),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(kind, file, _)| kind == "damaged_frame" && *file == name(&files[2])),
+        "later segments are still checked: {found:?}"
+    );
+}
