@@ -26,8 +26,9 @@ pub struct RecoveryReport {
     /// (never acknowledged under [`SyncPolicy::Always`](crate::SyncPolicy::Always)).
     ///
     /// Free space after the last record is cut but not reported: zeros the writer prepares
-    /// ahead of its tail, or the stale frames of a recycled segment file. Records that a power
-    /// loss left as zeros look the same and are not reported either (under `Always` none of
+    /// ahead of its tail (they end on a 4 KiB boundary), or the stale frames of a recycled
+    /// segment file; see `segment::is_free_space`. Records that a power loss left as zeros up
+    /// to such a boundary look the same and are not reported either (under `Always` none of
     /// them was acknowledged).
     pub truncated: Vec<Truncation>,
     /// Files removed because they never held a record: a segment whose creation was cut short,
