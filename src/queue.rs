@@ -196,6 +196,7 @@ impl Queue {
                 recovered.tail,
                 recovered.next_seq,
                 options.mapped_writes,
+                options.sync == SyncPolicy::Always,
             )),
             reader: Mutex::new(Reader {
                 cursor: Cursor {

@@ -63,6 +63,9 @@ pub(crate) struct Writer {
     /// True once the storage showed that it offers writable mappings (asked before the first
     /// zeros are written, so that storage without them never gets any).
     mapping_probed: bool,
+    /// Under `SyncPolicy::Always`: zeros are prepared ahead, but frames are written with
+    /// `write_all_at` rather than stored through a mapping.
+    sync_always: bool,
     /// Encoding buffer of the written path, reused across batches.
     scratch: Vec<u8>,
 }
@@ -82,6 +85,7 @@ impl Writer {
         tail: u64,
         next_seq: u64,
         mapped_writes: bool,
+        sync_always: bool,
     ) -> Self {
         Writer {
             active,
@@ -93,6 +97,7 @@ impl Writer {
             window: None,
             mapping_enabled: mapped_writes,
             mapping_probed: false,
+            sync_always,
             scratch: Vec::new(),
         }
     }
@@ -172,6 +177,7 @@ impl Writer {
                 return Err(match self.file.set_len(self.tail) {
                     Ok(()) => {
                         self.written_end = self.tail;
+                        self.len_max = self.tail;
                         AppendFailure {
                             error,
                             poison: false,
@@ -226,7 +232,15 @@ impl Writer {
             let window_end = end
                 .max(segment_size.min(self.tail + WRITE_WINDOW_BYTES))
                 .next_multiple_of(PREPARED_SPACE_ALIGN);
-            self.zero_fill(window_end)?;
+            if end > self.written_end {
+                self.zero_fill(window_end)?;
+            }
+            if self.sync_always {
+                // Every push waits for an fdatasync anyway: a pwrite costs little beside it,
+                // and a mapped page would be write-protected by each sync and faulted in again
+                // by the next store. The zeros still spare the syncs block allocation.
+                return Ok(None);
+            }
             let map = self
                 .file
                 .map_writable(self.tail, window_end - self.tail)
