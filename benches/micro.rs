@@ -46,7 +46,9 @@ fn push_pop(c: &mut Criterion) {
         group.bench_function(format!("push {size} B Never"), |b| {
             b.iter(|| never.push(black_box(&payload)))
         });
-        // Pop what the push benchmark left, refilling in batches outside the timing.
+        // Pop what the push benchmark left, refilling in batches outside the timing. The setup
+        // runs before every iteration (`PerIteration`): with batched setups the queue would run
+        // dry inside a batch and empty pops would be timed.
         group.bench_function(format!("pop {size} B"), |b| {
             b.iter_batched(
                 || {
@@ -56,7 +58,7 @@ fn push_pop(c: &mut Criterion) {
                     }
                 },
                 |()| never.pop(),
-                BatchSize::SmallInput,
+                BatchSize::PerIteration,
             )
         });
     }
@@ -80,7 +82,7 @@ fn push_pop(c: &mut Criterion) {
                 }
             },
             |()| never.pop_batch(64),
-            BatchSize::SmallInput,
+            BatchSize::PerIteration,
         )
     });
     group.finish();
