@@ -166,7 +166,9 @@ pub(crate) struct Shared {
 
 /// A batch written at the tail, not yet complete.
 pub(crate) struct Written {
-    segment: Arc<Segment>,
+    /// The segment to publish `end` in once durable: only under `SyncPolicy::Always` (the
+    /// other policies publish while writing, and skip the reference count).
+    segment: Option<Arc<Segment>>,
     range: Range<u64>,
     end: u64,
 }
@@ -532,13 +534,15 @@ impl Shared {
             });
         }
         if self.options.sync != SyncPolicy::Always {
-            writer.active.publish(writer.tail);
+            // Under the writer lock, the only place this segment's end moves (but sealing, also
+            // under the lock): a plain store.
+            writer.active.publish_locked(writer.tail);
             self.published_next_seq
                 .fetch_max(writer.next_seq, Ordering::SeqCst);
             self.arrivals.notify();
         }
         Ok(Written {
-            segment: writer.active.clone(),
+            segment: (self.options.sync == SyncPolicy::Always).then(|| writer.active.clone()),
             range: first..writer.next_seq,
             end: writer.tail,
         })
@@ -552,7 +556,9 @@ impl Shared {
                 .wait(written.range.end, || self.sync_data())
                 .map_err(|error| self.poison(error))?;
             // Readers see a record only once it is durable.
-            written.segment.publish(written.end);
+            if let Some(segment) = &written.segment {
+                segment.publish(written.end);
+            }
             self.published_next_seq
                 .fetch_max(written.range.end, Ordering::SeqCst);
             self.arrivals.notify();

@@ -315,6 +315,13 @@ impl Segment {
         self.readable_end.fetch_max(end, Ordering::AcqRel);
     }
 
+    /// Makes bytes up to `end` readable, for a caller holding the writer lock under a policy
+    /// where only the writer (under that lock) moves the end: a store, not a read-modify-write.
+    pub(crate) fn publish_locked(&self, end: u64) {
+        debug_assert!(end >= self.readable_end.load(Ordering::Relaxed));
+        self.readable_end.store(end, Ordering::Release);
+    }
+
     /// Marks the segment complete at `end` bytes.
     pub(crate) fn seal(&self, end: u64) {
         self.publish(end);
