@@ -7,6 +7,10 @@
 //!
 //! A crash between 2 and 3 can bring a deleted segment back; it is behind the head, so the next
 //! compaction deletes it again.
+//!
+//! With a segment pool ([`Options::segment_pool`](crate::Options::segment_pool)), step 2
+//! renames a consumed segment into the pool instead of deleting it, when the pool has room and
+//! nothing maps the file any more; the pool gets the file only after step 3 (see `pool`).
 
 use std::io;
 use std::sync::{Arc, PoisonError};
@@ -24,6 +28,24 @@ pub struct CompactReport {
     pub segments_removed: usize,
     /// Bytes those files held.
     pub bytes_freed: u64,
+    /// Consumed segment files kept for reuse instead of deleted.
+    pub segments_recycled: usize,
+}
+
+/// Compacts, then deletes the files kept for reuse: what [`Queue::compact`](crate::Queue::compact)
+/// does, so that a drained queue can give all its space back.
+pub(crate) fn compact_and_release_pool(shared: &Shared) -> Result<CompactReport> {
+    let mut report = compact(shared)?;
+    let _one_at_a_time = lock(&shared.compact_lock);
+    let (count, bytes) = crate::pool::release(&*shared.storage, &mut lock(&shared.pool))?;
+    if count > 0 {
+        shared.storage.sync_dir(&shared.dir).map_err(|error| {
+            shared.poison(Error::io("sync queue directory", &shared.dir, error))
+        })?;
+    }
+    report.segments_removed += count;
+    report.bytes_freed += bytes;
+    Ok(report)
 }
 
 pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
@@ -48,11 +70,30 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
             .collect()
     };
     let mut report = CompactReport::default();
+    let pool_room = shared
+        .options
+        .segment_pool
+        .saturating_sub(lock(&shared.pool).len());
+    let mut recycled = Vec::new();
     for segment in victims {
         // Delete only a file whose header proves it is the segment its name says: a damaged or
         // foreign file with a segment's name stays for `spool verify` and `spool repair`.
         if segment.ensure_open(&*shared.storage).is_err() {
             continue;
+        }
+        if recycled.len() < pool_room {
+            shared
+                .segments
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&segment.base_seq);
+            if crate::pool::reusable(&segment) {
+                // If the rename fails, the segment is deleted below like any consumed one.
+                if let Ok(path) = crate::pool::put(&*shared.storage, &shared.dir, &segment) {
+                    recycled.push(path);
+                    continue;
+                }
+            }
         }
         let bytes = match segment.file() {
             Some(file) => file.len().unwrap_or(0),
@@ -76,10 +117,13 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
         report.segments_removed += 1;
         report.bytes_freed += bytes;
     }
-    if report.segments_removed > 0 {
+    if report.segments_removed > 0 || !recycled.is_empty() {
         shared.storage.sync_dir(&shared.dir).map_err(|error| {
             shared.poison(Error::io("sync queue directory", &shared.dir, error))
         })?;
     }
+    // Only now, with the renames durable, may the files be reused.
+    report.segments_recycled = recycled.len();
+    lock(&shared.pool).extend(recycled);
     Ok(report)
 }

@@ -137,6 +137,34 @@ pub fn encode(
     batch_continues: bool,
     not_before_us: u64,
 ) {
+    let start = out.len();
+    let body_len = body_len(payload.len(), not_before_us != 0);
+    out.resize(start + frame_len(body_len), 0);
+    encode_into(
+        &mut out[start..],
+        seq,
+        enqueued_us,
+        payload,
+        batch_continues,
+        not_before_us,
+    );
+}
+
+/// Encodes one frame into `out`, which must be exactly as long as the frame
+/// ([`frame_len`] of its [`body_len`]); the writer encodes straight into a mapping of the
+/// segment this way, without a copy. A `not_before_us` of 0 means no delay.
+///
+/// Every byte of `out` is written, padding included, so stale bytes in reused space never
+/// survive inside a frame. Panics if `out` has the wrong length or the body is longer than
+/// [`PAYLOAD_LEN_MAX`]: both are bugs in the caller.
+pub fn encode_into(
+    out: &mut [u8],
+    seq: u64,
+    enqueued_us: u64,
+    payload: &[u8],
+    batch_continues: bool,
+    not_before_us: u64,
+) {
     let delayed = not_before_us != 0;
     let body_len = body_len(payload.len(), delayed);
     let body_len_field = u32::try_from(body_len).unwrap_or(u32::MAX);
@@ -144,7 +172,7 @@ pub fn encode(
         body_len_field <= PAYLOAD_LEN_MAX,
         "payload length checked by the caller"
     );
-    let start = out.len();
+    assert_eq!(out.len(), frame_len(body_len), "frame buffer length");
     let mut flags = 0;
     if batch_continues {
         flags |= BATCH_CONTINUES;
@@ -152,19 +180,27 @@ pub fn encode(
     if delayed {
         flags |= DELAYED;
     }
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(body_len_field | flags).to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&enqueued_us.to_le_bytes());
+    out[LEN_FLAGS_OFFSET..SEQ_OFFSET].copy_from_slice(&(body_len_field | flags).to_le_bytes());
+    out[SEQ_OFFSET..ENQUEUED_OFFSET].copy_from_slice(&seq.to_le_bytes());
+    out[ENQUEUED_OFFSET..PAYLOAD_OFFSET].copy_from_slice(&enqueued_us.to_le_bytes());
+    let mut payload_start = PAYLOAD_OFFSET;
     if delayed {
-        out.extend_from_slice(&not_before_us.to_le_bytes());
+        out[PAYLOAD_OFFSET..PAYLOAD_OFFSET + DELAY_PREFIX_LEN]
+            .copy_from_slice(&not_before_us.to_le_bytes());
+        payload_start += DELAY_PREFIX_LEN;
     }
-    out.extend_from_slice(payload);
-    let crc = checksum(&out[start + LEN_FLAGS_OFFSET..]);
-    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
-    out.resize(start + frame_len(body_len), 0);
+    let body_end = payload_start + payload.len();
+    out[payload_start..body_end].copy_from_slice(payload);
+    out[body_end..].fill(0);
+    // The checksum is computed from the caller's payload, not read back from `out`: `out` may be
+    // a shared mapping, and reading it back would cost a second pass over cold memory.
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&out[LEN_FLAGS_OFFSET..payload_start]);
+    hasher.update(payload);
+    let crc = hasher.finalize();
+    out[CRC_OFFSET..LEN_FLAGS_OFFSET].copy_from_slice(&crc.to_le_bytes());
     debug_assert_eq!(
-        decode(&out[start..], seq, PAYLOAD_LEN_MAX).map(|frame| frame.payload.len()),
+        decode(out, seq, PAYLOAD_LEN_MAX).map(|frame| frame.payload.len()),
         Ok(payload.len()),
         "an encoded frame decodes back",
     );
@@ -279,6 +315,19 @@ mod tests {
         assert!(frame.header.batch_continues);
         assert_eq!(&out[frame.payload.clone()], b"hello");
         assert_eq!(frame.frame_len, out.len());
+    }
+
+    #[test]
+    fn encode_into_overwrites_stale_bytes() {
+        // Reused space (a recycled or preallocated segment) holds old bytes; the frame written
+        // over them, padding included, must be exactly what `encode` produces.
+        for not_before_us in [0, 77] {
+            let mut expected = Vec::new();
+            encode(&mut expected, 9, 5, b"abc", false, not_before_us);
+            let mut reused = vec![0xEE; expected.len()];
+            encode_into(&mut reused, 9, 5, b"abc", false, not_before_us);
+            assert_eq!(reused, expected);
+        }
     }
 
     #[test]

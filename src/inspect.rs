@@ -387,13 +387,21 @@ pub fn scan_segment(name: &str, base_seq: u64, bytes: &[u8]) -> SegmentScan {
                 expected_seq,
                 error,
             } => {
+                let later_frames = later_frames(bytes, offset, expected_seq);
+                // Zeros a writer prepared ahead of its tail, or stale frames of a recycled
+                // file: the segment ends here, nothing is damaged.
+                let free = later_frames.is_empty()
+                    && crate::segment::is_free_space(bytes, offset as usize, &error, base_seq);
+                if free {
+                    break;
+                }
                 // `valid_end` stays at the start of the damaged frame's batch: a batch is
                 // served whole or not at all. The problem is located at the frame itself.
                 scan.end = SegmentEnd::BadFrame {
                     offset,
                     expected_seq,
                     error,
-                    later_frames: later_frames(bytes, offset, expected_seq),
+                    later_frames,
                 };
                 return scan;
             }

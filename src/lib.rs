@@ -42,6 +42,7 @@ pub mod head;
 pub mod inspect;
 mod jobs;
 mod options;
+mod pool;
 mod queue;
 mod reader;
 mod recovery;
@@ -53,6 +54,7 @@ pub mod storage;
 mod sync;
 mod typed;
 pub mod verify;
+mod writer;
 
 pub use compactor::CompactReport;
 pub use error::{Error, Result};

@@ -57,6 +57,8 @@ pub struct Options {
     pub(crate) lease: Duration,
     pub(crate) max_deliveries: Option<u32>,
     pub(crate) dead_letter_dir: Option<PathBuf>,
+    pub(crate) mapped_writes: bool,
+    pub(crate) segment_pool: usize,
 }
 
 impl Default for Options {
@@ -70,6 +72,8 @@ impl Default for Options {
             lease: LEASE_DEFAULT,
             max_deliveries: None,
             dead_letter_dir: None,
+            mapped_writes: true,
+            segment_pool: 0,
         }
     }
 }
@@ -105,6 +109,26 @@ impl Options {
     /// Runs the queue on another filesystem implementation, such as a simulated one in tests.
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = storage;
+        self
+    }
+
+    /// Whether pushes store frames through a writable mapping of the active segment (default
+    /// on, where the storage offers one): no system call per push. Space is written with zeros
+    /// before it is mapped, so on filesystems that overwrite in place (ext4, XFS without
+    /// reflinks) a full disk is an error from `push`. On copy-on-write filesystems (btrfs, ZFS)
+    /// overwriting needs new space too, and a full disk could raise SIGBUS at a store: turn
+    /// this off there, and pushes use one `pwrite` per batch instead.
+    pub fn mapped_writes(mut self, enabled: bool) -> Self {
+        self.mapped_writes = enabled;
+        self
+    }
+
+    /// How many consumed segment files are kept for reuse instead of deleted (default 0: none).
+    /// A new segment written into a recycled file overwrites blocks that exist, often in pages
+    /// still cached, instead of allocating both; the pool costs up to this many segments of disk
+    /// space after the queue drains, which [`Queue::compact`](crate::Queue::compact) releases.
+    pub fn segment_pool(mut self, files: usize) -> Self {
+        self.segment_pool = files;
         self
     }
 

@@ -16,11 +16,13 @@ use crate::frame;
 use crate::head::HeadState;
 use crate::jobs::{Delivery, Jobs};
 use crate::options::{Options, SyncPolicy};
+use crate::pool;
 use crate::reader::{Cursor, Reader};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{Segment, SEGMENT_HEADER_LEN};
-use crate::storage::{DirLock, LockFailure, Mapping, Storage, StorageFile};
+use crate::storage::{DirLock, LockFailure, Mapping, Storage};
 use crate::sync::{lock, SyncGroup};
+use crate::writer::Writer;
 
 /// The lock file's name inside the queue directory.
 pub const LOCK_FILE_NAME: &str = "lock";
@@ -152,6 +154,8 @@ pub(crate) struct Shared {
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
     pub(crate) compact_lock: Mutex<()>,
+    /// Consumed segment files kept for reuse (see `pool`), at most `Options::segment_pool`.
+    pub(crate) pool: Mutex<Vec<PathBuf>>,
     pub(crate) arrivals: Arrivals,
     pub(crate) dead_letters: Mutex<Option<Arc<Queue>>>,
     #[cfg(feature = "async")]
@@ -160,18 +164,11 @@ pub(crate) struct Shared {
     _lock: DirLock,
 }
 
-/// The producer side: the active segment and where the next frame goes.
-pub(crate) struct Writer {
-    active: Arc<Segment>,
-    file: Arc<dyn StorageFile>,
-    tail: u64,
-    pub(crate) next_seq: u64,
-    scratch: Vec<u8>,
-}
-
 /// A batch written at the tail, not yet complete.
 pub(crate) struct Written {
-    segment: Arc<Segment>,
+    /// The segment to publish `end` in once durable: only under `SyncPolicy::Always` (the
+    /// other policies publish while writing, and skip the reference count).
+    segment: Option<Arc<Segment>>,
     range: Range<u64>,
     end: u64,
 }
@@ -187,19 +184,22 @@ impl Queue {
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
         let dir_lock = create_and_lock(&*storage, &dir)?;
-        let recovered = recovery::recover(&*storage, &dir, &options)?;
+        let mut recovered = recovery::recover(&*storage, &dir, &options)?;
+        let pool_files = std::mem::take(&mut recovered.pool_files);
+        let pool = pool::adopt(&*storage, &dir, pool_files, options.segment_pool)?;
         let head_generation = recovered.head.generation();
         let shared = Arc::new(Shared {
             dir,
             storage,
             segments: RwLock::new(recovered.segments),
-            writer: Mutex::new(Writer {
-                active: recovered.active,
-                file: recovered.active_file,
-                tail: recovered.tail,
-                next_seq: recovered.next_seq,
-                scratch: Vec::new(),
-            }),
+            writer: Mutex::new(Writer::new(
+                recovered.active,
+                recovered.active_file,
+                recovered.tail,
+                recovered.next_seq,
+                options.mapped_writes,
+                options.sync == SyncPolicy::Always,
+            )),
             reader: Mutex::new(Reader {
                 cursor: Cursor {
                     segment: recovered.head_segment,
@@ -217,6 +217,7 @@ impl Queue {
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             compact_lock: Mutex::new(()),
+            pool: Mutex::new(pool),
             arrivals: Arrivals::default(),
             dead_letters: Mutex::new(None),
             #[cfg(feature = "async")]
@@ -376,10 +377,11 @@ impl Queue {
         self.shared.sync_all()
     }
 
-    /// Deletes every segment whose records have all been consumed. Runs automatically unless
-    /// [`Options::auto_compact`] is off.
+    /// Deletes every segment whose records have all been consumed, and the files kept for reuse
+    /// ([`Options::segment_pool`]). Runs automatically unless [`Options::auto_compact`] is off;
+    /// the automatic runs keep the pool.
     pub fn compact(&self) -> Result<CompactReport> {
-        compactor::compact(&self.shared)
+        compactor::compact_and_release_pool(&self.shared)
     }
 
     /// What recovery found and did when this queue was opened.
@@ -404,6 +406,9 @@ impl Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
+        // A cleanly closed queue holds no zeros after its data; if this fails, recovery treats
+        // the zeros as free space anyway.
+        let _ = lock(&self.shared.writer).trim();
         #[cfg(feature = "async")]
         self.shared.timer.stop();
         if let Some(flusher) = self.flusher.take() {
@@ -456,6 +461,9 @@ impl Shared {
 
     fn push_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<Range<u64>> {
         let batch_len = self.check_batch(payloads, not_before_us)?;
+        let always = self.options.sync == SyncPolicy::Always;
+        // Announced to the group commit, so that a leader lets this push join its sync.
+        let _entered = always.then(|| self.push_sync.enter());
         let written = {
             let mut writer = self.lock_writer();
             if payloads.is_empty() {
@@ -510,42 +518,31 @@ impl Shared {
         if has_records && writer.tail + batch_len > self.options.segment_size {
             self.roll(writer)?;
         }
-        writer.scratch.clear();
-        let last = payloads.len() - 1;
-        for (index, payload) in payloads.iter().enumerate() {
-            let seq = writer.next_seq + index as u64;
-            frame::encode(
-                &mut writer.scratch,
-                seq,
-                enqueued_us,
-                payload,
-                index < last,
-                not_before_us,
-            );
-        }
-        debug_assert_eq!(writer.scratch.len() as u64, batch_len);
-        if let Err(error) = writer.file.write_all_at(&writer.scratch, writer.tail) {
-            // Remove whatever part was written, so no fragment can later read as data.
-            if let Err(cleanup) = writer.file.set_len(writer.tail) {
-                return Err(self.poison(Error::io(
-                    "truncate after failed write",
-                    &writer.active.path,
-                    cleanup,
-                )));
-            }
-            return Err(Error::io("write segment", &writer.active.path, error));
-        }
         let first = writer.next_seq;
-        writer.next_seq += payloads.len() as u64;
-        writer.tail += batch_len;
+        let appended = writer.append(
+            payloads,
+            batch_len,
+            enqueued_us,
+            not_before_us,
+            self.options.segment_size,
+        );
+        if let Err(failure) = appended {
+            return Err(if failure.poison {
+                self.poison(failure.error)
+            } else {
+                failure.error
+            });
+        }
         if self.options.sync != SyncPolicy::Always {
-            writer.active.publish(writer.tail);
+            // Under the writer lock, the only place this segment's end moves (but sealing, also
+            // under the lock): a plain store.
+            writer.active.publish_locked(writer.tail);
             self.published_next_seq
                 .fetch_max(writer.next_seq, Ordering::SeqCst);
             self.arrivals.notify();
         }
         Ok(Written {
-            segment: writer.active.clone(),
+            segment: (self.options.sync == SyncPolicy::Always).then(|| writer.active.clone()),
             range: first..writer.next_seq,
             end: writer.tail,
         })
@@ -559,7 +556,9 @@ impl Shared {
                 .wait(written.range.end, || self.sync_data())
                 .map_err(|error| self.poison(error))?;
             // Readers see a record only once it is durable.
-            written.segment.publish(written.end);
+            if let Some(segment) = &written.segment {
+                segment.publish(written.end);
+            }
             self.published_next_seq
                 .fetch_max(written.range.end, Ordering::SeqCst);
             self.arrivals.notify();
@@ -584,30 +583,52 @@ impl Shared {
 
     /// Seals the active segment and starts a new one at the next sequence number.
     fn roll(&self, writer: &mut Writer) -> Result<()> {
-        // Sealed segments are always durable, so damage in one is never a torn write.
-        if let Err(error) = writer.file.sync_data() {
+        // Sealed segments are always durable, so damage in one is never a torn write; their
+        // length is their data's (the zeros ahead of the tail are cut first).
+        if let Err(error) = writer.trim().and_then(|()| writer.file.sync_data()) {
             let error = Error::io("sync segment", &writer.active.path, error);
             return Err(self.poison(error));
         }
         self.push_sync.mark_durable(writer.next_seq);
-        let (segment, file) = recovery::create_segment_or_clean_up(
-            &*self.storage,
-            &self.dir,
-            writer.next_seq,
-            self.options.segment_size,
-        )
-        .map_err(|failure| match failure.leftover {
-            true => self.poison(failure.error),
-            false => failure.error,
-        })?;
+        let pooled = lock(&self.pool).pop();
+        let reused = match pooled {
+            Some(pooled) => match pool::reuse(
+                &*self.storage,
+                &self.dir,
+                &pooled,
+                writer.next_seq,
+                self.options.segment_size,
+            ) {
+                Ok(reused) => Some(reused),
+                // A file that may still carry the new segment's name: the state is unknown.
+                Err(failure) if failure.leftover => return Err(self.poison(failure.error)),
+                // The pool file is gone: make a fresh segment instead.
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let (segment, file, len) = match reused {
+            Some(reused) => reused,
+            None => {
+                let (segment, file) = recovery::create_segment_or_clean_up(
+                    &*self.storage,
+                    &self.dir,
+                    writer.next_seq,
+                    self.options.segment_size,
+                )
+                .map_err(|failure| match failure.leftover {
+                    true => self.poison(failure.error),
+                    false => failure.error,
+                })?;
+                (segment, file, SEGMENT_HEADER_LEN as u64)
+            }
+        };
         self.segments
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(segment.base_seq, segment.clone());
         writer.active.seal(writer.tail);
-        writer.active = segment;
-        writer.file = file;
-        writer.tail = SEGMENT_HEADER_LEN as u64;
+        writer.start_segment(segment, file, len);
         Ok(())
     }
 

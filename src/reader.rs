@@ -558,7 +558,7 @@ impl Shared {
         if self.options.sync == SyncPolicy::Always {
             if let Some(generation) = pending.head_generation {
                 self.head_sync
-                    .wait(generation, || lock(&self.reader).head.sync())
+                    .wait(generation, || self.sync_head())
                     .map_err(|error| self.poison(error))?;
             }
             if let Some(ticket) = pending.ack_ticket {

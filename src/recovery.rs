@@ -13,8 +13,8 @@ use crate::frame::{self, PAYLOAD_LEN_MAX};
 use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
 use crate::options::Options;
 use crate::segment::{
-    decode_header, find_later_frame, header_error, parse_segment_file_name, segment_file_name,
-    walk_frames, Segment, WalkStep, SEGMENT_HEADER_LEN,
+    decode_header, find_later_frame, header_error, is_free_space, is_zero_tail,
+    parse_segment_file_name, segment_file_name, walk_frames, Segment, WalkStep, SEGMENT_HEADER_LEN,
 };
 use crate::storage::{Mapping, Storage, StorageFile};
 
@@ -24,6 +24,12 @@ use crate::storage::{Mapping, Storage, StorageFile};
 pub struct RecoveryReport {
     /// Torn tails cut from the active segment: records whose write was interrupted by a crash
     /// (never acknowledged under [`SyncPolicy::Always`](crate::SyncPolicy::Always)).
+    ///
+    /// Free space after the last record is cut but not reported: zeros the writer prepares
+    /// ahead of its tail (they end on a 4 KiB boundary), or the stale frames of a recycled
+    /// segment file; see `segment::is_free_space`. Records that a power loss left as zeros up
+    /// to such a boundary look the same and are not reported either (under `Always` none of
+    /// them was acknowledged).
     pub truncated: Vec<Truncation>,
     /// Files removed because they never held a record: a segment whose creation was cut short,
     /// a temporary file of an interrupted head index creation.
@@ -62,6 +68,8 @@ pub(crate) struct Recovered {
     pub(crate) acklog: AckLog,
     pub(crate) history: JobHistory,
     pub(crate) report: RecoveryReport,
+    /// Segment files kept for reuse, found in the directory (see `pool`).
+    pub(crate) pool_files: Vec<String>,
 }
 
 pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> Result<Recovered> {
@@ -204,6 +212,10 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         acklog,
         history,
         report,
+        pool_files: names
+            .into_iter()
+            .filter(|name| crate::pool::is_pool_file_name(name))
+            .collect(),
     })
 }
 
@@ -269,8 +281,21 @@ fn recover_active(
             } => stop = Some((offset, expected_seq, error)),
         }
     }
+    // What follows the last frame may be free space rather than a torn write: zeros the writer
+    // prepared ahead of its tail (see `writer`), or the stale frames of a recycled file (see
+    // `pool`), whose sequence numbers are below this segment's base. Neither ever validates as
+    // a frame, and nothing is lost there. (Records a power loss turned to zeros look the same.)
+    let free_space = match &stop {
+        Some((offset, _, error)) => is_free_space(bytes, *offset as usize, error, base),
+        None => false,
+    };
+    // An all-zero tail cannot hide a later frame: skip the scan.
+    let zero_tail = match &stop {
+        Some((offset, _, _)) => is_zero_tail(bytes, *offset as usize),
+        None => false,
+    };
     let mut out_of_order = None;
-    if let Some((offset, expected_seq, error)) = &stop {
+    if let Some((offset, expected_seq, error)) = stop.as_ref().filter(|_| !zero_tail) {
         let later = find_later_frame(bytes, *offset as usize, *expected_seq, PAYLOAD_LEN_MAX);
         if let Some((later_offset, later_seq)) = later {
             // Everything the cut would remove lies above what was synced.
@@ -298,8 +323,14 @@ fn recover_active(
         // Cut the torn tail (or an incomplete batch), or restore padding a torn write cut off.
         file.set_len(complete_end)
             .map_err(io_error("truncate torn tail"))?;
-        if complete_end < len {
-            let reason = match (stop, out_of_order) {
+        // Nothing was lost if all that is cut is free space (and no unsynced records after it).
+        let free_space = free_space && out_of_order.is_none();
+        let data_end = match (&stop, free_space) {
+            (Some((offset, _, _)), true) => *offset,
+            _ => len,
+        };
+        if complete_end < data_end {
+            let reason = match (stop.filter(|_| !free_space), out_of_order) {
                 (_, Some(reason)) => reason,
                 (Some((_, _, error)), None) => error.to_string(),
                 (None, None) => String::from("the last batch is incomplete"),
@@ -307,7 +338,7 @@ fn recover_active(
             report.truncated.push(Truncation {
                 file: path.to_path_buf(),
                 offset: complete_end,
-                bytes_cut: len - complete_end,
+                bytes_cut: data_end - complete_end,
                 first_lost_seq: complete_next_seq,
                 reason,
             });

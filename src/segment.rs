@@ -171,6 +171,42 @@ pub fn walk_frames(
     })
 }
 
+/// True when every byte of `bytes` from `from` on is zero: no frame can hide there, so a search
+/// for later frames can be skipped. (Whether it is free space: see [`is_free_space`].)
+pub fn is_zero_tail(bytes: &[u8], from: usize) -> bool {
+    bytes
+        .get(from..)
+        .is_some_and(|tail| tail.iter().all(|&byte| byte == 0))
+}
+
+/// Space a writer prepares ahead of its tail ends on a multiple of this many bytes (see
+/// `writer`): a run of zeros that ends elsewhere is not prepared space.
+pub const PREPARED_SPACE_ALIGN: u64 = 4096;
+
+/// True when what `bytes` holds from `offset` on (where a walk of a segment whose base is
+/// `base` stopped with `error`) is free space rather than a torn write:
+/// - a stale frame from an older life of a recycled file (valid checksum, sequence number below
+///   `base`), or
+/// - zeros that run to a multiple of [`PREPARED_SPACE_ALIGN`] (the end of the space a writer
+///   prepared), followed by nothing or by such stale bytes.
+///
+/// Neither ever validates as a frame. The caller must also have found no valid frame of this
+/// segment further on ([`find_later_frame`]). Zeros that a power loss left where records were
+/// written look the same when they run to such a boundary.
+pub fn is_free_space(bytes: &[u8], offset: usize, error: &FrameError, base: u64) -> bool {
+    if matches!(error, FrameError::WrongSeq { found, .. } if *found < base) {
+        return true;
+    }
+    let Some(rest) = bytes.get(offset..) else {
+        return false;
+    };
+    let zeros = rest
+        .iter()
+        .position(|&byte| byte != 0)
+        .unwrap_or(rest.len());
+    zeros > 0 && ((offset + zeros) as u64).is_multiple_of(PREPARED_SPACE_ALIGN)
+}
+
 /// Searches `bytes` after `from` for any frame that validates with a sequence number at or
 /// above `min_seq`: evidence that damage at `from` is not a torn tail.
 pub fn find_later_frame(
@@ -182,6 +218,14 @@ pub fn find_later_frame(
     let mut offset = frame::align_up(from + 1);
     while offset + frame::FRAME_HEADER_LEN <= bytes.len() {
         let rest = &bytes[offset..];
+        // Zeros (space prepared ahead of the tail) never validate: skip them without a checksum.
+        let zeros = rest
+            .get(..frame::FRAME_HEADER_LEN)
+            .is_some_and(|header| header.iter().all(|&byte| byte == 0));
+        if zeros {
+            offset += frame::FRAME_ALIGN;
+            continue;
+        }
         if let Some(header) = frame::peek_header(rest) {
             // Only plausible sequence numbers are worth a checksum.
             let plausible = header.seq >= min_seq && header.seq - min_seq < (bytes.len() as u64);
@@ -271,6 +315,13 @@ impl Segment {
         self.readable_end.fetch_max(end, Ordering::AcqRel);
     }
 
+    /// Makes bytes up to `end` readable, for a caller holding the writer lock under a policy
+    /// where only the writer (under that lock) moves the end: a store, not a read-modify-write.
+    pub(crate) fn publish_locked(&self, end: u64) {
+        debug_assert!(end >= self.readable_end.load(Ordering::Relaxed));
+        self.readable_end.store(end, Ordering::Release);
+    }
+
     /// Marks the segment complete at `end` bytes.
     pub(crate) fn seal(&self, end: u64) {
         self.publish(end);
@@ -308,6 +359,15 @@ impl Segment {
         self.readable_end.store(len, Ordering::Release);
         files.file = Some(Arc::from(file));
         Ok(())
+    }
+
+    /// True when no record (or anything else) shares this segment's read mapping: the file may
+    /// be reused without changing bytes someone still reads.
+    pub(crate) fn mapping_unshared(&self) -> bool {
+        lock(&self.inner)
+            .view
+            .as_ref()
+            .is_none_or(|view| Arc::strong_count(view) == 1)
     }
 
     /// The open file; `ensure_open` must have succeeded.

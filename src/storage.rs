@@ -12,6 +12,11 @@
 //! - A [`Mapping`] shows the file's bytes as they are when they are read. Callers read only bytes
 //!   they know to be inside the file, so a mapping longer than the file is never touched past its
 //!   end.
+//! - A [`WritableMapping`] (optional: [`StorageFile::map_writable`] may return `None`) is a
+//!   shared view of a range of the file: a store into it is a write to the file, in the kernel
+//!   at once (so it survives a process kill) and made durable by `sync_data` like any write. The
+//!   engine maps only bytes that are inside the file and already written (it writes zeros first),
+//!   so no store needs new disk space: a store that did could only fail by a signal.
 
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -22,6 +27,12 @@ use std::sync::Arc;
 
 /// A read-only view of a file's bytes, shared by every record that borrows from it.
 pub type Mapping = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A writable, shared view of a range of a file; see [`StorageFile::map_writable`].
+pub trait WritableMapping: Send + Sync {
+    /// The mapped bytes: index 0 is the file offset the mapping was made at.
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
 
 /// A handle that holds an exclusive lock on a queue directory until dropped.
 pub type DirLock = Box<dyn Send + Sync>;
@@ -82,6 +93,16 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// current length (the file may grow into it); an implementation may return a shorter view,
     /// in which case the caller maps again when it needs more.
     fn map(&self, len: u64) -> io::Result<Mapping>;
+    /// Maps `[offset, offset + len)` for writing, shared with the file. The range must lie
+    /// inside the file and be written already (the engine writes zeros first), so that no store
+    /// into it needs new disk space. `offset` need not be page aligned.
+    ///
+    /// Returns `None` when the implementation has no writable mappings (the default): the engine
+    /// then writes with [`write_all_at`](StorageFile::write_all_at) only.
+    fn map_writable(&self, offset: u64, len: u64) -> io::Result<Option<Box<dyn WritableMapping>>> {
+        let _ = (offset, len);
+        Ok(None)
+    }
 }
 
 /// How long `lock_dir` keeps trying before it reports the directory as locked.
@@ -224,6 +245,41 @@ impl StorageFile for OsFile {
         // are excluded by the lock; the read-only CLI commands validate every frame they read.
         let mmap = unsafe { memmap2::MmapOptions::new().len(len).map(&self.file)? };
         Ok(Arc::new(mmap))
+    }
+
+    fn map_writable(&self, offset: u64, len: u64) -> io::Result<Option<Box<dyn WritableMapping>>> {
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mapping too large"))?;
+        let file_len = self.file.metadata()?.len();
+        if offset.saturating_add(len as u64) > file_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "writable mapping past the end of the file",
+            ));
+        }
+        // SAFETY: the range lies inside the file (checked above) and the engine, which holds the
+        // directory lock, never truncates the file below a range while a writable mapping of it
+        // is alive, so no access can fault past the end. The blocks were written before the
+        // mapping is made, so stores need no allocation (no SIGBUS on a full disk). Only the
+        // writer thread, under the writer lock, stores into the mapping, and only into bytes no
+        // reader has been given yet.
+        let mmap = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(len)
+                .map_mut(&self.file)?
+        };
+        Ok(Some(Box::new(OsWritableMapping { mmap })))
+    }
+}
+
+struct OsWritableMapping {
+    mmap: memmap2::MmapMut,
+}
+
+impl WritableMapping for OsWritableMapping {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.mmap
     }
 }
 

@@ -1,5 +1,16 @@
 //! Group commit: many threads wait for durability, one of them syncs for all.
+//!
+//! A sync covers what was written before it started, so the more writers have written when the
+//! leader starts, the more one sync covers. Writers announce themselves with
+//! [`SyncGroup::enter`] before they write; a leader that sees announced writers who have not yet
+//! come to wait (they are still writing, or on their way out after the previous sync and about
+//! to write again) yields the processor to them a bounded number of times before it syncs. A
+//! lone writer never yields. On the development machine (2 cores) this took 16 producers under
+//! `SyncPolicy::Always` from about 40 k to 55–67 k records/s (`examples/always_scaling.rs`).
+//! Groups whose writers do not announce themselves get a weaker form: the leader waits (a few
+//! yields at most) for as many waiters as the last sync covered.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, Result};
@@ -10,11 +21,19 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The most times a leader yields to announced writers before it syncs.
+const GATHER_YIELDS_MAX: usize = 64;
+
+/// The most unannounced writers a leader expects (from the last sync's count).
+const GATHER_UNANNOUNCED_MAX: usize = 16;
+
 /// Tracks how far a monotonically growing "ticket" (a sequence number, a generation) is durable.
 #[derive(Debug)]
 pub(crate) struct SyncGroup {
     state: Mutex<GroupState>,
     done: Condvar,
+    /// Writers between [`enter`](SyncGroup::enter) and the end of their operation.
+    inside: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -22,6 +41,21 @@ struct GroupState {
     durable: u64,
     leader_active: bool,
     failure: Option<String>,
+    /// The tickets of the threads waiting in `wait` that are not durable yet (the leader's
+    /// included): a handful, one per waiting thread.
+    pending: Vec<u64>,
+    /// How many waiters the last sync covered: what a leader expects when writers do not
+    /// announce themselves.
+    last_covered: usize,
+}
+
+/// An announced writer; see [`SyncGroup::enter`].
+pub(crate) struct Entered<'a>(&'a AtomicUsize);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl SyncGroup {
@@ -31,9 +65,19 @@ impl SyncGroup {
                 durable,
                 leader_active: false,
                 failure: None,
+                pending: Vec::new(),
+                last_covered: 0,
             }),
             done: Condvar::new(),
+            inside: AtomicUsize::new(0),
         }
+    }
+
+    /// Announces a writer that will soon write and then `wait`: hold the guard from before the
+    /// write until the wait returns. Only a hint for the leader; correctness never depends on it.
+    pub(crate) fn enter(&self) -> Entered<'_> {
+        self.inside.fetch_add(1, Ordering::AcqRel);
+        Entered(&self.inside)
     }
 
     /// Returns once `ticket` is durable. If no sync is running, this thread runs `sync`, which
@@ -42,14 +86,19 @@ impl SyncGroup {
     /// and later: a failed fsync is never retried.
     pub(crate) fn wait(&self, ticket: u64, mut sync: impl FnMut() -> Result<u64>) -> Result<()> {
         let mut state = lock(&self.state);
-        loop {
+        let mut registered = false;
+        let outcome = loop {
             if let Some(cause) = &state.failure {
-                return Err(Error::Poisoned {
+                break Err(Error::Poisoned {
                     cause: cause.clone(),
                 });
             }
             if state.durable >= ticket {
-                return Ok(());
+                break Ok(());
+            }
+            if !registered {
+                state.pending.push(ticket);
+                registered = true;
             }
             if state.leader_active {
                 state = self
@@ -59,21 +108,57 @@ impl SyncGroup {
                 continue;
             }
             state.leader_active = true;
+            state = self.gather(state);
             drop(state);
             let outcome = sync();
             state = lock(&self.state);
             state.leader_active = false;
             match outcome {
-                Ok(covered) => state.durable = state.durable.max(covered),
+                Ok(covered) => {
+                    state.durable = state.durable.max(covered);
+                    let durable = state.durable;
+                    let before = state.pending.len();
+                    state.pending.retain(|&pending| pending > durable);
+                    state.last_covered = before - state.pending.len();
+                }
                 Err(error) => {
-                    let cause = error.to_string();
-                    state.failure = Some(cause);
+                    state.failure = Some(error.to_string());
+                    state.pending.clear();
                     self.done.notify_all();
                     return Err(error);
                 }
             }
             self.done.notify_all();
+        };
+        // Normally gone already (covered tickets are dropped when `durable` moves).
+        if registered && outcome.is_err() {
+            if let Some(index) = state.pending.iter().position(|&pending| pending == ticket) {
+                state.pending.swap_remove(index);
+            }
         }
+        outcome
+    }
+
+    /// Lets announced writers that are not waiting yet write before the leader syncs: while
+    /// more writers are inside than wait for a sync, yields (a bounded number of times).
+    fn gather<'a>(&'a self, mut state: MutexGuard<'a, GroupState>) -> MutexGuard<'a, GroupState> {
+        for _ in 0..GATHER_YIELDS_MAX {
+            let announced = self.inside.load(Ordering::Acquire);
+            // Writers that do not announce themselves: expect as many as the last sync covered,
+            // waiting at most a few yields for them.
+            let expected = if announced == 0 {
+                state.last_covered.min(GATHER_UNANNOUNCED_MAX)
+            } else {
+                announced
+            };
+            if expected <= state.pending.len() {
+                break;
+            }
+            drop(state);
+            std::thread::yield_now();
+            state = lock(&self.state);
+        }
+        state
     }
 
     /// The ticket below which everything is known durable.
@@ -85,6 +170,58 @@ impl SyncGroup {
     pub(crate) fn mark_durable(&self, ticket: u64) {
         let mut state = lock(&self.state);
         state.durable = state.durable.max(ticket);
+        let durable = state.durable;
+        state.pending.retain(|&pending| pending > durable);
         self.done.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// Nobody returns before a sync covered their ticket; a failed sync fails every waiter and
+    /// every later one, and is never retried.
+    #[test]
+    fn waiters_return_only_when_covered_and_failures_stick() {
+        let group = SyncGroup::new(0);
+        let written = AtomicU64::new(0);
+        let synced = AtomicU64::new(0);
+        let syncs = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..16 {
+                scope.spawn(|| {
+                    for _ in 0..50 {
+                        let _entered = group.enter();
+                        let ticket = written.fetch_add(1, Ordering::SeqCst) + 1;
+                        group
+                            .wait(ticket, || {
+                                syncs.fetch_add(1, Ordering::SeqCst);
+                                let covered = written.load(Ordering::SeqCst);
+                                synced.fetch_max(covered, Ordering::SeqCst);
+                                Ok(covered)
+                            })
+                            .unwrap();
+                        assert!(synced.load(Ordering::SeqCst) >= ticket);
+                    }
+                });
+            }
+        });
+        assert!(syncs.load(Ordering::SeqCst) <= 800);
+        assert_eq!(group.inside.load(Ordering::SeqCst), 0);
+        assert!(lock(&group.state).pending.is_empty());
+
+        let failing = SyncGroup::new(0);
+        let attempts = AtomicU64::new(0);
+        let fail = || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            Err(Error::Poisoned {
+                cause: "disk on fire".into(),
+            })
+        };
+        assert!(failing.wait(1, fail).is_err());
+        assert!(failing.wait(2, fail).is_err());
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "never retried");
     }
 }

@@ -3,7 +3,9 @@
 // Test code unwraps: a failure is a test failure, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod segment_pool;
 mod util;
+mod write_paths;
 
 mod asynchronous;
 mod batches;
