@@ -52,88 +52,34 @@ fn a_spool_is_locked_like_a_queue() {
     ));
 }
 
-mod failing {
-    //! A filesystem that fails writes to files under one directory while a switch is on.
+/// A file that fails every write while `on` is set.
+#[derive(Debug)]
+struct FailingFile {
+    inner: Box<dyn diskspool::storage::StorageFile>,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
 
-    use std::io;
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
-    use diskspool::storage::{DirLock, LockFailure, Mapping, OsStorage, Storage, StorageFile};
-
-    #[derive(Debug)]
-    pub struct FailWrites {
-        pub under: PathBuf,
-        pub on: Arc<AtomicBool>,
+impl diskspool::storage::StorageFile for FailingFile {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
     }
-
-    #[derive(Debug)]
-    struct File {
-        inner: Box<dyn StorageFile>,
-        fail: bool,
-        on: Arc<AtomicBool>,
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
     }
-
-    impl FailWrites {
-        fn wrap(&self, path: &Path, inner: Box<dyn StorageFile>) -> Box<dyn StorageFile> {
-            Box::new(File {
-                inner,
-                fail: path.starts_with(&self.under),
-                on: self.on.clone(),
-            })
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.on.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected write failure"));
         }
+        self.inner.write_all_at(buf, offset)
     }
-
-    impl Storage for FailWrites {
-        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-            OsStorage.create_dir_all(dir)
-        }
-        fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-            OsStorage.list_dir(dir)
-        }
-        fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-            Ok(self.wrap(path, OsStorage.open(path)?))
-        }
-        fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-            Ok(self.wrap(path, OsStorage.create_new(path)?))
-        }
-        fn remove_file(&self, path: &Path) -> io::Result<()> {
-            OsStorage.remove_file(path)
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            OsStorage.rename(from, to)
-        }
-        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            OsStorage.sync_dir(dir)
-        }
-        fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
-            OsStorage.lock_dir(dir)
-        }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
     }
-
-    impl StorageFile for File {
-        fn len(&self) -> io::Result<u64> {
-            self.inner.len()
-        }
-        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            self.inner.read_exact_at(buf, offset)
-        }
-        fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-            if self.fail && self.on.load(Ordering::SeqCst) {
-                return Err(io::Error::other("injected write failure"));
-            }
-            self.inner.write_all_at(buf, offset)
-        }
-        fn set_len(&self, len: u64) -> io::Result<()> {
-            self.inner.set_len(len)
-        }
-        fn sync_data(&self) -> io::Result<()> {
-            self.inner.sync_data()
-        }
-        fn map(&self, len: u64) -> io::Result<Mapping> {
-            self.inner.map(len)
-        }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn map(&self, len: u64) -> std::io::Result<diskspool::storage::Mapping> {
+        self.inner.map(len)
     }
 }
 
@@ -144,9 +90,19 @@ fn an_interrupted_fanout_is_completed_when_the_spool_is_reopened() {
 
     let dir = tempfile::tempdir().unwrap();
     let on = Arc::new(AtomicBool::new(false));
-    let storage = Arc::new(failing::FailWrites {
-        under: dir.path().join("b"),
-        on: on.clone(),
+    let failing_dir = dir.path().join("b");
+    let switch = on.clone();
+    let storage = Arc::new(crate::util::WrappedStorage {
+        wrap: move |path: &std::path::Path, inner| {
+            if path.starts_with(&failing_dir) {
+                Box::new(FailingFile {
+                    inner,
+                    on: switch.clone(),
+                }) as Box<dyn diskspool::storage::StorageFile>
+            } else {
+                inner
+            }
+        },
     });
     let options = Options::default().sync(SyncPolicy::Always).storage(storage);
     {

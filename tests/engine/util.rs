@@ -83,3 +83,53 @@ pub fn copy_queue(from: &Path) -> tempfile::TempDir {
     }
     to
 }
+
+/// The real filesystem with every file it opens or creates passed through `wrap`: tests use it to
+/// inject a fault or hide a feature in the files, without repeating the directory operations.
+pub struct WrappedStorage<W> {
+    pub wrap: W,
+}
+
+type WrapFile = Box<dyn diskspool::storage::StorageFile>;
+
+impl<W> std::fmt::Debug for WrappedStorage<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WrappedStorage")
+    }
+}
+
+impl<W> diskspool::storage::Storage for WrappedStorage<W>
+where
+    W: Fn(&Path, WrapFile) -> WrapFile + Send + Sync,
+{
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        diskspool::storage::OsStorage.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        diskspool::storage::OsStorage.list_dir(dir)
+    }
+    fn open(&self, path: &Path) -> std::io::Result<WrapFile> {
+        Ok((self.wrap)(path, diskspool::storage::OsStorage.open(path)?))
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<WrapFile> {
+        Ok((self.wrap)(
+            path,
+            diskspool::storage::OsStorage.create_new(path)?,
+        ))
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        diskspool::storage::OsStorage.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        diskspool::storage::OsStorage.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        diskspool::storage::OsStorage.sync_dir(dir)
+    }
+    fn lock_dir(
+        &self,
+        dir: &Path,
+    ) -> Result<diskspool::storage::DirLock, diskspool::storage::LockFailure> {
+        diskspool::storage::OsStorage.lock_dir(dir)
+    }
+}

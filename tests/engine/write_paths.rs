@@ -7,10 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use diskspool::frame;
-use diskspool::storage::{DirLock, LockFailure, Mapping, OsStorage, Storage, StorageFile};
+use diskspool::storage::{Mapping, StorageFile};
 use diskspool::{Options, Queue, SyncPolicy};
 
-use crate::util::{copy_queue, drain_checked, payload_for, push_expected, segment_files};
+use crate::util::{
+    copy_queue, drain_checked, payload_for, push_expected, segment_files, WrappedStorage,
+};
 
 /// A snapshot of a running queue (as a process kill leaves it) has zeros after the last record;
 /// recovery cuts them, reports nothing lost and returns every record.
@@ -80,39 +82,10 @@ fn sealed_segments_and_closed_queues_end_at_their_data() {
     assert_eq!(drain_checked(&queue), (0..200).collect::<Vec<_>>());
 }
 
-/// The real filesystem, minus writable mappings: the engine must fall back to plain writes.
-#[derive(Debug)]
-struct NoMappingStorage;
-
+/// A file of the real filesystem without writable mappings: the engine must fall back to plain
+/// writes.
 #[derive(Debug)]
 struct NoMappingFile(Box<dyn StorageFile>);
-
-impl Storage for NoMappingStorage {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        OsStorage.create_dir_all(dir)
-    }
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-        OsStorage.list_dir(dir)
-    }
-    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        Ok(Box::new(NoMappingFile(OsStorage.open(path)?)))
-    }
-    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        Ok(Box::new(NoMappingFile(OsStorage.create_new(path)?)))
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        OsStorage.remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        OsStorage.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        OsStorage.sync_dir(dir)
-    }
-    fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
-        OsStorage.lock_dir(dir)
-    }
-}
 
 impl StorageFile for NoMappingFile {
     fn len(&self) -> io::Result<u64> {
@@ -142,7 +115,9 @@ fn storage_without_writable_mappings_uses_plain_writes() {
         Options::default()
             .segment_size(8192)
             .sync(SyncPolicy::Always)
-            .storage(Arc::new(NoMappingStorage))
+            .storage(Arc::new(WrappedStorage {
+                wrap: |_: &Path, file| Box::new(NoMappingFile(file)) as Box<dyn StorageFile>,
+            }))
     };
     {
         let queue = Queue::open(dir.path(), options()).unwrap();
@@ -218,40 +193,10 @@ fn large_and_small_records_interleave_on_both_paths() {
     check(&reopened);
 }
 
-/// The real filesystem, except that zero fills (large all-zero writes) fail with ENOSPC, as on
-/// a disk too full for a window of prepared space.
-#[derive(Debug)]
-struct NoRoomForZeros;
-
+/// A file of the real filesystem, except that zero fills (large all-zero writes) fail with
+/// ENOSPC, as on a disk too full for a window of prepared space.
 #[derive(Debug)]
 struct NoRoomForZerosFile(Box<dyn StorageFile>);
-
-impl Storage for NoRoomForZeros {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        OsStorage.create_dir_all(dir)
-    }
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-        OsStorage.list_dir(dir)
-    }
-    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        Ok(Box::new(NoRoomForZerosFile(OsStorage.open(path)?)))
-    }
-    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        Ok(Box::new(NoRoomForZerosFile(OsStorage.create_new(path)?)))
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        OsStorage.remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        OsStorage.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        OsStorage.sync_dir(dir)
-    }
-    fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
-        OsStorage.lock_dir(dir)
-    }
-}
 
 impl StorageFile for NoRoomForZerosFile {
     fn len(&self) -> io::Result<u64> {
@@ -294,7 +239,9 @@ fn no_room_for_prepared_space_falls_back_to_plain_writes() {
     let options = || {
         Options::default()
             .sync(SyncPolicy::Always)
-            .storage(Arc::new(NoRoomForZeros))
+            .storage(Arc::new(WrappedStorage {
+                wrap: |_: &Path, file| Box::new(NoRoomForZerosFile(file)) as Box<dyn StorageFile>,
+            }))
     };
     {
         let queue = Queue::open(dir.path(), options()).unwrap();
