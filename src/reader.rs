@@ -210,10 +210,23 @@ impl Shared {
         reader.jobs.insert(seq, job);
     }
 
-    fn over_delivery_limit(&self, deliveries: u32) -> bool {
-        self.options
-            .max_deliveries
-            .is_some_and(|limit| deliveries >= limit)
+    /// Diverts `seq` to the dead-letter queue if it has used up `max_deliveries`: it is marked
+    /// as being moved and queued in `pending` for the move. Returns true if it was diverted.
+    fn divert_if_spent(&self, reader: &mut Reader, seq: u64, pending: &mut Pending) -> bool {
+        let Some(limit) = self.options.max_deliveries else {
+            return false;
+        };
+        let Some(job) = reader.jobs.entries.get(&seq) else {
+            return false;
+        };
+        if job.deliveries < limit {
+            return false;
+        }
+        pending
+            .dead_letters
+            .push((seq, job.record.clone(), job.deliveries));
+        reader.jobs.set_state(seq, JobState::DeadLettering);
+        true
     }
 
     /// Removes up to `max` records through `convert`. A record that `convert` rejects stays in
@@ -301,16 +314,12 @@ impl Shared {
             let Some(seq) = self.next_available(reader, now_us)? else {
                 return Ok(Step::End);
             };
+            if self.divert_if_spent(reader, seq, pending) {
+                continue;
+            }
             let Some(job) = reader.jobs.entries.get(&seq) else {
                 return Ok(Step::End);
             };
-            if self.over_delivery_limit(job.deliveries) {
-                pending
-                    .dead_letters
-                    .push((seq, job.record.clone(), job.deliveries));
-                reader.jobs.set_state(seq, JobState::DeadLettering);
-                continue;
-            }
             let value = convert(job.record.clone())?;
             let at_head = reader.jobs.first_seq() == Some(seq);
             reader.jobs.set_state(seq, JobState::Acked);
@@ -368,17 +377,13 @@ impl Shared {
                         break;
                     }
                 };
+                if self.divert_if_spent(reader, seq, &mut pending) {
+                    continue;
+                }
                 let token = reader.jobs.token();
                 let Some(job) = reader.jobs.entries.get_mut(&seq) else {
                     break;
                 };
-                if self.over_delivery_limit(job.deliveries) {
-                    pending
-                        .dead_letters
-                        .push((seq, job.record.clone(), job.deliveries));
-                    reader.jobs.set_state(seq, JobState::DeadLettering);
-                    continue;
-                }
                 job.deliveries += 1;
                 let record = job.record.clone();
                 let count = job.deliveries;
@@ -492,12 +497,7 @@ impl Shared {
             if !matches!(job.state, JobState::Leased { token: held, .. } if held == token) {
                 return Ok(());
             }
-            if self.over_delivery_limit(job.deliveries) {
-                pending
-                    .dead_letters
-                    .push((seq, job.record.clone(), job.deliveries));
-                reader.jobs.set_state(seq, JobState::DeadLettering);
-            } else {
+            if !self.divert_if_spent(reader, seq, &mut pending) {
                 match delay {
                     Some(delay) if !delay.is_zero() => {
                         let delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);

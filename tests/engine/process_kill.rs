@@ -5,10 +5,10 @@
 //! The child is this test binary re-executed with `DISKSPOOL_CHILD` set, running the ignored
 //! entry point `process_kill::child`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diskspool::{Options, Queue, SyncPolicy};
@@ -196,32 +196,10 @@ fn run_and_kill_lines(mode: &str, dir: &Path, rng: &mut Rng, max_micros: u64) ->
 /// Runs the child until a random moment after it is ready, kills it with SIGKILL and returns
 /// the sequence numbers it reported (complete lines only).
 fn run_and_kill(mode: &str, dir: &Path, rng: &mut Rng) -> Vec<u64> {
-    let mut child = spawn_child(mode, dir);
-    wait_for_line(&mut child);
-    let stdout = child.stdout.take().unwrap();
-    let reported = Arc::new(Mutex::new(Vec::new()));
-    let reader = {
-        let reported = reported.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).split(b'\n') {
-                let Ok(line) = line else { break };
-                if let Ok(seq) = String::from_utf8_lossy(&line).parse::<u64>() {
-                    reported.lock().unwrap().push(seq);
-                }
-            }
-        })
-    };
-    std::thread::sleep(Duration::from_micros(rng.below(40_000)));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    reader.join().unwrap();
-    // `split` yields a final fragment without a newline only if the kill cut a line: such a
-    // fragment may parse as a shorter number, so drop a last value that breaks the sequence.
-    let mut seqs = reported.lock().unwrap().clone();
-    if seqs.len() >= 2 && seqs[seqs.len() - 1] != seqs[seqs.len() - 2] + 1 {
-        seqs.pop();
-    }
-    seqs
+    run_and_kill_lines(mode, dir, rng, 40_000)
+        .iter()
+        .map(|line| line.parse().unwrap())
+        .collect()
 }
 
 fn kill_cycles(cycles: u32) {

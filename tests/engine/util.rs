@@ -133,3 +133,11 @@ where
         diskspool::storage::OsStorage.lock_dir(dir)
     }
 }
+
+/// Where the data of a segment file written by `push_expected` ends: the end of its last frame.
+pub fn data_end(segment: &Path) -> u64 {
+    let (last_offset, last_seq) = *frame_offsets(segment)
+        .last()
+        .expect("the segment holds a record");
+    last_offset + diskspool::frame::frame_len(payload_for(last_seq).len()) as u64
+}

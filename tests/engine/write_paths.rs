@@ -11,7 +11,7 @@ use diskspool::storage::{Mapping, StorageFile};
 use diskspool::{Options, Queue, SyncPolicy};
 
 use crate::util::{
-    copy_queue, drain_checked, payload_for, push_expected, segment_files, WrappedStorage,
+    copy_queue, data_end, drain_checked, payload_for, push_expected, segment_files, WrappedStorage,
 };
 
 /// A snapshot of a running queue (as a process kill leaves it) has zeros after the last record;
@@ -71,11 +71,8 @@ fn sealed_segments_and_closed_queues_end_at_their_data() {
     let segments = segment_files(dir.path());
     assert!(segments.len() > 3);
     for segment in &segments {
-        let bytes = std::fs::read(segment).unwrap();
-        let frames = crate::util::frame_offsets(segment);
-        let (last_offset, last_seq) = *frames.last().unwrap();
-        let end = last_offset as usize + frame::frame_len(payload_for(last_seq).len());
-        assert_eq!(bytes.len(), end, "{}", segment.display());
+        let len = std::fs::metadata(segment).unwrap().len();
+        assert_eq!(len, data_end(segment), "{}", segment.display());
     }
     let queue = Queue::open(dir.path(), Options::default()).unwrap();
     assert!(queue.recovery_report().truncated.is_empty());
@@ -124,10 +121,10 @@ fn storage_without_writable_mappings_uses_plain_writes() {
         push_expected(&queue, 100);
         // No zeros are written ahead on this path: the active file ends at its data.
         let segment = segment_files(dir.path()).pop().unwrap();
-        let frames = crate::util::frame_offsets(&segment);
-        let (last_offset, last_seq) = *frames.last().unwrap();
-        let end = last_offset + frame::frame_len(payload_for(last_seq).len()) as u64;
-        assert_eq!(std::fs::metadata(&segment).unwrap().len(), end);
+        assert_eq!(
+            std::fs::metadata(&segment).unwrap().len(),
+            data_end(&segment)
+        );
     }
     let queue = Queue::open(dir.path(), options()).unwrap();
     assert_eq!(drain_checked(&queue), (0..100).collect::<Vec<_>>());
@@ -247,10 +244,10 @@ fn no_room_for_prepared_space_falls_back_to_plain_writes() {
         let queue = Queue::open(dir.path(), options()).unwrap();
         push_expected(&queue, 30);
         let segment = segment_files(dir.path()).pop().unwrap();
-        let frames = crate::util::frame_offsets(&segment);
-        let (last_offset, last_seq) = *frames.last().unwrap();
-        let end = last_offset + frame::frame_len(payload_for(last_seq).len()) as u64;
-        assert_eq!(std::fs::metadata(&segment).unwrap().len(), end);
+        assert_eq!(
+            std::fs::metadata(&segment).unwrap().len(),
+            data_end(&segment)
+        );
     }
     let queue = Queue::open(dir.path(), options()).unwrap();
     assert!(queue.recovery_report().truncated.is_empty());
