@@ -1,7 +1,9 @@
 //! Wall-clock and CPU time of the hot paths, for A/B comparisons of engine changes on a busy
 //! machine (CPU time is less disturbed by other processes than wall time).
 //!
-//! `cargo run --release --example hot_paths [records]`
+//! `cargo run --release --example hot_paths [records] [sizes]`
+//!
+//! `sizes` is a comma-separated list of record sizes (default `100,65536`).
 
 use std::time::Instant;
 
@@ -38,7 +40,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .and_then(|text| text.parse().ok())
         .unwrap_or(1_000_000);
-    for size in [100usize, 65536] {
+    let sizes: Vec<usize> = std::env::args()
+        .nth(2)
+        .map(|list| {
+            list.split(',')
+                .filter_map(|size| size.parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![100, 65536]);
+    for size in sizes {
         let count = if size == 100 { records } else { records / 500 };
         let payload = vec![7u8; size];
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR"))?;

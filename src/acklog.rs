@@ -90,7 +90,7 @@ pub fn encode_header(log_id: u64) -> [u8; ACK_LOG_HEADER_LEN] {
     header[10..12].copy_from_slice(&(ACK_LOG_HEADER_LEN as u16).to_le_bytes());
     header[12..14].copy_from_slice(&(ACK_ENTRY_LEN as u16).to_le_bytes());
     header[16..24].copy_from_slice(&log_id.to_le_bytes());
-    let crc = crc32fast::hash(&header[..28]);
+    let crc = crate::frame::crc32(&header[..28]);
     header[28..].copy_from_slice(&crc.to_le_bytes());
     header
 }
@@ -120,7 +120,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<u64, AckHeaderError> {
     if header[..8] != ACK_LOG_MAGIC {
         return Err(AckHeaderError::BadMagic);
     }
-    if read_u32(header, 28) != crc32fast::hash(&header[..28]) {
+    if read_u32(header, 28) != crate::frame::crc32(&header[..28]) {
         return Err(AckHeaderError::Checksum);
     }
     let version = u16::from_le_bytes([header[8], header[9]]);
@@ -147,7 +147,7 @@ pub fn encode_entry(out: &mut Vec<u8>, log_id: u64, entry: &AckEntry) {
 }
 
 fn entry_checksum(log_id: u64, body: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
+    let mut hasher = crate::frame::crc32_hasher();
     hasher.update(&log_id.to_le_bytes());
     hasher.update(body);
     hasher.finalize()

@@ -111,7 +111,7 @@ pub fn encode_slot(slot: &HeadSlot) -> [u8; HEAD_SLOT_LEN] {
         .copy_from_slice(&slot.state.hint_offset.to_le_bytes());
     bytes[SYNCED_SEQ_OFFSET..SYNCED_SEQ_OFFSET + 8]
         .copy_from_slice(&slot.state.synced_seq.to_le_bytes());
-    let crc = crc32fast::hash(&bytes[..CRC_OFFSET]);
+    let crc = crate::frame::crc32(&bytes[..CRC_OFFSET]);
     bytes[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
     bytes
 }
@@ -125,7 +125,7 @@ pub fn decode_slot(bytes: &[u8]) -> Result<HeadSlot, SlotError> {
     if bytes[..VERSION_OFFSET] != HEAD_MAGIC {
         return Err(SlotError::BadMagic);
     }
-    if read_u32(bytes, CRC_OFFSET) != crc32fast::hash(&bytes[..CRC_OFFSET]) {
+    if read_u32(bytes, CRC_OFFSET) != crate::frame::crc32(&bytes[..CRC_OFFSET]) {
         return Err(SlotError::Checksum);
     }
     let version = u16::from_le_bytes([bytes[VERSION_OFFSET], bytes[VERSION_OFFSET + 1]]);

@@ -13,6 +13,7 @@ use crate::jobs::{DeadLetter, Delivery, Job, JobState, Jobs};
 use crate::options::SyncPolicy;
 use crate::queue::{now_micros, Queue, Record, Shared};
 use crate::segment::{Segment, SEGMENT_HEADER_LEN};
+use crate::storage::Mapping;
 use crate::sync::lock;
 
 /// A read position: the next frame to read.
@@ -21,6 +22,41 @@ pub(crate) struct Cursor {
     pub(crate) segment: Arc<Segment>,
     pub(crate) offset: u64,
     pub(crate) next_seq: u64,
+    /// The segment's mapping as last seen, so that a read does not take the segment's lock
+    /// while the mapping covers what it reads.
+    pub(crate) view: Option<Mapping>,
+}
+
+impl Cursor {
+    pub(crate) fn new(segment: Arc<Segment>, offset: u64, next_seq: u64) -> Self {
+        Cursor {
+            segment,
+            offset,
+            next_seq,
+            view: None,
+        }
+    }
+
+    /// A mapping of the cursor's segment at least `end` bytes long.
+    fn view(&mut self, end: u64) -> Result<Mapping> {
+        let covered = self
+            .view
+            .as_ref()
+            .is_some_and(|view| (**view).as_ref().len() as u64 >= end);
+        if !covered {
+            self.view = Some(self.segment.view(end)?);
+        }
+        match &self.view {
+            Some(view) => Ok(view.clone()),
+            None => Err(Error::corrupt(&self.segment.path, 0, "segment not mapped")),
+        }
+    }
+
+    /// Moves the cursor back to `seq`, whose frame starts at `offset` of the cursor's segment.
+    fn rewind(&mut self, offset: u64, seq: u64) {
+        self.offset = offset;
+        self.next_seq = seq;
+    }
 }
 
 /// Everything on the consumer side, under one lock.
@@ -33,10 +69,9 @@ pub(crate) struct Reader {
     pub(crate) acklog: AckLog,
 }
 
-/// A record read at the frontier, with where its frame is.
+/// A record read at the frontier, with where its frame starts in the cursor's segment.
 pub(crate) struct Found {
     pub(crate) record: Record,
-    pub(crate) segment: Arc<Segment>,
     pub(crate) offset: u64,
 }
 
@@ -85,6 +120,40 @@ impl Reader {
     }
 }
 
+/// The time, read at most once per operation and only when needed.
+#[derive(Default)]
+pub(crate) struct Clock(Option<u64>);
+
+impl Clock {
+    pub(crate) fn now_us(&mut self) -> u64 {
+        *self.0.get_or_insert_with(now_micros)
+    }
+}
+
+/// Where popped values go: a `Vec` for a batch, an `Option` for a single pop (no allocation).
+pub(crate) trait Popped<T> {
+    fn put(&mut self, value: T);
+    fn count(&self) -> usize;
+}
+
+impl<T> Popped<T> for Vec<T> {
+    fn put(&mut self, value: T) {
+        self.push(value);
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T> Popped<T> for Option<T> {
+    fn put(&mut self, value: T) {
+        *self = Some(value);
+    }
+    fn count(&self) -> usize {
+        usize::from(self.is_some())
+    }
+}
+
 /// The outcome of one pop attempt.
 enum Step<T> {
     Value(T),
@@ -108,26 +177,22 @@ impl Shared {
         loop {
             let end = cursor.segment.readable_end();
             if cursor.offset < end {
-                let view = cursor.segment.view(end)?;
+                let (offset, next_seq) = (cursor.offset, cursor.next_seq);
+                let view = cursor.view(end)?;
                 let bytes = (*view).as_ref();
-                let start = cursor.offset as usize;
+                let start = offset as usize;
                 let at = bytes.get(start..end as usize).unwrap_or(&[]);
-                let frame =
-                    frame::decode(at, cursor.next_seq, PAYLOAD_LEN_MAX).map_err(|error| {
-                        Error::corrupt(&cursor.segment.path, cursor.offset, error.to_string())
-                    })?;
+                let frame = frame::decode(at, next_seq, PAYLOAD_LEN_MAX).map_err(|error| {
+                    Error::corrupt(&cursor.segment.path, offset, error.to_string())
+                })?;
                 let record = Record::new(
-                    cursor.next_seq,
+                    next_seq,
                     frame.header.enqueued_us,
                     frame.not_before_us,
-                    view.clone(),
+                    view,
                     start + frame.payload.start..start + frame.payload.end,
                 );
-                let found = Found {
-                    record,
-                    segment: cursor.segment.clone(),
-                    offset: cursor.offset,
-                };
+                let found = Found { record, offset };
                 cursor.offset += frame.frame_len as u64;
                 cursor.next_seq += 1;
                 return Ok(Some(found));
@@ -161,8 +226,7 @@ impl Shared {
                     ),
                 ));
             }
-            cursor.segment = next;
-            cursor.offset = SEGMENT_HEADER_LEN as u64;
+            *cursor = Cursor::new(next, SEGMENT_HEADER_LEN as u64, cursor.next_seq);
         }
     }
 
@@ -176,17 +240,16 @@ impl Shared {
             if reader.jobs.entries.len() >= crate::jobs::IN_FLIGHT_MAX {
                 return Ok(None);
             }
-            let mut next = reader.cursor.clone();
-            let Some(found) = self.read_next(&mut next)? else {
+            let Some(found) = self.read_next(&mut reader.cursor)? else {
                 return Ok(None);
             };
-            reader.cursor = next;
             self.track(reader, found, now_us);
             reader.jobs.fold();
         }
     }
 
-    /// Starts tracking a record read at the frontier, with what the ack log remembers of it.
+    /// Starts tracking a record just read at the frontier (so in the cursor's segment), with
+    /// what the ack log remembers of it.
     fn track(&self, reader: &mut Reader, found: Found, now_us: u64) {
         let seq = found.record.seq();
         let (acked, deliveries, retry_at_us) = reader.jobs.history.take(seq);
@@ -202,7 +265,7 @@ impl Shared {
         };
         let job = Job {
             record: found.record,
-            segment: found.segment,
+            segment: reader.cursor.segment.clone(),
             offset: found.offset,
             deliveries,
             state,
@@ -229,16 +292,16 @@ impl Shared {
         true
     }
 
-    /// Removes up to `max` records through `convert`. A record that `convert` rejects stays in
-    /// the queue and its error is returned if nothing was removed before it.
-    pub(crate) fn pop_with<T>(
+    /// Removes up to `max` records through `convert` into `out`. A record that `convert`
+    /// rejects stays in the queue and its error is returned if nothing was removed before it.
+    pub(crate) fn pop_with<T, O: Popped<T>>(
         &self,
         max: usize,
         mut convert: impl FnMut(Record) -> Result<T>,
-    ) -> Result<Vec<T>> {
+        mut out: O,
+    ) -> Result<O> {
         self.check_poisoned()?;
-        let now_us = now_micros();
-        let mut out = Vec::new();
+        let mut clock = Clock::default();
         let mut pending = Pending::default();
         let mut failure = None;
         {
@@ -246,14 +309,15 @@ impl Shared {
             let reader = &mut *guard;
             let head_segment_before = reader.head_segment_base();
             let mut acked = Vec::new();
-            while out.len() < max {
+            while out.count() < max {
                 let step = if reader.jobs.is_idle() {
-                    self.pop_plain(reader, now_us, &mut convert)
+                    self.pop_plain(reader, &mut clock, &mut convert)
                 } else {
+                    let now_us = clock.now_us();
                     self.pop_tracked(reader, now_us, &mut convert, &mut acked, &mut pending)
                 };
                 match step {
-                    Ok(Step::Value(value)) => out.push(value),
+                    Ok(Step::Value(value)) => out.put(value),
                     Ok(Step::Again) => {}
                     Ok(Step::End) => break,
                     Err(error) => {
@@ -276,29 +340,42 @@ impl Shared {
             }
             pending.head_segment_moved = reader.head_segment_base() != head_segment_before;
         }
-        self.finish_handing_out(pending, out, failure)
+        self.finish(pending)?;
+        match failure {
+            Some(error) if out.count() == 0 => Err(error),
+            _ => Ok(out),
+        }
     }
 
     /// One plain FIFO pop at the frontier, while nothing is tracked.
     fn pop_plain<T>(
         &self,
         reader: &mut Reader,
-        now_us: u64,
+        clock: &mut Clock,
         convert: &mut impl FnMut(Record) -> Result<T>,
     ) -> Result<Step<T>> {
-        let mut next = reader.cursor.clone();
-        let Some(found) = self.read_next(&mut next)? else {
+        let Some(found) = self.read_next(&mut reader.cursor)? else {
             return Ok(Step::End);
         };
-        if found.record.not_before_us() > now_us {
-            // A delayed record: track it, and let the tracked path find what comes after it.
-            reader.cursor = next;
-            self.track(reader, found, now_us);
-            return Ok(Step::Again);
+        // Only a delayed record needs the time (reading the clock costs as much as the rest of
+        // a pop).
+        if found.record.not_before_us() != 0 {
+            let now_us = clock.now_us();
+            if found.record.not_before_us() > now_us {
+                // A delayed record: track it, and let the tracked path find what comes after it.
+                self.track(reader, found, now_us);
+                return Ok(Step::Again);
+            }
         }
-        let value = convert(found.record)?;
-        reader.cursor = next;
-        Ok(Step::Value(value))
+        let (offset, seq) = (found.offset, found.record.seq());
+        match convert(found.record) {
+            Ok(value) => Ok(Step::Value(value)),
+            Err(error) => {
+                // The record stays: it is in the cursor's segment, so rewinding is enough.
+                reader.cursor.rewind(offset, seq);
+                Err(error)
+            }
+        }
     }
 
     /// One pop among tracked records: at-most-once, like an immediate acknowledgement.
@@ -336,21 +413,20 @@ impl Shared {
     /// The oldest record that a pop would return, not removed.
     pub(crate) fn peek(&self) -> Result<Option<Record>> {
         let now_us = now_micros();
-        let mut reader = lock(&self.reader);
+        let mut guard = lock(&self.reader);
+        let reader = &mut *guard;
         if reader.jobs.is_idle() {
-            let mut next = reader.cursor.clone();
-            match self.read_next(&mut next)? {
+            match self.read_next(&mut reader.cursor)? {
                 None => return Ok(None),
                 Some(found) if found.record.not_before_us() <= now_us => {
-                    return Ok(Some(found.record))
+                    // Not taken: the next read starts at this record again.
+                    reader.cursor.rewind(found.offset, found.record.seq());
+                    return Ok(Some(found.record));
                 }
-                Some(found) => {
-                    reader.cursor = next;
-                    self.track(&mut reader, found, now_us);
-                }
+                Some(found) => self.track(reader, found, now_us),
             }
         }
-        let Some(seq) = self.next_available(&mut reader, now_us)? else {
+        let Some(seq) = self.next_available(reader, now_us)? else {
             return Ok(None);
         };
         Ok(reader.jobs.entries.get(&seq).map(|job| job.record.clone()))

@@ -59,7 +59,7 @@ pub fn encode_header(base_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
     header[HEADER_LEN_OFFSET..HEADER_LEN_OFFSET + 2]
         .copy_from_slice(&(SEGMENT_HEADER_LEN as u16).to_le_bytes());
     header[BASE_SEQ_OFFSET..BASE_SEQ_OFFSET + 8].copy_from_slice(&base_seq.to_le_bytes());
-    let crc = crc32fast::hash(&header[..CRC_OFFSET]);
+    let crc = crate::frame::crc32(&header[..CRC_OFFSET]);
     header[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
     header
 }
@@ -90,7 +90,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<u64, HeaderError> {
         return Err(HeaderError::BadMagic);
     }
     let stored = frame::read_u32(header, CRC_OFFSET);
-    if stored != crc32fast::hash(&header[..CRC_OFFSET]) {
+    if stored != crate::frame::crc32(&header[..CRC_OFFSET]) {
         return Err(HeaderError::Checksum);
     }
     let version = u16::from_le_bytes([header[VERSION_OFFSET], header[VERSION_OFFSET + 1]]);
@@ -443,7 +443,7 @@ mod tests {
     fn other_versions_are_named() {
         let mut header = encode_header(5);
         header[VERSION_OFFSET] = 9;
-        let crc = crc32fast::hash(&header[..CRC_OFFSET]);
+        let crc = crate::frame::crc32(&header[..CRC_OFFSET]);
         header[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             decode_header(&header),

@@ -358,7 +358,7 @@ fn encode_header(kind: u8, id: u64, body: &[u8]) -> Vec<u8> {
     bytes.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
     bytes.extend_from_slice(&id.to_le_bytes());
     bytes.extend_from_slice(body);
-    let crc = crc32fast::hash(&bytes[4..]);
+    let crc = crate::frame::crc32(&bytes[4..]);
     bytes[..4].copy_from_slice(&crc.to_le_bytes());
     bytes
 }
@@ -381,7 +381,7 @@ fn decode_entry(bytes: &[u8]) -> Option<(Entry, usize)> {
     let header = bytes.get(..ENTRY_HEADER_LEN)?;
     let len = read_u32(header, 4) as usize;
     let entry = bytes.get(..len.max(ENTRY_HEADER_LEN))?;
-    if read_u32(entry, 0) != crc32fast::hash(&entry[4..]) {
+    if read_u32(entry, 0) != crate::frame::crc32(&entry[4..]) {
         return None;
     }
     let id = read_u64(entry, 16);

@@ -103,6 +103,13 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
         let _ = (offset, len);
         Ok(None)
     }
+
+    /// A hint: starts writing `[offset, offset + len)` to the device without waiting, so that a
+    /// later [`sync_data`](StorageFile::sync_data) has less left to do. Makes nothing durable.
+    /// The default does nothing.
+    fn start_writeback(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
 
 /// How long `lock_dir` keeps trying before it reports the directory as locked.
@@ -270,6 +277,24 @@ impl StorageFile for OsFile {
                 .map_mut(&self.file)?
         };
         Ok(Some(Box::new(OsWritableMapping { mmap })))
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn start_writeback(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: a system call on a descriptor this struct owns (open for the whole call) that
+        // reads and writes no memory of the process. A failure only means no early writeback.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset,
+                len,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //! Groups whose writers do not announce themselves get a weaker form: the leader waits (a few
 //! yields at most) for as many waiters as the last sync covered.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, Result};
@@ -34,6 +34,9 @@ pub(crate) struct SyncGroup {
     done: Condvar,
     /// Writers between [`enter`](SyncGroup::enter) and the end of their operation.
     inside: AtomicUsize,
+    /// A copy of `GroupState::durable`, for readers that must not take the lock (a pop asks on
+    /// every call). Only grows; written under the lock.
+    durable_seen: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -70,6 +73,7 @@ impl SyncGroup {
             }),
             done: Condvar::new(),
             inside: AtomicUsize::new(0),
+            durable_seen: AtomicU64::new(durable),
         }
     }
 
@@ -117,6 +121,7 @@ impl SyncGroup {
                 Ok(covered) => {
                     state.durable = state.durable.max(covered);
                     let durable = state.durable;
+                    self.durable_seen.store(durable, Ordering::Release);
                     let before = state.pending.len();
                     state.pending.retain(|&pending| pending > durable);
                     state.last_covered = before - state.pending.len();
@@ -163,7 +168,7 @@ impl SyncGroup {
 
     /// The ticket below which everything is known durable.
     pub(crate) fn durable(&self) -> u64 {
-        lock(&self.state).durable
+        self.durable_seen.load(Ordering::Acquire)
     }
 
     /// Records that a sync outside the group (a roll, the interval flusher) covered `ticket`.
@@ -171,6 +176,7 @@ impl SyncGroup {
         let mut state = lock(&self.state);
         state.durable = state.durable.max(ticket);
         let durable = state.durable;
+        self.durable_seen.store(durable, Ordering::Release);
         state.pending.retain(|&pending| pending > durable);
         self.done.notify_all();
     }

@@ -105,7 +105,8 @@ impl<T, C: Codec<T>> TypedQueue<T, C> {
     /// Removes and decodes the oldest value. A payload that does not decode stays in the queue
     /// and the error names its sequence number; drain it through [`TypedQueue::inner`].
     pub fn pop(&self) -> Result<Option<(u64, T)>> {
-        Ok(self.pop_batch(1)?.pop())
+        self.queue
+            .pop_one_with(|record| Ok((record.seq(), self.decode(&record)?)))
     }
 
     /// Removes and decodes up to `max` of the oldest values.

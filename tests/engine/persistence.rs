@@ -86,5 +86,38 @@ fn stats_describe_the_queue() {
         .sum();
     assert_eq!(stats.disk_bytes, on_disk);
     let oldest = stats.oldest_enqueued_at.unwrap();
-    assert!(oldest >= before - Duration::from_millis(1) && oldest <= SystemTime::now());
+    // The coarse clock (the default) is the time of the latest kernel tick: up to 10 ms early.
+    assert!(oldest >= before - Duration::from_millis(20) && oldest <= SystemTime::now());
+}
+
+#[test]
+fn enqueue_times_follow_the_clock_at_its_resolution() {
+    for precise in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = small_segments(SyncPolicy::Never).precise_timestamps(precise);
+        let queue = Queue::open(dir.path(), options).unwrap();
+        let mut previous = 0;
+        for _ in 0..3 {
+            let before = SystemTime::now();
+            queue.push(b"timed").unwrap();
+            let after = SystemTime::now();
+            let record = queue.pop().unwrap().unwrap();
+            // The precise clock brackets the push (to the microsecond it is cut to); the coarse
+            // one may be a tick (1-10 ms) early.
+            let early = Duration::from_micros(if precise { 1 } else { 20_000 });
+            let enqueued = record.enqueued_at();
+            assert!(enqueued >= before - early && enqueued <= after, "precise: {precise}");
+            assert!(record.enqueued_at_micros() >= previous, "never backwards");
+            previous = record.enqueued_at_micros();
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        if precise {
+            // Microseconds, not ticks: two pushes in a row differ below a millisecond.
+            queue.push(b"a").unwrap();
+            queue.push(b"b").unwrap();
+            let first = queue.pop().unwrap().unwrap().enqueued_at_micros();
+            let second = queue.pop().unwrap().unwrap().enqueued_at_micros();
+            assert!(second >= first && second - first < 1000);
+        }
+    }
 }
