@@ -214,6 +214,56 @@ pub fn encode_into(
     );
 }
 
+/// The longest header [`encode_header`] writes: the frame header and a delay prefix.
+pub const HEADER_WITH_DELAY_LEN: usize = FRAME_HEADER_LEN + DELAY_PREFIX_LEN;
+
+/// Encodes the bytes of a frame that come before its payload (the header, and the delay prefix
+/// of a delayed record) into the front of `header`, with the checksum computed over `payload`
+/// where it lies; returns how many bytes it wrote. The frame is those bytes, the payload, then
+/// [`padding_len`] zeros: a writer that gathers the three into one vectored write never copies
+/// the payload. Panics if the body is longer than [`PAYLOAD_LEN_MAX`] (a bug in the caller).
+pub fn encode_header(
+    header: &mut [u8; HEADER_WITH_DELAY_LEN],
+    seq: u64,
+    enqueued_us: u64,
+    payload: &[u8],
+    batch_continues: bool,
+    not_before_us: u64,
+) -> usize {
+    let delayed = not_before_us != 0;
+    let body_len_field = u32::try_from(body_len(payload.len(), delayed)).unwrap_or(u32::MAX);
+    assert!(
+        body_len_field <= PAYLOAD_LEN_MAX,
+        "payload length checked by the caller"
+    );
+    let mut flags = 0;
+    if batch_continues {
+        flags |= BATCH_CONTINUES;
+    }
+    if delayed {
+        flags |= DELAYED;
+    }
+    header[LEN_FLAGS_OFFSET..SEQ_OFFSET].copy_from_slice(&(body_len_field | flags).to_le_bytes());
+    header[SEQ_OFFSET..ENQUEUED_OFFSET].copy_from_slice(&seq.to_le_bytes());
+    header[ENQUEUED_OFFSET..PAYLOAD_OFFSET].copy_from_slice(&enqueued_us.to_le_bytes());
+    let mut len = PAYLOAD_OFFSET;
+    if delayed {
+        header[PAYLOAD_OFFSET..HEADER_WITH_DELAY_LEN].copy_from_slice(&not_before_us.to_le_bytes());
+        len = HEADER_WITH_DELAY_LEN;
+    }
+    let mut hasher = crc32_hasher();
+    hasher.update(&header[LEN_FLAGS_OFFSET..len]);
+    hasher.update(payload);
+    header[CRC_OFFSET..LEN_FLAGS_OFFSET].copy_from_slice(&hasher.finalize().to_le_bytes());
+    len
+}
+
+/// The zeros after a payload of `payload_len` bytes that end its frame on [`FRAME_ALIGN`].
+pub fn padding_len(payload_len: usize, delayed: bool) -> usize {
+    let body_len = body_len(payload_len, delayed);
+    frame_len(body_len) - FRAME_HEADER_LEN - body_len
+}
+
 /// Reads only the header fields, without checking the checksum. For inspection tools that want
 /// to describe a damaged frame; never use it to hand out a record.
 pub fn peek_header(bytes: &[u8]) -> Option<FrameHeader> {
@@ -322,6 +372,26 @@ pub(crate) fn read_u64(bytes: &[u8], offset: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header, the payload and the padding gathered make the same bytes as `encode`, for
+    /// every payload length around the alignment, delayed or not, first or continued.
+    #[test]
+    fn gathered_header_payload_and_padding_equal_the_encoded_frame() {
+        for len in [0usize, 1, 7, 8, 9, 100, 4095, 4096, 4097, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|index| (index * 7 + 3) as u8).collect();
+            for (continues, not_before_us) in [(false, 0), (true, 0), (false, 99), (true, 1)] {
+                let mut expected = Vec::new();
+                encode(&mut expected, 9, 1234, &payload, continues, not_before_us);
+                let mut header = [0; HEADER_WITH_DELAY_LEN];
+                let header_len =
+                    encode_header(&mut header, 9, 1234, &payload, continues, not_before_us);
+                let mut gathered = header[..header_len].to_vec();
+                gathered.extend_from_slice(&payload);
+                gathered.resize(gathered.len() + padding_len(len, not_before_us != 0), 0);
+                assert_eq!(gathered, expected, "len {len}, delay {not_before_us}");
+            }
+        }
+    }
 
     #[test]
     fn round_trip_keeps_every_field() {

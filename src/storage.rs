@@ -85,6 +85,12 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `buf` at `offset`, growing the file if needed.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `parts`, one after the other, at `offset`: one gathering write where the
+    /// implementation has one, so a large payload is copied once, into the file. The default
+    /// joins the parts and calls [`write_all_at`](StorageFile::write_all_at).
+    fn write_all_gathered_at(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.write_all_at(&parts.concat(), offset)
+    }
     /// Truncates or extends the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data and length durable (`fdatasync`).
@@ -230,6 +236,24 @@ impl StorageFile for OsFile {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         FileExt::write_all_at(&self.file, buf, offset)
+    }
+
+    fn write_all_gathered_at(&self, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> =
+            parts.iter().map(|part| io::IoSlice::new(part)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match rustix::io::pwritev(&self.file, rest, offset) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    offset += written as u64;
+                    io::IoSlice::advance_slices(&mut rest, written);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+        Ok(())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {

@@ -37,6 +37,10 @@ pub(crate) const MAPPED_BATCH_BYTES_MAX: u64 = 32 << 10;
 /// instead of writing the whole segment while the pushing thread waits.
 pub(crate) const WRITEBACK_BYTES: u64 = 1 << 20;
 
+/// The most frames written with one gathering write (up to three parts each, below the
+/// system's limit of 1,024); larger batches of small records are encoded into one buffer.
+const GATHERED_FRAMES_MAX: usize = 256;
+
 /// The page size assumed for writeback hints (a hint only: a wrong guess costs a page fault).
 const PAGE_BYTES: u64 = 4096;
 
@@ -180,22 +184,28 @@ impl Writer {
                     poison: false,
                 })?;
             }
-            self.scratch.clear();
-            self.scratch.reserve(batch_len as usize);
-            let last = payloads.len() - 1;
-            for (index, payload) in payloads.iter().enumerate() {
-                let seq = self.next_seq + index as u64;
-                frame::encode(
-                    &mut self.scratch,
-                    seq,
-                    enqueued_us,
-                    payload,
-                    index < last,
-                    not_before_us,
-                );
-            }
-            debug_assert_eq!(self.scratch.len() as u64, batch_len);
-            if let Err(error) = self.file.write_all_at(&self.scratch, self.tail) {
+            let written =
+                if batch_len >= MAPPED_BATCH_BYTES_MAX && payloads.len() <= GATHERED_FRAMES_MAX {
+                    self.write_gathered(payloads, enqueued_us, not_before_us)
+                } else {
+                    self.scratch.clear();
+                    self.scratch.reserve(batch_len as usize);
+                    let last = payloads.len() - 1;
+                    for (index, payload) in payloads.iter().enumerate() {
+                        let seq = self.next_seq + index as u64;
+                        frame::encode(
+                            &mut self.scratch,
+                            seq,
+                            enqueued_us,
+                            payload,
+                            index < last,
+                            not_before_us,
+                        );
+                    }
+                    debug_assert_eq!(self.scratch.len() as u64, batch_len);
+                    self.file.write_all_at(&self.scratch, self.tail)
+                };
+            if let Err(error) = written {
                 // Remove whatever part was written, so no fragment can later read as data.
                 let error = Error::io("write segment", &self.active.path, error);
                 return Err(match self.file.set_len(self.tail) {
@@ -216,6 +226,45 @@ impl Writer {
         }
         self.advance(end, payloads.len());
         Ok(())
+    }
+
+    /// Writes the frames of `payloads` at the tail with one gathering write: headers from the
+    /// scratch buffer, payloads from where the caller has them, zeros for the padding.
+    fn write_gathered(
+        &mut self,
+        payloads: &[&[u8]],
+        enqueued_us: u64,
+        not_before_us: u64,
+    ) -> std::io::Result<()> {
+        let last = payloads.len() - 1;
+        let mut header_lens = Vec::with_capacity(payloads.len());
+        self.scratch.clear();
+        for (index, payload) in payloads.iter().enumerate() {
+            let mut header = [0; frame::HEADER_WITH_DELAY_LEN];
+            let len = frame::encode_header(
+                &mut header,
+                self.next_seq + index as u64,
+                enqueued_us,
+                payload,
+                index < last,
+                not_before_us,
+            );
+            self.scratch.extend_from_slice(&header[..len]);
+            header_lens.push(len);
+        }
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(payloads.len() * 3);
+        let mut headers = &self.scratch[..];
+        for (payload, len) in payloads.iter().zip(header_lens) {
+            let (header, rest) = headers.split_at(len);
+            headers = rest;
+            parts.push(header);
+            parts.push(payload);
+            let padding = frame::padding_len(payload.len(), not_before_us != 0);
+            if padding > 0 {
+                parts.push(&ZEROS[..padding]);
+            }
+        }
+        self.file.write_all_gathered_at(&parts, self.tail)
     }
 
     /// Moves the tail to `end` past `records` records just written.

@@ -106,7 +106,10 @@ fn enqueue_times_follow_the_clock_at_its_resolution() {
             // one may be a tick (1-10 ms) early.
             let early = Duration::from_micros(if precise { 1 } else { 20_000 });
             let enqueued = record.enqueued_at();
-            assert!(enqueued >= before - early && enqueued <= after, "precise: {precise}");
+            assert!(
+                enqueued >= before - early && enqueued <= after,
+                "precise: {precise}"
+            );
             assert!(record.enqueued_at_micros() >= previous, "never backwards");
             previous = record.enqueued_at_micros();
             std::thread::sleep(Duration::from_millis(15));

@@ -297,3 +297,33 @@ fn concurrent_pops_under_always_survive_a_power_loss() {
         );
     }
 }
+
+/// Batches of large records go out in one gathering write (header, payload and padding from
+/// where they are): every frame, delayed or not, reads back, also after a reopen.
+#[test]
+fn gathered_batches_of_large_records_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options::default().sync(SyncPolicy::Never);
+    let payload = |index: usize| -> Vec<u8> {
+        (0..(33 << 10) + index * 3)
+            .map(|byte| (byte * 31 + index) as u8)
+            .collect()
+    };
+    let payloads: Vec<Vec<u8>> = (0..5).map(payload).collect();
+    {
+        let queue = Queue::open(dir.path(), options()).unwrap();
+        assert_eq!(queue.push_batch(&payloads).unwrap(), 0..5);
+        queue
+            .push_delayed(&payload(5), std::time::Duration::from_millis(1))
+            .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let queue = Queue::open(dir.path(), options()).unwrap();
+    assert!(queue.recovery_report().truncated.is_empty());
+    for index in 0..6 {
+        let record = queue.pop().unwrap().unwrap();
+        assert_eq!(record.seq(), index as u64);
+        assert_eq!(record.payload(), payload(index), "record {index}");
+    }
+    assert!(queue.pop().unwrap().is_none());
+}
