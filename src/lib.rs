@@ -54,6 +54,7 @@ pub mod storage;
 mod sync;
 mod typed;
 pub mod verify;
+mod writeback;
 mod writer;
 
 pub use compactor::CompactReport;

@@ -32,9 +32,9 @@ pub(crate) const WRITE_WINDOW_BYTES: u64 = 1 << 20;
 pub(crate) const MAPPED_BATCH_BYTES_MAX: u64 = 32 << 10;
 
 /// Under the policies that do not sync each push, every time this many bytes were appended the
-/// writer asks the kernel to start writing them to the device (see
-/// [`StorageFile::start_writeback`]): the sync that seals a segment then finds them written
-/// instead of writing the whole segment while the pushing thread waits.
+/// writer has them written out early, by another thread (see `writeback.rs`): the sync that
+/// seals a segment then finds them written instead of writing the whole segment while the
+/// pushing thread waits.
 pub(crate) const WRITEBACK_BYTES: u64 = 1 << 20;
 
 /// The most frames written with one gathering write (up to three parts each, below the
@@ -276,8 +276,7 @@ impl Writer {
         if !self.sync_always && end - self.writeback_from >= WRITEBACK_BYTES {
             // Whole pages only: the page the tail is in is still being written.
             let until = end - end % PAGE_BYTES;
-            self.file
-                .start_writeback(self.writeback_from, until - self.writeback_from);
+            crate::writeback::start(&self.file, self.writeback_from, until - self.writeback_from);
             self.writeback_from = until;
         }
     }
