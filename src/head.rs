@@ -362,7 +362,7 @@ impl HeadIndex {
             .as_mut()
             .and_then(|map| map.0.bytes_mut().get_mut(offset..offset + HEAD_SLOT_LEN));
         match mapped {
-            // A store cannot fail half way.
+            // A store cannot fail half way, so nothing is kept to restore.
             Some(target) => target.copy_from_slice(&bytes),
             None => {
                 if let Err(error) = self.file.write_all_at(&bytes, HEAD_SLOT_OFFSETS[slot]) {
@@ -378,7 +378,9 @@ impl HeadIndex {
                 }
             }
         }
-        self.written = Some(bytes);
+        if self.map.is_none() {
+            self.written = Some(bytes);
+        }
         self.dirty = true;
         self.deferred = false;
         Ok(())

@@ -469,12 +469,18 @@ pub(crate) fn coarse_now_micros() -> u64 {
 }
 
 impl Shared {
+    #[inline]
     pub(crate) fn check_poisoned(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
-            let cause = lock(&self.poison_cause).clone().unwrap_or_default();
-            return Err(Error::Poisoned { cause });
+            return Err(self.poisoned_error());
         }
         Ok(())
+    }
+
+    #[cold]
+    fn poisoned_error(&self) -> Error {
+        let cause = lock(&self.poison_cause).clone().unwrap_or_default();
+        Error::Poisoned { cause }
     }
 
     /// Records a failure after which the state on disk is unknown; later changes are refused.
@@ -566,11 +572,12 @@ impl Shared {
             });
         }
         if self.options.sync != SyncPolicy::Always {
-            // Under the writer lock, the only place this segment's end moves (but sealing, also
-            // under the lock): a plain store.
+            // Under the writer lock, the only place this segment's end and the published
+            // sequence number move under these policies (but sealing, also under the lock):
+            // plain stores, not read-modify-writes.
             writer.active.publish_locked(writer.tail);
             self.published_next_seq
-                .fetch_max(writer.next_seq, Ordering::SeqCst);
+                .store(writer.next_seq, Ordering::Release);
             self.arrivals.notify();
         }
         Ok(Written {
