@@ -77,25 +77,35 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         let path = path.to_path_buf();
         move |error: io::Error| Error::io(operation, path, error)
     };
-    let names = storage
-        .list_dir(dir)
+    // One pass over the names, keeping none but the few pool files: the directory may hold
+    // thousands of sealed segments, and a per-name allocation would make open grow with them.
+    let mut bases: Vec<u64> = Vec::new();
+    let mut pool_files = Vec::new();
+    let (mut head_found, mut tmp_found) = (false, false);
+    storage
+        .visit_dir(dir, &mut |name| {
+            if let Some(base) = parse_segment_file_name(name) {
+                bases.push(base);
+            } else if name == HEAD_FILE_NAME {
+                head_found = true;
+            } else if name.strip_suffix(".tmp") == Some(HEAD_FILE_NAME) {
+                tmp_found = true;
+            } else if crate::pool::is_pool_file_name(name) {
+                pool_files.push(name.to_owned());
+            }
+        })
         .map_err(io_error("list queue directory", dir))?;
-    let mut bases: Vec<u64> = names
-        .iter()
-        .filter_map(|name| parse_segment_file_name(name))
-        .collect();
     bases.sort_unstable();
     let mut report = RecoveryReport::default();
 
-    let tmp_name = format!("{HEAD_FILE_NAME}.tmp");
-    if names.contains(&tmp_name) {
-        let tmp_path = dir.join(&tmp_name);
+    if tmp_found {
+        let tmp_path = dir.join(format!("{HEAD_FILE_NAME}.tmp"));
         storage
             .remove_file(&tmp_path)
             .map_err(io_error("remove leftover", &tmp_path))?;
         report.removed_files.push(tmp_path);
     }
-    if !names.iter().any(|name| name == HEAD_FILE_NAME) {
+    if !head_found {
         if let Some(&base) = bases.first() {
             return Err(Error::corrupt(
                 dir.join(HEAD_FILE_NAME),
@@ -212,10 +222,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         acklog,
         history,
         report,
-        pool_files: names
-            .into_iter()
-            .filter(|name| crate::pool::is_pool_file_name(name))
-            .collect(),
+        pool_files,
     })
 }
 
