@@ -14,7 +14,8 @@ use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
 use crate::options::Options;
 use crate::segment::{
     decode_header, find_later_frame, header_error, is_free_space, is_zero_tail,
-    parse_segment_file_name, segment_file_name, walk_frames, Segment, WalkStep, SEGMENT_HEADER_LEN,
+    parse_segment_file_name, segment_file_name, walk_frames, Segment, SegmentPath, WalkStep,
+    SEGMENT_HEADER_LEN,
 };
 use crate::storage::{Mapping, Storage, StorageFile};
 
@@ -169,11 +170,17 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         }
     }
 
-    let mut segments = BTreeMap::new();
-    for &base in bases.iter().rev().skip(1) {
-        let path = dir.join(segment_file_name(base));
-        segments.insert(base, Arc::new(Segment::unopened(base, path)));
-    }
+    // Sealed segments stay unopened, their paths unjoined (see `SegmentPath`); `bases` is
+    // sorted, so the map is built in one pass rather than by a thousand inserts.
+    let shared_dir: Arc<Path> = Arc::from(dir);
+    let sealed = bases.split_last().map_or(&[][..], |(_, sealed)| sealed);
+    let mut segments: BTreeMap<u64, Arc<Segment>> = sealed
+        .iter()
+        .map(|&base| {
+            let path = SegmentPath::lazy(shared_dir.clone(), base);
+            (base, Arc::new(Segment::unopened(base, path)))
+        })
+        .collect();
     let (mut active, mut active_file, mut tail, mut next_seq) = match active {
         Some((base, file, tail, next_seq)) => {
             let path = dir.join(segment_file_name(base));
