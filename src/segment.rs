@@ -484,6 +484,17 @@ mod tests {
     }
 
     #[test]
+    fn lazy_paths_are_the_joined_paths() {
+        let dir: Arc<Path> = Arc::from(Path::new("/queue/dir"));
+        let lazy = SegmentPath::lazy(dir.clone(), 42);
+        assert_eq!(&*lazy, dir.join(segment_file_name(42)).as_path());
+        let error = Error::io("open segment", &lazy, std::io::ErrorKind::NotFound.into());
+        assert!(error
+            .to_string()
+            .contains("/queue/dir/00000000000000000042.seg"));
+    }
+
+    #[test]
     fn header_round_trips_and_rejects_damage() {
         let header = encode_header(1234);
         assert_eq!(decode_header(&header), Ok(1234));

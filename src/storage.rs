@@ -396,3 +396,32 @@ pub(crate) fn write_atomically(
     storage.rename(&tmp_path, &join(dir, name))?;
     storage.sync_dir(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visit_dir_sees_what_list_dir_lists() {
+        let temp = tempfile::tempdir().unwrap();
+        for name in ["00000000000000000000.seg", "head", "head.tmp", "x.free"] {
+            std::fs::write(temp.path().join(name), b"").unwrap();
+        }
+        std::fs::create_dir(temp.path().join("folder")).unwrap();
+        // A name that is not UTF-8 is visited lossily, as `list_dir` lists it.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"odd\xff");
+        std::fs::write(temp.path().join(odd), b"").unwrap();
+        let mut listed = OsStorage.list_dir(temp.path()).unwrap();
+        let mut visited = Vec::new();
+        OsStorage
+            .visit_dir(temp.path(), &mut |name| visited.push(name.to_owned()))
+            .unwrap();
+        listed.sort();
+        visited.sort();
+        assert_eq!(visited, listed);
+        assert_eq!(visited.len(), 6);
+        let missing = OsStorage.visit_dir(&temp.path().join("missing"), &mut |_| {});
+        assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+}
