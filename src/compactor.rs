@@ -62,12 +62,15 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
             .segments
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let ordered: Vec<&Arc<Segment>> = segments.values().collect();
-        ordered
-            .windows(2)
-            .filter(|pair| pair[1].base_seq <= durable_head)
-            .map(|pair| pair[0].clone())
-            .collect()
+        // A segment is consumed when the next one starts at or before the durable head: all
+        // those at or before the head but the last. Only they are visited, so that compacting
+        // (at every open) does not walk every sealed segment.
+        let mut behind: Vec<Arc<Segment>> = segments
+            .range(..=durable_head)
+            .map(|(_, segment)| segment.clone())
+            .collect();
+        behind.pop();
+        behind
     };
     let mut report = CompactReport::default();
     let pool_room = shared

@@ -611,7 +611,7 @@ impl Shared {
             let writer = lock(&self.writer);
             (
                 writer.file.clone(),
-                writer.active.path.clone(),
+                writer.active.path.to_path_buf(),
                 writer.next_seq,
             )
         };

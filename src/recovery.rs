@@ -14,7 +14,8 @@ use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
 use crate::options::Options;
 use crate::segment::{
     decode_header, find_later_frame, header_error, is_free_space, is_zero_tail,
-    parse_segment_file_name, segment_file_name, walk_frames, Segment, WalkStep, SEGMENT_HEADER_LEN,
+    parse_segment_file_name, segment_file_name, walk_frames, Segment, SegmentPath, WalkStep,
+    SEGMENT_HEADER_LEN,
 };
 use crate::storage::{Mapping, Storage, StorageFile};
 
@@ -77,25 +78,35 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         let path = path.to_path_buf();
         move |error: io::Error| Error::io(operation, path, error)
     };
-    let names = storage
-        .list_dir(dir)
+    // One pass over the names, keeping none but the few pool files: the directory may hold
+    // thousands of sealed segments, and a per-name allocation would make open grow with them.
+    let mut bases: Vec<u64> = Vec::new();
+    let mut pool_files = Vec::new();
+    let (mut head_found, mut tmp_found) = (false, false);
+    storage
+        .visit_dir(dir, &mut |name| {
+            if let Some(base) = parse_segment_file_name(name) {
+                bases.push(base);
+            } else if name == HEAD_FILE_NAME {
+                head_found = true;
+            } else if name.strip_suffix(".tmp") == Some(HEAD_FILE_NAME) {
+                tmp_found = true;
+            } else if crate::pool::is_pool_file_name(name) {
+                pool_files.push(name.to_owned());
+            }
+        })
         .map_err(io_error("list queue directory", dir))?;
-    let mut bases: Vec<u64> = names
-        .iter()
-        .filter_map(|name| parse_segment_file_name(name))
-        .collect();
     bases.sort_unstable();
     let mut report = RecoveryReport::default();
 
-    let tmp_name = format!("{HEAD_FILE_NAME}.tmp");
-    if names.contains(&tmp_name) {
-        let tmp_path = dir.join(&tmp_name);
+    if tmp_found {
+        let tmp_path = dir.join(format!("{HEAD_FILE_NAME}.tmp"));
         storage
             .remove_file(&tmp_path)
             .map_err(io_error("remove leftover", &tmp_path))?;
         report.removed_files.push(tmp_path);
     }
-    if !names.iter().any(|name| name == HEAD_FILE_NAME) {
+    if !head_found {
         if let Some(&base) = bases.first() {
             return Err(Error::corrupt(
                 dir.join(HEAD_FILE_NAME),
@@ -159,11 +170,17 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         }
     }
 
-    let mut segments = BTreeMap::new();
-    for &base in bases.iter().rev().skip(1) {
-        let path = dir.join(segment_file_name(base));
-        segments.insert(base, Arc::new(Segment::unopened(base, path)));
-    }
+    // Sealed segments stay unopened, their paths unjoined (see `SegmentPath`); `bases` is
+    // sorted, so the map is built in one pass rather than by a thousand inserts.
+    let shared_dir: Arc<Path> = Arc::from(dir);
+    let sealed = bases.split_last().map_or(&[][..], |(_, sealed)| sealed);
+    let mut segments: BTreeMap<u64, Arc<Segment>> = sealed
+        .iter()
+        .map(|&base| {
+            let path = SegmentPath::lazy(shared_dir.clone(), base);
+            (base, Arc::new(Segment::unopened(base, path)))
+        })
+        .collect();
     let (mut active, mut active_file, mut tail, mut next_seq) = match active {
         Some((base, file, tail, next_seq)) => {
             let path = dir.join(segment_file_name(base));
@@ -212,10 +229,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         acklog,
         history,
         report,
-        pool_files: names
-            .into_iter()
-            .filter(|name| crate::pool::is_pool_file_name(name))
-            .collect(),
+        pool_files,
     })
 }
 

@@ -12,9 +12,11 @@
 //!     32        frames, each aligned to 8 bytes (see `frame`)
 //! ```
 
+use std::ffi::OsStr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::frame::{self, DecodedFrame, FrameError};
@@ -238,12 +240,69 @@ pub fn find_later_frame(
     None
 }
 
+/// A segment file's path. For the sealed segments found at open it is joined from the queue
+/// directory and the base on first use (an error message, a deletion): building a path for
+/// each of thousands of segments would make open time grow with their number.
+pub(crate) enum SegmentPath {
+    /// Joined already.
+    Joined(PathBuf),
+    /// `dir` joined with `segment_file_name(base)`, once needed.
+    Lazy {
+        dir: Arc<Path>,
+        base: u64,
+        joined: OnceLock<PathBuf>,
+    },
+}
+
+impl SegmentPath {
+    /// The path of segment `base` in `dir`, joined when first used.
+    pub(crate) fn lazy(dir: Arc<Path>, base: u64) -> Self {
+        SegmentPath::Lazy {
+            dir,
+            base,
+            joined: OnceLock::new(),
+        }
+    }
+}
+
+impl Deref for SegmentPath {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        match self {
+            SegmentPath::Joined(path) => path,
+            SegmentPath::Lazy { dir, base, joined } => {
+                joined.get_or_init(|| dir.join(segment_file_name(*base)))
+            }
+        }
+    }
+}
+
+impl AsRef<Path> for SegmentPath {
+    fn as_ref(&self) -> &Path {
+        self
+    }
+}
+
+/// Lets `&SegmentPath` go where an `impl Into<PathBuf>` is taken (error constructors).
+impl AsRef<OsStr> for SegmentPath {
+    fn as_ref(&self) -> &OsStr {
+        self.as_os_str()
+    }
+}
+
+impl std::fmt::Debug for SegmentPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Path::fmt(self, f)
+    }
+}
+
 /// A segment as the running engine holds it. Sealed segments found at open are opened lazily,
 /// when the reader reaches them, so that open time does not grow with their number.
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) base_seq: u64,
-    pub(crate) path: PathBuf,
+    pub(crate) path: SegmentPath,
     /// Bytes `[0, readable_end)` hold frames that readers may hand out.
     readable_end: AtomicU64,
     /// Set once no more frames will be appended; `readable_end` is then final.
@@ -270,7 +329,7 @@ impl std::fmt::Debug for SegmentFiles {
 
 impl Segment {
     /// A sealed segment found on disk, not opened yet.
-    pub(crate) fn unopened(base_seq: u64, path: PathBuf) -> Self {
+    pub(crate) fn unopened(base_seq: u64, path: SegmentPath) -> Self {
         Segment {
             base_seq,
             path,
@@ -291,7 +350,7 @@ impl Segment {
     ) -> Self {
         Segment {
             base_seq,
-            path,
+            path: SegmentPath::Joined(path),
             readable_end: AtomicU64::new(readable_end),
             sealed: AtomicBool::new(false),
             map_len: AtomicU64::new(map_len),
@@ -422,6 +481,17 @@ mod tests {
             parse_segment_file_name(&segment_file_name(u64::MAX)),
             Some(u64::MAX)
         );
+    }
+
+    #[test]
+    fn lazy_paths_are_the_joined_paths() {
+        let dir: Arc<Path> = Arc::from(Path::new("/queue/dir"));
+        let lazy = SegmentPath::lazy(dir.clone(), 42);
+        assert_eq!(&*lazy, dir.join(segment_file_name(42)).as_path());
+        let error = Error::io("open segment", &lazy, std::io::ErrorKind::NotFound.into());
+        assert!(error
+            .to_string()
+            .contains("/queue/dir/00000000000000000042.seg"));
     }
 
     #[test]

@@ -55,6 +55,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// The names of the entries in `dir` (files and folders), in no particular order.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Calls `visit` with the name of each entry in `dir`, like [`list_dir`](Storage::list_dir)
+    /// but without collecting the names: opening a queue lists a directory that may hold
+    /// thousands of segments, and needs no name kept. The default visits `list_dir`'s names.
+    fn visit_dir(&self, dir: &Path, visit: &mut dyn FnMut(&str)) -> io::Result<()> {
+        for name in self.list_dir(dir)? {
+            visit(&name);
+        }
+        Ok(())
+    }
     /// Opens an existing file for reading and writing.
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
     /// Opens an existing file for reading only, for tools that inspect a queue another process
@@ -140,6 +149,20 @@ impl Storage for OsStorage {
         Ok(names)
     }
 
+    #[cfg(target_os = "linux")]
+    fn visit_dir(&self, dir: &Path, visit: &mut dyn FnMut(&str)) -> io::Result<()> {
+        // `std::fs::read_dir` allocates a name for every entry; `readdir` lends it instead.
+        let mut stream = DirStream::open(dir)?;
+        while let Some(name) = stream.next_name()? {
+            match std::str::from_utf8(name.to_bytes()) {
+                Ok(name) => visit(name),
+                // Like `list_dir`: such a name cannot be ours; the caller sees it as a stray.
+                Err(_) => visit(&name.to_string_lossy()),
+            }
+        }
+        Ok(())
+    }
+
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         Ok(Box::new(OsFile { file }))
@@ -205,6 +228,59 @@ impl Storage for OsStorage {
         file.write_all_at(pid.as_bytes(), 0)
             .map_err(LockFailure::Io)?;
         Ok(Box::new(LockedFile { _file: file }))
+    }
+}
+
+/// An open directory stream (`opendir`), closed on drop.
+#[cfg(target_os = "linux")]
+struct DirStream(std::ptr::NonNull<libc::DIR>);
+
+#[cfg(target_os = "linux")]
+impl DirStream {
+    fn open(dir: &Path) -> io::Result<DirStream> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+        // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+        let stream = unsafe { libc::opendir(path.as_ptr()) };
+        std::ptr::NonNull::new(stream)
+            .map(DirStream)
+            .ok_or_else(io::Error::last_os_error)
+    }
+
+    /// The next entry's name, skipping `.` and `..`; `None` at the end. The name is valid until
+    /// the next call (it lives in the stream's buffer, hence the exclusive borrow of `self`).
+    fn next_name(&mut self) -> io::Result<Option<&std::ffi::CStr>> {
+        loop {
+            // `readdir` returns null both at the end and on an error; only errno tells them
+            // apart, so it is cleared first.
+            // SAFETY: errno is thread-local; `__errno_location` always returns a valid pointer.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: the stream is open (closed only on drop), and used by this thread alone:
+            // `DirStream` is neither `Send` nor `Sync`.
+            let entry = unsafe { libc::readdir(self.0.as_ptr()) };
+            if entry.is_null() {
+                let error = io::Error::last_os_error();
+                return match error.raw_os_error() {
+                    Some(0) => Ok(None),
+                    _ => Err(error),
+                };
+            }
+            // SAFETY: a non-null entry points to a `dirent` whose `d_name` is NUL-terminated,
+            // valid until the next `readdir` or `closedir`, which the borrow of `self` excludes.
+            let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+            if !matches!(name.to_bytes(), b"." | b"..") {
+                return Ok(Some(name));
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        // SAFETY: the stream was opened by `opendir` and is closed only here, once.
+        unsafe { libc::closedir(self.0.as_ptr()) };
     }
 }
 
@@ -368,4 +444,33 @@ pub(crate) fn write_atomically(
     drop(tmp);
     storage.rename(&tmp_path, &join(dir, name))?;
     storage.sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visit_dir_sees_what_list_dir_lists() {
+        let temp = tempfile::tempdir().unwrap();
+        for name in ["00000000000000000000.seg", "head", "head.tmp", "x.free"] {
+            std::fs::write(temp.path().join(name), b"").unwrap();
+        }
+        std::fs::create_dir(temp.path().join("folder")).unwrap();
+        // A name that is not UTF-8 is visited lossily, as `list_dir` lists it.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"odd\xff");
+        std::fs::write(temp.path().join(odd), b"").unwrap();
+        let mut listed = OsStorage.list_dir(temp.path()).unwrap();
+        let mut visited = Vec::new();
+        OsStorage
+            .visit_dir(temp.path(), &mut |name| visited.push(name.to_owned()))
+            .unwrap();
+        listed.sort();
+        visited.sort();
+        assert_eq!(visited, listed);
+        assert_eq!(visited.len(), 6);
+        let missing = OsStorage.visit_dir(&temp.path().join("missing"), &mut |_| {});
+        assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
 }
