@@ -149,15 +149,20 @@ impl Storage for OsStorage {
         Ok(names)
     }
 
-    #[cfg(target_os = "linux")]
     fn visit_dir(&self, dir: &Path, visit: &mut dyn FnMut(&str)) -> io::Result<()> {
-        // `std::fs::read_dir` allocates a name for every entry; `readdir` lends it instead.
-        let mut stream = DirStream::open(dir)?;
-        while let Some(name) = stream.next_name()? {
-            match std::str::from_utf8(name.to_bytes()) {
+        // `std::fs::read_dir` allocates twice per entry (the entry and the name it hands out);
+        // rustix's `Dir` once, and lends the name.
+        let directory = File::open(dir)?;
+        for entry in rustix::fs::Dir::read_from(&directory)? {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if matches!(name, b"." | b"..") {
+                continue;
+            }
+            match std::str::from_utf8(name) {
                 Ok(name) => visit(name),
                 // Like `list_dir`: such a name cannot be ours; the caller sees it as a stray.
-                Err(_) => visit(&name.to_string_lossy()),
+                Err(_) => visit(&String::from_utf8_lossy(name)),
             }
         }
         Ok(())
@@ -228,59 +233,6 @@ impl Storage for OsStorage {
         file.write_all_at(pid.as_bytes(), 0)
             .map_err(LockFailure::Io)?;
         Ok(Box::new(LockedFile { _file: file }))
-    }
-}
-
-/// An open directory stream (`opendir`), closed on drop.
-#[cfg(target_os = "linux")]
-struct DirStream(std::ptr::NonNull<libc::DIR>);
-
-#[cfg(target_os = "linux")]
-impl DirStream {
-    fn open(dir: &Path) -> io::Result<DirStream> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-        // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-        let stream = unsafe { libc::opendir(path.as_ptr()) };
-        std::ptr::NonNull::new(stream)
-            .map(DirStream)
-            .ok_or_else(io::Error::last_os_error)
-    }
-
-    /// The next entry's name, skipping `.` and `..`; `None` at the end. The name is valid until
-    /// the next call (it lives in the stream's buffer, hence the exclusive borrow of `self`).
-    fn next_name(&mut self) -> io::Result<Option<&std::ffi::CStr>> {
-        loop {
-            // `readdir` returns null both at the end and on an error; only errno tells them
-            // apart, so it is cleared first.
-            // SAFETY: errno is thread-local; `__errno_location` always returns a valid pointer.
-            unsafe { *libc::__errno_location() = 0 };
-            // SAFETY: the stream is open (closed only on drop), and used by this thread alone:
-            // `DirStream` is neither `Send` nor `Sync`.
-            let entry = unsafe { libc::readdir(self.0.as_ptr()) };
-            if entry.is_null() {
-                let error = io::Error::last_os_error();
-                return match error.raw_os_error() {
-                    Some(0) => Ok(None),
-                    _ => Err(error),
-                };
-            }
-            // SAFETY: a non-null entry points to a `dirent` whose `d_name` is NUL-terminated,
-            // valid until the next `readdir` or `closedir`, which the borrow of `self` excludes.
-            let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
-            if !matches!(name.to_bytes(), b"." | b"..") {
-                return Ok(Some(name));
-            }
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl Drop for DirStream {
-    fn drop(&mut self) {
-        // SAFETY: the stream was opened by `opendir` and is closed only here, once.
-        unsafe { libc::closedir(self.0.as_ptr()) };
     }
 }
 
