@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -21,11 +22,14 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The most times a leader yields to announced writers before it syncs.
-const GATHER_YIELDS_MAX: usize = 64;
+/// The most writers a leader waits for on the strength of the last sync's count.
+const GATHER_COVERED_MAX: usize = 64;
 
-/// The most unannounced writers a leader expects (from the last sync's count).
-const GATHER_UNANNOUNCED_MAX: usize = 16;
+/// The longest a leader waits for writers, as a fraction of the last sync's duration (and
+/// between the two bounds below): waiting longer would cost more than the sync it shares.
+const GATHER_BUDGET_DIVISOR: u32 = 2;
+const GATHER_BUDGET_MIN: Duration = Duration::from_micros(20);
+const GATHER_BUDGET_MAX: Duration = Duration::from_millis(2);
 
 /// Tracks how far a monotonically growing "ticket" (a sequence number, a generation) is durable.
 #[derive(Debug)]
@@ -47,9 +51,10 @@ struct GroupState {
     /// The tickets of the threads waiting in `wait` that are not durable yet (the leader's
     /// included): a handful, one per waiting thread.
     pending: Vec<u64>,
-    /// How many waiters the last sync covered: what a leader expects when writers do not
-    /// announce themselves.
+    /// How many waiters the last sync covered: what a leader expects to gather again.
     last_covered: usize,
+    /// How long the last sync took: bounds how long a leader waits to gather writers.
+    last_sync: Duration,
 }
 
 /// An announced writer; see [`SyncGroup::enter`].
@@ -70,6 +75,7 @@ impl SyncGroup {
                 failure: None,
                 pending: Vec::new(),
                 last_covered: 0,
+                last_sync: Duration::ZERO,
             }),
             done: Condvar::new(),
             inside: AtomicUsize::new(0),
@@ -114,9 +120,12 @@ impl SyncGroup {
             state.leader_active = true;
             state = self.gather(state);
             drop(state);
+            let began = Instant::now();
             let outcome = sync();
+            let took = began.elapsed();
             state = lock(&self.state);
             state.leader_active = false;
+            state.last_sync = took;
             match outcome {
                 Ok(covered) => {
                     state.durable = state.durable.max(covered);
@@ -144,19 +153,22 @@ impl SyncGroup {
         outcome
     }
 
-    /// Lets announced writers that are not waiting yet write before the leader syncs: while
-    /// more writers are inside than wait for a sync, yields (a bounded number of times).
+    /// Lets writers that are not waiting yet write before the leader syncs, so that the sync
+    /// covers them too: while fewer wait than are announced (inside an operation), or than the
+    /// last sync covered (writers woken by it are on their way back), yields the processor, for
+    /// at most half as long as the last sync took. A lone writer never waits.
     fn gather<'a>(&'a self, mut state: MutexGuard<'a, GroupState>) -> MutexGuard<'a, GroupState> {
-        for _ in 0..GATHER_YIELDS_MAX {
+        let budget = (state.last_sync / GATHER_BUDGET_DIVISOR)
+            .clamp(GATHER_BUDGET_MIN, GATHER_BUDGET_MAX);
+        let mut started = None;
+        loop {
             let announced = self.inside.load(Ordering::Acquire);
-            // Writers that do not announce themselves: expect as many as the last sync covered,
-            // waiting at most a few yields for them.
-            let expected = if announced == 0 {
-                state.last_covered.min(GATHER_UNANNOUNCED_MAX)
-            } else {
-                announced
-            };
+            let expected = announced.max(state.last_covered.min(GATHER_COVERED_MAX));
             if expected <= state.pending.len() {
+                break;
+            }
+            let started = *started.get_or_insert_with(Instant::now);
+            if started.elapsed() >= budget {
                 break;
             }
             drop(state);
