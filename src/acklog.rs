@@ -26,6 +26,9 @@
 //!                           NOT_BEFORE: microseconds since the Unix epoch
 //! ```
 //!
+//! Zeros may follow the last entry: space written ahead of the tail, so that the `fdatasync` of
+//! an append does not change the file's length; `open` cuts them without reporting a torn entry.
+//!
 //! Entries for sequence numbers below the head are obsolete. When they dominate, the log is
 //! rewritten with only the live state (after the head is synced, so that the head that makes
 //! the dropped entries obsolete survives any crash): write `acks.tmp`, sync, rename, sync the
@@ -175,6 +178,12 @@ pub fn decode_entry(bytes: &[u8], log_id: u64) -> Option<AckEntry> {
     }
 }
 
+/// True when `bytes` (what follows the last entry) are zeros: space prepared ahead of the tail,
+/// never a torn entry (an entry's kind is never zero).
+pub fn is_prepared_space(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&byte| byte == 0)
+}
+
 /// What the ack log says about records at or beyond the head.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobHistory {
@@ -312,6 +321,8 @@ pub(crate) struct AckLog {
     file: Option<Arc<dyn StorageFile>>,
     log_id: u64,
     tail: u64,
+    /// The file's length: bytes `[tail, prepared_end)` are zeros written ahead of the tail.
+    prepared_end: u64,
     entries_in_file: u64,
     /// Entries appended since open, across rewrites: the group-commit ticket.
     appended: u64,
@@ -320,6 +331,15 @@ pub(crate) struct AckLog {
 
 /// Below this many entries the log is never rewritten.
 const REWRITE_MIN_ENTRIES: u64 = 4096;
+
+/// How far ahead of the tail zeros are written. An append into zeros already in the file does
+/// not change its length, so the `fdatasync` that makes it durable writes no inode update: on
+/// ext4 an appending sync cost 200–330 µs, a sync of an overwrite 120–200 µs. Small, so that a
+/// log that is rarely rewritten stays small too.
+const PREPARED_SPACE: u64 = 32 << 10;
+
+/// Prepared space ends on a multiple of this.
+const PREPARED_SPACE_ALIGN: u64 = 4096;
 
 impl AckLog {
     /// Opens the ack log in `dir` if there is one, recovers a torn tail, and returns the history
@@ -344,6 +364,7 @@ impl AckLog {
                     file: None,
                     log_id: 0,
                     tail: 0,
+                    prepared_end: 0,
                     entries_in_file: 0,
                     appended: 0,
                     scratch: Vec::new(),
@@ -381,13 +402,17 @@ impl AckLog {
         if offset < bytes.len() {
             file.set_len(offset as u64)
                 .map_err(io_error("truncate torn ack log tail"))?;
-            truncations.push(Truncation {
-                file: path.clone(),
-                offset: offset as u64,
-                bytes_cut: (bytes.len() - offset) as u64,
-                first_lost_seq: head,
-                reason: String::from("torn ack log entry"),
-            });
+            // Zeros are space prepared ahead of the tail (or appends a power loss took before
+            // any byte of them reached the disk): nothing torn to report.
+            if !is_prepared_space(&bytes[offset..]) {
+                truncations.push(Truncation {
+                    file: path.clone(),
+                    offset: offset as u64,
+                    bytes_cut: (bytes.len() - offset) as u64,
+                    first_lost_seq: head,
+                    reason: String::from("torn ack log entry"),
+                });
+            }
         }
         file.sync_data().map_err(io_error("sync ack log"))?;
         history.prune_below(head);
@@ -397,6 +422,7 @@ impl AckLog {
             file: Some(file),
             log_id,
             tail: offset as u64,
+            prepared_end: offset as u64,
             entries_in_file,
             appended: 0,
             scratch: Vec::new(),
@@ -414,8 +440,14 @@ impl AckLog {
         for entry in entries {
             encode_entry(&mut self.scratch, self.log_id, entry);
         }
-        if let Err(error) = file.write_all_at(&self.scratch, self.tail) {
-            // Undo a partial append so that no fragment is left between entries.
+        let end = self.tail + self.scratch.len() as u64;
+        let written = self
+            .prepare(&*file, end)
+            .and_then(|()| file.write_all_at(&self.scratch, self.tail));
+        if let Err(error) = written {
+            // Undo a partial append so that no fragment is left between entries (the prepared
+            // zeros go too).
+            self.prepared_end = self.tail;
             if let Err(cleanup) = file.set_len(self.tail) {
                 return Err(Error::Poisoned {
                     cause: format!(
@@ -430,6 +462,20 @@ impl AckLog {
         self.entries_in_file += entries.len() as u64;
         self.appended += entries.len() as u64;
         Ok(self.appended)
+    }
+
+    /// Writes zeros ahead of the tail, if `end` lies beyond them: up to `PREPARED_SPACE` past
+    /// `end`, rounded up to `PREPARED_SPACE_ALIGN`.
+    fn prepare(&mut self, file: &dyn StorageFile, end: u64) -> std::io::Result<()> {
+        if end <= self.prepared_end {
+            return Ok(());
+        }
+        let prepared_end = (end + PREPARED_SPACE).next_multiple_of(PREPARED_SPACE_ALIGN);
+        let zeros_len = usize::try_from(prepared_end - self.prepared_end)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        file.write_all_at(&vec![0; zeros_len], self.prepared_end)?;
+        self.prepared_end = prepared_end;
+        Ok(())
     }
 
     /// Creates the file durably (temporary file, sync, rename, directory sync).
@@ -450,6 +496,7 @@ impl AckLog {
         self.file = Some(file.clone());
         self.log_id = log_id;
         self.tail = ACK_LOG_HEADER_LEN as u64;
+        self.prepared_end = self.tail;
         self.entries_in_file = 0;
         Ok(file)
     }
@@ -484,6 +531,7 @@ impl AckLog {
         self.file = Some(Arc::from(file));
         self.log_id = log_id;
         self.tail = bytes.len() as u64;
+        self.prepared_end = self.tail;
         self.entries_in_file = live.len() as u64;
         Ok(())
     }

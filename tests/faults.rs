@@ -330,6 +330,29 @@ fn ack_log_entries_persisted_out_of_order_are_skipped_not_refused() {
     assert_eq!(drained_seqs(&queue), vec![0, 1, 2, 5]);
 }
 
+/// Zeros after the ack log's last entry are space prepared ahead of its tail: `open` cuts them
+/// without a report. A torn entry before them is still reported.
+#[test]
+fn zeros_after_the_ack_log_are_cut_silently_and_a_torn_entry_is_reported() {
+    for torn in [false, true] {
+        let sim = SimStorage::new(1);
+        queue_with_ack_log(&sim, 6, &[Some(AckEntry::Acked { start: 0, end: 2 })]);
+        let path = Path::new(DIR).join(acklog::ACK_LOG_FILE_NAME);
+        let mut bytes = sim.read_file(&path).unwrap();
+        if torn {
+            let mut entry = Vec::new();
+            acklog::encode_entry(&mut entry, 1, &AckEntry::Acked { start: 2, end: 3 });
+            bytes.extend_from_slice(&entry[..10]);
+        }
+        bytes.resize(8192, 0);
+        sim.write_file(&path, &bytes).unwrap();
+        let queue = open(&sim, SyncPolicy::Always);
+        let cuts = &queue.recovery_report().truncated;
+        assert_eq!(cuts.len(), usize::from(torn), "torn {torn}: {cuts:?}");
+        assert_eq!(drained_seqs(&queue), [2, 3, 4, 5]);
+    }
+}
+
 /// Found by simulation seed 23 (with jobs): under `Never`, a power loss took pushed records but
 /// kept the ack log entries that acknowledged them; the next pushes reused their sequence numbers
 /// and the stale acknowledgements made the queue skip the new records. Recovery now drops facts

@@ -301,7 +301,8 @@ fn the_ack_log_stays_small_however_many_records_are_acked() {
 }
 
 /// Under `Always` an ack at the head goes into the ack log too (the head is synced lazily): the
-/// rewrite, which syncs the head first, keeps the log small all the same.
+/// rewrite, which syncs the head first, keeps the log small all the same. The zeros prepared
+/// ahead of the log's tail are cut at open without being reported as a torn entry.
 #[test]
 fn the_ack_log_stays_small_under_always_with_acks_at_the_head() {
     let sim = diskspool::SimStorage::new(1);
