@@ -326,7 +326,10 @@ pub(crate) struct AckLog {
     entries_in_file: u64,
     /// Entries appended since open, across rewrites: the group-commit ticket.
     appended: u64,
-    scratch: Vec<u8>,
+    /// Encoded entries appended but not written yet (see [`AckLog::defer_writes`]).
+    pending: Vec<u8>,
+    /// True when appends wait in `pending` for [`AckLog::flush`].
+    deferred: bool,
 }
 
 /// Below this many entries the log is never rewritten.
@@ -367,7 +370,8 @@ impl AckLog {
                     prepared_end: 0,
                     entries_in_file: 0,
                     appended: 0,
-                    scratch: Vec::new(),
+                    pending: Vec::new(),
+                    deferred: false,
                 };
                 return Ok((log, JobHistory::default()));
             }
@@ -425,25 +429,53 @@ impl AckLog {
             prepared_end: offset as u64,
             entries_in_file,
             appended: 0,
-            scratch: Vec::new(),
+            pending: Vec::new(),
+            deferred: false,
         };
         Ok((log, history))
     }
 
     /// Appends entries with one write; returns the ticket that `sync` must cover.
     pub(crate) fn append(&mut self, storage: &dyn Storage, entries: &[AckEntry]) -> Result<u64> {
-        let file = match &self.file {
-            Some(file) => file.clone(),
-            None => self.create(storage)?,
-        };
-        self.scratch.clear();
-        for entry in entries {
-            encode_entry(&mut self.scratch, self.log_id, entry);
+        if self.file.is_none() {
+            self.create(storage)?;
         }
-        let end = self.tail + self.scratch.len() as u64;
+        for entry in entries {
+            encode_entry(&mut self.pending, self.log_id, entry);
+        }
+        if !self.deferred {
+            if let Err(error) = self.flush() {
+                self.pending.clear();
+                return Err(error);
+            }
+        }
+        self.entries_in_file += entries.len() as u64;
+        self.appended += entries.len() as u64;
+        Ok(self.appended)
+    }
+
+    /// Under `SyncPolicy::Always`, appends are kept in memory and written by [`flush`], which
+    /// the group-commit leader calls just before its sync: one write for all the operations the
+    /// sync covers instead of one per operation, each under the reader lock. Nobody returns
+    /// before that write and the sync, so a process kill still loses nothing that returned.
+    ///
+    /// [`flush`]: AckLog::flush
+    pub(crate) fn defer_writes(&mut self, deferred: bool) {
+        self.deferred = deferred;
+    }
+
+    /// Writes the entries appended but not written yet, with one write.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        let Some(file) = self.file.clone() else {
+            return Ok(());
+        };
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let end = self.tail + self.pending.len() as u64;
         let written = self
             .prepare(&*file, end)
-            .and_then(|()| file.write_all_at(&self.scratch, self.tail));
+            .and_then(|()| file.write_all_at(&self.pending, self.tail));
         if let Err(error) = written {
             // Undo a partial append so that no fragment is left between entries (the prepared
             // zeros go too).
@@ -458,10 +490,9 @@ impl AckLog {
             }
             return Err(Error::io("append to ack log", &self.path, error));
         }
-        self.tail += self.scratch.len() as u64;
-        self.entries_in_file += entries.len() as u64;
-        self.appended += entries.len() as u64;
-        Ok(self.appended)
+        self.tail = end;
+        self.pending.clear();
+        Ok(())
     }
 
     /// Writes zeros ahead of the tail, if `end` lies beyond them: up to `PREPARED_SPACE` past
@@ -479,7 +510,7 @@ impl AckLog {
     }
 
     /// Creates the file durably (temporary file, sync, rename, directory sync).
-    fn create(&mut self, storage: &dyn Storage) -> Result<Arc<dyn StorageFile>> {
+    fn create(&mut self, storage: &dyn Storage) -> Result<()> {
         let log_id = 1;
         storage::write_atomically(
             storage,
@@ -493,15 +524,16 @@ impl AckLog {
                 .open(&self.path)
                 .map_err(|error| Error::io("open ack log", &self.path, error))?,
         );
-        self.file = Some(file.clone());
+        self.file = Some(file);
         self.log_id = log_id;
         self.tail = ACK_LOG_HEADER_LEN as u64;
         self.prepared_end = self.tail;
         self.entries_in_file = 0;
-        Ok(file)
+        Ok(())
     }
 
-    /// The file (if it exists yet) and the ticket a sync of it now would cover.
+    /// The file (if it exists yet) and the ticket a sync of it now would cover, once
+    /// [`flush`](AckLog::flush) wrote what is pending.
     pub(crate) fn sync_target(&self) -> (Option<Arc<dyn StorageFile>>, u64) {
         (self.file.clone(), self.appended)
     }
@@ -515,7 +547,8 @@ impl AckLog {
         self.entries_in_file > REWRITE_MIN_ENTRIES && self.entries_in_file > 4 * live_entries as u64
     }
 
-    /// Replaces the log with `live` entries. The caller has made the head durable first.
+    /// Replaces the log with `live` entries. The caller has made the head durable first. Entries
+    /// not written yet are dropped: `live` describes what they said that still matters.
     pub(crate) fn rewrite(&mut self, storage: &dyn Storage, live: &[AckEntry]) -> Result<()> {
         let dir = self.dir.clone();
         let log_id = self.log_id + 1;
@@ -532,6 +565,7 @@ impl AckLog {
         self.log_id = log_id;
         self.tail = bytes.len() as u64;
         self.prepared_end = self.tail;
+        self.pending.clear();
         self.entries_in_file = live.len() as u64;
         Ok(())
     }

@@ -600,10 +600,11 @@ impl Shared {
         (self.options.sync == SyncPolicy::Always).then(|| self.ack_sync.enter())
     }
 
-    /// Syncs the ack log; returns the ticket covered.
+    /// Writes the ack log's pending entries and syncs it; returns the ticket covered.
     pub(crate) fn sync_acklog(&self) -> Result<u64> {
         let (file, ticket, path) = {
-            let reader = lock(&self.reader);
+            let mut reader = lock(&self.reader);
+            reader.acklog.flush()?;
             let (file, ticket) = reader.acklog.sync_target();
             (file, ticket, reader.acklog.path().to_path_buf())
         };

@@ -580,3 +580,34 @@ fn an_ack_at_the_head_survives_a_power_loss_without_a_head_sync() {
         assert_eq!(seqs, [3, 4], "seed {seed}: acknowledged jobs came back");
     }
 }
+
+/// Under `Always` ack log entries wait in memory for the group-commit leader, who writes them
+/// just before its sync: by the time `recv`, `ack` or a release returns they are in the file, so
+/// a process kill keeps every one of them.
+#[test]
+fn ack_log_entries_written_by_the_sync_leader_survive_a_process_kill() {
+    let sim = SimStorage::new(3);
+    let queue = open(&sim, SyncPolicy::Always);
+    for seq in 0..4 {
+        queue.push(format!("record {seq}").as_bytes()).unwrap();
+    }
+    let mut deliveries = queue.recv_batch(4).unwrap();
+    // Acked beyond the head (seq 3), released with a delay (seq 2), kept leased (0 and 1).
+    deliveries.pop().unwrap().ack().unwrap();
+    deliveries
+        .pop()
+        .unwrap()
+        .retry_after(std::time::Duration::from_secs(3600))
+        .unwrap();
+    std::mem::forget(deliveries);
+    sim.process_crash();
+    drop(queue);
+    let queue = open(&sim, SyncPolicy::Always);
+    let again = queue.recv_batch(10).unwrap();
+    let seen: Vec<(u64, u32)> = again.iter().map(|d| (d.seq(), d.deliveries())).collect();
+    assert_eq!(
+        seen,
+        [(0, 2), (1, 2)],
+        "the delay and the ack survived, counts grew"
+    );
+}
