@@ -435,7 +435,8 @@ impl AckLog {
         Ok((log, history))
     }
 
-    /// Appends entries with one write; returns the ticket that `sync` must cover.
+    /// Appends entries, written at once with one write, or by the next [`flush`](AckLog::flush)
+    /// when writes are deferred; returns the ticket that `sync` must cover.
     pub(crate) fn append(&mut self, storage: &dyn Storage, entries: &[AckEntry]) -> Result<u64> {
         if self.file.is_none() {
             self.create(storage)?;
