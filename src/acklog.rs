@@ -26,6 +26,9 @@
 //!                           NOT_BEFORE: microseconds since the Unix epoch
 //! ```
 //!
+//! Zeros may follow the last entry: space written ahead of the tail, so that the `fdatasync` of
+//! an append does not change the file's length; `open` cuts them without reporting a torn entry.
+//!
 //! Entries for sequence numbers below the head are obsolete. When they dominate, the log is
 //! rewritten with only the live state (after the head is synced, so that the head that makes
 //! the dropped entries obsolete survives any crash): write `acks.tmp`, sync, rename, sync the
@@ -175,6 +178,12 @@ pub fn decode_entry(bytes: &[u8], log_id: u64) -> Option<AckEntry> {
     }
 }
 
+/// True when `bytes` (what follows the last entry) are zeros: space prepared ahead of the tail,
+/// never a torn entry (an entry's kind is never zero).
+pub(crate) fn is_prepared_space(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&byte| byte == 0)
+}
+
 /// What the ack log says about records at or beyond the head.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobHistory {
@@ -312,14 +321,28 @@ pub(crate) struct AckLog {
     file: Option<Arc<dyn StorageFile>>,
     log_id: u64,
     tail: u64,
+    /// The file's length: bytes `[tail, prepared_end)` are zeros written ahead of the tail.
+    prepared_end: u64,
     entries_in_file: u64,
     /// Entries appended since open, across rewrites: the group-commit ticket.
     appended: u64,
-    scratch: Vec<u8>,
+    /// Encoded entries appended but not written yet (see [`AckLog::defer_writes`]).
+    pending: Vec<u8>,
+    /// True when appends wait in `pending` for [`AckLog::flush`].
+    deferred: bool,
 }
 
 /// Below this many entries the log is never rewritten.
 const REWRITE_MIN_ENTRIES: u64 = 4096;
+
+/// How far ahead of the tail zeros are written. An append into zeros already in the file does
+/// not change its length, so the `fdatasync` that makes it durable writes no inode update: on
+/// ext4 an appending sync cost 200–330 µs, a sync of an overwrite 120–220 µs. Small, so that a
+/// log that is rarely rewritten stays small too.
+const PREPARED_SPACE: u64 = 32 << 10;
+
+/// Prepared space ends on a multiple of this.
+const PREPARED_SPACE_ALIGN: u64 = 4096;
 
 impl AckLog {
     /// Opens the ack log in `dir` if there is one, recovers a torn tail, and returns the history
@@ -344,9 +367,11 @@ impl AckLog {
                     file: None,
                     log_id: 0,
                     tail: 0,
+                    prepared_end: 0,
                     entries_in_file: 0,
                     appended: 0,
-                    scratch: Vec::new(),
+                    pending: Vec::new(),
+                    deferred: false,
                 };
                 return Ok((log, JobHistory::default()));
             }
@@ -381,13 +406,17 @@ impl AckLog {
         if offset < bytes.len() {
             file.set_len(offset as u64)
                 .map_err(io_error("truncate torn ack log tail"))?;
-            truncations.push(Truncation {
-                file: path.clone(),
-                offset: offset as u64,
-                bytes_cut: (bytes.len() - offset) as u64,
-                first_lost_seq: head,
-                reason: String::from("torn ack log entry"),
-            });
+            // Zeros are space prepared ahead of the tail (or appends a power loss took before
+            // any byte of them reached the disk): nothing torn to report.
+            if !is_prepared_space(&bytes[offset..]) {
+                truncations.push(Truncation {
+                    file: path.clone(),
+                    offset: offset as u64,
+                    bytes_cut: (bytes.len() - offset) as u64,
+                    first_lost_seq: head,
+                    reason: String::from("torn ack log entry"),
+                });
+            }
         }
         file.sync_data().map_err(io_error("sync ack log"))?;
         history.prune_below(head);
@@ -397,25 +426,61 @@ impl AckLog {
             file: Some(file),
             log_id,
             tail: offset as u64,
+            prepared_end: offset as u64,
             entries_in_file,
             appended: 0,
-            scratch: Vec::new(),
+            pending: Vec::new(),
+            deferred: false,
         };
         Ok((log, history))
     }
 
-    /// Appends entries with one write; returns the ticket that `sync` must cover.
+    /// Appends entries, written at once with one write, or by the next [`flush`](AckLog::flush)
+    /// when writes are deferred; returns the ticket that `sync` must cover.
     pub(crate) fn append(&mut self, storage: &dyn Storage, entries: &[AckEntry]) -> Result<u64> {
-        let file = match &self.file {
-            Some(file) => file.clone(),
-            None => self.create(storage)?,
-        };
-        self.scratch.clear();
-        for entry in entries {
-            encode_entry(&mut self.scratch, self.log_id, entry);
+        if self.file.is_none() {
+            self.create(storage)?;
         }
-        if let Err(error) = file.write_all_at(&self.scratch, self.tail) {
-            // Undo a partial append so that no fragment is left between entries.
+        for entry in entries {
+            encode_entry(&mut self.pending, self.log_id, entry);
+        }
+        if !self.deferred {
+            if let Err(error) = self.flush() {
+                self.pending.clear();
+                return Err(error);
+            }
+        }
+        self.entries_in_file += entries.len() as u64;
+        self.appended += entries.len() as u64;
+        Ok(self.appended)
+    }
+
+    /// Under `SyncPolicy::Always`, appends are kept in memory and written by [`flush`], which
+    /// the group-commit leader calls just before its sync: one write for all the operations the
+    /// sync covers instead of one per operation, each under the reader lock. Nobody returns
+    /// before that write and the sync, so a process kill still loses nothing that returned.
+    ///
+    /// [`flush`]: AckLog::flush
+    pub(crate) fn defer_writes(&mut self, deferred: bool) {
+        self.deferred = deferred;
+    }
+
+    /// Writes the entries appended but not written yet, with one write.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        let Some(file) = self.file.clone() else {
+            return Ok(());
+        };
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let end = self.tail + self.pending.len() as u64;
+        let written = self
+            .prepare(&*file, end)
+            .and_then(|()| file.write_all_at(&self.pending, self.tail));
+        if let Err(error) = written {
+            // Undo a partial append so that no fragment is left between entries (the prepared
+            // zeros go too).
+            self.prepared_end = self.tail;
             if let Err(cleanup) = file.set_len(self.tail) {
                 return Err(Error::Poisoned {
                     cause: format!(
@@ -426,14 +491,27 @@ impl AckLog {
             }
             return Err(Error::io("append to ack log", &self.path, error));
         }
-        self.tail += self.scratch.len() as u64;
-        self.entries_in_file += entries.len() as u64;
-        self.appended += entries.len() as u64;
-        Ok(self.appended)
+        self.tail = end;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes zeros ahead of the tail, if `end` lies beyond them: up to `PREPARED_SPACE` past
+    /// `end`, rounded up to `PREPARED_SPACE_ALIGN`.
+    fn prepare(&mut self, file: &dyn StorageFile, end: u64) -> std::io::Result<()> {
+        if end <= self.prepared_end {
+            return Ok(());
+        }
+        let prepared_end = (end + PREPARED_SPACE).next_multiple_of(PREPARED_SPACE_ALIGN);
+        let zeros_len = usize::try_from(prepared_end - self.prepared_end)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        file.write_all_at(&vec![0; zeros_len], self.prepared_end)?;
+        self.prepared_end = prepared_end;
+        Ok(())
     }
 
     /// Creates the file durably (temporary file, sync, rename, directory sync).
-    fn create(&mut self, storage: &dyn Storage) -> Result<Arc<dyn StorageFile>> {
+    fn create(&mut self, storage: &dyn Storage) -> Result<()> {
         let log_id = 1;
         storage::write_atomically(
             storage,
@@ -447,14 +525,16 @@ impl AckLog {
                 .open(&self.path)
                 .map_err(|error| Error::io("open ack log", &self.path, error))?,
         );
-        self.file = Some(file.clone());
+        self.file = Some(file);
         self.log_id = log_id;
         self.tail = ACK_LOG_HEADER_LEN as u64;
+        self.prepared_end = self.tail;
         self.entries_in_file = 0;
-        Ok(file)
+        Ok(())
     }
 
-    /// The file (if it exists yet) and the ticket a sync of it now would cover.
+    /// The file (if it exists yet) and the ticket a sync of it now would cover, once
+    /// [`flush`](AckLog::flush) wrote what is pending.
     pub(crate) fn sync_target(&self) -> (Option<Arc<dyn StorageFile>>, u64) {
         (self.file.clone(), self.appended)
     }
@@ -468,7 +548,8 @@ impl AckLog {
         self.entries_in_file > REWRITE_MIN_ENTRIES && self.entries_in_file > 4 * live_entries as u64
     }
 
-    /// Replaces the log with `live` entries. The caller has made the head durable first.
+    /// Replaces the log with `live` entries. The caller has made the head durable first. Entries
+    /// not written yet are dropped: `live` describes what they said that still matters.
     pub(crate) fn rewrite(&mut self, storage: &dyn Storage, live: &[AckEntry]) -> Result<()> {
         let dir = self.dir.clone();
         let log_id = self.log_id + 1;
@@ -484,6 +565,8 @@ impl AckLog {
         self.file = Some(Arc::from(file));
         self.log_id = log_id;
         self.tail = bytes.len() as u64;
+        self.prepared_end = self.tail;
+        self.pending.clear();
         self.entries_in_file = live.len() as u64;
         Ok(())
     }

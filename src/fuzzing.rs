@@ -1078,6 +1078,13 @@ impl Run {
                     model.head += 1;
                 }
                 if self.policy == Policy::Always {
+                    // The head index may lag (an ack at the head is made durable in the ack log,
+                    // and the head file is synced lazily), but under `Always` whatever the queue
+                    // consumed below its head is durable, in the head or in the ack log (which
+                    // `open` syncs): acknowledged and skipped records never come back.
+                    for state in model.acked.range_mut(..model.head).map(|(_, state)| state) {
+                        state.durable |= state.guaranteed;
+                    }
                     model.head_durable = model.head_durable.max(model.head);
                 }
             }

@@ -551,14 +551,12 @@ pub fn read_ack_log(storage: &dyn Storage, dir: &Path) -> Result<AckLogSnapshot>
     while let Some(entry_bytes) = bytes.get(offset..offset + ACK_ENTRY_LEN) {
         match acklog::decode_entry(entry_bytes, log_id) {
             Some(entry) => snapshot.history.apply(&entry),
-            None => {
-                snapshot.bad_entry_offset = Some(offset as u64);
-                return Ok(snapshot);
-            }
+            None => break,
         }
         offset += ACK_ENTRY_LEN;
     }
-    if offset < bytes.len() {
+    // Zeros after the last entry are space the running queue prepared ahead of its tail.
+    if offset < bytes.len() && !acklog::is_prepared_space(&bytes[offset..]) {
         snapshot.bad_entry_offset = Some(offset as u64);
     }
     Ok(snapshot)

@@ -190,6 +190,11 @@ impl Queue {
         let pool_files = std::mem::take(&mut recovered.pool_files);
         let pool = pool::adopt(&*storage, &dir, pool_files, options.segment_pool)?;
         let head_generation = recovered.head.generation();
+        // Under `Always` every ack log append waits for a group-commit sync: its leader writes
+        // them all at once.
+        recovered
+            .acklog
+            .defer_writes(options.sync == SyncPolicy::Always);
         let shared = Arc::new(Shared {
             dir,
             storage,

@@ -440,6 +440,9 @@ impl Shared {
         let mut deliveries = Vec::new();
         let mut pending = Pending::default();
         let mut failure = None;
+        // Announced to the ack log's group commit (held until `finish` returns), so that a
+        // leader lets this receive join its sync.
+        let _entered = self.announce_to_ack_sync();
         {
             let mut guard = lock(&self.reader);
             let reader = &mut *guard;
@@ -519,6 +522,8 @@ impl Shared {
     pub(crate) fn ack(&self, seq: u64) -> Result<()> {
         self.check_poisoned()?;
         let mut pending = Pending::default();
+        // Under `Always` every ack waits on the ack log's group (see `settle_acked`).
+        let _entered = self.announce_to_ack_sync();
         {
             let mut reader = lock(&self.reader);
             let head_segment_before = reader.head_segment_base();
@@ -540,22 +545,33 @@ impl Shared {
         reader.jobs.set_state(seq, JobState::Acked);
         if at_head {
             reader.jobs.fold();
-            pending.head_generation = reader
+            let generation = reader
                 .write_head_if_moved(self.synced_seq())
                 .map_err(|error| self.poison(error))?;
-        } else {
-            let entry = AckEntry::Acked {
-                start: seq,
-                end: seq + 1,
-            };
-            pending.ack_ticket = Some(
-                reader
-                    .acklog
-                    .append(&*self.storage, &[entry])
-                    .map_err(|error| self.poison(error))?,
-            );
-            self.maybe_rewrite_acklog(reader)?;
+            if self.options.sync != SyncPolicy::Always {
+                // Nothing waits for a sync: the head write covers a process kill.
+                pending.head_generation = generation;
+                return Ok(());
+            }
+            // Under `Always` an ack at the head is made durable by an ACKED entry in the ack
+            // log, like an ack beyond it, not by a sync of the head: every receive and every
+            // ack then wait on one group commit of one file, so one `fdatasync` covers more of
+            // them. The head slot written above still moves the head (for a process kill and
+            // for the ack log rewrite); it is synced lazily (by compaction, the ack log
+            // rewrite, a pop, `Queue::sync`), and until then recovery skips the record because
+            // the ack log says it is acknowledged.
         }
+        let entry = AckEntry::Acked {
+            start: seq,
+            end: seq + 1,
+        };
+        pending.ack_ticket = Some(
+            reader
+                .acklog
+                .append(&*self.storage, &[entry])
+                .map_err(|error| self.poison(error))?,
+        );
+        self.maybe_rewrite_acklog(reader)?;
         Ok(())
     }
 
@@ -656,10 +672,17 @@ impl Shared {
         Ok(())
     }
 
-    /// Syncs the ack log; returns the ticket covered.
+    /// Announces a receive or an ack to the ack log's group commit under `Always` (a hint for
+    /// its leader; see `SyncGroup::enter`): hold it from before the write until `finish` returns.
+    fn announce_to_ack_sync(&self) -> Option<crate::sync::Entered<'_>> {
+        (self.options.sync == SyncPolicy::Always).then(|| self.ack_sync.enter())
+    }
+
+    /// Writes the ack log's pending entries and syncs it; returns the ticket covered.
     pub(crate) fn sync_acklog(&self) -> Result<u64> {
         let (file, ticket, path) = {
-            let reader = lock(&self.reader);
+            let mut reader = lock(&self.reader);
+            reader.acklog.flush()?;
             let (file, ticket) = reader.acklog.sync_target();
             (file, ticket, reader.acklog.path().to_path_buf())
         };
