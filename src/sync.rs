@@ -2,13 +2,11 @@
 //!
 //! A sync covers what was written before it started, so the more writers have written when the
 //! leader starts, the more one sync covers. Writers announce themselves with
-//! [`SyncGroup::enter`] before they write; a leader that sees announced writers who have not yet
-//! come to wait (they are still writing, or on their way out after the previous sync and about
-//! to write again) yields the processor to them a bounded number of times before it syncs. A
-//! lone writer never yields. On the development machine (2 cores) this took 16 producers under
-//! `SyncPolicy::Always` from about 40 k to 55–67 k records/s (`examples/always_scaling.rs`).
-//! Groups whose writers do not announce themselves get a weaker form: the leader waits (a few
-//! yields at most) for as many waiters as the last sync covered.
+//! [`SyncGroup::enter`] before they write. A leader waits (yielding the processor) while fewer
+//! writers wait than are announced, or than the last sync covered (the writers it woke are on
+//! their way back with their next write), for at most half as long as the last sync took. A
+//! lone writer never waits. Correctness never depends on any of this: nobody returns before a
+//! sync that started after its write.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -158,8 +156,8 @@ impl SyncGroup {
     /// last sync covered (writers woken by it are on their way back), yields the processor, for
     /// at most half as long as the last sync took. A lone writer never waits.
     fn gather<'a>(&'a self, mut state: MutexGuard<'a, GroupState>) -> MutexGuard<'a, GroupState> {
-        let budget = (state.last_sync / GATHER_BUDGET_DIVISOR)
-            .clamp(GATHER_BUDGET_MIN, GATHER_BUDGET_MAX);
+        let budget =
+            (state.last_sync / GATHER_BUDGET_DIVISOR).clamp(GATHER_BUDGET_MIN, GATHER_BUDGET_MAX);
         let mut started = None;
         loop {
             let announced = self.inside.load(Ordering::Acquire);
