@@ -169,29 +169,19 @@ pub fn encode_into(
     not_before_us: u64,
 ) {
     let delayed = not_before_us != 0;
-    let body_len = body_len(payload.len(), delayed);
-    let body_len_field = u32::try_from(body_len).unwrap_or(u32::MAX);
-    assert!(
-        body_len_field <= PAYLOAD_LEN_MAX,
-        "payload length checked by the caller"
+    assert_eq!(
+        out.len(),
+        frame_len(body_len(payload.len(), delayed)),
+        "frame buffer length"
     );
-    assert_eq!(out.len(), frame_len(body_len), "frame buffer length");
-    let mut flags = 0;
-    if batch_continues {
-        flags |= BATCH_CONTINUES;
-    }
-    if delayed {
-        flags |= DELAYED;
-    }
-    out[LEN_FLAGS_OFFSET..SEQ_OFFSET].copy_from_slice(&(body_len_field | flags).to_le_bytes());
-    out[SEQ_OFFSET..ENQUEUED_OFFSET].copy_from_slice(&seq.to_le_bytes());
-    out[ENQUEUED_OFFSET..PAYLOAD_OFFSET].copy_from_slice(&enqueued_us.to_le_bytes());
-    let mut payload_start = PAYLOAD_OFFSET;
-    if delayed {
-        out[PAYLOAD_OFFSET..PAYLOAD_OFFSET + DELAY_PREFIX_LEN]
-            .copy_from_slice(&not_before_us.to_le_bytes());
-        payload_start += DELAY_PREFIX_LEN;
-    }
+    let payload_start = write_fields(
+        out,
+        seq,
+        enqueued_us,
+        payload.len(),
+        batch_continues,
+        not_before_us,
+    );
     let body_end = payload_start + payload.len();
     out[payload_start..body_end].copy_from_slice(payload);
     out[body_end..].fill(0);
@@ -230,8 +220,33 @@ pub fn encode_header(
     batch_continues: bool,
     not_before_us: u64,
 ) -> usize {
+    let len = write_fields(
+        header,
+        seq,
+        enqueued_us,
+        payload.len(),
+        batch_continues,
+        not_before_us,
+    );
+    let mut hasher = crc32_hasher();
+    hasher.update(&header[LEN_FLAGS_OFFSET..len]);
+    hasher.update(payload);
+    header[CRC_OFFSET..LEN_FLAGS_OFFSET].copy_from_slice(&hasher.finalize().to_le_bytes());
+    len
+}
+
+/// Writes a frame's fields but the checksum (length and flags, sequence number, time, and the
+/// delay prefix of a delayed record) into the front of `out`; returns where the payload starts.
+fn write_fields(
+    out: &mut [u8],
+    seq: u64,
+    enqueued_us: u64,
+    payload_len: usize,
+    batch_continues: bool,
+    not_before_us: u64,
+) -> usize {
     let delayed = not_before_us != 0;
-    let body_len_field = u32::try_from(body_len(payload.len(), delayed)).unwrap_or(u32::MAX);
+    let body_len_field = u32::try_from(body_len(payload_len, delayed)).unwrap_or(u32::MAX);
     assert!(
         body_len_field <= PAYLOAD_LEN_MAX,
         "payload length checked by the caller"
@@ -243,19 +258,14 @@ pub fn encode_header(
     if delayed {
         flags |= DELAYED;
     }
-    header[LEN_FLAGS_OFFSET..SEQ_OFFSET].copy_from_slice(&(body_len_field | flags).to_le_bytes());
-    header[SEQ_OFFSET..ENQUEUED_OFFSET].copy_from_slice(&seq.to_le_bytes());
-    header[ENQUEUED_OFFSET..PAYLOAD_OFFSET].copy_from_slice(&enqueued_us.to_le_bytes());
-    let mut len = PAYLOAD_OFFSET;
-    if delayed {
-        header[PAYLOAD_OFFSET..HEADER_WITH_DELAY_LEN].copy_from_slice(&not_before_us.to_le_bytes());
-        len = HEADER_WITH_DELAY_LEN;
+    out[LEN_FLAGS_OFFSET..SEQ_OFFSET].copy_from_slice(&(body_len_field | flags).to_le_bytes());
+    out[SEQ_OFFSET..ENQUEUED_OFFSET].copy_from_slice(&seq.to_le_bytes());
+    out[ENQUEUED_OFFSET..PAYLOAD_OFFSET].copy_from_slice(&enqueued_us.to_le_bytes());
+    if !delayed {
+        return PAYLOAD_OFFSET;
     }
-    let mut hasher = crc32_hasher();
-    hasher.update(&header[LEN_FLAGS_OFFSET..len]);
-    hasher.update(payload);
-    header[CRC_OFFSET..LEN_FLAGS_OFFSET].copy_from_slice(&hasher.finalize().to_le_bytes());
-    len
+    out[PAYLOAD_OFFSET..HEADER_WITH_DELAY_LEN].copy_from_slice(&not_before_us.to_le_bytes());
+    HEADER_WITH_DELAY_LEN
 }
 
 /// The zeros after a payload of `payload_len` bytes that end its frame on [`FRAME_ALIGN`].

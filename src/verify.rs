@@ -278,7 +278,15 @@ fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
                 });
             }
         } else if let (0, Some(head)) = (index, head_seq) {
-            if scan.base_seq > head {
+            // A segment at or before the head that vanished while the snapshot was taken was
+            // deleted by a running queue's compactor, which deletes only segments its durable
+            // head has passed: the head read earlier is stale, and the gap is consumed records.
+            let compacted_meanwhile = snapshot
+                .vanished
+                .iter()
+                .filter_map(|name| crate::segment::parse_segment_file_name(name))
+                .any(|base| base <= head);
+            if scan.base_seq > head && !compacted_meanwhile {
                 problems.push(Problem {
                     kind: ProblemKind::MissingRecords,
                     file: path.clone(),
@@ -419,4 +427,55 @@ fn end_problem(path: PathBuf, scan: &SegmentScan, is_last: bool) -> Option<Probl
         offset,
         detail,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::OsStorage;
+    use crate::{Options, Queue, SyncPolicy};
+
+    /// A snapshot taken while a running queue compacts can find the segment that held the head
+    /// gone (listed, then deleted before it was read): that gap is consumed records, not
+    /// missing ones. The same gap with nothing vanished is damage.
+    #[test]
+    fn a_segment_compacted_during_the_snapshot_is_not_missing_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options::default()
+            .segment_size(4096)
+            .sync(SyncPolicy::Never)
+            .auto_compact(false);
+        let queue = Queue::open(dir.path(), options).unwrap();
+        for _ in 0..100 {
+            queue.push(&[7; 100]).unwrap();
+        }
+        // The head ends inside the second segment.
+        for _ in 0..40 {
+            queue.pop().unwrap().unwrap();
+        }
+        queue.sync().unwrap();
+        let snapshot = Snapshot::take(&OsStorage, dir.path()).unwrap();
+        assert!(check(&snapshot).is_clean());
+        let head = snapshot.head_seq().unwrap();
+        let holding_head = snapshot
+            .segments
+            .iter()
+            .rposition(|scan| scan.base_seq <= head)
+            .unwrap();
+        assert!(holding_head > 0, "the head is past the first segment");
+
+        let mut compacted = snapshot.clone();
+        for scan in compacted.segments.drain(..=holding_head) {
+            compacted.vanished.push(scan.name);
+        }
+        assert!(check(&compacted).is_clean(), "{:?}", check(&compacted));
+
+        let mut damaged = snapshot.clone();
+        damaged.segments.drain(..=holding_head);
+        let report = check(&damaged);
+        assert!(report
+            .problems
+            .iter()
+            .any(|problem| problem.kind == ProblemKind::MissingRecords));
+    }
 }
