@@ -284,7 +284,7 @@ impl Queue {
     /// Under [`SyncPolicy::Always`] the removal is durable when this returns: the record will
     /// never be returned again, whatever crash follows.
     pub fn pop(&self) -> Result<Option<Record>> {
-        self.shared.pop_with(1, Ok, None)
+        self.shared.pop_one()
     }
 
     /// Like [`pop`](Queue::pop), but when the queue is empty waits up to `timeout` for a record

@@ -347,6 +347,42 @@ impl Shared {
         }
     }
 
+    /// One `pop`: the plain FIFO path, taken while nothing is tracked (no leases, acks beyond
+    /// the head or delays) without the batch machinery of [`pop_with`](Shared::pop_with), which
+    /// handles every other case.
+    pub(crate) fn pop_one(&self) -> Result<Option<Record>> {
+        self.check_poisoned()?;
+        let (record, head_generation, head_segment_moved) = {
+            let mut guard = lock(&self.reader);
+            let reader = &mut *guard;
+            if !reader.jobs.is_idle() {
+                drop(guard);
+                return self.pop_with(1, Ok, None);
+            }
+            let segment_before = reader.cursor.segment.base_seq;
+            let Some(found) = self.read_next(&mut reader.cursor)? else {
+                return Ok(None);
+            };
+            if found.record.not_before_us() != 0 {
+                // A delayed record: the general path decides whether it is due.
+                reader.cursor.rewind(found.offset, found.record.seq());
+                drop(guard);
+                return self.pop_with(1, Ok, None);
+            }
+            let generation = reader
+                .write_head_if_moved(self.synced_seq())
+                .map_err(|error| self.poison(error))?;
+            let moved = reader.cursor.segment.base_seq != segment_before;
+            (found.record, generation, moved)
+        };
+        self.finish(Pending {
+            head_generation,
+            head_segment_moved,
+            ..Pending::default()
+        })?;
+        Ok(Some(record))
+    }
+
     /// One plain FIFO pop at the frontier, while nothing is tracked.
     fn pop_plain<T>(
         &self,
