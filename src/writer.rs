@@ -138,7 +138,19 @@ impl Writer {
                 let from = (self.tail - window.start) as usize;
                 let to = (end - window.start) as usize;
                 if let Some(bytes) = window.map.bytes_mut().get_mut(from..to) {
-                    encode_batch(bytes, first_seq, enqueued_us, not_before_us, payloads);
+                    match payloads {
+                        [payload] => {
+                            frame::encode_into(
+                                bytes,
+                                first_seq,
+                                enqueued_us,
+                                payload,
+                                false,
+                                not_before_us,
+                            );
+                        }
+                        _ => encode_batch(bytes, first_seq, enqueued_us, not_before_us, payloads),
+                    }
                     self.advance(end, payloads.len());
                     return Ok(());
                 }
