@@ -251,9 +251,7 @@ impl Queue {
     /// Under [`SyncPolicy::Always`] the record is durable when this returns. Under every policy
     /// its bytes are in the kernel, so a process kill cannot lose it.
     pub fn push(&self, payload: &[u8]) -> Result<u64> {
-        self.shared
-            .push_batch(std::slice::from_ref(&payload), 0)
-            .map(|range| range.start)
+        self.shared.push_one(payload)
     }
 
     /// Appends one record that is not handed out (by `pop`, `peek` or `recv`) before `delay`
@@ -511,6 +509,20 @@ impl Shared {
             self.write_locked(&mut writer, payloads, not_before_us, batch_len)?
         };
         self.complete(written)
+    }
+
+    /// One `push`. Under the policies that publish while writing, nothing is left to do once
+    /// the frame is written, so the write is all there is.
+    fn push_one(&self, payload: &[u8]) -> Result<u64> {
+        let payloads = std::slice::from_ref(&payload);
+        if self.options.sync == SyncPolicy::Always {
+            return self.push_batch(payloads, 0).map(|range| range.start);
+        }
+        let frame_len = self.check_batch(payloads, 0)?;
+        let mut writer = self.lock_writer();
+        let seq = writer.next_seq;
+        self.write_locked(&mut writer, payloads, 0, frame_len)?;
+        Ok(seq)
     }
 
     /// Checks a batch against the limits; returns its encoded length.
