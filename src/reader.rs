@@ -695,10 +695,8 @@ impl Shared {
                     .map_err(|error| self.poison(error))?;
             }
         }
-        if !pending.dead_letters.is_empty() {
-            for (seq, record, deliveries) in pending.dead_letters {
-                self.move_to_dead_letters(seq, &record, deliveries)?;
-            }
+        for (seq, record, deliveries) in pending.dead_letters {
+            self.move_to_dead_letters(seq, &record, deliveries)?;
         }
         if pending.head_segment_moved && self.options.auto_compact {
             // The records are already consumed; a failed compaction is retried by the next one,

@@ -158,15 +158,11 @@ impl SyncGroup {
     fn gather<'a>(&'a self, mut state: MutexGuard<'a, GroupState>) -> MutexGuard<'a, GroupState> {
         let budget =
             (state.last_sync / GATHER_BUDGET_DIVISOR).clamp(GATHER_BUDGET_MIN, GATHER_BUDGET_MAX);
-        let mut started = None;
+        let started = Instant::now();
         loop {
             let announced = self.inside.load(Ordering::Acquire);
             let expected = announced.max(state.last_covered.min(GATHER_COVERED_MAX));
-            if expected <= state.pending.len() {
-                break;
-            }
-            let started = *started.get_or_insert_with(Instant::now);
-            if started.elapsed() >= budget {
+            if expected <= state.pending.len() || started.elapsed() >= budget {
                 break;
             }
             drop(state);

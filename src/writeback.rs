@@ -9,10 +9,9 @@
 //! few hundred nanoseconds per page). It makes nothing durable: only the syncs do.
 
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use crate::storage::StorageFile;
-use crate::sync::lock;
 
 /// A range of a file to start writing out.
 struct Request {
@@ -22,8 +21,9 @@ struct Request {
 }
 
 /// The channel to the writeback thread, started on first use; `None` if it could not be started.
-fn worker() -> Option<&'static Mutex<Sender<Request>>> {
-    static WORKER: OnceLock<Option<Mutex<Sender<Request>>>> = OnceLock::new();
+fn worker() -> Option<&'static Sender<Request>> {
+    // A `Sender` is `Sync`: every writer sends through the one shared sender.
+    static WORKER: OnceLock<Option<Sender<Request>>> = OnceLock::new();
     WORKER
         .get_or_init(|| {
             let (sender, receiver) = mpsc::channel::<Request>();
@@ -35,7 +35,7 @@ fn worker() -> Option<&'static Mutex<Sender<Request>>> {
                     }
                 })
                 .ok()
-                .map(|_| Mutex::new(sender))
+                .map(|_| sender)
         })
         .as_ref()
 }
@@ -50,6 +50,6 @@ pub(crate) fn start(file: &Arc<dyn StorageFile>, offset: u64, len: u64) {
             len,
         };
         // A send fails only if the thread is gone; the hint is then dropped.
-        let _ = lock(worker).send(request);
+        let _ = worker.send(request);
     }
 }

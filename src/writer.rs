@@ -249,7 +249,13 @@ impl Writer {
         not_before_us: u64,
     ) -> std::io::Result<()> {
         let last = payloads.len() - 1;
-        let mut header_lens = Vec::with_capacity(payloads.len());
+        // Every frame of a batch has the same delay, so the same header length.
+        let delayed = not_before_us != 0;
+        let header_len = if delayed {
+            frame::HEADER_WITH_DELAY_LEN
+        } else {
+            frame::FRAME_HEADER_LEN
+        };
         self.scratch.clear();
         for (index, payload) in payloads.iter().enumerate() {
             let mut header = [0; frame::HEADER_WITH_DELAY_LEN];
@@ -261,17 +267,14 @@ impl Writer {
                 index < last,
                 not_before_us,
             );
-            self.scratch.extend_from_slice(&header[..len]);
-            header_lens.push(len);
+            debug_assert_eq!(len, header_len);
+            self.scratch.extend_from_slice(&header[..header_len]);
         }
         let mut parts: Vec<&[u8]> = Vec::with_capacity(payloads.len() * 3);
-        let mut headers = &self.scratch[..];
-        for (payload, len) in payloads.iter().zip(header_lens) {
-            let (header, rest) = headers.split_at(len);
-            headers = rest;
+        for (payload, header) in payloads.iter().zip(self.scratch.chunks_exact(header_len)) {
             parts.push(header);
             parts.push(payload);
-            let padding = frame::padding_len(payload.len(), not_before_us != 0);
+            let padding = frame::padding_len(payload.len(), delayed);
             if padding > 0 {
                 parts.push(&ZEROS[..padding]);
             }

@@ -39,6 +39,18 @@ fn drain(queue: &Queue) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// Pushes seven 500-byte records into an empty queue: the first 4 KiB segment is then almost
+/// full, so the next large push rolls. Returns them as acknowledged.
+fn fill_first_segment(queue: &Queue) -> Vec<(u64, Vec<u8>)> {
+    (0..7u64)
+        .map(|seq| {
+            let payload = vec![seq as u8; 500];
+            assert_eq!(queue.push(&payload).unwrap(), seq);
+            (seq, payload)
+        })
+        .collect()
+}
+
 /// A queue directory whose active segment holds frames 0 and 2 with zeros where frame 1 was
 /// (a write that a power loss lost while keeping a later one), and whose head says records
 /// below `synced_seq` were synced.
@@ -129,13 +141,7 @@ fn sync_records_the_synced_sequence_in_the_head() {
 fn failed_roll_that_cannot_clean_up_poisons_and_loses_nothing() {
     let sim = SimStorage::new(1);
     let queue = open(&sim, SyncPolicy::Always);
-    let mut acknowledged = Vec::new();
-    // Fill the first segment almost completely.
-    for seq in 0..7u64 {
-        let payload = vec![seq as u8; 500];
-        assert_eq!(queue.push(&payload).unwrap(), seq);
-        acknowledged.push((seq, payload));
-    }
+    let acknowledged = fill_first_segment(&queue);
     // The next big push rolls: the new segment's header sync fails, and so does every later
     // call until the faults are cleared, so its file stays behind.
     sim.inject(Fault {
@@ -382,12 +388,7 @@ fn segment_found_at_open_is_made_durable_before_records_go_into_it() {
     for crash_seed in 0..16 {
         let sim = SimStorage::new(crash_seed);
         let queue = open(&sim, SyncPolicy::Always);
-        let mut acknowledged = Vec::new();
-        for seq in 0..7u64 {
-            let payload = vec![seq as u8; 500];
-            assert_eq!(queue.push(&payload).unwrap(), seq);
-            acknowledged.push((seq, payload));
-        }
+        let mut acknowledged = fill_first_segment(&queue);
         // The roll's directory sync fails, and so does the cleanup's removal.
         sim.inject(Fault::next(SimOp::SyncDir, FaultKind::Io));
         sim.inject(Fault::next(SimOp::RemoveFile, FaultKind::Io));

@@ -79,29 +79,67 @@ fn sealed_segments_and_closed_queues_end_at_their_data() {
     assert_eq!(drain_checked(&queue), (0..200).collect::<Vec<_>>());
 }
 
-/// A file of the real filesystem without writable mappings: the engine must fall back to plain
-/// writes.
+/// A file of the real filesystem with a feature taken away: without writable mappings (the
+/// engine must fall back to plain writes), or with zero fills (large all-zero writes) failing
+/// with ENOSPC, as on a disk too full for a window of prepared space.
 #[derive(Debug)]
-struct NoMappingFile(Box<dyn StorageFile>);
+struct AlteredFile {
+    inner: Box<dyn StorageFile>,
+    writable_mappings: bool,
+    room_for_zeros: bool,
+}
 
-impl StorageFile for NoMappingFile {
+impl AlteredFile {
+    fn without_writable_mappings(inner: Box<dyn StorageFile>) -> Box<dyn StorageFile> {
+        Box::new(AlteredFile {
+            inner,
+            writable_mappings: false,
+            room_for_zeros: true,
+        })
+    }
+
+    fn without_room_for_zeros(inner: Box<dyn StorageFile>) -> Box<dyn StorageFile> {
+        Box::new(AlteredFile {
+            inner,
+            writable_mappings: true,
+            room_for_zeros: false,
+        })
+    }
+}
+
+impl StorageFile for AlteredFile {
     fn len(&self) -> io::Result<u64> {
-        self.0.len()
+        self.inner.len()
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.0.read_exact_at(buf, offset)
+        self.inner.read_exact_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_all_at(buf, offset)
+        if !self.room_for_zeros && buf.len() >= 4096 && buf.iter().all(|&byte| byte == 0) {
+            // Half of it lands, as a real short write on a full disk may.
+            self.inner.write_all_at(&buf[..buf.len() / 2], offset)?;
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "no room"));
+        }
+        self.inner.write_all_at(buf, offset)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.inner.set_len(len)
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        self.inner.sync_data()
     }
     fn map(&self, len: u64) -> io::Result<Mapping> {
-        self.0.map(len)
+        self.inner.map(len)
+    }
+    fn map_writable(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<Option<Box<dyn diskspool::storage::WritableMapping>>> {
+        if !self.writable_mappings {
+            return Ok(None);
+        }
+        self.inner.map_writable(offset, len)
     }
 }
 
@@ -113,7 +151,7 @@ fn storage_without_writable_mappings_uses_plain_writes() {
             .segment_size(8192)
             .sync(SyncPolicy::Always)
             .storage(Arc::new(WrappedStorage {
-                wrap: |_: &Path, file| Box::new(NoMappingFile(file)) as Box<dyn StorageFile>,
+                wrap: |_: &Path, file| AlteredFile::without_writable_mappings(file),
             }))
     };
     {
@@ -190,44 +228,6 @@ fn large_and_small_records_interleave_on_both_paths() {
     check(&reopened);
 }
 
-/// A file of the real filesystem, except that zero fills (large all-zero writes) fail with
-/// ENOSPC, as on a disk too full for a window of prepared space.
-#[derive(Debug)]
-struct NoRoomForZerosFile(Box<dyn StorageFile>);
-
-impl StorageFile for NoRoomForZerosFile {
-    fn len(&self) -> io::Result<u64> {
-        self.0.len()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.0.read_exact_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if buf.len() >= 4096 && buf.iter().all(|&byte| byte == 0) {
-            // Half of it lands, as a real short write on a full disk may.
-            self.0.write_all_at(&buf[..buf.len() / 2], offset)?;
-            return Err(io::Error::new(io::ErrorKind::StorageFull, "no room"));
-        }
-        self.0.write_all_at(buf, offset)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
-    }
-    fn map(&self, len: u64) -> io::Result<Mapping> {
-        self.0.map(len)
-    }
-    fn map_writable(
-        &self,
-        offset: u64,
-        len: u64,
-    ) -> io::Result<Option<Box<dyn diskspool::storage::WritableMapping>>> {
-        self.0.map_writable(offset, len)
-    }
-}
-
 /// Without room for a window of zeros, pushes that fit are still accepted (written without a
 /// mapping), and no partial zeros are left behind.
 #[test]
@@ -237,7 +237,7 @@ fn no_room_for_prepared_space_falls_back_to_plain_writes() {
         Options::default()
             .sync(SyncPolicy::Always)
             .storage(Arc::new(WrappedStorage {
-                wrap: |_: &Path, file| Box::new(NoRoomForZerosFile(file)) as Box<dyn StorageFile>,
+                wrap: |_: &Path, file| AlteredFile::without_room_for_zeros(file),
             }))
     };
     {
