@@ -695,8 +695,12 @@ impl Shared {
                     .map_err(|error| self.poison(error))?;
             }
         }
-        for (seq, record, deliveries) in pending.dead_letters {
-            self.move_to_dead_letters(seq, &record, deliveries)?;
+        // Checked first: building and dropping the iterator of an empty vector costs a pop
+        // about 26 instructions (callgrind), 3 % of it.
+        if !pending.dead_letters.is_empty() {
+            for (seq, record, deliveries) in pending.dead_letters {
+                self.move_to_dead_letters(seq, &record, deliveries)?;
+            }
         }
         if pending.head_segment_moved && self.options.auto_compact {
             // The records are already consumed; a failed compaction is retried by the next one,
