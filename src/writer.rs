@@ -331,9 +331,12 @@ impl Writer {
             let window_end = end
                 .max(segment_size.min(self.tail + WRITE_WINDOW_BYTES))
                 .next_multiple_of(PREPARED_SPACE_ALIGN);
-            if end > self.written_end {
-                self.zero_fill(window_end)?;
-            }
+            // The whole window must be zeros this writer wrote (inside the file, no stale
+            // bytes): `written_end` may lie anywhere before or after `end` (the written path
+            // prepares zeros for a recycled file up to an aligned boundary of its own), so
+            // compare with the window's end, not the batch's.
+            self.zero_fill(window_end)?;
+            debug_assert!(self.written_end >= window_end);
             if self.sync_always {
                 // Every push waits for an fdatasync anyway: a pwrite costs little beside it,
                 // and a mapped page would be write-protected by each sync and faulted in again
