@@ -14,7 +14,7 @@ use crate::acklog;
 use crate::frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN};
 use crate::head::{decode_head_file, decode_slot, encode_slot, HEAD_FILE_NAME};
 use crate::segment::{self, segment_file_name, walk_frames, WalkStep, SEGMENT_HEADER_LEN};
-use crate::sim::{Fault, FaultKind, SimOp, SimRng, SimStorage};
+use crate::sim::{Fault, FaultKind, SimOp, SimRng, SimStats, SimStorage};
 use crate::{Error, Options, Queue, SyncPolicy};
 
 /// The payload limit the decoding checks use: large enough for any frame in a fuzz input.
@@ -334,6 +334,62 @@ pub enum Op {
 pub const SIM_RECORD_SIZE_MAX: u16 = 600;
 /// Segment size of simulated runs: small, so that runs roll and compact segments often.
 pub const SIM_SEGMENT_SIZE: u64 = 4096;
+/// Segment size of runs with large records: room for one or two of them.
+pub const SIM_LARGE_SEGMENT_SIZE: u64 = 64 << 10;
+/// The largest payload of runs with large records: above the size from which batches are
+/// written with one gathering write rather than through a mapping (32 KiB).
+pub const SIM_LARGE_RECORD_SIZE_MAX: u16 = 40_000;
+
+/// How a simulated run's queue and filesystem are set up. Drawn from the seed
+/// ([`config_from_seed`]) and kept while a failing run is shrunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimConfig {
+    /// The queue's segment size.
+    pub segment_size: u64,
+    /// [`Options::segment_pool`]: consumed segment files kept for reuse.
+    pub segment_pool: usize,
+    /// Whether the simulated filesystem offers writable mappings
+    /// ([`SimStorage::set_writable_mappings`]), so that the engine stores frames and head slots
+    /// through them under `Never` and `Interval` as it does on the real filesystem.
+    pub writable_mappings: bool,
+    /// The largest payload the workload pushes and the queue accepts.
+    pub record_size_max: u16,
+}
+
+impl Default for SimConfig {
+    /// 4 KiB segments, no pool, no writable mappings, records up to 600 bytes: the setup of
+    /// [`run_ops`] and of the `ops_model` fuzz target.
+    fn default() -> Self {
+        SimConfig {
+            segment_size: SIM_SEGMENT_SIZE,
+            segment_pool: 0,
+            writable_mappings: false,
+            record_size_max: SIM_RECORD_SIZE_MAX,
+        }
+    }
+}
+
+/// The setup of seed `seed`'s run: mostly writable mappings (the real filesystem's write path)
+/// and a segment pool; a quarter of the runs push large records into 64 KiB segments.
+pub fn config_from_seed(seed: u64) -> SimConfig {
+    // A generator of its own, so that the workload drawn from the seed stays the same.
+    let mut rng = SimRng::new(seed ^ 0xc0f1_6000_5eed);
+    let large = rng.chance(1, 4);
+    SimConfig {
+        segment_size: if large {
+            SIM_LARGE_SEGMENT_SIZE
+        } else {
+            SIM_SEGMENT_SIZE
+        },
+        segment_pool: [0, 1, 2, 2][rng.below(4) as usize],
+        writable_mappings: rng.chance(3, 4),
+        record_size_max: if large {
+            SIM_LARGE_RECORD_SIZE_MAX
+        } else {
+            SIM_RECORD_SIZE_MAX
+        },
+    }
+}
 /// The most operations decoded from one fuzz input.
 pub const OPS_MAX: usize = 300;
 
@@ -416,8 +472,9 @@ pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
 }
 
 /// Generates a random workload of `count` operations from `seed`, weighted like a busy queue:
-/// mostly pushes and pops, now and then a crash or an injected fault.
-pub fn ops_from_seed(seed: u64, count: usize) -> Vec<Op> {
+/// mostly pushes and pops, now and then a crash or an injected fault; for `config`, whose large
+/// records, when it has them, are one push in ten.
+pub fn ops_from_seed_for(seed: u64, count: usize, config: &SimConfig) -> Vec<Op> {
     let mut rng = SimRng::new(seed);
     let mut ops = Vec::with_capacity(count);
     // Each run leans towards one policy, so that runs under Never build up unsynced state.
@@ -432,9 +489,23 @@ pub fn ops_from_seed(seed: u64, count: usize) -> Vec<Op> {
     for _ in 0..count {
         let roll = rng.below(100);
         let op = match roll {
+            0..=29 if config.record_size_max > SIM_RECORD_SIZE_MAX && rng.chance(1, 10) => {
+                // Large enough for the gathered write (32 KiB and more) or just below it.
+                let low = u64::from(config.record_size_max) / 2;
+                Op::Push {
+                    len: (low + rng.below(u64::from(config.record_size_max) - low + 1)) as u16,
+                }
+            }
             0..=29 => Op::Push {
                 len: rng.below(u64::from(SIM_RECORD_SIZE_MAX) + 1) as u16,
             },
+            30..=39 if config.record_size_max > SIM_RECORD_SIZE_MAX && rng.chance(1, 8) => {
+                // A batch of a few large records: 24–60 KiB, one gathering write.
+                Op::PushBatch {
+                    count: 2 + rng.below(3) as u8,
+                    len: (8_000 + rng.below(7_000)) as u16,
+                }
+            }
             30..=39 => Op::PushBatch {
                 count: 1 + rng.below(6) as u8,
                 len: rng.below(300) as u16,
@@ -462,13 +533,24 @@ pub fn ops_from_seed(seed: u64, count: usize) -> Vec<Op> {
                 seed: rng.next_u64(),
                 policy: policy(&mut rng),
             },
-            _ => Op::Fault(fault_from(rng.next_u64())),
+            _ => {
+                let mut fault = fault_from(rng.next_u64());
+                if config.writable_mappings && fault.op == Some(SimOp::Map) && rng.chance(1, 2) {
+                    fault.op = Some(SimOp::MapWritable);
+                }
+                Op::Fault(fault)
+            }
         };
         ops.push(op);
     }
     // Every workload starts under its leaning policy.
     ops.insert(0, Op::Reopen { policy: lean });
     ops
+}
+
+/// [`ops_from_seed_for`] the default [`SimConfig`].
+pub fn ops_from_seed(seed: u64, count: usize) -> Vec<Op> {
+    ops_from_seed_for(seed, count, &SimConfig::default())
 }
 
 /// What the durability contract allows the queue to hold, given what the calls returned.
@@ -759,6 +841,7 @@ impl Model {
 
 /// One simulated run: the filesystem, the open queue, the model.
 struct Run {
+    config: SimConfig,
     sim: SimStorage,
     dir: PathBuf,
     queue: Option<Queue>,
@@ -769,8 +852,9 @@ struct Run {
 impl Run {
     fn options(&self, policy: Policy) -> Options {
         Options::default()
-            .segment_size(SIM_SEGMENT_SIZE)
-            .max_record_size(usize::from(SIM_RECORD_SIZE_MAX) + 16)
+            .segment_size(self.config.segment_size)
+            .max_record_size(usize::from(self.config.record_size_max) + 16)
+            .segment_pool(self.config.segment_pool)
             .sync(policy.sync_policy())
             .storage(Arc::new(self.sim.clone()))
     }
@@ -1150,11 +1234,20 @@ impl Run {
     }
 }
 
-/// Runs `ops` against a fresh simulated filesystem and the model of the durability contract;
-/// returns the first violation, naming the operation index.
+/// Runs `ops` against a fresh simulated filesystem and the model of the durability contract,
+/// with the default [`SimConfig`]; returns the first violation, naming the operation index.
 pub fn run_ops(ops: &[Op]) -> Result<(), String> {
+    run_ops_with(&SimConfig::default(), ops).map(|_| ())
+}
+
+/// [`run_ops`] with the queue and filesystem set up as `config` says; returns the simulated
+/// filesystem's counters, so that a caller can see what the run exercised.
+pub fn run_ops_with(config: &SimConfig, ops: &[Op]) -> Result<SimStats, String> {
+    let sim = SimStorage::new(0x5eed);
+    sim.set_writable_mappings(config.writable_mappings);
     let mut run = Run {
-        sim: SimStorage::new(0x5eed),
+        config: *config,
+        sim,
         dir: PathBuf::from("/sim/queue"),
         queue: None,
         policy: Policy::Always,
@@ -1177,5 +1270,6 @@ pub fn run_ops(ops: &[Op]) -> Result<(), String> {
         outcome.map_err(|error| format!("operation {index} ({op:?}): {error}"))?;
     }
     run.finish()
-        .map_err(|error| format!("after the last operation: {error}"))
+        .map_err(|error| format!("after the last operation: {error}"))?;
+    Ok(run.sim.stats())
 }

@@ -363,7 +363,12 @@ impl HeadIndex {
             .and_then(|map| map.0.bytes_mut().get_mut(offset..offset + HEAD_SLOT_LEN));
         match mapped {
             // A store cannot fail half way, so nothing is kept to restore.
-            Some(target) => target.copy_from_slice(&bytes),
+            Some(target) => {
+                target.copy_from_slice(&bytes);
+                if let Some(map) = self.map.as_mut() {
+                    map.0.stored(offset, offset + HEAD_SLOT_LEN);
+                }
+            }
             None => {
                 if let Err(error) = self.file.write_all_at(&bytes, HEAD_SLOT_OFFSETS[slot]) {
                     if let Some(previous) = self.written.filter(|_| self.dirty) {

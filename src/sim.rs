@@ -40,6 +40,16 @@
 //! A process crash keeps everything written (the kernel's page cache survives it) and only
 //! releases the locks and invalidates the open handles.
 //!
+//! # Writable mappings
+//!
+//! With [`SimStorage::set_writable_mappings`] on, files offer writable mappings as the real
+//! filesystem does, so that the engine takes its mapped write path (segments and head slots
+//! stored through mappings under every policy but `Always`, whose frames are written). A
+//! store goes into the mapping's own buffer; the engine reports every store before the call
+//! that made it returns, and from then on it is an unsynced write of the file like any other:
+//! visible to reads, kept by a process crash, lost, kept, torn or reordered by a power loss. A
+//! mapping past the end of the file is refused, as on Linux.
+//!
 //! # Faults
 //!
 //! [`SimStorage::inject`] arms a [`Fault`]: the chosen call, counted from now among calls of a
@@ -62,7 +72,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::storage::{DirLock, LockFailure, Mapping, Storage, StorageFile};
+use crate::storage::{DirLock, LockFailure, Mapping, Storage, StorageFile, WritableMapping};
 
 /// A small, fast, seeded pseudo-random generator (SplitMix64). Deterministic across platforms.
 #[derive(Debug, Clone)]
@@ -130,6 +140,9 @@ pub enum SimOp {
     SyncData,
     /// [`StorageFile::map`].
     Map,
+    /// [`StorageFile::map_writable`] (only when writable mappings are on, see
+    /// [`SimStorage::set_writable_mappings`]).
+    MapWritable,
 }
 
 /// How an injected fault fails its call.
@@ -182,6 +195,9 @@ pub struct SimStats {
     pub power_losses: u64,
     /// Simulated process crashes.
     pub process_crashes: u64,
+    /// Stores through writable mappings that reached a file
+    /// ([`SimStorage::set_writable_mappings`]).
+    pub mapped_stores: u64,
 }
 
 /// An in-memory filesystem that models what survives a power loss; see the
@@ -232,6 +248,26 @@ struct Inode {
     live: Vec<u8>,
     durable: Vec<u8>,
     unsynced: Vec<FileChange>,
+    /// How far a read mapping shows the file (see [`Inode::wrote`]).
+    view_end: u64,
+}
+
+impl Inode {
+    /// Keeps `view_end` for a write of `bytes` at `offset` by the running process. A read
+    /// mapping here is a copy, not the file's memory: it cannot show a later write the way a
+    /// real mapping does. So it ends where the process wrote zeros (space prepared ahead of a
+    /// tail, which records are written into later); the engine maps again when it needs bytes
+    /// past a view's end. Data written at or before that point moves it on.
+    fn wrote(&mut self, offset: u64, bytes: &[u8]) {
+        let end = offset + bytes.len() as u64;
+        if bytes.iter().all(|&byte| byte == 0) {
+            if end > offset {
+                self.view_end = self.view_end.min(offset);
+            }
+        } else if offset <= self.view_end {
+            self.view_end = self.view_end.max(end);
+        }
+    }
 }
 
 /// One unsynced change to a directory's entries.
@@ -286,6 +322,7 @@ struct SimState {
     faults: Vec<ArmedFault>,
     capacity_bytes: Option<u64>,
     reordering: bool,
+    writable_mappings: bool,
     stats: SimStats,
 }
 
@@ -437,12 +474,28 @@ impl SimState {
         kept
     }
 
+    /// A new process (or queue instance) starts with the files as they are: read mappings
+    /// show them whole (see [`Inode::wrote`]), in `dir` or everywhere.
+    fn settle_views(&mut self, dir: Option<&Path>) {
+        let numbers: Vec<u64> = match dir.and_then(|dir| self.dirs.get(dir)) {
+            Some(dir) => dir.live.values().copied().collect(),
+            None if dir.is_none() => self.inodes.keys().copied().collect(),
+            None => Vec::new(),
+        };
+        for number in numbers {
+            if let Some(inode) = self.inodes.get_mut(&number) {
+                inode.view_end = inode.live.len() as u64;
+            }
+        }
+    }
+
     fn crash(&mut self, power_loss: bool) {
         self.epoch += 1;
         self.locks.clear();
         self.faults.clear();
         if !power_loss {
             self.stats.process_crashes += 1;
+            self.settle_views(None);
             return;
         }
         self.stats.power_losses += 1;
@@ -475,6 +528,7 @@ impl SimState {
                 change.apply(&mut inode.durable);
             }
             inode.live = inode.durable.clone();
+            inode.view_end = inode.live.len() as u64;
             survivors.insert(number, inode);
         }
         self.inodes = survivors;
@@ -495,6 +549,7 @@ impl SimStorage {
                 faults: Vec::new(),
                 capacity_bytes: None,
                 reordering: true,
+                writable_mappings: false,
                 stats: SimStats::default(),
             })),
         }
@@ -557,6 +612,17 @@ impl SimStorage {
         self.lock().reordering = enabled;
     }
 
+    /// Whether files offer writable mappings ([`StorageFile::map_writable`]), as the real
+    /// filesystem does (default off: the engine then writes with `write_all_at` only). A store
+    /// into a simulated mapping goes into a buffer of the mapping's own; the engine reports each
+    /// store ([`WritableMapping::stored`](crate::storage::WritableMapping::stored)) before the
+    /// call that made it returns, and the bytes become an unsynced write of the file at that
+    /// point: visible to reads, kept by a process crash, lost, kept, torn or reordered by a
+    /// power loss like any other write. A mapping must lie inside the file, as on Linux.
+    pub fn set_writable_mappings(&self, enabled: bool) {
+        self.lock().writable_mappings = enabled;
+    }
+
     /// Counters of calls, faults and crashes so far.
     pub fn stats(&self) -> SimStats {
         self.lock().stats
@@ -575,6 +641,7 @@ impl SimStorage {
         let file = state.inodes.entry(inode).or_default();
         file.live = bytes.to_vec();
         file.durable = bytes.to_vec();
+        file.view_end = bytes.len() as u64;
         file.unsynced.clear();
         Ok(())
     }
@@ -721,6 +788,8 @@ impl Storage for SimStorage {
         }
         let epoch = state.epoch;
         state.locks.insert(dir.to_path_buf(), epoch);
+        // A new queue instance: the one before it (if any) writes nothing any more.
+        state.settle_views(Some(dir));
         Ok(Box::new(SimLock {
             state: self.state.clone(),
             dir: dir.to_path_buf(),
@@ -841,6 +910,7 @@ impl StorageFile for SimFile {
             };
             if let Some(inode) = state.inodes.get_mut(&self.inode) {
                 change.apply(&mut inode.live);
+                inode.wrote(offset, &buf[..count]);
                 inode.unsynced.push(change);
             }
         }
@@ -866,6 +936,13 @@ impl StorageFile for SimFile {
             }
         }
         if let Some(inode) = state.inodes.get_mut(&self.inode) {
+            // Growing a file the views show whole keeps it whole (recovery completes a frame's
+            // padding this way); the writer prepares space with written zeros, not this.
+            inode.view_end = if inode.view_end >= current {
+                len
+            } else {
+                inode.view_end.min(len)
+            };
             let change = FileChange::SetLen(len);
             change.apply(&mut inode.live);
             inode.unsynced.push(change);
@@ -902,7 +979,97 @@ impl StorageFile for SimFile {
             .inodes
             .get(&self.inode)
             .map_or(&[][..], |i| &i.live[..]);
-        let end = usize::try_from(len).unwrap_or(usize::MAX).min(live.len());
+        let view_end = state.inodes.get(&self.inode).map_or(0, |i| i.view_end);
+        let end = usize::try_from(len.min(view_end))
+            .unwrap_or(usize::MAX)
+            .min(live.len());
         Ok(Arc::new(live[..end].to_vec()))
+    }
+
+    fn map_writable(&self, offset: u64, len: u64) -> io::Result<Option<Box<dyn WritableMapping>>> {
+        if !self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .writable_mappings
+        {
+            return Ok(None);
+        }
+        let (state, fault) = self.enter(SimOp::MapWritable)?;
+        if let Some(kind) = fault {
+            return Err(SimState::fail(kind, "map_writable"));
+        }
+        let live = state
+            .inodes
+            .get(&self.inode)
+            .map_or(&[][..], |i| &i.live[..]);
+        // Like `OsFile::map_writable`: the range must lie inside the file (a store past its end
+        // would raise SIGBUS).
+        let bytes = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(start, len)| live.get(start..start.checked_add(len)?))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "writable mapping past the end of the file",
+                )
+            })?;
+        Ok(Some(Box::new(SimWritableMapping {
+            state: self.state.clone(),
+            inode: self.inode,
+            epoch: self.epoch,
+            offset,
+            bytes: bytes.to_vec(),
+        })))
+    }
+}
+
+/// A simulated writable mapping: stores go into its own buffer and reach the file when the
+/// engine reports them ([`WritableMapping::stored`]).
+struct SimWritableMapping {
+    state: Arc<Mutex<SimState>>,
+    inode: u64,
+    epoch: u64,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+impl WritableMapping for SimWritableMapping {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+
+    fn stored(&mut self, from: usize, to: usize) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.epoch != self.epoch {
+            // The process that mapped the file is dead: it stores nothing any more.
+            return;
+        }
+        let Some(bytes) = self.bytes.get(from..to) else {
+            return;
+        };
+        let offset = self.offset + from as u64;
+        let Some(inode) = state.inodes.get_mut(&self.inode) else {
+            return;
+        };
+        // On a real mapping a store past the end of the file (the engine cut the file under
+        // its own mapping) raises SIGBUS: that is an engine bug, never a simulated outcome.
+        assert!(
+            offset + bytes.len() as u64 <= inode.live.len() as u64,
+            "store through a writable mapping past the end of the file (SIGBUS on a real \
+             mapping): {}..{} of {} bytes",
+            offset,
+            offset + bytes.len() as u64,
+            inode.live.len()
+        );
+        let change = FileChange::Write {
+            offset,
+            bytes: bytes.to_vec(),
+        };
+        change.apply(&mut inode.live);
+        inode.wrote(offset, bytes);
+        inode.unsynced.push(change);
+        state.stats.mapped_stores += 1;
     }
 }

@@ -16,7 +16,9 @@
 //!   shared view of a range of the file: a store into it is a write to the file, in the kernel
 //!   at once (so it survives a process kill) and made durable by `sync_data` like any write. The
 //!   engine maps only bytes that are inside the file and already written (it writes zeros first),
-//!   so no store needs new disk space: a store that did could only fail by a signal.
+//!   so no store needs new disk space: a store that did could only fail by a signal. After each
+//!   store the engine calls [`WritableMapping::stored`], so that an implementation whose mapping
+//!   is not the file's memory (the simulated filesystem) can apply it at that point.
 
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -32,6 +34,14 @@ pub type Mapping = Arc<dyn AsRef<[u8]> + Send + Sync>;
 pub trait WritableMapping: Send + Sync {
     /// The mapped bytes: index 0 is the file offset the mapping was made at.
     fn bytes_mut(&mut self) -> &mut [u8];
+
+    /// Says that `bytes_mut()[from..to]` was just stored into. The engine calls it after every
+    /// store, before the call that made the store returns. A real mapping needs nothing (the
+    /// stores are in the kernel already; the default does nothing); a simulated one applies the
+    /// bytes to the file here, as an unsynced write that a power loss may lose or tear.
+    fn stored(&mut self, from: usize, to: usize) {
+        let _ = (from, to);
+    }
 }
 
 /// A handle that holds an exclusive lock on a queue directory until dropped.

@@ -151,6 +151,7 @@ impl Writer {
                         }
                         _ => encode_batch(bytes, first_seq, enqueued_us, not_before_us, payloads),
                     }
+                    window.map.stored(from, to);
                     self.advance(end, payloads.len());
                     return Ok(());
                 }
@@ -183,6 +184,10 @@ impl Writer {
         };
         if let Some(bytes) = mapped {
             encode_batch(bytes, first_seq, enqueued_us, not_before_us, payloads);
+            if let Some(window) = self.window.as_mut() {
+                let from = (self.tail - window.start) as usize;
+                window.map.stored(from, from + batch_len as usize);
+            }
         } else {
             // A recycled file holds stale bytes after the tail: keep zeros ahead of the tail on
             // this path too, so that recovery finds free space, not a torn frame, after it.

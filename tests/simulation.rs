@@ -8,7 +8,7 @@
 //!   (`DISKSPOOL_SIM_START` picks the first seed).
 //! - `DISKSPOOL_SIM_SEED=1234 cargo test --test simulation one_seed -- --ignored` replays one.
 
-use diskspool::fuzzing::{ops_from_seed, run_ops, Op};
+use diskspool::fuzzing::{config_from_seed, ops_from_seed_for, run_ops_with, Op, SimConfig};
 
 /// Operations per seed: enough for several segments, crashes and faults per run.
 const OPS_PER_SEED: usize = 150;
@@ -20,8 +20,8 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Removes operations while the run still fails (delta debugging: chunks, then single ops).
-fn shrink(mut ops: Vec<Op>) -> (Vec<Op>, String) {
-    let mut failure = run_ops(&ops).err().unwrap_or_default();
+fn shrink(config: &SimConfig, mut ops: Vec<Op>) -> (Vec<Op>, String) {
+    let mut failure = run_ops_with(config, &ops).err().unwrap_or_default();
     let mut chunk = ops.len() / 2;
     while chunk >= 1 {
         let mut start = 0;
@@ -30,13 +30,13 @@ fn shrink(mut ops: Vec<Op>) -> (Vec<Op>, String) {
             let end = (start + chunk).min(ops.len());
             let mut candidate = ops.clone();
             candidate.drain(start..end);
-            match run_ops(&candidate) {
+            match run_ops_with(config, &candidate) {
                 Err(error) => {
                     ops = candidate;
                     failure = error;
                     removed_any = true;
                 }
-                Ok(()) => start += chunk,
+                Ok(_) => start += chunk,
             }
         }
         if !removed_any {
@@ -46,35 +46,59 @@ fn shrink(mut ops: Vec<Op>) -> (Vec<Op>, String) {
     (ops, failure)
 }
 
-fn check_seed(seed: u64) {
-    let ops = ops_from_seed(seed, OPS_PER_SEED);
-    if let Err(first) = run_ops(&ops) {
-        let (shortest, failure) = shrink(ops);
-        panic!(
-            "simulation seed {seed} failed: {first}\n\nshortest failing run ({} operations): \
-             {failure}\n{shortest:#?}\n\nreplay: DISKSPOOL_SIM_SEED={seed} cargo test --test \
-             simulation one_seed -- --ignored",
-            shortest.len()
-        );
+/// Runs one seed; returns its setup and whether the engine stored frames or head slots through
+/// writable mappings.
+fn check_seed(seed: u64) -> (SimConfig, bool) {
+    let config = config_from_seed(seed);
+    let ops = ops_from_seed_for(seed, OPS_PER_SEED, &config);
+    match run_ops_with(&config, &ops) {
+        Ok(stats) => (config, stats.mapped_stores > 0),
+        Err(first) => {
+            let (shortest, failure) = shrink(&config, ops);
+            panic!(
+                "simulation seed {seed} failed: {first}\n\n{config:?}\nshortest failing run ({} \
+             operations): {failure}\n{shortest:#?}\n\nreplay: DISKSPOOL_SIM_SEED={seed} cargo \
+             test --test simulation one_seed -- --ignored",
+                shortest.len()
+            );
+        }
     }
 }
 
-fn run_seeds(first: u64, count: u64) {
+/// What a range of seeds exercised, beside the contract.
+#[derive(Debug, Default)]
+struct Coverage {
+    mapped: u64,
+    pooled: u64,
+    large: u64,
+}
+
+fn run_seeds(first: u64, count: u64) -> Coverage {
     let started = std::time::Instant::now();
+    let mut coverage = Coverage::default();
     for seed in first..first + count {
-        check_seed(seed);
+        let (config, mapped) = check_seed(seed);
+        coverage.mapped += u64::from(mapped);
+        coverage.pooled += u64::from(config.segment_pool > 0);
+        coverage.large += u64::from(config.record_size_max > 600);
     }
     eprintln!(
-        "simulation: seeds {first}..{} passed in {:.1} s",
+        "simulation: seeds {first}..{} passed in {:.1} s ({coverage:?} runs)",
         first + count,
         started.elapsed().as_secs_f64()
     );
+    coverage
 }
 
 /// The contract holds for 500 seeded workloads.
+/// Most of them store through writable mappings (the real filesystem's write path under `Never`
+/// and `Interval`, and for head slots), recycle segment files, and a quarter push large records.
 #[test]
 fn contract_holds_for_500_seeds() {
-    run_seeds(0, 500);
+    let coverage = run_seeds(0, 500);
+    assert!(coverage.mapped >= 250, "{coverage:?}");
+    assert!(coverage.pooled >= 250, "{coverage:?}");
+    assert!(coverage.large >= 75, "{coverage:?}");
 }
 
 /// The long run: `DISKSPOOL_SIM_SEEDS` seeds (default 100,000) from `DISKSPOOL_SIM_START`.
@@ -91,13 +115,72 @@ fn contract_holds_for_many_seeds() {
 #[ignore = "replays DISKSPOOL_SIM_SEED"]
 fn one_seed() {
     let seed = env_u64("DISKSPOOL_SIM_SEED").unwrap_or(0);
-    check_seed(seed);
+    let (config, mapped) = check_seed(seed);
+    eprintln!("seed {seed} passed: {config:?}, stores through mappings: {mapped}");
 }
 
 /// The shrinker keeps a failing run failing: a workload the model rejects stays rejected.
 #[test]
 fn workloads_replay_identically() {
-    let ops = ops_from_seed(42, OPS_PER_SEED);
-    assert_eq!(ops, ops_from_seed(42, OPS_PER_SEED));
-    assert_eq!(run_ops(&ops), run_ops(&ops));
+    let config = config_from_seed(42);
+    assert_eq!(config, config_from_seed(42));
+    let ops = ops_from_seed_for(42, OPS_PER_SEED, &config);
+    assert_eq!(ops, ops_from_seed_for(42, OPS_PER_SEED, &config));
+    assert_eq!(run_ops_with(&config, &ops), run_ops_with(&config, &ops));
+}
+
+/// The simulated writable mapping behaves as the engine's seam promises (`storage.rs`): a
+/// mapping must lie inside the file; a reported store is a write (visible to reads, kept by a
+/// process crash, made durable by `sync_data`, lost by some power losses when unsynced).
+#[test]
+fn simulated_writable_mappings_follow_the_storage_contract() {
+    use diskspool::storage::{Storage, StorageFile};
+    use diskspool::SimStorage;
+    use std::path::Path;
+
+    let path = Path::new("/d/file");
+    let setup = |seed| {
+        let sim = SimStorage::new(seed);
+        sim.set_writable_mappings(true);
+        sim.write_file(path, &[0; 64]).unwrap();
+        sim
+    };
+    let sim = setup(0);
+    let file = sim.open(path).unwrap();
+    let past_end = file.map_writable(32, 64).err().unwrap();
+    assert!(past_end.to_string().contains("past the end of the file"));
+    let mut map = file.map_writable(8, 16).unwrap().unwrap();
+    map.bytes_mut()[..4].copy_from_slice(b"abcd");
+    map.stored(0, 4);
+    let mut read = [0; 4];
+    file.read_exact_at(&mut read, 8).unwrap();
+    assert_eq!(&read, b"abcd");
+    assert_eq!(&(*file.map(64).unwrap()).as_ref()[8..12], b"abcd");
+    sim.process_crash();
+    assert_eq!(&sim.read_file(path).unwrap()[8..12], b"abcd");
+    // After the crash the dead process's mapping stores nothing.
+    map.bytes_mut()[4..8].copy_from_slice(b"efgh");
+    map.stored(4, 8);
+    assert_eq!(sim.read_file(path).unwrap()[12..16], [0; 4]);
+
+    // Unsynced stores: some power losses keep them, some lose them; synced ones always stay.
+    let mut kept = 0;
+    for seed in 0..40 {
+        let sim = setup(seed);
+        let file = sim.open(path).unwrap();
+        let mut map = file.map_writable(0, 64).unwrap().unwrap();
+        map.bytes_mut()[..4].copy_from_slice(b"sync");
+        map.stored(0, 4);
+        file.sync_data().unwrap();
+        map.bytes_mut()[4..8].copy_from_slice(b"lost");
+        map.stored(4, 8);
+        sim.power_loss();
+        let bytes = sim.read_file(path).unwrap();
+        assert_eq!(&bytes[..4], b"sync", "seed {seed}");
+        kept += u32::from(&bytes[4..8] == b"lost");
+    }
+    assert!(
+        kept > 0 && kept < 40,
+        "{kept} of 40 power losses kept the unsynced store"
+    );
 }
