@@ -134,7 +134,7 @@ fn workloads_replay_identically() {
 /// process crash, made durable by `sync_data`, lost by some power losses when unsynced).
 #[test]
 fn simulated_writable_mappings_follow_the_storage_contract() {
-    use diskspool::storage::{Storage, StorageFile};
+    use diskspool::storage::Storage;
     use diskspool::SimStorage;
     use std::path::Path;
 
