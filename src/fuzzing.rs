@@ -328,6 +328,18 @@ pub enum Op {
     },
     /// Arm a fault for the next operation.
     Fault(Fault),
+    /// Cut the power (the crash's choices drawn from `seed`), so that everything on disk is
+    /// synced data; then damage it as bit rot, a bad sector or an operator would (a flipped
+    /// bit, a zeroed range or a lost file, chosen by `seed`); open again with `policy`. The
+    /// queue must refuse the damage with a typed error naming the file (changing nothing on
+    /// disk), or hand out every record before it and then refuse, or cut only records it never
+    /// promised were durable; it must never lose an acknowledged record silently.
+    Damage {
+        /// Seed of the crash's and the damage's choices.
+        seed: u64,
+        /// The policy to reopen with.
+        policy: Policy,
+    },
 }
 
 /// Payload lengths go up to this, so that a few records fill a 4 KiB segment.
@@ -533,6 +545,10 @@ pub fn ops_from_seed_for(seed: u64, count: usize, config: &SimConfig) -> Vec<Op>
                 seed: rng.next_u64(),
                 policy: policy(&mut rng),
             },
+            92..=93 => Op::Damage {
+                seed: rng.next_u64(),
+                policy: policy(&mut rng),
+            },
             _ => {
                 let mut fault = fault_from(rng.next_u64());
                 if config.writable_mappings && fault.op == Some(SimOp::Map) && rng.chance(1, 2) {
@@ -575,6 +591,13 @@ struct Model {
     /// Records acknowledged as jobs, possibly beyond the head: a pop or receive may skip them.
     acked: BTreeMap<u64, AckState>,
     next_payload_id: u64,
+    /// Records below this were promised durable by a call that returned (a push under `Always`,
+    /// `sync`): damage to synced data may never cut them, only refuse them.
+    promised: u64,
+    /// How far pushes under `Always` promised durability, and how far `sync` did (the head
+    /// records only the latter: defect 2 of issue 10).
+    promised_by_push: u64,
+    promised_by_sync: u64,
 }
 
 /// What is known about an acknowledged job.
@@ -625,6 +648,8 @@ impl Model {
         self.head_high = self.head;
         self.tail_durable = self.tail;
         self.tail_high = self.tail;
+        self.promised = self.tail;
+        self.promised_by_sync = self.tail;
         // An acknowledgement a power loss may have taken stays uncertain: the sync makes
         // durable whatever the queue holds, which the model does not know.
         for state in self.acked.values_mut() {
@@ -714,7 +739,9 @@ impl Model {
     }
 
     /// Checks a recovered queue's bounds and adopts them.
-    fn recovered(&mut self, queue: &Queue, power_loss: bool) -> Result<(), String> {
+    /// After damage (`damaged`), records that were durable but never promised durable may be
+    /// cut, as recovery cuts a torn write; a cut it reports must name where the queue now ends.
+    fn recovered(&mut self, queue: &Queue, power_loss: bool, damaged: bool) -> Result<(), String> {
         let stats = queue
             .stats()
             .map_err(|error| format!("stats failed: {error}"))?;
@@ -725,11 +752,43 @@ impl Model {
         } else {
             self.head
         };
-        let tail_low = if power_loss {
+        // Damage that recovery cut with a report: the records from the cut on are gone, but
+        // not silently (DURABILITY.md: a bad last frame of the active segment is cut as a torn
+        // write, and reported, even when it had been synced).
+        let report = queue.recovery_report();
+        if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
+            eprintln!("   recovered head {head} tail {tail}: {report:?}");
+        }
+        let exact = |cut: &crate::recovery::Truncation| {
+            cut.first_lost_seq == tail
+                || (report.restarted_at_seq == Some(tail) && cut.first_lost_seq <= tail)
+        };
+        // The ack log's torn entries are reported there too.
+        let segment_cut = report
+            .truncated
+            .iter()
+            .rfind(|cut| cut.file.extension().is_some_and(|ext| ext == "seg"));
+        let reported_cut = damaged && segment_cut.is_some_and(exact);
+        let tail_low = if reported_cut {
+            self.promised.min(self.tail_durable).min(tail)
+        } else if damaged {
+            self.promised.min(self.tail_durable)
+        } else if power_loss {
             self.tail_durable
         } else {
             self.tail
         };
+        if damaged {
+            if let Some(cut) = segment_cut {
+                if !exact(cut) {
+                    return Err(format!(
+                        "recovery cut damaged data but reports {} as the first lost record, \
+                         while the queue now ends at {tail}: {cut:?}",
+                        cut.first_lost_seq
+                    ));
+                }
+            }
+        }
         // The head index may lag behind jobs acknowledged in the ack log; those are skipped.
         let returned =
             (head..head_low).find(|seq| !self.acked.get(seq).is_some_and(|state| state.guaranteed));
@@ -753,7 +812,10 @@ impl Model {
                 self.bounds()
             ));
         }
-        let restarted = queue.recovery_report().restarted_at_seq == Some(head);
+        // A damaged segment holding only its header is removed as a creation cut short: the
+        // queue then restarts at its head just the same.
+        let restarted =
+            report.restarted_at_seq == Some(head) || (damaged && !report.removed_files.is_empty());
         if !(restarted && tail == head) {
             if tail < tail_low {
                 return Err(format!(
@@ -777,6 +839,9 @@ impl Model {
         self.tail = tail;
         self.tail_durable = tail;
         self.tail_high = tail;
+        self.promised = self.promised.min(tail);
+        self.promised_by_push = self.promised_by_push.min(tail);
+        self.promised_by_sync = self.promised_by_sync.min(tail);
         self.acked = self.acked.split_off(&head);
         self.acked.split_off(&tail);
         self.extend_high();
@@ -839,6 +904,65 @@ impl Model {
     }
 }
 
+/// Which damage [`Op::Damage`] injects. Damage whose outcome is a known defect of issue 10 is
+/// off until that defect is fixed: set the constant to `true`, or name the defect in the
+/// environment variable `DISKSPOOL_SIM_DEFECTS` (`DISKSPOOL_SIM_DEFECTS=2,4,7`), to reproduce it
+/// (see docs/TESTING.md).
+pub mod damage_gates {
+    /// Whether damage gated by `constant` (defect `defect` of issue 10) is injected.
+    pub(crate) fn on(constant: bool, defect: u32) -> bool {
+        constant
+            || std::env::var("DISKSPOOL_SIM_DEFECTS").is_ok_and(|list| {
+                list.split(',')
+                    .any(|item| item.trim().parse() == Ok(defect))
+            })
+    }
+
+    /// Losing the newest segment file: defect 4 of issue 10 (the loss goes unnoticed, the
+    /// queue ends earlier and hands the lost sequence numbers out again).
+    pub const LOSE_NEWEST_SEGMENT: bool = false;
+    /// Damage to the ack log: defect 7 of issue 10 (a damaged entry silently drops the valid
+    /// ones after it, and acknowledged jobs are delivered again).
+    pub const DAMAGE_ACK_LOG: bool = false;
+    /// Damage in the active segment when records in it were promised durable by pushes under
+    /// `Always` only (no `sync` since): defect 2 of issue 10 (those pushes do not record the
+    /// head's `synced_seq`, so open cuts such damage as a torn write and the records from it
+    /// on are silently gone).
+    pub const DAMAGE_ACTIVE_SEGMENT_UNDER_ALWAYS: bool = false;
+}
+
+/// Damage [`Op::Damage`] put into synced data, until the queue reports it.
+#[derive(Debug, Clone)]
+struct Damage {
+    /// The damaged file.
+    path: PathBuf,
+    /// Where the replaced bytes start (0 for a lost file).
+    offset: u64,
+    /// The bytes replaced, or the whole file when it was lost.
+    original: Vec<u8>,
+    /// The file was lost.
+    lost: bool,
+    /// The file was the active segment, the head or the ack log: open reads it whole, so the
+    /// damage is settled once an open succeeded.
+    read_at_open: bool,
+}
+
+impl Damage {
+    /// Whether `error` is the queue refusing this damage: a typed error naming the damaged file
+    /// (for a lost file: a file of the queue), at or before the damage.
+    fn reported_by(&self, error: &Error, dir: &Path) -> bool {
+        let (file, offset) = match error {
+            Error::Corrupt { file, offset, .. } => (file, *offset),
+            Error::UnsupportedVersion { file, .. } => (file, 0),
+            _ => return false,
+        };
+        if self.lost {
+            return file.parent() == Some(dir);
+        }
+        *file == self.path && offset <= self.offset + self.original.len() as u64
+    }
+}
+
 /// One simulated run: the filesystem, the open queue, the model.
 struct Run {
     config: SimConfig,
@@ -847,6 +971,13 @@ struct Run {
     queue: Option<Queue>,
     policy: Policy,
     model: Model,
+    /// Damage not yet reported by the queue.
+    damage: Option<Damage>,
+    /// What became of the damage injected so far.
+    summary: RunSummary,
+    /// Set when a call failed because the queue refused the damage: the damage is repaired
+    /// and the queue reopened after the operation.
+    damage_reported: std::cell::Cell<bool>,
 }
 
 impl Run {
@@ -862,11 +993,43 @@ impl Run {
     /// Opens the queue; an open that an armed fault breaks must fail with a typed error, and the
     /// next open, without faults, must succeed.
     fn open(&mut self, policy: Policy, power_loss: bool) -> Result<(), String> {
+        let damaged = self.damage.is_some();
+        let before = damaged.then(|| self.files());
         let opened = Queue::open(&self.dir, self.options(policy));
         // A fault armed for this step is spent on the open, not on the checks after it.
         self.sim.clear_faults();
         let queue = match opened {
             Ok(queue) => queue,
+            Err(error) if self.damage_refused(&error) => {
+                // The damaged file and the head stay as they were (recovery may have cut a
+                // torn tail a power loss left in another file first).
+                let after = self.files();
+                let damaged_name = self
+                    .damage
+                    .as_ref()
+                    .and_then(|damage| damage.path.file_name())
+                    .and_then(|name| name.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let unchanged = |name: &String| {
+                    *name != damaged_name && name.as_str() != HEAD_FILE_NAME
+                        || before.as_ref().and_then(|before| before.get(name)) == after.get(name)
+                };
+                let changed: Vec<&String> = after
+                    .keys()
+                    .chain(before.iter().flat_map(|before| before.keys()))
+                    .filter(|name| !unchanged(name))
+                    .collect();
+                if !changed.is_empty() {
+                    return Err(format!(
+                        "open refused damage ({error}) but changed files on disk: {changed:?}"
+                    ));
+                }
+                self.repair_damage()?;
+                Queue::open(&self.dir, self.options(policy)).map_err(|error| {
+                    format!("open failed after the damage was repaired: {error}")
+                })?
+            }
             Err(error) => {
                 if !matches!(error, Error::Io { .. }) || self.sim.stats().faults == 0 {
                     return Err(format!("open failed: {error}"));
@@ -875,10 +1038,188 @@ impl Run {
                     .map_err(|error| format!("open failed after a fault: {error}"))?
             }
         };
-        self.model.recovered(&queue, power_loss)?;
+        // `stats` reads the oldest record: it may reach the damage and refuse it.
+        let queue = match queue.stats() {
+            Err(error) if self.damage_refused(&error) => {
+                drop(queue);
+                self.repair_damage()?;
+                Queue::open(&self.dir, self.options(policy)).map_err(|error| {
+                    format!("open failed after the damage was repaired: {error}")
+                })?
+            }
+            _ => queue,
+        };
+        if self
+            .damage
+            .as_ref()
+            .is_some_and(|damage| damage.read_at_open)
+        {
+            // Open read the damaged file whole and accepted it: what it cut was checked below,
+            // and it may write over the damaged bytes from now on.
+            self.damage = None;
+        }
+        if damaged
+            && queue
+                .recovery_report()
+                .truncated
+                .iter()
+                .any(|cut| cut.file.extension().is_some_and(|ext| ext == "seg"))
+        {
+            self.summary.cut += 1;
+        }
+        self.model.recovered(&queue, power_loss, damaged)?;
         self.queue = Some(queue);
         self.policy = policy;
         Ok(())
+    }
+
+    /// Every file in the queue directory with its bytes; for the head, the state in force
+    /// (opening the head index rewrites its spare slot with that state, which changes nothing).
+    fn files(&self) -> BTreeMap<String, Option<Vec<u8>>> {
+        self.sim
+            .file_names(&self.dir)
+            .into_iter()
+            .map(|name| {
+                let mut bytes = self.sim.read_file(&self.dir.join(&name));
+                if name == HEAD_FILE_NAME {
+                    bytes = bytes.map(|bytes| {
+                        let read = decode_head_file(&bytes);
+                        let state = read
+                            .current
+                            .and_then(|current| read.slots[current].as_ref().ok())
+                            .map(|slot| slot.state);
+                        format!("{state:?}").into_bytes()
+                    });
+                }
+                (name, bytes)
+            })
+            .collect()
+    }
+
+    /// Whether `error` refuses the damage not yet reported.
+    fn damage_refused(&self, error: &Error) -> bool {
+        self.damage
+            .as_ref()
+            .is_some_and(|damage| damage.reported_by(error, &self.dir))
+    }
+
+    /// Puts the damaged bytes (or the lost file) back, as an operator restoring a backup would.
+    fn repair_damage(&mut self) -> Result<(), String> {
+        let Some(damage) = self.damage.take() else {
+            return Ok(());
+        };
+        self.summary.refused += 1;
+        let repaired = if damage.lost {
+            self.sim.write_file(&damage.path, &damage.original)
+        } else {
+            self.sim
+                .overwrite_durably(&damage.path, damage.offset, &damage.original)
+                .map(|_| ())
+        };
+        repaired.map_err(|error| format!("repairing the damage failed: {error}"))
+    }
+
+    /// Damages synced data as `seed` says (everything on disk is synced: this follows a power
+    /// loss). Returns a description for traces.
+    fn damage(&mut self, seed: u64) -> Result<String, String> {
+        use damage_gates::*;
+        let mut rng = SimRng::new(seed ^ 0xda3a_6e00);
+        let names = self.sim.file_names(&self.dir);
+        let mut segments: Vec<&String> =
+            names.iter().filter(|name| name.ends_with(".seg")).collect();
+        segments.sort();
+        let newest = segments.last().copied();
+        let mut targets: Vec<(&String, bool)> = Vec::new();
+        for name in &names {
+            let is_newest = Some(name) == newest;
+            let wanted = if name.ends_with(".seg") {
+                // Records in the active segment that only a push under `Always` promised.
+                let base = crate::segment::parse_segment_file_name(name).unwrap_or(0);
+                let model = &self.model;
+                let promised_by_push_only =
+                    model.promised_by_push > model.promised_by_sync.max(base);
+                !is_newest || on(DAMAGE_ACTIVE_SEGMENT_UNDER_ALWAYS, 2) || !promised_by_push_only
+            } else if name == acklog::ACK_LOG_FILE_NAME {
+                on(DAMAGE_ACK_LOG, 7)
+            } else {
+                name == HEAD_FILE_NAME || name.ends_with(crate::pool::POOL_SUFFIX)
+            };
+            if wanted {
+                targets.push((name, is_newest));
+            }
+        }
+        let Some(&(name, is_newest)) = targets.get(rng.below(targets.len() as u64) as usize) else {
+            return Ok(String::from("nothing to damage"));
+        };
+        let path = self.dir.join(name);
+        let Some(bytes) = self.sim.read_file(&path) else {
+            return Ok(String::from("nothing to damage"));
+        };
+        let is_head = name == HEAD_FILE_NAME;
+        let is_pool = name.ends_with(crate::pool::POOL_SUFFIX);
+        let may_lose = !is_newest || on(LOSE_NEWEST_SEGMENT, 4);
+        let read_at_open = is_newest || !name.ends_with(".seg");
+        let roll = rng.below(10);
+        let damage = if is_head || (roll >= 8 && may_lose) || bytes.is_empty() {
+            if is_head && rng.chance(1, 2) {
+                // Both slots zeroed: the head is lost as surely as without its file.
+                let zeros = vec![0; bytes.len()];
+                let original = self
+                    .sim
+                    .overwrite_durably(&path, 0, &zeros)
+                    .map_err(|error| format!("damage: {error}"))?;
+                Damage {
+                    path,
+                    offset: 0,
+                    original,
+                    lost: false,
+                    read_at_open,
+                }
+            } else {
+                self.sim
+                    .delete_file(&path)
+                    .map_err(|error| format!("damage: {error}"))?;
+                Damage {
+                    path,
+                    offset: 0,
+                    original: bytes,
+                    lost: true,
+                    read_at_open,
+                }
+            }
+        } else {
+            let offset = rng.below(bytes.len() as u64);
+            let replacement = if roll < 5 {
+                vec![bytes[offset as usize] ^ (1 << rng.below(8))]
+            } else {
+                let len = 1 + rng.below(512.min(bytes.len() as u64 - offset));
+                vec![0; len as usize]
+            };
+            let original = self
+                .sim
+                .overwrite_durably(&path, offset, &replacement)
+                .map_err(|error| format!("damage: {error}"))?;
+            Damage {
+                path,
+                offset,
+                original,
+                lost: false,
+                read_at_open,
+            }
+        };
+        let description = format!(
+            "{} {} at {} ({} bytes)",
+            if damage.lost { "lost" } else { "damaged" },
+            damage.path.display(),
+            damage.offset,
+            damage.original.len()
+        );
+        // Damage to a pool file is to nothing the queue holds: it must go unnoticed.
+        if !is_pool {
+            self.damage = Some(damage);
+            self.summary.damaged += 1;
+        }
+        Ok(description)
     }
 
     fn queue(&self) -> Result<&Queue, String> {
@@ -927,19 +1268,44 @@ impl Run {
                 self.model.power_lost();
                 self.open(*policy, true)
             }
+            Op::Damage { seed, policy } => {
+                self.sim.power_loss_seeded(*seed);
+                self.queue = None;
+                self.model.power_lost();
+                // One damage at a time: while one is unreported, this is a plain power loss.
+                if self.damage.is_none() {
+                    let what = self.damage(*seed)?;
+                    if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
+                        eprintln!("   {what}");
+                    }
+                }
+                self.open(*policy, true)
+            }
             Op::Fault(fault) => {
                 self.sim.inject(*fault);
                 return Ok(());
             }
         };
         self.sim.clear_faults();
-        outcome
+        outcome?;
+        if self.damage_reported.replace(false) {
+            // The queue refused the damage when it reached it: repair it and reopen (the
+            // queue may hold the damaged bytes in a mapping).
+            self.repair_damage()?;
+            self.queue = None;
+            self.open(self.policy, false)?;
+        }
+        Ok(())
     }
 
     /// An error is acceptable only when a fault was injected during the call, or the queue was
     /// poisoned by an earlier one.
     fn expect_fault(&self, error: Error, faults_before: u64) -> Result<(), String> {
         let injected = self.sim.stats().faults > faults_before;
+        if self.damage_refused(&error) {
+            self.damage_reported.set(true);
+            return Ok(());
+        }
         match error {
             Error::Io { .. } if injected => Ok(()),
             Error::Poisoned { .. } => Ok(()),
@@ -977,6 +1343,8 @@ impl Run {
                 model.boundaries.insert(range.end);
                 if self.policy == Policy::Always {
                     model.tail_durable = range.end;
+                    model.promised = range.end;
+                    model.promised_by_push = range.end;
                 }
                 Ok(())
             }
@@ -1030,11 +1398,16 @@ impl Run {
         }
         let faulted = self.sim.stats().faults > faults_before;
         if !faulted && records.len() < max {
-            // Fewer than asked: nothing may be owed after the last record handed out.
+            // Fewer than asked: nothing may be owed after the last record handed out, unless the
+            // batch stopped before damage, which the next read must then refuse.
             let from = records
                 .last()
                 .map_or(self.model.head, |record| record.seq() + 1);
-            if let Some(owed) = self.model.first_owed(from) {
+            let stopped_at_damage = self.damage.is_some()
+                && matches!(self.queue()?.peek(), Err(error) if self.damage_refused(&error));
+            if stopped_at_damage {
+                self.damage_reported.set(true);
+            } else if let Some(owed) = self.model.first_owed(from) {
                 return Err(format!(
                     "pop of up to {max} returned {} records (first {first:?}) while seq {owed} \
                      is owed",
@@ -1199,10 +1572,16 @@ impl Run {
         self.queue = None;
         self.open(self.policy, false)?;
         loop {
-            let batch = self
-                .queue()?
-                .pop_batch(64)
-                .map_err(|error| format!("final drain failed: {error}"))?;
+            let batch = match self.queue()?.pop_batch(64) {
+                Ok(batch) => batch,
+                Err(error) if self.damage_refused(&error) => {
+                    self.repair_damage()?;
+                    self.queue = None;
+                    self.open(self.policy, false)?;
+                    continue;
+                }
+                Err(error) => return Err(format!("final drain failed: {error}")),
+            };
             if batch.is_empty() {
                 break;
             }
@@ -1240,9 +1619,24 @@ pub fn run_ops(ops: &[Op]) -> Result<(), String> {
     run_ops_with(&SimConfig::default(), ops).map(|_| ())
 }
 
-/// [`run_ops`] with the queue and filesystem set up as `config` says; returns the simulated
-/// filesystem's counters, so that a caller can see what the run exercised.
-pub fn run_ops_with(config: &SimConfig, ops: &[Op]) -> Result<SimStats, String> {
+/// What a run exercised: the simulated filesystem's counters and what became of the damage
+/// [`Op::Damage`] injected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// The filesystem's counters.
+    pub stats: SimStats,
+    /// Files damaged or lost (not counting pool files, which hold nothing of the queue).
+    pub damaged: u64,
+    /// Damage the queue refused with a typed error naming the file: at open, or when a read
+    /// reached it.
+    pub refused: u64,
+    /// Damage recovery cut, reporting what it cut (records never promised durable).
+    pub cut: u64,
+}
+
+/// [`run_ops`] with the queue and filesystem set up as `config` says; returns what the run
+/// exercised.
+pub fn run_ops_with(config: &SimConfig, ops: &[Op]) -> Result<RunSummary, String> {
     let sim = SimStorage::new(0x5eed);
     sim.set_writable_mappings(config.writable_mappings);
     let mut run = Run {
@@ -1252,6 +1646,9 @@ pub fn run_ops_with(config: &SimConfig, ops: &[Op]) -> Result<SimStats, String> 
         queue: None,
         policy: Policy::Always,
         model: Model::default(),
+        damage: None,
+        damage_reported: std::cell::Cell::new(false),
+        summary: RunSummary::default(),
     };
     run.model.boundaries.insert(0);
     run.open(Policy::Always, false)
@@ -1271,5 +1668,8 @@ pub fn run_ops_with(config: &SimConfig, ops: &[Op]) -> Result<SimStats, String> 
     }
     run.finish()
         .map_err(|error| format!("after the last operation: {error}"))?;
-    Ok(run.sim.stats())
+    Ok(RunSummary {
+        stats: run.sim.stats(),
+        ..run.summary
+    })
 }

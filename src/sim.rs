@@ -667,6 +667,32 @@ impl SimStorage {
         Ok(())
     }
 
+    /// Writes `bytes` over `[offset, offset + bytes.len())` of a file's durable and current
+    /// content at once, without a call through the storage: damage that is not a crash (bit
+    /// rot, a bad sector, an operator's mistake), or putting such damage right again. The range
+    /// must lie inside the file. Returns the bytes it replaced.
+    pub fn overwrite_durably(&self, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<Vec<u8>> {
+        let mut state = self.lock();
+        let inode = state.lookup(path)?;
+        let file = state
+            .inodes
+            .get_mut(&inode)
+            .ok_or_else(|| not_found(path))?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let range = start..start.saturating_add(bytes.len());
+        let inside = |content: &Vec<u8>| range.end <= content.len();
+        if !inside(&file.live) || !inside(&file.durable) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "damage past the end of the file",
+            ));
+        }
+        let replaced = file.live[range.clone()].to_vec();
+        file.live[range.clone()].copy_from_slice(bytes);
+        file.durable[range].copy_from_slice(bytes);
+        Ok(replaced)
+    }
+
     /// The names in a directory, sorted.
     pub fn file_names(&self, dir: &Path) -> Vec<String> {
         self.lock()
