@@ -308,6 +308,22 @@ fn recover_active(
         Some((offset, _, _)) => is_zero_tail(bytes, *offset as usize),
         None => false,
     };
+    if let Some((offset, _, error)) = &stop {
+        if complete_next_seq < synced_seq {
+            // The head says these records were synced: whatever stands in their place now
+            // (damage, zeros, the end of the file) is not a torn write, valid frames after it
+            // or not, and cutting it would lose records a sync promised.
+            return Err(Error::corrupt(
+                path,
+                *offset,
+                format!(
+                    "{error}; records from sequence {complete_next_seq} on were synced (the head \
+                     records {synced_seq}), so this is damage rather than a torn write; run \
+                     `spool repair`"
+                ),
+            ));
+        }
+    }
     let mut out_of_order = None;
     if let Some((offset, expected_seq, error)) = stop.as_ref().filter(|_| !zero_tail) {
         let later = find_later_frame(bytes, *offset as usize, *expected_seq, PAYLOAD_LEN_MAX);

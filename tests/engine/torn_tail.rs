@@ -15,12 +15,19 @@ fn options() -> diskspool::Options {
 
 /// A closed queue with `RECORDS` records in one segment; returns the dir and the segment path.
 fn queue_with_records() -> (tempfile::TempDir, std::path::PathBuf) {
+    queue_with(true)
+}
+
+/// Like `queue_with_records`, synced (the head records it) or not, as a torn write leaves it.
+fn queue_with(synced: bool) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     {
         let queue = Queue::open(dir.path(), options()).unwrap();
         push_expected(&queue, RECORDS);
         // Synced, so that damage to these records is damage, not writes a power loss lost.
-        queue.sync().unwrap();
+        if synced {
+            queue.sync().unwrap();
+        }
     }
     let segment = segment_files(dir.path()).pop().unwrap();
     (dir, segment)
@@ -28,7 +35,8 @@ fn queue_with_records() -> (tempfile::TempDir, std::path::PathBuf) {
 
 #[test]
 fn last_frame_cut_at_every_byte_recovers_to_the_last_whole_record() {
-    let (dir, segment) = queue_with_records();
+    // Never synced: the last write was torn by a crash.
+    let (dir, segment) = queue_with(false);
     let full = std::fs::read(&segment).unwrap();
     let last_offset = frame_offsets(&segment).last().unwrap().0 as usize;
     let last_payload_end = last_offset + FRAME_HEADER_LEN + payload_for(RECORDS - 1).len();
@@ -79,7 +87,8 @@ fn zeroed_tail_after_the_last_record_is_cut_and_nothing_is_lost() {
 
 #[test]
 fn zeroed_last_frame_is_dropped() {
-    let (dir, segment) = queue_with_records();
+    // Never synced: a power loss left the last write as zeros.
+    let (dir, segment) = queue_with(false);
     let mut bytes = std::fs::read(&segment).unwrap();
     let last_offset = frame_offsets(&segment).last().unwrap().0 as usize;
     bytes[last_offset..].fill(0);
@@ -106,4 +115,40 @@ fn damage_followed_by_valid_records_is_not_mistaken_for_a_torn_tail() {
     }
     // Refusing to open must not have cut anything.
     assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+}
+
+/// The last record synced (the head records it), then damaged: nothing valid follows, so it
+/// looks like a torn write, but a synced record cannot be torn. Flipped, zeroed or cut off, open
+/// refuses it with `Error::Corrupt` at its offset and changes nothing on disk, instead of
+/// cutting a record a sync promised (found by the damage in `tests/simulation.rs`; before the
+/// fix the record was cut and reported as a torn write).
+#[test]
+fn damaged_last_synced_record_is_refused_not_cut() {
+    let damages: [(&str, fn(&mut Vec<u8>, usize)); 3] = [
+        ("flipped", |bytes, at| bytes[at + FRAME_HEADER_LEN] ^= 0x01),
+        ("zeroed", |bytes, at| bytes[at..].fill(0)),
+        ("cut off", |bytes, at| bytes.truncate(at + 3)),
+    ];
+    for (what, damage) in damages {
+        let (dir, segment) = queue_with_records();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let (offset, seq) = *frame_offsets(&segment).last().unwrap();
+        assert_eq!(seq, RECORDS - 1);
+        damage(&mut bytes, offset as usize);
+        std::fs::write(&segment, &bytes).unwrap();
+        match Queue::open(dir.path(), options()) {
+            Err(diskspool::Error::Corrupt {
+                file, offset: at, ..
+            }) => {
+                assert_eq!(file, segment, "{what}");
+                assert_eq!(at, offset, "{what}");
+            }
+            other => panic!("{what}: expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(&segment).unwrap(),
+            bytes,
+            "{what}: nothing cut"
+        );
+    }
 }
