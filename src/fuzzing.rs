@@ -752,9 +752,6 @@ impl Model {
         } else {
             self.head
         };
-        // Damage that recovery cut with a report: the records from the cut on are gone, but
-        // not silently (DURABILITY.md: a bad last frame of the active segment is cut as a torn
-        // write, and reported, even when it had been synced).
         let report = queue.recovery_report();
         if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
             eprintln!("   recovered head {head} tail {tail}: {report:?}");
@@ -768,10 +765,8 @@ impl Model {
             .truncated
             .iter()
             .rfind(|cut| cut.file.extension().is_some_and(|ext| ext == "seg"));
-        let reported_cut = damaged && segment_cut.is_some_and(exact);
-        let tail_low = if reported_cut {
-            self.promised.min(self.tail_durable).min(tail)
-        } else if damaged {
+        // After damage, recovery may cut (and report) only records never promised durable.
+        let tail_low = if damaged {
             self.promised.min(self.tail_durable)
         } else if power_loss {
             self.tail_durable
