@@ -124,7 +124,8 @@ fn damage_followed_by_valid_records_is_not_mistaken_for_a_torn_tail() {
 /// fix the record was cut and reported as a torn write).
 #[test]
 fn damaged_last_synced_record_is_refused_not_cut() {
-    let damages: [(&str, fn(&mut Vec<u8>, usize)); 3] = [
+    type Damage = fn(&mut Vec<u8>, usize);
+    let damages: [(&str, Damage); 3] = [
         ("flipped", |bytes, at| bytes[at + FRAME_HEADER_LEN] ^= 0x01),
         ("zeroed", |bytes, at| bytes[at..].fill(0)),
         ("cut off", |bytes, at| bytes.truncate(at + 3)),
