@@ -594,6 +594,8 @@ struct Model {
     /// Records below this were promised durable by a call that returned (a push under `Always`,
     /// `sync`): damage to synced data may never cut them, only refuse them.
     promised: u64,
+    /// Durable acknowledgements of jobs behind the head: skipped if the head comes back.
+    durable_acks: BTreeSet<u64>,
     /// How far pushes under `Always` promised durability, and how far `sync` did (the head
     /// records only the latter: defect 2 of issue 10).
     promised_by_push: u64,
@@ -785,6 +787,15 @@ impl Model {
             }
         }
         // The head index may lag behind jobs acknowledged in the ack log; those are skipped.
+        // That holds also for acks behind a head a recovery moved over them without syncing it
+        // (a later open that cannot read past them, such as at damage, stays behind them).
+        for &seq in self.durable_acks.range(head..head_low.max(head)) {
+            let durable = AckState {
+                durable: true,
+                guaranteed: true,
+            };
+            self.acked.entry(seq).or_insert(durable);
+        }
         let returned =
             (head..head_low).find(|seq| !self.acked.get(seq).is_some_and(|state| state.guaranteed));
         if let Some(returned) = returned {
@@ -837,8 +848,18 @@ impl Model {
         self.promised = self.promised.min(tail);
         self.promised_by_push = self.promised_by_push.min(tail);
         self.promised_by_sync = self.promised_by_sync.min(tail);
-        self.acked = self.acked.split_off(&head);
-        self.acked.split_off(&tail);
+        let behind = std::mem::replace(&mut self.acked, BTreeMap::new());
+        for (seq, state) in behind {
+            if seq >= tail {
+                continue;
+            }
+            if seq >= head {
+                self.acked.insert(seq, state);
+            } else if state.durable && state.guaranteed {
+                self.durable_acks.insert(seq);
+            }
+        }
+        self.durable_acks.split_off(&tail);
         self.extend_high();
         Ok(())
     }
