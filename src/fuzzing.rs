@@ -848,7 +848,7 @@ impl Model {
         self.promised = self.promised.min(tail);
         self.promised_by_push = self.promised_by_push.min(tail);
         self.promised_by_sync = self.promised_by_sync.min(tail);
-        let behind = std::mem::replace(&mut self.acked, BTreeMap::new());
+        let behind = std::mem::take(&mut self.acked);
         for (seq, state) in behind {
             if seq >= tail {
                 continue;
@@ -1010,48 +1010,27 @@ impl Run {
     /// next open, without faults, must succeed.
     fn open(&mut self, policy: Policy, power_loss: bool) -> Result<(), String> {
         let damaged = self.damage.is_some();
-        let before = damaged.then(|| self.files());
-        let opened = Queue::open(&self.dir, self.options(policy));
-        // A fault armed for this step is spent on the open, not on the checks after it.
-        self.sim.clear_faults();
-        let queue = match opened {
-            Ok(queue) => queue,
-            Err(error) if self.damage_refused(&error) => {
-                // The damaged file and the head stay as they were (recovery may have cut a
-                // torn tail a power loss left in another file first).
-                let after = self.files();
-                let damaged_name = self
-                    .damage
-                    .as_ref()
-                    .and_then(|damage| damage.path.file_name())
-                    .and_then(|name| name.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let unchanged = |name: &String| {
-                    *name != damaged_name && name.as_str() != HEAD_FILE_NAME
-                        || before.as_ref().and_then(|before| before.get(name)) == after.get(name)
-                };
-                let changed: Vec<&String> = after
-                    .keys()
-                    .chain(before.iter().flat_map(|before| before.keys()))
-                    .filter(|name| !unchanged(name))
-                    .collect();
-                if !changed.is_empty() {
-                    return Err(format!(
-                        "open refused damage ({error}) but changed files on disk: {changed:?}"
-                    ));
+        let mut faulted_before = false;
+        let queue = loop {
+            let before = self.damage.is_some().then(|| self.files());
+            let opened = Queue::open(&self.dir, self.options(policy));
+            // A fault armed for this step is spent on the open, not on the checks after it.
+            self.sim.clear_faults();
+            match opened {
+                Ok(queue) => break queue,
+                Err(error) if self.damage_refused(&error) => {
+                    self.check_refusal_changed_nothing(before, &error)?;
+                    self.repair_damage()?;
                 }
-                self.repair_damage()?;
-                Queue::open(&self.dir, self.options(policy)).map_err(|error| {
-                    format!("open failed after the damage was repaired: {error}")
-                })?
-            }
-            Err(error) => {
-                if !matches!(error, Error::Io { .. }) || self.sim.stats().faults == 0 {
-                    return Err(format!("open failed: {error}"));
+                Err(error) => {
+                    let faulted = matches!(error, Error::Io { .. }) && self.sim.stats().faults > 0;
+                    if !faulted || faulted_before {
+                        let after = if faulted_before { " after a fault" } else { "" };
+                        return Err(format!("open failed{after}: {error}"));
+                    }
+                    // Once: the next open, without faults, must succeed (or refuse damage).
+                    faulted_before = true;
                 }
-                Queue::open(&self.dir, self.options(policy))
-                    .map_err(|error| format!("open failed after a fault: {error}"))?
             }
         };
         // `stats` reads the oldest record: it may reach the damage and refuse it.
@@ -1087,6 +1066,40 @@ impl Run {
         self.queue = Some(queue);
         self.policy = policy;
         Ok(())
+    }
+
+    /// After `open` refused damage with `error`: the damaged file and the head are as they
+    /// were `before` (recovery may have cut a torn tail a power loss left in another file
+    /// first).
+    fn check_refusal_changed_nothing(
+        &self,
+        before: Option<BTreeMap<String, Option<Vec<u8>>>>,
+        error: &Error,
+    ) -> Result<(), String> {
+        let after = self.files();
+        let damaged_name = self
+            .damage
+            .as_ref()
+            .and_then(|damage| damage.path.file_name())
+            .and_then(|name| name.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let unchanged = |name: &String| {
+            *name != damaged_name && name.as_str() != HEAD_FILE_NAME
+                || before.as_ref().and_then(|before| before.get(name)) == after.get(name)
+        };
+        let changed: Vec<&String> = after
+            .keys()
+            .chain(before.iter().flat_map(|before| before.keys()))
+            .filter(|name| !unchanged(name))
+            .collect();
+        if changed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "open refused damage ({error}) but changed files on disk: {changed:?}"
+            ))
+        }
     }
 
     /// Every file in the queue directory with its bytes; for the head, the state in force
