@@ -594,7 +594,8 @@ struct Model {
     /// Records below this were promised durable by a call that returned (a push under `Always`,
     /// `sync`): damage to synced data may never cut them, only refuse them.
     promised: u64,
-    /// Durable acknowledgements of jobs behind the head: skipped if the head comes back.
+    /// Jobs behind a recovered head whose acknowledgement (or skip) is durable: skipped if a
+    /// later open leaves the head behind them.
     durable_acks: BTreeSet<u64>,
     /// How far pushes under `Always` promised durability, and how far `sync` did (the head
     /// records only the latter: defect 2 of issue 10).
@@ -855,7 +856,9 @@ impl Model {
             }
             if seq >= head {
                 self.acked.insert(seq, state);
-            } else if state.durable && state.guaranteed {
+            } else {
+                // The recovered head passed it: the ack log (which open syncs) or the head
+                // (also synced) holds its consumption now.
                 self.durable_acks.insert(seq);
             }
         }
