@@ -615,10 +615,10 @@ impl SimStorage {
     /// Whether files offer writable mappings ([`StorageFile::map_writable`]), as the real
     /// filesystem does (default off: the engine then writes with `write_all_at` only). A store
     /// into a simulated mapping goes into a buffer of the mapping's own; the engine reports each
-    /// store ([`WritableMapping::stored`]) before the
-    /// call that made it returns, and the bytes become an unsynced write of the file at that
-    /// point: visible to reads, kept by a process crash, lost, kept, torn or reordered by a
-    /// power loss like any other write. A mapping must lie inside the file, as on Linux.
+    /// store ([`WritableMapping::stored`]) before the call that made it returns, and the bytes
+    /// become an unsynced write of the file at that point: visible to reads, kept by a process
+    /// crash, lost, kept, torn or reordered by a power loss like any other write. A mapping must
+    /// lie inside the file, as on Linux.
     pub fn set_writable_mappings(&self, enabled: bool) {
         self.lock().writable_mappings = enabled;
     }
