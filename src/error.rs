@@ -43,6 +43,15 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The directory holds no queue (no `settings`, `head` or segment file), and the caller
+    /// asked not to create one ([`Options::create_if_missing`](crate::Options::create_if_missing),
+    /// and every `spool` command but `push`).
+    #[error("{} is not a queue (it holds no settings, head or segment file); `spool push` or \
+             `Queue::open` creates one", dir.display())]
+    NotAQueue {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// A file was written by a format version this build does not read.
     #[error("{}: format version {found} is not supported (this build reads version {supported})",
         file.display())]

@@ -44,6 +44,7 @@ use crate::segment::{
     decode_header, find_later_frame, parse_segment_file_name, walk_frames, HeaderError, WalkStep,
     SEGMENT_HEADER_LEN,
 };
+use crate::settings::SETTINGS_FILE_NAME;
 use crate::storage::Storage;
 
 mod reading;
@@ -69,6 +70,8 @@ pub enum EntryKind {
     HeadTemporary,
     /// The lock file.
     Lock,
+    /// The queue's settings file, or its temporary file while it is replaced.
+    Settings,
     /// The ack log of the jobs API (`acks`), or its temporary file during a rewrite.
     AckLog,
     /// The quarantine folder written by `repair`.
@@ -87,6 +90,8 @@ pub fn classify_entry(name: &str) -> EntryKind {
         LOCK_FILE_NAME => EntryKind::Lock,
         QUARANTINE_DIR_NAME => EntryKind::Quarantine,
         ACK_LOG_FILE_NAME => EntryKind::AckLog,
+        SETTINGS_FILE_NAME => EntryKind::Settings,
+        _ if name == format!("{SETTINGS_FILE_NAME}.tmp") => EntryKind::Settings,
         _ if name == format!("{ACK_LOG_FILE_NAME}.tmp") => EntryKind::AckLog,
         _ if name == format!("{HEAD_FILE_NAME}.tmp") => EntryKind::HeadTemporary,
         _ => EntryKind::Stray,
@@ -100,11 +105,14 @@ pub struct Listing {
     pub segments: Vec<(u64, String)>,
     /// True when the head index file exists.
     pub head_present: bool,
+    /// True when the settings file exists.
+    pub settings_present: bool,
     /// Names that diskspool did not write, sorted.
     pub strays: Vec<String>,
 }
 
-/// Lists a queue directory. A directory that does not exist is an error.
+/// Lists a queue directory. A directory that does not exist is an error, and so is one that
+/// holds no queue ([`Error::NotAQueue`]: no settings file, head index or segment).
 pub fn list(storage: &dyn Storage, dir: &Path) -> Result<Listing> {
     let names = storage
         .list_dir(dir)
@@ -114,12 +122,19 @@ pub fn list(storage: &dyn Storage, dir: &Path) -> Result<Listing> {
         match classify_entry(&name) {
             EntryKind::Segment(base) => listing.segments.push((base, name)),
             EntryKind::Head => listing.head_present = true,
+            EntryKind::Settings if name == SETTINGS_FILE_NAME => listing.settings_present = true,
             EntryKind::Stray => listing.strays.push(name),
             EntryKind::HeadTemporary
+            | EntryKind::Settings
             | EntryKind::Lock
             | EntryKind::Quarantine
             | EntryKind::AckLog => {}
         }
+    }
+    if !listing.head_present && !listing.settings_present && listing.segments.is_empty() {
+        return Err(Error::NotAQueue {
+            dir: dir.to_path_buf(),
+        });
     }
     listing.segments.sort_unstable();
     listing.strays.sort_unstable();

@@ -48,6 +48,7 @@ mod reader;
 mod recovery;
 pub mod repair;
 pub mod segment;
+pub mod settings;
 pub mod sim;
 mod spool;
 pub mod storage;

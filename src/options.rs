@@ -50,6 +50,10 @@ pub enum SyncPolicy {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub(crate) segment_size: u64,
+    /// Set by [`Options::segment_size`]: the size then replaces the one the queue was created
+    /// with. Otherwise an existing queue keeps its own.
+    pub(crate) segment_size_explicit: bool,
+    pub(crate) create_if_missing: bool,
     pub(crate) sync: SyncPolicy,
     pub(crate) max_record_size: Option<usize>,
     pub(crate) auto_compact: bool,
@@ -66,6 +70,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             segment_size: SEGMENT_SIZE_DEFAULT,
+            segment_size_explicit: false,
+            create_if_missing: true,
             sync: SyncPolicy::Always,
             max_record_size: None,
             auto_compact: true,
@@ -82,8 +88,22 @@ impl Default for Options {
 
 impl Options {
     /// Bytes after which a segment is sealed and a new one started (default 64 MiB).
+    ///
+    /// A queue remembers the size it was created with (in its `settings` file), and every open
+    /// that does not call this setter uses the remembered size. Setting it changes the queue's
+    /// size for segments created from then on, and the settings file with it.
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes;
+        self.segment_size_explicit = true;
+        self
+    }
+
+    /// Whether [`Queue::open`](crate::Queue::open) may create a queue (default `true`). When
+    /// `false`, opening a directory that holds no queue fails with
+    /// [`Error::NotAQueue`](crate::Error::NotAQueue) and creates nothing, not even the
+    /// directory: what a tool that inspects or drains existing queues wants.
+    pub fn create_if_missing(mut self, enabled: bool) -> Self {
+        self.create_if_missing = enabled;
         self
     }
 
@@ -193,7 +213,8 @@ impl Options {
         }
     }
 
-    /// The configured segment size.
+    /// The segment size: the configured one, or, for the options of an open queue
+    /// ([`Queue::options`](crate::Queue::options)), the one in force.
     pub fn segment_size_bytes(&self) -> u64 {
         self.segment_size
     }

@@ -20,6 +20,7 @@ use crate::pool;
 use crate::reader::{Cursor, Reader};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{Segment, SEGMENT_HEADER_LEN};
+use crate::settings;
 use crate::storage::{DirLock, LockFailure, Mapping, Storage};
 use crate::sync::{lock, SyncGroup};
 use crate::writer::Writer;
@@ -181,11 +182,17 @@ impl Queue {
     ///
     /// Takes an exclusive lock on the directory: a second `open` of it, from this process or
     /// another, fails with [`Error::Locked`].
-    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Queue> {
+    pub fn open(dir: impl AsRef<Path>, mut options: Options) -> Result<Queue> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
+        if !options.create_if_missing && !settings::is_queue(&*storage, &dir)? {
+            return Err(Error::NotAQueue { dir });
+        }
         let dir_lock = create_and_lock(&*storage, &dir)?;
+        settings::settle_at_open(&*storage, &dir, &mut options)?;
+        // Checked again: limits that depend on the segment size now see the queue's own.
+        options.validate()?;
         let mut recovered = recovery::recover(&*storage, &dir, &options)?;
         let pool_files = std::mem::take(&mut recovered.pool_files);
         let pool = pool::adopt(&*storage, &dir, pool_files, options.segment_pool)?;

@@ -60,8 +60,8 @@ use crate::error::{Error, Result};
 use crate::frame;
 use crate::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME, HEAD_SLOT_LEN};
 use crate::inspect::{
-    read_file, scan_segment, segment_frames, EntryKind, HeaderStatus, SegmentEnd, SegmentScan,
-    Snapshot, QUARANTINE_DIR_NAME,
+    read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
+    QUARANTINE_DIR_NAME,
 };
 use crate::queue::LOCK_FILE_NAME;
 use crate::segment::{
@@ -205,21 +205,10 @@ impl RepairReport {
 pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairReport> {
     // Listing first: locking would create a lock file in a directory that is not a queue, and
     // repairing one would move every file in it (a home directory, say) into quarantine.
-    let names = storage
-        .list_dir(dir)
-        .map_err(|error| Error::io("list queue directory", dir, error))?;
-    let is_queue = names.iter().any(|name| {
-        matches!(
-            crate::inspect::classify_entry(name),
-            EntryKind::Head | EntryKind::Segment(_)
-        )
-    });
-    if !is_queue {
-        return Err(Error::io(
-            "repair: not a queue directory",
-            dir,
-            io::Error::new(io::ErrorKind::NotFound, "no head index and no segment file"),
-        ));
+    if !crate::settings::is_queue(storage, dir)? {
+        return Err(Error::NotAQueue {
+            dir: dir.to_path_buf(),
+        });
     }
     let _lock = storage.lock_dir(dir).map_err(|failure| match failure {
         LockFailure::Held { pid } => Error::Locked {
@@ -618,11 +607,18 @@ impl<'a> Planner<'a> {
         }
         for stray in &self.snapshot.strays {
             let saved_as = self.quarantine_path(stray);
+            let file = self.snapshot.dir.join(stray);
+            // The size the operator is told is moved; a folder or a file that vanished counts 0.
+            let bytes = self
+                .storage
+                .open_read(&file)
+                .and_then(|opened| opened.len())
+                .unwrap_or(0);
             self.actions.push(RepairAction {
                 kind: ActionKind::Quarantine,
-                file: self.snapshot.dir.join(stray),
+                file,
                 offset: 0,
-                bytes: 0,
+                bytes,
                 saved_as: Some(saved_as),
                 seqs: None,
                 reason: String::from("not a file diskspool writes"),

@@ -11,5 +11,6 @@ mod concurrent;
 mod random_damage;
 mod records;
 mod repair;
+mod settings;
 mod spool_queues;
 mod verify;

@@ -169,6 +169,9 @@ fn stray_files_move_to_quarantine() {
     let (report, code) = repair_json(&dir, false);
     assert_eq!(code, 0, "{report}");
     assert_eq!(quarantined(&dir), ["notes.txt"]);
+    let action = &report["actions"][0];
+    assert!(action["file"].as_str().unwrap().ends_with("notes.txt"));
+    assert_eq!(action["bytes"], 4, "the size moved is the file's");
     assert_eq!(
         std::fs::read(dir.join("quarantine/notes.txt")).unwrap(),
         b"mine"
@@ -357,8 +360,8 @@ fn a_directory_without_a_queue_is_never_repaired() {
     std::fs::write(temp.path().join("thesis.tex"), "precious").unwrap();
     spool(&["repair", arg(temp.path())])
         .assert()
-        .code(5)
-        .stderr(predicate::str::contains("not a queue directory"));
+        .code(2)
+        .stderr(predicate::str::contains("is not a queue"));
     assert!(temp.path().join("thesis.tex").exists());
     assert!(!temp.path().join("quarantine").exists());
     assert!(!temp.path().join("lock").exists());

@@ -21,9 +21,12 @@ fn a_clean_queue_verifies_with_exit_0() {
 }
 
 #[test]
-fn a_new_empty_directory_verifies_clean() {
+fn a_new_empty_directory_is_not_a_queue() {
     let temp = tempfile::tempdir().unwrap();
-    spool(&["verify", arg(temp.path())]).assert().code(0);
+    spool(&["verify", arg(temp.path())])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is not a queue"));
 }
 
 #[test]

@@ -19,5 +19,6 @@ mod locking;
 mod model;
 mod persistence;
 mod process_kill;
+mod settings;
 mod torn_tail;
 mod typed;

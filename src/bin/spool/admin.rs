@@ -435,7 +435,7 @@ struct CompactJson {
 pub fn compact(args: &CompactArgs) -> Result<u8, Failure> {
     require_dir(&args.dir)?;
     // Opening with automatic compaction would compact before the report could count it.
-    let queue = open_queue(&args.dir, None, SyncPolicy::Always, false)?;
+    let queue = open_queue(&args.dir, None, SyncPolicy::Always, false, false)?;
     let report = queue.compact()?;
     let mut out = io::stdout().lock();
     if args.json {

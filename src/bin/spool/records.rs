@@ -149,7 +149,7 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
         SyncArg::Interval => SyncPolicy::Interval(Duration::from_secs(1)),
         SyncArg::Never => SyncPolicy::Never,
     };
-    let queue = open_queue(&args.dir, args.segment_size, sync, true)?;
+    let queue = open_queue(&args.dir, args.segment_size, sync, true, true)?;
     // An eighth of a segment: a batch that does not fit starts a new segment, so segments stay
     // at least seven eighths full.
     let batch_bytes_max = (queue.options().segment_size_bytes() / 8).min(PUSH_BATCH_BYTES_MAX);
@@ -227,7 +227,7 @@ pub fn pop(args: &PopArgs) -> Result<u8, Failure> {
             left -= 1;
             queue
         }
-        None => open_queue(&args.dir, None, SyncPolicy::Always, true)?,
+        None => open_queue(&args.dir, None, SyncPolicy::Always, true, false)?,
     };
     while left > 0 {
         let batch = queue.pop_batch(left.min(POP_BATCH_RECORDS_MAX))?;
@@ -263,7 +263,7 @@ fn wait_for_record(dir: &Path, wait: Duration) -> Result<Option<(Queue, Record)>
     loop {
         let stat = inspect::stat(&OsStorage, dir)?;
         if stat.len > 0 {
-            match open_queue(dir, None, SyncPolicy::Always, true) {
+            match open_queue(dir, None, SyncPolicy::Always, true, false) {
                 Ok(queue) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if let Some(record) = queue.pop_timeout(remaining.min(WAIT_POLL_INTERVAL))? {
