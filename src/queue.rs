@@ -119,7 +119,7 @@ pub struct Stats {
     pub segments: usize,
     /// Bytes of frames not yet consumed.
     pub live_bytes: u64,
-    /// Bytes of all segment files and the head index.
+    /// Bytes of all segment files, the head index, the settings file and the ack log.
     pub disk_bytes: u64,
     /// When the oldest record was pushed.
     pub oldest_enqueued_at: Option<SystemTime>,
@@ -735,7 +735,9 @@ impl Shared {
             .cloned()
             .collect();
         let mut live_bytes = 0;
-        let mut disk_bytes = crate::head::HEAD_FILE_LEN + self.acklog_len();
+        let mut disk_bytes = crate::head::HEAD_FILE_LEN
+            + crate::settings::SETTINGS_FILE_LEN as u64
+            + self.acklog_len();
         for segment in &segments {
             segment.ensure_open(&*self.storage)?;
             let len = match segment.file() {

@@ -31,7 +31,7 @@ pub struct QueueStat {
     pub segments: usize,
     /// Bytes of frames not yet consumed.
     pub live_bytes: u64,
-    /// Bytes of all segment files, the head index and the ack log.
+    /// Bytes of all segment files, the head index, the settings file and the ack log.
     pub disk_bytes: u64,
     /// When the oldest record was pushed, microseconds since the Unix epoch.
     pub oldest_enqueued_us: Option<u64>,
@@ -69,7 +69,11 @@ fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
     let listing = list(storage, dir)?;
     let head = read_head(storage, dir)?;
     let acks = read_ack_log(storage, dir)?;
-    let mut disk_bytes = head.file_len.unwrap_or(0) + acks.file_len.unwrap_or(0);
+    let settings_len = match listing.settings_present {
+        true => crate::settings::SETTINGS_FILE_LEN as u64,
+        false => 0,
+    };
+    let mut disk_bytes = head.file_len.unwrap_or(0) + acks.file_len.unwrap_or(0) + settings_len;
     let mut lens = Vec::with_capacity(listing.segments.len());
     for (_, name) in &listing.segments {
         let path = dir.join(name);
