@@ -195,6 +195,23 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     };
     segments.insert(active.base_seq, active.clone());
 
+    // The head index knows how far records were synced: a log that ends before that lost
+    // records that a crash cannot take (a deleted or truncated newest segment). Going on would
+    // hand their sequence numbers out again.
+    let synced_seq = head.state().synced_seq;
+    if next_seq < synced_seq && head_seq < synced_seq {
+        return Err(Error::corrupt(
+            &active.path,
+            tail,
+            format!(
+                "records {}..{synced_seq} are missing: the head index says every record below \
+                 {synced_seq} was synced, but the log ends before {next_seq} (a lost or cut \
+                 newest segment); run `spool repair`",
+                next_seq.max(head_seq)
+            ),
+        ));
+    }
+
     if head_seq > next_seq {
         // Consumed records are gone from disk (a power loss under a weaker policy took them
         // after the head had moved past them). Start a fresh segment at the head so that no

@@ -175,6 +175,7 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
     };
     check_head(snapshot, &mut report.problems);
     check_segments(snapshot, &mut report.problems);
+    check_synced_end(snapshot, &mut report.problems);
     for (name, error) in &snapshot.unreadable {
         report.problems.push(Problem {
             kind: ProblemKind::Unreadable,
@@ -200,6 +201,28 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
         });
     }
     report
+}
+
+/// The head index knows how far records were synced: a log that ends before that lost records
+/// no crash can take (`Queue::open` refuses it).
+fn check_synced_end(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
+    let (Some(state), Some(last)) = (snapshot.head.state(), snapshot.segments.last()) else {
+        return;
+    };
+    let log_end = last.next_seq();
+    if log_end < state.synced_seq && state.head_seq < state.synced_seq {
+        let from = log_end.max(state.head_seq);
+        problems.push(Problem {
+            kind: ProblemKind::MissingRecords,
+            file: snapshot.dir.join(&last.name),
+            offset: last.valid_end,
+            detail: format!(
+                "records {from}..{} are missing: the head index says every record below {} \
+                 was synced, but the log ends before {log_end} (a lost or cut newest segment)",
+                state.synced_seq, state.synced_seq
+            ),
+        });
+    }
 }
 
 fn check_head(snapshot: &Snapshot, problems: &mut Vec<Problem>) {

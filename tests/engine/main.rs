@@ -16,6 +16,7 @@ mod fifo;
 mod jobs;
 mod limits;
 mod locking;
+mod lost_records;
 mod model;
 mod persistence;
 mod process_kill;
