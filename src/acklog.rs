@@ -195,6 +195,17 @@ pub struct JobHistory {
     pub not_before: BTreeMap<u64, u64>,
 }
 
+/// Whether the sequence numbers from `from` up to a segment that starts at `to` were retired by
+/// `repair`: acknowledged in one range (of `acked`, start -> end) that ends exactly at `to`.
+/// That is the only gap between segments a reader crosses; any other is missing records.
+pub fn is_retired_gap(acked: &BTreeMap<u64, u64>, from: u64, to: u64) -> bool {
+    from < to
+        && acked
+            .range(..=from)
+            .next_back()
+            .is_some_and(|(_, &end)| end == to)
+}
+
 impl JobHistory {
     /// Applies one entry.
     pub fn apply(&mut self, entry: &AckEntry) {

@@ -145,6 +145,8 @@ impl fmt::Debug for Queue {
 
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
+    /// Gaps between segments that `repair` retired (see `recovery::retired_ranges`).
+    pub(crate) retired: BTreeMap<u64, u64>,
     pub(crate) options: Options,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
@@ -204,6 +206,7 @@ impl Queue {
             .defer_writes(options.sync == SyncPolicy::Always);
         let shared = Arc::new(Shared {
             dir,
+            retired: std::mem::take(&mut recovered.retired),
             storage,
             segments: RwLock::new(recovered.segments),
             writer: Mutex::new(Writer::new(

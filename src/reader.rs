@@ -4,7 +4,7 @@
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use crate::acklog::{AckEntry, AckLog};
+use crate::acklog::{is_retired_gap, AckEntry, AckLog};
 use crate::compactor;
 use crate::error::{Error, Result};
 use crate::frame::{self, PAYLOAD_LEN_MAX};
@@ -215,7 +215,8 @@ impl Shared {
                 return Ok(None);
             };
             next.ensure_open(&*self.storage)?;
-            if next.base_seq != cursor.next_seq {
+            let retired = is_retired_gap(&self.retired, cursor.next_seq, next.base_seq);
+            if next.base_seq != cursor.next_seq && !retired {
                 return Err(Error::corrupt(
                     &next.path,
                     0,
@@ -226,7 +227,7 @@ impl Shared {
                     ),
                 ));
             }
-            *cursor = Cursor::new(next, SEGMENT_HEADER_LEN as u64, cursor.next_seq);
+            *cursor = Cursor::new(next.clone(), SEGMENT_HEADER_LEN as u64, next.base_seq);
         }
     }
 

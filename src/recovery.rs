@@ -71,6 +71,8 @@ pub(crate) struct Recovered {
     pub(crate) report: RecoveryReport,
     /// Segment files kept for reuse, found in the directory (see `pool`).
     pub(crate) pool_files: Vec<String>,
+    /// Sequence numbers retired by `repair` (see [`retired_ranges`]).
+    pub(crate) retired: BTreeMap<u64, u64>,
 }
 
 pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> Result<Recovered> {
@@ -200,15 +202,11 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     // hand their sequence numbers out again.
     let synced_seq = head.state().synced_seq;
     if next_seq < synced_seq && head_seq < synced_seq {
-        return Err(Error::corrupt(
+        return Err(synced_records_missing(
             &active.path,
             tail,
-            format!(
-                "records {}..{synced_seq} are missing: the head index says every record below \
-                 {synced_seq} was synced, but the log ends before {next_seq} (a lost or cut \
-                 newest segment); run `spool repair`",
-                next_seq.max(head_seq)
-            ),
+            next_seq.max(head_seq),
+            synced_seq,
         ));
     }
 
@@ -234,6 +232,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         // again, so the facts must go, durably, or they would apply to the new records.
         acklog.rewrite(storage, &history.entries())?;
     }
+    let retired = retired_ranges(&history, &segments);
     Ok(Recovered {
         segments,
         active,
@@ -247,7 +246,26 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         history,
         report,
         pool_files,
+        retired,
     })
+}
+
+/// The gaps between segments that `repair` made on purpose: acknowledged ranges that end where
+/// a segment starts. Repair cuts damaged records and starts the log again after every sequence
+/// number that was ever used, acknowledging the numbers in between so that none is handed out
+/// twice; a reader crosses such a gap, and only such a gap (any other is missing records).
+/// They are taken once, at open: acknowledgements made later never end at an existing segment
+/// base with nothing read between (see `acklog::is_retired_gap`).
+pub(crate) fn retired_ranges(
+    history: &JobHistory,
+    segments: &BTreeMap<u64, Arc<Segment>>,
+) -> BTreeMap<u64, u64> {
+    history
+        .acked
+        .iter()
+        .filter(|(_, end)| segments.contains_key(end))
+        .map(|(&start, &end)| (start, end))
+        .collect()
 }
 
 fn bytes_of(view: &Mapping) -> &[u8] {
@@ -350,6 +368,15 @@ fn recover_active(
         }
     }
     drop(view);
+    if complete_next_seq < synced_seq {
+        // Synced records are not all here: damage, not a crash. Refused before anything is cut.
+        return Err(synced_records_missing(
+            path,
+            complete_end,
+            complete_next_seq,
+            synced_seq,
+        ));
+    }
     if complete_end != len {
         // Cut the torn tail (or an incomplete batch), or restore padding a torn write cut off.
         file.set_len(complete_end)
@@ -378,6 +405,20 @@ fn recover_active(
     // What recovery read must be durable before anything is built on it.
     file.sync_data().map_err(io_error("sync segment"))?;
     Ok(Some((base, file, complete_end, complete_next_seq)))
+}
+
+/// The error for records below the head's `synced_seq` that the log does not hold: a crash
+/// cannot take synced records, so they were damaged, cut or deleted.
+fn synced_records_missing(path: &Path, offset: u64, from: u64, synced_seq: u64) -> Error {
+    Error::corrupt(
+        path,
+        offset,
+        format!(
+            "records {from}..{synced_seq} are missing or damaged: the head index says every \
+             record below {synced_seq} was synced, but the log ends before {from} (a damaged, \
+             cut or lost newest segment); run `spool repair`"
+        ),
+    )
 }
 
 /// Creates a segment file durably: header written and synced, directory entry synced.

@@ -98,6 +98,10 @@ pub enum ActionKind {
     /// one is copied into quarantine first): new records will carry those numbers again, and
     /// must not inherit acknowledgements or delivery counts of the records cut.
     RewriteAckLog,
+    /// Start the log again after every sequence number ever used (the file in `file`, a new
+    /// empty segment), and acknowledge the numbers in `seqs` between the records kept and that
+    /// segment in the ack log, so that no number a cut or lost record carried is used again.
+    ContinueAfter,
 }
 
 impl ActionKind {
@@ -110,6 +114,7 @@ impl ActionKind {
             ActionKind::RewriteHead => "rewrite_head",
             ActionKind::RebaseSegment => "rebase_segment",
             ActionKind::RewriteAckLog => "rewrite_ack_log",
+            ActionKind::ContinueAfter => "continue_after",
         }
     }
 }
@@ -156,6 +161,9 @@ impl fmt::Display for RepairAction {
                 "copy {name} from byte {} ({} bytes) into a new segment",
                 self.offset, self.bytes
             )?,
+            ActionKind::ContinueAfter => {
+                write!(f, "create {name} and acknowledge the numbers before it")?
+            }
         }
         if let Some(saved) = &self.saved_as {
             write!(f, " -> {}", saved.display())?;
@@ -224,6 +232,7 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
     planner.plan_head();
     planner.plan_ack_log();
     planner.plan_strays();
+    planner.plan_continuation();
     let mut report = RepairReport {
         dir: dir.to_path_buf(),
         mode,
@@ -585,6 +594,68 @@ impl<'a> Planner<'a> {
         });
     }
 
+    /// Plans the log's continuation past every sequence number a file or the head index shows
+    /// was used: the numbers of cut records, and of synced records a lost segment held.
+    fn plan_continuation(&mut self) {
+        let Some(kept) = self.kept.clone() else {
+            // Nothing is kept: the head restarts the queue (see `plan_head`).
+            return;
+        };
+        let state = self.snapshot.head.state();
+        let synced_seq = state.map_or(0, |state| state.synced_seq);
+        let seen_end = self
+            .snapshot
+            .segments
+            .iter()
+            .map(SegmentScan::next_seq)
+            .max()
+            .unwrap_or(0);
+        let resume = self.cut_end_seq.max(synced_seq).max(seen_end);
+        let log_end = kept.end;
+        if resume <= log_end {
+            return;
+        }
+        self.note_cut(log_end, Some(&(log_end..resume)));
+        let head = self.new_head.or(self.snapshot.head_seq()).unwrap_or(0);
+        if head >= log_end {
+            // No record before the gap is left to serve: the head moves to where the log
+            // continues (a head inside the gap would point at no record).
+            if self.new_head.is_none() {
+                let head_file = self.snapshot.dir.join(HEAD_FILE_NAME);
+                let saved_as = self
+                    .snapshot
+                    .head
+                    .file_len
+                    .map(|_| self.quarantine_path(HEAD_FILE_NAME));
+                self.actions.push(RepairAction {
+                    kind: ActionKind::RewriteHead,
+                    file: head_file,
+                    offset: 0,
+                    bytes: self.snapshot.head.file_len.unwrap_or(0),
+                    saved_as,
+                    seqs: None,
+                    reason: format!(
+                        "every record kept is consumed: the head moves to {resume}, where the \
+                         log continues"
+                    ),
+                });
+            }
+            self.new_head = Some(resume);
+        }
+        self.actions.push(RepairAction {
+            kind: ActionKind::ContinueAfter,
+            file: self.snapshot.dir.join(segment_file_name(resume)),
+            offset: 0,
+            bytes: SEGMENT_HEADER_LEN as u64,
+            saved_as: None,
+            seqs: Some(log_end..resume),
+            reason: format!(
+                "new records start at {resume}: sequence numbers {log_end}..{resume} were used \
+                 by records cut or lost, and are never used again"
+            ),
+        });
+    }
+
     fn plan_strays(&mut self) {
         // An unreadable segment cannot be served; the records it held were cut as missing.
         for (name, error) in &self.snapshot.unreadable {
@@ -667,6 +738,7 @@ fn execute(
             }
             ActionKind::RebaseSegment => rebase_segment(storage, dir, action, saved_as)?,
             ActionKind::RewriteAckLog => rewrite_ack_log(storage, dir, action, saved_as)?,
+            ActionKind::ContinueAfter => continue_after(storage, dir, action)?,
         }
     }
     Ok(())
@@ -771,6 +843,39 @@ fn rewrite_ack_log(
     }
     storage::write_atomically(storage, dir, acklog::ACK_LOG_FILE_NAME, &bytes)
         .map_err(|error| Error::io("rewrite ack log", &action.file, error))
+}
+
+/// Acknowledges the retired numbers, then creates the segment the log continues in. In this
+/// order a crash between the two leaves acknowledgements past the log's end, which open drops
+/// (and then refuses the queue until repair runs again), never a gap nobody explained.
+fn continue_after(storage: &dyn Storage, dir: &Path, action: &RepairAction) -> Result<()> {
+    use crate::acklog::{self, AckEntry};
+    let Some(seqs) = action.seqs.clone() else {
+        return Ok(());
+    };
+    let ack_path = dir.join(acklog::ACK_LOG_FILE_NAME);
+    let snapshot = crate::inspect::read_ack_log(storage, dir)?;
+    let old_log_id = read_file(storage, &ack_path)?
+        .and_then(|old| acklog::decode_header(&old).ok())
+        .unwrap_or(0);
+    let log_id = old_log_id + 1;
+    let mut bytes = acklog::encode_header(log_id).to_vec();
+    for entry in snapshot.history.entries() {
+        acklog::encode_entry(&mut bytes, log_id, &entry);
+    }
+    acklog::encode_entry(
+        &mut bytes,
+        log_id,
+        &AckEntry::Acked {
+            start: seqs.start,
+            end: seqs.end,
+        },
+    );
+    storage::write_atomically(storage, dir, acklog::ACK_LOG_FILE_NAME, &bytes)
+        .map_err(|error| Error::io("rewrite ack log", &ack_path, error))?;
+    let name = segment_file_name(seqs.end);
+    storage::write_atomically(storage, dir, &name, &encode_header(seqs.end))
+        .map_err(|error| Error::io("create segment", &action.file, error))
 }
 
 /// Writes `bytes` into a new file and makes it durable, directory entry included.

@@ -22,6 +22,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::acklog::is_retired_gap;
 use crate::error::Result;
 use crate::head::{SlotError, HEAD_FILE_NAME, HEAD_SLOT_OFFSETS};
 use crate::inspect::{HeaderStatus, ScanProgress, SegmentEnd, SegmentScan, Snapshot};
@@ -292,7 +293,9 @@ fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
         if let Some(expected) = expected {
             // Gaps wholly behind the head are consumed records: nothing is lost.
             let matters = head_seq.is_none_or(|head| scan.base_seq > head);
-            if scan.base_seq != expected && matters {
+            // A gap repair retired on purpose (see `acklog::is_retired_gap`) is no loss.
+            let retired = is_retired_gap(&snapshot.acks.history.acked, expected, scan.base_seq);
+            if scan.base_seq != expected && matters && !retired {
                 problems.push(Problem {
                     kind: ProblemKind::MissingRecords,
                     file: path.clone(),

@@ -69,7 +69,7 @@ fn damage_in_a_sealed_segment_cuts_from_the_bad_frame_and_quarantines_the_rest()
 
 #[test]
 fn a_torn_tail_is_truncated_and_saved() {
-    let (_temp, dir) = queue_with(80, 10);
+    let (_temp, dir) = queue_with_unsynced_tail(80, 10, 5);
     let last = segments(&dir).last().unwrap().clone();
     let tail = frames(&last);
     let (offset, first_lost) = tail[tail.len() - 3];
@@ -328,13 +328,18 @@ fn acknowledgements_of_cut_records_do_not_swallow_new_records() {
         .collect();
     assert!(actions.contains(&"rewrite_ack_log"), "{actions:?}");
     assert!(quarantined(&dir).contains(&"acks".to_string()));
+    assert!(actions.contains(&"continue_after"), "{actions:?}");
     {
+        // New records continue after every number used, and no acknowledgement of a cut
+        // record applies to them.
         let queue = diskspool::Queue::open(&dir, options()).unwrap();
-        for seq in 30..60 {
+        for seq in 60..90 {
             assert_eq!(queue.push(&payload_for(seq)).unwrap(), seq);
         }
     }
-    assert_records(&drain(&dir), 0..60);
+    let drained = drain(&dir);
+    assert_records(&drained[..30], 0..30);
+    assert_records(&drained[30..], 60..90);
 }
 
 #[test]

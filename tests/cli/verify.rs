@@ -67,7 +67,7 @@ fn a_sealed_segment_truncated_mid_frame_is_reported() {
 
 #[test]
 fn a_zeroed_tail_of_the_last_segment_is_a_torn_tail() {
-    let (_temp, dir) = queue_with(80, 0);
+    let (_temp, dir) = queue_with_unsynced_tail(80, 0, 2);
     let last = segments(&dir).last().unwrap().clone();
     let tail_frames = frames(&last);
     let (offset, _) = tail_frames[tail_frames.len() - 2];
@@ -78,6 +78,34 @@ fn a_zeroed_tail_of_the_last_segment_is_a_torn_tail() {
         problems(&report),
         [("torn_tail".to_string(), name(&last), offset)]
     );
+}
+
+#[test]
+fn a_zeroed_tail_of_synced_records_is_missing_records_not_a_torn_tail() {
+    let (_temp, dir) = queue_with(80, 0);
+    let last = segments(&dir).last().unwrap().clone();
+    let tail_frames = frames(&last);
+    let (offset, seq) = tail_frames[tail_frames.len() - 2];
+    zero_from(&last, offset);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    let found = problems(&report);
+    assert!(
+        found.contains(&("missing_records".to_string(), name(&last), offset)),
+        "{found:?}"
+    );
+    assert!(report
+        .to_string()
+        .contains(&format!("records {seq}..80 are missing")));
+    // Open refuses it, naming the file and offset, and cuts nothing.
+    let len = std::fs::metadata(&last).unwrap().len();
+    spool(&["pop", arg(&dir)])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains(format!(
+            "corrupt at byte offset {offset}"
+        )));
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), len);
 }
 
 #[test]
