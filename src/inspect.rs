@@ -44,7 +44,7 @@ use crate::segment::{
     decode_header, find_later_frame, parse_segment_file_name, walk_frames, HeaderError, WalkStep,
     SEGMENT_HEADER_LEN,
 };
-use crate::settings::SETTINGS_FILE_NAME;
+use crate::settings::{decode_settings, QueueSettings, SettingsError, SETTINGS_FILE_NAME};
 use crate::storage::Storage;
 
 mod reading;
@@ -605,6 +605,9 @@ pub struct Snapshot {
     pub strays: Vec<String>,
     /// The ack log of the jobs API.
     pub acks: AckLogSnapshot,
+    /// The settings file: `None` when there is none (a queue from before settings files, which
+    /// the next open gives one), else what decoding it gave.
+    pub settings: Option<std::result::Result<QueueSettings, SettingsError>>,
 }
 
 impl Snapshot {
@@ -622,6 +625,8 @@ impl Snapshot {
         let listing = list(storage, dir)?;
         let head = read_head(storage, dir)?;
         let acks = read_ack_log(storage, dir)?;
+        let settings =
+            read_file(storage, &dir.join(SETTINGS_FILE_NAME))?.map(|bytes| decode_settings(&bytes));
         let mut sizes = Vec::with_capacity(listing.segments.len());
         for (_, name) in &listing.segments {
             let len = storage
@@ -642,6 +647,7 @@ impl Snapshot {
             unreadable: Vec::new(),
             strays: listing.strays,
             acks,
+            settings,
         };
         for ((base, name), size) in listing.segments.iter().zip(sizes) {
             match read_file(storage, &dir.join(name)) {

@@ -63,10 +63,12 @@ use crate::inspect::{
     read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
     QUARANTINE_DIR_NAME,
 };
+use crate::options::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::queue::LOCK_FILE_NAME;
 use crate::segment::{
     encode_header, parse_segment_file_name, segment_file_name, SEGMENT_HEADER_LEN,
 };
+use crate::settings::{QueueSettings, SETTINGS_FILE_NAME};
 use crate::storage::{self, LockFailure, Storage};
 use crate::verify::{self, VerifyReport};
 
@@ -102,6 +104,9 @@ pub enum ActionKind {
     /// empty segment), and acknowledge the numbers in `seqs` between the records kept and that
     /// segment in the ack log, so that no number a cut or lost record carried is used again.
     ContinueAfter,
+    /// Write a settings file whose segment size is taken from the segments on disk (the old,
+    /// damaged file is copied into quarantine first).
+    RewriteSettings,
 }
 
 impl ActionKind {
@@ -115,6 +120,7 @@ impl ActionKind {
             ActionKind::RebaseSegment => "rebase_segment",
             ActionKind::RewriteAckLog => "rewrite_ack_log",
             ActionKind::ContinueAfter => "continue_after",
+            ActionKind::RewriteSettings => "rewrite_settings",
         }
     }
 }
@@ -155,7 +161,9 @@ impl fmt::Display for RepairAction {
             ActionKind::RestorePadding => {
                 write!(f, "restore padding of {name} to {} bytes", self.offset)?
             }
-            ActionKind::RewriteHead | ActionKind::RewriteAckLog => write!(f, "rewrite {name}")?,
+            ActionKind::RewriteHead | ActionKind::RewriteAckLog | ActionKind::RewriteSettings => {
+                write!(f, "rewrite {name}")?
+            }
             ActionKind::RebaseSegment => write!(
                 f,
                 "copy {name} from byte {} ({} bytes) into a new segment",
@@ -233,6 +241,7 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
     planner.plan_ack_log();
     planner.plan_strays();
     planner.plan_continuation();
+    planner.plan_settings();
     let mut report = RepairReport {
         dir: dir.to_path_buf(),
         mode,
@@ -248,7 +257,13 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
     };
     if mode == Mode::Repair {
         if !report.actions.is_empty() {
-            execute(storage, dir, &report.actions, planner.new_head)?;
+            execute(
+                storage,
+                dir,
+                &report.actions,
+                planner.new_head,
+                planner.new_settings,
+            )?;
         }
         report.after = Some(verify::check(&Snapshot::take(storage, dir)?));
     }
@@ -272,6 +287,8 @@ struct Planner<'a> {
     new_head: Option<u64>,
     head_moved: bool,
     gone_seqs: Option<Range<u64>>,
+    /// The settings file to write, when it is rewritten.
+    new_settings: Option<QueueSettings>,
 }
 
 impl<'a> Planner<'a> {
@@ -295,6 +312,7 @@ impl<'a> Planner<'a> {
             new_head: None,
             head_moved: false,
             gone_seqs: None,
+            new_settings: None,
         })
     }
 
@@ -656,6 +674,46 @@ impl<'a> Planner<'a> {
         });
     }
 
+    /// Plans a new settings file when the old one does not decode. The segment size is the
+    /// smallest power of two that holds the largest sealed segment (a segment is sealed before
+    /// it would exceed it), or the default when no segment is sealed.
+    fn plan_settings(&mut self) {
+        let Some(Err(error)) = &self.snapshot.settings else {
+            return;
+        };
+        let sealed = self.snapshot.segments.len().saturating_sub(1);
+        let segment_size = self
+            .snapshot
+            .segments
+            .iter()
+            .take(sealed)
+            .map(|scan| scan.file_len.next_power_of_two())
+            .max()
+            .map_or(SEGMENT_SIZE_DEFAULT, |size| {
+                size.clamp(SEGMENT_SIZE_MIN, SEGMENT_SIZE_MAX)
+            });
+        let path = self.snapshot.dir.join(SETTINGS_FILE_NAME);
+        let bytes = self
+            .storage
+            .open_read(&path)
+            .and_then(|file| file.len())
+            .unwrap_or(0);
+        let saved_as = self.quarantine_path(SETTINGS_FILE_NAME);
+        self.new_settings = Some(QueueSettings::new(segment_size));
+        self.actions.push(RepairAction {
+            kind: ActionKind::RewriteSettings,
+            file: path,
+            offset: 0,
+            bytes,
+            saved_as: Some(saved_as),
+            seqs: None,
+            reason: format!(
+                "{error}; rewritten with a segment size of {segment_size} bytes, taken from the \
+                 segments on disk"
+            ),
+        });
+    }
+
     fn plan_strays(&mut self) {
         // An unreadable segment cannot be served; the records it held were cut as missing.
         for (name, error) in &self.snapshot.unreadable {
@@ -705,6 +763,7 @@ fn execute(
     dir: &Path,
     actions: &[RepairAction],
     new_head: Option<u64>,
+    new_settings: Option<QueueSettings>,
 ) -> Result<()> {
     let quarantine = dir.join(QUARANTINE_DIR_NAME);
     storage
@@ -739,6 +798,16 @@ fn execute(
             ActionKind::RebaseSegment => rebase_segment(storage, dir, action, saved_as)?,
             ActionKind::RewriteAckLog => rewrite_ack_log(storage, dir, action, saved_as)?,
             ActionKind::ContinueAfter => continue_after(storage, dir, action)?,
+            ActionKind::RewriteSettings => {
+                if let Some(old) = read_file(storage, &action.file)? {
+                    if let Some(saved_as) = saved_as {
+                        save_copy(storage, saved_as, &old)?;
+                    }
+                }
+                if let Some(settings) = &new_settings {
+                    crate::settings::write_settings(storage, dir, settings)?;
+                }
+            }
         }
     }
     Ok(())

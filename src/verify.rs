@@ -62,6 +62,9 @@ pub enum ProblemKind {
     /// The ack log of the jobs API has a bad header: acknowledgements beyond the head are
     /// unknown. `repair` does not mend it.
     AckLogDamaged,
+    /// The settings file does not decode: `Queue::open` refuses the queue until `repair`
+    /// rewrites it.
+    SettingsDamaged,
     /// A file or folder that diskspool did not write.
     StrayFile,
 }
@@ -79,6 +82,7 @@ impl ProblemKind {
             ProblemKind::HeadUnreadable => "head_unreadable",
             ProblemKind::Unreadable => "unreadable",
             ProblemKind::AckLogDamaged => "ack_log_damaged",
+            ProblemKind::SettingsDamaged => "settings_damaged",
             ProblemKind::StrayFile => "stray_file",
         }
     }
@@ -189,6 +193,14 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
         report.problems.push(Problem {
             kind: ProblemKind::AckLogDamaged,
             file: snapshot.dir.join(crate::acklog::ACK_LOG_FILE_NAME),
+            offset: 0,
+            detail: error.to_string(),
+        });
+    }
+    if let Some(Err(error)) = &snapshot.settings {
+        report.problems.push(Problem {
+            kind: ProblemKind::SettingsDamaged,
+            file: snapshot.dir.join(crate::settings::SETTINGS_FILE_NAME),
             offset: 0,
             detail: error.to_string(),
         });

@@ -89,3 +89,37 @@ fn a_queue_keeps_the_segment_size_it_was_created_with() {
         "the new size was not used: largest segment {largest}"
     );
 }
+
+#[test]
+fn a_damaged_settings_file_is_reported_and_repaired_from_the_segments() {
+    let (_temp, dir) = crate::util::queue_with(100, 10);
+    let path = dir.join("settings");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[16] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let (report, code) = crate::util::verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        crate::util::problems(&report),
+        [("settings_damaged".to_string(), "settings".to_string(), 0)]
+    );
+    spool(&["pop", arg(&dir)])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains("settings"));
+    spool(&["repair", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("rewrite settings"))
+        .stdout(predicate::str::contains("verify after repair: clean"));
+    assert_eq!(crate::util::quarantined(&dir), ["settings"]);
+    assert_eq!(
+        std::fs::read(dir.join("quarantine/settings")).unwrap(),
+        bytes
+    );
+    let stored = diskspool::settings::read_settings(&diskspool::storage::OsStorage, &dir)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.segment_size, crate::util::SEGMENT_BYTES);
+    crate::util::assert_records(&crate::util::drain(&dir), 10..100);
+}
