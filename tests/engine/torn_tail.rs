@@ -14,13 +14,15 @@ fn options() -> diskspool::Options {
 }
 
 /// A closed queue with `RECORDS` records in one segment; returns the dir and the segment path.
+/// All but the last are synced, so that damage to them is damage, not writes a power loss
+/// lost; the last one is not, so that a crash may have torn it.
 fn queue_with_records() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     {
         let queue = Queue::open(dir.path(), options()).unwrap();
-        push_expected(&queue, RECORDS);
-        // Synced, so that damage to these records is damage, not writes a power loss lost.
+        push_expected(&queue, RECORDS - 1);
         queue.sync().unwrap();
+        push_expected(&queue, 1);
     }
     let segment = segment_files(dir.path()).pop().unwrap();
     (dir, segment)
@@ -75,6 +77,40 @@ fn zeroed_tail_after_the_last_record_is_cut_and_nothing_is_lost() {
     assert_eq!(report.truncated[0].bytes_cut, 8192);
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), len);
     assert_eq!(drain_checked(&queue), (0..RECORDS).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_cut_or_zeroed_synced_record_is_refused_not_dropped() {
+    let (dir, segment) = queue_with_records();
+    let full = std::fs::read(&segment).unwrap();
+    let (offset, _) = frame_offsets(&segment)[RECORDS as usize - 2];
+    let mut zeroed = full.clone();
+    zeroed[offset as usize..].fill(0);
+    for bytes in [
+        &full[..offset as usize + 5],
+        &full[..offset as usize],
+        &zeroed[..],
+    ] {
+        std::fs::write(&segment, bytes).unwrap();
+        match Queue::open(dir.path(), options()) {
+            Err(diskspool::Error::Corrupt {
+                file,
+                offset: at,
+                detail,
+            }) => {
+                assert_eq!(file, segment);
+                assert_eq!(at, offset);
+                assert!(detail.contains("are missing or damaged"), "{detail}");
+            }
+            Err(other) => panic!("expected Corrupt, got {other}"),
+            Ok(queue) => panic!("open succeeded with {} records", queue.len()),
+        }
+        assert_eq!(
+            std::fs::read(&segment).unwrap(),
+            bytes,
+            "open changed the file"
+        );
+    }
 }
 
 #[test]
