@@ -13,4 +13,5 @@ mod records;
 mod repair;
 mod settings;
 mod spool_queues;
+mod terminal;
 mod verify;

@@ -151,6 +151,16 @@ fn main() -> ExitCode {
     })
 }
 
+/// A message for standard error: escaped like standard output when it is a terminal (a file
+/// name in it may hold control characters).
+fn for_stderr(message: &str) -> String {
+    use std::io::IsTerminal;
+    match io::stderr().is_terminal() {
+        true => print::escape(message.as_bytes(), true),
+        false => message.to_string(),
+    }
+}
+
 /// Prints a failure to standard error and returns its exit code.
 fn report(failure: Failure) -> u8 {
     use diskspool::Error;
@@ -166,7 +176,7 @@ fn report(failure: Failure) -> u8 {
             EXIT_USAGE
         }
         Failure::Queue(error) => {
-            eprintln!("spool: {error}");
+            eprintln!("spool: {}", for_stderr(&error.to_string()));
             match error {
                 Error::Locked { .. } => EXIT_LOCKED,
                 Error::RecordTooLarge { .. }

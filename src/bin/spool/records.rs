@@ -217,7 +217,7 @@ pub fn pop(args: &PopArgs) -> Result<u8, Failure> {
     if left == 0 {
         return Ok(EXIT_OK);
     }
-    let mut out = io::stdout().lock();
+    let mut out = print::stdout();
     let queue = match wait {
         Some(wait) => {
             let Some((queue, first)) = wait_for_record(&args.dir, wait)? else {
@@ -299,7 +299,7 @@ pub fn dump(args: &DumpArgs) -> Result<u8, Failure> {
 
 fn print_records(dir: &Path, from: Option<u64>, limit: u64, json: bool) -> Result<u8, Failure> {
     require_dir(dir)?;
-    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut out = print::buffered_stdout();
     let records = inspect::records(&OsStorage, dir, from)?;
     for record in records.take(usize::try_from(limit).unwrap_or(usize::MAX)) {
         write_record(&mut out, &record?, json)?;
@@ -309,9 +309,13 @@ fn print_records(dir: &Path, from: Option<u64>, limit: u64, json: bool) -> Resul
 }
 
 /// One record: the bare payload and a newline, or one JSON object on a line.
-fn write_record(out: &mut impl Write, record: &StoredRecord, json: bool) -> io::Result<()> {
+fn write_record<W: Write>(
+    out: &mut print::Output<W>,
+    record: &StoredRecord,
+    json: bool,
+) -> io::Result<()> {
     if !json {
-        out.write_all(&record.payload)?;
+        out.write_payload(&record.payload)?;
         return out.write_all(b"\n");
     }
     let (encoding, payload) = match std::str::from_utf8(&record.payload) {
