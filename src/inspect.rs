@@ -72,6 +72,8 @@ pub enum EntryKind {
     Lock,
     /// The queue's settings file, or its temporary file while it is replaced.
     Settings,
+    /// A consumed segment file kept for reuse (`Options::segment_pool`), named `<20 digits>.free`.
+    PoolFile,
     /// The ack log of the jobs API (`acks`), or its temporary file during a rewrite.
     AckLog,
     /// The quarantine folder written by `repair`.
@@ -91,6 +93,7 @@ pub fn classify_entry(name: &str) -> EntryKind {
         QUARANTINE_DIR_NAME => EntryKind::Quarantine,
         ACK_LOG_FILE_NAME => EntryKind::AckLog,
         SETTINGS_FILE_NAME => EntryKind::Settings,
+        _ if crate::pool::is_pool_file_name(name) => EntryKind::PoolFile,
         _ if name == format!("{SETTINGS_FILE_NAME}.tmp") => EntryKind::Settings,
         _ if name == format!("{ACK_LOG_FILE_NAME}.tmp") => EntryKind::AckLog,
         _ if name == format!("{HEAD_FILE_NAME}.tmp") => EntryKind::HeadTemporary,
@@ -126,6 +129,7 @@ pub fn list(storage: &dyn Storage, dir: &Path) -> Result<Listing> {
             EntryKind::Stray => listing.strays.push(name),
             EntryKind::HeadTemporary
             | EntryKind::Settings
+            | EntryKind::PoolFile
             | EntryKind::Lock
             | EntryKind::Quarantine
             | EntryKind::AckLog => {}
