@@ -52,6 +52,17 @@ pub enum Error {
         /// The directory.
         dir: PathBuf,
     },
+    /// The queue directory belongs to another user, and this process is not root: changing it
+    /// would leave files its owner cannot use. Run as the owner (`sudo -u '#UID' spool ...`).
+    #[error("{} belongs to user {owner}; changing it as another user would leave files the \
+             owner cannot use: run as that user (e.g. `sudo -u '#{owner}' spool ...`)",
+             dir.display())]
+    NotOwner {
+        /// The queue directory.
+        dir: PathBuf,
+        /// The owner's user id.
+        owner: u32,
+    },
     /// A file was written by a format version this build does not read.
     #[error("{}: format version {found} is not supported (this build reads version {supported})",
         file.display())]

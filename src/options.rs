@@ -15,6 +15,9 @@ pub const SEGMENT_SIZE_MIN: u64 = 4096;
 pub const SEGMENT_SIZE_MAX: u64 = 1 << 32;
 /// The default segment size: 64 MiB.
 pub const SEGMENT_SIZE_DEFAULT: u64 = 64 << 20;
+/// The permission bits of a new queue's files: private to the owner.
+pub const FILE_MODE_DEFAULT: u32 = 0o600;
+
 /// The default lease (visibility timeout) of a delivery: 30 s, as in SQS.
 pub const LEASE_DEFAULT: Duration = Duration::from_secs(30);
 /// The longest lease accepted: 12 h, as in SQS.
@@ -54,6 +57,7 @@ pub struct Options {
     /// with. Otherwise an existing queue keeps its own.
     pub(crate) segment_size_explicit: bool,
     pub(crate) create_if_missing: bool,
+    pub(crate) file_mode: u32,
     pub(crate) sync: SyncPolicy,
     pub(crate) max_record_size: Option<usize>,
     pub(crate) auto_compact: bool,
@@ -72,6 +76,7 @@ impl Default for Options {
             segment_size: SEGMENT_SIZE_DEFAULT,
             segment_size_explicit: false,
             create_if_missing: true,
+            file_mode: FILE_MODE_DEFAULT,
             sync: SyncPolicy::Always,
             max_record_size: None,
             auto_compact: true,
@@ -96,6 +101,23 @@ impl Options {
         self.segment_size = bytes;
         self.segment_size_explicit = true;
         self
+    }
+
+    /// The permission bits of a **new** queue's files (default `0o600`: only the owner reads
+    /// them, whatever the umask). Its directory gets the same bits plus search (`x`) where
+    /// they allow reading: `0o640` makes a `0o750` directory, for a consumer in the owner's
+    /// group that reads the queue. Only read and write bits are accepted, and the owner's must
+    /// be set. An existing queue keeps the mode of its directory: files created later get its
+    /// read and write bits, so `chmod` on the directory changes what new files get.
+    pub fn file_mode(mut self, mode: u32) -> Self {
+        self.file_mode = mode;
+        self
+    }
+
+    /// The permission bits of a new queue's directory, derived from
+    /// [`file_mode`](Options::file_mode).
+    pub fn dir_mode(&self) -> u32 {
+        self.file_mode | ((self.file_mode & 0o444) >> 2)
     }
 
     /// Whether [`Queue::open`](crate::Queue::open) may create a queue (default `true`). When
@@ -181,7 +203,12 @@ impl Options {
     }
 
     /// The dead-letter queue's directory. A relative path is taken from the queue directory's
-    /// parent, so a plain name makes a sibling. Default: a sibling named `<queue>.dead`.
+    /// parent, so a plain name makes a sibling, and may not climb out of that parent (`..` is
+    /// refused by [`Queue::open`](crate::Queue::open)). An absolute path is accepted. Whichever
+    /// it is, the directory must hold a queue, be empty or not exist yet when the first record
+    /// is dead-lettered (else that fails with `Error::InvalidOptions` and nothing is written
+    /// there): a mistyped path never turns someone's folder into a queue. Default: a sibling
+    /// named `<queue>.dead`.
     pub fn dead_letter_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dead_letter_dir = Some(dir.into());
         self
@@ -255,6 +282,27 @@ impl Options {
             return Err(Error::InvalidOptions(format!(
                 "max_record_size {max_record} does not fit in a segment of {} bytes",
                 self.segment_size
+            )));
+        }
+        if let Some(dir) = self
+            .dead_letter_dir
+            .as_deref()
+            .filter(|dir| dir.is_relative())
+        {
+            let climbs = dir
+                .components()
+                .any(|part| matches!(part, std::path::Component::ParentDir));
+            if climbs || dir.as_os_str().is_empty() {
+                return Err(Error::InvalidOptions(format!(
+                    "dead_letter_dir {} must stay inside the queue's parent directory (no `..`)",
+                    dir.display()
+                )));
+            }
+        }
+        if self.file_mode & !0o666 != 0 || self.file_mode & 0o600 != 0o600 {
+            return Err(Error::InvalidOptions(format!(
+                "file_mode {:#o} must hold read and write bits only, the owner's included",
+                self.file_mode
             )));
         }
         if self.lease.is_zero() || self.lease > LEASE_MAX {

@@ -191,7 +191,8 @@ impl Queue {
         if !options.create_if_missing && !settings::is_queue(&*storage, &dir)? {
             return Err(Error::NotAQueue { dir });
         }
-        let dir_lock = create_and_lock(&*storage, &dir)?;
+        check_owner(&*storage, &dir)?;
+        let dir_lock = create_and_lock_with_mode(&*storage, &dir, Some(options.dir_mode()))?;
         settings::settle_at_open(&*storage, &dir, &mut options)?;
         // Checked again: limits that depend on the segment size now see the queue's own.
         options.validate()?;
@@ -442,11 +443,43 @@ impl Drop for Queue {
     }
 }
 
+/// Refuses to change another user's queue unless the process is root (see [`Error::NotOwner`]).
+/// A directory that does not exist yet will be this process's own.
+pub(crate) fn check_owner(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    match storage.dir_owner(dir) {
+        Ok(Some(owner)) if !owner.is_process && !owner.process_is_root => Err(Error::NotOwner {
+            dir: dir.to_path_buf(),
+            owner: owner.uid,
+        }),
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(Error::io("stat queue directory", dir, error)),
+    }
+}
+
 /// Creates `dir` if needed and takes its exclusive lock.
 pub(crate) fn create_and_lock(storage: &dyn Storage, dir: &Path) -> Result<DirLock> {
+    create_and_lock_with_mode(storage, dir, None)
+}
+
+/// Like [`create_and_lock`]; when `new_dir_mode` is given and the directory holds no queue yet
+/// (no settings file, no head), its mode is set first, so that every file in it, the lock file
+/// included, gets its read and write bits.
+pub(crate) fn create_and_lock_with_mode(
+    storage: &dyn Storage,
+    dir: &Path,
+    new_dir_mode: Option<u32>,
+) -> Result<DirLock> {
     storage
         .create_dir_all(dir)
         .map_err(|error| Error::io("create directory", dir, error))?;
+    if let Some(mode) = new_dir_mode {
+        if settings::is_new_queue(storage, dir)? {
+            storage
+                .set_dir_mode(dir, mode)
+                .map_err(|error| Error::io("set queue directory mode", dir, error))?;
+        }
+    }
     storage.lock_dir(dir).map_err(|failure| match failure {
         LockFailure::Held { pid } => Error::Locked {
             dir: dir.to_path_buf(),

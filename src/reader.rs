@@ -758,6 +758,18 @@ impl Shared {
             return Ok(queue.clone());
         }
         let path = self.options.dead_letter_path(&self.dir);
+        // Only a queue, an empty folder or a new one: never someone's files.
+        let usable = match self.storage.list_dir(&path) {
+            Ok(names) => names.is_empty() || crate::settings::is_queue(&*self.storage, &path)?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
+            Err(error) => return Err(Error::io("list dead-letter directory", &path, error)),
+        };
+        if !usable {
+            return Err(Error::InvalidOptions(format!(
+                "dead_letter_dir {} exists and holds no queue; refusing to write into it",
+                path.display()
+            )));
+        }
         let mut options = self.options.clone();
         options.max_deliveries = None;
         options.dead_letter_dir = None;

@@ -226,6 +226,7 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
             dir: dir.to_path_buf(),
         });
     }
+    crate::queue::check_owner(storage, dir)?;
     let _lock = storage.lock_dir(dir).map_err(|failure| match failure {
         LockFailure::Held { pid } => Error::Locked {
             dir: dir.to_path_buf(),
@@ -766,8 +767,9 @@ fn execute(
     new_settings: Option<QueueSettings>,
 ) -> Result<()> {
     let quarantine = dir.join(QUARANTINE_DIR_NAME);
+    // Never through a symlink, nor into someone else's folder: what is cut goes there.
     storage
-        .create_dir_all(&quarantine)
+        .ensure_private_dir(&quarantine)
         .and_then(|()| storage.sync_dir(dir))
         .map_err(|error| Error::io("create quarantine", &quarantine, error))?;
     for action in actions {

@@ -172,6 +172,20 @@ pub(crate) fn write_settings(
         .map_err(|error| Error::io("write settings", dir.join(SETTINGS_FILE_NAME), error))
 }
 
+fn exists(storage: &dyn Storage, path: &Path) -> Result<bool> {
+    match storage.open_read(path) {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(Error::io("open", path, error)),
+    }
+}
+
+/// Whether the queue in `dir` is still to be created: neither a settings file nor a head index.
+pub(crate) fn is_new_queue(storage: &dyn Storage, dir: &Path) -> Result<bool> {
+    Ok(!exists(storage, &dir.join(SETTINGS_FILE_NAME))?
+        && !exists(storage, &dir.join(HEAD_FILE_NAME))?)
+}
+
 /// Whether `dir` holds a queue: a settings file, a head index or a segment file. A directory
 /// that does not exist holds none.
 pub fn is_queue(storage: &dyn Storage, dir: &Path) -> Result<bool> {

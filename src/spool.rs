@@ -118,6 +118,7 @@ impl Spool {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
+        crate::queue::check_owner(&*storage, &dir)?;
         let dir_lock = crate::queue::create_and_lock(&*storage, &dir)?;
         let (fanout_log, intents) = FanoutLog::open(&*storage, &dir)?;
         let spool = Spool {

@@ -11,6 +11,7 @@ mod concurrent;
 mod random_damage;
 mod records;
 mod repair;
+mod security;
 mod settings;
 mod spool_queues;
 mod terminal;

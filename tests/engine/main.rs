@@ -3,6 +3,7 @@
 // Test code unwraps: a failure is a test failure, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod security;
 mod segment_pool;
 mod util;
 mod write_paths;

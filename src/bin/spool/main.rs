@@ -215,10 +215,25 @@ fn open_queue(
     auto_compact: bool,
     create: bool,
 ) -> Result<Queue, Failure> {
+    open_queue_with(dir, segment_size, sync, auto_compact, create, None)
+}
+
+/// [`open_queue`], with the permission bits a new queue gets.
+fn open_queue_with(
+    dir: &Path,
+    segment_size: Option<u64>,
+    sync: SyncPolicy,
+    auto_compact: bool,
+    create: bool,
+    file_mode: Option<u32>,
+) -> Result<Queue, Failure> {
     let mut options = Options::default()
         .sync(sync)
         .auto_compact(auto_compact)
         .create_if_missing(create);
+    if let Some(mode) = file_mode {
+        options = options.file_mode(mode);
+    }
     if let Some(bytes) = segment_size {
         options = options.segment_size(bytes);
     }

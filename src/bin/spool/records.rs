@@ -41,6 +41,7 @@ Examples:
   seq 1000 | spool push /var/spool/jobs                one record per line
   spool push --raw /var/spool/jobs < image.png         the whole input as one record
   spool push --segment-size 1048576 ./q hello          a new queue with 1 MiB segments
+  spool push --file-mode 640 ./q hello                 a new queue the owner's group may read
 
 Records from standard input are pushed in atomic batches of up to 1 MiB: after a crash, each
 batch is either wholly in the queue or not at all. Exit status 0 means every record was accepted
@@ -56,9 +57,19 @@ pub struct PushArgs {
     /// When records are made durable.
     #[arg(long, value_enum, default_value_t = SyncArg::Always)]
     sync: SyncArg,
-    /// Segment size in bytes for a queue that does not exist yet (default 64 MiB).
+    /// Segment size in bytes (default 64 MiB). A queue remembers the size it was created
+    /// with; giving it for an existing queue changes it for new segments.
     #[arg(long, value_name = "BYTES")]
     segment_size: Option<u64>,
+    /// Permission bits, in octal, of a queue that does not exist yet (default 600: private to
+    /// its owner; 640 lets the owner's group read it). An existing queue keeps its own.
+    #[arg(long, value_name = "OCTAL", value_parser = parse_file_mode)]
+    file_mode: Option<u32>,
+}
+
+fn parse_file_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{text} is not an octal mode such as 600 or 640"))
 }
 
 /// Options of `spool pop`.
@@ -149,7 +160,14 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
         SyncArg::Interval => SyncPolicy::Interval(Duration::from_secs(1)),
         SyncArg::Never => SyncPolicy::Never,
     };
-    let queue = open_queue(&args.dir, args.segment_size, sync, true, true)?;
+    let queue = crate::open_queue_with(
+        &args.dir,
+        args.segment_size,
+        sync,
+        true,
+        true,
+        args.file_mode,
+    )?;
     // An eighth of a segment: a batch that does not fit starts a new segment, so segments stay
     // at least seven eighths full.
     let batch_bytes_max = (queue.options().segment_size_bytes() / 8).min(PUSH_BATCH_BYTES_MAX);
