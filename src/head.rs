@@ -255,7 +255,8 @@ impl HeadIndex {
     }
 
     /// Opens the head file, syncs it (so that what is read is durable and may be relied on
-    /// when choosing which slot to overwrite) and returns the state in force.
+    /// when choosing which slot to overwrite) and returns the state in force. The caller
+    /// [`settle`](Self::settle)s it before any other write.
     pub(crate) fn open(storage: &dyn Storage, dir: &Path) -> Result<Self> {
         let path = dir.join(HEAD_FILE_NAME);
         let file = storage
@@ -296,7 +297,7 @@ impl HeadIndex {
                 .map(MappedSlots),
             _ => None,
         };
-        let mut index = HeadIndex {
+        Ok(HeadIndex {
             path,
             file: Arc::from(file),
             map,
@@ -308,13 +309,24 @@ impl HeadIndex {
             durable_slot: current,
             dirty: false,
             state: slot.state,
+        })
+    }
+
+    /// Writes the state in force into the other slot, durably, with `synced_seq` raised to
+    /// `synced_seq` (recovery has made every record below it durable). Called once at open,
+    /// before any other write.
+    ///
+    /// The other slot may hold a write from before a crash that never became durable, with the
+    /// generation the next write will use. A torn write over those stale bytes could combine
+    /// into a valid slot that was never written as such, so it is overwritten durably now.
+    pub(crate) fn settle(&mut self, synced_seq: u64) -> Result<()> {
+        let state = HeadState {
+            synced_seq,
+            ..self.state
         };
-        // The other slot may hold a write from before a crash that never became durable, with
-        // the generation the next write will use. A torn write over those stale bytes could
-        // combine into a valid slot that was never written as such, so overwrite it durably now.
-        index.write(slot.state)?;
-        index.sync()?;
-        Ok(index)
+        self.write(state)?;
+        self.sync()?;
+        Ok(())
     }
 
     pub(crate) fn state(&self) -> HeadState {
@@ -329,7 +341,10 @@ impl HeadIndex {
     /// kernel before this returns, so it survives a process kill; except while a group-commit
     /// sync of that slot is in flight (only under `SyncPolicy::Always`, whose writers wait for a
     /// sync before they return): then the state is kept for the next sync to write.
-    pub(crate) fn write(&mut self, state: HeadState) -> Result<u64> {
+    ///
+    /// `synced_seq` never moves backwards: a record once known to be synced stays so.
+    pub(crate) fn write(&mut self, mut state: HeadState) -> Result<u64> {
+        state.synced_seq = state.synced_seq.max(self.state.synced_seq);
         let previous = (self.generation, self.state);
         self.generation += 1;
         self.state = state;
@@ -521,6 +536,7 @@ mod tests {
         let storage = crate::storage::OsStorage;
         HeadIndex::create(&storage, dir.path(), state(0)).unwrap();
         let mut head = HeadIndex::open(&storage, dir.path()).unwrap();
+        head.settle(0).unwrap();
         let first = head.write(state(1)).unwrap();
         let SyncStart::Started {
             file,
@@ -551,6 +567,7 @@ mod tests {
         let storage = crate::storage::OsStorage;
         HeadIndex::create(&storage, dir.path(), state(0)).unwrap();
         let mut head = HeadIndex::open(&storage, dir.path()).unwrap();
+        head.settle(0).unwrap();
         head.write(state(1)).unwrap();
         let SyncStart::Started {
             generation, epoch, ..

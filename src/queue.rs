@@ -426,9 +426,16 @@ impl Drop for Queue {
         self.shared.timer.stop();
         if let Some(flusher) = self.flusher.take() {
             flusher.stop();
-            // A clean close under Interval leaves nothing to a later power loss.
-            let _ = self.shared.sync_all();
         }
+        // The head records how far the records are synced, so that damage to them found at the
+        // next open is refused rather than cut as unsynced writes. Under Always and Interval a
+        // clean close syncs everything first (under Interval it then leaves nothing to a later
+        // power loss; under Always every push is synced already, and the head is synced lazily);
+        // Never syncs only when asked, so it records what earlier syncs covered.
+        let _ = match self.shared.options.sync {
+            SyncPolicy::Always | SyncPolicy::Interval(_) => self.shared.sync_all(),
+            SyncPolicy::Never => self.shared.record_synced_seq(),
+        };
     }
 }
 
@@ -790,6 +797,26 @@ impl Shared {
         self.head_sync.mark_durable(generation);
         let ticket = self.sync_acklog().map_err(|error| self.poison(error))?;
         self.ack_sync.mark_durable(ticket);
+        Ok(())
+    }
+
+    /// Writes into the head how far the records are known to be synced (by rolls and earlier
+    /// syncs), without a sync: for a close under `SyncPolicy::Never`.
+    fn record_synced_seq(&self) -> Result<()> {
+        self.check_poisoned()?;
+        let covered = self.synced_seq();
+        let mut reader = lock(&self.reader);
+        let state = reader.head.state();
+        if state.synced_seq < covered {
+            let updated = HeadState {
+                synced_seq: covered,
+                ..state
+            };
+            reader
+                .head
+                .write(updated)
+                .map_err(|error| self.poison(error))?;
+        }
         Ok(())
     }
 

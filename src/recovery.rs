@@ -126,7 +126,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         };
         HeadIndex::create(storage, dir, state)?;
     }
-    let head = HeadIndex::open(storage, dir)?;
+    let mut head = HeadIndex::open(storage, dir)?;
     let head_seq = head.state().head_seq;
 
     // The active segment is the last one, unless its creation was cut short by a crash.
@@ -209,6 +209,10 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         next_seq = head_seq;
     }
 
+    // Every record below `next_seq` is durable now (sealed segments were synced before the
+    // next one was created, and the active one was synced above): the head records it, so that
+    // damage to these records is refused after a later crash, never cut as an unsynced write.
+    head.settle(next_seq)?;
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
     let (mut acklog, mut history) = AckLog::open(storage, dir, head_seq, &mut report.truncated)?;
     if history.prune_from(next_seq) {
@@ -316,8 +320,9 @@ fn recover_active(
             if complete_next_seq >= synced_seq {
                 out_of_order = Some(format!(
                     "{error}; the valid records after it (from sequence {later_seq} at offset \
-                     {later_offset}) were never synced: a power loss persisted them without \
-                     the earlier writes"
+                     {later_offset}) are not known to have been synced (the head records syncs \
+                     below sequence {synced_seq}), so they are taken for writes a power loss \
+                     persisted without the earlier ones"
                 ));
             }
         }
