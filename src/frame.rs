@@ -33,6 +33,14 @@ pub const DELAYED: u32 = 1 << 30;
 pub const PAYLOAD_LEN_MAX: u32 = DELAYED - 1;
 /// Bytes the not-before time takes at the start of a delayed record's body.
 pub const DELAY_PREFIX_LEN: usize = 8;
+/// Every record's sequence number is below this bound: the largest usable sequence number is
+/// `SEQ_LIMIT - 1` (2^63 - 1). Positions (a head, a segment's base, the next sequence number, a
+/// `synced_seq`, the end of an acknowledged range) are at most `SEQ_LIMIT`. A push that would
+/// cross it is refused with [`Error::SeqExhausted`](crate::Error::SeqExhausted), and a file that
+/// names a larger number is corrupt. The bound leaves room for any count added to a sequence
+/// number (a batch in memory, the frames of a file, both below 2^63), so that sequence
+/// arithmetic can never overflow a `u64`.
+pub const SEQ_LIMIT: u64 = 1 << 63;
 
 const CRC_OFFSET: usize = 0;
 /// Payloads up to this long are checksummed from the encoded frame in one pass.

@@ -69,6 +69,9 @@ fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
     let listing = list(storage, dir)?;
     let head = read_head(storage, dir)?;
     let acks = read_ack_log(storage, dir)?;
+    if let Some(error) = acks.error(dir) {
+        return Err(error);
+    }
     let mut disk_bytes = head.file_len.unwrap_or(0) + acks.file_len.unwrap_or(0);
     let mut lens = Vec::with_capacity(listing.segments.len());
     for (_, name) in &listing.segments {
@@ -499,6 +502,9 @@ pub fn records<'a>(storage: &'a dyn Storage, dir: &Path, from: Option<u64>) -> R
         let listing = list(storage, dir)?;
         let head = read_head(storage, dir)?;
         let acks = read_ack_log(storage, dir)?;
+        if let Some(error) = acks.error(dir) {
+            return Err(error);
+        }
         let cursor = Cursor::locate(storage, dir, &listing, &head, from, OnVanish::Skip)?;
         Ok((listing, cursor, acks))
     })?;

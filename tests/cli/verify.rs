@@ -282,3 +282,50 @@ fn an_unreadable_segment_is_reported_and_the_rest_still_checked() {
         "later segments are still checked: {found:?}"
     );
 }
+
+/// A jobs queue whose ack log holds many acknowledgements beyond the head, with a byte flipped
+/// in an entry in the middle (valid entries after it): `verify` reports the entry with its
+/// offset and exits 1; `stat` and `dump` refuse (exit 5) rather than show acknowledged records
+/// as still in the queue.
+#[test]
+fn a_damaged_ack_log_entry_is_reported_and_read_commands_stop_with_exit_5() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    {
+        let queue = diskspool::Queue::open(&dir, options()).unwrap();
+        for seq in 0..60 {
+            queue.push(&payload_for(seq)).unwrap();
+        }
+        let mut deliveries = queue.recv_batch(60).unwrap();
+        let first = deliveries.remove(0);
+        for delivery in deliveries.into_iter().rev() {
+            delivery.ack().unwrap();
+        }
+        drop(first);
+        queue.sync().unwrap();
+    }
+    assert_eq!(verify_json(&dir).1, 0, "clean before the damage");
+    let acks = dir.join("acks");
+    let bytes = std::fs::read(&acks).unwrap();
+    let scan = diskspool::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
+    let damaged = (diskspool::acklog::ACK_LOG_HEADER_LEN
+        + diskspool::acklog::ACK_ENTRY_LEN * (scan.entries as usize / 2)) as u64;
+    flip_byte(&acks, damaged + 12);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [("ack_log_damaged".to_string(), "acks".to_string(), damaged)]
+    );
+    spool(&["verify", arg(&dir)])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("ack_log_damaged"));
+    for command in ["stat", "dump"] {
+        spool(&[command, arg(&dir)])
+            .assert()
+            .code(5)
+            .stderr(predicate::str::contains("acks"))
+            .stderr(predicate::str::contains(damaged.to_string()));
+    }
+}
