@@ -703,7 +703,8 @@ impl AckLog {
     /// not written yet are dropped: `live` describes what they said that still matters.
     pub(crate) fn rewrite(&mut self, storage: &dyn Storage, live: &[AckEntry]) -> Result<()> {
         let dir = self.dir.clone();
-        let log_id = self.log_id + 1;
+        // Only needs to differ from the old file's id, so that none of its entries validate.
+        let log_id = self.log_id.wrapping_add(1);
         let mut bytes = encode_header(log_id).to_vec();
         for entry in live {
             encode_entry(&mut bytes, log_id, entry);

@@ -105,6 +105,13 @@ pub enum FrameError {
         /// The sequence number written in the frame.
         found: u64,
     },
+    /// A valid frame whose sequence number is not below [`SEQ_LIMIT`]: never written by
+    /// diskspool (a push that would reach it is refused), so damage or a forged file.
+    #[error("sequence number {seq} is beyond the largest one, {}", SEQ_LIMIT - 1)]
+    SeqBeyondLimit {
+        /// The sequence number in the frame.
+        seq: u64,
+    },
     /// A delayed frame whose body cannot hold the not-before time.
     #[error("delayed frame with a body of {len} bytes, shorter than its 8-byte delay")]
     ShortDelay {
@@ -210,9 +217,11 @@ pub fn encode_into(
         hasher.finalize()
     };
     out[CRC_OFFSET..LEN_FLAGS_OFFSET].copy_from_slice(&crc.to_le_bytes());
-    debug_assert_eq!(
-        decode(out, seq, PAYLOAD_LEN_MAX).map(|frame| frame.payload.len()),
-        Ok(payload.len()),
+    // (Tests forge frames past the limit, which never decode.)
+    debug_assert!(
+        seq >= SEQ_LIMIT
+            || decode(out, seq, PAYLOAD_LEN_MAX).map(|frame| frame.payload.len())
+                == Ok(payload.len()),
         "an encoded frame decodes back",
     );
 }
@@ -340,6 +349,9 @@ pub fn decode(
             expected: expected_seq,
             found: header.seq,
         });
+    }
+    if header.seq >= SEQ_LIMIT {
+        return Err(FrameError::SeqBeyondLimit { seq: header.seq });
     }
     let mut payload_start = FRAME_HEADER_LEN;
     let mut not_before_us = 0;

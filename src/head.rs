@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::frame::{read_u32, read_u64};
+use crate::frame::{read_u32, read_u64, SEQ_LIMIT};
 use crate::segment::FORMAT_VERSION;
 use crate::storage::{self, Storage, StorageFile, WritableMapping};
 
@@ -74,6 +74,43 @@ pub struct HeadSlot {
     pub generation: u64,
     /// The recorded state.
     pub state: HeadState,
+}
+
+/// Generations are below this bound. A head file is written far fewer than 2^63 times, so a
+/// larger generation was never written by diskspool; rejecting it keeps `generation + 1` from
+/// overflowing.
+pub const GENERATION_LIMIT: u64 = 1 << 63;
+
+impl HeadSlot {
+    /// Why a slot whose checksum matches cannot be used: a value no head written by diskspool
+    /// holds (a sequence number beyond [`SEQ_LIMIT`], a generation at or beyond
+    /// [`GENERATION_LIMIT`]). A torn write never produces a matching checksum, so such a slot
+    /// is damage or a forged file, and is refused rather than skipped.
+    pub fn out_of_range(&self) -> Option<String> {
+        let state = &self.state;
+        if state.head_seq > SEQ_LIMIT {
+            return Some(format!(
+                "head_seq {} is beyond the largest sequence number, {}",
+                state.head_seq,
+                SEQ_LIMIT - 1
+            ));
+        }
+        if state.synced_seq > SEQ_LIMIT {
+            return Some(format!(
+                "synced_seq {} is beyond the largest sequence number, {}",
+                state.synced_seq,
+                SEQ_LIMIT - 1
+            ));
+        }
+        if self.generation >= GENERATION_LIMIT {
+            return Some(format!(
+                "generation {} is beyond the largest one, {}",
+                self.generation,
+                GENERATION_LIMIT - 1
+            ));
+        }
+        None
+    }
 }
 
 /// Why a slot is rejected.
@@ -284,6 +321,9 @@ impl HeadIndex {
         let slot = read.slots[current].clone().map_err(|error| {
             Error::corrupt(&path, HEAD_SLOT_OFFSETS[current], error.to_string())
         })?;
+        if let Some(why) = slot.out_of_range() {
+            return Err(Error::corrupt(&path, HEAD_SLOT_OFFSETS[current], why));
+        }
         file.sync_data()
             .map_err(|error| Error::io("sync head index", &path, error))?;
         // Both slots lie inside the file, which was written whole when it was created: stores
@@ -592,6 +632,14 @@ mod tests {
         let read = decode_head_file(&bytes);
         assert!(read.slots.iter().all(|slot| slot.is_ok()), "{read:?}");
         assert_eq!(on_disk(dir.path()).state, state(3));
+    }
+
+    #[test]
+    fn values_out_of_range_are_named() {
+        assert_eq!(slot(1, SEQ_LIMIT).out_of_range(), None);
+        assert!(slot(1, SEQ_LIMIT + 1).out_of_range().is_some());
+        assert!(slot(GENERATION_LIMIT, 1).out_of_range().is_some());
+        assert_eq!(slot(GENERATION_LIMIT - 1, 1).out_of_range(), None);
     }
 
     #[test]

@@ -481,6 +481,15 @@ pub struct HeadSnapshot {
 }
 
 impl HeadSnapshot {
+    /// When the slot in force holds a value out of range (see `HeadSlot::out_of_range`, which
+    /// makes `Queue::open` refuse the queue): the slot's offset in the file and why.
+    pub fn out_of_range(&self) -> Option<(u64, String)> {
+        let current = self.read.current?;
+        let slot = self.read.slots.get(current)?.as_ref().ok()?;
+        let why = slot.out_of_range()?;
+        Some((crate::head::HEAD_SLOT_OFFSETS[current], why))
+    }
+
     /// The state in force: the valid slot with the highest generation.
     pub fn state(&self) -> Option<HeadState> {
         let current = self.read.current?;

@@ -439,6 +439,20 @@ impl Drop for Queue {
     }
 }
 
+/// Refuses to number `count` more records from the writer's next sequence number when that would
+/// reach `frame::SEQ_LIMIT`: sequence numbers are never reused, so none is handed out twice
+/// and none wraps around.
+pub(crate) fn check_room(writer: &Writer, count: usize) -> Result<()> {
+    let count = count as u64;
+    if count > frame::SEQ_LIMIT.saturating_sub(writer.next_seq) {
+        return Err(Error::SeqExhausted {
+            next_seq: writer.next_seq,
+            count,
+        });
+    }
+    Ok(())
+}
+
 /// Creates `dir` if needed and takes its exclusive lock.
 pub(crate) fn create_and_lock(storage: &dyn Storage, dir: &Path) -> Result<DirLock> {
     storage
@@ -571,6 +585,7 @@ impl Shared {
         batch_len: u64,
     ) -> Result<Written> {
         debug_assert!(!payloads.is_empty());
+        check_room(writer, payloads.len())?;
         let enqueued_us = if self.options.precise_timestamps {
             now_micros()
         } else {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::acklog::{AckLog, JobHistory};
 use crate::error::{Error, Result};
-use crate::frame::{self, PAYLOAD_LEN_MAX};
+use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
 use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
 use crate::options::Options;
 use crate::segment::{
@@ -97,6 +97,18 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         })
         .map_err(io_error("list queue directory", dir))?;
     bases.sort_unstable();
+    if let Some(&base) = bases.last().filter(|&&base| base > SEQ_LIMIT) {
+        // Never created by diskspool (a push that would reach it is refused): a forged name,
+        // which must not be taken for an unborn segment and removed either.
+        return Err(Error::corrupt(
+            dir.join(segment_file_name(base)),
+            0,
+            format!(
+                "segment base sequence {base} is beyond the largest sequence number, {}",
+                SEQ_LIMIT - 1
+            ),
+        ));
+    }
     let mut report = RecoveryReport::default();
 
     if tmp_found {
@@ -298,6 +310,10 @@ fn recover_active(
                 error,
             } => stop = Some((offset, expected_seq, error)),
         }
+    }
+    // A valid frame numbered beyond the limit is never a torn write: refuse it.
+    if let Some((offset, _, error @ FrameError::SeqBeyondLimit { .. })) = &stop {
+        return Err(Error::corrupt(path, *offset, error.to_string()));
     }
     // What follows the last frame may be free space rather than a torn write: zeros the writer
     // prepared ahead of its tail (see `writer`), or the stale frames of a recycled file (see

@@ -53,14 +53,16 @@ pub enum ProblemKind {
     MissingRecords,
     /// One head slot is damaged; the other one is in force.
     HeadSlotDamaged,
-    /// The head index is missing while segments exist, or neither slot is valid: which records
-    /// were consumed is unknown, and `Queue::open` refuses to guess.
+    /// The head index is missing while segments exist, neither slot is valid, or the slot in
+    /// force holds a value out of range (a sequence number beyond the largest one): which
+    /// records were consumed is unknown, and `Queue::open` refuses to guess.
     HeadUnreadable,
     /// A segment file could not be read (an I/O error, or a folder with a segment's name).
     Unreadable,
     /// The ack log of the jobs API has a bad header, or a damaged entry (bad checksum or a
     /// field out of range) followed by a valid one: acknowledgements beyond the head are
-    /// unknown, and `Queue::open` refuses the queue. `repair` does not mend it.
+    /// unknown, and `Queue::open` refuses the queue. `repair` rewrites the log without a
+    /// damaged entry; it does not mend a bad header.
     AckLogDamaged,
     /// A file or folder that diskspool did not write.
     StrayFile,
@@ -259,6 +261,14 @@ fn check_head(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             ),
         });
         return;
+    }
+    if let Some((offset, why)) = head.out_of_range() {
+        problems.push(Problem {
+            kind: ProblemKind::HeadUnreadable,
+            file: path.clone(),
+            offset,
+            detail: format!("the head slot in force is unusable: {why}"),
+        });
     }
     for index in head.read.damaged_slots() {
         let detail = match &head.read.slots[index] {

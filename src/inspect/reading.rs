@@ -247,6 +247,9 @@ impl Cursor {
         from: Option<u64>,
         on_vanish: OnVanish,
     ) -> Result<Cursor> {
+        if let Some((offset, why)) = head.out_of_range() {
+            return Err(Error::corrupt(dir.join(HEAD_FILE_NAME), offset, why));
+        }
         let head_seq = match head.state() {
             Some(state) => state.head_seq,
             None if head.file_len.is_none() && listing.segments.is_empty() => 0,

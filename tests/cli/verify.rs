@@ -329,3 +329,41 @@ fn a_damaged_ack_log_entry_is_reported_and_read_commands_stop_with_exit_5() {
             .stderr(predicate::str::contains(damaged.to_string()));
     }
 }
+
+/// A head slot with a valid checksum and `head_seq = u64::MAX` (beyond the largest sequence
+/// number): `stat` and `dump` refuse with exit 5 naming the head, `verify` reports it (exit 1),
+/// where they used to say 0 records and clean.
+#[test]
+fn a_head_beyond_the_largest_sequence_number_is_reported_and_refused() {
+    use diskspool::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    std::fs::create_dir(&dir).unwrap();
+    let mut head = vec![0; HEAD_FILE_LEN as usize];
+    let slot = encode_slot(&HeadSlot {
+        generation: 1,
+        state: HeadState {
+            head_seq: u64::MAX,
+            hint_base: u64::MAX,
+            hint_offset: 32,
+            synced_seq: 0,
+        },
+    });
+    head[..slot.len()].copy_from_slice(&slot);
+    std::fs::write(dir.join("head"), head).unwrap();
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [("head_unreadable".to_string(), "head".to_string(), 0)]
+    );
+    for command in ["stat", "dump"] {
+        spool(&[command, arg(&dir)])
+            .assert()
+            .code(5)
+            .stderr(predicate::str::contains("head"))
+            .stderr(predicate::str::contains(
+                "beyond the largest sequence number",
+            ));
+    }
+}
