@@ -759,3 +759,19 @@ fn ack_log_entries_written_by_the_sync_leader_survive_a_process_kill() {
         "the delay and the ack survived, counts grew"
     );
 }
+
+/// A delivery count at `u32::MAX` in the ack log (a valid entry) is handed out again without
+/// an overflow: counts saturate.
+#[test]
+fn a_delivery_count_at_its_largest_value_does_not_overflow() {
+    let sim = SimStorage::new(1);
+    let delivered = AckEntry::Delivered {
+        seq: 0,
+        deliveries: u32::MAX,
+    };
+    queue_with_ack_log(&sim, 2, &[Some(delivered)]);
+    let queue = open(&sim, SyncPolicy::Never);
+    let delivery = queue.recv().unwrap().unwrap();
+    assert_eq!((delivery.seq(), delivery.deliveries()), (0, u32::MAX));
+    delivery.ack().unwrap();
+}
