@@ -490,7 +490,9 @@ impl HeadSnapshot {
         Some((crate::head::HEAD_SLOT_OFFSETS[current], why))
     }
 
-    /// The state in force: the valid slot with the highest generation.
+    /// The state in force: the valid slot with the highest generation; `None` also when that
+    /// slot holds a value out of range (see [`out_of_range`](Self::out_of_range)), which no
+    /// reader may use.
     pub fn state(&self) -> Option<HeadState> {
         let current = self.read.current?;
         self.read
@@ -498,6 +500,7 @@ impl HeadSnapshot {
             .get(current)?
             .as_ref()
             .ok()
+            .filter(|slot| slot.out_of_range().is_none())
             .map(|slot| slot.state)
     }
 }

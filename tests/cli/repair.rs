@@ -452,3 +452,27 @@ fn a_damaged_ack_log_entry_is_dropped_and_every_valid_one_kept() {
     assert_eq!(left[0], 0);
     assert_eq!(&left[2..], (30..40).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_head_beyond_the_largest_sequence_number_is_set_to_the_oldest_record_left() {
+    use diskspool::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
+    let (_temp, dir) = queue_with(10, 3);
+    let mut head = vec![0; HEAD_FILE_LEN as usize];
+    let slot = encode_slot(&HeadSlot {
+        generation: 1,
+        state: HeadState {
+            head_seq: u64::MAX,
+            hint_base: 0,
+            hint_offset: 32,
+            synced_seq: 0,
+        },
+    });
+    head[..slot.len()].copy_from_slice(&slot);
+    std::fs::write(dir.join("head"), head).unwrap();
+    assert!(diskspool::Queue::open(&dir, options()).is_err());
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert!(quarantined(&dir).contains(&"head".to_string()));
+    // Nothing lost: the consumed records not compacted yet are delivered again.
+    assert_records(&drain(&dir), 0..10);
+}
