@@ -74,6 +74,17 @@ pub enum Error {
         /// The version this build reads and writes.
         supported: u16,
     },
+    /// The queue has used up its sequence numbers: the records would be numbered from
+    /// `next_seq` on, and no record may carry `frame::SEQ_LIMIT` (2^63) or more. Nothing was
+    /// written; the queue stays readable. (At a million pushes a second this takes 290,000
+    /// years; in practice it means a head or segment written with a forged number.)
+    #[error("sequence numbers exhausted: {count} record(s) from sequence {next_seq} would pass the largest sequence number, {max}", max = crate::frame::SEQ_LIMIT - 1)]
+    SeqExhausted {
+        /// The sequence number the next record would get.
+        next_seq: u64,
+        /// How many records the refused push had.
+        count: u64,
+    },
     /// A payload is larger than `Options::max_record_size`.
     #[error("record of {len} bytes exceeds max_record_size of {max} bytes")]
     RecordTooLarge {

@@ -437,9 +437,16 @@ impl Drop for Queue {
         self.shared.timer.stop();
         if let Some(flusher) = self.flusher.take() {
             flusher.stop();
-            // A clean close under Interval leaves nothing to a later power loss.
-            let _ = self.shared.sync_all();
         }
+        // The head records how far the records are synced, so that damage to them found at the
+        // next open is refused rather than cut as unsynced writes. Under Always and Interval a
+        // clean close syncs everything first (under Interval it then leaves nothing to a later
+        // power loss; under Always every push is synced already, and the head is synced lazily);
+        // Never syncs only when asked, so it records what earlier syncs covered.
+        let _ = match self.shared.options.sync {
+            SyncPolicy::Always | SyncPolicy::Interval(_) => self.shared.sync_all(),
+            SyncPolicy::Never => self.shared.record_synced_seq(),
+        };
     }
 }
 
@@ -455,6 +462,20 @@ pub(crate) fn check_owner(storage: &dyn Storage, dir: &Path) -> Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(Error::io("stat queue directory", dir, error)),
     }
+}
+
+/// Refuses to number `count` more records from the writer's next sequence number when that would
+/// reach `frame::SEQ_LIMIT`: sequence numbers are never reused, so none is handed out twice
+/// and none wraps around.
+pub(crate) fn check_room(writer: &Writer, count: usize) -> Result<()> {
+    let count = count as u64;
+    if count > frame::SEQ_LIMIT.saturating_sub(writer.next_seq) {
+        return Err(Error::SeqExhausted {
+            next_seq: writer.next_seq,
+            count,
+        });
+    }
+    Ok(())
 }
 
 /// Creates `dir` if needed and takes its exclusive lock.
@@ -607,6 +628,7 @@ impl Shared {
         batch_len: u64,
     ) -> Result<Written> {
         debug_assert!(!payloads.is_empty());
+        check_room(writer, payloads.len())?;
         let enqueued_us = if self.options.precise_timestamps {
             now_micros()
         } else {
@@ -835,6 +857,26 @@ impl Shared {
         self.head_sync.mark_durable(generation);
         let ticket = self.sync_acklog().map_err(|error| self.poison(error))?;
         self.ack_sync.mark_durable(ticket);
+        Ok(())
+    }
+
+    /// Writes into the head how far the records are known to be synced (by rolls and earlier
+    /// syncs), without a sync: for a close under `SyncPolicy::Never`.
+    fn record_synced_seq(&self) -> Result<()> {
+        self.check_poisoned()?;
+        let covered = self.synced_seq();
+        let mut reader = lock(&self.reader);
+        let state = reader.head.state();
+        if state.synced_seq < covered {
+            let updated = HeadState {
+                synced_seq: covered,
+                ..state
+            };
+            reader
+                .head
+                .write(updated)
+                .map_err(|error| self.poison(error))?;
+        }
         Ok(())
     }
 

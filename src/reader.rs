@@ -500,7 +500,8 @@ impl Shared {
                 let Some(job) = reader.jobs.entries.get_mut(&seq) else {
                     break;
                 };
-                job.deliveries += 1;
+                // Saturating: the count may come from the ack log at `u32::MAX`.
+                job.deliveries = job.deliveries.saturating_add(1);
                 let record = job.record.clone();
                 let count = job.deliveries;
                 reader.jobs.set_state(
@@ -523,7 +524,7 @@ impl Shared {
                         // Nothing is handed out: undo the leases.
                         for (record, _, _) in &deliveries {
                             if let Some(job) = reader.jobs.entries.get_mut(&record.seq()) {
-                                job.deliveries -= 1;
+                                job.deliveries = job.deliveries.saturating_sub(1);
                             }
                             reader.jobs.set_state(record.seq(), JobState::Ready);
                         }

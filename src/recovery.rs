@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::acklog::{AckLog, JobHistory};
 use crate::error::{Error, Result};
-use crate::frame::{self, PAYLOAD_LEN_MAX};
+use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
 use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
 use crate::options::Options;
 use crate::segment::{
@@ -99,6 +99,18 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         })
         .map_err(io_error("list queue directory", dir))?;
     bases.sort_unstable();
+    if let Some(&base) = bases.last().filter(|&&base| base > SEQ_LIMIT) {
+        // Never created by diskspool (a push that would reach it is refused): a forged name,
+        // which must not be taken for an unborn segment and removed either.
+        return Err(Error::corrupt(
+            dir.join(segment_file_name(base)),
+            0,
+            format!(
+                "segment base sequence {base} is beyond the largest sequence number, {}",
+                SEQ_LIMIT - 1
+            ),
+        ));
+    }
     let mut report = RecoveryReport::default();
 
     if tmp_found {
@@ -128,7 +140,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         };
         HeadIndex::create(storage, dir, state)?;
     }
-    let head = HeadIndex::open(storage, dir)?;
+    let mut head = HeadIndex::open(storage, dir)?;
     let head_seq = head.state().head_seq;
 
     // The active segment is the last one, unless its creation was cut short by a crash.
@@ -224,6 +236,10 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         next_seq = head_seq;
     }
 
+    // Every record below `next_seq` is durable now (sealed segments were synced before the
+    // next one was created, and the active one was synced above): the head records it, so that
+    // damage to these records is refused after a later crash, never cut as an unsynced write.
+    head.settle(next_seq)?;
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
     let (mut acklog, mut history) = AckLog::open(storage, dir, head_seq, &mut report.truncated)?;
     if history.prune_from(next_seq) {
@@ -330,6 +346,10 @@ fn recover_active(
             } => stop = Some((offset, expected_seq, error)),
         }
     }
+    // A valid frame numbered beyond the limit is never a torn write: refuse it.
+    if let Some((offset, _, error @ FrameError::SeqBeyondLimit { .. })) = &stop {
+        return Err(Error::corrupt(path, *offset, error.to_string()));
+    }
     // What follows the last frame may be free space rather than a torn write: zeros the writer
     // prepared ahead of its tail (see `writer`), or the stale frames of a recycled file (see
     // `pool`), whose sequence numbers are below this segment's base. Neither ever validates as
@@ -351,8 +371,9 @@ fn recover_active(
             if complete_next_seq >= synced_seq {
                 out_of_order = Some(format!(
                     "{error}; the valid records after it (from sequence {later_seq} at offset \
-                     {later_offset}) were never synced: a power loss persisted them without \
-                     the earlier writes"
+                     {later_offset}) are not known to have been synced (the head records syncs \
+                     below sequence {synced_seq}), so they are taken for writes a power loss \
+                     persisted without the earlier ones"
                 ));
             }
         }

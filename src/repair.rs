@@ -586,30 +586,51 @@ impl<'a> Planner<'a> {
         });
     }
 
-    /// Plans dropping what the ack log says about sequence numbers at or beyond the first cut.
+    /// Plans dropping what the ack log says about sequence numbers at or beyond the first cut,
+    /// and a damaged entry (the rewrite keeps every valid entry and drops the damaged one).
     fn plan_ack_log(&mut self) {
-        let (Some(first_cut), Some(len)) = (self.first_cut_seq, self.snapshot.acks.file_len) else {
+        let Some(len) = self.snapshot.acks.file_len else {
             return;
         };
         let history = &self.snapshot.acks.history;
-        let mentions_cut = history.acked.values().any(|&end| end > first_cut)
-            || history.deliveries.range(first_cut..).next().is_some()
-            || history.not_before.range(first_cut..).next().is_some();
-        if !mentions_cut {
+        let mentions_cut = self.first_cut_seq.is_some_and(|first_cut| {
+            history.acked.values().any(|&end| end > first_cut)
+                || history.deliveries.range(first_cut..).next().is_some()
+                || history.not_before.range(first_cut..).next().is_some()
+        });
+        let damage = self
+            .snapshot
+            .acks
+            .damage
+            .as_ref()
+            .map(|damage| damage.offset);
+        if !mentions_cut && damage.is_none() {
             return;
+        }
+        let first_cut = self.first_cut_seq.filter(|_| mentions_cut);
+        let mut reasons = Vec::new();
+        if let Some(offset) = damage {
+            reasons.push(format!(
+                "drop the damaged entry at byte {offset} and keep every valid one (what the \
+                 damaged entry said is lost: an acknowledged record may be delivered again)"
+            ));
+        }
+        if let Some(first_cut) = first_cut {
+            reasons.push(format!(
+                "forget acknowledgements and delivery counts of records from {first_cut} on, \
+                 whose sequence numbers new records will carry"
+            ));
         }
         let saved_as = self.quarantine_path(crate::acklog::ACK_LOG_FILE_NAME);
         self.actions.push(RepairAction {
             kind: ActionKind::RewriteAckLog,
             file: self.snapshot.dir.join(crate::acklog::ACK_LOG_FILE_NAME),
-            offset: first_cut,
+            // The first sequence number to forget; the limit forgets nothing.
+            offset: first_cut.unwrap_or(crate::frame::SEQ_LIMIT),
             bytes: len,
             saved_as: Some(saved_as),
             seqs: None,
-            reason: format!(
-                "forget acknowledgements and delivery counts of records from {first_cut} on, \
-                 whose sequence numbers new records will carry"
-            ),
+            reason: reasons.join("; "),
         });
     }
 
@@ -895,7 +916,9 @@ fn rewrite_ack_log(
     }
     let first_cut = action.offset;
     let snapshot = crate::inspect::read_ack_log(storage, dir)?;
-    let log_id = acklog::decode_header(&old).map_or(0, |log_id| log_id) + 1;
+    let log_id = acklog::decode_header(&old)
+        .map_or(0, |log_id| log_id)
+        .wrapping_add(1);
     let mut bytes = acklog::encode_header(log_id).to_vec();
     for entry in snapshot.history.entries() {
         let kept = match entry {
@@ -983,6 +1006,8 @@ fn rewrite_head(
                 .filter_map(|slot| slot.as_ref().ok().map(|slot| slot.generation))
                 .max()
         })
+        // A generation out of range (forged) is not continued: the new file is whole anyway.
+        .filter(|&generation| generation < crate::head::GENERATION_LIMIT - 2)
         .unwrap_or(0);
     let head_seq = new_head.unwrap_or(0);
     // Keep how far the records were known to be synced (0, unknown, if no slot is readable).
@@ -993,6 +1018,7 @@ fn rewrite_head(
             read.slots
                 .iter()
                 .filter_map(|slot| slot.as_ref().ok().map(|slot| slot.state.synced_seq))
+                .filter(|&synced_seq| synced_seq <= crate::frame::SEQ_LIMIT)
                 .max()
         })
         .unwrap_or(0);

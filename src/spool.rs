@@ -203,6 +203,11 @@ impl Spool {
             .iter()
             .map(|queue| queue.shared().lock_writer())
             .collect();
+        // A copy that cannot be numbered must be refused before the intent is written, or
+        // every later open would fail to roll it forward.
+        for writer in &writers {
+            crate::queue::check_room(writer, payloads.len())?;
+        }
         let intent = Intent {
             id: log.next_id,
             targets: sorted
@@ -316,7 +321,7 @@ impl FanoutLog {
 
     fn append_intent(&mut self, intent: &Intent, sync: bool) -> Result<()> {
         self.append(&encode_intent(intent))?;
-        self.next_id = intent.id + 1;
+        self.next_id = intent.id.saturating_add(1);
         self.pending.insert(intent.id);
         if sync {
             self.file

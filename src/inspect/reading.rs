@@ -71,6 +71,9 @@ fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
     let listing = list(storage, dir)?;
     let head = read_head(storage, dir)?;
     let acks = read_ack_log(storage, dir)?;
+    if let Some(error) = acks.error(dir) {
+        return Err(error);
+    }
     let settings_len = match listing.settings_present {
         true => crate::settings::SETTINGS_FILE_LEN as u64,
         false => 0,
@@ -254,6 +257,9 @@ impl Cursor {
         from: Option<u64>,
         on_vanish: OnVanish,
     ) -> Result<Cursor> {
+        if let Some((offset, why)) = head.out_of_range() {
+            return Err(Error::corrupt(dir.join(HEAD_FILE_NAME), offset, why));
+        }
         let head_seq = match head.state() {
             Some(state) => state.head_seq,
             None if head.file_len.is_none() && listing.segments.is_empty() => 0,
@@ -511,6 +517,9 @@ pub fn records<'a>(storage: &'a dyn Storage, dir: &Path, from: Option<u64>) -> R
         let listing = list(storage, dir)?;
         let head = read_head(storage, dir)?;
         let acks = read_ack_log(storage, dir)?;
+        if let Some(error) = acks.error(dir) {
+            return Err(error);
+        }
         let cursor = Cursor::locate(storage, dir, &listing, &head, &acks, from, OnVanish::Skip)?;
         Ok((listing, cursor, acks))
     })?;

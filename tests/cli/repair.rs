@@ -414,3 +414,73 @@ fn a_deleted_segment_holding_the_head_moves_the_head_past_it_and_cuts_nothing_el
     assert_eq!(verify_json(&dir).1, 0);
     assert_records(&drain(&dir), last_missing + 1..100);
 }
+
+#[test]
+fn a_damaged_ack_log_entry_is_dropped_and_every_valid_one_kept() {
+    // Records 1..30 acknowledged out of order (0 stays, so every ack is in the ack log), then a
+    // byte flipped in one entry with valid ones after it: open refuses; repair rewrites the log
+    // without that entry, the old one saved in quarantine/, and the queue opens again with
+    // every other acknowledgement in force.
+    let (_temp, dir) = queue_with(40, 0);
+    {
+        let queue = diskspool::Queue::open(&dir, options()).unwrap();
+        let mut deliveries = queue.recv_batch(30).unwrap();
+        let first = deliveries.remove(0);
+        for delivery in deliveries {
+            delivery.ack().unwrap();
+        }
+        drop(first);
+        queue.sync().unwrap();
+    }
+    let acks = dir.join("acks");
+    let bytes = std::fs::read(&acks).unwrap();
+    let scan = diskspool::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
+    let damaged = (diskspool::acklog::ACK_LOG_HEADER_LEN
+        + diskspool::acklog::ACK_ENTRY_LEN * (scan.entries as usize - 5)) as u64;
+    flip_byte(&acks, damaged + 9);
+    assert!(diskspool::Queue::open(&dir, options()).is_err());
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    let actions: Vec<&str> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|action| action["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["rewrite_ack_log"]);
+    assert!(quarantined(&dir).contains(&"acks".to_string()));
+    assert_eq!(verify_json(&dir).1, 0);
+    let queue = diskspool::Queue::open(&dir, options()).unwrap();
+    let mut left = Vec::new();
+    while let Some(record) = queue.pop().unwrap() {
+        left.push(record.seq());
+    }
+    // 0, the one record whose ack the damaged entry held, and 30..40.
+    assert_eq!(left.len(), 12, "{left:?}");
+    assert_eq!(left[0], 0);
+    assert_eq!(&left[2..], (30..40).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_head_beyond_the_largest_sequence_number_is_set_to_the_oldest_record_left() {
+    use diskspool::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
+    let (_temp, dir) = queue_with(10, 3);
+    let mut head = vec![0; HEAD_FILE_LEN as usize];
+    let slot = encode_slot(&HeadSlot {
+        generation: 1,
+        state: HeadState {
+            head_seq: u64::MAX,
+            hint_base: 0,
+            hint_offset: 32,
+            synced_seq: 0,
+        },
+    });
+    head[..slot.len()].copy_from_slice(&slot);
+    std::fs::write(dir.join("head"), head).unwrap();
+    assert!(diskspool::Queue::open(&dir, options()).is_err());
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert!(quarantined(&dir).contains(&"head".to_string()));
+    // Nothing lost: the consumed records not compacted yet are delivered again.
+    assert_records(&drain(&dir), 0..10);
+}
