@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::frame::{read_u32, read_u64};
+use crate::frame::{read_u32, read_u64, SEQ_LIMIT};
 use crate::recovery::Truncation;
 use crate::segment::FORMAT_VERSION;
 use crate::storage::{self, Storage, StorageFile};
@@ -156,32 +156,182 @@ fn entry_checksum(log_id: u64, body: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// Decodes one entry; `None` if the bytes are not a valid entry of log `log_id`.
-pub fn decode_entry(bytes: &[u8], log_id: u64) -> Option<AckEntry> {
-    let bytes = bytes.get(..ACK_ENTRY_LEN)?;
+/// Why 24 bytes are not a valid entry of an ack log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// Fewer than 24 bytes.
+    #[error("ack log entry cut short")]
+    Truncated,
+    /// All zero: never written (space prepared ahead of the tail, or an append that a power
+    /// loss took before any byte of it reached the disk). Never damage.
+    #[error("ack log entry never written (all zero)")]
+    Zero,
+    /// The checksum does not match: a torn write, or damage.
+    #[error("ack log entry checksum mismatch")]
+    Checksum,
+    /// The checksum matches but a field is out of range: never the result of a crash (the
+    /// checksum covers every field), always damage or a bug.
+    #[error("ack log entry is invalid: {0}")]
+    Invalid(String),
+}
+
+/// Decodes one entry of log `log_id`, or says why the bytes are not a valid one. An entry is
+/// valid when its checksum matches, its kind is 1–3, its sequence number is below
+/// [`SEQ_LIMIT`], and for ACKED, `seq < value <= SEQ_LIMIT`.
+pub fn check_entry(bytes: &[u8], log_id: u64) -> Result<AckEntry, EntryError> {
+    let bytes = bytes.get(..ACK_ENTRY_LEN).ok_or(EntryError::Truncated)?;
+    if bytes.iter().all(|&byte| byte == 0) {
+        return Err(EntryError::Zero);
+    }
     if read_u32(bytes, 0) != entry_checksum(log_id, &bytes[4..]) {
-        return None;
+        return Err(EntryError::Checksum);
     }
     let seq = read_u64(bytes, 8);
     let value = read_u64(bytes, 16);
+    if seq >= SEQ_LIMIT {
+        return Err(EntryError::Invalid(format!(
+            "sequence number {seq} is beyond the largest one, {}",
+            SEQ_LIMIT - 1
+        )));
+    }
     match bytes[4] {
-        KIND_ACKED if value > seq => Some(AckEntry::Acked {
+        KIND_ACKED if value <= seq => Err(EntryError::Invalid(format!(
+            "acknowledged range {seq}..{value} is empty"
+        ))),
+        KIND_ACKED if value > SEQ_LIMIT => Err(EntryError::Invalid(format!(
+            "acknowledged range {seq}..{value} ends beyond the largest sequence number, {}",
+            SEQ_LIMIT - 1
+        ))),
+        KIND_ACKED => Ok(AckEntry::Acked {
             start: seq,
             end: value,
         }),
-        KIND_DELIVERED => Some(AckEntry::Delivered {
+        KIND_DELIVERED => Ok(AckEntry::Delivered {
             seq,
             deliveries: u32::try_from(value).unwrap_or(u32::MAX),
         }),
-        KIND_NOT_BEFORE => Some(AckEntry::NotBefore { seq, at_us: value }),
-        _ => None,
+        KIND_NOT_BEFORE => Ok(AckEntry::NotBefore { seq, at_us: value }),
+        kind => Err(EntryError::Invalid(format!("unknown kind {kind}"))),
     }
 }
 
-/// True when `bytes` (what follows the last entry) are zeros: space prepared ahead of the tail,
-/// never a torn entry (an entry's kind is never zero).
-pub(crate) fn is_prepared_space(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&byte| byte == 0)
+/// Decodes one entry; `None` if the bytes are not a valid entry of log `log_id` (see
+/// [`check_entry`]).
+pub fn decode_entry(bytes: &[u8], log_id: u64) -> Option<AckEntry> {
+    check_entry(bytes, log_id).ok()
+}
+
+/// How the entries of an ack log end: what follows the last valid entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckLogEnd {
+    /// The last valid entry (or the header) ends at the end of the file.
+    Clean,
+    /// Zeros: space prepared ahead of the tail, or appends a power loss took whole. `open`
+    /// cuts them without a report.
+    PreparedSpace,
+    /// Bytes that are not a valid entry, and no valid entry after them: the remains of an
+    /// interrupted append, which `open` cuts and reports.
+    TornEntry,
+}
+
+/// A damaged entry: checksum mismatch or an invalid field, followed by a valid entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckLogDamage {
+    /// Byte offset of the damaged entry in the file.
+    pub offset: u64,
+    /// What is wrong, and where the valid entry after it is.
+    pub detail: String,
+}
+
+/// An ack log walked entry by entry; see [`scan_ack_log`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckLogScan {
+    /// The log id from the header.
+    pub log_id: u64,
+    /// Valid entries.
+    pub entries: u64,
+    /// Where the last valid entry ends (the header's end when there is none): the length
+    /// `open` keeps.
+    pub valid_end: u64,
+    /// What follows `valid_end`.
+    pub end: AckLogEnd,
+    /// The first damaged entry, if any. `open` refuses such a log.
+    pub damage: Option<AckLogDamage>,
+}
+
+/// Walks the entries of an ack log (`bytes` is the whole file), passes each valid one to
+/// `apply`, and classifies what is not valid. The one implementation of the rule, used by
+/// `Queue::open` and by the lock-free readers (`inspect`, `verify`):
+///
+/// - an all-zero entry is *missing*: space prepared ahead of the tail, or an unsynced append a
+///   power loss did not write while it kept a later one. It is skipped, whatever follows it.
+/// - a non-zero entry that fails its checksum is *torn* when no valid entry follows it (the
+///   remains of an interrupted append at the end of the log), and *damaged* when one does:
+///   appends are written in order, each one whole at the tail, so a crash leaves the bytes of
+///   an append either zero, whole, or torn with nothing written after them.
+/// - an entry whose checksum matches but whose fields are out of range is damaged wherever it
+///   is: a crash does not produce a matching checksum.
+///
+/// Every valid entry is applied, also after damage, so that readers can show what the log
+/// says; `open` refuses a log with damage.
+pub fn scan_ack_log(
+    bytes: &[u8],
+    apply: &mut dyn FnMut(&AckEntry),
+) -> Result<AckLogScan, AckHeaderError> {
+    let log_id = decode_header(bytes)?;
+    let mut scan = AckLogScan {
+        log_id,
+        entries: 0,
+        valid_end: ACK_LOG_HEADER_LEN as u64,
+        end: AckLogEnd::Clean,
+        damage: None,
+    };
+    // The first entry that failed its checksum since the last valid one: damage if a valid
+    // entry follows.
+    let mut unexplained: Option<u64> = None;
+    let mut offset = ACK_LOG_HEADER_LEN;
+    while let Some(entry_bytes) = bytes.get(offset..offset + ACK_ENTRY_LEN) {
+        let at = offset as u64;
+        offset += ACK_ENTRY_LEN;
+        match check_entry(entry_bytes, log_id) {
+            Ok(entry) => {
+                if let (Some(bad), None) = (unexplained.take(), &scan.damage) {
+                    scan.damage = Some(AckLogDamage {
+                        offset: bad,
+                        detail: format!(
+                            "ack log entry checksum mismatch; a valid entry (at byte offset \
+                             {at}) follows, so this is damage rather than an interrupted \
+                             append"
+                        ),
+                    });
+                }
+                apply(&entry);
+                scan.entries += 1;
+                scan.valid_end = at + ACK_ENTRY_LEN as u64;
+            }
+            Err(EntryError::Zero | EntryError::Truncated) => {}
+            Err(EntryError::Checksum) => {
+                unexplained.get_or_insert(at);
+            }
+            Err(error @ EntryError::Invalid(_)) => {
+                if scan.damage.is_none() {
+                    scan.damage = Some(AckLogDamage {
+                        offset: at,
+                        detail: error.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    let rest = bytes.get(scan.valid_end as usize..).unwrap_or(&[]);
+    scan.end = if rest.is_empty() {
+        AckLogEnd::Clean
+    } else if rest.iter().all(|&byte| byte == 0) {
+        AckLogEnd::PreparedSpace
+    } else {
+        AckLogEnd::TornEntry
+    };
+    Ok(scan)
 }
 
 /// What the ack log says about records at or beyond the head.
@@ -193,6 +343,17 @@ pub struct JobHistory {
     pub deliveries: BTreeMap<u64, u32>,
     /// Not-before times from retries.
     pub not_before: BTreeMap<u64, u64>,
+}
+
+/// Whether the sequence numbers from `from` up to a segment that starts at `to` were retired by
+/// `repair`: acknowledged in one range (of `acked`, start -> end) that ends exactly at `to`.
+/// That is the only gap between segments a reader crosses; any other is missing records.
+pub fn is_retired_gap(acked: &BTreeMap<u64, u64>, from: u64, to: u64) -> bool {
+    from < to
+        && acked
+            .range(..=from)
+            .next_back()
+            .is_some_and(|(_, &end)| end == to)
 }
 
 impl JobHistory {
@@ -344,6 +505,18 @@ const PREPARED_SPACE: u64 = 32 << 10;
 /// Prepared space ends on a multiple of this.
 const PREPARED_SPACE_ALIGN: u64 = 4096;
 
+/// Converts a header problem into the crate's error for `path`.
+pub(crate) fn header_error(path: &Path, error: AckHeaderError) -> Error {
+    match error {
+        AckHeaderError::UnsupportedVersion(found) => Error::UnsupportedVersion {
+            file: path.to_path_buf(),
+            found,
+            supported: FORMAT_VERSION,
+        },
+        other => Error::corrupt(path, 0, other.to_string()),
+    }
+}
+
 impl AckLog {
     /// Opens the ack log in `dir` if there is one, recovers a torn tail, and returns the history
     /// it holds at or beyond `head`.
@@ -379,36 +552,25 @@ impl AckLog {
         };
         let file: Arc<dyn StorageFile> = Arc::from(file);
         let bytes = storage::read_all(&*file).map_err(io_error("read ack log"))?;
-        let log_id = decode_header(&bytes).map_err(|error| match error {
-            AckHeaderError::UnsupportedVersion(found) => Error::UnsupportedVersion {
-                file: path.clone(),
-                found,
-                supported: FORMAT_VERSION,
-            },
-            other => Error::corrupt(&path, 0, other.to_string()),
-        })?;
         let mut history = JobHistory::default();
-        let mut entries_in_file = 0;
-        // The end of the last valid entry: what follows it is a torn tail.
-        let mut offset = ACK_LOG_HEADER_LEN;
-        let mut scan = ACK_LOG_HEADER_LEN;
-        while let Some(rest) = bytes.get(scan..scan + ACK_ENTRY_LEN) {
-            // A bad entry followed by valid ones is skipped, not refused: unsynced appends may
-            // reach the disk in any order, so a power loss can keep a later entry and lose an
-            // earlier one. Each entry is a self-contained fact, so the others stay valid.
-            if let Some(entry) = decode_entry(rest, log_id) {
-                history.apply(&entry);
-                entries_in_file += 1;
-                offset = scan + ACK_ENTRY_LEN;
-            }
-            scan += ACK_ENTRY_LEN;
+        // A missing (zero) entry followed by valid ones is skipped, not refused: unsynced
+        // appends may reach the disk in any order, so a power loss can keep a later entry and
+        // lose an earlier one. Each entry is a self-contained fact, so the others stay valid.
+        // A damaged entry followed by valid ones is refused (see `scan_ack_log`).
+        let scan = scan_ack_log(&bytes, &mut |entry| history.apply(entry))
+            .map_err(|error| header_error(&path, error))?;
+        if let Some(damage) = scan.damage {
+            return Err(Error::corrupt(&path, damage.offset, damage.detail));
         }
-        if offset < bytes.len() {
+        let log_id = scan.log_id;
+        let entries_in_file = scan.entries;
+        let offset = scan.valid_end as usize;
+        if scan.end != AckLogEnd::Clean {
             file.set_len(offset as u64)
                 .map_err(io_error("truncate torn ack log tail"))?;
             // Zeros are space prepared ahead of the tail (or appends a power loss took before
             // any byte of them reached the disk): nothing torn to report.
-            if !is_prepared_space(&bytes[offset..]) {
+            if scan.end == AckLogEnd::TornEntry {
                 truncations.push(Truncation {
                     file: path.clone(),
                     offset: offset as u64,
@@ -552,7 +714,8 @@ impl AckLog {
     /// not written yet are dropped: `live` describes what they said that still matters.
     pub(crate) fn rewrite(&mut self, storage: &dyn Storage, live: &[AckEntry]) -> Result<()> {
         let dir = self.dir.clone();
-        let log_id = self.log_id + 1;
+        // Only needs to differ from the old file's id, so that none of its entries validate.
+        let log_id = self.log_id.wrapping_add(1);
         let mut bytes = encode_header(log_id).to_vec();
         for entry in live {
             encode_entry(&mut bytes, log_id, entry);
@@ -609,6 +772,66 @@ mod tests {
         assert_eq!(history.acked_count_from(12), 4);
         assert_eq!(history.take(13), (true, 0, 0));
         assert_eq!(history.take(16), (false, 0, 0));
+    }
+
+    /// The one rule for what follows an entry that is not valid: a zero entry is skipped
+    /// whatever follows; a non-zero one is a torn tail at the end and damage before a valid
+    /// entry; a valid checksum over a bad field is damage anywhere.
+    #[test]
+    fn the_scan_tells_missing_torn_and_damaged_entries_apart() {
+        let entry = |seq: u64| {
+            let mut bytes = Vec::new();
+            encode_entry(
+                &mut bytes,
+                1,
+                &AckEntry::Acked {
+                    start: seq,
+                    end: seq + 1,
+                },
+            );
+            bytes
+        };
+        let log = |parts: &[Vec<u8>]| {
+            let mut bytes = encode_header(1).to_vec();
+            for part in parts {
+                bytes.extend_from_slice(part);
+            }
+            bytes
+        };
+        let zero = vec![0; ACK_ENTRY_LEN];
+        let mut torn = entry(2);
+        torn[12] ^= 1;
+        let mut applied = 0;
+        let missing = scan_ack_log(&log(&[entry(1), zero.clone(), entry(3)]), &mut |_| {
+            applied += 1
+        })
+        .unwrap();
+        assert_eq!(
+            (missing.damage, missing.end, applied),
+            (None, AckLogEnd::Clean, 2)
+        );
+        let at_end = log(&[entry(1), torn.clone(), zero.clone()]);
+        let scan = scan_ack_log(&at_end, &mut |_| {}).unwrap();
+        assert_eq!((scan.damage, scan.end), (None, AckLogEnd::TornEntry));
+        assert_eq!(scan.valid_end, (ACK_LOG_HEADER_LEN + ACK_ENTRY_LEN) as u64);
+        let prepared = scan_ack_log(&log(&[entry(1), zero.clone()]), &mut |_| {}).unwrap();
+        assert_eq!(prepared.end, AckLogEnd::PreparedSpace);
+        let damaged = log(&[entry(1), torn, zero, entry(3)]);
+        let scan = scan_ack_log(&damaged, &mut |_| {}).unwrap();
+        let offset = (ACK_LOG_HEADER_LEN + ACK_ENTRY_LEN) as u64;
+        assert_eq!(scan.damage.map(|damage| damage.offset), Some(offset));
+        assert_eq!(scan.entries, 2, "valid entries after damage are still read");
+        let mut beyond = Vec::new();
+        encode_entry(
+            &mut beyond,
+            1,
+            &AckEntry::Acked {
+                start: 5,
+                end: SEQ_LIMIT + 1,
+            },
+        );
+        let scan = scan_ack_log(&log(&[entry(1), beyond]), &mut |_| {}).unwrap();
+        assert_eq!(scan.damage.map(|damage| damage.offset), Some(offset));
     }
 
     #[test]

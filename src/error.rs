@@ -43,6 +43,26 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The directory holds no queue (no `settings`, `head` or segment file), and the caller
+    /// asked not to create one ([`Options::create_if_missing`](crate::Options::create_if_missing),
+    /// and every `spool` command but `push`).
+    #[error("{} is not a queue (it holds no settings, head or segment file); `spool push` or \
+             `Queue::open` creates one", dir.display())]
+    NotAQueue {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The queue directory belongs to another user, and this process is not root: changing it
+    /// would leave files its owner cannot use. Run as the owner (`sudo -u '#UID' spool ...`).
+    #[error("{} belongs to user {owner}; changing it as another user would leave files the \
+             owner cannot use: run as that user (e.g. `sudo -u '#{owner}' spool ...`)",
+             dir.display())]
+    NotOwner {
+        /// The queue directory.
+        dir: PathBuf,
+        /// The owner's user id.
+        owner: u32,
+    },
     /// A file was written by a format version this build does not read.
     #[error("{}: format version {found} is not supported (this build reads version {supported})",
         file.display())]
@@ -53,6 +73,17 @@ pub enum Error {
         found: u16,
         /// The version this build reads and writes.
         supported: u16,
+    },
+    /// The queue has used up its sequence numbers: the records would be numbered from
+    /// `next_seq` on, and no record may carry `frame::SEQ_LIMIT` (2^63) or more. Nothing was
+    /// written; the queue stays readable. (At a million pushes a second this takes 290,000
+    /// years; in practice it means a head or segment written with a forged number.)
+    #[error("sequence numbers exhausted: {count} record(s) from sequence {next_seq} would pass the largest sequence number, {max}", max = crate::frame::SEQ_LIMIT - 1)]
+    SeqExhausted {
+        /// The sequence number the next record would get.
+        next_seq: u64,
+        /// How many records the refused push had.
+        count: u64,
     },
     /// A payload is larger than `Options::max_record_size`.
     #[error("record of {len} bytes exceeds max_record_size of {max} bytes")]

@@ -33,6 +33,14 @@ pub const DELAYED: u32 = 1 << 30;
 pub const PAYLOAD_LEN_MAX: u32 = DELAYED - 1;
 /// Bytes the not-before time takes at the start of a delayed record's body.
 pub const DELAY_PREFIX_LEN: usize = 8;
+/// Every record's sequence number is below this bound: the largest usable sequence number is
+/// `SEQ_LIMIT - 1` (2^63 - 1). Positions (a head, a segment's base, the next sequence number, a
+/// `synced_seq`, the end of an acknowledged range) are at most `SEQ_LIMIT`. A push that would
+/// cross it is refused with [`Error::SeqExhausted`](crate::Error::SeqExhausted), and a file that
+/// names a larger number is corrupt. The bound leaves room for any count added to a sequence
+/// number (a batch in memory, the frames of a file, both below 2^63), so that sequence
+/// arithmetic can never overflow a `u64`.
+pub const SEQ_LIMIT: u64 = 1 << 63;
 
 const CRC_OFFSET: usize = 0;
 /// Payloads up to this long are checksummed from the encoded frame in one pass.
@@ -96,6 +104,13 @@ pub enum FrameError {
         expected: u64,
         /// The sequence number written in the frame.
         found: u64,
+    },
+    /// A valid frame whose sequence number is not below [`SEQ_LIMIT`]: never written by
+    /// diskspool (a push that would reach it is refused), so damage or a forged file.
+    #[error("sequence number {seq} is beyond the largest one, {}", SEQ_LIMIT - 1)]
+    SeqBeyondLimit {
+        /// The sequence number in the frame.
+        seq: u64,
     },
     /// A delayed frame whose body cannot hold the not-before time.
     #[error("delayed frame with a body of {len} bytes, shorter than its 8-byte delay")]
@@ -202,9 +217,11 @@ pub fn encode_into(
         hasher.finalize()
     };
     out[CRC_OFFSET..LEN_FLAGS_OFFSET].copy_from_slice(&crc.to_le_bytes());
-    debug_assert_eq!(
-        decode(out, seq, PAYLOAD_LEN_MAX).map(|frame| frame.payload.len()),
-        Ok(payload.len()),
+    // (Tests forge frames past the limit, which never decode.)
+    debug_assert!(
+        seq >= SEQ_LIMIT
+            || decode(out, seq, PAYLOAD_LEN_MAX).map(|frame| frame.payload.len())
+                == Ok(payload.len()),
         "an encoded frame decodes back",
     );
 }
@@ -332,6 +349,9 @@ pub fn decode(
             expected: expected_seq,
             found: header.seq,
         });
+    }
+    if header.seq >= SEQ_LIMIT {
+        return Err(FrameError::SeqBeyondLimit { seq: header.seq });
     }
     let mut payload_start = FRAME_HEADER_LEN;
     let mut not_before_us = 0;

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::frame::{read_u32, read_u64};
+use crate::frame::{read_u32, read_u64, SEQ_LIMIT};
 use crate::segment::FORMAT_VERSION;
 use crate::storage::{self, Storage, StorageFile, WritableMapping};
 
@@ -74,6 +74,43 @@ pub struct HeadSlot {
     pub generation: u64,
     /// The recorded state.
     pub state: HeadState,
+}
+
+/// Generations are below this bound. A head file is written far fewer than 2^63 times, so a
+/// larger generation was never written by diskspool; rejecting it keeps `generation + 1` from
+/// overflowing.
+pub const GENERATION_LIMIT: u64 = 1 << 63;
+
+impl HeadSlot {
+    /// Why a slot whose checksum matches cannot be used: a value no head written by diskspool
+    /// holds (a sequence number beyond [`SEQ_LIMIT`], a generation at or beyond
+    /// [`GENERATION_LIMIT`]). A torn write never produces a matching checksum, so such a slot
+    /// is damage or a forged file, and is refused rather than skipped.
+    pub fn out_of_range(&self) -> Option<String> {
+        let state = &self.state;
+        if state.head_seq > SEQ_LIMIT {
+            return Some(format!(
+                "head_seq {} is beyond the largest sequence number, {}",
+                state.head_seq,
+                SEQ_LIMIT - 1
+            ));
+        }
+        if state.synced_seq > SEQ_LIMIT {
+            return Some(format!(
+                "synced_seq {} is beyond the largest sequence number, {}",
+                state.synced_seq,
+                SEQ_LIMIT - 1
+            ));
+        }
+        if self.generation >= GENERATION_LIMIT {
+            return Some(format!(
+                "generation {} is beyond the largest one, {}",
+                self.generation,
+                GENERATION_LIMIT - 1
+            ));
+        }
+        None
+    }
 }
 
 /// Why a slot is rejected.
@@ -255,7 +292,8 @@ impl HeadIndex {
     }
 
     /// Opens the head file, syncs it (so that what is read is durable and may be relied on
-    /// when choosing which slot to overwrite) and returns the state in force.
+    /// when choosing which slot to overwrite) and returns the state in force. The caller
+    /// [`settle`](Self::settle)s it before any other write.
     pub(crate) fn open(storage: &dyn Storage, dir: &Path) -> Result<Self> {
         let path = dir.join(HEAD_FILE_NAME);
         let file = storage
@@ -283,6 +321,9 @@ impl HeadIndex {
         let slot = read.slots[current].clone().map_err(|error| {
             Error::corrupt(&path, HEAD_SLOT_OFFSETS[current], error.to_string())
         })?;
+        if let Some(why) = slot.out_of_range() {
+            return Err(Error::corrupt(&path, HEAD_SLOT_OFFSETS[current], why));
+        }
         file.sync_data()
             .map_err(|error| Error::io("sync head index", &path, error))?;
         // Both slots lie inside the file, which was written whole when it was created: stores
@@ -296,7 +337,7 @@ impl HeadIndex {
                 .map(MappedSlots),
             _ => None,
         };
-        let mut index = HeadIndex {
+        Ok(HeadIndex {
             path,
             file: Arc::from(file),
             map,
@@ -308,13 +349,24 @@ impl HeadIndex {
             durable_slot: current,
             dirty: false,
             state: slot.state,
+        })
+    }
+
+    /// Writes the state in force into the other slot, durably, with `synced_seq` raised to
+    /// `synced_seq` (recovery has made every record below it durable). Called once at open,
+    /// before any other write.
+    ///
+    /// The other slot may hold a write from before a crash that never became durable, with the
+    /// generation the next write will use. A torn write over those stale bytes could combine
+    /// into a valid slot that was never written as such, so it is overwritten durably now.
+    pub(crate) fn settle(&mut self, synced_seq: u64) -> Result<()> {
+        let state = HeadState {
+            synced_seq,
+            ..self.state
         };
-        // The other slot may hold a write from before a crash that never became durable, with
-        // the generation the next write will use. A torn write over those stale bytes could
-        // combine into a valid slot that was never written as such, so overwrite it durably now.
-        index.write(slot.state)?;
-        index.sync()?;
-        Ok(index)
+        self.write(state)?;
+        self.sync()?;
+        Ok(())
     }
 
     pub(crate) fn state(&self) -> HeadState {
@@ -329,7 +381,10 @@ impl HeadIndex {
     /// kernel before this returns, so it survives a process kill; except while a group-commit
     /// sync of that slot is in flight (only under `SyncPolicy::Always`, whose writers wait for a
     /// sync before they return): then the state is kept for the next sync to write.
-    pub(crate) fn write(&mut self, state: HeadState) -> Result<u64> {
+    ///
+    /// `synced_seq` never moves backwards: a record once known to be synced stays so.
+    pub(crate) fn write(&mut self, mut state: HeadState) -> Result<u64> {
+        state.synced_seq = state.synced_seq.max(self.state.synced_seq);
         let previous = (self.generation, self.state);
         self.generation += 1;
         self.state = state;
@@ -526,6 +581,7 @@ mod tests {
         let storage = crate::storage::OsStorage;
         HeadIndex::create(&storage, dir.path(), state(0)).unwrap();
         let mut head = HeadIndex::open(&storage, dir.path()).unwrap();
+        head.settle(0).unwrap();
         let first = head.write(state(1)).unwrap();
         let SyncStart::Started {
             file,
@@ -556,6 +612,7 @@ mod tests {
         let storage = crate::storage::OsStorage;
         HeadIndex::create(&storage, dir.path(), state(0)).unwrap();
         let mut head = HeadIndex::open(&storage, dir.path()).unwrap();
+        head.settle(0).unwrap();
         head.write(state(1)).unwrap();
         let SyncStart::Started {
             generation, epoch, ..
@@ -580,6 +637,14 @@ mod tests {
         let read = decode_head_file(&bytes);
         assert!(read.slots.iter().all(|slot| slot.is_ok()), "{read:?}");
         assert_eq!(on_disk(dir.path()).state, state(3));
+    }
+
+    #[test]
+    fn values_out_of_range_are_named() {
+        assert_eq!(slot(1, SEQ_LIMIT).out_of_range(), None);
+        assert!(slot(1, SEQ_LIMIT + 1).out_of_range().is_some());
+        assert!(slot(GENERATION_LIMIT, 1).out_of_range().is_some());
+        assert_eq!(slot(GENERATION_LIMIT - 1, 1).out_of_range(), None);
     }
 
     #[test]

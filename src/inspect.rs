@@ -33,9 +33,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::acklog::{
-    self, AckHeaderError, JobHistory, ACK_ENTRY_LEN, ACK_LOG_FILE_NAME, ACK_LOG_HEADER_LEN,
-};
+use crate::acklog::{self, AckHeaderError, AckLogDamage, AckLogEnd, JobHistory, ACK_LOG_FILE_NAME};
 use crate::error::{Error, Result};
 use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX};
 use crate::head::{decode_head_file, HeadRead, HeadState, HEAD_FILE_NAME};
@@ -44,6 +42,7 @@ use crate::segment::{
     decode_header, find_later_frame, parse_segment_file_name, walk_frames, HeaderError, WalkStep,
     SEGMENT_HEADER_LEN,
 };
+use crate::settings::{decode_settings, QueueSettings, SettingsError, SETTINGS_FILE_NAME};
 use crate::storage::Storage;
 
 mod reading;
@@ -69,6 +68,10 @@ pub enum EntryKind {
     HeadTemporary,
     /// The lock file.
     Lock,
+    /// The queue's settings file, or its temporary file while it is replaced.
+    Settings,
+    /// A consumed segment file kept for reuse (`Options::segment_pool`), named `<20 digits>.free`.
+    PoolFile,
     /// The ack log of the jobs API (`acks`), or its temporary file during a rewrite.
     AckLog,
     /// The quarantine folder written by `repair`.
@@ -87,6 +90,9 @@ pub fn classify_entry(name: &str) -> EntryKind {
         LOCK_FILE_NAME => EntryKind::Lock,
         QUARANTINE_DIR_NAME => EntryKind::Quarantine,
         ACK_LOG_FILE_NAME => EntryKind::AckLog,
+        SETTINGS_FILE_NAME => EntryKind::Settings,
+        _ if crate::pool::is_pool_file_name(name) => EntryKind::PoolFile,
+        _ if name == format!("{SETTINGS_FILE_NAME}.tmp") => EntryKind::Settings,
         _ if name == format!("{ACK_LOG_FILE_NAME}.tmp") => EntryKind::AckLog,
         _ if name == format!("{HEAD_FILE_NAME}.tmp") => EntryKind::HeadTemporary,
         _ => EntryKind::Stray,
@@ -100,11 +106,14 @@ pub struct Listing {
     pub segments: Vec<(u64, String)>,
     /// True when the head index file exists.
     pub head_present: bool,
+    /// True when the settings file exists.
+    pub settings_present: bool,
     /// Names that diskspool did not write, sorted.
     pub strays: Vec<String>,
 }
 
-/// Lists a queue directory. A directory that does not exist is an error.
+/// Lists a queue directory. A directory that does not exist is an error, and so is one that
+/// holds no queue ([`Error::NotAQueue`]: no settings file, head index or segment).
 pub fn list(storage: &dyn Storage, dir: &Path) -> Result<Listing> {
     let names = storage
         .list_dir(dir)
@@ -114,12 +123,20 @@ pub fn list(storage: &dyn Storage, dir: &Path) -> Result<Listing> {
         match classify_entry(&name) {
             EntryKind::Segment(base) => listing.segments.push((base, name)),
             EntryKind::Head => listing.head_present = true,
+            EntryKind::Settings if name == SETTINGS_FILE_NAME => listing.settings_present = true,
             EntryKind::Stray => listing.strays.push(name),
             EntryKind::HeadTemporary
+            | EntryKind::Settings
+            | EntryKind::PoolFile
             | EntryKind::Lock
             | EntryKind::Quarantine
             | EntryKind::AckLog => {}
         }
+    }
+    if !listing.head_present && !listing.settings_present && listing.segments.is_empty() {
+        return Err(Error::NotAQueue {
+            dir: dir.to_path_buf(),
+        });
     }
     listing.segments.sort_unstable();
     listing.strays.sort_unstable();
@@ -483,7 +500,18 @@ pub struct HeadSnapshot {
 }
 
 impl HeadSnapshot {
-    /// The state in force: the valid slot with the highest generation.
+    /// When the slot in force holds a value out of range (see `HeadSlot::out_of_range`, which
+    /// makes `Queue::open` refuse the queue): the slot's offset in the file and why.
+    pub fn out_of_range(&self) -> Option<(u64, String)> {
+        let current = self.read.current?;
+        let slot = self.read.slots.get(current)?.as_ref().ok()?;
+        let why = slot.out_of_range()?;
+        Some((crate::head::HEAD_SLOT_OFFSETS[current], why))
+    }
+
+    /// The state in force: the valid slot with the highest generation; `None` also when that
+    /// slot holds a value out of range (see [`out_of_range`](Self::out_of_range)), which no
+    /// reader may use.
     pub fn state(&self) -> Option<HeadState> {
         let current = self.read.current?;
         self.read
@@ -491,6 +519,7 @@ impl HeadSnapshot {
             .get(current)?
             .as_ref()
             .ok()
+            .filter(|slot| slot.out_of_range().is_none())
             .map(|slot| slot.state)
     }
 }
@@ -515,9 +544,11 @@ pub struct AckLogSnapshot {
     pub header_error: Option<AckHeaderError>,
     /// What the valid entries say.
     pub history: JobHistory,
-    /// Where the first entry that does not decode starts (an interrupted append at the end is
-    /// expected after a crash), if any.
+    /// Where the bytes after the last valid entry start, when they are the remains of an
+    /// interrupted append (expected after a crash; `Queue::open` cuts them), if any.
     pub bad_entry_offset: Option<u64>,
+    /// A damaged entry followed by a valid one (`Queue::open` refuses the queue), if any.
+    pub damage: Option<AckLogDamage>,
 }
 
 impl AckLogSnapshot {
@@ -528,6 +559,18 @@ impl AckLogSnapshot {
             .range(..=seq)
             .next_back()
             .is_some_and(|(_, &end)| end > seq)
+    }
+
+    /// The error `Queue::open` would refuse this ack log with (a bad header or a damaged
+    /// entry), for the readers that must not show a queue without the acknowledgements it
+    /// holds. `dir` is the queue directory.
+    pub fn error(&self, dir: &Path) -> Option<Error> {
+        let path = dir.join(ACK_LOG_FILE_NAME);
+        if let Some(error) = &self.header_error {
+            return Some(acklog::header_error(&path, error.clone()));
+        }
+        let damage = self.damage.as_ref()?;
+        Some(Error::corrupt(path, damage.offset, damage.detail.clone()))
     }
 }
 
@@ -540,24 +583,16 @@ pub fn read_ack_log(storage: &dyn Storage, dir: &Path) -> Result<AckLogSnapshot>
         file_len: Some(bytes.len() as u64),
         ..AckLogSnapshot::default()
     };
-    let log_id = match acklog::decode_header(&bytes) {
-        Ok(log_id) => log_id,
-        Err(error) => {
-            snapshot.header_error = Some(error);
-            return Ok(snapshot);
+    let history = &mut snapshot.history;
+    match acklog::scan_ack_log(&bytes, &mut |entry| history.apply(entry)) {
+        Ok(scan) => {
+            // Zeros after the last entry are space the running queue prepared ahead of its tail.
+            if scan.end == AckLogEnd::TornEntry {
+                snapshot.bad_entry_offset = Some(scan.valid_end);
+            }
+            snapshot.damage = scan.damage;
         }
-    };
-    let mut offset = ACK_LOG_HEADER_LEN;
-    while let Some(entry_bytes) = bytes.get(offset..offset + ACK_ENTRY_LEN) {
-        match acklog::decode_entry(entry_bytes, log_id) {
-            Some(entry) => snapshot.history.apply(&entry),
-            None => break,
-        }
-        offset += ACK_ENTRY_LEN;
-    }
-    // Zeros after the last entry are space the running queue prepared ahead of its tail.
-    if offset < bytes.len() && !acklog::is_prepared_space(&bytes[offset..]) {
-        snapshot.bad_entry_offset = Some(offset as u64);
+        Err(error) => snapshot.header_error = Some(error),
     }
     Ok(snapshot)
 }
@@ -590,6 +625,9 @@ pub struct Snapshot {
     pub strays: Vec<String>,
     /// The ack log of the jobs API.
     pub acks: AckLogSnapshot,
+    /// The settings file: `None` when there is none (a queue from before settings files, which
+    /// the next open gives one), else what decoding it gave.
+    pub settings: Option<std::result::Result<QueueSettings, SettingsError>>,
 }
 
 impl Snapshot {
@@ -607,6 +645,8 @@ impl Snapshot {
         let listing = list(storage, dir)?;
         let head = read_head(storage, dir)?;
         let acks = read_ack_log(storage, dir)?;
+        let settings =
+            read_file(storage, &dir.join(SETTINGS_FILE_NAME))?.map(|bytes| decode_settings(&bytes));
         let mut sizes = Vec::with_capacity(listing.segments.len());
         for (_, name) in &listing.segments {
             let len = storage
@@ -627,6 +667,7 @@ impl Snapshot {
             unreadable: Vec::new(),
             strays: listing.strays,
             acks,
+            settings,
         };
         for ((base, name), size) in listing.segments.iter().zip(sizes) {
             match read_file(storage, &dir.join(name)) {

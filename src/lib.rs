@@ -48,6 +48,7 @@ mod reader;
 mod recovery;
 pub mod repair;
 pub mod segment;
+pub mod settings;
 pub mod sim;
 mod spool;
 pub mod storage;
@@ -61,8 +62,8 @@ pub use compactor::CompactReport;
 pub use error::{Error, Result};
 pub use jobs::{DeadLetter, Delivery, IN_FLIGHT_MAX};
 pub use options::{
-    Options, SyncPolicy, LEASE_DEFAULT, LEASE_MAX, RECORD_SIZE_MAX_DEFAULT, SEGMENT_SIZE_DEFAULT,
-    SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
+    Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX, RECORD_SIZE_MAX_DEFAULT,
+    SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
 pub use recovery::{RecoveryReport, Truncation};

@@ -15,6 +15,9 @@ pub const SEGMENT_SIZE_MIN: u64 = 4096;
 pub const SEGMENT_SIZE_MAX: u64 = 1 << 32;
 /// The default segment size: 64 MiB.
 pub const SEGMENT_SIZE_DEFAULT: u64 = 64 << 20;
+/// The permission bits of a new queue's files: private to the owner.
+pub const FILE_MODE_DEFAULT: u32 = 0o600;
+
 /// The default lease (visibility timeout) of a delivery: 30 s, as in SQS.
 pub const LEASE_DEFAULT: Duration = Duration::from_secs(30);
 /// The longest lease accepted: 12 h, as in SQS.
@@ -50,6 +53,11 @@ pub enum SyncPolicy {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub(crate) segment_size: u64,
+    /// Set by [`Options::segment_size`]: the size then replaces the one the queue was created
+    /// with. Otherwise an existing queue keeps its own.
+    pub(crate) segment_size_explicit: bool,
+    pub(crate) create_if_missing: bool,
+    pub(crate) file_mode: u32,
     pub(crate) sync: SyncPolicy,
     pub(crate) max_record_size: Option<usize>,
     pub(crate) auto_compact: bool,
@@ -66,6 +74,9 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             segment_size: SEGMENT_SIZE_DEFAULT,
+            segment_size_explicit: false,
+            create_if_missing: true,
+            file_mode: FILE_MODE_DEFAULT,
             sync: SyncPolicy::Always,
             max_record_size: None,
             auto_compact: true,
@@ -82,8 +93,39 @@ impl Default for Options {
 
 impl Options {
     /// Bytes after which a segment is sealed and a new one started (default 64 MiB).
+    ///
+    /// A queue remembers the size it was created with (in its `settings` file), and every open
+    /// that does not call this setter uses the remembered size. Setting it changes the queue's
+    /// size for segments created from then on, and the settings file with it.
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes;
+        self.segment_size_explicit = true;
+        self
+    }
+
+    /// The permission bits of a **new** queue's files (default `0o600`: only the owner reads
+    /// them, whatever the umask). Its directory gets the same bits plus search (`x`) where
+    /// they allow reading: `0o640` makes a `0o750` directory, for a consumer in the owner's
+    /// group that reads the queue. Only read and write bits are accepted, and the owner's must
+    /// be set. An existing queue keeps the mode of its directory: files created later get its
+    /// read and write bits, so `chmod` on the directory changes what new files get.
+    pub fn file_mode(mut self, mode: u32) -> Self {
+        self.file_mode = mode;
+        self
+    }
+
+    /// The permission bits of a new queue's directory, derived from
+    /// [`file_mode`](Options::file_mode).
+    pub fn dir_mode(&self) -> u32 {
+        self.file_mode | ((self.file_mode & 0o444) >> 2)
+    }
+
+    /// Whether [`Queue::open`](crate::Queue::open) may create a queue (default `true`). When
+    /// `false`, opening a directory that holds no queue fails with
+    /// [`Error::NotAQueue`](crate::Error::NotAQueue) and creates nothing, not even the
+    /// directory: what a tool that inspects or drains existing queues wants.
+    pub fn create_if_missing(mut self, enabled: bool) -> Self {
+        self.create_if_missing = enabled;
         self
     }
 
@@ -161,7 +203,12 @@ impl Options {
     }
 
     /// The dead-letter queue's directory. A relative path is taken from the queue directory's
-    /// parent, so a plain name makes a sibling. Default: a sibling named `<queue>.dead`.
+    /// parent, so a plain name makes a sibling, and may not climb out of that parent (`..` is
+    /// refused by [`Queue::open`](crate::Queue::open)). An absolute path is accepted. Whichever
+    /// it is, the directory must hold a queue, be empty or not exist yet when the first record
+    /// is dead-lettered (else that fails with `Error::InvalidOptions` and nothing is written
+    /// there): a mistyped path never turns someone's folder into a queue. Default: a sibling
+    /// named `<queue>.dead`.
     pub fn dead_letter_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dead_letter_dir = Some(dir.into());
         self
@@ -193,7 +240,8 @@ impl Options {
         }
     }
 
-    /// The configured segment size.
+    /// The segment size: the configured one, or, for the options of an open queue
+    /// ([`Queue::options`](crate::Queue::options)), the one in force.
     pub fn segment_size_bytes(&self) -> u64 {
         self.segment_size
     }
@@ -234,6 +282,27 @@ impl Options {
             return Err(Error::InvalidOptions(format!(
                 "max_record_size {max_record} does not fit in a segment of {} bytes",
                 self.segment_size
+            )));
+        }
+        if let Some(dir) = self
+            .dead_letter_dir
+            .as_deref()
+            .filter(|dir| dir.is_relative())
+        {
+            let climbs = dir
+                .components()
+                .any(|part| matches!(part, std::path::Component::ParentDir));
+            if climbs || dir.as_os_str().is_empty() {
+                return Err(Error::InvalidOptions(format!(
+                    "dead_letter_dir {} must stay inside the queue's parent directory (no `..`)",
+                    dir.display()
+                )));
+            }
+        }
+        if self.file_mode & !0o666 != 0 || self.file_mode & 0o600 != 0o600 {
+            return Err(Error::InvalidOptions(format!(
+                "file_mode {:#o} must hold read and write bits only, the owner's included",
+                self.file_mode
             )));
         }
         if self.lease.is_zero() || self.lease > LEASE_MAX {

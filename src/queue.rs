@@ -20,6 +20,7 @@ use crate::pool;
 use crate::reader::{Cursor, Reader};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{Segment, SEGMENT_HEADER_LEN};
+use crate::settings;
 use crate::storage::{DirLock, LockFailure, Mapping, Storage};
 use crate::sync::{lock, SyncGroup};
 use crate::writer::Writer;
@@ -118,7 +119,7 @@ pub struct Stats {
     pub segments: usize,
     /// Bytes of frames not yet consumed.
     pub live_bytes: u64,
-    /// Bytes of all segment files and the head index.
+    /// Bytes of all segment files, the head index, the settings file and the ack log.
     pub disk_bytes: u64,
     /// When the oldest record was pushed.
     pub oldest_enqueued_at: Option<SystemTime>,
@@ -144,6 +145,8 @@ impl fmt::Debug for Queue {
 
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
+    /// Gaps between segments that `repair` retired (see `recovery::retired_ranges`).
+    pub(crate) retired: BTreeMap<u64, u64>,
     pub(crate) options: Options,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
@@ -181,11 +184,18 @@ impl Queue {
     ///
     /// Takes an exclusive lock on the directory: a second `open` of it, from this process or
     /// another, fails with [`Error::Locked`].
-    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Queue> {
+    pub fn open(dir: impl AsRef<Path>, mut options: Options) -> Result<Queue> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
-        let dir_lock = create_and_lock(&*storage, &dir)?;
+        if !options.create_if_missing && !settings::is_queue(&*storage, &dir)? {
+            return Err(Error::NotAQueue { dir });
+        }
+        check_owner(&*storage, &dir)?;
+        let dir_lock = create_and_lock_with_mode(&*storage, &dir, Some(options.dir_mode()))?;
+        settings::settle_at_open(&*storage, &dir, &mut options)?;
+        // Checked again: limits that depend on the segment size now see the queue's own.
+        options.validate()?;
         let mut recovered = recovery::recover(&*storage, &dir, &options)?;
         let pool_files = std::mem::take(&mut recovered.pool_files);
         let pool = pool::adopt(&*storage, &dir, pool_files, options.segment_pool)?;
@@ -197,6 +207,7 @@ impl Queue {
             .defer_writes(options.sync == SyncPolicy::Always);
         let shared = Arc::new(Shared {
             dir,
+            retired: std::mem::take(&mut recovered.retired),
             storage,
             segments: RwLock::new(recovered.segments),
             writer: Mutex::new(Writer::new(
@@ -426,17 +437,70 @@ impl Drop for Queue {
         self.shared.timer.stop();
         if let Some(flusher) = self.flusher.take() {
             flusher.stop();
-            // A clean close under Interval leaves nothing to a later power loss.
-            let _ = self.shared.sync_all();
         }
+        // The head records how far the records are synced, so that damage to them found at the
+        // next open is refused rather than cut as unsynced writes. Under Always and Interval a
+        // clean close syncs everything first (under Interval it then leaves nothing to a later
+        // power loss; under Always every push is synced already, and the head is synced lazily);
+        // Never syncs only when asked, so it records what earlier syncs covered.
+        let _ = match self.shared.options.sync {
+            SyncPolicy::Always | SyncPolicy::Interval(_) => self.shared.sync_all(),
+            SyncPolicy::Never => self.shared.record_synced_seq(),
+        };
     }
+}
+
+/// Refuses to change another user's queue unless the process is root (see [`Error::NotOwner`]).
+/// A directory that does not exist yet will be this process's own.
+pub(crate) fn check_owner(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    match storage.dir_owner(dir) {
+        Ok(Some(owner)) if !owner.is_process && !owner.process_is_root => Err(Error::NotOwner {
+            dir: dir.to_path_buf(),
+            owner: owner.uid,
+        }),
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(Error::io("stat queue directory", dir, error)),
+    }
+}
+
+/// Refuses to number `count` more records from the writer's next sequence number when that would
+/// reach `frame::SEQ_LIMIT`: sequence numbers are never reused, so none is handed out twice
+/// and none wraps around.
+pub(crate) fn check_room(writer: &Writer, count: usize) -> Result<()> {
+    let count = count as u64;
+    if count > frame::SEQ_LIMIT.saturating_sub(writer.next_seq) {
+        return Err(Error::SeqExhausted {
+            next_seq: writer.next_seq,
+            count,
+        });
+    }
+    Ok(())
 }
 
 /// Creates `dir` if needed and takes its exclusive lock.
 pub(crate) fn create_and_lock(storage: &dyn Storage, dir: &Path) -> Result<DirLock> {
+    create_and_lock_with_mode(storage, dir, None)
+}
+
+/// Like [`create_and_lock`]; when `new_dir_mode` is given and the directory holds no queue yet
+/// (no settings file, no head), its mode is set first, so that every file in it, the lock file
+/// included, gets its read and write bits.
+pub(crate) fn create_and_lock_with_mode(
+    storage: &dyn Storage,
+    dir: &Path,
+    new_dir_mode: Option<u32>,
+) -> Result<DirLock> {
     storage
         .create_dir_all(dir)
         .map_err(|error| Error::io("create directory", dir, error))?;
+    if let Some(mode) = new_dir_mode {
+        if settings::is_new_queue(storage, dir)? {
+            storage
+                .set_dir_mode(dir, mode)
+                .map_err(|error| Error::io("set queue directory mode", dir, error))?;
+        }
+    }
     storage.lock_dir(dir).map_err(|failure| match failure {
         LockFailure::Held { pid } => Error::Locked {
             dir: dir.to_path_buf(),
@@ -564,6 +628,7 @@ impl Shared {
         batch_len: u64,
     ) -> Result<Written> {
         debug_assert!(!payloads.is_empty());
+        check_room(writer, payloads.len())?;
         let enqueued_us = if self.options.precise_timestamps {
             now_micros()
         } else {
@@ -728,7 +793,9 @@ impl Shared {
             .cloned()
             .collect();
         let mut live_bytes = 0;
-        let mut disk_bytes = crate::head::HEAD_FILE_LEN + self.acklog_len();
+        let mut disk_bytes = crate::head::HEAD_FILE_LEN
+            + crate::settings::SETTINGS_FILE_LEN as u64
+            + self.acklog_len();
         for segment in &segments {
             segment.ensure_open(&*self.storage)?;
             let len = match segment.file() {
@@ -790,6 +857,26 @@ impl Shared {
         self.head_sync.mark_durable(generation);
         let ticket = self.sync_acklog().map_err(|error| self.poison(error))?;
         self.ack_sync.mark_durable(ticket);
+        Ok(())
+    }
+
+    /// Writes into the head how far the records are known to be synced (by rolls and earlier
+    /// syncs), without a sync: for a close under `SyncPolicy::Never`.
+    fn record_synced_seq(&self) -> Result<()> {
+        self.check_poisoned()?;
+        let covered = self.synced_seq();
+        let mut reader = lock(&self.reader);
+        let state = reader.head.state();
+        if state.synced_seq < covered {
+            let updated = HeadState {
+                synced_seq: covered,
+                ..state
+            };
+            reader
+                .head
+                .write(updated)
+                .map_err(|error| self.poison(error))?;
+        }
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use crate::acklog::{AckEntry, AckLog};
+use crate::acklog::{is_retired_gap, AckEntry, AckLog};
 use crate::compactor;
 use crate::error::{Error, Result};
 use crate::frame::{self, PAYLOAD_LEN_MAX};
@@ -215,7 +215,8 @@ impl Shared {
                 return Ok(None);
             };
             next.ensure_open(&*self.storage)?;
-            if next.base_seq != cursor.next_seq {
+            let retired = is_retired_gap(&self.retired, cursor.next_seq, next.base_seq);
+            if next.base_seq != cursor.next_seq && !retired {
                 return Err(Error::corrupt(
                     &next.path,
                     0,
@@ -226,7 +227,7 @@ impl Shared {
                     ),
                 ));
             }
-            *cursor = Cursor::new(next, SEGMENT_HEADER_LEN as u64, cursor.next_seq);
+            *cursor = Cursor::new(next.clone(), SEGMENT_HEADER_LEN as u64, next.base_seq);
         }
     }
 
@@ -499,7 +500,8 @@ impl Shared {
                 let Some(job) = reader.jobs.entries.get_mut(&seq) else {
                     break;
                 };
-                job.deliveries += 1;
+                // Saturating: the count may come from the ack log at `u32::MAX`.
+                job.deliveries = job.deliveries.saturating_add(1);
                 let record = job.record.clone();
                 let count = job.deliveries;
                 reader.jobs.set_state(
@@ -522,7 +524,7 @@ impl Shared {
                         // Nothing is handed out: undo the leases.
                         for (record, _, _) in &deliveries {
                             if let Some(job) = reader.jobs.entries.get_mut(&record.seq()) {
-                                job.deliveries -= 1;
+                                job.deliveries = job.deliveries.saturating_sub(1);
                             }
                             reader.jobs.set_state(record.seq(), JobState::Ready);
                         }
@@ -757,6 +759,18 @@ impl Shared {
             return Ok(queue.clone());
         }
         let path = self.options.dead_letter_path(&self.dir);
+        // Only a queue, an empty folder or a new one: never someone's files.
+        let usable = match self.storage.list_dir(&path) {
+            Ok(names) => names.is_empty() || crate::settings::is_queue(&*self.storage, &path)?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
+            Err(error) => return Err(Error::io("list dead-letter directory", &path, error)),
+        };
+        if !usable {
+            return Err(Error::InvalidOptions(format!(
+                "dead_letter_dir {} exists and holds no queue; refusing to write into it",
+                path.display()
+            )));
+        }
         let mut options = self.options.clone();
         options.max_deliveries = None;
         options.dead_letter_dir = None;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::acklog::{AckLog, JobHistory};
 use crate::error::{Error, Result};
-use crate::frame::{self, PAYLOAD_LEN_MAX};
+use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
 use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
 use crate::options::Options;
 use crate::segment::{
@@ -71,6 +71,8 @@ pub(crate) struct Recovered {
     pub(crate) report: RecoveryReport,
     /// Segment files kept for reuse, found in the directory (see `pool`).
     pub(crate) pool_files: Vec<String>,
+    /// Sequence numbers retired by `repair` (see [`retired_ranges`]).
+    pub(crate) retired: BTreeMap<u64, u64>,
 }
 
 pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> Result<Recovered> {
@@ -97,6 +99,18 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         })
         .map_err(io_error("list queue directory", dir))?;
     bases.sort_unstable();
+    if let Some(&base) = bases.last().filter(|&&base| base > SEQ_LIMIT) {
+        // Never created by diskspool (a push that would reach it is refused): a forged name,
+        // which must not be taken for an unborn segment and removed either.
+        return Err(Error::corrupt(
+            dir.join(segment_file_name(base)),
+            0,
+            format!(
+                "segment base sequence {base} is beyond the largest sequence number, {}",
+                SEQ_LIMIT - 1
+            ),
+        ));
+    }
     let mut report = RecoveryReport::default();
 
     if tmp_found {
@@ -126,7 +140,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         };
         HeadIndex::create(storage, dir, state)?;
     }
-    let head = HeadIndex::open(storage, dir)?;
+    let mut head = HeadIndex::open(storage, dir)?;
     let head_seq = head.state().head_seq;
 
     // The active segment is the last one, unless its creation was cut short by a crash.
@@ -195,6 +209,19 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     };
     segments.insert(active.base_seq, active.clone());
 
+    // The head index knows how far records were synced: a log that ends before that lost
+    // records that a crash cannot take (a deleted or truncated newest segment). Going on would
+    // hand their sequence numbers out again.
+    let synced_seq = head.state().synced_seq;
+    if next_seq < synced_seq && head_seq < synced_seq {
+        return Err(synced_records_missing(
+            &active.path,
+            tail,
+            next_seq.max(head_seq),
+            synced_seq,
+        ));
+    }
+
     if head_seq > next_seq {
         // Consumed records are gone from disk (a power loss under a weaker policy took them
         // after the head had moved past them). Start a fresh segment at the head so that no
@@ -209,6 +236,10 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         next_seq = head_seq;
     }
 
+    // Every record below `next_seq` is durable now (sealed segments were synced before the
+    // next one was created, and the active one was synced above): the head records it, so that
+    // damage to these records is refused after a later crash, never cut as an unsynced write.
+    head.settle(next_seq)?;
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
     let (mut acklog, mut history) = AckLog::open(storage, dir, head_seq, &mut report.truncated)?;
     if history.prune_from(next_seq) {
@@ -217,6 +248,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         // again, so the facts must go, durably, or they would apply to the new records.
         acklog.rewrite(storage, &history.entries())?;
     }
+    let retired = retired_ranges(&history, &segments);
     Ok(Recovered {
         segments,
         active,
@@ -230,7 +262,26 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         history,
         report,
         pool_files,
+        retired,
     })
+}
+
+/// The gaps between segments that `repair` made on purpose: acknowledged ranges that end where
+/// a segment starts. Repair cuts damaged records and starts the log again after every sequence
+/// number that was ever used, acknowledging the numbers in between so that none is handed out
+/// twice; a reader crosses such a gap, and only such a gap (any other is missing records).
+/// They are taken once, at open: acknowledgements made later never end at an existing segment
+/// base with nothing read between (see `acklog::is_retired_gap`).
+pub(crate) fn retired_ranges(
+    history: &JobHistory,
+    segments: &BTreeMap<u64, Arc<Segment>>,
+) -> BTreeMap<u64, u64> {
+    history
+        .acked
+        .iter()
+        .filter(|(_, end)| segments.contains_key(end))
+        .map(|(&start, &end)| (start, end))
+        .collect()
 }
 
 fn bytes_of(view: &Mapping) -> &[u8] {
@@ -295,6 +346,10 @@ fn recover_active(
             } => stop = Some((offset, expected_seq, error)),
         }
     }
+    // A valid frame numbered beyond the limit is never a torn write: refuse it.
+    if let Some((offset, _, error @ FrameError::SeqBeyondLimit { .. })) = &stop {
+        return Err(Error::corrupt(path, *offset, error.to_string()));
+    }
     // What follows the last frame may be free space rather than a torn write: zeros the writer
     // prepared ahead of its tail (see `writer`), or the stale frames of a recycled file (see
     // `pool`), whose sequence numbers are below this segment's base. Neither ever validates as
@@ -308,22 +363,6 @@ fn recover_active(
         Some((offset, _, _)) => is_zero_tail(bytes, *offset as usize),
         None => false,
     };
-    if let Some((offset, _, error)) = &stop {
-        if complete_next_seq < synced_seq {
-            // The head says these records were synced: whatever stands in their place now
-            // (damage, zeros, the end of the file) is not a torn write, valid frames after it
-            // or not, and cutting it would lose records a sync promised.
-            return Err(Error::corrupt(
-                path,
-                *offset,
-                format!(
-                    "{error}; records from sequence {complete_next_seq} on were synced (the head \
-                     records {synced_seq}), so this is damage rather than a torn write; run \
-                     `spool repair`"
-                ),
-            ));
-        }
-    }
     let mut out_of_order = None;
     if let Some((offset, expected_seq, error)) = stop.as_ref().filter(|_| !zero_tail) {
         let later = find_later_frame(bytes, *offset as usize, *expected_seq, PAYLOAD_LEN_MAX);
@@ -332,8 +371,9 @@ fn recover_active(
             if complete_next_seq >= synced_seq {
                 out_of_order = Some(format!(
                     "{error}; the valid records after it (from sequence {later_seq} at offset \
-                     {later_offset}) were never synced: a power loss persisted them without \
-                     the earlier writes"
+                     {later_offset}) are not known to have been synced (the head records syncs \
+                     below sequence {synced_seq}), so they are taken for writes a power loss \
+                     persisted without the earlier ones"
                 ));
             }
         }
@@ -349,6 +389,15 @@ fn recover_active(
         }
     }
     drop(view);
+    if complete_next_seq < synced_seq {
+        // Synced records are not all here: damage, not a crash. Refused before anything is cut.
+        return Err(synced_records_missing(
+            path,
+            complete_end,
+            complete_next_seq,
+            synced_seq,
+        ));
+    }
     if complete_end != len {
         // Cut the torn tail (or an incomplete batch), or restore padding a torn write cut off.
         file.set_len(complete_end)
@@ -377,6 +426,20 @@ fn recover_active(
     // What recovery read must be durable before anything is built on it.
     file.sync_data().map_err(io_error("sync segment"))?;
     Ok(Some((base, file, complete_end, complete_next_seq)))
+}
+
+/// The error for records below the head's `synced_seq` that the log does not hold: a crash
+/// cannot take synced records, so they were damaged, cut or deleted.
+fn synced_records_missing(path: &Path, offset: u64, from: u64, synced_seq: u64) -> Error {
+    Error::corrupt(
+        path,
+        offset,
+        format!(
+            "records {from}..{synced_seq} are missing or damaged: the head index says every \
+             record below {synced_seq} was synced, but the log ends before {from} (a damaged, \
+             cut or lost newest segment); run `spool repair`"
+        ),
+    )
 }
 
 /// Creates a segment file durably: header written and synced, directory entry synced.

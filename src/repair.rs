@@ -60,13 +60,15 @@ use crate::error::{Error, Result};
 use crate::frame;
 use crate::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME, HEAD_SLOT_LEN};
 use crate::inspect::{
-    read_file, scan_segment, segment_frames, EntryKind, HeaderStatus, SegmentEnd, SegmentScan,
-    Snapshot, QUARANTINE_DIR_NAME,
+    read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
+    QUARANTINE_DIR_NAME,
 };
+use crate::options::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::queue::LOCK_FILE_NAME;
 use crate::segment::{
     encode_header, parse_segment_file_name, segment_file_name, SEGMENT_HEADER_LEN,
 };
+use crate::settings::{QueueSettings, SETTINGS_FILE_NAME};
 use crate::storage::{self, LockFailure, Storage};
 use crate::verify::{self, VerifyReport};
 
@@ -98,6 +100,13 @@ pub enum ActionKind {
     /// one is copied into quarantine first): new records will carry those numbers again, and
     /// must not inherit acknowledgements or delivery counts of the records cut.
     RewriteAckLog,
+    /// Start the log again after every sequence number ever used (the file in `file`, a new
+    /// empty segment), and acknowledge the numbers in `seqs` between the records kept and that
+    /// segment in the ack log, so that no number a cut or lost record carried is used again.
+    ContinueAfter,
+    /// Write a settings file whose segment size is taken from the segments on disk (the old,
+    /// damaged file is copied into quarantine first).
+    RewriteSettings,
 }
 
 impl ActionKind {
@@ -110,6 +119,8 @@ impl ActionKind {
             ActionKind::RewriteHead => "rewrite_head",
             ActionKind::RebaseSegment => "rebase_segment",
             ActionKind::RewriteAckLog => "rewrite_ack_log",
+            ActionKind::ContinueAfter => "continue_after",
+            ActionKind::RewriteSettings => "rewrite_settings",
         }
     }
 }
@@ -150,12 +161,17 @@ impl fmt::Display for RepairAction {
             ActionKind::RestorePadding => {
                 write!(f, "restore padding of {name} to {} bytes", self.offset)?
             }
-            ActionKind::RewriteHead | ActionKind::RewriteAckLog => write!(f, "rewrite {name}")?,
+            ActionKind::RewriteHead | ActionKind::RewriteAckLog | ActionKind::RewriteSettings => {
+                write!(f, "rewrite {name}")?
+            }
             ActionKind::RebaseSegment => write!(
                 f,
                 "copy {name} from byte {} ({} bytes) into a new segment",
                 self.offset, self.bytes
             )?,
+            ActionKind::ContinueAfter => {
+                write!(f, "create {name} and acknowledge the numbers before it")?
+            }
         }
         if let Some(saved) = &self.saved_as {
             write!(f, " -> {}", saved.display())?;
@@ -205,22 +221,12 @@ impl RepairReport {
 pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairReport> {
     // Listing first: locking would create a lock file in a directory that is not a queue, and
     // repairing one would move every file in it (a home directory, say) into quarantine.
-    let names = storage
-        .list_dir(dir)
-        .map_err(|error| Error::io("list queue directory", dir, error))?;
-    let is_queue = names.iter().any(|name| {
-        matches!(
-            crate::inspect::classify_entry(name),
-            EntryKind::Head | EntryKind::Segment(_)
-        )
-    });
-    if !is_queue {
-        return Err(Error::io(
-            "repair: not a queue directory",
-            dir,
-            io::Error::new(io::ErrorKind::NotFound, "no head index and no segment file"),
-        ));
+    if !crate::settings::is_queue(storage, dir)? {
+        return Err(Error::NotAQueue {
+            dir: dir.to_path_buf(),
+        });
     }
+    crate::queue::check_owner(storage, dir)?;
     let _lock = storage.lock_dir(dir).map_err(|failure| match failure {
         LockFailure::Held { pid } => Error::Locked {
             dir: dir.to_path_buf(),
@@ -235,6 +241,8 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
     planner.plan_head();
     planner.plan_ack_log();
     planner.plan_strays();
+    planner.plan_continuation();
+    planner.plan_settings();
     let mut report = RepairReport {
         dir: dir.to_path_buf(),
         mode,
@@ -250,7 +258,13 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
     };
     if mode == Mode::Repair {
         if !report.actions.is_empty() {
-            execute(storage, dir, &report.actions, planner.new_head)?;
+            execute(
+                storage,
+                dir,
+                &report.actions,
+                planner.new_head,
+                planner.new_settings,
+            )?;
         }
         report.after = Some(verify::check(&Snapshot::take(storage, dir)?));
     }
@@ -274,6 +288,8 @@ struct Planner<'a> {
     new_head: Option<u64>,
     head_moved: bool,
     gone_seqs: Option<Range<u64>>,
+    /// The settings file to write, when it is rewritten.
+    new_settings: Option<QueueSettings>,
 }
 
 impl<'a> Planner<'a> {
@@ -297,6 +313,7 @@ impl<'a> Planner<'a> {
             new_head: None,
             head_moved: false,
             gone_seqs: None,
+            new_settings: None,
         })
     }
 
@@ -569,29 +586,152 @@ impl<'a> Planner<'a> {
         });
     }
 
-    /// Plans dropping what the ack log says about sequence numbers at or beyond the first cut.
+    /// Plans dropping what the ack log says about sequence numbers at or beyond the first cut,
+    /// and a damaged entry (the rewrite keeps every valid entry and drops the damaged one).
     fn plan_ack_log(&mut self) {
-        let (Some(first_cut), Some(len)) = (self.first_cut_seq, self.snapshot.acks.file_len) else {
+        let Some(len) = self.snapshot.acks.file_len else {
             return;
         };
         let history = &self.snapshot.acks.history;
-        let mentions_cut = history.acked.values().any(|&end| end > first_cut)
-            || history.deliveries.range(first_cut..).next().is_some()
-            || history.not_before.range(first_cut..).next().is_some();
-        if !mentions_cut {
+        let mentions_cut = self.first_cut_seq.is_some_and(|first_cut| {
+            history.acked.values().any(|&end| end > first_cut)
+                || history.deliveries.range(first_cut..).next().is_some()
+                || history.not_before.range(first_cut..).next().is_some()
+        });
+        let damage = self
+            .snapshot
+            .acks
+            .damage
+            .as_ref()
+            .map(|damage| damage.offset);
+        if !mentions_cut && damage.is_none() {
             return;
+        }
+        let first_cut = self.first_cut_seq.filter(|_| mentions_cut);
+        let mut reasons = Vec::new();
+        if let Some(offset) = damage {
+            reasons.push(format!(
+                "drop the damaged entry at byte {offset} and keep every valid one (what the \
+                 damaged entry said is lost: an acknowledged record may be delivered again)"
+            ));
+        }
+        if let Some(first_cut) = first_cut {
+            reasons.push(format!(
+                "forget acknowledgements and delivery counts of records from {first_cut} on, \
+                 whose sequence numbers new records will carry"
+            ));
         }
         let saved_as = self.quarantine_path(crate::acklog::ACK_LOG_FILE_NAME);
         self.actions.push(RepairAction {
             kind: ActionKind::RewriteAckLog,
             file: self.snapshot.dir.join(crate::acklog::ACK_LOG_FILE_NAME),
-            offset: first_cut,
+            // The first sequence number to forget; the limit forgets nothing.
+            offset: first_cut.unwrap_or(crate::frame::SEQ_LIMIT),
             bytes: len,
             saved_as: Some(saved_as),
             seqs: None,
+            reason: reasons.join("; "),
+        });
+    }
+
+    /// Plans the log's continuation past every sequence number a file or the head index shows
+    /// was used: the numbers of cut records, and of synced records a lost segment held.
+    fn plan_continuation(&mut self) {
+        let Some(kept) = self.kept.clone() else {
+            // Nothing is kept: the head restarts the queue (see `plan_head`).
+            return;
+        };
+        let state = self.snapshot.head.state();
+        let synced_seq = state.map_or(0, |state| state.synced_seq);
+        let seen_end = self
+            .snapshot
+            .segments
+            .iter()
+            .map(SegmentScan::next_seq)
+            .max()
+            .unwrap_or(0);
+        let resume = self.cut_end_seq.max(synced_seq).max(seen_end);
+        let log_end = kept.end;
+        if resume <= log_end {
+            return;
+        }
+        self.note_cut(log_end, Some(&(log_end..resume)));
+        let head = self.new_head.or(self.snapshot.head_seq()).unwrap_or(0);
+        if head >= log_end {
+            // No record before the gap is left to serve: the head moves to where the log
+            // continues (a head inside the gap would point at no record).
+            if self.new_head.is_none() {
+                let head_file = self.snapshot.dir.join(HEAD_FILE_NAME);
+                let saved_as = self
+                    .snapshot
+                    .head
+                    .file_len
+                    .map(|_| self.quarantine_path(HEAD_FILE_NAME));
+                self.actions.push(RepairAction {
+                    kind: ActionKind::RewriteHead,
+                    file: head_file,
+                    offset: 0,
+                    bytes: self.snapshot.head.file_len.unwrap_or(0),
+                    saved_as,
+                    seqs: None,
+                    reason: format!(
+                        "every record kept is consumed: the head moves to {resume}, where the \
+                         log continues"
+                    ),
+                });
+            }
+            self.new_head = Some(resume);
+        }
+        self.actions.push(RepairAction {
+            kind: ActionKind::ContinueAfter,
+            file: self.snapshot.dir.join(segment_file_name(resume)),
+            offset: 0,
+            bytes: SEGMENT_HEADER_LEN as u64,
+            saved_as: None,
+            seqs: Some(log_end..resume),
             reason: format!(
-                "forget acknowledgements and delivery counts of records from {first_cut} on, \
-                 whose sequence numbers new records will carry"
+                "new records start at {resume}: sequence numbers {log_end}..{resume} were used \
+                 by records cut or lost, and are never used again"
+            ),
+        });
+    }
+
+    /// Plans a new settings file when the old one does not decode. The segment size is the
+    /// smallest power of two that holds the largest sealed segment (a segment is sealed before
+    /// it would exceed it), or the default when no segment is sealed.
+    fn plan_settings(&mut self) {
+        let Some(Err(error)) = &self.snapshot.settings else {
+            return;
+        };
+        let sealed = self.snapshot.segments.len().saturating_sub(1);
+        let segment_size = self
+            .snapshot
+            .segments
+            .iter()
+            .take(sealed)
+            .map(|scan| scan.file_len.next_power_of_two())
+            .max()
+            .map_or(SEGMENT_SIZE_DEFAULT, |size| {
+                size.clamp(SEGMENT_SIZE_MIN, SEGMENT_SIZE_MAX)
+            });
+        let path = self.snapshot.dir.join(SETTINGS_FILE_NAME);
+        let bytes = self
+            .storage
+            .open_read(&path)
+            .and_then(|file| file.len())
+            .unwrap_or(0);
+        let saved_as = self.quarantine_path(SETTINGS_FILE_NAME);
+        self.new_settings = Some(QueueSettings::new(segment_size));
+        self.actions.push(RepairAction {
+            kind: ActionKind::RewriteSettings,
+            file: path,
+            offset: 0,
+            bytes,
+            saved_as: Some(saved_as),
+            seqs: None,
+            reason: format!(
+                "{error}; rewritten with a segment size of {segment_size} bytes, taken from the \
+                 segments on disk"
             ),
         });
     }
@@ -618,11 +758,18 @@ impl<'a> Planner<'a> {
         }
         for stray in &self.snapshot.strays {
             let saved_as = self.quarantine_path(stray);
+            let file = self.snapshot.dir.join(stray);
+            // The size the operator is told is moved; a folder or a file that vanished counts 0.
+            let bytes = self
+                .storage
+                .open_read(&file)
+                .and_then(|opened| opened.len())
+                .unwrap_or(0);
             self.actions.push(RepairAction {
                 kind: ActionKind::Quarantine,
-                file: self.snapshot.dir.join(stray),
+                file,
                 offset: 0,
-                bytes: 0,
+                bytes,
                 saved_as: Some(saved_as),
                 seqs: None,
                 reason: String::from("not a file diskspool writes"),
@@ -638,10 +785,12 @@ fn execute(
     dir: &Path,
     actions: &[RepairAction],
     new_head: Option<u64>,
+    new_settings: Option<QueueSettings>,
 ) -> Result<()> {
     let quarantine = dir.join(QUARANTINE_DIR_NAME);
+    // Never through a symlink, nor into someone else's folder: what is cut goes there.
     storage
-        .create_dir_all(&quarantine)
+        .ensure_private_dir(&quarantine)
         .and_then(|()| storage.sync_dir(dir))
         .map_err(|error| Error::io("create quarantine", &quarantine, error))?;
     for action in actions {
@@ -671,6 +820,17 @@ fn execute(
             }
             ActionKind::RebaseSegment => rebase_segment(storage, dir, action, saved_as)?,
             ActionKind::RewriteAckLog => rewrite_ack_log(storage, dir, action, saved_as)?,
+            ActionKind::ContinueAfter => continue_after(storage, dir, action)?,
+            ActionKind::RewriteSettings => {
+                if let Some(old) = read_file(storage, &action.file)? {
+                    if let Some(saved_as) = saved_as {
+                        save_copy(storage, saved_as, &old)?;
+                    }
+                }
+                if let Some(settings) = &new_settings {
+                    crate::settings::write_settings(storage, dir, settings)?;
+                }
+            }
         }
     }
     Ok(())
@@ -756,7 +916,9 @@ fn rewrite_ack_log(
     }
     let first_cut = action.offset;
     let snapshot = crate::inspect::read_ack_log(storage, dir)?;
-    let log_id = acklog::decode_header(&old).map_or(0, |log_id| log_id) + 1;
+    let log_id = acklog::decode_header(&old)
+        .map_or(0, |log_id| log_id)
+        .wrapping_add(1);
     let mut bytes = acklog::encode_header(log_id).to_vec();
     for entry in snapshot.history.entries() {
         let kept = match entry {
@@ -775,6 +937,39 @@ fn rewrite_ack_log(
     }
     storage::write_atomically(storage, dir, acklog::ACK_LOG_FILE_NAME, &bytes)
         .map_err(|error| Error::io("rewrite ack log", &action.file, error))
+}
+
+/// Acknowledges the retired numbers, then creates the segment the log continues in. In this
+/// order a crash between the two leaves acknowledgements past the log's end, which open drops
+/// (and then refuses the queue until repair runs again), never a gap nobody explained.
+fn continue_after(storage: &dyn Storage, dir: &Path, action: &RepairAction) -> Result<()> {
+    use crate::acklog::{self, AckEntry};
+    let Some(seqs) = action.seqs.clone() else {
+        return Ok(());
+    };
+    let ack_path = dir.join(acklog::ACK_LOG_FILE_NAME);
+    let snapshot = crate::inspect::read_ack_log(storage, dir)?;
+    let old_log_id = read_file(storage, &ack_path)?
+        .and_then(|old| acklog::decode_header(&old).ok())
+        .unwrap_or(0);
+    let log_id = old_log_id + 1;
+    let mut bytes = acklog::encode_header(log_id).to_vec();
+    for entry in snapshot.history.entries() {
+        acklog::encode_entry(&mut bytes, log_id, &entry);
+    }
+    acklog::encode_entry(
+        &mut bytes,
+        log_id,
+        &AckEntry::Acked {
+            start: seqs.start,
+            end: seqs.end,
+        },
+    );
+    storage::write_atomically(storage, dir, acklog::ACK_LOG_FILE_NAME, &bytes)
+        .map_err(|error| Error::io("rewrite ack log", &ack_path, error))?;
+    let name = segment_file_name(seqs.end);
+    storage::write_atomically(storage, dir, &name, &encode_header(seqs.end))
+        .map_err(|error| Error::io("create segment", &action.file, error))
 }
 
 /// Writes `bytes` into a new file and makes it durable, directory entry included.
@@ -811,6 +1006,8 @@ fn rewrite_head(
                 .filter_map(|slot| slot.as_ref().ok().map(|slot| slot.generation))
                 .max()
         })
+        // A generation out of range (forged) is not continued: the new file is whole anyway.
+        .filter(|&generation| generation < crate::head::GENERATION_LIMIT - 2)
         .unwrap_or(0);
     let head_seq = new_head.unwrap_or(0);
     // Keep how far the records were known to be synced (0, unknown, if no slot is readable).
@@ -821,6 +1018,7 @@ fn rewrite_head(
             read.slots
                 .iter()
                 .filter_map(|slot| slot.as_ref().ok().map(|slot| slot.state.synced_seq))
+                .filter(|&synced_seq| synced_seq <= crate::frame::SEQ_LIMIT)
                 .max()
         })
         .unwrap_or(0);

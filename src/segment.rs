@@ -81,6 +81,9 @@ pub enum HeaderError {
     /// Written by another format version.
     #[error("unsupported segment format version {0}")]
     UnsupportedVersion(u16),
+    /// The base sequence number is beyond `frame::SEQ_LIMIT`: never written by diskspool.
+    #[error("segment base sequence {0} is beyond the largest sequence number, {max}", max = frame::SEQ_LIMIT - 1)]
+    BaseBeyondLimit(u64),
 }
 
 /// Decodes a segment header and returns its base sequence number.
@@ -99,7 +102,11 @@ pub fn decode_header(bytes: &[u8]) -> Result<u64, HeaderError> {
     if version != FORMAT_VERSION {
         return Err(HeaderError::UnsupportedVersion(version));
     }
-    Ok(frame::read_u64(header, BASE_SEQ_OFFSET))
+    let base_seq = frame::read_u64(header, BASE_SEQ_OFFSET);
+    if base_seq > frame::SEQ_LIMIT {
+        return Err(HeaderError::BaseBeyondLimit(base_seq));
+    }
+    Ok(base_seq)
 }
 
 /// Converts a header problem into the crate's error for `path`.

@@ -118,6 +118,7 @@ impl Spool {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
+        crate::queue::check_owner(&*storage, &dir)?;
         let dir_lock = crate::queue::create_and_lock(&*storage, &dir)?;
         let (fanout_log, intents) = FanoutLog::open(&*storage, &dir)?;
         let spool = Spool {
@@ -202,6 +203,11 @@ impl Spool {
             .iter()
             .map(|queue| queue.shared().lock_writer())
             .collect();
+        // A copy that cannot be numbered must be refused before the intent is written, or
+        // every later open would fail to roll it forward.
+        for writer in &writers {
+            crate::queue::check_room(writer, payloads.len())?;
+        }
         let intent = Intent {
             id: log.next_id,
             targets: sorted
@@ -284,11 +290,11 @@ impl FanoutLog {
         while let Some((entry, len)) = decode_entry(bytes.get(offset..).unwrap_or(&[])) {
             match entry {
                 Entry::Intent(intent) => {
-                    next_id = next_id.max(intent.id + 1);
+                    next_id = next_id.max(intent.id.saturating_add(1));
                     intents.insert(intent.id, intent);
                 }
                 Entry::Done(id) => {
-                    next_id = next_id.max(id + 1);
+                    next_id = next_id.max(id.saturating_add(1));
                     intents.remove(&id);
                 }
             }
@@ -315,7 +321,7 @@ impl FanoutLog {
 
     fn append_intent(&mut self, intent: &Intent, sync: bool) -> Result<()> {
         self.append(&encode_intent(intent))?;
-        self.next_id = intent.id + 1;
+        self.next_id = intent.id.saturating_add(1);
         self.pending.insert(intent.id);
         if sync {
             self.file
@@ -380,7 +386,12 @@ fn encode_intent(intent: &Intent) -> Vec<u8> {
 fn decode_entry(bytes: &[u8]) -> Option<(Entry, usize)> {
     let header = bytes.get(..ENTRY_HEADER_LEN)?;
     let len = read_u32(header, 4) as usize;
-    let entry = bytes.get(..len.max(ENTRY_HEADER_LEN))?;
+    // A length below the header's would not move the reader forward (a crafted file could make
+    // `Spool::open` loop for ever): no writer produces one.
+    if len < ENTRY_HEADER_LEN {
+        return None;
+    }
+    let entry = bytes.get(..len)?;
     if read_u32(entry, 0) != crate::frame::crc32(&entry[4..]) {
         return None;
     }
@@ -460,6 +471,17 @@ mod tests {
         let mut damaged = bytes.clone();
         damaged[30] ^= 1;
         assert!(decode_entry(&damaged).is_none());
+    }
+
+    #[test]
+    fn an_entry_shorter_than_its_header_is_refused_even_with_a_valid_checksum() {
+        for len in [0u32, 8, 23] {
+            let mut entry = encode_header(KIND_DONE, 7, &[]);
+            entry[4..8].copy_from_slice(&len.to_le_bytes());
+            let crc = crate::frame::crc32(&entry[4..]);
+            entry[..4].copy_from_slice(&crc.to_le_bytes());
+            assert!(decode_entry(&entry).is_none(), "length {len}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,10 +59,42 @@ pub enum LockFailure {
     Io(io::Error),
 }
 
+/// Who owns a queue directory, as seen by this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirOwner {
+    /// The owner's user id.
+    pub uid: u32,
+    /// True when this process runs as the owner.
+    pub is_process: bool,
+    /// True when this process runs as root (which writes anyone's queue, and gives what it
+    /// creates to the directory's owner).
+    pub process_is_root: bool,
+}
+
 /// A filesystem as the engine sees it.
 pub trait Storage: Send + Sync + fmt::Debug {
-    /// Creates `dir` and any missing parents.
+    /// Creates `dir` and any missing parents (private: `0700` on a real filesystem).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Makes sure `dir` is a directory the queue may write into: creates it (one level,
+    /// private) unless it exists, and refuses an existing entry that is a symlink or not a
+    /// directory, or that belongs to another user than its parent directory. The default
+    /// creates it with [`create_dir_all`](Storage::create_dir_all).
+    fn ensure_private_dir(&self, dir: &Path) -> io::Result<()> {
+        self.create_dir_all(dir)
+    }
+    /// The user id that owns `dir`, and whether this process may write in another user's
+    /// queue directory anyway (it is root, and gives what it creates to the owner). `None`
+    /// when the storage has no owners (the default).
+    fn dir_owner(&self, dir: &Path) -> io::Result<Option<DirOwner>> {
+        let _ = dir;
+        Ok(None)
+    }
+    /// Sets the permission bits of a directory. Files created in a directory get its read and
+    /// write bits (see [`OsStorage`]), so this decides theirs too. The default does nothing.
+    fn set_dir_mode(&self, dir: &Path, mode: u32) -> io::Result<()> {
+        let _ = (dir, mode);
+        Ok(())
+    }
     /// The names of the entries in `dir` (files and folders), in no particular order.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Calls `visit` with the name of each entry in `dir`, like [`list_dir`](Storage::list_dir)
@@ -141,12 +173,77 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
 const LOCK_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The real filesystem.
+///
+/// Inside a queue directory it never follows a symbolic link and never opens anything but a
+/// regular file (a FIFO, a device or a link where a queue file belongs is refused, naming it).
+/// Files it creates get the read and write bits of their directory, exactly (the umask does not
+/// apply), and directories it creates are `0700`; when the process is root, both are given the
+/// owner and group of the directory they are created in. See `docs/SECURITY.md`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OsStorage;
 
 impl Storage for OsStorage {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+        if std::fs::symlink_metadata(dir).is_ok() {
+            // It exists (the queue directory may be reached through a symlink on purpose).
+            return std::fs::create_dir_all(dir);
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        // Exactly private whatever the umask, and the parent's owner's when root made it.
+        let created = File::open(dir)?;
+        rustix::fs::fchmod(&created, rustix::fs::Mode::from_raw_mode(0o700))?;
+        if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            give_to_owner_of(&created, parent)?;
+        }
+        Ok(())
+    }
+
+    fn dir_owner(&self, dir: &Path) -> io::Result<Option<DirOwner>> {
+        let uid = std::fs::metadata(dir)?.uid();
+        let process = rustix::process::geteuid();
+        Ok(Some(DirOwner {
+            uid,
+            is_process: process.as_raw() == uid,
+            process_is_root: process.is_root(),
+        }))
+    }
+
+    fn set_dir_mode(&self, dir: &Path, mode: u32) -> io::Result<()> {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+    }
+
+    fn ensure_private_dir(&self, dir: &Path) -> io::Result<()> {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {
+                let created = File::open(dir)?;
+                rustix::fs::fchmod(&created, rustix::fs::Mode::from_raw_mode(0o700))?;
+                if let Some(parent) = dir.parent() {
+                    give_to_owner_of(&created, parent)?;
+                }
+                return Ok(());
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+        let found = std::fs::symlink_metadata(dir)?;
+        if !found.file_type().is_dir() {
+            return Err(refused(describe(found.file_type()), "a directory"));
+        }
+        let parent = dir.parent().map(std::fs::metadata).transpose()?;
+        if parent.is_some_and(|parent| parent.uid() != found.uid()) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "is owned by user {}, not by the owner of the directory it is in; \
+                     refusing to write into it",
+                    found.uid()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -179,22 +276,19 @@ impl Storage for OsStorage {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let file = open_regular(path, OpenOptions::new().read(true).write(true))?;
         Ok(Box::new(OsFile { file }))
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        let file = OpenOptions::new().read(true).open(path)?;
+        let file = open_regular(path, OpenOptions::new().read(true))?;
         Ok(Box::new(OsFile { file }))
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)?;
-        Ok(Box::new(OsFile { file }))
+        Ok(Box::new(OsFile {
+            file: create_like_parent(path)?,
+        }))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -211,13 +305,20 @@ impl Storage for OsStorage {
 
     fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
         let path = dir.join(crate::queue::LOCK_FILE_NAME);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(LockFailure::Io)?;
+        // Never through a symlink: the lock file is truncated and written below, and a link to
+        // another file (run as root: any file) would have that file emptied.
+        let mut file = match open_regular(&path, OpenOptions::new().read(true).write(true)) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                match create_like_parent(&path) {
+                    Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                        open_regular(&path, OpenOptions::new().read(true).write(true))
+                    }
+                    created => created,
+                }
+            }
+            opened => opened,
+        }
+        .map_err(|error| LockFailure::Io(in_file(&path, error)))?;
         // A flock belongs to the open file description, which a child process shares between
         // fork and exec: a program that closes and reopens a queue while another thread spawns
         // a process can find its own released lock still held for that moment. Retry briefly
@@ -244,6 +345,96 @@ impl Storage for OsStorage {
             .map_err(LockFailure::Io)?;
         Ok(Box::new(LockedFile { _file: file }))
     }
+}
+
+/// The kind of a file that is not a regular one, for error messages.
+fn describe(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn refused(found: &str, wanted: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("is {found} where diskspool keeps {wanted}; refusing to use it"),
+    )
+}
+
+/// Names the file in an error that does not (the lock file's errors are shown alone).
+fn in_file(path: &Path, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+}
+
+/// Opens a file inside a queue directory: never through a symbolic link (`O_NOFOLLOW`), never
+/// blocking on a FIFO (`O_NONBLOCK`, which does nothing to a regular file), and only when it is
+/// a regular file. Whoever can write the directory could otherwise point a name the engine
+/// writes at any file the process may write, or make it hang on a FIFO.
+fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| match error.raw_os_error() {
+            Some(libc::ELOOP) => refused("a symbolic link", "a file"),
+            _ => error,
+        })?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(refused(describe(kind), "a file"));
+    }
+    Ok(file)
+}
+
+/// Creates a new file (never through a symlink: `O_EXCL` fails on any existing name) with the
+/// read and write permissions its directory has for each class (a private 0700 directory makes
+/// 0600 files, whatever the umask), owned, when the process is root, by the directory's owner
+/// and group: root must not leave files the queue's owner cannot open.
+fn create_like_parent(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let parent = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mode = std::fs::metadata(parent)?.mode() & 0o666;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(path)?;
+    rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(mode))?;
+    give_to_owner_of(&file, parent)?;
+    Ok(file)
+}
+
+/// When the process is root, gives `file` the owner and group of `dir`.
+fn give_to_owner_of(file: &File, dir: &Path) -> io::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let owner = std::fs::metadata(dir)?;
+    if owner.uid() == 0 && owner.gid() == 0 {
+        return Ok(());
+    }
+    rustix::fs::fchown(
+        file,
+        Some(rustix::process::Uid::from_raw(owner.uid())),
+        Some(rustix::process::Gid::from_raw(owner.gid())),
+    )?;
+    Ok(())
 }
 
 fn read_pid(file: &mut File) -> Option<u32> {

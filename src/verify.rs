@@ -22,6 +22,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::acklog::is_retired_gap;
 use crate::error::Result;
 use crate::head::{SlotError, HEAD_FILE_NAME, HEAD_SLOT_OFFSETS};
 use crate::inspect::{HeaderStatus, ScanProgress, SegmentEnd, SegmentScan, Snapshot};
@@ -40,8 +41,8 @@ pub enum ProblemKind {
     /// A frame fails its checks (checksum, sequence number, length) while valid records follow
     /// it, in the same segment or a later one: damage, not an interrupted write.
     DamagedFrame,
-    /// The last segment ends in bytes that do not form a complete record or batch: the remains
-    /// of an interrupted write, which `Queue::open` cuts on its own.
+    /// The last segment (or the ack log) ends in bytes that do not form a complete record or
+    /// batch (entry): the remains of an interrupted write, which `Queue::open` cuts on its own.
     TornTail,
     /// A segment's header is cut short, has bad magic bytes or checksum, or names another base
     /// sequence number than the file name.
@@ -53,14 +54,20 @@ pub enum ProblemKind {
     MissingRecords,
     /// One head slot is damaged; the other one is in force.
     HeadSlotDamaged,
-    /// The head index is missing while segments exist, or neither slot is valid: which records
-    /// were consumed is unknown, and `Queue::open` refuses to guess.
+    /// The head index is missing while segments exist, neither slot is valid, or the slot in
+    /// force holds a value out of range (a sequence number beyond the largest one): which
+    /// records were consumed is unknown, and `Queue::open` refuses to guess.
     HeadUnreadable,
     /// A segment file could not be read (an I/O error, or a folder with a segment's name).
     Unreadable,
-    /// The ack log of the jobs API has a bad header: acknowledgements beyond the head are
-    /// unknown. `repair` does not mend it.
+    /// The ack log of the jobs API has a bad header, or a damaged entry (bad checksum or a
+    /// field out of range) followed by a valid one: acknowledgements beyond the head are
+    /// unknown, and `Queue::open` refuses the queue. `repair` rewrites the log without a
+    /// damaged entry; it does not mend a bad header.
     AckLogDamaged,
+    /// The settings file does not decode: `Queue::open` refuses the queue until `repair`
+    /// rewrites it.
+    SettingsDamaged,
     /// A file or folder that diskspool did not write.
     StrayFile,
 }
@@ -78,6 +85,7 @@ impl ProblemKind {
             ProblemKind::HeadUnreadable => "head_unreadable",
             ProblemKind::Unreadable => "unreadable",
             ProblemKind::AckLogDamaged => "ack_log_damaged",
+            ProblemKind::SettingsDamaged => "settings_damaged",
             ProblemKind::StrayFile => "stray_file",
         }
     }
@@ -175,6 +183,7 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
     };
     check_head(snapshot, &mut report.problems);
     check_segments(snapshot, &mut report.problems);
+    check_synced_end(snapshot, &mut report.problems);
     for (name, error) in &snapshot.unreadable {
         report.problems.push(Problem {
             kind: ProblemKind::Unreadable,
@@ -183,10 +192,11 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
             detail: format!("could not be read: {error}"),
         });
     }
-    if let Some(error) = &snapshot.acks.header_error {
+    check_ack_log(snapshot, &mut report.problems);
+    if let Some(Err(error)) = &snapshot.settings {
         report.problems.push(Problem {
-            kind: ProblemKind::AckLogDamaged,
-            file: snapshot.dir.join(crate::acklog::ACK_LOG_FILE_NAME),
+            kind: ProblemKind::SettingsDamaged,
+            file: snapshot.dir.join(crate::settings::SETTINGS_FILE_NAME),
             offset: 0,
             detail: error.to_string(),
         });
@@ -200,6 +210,62 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
         });
     }
     report
+}
+
+/// The head index knows how far records were synced: a log that ends before that lost records
+/// no crash can take (`Queue::open` refuses it).
+fn check_synced_end(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
+    let (Some(state), Some(last)) = (snapshot.head.state(), snapshot.segments.last()) else {
+        return;
+    };
+    let log_end = last.next_seq();
+    if log_end < state.synced_seq && state.head_seq < state.synced_seq {
+        let from = log_end.max(state.head_seq);
+        problems.push(Problem {
+            kind: ProblemKind::MissingRecords,
+            file: snapshot.dir.join(&last.name),
+            offset: last.valid_end,
+            detail: format!(
+                "records {from}..{} are missing: the head index says every record below {} \
+                 was synced, but the log ends before {log_end} (a lost or cut newest segment)",
+                state.synced_seq, state.synced_seq
+            ),
+        });
+    }
+}
+
+/// The ack log: its header, and every entry (see `acklog::scan_ack_log`).
+fn check_ack_log(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
+    let acks = &snapshot.acks;
+    let file = snapshot.dir.join(crate::acklog::ACK_LOG_FILE_NAME);
+    if let Some(error) = &acks.header_error {
+        problems.push(Problem {
+            kind: ProblemKind::AckLogDamaged,
+            file: file.clone(),
+            offset: 0,
+            detail: error.to_string(),
+        });
+    }
+    if let Some(damage) = &acks.damage {
+        problems.push(Problem {
+            kind: ProblemKind::AckLogDamaged,
+            file: file.clone(),
+            offset: damage.offset,
+            detail: damage.detail.clone(),
+        });
+    }
+    if let (Some(offset), Some(len)) = (acks.bad_entry_offset, acks.file_len) {
+        problems.push(Problem {
+            kind: ProblemKind::TornTail,
+            file,
+            offset,
+            detail: format!(
+                "{} bytes after the last valid ack log entry hold no valid entry: an \
+                 interrupted append, which `Queue::open` cuts",
+                len.saturating_sub(offset)
+            ),
+        });
+    }
 }
 
 fn check_head(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
@@ -231,6 +297,14 @@ fn check_head(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             ),
         });
         return;
+    }
+    if let Some((offset, why)) = head.out_of_range() {
+        problems.push(Problem {
+            kind: ProblemKind::HeadUnreadable,
+            file: path.clone(),
+            offset,
+            detail: format!("the head slot in force is unusable: {why}"),
+        });
     }
     for index in head.read.damaged_slots() {
         let detail = match &head.read.slots[index] {
@@ -269,7 +343,9 @@ fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
         if let Some(expected) = expected {
             // Gaps wholly behind the head are consumed records: nothing is lost.
             let matters = head_seq.is_none_or(|head| scan.base_seq > head);
-            if scan.base_seq != expected && matters {
+            // A gap repair retired on purpose (see `acklog::is_retired_gap`) is no loss.
+            let retired = is_retired_gap(&snapshot.acks.history.acked, expected, scan.base_seq);
+            if scan.base_seq != expected && matters && !retired {
                 problems.push(Problem {
                     kind: ProblemKind::MissingRecords,
                     file: path.clone(),

@@ -133,6 +133,107 @@ fn sync_records_the_synced_sequence_in_the_head() {
     assert_eq!(read.slots[current].clone().unwrap().state.synced_seq, 3);
 }
 
+/// Flips a byte inside the frame of record 4 of the first segment of a queue that holds records
+/// 0..6 of 64 bytes, pushed by `push_six`: a valid record follows the damage.
+fn damage_record_four(sim: &SimStorage) -> Vec<u8> {
+    let path = Path::new(DIR).join(segment_file_name(0));
+    let mut bytes = sim.read_file(&path).unwrap();
+    let record_four = SEGMENT_HEADER_LEN + 4 * frame::frame_len(64);
+    bytes[record_four + 30] ^= 0x01;
+    sim.write_file(&path, &bytes).unwrap();
+    bytes
+}
+
+fn push_six(queue: &Queue) {
+    for seq in 0..6u64 {
+        assert_eq!(queue.push(&[seq as u8; 64]).unwrap(), seq);
+    }
+}
+
+/// After a process kill under `Always`, records pushed since the last head write were synced,
+/// but the head does not say so: recovery cannot tell damage to them from unsynced writes that
+/// a power loss persisted out of order, and cuts them, reporting what it cut and why (see
+/// DURABILITY.md, "Damage that is not a crash").
+#[test]
+fn after_a_crash_damage_in_records_the_head_does_not_know_as_synced_is_cut_and_reported() {
+    let sim = SimStorage::new(1);
+    let queue = open(&sim, SyncPolicy::Always);
+    push_six(&queue);
+    sim.process_crash();
+    drop(queue);
+    damage_record_four(&sim);
+    let queue = open(&sim, SyncPolicy::Always);
+    let cuts = &queue.recovery_report().truncated;
+    assert_eq!(cuts.len(), 1, "{cuts:?}");
+    assert_eq!(cuts[0].first_lost_seq, 4);
+    assert!(
+        cuts[0].reason.contains("not known to have been synced"),
+        "{}",
+        cuts[0].reason
+    );
+    assert_eq!(drained_seqs(&queue), vec![0, 1, 2, 3]);
+}
+
+/// Open records in the head that every record it recovered is durable: after a crash, damage
+/// to those records found at the next open is refused, not cut.
+#[test]
+fn open_records_that_the_records_it_recovered_are_synced() {
+    let sim = SimStorage::new(1);
+    let queue = open(&sim, SyncPolicy::Always);
+    push_six(&queue);
+    sim.process_crash();
+    drop(queue);
+    let queue = open(&sim, SyncPolicy::Always);
+    sim.process_crash();
+    drop(queue);
+    let damaged = damage_record_four(&sim);
+    match Queue::open(DIR, options(&sim, SyncPolicy::Always)) {
+        Err(Error::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, Path::new(DIR).join(segment_file_name(0)));
+            assert_eq!(
+                offset,
+                (SEGMENT_HEADER_LEN + 4 * frame::frame_len(64)) as u64
+            );
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let path = Path::new(DIR).join(segment_file_name(0));
+    assert_eq!(sim.read_file(&path).unwrap(), damaged, "nothing is cut");
+}
+
+/// A clean close records in the head how far the records are synced, under every policy: all of
+/// them under `Always` and `Interval` (which sync at close), what the last roll synced under
+/// `Never` (which syncs only when it must or is asked to).
+#[test]
+fn a_clean_close_records_how_far_the_records_are_synced() {
+    let policies = [
+        SyncPolicy::Always,
+        SyncPolicy::Interval(std::time::Duration::from_secs(3600)),
+        SyncPolicy::Never,
+    ];
+    for policy in policies {
+        let sim = SimStorage::new(1);
+        let queue = open(&sim, policy);
+        let pushed = fill_first_segment(&queue).len() as u64;
+        // Rolls: the first segment is synced and sealed.
+        assert_eq!(queue.push(&[7; 900]).unwrap(), pushed);
+        assert_eq!(queue.push(b"last").unwrap(), pushed + 1);
+        drop(queue);
+        let head = sim.read_file(&Path::new(DIR).join("head")).unwrap();
+        let read = diskspool::head::decode_head_file(&head);
+        let synced_seq = read.slots[read.current.unwrap()]
+            .clone()
+            .unwrap()
+            .state
+            .synced_seq;
+        let expected = match policy {
+            SyncPolicy::Never => pushed,
+            _ => pushed + 2,
+        };
+        assert_eq!(synced_seq, expected, "{policy:?}");
+    }
+}
+
 /// Found by simulation seed 174: a roll whose new segment could not be created, nor its file
 /// removed, left the file behind; a later push went into the previous segment, and the reopened
 /// queue took the empty leftover for the active segment and lost that acknowledged push. Now
@@ -334,6 +435,52 @@ fn ack_log_entries_persisted_out_of_order_are_skipped_not_refused() {
     queue_with_ack_log(&sim, 6, &[None, Some(acked)]);
     let queue = open(&sim, SyncPolicy::Never);
     assert_eq!(drained_seqs(&queue), vec![0, 1, 2, 5]);
+}
+
+/// An ack log entry whose checksum matches but whose fields are out of range (here an unknown
+/// kind) was not left by a crash: `open` refuses it even as the last entry, naming its offset.
+#[test]
+fn an_ack_log_entry_with_a_valid_checksum_and_a_bad_field_is_refused() {
+    let sim = SimStorage::new(1);
+    queue_with_ack_log(&sim, 6, &[Some(AckEntry::Acked { start: 1, end: 2 })]);
+    let path = Path::new(DIR).join(acklog::ACK_LOG_FILE_NAME);
+    let mut bytes = sim.read_file(&path).unwrap();
+    let offset = bytes.len();
+    let mut entry = Vec::new();
+    acklog::encode_entry(&mut entry, 1, &AckEntry::Acked { start: 3, end: 4 });
+    entry[4] = 9; // kind
+    let crc = crc32(&[&1u64.to_le_bytes()[..], &entry[4..]].concat());
+    entry[..4].copy_from_slice(&crc.to_le_bytes());
+    bytes.extend_from_slice(&entry);
+    sim.write_file(&path, &bytes).unwrap();
+    match Queue::open(DIR, options(&sim, SyncPolicy::Never)) {
+        Err(Error::Corrupt {
+            file,
+            offset: at,
+            detail,
+        }) => {
+            assert_eq!((file, at), (path.clone(), offset as u64));
+            assert!(detail.contains("unknown kind 9"), "{detail}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(sim.read_file(&path).unwrap(), bytes);
+}
+
+/// CRC-32 (IEEE), as in docs/FORMAT.md.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 /// Zeros after the ack log's last entry are space prepared ahead of its tail: `open` cuts them
@@ -611,4 +758,20 @@ fn ack_log_entries_written_by_the_sync_leader_survive_a_process_kill() {
         [(0, 2), (1, 2)],
         "the delay and the ack survived, counts grew"
     );
+}
+
+/// A delivery count at `u32::MAX` in the ack log (a valid entry) is handed out again without
+/// an overflow: counts saturate.
+#[test]
+fn a_delivery_count_at_its_largest_value_does_not_overflow() {
+    let sim = SimStorage::new(1);
+    let delivered = AckEntry::Delivered {
+        seq: 0,
+        deliveries: u32::MAX,
+    };
+    queue_with_ack_log(&sim, 2, &[Some(delivered)]);
+    let queue = open(&sim, SyncPolicy::Never);
+    let delivery = queue.recv().unwrap().unwrap();
+    assert_eq!((delivery.seq(), delivery.deliveries()), (0, u32::MAX));
+    delivery.ack().unwrap();
 }

@@ -3,6 +3,7 @@
 //! starting where the head index's hint says (as the engine does), so that damage among
 //! consumed records does not stop it.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,6 +12,7 @@ use super::{
     list, read_ack_log, read_file, read_head, scan_segment, AckLogSnapshot, HeadSnapshot,
     HeaderStatus, Listing, SegmentEnd, SegmentScan, SNAPSHOT_ATTEMPTS_MAX, SNAPSHOT_RETRY_PAUSE,
 };
+use crate::acklog::is_retired_gap;
 use crate::error::{Error, Result};
 use crate::frame::{self, PAYLOAD_LEN_MAX};
 use crate::head::{HeadState, HEAD_FILE_NAME};
@@ -31,7 +33,7 @@ pub struct QueueStat {
     pub segments: usize,
     /// Bytes of frames not yet consumed.
     pub live_bytes: u64,
-    /// Bytes of all segment files, the head index and the ack log.
+    /// Bytes of all segment files, the head index, the settings file and the ack log.
     pub disk_bytes: u64,
     /// When the oldest record was pushed, microseconds since the Unix epoch.
     pub oldest_enqueued_us: Option<u64>,
@@ -69,7 +71,14 @@ fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
     let listing = list(storage, dir)?;
     let head = read_head(storage, dir)?;
     let acks = read_ack_log(storage, dir)?;
-    let mut disk_bytes = head.file_len.unwrap_or(0) + acks.file_len.unwrap_or(0);
+    if let Some(error) = acks.error(dir) {
+        return Err(error);
+    }
+    let settings_len = match listing.settings_present {
+        true => crate::settings::SETTINGS_FILE_LEN as u64,
+        false => 0,
+    };
+    let mut disk_bytes = head.file_len.unwrap_or(0) + acks.file_len.unwrap_or(0) + settings_len;
     let mut lens = Vec::with_capacity(listing.segments.len());
     for (_, name) in &listing.segments {
         let path = dir.join(name);
@@ -83,7 +92,7 @@ fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
         disk_bytes += len;
         lens.push(len);
     }
-    let mut cursor = Cursor::locate(storage, dir, &listing, &head, None, OnVanish::Fail)?;
+    let mut cursor = Cursor::locate(storage, dir, &listing, &head, &acks, None, OnVanish::Fail)?;
     let mut tail = Tail::read(storage, dir, &listing)?;
     if cursor.loaded.is_some() && cursor.loaded == tail.index {
         // The reader started from the head's hint and may have read past damage before it.
@@ -218,6 +227,9 @@ enum OnVanish {
 #[derive(Debug)]
 struct Cursor {
     head_seq: u64,
+    /// The ack log's acknowledged ranges: a gap between segments that one of them retired
+    /// (see `acklog::is_retired_gap`) is crossed, any other is missing records.
+    acked: BTreeMap<u64, u64>,
     on_vanish: OnVanish,
     /// Index into the listing of the segment in `bytes`.
     loaded: Option<usize>,
@@ -241,9 +253,13 @@ impl Cursor {
         dir: &Path,
         listing: &Listing,
         head: &HeadSnapshot,
+        acks: &AckLogSnapshot,
         from: Option<u64>,
         on_vanish: OnVanish,
     ) -> Result<Cursor> {
+        if let Some((offset, why)) = head.out_of_range() {
+            return Err(Error::corrupt(dir.join(HEAD_FILE_NAME), offset, why));
+        }
         let head_seq = match head.state() {
             Some(state) => state.head_seq,
             None if head.file_len.is_none() && listing.segments.is_empty() => 0,
@@ -259,6 +275,7 @@ impl Cursor {
         let target = from.unwrap_or(head_seq).max(head_seq);
         let mut cursor = Cursor {
             head_seq,
+            acked: acks.history.acked.clone(),
             on_vanish,
             loaded: None,
             bytes: Vec::new(),
@@ -329,7 +346,8 @@ impl Cursor {
                 }
                 return Err(Error::corrupt(path, 0, "segment deleted while being read"));
             };
-            if *base != self.next_seq && self.loaded.is_some() {
+            let retired = is_retired_gap(&self.acked, self.next_seq, *base);
+            if *base != self.next_seq && self.loaded.is_some() && !retired {
                 return Err(Error::corrupt(
                     &path,
                     0,
@@ -499,7 +517,10 @@ pub fn records<'a>(storage: &'a dyn Storage, dir: &Path, from: Option<u64>) -> R
         let listing = list(storage, dir)?;
         let head = read_head(storage, dir)?;
         let acks = read_ack_log(storage, dir)?;
-        let cursor = Cursor::locate(storage, dir, &listing, &head, from, OnVanish::Skip)?;
+        if let Some(error) = acks.error(dir) {
+            return Err(error);
+        }
+        let cursor = Cursor::locate(storage, dir, &listing, &head, &acks, from, OnVanish::Skip)?;
         Ok((listing, cursor, acks))
     })?;
     Ok(Records {

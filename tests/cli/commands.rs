@@ -36,7 +36,7 @@ fn stat_json_has_the_documented_fields_and_values() {
     assert_eq!(stat["segments"], files.len());
     let disk: u64 = files
         .iter()
-        .chain([dir.join("head")].iter())
+        .chain([dir.join("head"), dir.join("settings")].iter())
         .map(|path| std::fs::metadata(path).unwrap().len())
         .sum();
     assert_eq!(stat["disk_bytes"], disk);

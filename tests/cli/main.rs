@@ -11,5 +11,8 @@ mod concurrent;
 mod random_damage;
 mod records;
 mod repair;
+mod security;
+mod settings;
 mod spool_queues;
+mod terminal;
 mod verify;

@@ -110,6 +110,20 @@ fn repair_mends_any_random_damage() {
         match repair["gone_end_seq"].as_u64() {
             // Records destroyed with a deleted segment: the head moved just past them.
             Some(gone_end) => assert_eq!(start, gone_end, "{repair}; {context}"),
+            // Every record left before the cut was consumed: the head moved to where the log
+            // continues, past every number a cut record carried (never reused).
+            None if start > popped => {
+                let cut_first = repair["cut_first_seq"].as_u64();
+                assert!(
+                    cut_first.is_some_and(|first| first <= popped),
+                    "head {start} skips records; {repair}; {context}"
+                );
+                assert_eq!(
+                    repair["cut_end_seq"].as_u64(),
+                    Some(start),
+                    "{repair}; {context}"
+                );
+            }
             None => assert!(
                 start <= popped,
                 "head {start} skips records; {repair}; {context}"

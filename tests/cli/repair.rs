@@ -69,7 +69,7 @@ fn damage_in_a_sealed_segment_cuts_from_the_bad_frame_and_quarantines_the_rest()
 
 #[test]
 fn a_torn_tail_is_truncated_and_saved() {
-    let (_temp, dir) = queue_with(80, 10);
+    let (_temp, dir) = queue_with_unsynced_tail(80, 10, 5);
     let last = segments(&dir).last().unwrap().clone();
     let tail = frames(&last);
     let (offset, first_lost) = tail[tail.len() - 3];
@@ -169,6 +169,9 @@ fn stray_files_move_to_quarantine() {
     let (report, code) = repair_json(&dir, false);
     assert_eq!(code, 0, "{report}");
     assert_eq!(quarantined(&dir), ["notes.txt"]);
+    let action = &report["actions"][0];
+    assert!(action["file"].as_str().unwrap().ends_with("notes.txt"));
+    assert_eq!(action["bytes"], 4, "the size moved is the file's");
     assert_eq!(
         std::fs::read(dir.join("quarantine/notes.txt")).unwrap(),
         b"mine"
@@ -325,13 +328,18 @@ fn acknowledgements_of_cut_records_do_not_swallow_new_records() {
         .collect();
     assert!(actions.contains(&"rewrite_ack_log"), "{actions:?}");
     assert!(quarantined(&dir).contains(&"acks".to_string()));
+    assert!(actions.contains(&"continue_after"), "{actions:?}");
     {
+        // New records continue after every number used, and no acknowledgement of a cut
+        // record applies to them.
         let queue = diskspool::Queue::open(&dir, options()).unwrap();
-        for seq in 30..60 {
+        for seq in 60..90 {
             assert_eq!(queue.push(&payload_for(seq)).unwrap(), seq);
         }
     }
-    assert_records(&drain(&dir), 0..60);
+    let drained = drain(&dir);
+    assert_records(&drained[..30], 0..30);
+    assert_records(&drained[30..], 60..90);
 }
 
 #[test]
@@ -357,8 +365,8 @@ fn a_directory_without_a_queue_is_never_repaired() {
     std::fs::write(temp.path().join("thesis.tex"), "precious").unwrap();
     spool(&["repair", arg(temp.path())])
         .assert()
-        .code(5)
-        .stderr(predicate::str::contains("not a queue directory"));
+        .code(2)
+        .stderr(predicate::str::contains("is not a queue"));
     assert!(temp.path().join("thesis.tex").exists());
     assert!(!temp.path().join("quarantine").exists());
     assert!(!temp.path().join("lock").exists());
@@ -405,4 +413,74 @@ fn a_deleted_segment_holding_the_head_moves_the_head_past_it_and_cuts_nothing_el
     );
     assert_eq!(verify_json(&dir).1, 0);
     assert_records(&drain(&dir), last_missing + 1..100);
+}
+
+#[test]
+fn a_damaged_ack_log_entry_is_dropped_and_every_valid_one_kept() {
+    // Records 1..30 acknowledged out of order (0 stays, so every ack is in the ack log), then a
+    // byte flipped in one entry with valid ones after it: open refuses; repair rewrites the log
+    // without that entry, the old one saved in quarantine/, and the queue opens again with
+    // every other acknowledgement in force.
+    let (_temp, dir) = queue_with(40, 0);
+    {
+        let queue = diskspool::Queue::open(&dir, options()).unwrap();
+        let mut deliveries = queue.recv_batch(30).unwrap();
+        let first = deliveries.remove(0);
+        for delivery in deliveries {
+            delivery.ack().unwrap();
+        }
+        drop(first);
+        queue.sync().unwrap();
+    }
+    let acks = dir.join("acks");
+    let bytes = std::fs::read(&acks).unwrap();
+    let scan = diskspool::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
+    let damaged = (diskspool::acklog::ACK_LOG_HEADER_LEN
+        + diskspool::acklog::ACK_ENTRY_LEN * (scan.entries as usize - 5)) as u64;
+    flip_byte(&acks, damaged + 9);
+    assert!(diskspool::Queue::open(&dir, options()).is_err());
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    let actions: Vec<&str> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|action| action["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["rewrite_ack_log"]);
+    assert!(quarantined(&dir).contains(&"acks".to_string()));
+    assert_eq!(verify_json(&dir).1, 0);
+    let queue = diskspool::Queue::open(&dir, options()).unwrap();
+    let mut left = Vec::new();
+    while let Some(record) = queue.pop().unwrap() {
+        left.push(record.seq());
+    }
+    // 0, the one record whose ack the damaged entry held, and 30..40.
+    assert_eq!(left.len(), 12, "{left:?}");
+    assert_eq!(left[0], 0);
+    assert_eq!(&left[2..], (30..40).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_head_beyond_the_largest_sequence_number_is_set_to_the_oldest_record_left() {
+    use diskspool::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
+    let (_temp, dir) = queue_with(10, 3);
+    let mut head = vec![0; HEAD_FILE_LEN as usize];
+    let slot = encode_slot(&HeadSlot {
+        generation: 1,
+        state: HeadState {
+            head_seq: u64::MAX,
+            hint_base: 0,
+            hint_offset: 32,
+            synced_seq: 0,
+        },
+    });
+    head[..slot.len()].copy_from_slice(&slot);
+    std::fs::write(dir.join("head"), head).unwrap();
+    assert!(diskspool::Queue::open(&dir, options()).is_err());
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(code, 0, "{report}");
+    assert!(quarantined(&dir).contains(&"head".to_string()));
+    // Nothing lost: the consumed records not compacted yet are delivered again.
+    assert_records(&drain(&dir), 0..10);
 }

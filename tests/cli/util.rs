@@ -58,6 +58,24 @@ pub fn queue_with(count: u64, popped: u64) -> (tempfile::TempDir, PathBuf) {
     (temp, dir)
 }
 
+/// Like [`queue_with`], but the last `unsynced` records are pushed after the last sync, so the
+/// head index does not know they reached the disk: damage to them looks like an interrupted
+/// write (a torn tail), which open cuts. Damage to synced records is refused instead.
+pub fn queue_with_unsynced_tail(
+    count: u64,
+    popped: u64,
+    unsynced: u64,
+) -> (tempfile::TempDir, PathBuf) {
+    let synced = count - unsynced;
+    let (temp, dir) = queue_with(synced, popped);
+    let queue = Queue::open(&dir, options()).unwrap();
+    for seq in synced..count {
+        assert_eq!(queue.push(&payload_for(seq)).unwrap(), seq);
+    }
+    drop(queue);
+    (temp, dir)
+}
+
 /// Segment files of `dir`, sorted by name (that is, by sequence number).
 pub fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

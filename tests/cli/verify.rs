@@ -21,9 +21,12 @@ fn a_clean_queue_verifies_with_exit_0() {
 }
 
 #[test]
-fn a_new_empty_directory_verifies_clean() {
+fn a_new_empty_directory_is_not_a_queue() {
     let temp = tempfile::tempdir().unwrap();
-    spool(&["verify", arg(temp.path())]).assert().code(0);
+    spool(&["verify", arg(temp.path())])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is not a queue"));
 }
 
 #[test]
@@ -64,7 +67,7 @@ fn a_sealed_segment_truncated_mid_frame_is_reported() {
 
 #[test]
 fn a_zeroed_tail_of_the_last_segment_is_a_torn_tail() {
-    let (_temp, dir) = queue_with(80, 0);
+    let (_temp, dir) = queue_with_unsynced_tail(80, 0, 2);
     let last = segments(&dir).last().unwrap().clone();
     let tail_frames = frames(&last);
     let (offset, _) = tail_frames[tail_frames.len() - 2];
@@ -75,6 +78,34 @@ fn a_zeroed_tail_of_the_last_segment_is_a_torn_tail() {
         problems(&report),
         [("torn_tail".to_string(), name(&last), offset)]
     );
+}
+
+#[test]
+fn a_zeroed_tail_of_synced_records_is_missing_records_not_a_torn_tail() {
+    let (_temp, dir) = queue_with(80, 0);
+    let last = segments(&dir).last().unwrap().clone();
+    let tail_frames = frames(&last);
+    let (offset, seq) = tail_frames[tail_frames.len() - 2];
+    zero_from(&last, offset);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    let found = problems(&report);
+    assert!(
+        found.contains(&("missing_records".to_string(), name(&last), offset)),
+        "{found:?}"
+    );
+    assert!(report
+        .to_string()
+        .contains(&format!("records {seq}..80 are missing")));
+    // Open refuses it, naming the file and offset, and cuts nothing.
+    let len = std::fs::metadata(&last).unwrap().len();
+    spool(&["pop", arg(&dir)])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains(format!(
+            "corrupt at byte offset {offset}"
+        )));
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), len);
 }
 
 #[test]
@@ -281,4 +312,89 @@ fn an_unreadable_segment_is_reported_and_the_rest_still_checked() {
             .any(|(kind, file, _)| kind == "damaged_frame" && *file == name(&files[2])),
         "later segments are still checked: {found:?}"
     );
+}
+
+/// A jobs queue whose ack log holds many acknowledgements beyond the head, with a byte flipped
+/// in an entry in the middle (valid entries after it): `verify` reports the entry with its
+/// offset and exits 1; `stat` and `dump` refuse (exit 5) rather than show acknowledged records
+/// as still in the queue.
+#[test]
+fn a_damaged_ack_log_entry_is_reported_and_read_commands_stop_with_exit_5() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    {
+        let queue = diskspool::Queue::open(&dir, options()).unwrap();
+        for seq in 0..60 {
+            queue.push(&payload_for(seq)).unwrap();
+        }
+        let mut deliveries = queue.recv_batch(60).unwrap();
+        let first = deliveries.remove(0);
+        for delivery in deliveries.into_iter().rev() {
+            delivery.ack().unwrap();
+        }
+        drop(first);
+        queue.sync().unwrap();
+    }
+    assert_eq!(verify_json(&dir).1, 0, "clean before the damage");
+    let acks = dir.join("acks");
+    let bytes = std::fs::read(&acks).unwrap();
+    let scan = diskspool::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
+    let damaged = (diskspool::acklog::ACK_LOG_HEADER_LEN
+        + diskspool::acklog::ACK_ENTRY_LEN * (scan.entries as usize / 2)) as u64;
+    flip_byte(&acks, damaged + 12);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [("ack_log_damaged".to_string(), "acks".to_string(), damaged)]
+    );
+    spool(&["verify", arg(&dir)])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("ack_log_damaged"));
+    for command in ["stat", "dump"] {
+        spool(&[command, arg(&dir)])
+            .assert()
+            .code(5)
+            .stderr(predicate::str::contains("acks"))
+            .stderr(predicate::str::contains(damaged.to_string()));
+    }
+}
+
+/// A head slot with a valid checksum and `head_seq = u64::MAX` (beyond the largest sequence
+/// number): `stat` and `dump` refuse with exit 5 naming the head, `verify` reports it (exit 1),
+/// where they used to say 0 records and clean.
+#[test]
+fn a_head_beyond_the_largest_sequence_number_is_reported_and_refused() {
+    use diskspool::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    std::fs::create_dir(&dir).unwrap();
+    let mut head = vec![0; HEAD_FILE_LEN as usize];
+    let slot = encode_slot(&HeadSlot {
+        generation: 1,
+        state: HeadState {
+            head_seq: u64::MAX,
+            hint_base: u64::MAX,
+            hint_offset: 32,
+            synced_seq: 0,
+        },
+    });
+    head[..slot.len()].copy_from_slice(&slot);
+    std::fs::write(dir.join("head"), head).unwrap();
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [("head_unreadable".to_string(), "head".to_string(), 0)]
+    );
+    for command in ["stat", "dump"] {
+        spool(&[command, arg(&dir)])
+            .assert()
+            .code(5)
+            .stderr(predicate::str::contains("head"))
+            .stderr(predicate::str::contains(
+                "beyond the largest sequence number",
+            ));
+    }
 }

@@ -14,7 +14,7 @@ fn files_in(dir: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
-fn a_drained_queue_keeps_only_the_active_segment_head_and_lock() {
+fn a_drained_queue_keeps_only_the_active_segment_head_settings_and_lock() {
     for policy in [SyncPolicy::Never, SyncPolicy::Always] {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::open(dir.path(), small_segments(policy)).unwrap();
@@ -22,8 +22,10 @@ fn a_drained_queue_keeps_only_the_active_segment_head_and_lock() {
         assert!(segment_files(dir.path()).len() > 10);
         drain_checked(&queue);
         let names = files_in(dir.path());
-        assert_eq!(names.len(), 3, "{policy:?}: {names:?}");
-        assert!(names.contains(&"head".to_string()) && names.contains(&"lock".to_string()));
+        assert_eq!(names.len(), 4, "{policy:?}: {names:?}");
+        for name in ["head", "lock", "settings"] {
+            assert!(names.contains(&name.to_string()), "{policy:?}: {names:?}");
+        }
         assert_eq!(queue.stats().unwrap().segments, 1);
     }
 }

@@ -1,7 +1,7 @@
 //! Damage in a sealed segment or the head index is reported, never skipped or served.
 
 use diskspool::head::{HEAD_FILE_NAME, HEAD_SLOT_OFFSETS};
-use diskspool::{Error, Queue, SyncPolicy};
+use diskspool::{Error, Options, Queue, SyncPolicy};
 
 use crate::util::{frame_offsets, payload_for, push_expected, segment_files, small_segments};
 
@@ -85,6 +85,60 @@ fn missing_segment_in_the_middle_is_reported_not_skipped() {
     };
     assert_eq!(popped, last_good + 1);
     assert!(matches!(error, Error::Corrupt { ref detail, .. } if detail.contains("missing")));
+}
+
+/// Pushes records 0–5 of 64 bytes under the default `SyncPolicy::Always` (popping one after the
+/// third if `pop_between`), closes the queue, flips a byte inside record 4's frame (valid record
+/// 5 follows) and reopens: the records were synced and acknowledged, so this is damage, and
+/// `open` refuses with `Error::Corrupt` naming the frame, and changes nothing on disk.
+fn damage_before_a_synced_record_is_refused(pop_between: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path(), Options::default()).unwrap();
+        for seq in 0..6u64 {
+            if pop_between && seq == 3 {
+                assert_eq!(queue.pop().unwrap().unwrap().seq(), 0);
+            }
+            assert_eq!(queue.push(&[seq as u8; 64]).unwrap(), seq);
+        }
+    }
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let (offset, seq) = frame_offsets(&segment)[4];
+    assert_eq!(seq, 4);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    assert_eq!(bytes.len(), 560);
+    bytes[offset as usize + 30] ^= 0x01; // inside the payload
+    std::fs::write(&segment, &bytes).unwrap();
+    let head_before = std::fs::read(dir.path().join(HEAD_FILE_NAME)).unwrap();
+    match Queue::open(dir.path(), Options::default()) {
+        Err(Error::Corrupt {
+            file, offset: at, ..
+        }) => {
+            assert_eq!(file, segment);
+            assert_eq!(at, offset);
+        }
+        Ok(queue) => panic!(
+            "open accepted damage to synced records: len {}, {:?}",
+            queue.len(),
+            queue.recovery_report()
+        ),
+        Err(other) => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing is cut");
+    assert_eq!(
+        std::fs::read(dir.path().join(HEAD_FILE_NAME)).unwrap(),
+        head_before
+    );
+}
+
+#[test]
+fn damage_before_a_synced_record_is_refused_under_always() {
+    damage_before_a_synced_record_is_refused(false);
+}
+
+#[test]
+fn damage_before_a_synced_record_is_refused_under_always_after_a_pop() {
+    damage_before_a_synced_record_is_refused(true);
 }
 
 fn damage_head(dir: &std::path::Path, slot: usize) {

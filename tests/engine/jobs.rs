@@ -369,3 +369,50 @@ fn many_workers_ack_out_of_order_and_every_job_is_done_once() {
     assert_eq!(unique, (0..total).collect());
     assert!(queue.is_empty());
 }
+
+/// Acknowledges records 1..100 out of order (0 stays leased, so the head stays at 0 and every
+/// ack is in the ack log), closes, and flips a byte in an entry in the middle of `acks`, valid
+/// entries after it: `open` refuses with `Error::Corrupt` naming the file and the entry's
+/// offset, and changes nothing. Skipping the entry would make an acknowledged job deliverable
+/// again.
+#[test]
+fn a_damaged_ack_log_entry_followed_by_valid_ones_is_refused_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options::default().segment_size(4096);
+    {
+        let queue = Queue::open(dir.path(), options()).unwrap();
+        push_expected(&queue, 100);
+        let mut deliveries = queue.recv_batch(100).unwrap();
+        assert_eq!(deliveries.len(), 100);
+        let first = deliveries.remove(0);
+        for delivery in deliveries.into_iter().rev() {
+            delivery.ack().unwrap();
+        }
+        drop(first);
+    }
+    let acks = dir.path().join(diskspool::acklog::ACK_LOG_FILE_NAME);
+    let mut bytes = std::fs::read(&acks).unwrap();
+    let scan = diskspool::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
+    assert!(scan.entries > 100, "{scan:?}");
+    let damaged = diskspool::acklog::ACK_LOG_HEADER_LEN
+        + diskspool::acklog::ACK_ENTRY_LEN * (scan.entries as usize / 2 + 10);
+    bytes[damaged + 10] ^= 0x01; // inside the sequence number
+    std::fs::write(&acks, &bytes).unwrap();
+    match Queue::open(dir.path(), options()) {
+        Err(Error::Corrupt {
+            file,
+            offset,
+            detail,
+        }) => {
+            assert_eq!(file, acks);
+            assert_eq!(offset, damaged as u64);
+            assert!(detail.contains("valid entry"), "{detail}");
+        }
+        Ok(queue) => panic!(
+            "open skipped a damaged ack log entry: {} records deliverable",
+            queue.len()
+        ),
+        Err(other) => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&acks).unwrap(), bytes, "nothing is cut");
+}

@@ -3,6 +3,7 @@
 // Test code unwraps: a failure is a test failure, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod security;
 mod segment_pool;
 mod util;
 mod write_paths;
@@ -16,8 +17,10 @@ mod fifo;
 mod jobs;
 mod limits;
 mod locking;
+mod lost_records;
 mod model;
 mod persistence;
 mod process_kill;
+mod settings;
 mod torn_tail;
 mod typed;

@@ -297,3 +297,24 @@ fn small_pushes_after_a_large_one_in_a_recycled_segment_keep_working() {
         }
     }
 }
+
+/// Pool files are the queue's own: verify does not call them strays, repair leaves them.
+#[test]
+fn pool_files_are_neither_strays_nor_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path(), pooled(SyncPolicy::Never, 8192)).unwrap();
+        push_expected(&queue, 300);
+        drain_checked(&queue);
+        push_expected(&queue, 10);
+    }
+    let pooled_before = pool_files(dir.path());
+    assert!(pooled_before > 0);
+    let storage = diskspool::storage::OsStorage;
+    let report = diskspool::verify::verify(&storage, dir.path()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let repaired =
+        diskspool::repair::repair(&storage, dir.path(), diskspool::repair::Mode::Repair).unwrap();
+    assert!(repaired.nothing_to_do(), "{repaired:?}");
+    assert_eq!(pool_files(dir.path()), pooled_before);
+}

@@ -127,7 +127,7 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
     require_dir(&args.dir)?;
     let stat = inspect::stat(&OsStorage, &args.dir)?;
     let age = stat.oldest_age(SystemTime::now());
-    let mut out = io::stdout().lock();
+    let mut out = print::stdout();
     if args.json {
         let json = StatJson {
             len: stat.len,
@@ -208,7 +208,7 @@ fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
             checksums: scan.health(index == last).name(),
         })
         .collect();
-    let mut out = io::stdout().lock();
+    let mut out = print::stdout();
     if json {
         let json = InspectJson {
             head_seq: snapshot.head_seq(),
@@ -272,7 +272,7 @@ fn inspect_segment(dir: &Path, segment: &str, json: bool) -> Result<u8, Failure>
     };
     let frames = inspect::segment_frames(base, &bytes);
     let scan = inspect::scan_segment(&name, base, &bytes);
-    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut out = print::buffered_stdout();
     if json {
         let frames: Vec<FrameJson> = frames.iter().map(frame_json).collect();
         serde_json::to_writer(&mut out, &frames).map_err(io::Error::from)?;
@@ -375,7 +375,7 @@ pub fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let mut out = io::stdout().lock();
+    let mut out = print::stdout();
     if args.json {
         serde_json::to_writer(&mut out, &verify_json(&report)).map_err(io::Error::from)?;
         writeln!(out)?;
@@ -435,9 +435,9 @@ struct CompactJson {
 pub fn compact(args: &CompactArgs) -> Result<u8, Failure> {
     require_dir(&args.dir)?;
     // Opening with automatic compaction would compact before the report could count it.
-    let queue = open_queue(&args.dir, None, SyncPolicy::Always, false)?;
+    let queue = open_queue(&args.dir, None, SyncPolicy::Always, false, false)?;
     let report = queue.compact()?;
-    let mut out = io::stdout().lock();
+    let mut out = print::stdout();
     if args.json {
         let json = CompactJson {
             segments_removed: report.segments_removed,
@@ -496,7 +496,7 @@ pub fn repair(args: &RepairArgs) -> Result<u8, Failure> {
         Mode::Repair
     };
     let report = repair::repair(&OsStorage, &args.dir, mode)?;
-    let mut out = io::stdout().lock();
+    let mut out = print::stdout();
     if args.json {
         serde_json::to_writer(&mut out, &repair_json(&report)).map_err(io::Error::from)?;
         writeln!(out)?;

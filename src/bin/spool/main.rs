@@ -151,6 +151,16 @@ fn main() -> ExitCode {
     })
 }
 
+/// A message for standard error: escaped like standard output when it is a terminal (a file
+/// name in it may hold control characters).
+fn for_stderr(message: &str) -> String {
+    use std::io::IsTerminal;
+    match io::stderr().is_terminal() {
+        true => print::escape(message.as_bytes(), true),
+        false => message.to_string(),
+    }
+}
+
 /// Prints a failure to standard error and returns its exit code.
 fn report(failure: Failure) -> u8 {
     use diskspool::Error;
@@ -166,12 +176,13 @@ fn report(failure: Failure) -> u8 {
             EXIT_USAGE
         }
         Failure::Queue(error) => {
-            eprintln!("spool: {error}");
+            eprintln!("spool: {}", for_stderr(&error.to_string()));
             match error {
                 Error::Locked { .. } => EXIT_LOCKED,
                 Error::RecordTooLarge { .. }
                 | Error::BatchTooLarge { .. }
-                | Error::InvalidOptions(_) => EXIT_USAGE,
+                | Error::InvalidOptions(_)
+                | Error::NotAQueue { .. } => EXIT_USAGE,
                 _ => EXIT_FAILURE,
             }
         }
@@ -194,25 +205,38 @@ fn require_dir(dir: &Path) -> Result<(), Failure> {
     }
 }
 
-/// Opens a queue for a command that changes it.
-///
-/// The engine does not record a queue's segment size, so for an existing queue without
-/// `--segment-size` it is taken as the next power of two at or above its largest sealed segment
-/// (segments are sealed before they would exceed it), or the default when there is none.
+/// Opens a queue for a command that changes it. Only `push` creates a queue (`create`); every
+/// other command on a directory that holds none fails with `Error::NotAQueue` and creates
+/// nothing. A queue remembers its segment size: `segment_size` changes it, `None` keeps it.
 fn open_queue(
     dir: &Path,
     segment_size: Option<u64>,
     sync: SyncPolicy,
     auto_compact: bool,
+    create: bool,
 ) -> Result<Queue, Failure> {
-    let segment_size = match segment_size {
-        Some(bytes) => bytes,
-        None => infer_segment_size(dir)?,
-    };
-    let options = Options::default()
-        .segment_size(segment_size)
+    open_queue_with(dir, segment_size, sync, auto_compact, create, None)
+}
+
+/// [`open_queue`], with the permission bits a new queue gets.
+fn open_queue_with(
+    dir: &Path,
+    segment_size: Option<u64>,
+    sync: SyncPolicy,
+    auto_compact: bool,
+    create: bool,
+    file_mode: Option<u32>,
+) -> Result<Queue, Failure> {
+    let mut options = Options::default()
         .sync(sync)
-        .auto_compact(auto_compact);
+        .auto_compact(auto_compact)
+        .create_if_missing(create);
+    if let Some(mode) = file_mode {
+        options = options.file_mode(mode);
+    }
+    if let Some(bytes) = segment_size {
+        options = options.segment_size(bytes);
+    }
     let queue = Queue::open(dir, options)?;
     report_recovery(queue.recovery_report());
     Ok(queue)
@@ -243,28 +267,4 @@ fn report_recovery(report: &diskspool::RecoveryReport) {
              sequence {seq}"
         );
     }
-}
-
-fn infer_segment_size(dir: &Path) -> Result<u64, Failure> {
-    let storage = diskspool::storage::OsStorage;
-    let listing = match diskspool::inspect::list(&storage, dir) {
-        Ok(listing) => listing,
-        // A queue not created yet.
-        Err(_) if !dir.exists() => return Ok(diskspool::SEGMENT_SIZE_DEFAULT),
-        Err(error) => return Err(error.into()),
-    };
-    let sealed = listing.segments.len().saturating_sub(1);
-    let largest = listing
-        .segments
-        .iter()
-        .take(sealed)
-        .filter_map(|(_, name)| std::fs::metadata(dir.join(name)).ok())
-        .map(|metadata| metadata.len())
-        .max();
-    Ok(match largest {
-        Some(bytes) => bytes
-            .next_power_of_two()
-            .clamp(diskspool::SEGMENT_SIZE_MIN, diskspool::SEGMENT_SIZE_MAX),
-        None => diskspool::SEGMENT_SIZE_DEFAULT,
-    })
 }

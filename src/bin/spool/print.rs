@@ -127,6 +127,96 @@ impl Table {
     }
 }
 
+/// Text for a terminal that shows bytes instead of obeying them: control characters (C0, DEL,
+/// C1), the bidirectional overrides that reorder what is shown, and bytes that are not UTF-8
+/// are written as escapes (`\x1b`, `\n`, `\u{202e}`), a backslash as `\\`; everything else as
+/// it is. With `keep_newlines`, `\n` passes (the line structure of our own output).
+pub fn escape(bytes: &[u8], keep_newlines: bool) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\n' if keep_newlines => out.push('\n'),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x80 && c.is_control() => {
+                    out.push_str(&format!("\\x{:02x}", c as u32))
+                }
+                c if c.is_control() || is_bidi_control(c) => {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32))
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// Characters that reorder the text around them on screen (Unicode's explicit embeddings,
+/// overrides and isolates, and the implicit marks).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Standard output for people: on a terminal, everything written passes through [`escape`]
+/// (newlines kept), so that a payload or a file name cannot move the cursor, retitle the window
+/// or forge a hyperlink; into a pipe or file, bytes pass as they are (scripts rely on them).
+pub struct Output<W: Write> {
+    inner: W,
+    terminal: bool,
+}
+
+impl<W: Write> Output<W> {
+    /// Wraps `inner`; `terminal` says whether it is a terminal.
+    pub fn new(inner: W, terminal: bool) -> Self {
+        Output { inner, terminal }
+    }
+
+    /// Writes a record's payload: as it is into a pipe; on a terminal escaped, its own
+    /// newlines included, so that one record stays one line.
+    pub fn write_payload(&mut self, payload: &[u8]) -> io::Result<()> {
+        match self.terminal {
+            true => self.inner.write_all(escape(payload, false).as_bytes()),
+            false => self.inner.write_all(payload),
+        }
+    }
+}
+
+/// Standard output, escaped when it is a terminal.
+pub fn stdout() -> Output<io::StdoutLock<'static>> {
+    use std::io::IsTerminal;
+    let stdout = io::stdout();
+    let terminal = stdout.is_terminal();
+    Output::new(stdout.lock(), terminal)
+}
+
+/// Like [`stdout`], buffered: for long listings.
+pub fn buffered_stdout() -> Output<io::BufWriter<io::StdoutLock<'static>>> {
+    use std::io::IsTerminal;
+    let stdout = io::stdout();
+    let terminal = stdout.is_terminal();
+    Output::new(io::BufWriter::new(stdout.lock()), terminal)
+}
+
+impl<W: Write> Write for Output<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.terminal {
+            return self.inner.write(buf);
+        }
+        self.inner.write_all(escape(buf, true).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +260,28 @@ mod tests {
         ] {
             assert_eq!(base64(input.as_bytes()), expected);
         }
+    }
+
+    #[test]
+    fn escape_shows_control_sequences_instead_of_sending_them() {
+        let hostile = b"ok \x1b]0;owned\x07\x1b[2J\n\\ \xc2\x9b \xe2\x80\xae \xff";
+        let shown = escape(hostile, false);
+        assert_eq!(
+            shown,
+            r"ok \x1b]0;owned\x07\x1b[2J\n\\ \u{9b} \u{202e} \xff"
+        );
+        assert!(!shown.bytes().any(|byte| byte < 0x20 || byte == 0x7f));
+        assert_eq!(escape(b"line\n", true), "line\n");
+        assert_eq!(escape("naïve 日本\t".as_bytes(), true), r"naïve 日本\t");
+    }
+
+    #[test]
+    fn output_escapes_only_on_a_terminal() {
+        let mut piped = Output::new(Vec::new(), false);
+        piped.write_all(b"\x1b[2J\n").unwrap();
+        assert_eq!(piped.inner, b"\x1b[2J\n");
+        let mut shown = Output::new(Vec::new(), true);
+        shown.write_all(b"\x1b[2J\n").unwrap();
+        assert_eq!(shown.inner, b"\\x1b[2J\n");
     }
 }

@@ -41,6 +41,7 @@ Examples:
   seq 1000 | spool push /var/spool/jobs                one record per line
   spool push --raw /var/spool/jobs < image.png         the whole input as one record
   spool push --segment-size 1048576 ./q hello          a new queue with 1 MiB segments
+  spool push --file-mode 640 ./q hello                 a new queue the owner's group may read
 
 Records from standard input are pushed in atomic batches of up to 1 MiB: after a crash, each
 batch is either wholly in the queue or not at all. Exit status 0 means every record was accepted
@@ -56,9 +57,19 @@ pub struct PushArgs {
     /// When records are made durable.
     #[arg(long, value_enum, default_value_t = SyncArg::Always)]
     sync: SyncArg,
-    /// Segment size in bytes for a queue that does not exist yet (default 64 MiB).
+    /// Segment size in bytes (default 64 MiB). A queue remembers the size it was created
+    /// with; giving it for an existing queue changes it for new segments.
     #[arg(long, value_name = "BYTES")]
     segment_size: Option<u64>,
+    /// Permission bits, in octal, of a queue that does not exist yet (default 600: private to
+    /// its owner; 640 lets the owner's group read it). An existing queue keeps its own.
+    #[arg(long, value_name = "OCTAL", value_parser = parse_file_mode)]
+    file_mode: Option<u32>,
+}
+
+fn parse_file_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{text} is not an octal mode such as 600 or 640"))
 }
 
 /// Options of `spool pop`.
@@ -149,7 +160,14 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
         SyncArg::Interval => SyncPolicy::Interval(Duration::from_secs(1)),
         SyncArg::Never => SyncPolicy::Never,
     };
-    let queue = open_queue(&args.dir, args.segment_size, sync, true)?;
+    let queue = crate::open_queue_with(
+        &args.dir,
+        args.segment_size,
+        sync,
+        true,
+        true,
+        args.file_mode,
+    )?;
     // An eighth of a segment: a batch that does not fit starts a new segment, so segments stay
     // at least seven eighths full.
     let batch_bytes_max = (queue.options().segment_size_bytes() / 8).min(PUSH_BATCH_BYTES_MAX);
@@ -217,7 +235,7 @@ pub fn pop(args: &PopArgs) -> Result<u8, Failure> {
     if left == 0 {
         return Ok(EXIT_OK);
     }
-    let mut out = io::stdout().lock();
+    let mut out = print::stdout();
     let queue = match wait {
         Some(wait) => {
             let Some((queue, first)) = wait_for_record(&args.dir, wait)? else {
@@ -227,7 +245,7 @@ pub fn pop(args: &PopArgs) -> Result<u8, Failure> {
             left -= 1;
             queue
         }
-        None => open_queue(&args.dir, None, SyncPolicy::Always, true)?,
+        None => open_queue(&args.dir, None, SyncPolicy::Always, true, false)?,
     };
     while left > 0 {
         let batch = queue.pop_batch(left.min(POP_BATCH_RECORDS_MAX))?;
@@ -263,7 +281,7 @@ fn wait_for_record(dir: &Path, wait: Duration) -> Result<Option<(Queue, Record)>
     loop {
         let stat = inspect::stat(&OsStorage, dir)?;
         if stat.len > 0 {
-            match open_queue(dir, None, SyncPolicy::Always, true) {
+            match open_queue(dir, None, SyncPolicy::Always, true, false) {
                 Ok(queue) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if let Some(record) = queue.pop_timeout(remaining.min(WAIT_POLL_INTERVAL))? {
@@ -299,7 +317,7 @@ pub fn dump(args: &DumpArgs) -> Result<u8, Failure> {
 
 fn print_records(dir: &Path, from: Option<u64>, limit: u64, json: bool) -> Result<u8, Failure> {
     require_dir(dir)?;
-    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut out = print::buffered_stdout();
     let records = inspect::records(&OsStorage, dir, from)?;
     for record in records.take(usize::try_from(limit).unwrap_or(usize::MAX)) {
         write_record(&mut out, &record?, json)?;
@@ -309,9 +327,13 @@ fn print_records(dir: &Path, from: Option<u64>, limit: u64, json: bool) -> Resul
 }
 
 /// One record: the bare payload and a newline, or one JSON object on a line.
-fn write_record(out: &mut impl Write, record: &StoredRecord, json: bool) -> io::Result<()> {
+fn write_record<W: Write>(
+    out: &mut print::Output<W>,
+    record: &StoredRecord,
+    json: bool,
+) -> io::Result<()> {
     if !json {
-        out.write_all(&record.payload)?;
+        out.write_payload(&record.payload)?;
         return out.write_all(b"\n");
     }
     let (encoding, payload) = match std::str::from_utf8(&record.payload) {
