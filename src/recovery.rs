@@ -203,6 +203,17 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
             (Arc::new(segment), file, tail, next_seq)
         }
         None => {
+            // No segment at all, while the head knows records were synced: refuse before
+            // creating one, so that refusing changes nothing on disk.
+            let synced_seq = head.state().synced_seq;
+            if head_seq < synced_seq {
+                return Err(synced_records_missing(
+                    &dir.join(segment_file_name(head_seq)),
+                    SEGMENT_HEADER_LEN as u64,
+                    head_seq,
+                    synced_seq,
+                ));
+            }
             let (segment, file) = create_segment(storage, dir, head_seq, options.segment_size)?;
             (segment, file, SEGMENT_HEADER_LEN as u64, head_seq)
         }

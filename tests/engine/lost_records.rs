@@ -90,3 +90,29 @@ fn after_repair_no_sequence_number_is_used_twice() {
     assert!(queue.is_empty());
     assert!(queue.push(b"later").unwrap() > seq);
 }
+
+/// The only segment lost (so the log holds no segment at all) while the head knows records
+/// were synced: open refuses, and creates no segment first (found by the damage in
+/// `tests/simulation.rs`: open created a fresh segment at the head, then refused, so refusing
+/// changed the directory and left a file under the lost segment's name).
+#[test]
+fn a_lost_only_segment_is_refused_without_creating_one() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path(), options()).unwrap();
+        push_expected(&queue, 20);
+        queue.pop().unwrap().unwrap();
+        queue.sync().unwrap();
+    }
+    let segments = segment_files(dir.path());
+    assert_eq!(segments.len(), 1);
+    std::fs::remove_file(&segments[0]).unwrap();
+    match Queue::open(dir.path(), options()) {
+        Err(Error::Corrupt { detail, .. }) => {
+            assert!(detail.contains("records 1..20 are missing"), "{detail}");
+        }
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(queue) => panic!("open succeeded with {} records", queue.len()),
+    }
+    assert_eq!(segment_files(dir.path()), Vec::<std::path::PathBuf>::new());
+}
