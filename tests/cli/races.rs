@@ -1,0 +1,343 @@
+//! The lock-free readers (`stat`, `records` behind `dump`/`peek`, `Snapshot::take` behind
+//! `inspect`/`verify`) racing a running queue, deterministically: a wrapping `Storage` lets the
+//! "engine" (a `Queue` open on the same directory) pop and compact at a chosen step of the
+//! reader, between its listing, its head read, its opens and its reads.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use diskspool::inspect::{self, Snapshot};
+use diskspool::segment::parse_segment_file_name;
+use diskspool::storage::{DirLock, LockFailure, Mapping, OsStorage, Storage, StorageFile};
+use diskspool::verify::{self, ProblemKind};
+use diskspool::{Queue, SyncPolicy};
+
+use crate::util::*;
+
+/// What the reader is about to do: list the directory (the base is then 0), or open or read a
+/// segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// List the directory.
+    List,
+    /// Open it (by name).
+    Open,
+    /// Read bytes from it through a handle opened earlier.
+    Read,
+}
+
+type Hook = Box<dyn FnMut(u64, Step) + Send>;
+
+/// The real filesystem, calling `hook` with a segment's base before the reader opens it or
+/// reads from it.
+#[derive(Clone)]
+struct Racing {
+    hook: Arc<Mutex<Hook>>,
+}
+
+impl fmt::Debug for Racing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Racing")
+    }
+}
+
+impl Racing {
+    fn new(hook: impl FnMut(u64, Step) + Send + 'static) -> Self {
+        Racing {
+            hook: Arc::new(Mutex::new(Box::new(hook))),
+        }
+    }
+
+    fn before(&self, path: &Path, step: Step) {
+        let base = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(parse_segment_file_name);
+        if let Some(base) = base {
+            (self.hook.lock().unwrap())(base, step);
+        }
+    }
+}
+
+impl Storage for Racing {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        OsStorage.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        (self.hook.lock().unwrap())(0, Step::List);
+        OsStorage.list_dir(dir)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        self.open_read(path)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        self.before(path, Step::Open);
+        let inner = OsStorage.open_read(path)?;
+        Ok(Box::new(RacingFile {
+            inner,
+            path: path.to_path_buf(),
+            storage: self.clone(),
+        }))
+    }
+    fn create_new(&self, _: &Path) -> io::Result<Box<dyn StorageFile>> {
+        Err(io::Error::other("readers never create files"))
+    }
+    fn remove_file(&self, _: &Path) -> io::Result<()> {
+        Err(io::Error::other("readers never remove files"))
+    }
+    fn rename(&self, _: &Path, _: &Path) -> io::Result<()> {
+        Err(io::Error::other("readers never rename files"))
+    }
+    fn sync_dir(&self, _: &Path) -> io::Result<()> {
+        Err(io::Error::other("readers never sync"))
+    }
+    fn lock_dir(&self, _: &Path) -> Result<DirLock, LockFailure> {
+        Err(LockFailure::Io(io::Error::other("readers never lock")))
+    }
+}
+
+#[derive(Debug)]
+struct RacingFile {
+    inner: Box<dyn StorageFile>,
+    path: PathBuf,
+    storage: Racing,
+}
+
+impl StorageFile for RacingFile {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        // Only a read of the frames counts as reading the segment (not a header check).
+        if buf.len() > 64 {
+            self.storage.before(&self.path, Step::Read);
+        }
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        Err(io::Error::other("readers never write"))
+    }
+    fn set_len(&self, _: u64) -> io::Result<()> {
+        Err(io::Error::other("readers never truncate"))
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Err(io::Error::other("readers never sync"))
+    }
+    fn map(&self, _: u64) -> io::Result<Mapping> {
+        Err(io::Error::other("readers never map"))
+    }
+}
+
+/// A queue of `count` records over many 4 KiB segments, with the first `popped` consumed, open
+/// (as a running queue would be) with compaction under the test's control.
+fn running_queue(count: u64, popped: u64) -> (tempfile::TempDir, PathBuf, Arc<Queue>) {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    let options = options().sync(SyncPolicy::Never).auto_compact(false);
+    let queue = Queue::open(&dir, options).unwrap();
+    for seq in 0..count {
+        assert_eq!(queue.push(&payload_for(seq)).unwrap(), seq);
+    }
+    for seq in 0..popped {
+        assert_eq!(queue.pop().unwrap().unwrap().seq(), seq);
+    }
+    queue.compact().unwrap();
+    (temp, dir, Arc::new(queue))
+}
+
+/// The bases of the segment files in `dir` now.
+fn bases(dir: &Path) -> Vec<u64> {
+    segments(dir)
+        .iter()
+        .filter_map(|path| parse_segment_file_name(&name(path)))
+        .collect()
+}
+
+/// What the running queue does when the hook fires: pops every record before `seq` and compacts,
+/// so that every segment wholly before it is deleted (the head index is written first).
+fn pop_to(queue: &Queue, seq: u64) {
+    while queue.stats().unwrap().head_seq < seq {
+        queue.pop().unwrap().unwrap();
+    }
+    queue.compact().unwrap();
+}
+
+/// The base of the segment after the one starting at `base`.
+fn next_base(dir: &Path, base: u64) -> u64 {
+    bases(dir)
+        .into_iter()
+        .find(|&next| next > base)
+        .expect("a later segment")
+}
+
+/// `spool stat`'s reader, after each listing, finds that the queue has popped past the segment
+/// holding the head and compacted it away just before the reader opens it (six listings in a
+/// row: more than it retries). A segment it needs vanishing behind the head is consumption, not
+/// damage: it must report the queue as it is once the queue stands still, not "segment deleted
+/// while being read".
+#[test]
+fn stat_treats_the_head_segment_compacted_under_it_as_consumed() {
+    let (_temp, dir, queue) = running_queue(1000, 10);
+    assert!(bases(&dir).len() > 20);
+    let fired = Arc::new(Mutex::new(0));
+    let storage = {
+        let (queue, dir, fired) = (queue.clone(), dir.clone(), fired.clone());
+        let mut listed = false;
+        Racing::new(move |base, step| {
+            if step == Step::List {
+                listed = true;
+                return;
+            }
+            let mut fired = fired.lock().unwrap();
+            let head = queue.stats().unwrap().head_seq;
+            let holds_head = base <= head && next_base(&dir, base) > head;
+            if step == Step::Open && holds_head && listed && *fired < 6 {
+                listed = false;
+                *fired += 1;
+                pop_to(&queue, next_base(&dir, base));
+            }
+        })
+    };
+    let stat = inspect::stat(&storage, &dir).unwrap();
+    assert!(*fired.lock().unwrap() >= 1, "the race was run");
+    let now = queue.stats().unwrap();
+    assert_eq!((stat.head_seq, stat.next_seq), (now.head_seq, 1000));
+    assert_eq!(stat.len, 1000 - now.head_seq);
+    assert_eq!(stat.segments, bases(&dir).len());
+}
+
+/// `spool dump`'s reader is serving the head's segment when the queue pops through the next
+/// three segments and compacts them away. The records it prints must be those of one moment:
+/// every record from the head it started at, in order, none skipped.
+#[test]
+fn records_stay_consecutive_while_the_queue_compacts_the_segments_ahead() {
+    let (_temp, dir, queue) = running_queue(1000, 10);
+    let all = bases(&dir);
+    let (second, fifth) = (all[1], all[4]);
+    let fired = Arc::new(Mutex::new(false));
+    let storage = {
+        let (queue, fired) = (queue.clone(), fired.clone());
+        Racing::new(move |base, step| {
+            let mut fired = fired.lock().unwrap();
+            if base == second && step == Step::Read && !*fired {
+                *fired = true;
+                pop_to(&queue, fifth);
+            }
+        })
+    };
+    let records: Vec<_> = inspect::records(&storage, &dir, None)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(*fired.lock().unwrap(), "the race was run");
+    assert!(!dir
+        .join(name(Path::new(&format!("{second:020}.seg"))))
+        .exists());
+    let seqs: Vec<u64> = records.iter().map(|record| record.seq).collect();
+    assert_eq!(seqs, (10..1000).collect::<Vec<_>>());
+    for record in &records {
+        assert_eq!(record.payload, payload_for(record.seq));
+    }
+}
+
+/// The same reader finds the segments it needs compacted before it could open them: it starts
+/// from the new head instead, and what it prints is still consecutive.
+#[test]
+fn records_start_at_the_new_head_when_the_head_segment_is_compacted_before_it_is_opened() {
+    let (_temp, dir, queue) = running_queue(1000, 10);
+    let all = bases(&dir);
+    let (second, fourth) = (all[1], all[3]);
+    let fired = Arc::new(Mutex::new(false));
+    let storage = {
+        let (queue, fired) = (queue.clone(), fired.clone());
+        Racing::new(move |base, step| {
+            let mut fired = fired.lock().unwrap();
+            if base == second && step == Step::Open && !*fired {
+                *fired = true;
+                pop_to(&queue, fourth + 3);
+            }
+        })
+    };
+    let seqs: Vec<u64> = inspect::records(&storage, &dir, None)
+        .unwrap()
+        .map(|record| record.unwrap().seq)
+        .collect();
+    assert!(*fired.lock().unwrap(), "the race was run");
+    assert_eq!(seqs, (fourth + 3..1000).collect::<Vec<_>>());
+}
+
+/// `spool verify` and `spool inspect` read every segment. After each listing, once the reader
+/// has read the second segment on disk, the queue pops through the two after it and compacts:
+/// those two vanish between the listing and their read while the segments around them were
+/// read. That is consumption (the head index, read again, has passed them), not missing
+/// records, on every attempt (five listings in a row: more than verify reads the directory).
+#[test]
+fn verify_and_inspect_treat_segments_compacted_while_reading_as_consumed() {
+    let (_temp, dir, queue) = running_queue(1500, 10);
+    let fired = Arc::new(Mutex::new(0));
+    let storage = {
+        let (queue, dir, fired) = (queue.clone(), dir.clone(), fired.clone());
+        let mut listed = false;
+        Racing::new(move |base, step| {
+            if step == Step::List {
+                listed = true;
+                return;
+            }
+            let mut fired = fired.lock().unwrap();
+            let on_disk = bases(&dir);
+            if step == Step::Read && on_disk.get(1) == Some(&base) && listed && *fired < 5 {
+                listed = false;
+                *fired += 1;
+                pop_to(&queue, on_disk[4]);
+            }
+        })
+    };
+    let report = verify::verify(&storage, &dir).unwrap();
+    assert!(*fired.lock().unwrap() >= 1, "the race was run");
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.head_seq, Some(queue.stats().unwrap().head_seq));
+
+    *fired.lock().unwrap() = 4;
+    let snapshot = Snapshot::take(&storage, &dir).unwrap();
+    assert_eq!(*fired.lock().unwrap(), 5, "the race was run again");
+    assert_eq!(snapshot.vanished.len(), 2);
+    assert!(verify::check(&snapshot).is_clean());
+    assert_eq!(snapshot.head_seq(), Some(queue.stats().unwrap().head_seq));
+}
+
+/// A segment that vanishes while the head has not passed it was not compacted: the readers
+/// report it, with the file, instead of skipping its records.
+#[test]
+fn a_live_segment_deleted_by_hand_is_still_reported() {
+    let (_temp, dir, _queue) = running_queue(1000, 10);
+    let all = bases(&dir);
+    let (second, tenth) = (all[1], all[9]);
+    let victim = dir.join(format!("{tenth:020}.seg"));
+    let storage = {
+        let victim = victim.clone();
+        Racing::new(move |base, _| {
+            if base == second {
+                let _ = std::fs::remove_file(&victim);
+            }
+        })
+    };
+    let report = verify::verify(&storage, &dir).unwrap();
+    let missing: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|problem| problem.kind == ProblemKind::MissingRecords)
+        .collect();
+    assert_eq!(missing.len(), 1, "{:?}", report.problems);
+    assert_eq!(missing[0].file, dir.join(format!("{:020}.seg", all[10])));
+
+    let error = inspect::records(&storage, &dir, None)
+        .unwrap()
+        .find_map(Result::err)
+        .expect("the gap is reported");
+    assert!(
+        error.to_string().contains(&format!("records {tenth}..")),
+        "{error}"
+    );
+}
