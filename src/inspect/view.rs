@@ -6,7 +6,9 @@
 //! The rules, in this one place:
 //! - The directory is listed first, then the head index is read. A running queue deletes (or
 //!   moves into its pool) only segments its durable head has passed, and writes that head before
-//!   deleting, so the listing holds every segment the head read after it still needs.
+//!   deleting, so the listing holds every segment the head read after it still needs. The
+//!   directory is listed twice, because one listing can miss a segment created while it ran
+//!   and still show a newer one (see [`View::take`]).
 //! - A listed segment that is gone when it is opened, or that no longer is the segment its name
 //!   says (a recycled file), is read as consumed when the head index, read again, has passed all
 //!   its records (the next listed segment starts at or before the head). Otherwise something
@@ -101,7 +103,24 @@ pub(crate) struct View<'a> {
 impl<'a> View<'a> {
     /// Lists `dir`, then reads the head index.
     pub(crate) fn take(storage: &'a dyn Storage, dir: &Path) -> Result<View<'a>> {
-        let listing = list(storage, dir)?;
+        let mut listing = list(storage, dir)?;
+        // Listing a directory is not atomic: of two segments created while it runs (a running
+        // queue rolls), the older one can be missing while the newer one is listed, which
+        // would look like lost records. A second listing holds every segment created before
+        // the first one ended (unless compacted since: consumed); those older than the newest
+        // of the first listing complete it. Newer ones are left out: the same could be true of
+        // them.
+        if let Some(&(newest, _)) = listing.segments.last() {
+            let again = list(storage, dir)?;
+            let known: std::collections::BTreeSet<u64> =
+                listing.segments.iter().map(|(base, _)| *base).collect();
+            let missed = again
+                .segments
+                .into_iter()
+                .filter(|(base, _)| *base < newest && !known.contains(base));
+            listing.segments.extend(missed);
+            listing.segments.sort_unstable();
+        }
         let head = read_head(storage, dir)?;
         let held = std::iter::repeat_with(|| None)
             .take(listing.segments.len())

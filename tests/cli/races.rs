@@ -29,12 +29,16 @@ enum Step {
 }
 
 type Hook = Box<dyn FnMut(u64, Step) + Send>;
+type Lister = Box<dyn FnMut() -> Option<u64> + Send>;
 
 /// The real filesystem, calling `hook` with a segment's base before the reader opens it or
-/// reads from it.
+/// reads from it, and `lister` (if any) while it lists the directory: the segment whose base
+/// it returns is left out of that listing, as a listing that runs while the segment is created
+/// may do.
 #[derive(Clone)]
 struct Racing {
     hook: Arc<Mutex<Hook>>,
+    lister: Arc<Mutex<Option<Lister>>>,
 }
 
 impl fmt::Debug for Racing {
@@ -47,7 +51,13 @@ impl Racing {
     fn new(hook: impl FnMut(u64, Step) + Send + 'static) -> Self {
         Racing {
             hook: Arc::new(Mutex::new(Box::new(hook))),
+            lister: Arc::new(Mutex::new(None)),
         }
+    }
+
+    fn with_lister(self, lister: impl FnMut() -> Option<u64> + Send + 'static) -> Self {
+        *self.lister.lock().unwrap() = Some(Box::new(lister));
+        self
     }
 
     fn before(&self, path: &Path, step: Step) {
@@ -67,7 +77,15 @@ impl Storage for Racing {
     }
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
         (self.hook.lock().unwrap())(0, Step::List);
-        OsStorage.list_dir(dir)
+        let hidden = self
+            .lister
+            .lock()
+            .unwrap()
+            .as_mut()
+            .and_then(|lister| lister());
+        let mut names = OsStorage.list_dir(dir)?;
+        names.retain(|name| parse_segment_file_name(name).is_none_or(|base| Some(base) != hidden));
+        Ok(names)
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         self.open_read(path)
@@ -305,6 +323,59 @@ fn verify_and_inspect_treat_segments_compacted_while_reading_as_consumed() {
     assert_eq!(snapshot.vanished.len(), 2);
     assert!(verify::check(&snapshot).is_clean());
     assert_eq!(snapshot.head_seq(), Some(queue.stats().unwrap().head_seq));
+}
+
+/// While the reader lists the directory, the queue rolls twice, and the listing misses the
+/// older of the two new segments while it shows the newer one (a directory listing is not
+/// atomic). That is not a gap in the records: every reader still sees them all, on every
+/// attempt (eight listings in a row).
+#[test]
+fn a_segment_created_during_the_listing_and_missed_by_it_is_not_a_gap() {
+    let (_temp, dir, queue) = running_queue(500, 10);
+    let pushed = Arc::new(Mutex::new(500));
+    let rolls = Arc::new(Mutex::new(0));
+    let storage = {
+        let (queue, dir, pushed, rolls) =
+            (queue.clone(), dir.clone(), pushed.clone(), rolls.clone());
+        Racing::new(|_, _| {}).with_lister(move || {
+            let mut rolls = rolls.lock().unwrap();
+            if *rolls >= 8 {
+                return None;
+            }
+            *rolls += 1;
+            let mut pushed = pushed.lock().unwrap();
+            let before = bases(&dir);
+            while bases(&dir).len() < before.len() + 2 {
+                assert_eq!(queue.push(&payload_for(*pushed)).unwrap(), *pushed);
+                *pushed += 1;
+            }
+            let now = bases(&dir);
+            Some(now[now.len() - 2])
+        })
+    };
+    let report = verify::verify(&storage, &dir).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    // Records pushed while a reader runs may or may not be included; none before it is left
+    // out.
+    let before = *pushed.lock().unwrap();
+    let stat = inspect::stat(&storage, &dir).unwrap();
+    let after = *pushed.lock().unwrap();
+    assert!((before..=after).contains(&stat.next_seq), "{stat:?}");
+    assert_eq!(stat.len, stat.next_seq - 10);
+    let before = *pushed.lock().unwrap();
+    let seqs: Vec<u64> = inspect::records(&storage, &dir, None)
+        .unwrap()
+        .map(|record| record.unwrap().seq)
+        .collect();
+    let after = *pushed.lock().unwrap();
+    let end = seqs.last().unwrap() + 1;
+    assert!((before..=after).contains(&end), "{before}..={after}: {end}");
+    assert_eq!(seqs, (10..end).collect::<Vec<_>>());
+    assert_eq!(
+        *rolls.lock().unwrap(),
+        6,
+        "the race was run (twice a reader)"
+    );
 }
 
 /// A segment that vanishes while the head has not passed it was not compacted: the readers
