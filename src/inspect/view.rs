@@ -35,6 +35,10 @@ use crate::storage::{Storage, StorageFile};
 /// no pause is needed between views.
 const VIEW_ATTEMPTS_MAX: u32 = 20;
 
+/// How many held files [`View::hold`] lets go when the process runs out of open files, so that
+/// the files still to be opened one at a time (the ack log, the segments not held) can be.
+const FILES_SPARE: usize = 16;
+
 /// How many times a file that shrinks while it is read is read again.
 const READ_ATTEMPTS_MAX: u32 = 5;
 
@@ -212,8 +216,14 @@ impl<'a> View<'a> {
                             Some(error) => return Ok(Held::Gone(error)),
                         }
                     }
-                    // Past the limit of open files, the rest is opened when it is reached.
-                    Err(error) if is_out_of_files(&error) => return Ok(Held::Ready),
+                    // Past the limit of open files, the rest is opened when it is reached: a
+                    // few of the files held are let go, to leave room for that.
+                    Err(error) if is_out_of_files(&error) => {
+                        for file in self.held[first..index].iter_mut().rev().take(FILES_SPARE) {
+                            *file = None;
+                        }
+                        return Ok(Held::Ready);
+                    }
                     Err(error) => return Err(Error::io("open segment", path, error)),
                 }
             }

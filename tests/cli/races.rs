@@ -39,6 +39,8 @@ type Lister = Box<dyn FnMut() -> Option<u64> + Send>;
 struct Racing {
     hook: Arc<Mutex<Hook>>,
     lister: Arc<Mutex<Option<Lister>>>,
+    /// Files open now, and how many may be (`EMFILE` past it).
+    open_files: Arc<Mutex<(usize, usize)>>,
 }
 
 impl fmt::Debug for Racing {
@@ -52,7 +54,13 @@ impl Racing {
         Racing {
             hook: Arc::new(Mutex::new(Box::new(hook))),
             lister: Arc::new(Mutex::new(None)),
+            open_files: Arc::new(Mutex::new((0, usize::MAX))),
         }
+    }
+
+    fn with_open_files_max(self, max: usize) -> Self {
+        self.open_files.lock().unwrap().1 = max;
+        self
     }
 
     fn with_lister(self, lister: impl FnMut() -> Option<u64> + Send + 'static) -> Self {
@@ -92,7 +100,16 @@ impl Storage for Racing {
     }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         self.before(path, Step::Open);
-        let inner = OsStorage.open_read(path)?;
+        {
+            let mut open_files = self.open_files.lock().unwrap();
+            if open_files.0 >= open_files.1 {
+                return Err(io::Error::from_raw_os_error(libc_emfile()));
+            }
+            open_files.0 += 1;
+        }
+        let inner = OsStorage.open_read(path).inspect_err(|_| {
+            self.open_files.lock().unwrap().0 -= 1;
+        })?;
         Ok(Box::new(RacingFile {
             inner,
             path: path.to_path_buf(),
@@ -121,6 +138,17 @@ struct RacingFile {
     inner: Box<dyn StorageFile>,
     path: PathBuf,
     storage: Racing,
+}
+
+impl Drop for RacingFile {
+    fn drop(&mut self) {
+        self.storage.open_files.lock().unwrap().0 -= 1;
+    }
+}
+
+/// `EMFILE` ("too many open files") on Linux.
+fn libc_emfile() -> i32 {
+    24
 }
 
 impl StorageFile for RacingFile {
@@ -450,6 +478,24 @@ fn records_skip_a_held_segment_reused_by_the_pool_instead_of_reporting_it_corrup
         "nothing live skipped"
     );
     assert!(seqs[0] < second, "records held open were served");
+}
+
+/// A reader that runs out of open files while it opens the segments it needs (`EMFILE`) opens
+/// the rest when it reaches them: every record is still read, and the files it must open on the
+/// way (the ack log, those segments) can be.
+#[test]
+fn records_and_stat_read_everything_past_the_limit_of_open_files() {
+    let (_temp, dir, _queue) = running_queue(1000, 10);
+    assert!(bases(&dir).len() > 30);
+    let storage = Racing::new(|_, _| {}).with_open_files_max(20);
+    let seqs: Vec<u64> = inspect::records(&storage, &dir, None)
+        .unwrap()
+        .map(|record| record.unwrap().seq)
+        .collect();
+    assert_eq!(seqs, (10..1000).collect::<Vec<_>>());
+    let stat = inspect::stat(&storage, &dir).unwrap();
+    assert_eq!((stat.len, stat.head_seq, stat.next_seq), (990, 10, 1000));
+    assert_eq!(storage.open_files.lock().unwrap().0, 0, "every file closed");
 }
 
 /// A segment that vanishes while the head has not passed it was not compacted: the readers
