@@ -2,9 +2,10 @@
 //!
 //! Nothing here takes the directory lock or writes a byte, so every function works while another
 //! process has the queue open and is pushing and popping. Files are read with positioned reads
-//! into buffers (never mapped), up to the length observed when they were opened: a segment that
+//! into buffers (never mapped), up to the length observed when they were read: a segment that
 //! grows meanwhile is read as it was, one that is deleted meanwhile (compacted) stays readable
-//! through the open handle or is reported as vanished, and nothing can raise `SIGBUS`.
+//! through the open handle or is read as consumed (see `inspect/view.rs`, the one place that
+//! takes a consistent view for every reader), and nothing can raise `SIGBUS`.
 //!
 //! - [`Snapshot::take`] lists and checks every segment (used by `spool inspect` and by
 //!   [`verify`](crate::verify::verify)).

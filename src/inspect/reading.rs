@@ -1,7 +1,9 @@
 //! Reading records and sizes from the head of a queue without locking it: [`stat`] and
-//! [`records`]. A reader holds one segment's bytes at a time and moves segment by segment,
-//! starting where the head index's hint says (as the engine does), so that damage among
-//! consumed records does not stop it.
+//! [`records`]. Both read through the one consistent view of `view`, holding every segment they
+//! need open from the start. A reader holds one segment's bytes at a time and moves segment by
+//! segment, starting where the head index's hint says (as the engine does), so that damage among
+//! consumed records of a sealed segment does not stop it; the last segment is checked whole, by
+//! the rule `Queue::open` applies to it.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
