@@ -2,9 +2,10 @@
 //!
 //! Nothing here takes the directory lock or writes a byte, so every function works while another
 //! process has the queue open and is pushing and popping. Files are read with positioned reads
-//! into buffers (never mapped), up to the length observed when they were opened: a segment that
+//! into buffers (never mapped), up to the length observed when they were read: a segment that
 //! grows meanwhile is read as it was, one that is deleted meanwhile (compacted) stays readable
-//! through the open handle or is reported as vanished, and nothing can raise `SIGBUS`.
+//! through the open handle or is read as consumed (see `inspect/view.rs`, the one place that
+//! takes a consistent view for every reader), and nothing can raise `SIGBUS`.
 //!
 //! - [`Snapshot::take`] lists and checks every segment (used by `spool inspect` and by
 //!   [`verify`](crate::verify::verify)).
@@ -39,13 +40,14 @@ use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX};
 use crate::head::{decode_head_file, HeadRead, HeadState, HEAD_FILE_NAME};
 use crate::queue::LOCK_FILE_NAME;
 use crate::segment::{
-    decode_header, find_later_frame, parse_segment_file_name, walk_frames, HeaderError, WalkStep,
-    SEGMENT_HEADER_LEN,
+    decode_header, find_later_frame, judge_stop, parse_segment_file_name, walk_frames, HeaderError,
+    StopKind, WalkStep, SEGMENT_HEADER_LEN,
 };
 use crate::settings::{decode_settings, QueueSettings, SettingsError, SETTINGS_FILE_NAME};
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageFile};
 
 mod reading;
+mod view;
 
 pub use reading::{records, stat, QueueStat, Records, StoredRecord};
 
@@ -156,30 +158,43 @@ pub fn read_file(storage: &dyn Storage, path: &Path) -> Result<Option<Vec<u8>>> 
             Err(error) => return Err(Error::io("open", path, error)),
         };
         let len = file.len().map_err(|error| Error::io("stat", path, error))?;
-        if len > crate::SEGMENT_SIZE_MAX {
-            // No file diskspool writes is this large: do not try to hold it in memory.
-            return Err(Error::corrupt(
-                path,
-                crate::SEGMENT_SIZE_MAX,
-                format!("file of {len} bytes is larger than any segment can be"),
-            ));
-        }
-        let len = usize::try_from(len).map_err(|_| {
-            Error::io(
-                "read",
-                path,
-                io::Error::new(io::ErrorKind::OutOfMemory, "file too large to read"),
-            )
-        })?;
-        let mut bytes = vec![0; len];
-        match file.read_exact_at(&mut bytes, 0) {
-            Ok(()) => return Ok(Some(bytes)),
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => last_error = Some(error),
-            Err(error) => return Err(Error::io("read", path, error)),
+        match read_at_len(&*file, path, len)? {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(error) => last_error = Some(error),
         }
     }
     let error = last_error.unwrap_or_else(|| io::Error::other("file kept changing"));
     Err(Error::io("read", path, error))
+}
+
+/// Reads the first `len` bytes of `file`; the inner error is the end of the file coming first
+/// (it shrank since its length was observed).
+fn read_at_len(
+    file: &dyn StorageFile,
+    path: &Path,
+    len: u64,
+) -> Result<std::result::Result<Vec<u8>, io::Error>> {
+    if len > crate::SEGMENT_SIZE_MAX {
+        // No file diskspool writes is this large: do not try to hold it in memory.
+        return Err(Error::corrupt(
+            path,
+            crate::SEGMENT_SIZE_MAX,
+            format!("file of {len} bytes is larger than any segment can be"),
+        ));
+    }
+    let len = usize::try_from(len).map_err(|_| {
+        Error::io(
+            "read",
+            path,
+            io::Error::new(io::ErrorKind::OutOfMemory, "file too large to read"),
+        )
+    })?;
+    let mut bytes = vec![0; len];
+    match file.read_exact_at(&mut bytes, 0) {
+        Ok(()) => Ok(Ok(bytes)),
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(Err(error)),
+        Err(error) => Err(Error::io("read", path, error)),
+    }
 }
 
 /// The state of a segment's header.
@@ -260,26 +275,57 @@ impl SegmentScan {
         self.header == HeaderStatus::Ok && self.end == SegmentEnd::Clean
     }
 
+    /// How the frames stop, by the rule `Queue::open` applies to the active segment
+    /// ([`classify_stop`](crate::segment::classify_stop)): `None` when they end cleanly.
+    /// `synced_seq` is the head index's (every record below it was synced); pass `u64::MAX` for
+    /// a sealed segment, which was synced whole.
+    pub fn stop_kind(&self, synced_seq: u64) -> Option<StopKind> {
+        match &self.end {
+            SegmentEnd::Clean => None,
+            SegmentEnd::PaddingCut | SegmentEnd::IncompleteBatch { .. } => {
+                Some(StopKind::TornWrite)
+            }
+            SegmentEnd::BadFrame { later_frames, .. } => Some(judge_stop(
+                later_frames.first().copied(),
+                false,
+                self.next_seq(),
+                synced_seq,
+            )),
+        }
+    }
+
+    /// True when the frames stop at damage rather than at an interrupted write: always in a
+    /// sealed segment, and in the last (active) segment by the rule `Queue::open` applies
+    /// (see [`stop_kind`](SegmentScan::stop_kind)), so that every reader agrees with the
+    /// engine. The header is not considered.
+    pub fn is_damaged(&self, is_last: bool, synced_seq: u64) -> bool {
+        let synced_seq = if is_last { synced_seq } else { u64::MAX };
+        self.stop_kind(synced_seq)
+            .is_some_and(|kind| kind.is_damage(!is_last))
+    }
+
+    /// Where the damage or interrupted write that ends the frames starts.
+    pub fn stop_offset(&self) -> u64 {
+        match &self.end {
+            SegmentEnd::BadFrame { offset, .. } | SegmentEnd::IncompleteBatch { offset, .. } => {
+                *offset
+            }
+            SegmentEnd::Clean | SegmentEnd::PaddingCut => self.valid_end,
+        }
+    }
+
     /// The segment's health; `is_last` tells whether it is the last segment, where an
-    /// interrupted write is expected after a crash.
-    pub fn health(&self, is_last: bool) -> SegmentHealth {
-        match (&self.header, &self.end) {
-            (HeaderStatus::Bad(HeaderError::UnsupportedVersion(_)), _) => {
+    /// interrupted write is expected after a crash, and `synced_seq` is the head index's (see
+    /// [`is_damaged`](SegmentScan::is_damaged)).
+    pub fn health(&self, is_last: bool, synced_seq: u64) -> SegmentHealth {
+        match &self.header {
+            HeaderStatus::Bad(HeaderError::UnsupportedVersion(_)) => {
                 SegmentHealth::UnsupportedVersion
             }
-            (HeaderStatus::Bad(_) | HeaderStatus::WrongBase { .. }, _) => SegmentHealth::BadHeader,
-            (HeaderStatus::Ok, SegmentEnd::Clean) => SegmentHealth::Ok,
-            (HeaderStatus::Ok, SegmentEnd::BadFrame { later_frames, .. })
-                if is_last && later_frames.is_empty() =>
-            {
-                SegmentHealth::TornTail
-            }
-            (HeaderStatus::Ok, SegmentEnd::PaddingCut | SegmentEnd::IncompleteBatch { .. })
-                if is_last =>
-            {
-                SegmentHealth::TornTail
-            }
-            (HeaderStatus::Ok, _) => SegmentHealth::Damaged,
+            HeaderStatus::Bad(_) | HeaderStatus::WrongBase { .. } => SegmentHealth::BadHeader,
+            HeaderStatus::Ok if self.end == SegmentEnd::Clean => SegmentHealth::Ok,
+            HeaderStatus::Ok if self.is_damaged(is_last, synced_seq) => SegmentHealth::Damaged,
+            HeaderStatus::Ok => SegmentHealth::TornTail,
         }
     }
 
@@ -383,9 +429,47 @@ pub fn scan_segment(name: &str, base_seq: u64, bytes: &[u8]) -> SegmentScan {
             return scan;
         }
     }
+    scan_frames(&mut scan, bytes, SEGMENT_HEADER_LEN, base_seq);
+    scan
+}
+
+/// Like [`scan_segment`], for a segment whose header was checked already, walking from the
+/// frame at `start` (expected to be sequence `start_seq`): what a reader that starts at the
+/// head index's hint sees, so that damage among consumed records before it does not count.
+/// `first_seq` and `records` count from `start_seq`.
+pub(crate) fn scan_segment_from(
+    name: &str,
+    base_seq: u64,
+    bytes: &[u8],
+    start: u64,
+    start_seq: u64,
+) -> SegmentScan {
+    let mut scan = SegmentScan {
+        name: name.to_string(),
+        base_seq,
+        file_len: bytes.len() as u64,
+        header: HeaderStatus::Ok,
+        records: 0,
+        first_seq: None,
+        last_seq: start_seq.checked_sub(1),
+        valid_end: start,
+        end: SegmentEnd::Clean,
+    };
+    scan_frames(
+        &mut scan,
+        bytes,
+        usize::try_from(start).unwrap_or(usize::MAX),
+        start_seq,
+    );
+    scan
+}
+
+/// Walks the frames of `bytes` from `start`, expecting `start_seq` there, into `scan`.
+fn scan_frames(scan: &mut SegmentScan, bytes: &[u8], start: usize, start_seq: u64) {
+    let base_seq = scan.base_seq;
     let mut batch_start = None;
-    let mut walk_end = SEGMENT_HEADER_LEN as u64;
-    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base_seq, PAYLOAD_LEN_MAX) {
+    let mut walk_end = start as u64;
+    for step in walk_frames(bytes, start, start_seq, PAYLOAD_LEN_MAX) {
         match step {
             WalkStep::Frame { offset, frame } => {
                 walk_end = offset + frame.frame_len as u64;
@@ -395,9 +479,9 @@ pub fn scan_segment(name: &str, base_seq: u64, bytes: &[u8]) -> SegmentScan {
                 }
                 batch_start = None;
                 scan.valid_end = walk_end;
-                scan.first_seq.get_or_insert(base_seq);
+                scan.first_seq.get_or_insert(start_seq);
                 scan.last_seq = Some(frame.header.seq);
-                scan.records = frame.header.seq - base_seq + 1;
+                scan.records = frame.header.seq - start_seq + 1;
             }
             WalkStep::Bad {
                 offset,
@@ -420,7 +504,7 @@ pub fn scan_segment(name: &str, base_seq: u64, bytes: &[u8]) -> SegmentScan {
                     error,
                     later_frames,
                 };
-                return scan;
+                return;
             }
         }
     }
@@ -429,7 +513,6 @@ pub fn scan_segment(name: &str, base_seq: u64, bytes: &[u8]) -> SegmentScan {
         None if walk_end > scan.file_len => SegmentEnd::PaddingCut,
         None => SegmentEnd::Clean,
     };
-    scan
 }
 
 /// Every frame after `from` that validates, with a sequence number at or above `min_seq`.
@@ -613,6 +696,7 @@ pub struct Snapshot {
     pub dir: PathBuf,
     /// The head index, read after the directory was listed, so it is at least as new as the
     /// listing: no segment it still needs can be missing from the listing because of compaction.
+    /// Read again when a listed segment turned out gone, before the segments after it were read.
     pub head: HeadSnapshot,
     /// The segments that could be read, in sequence order.
     pub segments: Vec<SegmentScan>,
@@ -631,7 +715,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Lists and reads the whole directory once.
+    /// Lists and reads the whole directory once, through the one consistent view every
+    /// lock-free reader takes (see `inspect::view`): a segment compacted while it is read is
+    /// listed in [`vanished`](Snapshot::vanished), and [`head`](Snapshot::head) is then the head
+    /// index read again after it, which has passed its records.
     pub fn take(storage: &dyn Storage, dir: &Path) -> Result<Snapshot> {
         Self::take_with_progress(storage, dir, &mut |_| {})
     }
@@ -642,47 +729,65 @@ impl Snapshot {
         dir: &Path,
         progress: &mut dyn FnMut(ScanProgress),
     ) -> Result<Snapshot> {
-        let listing = list(storage, dir)?;
-        let head = read_head(storage, dir)?;
-        let acks = read_ack_log(storage, dir)?;
-        let settings =
-            read_file(storage, &dir.join(SETTINGS_FILE_NAME))?.map(|bytes| decode_settings(&bytes));
-        let mut sizes = Vec::with_capacity(listing.segments.len());
-        for (_, name) in &listing.segments {
-            let len = storage
-                .open_read(&dir.join(name))
-                .and_then(|file| file.len())
-                .unwrap_or(0);
-            sizes.push(len);
-        }
-        let mut done = ScanProgress {
-            bytes_done: 0,
-            bytes_total: sizes.iter().sum(),
-        };
-        let mut snapshot = Snapshot {
-            dir: dir.to_path_buf(),
-            head,
-            segments: Vec::with_capacity(listing.segments.len()),
-            vanished: Vec::new(),
-            unreadable: Vec::new(),
-            strays: listing.strays,
-            acks,
-            settings,
-        };
-        for ((base, name), size) in listing.segments.iter().zip(sizes) {
-            match read_file(storage, &dir.join(name)) {
-                Ok(Some(bytes)) => snapshot.segments.push(scan_segment(name, *base, &bytes)),
-                Ok(None) => snapshot.vanished.push(name.clone()),
-                // One bad file (a failing disk sector) must not hide the state of the others.
-                Err(error @ Error::Io { .. }) => {
-                    snapshot.unreadable.push((name.clone(), error.to_string()))
-                }
-                Err(error) => return Err(error),
+        view::with_view(storage, dir, |mut view| {
+            let acks = read_ack_log(storage, dir)?;
+            let settings = read_file(storage, &dir.join(SETTINGS_FILE_NAME))?
+                .map(|bytes| decode_settings(&bytes));
+            let count = view.listing.segments.len();
+            let mut sizes = Vec::with_capacity(count);
+            for index in 0..count {
+                // A segment that cannot even be opened is reported by the read below.
+                sizes.push(view.len(index).ok().flatten().unwrap_or(0));
             }
-            done.bytes_done += size;
-            progress(done);
-        }
-        Ok(snapshot)
+            let mut done = ScanProgress {
+                bytes_done: 0,
+                bytes_total: sizes.iter().sum(),
+            };
+            let mut segments = Vec::with_capacity(count);
+            let mut vanished = Vec::new();
+            let mut unreadable = Vec::new();
+            for (index, size) in sizes.into_iter().enumerate() {
+                let Some((base, name)) = view.listing.segments.get(index).cloned() else {
+                    break;
+                };
+                match view.fetch(index) {
+                    Ok(view::Fetched::Bytes(bytes)) => {
+                        segments.push(scan_segment(&name, base, &bytes))
+                    }
+                    Ok(view::Fetched::Consumed) => vanished.push(name),
+                    Ok(view::Fetched::Gone(error)) => return Ok(view::Step::Retake(error)),
+                    // One bad file (a failing disk sector) must not hide the state of the others.
+                    Err(error @ Error::Io { .. }) => unreadable.push((name, error.to_string())),
+                    Err(error) => return Err(error),
+                }
+                done.bytes_done += size;
+                progress(done);
+            }
+            Ok(view::Step::Done(Snapshot {
+                dir: dir.to_path_buf(),
+                head: view.head,
+                segments,
+                vanished,
+                unreadable,
+                strays: view.listing.strays,
+                acks,
+                settings,
+            }))
+        })
+    }
+
+    /// The head index's `synced_seq`: every record below it was synced (0 when unknown).
+    pub fn synced_seq(&self) -> u64 {
+        self.head.state().map_or(0, |state| state.synced_seq)
+    }
+
+    /// The health of segment `index` of [`segments`](Snapshot::segments), by the rules
+    /// `Queue::open` applies (see [`SegmentScan::health`]): the last segment it would use is the
+    /// active one.
+    pub fn segment_health(&self, index: usize) -> Option<SegmentHealth> {
+        let scan = self.segments.get(index)?;
+        let is_last = index + 1 >= self.live_segments().len();
+        Some(scan.health(is_last, self.synced_seq()))
     }
 
     /// The head sequence number in force: from the head index, or 0 for a directory without
@@ -750,7 +855,7 @@ mod tests {
             (Some(10), Some(11), 2)
         );
         assert_eq!(scan.valid_end, bytes.len() as u64);
-        assert_eq!(scan.health(true), SegmentHealth::Ok);
+        assert_eq!(scan.health(true, 0), SegmentHealth::Ok);
     }
 
     #[test]
@@ -766,8 +871,8 @@ mod tests {
             scan.end,
             SegmentEnd::IncompleteBatch { first_seq: 1, .. }
         ));
-        assert_eq!(scan.health(true), SegmentHealth::TornTail);
-        assert_eq!(scan.health(false), SegmentHealth::Damaged);
+        assert_eq!(scan.health(true, u64::MAX), SegmentHealth::TornTail);
+        assert_eq!(scan.health(false, 0), SegmentHealth::Damaged);
     }
 
     #[test]
@@ -799,7 +904,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(scan.health(true), SegmentHealth::Damaged);
+        assert_eq!(scan.health(true, u64::MAX), SegmentHealth::Damaged);
+        // Above `synced_seq` the same bytes are unsynced writes persisted out of order.
+        assert_eq!(scan.health(true, 1), SegmentHealth::TornTail);
+        assert_eq!(scan.health(false, 1), SegmentHealth::Damaged);
     }
 
     #[test]
@@ -812,7 +920,7 @@ mod tests {
         assert_eq!(scan.header, HeaderStatus::WrongBase { found: 5 });
         let scan = scan_segment("x.seg", 5, &bytes[..10]);
         assert!(scan.is_unborn());
-        assert_eq!(scan.health(true), SegmentHealth::BadHeader);
+        assert_eq!(scan.health(true, 0), SegmentHealth::BadHeader);
     }
 
     #[test]

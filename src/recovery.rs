@@ -13,9 +13,8 @@ use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
 use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
 use crate::options::Options;
 use crate::segment::{
-    decode_header, find_later_frame, header_error, is_free_space, is_zero_tail,
-    parse_segment_file_name, segment_file_name, walk_frames, Segment, SegmentPath, WalkStep,
-    SEGMENT_HEADER_LEN,
+    classify_stop, decode_header, header_error, parse_segment_file_name, segment_file_name,
+    walk_frames, Segment, SegmentPath, StopKind, WalkStep, SEGMENT_HEADER_LEN,
 };
 use crate::storage::{Mapping, Storage, StorageFile};
 
@@ -363,23 +362,27 @@ fn recover_active(
     }
     // What follows the last frame may be free space rather than a torn write: zeros the writer
     // prepared ahead of its tail (see `writer`), or the stale frames of a recycled file (see
-    // `pool`), whose sequence numbers are below this segment's base. Neither ever validates as
-    // a frame, and nothing is lost there. (Records a power loss turned to zeros look the same.)
-    let free_space = match &stop {
-        Some((offset, _, error)) => is_free_space(bytes, *offset as usize, error, base),
-        None => false,
-    };
-    // An all-zero tail cannot hide a later frame: skip the scan.
-    let zero_tail = match &stop {
-        Some((offset, _, _)) => is_zero_tail(bytes, *offset as usize),
-        None => false,
-    };
+    // `pool`). The rule that tells free space, a torn write, unsynced writes persisted out of
+    // order and damage apart is shared with the lock-free readers (`classify_stop`).
+    let kind = stop.as_ref().map(|(offset, expected_seq, error)| {
+        classify_stop(
+            bytes,
+            base,
+            *offset,
+            *expected_seq,
+            error,
+            complete_next_seq,
+            synced_seq,
+        )
+    });
+    let free_space = kind == Some(StopKind::FreeSpace);
     let mut out_of_order = None;
-    if let Some((offset, expected_seq, error)) = stop.as_ref().filter(|_| !zero_tail) {
-        let later = find_later_frame(bytes, *offset as usize, *expected_seq, PAYLOAD_LEN_MAX);
-        if let Some((later_offset, later_seq)) = later {
-            // Everything the cut would remove lies above what was synced.
-            if complete_next_seq >= synced_seq {
+    if let (Some((offset, _, error)), Some(kind)) = (&stop, kind) {
+        match kind {
+            StopKind::Unsynced {
+                later_offset,
+                later_seq,
+            } => {
                 out_of_order = Some(format!(
                     "{error}; the valid records after it (from sequence {later_seq} at offset \
                      {later_offset}) are not known to have been synced (the head records syncs \
@@ -387,16 +390,20 @@ fn recover_active(
                      persisted without the earlier ones"
                 ));
             }
-        }
-        if let (Some((later_offset, later_seq)), None) = (later, &out_of_order) {
-            return Err(Error::corrupt(
-                path,
-                *offset,
-                format!(
-                    "{error}; a valid record (sequence {later_seq} at offset {later_offset}) \
-                     follows, so this is damage rather than a torn write; run `spool repair`"
-                ),
-            ));
+            StopKind::Damage {
+                later_offset,
+                later_seq,
+            } => {
+                return Err(Error::corrupt(
+                    path,
+                    *offset,
+                    format!(
+                        "{error}; a valid record (sequence {later_seq} at offset {later_offset}) \
+                         follows, so this is damage rather than a torn write; run `spool repair`"
+                    ),
+                ));
+            }
+            StopKind::FreeSpace | StopKind::TornWrite => {}
         }
     }
     drop(view);
@@ -413,8 +420,7 @@ fn recover_active(
         // Cut the torn tail (or an incomplete batch), or restore padding a torn write cut off.
         file.set_len(complete_end)
             .map_err(io_error("truncate torn tail"))?;
-        // Nothing was lost if all that is cut is free space (and no unsynced records after it).
-        let free_space = free_space && out_of_order.is_none();
+        // Nothing was lost if all that is cut is free space.
         let data_end = match (&stop, free_space) {
             (Some((offset, _, _)), true) => *offset,
             _ => len,

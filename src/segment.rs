@@ -247,6 +247,102 @@ pub fn find_later_frame(
     None
 }
 
+/// What the bytes at the point where a walk of a segment's frames stopped are, by the one rule
+/// that `Queue::open` (for the active segment) and every lock-free reader apply. See
+/// [`classify_stop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopKind {
+    /// Free space ([`is_free_space`]), and no valid frame of this segment follows: the frames
+    /// end here and nothing was lost.
+    FreeSpace,
+    /// An interrupted write: no valid frame of this segment follows. In the active segment
+    /// `Queue::open` cuts it; in a sealed segment (synced whole) it is damage.
+    TornWrite,
+    /// A valid frame follows, but every record a cut would remove lies at or above `synced_seq`:
+    /// writes that were never synced, which a power loss may persist out of order. In the
+    /// active segment `Queue::open` cuts them.
+    Unsynced {
+        /// Where the first valid later frame starts.
+        later_offset: u64,
+        /// Its sequence number.
+        later_seq: u64,
+    },
+    /// A valid frame follows and records a cut would remove were synced (below `synced_seq`):
+    /// damage, which `Queue::open` refuses.
+    Damage {
+        /// Where the first valid later frame starts.
+        later_offset: u64,
+        /// Its sequence number.
+        later_seq: u64,
+    },
+}
+
+impl StopKind {
+    /// True when the stop is damage: always for [`StopKind::Damage`], and for anything but free
+    /// space in a sealed segment, which was synced whole before the next one was created.
+    pub fn is_damage(self, sealed: bool) -> bool {
+        match self {
+            StopKind::Damage { .. } => true,
+            StopKind::FreeSpace => false,
+            StopKind::TornWrite | StopKind::Unsynced { .. } => sealed,
+        }
+    }
+}
+
+/// Classifies the bytes where a walk stopped: at `offset` (an offset in `bytes`, the segment's
+/// bytes from its start), where sequence `expected_seq` was expected and `error` was found, in
+/// a segment whose base is `base`. `complete_next_seq` is the sequence number after the last
+/// complete batch before the stop (what a cut there keeps) and `synced_seq` the head index's
+/// `synced_seq` (every record below it was synced; 0 when unknown). Pass `u64::MAX` for a
+/// sealed segment, which was synced whole.
+///
+/// The rule: a valid frame of this segment further on ([`find_later_frame`]) makes the stop
+/// [`Damage`](StopKind::Damage) when records the cut would remove were synced
+/// (`complete_next_seq < synced_seq`), else [`Unsynced`](StopKind::Unsynced); without one, it
+/// is [`FreeSpace`](StopKind::FreeSpace) or a [`TornWrite`](StopKind::TornWrite).
+pub fn classify_stop(
+    bytes: &[u8],
+    base: u64,
+    offset: u64,
+    expected_seq: u64,
+    error: &FrameError,
+    complete_next_seq: u64,
+    synced_seq: u64,
+) -> StopKind {
+    let at = usize::try_from(offset).unwrap_or(usize::MAX);
+    // An all-zero tail cannot hide a later frame: skip the search.
+    let later = if is_zero_tail(bytes, at) {
+        None
+    } else {
+        find_later_frame(bytes, at, expected_seq, frame::PAYLOAD_LEN_MAX)
+    };
+    let free_space = later.is_none() && is_free_space(bytes, at, error, base);
+    judge_stop(later, free_space, complete_next_seq, synced_seq)
+}
+
+/// The rule of [`classify_stop`] on what was found: `later` is the first valid frame after the
+/// stop (`(offset, seq)`, from [`find_later_frame`]), `free_space` whether the stop is
+/// [`is_free_space`]. For a reader that has searched already (`inspect::scan_segment`).
+pub fn judge_stop(
+    later: Option<(u64, u64)>,
+    free_space: bool,
+    complete_next_seq: u64,
+    synced_seq: u64,
+) -> StopKind {
+    match later {
+        Some((later_offset, later_seq)) if complete_next_seq < synced_seq => StopKind::Damage {
+            later_offset,
+            later_seq,
+        },
+        Some((later_offset, later_seq)) => StopKind::Unsynced {
+            later_offset,
+            later_seq,
+        },
+        None if free_space => StopKind::FreeSpace,
+        None => StopKind::TornWrite,
+    }
+}
+
 /// A segment file's path. For the sealed segments found at open it is joined from the queue
 /// directory and the base on first use (an error message, a deletion): building a path for
 /// each of thousands of segments would make open time grow with their number.

@@ -219,11 +219,16 @@ fn check_synced_end(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
         return;
     };
     let log_end = last.next_seq();
-    if log_end < state.synced_seq && state.head_seq < state.synced_seq {
+    let file = snapshot.dir.join(&last.name);
+    // Damage found in the segment already explains where its records end.
+    let damaged = problems
+        .iter()
+        .any(|problem| problem.kind == ProblemKind::DamagedFrame && problem.file == file);
+    if log_end < state.synced_seq && state.head_seq < state.synced_seq && !damaged {
         let from = log_end.max(state.head_seq);
         problems.push(Problem {
             kind: ProblemKind::MissingRecords,
-            file: snapshot.dir.join(&last.name),
+            file,
             offset: last.valid_end,
             detail: format!(
                 "records {from}..{} are missing: the head index says every record below {} \
@@ -381,7 +386,7 @@ fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             continue;
         }
         // Where a damaged segment really ends is unknown: the next one is not compared with it.
-        let end = end_problem(path, scan, is_last);
+        let end = end_problem(path, scan, is_last, snapshot.synced_seq());
         expected = match scan.end {
             SegmentEnd::Clean | SegmentEnd::PaddingCut => Some(scan.next_seq()),
             SegmentEnd::IncompleteBatch { .. } | SegmentEnd::BadFrame { .. } => None,
@@ -443,15 +448,22 @@ fn header_problem(path: &std::path::Path, scan: &SegmentScan) -> Option<Problem>
     })
 }
 
-fn end_problem(path: PathBuf, scan: &SegmentScan, is_last: bool) -> Option<Problem> {
-    let (kind, offset, detail) = match &scan.end {
+/// The problem a segment's end is, if any: damage or an interrupted write, told apart by the
+/// rule `Queue::open` applies ([`SegmentScan::is_damaged`]).
+fn end_problem(
+    path: PathBuf,
+    scan: &SegmentScan,
+    is_last: bool,
+    synced_seq: u64,
+) -> Option<Problem> {
+    let kind = if scan.is_damaged(is_last, synced_seq) {
+        ProblemKind::DamagedFrame
+    } else {
+        ProblemKind::TornTail
+    };
+    let (offset, detail) = match &scan.end {
         SegmentEnd::Clean => return None,
         SegmentEnd::PaddingCut => (
-            if is_last {
-                ProblemKind::TornTail
-            } else {
-                ProblemKind::DamagedFrame
-            },
             scan.file_len,
             format!(
                 "file ends inside the padding of its last record (length {}, expected {})",
@@ -459,11 +471,6 @@ fn end_problem(path: PathBuf, scan: &SegmentScan, is_last: bool) -> Option<Probl
             ),
         ),
         SegmentEnd::IncompleteBatch { offset, first_seq } => (
-            if is_last {
-                ProblemKind::TornTail
-            } else {
-                ProblemKind::DamagedFrame
-            },
             *offset,
             format!("batch starting at sequence {first_seq} has no final record"),
         ),
@@ -473,16 +480,23 @@ fn end_problem(path: PathBuf, scan: &SegmentScan, is_last: bool) -> Option<Probl
             error,
             later_frames,
         } => match later_frames.first() {
-            Some((later_offset, later_seq)) => (
-                ProblemKind::DamagedFrame,
+            Some((later_offset, later_seq)) if kind == ProblemKind::DamagedFrame => (
                 *offset,
                 format!(
                     "record {expected_seq}: {error}; a valid record (sequence {later_seq} at \
                      byte {later_offset}) follows"
                 ),
             ),
+            Some((later_offset, later_seq)) => (
+                *offset,
+                format!(
+                    "record {expected_seq}: {error}; the valid records after it (from sequence \
+                     {later_seq} at byte {later_offset}) were never synced (the head index \
+                     records sequences below {synced_seq} as synced), so a power loss could \
+                     persist them without the earlier writes: `Queue::open` cuts them"
+                ),
+            ),
             None if is_last => (
-                ProblemKind::TornTail,
                 *offset,
                 format!(
                     "record {expected_seq}: {error}; {} bytes from here to the end of the file \
@@ -491,7 +505,6 @@ fn end_problem(path: PathBuf, scan: &SegmentScan, is_last: bool) -> Option<Probl
                 ),
             ),
             None => (
-                ProblemKind::DamagedFrame,
                 *offset,
                 format!("record {expected_seq}: {error}; later segments follow"),
             ),

@@ -1,22 +1,24 @@
 //! Reading records and sizes from the head of a queue without locking it: [`stat`] and
-//! [`records`]. A reader holds one segment's bytes at a time and moves segment by segment,
-//! starting where the head index's hint says (as the engine does), so that damage among
-//! consumed records does not stop it.
+//! [`records`]. Both read through the one consistent view of `view`, holding every segment they
+//! need open from the start. A reader holds one segment's bytes at a time and moves segment by
+//! segment, starting where the head index's hint says (as the engine does), so that damage among
+//! consumed records of a sealed segment does not stop it; the last segment is checked whole, by
+//! the rule `Queue::open` applies to it.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::view::{with_view, Fetched, Held, Step, View};
 use super::{
-    list, read_ack_log, read_file, read_head, scan_segment, AckLogSnapshot, HeadSnapshot,
-    HeaderStatus, Listing, SegmentEnd, SegmentScan, SNAPSHOT_ATTEMPTS_MAX, SNAPSHOT_RETRY_PAUSE,
+    read_ack_log, scan_segment, scan_segment_from, AckLogSnapshot, HeaderStatus, SegmentEnd,
+    SegmentScan, SNAPSHOT_ATTEMPTS_MAX, SNAPSHOT_RETRY_PAUSE,
 };
 use crate::acklog::is_retired_gap;
 use crate::error::{Error, Result};
 use crate::frame::{self, PAYLOAD_LEN_MAX};
-use crate::head::{HeadState, HEAD_FILE_NAME};
-use crate::segment::{walk_frames, HeaderError, WalkStep, SEGMENT_HEADER_LEN};
+use crate::head::HeadState;
+use crate::segment::{HeaderError, SEGMENT_HEADER_LEN};
 use crate::storage::Storage;
 
 /// Sizes and positions of a queue, read without locking. Field names match the JSON of
@@ -33,7 +35,7 @@ pub struct QueueStat {
     pub segments: usize,
     /// Bytes of frames not yet consumed.
     pub live_bytes: u64,
-    /// Bytes of all segment files, the head index, the settings file and the ack log.
+    /// Bytes of all segment files, the head index and the ack log.
     pub disk_bytes: u64,
     /// When the oldest record was pushed, microseconds since the Unix epoch.
     pub oldest_enqueued_us: Option<u64>,
@@ -50,11 +52,11 @@ impl QueueStat {
 /// Reads a queue's sizes and positions without locking it. Reads the head index, the segment
 /// holding the head and the last segment; the others only by their length.
 pub fn stat(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
-    retry_while_changing(|| stat_once(storage, dir))
+    retry_while_changing(|| with_view(storage, dir, stat_once))
 }
 
 /// Runs a lock-free read again, after a short pause, while it fails: a failure may come from a
-/// write or a compaction in flight. Real damage fails every attempt and is returned.
+/// write in flight. Real damage fails every attempt and is returned.
 fn retry_while_changing<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
     let mut outcome = attempt();
     for _ in 1..SNAPSHOT_ATTEMPTS_MAX {
@@ -67,38 +69,36 @@ fn retry_while_changing<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> 
     outcome
 }
 
-fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
-    let listing = list(storage, dir)?;
-    let head = read_head(storage, dir)?;
-    let acks = read_ack_log(storage, dir)?;
-    if let Some(error) = acks.error(dir) {
+fn stat_once(mut view: View<'_>) -> Result<Step<QueueStat>> {
+    // Every segment from the head's on is opened before any is read: what follows describes
+    // one moment, whatever the running queue pops and compacts meanwhile.
+    if let Held::Gone(error) = view.hold(None)? {
+        return Ok(Step::Retake(error));
+    }
+    let acks = read_ack_log(view.storage(), &view.dir)?;
+    if let Some(error) = acks.error(&view.dir) {
         return Err(error);
     }
-    let settings_len = match listing.settings_present {
+    let settings_len = match view.listing.settings_present {
         true => crate::settings::SETTINGS_FILE_LEN as u64,
         false => 0,
     };
-    let mut disk_bytes = head.file_len.unwrap_or(0) + acks.file_len.unwrap_or(0) + settings_len;
-    let mut lens = Vec::with_capacity(listing.segments.len());
-    for (_, name) in &listing.segments {
-        let path = dir.join(name);
-        let len = match storage.open_read(&path) {
-            Ok(file) => file
-                .len()
-                .map_err(|error| Error::io("stat", &path, error))?,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
-            Err(error) => return Err(Error::io("open", &path, error)),
-        };
-        disk_bytes += len;
-        lens.push(len);
+    let mut disk_bytes =
+        view.head.file_len.unwrap_or(0) + acks.file_len.unwrap_or(0) + settings_len;
+    let mut lens = Vec::with_capacity(view.listing.segments.len());
+    let mut segments = 0;
+    for index in 0..view.listing.segments.len() {
+        // A segment before the head's that is gone now was compacted: not on disk any more.
+        let len = view.len(index)?;
+        segments += usize::from(len.is_some());
+        disk_bytes += len.unwrap_or(0);
+        lens.push(len.unwrap_or(0));
     }
-    let mut cursor = Cursor::locate(storage, dir, &listing, &head, &acks, None, OnVanish::Fail)?;
-    let mut tail = Tail::read(storage, dir, &listing)?;
-    if cursor.loaded.is_some() && cursor.loaded == tail.index {
-        // The reader started from the head's hint and may have read past damage before it.
-        tail.next_seq = cursor.end_seq;
-        tail.valid_end = cursor.valid_end;
-    }
+    let mut cursor = Cursor::locate(&mut view, &acks, None)?;
+    let tail = match Tail::read(&mut view)? {
+        Step::Done(tail) => tail,
+        Step::Retake(error) => return Ok(Step::Retake(error)),
+    };
     let live_bytes = match (cursor.loaded, tail.index) {
         (Some(head_index), Some(tail_index)) if head_index == tail_index => {
             tail.valid_end.saturating_sub(cursor.offset)
@@ -118,23 +118,23 @@ fn stat_once(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
         _ => 0,
     };
     let head_seq = cursor.head_seq;
-    let mut oldest = cursor.step(storage, dir, &listing)?;
+    let mut oldest = cursor.step(&mut view)?;
     while oldest
         .as_ref()
         .is_some_and(|record| acks.is_acked(record.seq))
     {
-        oldest = cursor.step(storage, dir, &listing)?;
+        oldest = cursor.step(&mut view)?;
     }
     let acked = acks.history.acked_count_from(head_seq);
-    Ok(QueueStat {
+    Ok(Step::Done(QueueStat {
         len: tail.next_seq.saturating_sub(head_seq).saturating_sub(acked),
         head_seq,
         next_seq: tail.next_seq.max(head_seq),
-        segments: listing.segments.len(),
+        segments,
         live_bytes,
         disk_bytes,
         oldest_enqueued_us: oldest.map(|record| record.enqueued_us),
-    })
+    }))
 }
 
 /// The end of the log: the last segment that `Queue::open` would keep.
@@ -148,30 +148,67 @@ struct Tail {
 }
 
 impl Tail {
-    fn read(storage: &dyn Storage, dir: &Path, listing: &Listing) -> Result<Tail> {
-        for (index, (base, name)) in listing.segments.iter().enumerate().rev() {
-            let path = dir.join(name);
-            let Some(bytes) = read_file(storage, &path)? else {
-                return Err(Error::corrupt(path, 0, "segment deleted while being read"));
+    /// Reads the last segment (the one before it when its creation was cut short) and checks it
+    /// as `Queue::open` does: damage in it stops the reader, an interrupted write is not counted.
+    fn read(view: &mut View<'_>) -> Result<Step<Tail>> {
+        let synced_seq = view.synced_seq();
+        let count = view.listing.segments.len();
+        for index in (0..count).rev() {
+            let path = view.path(index);
+            let bytes = match view.fetch(index)? {
+                Fetched::Bytes(bytes) => bytes,
+                // The end of the log moved on: the listing is stale.
+                Fetched::Consumed => {
+                    let error = Error::corrupt(path, 0, "segment compacted while being read");
+                    return Ok(Step::Retake(error));
+                }
+                Fetched::Gone(error) => return Ok(Step::Retake(error)),
+            };
+            let Some((base, name)) = view.listing.segments.get(index) else {
+                break;
             };
             let scan = scan_segment(name, *base, &bytes);
-            let is_last = index + 1 == listing.segments.len();
-            if is_last && scan.is_unborn() {
+            if index + 1 == count && scan.is_unborn() {
                 continue;
             }
             check_header(&path, &scan)?;
-            return Ok(Tail {
+            if scan.is_damaged(true, synced_seq) {
+                return Err(damage_error(&path, &scan));
+            }
+            return Ok(Step::Done(Tail {
                 index: Some(index),
                 next_seq: scan.next_seq(),
                 valid_end: scan.valid_end,
-            });
+            }));
         }
-        Ok(Tail {
+        Ok(Step::Done(Tail {
             index: None,
             next_seq: 0,
             valid_end: SEGMENT_HEADER_LEN as u64,
-        })
+        }))
     }
+}
+
+/// The error for the damage a scan ends with.
+fn damage_error(path: &Path, scan: &SegmentScan) -> Error {
+    let detail = match &scan.end {
+        SegmentEnd::BadFrame {
+            error,
+            later_frames,
+            ..
+        } => match later_frames.first() {
+            Some((later_offset, later_seq)) => format!(
+                "{error}; a valid record (sequence {later_seq} at offset {later_offset}) \
+                 follows, so this is damage rather than a torn write"
+            ),
+            None => error.to_string(),
+        },
+        SegmentEnd::PaddingCut | SegmentEnd::IncompleteBatch { .. } => {
+            String::from("sealed segment ends inside a batch")
+        }
+        SegmentEnd::Clean => String::from("damaged"),
+    };
+    Error::corrupt(path, scan.stop_offset(), detail)
 }
 
 fn check_header(path: &Path, scan: &SegmentScan) -> Result<()> {
@@ -214,15 +251,6 @@ impl StoredRecord {
     }
 }
 
-/// What a reader does when a segment it needs was deleted after the listing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OnVanish {
-    /// Fail, so that the caller takes a fresh view.
-    Fail,
-    /// Go on with the next segment: compaction deleted it, so its records were consumed.
-    Skip,
-}
-
 /// A lock-free read position: one segment's bytes and an offset in them.
 #[derive(Debug)]
 struct Cursor {
@@ -230,7 +258,6 @@ struct Cursor {
     /// The ack log's acknowledged ranges: a gap between segments that one of them retired
     /// (see `acklog::is_retired_gap`) is crossed, any other is missing records.
     acked: BTreeMap<u64, u64>,
-    on_vanish: OnVanish,
     /// Index into the listing of the segment in `bytes`.
     loaded: Option<usize>,
     bytes: Vec<u8>,
@@ -240,7 +267,7 @@ struct Cursor {
     valid_end: u64,
     /// The sequence number of the record at `valid_end`: just past the last one served.
     end_seq: u64,
-    /// Raised when the reader reaches `valid_end` of a damaged sealed segment.
+    /// Raised when the reader reaches `valid_end` of a damaged segment.
     damage: Option<Error>,
     finished: bool,
 }
@@ -248,35 +275,12 @@ struct Cursor {
 impl Cursor {
     /// Positions a reader at the first record at or after `from` (the head by default; never
     /// before the head).
-    fn locate(
-        storage: &dyn Storage,
-        dir: &Path,
-        listing: &Listing,
-        head: &HeadSnapshot,
-        acks: &AckLogSnapshot,
-        from: Option<u64>,
-        on_vanish: OnVanish,
-    ) -> Result<Cursor> {
-        if let Some((offset, why)) = head.out_of_range() {
-            return Err(Error::corrupt(dir.join(HEAD_FILE_NAME), offset, why));
-        }
-        let head_seq = match head.state() {
-            Some(state) => state.head_seq,
-            None if head.file_len.is_none() && listing.segments.is_empty() => 0,
-            None => {
-                return Err(Error::corrupt(
-                    dir.join(HEAD_FILE_NAME),
-                    0,
-                    "the head index is missing or has no valid slot, so which records were \
-                     consumed is unknown",
-                ))
-            }
-        };
+    fn locate(view: &mut View<'_>, acks: &AckLogSnapshot, from: Option<u64>) -> Result<Cursor> {
+        let head_seq = view.head_seq()?;
         let target = from.unwrap_or(head_seq).max(head_seq);
         let mut cursor = Cursor {
             head_seq,
             acked: acks.history.acked.clone(),
-            on_vanish,
             loaded: None,
             bytes: Vec::new(),
             offset: SEGMENT_HEADER_LEN as u64,
@@ -286,14 +290,10 @@ impl Cursor {
             damage: None,
             finished: true,
         };
-        let Some(index) = listing
-            .segments
-            .iter()
-            .rposition(|(base, _)| *base <= target)
-        else {
-            if let Some((first, name)) = listing.segments.first() {
+        let Some(index) = view.holding(target) else {
+            if let Some((first, name)) = view.listing.segments.first() {
                 return Err(Error::corrupt(
-                    dir.join(name),
+                    view.dir.join(name),
                     0,
                     format!(
                         "records {head_seq}..{first} are missing: the head is at {head_seq} \
@@ -304,10 +304,10 @@ impl Cursor {
             return Ok(cursor);
         };
         cursor.finished = false;
-        cursor.enter(storage, dir, listing, index)?;
-        if target == head_seq {
-            if let Some(state) = head.state() {
-                cursor.jump_to_hint(dir, listing, index, state);
+        cursor.enter(view, index)?;
+        if target == head_seq && cursor.loaded == Some(index) {
+            if let Some(state) = view.head.state() {
+                cursor.jump_to_hint(view, index, state);
             }
         }
         // Skip the records before the target: consumed ones, or those before `from`.
@@ -315,39 +315,35 @@ impl Cursor {
             if cursor.offset >= cursor.valid_end {
                 break;
             }
-            cursor.step(storage, dir, listing)?;
+            cursor.step(view)?;
         }
         Ok(cursor)
     }
 
-    /// Reads segment `index` of the listing and positions at its first frame; skips segments
-    /// that vanished if allowed.
-    fn enter(
-        &mut self,
-        storage: &dyn Storage,
-        dir: &Path,
-        listing: &Listing,
-        index: usize,
-    ) -> Result<()> {
+    /// Reads segment `index` of the listing and positions at its first frame. A segment found
+    /// consumed (only possible for one the view could not hold open) is skipped: the head
+    /// passed its records while they were being read.
+    fn enter(&mut self, view: &mut View<'_>, index: usize) -> Result<()> {
         let mut index = index;
         loop {
-            let Some((base, name)) = listing.segments.get(index) else {
+            let Some((base, name)) = view.listing.segments.get(index).cloned() else {
                 self.finished = true;
                 return Ok(());
             };
-            let path = dir.join(name);
-            let Some(bytes) = read_file(storage, &path)? else {
-                if self.on_vanish == OnVanish::Skip {
+            let path = view.path(index);
+            let bytes = match view.fetch(index)? {
+                Fetched::Bytes(bytes) => bytes,
+                Fetched::Consumed => {
                     index += 1;
-                    if let Some((next_base, _)) = listing.segments.get(index) {
+                    if let Some((next_base, _)) = view.listing.segments.get(index) {
                         self.next_seq = *next_base;
                     }
                     continue;
                 }
-                return Err(Error::corrupt(path, 0, "segment deleted while being read"));
+                Fetched::Gone(error) => return Err(error),
             };
-            let retired = is_retired_gap(&self.acked, self.next_seq, *base);
-            if *base != self.next_seq && self.loaded.is_some() && !retired {
+            let retired = is_retired_gap(&self.acked, self.next_seq, base);
+            if base != self.next_seq && self.loaded.is_some() && !retired {
                 return Err(Error::corrupt(
                     &path,
                     0,
@@ -358,29 +354,21 @@ impl Cursor {
                     ),
                 ));
             }
-            let scan = scan_segment(name, *base, &bytes);
-            let is_last = index + 1 == listing.segments.len();
+            let scan = scan_segment(&name, base, &bytes);
+            let is_last = index + 1 == view.listing.segments.len();
             if is_last && scan.is_unborn() {
                 self.finished = true;
                 return Ok(());
             }
             check_header(&path, &scan)?;
-            self.damage = None;
-            if !is_last {
-                // A sealed segment was synced whole before the next one was created, so
-                // anything but a clean end is damage. The records before it are still served.
-                self.damage = match &scan.end {
-                    SegmentEnd::Clean => None,
-                    SegmentEnd::BadFrame { offset, error, .. } => {
-                        Some(Error::corrupt(&path, *offset, error.to_string()))
-                    }
-                    SegmentEnd::PaddingCut | SegmentEnd::IncompleteBatch { .. } => Some(
-                        Error::corrupt(&path, scan.valid_end, "sealed segment ends inside a batch"),
-                    ),
-                };
-            }
+            // The rule `Queue::open` applies: a sealed segment was synced whole, so anything
+            // but a clean end is damage; in the last one, damage is told from an interrupted
+            // write by the head's `synced_seq`. The records before it are still served.
+            self.damage = scan
+                .is_damaged(is_last, view.synced_seq())
+                .then(|| damage_error(&path, &scan));
             self.loaded = Some(index);
-            self.next_seq = *base;
+            self.next_seq = base;
             self.offset = SEGMENT_HEADER_LEN as u64;
             self.valid_end = scan.valid_end.min(bytes.len() as u64);
             self.end_seq = scan.next_seq();
@@ -390,9 +378,10 @@ impl Cursor {
     }
 
     /// Moves to the head's frame when the head index's hint points at it, as the engine does:
-    /// consumed records before it are not read, so damage among them does not stop the reader.
-    fn jump_to_hint(&mut self, dir: &Path, listing: &Listing, index: usize, state: HeadState) {
-        let Some((base, name)) = listing.segments.get(index) else {
+    /// in a sealed segment, consumed records before it are not read, so damage among them does
+    /// not stop the reader. (The last segment is checked whole, as `Queue::open` does.)
+    fn jump_to_hint(&mut self, view: &View<'_>, index: usize, state: HeadState) {
+        let Some((base, name)) = view.listing.segments.get(index) else {
             return;
         };
         let hint = usize::try_from(state.hint_offset).unwrap_or(usize::MAX);
@@ -405,62 +394,45 @@ impl Cursor {
         {
             return;
         }
-        let is_last = index + 1 == listing.segments.len();
-        let mut valid_end = state.hint_offset;
-        let mut end_seq = state.head_seq;
-        let mut damage = None;
-        for step in walk_frames(&self.bytes, hint, state.head_seq, PAYLOAD_LEN_MAX) {
-            match step {
-                WalkStep::Frame { offset, frame } => {
-                    if !frame.header.batch_continues {
-                        valid_end = offset + frame.frame_len as u64;
-                        end_seq = frame.header.seq + 1;
-                    }
-                }
-                WalkStep::Bad { offset, error, .. } if !is_last => {
-                    damage = Some(Error::corrupt(dir.join(name), offset, error.to_string()));
-                }
-                WalkStep::Bad { .. } => {}
-            }
-        }
         self.offset = state.hint_offset;
         self.next_seq = state.head_seq;
-        self.valid_end = valid_end.min(self.bytes.len() as u64);
-        self.end_seq = end_seq;
-        self.damage = damage;
+        if index + 1 == view.listing.segments.len() {
+            return;
+        }
+        let scan = scan_segment_from(name, *base, &self.bytes, state.hint_offset, state.head_seq);
+        self.valid_end = scan.valid_end.min(self.bytes.len() as u64);
+        self.end_seq = scan.next_seq();
+        self.damage = scan
+            .is_damaged(false, u64::MAX)
+            .then(|| damage_error(&view.path(index), &scan));
     }
 
     /// The next record, or `None` at the end of the log.
-    fn step(
-        &mut self,
-        storage: &dyn Storage,
-        dir: &Path,
-        listing: &Listing,
-    ) -> Result<Option<StoredRecord>> {
+    fn step(&mut self, view: &mut View<'_>) -> Result<Option<StoredRecord>> {
         loop {
             if self.finished {
                 return Ok(None);
             }
             if self.offset < self.valid_end {
-                return self.decode_here(dir, listing).map(Some);
+                return self.decode_here(view).map(Some);
             }
             if let Some(damage) = self.damage.take() {
                 self.finished = true;
                 return Err(damage);
             }
             let next = self.loaded.map_or(0, |index| index + 1);
-            if next >= listing.segments.len() {
+            if next >= view.listing.segments.len() {
                 self.finished = true;
                 return Ok(None);
             }
-            self.enter(storage, dir, listing, next)?;
+            self.enter(view, next)?;
         }
     }
 
-    fn decode_here(&mut self, dir: &Path, listing: &Listing) -> Result<StoredRecord> {
-        let path = match self.loaded.and_then(|index| listing.segments.get(index)) {
-            Some((_, name)) => dir.join(name),
-            None => dir.to_path_buf(),
+    fn decode_here(&mut self, view: &View<'_>) -> Result<StoredRecord> {
+        let path = match self.loaded {
+            Some(index) => view.path(index),
+            None => view.dir.clone(),
         };
         let start = usize::try_from(self.offset).unwrap_or(usize::MAX);
         let end = usize::try_from(self.valid_end).unwrap_or(usize::MAX);
@@ -485,9 +457,7 @@ impl Cursor {
 /// them. See [`records`].
 #[derive(Debug)]
 pub struct Records<'a> {
-    storage: &'a dyn Storage,
-    dir: PathBuf,
-    listing: Listing,
+    view: View<'a>,
     cursor: Cursor,
     /// Records acknowledged out of order (jobs API) are no longer in the queue: skipped.
     acks: AckLogSnapshot,
@@ -498,7 +468,7 @@ impl Iterator for Records<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let step = self.cursor.step(self.storage, &self.dir, &self.listing);
+            let step = self.cursor.step(&mut self.view);
             match step {
                 Ok(Some(record)) if self.acks.is_acked(record.seq) => continue,
                 other => return other.transpose(),
@@ -508,26 +478,25 @@ impl Iterator for Records<'_> {
 }
 
 /// Reads the queue's records without removing them, oldest first, starting at the head or at
-/// `from` when that is later. Records pushed after the call may or may not be included; a
-/// segment compacted while reading is skipped (its records were consumed meanwhile). A damaged
-/// frame ends the iteration with [`Error::Corrupt`]; an interrupted write at the very end of
-/// the log ends it quietly, as `Queue::open` would cut it.
+/// `from` when that is later. Every segment file from the head's on is opened first, so the
+/// records are those in the queue at that moment, in order and without gaps, however far a
+/// running queue pops and compacts meanwhile; records pushed after the call may or may not be
+/// included. (Past the process's limit of open files, the remaining segments are opened when
+/// reached: one compacted by then is skipped, its records consumed meanwhile.) Damage ends the
+/// iteration with [`Error::Corrupt`]; an interrupted write at the very end of the log ends it
+/// quietly, as `Queue::open` would cut it (see [`SegmentScan::is_damaged`]).
 pub fn records<'a>(storage: &'a dyn Storage, dir: &Path, from: Option<u64>) -> Result<Records<'a>> {
-    let (listing, cursor, acks) = retry_while_changing(|| {
-        let listing = list(storage, dir)?;
-        let head = read_head(storage, dir)?;
-        let acks = read_ack_log(storage, dir)?;
-        if let Some(error) = acks.error(dir) {
-            return Err(error);
-        }
-        let cursor = Cursor::locate(storage, dir, &listing, &head, &acks, from, OnVanish::Skip)?;
-        Ok((listing, cursor, acks))
-    })?;
-    Ok(Records {
-        storage,
-        dir: dir.to_path_buf(),
-        listing,
-        cursor,
-        acks,
+    retry_while_changing(|| {
+        with_view(storage, dir, |mut view| {
+            if let Held::Gone(error) = view.hold(from)? {
+                return Ok(Step::Retake(error));
+            }
+            let acks = read_ack_log(storage, dir)?;
+            if let Some(error) = acks.error(dir) {
+                return Err(error);
+            }
+            let cursor = Cursor::locate(&mut view, &acks, from)?;
+            Ok(Step::Done(Records { view, cursor, acks }))
+        })
     })
 }

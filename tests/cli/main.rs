@@ -6,8 +6,10 @@
 
 mod util;
 
+mod active_segment;
 mod commands;
 mod concurrent;
+mod races;
 mod random_damage;
 mod records;
 mod repair;

@@ -193,7 +193,6 @@ pub fn inspect(args: &InspectArgs) -> Result<u8, Failure> {
 
 fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
     let snapshot = Snapshot::take(&OsStorage, dir)?;
-    let last = snapshot.segments.len().saturating_sub(1);
     let rows: Vec<SegmentJson> = snapshot
         .segments
         .iter()
@@ -205,7 +204,9 @@ fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
             records: scan.records,
             bytes: scan.file_len,
             state: snapshot.segment_state(index).name(),
-            checksums: scan.health(index == last).name(),
+            checksums: snapshot
+                .segment_health(index)
+                .map_or("unknown", |health| health.name()),
         })
         .collect();
     let mut out = print::stdout();
