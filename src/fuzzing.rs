@@ -828,8 +828,16 @@ impl Model {
         }
         // A damaged segment holding only its header is removed as a creation cut short: the
         // queue then restarts at its head just the same.
-        let restarted =
-            report.restarted_at_seq == Some(head) || (damaged && !report.removed_files.is_empty());
+        // After damage that took the newest segment (removed as a creation cut short, or lost),
+        // the queue starts again at its head as it does when a power loss took consumed records:
+        // the records lost must still be ones it may lose (below).
+        let restarted = report.restarted_at_seq == Some(head) || damaged;
+        if damaged && tail < tail_low {
+            return Err(format!(
+                "acknowledged records were lost to damage: next_seq {tail} < {tail_low} ({})",
+                self.bounds()
+            ));
+        }
         if !(restarted && tail == head) {
             if tail < tail_low {
                 return Err(format!(
