@@ -939,7 +939,7 @@ impl Model {
 
 /// Which damage [`Op::Damage`] injects. Damage whose outcome is a known defect of issue 10 is
 /// off until that defect is fixed: set the constant to `true`, or name the defect in the
-/// environment variable `DISKSPOOL_SIM_DEFECTS` (`DISKSPOOL_SIM_DEFECTS=4,7`), to reproduce it
+/// environment variable `DISKSPOOL_SIM_DEFECTS` (`DISKSPOOL_SIM_DEFECTS=0,4,7`), to reproduce it
 /// (see docs/TESTING.md).
 pub mod damage_gates {
     /// Whether damage gated by `constant` (defect `defect` of issue 10) is injected.

@@ -3,7 +3,7 @@
 //! synced data, every sync policy) against a model of the durability contract on the simulated
 //! filesystem, set up as the seed says (segment pool, writable mappings, large records). A
 //! failure prints the seed and the shortest operation list found that still fails.
-//! `DISKSPOOL_SIM_DEFECTS=4,7` also injects the damage gated behind open questions of issue 10
+//! `DISKSPOOL_SIM_DEFECTS=0,4,7` also injects the damage gated behind open questions of issue 10
 //! (`diskspool::fuzzing::damage_gates`).
 //!
 //! - `cargo test --test simulation` runs 200 seeds.
