@@ -241,3 +241,61 @@ fn crc32fast_hash(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Zeros after the last record of a sealed segment (to a 4 KiB boundary) hide nothing: the next
+/// segment starts right after that record. `pop`, `verify` and `dump` agree that nothing is
+/// wrong. Zeros where records were are missing records for all of them.
+#[test]
+fn free_space_after_a_sealed_segments_records_is_its_end_for_every_reader() {
+    use diskspool::storage::OsStorage;
+    for zero_records in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Always)).unwrap();
+            push_expected(&queue, 100);
+        }
+        let sealed = segment_files(dir.path())[0].clone();
+        let mut bytes = std::fs::read(&sealed).unwrap();
+        let frames = frame_offsets(&sealed);
+        let (last_offset, last_seq) = *frames.last().unwrap();
+        if zero_records {
+            bytes[last_offset as usize..].fill(0);
+        }
+        bytes.resize(
+            bytes.len().div_ceil(4096) * 4096 + 4096 * usize::from(zero_records),
+            0,
+        );
+        std::fs::write(&sealed, &bytes).unwrap();
+
+        let report = diskspool::verify::verify(&OsStorage, dir.path()).unwrap();
+        let dumped: Vec<u64> = diskspool::inspect::records(&OsStorage, dir.path(), None)
+            .unwrap()
+            .map_while(|record| record.ok().map(|record| record.seq))
+            .collect();
+        let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Always)).unwrap();
+        let mut popped = Vec::new();
+        let outcome = loop {
+            match queue.pop() {
+                Ok(Some(record)) => popped.push(record.seq()),
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        };
+        if zero_records {
+            assert!(!report.is_clean(), "{report:?}");
+            assert_eq!(popped, (0..last_seq).collect::<Vec<_>>());
+            assert_eq!(dumped, popped);
+            match outcome {
+                Err(Error::Corrupt { detail, .. }) => {
+                    assert!(detail.contains("missing"), "{detail}")
+                }
+                other => panic!("expected missing records, got {other:?}"),
+            }
+        } else {
+            assert!(report.is_clean(), "{report:?}");
+            assert_eq!(popped, (0..100).collect::<Vec<_>>());
+            assert_eq!(dumped, popped);
+            outcome.unwrap();
+        }
+    }
+}
