@@ -12,7 +12,7 @@ use crate::head::{HeadIndex, HeadState};
 use crate::jobs::{DeadLetter, Delivery, Job, JobState, Jobs};
 use crate::options::SyncPolicy;
 use crate::queue::{now_micros, Queue, Record, Shared};
-use crate::segment::{Segment, SEGMENT_HEADER_LEN};
+use crate::segment::{find_later_frame, is_free_space, Segment, SEGMENT_HEADER_LEN};
 use crate::storage::Mapping;
 use crate::sync::lock;
 
@@ -171,6 +171,22 @@ struct Pending {
     dead_letters: Vec<(u64, Record, u32)>,
 }
 
+/// Whether a frame that fails at `offset` of a sealed segment is only the end of its records:
+/// free space follows (zeros to a 4 KiB boundary, or stale frames of a recycled file, which
+/// never validate) and no valid frame of the segment lies beyond. The lock-free readers apply the
+/// same rule (`inspect::scan_segment`); that the next segment starts right after the last
+/// record is checked when the reader steps to it, so no record can be skipped.
+fn sealed_segment_ends_here(
+    segment: &Segment,
+    bytes: &[u8],
+    offset: usize,
+    error: &frame::FrameError,
+) -> bool {
+    segment.is_sealed()
+        && is_free_space(bytes, offset, error, segment.base_seq)
+        && find_later_frame(bytes, offset, segment.base_seq, PAYLOAD_LEN_MAX).is_none()
+}
+
 impl Shared {
     /// Reads the record at `cursor` and advances it; `None` at the end of the queue.
     pub(crate) fn read_next(&self, cursor: &mut Cursor) -> Result<Option<Found>> {
@@ -182,9 +198,23 @@ impl Shared {
                 let bytes = (*view).as_ref();
                 let start = offset as usize;
                 let at = bytes.get(start..end as usize).unwrap_or(&[]);
-                let frame = frame::decode(at, next_seq, PAYLOAD_LEN_MAX).map_err(|error| {
-                    Error::corrupt(&cursor.segment.path, offset, error.to_string())
-                })?;
+                let frame = match frame::decode(at, next_seq, PAYLOAD_LEN_MAX) {
+                    Ok(frame) => frame,
+                    Err(error) => {
+                        let bytes = bytes.get(..end as usize).unwrap_or(&[]);
+                        if sealed_segment_ends_here(&cursor.segment, bytes, start, &error) {
+                            // Nothing but free space follows the last record: the next
+                            // segment (checked below to start right after it) goes on.
+                            cursor.offset = end;
+                            continue;
+                        }
+                        return Err(Error::corrupt(
+                            &cursor.segment.path,
+                            offset,
+                            error.to_string(),
+                        ));
+                    }
+                };
                 let record = Record::new(
                     next_seq,
                     frame.header.enqueued_us,

@@ -189,6 +189,33 @@ impl Tail {
     }
 }
 
+/// Where a reader stops serving a segment's records, and the sequence number there. In the
+/// last segment: the end of the last complete batch (an interrupted batch is cut whole, as
+/// `Queue::open` cuts it). In a sealed segment, which was synced whole so that a batch it holds
+/// was complete: the first frame that fails, as `pop` reads it.
+fn serving_end(scan: &SegmentScan, is_last: bool, file_len: usize) -> (u64, u64) {
+    match (&scan.end, is_last) {
+        (
+            SegmentEnd::BadFrame {
+                offset,
+                expected_seq,
+                ..
+            },
+            false,
+        ) => ((*offset).min(file_len as u64), *expected_seq),
+        _ => (scan.valid_end.min(file_len as u64), scan.next_seq()),
+    }
+}
+
+/// Whether reading the segment ends in an error, as `pop` would end: damage by the rule of
+/// [`SegmentScan::is_damaged`], except a sealed segment cut inside its last frame's padding,
+/// whose records are all intact (`pop` reads them; `verify` still reports the cut padding,
+/// which `repair` restores).
+fn serves_damage(scan: &SegmentScan, is_last: bool, synced_seq: u64) -> bool {
+    let padding_only = !is_last && scan.end == SegmentEnd::PaddingCut;
+    scan.is_damaged(is_last, synced_seq) && !padding_only
+}
+
 /// The error for the damage a scan ends with.
 fn damage_error(path: &Path, scan: &SegmentScan) -> Error {
     let detail = match &scan.end {
@@ -364,14 +391,12 @@ impl Cursor {
             // The rule `Queue::open` applies: a sealed segment was synced whole, so anything
             // but a clean end is damage; in the last one, damage is told from an interrupted
             // write by the head's `synced_seq`. The records before it are still served.
-            self.damage = scan
-                .is_damaged(is_last, view.synced_seq())
+            self.damage = serves_damage(&scan, is_last, view.synced_seq())
                 .then(|| damage_error(&path, &scan));
             self.loaded = Some(index);
             self.next_seq = base;
             self.offset = SEGMENT_HEADER_LEN as u64;
-            self.valid_end = scan.valid_end.min(bytes.len() as u64);
-            self.end_seq = scan.next_seq();
+            (self.valid_end, self.end_seq) = serving_end(&scan, is_last, bytes.len());
             self.bytes = bytes;
             return Ok(());
         }
@@ -400,11 +425,9 @@ impl Cursor {
             return;
         }
         let scan = scan_segment_from(name, *base, &self.bytes, state.hint_offset, state.head_seq);
-        self.valid_end = scan.valid_end.min(self.bytes.len() as u64);
-        self.end_seq = scan.next_seq();
-        self.damage = scan
-            .is_damaged(false, u64::MAX)
-            .then(|| damage_error(&view.path(index), &scan));
+        (self.valid_end, self.end_seq) = serving_end(&scan, false, self.bytes.len());
+        self.damage =
+            serves_damage(&scan, false, u64::MAX).then(|| damage_error(&view.path(index), &scan));
     }
 
     /// The next record, or `None` at the end of the log.

@@ -241,3 +241,142 @@ fn crc32fast_hash(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Zeros after the last record of a sealed segment (to a 4 KiB boundary) hide nothing: the next
+/// segment starts right after that record. `pop`, `verify` and `dump` agree that nothing is
+/// wrong. Zeros where records were are missing records for all of them.
+#[test]
+fn free_space_after_a_sealed_segments_records_is_its_end_for_every_reader() {
+    use diskspool::storage::OsStorage;
+    for zero_records in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Always)).unwrap();
+            push_expected(&queue, 100);
+        }
+        let sealed = segment_files(dir.path())[0].clone();
+        let mut bytes = std::fs::read(&sealed).unwrap();
+        let frames = frame_offsets(&sealed);
+        let (last_offset, last_seq) = *frames.last().unwrap();
+        if zero_records {
+            bytes[last_offset as usize..].fill(0);
+        }
+        bytes.resize(
+            bytes.len().div_ceil(4096) * 4096 + 4096 * usize::from(zero_records),
+            0,
+        );
+        std::fs::write(&sealed, &bytes).unwrap();
+
+        let report = diskspool::verify::verify(&OsStorage, dir.path()).unwrap();
+        let dumped: Vec<u64> = diskspool::inspect::records(&OsStorage, dir.path(), None)
+            .unwrap()
+            .map_while(|record| record.ok().map(|record| record.seq))
+            .collect();
+        let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Always)).unwrap();
+        let mut popped = Vec::new();
+        let outcome = loop {
+            match queue.pop() {
+                Ok(Some(record)) => popped.push(record.seq()),
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        };
+        if zero_records {
+            assert!(!report.is_clean(), "{report:?}");
+            assert_eq!(popped, (0..last_seq).collect::<Vec<_>>());
+            assert_eq!(dumped, popped);
+            match outcome {
+                Err(Error::Corrupt { detail, .. }) => {
+                    assert!(detail.contains("missing"), "{detail}")
+                }
+                other => panic!("expected missing records, got {other:?}"),
+            }
+        } else {
+            assert!(report.is_clean(), "{report:?}");
+            assert_eq!(popped, (0..100).collect::<Vec<_>>());
+            assert_eq!(dumped, popped);
+            outcome.unwrap();
+        }
+    }
+}
+
+/// Damage inside a batch of a sealed segment: the batch was synced whole, so `pop` serves its
+/// frames up to the damaged one, and the lock-free readers (`spool dump`) show the same records
+/// before reporting the same file and offset.
+#[test]
+fn pop_and_dump_serve_the_same_records_before_damage_inside_a_sealed_batch() {
+    use diskspool::storage::OsStorage;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Always)).unwrap();
+        let batch: Vec<Vec<u8>> = (0..8).map(payload_for).collect();
+        queue.push_batch(&batch).unwrap();
+        push_expected(&queue, 200);
+    }
+    let sealed = segment_files(dir.path())[0].clone();
+    let (offset, damaged_seq) = frame_offsets(&sealed)[5];
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    bytes[offset as usize + 26] ^= 0x40;
+    std::fs::write(&sealed, &bytes).unwrap();
+
+    let mut dumped = Vec::new();
+    let mut dump_error = None;
+    for record in diskspool::inspect::records(&OsStorage, dir.path(), None).unwrap() {
+        match record {
+            Ok(record) => dumped.push(record.seq),
+            Err(error) => {
+                dump_error = Some(error);
+                break;
+            }
+        }
+    }
+    let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Always)).unwrap();
+    let mut popped = Vec::new();
+    let pop_error = loop {
+        match queue.pop() {
+            Ok(Some(record)) => popped.push(record.seq()),
+            Ok(None) => panic!("the damage was skipped"),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(popped, (0..damaged_seq).collect::<Vec<_>>());
+    assert_eq!(dumped, popped, "{dump_error:?}");
+    for error in [pop_error, dump_error.expect("dump stops at the damage")] {
+        match error {
+            Error::Corrupt {
+                file, offset: at, ..
+            } => assert_eq!((file, at), (sealed.clone(), offset)),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+/// A sealed segment cut inside its last frame's zero padding still holds every record: `pop`
+/// and the lock-free readers both serve them all and go on into the next segment.
+#[test]
+fn a_sealed_segment_cut_inside_its_padding_is_read_alike_by_pop_and_dump() {
+    use diskspool::storage::OsStorage;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Always)).unwrap();
+        push_expected(&queue, 100);
+    }
+    let sealed = segment_files(dir.path())[0].clone();
+    let bytes = std::fs::read(&sealed).unwrap();
+    let (last_offset, last_seq) = *frame_offsets(&sealed).last().unwrap();
+    let unpadded =
+        last_offset as usize + diskspool::frame::FRAME_HEADER_LEN + payload_for(last_seq).len();
+    assert!(unpadded < bytes.len(), "pick a record with padding");
+    std::fs::write(&sealed, &bytes[..unpadded]).unwrap();
+    let dumped: Vec<u64> = diskspool::inspect::records(&OsStorage, dir.path(), None)
+        .unwrap()
+        .map(|record| record.unwrap().seq)
+        .collect();
+    let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Always)).unwrap();
+    let mut popped = Vec::new();
+    while let Some(record) = queue.pop().unwrap() {
+        popped.push(record.seq());
+    }
+    assert_eq!(popped, (0..100).collect::<Vec<_>>());
+    assert_eq!(dumped, popped);
+}
