@@ -712,6 +712,12 @@ pub struct Snapshot {
     /// The settings file: `None` when there is none (a queue from before settings files, which
     /// the next open gives one), else what decoding it gave.
     pub settings: Option<std::result::Result<QueueSettings, SettingsError>>,
+    /// The head index's `synced_seq` as read before the directory was listed: every record below
+    /// it is in the log as listed and read, or consumed. (The `synced_seq` of [`head`], read
+    /// later, may cover records a running queue wrote after the listing.)
+    ///
+    /// [`head`]: Snapshot::head
+    pub synced_floor: u64,
 }
 
 impl Snapshot {
@@ -772,6 +778,7 @@ impl Snapshot {
                 strays: view.listing.strays,
                 acks,
                 settings,
+                synced_floor: view.synced_floor,
             }))
         })
     }

@@ -224,16 +224,18 @@ fn check_synced_end(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
     let damaged = problems
         .iter()
         .any(|problem| problem.kind == ProblemKind::DamagedFrame && problem.file == file);
-    if log_end < state.synced_seq && state.head_seq < state.synced_seq && !damaged {
+    // The synced mark read before the listing: a running queue may have synced more since.
+    let synced_seq = snapshot.synced_floor;
+    if log_end < synced_seq && state.head_seq < synced_seq && !damaged {
         let from = log_end.max(state.head_seq);
         problems.push(Problem {
             kind: ProblemKind::MissingRecords,
             file,
             offset: last.valid_end,
             detail: format!(
-                "records {from}..{} are missing: the head index says every record below {} \
-                 was synced, but the log ends before {log_end} (a lost or cut newest segment)",
-                state.synced_seq, state.synced_seq
+                "records {from}..{synced_seq} are missing: the head index says every record \
+                 below {synced_seq} was synced, but the log ends before {log_end} (a lost or cut \
+                 newest segment)"
             ),
         });
     }

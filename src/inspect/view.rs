@@ -100,6 +100,8 @@ pub(crate) struct View<'a> {
     /// The head index: read right after the listing, and read again whenever a listed segment
     /// turns out gone. Every segment read after it was read after this head.
     pub(crate) head: HeadSnapshot,
+    /// The head index's `synced_seq` as read before the listing (see [`View::take`]).
+    pub(crate) synced_floor: u64,
     /// Files opened by [`hold`](View::hold), by listing index.
     held: Vec<Option<Box<dyn StorageFile>>>,
 }
@@ -107,6 +109,11 @@ pub(crate) struct View<'a> {
 impl<'a> View<'a> {
     /// Lists `dir`, then reads the head index.
     pub(crate) fn take(storage: &'a dyn Storage, dir: &Path) -> Result<View<'a>> {
+        // Read before the listing: the records below it were synced before the listing began,
+        // so the log as listed and read holds them (or the head has passed them).
+        let synced_floor = read_head(storage, dir)?
+            .state()
+            .map_or(0, |state| state.synced_seq);
         let mut listing = list(storage, dir)?;
         // Listing a directory is not atomic: of two segments created while it runs (a running
         // queue rolls), the older one can be missing while the newer one is listed, which
@@ -134,6 +141,7 @@ impl<'a> View<'a> {
             dir: dir.to_path_buf(),
             listing,
             head,
+            synced_floor,
             held,
         })
     }
