@@ -695,12 +695,14 @@ pub struct Snapshot {
     /// The queue directory.
     pub dir: PathBuf,
     /// The head index, read after the directory was listed, so it is at least as new as the
-    /// listing: no segment it still needs can be missing from the listing because of compaction.
-    /// Read again when a listed segment turned out gone, before the segments after it were read.
+    /// listing: no segment it still needs can be missing from the listing because of compaction,
+    /// and none holding records below its `synced_seq` either (the directory is listed again
+    /// after it).
     pub head: HeadSnapshot,
     /// The segments that could be read, in sequence order.
     pub segments: Vec<SegmentScan>,
-    /// Segments that were listed but deleted before they could be read (compacted meanwhile).
+    /// Segments that were listed but deleted before they could be read: compacted meanwhile
+    /// (the head index, read again then, had passed their records).
     pub vanished: Vec<String>,
     /// Segments that could not be read (an I/O error, or a folder with a segment's name), with
     /// the error. They are left out of `segments`, so the records they hold count as missing.
@@ -723,8 +725,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Lists and reads the whole directory once, through the one consistent view every
     /// lock-free reader takes (see `inspect::view`): a segment compacted while it is read is
-    /// listed in [`vanished`](Snapshot::vanished), and [`head`](Snapshot::head) is then the head
-    /// index read again after it, which has passed its records.
+    /// listed in [`vanished`](Snapshot::vanished).
     pub fn take(storage: &dyn Storage, dir: &Path) -> Result<Snapshot> {
         Self::take_with_progress(storage, dir, &mut |_| {})
     }
@@ -752,10 +753,9 @@ impl Snapshot {
             let mut segments = Vec::with_capacity(count);
             let mut vanished = Vec::new();
             let mut unreadable = Vec::new();
-            for (index, size) in sizes.into_iter().enumerate() {
-                let Some((base, name)) = view.listing.segments.get(index).cloned() else {
-                    break;
-                };
+            // The listing may grow while it is read (see `View::append_synced`).
+            let mut index = 0;
+            while let Some((base, name)) = view.listing.segments.get(index).cloned() {
                 match view.fetch(index) {
                     Ok(view::Fetched::Bytes(bytes)) => {
                         segments.push(scan_segment(&name, base, &bytes))
@@ -766,12 +766,16 @@ impl Snapshot {
                     Err(error @ Error::Io { .. }) => unreadable.push((name, error.to_string())),
                     Err(error) => return Err(error),
                 }
-                done.bytes_done += size;
+                done.bytes_done += sizes.get(index).copied().unwrap_or(0);
+                done.bytes_total = done.bytes_total.max(done.bytes_done);
                 progress(done);
+                index += 1;
             }
             Ok(view::Step::Done(Snapshot {
                 dir: dir.to_path_buf(),
-                head: view.head,
+                // The head the listing is complete for; segments found gone were classified
+                // by the head read again (`vanished`).
+                head: view.first_head,
                 segments,
                 vanished,
                 unreadable,

@@ -348,8 +348,12 @@ fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
         let path = snapshot.dir.join(&scan.name);
         let is_last = Some(index) == last_index;
         if let Some(expected) = expected {
-            // Gaps wholly behind the head are consumed records: nothing is lost.
-            let matters = head_seq.is_none_or(|head| scan.base_seq > head);
+            // Gaps wholly behind the head are consumed records: nothing is lost. So are gaps
+            // left by segments compacted while the snapshot was taken (the head read again
+            // then had passed them), though the snapshot's head is older.
+            let compacted =
+                vanished_bases(snapshot).any(|base| (expected..scan.base_seq).contains(&base));
+            let matters = head_seq.is_none_or(|head| scan.base_seq > head) && !compacted;
             // A gap repair retired on purpose (see `acklog::is_retired_gap`) is no loss.
             let retired = is_retired_gap(&snapshot.acks.history.acked, expected, scan.base_seq);
             if scan.base_seq != expected && matters && !retired {
@@ -364,11 +368,7 @@ fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             // A segment at or before the head that vanished while the snapshot was taken was
             // deleted by a running queue's compactor, which deletes only segments its durable
             // head has passed: the head read earlier is stale, and the gap is consumed records.
-            let compacted_meanwhile = snapshot
-                .vanished
-                .iter()
-                .filter_map(|name| crate::segment::parse_segment_file_name(name))
-                .any(|base| base <= head);
+            let compacted_meanwhile = vanished_bases(snapshot).any(|base| base <= head);
             if scan.base_seq > head && !compacted_meanwhile {
                 problems.push(Problem {
                     kind: ProblemKind::MissingRecords,
@@ -407,6 +407,14 @@ fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             ),
         });
     }
+}
+
+/// The bases of the segments compacted while the snapshot was taken.
+fn vanished_bases(snapshot: &Snapshot) -> impl Iterator<Item = u64> + '_ {
+    snapshot
+        .vanished
+        .iter()
+        .filter_map(|name| crate::segment::parse_segment_file_name(name))
 }
 
 fn sequence_break(expected: u64, found: u64) -> String {

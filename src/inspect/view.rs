@@ -7,8 +7,9 @@
 //! - The directory is listed first, then the head index is read. A running queue deletes (or
 //!   moves into its pool) only segments its durable head has passed, and writes that head before
 //!   deleting, so the listing holds every segment the head read after it still needs. The
-//!   directory is listed twice, because one listing can miss a segment created while it ran
-//!   and still show a newer one (see [`View::take`]).
+//!   directory is listed again after the head read, because one listing can miss a segment
+//!   created while it ran and still show a newer one, and because the head can say records
+//!   were synced in a segment created after the first listing (see [`View::take`]).
 //! - A listed segment that is gone when it is opened, or that no longer is the segment its name
 //!   says (a recycled file), is read as consumed when the head index, read again, has passed all
 //!   its records (the next listed segment starts at or before the head). Otherwise something
@@ -102,12 +103,16 @@ pub(crate) struct View<'a> {
     pub(crate) head: HeadSnapshot,
     /// The head index's `synced_seq` as read before the listing (see [`View::take`]).
     pub(crate) synced_floor: u64,
+    /// The head index as first read, between the two listings: the listing holds every segment
+    /// with records below its `synced_seq`.
+    pub(crate) first_head: HeadSnapshot,
     /// Files opened by [`hold`](View::hold), by listing index.
     held: Vec<Option<Box<dyn StorageFile>>>,
 }
 
 impl<'a> View<'a> {
-    /// Lists `dir`, then reads the head index.
+    /// Lists `dir`, then reads the head index, then lists `dir` again to complete the first
+    /// listing.
     pub(crate) fn take(storage: &'a dyn Storage, dir: &Path) -> Result<View<'a>> {
         // Read before the listing: the records below it were synced before the listing began,
         // so the log as listed and read holds them (or the head has passed them).
@@ -115,24 +120,27 @@ impl<'a> View<'a> {
             .state()
             .map_or(0, |state| state.synced_seq);
         let mut listing = list(storage, dir)?;
-        // Listing a directory is not atomic: of two segments created while it runs (a running
-        // queue rolls), the older one can be missing while the newer one is listed, which
-        // would look like lost records. A second listing holds every segment created before
-        // the first one ended (unless compacted since: consumed); those older than the newest
-        // of the first listing complete it. Newer ones are left out: the same could be true of
-        // them.
-        if let Some(&(newest, _)) = listing.segments.last() {
-            let again = list(storage, dir)?;
-            let known: std::collections::BTreeSet<u64> =
-                listing.segments.iter().map(|(base, _)| *base).collect();
-            let missed = again
-                .segments
-                .into_iter()
-                .filter(|(base, _)| *base < newest && !known.contains(base));
-            listing.segments.extend(missed);
-            listing.segments.sort_unstable();
-        }
         let head = read_head(storage, dir)?;
+        // Listing a directory is not atomic: of two segments created while it runs (a running
+        // queue rolls), the older one can be missing while the newer one is listed, which would
+        // look like lost records. And a roll between the listing and the head read leaves the
+        // head saying that records beyond the listed segments were synced. A second listing,
+        // after the head read, holds every segment that existed before it began (unless
+        // compacted since: consumed), which includes those older than the newest listed (created
+        // before the first listing ended) and those holding records below the head's
+        // `synced_seq` (written before the head was): they complete the first listing. Newer
+        // ones are left out, since the same could be true of them.
+        let synced_seq = head.state().map_or(0, |state| state.synced_seq);
+        let newest = listing.segments.last().map_or(0, |(base, _)| *base);
+        let again = list(storage, dir)?;
+        let known: std::collections::BTreeSet<u64> =
+            listing.segments.iter().map(|(base, _)| *base).collect();
+        let missed = again
+            .segments
+            .into_iter()
+            .filter(|(base, _)| *base < newest.max(synced_seq) && !known.contains(base));
+        listing.segments.extend(missed);
+        listing.segments.sort_unstable();
         let held = std::iter::repeat_with(|| None)
             .take(listing.segments.len())
             .collect();
@@ -140,6 +148,7 @@ impl<'a> View<'a> {
             storage,
             dir: dir.to_path_buf(),
             listing,
+            first_head: head.clone(),
             head,
             synced_floor,
             held,
