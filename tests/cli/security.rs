@@ -153,9 +153,14 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// `spool ARGS` run as user `nobody`, through util-linux `runuser`.
-fn spool_as_nobody(args: &[&str]) -> std::process::Output {
-    let spool = assert_cmd::cargo::cargo_bin("spool");
+/// `spool ARGS` run as user `nobody`, through util-linux `runuser`, from a copy of the binary
+/// in `shared` (`nobody` may not be able to reach the build directory).
+fn spool_as_nobody(shared: &Path, args: &[&str]) -> std::process::Output {
+    let spool = shared.join("spool-binary");
+    if !spool.exists() {
+        std::fs::copy(assert_cmd::cargo::cargo_bin("spool"), &spool).unwrap();
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     Command::new("runuser")
         .args(["-u", "nobody", "--"])
         .arg(spool)
@@ -181,7 +186,10 @@ fn root_gives_what_it_creates_to_the_queues_owner() {
     let dir = temp.path().join("q");
     std::fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
-    let created = spool_as_nobody(&["push", "--segment-size", "4096", arg(&dir), "first"]);
+    let created = spool_as_nobody(
+        temp.path(),
+        &["push", "--segment-size", "4096", arg(&dir), "first"],
+    );
     assert!(created.status.success(), "{created:?}");
     let nobody = std::fs::metadata(&dir).unwrap().uid();
     assert_ne!(nobody, 0);
@@ -201,10 +209,10 @@ fn root_gives_what_it_creates_to_the_queues_owner() {
         assert_eq!(std::fs::metadata(&path).unwrap().uid(), nobody, "{path:?}");
     }
     // The owner goes on using its queue.
-    let popped = spool_as_nobody(&["pop", "--all", arg(&dir)]);
+    let popped = spool_as_nobody(temp.path(), &["pop", "--all", arg(&dir)]);
     assert!(popped.status.success(), "{popped:?}");
     assert_eq!(String::from_utf8_lossy(&popped.stdout).lines().count(), 401);
-    let pushed = spool_as_nobody(&["push", arg(&dir), "after"]);
+    let pushed = spool_as_nobody(temp.path(), &["push", arg(&dir), "after"]);
     assert!(pushed.status.success(), "{pushed:?}");
 }
 
@@ -221,14 +229,14 @@ fn another_user_may_read_but_not_change_a_queue_that_is_not_theirs() {
         .code(0);
     let before: Vec<_> = entries(&dir);
     for command in ["push", "pop", "compact", "repair"] {
-        let output = spool_as_nobody(&[command, arg(&dir)]);
+        let output = spool_as_nobody(temp.path(), &[command, arg(&dir)]);
         assert_eq!(output.status.code(), Some(5), "{command}: {output:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("belongs to user 0"), "{command}: {stderr}");
         assert!(stderr.contains("sudo -u"), "{command}: {stderr}");
         assert_eq!(entries(&dir), before, "{command} changed the queue");
     }
-    let stat = spool_as_nobody(&["dump", arg(&dir)]);
+    let stat = spool_as_nobody(temp.path(), &["dump", arg(&dir)]);
     assert!(stat.status.success(), "{stat:?}");
     assert_eq!(stat.stdout, b"root's record\n");
 }
