@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::frame::{read_u32, read_u64, SEQ_LIMIT};
-use crate::recovery::Truncation;
+use crate::recovery::{RecoveryReport, Truncation};
 use crate::segment::FORMAT_VERSION;
 use crate::storage::{self, Storage, StorageFile};
 
@@ -239,6 +239,11 @@ pub enum AckLogEnd {
 pub struct AckLogDamage {
     /// Byte offset of the damaged entry in the file.
     pub offset: u64,
+    /// True when the entry only fails its checksum (a valid entry follows): under
+    /// `SyncPolicy::Never` and `Interval`, whose appends are not synced one by one, a power loss
+    /// leaves exactly this from a torn append. False for a field out of range under a valid
+    /// checksum, which no crash produces.
+    pub checksum_only: bool,
     /// What is wrong, and where the valid entry after it is.
     pub detail: String,
 }
@@ -298,6 +303,7 @@ pub fn scan_ack_log(
                 if let (Some(bad), None) = (unexplained.take(), &scan.damage) {
                     scan.damage = Some(AckLogDamage {
                         offset: bad,
+                        checksum_only: true,
                         detail: format!(
                             "ack log entry checksum mismatch; a valid entry (at byte offset \
                              {at}) follows, so this is damage rather than an interrupted \
@@ -314,9 +320,15 @@ pub fn scan_ack_log(
                 unexplained.get_or_insert(at);
             }
             Err(error @ EntryError::Invalid(_)) => {
-                if scan.damage.is_none() {
+                // No crash writes a valid checksum over a bad field: this outranks a torn entry.
+                if scan
+                    .damage
+                    .as_ref()
+                    .is_none_or(|damage| damage.checksum_only)
+                {
                     scan.damage = Some(AckLogDamage {
                         offset: at,
+                        checksum_only: false,
                         detail: error.to_string(),
                     });
                 }
@@ -524,7 +536,8 @@ impl AckLog {
         storage: &dyn Storage,
         dir: &Path,
         head: u64,
-        truncations: &mut Vec<Truncation>,
+        appends_synced: bool,
+        report: &mut RecoveryReport,
     ) -> Result<(AckLog, JobHistory)> {
         let path = dir.join(ACK_LOG_FILE_NAME);
         let io_error = |operation| {
@@ -559,9 +572,19 @@ impl AckLog {
         // A damaged entry followed by valid ones is refused (see `scan_ack_log`).
         let scan = scan_ack_log(&bytes, &mut |entry| history.apply(entry))
             .map_err(|error| header_error(&path, error))?;
+        // A torn append followed by valid ones is what a power loss leaves when appends are not
+        // synced one by one (`Never`, `Interval`): skipped (its one fact was not durable),
+        // reported, and the log rewritten below so that every reader agrees. Under `Always`
+        // every append was synced before the next was written, so it is damage: refused.
+        let mut skipped = false;
         if let Some(damage) = scan.damage {
-            return Err(Error::corrupt(&path, damage.offset, damage.detail));
+            if appends_synced || !damage.checksum_only {
+                return Err(Error::corrupt(&path, damage.offset, damage.detail));
+            }
+            report.skipped_ack_entries.push(damage.offset);
+            skipped = true;
         }
+        let truncations = &mut report.truncated;
         let log_id = scan.log_id;
         let entries_in_file = scan.entries;
         let offset = scan.valid_end as usize;
@@ -582,7 +605,7 @@ impl AckLog {
         }
         file.sync_data().map_err(io_error("sync ack log"))?;
         history.prune_below(head);
-        let log = AckLog {
+        let mut log = AckLog {
             path,
             dir: dir.to_path_buf(),
             file: Some(file),
@@ -594,6 +617,9 @@ impl AckLog {
             pending: Vec::new(),
             deferred: false,
         };
+        if skipped {
+            log.rewrite(storage, &history.entries())?;
+        }
         Ok((log, history))
     }
 

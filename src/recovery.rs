@@ -38,6 +38,11 @@ pub struct RecoveryReport {
     /// bytes a power loss took, possible under the weaker sync policies): the sequence number at
     /// which a fresh segment was started so that no sequence number is ever reused.
     pub restarted_at_seq: Option<u64>,
+    /// Byte offsets in the ack log (`acks`) of torn entries skipped while valid ones follow:
+    /// appends a power loss tore under `SyncPolicy::Never` or `Interval` (whose appends are
+    /// not synced one by one). Each lost one fact (an acknowledgement, a delivery count or a
+    /// retry time) that had not been made durable; the log was rewritten without them.
+    pub skipped_ack_entries: Vec<u64>,
 }
 
 /// One torn tail that recovery cut off.
@@ -251,7 +256,9 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     // damage to these records is refused after a later crash, never cut as an unsynced write.
     head.settle(next_seq)?;
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
-    let (mut acklog, mut history) = AckLog::open(storage, dir, head_seq, &mut report.truncated)?;
+    let appends_synced = options.sync == crate::options::SyncPolicy::Always;
+    let (mut acklog, mut history) =
+        AckLog::open(storage, dir, head_seq, appends_synced, &mut report)?;
     if history.prune_from(next_seq) {
         // Facts about records that a power loss took (possible only under the weaker policies,
         // where acks can outlive unsynced records). The next pushes use those sequence numbers
