@@ -837,20 +837,9 @@ impl Shared {
         self.push_sync.mark_durable(covered);
         let mut reader = lock(&self.reader);
         let mut generation = reader.head.sync().map_err(|error| self.poison(error))?;
-        let state = reader.head.state();
-        if state.synced_seq < covered {
-            // Record how far the records are synced, so that recovery can tell writes a power
-            // loss persisted out of order (cut) from damage to synced records (refused). Written
-            // after the sync above, so that it goes over the older slot: a failed write cannot
-            // take the newest head with it.
-            let updated = HeadState {
-                synced_seq: covered,
-                ..state
-            };
-            reader
-                .head
-                .write(updated)
-                .map_err(|error| self.poison(error))?;
+        // Written after the sync above, so that it goes over the older slot: a failed write
+        // cannot take the newest head with it.
+        if self.record_synced_seq_in(&mut reader, covered)? {
             generation = reader.head.sync().map_err(|error| self.poison(error))?;
         }
         drop(reader);
@@ -866,18 +855,28 @@ impl Shared {
         self.check_poisoned()?;
         let covered = self.synced_seq();
         let mut reader = lock(&self.reader);
-        let state = reader.head.state();
-        if state.synced_seq < covered {
-            let updated = HeadState {
-                synced_seq: covered,
-                ..state
-            };
-            reader
-                .head
-                .write(updated)
-                .map_err(|error| self.poison(error))?;
-        }
+        self.record_synced_seq_in(&mut reader, covered)?;
         Ok(())
+    }
+
+    /// Writes `covered` into the head as how far the records are synced, unless it knows as
+    /// much already (it never goes back), so that recovery can tell writes a power loss
+    /// persisted out of order (cut) from damage to synced records (refused). Returns whether
+    /// the head was written; the caller syncs it if it must.
+    fn record_synced_seq_in(&self, reader: &mut Reader, covered: u64) -> Result<bool> {
+        let state = reader.head.state();
+        if state.synced_seq >= covered {
+            return Ok(false);
+        }
+        let updated = HeadState {
+            synced_seq: covered,
+            ..state
+        };
+        reader
+            .head
+            .write(updated)
+            .map_err(|error| self.poison(error))?;
+        Ok(true)
     }
 
     fn acklog_len(&self) -> u64 {
