@@ -371,16 +371,16 @@ fn many_workers_ack_out_of_order_and_every_job_is_done_once() {
 }
 
 /// Acknowledges records 1..100 out of order (0 stays leased, so the head stays at 0 and every
-/// ack is in the ack log), closes, and flips a byte in an entry in the middle of `acks`, valid
-/// entries after it: `open` refuses with `Error::Corrupt` naming the file and the entry's
-/// offset, and changes nothing. Skipping the entry would make an acknowledged job deliverable
-/// again.
-#[test]
-fn a_damaged_ack_log_entry_followed_by_valid_ones_is_refused_not_skipped() {
+/// A closed queue whose records 1..100 were acknowledged out of order (record 0 stays, so every
+/// ack is in the ack log), with a bit flipped in an entry past the middle of `acks`: valid
+/// entries follow it. Returns the directory, the ack log's path, its bytes now, and the damaged
+/// entry's offset.
+fn acks_with_a_damaged_entry(
+    options: Options,
+) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>, usize) {
     let dir = tempfile::tempdir().unwrap();
-    let options = || Options::default().segment_size(4096);
     {
-        let queue = Queue::open(dir.path(), options()).unwrap();
+        let queue = Queue::open(dir.path(), options).unwrap();
         push_expected(&queue, 100);
         let mut deliveries = queue.recv_batch(100).unwrap();
         assert_eq!(deliveries.len(), 100);
@@ -398,6 +398,17 @@ fn a_damaged_ack_log_entry_followed_by_valid_ones_is_refused_not_skipped() {
         + diskspool::acklog::ACK_ENTRY_LEN * (scan.entries as usize / 2 + 10);
     bytes[damaged + 10] ^= 0x01; // inside the sequence number
     std::fs::write(&acks, &bytes).unwrap();
+    (dir, acks, bytes, damaged)
+}
+
+/// ack is in the ack log), closes, and flips a byte in an entry in the middle of `acks`, valid
+/// entries after it: `open` refuses with `Error::Corrupt` naming the file and the entry's
+/// offset, and changes nothing. Skipping the entry would make an acknowledged job deliverable
+/// again.
+#[test]
+fn a_damaged_ack_log_entry_followed_by_valid_ones_is_refused_not_skipped() {
+    let options = || Options::default().segment_size(4096);
+    let (dir, acks, bytes, damaged) = acks_with_a_damaged_entry(options());
     match Queue::open(dir.path(), options()) {
         Err(Error::Corrupt {
             file,
@@ -428,25 +439,8 @@ fn under_the_weaker_policies_a_torn_ack_log_entry_before_valid_ones_is_skipped_a
         SyncPolicy::Never,
         SyncPolicy::Interval(Duration::from_secs(60)),
     ] {
-        let dir = tempfile::tempdir().unwrap();
         let options = || Options::default().segment_size(4096).sync(policy);
-        {
-            let queue = Queue::open(dir.path(), options()).unwrap();
-            push_expected(&queue, 100);
-            let mut deliveries = queue.recv_batch(100).unwrap();
-            let first = deliveries.remove(0);
-            for delivery in deliveries.into_iter().rev() {
-                delivery.ack().unwrap();
-            }
-            drop(first);
-        }
-        let acks = dir.path().join(diskspool::acklog::ACK_LOG_FILE_NAME);
-        let mut bytes = std::fs::read(&acks).unwrap();
-        let scan = diskspool::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
-        let damaged = diskspool::acklog::ACK_LOG_HEADER_LEN
-            + diskspool::acklog::ACK_ENTRY_LEN * (scan.entries as usize / 2 + 10);
-        bytes[damaged + 10] ^= 0x01;
-        std::fs::write(&acks, &bytes).unwrap();
+        let (dir, _, _, damaged) = acks_with_a_damaged_entry(options());
         let queue = Queue::open(dir.path(), options()).unwrap();
         assert_eq!(
             queue.recovery_report().skipped_ack_entries,
