@@ -265,6 +265,28 @@ pub struct SegmentScan {
 }
 
 impl SegmentScan {
+    /// A scan of a segment with a valid header, before any frame from offset `start` is read;
+    /// `last_seq` is the record just before it, if any.
+    fn before_frames(
+        name: &str,
+        base_seq: u64,
+        bytes: &[u8],
+        start: u64,
+        last_seq: Option<u64>,
+    ) -> SegmentScan {
+        SegmentScan {
+            name: name.to_string(),
+            base_seq,
+            file_len: bytes.len() as u64,
+            header: HeaderStatus::Ok,
+            records: 0,
+            first_seq: None,
+            last_seq,
+            valid_end: start,
+            end: SegmentEnd::Clean,
+        }
+    }
+
     /// The sequence number the next segment must start with.
     pub fn next_seq(&self) -> u64 {
         self.last_seq.map_or(self.base_seq, |last| last + 1)
@@ -407,17 +429,8 @@ pub struct FrameInfo {
 
 /// Checks a segment file's bytes. Pure: `bytes` is the whole file as read.
 pub fn scan_segment(name: &str, base_seq: u64, bytes: &[u8]) -> SegmentScan {
-    let mut scan = SegmentScan {
-        name: name.to_string(),
-        base_seq,
-        file_len: bytes.len() as u64,
-        header: HeaderStatus::Ok,
-        records: 0,
-        first_seq: None,
-        last_seq: None,
-        valid_end: SEGMENT_HEADER_LEN as u64,
-        end: SegmentEnd::Clean,
-    };
+    let mut scan =
+        SegmentScan::before_frames(name, base_seq, bytes, SEGMENT_HEADER_LEN as u64, None);
     match decode_header(bytes) {
         Ok(found) if found == base_seq => {}
         Ok(found) => {
@@ -444,17 +457,8 @@ pub(crate) fn scan_segment_from(
     start: u64,
     start_seq: u64,
 ) -> SegmentScan {
-    let mut scan = SegmentScan {
-        name: name.to_string(),
-        base_seq,
-        file_len: bytes.len() as u64,
-        header: HeaderStatus::Ok,
-        records: 0,
-        first_seq: None,
-        last_seq: start_seq.checked_sub(1),
-        valid_end: start,
-        end: SegmentEnd::Clean,
-    };
+    let mut scan =
+        SegmentScan::before_frames(name, base_seq, bytes, start, start_seq.checked_sub(1));
     scan_frames(
         &mut scan,
         bytes,

@@ -449,7 +449,7 @@ fn an_ack_log_entry_with_a_valid_checksum_and_a_bad_field_is_refused() {
     let mut entry = Vec::new();
     acklog::encode_entry(&mut entry, 1, &AckEntry::Acked { start: 3, end: 4 });
     entry[4] = 9; // kind
-    let crc = crc32(&[&1u64.to_le_bytes()[..], &entry[4..]].concat());
+    let crc = crc32fast::hash(&[&1u64.to_le_bytes()[..], &entry[4..]].concat());
     entry[..4].copy_from_slice(&crc.to_le_bytes());
     bytes.extend_from_slice(&entry);
     sim.write_file(&path, &bytes).unwrap();
@@ -465,22 +465,6 @@ fn an_ack_log_entry_with_a_valid_checksum_and_a_bad_field_is_refused() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
     assert_eq!(sim.read_file(&path).unwrap(), bytes);
-}
-
-/// CRC-32 (IEEE), as in docs/FORMAT.md.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// Zeros after the ack log's last entry are space prepared ahead of its tail: `open` cuts them

@@ -210,6 +210,28 @@ fn pop_to(queue: &Queue, seq: u64) {
     queue.compact().unwrap();
 }
 
+/// A storage that, the first time the reader is about to `step` segment `base`, makes the running
+/// queue pop to `target` and compact; the flag says whether it fired.
+fn pop_once_at(
+    queue: &Arc<Queue>,
+    base: u64,
+    step: Step,
+    target: u64,
+) -> (Racing, Arc<Mutex<bool>>) {
+    let fired = Arc::new(Mutex::new(false));
+    let storage = {
+        let (queue, fired) = (queue.clone(), fired.clone());
+        Racing::new(move |at, now| {
+            let mut fired = fired.lock().unwrap();
+            if at == base && now == step && !*fired {
+                *fired = true;
+                pop_to(&queue, target);
+            }
+        })
+    };
+    (storage, fired)
+}
+
 /// The base of the segment after the one starting at `base`.
 fn next_base(dir: &Path, base: u64) -> u64 {
     bases(dir)
@@ -262,17 +284,7 @@ fn records_stay_consecutive_while_the_queue_compacts_the_segments_ahead() {
     let (_temp, dir, queue) = running_queue(1000, 10);
     let all = bases(&dir);
     let (second, fifth) = (all[1], all[4]);
-    let fired = Arc::new(Mutex::new(false));
-    let storage = {
-        let (queue, fired) = (queue.clone(), fired.clone());
-        Racing::new(move |base, step| {
-            let mut fired = fired.lock().unwrap();
-            if base == second && step == Step::Read && !*fired {
-                *fired = true;
-                pop_to(&queue, fifth);
-            }
-        })
-    };
+    let (storage, fired) = pop_once_at(&queue, second, Step::Read, fifth);
     let records: Vec<_> = inspect::records(&storage, &dir, None)
         .unwrap()
         .map(Result::unwrap)
@@ -295,17 +307,7 @@ fn records_start_at_the_new_head_when_the_head_segment_is_compacted_before_it_is
     let (_temp, dir, queue) = running_queue(1000, 10);
     let all = bases(&dir);
     let (second, fourth) = (all[1], all[3]);
-    let fired = Arc::new(Mutex::new(false));
-    let storage = {
-        let (queue, fired) = (queue.clone(), fired.clone());
-        Racing::new(move |base, step| {
-            let mut fired = fired.lock().unwrap();
-            if base == second && step == Step::Open && !*fired {
-                *fired = true;
-                pop_to(&queue, fourth + 3);
-            }
-        })
-    };
+    let (storage, fired) = pop_once_at(&queue, second, Step::Open, fourth + 3);
     let seqs: Vec<u64> = inspect::records(&storage, &dir, None)
         .unwrap()
         .map(|record| record.unwrap().seq)

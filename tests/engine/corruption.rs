@@ -213,7 +213,7 @@ fn segment_header_of_another_version_is_named() {
     let segment = segment_files(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[8] = 9; // version
-    let crc = crc32fast_hash(&bytes[..28]);
+    let crc = crc32fast::hash(&bytes[..28]);
     bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&segment, &bytes).unwrap();
     match Queue::open(dir.path(), small_segments(SyncPolicy::Never)) {
@@ -224,22 +224,6 @@ fn segment_header_of_another_version_is_named() {
         }) => assert_eq!(file, segment),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
-}
-
-fn crc32fast_hash(bytes: &[u8]) -> u32 {
-    // The segment header checksum: CRC-32 (IEEE), as in docs/FORMAT.md.
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// Zeros after the last record of a sealed segment (to a 4 KiB boundary) hide nothing: the next
