@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::frame::{frame_len, PAYLOAD_LEN_MAX};
-use crate::segment::SEGMENT_HEADER_LEN;
+use crate::format::frame::{frame_len, PAYLOAD_LEN_MAX};
+use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::storage::{OsStorage, Storage};
 
 /// The smallest segment size accepted.

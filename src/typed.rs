@@ -7,9 +7,9 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::engine::queue::Queue;
 use crate::error::{Error, Result};
 use crate::options::Options;
-use crate::queue::Queue;
 
 /// Turns values into payload bytes and back.
 pub trait Codec<T>: Send + Sync {

@@ -1,7 +1,7 @@
 //! The settings file: a queue remembers how it was created; a directory without a queue is
 //! opened only when the caller allows creating one.
 
-use diskspool::settings::{read_settings, SETTINGS_FILE_NAME};
+use diskspool::format::settings::{read_settings, SETTINGS_FILE_NAME};
 use diskspool::storage::OsStorage;
 use diskspool::{Error, Options, Queue, SyncPolicy};
 

@@ -7,15 +7,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::acklog::{AckLog, JobHistory};
 use crate::error::{Error, Result};
-use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
-use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
-use crate::options::Options;
-use crate::segment::{
+use crate::format::acklog::{AckLog, JobHistory};
+use crate::format::frame::{self, FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
+use crate::format::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
+use crate::format::segment::{
     classify_stop, decode_header, header_error, parse_segment_file_name, segment_file_name,
     walk_frames, Segment, SegmentPath, StopKind, WalkStep, SEGMENT_HEADER_LEN,
 };
+use crate::options::Options;
 use crate::storage::{Mapping, Storage, StorageFile};
 
 /// What recovery did while opening a queue.
@@ -97,7 +97,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
                 head_found = true;
             } else if name.strip_suffix(".tmp") == Some(HEAD_FILE_NAME) {
                 tmp_found = true;
-            } else if crate::pool::is_pool_file_name(name) {
+            } else if crate::engine::pool::is_pool_file_name(name) {
                 pool_files.push(name.to_owned());
             }
         })
@@ -507,7 +507,7 @@ pub(crate) fn create_segment_or_clean_up(
             .map_err(io_error("create segment", &path))
             .map_err(clean)?,
     );
-    let header = crate::segment::encode_header(base);
+    let header = crate::format::segment::encode_header(base);
     let written = file
         .write_all_at(&header, 0)
         .and_then(|()| file.sync_data())

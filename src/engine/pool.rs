@@ -22,9 +22,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::engine::recovery::CreateFailure;
 use crate::error::{Error, Result};
-use crate::recovery::CreateFailure;
-use crate::segment::{encode_header, segment_file_name, Segment, SEGMENT_HEADER_LEN};
+use crate::format::segment::{encode_header, segment_file_name, Segment, SEGMENT_HEADER_LEN};
 use crate::storage::{Storage, StorageFile};
 
 /// The suffix of pool files.
@@ -164,6 +164,6 @@ mod tests {
         assert!(is_pool_file_name(&name));
         assert!(!is_pool_file_name("42.free"));
         assert!(!is_pool_file_name(&segment_file_name(42)));
-        assert_eq!(crate::segment::parse_segment_file_name(&name), None);
+        assert_eq!(crate::format::segment::parse_segment_file_name(&name), None);
     }
 }

@@ -20,9 +20,9 @@ use std::io;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::head::HEAD_FILE_NAME;
+use crate::format::head::HEAD_FILE_NAME;
+use crate::format::segment::parse_segment_file_name;
 use crate::options::{Options, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
-use crate::segment::parse_segment_file_name;
 use crate::storage::{self, Storage};
 
 /// The settings file's name inside a queue directory.

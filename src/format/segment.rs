@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::engine::sync::lock;
 use crate::error::{Error, Result};
-use crate::frame::{self, DecodedFrame, FrameError};
+use crate::format::frame::{self, DecodedFrame, FrameError};
 use crate::storage::{Mapping, Storage, StorageFile};
-use crate::sync::lock;
 
 /// The format version this build reads and writes, for segments, the head index and the ack
 /// log alike. Version 1 (no delayed records, no ack log) was never released and is not read.
@@ -61,7 +61,7 @@ pub fn encode_header(base_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
     header[HEADER_LEN_OFFSET..HEADER_LEN_OFFSET + 2]
         .copy_from_slice(&(SEGMENT_HEADER_LEN as u16).to_le_bytes());
     header[BASE_SEQ_OFFSET..BASE_SEQ_OFFSET + 8].copy_from_slice(&base_seq.to_le_bytes());
-    let crc = crate::frame::crc32(&header[..CRC_OFFSET]);
+    let crc = crate::format::frame::crc32(&header[..CRC_OFFSET]);
     header[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
     header
 }
@@ -95,7 +95,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<u64, HeaderError> {
         return Err(HeaderError::BadMagic);
     }
     let stored = frame::read_u32(header, CRC_OFFSET);
-    if stored != crate::frame::crc32(&header[..CRC_OFFSET]) {
+    if stored != crate::format::frame::crc32(&header[..CRC_OFFSET]) {
         return Err(HeaderError::Checksum);
     }
     let version = u16::from_le_bytes([header[VERSION_OFFSET], header[VERSION_OFFSET + 1]]);
@@ -616,7 +616,7 @@ mod tests {
     fn other_versions_are_named() {
         let mut header = encode_header(5);
         header[VERSION_OFFSET] = 9;
-        let crc = crate::frame::crc32(&header[..CRC_OFFSET]);
+        let crc = crate::format::frame::crc32(&header[..CRC_OFFSET]);
         header[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             decode_header(&header),

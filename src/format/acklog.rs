@@ -40,10 +40,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::engine::recovery::{RecoveryReport, Truncation};
 use crate::error::{Error, Result};
-use crate::frame::{read_u32, read_u64, SEQ_LIMIT};
-use crate::recovery::{RecoveryReport, Truncation};
-use crate::segment::FORMAT_VERSION;
+use crate::format::frame::{read_u32, read_u64, SEQ_LIMIT};
+use crate::format::segment::FORMAT_VERSION;
 use crate::storage::{self, Storage, StorageFile};
 
 /// The ack log's file name inside the queue directory.
@@ -93,7 +93,7 @@ pub fn encode_header(log_id: u64) -> [u8; ACK_LOG_HEADER_LEN] {
     header[10..12].copy_from_slice(&(ACK_LOG_HEADER_LEN as u16).to_le_bytes());
     header[12..14].copy_from_slice(&(ACK_ENTRY_LEN as u16).to_le_bytes());
     header[16..24].copy_from_slice(&log_id.to_le_bytes());
-    let crc = crate::frame::crc32(&header[..28]);
+    let crc = crate::format::frame::crc32(&header[..28]);
     header[28..].copy_from_slice(&crc.to_le_bytes());
     header
 }
@@ -123,7 +123,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<u64, AckHeaderError> {
     if header[..8] != ACK_LOG_MAGIC {
         return Err(AckHeaderError::BadMagic);
     }
-    if read_u32(header, 28) != crate::frame::crc32(&header[..28]) {
+    if read_u32(header, 28) != crate::format::frame::crc32(&header[..28]) {
         return Err(AckHeaderError::Checksum);
     }
     let version = u16::from_le_bytes([header[8], header[9]]);
@@ -150,7 +150,7 @@ pub fn encode_entry(out: &mut Vec<u8>, log_id: u64, entry: &AckEntry) {
 }
 
 fn entry_checksum(log_id: u64, body: &[u8]) -> u32 {
-    let mut hasher = crate::frame::crc32_hasher();
+    let mut hasher = crate::format::frame::crc32_hasher();
     hasher.update(&log_id.to_le_bytes());
     hasher.update(body);
     hasher.finalize()

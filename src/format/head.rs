@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::frame::{read_u32, read_u64, SEQ_LIMIT};
-use crate::segment::FORMAT_VERSION;
+use crate::format::frame::{read_u32, read_u64, SEQ_LIMIT};
+use crate::format::segment::FORMAT_VERSION;
 use crate::storage::{self, Storage, StorageFile, WritableMapping};
 
 /// The head index's file name inside the queue directory.
@@ -148,7 +148,7 @@ pub fn encode_slot(slot: &HeadSlot) -> [u8; HEAD_SLOT_LEN] {
         .copy_from_slice(&slot.state.hint_offset.to_le_bytes());
     bytes[SYNCED_SEQ_OFFSET..SYNCED_SEQ_OFFSET + 8]
         .copy_from_slice(&slot.state.synced_seq.to_le_bytes());
-    let crc = crate::frame::crc32(&bytes[..CRC_OFFSET]);
+    let crc = crate::format::frame::crc32(&bytes[..CRC_OFFSET]);
     bytes[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
     bytes
 }
@@ -162,7 +162,7 @@ pub fn decode_slot(bytes: &[u8]) -> Result<HeadSlot, SlotError> {
     if bytes[..VERSION_OFFSET] != HEAD_MAGIC {
         return Err(SlotError::BadMagic);
     }
-    if read_u32(bytes, CRC_OFFSET) != crate::frame::crc32(&bytes[..CRC_OFFSET]) {
+    if read_u32(bytes, CRC_OFFSET) != crate::format::frame::crc32(&bytes[..CRC_OFFSET]) {
         return Err(SlotError::Checksum);
     }
     let version = u16::from_le_bytes([bytes[VERSION_OFFSET], bytes[VERSION_OFFSET + 1]]);
@@ -521,11 +521,11 @@ impl HeadIndex {
     }
 }
 
-impl crate::queue::Shared {
+impl crate::engine::queue::Shared {
     /// Syncs the head for the head's group commit, with the reader lock held only around the
     /// bookkeeping, not during the `fdatasync`.
     pub(crate) fn sync_head(&self) -> Result<u64> {
-        let start = crate::sync::lock(&self.reader).head.begin_sync()?;
+        let start = crate::engine::sync::lock(&self.reader).head.begin_sync()?;
         match start {
             SyncStart::Done(generation) => Ok(generation),
             SyncStart::Started {
@@ -534,7 +534,7 @@ impl crate::queue::Shared {
                 epoch,
             } => {
                 let outcome = file.sync_data();
-                crate::sync::lock(&self.reader)
+                crate::engine::sync::lock(&self.reader)
                     .head
                     .end_sync(generation, epoch, outcome)
             }
