@@ -44,14 +44,14 @@ mod typed;
 
 pub use engine::compactor::CompactReport;
 pub use engine::jobs::{DeadLetter, Delivery, IN_FLIGHT_MAX};
-pub use engine::queue::{Queue, Record, Stats, LOCK_FILE_NAME};
+pub use engine::queue::{Queue, Record, Stats};
 pub use engine::recovery::{RecoveryReport, Truncation};
 pub use error::{Error, Result};
 pub use options::{
     Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX, RECORD_SIZE_MAX_DEFAULT,
     SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
-pub use spool::{validate_queue_name, Spool, FANOUT_LOG_FILE_NAME, QUEUE_NAME_LEN_MAX};
+pub use spool::{validate_queue_name, Spool, QUEUE_NAME_LEN_MAX};
 #[cfg(any(test, feature = "sim"))]
 pub use storage::sim::SimStorage;
 pub use typed::{Bincode, BoxError, Codec, TypedQueue};

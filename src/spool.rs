@@ -33,10 +33,9 @@ use crate::engine::sync::lock;
 use crate::error::{Error, Result};
 use crate::format::frame::{read_u32, read_u64};
 use crate::options::{Options, SyncPolicy};
+use crate::format::layout::FANOUT_LOG_FILE_NAME;
 use crate::storage::{DirLock, Storage, StorageFile};
 
-/// The fanout intent log's file name inside the spool directory.
-pub const FANOUT_LOG_FILE_NAME: &str = "fanout.log";
 /// The longest queue name.
 pub const QUEUE_NAME_LEN_MAX: usize = 128;
 
@@ -94,7 +93,7 @@ struct Intent {
 /// Checks a queue name: 1 to 128 characters of `A-Z a-z 0-9 _ - .`, not starting with a dot,
 /// and not a name the spool uses for its own files.
 pub fn validate_queue_name(name: &str) -> Result<()> {
-    if name == FANOUT_LOG_FILE_NAME || name == crate::engine::queue::LOCK_FILE_NAME {
+    if name == FANOUT_LOG_FILE_NAME || name == crate::format::layout::LOCK_FILE_NAME {
         return Err(Error::InvalidOptions(format!(
             "queue name {name:?} is reserved"
         )));

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use diskspool::format::acklog::{self, AckEntry};
 use diskspool::format::frame;
-use diskspool::format::head::{
-    encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME, HEAD_SLOT_LEN,
-};
-use diskspool::format::segment::{encode_header, segment_file_name, SEGMENT_HEADER_LEN};
+use diskspool::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
+use diskspool::format::layout::HEAD_FILE_NAME;
+use diskspool::format::segment::{encode_header, SEGMENT_HEADER_LEN};
+use diskspool::format::layout::segment_file_name;
 use diskspool::storage::sim::{Fault, FaultKind, SimOp};
 use diskspool::storage::{DirLock, LockFailure, Mapping, Storage, StorageFile};
 use diskspool::{Error, Options, Queue, SimStorage, SyncPolicy};
@@ -417,7 +417,7 @@ fn queue_with_ack_log(sim: &SimStorage, count: u64, entries: &[Option<AckEntry>]
             None => bytes.extend_from_slice(&[0; acklog::ACK_ENTRY_LEN]),
         }
     }
-    let path = Path::new(DIR).join(acklog::ACK_LOG_FILE_NAME);
+    let path = Path::new(DIR).join(diskspool::format::layout::ACK_LOG_FILE_NAME);
     sim.write_file(&path, &bytes).unwrap();
 }
 
@@ -443,7 +443,7 @@ fn ack_log_entries_persisted_out_of_order_are_skipped_not_refused() {
 fn an_ack_log_entry_with_a_valid_checksum_and_a_bad_field_is_refused() {
     let sim = SimStorage::new(1);
     queue_with_ack_log(&sim, 6, &[Some(AckEntry::Acked { start: 1, end: 2 })]);
-    let path = Path::new(DIR).join(acklog::ACK_LOG_FILE_NAME);
+    let path = Path::new(DIR).join(diskspool::format::layout::ACK_LOG_FILE_NAME);
     let mut bytes = sim.read_file(&path).unwrap();
     let offset = bytes.len();
     let mut entry = Vec::new();
@@ -474,7 +474,7 @@ fn zeros_after_the_ack_log_are_cut_silently_and_a_torn_entry_is_reported() {
     for torn in [false, true] {
         let sim = SimStorage::new(1);
         queue_with_ack_log(&sim, 6, &[Some(AckEntry::Acked { start: 0, end: 2 })]);
-        let path = Path::new(DIR).join(acklog::ACK_LOG_FILE_NAME);
+        let path = Path::new(DIR).join(diskspool::format::layout::ACK_LOG_FILE_NAME);
         let mut bytes = sim.read_file(&path).unwrap();
         if torn {
             let mut entry = Vec::new();

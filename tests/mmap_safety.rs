@@ -26,7 +26,7 @@ fn records_stay_readable_after_their_segment_is_compacted_away() {
     queue.compact().unwrap();
     let first_segment = dir
         .path()
-        .join(diskspool::format::segment::segment_file_name(0));
+        .join(diskspool::format::layout::segment_file_name(0));
     assert!(
         !first_segment.exists(),
         "the first segment was not compacted away"

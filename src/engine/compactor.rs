@@ -18,7 +18,7 @@ use std::sync::{Arc, PoisonError};
 use crate::engine::queue::Shared;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
-use crate::format::segment::Segment;
+use crate::engine::segment::Segment;
 
 /// What a compaction freed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -7,11 +7,14 @@
 
 #[cfg(feature = "async")]
 pub(crate) mod asynchronous;
+pub(crate) mod acklog;
 pub(crate) mod compactor;
+pub(crate) mod head;
 pub(crate) mod jobs;
 pub(crate) mod pool;
 pub(crate) mod queue;
 pub(crate) mod reader;
+pub(crate) mod segment;
 pub(crate) mod recovery;
 pub(crate) mod sync;
 pub(crate) mod writeback;

@@ -20,13 +20,12 @@ use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::frame;
 use crate::format::head::HeadState;
-use crate::format::segment::{Segment, SEGMENT_HEADER_LEN};
-use crate::format::settings;
+use crate::format::segment::SEGMENT_HEADER_LEN;
+use crate::engine::segment::Segment;
+use crate::format::layout::LOCK_FILE_NAME;
+use crate::storage::queue_dir;
 use crate::options::{Options, SyncPolicy};
 use crate::storage::{DirLock, LockFailure, Mapping, Storage};
-
-/// The lock file's name inside the queue directory.
-pub const LOCK_FILE_NAME: &str = "lock";
 
 /// A record handed out by the queue.
 ///
@@ -188,12 +187,12 @@ impl Queue {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
-        if !options.create_if_missing && !settings::is_queue(&*storage, &dir)? {
+        if !options.create_if_missing && !queue_dir::is_queue(&*storage, &dir)? {
             return Err(Error::NotAQueue { dir });
         }
         check_owner(&*storage, &dir)?;
         let dir_lock = create_and_lock_with_mode(&*storage, &dir, Some(options.dir_mode()))?;
-        settings::settle_at_open(&*storage, &dir, &mut options)?;
+        recovery::settle_at_open(&*storage, &dir, &mut options)?;
         // Checked again: limits that depend on the segment size now see the queue's own.
         options.validate()?;
         let mut recovered = recovery::recover(&*storage, &dir, &options)?;
@@ -495,7 +494,7 @@ pub(crate) fn create_and_lock_with_mode(
         .create_dir_all(dir)
         .map_err(|error| Error::io("create directory", dir, error))?;
     if let Some(mode) = new_dir_mode {
-        if settings::is_new_queue(storage, dir)? {
+        if queue_dir::is_new_queue(storage, dir)? {
             storage
                 .set_dir_mode(dir, mode)
                 .map_err(|error| Error::io("set queue directory mode", dir, error))?;

@@ -9,10 +9,13 @@ use crate::engine::jobs::{DeadLetter, Delivery, Job, JobState, Jobs};
 use crate::engine::queue::{now_micros, Queue, Record, Shared};
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
-use crate::format::acklog::{is_retired_gap, AckEntry, AckLog};
+use crate::format::acklog::{is_retired_gap, AckEntry};
+use crate::engine::acklog::AckLog;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
-use crate::format::head::{HeadIndex, HeadState};
-use crate::format::segment::{find_later_frame, is_free_space, Segment, SEGMENT_HEADER_LEN};
+use crate::format::head::HeadState;
+use crate::engine::head::HeadIndex;
+use crate::format::segment::{find_later_frame, is_free_space, SEGMENT_HEADER_LEN};
+use crate::engine::segment::Segment;
 use crate::options::SyncPolicy;
 use crate::storage::Mapping;
 
@@ -792,7 +795,7 @@ impl Shared {
         // Only a queue, an empty folder or a new one: never someone's files.
         let usable = match self.storage.list_dir(&path) {
             Ok(names) => {
-                names.is_empty() || crate::format::settings::is_queue(&*self.storage, &path)?
+                names.is_empty() || crate::storage::queue_dir::is_queue(&*self.storage, &path)?
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
             Err(error) => return Err(Error::io("list dead-letter directory", &path, error)),

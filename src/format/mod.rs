@@ -10,5 +10,6 @@
 pub mod acklog;
 pub mod frame;
 pub mod head;
+pub mod layout;
 pub mod segment;
 pub mod settings;

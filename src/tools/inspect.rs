@@ -35,71 +35,25 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::view;
-use crate::engine::queue::LOCK_FILE_NAME;
 use crate::error::{Error, Result};
-use crate::format::acklog::{
-    self, AckHeaderError, AckLogDamage, AckLogEnd, JobHistory, ACK_LOG_FILE_NAME,
-};
+use crate::format::acklog::{self, AckHeaderError, AckLogDamage, AckLogEnd, JobHistory};
+use crate::format::layout::ACK_LOG_FILE_NAME;
 use crate::format::frame::{self, FrameError, PAYLOAD_LEN_MAX};
-use crate::format::head::{decode_head_file, HeadRead, HeadState, HEAD_FILE_NAME};
-use crate::format::segment::{
-    decode_header, find_later_frame, judge_stop, parse_segment_file_name, walk_frames, HeaderError,
-    StopKind, WalkStep, SEGMENT_HEADER_LEN,
-};
-use crate::format::settings::{decode_settings, QueueSettings, SettingsError, SETTINGS_FILE_NAME};
+use crate::format::head::{decode_head_file, HeadRead, HeadState};
+use crate::format::layout::HEAD_FILE_NAME;
+use crate::format::segment::{decode_header, find_later_frame, judge_stop, walk_frames, HeaderError, StopKind, WalkStep, SEGMENT_HEADER_LEN};
+use crate::format::settings::{decode_settings, QueueSettings, SettingsError};
+use crate::format::layout::SETTINGS_FILE_NAME;
+use crate::format::layout::{classify_entry, EntryKind};
 use crate::storage::{Storage, StorageFile};
 
 pub use super::records::{records, stat, QueueStat, Records, StoredRecord};
 
-/// The folder inside a queue directory where `repair` moves data it cuts.
-pub const QUARANTINE_DIR_NAME: &str = "quarantine";
 
 /// How many times a lock-free reader retakes its view when the files changed under it.
 pub(crate) const SNAPSHOT_ATTEMPTS_MAX: u32 = 5;
 /// How long a reader waits before retaking a view that looked inconsistent.
 pub(crate) const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_millis(20);
-
-/// What an entry of a queue directory is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
-    /// A segment file, with the base sequence number its name carries.
-    Segment(u64),
-    /// The head index.
-    Head,
-    /// A temporary head index left by an interrupted creation; `Queue::open` removes it.
-    HeadTemporary,
-    /// The lock file.
-    Lock,
-    /// The queue's settings file, or its temporary file while it is replaced.
-    Settings,
-    /// A consumed segment file kept for reuse (`Options::segment_pool`), named `<20 digits>.free`.
-    PoolFile,
-    /// The ack log of the jobs API (`acks`), or its temporary file during a rewrite.
-    AckLog,
-    /// The quarantine folder written by `repair`.
-    Quarantine,
-    /// Anything else: not written by diskspool.
-    Stray,
-}
-
-/// Classifies a name found in a queue directory.
-pub fn classify_entry(name: &str) -> EntryKind {
-    if let Some(base) = parse_segment_file_name(name) {
-        return EntryKind::Segment(base);
-    }
-    match name {
-        HEAD_FILE_NAME => EntryKind::Head,
-        LOCK_FILE_NAME => EntryKind::Lock,
-        QUARANTINE_DIR_NAME => EntryKind::Quarantine,
-        ACK_LOG_FILE_NAME => EntryKind::AckLog,
-        SETTINGS_FILE_NAME => EntryKind::Settings,
-        _ if crate::engine::pool::is_pool_file_name(name) => EntryKind::PoolFile,
-        _ if name == format!("{SETTINGS_FILE_NAME}.tmp") => EntryKind::Settings,
-        _ if name == format!("{ACK_LOG_FILE_NAME}.tmp") => EntryKind::AckLog,
-        _ if name == format!("{HEAD_FILE_NAME}.tmp") => EntryKind::HeadTemporary,
-        _ => EntryKind::Stray,
-    }
-}
 
 /// The entries of a queue directory, sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

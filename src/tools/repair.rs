@@ -56,22 +56,19 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::engine::queue::LOCK_FILE_NAME;
+use crate::format::layout::LOCK_FILE_NAME;
 use crate::error::{Error, Result};
 use crate::format::frame;
-use crate::format::head::{
-    encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME, HEAD_SLOT_LEN,
-};
-use crate::format::segment::{
-    encode_header, parse_segment_file_name, segment_file_name, SEGMENT_HEADER_LEN,
-};
-use crate::format::settings::{QueueSettings, SETTINGS_FILE_NAME};
+use crate::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
+use crate::format::layout::HEAD_FILE_NAME;
+use crate::format::segment::{encode_header, SEGMENT_HEADER_LEN};
+use crate::format::layout::{parse_segment_file_name, segment_file_name};
+use crate::format::settings::QueueSettings;
+use crate::format::layout::SETTINGS_FILE_NAME;
 use crate::options::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::storage::{self, LockFailure, Storage};
-use crate::tools::inspect::{
-    read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
-    QUARANTINE_DIR_NAME,
-};
+use crate::tools::inspect::{read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot};
+use crate::format::layout::QUARANTINE_DIR_NAME;
 use crate::tools::verify::{self, VerifyReport};
 
 /// Whether [`repair`] changes anything.
@@ -223,7 +220,7 @@ impl RepairReport {
 pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairReport> {
     // Listing first: locking would create a lock file in a directory that is not a queue, and
     // repairing one would move every file in it (a home directory, say) into quarantine.
-    if !crate::format::settings::is_queue(storage, dir)? {
+    if !crate::storage::queue_dir::is_queue(storage, dir)? {
         return Err(Error::NotAQueue {
             dir: dir.to_path_buf(),
         });
@@ -623,13 +620,13 @@ impl<'a> Planner<'a> {
                  whose sequence numbers new records will carry"
             ));
         }
-        let saved_as = self.quarantine_path(crate::format::acklog::ACK_LOG_FILE_NAME);
+        let saved_as = self.quarantine_path(crate::format::layout::ACK_LOG_FILE_NAME);
         self.actions.push(RepairAction {
             kind: ActionKind::RewriteAckLog,
             file: self
                 .snapshot
                 .dir
-                .join(crate::format::acklog::ACK_LOG_FILE_NAME),
+                .join(crate::format::layout::ACK_LOG_FILE_NAME),
             // The first sequence number to forget; the limit forgets nothing.
             offset: first_cut.unwrap_or(crate::format::frame::SEQ_LIMIT),
             bytes: len,
@@ -744,7 +741,7 @@ impl<'a> Planner<'a> {
     fn plan_strays(&mut self) {
         // An unreadable segment cannot be served; the records it held were cut as missing.
         for (name, error) in &self.snapshot.unreadable {
-            let base = crate::format::segment::parse_segment_file_name(name).unwrap_or(0);
+            let base = crate::format::layout::parse_segment_file_name(name).unwrap_or(0);
             let kept_end = self.kept.as_ref().map_or(0, |kept| kept.end);
             if self.first_cut_seq.is_none() && base >= kept_end {
                 // The last segment: what it held is cut, how many is unknown.
@@ -833,7 +830,7 @@ fn execute(
                     }
                 }
                 if let Some(settings) = &new_settings {
-                    crate::format::settings::write_settings(storage, dir, settings)?;
+                    crate::storage::queue_dir::write_settings(storage, dir, settings)?;
                 }
             }
         }
@@ -940,7 +937,7 @@ fn rewrite_ack_log(
             acklog::encode_entry(&mut bytes, log_id, &entry);
         }
     }
-    storage::write_atomically(storage, dir, acklog::ACK_LOG_FILE_NAME, &bytes)
+    storage::write_atomically(storage, dir, crate::format::layout::ACK_LOG_FILE_NAME, &bytes)
         .map_err(|error| Error::io("rewrite ack log", &action.file, error))
 }
 
@@ -952,7 +949,7 @@ fn continue_after(storage: &dyn Storage, dir: &Path, action: &RepairAction) -> R
     let Some(seqs) = action.seqs.clone() else {
         return Ok(());
     };
-    let ack_path = dir.join(acklog::ACK_LOG_FILE_NAME);
+    let ack_path = dir.join(crate::format::layout::ACK_LOG_FILE_NAME);
     let snapshot = crate::tools::inspect::read_ack_log(storage, dir)?;
     let old_log_id = read_file(storage, &ack_path)?
         .and_then(|old| acklog::decode_header(&old).ok())
@@ -970,7 +967,7 @@ fn continue_after(storage: &dyn Storage, dir: &Path, action: &RepairAction) -> R
             end: seqs.end,
         },
     );
-    storage::write_atomically(storage, dir, acklog::ACK_LOG_FILE_NAME, &bytes)
+    storage::write_atomically(storage, dir, crate::format::layout::ACK_LOG_FILE_NAME, &bytes)
         .map_err(|error| Error::io("rewrite ack log", &ack_path, error))?;
     let name = segment_file_name(seqs.end);
     storage::write_atomically(storage, dir, &name, &encode_header(seqs.end))

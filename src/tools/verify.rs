@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::format::acklog::is_retired_gap;
-use crate::format::head::{SlotError, HEAD_FILE_NAME, HEAD_SLOT_OFFSETS};
+use crate::format::head::{SlotError, HEAD_SLOT_OFFSETS};
+use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::segment::HeaderError;
 use crate::storage::Storage;
 use crate::tools::inspect::{HeaderStatus, ScanProgress, SegmentEnd, SegmentScan, Snapshot};
@@ -198,7 +199,7 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
             kind: ProblemKind::SettingsDamaged,
             file: snapshot
                 .dir
-                .join(crate::format::settings::SETTINGS_FILE_NAME),
+                .join(crate::format::layout::SETTINGS_FILE_NAME),
             offset: 0,
             detail: error.to_string(),
         });
@@ -246,7 +247,7 @@ fn check_synced_end(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
 /// The ack log: its header, and every entry (see `acklog::scan_ack_log`).
 fn check_ack_log(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
     let acks = &snapshot.acks;
-    let file = snapshot.dir.join(crate::format::acklog::ACK_LOG_FILE_NAME);
+    let file = snapshot.dir.join(crate::format::layout::ACK_LOG_FILE_NAME);
     if let Some(error) = &acks.header_error {
         problems.push(Problem {
             kind: ProblemKind::AckLogDamaged,
@@ -416,7 +417,7 @@ fn vanished_bases(snapshot: &Snapshot) -> impl Iterator<Item = u64> + '_ {
     snapshot
         .vanished
         .iter()
-        .filter_map(|name| crate::format::segment::parse_segment_file_name(name))
+        .filter_map(|name| crate::format::layout::parse_segment_file_name(name))
 }
 
 fn sequence_break(expected: u64, found: u64) -> String {

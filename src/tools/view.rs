@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use super::inspect::{list, read_head, HeadSnapshot, Listing};
 use crate::error::{Error, Result};
-use crate::format::head::HEAD_FILE_NAME;
+use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::segment::{decode_header, SEGMENT_HEADER_LEN};
 use crate::storage::{Storage, StorageFile};
 

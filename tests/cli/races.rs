@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use diskspool::format::segment::parse_segment_file_name;
+use diskspool::format::layout::parse_segment_file_name;
 use diskspool::storage::{DirLock, LockFailure, Mapping, OsStorage, Storage, StorageFile};
 use diskspool::tools::inspect::{self, Snapshot};
 use diskspool::tools::verify::{self, ProblemKind};

@@ -98,13 +98,13 @@ fn compaction_leaves_a_foreign_file_with_a_segment_name_for_repair() {
         }
     }
     let segments = segment_files(dir.path());
-    let first_base = diskspool::format::segment::parse_segment_file_name(
+    let first_base = diskspool::format::layout::parse_segment_file_name(
         segments[0].file_name().unwrap().to_str().unwrap(),
     )
     .unwrap();
     let foreign = dir
         .path()
-        .join(diskspool::format::segment::segment_file_name(
+        .join(diskspool::format::layout::segment_file_name(
             first_base + 1,
         ));
     std::fs::write(&foreign, b"not a segment").unwrap();

@@ -1,6 +1,8 @@
 //! Damage in a sealed segment or the head index is reported, never skipped or served.
 
-use diskspool::format::head::{HEAD_FILE_NAME, HEAD_SLOT_OFFSETS};
+use diskspool::format::head::HEAD_SLOT_OFFSETS;
+
+use diskspool::format::layout::HEAD_FILE_NAME;
 use diskspool::{Error, Options, Queue, SyncPolicy};
 
 use crate::util::{frame_offsets, payload_for, push_expected, segment_files, small_segments};

@@ -135,9 +135,8 @@ fn an_interrupted_fanout_is_completed_when_the_spool_is_reopened() {
 /// written: otherwise every later open of the spool would fail to roll the copy forward.
 #[test]
 fn a_fanout_to_a_queue_without_sequence_numbers_left_is_refused_whole() {
-    use diskspool::format::head::{
-        encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME,
-    };
+    use diskspool::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
+    use diskspool::format::layout::HEAD_FILE_NAME;
     let dir = tempfile::tempdir().unwrap();
     let options = || Options::default().sync(SyncPolicy::Never);
     drop(Spool::open(dir.path(), options()).unwrap());

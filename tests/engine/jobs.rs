@@ -392,7 +392,7 @@ fn acks_with_a_damaged_entry(
     }
     let acks = dir
         .path()
-        .join(diskspool::format::acklog::ACK_LOG_FILE_NAME);
+        .join(diskspool::format::layout::ACK_LOG_FILE_NAME);
     let mut bytes = std::fs::read(&acks).unwrap();
     let scan = diskspool::format::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
     assert!(scan.entries > 100, "{scan:?}");

@@ -81,7 +81,7 @@ fn stats_describe_the_queue() {
     let on_disk: u64 = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|entry| entry.unwrap())
-        .filter(|entry| entry.file_name() != diskspool::LOCK_FILE_NAME)
+        .filter(|entry| entry.file_name() != diskspool::format::layout::LOCK_FILE_NAME)
         .map(|entry| entry.metadata().unwrap().len())
         .sum();
     assert_eq!(stats.disk_bytes, on_disk);

@@ -113,7 +113,7 @@ fn stale_frames_right_after_the_header_are_free_space() {
     reused.extend_from_slice(&bytes[reused.len()..]);
     let active = dir
         .path()
-        .join(diskspool::format::segment::segment_file_name(base));
+        .join(diskspool::format::layout::segment_file_name(base));
     std::fs::write(&active, &reused).unwrap();
     let queue = Queue::open(dir.path(), options()).unwrap();
     assert!(queue.recovery_report().truncated.is_empty());

@@ -79,7 +79,7 @@ pub fn copy_queue(from: &Path) -> tempfile::TempDir {
     let to = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        if entry.file_name() != diskspool::LOCK_FILE_NAME {
+        if entry.file_name() != diskspool::format::layout::LOCK_FILE_NAME {
             std::fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
         }
     }

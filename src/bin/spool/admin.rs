@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use clap::Args;
-use diskspool::format::segment::parse_segment_file_name;
+use diskspool::format::layout::parse_segment_file_name;
 use diskspool::storage::OsStorage;
 use diskspool::tools::inspect::{self, FrameInfo, Snapshot};
 use diskspool::tools::repair::{self, Mode, RepairReport};
