@@ -43,10 +43,13 @@ pub mod tools;
 mod typed;
 
 pub use engine::compactor::CompactReport;
-pub use engine::jobs::{DeadLetter, Delivery, IN_FLIGHT_MAX};
-pub use engine::queue::{Queue, Record, Stats};
+pub use engine::delivery::Delivery;
+pub use engine::jobs::IN_FLIGHT_MAX;
+pub use engine::queue::{Queue, Stats};
+pub use engine::record::Record;
 pub use engine::report::{RecoveryReport, Truncation};
 pub use error::{Error, Result};
+pub use format::dead_letter::DeadLetter;
 pub use options::{
     Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX, RECORD_SIZE_MAX_DEFAULT,
     SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,

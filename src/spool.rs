@@ -117,8 +117,8 @@ impl Spool {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
-        crate::engine::queue::check_owner(&*storage, &dir)?;
-        let dir_lock = crate::engine::queue::create_and_lock(&*storage, &dir)?;
+        crate::storage::queue_dir::check_owner(&*storage, &dir)?;
+        let dir_lock = crate::storage::queue_dir::create_and_lock(&*storage, &dir)?;
         let (fanout_log, intents) = FanoutLog::open(&*storage, &dir)?;
         let spool = Spool {
             dir,
@@ -205,7 +205,7 @@ impl Spool {
         // A copy that cannot be numbered must be refused before the intent is written, or
         // every later open would fail to roll it forward.
         for writer in &writers {
-            crate::engine::queue::check_room(writer, payloads.len())?;
+            crate::engine::log::check_room(writer, payloads.len())?;
         }
         let intent = Intent {
             id: log.next_id,

@@ -15,7 +15,9 @@
 use std::io;
 use std::sync::{Arc, PoisonError};
 
-use crate::engine::queue::Shared;
+use crate::engine::env::Env;
+use crate::engine::log::Log;
+use crate::engine::reader::Consumer;
 use crate::engine::segment::Segment;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
@@ -34,34 +36,30 @@ pub struct CompactReport {
 
 /// Compacts, then deletes the files kept for reuse: what [`Queue::compact`](crate::Queue::compact)
 /// does, so that a drained queue can give all its space back.
-pub(crate) fn compact_and_release_pool(shared: &Shared) -> Result<CompactReport> {
-    let mut report = compact(shared)?;
-    let _one_at_a_time = lock(&shared.compact_lock);
-    let (count, bytes) = crate::engine::pool::release(&*shared.storage, &mut lock(&shared.pool))?;
+pub(crate) fn compact_and_release_pool(
+    env: &Env,
+    log: &Log,
+    consumer: &Consumer,
+) -> Result<CompactReport> {
+    let mut report = compact(env, log, consumer)?;
+    let _one_at_a_time = lock(&log.compact_lock);
+    let (count, bytes) = crate::engine::pool::release(&*env.storage, &mut lock(&log.pool))?;
     if count > 0 {
-        shared.storage.sync_dir(&shared.dir).map_err(|error| {
-            shared.poison(Error::io("sync queue directory", &shared.dir, error))
-        })?;
+        env.storage
+            .sync_dir(&env.dir)
+            .map_err(|error| env.poison(Error::io("sync queue directory", &env.dir, error)))?;
     }
     report.segments_removed += count;
     report.bytes_freed += bytes;
     Ok(report)
 }
 
-pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
-    let _one_at_a_time = lock(&shared.compact_lock);
-    shared.check_poisoned()?;
-    let durable_head = {
-        let mut reader = lock(&shared.reader);
-        let generation = reader.head.sync().map_err(|error| shared.poison(error))?;
-        shared.head_sync.mark_durable(generation);
-        reader.head.state().head_seq
-    };
+pub(crate) fn compact(env: &Env, log: &Log, consumer: &Consumer) -> Result<CompactReport> {
+    let _one_at_a_time = lock(&log.compact_lock);
+    env.check_poisoned()?;
+    let durable_head = consumer.sync_head_now(env)?;
     let victims: Vec<Arc<Segment>> = {
-        let segments = shared
-            .segments
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let segments = log.segments.read().unwrap_or_else(PoisonError::into_inner);
         // A segment is consumed when the next one starts at or before the durable head: all
         // those at or before the head but the last. Only they are visited, so that compacting
         // (at every open) does not walk every sealed segment.
@@ -73,27 +71,25 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
         behind
     };
     let mut report = CompactReport::default();
-    let pool_room = shared
+    let pool_room = env
         .options
         .segment_pool
-        .saturating_sub(lock(&shared.pool).len());
+        .saturating_sub(lock(&log.pool).len());
     let mut recycled = Vec::new();
     for segment in victims {
         // Delete only a file whose header proves it is the segment its name says: a damaged or
         // foreign file with a segment's name stays for `spool verify` and `spool repair`.
-        if segment.ensure_open(&*shared.storage).is_err() {
+        if segment.ensure_open(&*env.storage).is_err() {
             continue;
         }
         if recycled.len() < pool_room {
-            shared
-                .segments
+            log.segments
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&segment.base_seq);
             if crate::engine::pool::reusable(&segment) {
                 // If the rename fails, the segment is deleted below like any consumed one.
-                if let Ok(path) = crate::engine::pool::put(&*shared.storage, &shared.dir, &segment)
-                {
+                if let Ok(path) = crate::engine::pool::put(&*env.storage, &env.dir, &segment) {
                     recycled.push(path);
                     continue;
                 }
@@ -101,20 +97,19 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
         }
         let bytes = match segment.file() {
             Some(file) => file.len().unwrap_or(0),
-            None => shared
+            None => env
                 .storage
                 .open(&segment.path)
                 .and_then(|file| file.len())
                 .unwrap_or(0),
         };
-        match shared.storage.remove_file(&segment.path) {
+        match env.storage.remove_file(&segment.path) {
             Ok(()) => {}
             // Deleted before a crash whose directory sync never happened: gone either way.
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(Error::io("delete consumed segment", &segment.path, error)),
         }
-        shared
-            .segments
+        log.segments
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&segment.base_seq);
@@ -122,12 +117,12 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
         report.bytes_freed += bytes;
     }
     if report.segments_removed > 0 || !recycled.is_empty() {
-        shared.storage.sync_dir(&shared.dir).map_err(|error| {
-            shared.poison(Error::io("sync queue directory", &shared.dir, error))
-        })?;
+        env.storage
+            .sync_dir(&env.dir)
+            .map_err(|error| env.poison(Error::io("sync queue directory", &env.dir, error)))?;
     }
     // Only now, with the renames durable, may the files be reused.
     report.segments_recycled = recycled.len();
-    lock(&shared.pool).extend(recycled);
+    lock(&log.pool).extend(recycled);
     Ok(report)
 }

@@ -3,20 +3,35 @@
 //!
 //! Built on [`format`](crate::format) and [`storage`](crate::storage) only; the tools never reach
 //! in here. `docs/ARCHITECTURE.md` walks a push, a pop, a recv/ack and an open through these
-//! files.
+//! files. The modules are listed bottom-up: each imports only modules above it in this list.
 
-pub(crate) mod acklog;
-#[cfg(feature = "async")]
-pub(crate) mod asynchronous;
-pub(crate) mod compactor;
-pub(crate) mod head;
-pub(crate) mod jobs;
-pub(crate) mod pool;
-pub(crate) mod queue;
-pub(crate) mod reader;
-pub(crate) mod recovery;
+// Leaves: no other engine module.
+pub(crate) mod clock;
 pub(crate) mod report;
-pub(crate) mod segment;
 pub(crate) mod sync;
 pub(crate) mod writeback;
+// The shared environment and the live files.
+pub(crate) mod acklog;
+pub(crate) mod arrivals;
+pub(crate) mod env;
+pub(crate) mod head;
+pub(crate) mod pool;
+pub(crate) mod record;
+pub(crate) mod segment;
 pub(crate) mod writer;
+// Opening a directory.
+pub(crate) mod recovery;
+// The writer side, the reader side, and what joins them.
+pub(crate) mod compactor;
+pub(crate) mod jobs;
+pub(crate) mod log;
+pub(crate) mod reader;
+pub(crate) mod shared;
+#[cfg(feature = "async")]
+pub(crate) mod timer;
+// What a user holds.
+#[cfg(feature = "async")]
+pub(crate) mod asynchronous;
+pub(crate) mod delivery;
+pub(crate) mod flusher;
+pub(crate) mod queue;

@@ -1,18 +1,20 @@
 //! The consumer side of a queue: reading frames at the frontier, `pop`, `peek`, and the jobs
 //! operations (`recv`, `ack`, release, dead letters), with the head index and the ack log.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::acklog::AckLog;
-use crate::engine::compactor;
-use crate::engine::head::HeadIndex;
-use crate::engine::jobs::{DeadLetter, Delivery, Job, JobState, Jobs};
-use crate::engine::queue::{now_micros, Queue, Record, Shared};
+use crate::engine::clock::{now_micros, Clock};
+use crate::engine::env::Env;
+use crate::engine::head::{HeadIndex, SyncStart};
+use crate::engine::jobs::{Job, JobState, Jobs};
+use crate::engine::log::Log;
+use crate::engine::record::Record;
 use crate::engine::segment::Segment;
-use crate::engine::sync::lock;
+use crate::engine::sync::{lock, SyncGroup};
 use crate::error::{Error, Result};
-use crate::format::acklog::{is_retired_gap, AckEntry};
+use crate::format::acklog::AckEntry;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
 use crate::format::head::HeadState;
 use crate::format::segment::{find_later_frame, is_free_space, SEGMENT_HEADER_LEN};
@@ -115,21 +117,36 @@ impl Reader {
         self.head.write(state).map(Some)
     }
 
+    /// Starts tracking a record just read at the frontier (so in the cursor's segment), with
+    /// what the ack log remembers of it.
+    fn track(&mut self, found: Found, now_us: u64) {
+        let seq = found.record.seq();
+        let (acked, deliveries, retry_at_us) = self.jobs.history.take(seq);
+        let not_before_us = found.record.not_before_us().max(retry_at_us);
+        let state = if acked {
+            JobState::Acked
+        } else if not_before_us > now_us {
+            JobState::Waiting {
+                due_us: not_before_us,
+            }
+        } else {
+            JobState::Ready
+        };
+        let job = Job {
+            record: found.record,
+            segment: self.cursor.segment.clone(),
+            offset: found.offset,
+            deliveries,
+            state,
+        };
+        self.jobs.insert(seq, job);
+    }
+
     /// Records in the queue, given the highest published sequence number.
     pub(crate) fn len(&self, published_next_seq: u64) -> u64 {
         published_next_seq
             .saturating_sub(self.head_seq())
             .saturating_sub(self.jobs.acked_beyond_head(self.cursor.next_seq))
-    }
-}
-
-/// The time, read at most once per operation and only when needed.
-#[derive(Default)]
-pub(crate) struct Clock(Option<u64>);
-
-impl Clock {
-    pub(crate) fn now_us(&mut self) -> u64 {
-        *self.0.get_or_insert_with(now_micros)
     }
 }
 
@@ -190,82 +207,233 @@ fn sealed_segment_ends_here(
         && find_later_frame(bytes, offset, segment.base_seq, PAYLOAD_LEN_MAX).is_none()
 }
 
-impl Shared {
-    /// Reads the record at `cursor` and advances it; `None` at the end of the queue.
-    pub(crate) fn read_next(&self, cursor: &mut Cursor) -> Result<Option<Found>> {
-        loop {
-            let end = cursor.segment.readable_end();
-            if cursor.offset < end {
-                let (offset, next_seq) = (cursor.offset, cursor.next_seq);
-                let view = cursor.view(end)?;
-                let bytes = (*view).as_ref();
-                let start = offset as usize;
-                let at = bytes.get(start..end as usize).unwrap_or(&[]);
-                let frame = match frame::decode(at, next_seq, PAYLOAD_LEN_MAX) {
-                    Ok(frame) => frame,
-                    Err(error) => {
-                        let bytes = bytes.get(..end as usize).unwrap_or(&[]);
-                        if sealed_segment_ends_here(&cursor.segment, bytes, start, &error) {
-                            // Nothing but free space follows the last record: the next
-                            // segment (checked below to start right after it) goes on.
-                            cursor.offset = end;
-                            continue;
-                        }
-                        return Err(Error::corrupt(
-                            &cursor.segment.path,
-                            offset,
-                            error.to_string(),
-                        ));
+/// Reads the record at `cursor` and advances it; `None` at the end of the queue.
+pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Option<Found>> {
+    loop {
+        let end = cursor.segment.readable_end();
+        if cursor.offset < end {
+            let (offset, next_seq) = (cursor.offset, cursor.next_seq);
+            let view = cursor.view(end)?;
+            let bytes = (*view).as_ref();
+            let start = offset as usize;
+            let at = bytes.get(start..end as usize).unwrap_or(&[]);
+            let frame = match frame::decode(at, next_seq, PAYLOAD_LEN_MAX) {
+                Ok(frame) => frame,
+                Err(error) => {
+                    let bytes = bytes.get(..end as usize).unwrap_or(&[]);
+                    if sealed_segment_ends_here(&cursor.segment, bytes, start, &error) {
+                        // Nothing but free space follows the last record: the next
+                        // segment (checked below to start right after it) goes on.
+                        cursor.offset = end;
+                        continue;
                     }
-                };
-                let record = Record::new(
-                    next_seq,
-                    frame.header.enqueued_us,
-                    frame.not_before_us,
-                    view,
-                    start + frame.payload.start..start + frame.payload.end,
-                );
-                let found = Found { record, offset };
-                cursor.offset += frame.frame_len as u64;
-                cursor.next_seq += 1;
-                return Ok(Some(found));
-            }
-            if !cursor.segment.is_sealed() || cursor.offset < cursor.segment.readable_end() {
-                // Not sealed: this is the end. Sealed meanwhile: read the rest first.
-                if cursor.segment.is_sealed() {
-                    continue;
+                    return Err(Error::corrupt(
+                        &cursor.segment.path,
+                        offset,
+                        error.to_string(),
+                    ));
                 }
-                return Ok(None);
-            }
-            let next = self
-                .segments
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .range(cursor.segment.base_seq + 1..)
-                .next()
-                .map(|(_, segment)| segment.clone());
-            let Some(next) = next else {
-                return Ok(None);
             };
-            next.ensure_open(&*self.storage)?;
-            let retired = is_retired_gap(&self.retired, cursor.next_seq, next.base_seq);
-            if next.base_seq != cursor.next_seq && !retired {
-                return Err(Error::corrupt(
-                    &next.path,
-                    0,
-                    format!(
-                        "records {}..{} are missing: the previous segment ends before {} and \
-                         this one starts at {}",
-                        cursor.next_seq, next.base_seq, cursor.next_seq, next.base_seq
-                    ),
-                ));
+            let record = Record::new(
+                next_seq,
+                frame.header.enqueued_us,
+                frame.not_before_us,
+                view,
+                start + frame.payload.start..start + frame.payload.end,
+            );
+            let found = Found { record, offset };
+            cursor.offset += frame.frame_len as u64;
+            cursor.next_seq += 1;
+            return Ok(Some(found));
+        }
+        if !cursor.segment.is_sealed() || cursor.offset < cursor.segment.readable_end() {
+            // Not sealed: this is the end. Sealed meanwhile: read the rest first.
+            if cursor.segment.is_sealed() {
+                continue;
             }
-            *cursor = Cursor::new(next.clone(), SEGMENT_HEADER_LEN as u64, next.base_seq);
+            return Ok(None);
+        }
+        let next = log.segment_after(cursor.segment.base_seq);
+        let Some(next) = next else {
+            return Ok(None);
+        };
+        next.ensure_open(&*env.storage)?;
+        let retired = log.is_retired_gap(cursor.next_seq, next.base_seq);
+        if next.base_seq != cursor.next_seq && !retired {
+            return Err(Error::corrupt(
+                &next.path,
+                0,
+                format!(
+                    "records {}..{} are missing: the previous segment ends before {} and \
+                     this one starts at {}",
+                    cursor.next_seq, next.base_seq, cursor.next_seq, next.base_seq
+                ),
+            ));
+        }
+        *cursor = Cursor::new(next.clone(), SEGMENT_HEADER_LEN as u64, next.base_seq);
+    }
+}
+
+/// The consumer side: the reader state under its lock, and the group commits of the head
+/// index and the ack log.
+pub(crate) struct Consumer {
+    reader: Mutex<Reader>,
+    head_sync: SyncGroup,
+    ack_sync: SyncGroup,
+}
+
+/// What a consumer operation leaves to the queue around the reader (see `Shared`): moving a
+/// record that used up its deliveries to the dead-letter queue, and compacting once the head
+/// left a segment. A trait, so that the reader does not depend on the queue built on it.
+pub(crate) trait AfterConsume {
+    /// Pushes `record` into the dead-letter queue, then acknowledges it here.
+    fn move_to_dead_letters(&self, seq: u64, record: &Record, deliveries: u32) -> Result<()>;
+    /// Deletes or recycles the segments the head has passed. Failures poison the queue.
+    fn compact(&self);
+}
+
+/// Where the head is, for `stats` (see [`Consumer::position`]).
+pub(crate) struct Position {
+    pub(crate) head_seq: u64,
+    pub(crate) head_base: u64,
+    pub(crate) head_offset: u64,
+    pub(crate) len: u64,
+    pub(crate) leased: u64,
+}
+
+/// A record handed out under a lease, before it is wrapped in a `Delivery`.
+pub(crate) struct Leased {
+    pub(crate) record: Record,
+    pub(crate) deliveries: u32,
+    pub(crate) token: u64,
+}
+
+impl Consumer {
+    pub(crate) fn new(reader: Reader) -> Self {
+        let generation = reader.head.generation();
+        Consumer {
+            reader: Mutex::new(reader),
+            head_sync: SyncGroup::new(generation),
+            ack_sync: SyncGroup::new(0),
         }
     }
 
+    /// Records in the queue, given the highest published sequence number.
+    pub(crate) fn len(&self, published_next_seq: u64) -> u64 {
+        lock(&self.reader).len(published_next_seq)
+    }
+
+    /// When the next delay or lease runs out, if any does.
+    pub(crate) fn next_due_us(&self) -> Option<u64> {
+        lock(&self.reader).jobs.next_due_us()
+    }
+
+    /// Where the head is, for `stats`: its sequence number, the segment and offset of its frame,
+    /// the number of records, and how many are leased.
+    pub(crate) fn position(&self, published_next_seq: u64) -> Position {
+        let reader = lock(&self.reader);
+        let state = reader.head_state(0);
+        Position {
+            head_seq: reader.head_seq(),
+            head_base: state.hint_base,
+            head_offset: state.hint_offset,
+            len: reader.len(published_next_seq),
+            leased: reader.jobs.leased(),
+        }
+    }
+
+    /// Syncs the head index and returns the head it made durable: what the compactor may
+    /// delete behind.
+    pub(crate) fn sync_head_now(&self, env: &Env) -> Result<u64> {
+        let mut reader = lock(&self.reader);
+        let generation = reader.head.sync().map_err(|error| env.poison(error))?;
+        self.head_sync.mark_durable(generation);
+        Ok(reader.head.state().head_seq)
+    }
+
+    /// Makes the head and the ack log durable, with `covered` (how far the records are synced)
+    /// written into the head.
+    pub(crate) fn sync_all(&self, env: &Env, covered: u64) -> Result<()> {
+        let mut reader = lock(&self.reader);
+        let mut generation = reader.head.sync().map_err(|error| env.poison(error))?;
+        // Written after the sync above, so that it goes over the older slot: a failed write
+        // cannot take the newest head with it.
+        if self.record_synced_seq_in(env, &mut reader, covered)? {
+            generation = reader.head.sync().map_err(|error| env.poison(error))?;
+        }
+        drop(reader);
+        self.head_sync.mark_durable(generation);
+        let ticket = self.sync_acklog().map_err(|error| env.poison(error))?;
+        self.ack_sync.mark_durable(ticket);
+        Ok(())
+    }
+
+    /// Writes `covered` into the head as how far the records are synced, without a sync: for a
+    /// close under `SyncPolicy::Never`.
+    pub(crate) fn record_synced_seq(&self, env: &Env, covered: u64) -> Result<()> {
+        let mut reader = lock(&self.reader);
+        self.record_synced_seq_in(env, &mut reader, covered)?;
+        Ok(())
+    }
+
+    /// Makes `seq` available again after its move to the dead-letter queue failed.
+    pub(crate) fn return_to_ready(&self, seq: u64) {
+        lock(&self.reader).jobs.set_state(seq, JobState::Ready);
+    }
+    /// Syncs the head for the head's group commit, with the reader lock held only around the
+    /// bookkeeping, not during the `fdatasync`.
+    pub(crate) fn sync_head(&self) -> Result<u64> {
+        let start = lock(&self.reader).head.begin_sync()?;
+        match start {
+            SyncStart::Done(generation) => Ok(generation),
+            SyncStart::Started {
+                file,
+                generation,
+                epoch,
+            } => {
+                let outcome = file.sync_data();
+                lock(&self.reader).head.end_sync(generation, epoch, outcome)
+            }
+        }
+    }
+
+    /// Writes `covered` into the head as how far the records are synced, unless it knows as
+    /// much already (it never goes back), so that recovery can tell writes a power loss
+    /// persisted out of order (cut) from damage to synced records (refused). Returns whether
+    /// the head was written; the caller syncs it if it must.
+    pub(crate) fn record_synced_seq_in(
+        &self,
+        env: &Env,
+        reader: &mut Reader,
+        covered: u64,
+    ) -> Result<bool> {
+        let state = reader.head.state();
+        if state.synced_seq >= covered {
+            return Ok(false);
+        }
+        let updated = HeadState {
+            synced_seq: covered,
+            ..state
+        };
+        reader
+            .head
+            .write(updated)
+            .map_err(|error| env.poison(error))?;
+        Ok(true)
+    }
+
+    pub(crate) fn acklog_len(&self) -> u64 {
+        let (file, _) = lock(&self.reader).acklog.sync_target();
+        file.and_then(|file| file.len().ok()).unwrap_or(0)
+    }
+
     /// The oldest available tracked record, reading more from the frontier as needed.
-    fn next_available(&self, reader: &mut Reader, now_us: u64) -> Result<Option<u64>> {
+    fn next_available(
+        env: &Env,
+        log: &Log,
+        reader: &mut Reader,
+        now_us: u64,
+    ) -> Result<Option<u64>> {
         reader.jobs.fire_timers(now_us);
         loop {
             if let Some(seq) = reader.jobs.first_ready() {
@@ -274,43 +442,18 @@ impl Shared {
             if reader.jobs.entries.len() >= crate::engine::jobs::IN_FLIGHT_MAX {
                 return Ok(None);
             }
-            let Some(found) = self.read_next(&mut reader.cursor)? else {
+            let Some(found) = read_next(env, log, &mut reader.cursor)? else {
                 return Ok(None);
             };
-            self.track(reader, found, now_us);
+            reader.track(found, now_us);
             reader.jobs.fold();
         }
     }
 
-    /// Starts tracking a record just read at the frontier (so in the cursor's segment), with
-    /// what the ack log remembers of it.
-    fn track(&self, reader: &mut Reader, found: Found, now_us: u64) {
-        let seq = found.record.seq();
-        let (acked, deliveries, retry_at_us) = reader.jobs.history.take(seq);
-        let not_before_us = found.record.not_before_us().max(retry_at_us);
-        let state = if acked {
-            JobState::Acked
-        } else if not_before_us > now_us {
-            JobState::Waiting {
-                due_us: not_before_us,
-            }
-        } else {
-            JobState::Ready
-        };
-        let job = Job {
-            record: found.record,
-            segment: reader.cursor.segment.clone(),
-            offset: found.offset,
-            deliveries,
-            state,
-        };
-        reader.jobs.insert(seq, job);
-    }
-
     /// Diverts `seq` to the dead-letter queue if it has used up `max_deliveries`: it is marked
     /// as being moved and queued in `pending` for the move. Returns true if it was diverted.
-    fn divert_if_spent(&self, reader: &mut Reader, seq: u64, pending: &mut Pending) -> bool {
-        let Some(limit) = self.options.max_deliveries else {
+    fn divert_if_spent(env: &Env, reader: &mut Reader, seq: u64, pending: &mut Pending) -> bool {
+        let Some(limit) = env.options.max_deliveries else {
             return false;
         };
         let Some(job) = reader.jobs.entries.get(&seq) else {
@@ -330,11 +473,14 @@ impl Shared {
     /// rejects stays in the queue and its error is returned if nothing was removed before it.
     pub(crate) fn pop_with<T, O: Popped<T>>(
         &self,
+        env: &Env,
+        log: &Log,
+        up: &impl AfterConsume,
         max: usize,
         mut convert: impl FnMut(Record) -> Result<T>,
         mut out: O,
     ) -> Result<O> {
-        self.check_poisoned()?;
+        env.check_poisoned()?;
         let mut clock = Clock::default();
         let mut pending = Pending::default();
         let mut failure = None;
@@ -345,10 +491,18 @@ impl Shared {
             let mut acked = Vec::new();
             while out.count() < max {
                 let step = if reader.jobs.is_idle() {
-                    self.pop_plain(reader, &mut clock, &mut convert)
+                    Self::pop_plain(env, log, reader, &mut clock, &mut convert)
                 } else {
                     let now_us = clock.now_us();
-                    self.pop_tracked(reader, now_us, &mut convert, &mut acked, &mut pending)
+                    Self::pop_tracked(
+                        env,
+                        log,
+                        reader,
+                        now_us,
+                        &mut convert,
+                        &mut acked,
+                        &mut pending,
+                    )
                 };
                 match step {
                     Ok(Step::Value(value)) => out.put(value),
@@ -362,19 +516,19 @@ impl Shared {
             }
             reader.jobs.fold();
             pending.head_generation = reader
-                .write_head_if_moved(self.synced_seq())
-                .map_err(|error| self.poison(error))?;
+                .write_head_if_moved(log.synced_seq())
+                .map_err(|error| env.poison(error))?;
             if !acked.is_empty() {
                 pending.ack_ticket = Some(
                     reader
                         .acklog
-                        .append(&*self.storage, &acked)
-                        .map_err(|e| self.poison(e))?,
+                        .append(&*env.storage, &acked)
+                        .map_err(|e| env.poison(e))?,
                 );
             }
             pending.head_segment_moved = reader.head_segment_base() != head_segment_before;
         }
-        self.finish(pending)?;
+        self.finish(env, up, pending)?;
         match failure {
             Some(error) if out.count() == 0 => Err(error),
             _ => Ok(out),
@@ -384,47 +538,57 @@ impl Shared {
     /// One `pop`: the plain FIFO path, taken while nothing is tracked (no leases, acks beyond
     /// the head or delays) without the batch machinery of [`pop_with`](Shared::pop_with), which
     /// handles every other case.
-    pub(crate) fn pop_one(&self) -> Result<Option<Record>> {
-        self.check_poisoned()?;
+    pub(crate) fn pop_one(
+        &self,
+        env: &Env,
+        log: &Log,
+        up: &impl AfterConsume,
+    ) -> Result<Option<Record>> {
+        env.check_poisoned()?;
         let (record, head_generation, head_segment_moved) = {
             let mut guard = lock(&self.reader);
             let reader = &mut *guard;
             if !reader.jobs.is_idle() {
                 drop(guard);
-                return self.pop_with(1, Ok, None);
+                return self.pop_with(env, log, up, 1, Ok, None);
             }
             let segment_before = reader.cursor.segment.base_seq;
-            let Some(found) = self.read_next(&mut reader.cursor)? else {
+            let Some(found) = read_next(env, log, &mut reader.cursor)? else {
                 return Ok(None);
             };
             if found.record.not_before_us() != 0 {
                 // A delayed record: the general path decides whether it is due.
                 reader.cursor.rewind(found.offset, found.record.seq());
                 drop(guard);
-                return self.pop_with(1, Ok, None);
+                return self.pop_with(env, log, up, 1, Ok, None);
             }
             let generation = reader
-                .write_head_if_moved(self.synced_seq())
-                .map_err(|error| self.poison(error))?;
+                .write_head_if_moved(log.synced_seq())
+                .map_err(|error| env.poison(error))?;
             let moved = reader.cursor.segment.base_seq != segment_before;
             (found.record, generation, moved)
         };
-        self.finish(Pending {
-            head_generation,
-            head_segment_moved,
-            ..Pending::default()
-        })?;
+        self.finish(
+            env,
+            up,
+            Pending {
+                head_generation,
+                head_segment_moved,
+                ..Pending::default()
+            },
+        )?;
         Ok(Some(record))
     }
 
     /// One plain FIFO pop at the frontier, while nothing is tracked.
     fn pop_plain<T>(
-        &self,
+        env: &Env,
+        log: &Log,
         reader: &mut Reader,
         clock: &mut Clock,
         convert: &mut impl FnMut(Record) -> Result<T>,
     ) -> Result<Step<T>> {
-        let Some(found) = self.read_next(&mut reader.cursor)? else {
+        let Some(found) = read_next(env, log, &mut reader.cursor)? else {
             return Ok(Step::End);
         };
         // Only a delayed record needs the time (reading the clock costs as much as the rest of
@@ -433,7 +597,7 @@ impl Shared {
             let now_us = clock.now_us();
             if found.record.not_before_us() > now_us {
                 // A delayed record: track it, and let the tracked path find what comes after it.
-                self.track(reader, found, now_us);
+                reader.track(found, now_us);
                 return Ok(Step::Again);
             }
         }
@@ -450,7 +614,8 @@ impl Shared {
 
     /// One pop among tracked records: at-most-once, like an immediate acknowledgement.
     fn pop_tracked<T>(
-        &self,
+        env: &Env,
+        log: &Log,
         reader: &mut Reader,
         now_us: u64,
         convert: &mut impl FnMut(Record) -> Result<T>,
@@ -458,10 +623,10 @@ impl Shared {
         pending: &mut Pending,
     ) -> Result<Step<T>> {
         loop {
-            let Some(seq) = self.next_available(reader, now_us)? else {
+            let Some(seq) = Self::next_available(env, log, reader, now_us)? else {
                 return Ok(Step::End);
             };
-            if self.divert_if_spent(reader, seq, pending) {
+            if Self::divert_if_spent(env, reader, seq, pending) {
                 continue;
             }
             let Some(job) = reader.jobs.entries.get(&seq) else {
@@ -481,44 +646,50 @@ impl Shared {
     }
 
     /// The oldest record that a pop would return, not removed.
-    pub(crate) fn peek(&self) -> Result<Option<Record>> {
+    pub(crate) fn peek(&self, env: &Env, log: &Log) -> Result<Option<Record>> {
         let now_us = now_micros();
         let mut guard = lock(&self.reader);
         let reader = &mut *guard;
         if reader.jobs.is_idle() {
-            match self.read_next(&mut reader.cursor)? {
+            match read_next(env, log, &mut reader.cursor)? {
                 None => return Ok(None),
                 Some(found) if found.record.not_before_us() <= now_us => {
                     // Not taken: the next read starts at this record again.
                     reader.cursor.rewind(found.offset, found.record.seq());
                     return Ok(Some(found.record));
                 }
-                Some(found) => self.track(reader, found, now_us),
+                Some(found) => reader.track(found, now_us),
             }
         }
-        let Some(seq) = self.next_available(reader, now_us)? else {
+        let Some(seq) = Self::next_available(env, log, reader, now_us)? else {
             return Ok(None);
         };
         Ok(reader.jobs.entries.get(&seq).map(|job| job.record.clone()))
     }
 
     /// Hands out up to `max` records under a lease.
-    pub(crate) fn recv_batch(self: &Arc<Self>, max: usize) -> Result<Vec<Delivery>> {
-        self.check_poisoned()?;
+    pub(crate) fn recv_batch(
+        &self,
+        env: &Env,
+        log: &Log,
+        up: &impl AfterConsume,
+        max: usize,
+    ) -> Result<Vec<Leased>> {
+        env.check_poisoned()?;
         let now_us = now_micros();
-        let lease_us = u64::try_from(self.options.lease.as_micros()).unwrap_or(u64::MAX);
+        let lease_us = u64::try_from(env.options.lease.as_micros()).unwrap_or(u64::MAX);
         let mut deliveries = Vec::new();
         let mut pending = Pending::default();
         let mut failure = None;
         // Announced to the ack log's group commit (held until `finish` returns), so that a
         // leader lets this receive join its sync.
-        let _entered = self.announce_to_ack_sync();
+        let _entered = self.announce_to_ack_sync(env);
         {
             let mut guard = lock(&self.reader);
             let reader = &mut *guard;
-            let mut log = Vec::new();
+            let mut entries = Vec::new();
             while deliveries.len() < max {
-                let seq = match self.next_available(reader, now_us) {
+                let seq = match Self::next_available(env, log, reader, now_us) {
                     Ok(Some(seq)) => seq,
                     Ok(None) => break,
                     Err(error) => {
@@ -526,7 +697,7 @@ impl Shared {
                         break;
                     }
                 };
-                if self.divert_if_spent(reader, seq, &mut pending) {
+                if Self::divert_if_spent(env, reader, seq, &mut pending) {
                     continue;
                 }
                 let token = reader.jobs.token();
@@ -544,14 +715,14 @@ impl Shared {
                         token,
                     },
                 );
-                log.push(AckEntry::Delivered {
+                entries.push(AckEntry::Delivered {
                     seq,
                     deliveries: count,
                 });
                 deliveries.push((record, count, token));
             }
-            if !log.is_empty() {
-                match reader.acklog.append(&*self.storage, &log) {
+            if !entries.is_empty() {
+                match reader.acklog.append(&*env.storage, &entries) {
                     Ok(ticket) => pending.ack_ticket = Some(ticket),
                     Err(error) => {
                         // Nothing is handed out: undo the leases.
@@ -564,25 +735,31 @@ impl Shared {
                         return Err(error);
                     }
                 }
-                self.maybe_rewrite_acklog(reader)?;
+                self.maybe_rewrite_acklog(env, reader)?;
             }
         }
-        let deliveries: Vec<Delivery> = deliveries
+        let deliveries: Vec<Leased> = deliveries
             .into_iter()
-            .map(|(record, count, token)| Delivery::new(self, record, count, token))
+            .map(|(record, deliveries, token)| Leased {
+                record,
+                deliveries,
+                token,
+            })
             .collect();
-        self.finish_handing_out(pending, deliveries, failure)
+        self.finish_handing_out(env, up, pending, deliveries, failure)
     }
 
     /// Finishes an operation that handed out `out`. A failure met after something was handed
     /// out is not reported now: the next call meets it again, before handing out anything.
     fn finish_handing_out<T>(
         &self,
+        env: &Env,
+        up: &impl AfterConsume,
         pending: Pending,
         out: Vec<T>,
         failure: Option<Error>,
     ) -> Result<Vec<T>> {
-        self.finish(pending)?;
+        self.finish(env, up, pending)?;
         match failure {
             Some(error) if out.is_empty() => Err(error),
             _ => Ok(out),
@@ -590,21 +767,28 @@ impl Shared {
     }
 
     /// Marks `seq` done.
-    pub(crate) fn ack(&self, seq: u64) -> Result<()> {
-        self.check_poisoned()?;
+    pub(crate) fn ack(&self, env: &Env, log: &Log, up: &impl AfterConsume, seq: u64) -> Result<()> {
+        env.check_poisoned()?;
         let mut pending = Pending::default();
         // Under `Always` every ack waits on the ack log's group (see `settle_acked`).
-        let _entered = self.announce_to_ack_sync();
+        let _entered = self.announce_to_ack_sync(env);
         {
             let mut reader = lock(&self.reader);
             let head_segment_before = reader.head_segment_base();
-            self.settle_acked(&mut reader, seq, &mut pending)?;
+            self.settle_acked(env, log, &mut reader, seq, &mut pending)?;
             pending.head_segment_moved = reader.head_segment_base() != head_segment_before;
         }
-        self.finish(pending)
+        self.finish(env, up, pending)
     }
 
-    fn settle_acked(&self, reader: &mut Reader, seq: u64, pending: &mut Pending) -> Result<()> {
+    fn settle_acked(
+        &self,
+        env: &Env,
+        log: &Log,
+        reader: &mut Reader,
+        seq: u64,
+        pending: &mut Pending,
+    ) -> Result<()> {
         let Some(job) = reader.jobs.entries.get(&seq) else {
             // No longer tracked: the head already passed it.
             return Ok(());
@@ -617,9 +801,9 @@ impl Shared {
         if at_head {
             reader.jobs.fold();
             let generation = reader
-                .write_head_if_moved(self.synced_seq())
-                .map_err(|error| self.poison(error))?;
-            if self.options.sync != SyncPolicy::Always {
+                .write_head_if_moved(log.synced_seq())
+                .map_err(|error| env.poison(error))?;
+            if env.options.sync != SyncPolicy::Always {
                 // Nothing waits for a sync: the head write covers a process kill.
                 pending.head_generation = generation;
                 return Ok(());
@@ -639,16 +823,23 @@ impl Shared {
         pending.ack_ticket = Some(
             reader
                 .acklog
-                .append(&*self.storage, &[entry])
-                .map_err(|error| self.poison(error))?,
+                .append(&*env.storage, &[entry])
+                .map_err(|error| env.poison(error))?,
         );
-        self.maybe_rewrite_acklog(reader)?;
+        self.maybe_rewrite_acklog(env, reader)?;
         Ok(())
     }
 
     /// Releases a leased record, now or after `delay`. A release by a receiver whose lease ran
     /// out (and whose record may be with someone else now) changes nothing.
-    pub(crate) fn release(&self, seq: u64, token: u64, delay: Option<Duration>) -> Result<()> {
+    pub(crate) fn release(
+        &self,
+        env: &Env,
+        up: &impl AfterConsume,
+        seq: u64,
+        token: u64,
+        delay: Option<Duration>,
+    ) -> Result<()> {
         let now_us = now_micros();
         let mut pending = Pending::default();
         {
@@ -660,27 +851,27 @@ impl Shared {
             if !matches!(job.state, JobState::Leased { token: held, .. } if held == token) {
                 return Ok(());
             }
-            if !self.divert_if_spent(reader, seq, &mut pending) {
+            if !Self::divert_if_spent(env, reader, seq, &mut pending) {
                 match delay {
                     Some(delay) if !delay.is_zero() => {
                         let delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
                         let due_us = now_us.saturating_add(delay_us);
                         reader.jobs.set_state(seq, JobState::Waiting { due_us });
-                        self.check_poisoned()?;
+                        env.check_poisoned()?;
                         let entry = AckEntry::NotBefore { seq, at_us: due_us };
                         pending.ack_ticket = Some(
                             reader
                                 .acklog
-                                .append(&*self.storage, &[entry])
-                                .map_err(|error| self.poison(error))?,
+                                .append(&*env.storage, &[entry])
+                                .map_err(|error| env.poison(error))?,
                         );
                     }
                     _ => reader.jobs.set_state(seq, JobState::Ready),
                 }
             }
         }
-        self.arrivals.notify();
-        self.finish(pending)
+        env.arrivals.notify();
+        self.finish(env, up, pending)
     }
 
     /// Extends a lease to `lease` from now.
@@ -703,52 +894,52 @@ impl Shared {
 
     /// Rewrites the ack log when obsolete entries dominate it. The head is synced first, so
     /// that the head that makes the dropped entries obsolete survives any crash.
-    fn maybe_rewrite_acklog(&self, reader: &mut Reader) -> Result<()> {
+    fn maybe_rewrite_acklog(&self, env: &Env, reader: &mut Reader) -> Result<()> {
         if !reader.acklog.wants_rewrite(reader.jobs.live_estimate()) {
             return Ok(());
         }
-        let generation = reader.head.sync().map_err(|error| self.poison(error))?;
+        let generation = reader.head.sync().map_err(|error| env.poison(error))?;
         self.head_sync.mark_durable(generation);
         let live = reader.jobs.live_entries();
         reader
             .acklog
-            .rewrite(&*self.storage, &live)
-            .map_err(|error| self.poison(error))
+            .rewrite(&*env.storage, &live)
+            .map_err(|error| env.poison(error))
     }
 
     /// Makes durable what the policy asks for, moves dead letters, compacts.
-    fn finish(&self, pending: Pending) -> Result<()> {
-        if self.options.sync == SyncPolicy::Always {
+    fn finish(&self, env: &Env, up: &impl AfterConsume, pending: Pending) -> Result<()> {
+        if env.options.sync == SyncPolicy::Always {
             if let Some(generation) = pending.head_generation {
                 self.head_sync
                     .wait(generation, || self.sync_head())
-                    .map_err(|error| self.poison(error))?;
+                    .map_err(|error| env.poison(error))?;
             }
             if let Some(ticket) = pending.ack_ticket {
                 self.ack_sync
                     .wait(ticket, || self.sync_acklog())
-                    .map_err(|error| self.poison(error))?;
+                    .map_err(|error| env.poison(error))?;
             }
         }
         // Checked first: building and dropping the iterator of an empty vector costs a pop
         // about 26 instructions (callgrind), 3 % of it.
         if !pending.dead_letters.is_empty() {
             for (seq, record, deliveries) in pending.dead_letters {
-                self.move_to_dead_letters(seq, &record, deliveries)?;
+                up.move_to_dead_letters(seq, &record, deliveries)?;
             }
         }
-        if pending.head_segment_moved && self.options.auto_compact {
+        if pending.head_segment_moved && env.options.auto_compact {
             // The records are already consumed; a failed compaction is retried by the next one,
             // and an I/O failure in it poisons the queue, so the caller learns of it next call.
-            let _ = compactor::compact(self);
+            up.compact();
         }
         Ok(())
     }
 
     /// Announces a receive or an ack to the ack log's group commit under `Always` (a hint for
     /// its leader; see `SyncGroup::enter`): hold it from before the write until `finish` returns.
-    fn announce_to_ack_sync(&self) -> Option<crate::engine::sync::Entered<'_>> {
-        (self.options.sync == SyncPolicy::Always).then(|| self.ack_sync.enter())
+    fn announce_to_ack_sync(&self, env: &Env) -> Option<crate::engine::sync::Entered<'_>> {
+        (env.options.sync == SyncPolicy::Always).then(|| self.ack_sync.enter())
     }
 
     /// Writes the ack log's pending entries and syncs it; returns the ticket covered.
@@ -764,53 +955,5 @@ impl Shared {
                 .map_err(|error| Error::io("sync ack log", path, error))?;
         }
         Ok(ticket)
-    }
-
-    /// Pushes a record into the dead-letter queue, then marks it done here. A crash between the
-    /// two leaves it in both (it is moved again, so the dead-letter queue may hold it twice);
-    /// never in neither.
-    fn move_to_dead_letters(&self, seq: u64, record: &Record, deliveries: u32) -> Result<()> {
-        let pushed = self.dead_letter_queue().and_then(|queue| {
-            let envelope = DeadLetter {
-                original_seq: seq,
-                deliveries,
-                enqueued_at_us: record.enqueued_at_micros(),
-                payload: record.payload(),
-            };
-            queue.push(&envelope.encode())
-        });
-        if let Err(error) = pushed {
-            lock(&self.reader).jobs.set_state(seq, JobState::Ready);
-            return Err(error);
-        }
-        self.ack(seq)
-    }
-
-    fn dead_letter_queue(&self) -> Result<Arc<Queue>> {
-        let mut slot = lock(&self.dead_letters);
-        if let Some(queue) = &*slot {
-            return Ok(queue.clone());
-        }
-        let path = self.options.dead_letter_path(&self.dir);
-        // Only a queue, an empty folder or a new one: never someone's files.
-        let usable = match self.storage.list_dir(&path) {
-            Ok(names) => {
-                names.is_empty() || crate::storage::queue_dir::is_queue(&*self.storage, &path)?
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
-            Err(error) => return Err(Error::io("list dead-letter directory", &path, error)),
-        };
-        if !usable {
-            return Err(Error::InvalidOptions(format!(
-                "dead_letter_dir {} exists and holds no queue; refusing to write into it",
-                path.display()
-            )));
-        }
-        let mut options = self.options.clone();
-        options.max_deliveries = None;
-        options.dead_letter_dir = None;
-        let queue = Arc::new(Queue::open(path, options)?);
-        *slot = Some(queue.clone());
-        Ok(queue)
     }
 }

@@ -8,6 +8,7 @@
 //! [`Storage`](crate::storage::Storage) and hand them here.
 
 pub mod acklog;
+pub mod dead_letter;
 pub mod frame;
 pub mod head;
 pub mod layout;

@@ -8,9 +8,10 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::format::layout::parse_segment_file_name;
 use crate::format::layout::HEAD_FILE_NAME;
+use crate::format::layout::LOCK_FILE_NAME;
 use crate::format::layout::SETTINGS_FILE_NAME;
 use crate::format::settings::{decode_settings, encode_settings, QueueSettings};
-use crate::storage::{self, Storage};
+use crate::storage::{self, DirLock, LockFailure, Storage};
 
 /// Reads a queue's settings file: `None` when there is none (a queue created before settings
 /// files existed, or no queue at all), a corrupt error naming the file when it does not decode.
@@ -63,4 +64,50 @@ pub fn is_queue(storage: &dyn Storage, dir: &Path) -> Result<bool> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(error) => Err(Error::io("list queue directory", dir, error)),
     }
+}
+
+/// Refuses to change another user's queue unless the process is root (see [`Error::NotOwner`]).
+/// A directory that does not exist yet will be this process's own.
+pub fn check_owner(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    match storage.dir_owner(dir) {
+        Ok(Some(owner)) if !owner.is_process && !owner.process_is_root => Err(Error::NotOwner {
+            dir: dir.to_path_buf(),
+            owner: owner.uid,
+        }),
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(Error::io("stat queue directory", dir, error)),
+    }
+}
+
+/// Creates `dir` if needed and takes its exclusive lock.
+pub fn create_and_lock(storage: &dyn Storage, dir: &Path) -> Result<DirLock> {
+    create_and_lock_with_mode(storage, dir, None)
+}
+
+/// Like [`create_and_lock`]; when `new_dir_mode` is given and the directory holds no queue yet
+/// (no settings file, no head), its mode is set first, so that every file in it, the lock file
+/// included, gets its read and write bits.
+pub fn create_and_lock_with_mode(
+    storage: &dyn Storage,
+    dir: &Path,
+    new_dir_mode: Option<u32>,
+) -> Result<DirLock> {
+    storage
+        .create_dir_all(dir)
+        .map_err(|error| Error::io("create directory", dir, error))?;
+    if let Some(mode) = new_dir_mode {
+        if is_new_queue(storage, dir)? {
+            storage
+                .set_dir_mode(dir, mode)
+                .map_err(|error| Error::io("set queue directory mode", dir, error))?;
+        }
+    }
+    storage.lock_dir(dir).map_err(|failure| match failure {
+        LockFailure::Held { pid } => Error::Locked {
+            dir: dir.to_path_buf(),
+            pid,
+        },
+        LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
+    })
 }

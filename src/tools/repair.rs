@@ -227,7 +227,7 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
             dir: dir.to_path_buf(),
         });
     }
-    crate::engine::queue::check_owner(storage, dir)?;
+    crate::storage::queue_dir::check_owner(storage, dir)?;
     let _lock = storage.lock_dir(dir).map_err(|failure| match failure {
         LockFailure::Held { pid } => Error::Locked {
             dir: dir.to_path_buf(),

@@ -1,0 +1,61 @@
+//! What every part of a live queue shares: its directory, options and storage, the poison flag
+//! that stops all changes after a failure that left the disk's state unknown, and the wake-ups of
+//! waiting consumers.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::engine::arrivals::Arrivals;
+use crate::engine::sync::lock;
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::storage::Storage;
+
+/// The queue's fixed surroundings and its health, passed to the writer, the reader and the
+/// compactor. Only the poison flag and the arrivals change after open.
+pub(crate) struct Env {
+    pub(crate) dir: PathBuf,
+    pub(crate) options: Options,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) arrivals: Arrivals,
+    poisoned: AtomicBool,
+    poison_cause: Mutex<Option<String>>,
+}
+
+impl Env {
+    pub(crate) fn new(dir: PathBuf, options: Options, storage: Arc<dyn Storage>) -> Self {
+        Env {
+            dir,
+            options,
+            storage,
+            arrivals: Arrivals::default(),
+            poisoned: AtomicBool::new(false),
+            poison_cause: Mutex::new(None),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(self.poisoned_error());
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn poisoned_error(&self) -> Error {
+        let cause = lock(&self.poison_cause).clone().unwrap_or_default();
+        Error::Poisoned { cause }
+    }
+
+    /// Records a failure after which the state on disk is unknown; later changes are refused.
+    pub(crate) fn poison(&self, error: Error) -> Error {
+        let mut cause = lock(&self.poison_cause);
+        if cause.is_none() {
+            *cause = Some(error.to_string());
+        }
+        self.poisoned.store(true, Ordering::Release);
+        error
+    }
+}

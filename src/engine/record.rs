@@ -1,0 +1,85 @@
+//! A record handed out by the queue: its sequence number, times, and a payload that borrows the
+//! segment's mapping.
+
+use std::fmt;
+use std::ops::Range;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::storage::Mapping;
+
+/// A record handed out by the queue.
+///
+/// The payload is not copied out of the segment: it borrows the segment's memory mapping, which
+/// stays valid while any record from it is alive (also after the segment is compacted away).
+#[derive(Clone)]
+pub struct Record {
+    seq: u64,
+    enqueued_us: u64,
+    not_before_us: u64,
+    bytes: Mapping,
+    payload: Range<usize>,
+}
+
+impl Record {
+    pub(crate) fn new(
+        seq: u64,
+        enqueued_us: u64,
+        not_before_us: u64,
+        bytes: Mapping,
+        payload: Range<usize>,
+    ) -> Self {
+        Record {
+            seq,
+            enqueued_us,
+            not_before_us,
+            bytes,
+            payload,
+        }
+    }
+
+    /// The record's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        (*self.bytes)
+            .as_ref()
+            .get(self.payload.clone())
+            .unwrap_or(&[])
+    }
+
+    /// When the record was pushed, by the pushing machine's clock: its coarse clock (the latest
+    /// kernel tick, up to 1–10 ms early) unless the queue was opened with
+    /// [`Options::precise_timestamps`](crate::Options::precise_timestamps).
+    pub fn enqueued_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.enqueued_us)
+    }
+
+    /// When the record was pushed, in microseconds since the Unix epoch.
+    pub fn enqueued_at_micros(&self) -> u64 {
+        self.enqueued_us
+    }
+
+    /// For a record pushed with [`Queue::push_delayed`](crate::Queue::push_delayed): the time before which it is not
+    /// handed out.
+    pub fn not_before(&self) -> Option<SystemTime> {
+        (self.not_before_us != 0).then(|| UNIX_EPOCH + Duration::from_micros(self.not_before_us))
+    }
+
+    /// The not-before time in microseconds since the Unix epoch; 0 when the record has none.
+    pub fn not_before_us(&self) -> u64 {
+        self.not_before_us
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("seq", &self.seq)
+            .field("enqueued_us", &self.enqueued_us)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}

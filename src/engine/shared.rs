@@ -1,0 +1,263 @@
+//! The state of one open queue, shared by its `Queue` handle, its deliveries and its background
+//! threads: the environment, the log (writer side), the consumer (reader side), and what joins
+//! them (dead letters, compaction after a pop, syncing everything).
+//!
+//! Each concern keeps its state and methods in its own module; `Shared` only routes a call to
+//! the part that owns it, handing it the parts it may use.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::engine::clock::now_micros;
+use crate::engine::compactor;
+use crate::engine::env::Env;
+use crate::engine::log::{Log, Written};
+use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped};
+use crate::engine::record::Record;
+use crate::engine::report::RecoveryReport;
+use crate::engine::sync::lock;
+#[cfg(feature = "async")]
+use crate::engine::timer::Timer;
+use crate::engine::writer::Writer;
+use crate::error::{Error, Result};
+use crate::format::dead_letter::DeadLetter;
+use crate::options::{Options, SyncPolicy};
+use crate::storage::queue_dir::is_queue;
+use crate::storage::DirLock;
+
+/// Where dead letters go: a queue opened on first use. A trait, so that the engine's core does
+/// not depend on the `Queue` facade built on it (which implements it).
+pub(crate) trait DeadLetterQueue: Send + Sync {
+    /// Appends one record.
+    fn push(&self, payload: &[u8]) -> Result<u64>;
+}
+
+/// Opens the dead-letter queue in a directory with the given options.
+pub(crate) type OpenDeadLetterQueue = fn(PathBuf, Options) -> Result<Arc<dyn DeadLetterQueue>>;
+
+pub(crate) struct Shared {
+    pub(crate) env: Env,
+    pub(crate) log: Log,
+    pub(crate) consumer: Consumer,
+    dead_letters: Mutex<Option<Arc<dyn DeadLetterQueue>>>,
+    open_dead_letters: OpenDeadLetterQueue,
+    #[cfg(feature = "async")]
+    pub(crate) timer: Timer,
+    pub(crate) recovery: RecoveryReport,
+    _lock: DirLock,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        env: Env,
+        log: Log,
+        consumer: Consumer,
+        recovery: RecoveryReport,
+        dir_lock: DirLock,
+        open_dead_letters: OpenDeadLetterQueue,
+    ) -> Self {
+        Shared {
+            env,
+            log,
+            consumer,
+            dead_letters: Mutex::new(None),
+            open_dead_letters,
+            #[cfg(feature = "async")]
+            timer: Timer::default(),
+            recovery,
+            _lock: dir_lock,
+        }
+    }
+
+    /// One `push`.
+    #[inline]
+    pub(crate) fn push_one(&self, payload: &[u8]) -> Result<u64> {
+        self.log.push_one(&self.env, payload)
+    }
+
+    /// A batch of pushes, all or nothing; `not_before_us` 0 for records that are not delayed.
+    pub(crate) fn push_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<Range<u64>> {
+        self.log.push_batch(&self.env, payloads, not_before_us)
+    }
+
+    /// Checks a batch against the limits; returns its encoded length (for fanout).
+    pub(crate) fn check_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<u64> {
+        self.log.check_batch(&self.env, payloads, not_before_us)
+    }
+
+    /// The writer, locked (for fanout, which numbers copies in several queues at once).
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.log.lock_writer()
+    }
+
+    /// Writes a checked batch with the writer held (for fanout).
+    pub(crate) fn write_locked(
+        &self,
+        writer: &mut Writer,
+        payloads: &[&[u8]],
+        not_before_us: u64,
+        batch_len: u64,
+    ) -> Result<Written> {
+        self.log
+            .write_locked(&self.env, writer, payloads, not_before_us, batch_len)
+    }
+
+    /// Makes a written batch durable and visible (for fanout).
+    pub(crate) fn complete(&self, written: Written) -> Result<Range<u64>> {
+        self.log.complete(&self.env, written)
+    }
+
+    /// One `pop`.
+    #[inline]
+    pub(crate) fn pop_one(&self) -> Result<Option<Record>> {
+        self.consumer.pop_one(&self.env, &self.log, self)
+    }
+
+    /// Removes up to `max` records through `convert` into `out`.
+    pub(crate) fn pop_with<T, O: Popped<T>>(
+        &self,
+        max: usize,
+        convert: impl FnMut(Record) -> Result<T>,
+        out: O,
+    ) -> Result<O> {
+        self.consumer
+            .pop_with(&self.env, &self.log, self, max, convert, out)
+    }
+
+    /// The oldest record a pop would return, not removed.
+    pub(crate) fn peek(&self) -> Result<Option<Record>> {
+        self.consumer.peek(&self.env, &self.log)
+    }
+
+    /// Hands out up to `max` records under a lease.
+    pub(crate) fn recv_batch(&self, max: usize) -> Result<Vec<Leased>> {
+        self.consumer.recv_batch(&self.env, &self.log, self, max)
+    }
+
+    /// Acknowledges `seq`.
+    pub(crate) fn ack(&self, seq: u64) -> Result<()> {
+        self.consumer.ack(&self.env, &self.log, self, seq)
+    }
+
+    /// Releases a leased record, now or after `delay`.
+    pub(crate) fn release(&self, seq: u64, token: u64, delay: Option<Duration>) -> Result<()> {
+        self.consumer.release(&self.env, self, seq, token, delay)
+    }
+
+    /// Extends a lease to `lease` from now.
+    pub(crate) fn extend(&self, seq: u64, token: u64, lease: Duration) -> Result<()> {
+        self.consumer.extend(seq, token, lease)
+    }
+
+    /// Records in the queue.
+    pub(crate) fn len(&self) -> u64 {
+        self.consumer.len(self.log.published_next_seq())
+    }
+
+    /// Blocks until the arrivals epoch moves past `seen`, a delay or lease runs out, or
+    /// `deadline` passes; false when nothing changed.
+    pub(crate) fn wait_for_change(&self, seen: u64, deadline: Instant) -> bool {
+        let wake = match self.consumer.next_due_us() {
+            Some(due_us) => {
+                let wait = Duration::from_micros(due_us.saturating_sub(now_micros()));
+                deadline.min(Instant::now() + wait)
+            }
+            None => deadline,
+        };
+        let arrivals = &self.env.arrivals;
+        arrivals.wait_until(wake, || arrivals.epoch() != seen)
+    }
+
+    /// Makes every push and pop so far durable, whatever the sync policy.
+    pub(crate) fn sync_all(&self) -> Result<()> {
+        self.env.check_poisoned()?;
+        let covered = self
+            .log
+            .sync_data()
+            .map_err(|error| self.env.poison(error))?;
+        self.log.mark_durable(covered);
+        self.consumer.sync_all(&self.env, covered)
+    }
+
+    /// Writes into the head how far the records are known to be synced (by rolls and earlier
+    /// syncs), without a sync: for a close under `SyncPolicy::Never`.
+    pub(crate) fn record_synced_seq(&self) -> Result<()> {
+        self.env.check_poisoned()?;
+        self.consumer
+            .record_synced_seq(&self.env, self.log.synced_seq())
+    }
+
+    /// The steps of a clean close: the zeros after the data trimmed (if this fails, recovery
+    /// treats them as free space anyway), then what the policy syncs.
+    pub(crate) fn close(&self) -> Result<()> {
+        let _ = self.log.trim();
+        #[cfg(feature = "async")]
+        self.timer.stop();
+        // The head records how far the records are synced, so that damage to them found at the
+        // next open is refused rather than cut as unsynced writes. Under Always and Interval a
+        // clean close syncs everything first (under Interval it then leaves nothing to a later
+        // power loss; under Always every push is synced already, and the head is synced lazily);
+        // Never syncs only when asked, so it records what earlier syncs covered.
+        match self.env.options.sync {
+            SyncPolicy::Always | SyncPolicy::Interval(_) => self.sync_all(),
+            SyncPolicy::Never => self.record_synced_seq(),
+        }
+    }
+
+    fn dead_letter_queue(&self) -> Result<Arc<dyn DeadLetterQueue>> {
+        let mut slot = lock(&self.dead_letters);
+        if let Some(queue) = &*slot {
+            return Ok(queue.clone());
+        }
+        let env = &self.env;
+        let path = env.options.dead_letter_path(&env.dir);
+        // Only a queue, an empty folder or a new one: never someone's files.
+        let usable = match env.storage.list_dir(&path) {
+            Ok(names) => names.is_empty() || is_queue(&*env.storage, &path)?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
+            Err(error) => return Err(Error::io("list dead-letter directory", &path, error)),
+        };
+        if !usable {
+            return Err(Error::InvalidOptions(format!(
+                "dead_letter_dir {} exists and holds no queue; refusing to write into it",
+                path.display()
+            )));
+        }
+        let mut options = env.options.clone();
+        options.max_deliveries = None;
+        options.dead_letter_dir = None;
+        let queue = (self.open_dead_letters)(path, options)?;
+        *slot = Some(queue.clone());
+        Ok(queue)
+    }
+}
+
+impl AfterConsume for Shared {
+    /// Pushes a record into the dead-letter queue, then marks it done here. A crash between the
+    /// two leaves it in both (it is moved again, so the dead-letter queue may hold it twice);
+    /// never in neither.
+    fn move_to_dead_letters(&self, seq: u64, record: &Record, deliveries: u32) -> Result<()> {
+        let pushed = self.dead_letter_queue().and_then(|queue| {
+            let envelope = DeadLetter {
+                original_seq: seq,
+                deliveries,
+                enqueued_at_us: record.enqueued_at_micros(),
+                payload: record.payload(),
+            };
+            queue.push(&envelope.encode())
+        });
+        if let Err(error) = pushed {
+            self.consumer.return_to_ready(seq);
+            return Err(error);
+        }
+        self.ack(seq)
+    }
+
+    fn compact(&self) {
+        // The records are already consumed; a failed compaction is retried by the next one,
+        // and an I/O failure in it poisons the queue, so the caller learns of it next call.
+        let _ = compactor::compact(&self.env, &self.log, &self.consumer);
+    }
+}
