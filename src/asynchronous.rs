@@ -33,7 +33,7 @@ impl Future for Recv<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let shared = self.queue.shared();
         let seen = shared.arrivals.epoch();
-        match self.queue.recv() {
+        match self.queue.try_recv() {
             Ok(Some(delivery)) => return Poll::Ready(Ok(delivery)),
             Err(error) => return Poll::Ready(Err(error)),
             Ok(None) => {}

@@ -691,7 +691,7 @@ fn an_ack_at_the_head_survives_a_power_loss_without_a_head_sync() {
         }
         let opened = head_syncs.load(Ordering::SeqCst);
         for seq in 0..3 {
-            let delivery = queue.recv().unwrap().unwrap();
+            let delivery = queue.try_recv().unwrap().unwrap();
             assert_eq!(delivery.seq(), seq);
             delivery.ack().unwrap();
         }
@@ -704,7 +704,7 @@ fn an_ack_at_the_head_survives_a_power_loss_without_a_head_sync() {
         drop(queue);
         let queue = Queue::open(DIR, options()).unwrap();
         let seqs: Vec<u64> = queue
-            .recv_batch(10)
+            .try_recv_batch(10)
             .unwrap()
             .iter()
             .map(|d| d.seq())
@@ -723,7 +723,7 @@ fn ack_log_entries_written_by_the_sync_leader_survive_a_process_kill() {
     for seq in 0..4 {
         queue.push(format!("record {seq}").as_bytes()).unwrap();
     }
-    let mut deliveries = queue.recv_batch(4).unwrap();
+    let mut deliveries = queue.try_recv_batch(4).unwrap();
     // Acked beyond the head (seq 3), released with a delay (seq 2), kept leased (0 and 1).
     deliveries.pop().unwrap().ack().unwrap();
     deliveries
@@ -735,7 +735,7 @@ fn ack_log_entries_written_by_the_sync_leader_survive_a_process_kill() {
     sim.process_crash();
     drop(queue);
     let queue = open(&sim, SyncPolicy::Always);
-    let again = queue.recv_batch(10).unwrap();
+    let again = queue.try_recv_batch(10).unwrap();
     let seen: Vec<(u64, u32)> = again.iter().map(|d| (d.seq(), d.deliveries())).collect();
     assert_eq!(
         seen,
@@ -755,7 +755,7 @@ fn a_delivery_count_at_its_largest_value_does_not_overflow() {
     };
     queue_with_ack_log(&sim, 2, &[Some(delivered)]);
     let queue = open(&sim, SyncPolicy::Never);
-    let delivery = queue.recv().unwrap().unwrap();
+    let delivery = queue.try_recv().unwrap().unwrap();
     assert_eq!((delivery.seq(), delivery.deliveries()), (0, u32::MAX));
     delivery.ack().unwrap();
 }
