@@ -234,6 +234,40 @@ fn a_clean_close_records_how_far_the_records_are_synced() {
     }
 }
 
+/// `Queue::close` returns what dropping a queue can only ignore: here the final sync of a queue
+/// under `Interval` fails. A clean close returns `Ok`, and either way the lock is released.
+#[test]
+fn close_returns_the_error_of_a_failed_final_sync() {
+    let policy = SyncPolicy::Interval(std::time::Duration::from_secs(3600));
+    let sim = SimStorage::new(1);
+    let queue = open(&sim, policy);
+    queue.push(b"unsynced").unwrap();
+    sim.inject(Fault {
+        op: Some(SimOp::SyncData),
+        skip: 0,
+        kind: FaultKind::Io,
+        sticky: true,
+    });
+    assert!(matches!(queue.close(), Err(Error::Io { .. })));
+    sim.clear_faults();
+    let queue = open(&sim, policy);
+    assert_eq!(
+        drained_seqs(&queue),
+        vec![0],
+        "a process kill loses nothing"
+    );
+    queue.push(b"synced at close").unwrap();
+    queue.close().unwrap();
+    let head = sim.read_file(&Path::new(DIR).join("head")).unwrap();
+    let read = diskspool::head::decode_head_file(&head);
+    let synced_seq = read.slots[read.current.unwrap()]
+        .clone()
+        .unwrap()
+        .state
+        .synced_seq;
+    assert_eq!(synced_seq, 2, "the clean close synced both records");
+}
+
 /// Found by simulation seed 174: a roll whose new segment could not be created, nor its file
 /// removed, left the file behind; a later push went into the previous segment, and the reopened
 /// queue took the empty leftover for the active segment and lost that acknowledged push. Now
