@@ -69,7 +69,7 @@ pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
 pub use recovery::{RecoveryReport, Truncation};
 pub use sim::SimStorage;
 pub use spool::{validate_queue_name, Spool, FANOUT_LOG_FILE_NAME, QUEUE_NAME_LEN_MAX};
-pub use typed::{Bincode, BoxError, Codec, TypedQueue};
+pub use typed::{Bincode, BoxError, Codec, TypedDelivery, TypedQueue, TypedRecvError};
 
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]

@@ -698,6 +698,25 @@ impl Shared {
         Ok(())
     }
 
+    /// Moves a leased record to the dead-letter queue now, whatever its delivery count. Fails
+    /// with [`Error::LeaseExpired`] if the lease ran out and the record may be with someone else.
+    pub(crate) fn dead_letter(&self, seq: u64, token: u64) -> Result<()> {
+        self.check_poisoned()?;
+        let (record, deliveries) = {
+            let mut reader = lock(&self.reader);
+            let job = reader.jobs.entries.get(&seq).filter(
+                |job| matches!(job.state, JobState::Leased { token: held, .. } if held == token),
+            );
+            let Some(job) = job else {
+                return Err(Error::LeaseExpired { seq });
+            };
+            let taken = (job.record.clone(), job.deliveries);
+            reader.jobs.set_state(seq, JobState::DeadLettering);
+            taken
+        };
+        self.move_to_dead_letters(seq, &record, deliveries)
+    }
+
     /// Rewrites the ack log when obsolete entries dominate it. The head is synced first, so
     /// that the head that makes the dropped entries obsolete survives any crash.
     fn maybe_rewrite_acklog(&self, reader: &mut Reader) -> Result<()> {
