@@ -180,7 +180,10 @@ impl<T, C: Codec<T>> TypedQueue<T, C> {
     fn decode_delivery(&self, delivery: Delivery) -> Result<TypedDelivery<T>, TypedRecvError> {
         match self.decode(delivery.record()) {
             Ok(value) => Ok(TypedDelivery { delivery, value }),
-            Err(error) => Err(TypedRecvError::Undecodable { delivery, error }),
+            Err(error) => Err(TypedRecvError::Undecodable {
+                delivery: Box::new(delivery),
+                error,
+            }),
         }
     }
 
@@ -315,8 +318,8 @@ pub enum TypedRecvError {
     /// [`dead_letter`](Delivery::dead_letter) it, [`ack`](Delivery::ack) it to drop it, or
     /// release it (`nack`, or drop the delivery) to leave it for another try.
     Undecodable {
-        /// The record, leased.
-        delivery: Delivery,
+        /// The record, leased (boxed: it is large and this is the rare case).
+        delivery: Box<Delivery>,
         /// [`Error::Codec`], naming the record.
         error: Error,
     },
