@@ -6,10 +6,10 @@
 //! record: it is a queue, not a log with cursors.
 //!
 //! ```
-//! # fn main() -> Result<(), diskspool::Error> {
-//! # let dir = tempfile::tempdir().unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use diskspool::{Options, Queue, SyncPolicy};
 //!
+//! let dir = tempfile::tempdir()?;
 //! let queue = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always))?;
 //! let seq = queue.push(b"resize image 42")?;
 //! let record = queue.pop()?.expect("one record");

@@ -478,10 +478,10 @@ impl Queue {
     /// the same) can only ignore it. The directory's lock is released either way.
     ///
     /// ```
-    /// # fn main() -> Result<(), diskspool::Error> {
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use diskspool::{Options, Queue};
     ///
-    /// let dir = tempfile::tempdir().expect("a temporary directory");
+    /// let dir = tempfile::tempdir()?;
     /// let queue = Queue::open(dir.path(), Options::default())?;
     /// queue.push(b"kept")?;
     /// queue.close()?;

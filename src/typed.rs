@@ -293,10 +293,10 @@ impl<T> TypedDelivery<T> {
 /// releases it); match on [`Undecodable`](TypedRecvError::Undecodable) to take the record out:
 ///
 /// ```
-/// # fn main() -> Result<(), diskspool::Error> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diskspool::{Options, TypedQueue, TypedRecvError};
 ///
-/// let dir = tempfile::tempdir().expect("a temporary directory");
+/// let dir = tempfile::tempdir()?;
 /// let numbers: TypedQueue<u32> = TypedQueue::open(dir.path().join("numbers"), Options::default())?;
 /// numbers.inner().push(&[0xFF; 3])?; // not a bincode u32
 /// match numbers.try_recv() {
