@@ -880,7 +880,7 @@ fn disk_after_drain(config: &Config, table: &mut Table) -> BoxResult<()> {
     let dir = config.fresh("drain")?;
     let data = payload(1024);
     let options = Options::default().sync(SyncPolicy::Never);
-    let segment = options.segment_size_bytes();
+    let segment = options.get_segment_size();
     {
         let queue = Queue::open(&dir, options.clone())?;
         let count = 3 * segment / 1024;

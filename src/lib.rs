@@ -62,7 +62,7 @@ pub use compactor::CompactReport;
 pub use error::{Error, Result};
 pub use jobs::{DeadLetter, Delivery, IN_FLIGHT_MAX};
 pub use options::{
-    Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX, RECORD_SIZE_MAX_DEFAULT,
+    Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX, MAX_RECORD_SIZE_DEFAULT,
     SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};

@@ -79,7 +79,7 @@ impl Record {
     }
 
     /// When the record was pushed, in microseconds since the Unix epoch.
-    pub fn enqueued_at_micros(&self) -> u64 {
+    pub fn enqueued_at_us(&self) -> u64 {
         self.enqueued_us
     }
 
@@ -467,6 +467,12 @@ impl Queue {
         &self.shared.options
     }
 
+    /// The directory of this queue's dead-letter queue (see
+    /// [`Options::dead_letter_dir`]), which exists once a record has been dead-lettered.
+    pub fn dead_letter_dir(&self) -> PathBuf {
+        self.shared.options.dead_letter_path(&self.shared.dir)
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
@@ -664,7 +670,7 @@ impl Shared {
     /// Checks a batch against the limits; returns its encoded length.
     pub(crate) fn check_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<u64> {
         self.check_poisoned()?;
-        let max = self.options.max_record_size_bytes();
+        let max = self.options.get_max_record_size();
         let mut batch_len = 0u64;
         for payload in payloads {
             if payload.len() > max {

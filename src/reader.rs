@@ -790,7 +790,7 @@ impl Shared {
             let envelope = DeadLetter {
                 original_seq: seq,
                 deliveries,
-                enqueued_at_us: record.enqueued_at_micros(),
+                enqueued_at_us: record.enqueued_at_us(),
                 payload: record.payload(),
             };
             queue.push(&envelope.encode())

@@ -497,3 +497,31 @@ fn recv_waits_out_a_delay_and_try_recv_batch_does_not() {
     assert_eq!(delivery.seq(), seq);
     assert!(pushed_at.elapsed() >= Duration::from_millis(100));
 }
+
+#[test]
+fn dead_letter_moves_a_delivery_at_once_and_refuses_an_expired_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = Duration::from_millis(50);
+    let queue = Queue::open(dir.path().join("jobs"), options().lease(lease)).unwrap();
+    assert_eq!(queue.dead_letter_dir(), dir.path().join("jobs.dead"));
+    assert_eq!(queue.options().get_lease(), lease);
+    push_expected(&queue, 2);
+    queue.try_recv().unwrap().unwrap().dead_letter().unwrap();
+    let stale = queue.try_recv().unwrap().unwrap();
+    std::thread::sleep(lease + Duration::from_millis(10));
+    let current = queue.try_recv().unwrap().expect("the lease ran out");
+    assert_eq!((current.seq(), current.deliveries()), (1, 2));
+    assert!(matches!(
+        stale.dead_letter(),
+        Err(Error::LeaseExpired { seq: 1 })
+    ));
+    current.ack().unwrap();
+    assert!(queue.is_empty());
+    drop(queue);
+    let dead = Queue::open(dir.path().join("jobs.dead"), options()).unwrap();
+    let letters = dead.pop_batch(10).unwrap();
+    assert_eq!(letters.len(), 1, "only the dead-lettered record");
+    let letter = DeadLetter::decode(letters[0].payload()).unwrap();
+    assert_eq!((letter.original_seq, letter.deliveries), (0, 1));
+    assert_eq!(letter.payload, payload_for(0));
+}
