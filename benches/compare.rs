@@ -35,7 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use diskspool::{frame, Options, Queue, SyncPolicy};
+use diskspool::format::frame;
+use diskspool::{Options, Queue, SyncPolicy};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 

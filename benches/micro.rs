@@ -9,7 +9,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use diskspool::{frame, Options, Queue, SyncPolicy};
+use diskspool::format::frame;
+use diskspool::{Options, Queue, SyncPolicy};
 
 fn queue(policy: SyncPolicy) -> (tempfile::TempDir, Queue) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");

@@ -78,7 +78,7 @@ pub enum Error {
     /// `next_seq` on, and no record may carry `frame::SEQ_LIMIT` (2^63) or more. Nothing was
     /// written; the queue stays readable. (At a million pushes a second this takes 290,000
     /// years; in practice it means a head or segment written with a forged number.)
-    #[error("sequence numbers exhausted: {count} record(s) from sequence {next_seq} would pass the largest sequence number, {max}", max = crate::frame::SEQ_LIMIT - 1)]
+    #[error("sequence numbers exhausted: {count} record(s) from sequence {next_seq} would pass the largest sequence number, {max}", max = crate::format::frame::SEQ_LIMIT - 1)]
     SeqExhausted {
         /// The sequence number the next record would get.
         next_seq: u64,

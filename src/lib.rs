@@ -24,51 +24,36 @@
 //! - [`TypedQueue`] stores serde values through a [`Codec`] (bincode by default).
 //! - Damaged bytes surface as [`Error::Corrupt`] naming the file and byte offset; the queue
 //!   never hands out a damaged record and never skips one silently.
-//! - [`inspect`], [`verify`] and [`repair`] read, check and mend a queue directory from outside
+//! - [`tools::inspect`], [`tools::verify`] and [`tools::repair`] read, check and mend a queue directory from outside
 //!   the engine; the `spool` tool prints what they return (`docs/CLI.md`).
 //! - `docs/FORMAT.md` describes every byte on disk.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod acklog;
-#[cfg(feature = "async")]
-mod asynchronous;
-mod compactor;
+mod engine;
 mod error;
-pub mod frame;
-#[doc(hidden)]
-pub mod fuzzing;
-pub mod head;
-pub mod inspect;
-mod jobs;
+pub mod format;
 mod options;
-mod pool;
-mod queue;
-mod reader;
-mod recovery;
-pub mod repair;
-pub mod segment;
-pub mod settings;
-pub mod sim;
 mod spool;
 pub mod storage;
-mod sync;
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod testkit;
+pub mod tools;
 mod typed;
-pub mod verify;
-mod writeback;
-mod writer;
 
-pub use compactor::CompactReport;
+pub use engine::compactor::CompactReport;
+pub use engine::jobs::{DeadLetter, Delivery, IN_FLIGHT_MAX};
+pub use engine::queue::{Queue, Record, Stats};
+pub use engine::recovery::{RecoveryReport, Truncation};
 pub use error::{Error, Result};
-pub use jobs::{DeadLetter, Delivery, IN_FLIGHT_MAX};
 pub use options::{
     Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX, MAX_RECORD_SIZE_DEFAULT,
     SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
-pub use queue::{Queue, Record, Stats, LOCK_FILE_NAME};
-pub use recovery::{RecoveryReport, Truncation};
-pub use sim::SimStorage;
-pub use spool::{validate_queue_name, Spool, FANOUT_LOG_FILE_NAME, QUEUE_NAME_LEN_MAX};
+pub use spool::{validate_queue_name, Spool, QUEUE_NAME_LEN_MAX};
+#[cfg(any(test, feature = "sim"))]
+pub use storage::sim::SimStorage;
 pub use typed::{Bincode, BoxError, Codec, TypedDelivery, TypedQueue, TypedRecvError};
 
 /// The README's examples, compiled as doc tests so they cannot rot.

@@ -5,14 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::frame::{frame_len, PAYLOAD_LEN_MAX};
-use crate::segment::SEGMENT_HEADER_LEN;
+use crate::format::frame::{frame_len, PAYLOAD_LEN_MAX};
+pub use crate::format::segment::{SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
+use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::storage::{OsStorage, Storage};
 
-/// The smallest segment size accepted.
-pub const SEGMENT_SIZE_MIN: u64 = 4096;
-/// The largest segment size accepted.
-pub const SEGMENT_SIZE_MAX: u64 = 1 << 32;
 /// The default segment size: 64 MiB.
 pub const SEGMENT_SIZE_DEFAULT: u64 = 64 << 20;
 /// The permission bits of a new queue's files: private to the owner.

@@ -28,15 +28,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::engine::queue::Queue;
+use crate::engine::sync::lock;
 use crate::error::{Error, Result};
-use crate::frame::{read_u32, read_u64};
+use crate::format::frame::{read_u32, read_u64};
 use crate::options::{Options, SyncPolicy};
-use crate::queue::Queue;
+use crate::format::layout::FANOUT_LOG_FILE_NAME;
 use crate::storage::{DirLock, Storage, StorageFile};
-use crate::sync::lock;
 
-/// The fanout intent log's file name inside the spool directory.
-pub const FANOUT_LOG_FILE_NAME: &str = "fanout.log";
 /// The longest queue name.
 pub const QUEUE_NAME_LEN_MAX: usize = 128;
 
@@ -94,7 +93,7 @@ struct Intent {
 /// Checks a queue name: 1 to 128 characters of `A-Z a-z 0-9 _ - .`, not starting with a dot,
 /// and not a name the spool uses for its own files.
 pub fn validate_queue_name(name: &str) -> Result<()> {
-    if name == FANOUT_LOG_FILE_NAME || name == crate::queue::LOCK_FILE_NAME {
+    if name == FANOUT_LOG_FILE_NAME || name == crate::format::layout::LOCK_FILE_NAME {
         return Err(Error::InvalidOptions(format!(
             "queue name {name:?} is reserved"
         )));
@@ -118,8 +117,8 @@ impl Spool {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
-        crate::queue::check_owner(&*storage, &dir)?;
-        let dir_lock = crate::queue::create_and_lock(&*storage, &dir)?;
+        crate::engine::queue::check_owner(&*storage, &dir)?;
+        let dir_lock = crate::engine::queue::create_and_lock(&*storage, &dir)?;
         let (fanout_log, intents) = FanoutLog::open(&*storage, &dir)?;
         let spool = Spool {
             dir,
@@ -206,7 +205,7 @@ impl Spool {
         // A copy that cannot be numbered must be refused before the intent is written, or
         // every later open would fail to roll it forward.
         for writer in &writers {
-            crate::queue::check_room(writer, payloads.len())?;
+            crate::engine::queue::check_room(writer, payloads.len())?;
         }
         let intent = Intent {
             id: log.next_id,
@@ -364,7 +363,7 @@ fn encode_header(kind: u8, id: u64, body: &[u8]) -> Vec<u8> {
     bytes.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
     bytes.extend_from_slice(&id.to_le_bytes());
     bytes.extend_from_slice(body);
-    let crc = crate::frame::crc32(&bytes[4..]);
+    let crc = crate::format::frame::crc32(&bytes[4..]);
     bytes[..4].copy_from_slice(&crc.to_le_bytes());
     bytes
 }
@@ -392,7 +391,7 @@ fn decode_entry(bytes: &[u8]) -> Option<(Entry, usize)> {
         return None;
     }
     let entry = bytes.get(..len)?;
-    if read_u32(entry, 0) != crate::frame::crc32(&entry[4..]) {
+    if read_u32(entry, 0) != crate::format::frame::crc32(&entry[4..]) {
         return None;
     }
     let id = read_u64(entry, 16);
@@ -478,7 +477,7 @@ mod tests {
         for len in [0u32, 8, 23] {
             let mut entry = encode_header(KIND_DONE, 7, &[]);
             entry[4..8].copy_from_slice(&len.to_le_bytes());
-            let crc = crate::frame::crc32(&entry[4..]);
+            let crc = crate::format::frame::crc32(&entry[4..]);
             entry[..4].copy_from_slice(&crc.to_le_bytes());
             assert!(decode_entry(&entry).is_none(), "length {len}");
         }

@@ -9,10 +9,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::engine::jobs::Delivery;
+use crate::engine::queue::Queue;
+use crate::engine::queue::Record;
 use crate::error::{Error, Result};
-use crate::jobs::Delivery;
 use crate::options::Options;
-use crate::queue::{Queue, Record};
 
 /// Turns values into payload bytes and back.
 pub trait Codec<T>: Send + Sync {

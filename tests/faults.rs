@@ -8,13 +8,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use diskspool::acklog::{self, AckEntry};
-use diskspool::frame;
-use diskspool::head::{
-    encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME, HEAD_SLOT_LEN,
-};
-use diskspool::segment::{encode_header, segment_file_name, SEGMENT_HEADER_LEN};
-use diskspool::sim::{Fault, FaultKind, SimOp};
+use diskspool::format::acklog::{self, AckEntry};
+use diskspool::format::frame;
+use diskspool::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
+use diskspool::format::layout::HEAD_FILE_NAME;
+use diskspool::format::segment::{encode_header, SEGMENT_HEADER_LEN};
+use diskspool::format::layout::segment_file_name;
+use diskspool::storage::sim::{Fault, FaultKind, SimOp};
 use diskspool::storage::{DirLock, LockFailure, Mapping, Storage, StorageFile};
 use diskspool::{Error, Options, Queue, SimStorage, SyncPolicy};
 
@@ -128,7 +128,7 @@ fn sync_records_the_synced_sequence_in_the_head() {
     sim.process_crash();
     drop(queue);
     let head = sim.read_file(&Path::new(DIR).join("head")).unwrap();
-    let read = diskspool::head::decode_head_file(&head);
+    let read = diskspool::format::head::decode_head_file(&head);
     let current = read.current.unwrap();
     assert_eq!(read.slots[current].clone().unwrap().state.synced_seq, 3);
 }
@@ -220,7 +220,7 @@ fn a_clean_close_records_how_far_the_records_are_synced() {
         assert_eq!(queue.push(b"last").unwrap(), pushed + 1);
         drop(queue);
         let head = sim.read_file(&Path::new(DIR).join("head")).unwrap();
-        let read = diskspool::head::decode_head_file(&head);
+        let read = diskspool::format::head::decode_head_file(&head);
         let synced_seq = read.slots[read.current.unwrap()]
             .clone()
             .unwrap()
@@ -259,7 +259,7 @@ fn close_returns_the_error_of_a_failed_final_sync() {
     queue.push(b"synced at close").unwrap();
     queue.close().unwrap();
     let head = sim.read_file(&Path::new(DIR).join("head")).unwrap();
-    let read = diskspool::head::decode_head_file(&head);
+    let read = diskspool::format::head::decode_head_file(&head);
     let synced_seq = read.slots[read.current.unwrap()]
         .clone()
         .unwrap()
@@ -370,11 +370,11 @@ fn full_disk_fails_the_push_loses_nothing_and_recovers_when_space_is_freed() {
 /// Every kind of call failing at every point of a short workload, once or for good, with EIO,
 /// ENOSPC or a short write: each call returns a typed error (an I/O error during the call, or
 /// `Poisoned` after one), and the reopened queue agrees with the durability contract. The
-/// simulation model (`diskspool::fuzzing::run_ops`) checks both.
+/// simulation model (`diskspool::testkit::run_ops`) checks both.
 #[test]
 fn every_fault_at_every_call_leaves_typed_errors_and_a_consistent_queue() {
-    use diskspool::fuzzing::{run_ops, Op, Policy};
-    use diskspool::sim::{Fault, FaultKind, SimOp};
+    use diskspool::storage::sim::{Fault, FaultKind, SimOp};
+    use diskspool::testkit::{run_ops, Op, Policy};
     let kinds = [
         SimOp::Write,
         SimOp::SyncData,
@@ -451,7 +451,7 @@ fn queue_with_ack_log(sim: &SimStorage, count: u64, entries: &[Option<AckEntry>]
             None => bytes.extend_from_slice(&[0; acklog::ACK_ENTRY_LEN]),
         }
     }
-    let path = Path::new(DIR).join(acklog::ACK_LOG_FILE_NAME);
+    let path = Path::new(DIR).join(diskspool::format::layout::ACK_LOG_FILE_NAME);
     sim.write_file(&path, &bytes).unwrap();
 }
 
@@ -477,7 +477,7 @@ fn ack_log_entries_persisted_out_of_order_are_skipped_not_refused() {
 fn an_ack_log_entry_with_a_valid_checksum_and_a_bad_field_is_refused() {
     let sim = SimStorage::new(1);
     queue_with_ack_log(&sim, 6, &[Some(AckEntry::Acked { start: 1, end: 2 })]);
-    let path = Path::new(DIR).join(acklog::ACK_LOG_FILE_NAME);
+    let path = Path::new(DIR).join(diskspool::format::layout::ACK_LOG_FILE_NAME);
     let mut bytes = sim.read_file(&path).unwrap();
     let offset = bytes.len();
     let mut entry = Vec::new();
@@ -508,7 +508,7 @@ fn zeros_after_the_ack_log_are_cut_silently_and_a_torn_entry_is_reported() {
     for torn in [false, true] {
         let sim = SimStorage::new(1);
         queue_with_ack_log(&sim, 6, &[Some(AckEntry::Acked { start: 0, end: 2 })]);
-        let path = Path::new(DIR).join(acklog::ACK_LOG_FILE_NAME);
+        let path = Path::new(DIR).join(diskspool::format::layout::ACK_LOG_FILE_NAME);
         let mut bytes = sim.read_file(&path).unwrap();
         if torn {
             let mut entry = Vec::new();
@@ -605,7 +605,7 @@ fn failed_sync_keeps_the_newest_head() {
 /// simulation model, which checks the head after every recovery.
 #[test]
 fn stale_head_slot_bytes_from_before_a_crash_never_come_back() {
-    use diskspool::fuzzing::{run_ops, Op, Policy};
+    use diskspool::testkit::{run_ops, Op, Policy};
     let never = Policy::Never;
     let ops = vec![
         Op::Push { len: 524 },

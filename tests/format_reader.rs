@@ -11,8 +11,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use diskspool::inspect;
 use diskspool::storage::OsStorage;
+use diskspool::tools::inspect;
 use diskspool::{Options, Queue, SyncPolicy};
 
 /// What a reader shows of a queue: its records (seq, enqueue time, payload), head and end.
@@ -407,7 +407,7 @@ fn a_head_at_a_segment_boundary_is_read_alike() {
     // The scenario is the boundary case of step 5: the hint names the end of the first
     // segment, while the head is at offset 32 of the second.
     let head = std::fs::read(dir.path().join("head")).unwrap();
-    let read = diskspool::head::decode_head_file(&head);
+    let read = diskspool::format::head::decode_head_file(&head);
     let state = read.slots[read.current.unwrap()].clone().unwrap().state;
     let first_len = std::fs::metadata(dir.path().join(&names[0])).unwrap().len();
     assert_eq!(

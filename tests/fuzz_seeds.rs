@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use diskspool::fuzzing;
+use diskspool::testkit;
 
 fn replay(target: &str, check: fn(&[u8])) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,25 +27,25 @@ fn replay(target: &str, check: fn(&[u8])) {
 
 #[test]
 fn segment_decode_seeds() {
-    replay("segment_decode", fuzzing::check_segment_decode);
+    replay("segment_decode", testkit::check_segment_decode);
 }
 
 #[test]
 fn head_decode_seeds() {
-    replay("head_decode", fuzzing::check_head_decode);
+    replay("head_decode", testkit::check_head_decode);
 }
 
 #[test]
 fn acklog_decode_seeds() {
-    replay("acklog_decode", fuzzing::check_acklog_decode);
+    replay("acklog_decode", testkit::check_acklog_decode);
 }
 
 #[test]
 fn open_dir_seeds() {
-    replay("open_dir", fuzzing::check_open_dir);
+    replay("open_dir", testkit::check_open_dir);
 }
 
 #[test]
 fn ops_model_seeds() {
-    replay("ops_model", fuzzing::check_ops_model);
+    replay("ops_model", testkit::check_ops_model);
 }

@@ -24,7 +24,9 @@ fn records_stay_readable_after_their_segment_is_compacted_away() {
     let first = queue.pop().unwrap().unwrap();
     let rest = queue.pop_batch(30).unwrap();
     queue.compact().unwrap();
-    let first_segment = dir.path().join(diskspool::segment::segment_file_name(0));
+    let first_segment = dir
+        .path()
+        .join(diskspool::format::layout::segment_file_name(0));
     assert!(
         !first_segment.exists(),
         "the first segment was not compacted away"

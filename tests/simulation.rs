@@ -4,14 +4,14 @@
 //! filesystem, set up as the seed says (segment pool, writable mappings, large records). A
 //! failure prints the seed and the shortest operation list found that still fails.
 //! `DISKSPOOL_SIM_DEFECTS=0,4,7` also injects the damage gated behind open questions of issue 10
-//! (`diskspool::fuzzing::damage_gates`).
+//! (`diskspool::testkit::damage_gates`).
 //!
 //! - `cargo test --test simulation` runs 200 seeds.
 //! - `DISKSPOOL_SIM_SEEDS=100000 cargo test --release --test simulation -- --ignored` runs many
 //!   (`DISKSPOOL_SIM_START` picks the first seed).
 //! - `DISKSPOOL_SIM_SEED=1234 cargo test --test simulation one_seed -- --ignored` replays one.
 
-use diskspool::fuzzing::{
+use diskspool::testkit::{
     config_from_seed, ops_from_seed_for, run_ops_with, Op, RunSummary, SimConfig,
 };
 

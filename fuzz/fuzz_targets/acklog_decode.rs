@@ -1,6 +1,6 @@
-//! Fuzz target `acklog_decode`: see `diskspool::fuzzing::check_acklog_decode`.
+//! Fuzz target `acklog_decode`: see `diskspool::testkit::check_acklog_decode`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    diskspool::fuzzing::check_acklog_decode(data);
+    diskspool::testkit::check_acklog_decode(data);
 });

@@ -1,6 +1,6 @@
-//! Fuzz target `head_decode`: see `diskspool::fuzzing::check_head_decode`.
+//! Fuzz target `head_decode`: see `diskspool::testkit::check_head_decode`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    diskspool::fuzzing::check_head_decode(data);
+    diskspool::testkit::check_head_decode(data);
 });

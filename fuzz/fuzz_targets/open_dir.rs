@@ -1,6 +1,6 @@
-//! Fuzz target `open_dir`: see `diskspool::fuzzing::check_open_dir`.
+//! Fuzz target `open_dir`: see `diskspool::testkit::check_open_dir`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    diskspool::fuzzing::check_open_dir(data);
+    diskspool::testkit::check_open_dir(data);
 });

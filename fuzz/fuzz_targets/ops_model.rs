@@ -1,6 +1,6 @@
-//! Fuzz target `ops_model`: see `diskspool::fuzzing::check_ops_model`.
+//! Fuzz target `ops_model`: see `diskspool::testkit::check_ops_model`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    diskspool::fuzzing::check_ops_model(data);
+    diskspool::testkit::check_ops_model(data);
 });

@@ -41,7 +41,7 @@ fn stat_json_has_the_documented_fields_and_values() {
         .sum();
     assert_eq!(stat["disk_bytes"], disk);
     let live: u64 = (10..40)
-        .map(|seq| diskspool::frame::frame_len(payload_for(seq).len()) as u64)
+        .map(|seq| diskspool::format::frame::frame_len(payload_for(seq).len()) as u64)
         .sum();
     assert_eq!(stat["live_bytes"], live);
     assert!(stat["oldest_age_ms"].as_u64().unwrap() < 60_000);

@@ -8,10 +8,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use diskspool::inspect::{self, Snapshot};
-use diskspool::segment::parse_segment_file_name;
+use diskspool::format::layout::parse_segment_file_name;
 use diskspool::storage::{DirLock, LockFailure, Mapping, OsStorage, Storage, StorageFile};
-use diskspool::verify::{self, ProblemKind};
+use diskspool::tools::inspect::{self, Snapshot};
+use diskspool::tools::verify::{self, ProblemKind};
 use diskspool::{Queue, SyncPolicy};
 
 use crate::util::*;

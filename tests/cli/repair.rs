@@ -439,9 +439,10 @@ fn a_damaged_ack_log_entry_is_dropped_and_every_valid_one_kept() {
     }
     let acks = dir.join("acks");
     let bytes = std::fs::read(&acks).unwrap();
-    let scan = diskspool::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
-    let damaged = (diskspool::acklog::ACK_LOG_HEADER_LEN
-        + diskspool::acklog::ACK_ENTRY_LEN * (scan.entries as usize - 5)) as u64;
+    let scan = diskspool::format::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
+    let damaged = (diskspool::format::acklog::ACK_LOG_HEADER_LEN
+        + diskspool::format::acklog::ACK_ENTRY_LEN * (scan.entries as usize - 5))
+        as u64;
     flip_byte(&acks, damaged + 9);
     let always = options().sync(diskspool::SyncPolicy::Always);
     assert!(diskspool::Queue::open(&dir, always).is_err());
@@ -469,7 +470,7 @@ fn a_damaged_ack_log_entry_is_dropped_and_every_valid_one_kept() {
 
 #[test]
 fn a_head_beyond_the_largest_sequence_number_is_set_to_the_oldest_record_left() {
-    use diskspool::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
+    use diskspool::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
     let (_temp, dir) = queue_with(10, 3);
     let mut head = vec![0; HEAD_FILE_LEN as usize];
     let slot = encode_slot(&HeadSlot {

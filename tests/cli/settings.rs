@@ -117,7 +117,7 @@ fn a_damaged_settings_file_is_reported_and_repaired_from_the_segments() {
         std::fs::read(dir.join("quarantine/settings")).unwrap(),
         bytes
     );
-    let stored = diskspool::settings::read_settings(&diskspool::storage::OsStorage, &dir)
+    let stored = diskspool::storage::queue_dir::read_settings(&diskspool::storage::OsStorage, &dir)
         .unwrap()
         .unwrap();
     assert_eq!(stored.segment_size, crate::util::SEGMENT_BYTES);

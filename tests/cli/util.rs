@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use diskspool::segment::{walk_frames, WalkStep, SEGMENT_HEADER_LEN};
+use diskspool::format::segment::{walk_frames, WalkStep, SEGMENT_HEADER_LEN};
 use diskspool::{Options, Queue, SyncPolicy};
 
 /// Segment size of the fixtures: small, so a few dozen records span several segments.
@@ -90,7 +90,7 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
 /// The frames of a segment file as `(offset, seq)`.
 pub fn frames(path: &Path) -> Vec<(u64, u64)> {
     let bytes = std::fs::read(path).unwrap();
-    let base = diskspool::segment::decode_header(&bytes).unwrap();
+    let base = diskspool::format::segment::decode_header(&bytes).unwrap();
     walk_frames(&bytes, SEGMENT_HEADER_LEN, base, u32::MAX >> 1)
         .filter_map(|step| match step {
             WalkStep::Frame { offset, frame } => Some((offset, frame.header.seq)),

@@ -169,9 +169,11 @@ fn a_zeroed_head_slot_is_told_apart_from_one_never_written() {
     let (_temp, dir) = queue_with(10, 3);
     let head = dir.join("head");
     let mut bytes = std::fs::read(&head).unwrap();
-    let newest = diskspool::head::decode_head_file(&bytes).current.unwrap();
-    let offset = diskspool::head::HEAD_SLOT_OFFSETS[1 - newest] as usize;
-    bytes[offset..offset + diskspool::head::HEAD_SLOT_LEN].fill(0);
+    let newest = diskspool::format::head::decode_head_file(&bytes)
+        .current
+        .unwrap();
+    let offset = diskspool::format::head::HEAD_SLOT_OFFSETS[1 - newest] as usize;
+    bytes[offset..offset + diskspool::format::head::HEAD_SLOT_LEN].fill(0);
     std::fs::write(&head, bytes).unwrap();
     let (report, code) = verify_json(&dir);
     assert_eq!(code, 1);
@@ -338,9 +340,10 @@ fn a_damaged_ack_log_entry_is_reported_and_read_commands_stop_with_exit_5() {
     assert_eq!(verify_json(&dir).1, 0, "clean before the damage");
     let acks = dir.join("acks");
     let bytes = std::fs::read(&acks).unwrap();
-    let scan = diskspool::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
-    let damaged = (diskspool::acklog::ACK_LOG_HEADER_LEN
-        + diskspool::acklog::ACK_ENTRY_LEN * (scan.entries as usize / 2)) as u64;
+    let scan = diskspool::format::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
+    let damaged = (diskspool::format::acklog::ACK_LOG_HEADER_LEN
+        + diskspool::format::acklog::ACK_ENTRY_LEN * (scan.entries as usize / 2))
+        as u64;
     flip_byte(&acks, damaged + 12);
     let (report, code) = verify_json(&dir);
     assert_eq!(code, 1);
@@ -366,7 +369,7 @@ fn a_damaged_ack_log_entry_is_reported_and_read_commands_stop_with_exit_5() {
 /// where they used to say 0 records and clean.
 #[test]
 fn a_head_beyond_the_largest_sequence_number_is_reported_and_refused() {
-    use diskspool::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
+    use diskspool::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("q");
     std::fs::create_dir(&dir).unwrap();

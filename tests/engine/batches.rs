@@ -42,7 +42,7 @@ fn a_batch_cut_anywhere_by_a_crash_is_all_or_nothing() {
     let offsets = crate::util::frame_offsets(&segment);
     let batch_start = offsets[1].0 as usize;
     let last_payload_end =
-        offsets[5].0 as usize + diskspool::frame::FRAME_HEADER_LEN + payload_for(5).len();
+        offsets[5].0 as usize + diskspool::format::frame::FRAME_HEADER_LEN + payload_for(5).len();
     for cut in batch_start..full.len() {
         let copy = copy_queue(dir.path());
         let name = segment.file_name().unwrap();

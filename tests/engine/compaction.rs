@@ -98,13 +98,15 @@ fn compaction_leaves_a_foreign_file_with_a_segment_name_for_repair() {
         }
     }
     let segments = segment_files(dir.path());
-    let first_base = diskspool::segment::parse_segment_file_name(
+    let first_base = diskspool::format::layout::parse_segment_file_name(
         segments[0].file_name().unwrap().to_str().unwrap(),
     )
     .unwrap();
     let foreign = dir
         .path()
-        .join(diskspool::segment::segment_file_name(first_base + 1));
+        .join(diskspool::format::layout::segment_file_name(
+            first_base + 1,
+        ));
     std::fs::write(&foreign, b"not a segment").unwrap();
     let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Never)).unwrap();
     assert!(!segments[0].exists(), "a consumed segment is deleted");

@@ -1,6 +1,8 @@
 //! Damage in a sealed segment or the head index is reported, never skipped or served.
 
-use diskspool::head::{HEAD_FILE_NAME, HEAD_SLOT_OFFSETS};
+use diskspool::format::head::HEAD_SLOT_OFFSETS;
+
+use diskspool::format::layout::HEAD_FILE_NAME;
 use diskspool::{Error, Options, Queue, SyncPolicy};
 
 use crate::util::{frame_offsets, payload_for, push_expected, segment_files, small_segments};
@@ -162,7 +164,9 @@ fn queue_with_three_popped() -> tempfile::TempDir {
 
 fn newest_slot(dir: &std::path::Path) -> usize {
     let bytes = std::fs::read(dir.join(HEAD_FILE_NAME)).unwrap();
-    diskspool::head::decode_head_file(&bytes).current.unwrap()
+    diskspool::format::head::decode_head_file(&bytes)
+        .current
+        .unwrap()
 }
 
 #[test]
@@ -251,8 +255,8 @@ fn free_space_after_a_sealed_segments_records_is_its_end_for_every_reader() {
         );
         std::fs::write(&sealed, &bytes).unwrap();
 
-        let report = diskspool::verify::verify(&OsStorage, dir.path()).unwrap();
-        let dumped: Vec<u64> = diskspool::inspect::records(&OsStorage, dir.path(), None)
+        let report = diskspool::tools::verify::verify(&OsStorage, dir.path()).unwrap();
+        let dumped: Vec<u64> = diskspool::tools::inspect::records(&OsStorage, dir.path(), None)
             .unwrap()
             .map_while(|record| record.ok().map(|record| record.seq))
             .collect();
@@ -305,7 +309,7 @@ fn pop_and_dump_serve_the_same_records_before_damage_inside_a_sealed_batch() {
 
     let mut dumped = Vec::new();
     let mut dump_error = None;
-    for record in diskspool::inspect::records(&OsStorage, dir.path(), None).unwrap() {
+    for record in diskspool::tools::inspect::records(&OsStorage, dir.path(), None).unwrap() {
         match record {
             Ok(record) => dumped.push(record.seq),
             Err(error) => {
@@ -348,11 +352,12 @@ fn a_sealed_segment_cut_inside_its_padding_is_read_alike_by_pop_and_dump() {
     let sealed = segment_files(dir.path())[0].clone();
     let bytes = std::fs::read(&sealed).unwrap();
     let (last_offset, last_seq) = *frame_offsets(&sealed).last().unwrap();
-    let unpadded =
-        last_offset as usize + diskspool::frame::FRAME_HEADER_LEN + payload_for(last_seq).len();
+    let unpadded = last_offset as usize
+        + diskspool::format::frame::FRAME_HEADER_LEN
+        + payload_for(last_seq).len();
     assert!(unpadded < bytes.len(), "pick a record with padding");
     std::fs::write(&sealed, &bytes[..unpadded]).unwrap();
-    let dumped: Vec<u64> = diskspool::inspect::records(&OsStorage, dir.path(), None)
+    let dumped: Vec<u64> = diskspool::tools::inspect::records(&OsStorage, dir.path(), None)
         .unwrap()
         .map(|record| record.unwrap().seq)
         .collect();

@@ -135,20 +135,21 @@ fn an_interrupted_fanout_is_completed_when_the_spool_is_reopened() {
 /// written: otherwise every later open of the spool would fail to roll the copy forward.
 #[test]
 fn a_fanout_to_a_queue_without_sequence_numbers_left_is_refused_whole() {
-    use diskspool::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME};
+    use diskspool::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
+    use diskspool::format::layout::HEAD_FILE_NAME;
     let dir = tempfile::tempdir().unwrap();
     let options = || Options::default().sync(SyncPolicy::Never);
     drop(Spool::open(dir.path(), options()).unwrap());
     let full = dir.path().join("a");
     std::fs::create_dir(&full).unwrap();
-    let last = diskspool::frame::SEQ_LIMIT;
+    let last = diskspool::format::frame::SEQ_LIMIT;
     let mut head = vec![0; HEAD_FILE_LEN as usize];
     let slot = encode_slot(&HeadSlot {
         generation: 1,
         state: HeadState {
             head_seq: last,
             hint_base: last,
-            hint_offset: diskspool::segment::SEGMENT_HEADER_LEN as u64,
+            hint_offset: diskspool::format::segment::SEGMENT_HEADER_LEN as u64,
             synced_seq: 0,
         },
     });

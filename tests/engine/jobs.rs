@@ -393,12 +393,14 @@ fn acks_with_a_damaged_entry(
         }
         drop(first);
     }
-    let acks = dir.path().join(diskspool::acklog::ACK_LOG_FILE_NAME);
+    let acks = dir
+        .path()
+        .join(diskspool::format::layout::ACK_LOG_FILE_NAME);
     let mut bytes = std::fs::read(&acks).unwrap();
-    let scan = diskspool::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
+    let scan = diskspool::format::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
     assert!(scan.entries > 100, "{scan:?}");
-    let damaged = diskspool::acklog::ACK_LOG_HEADER_LEN
-        + diskspool::acklog::ACK_ENTRY_LEN * (scan.entries as usize / 2 + 10);
+    let damaged = diskspool::format::acklog::ACK_LOG_HEADER_LEN
+        + diskspool::format::acklog::ACK_ENTRY_LEN * (scan.entries as usize / 2 + 10);
     bytes[damaged + 10] ^= 0x01; // inside the sequence number
     std::fs::write(&acks, &bytes).unwrap();
     (dir, acks, bytes, damaged)
@@ -459,7 +461,8 @@ fn under_the_weaker_policies_a_torn_ack_log_entry_before_valid_ones_is_skipped_a
         assert!(delivered.contains(&0), "{policy:?}: {delivered:?}");
         assert!(delivered.len() <= 2, "{policy:?}: {delivered:?}");
         drop(queue);
-        let report = diskspool::verify::verify(&diskspool::storage::OsStorage, dir.path()).unwrap();
+        let report =
+            diskspool::tools::verify::verify(&diskspool::storage::OsStorage, dir.path()).unwrap();
         assert!(report.is_clean(), "{policy:?}: {report:?}");
     }
 }

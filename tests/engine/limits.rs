@@ -54,11 +54,14 @@ fn inconsistent_options_are_refused() {
 mod sequence_limit {
     use std::path::Path;
 
-    use diskspool::frame::{self, SEQ_LIMIT};
-    use diskspool::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME};
-    use diskspool::segment::{encode_header, segment_file_name, SEGMENT_HEADER_LEN};
+    use diskspool::format::frame::{self, SEQ_LIMIT};
+    use diskspool::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
+    use diskspool::format::layout::HEAD_FILE_NAME;
+    use diskspool::format::segment::{encode_header, SEGMENT_HEADER_LEN};
+    use diskspool::format::layout::segment_file_name;
     use diskspool::storage::OsStorage;
-    use diskspool::{inspect, verify, Error, Options, Queue, SyncPolicy};
+    use diskspool::tools::{inspect, verify};
+    use diskspool::{Error, Options, Queue, SyncPolicy};
 
     fn options() -> Options {
         Options::default()

@@ -2,8 +2,8 @@
 //! numbers never handed out again: a lost newest segment is refused at open, and after a
 //! repair new records continue after every number ever used.
 
-use diskspool::repair::{self, Mode};
 use diskspool::storage::OsStorage;
+use diskspool::tools::repair::{self, Mode};
 use diskspool::{Error, Options, Queue, SyncPolicy};
 
 use crate::util::{payload_for, push_expected, segment_files};
@@ -54,7 +54,7 @@ fn a_lost_newest_segment_is_refused_at_open_naming_the_missing_records() {
         ),
     }
     assert_eq!(segment_files(dir.path()), before, "open changed the files");
-    let report = diskspool::verify::verify(&OsStorage, dir.path()).unwrap();
+    let report = diskspool::tools::verify::verify(&OsStorage, dir.path()).unwrap();
     assert!(!report.is_clean(), "verify says clean: {report:?}");
 }
 

@@ -74,14 +74,14 @@ fn stats_describe_the_queue() {
     let stats = queue.stats().unwrap();
     assert_eq!((stats.len, stats.head_seq, stats.next_seq), (99, 1, 100));
     let live: u64 = (1..100)
-        .map(|seq| diskspool::frame::frame_len(payload_for(seq).len()) as u64)
+        .map(|seq| diskspool::format::frame::frame_len(payload_for(seq).len()) as u64)
         .sum();
     assert_eq!(stats.live_bytes, live);
     assert!(stats.segments > 1);
     let on_disk: u64 = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|entry| entry.unwrap())
-        .filter(|entry| entry.file_name() != diskspool::LOCK_FILE_NAME)
+        .filter(|entry| entry.file_name() != diskspool::format::layout::LOCK_FILE_NAME)
         .map(|entry| entry.metadata().unwrap().len())
         .sum();
     assert_eq!(stats.disk_bytes, on_disk);

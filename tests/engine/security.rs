@@ -11,7 +11,7 @@ fn a_symlinked_fanout_log_is_refused_and_its_target_untouched() {
     drop(Spool::open(&spool_dir, Options::default()).unwrap());
     let precious = temp.path().join("precious");
     std::fs::write(&precious, "precious").unwrap();
-    let log = spool_dir.join(diskspool::FANOUT_LOG_FILE_NAME);
+    let log = spool_dir.join(diskspool::format::layout::FANOUT_LOG_FILE_NAME);
     std::fs::remove_file(&log).unwrap();
     std::os::unix::fs::symlink(&precious, &log).unwrap();
     let error = Spool::open(&spool_dir, Options::default()).unwrap_err();

@@ -109,9 +109,11 @@ fn stale_frames_right_after_the_header_are_free_space() {
     let bytes = std::fs::read(&old).unwrap();
     assert!(!crate::util::frame_offsets(&old).is_empty());
     let base = 100;
-    let mut reused = diskspool::segment::encode_header(base).to_vec();
+    let mut reused = diskspool::format::segment::encode_header(base).to_vec();
     reused.extend_from_slice(&bytes[reused.len()..]);
-    let active = dir.path().join(diskspool::segment::segment_file_name(base));
+    let active = dir
+        .path()
+        .join(diskspool::format::layout::segment_file_name(base));
     std::fs::write(&active, &reused).unwrap();
     let queue = Queue::open(dir.path(), options()).unwrap();
     assert!(queue.recovery_report().truncated.is_empty());
@@ -311,10 +313,14 @@ fn pool_files_are_neither_strays_nor_quarantined() {
     let pooled_before = pool_files(dir.path());
     assert!(pooled_before > 0);
     let storage = diskspool::storage::OsStorage;
-    let report = diskspool::verify::verify(&storage, dir.path()).unwrap();
+    let report = diskspool::tools::verify::verify(&storage, dir.path()).unwrap();
     assert!(report.is_clean(), "{report:?}");
-    let repaired =
-        diskspool::repair::repair(&storage, dir.path(), diskspool::repair::Mode::Repair).unwrap();
+    let repaired = diskspool::tools::repair::repair(
+        &storage,
+        dir.path(),
+        diskspool::tools::repair::Mode::Repair,
+    )
+    .unwrap();
     assert!(repaired.nothing_to_do(), "{repaired:?}");
     assert_eq!(pool_files(dir.path()), pooled_before);
 }

@@ -1,7 +1,8 @@
 //! The settings file: a queue remembers how it was created; a directory without a queue is
 //! opened only when the caller allows creating one.
 
-use diskspool::settings::{read_settings, SETTINGS_FILE_NAME};
+use diskspool::format::layout::SETTINGS_FILE_NAME;
+use diskspool::storage::queue_dir::read_settings;
 use diskspool::storage::OsStorage;
 use diskspool::{Error, Options, Queue, SyncPolicy};
 

@@ -1,6 +1,6 @@
 //! A torn or zeroed tail of the active segment recovers to the last whole record.
 
-use diskspool::frame::FRAME_HEADER_LEN;
+use diskspool::format::frame::FRAME_HEADER_LEN;
 use diskspool::{Queue, SyncPolicy};
 
 use crate::util::{

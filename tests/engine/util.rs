@@ -58,16 +58,18 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
 /// Byte offsets of the frames in a segment file, with their sequence numbers.
 pub fn frame_offsets(path: &Path) -> Vec<(u64, u64)> {
     let bytes = std::fs::read(path).unwrap();
-    let base = diskspool::segment::decode_header(&bytes).unwrap();
-    diskspool::segment::walk_frames(
+    let base = diskspool::format::segment::decode_header(&bytes).unwrap();
+    diskspool::format::segment::walk_frames(
         &bytes,
-        diskspool::segment::SEGMENT_HEADER_LEN,
+        diskspool::format::segment::SEGMENT_HEADER_LEN,
         base,
         u32::MAX >> 1,
     )
     .filter_map(|step| match step {
-        diskspool::segment::WalkStep::Frame { offset, frame } => Some((offset, frame.header.seq)),
-        diskspool::segment::WalkStep::Bad { .. } => None,
+        diskspool::format::segment::WalkStep::Frame { offset, frame } => {
+            Some((offset, frame.header.seq))
+        }
+        diskspool::format::segment::WalkStep::Bad { .. } => None,
     })
     .collect()
 }
@@ -77,7 +79,7 @@ pub fn copy_queue(from: &Path) -> tempfile::TempDir {
     let to = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        if entry.file_name() != diskspool::LOCK_FILE_NAME {
+        if entry.file_name() != diskspool::format::layout::LOCK_FILE_NAME {
             std::fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
         }
     }
@@ -139,5 +141,5 @@ pub fn data_end(segment: &Path) -> u64 {
     let (last_offset, last_seq) = *frame_offsets(segment)
         .last()
         .expect("the segment holds a record");
-    last_offset + diskspool::frame::frame_len(payload_for(last_seq).len()) as u64
+    last_offset + diskspool::format::frame::frame_len(payload_for(last_seq).len()) as u64
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use diskspool::frame;
+use diskspool::format::frame;
 use diskspool::storage::{Mapping, StorageFile};
 use diskspool::{Options, Queue, SyncPolicy};
 

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use clap::Args;
-use diskspool::inspect::{self, FrameInfo, Snapshot};
-use diskspool::repair::{self, Mode, RepairReport};
-use diskspool::segment::parse_segment_file_name;
+use diskspool::format::layout::parse_segment_file_name;
 use diskspool::storage::OsStorage;
-use diskspool::verify::{self, VerifyReport};
+use diskspool::tools::inspect::{self, FrameInfo, Snapshot};
+use diskspool::tools::repair::{self, Mode, RepairReport};
+use diskspool::tools::verify::{self, VerifyReport};
 use diskspool::SyncPolicy;
 use serde::Serialize;
 

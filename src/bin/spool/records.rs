@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use diskspool::frame::frame_len;
-use diskspool::inspect::{self, StoredRecord};
+use diskspool::format::frame::frame_len;
 use diskspool::storage::OsStorage;
+use diskspool::tools::inspect::{self, StoredRecord};
 use diskspool::{Queue, Record, SyncPolicy};
 
 use crate::{open_queue, print, require_dir, Failure, EXIT_OK, EXIT_WAIT_EXPIRED};

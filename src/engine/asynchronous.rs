@@ -10,10 +10,10 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::engine::jobs::Delivery;
+use crate::engine::queue::{now_micros, Queue, Shared};
+use crate::engine::sync::lock;
 use crate::error::Result;
-use crate::jobs::Delivery;
-use crate::queue::{now_micros, Queue, Shared};
-use crate::sync::lock;
 
 /// The future returned by [`Queue::recv_async`].
 #[must_use = "futures do nothing unless polled"]

@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::acklog;
-use crate::frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN};
-use crate::head::{decode_head_file, decode_slot, encode_slot, HEAD_FILE_NAME};
-use crate::segment::{self, segment_file_name, walk_frames, WalkStep, SEGMENT_HEADER_LEN};
-use crate::sim::{Fault, FaultKind, SimOp, SimRng, SimStats, SimStorage};
+use crate::format::acklog;
+use crate::format::frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN};
+use crate::format::head::{decode_head_file, decode_slot, encode_slot};
+use crate::format::layout::HEAD_FILE_NAME;
+use crate::format::segment::{self, walk_frames, WalkStep, SEGMENT_HEADER_LEN};
+use crate::format::layout::segment_file_name;
+use crate::storage::sim::{Fault, FaultKind, SimOp, SimRng, SimStats, SimStorage};
 use crate::{Error, Options, Queue, SyncPolicy};
 
 /// The payload limit the decoding checks use: large enough for any frame in a fuzz input.
@@ -223,9 +225,9 @@ pub fn files_from_bytes(data: &[u8]) -> Vec<(String, Vec<u8>)> {
         let name = match selector % 8 {
             0 => HEAD_FILE_NAME.to_string(),
             1 => format!("{HEAD_FILE_NAME}.tmp"),
-            2 => acklog::ACK_LOG_FILE_NAME.to_string(),
+            2 => crate::format::layout::ACK_LOG_FILE_NAME.to_string(),
             3 => String::from("stray.txt"),
-            4 => crate::settings::SETTINGS_FILE_NAME.to_string(),
+            4 => crate::format::layout::SETTINGS_FILE_NAME.to_string(),
             _ => segment_file_name(u64::from(selector / 8)),
         };
         files.push((name, content.to_vec()));
@@ -759,7 +761,7 @@ impl Model {
         if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
             eprintln!("   recovered head {head} tail {tail}: {report:?}");
         }
-        let exact = |cut: &crate::recovery::Truncation| {
+        let exact = |cut: &crate::engine::recovery::Truncation| {
             cut.first_lost_seq == tail
                 || (report.restarted_at_seq == Some(tail) && cut.first_lost_seq <= tail)
         };
@@ -1190,10 +1192,10 @@ impl Run {
             let is_newest = Some(name) == newest;
             let wanted = if name.ends_with(".seg") {
                 true
-            } else if name == acklog::ACK_LOG_FILE_NAME {
+            } else if name == crate::format::layout::ACK_LOG_FILE_NAME {
                 on(DAMAGE_ACK_LOG, 7)
             } else {
-                name == HEAD_FILE_NAME || name.ends_with(crate::pool::POOL_SUFFIX)
+                name == HEAD_FILE_NAME || name.ends_with(crate::format::layout::POOL_SUFFIX)
             };
             if wanted {
                 targets.push((name, is_newest));
@@ -1207,7 +1209,7 @@ impl Run {
             return Ok(String::from("nothing to damage"));
         };
         let is_head = name == HEAD_FILE_NAME;
-        let is_pool = name.ends_with(crate::pool::POOL_SUFFIX);
+        let is_pool = name.ends_with(crate::format::layout::POOL_SUFFIX);
         // The head knows every durable record is synced: losing the newest segment must be
         // refused (or lose nothing).
         let head_knows = self.model.promised >= self.model.tail_durable;

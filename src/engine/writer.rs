@@ -19,8 +19,9 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::frame;
-use crate::segment::{Segment, PREPARED_SPACE_ALIGN, SEGMENT_HEADER_LEN};
+use crate::format::frame;
+use crate::format::segment::{PREPARED_SPACE_ALIGN, SEGMENT_HEADER_LEN};
+use crate::engine::segment::Segment;
 use crate::storage::{StorageFile, WritableMapping};
 
 /// How far ahead of the tail zeros are written and mapped, in bytes.
@@ -296,7 +297,11 @@ impl Writer {
         if !self.sync_always && end - self.writeback_from >= WRITEBACK_BYTES {
             // Whole pages only: the page the tail is in is still being written.
             let until = end - end % PAGE_BYTES;
-            crate::writeback::start(&self.file, self.writeback_from, until - self.writeback_from);
+            crate::engine::writeback::start(
+                &self.file,
+                self.writeback_from,
+                until - self.writeback_from,
+            );
             self.writeback_from = until;
         }
     }

@@ -7,7 +7,7 @@
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use diskspool::{storage::OsStorage, verify, Options, Queue};
+//! use diskspool::{storage::OsStorage, tools::verify, Options, Queue};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let queue = Queue::open(dir.path(), Options::default())?;
@@ -22,12 +22,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::acklog::is_retired_gap;
 use crate::error::Result;
-use crate::head::{SlotError, HEAD_FILE_NAME, HEAD_SLOT_OFFSETS};
-use crate::inspect::{HeaderStatus, ScanProgress, SegmentEnd, SegmentScan, Snapshot};
-use crate::segment::HeaderError;
+use crate::format::acklog::is_retired_gap;
+use crate::format::head::{SlotError, HEAD_SLOT_OFFSETS};
+use crate::format::layout::HEAD_FILE_NAME;
+use crate::format::segment::HeaderError;
 use crate::storage::Storage;
+use crate::tools::inspect::{HeaderStatus, ScanProgress, SegmentEnd, SegmentScan, Snapshot};
 
 /// How many times verify reads the directory again before it believes a problem.
 const VERIFY_ATTEMPTS_MAX: u32 = 4;
@@ -196,7 +197,9 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
     if let Some(Err(error)) = &snapshot.settings {
         report.problems.push(Problem {
             kind: ProblemKind::SettingsDamaged,
-            file: snapshot.dir.join(crate::settings::SETTINGS_FILE_NAME),
+            file: snapshot
+                .dir
+                .join(crate::format::layout::SETTINGS_FILE_NAME),
             offset: 0,
             detail: error.to_string(),
         });
@@ -244,7 +247,7 @@ fn check_synced_end(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
 /// The ack log: its header, and every entry (see `acklog::scan_ack_log`).
 fn check_ack_log(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
     let acks = &snapshot.acks;
-    let file = snapshot.dir.join(crate::acklog::ACK_LOG_FILE_NAME);
+    let file = snapshot.dir.join(crate::format::layout::ACK_LOG_FILE_NAME);
     if let Some(error) = &acks.header_error {
         problems.push(Problem {
             kind: ProblemKind::AckLogDamaged,
@@ -331,7 +334,7 @@ fn check_head(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
     }
 }
 
-fn slot_text(slot: &std::result::Result<crate::head::HeadSlot, SlotError>) -> String {
+fn slot_text(slot: &std::result::Result<crate::format::head::HeadSlot, SlotError>) -> String {
     match slot {
         Ok(_) => String::from("valid"),
         Err(error) => error.to_string(),
@@ -414,7 +417,7 @@ fn vanished_bases(snapshot: &Snapshot) -> impl Iterator<Item = u64> + '_ {
     snapshot
         .vanished
         .iter()
-        .filter_map(|name| crate::segment::parse_segment_file_name(name))
+        .filter_map(|name| crate::format::layout::parse_segment_file_name(name))
 }
 
 fn sequence_break(expected: u64, found: u64) -> String {
@@ -438,7 +441,7 @@ fn header_problem(path: &std::path::Path, scan: &SegmentScan) -> Option<Problem>
             ProblemKind::UnsupportedVersion,
             format!(
                 "segment written by format version {version}; this build reads version {}",
-                crate::segment::FORMAT_VERSION
+                crate::format::segment::FORMAT_VERSION
             ),
         ),
         HeaderStatus::Bad(error) => (ProblemKind::BadSegmentHeader, error.to_string()),

@@ -37,7 +37,7 @@
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use diskspool::{repair, storage::OsStorage, Options, Queue};
+//! use diskspool::{storage::OsStorage, tools::repair, Options, Queue};
 //!
 //! let dir = tempfile::tempdir()?;
 //! drop(Queue::open(dir.path(), Options::default())?);
@@ -48,7 +48,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`verify`]: crate::verify::verify
+//! [`verify`]: crate::tools::verify::verify
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -56,21 +56,20 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::format::layout::LOCK_FILE_NAME;
 use crate::error::{Error, Result};
-use crate::frame;
-use crate::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_FILE_NAME, HEAD_SLOT_LEN};
-use crate::inspect::{
-    read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
-    QUARANTINE_DIR_NAME,
-};
+use crate::format::frame;
+use crate::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
+use crate::format::layout::HEAD_FILE_NAME;
+use crate::format::segment::{encode_header, SEGMENT_HEADER_LEN};
+use crate::format::layout::{parse_segment_file_name, segment_file_name};
+use crate::format::settings::QueueSettings;
+use crate::format::layout::SETTINGS_FILE_NAME;
 use crate::options::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
-use crate::queue::LOCK_FILE_NAME;
-use crate::segment::{
-    encode_header, parse_segment_file_name, segment_file_name, SEGMENT_HEADER_LEN,
-};
-use crate::settings::{QueueSettings, SETTINGS_FILE_NAME};
 use crate::storage::{self, LockFailure, Storage};
-use crate::verify::{self, VerifyReport};
+use crate::tools::inspect::{read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot};
+use crate::format::layout::QUARANTINE_DIR_NAME;
+use crate::tools::verify::{self, VerifyReport};
 
 /// Whether [`repair`] changes anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,12 +220,12 @@ impl RepairReport {
 pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairReport> {
     // Listing first: locking would create a lock file in a directory that is not a queue, and
     // repairing one would move every file in it (a home directory, say) into quarantine.
-    if !crate::settings::is_queue(storage, dir)? {
+    if !crate::storage::queue_dir::is_queue(storage, dir)? {
         return Err(Error::NotAQueue {
             dir: dir.to_path_buf(),
         });
     }
-    crate::queue::check_owner(storage, dir)?;
+    crate::engine::queue::check_owner(storage, dir)?;
     let _lock = storage.lock_dir(dir).map_err(|failure| match failure {
         LockFailure::Held { pid } => Error::Locked {
             dir: dir.to_path_buf(),
@@ -621,12 +620,15 @@ impl<'a> Planner<'a> {
                  whose sequence numbers new records will carry"
             ));
         }
-        let saved_as = self.quarantine_path(crate::acklog::ACK_LOG_FILE_NAME);
+        let saved_as = self.quarantine_path(crate::format::layout::ACK_LOG_FILE_NAME);
         self.actions.push(RepairAction {
             kind: ActionKind::RewriteAckLog,
-            file: self.snapshot.dir.join(crate::acklog::ACK_LOG_FILE_NAME),
+            file: self
+                .snapshot
+                .dir
+                .join(crate::format::layout::ACK_LOG_FILE_NAME),
             // The first sequence number to forget; the limit forgets nothing.
-            offset: first_cut.unwrap_or(crate::frame::SEQ_LIMIT),
+            offset: first_cut.unwrap_or(crate::format::frame::SEQ_LIMIT),
             bytes: len,
             saved_as: Some(saved_as),
             seqs: None,
@@ -739,7 +741,7 @@ impl<'a> Planner<'a> {
     fn plan_strays(&mut self) {
         // An unreadable segment cannot be served; the records it held were cut as missing.
         for (name, error) in &self.snapshot.unreadable {
-            let base = crate::segment::parse_segment_file_name(name).unwrap_or(0);
+            let base = crate::format::layout::parse_segment_file_name(name).unwrap_or(0);
             let kept_end = self.kept.as_ref().map_or(0, |kept| kept.end);
             if self.first_cut_seq.is_none() && base >= kept_end {
                 // The last segment: what it held is cut, how many is unknown.
@@ -828,7 +830,7 @@ fn execute(
                     }
                 }
                 if let Some(settings) = &new_settings {
-                    crate::settings::write_settings(storage, dir, settings)?;
+                    crate::storage::queue_dir::write_settings(storage, dir, settings)?;
                 }
             }
         }
@@ -907,7 +909,7 @@ fn rewrite_ack_log(
     action: &RepairAction,
     saved_as: Option<&Path>,
 ) -> Result<()> {
-    use crate::acklog::{self, AckEntry};
+    use crate::format::acklog::{self, AckEntry};
     let Some(old) = read_file(storage, &action.file)? else {
         return Ok(());
     };
@@ -915,7 +917,7 @@ fn rewrite_ack_log(
         save_copy(storage, saved_as, &old)?;
     }
     let first_cut = action.offset;
-    let snapshot = crate::inspect::read_ack_log(storage, dir)?;
+    let snapshot = crate::tools::inspect::read_ack_log(storage, dir)?;
     let log_id = acklog::decode_header(&old)
         .map_or(0, |log_id| log_id)
         .wrapping_add(1);
@@ -935,7 +937,7 @@ fn rewrite_ack_log(
             acklog::encode_entry(&mut bytes, log_id, &entry);
         }
     }
-    storage::write_atomically(storage, dir, acklog::ACK_LOG_FILE_NAME, &bytes)
+    storage::write_atomically(storage, dir, crate::format::layout::ACK_LOG_FILE_NAME, &bytes)
         .map_err(|error| Error::io("rewrite ack log", &action.file, error))
 }
 
@@ -943,12 +945,12 @@ fn rewrite_ack_log(
 /// order a crash between the two leaves acknowledgements past the log's end, which open drops
 /// (and then refuses the queue until repair runs again), never a gap nobody explained.
 fn continue_after(storage: &dyn Storage, dir: &Path, action: &RepairAction) -> Result<()> {
-    use crate::acklog::{self, AckEntry};
+    use crate::format::acklog::{self, AckEntry};
     let Some(seqs) = action.seqs.clone() else {
         return Ok(());
     };
-    let ack_path = dir.join(acklog::ACK_LOG_FILE_NAME);
-    let snapshot = crate::inspect::read_ack_log(storage, dir)?;
+    let ack_path = dir.join(crate::format::layout::ACK_LOG_FILE_NAME);
+    let snapshot = crate::tools::inspect::read_ack_log(storage, dir)?;
     let old_log_id = read_file(storage, &ack_path)?
         .and_then(|old| acklog::decode_header(&old).ok())
         .unwrap_or(0);
@@ -965,7 +967,7 @@ fn continue_after(storage: &dyn Storage, dir: &Path, action: &RepairAction) -> R
             end: seqs.end,
         },
     );
-    storage::write_atomically(storage, dir, acklog::ACK_LOG_FILE_NAME, &bytes)
+    storage::write_atomically(storage, dir, crate::format::layout::ACK_LOG_FILE_NAME, &bytes)
         .map_err(|error| Error::io("rewrite ack log", &ack_path, error))?;
     let name = segment_file_name(seqs.end);
     storage::write_atomically(storage, dir, &name, &encode_header(seqs.end))
@@ -999,7 +1001,7 @@ fn rewrite_head(
     }
     let generation = old
         .as_deref()
-        .map(crate::head::decode_head_file)
+        .map(crate::format::head::decode_head_file)
         .and_then(|read| {
             read.slots
                 .iter()
@@ -1007,18 +1009,18 @@ fn rewrite_head(
                 .max()
         })
         // A generation out of range (forged) is not continued: the new file is whole anyway.
-        .filter(|&generation| generation < crate::head::GENERATION_LIMIT - 2)
+        .filter(|&generation| generation < crate::format::head::GENERATION_LIMIT - 2)
         .unwrap_or(0);
     let head_seq = new_head.unwrap_or(0);
     // Keep how far the records were known to be synced (0, unknown, if no slot is readable).
     let synced_seq = old
         .as_deref()
-        .map(crate::head::decode_head_file)
+        .map(crate::format::head::decode_head_file)
         .and_then(|read| {
             read.slots
                 .iter()
                 .filter_map(|slot| slot.as_ref().ok().map(|slot| slot.state.synced_seq))
-                .filter(|&synced_seq| synced_seq <= crate::frame::SEQ_LIMIT)
+                .filter(|&synced_seq| synced_seq <= crate::format::frame::SEQ_LIMIT)
                 .max()
         })
         .unwrap_or(0);
@@ -1031,7 +1033,7 @@ fn rewrite_head(
     };
     // Both slots hold the new head, so neither reads as a lost (zeroed) slot.
     let mut bytes = vec![0; HEAD_FILE_LEN as usize];
-    for (index, offset) in crate::head::HEAD_SLOT_OFFSETS.iter().enumerate() {
+    for (index, offset) in crate::format::head::HEAD_SLOT_OFFSETS.iter().enumerate() {
         let slot = encode_slot(&HeadSlot {
             generation: generation + 1 + index as u64,
             state,

@@ -8,14 +8,14 @@
 //! takes a consistent view for every reader), and nothing can raise `SIGBUS`.
 //!
 //! - [`Snapshot::take`] lists and checks every segment (used by `spool inspect` and by
-//!   [`verify`](crate::verify::verify)).
+//!   [`verify`](crate::tools::verify::verify)).
 //! - [`stat`] reads only the head index, the segment holding the head and the last segment.
 //! - [`records`] iterates over the records from the head without removing them.
 //! - [`segment_frames`] lists every frame of one segment file.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use diskspool::{inspect, storage::OsStorage, Options, Queue};
+//! use diskspool::{storage::OsStorage, tools::inspect, Options, Queue};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let queue = Queue::open(dir.path(), Options::default())?;
@@ -34,72 +34,26 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::acklog::{self, AckHeaderError, AckLogDamage, AckLogEnd, JobHistory, ACK_LOG_FILE_NAME};
+use super::view;
 use crate::error::{Error, Result};
-use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX};
-use crate::head::{decode_head_file, HeadRead, HeadState, HEAD_FILE_NAME};
-use crate::queue::LOCK_FILE_NAME;
-use crate::segment::{
-    decode_header, find_later_frame, judge_stop, parse_segment_file_name, walk_frames, HeaderError,
-    StopKind, WalkStep, SEGMENT_HEADER_LEN,
-};
-use crate::settings::{decode_settings, QueueSettings, SettingsError, SETTINGS_FILE_NAME};
+use crate::format::acklog::{self, AckHeaderError, AckLogDamage, AckLogEnd, JobHistory};
+use crate::format::layout::ACK_LOG_FILE_NAME;
+use crate::format::frame::{self, FrameError, PAYLOAD_LEN_MAX};
+use crate::format::head::{decode_head_file, HeadRead, HeadState};
+use crate::format::layout::HEAD_FILE_NAME;
+use crate::format::segment::{decode_header, find_later_frame, judge_stop, walk_frames, HeaderError, StopKind, WalkStep, SEGMENT_HEADER_LEN};
+use crate::format::settings::{decode_settings, QueueSettings, SettingsError};
+use crate::format::layout::SETTINGS_FILE_NAME;
+use crate::format::layout::{classify_entry, EntryKind};
 use crate::storage::{Storage, StorageFile};
 
-mod reading;
-mod view;
+pub use super::records::{records, stat, QueueStat, Records, StoredRecord};
 
-pub use reading::{records, stat, QueueStat, Records, StoredRecord};
-
-/// The folder inside a queue directory where `repair` moves data it cuts.
-pub const QUARANTINE_DIR_NAME: &str = "quarantine";
 
 /// How many times a lock-free reader retakes its view when the files changed under it.
-const SNAPSHOT_ATTEMPTS_MAX: u32 = 5;
+pub(crate) const SNAPSHOT_ATTEMPTS_MAX: u32 = 5;
 /// How long a reader waits before retaking a view that looked inconsistent.
-const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_millis(20);
-
-/// What an entry of a queue directory is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
-    /// A segment file, with the base sequence number its name carries.
-    Segment(u64),
-    /// The head index.
-    Head,
-    /// A temporary head index left by an interrupted creation; `Queue::open` removes it.
-    HeadTemporary,
-    /// The lock file.
-    Lock,
-    /// The queue's settings file, or its temporary file while it is replaced.
-    Settings,
-    /// A consumed segment file kept for reuse (`Options::segment_pool`), named `<20 digits>.free`.
-    PoolFile,
-    /// The ack log of the jobs API (`acks`), or its temporary file during a rewrite.
-    AckLog,
-    /// The quarantine folder written by `repair`.
-    Quarantine,
-    /// Anything else: not written by diskspool.
-    Stray,
-}
-
-/// Classifies a name found in a queue directory.
-pub fn classify_entry(name: &str) -> EntryKind {
-    if let Some(base) = parse_segment_file_name(name) {
-        return EntryKind::Segment(base);
-    }
-    match name {
-        HEAD_FILE_NAME => EntryKind::Head,
-        LOCK_FILE_NAME => EntryKind::Lock,
-        QUARANTINE_DIR_NAME => EntryKind::Quarantine,
-        ACK_LOG_FILE_NAME => EntryKind::AckLog,
-        SETTINGS_FILE_NAME => EntryKind::Settings,
-        _ if crate::pool::is_pool_file_name(name) => EntryKind::PoolFile,
-        _ if name == format!("{SETTINGS_FILE_NAME}.tmp") => EntryKind::Settings,
-        _ if name == format!("{ACK_LOG_FILE_NAME}.tmp") => EntryKind::AckLog,
-        _ if name == format!("{HEAD_FILE_NAME}.tmp") => EntryKind::HeadTemporary,
-        _ => EntryKind::Stray,
-    }
-}
+pub(crate) const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// The entries of a queue directory, sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -169,7 +123,7 @@ pub fn read_file(storage: &dyn Storage, path: &Path) -> Result<Option<Vec<u8>>> 
 
 /// Reads the first `len` bytes of `file`; the inner error is the end of the file coming first
 /// (it shrank since its length was observed).
-fn read_at_len(
+pub(crate) fn read_at_len(
     file: &dyn StorageFile,
     path: &Path,
     len: u64,
@@ -298,7 +252,7 @@ impl SegmentScan {
     }
 
     /// How the frames stop, by the rule `Queue::open` applies to the active segment
-    /// ([`classify_stop`](crate::segment::classify_stop)): `None` when they end cleanly.
+    /// ([`classify_stop`](crate::format::segment::classify_stop)): `None` when they end cleanly.
     /// `synced_seq` is the head index's (every record below it was synced); pass `u64::MAX` for
     /// a sealed segment, which was synced whole.
     pub fn stop_kind(&self, synced_seq: u64) -> Option<StopKind> {
@@ -496,7 +450,12 @@ fn scan_frames(scan: &mut SegmentScan, bytes: &[u8], start: usize, start_seq: u6
                 // Zeros a writer prepared ahead of its tail, or stale frames of a recycled
                 // file: the segment ends here, nothing is damaged.
                 let free = later_frames.is_empty()
-                    && crate::segment::is_free_space(bytes, offset as usize, &error, base_seq);
+                    && crate::format::segment::is_free_space(
+                        bytes,
+                        offset as usize,
+                        &error,
+                        base_seq,
+                    );
                 if free {
                     break;
                 }
@@ -593,7 +552,7 @@ impl HeadSnapshot {
         let current = self.read.current?;
         let slot = self.read.slots.get(current)?.as_ref().ok()?;
         let why = slot.out_of_range()?;
-        Some((crate::head::HEAD_SLOT_OFFSETS[current], why))
+        Some((crate::format::head::HEAD_SLOT_OFFSETS[current], why))
     }
 
     /// The state in force: the valid slot with the highest generation; `None` also when that
@@ -843,7 +802,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::encode_header;
+    use crate::format::segment::encode_header;
 
     fn segment(base: u64, records: &[(&[u8], bool)]) -> Vec<u8> {
         let mut bytes = encode_header(base).to_vec();

@@ -9,16 +9,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::view::{with_view, Fetched, Held, Step, View};
-use super::{
+use super::inspect::{
     read_ack_log, scan_segment, scan_segment_from, AckLogSnapshot, HeaderStatus, SegmentEnd,
     SegmentScan, SNAPSHOT_ATTEMPTS_MAX, SNAPSHOT_RETRY_PAUSE,
 };
-use crate::acklog::is_retired_gap;
+use super::view::{with_view, Fetched, Held, Step, View};
 use crate::error::{Error, Result};
-use crate::frame::{self, PAYLOAD_LEN_MAX};
-use crate::head::HeadState;
-use crate::segment::{HeaderError, SEGMENT_HEADER_LEN};
+use crate::format::acklog::is_retired_gap;
+use crate::format::frame::{self, PAYLOAD_LEN_MAX};
+use crate::format::head::HeadState;
+use crate::format::segment::{HeaderError, SEGMENT_HEADER_LEN};
 use crate::storage::Storage;
 
 /// Sizes and positions of a queue, read without locking. Field names match the JSON of
@@ -80,7 +80,7 @@ fn stat_once(mut view: View<'_>) -> Result<Step<QueueStat>> {
         return Err(error);
     }
     let settings_len = match view.listing.settings_present {
-        true => crate::settings::SETTINGS_FILE_LEN as u64,
+        true => crate::format::settings::SETTINGS_FILE_LEN as u64,
         false => 0,
     };
     let mut disk_bytes =
@@ -245,7 +245,7 @@ fn check_header(path: &Path, scan: &SegmentScan) -> Result<()> {
             Err(Error::UnsupportedVersion {
                 file: path.to_path_buf(),
                 found: *found,
-                supported: crate::segment::FORMAT_VERSION,
+                supported: crate::format::segment::FORMAT_VERSION,
             })
         }
         HeaderStatus::Bad(error) => Err(Error::corrupt(path, 0, error.to_string())),

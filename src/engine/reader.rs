@@ -4,17 +4,20 @@
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use crate::acklog::{is_retired_gap, AckEntry, AckLog};
-use crate::compactor;
+use crate::engine::compactor;
+use crate::engine::jobs::{DeadLetter, Delivery, Job, JobState, Jobs};
+use crate::engine::queue::{now_micros, Queue, Record, Shared};
+use crate::engine::sync::lock;
 use crate::error::{Error, Result};
-use crate::frame::{self, PAYLOAD_LEN_MAX};
-use crate::head::{HeadIndex, HeadState};
-use crate::jobs::{DeadLetter, Delivery, Job, JobState, Jobs};
+use crate::format::acklog::{is_retired_gap, AckEntry};
+use crate::engine::acklog::AckLog;
+use crate::format::frame::{self, PAYLOAD_LEN_MAX};
+use crate::format::head::HeadState;
+use crate::engine::head::HeadIndex;
+use crate::format::segment::{find_later_frame, is_free_space, SEGMENT_HEADER_LEN};
+use crate::engine::segment::Segment;
 use crate::options::SyncPolicy;
-use crate::queue::{now_micros, Queue, Record, Shared};
-use crate::segment::{find_later_frame, is_free_space, Segment, SEGMENT_HEADER_LEN};
 use crate::storage::Mapping;
-use crate::sync::lock;
 
 /// A read position: the next frame to read.
 #[derive(Clone)]
@@ -268,7 +271,7 @@ impl Shared {
             if let Some(seq) = reader.jobs.first_ready() {
                 return Ok(Some(seq));
             }
-            if reader.jobs.entries.len() >= crate::jobs::IN_FLIGHT_MAX {
+            if reader.jobs.entries.len() >= crate::engine::jobs::IN_FLIGHT_MAX {
                 return Ok(None);
             }
             let Some(found) = self.read_next(&mut reader.cursor)? else {
@@ -763,7 +766,7 @@ impl Shared {
 
     /// Announces a receive or an ack to the ack log's group commit under `Always` (a hint for
     /// its leader; see `SyncGroup::enter`): hold it from before the write until `finish` returns.
-    fn announce_to_ack_sync(&self) -> Option<crate::sync::Entered<'_>> {
+    fn announce_to_ack_sync(&self) -> Option<crate::engine::sync::Entered<'_>> {
         (self.options.sync == SyncPolicy::Always).then(|| self.ack_sync.enter())
     }
 
@@ -810,7 +813,9 @@ impl Shared {
         let path = self.options.dead_letter_path(&self.dir);
         // Only a queue, an empty folder or a new one: never someone's files.
         let usable = match self.storage.list_dir(&path) {
-            Ok(names) => names.is_empty() || crate::settings::is_queue(&*self.storage, &path)?,
+            Ok(names) => {
+                names.is_empty() || crate::storage::queue_dir::is_queue(&*self.storage, &path)?
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
             Err(error) => return Err(Error::io("list dead-letter directory", &path, error)),
         };

@@ -24,10 +24,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{list, read_head, HeadSnapshot, Listing};
+use super::inspect::{list, read_head, HeadSnapshot, Listing};
 use crate::error::{Error, Result};
-use crate::head::HEAD_FILE_NAME;
-use crate::segment::{decode_header, SEGMENT_HEADER_LEN};
+use crate::format::layout::HEAD_FILE_NAME;
+use crate::format::segment::{decode_header, SEGMENT_HEADER_LEN};
 use crate::storage::{Storage, StorageFile};
 
 /// How many fresh views a reader takes before it reports what kept it from a consistent one. A
@@ -345,7 +345,7 @@ fn read_whole(file: &dyn StorageFile, path: &Path) -> Result<Vec<u8>> {
         let len = file
             .len()
             .map_err(|error| Error::io("stat segment", path, error))?;
-        let bytes = super::read_at_len(file, path, len)?;
+        let bytes = super::inspect::read_at_len(file, path, len)?;
         match bytes {
             Ok(bytes) => return Ok(bytes),
             Err(error) => last_error = Some(error),

@@ -22,24 +22,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::engine::recovery::CreateFailure;
 use crate::error::{Error, Result};
-use crate::recovery::CreateFailure;
-use crate::segment::{encode_header, segment_file_name, Segment, SEGMENT_HEADER_LEN};
+use crate::format::segment::{encode_header, SEGMENT_HEADER_LEN};
+use crate::format::layout::segment_file_name;
+use crate::engine::segment::Segment;
+use crate::format::layout::{is_pool_file_name, pool_file_name};
 use crate::storage::{Storage, StorageFile};
 
-/// The suffix of pool files.
-pub const POOL_SUFFIX: &str = ".free";
-
-/// The pool file name for a segment whose base was `base`.
-pub fn pool_file_name(base: u64) -> String {
-    format!("{base:020}{POOL_SUFFIX}")
-}
-
-/// True for the name of a pool file.
-pub fn is_pool_file_name(name: &str) -> bool {
-    name.strip_suffix(POOL_SUFFIX)
-        .is_some_and(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
-}
 
 /// Takes over the pool files an earlier process left (`names`, as listed by recovery), up to
 /// `max`; deletes the others.
@@ -164,6 +154,6 @@ mod tests {
         assert!(is_pool_file_name(&name));
         assert!(!is_pool_file_name("42.free"));
         assert!(!is_pool_file_name(&segment_file_name(42)));
-        assert_eq!(crate::segment::parse_segment_file_name(&name), None);
+        assert_eq!(crate::format::layout::parse_segment_file_name(&name), None);
     }
 }

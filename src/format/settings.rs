@@ -16,17 +16,10 @@
 //! The file is replaced whole (`settings.tmp`, sync, rename, directory sync), never edited in
 //! place, so a crash leaves the old or the new settings, never a mix.
 
-use std::io;
-use std::path::Path;
 
-use crate::error::{Error, Result};
-use crate::head::HEAD_FILE_NAME;
-use crate::options::{Options, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
-use crate::segment::parse_segment_file_name;
-use crate::storage::{self, Storage};
+use crate::error::Result;
+use crate::format::segment::{SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 
-/// The settings file's name inside a queue directory.
-pub const SETTINGS_FILE_NAME: &str = "settings";
 /// The settings file's magic bytes.
 pub const SETTINGS_MAGIC: [u8; 8] = *b"DSPOOLQS";
 /// The settings file layout this build reads and writes.
@@ -143,89 +136,6 @@ pub fn decode_settings(bytes: &[u8]) -> Result<QueueSettings, SettingsError> {
         )));
     }
     Ok(QueueSettings { segment_size })
-}
-
-/// Reads a queue's settings file: `None` when there is none (a queue created before settings
-/// files existed, or no queue at all), a corrupt error naming the file when it does not decode.
-pub fn read_settings(storage: &dyn Storage, dir: &Path) -> Result<Option<QueueSettings>> {
-    let path = dir.join(SETTINGS_FILE_NAME);
-    let file = match storage.open_read(&path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(Error::io("open settings", &path, error)),
-    };
-    let bytes =
-        storage::read_all(&*file).map_err(|error| Error::io("read settings", &path, error))?;
-    decode_settings(&bytes)
-        .map(Some)
-        .map_err(|error| Error::corrupt(&path, 0, error.to_string()))
-}
-
-/// Replaces a queue's settings file durably (write a temporary file, sync, rename, sync the
-/// directory).
-pub(crate) fn write_settings(
-    storage: &dyn Storage,
-    dir: &Path,
-    settings: &QueueSettings,
-) -> Result<()> {
-    storage::write_atomically(storage, dir, SETTINGS_FILE_NAME, &encode_settings(settings))
-        .map_err(|error| Error::io("write settings", dir.join(SETTINGS_FILE_NAME), error))
-}
-
-fn exists(storage: &dyn Storage, path: &Path) -> Result<bool> {
-    match storage.open_read(path) {
-        Ok(_) => Ok(true),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(error) => Err(Error::io("open", path, error)),
-    }
-}
-
-/// Whether the queue in `dir` is still to be created: neither a settings file nor a head index.
-pub(crate) fn is_new_queue(storage: &dyn Storage, dir: &Path) -> Result<bool> {
-    Ok(!exists(storage, &dir.join(SETTINGS_FILE_NAME))?
-        && !exists(storage, &dir.join(HEAD_FILE_NAME))?)
-}
-
-/// Whether `dir` holds a queue: a settings file, a head index or a segment file. A directory
-/// that does not exist holds none.
-pub fn is_queue(storage: &dyn Storage, dir: &Path) -> Result<bool> {
-    let mut found = false;
-    let visited = storage.visit_dir(dir, &mut |name| {
-        found |= name == SETTINGS_FILE_NAME
-            || name == HEAD_FILE_NAME
-            || parse_segment_file_name(name).is_some();
-    });
-    match visited {
-        Ok(()) => Ok(found),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(error) => Err(Error::io("list queue directory", dir, error)),
-    }
-}
-
-/// Settles the settings an open uses, with the directory locked: the stored ones, unless the
-/// caller set them explicitly, in which case they replace the stored ones. A queue without a
-/// settings file (new, or created before settings files existed) gets one.
-pub(crate) fn settle_at_open(
-    storage: &dyn Storage,
-    dir: &Path,
-    options: &mut Options,
-) -> Result<()> {
-    // A replacement a crash interrupted: the old file is whole (the rename is atomic).
-    let tmp_path = dir.join(format!("{SETTINGS_FILE_NAME}.tmp"));
-    match storage.remove_file(&tmp_path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(Error::io("remove leftover", &tmp_path, error)),
-    }
-    let stored = read_settings(storage, dir)?;
-    match stored {
-        Some(stored) if !options.segment_size_explicit => {
-            options.segment_size = stored.segment_size;
-            Ok(())
-        }
-        Some(stored) if stored.segment_size == options.segment_size => Ok(()),
-        _ => write_settings(storage, dir, &QueueSettings::new(options.segment_size)),
-    }
 }
 
 #[cfg(test)]

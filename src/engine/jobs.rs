@@ -11,10 +11,10 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::acklog::{AckEntry, JobHistory};
+use crate::engine::queue::{Record, Shared};
 use crate::error::{Error, Result};
-use crate::queue::{Record, Shared};
-use crate::segment::Segment;
+use crate::format::acklog::{AckEntry, JobHistory};
+use crate::engine::segment::Segment;
 
 /// At most this many records are tracked beyond the head (handed out, delayed, or acknowledged
 /// out of order). When the table is full, receives wait until the head moves.

@@ -15,10 +15,10 @@
 use std::io;
 use std::sync::{Arc, PoisonError};
 
+use crate::engine::queue::Shared;
+use crate::engine::sync::lock;
 use crate::error::{Error, Result};
-use crate::queue::Shared;
-use crate::segment::Segment;
-use crate::sync::lock;
+use crate::engine::segment::Segment;
 
 /// What a compaction freed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct CompactReport {
 pub(crate) fn compact_and_release_pool(shared: &Shared) -> Result<CompactReport> {
     let mut report = compact(shared)?;
     let _one_at_a_time = lock(&shared.compact_lock);
-    let (count, bytes) = crate::pool::release(&*shared.storage, &mut lock(&shared.pool))?;
+    let (count, bytes) = crate::engine::pool::release(&*shared.storage, &mut lock(&shared.pool))?;
     if count > 0 {
         shared.storage.sync_dir(&shared.dir).map_err(|error| {
             shared.poison(Error::io("sync queue directory", &shared.dir, error))
@@ -90,9 +90,10 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&segment.base_seq);
-            if crate::pool::reusable(&segment) {
+            if crate::engine::pool::reusable(&segment) {
                 // If the rename fails, the segment is deleted below like any consumed one.
-                if let Ok(path) = crate::pool::put(&*shared.storage, &shared.dir, &segment) {
+                if let Ok(path) = crate::engine::pool::put(&*shared.storage, &shared.dir, &segment)
+                {
                     recycled.push(path);
                     continue;
                 }

@@ -10,23 +10,22 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::compactor::{self, CompactReport};
+use crate::engine::compactor::{self, CompactReport};
+use crate::engine::jobs::{Delivery, Jobs};
+use crate::engine::pool;
+use crate::engine::reader::{Cursor, Reader};
+use crate::engine::recovery::{self, RecoveryReport};
+use crate::engine::sync::{lock, SyncGroup};
+use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
-use crate::frame;
-use crate::head::HeadState;
-use crate::jobs::{Delivery, Jobs};
+use crate::format::frame;
+use crate::format::head::HeadState;
+use crate::format::segment::SEGMENT_HEADER_LEN;
+use crate::engine::segment::Segment;
+use crate::format::layout::LOCK_FILE_NAME;
+use crate::storage::queue_dir;
 use crate::options::{Options, SyncPolicy};
-use crate::pool;
-use crate::reader::{Cursor, Reader};
-use crate::recovery::{self, RecoveryReport};
-use crate::segment::{Segment, SEGMENT_HEADER_LEN};
-use crate::settings;
 use crate::storage::{DirLock, LockFailure, Mapping, Storage};
-use crate::sync::{lock, SyncGroup};
-use crate::writer::Writer;
-
-/// The lock file's name inside the queue directory.
-pub const LOCK_FILE_NAME: &str = "lock";
 
 /// A record handed out by the queue.
 ///
@@ -181,7 +180,7 @@ pub(crate) struct Shared {
     pub(crate) arrivals: Arrivals,
     pub(crate) dead_letters: Mutex<Option<Arc<Queue>>>,
     #[cfg(feature = "async")]
-    pub(crate) timer: crate::asynchronous::Timer,
+    pub(crate) timer: crate::engine::asynchronous::Timer,
     recovery: RecoveryReport,
     _lock: DirLock,
 }
@@ -205,12 +204,12 @@ impl Queue {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
-        if !options.create_if_missing && !settings::is_queue(&*storage, &dir)? {
+        if !options.create_if_missing && !queue_dir::is_queue(&*storage, &dir)? {
             return Err(Error::NotAQueue { dir });
         }
         check_owner(&*storage, &dir)?;
         let dir_lock = create_and_lock_with_mode(&*storage, &dir, Some(options.dir_mode()))?;
-        settings::settle_at_open(&*storage, &dir, &mut options)?;
+        recovery::settle_at_open(&*storage, &dir, &mut options)?;
         // Checked again: limits that depend on the segment size now see the queue's own.
         options.validate()?;
         let mut recovered = recovery::recover(&*storage, &dir, &options)?;
@@ -256,7 +255,7 @@ impl Queue {
             arrivals: Arrivals::default(),
             dead_letters: Mutex::new(None),
             #[cfg(feature = "async")]
-            timer: crate::asynchronous::Timer::default(),
+            timer: crate::engine::asynchronous::Timer::default(),
             recovery: recovered.report,
             _lock: dir_lock,
             options,
@@ -390,8 +389,8 @@ impl Queue {
     /// (it needs no runtime): a waiting future is woken by pushes and releases, and by a small
     /// timer thread for delays and lease expiries.
     #[cfg(feature = "async")]
-    pub fn recv_async(&self) -> crate::asynchronous::Recv<'_> {
-        crate::asynchronous::Recv::new(self)
+    pub fn recv_async(&self) -> crate::engine::asynchronous::Recv<'_> {
+        crate::engine::asynchronous::Recv::new(self)
     }
 
     /// Removes and returns up to `max` of the oldest records, with one head update for all.
@@ -573,7 +572,7 @@ pub(crate) fn create_and_lock_with_mode(
         .create_dir_all(dir)
         .map_err(|error| Error::io("create directory", dir, error))?;
     if let Some(mode) = new_dir_mode {
-        if settings::is_new_queue(storage, dir)? {
+        if queue_dir::is_new_queue(storage, dir)? {
             storage
                 .set_dir_mode(dir, mode)
                 .map_err(|error| Error::io("set queue directory mode", dir, error))?;
@@ -871,8 +870,8 @@ impl Shared {
             .cloned()
             .collect();
         let mut live_bytes = 0;
-        let mut disk_bytes = crate::head::HEAD_FILE_LEN
-            + crate::settings::SETTINGS_FILE_LEN as u64
+        let mut disk_bytes = crate::format::head::HEAD_FILE_LEN
+            + crate::format::settings::SETTINGS_FILE_LEN as u64
             + self.acklog_len();
         for segment in &segments {
             segment.ensure_open(&*self.storage)?;

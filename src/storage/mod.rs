@@ -20,6 +20,10 @@
 //!   store the engine calls [`WritableMapping::stored`], so that an implementation whose mapping
 //!   is not the file's memory (the simulated filesystem) can apply it at that point.
 
+pub mod queue_dir;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -304,7 +308,7 @@ impl Storage for OsStorage {
     }
 
     fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
-        let path = dir.join(crate::queue::LOCK_FILE_NAME);
+        let path = dir.join(crate::format::layout::LOCK_FILE_NAME);
         // Never through a symlink: the lock file is truncated and written below, and a link to
         // another file (run as root: any file) would have that file emptied.
         let mut file = match open_regular(&path, OpenOptions::new().read(true).write(true)) {

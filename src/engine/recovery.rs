@@ -7,15 +7,20 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::acklog::{AckLog, JobHistory};
 use crate::error::{Error, Result};
-use crate::frame::{self, FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
-use crate::head::{HeadIndex, HeadState, HEAD_FILE_NAME};
+use crate::format::acklog::JobHistory;
+use crate::engine::acklog::AckLog;
+use crate::format::frame::{self, FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
+use crate::format::head::HeadState;
+use crate::format::layout::HEAD_FILE_NAME;
+use crate::engine::head::HeadIndex;
+use crate::format::segment::{classify_stop, decode_header, header_error, walk_frames, StopKind, WalkStep, SEGMENT_HEADER_LEN};
+use crate::format::layout::{parse_segment_file_name, segment_file_name};
+use crate::engine::segment::{Segment, SegmentPath};
 use crate::options::Options;
-use crate::segment::{
-    classify_stop, decode_header, header_error, parse_segment_file_name, segment_file_name,
-    walk_frames, Segment, SegmentPath, StopKind, WalkStep, SEGMENT_HEADER_LEN,
-};
+use crate::format::settings::QueueSettings;
+use crate::format::layout::SETTINGS_FILE_NAME;
+use crate::storage::queue_dir::{read_settings, write_settings};
 use crate::storage::{Mapping, Storage, StorageFile};
 
 /// What recovery did while opening a queue.
@@ -97,7 +102,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
                 head_found = true;
             } else if name.strip_suffix(".tmp") == Some(HEAD_FILE_NAME) {
                 tmp_found = true;
-            } else if crate::pool::is_pool_file_name(name) {
+            } else if crate::format::layout::is_pool_file_name(name) {
                 pool_files.push(name.to_owned());
             }
         })
@@ -507,7 +512,7 @@ pub(crate) fn create_segment_or_clean_up(
             .map_err(io_error("create segment", &path))
             .map_err(clean)?,
     );
-    let header = crate::segment::encode_header(base);
+    let header = crate::format::segment::encode_header(base);
     let written = file
         .write_all_at(&header, 0)
         .and_then(|()| file.sync_data())
@@ -589,3 +594,29 @@ fn locate_head(
         )),
     }
 }
+/// Settles the settings an open uses, with the directory locked: the stored ones, unless the
+/// caller set them explicitly, in which case they replace the stored ones. A queue without a
+/// settings file (new, or created before settings files existed) gets one.
+pub(crate) fn settle_at_open(
+    storage: &dyn Storage,
+    dir: &Path,
+    options: &mut Options,
+) -> Result<()> {
+    // A replacement a crash interrupted: the old file is whole (the rename is atomic).
+    let tmp_path = dir.join(format!("{SETTINGS_FILE_NAME}.tmp"));
+    match storage.remove_file(&tmp_path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(Error::io("remove leftover", &tmp_path, error)),
+    }
+    let stored = read_settings(storage, dir)?;
+    match stored {
+        Some(stored) if !options.segment_size_explicit => {
+            options.segment_size = stored.segment_size;
+            Ok(())
+        }
+        Some(stored) if stored.segment_size == options.segment_size => Ok(()),
+        _ => write_settings(storage, dir, &QueueSettings::new(options.segment_size)),
+    }
+}
+

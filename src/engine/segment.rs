@@ -1,0 +1,256 @@
+//! A live segment of a running queue: its path, its open file and mapping, and the end of the
+//! records readers may see. The bytes inside are `format::segment`'s.
+
+use std::ffi::OsStr;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::engine::sync::lock;
+use crate::error::{Error, Result};
+use crate::format::segment::{decode_header, header_error, SEGMENT_HEADER_LEN};
+use crate::format::layout::segment_file_name;
+use crate::storage::{Mapping, Storage, StorageFile};
+
+/// A segment file's path. For the sealed segments found at open it is joined from the queue
+/// directory and the base on first use (an error message, a deletion): building a path for
+/// each of thousands of segments would make open time grow with their number.
+pub(crate) enum SegmentPath {
+    /// Joined already.
+    Joined(PathBuf),
+    /// `dir` joined with `segment_file_name(base)`, once needed.
+    Lazy {
+        dir: Arc<Path>,
+        base: u64,
+        joined: OnceLock<PathBuf>,
+    },
+}
+
+impl SegmentPath {
+    /// The path of segment `base` in `dir`, joined when first used.
+    pub(crate) fn lazy(dir: Arc<Path>, base: u64) -> Self {
+        SegmentPath::Lazy {
+            dir,
+            base,
+            joined: OnceLock::new(),
+        }
+    }
+}
+
+impl Deref for SegmentPath {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        match self {
+            SegmentPath::Joined(path) => path,
+            SegmentPath::Lazy { dir, base, joined } => {
+                joined.get_or_init(|| dir.join(segment_file_name(*base)))
+            }
+        }
+    }
+}
+
+impl AsRef<Path> for SegmentPath {
+    fn as_ref(&self) -> &Path {
+        self
+    }
+}
+
+/// Lets `&SegmentPath` go where an `impl Into<PathBuf>` is taken (error constructors).
+impl AsRef<OsStr> for SegmentPath {
+    fn as_ref(&self) -> &OsStr {
+        self.as_os_str()
+    }
+}
+
+impl std::fmt::Debug for SegmentPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Path::fmt(self, f)
+    }
+}
+
+/// A segment as the running engine holds it. Sealed segments found at open are opened lazily,
+/// when the reader reaches them, so that open time does not grow with their number.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base_seq: u64,
+    pub(crate) path: SegmentPath,
+    /// Bytes `[0, readable_end)` hold frames that readers may hand out.
+    readable_end: AtomicU64,
+    /// Set once no more frames will be appended; `readable_end` is then final.
+    sealed: AtomicBool,
+    /// The length to map: the segment size for the active segment, the file length otherwise.
+    map_len: AtomicU64,
+    inner: Mutex<SegmentFiles>,
+}
+
+#[derive(Default)]
+struct SegmentFiles {
+    file: Option<Arc<dyn StorageFile>>,
+    view: Option<Mapping>,
+}
+
+impl std::fmt::Debug for SegmentFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentFiles")
+            .field("open", &self.file.is_some())
+            .field("mapped", &self.view.is_some())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// A sealed segment found on disk, not opened yet.
+    pub(crate) fn unopened(base_seq: u64, path: SegmentPath) -> Self {
+        Segment {
+            base_seq,
+            path,
+            readable_end: AtomicU64::new(0),
+            sealed: AtomicBool::new(true),
+            map_len: AtomicU64::new(0),
+            inner: Mutex::new(SegmentFiles::default()),
+        }
+    }
+
+    /// The active segment, open for appending, with `readable_end` bytes already readable.
+    pub(crate) fn active(
+        base_seq: u64,
+        path: PathBuf,
+        file: Arc<dyn StorageFile>,
+        readable_end: u64,
+        map_len: u64,
+    ) -> Self {
+        Segment {
+            base_seq,
+            path: SegmentPath::Joined(path),
+            readable_end: AtomicU64::new(readable_end),
+            sealed: AtomicBool::new(false),
+            map_len: AtomicU64::new(map_len),
+            inner: Mutex::new(SegmentFiles {
+                file: Some(file),
+                view: None,
+            }),
+        }
+    }
+
+    pub(crate) fn readable_end(&self) -> u64 {
+        self.readable_end.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// Makes bytes up to `end` readable (never moves backwards).
+    pub(crate) fn publish(&self, end: u64) {
+        self.readable_end.fetch_max(end, Ordering::AcqRel);
+    }
+
+    /// Makes bytes up to `end` readable, for a caller holding the writer lock under a policy
+    /// where only the writer (under that lock) moves the end: a store, not a read-modify-write.
+    pub(crate) fn publish_locked(&self, end: u64) {
+        debug_assert!(end >= self.readable_end.load(Ordering::Relaxed));
+        self.readable_end.store(end, Ordering::Release);
+    }
+
+    /// Marks the segment complete at `end` bytes.
+    pub(crate) fn seal(&self, end: u64) {
+        self.publish(end);
+        self.sealed.store(true, Ordering::Release);
+    }
+
+    /// Opens a sealed segment found on disk and checks its header; a no-op once opened.
+    pub(crate) fn ensure_open(&self, storage: &dyn Storage) -> Result<()> {
+        let mut files = lock(&self.inner);
+        if files.file.is_some() {
+            return Ok(());
+        }
+        let file = storage
+            .open(&self.path)
+            .map_err(|error| Error::io("open segment", &self.path, error))?;
+        let len = file
+            .len()
+            .map_err(|error| Error::io("stat segment", &self.path, error))?;
+        let mut header = [0; SEGMENT_HEADER_LEN];
+        let available = len.min(SEGMENT_HEADER_LEN as u64) as usize;
+        file.read_exact_at(&mut header[..available], 0)
+            .map_err(|error| Error::io("read segment header", &self.path, error))?;
+        let base = decode_header(&header[..available]).map_err(|e| header_error(&self.path, e))?;
+        if base != self.base_seq {
+            return Err(Error::corrupt(
+                &self.path,
+                0,
+                format!(
+                    "header names base sequence {base}, file name {}",
+                    self.base_seq
+                ),
+            ));
+        }
+        self.map_len.store(len, Ordering::Release);
+        self.readable_end.store(len, Ordering::Release);
+        files.file = Some(Arc::from(file));
+        Ok(())
+    }
+
+    /// True when no record (or anything else) shares this segment's read mapping: the file may
+    /// be reused without changing bytes someone still reads.
+    pub(crate) fn mapping_unshared(&self) -> bool {
+        lock(&self.inner)
+            .view
+            .as_ref()
+            .is_none_or(|view| Arc::strong_count(view) == 1)
+    }
+
+    /// The open file; `ensure_open` must have succeeded.
+    pub(crate) fn file(&self) -> Option<Arc<dyn StorageFile>> {
+        lock(&self.inner).file.clone()
+    }
+
+    /// A mapping that covers at least `[0, end)`.
+    pub(crate) fn view(&self, end: u64) -> Result<Mapping> {
+        let mut files = lock(&self.inner);
+        if let Some(view) = &files.view {
+            if (*view).as_ref().as_ref().len() as u64 >= end {
+                return Ok(view.clone());
+            }
+        }
+        let Some(file) = files.file.clone() else {
+            return Err(Error::corrupt(
+                &self.path,
+                0,
+                "segment read before it was opened",
+            ));
+        };
+        let map_len = self.map_len.load(Ordering::Acquire).max(end);
+        let view = file
+            .map(map_len)
+            .map_err(|error| Error::io("map segment", &self.path, error))?;
+        if (AsRef::<[u8]>::as_ref(&*view).len() as u64) < end {
+            return Err(Error::corrupt(
+                &self.path,
+                end,
+                "segment is shorter than the data written to it",
+            ));
+        }
+        files.view = Some(view.clone());
+        Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+
+    #[test]
+    fn lazy_paths_are_the_joined_paths() {
+        let dir: Arc<Path> = Arc::from(Path::new("/queue/dir"));
+        let lazy = SegmentPath::lazy(dir.clone(), 42);
+        assert_eq!(&*lazy, dir.join(segment_file_name(42)).as_path());
+        let error = Error::io("open segment", &lazy, std::io::ErrorKind::NotFound.into());
+        assert!(error
+            .to_string()
+            .contains("/queue/dir/00000000000000000042.seg"));
+    }
+}

@@ -1,0 +1,118 @@
+//! Every name a queue directory holds, and the rules for recognising them.
+//!
+//! A queue directory holds segment files (`<base_seq:020>.seg`), the head index (`head`), the
+//! settings file (`settings`), the lock file (`lock`), the ack log (`acks`) when the jobs API is
+//! used, consumed segment files kept for reuse (`<base:020>.free`), temporary files of an
+//! atomic replacement (`<name>.tmp`), and the `quarantine` folder that `repair` writes. A spool
+//! directory holds one queue directory per name and the fanout intent log (`fanout.log`).
+
+/// The lock file's name inside the queue directory.
+pub const LOCK_FILE_NAME: &str = "lock";
+
+/// The head index's file name inside the queue directory.
+pub const HEAD_FILE_NAME: &str = "head";
+
+/// The ack log's file name inside the queue directory.
+pub const ACK_LOG_FILE_NAME: &str = "acks";
+
+/// The settings file's name inside a queue directory.
+pub const SETTINGS_FILE_NAME: &str = "settings";
+
+/// The fanout intent log's file name inside the spool directory.
+pub const FANOUT_LOG_FILE_NAME: &str = "fanout.log";
+
+/// The folder inside a queue directory where `repair` moves data it cuts.
+pub const QUARANTINE_DIR_NAME: &str = "quarantine";
+
+/// The file name suffix of segments.
+pub const SEGMENT_SUFFIX: &str = ".seg";
+
+/// The file name of the segment whose first record is `base_seq`: 20 digits, so names sort.
+pub fn segment_file_name(base_seq: u64) -> String {
+    format!("{base_seq:020}{SEGMENT_SUFFIX}")
+}
+
+/// The base sequence number in a segment file name, or `None` for any other name.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The file name suffix of consumed segment files kept for reuse.
+pub const POOL_SUFFIX: &str = ".free";
+
+/// The pool file name for a segment whose base was `base`.
+pub fn pool_file_name(base: u64) -> String {
+    format!("{base:020}{POOL_SUFFIX}")
+}
+
+/// True for the name of a pool file.
+pub fn is_pool_file_name(name: &str) -> bool {
+    name.strip_suffix(POOL_SUFFIX)
+        .is_some_and(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// What an entry of a queue directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A segment file, with the base sequence number its name carries.
+    Segment(u64),
+    /// The head index.
+    Head,
+    /// A temporary head index left by an interrupted creation; `Queue::open` removes it.
+    HeadTemporary,
+    /// The lock file.
+    Lock,
+    /// The queue's settings file, or its temporary file while it is replaced.
+    Settings,
+    /// A consumed segment file kept for reuse (`Options::segment_pool`), named `<20 digits>.free`.
+    PoolFile,
+    /// The ack log of the jobs API (`acks`), or its temporary file during a rewrite.
+    AckLog,
+    /// The quarantine folder written by `repair`.
+    Quarantine,
+    /// Anything else: not written by diskspool.
+    Stray,
+}
+
+/// Classifies a name found in a queue directory.
+pub fn classify_entry(name: &str) -> EntryKind {
+    if let Some(base) = parse_segment_file_name(name) {
+        return EntryKind::Segment(base);
+    }
+    match name {
+        HEAD_FILE_NAME => EntryKind::Head,
+        LOCK_FILE_NAME => EntryKind::Lock,
+        QUARANTINE_DIR_NAME => EntryKind::Quarantine,
+        ACK_LOG_FILE_NAME => EntryKind::AckLog,
+        SETTINGS_FILE_NAME => EntryKind::Settings,
+        _ if is_pool_file_name(name) => EntryKind::PoolFile,
+        _ if name == format!("{SETTINGS_FILE_NAME}.tmp") => EntryKind::Settings,
+        _ if name == format!("{ACK_LOG_FILE_NAME}.tmp") => EntryKind::AckLog,
+        _ if name == format!("{HEAD_FILE_NAME}.tmp") => EntryKind::HeadTemporary,
+        _ => EntryKind::Stray,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+
+    #[test]
+    fn names_sort_by_sequence_and_parse_back() {
+        let small = segment_file_name(9);
+        let large = segment_file_name(10);
+        assert!(small < large);
+        assert_eq!(parse_segment_file_name(&large), Some(10));
+        assert_eq!(parse_segment_file_name("10.seg"), None);
+        assert_eq!(parse_segment_file_name("0000000000000000001x.seg"), None);
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+    }
+}
