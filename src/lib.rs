@@ -45,7 +45,7 @@ mod typed;
 pub use engine::compactor::CompactReport;
 pub use engine::jobs::{DeadLetter, Delivery, IN_FLIGHT_MAX};
 pub use engine::queue::{Queue, Record, Stats};
-pub use engine::recovery::{RecoveryReport, Truncation};
+pub use engine::report::{RecoveryReport, Truncation};
 pub use error::{Error, Result};
 pub use options::{
     Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX, MAX_RECORD_SIZE_DEFAULT,

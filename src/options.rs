@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, PAYLOAD_LEN_MAX};
-pub use crate::format::segment::{SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::format::segment::SEGMENT_HEADER_LEN;
+pub use crate::format::segment::{SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::storage::{OsStorage, Storage};
 
 /// The default segment size: 64 MiB.

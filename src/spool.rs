@@ -32,8 +32,8 @@ use crate::engine::queue::Queue;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
 use crate::format::frame::{read_u32, read_u64};
-use crate::options::{Options, SyncPolicy};
 use crate::format::layout::FANOUT_LOG_FILE_NAME;
+use crate::options::{Options, SyncPolicy};
 use crate::storage::{DirLock, Storage, StorageFile};
 
 /// The longest queue name.

@@ -13,9 +13,9 @@ use std::time::Duration;
 use crate::format::acklog;
 use crate::format::frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN};
 use crate::format::head::{decode_head_file, decode_slot, encode_slot};
+use crate::format::layout::segment_file_name;
 use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::segment::{self, walk_frames, WalkStep, SEGMENT_HEADER_LEN};
-use crate::format::layout::segment_file_name;
 use crate::storage::sim::{Fault, FaultKind, SimOp, SimRng, SimStats, SimStorage};
 use crate::{Error, Options, Queue, SyncPolicy};
 
@@ -761,7 +761,7 @@ impl Model {
         if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
             eprintln!("   recovered head {head} tail {tail}: {report:?}");
         }
-        let exact = |cut: &crate::engine::recovery::Truncation| {
+        let exact = |cut: &crate::engine::report::Truncation| {
             cut.first_lost_seq == tail
                 || (report.restarted_at_seq == Some(tail) && cut.first_lost_seq <= tail)
         };

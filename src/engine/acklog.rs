@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::engine::report::{RecoveryReport, Truncation};
 use crate::error::{Error, Result};
-use crate::engine::recovery::{RecoveryReport, Truncation};
 use crate::format::acklog::*;
 use crate::format::layout::ACK_LOG_FILE_NAME;
 use crate::format::segment::PREPARED_SPACE_ALIGN;

@@ -16,9 +16,9 @@ use std::io;
 use std::sync::{Arc, PoisonError};
 
 use crate::engine::queue::Shared;
+use crate::engine::segment::Segment;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
-use crate::engine::segment::Segment;
 
 /// What a compaction freed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -302,27 +302,6 @@ impl HeadIndex {
     }
 }
 
-impl crate::engine::queue::Shared {
-    /// Syncs the head for the head's group commit, with the reader lock held only around the
-    /// bookkeeping, not during the `fdatasync`.
-    pub(crate) fn sync_head(&self) -> Result<u64> {
-        let start = crate::engine::sync::lock(&self.reader).head.begin_sync()?;
-        match start {
-            SyncStart::Done(generation) => Ok(generation),
-            SyncStart::Started {
-                file,
-                generation,
-                epoch,
-            } => {
-                let outcome = file.sync_data();
-                crate::engine::sync::lock(&self.reader)
-                    .head
-                    .end_sync(generation, epoch, outcome)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,7 +320,6 @@ mod tests {
         let read = decode_head_file(&bytes);
         read.slots[read.current.unwrap()].clone().unwrap()
     }
-
 
     /// A write during a sync outside the lock never touches the slot being synced: it is kept
     /// and written by the next sync, and the newest state ends up durable in a valid slot.

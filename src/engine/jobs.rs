@@ -12,9 +12,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::queue::{Record, Shared};
+use crate::engine::segment::Segment;
 use crate::error::{Error, Result};
 use crate::format::acklog::{AckEntry, JobHistory};
-use crate::engine::segment::Segment;
 
 /// At most this many records are tracked beyond the head (handed out, delayed, or acknowledged
 /// out of order). When the table is full, receives wait until the head moves.

@@ -5,17 +5,18 @@
 //! in here. `docs/ARCHITECTURE.md` walks a push, a pop, a recv/ack and an open through these
 //! files.
 
+pub(crate) mod acklog;
 #[cfg(feature = "async")]
 pub(crate) mod asynchronous;
-pub(crate) mod acklog;
 pub(crate) mod compactor;
 pub(crate) mod head;
 pub(crate) mod jobs;
 pub(crate) mod pool;
 pub(crate) mod queue;
 pub(crate) mod reader;
-pub(crate) mod segment;
 pub(crate) mod recovery;
+pub(crate) mod report;
+pub(crate) mod segment;
 pub(crate) mod sync;
 pub(crate) mod writeback;
 pub(crate) mod writer;

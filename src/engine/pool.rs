@@ -22,14 +22,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::engine::recovery::CreateFailure;
-use crate::error::{Error, Result};
-use crate::format::segment::{encode_header, SEGMENT_HEADER_LEN};
-use crate::format::layout::segment_file_name;
+use crate::engine::segment::CreateFailure;
 use crate::engine::segment::Segment;
+use crate::error::{Error, Result};
+use crate::format::layout::segment_file_name;
 use crate::format::layout::{is_pool_file_name, pool_file_name};
+use crate::format::segment::{encode_header, SEGMENT_HEADER_LEN};
 use crate::storage::{Storage, StorageFile};
-
 
 /// Takes over the pool files an earlier process left (`names`, as listed by recovery), up to
 /// `max`; deletes the others.

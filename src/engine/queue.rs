@@ -11,20 +11,22 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::engine::compactor::{self, CompactReport};
+use crate::engine::head::SyncStart;
 use crate::engine::jobs::{Delivery, Jobs};
 use crate::engine::pool;
 use crate::engine::reader::{Cursor, Reader};
-use crate::engine::recovery::{self, RecoveryReport};
+use crate::engine::recovery::{self};
+use crate::engine::report::RecoveryReport;
+use crate::engine::segment::Segment;
 use crate::engine::sync::{lock, SyncGroup};
 use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::frame;
 use crate::format::head::HeadState;
-use crate::format::segment::SEGMENT_HEADER_LEN;
-use crate::engine::segment::Segment;
 use crate::format::layout::LOCK_FILE_NAME;
-use crate::storage::queue_dir;
+use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::options::{Options, SyncPolicy};
+use crate::storage::queue_dir;
 use crate::storage::{DirLock, LockFailure, Mapping, Storage};
 
 /// A record handed out by the queue.
@@ -808,7 +810,7 @@ impl Shared {
         let (segment, file, len) = match reused {
             Some(reused) => reused,
             None => {
-                let (segment, file) = recovery::create_segment_or_clean_up(
+                let (segment, file) = crate::engine::segment::create_segment_or_clean_up(
                     &*self.storage,
                     &self.dir,
                     writer.next_seq,
@@ -959,6 +961,25 @@ impl Shared {
     fn acklog_len(&self) -> u64 {
         let (file, _) = lock(&self.reader).acklog.sync_target();
         file.and_then(|file| file.len().ok()).unwrap_or(0)
+    }
+}
+
+impl Shared {
+    /// Syncs the head for the head's group commit, with the reader lock held only around the
+    /// bookkeeping, not during the `fdatasync`.
+    pub(crate) fn sync_head(&self) -> Result<u64> {
+        let start = lock(&self.reader).head.begin_sync()?;
+        match start {
+            SyncStart::Done(generation) => Ok(generation),
+            SyncStart::Started {
+                file,
+                generation,
+                epoch,
+            } => {
+                let outcome = file.sync_data();
+                lock(&self.reader).head.end_sync(generation, epoch, outcome)
+            }
+        }
     }
 }
 

@@ -4,18 +4,18 @@
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use crate::engine::acklog::AckLog;
 use crate::engine::compactor;
+use crate::engine::head::HeadIndex;
 use crate::engine::jobs::{DeadLetter, Delivery, Job, JobState, Jobs};
 use crate::engine::queue::{now_micros, Queue, Record, Shared};
+use crate::engine::segment::Segment;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
 use crate::format::acklog::{is_retired_gap, AckEntry};
-use crate::engine::acklog::AckLog;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
 use crate::format::head::HeadState;
-use crate::engine::head::HeadIndex;
 use crate::format::segment::{find_later_frame, is_free_space, SEGMENT_HEADER_LEN};
-use crate::engine::segment::Segment;
 use crate::options::SyncPolicy;
 use crate::storage::Mapping;
 

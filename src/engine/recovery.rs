@@ -7,63 +7,24 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::engine::acklog::AckLog;
+use crate::engine::head::HeadIndex;
+use crate::engine::report::{RecoveryReport, Truncation};
+use crate::engine::segment::{create_segment, Segment, SegmentPath};
 use crate::error::{Error, Result};
 use crate::format::acklog::JobHistory;
-use crate::engine::acklog::AckLog;
 use crate::format::frame::{self, FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
 use crate::format::head::HeadState;
 use crate::format::layout::HEAD_FILE_NAME;
-use crate::engine::head::HeadIndex;
-use crate::format::segment::{classify_stop, decode_header, header_error, walk_frames, StopKind, WalkStep, SEGMENT_HEADER_LEN};
-use crate::format::layout::{parse_segment_file_name, segment_file_name};
-use crate::engine::segment::{Segment, SegmentPath};
-use crate::options::Options;
-use crate::format::settings::QueueSettings;
 use crate::format::layout::SETTINGS_FILE_NAME;
+use crate::format::layout::{parse_segment_file_name, segment_file_name};
+use crate::format::segment::{
+    classify_stop, decode_header, header_error, walk_frames, StopKind, WalkStep, SEGMENT_HEADER_LEN,
+};
+use crate::format::settings::QueueSettings;
+use crate::options::Options;
 use crate::storage::queue_dir::{read_settings, write_settings};
 use crate::storage::{Mapping, Storage, StorageFile};
-
-/// What recovery did while opening a queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RecoveryReport {
-    /// Torn tails cut from the active segment: records whose write was interrupted by a crash
-    /// (never acknowledged under [`SyncPolicy::Always`](crate::SyncPolicy::Always)).
-    ///
-    /// Free space after the last record is cut but not reported: zeros the writer prepares
-    /// ahead of its tail (they end on a 4 KiB boundary), or the stale frames of a recycled
-    /// segment file; see `segment::is_free_space`. Records that a power loss left as zeros up
-    /// to such a boundary look the same and are not reported either (under `Always` none of
-    /// them was acknowledged).
-    pub truncated: Vec<Truncation>,
-    /// Files removed because they never held a record: a segment whose creation was cut short,
-    /// a temporary file of an interrupted head index creation.
-    pub removed_files: Vec<PathBuf>,
-    /// Set when the head had moved past the records found on disk (consumed records whose
-    /// bytes a power loss took, possible under the weaker sync policies): the sequence number at
-    /// which a fresh segment was started so that no sequence number is ever reused.
-    pub restarted_at_seq: Option<u64>,
-    /// Byte offsets in the ack log (`acks`) of torn entries skipped while valid ones follow:
-    /// appends a power loss tore under `SyncPolicy::Never` or `Interval` (whose appends are
-    /// not synced one by one). Each lost one fact (an acknowledgement, a delivery count or a
-    /// retry time) that had not been made durable; the log was rewritten without them.
-    pub skipped_ack_entries: Vec<u64>,
-}
-
-/// One torn tail that recovery cut off.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Truncation {
-    /// The segment file.
-    pub file: PathBuf,
-    /// The new length of the file: where the cut bytes started.
-    pub offset: u64,
-    /// How many bytes were cut.
-    pub bytes_cut: u64,
-    /// The first sequence number that was not recovered.
-    pub first_lost_seq: u64,
-    /// Why the bytes at `offset` did not decode.
-    pub reason: String,
-}
 
 /// The state a queue starts from.
 pub(crate) struct Recovered {
@@ -471,73 +432,6 @@ fn synced_records_missing(path: &Path, offset: u64, from: u64, synced_seq: u64) 
     )
 }
 
-/// Creates a segment file durably: header written and synced, directory entry synced.
-pub(crate) fn create_segment(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: u64,
-    segment_size: u64,
-) -> Result<(Arc<Segment>, Arc<dyn StorageFile>)> {
-    create_segment_or_clean_up(storage, dir, base, segment_size).map_err(|failure| failure.error)
-}
-
-/// Why a segment could not be created, and whether its file may be left behind.
-pub(crate) struct CreateFailure {
-    pub(crate) error: Error,
-    /// The half-created file could not be removed durably. A later roll would trip over it, and
-    /// a crash could bring it back with a valid header, making recovery take it for the active
-    /// segment and miss records appended to the previous one: the caller must stop writing.
-    pub(crate) leftover: bool,
-}
-
-/// Like [`create_segment`], and on failure removes the half-created file durably.
-pub(crate) fn create_segment_or_clean_up(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: u64,
-    segment_size: u64,
-) -> Result<(Arc<Segment>, Arc<dyn StorageFile>), CreateFailure> {
-    let clean = |error: Error| CreateFailure {
-        error,
-        leftover: false,
-    };
-    let path = dir.join(segment_file_name(base));
-    let io_error = |operation, path: &Path| {
-        let path = path.to_path_buf();
-        move |error: io::Error| Error::io(operation, path, error)
-    };
-    let file: Arc<dyn StorageFile> = Arc::from(
-        storage
-            .create_new(&path)
-            .map_err(io_error("create segment", &path))
-            .map_err(clean)?,
-    );
-    let header = crate::format::segment::encode_header(base);
-    let written = file
-        .write_all_at(&header, 0)
-        .and_then(|()| file.sync_data())
-        .and_then(|()| storage.sync_dir(dir));
-    if let Err(error) = written {
-        // A segment without a durable header holds nothing; its file must go, durably.
-        let removed = match storage.remove_file(&path) {
-            Err(cleanup) if cleanup.kind() != io::ErrorKind::NotFound => Err(cleanup),
-            _ => storage.sync_dir(dir),
-        };
-        return Err(CreateFailure {
-            error: Error::io("create segment", &path, error),
-            leftover: removed.is_err(),
-        });
-    }
-    let segment = Segment::active(
-        base,
-        path,
-        file.clone(),
-        SEGMENT_HEADER_LEN as u64,
-        segment_size,
-    );
-    Ok((Arc::new(segment), file))
-}
-
 /// Finds the byte position of the head's record: the hint if it checks out, else a scan of the
 /// one segment that holds it.
 fn locate_head(
@@ -619,4 +513,3 @@ pub(crate) fn settle_at_open(
         _ => write_settings(storage, dir, &QueueSettings::new(options.segment_size)),
     }
 }
-

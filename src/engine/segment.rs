@@ -2,6 +2,7 @@
 //! records readers may see. The bytes inside are `format::segment`'s.
 
 use std::ffi::OsStr;
+use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
-use crate::format::segment::{decode_header, header_error, SEGMENT_HEADER_LEN};
 use crate::format::layout::segment_file_name;
+use crate::format::segment::{decode_header, header_error, SEGMENT_HEADER_LEN};
 use crate::storage::{Mapping, Storage, StorageFile};
 
 /// A segment file's path. For the sealed segments found at open it is joined from the queue
@@ -238,10 +239,76 @@ impl Segment {
     }
 }
 
+/// Creates a segment file durably: header written and synced, directory entry synced.
+pub(crate) fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: u64,
+    segment_size: u64,
+) -> Result<(Arc<Segment>, Arc<dyn StorageFile>)> {
+    create_segment_or_clean_up(storage, dir, base, segment_size).map_err(|failure| failure.error)
+}
+
+/// Why a segment could not be created, and whether its file may be left behind.
+pub(crate) struct CreateFailure {
+    pub(crate) error: Error,
+    /// The half-created file could not be removed durably. A later roll would trip over it, and
+    /// a crash could bring it back with a valid header, making recovery take it for the active
+    /// segment and miss records appended to the previous one: the caller must stop writing.
+    pub(crate) leftover: bool,
+}
+
+/// Like [`create_segment`], and on failure removes the half-created file durably.
+pub(crate) fn create_segment_or_clean_up(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: u64,
+    segment_size: u64,
+) -> Result<(Arc<Segment>, Arc<dyn StorageFile>), CreateFailure> {
+    let clean = |error: Error| CreateFailure {
+        error,
+        leftover: false,
+    };
+    let path = dir.join(segment_file_name(base));
+    let io_error = |operation, path: &Path| {
+        let path = path.to_path_buf();
+        move |error: io::Error| Error::io(operation, path, error)
+    };
+    let file: Arc<dyn StorageFile> = Arc::from(
+        storage
+            .create_new(&path)
+            .map_err(io_error("create segment", &path))
+            .map_err(clean)?,
+    );
+    let header = crate::format::segment::encode_header(base);
+    let written = file
+        .write_all_at(&header, 0)
+        .and_then(|()| file.sync_data())
+        .and_then(|()| storage.sync_dir(dir));
+    if let Err(error) = written {
+        // A segment without a durable header holds nothing; its file must go, durably.
+        let removed = match storage.remove_file(&path) {
+            Err(cleanup) if cleanup.kind() != io::ErrorKind::NotFound => Err(cleanup),
+            _ => storage.sync_dir(dir),
+        };
+        return Err(CreateFailure {
+            error: Error::io("create segment", &path, error),
+            leftover: removed.is_err(),
+        });
+    }
+    let segment = Segment::active(
+        base,
+        path,
+        file.clone(),
+        SEGMENT_HEADER_LEN as u64,
+        segment_size,
+    );
+    Ok((Arc::new(segment), file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     #[test]
     fn lazy_paths_are_the_joined_paths() {

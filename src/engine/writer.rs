@@ -18,10 +18,10 @@
 
 use std::sync::Arc;
 
+use crate::engine::segment::Segment;
 use crate::error::{Error, Result};
 use crate::format::frame;
 use crate::format::segment::{PREPARED_SPACE_ALIGN, SEGMENT_HEADER_LEN};
-use crate::engine::segment::Segment;
 use crate::storage::{StorageFile, WritableMapping};
 
 /// How far ahead of the tail zeros are written and mapped, in bytes.

@@ -23,7 +23,6 @@
 //! anyone; the other slot still holds the last durable head. The durable slot flips only after a
 //! sync that is known to cover the newest write (see `HeadIndex::sync`).
 
-
 use crate::error::Result;
 use crate::format::frame::{read_u32, read_u64, SEQ_LIMIT};
 use crate::format::segment::FORMAT_VERSION;

@@ -101,7 +101,6 @@ pub fn classify_entry(name: &str) -> EntryKind {
 mod tests {
     use super::*;
 
-
     #[test]
     fn names_sort_by_sequence_and_parse_back() {
         let small = segment_file_name(9);

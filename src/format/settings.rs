@@ -16,7 +16,6 @@
 //! The file is replaced whole (`settings.tmp`, sync, rename, directory sync), never edited in
 //! place, so a crash leaves the old or the new settings, never a mix.
 
-
 use crate::error::Result;
 use crate::format::segment::{SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 

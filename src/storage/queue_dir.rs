@@ -6,10 +6,10 @@ use std::io;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::layout::parse_segment_file_name;
-use crate::format::settings::{decode_settings, encode_settings, QueueSettings};
+use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::layout::SETTINGS_FILE_NAME;
+use crate::format::settings::{decode_settings, encode_settings, QueueSettings};
 use crate::storage::{self, Storage};
 
 /// Reads a queue's settings file: `None` when there is none (a queue created before settings
@@ -30,11 +30,7 @@ pub fn read_settings(storage: &dyn Storage, dir: &Path) -> Result<Option<QueueSe
 
 /// Replaces a queue's settings file durably (write a temporary file, sync, rename, sync the
 /// directory).
-pub fn write_settings(
-    storage: &dyn Storage,
-    dir: &Path,
-    settings: &QueueSettings,
-) -> Result<()> {
+pub fn write_settings(storage: &dyn Storage, dir: &Path, settings: &QueueSettings) -> Result<()> {
     storage::write_atomically(storage, dir, SETTINGS_FILE_NAME, &encode_settings(settings))
         .map_err(|error| Error::io("write settings", dir.join(SETTINGS_FILE_NAME), error))
 }

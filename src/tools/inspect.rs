@@ -37,18 +37,20 @@ use std::time::Duration;
 use super::view;
 use crate::error::{Error, Result};
 use crate::format::acklog::{self, AckHeaderError, AckLogDamage, AckLogEnd, JobHistory};
-use crate::format::layout::ACK_LOG_FILE_NAME;
 use crate::format::frame::{self, FrameError, PAYLOAD_LEN_MAX};
 use crate::format::head::{decode_head_file, HeadRead, HeadState};
+use crate::format::layout::ACK_LOG_FILE_NAME;
 use crate::format::layout::HEAD_FILE_NAME;
-use crate::format::segment::{decode_header, find_later_frame, judge_stop, walk_frames, HeaderError, StopKind, WalkStep, SEGMENT_HEADER_LEN};
-use crate::format::settings::{decode_settings, QueueSettings, SettingsError};
 use crate::format::layout::SETTINGS_FILE_NAME;
 use crate::format::layout::{classify_entry, EntryKind};
+use crate::format::segment::{
+    decode_header, find_later_frame, judge_stop, walk_frames, HeaderError, StopKind, WalkStep,
+    SEGMENT_HEADER_LEN,
+};
+use crate::format::settings::{decode_settings, QueueSettings, SettingsError};
 use crate::storage::{Storage, StorageFile};
 
 pub use super::records::{records, stat, QueueStat, Records, StoredRecord};
-
 
 /// How many times a lock-free reader retakes its view when the files changed under it.
 pub(crate) const SNAPSHOT_ATTEMPTS_MAX: u32 = 5;

@@ -56,19 +56,21 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::format::layout::LOCK_FILE_NAME;
 use crate::error::{Error, Result};
 use crate::format::frame;
 use crate::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
 use crate::format::layout::HEAD_FILE_NAME;
-use crate::format::segment::{encode_header, SEGMENT_HEADER_LEN};
-use crate::format::layout::{parse_segment_file_name, segment_file_name};
-use crate::format::settings::QueueSettings;
+use crate::format::layout::LOCK_FILE_NAME;
+use crate::format::layout::QUARANTINE_DIR_NAME;
 use crate::format::layout::SETTINGS_FILE_NAME;
+use crate::format::layout::{parse_segment_file_name, segment_file_name};
+use crate::format::segment::{encode_header, SEGMENT_HEADER_LEN};
+use crate::format::settings::QueueSettings;
 use crate::options::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::storage::{self, LockFailure, Storage};
-use crate::tools::inspect::{read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot};
-use crate::format::layout::QUARANTINE_DIR_NAME;
+use crate::tools::inspect::{
+    read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
+};
 use crate::tools::verify::{self, VerifyReport};
 
 /// Whether [`repair`] changes anything.
@@ -937,8 +939,13 @@ fn rewrite_ack_log(
             acklog::encode_entry(&mut bytes, log_id, &entry);
         }
     }
-    storage::write_atomically(storage, dir, crate::format::layout::ACK_LOG_FILE_NAME, &bytes)
-        .map_err(|error| Error::io("rewrite ack log", &action.file, error))
+    storage::write_atomically(
+        storage,
+        dir,
+        crate::format::layout::ACK_LOG_FILE_NAME,
+        &bytes,
+    )
+    .map_err(|error| Error::io("rewrite ack log", &action.file, error))
 }
 
 /// Acknowledges the retired numbers, then creates the segment the log continues in. In this
@@ -967,8 +974,13 @@ fn continue_after(storage: &dyn Storage, dir: &Path, action: &RepairAction) -> R
             end: seqs.end,
         },
     );
-    storage::write_atomically(storage, dir, crate::format::layout::ACK_LOG_FILE_NAME, &bytes)
-        .map_err(|error| Error::io("rewrite ack log", &ack_path, error))?;
+    storage::write_atomically(
+        storage,
+        dir,
+        crate::format::layout::ACK_LOG_FILE_NAME,
+        &bytes,
+    )
+    .map_err(|error| Error::io("rewrite ack log", &ack_path, error))?;
     let name = segment_file_name(seqs.end);
     storage::write_atomically(storage, dir, &name, &encode_header(seqs.end))
         .map_err(|error| Error::io("create segment", &action.file, error))

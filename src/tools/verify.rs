@@ -197,9 +197,7 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
     if let Some(Err(error)) = &snapshot.settings {
         report.problems.push(Problem {
             kind: ProblemKind::SettingsDamaged,
-            file: snapshot
-                .dir
-                .join(crate::format::layout::SETTINGS_FILE_NAME),
+            file: snapshot.dir.join(crate::format::layout::SETTINGS_FILE_NAME),
             offset: 0,
             detail: error.to_string(),
         });

@@ -104,9 +104,7 @@ fn compaction_leaves_a_foreign_file_with_a_segment_name_for_repair() {
     .unwrap();
     let foreign = dir
         .path()
-        .join(diskspool::format::layout::segment_file_name(
-            first_base + 1,
-        ));
+        .join(diskspool::format::layout::segment_file_name(first_base + 1));
     std::fs::write(&foreign, b"not a segment").unwrap();
     let queue = Queue::open(dir.path(), small_segments(SyncPolicy::Never)).unwrap();
     assert!(!segments[0].exists(), "a consumed segment is deleted");

@@ -56,9 +56,9 @@ mod sequence_limit {
 
     use diskspool::format::frame::{self, SEQ_LIMIT};
     use diskspool::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN};
+    use diskspool::format::layout::segment_file_name;
     use diskspool::format::layout::HEAD_FILE_NAME;
     use diskspool::format::segment::{encode_header, SEGMENT_HEADER_LEN};
-    use diskspool::format::layout::segment_file_name;
     use diskspool::storage::OsStorage;
     use diskspool::tools::{inspect, verify};
     use diskspool::{Error, Options, Queue, SyncPolicy};
