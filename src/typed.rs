@@ -203,6 +203,11 @@ impl<T, C: Codec<T>> TypedQueue<T, C> {
         &self.queue
     }
 
+    /// Closes the queue and returns the error that dropping it ignores; see [`Queue::close`].
+    pub fn close(self) -> Result<()> {
+        self.queue.close()
+    }
+
     fn encode(&self, value: &T, out: &mut Vec<u8>) -> Result<()> {
         self.codec
             .encode(value, out)

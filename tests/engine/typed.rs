@@ -113,6 +113,9 @@ fn typed_deliveries_decode_and_settle_like_byte_deliveries() {
         "the retry is not due yet"
     );
     assert_eq!(jobs.len(), 1);
+    jobs.close().unwrap();
+    let jobs: TypedQueue<Job> = TypedQueue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(jobs.len(), 1, "the unacknowledged value survives the close");
 }
 
 /// The way past an undecodable record without `inner()`: a receive hands it over leased, and
