@@ -744,7 +744,7 @@ fn jobs(config: &Config, table: &mut Table) -> BoxResult<()> {
     }
     let queue = Queue::open(&dir, always())?;
     let measured = run_producers(WORKERS, Budget::Seconds(config.sync_secs), |_| {
-        let delivery = queue.recv()?.ok_or("the job queue ran dry")?;
+        let delivery = queue.try_recv()?.ok_or("the job queue ran dry")?;
         black_box(delivery.payload());
         delivery.ack()?;
         Ok(())
@@ -881,7 +881,7 @@ fn disk_after_drain(config: &Config, table: &mut Table) -> BoxResult<()> {
     let dir = config.fresh("drain")?;
     let data = payload(1024);
     let options = Options::default().sync(SyncPolicy::Never);
-    let segment = options.segment_size_bytes();
+    let segment = options.get_segment_size();
     {
         let queue = Queue::open(&dir, options.clone())?;
         let count = 3 * segment / 1024;

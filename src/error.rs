@@ -125,8 +125,11 @@ pub enum Error {
         /// The record.
         seq: u64,
     },
-    /// A typed payload could not be encoded or decoded.
-    #[error("codec failed for record {seq:?}: {source}")]
+    /// A typed payload could not be encoded (`seq` is `None`) or decoded.
+    #[error("{}: {source}", match seq {
+        Some(seq) => format!("could not decode record {seq}"),
+        None => String::from("could not encode value"),
+    })]
     Codec {
         /// The record's sequence number, when decoding.
         seq: Option<u64>,

@@ -6,10 +6,10 @@
 //! record: it is a queue, not a log with cursors.
 //!
 //! ```
-//! # fn main() -> Result<(), diskspool::Error> {
-//! # let dir = tempfile::tempdir().unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use diskspool::{Options, Queue, SyncPolicy};
 //!
+//! let dir = tempfile::tempdir()?;
 //! let queue = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always))?;
 //! let seq = queue.push(b"resize image 42")?;
 //! let record = queue.pop()?.expect("one record");
@@ -51,13 +51,13 @@ pub use engine::report::{RecoveryReport, Truncation};
 pub use error::{Error, Result};
 pub use format::dead_letter::DeadLetter;
 pub use options::{
-    Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX, RECORD_SIZE_MAX_DEFAULT,
+    Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX, MAX_RECORD_SIZE_DEFAULT,
     SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use spool::{validate_queue_name, Spool, QUEUE_NAME_LEN_MAX};
 #[cfg(any(test, feature = "sim"))]
 pub use storage::sim::SimStorage;
-pub use typed::{Bincode, BoxError, Codec, TypedQueue};
+pub use typed::{Bincode, BoxError, Codec, TypedDelivery, TypedQueue, TypedRecvError};
 
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]

@@ -20,9 +20,9 @@ pub const LEASE_DEFAULT: Duration = Duration::from_secs(30);
 /// The longest lease accepted: 12 h, as in SQS.
 pub const LEASE_MAX: Duration = Duration::from_secs(12 * 3600);
 
-/// The default record size limit (16 MiB), lowered to what a segment can hold when segments are
-/// smaller.
-pub const RECORD_SIZE_MAX_DEFAULT: usize = 16 << 20;
+/// The default of [`Options::max_record_size`] (16 MiB), lowered to what a segment can hold when
+/// segments are smaller.
+pub const MAX_RECORD_SIZE_DEFAULT: usize = 16 << 20;
 
 /// When changes reach stable storage. See `docs/DURABILITY.md` for what survives each crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,12 +40,14 @@ pub enum SyncPolicy {
 }
 
 /// Options for [`Queue::open`](crate::Queue::open), built from [`Options::default`] with
-/// consuming setters:
+/// consuming setters. Each setter has a getter named `get_` and the setter's name (as clap's
+/// builders do): [`Queue::options`](crate::Queue::options) shows the values an open queue uses.
 ///
 /// ```
 /// use diskspool::{Options, SyncPolicy};
 /// let options = Options::default().segment_size(1 << 20).sync(SyncPolicy::Always);
-/// assert_eq!(options.segment_size_bytes(), 1 << 20);
+/// assert_eq!(options.get_segment_size(), 1 << 20);
+/// assert_eq!(options.get_sync(), SyncPolicy::Always);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -113,7 +115,7 @@ impl Options {
 
     /// The permission bits of a new queue's directory, derived from
     /// [`file_mode`](Options::file_mode).
-    pub fn dir_mode(&self) -> u32 {
+    pub(crate) fn dir_mode(&self) -> u32 {
         self.file_mode | ((self.file_mode & 0o444) >> 2)
     }
 
@@ -211,18 +213,81 @@ impl Options {
         self
     }
 
-    /// The configured lease.
-    pub fn lease_duration(&self) -> Duration {
+    /// The segment size in bytes: the configured one, or, for the options of an open queue
+    /// ([`Queue::options`](crate::Queue::options)), the one in force.
+    pub fn get_segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// The permission bits of a new queue's files.
+    pub fn get_file_mode(&self) -> u32 {
+        self.file_mode
+    }
+
+    /// Whether opening may create a queue.
+    pub fn get_create_if_missing(&self) -> bool {
+        self.create_if_missing
+    }
+
+    /// The durability policy.
+    pub fn get_sync(&self) -> SyncPolicy {
+        self.sync
+    }
+
+    /// The largest payload accepted, in bytes: the configured limit, or the default fitted to
+    /// the segment size.
+    pub fn get_max_record_size(&self) -> usize {
+        let fits = self.segment_room() - frame_len(0) as u64;
+        match self.max_record_size {
+            Some(bytes) => bytes,
+            None => (MAX_RECORD_SIZE_DEFAULT as u64).min(fits) as usize,
+        }
+    }
+
+    /// Whether consumed segments are deleted automatically.
+    pub fn get_auto_compact(&self) -> bool {
+        self.auto_compact
+    }
+
+    /// The filesystem implementation.
+    pub fn get_storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Whether pushes store frames through a writable mapping.
+    pub fn get_mapped_writes(&self) -> bool {
+        self.mapped_writes
+    }
+
+    /// Whether enqueue times come from the precise clock.
+    pub fn get_precise_timestamps(&self) -> bool {
+        self.precise_timestamps
+    }
+
+    /// How many consumed segment files are kept for reuse.
+    pub fn get_segment_pool(&self) -> usize {
+        self.segment_pool
+    }
+
+    /// The lease of a delivery.
+    pub fn get_lease(&self) -> Duration {
         self.lease
     }
 
-    /// The configured delivery limit.
-    pub fn max_deliveries_limit(&self) -> Option<u32> {
+    /// The delivery limit, if any.
+    pub fn get_max_deliveries(&self) -> Option<u32> {
         self.max_deliveries
     }
 
+    /// The configured dead-letter directory, as given (`None`: the default sibling
+    /// `<queue>.dead`). [`Queue::dead_letter_dir`](crate::Queue::dead_letter_dir) gives the
+    /// directory a queue uses.
+    pub fn get_dead_letter_dir(&self) -> Option<&Path> {
+        self.dead_letter_dir.as_deref()
+    }
+
     /// The dead-letter directory for a queue in `queue_dir`.
-    pub fn dead_letter_path(&self, queue_dir: &Path) -> PathBuf {
+    pub(crate) fn dead_letter_path(&self, queue_dir: &Path) -> PathBuf {
         let parent = queue_dir.parent().unwrap_or(Path::new("."));
         match &self.dead_letter_dir {
             Some(dir) if dir.is_absolute() => dir.clone(),
@@ -234,26 +299,6 @@ impl Options {
                     .unwrap_or_else(|| String::from("queue"));
                 parent.join(format!("{name}.dead"))
             }
-        }
-    }
-
-    /// The segment size: the configured one, or, for the options of an open queue
-    /// ([`Queue::options`](crate::Queue::options)), the one in force.
-    pub fn segment_size_bytes(&self) -> u64 {
-        self.segment_size
-    }
-
-    /// The configured sync policy.
-    pub fn sync_policy(&self) -> SyncPolicy {
-        self.sync
-    }
-
-    /// The record size limit in force, after the default is fitted to the segment size.
-    pub fn max_record_size_bytes(&self) -> usize {
-        let fits = self.segment_room() - frame_len(0) as u64;
-        match self.max_record_size {
-            Some(bytes) => bytes,
-            None => (RECORD_SIZE_MAX_DEFAULT as u64).min(fits) as usize,
         }
     }
 
@@ -269,7 +314,7 @@ impl Options {
                 self.segment_size
             )));
         }
-        let max_record = self.max_record_size_bytes();
+        let max_record = self.get_max_record_size();
         if max_record as u64 > PAYLOAD_LEN_MAX as u64 {
             return Err(Error::InvalidOptions(format!(
                 "max_record_size {max_record} exceeds the format's limit of {PAYLOAD_LEN_MAX}"

@@ -48,10 +48,10 @@ const LOG_TRUNCATE_BYTES: u64 = 1 << 20;
 /// A directory of named queues.
 ///
 /// ```
-/// # fn main() -> Result<(), diskspool::Error> {
-/// # let dir = tempfile::tempdir().unwrap();
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diskspool::{Options, Spool};
 ///
+/// let dir = tempfile::tempdir()?;
 /// let spool = Spool::open(dir.path(), Options::default())?;
 /// spool.fanout(b"order 7 shipped", &["billing", "email"])?;
 /// assert_eq!(spool.queue("billing")?.pop()?.unwrap().payload(), b"order 7 shipped");

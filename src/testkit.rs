@@ -1494,7 +1494,7 @@ impl Run {
 
     /// Receives up to `count` jobs and releases them: nothing is consumed.
     fn recv_nack(&mut self, count: usize, faults_before: u64) -> Result<(), String> {
-        let deliveries = match self.queue()?.recv_batch(count) {
+        let deliveries = match self.queue()?.try_recv_batch(count) {
             Ok(deliveries) => deliveries,
             Err(error) => {
                 let model = &mut self.model;
@@ -1528,7 +1528,7 @@ impl Run {
 
     /// Receives up to `count` jobs and acknowledges all of them.
     fn recv_ack(&mut self, count: usize, reverse: bool, faults_before: u64) -> Result<(), String> {
-        let mut deliveries = match self.queue()?.recv_batch(count) {
+        let mut deliveries = match self.queue()?.try_recv_batch(count) {
             Ok(deliveries) => deliveries,
             Err(error) => {
                 // Receiving consumes nothing; a failure may leave records leased until reopen.

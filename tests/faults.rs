@@ -234,6 +234,40 @@ fn a_clean_close_records_how_far_the_records_are_synced() {
     }
 }
 
+/// `Queue::close` returns what dropping a queue can only ignore: here the final sync of a queue
+/// under `Interval` fails. A clean close returns `Ok`, and either way the lock is released.
+#[test]
+fn close_returns_the_error_of_a_failed_final_sync() {
+    let policy = SyncPolicy::Interval(std::time::Duration::from_secs(3600));
+    let sim = SimStorage::new(1);
+    let queue = open(&sim, policy);
+    queue.push(b"unsynced").unwrap();
+    sim.inject(Fault {
+        op: Some(SimOp::SyncData),
+        skip: 0,
+        kind: FaultKind::Io,
+        sticky: true,
+    });
+    assert!(matches!(queue.close(), Err(Error::Io { .. })));
+    sim.clear_faults();
+    let queue = open(&sim, policy);
+    assert_eq!(
+        drained_seqs(&queue),
+        vec![0],
+        "a process kill loses nothing"
+    );
+    queue.push(b"synced at close").unwrap();
+    queue.close().unwrap();
+    let head = sim.read_file(&Path::new(DIR).join("head")).unwrap();
+    let read = diskspool::format::head::decode_head_file(&head);
+    let synced_seq = read.slots[read.current.unwrap()]
+        .clone()
+        .unwrap()
+        .state
+        .synced_seq;
+    assert_eq!(synced_seq, 2, "the clean close synced both records");
+}
+
 /// Found by simulation seed 174: a roll whose new segment could not be created, nor its file
 /// removed, left the file behind; a later push went into the previous segment, and the reopened
 /// queue took the empty leftover for the active segment and lost that acknowledged push. Now
@@ -691,7 +725,7 @@ fn an_ack_at_the_head_survives_a_power_loss_without_a_head_sync() {
         }
         let opened = head_syncs.load(Ordering::SeqCst);
         for seq in 0..3 {
-            let delivery = queue.recv().unwrap().unwrap();
+            let delivery = queue.try_recv().unwrap().unwrap();
             assert_eq!(delivery.seq(), seq);
             delivery.ack().unwrap();
         }
@@ -704,7 +738,7 @@ fn an_ack_at_the_head_survives_a_power_loss_without_a_head_sync() {
         drop(queue);
         let queue = Queue::open(DIR, options()).unwrap();
         let seqs: Vec<u64> = queue
-            .recv_batch(10)
+            .try_recv_batch(10)
             .unwrap()
             .iter()
             .map(|d| d.seq())
@@ -723,7 +757,7 @@ fn ack_log_entries_written_by_the_sync_leader_survive_a_process_kill() {
     for seq in 0..4 {
         queue.push(format!("record {seq}").as_bytes()).unwrap();
     }
-    let mut deliveries = queue.recv_batch(4).unwrap();
+    let mut deliveries = queue.try_recv_batch(4).unwrap();
     // Acked beyond the head (seq 3), released with a delay (seq 2), kept leased (0 and 1).
     deliveries.pop().unwrap().ack().unwrap();
     deliveries
@@ -735,7 +769,7 @@ fn ack_log_entries_written_by_the_sync_leader_survive_a_process_kill() {
     sim.process_crash();
     drop(queue);
     let queue = open(&sim, SyncPolicy::Always);
-    let again = queue.recv_batch(10).unwrap();
+    let again = queue.try_recv_batch(10).unwrap();
     let seen: Vec<(u64, u32)> = again.iter().map(|d| (d.seq(), d.deliveries())).collect();
     assert_eq!(
         seen,
@@ -755,7 +789,7 @@ fn a_delivery_count_at_its_largest_value_does_not_overflow() {
     };
     queue_with_ack_log(&sim, 2, &[Some(delivered)]);
     let queue = open(&sim, SyncPolicy::Never);
-    let delivery = queue.recv().unwrap().unwrap();
+    let delivery = queue.try_recv().unwrap().unwrap();
     assert_eq!((delivery.seq(), delivery.deliveries()), (0, u32::MAX));
     delivery.ack().unwrap();
 }

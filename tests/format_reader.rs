@@ -354,7 +354,7 @@ fn a_reader_written_from_the_format_document_reads_what_dump_reads() {
             queue.pop().unwrap().unwrap();
         }
         // Out-of-order acks, a retry and an outstanding lease: the ack log.
-        let mut deliveries = queue.recv_batch(9).unwrap();
+        let mut deliveries = queue.try_recv_batch(9).unwrap();
         let retried = deliveries.remove(4);
         retried.retry_after(Duration::from_secs(3600)).unwrap();
         for (index, delivery) in deliveries.into_iter().enumerate() {

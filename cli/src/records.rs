@@ -170,7 +170,7 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
     )?;
     // An eighth of a segment: a batch that does not fit starts a new segment, so segments stay
     // at least seven eighths full.
-    let batch_bytes_max = (queue.options().segment_size_bytes() / 8).min(PUSH_BATCH_BYTES_MAX);
+    let batch_bytes_max = (queue.options().get_segment_size() / 8).min(PUSH_BATCH_BYTES_MAX);
     if args.raw {
         let mut payload = Vec::new();
         io::stdin().lock().read_to_end(&mut payload)?;
@@ -265,7 +265,7 @@ pub fn pop(args: &PopArgs) -> Result<u8, Failure> {
 fn stored(record: &Record) -> StoredRecord {
     StoredRecord {
         seq: record.seq(),
-        enqueued_us: record.enqueued_at_micros(),
+        enqueued_us: record.enqueued_at_us(),
         payload: record.payload().to_vec(),
     }
 }

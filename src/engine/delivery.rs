@@ -85,6 +85,16 @@ impl Delivery {
             .release(self.record.seq(), self.token, Some(delay))
     }
 
+    /// Moves the record to the dead-letter queue now (see
+    /// [`Options::dead_letter_dir`](crate::Options::dead_letter_dir)), whatever its delivery
+    /// count: for a job that can never succeed, such as a payload that does not decode. Fails
+    /// with [`Error::LeaseExpired`] if the lease already ran out. If the move fails, the record
+    /// stays in this queue and is delivered again.
+    pub fn dead_letter(mut self) -> Result<()> {
+        self.settled = true;
+        self.queue()?.dead_letter(self.record.seq(), self.token)
+    }
+
     fn queue(&self) -> Result<Arc<Shared>> {
         self.shared.upgrade().ok_or(Error::Closed {
             seq: self.record.seq(),

@@ -147,7 +147,7 @@ impl Log {
         not_before_us: u64,
     ) -> Result<u64> {
         env.check_poisoned()?;
-        let max = env.options.max_record_size_bytes();
+        let max = env.options.get_max_record_size();
         let mut batch_len = 0u64;
         for payload in payloads {
             if payload.len() > max {

@@ -52,9 +52,26 @@ pub struct Stats {
 /// A durable, disk-backed FIFO queue. See the crate documentation for an overview.
 ///
 /// `Queue` is `Send + Sync`: share it between producer and consumer threads with an `Arc`.
+///
+/// # Which calls block
+///
+/// The names follow std's channels and `VecDeque`:
+/// - `recv` blocks until a record is available, `recv_timeout` and `pop_timeout` wait at most
+///   their timeout, and `recv_async` returns a future that resolves when one is.
+/// - `try_recv`, `try_recv_batch`, `pop`, `pop_batch` and `peek` never wait for a record: on an
+///   empty queue they return `None` (or an empty `Vec`) at once. `pop` is `VecDeque::pop_front`
+///   on disk.
+///
+/// (Under [`SyncPolicy::Always`] every change also waits for its sync; that is durability, not
+/// waiting for a record.) A thread that waits on a queue it alone pushes to waits forever: use
+/// the non-blocking calls there.
+///
+/// Dropping a queue closes it, ignoring errors; [`close`](Queue::close) returns them.
 pub struct Queue {
     shared: Arc<Shared>,
     flusher: Option<Flusher>,
+    /// Set by [`Queue::close`], so that the drop after it does not close again.
+    closed: bool,
 }
 
 impl fmt::Debug for Queue {
@@ -135,7 +152,11 @@ impl Queue {
             ),
             SyncPolicy::Always | SyncPolicy::Never => None,
         };
-        Ok(Queue { shared, flusher })
+        Ok(Queue {
+            shared,
+            flusher,
+            closed: false,
+        })
     }
 
     /// Appends one record and returns its sequence number.
@@ -169,7 +190,8 @@ impl Queue {
         self.shared.push_batch(&slices, 0)
     }
 
-    /// Removes and returns the oldest record, or `None` when the queue is empty.
+    /// Removes and returns the oldest record, or `None` at once when the queue is empty (it
+    /// never waits for a record; [`pop_timeout`](Queue::pop_timeout) does).
     ///
     /// Under [`SyncPolicy::Always`] the removal is durable when this returns: the record will
     /// never be returned again, whatever crash follows.
@@ -195,27 +217,48 @@ impl Queue {
     /// Hands out the oldest record that is not leased, under a lease of
     /// [`Options::lease`](crate::Options::lease): at-least-once delivery. Acknowledge it with
     /// [`Delivery::ack`] when the job is done; if the lease runs out first, or the delivery is
-    /// dropped or released, the record is handed out again. Returns `None` when no record is
-    /// available.
+    /// dropped or released, the record is handed out again.
+    ///
+    /// **Blocks** the calling thread until a record is available: pushed, released, or its
+    /// delay or lease run out (it waits without spinning). A thread that waits here on a queue
+    /// only it pushes to waits forever: use [`try_recv`](Queue::try_recv) or
+    /// [`recv_timeout`](Queue::recv_timeout) there. See [which calls block](Queue#which-calls-block).
     ///
     /// Use `recv` when losing a job to a crashed worker is not acceptable; [`pop`](Queue::pop)
     /// is the at-most-once fast path.
-    pub fn recv(&self) -> Result<Option<Delivery>> {
+    pub fn recv(&self) -> Result<Delivery> {
+        loop {
+            // Waits in long slices rather than to one far-off `Instant`, which could overflow.
+            let deadline = Instant::now() + Duration::from_secs(3600);
+            if let Some(delivery) = self.recv_until(deadline)? {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    /// Like [`recv`](Queue::recv), but never blocks: returns `None` at once when no record is
+    /// available.
+    pub fn try_recv(&self) -> Result<Option<Delivery>> {
         Ok(try_recv_batch(&self.shared, 1)?.pop())
     }
 
-    /// Hands out up to `max` records, each under its own lease, with one ack-log write.
-    pub fn recv_batch(&self, max: usize) -> Result<Vec<Delivery>> {
+    /// Like [`try_recv`](Queue::try_recv) for up to `max` records, each under its own lease,
+    /// with one ack-log write. Never blocks: returns an empty `Vec` when no record is
+    /// available.
+    pub fn try_recv_batch(&self, max: usize) -> Result<Vec<Delivery>> {
         try_recv_batch(&self.shared, max)
     }
 
-    /// Like [`recv`](Queue::recv), but waits up to `timeout` for a record to become available:
-    /// pushed, released, or its delay or lease run out. Waits without spinning.
+    /// Like [`recv`](Queue::recv), but waits at most `timeout` for a record to become
+    /// available; returns `None` if none did in time.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Delivery>> {
-        let deadline = Instant::now() + timeout;
+        self.recv_until(Instant::now() + timeout)
+    }
+
+    fn recv_until(&self, deadline: Instant) -> Result<Option<Delivery>> {
         loop {
             let seen = self.shared.env.arrivals.epoch();
-            if let Some(delivery) = self.recv()? {
+            if let Some(delivery) = self.try_recv()? {
                 return Ok(Some(delivery));
             }
             if !self.shared.wait_for_change(seen, deadline) && Instant::now() >= deadline {
@@ -233,6 +276,7 @@ impl Queue {
     }
 
     /// Removes and returns up to `max` of the oldest records, with one head update for all.
+    /// Never waits: returns an empty `Vec` when the queue is empty.
     pub fn pop_batch(&self, max: usize) -> Result<Vec<Record>> {
         self.shared.pop_with(max, Ok, Vec::new())
     }
@@ -256,7 +300,7 @@ impl Queue {
         self.shared.pop_with(1, convert, None)
     }
 
-    /// Returns the oldest record without removing it.
+    /// Returns the oldest record without removing it, or `None` at once when there is none.
     pub fn peek(&self) -> Result<Option<Record>> {
         self.shared.peek()
     }
@@ -347,6 +391,40 @@ impl Queue {
         })
     }
 
+    /// The directory of this queue's dead-letter queue (see
+    /// [`Options::dead_letter_dir`]), which exists once a record has been dead-lettered.
+    pub fn dead_letter_dir(&self) -> PathBuf {
+        let env = &self.shared.env;
+        env.options.dead_letter_path(&env.dir)
+    }
+
+    /// Closes the queue: the final sync its policy calls for, then the head records how far
+    /// the records are synced. Returns the first error, where dropping the queue (which does
+    /// the same) can only ignore it. The directory's lock is released either way.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use diskspool::{Options, Queue};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let queue = Queue::open(dir.path(), Options::default())?;
+    /// queue.push(b"kept")?;
+    /// queue.close()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn close(mut self) -> Result<()> {
+        self.closed = true;
+        self.shut_down()
+    }
+
+    /// What closing does, shared by [`close`](Queue::close) and `Drop`.
+    fn shut_down(&mut self) -> Result<()> {
+        if let Some(flusher) = self.flusher.take() {
+            flusher.stop();
+        }
+        self.shared.close()
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
@@ -354,11 +432,10 @@ impl Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        if let Some(flusher) = self.flusher.take() {
-            flusher.stop();
+        if !self.closed {
+            // `close` returns what this can only ignore.
+            let _ = self.shut_down();
         }
-        // A failure here is not lost silently: it poisons nothing, but `close` returns it.
-        let _ = self.shared.close();
     }
 }
 

@@ -892,6 +892,28 @@ impl Consumer {
         Ok(())
     }
 
+    /// Takes a leased record out of the reader for an immediate move to the dead-letter queue,
+    /// whatever its delivery count: returns it with its count. Fails with
+    /// [`Error::LeaseExpired`] if the lease ran out and the record may be with someone else.
+    pub(crate) fn take_for_dead_letter(
+        &self,
+        env: &Env,
+        seq: u64,
+        token: u64,
+    ) -> Result<(Record, u32)> {
+        env.check_poisoned()?;
+        let mut reader = lock(&self.reader);
+        let job = reader.jobs.entries.get(&seq).filter(
+            |job| matches!(job.state, JobState::Leased { token: held, .. } if held == token),
+        );
+        let Some(job) = job else {
+            return Err(Error::LeaseExpired { seq });
+        };
+        let taken = (job.record.clone(), job.deliveries);
+        reader.jobs.set_state(seq, JobState::DeadLettering);
+        Ok(taken)
+    }
+
     /// Rewrites the ack log when obsolete entries dominate it. The head is synced first, so
     /// that the head that makes the dropped entries obsolete survives any crash.
     fn maybe_rewrite_acklog(&self, env: &Env, reader: &mut Reader) -> Result<()> {

@@ -58,7 +58,7 @@ impl Record {
     }
 
     /// When the record was pushed, in microseconds since the Unix epoch.
-    pub fn enqueued_at_micros(&self) -> u64 {
+    pub fn enqueued_at_us(&self) -> u64 {
         self.enqueued_us
     }
 

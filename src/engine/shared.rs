@@ -151,6 +151,12 @@ impl Shared {
         self.consumer.extend(seq, token, lease)
     }
 
+    /// Moves a leased record to the dead-letter queue now, whatever its delivery count.
+    pub(crate) fn dead_letter(&self, seq: u64, token: u64) -> Result<()> {
+        let (record, deliveries) = self.consumer.take_for_dead_letter(&self.env, seq, token)?;
+        self.move_to_dead_letters(seq, &record, deliveries)
+    }
+
     /// Records in the queue.
     pub(crate) fn len(&self) -> u64 {
         self.consumer.len(self.log.published_next_seq())
@@ -243,7 +249,7 @@ impl AfterConsume for Shared {
             let envelope = DeadLetter {
                 original_seq: seq,
                 deliveries,
-                enqueued_at_us: record.enqueued_at_micros(),
+                enqueued_at_us: record.enqueued_at_us(),
                 payload: record.payload(),
             };
             queue.push(&envelope.encode())

@@ -14,10 +14,10 @@
 //! - [`segment_frames`] lists every frame of one segment file.
 //!
 //! ```
-//! # fn main() -> Result<(), diskspool::Error> {
-//! # let dir = tempfile::tempdir().unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use diskspool::{storage::OsStorage, tools::inspect, Options, Queue};
 //!
+//! let dir = tempfile::tempdir()?;
 //! let queue = Queue::open(dir.path(), Options::default())?;
 //! queue.push(b"a")?;
 //! queue.push(b"b")?;

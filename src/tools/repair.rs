@@ -37,9 +37,9 @@
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let dir = tempfile::tempdir()?;
 //! use diskspool::{storage::OsStorage, tools::repair, Options, Queue};
 //!
+//! let dir = tempfile::tempdir()?;
 //! drop(Queue::open(dir.path(), Options::default())?);
 //! std::fs::write(dir.path().join("notes.txt"), "not ours")?;
 //! let report = repair::repair(&OsStorage, dir.path(), repair::Mode::Repair)?;

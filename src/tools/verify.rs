@@ -6,10 +6,10 @@
 //! flight) is not reported; one that stays is, with its file and byte offset.
 //!
 //! ```
-//! # fn main() -> Result<(), diskspool::Error> {
-//! # let dir = tempfile::tempdir().unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use diskspool::{storage::OsStorage, tools::verify, Options, Queue};
 //!
+//! let dir = tempfile::tempdir()?;
 //! let queue = Queue::open(dir.path(), Options::default())?;
 //! queue.push(b"checked")?;
 //! let report = verify::verify(&OsStorage, dir.path())?;

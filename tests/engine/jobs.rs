@@ -20,10 +20,10 @@ fn recv_hands_out_in_order_and_ack_removes_for_good() {
     {
         let queue = Queue::open(dir.path(), options()).unwrap();
         push_expected(&queue, 3);
-        let first = queue.recv().unwrap().unwrap();
+        let first = queue.try_recv().unwrap().unwrap();
         assert_eq!((first.seq(), first.deliveries()), (0, 1));
         assert_eq!(first.payload(), payload_for(0));
-        let second = queue.recv().unwrap().unwrap();
+        let second = queue.try_recv().unwrap().unwrap();
         assert_eq!(second.seq(), 1, "a leased record is not handed out again");
         assert_eq!(queue.len(), 3, "leased records are still in the queue");
         assert_eq!(queue.stats().unwrap().leased, 2);
@@ -32,10 +32,10 @@ fn recv_hands_out_in_order_and_ack_removes_for_good() {
         assert_eq!(queue.len(), 1);
     }
     let queue = Queue::open(dir.path(), options()).unwrap();
-    let third = queue.recv().unwrap().unwrap();
+    let third = queue.try_recv().unwrap().unwrap();
     assert_eq!((third.seq(), third.deliveries()), (2, 1));
     third.ack().unwrap();
-    assert!(queue.recv().unwrap().is_none());
+    assert!(queue.try_recv().unwrap().is_none());
     assert!(queue.is_empty());
 }
 
@@ -44,14 +44,14 @@ fn nack_and_drop_make_the_record_available_at_once_with_a_higher_count() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path(), options()).unwrap();
     push_expected(&queue, 2);
-    queue.recv().unwrap().unwrap().nack().unwrap();
-    let again = queue.recv().unwrap().unwrap();
+    queue.try_recv().unwrap().unwrap().nack().unwrap();
+    let again = queue.try_recv().unwrap().unwrap();
     assert_eq!((again.seq(), again.deliveries()), (0, 2));
     drop(again);
-    let third = queue.recv().unwrap().unwrap();
+    let third = queue.try_recv().unwrap().unwrap();
     assert_eq!((third.seq(), third.deliveries()), (0, 3));
     third.ack().unwrap();
-    assert_eq!(queue.recv().unwrap().unwrap().seq(), 1);
+    assert_eq!(queue.try_recv().unwrap().unwrap().seq(), 1);
 }
 
 #[test]
@@ -61,12 +61,12 @@ fn retry_after_holds_the_record_back_for_the_delay() {
     push_expected(&queue, 2);
     let released_at = Instant::now();
     queue
-        .recv()
+        .try_recv()
         .unwrap()
         .unwrap()
         .retry_after(Duration::from_millis(300))
         .unwrap();
-    let next = queue.recv().unwrap().unwrap();
+    let next = queue.try_recv().unwrap().unwrap();
     assert_eq!(
         next.seq(),
         1,
@@ -87,8 +87,8 @@ fn an_expired_lease_hands_the_record_to_the_next_receiver() {
     let queue = Queue::open(dir.path(), options().lease(Duration::from_millis(200))).unwrap();
     push_expected(&queue, 1);
     let leased_at = Instant::now();
-    let slow = queue.recv().unwrap().unwrap();
-    assert!(queue.recv().unwrap().is_none());
+    let slow = queue.try_recv().unwrap().unwrap();
+    assert!(queue.try_recv().unwrap().is_none());
     let again = queue
         .recv_timeout(Duration::from_secs(30))
         .unwrap()
@@ -101,7 +101,7 @@ fn an_expired_lease_hands_the_record_to_the_next_receiver() {
     ));
     // The first receiver's late release changes nothing; the new receiver's ack counts.
     slow.nack().unwrap();
-    assert!(queue.recv().unwrap().is_none());
+    assert!(queue.try_recv().unwrap().is_none());
     again.ack().unwrap();
     assert!(queue.is_empty());
 }
@@ -111,11 +111,14 @@ fn extend_keeps_a_long_job_leased() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path(), options().lease(Duration::from_millis(150))).unwrap();
     push_expected(&queue, 1);
-    let long_job = queue.recv().unwrap().unwrap();
+    let long_job = queue.try_recv().unwrap().unwrap();
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(600) {
         long_job.extend(Duration::from_millis(150)).unwrap();
-        assert!(queue.recv().unwrap().is_none(), "an extended lease holds");
+        assert!(
+            queue.try_recv().unwrap().is_none(),
+            "an extended lease holds"
+        );
         std::thread::sleep(Duration::from_millis(40));
     }
     long_job.ack().unwrap();
@@ -132,15 +135,15 @@ fn max_deliveries_moves_the_record_to_the_dead_letter_queue_intact() {
     let queue = Queue::open(&dir, options().max_deliveries(3)).unwrap();
     push_expected(&queue, 2);
     for round in 1..=3 {
-        let delivery = queue.recv().unwrap().unwrap();
+        let delivery = queue.try_recv().unwrap().unwrap();
         assert_eq!((delivery.seq(), delivery.deliveries()), (0, round));
         delivery.nack().unwrap();
     }
     // Record 0 went to the dead-letter queue on its third release; record 1 is next.
-    let next = queue.recv().unwrap().unwrap();
+    let next = queue.try_recv().unwrap().unwrap();
     assert_eq!(next.seq(), 1);
     next.ack().unwrap();
-    assert!(queue.recv().unwrap().is_none());
+    assert!(queue.try_recv().unwrap().is_none());
     assert!(queue.is_empty());
     drop(queue);
 
@@ -205,7 +208,7 @@ fn delays_are_honoured_and_survive_a_restart() {
     }
     let queue = Queue::open(dir.path(), options()).unwrap();
     assert!(
-        queue.recv().unwrap().is_none(),
+        queue.try_recv().unwrap().is_none(),
         "still delayed after the restart"
     );
     let delivery = queue
@@ -226,7 +229,7 @@ fn out_of_order_acks_and_delivery_counts_survive_a_restart() {
     {
         let queue = Queue::open(dir.path(), options()).unwrap();
         push_expected(&queue, 10);
-        let deliveries = queue.recv_batch(10).unwrap();
+        let deliveries = queue.try_recv_batch(10).unwrap();
         assert_eq!(deliveries.len(), 10);
         for delivery in deliveries {
             if delivery.seq() % 2 == 1 {
@@ -238,7 +241,7 @@ fn out_of_order_acks_and_delivery_counts_survive_a_restart() {
     }
     let queue = Queue::open(dir.path(), options()).unwrap();
     assert_eq!(queue.len(), 5);
-    let again = queue.recv_batch(100).unwrap();
+    let again = queue.try_recv_batch(100).unwrap();
     let seqs: Vec<u64> = again.iter().map(|delivery| delivery.seq()).collect();
     assert_eq!(
         seqs,
@@ -258,7 +261,7 @@ fn pop_and_recv_share_one_queue() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path(), options()).unwrap();
     push_expected(&queue, 4);
-    let leased = queue.recv().unwrap().unwrap();
+    let leased = queue.try_recv().unwrap().unwrap();
     assert_eq!(queue.peek().unwrap().unwrap().seq(), 1);
     assert_eq!(
         queue.pop().unwrap().unwrap().seq(),
@@ -284,7 +287,7 @@ fn the_ack_log_stays_small_however_many_records_are_acked() {
     let mut acked = 0;
     while acked < total {
         // Ack each batch backwards: every ack but the last is out of order.
-        let mut batch = queue.recv_batch(64).unwrap();
+        let mut batch = queue.try_recv_batch(64).unwrap();
         acked += batch.len() as u64;
         while let Some(delivery) = batch.pop() {
             delivery.ack().unwrap();
@@ -297,7 +300,7 @@ fn the_ack_log_stays_small_however_many_records_are_acked() {
     assert!(acks < 24 * 8_000, "ack log is {acks} bytes");
     drop(queue);
     let queue = Queue::open(dir.path(), options()).unwrap();
-    assert!(queue.recv().unwrap().is_none());
+    assert!(queue.try_recv().unwrap().is_none());
 }
 
 /// Under `Always` an ack at the head goes into the ack log too (the head is synced lazily): the
@@ -317,7 +320,7 @@ fn the_ack_log_stays_small_under_always_with_acks_at_the_head() {
     let total = 20_000u64;
     queue.push_batch((0..total).map(|_| [1u8; 8])).unwrap();
     for _ in 0..total {
-        queue.recv().unwrap().unwrap().ack().unwrap();
+        queue.try_recv().unwrap().unwrap().ack().unwrap();
     }
     assert!(queue.is_empty());
     let acks = sim
@@ -329,7 +332,7 @@ fn the_ack_log_stays_small_under_always_with_acks_at_the_head() {
     drop(queue);
     let queue = Queue::open("/q", options()).unwrap();
     assert_eq!(queue.recovery_report().truncated, []);
-    assert!(queue.recv().unwrap().is_none());
+    assert!(queue.try_recv().unwrap().is_none());
 }
 
 #[test]
@@ -382,7 +385,7 @@ fn acks_with_a_damaged_entry(
     {
         let queue = Queue::open(dir.path(), options).unwrap();
         push_expected(&queue, 100);
-        let mut deliveries = queue.recv_batch(100).unwrap();
+        let mut deliveries = queue.try_recv_batch(100).unwrap();
         assert_eq!(deliveries.len(), 100);
         let first = deliveries.remove(0);
         for delivery in deliveries.into_iter().rev() {
@@ -451,7 +454,7 @@ fn under_the_weaker_policies_a_torn_ack_log_entry_before_valid_ones_is_skipped_a
         );
         // At most the one acknowledgement the torn entry held comes back; every other holds.
         let mut delivered = Vec::new();
-        while let Some(delivery) = queue.recv().unwrap() {
+        while let Some(delivery) = queue.try_recv().unwrap() {
             delivered.push(delivery.seq());
             delivery.ack().unwrap();
         }
@@ -462,4 +465,66 @@ fn under_the_weaker_policies_a_torn_ack_log_entry_before_valid_ones_is_skipped_a
             diskspool::tools::verify::verify(&diskspool::storage::OsStorage, dir.path()).unwrap();
         assert!(report.is_clean(), "{policy:?}: {report:?}");
     }
+}
+
+#[test]
+fn recv_blocks_until_another_thread_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), options()).unwrap());
+    assert!(queue.try_recv().unwrap().is_none(), "try_recv never waits");
+    let receiver = {
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            let delivery = queue.recv().unwrap();
+            let seq = delivery.seq();
+            delivery.ack().unwrap();
+            seq
+        })
+    };
+    // Whether the receiver is already waiting or not yet, it must get this record.
+    let seq = queue.push(b"wake up").unwrap();
+    assert_eq!(receiver.join().unwrap(), seq);
+    assert!(queue.is_empty());
+}
+
+#[test]
+fn recv_waits_out_a_delay_and_try_recv_batch_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), options()).unwrap();
+    let pushed_at = Instant::now();
+    let seq = queue
+        .push_delayed(b"later", Duration::from_millis(100))
+        .unwrap();
+    assert!(queue.try_recv_batch(5).unwrap().is_empty());
+    let delivery = queue.recv().unwrap();
+    assert_eq!(delivery.seq(), seq);
+    assert!(pushed_at.elapsed() >= Duration::from_millis(100));
+}
+
+#[test]
+fn dead_letter_moves_a_delivery_at_once_and_refuses_an_expired_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = Duration::from_millis(50);
+    let queue = Queue::open(dir.path().join("jobs"), options().lease(lease)).unwrap();
+    assert_eq!(queue.dead_letter_dir(), dir.path().join("jobs.dead"));
+    assert_eq!(queue.options().get_lease(), lease);
+    push_expected(&queue, 2);
+    queue.try_recv().unwrap().unwrap().dead_letter().unwrap();
+    let stale = queue.try_recv().unwrap().unwrap();
+    std::thread::sleep(lease + Duration::from_millis(10));
+    let current = queue.try_recv().unwrap().expect("the lease ran out");
+    assert_eq!((current.seq(), current.deliveries()), (1, 2));
+    assert!(matches!(
+        stale.dead_letter(),
+        Err(Error::LeaseExpired { seq: 1 })
+    ));
+    current.ack().unwrap();
+    assert!(queue.is_empty());
+    drop(queue);
+    let dead = Queue::open(dir.path().join("jobs.dead"), options()).unwrap();
+    let letters = dead.pop_batch(10).unwrap();
+    assert_eq!(letters.len(), 1, "only the dead-lettered record");
+    let letter = DeadLetter::decode(letters[0].payload()).unwrap();
+    assert_eq!((letter.original_seq, letter.deliveries), (0, 1));
+    assert_eq!(letter.payload, payload_for(0));
 }

@@ -27,10 +27,10 @@ fn record_above_max_record_size_is_refused_and_the_limit_itself_is_accepted() {
 #[test]
 fn default_record_limit_fits_small_segments() {
     let options = Options::default().segment_size(4096);
-    assert!(options.max_record_size_bytes() < 4096);
+    assert!(options.get_max_record_size() < 4096);
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path(), options.clone().sync(SyncPolicy::Never)).unwrap();
-    let largest = vec![9u8; options.max_record_size_bytes()];
+    let largest = vec![9u8; options.get_max_record_size()];
     let seq = queue.push(&largest).unwrap();
     assert_eq!(queue.pop().unwrap().unwrap().payload(), &largest[..]);
     assert_eq!(seq, 0);

@@ -110,8 +110,8 @@ fn enqueue_times_follow_the_clock_at_its_resolution() {
                 enqueued >= before - early && enqueued <= after,
                 "precise: {precise}"
             );
-            assert!(record.enqueued_at_micros() >= previous, "never backwards");
-            previous = record.enqueued_at_micros();
+            assert!(record.enqueued_at_us() >= previous, "never backwards");
+            previous = record.enqueued_at_us();
             std::thread::sleep(Duration::from_millis(15));
         }
         if precise {
@@ -122,7 +122,7 @@ fn enqueue_times_follow_the_clock_at_its_resolution() {
                 std::thread::sleep(Duration::from_micros(200));
             }
             let mut times: Vec<u64> = std::iter::from_fn(|| queue.pop().unwrap())
-                .map(|record| record.enqueued_at_micros())
+                .map(|record| record.enqueued_at_us())
                 .collect();
             times.dedup();
             assert_eq!(times.len(), 20, "{times:?}");

@@ -316,7 +316,7 @@ fn worker_kill_cycles(cycles: u32, total: u64) {
     // Drain what is left: every job not acked yet is still there, once, intact; no acked one.
     let queue = Queue::open(dir.path(), options()).unwrap();
     let mut rest = Vec::new();
-    while let Some(delivery) = queue.recv().unwrap() {
+    while let Some(delivery) = queue.try_recv().unwrap() {
         assert!(
             !acked.contains(&delivery.seq()),
             "seed {seed}: acked job delivered again"

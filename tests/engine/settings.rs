@@ -11,14 +11,14 @@ fn a_reopen_without_a_segment_size_keeps_the_queues_own() {
     let dir = tempfile::tempdir().unwrap();
     drop(Queue::open(dir.path(), Options::default().segment_size(4096)).unwrap());
     let queue = Queue::open(dir.path(), Options::default()).unwrap();
-    assert_eq!(queue.options().segment_size_bytes(), 4096);
+    assert_eq!(queue.options().get_segment_size(), 4096);
     drop(queue);
     // An explicit size replaces it, durably.
     drop(Queue::open(dir.path(), Options::default().segment_size(8192)).unwrap());
     let stored = read_settings(&OsStorage, dir.path()).unwrap().unwrap();
     assert_eq!(stored.segment_size, 8192);
     let queue = Queue::open(dir.path(), Options::default()).unwrap();
-    assert_eq!(queue.options().segment_size_bytes(), 8192);
+    assert_eq!(queue.options().get_segment_size(), 8192);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The typed layer round-trips values and never loses a payload that fails to decode.
 
-use diskspool::{Codec, Error, Options, Queue, SyncPolicy, TypedQueue};
+use std::time::Duration;
+
+use diskspool::{Codec, DeadLetter, Error, Options, Queue, SyncPolicy, TypedQueue, TypedRecvError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,4 +86,88 @@ fn a_custom_codec_plugs_in() {
         "héllo".as_bytes()
     );
     assert_eq!(words.pop().unwrap(), Some((0, "héllo".to_string())));
+}
+
+#[test]
+fn typed_deliveries_decode_and_settle_like_byte_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs: TypedQueue<Job> =
+        TypedQueue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
+    assert!(format!("{jobs:?}").starts_with("TypedQueue { dir: "));
+    jobs.push_batch(&[job(1), job(2)]).unwrap();
+    let first = jobs.try_recv().unwrap().unwrap();
+    assert_eq!(
+        (first.seq(), first.value(), first.deliveries()),
+        (0, &job(1), 1)
+    );
+    first.nack().unwrap();
+    let again = jobs.recv().unwrap();
+    assert_eq!((again.seq(), again.deliveries()), (0, 2));
+    again.extend(Duration::from_secs(60)).unwrap();
+    again.ack().unwrap();
+    let second = jobs.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(second.value(), &job(2));
+    second.retry_after(Duration::from_secs(3600)).unwrap();
+    assert!(
+        jobs.try_recv().unwrap().is_none(),
+        "the retry is not due yet"
+    );
+    assert_eq!(jobs.len(), 1);
+    jobs.close().unwrap();
+    let jobs: TypedQueue<Job> = TypedQueue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(jobs.len(), 1, "the unacknowledged value survives the close");
+}
+
+/// The way past an undecodable record without `inner()`: a receive hands it over leased, and
+/// the caller dead-letters it (or acknowledges it to drop it); the values behind it flow again.
+#[test]
+fn an_undecodable_record_is_taken_out_through_the_typed_receive() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue_dir = dir.path().join("jobs");
+    let jobs: TypedQueue<Job> =
+        TypedQueue::open(&queue_dir, Options::default().sync(SyncPolicy::Never)).unwrap();
+    jobs.inner().push(&[0xFF, 0xFF, 0xFF]).unwrap();
+    jobs.inner().push(&[0xFE]).unwrap();
+    jobs.push(&job(2)).unwrap();
+    assert!(matches!(jobs.pop(), Err(Error::Codec { seq: Some(0), .. })));
+    match jobs.try_recv() {
+        Err(TypedRecvError::Undecodable { delivery, error }) => {
+            assert_eq!(delivery.seq(), 0);
+            assert!(matches!(error, Error::Codec { seq: Some(0), .. }));
+            delivery.dead_letter().unwrap();
+        }
+        other => panic!("expected an undecodable record, got {other:?}"),
+    }
+    match jobs.try_recv() {
+        Err(TypedRecvError::Undecodable { delivery, .. }) => delivery.ack().unwrap(),
+        other => panic!("expected an undecodable record, got {other:?}"),
+    }
+    assert_eq!(jobs.pop().unwrap(), Some((2, job(2))));
+    assert!(jobs.is_empty());
+    drop(jobs); // It holds the dead-letter queue open.
+    let dead = Queue::open(dir.path().join("jobs.dead"), Options::default()).unwrap();
+    let record = dead.pop().unwrap().expect("the dead-lettered record");
+    let letter = DeadLetter::decode(record.payload()).unwrap();
+    assert_eq!((letter.original_seq, letter.payload), (0, &[0xFF; 3][..]));
+    assert!(
+        dead.pop().unwrap().is_none(),
+        "the acknowledged one is gone"
+    );
+}
+
+#[test]
+fn codec_errors_read_as_sentences_and_chain_their_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let numbers: TypedQueue<u32> =
+        TypedQueue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
+    numbers.inner().push(&[0xFF, 0xFF, 0xFF]).unwrap();
+    let error = numbers.pop().unwrap_err();
+    let source = std::error::Error::source(&error).expect("the codec's error");
+    assert_eq!(
+        error.to_string(),
+        format!("could not decode record 0: {source}")
+    );
+    let error = numbers.try_recv().unwrap_err();
+    assert!(error.to_string().starts_with("could not decode record 0: "));
+    assert!(std::error::Error::source(&error).is_some());
 }

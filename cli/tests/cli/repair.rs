@@ -306,7 +306,7 @@ fn acknowledgements_of_cut_records_do_not_swallow_new_records() {
     let (_temp, dir) = queue_with(60, 0);
     {
         let queue = diskspool::Queue::open(&dir, options()).unwrap();
-        let deliveries = queue.recv_batch(50).unwrap();
+        let deliveries = queue.try_recv_batch(50).unwrap();
         for delivery in deliveries {
             if (40..50).contains(&delivery.seq()) {
                 delivery.ack().unwrap();
@@ -429,7 +429,7 @@ fn a_damaged_ack_log_entry_is_dropped_and_every_valid_one_kept() {
     let (_temp, dir) = queue_with(40, 0);
     {
         let queue = diskspool::Queue::open(&dir, options()).unwrap();
-        let mut deliveries = queue.recv_batch(30).unwrap();
+        let mut deliveries = queue.try_recv_batch(30).unwrap();
         let first = deliveries.remove(0);
         for delivery in deliveries {
             delivery.ack().unwrap();

@@ -329,7 +329,7 @@ fn a_damaged_ack_log_entry_is_reported_and_read_commands_stop_with_exit_5() {
         for seq in 0..60 {
             queue.push(&payload_for(seq)).unwrap();
         }
-        let mut deliveries = queue.recv_batch(60).unwrap();
+        let mut deliveries = queue.try_recv_batch(60).unwrap();
         let first = deliveries.remove(0);
         for delivery in deliveries.into_iter().rev() {
             delivery.ack().unwrap();
