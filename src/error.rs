@@ -101,6 +101,29 @@ pub enum Error {
         /// The room a segment has for records.
         max: u64,
     },
+    /// The queue is at its bound ([`Options::max_records`](crate::Options::max_records),
+    /// [`Options::max_bytes`](crate::Options::max_bytes)) and the push was refused
+    /// ([`Overflow::Reject`](crate::Overflow::Reject)), timed out
+    /// ([`Overflow::Block`](crate::Overflow::Block) with `push_timeout`), or could not make
+    /// room ([`Overflow::DropOldest`](crate::Overflow::DropOldest) when every record is handed
+    /// out, or the batch alone exceeds the bound). Nothing was written. `spool` exits with 6.
+    #[error("queue is full: {records} record(s), {bytes} byte(s) not yet consumed (bounds: {}, {}); the push of {batch_records} record(s), {batch_bytes} byte(s) was refused",
+        match max_records { Some(max) => format!("{max} records"), None => String::from("no record bound") },
+        match max_bytes { Some(max) => format!("{max} bytes"), None => String::from("no byte bound") })]
+    Full {
+        /// Records not yet consumed when the push was refused.
+        records: u64,
+        /// Bytes of frames not yet consumed when the push was refused.
+        bytes: u64,
+        /// The record bound.
+        max_records: Option<u64>,
+        /// The byte bound.
+        max_bytes: Option<u64>,
+        /// Records in the refused push.
+        batch_records: u64,
+        /// Bytes of frames the refused push would have taken.
+        batch_bytes: u64,
+    },
     /// An option is out of range or inconsistent with another.
     #[error("invalid options: {0}")]
     InvalidOptions(String),

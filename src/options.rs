@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, PAYLOAD_LEN_MAX};
+pub use crate::format::settings::Overflow;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 pub use crate::format::segment::{SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::storage::{OsStorage, Storage};
@@ -23,6 +24,19 @@ pub const LEASE_MAX: Duration = Duration::from_secs(12 * 3600);
 /// The default of [`Options::max_record_size`] (16 MiB), lowered to what a segment can hold when
 /// segments are smaller.
 pub const MAX_RECORD_SIZE_DEFAULT: usize = 16 << 20;
+
+/// The deduplication window when none is set: 5 minutes, as SQS FIFO's.
+pub const DEDUP_WINDOW_DEFAULT: Duration = Duration::from_secs(300);
+
+/// Which of the queue's policies an `Options` sets explicitly (the others come from the queue's
+/// settings file at open), one bit each.
+pub(crate) mod policy_bits {
+    pub(crate) const MAX_RECORDS: u8 = 1;
+    pub(crate) const MAX_BYTES: u8 = 2;
+    pub(crate) const OVERFLOW: u8 = 4;
+    pub(crate) const MAX_AGE: u8 = 8;
+    pub(crate) const DEDUP_WINDOW: u8 = 16;
+}
 
 /// When changes reach stable storage. See `docs/DURABILITY.md` for what survives each crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +81,14 @@ pub struct Options {
     pub(crate) mapped_writes: bool,
     pub(crate) segment_pool: usize,
     pub(crate) precise_timestamps: bool,
+    pub(crate) max_records: Option<u64>,
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) overflow: Overflow,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) dedup_window: Option<Duration>,
+    /// The policies set by their setters (see [`policy_bits`]): they replace the queue's
+    /// stored ones at open; the others are taken from the settings file.
+    pub(crate) policies_explicit: u8,
 }
 
 impl Default for Options {
@@ -86,6 +108,12 @@ impl Default for Options {
             mapped_writes: true,
             segment_pool: 0,
             precise_timestamps: false,
+            max_records: None,
+            max_bytes: None,
+            overflow: Overflow::Reject,
+            max_age: None,
+            dedup_window: None,
+            policies_explicit: 0,
         }
     }
 }
@@ -211,6 +239,82 @@ impl Options {
     pub fn dead_letter_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dead_letter_dir = Some(dir.into());
         self
+    }
+
+    /// Bounds the queue to this many records not yet consumed (records handed out by `recv`
+    /// count until acknowledged); a push beyond it follows [`overflow`](Options::overflow).
+    /// Like every policy, it is stored in the queue's settings file: every later open, in any
+    /// process, and the `spool` commands keep it unless they set it again. Default: no bound.
+    pub fn max_records(mut self, records: u64) -> Self {
+        self.max_records = Some(records);
+        self.policies_explicit |= policy_bits::MAX_RECORDS;
+        self
+    }
+
+    /// Bounds the queue to this many bytes of records not yet consumed, counted as frames on
+    /// disk (a record of `n` bytes takes `n` + 24 rounded up to a multiple of 8; see
+    /// `docs/FORMAT.md`); records handed out count until acknowledged. A push beyond it follows
+    /// [`overflow`](Options::overflow). Stored like [`max_records`](Options::max_records).
+    /// Default: no bound.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes);
+        self.policies_explicit |= policy_bits::MAX_BYTES;
+        self
+    }
+
+    /// What a push does when the queue is at [`max_records`](Options::max_records) or
+    /// [`max_bytes`](Options::max_bytes) (default [`Overflow::Reject`]). Stored like them.
+    pub fn overflow(mut self, rule: Overflow) -> Self {
+        self.overflow = rule;
+        self.policies_explicit |= policy_bits::OVERFLOW;
+        self
+    }
+
+    /// Records older than this (by their enqueue time) are never delivered: they are discarded
+    /// when they reach the head, and counted as expired. Stored like
+    /// [`max_records`](Options::max_records). Default: records never expire.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self.policies_explicit |= policy_bits::MAX_AGE;
+        self
+    }
+
+    /// How long a deduplication id is remembered (default 5 minutes, as SQS FIFO). Stored like
+    /// [`max_records`](Options::max_records).
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = Some(window);
+        self.policies_explicit |= policy_bits::DEDUP_WINDOW;
+        self
+    }
+
+    /// The bound on records not yet consumed, if any.
+    pub fn get_max_records(&self) -> Option<u64> {
+        self.max_records
+    }
+
+    /// The bound on bytes of records not yet consumed, if any.
+    pub fn get_max_bytes(&self) -> Option<u64> {
+        self.max_bytes
+    }
+
+    /// What a push does at the bound.
+    pub fn get_overflow(&self) -> Overflow {
+        self.overflow
+    }
+
+    /// The age after which records are never delivered, if any.
+    pub fn get_max_age(&self) -> Option<Duration> {
+        self.max_age
+    }
+
+    /// How long a deduplication id is remembered.
+    pub fn get_dedup_window(&self) -> Duration {
+        self.dedup_window.unwrap_or(DEDUP_WINDOW_DEFAULT)
+    }
+
+    /// Whether a push may find the queue full.
+    pub(crate) fn is_bounded(&self) -> bool {
+        self.max_records.is_some() || self.max_bytes.is_some()
     }
 
     /// The segment size in bytes: the configured one, or, for the options of an open queue
@@ -356,6 +460,19 @@ impl Options {
         if self.max_deliveries == Some(0) {
             return Err(Error::InvalidOptions(
                 "max_deliveries must be at least 1".into(),
+            ));
+        }
+        if self.max_records == Some(0) || self.max_bytes == Some(0) {
+            return Err(Error::InvalidOptions(
+                "max_records and max_bytes must be at least 1".into(),
+            ));
+        }
+        let micros = |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        if self.max_age.is_some_and(|age| micros(age) == 0)
+            || self.dedup_window.is_some_and(|window| micros(window) == 0)
+        {
+            return Err(Error::InvalidOptions(
+                "max_age and dedup_window must be at least 1 µs".into(),
             ));
         }
         if let SyncPolicy::Interval(interval) = self.sync {

@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::engine::log::Bound;
 use crate::engine::queue::Queue;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
@@ -207,6 +208,11 @@ impl Spool {
         for writer in &writers {
             crate::engine::log::check_room(writer, payloads.len())?;
         }
+        // A bounded target that is full refuses the whole fanout (whatever its overflow rule:
+        // a fanout neither drops nor waits), before the intent; the writers held keep the room.
+        for (queue, batch_len) in queues.iter().zip(&batch_lens) {
+            queue.shared().check_bound(payloads.len() as u64, *batch_len)?;
+        }
         let intent = Intent {
             id: log.next_id,
             targets: sorted
@@ -222,7 +228,7 @@ impl Spool {
             written.push(
                 queue
                     .shared()
-                    .write_locked(writer, &payloads, 0, *batch_len)?,
+                    .write_locked(writer, &payloads, 0, *batch_len, Bound::Enforced)?,
             );
         }
         drop(writers);
@@ -256,7 +262,8 @@ impl Spool {
                 if writer.next_seq > *seq {
                     continue;
                 }
-                shared.write_locked(&mut writer, &payloads, 0, batch_len)?
+                // Accepted before the crash: written even past the bound.
+                shared.write_locked(&mut writer, &payloads, 0, batch_len, Bound::Waived)?
             };
             shared.complete(written)?;
         }

@@ -3,10 +3,11 @@
 //! waiting consumers.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::arrivals::Arrivals;
+use crate::engine::limits::Limits;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -19,17 +20,24 @@ pub(crate) struct Env {
     pub(crate) options: Options,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) arrivals: Arrivals,
+    /// The bound and its usage, for a bounded queue only.
+    pub(crate) limits: Option<Limits>,
+    /// What the policies did since open (named as issue 14's metrics will name them).
+    pub(crate) counters: PolicyCounters,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
 }
 
 impl Env {
     pub(crate) fn new(dir: PathBuf, options: Options, storage: Arc<dyn Storage>) -> Self {
+        let limits = Limits::new(&options);
         Env {
             dir,
             options,
             storage,
             arrivals: Arrivals::default(),
+            limits,
+            counters: PolicyCounters::default(),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
         }
@@ -57,5 +65,22 @@ impl Env {
         }
         self.poisoned.store(true, Ordering::Release);
         error
+    }
+}
+
+/// Counts of what the queue's policies did since it was opened.
+#[derive(Default)]
+pub(crate) struct PolicyCounters {
+    /// Records older than `max_age` (or their ttl), discarded at the head.
+    pub(crate) expired_total: AtomicU64,
+    /// Records discarded by `Overflow::DropOldest`.
+    pub(crate) discarded_total: AtomicU64,
+    /// Pushes that wrote nothing because their dedup id was in the window.
+    pub(crate) deduplicated_total: AtomicU64,
+}
+
+impl PolicyCounters {
+    pub(crate) fn add(counter: &AtomicU64, count: u64) {
+        counter.fetch_add(count, Ordering::Relaxed);
     }
 }

@@ -21,6 +21,15 @@ use crate::format::frame;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::options::SyncPolicy;
 
+/// Whether a write is held to the queue's bound (`Options::max_records`, `max_bytes`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// A push: refused with `Error::Full` when it does not fit.
+    Enforced,
+    /// The copy of an accepted fanout rolled forward at open: written and counted regardless.
+    Waived,
+}
+
 /// A batch written at the tail, not yet complete.
 pub(crate) struct Written {
     /// The segment to publish `end` in once durable: only under `SyncPolicy::Always` (the
@@ -120,7 +129,14 @@ impl Log {
             if payloads.is_empty() {
                 return Ok(writer.next_seq..writer.next_seq);
             }
-            self.write_locked(env, &mut writer, payloads, not_before_us, batch_len)?
+            self.write_locked(
+                env,
+                &mut writer,
+                payloads,
+                not_before_us,
+                batch_len,
+                Bound::Enforced,
+            )?
         };
         self.complete(env, written)
     }
@@ -135,7 +151,7 @@ impl Log {
         let frame_len = self.check_batch(env, payloads, 0)?;
         let mut writer = self.lock_writer();
         let seq = writer.next_seq;
-        self.write_locked(env, &mut writer, payloads, 0, frame_len)?;
+        self.write_locked(env, &mut writer, payloads, 0, frame_len, Bound::Enforced)?;
         Ok(seq)
     }
 
@@ -182,9 +198,17 @@ impl Log {
         payloads: &[&[u8]],
         not_before_us: u64,
         batch_len: u64,
+        bound: Bound,
     ) -> Result<Written> {
         debug_assert!(!payloads.is_empty());
         check_room(writer, payloads.len())?;
+        // The only cost of the bound to an unbounded queue: this branch.
+        if let Some(limits) = &env.limits {
+            match bound {
+                Bound::Enforced => limits.reserve(payloads.len() as u64, batch_len)?,
+                Bound::Waived => limits.add_past_bound(payloads.len() as u64, batch_len),
+            }
+        }
         let enqueued_us = if env.options.precise_timestamps {
             now_micros()
         } else {
@@ -192,7 +216,12 @@ impl Log {
         };
         let has_records = writer.tail > SEGMENT_HEADER_LEN as u64;
         if has_records && writer.tail + batch_len > env.options.segment_size {
-            self.roll(env, writer)?;
+            if let Err(error) = self.roll(env, writer) {
+                if let Some(limits) = &env.limits {
+                    limits.release(payloads.len() as u64, batch_len);
+                }
+                return Err(error);
+            }
         }
         let first = writer.next_seq;
         let appended = writer.append(
@@ -203,6 +232,9 @@ impl Log {
             env.options.segment_size,
         );
         if let Err(failure) = appended {
+            if let Some(limits) = &env.limits {
+                limits.release(payloads.len() as u64, batch_len);
+            }
             return Err(if failure.poison {
                 env.poison(failure.error)
             } else {

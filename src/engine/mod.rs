@@ -13,6 +13,7 @@ pub(crate) mod writeback;
 // The shared environment and the live files.
 pub(crate) mod acklog;
 pub(crate) mod arrivals;
+pub(crate) mod limits;
 pub(crate) mod env;
 pub(crate) mod head;
 pub(crate) mod pool;

@@ -49,6 +49,21 @@ pub struct Stats {
     pub leased: u64,
 }
 
+/// What a queue's policies did since it was opened ([`Queue::policy_counters`]); the names are
+/// the metrics' names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PolicyCounters {
+    /// Records that reached the head older than [`Options::max_age`] and were discarded (or
+    /// dead-lettered), never delivered.
+    pub expired_total: u64,
+    /// Records discarded (or dead-lettered) by [`Overflow::DropOldest`](crate::Overflow) to make
+    /// room.
+    pub discarded_total: u64,
+    /// Pushes that wrote nothing because their deduplication id was in the window.
+    pub deduplicated_total: u64,
+}
+
 /// A durable, disk-backed FIFO queue. See the crate documentation for an overview.
 ///
 /// `Queue` is `Send + Sync`: share it between producer and consumer threads with an `Arc`.
@@ -152,11 +167,17 @@ impl Queue {
             ),
             SyncPolicy::Always | SyncPolicy::Never => None,
         };
-        Ok(Queue {
+        let queue = Queue {
             shared,
             flusher,
             closed: false,
-        })
+        };
+        if let Some(limits) = &queue.shared.env.limits {
+            // The usage the bound starts from: what is on disk and not yet consumed.
+            let stats = queue.stats_now()?;
+            limits.set_usage(stats.len, stats.live_bytes);
+        }
+        Ok(queue)
     }
 
     /// Appends one record and returns its sequence number.
@@ -165,6 +186,20 @@ impl Queue {
     /// its bytes are in the kernel, so a process kill cannot lose it.
     pub fn push(&self, payload: &[u8]) -> Result<u64> {
         self.shared.push_one(payload)
+    }
+
+    /// Like [`push`](Queue::push), but under [`Overflow::Block`](crate::Overflow::Block) waits
+    /// at most `timeout` for room, then fails with [`Error::Full`] (having written nothing).
+    /// Under the other overflow rules it is `push`.
+    ///
+    /// A thread that blocks here waits for *other* threads (or processes' handles on other
+    /// queues, never this one) to consume: a thread that both pushes and pops a full
+    /// `Block` queue must use this with a timeout (or `Reject`), else its `push` waits forever.
+    pub fn push_timeout(&self, payload: &[u8], timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now().checked_add(timeout);
+        self.shared
+            .push_batch_until(std::slice::from_ref(&payload), 0, deadline)
+            .map(|range| range.start)
     }
 
     /// Appends one record that is not handed out (by `pop`, `peek` or `recv`) before `delay`
@@ -318,6 +353,19 @@ impl Queue {
     /// Sizes and positions; see [`Stats`].
     pub fn stats(&self) -> Result<Stats> {
         self.stats_now()
+    }
+
+    /// What the queue's policies did since it was opened; see [`PolicyCounters`].
+    pub fn policy_counters(&self) -> PolicyCounters {
+        let counters = &self.shared.env.counters;
+        let read = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        PolicyCounters {
+            expired_total: read(&counters.expired_total),
+            discarded_total: read(&counters.discarded_total),
+            deduplicated_total: read(&counters.deduplicated_total),
+        }
     }
 
     /// Makes every push and pop so far durable, whatever the sync policy.

@@ -119,9 +119,14 @@ impl Reader {
 
     /// Starts tracking a record just read at the frontier (so in the cursor's segment), with
     /// what the ack log remembers of it.
-    fn track(&mut self, found: Found, now_us: u64) {
+    fn track(&mut self, env: &Env, found: Found, now_us: u64) {
         let seq = found.record.seq();
         let (acked, deliveries, retry_at_us) = self.jobs.history.take(seq);
+        if acked {
+            // Acknowledged before the queue was opened: not counted as a record at open, but
+            // its frame was counted in the bytes.
+            release_room(env, 0, &found.record);
+        }
         let not_before_us = found.record.not_before_us().max(retry_at_us);
         let state = if acked {
             JobState::Acked
@@ -147,6 +152,14 @@ impl Reader {
         published_next_seq
             .saturating_sub(self.head_seq())
             .saturating_sub(self.jobs.acked_beyond_head(self.cursor.next_seq))
+    }
+}
+
+/// Gives a consumed record's room back to a bounded queue (see `limits`).
+#[inline]
+fn release_room(env: &Env, records: u64, record: &Record) {
+    if let Some(limits) = &env.limits {
+        limits.release(records, record.frame_len());
     }
 }
 
@@ -445,7 +458,7 @@ impl Consumer {
             let Some(found) = read_next(env, log, &mut reader.cursor)? else {
                 return Ok(None);
             };
-            reader.track(found, now_us);
+            reader.track(env, found, now_us);
             reader.jobs.fold();
         }
     }
@@ -562,6 +575,7 @@ impl Consumer {
                 drop(guard);
                 return self.pop_with(env, log, up, 1, Ok, None);
             }
+            release_room(env, 1, &found.record);
             let generation = reader
                 .write_head_if_moved(log.synced_seq())
                 .map_err(|error| env.poison(error))?;
@@ -597,13 +611,19 @@ impl Consumer {
             let now_us = clock.now_us();
             if found.record.not_before_us() > now_us {
                 // A delayed record: track it, and let the tracked path find what comes after it.
-                reader.track(found, now_us);
+                reader.track(env, found, now_us);
                 return Ok(Step::Again);
             }
         }
         let (offset, seq) = (found.offset, found.record.seq());
+        let frame_len = found.record.frame_len();
         match convert(found.record) {
-            Ok(value) => Ok(Step::Value(value)),
+            Ok(value) => {
+                if let Some(limits) = &env.limits {
+                    limits.release(1, frame_len);
+                }
+                Ok(Step::Value(value))
+            }
             Err(error) => {
                 // The record stays: it is in the cursor's segment, so rewinding is enough.
                 reader.cursor.rewind(offset, seq);
@@ -633,6 +653,7 @@ impl Consumer {
                 return Ok(Step::End);
             };
             let value = convert(job.record.clone())?;
+            release_room(env, 1, &job.record);
             let at_head = reader.jobs.first_seq() == Some(seq);
             reader.jobs.set_state(seq, JobState::Acked);
             if !at_head {
@@ -658,7 +679,7 @@ impl Consumer {
                     reader.cursor.rewind(found.offset, found.record.seq());
                     return Ok(Some(found.record));
                 }
-                Some(found) => reader.track(found, now_us),
+                Some(found) => reader.track(env, found, now_us),
             }
         }
         let Some(seq) = Self::next_available(env, log, reader, now_us)? else {
@@ -796,6 +817,7 @@ impl Consumer {
         if job.state == JobState::Acked {
             return Ok(());
         }
+        release_room(env, 1, &job.record);
         let at_head = reader.jobs.first_seq() == Some(seq);
         reader.jobs.set_state(seq, JobState::Acked);
         if at_head {

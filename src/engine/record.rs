@@ -37,6 +37,12 @@ impl Record {
         }
     }
 
+    /// The length of the record's frame on disk (what it counts against `max_bytes`).
+    pub(crate) fn frame_len(&self) -> u64 {
+        let body = crate::format::frame::body_len(self.payload.len(), self.not_before_us != 0);
+        crate::format::frame::frame_len(body) as u64
+    }
+
     /// The record's sequence number.
     pub fn seq(&self) -> u64 {
         self.seq

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::engine::acklog::AckLog;
 use crate::engine::head::HeadIndex;
@@ -22,6 +23,7 @@ use crate::format::segment::{
     classify_stop, decode_header, header_error, walk_frames, StopKind, WalkStep, SEGMENT_HEADER_LEN,
 };
 use crate::format::settings::QueueSettings;
+use crate::options::policy_bits;
 use crate::options::Options;
 use crate::storage::queue_dir::{read_settings, write_settings};
 use crate::storage::{Mapping, Storage, StorageFile};
@@ -504,12 +506,46 @@ pub(crate) fn settle_at_open(
         Err(error) => return Err(Error::io("remove leftover", &tmp_path, error)),
     }
     let stored = read_settings(storage, dir)?;
-    match stored {
-        Some(stored) if !options.segment_size_explicit => {
-            options.segment_size = stored.segment_size;
-            Ok(())
-        }
-        Some(stored) if stored.segment_size == options.segment_size => Ok(()),
-        _ => write_settings(storage, dir, &QueueSettings::new(options.segment_size)),
+    let Some(stored) = stored else {
+        return write_settings(storage, dir, &settings_of(options));
+    };
+    if !options.segment_size_explicit {
+        options.segment_size = stored.segment_size;
     }
+    // Policies not set by the caller come from the file; set ones replace it.
+    let explicit = options.policies_explicit;
+    let kept = |bit: u8| explicit & bit == 0;
+    if kept(policy_bits::MAX_RECORDS) {
+        options.max_records = stored.max_records;
+    }
+    if kept(policy_bits::MAX_BYTES) {
+        options.max_bytes = stored.max_bytes;
+    }
+    if kept(policy_bits::OVERFLOW) {
+        options.overflow = stored.overflow;
+    }
+    if kept(policy_bits::MAX_AGE) {
+        options.max_age = stored.max_age_us.map(Duration::from_micros);
+    }
+    if kept(policy_bits::DEDUP_WINDOW) {
+        options.dedup_window = stored.dedup_window_us.map(Duration::from_micros);
+    }
+    let wanted = settings_of(options);
+    if wanted == stored {
+        // Also a version 1 file without policies: left as it is, readable by older builds.
+        return Ok(());
+    }
+    write_settings(storage, dir, &wanted)
+}
+
+/// The settings file's contents for these options.
+pub(crate) fn settings_of(options: &Options) -> QueueSettings {
+    let micros = |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    let mut settings = QueueSettings::new(options.segment_size);
+    settings.max_records = options.max_records;
+    settings.max_bytes = options.max_bytes;
+    settings.overflow = options.overflow;
+    settings.max_age_us = options.max_age.map(micros);
+    settings.dedup_window_us = options.dedup_window.map(micros);
+    settings
 }

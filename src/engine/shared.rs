@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::engine::clock::now_micros;
 use crate::engine::compactor;
-use crate::engine::env::Env;
-use crate::engine::log::{Log, Written};
+use crate::engine::env::{Env, PolicyCounters};
+use crate::engine::log::{Bound, Log, Written};
 use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped};
 use crate::engine::record::Record;
 use crate::engine::report::RecoveryReport;
@@ -23,7 +23,7 @@ use crate::engine::timer::Timer;
 use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::dead_letter::DeadLetter;
-use crate::options::{Options, SyncPolicy};
+use crate::options::{Options, Overflow, SyncPolicy};
 use crate::storage::queue_dir::is_queue;
 use crate::storage::DirLock;
 
@@ -74,12 +74,101 @@ impl Shared {
     /// One `push`.
     #[inline]
     pub(crate) fn push_one(&self, payload: &[u8]) -> Result<u64> {
-        self.log.push_one(&self.env, payload)
+        match self.log.push_one(&self.env, payload) {
+            Err(Error::Full { .. }) if self.makes_room() => self
+                .push_making_room(std::slice::from_ref(&payload), 0, None)
+                .map(|range| range.start),
+            pushed => pushed,
+        }
     }
 
     /// A batch of pushes, all or nothing; `not_before_us` 0 for records that are not delayed.
     pub(crate) fn push_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<Range<u64>> {
-        self.log.push_batch(&self.env, payloads, not_before_us)
+        self.push_batch_until(payloads, not_before_us, None)
+    }
+
+    /// Like [`push_batch`](Shared::push_batch); under `Overflow::Block` waits for room until
+    /// `deadline` at most (`None`: for as long as it takes).
+    pub(crate) fn push_batch_until(
+        &self,
+        payloads: &[&[u8]],
+        not_before_us: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Range<u64>> {
+        match self.log.push_batch(&self.env, payloads, not_before_us) {
+            Err(Error::Full { .. }) if self.makes_room() => {
+                self.push_making_room(payloads, not_before_us, deadline)
+            }
+            pushed => pushed,
+        }
+    }
+
+    /// Whether a full queue makes room for a push (drops or waits) rather than refusing it.
+    fn makes_room(&self) -> bool {
+        self.env
+            .limits
+            .as_ref()
+            .is_some_and(|limits| limits.overflow != Overflow::Reject)
+    }
+
+    /// A push that found the queue full under `Overflow::DropOldest` or `Overflow::Block`:
+    /// makes room (discards the oldest ready records, or waits for consumers) and tries again.
+    #[cold]
+    fn push_making_room(
+        &self,
+        payloads: &[&[u8]],
+        not_before_us: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Range<u64>> {
+        let Some(limits) = &self.env.limits else {
+            return self.log.push_batch(&self.env, payloads, not_before_us);
+        };
+        let records = payloads.len() as u64;
+        let bytes = self.log.check_batch(&self.env, payloads, not_before_us)?;
+        if limits.never_fits(records, bytes) {
+            return Err(limits.full(records, bytes));
+        }
+        loop {
+            let before = limits.usage();
+            match self.log.push_batch(&self.env, payloads, not_before_us) {
+                Err(Error::Full { .. }) => {}
+                pushed => return pushed,
+            }
+            match limits.overflow {
+                Overflow::Reject => return Err(limits.full(records, bytes)),
+                Overflow::DropOldest => {
+                    let wanted = usize::try_from(limits.records_to_drop(records))
+                        .unwrap_or(usize::MAX)
+                        .min(crate::engine::jobs::IN_FLIGHT_MAX);
+                    if self.drop_oldest(wanted)? == 0 {
+                        // Everything left is handed out or delayed: nothing may be dropped.
+                        return Err(limits.full(records, bytes));
+                    }
+                }
+                Overflow::Block => {
+                    if !limits.wait_for_room(before, deadline) {
+                        return Err(limits.full(records, bytes));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Discards up to `max` of the oldest ready records, durably like a pop; to the dead-letter
+    /// queue when one is configured (`Options::dead_letter_dir`): pushed there first, then
+    /// acknowledged here, like a record that used up its deliveries. Returns how many went.
+    fn drop_oldest(&self, max: usize) -> Result<u64> {
+        let dropped = if self.env.options.dead_letter_dir.is_some() {
+            let leased = self.recv_batch(max)?;
+            for leased in &leased {
+                self.move_to_dead_letters(leased.record.seq(), &leased.record, leased.deliveries)?;
+            }
+            leased.len() as u64
+        } else {
+            self.pop_with(max, |_| Ok(()), Vec::new())?.len() as u64
+        };
+        PolicyCounters::add(&self.env.counters.discarded_total, dropped);
+        Ok(dropped)
     }
 
     /// Checks a batch against the limits; returns its encoded length (for fanout).
@@ -99,9 +188,19 @@ impl Shared {
         payloads: &[&[u8]],
         not_before_us: u64,
         batch_len: u64,
+        bound: Bound,
     ) -> Result<Written> {
         self.log
-            .write_locked(&self.env, writer, payloads, not_before_us, batch_len)
+            .write_locked(&self.env, writer, payloads, not_before_us, batch_len, bound)
+    }
+
+    /// Fails with `Error::Full` if a batch of `records` and `bytes` does not fit the bound now
+    /// (for fanout, which checks every target before it writes its intent).
+    pub(crate) fn check_bound(&self, records: u64, bytes: u64) -> Result<()> {
+        match &self.env.limits {
+            Some(limits) => limits.check(records, bytes),
+            None => Ok(()),
+        }
     }
 
     /// Makes a written batch durable and visible (for fanout).
@@ -234,6 +333,14 @@ impl Shared {
         let mut options = env.options.clone();
         options.max_deliveries = None;
         options.dead_letter_dir = None;
+        // A dead-letter queue keeps its own policies (none unless set on it): a bound or an
+        // expiry here must not discard dead letters there.
+        options.max_records = None;
+        options.max_bytes = None;
+        options.overflow = Overflow::Reject;
+        options.max_age = None;
+        options.dedup_window = None;
+        options.policies_explicit = 0;
         let queue = (self.open_dead_letters)(path, options)?;
         *slot = Some(queue.clone());
         Ok(queue)

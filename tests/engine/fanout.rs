@@ -170,3 +170,22 @@ fn a_fanout_to_a_queue_without_sequence_numbers_left_is_refused_whole() {
     );
     assert_eq!(spool.fanout(b"y", &["b"]).unwrap(), [0]);
 }
+
+#[test]
+fn a_fanout_to_a_full_bounded_queue_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default()
+        .sync(SyncPolicy::Never)
+        .max_records(1)
+        .overflow(diskspool::Overflow::DropOldest);
+    let spool = Spool::open(dir.path(), options).unwrap();
+    spool.fanout(b"x", &["a", "b"]).unwrap();
+    spool.queue("a").unwrap().pop().unwrap().unwrap();
+    // "b" is full: a fanout neither drops nor waits, and writes no copy anywhere.
+    assert!(matches!(
+        spool.fanout(b"y", &["a", "b"]),
+        Err(diskspool::Error::Full { .. })
+    ));
+    assert!(spool.queue("a").unwrap().is_empty());
+    assert_eq!(spool.queue("b").unwrap().len(), 1);
+}

@@ -20,6 +20,7 @@ mod locking;
 mod lost_records;
 mod model;
 mod persistence;
+mod policies;
 mod process_kill;
 mod settings;
 mod torn_tail;

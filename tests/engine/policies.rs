@@ -1,0 +1,353 @@
+//! The queue's policies (issue 13): the bound with its overflow rule, kept in the settings file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diskspool::format::layout::SETTINGS_FILE_NAME;
+use diskspool::storage::queue_dir::read_settings;
+use diskspool::storage::OsStorage;
+use diskspool::{DeadLetter, Error, Options, Overflow, Queue, SimStorage, SyncPolicy};
+
+/// The frame of a 100-byte payload: 24 bytes of header, the payload, padding to 8.
+const FRAME_100: u64 = 128;
+
+fn bounded(records: u64) -> Options {
+    Options::default()
+        .segment_size(4096)
+        .max_records(records)
+}
+
+fn payloads(queue: &Queue) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(record) = queue.pop().unwrap() {
+        out.push(record.payload()[0]);
+    }
+    out
+}
+
+#[test]
+fn the_policies_are_stored_and_kept_by_a_reopen_that_does_not_set_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default()
+        .max_records(10)
+        .max_bytes(1 << 20)
+        .overflow(Overflow::DropOldest)
+        .max_age(Duration::from_secs(60))
+        .dedup_window(Duration::from_secs(30));
+    drop(Queue::open(dir.path(), options).unwrap());
+    let stored = read_settings(&OsStorage, dir.path()).unwrap().unwrap();
+    assert_eq!(stored.max_records, Some(10));
+    assert_eq!(stored.max_bytes, Some(1 << 20));
+    assert_eq!(stored.overflow, Overflow::DropOldest);
+    assert_eq!(stored.max_age_us, Some(60_000_000));
+    assert_eq!(stored.dedup_window_us, Some(30_000_000));
+    let queue = Queue::open(dir.path(), Options::default()).unwrap();
+    let options = queue.options();
+    assert_eq!(options.get_max_records(), Some(10));
+    assert_eq!(options.get_max_bytes(), Some(1 << 20));
+    assert_eq!(options.get_overflow(), Overflow::DropOldest);
+    assert_eq!(options.get_max_age(), Some(Duration::from_secs(60)));
+    assert_eq!(options.get_dedup_window(), Duration::from_secs(30));
+    drop(queue);
+    // Setting one replaces that one only.
+    drop(Queue::open(dir.path(), Options::default().max_records(20)).unwrap());
+    let stored = read_settings(&OsStorage, dir.path()).unwrap().unwrap();
+    assert_eq!(stored.max_records, Some(20));
+    assert_eq!(stored.overflow, Overflow::DropOldest);
+}
+
+#[test]
+fn a_version_1_settings_file_opens_as_a_queue_without_policies_and_stays_version_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = [0u8; 64];
+    bytes[..8].copy_from_slice(b"DSPOOLQS");
+    bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+    bytes[10..12].copy_from_slice(&64u16.to_le_bytes());
+    bytes[16..24].copy_from_slice(&8192u64.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..60]);
+    bytes[60..].copy_from_slice(&crc.to_le_bytes());
+    let path = dir.path().join(SETTINGS_FILE_NAME);
+    std::fs::write(&path, bytes).unwrap();
+    let queue = Queue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(queue.options().get_segment_size(), 8192);
+    assert_eq!(queue.options().get_max_records(), None);
+    for _ in 0..100 {
+        queue.push(b"x").unwrap();
+    }
+    drop(queue);
+    // Nothing changed: the file is left for older builds to read.
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+#[test]
+fn reject_refuses_a_push_beyond_the_record_bound_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), bounded(3)).unwrap();
+    for value in 0..3u8 {
+        queue.push(&[value]).unwrap();
+    }
+    let refused = queue.push(b"x");
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Full {
+                records: 3,
+                max_records: Some(3),
+                batch_records: 1,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(queue.stats().unwrap().next_seq, 3);
+    // A batch is all or nothing.
+    queue.pop().unwrap().unwrap();
+    assert!(matches!(
+        queue.push_batch([b"a", b"b"]),
+        Err(Error::Full { .. })
+    ));
+    assert_eq!(queue.len(), 2);
+    assert_eq!(queue.push(&[9]).unwrap(), 3);
+    assert_eq!(payloads(&queue), [1, 2, 9]);
+}
+
+#[test]
+fn the_byte_bound_counts_frames_and_a_pop_gives_their_room_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default().max_bytes(2 * FRAME_100);
+    let queue = Queue::open(dir.path(), options).unwrap();
+    queue.push(&[0; 100]).unwrap();
+    queue.push(&[1; 100]).unwrap();
+    assert!(matches!(
+        queue.push(&[2; 100]),
+        Err(Error::Full { bytes: 256, .. })
+    ));
+    // A smaller record does not fit either: the bound is full to the byte.
+    assert!(queue.push(b"").is_err());
+    queue.pop().unwrap().unwrap();
+    queue.push(&[2; 100]).unwrap();
+    // A batch larger than the bound never fits, whatever the rule.
+    let queue_drop = Queue::open(
+        dir.path().join("drop"),
+        Options::default()
+            .max_bytes(FRAME_100)
+            .overflow(Overflow::DropOldest),
+    )
+    .unwrap();
+    assert!(matches!(
+        queue_drop.push(&[0; 200]),
+        Err(Error::Full { .. })
+    ));
+    assert!(queue_drop.is_empty());
+}
+
+#[test]
+fn records_handed_out_count_until_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), bounded(2)).unwrap();
+    queue.push(b"a").unwrap();
+    queue.push(b"b").unwrap();
+    let first = queue.try_recv().unwrap().unwrap();
+    let second = queue.try_recv().unwrap().unwrap();
+    assert!(queue.push(b"c").is_err());
+    // Acknowledged out of order (beyond the head): its room comes back at once.
+    second.ack().unwrap();
+    queue.push(b"c").unwrap();
+    assert!(queue.push(b"d").is_err());
+    first.ack().unwrap();
+    queue.push(b"d").unwrap();
+}
+
+#[test]
+fn the_usage_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), bounded(3)).unwrap();
+    for value in 0..3u8 {
+        queue.push(&[value]).unwrap();
+    }
+    drop(queue);
+    let queue = Queue::open(dir.path(), Options::default()).unwrap();
+    assert!(matches!(queue.push(b"x"), Err(Error::Full { .. })));
+    queue.pop().unwrap().unwrap();
+    queue.push(b"x").unwrap();
+}
+
+#[test]
+fn out_of_order_acks_before_a_reopen_are_not_counted_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), bounded(3).max_bytes(3 * 32)).unwrap();
+    for value in 0..3u8 {
+        queue.push(&[value]).unwrap();
+    }
+    let _first = queue.try_recv().unwrap().unwrap();
+    let second = queue.try_recv().unwrap().unwrap();
+    second.ack().unwrap();
+    drop(_first);
+    drop(queue);
+    let queue = Queue::open(dir.path(), Options::default()).unwrap();
+    // Two records left (0 and 2): the acknowledged one never counts as a record, and its
+    // frame counts in the bytes only until the reader passes it.
+    assert_eq!(queue.len(), 2);
+    assert_eq!(queue.pop().unwrap().unwrap().payload(), [0]);
+    queue.push(b"x").unwrap();
+    assert!(matches!(
+        queue.push(b"y"),
+        Err(Error::Full {
+            records: 2,
+            bytes: 96,
+            ..
+        })
+    ));
+    assert_eq!(queue.pop().unwrap().unwrap().payload(), [2]);
+    queue.push(b"y").unwrap();
+    queue.push(b"z").unwrap();
+    assert!(queue.push(b"w").is_err());
+    assert_eq!(payloads(&queue), *b"xyz");
+}
+
+#[test]
+fn drop_oldest_keeps_the_newest_records_and_counts_the_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), bounded(3).overflow(Overflow::DropOldest)).unwrap();
+    for value in 0..10u8 {
+        queue.push(&[value]).unwrap();
+    }
+    assert_eq!(queue.len(), 3);
+    assert_eq!(queue.policy_counters().discarded_total, 7);
+    assert_eq!(payloads(&queue), [7, 8, 9]);
+}
+
+#[test]
+fn drop_oldest_skips_records_handed_out_and_fails_when_all_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), bounded(2).overflow(Overflow::DropOldest)).unwrap();
+    queue.push(&[0]).unwrap();
+    queue.push(&[1]).unwrap();
+    let leased = queue.try_recv().unwrap().unwrap();
+    queue.push(&[2]).unwrap();
+    assert_eq!(queue.policy_counters().discarded_total, 1);
+    let also = queue.try_recv().unwrap().unwrap();
+    assert_eq!(also.payload(), [2]);
+    assert!(matches!(queue.push(&[3]), Err(Error::Full { .. })));
+    assert_eq!(leased.payload(), [0]);
+}
+
+#[test]
+fn dropped_records_go_to_a_configured_dead_letter_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = bounded(2)
+        .overflow(Overflow::DropOldest)
+        .dead_letter_dir("dead");
+    let queue = Queue::open(dir.path().join("q"), options).unwrap();
+    for value in 0..5u8 {
+        queue.push(&[value]).unwrap();
+    }
+    assert_eq!(queue.policy_counters().discarded_total, 3);
+    let dead_dir = queue.dead_letter_dir();
+    assert_eq!(payloads(&queue), [3, 4]);
+    drop(queue);
+    let dead = Queue::open(dead_dir, Options::default()).unwrap();
+    let mut moved = Vec::new();
+    while let Some(record) = dead.pop().unwrap() {
+        let envelope = DeadLetter::decode(record.payload()).unwrap();
+        moved.push((envelope.original_seq, envelope.payload[0]));
+    }
+    assert_eq!(moved, [(0, 0), (1, 1), (2, 2)]);
+}
+
+#[test]
+fn block_gives_up_after_its_timeout_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), bounded(1).overflow(Overflow::Block)).unwrap();
+    queue.push(b"a").unwrap();
+    let refused = queue.push_timeout(b"b", Duration::from_millis(1));
+    assert!(matches!(refused, Err(Error::Full { .. })), "{refused:?}");
+    assert_eq!(queue.len(), 1);
+    // With room, push_timeout pushes at once.
+    queue.pop().unwrap().unwrap();
+    assert_eq!(
+        queue.push_timeout(b"b", Duration::from_millis(1)).unwrap(),
+        1
+    );
+}
+
+#[test]
+fn block_waits_until_a_consumer_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), bounded(1).overflow(Overflow::Block)).unwrap());
+    queue.push(&[0]).unwrap();
+    // Whichever comes first, the pop or the wait, the push completes after the pop and the
+    // queue holds exactly the new record.
+    let pusher = {
+        let queue = queue.clone();
+        std::thread::spawn(move || queue.push(&[1]).unwrap())
+    };
+    assert_eq!(queue.pop().unwrap().unwrap().payload(), [0]);
+    assert_eq!(pusher.join().unwrap(), 1);
+    assert_eq!(payloads(&queue), [1]);
+}
+
+#[test]
+fn a_dead_letter_queue_does_not_inherit_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = bounded(1)
+        .overflow(Overflow::Reject);
+    let queue = Queue::open(dir.path().join("q"), options).unwrap();
+    for _ in 0..3 {
+        queue.push(b"a").unwrap();
+        queue.try_recv().unwrap().unwrap().dead_letter().unwrap();
+    }
+    let stored = read_settings(&OsStorage, &queue.dead_letter_dir())
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.max_records, None);
+}
+
+/// The contract: a rejected push leaves nothing behind after any crash.
+#[test]
+fn a_rejected_push_leaves_nothing_after_a_power_loss() {
+    for seed in 0..20 {
+        let sim = SimStorage::new(seed);
+        let options = || {
+            Options::default()
+                .storage(Arc::new(sim.clone()))
+                .sync(SyncPolicy::Always)
+        };
+        let queue = Queue::open("/q", options().max_records(2)).unwrap();
+        queue.push(b"a").unwrap();
+        queue.push(b"b").unwrap();
+        assert!(queue.push(b"c").is_err());
+        assert!(queue.push_batch([b"d", b"e"]).is_err());
+        sim.power_loss();
+        drop(queue);
+        let queue = Queue::open("/q", options()).unwrap();
+        assert_eq!(queue.stats().unwrap().next_seq, 2, "seed {seed}");
+        assert_eq!(payloads(&queue), *b"ab");
+    }
+}
+
+/// The contract: a record dropped for room is never delivered, also after a power loss (the
+/// drop is durable, like a pop, before the push that needed the room is written).
+#[test]
+fn a_dropped_record_is_never_delivered_after_a_power_loss() {
+    for seed in 0..20 {
+        let sim = SimStorage::new(seed);
+        let options = || {
+            Options::default()
+                .storage(Arc::new(sim.clone()))
+                .sync(SyncPolicy::Always)
+        };
+        let queue = Queue::open(
+            "/q",
+            options().max_records(2).overflow(Overflow::DropOldest),
+        )
+        .unwrap();
+        for value in 0..5u8 {
+            queue.push(&[value]).unwrap();
+        }
+        sim.power_loss();
+        drop(queue);
+        let queue = Queue::open("/q", options()).unwrap();
+        assert_eq!(payloads(&queue), [3, 4], "seed {seed}");
+    }
+}
