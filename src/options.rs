@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, PAYLOAD_LEN_MAX};
-pub use crate::format::settings::Overflow;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 pub use crate::format::segment::{SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
+pub use crate::format::settings::Overflow;
 use crate::storage::{OsStorage, Storage};
 
 /// The default segment size: 64 MiB.

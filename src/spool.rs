@@ -211,7 +211,9 @@ impl Spool {
         // A bounded target that is full refuses the whole fanout (whatever its overflow rule:
         // a fanout neither drops nor waits), before the intent; the writers held keep the room.
         for (queue, batch_len) in queues.iter().zip(&batch_lens) {
-            queue.shared().check_bound(payloads.len() as u64, *batch_len)?;
+            queue
+                .shared()
+                .check_bound(payloads.len() as u64, *batch_len)?;
         }
         let intent = Intent {
             id: log.next_id,
@@ -225,11 +227,13 @@ impl Spool {
         log.append_intent(&intent, self.options.sync == SyncPolicy::Always)?;
         let mut written = Vec::with_capacity(queues.len());
         for ((queue, writer), batch_len) in queues.iter().zip(&mut writers).zip(&batch_lens) {
-            written.push(
-                queue
-                    .shared()
-                    .write_locked(writer, &payloads, 0, *batch_len, Bound::Enforced)?,
-            );
+            written.push(queue.shared().write_locked(
+                writer,
+                &payloads,
+                0,
+                *batch_len,
+                Bound::Enforced,
+            )?);
         }
         drop(writers);
         let mut seqs_by_name = BTreeMap::new();

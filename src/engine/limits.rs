@@ -111,9 +111,9 @@ impl Limits {
     /// bound (at least one when it does not fit the byte bound either).
     pub(crate) fn records_to_drop(&self, records: u64) -> u64 {
         let (used_records, _) = self.usage();
-        let excess = self
-            .max_records
-            .map_or(0, |max| used_records.saturating_add(records).saturating_sub(max));
+        let excess = self.max_records.map_or(0, |max| {
+            used_records.saturating_add(records).saturating_sub(max)
+        });
         excess.max(1)
     }
 

@@ -10,10 +10,11 @@ pub(crate) mod clock;
 pub(crate) mod report;
 pub(crate) mod sync;
 pub(crate) mod writeback;
+// The bound of a bounded queue.
+pub(crate) mod limits;
 // The shared environment and the live files.
 pub(crate) mod acklog;
 pub(crate) mod arrivals;
-pub(crate) mod limits;
 pub(crate) mod env;
 pub(crate) mod head;
 pub(crate) mod pool;

@@ -12,9 +12,7 @@ use diskspool::{DeadLetter, Error, Options, Overflow, Queue, SimStorage, SyncPol
 const FRAME_100: u64 = 128;
 
 fn bounded(records: u64) -> Options {
-    Options::default()
-        .segment_size(4096)
-        .max_records(records)
+    Options::default().segment_size(4096).max_records(records)
 }
 
 fn payloads(queue: &Queue) -> Vec<u8> {
@@ -290,8 +288,7 @@ fn block_waits_until_a_consumer_makes_room() {
 #[test]
 fn a_dead_letter_queue_does_not_inherit_the_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let options = bounded(1)
-        .overflow(Overflow::Reject);
+    let options = bounded(1).overflow(Overflow::Reject);
     let queue = Queue::open(dir.path().join("q"), options).unwrap();
     for _ in 0..3 {
         queue.push(b"a").unwrap();
