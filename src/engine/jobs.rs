@@ -60,6 +60,15 @@ impl Jobs {
         }
     }
 
+    /// Forgets every tracked and remembered record (a purge), keeping the token counter, so
+    /// that a delivery handed out before cannot match a later one.
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.ready.clear();
+        self.timers.clear();
+        self.history = JobHistory::default();
+    }
+
     /// True when nothing beyond the head is tracked or remembered: plain FIFO.
     pub(crate) fn is_idle(&self) -> bool {
         self.entries.is_empty() && self.history.is_empty()

@@ -225,6 +225,29 @@ impl Queue {
         self.shared.push_batch(&slices, 0)
     }
 
+    /// Removes every record not yet consumed, those handed out by `recv` included (as SQS's
+    /// `PurgeQueue` does), and returns how many. Durable like a pop under the queue's
+    /// [`SyncPolicy`]: under `Always` nothing purged comes back after any crash. It is all or
+    /// nothing (one head write): after a crash the queue holds every record or none of them.
+    /// The segments it empties are deleted (or pooled) at once unless
+    /// [`Options::auto_compact`] is off. Deliveries handed out before settle as no-ops.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use diskspool::{Options, Queue};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let queue = Queue::open(dir.path(), Options::default())?;
+    /// queue.push_batch([b"a", b"b", b"c"])?;
+    /// let _handed_out = queue.try_recv()?;
+    /// assert_eq!(queue.purge()?, 3);
+    /// assert!(queue.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn purge(&self) -> Result<u64> {
+        self.shared.purge()
+    }
+
     /// Removes and returns the oldest record, or `None` at once when the queue is empty (it
     /// never waits for a record; [`pop_timeout`](Queue::pop_timeout) does).
     ///

@@ -389,6 +389,36 @@ impl Consumer {
         Ok(())
     }
 
+    /// Consumes every record below `next_seq` at once (a purge), handed out ones included: the
+    /// head moves to `next_seq`, whose frame would start at `tail` of `active`, in one slot
+    /// write (so a crash leaves the old head or the new one), synced under `Always` like a
+    /// pop. The caller holds the writer, so that no push moves the tail meanwhile. Returns how
+    /// many records were removed.
+    pub(crate) fn purge(
+        &self,
+        env: &Env,
+        active: Arc<Segment>,
+        tail: u64,
+        next_seq: u64,
+        synced_seq: u64,
+    ) -> Result<u64> {
+        env.check_poisoned()?;
+        let mut reader = lock(&self.reader);
+        let purged = reader.len(next_seq);
+        reader.jobs.clear();
+        reader.cursor = Cursor::new(active, tail, next_seq);
+        // A failure poisons the queue (its state in memory no longer matches the disk); the
+        // reopen finds the old head or the new one.
+        let written = reader
+            .write_head_if_moved(synced_seq)
+            .map_err(|error| env.poison(error))?;
+        if written.is_some() && env.options.sync == SyncPolicy::Always {
+            let generation = reader.head.sync().map_err(|error| env.poison(error))?;
+            self.head_sync.mark_durable(generation);
+        }
+        Ok(purged)
+    }
+
     /// Makes `seq` available again after its move to the dead-letter queue failed.
     pub(crate) fn return_to_ready(&self, seq: u64) {
         lock(&self.reader).jobs.set_state(seq, JobState::Ready);

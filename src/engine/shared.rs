@@ -256,6 +256,31 @@ impl Shared {
         self.move_to_dead_letters(seq, &record, deliveries)
     }
 
+    /// Removes every record not yet consumed, handed out ones included; returns how many.
+    pub(crate) fn purge(&self) -> Result<u64> {
+        let purged = {
+            // Held throughout: no push takes a number or room until the head has moved.
+            let writer = self.log.lock_writer();
+            let purged = self.consumer.purge(
+                &self.env,
+                writer.active.clone(),
+                writer.tail,
+                writer.next_seq,
+                self.log.synced_seq(),
+            )?;
+            if let Some(limits) = &self.env.limits {
+                limits.set_usage(0, 0);
+            }
+            purged
+        };
+        self.env.arrivals.notify();
+        if self.env.options.auto_compact {
+            self.compact();
+        }
+        self.env.check_poisoned()?;
+        Ok(purged)
+    }
+
     /// Records in the queue.
     pub(crate) fn len(&self) -> u64 {
         self.consumer.len(self.log.published_next_seq())
