@@ -51,8 +51,9 @@ pub use engine::report::{RecoveryReport, Truncation};
 pub use error::{Error, Result};
 pub use format::dead_letter::DeadLetter;
 pub use options::{
-    Options, Overflow, SyncPolicy, DEDUP_WINDOW_DEFAULT, FILE_MODE_DEFAULT, LEASE_DEFAULT,
-    LEASE_MAX, MAX_RECORD_SIZE_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
+    Options, Overflow, Push, SyncPolicy, DEDUP_ID_LEN_MAX, DEDUP_WINDOW_DEFAULT, FILE_MODE_DEFAULT,
+    LEASE_DEFAULT, LEASE_MAX, MAX_RECORD_SIZE_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX,
+    SEGMENT_SIZE_MIN,
 };
 pub use spool::{validate_queue_name, Spool, QUEUE_NAME_LEN_MAX};
 #[cfg(any(test, feature = "sim"))]

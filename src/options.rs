@@ -485,3 +485,63 @@ impl Options {
         Ok(())
     }
 }
+
+/// Options of one push, for [`Queue::push_with`](crate::Queue::push_with), built from
+/// [`Push::new`] with consuming setters.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use diskspool::{Options, Push, Queue};
+///
+/// let dir = tempfile::tempdir()?;
+/// let queue = Queue::open(dir.path(), Options::default())?;
+/// let first = queue.push_with(b"order 17", Push::new().dedup_id("order-17"))?;
+/// // A retry with the same id inside the window writes nothing and returns the first's number.
+/// let again = queue.push_with(b"order 17", Push::new().dedup_id("order-17"))?;
+/// assert_eq!(first, again);
+/// assert_eq!(queue.len(), 1);
+/// queue.push_with(b"later", Push::new().delay(Duration::from_secs(60)))?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Push {
+    pub(crate) delay: Option<Duration>,
+    pub(crate) dedup_id: Option<Vec<u8>>,
+}
+
+/// The longest deduplication id accepted, in bytes (SQS allows 128 characters).
+pub const DEDUP_ID_LEN_MAX: usize = crate::format::dedup::DEDUP_ID_MAX;
+
+impl Push {
+    /// A plain push: no delay, no deduplication id.
+    pub fn new() -> Self {
+        Push::default()
+    }
+
+    /// The record is not handed out before `delay` has passed (as
+    /// [`Queue::push_delayed`](crate::Queue::push_delayed)).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// A deduplication id (1 to [`DEDUP_ID_LEN_MAX`] bytes): a second push with the same id
+    /// within [`Options::dedup_window`] writes nothing and returns the first push's sequence
+    /// number, also after the first was consumed, after a reopen and after a crash (see
+    /// `docs/DURABILITY.md`).
+    pub fn dedup_id(mut self, id: impl AsRef<[u8]>) -> Self {
+        self.dedup_id = Some(id.as_ref().to_vec());
+        self
+    }
+
+    /// The delay, if any.
+    pub fn get_delay(&self) -> Option<Duration> {
+        self.delay
+    }
+
+    /// The deduplication id, if any.
+    pub fn get_dedup_id(&self) -> Option<&[u8]> {
+        self.dedup_id.as_deref()
+    }
+}

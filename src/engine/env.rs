@@ -20,6 +20,8 @@ pub(crate) struct Env {
     pub(crate) options: Options,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) arrivals: Arrivals,
+    /// `Options::max_age` in microseconds, if set.
+    pub(crate) max_age_us: Option<u64>,
     /// The bound and its usage, for a bounded queue only.
     pub(crate) limits: Option<Limits>,
     /// What the policies did since open (named as issue 14's metrics will name them).
@@ -31,12 +33,16 @@ pub(crate) struct Env {
 impl Env {
     pub(crate) fn new(dir: PathBuf, options: Options, storage: Arc<dyn Storage>) -> Self {
         let limits = Limits::new(&options);
+        let max_age_us = options
+            .max_age
+            .map(|age| u64::try_from(age.as_micros()).unwrap_or(u64::MAX));
         Env {
             dir,
             options,
             storage,
             arrivals: Arrivals::default(),
             limits,
+            max_age_us,
             counters: PolicyCounters::default(),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),

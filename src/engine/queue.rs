@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::engine::clock::now_micros;
 use crate::engine::compactor::{self, CompactReport};
+use crate::engine::dedup::Dedup;
 use crate::engine::delivery::{try_recv_batch, Delivery};
 use crate::engine::env::Env;
 use crate::engine::flusher::Flusher;
@@ -140,6 +141,7 @@ impl Queue {
             head: recovered.head,
             jobs: Jobs::with_history(recovered.history),
             acklog: recovered.acklog,
+            expired_letters: Vec::new(),
         };
         let log = Log::new(
             recovered.segments,
@@ -147,6 +149,13 @@ impl Queue {
             pool,
             std::mem::take(&mut recovered.retired),
         );
+        let dedup = Dedup::open(
+            &*storage,
+            &dir,
+            u64::try_from(options.get_dedup_window().as_micros()).unwrap_or(u64::MAX),
+            recovered.next_seq,
+            now_micros(),
+        )?;
         let env = Env::new(dir, options, storage);
         let shared = Arc::new(Shared::new(
             env,
@@ -155,6 +164,7 @@ impl Queue {
             recovered.report,
             dir_lock,
             open_dead_letter_queue,
+            dedup,
         ));
         let env = &shared.env;
         if env.options.auto_compact {
@@ -200,6 +210,34 @@ impl Queue {
         self.shared
             .push_batch_until(std::slice::from_ref(&payload), 0, deadline)
             .map(|range| range.start)
+    }
+
+    /// Appends one record with the options of `push` (a delay, a deduplication id) and returns
+    /// its sequence number; see [`Push`](crate::Push).
+    ///
+    /// With a deduplication id, a push with the same id made within
+    /// [`Options::dedup_window`](crate::Options::dedup_window) writes nothing and returns the
+    /// first push's sequence number (counted in
+    /// [`PolicyCounters::deduplicated_total`]), also after that record was consumed, after a
+    /// reopen, and after a crash of the process (and a power loss under
+    /// [`SyncPolicy::Always`]). Such a push costs one more write (and, under `Always`, one more
+    /// sync, made while pushes wait), and pushes with ids are made one at a time.
+    pub fn push_with(&self, payload: &[u8], push: crate::Push) -> Result<u64> {
+        let not_before_us = match push.delay {
+            Some(delay) => {
+                let delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+                now_micros().saturating_add(delay_us).max(1)
+            }
+            None => 0,
+        };
+        match (&push.dedup_id, not_before_us) {
+            (Some(id), _) => self.shared.push_dedup(payload, not_before_us, id),
+            (None, 0) => self.push(payload),
+            (None, _) => self
+                .shared
+                .push_batch(std::slice::from_ref(&payload), not_before_us)
+                .map(|range| range.start),
+        }
     }
 
     /// Appends one record that is not handed out (by `pop`, `peek` or `recv`) before `delay`

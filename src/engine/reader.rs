@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::engine::acklog::AckLog;
 use crate::engine::clock::{now_micros, Clock};
-use crate::engine::env::Env;
+use crate::engine::env::{Env, PolicyCounters};
 use crate::engine::head::{HeadIndex, SyncStart};
 use crate::engine::jobs::{Job, JobState, Jobs};
 use crate::engine::log::Log;
@@ -72,6 +72,9 @@ pub(crate) struct Reader {
     /// Records tracked between the head and the frontier.
     pub(crate) jobs: Jobs,
     pub(crate) acklog: AckLog,
+    /// Expired records to move to the dead-letter queue (marked `DeadLettering`), taken by the
+    /// next operation that can move them.
+    pub(crate) expired_letters: Vec<(u64, Record, u32)>,
 }
 
 /// A record read at the frontier, with where its frame starts in the cursor's segment.
@@ -137,6 +140,7 @@ impl Reader {
         } else {
             JobState::Ready
         };
+        let expired = !acked && is_expired(env, &found.record, now_us);
         let job = Job {
             record: found.record,
             segment: self.cursor.segment.clone(),
@@ -145,6 +149,29 @@ impl Reader {
             state,
         };
         self.jobs.insert(seq, job);
+        if expired {
+            self.expire(env, seq);
+        }
+    }
+
+    /// Consumes a tracked record older than `max_age` without handing it out: counted as
+    /// expired, and moved to the dead-letter queue when one is configured. Nothing is written
+    /// for a discarded one: expiry depends only on its enqueue time, so after a crash it is
+    /// expired again.
+    fn expire(&mut self, env: &Env, seq: u64) {
+        let Some(job) = self.jobs.entries.get(&seq) else {
+            return;
+        };
+        PolicyCounters::add(&env.counters.expired_total, 1);
+        if env.options.dead_letter_dir.is_some() {
+            // Its room comes back when the move acknowledges it.
+            self.expired_letters
+                .push((seq, job.record.clone(), job.deliveries));
+            self.jobs.set_state(seq, JobState::DeadLettering);
+        } else {
+            release_room(env, 1, &job.record);
+            self.jobs.set_state(seq, JobState::Acked);
+        }
     }
 
     /// Records in the queue, given the highest published sequence number.
@@ -153,6 +180,13 @@ impl Reader {
             .saturating_sub(self.head_seq())
             .saturating_sub(self.jobs.acked_beyond_head(self.cursor.next_seq))
     }
+}
+
+/// Whether a record is older than the queue's `max_age` at `now_us`.
+#[inline]
+fn is_expired(env: &Env, record: &Record, now_us: u64) -> bool {
+    env.max_age_us
+        .is_some_and(|max_age_us| record.enqueued_at_us().saturating_add(max_age_us) < now_us)
 }
 
 /// Gives a consumed record's room back to a bounded queue (see `limits`).
@@ -480,6 +514,17 @@ impl Consumer {
         reader.jobs.fire_timers(now_us);
         loop {
             if let Some(seq) = reader.jobs.first_ready() {
+                let expired = env.max_age_us.is_some()
+                    && reader
+                        .jobs
+                        .entries
+                        .get(&seq)
+                        .is_some_and(|job| is_expired(env, &job.record, now_us));
+                if expired {
+                    reader.expire(env, seq);
+                    reader.jobs.fold();
+                    continue;
+                }
                 return Ok(Some(seq));
             }
             if reader.jobs.entries.len() >= crate::engine::jobs::IN_FLIGHT_MAX {
@@ -558,6 +603,7 @@ impl Consumer {
                 }
             }
             reader.jobs.fold();
+            pending.dead_letters.append(&mut reader.expired_letters);
             pending.head_generation = reader
                 .write_head_if_moved(log.synced_seq())
                 .map_err(|error| env.poison(error))?;
@@ -599,8 +645,11 @@ impl Consumer {
             let Some(found) = read_next(env, log, &mut reader.cursor)? else {
                 return Ok(None);
             };
-            if found.record.not_before_us() != 0 {
-                // A delayed record: the general path decides whether it is due.
+            let expired = env.max_age_us.is_some()
+                && is_expired(env, &found.record, Clock::default().now_us());
+            if found.record.not_before_us() != 0 || expired {
+                // A delayed or expired record: the general path decides whether it is due,
+                // or discards it.
                 reader.cursor.rewind(found.offset, found.record.seq());
                 drop(guard);
                 return self.pop_with(env, log, up, 1, Ok, None);
@@ -635,6 +684,15 @@ impl Consumer {
         let Some(found) = read_next(env, log, &mut reader.cursor)? else {
             return Ok(Step::End);
         };
+        if env.max_age_us.is_some() {
+            let now_us = clock.now_us();
+            if is_expired(env, &found.record, now_us) {
+                // Tracked as expired (consumed), and the tracked path goes on after it.
+                reader.track(env, found, now_us);
+                reader.jobs.fold();
+                return Ok(Step::Again);
+            }
+        }
         // Only a delayed record needs the time (reading the clock costs as much as the rest of
         // a pop).
         if found.record.not_before_us() != 0 {
@@ -704,7 +762,10 @@ impl Consumer {
         if reader.jobs.is_idle() {
             match read_next(env, log, &mut reader.cursor)? {
                 None => return Ok(None),
-                Some(found) if found.record.not_before_us() <= now_us => {
+                Some(found)
+                    if found.record.not_before_us() <= now_us
+                        && !is_expired(env, &found.record, now_us) =>
+                {
                     // Not taken: the next read starts at this record again.
                     reader.cursor.rewind(found.offset, found.record.seq());
                     return Ok(Some(found.record));
@@ -772,6 +833,7 @@ impl Consumer {
                 });
                 deliveries.push((record, count, token));
             }
+            pending.dead_letters.append(&mut reader.expired_letters);
             if !entries.is_empty() {
                 match reader.acklog.append(&*env.storage, &entries) {
                     Ok(ticket) => pending.ack_ticket = Some(ticket),

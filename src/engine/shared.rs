@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::clock::now_micros;
 use crate::engine::compactor;
+use crate::engine::dedup::Dedup;
 use crate::engine::env::{Env, PolicyCounters};
 use crate::engine::log::{Bound, Log, Written};
 use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped};
@@ -42,6 +43,9 @@ pub(crate) struct Shared {
     pub(crate) log: Log,
     pub(crate) consumer: Consumer,
     dead_letters: Mutex<Option<Arc<dyn DeadLetterQueue>>>,
+    /// The ids of recent pushes with a deduplication id; held by such a push until it is
+    /// complete, so that a second push with the same id finds the first durable.
+    dedup: Mutex<Dedup>,
     open_dead_letters: OpenDeadLetterQueue,
     #[cfg(feature = "async")]
     pub(crate) timer: Timer,
@@ -57,12 +61,14 @@ impl Shared {
         recovery: RecoveryReport,
         dir_lock: DirLock,
         open_dead_letters: OpenDeadLetterQueue,
+        dedup: Dedup,
     ) -> Self {
         Shared {
             env,
             log,
             consumer,
             dead_letters: Mutex::new(None),
+            dedup: Mutex::new(dedup),
             open_dead_letters,
             #[cfg(feature = "async")]
             timer: Timer::default(),
@@ -74,6 +80,17 @@ impl Shared {
     /// One `push`.
     #[inline]
     pub(crate) fn push_one(&self, payload: &[u8]) -> Result<u64> {
+        // One predictable branch for an unbounded queue: matching the result here instead
+        // would copy it (callgrind: 26 instructions, 4.5 % of a 100 B push).
+        if self.env.limits.is_some() {
+            return self.push_one_bounded(payload);
+        }
+        self.log.push_one(&self.env, payload)
+    }
+
+    /// [`push_one`](Shared::push_one) on a bounded queue.
+    #[inline(never)]
+    fn push_one_bounded(&self, payload: &[u8]) -> Result<u64> {
         match self.log.push_one(&self.env, payload) {
             Err(Error::Full { .. }) if self.makes_room() => self
                 .push_making_room(std::slice::from_ref(&payload), 0, None)
@@ -100,6 +117,84 @@ impl Shared {
                 self.push_making_room(payloads, not_before_us, deadline)
             }
             pushed => pushed,
+        }
+    }
+
+    /// One push with a deduplication id: if a push with the same id was made within the
+    /// window, nothing is written and its sequence number is returned. Otherwise the id's
+    /// entry is written (and synced under `Always`) before the record, under the writer lock,
+    /// so that after any crash the record never exists without its id (a retry then finds
+    /// it); an entry whose record a crash took is dropped at the next open.
+    pub(crate) fn push_dedup(&self, payload: &[u8], not_before_us: u64, id: &[u8]) -> Result<u64> {
+        let env = &self.env;
+        if id.is_empty() || id.len() > crate::options::DEDUP_ID_LEN_MAX {
+            return Err(Error::InvalidOptions(format!(
+                "a deduplication id is 1 to {} bytes, not {}",
+                crate::options::DEDUP_ID_LEN_MAX,
+                id.len()
+            )));
+        }
+        let payloads = std::slice::from_ref(&payload);
+        let batch_len = self.log.check_batch(env, payloads, not_before_us)?;
+        let mut dedup = lock(&self.dedup);
+        loop {
+            let now_us = now_micros();
+            if let Some(seq) = dedup.lookup(id, now_us) {
+                PolicyCounters::add(&env.counters.deduplicated_total, 1);
+                return Ok(seq);
+            }
+            let before = env.limits.as_ref().map(|limits| limits.usage());
+            let attempt = {
+                let mut writer = self.log.lock_writer();
+                self.check_bound(1, batch_len).and_then(|()| {
+                    crate::engine::log::check_room(&writer, 1)?;
+                    let seq = writer.next_seq;
+                    dedup
+                        .remember(&*env.storage, id, seq, now_us)
+                        .map_err(|error| env.poison(error))?;
+                    if env.options.sync == SyncPolicy::Always {
+                        dedup.sync().map_err(|error| env.poison(error))?;
+                    }
+                    self.log
+                        .write_locked(
+                            env,
+                            &mut writer,
+                            payloads,
+                            not_before_us,
+                            batch_len,
+                            Bound::Enforced,
+                        )
+                        .map_err(|error| {
+                            // The entry names a number the next push would take: refuse
+                            // changes until a reopen drops it (its record is not there).
+                            dedup.forget(id);
+                            env.poison(error)
+                        })
+                })
+            };
+            match attempt {
+                Ok(written) => return self.log.complete(env, written).map(|range| range.start),
+                Err(Error::Full { .. }) if self.makes_room() => {
+                    let Some(limits) = &env.limits else {
+                        continue;
+                    };
+                    if limits.never_fits(1, batch_len) {
+                        return Err(limits.full(1, batch_len));
+                    }
+                    match limits.overflow {
+                        Overflow::DropOldest => {
+                            if self.drop_oldest(limits.records_to_drop(1) as usize)? == 0 {
+                                return Err(limits.full(1, batch_len));
+                            }
+                        }
+                        _ => {
+                            let before = before.unwrap_or_default();
+                            limits.wait_for_room(before, None);
+                        }
+                    }
+                }
+                Err(error) => return Err(error),
+            }
         }
     }
 
@@ -303,6 +398,10 @@ impl Shared {
     /// Makes every push and pop so far durable, whatever the sync policy.
     pub(crate) fn sync_all(&self) -> Result<()> {
         self.env.check_poisoned()?;
+        // Ids before their records, as a push with an id orders them.
+        lock(&self.dedup)
+            .sync()
+            .map_err(|error| self.env.poison(error))?;
         let covered = self
             .log
             .sync_data()

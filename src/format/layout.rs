@@ -2,7 +2,7 @@
 //!
 //! A queue directory holds segment files (`<base_seq:020>.seg`), the head index (`head`), the
 //! settings file (`settings`), the lock file (`lock`), the ack log (`acks`) when the jobs API is
-//! used, consumed segment files kept for reuse (`<base:020>.free`), temporary files of an
+//! used, the deduplication log (`dedup`) when pushes carry a deduplication id, consumed segment files kept for reuse (`<base:020>.free`), temporary files of an
 //! atomic replacement (`<name>.tmp`), and the `quarantine` folder that `repair` writes. A spool
 //! directory holds one queue directory per name and the fanout intent log (`fanout.log`).
 
@@ -17,6 +17,9 @@ pub const ACK_LOG_FILE_NAME: &str = "acks";
 
 /// The settings file's name inside a queue directory.
 pub const SETTINGS_FILE_NAME: &str = "settings";
+
+/// The deduplication log's file name inside the queue directory (`Push::dedup_id`).
+pub const DEDUP_FILE_NAME: &str = "dedup";
 
 /// The fanout intent log's file name inside the spool directory.
 pub const FANOUT_LOG_FILE_NAME: &str = "fanout.log";
@@ -74,6 +77,8 @@ pub enum EntryKind {
     AckLog,
     /// The quarantine folder written by `repair`.
     Quarantine,
+    /// The deduplication log (`dedup`), or its temporary file during a rewrite.
+    DedupLog,
     /// Anything else: not written by diskspool.
     Stray,
 }
@@ -89,9 +94,11 @@ pub fn classify_entry(name: &str) -> EntryKind {
         QUARANTINE_DIR_NAME => EntryKind::Quarantine,
         ACK_LOG_FILE_NAME => EntryKind::AckLog,
         SETTINGS_FILE_NAME => EntryKind::Settings,
+        DEDUP_FILE_NAME => EntryKind::DedupLog,
         _ if is_pool_file_name(name) => EntryKind::PoolFile,
         _ if name == format!("{SETTINGS_FILE_NAME}.tmp") => EntryKind::Settings,
         _ if name == format!("{ACK_LOG_FILE_NAME}.tmp") => EntryKind::AckLog,
+        _ if name == format!("{DEDUP_FILE_NAME}.tmp") => EntryKind::DedupLog,
         _ if name == format!("{HEAD_FILE_NAME}.tmp") => EntryKind::HeadTemporary,
         _ => EntryKind::Stray,
     }

@@ -9,6 +9,7 @@
 
 pub mod acklog;
 pub mod dead_letter;
+pub mod dedup;
 pub mod frame;
 pub mod head;
 pub mod layout;

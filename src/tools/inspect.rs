@@ -88,7 +88,8 @@ pub fn list(storage: &dyn Storage, dir: &Path) -> Result<Listing> {
             | EntryKind::PoolFile
             | EntryKind::Lock
             | EntryKind::Quarantine
-            | EntryKind::AckLog => {}
+            | EntryKind::AckLog
+            | EntryKind::DedupLog => {}
         }
     }
     if !listing.head_present && !listing.settings_present && listing.segments.is_empty() {

@@ -426,3 +426,244 @@ fn purge_is_all_or_nothing_across_a_power_loss() {
     }
     assert!(saw_kept && saw_purged);
 }
+
+/// Waits (without sleeping for a guessed time) until the real-time clock is past `micros`
+/// microseconds after `start`: a record pushed before `start` is then older than that.
+fn wait_until_older_than(start: std::time::SystemTime, micros: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::SystemTime::now() <= start + Duration::from_micros(micros + 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock stands still"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn records_older_than_max_age_are_never_delivered_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default().max_age(Duration::from_micros(1));
+    let queue = Queue::open(dir.path(), options).unwrap();
+    for value in 0..5u8 {
+        queue.push(&[value]).unwrap();
+    }
+    // Enqueue times come from the coarse clock, which is never ahead of the precise one.
+    wait_until_older_than(std::time::SystemTime::now(), 1);
+    assert!(queue.peek().unwrap().is_none());
+    assert!(queue.try_recv().unwrap().is_none());
+    assert!(queue.pop().unwrap().is_none());
+    assert_eq!(queue.policy_counters().expired_total, 5);
+    assert!(queue.is_empty());
+}
+
+#[test]
+fn records_younger_than_max_age_are_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default().max_age(Duration::from_secs(3600));
+    let queue = Queue::open(dir.path(), options).unwrap();
+    queue.push(b"a").unwrap();
+    queue.push_delayed(b"b", Duration::ZERO).unwrap();
+    assert_eq!(queue.pop().unwrap().unwrap().payload(), b"a");
+    assert_eq!(queue.try_recv().unwrap().unwrap().payload(), b"b");
+    assert_eq!(queue.policy_counters().expired_total, 0);
+}
+
+#[test]
+fn expired_records_free_their_room_and_go_to_a_configured_dead_letter_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default()
+        .max_records(2)
+        .max_age(Duration::from_micros(1))
+        .dead_letter_dir("dead");
+    let queue = Queue::open(dir.path().join("q"), options).unwrap();
+    queue.push(&[0]).unwrap();
+    queue.push(&[1]).unwrap();
+    wait_until_older_than(std::time::SystemTime::now(), 1);
+    assert!(queue.pop().unwrap().is_none());
+    // Both expired: their room is back.
+    queue.push(&[2]).unwrap();
+    queue.push(&[3]).unwrap();
+    let dead_dir = queue.dead_letter_dir();
+    drop(queue);
+    let dead = Queue::open(dead_dir, Options::default()).unwrap();
+    let moved: Vec<u64> = dead
+        .pop_batch(10)
+        .unwrap()
+        .iter()
+        .map(|record| DeadLetter::decode(record.payload()).unwrap().original_seq)
+        .collect();
+    assert_eq!(moved, [0, 1]);
+}
+
+/// The contract: an expired record is never delivered, also after a crash (expiry depends on
+/// the enqueue time and the stored `max_age` only, so nothing needs to be written for it).
+#[test]
+fn an_expired_record_is_never_delivered_after_a_power_loss() {
+    for seed in 0..10 {
+        let sim = SimStorage::new(seed);
+        let options = || {
+            Options::default()
+                .storage(Arc::new(sim.clone()))
+                .sync(SyncPolicy::Always)
+        };
+        let queue = Queue::open("/q", options().max_age(Duration::from_micros(1))).unwrap();
+        for value in 0..3u8 {
+            queue.push(&[value]).unwrap();
+        }
+        wait_until_older_than(std::time::SystemTime::now(), 1);
+        if seed % 2 == 0 {
+            // Some expired at the head already (nothing written for them).
+            assert!(queue.pop().unwrap().is_none());
+        }
+        sim.power_loss();
+        drop(queue);
+        // The stored max_age holds without being repeated.
+        let queue = Queue::open("/q", options()).unwrap();
+        assert!(queue.pop().unwrap().is_none(), "seed {seed}");
+        assert!(queue.try_recv().unwrap().is_none(), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_second_push_with_the_same_id_writes_nothing_and_returns_the_first_number() {
+    use diskspool::Push;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), Options::default()).unwrap();
+    let first = queue.push_with(b"a", Push::new().dedup_id("k1")).unwrap();
+    queue.push(b"other").unwrap();
+    assert_eq!(
+        queue
+            .push_with(b"a again", Push::new().dedup_id("k1"))
+            .unwrap(),
+        first
+    );
+    // Also after the first was consumed.
+    assert_eq!(queue.pop().unwrap().unwrap().payload(), b"a");
+    assert_eq!(
+        queue.push_with(b"a", Push::new().dedup_id("k1")).unwrap(),
+        first
+    );
+    let second = queue.push_with(b"b", Push::new().dedup_id("k2")).unwrap();
+    assert_eq!(second, 2);
+    assert_eq!(queue.policy_counters().deduplicated_total, 2);
+    assert_eq!(queue.len(), 2);
+    // Ids are 1 to 128 bytes.
+    assert!(matches!(
+        queue.push_with(b"x", Push::new().dedup_id("")),
+        Err(Error::InvalidOptions(_))
+    ));
+    assert!(matches!(
+        queue.push_with(b"x", Push::new().dedup_id([1u8; 129])),
+        Err(Error::InvalidOptions(_))
+    ));
+    drop(queue);
+    // After a reopen.
+    let queue = Queue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(
+        queue.push_with(b"b", Push::new().dedup_id("k2")).unwrap(),
+        second
+    );
+    assert_eq!(queue.len(), 2);
+}
+
+#[test]
+fn an_id_outside_the_window_is_pushed_again() {
+    use diskspool::Push;
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default().dedup_window(Duration::from_micros(1));
+    let queue = Queue::open(dir.path(), options).unwrap();
+    let start = std::time::SystemTime::now();
+    assert_eq!(queue.push_with(b"a", Push::new().dedup_id("k")).unwrap(), 0);
+    wait_until_older_than(std::time::SystemTime::now().max(start), 2);
+    assert_eq!(queue.push_with(b"a", Push::new().dedup_id("k")).unwrap(), 1);
+    drop(queue);
+    // The log keeps only ids in the window: after a reopen it holds none of these.
+    let queue = Queue::open(dir.path(), Options::default()).unwrap();
+    wait_until_older_than(std::time::SystemTime::now(), 2);
+    assert_eq!(queue.push_with(b"a", Push::new().dedup_id("k")).unwrap(), 2);
+}
+
+#[test]
+fn the_deduplication_log_stays_bounded_by_the_window() {
+    use diskspool::Push;
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default()
+        .sync(SyncPolicy::Never)
+        .dedup_window(Duration::from_micros(1));
+    let queue = Queue::open(dir.path(), options).unwrap();
+    for index in 0..20_000u32 {
+        queue
+            .push_with(b"x", Push::new().dedup_id(index.to_le_bytes()))
+            .unwrap();
+    }
+    let log = std::fs::metadata(dir.path().join("dedup")).unwrap().len();
+    // 32 bytes an entry; without the bound it would be 640,000 bytes.
+    assert!(log < 32 * 5_000, "dedup log is {log} bytes");
+}
+
+/// The contract: the window holds across a crash at any point of a push with an id, under
+/// `Always`: after a power loss, a retry of a push that returned finds it, and a retry of one
+/// that did not return writes the record exactly once.
+#[test]
+fn the_dedup_window_holds_across_power_losses_at_every_step() {
+    dedup_window_holds_across_crashes(SyncPolicy::Always, |sim| sim.power_loss());
+}
+
+/// The same for a process kill (every write the process made survives) under `Never`.
+#[test]
+fn the_dedup_window_holds_across_process_kills_at_every_step() {
+    dedup_window_holds_across_crashes(SyncPolicy::Never, |sim| sim.process_crash());
+}
+
+fn dedup_window_holds_across_crashes(policy: SyncPolicy, crash: impl Fn(&SimStorage)) {
+    use diskspool::storage::sim::{Fault, FaultKind};
+    use diskspool::Push;
+    for skip in 0..30 {
+        let sim = SimStorage::new(skip);
+        let options = || {
+            Options::default()
+                .storage(Arc::new(sim.clone()))
+                .sync(policy)
+        };
+        let queue = Queue::open("/q", options()).unwrap();
+        let kept = queue
+            .push_with(b"kept", Push::new().dedup_id("kept"))
+            .unwrap();
+        queue.pop().unwrap().unwrap();
+        sim.inject(Fault {
+            op: None,
+            skip,
+            kind: FaultKind::Io,
+            sticky: true,
+        });
+        let pushed = queue.push_with(b"retried", Push::new().dedup_id("retried"));
+        sim.clear_faults();
+        crash(&sim);
+        drop(queue);
+        let queue = Queue::open("/q", options()).unwrap();
+        assert_eq!(
+            queue
+                .push_with(b"kept", Push::new().dedup_id("kept"))
+                .unwrap(),
+            kept,
+            "skip {skip}"
+        );
+        let retried = queue
+            .push_with(b"retried", Push::new().dedup_id("retried"))
+            .unwrap();
+        if let Ok(seq) = pushed {
+            assert_eq!(
+                retried, seq,
+                "skip {skip}: a push that returned is remembered"
+            );
+        }
+        let records: Vec<Vec<u8>> = queue
+            .pop_batch(10)
+            .unwrap()
+            .iter()
+            .map(|record| record.payload().to_vec())
+            .collect();
+        assert_eq!(records, [b"retried".to_vec()], "skip {skip}");
+    }
+}

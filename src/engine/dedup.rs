@@ -1,0 +1,193 @@
+//! The ids of recent pushes with a deduplication id (`Push::dedup_id`), in memory and in the
+//! deduplication log (`format::dedup`), bounded by the window.
+//!
+//! Memory: one hash map entry per id pushed within the window (the id's bytes, its sequence
+//! number and time); ids older than the window are swept out whenever the map has doubled
+//! since the last sweep, so it holds at most about twice the ids of one window. Disk: one
+//! entry of 24 bytes plus the id (rounded up to 8) per push; the log is rewritten with the
+//! live ids when it holds more than twice as many entries as the map (and at open).
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::format::dedup::{
+    decode_dedup_entries, dedup_header_ok, encode_dedup_entry, encode_dedup_header, DedupEntry,
+};
+use crate::format::layout::DEDUP_FILE_NAME;
+use crate::storage::{self, Storage, StorageFile};
+
+/// The sweep and rewrite thresholds never go below this many ids.
+const SWEEP_MIN: usize = 1024;
+
+/// What is remembered of an id.
+#[derive(Clone, Copy)]
+struct Remembered {
+    seq: u64,
+    at_us: u64,
+}
+
+/// The remembered ids and their log.
+pub(crate) struct Dedup {
+    dir: PathBuf,
+    path: PathBuf,
+    window_us: u64,
+    ids: HashMap<Box<[u8]>, Remembered>,
+    /// The log, once it exists (created by the first push with an id).
+    file: Option<Arc<dyn StorageFile>>,
+    tail: u64,
+    entries_in_file: usize,
+    /// The map's size after the last sweep.
+    swept_len: usize,
+}
+
+impl Dedup {
+    /// Loads the log of the queue in `dir`, if there is one: keeps the ids pushed within the
+    /// window before `now_us` whose record exists (below `next_seq`: an entry is written before
+    /// its record, so a crash between the two leaves an entry for a record that never was), and
+    /// rewrites the log when it dropped any or found a torn tail.
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        dir: &Path,
+        window_us: u64,
+        next_seq: u64,
+        now_us: u64,
+    ) -> Result<Dedup> {
+        let path = dir.join(DEDUP_FILE_NAME);
+        let mut dedup = Dedup {
+            dir: dir.to_path_buf(),
+            path: path.clone(),
+            window_us,
+            ids: HashMap::new(),
+            file: None,
+            tail: 0,
+            entries_in_file: 0,
+            swept_len: 0,
+        };
+        let file = match storage.open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(dedup),
+            Err(error) => return Err(Error::io("open deduplication log", &path, error)),
+        };
+        let bytes = storage::read_all(&*file)
+            .map_err(|error| Error::io("read deduplication log", &path, error))?;
+        if !dedup_header_ok(&bytes) {
+            // Only a torn creation leaves a file without its header (it is written whole,
+            // atomically, otherwise); the ids it held are lost, which may let a retry through.
+            dedup.rewrite(storage)?;
+            return Ok(dedup);
+        }
+        let (entries, end) = decode_dedup_entries(&bytes);
+        let total = entries.len();
+        for entry in entries {
+            if entry.seq < next_seq && dedup.in_window(entry.at_us, now_us) {
+                dedup.ids.insert(
+                    entry.id.into_boxed_slice(),
+                    Remembered {
+                        seq: entry.seq,
+                        at_us: entry.at_us,
+                    },
+                );
+            }
+        }
+        dedup.swept_len = dedup.ids.len();
+        if dedup.ids.len() != total || end != bytes.len() {
+            dedup.rewrite(storage)?;
+        } else {
+            dedup.file = Some(Arc::from(file));
+            dedup.tail = end as u64;
+            dedup.entries_in_file = total;
+        }
+        Ok(dedup)
+    }
+
+    fn in_window(&self, at_us: u64, now_us: u64) -> bool {
+        at_us.saturating_add(self.window_us) >= now_us
+    }
+
+    /// The sequence number of the first push with `id` within the window, if any.
+    pub(crate) fn lookup(&self, id: &[u8], now_us: u64) -> Option<u64> {
+        self.ids
+            .get(id)
+            .filter(|remembered| self.in_window(remembered.at_us, now_us))
+            .map(|remembered| remembered.seq)
+    }
+
+    /// Remembers `id` for the record `seq` pushed at `at_us`: its entry reaches the kernel
+    /// (not synced: see [`sync`](Dedup::sync)) before this returns.
+    pub(crate) fn remember(
+        &mut self,
+        storage: &dyn Storage,
+        id: &[u8],
+        seq: u64,
+        at_us: u64,
+    ) -> Result<()> {
+        if self.ids.len() >= (2 * self.swept_len).max(SWEEP_MIN) {
+            self.ids
+                .retain(|_, remembered| remembered.at_us.saturating_add(self.window_us) >= at_us);
+            self.swept_len = self.ids.len();
+        }
+        self.ids.insert(Box::from(id), Remembered { seq, at_us });
+        if self.file.is_none() || self.entries_in_file > (2 * self.ids.len()).max(SWEEP_MIN) {
+            // The new id is in the map, so the rewrite writes it.
+            return self.rewrite(storage);
+        }
+        let mut bytes = Vec::new();
+        encode_dedup_entry(
+            &mut bytes,
+            &DedupEntry {
+                id: id.to_vec(),
+                seq,
+                at_us,
+            },
+        );
+        if let Some(file) = &self.file {
+            file.write_all_at(&bytes, self.tail)
+                .map_err(|error| Error::io("write deduplication log", &self.path, error))?;
+        }
+        self.tail += bytes.len() as u64;
+        self.entries_in_file += 1;
+        Ok(())
+    }
+
+    /// Forgets `id` (its push failed before its record was written).
+    pub(crate) fn forget(&mut self, id: &[u8]) {
+        self.ids.remove(id);
+    }
+
+    /// Makes the entries written so far durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        match &self.file {
+            Some(file) => file
+                .sync_data()
+                .map_err(|error| Error::io("sync deduplication log", &self.path, error)),
+            None => Ok(()),
+        }
+    }
+
+    /// Replaces the log with the remembered ids, durably (temporary file, sync, rename).
+    fn rewrite(&mut self, storage: &dyn Storage) -> Result<()> {
+        let mut bytes = encode_dedup_header().to_vec();
+        for (id, remembered) in &self.ids {
+            encode_dedup_entry(
+                &mut bytes,
+                &DedupEntry {
+                    id: id.to_vec(),
+                    seq: remembered.seq,
+                    at_us: remembered.at_us,
+                },
+            );
+        }
+        storage::write_atomically(storage, &self.dir, DEDUP_FILE_NAME, &bytes)
+            .map_err(|error| Error::io("rewrite deduplication log", &self.path, error))?;
+        let file = storage
+            .open(&self.path)
+            .map_err(|error| Error::io("open deduplication log", &self.path, error))?;
+        self.file = Some(Arc::from(file));
+        self.tail = bytes.len() as u64;
+        self.entries_in_file = self.ids.len();
+        Ok(())
+    }
+}
