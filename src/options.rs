@@ -244,9 +244,10 @@ impl Options {
     /// Bounds the queue to this many records not yet consumed (records handed out by `recv`
     /// count until acknowledged); a push beyond it follows [`overflow`](Options::overflow).
     /// Like every policy, it is stored in the queue's settings file: every later open, in any
-    /// process, and the `spool` commands keep it unless they set it again. Default: no bound.
+    /// process, and the `spool` commands keep it unless they set it again. `0` removes the
+    /// bound (as it reads in the settings file). Default: no bound.
     pub fn max_records(mut self, records: u64) -> Self {
-        self.max_records = Some(records);
+        self.max_records = Some(records).filter(|&records| records != 0);
         self.policies_explicit |= policy_bits::MAX_RECORDS;
         self
     }
@@ -254,10 +255,10 @@ impl Options {
     /// Bounds the queue to this many bytes of records not yet consumed, counted as frames on
     /// disk (a record of `n` bytes takes `n` + 24 rounded up to a multiple of 8; see
     /// `docs/FORMAT.md`); records handed out count until acknowledged. A push beyond it follows
-    /// [`overflow`](Options::overflow). Stored like [`max_records`](Options::max_records).
-    /// Default: no bound.
+    /// [`overflow`](Options::overflow). Stored like [`max_records`](Options::max_records);
+    /// `0` removes the bound. Default: no bound.
     pub fn max_bytes(mut self, bytes: u64) -> Self {
-        self.max_bytes = Some(bytes);
+        self.max_bytes = Some(bytes).filter(|&bytes| bytes != 0);
         self.policies_explicit |= policy_bits::MAX_BYTES;
         self
     }
@@ -272,17 +273,19 @@ impl Options {
 
     /// Records older than this (by their enqueue time) are never delivered: they are discarded
     /// when they reach the head, and counted as expired. Stored like
-    /// [`max_records`](Options::max_records). Default: records never expire.
+    /// [`max_records`](Options::max_records); `Duration::ZERO` removes it. Measured on the
+    /// wall clock against each record's enqueue time. Default: records never expire.
     pub fn max_age(mut self, age: Duration) -> Self {
-        self.max_age = Some(age);
+        self.max_age = Some(age).filter(|age| !age.is_zero());
         self.policies_explicit |= policy_bits::MAX_AGE;
         self
     }
 
-    /// How long a deduplication id is remembered (default 5 minutes, as SQS FIFO). Stored like
-    /// [`max_records`](Options::max_records).
+    /// How long a deduplication id is remembered (default 5 minutes, as SQS FIFO) by
+    /// [`Queue::push_with`](crate::Queue::push_with). Stored like
+    /// [`max_records`](Options::max_records); `Duration::ZERO` restores the default.
     pub fn dedup_window(mut self, window: Duration) -> Self {
-        self.dedup_window = Some(window);
+        self.dedup_window = Some(window).filter(|window| !window.is_zero());
         self.policies_explicit |= policy_bits::DEDUP_WINDOW;
         self
     }
@@ -462,15 +465,11 @@ impl Options {
                 "max_deliveries must be at least 1".into(),
             ));
         }
-        if self.max_records == Some(0) || self.max_bytes == Some(0) {
-            return Err(Error::InvalidOptions(
-                "max_records and max_bytes must be at least 1".into(),
-            ));
-        }
         let micros = |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
         if self.max_age.is_some_and(|age| micros(age) == 0)
             || self.dedup_window.is_some_and(|window| micros(window) == 0)
         {
+            // Below a microsecond: the settings file would read it as "none".
             return Err(Error::InvalidOptions(
                 "max_age and dedup_window must be at least 1 µs".into(),
             ));

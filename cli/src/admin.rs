@@ -27,7 +27,10 @@ Examples:
   spool stat --json /var/spool/jobs | jq .len
 
 Takes no lock. JSON fields: len, head_seq, next_seq, segments, live_bytes, disk_bytes,
-oldest_age_ms (null when the queue is empty).")]
+oldest_age_ms (null when the queue is empty), policies (segment_size, max_records,
+max_bytes, overflow, max_age_ms, dedup_window_ms: the settings; null when not set). Counts of
+expired, discarded and deduplicated records exist only inside the process that has the queue
+open (`Queue::policy_counters`).")]
 pub struct StatArgs {
     /// The queue directory.
     pub(crate) dir: PathBuf,
@@ -121,11 +124,14 @@ struct StatJson {
     live_bytes: u64,
     disk_bytes: u64,
     oldest_age_ms: Option<u64>,
+    policies: crate::policies::PoliciesJson,
 }
 
 pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
     require_dir(&args.dir)?;
     let stat = inspect::stat(&OsStorage, &args.dir)?;
+    // The policies, from the settings file (issue 13).
+    let settings = crate::policies::stored_settings(&args.dir)?;
     let age = stat.oldest_age(SystemTime::now());
     let mut out = print::stdout();
     if args.json {
@@ -137,6 +143,7 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
             live_bytes: stat.live_bytes,
             disk_bytes: stat.disk_bytes,
             oldest_age_ms: age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            policies: crate::policies::PoliciesJson::new(&settings),
         };
         serde_json::to_writer(&mut out, &json).map_err(io::Error::from)?;
         writeln!(out)?;
@@ -151,6 +158,7 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
     let oldest = age.map_or_else(|| String::from("-"), print::age);
     table.row(vec!["oldest age".into(), oldest]);
     table.print(&mut out)?;
+    crate::policies::print_policies(&mut out, &settings)?;
     Ok(EXIT_OK)
 }
 

@@ -6,6 +6,7 @@
 
 mod admin;
 mod demo;
+mod policies;
 mod print;
 mod records;
 
@@ -28,6 +29,8 @@ const EXIT_WAIT_EXPIRED: u8 = 3;
 const EXIT_LOCKED: u8 = 4;
 /// An I/O error or damaged data stopped the command.
 const EXIT_FAILURE: u8 = 5;
+/// The queue is at its bound (`--max-records`, `--max-bytes`) and the push was refused.
+const EXIT_FULL: u8 = 6;
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -36,7 +39,8 @@ Exit codes:
   2  usage error: bad arguments or input that does not fit the queue
   3  pop --wait ran out of time
   4  the queue is locked by another process
-  5  I/O error or damaged data";
+  5  I/O error or damaged data
+  6  the queue is full: push refused at its --max-records/--max-bytes bound";
 
 /// Inspect, verify, repair and script diskspool queues.
 ///
@@ -66,6 +70,8 @@ impl Command {
             Command::Verify(args) => Some(&mut args.dir),
             Command::Compact(args) => Some(&mut args.dir),
             Command::Repair(args) => Some(&mut args.dir),
+            Command::Config(args) => Some(&mut args.dir),
+            Command::Purge(args) => Some(&mut args.dir),
             Command::Demo(_) => None,
         }
     }
@@ -91,6 +97,10 @@ enum Command {
     Compact(admin::CompactArgs),
     /// Cut damaged data into DIR/quarantine/ so the queue serves every good record again.
     Repair(admin::RepairArgs),
+    /// Show or change the queue's policies: bound, overflow rule, maximum age, dedup window.
+    Config(policies::ConfigArgs),
+    /// Remove every record not yet consumed (asks first on a terminal).
+    Purge(policies::PurgeArgs),
     /// Run producers and workers on a temporary queue and print throughput and stats.
     Demo(demo::DemoArgs),
 }
@@ -143,6 +153,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => admin::verify(&args),
         Command::Compact(args) => admin::compact(&args),
         Command::Repair(args) => admin::repair(&args),
+        Command::Config(args) => policies::config(&args),
+        Command::Purge(args) => policies::purge(&args),
         Command::Demo(args) => demo::run(&args).map(|_| EXIT_OK).map_err(Failure::Queue),
     };
     ExitCode::from(match outcome {
@@ -179,6 +191,7 @@ fn report(failure: Failure) -> u8 {
             eprintln!("spool: {}", for_stderr(&error.to_string()));
             match error {
                 Error::Locked { .. } => EXIT_LOCKED,
+                Error::Full { .. } => EXIT_FULL,
                 Error::RecordTooLarge { .. }
                 | Error::BatchTooLarge { .. }
                 | Error::InvalidOptions(_)
@@ -215,7 +228,15 @@ fn open_queue(
     auto_compact: bool,
     create: bool,
 ) -> Result<Queue, Failure> {
-    open_queue_with(dir, segment_size, sync, auto_compact, create, None)
+    open_queue_with(
+        dir,
+        segment_size,
+        sync,
+        auto_compact,
+        create,
+        None,
+        |options| options,
+    )
 }
 
 /// [`open_queue`], with the permission bits a new queue gets.
@@ -226,11 +247,14 @@ fn open_queue_with(
     auto_compact: bool,
     create: bool,
     file_mode: Option<u32>,
+    policies: impl FnOnce(Options) -> Options,
 ) -> Result<Queue, Failure> {
-    let mut options = Options::default()
-        .sync(sync)
-        .auto_compact(auto_compact)
-        .create_if_missing(create);
+    let mut options = policies(
+        Options::default()
+            .sync(sync)
+            .auto_compact(auto_compact)
+            .create_if_missing(create),
+    );
     if let Some(mode) = file_mode {
         options = options.file_mode(mode);
     }

@@ -42,6 +42,13 @@ Examples:
   spool push --raw /var/spool/jobs < image.png         the whole input as one record
   spool push --segment-size 1048576 ./q hello          a new queue with 1 MiB segments
   spool push --file-mode 640 ./q hello                 a new queue the owner's group may read
+  spool push --max-records 1000 --overflow drop-oldest ./q hello
+                                                       a bounded queue keeping the newest 1000
+  spool push --dedup-id order-17 ./q 'order 17'        pushed once however often it is retried
+
+Policy flags (--max-records, --max-bytes, --overflow, --max-age, --dedup-window) are stored in
+the queue's settings: every later open, in any process, keeps them (see `spool config`). A push
+refused at the bound exits with 6; records of earlier batches stay pushed.
 
 Records from standard input are pushed in atomic batches of up to 1 MiB: after a crash, each
 batch is either wholly in the queue or not at all. Exit status 0 means every record was accepted
@@ -65,6 +72,12 @@ pub struct PushArgs {
     /// its owner; 640 lets the owner's group read it). An existing queue keeps its own.
     #[arg(long, value_name = "OCTAL", value_parser = parse_file_mode)]
     file_mode: Option<u32>,
+    #[command(flatten)]
+    policies: crate::policies::PolicyArgs,
+    /// Deduplication id of the one record pushed: a push with the same id within the dedup
+    /// window writes nothing (and prints nothing); exit 0 either way.
+    #[arg(long, value_name = "KEY")]
+    dedup_id: Option<String>,
 }
 
 fn parse_file_mode(text: &str) -> Result<u32, String> {
@@ -167,7 +180,28 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
         true,
         true,
         args.file_mode,
+        |options| args.policies.apply(options),
     )?;
+    if let Some(id) = &args.dedup_id {
+        let payload = match (args.raw, args.payloads.as_slice()) {
+            (true, _) => {
+                let mut payload = Vec::new();
+                io::stdin().lock().read_to_end(&mut payload)?;
+                payload
+            }
+            (false, [one]) => one.as_bytes().to_vec(),
+            _ => {
+                return Err(Failure::Usage(String::from(
+                    "--dedup-id names one record: give exactly one payload argument, or --raw",
+                )))
+            }
+        };
+        queue.push_with(&payload, diskspool::Push::new().dedup_id(id))?;
+        if args.sync == SyncArg::Interval {
+            queue.sync()?;
+        }
+        return Ok(EXIT_OK);
+    }
     // An eighth of a segment: a batch that does not fit starts a new segment, so segments stay
     // at least seven eighths full.
     let batch_bytes_max = (queue.options().get_segment_size() / 8).min(PUSH_BATCH_BYTES_MAX);

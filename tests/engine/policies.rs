@@ -667,3 +667,18 @@ fn dedup_window_holds_across_crashes(policy: SyncPolicy, crash: impl Fn(&SimStor
         assert_eq!(records, [b"retried".to_vec()], "skip {skip}");
     }
 }
+
+#[test]
+fn zero_removes_a_stored_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Queue::open(dir.path(), bounded(1).max_age(Duration::from_secs(9))).unwrap());
+    let options = Options::default().max_records(0).max_age(Duration::ZERO);
+    let queue = Queue::open(dir.path(), options).unwrap();
+    assert_eq!(queue.options().get_max_records(), None);
+    assert_eq!(queue.options().get_max_age(), None);
+    queue.push(b"a").unwrap();
+    queue.push(b"b").unwrap();
+    drop(queue);
+    let stored = read_settings(&OsStorage, dir.path()).unwrap().unwrap();
+    assert_eq!((stored.max_records, stored.max_age_us), (None, None));
+}

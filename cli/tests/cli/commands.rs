@@ -26,6 +26,7 @@ fn stat_json_has_the_documented_fields_and_values() {
             "live_bytes",
             "next_seq",
             "oldest_age_ms",
+            "policies",
             "segments"
         ]
     );
