@@ -17,7 +17,7 @@ use crate::format::layout::segment_file_name;
 use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::segment::{self, walk_frames, WalkStep, SEGMENT_HEADER_LEN};
 use crate::storage::sim::{Fault, FaultKind, SimOp, SimRng, SimStats, SimStorage};
-use crate::{Error, Options, Queue, SyncPolicy};
+use crate::{Error, Options, Push, Queue, SyncPolicy};
 
 /// The payload limit the decoding checks use: large enough for any frame in a fuzz input.
 const PAYLOAD_LEN_LIMIT: u32 = 1 << 20;
@@ -333,6 +333,16 @@ pub enum Op {
     },
     /// Arm a fault for the next operation.
     Fault(Fault),
+    /// Remove every record not yet consumed (`Queue::purge`).
+    Purge,
+    /// Push one record of `len` bytes with the deduplication id `[key]` (`Queue::push_with`):
+    /// a key pushed before is not written again.
+    PushDedup {
+        /// The id's one byte.
+        key: u8,
+        /// Payload length.
+        len: u16,
+    },
     /// Cut the power (the crash's choices drawn from `seed`), so that everything on disk is
     /// synced data; then damage it as bit rot, a bad sector or an operator would (a flipped
     /// bit, a zeroed range or a lost file, chosen by `seed`); open again with `policy`. The
@@ -477,6 +487,11 @@ pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
                 seed: u64::from(a) << 8 | u64::from(next().unwrap_or(0)),
                 policy: Policy::from_byte(a >> 4),
             },
+            15 if a % 16 == 0 => Op::Purge,
+            15 if a % 16 == 1 => Op::PushDedup {
+                key: (a >> 4) % 8,
+                len: u16::from(next().unwrap_or(0)),
+            },
             _ => {
                 let b = next().unwrap_or(0);
                 let c = next().unwrap_or(0);
@@ -554,6 +569,11 @@ pub fn ops_from_seed_for(seed: u64, count: usize, config: &SimConfig) -> Vec<Op>
                 seed: rng.next_u64(),
                 policy: policy(&mut rng),
             },
+            94 if rng.chance(1, 3) => Op::Purge,
+            95 => Op::PushDedup {
+                key: rng.below(8) as u8,
+                len: rng.below(200) as u16,
+            },
             _ => {
                 let mut fault = fault_from(rng.next_u64());
                 if config.writable_mappings && fault.op == Some(SimOp::Map) && rng.chance(1, 2) {
@@ -604,6 +624,17 @@ struct Model {
     /// Jobs behind a recovered head whose acknowledgement (or skip) is durable: skipped if a
     /// later open leaves the head behind them.
     durable_acks: BTreeSet<u64>,
+    /// The deduplication ids pushed, by key.
+    dedup: BTreeMap<u8, DedupKnown>,
+}
+
+/// What the model knows of a deduplication id.
+#[derive(Debug, Clone)]
+struct DedupKnown {
+    /// The numbers its first push may have got (one when `certain`).
+    seqs: Vec<u64>,
+    /// Whether the queue must remember it (its push returned, and a crash since kept it).
+    certain: bool,
 }
 
 /// What is known about an acknowledged job.
@@ -669,6 +700,10 @@ impl Model {
     fn power_lost(&mut self) {
         for state in self.acked.values_mut() {
             state.guaranteed = state.durable;
+        }
+        // Ids pushed under `Never` or `Interval` since the last sync may be forgotten.
+        for known in self.dedup.values_mut() {
+            known.certain &= known.seqs.iter().all(|&seq| seq < self.tail_durable);
         }
         let uncertain = AckState {
             durable: false,
@@ -880,6 +915,11 @@ impl Model {
             }
         }
         self.durable_acks.split_off(&tail);
+        // An id whose record the recovery cut is dropped at open.
+        for known in self.dedup.values_mut() {
+            known.seqs.retain(|&seq| seq < tail);
+        }
+        self.dedup.retain(|_, known| !known.seqs.is_empty());
         self.extend_high();
         Ok(())
     }
@@ -1355,6 +1395,8 @@ impl Run {
                 self.sim.inject(*fault);
                 return Ok(());
             }
+            Op::Purge => self.purge(faults_before),
+            Op::PushDedup { key, len } => self.push_dedup(*key, *len),
         };
         self.sim.clear_faults();
         outcome?;
@@ -1428,6 +1470,120 @@ impl Run {
                 let end = model.tail + lens.len() as u64;
                 model.tail_high = model.tail_high.max(end);
                 model.boundaries.insert(end);
+                self.expect_fault(error, faults_before)
+            }
+        }
+    }
+
+    /// `Queue::purge`: every record up to the tail is consumed, durably under `Always`; a
+    /// failed purge may have consumed them all, or none.
+    fn purge(&mut self, faults_before: u64) -> Result<(), String> {
+        let result = self.queue()?.purge();
+        let model = &mut self.model;
+        match result {
+            Ok(count) => {
+                let most = model.tail_high.saturating_sub(model.head);
+                if count > most {
+                    return Err(format!(
+                        "purge removed {count} records, more than the {most} there may be"
+                    ));
+                }
+                // As a pop of every record: the head moves to the tail.
+                model.head = model.head.max(model.tail);
+                model.head_high = model.head_high.max(model.head);
+                model.extend_high();
+                if self.policy == Policy::Always {
+                    model.head_durable = model.head;
+                    model.promised = model.tail_durable;
+                }
+                if let Some(owed) = model.first_owed(model.head) {
+                    return Err(format!("seq {owed} is owed after a purge"));
+                }
+                Ok(())
+            }
+            Err(error) => {
+                model.may_have_taken(usize::MAX);
+                if self.policy != Policy::Always {
+                    model.unsynced_pops_uncertain();
+                }
+                self.expect_fault(error, faults_before)
+            }
+        }
+    }
+
+    /// A push with a deduplication id. The model remembers which key got which number: a key
+    /// remembered for sure must be deduplicated; one a crash or a failure may have taken
+    /// (`certain` false) may be either; a new record is checked like a push.
+    fn push_dedup(&mut self, key: u8, len: u16) -> Result<(), String> {
+        let faults_before = self.sim.stats().faults;
+        let payload = self.model.payload(len);
+        let result = self
+            .queue()?
+            .push_with(&payload, Push::new().dedup_id([key]));
+        let known = self.model.dedup.get(&key).cloned();
+        let model = &mut self.model;
+        match result {
+            Ok(seq) => {
+                if let Some(known) = &known {
+                    if known.seqs.contains(&seq) && seq < model.tail {
+                        return Ok(());
+                    }
+                    if known.certain {
+                        return Err(format!(
+                            "push with id {key} returned {seq}, but the id names {:?} (tail {})",
+                            known.seqs, model.tail
+                        ));
+                    }
+                }
+                if seq != model.tail {
+                    return Err(format!(
+                        "push with a new id {key} returned {seq}, expected {}",
+                        model.tail
+                    ));
+                }
+                let durable = self.policy == Policy::Always;
+                let list = model.candidates.entry(seq).or_default();
+                if durable {
+                    list.clear();
+                }
+                list.push(payload);
+                model.tail = seq + 1;
+                model.tail_high = model.tail_high.max(seq + 1);
+                model.boundaries.insert(seq + 1);
+                if durable {
+                    model.tail_durable = seq + 1;
+                }
+                // Remembered for sure: a process kill keeps every write, and a power loss
+                // makes it uncertain unless it was synced (`power_lost`).
+                model.dedup.insert(
+                    key,
+                    DedupKnown {
+                        seqs: vec![seq],
+                        certain: true,
+                    },
+                );
+                Ok(())
+            }
+            Err(error) if known.as_ref().is_some_and(|known| known.certain) => {
+                // A remembered id is looked up before anything is written: the failure (a
+                // poisoned queue) wrote nothing, and the id stays as it was.
+                self.expect_fault(error, faults_before)
+            }
+            Err(error) => {
+                // The entry and the record may have landed (and surface after a crash).
+                let seq = model.tail;
+                model.candidates.entry(seq).or_default().insert(0, payload);
+                model.tail_high = model.tail_high.max(seq + 1);
+                model.boundaries.insert(seq + 1);
+                let mut seqs = known.map(|known| known.seqs).unwrap_or_default();
+                seqs.push(seq);
+                model.dedup.insert(
+                    key,
+                    DedupKnown {
+                        seqs,
+                        certain: false,
+                    },
+                );
                 self.expect_fault(error, faults_before)
             }
         }

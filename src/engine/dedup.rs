@@ -103,6 +103,20 @@ impl Dedup {
         Ok(dedup)
     }
 
+    /// Syncs the log of the queue in `dir`, if there is one: called at open before recovery
+    /// syncs the records, so that a record made durable there never outlives its id in a later
+    /// power loss (under `Never` and `Interval` the entries of the last run may be unsynced).
+    pub(crate) fn sync_existing(storage: &dyn Storage, dir: &Path) -> Result<()> {
+        let path = dir.join(DEDUP_FILE_NAME);
+        match storage.open(&path) {
+            Ok(file) => file
+                .sync_data()
+                .map_err(|error| Error::io("sync deduplication log", &path, error)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(Error::io("open deduplication log", &path, error)),
+        }
+    }
+
     fn in_window(&self, at_us: u64, now_us: u64) -> bool {
         at_us.saturating_add(self.window_us) >= now_us
     }

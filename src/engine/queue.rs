@@ -116,6 +116,8 @@ impl Queue {
         recovery::settle_at_open(&*storage, &dir, &mut options)?;
         // Checked again: limits that depend on the segment size now see the queue's own.
         options.validate()?;
+        // Ids before the records that recovery makes durable (see `Dedup::sync_existing`).
+        Dedup::sync_existing(&*storage, &dir)?;
         let mut recovered = recovery::recover(&*storage, &dir, &options)?;
         let pool_files = std::mem::take(&mut recovered.pool_files);
         let pool = pool::adopt(&*storage, &dir, pool_files, options.segment_pool)?;

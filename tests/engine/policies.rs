@@ -682,3 +682,56 @@ fn zero_removes_a_stored_bound() {
     let stored = read_settings(&OsStorage, dir.path()).unwrap().unwrap();
     assert_eq!((stored.max_records, stored.max_age_us), (None, None));
 }
+
+/// The simulation's model with purges and pushes with ids: every kind of fault at every step
+/// of either, then a power loss or a process kill, under `Always` and `Never`.
+#[test]
+fn purge_and_dedup_hold_in_the_model_under_every_fault() {
+    use diskspool::storage::sim::{Fault, FaultKind, SimOp};
+    use diskspool::testkit::{run_ops, Op, Policy};
+    let kinds = [
+        SimOp::Write,
+        SimOp::SyncData,
+        SimOp::Open,
+        SimOp::CreateNew,
+        SimOp::Rename,
+        SimOp::SyncDir,
+        SimOp::RemoveFile,
+        SimOp::Map,
+    ];
+    for policy in [Policy::Always, Policy::Never] {
+        for op in kinds {
+            for skip in 0..3 {
+                for (index, step) in [Op::Purge, Op::PushDedup { key: 1, len: 300 }]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let fault = Fault {
+                        op: Some(op),
+                        skip,
+                        kind: FaultKind::Io,
+                        sticky: index == 1,
+                    };
+                    let mut ops = vec![Op::Reopen { policy }];
+                    ops.extend((0..8).map(|_| Op::Push { len: 590 }));
+                    ops.push(Op::PushDedup { key: 1, len: 40 });
+                    ops.push(Op::RecvNack { count: 2 });
+                    ops.push(Op::Fault(fault));
+                    ops.push(step);
+                    ops.extend([
+                        Op::PushDedup { key: 1, len: 40 },
+                        Op::PowerLoss { seed: skip, policy },
+                        Op::PushDedup { key: 1, len: 40 },
+                        Op::Purge,
+                        Op::ProcessCrash { policy },
+                        Op::PushDedup { key: 2, len: 40 },
+                        Op::Pop { max: 8 },
+                    ]);
+                    if let Err(violation) = run_ops(&ops) {
+                        panic!("{violation}\n{ops:#?}");
+                    }
+                }
+            }
+        }
+    }
+}
