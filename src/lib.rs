@@ -49,7 +49,7 @@ pub use engine::queue::{PolicyCounters, Queue, Stats};
 pub use engine::record::Record;
 pub use engine::report::{RecoveryReport, Truncation};
 pub use error::{Error, Result};
-pub use format::dead_letter::DeadLetter;
+pub use format::dead_letter::{DeadLetter, DeadLetterReason};
 pub use options::{
     Options, Overflow, Push, SyncPolicy, DEDUP_ID_LEN_MAX, DEDUP_WINDOW_DEFAULT, FILE_MODE_DEFAULT,
     LEASE_DEFAULT, LEASE_MAX, MAX_RECORD_SIZE_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX,

@@ -15,6 +15,7 @@ use crate::engine::segment::Segment;
 use crate::engine::sync::{lock, SyncGroup};
 use crate::error::{Error, Result};
 use crate::format::acklog::AckEntry;
+use crate::format::dead_letter::DeadLetterReason;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
 use crate::format::head::HeadState;
 use crate::format::segment::{find_later_frame, is_free_space, SEGMENT_HEADER_LEN};
@@ -74,7 +75,7 @@ pub(crate) struct Reader {
     pub(crate) acklog: AckLog,
     /// Expired records to move to the dead-letter queue (marked `DeadLettering`), taken by the
     /// next operation that can move them.
-    pub(crate) expired_letters: Vec<(u64, Record, u32)>,
+    pub(crate) expired_letters: Vec<(u64, Record, u32, DeadLetterReason)>,
 }
 
 /// A record read at the frontier, with where its frame starts in the cursor's segment.
@@ -165,8 +166,12 @@ impl Reader {
         PolicyCounters::add(&env.counters.expired_total, 1);
         if env.options.dead_letter_dir.is_some() {
             // Its room comes back when the move acknowledges it.
-            self.expired_letters
-                .push((seq, job.record.clone(), job.deliveries));
+            self.expired_letters.push((
+                seq,
+                job.record.clone(),
+                job.deliveries,
+                DeadLetterReason::Expired,
+            ));
             self.jobs.set_state(seq, JobState::DeadLettering);
         } else {
             release_room(env, 1, &job.record);
@@ -235,7 +240,7 @@ struct Pending {
     head_generation: Option<u64>,
     ack_ticket: Option<u64>,
     head_segment_moved: bool,
-    dead_letters: Vec<(u64, Record, u32)>,
+    dead_letters: Vec<(u64, Record, u32, DeadLetterReason)>,
 }
 
 /// Whether a frame that fails at `offset` of a sealed segment is only the end of its records:
@@ -334,7 +339,13 @@ pub(crate) struct Consumer {
 /// left a segment. A trait, so that the reader does not depend on the queue built on it.
 pub(crate) trait AfterConsume {
     /// Pushes `record` into the dead-letter queue, then acknowledges it here.
-    fn move_to_dead_letters(&self, seq: u64, record: &Record, deliveries: u32) -> Result<()>;
+    fn move_to_dead_letters(
+        &self,
+        seq: u64,
+        record: &Record,
+        deliveries: u32,
+        reason: DeadLetterReason,
+    ) -> Result<()>;
     /// Deletes or recycles the segments the head has passed. Failures poison the queue.
     fn compact(&self);
 }
@@ -550,9 +561,12 @@ impl Consumer {
         if job.deliveries < limit {
             return false;
         }
-        pending
-            .dead_letters
-            .push((seq, job.record.clone(), job.deliveries));
+        pending.dead_letters.push((
+            seq,
+            job.record.clone(),
+            job.deliveries,
+            DeadLetterReason::Deliveries,
+        ));
         reader.jobs.set_state(seq, JobState::DeadLettering);
         true
     }
@@ -1060,8 +1074,8 @@ impl Consumer {
         // Checked first: building and dropping the iterator of an empty vector costs a pop
         // about 26 instructions (callgrind), 3 % of it.
         if !pending.dead_letters.is_empty() {
-            for (seq, record, deliveries) in pending.dead_letters {
-                up.move_to_dead_letters(seq, &record, deliveries)?;
+            for (seq, record, deliveries, reason) in pending.dead_letters {
+                up.move_to_dead_letters(seq, &record, deliveries, reason)?;
             }
         }
         if pending.head_segment_moved && env.options.auto_compact {

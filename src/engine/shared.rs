@@ -23,7 +23,7 @@ use crate::engine::sync::lock;
 use crate::engine::timer::Timer;
 use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
-use crate::format::dead_letter::DeadLetter;
+use crate::format::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::options::{Options, Overflow, SyncPolicy};
 use crate::storage::queue_dir::is_queue;
 use crate::storage::DirLock;
@@ -256,7 +256,12 @@ impl Shared {
         let dropped = if self.env.options.dead_letter_dir.is_some() {
             let leased = self.recv_batch(max)?;
             for leased in &leased {
-                self.move_to_dead_letters(leased.record.seq(), &leased.record, leased.deliveries)?;
+                self.move_to_dead_letters(
+                    leased.record.seq(),
+                    &leased.record,
+                    leased.deliveries,
+                    DeadLetterReason::Overflow,
+                )?;
             }
             leased.len() as u64
         } else {
@@ -348,7 +353,7 @@ impl Shared {
     /// Moves a leased record to the dead-letter queue now, whatever its delivery count.
     pub(crate) fn dead_letter(&self, seq: u64, token: u64) -> Result<()> {
         let (record, deliveries) = self.consumer.take_for_dead_letter(&self.env, seq, token)?;
-        self.move_to_dead_letters(seq, &record, deliveries)
+        self.move_to_dead_letters(seq, &record, deliveries, DeadLetterReason::Deliveries)
     }
 
     /// Removes every record not yet consumed, handed out ones included; returns how many.
@@ -475,13 +480,20 @@ impl AfterConsume for Shared {
     /// Pushes a record into the dead-letter queue, then marks it done here. A crash between the
     /// two leaves it in both (it is moved again, so the dead-letter queue may hold it twice);
     /// never in neither.
-    fn move_to_dead_letters(&self, seq: u64, record: &Record, deliveries: u32) -> Result<()> {
+    fn move_to_dead_letters(
+        &self,
+        seq: u64,
+        record: &Record,
+        deliveries: u32,
+        reason: DeadLetterReason,
+    ) -> Result<()> {
         let pushed = self.dead_letter_queue().and_then(|queue| {
             let envelope = DeadLetter {
                 original_seq: seq,
                 deliveries,
                 enqueued_at_us: record.enqueued_at_us(),
                 payload: record.payload(),
+                reason,
             };
             queue.push(&envelope.encode())
         });

@@ -150,6 +150,7 @@ fn max_deliveries_moves_the_record_to_the_dead_letter_queue_intact() {
     let dead = Queue::open(root.path().join("jobs.dead"), options()).unwrap();
     let record = dead.pop().unwrap().unwrap();
     let letter = DeadLetter::decode(record.payload()).unwrap();
+    assert_eq!(letter.reason, diskspool::DeadLetterReason::Deliveries);
     assert_eq!(letter.original_seq, 0);
     assert_eq!(letter.deliveries, 3);
     assert_eq!(letter.payload, payload_for(0));

@@ -248,6 +248,7 @@ fn dropped_records_go_to_a_configured_dead_letter_queue() {
     let mut moved = Vec::new();
     while let Some(record) = dead.pop().unwrap() {
         let envelope = DeadLetter::decode(record.payload()).unwrap();
+        assert_eq!(envelope.reason, diskspool::DeadLetterReason::Overflow);
         moved.push((envelope.original_seq, envelope.payload[0]));
     }
     assert_eq!(moved, [(0, 0), (1, 1), (2, 2)]);
@@ -491,7 +492,11 @@ fn expired_records_free_their_room_and_go_to_a_configured_dead_letter_queue() {
         .pop_batch(10)
         .unwrap()
         .iter()
-        .map(|record| DeadLetter::decode(record.payload()).unwrap().original_seq)
+        .map(|record| {
+            let envelope = DeadLetter::decode(record.payload()).unwrap();
+            assert_eq!(envelope.reason, diskspool::DeadLetterReason::Expired);
+            envelope.original_seq
+        })
         .collect();
     assert_eq!(moved, [0, 1]);
 }
