@@ -186,8 +186,8 @@ impl Queue {
         };
         if let Some(limits) = &queue.shared.env.limits {
             // The usage the bound starts from: what is on disk and not yet consumed.
-            let stats = queue.stats_now()?;
-            limits.set_usage(stats.len, stats.live_bytes);
+            let (records, bytes) = usage_at_open(&queue.shared)?;
+            limits.set_usage(records, bytes);
         }
         Ok(queue)
     }
@@ -555,6 +555,25 @@ impl DeadLetterQueue for Queue {
     fn push(&self, payload: &[u8]) -> Result<u64> {
         Queue::push(self, payload)
     }
+}
+
+/// Records and bytes of frames not yet consumed, as a bounded queue counts them at open (the
+/// bytes as in [`Stats::live_bytes`]). Reads no record, so that none expires while they are
+/// counted: an expired record is released when the reader reaches it.
+fn usage_at_open(shared: &Shared) -> Result<(u64, u64)> {
+    let position = shared.consumer.position(shared.log.published_next_seq());
+    let mut bytes = 0;
+    for segment in shared.log.segments() {
+        segment.ensure_open(&*shared.env.storage)?;
+        if segment.base_seq == position.head_base {
+            bytes += segment.readable_end().saturating_sub(position.head_offset);
+        } else if segment.base_seq > position.head_base {
+            bytes += segment
+                .readable_end()
+                .saturating_sub(SEGMENT_HEADER_LEN as u64);
+        }
+    }
+    Ok((position.len, bytes))
 }
 
 /// Opens a dead-letter queue (see [`Shared`]'s `open_dead_letters`).

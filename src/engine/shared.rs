@@ -137,6 +137,7 @@ impl Shared {
         let payloads = std::slice::from_ref(&payload);
         let batch_len = self.log.check_batch(env, payloads, not_before_us)?;
         let mut dedup = lock(&self.dedup);
+        let mut expiry_tried = false;
         loop {
             let now_us = now_micros();
             if let Some(seq) = dedup.lookup(id, now_us) {
@@ -181,14 +182,23 @@ impl Shared {
                     if limits.never_fits(1, batch_len) {
                         return Err(limits.full(1, batch_len));
                     }
+                    let before = before.unwrap_or_default();
+                    if env.max_age_us.is_some() && !expiry_tried {
+                        // As in `push_making_room`: expired records at the head go first.
+                        expiry_tried = true;
+                        self.peek()?;
+                        if limits.usage() != before {
+                            continue;
+                        }
+                    }
                     match limits.overflow {
+                        Overflow::Reject => return Err(limits.full(1, batch_len)),
                         Overflow::DropOldest => {
                             if self.drop_oldest(limits.records_to_drop(1) as usize)? == 0 {
                                 return Err(limits.full(1, batch_len));
                             }
                         }
-                        _ => {
-                            let before = before.unwrap_or_default();
+                        Overflow::Block => {
                             limits.wait_for_room(before, None);
                         }
                     }
@@ -198,12 +208,12 @@ impl Shared {
         }
     }
 
-    /// Whether a full queue makes room for a push (drops or waits) rather than refusing it.
+    /// Whether a full queue may make room for a push (drops, waits, or discards expired
+    /// records at the head) rather than refusing it at once.
     fn makes_room(&self) -> bool {
-        self.env
-            .limits
-            .as_ref()
-            .is_some_and(|limits| limits.overflow != Overflow::Reject)
+        self.env.limits.as_ref().is_some_and(|limits| {
+            limits.overflow != Overflow::Reject || self.env.max_age_us.is_some()
+        })
     }
 
     /// A push that found the queue full under `Overflow::DropOldest` or `Overflow::Block`:
@@ -223,11 +233,21 @@ impl Shared {
         if limits.never_fits(records, bytes) {
             return Err(limits.full(records, bytes));
         }
+        let mut expiry_tried = false;
         loop {
             let before = limits.usage();
             match self.log.push_batch(&self.env, payloads, not_before_us) {
                 Err(Error::Full { .. }) => {}
                 pushed => return pushed,
+            }
+            if self.env.max_age_us.is_some() && !expiry_tried {
+                // Expired records at the head still count until the reader reaches them:
+                // a peek discards them (and gives their room back) without taking anything.
+                expiry_tried = true;
+                self.peek()?;
+                if limits.usage() != before {
+                    continue;
+                }
             }
             match limits.overflow {
                 Overflow::Reject => return Err(limits.full(records, bytes)),

@@ -740,3 +740,30 @@ fn purge_and_dedup_hold_in_the_model_under_every_fault() {
         }
     }
 }
+
+#[test]
+fn expired_records_at_the_head_make_room_for_a_push_also_after_a_reopen() {
+    use diskspool::Push;
+    let dir = tempfile::tempdir().unwrap();
+    let options = || bounded(2).max_age(Duration::from_micros(1));
+    let queue = Queue::open(dir.path(), options()).unwrap();
+    queue.push(&[0]).unwrap();
+    queue.push(&[1]).unwrap();
+    wait_until_older_than(std::time::SystemTime::now(), 1);
+    // Under Reject too: the expired records are discarded, not the push refused.
+    queue.push(&[2]).unwrap();
+    drop(queue);
+    let queue = Queue::open(dir.path(), options()).unwrap();
+    wait_until_older_than(std::time::SystemTime::now(), 1);
+    queue.push(&[3]).unwrap();
+    queue.push_with(&[4], Push::new().dedup_id("four")).unwrap();
+    // Nothing was written for the records expired before the reopen (a peek discarded them,
+    // and no pop moved the head since): they expired again, and count again.
+    assert_eq!(queue.policy_counters().expired_total, 3);
+    assert!(matches!(
+        Queue::open(dir.path().join("x"), bounded(1))
+            .unwrap()
+            .push_batch([b"a", b"b"]),
+        Err(Error::Full { .. })
+    ));
+}
