@@ -324,6 +324,7 @@ pub(crate) fn check_room(writer: &Writer, count: usize) -> Result<()> {
         return Err(Error::SeqExhausted {
             next_seq: writer.next_seq,
             count,
+            max: frame::SEQ_LIMIT - 1,
         });
     }
     Ok(())
