@@ -538,6 +538,9 @@ impl Consumer {
     /// One `pop`: the plain FIFO path, taken while nothing is tracked (no leases, acks beyond
     /// the head or delays) without the batch machinery of [`pop_with`](Shared::pop_with), which
     /// handles every other case.
+    // Inlined into `Queue::pop`, as it was before the engine was split: without it a pop costs
+    // about 4 % more instructions (callgrind, `examples/hot_paths`).
+    #[inline]
     pub(crate) fn pop_one(
         &self,
         env: &Env,
