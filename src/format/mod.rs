@@ -9,6 +9,7 @@
 
 pub mod acklog;
 pub mod dead_letter;
+pub mod fanout;
 pub mod frame;
 pub mod head;
 pub mod layout;
