@@ -12,10 +12,12 @@ use crate::engine::queue::{now_micros, Queue, Record, Shared};
 use crate::engine::segment::Segment;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
-use crate::format::acklog::{is_retired_gap, AckEntry};
+use crate::format::acklog::AckEntry;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
 use crate::format::head::HeadState;
-use crate::format::segment::{find_later_frame, is_free_space, SEGMENT_HEADER_LEN};
+use crate::format::segment::{
+    check_next_base, find_later_frame, is_free_space, SEGMENT_HEADER_LEN,
+};
 use crate::options::SyncPolicy;
 use crate::storage::Mapping;
 
@@ -248,17 +250,10 @@ impl Shared {
                 return Ok(None);
             };
             next.ensure_open(&*self.storage)?;
-            let retired = is_retired_gap(&self.retired, cursor.next_seq, next.base_seq);
-            if next.base_seq != cursor.next_seq && !retired {
-                return Err(Error::corrupt(
-                    &next.path,
-                    0,
-                    format!(
-                        "records {}..{} are missing: the previous segment ends before {} and \
-                         this one starts at {}",
-                        cursor.next_seq, next.base_seq, cursor.next_seq, next.base_seq
-                    ),
-                ));
+            if let Err(sequence_break) =
+                check_next_base(cursor.next_seq, next.base_seq, &self.retired)
+            {
+                return Err(Error::corrupt(&next.path, 0, sequence_break.to_string()));
             }
             *cursor = Cursor::new(next.clone(), SEGMENT_HEADER_LEN as u64, next.base_seq);
         }

@@ -12,9 +12,11 @@
 //!     32        frames, each aligned to 8 bytes (see `frame`)
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::format::acklog::is_retired_gap;
 use crate::format::frame::{self, DecodedFrame, FrameError};
 
 /// The format version this build reads and writes, for segments, the head index and the ack
@@ -160,6 +162,141 @@ pub fn walk_frames(
             }
         }
     })
+}
+
+/// Where [`locate_seq`] found a record's frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located {
+    /// Byte offset of the record's frame in the segment; or, when the record is the one after
+    /// the segment's last, the offset just past that last frame.
+    pub offset: u64,
+    /// True when the hint gave the offset: the frames before it were not read.
+    pub by_hint: bool,
+}
+
+/// Why [`locate_seq`] did not find a record in a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocateError {
+    /// A frame before the record does not decode.
+    BadFrame {
+        /// Byte offset of that frame.
+        offset: u64,
+        /// Why it does not decode.
+        error: FrameError,
+    },
+    /// The segment's frames end before the record: it is not in this segment.
+    NotInSegment {
+        /// The end of the bytes searched.
+        end: u64,
+    },
+}
+
+/// Finds where record `seq`'s frame starts in a segment whose base is `base` (`bytes`: the
+/// segment from its start, up to where its records may end). The one rule for "find the head in
+/// a segment", applied by `Queue::open` and by the lock-free readers alike:
+/// - the record the segment starts with is right after the header;
+/// - `hint` (an offset, the head index's `hint_offset` when its `hint_base` is `base`) is taken
+///   when a frame of `seq` decodes there, so consumed records before it are not read and damage
+///   among them does not matter;
+/// - otherwise the frames are walked from the first: the first one that fails is
+///   [`LocateError::BadFrame`]; a record just past the last frame is located at that frame's end.
+pub fn locate_seq(
+    bytes: &[u8],
+    base: u64,
+    hint: Option<u64>,
+    seq: u64,
+) -> std::result::Result<Located, LocateError> {
+    if seq == base {
+        return Ok(Located {
+            offset: SEGMENT_HEADER_LEN as u64,
+            by_hint: false,
+        });
+    }
+    let hinted = hint.filter(|&offset| {
+        let at = usize::try_from(offset).ok().and_then(|at| bytes.get(at..));
+        offset >= SEGMENT_HEADER_LEN as u64
+            && at.is_some_and(|at| frame::decode(at, seq, frame::PAYLOAD_LEN_MAX).is_ok())
+    });
+    if let Some(offset) = hinted {
+        return Ok(Located {
+            offset,
+            by_hint: true,
+        });
+    }
+    let mut last_end = None;
+    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base, frame::PAYLOAD_LEN_MAX) {
+        match step {
+            WalkStep::Frame { offset, frame } if frame.header.seq == seq => {
+                return Ok(Located {
+                    offset,
+                    by_hint: false,
+                })
+            }
+            WalkStep::Frame { offset, frame } => {
+                last_end = Some((frame.header.seq, offset + frame.frame_len as u64));
+            }
+            WalkStep::Bad { offset, error, .. } => {
+                return Err(LocateError::BadFrame { offset, error })
+            }
+        }
+    }
+    match last_end {
+        Some((last, offset)) if last + 1 == seq => Ok(Located {
+            offset,
+            by_hint: false,
+        }),
+        _ => Err(LocateError::NotInSegment {
+            end: bytes.len() as u64,
+        }),
+    }
+}
+
+/// Why a segment cannot follow the one before it: its base is not where that one's records end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceBreak {
+    /// Sequence numbers between the two segments are missing.
+    #[error(
+        "records {expected}..{base} are missing: the previous segment ends before {expected} \
+         and this one starts at {base}"
+    )]
+    Missing {
+        /// The sequence number after the previous segment's last record.
+        expected: u64,
+        /// The base of the segment that follows.
+        base: u64,
+    },
+    /// The segment starts at a sequence number the previous one already holds.
+    #[error(
+        "segment starts at {base} but the previous one already holds records up to {held_up_to}"
+    )]
+    Overlap {
+        /// The base of the segment that follows.
+        base: u64,
+        /// The previous segment's last record.
+        held_up_to: u64,
+    },
+}
+
+/// The one rule for "step to the next segment", applied by the engine's reader and by the
+/// lock-free readers and `verify` alike: the segment after one whose records end before
+/// `expected` must start at `expected`, or across a gap that `repair` retired (acknowledged in
+/// one range of `acked` ending at `base`; see [`is_retired_gap`]). Any other base is a
+/// [`SequenceBreak`].
+pub fn check_next_base(
+    expected: u64,
+    base: u64,
+    acked: &BTreeMap<u64, u64>,
+) -> std::result::Result<(), SequenceBreak> {
+    if base == expected || is_retired_gap(acked, expected, base) {
+        Ok(())
+    } else if base > expected {
+        Err(SequenceBreak::Missing { expected, base })
+    } else {
+        Err(SequenceBreak::Overlap {
+            base,
+            held_up_to: expected.saturating_sub(1),
+        })
+    }
 }
 
 /// True when every byte of `bytes` from `from` on is zero: no frame can hide there, so a search
@@ -387,6 +524,96 @@ mod tests {
         assert_eq!(
             find_later_frame(&bytes[..second + 40], second, 1, 1024),
             None
+        );
+    }
+
+    fn segment_of(base: u64, count: u64) -> Vec<u8> {
+        let mut bytes = encode_header(base).to_vec();
+        for seq in base..base + count {
+            frame::encode(&mut bytes, seq, 0, b"abcdefgh", false, 0);
+        }
+        bytes
+    }
+
+    #[test]
+    fn locate_takes_a_valid_hint_without_reading_what_precedes_it() {
+        let mut bytes = segment_of(10, 3);
+        let third = (SEGMENT_HEADER_LEN + 2 * frame::frame_len(8)) as u64;
+        // Damage in a consumed record does not matter when the hint checks out.
+        bytes[SEGMENT_HEADER_LEN + 30] ^= 1;
+        let found = locate_seq(&bytes, 10, Some(third), 12);
+        assert_eq!(
+            found,
+            Ok(Located {
+                offset: third,
+                by_hint: true
+            })
+        );
+        // Without the hint, the walk stops at the damage and names its offset.
+        assert!(matches!(
+            locate_seq(&bytes, 10, None, 12),
+            Err(LocateError::BadFrame { offset, .. }) if offset == SEGMENT_HEADER_LEN as u64
+        ));
+    }
+
+    #[test]
+    fn locate_walks_when_the_hint_is_wrong() {
+        let bytes = segment_of(10, 3);
+        let second = (SEGMENT_HEADER_LEN + frame::frame_len(8)) as u64;
+        let end = bytes.len() as u64;
+        let third = second + frame::frame_len(8) as u64;
+        let walked = Ok(Located {
+            offset: second,
+            by_hint: false,
+        });
+        // Inside the header, at another record, past the end: not taken.
+        for hint in [None, Some(0), Some(third), Some(end), Some(u64::MAX)] {
+            assert_eq!(locate_seq(&bytes, 10, hint, 11), walked, "hint {hint:?}");
+        }
+        assert_eq!(
+            locate_seq(&bytes, 10, Some(second), 11).map(|found| found.by_hint),
+            Ok(true)
+        );
+        // The first record is right after the header; the one after the last at the end.
+        assert_eq!(
+            locate_seq(&bytes[..SEGMENT_HEADER_LEN], 10, None, 10).map(|at| at.offset),
+            Ok(SEGMENT_HEADER_LEN as u64)
+        );
+        assert_eq!(
+            locate_seq(&bytes, 10, None, 13).map(|at| at.offset),
+            Ok(end)
+        );
+        assert_eq!(
+            locate_seq(&bytes, 10, None, 14),
+            Err(LocateError::NotInSegment { end })
+        );
+    }
+
+    #[test]
+    fn next_base_must_continue_or_cross_a_retired_gap() {
+        let acked = BTreeMap::from([(3, 5), (20, 30)]);
+        assert_eq!(check_next_base(7, 7, &acked), Ok(()));
+        assert_eq!(check_next_base(20, 30, &acked), Ok(()));
+        assert_eq!(check_next_base(25, 30, &acked), Ok(()));
+        assert_eq!(
+            check_next_base(20, 31, &acked),
+            Err(SequenceBreak::Missing {
+                expected: 20,
+                base: 31
+            })
+        );
+        assert_eq!(
+            check_next_base(7, 9, &acked).map_err(|error| error.to_string()),
+            Err(String::from(
+                "records 7..9 are missing: the previous segment ends before 7 and this one \
+                 starts at 9"
+            ))
+        );
+        assert_eq!(
+            check_next_base(9, 7, &acked).map_err(|error| error.to_string()),
+            Err(String::from(
+                "segment starts at 7 but the previous one already holds records up to 8"
+            ))
         );
     }
 }

@@ -15,10 +15,8 @@ use super::inspect::{
 };
 use super::view::{with_view, Fetched, Held, Step, View};
 use crate::error::{Error, Result};
-use crate::format::acklog::is_retired_gap;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
-use crate::format::head::HeadState;
-use crate::format::segment::{HeaderError, SEGMENT_HEADER_LEN};
+use crate::format::segment::{check_next_base, locate_seq, HeaderError, SEGMENT_HEADER_LEN};
 use crate::storage::Storage;
 
 /// Sizes and positions of a queue, read without locking. Field names match the JSON of
@@ -332,12 +330,11 @@ impl Cursor {
         };
         cursor.finished = false;
         cursor.enter(view, index)?;
-        if target == head_seq && cursor.loaded == Some(index) {
-            if let Some(state) = view.head.state() {
-                cursor.jump_to_hint(view, index, state);
-            }
+        if cursor.loaded == Some(index) {
+            cursor.move_to(view, index, target);
         }
-        // Skip the records before the target: consumed ones, or those before `from`.
+        // Skip the records before the target (consumed ones, or those before `from`) when it
+        // was not located: stepping reports the damage in their way where it serves it.
         while !cursor.finished && cursor.next_seq < target {
             if cursor.offset >= cursor.valid_end {
                 break;
@@ -369,17 +366,10 @@ impl Cursor {
                 }
                 Fetched::Gone(error) => return Err(error),
             };
-            let retired = is_retired_gap(&self.acked, self.next_seq, base);
-            if base != self.next_seq && self.loaded.is_some() && !retired {
-                return Err(Error::corrupt(
-                    &path,
-                    0,
-                    format!(
-                        "records {}..{base} are missing: the previous segment ends before {} \
-                         and this one starts at {base}",
-                        self.next_seq, self.next_seq
-                    ),
-                ));
+            if self.loaded.is_some() {
+                if let Err(sequence_break) = check_next_base(self.next_seq, base, &self.acked) {
+                    return Err(Error::corrupt(&path, 0, sequence_break.to_string()));
+                }
             }
             let scan = scan_segment(&name, base, &bytes);
             let is_last = index + 1 == view.listing.segments.len();
@@ -402,29 +392,30 @@ impl Cursor {
         }
     }
 
-    /// Moves to the head's frame when the head index's hint points at it, as the engine does:
-    /// in a sealed segment, consumed records before it are not read, so damage among them does
-    /// not stop the reader. (The last segment is checked whole, as `Queue::open` does.)
-    fn jump_to_hint(&mut self, view: &View<'_>, index: usize, state: HeadState) {
+    /// Moves to record `target` in the loaded segment `index` by the rule `Queue::open` locates
+    /// the head with (`segment::locate_seq`). At the head, the head index's hint is taken when it
+    /// checks out, as the engine does: in a sealed segment, consumed records before it are not
+    /// read, so damage among them does not stop the reader. (The last segment is checked whole,
+    /// as `Queue::open` does.) When the record is not located, the reader stays where it is.
+    fn move_to(&mut self, view: &View<'_>, index: usize, target: u64) {
         let Some((base, name)) = view.listing.segments.get(index) else {
             return;
         };
-        let hint = usize::try_from(state.hint_offset).unwrap_or(usize::MAX);
-        let Some(at) = self.bytes.get(hint..) else {
+        let hint = view
+            .head
+            .state()
+            .filter(|state| state.head_seq == target && state.hint_base == *base)
+            .map(|state| state.hint_offset);
+        let Ok(found) = locate_seq(&self.bytes, *base, hint, target) else {
             return;
         };
-        if state.hint_base != *base
-            || hint < SEGMENT_HEADER_LEN
-            || frame::decode(at, state.head_seq, PAYLOAD_LEN_MAX).is_err()
-        {
+        self.offset = found.offset;
+        self.next_seq = target;
+        // A walk read every frame before the record: the segment's scan from its start holds.
+        if !found.by_hint || index + 1 == view.listing.segments.len() {
             return;
         }
-        self.offset = state.hint_offset;
-        self.next_seq = state.head_seq;
-        if index + 1 == view.listing.segments.len() {
-            return;
-        }
-        let scan = scan_segment_from(name, *base, &self.bytes, state.hint_offset, state.head_seq);
+        let scan = scan_segment_from(name, *base, &self.bytes, found.offset, target);
         (self.valid_end, self.end_seq) = serving_end(&scan, false, self.bytes.len());
         self.damage =
             serves_damage(&scan, false, u64::MAX).then(|| damage_error(&view.path(index), &scan));
