@@ -12,12 +12,10 @@ use crate::engine::queue::{now_micros, Queue, Record, Shared};
 use crate::engine::segment::Segment;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
-use crate::format::acklog::AckEntry;
+use crate::format::acklog::{check_next_base, AckEntry};
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
 use crate::format::head::HeadState;
-use crate::format::segment::{
-    check_next_base, find_later_frame, is_free_space, SEGMENT_HEADER_LEN,
-};
+use crate::format::segment::{find_later_frame, is_free_space, SEGMENT_HEADER_LEN};
 use crate::options::SyncPolicy;
 use crate::storage::Mapping;
 

@@ -12,11 +12,9 @@
 //!     32        frames, each aligned to 8 bytes (see `frame`)
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::format::acklog::is_retired_gap;
 use crate::format::frame::{self, DecodedFrame, FrameError};
 
 /// The format version this build reads and writes, for segments, the head index and the ack
@@ -248,54 +246,6 @@ pub fn locate_seq(
         _ => Err(LocateError::NotInSegment {
             end: bytes.len() as u64,
         }),
-    }
-}
-
-/// Why a segment cannot follow the one before it: its base is not where that one's records end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SequenceBreak {
-    /// Sequence numbers between the two segments are missing.
-    #[error(
-        "records {expected}..{base} are missing: the previous segment ends before {expected} \
-         and this one starts at {base}"
-    )]
-    Missing {
-        /// The sequence number after the previous segment's last record.
-        expected: u64,
-        /// The base of the segment that follows.
-        base: u64,
-    },
-    /// The segment starts at a sequence number the previous one already holds.
-    #[error(
-        "segment starts at {base} but the previous one already holds records up to {held_up_to}"
-    )]
-    Overlap {
-        /// The base of the segment that follows.
-        base: u64,
-        /// The previous segment's last record.
-        held_up_to: u64,
-    },
-}
-
-/// The one rule for "step to the next segment", applied by the engine's reader and by the
-/// lock-free readers and `verify` alike: the segment after one whose records end before
-/// `expected` must start at `expected`, or across a gap that `repair` retired (acknowledged in
-/// one range of `acked` ending at `base`; see [`is_retired_gap`]). Any other base is a
-/// [`SequenceBreak`].
-pub fn check_next_base(
-    expected: u64,
-    base: u64,
-    acked: &BTreeMap<u64, u64>,
-) -> std::result::Result<(), SequenceBreak> {
-    if base == expected || is_retired_gap(acked, expected, base) {
-        Ok(())
-    } else if base > expected {
-        Err(SequenceBreak::Missing { expected, base })
-    } else {
-        Err(SequenceBreak::Overlap {
-            base,
-            held_up_to: expected.saturating_sub(1),
-        })
     }
 }
 
@@ -586,34 +536,6 @@ mod tests {
         assert_eq!(
             locate_seq(&bytes, 10, None, 14),
             Err(LocateError::NotInSegment { end })
-        );
-    }
-
-    #[test]
-    fn next_base_must_continue_or_cross_a_retired_gap() {
-        let acked = BTreeMap::from([(3, 5), (20, 30)]);
-        assert_eq!(check_next_base(7, 7, &acked), Ok(()));
-        assert_eq!(check_next_base(20, 30, &acked), Ok(()));
-        assert_eq!(check_next_base(25, 30, &acked), Ok(()));
-        assert_eq!(
-            check_next_base(20, 31, &acked),
-            Err(SequenceBreak::Missing {
-                expected: 20,
-                base: 31
-            })
-        );
-        assert_eq!(
-            check_next_base(7, 9, &acked).map_err(|error| error.to_string()),
-            Err(String::from(
-                "records 7..9 are missing: the previous segment ends before 7 and this one \
-                 starts at 9"
-            ))
-        );
-        assert_eq!(
-            check_next_base(9, 7, &acked).map_err(|error| error.to_string()),
-            Err(String::from(
-                "segment starts at 7 but the previous one already holds records up to 8"
-            ))
         );
     }
 }

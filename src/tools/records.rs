@@ -15,8 +15,9 @@ use super::inspect::{
 };
 use super::view::{with_view, Fetched, Held, Step, View};
 use crate::error::{Error, Result};
+use crate::format::acklog::check_next_base;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
-use crate::format::segment::{check_next_base, locate_seq, HeaderError, SEGMENT_HEADER_LEN};
+use crate::format::segment::{locate_seq, HeaderError, SEGMENT_HEADER_LEN};
 use crate::storage::Storage;
 
 /// Sizes and positions of a queue, read without locking. Field names match the JSON of

@@ -23,9 +23,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Result;
+use crate::format::acklog::check_next_base;
 use crate::format::head::{SlotError, HEAD_SLOT_OFFSETS};
 use crate::format::layout::HEAD_FILE_NAME;
-use crate::format::segment::{check_next_base, HeaderError};
+use crate::format::segment::HeaderError;
 use crate::storage::Storage;
 use crate::tools::inspect::{HeaderStatus, ScanProgress, SegmentEnd, SegmentScan, Snapshot};
 
