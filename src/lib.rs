@@ -35,6 +35,7 @@ mod error;
 pub mod format;
 mod options;
 mod spool;
+mod stats;
 pub mod storage;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
@@ -44,7 +45,7 @@ mod typed;
 
 pub use engine::compactor::CompactReport;
 pub use engine::jobs::{DeadLetter, Delivery, IN_FLIGHT_MAX};
-pub use engine::queue::{Queue, Record, Stats};
+pub use engine::queue::{Queue, Record};
 pub use engine::report::{RecoveryReport, Truncation};
 pub use error::{Error, Result};
 pub use options::{
@@ -52,6 +53,7 @@ pub use options::{
     SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use spool::{validate_queue_name, Spool, QUEUE_NAME_LEN_MAX};
+pub use stats::Stats;
 #[cfg(any(test, feature = "sim"))]
 pub use storage::sim::SimStorage;
 pub use typed::{Bincode, BoxError, Codec, TypedQueue};

@@ -26,6 +26,7 @@ use crate::format::head::HeadState;
 use crate::format::layout::LOCK_FILE_NAME;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::options::{Options, SyncPolicy};
+use crate::stats::Stats;
 use crate::storage::queue_dir;
 use crate::storage::{DirLock, LockFailure, Mapping, Storage};
 
@@ -104,28 +105,6 @@ impl fmt::Debug for Record {
             .field("payload_len", &self.payload.len())
             .finish()
     }
-}
-
-/// A snapshot of a queue's size and position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Records in the queue.
-    pub len: u64,
-    /// Sequence number of the oldest record (the next `pop`), or `next_seq` when empty.
-    pub head_seq: u64,
-    /// Sequence number the next `push` will get.
-    pub next_seq: u64,
-    /// Segment files on disk.
-    pub segments: usize,
-    /// Bytes of frames not yet consumed.
-    pub live_bytes: u64,
-    /// Bytes of all segment files, the head index, the settings file and the ack log.
-    pub disk_bytes: u64,
-    /// When the oldest record was pushed.
-    pub oldest_enqueued_at: Option<SystemTime>,
-    /// Records handed out by `recv` and not yet acknowledged or released.
-    pub leased: u64,
 }
 
 /// A durable, disk-backed FIFO queue. See the crate documentation for an overview.
@@ -823,7 +802,7 @@ impl Shared {
             live_bytes,
             disk_bytes,
             oldest_enqueued_at,
-            leased,
+            leased: Some(leased),
         })
     }
 

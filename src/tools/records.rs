@@ -18,39 +18,14 @@ use crate::error::{Error, Result};
 use crate::format::acklog::check_next_base;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
 use crate::format::segment::{locate_seq, HeaderError, SEGMENT_HEADER_LEN};
+use crate::stats::Stats;
 use crate::storage::Storage;
 
-/// Sizes and positions of a queue, read without locking. Field names match the JSON of
-/// `spool stat --json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueStat {
-    /// Records in the queue.
-    pub len: u64,
-    /// Sequence number of the oldest record (the next pop).
-    pub head_seq: u64,
-    /// Sequence number the next push will get.
-    pub next_seq: u64,
-    /// Segment files on disk.
-    pub segments: usize,
-    /// Bytes of frames not yet consumed.
-    pub live_bytes: u64,
-    /// Bytes of all segment files, the head index and the ack log.
-    pub disk_bytes: u64,
-    /// When the oldest record was pushed, microseconds since the Unix epoch.
-    pub oldest_enqueued_us: Option<u64>,
-}
-
-impl QueueStat {
-    /// How long ago the oldest record was pushed, by this machine's clock.
-    pub fn oldest_age(&self, now: SystemTime) -> Option<Duration> {
-        let enqueued = UNIX_EPOCH + Duration::from_micros(self.oldest_enqueued_us?);
-        Some(now.duration_since(enqueued).unwrap_or(Duration::ZERO))
-    }
-}
-
-/// Reads a queue's sizes and positions without locking it. Reads the head index, the segment
+/// Reads a queue's sizes and positions without locking it: the [`Stats`] that
+/// [`Queue::stats`](crate::Queue::stats) reports on the open queue, but for what only that
+/// process knows (`leased` is `None`; see the fields). Reads the head index, the segment
 /// holding the head and the last segment; the others only by their length.
-pub fn stat(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
+pub fn stat(storage: &dyn Storage, dir: &Path) -> Result<Stats> {
     retry_while_changing(|| with_view(storage, dir, stat_once))
 }
 
@@ -68,7 +43,7 @@ fn retry_while_changing<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> 
     outcome
 }
 
-fn stat_once(mut view: View<'_>) -> Result<Step<QueueStat>> {
+fn stat_once(mut view: View<'_>) -> Result<Step<Stats>> {
     // Every segment from the head's on is opened before any is read: what follows describes
     // one moment, whatever the running queue pops and compacts meanwhile.
     if let Held::Gone(error) = view.hold(None)? {
@@ -125,14 +100,16 @@ fn stat_once(mut view: View<'_>) -> Result<Step<QueueStat>> {
         oldest = cursor.step(&mut view)?;
     }
     let acked = acks.history.acked_count_from(head_seq);
-    Ok(Step::Done(QueueStat {
+    Ok(Step::Done(Stats {
         len: tail.next_seq.saturating_sub(head_seq).saturating_sub(acked),
         head_seq,
         next_seq: tail.next_seq.max(head_seq),
         segments,
         live_bytes,
         disk_bytes,
-        oldest_enqueued_us: oldest.map(|record| record.enqueued_us),
+        oldest_enqueued_at: oldest.map(|record| record.enqueued_at()),
+        // Leases live in the memory of the process that holds the queue open.
+        leased: None,
     }))
 }
 
