@@ -57,6 +57,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::format::acklog::check_next_base;
 use crate::format::frame;
 use crate::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
 use crate::format::layout::HEAD_FILE_NAME;
@@ -371,7 +372,11 @@ impl<'a> Planner<'a> {
             let rest = live.get(index + 1..).unwrap_or(&[]);
             let behind_head = |seq: u64| head_seq.is_some_and(|head| seq <= head);
             if let Some(expected) = expected {
-                let gap = scan.base_seq != expected && !behind_head(scan.base_seq);
+                // The rule every reader steps to the next segment by: a gap an earlier repair
+                // retired is crossed, not cut.
+                let acked = &self.snapshot.acks.history.acked;
+                let gap = check_next_base(expected, scan.base_seq, acked).is_err()
+                    && !behind_head(scan.base_seq);
                 if gap && head_seq.is_some_and(|head| expected <= head) {
                     // Every record before the gap is consumed: the head moves past the missing
                     // ones to this segment (see `plan_head`) and nothing after it is cut.
