@@ -19,8 +19,8 @@ use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::layout::SETTINGS_FILE_NAME;
 use crate::format::layout::{parse_segment_file_name, segment_file_name};
 use crate::format::segment::{
-    classify_stop, decode_header, header_error, locate_seq, walk_frames, LocateError, StopKind,
-    WalkStep, SEGMENT_HEADER_LEN,
+    check_oldest_base, classify_stop, decode_header, header_error, locate_seq, walk_frames,
+    LocateError, StopKind, WalkStep, SEGMENT_HEADER_LEN,
 };
 use crate::format::settings::QueueSettings;
 use crate::options::Options;
@@ -143,15 +143,9 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         .map_err(io_error("sync queue directory", dir))?;
 
     if let Some(&first) = bases.first() {
-        if first > head_seq {
-            return Err(Error::corrupt(
-                dir.join(segment_file_name(first)),
-                0,
-                format!(
-                    "records {head_seq}..{first} are missing: the head is at {head_seq} but the \
-                     oldest segment starts at {first}"
-                ),
-            ));
+        if let Err(sequence_break) = check_oldest_base(head_seq, first) {
+            let path = dir.join(segment_file_name(first));
+            return Err(Error::corrupt(path, 0, sequence_break.to_string()));
         }
     }
 

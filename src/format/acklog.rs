@@ -41,7 +41,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::frame::{read_u32, read_u64, SEQ_LIMIT};
-use crate::format::segment::FORMAT_VERSION;
+use crate::format::segment::{SequenceBreak, FORMAT_VERSION};
 
 /// Magic bytes at the start of the ack log.
 pub const ACK_LOG_MAGIC: [u8; 8] = *b"DSPOOLAK";
@@ -361,32 +361,6 @@ pub fn is_retired_gap(acked: &BTreeMap<u64, u64>, from: u64, to: u64) -> bool {
             .range(..=from)
             .next_back()
             .is_some_and(|(_, &end)| end == to)
-}
-
-/// Why a segment cannot follow the one before it: its base is not where that one's records end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SequenceBreak {
-    /// Sequence numbers between the two segments are missing.
-    #[error(
-        "records {expected}..{base} are missing: the previous segment ends before {expected} \
-         and this one starts at {base}"
-    )]
-    Missing {
-        /// The sequence number after the previous segment's last record.
-        expected: u64,
-        /// The base of the segment that follows.
-        base: u64,
-    },
-    /// The segment starts at a sequence number the previous one already holds.
-    #[error(
-        "segment starts at {base} but the previous one already holds records up to {held_up_to}"
-    )]
-    Overlap {
-        /// The base of the segment that follows.
-        base: u64,
-        /// The previous segment's last record.
-        held_up_to: u64,
-    },
 }
 
 /// The one rule for "step to the next segment", applied by the engine's reader and by the

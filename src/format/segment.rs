@@ -249,6 +249,56 @@ pub fn locate_seq(
     }
 }
 
+/// Why the log's sequence numbers do not run on: a segment does not start where the records
+/// before it end (see `acklog::check_next_base`), or the oldest segment starts after the head
+/// ([`check_oldest_base`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceBreak {
+    /// Sequence numbers between the two segments are missing.
+    #[error(
+        "records {expected}..{base} are missing: the previous segment ends before {expected} \
+         and this one starts at {base}"
+    )]
+    Missing {
+        /// The sequence number after the previous segment's last record.
+        expected: u64,
+        /// The base of the segment that follows.
+        base: u64,
+    },
+    /// The segment starts at a sequence number the previous one already holds.
+    #[error(
+        "segment starts at {base} but the previous one already holds records up to {held_up_to}"
+    )]
+    Overlap {
+        /// The base of the segment that follows.
+        base: u64,
+        /// The previous segment's last record.
+        held_up_to: u64,
+    },
+    /// The oldest segment starts after the head: the records between are missing.
+    #[error(
+        "records {head_seq}..{base} are missing: the head is at {head_seq} but the oldest \
+         segment starts at {base}"
+    )]
+    AfterHead {
+        /// The head index's `head_seq`.
+        head_seq: u64,
+        /// The base of the oldest segment.
+        base: u64,
+    },
+}
+
+/// The one rule for where the log must start, applied by `Queue::open`, the lock-free readers
+/// and `verify` alike: the oldest segment starts at or before the head (the segments before the
+/// head's may be compacted; the head's never is).
+pub fn check_oldest_base(head_seq: u64, base: u64) -> std::result::Result<(), SequenceBreak> {
+    if base > head_seq {
+        Err(SequenceBreak::AfterHead { head_seq, base })
+    } else {
+        Ok(())
+    }
+}
+
 /// True when every byte of `bytes` from `from` on is zero: no frame can hide there, so a search
 /// for later frames can be skipped. (Whether it is free space: see [`is_free_space`].)
 pub fn is_zero_tail(bytes: &[u8], from: usize) -> bool {
@@ -536,6 +586,18 @@ mod tests {
         assert_eq!(
             locate_seq(&bytes, 10, None, 14),
             Err(LocateError::NotInSegment { end })
+        );
+    }
+
+    #[test]
+    fn the_oldest_segment_starts_at_or_before_the_head() {
+        assert_eq!(check_oldest_base(10, 10), Ok(()));
+        assert_eq!(check_oldest_base(10, 4), Ok(()));
+        assert_eq!(
+            check_oldest_base(10, 12).map_err(|error| error.to_string()),
+            Err(String::from(
+                "records 10..12 are missing: the head is at 10 but the oldest segment starts at 12"
+            ))
         );
     }
 }

@@ -17,7 +17,7 @@ use super::view::{with_view, Fetched, Held, Step, View};
 use crate::error::{Error, Result};
 use crate::format::acklog::check_next_base;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
-use crate::format::segment::{locate_seq, HeaderError, SEGMENT_HEADER_LEN};
+use crate::format::segment::{check_oldest_base, locate_seq, HeaderError, SEGMENT_HEADER_LEN};
 use crate::stats::Stats;
 use crate::storage::Storage;
 
@@ -295,14 +295,10 @@ impl Cursor {
         };
         let Some(index) = view.holding(target) else {
             if let Some((first, name)) = view.listing.segments.first() {
-                return Err(Error::corrupt(
-                    view.dir.join(name),
-                    0,
-                    format!(
-                        "records {head_seq}..{first} are missing: the head is at {head_seq} \
-                         but the oldest segment starts at {first}"
-                    ),
-                ));
+                if let Err(sequence_break) = check_oldest_base(head_seq, *first) {
+                    let path = view.dir.join(name);
+                    return Err(Error::corrupt(path, 0, sequence_break.to_string()));
+                }
             }
             return Ok(cursor);
         };

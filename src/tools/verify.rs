@@ -26,7 +26,7 @@ use crate::error::Result;
 use crate::format::acklog::check_next_base;
 use crate::format::head::{SlotError, HEAD_SLOT_OFFSETS};
 use crate::format::layout::HEAD_FILE_NAME;
-use crate::format::segment::HeaderError;
+use crate::format::segment::{check_oldest_base, HeaderError};
 use crate::storage::Storage;
 use crate::tools::inspect::{HeaderStatus, ScanProgress, SegmentEnd, SegmentScan, Snapshot};
 
@@ -372,17 +372,14 @@ fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             // deleted by a running queue's compactor, which deletes only segments its durable
             // head has passed: the head read earlier is stale, and the gap is consumed records.
             let compacted_meanwhile = vanished_bases(snapshot).any(|base| base <= head);
-            if scan.base_seq > head && !compacted_meanwhile {
-                problems.push(Problem {
+            match check_oldest_base(head, scan.base_seq) {
+                Err(sequence_break) if !compacted_meanwhile => problems.push(Problem {
                     kind: ProblemKind::MissingRecords,
                     file: path.clone(),
                     offset: 0,
-                    detail: format!(
-                        "records {head}..{} are missing: the head is at {head} but the oldest \
-                         segment starts at {}",
-                        scan.base_seq, scan.base_seq
-                    ),
-                });
+                    detail: sequence_break.to_string(),
+                }),
+                _ => {}
             }
         }
         if let Some(problem) = header_problem(&path, scan) {
