@@ -35,6 +35,7 @@ mod error;
 pub mod format;
 mod options;
 mod spool;
+mod stats;
 pub mod storage;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
@@ -45,7 +46,7 @@ mod typed;
 pub use engine::compactor::CompactReport;
 pub use engine::delivery::Delivery;
 pub use engine::jobs::IN_FLIGHT_MAX;
-pub use engine::queue::{Queue, Stats};
+pub use engine::queue::Queue;
 pub use engine::record::Record;
 pub use engine::report::{RecoveryReport, Truncation};
 pub use error::{Error, Result};
@@ -56,6 +57,7 @@ pub use options::{
     SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use spool::Spool;
+pub use stats::Stats;
 #[cfg(any(test, feature = "sim"))]
 pub use storage::sim::SimStorage;
 pub use typed::{Bincode, BoxError, Codec, TypedDelivery, TypedQueue, TypedRecvError};

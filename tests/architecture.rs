@@ -192,7 +192,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 /// The layer of a module: an import may only point to the same layer or a lower one.
 fn layer(module: &str) -> u32 {
     match module.split("::").next().unwrap_or_default() {
-        "error" => 0,
+        "error" | "stats" => 0,
         "format" => 1,
         "storage" => 2,
         "options" => 3,

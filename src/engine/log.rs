@@ -16,8 +16,9 @@ use crate::engine::segment::Segment;
 use crate::engine::sync::{lock, SyncGroup};
 use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
-use crate::format::acklog::is_retired_gap;
+use crate::format::acklog::check_next_base;
 use crate::format::frame;
+use crate::format::segment::SequenceBreak;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::options::SyncPolicy;
 
@@ -90,9 +91,14 @@ impl Log {
             .collect()
     }
 
-    /// Whether the numbers `from..to` between two segments were retired by `repair`.
-    pub(crate) fn is_retired_gap(&self, from: u64, to: u64) -> bool {
-        is_retired_gap(&self.retired, from, to)
+    /// Whether a segment based at `base` may follow one whose records end before `expected`:
+    /// it continues it, or the numbers between were retired by `repair`.
+    pub(crate) fn check_next_base(
+        &self,
+        expected: u64,
+        base: u64,
+    ) -> std::result::Result<(), SequenceBreak> {
+        check_next_base(expected, base, &self.retired)
     }
 
     /// Trims the zeros after the active segment's data (at a clean close).

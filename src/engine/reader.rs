@@ -258,17 +258,8 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
             return Ok(None);
         };
         next.ensure_open(&*env.storage)?;
-        let retired = log.is_retired_gap(cursor.next_seq, next.base_seq);
-        if next.base_seq != cursor.next_seq && !retired {
-            return Err(Error::corrupt(
-                &next.path,
-                0,
-                format!(
-                    "records {}..{} are missing: the previous segment ends before {} and \
-                     this one starts at {}",
-                    cursor.next_seq, next.base_seq, cursor.next_seq, next.base_seq
-                ),
-            ));
+        if let Err(sequence_break) = log.check_next_base(cursor.next_seq, next.base_seq) {
+            return Err(Error::corrupt(&next.path, 0, sequence_break.to_string()));
         }
         *cursor = Cursor::new(next.clone(), SEGMENT_HEADER_LEN as u64, next.base_seq);
     }
