@@ -35,6 +35,7 @@ mod error;
 pub mod format;
 mod options;
 mod spool;
+mod stats;
 pub mod storage;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
@@ -45,17 +46,19 @@ mod typed;
 pub use engine::compactor::CompactReport;
 pub use engine::delivery::Delivery;
 pub use engine::jobs::IN_FLIGHT_MAX;
-pub use engine::queue::{PolicyCounters, Queue, Stats};
+pub use engine::queue::{PolicyCounters, Queue};
 pub use engine::record::Record;
 pub use engine::report::{RecoveryReport, Truncation};
 pub use error::{Error, Result};
 pub use format::dead_letter::{DeadLetter, DeadLetterReason};
+pub use format::layout::{validate_queue_name, QUEUE_NAME_LEN_MAX};
 pub use options::{
     Options, Overflow, Push, SyncPolicy, DEDUP_ID_LEN_MAX, DEDUP_WINDOW_DEFAULT, FILE_MODE_DEFAULT,
     LEASE_DEFAULT, LEASE_MAX, MAX_RECORD_SIZE_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX,
     SEGMENT_SIZE_MIN,
 };
-pub use spool::{validate_queue_name, Spool, QUEUE_NAME_LEN_MAX};
+pub use spool::Spool;
+pub use stats::Stats;
 #[cfg(any(test, feature = "sim"))]
 pub use storage::sim::SimStorage;
 pub use typed::{Bincode, BoxError, Codec, TypedDelivery, TypedQueue, TypedRecvError};
