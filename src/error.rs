@@ -108,7 +108,8 @@ pub enum Error {
     /// ([`Overflow::Reject`](crate::Overflow::Reject)), timed out
     /// ([`Overflow::Block`](crate::Overflow::Block) with `push_timeout`), or could not make
     /// room ([`Overflow::DropOldest`](crate::Overflow::DropOldest) when every record is handed
-    /// out, or the batch alone exceeds the bound). Nothing was written. `spool` exits with 6.
+    /// out or delayed, or the batch alone exceeds the bound). Nothing was written. `spool`
+    /// exits with 6.
     #[error("queue is full: {records} record(s), {bytes} byte(s) not yet consumed (bounds: {}, {}); the push of {batch_records} record(s), {batch_bytes} byte(s) was refused",
         match max_records { Some(max) => format!("{max} records"), None => String::from("no record bound") },
         match max_bytes { Some(max) => format!("{max} bytes"), None => String::from("no byte bound") })]
