@@ -381,6 +381,9 @@ pub struct SimConfig {
     pub writable_mappings: bool,
     /// The largest payload the workload pushes and the queue accepts.
     pub record_size_max: u16,
+    /// [`Options::max_records`] with `Overflow::Reject`, if any: a push may then fail with
+    /// `Error::Full`, which the run checks is right (the queue holds that many records).
+    pub max_records: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -392,6 +395,7 @@ impl Default for SimConfig {
             segment_pool: 0,
             writable_mappings: false,
             record_size_max: SIM_RECORD_SIZE_MAX,
+            max_records: None,
         }
     }
 }
@@ -415,6 +419,8 @@ pub fn config_from_seed(seed: u64) -> SimConfig {
         } else {
             SIM_RECORD_SIZE_MAX
         },
+        // Drawn last, so that the setups drawn before stay those of earlier builds.
+        max_records: rng.chance(1, 4).then(|| 4 + rng.below(28)),
     }
 }
 /// The most operations decoded from one fuzz input.
@@ -1066,6 +1072,7 @@ struct Run {
 impl Run {
     fn options(&self, policy: Policy) -> Options {
         Options::default()
+            .max_records(self.config.max_records.unwrap_or(0))
             .segment_size(self.config.segment_size)
             .max_record_size(usize::from(self.config.record_size_max) + 16)
             .segment_pool(self.config.segment_pool)
@@ -1456,9 +1463,10 @@ impl Run {
                 if self.policy == Policy::Always {
                     model.tail_durable = range.end;
                 }
-                Ok(())
+                self.check_bound()
             }
             Err(Error::BatchTooLarge { .. } | Error::RecordTooLarge { .. }) => Ok(()),
+            Err(Error::Full { .. }) => self.check_full(lens.len()),
             Err(error) => {
                 if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
                     eprintln!("   push error: {error}");
@@ -1562,8 +1570,9 @@ impl Run {
                         certain: true,
                     },
                 );
-                Ok(())
+                self.check_bound()
             }
+            Err(Error::Full { .. }) => self.check_full(1),
             Err(error) if known.as_ref().is_some_and(|known| known.certain) => {
                 // A remembered id is looked up before anything is written: the failure (a
                 // poisoned queue) wrote nothing, and the id stays as it was.
@@ -1587,6 +1596,32 @@ impl Run {
                 self.expect_fault(error, faults_before)
             }
         }
+    }
+
+    /// A push of `count` records was refused with `Error::Full`: right only under a bound the
+    /// queue's records leave no room under. (Nothing was written, so the model stays.)
+    fn check_full(&self, count: usize) -> Result<(), String> {
+        let Some(bound) = self.config.max_records else {
+            return Err(String::from("Error::Full from an unbounded queue"));
+        };
+        let len = self.queue()?.len();
+        if len + count as u64 <= bound {
+            return Err(format!(
+                "a push of {count} was refused as full with {len} records under a bound of {bound}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a push returned: the queue holds no more than its bound.
+    fn check_bound(&self) -> Result<(), String> {
+        if let Some(bound) = self.config.max_records {
+            let len = self.queue()?.len();
+            if len > bound {
+                return Err(format!("{len} records in a queue bounded at {bound}"));
+            }
+        }
+        Ok(())
     }
 
     fn pop(&mut self, max: usize, faults_before: u64) -> Result<(), String> {
