@@ -27,7 +27,7 @@ Examples:
   spool stat --json /var/spool/jobs | jq .len
 
 Takes no lock. JSON fields: len, head_seq, next_seq, segments, live_bytes, disk_bytes,
-oldest_age_ms (null when the queue is empty).")]
+oldest_age_ms (of the oldest ready record; null when there is none), ready, delayed.")]
 pub struct StatArgs {
     /// The queue directory.
     pub(crate) dir: PathBuf,
@@ -121,6 +121,8 @@ struct StatJson {
     live_bytes: u64,
     disk_bytes: u64,
     oldest_age_ms: Option<u64>,
+    ready: u64,
+    delayed: u64,
 }
 
 pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
@@ -137,19 +139,23 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
             live_bytes: stat.live_bytes,
             disk_bytes: stat.disk_bytes,
             oldest_age_ms: age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            ready: stat.ready,
+            delayed: stat.delayed,
         };
         serde_json::to_writer(&mut out, &json).map_err(io::Error::from)?;
         writeln!(out)?;
         return Ok(EXIT_OK);
     }
     let mut table = Table::new(&["records", &stat.len.to_string()]);
+    table.row(vec!["ready".into(), stat.ready.to_string()]);
+    table.row(vec!["delayed".into(), stat.delayed.to_string()]);
     table.row(vec!["head seq".into(), stat.head_seq.to_string()]);
     table.row(vec!["next seq".into(), stat.next_seq.to_string()]);
     table.row(vec!["segments".into(), stat.segments.to_string()]);
     table.row(vec!["live bytes".into(), print::size(stat.live_bytes)]);
     table.row(vec!["disk bytes".into(), print::size(stat.disk_bytes)]);
     let oldest = age.map_or_else(|| String::from("-"), print::age);
-    table.row(vec!["oldest age".into(), oldest]);
+    table.row(vec!["oldest ready age".into(), oldest]);
     table.print(&mut out)?;
     Ok(EXIT_OK)
 }

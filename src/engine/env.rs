@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::arrivals::Arrivals;
+use crate::engine::counters::Counters;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -19,6 +20,8 @@ pub(crate) struct Env {
     pub(crate) options: Options,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) arrivals: Arrivals,
+    /// What happened since open, beyond the push and pop paths (see `counters`).
+    pub(crate) counters: Counters,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
 }
@@ -30,6 +33,7 @@ impl Env {
             options,
             storage,
             arrivals: Arrivals::default(),
+            counters: Counters::default(),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
         }

@@ -45,6 +45,8 @@ pub(crate) struct Log {
     pub(crate) compact_lock: Mutex<()>,
     /// Gaps between segments that `repair` retired (see `recovery::retired_ranges`).
     retired: BTreeMap<u64, u64>,
+    /// The next sequence number at open: pushes since open are counted by the distance to it.
+    opened_next_seq: u64,
 }
 
 impl Log {
@@ -63,7 +65,20 @@ impl Log {
             pool: Mutex::new(pool),
             compact_lock: Mutex::new(()),
             retired,
+            opened_next_seq: next_seq,
         }
+    }
+
+    /// Records pushed since open and visible to readers (the push path counts nothing: the
+    /// sequence numbers do).
+    pub(crate) fn pushed_since_open(&self) -> u64 {
+        self.published_next_seq()
+            .saturating_sub(self.opened_next_seq)
+    }
+
+    /// The push group commit's syncs and the records they made durable.
+    pub(crate) fn commits(&self) -> (u64, u64) {
+        self.push_sync.commits()
     }
 
     /// The sequence number after the last record readers may see.

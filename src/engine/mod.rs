@@ -8,6 +8,7 @@
 
 // Leaves: no other engine module.
 pub(crate) mod clock;
+pub(crate) mod counters;
 pub(crate) mod report;
 pub(crate) mod sync;
 pub(crate) mod writeback;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::clock::now_micros;
 use crate::engine::compactor::{self, CompactReport};
+use crate::engine::counters::ConsumerCounts;
 use crate::engine::delivery::{try_recv_batch, Delivery};
 use crate::engine::env::Env;
 use crate::engine::flusher::Flusher;
@@ -104,6 +105,7 @@ impl Queue {
             head: recovered.head,
             jobs: Jobs::with_history(recovered.history),
             acklog: recovered.acklog,
+            counts: ConsumerCounts::default(),
         };
         let log = Log::new(
             recovered.segments,
@@ -334,7 +336,9 @@ impl Queue {
     fn stats_now(&self) -> Result<Stats> {
         let shared = &*self.shared;
         let next_seq = shared.log.published_next_seq();
-        let position = shared.consumer.position(next_seq);
+        let position = shared
+            .consumer
+            .position(&shared.env, &shared.log, next_seq)?;
         let (head_base, head_offset) = (position.head_base, position.head_offset);
         let segments = shared.log.segments();
         let mut live_bytes = 0;
@@ -358,6 +362,13 @@ impl Queue {
             }
         }
         let oldest_enqueued_at = self.peek()?.map(|record| record.enqueued_at());
+        let (commit_syncs, commit_records) = shared.log.commits();
+        let totals = shared.env.counters.totals(
+            shared.log.pushed_since_open(),
+            position.counts,
+            commit_syncs,
+            commit_records,
+        );
         Ok(Stats {
             len: position.len,
             head_seq: position.head_seq,
@@ -367,6 +378,12 @@ impl Queue {
             disk_bytes,
             oldest_enqueued_at,
             leased: Some(position.leased),
+            ready: position
+                .len
+                .saturating_sub(position.leased)
+                .saturating_sub(position.delayed),
+            delayed: position.delayed,
+            totals: Some(totals),
         })
     }
 

@@ -258,6 +258,7 @@ impl AfterConsume for Shared {
             self.consumer.return_to_ready(seq);
             return Err(error);
         }
+        self.env.counters.dead_lettered();
         self.ack(seq)
     }
 
