@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use crate::engine::arrivals::Arrivals;
 use crate::engine::counters::Counters;
 use crate::engine::sync::lock;
+#[cfg(feature = "metrics")]
+use crate::engine::telemetry::Telemetry;
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::storage::Storage;
@@ -22,13 +24,20 @@ pub(crate) struct Env {
     pub(crate) arrivals: Arrivals,
     /// What happened since open, beyond the push and pop paths (see `counters`).
     pub(crate) counters: Counters,
+    /// The queue's metrics handles (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub(crate) telemetry: Telemetry,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
 }
 
 impl Env {
     pub(crate) fn new(dir: PathBuf, options: Options, storage: Arc<dyn Storage>) -> Self {
+        #[cfg(feature = "metrics")]
+        let telemetry = Telemetry::register(&options.name_for(&dir));
         Env {
+            #[cfg(feature = "metrics")]
+            telemetry,
             dir,
             options,
             storage,

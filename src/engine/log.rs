@@ -251,7 +251,7 @@ impl Log {
     pub(crate) fn complete(&self, env: &Env, written: Written) -> Result<Range<u64>> {
         if env.options.sync == SyncPolicy::Always {
             self.push_sync
-                .wait(written.range.end, || self.sync_data())
+                .wait(written.range.end, || self.sync_data_timed(env))
                 .map_err(|error| env.poison(error))?;
             // Readers see a record only once it is durable.
             if let Some(segment) = &written.segment {
@@ -262,6 +262,18 @@ impl Log {
             env.arrivals.notify();
         }
         Ok(written.range)
+    }
+
+    /// [`sync_data`](Log::sync_data), timed for the fsync histogram (feature `metrics`).
+    pub(crate) fn sync_data_timed(&self, env: &Env) -> Result<u64> {
+        #[cfg(feature = "metrics")]
+        let began = std::time::Instant::now();
+        let covered = self.sync_data();
+        #[cfg(feature = "metrics")]
+        env.telemetry.fsync_took(began.elapsed());
+        #[cfg(not(feature = "metrics"))]
+        let _ = env;
+        covered
     }
 
     /// Syncs the active segment; returns the sequence number below which all is durable.

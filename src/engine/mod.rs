@@ -11,6 +11,8 @@ pub(crate) mod clock;
 pub(crate) mod counters;
 pub(crate) mod report;
 pub(crate) mod sync;
+#[cfg(feature = "metrics")]
+pub(crate) mod telemetry;
 pub(crate) mod writeback;
 // The shared environment and the live files.
 pub(crate) mod acklog;

@@ -50,6 +50,9 @@ use crate::storage::queue_dir::{self, check_owner, create_and_lock_with_mode};
 pub struct Queue {
     shared: Arc<Shared>,
     flusher: Option<Flusher>,
+    /// Reports to the `metrics` recorder every `Options::metrics_interval`.
+    #[cfg(feature = "metrics")]
+    reporter: Option<Flusher>,
     /// Set by [`Queue::close`], so that the drop after it does not close again.
     closed: bool,
 }
@@ -133,9 +136,22 @@ impl Queue {
             ),
             SyncPolicy::Always | SyncPolicy::Never => None,
         };
+        #[cfg(feature = "metrics")]
+        let reporter = match env.options.metrics_interval {
+            interval if interval.is_zero() => None,
+            interval => Some(
+                // A failure to report now is met again by the next call on the queue.
+                Flusher::every(&shared, interval, "diskspool-metrics", |shared| {
+                    let _ = report_metrics(shared);
+                })
+                .map_err(|error| Error::io("start metrics thread", &env.dir, error))?,
+            ),
+        };
         Ok(Queue {
             shared,
             flusher,
+            #[cfg(feature = "metrics")]
+            reporter,
             closed: false,
         })
     }
@@ -298,7 +314,14 @@ impl Queue {
 
     /// Sizes and positions; see [`Stats`].
     pub fn stats(&self) -> Result<Stats> {
-        self.stats_now()
+        stats_of(&self.shared)
+    }
+
+    /// Reports the gauges and counters to the `metrics` recorder now (the background thread
+    /// does it every [`Options::metrics_interval`]). Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn report_metrics(&self) -> Result<()> {
+        report_metrics(&self.shared)
     }
 
     /// Makes every push and pop so far durable, whatever the sync policy.
@@ -332,61 +355,6 @@ impl Queue {
         &self.shared.env.options
     }
 
-    /// Computes [`Stats`] from the log and the consumer.
-    fn stats_now(&self) -> Result<Stats> {
-        let shared = &*self.shared;
-        let next_seq = shared.log.published_next_seq();
-        let position = shared
-            .consumer
-            .position(&shared.env, &shared.log, next_seq)?;
-        let (head_base, head_offset) = (position.head_base, position.head_offset);
-        let segments = shared.log.segments();
-        let mut live_bytes = 0;
-        let mut disk_bytes =
-            HEAD_FILE_LEN + SETTINGS_FILE_LEN as u64 + shared.consumer.acklog_len();
-        for segment in &segments {
-            segment.ensure_open(&*shared.env.storage)?;
-            let len = match segment.file() {
-                Some(file) => file
-                    .len()
-                    .map_err(|error| Error::io("stat segment", &segment.path, error))?,
-                None => 0,
-            };
-            disk_bytes += len;
-            if segment.base_seq == head_base {
-                live_bytes += segment.readable_end().saturating_sub(head_offset);
-            } else if segment.base_seq > head_base {
-                live_bytes += segment
-                    .readable_end()
-                    .saturating_sub(SEGMENT_HEADER_LEN as u64);
-            }
-        }
-        let oldest_enqueued_at = self.peek()?.map(|record| record.enqueued_at());
-        let (commit_syncs, commit_records) = shared.log.commits();
-        let totals = shared.env.counters.totals(
-            shared.log.pushed_since_open(),
-            position.counts,
-            commit_syncs,
-            commit_records,
-        );
-        Ok(Stats {
-            len: position.len,
-            head_seq: position.head_seq,
-            next_seq,
-            segments: segments.len(),
-            live_bytes,
-            disk_bytes,
-            oldest_enqueued_at,
-            leased: Some(position.leased),
-            ready: position
-                .len
-                .saturating_sub(position.leased)
-                .saturating_sub(position.delayed),
-            delayed: position.delayed,
-            totals: Some(totals),
-        })
-    }
-
     /// The directory of this queue's dead-letter queue (see
     /// [`Options::dead_letter_dir`]), which exists once a record has been dead-lettered.
     pub fn dead_letter_dir(&self) -> PathBuf {
@@ -415,6 +383,10 @@ impl Queue {
 
     /// What closing does, shared by [`close`](Queue::close) and `Drop`.
     fn shut_down(&mut self) -> Result<()> {
+        #[cfg(feature = "metrics")]
+        if let Some(reporter) = self.reporter.take() {
+            reporter.stop();
+        }
         if let Some(flusher) = self.flusher.take() {
             flusher.stop();
         }
@@ -445,4 +417,68 @@ impl DeadLetterQueue for Queue {
 /// Opens a dead-letter queue (see [`Shared`]'s `open_dead_letters`).
 fn open_dead_letter_queue(dir: PathBuf, options: Options) -> Result<Arc<dyn DeadLetterQueue>> {
     Ok(Arc::new(Queue::open(dir, options)?))
+}
+
+/// Computes [`Stats`] from the log and the consumer.
+fn stats_of(shared: &Shared) -> Result<Stats> {
+    let next_seq = shared.log.published_next_seq();
+    let position = shared
+        .consumer
+        .position(&shared.env, &shared.log, next_seq)?;
+    let (head_base, head_offset) = (position.head_base, position.head_offset);
+    let segments = shared.log.segments();
+    let mut live_bytes = 0;
+    let mut disk_bytes = HEAD_FILE_LEN + SETTINGS_FILE_LEN as u64 + shared.consumer.acklog_len();
+    for segment in &segments {
+        segment.ensure_open(&*shared.env.storage)?;
+        let len = match segment.file() {
+            Some(file) => file
+                .len()
+                .map_err(|error| Error::io("stat segment", &segment.path, error))?,
+            None => 0,
+        };
+        disk_bytes += len;
+        if segment.base_seq == head_base {
+            live_bytes += segment.readable_end().saturating_sub(head_offset);
+        } else if segment.base_seq > head_base {
+            live_bytes += segment
+                .readable_end()
+                .saturating_sub(SEGMENT_HEADER_LEN as u64);
+        }
+    }
+    let oldest_enqueued_at = shared.peek()?.map(|record| record.enqueued_at());
+    let (commit_syncs, commit_records) = shared.log.commits();
+    let totals = shared.env.counters.totals(
+        shared.log.pushed_since_open(),
+        position.counts,
+        commit_syncs,
+        commit_records,
+    );
+    Ok(Stats {
+        len: position.len,
+        head_seq: position.head_seq,
+        next_seq,
+        segments: segments.len(),
+        live_bytes,
+        disk_bytes,
+        oldest_enqueued_at,
+        leased: Some(position.leased),
+        ready: position
+            .len
+            .saturating_sub(position.leased)
+            .saturating_sub(position.delayed),
+        delayed: position.delayed,
+        totals: Some(totals),
+    })
+}
+
+/// Reports a snapshot to the `metrics` recorder.
+#[cfg(feature = "metrics")]
+fn report_metrics(shared: &Shared) -> Result<()> {
+    let stats = stats_of(shared)?;
+    shared
+        .env
+        .telemetry
+        .report(&stats, std::time::SystemTime::now());
+    Ok(())
 }
