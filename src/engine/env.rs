@@ -67,6 +67,8 @@ impl Env {
         let mut cause = lock(&self.poison_cause);
         if cause.is_none() {
             *cause = Some(error.to_string());
+            #[cfg(feature = "tracing")]
+            crate::engine::events::poisoned(&self.options.name_for(&self.dir), &error);
         }
         self.poisoned.store(true, Ordering::Release);
         error

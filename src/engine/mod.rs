@@ -9,6 +9,8 @@
 // Leaves: no other engine module.
 pub(crate) mod clock;
 pub(crate) mod counters;
+#[cfg(feature = "tracing")]
+pub(crate) mod events;
 pub(crate) mod report;
 pub(crate) mod sync;
 #[cfg(feature = "metrics")]

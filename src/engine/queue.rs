@@ -71,9 +71,18 @@ impl Queue {
     ///
     /// Takes an exclusive lock on the directory: a second `open` of it, from this process or
     /// another, fails with [`Error::Locked`].
-    pub fn open(dir: impl AsRef<Path>, mut options: Options) -> Result<Queue> {
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Queue> {
+        let opened = Self::open_at(dir.as_ref(), options);
+        #[cfg(feature = "tracing")]
+        if let Err(error) = &opened {
+            crate::engine::events::open_failed(dir.as_ref(), error);
+        }
+        opened
+    }
+
+    fn open_at(dir: &Path, mut options: Options) -> Result<Queue> {
         options.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         let storage = options.storage.clone();
         if !options.create_if_missing && !queue_dir::is_queue(&*storage, &dir)? {
             return Err(Error::NotAQueue { dir });
@@ -84,6 +93,8 @@ impl Queue {
         // Checked again: limits that depend on the segment size now see the queue's own.
         options.validate()?;
         let mut recovered = recovery::recover(&*storage, &dir, &options)?;
+        #[cfg(feature = "tracing")]
+        crate::engine::events::recovered(&options.name_for(&dir), &recovered.report);
         let pool_files = std::mem::take(&mut recovered.pool_files);
         let pool = pool::adopt(&*storage, &dir, pool_files, options.segment_pool)?;
         // Under `Always` every ack log append waits for a group-commit sync: its leader writes

@@ -260,6 +260,12 @@ impl AfterConsume for Shared {
             return Err(error);
         }
         self.env.counters.dead_lettered();
+        #[cfg(feature = "tracing")]
+        crate::engine::events::dead_lettered(
+            &self.env.options.name_for(&self.env.dir),
+            seq,
+            deliveries,
+        );
         self.ack(seq)
     }
 
