@@ -25,6 +25,8 @@ const PROGRESS_BAR_BYTES_MIN: u64 = 256 << 20;
 Examples:
   spool stat /var/spool/jobs
   spool stat --json /var/spool/jobs | jq .len
+  spool stat --prometheus /var/spool/jobs > /var/lib/node_exporter/jobs.prom
+  spool stat --watch 1 /var/spool/jobs      one line a second (Ctrl-C stops)
 
 Takes no lock. JSON fields: len, head_seq, next_seq, segments, live_bytes, disk_bytes,
 oldest_age_ms (of the oldest ready record; null when there is none), ready, delayed.")]
@@ -32,8 +34,18 @@ pub struct StatArgs {
     /// The queue directory.
     pub(crate) dir: PathBuf,
     /// Print one JSON object.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["prometheus", "watch"])]
     json: bool,
+    /// Print the gauges in the Prometheus text format (for node_exporter's textfile collector).
+    #[arg(long, conflicts_with = "watch")]
+    prometheus: bool,
+    /// Print one line every SECS seconds (depth, ready, delayed, in/s, out/s, oldest ready age,
+    /// disk) until Ctrl-C.
+    #[arg(long, value_name = "SECS", value_parser = crate::observe::parse_interval)]
+    watch: Option<std::time::Duration>,
+    /// With --watch: stop after N lines.
+    #[arg(long, value_name = "N", requires = "watch")]
+    count: Option<u64>,
 }
 
 /// Options of `spool inspect`.
@@ -126,10 +138,17 @@ struct StatJson {
 }
 
 pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
+    if let Some(interval) = args.watch {
+        return crate::observe::watch(&args.dir, interval, args.count);
+    }
     require_dir(&args.dir)?;
     let stat = inspect::stat(&OsStorage, &args.dir)?;
     let age = stat.oldest_age(SystemTime::now());
     let mut out = print::stdout();
+    if args.prometheus {
+        crate::observe::prometheus(&args.dir, &stat, &mut out)?;
+        return Ok(EXIT_OK);
+    }
     if args.json {
         let json = StatJson {
             len: stat.len,
