@@ -13,6 +13,7 @@ use crate::engine::sync::lock;
 use crate::engine::telemetry::Telemetry;
 use crate::error::{Error, Result};
 use crate::options::Options;
+use crate::stats::DiscardReason;
 use crate::storage::Storage;
 
 /// The queue's fixed surroundings and its health, passed to the writer, the reader and the
@@ -60,6 +61,24 @@ impl Env {
     fn poisoned_error(&self) -> Error {
         let cause = lock(&self.poison_cause).clone().unwrap_or_default();
         Error::Poisoned { cause }
+    }
+
+    /// `count` records were discarded for `reason` (queue policies: overflow, purge): counted,
+    /// and a `tracing` event (feature `tracing`).
+    #[allow(dead_code)] // Called by the queue policies (issue 13).
+    pub(crate) fn discarded(&self, reason: DiscardReason, count: u64) {
+        self.counters.discarded(reason, count);
+        #[cfg(feature = "tracing")]
+        crate::engine::events::discarded(&self.options.name_for(&self.dir), reason, count);
+    }
+
+    /// `count` records expired before delivery (queue policies): counted, and a `tracing` event
+    /// (feature `tracing`).
+    #[allow(dead_code)] // Called by the queue policies (issue 13).
+    pub(crate) fn expired(&self, count: u64) {
+        self.counters.expired(count);
+        #[cfg(feature = "tracing")]
+        crate::engine::events::expired(&self.options.name_for(&self.dir), count);
     }
 
     /// Records a failure after which the state on disk is unknown; later changes are refused.
