@@ -250,12 +250,13 @@ fn open_queue_with(
 fn report_recovery(report: &diskspool::RecoveryReport) {
     for cut in &report.truncated {
         eprintln!(
-            "spool: recovered {}: cut a torn tail of {} bytes at byte {} (records from {} were \
+            "spool: recovered {}: cut a torn tail of {} bytes at byte {} (records {}..={} were \
              never complete: {})",
             cut.file.display(),
             cut.bytes_cut,
             cut.offset,
             cut.first_lost_seq,
+            cut.last_lost_seq,
             cut.reason
         );
     }

@@ -323,7 +323,29 @@ impl Queue {
         self.len() == 0
     }
 
-    /// Sizes and positions; see [`Stats`].
+    /// Sizes, positions and the counters since open; see [`Stats`] and `docs/METRICS.md`.
+    /// Counts the delayed records not read yet from their frame headers, so a call costs in
+    /// proportion to the records beyond the reader (a header each, no checksums).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::{Duration, SystemTime};
+    /// use diskspool::{Options, Queue};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let queue = Queue::open(dir.path(), Options::default())?;
+    /// queue.push(b"now")?;
+    /// queue.push(b"soon")?;
+    /// queue.push_delayed(b"later", Duration::from_secs(60))?;
+    /// let job = queue.try_recv()?.expect("a ready record");
+    /// let stats = queue.stats()?;
+    /// assert_eq!((stats.ready, stats.in_flight(), stats.delayed), (1, Some(1), 1));
+    /// assert!(stats.oldest_ready_age(SystemTime::now()).is_some()); // "soon"
+    /// job.ack()?;
+    /// let totals = queue.stats()?.totals.expect("the open queue counts");
+    /// assert_eq!((totals.pushed, totals.delivered, totals.acked), (3, 1, 1));
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> Result<Stats> {
         stats_of(&self.shared)
     }
