@@ -6,6 +6,7 @@
 
 mod admin;
 mod demo;
+mod observe;
 mod print;
 mod records;
 
@@ -66,7 +67,7 @@ impl Command {
             Command::Verify(args) => Some(&mut args.dir),
             Command::Compact(args) => Some(&mut args.dir),
             Command::Repair(args) => Some(&mut args.dir),
-            Command::Demo(_) => None,
+            Command::Demo(_) | Command::Top(_) => None,
         }
     }
 }
@@ -91,6 +92,8 @@ enum Command {
     Compact(admin::CompactArgs),
     /// Cut damaged data into DIR/quarantine/ so the queue serves every good record again.
     Repair(admin::RepairArgs),
+    /// Show every queue of one or more spools (or queues) at once, deepest first.
+    Top(observe::TopArgs),
     /// Run producers and workers on a temporary queue and print throughput and stats.
     Demo(demo::DemoArgs),
 }
@@ -128,7 +131,7 @@ fn main() -> ExitCode {
             Some(dir) => *dir = dir.join(name),
             None => {
                 return ExitCode::from(report(Failure::Usage(
-                    "--queue does not apply to demo".to_string(),
+                    "--queue does not apply to demo and top".to_string(),
                 )))
             }
         }
@@ -143,6 +146,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => admin::verify(&args),
         Command::Compact(args) => admin::compact(&args),
         Command::Repair(args) => admin::repair(&args),
+        Command::Top(args) => observe::top(&args),
         Command::Demo(args) => demo::run(&args).map(|_| EXIT_OK).map_err(Failure::Queue),
     };
     ExitCode::from(match outcome {
@@ -246,12 +250,13 @@ fn open_queue_with(
 fn report_recovery(report: &diskspool::RecoveryReport) {
     for cut in &report.truncated {
         eprintln!(
-            "spool: recovered {}: cut a torn tail of {} bytes at byte {} (records from {} were \
+            "spool: recovered {}: cut a torn tail of {} bytes at byte {} (records {}..={} were \
              never complete: {})",
             cut.file.display(),
             cut.bytes_cut,
             cut.offset,
             cut.first_lost_seq,
+            cut.last_lost_seq,
             cut.reason
         );
     }
