@@ -324,8 +324,9 @@ impl Queue {
     }
 
     /// Sizes, positions and the counters since open; see [`Stats`] and `docs/METRICS.md`.
-    /// Counts the delayed records not read yet from their frame headers, so a call costs in
-    /// proportion to the records beyond the reader (a header each, no checksums).
+    /// Counts the delayed records not read yet from their frame headers: each sealed segment is
+    /// counted once and remembered (it never changes), so a call reads only the active segment's
+    /// headers beyond the reader, and the first call after open reads every unread segment's.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

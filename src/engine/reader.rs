@@ -223,17 +223,24 @@ fn count_delayed_unread(
     let (mut segment, mut offset, mut next_seq) = (cursor.segment, cursor.offset, cursor.next_seq);
     let mut delayed = 0;
     while next_seq < end_seq {
-        let end = segment.readable_end();
-        if offset < end {
-            let view = segment.view(end)?;
-            let bytes = (*view).as_ref();
-            let bytes = bytes.get(..end as usize).unwrap_or(&[]);
-            next_seq = walk_headers(bytes, offset as usize, next_seq, |header, not_before_us| {
-                let seq = header.seq;
-                if seq < end_seq && history.is_delayed(seq, not_before_us, now_us) {
-                    delayed += 1;
-                }
-            });
+        if let Some(counted) = segment.delayed_frames()? {
+            let range = next_seq..end_seq.min(counted.after);
+            delayed += count_delayed_in(&counted.frames, range, history, now_us);
+            next_seq = counted.after;
+        } else {
+            let end = segment.readable_end();
+            if offset < end {
+                let view = segment.view(end)?;
+                let bytes = (*view).as_ref();
+                let bytes = bytes.get(..end as usize).unwrap_or(&[]);
+                next_seq =
+                    walk_headers(bytes, offset as usize, next_seq, |header, not_before_us| {
+                        let seq = header.seq;
+                        if seq < end_seq && history.is_delayed(seq, not_before_us, now_us) {
+                            delayed += 1;
+                        }
+                    });
+            }
         }
         if !segment.is_sealed() {
             break;
@@ -247,6 +254,30 @@ fn count_delayed_unread(
         offset = SEGMENT_HEADER_LEN as u64;
     }
     Ok(delayed)
+}
+
+/// The delayed records among `range` of a sealed segment whose delayed frames are `frames`:
+/// those frames whose delay has not run out, and records with a retry time in the ack log.
+fn count_delayed_in(
+    frames: &[(u64, u64)],
+    range: std::ops::Range<u64>,
+    history: &JobHistory,
+    now_us: u64,
+) -> u64 {
+    let from = frames.partition_point(|&(seq, _)| seq < range.start);
+    let in_range = frames[from..]
+        .iter()
+        .take_while(|&&(seq, _)| seq < range.end);
+    let by_frame = in_range
+        .filter(|&&(seq, not_before_us)| history.is_delayed(seq, not_before_us, now_us))
+        .count() as u64;
+    let by_retry = history
+        .not_before
+        .range(range)
+        .filter(|&(&seq, _)| frames.binary_search_by_key(&seq, |&(seq, _)| seq).is_err())
+        .filter(|&(&seq, _)| history.is_delayed(seq, 0, now_us))
+        .count() as u64;
+    by_frame + by_retry
 }
 
 /// Reads the record at `cursor` and advances it; `None` at the end of the queue.

@@ -154,3 +154,53 @@ fn group_commit_counts_its_syncs_and_the_records_they_cover() {
     assert_eq!((t.commit_syncs, t.commit_records), (6, 8));
     assert_eq!(t.records_per_sync(), Some(8.0 / 6.0));
 }
+
+/// The delayed count of sealed segments is taken once per segment and reused: it must follow
+/// retry times that the ack log holds for records not read since a reopen, and delays that run
+/// out between two calls.
+#[test]
+fn delayed_counts_of_sealed_segments_follow_retries_and_running_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        Options::default()
+            .segment_size(4096)
+            .sync(SyncPolicy::Never)
+    };
+    let short = Duration::from_millis(300);
+    {
+        let queue = Queue::open(dir.path(), options()).unwrap();
+        for round in 0..240u64 {
+            match round % 6 {
+                0 => queue.push_delayed(&[7; 40], LONG).unwrap(),
+                1 => queue.push_delayed(&[8; 40], short).unwrap(),
+                _ => queue.push(&[1; 40]).unwrap(),
+            };
+        }
+        // Two records of the first segment go back with a retry time in the ack log.
+        for _ in 0..2 {
+            let delivery = queue.try_recv().unwrap().expect("a ready record");
+            delivery.retry_after(LONG).unwrap();
+        }
+    }
+    let queue = Queue::open(dir.path(), options()).unwrap();
+    let first = queue.stats().unwrap();
+    assert!(first.segments > 2, "the records span segments");
+    assert_eq!((first.len, first.delayed), (240, 40 + 40 + 2));
+    let again = queue.stats().unwrap();
+    assert_eq!(
+        again.delayed, first.delayed,
+        "a second count agrees with the first"
+    );
+    let lock_free = inspect::stat(&OsStorage, dir.path()).unwrap();
+    assert_eq!(lock_free.delayed, first.delayed);
+    // The short delays run out: only the long ones and the retries stay delayed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let settled = loop {
+        let stats = queue.stats().unwrap();
+        if stats.delayed == 40 + 2 || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!((settled.delayed, settled.ready), (42, 198));
+}
