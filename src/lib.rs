@@ -33,6 +33,7 @@
 mod engine;
 mod error;
 pub mod format;
+mod open;
 mod options;
 mod spool;
 pub mod storage;
@@ -47,12 +48,12 @@ pub use engine::delivery::Delivery;
 pub use engine::jobs::IN_FLIGHT_MAX;
 pub use engine::queue::{Queue, Stats};
 pub use engine::record::Record;
-pub use engine::report::{RecoveryReport, Truncation};
+pub use engine::report::{RecoveryReport, RepairStep, Truncation};
 pub use error::{Error, Result};
 pub use format::dead_letter::DeadLetter;
 pub use options::{
-    Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX, MAX_RECORD_SIZE_DEFAULT,
-    SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
+    OnDamage, Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX,
+    MAX_RECORD_SIZE_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use spool::{validate_queue_name, Spool, QUEUE_NAME_LEN_MAX};
 #[cfg(any(test, feature = "sim"))]

@@ -71,7 +71,7 @@ use crate::storage::{self, LockFailure, Storage};
 use crate::tools::inspect::{
     read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
 };
-use crate::tools::verify::{self, VerifyReport};
+use crate::tools::verify::{self, ProblemKind, VerifyReport};
 
 /// Whether [`repair`] changes anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +141,9 @@ pub struct RepairAction {
     pub saved_as: Option<PathBuf>,
     /// Sequence numbers of the valid records in the bytes that were cut or moved.
     pub seqs: Option<Range<u64>>,
+    /// Valid records taken from the queue that this step saved into quarantine (readable
+    /// copies, which `spool quarantine --restore` pushes back).
+    pub records: u64,
     /// Why.
     pub reason: String,
 }
@@ -236,6 +239,60 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
         LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
     })?;
     let snapshot = Snapshot::take(storage, dir)?;
+    repair_snapshot(storage, dir, mode, snapshot)
+}
+
+/// Repairs the queue in `dir` when it holds damage that `Queue::open` refuses or that a reader
+/// would stop at (see [`is_damage`]), and returns what was done; `None` when there is none.
+/// What `Queue::open` runs under [`OnDamage::Quarantine`](crate::OnDamage::Quarantine): the
+/// caller holds the directory's lock. A torn tail, a damaged head slot or a stray file alone
+/// is left to the open, which handles them as after any crash; a segment of another format
+/// version is left alone too (the open refuses it: it is not damage).
+pub(crate) fn repair_damage_locked(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<Option<RepairReport>> {
+    let snapshot = Snapshot::take(storage, dir)?;
+    let before = verify::check(&snapshot);
+    let newer_format = before
+        .problems
+        .iter()
+        .any(|problem| problem.kind == ProblemKind::UnsupportedVersion);
+    if newer_format
+        || !before
+            .problems
+            .iter()
+            .any(|problem| is_damage(problem.kind))
+    {
+        return Ok(None);
+    }
+    repair_snapshot(storage, dir, Mode::Repair, snapshot).map(Some)
+}
+
+/// True for the problems that no crash leaves behind: `Queue::open` refuses them, or the
+/// reader stops at them. Torn tails, a damaged head slot (the other one is in force) and stray
+/// files are not.
+pub fn is_damage(kind: ProblemKind) -> bool {
+    match kind {
+        ProblemKind::DamagedFrame
+        | ProblemKind::BadSegmentHeader
+        | ProblemKind::UnsupportedVersion
+        | ProblemKind::MissingRecords
+        | ProblemKind::HeadUnreadable
+        | ProblemKind::Unreadable
+        | ProblemKind::AckLogDamaged
+        | ProblemKind::SettingsDamaged => true,
+        ProblemKind::TornTail | ProblemKind::HeadSlotDamaged | ProblemKind::StrayFile => false,
+    }
+}
+
+/// Plans, and in [`Mode::Repair`] carries out, the repair of a snapshot taken under the lock.
+fn repair_snapshot(
+    storage: &dyn Storage,
+    dir: &Path,
+    mode: Mode,
+    snapshot: Snapshot,
+) -> Result<RepairReport> {
     let before = verify::check(&snapshot);
     let mut planner = Planner::new(storage, &snapshot)?;
     planner.plan_segments()?;
@@ -354,6 +411,7 @@ impl<'a> Planner<'a> {
             bytes: scan.file_len,
             saved_as: Some(saved_as),
             seqs,
+            records: if cuts_records { scan.records } else { 0 },
             reason,
         });
     }
@@ -465,6 +523,7 @@ impl<'a> Planner<'a> {
             bytes: 0,
             saved_as: None,
             seqs: None,
+            records: 0,
             reason: String::from("the file ends inside its last record's padding"),
         });
     }
@@ -499,6 +558,7 @@ impl<'a> Planner<'a> {
             bytes: from_head.len() as u64,
             saved_as: Some(self.snapshot.dir.join(&name)),
             seqs: new_scan.last_seq.map(|last| head..last + 1),
+            records: 0,
             reason: format!(
                 "the damage (record {damaged_seq}) lies before the head ({head}): the records \
                  from the head on are copied into a new segment"
@@ -540,6 +600,7 @@ impl<'a> Planner<'a> {
             bytes: scan.file_len.saturating_sub(scan.valid_end),
             saved_as: Some(saved_as),
             seqs: known,
+            records: readable.len() as u64,
             reason,
         });
     }
@@ -583,6 +644,7 @@ impl<'a> Planner<'a> {
             bytes: head.file_len.unwrap_or(0),
             saved_as,
             seqs: None,
+            records: 0,
             reason,
         });
     }
@@ -634,6 +696,7 @@ impl<'a> Planner<'a> {
             bytes: len,
             saved_as: Some(saved_as),
             seqs: None,
+            records: 0,
             reason: reasons.join("; "),
         });
     }
@@ -678,6 +741,7 @@ impl<'a> Planner<'a> {
                     bytes: self.snapshot.head.file_len.unwrap_or(0),
                     saved_as,
                     seqs: None,
+                    records: 0,
                     reason: format!(
                         "every record kept is consumed: the head moves to {resume}, where the \
                          log continues"
@@ -693,6 +757,7 @@ impl<'a> Planner<'a> {
             bytes: SEGMENT_HEADER_LEN as u64,
             saved_as: None,
             seqs: Some(log_end..resume),
+            records: 0,
             reason: format!(
                 "new records start at {resume}: sequence numbers {log_end}..{resume} were used \
                  by records cut or lost, and are never used again"
@@ -733,6 +798,7 @@ impl<'a> Planner<'a> {
             bytes,
             saved_as: Some(saved_as),
             seqs: None,
+            records: 0,
             reason: format!(
                 "{error}; rewritten with a segment size of {segment_size} bytes, taken from the \
                  segments on disk"
@@ -757,6 +823,7 @@ impl<'a> Planner<'a> {
                 bytes: 0,
                 saved_as: Some(saved_as),
                 seqs: None,
+                records: 0,
                 reason: format!("could not be read: {error}"),
             });
         }
@@ -776,6 +843,7 @@ impl<'a> Planner<'a> {
                 bytes,
                 saved_as: Some(saved_as),
                 seqs: None,
+                records: 0,
                 reason: String::from("not a file diskspool writes"),
             });
         }
