@@ -252,6 +252,10 @@ pub(crate) fn repair_damage_locked(
     storage: &dyn Storage,
     dir: &Path,
 ) -> Result<Option<RepairReport>> {
+    // A queue being created has nothing to mend (and no files a snapshot could read).
+    if !crate::storage::queue_dir::is_queue(storage, dir)? {
+        return Ok(None);
+    }
     let snapshot = Snapshot::take(storage, dir)?;
     let before = verify::check(&snapshot);
     let newer_format = before

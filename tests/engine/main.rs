@@ -21,6 +21,7 @@ mod lost_records;
 mod model;
 mod persistence;
 mod process_kill;
+mod quarantine;
 mod settings;
 mod torn_tail;
 mod typed;
