@@ -708,9 +708,22 @@ impl<'a> Planner<'a> {
     /// Plans the log's continuation past every sequence number a file or the head index shows
     /// was used: the numbers of cut records, and of synced records a lost segment held.
     fn plan_continuation(&mut self) {
-        let Some(kept) = self.kept.clone() else {
-            // Nothing is kept: the head restarts the queue (see `plan_head`).
-            return;
+        let kept = match (self.kept.clone(), self.first_cut_seq) {
+            (Some(kept), _) => kept,
+            // Every segment was cut: the log continues past the numbers they used, as after
+            // any cut (a head left at the first cut would point at no record, and the numbers
+            // of the cut records, and of synced ones, would be used again).
+            (None, Some(first_cut)) => first_cut..first_cut,
+            // No segment at all while the head index says records up to its `synced_seq` were
+            // synced (every segment deleted): the log continues after them.
+            (None, None) if self.snapshot.segments.is_empty() => {
+                let Some(state) = self.snapshot.head.state() else {
+                    return;
+                };
+                state.head_seq..state.head_seq
+            }
+            // Nothing is kept and nothing cut: the head restarts the queue (see `plan_head`).
+            (None, None) => return,
         };
         let state = self.snapshot.head.state();
         let synced_seq = state.map_or(0, |state| state.synced_seq);
