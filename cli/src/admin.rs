@@ -121,12 +121,15 @@ struct StatJson {
     live_bytes: u64,
     disk_bytes: u64,
     oldest_age_ms: Option<u64>,
+    quarantine_files: usize,
+    quarantine_records: u64,
 }
 
 pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
     require_dir(&args.dir)?;
     let stat = inspect::stat(&OsStorage, &args.dir)?;
     let age = stat.oldest_age(SystemTime::now());
+    let quarantined = diskspool::tools::quarantine::list(&OsStorage, &args.dir)?;
     let mut out = print::stdout();
     if args.json {
         let json = StatJson {
@@ -137,6 +140,8 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
             live_bytes: stat.live_bytes,
             disk_bytes: stat.disk_bytes,
             oldest_age_ms: age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            quarantine_files: quarantined.files.len(),
+            quarantine_records: quarantined.restorable_records(),
         };
         serde_json::to_writer(&mut out, &json).map_err(io::Error::from)?;
         writeln!(out)?;
@@ -150,6 +155,9 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
     table.row(vec!["disk bytes".into(), print::size(stat.disk_bytes)]);
     let oldest = age.map_or_else(|| String::from("-"), print::age);
     table.row(vec!["oldest age".into(), oldest]);
+    if let Some(summary) = crate::quarantine::summary(&quarantined) {
+        table.row(vec!["quarantine".into(), summary]);
+    }
     table.print(&mut out)?;
     Ok(EXIT_OK)
 }
@@ -170,6 +178,7 @@ struct InspectJson<'a> {
     head_seq: Option<u64>,
     segments: Vec<SegmentJson<'a>>,
     strays: &'a [String],
+    quarantine: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -193,6 +202,7 @@ pub fn inspect(args: &InspectArgs) -> Result<u8, Failure> {
 
 fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
     let snapshot = Snapshot::take(&OsStorage, dir)?;
+    let quarantined = diskspool::tools::quarantine::list(&OsStorage, dir)?;
     let rows: Vec<SegmentJson> = snapshot
         .segments
         .iter()
@@ -215,6 +225,11 @@ fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
             head_seq: snapshot.head_seq(),
             segments: rows,
             strays: &snapshot.strays,
+            quarantine: quarantined
+                .files
+                .iter()
+                .map(|file| file.name.clone())
+                .collect(),
         };
         serde_json::to_writer(&mut out, &json).map_err(io::Error::from)?;
         writeln!(out)?;
@@ -248,6 +263,9 @@ fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
     }
     for stray in &snapshot.strays {
         writeln!(out, "stray file: {stray}")?;
+    }
+    if let Some(summary) = crate::quarantine::summary(&quarantined) {
+        writeln!(out, "quarantine: {summary}")?;
     }
     Ok(EXIT_OK)
 }

@@ -7,6 +7,7 @@
 mod admin;
 mod demo;
 mod print;
+mod quarantine;
 mod records;
 
 use std::io;
@@ -66,6 +67,7 @@ impl Command {
             Command::Verify(args) => Some(&mut args.dir),
             Command::Compact(args) => Some(&mut args.dir),
             Command::Repair(args) => Some(&mut args.dir),
+            Command::Quarantine(args) => Some(&mut args.dir),
             Command::Demo(_) => None,
         }
     }
@@ -91,6 +93,8 @@ enum Command {
     Compact(admin::CompactArgs),
     /// Cut damaged data into DIR/quarantine/ so the queue serves every good record again.
     Repair(admin::RepairArgs),
+    /// List what repair set aside in DIR/quarantine/, or push its readable records back.
+    Quarantine(quarantine::QuarantineArgs),
     /// Run producers and workers on a temporary queue and print throughput and stats.
     Demo(demo::DemoArgs),
 }
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => admin::verify(&args),
         Command::Compact(args) => admin::compact(&args),
         Command::Repair(args) => admin::repair(&args),
+        Command::Quarantine(args) => quarantine::quarantine(&args),
         Command::Demo(args) => demo::run(&args).map(|_| EXIT_OK).map_err(Failure::Queue),
     };
     ExitCode::from(match outcome {

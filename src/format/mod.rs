@@ -12,5 +12,6 @@ pub mod dead_letter;
 pub mod frame;
 pub mod head;
 pub mod layout;
+pub mod quarantine;
 pub mod segment;
 pub mod settings;

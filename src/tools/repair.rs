@@ -362,6 +362,15 @@ impl<'a> Planner<'a> {
             Err(error) if error.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
             Err(error) => return Err(Error::io("list quarantine", &quarantine, error)),
         };
+        let mut taken = taken;
+        // Names of the quarantine folder's own: never given to a file moved in.
+        for own in [
+            crate::format::layout::QUARANTINE_MANIFEST_NAME,
+            "manifest.tmp",
+            crate::format::layout::RESTORED_DIR_NAME,
+        ] {
+            taken.insert(own.to_string());
+        }
         Ok(Planner {
             storage,
             snapshot,
@@ -884,6 +893,13 @@ fn execute(
         .map_err(|error| Error::io("create quarantine", &quarantine, error))?;
     for action in actions {
         let saved_as = action.saved_as.as_deref();
+        // Listed once the cut is done: a crash before leaves a copy `--restore` does not push
+        // (the next repair cuts again and lists that copy), never one it pushes twice.
+        let restorable = action.records > 0
+            && matches!(
+                action.kind,
+                ActionKind::TruncateTail | ActionKind::Quarantine
+            );
         match action.kind {
             ActionKind::TruncateTail => truncate_tail(storage, action, saved_as)?,
             ActionKind::Quarantine => {
@@ -921,8 +937,39 @@ fn execute(
                 }
             }
         }
+        if restorable {
+            note_in_manifest(storage, &quarantine, action)?;
+        }
     }
     Ok(())
+}
+
+/// Adds a line for `action`'s saved file to the quarantine manifest (see
+/// [`format::quarantine`](crate::format::quarantine)).
+fn note_in_manifest(storage: &dyn Storage, quarantine: &Path, action: &RepairAction) -> Result<()> {
+    use crate::format::layout::QUARANTINE_MANIFEST_NAME;
+    use crate::format::quarantine::{encode_line, CutFile};
+    let name_of = |path: &Path| {
+        path.file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let (Some(saved_as), Some(seqs)) = (&action.saved_as, &action.seqs) else {
+        return Ok(());
+    };
+    let path = quarantine.join(QUARANTINE_MANIFEST_NAME);
+    let mut bytes = read_file(storage, &path)?.unwrap_or_default();
+    let line = encode_line(&CutFile {
+        saved_as: name_of(saved_as),
+        action: action.kind.name().to_string(),
+        source: name_of(&action.file),
+        offset: action.offset,
+        seqs: seqs.clone(),
+        records: action.records,
+    });
+    bytes.extend_from_slice(line.as_bytes());
+    storage::write_atomically(storage, quarantine, QUARANTINE_MANIFEST_NAME, &bytes)
+        .map_err(|error| Error::io("write quarantine manifest", &path, error))
 }
 
 fn truncate_tail(
