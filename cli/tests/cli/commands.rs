@@ -26,9 +26,12 @@ fn stat_json_has_the_documented_fields_and_values() {
             "live_bytes",
             "next_seq",
             "oldest_age_ms",
+            "quarantine_files",
+            "quarantine_records",
             "segments"
         ]
     );
+    assert_eq!(stat["quarantine_files"], 0);
     assert_eq!(stat["len"], 30);
     assert_eq!(stat["head_seq"], 10);
     assert_eq!(stat["next_seq"], 40);

@@ -9,6 +9,7 @@ mod util;
 mod active_segment;
 mod commands;
 mod concurrent;
+mod quarantine;
 mod races;
 mod random_damage;
 mod records;
