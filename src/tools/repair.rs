@@ -57,6 +57,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::format::acklog::{is_retired_gap, AckHeaderError, JobHistory};
 use crate::format::frame;
 use crate::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
 use crate::format::layout::HEAD_FILE_NAME;
@@ -352,6 +353,8 @@ struct Planner<'a> {
     gone_seqs: Option<Range<u64>>,
     /// The settings file to write, when it is rewritten.
     new_settings: Option<QueueSettings>,
+    /// What the ack log says, salvaged from behind a damaged header (see `acklog::salvage`).
+    acks: JobHistory,
 }
 
 impl<'a> Planner<'a> {
@@ -385,6 +388,7 @@ impl<'a> Planner<'a> {
             head_moved: false,
             gone_seqs: None,
             new_settings: None,
+            acks: ack_history(storage, &snapshot.dir, &snapshot.acks)?,
         })
     }
 
@@ -442,7 +446,10 @@ impl<'a> Planner<'a> {
             let rest = live.get(index + 1..).unwrap_or(&[]);
             let behind_head = |seq: u64| head_seq.is_some_and(|head| seq <= head);
             if let Some(expected) = expected {
-                let gap = scan.base_seq != expected && !behind_head(scan.base_seq);
+                // A gap an earlier repair made on purpose (numbers retired, acknowledged up to
+                // this segment) is no gap.
+                let retired = is_retired_gap(&self.acks.acked, expected, scan.base_seq);
+                let gap = scan.base_seq != expected && !behind_head(scan.base_seq) && !retired;
                 if gap && head_seq.is_some_and(|head| expected <= head) {
                     // Every record before the gap is consumed: the head moves past the missing
                     // ones to this segment (see `plan_head`) and nothing after it is cut.
@@ -668,7 +675,7 @@ impl<'a> Planner<'a> {
         let Some(len) = self.snapshot.acks.file_len else {
             return;
         };
-        let history = &self.snapshot.acks.history;
+        let history = &self.acks;
         let mentions_cut = self.first_cut_seq.is_some_and(|first_cut| {
             history.acked.values().any(|&end| end > first_cut)
                 || history.deliveries.range(first_cut..).next().is_some()
@@ -680,11 +687,23 @@ impl<'a> Planner<'a> {
             .damage
             .as_ref()
             .map(|damage| damage.offset);
-        if !mentions_cut && damage.is_none() {
+        // A damaged header (another version is not damage: left for open to refuse).
+        let header = match &self.snapshot.acks.header_error {
+            Some(AckHeaderError::UnsupportedVersion(_)) | None => None,
+            Some(error) => Some(error.to_string()),
+        };
+        if !mentions_cut && damage.is_none() && header.is_none() {
             return;
         }
         let first_cut = self.first_cut_seq.filter(|_| mentions_cut);
         let mut reasons = Vec::new();
+        if let Some(error) = header {
+            reasons.push(format!(
+                "{error}: start it again with the {} entries that still validate (what the \
+                 others said is lost: acknowledged records may be delivered again)",
+                self.acks.entries().len()
+            ));
+        }
         if let Some(offset) = damage {
             reasons.push(format!(
                 "drop the damaged entry at byte {offset} and keep every valid one (what the \
@@ -1052,11 +1071,13 @@ fn rewrite_ack_log(
     }
     let first_cut = action.offset;
     let snapshot = crate::tools::inspect::read_ack_log(storage, dir)?;
-    let log_id = acklog::decode_header(&old)
-        .map_or(0, |log_id| log_id)
-        .wrapping_add(1);
+    let (old_log_id, history) = match acklog::decode_header(&old) {
+        Ok(log_id) => (log_id, snapshot.history),
+        Err(_) => acklog::salvage(&old).unwrap_or_default(),
+    };
+    let log_id = old_log_id.wrapping_add(1);
     let mut bytes = acklog::encode_header(log_id).to_vec();
-    for entry in snapshot.history.entries() {
+    for entry in history.entries() {
         let kept = match entry {
             AckEntry::Acked { start, end } if start < first_cut => Some(AckEntry::Acked {
                 start,
@@ -1116,6 +1137,22 @@ fn continue_after(storage: &dyn Storage, dir: &Path, action: &RepairAction) -> R
     let name = segment_file_name(seqs.end);
     storage::write_atomically(storage, dir, &name, &encode_header(seqs.end))
         .map_err(|error| Error::io("create segment", &action.file, error))
+}
+
+/// What the ack log says: read normally, or salvaged from behind a damaged header.
+fn ack_history(
+    storage: &dyn Storage,
+    dir: &Path,
+    acks: &crate::tools::inspect::AckLogSnapshot,
+) -> Result<JobHistory> {
+    if acks.header_error.is_none() {
+        return Ok(acks.history.clone());
+    }
+    let path = dir.join(crate::format::layout::ACK_LOG_FILE_NAME);
+    Ok(read_file(storage, &path)?
+        .and_then(|bytes| crate::format::acklog::salvage(&bytes))
+        .map(|(_, history)| history)
+        .unwrap_or_default())
 }
 
 /// Writes `bytes` into a new file and makes it durable, directory entry included.
