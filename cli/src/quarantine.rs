@@ -179,6 +179,7 @@ fn restore(args: &QuarantineArgs) -> Result<u8, Failure> {
     };
     for file in restorable {
         let records = quarantine::readable_records(&OsStorage, &args.dir, file)?;
+        let mut lines = Vec::with_capacity(records.len());
         for record in &records {
             let seq = queue.push(&record.payload)?;
             if args.json {
@@ -188,16 +189,20 @@ fn restore(args: &QuarantineArgs) -> Result<u8, Failure> {
                     seq,
                 });
             } else {
-                writeln!(
-                    out,
+                lines.push(format!(
                     "restored record {} from quarantine/{} (byte {}) as record {seq}",
                     record.seq, file.name, record.offset
-                )?;
+                ));
             }
         }
         // Durable before the file moves: a crash in between pushes it again, never loses it.
         queue.sync()?;
         let moved = quarantine::mark_restored(&OsStorage, &args.dir, &file.name)?;
+        // Printed once the file is done: a closed output (`| head`) stops between files,
+        // never between pushing a file's records and moving it aside.
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
         if args.json {
             json.files.push(file.name.clone());
         } else {
