@@ -78,12 +78,14 @@ pub enum Error {
     /// `next_seq` on, and no record may carry `frame::SEQ_LIMIT` (2^63) or more. Nothing was
     /// written; the queue stays readable. (At a million pushes a second this takes 290,000
     /// years; in practice it means a head or segment written with a forged number.)
-    #[error("sequence numbers exhausted: {count} record(s) from sequence {next_seq} would pass the largest sequence number, {max}", max = crate::format::frame::SEQ_LIMIT - 1)]
+    #[error("sequence numbers exhausted: {count} record(s) from sequence {next_seq} would pass the largest sequence number, {max}")]
     SeqExhausted {
         /// The sequence number the next record would get.
         next_seq: u64,
         /// How many records the refused push had.
         count: u64,
+        /// The largest sequence number a record may carry (`format::frame::SEQ_LIMIT` - 1).
+        max: u64,
     },
     /// A payload is larger than `Options::max_record_size`.
     #[error("record of {len} bytes exceeds max_record_size of {max} bytes")]

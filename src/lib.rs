@@ -36,6 +36,7 @@ pub mod format;
 mod open;
 mod options;
 mod spool;
+mod stats;
 pub mod storage;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
@@ -46,16 +47,18 @@ mod typed;
 pub use engine::compactor::CompactReport;
 pub use engine::delivery::Delivery;
 pub use engine::jobs::IN_FLIGHT_MAX;
-pub use engine::queue::{Queue, Stats};
+pub use engine::queue::Queue;
 pub use engine::record::Record;
 pub use engine::report::{RecoveryReport, RepairStep, Truncation};
 pub use error::{Error, Result};
 pub use format::dead_letter::DeadLetter;
+pub use format::layout::{validate_queue_name, QUEUE_NAME_LEN_MAX};
 pub use options::{
     OnDamage, Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX,
     MAX_RECORD_SIZE_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
-pub use spool::{validate_queue_name, Spool, QUEUE_NAME_LEN_MAX};
+pub use spool::Spool;
+pub use stats::Stats;
 #[cfg(any(test, feature = "sim"))]
 pub use storage::sim::SimStorage;
 pub use typed::{Bincode, BoxError, Codec, TypedDelivery, TypedQueue, TypedRecvError};

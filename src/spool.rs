@@ -31,17 +31,11 @@ use std::sync::{Arc, Mutex};
 use crate::engine::queue::Queue;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
-use crate::format::frame::{read_u32, read_u64};
-use crate::format::layout::FANOUT_LOG_FILE_NAME;
+use crate::format::fanout::{decode_entry, encode_header, encode_intent, Entry, Intent, KIND_DONE};
+use crate::format::layout::{validate_queue_name, FANOUT_LOG_FILE_NAME};
 use crate::options::{Options, SyncPolicy};
 use crate::storage::{DirLock, Storage, StorageFile};
 
-/// The longest queue name.
-pub const QUEUE_NAME_LEN_MAX: usize = 128;
-
-const KIND_INTENT: u8 = 1;
-const KIND_DONE: u8 = 2;
-const ENTRY_HEADER_LEN: usize = 24;
 /// Once all intents are done, a log longer than this is truncated.
 const LOG_TRUNCATE_BYTES: u64 = 1 << 20;
 
@@ -80,34 +74,6 @@ struct FanoutLog {
     tail: u64,
     next_id: u64,
     pending: BTreeSet<u64>,
-}
-
-/// One recorded fanout.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Intent {
-    id: u64,
-    targets: Vec<(String, u64)>,
-    payload: Vec<u8>,
-}
-
-/// Checks a queue name: 1 to 128 characters of `A-Z a-z 0-9 _ - .`, not starting with a dot,
-/// and not a name the spool uses for its own files.
-pub fn validate_queue_name(name: &str) -> Result<()> {
-    if name == FANOUT_LOG_FILE_NAME || name == crate::format::layout::LOCK_FILE_NAME {
-        return Err(Error::InvalidOptions(format!(
-            "queue name {name:?} is reserved"
-        )));
-    }
-    let valid_chars = name
-        .bytes()
-        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'));
-    if name.is_empty() || name.len() > QUEUE_NAME_LEN_MAX || !valid_chars || name.starts_with('.') {
-        return Err(Error::InvalidOptions(format!(
-            "queue name {name:?} must be 1 to {QUEUE_NAME_LEN_MAX} characters of A-Z a-z 0-9 _ - . \
-             and not start with a dot"
-        )));
-    }
-    Ok(())
 }
 
 impl Spool {
@@ -347,159 +313,5 @@ impl FanoutLog {
             .map_err(|error| Error::io("truncate fanout log", &self.path, error))?;
         self.tail = 0;
         Ok(())
-    }
-}
-
-enum Entry {
-    Intent(Intent),
-    Done(u64),
-}
-
-fn encode_header(kind: u8, id: u64, body: &[u8]) -> Vec<u8> {
-    let len = ENTRY_HEADER_LEN + body.len();
-    let mut bytes = Vec::with_capacity(len);
-    bytes.extend_from_slice(&[0; 4]);
-    bytes.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-    bytes.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
-    bytes.extend_from_slice(&id.to_le_bytes());
-    bytes.extend_from_slice(body);
-    let crc = crate::format::frame::crc32(&bytes[4..]);
-    bytes[..4].copy_from_slice(&crc.to_le_bytes());
-    bytes
-}
-
-fn encode_intent(intent: &Intent) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(intent.targets.len() as u32).to_le_bytes());
-    for (name, seq) in &intent.targets {
-        body.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        body.extend_from_slice(name.as_bytes());
-        body.extend_from_slice(&seq.to_le_bytes());
-    }
-    body.extend_from_slice(&(intent.payload.len() as u32).to_le_bytes());
-    body.extend_from_slice(&intent.payload);
-    encode_header(KIND_INTENT, intent.id, &body)
-}
-
-/// Decodes the entry at the start of `bytes` and its length; `None` for a torn or damaged one.
-fn decode_entry(bytes: &[u8]) -> Option<(Entry, usize)> {
-    let header = bytes.get(..ENTRY_HEADER_LEN)?;
-    let len = read_u32(header, 4) as usize;
-    // A length below the header's would not move the reader forward (a crafted file could make
-    // `Spool::open` loop for ever): no writer produces one.
-    if len < ENTRY_HEADER_LEN {
-        return None;
-    }
-    let entry = bytes.get(..len)?;
-    if read_u32(entry, 0) != crate::format::frame::crc32(&entry[4..]) {
-        return None;
-    }
-    let id = read_u64(entry, 16);
-    match entry[8] {
-        KIND_DONE => Some((Entry::Done(id), len)),
-        KIND_INTENT => {
-            let mut body = Reader(&entry[ENTRY_HEADER_LEN..]);
-            let count = body.u32()?;
-            let mut targets = Vec::new();
-            for _ in 0..count {
-                let name_len = body.u16()?;
-                let name = String::from_utf8(body.take(usize::from(name_len))?.to_vec()).ok()?;
-                validate_queue_name(&name).ok()?;
-                targets.push((name, body.u64()?));
-            }
-            let payload_len = body.u32()? as usize;
-            let payload = body.take(payload_len)?.to_vec();
-            Some((
-                Entry::Intent(Intent {
-                    id,
-                    targets,
-                    payload,
-                }),
-                len,
-            ))
-        }
-        _ => None,
-    }
-}
-
-/// Bounds-checked little-endian reads.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
-        let taken = self.0.get(..len)?;
-        self.0 = self.0.get(len..)?;
-        Some(taken)
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn intents_round_trip_and_damage_is_rejected() {
-        let intent = Intent {
-            id: 3,
-            targets: vec![("a".into(), 10), ("b-2".into(), 0)],
-            payload: b"hello".to_vec(),
-        };
-        let bytes = encode_intent(&intent);
-        match decode_entry(&bytes) {
-            Some((Entry::Intent(decoded), len)) => {
-                assert_eq!(decoded, intent);
-                assert_eq!(len, bytes.len());
-            }
-            _ => panic!("intent did not decode"),
-        }
-        for cut in 0..bytes.len() {
-            assert!(decode_entry(&bytes[..cut]).is_none(), "cut at {cut}");
-        }
-        let mut damaged = bytes.clone();
-        damaged[30] ^= 1;
-        assert!(decode_entry(&damaged).is_none());
-    }
-
-    #[test]
-    fn an_entry_shorter_than_its_header_is_refused_even_with_a_valid_checksum() {
-        for len in [0u32, 8, 23] {
-            let mut entry = encode_header(KIND_DONE, 7, &[]);
-            entry[4..8].copy_from_slice(&len.to_le_bytes());
-            let crc = crate::format::frame::crc32(&entry[4..]);
-            entry[..4].copy_from_slice(&crc.to_le_bytes());
-            assert!(decode_entry(&entry).is_none(), "length {len}");
-        }
-    }
-
-    #[test]
-    fn queue_names_are_checked() {
-        for good in ["a", "billing", "Q_1", "x.y-z"] {
-            assert!(validate_queue_name(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            ".hidden",
-            "a/b",
-            "a b",
-            "lock",
-            "fanout.log",
-            &"x".repeat(129),
-        ] {
-            assert!(validate_queue_name(bad).is_err(), "{bad:?}");
-        }
     }
 }

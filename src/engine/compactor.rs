@@ -13,13 +13,10 @@
 //! nothing maps the file any more; the pool gets the file only after step 3 (see `pool`).
 
 use std::io;
-use std::sync::{Arc, PoisonError};
 
 use crate::engine::env::Env;
 use crate::engine::log::Log;
 use crate::engine::reader::Consumer;
-use crate::engine::segment::Segment;
-use crate::engine::sync::lock;
 use crate::error::{Error, Result};
 
 /// What a compaction freed.
@@ -42,8 +39,8 @@ pub(crate) fn compact_and_release_pool(
     consumer: &Consumer,
 ) -> Result<CompactReport> {
     let mut report = compact(env, log, consumer)?;
-    let _one_at_a_time = lock(&log.compact_lock);
-    let (count, bytes) = crate::engine::pool::release(&*env.storage, &mut lock(&log.pool))?;
+    let _one_at_a_time = log.lock_compaction();
+    let (count, bytes) = log.release_pool(&*env.storage)?;
     if count > 0 {
         env.storage
             .sync_dir(&env.dir)
@@ -55,26 +52,12 @@ pub(crate) fn compact_and_release_pool(
 }
 
 pub(crate) fn compact(env: &Env, log: &Log, consumer: &Consumer) -> Result<CompactReport> {
-    let _one_at_a_time = lock(&log.compact_lock);
+    let _one_at_a_time = log.lock_compaction();
     env.check_poisoned()?;
     let durable_head = consumer.sync_head_now(env)?;
-    let victims: Vec<Arc<Segment>> = {
-        let segments = log.segments.read().unwrap_or_else(PoisonError::into_inner);
-        // A segment is consumed when the next one starts at or before the durable head: all
-        // those at or before the head but the last. Only they are visited, so that compacting
-        // (at every open) does not walk every sealed segment.
-        let mut behind: Vec<Arc<Segment>> = segments
-            .range(..=durable_head)
-            .map(|(_, segment)| segment.clone())
-            .collect();
-        behind.pop();
-        behind
-    };
+    let victims = log.consumed_segments(durable_head);
     let mut report = CompactReport::default();
-    let pool_room = env
-        .options
-        .segment_pool
-        .saturating_sub(lock(&log.pool).len());
+    let pool_room = log.pool_room(env.options.segment_pool);
     let mut recycled = Vec::new();
     for segment in victims {
         // Delete only a file whose header proves it is the segment its name says: a damaged or
@@ -83,10 +66,7 @@ pub(crate) fn compact(env: &Env, log: &Log, consumer: &Consumer) -> Result<Compa
             continue;
         }
         if recycled.len() < pool_room {
-            log.segments
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&segment.base_seq);
+            log.forget_segment(segment.base_seq);
             if crate::engine::pool::reusable(&segment) {
                 // If the rename fails, the segment is deleted below like any consumed one.
                 if let Ok(path) = crate::engine::pool::put(&*env.storage, &env.dir, &segment) {
@@ -109,10 +89,7 @@ pub(crate) fn compact(env: &Env, log: &Log, consumer: &Consumer) -> Result<Compa
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(Error::io("delete consumed segment", &segment.path, error)),
         }
-        log.segments
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&segment.base_seq);
+        log.forget_segment(segment.base_seq);
         report.segments_removed += 1;
         report.bytes_freed += bytes;
     }
@@ -123,6 +100,6 @@ pub(crate) fn compact(env: &Env, log: &Log, consumer: &Consumer) -> Result<Compa
     }
     // Only now, with the renames durable, may the files be reused.
     report.segments_recycled = recycled.len();
-    lock(&log.pool).extend(recycled);
+    log.add_to_pool(recycled);
     Ok(report)
 }

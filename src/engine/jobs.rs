@@ -45,10 +45,10 @@ pub(crate) struct Job {
 /// The table of tracked records.
 #[derive(Default)]
 pub(crate) struct Jobs {
-    pub(crate) entries: BTreeMap<u64, Job>,
+    entries: BTreeMap<u64, Job>,
     ready: BTreeSet<u64>,
     timers: BTreeSet<(u64, u64)>,
-    pub(crate) history: JobHistory,
+    history: JobHistory,
     next_token: u64,
 }
 
@@ -63,6 +63,33 @@ impl Jobs {
     /// True when nothing beyond the head is tracked or remembered: plain FIFO.
     pub(crate) fn is_idle(&self) -> bool {
         self.entries.is_empty() && self.history.is_empty()
+    }
+
+    /// The tracked record `seq`.
+    pub(crate) fn get(&self, seq: u64) -> Option<&Job> {
+        self.entries.get(&seq)
+    }
+
+    /// The tracked record `seq`, to change its delivery count (its state changes through
+    /// [`set_state`](Jobs::set_state), which keeps the ready set and the timers in step).
+    pub(crate) fn get_mut(&mut self, seq: u64) -> Option<&mut Job> {
+        self.entries.get_mut(&seq)
+    }
+
+    /// The oldest tracked record: the head while anything is tracked.
+    pub(crate) fn first(&self) -> Option<&Job> {
+        self.entries.values().next()
+    }
+
+    /// How many records are tracked.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// What the ack log remembers of `seq` (acknowledged, delivery count, retry time), taken
+    /// out of the history as the record starts being tracked.
+    pub(crate) fn take_history(&mut self, seq: u64) -> (bool, u32, u64) {
+        self.history.take(seq)
     }
 
     pub(crate) fn token(&mut self) -> u64 {

@@ -16,10 +16,12 @@ use crate::engine::segment::Segment;
 use crate::engine::sync::{lock, SyncGroup};
 use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
-use crate::format::acklog::is_retired_gap;
+use crate::format::acklog::check_next_base;
 use crate::format::frame;
+use crate::format::segment::SequenceBreak;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::options::SyncPolicy;
+use crate::storage::Storage;
 
 /// A batch written at the tail, not yet complete.
 pub(crate) struct Written {
@@ -33,15 +35,15 @@ pub(crate) struct Written {
 /// The segments and the writer.
 pub(crate) struct Log {
     /// Every segment on disk that may hold unconsumed records, by base sequence number.
-    pub(crate) segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
     writer: Mutex<Writer>,
     push_sync: SyncGroup,
     /// The sequence number after the last record readers may see.
     published_next_seq: AtomicU64,
     /// Consumed segment files kept for reuse (see `pool`), at most `Options::segment_pool`.
-    pub(crate) pool: Mutex<Vec<PathBuf>>,
+    pool: Mutex<Vec<PathBuf>>,
     /// Held by a compaction, so that one runs at a time.
-    pub(crate) compact_lock: Mutex<()>,
+    compact_lock: Mutex<()>,
     /// Gaps between segments that `repair` retired (see `recovery::retired_ranges`).
     retired: BTreeMap<u64, u64>,
 }
@@ -90,9 +92,55 @@ impl Log {
             .collect()
     }
 
-    /// Whether the numbers `from..to` between two segments were retired by `repair`.
-    pub(crate) fn is_retired_gap(&self, from: u64, to: u64) -> bool {
-        is_retired_gap(&self.retired, from, to)
+    /// Whether a segment based at `base` may follow one whose records end before `expected`:
+    /// it continues it, or the numbers between were retired by `repair`.
+    pub(crate) fn check_next_base(
+        &self,
+        expected: u64,
+        base: u64,
+    ) -> std::result::Result<(), SequenceBreak> {
+        check_next_base(expected, base, &self.retired)
+    }
+
+    /// Taken by a compaction, so that one runs at a time.
+    pub(crate) fn lock_compaction(&self) -> MutexGuard<'_, ()> {
+        lock(&self.compact_lock)
+    }
+
+    /// The segments wholly behind `durable_head`: those that start at or before it, but the
+    /// last of them (the next one starts at or before the head). Only they are visited, so
+    /// that compacting (at every open) does not walk every sealed segment.
+    pub(crate) fn consumed_segments(&self, durable_head: u64) -> Vec<Arc<Segment>> {
+        let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
+        let mut behind: Vec<Arc<Segment>> = segments
+            .range(..=durable_head)
+            .map(|(_, segment)| segment.clone())
+            .collect();
+        behind.pop();
+        behind
+    }
+
+    /// Drops a consumed segment from the log (its file is deleted or pooled by the caller).
+    pub(crate) fn forget_segment(&self, base: u64) {
+        self.segments
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&base);
+    }
+
+    /// How many more files the pool takes, at most `max` in all.
+    pub(crate) fn pool_room(&self, max: usize) -> usize {
+        max.saturating_sub(lock(&self.pool).len())
+    }
+
+    /// Hands files, renamed durably into the pool, to later rolls.
+    pub(crate) fn add_to_pool(&self, files: Vec<PathBuf>) {
+        lock(&self.pool).extend(files);
+    }
+
+    /// Deletes the pooled files; returns how many and their bytes.
+    pub(crate) fn release_pool(&self, storage: &dyn Storage) -> Result<(usize, u64)> {
+        pool::release(storage, &mut lock(&self.pool))
     }
 
     /// Trims the zeros after the active segment's data (at a clean close).
@@ -324,6 +372,7 @@ pub(crate) fn check_room(writer: &Writer, count: usize) -> Result<()> {
         return Err(Error::SeqExhausted {
             next_seq: writer.next_seq,
             count,
+            max: frame::SEQ_LIMIT - 1,
         });
     }
     Ok(())

@@ -3,7 +3,8 @@
 //!
 //! Built on [`format`](crate::format) and [`storage`](crate::storage) only; the tools never reach
 //! in here. `docs/ARCHITECTURE.md` walks a push, a pop, a recv/ack and an open through these
-//! files. The modules are listed bottom-up: each imports only modules above it in this list.
+//! files. The modules are grouped bottom-up: a module imports from the groups above it and from
+//! its own group, never from a group below (`tests/architecture.rs` checks there is no cycle).
 
 // Leaves: no other engine module.
 pub(crate) mod clock;

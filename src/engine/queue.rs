@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::engine::clock::now_micros;
 use crate::engine::compactor::{self, CompactReport};
@@ -25,30 +25,9 @@ use crate::format::head::HEAD_FILE_LEN;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::format::settings::SETTINGS_FILE_LEN;
 use crate::options::{OnDamage, Options, SyncPolicy};
+use crate::stats::Stats;
 use crate::storage::queue_dir::{self, check_owner, create_and_lock_with_mode};
 use crate::storage::Storage;
-
-/// A snapshot of a queue's size and position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Records in the queue.
-    pub len: u64,
-    /// Sequence number of the oldest record (the next `pop`), or `next_seq` when empty.
-    pub head_seq: u64,
-    /// Sequence number the next `push` will get.
-    pub next_seq: u64,
-    /// Segment files on disk.
-    pub segments: usize,
-    /// Bytes of frames not yet consumed.
-    pub live_bytes: u64,
-    /// Bytes of all segment files, the head index, the settings file and the ack log.
-    pub disk_bytes: u64,
-    /// When the oldest record was pushed.
-    pub oldest_enqueued_at: Option<SystemTime>,
-    /// Records handed out by `recv` and not yet acknowledged or released.
-    pub leased: u64,
-}
 
 /// A durable, disk-backed FIFO queue. See the crate documentation for an overview.
 ///
@@ -399,7 +378,7 @@ impl Queue {
             live_bytes,
             disk_bytes,
             oldest_enqueued_at,
-            leased: position.leased,
+            leased: Some(position.leased),
         })
     }
 

@@ -13,13 +13,14 @@ use crate::engine::report::{RecoveryReport, Truncation};
 use crate::engine::segment::{create_segment, Segment, SegmentPath};
 use crate::error::{Error, Result};
 use crate::format::acklog::JobHistory;
-use crate::format::frame::{self, FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
+use crate::format::frame::{FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
 use crate::format::head::HeadState;
 use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::layout::SETTINGS_FILE_NAME;
 use crate::format::layout::{parse_segment_file_name, segment_file_name};
 use crate::format::segment::{
-    classify_stop, decode_header, header_error, walk_frames, StopKind, WalkStep, SEGMENT_HEADER_LEN,
+    check_oldest_base, classify_stop, decode_header, header_error, locate_seq, walk_frames,
+    LocateError, StopKind, WalkStep, SEGMENT_HEADER_LEN,
 };
 use crate::format::settings::QueueSettings;
 use crate::options::Options;
@@ -142,15 +143,9 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         .map_err(io_error("sync queue directory", dir))?;
 
     if let Some(&first) = bases.first() {
-        if first > head_seq {
-            return Err(Error::corrupt(
-                dir.join(segment_file_name(first)),
-                0,
-                format!(
-                    "records {head_seq}..{first} are missing: the head is at {head_seq} but the \
-                     oldest segment starts at {first}"
-                ),
-            ));
+        if let Err(sequence_break) = check_oldest_base(head_seq, first) {
+            let path = dir.join(segment_file_name(first));
+            return Err(Error::corrupt(path, 0, sequence_break.to_string()));
         }
     }
 
@@ -435,8 +430,8 @@ fn synced_records_missing(path: &Path, offset: u64, from: u64, synced_seq: u64) 
     )
 }
 
-/// Finds the byte position of the head's record: the hint if it checks out, else a scan of the
-/// one segment that holds it.
+/// Finds the byte position of the head's record in the one segment that holds it, by the rule
+/// the lock-free readers share (`segment::locate_seq`): the hint if it checks out, else a walk.
 fn locate_head(
     storage: &dyn Storage,
     segments: &BTreeMap<u64, Arc<Segment>>,
@@ -452,45 +447,29 @@ fn locate_head(
     };
     let segment = segment.clone();
     segment.ensure_open(storage)?;
+    // What `locate_seq` answers too, without mapping the segment.
     if segment.base_seq == head_seq {
         return Ok((segment, SEGMENT_HEADER_LEN as u64));
     }
     let end = segment.readable_end();
     let view = segment.view(end)?;
     let bytes = bytes_of(&view).get(..end as usize).unwrap_or(&[]);
-    if state.hint_base == segment.base_seq && state.hint_offset < end {
-        let at = bytes.get(state.hint_offset as usize..).unwrap_or(&[]);
-        if frame::decode(at, head_seq, PAYLOAD_LEN_MAX).is_ok() {
-            return Ok((segment.clone(), state.hint_offset));
-        }
-    }
-    let mut last_end = None;
-    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, segment.base_seq, PAYLOAD_LEN_MAX) {
-        match step {
-            WalkStep::Frame { offset, frame } => {
-                if frame.header.seq == head_seq {
-                    return Ok((segment.clone(), offset));
-                }
-                last_end = Some((frame.header.seq, offset + frame.frame_len as u64));
-            }
-            WalkStep::Bad { offset, error, .. } => {
-                return Err(Error::corrupt(
-                    &segment.path,
-                    offset,
-                    format!("{error} (while locating the head at sequence {head_seq})"),
-                ))
-            }
-        }
-    }
-    match last_end {
-        Some((seq, end)) if seq + 1 == head_seq => Ok((segment, end)),
-        _ => Err(Error::corrupt(
+    let hint = (state.hint_base == segment.base_seq).then_some(state.hint_offset);
+    match locate_seq(bytes, segment.base_seq, hint, head_seq) {
+        Ok(found) => Ok((segment.clone(), found.offset)),
+        Err(LocateError::BadFrame { offset, error }) => Err(Error::corrupt(
+            &segment.path,
+            offset,
+            format!("{error} (while locating the head at sequence {head_seq})"),
+        )),
+        Err(LocateError::NotInSegment { end }) => Err(Error::corrupt(
             &segment.path,
             end,
             format!("the head at sequence {head_seq} is not in this segment"),
         )),
     }
 }
+
 /// Settles the settings an open uses, with the directory locked: the stored ones, unless the
 /// caller set them explicitly, in which case they replace the stored ones. A queue without a
 /// settings file (new, or created before settings files existed) gets one.

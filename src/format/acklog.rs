@@ -41,7 +41,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::frame::{read_u32, read_u64, SEQ_LIMIT};
-use crate::format::segment::FORMAT_VERSION;
+use crate::format::segment::{SequenceBreak, FORMAT_VERSION};
 
 /// Magic bytes at the start of the ack log.
 pub const ACK_LOG_MAGIC: [u8; 8] = *b"DSPOOLAK";
@@ -382,6 +382,28 @@ pub fn is_retired_gap(acked: &BTreeMap<u64, u64>, from: u64, to: u64) -> bool {
             .is_some_and(|(_, &end)| end == to)
 }
 
+/// The one rule for "step to the next segment", applied by the engine's reader and by the
+/// lock-free readers and `verify` alike: the segment after one whose records end before
+/// `expected` must start at `expected`, or across a gap that `repair` retired (acknowledged in
+/// one range of `acked` ending at `base`; see [`is_retired_gap`]). Any other base is a
+/// [`SequenceBreak`].
+pub fn check_next_base(
+    expected: u64,
+    base: u64,
+    acked: &BTreeMap<u64, u64>,
+) -> std::result::Result<(), SequenceBreak> {
+    if base == expected || is_retired_gap(acked, expected, base) {
+        Ok(())
+    } else if base > expected {
+        Err(SequenceBreak::Missing { expected, base })
+    } else {
+        Err(SequenceBreak::Overlap {
+            base,
+            held_up_to: expected.saturating_sub(1),
+        })
+    }
+}
+
 impl JobHistory {
     /// Applies one entry.
     pub fn apply(&mut self, entry: &AckEntry) {
@@ -622,5 +644,33 @@ mod tests {
             deliveries: 2,
         });
         assert_eq!(history.take(1), (false, 3, 0));
+    }
+
+    #[test]
+    fn next_base_must_continue_or_cross_a_retired_gap() {
+        let acked = BTreeMap::from([(3, 5), (20, 30)]);
+        assert_eq!(check_next_base(7, 7, &acked), Ok(()));
+        assert_eq!(check_next_base(20, 30, &acked), Ok(()));
+        assert_eq!(check_next_base(25, 30, &acked), Ok(()));
+        assert_eq!(
+            check_next_base(20, 31, &acked),
+            Err(SequenceBreak::Missing {
+                expected: 20,
+                base: 31
+            })
+        );
+        assert_eq!(
+            check_next_base(7, 9, &acked).map_err(|error| error.to_string()),
+            Err(String::from(
+                "records 7..9 are missing: the previous segment ends before 7 and this one \
+                 starts at 9"
+            ))
+        );
+        assert_eq!(
+            check_next_base(9, 7, &acked).map_err(|error| error.to_string()),
+            Err(String::from(
+                "segment starts at 7 but the previous one already holds records up to 8"
+            ))
+        );
     }
 }

@@ -105,6 +105,29 @@ pub fn classify_entry(name: &str) -> EntryKind {
     }
 }
 
+/// The longest queue name.
+pub const QUEUE_NAME_LEN_MAX: usize = 128;
+
+/// Checks a queue name: 1 to 128 characters of `A-Z a-z 0-9 _ - .`, not starting with a dot,
+/// and not a name the spool uses for its own files.
+pub fn validate_queue_name(name: &str) -> crate::error::Result<()> {
+    if name == FANOUT_LOG_FILE_NAME || name == LOCK_FILE_NAME {
+        return Err(crate::error::Error::InvalidOptions(format!(
+            "queue name {name:?} is reserved"
+        )));
+    }
+    let valid_chars = name
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'));
+    if name.is_empty() || name.len() > QUEUE_NAME_LEN_MAX || !valid_chars || name.starts_with('.') {
+        return Err(crate::error::Error::InvalidOptions(format!(
+            "queue name {name:?} must be 1 to {QUEUE_NAME_LEN_MAX} characters of A-Z a-z 0-9 _ - . \
+             and not start with a dot"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +144,25 @@ mod tests {
             parse_segment_file_name(&segment_file_name(u64::MAX)),
             Some(u64::MAX)
         );
+    }
+
+    #[test]
+    fn queue_names_are_checked() {
+        for good in ["a", "billing", "Q_1", "x.y-z"] {
+            assert!(validate_queue_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "lock",
+            "fanout.log",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_queue_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -162,6 +162,143 @@ pub fn walk_frames(
     })
 }
 
+/// Where [`locate_seq`] found a record's frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located {
+    /// Byte offset of the record's frame in the segment; or, when the record is the one after
+    /// the segment's last, the offset just past that last frame.
+    pub offset: u64,
+    /// True when the hint gave the offset: the frames before it were not read.
+    pub by_hint: bool,
+}
+
+/// Why [`locate_seq`] did not find a record in a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocateError {
+    /// A frame before the record does not decode.
+    BadFrame {
+        /// Byte offset of that frame.
+        offset: u64,
+        /// Why it does not decode.
+        error: FrameError,
+    },
+    /// The segment's frames end before the record: it is not in this segment.
+    NotInSegment {
+        /// The end of the bytes searched.
+        end: u64,
+    },
+}
+
+/// Finds where record `seq`'s frame starts in a segment whose base is `base` (`bytes`: the
+/// segment from its start, up to where its records may end). The one rule for "find the head in
+/// a segment", applied by `Queue::open` and by the lock-free readers alike:
+/// - the record the segment starts with is right after the header;
+/// - `hint` (an offset, the head index's `hint_offset` when its `hint_base` is `base`) is taken
+///   when a frame of `seq` decodes there, so consumed records before it are not read and damage
+///   among them does not matter;
+/// - otherwise the frames are walked from the first: the first one that fails is
+///   [`LocateError::BadFrame`]; a record just past the last frame is located at that frame's end.
+pub fn locate_seq(
+    bytes: &[u8],
+    base: u64,
+    hint: Option<u64>,
+    seq: u64,
+) -> std::result::Result<Located, LocateError> {
+    if seq == base {
+        return Ok(Located {
+            offset: SEGMENT_HEADER_LEN as u64,
+            by_hint: false,
+        });
+    }
+    let hinted = hint.filter(|&offset| {
+        let at = usize::try_from(offset).ok().and_then(|at| bytes.get(at..));
+        offset >= SEGMENT_HEADER_LEN as u64
+            && at.is_some_and(|at| frame::decode(at, seq, frame::PAYLOAD_LEN_MAX).is_ok())
+    });
+    if let Some(offset) = hinted {
+        return Ok(Located {
+            offset,
+            by_hint: true,
+        });
+    }
+    let mut last_end = None;
+    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base, frame::PAYLOAD_LEN_MAX) {
+        match step {
+            WalkStep::Frame { offset, frame } if frame.header.seq == seq => {
+                return Ok(Located {
+                    offset,
+                    by_hint: false,
+                })
+            }
+            WalkStep::Frame { offset, frame } => {
+                last_end = Some((frame.header.seq, offset + frame.frame_len as u64));
+            }
+            WalkStep::Bad { offset, error, .. } => {
+                return Err(LocateError::BadFrame { offset, error })
+            }
+        }
+    }
+    match last_end {
+        Some((last, offset)) if last + 1 == seq => Ok(Located {
+            offset,
+            by_hint: false,
+        }),
+        _ => Err(LocateError::NotInSegment {
+            end: bytes.len() as u64,
+        }),
+    }
+}
+
+/// Why the log's sequence numbers do not run on: a segment does not start where the records
+/// before it end (see `acklog::check_next_base`), or the oldest segment starts after the head
+/// ([`check_oldest_base`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceBreak {
+    /// Sequence numbers between the two segments are missing.
+    #[error(
+        "records {expected}..{base} are missing: the previous segment ends before {expected} \
+         and this one starts at {base}"
+    )]
+    Missing {
+        /// The sequence number after the previous segment's last record.
+        expected: u64,
+        /// The base of the segment that follows.
+        base: u64,
+    },
+    /// The segment starts at a sequence number the previous one already holds.
+    #[error(
+        "segment starts at {base} but the previous one already holds records up to {held_up_to}"
+    )]
+    Overlap {
+        /// The base of the segment that follows.
+        base: u64,
+        /// The previous segment's last record.
+        held_up_to: u64,
+    },
+    /// The oldest segment starts after the head: the records between are missing.
+    #[error(
+        "records {head_seq}..{base} are missing: the head is at {head_seq} but the oldest \
+         segment starts at {base}"
+    )]
+    AfterHead {
+        /// The head index's `head_seq`.
+        head_seq: u64,
+        /// The base of the oldest segment.
+        base: u64,
+    },
+}
+
+/// The one rule for where the log must start, applied by `Queue::open`, the lock-free readers
+/// and `verify` alike: the oldest segment starts at or before the head (the segments before the
+/// head's may be compacted; the head's never is).
+pub fn check_oldest_base(head_seq: u64, base: u64) -> std::result::Result<(), SequenceBreak> {
+    if base > head_seq {
+        Err(SequenceBreak::AfterHead { head_seq, base })
+    } else {
+        Ok(())
+    }
+}
+
 /// True when every byte of `bytes` from `from` on is zero: no frame can hide there, so a search
 /// for later frames can be skipped. (Whether it is free space: see [`is_free_space`].)
 pub fn is_zero_tail(bytes: &[u8], from: usize) -> bool {
@@ -387,6 +524,80 @@ mod tests {
         assert_eq!(
             find_later_frame(&bytes[..second + 40], second, 1, 1024),
             None
+        );
+    }
+
+    fn segment_of(base: u64, count: u64) -> Vec<u8> {
+        let mut bytes = encode_header(base).to_vec();
+        for seq in base..base + count {
+            frame::encode(&mut bytes, seq, 0, b"abcdefgh", false, 0);
+        }
+        bytes
+    }
+
+    #[test]
+    fn locate_takes_a_valid_hint_without_reading_what_precedes_it() {
+        let mut bytes = segment_of(10, 3);
+        let third = (SEGMENT_HEADER_LEN + 2 * frame::frame_len(8)) as u64;
+        // Damage in a consumed record does not matter when the hint checks out.
+        bytes[SEGMENT_HEADER_LEN + 30] ^= 1;
+        let found = locate_seq(&bytes, 10, Some(third), 12);
+        assert_eq!(
+            found,
+            Ok(Located {
+                offset: third,
+                by_hint: true
+            })
+        );
+        // Without the hint, the walk stops at the damage and names its offset.
+        assert!(matches!(
+            locate_seq(&bytes, 10, None, 12),
+            Err(LocateError::BadFrame { offset, .. }) if offset == SEGMENT_HEADER_LEN as u64
+        ));
+    }
+
+    #[test]
+    fn locate_walks_when_the_hint_is_wrong() {
+        let bytes = segment_of(10, 3);
+        let second = (SEGMENT_HEADER_LEN + frame::frame_len(8)) as u64;
+        let end = bytes.len() as u64;
+        let third = second + frame::frame_len(8) as u64;
+        let walked = Ok(Located {
+            offset: second,
+            by_hint: false,
+        });
+        // Inside the header, at another record, past the end: not taken.
+        for hint in [None, Some(0), Some(third), Some(end), Some(u64::MAX)] {
+            assert_eq!(locate_seq(&bytes, 10, hint, 11), walked, "hint {hint:?}");
+        }
+        assert_eq!(
+            locate_seq(&bytes, 10, Some(second), 11).map(|found| found.by_hint),
+            Ok(true)
+        );
+        // The first record is right after the header; the one after the last at the end.
+        assert_eq!(
+            locate_seq(&bytes[..SEGMENT_HEADER_LEN], 10, None, 10).map(|at| at.offset),
+            Ok(SEGMENT_HEADER_LEN as u64)
+        );
+        assert_eq!(
+            locate_seq(&bytes, 10, None, 13).map(|at| at.offset),
+            Ok(end)
+        );
+        assert_eq!(
+            locate_seq(&bytes, 10, None, 14),
+            Err(LocateError::NotInSegment { end })
+        );
+    }
+
+    #[test]
+    fn the_oldest_segment_starts_at_or_before_the_head() {
+        assert_eq!(check_oldest_base(10, 10), Ok(()));
+        assert_eq!(check_oldest_base(10, 4), Ok(()));
+        assert_eq!(
+            check_oldest_base(10, 12).map_err(|error| error.to_string()),
+            Err(String::from(
+                "records 10..12 are missing: the head is at 10 but the oldest segment starts at 12"
+            ))
         );
     }
 }

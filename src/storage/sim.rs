@@ -6,6 +6,9 @@
 //! the queue on the same `SimStorage` and check what survived. Every decision is drawn from a
 //! seeded generator, so a failing run replays exactly from its seed.
 //!
+//! Behind the `sim` cargo feature, so that production builds carry none of it: crash tests turn
+//! it on as a dev-dependency, `diskspool = { version = "…", features = ["sim"] }`.
+//!
 //! ```
 //! # fn main() -> Result<(), diskspool::Error> {
 //! use std::sync::Arc;

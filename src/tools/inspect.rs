@@ -50,7 +50,7 @@ use crate::format::segment::{
 use crate::format::settings::{decode_settings, QueueSettings, SettingsError};
 use crate::storage::{Storage, StorageFile};
 
-pub use super::records::{records, stat, QueueStat, Records, StoredRecord};
+pub use super::records::{records, stat, Records, StoredRecord};
 
 /// How many times a lock-free reader retakes its view when the files changed under it.
 pub(crate) const SNAPSHOT_ATTEMPTS_MAX: u32 = 5;

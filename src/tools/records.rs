@@ -15,43 +15,17 @@ use super::inspect::{
 };
 use super::view::{with_view, Fetched, Held, Step, View};
 use crate::error::{Error, Result};
-use crate::format::acklog::is_retired_gap;
+use crate::format::acklog::check_next_base;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
-use crate::format::head::HeadState;
-use crate::format::segment::{HeaderError, SEGMENT_HEADER_LEN};
+use crate::format::segment::{check_oldest_base, locate_seq, HeaderError, SEGMENT_HEADER_LEN};
+use crate::stats::Stats;
 use crate::storage::Storage;
 
-/// Sizes and positions of a queue, read without locking. Field names match the JSON of
-/// `spool stat --json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueStat {
-    /// Records in the queue.
-    pub len: u64,
-    /// Sequence number of the oldest record (the next pop).
-    pub head_seq: u64,
-    /// Sequence number the next push will get.
-    pub next_seq: u64,
-    /// Segment files on disk.
-    pub segments: usize,
-    /// Bytes of frames not yet consumed.
-    pub live_bytes: u64,
-    /// Bytes of all segment files, the head index and the ack log.
-    pub disk_bytes: u64,
-    /// When the oldest record was pushed, microseconds since the Unix epoch.
-    pub oldest_enqueued_us: Option<u64>,
-}
-
-impl QueueStat {
-    /// How long ago the oldest record was pushed, by this machine's clock.
-    pub fn oldest_age(&self, now: SystemTime) -> Option<Duration> {
-        let enqueued = UNIX_EPOCH + Duration::from_micros(self.oldest_enqueued_us?);
-        Some(now.duration_since(enqueued).unwrap_or(Duration::ZERO))
-    }
-}
-
-/// Reads a queue's sizes and positions without locking it. Reads the head index, the segment
+/// Reads a queue's sizes and positions without locking it: the [`Stats`] that
+/// [`Queue::stats`](crate::Queue::stats) reports on the open queue, but for what only that
+/// process knows (`leased` is `None`; see the fields). Reads the head index, the segment
 /// holding the head and the last segment; the others only by their length.
-pub fn stat(storage: &dyn Storage, dir: &Path) -> Result<QueueStat> {
+pub fn stat(storage: &dyn Storage, dir: &Path) -> Result<Stats> {
     retry_while_changing(|| with_view(storage, dir, stat_once))
 }
 
@@ -69,7 +43,7 @@ fn retry_while_changing<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> 
     outcome
 }
 
-fn stat_once(mut view: View<'_>) -> Result<Step<QueueStat>> {
+fn stat_once(mut view: View<'_>) -> Result<Step<Stats>> {
     // Every segment from the head's on is opened before any is read: what follows describes
     // one moment, whatever the running queue pops and compacts meanwhile.
     if let Held::Gone(error) = view.hold(None)? {
@@ -126,14 +100,16 @@ fn stat_once(mut view: View<'_>) -> Result<Step<QueueStat>> {
         oldest = cursor.step(&mut view)?;
     }
     let acked = acks.history.acked_count_from(head_seq);
-    Ok(Step::Done(QueueStat {
+    Ok(Step::Done(Stats {
         len: tail.next_seq.saturating_sub(head_seq).saturating_sub(acked),
         head_seq,
         next_seq: tail.next_seq.max(head_seq),
         segments,
         live_bytes,
         disk_bytes,
-        oldest_enqueued_us: oldest.map(|record| record.enqueued_us),
+        oldest_enqueued_at: oldest.map(|record| record.enqueued_at()),
+        // Leases live in the memory of the process that holds the queue open.
+        leased: None,
     }))
 }
 
@@ -319,25 +295,20 @@ impl Cursor {
         };
         let Some(index) = view.holding(target) else {
             if let Some((first, name)) = view.listing.segments.first() {
-                return Err(Error::corrupt(
-                    view.dir.join(name),
-                    0,
-                    format!(
-                        "records {head_seq}..{first} are missing: the head is at {head_seq} \
-                         but the oldest segment starts at {first}"
-                    ),
-                ));
+                if let Err(sequence_break) = check_oldest_base(head_seq, *first) {
+                    let path = view.dir.join(name);
+                    return Err(Error::corrupt(path, 0, sequence_break.to_string()));
+                }
             }
             return Ok(cursor);
         };
         cursor.finished = false;
         cursor.enter(view, index)?;
-        if target == head_seq && cursor.loaded == Some(index) {
-            if let Some(state) = view.head.state() {
-                cursor.jump_to_hint(view, index, state);
-            }
+        if cursor.loaded == Some(index) {
+            cursor.move_to(view, index, target);
         }
-        // Skip the records before the target: consumed ones, or those before `from`.
+        // Skip the records before the target (consumed ones, or those before `from`) when it
+        // was not located: stepping reports the damage in their way where it serves it.
         while !cursor.finished && cursor.next_seq < target {
             if cursor.offset >= cursor.valid_end {
                 break;
@@ -369,17 +340,10 @@ impl Cursor {
                 }
                 Fetched::Gone(error) => return Err(error),
             };
-            let retired = is_retired_gap(&self.acked, self.next_seq, base);
-            if base != self.next_seq && self.loaded.is_some() && !retired {
-                return Err(Error::corrupt(
-                    &path,
-                    0,
-                    format!(
-                        "records {}..{base} are missing: the previous segment ends before {} \
-                         and this one starts at {base}",
-                        self.next_seq, self.next_seq
-                    ),
-                ));
+            if self.loaded.is_some() {
+                if let Err(sequence_break) = check_next_base(self.next_seq, base, &self.acked) {
+                    return Err(Error::corrupt(&path, 0, sequence_break.to_string()));
+                }
             }
             let scan = scan_segment(&name, base, &bytes);
             let is_last = index + 1 == view.listing.segments.len();
@@ -402,29 +366,30 @@ impl Cursor {
         }
     }
 
-    /// Moves to the head's frame when the head index's hint points at it, as the engine does:
-    /// in a sealed segment, consumed records before it are not read, so damage among them does
-    /// not stop the reader. (The last segment is checked whole, as `Queue::open` does.)
-    fn jump_to_hint(&mut self, view: &View<'_>, index: usize, state: HeadState) {
+    /// Moves to record `target` in the loaded segment `index` by the rule `Queue::open` locates
+    /// the head with (`segment::locate_seq`). At the head, the head index's hint is taken when it
+    /// checks out, as the engine does: in a sealed segment, consumed records before it are not
+    /// read, so damage among them does not stop the reader. (The last segment is checked whole,
+    /// as `Queue::open` does.) When the record is not located, the reader stays where it is.
+    fn move_to(&mut self, view: &View<'_>, index: usize, target: u64) {
         let Some((base, name)) = view.listing.segments.get(index) else {
             return;
         };
-        let hint = usize::try_from(state.hint_offset).unwrap_or(usize::MAX);
-        let Some(at) = self.bytes.get(hint..) else {
+        let hint = view
+            .head
+            .state()
+            .filter(|state| state.head_seq == target && state.hint_base == *base)
+            .map(|state| state.hint_offset);
+        let Ok(found) = locate_seq(&self.bytes, *base, hint, target) else {
             return;
         };
-        if state.hint_base != *base
-            || hint < SEGMENT_HEADER_LEN
-            || frame::decode(at, state.head_seq, PAYLOAD_LEN_MAX).is_err()
-        {
+        self.offset = found.offset;
+        self.next_seq = target;
+        // A walk read every frame before the record: the segment's scan from its start holds.
+        if !found.by_hint || index + 1 == view.listing.segments.len() {
             return;
         }
-        self.offset = state.hint_offset;
-        self.next_seq = state.head_seq;
-        if index + 1 == view.listing.segments.len() {
-            return;
-        }
-        let scan = scan_segment_from(name, *base, &self.bytes, state.hint_offset, state.head_seq);
+        let scan = scan_segment_from(name, *base, &self.bytes, found.offset, target);
         (self.valid_end, self.end_seq) = serving_end(&scan, false, self.bytes.len());
         self.damage =
             serves_damage(&scan, false, u64::MAX).then(|| damage_error(&view.path(index), &scan));

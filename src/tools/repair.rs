@@ -57,15 +57,14 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::format::acklog::{is_retired_gap, AckHeaderError, JobHistory};
-use crate::format::frame;
+use crate::format::acklog::{check_next_base, AckHeaderError, JobHistory};
 use crate::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
 use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::layout::LOCK_FILE_NAME;
 use crate::format::layout::QUARANTINE_DIR_NAME;
 use crate::format::layout::SETTINGS_FILE_NAME;
 use crate::format::layout::{parse_segment_file_name, segment_file_name};
-use crate::format::segment::{encode_header, SEGMENT_HEADER_LEN};
+use crate::format::segment::{encode_header, locate_seq, SEGMENT_HEADER_LEN};
 use crate::format::settings::QueueSettings;
 use crate::options::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::storage::{self, LockFailure, Storage};
@@ -446,10 +445,12 @@ impl<'a> Planner<'a> {
             let rest = live.get(index + 1..).unwrap_or(&[]);
             let behind_head = |seq: u64| head_seq.is_some_and(|head| seq <= head);
             if let Some(expected) = expected {
-                // A gap an earlier repair made on purpose (numbers retired, acknowledged up to
-                // this segment) is no gap.
-                let retired = is_retired_gap(&self.acks.acked, expected, scan.base_seq);
-                let gap = scan.base_seq != expected && !behind_head(scan.base_seq) && !retired;
+                // The rule every reader steps to the next segment by: a gap an earlier repair
+                // retired is crossed, not cut (by what the ack log says, salvaged from behind a
+                // damaged header).
+                let acked = &self.acks.acked;
+                let gap = check_next_base(expected, scan.base_seq, acked).is_err()
+                    && !behind_head(scan.base_seq);
                 if gap && head_seq.is_some_and(|head| expected <= head) {
                     // Every record before the gap is consumed: the head moves past the missing
                     // ones to this segment (see `plan_head`) and nothing after it is cut.
@@ -560,13 +561,16 @@ impl<'a> Planner<'a> {
     ) -> Option<(SegmentScan, Vec<u8>)> {
         let state = self.snapshot.head.state()?;
         let head = head_seq?;
-        let hint = usize::try_from(state.hint_offset).ok()?;
         let damaged_seq = scan.next_seq();
-        if head <= damaged_seq || state.hint_base != scan.base_seq || hint < SEGMENT_HEADER_LEN {
+        if head <= damaged_seq || state.hint_base != scan.base_seq {
             return None;
         }
-        let from_head = bytes.get(hint..)?;
-        frame::decode(from_head, head, frame::PAYLOAD_LEN_MAX).ok()?;
+        // The hint alone: a walk from the segment's start stops at the damage.
+        let found = locate_seq(bytes, scan.base_seq, Some(state.hint_offset), head).ok()?;
+        if !found.by_hint {
+            return None;
+        }
+        let from_head = bytes.get(usize::try_from(found.offset).ok()?..)?;
         let mut rebased = encode_header(head).to_vec();
         rebased.extend_from_slice(from_head);
         let name = segment_file_name(head);

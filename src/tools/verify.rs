@@ -23,10 +23,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::format::acklog::is_retired_gap;
+use crate::format::acklog::check_next_base;
 use crate::format::head::{SlotError, HEAD_SLOT_OFFSETS};
 use crate::format::layout::HEAD_FILE_NAME;
-use crate::format::segment::HeaderError;
+use crate::format::segment::{check_oldest_base, HeaderError};
 use crate::storage::Storage;
 use crate::tools::inspect::{HeaderStatus, ScanProgress, SegmentEnd, SegmentScan, Snapshot};
 
@@ -372,32 +372,31 @@ fn check_segments(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             let compacted =
                 vanished_bases(snapshot).any(|base| (expected..scan.base_seq).contains(&base));
             let matters = head_seq.is_none_or(|head| scan.base_seq > head) && !compacted;
-            // A gap repair retired on purpose (see `acklog::is_retired_gap`) is no loss.
-            let retired = is_retired_gap(&snapshot.acks.history.acked, expected, scan.base_seq);
-            if scan.base_seq != expected && matters && !retired {
-                problems.push(Problem {
+            // The rule every reader applies when it steps to the next segment; a gap repair
+            // retired on purpose (see `acklog::is_retired_gap`) is no loss.
+            let acked = &snapshot.acks.history.acked;
+            match check_next_base(expected, scan.base_seq, acked) {
+                Err(sequence_break) if matters => problems.push(Problem {
                     kind: ProblemKind::MissingRecords,
                     file: path.clone(),
                     offset: 0,
-                    detail: sequence_break(expected, scan.base_seq),
-                });
+                    detail: sequence_break.to_string(),
+                }),
+                _ => {}
             }
         } else if let (0, Some(head)) = (index, head_seq) {
             // A segment at or before the head that vanished while the snapshot was taken was
             // deleted by a running queue's compactor, which deletes only segments its durable
             // head has passed: the head read earlier is stale, and the gap is consumed records.
             let compacted_meanwhile = vanished_bases(snapshot).any(|base| base <= head);
-            if scan.base_seq > head && !compacted_meanwhile {
-                problems.push(Problem {
+            match check_oldest_base(head, scan.base_seq) {
+                Err(sequence_break) if !compacted_meanwhile => problems.push(Problem {
                     kind: ProblemKind::MissingRecords,
                     file: path.clone(),
                     offset: 0,
-                    detail: format!(
-                        "records {head}..{} are missing: the head is at {head} but the oldest \
-                         segment starts at {}",
-                        scan.base_seq, scan.base_seq
-                    ),
-                });
+                    detail: sequence_break.to_string(),
+                }),
+                _ => {}
             }
         }
         if let Some(problem) = header_problem(&path, scan) {
@@ -433,20 +432,6 @@ fn vanished_bases(snapshot: &Snapshot) -> impl Iterator<Item = u64> + '_ {
         .vanished
         .iter()
         .filter_map(|name| crate::format::layout::parse_segment_file_name(name))
-}
-
-fn sequence_break(expected: u64, found: u64) -> String {
-    if found > expected {
-        format!(
-            "records {expected}..{found} are missing: the previous segment ends before \
-             {expected} and this one starts at {found}"
-        )
-    } else {
-        format!(
-            "segment starts at {found} but the previous one already holds records up to {}",
-            expected.saturating_sub(1)
-        )
-    }
 }
 
 fn header_problem(path: &std::path::Path, scan: &SegmentScan) -> Option<Problem> {

@@ -14,6 +14,45 @@ fn options() -> Options {
         .sync(SyncPolicy::Never)
 }
 
+/// One stats type: read without the lock, a queue shows what the open queue reports, except
+/// the leases, which only the process holding the queue knows.
+#[test]
+fn stat_without_the_lock_reports_the_open_queues_stats_but_not_its_leases() {
+    use diskspool::storage::OsStorage;
+    use diskspool::tools::inspect;
+
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), options().sync(SyncPolicy::Always)).unwrap();
+    push_expected(&queue, 60);
+    queue.pop_batch(5).unwrap();
+    let engine = queue.stats().unwrap();
+    let outside = inspect::stat(&OsStorage, dir.path()).unwrap();
+    assert!(engine.segments > 1, "the numbers span segments");
+    assert!(engine.oldest_enqueued_at.is_some());
+    assert_eq!(engine.leased, Some(0));
+    assert_eq!(
+        outside.leased, None,
+        "a lock-free reader cannot know the leases"
+    );
+    let numbers = |stats: &diskspool::Stats| {
+        let positions = (stats.len, stats.head_seq, stats.next_seq, stats.segments);
+        (positions, stats.live_bytes, stats.disk_bytes)
+    };
+    assert_eq!(numbers(&outside), numbers(&engine));
+    assert_eq!(outside.oldest_enqueued_at, engine.oldest_enqueued_at);
+
+    // Leased records are still in the queue, for both.
+    let leased = [
+        queue.try_recv().unwrap().unwrap(),
+        queue.try_recv().unwrap().unwrap(),
+    ];
+    let engine = queue.stats().unwrap();
+    let outside = inspect::stat(&OsStorage, dir.path()).unwrap();
+    assert_eq!((engine.leased, outside.leased), (Some(2), None));
+    assert_eq!(numbers(&outside), numbers(&engine));
+    drop(leased);
+}
+
 #[test]
 fn recv_hands_out_in_order_and_ack_removes_for_good() {
     let dir = tempfile::tempdir().unwrap();
@@ -26,7 +65,7 @@ fn recv_hands_out_in_order_and_ack_removes_for_good() {
         let second = queue.try_recv().unwrap().unwrap();
         assert_eq!(second.seq(), 1, "a leased record is not handed out again");
         assert_eq!(queue.len(), 3, "leased records are still in the queue");
-        assert_eq!(queue.stats().unwrap().leased, 2);
+        assert_eq!(queue.stats().unwrap().leased, Some(2));
         second.ack().unwrap();
         first.ack().unwrap();
         assert_eq!(queue.len(), 1);

@@ -182,7 +182,9 @@ mod sequence_limit {
             let queue = Queue::open(dir.path(), options()).unwrap();
             assert_eq!(queue.push(b"a").unwrap(), SEQ_LIMIT - 3);
             match queue.push_batch([&b"b"[..], b"c", b"d"]) {
-                Err(Error::SeqExhausted { next_seq, count }) => {
+                Err(Error::SeqExhausted {
+                    next_seq, count, ..
+                }) => {
                     assert_eq!((next_seq, count), (SEQ_LIMIT - 2, 3));
                 }
                 other => panic!("expected SeqExhausted, got {other:?}"),

@@ -348,6 +348,46 @@ fn acknowledgements_of_cut_records_do_not_swallow_new_records() {
 }
 
 #[test]
+fn a_second_repair_crosses_the_gap_the_first_one_retired() {
+    // The first repair cuts 30.. and continues at 60, retiring 30..60. Damage among the records
+    // pushed afterwards is cut where it lies: the retired gap is no missing records to repair.
+    let (_temp, dir) = queue_with(60, 0);
+    let damage_at = |dir: &std::path::Path, seq: u64| {
+        let (path, offset) = segments(dir)
+            .into_iter()
+            .find_map(|path| {
+                let offset = frames(&path).into_iter().find(|(_, at)| *at == seq)?.0;
+                Some((path, offset))
+            })
+            .unwrap();
+        flip_byte(&path, offset + 30);
+    };
+    damage_at(&dir, 30);
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(
+        (code, &report["cut_first_seq"]),
+        (0, &serde_json::json!(30)),
+        "{report}"
+    );
+    {
+        let queue = diskspool::Queue::open(&dir, options()).unwrap();
+        for seq in 60..90 {
+            assert_eq!(queue.push(&payload_for(seq)).unwrap(), seq);
+        }
+    }
+    damage_at(&dir, 80);
+    let (report, code) = repair_json(&dir, false);
+    assert_eq!(
+        (code, &report["cut_first_seq"]),
+        (0, &serde_json::json!(80)),
+        "{report}"
+    );
+    let drained = drain(&dir);
+    assert_records(&drained[..30], 0..30);
+    assert_records(&drained[30..], 60..80);
+}
+
+#[test]
 fn an_unreadable_segment_is_quarantined_with_what_follows() {
     let (_temp, dir) = queue_with(100, 0);
     let files = segments(&dir);
