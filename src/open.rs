@@ -3,8 +3,9 @@
 //!
 //! The engine opens a queue; the tools repair one. Imports point down only (the engine never
 //! reaches the tools), so the public `open` lives here, above both: it hands the engine the
-//! repair as a function (`engine::queue::Mend`), which the engine runs with the directory locked before
-//! recovery reads anything. It is the very plan `spool repair` carries out, not a copy.
+//! repair as a function (`engine::queue::Mend`), which the engine runs with the directory
+//! locked before recovery reads anything. It is the very plan `spool repair` carries out, not a
+//! copy.
 //!
 //! [`OnDamage::Quarantine`]: crate::OnDamage::Quarantine
 
@@ -41,16 +42,14 @@ fn mend(storage: &dyn Storage, dir: &Path, report: &mut RecoveryReport) -> Resul
     report.repairs = repaired
         .actions
         .into_iter()
-        .map(|action| {
-            RepairStep::new(
-                action.kind.name(),
-                action.file,
-                action.offset,
-                action.seqs,
-                action.records,
-                action.saved_as,
-                action.reason,
-            )
+        .map(|action| RepairStep {
+            action: action.kind.name(),
+            file: action.file,
+            offset: action.offset,
+            seqs: action.seqs,
+            records_saved: action.records,
+            saved_as: action.saved_as,
+            reason: action.reason,
         })
         .collect();
     report.cut_seqs = repaired.cut_seqs;

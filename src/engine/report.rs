@@ -74,30 +74,6 @@ pub struct RepairStep {
     pub reason: String,
 }
 
-impl RepairStep {
-    /// A step as the repair tool reports it.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        action: &'static str,
-        file: PathBuf,
-        offset: u64,
-        seqs: Option<Range<u64>>,
-        records_saved: u64,
-        saved_as: Option<PathBuf>,
-        reason: String,
-    ) -> Self {
-        RepairStep {
-            action,
-            file,
-            offset,
-            seqs,
-            records_saved,
-            saved_as,
-            reason,
-        }
-    }
-}
-
 impl std::fmt::Display for RepairStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
