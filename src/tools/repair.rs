@@ -605,7 +605,15 @@ impl<'a> Planner<'a> {
         let known = readable.iter().max().map(|last| first_cut..last + 1);
         self.quarantined_records += readable.len() as u64;
         self.note_cut(first_cut, known.as_ref());
-        let saved_as = self.quarantine_path(&format!("{}.cut-at-{}", scan.name, scan.valid_end));
+        // Nothing before the damage left in the segment: it moves whole. An empty segment left
+        // behind would stand between the numbers an earlier repair retired and those this one
+        // retires, and readers would take it for missing records.
+        let whole = scan.valid_end <= SEGMENT_HEADER_LEN as u64;
+        let saved_as = if whole {
+            self.quarantine_path(&scan.name)
+        } else {
+            self.quarantine_path(&format!("{}.cut-at-{}", scan.name, scan.valid_end))
+        };
         let reason = match &scan.end {
             SegmentEnd::BadFrame {
                 expected_seq,
@@ -617,11 +625,17 @@ impl<'a> Planner<'a> {
             SegmentEnd::BadFrame { error, .. } => format!("record {first_cut}: {error}"),
             _ => format!("batch starting at record {first_cut} has no final record"),
         };
+        let (kind, offset, bytes) = if whole {
+            (ActionKind::Quarantine, 0, scan.file_len)
+        } else {
+            let cut = scan.file_len.saturating_sub(scan.valid_end);
+            (ActionKind::TruncateTail, scan.valid_end, cut)
+        };
         self.actions.push(RepairAction {
-            kind: ActionKind::TruncateTail,
+            kind,
             file: path,
-            offset: scan.valid_end,
-            bytes: scan.file_len.saturating_sub(scan.valid_end),
+            offset,
+            bytes,
             saved_as: Some(saved_as),
             seqs: known,
             records: readable.len() as u64,

@@ -477,3 +477,41 @@ fn a_second_repair_keeps_the_records_after_an_earlier_repairs_gap() {
     let expected: Vec<u64> = (0..damaged_seq).chain(200..250).collect();
     assert_eq!(seqs, expected);
 }
+
+/// Damage in the first record of the segment that follows an earlier repair's gap: nothing of
+/// that segment is left, so it moves whole (an empty segment there would read as missing
+/// records between the two retired ranges), and the queue opens with every record before it.
+#[test]
+fn damage_right_after_an_earlier_repairs_gap_moves_the_segment_whole() {
+    let dir = queue_of(200);
+    let segments = segment_files(dir.path());
+    let (offset, damaged_seq) = frame_offsets(&segments[1])[2];
+    flip(&segments[1], offset as usize + 20, 0x01);
+    let queue = Queue::open(dir.path(), quarantining(SyncPolicy::Never)).unwrap();
+    assert_eq!(queue.recovery_report().cut_seqs, Some(damaged_seq..200));
+    queue.close().unwrap();
+    // Under `Always` a clean close records that the new records were synced: damage to them
+    // is damage, not an unsynced write.
+    let queue = Queue::open(dir.path(), quarantining(SyncPolicy::Always)).unwrap();
+    push_expected(&queue, 3);
+    queue.close().unwrap();
+    let after_gap = dir
+        .path()
+        .join(diskspool::format::layout::segment_file_name(200));
+    let (first, seq) = frame_offsets(&after_gap)[0];
+    assert_eq!(seq, 200);
+    flip(&after_gap, first as usize + 20, 0x01);
+    let queue = Queue::open(dir.path(), quarantining(SyncPolicy::Never)).unwrap();
+    let report = queue.recovery_report().clone();
+    check_totals(&report);
+    assert_eq!(report.repairs[0].action, "quarantine", "{report:#?}");
+    assert_eq!(report.repairs[0].file, after_gap);
+    assert_eq!(report.repairs[0].records_saved, 2, "records 201 and 202");
+    assert_eq!(report.cut_seqs, Some(200..203));
+    let kept: Vec<u64> = (0..damaged_seq).collect();
+    assert_eq!(drain_checked(&queue), kept);
+    next_push_is_new(&queue, 203);
+    drop(queue);
+    let queue = Queue::open(dir.path(), quarantining(SyncPolicy::Never)).unwrap();
+    assert!(!queue.recovery_report().repaired());
+}
