@@ -354,6 +354,9 @@ struct Planner<'a> {
     new_settings: Option<QueueSettings>,
     /// What the ack log says, salvaged from behind a damaged header (see `acklog::salvage`).
     acks: JobHistory,
+    /// The truncation that leaves nothing of its segment but the header (its index in
+    /// `actions`, and the segment's name).
+    emptied: Option<(usize, String)>,
 }
 
 impl<'a> Planner<'a> {
@@ -388,6 +391,7 @@ impl<'a> Planner<'a> {
             gone_seqs: None,
             new_settings: None,
             acks: ack_history(storage, &snapshot.dir, &snapshot.acks)?,
+            emptied: None,
         })
     }
 
@@ -605,15 +609,7 @@ impl<'a> Planner<'a> {
         let known = readable.iter().max().map(|last| first_cut..last + 1);
         self.quarantined_records += readable.len() as u64;
         self.note_cut(first_cut, known.as_ref());
-        // Nothing before the damage left in the segment: it moves whole. An empty segment left
-        // behind would stand between the numbers an earlier repair retired and those this one
-        // retires, and readers would take it for missing records.
-        let whole = scan.valid_end <= SEGMENT_HEADER_LEN as u64;
-        let saved_as = if whole {
-            self.quarantine_path(&scan.name)
-        } else {
-            self.quarantine_path(&format!("{}.cut-at-{}", scan.name, scan.valid_end))
-        };
+        let saved_as = self.quarantine_path(&format!("{}.cut-at-{}", scan.name, scan.valid_end));
         let reason = match &scan.end {
             SegmentEnd::BadFrame {
                 expected_seq,
@@ -625,17 +621,14 @@ impl<'a> Planner<'a> {
             SegmentEnd::BadFrame { error, .. } => format!("record {first_cut}: {error}"),
             _ => format!("batch starting at record {first_cut} has no final record"),
         };
-        let (kind, offset, bytes) = if whole {
-            (ActionKind::Quarantine, 0, scan.file_len)
-        } else {
-            let cut = scan.file_len.saturating_sub(scan.valid_end);
-            (ActionKind::TruncateTail, scan.valid_end, cut)
-        };
+        if scan.valid_end <= SEGMENT_HEADER_LEN as u64 {
+            self.emptied = Some((self.actions.len(), scan.name.clone()));
+        }
         self.actions.push(RepairAction {
-            kind,
+            kind: ActionKind::TruncateTail,
             file: path,
-            offset,
-            bytes,
+            offset: scan.valid_end,
+            bytes: scan.file_len.saturating_sub(scan.valid_end),
             saved_as: Some(saved_as),
             seqs: known,
             records: readable.len() as u64,
@@ -786,6 +779,21 @@ impl<'a> Planner<'a> {
             return;
         }
         self.note_cut(log_end, Some(&(log_end..resume)));
+        // A segment the cut left empty, where the log ends: it moves whole, for the log
+        // continues in the new segment. Left there, it would stand between the numbers an
+        // earlier repair retired up to it and those retired now (one acknowledged range across
+        // it), and readers would take it for missing records.
+        if let Some((index, name)) = self.emptied.take() {
+            if parse_segment_file_name(&name) == Some(log_end) {
+                let saved_as = self.quarantine_path(&name);
+                if let Some(action) = self.actions.get_mut(index) {
+                    action.kind = ActionKind::Quarantine;
+                    action.bytes += action.offset;
+                    action.offset = 0;
+                    action.saved_as = Some(saved_as);
+                }
+            }
+        }
         let head = self.new_head.or(self.snapshot.head_seq()).unwrap_or(0);
         if head >= log_end {
             // No record before the gap is left to serve: the head moves to where the log
