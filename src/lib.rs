@@ -53,12 +53,14 @@ pub use engine::report::{RecoveryReport, RepairStep, Truncation};
 pub use error::{Error, Result};
 pub use format::dead_letter::DeadLetter;
 pub use format::layout::{validate_queue_name, QUEUE_NAME_LEN_MAX};
+#[cfg(feature = "metrics")]
+pub use options::METRICS_INTERVAL_DEFAULT;
 pub use options::{
     OnDamage, Options, SyncPolicy, FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX,
     MAX_RECORD_SIZE_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use spool::Spool;
-pub use stats::Stats;
+pub use stats::{DiscardReason, Stats, Totals};
 #[cfg(any(test, feature = "sim"))]
 pub use storage::sim::SimStorage;
 pub use typed::{Bincode, BoxError, Codec, TypedDelivery, TypedQueue, TypedRecvError};

@@ -89,7 +89,15 @@ pub struct Options {
     pub(crate) segment_pool: usize,
     pub(crate) precise_timestamps: bool,
     pub(crate) on_damage: OnDamage,
+    pub(crate) metrics_name: Option<String>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics_interval: Duration,
 }
+
+/// How often an open queue reports its gauges and counters to the `metrics` recorder by default
+/// (feature `metrics`): 5 s, under the usual 15 s scrape interval.
+#[cfg(feature = "metrics")]
+pub const METRICS_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 
 impl Default for Options {
     fn default() -> Self {
@@ -109,6 +117,9 @@ impl Default for Options {
             segment_pool: 0,
             precise_timestamps: false,
             on_damage: OnDamage::Refuse,
+            metrics_name: None,
+            #[cfg(feature = "metrics")]
+            metrics_interval: METRICS_INTERVAL_DEFAULT,
         }
     }
 }
@@ -186,6 +197,35 @@ impl Options {
     /// this off there, and pushes use one `pwrite` per batch instead.
     pub fn mapped_writes(mut self, enabled: bool) -> Self {
         self.mapped_writes = enabled;
+        self
+    }
+
+    /// The queue's name in its metrics (the `queue` label, feature `metrics`) and in its
+    /// `tracing` events (feature `tracing`). Default: the last component of its directory.
+    pub fn metrics_name(mut self, name: impl Into<String>) -> Self {
+        self.metrics_name = Some(name.into());
+        self
+    }
+
+    /// The queue's name in metrics and events: [`metrics_name`](Options::metrics_name), or the
+    /// last component of `dir`.
+    pub(crate) fn name_for(&self, dir: &Path) -> String {
+        match &self.metrics_name {
+            Some(name) => name.clone(),
+            None => dir.file_name().map_or_else(
+                || dir.display().to_string(),
+                |name| name.to_string_lossy().into(),
+            ),
+        }
+    }
+
+    /// How often the open queue reports its gauges and counters to the `metrics` recorder
+    /// (default [`METRICS_INTERVAL_DEFAULT`](crate::METRICS_INTERVAL_DEFAULT)), from a
+    /// background thread; [`Queue::report_metrics`](crate::Queue::report_metrics) reports at
+    /// once. Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.metrics_interval = interval;
         self
     }
 
@@ -294,6 +334,18 @@ impl Options {
     /// Whether pushes store frames through a writable mapping.
     pub fn get_mapped_writes(&self) -> bool {
         self.mapped_writes
+    }
+
+    /// The name set for metrics and `tracing` events, if any (see
+    /// [`metrics_name`](Options::metrics_name)).
+    pub fn get_metrics_name(&self) -> Option<&str> {
+        self.metrics_name.as_deref()
+    }
+
+    /// How often the open queue reports to the `metrics` recorder. Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn get_metrics_interval(&self) -> Duration {
+        self.metrics_interval
     }
 
     /// Whether enqueue times come from the precise clock.

@@ -6,6 +6,7 @@
 
 mod admin;
 mod demo;
+mod observe;
 mod print;
 mod quarantine;
 mod records;
@@ -68,7 +69,7 @@ impl Command {
             Command::Compact(args) => Some(&mut args.dir),
             Command::Repair(args) => Some(&mut args.dir),
             Command::Quarantine(args) => Some(&mut args.dir),
-            Command::Demo(_) => None,
+            Command::Demo(_) | Command::Top(_) => None,
         }
     }
 }
@@ -95,6 +96,8 @@ enum Command {
     Repair(admin::RepairArgs),
     /// List what repair set aside in DIR/quarantine/, or push its readable records back.
     Quarantine(quarantine::QuarantineArgs),
+    /// Show every queue of one or more spools (or queues) at once, deepest first.
+    Top(observe::TopArgs),
     /// Run producers and workers on a temporary queue and print throughput and stats.
     Demo(demo::DemoArgs),
 }
@@ -132,7 +135,7 @@ fn main() -> ExitCode {
             Some(dir) => *dir = dir.join(name),
             None => {
                 return ExitCode::from(report(Failure::Usage(
-                    "--queue does not apply to demo".to_string(),
+                    "--queue does not apply to demo and top".to_string(),
                 )))
             }
         }
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
         Command::Compact(args) => admin::compact(&args),
         Command::Repair(args) => admin::repair(&args),
         Command::Quarantine(args) => quarantine::quarantine(&args),
+        Command::Top(args) => observe::top(&args),
         Command::Demo(args) => demo::run(&args).map(|_| EXIT_OK).map_err(Failure::Queue),
     };
     ExitCode::from(match outcome {
@@ -251,12 +255,13 @@ fn open_queue_with(
 fn report_recovery(report: &diskspool::RecoveryReport) {
     for cut in &report.truncated {
         eprintln!(
-            "spool: recovered {}: cut a torn tail of {} bytes at byte {} (records from {} were \
+            "spool: recovered {}: cut a torn tail of {} bytes at byte {} (records {}..={} were \
              never complete: {})",
             cut.file.display(),
             cut.bytes_cut,
             cut.offset,
             cut.first_lost_seq,
+            cut.last_lost_seq,
             cut.reason
         );
     }

@@ -7,9 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::arrivals::Arrivals;
+use crate::engine::counters::Counters;
 use crate::engine::sync::lock;
+#[cfg(feature = "metrics")]
+use crate::engine::telemetry::Telemetry;
 use crate::error::{Error, Result};
 use crate::options::Options;
+use crate::stats::DiscardReason;
 use crate::storage::Storage;
 
 /// The queue's fixed surroundings and its health, passed to the writer, the reader and the
@@ -19,17 +23,27 @@ pub(crate) struct Env {
     pub(crate) options: Options,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) arrivals: Arrivals,
+    /// What happened since open, beyond the push and pop paths (see `counters`).
+    pub(crate) counters: Counters,
+    /// The queue's metrics handles (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub(crate) telemetry: Telemetry,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
 }
 
 impl Env {
     pub(crate) fn new(dir: PathBuf, options: Options, storage: Arc<dyn Storage>) -> Self {
+        #[cfg(feature = "metrics")]
+        let telemetry = Telemetry::register(&options.name_for(&dir));
         Env {
+            #[cfg(feature = "metrics")]
+            telemetry,
             dir,
             options,
             storage,
             arrivals: Arrivals::default(),
+            counters: Counters::default(),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
         }
@@ -49,11 +63,31 @@ impl Env {
         Error::Poisoned { cause }
     }
 
+    /// `count` records were discarded for `reason` (queue policies: overflow, purge): counted,
+    /// and a `tracing` event (feature `tracing`).
+    #[allow(dead_code)] // Called by the queue policies (issue 13).
+    pub(crate) fn discarded(&self, reason: DiscardReason, count: u64) {
+        self.counters.discarded(reason, count);
+        #[cfg(feature = "tracing")]
+        crate::engine::events::discarded(&self.options.name_for(&self.dir), reason, count);
+    }
+
+    /// `count` records expired before delivery (queue policies): counted, and a `tracing` event
+    /// (feature `tracing`).
+    #[allow(dead_code)] // Called by the queue policies (issue 13).
+    pub(crate) fn expired(&self, count: u64) {
+        self.counters.expired(count);
+        #[cfg(feature = "tracing")]
+        crate::engine::events::expired(&self.options.name_for(&self.dir), count);
+    }
+
     /// Records a failure after which the state on disk is unknown; later changes are refused.
     pub(crate) fn poison(&self, error: Error) -> Error {
         let mut cause = lock(&self.poison_cause);
         if cause.is_none() {
             *cause = Some(error.to_string());
+            #[cfg(feature = "tracing")]
+            crate::engine::events::poisoned(&self.options.name_for(&self.dir), &error);
         }
         self.poisoned.store(true, Ordering::Release);
         error

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::clock::now_micros;
 use crate::engine::compactor::{self, CompactReport};
+use crate::engine::counters::ConsumerCounts;
 use crate::engine::delivery::{try_recv_batch, Delivery};
 use crate::engine::env::Env;
 use crate::engine::flusher::Flusher;
@@ -50,6 +51,9 @@ use crate::storage::Storage;
 pub struct Queue {
     shared: Arc<Shared>,
     flusher: Option<Flusher>,
+    /// Reports to the `metrics` recorder every `Options::metrics_interval`.
+    #[cfg(feature = "metrics")]
+    reporter: Option<Flusher>,
     /// Set by [`Queue::close`], so that the drop after it does not close again.
     closed: bool,
 }
@@ -65,7 +69,16 @@ impl fmt::Debug for Queue {
 impl Queue {
     /// `Queue::open` (see `crate::open`, above the tools): `mend` is the repair an open under
     /// [`OnDamage::Quarantine`] runs, passed down because the engine does not reach the tools.
-    pub(crate) fn open_mending(dir: &Path, mut options: Options, mend: Mend) -> Result<Queue> {
+    pub(crate) fn open_mending(dir: &Path, options: Options, mend: Mend) -> Result<Queue> {
+        let opened = Self::open_at(dir, options, mend);
+        #[cfg(feature = "tracing")]
+        if let Err(error) = &opened {
+            crate::engine::events::open_failed(dir, error);
+        }
+        opened
+    }
+
+    fn open_at(dir: &Path, mut options: Options, mend: Mend) -> Result<Queue> {
         options.validate()?;
         let dir = dir.to_path_buf();
         let storage = options.storage.clone();
@@ -87,6 +100,8 @@ impl Queue {
         recovered.report.repairs = repaired.repairs;
         recovered.report.cut_seqs = repaired.cut_seqs;
         recovered.report.quarantined_records = repaired.quarantined_records;
+        #[cfg(feature = "tracing")]
+        crate::engine::events::recovered(&options.name_for(&dir), &recovered.report);
         let pool_files = std::mem::take(&mut recovered.pool_files);
         let pool = pool::adopt(&*storage, &dir, pool_files, options.segment_pool)?;
         // Under `Always` every ack log append waits for a group-commit sync: its leader writes
@@ -111,6 +126,7 @@ impl Queue {
             head: recovered.head,
             jobs: Jobs::with_history(recovered.history),
             acklog: recovered.acklog,
+            counts: ConsumerCounts::default(),
         };
         let log = Log::new(
             recovered.segments,
@@ -143,9 +159,22 @@ impl Queue {
             ),
             SyncPolicy::Always | SyncPolicy::Never => None,
         };
+        #[cfg(feature = "metrics")]
+        let reporter = match env.options.metrics_interval {
+            interval if interval.is_zero() => None,
+            interval => Some(
+                // A failure to report now is met again by the next call on the queue.
+                Flusher::every(&shared, interval, "diskspool-metrics", |shared| {
+                    let _ = report_metrics(shared);
+                })
+                .map_err(|error| Error::io("start metrics thread", &env.dir, error))?,
+            ),
+        };
         Ok(Queue {
             shared,
             flusher,
+            #[cfg(feature = "metrics")]
+            reporter,
             closed: false,
         })
     }
@@ -306,9 +335,38 @@ impl Queue {
         self.len() == 0
     }
 
-    /// Sizes and positions; see [`Stats`].
+    /// Sizes, positions and the counters since open; see [`Stats`] and `docs/METRICS.md`.
+    /// Counts the delayed records not read yet from their frame headers, so a call costs in
+    /// proportion to the records beyond the reader (a header each, no checksums).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::{Duration, SystemTime};
+    /// use diskspool::{Options, Queue};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let queue = Queue::open(dir.path(), Options::default())?;
+    /// queue.push(b"now")?;
+    /// queue.push(b"soon")?;
+    /// queue.push_delayed(b"later", Duration::from_secs(60))?;
+    /// let job = queue.try_recv()?.expect("a ready record");
+    /// let stats = queue.stats()?;
+    /// assert_eq!((stats.ready, stats.in_flight(), stats.delayed), (1, Some(1), 1));
+    /// assert!(stats.oldest_ready_age(SystemTime::now()).is_some()); // "soon"
+    /// job.ack()?;
+    /// let totals = queue.stats()?.totals.expect("the open queue counts");
+    /// assert_eq!((totals.pushed, totals.delivered, totals.acked), (3, 1, 1));
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> Result<Stats> {
-        self.stats_now()
+        stats_of(&self.shared)
+    }
+
+    /// Reports the gauges and counters to the `metrics` recorder now (the background thread
+    /// does it every [`Options::metrics_interval`]). Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn report_metrics(&self) -> Result<()> {
+        report_metrics(&self.shared)
     }
 
     /// Makes every push and pop so far durable, whatever the sync policy.
@@ -342,46 +400,6 @@ impl Queue {
         &self.shared.env.options
     }
 
-    /// Computes [`Stats`] from the log and the consumer.
-    fn stats_now(&self) -> Result<Stats> {
-        let shared = &*self.shared;
-        let next_seq = shared.log.published_next_seq();
-        let position = shared.consumer.position(next_seq);
-        let (head_base, head_offset) = (position.head_base, position.head_offset);
-        let segments = shared.log.segments();
-        let mut live_bytes = 0;
-        let mut disk_bytes =
-            HEAD_FILE_LEN + SETTINGS_FILE_LEN as u64 + shared.consumer.acklog_len();
-        for segment in &segments {
-            segment.ensure_open(&*shared.env.storage)?;
-            let len = match segment.file() {
-                Some(file) => file
-                    .len()
-                    .map_err(|error| Error::io("stat segment", &segment.path, error))?,
-                None => 0,
-            };
-            disk_bytes += len;
-            if segment.base_seq == head_base {
-                live_bytes += segment.readable_end().saturating_sub(head_offset);
-            } else if segment.base_seq > head_base {
-                live_bytes += segment
-                    .readable_end()
-                    .saturating_sub(SEGMENT_HEADER_LEN as u64);
-            }
-        }
-        let oldest_enqueued_at = self.peek()?.map(|record| record.enqueued_at());
-        Ok(Stats {
-            len: position.len,
-            head_seq: position.head_seq,
-            next_seq,
-            segments: segments.len(),
-            live_bytes,
-            disk_bytes,
-            oldest_enqueued_at,
-            leased: Some(position.leased),
-        })
-    }
-
     /// The directory of this queue's dead-letter queue (see
     /// [`Options::dead_letter_dir`]), which exists once a record has been dead-lettered.
     pub fn dead_letter_dir(&self) -> PathBuf {
@@ -410,6 +428,10 @@ impl Queue {
 
     /// What closing does, shared by [`close`](Queue::close) and `Drop`.
     fn shut_down(&mut self) -> Result<()> {
+        #[cfg(feature = "metrics")]
+        if let Some(reporter) = self.reporter.take() {
+            reporter.stop();
+        }
         if let Some(flusher) = self.flusher.take() {
             flusher.stop();
         }
@@ -442,3 +464,67 @@ impl DeadLetterQueue for Queue {
 /// what it did in the report's `repairs`, `cut_seqs` and `quarantined_records`. It is
 /// `tools::repair`, which sits above the engine and is handed down by `Queue::open`.
 pub(crate) type Mend = fn(&dyn Storage, &Path, &mut RecoveryReport) -> Result<()>;
+
+/// Computes [`Stats`] from the log and the consumer.
+fn stats_of(shared: &Shared) -> Result<Stats> {
+    let next_seq = shared.log.published_next_seq();
+    let position = shared
+        .consumer
+        .position(&shared.env, &shared.log, next_seq)?;
+    let (head_base, head_offset) = (position.head_base, position.head_offset);
+    let segments = shared.log.segments();
+    let mut live_bytes = 0;
+    let mut disk_bytes = HEAD_FILE_LEN + SETTINGS_FILE_LEN as u64 + shared.consumer.acklog_len();
+    for segment in &segments {
+        segment.ensure_open(&*shared.env.storage)?;
+        let len = match segment.file() {
+            Some(file) => file
+                .len()
+                .map_err(|error| Error::io("stat segment", &segment.path, error))?,
+            None => 0,
+        };
+        disk_bytes += len;
+        if segment.base_seq == head_base {
+            live_bytes += segment.readable_end().saturating_sub(head_offset);
+        } else if segment.base_seq > head_base {
+            live_bytes += segment
+                .readable_end()
+                .saturating_sub(SEGMENT_HEADER_LEN as u64);
+        }
+    }
+    let oldest_enqueued_at = shared.peek()?.map(|record| record.enqueued_at());
+    let (commit_syncs, commit_records) = shared.log.commits();
+    let totals = shared.env.counters.totals(
+        shared.log.pushed_since_open(),
+        position.counts,
+        commit_syncs,
+        commit_records,
+    );
+    Ok(Stats {
+        len: position.len,
+        head_seq: position.head_seq,
+        next_seq,
+        segments: segments.len(),
+        live_bytes,
+        disk_bytes,
+        oldest_enqueued_at,
+        leased: Some(position.leased),
+        ready: position
+            .len
+            .saturating_sub(position.leased)
+            .saturating_sub(position.delayed),
+        delayed: position.delayed,
+        totals: Some(totals),
+    })
+}
+
+/// Reports a snapshot to the `metrics` recorder.
+#[cfg(feature = "metrics")]
+fn report_metrics(shared: &Shared) -> Result<()> {
+    let stats = stats_of(shared)?;
+    shared
+        .env
+        .telemetry
+        .report(&stats, std::time::SystemTime::now());
+    Ok(())
+}

@@ -310,9 +310,11 @@ fn recover_active(
     let mut complete_end = SEGMENT_HEADER_LEN as u64;
     let mut complete_next_seq = base;
     let mut stop = None;
+    let mut last_frame_seq = base;
     for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base, PAYLOAD_LEN_MAX) {
         match step {
             WalkStep::Frame { offset, frame } => {
+                last_frame_seq = frame.header.seq;
                 if !frame.header.batch_continues {
                     complete_end = offset + frame.frame_len as u64;
                     complete_next_seq = frame.header.seq + 1;
@@ -352,6 +354,7 @@ fn recover_active(
                 later_offset,
                 later_seq,
             } => {
+                last_frame_seq = last_frame_seq.max(later_seq);
                 out_of_order = Some(format!(
                     "{error}; the valid records after it (from sequence {later_seq} at offset \
                      {later_offset}) are not known to have been synced (the head records syncs \
@@ -407,6 +410,7 @@ fn recover_active(
                 offset: complete_end,
                 bytes_cut: data_end - complete_end,
                 first_lost_seq: complete_next_seq,
+                last_lost_seq: last_frame_seq.max(complete_next_seq),
                 reason,
             });
         }

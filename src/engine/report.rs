@@ -109,6 +109,11 @@ pub struct Truncation {
     pub bytes_cut: u64,
     /// The first sequence number that was not recovered.
     pub first_lost_seq: u64,
+    /// The highest sequence number recovery saw in the cut bytes (the last frame of an
+    /// incomplete batch, or the first valid frame after a torn one): with `first_lost_seq`, the
+    /// range of numbers that were cut, as far as the cut bytes tell. `first_lost_seq` when no
+    /// frame in them decoded.
+    pub last_lost_seq: u64,
     /// Why the bytes at `offset` did not decode.
     pub reason: String,
 }

@@ -182,7 +182,7 @@ impl Shared {
         self.env.check_poisoned()?;
         let covered = self
             .log
-            .sync_data()
+            .sync_data_timed(&self.env)
             .map_err(|error| self.env.poison(error))?;
         self.log.mark_durable(covered);
         self.consumer.sync_all(&self.env, covered)
@@ -233,6 +233,7 @@ impl Shared {
             )));
         }
         let mut options = env.options.clone();
+        options.metrics_name = Some(format!("{}-dead-letters", options.name_for(&env.dir)));
         options.max_deliveries = None;
         options.dead_letter_dir = None;
         let queue = (self.open_dead_letters)(path, options)?;
@@ -259,6 +260,13 @@ impl AfterConsume for Shared {
             self.consumer.return_to_ready(seq);
             return Err(error);
         }
+        self.env.counters.dead_lettered();
+        #[cfg(feature = "tracing")]
+        crate::engine::events::dead_lettered(
+            &self.env.options.name_for(&self.env.dir),
+            seq,
+            deliveries,
+        );
         self.ack(seq)
     }
 

@@ -487,6 +487,20 @@ impl JobHistory {
         (acked, deliveries, not_before)
     }
 
+    /// Whether a record not yet handed out, `seq` with the frame's `not_before_us` (0 when not
+    /// delayed), waits for a time after `now_us`: its own delay, or a retry's. An acknowledged
+    /// record waits for nothing.
+    pub fn is_delayed(&self, seq: u64, not_before_us: u64, now_us: u64) -> bool {
+        let retry_at_us = self.not_before.get(&seq).copied().unwrap_or(0);
+        if not_before_us.max(retry_at_us) <= now_us {
+            return false;
+        }
+        self.acked
+            .range(..=seq)
+            .next_back()
+            .is_none_or(|(_, &end)| end <= seq)
+    }
+
     /// True when nothing is known beyond the head.
     pub fn is_empty(&self) -> bool {
         self.acked.is_empty() && self.deliveries.is_empty() && self.not_before.is_empty()

@@ -19,6 +19,7 @@ mod limits;
 mod locking;
 mod lost_records;
 mod model;
+mod observe;
 mod persistence;
 mod process_kill;
 mod quarantine;

@@ -9,6 +9,7 @@ mod util;
 mod active_segment;
 mod commands;
 mod concurrent;
+mod observe;
 mod quarantine;
 mod races;
 mod random_damage;
