@@ -39,6 +39,27 @@ pub enum SyncPolicy {
     Never,
 }
 
+/// What [`Queue::open`](crate::Queue::open) does with a damaged queue: damage that no crash
+/// explains (a bad frame or header in a sealed segment, a missing segment, an unreadable head
+/// index, a damaged ack log or settings file). See `docs/DURABILITY.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnDamage {
+    /// Refuse to open with [`Error::Corrupt`](crate::Error::Corrupt) naming the file and byte
+    /// offset, changing nothing: an operator runs `spool repair` (the default). Damage in a
+    /// sealed segment is found when the reader reaches it, and `pop` reports it there.
+    #[default]
+    Refuse,
+    /// Check every file at open (reading the whole queue, so open takes time in proportion to
+    /// its size), and when something is damaged, carry out the plan of
+    /// [`tools::repair`](crate::tools::repair) before opening: every record before the damage
+    /// is kept, whatever is cut is moved into the queue's `quarantine/` folder with its readable
+    /// records (`spool quarantine --restore` pushes them back), and sequence numbers are never
+    /// used twice. [`Queue::recovery_report`](crate::Queue::recovery_report) lists every step.
+    /// A segment written by a newer format version is not damage: open still refuses it.
+    Quarantine,
+}
+
 /// Options for [`Queue::open`](crate::Queue::open), built from [`Options::default`] with
 /// consuming setters. Each setter has a getter named `get_` and the setter's name (as clap's
 /// builders do): [`Queue::options`](crate::Queue::options) shows the values an open queue uses.
@@ -67,6 +88,7 @@ pub struct Options {
     pub(crate) mapped_writes: bool,
     pub(crate) segment_pool: usize,
     pub(crate) precise_timestamps: bool,
+    pub(crate) on_damage: OnDamage,
     pub(crate) metrics_name: Option<String>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics_interval: Duration,
@@ -94,6 +116,7 @@ impl Default for Options {
             mapped_writes: true,
             segment_pool: 0,
             precise_timestamps: false,
+            on_damage: OnDamage::Refuse,
             metrics_name: None,
             #[cfg(feature = "metrics")]
             metrics_interval: METRICS_INTERVAL_DEFAULT,
@@ -217,6 +240,20 @@ impl Options {
         self
     }
 
+    /// What open does with a damaged queue (default [`OnDamage::Refuse`]): refuse it, or, with
+    /// [`OnDamage::Quarantine`], set the damaged part aside and open (what a service restarted
+    /// by a supervisor wants, rather than failing until someone repairs the queue).
+    ///
+    /// ```
+    /// use diskspool::{OnDamage, Options};
+    /// let options = Options::default().on_damage(OnDamage::Quarantine);
+    /// assert_eq!(options.get_on_damage(), OnDamage::Quarantine);
+    /// ```
+    pub fn on_damage(mut self, policy: OnDamage) -> Self {
+        self.on_damage = policy;
+        self
+    }
+
     /// How many consumed segment files are kept for reuse instead of deleted (default 0: none).
     /// A new segment written into a recycled file overwrites blocks that exist, often in pages
     /// still cached, instead of allocating both; the pool costs up to this many segments of disk
@@ -314,6 +351,11 @@ impl Options {
     /// Whether enqueue times come from the precise clock.
     pub fn get_precise_timestamps(&self) -> bool {
         self.precise_timestamps
+    }
+
+    /// What open does with a damaged queue.
+    pub fn get_on_damage(&self) -> OnDamage {
+        self.on_damage
     }
 
     /// How many consumed segment files are kept for reuse.

@@ -280,6 +280,49 @@ mod events {
         assert!(error.contains(&segment.display().to_string()), "{error}");
     }
 
+    /// `OnDamage::Quarantine`: every repair step is an error event naming the file and offset.
+    #[test]
+    fn damage_set_aside_at_open_is_an_error_per_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || {
+            Options::default()
+                .sync(SyncPolicy::Always)
+                .metrics_name("jobs")
+                .on_damage(diskspool::OnDamage::Quarantine)
+        };
+        let queue = Queue::open(dir.path(), options()).unwrap();
+        for payload in [b"first", b"again", b"third"] {
+            queue.push(payload).unwrap();
+        }
+        queue.close().unwrap();
+        let segment = only_segment(dir.path());
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let frame_at = diskspool::format::segment::SEGMENT_HEADER_LEN;
+        bytes[frame_at + frame::FRAME_HEADER_LEN] ^= 0xff;
+        std::fs::write(&segment, &bytes).unwrap();
+
+        let events = capture(|| {
+            let queue = Queue::open(dir.path(), options()).unwrap();
+            assert!(queue.recovery_report().repaired());
+        });
+        let steps: Vec<_> = events
+            .iter()
+            .filter(|event| event.field("message") == Some("open set damaged data aside"))
+            .collect();
+        assert!(!steps.is_empty(), "{events:#?}");
+        assert!(steps.iter().all(|step| step.level == Level::ERROR));
+        assert_eq!(steps[0].field("queue"), Some("jobs"));
+        assert_eq!(
+            steps[0].field("file"),
+            Some(segment.display().to_string().as_str())
+        );
+        assert_eq!(steps[0].field("first_seq"), Some("0"));
+        assert_eq!(steps[0].field("records_saved"), Some("2"));
+        // The second open finds nothing to do, and says nothing.
+        let events = capture(|| drop(Queue::open(dir.path(), options()).unwrap()));
+        assert!(events.is_empty(), "{events:#?}");
+    }
+
     #[test]
     fn dead_lettering_is_a_warning() {
         let dir = tempfile::tempdir().unwrap();

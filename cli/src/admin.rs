@@ -135,6 +135,8 @@ struct StatJson {
     oldest_age_ms: Option<u64>,
     ready: u64,
     delayed: u64,
+    quarantine_files: usize,
+    quarantine_records: u64,
 }
 
 pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
@@ -144,6 +146,7 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
     require_dir(&args.dir)?;
     let stat = inspect::stat(&OsStorage, &args.dir)?;
     let age = stat.oldest_age(SystemTime::now());
+    let quarantined = diskspool::tools::quarantine::list(&OsStorage, &args.dir)?;
     let mut out = print::stdout();
     if args.prometheus {
         crate::observe::prometheus(&args.dir, &stat, &mut out)?;
@@ -160,6 +163,8 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
             oldest_age_ms: age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
             ready: stat.ready,
             delayed: stat.delayed,
+            quarantine_files: quarantined.files.len(),
+            quarantine_records: quarantined.restorable_records(),
         };
         serde_json::to_writer(&mut out, &json).map_err(io::Error::from)?;
         writeln!(out)?;
@@ -175,6 +180,9 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
     table.row(vec!["disk bytes".into(), print::size(stat.disk_bytes)]);
     let oldest = age.map_or_else(|| String::from("-"), print::age);
     table.row(vec!["oldest ready age".into(), oldest]);
+    if let Some(summary) = crate::quarantine::summary(&quarantined) {
+        table.row(vec!["quarantine".into(), summary]);
+    }
     table.print(&mut out)?;
     Ok(EXIT_OK)
 }
@@ -195,6 +203,7 @@ struct InspectJson<'a> {
     head_seq: Option<u64>,
     segments: Vec<SegmentJson<'a>>,
     strays: &'a [String],
+    quarantine: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -218,6 +227,7 @@ pub fn inspect(args: &InspectArgs) -> Result<u8, Failure> {
 
 fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
     let snapshot = Snapshot::take(&OsStorage, dir)?;
+    let quarantined = diskspool::tools::quarantine::list(&OsStorage, dir)?;
     let rows: Vec<SegmentJson> = snapshot
         .segments
         .iter()
@@ -240,6 +250,11 @@ fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
             head_seq: snapshot.head_seq(),
             segments: rows,
             strays: &snapshot.strays,
+            quarantine: quarantined
+                .files
+                .iter()
+                .map(|file| file.name.clone())
+                .collect(),
         };
         serde_json::to_writer(&mut out, &json).map_err(io::Error::from)?;
         writeln!(out)?;
@@ -273,6 +288,9 @@ fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
     }
     for stray in &snapshot.strays {
         writeln!(out, "stray file: {stray}")?;
+    }
+    if let Some(summary) = crate::quarantine::summary(&quarantined) {
+        writeln!(out, "quarantine: {summary}")?;
     }
     Ok(EXIT_OK)
 }

@@ -8,6 +8,7 @@ mod admin;
 mod demo;
 mod observe;
 mod print;
+mod quarantine;
 mod records;
 
 use std::io;
@@ -67,6 +68,7 @@ impl Command {
             Command::Verify(args) => Some(&mut args.dir),
             Command::Compact(args) => Some(&mut args.dir),
             Command::Repair(args) => Some(&mut args.dir),
+            Command::Quarantine(args) => Some(&mut args.dir),
             Command::Demo(_) | Command::Top(_) => None,
         }
     }
@@ -92,6 +94,8 @@ enum Command {
     Compact(admin::CompactArgs),
     /// Cut damaged data into DIR/quarantine/ so the queue serves every good record again.
     Repair(admin::RepairArgs),
+    /// List what repair set aside in DIR/quarantine/, or push its readable records back.
+    Quarantine(quarantine::QuarantineArgs),
     /// Show every queue of one or more spools (or queues) at once, deepest first.
     Top(observe::TopArgs),
     /// Run producers and workers on a temporary queue and print throughput and stats.
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => admin::verify(&args),
         Command::Compact(args) => admin::compact(&args),
         Command::Repair(args) => admin::repair(&args),
+        Command::Quarantine(args) => quarantine::quarantine(&args),
         Command::Top(args) => observe::top(&args),
         Command::Demo(args) => demo::run(&args).map(|_| EXIT_OK).map_err(Failure::Queue),
     };

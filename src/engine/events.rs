@@ -47,6 +47,22 @@ pub(crate) fn recovered(queue: &str, report: &RecoveryReport) {
             "recovery removed files that never held a record"
         );
     }
+    // `OnDamage::Quarantine`: each step the repair took, at error level (data left the queue).
+    for step in &report.repairs {
+        tracing::error!(
+            target: "diskspool",
+            queue,
+            action = step.action,
+            file = %step.file.display(),
+            offset = step.offset,
+            first_seq = step.seqs.as_ref().map(|seqs| seqs.start),
+            end_seq = step.seqs.as_ref().map(|seqs| seqs.end),
+            records_saved = step.records_saved,
+            saved_as = step.saved_as.as_ref().map(|path| path.display().to_string()),
+            reason = %step.reason,
+            "open set damaged data aside"
+        );
+    }
 }
 
 /// An open of `dir` failed with `error`: damage it refused is an error event (other failures,

@@ -25,9 +25,10 @@ use crate::error::{Error, Result};
 use crate::format::head::HEAD_FILE_LEN;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::format::settings::SETTINGS_FILE_LEN;
-use crate::options::{Options, SyncPolicy};
+use crate::options::{OnDamage, Options, SyncPolicy};
 use crate::stats::Stats;
 use crate::storage::queue_dir::{self, check_owner, create_and_lock_with_mode};
+use crate::storage::Storage;
 
 /// A durable, disk-backed FIFO queue. See the crate documentation for an overview.
 ///
@@ -66,21 +67,18 @@ impl fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Opens the queue in `dir`, creating the directory and an empty queue if needed, and
-    /// recovering from a crash if the last process did not close it.
-    ///
-    /// Takes an exclusive lock on the directory: a second `open` of it, from this process or
-    /// another, fails with [`Error::Locked`].
-    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Queue> {
-        let opened = Self::open_at(dir.as_ref(), options);
+    /// `Queue::open` (see `crate::open`, above the tools): `mend` is the repair an open under
+    /// [`OnDamage::Quarantine`] runs, passed down because the engine does not reach the tools.
+    pub(crate) fn open_mending(dir: &Path, options: Options, mend: Mend) -> Result<Queue> {
+        let opened = Self::open_at(dir, options, mend);
         #[cfg(feature = "tracing")]
         if let Err(error) = &opened {
-            crate::engine::events::open_failed(dir.as_ref(), error);
+            crate::engine::events::open_failed(dir, error);
         }
         opened
     }
 
-    fn open_at(dir: &Path, mut options: Options) -> Result<Queue> {
+    fn open_at(dir: &Path, mut options: Options, mend: Mend) -> Result<Queue> {
         options.validate()?;
         let dir = dir.to_path_buf();
         let storage = options.storage.clone();
@@ -89,10 +87,19 @@ impl Queue {
         }
         check_owner(&*storage, &dir)?;
         let dir_lock = create_and_lock_with_mode(&*storage, &dir, Some(options.dir_mode()))?;
+        // Under the lock, before recovery reads anything: what the repair cuts is then never
+        // seen by recovery, which opens the mended queue as after any crash.
+        let mut repaired = RecoveryReport::default();
+        if options.on_damage == OnDamage::Quarantine {
+            mend(&*storage, &dir, &mut repaired)?;
+        }
         recovery::settle_at_open(&*storage, &dir, &mut options)?;
         // Checked again: limits that depend on the segment size now see the queue's own.
         options.validate()?;
         let mut recovered = recovery::recover(&*storage, &dir, &options)?;
+        recovered.report.repairs = repaired.repairs;
+        recovered.report.cut_seqs = repaired.cut_seqs;
+        recovered.report.quarantined_records = repaired.quarantined_records;
         #[cfg(feature = "tracing")]
         crate::engine::events::recovered(&options.name_for(&dir), &recovered.report);
         let pool_files = std::mem::take(&mut recovered.pool_files);
@@ -134,7 +141,12 @@ impl Queue {
             Consumer::new(reader),
             recovered.report,
             dir_lock,
-            open_dead_letter_queue,
+            // The dead-letter queue is opened with the same repair at hand.
+            Box::new(move |dir: PathBuf, options: Options| {
+                let queue: Arc<dyn DeadLetterQueue> =
+                    Arc::new(Queue::open_mending(&dir, options, mend)?);
+                Ok(queue)
+            }),
         ));
         let env = &shared.env;
         if env.options.auto_compact {
@@ -448,10 +460,11 @@ impl DeadLetterQueue for Queue {
     }
 }
 
-/// Opens a dead-letter queue (see [`Shared`]'s `open_dead_letters`).
-fn open_dead_letter_queue(dir: PathBuf, options: Options) -> Result<Arc<dyn DeadLetterQueue>> {
-    Ok(Arc::new(Queue::open(dir, options)?))
-}
+/// The repair an open under [`OnDamage::Quarantine`] runs with the directory locked, before
+/// recovery: it mends damage in the queue directory (the storage and path given) and records
+/// what it did in the report's `repairs`, `cut_seqs` and `quarantined_records`. It is
+/// `tools::repair`, which sits above the engine and is handed down by `Queue::open`.
+pub(crate) type Mend = fn(&dyn Storage, &Path, &mut RecoveryReport) -> Result<()>;
 
 /// Computes [`Stats`] from the log and the consumer.
 fn stats_of(shared: &Shared) -> Result<Stats> {

@@ -118,7 +118,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     let mut active = None;
     while let Some(&base) = bases.last() {
         let path = dir.join(segment_file_name(base));
-        match recover_active(storage, &path, base, head.state().synced_seq, &mut report)? {
+        match recover_active(storage, &path, base, head.state(), &mut report)? {
             Some(found) => {
                 active = Some(found);
                 break;
@@ -277,9 +277,10 @@ fn recover_active(
     storage: &dyn Storage,
     path: &Path,
     base: u64,
-    synced_seq: u64,
+    head: HeadState,
     report: &mut RecoveryReport,
 ) -> Result<Option<(u64, Arc<dyn StorageFile>, u64, u64)>> {
+    let synced_seq = head.synced_seq;
     let io_error = |operation| move |error: io::Error| Error::io(operation, path, error);
     let file: Arc<dyn StorageFile> =
         Arc::from(storage.open(path).map_err(io_error("open segment"))?);
@@ -378,8 +379,10 @@ fn recover_active(
         }
     }
     drop(view);
-    if complete_next_seq < synced_seq {
-        // Synced records are not all here: damage, not a crash. Refused before anything is cut.
+    if complete_next_seq.max(head.head_seq) < synced_seq {
+        // Synced records not consumed yet are not all here: damage, not a crash. Refused
+        // before anything is cut. (Damage only to consumed records is cut: the queue then
+        // restarts at its head, as when a power loss took consumed records.)
         return Err(synced_records_missing(
             path,
             complete_end,

@@ -35,7 +35,8 @@ pub(crate) trait DeadLetterQueue: Send + Sync {
 }
 
 /// Opens the dead-letter queue in a directory with the given options.
-pub(crate) type OpenDeadLetterQueue = fn(PathBuf, Options) -> Result<Arc<dyn DeadLetterQueue>>;
+pub(crate) type OpenDeadLetterQueue =
+    Box<dyn Fn(PathBuf, Options) -> Result<Arc<dyn DeadLetterQueue>> + Send + Sync>;
 
 pub(crate) struct Shared {
     pub(crate) env: Env,

@@ -128,6 +128,25 @@ pub fn decode_header(bytes: &[u8]) -> Result<u64, AckHeaderError> {
     Ok(read_u64(header, 16))
 }
 
+/// What can be kept of an ack log whose header is damaged: the log id its header names, read
+/// whatever the header's checksum says, and every entry that validates under it (an entry's
+/// checksum covers the log id, so a wrong one validates none). `None` when the file is shorter
+/// than a header.
+pub fn salvage(bytes: &[u8]) -> Option<(u64, JobHistory)> {
+    let header = bytes.get(..ACK_LOG_HEADER_LEN)?;
+    let log_id = read_u64(header, 16);
+    let mut history = JobHistory::default();
+    for entry in bytes
+        .get(ACK_LOG_HEADER_LEN..)
+        .unwrap_or(&[])
+        .chunks_exact(ACK_ENTRY_LEN)
+        .filter_map(|entry| check_entry(entry, log_id).ok())
+    {
+        history.apply(&entry);
+    }
+    Some((log_id, history))
+}
+
 /// Appends one encoded entry to `out`.
 pub fn encode_entry(out: &mut Vec<u8>, log_id: u64, entry: &AckEntry) {
     let (kind, seq, value) = match *entry {

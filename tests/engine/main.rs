@@ -22,6 +22,7 @@ mod model;
 mod observe;
 mod persistence;
 mod process_kill;
+mod quarantine;
 mod settings;
 mod torn_tail;
 mod typed;

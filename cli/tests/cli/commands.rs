@@ -27,10 +27,13 @@ fn stat_json_has_the_documented_fields_and_values() {
             "live_bytes",
             "next_seq",
             "oldest_age_ms",
+            "quarantine_files",
+            "quarantine_records",
             "ready",
             "segments"
         ]
     );
+    assert_eq!(stat["quarantine_files"], 0);
     assert_eq!(stat["len"], 30);
     assert_eq!(
         (stat["ready"].as_u64(), stat["delayed"].as_u64()),

@@ -10,6 +10,7 @@ mod active_segment;
 mod commands;
 mod concurrent;
 mod observe;
+mod quarantine;
 mod races;
 mod random_damage;
 mod records;
