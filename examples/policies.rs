@@ -146,7 +146,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             low as f64 / 1048576.0,
             high as f64 / 1048576.0,
             live_high as f64 / 1048576.0,
-            queue.policy_counters().discarded_total,
+            queue.stats()?.totals.map_or(0, |totals| totals.discarded_total()),
             start.elapsed().as_secs_f64() * 1e9 / total as f64
         );
     }

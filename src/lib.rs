@@ -33,6 +33,7 @@
 mod engine;
 mod error;
 pub mod format;
+mod open;
 mod options;
 mod spool;
 mod stats;
@@ -46,19 +47,21 @@ mod typed;
 pub use engine::compactor::CompactReport;
 pub use engine::delivery::Delivery;
 pub use engine::jobs::IN_FLIGHT_MAX;
-pub use engine::queue::{PolicyCounters, Queue};
+pub use engine::queue::Queue;
 pub use engine::record::Record;
-pub use engine::report::{RecoveryReport, Truncation};
+pub use engine::report::{RecoveryReport, RepairStep, Truncation};
 pub use error::{Error, Result};
 pub use format::dead_letter::{DeadLetter, DeadLetterReason};
 pub use format::layout::{validate_queue_name, QUEUE_NAME_LEN_MAX};
+#[cfg(feature = "metrics")]
+pub use options::METRICS_INTERVAL_DEFAULT;
 pub use options::{
-    Options, Overflow, Push, SyncPolicy, DEDUP_ID_LEN_MAX, DEDUP_WINDOW_DEFAULT, FILE_MODE_DEFAULT,
-    LEASE_DEFAULT, LEASE_MAX, MAX_RECORD_SIZE_DEFAULT, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX,
-    SEGMENT_SIZE_MIN,
+    OnDamage, Options, Overflow, Push, SyncPolicy, DEDUP_ID_LEN_MAX, DEDUP_WINDOW_DEFAULT,
+    FILE_MODE_DEFAULT, LEASE_DEFAULT, LEASE_MAX, MAX_RECORD_SIZE_DEFAULT, SEGMENT_SIZE_DEFAULT,
+    SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use spool::Spool;
-pub use stats::Stats;
+pub use stats::{DiscardReason, Stats, Totals};
 #[cfg(any(test, feature = "sim"))]
 pub use storage::sim::SimStorage;
 pub use typed::{Bincode, BoxError, Codec, TypedDelivery, TypedQueue, TypedRecvError};

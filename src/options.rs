@@ -53,6 +53,27 @@ pub enum SyncPolicy {
     Never,
 }
 
+/// What [`Queue::open`](crate::Queue::open) does with a damaged queue: damage that no crash
+/// explains (a bad frame or header in a sealed segment, a missing segment, an unreadable head
+/// index, a damaged ack log or settings file). See `docs/DURABILITY.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnDamage {
+    /// Refuse to open with [`Error::Corrupt`](crate::Error::Corrupt) naming the file and byte
+    /// offset, changing nothing: an operator runs `spool repair` (the default). Damage in a
+    /// sealed segment is found when the reader reaches it, and `pop` reports it there.
+    #[default]
+    Refuse,
+    /// Check every file at open (reading the whole queue, so open takes time in proportion to
+    /// its size), and when something is damaged, carry out the plan of
+    /// [`tools::repair`](crate::tools::repair) before opening: every record before the damage
+    /// is kept, whatever is cut is moved into the queue's `quarantine/` folder with its readable
+    /// records (`spool quarantine --restore` pushes them back), and sequence numbers are never
+    /// used twice. [`Queue::recovery_report`](crate::Queue::recovery_report) lists every step.
+    /// A segment written by a newer format version is not damage: open still refuses it.
+    Quarantine,
+}
+
 /// Options for [`Queue::open`](crate::Queue::open), built from [`Options::default`] with
 /// consuming setters. Each setter has a getter named `get_` and the setter's name (as clap's
 /// builders do): [`Queue::options`](crate::Queue::options) shows the values an open queue uses.
@@ -89,7 +110,16 @@ pub struct Options {
     /// The policies set by their setters (see [`policy_bits`]): they replace the queue's
     /// stored ones at open; the others are taken from the settings file.
     pub(crate) policies_explicit: u8,
+    pub(crate) on_damage: OnDamage,
+    pub(crate) metrics_name: Option<String>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics_interval: Duration,
 }
+
+/// How often an open queue reports its gauges and counters to the `metrics` recorder by default
+/// (feature `metrics`): 5 s, under the usual 15 s scrape interval.
+#[cfg(feature = "metrics")]
+pub const METRICS_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 
 impl Default for Options {
     fn default() -> Self {
@@ -114,6 +144,10 @@ impl Default for Options {
             max_age: None,
             dedup_window: None,
             policies_explicit: 0,
+            on_damage: OnDamage::Refuse,
+            metrics_name: None,
+            #[cfg(feature = "metrics")]
+            metrics_interval: METRICS_INTERVAL_DEFAULT,
         }
     }
 }
@@ -194,6 +228,35 @@ impl Options {
         self
     }
 
+    /// The queue's name in its metrics (the `queue` label, feature `metrics`) and in its
+    /// `tracing` events (feature `tracing`). Default: the last component of its directory.
+    pub fn metrics_name(mut self, name: impl Into<String>) -> Self {
+        self.metrics_name = Some(name.into());
+        self
+    }
+
+    /// The queue's name in metrics and events: [`metrics_name`](Options::metrics_name), or the
+    /// last component of `dir`.
+    pub(crate) fn name_for(&self, dir: &Path) -> String {
+        match &self.metrics_name {
+            Some(name) => name.clone(),
+            None => dir.file_name().map_or_else(
+                || dir.display().to_string(),
+                |name| name.to_string_lossy().into(),
+            ),
+        }
+    }
+
+    /// How often the open queue reports its gauges and counters to the `metrics` recorder
+    /// (default [`METRICS_INTERVAL_DEFAULT`](crate::METRICS_INTERVAL_DEFAULT)), from a
+    /// background thread; [`Queue::report_metrics`](crate::Queue::report_metrics) reports at
+    /// once. Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.metrics_interval = interval;
+        self
+    }
+
     /// Whether each record's enqueue time ([`Record::enqueued_at`](crate::Record::enqueued_at))
     /// comes from the precise real-time clock (microseconds) instead of the coarse one (default
     /// off). The coarse clock, where the platform has one (Linux, FreeBSD), gives the time of
@@ -202,6 +265,20 @@ impl Options {
     /// leases and retries always use the precise clock.
     pub fn precise_timestamps(mut self, enabled: bool) -> Self {
         self.precise_timestamps = enabled;
+        self
+    }
+
+    /// What open does with a damaged queue (default [`OnDamage::Refuse`]): refuse it, or, with
+    /// [`OnDamage::Quarantine`], set the damaged part aside and open (what a service restarted
+    /// by a supervisor wants, rather than failing until someone repairs the queue).
+    ///
+    /// ```
+    /// use diskspool::{OnDamage, Options};
+    /// let options = Options::default().on_damage(OnDamage::Quarantine);
+    /// assert_eq!(options.get_on_damage(), OnDamage::Quarantine);
+    /// ```
+    pub fn on_damage(mut self, policy: OnDamage) -> Self {
+        self.on_damage = policy;
         self
     }
 
@@ -366,9 +443,26 @@ impl Options {
         self.mapped_writes
     }
 
+    /// The name set for metrics and `tracing` events, if any (see
+    /// [`metrics_name`](Options::metrics_name)).
+    pub fn get_metrics_name(&self) -> Option<&str> {
+        self.metrics_name.as_deref()
+    }
+
+    /// How often the open queue reports to the `metrics` recorder. Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn get_metrics_interval(&self) -> Duration {
+        self.metrics_interval
+    }
+
     /// Whether enqueue times come from the precise clock.
     pub fn get_precise_timestamps(&self) -> bool {
         self.precise_timestamps
+    }
+
+    /// What open does with a damaged queue.
+    pub fn get_on_damage(&self) -> OnDamage {
+        self.on_damage
     }
 
     /// How many consumed segment files are kept for reuse.

@@ -17,7 +17,7 @@ use crate::format::layout::segment_file_name;
 use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::segment::{self, walk_frames, WalkStep, SEGMENT_HEADER_LEN};
 use crate::storage::sim::{Fault, FaultKind, SimOp, SimRng, SimStats, SimStorage};
-use crate::{Error, Options, Push, Queue, SyncPolicy};
+use crate::{Error, OnDamage, Options, Push, Queue, SyncPolicy};
 
 /// The payload limit the decoding checks use: large enough for any frame in a fuzz input.
 const PAYLOAD_LEN_LIMIT: u32 = 1 << 20;
@@ -1067,6 +1067,8 @@ struct Run {
     /// Set when a call failed because the queue refused the damage: the damage is repaired
     /// and the queue reopened after the operation.
     damage_reported: std::cell::Cell<bool>,
+    /// Opens with [`OnDamage::Quarantine`]: damage must never be refused, only set aside.
+    quarantine: bool,
 }
 
 impl Run {
@@ -1078,6 +1080,11 @@ impl Run {
             .segment_pool(self.config.segment_pool)
             .sync(policy.sync_policy())
             .storage(Arc::new(self.sim.clone()))
+            .on_damage(if self.quarantine {
+                OnDamage::Quarantine
+            } else {
+                OnDamage::Refuse
+            })
     }
 
     /// Opens the queue; an open that an armed fault breaks must fail with a typed error, and the
@@ -1092,6 +1099,9 @@ impl Run {
             self.sim.clear_faults();
             match opened {
                 Ok(queue) => break queue,
+                Err(error) if self.quarantine && self.damage_refused(&error) => {
+                    return Err(format!("open refused damage under Quarantine: {error}"));
+                }
                 Err(error) if self.damage_refused(&error) => {
                     self.check_refusal_changed_nothing(before, &error)?;
                     self.repair_damage()?;
@@ -1107,8 +1117,16 @@ impl Run {
                 }
             }
         };
+        if self.quarantine && queue.recovery_report().repaired() {
+            return self.quarantined(queue, policy, power_loss);
+        }
         // `stats` reads the oldest record: it may reach the damage and refuse it.
         let queue = match queue.stats() {
+            Err(error) if self.quarantine && self.damage_refused(&error) => {
+                return Err(format!(
+                    "damage left in place by an open under Quarantine: {error}"
+                ));
+            }
             Err(error) if self.damage_refused(&error) => {
                 drop(queue);
                 self.repair_damage()?;
@@ -1199,6 +1217,160 @@ impl Run {
                 (name, bytes)
             })
             .collect()
+    }
+
+    /// After an open under [`OnDamage::Quarantine`] repaired damage: checks what the queue now
+    /// holds against the model (every record it serves was pushed there; every record before
+    /// the cut that the model owes is there; no sequence number is used again), adopts that
+    /// state, and checks that a second open finds nothing to do.
+    fn quarantined(
+        &mut self,
+        queue: Queue,
+        policy: Policy,
+        power_loss: bool,
+    ) -> Result<(), String> {
+        let report = queue.recovery_report().clone();
+        if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
+            eprintln!("   quarantined: {report:#?}");
+        }
+        let stats = queue
+            .stats()
+            .map_err(|error| format!("stats after a repair failed: {error}"))?;
+        let (head, next_seq) = (stats.head_seq, stats.next_seq);
+        let mut present = BTreeSet::new();
+        let records = crate::tools::inspect::records(&self.sim, &self.dir, None)
+            .map_err(|error| format!("reading a repaired queue failed: {error}"))?;
+        for record in records {
+            let record =
+                record.map_err(|error| format!("repaired queue still damaged: {error}"))?;
+            let pushed = self
+                .model
+                .candidates
+                .get(&record.seq)
+                .is_some_and(|list| list.contains(&record.payload));
+            if !pushed {
+                return Err(format!(
+                    "the repaired queue serves record {} with a payload never pushed there",
+                    record.seq
+                ));
+            }
+            present.insert(record.seq);
+        }
+        let model = &mut self.model;
+        let end = present.last().map_or(head, |last| last + 1);
+        let steps: Vec<&str> = report.repairs.iter().map(|step| step.action).collect();
+        let head_rewritten = steps.contains(&"rewrite_head");
+        if let Some(cut) = &report.cut_seqs {
+            if present.range(cut.start..).next().is_some() || next_seq < cut.end {
+                return Err(format!(
+                    "repair cut {cut:?} but the queue serves up to {end} and continues at \
+                     {next_seq}"
+                ));
+            }
+        }
+        if next_seq < model.tail_durable.min(model.promised) {
+            return Err(format!(
+                "repair continues at {next_seq}, below durable records ({})",
+                model.bounds()
+            ));
+        }
+        if head > model.head_high && !head_rewritten {
+            return Err(format!(
+                "repair consumed records no pop took: head {head} ({})",
+                model.bounds()
+            ));
+        }
+        // Every record the model owes from the head to the cut is served.
+        let head_low = if power_loss {
+            model.head_durable
+        } else {
+            model.head
+        };
+        let cut_start = report.cut_seqs.as_ref().map_or(next_seq, |cut| cut.start);
+        let owed_end = cut_start.min(model.promised.min(model.tail_durable));
+        for seq in head.max(head_low)..owed_end {
+            if !present.contains(&seq) && !model.acked.contains_key(&seq) {
+                return Err(format!(
+                    "record {seq}, before the cut at {cut_start}, was lost by the repair: \
+                     {steps:?} ({})",
+                    model.bounds()
+                ));
+            }
+        }
+        // The head index may lag behind jobs acknowledged in the ack log (see `recovered`).
+        let behind: Vec<u64> = model
+            .durable_acks
+            .range(head..head_low.max(head))
+            .copied()
+            .collect();
+        for seq in behind {
+            model.acked.entry(seq).or_insert(AckState {
+                durable: true,
+                guaranteed: true,
+            });
+        }
+        let returned = (head..head_low)
+            .find(|seq| !model.acked.get(seq).is_some_and(|state| state.guaranteed));
+        if let (Some(returned), false) = (returned, head_rewritten) {
+            return Err(format!(
+                "consumed record {returned} came back without a rewritten head: head {head} ({})",
+                model.bounds()
+            ));
+        }
+        // Adopt the repaired state: the numbers between the last record and `next_seq` are
+        // retired (never handed out).
+        model.candidates.split_off(&end);
+        model.acked.split_off(&end);
+        // Records consumed before a head moved back over them (a lost head index restarts at
+        // the oldest record on disk) may come again, or be skipped where the ack log says so.
+        for seq in head..model.head_high.min(end) {
+            model.acked.entry(seq).or_insert(AckState {
+                durable: false,
+                guaranteed: false,
+            });
+        }
+        // Facts of a rewritten head or ack log may be lost: acknowledged jobs may come again.
+        if head_rewritten || steps.contains(&"rewrite_ack_log") {
+            for state in model.acked.values_mut() {
+                *state = AckState {
+                    durable: false,
+                    guaranteed: false,
+                };
+            }
+        }
+        let retired = AckState {
+            durable: true,
+            guaranteed: true,
+        };
+        for seq in end..next_seq {
+            model.acked.insert(seq, retired);
+        }
+        model.durable_acks.split_off(&end);
+        model.boundaries.split_off(&(next_seq + 1));
+        model.boundaries.insert(end);
+        model.boundaries.insert(next_seq);
+        model.head = head;
+        model.head_durable = head;
+        model.head_high = head;
+        model.tail = next_seq;
+        model.tail_durable = next_seq;
+        model.tail_high = next_seq;
+        model.promised = next_seq;
+        model.extend_high();
+        self.damage = None;
+        self.summary.quarantined += 1;
+        drop(queue);
+        let again = Queue::open(&self.dir, self.options(policy))
+            .map_err(|error| format!("second open after a repair failed: {error}"))?;
+        if again.recovery_report().repaired() {
+            return Err(format!(
+                "a second open repaired again: {:#?}",
+                again.recovery_report()
+            ));
+        }
+        self.queue = Some(again);
+        self.policy = policy;
+        Ok(())
     }
 
     /// Whether `error` refuses the damage not yet reported.
@@ -1407,6 +1579,11 @@ impl Run {
         };
         self.sim.clear_faults();
         outcome?;
+        if self.damage_reported.get() && self.quarantine {
+            return Err(String::from(
+                "a read refused damage that the open under Quarantine did not set aside",
+            ));
+        }
         if self.damage_reported.replace(false) {
             // The queue refused the damage when it reached it: repair it and reopen (the
             // queue may hold the damaged bytes in a mapping).
@@ -1894,11 +2071,25 @@ pub struct RunSummary {
     pub refused: u64,
     /// Damage recovery cut, reporting what it cut (records never promised durable).
     pub cut: u64,
+    /// Damage an open under [`OnDamage::Quarantine`] set aside ([`run_ops_quarantining`]).
+    pub quarantined: u64,
 }
 
 /// [`run_ops`] with the queue and filesystem set up as `config` says; returns what the run
 /// exercised.
 pub fn run_ops_with(config: &SimConfig, ops: &[Op]) -> Result<RunSummary, String> {
+    run(config, ops, false)
+}
+
+/// [`run_ops_with`], every open under [`OnDamage::Quarantine`]: damage must never be refused;
+/// each open that repairs is checked against the model (nothing served that was not pushed,
+/// nothing owed before the cut lost, no sequence number used again) and followed by a second
+/// open that must find nothing to do.
+pub fn run_ops_quarantining(config: &SimConfig, ops: &[Op]) -> Result<RunSummary, String> {
+    run(config, ops, true)
+}
+
+fn run(config: &SimConfig, ops: &[Op], quarantine: bool) -> Result<RunSummary, String> {
     let sim = SimStorage::new(0x5eed);
     sim.set_writable_mappings(config.writable_mappings);
     let mut run = Run {
@@ -1911,6 +2102,7 @@ pub fn run_ops_with(config: &SimConfig, ops: &[Op]) -> Result<RunSummary, String
         damage: None,
         damage_reported: std::cell::Cell::new(false),
         summary: RunSummary::default(),
+        quarantine,
     };
     run.model.boundaries.insert(0);
     run.open(Policy::Always, false)

@@ -199,7 +199,9 @@ fn layer(module: &str) -> u32 {
         "engine" => 4,
         "typed" | "spool" => 5,
         "tools" => 6,
-        "testkit" => 7,
+        // `Queue::open`: hands the engine the repair from the tools (`OnDamage::Quarantine`).
+        "open" => 7,
+        "testkit" => 8,
         other => panic!("module {other} has no layer: add it here and to docs/ARCHITECTURE.md"),
     }
 }

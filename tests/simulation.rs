@@ -12,7 +12,8 @@
 //! - `DISKSPOOL_SIM_SEED=1234 cargo test --test simulation one_seed -- --ignored` replays one.
 
 use diskspool::testkit::{
-    config_from_seed, ops_from_seed_for, run_ops_with, Op, RunSummary, SimConfig,
+    config_from_seed, ops_from_seed_for, run_ops_quarantining, run_ops_with, Op, RunSummary,
+    SimConfig,
 };
 
 /// Operations per seed: enough for several segments, crashes and faults per run.
@@ -112,6 +113,44 @@ fn contract_holds_for_200_seeds() {
     assert!(coverage.large >= 30, "{coverage:?}");
     assert!(coverage.damaged >= 200, "{coverage:?}");
     assert!(coverage.refused >= 150, "{coverage:?}");
+}
+
+/// The same workloads, every open under `OnDamage::Quarantine`: the queue never refuses the
+/// damage, and every repair keeps what the model owes before the cut, serves nothing that was
+/// not pushed, uses no sequence number again and leaves nothing for a second open.
+/// `DISKSPOOL_SIM_QUARANTINE_SEEDS` runs more (default 100, from `DISKSPOOL_SIM_START`, 0).
+#[test]
+fn quarantine_keeps_the_contract() {
+    let first = env_u64("DISKSPOOL_SIM_START").unwrap_or(0);
+    let count = env_u64("DISKSPOOL_SIM_QUARANTINE_SEEDS").unwrap_or(100);
+    let started = std::time::Instant::now();
+    let (mut damaged, mut quarantined) = (0, 0);
+    for seed in first..first + count {
+        let config = config_from_seed(seed);
+        let ops = ops_from_seed_for(seed, OPS_PER_SEED, &config);
+        match run_ops_quarantining(&config, &ops) {
+            Ok(summary) => {
+                assert_eq!(summary.refused, 0, "seed {seed}: {summary:?}");
+                damaged += summary.damaged;
+                quarantined += summary.quarantined;
+            }
+            Err(failure) => panic!(
+                "quarantine seed {seed} failed: {failure}\n{config:?}\nreplay: \
+                 DISKSPOOL_SIM_START={seed} DISKSPOOL_SIM_QUARANTINE_SEEDS=1 \
+                 DISKSPOOL_SIM_TRACE=1 cargo test --test simulation quarantine"
+            ),
+        }
+    }
+    eprintln!(
+        "quarantine: seeds {first}..{} passed in {:.1} s ({damaged} damaged, {quarantined} \
+         repaired at open)",
+        first + count,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        count < 50 || quarantined >= count / 2,
+        "{quarantined} repairs"
+    );
 }
 
 /// The long run: `DISKSPOOL_SIM_SEEDS` seeds (default 100,000) from `DISKSPOOL_SIM_START`.

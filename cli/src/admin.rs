@@ -25,18 +25,30 @@ const PROGRESS_BAR_BYTES_MIN: u64 = 256 << 20;
 Examples:
   spool stat /var/spool/jobs
   spool stat --json /var/spool/jobs | jq .len
+  spool stat --prometheus /var/spool/jobs > /var/lib/node_exporter/jobs.prom
+  spool stat --watch 1 /var/spool/jobs      one line a second (Ctrl-C stops)
 
 Takes no lock. JSON fields: len, head_seq, next_seq, segments, live_bytes, disk_bytes,
-oldest_age_ms (null when the queue is empty), policies (segment_size, max_records,
-max_bytes, overflow, max_age_ms, dedup_window_ms: the settings; null when not set). Counts of
-expired, discarded and deduplicated records exist only inside the process that has the queue
-open (`Queue::policy_counters`).")]
+oldest_age_ms (of the oldest ready record; null when there is none), ready, delayed, policies
+(segment_size, max_records, max_bytes, overflow, max_age_ms, dedup_window_ms: the settings;
+null when not set). Counts of expired, discarded and deduplicated records are counters of the
+process that has the queue open (`Stats::totals`, docs/METRICS.md).")]
 pub struct StatArgs {
     /// The queue directory.
     pub(crate) dir: PathBuf,
     /// Print one JSON object.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["prometheus", "watch"])]
     json: bool,
+    /// Print the gauges in the Prometheus text format (for node_exporter's textfile collector).
+    #[arg(long, conflicts_with = "watch")]
+    prometheus: bool,
+    /// Print one line every SECS seconds (depth, ready, delayed, in/s, out/s, oldest ready age,
+    /// disk) until Ctrl-C.
+    #[arg(long, value_name = "SECS", value_parser = crate::observe::parse_interval)]
+    watch: Option<std::time::Duration>,
+    /// With --watch: stop after N lines.
+    #[arg(long, value_name = "N", requires = "watch")]
+    count: Option<u64>,
 }
 
 /// Options of `spool inspect`.
@@ -125,15 +137,27 @@ struct StatJson {
     disk_bytes: u64,
     oldest_age_ms: Option<u64>,
     policies: crate::policies::PoliciesJson,
+    ready: u64,
+    delayed: u64,
+    quarantine_files: usize,
+    quarantine_records: u64,
 }
 
 pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
+    if let Some(interval) = args.watch {
+        return crate::observe::watch(&args.dir, interval, args.count);
+    }
     require_dir(&args.dir)?;
     let stat = inspect::stat(&OsStorage, &args.dir)?;
     // The policies, from the settings file (issue 13).
     let settings = crate::policies::stored_settings(&args.dir)?;
     let age = stat.oldest_age(SystemTime::now());
+    let quarantined = diskspool::tools::quarantine::list(&OsStorage, &args.dir)?;
     let mut out = print::stdout();
+    if args.prometheus {
+        crate::observe::prometheus(&args.dir, &stat, &mut out)?;
+        return Ok(EXIT_OK);
+    }
     if args.json {
         let json = StatJson {
             len: stat.len,
@@ -144,19 +168,28 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
             disk_bytes: stat.disk_bytes,
             oldest_age_ms: age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
             policies: crate::policies::PoliciesJson::new(&settings),
+            ready: stat.ready,
+            delayed: stat.delayed,
+            quarantine_files: quarantined.files.len(),
+            quarantine_records: quarantined.restorable_records(),
         };
         serde_json::to_writer(&mut out, &json).map_err(io::Error::from)?;
         writeln!(out)?;
         return Ok(EXIT_OK);
     }
     let mut table = Table::new(&["records", &stat.len.to_string()]);
+    table.row(vec!["ready".into(), stat.ready.to_string()]);
+    table.row(vec!["delayed".into(), stat.delayed.to_string()]);
     table.row(vec!["head seq".into(), stat.head_seq.to_string()]);
     table.row(vec!["next seq".into(), stat.next_seq.to_string()]);
     table.row(vec!["segments".into(), stat.segments.to_string()]);
     table.row(vec!["live bytes".into(), print::size(stat.live_bytes)]);
     table.row(vec!["disk bytes".into(), print::size(stat.disk_bytes)]);
     let oldest = age.map_or_else(|| String::from("-"), print::age);
-    table.row(vec!["oldest age".into(), oldest]);
+    table.row(vec!["oldest ready age".into(), oldest]);
+    if let Some(summary) = crate::quarantine::summary(&quarantined) {
+        table.row(vec!["quarantine".into(), summary]);
+    }
     table.print(&mut out)?;
     crate::policies::print_policies(&mut out, &settings)?;
     Ok(EXIT_OK)
@@ -178,6 +211,7 @@ struct InspectJson<'a> {
     head_seq: Option<u64>,
     segments: Vec<SegmentJson<'a>>,
     strays: &'a [String],
+    quarantine: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -201,6 +235,7 @@ pub fn inspect(args: &InspectArgs) -> Result<u8, Failure> {
 
 fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
     let snapshot = Snapshot::take(&OsStorage, dir)?;
+    let quarantined = diskspool::tools::quarantine::list(&OsStorage, dir)?;
     let rows: Vec<SegmentJson> = snapshot
         .segments
         .iter()
@@ -223,6 +258,11 @@ fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
             head_seq: snapshot.head_seq(),
             segments: rows,
             strays: &snapshot.strays,
+            quarantine: quarantined
+                .files
+                .iter()
+                .map(|file| file.name.clone())
+                .collect(),
         };
         serde_json::to_writer(&mut out, &json).map_err(io::Error::from)?;
         writeln!(out)?;
@@ -256,6 +296,9 @@ fn inspect_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
     }
     for stray in &snapshot.strays {
         writeln!(out, "stray file: {stray}")?;
+    }
+    if let Some(summary) = crate::quarantine::summary(&quarantined) {
+        writeln!(out, "quarantine: {summary}")?;
     }
     Ok(EXIT_OK)
 }

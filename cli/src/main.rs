@@ -6,8 +6,10 @@
 
 mod admin;
 mod demo;
+mod observe;
 mod policies;
 mod print;
+mod quarantine;
 mod records;
 
 use std::io;
@@ -72,7 +74,8 @@ impl Command {
             Command::Repair(args) => Some(&mut args.dir),
             Command::Config(args) => Some(&mut args.dir),
             Command::Purge(args) => Some(&mut args.dir),
-            Command::Demo(_) => None,
+            Command::Quarantine(args) => Some(&mut args.dir),
+            Command::Demo(_) | Command::Top(_) => None,
         }
     }
 }
@@ -101,6 +104,10 @@ enum Command {
     Config(policies::ConfigArgs),
     /// Remove every record not yet consumed (asks first on a terminal).
     Purge(policies::PurgeArgs),
+    /// List what repair set aside in DIR/quarantine/, or push its readable records back.
+    Quarantine(quarantine::QuarantineArgs),
+    /// Show every queue of one or more spools (or queues) at once, deepest first.
+    Top(observe::TopArgs),
     /// Run producers and workers on a temporary queue and print throughput and stats.
     Demo(demo::DemoArgs),
 }
@@ -138,7 +145,7 @@ fn main() -> ExitCode {
             Some(dir) => *dir = dir.join(name),
             None => {
                 return ExitCode::from(report(Failure::Usage(
-                    "--queue does not apply to demo".to_string(),
+                    "--queue does not apply to demo and top".to_string(),
                 )))
             }
         }
@@ -155,6 +162,8 @@ fn main() -> ExitCode {
         Command::Repair(args) => admin::repair(&args),
         Command::Config(args) => policies::config(&args),
         Command::Purge(args) => policies::purge(&args),
+        Command::Quarantine(args) => quarantine::quarantine(&args),
+        Command::Top(args) => observe::top(&args),
         Command::Demo(args) => demo::run(&args).map(|_| EXIT_OK).map_err(Failure::Queue),
     };
     ExitCode::from(match outcome {
@@ -270,12 +279,13 @@ fn open_queue_with(
 fn report_recovery(report: &diskspool::RecoveryReport) {
     for cut in &report.truncated {
         eprintln!(
-            "spool: recovered {}: cut a torn tail of {} bytes at byte {} (records from {} were \
+            "spool: recovered {}: cut a torn tail of {} bytes at byte {} (records {}..={} were \
              never complete: {})",
             cut.file.display(),
             cut.bytes_cut,
             cut.offset,
             cut.first_lost_seq,
+            cut.last_lost_seq,
             cut.reason
         );
     }

@@ -110,6 +110,7 @@ impl AckLog {
                     offset: offset as u64,
                     bytes_cut: (bytes.len() - offset) as u64,
                     first_lost_seq: head,
+                    last_lost_seq: head,
                     reason: String::from("torn ack log entry"),
                 });
             }

@@ -3,14 +3,18 @@
 //! waiting consumers.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::arrivals::Arrivals;
+use crate::engine::counters::Counters;
 use crate::engine::limits::Limits;
 use crate::engine::sync::lock;
+#[cfg(feature = "metrics")]
+use crate::engine::telemetry::Telemetry;
 use crate::error::{Error, Result};
 use crate::options::Options;
+use crate::stats::DiscardReason;
 use crate::storage::Storage;
 
 /// The queue's fixed surroundings and its health, passed to the writer, the reader and the
@@ -24,8 +28,11 @@ pub(crate) struct Env {
     pub(crate) max_age_us: Option<u64>,
     /// The bound and its usage, for a bounded queue only.
     pub(crate) limits: Option<Limits>,
-    /// What the policies did since open (named as issue 14's metrics will name them).
-    pub(crate) counters: PolicyCounters,
+    /// What happened since open, beyond the push and pop paths (see `counters`).
+    pub(crate) counters: Counters,
+    /// The queue's metrics handles (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub(crate) telemetry: Telemetry,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
 }
@@ -36,14 +43,18 @@ impl Env {
         let max_age_us = options
             .max_age
             .map(|age| u64::try_from(age.as_micros()).unwrap_or(u64::MAX));
+        #[cfg(feature = "metrics")]
+        let telemetry = Telemetry::register(&options.name_for(&dir));
         Env {
+            #[cfg(feature = "metrics")]
+            telemetry,
             dir,
             options,
             storage,
             arrivals: Arrivals::default(),
             limits,
             max_age_us,
-            counters: PolicyCounters::default(),
+            counters: Counters::default(),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
         }
@@ -63,30 +74,33 @@ impl Env {
         Error::Poisoned { cause }
     }
 
+    /// `count` records were discarded for `reason` (queue policies: overflow, purge): counted,
+    /// and a `tracing` event (feature `tracing`).
+    #[allow(dead_code)] // Called by the queue policies (issue 13).
+    pub(crate) fn discarded(&self, reason: DiscardReason, count: u64) {
+        self.counters.discarded(reason, count);
+        #[cfg(feature = "tracing")]
+        crate::engine::events::discarded(&self.options.name_for(&self.dir), reason, count);
+    }
+
+    /// `count` records expired before delivery (queue policies): counted, and a `tracing` event
+    /// (feature `tracing`).
+    #[allow(dead_code)] // Called by the queue policies (issue 13).
+    pub(crate) fn expired(&self, count: u64) {
+        self.counters.expired(count);
+        #[cfg(feature = "tracing")]
+        crate::engine::events::expired(&self.options.name_for(&self.dir), count);
+    }
+
     /// Records a failure after which the state on disk is unknown; later changes are refused.
     pub(crate) fn poison(&self, error: Error) -> Error {
         let mut cause = lock(&self.poison_cause);
         if cause.is_none() {
             *cause = Some(error.to_string());
+            #[cfg(feature = "tracing")]
+            crate::engine::events::poisoned(&self.options.name_for(&self.dir), &error);
         }
         self.poisoned.store(true, Ordering::Release);
         error
-    }
-}
-
-/// Counts of what the queue's policies did since it was opened.
-#[derive(Default)]
-pub(crate) struct PolicyCounters {
-    /// Records older than `max_age` (or their ttl), discarded at the head.
-    pub(crate) expired_total: AtomicU64,
-    /// Records discarded by `Overflow::DropOldest`.
-    pub(crate) discarded_total: AtomicU64,
-    /// Pushes that wrote nothing because their dedup id was in the window.
-    pub(crate) deduplicated_total: AtomicU64,
-}
-
-impl PolicyCounters {
-    pub(crate) fn add(counter: &AtomicU64, count: u64) {
-        counter.fetch_add(count, Ordering::Relaxed);
     }
 }

@@ -16,11 +16,25 @@ pub(crate) struct Flusher {
 
 impl Flusher {
     pub(crate) fn start(shared: &Arc<Shared>, interval: Duration) -> std::io::Result<Self> {
+        // A failure poisons the queue; the next call on it reports the error.
+        Self::every(shared, interval, "diskspool-flusher", |shared| {
+            let _ = shared.sync_all();
+        })
+    }
+
+    /// Runs `work` on the queue every `interval` from a background thread, until stopped or the
+    /// queue is gone (also the metrics reporter's thread, feature `metrics`).
+    pub(crate) fn every(
+        shared: &Arc<Shared>,
+        interval: Duration,
+        name: &str,
+        work: fn(&Shared),
+    ) -> std::io::Result<Self> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let weak: Weak<Shared> = Arc::downgrade(shared);
         let signal = stop.clone();
         let thread = std::thread::Builder::new()
-            .name("diskspool-flusher".into())
+            .name(name.into())
             .spawn(move || loop {
                 let (stopped, wake) = &*signal;
                 let guard = lock(stopped);
@@ -32,8 +46,7 @@ impl Flusher {
                 }
                 drop(guard);
                 let Some(shared) = weak.upgrade() else { return };
-                // A failure poisons the queue; the next call on it reports the error.
-                let _ = shared.sync_all();
+                work(&shared);
             })?;
         Ok(Flusher {
             stop,

@@ -101,6 +101,23 @@ impl Jobs {
         self.history.take(seq)
     }
 
+    /// How many tracked records wait for a delay that has not run out at `now_us`.
+    pub(crate) fn delayed(&self, now_us: u64) -> u64 {
+        self.entries
+            .values()
+            .filter(|job| matches!(job.state, JobState::Waiting { due_us } if due_us > now_us))
+            .count() as u64
+    }
+
+    /// A copy of what the ack log remembers beyond the tracked records (for counting delayed
+    /// records outside the reader lock).
+    pub(crate) fn history_snapshot(&self) -> JobHistory {
+        match self.history.is_empty() {
+            true => JobHistory::default(),
+            false => self.history.clone(),
+        }
+    }
+
     pub(crate) fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token

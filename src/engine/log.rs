@@ -55,6 +55,8 @@ pub(crate) struct Log {
     compact_lock: Mutex<()>,
     /// Gaps between segments that `repair` retired (see `recovery::retired_ranges`).
     retired: BTreeMap<u64, u64>,
+    /// The next sequence number at open: pushes since open are counted by the distance to it.
+    opened_next_seq: u64,
 }
 
 impl Log {
@@ -73,7 +75,20 @@ impl Log {
             pool: Mutex::new(pool),
             compact_lock: Mutex::new(()),
             retired,
+            opened_next_seq: next_seq,
         }
+    }
+
+    /// Records pushed since open and visible to readers (the push path counts nothing: the
+    /// sequence numbers do).
+    pub(crate) fn pushed_since_open(&self) -> u64 {
+        self.published_next_seq()
+            .saturating_sub(self.opened_next_seq)
+    }
+
+    /// The push group commit's syncs and the records they made durable.
+    pub(crate) fn commits(&self) -> (u64, u64) {
+        self.push_sync.commits()
     }
 
     /// The sequence number after the last record readers may see.
@@ -310,7 +325,7 @@ impl Log {
     pub(crate) fn complete(&self, env: &Env, written: Written) -> Result<Range<u64>> {
         if env.options.sync == SyncPolicy::Always {
             self.push_sync
-                .wait(written.range.end, || self.sync_data())
+                .wait(written.range.end, || self.sync_data_timed(env))
                 .map_err(|error| env.poison(error))?;
             // Readers see a record only once it is durable.
             if let Some(segment) = &written.segment {
@@ -321,6 +336,18 @@ impl Log {
             env.arrivals.notify();
         }
         Ok(written.range)
+    }
+
+    /// [`sync_data`](Log::sync_data), timed for the fsync histogram (feature `metrics`).
+    pub(crate) fn sync_data_timed(&self, env: &Env) -> Result<u64> {
+        #[cfg(feature = "metrics")]
+        let began = std::time::Instant::now();
+        let covered = self.sync_data();
+        #[cfg(feature = "metrics")]
+        env.telemetry.fsync_took(began.elapsed());
+        #[cfg(not(feature = "metrics"))]
+        let _ = env;
+        covered
     }
 
     /// Syncs the active segment; returns the sequence number below which all is durable.

@@ -8,8 +8,13 @@
 
 // Leaves: no other engine module.
 pub(crate) mod clock;
+pub(crate) mod counters;
+#[cfg(feature = "tracing")]
+pub(crate) mod events;
 pub(crate) mod report;
 pub(crate) mod sync;
+#[cfg(feature = "metrics")]
+pub(crate) mod telemetry;
 pub(crate) mod writeback;
 // The bound of a bounded queue.
 pub(crate) mod limits;

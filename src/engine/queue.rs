@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::clock::now_micros;
 use crate::engine::compactor::{self, CompactReport};
+use crate::engine::counters::ConsumerCounts;
 use crate::engine::dedup::Dedup;
 use crate::engine::delivery::{try_recv_batch, Delivery};
 use crate::engine::env::Env;
@@ -25,24 +26,10 @@ use crate::error::{Error, Result};
 use crate::format::head::HEAD_FILE_LEN;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::format::settings::SETTINGS_FILE_LEN;
-use crate::options::{Options, SyncPolicy};
+use crate::options::{OnDamage, Options, SyncPolicy};
 use crate::stats::Stats;
 use crate::storage::queue_dir::{self, check_owner, create_and_lock_with_mode};
-
-/// What a queue's policies did since it was opened ([`Queue::policy_counters`]); the names are
-/// the metrics' names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PolicyCounters {
-    /// Records that reached the head older than [`Options::max_age`] and were discarded (or
-    /// dead-lettered), never delivered.
-    pub expired_total: u64,
-    /// Records discarded (or dead-lettered) by [`Overflow::DropOldest`](crate::Overflow) to make
-    /// room.
-    pub discarded_total: u64,
-    /// Pushes that wrote nothing because their deduplication id was in the window.
-    pub deduplicated_total: u64,
-}
+use crate::storage::Storage;
 
 /// A durable, disk-backed FIFO queue. See the crate documentation for an overview.
 ///
@@ -65,6 +52,9 @@ pub struct PolicyCounters {
 pub struct Queue {
     shared: Arc<Shared>,
     flusher: Option<Flusher>,
+    /// Reports to the `metrics` recorder every `Options::metrics_interval`.
+    #[cfg(feature = "metrics")]
+    reporter: Option<Flusher>,
     /// Set by [`Queue::close`], so that the drop after it does not close again.
     closed: bool,
 }
@@ -78,26 +68,43 @@ impl fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Opens the queue in `dir`, creating the directory and an empty queue if needed, and
-    /// recovering from a crash if the last process did not close it.
-    ///
-    /// Takes an exclusive lock on the directory: a second `open` of it, from this process or
-    /// another, fails with [`Error::Locked`].
-    pub fn open(dir: impl AsRef<Path>, mut options: Options) -> Result<Queue> {
+    /// `Queue::open` (see `crate::open`, above the tools): `mend` is the repair an open under
+    /// [`OnDamage::Quarantine`] runs, passed down because the engine does not reach the tools.
+    pub(crate) fn open_mending(dir: &Path, options: Options, mend: Mend) -> Result<Queue> {
+        let opened = Self::open_at(dir, options, mend);
+        #[cfg(feature = "tracing")]
+        if let Err(error) = &opened {
+            crate::engine::events::open_failed(dir, error);
+        }
+        opened
+    }
+
+    fn open_at(dir: &Path, mut options: Options, mend: Mend) -> Result<Queue> {
         options.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         let storage = options.storage.clone();
         if !options.create_if_missing && !queue_dir::is_queue(&*storage, &dir)? {
             return Err(Error::NotAQueue { dir });
         }
         check_owner(&*storage, &dir)?;
         let dir_lock = create_and_lock_with_mode(&*storage, &dir, Some(options.dir_mode()))?;
+        // Under the lock, before recovery reads anything: what the repair cuts is then never
+        // seen by recovery, which opens the mended queue as after any crash.
+        let mut repaired = RecoveryReport::default();
+        if options.on_damage == OnDamage::Quarantine {
+            mend(&*storage, &dir, &mut repaired)?;
+        }
         recovery::settle_at_open(&*storage, &dir, &mut options)?;
         // Checked again: limits that depend on the segment size now see the queue's own.
         options.validate()?;
         // Ids before the records that recovery makes durable (see `Dedup::sync_existing`).
         Dedup::sync_existing(&*storage, &dir)?;
         let mut recovered = recovery::recover(&*storage, &dir, &options)?;
+        recovered.report.repairs = repaired.repairs;
+        recovered.report.cut_seqs = repaired.cut_seqs;
+        recovered.report.quarantined_records = repaired.quarantined_records;
+        #[cfg(feature = "tracing")]
+        crate::engine::events::recovered(&options.name_for(&dir), &recovered.report);
         let pool_files = std::mem::take(&mut recovered.pool_files);
         let pool = pool::adopt(&*storage, &dir, pool_files, options.segment_pool)?;
         // Under `Always` every ack log append waits for a group-commit sync: its leader writes
@@ -123,6 +130,7 @@ impl Queue {
             jobs: Jobs::with_history(recovered.history),
             acklog: recovered.acklog,
             expired_letters: Vec::new(),
+            counts: ConsumerCounts::default(),
         };
         let log = Log::new(
             recovered.segments,
@@ -144,7 +152,12 @@ impl Queue {
             Consumer::new(reader),
             recovered.report,
             dir_lock,
-            open_dead_letter_queue,
+            // The dead-letter queue is opened with the same repair at hand.
+            Box::new(move |dir: PathBuf, options: Options| {
+                let queue: Arc<dyn DeadLetterQueue> =
+                    Arc::new(Queue::open_mending(&dir, options, mend)?);
+                Ok(queue)
+            }),
             dedup,
         ));
         let env = &shared.env;
@@ -158,9 +171,22 @@ impl Queue {
             ),
             SyncPolicy::Always | SyncPolicy::Never => None,
         };
+        #[cfg(feature = "metrics")]
+        let reporter = match env.options.metrics_interval {
+            interval if interval.is_zero() => None,
+            interval => Some(
+                // A failure to report now is met again by the next call on the queue.
+                Flusher::every(&shared, interval, "diskspool-metrics", |shared| {
+                    let _ = report_metrics(shared);
+                })
+                .map_err(|error| Error::io("start metrics thread", &env.dir, error))?,
+            ),
+        };
         let queue = Queue {
             shared,
             flusher,
+            #[cfg(feature = "metrics")]
+            reporter,
             closed: false,
         };
         if let Some(limits) = &queue.shared.env.limits {
@@ -198,8 +224,7 @@ impl Queue {
     ///
     /// With a deduplication id, a push with the same id made within
     /// [`Options::dedup_window`](crate::Options::dedup_window) writes nothing and returns the
-    /// first push's sequence number (counted in
-    /// [`PolicyCounters::deduplicated_total`]), also after that record was consumed, after a
+    /// first push's sequence number (counted in [`Totals::deduplicated`](crate::Totals)), also after that record was consumed, after a
     /// reopen, and after a crash of the process (and a power loss under
     /// [`SyncPolicy::Always`]). Such a push costs one more write (and, under `Always`, one more
     /// sync, made while pushes wait), and pushes with ids are made one at a time.
@@ -392,22 +417,39 @@ impl Queue {
         self.len() == 0
     }
 
-    /// Sizes and positions; see [`Stats`].
+    /// Sizes, positions and the counters since open; see [`Stats`] and `docs/METRICS.md`.
+    /// Counts the delayed records not read yet from their frame headers: each sealed segment is
+    /// counted once and remembered (it never changes), so a call reads only the active segment's
+    /// headers beyond the reader, and the first call after open reads every unread segment's.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::{Duration, SystemTime};
+    /// use diskspool::{Options, Queue};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let queue = Queue::open(dir.path(), Options::default())?;
+    /// queue.push(b"now")?;
+    /// queue.push(b"soon")?;
+    /// queue.push_delayed(b"later", Duration::from_secs(60))?;
+    /// let job = queue.try_recv()?.expect("a ready record");
+    /// let stats = queue.stats()?;
+    /// assert_eq!((stats.ready, stats.in_flight(), stats.delayed), (1, Some(1), 1));
+    /// assert!(stats.oldest_ready_age(SystemTime::now()).is_some()); // "soon"
+    /// job.ack()?;
+    /// let totals = queue.stats()?.totals.expect("the open queue counts");
+    /// assert_eq!((totals.pushed, totals.delivered, totals.acked), (3, 1, 1));
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> Result<Stats> {
-        self.stats_now()
+        stats_of(&self.shared)
     }
 
-    /// What the queue's policies did since it was opened; see [`PolicyCounters`].
-    pub fn policy_counters(&self) -> PolicyCounters {
-        let counters = &self.shared.env.counters;
-        let read = |counter: &std::sync::atomic::AtomicU64| {
-            counter.load(std::sync::atomic::Ordering::Relaxed)
-        };
-        PolicyCounters {
-            expired_total: read(&counters.expired_total),
-            discarded_total: read(&counters.discarded_total),
-            deduplicated_total: read(&counters.deduplicated_total),
-        }
+    /// Reports the gauges and counters to the `metrics` recorder now (the background thread
+    /// does it every [`Options::metrics_interval`]). Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn report_metrics(&self) -> Result<()> {
+        report_metrics(&self.shared)
     }
 
     /// Makes every push and pop so far durable, whatever the sync policy.
@@ -441,46 +483,6 @@ impl Queue {
         &self.shared.env.options
     }
 
-    /// Computes [`Stats`] from the log and the consumer.
-    fn stats_now(&self) -> Result<Stats> {
-        let shared = &*self.shared;
-        let next_seq = shared.log.published_next_seq();
-        let position = shared.consumer.position(next_seq);
-        let (head_base, head_offset) = (position.head_base, position.head_offset);
-        let segments = shared.log.segments();
-        let mut live_bytes = 0;
-        let mut disk_bytes =
-            HEAD_FILE_LEN + SETTINGS_FILE_LEN as u64 + shared.consumer.acklog_len();
-        for segment in &segments {
-            segment.ensure_open(&*shared.env.storage)?;
-            let len = match segment.file() {
-                Some(file) => file
-                    .len()
-                    .map_err(|error| Error::io("stat segment", &segment.path, error))?,
-                None => 0,
-            };
-            disk_bytes += len;
-            if segment.base_seq == head_base {
-                live_bytes += segment.readable_end().saturating_sub(head_offset);
-            } else if segment.base_seq > head_base {
-                live_bytes += segment
-                    .readable_end()
-                    .saturating_sub(SEGMENT_HEADER_LEN as u64);
-            }
-        }
-        let oldest_enqueued_at = self.peek()?.map(|record| record.enqueued_at());
-        Ok(Stats {
-            len: position.len,
-            head_seq: position.head_seq,
-            next_seq,
-            segments: segments.len(),
-            live_bytes,
-            disk_bytes,
-            oldest_enqueued_at,
-            leased: Some(position.leased),
-        })
-    }
-
     /// The directory of this queue's dead-letter queue (see
     /// [`Options::dead_letter_dir`]), which exists once a record has been dead-lettered.
     pub fn dead_letter_dir(&self) -> PathBuf {
@@ -509,6 +511,10 @@ impl Queue {
 
     /// What closing does, shared by [`close`](Queue::close) and `Drop`.
     fn shut_down(&mut self) -> Result<()> {
+        #[cfg(feature = "metrics")]
+        if let Some(reporter) = self.reporter.take() {
+            reporter.stop();
+        }
         if let Some(flusher) = self.flusher.take() {
             flusher.stop();
         }
@@ -536,11 +542,84 @@ impl DeadLetterQueue for Queue {
     }
 }
 
+/// The repair an open under [`OnDamage::Quarantine`] runs with the directory locked, before
+/// recovery: it mends damage in the queue directory (the storage and path given) and records
+/// what it did in the report's `repairs`, `cut_seqs` and `quarantined_records`. It is
+/// `tools::repair`, which sits above the engine and is handed down by `Queue::open`.
+pub(crate) type Mend = fn(&dyn Storage, &Path, &mut RecoveryReport) -> Result<()>;
+
+/// Computes [`Stats`] from the log and the consumer.
+fn stats_of(shared: &Shared) -> Result<Stats> {
+    let next_seq = shared.log.published_next_seq();
+    let position = shared
+        .consumer
+        .position(&shared.env, &shared.log, next_seq)?;
+    let (head_base, head_offset) = (position.head_base, position.head_offset);
+    let segments = shared.log.segments();
+    let mut live_bytes = 0;
+    let mut disk_bytes = HEAD_FILE_LEN + SETTINGS_FILE_LEN as u64 + shared.consumer.acklog_len();
+    for segment in &segments {
+        segment.ensure_open(&*shared.env.storage)?;
+        let len = match segment.file() {
+            Some(file) => file
+                .len()
+                .map_err(|error| Error::io("stat segment", &segment.path, error))?,
+            None => 0,
+        };
+        disk_bytes += len;
+        if segment.base_seq == head_base {
+            live_bytes += segment.readable_end().saturating_sub(head_offset);
+        } else if segment.base_seq > head_base {
+            live_bytes += segment
+                .readable_end()
+                .saturating_sub(SEGMENT_HEADER_LEN as u64);
+        }
+    }
+    let oldest_enqueued_at = shared.peek()?.map(|record| record.enqueued_at());
+    let (commit_syncs, commit_records) = shared.log.commits();
+    let totals = shared.env.counters.totals(
+        shared.log.pushed_since_open(),
+        position.counts,
+        commit_syncs,
+        commit_records,
+    );
+    Ok(Stats {
+        len: position.len,
+        head_seq: position.head_seq,
+        next_seq,
+        segments: segments.len(),
+        live_bytes,
+        disk_bytes,
+        oldest_enqueued_at,
+        leased: Some(position.leased),
+        ready: position
+            .len
+            .saturating_sub(position.leased)
+            .saturating_sub(position.delayed),
+        delayed: position.delayed,
+        totals: Some(totals),
+    })
+}
+
+/// Reports a snapshot to the `metrics` recorder.
+#[cfg(feature = "metrics")]
+fn report_metrics(shared: &Shared) -> Result<()> {
+    let stats = stats_of(shared)?;
+    shared
+        .env
+        .telemetry
+        .report(&stats, std::time::SystemTime::now());
+    Ok(())
+}
+
 /// Records and bytes of frames not yet consumed, as a bounded queue counts them at open (the
 /// bytes as in [`Stats::live_bytes`]). Reads no record, so that none expires while they are
 /// counted: an expired record is released when the reader reaches it.
 fn usage_at_open(shared: &Shared) -> Result<(u64, u64)> {
-    let position = shared.consumer.position(shared.log.published_next_seq());
+    let position =
+        shared
+            .consumer
+            .position(&shared.env, &shared.log, shared.log.published_next_seq())?;
     let mut bytes = 0;
     for segment in shared.log.segments() {
         segment.ensure_open(&*shared.env.storage)?;
@@ -553,9 +632,4 @@ fn usage_at_open(shared: &Shared) -> Result<(u64, u64)> {
         }
     }
     Ok((position.len, bytes))
-}
-
-/// Opens a dead-letter queue (see [`Shared`]'s `open_dead_letters`).
-fn open_dead_letter_queue(dir: PathBuf, options: Options) -> Result<Arc<dyn DeadLetterQueue>> {
-    Ok(Arc::new(Queue::open(dir, options)?))
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use crate::engine::acklog::AckLog;
 use crate::engine::clock::{now_micros, Clock};
-use crate::engine::env::{Env, PolicyCounters};
+use crate::engine::counters::ConsumerCounts;
+use crate::engine::env::Env;
 use crate::engine::head::{HeadIndex, SyncStart};
 use crate::engine::jobs::{Job, JobState, Jobs};
 use crate::engine::log::Log;
@@ -14,11 +15,11 @@ use crate::engine::record::Record;
 use crate::engine::segment::Segment;
 use crate::engine::sync::{lock, SyncGroup};
 use crate::error::{Error, Result};
-use crate::format::acklog::AckEntry;
+use crate::format::acklog::{AckEntry, JobHistory};
 use crate::format::dead_letter::DeadLetterReason;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
 use crate::format::head::HeadState;
-use crate::format::segment::{find_later_frame, is_free_space, SEGMENT_HEADER_LEN};
+use crate::format::segment::{find_later_frame, is_free_space, walk_headers, SEGMENT_HEADER_LEN};
 use crate::options::SyncPolicy;
 use crate::storage::Mapping;
 
@@ -76,6 +77,8 @@ pub(crate) struct Reader {
     /// Expired records to move to the dead-letter queue (marked `DeadLettering`), taken by the
     /// next operation that can move them.
     pub(crate) expired_letters: Vec<(u64, Record, u32, DeadLetterReason)>,
+    /// What the consumer did since open (see `counters`).
+    pub(crate) counts: ConsumerCounts,
 }
 
 /// A record read at the frontier, with where its frame starts in the cursor's segment.
@@ -163,7 +166,7 @@ impl Reader {
         let Some(job) = self.jobs.get(seq) else {
             return;
         };
-        PolicyCounters::add(&env.counters.expired_total, 1);
+        env.counters.expired(1);
         if env.options.dead_letter_dir.is_some() {
             // Its room comes back when the move acknowledges it.
             self.expired_letters.push((
@@ -259,6 +262,76 @@ fn sealed_segment_ends_here(
         && find_later_frame(bytes, offset, segment.base_seq, PAYLOAD_LEN_MAX).is_none()
 }
 
+/// Counts the records from `cursor` to `end_seq` that wait for a delay or a retry, walking frame
+/// headers segment by segment (the reader has not read them yet; it checks them when it does).
+fn count_delayed_unread(
+    env: &Env,
+    log: &Log,
+    cursor: Cursor,
+    end_seq: u64,
+    history: &JobHistory,
+    now_us: u64,
+) -> Result<u64> {
+    let (mut segment, mut offset, mut next_seq) = (cursor.segment, cursor.offset, cursor.next_seq);
+    let mut delayed = 0;
+    while next_seq < end_seq {
+        if let Some(counted) = segment.delayed_frames()? {
+            let range = next_seq..end_seq.min(counted.after);
+            delayed += count_delayed_in(&counted.frames, range, history, now_us);
+            next_seq = counted.after;
+        } else {
+            let end = segment.readable_end();
+            if offset < end {
+                let view = segment.view(end)?;
+                let bytes = (*view).as_ref();
+                let bytes = bytes.get(..end as usize).unwrap_or(&[]);
+                next_seq =
+                    walk_headers(bytes, offset as usize, next_seq, |header, not_before_us| {
+                        let seq = header.seq;
+                        if seq < end_seq && history.is_delayed(seq, not_before_us, now_us) {
+                            delayed += 1;
+                        }
+                    });
+            }
+        }
+        if !segment.is_sealed() {
+            break;
+        }
+        let Some(next) = log.segment_after(segment.base_seq) else {
+            break;
+        };
+        next.ensure_open(&*env.storage)?;
+        next_seq = next.base_seq.max(next_seq);
+        segment = next;
+        offset = SEGMENT_HEADER_LEN as u64;
+    }
+    Ok(delayed)
+}
+
+/// The delayed records among `range` of a sealed segment whose delayed frames are `frames`:
+/// those frames whose delay has not run out, and records with a retry time in the ack log.
+fn count_delayed_in(
+    frames: &[(u64, u64)],
+    range: std::ops::Range<u64>,
+    history: &JobHistory,
+    now_us: u64,
+) -> u64 {
+    let from = frames.partition_point(|&(seq, _)| seq < range.start);
+    let in_range = frames[from..]
+        .iter()
+        .take_while(|&&(seq, _)| seq < range.end);
+    let by_frame = in_range
+        .filter(|&&(seq, not_before_us)| history.is_delayed(seq, not_before_us, now_us))
+        .count() as u64;
+    let by_retry = history
+        .not_before
+        .range(range)
+        .filter(|&(&seq, _)| frames.binary_search_by_key(&seq, |&(seq, _)| seq).is_err())
+        .filter(|&(&seq, _)| history.is_delayed(seq, 0, now_us))
+        .count() as u64;
+    by_frame + by_retry
+}
+
 /// Reads the record at `cursor` and advances it; `None` at the end of the queue.
 pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Option<Found>> {
     loop {
@@ -348,6 +421,9 @@ pub(crate) struct Position {
     pub(crate) head_offset: u64,
     pub(crate) len: u64,
     pub(crate) leased: u64,
+    /// Records waiting for a delay or a retry, read or not.
+    pub(crate) delayed: u64,
+    pub(crate) counts: ConsumerCounts,
 }
 
 /// A record handed out under a lease, before it is wrapped in a `Delivery`.
@@ -379,16 +455,36 @@ impl Consumer {
 
     /// Where the head is, for `stats`: its sequence number, the segment and offset of its frame,
     /// the number of records, and how many are leased.
-    pub(crate) fn position(&self, published_next_seq: u64) -> Position {
+    /// The delayed records among those not read yet are counted from their frame headers
+    /// (no checksums), after the reader lock is released.
+    pub(crate) fn position(
+        &self,
+        env: &Env,
+        log: &Log,
+        published_next_seq: u64,
+    ) -> Result<Position> {
+        let now_us = now_micros();
         let reader = lock(&self.reader);
         let state = reader.head_state(0);
-        Position {
+        let tracked_delayed = reader.jobs.delayed(now_us);
+        let position = Position {
             head_seq: reader.head_seq(),
             head_base: state.hint_base,
             head_offset: state.hint_offset,
             len: reader.len(published_next_seq),
             leased: reader.jobs.leased(),
-        }
+            delayed: tracked_delayed,
+            counts: reader.counts,
+        };
+        let frontier = reader.cursor.clone();
+        let history = reader.jobs.history_snapshot();
+        drop(reader);
+        let unread =
+            count_delayed_unread(env, log, frontier, published_next_seq, &history, now_us)?;
+        Ok(Position {
+            delayed: position.delayed + unread,
+            ..position
+        })
     }
 
     /// Syncs the head index and returns the head it made durable: what the compactor may
@@ -608,6 +704,7 @@ impl Consumer {
             }
             reader.jobs.fold();
             pending.dead_letters.append(&mut reader.expired_letters);
+            reader.counts.delivered += out.count() as u64;
             pending.head_generation = reader
                 .write_head_if_moved(log.synced_seq())
                 .map_err(|error| env.poison(error))?;
@@ -666,6 +763,7 @@ impl Consumer {
                 .write_head_if_moved(log.synced_seq())
                 .map_err(|error| env.poison(error))?;
             let moved = reader.cursor.segment.base_seq != segment_before;
+            reader.counts.delivered += 1;
             (found.record, generation, moved)
         };
         self.finish(
@@ -827,6 +925,7 @@ impl Consumer {
                 job.deliveries = job.deliveries.saturating_add(1);
                 let record = job.record.clone();
                 let count = job.deliveries;
+                reader.counts.redelivered += u64::from(count > 1);
                 reader.jobs.set_state(
                     seq,
                     JobState::Leased {
@@ -856,6 +955,7 @@ impl Consumer {
                     }
                 }
                 self.maybe_rewrite_acklog(env, reader)?;
+                reader.counts.delivered += deliveries.len() as u64;
             }
         }
         let deliveries: Vec<Leased> = deliveries
@@ -917,6 +1017,8 @@ impl Consumer {
             return Ok(());
         }
         release_room(env, 1, &job.record);
+        // A record moved to the dead-letter queue is settled here too, but not acknowledged.
+        reader.counts.acked += u64::from(job.state != JobState::DeadLettering);
         let at_head = reader.jobs.first_seq() == Some(seq);
         reader.jobs.set_state(seq, JobState::Acked);
         if at_head {
@@ -972,6 +1074,7 @@ impl Consumer {
             if !matches!(job.state, JobState::Leased { token: held, .. } if held == token) {
                 return Ok(());
             }
+            reader.counts.nacked += 1;
             if !Self::divert_if_spent(env, reader, seq, &mut pending) {
                 match delay {
                     Some(delay) if !delay.is_zero() => {

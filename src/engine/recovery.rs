@@ -120,7 +120,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     let mut active = None;
     while let Some(&base) = bases.last() {
         let path = dir.join(segment_file_name(base));
-        match recover_active(storage, &path, base, head.state().synced_seq, &mut report)? {
+        match recover_active(storage, &path, base, head.state(), &mut report)? {
             Some(found) => {
                 active = Some(found);
                 break;
@@ -279,9 +279,10 @@ fn recover_active(
     storage: &dyn Storage,
     path: &Path,
     base: u64,
-    synced_seq: u64,
+    head: HeadState,
     report: &mut RecoveryReport,
 ) -> Result<Option<(u64, Arc<dyn StorageFile>, u64, u64)>> {
+    let synced_seq = head.synced_seq;
     let io_error = |operation| move |error: io::Error| Error::io(operation, path, error);
     let file: Arc<dyn StorageFile> =
         Arc::from(storage.open(path).map_err(io_error("open segment"))?);
@@ -311,9 +312,11 @@ fn recover_active(
     let mut complete_end = SEGMENT_HEADER_LEN as u64;
     let mut complete_next_seq = base;
     let mut stop = None;
+    let mut last_frame_seq = base;
     for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base, PAYLOAD_LEN_MAX) {
         match step {
             WalkStep::Frame { offset, frame } => {
+                last_frame_seq = frame.header.seq;
                 if !frame.header.batch_continues {
                     complete_end = offset + frame.frame_len as u64;
                     complete_next_seq = frame.header.seq + 1;
@@ -353,6 +356,7 @@ fn recover_active(
                 later_offset,
                 later_seq,
             } => {
+                last_frame_seq = last_frame_seq.max(later_seq);
                 out_of_order = Some(format!(
                     "{error}; the valid records after it (from sequence {later_seq} at offset \
                      {later_offset}) are not known to have been synced (the head records syncs \
@@ -377,8 +381,10 @@ fn recover_active(
         }
     }
     drop(view);
-    if complete_next_seq < synced_seq {
-        // Synced records are not all here: damage, not a crash. Refused before anything is cut.
+    if complete_next_seq.max(head.head_seq) < synced_seq {
+        // Synced records not consumed yet are not all here: damage, not a crash. Refused
+        // before anything is cut. (Damage only to consumed records is cut: the queue then
+        // restarts at its head, as when a power loss took consumed records.)
         return Err(synced_records_missing(
             path,
             complete_end,
@@ -406,6 +412,7 @@ fn recover_active(
                 offset: complete_end,
                 bytes_cut: data_end - complete_end,
                 first_lost_seq: complete_next_seq,
+                last_lost_seq: last_frame_seq.max(complete_next_seq),
                 reason,
             });
         }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
 use crate::format::layout::segment_file_name;
-use crate::format::segment::{decode_header, header_error, SEGMENT_HEADER_LEN};
+use crate::format::segment::{decode_header, header_error, walk_headers, SEGMENT_HEADER_LEN};
 use crate::storage::{Mapping, Storage, StorageFile};
 
 /// A segment file's path. For the sealed segments found at open it is joined from the queue
@@ -84,6 +84,17 @@ pub(crate) struct Segment {
     /// The length to map: the segment size for the active segment, the file length otherwise.
     map_len: AtomicU64,
     inner: Mutex<SegmentFiles>,
+    /// Once sealed and counted (see [`Segment::delayed_frames`]).
+    delayed: OnceLock<DelayedFrames>,
+}
+
+/// The delayed frames of a sealed segment, counted once from its frame headers.
+#[derive(Debug)]
+pub(crate) struct DelayedFrames {
+    /// `(seq, not_before_us)` of each delayed frame, in sequence order.
+    pub(crate) frames: Vec<(u64, u64)>,
+    /// The sequence number after the segment's last frame.
+    pub(crate) after: u64,
 }
 
 #[derive(Default)]
@@ -111,6 +122,7 @@ impl Segment {
             sealed: AtomicBool::new(true),
             map_len: AtomicU64::new(0),
             inner: Mutex::new(SegmentFiles::default()),
+            delayed: OnceLock::new(),
         }
     }
 
@@ -132,7 +144,40 @@ impl Segment {
                 file: Some(file),
                 view: None,
             }),
+            delayed: OnceLock::new(),
         }
+    }
+
+    /// For a sealed segment: its delayed frames as `(seq, not_before_us)` in sequence order, and
+    /// the sequence number after its last frame. Counted from the frame headers once (a sealed
+    /// segment never changes), so that `stats` does not walk every unread record on each call.
+    /// `None` for the active segment.
+    pub(crate) fn delayed_frames(&self) -> Result<Option<&DelayedFrames>> {
+        if !self.is_sealed() {
+            return Ok(None);
+        }
+        if let Some(counted) = self.delayed.get() {
+            return Ok(Some(counted));
+        }
+        let end = self.readable_end();
+        let view = self.view(end)?;
+        let bytes = AsRef::<[u8]>::as_ref(&*view);
+        let bytes = bytes.get(..end as usize).unwrap_or(&[]);
+        let mut delayed = Vec::new();
+        let after = walk_headers(
+            bytes,
+            SEGMENT_HEADER_LEN,
+            self.base_seq,
+            |header, not_before_us| {
+                if not_before_us != 0 {
+                    delayed.push((header.seq, not_before_us));
+                }
+            },
+        );
+        Ok(Some(self.delayed.get_or_init(|| DelayedFrames {
+            frames: delayed,
+            after,
+        })))
     }
 
     pub(crate) fn readable_end(&self) -> u64 {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::engine::clock::now_micros;
 use crate::engine::compactor;
 use crate::engine::dedup::Dedup;
-use crate::engine::env::{Env, PolicyCounters};
+use crate::engine::env::Env;
 use crate::engine::log::{Bound, Log, Written};
 use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped};
 use crate::engine::record::Record;
@@ -25,6 +25,7 @@ use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::options::{Options, Overflow, SyncPolicy};
+use crate::stats::DiscardReason;
 use crate::storage::queue_dir::is_queue;
 use crate::storage::DirLock;
 
@@ -36,7 +37,8 @@ pub(crate) trait DeadLetterQueue: Send + Sync {
 }
 
 /// Opens the dead-letter queue in a directory with the given options.
-pub(crate) type OpenDeadLetterQueue = fn(PathBuf, Options) -> Result<Arc<dyn DeadLetterQueue>>;
+pub(crate) type OpenDeadLetterQueue =
+    Box<dyn Fn(PathBuf, Options) -> Result<Arc<dyn DeadLetterQueue>> + Send + Sync>;
 
 pub(crate) struct Shared {
     pub(crate) env: Env,
@@ -141,7 +143,7 @@ impl Shared {
         loop {
             let now_us = now_micros();
             if let Some(seq) = dedup.lookup(id, now_us) {
-                PolicyCounters::add(&env.counters.deduplicated_total, 1);
+                env.counters.deduplicated();
                 return Ok(seq);
             }
             let before = env.limits.as_ref().map(|limits| limits.usage());
@@ -287,7 +289,9 @@ impl Shared {
         } else {
             self.pop_with(max, |_| Ok(()), Vec::new())?.len() as u64
         };
-        PolicyCounters::add(&self.env.counters.discarded_total, dropped);
+        self.env
+            .counters
+            .discarded(DiscardReason::Overflow, dropped);
         Ok(dropped)
     }
 
@@ -393,6 +397,7 @@ impl Shared {
             }
             purged
         };
+        self.env.counters.discarded(DiscardReason::Purge, purged);
         self.env.arrivals.notify();
         if self.env.options.auto_compact {
             self.compact();
@@ -429,7 +434,7 @@ impl Shared {
             .map_err(|error| self.env.poison(error))?;
         let covered = self
             .log
-            .sync_data()
+            .sync_data_timed(&self.env)
             .map_err(|error| self.env.poison(error))?;
         self.log.mark_durable(covered);
         self.consumer.sync_all(&self.env, covered)
@@ -480,6 +485,7 @@ impl Shared {
             )));
         }
         let mut options = env.options.clone();
+        options.metrics_name = Some(format!("{}-dead-letters", options.name_for(&env.dir)));
         options.max_deliveries = None;
         options.dead_letter_dir = None;
         // A dead-letter queue keeps its own policies (none unless set on it): a bound or an
@@ -521,6 +527,13 @@ impl AfterConsume for Shared {
             self.consumer.return_to_ready(seq);
             return Err(error);
         }
+        self.env.counters.dead_lettered();
+        #[cfg(feature = "tracing")]
+        crate::engine::events::dead_lettered(
+            &self.env.options.name_for(&self.env.dir),
+            seq,
+            deliveries,
+        );
         self.ack(seq)
     }
 

@@ -53,6 +53,10 @@ struct GroupState {
     last_covered: usize,
     /// How long the last sync took: bounds how long a leader waits to gather writers.
     last_sync: Duration,
+    /// Syncs run by leaders, and the tickets they made durable (the queue's group-commit
+    /// figures: for the push group a ticket is a record).
+    syncs: u64,
+    synced_tickets: u64,
 }
 
 /// An announced writer; see [`SyncGroup::enter`].
@@ -74,6 +78,8 @@ impl SyncGroup {
                 pending: Vec::new(),
                 last_covered: 0,
                 last_sync: Duration::ZERO,
+                syncs: 0,
+                synced_tickets: 0,
             }),
             done: Condvar::new(),
             inside: AtomicUsize::new(0),
@@ -126,6 +132,8 @@ impl SyncGroup {
             state.last_sync = took;
             match outcome {
                 Ok(covered) => {
+                    state.syncs += 1;
+                    state.synced_tickets += covered.saturating_sub(state.durable);
                     state.durable = state.durable.max(covered);
                     let durable = state.durable;
                     self.durable_seen.store(durable, Ordering::Release);
@@ -170,6 +178,12 @@ impl SyncGroup {
             state = lock(&self.state);
         }
         state
+    }
+
+    /// The syncs leaders ran and the tickets they made durable, since the group was made.
+    pub(crate) fn commits(&self) -> (u64, u64) {
+        let state = lock(&self.state);
+        (state.syncs, state.synced_tickets)
     }
 
     /// The ticket below which everything is known durable.
@@ -221,6 +235,9 @@ mod tests {
             }
         });
         assert!(syncs.load(Ordering::SeqCst) <= 800);
+        let (leader_syncs, synced) = group.commits();
+        assert_eq!(leader_syncs, syncs.load(Ordering::SeqCst));
+        assert_eq!(synced, 800, "every ticket made durable by exactly one sync");
         assert_eq!(group.inside.load(Ordering::SeqCst), 0);
         assert!(lock(&group.state).pending.is_empty());
 

@@ -128,6 +128,25 @@ pub fn decode_header(bytes: &[u8]) -> Result<u64, AckHeaderError> {
     Ok(read_u64(header, 16))
 }
 
+/// What can be kept of an ack log whose header is damaged: the log id its header names, read
+/// whatever the header's checksum says, and every entry that validates under it (an entry's
+/// checksum covers the log id, so a wrong one validates none). `None` when the file is shorter
+/// than a header.
+pub fn salvage(bytes: &[u8]) -> Option<(u64, JobHistory)> {
+    let header = bytes.get(..ACK_LOG_HEADER_LEN)?;
+    let log_id = read_u64(header, 16);
+    let mut history = JobHistory::default();
+    for entry in bytes
+        .get(ACK_LOG_HEADER_LEN..)
+        .unwrap_or(&[])
+        .chunks_exact(ACK_ENTRY_LEN)
+        .filter_map(|entry| check_entry(entry, log_id).ok())
+    {
+        history.apply(&entry);
+    }
+    Some((log_id, history))
+}
+
 /// Appends one encoded entry to `out`.
 pub fn encode_entry(out: &mut Vec<u8>, log_id: u64, entry: &AckEntry) {
     let (kind, seq, value) = match *entry {
@@ -466,6 +485,20 @@ impl JobHistory {
         let deliveries = self.deliveries.remove(&seq).unwrap_or(0);
         let not_before = self.not_before.remove(&seq).unwrap_or(0);
         (acked, deliveries, not_before)
+    }
+
+    /// Whether a record not yet handed out, `seq` with the frame's `not_before_us` (0 when not
+    /// delayed), waits for a time after `now_us`: its own delay, or a retry's. An acknowledged
+    /// record waits for nothing.
+    pub fn is_delayed(&self, seq: u64, not_before_us: u64, now_us: u64) -> bool {
+        let retry_at_us = self.not_before.get(&seq).copied().unwrap_or(0);
+        if not_before_us.max(retry_at_us) <= now_us {
+            return false;
+        }
+        self.acked
+            .range(..=seq)
+            .next_back()
+            .is_none_or(|(_, &end)| end <= seq)
     }
 
     /// True when nothing is known beyond the head.

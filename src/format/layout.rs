@@ -27,6 +27,14 @@ pub const FANOUT_LOG_FILE_NAME: &str = "fanout.log";
 /// The folder inside a queue directory where `repair` moves data it cuts.
 pub const QUARANTINE_DIR_NAME: &str = "quarantine";
 
+/// The file in the quarantine folder that lists the files holding records cut from the queue
+/// (see [`quarantine`](crate::format::quarantine)).
+pub const QUARANTINE_MANIFEST_NAME: &str = "manifest";
+
+/// The folder inside the quarantine folder where `spool quarantine --restore` moves the files
+/// whose records it pushed back.
+pub const RESTORED_DIR_NAME: &str = "restored";
+
 /// The file name suffix of segments.
 pub const SEGMENT_SUFFIX: &str = ".seg";
 

@@ -18,5 +18,6 @@ pub mod fanout;
 pub mod frame;
 pub mod head;
 pub mod layout;
+pub mod quarantine;
 pub mod segment;
 pub mod settings;

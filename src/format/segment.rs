@@ -462,9 +462,63 @@ pub fn judge_stop(
     }
 }
 
+/// Walks the frame headers in `bytes` from `offset`, the frame of `first_seq`, without checking
+/// checksums: calls `visit(header, not_before_us)` (0 for a record that is not delayed) for each
+/// frame whose header names the expected sequence number, and stops at the first that does not
+/// or does not fit: pass bytes that end where the valid frames end (zeros after them would
+/// read as an empty record when the expected sequence number is 0). Returns the sequence number after the last frame visited. For counting
+/// (delayed records, for `stats`) over bytes a reader has already validated or will; never to
+/// hand out a record.
+pub fn walk_headers(
+    bytes: &[u8],
+    mut offset: usize,
+    first_seq: u64,
+    mut visit: impl FnMut(&frame::FrameHeader, u64),
+) -> u64 {
+    let mut seq = first_seq;
+    while let Some(header) = bytes.get(offset..).and_then(frame::peek_header) {
+        let body_len = header.payload_len as usize;
+        let frame_len = frame::frame_len(body_len);
+        if header.seq != seq || bytes.len() - offset < frame_len {
+            break;
+        }
+        let not_before_us = match header.delayed {
+            true => bytes
+                .get(offset + frame::FRAME_HEADER_LEN..)
+                .and_then(|body| body.get(..frame::DELAY_PREFIX_LEN))
+                .map_or(0, |prefix| frame::read_u64(prefix, 0)),
+            false => 0,
+        };
+        visit(&header, not_before_us);
+        seq += 1;
+        offset += frame_len;
+    }
+    seq
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn walk_headers_visits_frames_in_order_and_stops_at_a_wrong_number() {
+        let mut bytes = vec![0u8; 8];
+        frame::encode(&mut bytes, 7, 1, b"now", false, 0);
+        frame::encode(&mut bytes, 8, 1, b"", false, 99);
+        frame::encode(&mut bytes, 9, 1, b"later", false, 0);
+        let valid_end = bytes.len();
+        frame::encode(&mut bytes, 42, 1, b"stale", false, 0);
+        let mut seen = Vec::new();
+        let after = walk_headers(&bytes, 8, 7, |header, not_before| {
+            seen.push((header.seq, not_before))
+        });
+        assert_eq!(seen, [(7, 0), (8, 99), (9, 0)]);
+        assert_eq!(after, 10);
+        // A cut frame is not visited.
+        let mut seen = 0;
+        let after = walk_headers(&bytes[..valid_end - 1], 8, 7, |_, _| seen += 1);
+        assert_eq!((seen, after), (2, 9));
+    }
 
     #[test]
     fn header_round_trips_and_rejects_damage() {

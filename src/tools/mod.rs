@@ -6,6 +6,7 @@
 //! records, stat, verify) or on one nobody has open (repair, which takes the directory's lock).
 
 pub mod inspect;
+pub mod quarantine;
 mod records;
 pub mod repair;
 pub mod verify;

@@ -17,7 +17,9 @@ use super::view::{with_view, Fetched, Held, Step, View};
 use crate::error::{Error, Result};
 use crate::format::acklog::check_next_base;
 use crate::format::frame::{self, PAYLOAD_LEN_MAX};
-use crate::format::segment::{check_oldest_base, locate_seq, HeaderError, SEGMENT_HEADER_LEN};
+use crate::format::segment::{
+    check_oldest_base, locate_seq, walk_headers, HeaderError, SEGMENT_HEADER_LEN,
+};
 use crate::stats::Stats;
 use crate::storage::Storage;
 
@@ -92,25 +94,88 @@ fn stat_once(mut view: View<'_>) -> Result<Step<Stats>> {
         _ => 0,
     };
     let head_seq = cursor.head_seq;
-    let mut oldest = cursor.step(&mut view)?;
-    while oldest
+    let (delayed, oldest_ready_us) = walk_unconsumed(&mut view, &cursor, &tail, &acks)?;
+    // Read through the checked path too: damage before the first record not acknowledged is
+    // reported as a reader meets it.
+    let mut first = cursor.step(&mut view)?;
+    while first
         .as_ref()
         .is_some_and(|record| acks.is_acked(record.seq))
     {
-        oldest = cursor.step(&mut view)?;
+        first = cursor.step(&mut view)?;
     }
     let acked = acks.history.acked_count_from(head_seq);
+    let len = tail.next_seq.saturating_sub(head_seq).saturating_sub(acked);
     Ok(Step::Done(Stats {
-        len: tail.next_seq.saturating_sub(head_seq).saturating_sub(acked),
+        len,
         head_seq,
         next_seq: tail.next_seq.max(head_seq),
         segments,
         live_bytes,
         disk_bytes,
-        oldest_enqueued_at: oldest.map(|record| record.enqueued_at()),
+        oldest_enqueued_at: oldest_ready_us.map(|us| UNIX_EPOCH + Duration::from_micros(us)),
         // Leases live in the memory of the process that holds the queue open.
         leased: None,
+        ready: len.saturating_sub(delayed),
+        delayed,
+        // So do the counters.
+        totals: None,
     }))
+}
+
+/// Walks the frame headers of every record not consumed (no checksums: the checked read of
+/// the first record reports damage): the records that wait for a delay or a retry, and when the
+/// oldest of the others was pushed. Reads every segment from the head's on.
+fn walk_unconsumed(
+    view: &mut View<'_>,
+    cursor: &Cursor,
+    tail: &Tail,
+    acks: &AckLogSnapshot,
+) -> Result<(u64, Option<u64>)> {
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        });
+    let mut delayed = 0;
+    let mut oldest_ready_us = None;
+    let mut visit = |header: &frame::FrameHeader, not_before_us: u64| {
+        if header.seq >= tail.next_seq || acks.is_acked(header.seq) {
+            return;
+        }
+        if acks.history.is_delayed(header.seq, not_before_us, now_us) {
+            delayed += 1;
+        } else if oldest_ready_us.is_none() {
+            oldest_ready_us = Some(header.enqueued_us);
+        }
+    };
+    let Some(loaded) = cursor.loaded else {
+        return Ok((0, None));
+    };
+    let end = match tail.index == Some(loaded) {
+        true => tail.valid_end.min(cursor.valid_end),
+        false => cursor.valid_end,
+    };
+    let bytes = cursor.bytes.get(..end as usize).unwrap_or(&[]);
+    walk_headers(bytes, cursor.offset as usize, cursor.next_seq, &mut visit);
+    let Some(last) = tail.index else {
+        return Ok((delayed, oldest_ready_us));
+    };
+    for index in loaded + 1..=last {
+        let base = view.listing.segments[index].0;
+        let bytes = match view.fetch(index)? {
+            Fetched::Bytes(bytes) => bytes,
+            Fetched::Consumed => continue,
+            Fetched::Gone(error) => return Err(error),
+        };
+        let end = match tail.index == Some(index) {
+            true => tail.valid_end as usize,
+            false => bytes.len(),
+        };
+        let bytes = bytes.get(..end).unwrap_or(&[]);
+        walk_headers(bytes, SEGMENT_HEADER_LEN, base, &mut visit);
+    }
+    Ok((delayed, oldest_ready_us))
 }
 
 /// The end of the log: the last segment that `Queue::open` would keep.

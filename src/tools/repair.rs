@@ -57,7 +57,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::format::acklog::check_next_base;
+use crate::format::acklog::{check_next_base, AckHeaderError, JobHistory};
 use crate::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
 use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::layout::LOCK_FILE_NAME;
@@ -71,7 +71,7 @@ use crate::storage::{self, LockFailure, Storage};
 use crate::tools::inspect::{
     read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
 };
-use crate::tools::verify::{self, VerifyReport};
+use crate::tools::verify::{self, ProblemKind, VerifyReport};
 
 /// Whether [`repair`] changes anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +141,9 @@ pub struct RepairAction {
     pub saved_as: Option<PathBuf>,
     /// Sequence numbers of the valid records in the bytes that were cut or moved.
     pub seqs: Option<Range<u64>>,
+    /// Valid records taken from the queue that this step saved into quarantine (readable
+    /// copies, which `spool quarantine --restore` pushes back).
+    pub records: u64,
     /// Why.
     pub reason: String,
 }
@@ -236,6 +239,64 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
         LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
     })?;
     let snapshot = Snapshot::take(storage, dir)?;
+    repair_snapshot(storage, dir, mode, snapshot)
+}
+
+/// Repairs the queue in `dir` when it holds damage that `Queue::open` refuses or that a reader
+/// would stop at (see [`is_damage`]), and returns what was done; `None` when there is none.
+/// What `Queue::open` runs under [`OnDamage::Quarantine`](crate::OnDamage::Quarantine): the
+/// caller holds the directory's lock. A torn tail, a damaged head slot or a stray file alone
+/// is left to the open, which handles them as after any crash; a segment of another format
+/// version is left alone too (the open refuses it: it is not damage).
+pub(crate) fn repair_damage_locked(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<Option<RepairReport>> {
+    // A queue being created has nothing to mend (and no files a snapshot could read).
+    if !crate::storage::queue_dir::is_queue(storage, dir)? {
+        return Ok(None);
+    }
+    let snapshot = Snapshot::take(storage, dir)?;
+    let before = verify::check(&snapshot);
+    let newer_format = before
+        .problems
+        .iter()
+        .any(|problem| problem.kind == ProblemKind::UnsupportedVersion);
+    if newer_format
+        || !before
+            .problems
+            .iter()
+            .any(|problem| is_damage(problem.kind))
+    {
+        return Ok(None);
+    }
+    repair_snapshot(storage, dir, Mode::Repair, snapshot).map(Some)
+}
+
+/// True for the problems that no crash leaves behind: `Queue::open` refuses them, or the
+/// reader stops at them. Torn tails, a damaged head slot (the other one is in force) and stray
+/// files are not.
+pub fn is_damage(kind: ProblemKind) -> bool {
+    match kind {
+        ProblemKind::DamagedFrame
+        | ProblemKind::BadSegmentHeader
+        | ProblemKind::UnsupportedVersion
+        | ProblemKind::MissingRecords
+        | ProblemKind::HeadUnreadable
+        | ProblemKind::Unreadable
+        | ProblemKind::AckLogDamaged
+        | ProblemKind::SettingsDamaged => true,
+        ProblemKind::TornTail | ProblemKind::HeadSlotDamaged | ProblemKind::StrayFile => false,
+    }
+}
+
+/// Plans, and in [`Mode::Repair`] carries out, the repair of a snapshot taken under the lock.
+fn repair_snapshot(
+    storage: &dyn Storage,
+    dir: &Path,
+    mode: Mode,
+    snapshot: Snapshot,
+) -> Result<RepairReport> {
     let before = verify::check(&snapshot);
     let mut planner = Planner::new(storage, &snapshot)?;
     planner.plan_segments()?;
@@ -291,6 +352,11 @@ struct Planner<'a> {
     gone_seqs: Option<Range<u64>>,
     /// The settings file to write, when it is rewritten.
     new_settings: Option<QueueSettings>,
+    /// What the ack log says, salvaged from behind a damaged header (see `acklog::salvage`).
+    acks: JobHistory,
+    /// The truncation that leaves nothing of its segment but the header (its index in
+    /// `actions`, and the segment's name).
+    emptied: Option<(usize, String)>,
 }
 
 impl<'a> Planner<'a> {
@@ -301,6 +367,15 @@ impl<'a> Planner<'a> {
             Err(error) if error.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
             Err(error) => return Err(Error::io("list quarantine", &quarantine, error)),
         };
+        let mut taken = taken;
+        // Names of the quarantine folder's own: never given to a file moved in.
+        for own in [
+            crate::format::layout::QUARANTINE_MANIFEST_NAME,
+            "manifest.tmp",
+            crate::format::layout::RESTORED_DIR_NAME,
+        ] {
+            taken.insert(own.to_string());
+        }
         Ok(Planner {
             storage,
             snapshot,
@@ -315,6 +390,8 @@ impl<'a> Planner<'a> {
             head_moved: false,
             gone_seqs: None,
             new_settings: None,
+            acks: ack_history(storage, &snapshot.dir, &snapshot.acks)?,
+            emptied: None,
         })
     }
 
@@ -354,6 +431,7 @@ impl<'a> Planner<'a> {
             bytes: scan.file_len,
             saved_as: Some(saved_as),
             seqs,
+            records: if cuts_records { scan.records } else { 0 },
             reason,
         });
     }
@@ -372,8 +450,9 @@ impl<'a> Planner<'a> {
             let behind_head = |seq: u64| head_seq.is_some_and(|head| seq <= head);
             if let Some(expected) = expected {
                 // The rule every reader steps to the next segment by: a gap an earlier repair
-                // retired is crossed, not cut.
-                let acked = &self.snapshot.acks.history.acked;
+                // retired is crossed, not cut (by what the ack log says, salvaged from behind a
+                // damaged header).
+                let acked = &self.acks.acked;
                 let gap = check_next_base(expected, scan.base_seq, acked).is_err()
                     && !behind_head(scan.base_seq);
                 if gap && head_seq.is_some_and(|head| expected <= head) {
@@ -469,6 +548,7 @@ impl<'a> Planner<'a> {
             bytes: 0,
             saved_as: None,
             seqs: None,
+            records: 0,
             reason: String::from("the file ends inside its last record's padding"),
         });
     }
@@ -506,6 +586,7 @@ impl<'a> Planner<'a> {
             bytes: from_head.len() as u64,
             saved_as: Some(self.snapshot.dir.join(&name)),
             seqs: new_scan.last_seq.map(|last| head..last + 1),
+            records: 0,
             reason: format!(
                 "the damage (record {damaged_seq}) lies before the head ({head}): the records \
                  from the head on are copied into a new segment"
@@ -540,6 +621,9 @@ impl<'a> Planner<'a> {
             SegmentEnd::BadFrame { error, .. } => format!("record {first_cut}: {error}"),
             _ => format!("batch starting at record {first_cut} has no final record"),
         };
+        if scan.valid_end <= SEGMENT_HEADER_LEN as u64 {
+            self.emptied = Some((self.actions.len(), scan.name.clone()));
+        }
         self.actions.push(RepairAction {
             kind: ActionKind::TruncateTail,
             file: path,
@@ -547,6 +631,7 @@ impl<'a> Planner<'a> {
             bytes: scan.file_len.saturating_sub(scan.valid_end),
             saved_as: Some(saved_as),
             seqs: known,
+            records: readable.len() as u64,
             reason,
         });
     }
@@ -590,6 +675,7 @@ impl<'a> Planner<'a> {
             bytes: head.file_len.unwrap_or(0),
             saved_as,
             seqs: None,
+            records: 0,
             reason,
         });
     }
@@ -600,7 +686,7 @@ impl<'a> Planner<'a> {
         let Some(len) = self.snapshot.acks.file_len else {
             return;
         };
-        let history = &self.snapshot.acks.history;
+        let history = &self.acks;
         let mentions_cut = self.first_cut_seq.is_some_and(|first_cut| {
             history.acked.values().any(|&end| end > first_cut)
                 || history.deliveries.range(first_cut..).next().is_some()
@@ -612,11 +698,23 @@ impl<'a> Planner<'a> {
             .damage
             .as_ref()
             .map(|damage| damage.offset);
-        if !mentions_cut && damage.is_none() {
+        // A damaged header (another version is not damage: left for open to refuse).
+        let header = match &self.snapshot.acks.header_error {
+            Some(AckHeaderError::UnsupportedVersion(_)) | None => None,
+            Some(error) => Some(error.to_string()),
+        };
+        if !mentions_cut && damage.is_none() && header.is_none() {
             return;
         }
         let first_cut = self.first_cut_seq.filter(|_| mentions_cut);
         let mut reasons = Vec::new();
+        if let Some(error) = header {
+            reasons.push(format!(
+                "{error}: start it again with the {} entries that still validate (what the \
+                 others said is lost: acknowledged records may be delivered again)",
+                self.acks.entries().len()
+            ));
+        }
         if let Some(offset) = damage {
             reasons.push(format!(
                 "drop the damaged entry at byte {offset} and keep every valid one (what the \
@@ -641,6 +739,7 @@ impl<'a> Planner<'a> {
             bytes: len,
             saved_as: Some(saved_as),
             seqs: None,
+            records: 0,
             reason: reasons.join("; "),
         });
     }
@@ -648,9 +747,22 @@ impl<'a> Planner<'a> {
     /// Plans the log's continuation past every sequence number a file or the head index shows
     /// was used: the numbers of cut records, and of synced records a lost segment held.
     fn plan_continuation(&mut self) {
-        let Some(kept) = self.kept.clone() else {
-            // Nothing is kept: the head restarts the queue (see `plan_head`).
-            return;
+        let kept = match (self.kept.clone(), self.first_cut_seq) {
+            (Some(kept), _) => kept,
+            // Every segment was cut: the log continues past the numbers they used, as after
+            // any cut (a head left at the first cut would point at no record, and the numbers
+            // of the cut records, and of synced ones, would be used again).
+            (None, Some(first_cut)) => first_cut..first_cut,
+            // No segment at all while the head index says records up to its `synced_seq` were
+            // synced (every segment deleted): the log continues after them.
+            (None, None) if self.snapshot.segments.is_empty() => {
+                let Some(state) = self.snapshot.head.state() else {
+                    return;
+                };
+                state.head_seq..state.head_seq
+            }
+            // Nothing is kept and nothing cut: the head restarts the queue (see `plan_head`).
+            (None, None) => return,
         };
         let state = self.snapshot.head.state();
         let synced_seq = state.map_or(0, |state| state.synced_seq);
@@ -667,6 +779,21 @@ impl<'a> Planner<'a> {
             return;
         }
         self.note_cut(log_end, Some(&(log_end..resume)));
+        // A segment the cut left empty, where the log ends: it moves whole, for the log
+        // continues in the new segment. Left there, it would stand between the numbers an
+        // earlier repair retired up to it and those retired now (one acknowledged range across
+        // it), and readers would take it for missing records.
+        if let Some((index, name)) = self.emptied.take() {
+            if parse_segment_file_name(&name) == Some(log_end) {
+                let saved_as = self.quarantine_path(&name);
+                if let Some(action) = self.actions.get_mut(index) {
+                    action.kind = ActionKind::Quarantine;
+                    action.bytes += action.offset;
+                    action.offset = 0;
+                    action.saved_as = Some(saved_as);
+                }
+            }
+        }
         let head = self.new_head.or(self.snapshot.head_seq()).unwrap_or(0);
         if head >= log_end {
             // No record before the gap is left to serve: the head moves to where the log
@@ -685,6 +812,7 @@ impl<'a> Planner<'a> {
                     bytes: self.snapshot.head.file_len.unwrap_or(0),
                     saved_as,
                     seqs: None,
+                    records: 0,
                     reason: format!(
                         "every record kept is consumed: the head moves to {resume}, where the \
                          log continues"
@@ -700,6 +828,7 @@ impl<'a> Planner<'a> {
             bytes: SEGMENT_HEADER_LEN as u64,
             saved_as: None,
             seqs: Some(log_end..resume),
+            records: 0,
             reason: format!(
                 "new records start at {resume}: sequence numbers {log_end}..{resume} were used \
                  by records cut or lost, and are never used again"
@@ -740,6 +869,7 @@ impl<'a> Planner<'a> {
             bytes,
             saved_as: Some(saved_as),
             seqs: None,
+            records: 0,
             reason: format!(
                 "{error}; rewritten with a segment size of {segment_size} bytes, taken from the \
                  segments on disk"
@@ -764,6 +894,7 @@ impl<'a> Planner<'a> {
                 bytes: 0,
                 saved_as: Some(saved_as),
                 seqs: None,
+                records: 0,
                 reason: format!("could not be read: {error}"),
             });
         }
@@ -783,6 +914,7 @@ impl<'a> Planner<'a> {
                 bytes,
                 saved_as: Some(saved_as),
                 seqs: None,
+                records: 0,
                 reason: String::from("not a file diskspool writes"),
             });
         }
@@ -806,6 +938,13 @@ fn execute(
         .map_err(|error| Error::io("create quarantine", &quarantine, error))?;
     for action in actions {
         let saved_as = action.saved_as.as_deref();
+        // Listed once the cut is done: a crash before leaves a copy `--restore` does not push
+        // (the next repair cuts again and lists that copy), never one it pushes twice.
+        let restorable = action.records > 0
+            && matches!(
+                action.kind,
+                ActionKind::TruncateTail | ActionKind::Quarantine
+            );
         match action.kind {
             ActionKind::TruncateTail => truncate_tail(storage, action, saved_as)?,
             ActionKind::Quarantine => {
@@ -843,8 +982,39 @@ fn execute(
                 }
             }
         }
+        if restorable {
+            note_in_manifest(storage, &quarantine, action)?;
+        }
     }
     Ok(())
+}
+
+/// Adds a line for `action`'s saved file to the quarantine manifest (see
+/// [`format::quarantine`](crate::format::quarantine)).
+fn note_in_manifest(storage: &dyn Storage, quarantine: &Path, action: &RepairAction) -> Result<()> {
+    use crate::format::layout::QUARANTINE_MANIFEST_NAME;
+    use crate::format::quarantine::{encode_line, CutFile};
+    let name_of = |path: &Path| {
+        path.file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let (Some(saved_as), Some(seqs)) = (&action.saved_as, &action.seqs) else {
+        return Ok(());
+    };
+    let path = quarantine.join(QUARANTINE_MANIFEST_NAME);
+    let mut bytes = read_file(storage, &path)?.unwrap_or_default();
+    let line = encode_line(&CutFile {
+        saved_as: name_of(saved_as),
+        action: action.kind.name().to_string(),
+        source: name_of(&action.file),
+        offset: action.offset,
+        seqs: seqs.clone(),
+        records: action.records,
+    });
+    bytes.extend_from_slice(line.as_bytes());
+    storage::write_atomically(storage, quarantine, QUARANTINE_MANIFEST_NAME, &bytes)
+        .map_err(|error| Error::io("write quarantine manifest", &path, error))
 }
 
 fn truncate_tail(
@@ -927,11 +1097,13 @@ fn rewrite_ack_log(
     }
     let first_cut = action.offset;
     let snapshot = crate::tools::inspect::read_ack_log(storage, dir)?;
-    let log_id = acklog::decode_header(&old)
-        .map_or(0, |log_id| log_id)
-        .wrapping_add(1);
+    let (old_log_id, history) = match acklog::decode_header(&old) {
+        Ok(log_id) => (log_id, snapshot.history),
+        Err(_) => acklog::salvage(&old).unwrap_or_default(),
+    };
+    let log_id = old_log_id.wrapping_add(1);
     let mut bytes = acklog::encode_header(log_id).to_vec();
-    for entry in snapshot.history.entries() {
+    for entry in history.entries() {
         let kept = match entry {
             AckEntry::Acked { start, end } if start < first_cut => Some(AckEntry::Acked {
                 start,
@@ -991,6 +1163,22 @@ fn continue_after(storage: &dyn Storage, dir: &Path, action: &RepairAction) -> R
     let name = segment_file_name(seqs.end);
     storage::write_atomically(storage, dir, &name, &encode_header(seqs.end))
         .map_err(|error| Error::io("create segment", &action.file, error))
+}
+
+/// What the ack log says: read normally, or salvaged from behind a damaged header.
+fn ack_history(
+    storage: &dyn Storage,
+    dir: &Path,
+    acks: &crate::tools::inspect::AckLogSnapshot,
+) -> Result<JobHistory> {
+    if acks.header_error.is_none() {
+        return Ok(acks.history.clone());
+    }
+    let path = dir.join(crate::format::layout::ACK_LOG_FILE_NAME);
+    Ok(read_file(storage, &path)?
+        .and_then(|bytes| crate::format::acklog::salvage(&bytes))
+        .map(|(_, history)| history)
+        .unwrap_or_default())
 }
 
 /// Writes `bytes` into a new file and makes it durable, directory entry included.

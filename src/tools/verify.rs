@@ -216,7 +216,24 @@ pub fn check(snapshot: &Snapshot) -> VerifyReport {
 /// The head index knows how far records were synced: a log that ends before that lost records
 /// no crash can take (`Queue::open` refuses it).
 fn check_synced_end(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
-    let (Some(state), Some(last)) = (snapshot.head.state(), snapshot.segments.last()) else {
+    let Some(state) = snapshot.head.state() else {
+        return;
+    };
+    let Some(last) = snapshot.segments.last() else {
+        // No segment at all: records the head index says were synced are gone.
+        let synced_seq = snapshot.synced_floor;
+        if state.head_seq < synced_seq && snapshot.unreadable.is_empty() {
+            problems.push(Problem {
+                kind: ProblemKind::MissingRecords,
+                file: snapshot.dir.join(HEAD_FILE_NAME),
+                offset: 0,
+                detail: format!(
+                    "records {}..{synced_seq} are missing: the head index says every record \
+                     below {synced_seq} was synced, but no segment file is left",
+                    state.head_seq
+                ),
+            });
+        }
         return;
     };
     let log_end = last.next_seq();

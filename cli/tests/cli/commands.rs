@@ -20,6 +20,7 @@ fn stat_json_has_the_documented_fields_and_values() {
     assert_eq!(
         fields,
         [
+            "delayed",
             "disk_bytes",
             "head_seq",
             "len",
@@ -27,10 +28,18 @@ fn stat_json_has_the_documented_fields_and_values() {
             "next_seq",
             "oldest_age_ms",
             "policies",
+            "quarantine_files",
+            "quarantine_records",
+            "ready",
             "segments"
         ]
     );
+    assert_eq!(stat["quarantine_files"], 0);
     assert_eq!(stat["len"], 30);
+    assert_eq!(
+        (stat["ready"].as_u64(), stat["delayed"].as_u64()),
+        (Some(30), Some(0))
+    );
     assert_eq!(stat["head_seq"], 10);
     assert_eq!(stat["next_seq"], 40);
     let files = segments(&dir);
@@ -68,6 +77,8 @@ fn stat_agrees_with_the_library_while_the_queue_is_open() {
     assert_eq!(stat["next_seq"], engine.next_seq);
     assert_eq!(stat["segments"], engine.segments);
     assert_eq!(stat["live_bytes"], engine.live_bytes);
+    assert_eq!(stat["ready"], engine.ready);
+    assert_eq!(stat["delayed"], engine.delayed);
 }
 
 #[test]
@@ -80,7 +91,7 @@ fn stat_of_an_empty_queue_has_no_oldest_age() {
     spool(&["stat", arg(&dir)])
         .assert()
         .success()
-        .stdout(predicate::str::contains("records     0"))
+        .stdout(predicate::str::is_match(r"records +0\n").unwrap())
         .stdout(predicate::str::contains("KiB"));
 }
 

@@ -148,3 +148,90 @@ fn repair_mends_any_random_damage() {
         assert_records(&drain(&dir), start..end);
     }
 }
+
+/// Copies the flat queue directory `from` into a new temporary directory.
+fn copy_queue(from: &Path) -> (tempfile::TempDir, std::path::PathBuf) {
+    let temp = tempfile::tempdir().unwrap();
+    let to = temp.path().join("q");
+    std::fs::create_dir(&to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    (temp, to)
+}
+
+/// The same random damage, opened by the library with `OnDamage::Quarantine` instead of
+/// repaired by `spool repair`: the open succeeds, serves what the repaired queue serves (from
+/// the same or an older head: a damaged head slot that `open` falls back from is not repaired),
+/// each record with its own bytes, reports the cut `repair` reports, and a second open finds
+/// nothing to do.
+#[test]
+fn an_open_with_quarantine_serves_what_repair_serves() {
+    use diskspool::{OnDamage, Queue};
+    let seeds = match std::env::var("DISKSPOOL_DAMAGE_SEED") {
+        Ok(seed) => {
+            let seed: u64 = seed.parse().unwrap();
+            seed..seed + 1
+        }
+        Err(_) => 0..std::env::var("DISKSPOOL_DAMAGE_SEEDS").map_or(30, |n| n.parse().unwrap()),
+    };
+    for seed in seeds {
+        let mut rng = Rng(seed);
+        let count = 40 + rng.below(80);
+        let popped = rng.below(count);
+        let (_temp, dir) = queue_with(count, popped);
+        let done: Vec<String> = (0..1 + rng.below(2))
+            .map(|_| damage(&dir, &mut rng))
+            .collect();
+        let context = format!("seed {seed}: {count} records, {popped} popped, {done:?}");
+        let context = context.as_str();
+        eprintln!("{context}");
+        let (_copy, healed) = copy_queue(&dir);
+
+        let output = spool(&["repair", "--json", arg(&dir)]).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "repair; {context}");
+        let repair: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let repaired = drain(&dir);
+
+        let quarantining = || options().on_damage(OnDamage::Quarantine);
+        let queue = Queue::open(&healed, quarantining())
+            .unwrap_or_else(|error| panic!("open refused: {error}; {context}"));
+        let report = queue.recovery_report().clone();
+        if report.repaired() {
+            let cut = repair["cut_first_seq"]
+                .as_u64()
+                .zip(repair["cut_end_seq"].as_u64())
+                .map(|(first, end)| first..end);
+            assert_eq!(report.cut_seqs, cut, "{report:#?}; {repair}; {context}");
+            assert_eq!(
+                Some(report.quarantined_records),
+                repair["quarantined_records"].as_u64(),
+                "{context}"
+            );
+        }
+        let mut served = Vec::new();
+        while let Some(record) = queue.pop().unwrap() {
+            served.push((record.seq(), record.payload().to_vec()));
+        }
+        drop(queue);
+        for (seq, payload) in &served {
+            assert!(*seq < count, "record {seq} invented; {context}");
+            assert_eq!(payload, &payload_for(*seq), "record {seq}; {context}");
+        }
+        let seqs: Vec<u64> = served.iter().map(|(seq, _)| *seq).collect();
+        let expected: Vec<u64> = repaired.iter().map(|(seq, _)| *seq).collect();
+        assert!(
+            seqs.ends_with(&expected) && seqs.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "served {seqs:?}, repair serves {expected:?}; {report:#?}; {context}"
+        );
+        let queue = Queue::open(&healed, quarantining()).unwrap();
+        assert!(
+            !queue.recovery_report().repaired(),
+            "second open: {:#?}; {context}",
+            queue.recovery_report()
+        );
+    }
+}

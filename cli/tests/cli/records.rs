@@ -249,7 +249,7 @@ fn a_torn_tail_cut_when_opening_is_reported_on_stderr() {
         .assert()
         .success()
         .stderr(predicate::str::contains(format!(
-            "cut a torn tail of {torn_bytes} bytes at byte {offset} (records from {seq}"
+            "cut a torn tail of {torn_bytes} bytes at byte {offset} (records {seq}..={seq} were"
         )));
     let records = drain(&dir);
     assert_eq!(records.len(), 20, "19 old records and the new one");

@@ -149,12 +149,14 @@ pub fn assert_records(records: &[(u64, Vec<u8>)], seqs: std::ops::Range<u64>) {
     }
 }
 
-/// Names of the files in `dir/quarantine`, sorted.
+/// Names of the files a repair set aside in `dir/quarantine` (not its manifest), sorted.
 pub fn quarantined(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.join("quarantine"))
         .map(|entries| {
             entries
                 .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                // The quarantine's own list of what it holds.
+                .filter(|name| name != "manifest")
                 .collect()
         })
         .unwrap_or_default();
