@@ -76,7 +76,6 @@ impl Env {
 
     /// `count` records were discarded for `reason` (queue policies: overflow, purge): counted,
     /// and a `tracing` event (feature `tracing`).
-    #[allow(dead_code)] // Called by the queue policies (issue 13).
     pub(crate) fn discarded(&self, reason: DiscardReason, count: u64) {
         self.counters.discarded(reason, count);
         #[cfg(feature = "tracing")]
@@ -85,7 +84,6 @@ impl Env {
 
     /// `count` records expired before delivery (queue policies): counted, and a `tracing` event
     /// (feature `tracing`).
-    #[allow(dead_code)] // Called by the queue policies (issue 13).
     pub(crate) fn expired(&self, count: u64) {
         self.counters.expired(count);
         #[cfg(feature = "tracing")]

@@ -166,7 +166,7 @@ impl Reader {
         let Some(job) = self.jobs.get(seq) else {
             return;
         };
-        env.counters.expired(1);
+        env.expired(1);
         if env.options.dead_letter_dir.is_some() {
             // Its room comes back when the move acknowledges it.
             self.expired_letters.push((

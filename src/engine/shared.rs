@@ -397,7 +397,7 @@ impl Shared {
             }
             purged
         };
-        self.env.counters.discarded(DiscardReason::Purge, purged);
+        self.env.discarded(DiscardReason::Purge, purged);
         self.env.arrivals.notify();
         if self.env.options.auto_compact {
             self.compact();
