@@ -210,8 +210,8 @@ pub fn check_open_dir(data: &[u8]) {
 
 /// Decodes a directory listing from fuzz bytes: up to 6 files, each a name selector byte, a
 /// length byte pair and that many content bytes. Names are the ones the engine looks for
-/// (`head`, `head.tmp`, the ack log `acks`, the settings file, segments with small base
-/// sequence numbers) and one stray.
+/// (`head`, `head.tmp`, the ack log `acks`, the settings file, the deduplication log `dedup`,
+/// segments with small base sequence numbers) and one stray.
 pub fn files_from_bytes(data: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
     let mut rest = data.get(8..).unwrap_or(&[]);
@@ -228,6 +228,7 @@ pub fn files_from_bytes(data: &[u8]) -> Vec<(String, Vec<u8>)> {
             2 => crate::format::layout::ACK_LOG_FILE_NAME.to_string(),
             3 => String::from("stray.txt"),
             4 => crate::format::layout::SETTINGS_FILE_NAME.to_string(),
+            5 => crate::format::layout::DEDUP_FILE_NAME.to_string(),
             _ => segment_file_name(u64::from(selector / 8)),
         };
         files.push((name, content.to_vec()));
