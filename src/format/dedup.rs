@@ -88,7 +88,7 @@ pub fn decode_dedup_entries(bytes: &[u8]) -> (Vec<DedupEntry>, usize) {
         offset += dedup_entry_len(entry.id.len());
         entries.push(entry);
     }
-    (entries, offset.min(bytes.len()))
+    (entries, offset)
 }
 
 fn decode_entry_at(bytes: &[u8], offset: usize) -> Option<DedupEntry> {
@@ -98,6 +98,9 @@ fn decode_entry_at(bytes: &[u8], offset: usize) -> Option<DedupEntry> {
         return None;
     }
     let end = offset + DEDUP_ENTRY_FIXED_LEN + id_len;
+    // The padding too: an entry cut short in it is torn, or the next append would start
+    // inside it and be lost at the next open.
+    bytes.get(offset..offset + dedup_entry_len(id_len))?;
     let body = bytes.get(offset + 4..end)?;
     let stored = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
     if crc32fast::hash(body) != stored {
@@ -142,6 +145,20 @@ mod tests {
         // Torn: the second entry lost its last bytes.
         let torn = &bytes[..bytes.len() - 9];
         let (entries, end) = decode_dedup_entries(torn);
+        assert_eq!(entries, [first.clone()]);
+        assert_eq!(end, 16 + 32);
+        // Torn in the padding only (a one-byte id fills 25 of its entry's 32 bytes): its checksum
+        // holds, but the log ends before it, or the next append would start inside the entry.
+        let mut short = encode_dedup_header().to_vec();
+        encode_dedup_entry(&mut short, &first);
+        let third = DedupEntry {
+            id: vec![5],
+            seq: 7,
+            at_us: 3_000,
+        };
+        encode_dedup_entry(&mut short, &third);
+        let cut = &short[..short.len() - 5];
+        let (entries, end) = decode_dedup_entries(cut);
         assert_eq!(entries, [first]);
         assert_eq!(end, 16 + 32);
         // Zeros (prepared or never written space) end the log too.
