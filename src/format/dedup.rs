@@ -145,7 +145,7 @@ mod tests {
         // Torn: the second entry lost its last bytes.
         let torn = &bytes[..bytes.len() - 9];
         let (entries, end) = decode_dedup_entries(torn);
-        assert_eq!(entries, [first.clone()]);
+        assert_eq!(entries, std::slice::from_ref(&first));
         assert_eq!(end, 16 + 32);
         // Torn in the padding only (a one-byte id fills 25 of its entry's 32 bytes): its checksum
         // holds, but the log ends before it, or the next append would start inside the entry.
