@@ -59,26 +59,61 @@ fn damage(dir: &Path, rng: &mut Rng) -> String {
     }
 }
 
-#[test]
-fn repair_mends_any_random_damage() {
-    // DISKSPOOL_DAMAGE_SEEDS=N runs more seeds; DISKSPOOL_DAMAGE_SEED=N replays one.
-    let seeds = match std::env::var("DISKSPOOL_DAMAGE_SEED") {
+/// The seeds to run: `DISKSPOOL_DAMAGE_SEEDS=N` runs more (30 by default),
+/// `DISKSPOOL_DAMAGE_SEED=N` replays one.
+fn damage_seeds() -> std::ops::Range<u64> {
+    match std::env::var("DISKSPOOL_DAMAGE_SEED") {
         Ok(seed) => {
             let seed: u64 = seed.parse().unwrap();
             seed..seed + 1
         }
         Err(_) => 0..std::env::var("DISKSPOOL_DAMAGE_SEEDS").map_or(30, |n| n.parse().unwrap()),
-    };
-    for seed in seeds {
-        let mut rng = Rng(seed);
-        let count = 40 + rng.below(80);
-        let popped = rng.below(count);
-        let (_temp, dir) = queue_with(count, popped);
-        let done: Vec<String> = (0..1 + rng.below(2))
-            .map(|_| damage(&dir, &mut rng))
-            .collect();
-        let context = format!("seed {seed}: {count} records, {popped} popped, {done:?}");
-        let context = context.as_str();
+    }
+}
+
+/// A queue of random length, partly popped, with one or two random damages.
+struct Damaged {
+    _temp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    count: u64,
+    popped: u64,
+    /// What was done to it.
+    done: Vec<String>,
+    /// A line that describes it, for failure messages.
+    context: String,
+}
+
+/// The damaged queue `seed` says.
+fn damaged_queue(seed: u64) -> Damaged {
+    let mut rng = Rng(seed);
+    let count = 40 + rng.below(80);
+    let popped = rng.below(count);
+    let (temp, dir) = queue_with(count, popped);
+    let done: Vec<String> = (0..1 + rng.below(2))
+        .map(|_| damage(&dir, &mut rng))
+        .collect();
+    let context = format!("seed {seed}: {count} records, {popped} popped, {done:?}");
+    Damaged {
+        _temp: temp,
+        dir,
+        count,
+        popped,
+        done,
+        context,
+    }
+}
+
+#[test]
+fn repair_mends_any_random_damage() {
+    for seed in damage_seeds() {
+        let damaged = damaged_queue(seed);
+        let (dir, count, popped, done) = (
+            damaged.dir.clone(),
+            damaged.count,
+            damaged.popped,
+            &damaged.done,
+        );
+        let context = damaged.context.as_str();
         // Shown when the test fails: the last line names the failing seed.
         eprintln!("{context}");
 
@@ -171,23 +206,10 @@ fn copy_queue(from: &Path) -> (tempfile::TempDir, std::path::PathBuf) {
 #[test]
 fn an_open_with_quarantine_serves_what_repair_serves() {
     use diskspool::{OnDamage, Queue};
-    let seeds = match std::env::var("DISKSPOOL_DAMAGE_SEED") {
-        Ok(seed) => {
-            let seed: u64 = seed.parse().unwrap();
-            seed..seed + 1
-        }
-        Err(_) => 0..std::env::var("DISKSPOOL_DAMAGE_SEEDS").map_or(30, |n| n.parse().unwrap()),
-    };
-    for seed in seeds {
-        let mut rng = Rng(seed);
-        let count = 40 + rng.below(80);
-        let popped = rng.below(count);
-        let (_temp, dir) = queue_with(count, popped);
-        let done: Vec<String> = (0..1 + rng.below(2))
-            .map(|_| damage(&dir, &mut rng))
-            .collect();
-        let context = format!("seed {seed}: {count} records, {popped} popped, {done:?}");
-        let context = context.as_str();
+    for seed in damage_seeds() {
+        let damaged = damaged_queue(seed);
+        let (dir, count) = (damaged.dir.clone(), damaged.count);
+        let context = damaged.context.as_str();
         eprintln!("{context}");
         let (_copy, healed) = copy_queue(&dir);
 
