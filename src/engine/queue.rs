@@ -131,6 +131,7 @@ impl Queue {
             acklog: recovered.acklog,
             expired_letters: Vec::new(),
             counts: ConsumerCounts::default(),
+            retired: recovered.retired.clone(),
         };
         let log = Log::new(
             recovered.segments,

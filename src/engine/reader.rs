@@ -1,6 +1,7 @@
 //! The consumer side of a queue: reading frames at the frontier, `pop`, `peek`, and the jobs
 //! operations (`recv`, `ack`, release, dead letters), with the head index and the ack log.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,6 +80,9 @@ pub(crate) struct Reader {
     pub(crate) expired_letters: Vec<(u64, Record, u32, DeadLetterReason)>,
     /// What the consumer did since open (see `counters`).
     pub(crate) counts: ConsumerCounts,
+    /// The numbers `repair` retired between segments (see `recovery::retired_ranges`), as
+    /// `start -> end`: no records, so never counted in the queue's length.
+    pub(crate) retired: BTreeMap<u64, u64>,
 }
 
 /// A record read at the frontier, with where its frame starts in the cursor's segment.
@@ -187,6 +191,19 @@ impl Reader {
         published_next_seq
             .saturating_sub(self.head_seq())
             .saturating_sub(self.jobs.acked_beyond_head(self.cursor.next_seq))
+            .saturating_sub(self.retired_between(self.head_seq(), self.cursor.next_seq))
+    }
+
+    /// How many retired numbers lie in `from..to`. Beyond the frontier the ack log's history
+    /// counts them (`acked_beyond_head`); once the reader crossed a retired gap, only this does.
+    fn retired_between(&self, from: u64, to: u64) -> u64 {
+        if self.retired.is_empty() {
+            return 0;
+        }
+        self.retired
+            .iter()
+            .map(|(&start, &end)| end.min(to).saturating_sub(start.max(from)))
+            .sum()
     }
 }
 

@@ -257,6 +257,25 @@ pub(crate) fn repair_damage_locked(
         return Ok(None);
     }
     let snapshot = Snapshot::take(storage, dir)?;
+    // An I/O error is not damage: the bytes may be fine, and a later open may read them (a
+    // transient error, a disk the operator replaces). The open fails with it and nothing is set
+    // aside. What is no regular file at all (a folder, a link with a segment's name) is damage
+    // that no retry mends, and is set aside. (`spool repair` sets both aside, on an operator's
+    // word.)
+    for (name, error) in &snapshot.unreadable {
+        let path = dir.join(name);
+        let not_a_file = matches!(
+            storage.open_read(&path),
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidInput
+        );
+        if !not_a_file {
+            return Err(Error::io(
+                "read segment",
+                path,
+                std::io::Error::other(error.clone()),
+            ));
+        }
+    }
     let before = verify::check(&snapshot);
     let newer_format = before
         .problems

@@ -515,3 +515,33 @@ fn damage_right_after_an_earlier_repairs_gap_moves_the_segment_whole() {
     let queue = Queue::open(dir.path(), quarantining(SyncPolicy::Never)).unwrap();
     assert!(!queue.recovery_report().repaired());
 }
+
+/// The numbers a repair retired are no records: `len` leaves them out before the reader reaches
+/// them (the ack log says so) and after it crossed them (while the head is still before them).
+#[test]
+fn the_length_leaves_out_retired_numbers_after_the_reader_crossed_them() {
+    let dir = queue_of(200);
+    let segments = segment_files(dir.path());
+    let frames = frame_offsets(&segments[1]);
+    let (offset, damaged_seq) = frames[frames.len() / 2];
+    flip(&segments[1], offset as usize + 20, 0x01);
+
+    let queue = Queue::open(dir.path(), quarantining(SyncPolicy::Never)).unwrap();
+    assert_eq!(queue.recovery_report().cut_seqs, Some(damaged_seq..200));
+    for seq in 0..3 {
+        queue.push(format!("after {seq}").as_bytes()).unwrap();
+    }
+    let expected = damaged_seq + 3;
+    assert_eq!(queue.len(), expected, "before the reader crosses the gap");
+    // Lease everything (the reader crosses the retired gap) and keep the first lease, so that
+    // the head stays before the gap; release the others.
+    let mut deliveries = queue.try_recv_batch(1000).unwrap();
+    assert_eq!(deliveries.len() as u64, expected);
+    let first = deliveries.remove(0);
+    drop(deliveries);
+    assert_eq!(queue.len(), expected, "after the reader crossed the gap");
+    first.nack().unwrap();
+    let drained = std::iter::from_fn(|| queue.pop().unwrap()).count() as u64;
+    assert_eq!(drained, expected);
+    assert_eq!(queue.len(), 0);
+}
