@@ -308,16 +308,19 @@ fn a_dead_letter_queue_does_not_inherit_the_bound() {
     assert_eq!(stored.max_records, None);
 }
 
+/// Options for a queue on the simulated filesystem `sim`.
+fn on_sim(sim: &SimStorage, policy: SyncPolicy) -> Options {
+    Options::default()
+        .storage(Arc::new(sim.clone()))
+        .sync(policy)
+}
+
 /// The contract: a rejected push leaves nothing behind after any crash.
 #[test]
 fn a_rejected_push_leaves_nothing_after_a_power_loss() {
     for seed in 0..20 {
         let sim = SimStorage::new(seed);
-        let options = || {
-            Options::default()
-                .storage(Arc::new(sim.clone()))
-                .sync(SyncPolicy::Always)
-        };
+        let options = || on_sim(&sim, SyncPolicy::Always);
         let queue = Queue::open("/q", options().max_records(2)).unwrap();
         queue.push(b"a").unwrap();
         queue.push(b"b").unwrap();
@@ -337,11 +340,7 @@ fn a_rejected_push_leaves_nothing_after_a_power_loss() {
 fn a_dropped_record_is_never_delivered_after_a_power_loss() {
     for seed in 0..20 {
         let sim = SimStorage::new(seed);
-        let options = || {
-            Options::default()
-                .storage(Arc::new(sim.clone()))
-                .sync(SyncPolicy::Always)
-        };
+        let options = || on_sim(&sim, SyncPolicy::Always);
         let queue = Queue::open(
             "/q",
             options().max_records(2).overflow(Overflow::DropOldest),
@@ -515,11 +514,7 @@ fn expired_records_free_their_room_and_go_to_a_configured_dead_letter_queue() {
 fn an_expired_record_is_never_delivered_after_a_power_loss() {
     for seed in 0..10 {
         let sim = SimStorage::new(seed);
-        let options = || {
-            Options::default()
-                .storage(Arc::new(sim.clone()))
-                .sync(SyncPolicy::Always)
-        };
+        let options = || on_sim(&sim, SyncPolicy::Always);
         let queue = Queue::open("/q", options().max_age(Duration::from_micros(1))).unwrap();
         for value in 0..3u8 {
             queue.push(&[value]).unwrap();
@@ -634,11 +629,7 @@ fn dedup_window_holds_across_crashes(policy: SyncPolicy, crash: impl Fn(&SimStor
     use diskspool::Push;
     for skip in 0..30 {
         let sim = SimStorage::new(skip);
-        let options = || {
-            Options::default()
-                .storage(Arc::new(sim.clone()))
-                .sync(policy)
-        };
+        let options = || on_sim(&sim, policy);
         let queue = Queue::open("/q", options()).unwrap();
         let kept = queue
             .push_with(b"kept", Push::new().dedup_id("kept"))
