@@ -111,6 +111,7 @@ pub struct Options {
     /// stored ones at open; the others are taken from the settings file.
     pub(crate) policies_explicit: u8,
     pub(crate) on_damage: OnDamage,
+    pub(crate) exclusive: bool,
     pub(crate) metrics_name: Option<String>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics_interval: Duration,
@@ -145,6 +146,7 @@ impl Default for Options {
             dedup_window: None,
             policies_explicit: 0,
             on_damage: OnDamage::Refuse,
+            exclusive: true,
             metrics_name: None,
             #[cfg(feature = "metrics")]
             metrics_interval: METRICS_INTERVAL_DEFAULT,
@@ -280,6 +282,46 @@ impl Options {
     pub fn on_damage(mut self, policy: OnDamage) -> Self {
         self.on_damage = policy;
         self
+    }
+
+    /// Whether this handle keeps the queue to itself (default `true`): a second handle, in this
+    /// process or another, then gets [`Error::Locked`](crate::Error::Locked).
+    ///
+    /// With `false` the queue is **shared**: any number of processes open it at once (each with
+    /// `exclusive(false)`), push from any of them, and one of them at a time consumes. The
+    /// first consumer call (`pop`, `peek`, `recv`, `ack`, `purge`, `compact`, …) takes the
+    /// consumer role for the handle's life; a consumer call in another handle while it is held
+    /// fails with [`Error::Locked`](crate::Error::Locked) naming the holder. A consumer that
+    /// blocks in `pop_timeout` or `recv_timeout` is woken by pushes of every process. What a
+    /// shared queue does not do yet: bounds (`max_records`, `max_bytes`), deduplicated pushes,
+    /// the segment pool, and storage other than the real filesystem are refused with
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions); under
+    /// [`SyncPolicy::Always`] each push batch has its own `fdatasync` (no group commit across
+    /// pushes yet). docs/ARCHITECTURE.md ("Several processes") has the design and
+    /// docs/DURABILITY.md the contract across processes.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use diskspool::{Options, Queue, SyncPolicy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let shared = Options::default().exclusive(false).sync(SyncPolicy::Never);
+    /// let producer = Queue::open(dir.path(), shared.clone())?;
+    /// let consumer = Queue::open(dir.path(), shared)?; // another process would do the same
+    /// producer.push(b"job")?;
+    /// assert_eq!(consumer.pop()?.as_deref(), Some(&b"job"[..]));
+    /// // The consumer role is `consumer`'s now.
+    /// assert!(producer.pop().is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn exclusive(mut self, alone: bool) -> Self {
+        self.exclusive = alone;
+        self
+    }
+
+    /// Whether the handle keeps the queue to itself (see [`exclusive`](Options::exclusive)).
+    pub fn get_exclusive(&self) -> bool {
+        self.exclusive
     }
 
     /// How many consumed segment files are kept for reuse instead of deleted (default 0: none).
@@ -509,6 +551,25 @@ impl Options {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
+        if !self.exclusive {
+            let refused = if self.segment_pool > 0 {
+                Some("segment_pool")
+            } else if self.max_records.is_some() || self.max_bytes.is_some() {
+                Some("max_records and max_bytes")
+            } else if self.dedup_window.is_some() {
+                Some("dedup_window")
+            } else if !self.storage.shares_between_processes() {
+                Some("this storage (the real filesystem only)")
+            } else {
+                None
+            };
+            if let Some(refused) = refused {
+                return Err(Error::InvalidOptions(format!(
+                    "a queue shared by several processes (exclusive(false)) does not support \
+                     {refused} yet; open it with exclusive(true)"
+                )));
+            }
+        }
         if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&self.segment_size) {
             return Err(Error::InvalidOptions(format!(
                 "segment_size {} is outside {SEGMENT_SIZE_MIN}..={SEGMENT_SIZE_MAX}",

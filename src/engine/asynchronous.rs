@@ -40,8 +40,9 @@ impl Future for Recv<'_> {
             }
             Err(error) => return Poll::Ready(Err(error)),
         }
+        shared.ensure_arrivals_bridge();
         arrivals.register(cx.waker(), seen);
-        if let Some(due_us) = shared.consumer.next_due_us() {
+        if let Some(due_us) = shared.consumer_if_held().and_then(|c| c.next_due_us()) {
             let weak: Weak<Shared> = Arc::downgrade(shared);
             shared.timer.wake_at(due_us, move || match weak.upgrade() {
                 Some(shared) => {

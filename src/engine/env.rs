@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::arrivals::Arrivals;
+use crate::engine::coordination::Coordination;
 use crate::engine::counters::Counters;
 use crate::engine::limits::Limits;
 use crate::engine::sync::lock;
@@ -30,6 +31,9 @@ pub(crate) struct Env {
     pub(crate) limits: Option<Limits>,
     /// What happened since open, beyond the push and pop paths (see `counters`).
     pub(crate) counters: Counters,
+    /// For a queue shared by several processes (`Options::exclusive(false)`): this handle's
+    /// part in it. `None` for an exclusive queue.
+    pub(crate) coordination: Option<Coordination>,
     /// The queue's metrics handles (feature `metrics`).
     #[cfg(feature = "metrics")]
     pub(crate) telemetry: Telemetry,
@@ -38,7 +42,12 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    pub(crate) fn new(dir: PathBuf, options: Options, storage: Arc<dyn Storage>) -> Self {
+    pub(crate) fn new(
+        dir: PathBuf,
+        options: Options,
+        storage: Arc<dyn Storage>,
+        coordination: Option<Coordination>,
+    ) -> Self {
         let limits = Limits::new(&options);
         let max_age_us = options
             .max_age
@@ -55,6 +64,7 @@ impl Env {
             limits,
             max_age_us,
             counters: Counters::default(),
+            coordination,
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
         }

@@ -181,6 +181,7 @@ mod tests {
             "/var/spool/orders".into(),
             Options::default(),
             Arc::new(OsStorage),
+            None,
         );
         tracing::subscriber::with_default(subscriber, || {
             env.discarded(DiscardReason::Overflow, 3);

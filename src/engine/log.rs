@@ -10,14 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::engine::clock::{coarse_now_micros, now_micros};
+use crate::engine::coordination::{CommittedTail, Coordination};
 use crate::engine::env::Env;
 use crate::engine::pool;
-use crate::engine::segment::Segment;
+use crate::engine::segment::{Segment, SegmentPath};
 use crate::engine::sync::{lock, SyncGroup};
 use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::acklog::check_next_base;
 use crate::format::frame;
+use crate::format::layout::{parse_segment_file_name, segment_file_name};
 use crate::format::segment::SequenceBreak;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::options::SyncPolicy;
@@ -53,8 +55,9 @@ pub(crate) struct Log {
     pool: Mutex<Vec<PathBuf>>,
     /// Held by a compaction, so that one runs at a time.
     compact_lock: Mutex<()>,
-    /// Gaps between segments that `repair` retired (see `recovery::retired_ranges`).
-    retired: BTreeMap<u64, u64>,
+    /// Gaps between segments that `repair` retired (see `recovery::retired_ranges`). Set
+    /// again when a handle of a shared queue takes the consumer role.
+    retired: RwLock<BTreeMap<u64, u64>>,
     /// The next sequence number at open: pushes since open are counted by the distance to it.
     opened_next_seq: u64,
 }
@@ -74,7 +77,7 @@ impl Log {
             published_next_seq: AtomicU64::new(next_seq),
             pool: Mutex::new(pool),
             compact_lock: Mutex::new(()),
-            retired,
+            retired: RwLock::new(retired),
             opened_next_seq: next_seq,
         }
     }
@@ -123,7 +126,8 @@ impl Log {
         expected: u64,
         base: u64,
     ) -> std::result::Result<(), SequenceBreak> {
-        check_next_base(expected, base, &self.retired)
+        let retired = self.retired.read().unwrap_or_else(PoisonError::into_inner);
+        check_next_base(expected, base, &retired)
     }
 
     /// Taken by a compaction, so that one runs at a time.
@@ -177,12 +181,20 @@ impl Log {
         self.push_sync.mark_durable(seq);
     }
 
+    /// Replaces the retired gaps (a shared queue's new consumer read them from the ack log).
+    pub(crate) fn set_retired(&self, retired: BTreeMap<u64, u64>) {
+        *self.retired.write().unwrap_or_else(PoisonError::into_inner) = retired;
+    }
+
     pub(crate) fn push_batch(
         &self,
         env: &Env,
         payloads: &[&[u8]],
         not_before_us: u64,
     ) -> Result<Range<u64>> {
+        if let Some(coordination) = &env.coordination {
+            return self.push_shared(env, coordination, payloads, not_before_us);
+        }
         let batch_len = self.check_batch(env, payloads, not_before_us)?;
         let always = env.options.sync == SyncPolicy::Always;
         // Announced to the group commit, so that a leader lets this push join its sync.
@@ -208,7 +220,7 @@ impl Log {
     /// the frame is written, so the write is all there is.
     pub(crate) fn push_one(&self, env: &Env, payload: &[u8]) -> Result<u64> {
         let payloads = std::slice::from_ref(&payload);
-        if env.options.sync == SyncPolicy::Always {
+        if env.options.sync == SyncPolicy::Always || env.coordination.is_some() {
             return self.push_batch(env, payloads, 0).map(|range| range.start);
         }
         let frame_len = self.check_batch(env, payloads, 0)?;
@@ -414,6 +426,217 @@ impl Log {
         writer.active.seal(writer.tail);
         writer.start_segment(segment, file, len);
         Ok(())
+    }
+
+    /// A push into a queue shared by several processes: under `tail.lock`, catch up with the
+    /// committed tail (repairing what a dead writer left), write as an exclusive queue does,
+    /// then commit. Under `Always` the batch is synced before it is committed, so that no
+    /// process reads a record that is not durable.
+    fn push_shared(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        payloads: &[&[u8]],
+        not_before_us: u64,
+    ) -> Result<Range<u64>> {
+        let batch_len = self.check_batch(env, payloads, not_before_us)?;
+        let mut writer = self.lock_writer();
+        let _tail = coordination.lock_tail()?;
+        if coordination.is_dirty() {
+            self.repair_tail(env, coordination)?;
+        }
+        let (_, committed) = coordination.committed();
+        self.catch_up(env, &mut writer, committed)?;
+        if payloads.is_empty() {
+            return Ok(writer.next_seq..writer.next_seq);
+        }
+        // From here until the commit, a death leaves the log past the committed tail: the
+        // next writer cuts it (`repair_tail`).
+        coordination.set_dirty();
+        let written = self.write_locked(
+            env,
+            &mut writer,
+            payloads,
+            not_before_us,
+            batch_len,
+            Bound::Enforced,
+        )?;
+        if env.options.sync == SyncPolicy::Always {
+            if let Err(error) = writer.file.sync_data() {
+                let error = Error::io("sync segment", &writer.active.path, error);
+                return Err(env.poison(error));
+            }
+            self.push_sync.mark_durable(writer.next_seq);
+            writer.active.publish(writer.tail);
+            self.published_next_seq
+                .fetch_max(writer.next_seq, Ordering::SeqCst);
+            env.arrivals.notify();
+        }
+        coordination.commit(CommittedTail {
+            base: writer.active.base_seq,
+            tail: writer.tail,
+            next_seq: writer.next_seq,
+        });
+        Ok(written.range)
+    }
+
+    /// Cuts what a writer that died (or failed) under `tail.lock` left past the committed
+    /// tail: segments it created after the committed one, and bytes after the committed tail.
+    /// Nothing there was committed, so no reader has seen it and no push that wrote it
+    /// returned.
+    fn repair_tail(&self, env: &Env, coordination: &Coordination) -> Result<()> {
+        let (_, committed) = coordination.committed();
+        let storage = &*env.storage;
+        let mut removed = false;
+        for name in storage
+            .list_dir(&env.dir)
+            .map_err(|error| Error::io("list queue directory", &env.dir, error))?
+        {
+            let Some(base) = parse_segment_file_name(&name) else {
+                continue;
+            };
+            if base > committed.base {
+                let path = env.dir.join(&name);
+                storage.remove_file(&path).map_err(|error| {
+                    env.poison(Error::io("remove unborn segment", &path, error))
+                })?;
+                self.forget_segment(base);
+                removed = true;
+            }
+        }
+        if removed {
+            storage
+                .sync_dir(&env.dir)
+                .map_err(|error| env.poison(Error::io("sync queue directory", &env.dir, error)))?;
+        }
+        let path = env.dir.join(segment_file_name(committed.base));
+        let file = storage
+            .open(&path)
+            .map_err(|error| Error::io("open segment", &path, error))?;
+        let len = file
+            .len()
+            .map_err(|error| Error::io("stat segment", &path, error))?;
+        if len > committed.tail {
+            file.set_len(committed.tail)
+                .map_err(|error| env.poison(Error::io("cut torn tail", &path, error)))?;
+        }
+        coordination.clear_dirty();
+        Ok(())
+    }
+
+    /// Brings this handle's writer and segments up to a tail committed by any process: the
+    /// same segment further on, or segments other processes started.
+    fn catch_up(&self, env: &Env, writer: &mut Writer, committed: CommittedTail) -> Result<()> {
+        if committed.base == writer.active.base_seq {
+            if committed.tail != writer.tail || committed.next_seq != writer.next_seq {
+                writer.adopt(committed.tail, committed.next_seq);
+                writer.active.publish(committed.tail);
+            }
+        } else {
+            let (segment, file) = self.adopt_segments(env, committed)?;
+            let previous = std::mem::replace(&mut writer.active, segment.clone());
+            if previous.base_seq < committed.base && !previous.is_sealed() {
+                // Rolled by another process: cut to its records and synced before the next
+                // segment was created, so its length is its end.
+                let len = writer
+                    .file
+                    .len()
+                    .map_err(|error| Error::io("stat segment", &previous.path, error))?;
+                previous.seal(len);
+            }
+            writer.start_segment(segment.clone(), file, committed.tail);
+            writer.adopt(committed.tail, committed.next_seq);
+            segment.publish(committed.tail);
+        }
+        self.published_next_seq
+            .fetch_max(committed.next_seq, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The segments other processes created up to the committed active one, added to this
+    /// handle's map (sealed ones unopened, as at open); returns the active one and its file.
+    fn adopt_segments(
+        &self,
+        env: &Env,
+        committed: CommittedTail,
+    ) -> Result<(Arc<Segment>, Arc<dyn crate::storage::StorageFile>)> {
+        let storage = &*env.storage;
+        let names = storage
+            .list_dir(&env.dir)
+            .map_err(|error| Error::io("list queue directory", &env.dir, error))?;
+        let shared_dir: Arc<std::path::Path> = Arc::from(env.dir.as_path());
+        let path = env.dir.join(segment_file_name(committed.base));
+        let file: Arc<dyn crate::storage::StorageFile> = Arc::from(
+            storage
+                .open(&path)
+                .map_err(|error| Error::io("open segment", &path, error))?,
+        );
+        let map_len = env.options.segment_size.max(committed.tail);
+        let active = Arc::new(Segment::active(
+            committed.base,
+            path,
+            file.clone(),
+            committed.tail,
+            map_len,
+        ));
+        let mut segments = self
+            .segments
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let newest_known = segments.keys().next_back().copied().unwrap_or(0);
+        for base in names
+            .iter()
+            .filter_map(|name| parse_segment_file_name(name))
+        {
+            if base > newest_known && base < committed.base {
+                let path = SegmentPath::lazy(shared_dir.clone(), base);
+                segments.insert(base, Arc::new(Segment::unopened(base, path)));
+            }
+        }
+        let active = match segments.get(&committed.base) {
+            // Already known (a reader of this handle adopted it first).
+            Some(known) if !known.is_sealed() => known.clone(),
+            _ => {
+                segments.insert(committed.base, active.clone());
+                active
+            }
+        };
+        Ok((active, file))
+    }
+
+    /// Drops the segments whose files are gone (a shared queue's earlier consumer compacted
+    /// them) from this handle's map.
+    pub(crate) fn forget_deleted_segments(&self, env: &Env) -> Result<()> {
+        let names = env
+            .storage
+            .list_dir(&env.dir)
+            .map_err(|error| Error::io("list queue directory", &env.dir, error))?;
+        let on_disk: std::collections::BTreeSet<u64> = names
+            .iter()
+            .filter_map(|name| parse_segment_file_name(name))
+            .collect();
+        self.segments
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|base, _| on_disk.contains(base));
+        Ok(())
+    }
+
+    /// For a reader of a shared queue: takes up what other processes committed since this
+    /// handle last looked (one load when nothing moved).
+    pub(crate) fn refresh(&self, env: &Env) -> Result<()> {
+        let Some(coordination) = &env.coordination else {
+            return Ok(());
+        };
+        let Some(committed) = coordination.committed_if_moved() else {
+            return Ok(());
+        };
+        let mut writer = self.lock_writer();
+        if committed.next_seq <= writer.next_seq && committed.base <= writer.active.base_seq {
+            // This handle's own pushes, committed since the load above: nothing to take up.
+            return Ok(());
+        }
+        self.catch_up(env, &mut writer, committed)
     }
 
     /// Every record below this sequence number is synced.

@@ -21,6 +21,7 @@ pub(crate) mod limits;
 // The shared environment and the live files.
 pub(crate) mod acklog;
 pub(crate) mod arrivals;
+pub(crate) mod coordination;
 pub(crate) mod dedup;
 pub(crate) mod env;
 pub(crate) mod head;

@@ -1,5 +1,6 @@
 //! The queue: ties the segments, the head index and the compactor together.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::clock::now_micros;
 use crate::engine::compactor::{self, CompactReport};
+use crate::engine::coordination::{self, CommittedTail, Coordination};
 use crate::engine::counters::ConsumerCounts;
 use crate::engine::dedup::Dedup;
 use crate::engine::delivery::{try_recv_batch, Delivery};
@@ -16,20 +18,22 @@ use crate::engine::flusher::Flusher;
 use crate::engine::jobs::Jobs;
 use crate::engine::log::Log;
 use crate::engine::pool;
-use crate::engine::reader::{Consumer, Cursor, Reader};
+use crate::engine::reader::{Cursor, Reader};
 use crate::engine::record::Record;
 use crate::engine::recovery;
 use crate::engine::report::RecoveryReport;
+use crate::engine::segment::{Segment, SegmentPath};
 use crate::engine::shared::{DeadLetterQueue, Shared};
 use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::head::HEAD_FILE_LEN;
+use crate::format::layout::{parse_segment_file_name, segment_file_name};
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::format::settings::SETTINGS_FILE_LEN;
 use crate::options::{OnDamage, Options, SyncPolicy};
 use crate::stats::Stats;
 use crate::storage::queue_dir::{self, check_owner, create_and_lock_with_mode};
-use crate::storage::Storage;
+use crate::storage::{DirLock, Storage};
 
 /// A durable, disk-backed FIFO queue. See the crate documentation for an overview.
 ///
@@ -87,19 +91,141 @@ impl Queue {
             return Err(Error::NotAQueue { dir });
         }
         check_owner(&*storage, &dir)?;
+        if !options.exclusive {
+            return Self::open_shared(dir, options, mend);
+        }
         let dir_lock = create_and_lock_with_mode(&*storage, &dir, Some(options.dir_mode()))?;
+        let (log, reader, report) = Self::recover_locked(&dir, &mut options, mend)?;
+        Self::assemble(
+            dir,
+            options,
+            mend,
+            log,
+            Some(reader),
+            report,
+            Some(dir_lock),
+            None,
+        )
+    }
+
+    /// Opens a queue shared with other processes (`Options::exclusive(false)`): the first
+    /// handle recovers it as an exclusive open does and builds the control file; the others
+    /// attach to the tail it committed, without touching the files.
+    fn open_shared(dir: PathBuf, mut options: Options, mend: Mend) -> Result<Queue> {
+        let storage = options.storage.clone();
+        queue_dir::create_with_mode(&*storage, &dir, Some(options.dir_mode()))?;
+        let opening = coordination::begin_open(&dir)?;
+        if opening.first {
+            let (log, reader, report) = Self::recover_locked(&dir, &mut options, mend)?;
+            let committed = {
+                let mut writer = log.lock_writer();
+                let (tail, next_seq) = (writer.tail, writer.next_seq);
+                writer.adopt(tail, next_seq);
+                CommittedTail {
+                    base: writer.active.base_seq,
+                    tail,
+                    next_seq,
+                }
+            };
+            let coordination = opening.build(committed)?;
+            return Self::assemble(
+                dir,
+                options,
+                mend,
+                log,
+                Some(reader),
+                report,
+                None,
+                Some(coordination),
+            );
+        }
+        recovery::settle_attached(&*storage, &dir, &mut options)?;
+        options.validate()?;
+        let coordination = opening.attach()?;
+        let (_, committed) = coordination.committed();
+        let log = Self::attach_log(&*storage, &dir, &options, committed)?;
+        Self::assemble(
+            dir,
+            options,
+            mend,
+            log,
+            None,
+            RecoveryReport::default(),
+            None,
+            Some(coordination),
+        )
+    }
+
+    /// The log as a shared queue's later opener finds it: the segments on disk up to the
+    /// committed active one, and a writer at the committed tail.
+    fn attach_log(
+        storage: &dyn Storage,
+        dir: &Path,
+        options: &Options,
+        committed: CommittedTail,
+    ) -> Result<Log> {
+        let names = storage
+            .list_dir(dir)
+            .map_err(|error| Error::io("list queue directory", dir, error))?;
+        let shared_dir: Arc<Path> = Arc::from(dir);
+        let mut segments: BTreeMap<u64, Arc<Segment>> = names
+            .iter()
+            .filter_map(|name| parse_segment_file_name(name))
+            .filter(|&base| base < committed.base)
+            .map(|base| {
+                let path = SegmentPath::lazy(shared_dir.clone(), base);
+                (base, Arc::new(Segment::unopened(base, path)))
+            })
+            .collect();
+        let path = dir.join(segment_file_name(committed.base));
+        let file: Arc<dyn crate::storage::StorageFile> = Arc::from(
+            storage
+                .open(&path)
+                .map_err(|error| Error::io("open segment", &path, error))?,
+        );
+        let map_len = options.segment_size.max(committed.tail);
+        let active = Arc::new(Segment::active(
+            committed.base,
+            path,
+            file.clone(),
+            committed.tail,
+            map_len,
+        ));
+        segments.insert(committed.base, active.clone());
+        let mut writer = Writer::new(
+            active,
+            file,
+            committed.tail,
+            committed.next_seq,
+            false,
+            false,
+        );
+        writer.adopt(committed.tail, committed.next_seq);
+        Ok(Log::new(segments, writer, Vec::new(), BTreeMap::new()))
+    }
+
+    /// Recovery with the queue to this handle alone (an exclusive open, or a shared queue's
+    /// first opener): the repair under `OnDamage::Quarantine`, the settings, then the log and
+    /// the reader as the files hold them.
+    fn recover_locked(
+        dir: &Path,
+        options: &mut Options,
+        mend: Mend,
+    ) -> Result<(Log, Reader, RecoveryReport)> {
+        let storage = options.storage.clone();
+        let dir = dir.to_path_buf();
         // Under the lock, before recovery reads anything: what the repair cuts is then never
         // seen by recovery, which opens the mended queue as after any crash.
         let mut repaired = RecoveryReport::default();
         if options.on_damage == OnDamage::Quarantine {
             mend(&*storage, &dir, &mut repaired)?;
         }
-        recovery::settle_at_open(&*storage, &dir, &mut options)?;
+        recovery::settle_at_open(&*storage, &dir, options)?;
         // Checked again: limits that depend on the segment size now see the queue's own.
         options.validate()?;
         // Ids before the records that recovery makes durable (see `Dedup::sync_existing`).
         Dedup::sync_existing(&*storage, &dir)?;
-        let mut recovered = recovery::recover(&*storage, &dir, &options)?;
+        let mut recovered = recovery::recover(&*storage, &dir, options)?;
         recovered.report.repairs = repaired.repairs;
         recovered.report.cut_seqs = repaired.cut_seqs;
         recovered.report.quarantined_records = repaired.quarantined_records;
@@ -112,13 +238,16 @@ impl Queue {
         recovered
             .acklog
             .defer_writes(options.sync == SyncPolicy::Always);
+        // A shared queue's writers append with `pwrite` only: no zeros ahead of the tail
+        // (another process appends there) and no writable mapping.
+        let alone = options.exclusive;
         let writer = Writer::new(
             recovered.active,
             recovered.active_file,
             recovered.tail,
             recovered.next_seq,
-            options.mapped_writes,
-            options.sync == SyncPolicy::Always,
+            options.mapped_writes && alone,
+            options.sync == SyncPolicy::Always && alone,
         );
         let reader = Reader {
             cursor: Cursor::new(
@@ -139,19 +268,37 @@ impl Queue {
             pool,
             std::mem::take(&mut recovered.retired),
         );
+        Ok((log, reader, recovered.report))
+    }
+
+    /// The queue around a recovered (or attached) log: the environment, the shared state and
+    /// the background threads.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        dir: PathBuf,
+        options: Options,
+        mend: Mend,
+        log: Log,
+        reader: Option<Reader>,
+        report: RecoveryReport,
+        dir_lock: Option<DirLock>,
+        coordination: Option<Coordination>,
+    ) -> Result<Queue> {
+        let storage = options.storage.clone();
+        let next_seq = log.published_next_seq();
         let dedup = Dedup::open(
             &*storage,
             &dir,
             u64::try_from(options.get_dedup_window().as_micros()).unwrap_or(u64::MAX),
-            recovered.next_seq,
+            next_seq,
             now_micros(),
         )?;
-        let env = Env::new(dir, options, storage);
+        let env = Env::new(dir, options, storage, coordination);
         let shared = Arc::new(Shared::new(
             env,
             log,
-            Consumer::new(reader),
-            recovered.report,
+            reader,
+            report,
             dir_lock,
             // The dead-letter queue is opened with the same repair at hand.
             Box::new(move |dir: PathBuf, options: Options| {
@@ -163,7 +310,9 @@ impl Queue {
         ));
         let env = &shared.env;
         if env.options.auto_compact {
-            compactor::compact(env, &shared.log, &shared.consumer)?;
+            if let Some(consumer) = shared.consumer_if_held() {
+                compactor::compact(env, &shared.log, consumer)?;
+            }
         }
         let flusher = match env.options.sync {
             SyncPolicy::Interval(interval) => Some(
@@ -465,7 +614,7 @@ impl Queue {
         compactor::compact_and_release_pool(
             &self.shared.env,
             &self.shared.log,
-            &self.shared.consumer,
+            self.shared.consumer()?,
         )
     }
 
@@ -551,14 +700,13 @@ pub(crate) type Mend = fn(&dyn Storage, &Path, &mut RecoveryReport) -> Result<()
 
 /// Computes [`Stats`] from the log and the consumer.
 fn stats_of(shared: &Shared) -> Result<Stats> {
+    let consumer = shared.stats_consumer()?;
     let next_seq = shared.log.published_next_seq();
-    let position = shared
-        .consumer
-        .position(&shared.env, &shared.log, next_seq)?;
+    let position = consumer.position(&shared.env, &shared.log, next_seq)?;
     let (head_base, head_offset) = (position.head_base, position.head_offset);
     let segments = shared.log.segments();
     let mut live_bytes = 0;
-    let mut disk_bytes = HEAD_FILE_LEN + SETTINGS_FILE_LEN as u64 + shared.consumer.acklog_len();
+    let mut disk_bytes = HEAD_FILE_LEN + SETTINGS_FILE_LEN as u64 + consumer.acklog_len();
     for segment in &segments {
         segment.ensure_open(&*shared.env.storage)?;
         let len = match segment.file() {
@@ -617,10 +765,10 @@ fn report_metrics(shared: &Shared) -> Result<()> {
 /// bytes as in [`Stats::live_bytes`]). Reads no record, so that none expires while they are
 /// counted: an expired record is released when the reader reaches it.
 fn usage_at_open(shared: &Shared) -> Result<(u64, u64)> {
-    let position =
-        shared
-            .consumer
-            .position(&shared.env, &shared.log, shared.log.published_next_seq())?;
+    let Some(consumer) = shared.consumer_if_held() else {
+        return Ok((0, 0));
+    };
+    let position = consumer.position(&shared.env, &shared.log, shared.log.published_next_seq())?;
     let mut bytes = 0;
     for segment in shared.log.segments() {
         segment.ensure_open(&*shared.env.storage)?;

@@ -438,7 +438,7 @@ fn synced_records_missing(path: &Path, offset: u64, from: u64, synced_seq: u64) 
 
 /// Finds the byte position of the head's record in the one segment that holds it, by the rule
 /// the lock-free readers share (`segment::locate_seq`): the hint if it checks out, else a walk.
-fn locate_head(
+pub(crate) fn locate_head(
     storage: &dyn Storage,
     segments: &BTreeMap<u64, Arc<Segment>>,
     state: HeadState,
@@ -484,6 +484,41 @@ pub(crate) fn settle_at_open(
     dir: &Path,
     options: &mut Options,
 ) -> Result<()> {
+    settle(storage, dir, options, true)
+}
+
+/// [`settle_at_open`] for a handle that joins a shared queue other processes have open: the
+/// stored settings are taken, and never rewritten (the others work by them); explicit ones
+/// that differ are refused.
+pub(crate) fn settle_attached(
+    storage: &dyn Storage,
+    dir: &Path,
+    options: &mut Options,
+) -> Result<()> {
+    settle(storage, dir, options, false)
+}
+
+fn settle(storage: &dyn Storage, dir: &Path, options: &mut Options, writable: bool) -> Result<()> {
+    if !writable {
+        let Some(stored) = read_settings(storage, dir)? else {
+            return Err(Error::corrupt(
+                dir.join(SETTINGS_FILE_NAME),
+                0,
+                "the settings file of a queue other processes have open is missing",
+            ));
+        };
+        let mut wanted = options.clone();
+        apply_stored(&mut wanted, &stored);
+        if settings_of(&wanted) != stored {
+            return Err(Error::InvalidOptions(format!(
+                "{}: other processes have this queue open with other settings (segment size, \
+                 limits, expiry); change settings while no other process has it open",
+                dir.display()
+            )));
+        }
+        *options = wanted;
+        return Ok(());
+    }
     // A replacement a crash interrupted: the old file is whole (the rename is atomic).
     let tmp_path = dir.join(format!("{SETTINGS_FILE_NAME}.tmp"));
     match storage.remove_file(&tmp_path) {
@@ -495,6 +530,17 @@ pub(crate) fn settle_at_open(
     let Some(stored) = stored else {
         return write_settings(storage, dir, &settings_of(options));
     };
+    apply_stored(options, &stored);
+    let wanted = settings_of(options);
+    if wanted == stored {
+        // Also a version 1 file without policies: left as it is, readable by older builds.
+        return Ok(());
+    }
+    write_settings(storage, dir, &wanted)
+}
+
+/// Takes the stored settings for every one the caller did not set.
+fn apply_stored(options: &mut Options, stored: &QueueSettings) {
     if !options.segment_size_explicit {
         options.segment_size = stored.segment_size;
     }
@@ -516,12 +562,6 @@ pub(crate) fn settle_at_open(
     if kept(policy_bits::DEDUP_WINDOW) {
         options.dedup_window = stored.dedup_window_us.map(Duration::from_micros);
     }
-    let wanted = settings_of(options);
-    if wanted == stored {
-        // Also a version 1 file without policies: left as it is, readable by older builds.
-        return Ok(());
-    }
-    write_settings(storage, dir, &wanted)
 }
 
 /// The settings file's contents for these options.

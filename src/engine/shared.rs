@@ -7,17 +7,26 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
+use crate::engine::acklog::AckLog;
 use crate::engine::clock::now_micros;
 use crate::engine::compactor;
+use crate::engine::counters::ConsumerCounts;
 use crate::engine::dedup::Dedup;
 use crate::engine::env::Env;
+use crate::engine::head::HeadIndex;
+use crate::engine::jobs::Jobs;
 use crate::engine::log::{Bound, Log, Written};
-use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped};
+use crate::engine::reader::Cursor;
+use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped, Reader};
 use crate::engine::record::Record;
+use crate::engine::recovery::{locate_head, retired_ranges};
 use crate::engine::report::RecoveryReport;
+use crate::engine::segment::Segment;
 use crate::engine::sync::lock;
 #[cfg(feature = "async")]
 use crate::engine::timer::Timer;
@@ -43,7 +52,20 @@ pub(crate) type OpenDeadLetterQueue =
 pub(crate) struct Shared {
     pub(crate) env: Env,
     pub(crate) log: Log,
-    pub(crate) consumer: Consumer,
+    /// The consumer side. Set at open for an exclusive queue; for a shared one, when this
+    /// handle takes the consumer role (see [`consumer`](Shared::consumer)).
+    consumer: OnceLock<Consumer>,
+    /// A shared queue's first opener: the reader its recovery built, used if it takes the
+    /// consumer role before any other handle did.
+    spare_reader: Mutex<Option<Reader>>,
+    /// A shared queue: `consumer.lock`, held once this handle took the role.
+    consumer_role: OnceLock<std::fs::File>,
+    /// Serialises claims of the consumer role within this handle.
+    claiming: Mutex<()>,
+    /// A shared queue: the thread that turns other processes' pushes into wake-ups of this
+    /// handle's async receivers, once one waited.
+    #[cfg(feature = "async")]
+    bridge: OnceLock<()>,
     dead_letters: Mutex<Option<Arc<dyn DeadLetterQueue>>>,
     /// The ids of recent pushes with a deduplication id; held by such a push until it is
     /// complete, so that a second push with the same id finds the first durable.
@@ -52,23 +74,39 @@ pub(crate) struct Shared {
     #[cfg(feature = "async")]
     pub(crate) timer: Timer,
     pub(crate) recovery: RecoveryReport,
-    _lock: DirLock,
+    /// An exclusive queue's directory lock (a shared one's locks are in `env.coordination`).
+    _lock: Option<DirLock>,
 }
 
 impl Shared {
+    /// `reader`: an exclusive queue's reader, or a shared queue first opener's (kept aside
+    /// until the handle takes the consumer role).
     pub(crate) fn new(
         env: Env,
         log: Log,
-        consumer: Consumer,
+        reader: Option<Reader>,
         recovery: RecoveryReport,
-        dir_lock: DirLock,
+        dir_lock: Option<DirLock>,
         open_dead_letters: OpenDeadLetterQueue,
         dedup: Dedup,
     ) -> Self {
+        let consumer = OnceLock::new();
+        let mut spare_reader = None;
+        match reader {
+            Some(reader) if env.coordination.is_none() => {
+                let _ = consumer.set(Consumer::new(reader));
+            }
+            reader => spare_reader = reader,
+        }
         Shared {
             env,
             log,
             consumer,
+            spare_reader: Mutex::new(spare_reader),
+            consumer_role: OnceLock::new(),
+            claiming: Mutex::new(()),
+            #[cfg(feature = "async")]
+            bridge: OnceLock::new(),
             dead_letters: Mutex::new(None),
             dedup: Mutex::new(dedup),
             open_dead_letters,
@@ -77,6 +115,70 @@ impl Shared {
             recovery,
             _lock: dir_lock,
         }
+    }
+
+    /// The consumer side: always there for an exclusive queue; for a shared one, taken on
+    /// first use (the consumer role), or [`Error::Locked`] while another handle holds it.
+    #[inline]
+    pub(crate) fn consumer(&self) -> Result<&Consumer> {
+        match self.consumer.get() {
+            Some(consumer) => {
+                if self.env.coordination.is_some() {
+                    self.log.refresh(&self.env)?;
+                }
+                Ok(consumer)
+            }
+            None => self.claim_consumer(),
+        }
+    }
+
+    /// The consumer side for `stats`: a shared queue's handle that does not consume does not
+    /// take the role for a look (a monitoring process would take it from the workers).
+    pub(crate) fn stats_consumer(&self) -> Result<&Consumer> {
+        match self.consumer.get() {
+            Some(_) => self.consumer(),
+            None if self.env.coordination.is_some() => Err(Error::InvalidOptions(
+                "stats of a shared queue come from the handle that consumes it; elsewhere use \
+                 len(), or `spool stat`, which reads the files"
+                    .into(),
+            )),
+            None => self.consumer(),
+        }
+    }
+
+    /// The consumer side if this handle has it (background work that only a consumer does).
+    pub(crate) fn consumer_if_held(&self) -> Option<&Consumer> {
+        self.consumer.get()
+    }
+
+    /// Takes the consumer role of a shared queue: `consumer.lock`, then a reader built from
+    /// the files as the previous consumer left them (or the one recovery built, if nobody
+    /// consumed since).
+    #[cold]
+    fn claim_consumer(&self) -> Result<&Consumer> {
+        let _one_claim = lock(&self.claiming);
+        if let Some(consumer) = self.consumer.get() {
+            return Ok(consumer);
+        }
+        let Some(coordination) = &self.env.coordination else {
+            return Err(Error::Locked {
+                dir: self.env.dir.clone(),
+                pid: None,
+            });
+        };
+        let (role, claims_before) = coordination.claim_consumer()?;
+        self.log.refresh(&self.env)?;
+        let spare = lock(&self.spare_reader).take();
+        let reader = match spare {
+            Some(reader) if claims_before == 0 => reader,
+            _ => recover_consumer(&self.env, &self.log)?,
+        };
+        let _ = self.consumer_role.set(role);
+        let _ = self.consumer.set(Consumer::new(reader));
+        self.consumer.get().ok_or_else(|| Error::Locked {
+            dir: self.env.dir.clone(),
+            pid: None,
+        })
     }
 
     /// One `push`.
@@ -129,6 +231,13 @@ impl Shared {
     /// it); an entry whose record a crash took is dropped at the next open.
     pub(crate) fn push_dedup(&self, payload: &[u8], not_before_us: u64, id: &[u8]) -> Result<u64> {
         let env = &self.env;
+        if env.coordination.is_some() {
+            return Err(Error::InvalidOptions(
+                "a queue shared by several processes (exclusive(false)) does not take \
+                 deduplicated pushes yet; open it with exclusive(true)"
+                    .into(),
+            ));
+        }
         if id.is_empty() || id.len() > crate::options::DEDUP_ID_LEN_MAX {
             return Err(Error::InvalidOptions(format!(
                 "a deduplication id is 1 to {} bytes, not {}",
@@ -335,7 +444,7 @@ impl Shared {
     /// One `pop`.
     #[inline]
     pub(crate) fn pop_one(&self) -> Result<Option<Record>> {
-        self.consumer.pop_one(&self.env, &self.log, self)
+        self.consumer()?.pop_one(&self.env, &self.log, self)
     }
 
     /// Removes up to `max` records through `convert` into `out`.
@@ -345,47 +454,50 @@ impl Shared {
         convert: impl FnMut(Record) -> Result<T>,
         out: O,
     ) -> Result<O> {
-        self.consumer
+        self.consumer()?
             .pop_with(&self.env, &self.log, self, max, convert, out)
     }
 
     /// The oldest record a pop would return, not removed.
     pub(crate) fn peek(&self) -> Result<Option<Record>> {
-        self.consumer.peek(&self.env, &self.log)
+        self.consumer()?.peek(&self.env, &self.log)
     }
 
     /// Hands out up to `max` records under a lease.
     pub(crate) fn recv_batch(&self, max: usize) -> Result<Vec<Leased>> {
-        self.consumer.recv_batch(&self.env, &self.log, self, max)
+        self.consumer()?.recv_batch(&self.env, &self.log, self, max)
     }
 
     /// Acknowledges `seq`.
     pub(crate) fn ack(&self, seq: u64) -> Result<()> {
-        self.consumer.ack(&self.env, &self.log, self, seq)
+        self.consumer()?.ack(&self.env, &self.log, self, seq)
     }
 
     /// Releases a leased record, now or after `delay`.
     pub(crate) fn release(&self, seq: u64, token: u64, delay: Option<Duration>) -> Result<()> {
-        self.consumer.release(&self.env, self, seq, token, delay)
+        self.consumer()?.release(&self.env, self, seq, token, delay)
     }
 
     /// Extends a lease to `lease` from now.
     pub(crate) fn extend(&self, seq: u64, token: u64, lease: Duration) -> Result<()> {
-        self.consumer.extend(seq, token, lease)
+        self.consumer()?.extend(seq, token, lease)
     }
 
     /// Moves a leased record to the dead-letter queue now, whatever its delivery count.
     pub(crate) fn dead_letter(&self, seq: u64, token: u64) -> Result<()> {
-        let (record, deliveries) = self.consumer.take_for_dead_letter(&self.env, seq, token)?;
+        let (record, deliveries) = self
+            .consumer()?
+            .take_for_dead_letter(&self.env, seq, token)?;
         self.move_to_dead_letters(seq, &record, deliveries, DeadLetterReason::Deliveries)
     }
 
     /// Removes every record not yet consumed, handed out ones included; returns how many.
     pub(crate) fn purge(&self) -> Result<u64> {
+        let consumer = self.consumer()?;
         let purged = {
             // Held throughout: no push takes a number or room until the head has moved.
             let writer = self.log.lock_writer();
-            let purged = self.consumer.purge(
+            let purged = consumer.purge(
                 &self.env,
                 writer.active.clone(),
                 writer.tail,
@@ -408,13 +520,32 @@ impl Shared {
 
     /// Records in the queue.
     pub(crate) fn len(&self) -> u64 {
-        self.consumer.len(self.log.published_next_seq())
+        match self.consumer.get() {
+            Some(consumer) => {
+                // A failure to look is met again by the next call that can report it.
+                let _ = self.log.refresh(&self.env);
+                consumer.len(self.log.published_next_seq())
+            }
+            None => self.len_without_consumer(),
+        }
+    }
+
+    /// A shared queue's length seen from a handle that does not consume: the records between
+    /// the head in the `head` file and the committed tail (records acknowledged out of order
+    /// beyond the head are counted).
+    #[cold]
+    fn len_without_consumer(&self) -> u64 {
+        let _ = self.log.refresh(&self.env);
+        let next_seq = self.log.published_next_seq();
+        let head_seq = crate::engine::head::head_seq_in_file(&*self.env.storage, &self.env.dir)
+            .unwrap_or(next_seq);
+        next_seq.saturating_sub(head_seq)
     }
 
     /// Blocks until the arrivals epoch moves past `seen`, a delay or lease runs out, or
     /// `deadline` passes; false when nothing changed.
     pub(crate) fn wait_for_change(&self, seen: u64, deadline: Instant) -> bool {
-        let wake = match self.consumer.next_due_us() {
+        let wake = match self.consumer.get().and_then(Consumer::next_due_us) {
             Some(due_us) => {
                 let wait = Duration::from_micros(due_us.saturating_sub(now_micros()));
                 deadline.min(Instant::now() + wait)
@@ -422,7 +553,41 @@ impl Shared {
             None => deadline,
         };
         let arrivals = &self.env.arrivals;
-        arrivals.wait_until(wake, || arrivals.epoch() != seen)
+        let Some(coordination) = &self.env.coordination else {
+            return arrivals.wait_until(wake, || arrivals.epoch() != seen);
+        };
+        // A shared queue: woken by any process's commit through the control file's futex
+        // word; what only this process announces (a release, a due timer) is seen within a
+        // slice.
+        let committed = coordination.arrivals();
+        loop {
+            if arrivals.epoch() != seen || coordination.arrivals() != committed {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= wake {
+                return false;
+            }
+            let slice = (wake - now).min(SHARED_WAIT_SLICE);
+            coordination.wait_for_arrival(committed, slice);
+        }
+    }
+
+    /// A shared queue: starts, once, the thread that wakes this handle's async receivers when
+    /// another process pushes.
+    #[cfg(feature = "async")]
+    pub(crate) fn ensure_arrivals_bridge(self: &Arc<Self>) {
+        if self.env.coordination.is_none() || self.bridge.get().is_some() {
+            return;
+        }
+        let _ = self.bridge.get_or_init(|| {
+            let weak = Arc::downgrade(self);
+            // Best effort: without the thread, async receivers still wake on this process's
+            // own events and timers.
+            let _ = std::thread::Builder::new()
+                .name("diskspool-arrivals".into())
+                .spawn(move || bridge_arrivals(weak));
+        });
     }
 
     /// Makes every push and pop so far durable, whatever the sync policy.
@@ -437,21 +602,30 @@ impl Shared {
             .sync_data_timed(&self.env)
             .map_err(|error| self.env.poison(error))?;
         self.log.mark_durable(covered);
-        self.consumer.sync_all(&self.env, covered)
+        match self.consumer.get() {
+            Some(consumer) => consumer.sync_all(&self.env, covered),
+            None => Ok(()),
+        }
     }
 
     /// Writes into the head how far the records are known to be synced (by rolls and earlier
     /// syncs), without a sync: for a close under `SyncPolicy::Never`.
     pub(crate) fn record_synced_seq(&self) -> Result<()> {
         self.env.check_poisoned()?;
-        self.consumer
-            .record_synced_seq(&self.env, self.log.synced_seq())
+        match self.consumer.get() {
+            Some(consumer) => consumer.record_synced_seq(&self.env, self.log.synced_seq()),
+            None => Ok(()),
+        }
     }
 
     /// The steps of a clean close: the zeros after the data trimmed (if this fails, recovery
     /// treats them as free space anyway), then what the policy syncs.
     pub(crate) fn close(&self) -> Result<()> {
-        let _ = self.log.trim();
+        if self.env.coordination.is_none() {
+            // A shared queue's writer may be behind the tail other processes committed, and
+            // its segments hold no zeros to cut.
+            let _ = self.log.trim();
+        }
         #[cfg(feature = "async")]
         self.timer.stop();
         // The head records how far the records are synced, so that damage to them found at the
@@ -502,6 +676,70 @@ impl Shared {
     }
 }
 
+/// The reader of a shared queue's handle that takes the consumer role: built from the head
+/// index and the ack log as the previous consumer left them (it may have died in any step:
+/// they are read as an open after a process kill reads them), over the segments this handle
+/// knows, which are listed again first (the previous consumer may have compacted some).
+fn recover_consumer(env: &Env, log: &Log) -> Result<Reader> {
+    let storage = &*env.storage;
+    let dir = &env.dir;
+    log.forget_deleted_segments(env)?;
+    let mut head = HeadIndex::open(storage, dir)?;
+    // The other slot may hold a write the previous consumer tore: overwritten durably now.
+    head.settle(head.state().synced_seq)?;
+    let head_seq = head.state().head_seq;
+    let segments: BTreeMap<u64, Arc<Segment>> = log
+        .segments()
+        .into_iter()
+        .map(|segment| (segment.base_seq, segment))
+        .collect();
+    let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
+    let mut report = RecoveryReport::default();
+    let appends_synced = env.options.sync == crate::options::SyncPolicy::Always;
+    let (mut acklog, history) = AckLog::open(storage, dir, head_seq, appends_synced, &mut report)?;
+    acklog.defer_writes(appends_synced);
+    let retired = retired_ranges(&history, &segments);
+    log.set_retired(retired.clone());
+    Ok(Reader {
+        cursor: Cursor::new(head_segment, head_offset, head_seq),
+        head,
+        jobs: Jobs::with_history(history),
+        acklog,
+        expired_letters: Vec::new(),
+        counts: ConsumerCounts::default(),
+        retired,
+    })
+}
+
+/// How long a shared queue's waiter sleeps at most before it looks at this process's own
+/// wake-ups again (see `Shared::wait_for_change`).
+const SHARED_WAIT_SLICE: Duration = Duration::from_millis(10);
+
+/// The arrivals bridge of a shared queue: sleeps on the control file's futex word and wakes
+/// the handle's local waiters when it moves; ends once the handle is gone.
+#[cfg(feature = "async")]
+fn bridge_arrivals(weak: std::sync::Weak<Shared>) {
+    use crate::engine::coordination::{arrivals_in, wait_for_arrival_in};
+    // The mapping, not the handle: sleeping here must not keep a closed queue open.
+    let control = match weak.upgrade() {
+        Some(shared) => match &shared.env.coordination {
+            Some(coordination) => coordination.control(),
+            None => return,
+        },
+        None => return,
+    };
+    loop {
+        let seen = arrivals_in(&control);
+        wait_for_arrival_in(&control, seen, SHARED_WAIT_SLICE * 10);
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        if arrivals_in(&control) != seen {
+            shared.env.arrivals.notify();
+        }
+    }
+}
+
 impl AfterConsume for Shared {
     /// Pushes a record into the dead-letter queue, then marks it done here. A crash between the
     /// two leaves it in both (it is moved again, so the dead-letter queue may hold it twice);
@@ -524,7 +762,9 @@ impl AfterConsume for Shared {
             queue.push(&envelope.encode())
         });
         if let Err(error) = pushed {
-            self.consumer.return_to_ready(seq);
+            if let Some(consumer) = self.consumer.get() {
+                consumer.return_to_ready(seq);
+            }
             return Err(error);
         }
         self.env.counters.dead_lettered();
@@ -540,6 +780,8 @@ impl AfterConsume for Shared {
     fn compact(&self) {
         // The records are already consumed; a failed compaction is retried by the next one,
         // and an I/O failure in it poisons the queue, so the caller learns of it next call.
-        let _ = compactor::compact(&self.env, &self.log, &self.consumer);
+        if let Some(consumer) = self.consumer.get() {
+            let _ = compactor::compact(&self.env, &self.log, consumer);
+        }
     }
 }

@@ -408,6 +408,18 @@ impl Writer {
         Ok(())
     }
 
+    /// Takes up the tail another process committed in the active segment (a shared queue):
+    /// nothing of this writer's own is beyond it. The file's length is unknown, so the next
+    /// trim cuts it to the tail whatever it holds.
+    pub(crate) fn adopt(&mut self, tail: u64, next_seq: u64) {
+        self.window = None;
+        self.tail = tail;
+        self.next_seq = next_seq;
+        self.written_end = tail;
+        self.len_max = u64::MAX;
+        self.writeback_from = tail;
+    }
+
     /// Switches to a new segment whose file is `len` bytes long: its header, then nothing (a
     /// fresh file) or the stale bytes of a recycled one, which are overwritten with zeros a
     /// window at a time ahead of the tail and cut off when the segment is sealed.

@@ -9,6 +9,19 @@
 /// The lock file's name inside the queue directory.
 pub const LOCK_FILE_NAME: &str = "lock";
 
+/// Held by a process that opens or closes a queue shared with other processes, while it does.
+pub const OPEN_LOCK_FILE_NAME: &str = "open.lock";
+
+/// Held by the process appending to a shared queue, for one batch.
+pub const TAIL_LOCK_FILE_NAME: &str = "tail.lock";
+
+/// Held by the process that consumes a shared queue, for as long as it does.
+pub const CONSUMER_LOCK_FILE_NAME: &str = "consumer.lock";
+
+/// The control file of a queue shared by several processes (see
+/// [`control`](crate::format::control)).
+pub const CONTROL_FILE_NAME: &str = "control";
+
 /// The head index's file name inside the queue directory.
 pub const HEAD_FILE_NAME: &str = "head";
 
@@ -75,7 +88,8 @@ pub enum EntryKind {
     Head,
     /// A temporary head index left by an interrupted creation; `Queue::open` removes it.
     HeadTemporary,
-    /// The lock file.
+    /// The lock file, or a file that processes sharing the queue coordinate through (lock files,
+    /// `control`): none holds data.
     Lock,
     /// The queue's settings file, or its temporary file while it is replaced.
     Settings,
@@ -98,7 +112,11 @@ pub fn classify_entry(name: &str) -> EntryKind {
     }
     match name {
         HEAD_FILE_NAME => EntryKind::Head,
-        LOCK_FILE_NAME => EntryKind::Lock,
+        LOCK_FILE_NAME
+        | OPEN_LOCK_FILE_NAME
+        | TAIL_LOCK_FILE_NAME
+        | CONSUMER_LOCK_FILE_NAME
+        | CONTROL_FILE_NAME => EntryKind::Lock,
         QUARANTINE_DIR_NAME => EntryKind::Quarantine,
         ACK_LOG_FILE_NAME => EntryKind::AckLog,
         SETTINGS_FILE_NAME => EntryKind::Settings,

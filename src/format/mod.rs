@@ -12,6 +12,7 @@
 //! [`Storage`](crate::storage::Storage) and hand them here.
 
 pub mod acklog;
+pub mod control;
 pub mod dead_letter;
 pub mod dedup;
 pub mod fanout;

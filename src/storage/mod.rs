@@ -20,6 +20,7 @@
 //!   store the engine calls [`WritableMapping::stored`], so that an implementation whose mapping
 //!   is not the file's memory (the simulated filesystem) can apply it at that point.
 
+pub(crate) mod process;
 pub mod queue_dir;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
@@ -129,6 +130,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Takes an exclusive lock on `dir` that is released when the returned handle is dropped or
     /// the process dies.
     fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure>;
+
+    /// Whether a queue on this storage may be shared by several processes
+    /// (`Options::exclusive(false)`): the real filesystem only, whose `flock`s and shared
+    /// mappings the processes coordinate through. The default is `false`.
+    fn shares_between_processes(&self) -> bool {
+        false
+    }
 }
 
 /// An open file.
@@ -307,22 +315,15 @@ impl Storage for OsStorage {
         File::open(dir)?.sync_all()
     }
 
+    fn shares_between_processes(&self) -> bool {
+        true
+    }
+
     fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
         let path = dir.join(crate::format::layout::LOCK_FILE_NAME);
         // Never through a symlink: the lock file is truncated and written below, and a link to
         // another file (run as root: any file) would have that file emptied.
-        let mut file = match open_regular(&path, OpenOptions::new().read(true).write(true)) {
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                match create_like_parent(&path) {
-                    Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                        open_regular(&path, OpenOptions::new().read(true).write(true))
-                    }
-                    created => created,
-                }
-            }
-            opened => opened,
-        }
-        .map_err(|error| LockFailure::Io(in_file(&path, error)))?;
+        let mut file = open_or_create_regular(&path).map_err(LockFailure::Io)?;
         // A flock belongs to the open file description, which a child process shares between
         // fork and exec: a program that closes and reopens a queue while another thread spawns
         // a process can find its own released lock still held for that moment. Retry briefly
@@ -349,6 +350,21 @@ impl Storage for OsStorage {
             .map_err(LockFailure::Io)?;
         Ok(Box::new(LockedFile { _file: file }))
     }
+}
+
+/// Opens a regular file for reading and writing, creating it (with its directory's permissions)
+/// when it does not exist; never through a symbolic link. The error names the path.
+pub(crate) fn open_or_create_regular(path: &Path) -> io::Result<File> {
+    match open_regular(path, OpenOptions::new().read(true).write(true)) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => match create_like_parent(path) {
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                open_regular(path, OpenOptions::new().read(true).write(true))
+            }
+            created => created,
+        },
+        opened => opened,
+    }
+    .map_err(|error| in_file(path, error))
 }
 
 /// The kind of a file that is not a regular one, for error messages.

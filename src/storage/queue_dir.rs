@@ -93,6 +93,22 @@ pub fn create_and_lock_with_mode(
     dir: &Path,
     new_dir_mode: Option<u32>,
 ) -> Result<DirLock> {
+    create_with_mode(storage, dir, new_dir_mode)?;
+    storage.lock_dir(dir).map_err(|failure| match failure {
+        LockFailure::Held { pid } => Error::Locked {
+            dir: dir.to_path_buf(),
+            pid,
+        },
+        LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
+    })
+}
+
+/// Creates a queue directory if missing; a new one (holding nothing yet) gets `new_dir_mode`.
+pub fn create_with_mode(
+    storage: &dyn Storage,
+    dir: &Path,
+    new_dir_mode: Option<u32>,
+) -> Result<()> {
     storage
         .create_dir_all(dir)
         .map_err(|error| Error::io("create directory", dir, error))?;
@@ -103,11 +119,5 @@ pub fn create_and_lock_with_mode(
                 .map_err(|error| Error::io("set queue directory mode", dir, error))?;
         }
     }
-    storage.lock_dir(dir).map_err(|failure| match failure {
-        LockFailure::Held { pid } => Error::Locked {
-            dir: dir.to_path_buf(),
-            pid,
-        },
-        LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
-    })
+    Ok(())
 }

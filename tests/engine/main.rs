@@ -25,5 +25,6 @@ mod policies;
 mod process_kill;
 mod quarantine;
 mod settings;
+mod shared;
 mod torn_tail;
 mod typed;

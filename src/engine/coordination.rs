@@ -1,0 +1,331 @@
+//! A queue shared by several processes (`Options::exclusive(false)`): who may append, who
+//! consumes, and where the committed end of the log lives while they run.
+//!
+//! - `lock` is held shared by every handle for its life (an exclusive handle holds it
+//!   exclusively, so the two kinds exclude each other).
+//! - `open.lock` serialises opens: the first handle to open the queue while no other has it
+//!   open runs the recovery of an exclusive open and builds `control` (see
+//!   `format::control`); later ones attach to it.
+//! - `tail.lock` is held for one push batch. Its holder catches up with the committed tail,
+//!   repairs what a dead writer left (the dirty marker), appends through the usual writer, and
+//!   commits the new tail (a double-buffered slot in `control`, published by one store of its
+//!   generation). Readers of other processes read up to the committed tail only.
+//! - `consumer.lock` is held for the handle's life by the one handle that consumes (pop, recv,
+//!   ack, …): the reader, the head index and the ack log stay one process's, as in an exclusive
+//!   queue. A handle that takes the role after another held it rebuilds its reader from the files.
+//!
+//! Every lock is a `flock`: the kernel releases it when its process dies, which is the only
+//! death signal relied on. docs/ARCHITECTURE.md, "Several processes", has the reasoning and
+//! the crash table.
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::format::control::{
+    ARRIVALS, CONSUMER_CLAIMS, CONSUMER_PID, SLEEPERS, TAIL_DIRTY, TAIL_GEN, TAIL_SLOTS,
+    TAIL_SLOT_LEN,
+};
+use crate::format::layout::{
+    CONSUMER_LOCK_FILE_NAME, CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME,
+    TAIL_LOCK_FILE_NAME,
+};
+use crate::storage::process::{open_lock_file, wake_all, AttachFailure, ControlMapping};
+
+/// A committed end of the log: every frame below `tail` in segment `base` (and every frame of
+/// the segments before it) is whole, and `next_seq` is the number after the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CommittedTail {
+    pub(crate) base: u64,
+    pub(crate) tail: u64,
+    pub(crate) next_seq: u64,
+}
+
+/// An open in progress: `open.lock` is held until it is dropped.
+pub(crate) struct Opening {
+    dir: PathBuf,
+    _open_lock: File,
+    attached: File,
+    /// No other handle has the queue open: this one recovers and builds `control`.
+    pub(crate) first: bool,
+}
+
+/// Starts opening `dir` shared: takes `open.lock`, then `lock` (exclusively if nobody holds
+/// it: then this handle is the first, else shared).
+pub(crate) fn begin_open(dir: &Path) -> Result<Opening> {
+    let open_lock_path = dir.join(OPEN_LOCK_FILE_NAME);
+    let open_lock = open_lock_file(&open_lock_path)
+        .map_err(|error| Error::io("open", &open_lock_path, error))?;
+    // Held for one open's recovery at most: waiting is right.
+    open_lock
+        .lock()
+        .map_err(|error| Error::io("lock", &open_lock_path, error))?;
+    let lock_path = dir.join(LOCK_FILE_NAME);
+    let attached =
+        open_lock_file(&lock_path).map_err(|error| Error::io("open", &lock_path, error))?;
+    let first = match attached.try_lock() {
+        Ok(()) => true,
+        Err(TryLockError::WouldBlock) => match attached.try_lock_shared() {
+            Ok(()) => false,
+            // An exclusive handle has the queue.
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    dir: dir.to_path_buf(),
+                    pid: read_pid(&attached),
+                })
+            }
+            Err(TryLockError::Error(error)) => return Err(Error::io("lock", &lock_path, error)),
+        },
+        Err(TryLockError::Error(error)) => return Err(Error::io("lock", &lock_path, error)),
+    };
+    Ok(Opening {
+        dir: dir.to_path_buf(),
+        _open_lock: open_lock,
+        attached,
+        first,
+    })
+}
+
+/// The pid an exclusive handle wrote into `lock` (advice for the error message).
+fn read_pid(file: &File) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = [0u8; 16];
+    let read = file.read_at(&mut bytes, 0).ok()?;
+    std::str::from_utf8(&bytes[..read])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl Opening {
+    /// The first opener, after recovery: builds `control` with the recovered tail, and keeps
+    /// `lock` shared from now on.
+    pub(crate) fn build(self, tail: CommittedTail) -> Result<Coordination> {
+        let path = self.dir.join(CONTROL_FILE_NAME);
+        let build_id = crate::engine::clock::now_micros().max(1);
+        let control = ControlMapping::build(&path, build_id)
+            .map_err(|error| Error::io("build control file", &path, error))?;
+        let coordination = Coordination::new(self, control)?;
+        coordination.store_slot(0, tail);
+        coordination.word64(TAIL_GEN).store(0, Ordering::Release);
+        // Shared from now on (no other opener runs while `open.lock` is held).
+        let lock_path = coordination.dir.join(LOCK_FILE_NAME);
+        coordination
+            .attached
+            .try_lock_shared()
+            .map_err(|error| Error::io("lock", &lock_path, std::io::Error::other(error)))?;
+        Ok(coordination)
+    }
+
+    /// A later opener: maps the `control` file the first one built.
+    pub(crate) fn attach(self) -> Result<Coordination> {
+        let path = self.dir.join(CONTROL_FILE_NAME);
+        let control = ControlMapping::attach(&path).map_err(|failure| match failure {
+            AttachFailure::Io(error) => Error::io("open control file", &path, error),
+            AttachFailure::Invalid(offset, what) => Error::corrupt(
+                &path,
+                offset,
+                format!("{what} (it holds no durable data: close every handle and reopen)"),
+            ),
+        })?;
+        Coordination::new(self, control)
+    }
+}
+
+/// This handle's part in a shared queue.
+pub(crate) struct Coordination {
+    dir: PathBuf,
+    control: Arc<ControlMapping>,
+    /// `lock`, held shared for the handle's life.
+    attached: File,
+    tail_lock: File,
+    tail_lock_path: PathBuf,
+    /// The tail generation this handle last caught up with.
+    seen_gen: AtomicU64,
+}
+
+impl std::fmt::Debug for Coordination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordination")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `tail.lock`, held: released when dropped.
+pub(crate) struct TailGuard<'a> {
+    file: &'a File,
+}
+
+impl Drop for TailGuard<'_> {
+    fn drop(&mut self) {
+        // Closing the handle would release it too; an unlock that fails leaves it to that.
+        let _ = self.file.unlock();
+    }
+}
+
+impl Coordination {
+    fn new(opening: Opening, control: ControlMapping) -> Result<Self> {
+        let tail_lock_path = opening.dir.join(TAIL_LOCK_FILE_NAME);
+        let tail_lock = open_lock_file(&tail_lock_path)
+            .map_err(|error| Error::io("open", &tail_lock_path, error))?;
+        Ok(Coordination {
+            dir: opening.dir,
+            control: Arc::new(control),
+            attached: opening.attached,
+            tail_lock,
+            tail_lock_path,
+            seen_gen: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    fn word64(&self, offset: usize) -> &AtomicU64 {
+        self.control.word64(offset)
+    }
+
+    fn word32(&self, offset: usize) -> &AtomicU32 {
+        self.control.word32(offset)
+    }
+
+    /// Takes `tail.lock` for one batch.
+    pub(crate) fn lock_tail(&self) -> Result<TailGuard<'_>> {
+        self.tail_lock
+            .lock()
+            .map_err(|error| Error::io("lock", &self.tail_lock_path, error))?;
+        Ok(TailGuard {
+            file: &self.tail_lock,
+        })
+    }
+
+    fn store_slot(&self, generation: u64, tail: CommittedTail) {
+        let slot = TAIL_SLOTS + (generation % 2) as usize * TAIL_SLOT_LEN;
+        self.word64(slot).store(tail.base, Ordering::Relaxed);
+        self.word64(slot + 8).store(tail.tail, Ordering::Relaxed);
+        self.word64(slot + 16)
+            .store(tail.next_seq, Ordering::Relaxed);
+    }
+
+    /// The committed tail and its generation. Lock-free: retried while a commit overwrote the
+    /// slot being read (a sequence lock over two slots).
+    pub(crate) fn committed(&self) -> (u64, CommittedTail) {
+        loop {
+            let generation = self.word64(TAIL_GEN).load(Ordering::Acquire);
+            let slot = TAIL_SLOTS + (generation % 2) as usize * TAIL_SLOT_LEN;
+            let tail = CommittedTail {
+                base: self.word64(slot).load(Ordering::Relaxed),
+                tail: self.word64(slot + 8).load(Ordering::Relaxed),
+                next_seq: self.word64(slot + 16).load(Ordering::Relaxed),
+            };
+            fence(Ordering::Acquire);
+            if self.word64(TAIL_GEN).load(Ordering::Relaxed) == generation {
+                return (generation, tail);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// The committed tail if it moved since this handle last looked.
+    pub(crate) fn committed_if_moved(&self) -> Option<CommittedTail> {
+        let generation = self.word64(TAIL_GEN).load(Ordering::Acquire);
+        if generation == self.seen_gen.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (generation, tail) = self.committed();
+        self.seen_gen.store(generation, Ordering::Relaxed);
+        Some(tail)
+    }
+
+    /// Whether a writer died (or failed) while changing the log past the committed tail.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.word64(TAIL_DIRTY).load(Ordering::Acquire) != 0
+    }
+
+    /// Marks the log as being changed past the committed tail; under `tail.lock` only.
+    pub(crate) fn set_dirty(&self) {
+        self.word64(TAIL_DIRTY).store(1, Ordering::Release);
+    }
+
+    /// Clears the mark after a repair; under `tail.lock` only.
+    pub(crate) fn clear_dirty(&self) {
+        self.word64(TAIL_DIRTY).store(0, Ordering::Release);
+    }
+
+    /// Commits a new tail (under `tail.lock`): the slot the current generation does not use,
+    /// then the generation, then the dirty mark cleared; wakes the consumers waiting.
+    pub(crate) fn commit(&self, tail: CommittedTail) {
+        let generation = self.word64(TAIL_GEN).load(Ordering::Relaxed) + 1;
+        self.store_slot(generation, tail);
+        self.word64(TAIL_GEN).store(generation, Ordering::Release);
+        self.seen_gen.store(generation, Ordering::Relaxed);
+        self.clear_dirty();
+        self.announce();
+    }
+
+    /// Moves the arrivals word and wakes the processes waiting on it.
+    pub(crate) fn announce(&self) {
+        let arrivals = self.word32(ARRIVALS);
+        arrivals.fetch_add(1, Ordering::SeqCst);
+        // SeqCst pairs with `wait_for_arrival`: either the sleeper is counted before this
+        // load, or it sees the new arrivals value before it sleeps.
+        if self.word32(SLEEPERS).load(Ordering::SeqCst) > 0 {
+            wake_all(arrivals);
+        }
+    }
+
+    /// The arrivals word's value, for [`wait_for_arrival`](Self::wait_for_arrival).
+    pub(crate) fn arrivals(&self) -> u32 {
+        arrivals_in(&self.control)
+    }
+
+    /// Sleeps until a process commits after `seen` was read, or `timeout`.
+    pub(crate) fn wait_for_arrival(&self, seen: u32, timeout: std::time::Duration) {
+        wait_for_arrival_in(&self.control, seen, timeout);
+    }
+
+    /// The control mapping, for a thread that must not keep the handle alive.
+    pub(crate) fn control(&self) -> Arc<ControlMapping> {
+        self.control.clone()
+    }
+
+    /// Takes the consumer role (`consumer.lock`) if no other handle holds it. Returns the lock
+    /// and how many claims came before this one since `control` was built.
+    pub(crate) fn claim_consumer(&self) -> Result<(File, u64)> {
+        let path = self.dir.join(CONSUMER_LOCK_FILE_NAME);
+        let file = open_lock_file(&path).map_err(|error| Error::io("open", &path, error))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let pid = self.word32(CONSUMER_PID).load(Ordering::Acquire);
+                return Err(Error::Locked {
+                    dir: self.dir.join(CONSUMER_LOCK_FILE_NAME),
+                    pid: (pid != 0).then_some(pid),
+                });
+            }
+            Err(TryLockError::Error(error)) => return Err(Error::io("lock", &path, error)),
+        }
+        self.word32(CONSUMER_PID)
+            .store(std::process::id(), Ordering::Release);
+        let before = self.word64(CONSUMER_CLAIMS).fetch_add(1, Ordering::AcqRel);
+        Ok((file, before))
+    }
+}
+
+/// The arrivals word of a control mapping.
+pub(crate) fn arrivals_in(control: &ControlMapping) -> u32 {
+    control.word32(ARRIVALS).load(Ordering::SeqCst)
+}
+
+/// Sleeps until the arrivals word of `control` moves from `seen`, or `timeout`.
+pub(crate) fn wait_for_arrival_in(
+    control: &ControlMapping,
+    seen: u32,
+    timeout: std::time::Duration,
+) {
+    let sleepers = control.word32(SLEEPERS);
+    sleepers.fetch_add(1, Ordering::SeqCst);
+    crate::storage::process::wait_for_change(control.word32(ARRIVALS), seen, timeout);
+    sleepers.fetch_sub(1, Ordering::SeqCst);
+}

@@ -1,0 +1,135 @@
+//! The control file (`control`): the state that processes sharing a queue keep in one small
+//! shared mapping. Layout only; the engine maps it and reads and writes its words atomically.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic         "DSPOOLCT"
+//!      8     4  version       CONTROL_VERSION
+//!     12     4  reserved      zero
+//!     16     8  build_id      non-zero; new each time the first opener rebuilds the file
+//!     64     8  tail_gen      commits of the tail: slot `tail_gen % 2` holds the current one
+//!     72     8  tail_dirty    non-zero while a writer changes the log past the committed tail
+//!     80    24  slot 0        active_base, tail (bytes), next_seq: a committed tail
+//!    104    24  slot 1        the same
+//!    128     4  arrivals      bumped after each commit (a futex word)
+//!    132     4  sleepers      processes waiting on `arrivals`
+//!    136     4  consumer_pid  the process holding the consumer role (advice, for errors)
+//!    140     4  reserved
+//!    144     8  consumer_claims  how often the consumer role was claimed since the build
+//!    152  3944  reserved      zero
+//! ```
+//!
+//! Native-endian atomics (the file never leaves the machine, and is rebuilt at every cold
+//! start). Nothing in it is durable: it is never synced, and the first process to open the queue
+//! when no other has it open rebuilds it from the durable files. See docs/ARCHITECTURE.md,
+//! "Several processes".
+
+/// The control file's first eight bytes.
+pub const CONTROL_MAGIC: [u8; 8] = *b"DSPOOLCT";
+/// The layout version this build reads and writes.
+pub const CONTROL_VERSION: u32 = 1;
+/// The control file's length: one page.
+pub const CONTROL_LEN: u64 = 4096;
+
+/// Offset of the build id.
+pub const BUILD_ID: usize = 16;
+/// Offset of the tail's commit counter.
+pub const TAIL_GEN: usize = 64;
+/// Offset of the dirty marker: set before a writer touches the log past the committed tail.
+pub const TAIL_DIRTY: usize = 72;
+/// Offset of the two tail slots, each `TAIL_SLOT_LEN` bytes.
+pub const TAIL_SLOTS: usize = 80;
+/// Bytes of one tail slot: `active_base`, `tail`, `next_seq`, 8 bytes each.
+pub const TAIL_SLOT_LEN: usize = 24;
+/// Offset of the arrivals futex word.
+pub const ARRIVALS: usize = 128;
+/// Offset of the count of processes waiting on `arrivals`.
+pub const SLEEPERS: usize = 132;
+/// Offset of the consumer role holder's process id.
+pub const CONSUMER_PID: usize = 136;
+/// Offset of the count of consumer role claims since the build.
+pub const CONSUMER_CLAIMS: usize = 144;
+
+/// The header bytes `[0, 24)` of a control file built with `build_id`.
+pub fn encode_header(build_id: u64) -> [u8; 24] {
+    let mut header = [0u8; 24];
+    header[..8].copy_from_slice(&CONTROL_MAGIC);
+    header[8..12].copy_from_slice(&CONTROL_VERSION.to_ne_bytes());
+    header[BUILD_ID..BUILD_ID + 8].copy_from_slice(&build_id.to_ne_bytes());
+    header
+}
+
+/// Checks a control file's header; returns its build id, or what is wrong and at which offset.
+pub fn check_header(bytes: &[u8]) -> Result<u64, (u64, String)> {
+    if bytes.len() < CONTROL_LEN as usize {
+        return Err((
+            bytes.len() as u64,
+            format!(
+                "control file is {} bytes, expected {CONTROL_LEN}",
+                bytes.len()
+            ),
+        ));
+    }
+    if bytes[..8] != CONTROL_MAGIC {
+        return Err((0, "not a control file (bad magic)".into()));
+    }
+    let version = u32::from_ne_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != CONTROL_VERSION {
+        return Err((
+            8,
+            format!("control file version {version}, this build reads {CONTROL_VERSION}"),
+        ));
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&bytes[BUILD_ID..BUILD_ID + 8]);
+    match u64::from_ne_bytes(id) {
+        0 => Err((BUILD_ID as u64, "control file was never finished".into())),
+        build_id => Ok(build_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(build_id: u64) -> Vec<u8> {
+        let mut bytes = vec![0u8; CONTROL_LEN as usize];
+        bytes[..24].copy_from_slice(&encode_header(build_id));
+        bytes
+    }
+
+    #[test]
+    fn a_built_header_checks_out() {
+        assert_eq!(check_header(&built(7)), Ok(7));
+    }
+
+    #[test]
+    fn damaged_headers_are_refused_with_their_offset() {
+        let mut bad_magic = built(7);
+        bad_magic[3] ^= 1;
+        assert_eq!(check_header(&bad_magic).unwrap_err().0, 0);
+        let mut bad_version = built(7);
+        bad_version[8] = 9;
+        assert_eq!(check_header(&bad_version).unwrap_err().0, 8);
+        assert_eq!(check_header(&built(0)).unwrap_err().0, BUILD_ID as u64);
+        assert_eq!(check_header(&built(7)[..100]).unwrap_err().0, 100);
+    }
+
+    #[test]
+    fn words_are_aligned_and_inside_the_page() {
+        for offset in [
+            TAIL_GEN,
+            TAIL_DIRTY,
+            TAIL_SLOTS,
+            TAIL_SLOTS + TAIL_SLOT_LEN,
+            CONSUMER_CLAIMS,
+        ] {
+            assert_eq!(offset % 8, 0);
+        }
+        for offset in [ARRIVALS, SLEEPERS, CONSUMER_PID] {
+            assert_eq!(offset % 4, 0);
+        }
+        assert!(TAIL_SLOTS + 2 * TAIL_SLOT_LEN <= ARRIVALS);
+        assert!(CONSUMER_CLAIMS + 8 <= CONTROL_LEN as usize);
+    }
+}

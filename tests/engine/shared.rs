@@ -1,0 +1,114 @@
+//! A queue shared by several handles (`Options::exclusive(false)`): in one process here, each
+//! handle with its own locks as another process would have; `multiprocess.rs` runs the same
+//! with child processes and kills.
+
+use std::time::Duration;
+
+use diskspool::{Error, Options, Queue, SyncPolicy};
+
+use crate::util::payload_for;
+
+fn shared(sync: SyncPolicy) -> Options {
+    Options::default()
+        .exclusive(false)
+        .sync(sync)
+        .segment_size(16 << 10)
+}
+
+#[test]
+fn producers_in_several_handles_and_one_consumer_see_one_fifo() {
+    for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Queue::open(dir.path(), shared(sync)).unwrap();
+        let second = Queue::open(dir.path(), shared(sync)).unwrap();
+        let consumer = Queue::open(dir.path(), shared(sync)).unwrap();
+        // Interleaved pushes across segment rolls (16 KiB segments).
+        for seq in 0..600u64 {
+            let handle = if seq % 3 == 0 { &first } else { &second };
+            assert_eq!(handle.push(&payload_for(seq)).unwrap(), seq);
+        }
+        let batch: Vec<Vec<u8>> = (600..650).map(payload_for).collect();
+        assert_eq!(first.push_batch(&batch).unwrap(), 600..650);
+        assert_eq!(consumer.len(), 650);
+        for seq in 0..650u64 {
+            let record = consumer.pop().unwrap().expect("a record");
+            assert_eq!(record.seq(), seq);
+            assert_eq!(record.payload(), payload_for(seq));
+        }
+        assert!(consumer.pop().unwrap().is_none());
+        // The role is the consumer's.
+        assert!(matches!(first.pop(), Err(Error::Locked { .. })));
+        second.push(b"after").unwrap();
+        assert_eq!(consumer.pop().unwrap().unwrap().payload(), b"after");
+    }
+}
+
+#[test]
+fn the_consumer_role_moves_to_the_next_handle_with_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let producer = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    for seq in 0..100u64 {
+        producer.push(&payload_for(seq)).unwrap();
+    }
+    let consumer = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    for seq in 0..40u64 {
+        assert_eq!(consumer.pop().unwrap().unwrap().seq(), seq);
+    }
+    let job = consumer.try_recv().unwrap().unwrap();
+    assert_eq!(job.seq(), 40);
+    drop(job);
+    drop(consumer);
+    // The producer takes the role: it goes on after the 40 pops (the released job 40 first).
+    for seq in 40..100u64 {
+        assert_eq!(producer.pop().unwrap().unwrap().seq(), seq);
+    }
+    assert!(producer.pop().unwrap().is_none());
+}
+
+#[test]
+fn an_exclusive_handle_and_a_shared_one_exclude_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = Queue::open(dir.path(), Options::default()).unwrap();
+    assert!(matches!(
+        Queue::open(dir.path(), shared(SyncPolicy::Never)),
+        Err(Error::Locked { .. })
+    ));
+    drop(alone);
+    let joined = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    assert!(matches!(
+        Queue::open(dir.path(), Options::default()),
+        Err(Error::Locked { .. })
+    ));
+    drop(joined);
+    Queue::open(dir.path(), Options::default()).unwrap();
+}
+
+#[test]
+fn a_blocked_consumer_wakes_on_another_handles_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    assert!(consumer.pop().unwrap().is_none()); // takes the role
+    let producer = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| consumer.pop_timeout(Duration::from_secs(30)).unwrap());
+        // Whether the push lands before or after the waiter sleeps, the pop returns it.
+        producer.push(b"wake").unwrap();
+        let record = waiter.join().unwrap().expect("woken by the push");
+        assert_eq!(record.payload(), b"wake");
+    });
+}
+
+#[test]
+fn shared_queues_refuse_what_they_cannot_share_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    for options in [
+        shared(SyncPolicy::Never).segment_pool(2),
+        shared(SyncPolicy::Never).max_records(10),
+        shared(SyncPolicy::Never).dedup_window(Duration::from_secs(1)),
+    ] {
+        assert!(matches!(
+            Queue::open(dir.path(), options),
+            Err(Error::InvalidOptions(_))
+        ));
+    }
+}
