@@ -302,6 +302,20 @@ impl HeadIndex {
     }
 }
 
+/// The head sequence number in the `head` file as it is now (page cache included), for a
+/// handle of a shared queue that does not consume; `None` if it cannot be read.
+pub(crate) fn head_seq_in_file(storage: &dyn Storage, dir: &Path) -> Option<u64> {
+    let path = dir.join(HEAD_FILE_NAME);
+    let file = storage.open_read(&path).ok()?;
+    let bytes = storage::read_all(&*file).ok()?;
+    let read = decode_head_file(&bytes);
+    let current = read.current?;
+    read.slots[current]
+        .as_ref()
+        .ok()
+        .map(|slot| slot.state.head_seq)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,18 +400,4 @@ mod tests {
         assert!(read.slots.iter().all(|slot| slot.is_ok()), "{read:?}");
         assert_eq!(on_disk(dir.path()).state, state(3));
     }
-}
-
-/// The head sequence number in the `head` file as it is now (page cache included), for a
-/// handle of a shared queue that does not consume; `None` if it cannot be read.
-pub(crate) fn head_seq_in_file(storage: &dyn Storage, dir: &Path) -> Option<u64> {
-    let path = dir.join(HEAD_FILE_NAME);
-    let file = storage.open_read(&path).ok()?;
-    let bytes = storage::read_all(&*file).ok()?;
-    let read = decode_head_file(&bytes);
-    let current = read.current?;
-    read.slots[current]
-        .as_ref()
-        .ok()
-        .map(|slot| slot.state.head_seq)
 }

@@ -129,7 +129,7 @@ mod tests {
         for offset in [ARRIVALS, SLEEPERS, CONSUMER_PID] {
             assert_eq!(offset % 4, 0);
         }
-        assert!(TAIL_SLOTS + 2 * TAIL_SLOT_LEN <= ARRIVALS);
-        assert!(CONSUMER_CLAIMS + 8 <= CONTROL_LEN as usize);
+        const { assert!(TAIL_SLOTS + 2 * TAIL_SLOT_LEN <= ARRIVALS) };
+        const { assert!(CONSUMER_CLAIMS + 8 <= CONTROL_LEN as usize) };
     }
 }

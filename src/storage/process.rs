@@ -89,7 +89,7 @@ impl ControlMapping {
     /// The 8-byte word at `offset` (a `format::control` constant: aligned, inside the page).
     pub(crate) fn word64(&self, offset: usize) -> &AtomicU64 {
         assert!(
-            offset % 8 == 0 && offset + 8 <= self.map.len(),
+            offset.is_multiple_of(8) && offset + 8 <= self.map.len(),
             "control offset {offset}"
         );
         // SAFETY: in bounds and 8-byte aligned (checked above; the mapping is page aligned),
@@ -100,7 +100,7 @@ impl ControlMapping {
     /// The 4-byte word at `offset` (a `format::control` constant: aligned, inside the page).
     pub(crate) fn word32(&self, offset: usize) -> &AtomicU32 {
         assert!(
-            offset % 4 == 0 && offset + 4 <= self.map.len(),
+            offset.is_multiple_of(4) && offset + 4 <= self.map.len(),
             "control offset {offset}"
         );
         // SAFETY: in bounds and 4-byte aligned (checked above; the mapping is page aligned),
