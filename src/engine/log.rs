@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use crate::engine::clock::{coarse_now_micros, now_micros};
 use crate::engine::coordination::{CommittedTail, Coordination};
 use crate::engine::env::Env;
+use crate::engine::failpoint;
 use crate::engine::pool;
 use crate::engine::segment::{Segment, SegmentPath};
 use crate::engine::sync::{lock, SyncGroup};
@@ -419,6 +420,7 @@ impl Log {
                 (segment, file, SEGMENT_HEADER_LEN as u64)
             }
         };
+        failpoint::reached("roll.created");
         self.segments
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -453,6 +455,7 @@ impl Log {
         // From here until the commit, a death leaves the log past the committed tail: the
         // next writer cuts it (`repair_tail`).
         coordination.set_dirty();
+        failpoint::reached("shared.dirty");
         let written = self.write_locked(
             env,
             &mut writer,
@@ -461,6 +464,7 @@ impl Log {
             batch_len,
             Bound::Enforced,
         )?;
+        failpoint::reached("shared.written");
         if env.options.sync == SyncPolicy::Always {
             if let Err(error) = writer.file.sync_data() {
                 let error = Error::io("sync segment", &writer.active.path, error);

@@ -11,6 +11,7 @@ pub(crate) mod clock;
 pub(crate) mod counters;
 #[cfg(feature = "tracing")]
 pub(crate) mod events;
+pub(crate) mod failpoint;
 pub(crate) mod report;
 pub(crate) mod sync;
 #[cfg(feature = "metrics")]

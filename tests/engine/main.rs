@@ -19,6 +19,7 @@ mod limits;
 mod locking;
 mod lost_records;
 mod model;
+mod multiprocess;
 mod observe;
 mod persistence;
 mod policies;
