@@ -240,10 +240,13 @@ fn kill_soak(kills: u64, sync: &str) {
         }
         children.push((mode.clone(), spawn(&mode, dir.path(), sync, None)));
     }
-    for (_, mut child) in children {
+    for (mode, mut child) in children {
         child.kill().unwrap();
         child.wait().unwrap();
         lines.extend(lines_of(&mut child));
+        if mode == "pop" {
+            consumer_kills += 1;
+        }
     }
     let pushed = entries(&lines, "p ");
     let popped = entries(&lines, "g ");
