@@ -456,6 +456,7 @@ impl Log {
         // next writer cuts it (`repair_tail`).
         coordination.set_dirty();
         failpoint::reached("shared.dirty");
+        let base_before = writer.active.base_seq;
         let written = self.write_locked(
             env,
             &mut writer,
@@ -481,6 +482,12 @@ impl Log {
             tail: writer.tail,
             next_seq: writer.next_seq,
         });
+        if writer.active.base_seq != base_before {
+            // Segments the consumer (another process) deleted stay in this handle's map, with
+            // their files open, until it looks: once per roll. Housekeeping only: a failure is
+            // met again at the next roll.
+            let _ = self.forget_deleted_segments(env);
+        }
         Ok(written.range)
     }
 
@@ -597,6 +604,12 @@ impl Log {
                 segments.insert(base, Arc::new(Segment::unopened(base, path)));
             }
         }
+        let on_disk: std::collections::BTreeSet<u64> = names
+            .iter()
+            .filter_map(|name| parse_segment_file_name(name))
+            .collect();
+        // Consumed segments the consumer deleted: their files are closed with them.
+        segments.retain(|base, _| on_disk.contains(base) || *base >= committed.base);
         let active = match segments.get(&committed.base) {
             // Already known (a reader of this handle adopted it first).
             Some(known) if !known.is_sealed() => known.clone(),

@@ -456,7 +456,7 @@ impl Queue {
     pub fn pop_timeout(&self, timeout: Duration) -> Result<Option<Record>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let seen = self.shared.env.arrivals.epoch();
+            let seen = self.shared.arrivals_epoch();
             if let Some(record) = self.pop()? {
                 return Ok(Some(record));
             }
@@ -509,7 +509,7 @@ impl Queue {
 
     fn recv_until(&self, deadline: Instant) -> Result<Option<Delivery>> {
         loop {
-            let seen = self.shared.env.arrivals.epoch();
+            let seen = self.shared.arrivals_epoch();
             if let Some(delivery) = self.try_recv()? {
                 return Ok(Some(delivery));
             }

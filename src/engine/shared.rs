@@ -542,6 +542,20 @@ impl Shared {
         next_seq.saturating_sub(head_seq)
     }
 
+    /// The arrivals epoch a waiter reads before it looks for records, and hands to
+    /// [`wait_for_change`](Shared::wait_for_change): for a shared queue, the control file's
+    /// arrivals word in the high half, so that a commit by another process after this read is
+    /// never missed.
+    pub(crate) fn arrivals_epoch(&self) -> u64 {
+        let local = self.env.arrivals.epoch();
+        match &self.env.coordination {
+            Some(coordination) => {
+                (u64::from(coordination.arrivals()) << 32) | (local & u64::from(u32::MAX))
+            }
+            None => local,
+        }
+    }
+
     /// Blocks until the arrivals epoch moves past `seen`, a delay or lease runs out, or
     /// `deadline` passes; false when nothing changed.
     pub(crate) fn wait_for_change(&self, seen: u64, deadline: Instant) -> bool {
@@ -558,10 +572,13 @@ impl Shared {
         };
         // A shared queue: woken by any process's commit through the control file's futex
         // word; what only this process announces (a release, a due timer) is seen within a
-        // slice.
-        let committed = coordination.arrivals();
+        // slice. `seen` holds both (see `arrivals_epoch`).
+        let committed = (seen >> 32) as u32;
+        let local_seen = seen & u64::from(u32::MAX);
         loop {
-            if arrivals.epoch() != seen || coordination.arrivals() != committed {
+            if arrivals.epoch() & u64::from(u32::MAX) != local_seen
+                || coordination.arrivals() != committed
+            {
                 return true;
             }
             let now = Instant::now();
@@ -728,13 +745,16 @@ fn bridge_arrivals(weak: std::sync::Weak<Shared>) {
         },
         None => return,
     };
+    // Carried across turns: a commit after the value was read is always seen as a change.
+    let mut seen = arrivals_in(&control);
     loop {
-        let seen = arrivals_in(&control);
         wait_for_arrival_in(&control, seen, SHARED_WAIT_SLICE * 10);
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        if arrivals_in(&control) != seen {
+        let now = arrivals_in(&control);
+        if now != seen {
+            seen = now;
             shared.env.arrivals.notify();
         }
     }

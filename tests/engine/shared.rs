@@ -112,3 +112,35 @@ fn shared_queues_refuse_what_they_cannot_share_yet() {
         ));
     }
 }
+
+/// Files of `dir` this process has open (Linux), for the leak check below.
+fn open_files_in(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+#[test]
+fn a_producer_does_not_keep_the_segments_the_consumer_deleted_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let producer = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    let consumer = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    let mut counted = Vec::new();
+    for round in 0..4u64 {
+        // About 50 segments of 16 KiB a round, all consumed and compacted.
+        for seq in round * 3000..(round + 1) * 3000 {
+            producer.push(&payload_for(seq)).unwrap();
+            assert_eq!(consumer.pop().unwrap().unwrap().seq(), seq);
+        }
+        counted.push(open_files_in(dir.path()));
+    }
+    assert!(counted[0] > 0, "the queue's files are seen");
+    assert!(
+        counted[3] <= counted[0],
+        "open files grow with the segments written: {counted:?}"
+    );
+}
