@@ -1,0 +1,260 @@
+//! Several processes on one queue (`Options::exclusive(false)`), 100 B records: prints a table.
+//!
+//! `cargo bench --bench multiprocess` (`DISKSPOOL_MP_RECORDS` records per run, default
+//! 200,000). Every figure is measured in the same run as what it is compared with: one producer
+//! process and one consumer process against one process that pushes and pops the same records,
+//! and against yaque's sender and receiver in two processes; four producer processes against
+//! one, under `Never` and `Always`; the wake-up latency from a push in one process to a
+//! `pop_timeout` blocked in another. The child processes are this binary, run again with
+//! `DISKSPOOL_MP_ROLE` set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use diskspool::{Options, Queue, SyncPolicy};
+
+const ROLE_ENV: &str = "DISKSPOOL_MP_ROLE";
+const PAYLOAD: [u8; 100] = [7; 100];
+
+fn options(sync: SyncPolicy) -> Options {
+    Options::default().exclusive(false).sync(sync)
+}
+
+fn sync_named(name: &str) -> SyncPolicy {
+    match name {
+        "always" => SyncPolicy::Always,
+        _ => SyncPolicy::Never,
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// A child: `role dir count sync`. Prints "ready", waits for a line on stdin, works, prints
+/// "done".
+fn child(role: &str) {
+    let args: Vec<String> = std::env::var(ROLE_ENV)
+        .unwrap()
+        .split(' ')
+        .map(str::to_owned)
+        .collect();
+    let (dir, count, sync) = (&args[1], args[2].parse::<u64>().unwrap(), &args[3]);
+    let mut out = std::io::stdout().lock();
+    let mut go = String::new();
+    match role {
+        "push" => {
+            let queue = Queue::open(dir, options(sync_named(sync))).unwrap();
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            std::io::stdin().read_line(&mut go).unwrap();
+            for _ in 0..count {
+                queue.push(&PAYLOAD).unwrap();
+            }
+        }
+        "pop" => {
+            let queue = Queue::open(dir, options(sync_named(sync))).unwrap();
+            assert!(queue.pop().unwrap().is_none(), "takes the consumer role");
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            std::io::stdin().read_line(&mut go).unwrap();
+            let mut popped = 0;
+            while popped < count {
+                if queue.pop_timeout(Duration::from_secs(10)).unwrap().is_some() {
+                    popped += 1;
+                }
+            }
+        }
+        "latency" => {
+            // Pops stamped records and prints how long each took to arrive, in µs.
+            let queue = Queue::open(dir, options(SyncPolicy::Never)).unwrap();
+            assert!(queue.pop().unwrap().is_none(), "takes the consumer role");
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            for _ in 0..count {
+                let record = queue.pop_timeout(Duration::from_secs(10)).unwrap().unwrap();
+                let arrived = now_us();
+                let sent = u64::from_le_bytes(record.payload()[..8].try_into().unwrap());
+                writeln!(out, "{}", arrived.saturating_sub(sent)).unwrap();
+            }
+            out.flush().unwrap();
+        }
+        "yaque-send" => {
+            let mut sender = yaque::Sender::open(dir).unwrap();
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            std::io::stdin().read_line(&mut go).unwrap();
+            for _ in 0..count {
+                sender.try_send(PAYLOAD).unwrap();
+            }
+        }
+        "yaque-recv" => {
+            let mut receiver = yaque::Receiver::open(dir).unwrap();
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            std::io::stdin().read_line(&mut go).unwrap();
+            let mut received = 0;
+            while received < count {
+                match receiver.try_recv() {
+                    Ok(guard) => {
+                        guard.commit().unwrap();
+                        received += 1;
+                    }
+                    // Empty for now: yaque's own wait is async; spinning favours it.
+                    Err(_) => std::thread::yield_now(),
+                }
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+    writeln!(out, "done").unwrap();
+    out.flush().unwrap();
+}
+
+fn spawn(role: &str, dir: &Path, count: u64, sync: &str) -> Child {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(ROLE_ENV, format!("{role} {} {count} {sync}", dir.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "{role} started");
+    child
+}
+
+/// Starts the children together and returns the time until all are done.
+fn run(children: &mut [Child]) -> Duration {
+    let start = Instant::now();
+    for child in children.iter_mut() {
+        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    }
+    for child in children.iter_mut() {
+        assert!(child.wait().unwrap().success());
+    }
+    start.elapsed()
+}
+
+fn rate(count: u64, took: Duration) -> f64 {
+    count as f64 / took.as_secs_f64()
+}
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        let role = role.split(' ').next().unwrap().to_owned();
+        child(&role);
+        return;
+    }
+    let count: u64 = std::env::var("DISKSPOOL_MP_RECORDS")
+        .ok()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(200_000);
+    let always_count = (count / 100).max(200);
+    let root = tempfile::tempdir_in(std::env::var("DISKSPOOL_BENCH_DIR").unwrap_or(".".into()))
+        .unwrap();
+    let fresh = |name: &str| {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    };
+    let mut rows: Vec<(String, f64)> = Vec::new();
+
+    // One process pushes, then pops, the same records.
+    {
+        let dir = fresh("alone");
+        let queue = Queue::open(&dir, options(SyncPolicy::Never)).unwrap();
+        let start = Instant::now();
+        for _ in 0..count {
+            queue.push(&PAYLOAD).unwrap();
+        }
+        for _ in 0..count {
+            queue.pop().unwrap().unwrap();
+        }
+        rows.push(("1 process: push then pop, Never".into(), rate(count, start.elapsed())));
+    }
+    // One producer process, one consumer process, at the same time.
+    {
+        let dir = fresh("pair");
+        let mut children = [spawn("pop", &dir, count, "never"), spawn("push", &dir, count, "never")];
+        let took = run(&mut children);
+        rows.push(("1 producer + 1 consumer process, Never".into(), rate(count, took)));
+    }
+    // yaque: its sender and receiver in two processes.
+    {
+        let dir = fresh("yaque");
+        let mut children = [
+            spawn("yaque-recv", &dir, count, "never"),
+            spawn("yaque-send", &dir, count, "never"),
+        ];
+        let took = run(&mut children);
+        rows.push(("yaque sender + receiver process".into(), rate(count, took)));
+    }
+    // Producer processes alone: 1, then 4 with a quarter each... no: 4 with as many each, so
+    // that each runs as long as the single one.
+    for (sync, per) in [("never", count), ("always", always_count)] {
+        for producers in [1u64, 4] {
+            let dir = fresh(&format!("producers-{sync}-{producers}"));
+            let mut children: Vec<Child> = (0..producers)
+                .map(|_| spawn("push", &dir, per, sync))
+                .collect();
+            let took = run(&mut children);
+            rows.push((
+                format!("{producers} producer process(es), {sync}: aggregate push"),
+                rate(per * producers, took),
+            ));
+        }
+    }
+    // Wake-up latency: a consumer process blocked in pop_timeout, a push every 2 ms here.
+    let (median, p99) = {
+        let dir = fresh("latency");
+        let samples = 500;
+        let queue = Queue::open(&dir, options(SyncPolicy::Never)).unwrap();
+        let mut waiter = spawn("latency", &dir, samples, "never");
+        for _ in 0..samples {
+            std::thread::sleep(Duration::from_millis(2));
+            let mut payload = PAYLOAD;
+            payload[..8].copy_from_slice(&now_us().to_le_bytes());
+            queue.push(&payload).unwrap();
+        }
+        let mut latencies: Vec<u64> = BufReader::new(waiter.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| line.parse().ok())
+            .collect();
+        assert!(waiter.wait().unwrap().success());
+        latencies.sort_unstable();
+        let at = |fraction: f64| latencies[((latencies.len() - 1) as f64 * fraction) as usize];
+        (at(0.5), at(0.99))
+    };
+
+    println!("| case ({count} records of 100 B; Always: {always_count} per producer) | records/s |");
+    println!("|---|---:|");
+    for (case, value) in &rows {
+        println!("| {case} | {value:.0} |");
+    }
+    let find = |prefix: &str| {
+        rows.iter()
+            .find(|(case, _)| case.starts_with(prefix))
+            .map_or(f64::NAN, |row| row.1)
+    };
+    println!();
+    println!(
+        "pair / one process: {:.2}; pair / yaque: {:.2}; 4 / 1 producers Never: {:.2}; \
+         4 / 1 producers Always: {:.2}",
+        find("1 producer + 1") / find("1 process"),
+        find("1 producer + 1") / find("yaque"),
+        find("4 producer process(es), never") / find("1 producer process(es), never"),
+        find("4 producer process(es), always") / find("1 producer process(es), always"),
+    );
+    println!("wake-up latency, push in one process to pop_timeout in another: median {median} µs, p99 {p99} µs");
+}
