@@ -67,7 +67,11 @@ fn child(role: &str) {
             std::io::stdin().read_line(&mut go).unwrap();
             let mut popped = 0;
             while popped < count {
-                if queue.pop_timeout(Duration::from_secs(10)).unwrap().is_some() {
+                if queue
+                    .pop_timeout(Duration::from_secs(10))
+                    .unwrap()
+                    .is_some()
+                {
                     popped += 1;
                 }
             }
@@ -160,8 +164,8 @@ fn main() {
         .and_then(|count| count.parse().ok())
         .unwrap_or(200_000);
     let always_count = (count / 100).max(200);
-    let root = tempfile::tempdir_in(std::env::var("DISKSPOOL_BENCH_DIR").unwrap_or(".".into()))
-        .unwrap();
+    let root =
+        tempfile::tempdir_in(std::env::var("DISKSPOOL_BENCH_DIR").unwrap_or(".".into())).unwrap();
     let fresh = |name: &str| {
         let dir = root.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -180,14 +184,23 @@ fn main() {
         for _ in 0..count {
             queue.pop().unwrap().unwrap();
         }
-        rows.push(("1 process: push then pop, Never".into(), rate(count, start.elapsed())));
+        rows.push((
+            "1 process: push then pop, Never".into(),
+            rate(count, start.elapsed()),
+        ));
     }
     // One producer process, one consumer process, at the same time.
     {
         let dir = fresh("pair");
-        let mut children = [spawn("pop", &dir, count, "never"), spawn("push", &dir, count, "never")];
+        let mut children = [
+            spawn("pop", &dir, count, "never"),
+            spawn("push", &dir, count, "never"),
+        ];
         let took = run(&mut children);
-        rows.push(("1 producer + 1 consumer process, Never".into(), rate(count, took)));
+        rows.push((
+            "1 producer + 1 consumer process, Never".into(),
+            rate(count, took),
+        ));
     }
     // yaque: its sender and receiver in two processes.
     {
@@ -237,7 +250,9 @@ fn main() {
         (at(0.5), at(0.99))
     };
 
-    println!("| case ({count} records of 100 B; Always: {always_count} per producer) | records/s |");
+    println!(
+        "| case ({count} records of 100 B; Always: {always_count} per producer) | records/s |"
+    );
     println!("|---|---:|");
     for (case, value) in &rows {
         println!("| {case} | {value:.0} |");

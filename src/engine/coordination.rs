@@ -25,14 +25,15 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::control::{
-    ARRIVALS, CONSUMER_CLAIMS, CONSUMER_PID, SLEEPERS, TAIL_DIRTY, TAIL_GEN, TAIL_SLOTS,
-    TAIL_SLOT_LEN,
+    ticket, ticket_parts, ARRIVALS, CONSUMER_CLAIMS, CONSUMER_PID, EPOCH_MAX, SLEEPERS, SLOTS,
+    SLOT_COUNT, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
-    CONSUMER_LOCK_FILE_NAME, CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME,
-    TAIL_LOCK_FILE_NAME,
+    CONSUMER_LOCK_FILE_NAME, CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
 };
-use crate::storage::process::{open_lock_file, wake_all, AttachFailure, ControlMapping};
+use crate::storage::process::{
+    open_lock_file, wait_for_change, wake_all, wake_one, AttachFailure, ControlMapping,
+};
 
 /// A committed end of the log: every frame below `tail` in segment `base` (and every frame of
 /// the segments before it) is whole, and `next_seq` is the number after the last one.
@@ -141,11 +142,21 @@ pub(crate) struct Coordination {
     control: Arc<ControlMapping>,
     /// `lock`, held shared for the handle's life.
     attached: File,
-    tail_lock: File,
-    tail_lock_path: PathBuf,
+    /// `procs/<slot>`, held for the handle's life: while it is, the handle lives.
+    _slot_lock: File,
+    /// This handle's ticket (see `format::control`), what the tail lock word names.
+    ticket: u32,
+    /// The slot files of other handles, opened to see whether their holder lives.
+    probes: std::sync::Mutex<std::collections::HashMap<u32, File>>,
     /// The tail generation this handle last caught up with.
     seen_gen: AtomicU64,
 }
+
+/// Set in the tail lock word when a handle may be waiting for it.
+const WAITERS: u32 = 1;
+
+/// How long a waiter for the tail lock sleeps before it looks whether the holder died.
+const HOLDER_CHECK: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl std::fmt::Debug for Coordination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,31 +166,93 @@ impl std::fmt::Debug for Coordination {
     }
 }
 
-/// `tail.lock`, held: released when dropped.
+/// The tail lock, held: released when dropped.
 pub(crate) struct TailGuard<'a> {
-    file: &'a File,
+    word: &'a AtomicU32,
 }
 
 impl Drop for TailGuard<'_> {
     fn drop(&mut self) {
-        // Closing the handle would release it too; an unlock that fails leaves it to that.
-        let _ = self.file.unlock();
+        if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
+            wake_one(self.word);
+        }
     }
 }
 
 impl Coordination {
+    /// Takes a free slot (under `open.lock`, so no other opener takes it meanwhile).
     fn new(opening: Opening, control: ControlMapping) -> Result<Self> {
-        let tail_lock_path = opening.dir.join(TAIL_LOCK_FILE_NAME);
-        let tail_lock = open_lock_file(&tail_lock_path)
-            .map_err(|error| Error::io("open", &tail_lock_path, error))?;
+        let procs = opening.dir.join(PROCS_DIR_NAME);
+        create_private_dir(&opening.dir, &procs)?;
+        let mut taken = None;
+        for slot in 0..SLOT_COUNT {
+            let path = procs.join(format!("{slot:03}"));
+            let file = open_lock_file(&path).map_err(|error| Error::io("open", &path, error))?;
+            match file.try_lock() {
+                Ok(()) => {
+                    taken = Some((slot, file));
+                    break;
+                }
+                Err(TryLockError::WouldBlock) => continue,
+                Err(TryLockError::Error(error)) => return Err(Error::io("lock", &path, error)),
+            }
+        }
+        let Some((slot, slot_lock)) = taken else {
+            return Err(Error::Locked {
+                dir: procs,
+                pid: None,
+            });
+        };
+        let control = Arc::new(control);
+        let epoch_word = control.word32(SLOTS + slot as usize * 8);
+        let epoch = match epoch_word.load(Ordering::Acquire) {
+            EPOCH_MAX => 1,
+            epoch => epoch + 1,
+        };
+        control
+            .word32(SLOTS + slot as usize * 8 + 4)
+            .store(std::process::id(), Ordering::Relaxed);
+        epoch_word.store(epoch, Ordering::Release);
         Ok(Coordination {
             dir: opening.dir,
-            control: Arc::new(control),
+            control,
             attached: opening.attached,
-            tail_lock,
-            tail_lock_path,
+            _slot_lock: slot_lock,
+            ticket: ticket(slot, epoch),
+            probes: std::sync::Mutex::new(std::collections::HashMap::new()),
             seen_gen: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Whether the handle a ticket names is gone: its slot was taken again since, or its slot
+    /// file is not locked (the kernel released it when the holder died).
+    fn is_gone(&self, holder: u32) -> bool {
+        let (slot, epoch) = ticket_parts(holder);
+        if slot >= SLOT_COUNT
+            || self
+                .word32(SLOTS + slot as usize * 8)
+                .load(Ordering::Acquire)
+                != epoch
+        {
+            return true;
+        }
+        let mut probes = crate::engine::sync::lock(&self.probes);
+        let path = self.dir.join(PROCS_DIR_NAME).join(format!("{slot:03}"));
+        let probe = match probes.entry(slot) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => match open_lock_file(&path) {
+                Ok(file) => entry.insert(file),
+                // Cannot look: assume it lives (waiting longer is safe, stealing is not).
+                Err(_) => return false,
+            },
+        };
+        match probe.try_lock_shared() {
+            Ok(()) => {
+                let _ = probe.unlock();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn word64(&self, offset: usize) -> &AtomicU64 {
@@ -190,14 +263,53 @@ impl Coordination {
         self.control.word32(offset)
     }
 
-    /// Takes `tail.lock` for one batch.
-    pub(crate) fn lock_tail(&self) -> Result<TailGuard<'_>> {
-        self.tail_lock
-            .lock()
-            .map_err(|error| Error::io("lock", &self.tail_lock_path, error))?;
-        Ok(TailGuard {
-            file: &self.tail_lock,
-        })
+    /// Takes the tail lock for one batch: a compare-and-swap when it is free; else a futex
+    /// wait, looking every few milliseconds whether its holder died (then the lock is taken
+    /// over; what the dead holder left past the committed tail is cut by `repair_tail`).
+    pub(crate) fn lock_tail(&self) -> TailGuard<'_> {
+        let word = self.word32(TAIL_LOCK);
+        let mine = self.ticket << 1;
+        if word
+            .compare_exchange(0, mine, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return TailGuard { word };
+        }
+        loop {
+            let current = word.load(Ordering::Relaxed);
+            if current == 0 {
+                // Others may wait too: keep the bit, so that the release wakes one.
+                if word
+                    .compare_exchange(0, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return TailGuard { word };
+                }
+                continue;
+            }
+            if current & WAITERS == 0
+                && word
+                    .compare_exchange(
+                        current,
+                        current | WAITERS,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_err()
+            {
+                continue;
+            }
+            let waited = current | WAITERS;
+            wait_for_change(word, waited, HOLDER_CHECK);
+            if word.load(Ordering::Relaxed) == waited
+                && self.is_gone(waited >> 1)
+                && word
+                    .compare_exchange(waited, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return TailGuard { word };
+            }
+        }
     }
 
     fn store_slot(&self, generation: u64, tail: CommittedTail) {
@@ -311,6 +423,32 @@ impl Coordination {
         let before = self.word64(CONSUMER_CLAIMS).fetch_add(1, Ordering::AcqRel);
         Ok((file, before))
     }
+}
+
+/// Creates the `procs` folder of a shared queue with the queue directory's permissions, and
+/// refuses one that is not a folder (a symbolic link planted there, say).
+fn create_private_dir(queue_dir: &Path, path: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let mode = std::fs::metadata(queue_dir)
+        .map_err(|error| Error::io("stat", queue_dir, error))?
+        .mode()
+        & 0o777;
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(Error::io("create directory", path, error)),
+    }
+    let kind = std::fs::symlink_metadata(path)
+        .map_err(|error| Error::io("stat", path, error))?
+        .file_type();
+    if !kind.is_dir() {
+        return Err(Error::io(
+            "open",
+            path,
+            std::io::Error::other("not a directory (refusing to follow it)"),
+        ));
+    }
+    Ok(())
 }
 
 /// The arrivals word of a control mapping.

@@ -443,7 +443,7 @@ impl Log {
     ) -> Result<Range<u64>> {
         let batch_len = self.check_batch(env, payloads, not_before_us)?;
         let mut writer = self.lock_writer();
-        let _tail = coordination.lock_tail()?;
+        let _tail = coordination.lock_tail();
         if coordination.is_dirty() {
             self.repair_tail(env, coordination)?;
         }

@@ -16,8 +16,16 @@
 //!    136     4  consumer_pid  the process holding the consumer role (advice, for errors)
 //!    140     4  reserved
 //!    144     8  consumer_claims  how often the consumer role was claimed since the build
-//!    152  3944  reserved      zero
+//!    152     4  tail_lock     0 free, else (owner ticket << 1) | waiters (a futex word)
+//!    156   868  reserved      zero
+//!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
+//!   2048  2048  reserved      zero
 //! ```
+//!
+//! A *ticket* names a handle: `(epoch << 8) | slot`, with the slot's epoch as the handle that
+//! took it set it (never 0, at most 2^23 - 1). Each handle holds `procs/<slot>` locked for its
+//! life; a ticket whose slot has another epoch, or whose slot file is not locked, belongs to a
+//! handle that is gone.
 //!
 //! Native-endian atomics (the file never leaves the machine, and is rebuilt at every cold
 //! start). Nothing in it is durable: it is never synced, and the first process to open the queue
@@ -49,6 +57,25 @@ pub const SLEEPERS: usize = 132;
 pub const CONSUMER_PID: usize = 136;
 /// Offset of the count of consumer role claims since the build.
 pub const CONSUMER_CLAIMS: usize = 144;
+
+/// Offset of the tail lock word.
+pub const TAIL_LOCK: usize = 152;
+/// Offset of the slot table.
+pub const SLOTS: usize = 1024;
+/// How many handles may have a queue open at once.
+pub const SLOT_COUNT: u32 = 128;
+/// The largest epoch a slot reaches before it starts again at 1.
+pub const EPOCH_MAX: u32 = (1 << 23) - 1;
+
+/// The ticket of the handle in `slot` at `epoch`.
+pub fn ticket(slot: u32, epoch: u32) -> u32 {
+    (epoch << 8) | slot
+}
+
+/// The slot and epoch a ticket names.
+pub fn ticket_parts(ticket: u32) -> (u32, u32) {
+    (ticket & 0xff, ticket >> 8)
+}
 
 /// The header bytes `[0, 24)` of a control file built with `build_id`.
 pub fn encode_header(build_id: u64) -> [u8; 24] {
@@ -126,10 +153,20 @@ mod tests {
         ] {
             assert_eq!(offset % 8, 0);
         }
-        for offset in [ARRIVALS, SLEEPERS, CONSUMER_PID] {
+        for offset in [ARRIVALS, SLEEPERS, CONSUMER_PID, TAIL_LOCK, SLOTS] {
             assert_eq!(offset % 4, 0);
         }
         const { assert!(TAIL_SLOTS + 2 * TAIL_SLOT_LEN <= ARRIVALS) };
-        const { assert!(CONSUMER_CLAIMS + 8 <= CONTROL_LEN as usize) };
+        const { assert!(CONSUMER_CLAIMS + 8 <= TAIL_LOCK) };
+        const { assert!(TAIL_LOCK + 4 <= SLOTS) };
+        const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
+    }
+
+    #[test]
+    fn tickets_name_their_slot_and_epoch_and_leave_a_bit_free() {
+        let ticket = ticket(127, EPOCH_MAX);
+        assert_eq!(ticket_parts(ticket), (127, EPOCH_MAX));
+        assert_eq!(ticket << 1 >> 1, ticket, "room for the waiters bit");
+        assert_ne!(super::ticket(0, 1), 0);
     }
 }

@@ -141,3 +141,11 @@ pub(crate) fn wake_all(word: &AtomicU32) {
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let _ = word;
 }
+
+/// Wakes one process sleeping in [`wait_for_change`] on `word`.
+pub(crate) fn wake_one(word: &AtomicU32) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = word;
+}
