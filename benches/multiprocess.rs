@@ -173,10 +173,10 @@ fn main() {
     };
     let mut rows: Vec<(String, f64)> = Vec::new();
 
-    // One process pushes, then pops, the same records.
-    {
-        let dir = fresh("alone");
-        let queue = Queue::open(&dir, options(SyncPolicy::Never)).unwrap();
+    // One process pushes, then pops, the same records: an exclusive queue, and a shared one.
+    for (name, alone) in [("exclusive", true), ("shared", false)] {
+        let dir = fresh(&format!("alone-{name}"));
+        let queue = Queue::open(&dir, options(SyncPolicy::Never).exclusive(alone)).unwrap();
         let start = Instant::now();
         for _ in 0..count {
             queue.push(&PAYLOAD).unwrap();
@@ -185,7 +185,7 @@ fn main() {
             queue.pop().unwrap().unwrap();
         }
         rows.push((
-            "1 process: push then pop, Never".into(),
+            format!("1 process, {name} queue: push then pop, Never"),
             rate(count, start.elapsed()),
         ));
     }
@@ -212,8 +212,7 @@ fn main() {
         let took = run(&mut children);
         rows.push(("yaque sender + receiver process".into(), rate(count, took)));
     }
-    // Producer processes alone: 1, then 4 with a quarter each... no: 4 with as many each, so
-    // that each runs as long as the single one.
+    // Producer processes alone: 1, then 4, each pushing as many as the single one.
     for (sync, per) in [("never", count), ("always", always_count)] {
         for producers in [1u64, 4] {
             let dir = fresh(&format!("producers-{sync}-{producers}"));
@@ -264,9 +263,10 @@ fn main() {
     };
     println!();
     println!(
-        "pair / one process: {:.2}; pair / yaque: {:.2}; 4 / 1 producers Never: {:.2}; \
-         4 / 1 producers Always: {:.2}",
-        find("1 producer + 1") / find("1 process"),
+        "pair / one process (exclusive): {:.2}; pair / one process (shared): {:.2}; \
+         pair / yaque: {:.2}; 4 / 1 producers Never: {:.2}; 4 / 1 producers Always: {:.2}",
+        find("1 producer + 1") / find("1 process, exclusive"),
+        find("1 producer + 1") / find("1 process, shared"),
         find("1 producer + 1") / find("yaque"),
         find("4 producer process(es), never") / find("1 producer process(es), never"),
         find("4 producer process(es), always") / find("1 producer process(es), always"),
