@@ -14,7 +14,7 @@ use diskspool::SyncPolicy;
 use serde::Serialize;
 
 use crate::print::{self, Table};
-use crate::{open_queue, require_dir, Failure, EXIT_OK, EXIT_PROBLEMS};
+use crate::{open_queue, require_dir, Access, Failure, EXIT_OK, EXIT_PROBLEMS};
 
 /// Scans shorter than this finish before a progress bar would help.
 const PROGRESS_BAR_BYTES_MIN: u64 = 256 << 20;
@@ -487,7 +487,14 @@ struct CompactJson {
 pub fn compact(args: &CompactArgs) -> Result<u8, Failure> {
     require_dir(&args.dir)?;
     // Opening with automatic compaction would compact before the report could count it.
-    let queue = open_queue(&args.dir, None, SyncPolicy::Always, false, false)?;
+    let queue = open_queue(
+        &args.dir,
+        None,
+        SyncPolicy::Always,
+        false,
+        false,
+        Access::Shared,
+    )?;
     let report = queue.compact()?;
     let mut out = print::stdout();
     if args.json {

@@ -196,6 +196,19 @@ fn report(failure: Failure) -> u8 {
             eprintln!("spool: {message}");
             EXIT_USAGE
         }
+        Failure::Queue(Error::Locked { dir, pid }) if holds_consumer_role(&dir) => {
+            let queue = dir.parent().unwrap_or(&dir);
+            let holder = pid.map_or_else(String::new, |pid| format!(" (process {pid})"));
+            let message = format!(
+                "queue directory {} is locked by its consumer{holder}, which holds {}: one \
+                 handle at a time consumes from a shared queue; pop, purge and compact work once \
+                 it has closed the queue",
+                queue.display(),
+                dir.display()
+            );
+            eprintln!("spool: {}", for_stderr(&message));
+            EXIT_LOCKED
+        }
         Failure::Queue(error) => {
             eprintln!("spool: {}", for_stderr(&error.to_string()));
             match error {
@@ -209,6 +222,12 @@ fn report(failure: Failure) -> u8 {
             }
         }
     }
+}
+
+/// Whether `locked` (from `Error::Locked`) is a shared queue's consumer role rather than the
+/// queue itself.
+fn holds_consumer_role(locked: &Path) -> bool {
+    locked.file_name() == Some(diskspool::format::layout::CONSUMER_LOCK_FILE_NAME.as_ref())
 }
 
 /// Fails unless `dir` exists, so that a mistyped path is not silently made into a new queue.
@@ -227,6 +246,19 @@ fn require_dir(dir: &Path) -> Result<(), Failure> {
     }
 }
 
+/// How a command that changes a queue opens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Shared with the processes that have it open (`Options::exclusive(false)`), so that it
+    /// works beside a live service; alone (as [`Access::Alone`], with the reason) when the
+    /// queue's stored settings bound it or deduplicate pushes, which a shared queue does not
+    /// support yet.
+    Shared,
+    /// The queue to this process alone (an exclusive open): exit 4 while any other process has
+    /// it open, shared or not. The reason, if given, is printed before that exit.
+    Alone(Option<&'static str>),
+}
+
 /// Opens a queue for a command that changes it. Only `push` creates a queue (`create`); every
 /// other command on a directory that holds none fails with `Error::NotAQueue` and creates
 /// nothing. A queue remembers its segment size: `segment_size` changes it, `None` keeps it.
@@ -236,6 +268,7 @@ fn open_queue(
     sync: SyncPolicy,
     auto_compact: bool,
     create: bool,
+    access: Access,
 ) -> Result<Queue, Failure> {
     open_queue_with(
         dir,
@@ -245,10 +278,12 @@ fn open_queue(
         create,
         None,
         |options| options,
+        access,
     )
 }
 
-/// [`open_queue`], with the permission bits a new queue gets.
+/// [`open_queue`], with the permission bits a new queue gets and the policies it is given.
+#[allow(clippy::too_many_arguments)] // one call site per command, each naming what it wants
 fn open_queue_with(
     dir: &Path,
     segment_size: Option<u64>,
@@ -257,6 +292,7 @@ fn open_queue_with(
     create: bool,
     file_mode: Option<u32>,
     policies: impl FnOnce(Options) -> Options,
+    access: Access,
 ) -> Result<Queue, Failure> {
     let mut options = policies(
         Options::default()
@@ -270,9 +306,49 @@ fn open_queue_with(
     if let Some(bytes) = segment_size {
         options = options.segment_size(bytes);
     }
-    let queue = Queue::open(dir, options)?;
+    let queue = match access {
+        Access::Shared => match settings_need_alone(dir) {
+            None => match Queue::open(dir, options.clone().exclusive(false)) {
+                // The settings changed since they were read, or the queue refuses to be shared
+                // for another reason: open it alone, as before shared queues existed.
+                Err(diskspool::Error::InvalidOptions(why)) => open_alone(dir, options, &why)?,
+                opened => opened?,
+            },
+            Some(why) => open_alone(dir, options, why)?,
+        },
+        Access::Alone(None) => Queue::open(dir, options)?,
+        Access::Alone(Some(why)) => open_alone(dir, options, why)?,
+    };
     report_recovery(queue.recovery_report());
     Ok(queue)
+}
+
+/// Why a queue's stored settings keep it from being opened shared (read without a lock: an
+/// open that finds them changed falls back to an exclusive open). `None` when they do not, or
+/// when they cannot be read (the open then reports why).
+fn settings_need_alone(dir: &Path) -> Option<&'static str> {
+    use diskspool::storage::{queue_dir::read_settings, OsStorage};
+    let settings = read_settings(&OsStorage, dir).ok()??;
+    (settings.max_records.is_some()
+        || settings.max_bytes.is_some()
+        || settings.dedup_window_us.is_some())
+    .then_some(
+        "the queue's settings bound it or deduplicate pushes, which a queue shared by several \
+         processes does not support yet",
+    )
+}
+
+/// An exclusive open of a command that would have shared the queue; when another process has
+/// it open, says first why this one needs it alone.
+fn open_alone(dir: &Path, options: Options, why: &str) -> Result<Queue, diskspool::Error> {
+    let opened = Queue::open(dir, options);
+    if let Err(diskspool::Error::Locked { .. }) = &opened {
+        eprintln!(
+            "spool: this command needs the queue alone: {}",
+            for_stderr(why)
+        );
+    }
+    opened
 }
 
 /// Tells the operator on standard error what opening the queue recovered from a crash.

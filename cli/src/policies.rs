@@ -288,10 +288,20 @@ pub struct PurgeArgs {
 
 pub fn purge(args: &PurgeArgs) -> Result<u8, Failure> {
     require_dir(&args.dir)?;
-    let options = Options::default()
-        .create_if_missing(false)
-        .sync(SyncPolicy::Always);
-    let queue = Queue::open(&args.dir, options)?;
+    // Beside a live service that only pushes; exit 4 while another handle consumes.
+    let queue = crate::open_queue(
+        &args.dir,
+        None,
+        SyncPolicy::Always,
+        true,
+        false,
+        crate::Access::Shared,
+    )?;
+    if !queue.options().get_exclusive() {
+        // Takes the consumer role (which purge needs) before asking: exit 4 now, not after the
+        // answer, when another handle consumes.
+        queue.peek()?;
+    }
     if !args.yes {
         if !io::stdin().is_terminal() {
             return Err(Failure::Usage(String::from(

@@ -11,7 +11,7 @@ use diskspool::SyncPolicy;
 use serde::Serialize;
 
 use crate::print::{self, Table};
-use crate::{open_queue, require_dir, Failure, EXIT_OK};
+use crate::{open_queue, require_dir, Access, Failure, EXIT_OK};
 
 /// Options of `spool quarantine`.
 #[derive(Debug, Args)]
@@ -164,7 +164,15 @@ fn listing_json(listing: &QuarantineListing) -> ListingJson<'_> {
 
 /// Pushes the readable records of every restorable file, then moves the file aside.
 fn restore(args: &QuarantineArgs) -> Result<u8, Failure> {
-    let queue = open_queue(&args.dir, None, SyncPolicy::Never, true, false)?;
+    // Alone: two restores beside each other would push the same file twice.
+    let queue = open_queue(
+        &args.dir,
+        None,
+        SyncPolicy::Never,
+        true,
+        false,
+        Access::Alone(None),
+    )?;
     // Listed under the lock: no repair can add files meanwhile.
     let listing = quarantine::list(&OsStorage, &args.dir)?;
     let restorable: Vec<&QuarantinedFile> = listing
