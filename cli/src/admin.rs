@@ -95,7 +95,8 @@ pub struct VerifyArgs {
 Example:
   spool compact /var/spool/jobs
 
-Locks the queue (exit 4 while another process has it open).")]
+Works beside a service that holds the queue shared unless another process consumes it (exit 4,
+naming it); exit 4 while a process keeps the queue to itself.")]
 pub struct CompactArgs {
     /// The queue directory.
     pub(crate) dir: PathBuf,
@@ -111,7 +112,8 @@ Examples:
   spool repair --dry-run /var/spool/jobs      what would be cut, changing nothing
   spool repair /var/spool/jobs
 
-Locks the queue. Keeps every record up to the first damage; copies or moves everything after it
+Needs the queue alone (exit 4 while another process has it open, shared or not, --dry-run too).
+Keeps every record up to the first damage; copies or moves everything after it
 into DIR/quarantine/ (never deletes data), prints the sequence numbers cut, then verifies.
 Exit status: 0 when the queue is clean afterwards (or was clean), 1 when --dry-run found
 something to repair or the queue is still not clean. docs/CLI.md describes every step.")]

@@ -40,14 +40,16 @@ Exit codes:
   1  problems found (verify, repair --dry-run), or repair could not make the queue clean
   2  usage error: bad arguments or input that does not fit the queue
   3  pop --wait ran out of time
-  4  the queue is locked by another process
+  4  the queue is locked by another process (or its consumer role, held by another process)
   5  I/O error or damaged data
   6  the queue is full: push refused at its --max-records/--max-bytes bound";
 
 /// Inspect, verify, repair and script diskspool queues.
 ///
 /// A queue is a directory. Read-only commands (stat, inspect, dump, peek, verify) take no lock
-/// and work while another process uses the queue; the others lock it.
+/// and work while another process uses the queue. push, pop, purge and compact work beside a
+/// service that holds the queue shared (pop, purge and compact while no other process consumes
+/// it); repair, config with flags and quarantine --restore need the queue alone.
 #[derive(Debug, Parser)]
 #[command(name = "spool", version, about, after_help = EXIT_CODES_HELP)]
 struct Cli {

@@ -26,7 +26,8 @@ records are readable. Only files holding records cut from the queue are restorab
 head index, ack log or settings, a damaged segment whose records were all consumed and stray
 files are listed but never pushed back.
 
-With --restore: locks the queue (exit 4 while another process has it open), pushes every
+With --restore: needs the queue alone (exit 4 while another process has it open, shared or
+not: two restores side by side would push the same file twice), pushes every
 readable record of each restorable file as a new record (a new sequence number, at the end of
 the queue), prints where each came from, syncs, then moves the file into
 DIR/quarantine/restored/. A second --restore finds nothing to push. If it is interrupted, the

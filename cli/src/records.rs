@@ -52,7 +52,11 @@ refused at the bound exits with 6; records of earlier batches stay pushed.
 
 Records from standard input are pushed in atomic batches of up to 1 MiB: after a crash, each
 batch is either wholly in the queue or not at all. Exit status 0 means every record was accepted
-under the --sync policy.")]
+under the --sync policy.
+
+push works beside a service that holds the queue shared. --segment-size, the policy flags,
+--dedup-id, and a queue whose settings bound it or set a dedup window need the queue alone
+(exit 4 while another process has it open).")]
 pub struct PushArgs {
     /// The queue directory; created when it does not exist.
     pub(crate) dir: PathBuf,
@@ -94,7 +98,10 @@ Examples:
   spool pop --all --json /var/spool/jobs     everything, as JSON lines
   spool pop --wait 30 /var/spool/jobs        wait up to 30 s for a record (exit 3 if none)
 
-While it waits, pop --wait does not hold the queue's lock, so other processes can push.
+pop works beside a service that holds the queue shared, unless another process consumes it
+(the consumer role of a shared queue: exit 4, naming that process). pop --wait waits woken by
+the pushes of every process, holding the consumer role meanwhile; on a queue that must be opened
+alone (bounds, dedup window) it waits without the lock, polling, so other processes can push.
 
 Removal is durable before a record is printed; if standard output fails, the records of the
 batch being printed (at most 256) are lost. An empty queue prints nothing and exits 0.

@@ -310,3 +310,38 @@ fn pop_wait_is_woken_by_a_push_of_a_live_producer() {
     // Whatever the order, every record was popped once.
     assert!(service.pop().unwrap().is_none());
 }
+
+#[test]
+fn a_queue_that_cannot_be_shared_yet_is_opened_alone_as_before() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    drop(Queue::open(&dir, options().max_records(100)).unwrap());
+    spool(&["push", arg(&dir), "a", "b", "c"]).assert().code(0);
+    spool(&["pop", arg(&dir)]).assert().code(0).stdout("a\n");
+    spool(&["pop", "--wait", "5", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout("b\n");
+    spool(&["compact", arg(&dir)]).assert().code(0);
+    spool(&["purge", "--yes", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout("purged 1 record(s)\n");
+    assert!(
+        !dir.join(CONTROL_FILE_NAME).exists(),
+        "opened alone, never shared"
+    );
+    // While another process has it open, the refusal says why the command needs it alone.
+    let _held = Queue::open(&dir, options()).unwrap();
+    let pid = std::process::id().to_string();
+    for args in [
+        vec!["push", arg(&dir), "x"],
+        vec!["pop", arg(&dir)],
+        vec!["compact", arg(&dir)],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 4, "spool {args:?}: {err}");
+        assert!(err.contains("settings bound it"), "spool {args:?}: {err}");
+        assert!(err.contains(&pid), "spool {args:?}: {err}");
+    }
+}
