@@ -340,8 +340,8 @@ fn settings_need_alone(dir: &Path) -> Option<&'static str> {
     )
 }
 
-/// An exclusive open of a command that would have shared the queue; when another process has
-/// it open, says first why this one needs it alone.
+/// An exclusive open for a command that needs the queue alone for the reason `why`; when
+/// another process has it open, says that reason before the exit-4 message.
 fn open_alone(dir: &Path, options: Options, why: &str) -> Result<Queue, diskspool::Error> {
     let opened = Queue::open(dir, options);
     if let Err(diskspool::Error::Locked { .. }) = &opened {
