@@ -14,7 +14,7 @@ use diskspool::SyncPolicy;
 use serde::Serialize;
 
 use crate::print::{self, Table};
-use crate::{open_queue, require_dir, Failure, EXIT_OK, EXIT_PROBLEMS};
+use crate::{open_queue, require_dir, Access, Failure, EXIT_OK, EXIT_PROBLEMS};
 
 /// Scans shorter than this finish before a progress bar would help.
 const PROGRESS_BAR_BYTES_MIN: u64 = 256 << 20;
@@ -95,7 +95,8 @@ pub struct VerifyArgs {
 Example:
   spool compact /var/spool/jobs
 
-Locks the queue (exit 4 while another process has it open).")]
+Works beside a service that holds the queue shared unless another process consumes it (exit 4,
+naming it); exit 4 while a process keeps the queue to itself.")]
 pub struct CompactArgs {
     /// The queue directory.
     pub(crate) dir: PathBuf,
@@ -111,7 +112,8 @@ Examples:
   spool repair --dry-run /var/spool/jobs      what would be cut, changing nothing
   spool repair /var/spool/jobs
 
-Locks the queue. Keeps every record up to the first damage; copies or moves everything after it
+Needs the queue alone (exit 4 while another process has it open, shared or not, --dry-run too).
+Keeps every record up to the first damage; copies or moves everything after it
 into DIR/quarantine/ (never deletes data), prints the sequence numbers cut, then verifies.
 Exit status: 0 when the queue is clean afterwards (or was clean), 1 when --dry-run found
 something to repair or the queue is still not clean. docs/CLI.md describes every step.")]
@@ -487,7 +489,14 @@ struct CompactJson {
 pub fn compact(args: &CompactArgs) -> Result<u8, Failure> {
     require_dir(&args.dir)?;
     // Opening with automatic compaction would compact before the report could count it.
-    let queue = open_queue(&args.dir, None, SyncPolicy::Always, false, false)?;
+    let queue = open_queue(
+        &args.dir,
+        None,
+        SyncPolicy::Always,
+        false,
+        false,
+        Access::Shared,
+    )?;
     let report = queue.compact()?;
     let mut out = print::stdout();
     if args.json {

@@ -40,14 +40,16 @@ Exit codes:
   1  problems found (verify, repair --dry-run), or repair could not make the queue clean
   2  usage error: bad arguments or input that does not fit the queue
   3  pop --wait ran out of time
-  4  the queue is locked by another process
+  4  the queue is locked by another process (or its consumer role, held by another process)
   5  I/O error or damaged data
   6  the queue is full: push refused at its --max-records/--max-bytes bound";
 
 /// Inspect, verify, repair and script diskspool queues.
 ///
 /// A queue is a directory. Read-only commands (stat, inspect, dump, peek, verify) take no lock
-/// and work while another process uses the queue; the others lock it.
+/// and work while another process uses the queue. push, pop, purge and compact work beside a
+/// service that holds the queue shared (pop, purge and compact while no other process consumes
+/// it); repair, config with flags and quarantine --restore need the queue alone.
 #[derive(Debug, Parser)]
 #[command(name = "spool", version, about, after_help = EXIT_CODES_HELP)]
 struct Cli {
@@ -196,6 +198,19 @@ fn report(failure: Failure) -> u8 {
             eprintln!("spool: {message}");
             EXIT_USAGE
         }
+        Failure::Queue(Error::Locked { dir, pid }) if holds_consumer_role(&dir) => {
+            let queue = dir.parent().unwrap_or(&dir);
+            let holder = pid.map_or_else(String::new, |pid| format!(" (process {pid})"));
+            let message = format!(
+                "queue directory {} is locked by its consumer{holder}, which holds {}: one \
+                 handle at a time consumes from a shared queue; pop, purge and compact work once \
+                 it has closed the queue",
+                queue.display(),
+                dir.display()
+            );
+            eprintln!("spool: {}", for_stderr(&message));
+            EXIT_LOCKED
+        }
         Failure::Queue(error) => {
             eprintln!("spool: {}", for_stderr(&error.to_string()));
             match error {
@@ -209,6 +224,12 @@ fn report(failure: Failure) -> u8 {
             }
         }
     }
+}
+
+/// Whether `locked` (from `Error::Locked`) is a shared queue's consumer role rather than the
+/// queue itself.
+fn holds_consumer_role(locked: &Path) -> bool {
+    locked.file_name() == Some(diskspool::format::layout::CONSUMER_LOCK_FILE_NAME.as_ref())
 }
 
 /// Fails unless `dir` exists, so that a mistyped path is not silently made into a new queue.
@@ -227,6 +248,19 @@ fn require_dir(dir: &Path) -> Result<(), Failure> {
     }
 }
 
+/// How a command that changes a queue opens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Shared with the processes that have it open (`Options::exclusive(false)`), so that it
+    /// works beside a live service; alone (as [`Access::Alone`], with the reason) when the
+    /// queue's stored settings bound it or deduplicate pushes, which a shared queue does not
+    /// support yet.
+    Shared,
+    /// The queue to this process alone (an exclusive open): exit 4 while any other process has
+    /// it open, shared or not. The reason, if given, is printed before that exit.
+    Alone(Option<&'static str>),
+}
+
 /// Opens a queue for a command that changes it. Only `push` creates a queue (`create`); every
 /// other command on a directory that holds none fails with `Error::NotAQueue` and creates
 /// nothing. A queue remembers its segment size: `segment_size` changes it, `None` keeps it.
@@ -236,6 +270,7 @@ fn open_queue(
     sync: SyncPolicy,
     auto_compact: bool,
     create: bool,
+    access: Access,
 ) -> Result<Queue, Failure> {
     open_queue_with(
         dir,
@@ -245,10 +280,12 @@ fn open_queue(
         create,
         None,
         |options| options,
+        access,
     )
 }
 
-/// [`open_queue`], with the permission bits a new queue gets.
+/// [`open_queue`], with the permission bits a new queue gets and the policies it is given.
+#[allow(clippy::too_many_arguments)] // one call site per command, each naming what it wants
 fn open_queue_with(
     dir: &Path,
     segment_size: Option<u64>,
@@ -257,6 +294,7 @@ fn open_queue_with(
     create: bool,
     file_mode: Option<u32>,
     policies: impl FnOnce(Options) -> Options,
+    access: Access,
 ) -> Result<Queue, Failure> {
     let mut options = policies(
         Options::default()
@@ -270,9 +308,49 @@ fn open_queue_with(
     if let Some(bytes) = segment_size {
         options = options.segment_size(bytes);
     }
-    let queue = Queue::open(dir, options)?;
+    let queue = match access {
+        Access::Shared => match settings_need_alone(dir) {
+            None => match Queue::open(dir, options.clone().exclusive(false)) {
+                // The settings changed since they were read, or the queue refuses to be shared
+                // for another reason: open it alone, as before shared queues existed.
+                Err(diskspool::Error::InvalidOptions(why)) => open_alone(dir, options, &why)?,
+                opened => opened?,
+            },
+            Some(why) => open_alone(dir, options, why)?,
+        },
+        Access::Alone(None) => Queue::open(dir, options)?,
+        Access::Alone(Some(why)) => open_alone(dir, options, why)?,
+    };
     report_recovery(queue.recovery_report());
     Ok(queue)
+}
+
+/// Why a queue's stored settings keep it from being opened shared (read without a lock: an
+/// open that finds them changed falls back to an exclusive open). `None` when they do not, or
+/// when they cannot be read (the open then reports why).
+fn settings_need_alone(dir: &Path) -> Option<&'static str> {
+    use diskspool::storage::{queue_dir::read_settings, OsStorage};
+    let settings = read_settings(&OsStorage, dir).ok()??;
+    (settings.max_records.is_some()
+        || settings.max_bytes.is_some()
+        || settings.dedup_window_us.is_some())
+    .then_some(
+        "the queue's settings bound it or deduplicate pushes, which a queue shared by several \
+         processes does not support yet",
+    )
+}
+
+/// An exclusive open for a command that needs the queue alone for the reason `why`; when
+/// another process has it open, says that reason before the exit-4 message.
+fn open_alone(dir: &Path, options: Options, why: &str) -> Result<Queue, diskspool::Error> {
+    let opened = Queue::open(dir, options);
+    if let Err(diskspool::Error::Locked { .. }) = &opened {
+        eprintln!(
+            "spool: this command needs the queue alone: {}",
+            for_stderr(why)
+        );
+    }
+    opened
 }
 
 /// Tells the operator on standard error what opening the queue recovered from a crash.

@@ -144,9 +144,10 @@ Examples:
   spool config --max-age 7d /var/spool/jobs                    records expire after a week
   spool config --max-records 0 /var/spool/jobs                 remove the bound
 
-Without a flag it takes no lock and changes nothing. With flags it opens the queue (taking
-its lock, exit 4 if another process holds it) and replaces its settings file atomically;
-every later open, in any process, uses the new rules.")]
+Without a flag it takes no lock and changes nothing. With flags it needs the queue alone (exit
+4 while another process has it open, shared or not: each works by the settings it opened with)
+and replaces its settings file atomically; every later open, in any process, uses the new
+rules.")]
 pub struct ConfigArgs {
     /// The queue directory.
     pub(crate) dir: PathBuf,
@@ -277,7 +278,9 @@ Examples:
 
 Removes every record not yet consumed, those handed out to workers included, and frees their
 segments. All or nothing: after a crash the queue holds every record or none. Prints how many
-records were removed. Without --yes and without a terminal to ask on, it refuses (exit 2).")]
+records were removed. Without --yes and without a terminal to ask on, it refuses (exit 2).
+Works beside a service that holds the queue shared unless another process consumes it (exit 4,
+naming it, before it asks).")]
 pub struct PurgeArgs {
     /// The queue directory.
     pub(crate) dir: PathBuf,
@@ -288,10 +291,20 @@ pub struct PurgeArgs {
 
 pub fn purge(args: &PurgeArgs) -> Result<u8, Failure> {
     require_dir(&args.dir)?;
-    let options = Options::default()
-        .create_if_missing(false)
-        .sync(SyncPolicy::Always);
-    let queue = Queue::open(&args.dir, options)?;
+    // Beside a live service that only pushes; exit 4 while another handle consumes.
+    let queue = crate::open_queue(
+        &args.dir,
+        None,
+        SyncPolicy::Always,
+        true,
+        false,
+        crate::Access::Shared,
+    )?;
+    if !queue.options().get_exclusive() {
+        // Takes the consumer role (which purge needs) before asking: exit 4 now, not after the
+        // answer, when another handle consumes.
+        queue.peek()?;
+    }
     if !args.yes {
         if !io::stdin().is_terminal() {
             return Err(Failure::Usage(String::from(

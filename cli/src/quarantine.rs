@@ -11,7 +11,7 @@ use diskspool::SyncPolicy;
 use serde::Serialize;
 
 use crate::print::{self, Table};
-use crate::{open_queue, require_dir, Failure, EXIT_OK};
+use crate::{open_queue, require_dir, Access, Failure, EXIT_OK};
 
 /// Options of `spool quarantine`.
 #[derive(Debug, Args)]
@@ -26,7 +26,8 @@ records are readable. Only files holding records cut from the queue are restorab
 head index, ack log or settings, a damaged segment whose records were all consumed and stray
 files are listed but never pushed back.
 
-With --restore: locks the queue (exit 4 while another process has it open), pushes every
+With --restore: needs the queue alone (exit 4 while another process has it open, shared or
+not: two restores side by side would push the same file twice), pushes every
 readable record of each restorable file as a new record (a new sequence number, at the end of
 the queue), prints where each came from, syncs, then moves the file into
 DIR/quarantine/restored/. A second --restore finds nothing to push. If it is interrupted, the
@@ -164,7 +165,15 @@ fn listing_json(listing: &QuarantineListing) -> ListingJson<'_> {
 
 /// Pushes the readable records of every restorable file, then moves the file aside.
 fn restore(args: &QuarantineArgs) -> Result<u8, Failure> {
-    let queue = open_queue(&args.dir, None, SyncPolicy::Never, true, false)?;
+    // Alone: two restores beside each other would push the same file twice.
+    let queue = open_queue(
+        &args.dir,
+        None,
+        SyncPolicy::Never,
+        true,
+        false,
+        Access::Alone(None),
+    )?;
     // Listed under the lock: no repair can add files meanwhile.
     let listing = quarantine::list(&OsStorage, &args.dir)?;
     let restorable: Vec<&QuarantinedFile> = listing

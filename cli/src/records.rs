@@ -10,7 +10,7 @@ use diskspool::storage::OsStorage;
 use diskspool::tools::inspect::{self, StoredRecord};
 use diskspool::{Queue, Record, SyncPolicy};
 
-use crate::{open_queue, print, require_dir, Failure, EXIT_OK, EXIT_WAIT_EXPIRED};
+use crate::{open_queue, print, require_dir, Access, Failure, EXIT_OK, EXIT_WAIT_EXPIRED};
 
 /// Bytes of records sent in one atomic `push_batch`: large enough to share one sync among many
 /// lines, small enough to fit any segment size.
@@ -52,7 +52,11 @@ refused at the bound exits with 6; records of earlier batches stay pushed.
 
 Records from standard input are pushed in atomic batches of up to 1 MiB: after a crash, each
 batch is either wholly in the queue or not at all. Exit status 0 means every record was accepted
-under the --sync policy.")]
+under the --sync policy.
+
+push works beside a service that holds the queue shared. --segment-size, the policy flags,
+--dedup-id, and a queue whose settings bound it or set a dedup window need the queue alone
+(exit 4 while another process has it open).")]
 pub struct PushArgs {
     /// The queue directory; created when it does not exist.
     pub(crate) dir: PathBuf,
@@ -94,7 +98,10 @@ Examples:
   spool pop --all --json /var/spool/jobs     everything, as JSON lines
   spool pop --wait 30 /var/spool/jobs        wait up to 30 s for a record (exit 3 if none)
 
-While it waits, pop --wait does not hold the queue's lock, so other processes can push.
+pop works beside a service that holds the queue shared, unless another process consumes it
+(the consumer role of a shared queue: exit 4, naming that process). pop --wait waits woken by
+the pushes of every process, holding the consumer role meanwhile; on a queue that must be opened
+alone (bounds, dedup window) it waits without the lock, polling, so other processes can push.
 
 Removal is durable before a record is printed; if standard output fails, the records of the
 batch being printed (at most 256) are lost. An empty queue prints nothing and exits 0.
@@ -173,6 +180,19 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
         SyncArg::Interval => SyncPolicy::Interval(Duration::from_secs(1)),
         SyncArg::Never => SyncPolicy::Never,
     };
+    // Settings change only while no other process has the queue open (each works by the ones
+    // it opened with), and a shared queue takes no deduplicated pushes yet.
+    let access = if args.policies.any() || args.segment_size.is_some() {
+        Access::Alone(Some(
+            "--segment-size and the policy flags change the queue's settings",
+        ))
+    } else if args.dedup_id.is_some() {
+        Access::Alone(Some(
+            "a queue shared by several processes takes no --dedup-id yet",
+        ))
+    } else {
+        Access::Shared
+    };
     let queue = crate::open_queue_with(
         &args.dir,
         args.segment_size,
@@ -181,6 +201,7 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
         true,
         args.file_mode,
         |options| args.policies.apply(options),
+        access,
     )?;
     if let Some(id) = &args.dedup_id {
         let payload = match (args.raw, args.payloads.as_slice()) {
@@ -279,7 +300,14 @@ pub fn pop(args: &PopArgs) -> Result<u8, Failure> {
             left -= 1;
             queue
         }
-        None => open_queue(&args.dir, None, SyncPolicy::Always, true, false)?,
+        None => open_queue(
+            &args.dir,
+            None,
+            SyncPolicy::Always,
+            true,
+            false,
+            Access::Shared,
+        )?,
     };
     while left > 0 {
         let batch = queue.pop_batch(left.min(POP_BATCH_RECORDS_MAX))?;
@@ -306,26 +334,43 @@ fn stored(record: &Record) -> StoredRecord {
 
 /// Waits until the queue holds a record and pops it; `None` when `wait` ran out first.
 ///
-/// A process that holds the queue open keeps every other process out, so the wait happens
-/// without the lock: a lock-free `stat` every few milliseconds lets producers in other processes
-/// push meanwhile. Once a record shows, the queue is opened and `pop_timeout` takes it (waiting
-/// briefly, as another consumer may have taken it first).
+/// A queue that can be shared is opened shared and waited on in `pop_timeout`: producers in
+/// every process go on pushing, and each of their pushes wakes it. This handle holds the consumer
+/// role meanwhile, as any consumer does (another `pop` exits 4).
+///
+/// A queue that must be opened alone (bounds, deduplication) would keep every other process out
+/// while it is open, so that wait happens without the lock: a lock-free `stat` every few
+/// milliseconds lets producers in other processes push meanwhile. Once a record shows, the queue
+/// is opened and `pop_timeout` takes it (waiting briefly, as another consumer may have taken it
+/// first). An exclusive handle of another process that keeps the queue for a moment is waited
+/// out the same way.
 fn wait_for_record(dir: &Path, wait: Duration) -> Result<Option<(Queue, Record)>, Failure> {
     let deadline = Instant::now() + wait;
     loop {
-        let stat = inspect::stat(&OsStorage, dir)?;
-        if stat.len > 0 {
-            match open_queue(dir, None, SyncPolicy::Always, true, false) {
-                Ok(queue) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    if let Some(record) = queue.pop_timeout(remaining.min(WAIT_POLL_INTERVAL))? {
-                        return Ok(Some((queue, record)));
-                    }
-                }
-                // A producer has it open for a moment: try again until the deadline.
+        let shareable = crate::settings_need_alone(dir).is_none();
+        let queue = if shareable || inspect::stat(&OsStorage, dir)?.len > 0 {
+            match open_queue(dir, None, SyncPolicy::Always, true, false, Access::Shared) {
+                Ok(queue) => Some(queue),
+                // Another process has it alone for a moment: try again until the deadline.
                 Err(Failure::Queue(diskspool::Error::Locked { .. }))
-                    if Instant::now() < deadline => {}
+                    if Instant::now() < deadline =>
+                {
+                    None
+                }
                 Err(failure) => return Err(failure),
+            }
+        } else {
+            None
+        };
+        if let Some(queue) = queue {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if !queue.options().get_exclusive() {
+                // Woken by every process's pushes: one wait to the deadline.
+                let record = queue.pop_timeout(remaining)?;
+                return Ok(record.map(|record| (queue, record)));
+            }
+            if let Some(record) = queue.pop_timeout(remaining.min(WAIT_POLL_INTERVAL))? {
+                return Ok(Some((queue, record)));
             }
         }
         let now = Instant::now();

@@ -18,6 +18,7 @@ mod records;
 mod repair;
 mod security;
 mod settings;
+mod shared;
 mod spool_queues;
 mod terminal;
 mod verify;

@@ -1,0 +1,347 @@
+//! `spool` beside a live service that holds its queue shared (`Options::exclusive(false)`):
+//! the service is a `Queue` open in this test process, the commands are child processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use diskspool::format::control::{CONSUMER_PID, SLEEPERS};
+use diskspool::format::layout::CONTROL_FILE_NAME;
+use diskspool::{Options, Queue};
+use predicates::prelude::*;
+
+use crate::util::*;
+
+/// The options of the live service: the fixtures' ones, shared.
+fn shared() -> Options {
+    options().exclusive(false)
+}
+
+/// A new queue held open shared, as a service would: (temp dir, queue dir, handle).
+fn live_queue() -> (tempfile::TempDir, PathBuf, Queue) {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    let queue = Queue::open(&dir, shared()).unwrap();
+    (temp, dir, queue)
+}
+
+/// Runs `spool ARGS` and returns (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (i32, String, String) {
+    let output = spool(args).output().unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// The fixture records `seqs` as `spool pop` prints them, one a line.
+fn lines(seqs: std::ops::Range<u64>) -> Vec<u8> {
+    seqs.flat_map(|seq| [payload_for(seq), b"\n".to_vec()].concat())
+        .collect()
+}
+
+#[test]
+fn records_pushed_by_spool_reach_the_live_consumer_in_order() {
+    let (_temp, dir, service) = live_queue();
+    service.push(b"from the service").unwrap();
+    spool(&["push", arg(&dir), "one", "two"]).assert().code(0);
+    spool(&["push", arg(&dir)])
+        .write_stdin("three\nfour\n")
+        .assert()
+        .code(0);
+    spool(&["push", "--raw", arg(&dir)])
+        .write_stdin("five\nlines")
+        .assert()
+        .code(0);
+    spool(&["push", "--sync", "interval", arg(&dir), "six"])
+        .assert()
+        .code(0);
+    let expected: [&[u8]; 7] = [
+        b"from the service",
+        b"one",
+        b"two",
+        b"three",
+        b"four",
+        b"five\nlines",
+        b"six",
+    ];
+    for (seq, payload) in expected.iter().enumerate() {
+        let record = service.pop().unwrap().expect("a record pushed by spool");
+        assert_eq!(record.seq(), seq as u64);
+        assert_eq!(record.payload(), *payload);
+    }
+    assert!(service.pop().unwrap().is_none());
+    // The service consumes: spool still pushes.
+    spool(&["push", arg(&dir), "seven"]).assert().code(0);
+    assert_eq!(service.pop().unwrap().unwrap().payload(), b"seven");
+}
+
+#[test]
+fn spool_pops_what_a_live_producer_pushed() {
+    let (_temp, dir, service) = live_queue();
+    for seq in 0..20 {
+        assert_eq!(service.push(&payload_for(seq)).unwrap(), seq);
+    }
+    // The lock-free readers see what the live producer committed.
+    let (code, out, _) = run(&["stat", "--json", arg(&dir)]);
+    assert_eq!(code, 0);
+    let stat: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stat["len"], 20);
+    let (code, out, _) = run(&["peek", "-n", "2", arg(&dir)]);
+    assert_eq!(code, 0);
+    assert_eq!(out.as_bytes(), lines(0..2));
+    // pop takes the consumer role (free: the service only pushes) for its run.
+    let (code, out, err) = run(&["pop", "-n", "3", arg(&dir)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.as_bytes(), lines(0..3));
+    let (code, out, err) = run(&["pop", "--all", "--json", arg(&dir)]);
+    assert_eq!(code, 0, "{err}");
+    let seqs: Vec<u64> = out
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            record["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (3..20).collect::<Vec<_>>());
+    // Nothing is left for the service, once it takes the role: no record was popped twice.
+    assert!(service.pop().unwrap().is_none());
+    service.push(b"later").unwrap();
+    assert_eq!(service.pop().unwrap().unwrap().seq(), 20);
+}
+
+#[test]
+fn consumer_commands_exit_4_naming_the_live_consumer() {
+    let (_temp, dir, service) = live_queue();
+    assert!(service.pop().unwrap().is_none()); // takes the consumer role
+    service.push(b"kept").unwrap();
+    let pid = std::process::id().to_string();
+    for args in [
+        vec!["pop", arg(&dir)],
+        vec!["pop", "--wait", "5", arg(&dir)],
+        vec!["purge", "--yes", arg(&dir)],
+        vec!["compact", arg(&dir)],
+    ] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 4, "spool {args:?}: {err}");
+        assert_eq!(out, "", "spool {args:?}");
+        assert!(err.contains(&pid), "spool {args:?} names the holder: {err}");
+        assert!(err.contains("consumer"), "spool {args:?}: {err}");
+    }
+    // Producers and the lock-free readers go on.
+    spool(&["push", arg(&dir), "pushed"]).assert().code(0);
+    spool(&["peek", "-n", "5", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout("kept\npushed\n");
+    spool(&["dump", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout("kept\npushed\n");
+    // Nothing was removed.
+    assert_eq!(service.pop().unwrap().unwrap().payload(), b"kept");
+    assert_eq!(service.pop().unwrap().unwrap().payload(), b"pushed");
+}
+
+#[test]
+fn purge_and_compact_run_beside_a_live_producer() {
+    let (_temp, dir, service) = live_queue();
+    for seq in 0..200 {
+        service.push(&payload_for(seq)).unwrap();
+    }
+    {
+        // Another consumer, gone again: its consumed segments stay until compacted.
+        let consumer = Queue::open(&dir, shared()).unwrap();
+        assert_eq!(consumer.pop_batch(150).unwrap().len(), 150);
+    }
+    let segments_before = segments(&dir).len();
+    let (code, out, err) = run(&["compact", arg(&dir)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("removed "), "{out}");
+    assert!(segments(&dir).len() < segments_before, "{out}");
+    spool(&["purge", "--yes", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout("purged 50 record(s)\n");
+    assert_eq!(service.push(b"after the purge").unwrap(), 200);
+    assert_eq!(
+        service.pop().unwrap().unwrap().payload(),
+        b"after the purge"
+    );
+}
+
+#[test]
+fn commands_that_need_the_queue_alone_exit_4_beside_a_shared_handle() {
+    let (_temp, dir, service) = live_queue();
+    service.push(b"only").unwrap();
+    for args in [
+        vec!["repair", arg(&dir)],
+        vec!["repair", "--dry-run", arg(&dir)],
+        vec!["config", "--max-records", "5", arg(&dir)],
+        vec!["quarantine", "--restore", arg(&dir)],
+        vec!["push", "--max-records", "5", arg(&dir), "x"],
+        vec!["push", "--max-age", "1h", arg(&dir), "x"],
+        vec!["push", "--segment-size", "8192", arg(&dir), "x"],
+        vec!["push", "--dedup-id", "k", arg(&dir), "x"],
+    ] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 4, "spool {args:?}: {out}{err}");
+        assert!(err.contains("locked"), "spool {args:?}: {err}");
+        if args[0] == "push" {
+            assert!(err.contains("needs the queue alone"), "{err}");
+        }
+    }
+    // Nothing changed: no setting, no record.
+    let (code, out, _) = run(&["config", "--json", arg(&dir)]);
+    assert_eq!(code, 0);
+    let settings: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(settings["max_records"], serde_json::Value::Null);
+    assert_eq!(settings["max_age_ms"], serde_json::Value::Null);
+    assert_eq!(settings["segment_size"], SEGMENT_BYTES);
+    assert_eq!(service.pop().unwrap().unwrap().payload(), b"only");
+    assert!(service.pop().unwrap().is_none());
+    // Alone once the service is gone.
+    drop(service);
+    spool(&["repair", arg(&dir)]).assert().code(0);
+    spool(&["push", "--dedup-id", "k", arg(&dir), "x"])
+        .assert()
+        .code(0);
+}
+
+#[test]
+fn read_only_commands_find_a_live_shared_queue_clean() {
+    let (_temp, dir, service) = live_queue();
+    // Across several segments, some consumed; spool's own push and pop join in.
+    for seq in 0..100 {
+        service.push(&payload_for(seq)).unwrap();
+    }
+    spool(&["pop", "-n", "30", arg(&dir)]).assert().code(0);
+    spool(&["push", arg(&dir), "from spool"]).assert().code(0);
+    for name in [
+        CONTROL_FILE_NAME,
+        "open.lock",
+        "tail.lock",
+        "consumer.lock",
+        "lock",
+    ] {
+        assert!(dir.join(name).exists(), "{name} is there to be checked");
+    }
+    let check = |dir: &Path, len: u64| {
+        let (report, code) = verify_json(dir);
+        assert_eq!(code, 0, "{report}");
+        assert_eq!(report["clean"], true, "{report}");
+        spool(&["verify", arg(dir)])
+            .assert()
+            .code(0)
+            .stdout(predicate::str::contains("clean: no problems found"));
+        let (code, out, err) = run(&["stat", "--json", arg(dir)]);
+        assert_eq!(code, 0, "{err}");
+        let stat: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(stat["len"], len, "{stat}");
+        assert_eq!(stat["head_seq"], 30, "{stat}");
+        assert_eq!(stat["next_seq"], 101, "{stat}");
+        let (code, out, err) = run(&["inspect", "--json", arg(dir)]);
+        assert_eq!(code, 0, "{err}");
+        let inspect: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(inspect["strays"], serde_json::json!([]), "{inspect}");
+        let (code, out, err) = run(&["inspect", arg(dir)]);
+        assert_eq!(code, 0, "{err}");
+        assert!(!out.contains("stray"), "{out}");
+        let (code, out, _) = run(&["dump", arg(dir)]);
+        assert_eq!(code, 0);
+        assert_eq!(out.lines().count() as u64, len);
+        assert_eq!(out.lines().last(), Some("from spool"));
+    };
+    check(&dir, 71);
+    // The same once the service is gone and its coordination files stay behind.
+    drop(service);
+    check(&dir, 71);
+}
+
+/// Reads a 32-bit word of the queue's control file (zero while there is none).
+fn control_word(dir: &Path, offset: usize) -> u32 {
+    match std::fs::read(dir.join(CONTROL_FILE_NAME)) {
+        Ok(bytes) if bytes.len() >= offset + 4 => {
+            u32::from_ne_bytes(bytes[offset..offset + 4].try_into().unwrap())
+        }
+        _ => 0,
+    }
+}
+
+#[test]
+fn pop_wait_is_woken_by_a_push_of_a_live_producer() {
+    let (_temp, dir, service) = live_queue();
+    // The record is there first: the pop returns it at once.
+    service.push(b"early").unwrap();
+    spool(&["pop", "--wait", "60", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout("early\n");
+    // The pop waits first: it holds the consumer role and sleeps on the control file's futex
+    // word before the service pushes. Its own 60 s is the failure guard: exit 3 if not woken.
+    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("spool"))
+        .args(["pop", "--wait", "60", arg(&dir)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = Instant::now() + Duration::from_secs(60);
+    while control_word(&dir, CONSUMER_PID) != child.id() || control_word(&dir, SLEEPERS) == 0 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "pop --wait ended before the push ({status}): {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(Instant::now() < guard, "pop --wait never started waiting");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    service.push(b"wake").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.stdout, b"wake\n");
+    // Whatever the order, every record was popped once.
+    assert!(service.pop().unwrap().is_none());
+}
+
+#[test]
+fn a_queue_that_cannot_be_shared_yet_is_opened_alone_as_before() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    drop(Queue::open(&dir, options().max_records(100)).unwrap());
+    spool(&["push", arg(&dir), "a", "b", "c"]).assert().code(0);
+    spool(&["pop", arg(&dir)]).assert().code(0).stdout("a\n");
+    spool(&["pop", "--wait", "5", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout("b\n");
+    spool(&["compact", arg(&dir)]).assert().code(0);
+    spool(&["purge", "--yes", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout("purged 1 record(s)\n");
+    assert!(
+        !dir.join(CONTROL_FILE_NAME).exists(),
+        "opened alone, never shared"
+    );
+    // While another process has it open, the refusal says why the command needs it alone.
+    let _held = Queue::open(&dir, options()).unwrap();
+    let pid = std::process::id().to_string();
+    for args in [
+        vec!["push", arg(&dir), "x"],
+        vec!["pop", arg(&dir)],
+        vec!["compact", arg(&dir)],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 4, "spool {args:?}: {err}");
+        assert!(err.contains("settings bound it"), "spool {args:?}: {err}");
+        assert!(err.contains(&pid), "spool {args:?}: {err}");
+    }
+}
