@@ -109,6 +109,12 @@ impl Opening {
         let build_id = crate::engine::clock::now_micros().max(1);
         let control = ControlMapping::build(&path, build_id)
             .map_err(|error| Error::io("build control file", &path, error))?;
+        // The pid an exclusive handle left in `lock` names nobody now: an exclusive open
+        // refused beside the shared handles must not name it.
+        let lock_path = self.dir.join(LOCK_FILE_NAME);
+        self.attached
+            .set_len(0)
+            .map_err(|error| Error::io("clear", &lock_path, error))?;
         let coordination = Coordination::new(self, control)?;
         coordination.store_slot(0, tail);
         coordination.word64(TAIL_GEN).store(0, Ordering::Release);

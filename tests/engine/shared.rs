@@ -144,3 +144,32 @@ fn a_producer_does_not_keep_the_segments_the_consumer_deleted_open() {
         "open files grow with the segments written: {counted:?}"
     );
 }
+
+#[test]
+fn shared_segments_hold_no_space_prepared_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path(), shared(SyncPolicy::Never).segment_size(4096)).unwrap();
+    for seq in 0..100u64 {
+        queue.push(&payload_for(seq)).unwrap();
+    }
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if name.ends_with(".seg") {
+            let len = entry.metadata().unwrap().len();
+            assert!(len <= 4096 + 400, "{name} is {len} bytes");
+        }
+    }
+}
+
+#[test]
+fn an_exclusive_open_refused_beside_shared_handles_names_no_stale_process() {
+    let dir = tempfile::tempdir().unwrap();
+    // An exclusive handle writes its pid into `lock`, and leaves it there when it closes.
+    drop(Queue::open(dir.path(), Options::default()).unwrap());
+    let _shared = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    match Queue::open(dir.path(), Options::default()) {
+        Err(Error::Locked { pid, .. }) => assert_eq!(pid, None, "no stale pid"),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+}

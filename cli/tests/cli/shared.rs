@@ -221,7 +221,7 @@ fn read_only_commands_find_a_live_shared_queue_clean() {
     for name in [
         CONTROL_FILE_NAME,
         "open.lock",
-        "tail.lock",
+        "procs",
         "consumer.lock",
         "lock",
     ] {
