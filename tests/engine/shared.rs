@@ -173,3 +173,27 @@ fn an_exclusive_open_refused_beside_shared_handles_names_no_stale_process() {
         other => panic!("expected Locked, got {other:?}"),
     }
 }
+
+#[test]
+fn a_symlink_planted_where_a_shared_queue_keeps_its_control_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("precious");
+    std::fs::write(&target, b"not yours").unwrap();
+    let queue_dir = dir.path().join("q");
+    drop(Queue::open(&queue_dir, Options::default()).unwrap());
+    for name in ["control", "procs", "consumer.lock", "open.lock"] {
+        let link = queue_dir.join(name);
+        // What an earlier round created in its place goes first.
+        let _ = std::fs::remove_file(&link);
+        let _ = std::fs::remove_dir_all(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let opened = Queue::open(&queue_dir, shared(SyncPolicy::Never)).and_then(|queue| {
+            // The consumer role's lock is only opened by a consumer call.
+            queue.pop().map(|_| queue)
+        });
+        assert!(opened.is_err(), "{name}: a symlink is refused");
+        assert_eq!(std::fs::read(&target).unwrap(), b"not yours", "{name}");
+        std::fs::remove_file(&link).unwrap();
+    }
+}
