@@ -309,7 +309,7 @@ impl Options {
     /// let producer = Queue::open(dir.path(), shared.clone())?;
     /// let consumer = Queue::open(dir.path(), shared)?; // another process would do the same
     /// producer.push(b"job")?;
-    /// assert_eq!(consumer.pop()?.as_deref(), Some(&b"job"[..]));
+    /// assert_eq!(consumer.pop()?.map(|record| record.payload().to_vec()), Some(b"job".to_vec()));
     /// // The consumer role is `consumer`'s now.
     /// assert!(producer.pop().is_err());
     /// # Ok(()) }

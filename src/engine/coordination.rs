@@ -25,14 +25,16 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::control::{
-    ticket, ticket_parts, ARRIVALS, CONSUMER_CLAIMS, CONSUMER_PID, EPOCH_MAX, SLEEPERS, SLOTS,
-    SLOT_COUNT, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
+    ticket, ticket_parts, ARRIVALS, CONSUMER_CLAIMS, CONSUMER_PID, DURABLE_GEN, DURABLE_SLOTS,
+    EPOCH_MAX, POISONED, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK,
+    TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
     CONSUMER_LOCK_FILE_NAME, CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
 };
 use crate::storage::process::{
-    open_lock_file, wait_for_change, wake_all, wake_one, AttachFailure, ControlMapping,
+    create_dir_in_queue, open_lock_file, wait_for_change, wake_all, wake_one, AttachFailure,
+    ControlMapping,
 };
 
 /// A committed end of the log: every frame below `tail` in segment `base` (and every frame of
@@ -116,8 +118,11 @@ impl Opening {
             .set_len(0)
             .map_err(|error| Error::io("clear", &lock_path, error))?;
         let coordination = Coordination::new(self, control)?;
-        coordination.store_slot(0, tail);
+        coordination.store_slot(TAIL_SLOTS, 0, tail);
         coordination.word64(TAIL_GEN).store(0, Ordering::Release);
+        // Recovery made every record durable.
+        coordination.store_slot(DURABLE_SLOTS, 0, tail);
+        coordination.word64(DURABLE_GEN).store(0, Ordering::Release);
         // Shared from now on (no other opener runs while `open.lock` is held).
         let lock_path = coordination.dir.join(LOCK_FILE_NAME);
         coordination
@@ -156,6 +161,8 @@ pub(crate) struct Coordination {
     probes: std::sync::Mutex<std::collections::HashMap<u32, File>>,
     /// The tail generation this handle last caught up with.
     seen_gen: AtomicU64,
+    /// The durable tail generation this handle last published to its readers.
+    seen_durable_gen: AtomicU64,
 }
 
 /// Set in the tail lock word when a handle may be waiting for it.
@@ -177,6 +184,17 @@ pub(crate) struct TailGuard<'a> {
     word: &'a AtomicU32,
 }
 
+/// The sync lock, held: released when dropped.
+pub(crate) struct SyncGuard<'a> {
+    word: &'a AtomicU32,
+}
+
+impl Drop for SyncGuard<'_> {
+    fn drop(&mut self) {
+        self.word.store(0, Ordering::Release);
+    }
+}
+
 impl Drop for TailGuard<'_> {
     fn drop(&mut self) {
         if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
@@ -189,7 +207,8 @@ impl Coordination {
     /// Takes a free slot (under `open.lock`, so no other opener takes it meanwhile).
     fn new(opening: Opening, control: ControlMapping) -> Result<Self> {
         let procs = opening.dir.join(PROCS_DIR_NAME);
-        create_private_dir(&opening.dir, &procs)?;
+        create_dir_in_queue(&procs)
+            .map_err(|error| Error::io("create directory", &procs, error))?;
         let mut taken = None;
         for slot in 0..SLOT_COUNT {
             let path = procs.join(format!("{slot:03}"));
@@ -227,6 +246,7 @@ impl Coordination {
             ticket: ticket(slot, epoch),
             probes: std::sync::Mutex::new(std::collections::HashMap::new()),
             seen_gen: AtomicU64::new(u64::MAX),
+            seen_durable_gen: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -318,31 +338,36 @@ impl Coordination {
         }
     }
 
-    fn store_slot(&self, generation: u64, tail: CommittedTail) {
-        let slot = TAIL_SLOTS + (generation % 2) as usize * TAIL_SLOT_LEN;
+    fn store_slot(&self, slots: usize, generation: u64, tail: CommittedTail) {
+        let slot = slots + (generation % 2) as usize * TAIL_SLOT_LEN;
         self.word64(slot).store(tail.base, Ordering::Relaxed);
         self.word64(slot + 8).store(tail.tail, Ordering::Relaxed);
         self.word64(slot + 16)
             .store(tail.next_seq, Ordering::Relaxed);
     }
 
-    /// The committed tail and its generation. Lock-free: retried while a commit overwrote the
-    /// slot being read (a sequence lock over two slots).
-    pub(crate) fn committed(&self) -> (u64, CommittedTail) {
+    /// A tail (committed or durable) and its generation. Lock-free: retried while a commit
+    /// overwrote the slot being read (a sequence lock over two slots).
+    fn read_tail(&self, generation_at: usize, slots: usize) -> (u64, CommittedTail) {
         loop {
-            let generation = self.word64(TAIL_GEN).load(Ordering::Acquire);
-            let slot = TAIL_SLOTS + (generation % 2) as usize * TAIL_SLOT_LEN;
+            let generation = self.word64(generation_at).load(Ordering::Acquire);
+            let slot = slots + (generation % 2) as usize * TAIL_SLOT_LEN;
             let tail = CommittedTail {
                 base: self.word64(slot).load(Ordering::Relaxed),
                 tail: self.word64(slot + 8).load(Ordering::Relaxed),
                 next_seq: self.word64(slot + 16).load(Ordering::Relaxed),
             };
             fence(Ordering::Acquire);
-            if self.word64(TAIL_GEN).load(Ordering::Relaxed) == generation {
+            if self.word64(generation_at).load(Ordering::Relaxed) == generation {
                 return (generation, tail);
             }
             std::hint::spin_loop();
         }
+    }
+
+    /// The committed tail and its generation.
+    pub(crate) fn committed(&self) -> (u64, CommittedTail) {
+        self.read_tail(TAIL_GEN, TAIL_SLOTS)
     }
 
     /// The committed tail if it moved since this handle last looked.
@@ -354,6 +379,62 @@ impl Coordination {
         let (generation, tail) = self.committed();
         self.seen_gen.store(generation, Ordering::Relaxed);
         Some(tail)
+    }
+
+    /// The published tail: what readers read up to; under `SyncPolicy::Always`, every record
+    /// below it is synced.
+    pub(crate) fn durable(&self) -> CommittedTail {
+        self.read_tail(DURABLE_GEN, DURABLE_SLOTS).1
+    }
+
+    /// The published tail if it moved since this handle last looked.
+    pub(crate) fn durable_if_moved(&self) -> Option<CommittedTail> {
+        let generation = self.word64(DURABLE_GEN).load(Ordering::Acquire);
+        if generation == self.seen_durable_gen.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (generation, tail) = self.read_tail(DURABLE_GEN, DURABLE_SLOTS);
+        self.seen_durable_gen.store(generation, Ordering::Relaxed);
+        Some(tail)
+    }
+
+    /// Publishes a tail to the readers of every process, if it is further on: under the tail
+    /// lock only (by a push under `Never` or `Interval`, by the sync leader under `Always`).
+    pub(crate) fn publish(&self, tail: CommittedTail) {
+        let (generation, durable) = self.read_tail(DURABLE_GEN, DURABLE_SLOTS);
+        if tail.next_seq <= durable.next_seq && tail.base <= durable.base {
+            return;
+        }
+        self.store_slot(DURABLE_SLOTS, generation + 1, tail);
+        self.word64(DURABLE_GEN)
+            .store(generation + 1, Ordering::Release);
+        self.announce();
+    }
+
+    /// Takes the sync lock if it is free or its holder is gone.
+    pub(crate) fn try_lock_sync(&self) -> Option<SyncGuard<'_>> {
+        let word = self.word32(SYNC_LOCK);
+        let current = word.load(Ordering::Relaxed);
+        if (current == 0 || self.is_gone(current))
+            && word
+                .compare_exchange(current, self.ticket, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(SyncGuard { word });
+        }
+        None
+    }
+
+    /// Marks the queue as failed for every handle: a sync failed, and what is on the disk is
+    /// unknown until every handle closed and the next open recovered it.
+    pub(crate) fn poison(&self) {
+        self.word32(POISONED).store(1, Ordering::Release);
+        self.announce();
+    }
+
+    /// Whether a handle's sync failed (see [`poison`](Self::poison)).
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.word32(POISONED).load(Ordering::Acquire) != 0
     }
 
     /// Whether a writer died (or failed) while changing the log past the committed tail.
@@ -375,7 +456,7 @@ impl Coordination {
     /// then the generation, then the dirty mark cleared; wakes the consumers waiting.
     pub(crate) fn commit(&self, tail: CommittedTail) {
         let generation = self.word64(TAIL_GEN).load(Ordering::Relaxed) + 1;
-        self.store_slot(generation, tail);
+        self.store_slot(TAIL_SLOTS, generation, tail);
         self.word64(TAIL_GEN).store(generation, Ordering::Release);
         self.seen_gen.store(generation, Ordering::Relaxed);
         self.clear_dirty();
@@ -429,32 +510,6 @@ impl Coordination {
         let before = self.word64(CONSUMER_CLAIMS).fetch_add(1, Ordering::AcqRel);
         Ok((file, before))
     }
-}
-
-/// Creates the `procs` folder of a shared queue with the queue directory's permissions, and
-/// refuses one that is not a folder (a symbolic link planted there, say).
-fn create_private_dir(queue_dir: &Path, path: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let mode = std::fs::metadata(queue_dir)
-        .map_err(|error| Error::io("stat", queue_dir, error))?
-        .mode()
-        & 0o777;
-    match std::fs::DirBuilder::new().mode(mode).create(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(error) => return Err(Error::io("create directory", path, error)),
-    }
-    let kind = std::fs::symlink_metadata(path)
-        .map_err(|error| Error::io("stat", path, error))?
-        .file_type();
-    if !kind.is_dir() {
-        return Err(Error::io(
-            "open",
-            path,
-            std::io::Error::other("not a directory (refusing to follow it)"),
-        ));
-    }
-    Ok(())
 }
 
 /// The arrivals word of a control mapping.

@@ -442,53 +442,134 @@ impl Log {
         not_before_us: u64,
     ) -> Result<Range<u64>> {
         let batch_len = self.check_batch(env, payloads, not_before_us)?;
-        let mut writer = self.lock_writer();
-        let _tail = coordination.lock_tail();
-        if coordination.is_dirty() {
-            self.repair_tail(env, coordination)?;
+        if coordination.is_poisoned() {
+            return Err(shared_poison());
         }
-        let (_, committed) = coordination.committed();
-        self.catch_up(env, &mut writer, committed)?;
-        if payloads.is_empty() {
-            return Ok(writer.next_seq..writer.next_seq);
-        }
-        // From here until the commit, a death leaves the log past the committed tail: the
-        // next writer cuts it (`repair_tail`).
-        coordination.set_dirty();
-        failpoint::reached("shared.dirty");
-        let base_before = writer.active.base_seq;
-        let written = self.write_locked(
-            env,
-            &mut writer,
-            payloads,
-            not_before_us,
-            batch_len,
-            Bound::Enforced,
-        )?;
-        failpoint::reached("shared.written");
-        if env.options.sync == SyncPolicy::Always {
-            if let Err(error) = writer.file.sync_data() {
-                let error = Error::io("sync segment", &writer.active.path, error);
-                return Err(env.poison(error));
+        let range = {
+            let mut writer = self.lock_writer();
+            let _tail = coordination.lock_tail();
+            if coordination.is_dirty() {
+                self.repair_tail(env, coordination)?;
             }
-            self.push_sync.mark_durable(writer.next_seq);
-            writer.active.publish(writer.tail);
-            self.published_next_seq
-                .fetch_max(writer.next_seq, Ordering::SeqCst);
-            env.arrivals.notify();
+            let (_, committed) = coordination.committed();
+            self.catch_up(env, &mut writer, committed)?;
+            if payloads.is_empty() {
+                return Ok(writer.next_seq..writer.next_seq);
+            }
+            // From here until the commit, a death leaves the log past the committed tail: the
+            // next writer cuts it (`repair_tail`).
+            coordination.set_dirty();
+            failpoint::reached("shared.dirty");
+            let base_before = writer.active.base_seq;
+            let written = self.write_locked(
+                env,
+                &mut writer,
+                payloads,
+                not_before_us,
+                batch_len,
+                Bound::Enforced,
+            )?;
+            failpoint::reached("shared.written");
+            let committed = CommittedTail {
+                base: writer.active.base_seq,
+                tail: writer.tail,
+                next_seq: writer.next_seq,
+            };
+            coordination.commit(committed);
+            if env.options.sync != SyncPolicy::Always {
+                // Readers of every process read up to the published tail: under the policies
+                // that do not sync each push, that is the committed one.
+                coordination.publish(committed);
+            }
+            if writer.active.base_seq != base_before {
+                // Segments the consumer (another process) deleted stay in this handle's map,
+                // with their files open, until it looks: once per roll. Housekeeping only: a
+                // failure is met again at the next roll.
+                let _ = self.forget_deleted_segments(env);
+            }
+            written.range
+        };
+        if env.options.sync == SyncPolicy::Always {
+            // Committed, not yet durable: readers see it once a sync covered it, by whichever
+            // process leads the next one (a group commit across processes).
+            self.wait_durable(env, coordination, range.end)?;
         }
-        coordination.commit(CommittedTail {
-            base: writer.active.base_seq,
-            tail: writer.tail,
-            next_seq: writer.next_seq,
-        });
-        if writer.active.base_seq != base_before {
-            // Segments the consumer (another process) deleted stay in this handle's map, with
-            // their files open, until it looks: once per roll. Housekeeping only: a failure is
-            // met again at the next roll.
-            let _ = self.forget_deleted_segments(env);
+        Ok(range)
+    }
+
+    /// Under `Always`, in a shared queue: returns once every record below `end` is synced.
+    /// Whoever gets the sync lock syncs the active segment for every producer waiting, and
+    /// publishes the tail it covered; the others sleep on the arrivals word until it moved far
+    /// enough (or its holder is gone: then one of them leads).
+    fn wait_durable(&self, env: &Env, coordination: &Coordination, end: u64) -> Result<()> {
+        loop {
+            if coordination.is_poisoned() {
+                return Err(shared_poison());
+            }
+            let seen = coordination.arrivals();
+            let durable = coordination.durable();
+            if durable.next_seq >= end {
+                self.publish_durable(env, durable);
+                return Ok(());
+            }
+            if let Some(_leading) = coordination.try_lock_sync() {
+                let durable = coordination.durable();
+                if durable.next_seq >= end {
+                    self.publish_durable(env, durable);
+                    return Ok(());
+                }
+                failpoint::reached("shared.sync");
+                let covered = match self.sync_committed(env, coordination) {
+                    Ok(covered) => covered,
+                    Err(error) => {
+                        coordination.poison();
+                        return Err(env.poison(error));
+                    }
+                };
+                // Publishers are serialised by the tail lock (a push publishes under it too).
+                let _tail = coordination.lock_tail();
+                coordination.publish(covered);
+                continue;
+            }
+            coordination.wait_for_arrival(seen, SYNC_WAIT);
         }
-        Ok(written.range)
+    }
+
+    /// Syncs the segment the committed tail is in; returns that tail (all below it durable:
+    /// the segments before it were synced when they were sealed).
+    fn sync_committed(&self, env: &Env, coordination: &Coordination) -> Result<CommittedTail> {
+        let (file, path, committed) = {
+            let mut writer = self.lock_writer();
+            let (_, committed) = coordination.committed();
+            if committed.next_seq > writer.next_seq || committed.base > writer.active.base_seq {
+                self.catch_up(env, &mut writer, committed)?;
+            }
+            (
+                writer.file.clone(),
+                writer.active.path.to_path_buf(),
+                committed,
+            )
+        };
+        file.sync_data()
+            .map_err(|error| Error::io("sync segment", path, error))?;
+        Ok(committed)
+    }
+
+    /// Shows readers of this handle the records up to a tail published in `control`.
+    fn publish_durable(&self, env: &Env, durable: CommittedTail) {
+        let segment = self
+            .segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&durable.base)
+            .cloned();
+        if let Some(segment) = segment {
+            segment.publish(durable.tail);
+        }
+        self.push_sync.mark_durable(durable.next_seq);
+        self.published_next_seq
+            .fetch_max(durable.next_seq, Ordering::SeqCst);
+        env.arrivals.notify();
     }
 
     /// Cuts what a writer that died (or failed) under `tail.lock` left past the committed
@@ -538,10 +619,11 @@ impl Log {
     /// Brings this handle's writer and segments up to a tail committed by any process: the
     /// same segment further on, or segments other processes started.
     fn catch_up(&self, env: &Env, writer: &mut Writer, committed: CommittedTail) -> Result<()> {
+        // Readers see only the published tail (`publish_durable`), which a push under `Always`
+        // moves once a sync covered it: nothing is published here.
         if committed.base == writer.active.base_seq {
             if committed.tail != writer.tail || committed.next_seq != writer.next_seq {
                 writer.adopt(committed.tail, committed.next_seq);
-                writer.active.publish(committed.tail);
             }
         } else {
             let (segment, file) = self.adopt_segments(env, committed)?;
@@ -557,10 +639,7 @@ impl Log {
             }
             writer.start_segment(segment.clone(), file, committed.tail);
             writer.adopt(committed.tail, committed.next_seq);
-            segment.publish(committed.tail);
         }
-        self.published_next_seq
-            .fetch_max(committed.next_seq, Ordering::SeqCst);
         Ok(())
     }
 
@@ -583,11 +662,13 @@ impl Log {
                 .map_err(|error| Error::io("open segment", &path, error))?,
         );
         let map_len = env.options.segment_size.max(committed.tail);
+        // Readable once published (`publish_durable`).
+        let readable = SEGMENT_HEADER_LEN as u64;
         let active = Arc::new(Segment::active(
             committed.base,
             path,
             file.clone(),
-            committed.tail,
+            readable,
             map_len,
         ));
         let mut segments = self
@@ -645,20 +726,35 @@ impl Log {
         let Some(coordination) = &env.coordination else {
             return Ok(());
         };
-        let Some(committed) = coordination.committed_if_moved() else {
-            return Ok(());
-        };
-        let mut writer = self.lock_writer();
-        if committed.next_seq <= writer.next_seq && committed.base <= writer.active.base_seq {
-            // This handle's own pushes, committed since the load above: nothing to take up.
-            return Ok(());
+        if let Some(committed) = coordination.committed_if_moved() {
+            let mut writer = self.lock_writer();
+            // Not this handle's own pushes, committed since the load above.
+            if committed.next_seq > writer.next_seq || committed.base > writer.active.base_seq {
+                self.catch_up(env, &mut writer, committed)?;
+            }
         }
-        self.catch_up(env, &mut writer, committed)
+        if let Some(published) = coordination.durable_if_moved() {
+            self.publish_durable(env, published);
+        }
+        Ok(())
     }
 
     /// Every record below this sequence number is synced.
     pub(crate) fn synced_seq(&self) -> u64 {
         self.push_sync.durable()
+    }
+}
+
+/// How long a producer waiting for another process's sync sleeps before it looks whether
+/// that process is gone (then it syncs itself).
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The error of a shared queue whose sync failed in some handle.
+fn shared_poison() -> Error {
+    Error::Poisoned {
+        cause: "a sync failed in a process sharing this queue; close every handle and reopen \
+                it (recovery finds what is on the disk)"
+            .into(),
     }
 }
 

@@ -184,11 +184,12 @@ impl Queue {
                 .map_err(|error| Error::io("open segment", &path, error))?,
         );
         let map_len = options.segment_size.max(committed.tail);
+        // Readable up to the published tail, which the first consumer call takes up.
         let active = Arc::new(Segment::active(
             committed.base,
             path,
             file.clone(),
-            committed.tail,
+            SEGMENT_HEADER_LEN as u64,
             map_len,
         ));
         segments.insert(committed.base, active.clone());

@@ -17,7 +17,13 @@
 //!    140     4  reserved
 //!    144     8  consumer_claims  how often the consumer role was claimed since the build
 //!    152     4  tail_lock     0 free, else (owner ticket << 1) | waiters (a futex word)
-//!    156   868  reserved      zero
+//!    156     4  reserved
+//!    160     8  published_gen commits of the published tail
+//!    168    48  published     two slots as the tail slots: what readers read up to (under
+//!                             `SyncPolicy::Always`, synced)
+//!    216     4  sync_lock     0 free, else the ticket of the handle syncing for all
+//!    220     4  poisoned      non-zero once a sync failed: every handle refuses changes
+//!    224   800  reserved      zero
 //!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
 //!   2048  2048  reserved      zero
 //! ```
@@ -60,6 +66,14 @@ pub const CONSUMER_CLAIMS: usize = 144;
 
 /// Offset of the tail lock word.
 pub const TAIL_LOCK: usize = 152;
+/// Offset of the published tail's commit counter (readers read up to the published tail).
+pub const DURABLE_GEN: usize = 160;
+/// Offset of the two published tail slots, laid out as the tail slots.
+pub const DURABLE_SLOTS: usize = 168;
+/// Offset of the sync lock word: the ticket of the handle syncing for every producer.
+pub const SYNC_LOCK: usize = 216;
+/// Offset of the poisoned word: non-zero once a sync failed.
+pub const POISONED: usize = 220;
 /// Offset of the slot table.
 pub const SLOTS: usize = 1024;
 /// How many handles may have a queue open at once.
@@ -153,12 +167,22 @@ mod tests {
         ] {
             assert_eq!(offset % 8, 0);
         }
-        for offset in [ARRIVALS, SLEEPERS, CONSUMER_PID, TAIL_LOCK, SLOTS] {
+        for offset in [
+            ARRIVALS,
+            SLEEPERS,
+            CONSUMER_PID,
+            TAIL_LOCK,
+            SYNC_LOCK,
+            POISONED,
+            SLOTS,
+        ] {
             assert_eq!(offset % 4, 0);
         }
         const { assert!(TAIL_SLOTS + 2 * TAIL_SLOT_LEN <= ARRIVALS) };
         const { assert!(CONSUMER_CLAIMS + 8 <= TAIL_LOCK) };
-        const { assert!(TAIL_LOCK + 4 <= SLOTS) };
+        const { assert!(TAIL_LOCK + 4 <= DURABLE_GEN) };
+        const { assert!(DURABLE_SLOTS + 2 * TAIL_SLOT_LEN <= SYNC_LOCK) };
+        const { assert!(POISONED + 4 <= SLOTS) };
         const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
     }
 

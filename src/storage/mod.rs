@@ -352,6 +352,51 @@ impl Storage for OsStorage {
     }
 }
 
+/// Creates a folder inside a queue directory with the queue directory's permission bits,
+/// owned (when the process is root) by its owner and group, as the files there are; an existing
+/// one must be a real folder owned by the queue directory's owner. Never through a symbolic
+/// link. The error names the path.
+pub(crate) fn create_dir_like_parent(dir: &Path) -> io::Result<()> {
+    let parent = dir
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let parent_meta = std::fs::metadata(parent).map_err(|error| in_file(parent, error))?;
+    let mode = parent_meta.mode() & 0o777;
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {
+            let created = File::open(dir).map_err(|error| in_file(dir, error))?;
+            rustix::fs::fchmod(&created, rustix::fs::Mode::from_raw_mode(mode))
+                .map_err(|error| in_file(dir, error.into()))?;
+            give_to_owner_of(&created, parent).map_err(|error| in_file(dir, error))?;
+            return Ok(());
+        }
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(in_file(dir, error)),
+    }
+    let found = std::fs::symlink_metadata(dir).map_err(|error| in_file(dir, error))?;
+    if !found.file_type().is_dir() {
+        return Err(in_file(
+            dir,
+            refused(describe(found.file_type()), "a directory"),
+        ));
+    }
+    if found.uid() != parent_meta.uid() {
+        return Err(in_file(
+            dir,
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "is owned by user {}, not by the owner of the directory it is in; refusing \
+                     to use it",
+                    found.uid()
+                ),
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Opens a regular file for reading and writing, creating it (with its directory's permissions)
 /// when it does not exist; never through a symbolic link. The error names the path.
 pub(crate) fn open_or_create_regular(path: &Path) -> io::Result<File> {

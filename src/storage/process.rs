@@ -18,6 +18,11 @@ pub(crate) fn open_lock_file(path: &Path) -> io::Result<File> {
     super::open_or_create_regular(path)
 }
 
+/// Creates a folder of the queue directory (`procs/`): see `create_dir_like_parent`.
+pub(crate) fn create_dir_in_queue(dir: &Path) -> io::Result<()> {
+    super::create_dir_like_parent(dir)
+}
+
 /// The control file, mapped shared.
 pub(crate) struct ControlMapping {
     map: memmap2::MmapMut,

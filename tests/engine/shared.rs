@@ -85,17 +85,19 @@ fn an_exclusive_handle_and_a_shared_one_exclude_each_other() {
 
 #[test]
 fn a_blocked_consumer_wakes_on_another_handles_push() {
-    let dir = tempfile::tempdir().unwrap();
-    let consumer = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
-    assert!(consumer.pop().unwrap().is_none()); // takes the role
-    let producer = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
-    std::thread::scope(|scope| {
-        let waiter = scope.spawn(|| consumer.pop_timeout(Duration::from_secs(30)).unwrap());
-        // Whether the push lands before or after the waiter sleeps, the pop returns it.
-        producer.push(b"wake").unwrap();
-        let record = waiter.join().unwrap().expect("woken by the push");
-        assert_eq!(record.payload(), b"wake");
-    });
+    for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let consumer = Queue::open(dir.path(), shared(sync)).unwrap();
+        assert!(consumer.pop().unwrap().is_none()); // takes the role
+        let producer = Queue::open(dir.path(), shared(sync)).unwrap();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| consumer.pop_timeout(Duration::from_secs(30)).unwrap());
+            // Whether the push lands before or after the waiter sleeps, the pop returns it.
+            producer.push(b"wake").unwrap();
+            let record = waiter.join().unwrap().expect("woken by the push");
+            assert_eq!(record.payload(), b"wake");
+        });
+    }
 }
 
 #[test]
