@@ -111,25 +111,30 @@ impl Opening {
         let build_id = crate::engine::clock::now_micros().max(1);
         let control = ControlMapping::build(&path, build_id)
             .map_err(|error| Error::io("build control file", &path, error))?;
+        // Everything an attacher reads is in place before `open.lock` is released (when `new`
+        // takes the opening): the committed and published tails (recovery made every record
+        // durable), and `lock` held shared.
+        for slots in [TAIL_SLOTS, DURABLE_SLOTS] {
+            control.word64(slots).store(tail.base, Ordering::Relaxed);
+            control
+                .word64(slots + 8)
+                .store(tail.tail, Ordering::Relaxed);
+            control
+                .word64(slots + 16)
+                .store(tail.next_seq, Ordering::Relaxed);
+        }
+        control.word64(TAIL_GEN).store(0, Ordering::Release);
+        control.word64(DURABLE_GEN).store(0, Ordering::Release);
         // The pid an exclusive handle left in `lock` names nobody now: an exclusive open
         // refused beside the shared handles must not name it.
         let lock_path = self.dir.join(LOCK_FILE_NAME);
         self.attached
             .set_len(0)
             .map_err(|error| Error::io("clear", &lock_path, error))?;
-        let coordination = Coordination::new(self, control)?;
-        coordination.store_slot(TAIL_SLOTS, 0, tail);
-        coordination.word64(TAIL_GEN).store(0, Ordering::Release);
-        // Recovery made every record durable.
-        coordination.store_slot(DURABLE_SLOTS, 0, tail);
-        coordination.word64(DURABLE_GEN).store(0, Ordering::Release);
-        // Shared from now on (no other opener runs while `open.lock` is held).
-        let lock_path = coordination.dir.join(LOCK_FILE_NAME);
-        coordination
-            .attached
+        self.attached
             .try_lock_shared()
             .map_err(|error| Error::io("lock", &lock_path, std::io::Error::other(error)))?;
-        Ok(coordination)
+        Coordination::new(self, control)
     }
 
     /// A later opener: maps the `control` file the first one built.
@@ -152,7 +157,7 @@ pub(crate) struct Coordination {
     dir: PathBuf,
     control: Arc<ControlMapping>,
     /// `lock`, held shared for the handle's life.
-    attached: File,
+    _attached: File,
     /// `procs/<slot>`, held for the handle's life: while it is, the handle lives.
     _slot_lock: File,
     /// This handle's ticket (see `format::control`), what the tail lock word names.
@@ -241,7 +246,7 @@ impl Coordination {
         Ok(Coordination {
             dir: opening.dir,
             control,
-            attached: opening.attached,
+            _attached: opening.attached,
             _slot_lock: slot_lock,
             ticket: ticket(slot, epoch),
             probes: std::sync::Mutex::new(std::collections::HashMap::new()),

@@ -68,6 +68,9 @@ pub(crate) struct Writer {
     pub(crate) next_seq: u64,
     /// Bytes `[tail, written_end)` of the file are zeros written by this writer.
     written_end: u64,
+    /// Set when the writer took up a tail another process committed: the file's length is not
+    /// known, so the next trim cuts it to the tail whatever it holds.
+    len_unknown: bool,
     /// The file may be this long (zeros, or the stale bytes of a recycled file, after the tail).
     len_max: u64,
     /// The writable mapping of `[start, end)` of the active file, if any.
@@ -109,6 +112,7 @@ impl Writer {
             tail,
             next_seq,
             written_end: tail,
+            len_unknown: false,
             len_max: tail,
             window: None,
             mapping_enabled: mapped_writes,
@@ -400,10 +404,11 @@ impl Writer {
     /// sealed segment's length is its data's length) and when the queue closes.
     pub(crate) fn trim(&mut self) -> std::io::Result<()> {
         self.window = None;
-        if self.len_max > self.tail {
+        if self.len_max > self.tail || self.len_unknown {
             self.file.set_len(self.tail)?;
             self.written_end = self.tail;
             self.len_max = self.tail;
+            self.len_unknown = false;
         }
         Ok(())
     }
@@ -416,7 +421,9 @@ impl Writer {
         self.tail = tail;
         self.next_seq = next_seq;
         self.written_end = tail;
-        self.len_max = u64::MAX;
+        // Not `len_max`: that would have the written path fill zeros ahead of the tail.
+        self.len_max = tail;
+        self.len_unknown = true;
         self.writeback_from = tail;
     }
 
@@ -435,6 +442,7 @@ impl Writer {
         self.tail = SEGMENT_HEADER_LEN as u64;
         self.written_end = self.tail;
         self.len_max = len.max(self.tail);
+        self.len_unknown = false;
         self.writeback_from = 0;
     }
 }

@@ -150,9 +150,14 @@ fn a_producer_does_not_keep_the_segments_the_consumer_deleted_open() {
 #[test]
 fn shared_segments_hold_no_space_prepared_ahead() {
     let dir = tempfile::tempdir().unwrap();
-    let queue = Queue::open(dir.path(), shared(SyncPolicy::Never).segment_size(4096)).unwrap();
+    let options = shared(SyncPolicy::Never).segment_size(4096);
+    let handles = [
+        Queue::open(dir.path(), options.clone()).unwrap(),
+        Queue::open(dir.path(), options).unwrap(),
+    ];
+    // Alternating: each push takes up the tail the other committed.
     for seq in 0..100u64 {
-        queue.push(&payload_for(seq)).unwrap();
+        handles[seq as usize % 2].push(&payload_for(seq)).unwrap();
     }
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let entry = entry.unwrap();
@@ -197,5 +202,30 @@ fn a_symlink_planted_where_a_shared_queue_keeps_its_control_file_is_refused() {
         assert!(opened.is_err(), "{name}: a symlink is refused");
         assert_eq!(std::fs::read(&target).unwrap(), b"not yours", "{name}");
         std::fs::remove_file(&link).unwrap();
+    }
+}
+
+#[test]
+fn handles_opening_a_new_queue_at_once_all_join_it() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let queue_dir = dir.path().join("q");
+        let pushed: Vec<u64> = std::thread::scope(|scope| {
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let queue = Queue::open(&queue_dir, shared(SyncPolicy::Never)).unwrap();
+                        queue.push(b"hello").unwrap()
+                    })
+                })
+                .collect();
+            openers
+                .into_iter()
+                .map(|opener| opener.join().unwrap())
+                .collect()
+        });
+        let mut sorted = pushed.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 2, 3], "{pushed:?}");
     }
 }
