@@ -173,6 +173,9 @@ pub(crate) struct Coordination {
 /// Set in the tail lock word when a handle may be waiting for it.
 const WAITERS: u32 = 1;
 
+/// How long a waiter looks at the arrivals word before it sleeps on it.
+const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(20);
+
 /// How long a waiter for the tail lock sleeps before it looks whether the holder died.
 const HOLDER_CHECK: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -457,15 +460,15 @@ impl Coordination {
         self.word64(TAIL_DIRTY).store(0, Ordering::Release);
     }
 
-    /// Commits a new tail (under `tail.lock`): the slot the current generation does not use,
-    /// then the generation, then the dirty mark cleared; wakes the consumers waiting.
+    /// Commits a new tail (under the tail lock): the slot the current generation does not use,
+    /// then the generation, then the dirty mark cleared. Readers wait for [`publish`]
+    /// (Self::publish), which wakes them.
     pub(crate) fn commit(&self, tail: CommittedTail) {
         let generation = self.word64(TAIL_GEN).load(Ordering::Relaxed) + 1;
         self.store_slot(TAIL_SLOTS, generation, tail);
         self.word64(TAIL_GEN).store(generation, Ordering::Release);
         self.seen_gen.store(generation, Ordering::Relaxed);
         self.clear_dirty();
-        self.announce();
     }
 
     /// Moves the arrivals word and wakes the processes waiting on it.
@@ -484,8 +487,17 @@ impl Coordination {
         arrivals_in(&self.control)
     }
 
-    /// Sleeps until a process commits after `seen` was read, or `timeout`.
+    /// Sleeps until a process publishes after `seen` was read, or `timeout`. Looks at the word
+    /// for a few microseconds first: a producer that publishes meanwhile then pays no wake-up
+    /// system call, and this thread no sleep.
     pub(crate) fn wait_for_arrival(&self, seen: u32, timeout: std::time::Duration) {
+        let spin_until = std::time::Instant::now() + SPIN_BEFORE_SLEEP.min(timeout);
+        while std::time::Instant::now() < spin_until {
+            if self.arrivals() != seen {
+                return;
+            }
+            std::hint::spin_loop();
+        }
         wait_for_arrival_in(&self.control, seen, timeout);
     }
 
