@@ -26,8 +26,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::control::{
     ticket, ticket_parts, ARRIVALS, CONSUMER_CLAIMS, CONSUMER_PID, DURABLE_GEN, DURABLE_SLOTS,
-    EPOCH_MAX, POISONED, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK,
-    TAIL_SLOTS, TAIL_SLOT_LEN,
+    EPOCH_MAX, POISONED, REPAIRS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN,
+    TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
     CONSUMER_LOCK_FILE_NAME, CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
@@ -455,9 +455,19 @@ impl Coordination {
         self.word64(TAIL_DIRTY).store(1, Ordering::Release);
     }
 
-    /// Clears the mark after a repair; under `tail.lock` only.
+    /// Clears the mark after a repair; under the tail lock only.
     pub(crate) fn clear_dirty(&self) {
         self.word64(TAIL_DIRTY).store(0, Ordering::Release);
+    }
+
+    /// Counts a repair of the tail (under the tail lock): every writer drops its mapping.
+    pub(crate) fn count_repair(&self) {
+        self.word32(REPAIRS).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Repairs of the tail so far (see [`count_repair`](Self::count_repair)).
+    pub(crate) fn repairs(&self) -> u32 {
+        self.word32(REPAIRS).load(Ordering::Acquire)
     }
 
     /// Commits a new tail (under the tail lock): the slot the current generation does not use,

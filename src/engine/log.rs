@@ -452,6 +452,14 @@ impl Log {
                 self.repair_tail(env, coordination)?;
             }
             let (_, committed) = coordination.committed();
+            let repairs = coordination.repairs();
+            if writer.seen_repairs != repairs {
+                // A repair may have cut the file under this writer's mapping of it (a store
+                // there would be a SIGBUS): start again from the committed tail.
+                writer.seen_repairs = repairs;
+                let (tail, next_seq) = (writer.tail, writer.next_seq);
+                writer.adopt(tail, next_seq);
+            }
             self.catch_up(env, &mut writer, committed)?;
             if payloads.is_empty() {
                 return Ok(writer.next_seq..writer.next_seq);
@@ -612,6 +620,7 @@ impl Log {
             file.set_len(committed.tail)
                 .map_err(|error| env.poison(Error::io("cut torn tail", &path, error)))?;
         }
+        coordination.count_repair();
         coordination.clear_dirty();
         Ok(())
     }

@@ -198,8 +198,8 @@ impl Queue {
             file,
             committed.tail,
             committed.next_seq,
-            false,
-            false,
+            options.mapped_writes,
+            options.sync == SyncPolicy::Always,
         );
         writer.adopt(committed.tail, committed.next_seq);
         Ok(Log::new(segments, writer, Vec::new(), BTreeMap::new()))
@@ -239,16 +239,13 @@ impl Queue {
         recovered
             .acklog
             .defer_writes(options.sync == SyncPolicy::Always);
-        // A shared queue's writers append with `pwrite` only: no zeros ahead of the tail
-        // (another process appends there) and no writable mapping.
-        let alone = options.exclusive;
         let writer = Writer::new(
             recovered.active,
             recovered.active_file,
             recovered.tail,
             recovered.next_seq,
-            options.mapped_writes && alone,
-            options.sync == SyncPolicy::Always && alone,
+            options.mapped_writes,
+            options.sync == SyncPolicy::Always,
         );
         let reader = Reader {
             cursor: Cursor::new(

@@ -68,6 +68,9 @@ pub(crate) struct Writer {
     pub(crate) next_seq: u64,
     /// Bytes `[tail, written_end)` of the file are zeros written by this writer.
     written_end: u64,
+    /// A shared queue: the count of tail repairs this writer has taken into account (see
+    /// `Coordination::repairs`).
+    pub(crate) seen_repairs: u32,
     /// Set when the writer took up a tail another process committed: the file's length is not
     /// known, so the next trim cuts it to the tail whatever it holds.
     len_unknown: bool,
@@ -112,6 +115,7 @@ impl Writer {
             tail,
             next_seq,
             written_end: tail,
+            seen_repairs: 0,
             len_unknown: false,
             len_max: tail,
             window: None,

@@ -23,7 +23,8 @@
 //!                             `SyncPolicy::Always`, synced)
 //!    216     4  sync_lock     0 free, else the ticket of the handle syncing for all
 //!    220     4  poisoned      non-zero once a sync failed: every handle refuses changes
-//!    224   800  reserved      zero
+//!    224     4  repairs       bumped by each repair of the tail (writers drop their mappings)
+//!    228   796  reserved      zero
 //!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
 //!   2048  2048  reserved      zero
 //! ```
@@ -74,6 +75,9 @@ pub const DURABLE_SLOTS: usize = 168;
 pub const SYNC_LOCK: usize = 216;
 /// Offset of the poisoned word: non-zero once a sync failed.
 pub const POISONED: usize = 220;
+/// Offset of the count of tail repairs: a writer that sees it move drops its writable
+/// mapping of the active segment, which a repair may have cut short.
+pub const REPAIRS: usize = 224;
 /// Offset of the slot table.
 pub const SLOTS: usize = 1024;
 /// How many handles may have a queue open at once.
@@ -182,7 +186,8 @@ mod tests {
         const { assert!(CONSUMER_CLAIMS + 8 <= TAIL_LOCK) };
         const { assert!(TAIL_LOCK + 4 <= DURABLE_GEN) };
         const { assert!(DURABLE_SLOTS + 2 * TAIL_SLOT_LEN <= SYNC_LOCK) };
-        const { assert!(POISONED + 4 <= SLOTS) };
+        const { assert!(POISONED + 4 <= REPAIRS) };
+        const { assert!(REPAIRS + 4 <= SLOTS) };
         const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
     }
 

@@ -148,7 +148,7 @@ fn a_producer_does_not_keep_the_segments_the_consumer_deleted_open() {
 }
 
 #[test]
-fn shared_segments_hold_no_space_prepared_ahead() {
+fn shared_segments_stay_within_their_size_whoever_writes_them() {
     let dir = tempfile::tempdir().unwrap();
     let options = shared(SyncPolicy::Never).segment_size(4096);
     let handles = [
