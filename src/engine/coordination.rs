@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::control::{
     ticket, ticket_parts, ARRIVALS, CONSUMER_CLAIMS, CONSUMER_PID, DURABLE_GEN, DURABLE_SLOTS,
-    EPOCH_MAX, POISONED, REPAIRS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN,
+    EPOCH_MAX, POISONED, PREPARED_BASE, PREPARED_END, REPAIRS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN,
     TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
@@ -458,6 +458,20 @@ impl Coordination {
     /// Clears the mark after a repair; under the tail lock only.
     pub(crate) fn clear_dirty(&self) {
         self.word64(TAIL_DIRTY).store(0, Ordering::Release);
+    }
+
+    /// Where the zeros written ahead of the tail of segment `base` end, if a writer recorded
+    /// it (under the tail lock only).
+    pub(crate) fn prepared_end(&self, base: u64) -> Option<u64> {
+        (self.word64(PREPARED_BASE).load(Ordering::Relaxed) == base)
+            .then(|| self.word64(PREPARED_END).load(Ordering::Relaxed))
+    }
+
+    /// Records where the zeros written ahead of the tail of segment `base` end (under the
+    /// tail lock only).
+    pub(crate) fn set_prepared_end(&self, base: u64, end: u64) {
+        self.word64(PREPARED_BASE).store(base, Ordering::Relaxed);
+        self.word64(PREPARED_END).store(end, Ordering::Relaxed);
     }
 
     /// Counts a repair of the tail (under the tail lock): every writer drops its mapping.

@@ -461,6 +461,9 @@ impl Log {
                 writer.adopt(tail, next_seq);
             }
             self.catch_up(env, &mut writer, committed)?;
+            if let Some(end) = coordination.prepared_end(writer.active.base_seq) {
+                writer.adopt_prepared(end);
+            }
             if payloads.is_empty() {
                 return Ok(writer.next_seq..writer.next_seq);
             }
@@ -483,6 +486,7 @@ impl Log {
                 tail: writer.tail,
                 next_seq: writer.next_seq,
             };
+            coordination.set_prepared_end(writer.active.base_seq, writer.prepared_end());
             coordination.commit(committed);
             if env.options.sync != SyncPolicy::Always {
                 // Readers of every process read up to the published tail: under the policies
@@ -620,6 +624,8 @@ impl Log {
             file.set_len(committed.tail)
                 .map_err(|error| env.poison(Error::io("cut torn tail", &path, error)))?;
         }
+        // The zeros ahead went with the cut.
+        coordination.set_prepared_end(committed.base, committed.tail);
         coordination.count_repair();
         coordination.clear_dirty();
         Ok(())

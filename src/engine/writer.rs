@@ -431,6 +431,21 @@ impl Writer {
         self.writeback_from = tail;
     }
 
+    /// Where the zeros written ahead of the tail end (a shared queue records it in `control`,
+    /// so that the next writer does not write them again).
+    pub(crate) fn prepared_end(&self) -> u64 {
+        self.written_end.max(self.tail)
+    }
+
+    /// Takes up zeros another process wrote ahead of this writer's tail, up to `end` (after
+    /// [`adopt`](Writer::adopt); the file is at least that long).
+    pub(crate) fn adopt_prepared(&mut self, end: u64) {
+        if end > self.written_end {
+            self.written_end = end;
+            self.len_max = self.len_max.max(end);
+        }
+    }
+
     /// Switches to a new segment whose file is `len` bytes long: its header, then nothing (a
     /// fresh file) or the stale bytes of a recycled one, which are overwritten with zeros a
     /// window at a time ahead of the tail and cut off when the segment is sealed.

@@ -24,7 +24,10 @@
 //!    216     4  sync_lock     0 free, else the ticket of the handle syncing for all
 //!    220     4  poisoned      non-zero once a sync failed: every handle refuses changes
 //!    224     4  repairs       bumped by each repair of the tail (writers drop their mappings)
-//!    228   796  reserved      zero
+//!    228     4  reserved
+//!    232     8  prepared_base the segment `prepared_end` is about
+//!    240     8  prepared_end  zeros were written ahead of the tail up to here (writers only)
+//!    248   776  reserved      zero
 //!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
 //!   2048  2048  reserved      zero
 //! ```
@@ -78,6 +81,11 @@ pub const POISONED: usize = 220;
 /// Offset of the count of tail repairs: a writer that sees it move drops its writable
 /// mapping of the active segment, which a repair may have cut short.
 pub const REPAIRS: usize = 224;
+/// Offset of the base of the segment whose prepared zeros `PREPARED_END` gives.
+pub const PREPARED_BASE: usize = 232;
+/// Offset of the end of the zeros written ahead of the committed tail, read and written under
+/// the tail lock only: a writer that takes up another's tail does not write them again.
+pub const PREPARED_END: usize = 240;
 /// Offset of the slot table.
 pub const SLOTS: usize = 1024;
 /// How many handles may have a queue open at once.
@@ -187,7 +195,8 @@ mod tests {
         const { assert!(TAIL_LOCK + 4 <= DURABLE_GEN) };
         const { assert!(DURABLE_SLOTS + 2 * TAIL_SLOT_LEN <= SYNC_LOCK) };
         const { assert!(POISONED + 4 <= REPAIRS) };
-        const { assert!(REPAIRS + 4 <= SLOTS) };
+        const { assert!(REPAIRS + 4 <= PREPARED_BASE) };
+        const { assert!(PREPARED_END + 8 <= SLOTS) };
         const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
     }
 
