@@ -26,8 +26,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::control::{
     ticket, ticket_parts, ARRIVALS, CONSUMER_CLAIMS, CONSUMER_PID, DURABLE_GEN, DURABLE_SLOTS,
-    EPOCH_MAX, POISONED, PREPARED_BASE, PREPARED_END, REPAIRS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN,
-    TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
+    EPOCH_MAX, INSIDE, POISONED, PREPARED_BASE, PREPARED_END, REPAIRS, SLEEPERS, SLOTS, SLOT_COUNT,
+    SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
     CONSUMER_LOCK_FILE_NAME, CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
@@ -190,6 +190,17 @@ impl std::fmt::Debug for Coordination {
 /// The tail lock, held: released when dropped.
 pub(crate) struct TailGuard<'a> {
     word: &'a AtomicU32,
+}
+
+/// A producer counted in `inside` until dropped.
+pub(crate) struct Inside<'a> {
+    word: &'a AtomicU32,
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.word.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The sync lock, held: released when dropped.
@@ -472,6 +483,20 @@ impl Coordination {
     pub(crate) fn set_prepared_end(&self, base: u64, end: u64) {
         self.word64(PREPARED_BASE).store(base, Ordering::Relaxed);
         self.word64(PREPARED_END).store(end, Ordering::Relaxed);
+    }
+
+    /// Announces a producer on its way to a commit under `Always`, until the guard is dropped:
+    /// a sync leader waits a little for it, so that one sync covers both (a process killed
+    /// meanwhile leaves the count one too high, which costs each later leader that wait).
+    pub(crate) fn enter_push(&self) -> Inside<'_> {
+        let word = self.word32(INSIDE);
+        word.fetch_add(1, Ordering::SeqCst);
+        Inside { word }
+    }
+
+    /// Producers between their start and their commit (see [`enter_push`](Self::enter_push)).
+    pub(crate) fn inside(&self) -> u32 {
+        self.word32(INSIDE).load(Ordering::SeqCst)
     }
 
     /// Counts a repair of the tail (under the tail lock): every writer drops its mapping.

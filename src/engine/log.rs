@@ -61,6 +61,8 @@ pub(crate) struct Log {
     retired: RwLock<BTreeMap<u64, u64>>,
     /// The next sequence number at open: pushes since open are counted by the distance to it.
     opened_next_seq: u64,
+    /// How long the last sync this handle led for a shared queue took, in µs.
+    last_shared_sync_us: AtomicU64,
 }
 
 impl Log {
@@ -80,6 +82,7 @@ impl Log {
             compact_lock: Mutex::new(()),
             retired: RwLock::new(retired),
             opened_next_seq: next_seq,
+            last_shared_sync_us: AtomicU64::new(0),
         }
     }
 
@@ -445,7 +448,10 @@ impl Log {
         if coordination.is_poisoned() {
             return Err(shared_poison());
         }
+        let always = env.options.sync == SyncPolicy::Always;
         let range = {
+            // Counted until the commit: a sync leader waits a little for this batch.
+            let _inside = always.then(|| coordination.enter_push());
             let mut writer = self.lock_writer();
             let _tail = coordination.lock_tail();
             if coordination.is_dirty() {
@@ -531,7 +537,19 @@ impl Log {
                     return Ok(());
                 }
                 failpoint::reached("shared.sync");
-                let covered = match self.sync_committed(env, coordination) {
+                // Gather: producers on their way to a commit are worth waiting for, up to half
+                // a sync (the sync costs more than the wait).
+                let gather_until = std::time::Instant::now() + self.gather_bound();
+                while coordination.inside() > 0 && std::time::Instant::now() < gather_until {
+                    std::thread::yield_now();
+                }
+                let began = std::time::Instant::now();
+                let synced = self.sync_committed(env, coordination);
+                self.last_shared_sync_us.store(
+                    u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+                let covered = match synced {
                     Ok(covered) => covered,
                     Err(error) => {
                         coordination.poison();
@@ -545,6 +563,13 @@ impl Log {
             }
             coordination.wait_for_arrival(seen, SYNC_WAIT);
         }
+    }
+
+    /// How long a sync leader waits for producers still on their way to a commit: half the
+    /// last sync this handle led, at most `GATHER_MAX`.
+    fn gather_bound(&self) -> std::time::Duration {
+        let half = self.last_shared_sync_us.load(Ordering::Relaxed) / 2;
+        std::time::Duration::from_micros(half).min(GATHER_MAX)
     }
 
     /// Syncs the segment the committed tail is in; returns that tail (all below it durable:
@@ -763,6 +788,9 @@ impl Log {
 /// How long a producer waiting for another process's sync sleeps before it looks whether
 /// that process is gone (then it syncs itself).
 const SYNC_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The longest a sync leader of a shared queue waits for producers on their way to a commit.
+const GATHER_MAX: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The error of a shared queue whose sync failed in some handle.
 fn shared_poison() -> Error {

@@ -24,7 +24,8 @@
 //!    216     4  sync_lock     0 free, else the ticket of the handle syncing for all
 //!    220     4  poisoned      non-zero once a sync failed: every handle refuses changes
 //!    224     4  repairs       bumped by each repair of the tail (writers drop their mappings)
-//!    228     4  reserved
+//!    228     4  inside        producers between their start and their commit under `Always`
+//!                             (a hint for the sync leader, which waits a little for them)
 //!    232     8  prepared_base the segment `prepared_end` is about
 //!    240     8  prepared_end  zeros were written ahead of the tail up to here (writers only)
 //!    248   776  reserved      zero
@@ -81,6 +82,8 @@ pub const POISONED: usize = 220;
 /// Offset of the count of tail repairs: a writer that sees it move drops its writable
 /// mapping of the active segment, which a repair may have cut short.
 pub const REPAIRS: usize = 224;
+/// Offset of the count of producers inside a push under `Always` (a group-commit hint).
+pub const INSIDE: usize = 228;
 /// Offset of the base of the segment whose prepared zeros `PREPARED_END` gives.
 pub const PREPARED_BASE: usize = 232;
 /// Offset of the end of the zeros written ahead of the committed tail, read and written under
