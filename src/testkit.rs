@@ -52,22 +52,28 @@ fn assert_frame_valid(bytes: &[u8], offset: usize, seq: u64, found: &frame::Deco
         crc32fast::hash(&bytes[offset + 4..end]),
         "frame at {offset} accepted with a bad checksum"
     );
-    assert_eq!(found.payload, FRAME_HEADER_LEN..end - offset);
+    let prefix_len = found.header.prefix_len();
+    assert_eq!(found.payload, FRAME_HEADER_LEN + prefix_len..end - offset);
 }
 
 /// Fuzz target `segment_decode`: `data` as a segment file. Decodes the header; walks the frames
 /// from the header's base sequence number (or, when the header is invalid, from the one in the
-/// first 8 bytes, so that the frame decoder is reached without a valid header); searches for a
-/// later frame after damage. No panic, every frame valid, the walk ends.
+/// first 8 bytes, so that the frame decoder is reached without a valid header, by the rules of
+/// the version the low bit of byte 8 picks, 2 or 3); searches for a later frame after damage.
+/// No panic, every frame valid, the walk ends.
 pub fn check_segment_decode(data: &[u8]) {
-    let base = match segment::decode_header(data) {
-        Ok(base) => base,
-        Err(_) => u64_prefix(data),
+    let (base, rules) = match segment::decode_header(data) {
+        Ok(header) => (header.base_seq, header.rules),
+        Err(_) if data.get(8).is_some_and(|byte| byte & 1 == 0) => {
+            (u64_prefix(data), frame::FrameRules::V2)
+        }
+        Err(_) => (u64_prefix(data), frame::FrameRules::CURRENT),
     };
+    let rules = rules.with_payload_len_max(PAYLOAD_LEN_LIMIT);
     let mut expected = base;
     let mut last_end = SEGMENT_HEADER_LEN;
     let mut steps = 0usize;
-    for step in walk_frames(data, SEGMENT_HEADER_LEN, base, PAYLOAD_LEN_LIMIT) {
+    for step in walk_frames(data, SEGMENT_HEADER_LEN, base, rules) {
         steps += 1;
         assert!(steps <= data.len() / FRAME_ALIGN + 1, "walk does not end");
         match step {
@@ -84,15 +90,12 @@ pub fn check_segment_decode(data: &[u8]) {
             } => {
                 assert_eq!(offset as usize, last_end);
                 assert_eq!(expected_seq, expected);
-                if let Some((later, seq)) = segment::find_later_frame(
-                    data,
-                    offset as usize,
-                    expected_seq,
-                    PAYLOAD_LEN_LIMIT,
-                ) {
+                if let Some((later, seq)) =
+                    segment::find_later_frame(data, offset as usize, expected_seq, rules)
+                {
                     assert!(later > offset, "later frame is not later");
                     let at = &data[later as usize..];
-                    let found = frame::decode(at, seq, PAYLOAD_LEN_LIMIT);
+                    let found = frame::decode(at, seq, rules);
                     assert!(found.is_ok(), "find_later_frame returned an invalid frame");
                 }
             }

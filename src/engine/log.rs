@@ -17,7 +17,7 @@ use crate::engine::sync::{lock, SyncGroup};
 use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::acklog::check_next_base;
-use crate::format::frame;
+use crate::format::frame::{self, BodyPrefix};
 use crate::format::segment::SequenceBreak;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::options::SyncPolicy;
@@ -181,9 +181,9 @@ impl Log {
         &self,
         env: &Env,
         payloads: &[&[u8]],
-        not_before_us: u64,
+        prefix: BodyPrefix,
     ) -> Result<Range<u64>> {
-        let batch_len = self.check_batch(env, payloads, not_before_us)?;
+        let batch_len = self.check_batch(env, payloads, prefix)?;
         let always = env.options.sync == SyncPolicy::Always;
         // Announced to the group commit, so that a leader lets this push join its sync.
         let _entered = always.then(|| self.push_sync.enter());
@@ -196,7 +196,7 @@ impl Log {
                 env,
                 &mut writer,
                 payloads,
-                not_before_us,
+                prefix,
                 batch_len,
                 Bound::Enforced,
             )?
@@ -209,12 +209,21 @@ impl Log {
     pub(crate) fn push_one(&self, env: &Env, payload: &[u8]) -> Result<u64> {
         let payloads = std::slice::from_ref(&payload);
         if env.options.sync == SyncPolicy::Always {
-            return self.push_batch(env, payloads, 0).map(|range| range.start);
+            return self
+                .push_batch(env, payloads, BodyPrefix::NONE)
+                .map(|range| range.start);
         }
-        let frame_len = self.check_batch(env, payloads, 0)?;
+        let frame_len = self.check_batch(env, payloads, BodyPrefix::NONE)?;
         let mut writer = self.lock_writer();
         let seq = writer.next_seq;
-        self.write_locked(env, &mut writer, payloads, 0, frame_len, Bound::Enforced)?;
+        self.write_locked(
+            env,
+            &mut writer,
+            payloads,
+            BodyPrefix::NONE,
+            frame_len,
+            Bound::Enforced,
+        )?;
         Ok(seq)
     }
 
@@ -223,7 +232,7 @@ impl Log {
         &self,
         env: &Env,
         payloads: &[&[u8]],
-        not_before_us: u64,
+        prefix: BodyPrefix,
     ) -> Result<u64> {
         env.check_poisoned()?;
         let max = env.options.get_max_record_size();
@@ -235,7 +244,7 @@ impl Log {
                     max,
                 });
             }
-            let body_len = frame::body_len(payload.len(), not_before_us != 0);
+            let body_len = frame::body_len(payload.len(), prefix);
             batch_len += frame::frame_len(body_len) as u64;
         }
         if batch_len > env.options.segment_room() {
@@ -259,7 +268,7 @@ impl Log {
         env: &Env,
         writer: &mut Writer,
         payloads: &[&[u8]],
-        not_before_us: u64,
+        prefix: BodyPrefix,
         batch_len: u64,
         bound: Bound,
     ) -> Result<Written> {
@@ -291,7 +300,7 @@ impl Log {
             payloads,
             batch_len,
             enqueued_us,
-            not_before_us,
+            prefix,
             env.options.segment_size,
         );
         if let Err(failure) = appended {

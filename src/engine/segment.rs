@@ -5,13 +5,16 @@ use std::ffi::OsStr;
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
+use crate::format::frame::FrameRules;
 use crate::format::layout::segment_file_name;
-use crate::format::segment::{decode_header, header_error, walk_headers, SEGMENT_HEADER_LEN};
+use crate::format::segment::{
+    decode_header, header_error, walk_headers, FORMAT_VERSION, SEGMENT_HEADER_LEN,
+};
 use crate::storage::{Mapping, Storage, StorageFile};
 
 /// A segment file's path. For the sealed segments found at open it is joined from the queue
@@ -86,6 +89,10 @@ pub(crate) struct Segment {
     inner: Mutex<SegmentFiles>,
     /// Once sealed and counted (see [`Segment::delayed_frames`]).
     delayed: OnceLock<DelayedFrames>,
+    /// The format version in the segment's header, which says how its frames are read: the
+    /// current one for a segment this build created, the header's once opened (sealed segments
+    /// of format version 2 stay readable).
+    version: AtomicU16,
 }
 
 /// The delayed frames of a sealed segment, counted once from its frame headers.
@@ -123,6 +130,7 @@ impl Segment {
             map_len: AtomicU64::new(0),
             inner: Mutex::new(SegmentFiles::default()),
             delayed: OnceLock::new(),
+            version: AtomicU16::new(FORMAT_VERSION),
         }
     }
 
@@ -145,6 +153,7 @@ impl Segment {
                 view: None,
             }),
             delayed: OnceLock::new(),
+            version: AtomicU16::new(FORMAT_VERSION),
         }
     }
 
@@ -168,9 +177,10 @@ impl Segment {
             bytes,
             SEGMENT_HEADER_LEN,
             self.base_seq,
-            |header, not_before_us| {
-                if not_before_us != 0 {
-                    delayed.push((header.seq, not_before_us));
+            self.rules(),
+            |header, prefix| {
+                if prefix.not_before_us != 0 {
+                    delayed.push((header.seq, prefix.not_before_us));
                 }
             },
         );
@@ -178,6 +188,17 @@ impl Segment {
             frames: delayed,
             after,
         })))
+    }
+
+    /// How the segment's frames are read (the rules of the format version in its header).
+    #[inline]
+    pub(crate) fn rules(&self) -> FrameRules {
+        FrameRules::for_version(self.version.load(Ordering::Acquire)).unwrap_or(FrameRules::CURRENT)
+    }
+
+    /// Records the format version read from the segment's header.
+    pub(crate) fn set_rules(&self, rules: FrameRules) {
+        self.version.store(rules.version(), Ordering::Release);
     }
 
     pub(crate) fn readable_end(&self) -> u64 {
@@ -222,7 +243,9 @@ impl Segment {
         let available = len.min(SEGMENT_HEADER_LEN as u64) as usize;
         file.read_exact_at(&mut header[..available], 0)
             .map_err(|error| Error::io("read segment header", &self.path, error))?;
-        let base = decode_header(&header[..available]).map_err(|e| header_error(&self.path, e))?;
+        let decoded =
+            decode_header(&header[..available]).map_err(|e| header_error(&self.path, e))?;
+        let base = decoded.base_seq;
         if base != self.base_seq {
             return Err(Error::corrupt(
                 &self.path,
@@ -233,6 +256,7 @@ impl Segment {
                 ),
             ));
         }
+        self.set_rules(decoded.rules);
         self.map_len.store(len, Ordering::Release);
         self.readable_end.store(len, Ordering::Release);
         files.file = Some(Arc::from(file));
