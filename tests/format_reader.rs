@@ -72,7 +72,11 @@ fn frame_at(bytes: &[u8], o: usize, s: u64) -> Result<Checked, String> {
     if n < prefix {
         return Err(format!("short prefix at {o}"));
     }
-    let ttl = if has_ttl { u64_at(rest, 24 + prefix - 8) } else { 0 };
+    let ttl = if has_ttl {
+        u64_at(rest, 24 + prefix - 8)
+    } else {
+        0
+    };
     let frame_len = (24 + n).div_ceil(8) * 8;
     Ok((
         frame_len,
@@ -308,7 +312,12 @@ fn dumped(dir: &Path) -> Shown {
         .unwrap()
         .map(|record| {
             let record = record.unwrap();
-            (record.seq, record.enqueued_us, record.ttl_us, record.payload)
+            (
+                record.seq,
+                record.enqueued_us,
+                record.ttl_us,
+                record.payload,
+            )
         })
         .collect();
     Shown {

@@ -26,4 +26,5 @@ mod process_kill;
 mod quarantine;
 mod settings;
 mod torn_tail;
+mod ttl;
 mod typed;
