@@ -21,7 +21,7 @@ use crate::format::layout::SETTINGS_FILE_NAME;
 use crate::format::layout::{parse_segment_file_name, segment_file_name};
 use crate::format::segment::{
     check_oldest_base, classify_stop, decode_header, encode_header, header_error, locate_seq,
-    walk_frames, LocateError, StopKind, WalkStep, SEGMENT_HEADER_LEN,
+    walk_frames, LocateError, SegmentHeader, StopKind, WalkStep, SEGMENT_HEADER_LEN,
 };
 use crate::format::settings::QueueSettings;
 use crate::options::policy_bits;
@@ -369,13 +369,15 @@ fn recover_active(
     let kind = stop.as_ref().map(|(offset, expected_seq, error)| {
         classify_stop(
             bytes,
-            base,
+            SegmentHeader {
+                base_seq: base,
+                rules,
+            },
             *offset,
             *expected_seq,
             error,
             complete_next_seq,
             synced_seq,
-            rules,
         )
     });
     let free_space = kind == Some(StopKind::FreeSpace);

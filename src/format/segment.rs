@@ -429,10 +429,11 @@ impl StopKind {
 
 /// Classifies the bytes where a walk stopped: at `offset` (an offset in `bytes`, the segment's
 /// bytes from its start), where sequence `expected_seq` was expected and `error` was found, in
-/// a segment whose base is `base`. `complete_next_seq` is the sequence number after the last
+/// a segment whose header is `header` (its base, and the rules its frames are read by).
+/// `complete_next_seq` is the sequence number after the last
 /// complete batch before the stop (what a cut there keeps) and `synced_seq` the head index's
 /// `synced_seq` (every record below it was synced; 0 when unknown). Pass `u64::MAX` for a
-/// sealed segment, which was synced whole. `rules`: how the segment's frames are read.
+/// sealed segment, which was synced whole.
 ///
 /// The rule: a valid frame of this segment further on ([`find_later_frame`]) makes the stop
 /// [`Damage`](StopKind::Damage) when records the cut would remove were synced
@@ -440,14 +441,17 @@ impl StopKind {
 /// is [`FreeSpace`](StopKind::FreeSpace) or a [`TornWrite`](StopKind::TornWrite).
 pub fn classify_stop(
     bytes: &[u8],
-    base: u64,
+    header: SegmentHeader,
     offset: u64,
     expected_seq: u64,
     error: &FrameError,
     complete_next_seq: u64,
     synced_seq: u64,
-    rules: FrameRules,
 ) -> StopKind {
+    let SegmentHeader {
+        base_seq: base,
+        rules,
+    } = header;
     let at = usize::try_from(offset).unwrap_or(usize::MAX);
     // An all-zero tail cannot hide a later frame: skip the search.
     let later = if is_zero_tail(bytes, at) {
