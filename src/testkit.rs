@@ -347,6 +347,16 @@ pub enum Op {
         /// Payload length.
         len: u16,
     },
+    /// Push `count` records of `len` bytes in one batch with a time to live
+    /// (`Queue::push_batch_with`) long enough never to run out during a run: records of format
+    /// version 3 through every crash and reopen. (Fuzz input only: the simulation's workloads
+    /// stay what their seeds made them.)
+    PushTtl {
+        /// Records in the batch.
+        count: u8,
+        /// Payload length of each.
+        len: u16,
+    },
     /// Cut the power (the crash's choices drawn from `seed`), so that everything on disk is
     /// synced data; then damage it as bit rot, a bad sector or an operator would (a flipped
     /// bit, a zeroed range or a lost file, chosen by `seed`); open again with `policy`. The
@@ -500,6 +510,10 @@ pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
             15 if a % 16 == 0 => Op::Purge,
             15 if a % 16 == 1 => Op::PushDedup {
                 key: (a >> 4) % 8,
+                len: u16::from(next().unwrap_or(0)),
+            },
+            15 if a % 16 == 2 => Op::PushTtl {
+                count: 1 + (a >> 4) % 4,
                 len: u16::from(next().unwrap_or(0)),
             },
             _ => {
@@ -1580,6 +1594,10 @@ impl Run {
             }
             Op::Purge => self.purge(faults_before),
             Op::PushDedup { key, len } => self.push_dedup(*key, *len),
+            Op::PushTtl { count, len } => {
+                let push = Push::new().ttl(Duration::from_secs(86_400));
+                self.push_as(&vec![*len; usize::from(*count)], Some(&push))
+            }
         };
         self.sim.clear_faults();
         outcome?;
@@ -1614,9 +1632,17 @@ impl Run {
     }
 
     fn push(&mut self, lens: &[u16]) -> Result<(), String> {
+        self.push_as(lens, None)
+    }
+
+    /// A batch of pushes, with the options of `push` (a TTL) when given.
+    fn push_as(&mut self, lens: &[u16], push: Option<&Push>) -> Result<(), String> {
         let faults_before = self.sim.stats().faults;
         let payloads: Vec<Vec<u8>> = lens.iter().map(|&len| self.model.payload(len)).collect();
-        let result = self.queue()?.push_batch(&payloads);
+        let result = match push {
+            None => self.queue()?.push_batch(&payloads),
+            Some(push) => self.queue()?.push_batch_with(&payloads, push),
+        };
         let model = &mut self.model;
         match result {
             Ok(range) => {
