@@ -749,6 +749,24 @@ mod tests {
         );
     }
 
+    /// The example frame of docs/FORMAT.md ("Record frame"), byte for byte.
+    #[test]
+    fn the_documented_ttl_frame_is_what_encode_writes() {
+        let documented = "11 b6 e8 2b 0a 00 00 20 05 00 00 00 00 00 00 00 00 40 1e 18 24 0a 06 00 \
+                          00 87 93 03 00 00 00 00 68 69 00 00 00 00 00 00";
+        let expected: Vec<u8> = documented
+            .split_whitespace()
+            .map(|byte| u8::from_str_radix(byte, 16).unwrap())
+            .collect();
+        let mut out = Vec::new();
+        let prefix = BodyPrefix {
+            not_before_us: 0,
+            ttl_us: 60_000_000,
+        };
+        encode_prefixed(&mut out, 5, 1_700_000_000_000_000, b"hi", false, prefix);
+        assert_eq!(out, expected);
+    }
+
     /// A TTL flag on a body too short for its prefix is refused, not read past.
     #[test]
     fn a_prefix_longer_than_the_body_is_refused() {
