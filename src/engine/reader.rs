@@ -895,6 +895,20 @@ impl Consumer {
         }
     }
 
+    /// Reads the record at the frontier and puts it back, while nothing is tracked: nothing
+    /// changes but that reading a record with a TTL is noted (`Env::saw_ttl`). For a full
+    /// queue deciding whether expired records may sit at its head.
+    pub(crate) fn read_frontier(&self, env: &Env, log: &Log) -> Result<()> {
+        let mut guard = lock(&self.reader);
+        let reader = &mut *guard;
+        if reader.jobs.is_idle() {
+            if let Some(found) = read_next(env, log, &mut reader.cursor)? {
+                reader.cursor.rewind(found.offset, found.record.seq());
+            }
+        }
+        Ok(())
+    }
+
     /// The oldest record that a pop would return, not removed.
     pub(crate) fn peek(&self, env: &Env, log: &Log) -> Result<Option<Record>> {
         let now_us = now_micros();

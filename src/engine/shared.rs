@@ -219,11 +219,19 @@ impl Shared {
     }
 
     /// Whether a full queue may make room for a push (drops, waits, or discards expired
-    /// records at the head) rather than refusing it at once.
+    /// records at the head) rather than refusing it at once. Called once a push found the
+    /// queue full: without a `max_age`, and without a record with a TTL pushed or read since
+    /// open, the record at the reader's frontier is read (and put back) first, so that records
+    /// with a TTL pushed before the open are found there too.
     fn makes_room(&self) -> bool {
-        self.env.limits.as_ref().is_some_and(|limits| {
-            limits.overflow != Overflow::Reject || self.env.may_hold_expiring()
-        })
+        let Some(limits) = &self.env.limits else {
+            return false;
+        };
+        if !self.env.may_hold_expiring() {
+            // A read error here is met again by the consumer that reaches the record.
+            let _ = self.consumer.read_frontier(&self.env, &self.log);
+        }
+        limits.overflow != Overflow::Reject || self.env.may_hold_expiring()
     }
 
     /// A push that found the queue full under `Overflow::DropOldest` or `Overflow::Block`:

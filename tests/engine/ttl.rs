@@ -345,3 +345,24 @@ fn an_empty_active_segment_of_version_2_becomes_version_3() {
     assert_eq!(queue.pop().unwrap().unwrap().payload(), b"a");
     assert_eq!(crate::util::segment_files(dir.path()).len(), 1);
 }
+
+/// Also after a reopen, before any consumer read a record: the full queue finds the record with
+/// a TTL at its head (as `spool push`, a new process each time, needs).
+#[test]
+fn expired_records_at_the_head_make_room_also_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options::default().segment_size(4096).max_records(2);
+    {
+        let queue = Queue::open(dir.path(), options()).unwrap();
+        queue.push_with(&[0], short()).unwrap();
+        queue.push_with(&[1], short()).unwrap();
+    }
+    wait_until_older_than(SystemTime::now(), 1);
+    let queue = Queue::open(dir.path(), options()).unwrap();
+    queue.push(&[2]).unwrap();
+    assert_eq!(queue.pop().unwrap().unwrap().payload(), [2]);
+    // Without expired records the bound holds.
+    queue.push(&[3]).unwrap();
+    queue.push(&[4]).unwrap();
+    assert!(matches!(queue.push(&[5]), Err(Error::Full { .. })));
+}
