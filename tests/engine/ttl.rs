@@ -366,3 +366,16 @@ fn expired_records_at_the_head_make_room_also_after_a_reopen() {
     queue.push(&[4]).unwrap();
     assert!(matches!(queue.push(&[5]), Err(Error::Full { .. })));
 }
+
+#[test]
+fn a_typed_queue_never_hands_out_a_value_past_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue: diskspool::TypedQueue<u64> =
+        diskspool::TypedQueue::open(dir.path(), Options::default()).unwrap();
+    queue.push_with(&1, short()).unwrap();
+    queue.push_with(&2, long()).unwrap();
+    wait_until_older_than(SystemTime::now(), 1);
+    assert_eq!(queue.pop().unwrap(), Some((1, 2)));
+    assert_eq!(queue.pop().unwrap(), None);
+    assert_eq!(queue.inner().stats().unwrap().totals.unwrap().expired, 1);
+}
