@@ -5,16 +5,14 @@ use std::ffi::OsStr;
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
 use crate::format::frame::FrameRules;
 use crate::format::layout::segment_file_name;
-use crate::format::segment::{
-    decode_header, header_error, walk_headers, FORMAT_VERSION, SEGMENT_HEADER_LEN,
-};
+use crate::format::segment::{decode_header, header_error, walk_headers, SEGMENT_HEADER_LEN};
 use crate::storage::{Mapping, Storage, StorageFile};
 
 /// A segment file's path. For the sealed segments found at open it is joined from the queue
@@ -89,10 +87,9 @@ pub(crate) struct Segment {
     inner: Mutex<SegmentFiles>,
     /// Once sealed and counted (see [`Segment::delayed_frames`]).
     delayed: OnceLock<DelayedFrames>,
-    /// The format version in the segment's header, which says how its frames are read: the
-    /// current one for a segment this build created, the header's once opened (sealed segments
-    /// of format version 2 stay readable).
-    version: AtomicU16,
+    /// Whether the segment's header names format version 2, whose frames are read by its rules
+    /// (false for a segment this build created; the header's once opened).
+    version_2: AtomicBool,
 }
 
 /// The delayed frames of a sealed segment, counted once from its frame headers.
@@ -130,7 +127,7 @@ impl Segment {
             map_len: AtomicU64::new(0),
             inner: Mutex::new(SegmentFiles::default()),
             delayed: OnceLock::new(),
-            version: AtomicU16::new(FORMAT_VERSION),
+            version_2: AtomicBool::new(false),
         }
     }
 
@@ -153,7 +150,7 @@ impl Segment {
                 view: None,
             }),
             delayed: OnceLock::new(),
-            version: AtomicU16::new(FORMAT_VERSION),
+            version_2: AtomicBool::new(false),
         }
     }
 
@@ -193,12 +190,18 @@ impl Segment {
     /// How the segment's frames are read (the rules of the format version in its header).
     #[inline]
     pub(crate) fn rules(&self) -> FrameRules {
-        FrameRules::for_version(self.version.load(Ordering::Acquire)).unwrap_or(FrameRules::CURRENT)
+        if self.version_2.load(Ordering::Relaxed) {
+            FrameRules::V2
+        } else {
+            FrameRules::CURRENT
+        }
     }
 
-    /// Records the format version read from the segment's header.
+    /// Records the rules of the format version read from the segment's header (set before
+    /// the segment is readable: under the files' lock at open, or before it is shared).
     pub(crate) fn set_rules(&self, rules: FrameRules) {
-        self.version.store(rules.version(), Ordering::Release);
+        self.version_2
+            .store(rules.version() == 2, Ordering::Relaxed);
     }
 
     pub(crate) fn readable_end(&self) -> u64 {

@@ -54,25 +54,21 @@ pub const RECORD_LEN_MAX: u32 = PAYLOAD_LEN_MAX - (DELAY_PREFIX_LEN + TTL_PREFIX
 /// (which bits of `len_flags` are flags), and the longest body accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameRules {
-    version: u16,
+    /// The bits of `len_flags` that hold the body length; a version whose mask leaves out bit 29
+    /// reads it as [`TTL`]. (Two words, so that the rules pass in one register.)
     len_mask: u32,
-    ttl_flag: u32,
     payload_len_max: u32,
 }
 
 impl FrameRules {
     /// Format version 2: bits 0..30 are the body length; no TTL.
     pub const V2: FrameRules = FrameRules {
-        version: 2,
         len_mask: PAYLOAD_LEN_MAX_V2,
-        ttl_flag: 0,
         payload_len_max: PAYLOAD_LEN_MAX_V2,
     };
     /// Format version 3: bits 0..29 are the body length; bit 29 is [`TTL`].
     pub const V3: FrameRules = FrameRules {
-        version: 3,
         len_mask: PAYLOAD_LEN_MAX,
-        ttl_flag: TTL,
         payload_len_max: PAYLOAD_LEN_MAX,
     };
     /// The rules of the version this build writes.
@@ -89,7 +85,17 @@ impl FrameRules {
 
     /// The format version these rules belong to.
     pub fn version(self) -> u16 {
-        self.version
+        if self.len_mask == PAYLOAD_LEN_MAX_V2 {
+            2
+        } else {
+            3
+        }
+    }
+
+    /// The `TTL` flag as these rules read it: none in version 2.
+    #[inline]
+    fn ttl_flag(self) -> u32 {
+        TTL & !self.len_mask
     }
 
     /// The same rules, accepting bodies of at most `max` bytes (never more than the format
@@ -436,7 +442,6 @@ fn write_fields(
 }
 
 /// Writes the body prefix after the header; returns where the payload starts.
-#[cold]
 fn write_prefix(out: &mut [u8], prefix: BodyPrefix) -> usize {
     let mut at = PAYLOAD_OFFSET;
     for value in [prefix.not_before_us, prefix.ttl_us] {
@@ -466,7 +471,7 @@ pub fn peek_header(bytes: &[u8], rules: FrameRules) -> Option<FrameHeader> {
         enqueued_us: read_u64(header, ENQUEUED_OFFSET),
         batch_continues: len_flags & BATCH_CONTINUES != 0,
         delayed: len_flags & DELAYED != 0,
-        has_ttl: len_flags & rules.ttl_flag != 0,
+        has_ttl: len_flags & rules.ttl_flag() != 0,
     })
 }
 
