@@ -33,15 +33,21 @@ pub(crate) struct Cursor {
     /// The segment's mapping as last seen, so that a read does not take the segment's lock
     /// while the mapping covers what it reads.
     pub(crate) view: Option<Mapping>,
+    /// How the segment's frames are read, taken from it once (it never changes once open).
+    rules: frame::FrameRules,
 }
 
 impl Cursor {
+    /// A cursor at `offset` of `segment`, which must be open (`Segment::ensure_open`), so that
+    /// its format version is known.
     pub(crate) fn new(segment: Arc<Segment>, offset: u64, next_seq: u64) -> Self {
+        let rules = segment.rules();
         Cursor {
             segment,
             offset,
             next_seq,
             view: None,
+            rules,
         }
     }
 
@@ -373,7 +379,7 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
             let bytes = (*view).as_ref();
             let start = offset as usize;
             let at = bytes.get(start..end as usize).unwrap_or(&[]);
-            let frame = match frame::decode(at, next_seq, cursor.segment.rules()) {
+            let frame = match frame::decode(at, next_seq, cursor.rules) {
                 Ok(frame) => frame,
                 Err(error) => {
                     let bytes = bytes.get(..end as usize).unwrap_or(&[]);
