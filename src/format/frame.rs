@@ -539,19 +539,11 @@ pub fn decode(
     if header.seq >= SEQ_LIMIT {
         return Err(FrameError::SeqBeyondLimit { seq: header.seq });
     }
-    let mut payload_start = FRAME_HEADER_LEN;
-    let mut prefix = BodyPrefix::NONE;
-    if header.delayed || header.has_ttl {
-        let prefix_len = header.prefix_len();
-        if (header.payload_len as usize) < prefix_len {
-            return Err(FrameError::ShortPrefix {
-                len: header.payload_len,
-                prefix_len: prefix_len as u32,
-            });
-        }
-        prefix = peek_prefix(bytes, &header);
-        payload_start += prefix_len;
-    }
+    let (prefix, payload_start) = if header.delayed | header.has_ttl {
+        decode_prefix(bytes, &header)?
+    } else {
+        (BodyPrefix::NONE, FRAME_HEADER_LEN)
+    };
     // The padding is not checksummed and may be cut off by a torn write of the last frame:
     // the caller restores it when it truncates the file to the frame's end.
     Ok(DecodedFrame {
@@ -561,6 +553,20 @@ pub fn decode(
         ttl_us: prefix.ttl_us,
         frame_len: frame_len(header.payload_len as usize),
     })
+}
+
+/// The body prefix of a checked frame that has one, and where its payload starts. Out of line:
+/// most frames have none, and their decoding stays as short as before prefixes existed.
+#[inline(never)]
+fn decode_prefix(bytes: &[u8], header: &FrameHeader) -> Result<(BodyPrefix, usize), FrameError> {
+    let prefix_len = header.prefix_len();
+    if (header.payload_len as usize) < prefix_len {
+        return Err(FrameError::ShortPrefix {
+            len: header.payload_len,
+            prefix_len: prefix_len as u32,
+        });
+    }
+    Ok((peek_prefix(bytes, header), FRAME_HEADER_LEN + prefix_len))
 }
 
 fn checksum(bytes: &[u8]) -> u32 {
