@@ -596,6 +596,9 @@ impl Options {
 /// assert_eq!(first, again);
 /// assert_eq!(queue.len(), 1);
 /// queue.push_with(b"later", Push::new().delay(Duration::from_secs(60)))?;
+/// // Delivered within 15 minutes of its push, or never.
+/// let quote = Push::new().ttl(Duration::from_secs(900)).dedup_id("quote-4");
+/// queue.push_with(b"quote 4", quote)?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
