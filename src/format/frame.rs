@@ -12,10 +12,10 @@
 //!   24+n     p  padding       zero bytes up to the next multiple of 8 (not checksummed)
 //! ```
 //!
-//! That is format version 3 ([`FrameRules::V3`]). In version 2 ([`FrameRules::V2`]) bit 29 is
-//! part of the body length (bits 0..30) and there is no TTL: a segment's frames are read by the
-//! rules of the version in its header, so a version 2 frame with a body of 512 MiB or more
-//! never reads as a TTL.
+//! That is segment version 3 ([`FrameRules::V3`]; format version 4 in `docs/FORMAT.md`). In
+//! segment version 2 ([`FrameRules::V2`]) bit 29 is part of the body length (bits 0..30) and
+//! there is no TTL: a segment's frames are read by the rules of the version in its header, so a
+//! version 2 frame with a body of 512 MiB or more never reads as a TTL.
 //!
 //! All integers are little-endian. The checksum covers the sequence number, so a frame only
 //! validates at the position it was written for: stale bytes from an older life of a file, or a
@@ -35,7 +35,7 @@ pub const BATCH_CONTINUES: u32 = 1 << 31;
 /// Set in `len_flags` on a record that must not be handed out before the time in the first 8
 /// bytes of its body (`push_delayed`).
 pub const DELAYED: u32 = 1 << 30;
-/// Set in `len_flags` (format version 3 on) on a record with a time to live: the 8 bytes after
+/// Set in `len_flags` (segment version 3 on) on a record with a time to live: the 8 bytes after
 /// the delay prefix (or at the start of the body, on a record that is not delayed) hold it in
 /// microseconds, counted from the frame's `enqueued_us` (`Push::ttl`).
 pub const TTL: u32 = 1 << 29;
@@ -61,12 +61,12 @@ pub struct FrameRules {
 }
 
 impl FrameRules {
-    /// Format version 2: bits 0..30 are the body length; no TTL.
+    /// Segment version 2: bits 0..30 are the body length; no TTL.
     pub const V2: FrameRules = FrameRules {
         len_mask: PAYLOAD_LEN_MAX_V2,
         payload_len_max: PAYLOAD_LEN_MAX_V2,
     };
-    /// Format version 3: bits 0..29 are the body length; bit 29 is [`TTL`].
+    /// Segment version 3: bits 0..29 are the body length; bit 29 is [`TTL`].
     pub const V3: FrameRules = FrameRules {
         len_mask: PAYLOAD_LEN_MAX,
         payload_len_max: PAYLOAD_LEN_MAX,
