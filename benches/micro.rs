@@ -32,7 +32,7 @@ fn frames(c: &mut Criterion) {
     out.clear();
     frame::encode(&mut out, 42, 0, &payload, false, 0);
     group.bench_function("decode 100 B", |b| {
-        b.iter(|| frame::decode(black_box(&out), 42, frame::PAYLOAD_LEN_MAX))
+        b.iter(|| frame::decode(black_box(&out), 42, frame::FrameRules::CURRENT))
     });
     group.finish();
 }

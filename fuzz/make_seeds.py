@@ -8,14 +8,24 @@ import struct
 import zlib
 
 
-def segment_header(base):
-    head = b"DSPOOLSG" + struct.pack("<HHIQI", 2, 32, 0, base, 0)
+def segment_header(base, version=2):
+    head = b"DSPOOLSG" + struct.pack("<HHIQI", version, 32, 0, base, 0)
     return head + struct.pack("<I", zlib.crc32(head))
 
 
-def frame(seq, payload, continues=False, enqueued=1_700_000_000_000_000):
-    len_flags = len(payload) | (1 << 31 if continues else 0)
-    body = struct.pack("<IQQ", len_flags, seq, enqueued) + payload
+def frame(seq, payload, continues=False, enqueued=1_700_000_000_000_000, not_before=0, ttl=0):
+    """A frame; with `not_before` (DELAYED, bit 30) or `ttl` (TTL, bit 29, version 3 only) their
+    8-byte prefixes come first in the body."""
+    prefix = b""
+    flags = 1 << 31 if continues else 0
+    if not_before:
+        prefix += struct.pack("<Q", not_before)
+        flags |= 1 << 30
+    if ttl:
+        prefix += struct.pack("<Q", ttl)
+        flags |= 1 << 29
+    len_flags = (len(prefix) + len(payload)) | flags
+    body = struct.pack("<IQQ", len_flags, seq, enqueued) + prefix + payload
     out = struct.pack("<I", zlib.crc32(body)) + body
     return out + b"\0" * (-len(out) % 8)
 
@@ -75,6 +85,12 @@ write("segment_decode", "damage_then_valid", bytes(damaged))
 batch = segment_header(7) + frame(7, b"a", True) + frame(8, b"b", True) + frame(9, b"c")
 write("segment_decode", "batch", batch)
 write("segment_decode", "zero_tail", seg + b"\0" * 64)
+# Format version 3: records with a TTL, one delayed too, one in a batch.
+v3 = (segment_header(3, version=3) + frame(3, b"plain") + frame(4, b"ttl", ttl=60_000_000)
+      + frame(5, b"both", not_before=1_700_000_000_500_000, ttl=5)
+      + frame(6, b"b1", True, ttl=7) + frame(7, b"b2", ttl=7))
+write("segment_decode", "v3_ttl_records", v3)
+write("segment_decode", "v3_ttl_torn", v3[:-9])
 
 write("head_decode", "slot0", head_file(head_slot(1, 0, 0, 32)))
 write("head_decode", "both_slots", head_file(head_slot(4, 10, 0, 200), head_slot(5, 11, 0, 232)))
@@ -105,3 +121,8 @@ write("ops_model", "fault_then_crash",
       push(100) + bytes([14, 1, 0, 0]) + push(200) + bytes([12, 0]) + pop(4))
 write("ops_model", "batches_compact",
       bytes([4, 5, 100]) * 6 + pop(8) * 3 + bytes([9, 0]) + bytes([13, 0x12, 3]) + pop(8))
+# PushTtl (opcode 15, a % 16 == 2): batches with a TTL through a power loss and a reopen.
+push_ttl = lambda count, n: bytes([15, 2 | ((count - 1) << 4), n])
+write("ops_model", "ttl_through_crashes",
+      bytes([11, 0]) + push(10) + push_ttl(3, 50) + bytes([13, 0x20, 7]) + pop(8)
+      + push_ttl(1, 9) + push(40) + bytes([11, 1]) + pop(8))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::format::frame::{frame_len, PAYLOAD_LEN_MAX};
+use crate::format::frame::{frame_len, BodyPrefix, RECORD_LEN_MAX};
 use crate::format::segment::SEGMENT_HEADER_LEN;
 pub use crate::format::segment::{SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 pub use crate::format::settings::Overflow;
@@ -577,9 +577,10 @@ impl Options {
             )));
         }
         let max_record = self.get_max_record_size();
-        if max_record as u64 > PAYLOAD_LEN_MAX as u64 {
+        if max_record as u64 > RECORD_LEN_MAX as u64 {
+            // With room for a delay and a TTL in the same frame.
             return Err(Error::InvalidOptions(format!(
-                "max_record_size {max_record} exceeds the format's limit of {PAYLOAD_LEN_MAX}"
+                "max_record_size {max_record} exceeds the format's limit of {RECORD_LEN_MAX}"
             )));
         }
         if frame_len(max_record) as u64 > self.segment_room() {
@@ -656,11 +657,15 @@ impl Options {
 /// assert_eq!(first, again);
 /// assert_eq!(queue.len(), 1);
 /// queue.push_with(b"later", Push::new().delay(Duration::from_secs(60)))?;
+/// // Delivered within 15 minutes of its push, or never.
+/// let quote = Push::new().ttl(Duration::from_secs(900)).dedup_id("quote-4");
+/// queue.push_with(b"quote 4", quote)?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Push {
     pub(crate) delay: Option<Duration>,
+    pub(crate) ttl: Option<Duration>,
     pub(crate) dedup_id: Option<Vec<u8>>,
 }
 
@@ -668,7 +673,7 @@ pub struct Push {
 pub const DEDUP_ID_LEN_MAX: usize = crate::format::dedup::DEDUP_ID_MAX;
 
 impl Push {
-    /// A plain push: no delay, no deduplication id.
+    /// A plain push: no delay, no TTL, no deduplication id.
     pub fn new() -> Self {
         Push::default()
     }
@@ -677,6 +682,32 @@ impl Push {
     /// [`Queue::push_delayed`](crate::Queue::push_delayed)).
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
+        self
+    }
+
+    /// A time to live: the record is never handed out (by `pop`, `recv`, `peek`, typed queues
+    /// or spools) once `ttl` has passed since its enqueue time, also after a reopen or a crash
+    /// (the TTL is stored in the record). It is discarded when it reaches the head, or moved to
+    /// the dead-letter queue with the reason `Expired` when one is configured, and counted as
+    /// expired, like a record older than [`Options::max_age`]; with both, the earlier expiry
+    /// wins. The TTL counts from the enqueue time, not from the end of a [`delay`](Push::delay):
+    /// a push whose delay is as long as its TTL or longer is refused with
+    /// [`Error::InvalidOptions`]. A zero TTL means none (as a zero `max_age`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use diskspool::{Options, Push, Queue};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let queue = Queue::open(dir.path(), Options::default())?;
+    /// queue.push_with(b"quote", Push::new().ttl(Duration::from_secs(30)))?;
+    /// let record = queue.pop()?.expect("delivered within its TTL");
+    /// assert_eq!(record.ttl(), Some(Duration::from_secs(30)));
+    /// # Ok(()) }
+    /// ```
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl).filter(|ttl| !ttl.is_zero());
         self
     }
 
@@ -697,5 +728,32 @@ impl Push {
     /// The deduplication id, if any.
     pub fn get_dedup_id(&self) -> Option<&[u8]> {
         self.dedup_id.as_deref()
+    }
+
+    /// The time to live, if any.
+    pub fn get_ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The record's body prefix: its not-before time (from `now_us()`, read only for a delay)
+    /// and its TTL. Refuses a delay that would outlast the TTL.
+    pub(crate) fn body_prefix(&self, now_us: impl FnOnce() -> u64) -> Result<BodyPrefix> {
+        let micros = |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        if let (Some(delay), Some(ttl)) = (self.delay, self.ttl) {
+            if delay >= ttl {
+                return Err(Error::InvalidOptions(format!(
+                    "a delay of {delay:?} is not shorter than the TTL of {ttl:?}: the record \
+                     would expire before it could be delivered"
+                )));
+            }
+        }
+        let not_before_us = match self.delay {
+            Some(delay) => now_us().saturating_add(micros(delay)).max(1),
+            None => 0,
+        };
+        Ok(BodyPrefix {
+            not_before_us,
+            ttl_us: self.ttl.map_or(0, micros),
+        })
     }
 }

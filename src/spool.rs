@@ -33,6 +33,7 @@ use crate::engine::queue::Queue;
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
 use crate::format::fanout::{decode_entry, encode_header, encode_intent, Entry, Intent, KIND_DONE};
+use crate::format::frame::BodyPrefix;
 use crate::format::layout::{validate_queue_name, FANOUT_LOG_FILE_NAME};
 use crate::options::{Options, SyncPolicy};
 use crate::storage::{DirLock, Storage, StorageFile};
@@ -160,7 +161,7 @@ impl Spool {
         let payloads = [payload];
         let mut batch_lens = Vec::with_capacity(queues.len());
         for queue in &queues {
-            batch_lens.push(queue.shared().check_batch(&payloads, 0)?);
+            batch_lens.push(queue.shared().check_batch(&payloads, BodyPrefix::NONE)?);
         }
 
         let mut log = lock(&self.fanout_log);
@@ -196,7 +197,7 @@ impl Spool {
             written.push(queue.shared().write_locked(
                 writer,
                 &payloads,
-                0,
+                BodyPrefix::NONE,
                 *batch_len,
                 Bound::Enforced,
             )?);
@@ -224,7 +225,7 @@ impl Spool {
             let queue = self.queue(name)?;
             let shared = queue.shared();
             let payloads = [&intent.payload[..]];
-            let batch_len = shared.check_batch(&payloads, 0)?;
+            let batch_len = shared.check_batch(&payloads, BodyPrefix::NONE)?;
             let written = {
                 let mut writer = shared.lock_writer();
                 // Past `seq`: the copy is there. At or before it: it never made it (before:
@@ -233,7 +234,13 @@ impl Spool {
                     continue;
                 }
                 // Accepted before the crash: written even past the bound.
-                shared.write_locked(&mut writer, &payloads, 0, batch_len, Bound::Waived)?
+                shared.write_locked(
+                    &mut writer,
+                    &payloads,
+                    BodyPrefix::NONE,
+                    batch_len,
+                    Bound::Waived,
+                )?
             };
             shared.complete(written)?;
         }

@@ -52,22 +52,28 @@ fn assert_frame_valid(bytes: &[u8], offset: usize, seq: u64, found: &frame::Deco
         crc32fast::hash(&bytes[offset + 4..end]),
         "frame at {offset} accepted with a bad checksum"
     );
-    assert_eq!(found.payload, FRAME_HEADER_LEN..end - offset);
+    let prefix_len = found.header.prefix_len();
+    assert_eq!(found.payload, FRAME_HEADER_LEN + prefix_len..end - offset);
 }
 
 /// Fuzz target `segment_decode`: `data` as a segment file. Decodes the header; walks the frames
 /// from the header's base sequence number (or, when the header is invalid, from the one in the
-/// first 8 bytes, so that the frame decoder is reached without a valid header); searches for a
-/// later frame after damage. No panic, every frame valid, the walk ends.
+/// first 8 bytes, so that the frame decoder is reached without a valid header, by the rules of
+/// the version the low bit of byte 8 picks, 2 or 3); searches for a later frame after damage.
+/// No panic, every frame valid, the walk ends.
 pub fn check_segment_decode(data: &[u8]) {
-    let base = match segment::decode_header(data) {
-        Ok(base) => base,
-        Err(_) => u64_prefix(data),
+    let (base, rules) = match segment::decode_header(data) {
+        Ok(header) => (header.base_seq, header.rules),
+        Err(_) if data.get(8).is_some_and(|byte| byte & 1 == 0) => {
+            (u64_prefix(data), frame::FrameRules::V2)
+        }
+        Err(_) => (u64_prefix(data), frame::FrameRules::CURRENT),
     };
+    let rules = rules.with_payload_len_max(PAYLOAD_LEN_LIMIT);
     let mut expected = base;
     let mut last_end = SEGMENT_HEADER_LEN;
     let mut steps = 0usize;
-    for step in walk_frames(data, SEGMENT_HEADER_LEN, base, PAYLOAD_LEN_LIMIT) {
+    for step in walk_frames(data, SEGMENT_HEADER_LEN, base, rules) {
         steps += 1;
         assert!(steps <= data.len() / FRAME_ALIGN + 1, "walk does not end");
         match step {
@@ -84,15 +90,12 @@ pub fn check_segment_decode(data: &[u8]) {
             } => {
                 assert_eq!(offset as usize, last_end);
                 assert_eq!(expected_seq, expected);
-                if let Some((later, seq)) = segment::find_later_frame(
-                    data,
-                    offset as usize,
-                    expected_seq,
-                    PAYLOAD_LEN_LIMIT,
-                ) {
+                if let Some((later, seq)) =
+                    segment::find_later_frame(data, offset as usize, expected_seq, rules)
+                {
                     assert!(later > offset, "later frame is not later");
                     let at = &data[later as usize..];
-                    let found = frame::decode(at, seq, PAYLOAD_LEN_LIMIT);
+                    let found = frame::decode(at, seq, rules);
                     assert!(found.is_ok(), "find_later_frame returned an invalid frame");
                 }
             }
@@ -344,6 +347,16 @@ pub enum Op {
         /// Payload length.
         len: u16,
     },
+    /// Push `count` records of `len` bytes in one batch with a time to live
+    /// (`Queue::push_batch_with`) long enough never to run out during a run: records of format
+    /// version 3 through every crash and reopen. (Fuzz input only: the simulation's workloads
+    /// stay what their seeds made them.)
+    PushTtl {
+        /// Records in the batch.
+        count: u8,
+        /// Payload length of each.
+        len: u16,
+    },
     /// Cut the power (the crash's choices drawn from `seed`), so that everything on disk is
     /// synced data; then damage it as bit rot, a bad sector or an operator would (a flipped
     /// bit, a zeroed range or a lost file, chosen by `seed`); open again with `policy`. The
@@ -497,6 +510,10 @@ pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
             15 if a % 16 == 0 => Op::Purge,
             15 if a % 16 == 1 => Op::PushDedup {
                 key: (a >> 4) % 8,
+                len: u16::from(next().unwrap_or(0)),
+            },
+            15 if a % 16 == 2 => Op::PushTtl {
+                count: 1 + (a >> 4) % 4,
                 len: u16::from(next().unwrap_or(0)),
             },
             _ => {
@@ -1577,6 +1594,10 @@ impl Run {
             }
             Op::Purge => self.purge(faults_before),
             Op::PushDedup { key, len } => self.push_dedup(*key, *len),
+            Op::PushTtl { count, len } => {
+                let push = Push::new().ttl(Duration::from_secs(86_400));
+                self.push_as(&vec![*len; usize::from(*count)], Some(&push))
+            }
         };
         self.sim.clear_faults();
         outcome?;
@@ -1611,9 +1632,17 @@ impl Run {
     }
 
     fn push(&mut self, lens: &[u16]) -> Result<(), String> {
+        self.push_as(lens, None)
+    }
+
+    /// A batch of pushes, with the options of `push` (a TTL) when given.
+    fn push_as(&mut self, lens: &[u16], push: Option<&Push>) -> Result<(), String> {
         let faults_before = self.sim.stats().faults;
         let payloads: Vec<Vec<u8>> = lens.iter().map(|&len| self.model.payload(len)).collect();
-        let result = self.queue()?.push_batch(&payloads);
+        let result = match push {
+            None => self.queue()?.push_batch(&payloads),
+            Some(push) => self.queue()?.push_batch_with(&payloads, push),
+        };
         let model = &mut self.model;
         match result {
             Ok(range) => {

@@ -112,6 +112,14 @@ impl<T, C: Codec<T>> TypedQueue<T, C> {
         self.queue.push(&bytes)
     }
 
+    /// Encodes and pushes one value with the options of `push` (a delay, a time to live, a
+    /// deduplication id; see [`Queue::push_with`]); returns its sequence number.
+    pub fn push_with(&self, value: &T, push: crate::Push) -> Result<u64> {
+        let mut bytes = Vec::new();
+        self.encode(value, &mut bytes)?;
+        self.queue.push_with(&bytes, push)
+    }
+
     /// Encodes and pushes values atomically (see [`Queue::push_batch`]).
     pub fn push_batch<'a>(&self, values: impl IntoIterator<Item = &'a T>) -> Result<Range<u64>>
     where

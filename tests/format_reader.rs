@@ -13,15 +13,15 @@ use std::time::Duration;
 
 use diskspool::storage::OsStorage;
 use diskspool::tools::inspect;
-use diskspool::{Options, Queue, SyncPolicy};
+use diskspool::{Options, Push, Queue, SyncPolicy};
 
-/// What a reader shows of a queue: its records (seq, enqueue time, payload), head and end.
+/// What a reader shows of a queue: its records (seq, enqueue time, TTL, payload), head and end.
 #[derive(Debug, PartialEq, Eq)]
 struct Shown {
     head_seq: u64,
     next_seq: u64,
     len: u64,
-    records: Vec<(u64, u64, Vec<u8>)>,
+    records: Vec<(u64, u64, u64, Vec<u8>)>,
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> u16 {
@@ -39,20 +39,24 @@ fn header_base(bytes: &[u8]) -> Option<u64> {
     if bytes.len() < 32 || &bytes[..8] != b"DSPOOLSG" {
         return None;
     }
-    if crc32fast::hash(&bytes[..28]) != u32_at(bytes, 28) || u16_at(bytes, 8) != 2 {
+    let version = u16_at(bytes, 8);
+    if crc32fast::hash(&bytes[..28]) != u32_at(bytes, 28) || !(2..=3).contains(&version) {
         return None;
     }
     Some(u64_at(bytes, 16))
 }
 
-/// Check F at `o` expecting `s`: (frame length, batch continues, enqueued, payload range).
-fn frame_at(bytes: &[u8], o: usize, s: u64) -> Result<(usize, bool, u64, usize, usize), String> {
+/// Check F at `o` expecting `s`, in the segment `bytes` (from its header, whose version says
+/// which bits are flags): (frame length, batch continues, enqueued, TTL, payload range).
+type Checked = (usize, bool, u64, u64, usize, usize);
+fn frame_at(bytes: &[u8], o: usize, s: u64) -> Result<Checked, String> {
+    let version_3 = u16_at(bytes, 8) == 3;
     let rest = bytes.get(o..).unwrap_or(&[]);
     if rest.len() < 24 {
         return Err(format!("cut short at {o}"));
     }
     let len_flags = u32_at(rest, 4);
-    let n = (len_flags & 0x3FFF_FFFF) as usize;
+    let n = (len_flags & if version_3 { 0x1FFF_FFFF } else { 0x3FFF_FFFF }) as usize;
     if rest.len() < 24 + n {
         return Err(format!("cut short at {o}"));
     }
@@ -63,16 +67,23 @@ fn frame_at(bytes: &[u8], o: usize, s: u64) -> Result<(usize, bool, u64, usize, 
         return Err(format!("wrong seq at {o}: {}", u64_at(rest, 8)));
     }
     let delayed = len_flags & (1 << 30) != 0;
-    if delayed && n < 8 {
-        return Err(format!("short delay at {o}"));
+    let has_ttl = version_3 && len_flags & (1 << 29) != 0;
+    let prefix = 8 * usize::from(delayed) + 8 * usize::from(has_ttl);
+    if n < prefix {
+        return Err(format!("short prefix at {o}"));
     }
-    let start = o + 24 + if delayed { 8 } else { 0 };
+    let ttl = if has_ttl {
+        u64_at(rest, 24 + prefix - 8)
+    } else {
+        0
+    };
     let frame_len = (24 + n).div_ceil(8) * 8;
     Ok((
         frame_len,
         len_flags & (1 << 31) != 0,
         u64_at(rest, 16),
-        start,
+        ttl,
+        o + 24 + prefix,
         o + 24 + n,
     ))
 }
@@ -270,8 +281,9 @@ fn read_queue(dir: &Path) -> Result<Shown, String> {
             let end = limit(i);
             let mut batch = Vec::new();
             while o < end {
-                let (frame_len, continues, enqueued, start, stop) = frame_at(&bytes[..end], o, s)?;
-                batch.push((s, enqueued, bytes[start..stop].to_vec()));
+                let (frame_len, continues, enqueued, ttl, start, stop) =
+                    frame_at(&bytes[..end], o, s)?;
+                batch.push((s, enqueued, ttl, bytes[start..stop].to_vec()));
                 if !continues {
                     records.append(&mut batch);
                 }
@@ -300,7 +312,12 @@ fn dumped(dir: &Path) -> Shown {
         .unwrap()
         .map(|record| {
             let record = record.unwrap();
-            (record.seq, record.enqueued_us, record.payload)
+            (
+                record.seq,
+                record.enqueued_us,
+                record.ttl_us,
+                record.payload,
+            )
         })
         .collect();
     Shown {
@@ -344,6 +361,14 @@ fn a_reader_written_from_the_format_document_reads_what_dump_reads() {
                     queue
                         .push_delayed(&payload(seq), Duration::from_secs(3600))
                         .unwrap();
+                }
+                // Records with a TTL (version 3), one of them delayed too.
+                5 | 9 => {
+                    let mut push = Push::new().ttl(Duration::from_secs(7200 + seq));
+                    if seq % 10 == 9 {
+                        push = push.delay(Duration::from_secs(60));
+                    }
+                    queue.push_with(&payload(seq), push).unwrap();
                 }
                 _ => {
                     queue.push(&payload(seq)).unwrap();

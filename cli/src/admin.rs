@@ -222,6 +222,9 @@ struct FrameJson {
     seq: u64,
     len: u32,
     enqueued_at: String,
+    /// Only for a record pushed with a TTL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
     batch_continues: bool,
     crc_ok: bool,
     error: Option<String>,
@@ -362,6 +365,8 @@ fn frame_json(frame: &FrameInfo) -> FrameJson {
         seq: frame.seq,
         len: frame.payload_len,
         enqueued_at: print::timestamp(frame.enqueued_us),
+        expires_at: diskspool::format::frame::expires_at_us(frame.enqueued_us, frame.ttl_us)
+            .map(print::timestamp),
         batch_continues: frame.batch_continues,
         crc_ok: frame.crc_ok,
         error: frame.error.clone(),

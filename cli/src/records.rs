@@ -45,6 +45,7 @@ Examples:
   spool push --max-records 1000 --overflow drop-oldest ./q hello
                                                        a bounded queue keeping the newest 1000
   spool push --dedup-id order-17 ./q 'order 17'        pushed once however often it is retried
+  spool push --ttl 15m ./q 'quote 42'                  never delivered after 15 minutes
 
 Policy flags (--max-records, --max-bytes, --overflow, --max-age, --dedup-window) are stored in
 the queue's settings: every later open, in any process, keeps them (see `spool config`). A push
@@ -82,6 +83,11 @@ pub struct PushArgs {
     /// window writes nothing (and prints nothing); exit 0 either way.
     #[arg(long, value_name = "KEY")]
     dedup_id: Option<String>,
+    /// Time to live of every record pushed (`500ms`, `30s`, `15m`, `2h`, `7d`; a bare number is
+    /// seconds), counted from its enqueue time: after it, the record is never delivered. Stored
+    /// in each record, so it holds across restarts.
+    #[arg(long, value_name = "DUR", value_parser = crate::policies::parse_duration)]
+    ttl: Option<Duration>,
 }
 
 fn parse_file_mode(text: &str) -> Result<u32, String> {
@@ -203,6 +209,10 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
         |options| args.policies.apply(options),
         access,
     )?;
+    let mut push_options = diskspool::Push::new();
+    if let Some(ttl) = args.ttl {
+        push_options = push_options.ttl(ttl);
+    }
     if let Some(id) = &args.dedup_id {
         let payload = match (args.raw, args.payloads.as_slice()) {
             (true, _) => {
@@ -217,7 +227,7 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
                 )))
             }
         };
-        queue.push_with(&payload, diskspool::Push::new().dedup_id(id))?;
+        queue.push_with(&payload, push_options.dedup_id(id))?;
         if args.sync == SyncArg::Interval {
             queue.sync()?;
         }
@@ -229,10 +239,11 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
     if args.raw {
         let mut payload = Vec::new();
         io::stdin().lock().read_to_end(&mut payload)?;
-        queue.push(&payload)?;
+        queue.push_with(&payload, push_options)?;
     } else if !args.payloads.is_empty() {
         let payloads = args.payloads.iter().map(String::as_bytes);
-        push_in_batches(&queue, payloads.map(|p| Ok(p.to_vec())), batch_bytes_max)?;
+        let payloads = payloads.map(|p| Ok(p.to_vec()));
+        push_in_batches(&queue, payloads, batch_bytes_max, &push_options)?;
     } else {
         let lines = io::stdin().lock().split(b'\n').map(|line| {
             line.map(|mut line| {
@@ -242,7 +253,7 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
                 line
             })
         });
-        push_in_batches(&queue, lines, batch_bytes_max)?;
+        push_in_batches(&queue, lines, batch_bytes_max, &push_options)?;
     }
     if args.sync == SyncArg::Interval {
         // Dropping the queue syncs too, but cannot report a failure.
@@ -255,14 +266,21 @@ fn push_in_batches(
     queue: &Queue,
     payloads: impl Iterator<Item = io::Result<Vec<u8>>>,
     batch_bytes_max: u64,
+    push: &diskspool::Push,
 ) -> Result<(), Failure> {
+    // Every record of the batch carries the TTL's 8 bytes.
+    let prefix_len = if push.get_ttl().is_some() {
+        diskspool::format::frame::TTL_PREFIX_LEN
+    } else {
+        0
+    };
     let mut batch: Vec<Vec<u8>> = Vec::new();
     let mut batch_bytes = 0u64;
     for payload in payloads {
         let payload = payload?;
-        let bytes = frame_len(payload.len()) as u64;
+        let bytes = frame_len(payload.len() + prefix_len) as u64;
         if !batch.is_empty() && batch_bytes + bytes > batch_bytes_max {
-            queue.push_batch(&batch)?;
+            queue.push_batch_with(&batch, push)?;
             batch.clear();
             batch_bytes = 0;
         }
@@ -270,7 +288,7 @@ fn push_in_batches(
         batch.push(payload);
     }
     if !batch.is_empty() {
-        queue.push_batch(&batch)?;
+        queue.push_batch_with(&batch, push)?;
     }
     Ok(())
 }
@@ -328,6 +346,10 @@ fn stored(record: &Record) -> StoredRecord {
     StoredRecord {
         seq: record.seq(),
         enqueued_us: record.enqueued_at_us(),
+        not_before_us: record.not_before_us(),
+        ttl_us: record
+            .ttl()
+            .map_or(0, |ttl| u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX)),
         payload: record.payload().to_vec(),
     }
 }
@@ -422,6 +444,7 @@ fn write_record<W: Write>(
     let line = JsonRecord {
         seq: record.seq,
         enqueued_at: print::timestamp(record.enqueued_us),
+        expires_at: record.expires_at_us().map(print::timestamp),
         encoding,
         payload,
     };
@@ -434,6 +457,9 @@ fn write_record<W: Write>(
 struct JsonRecord {
     seq: u64,
     enqueued_at: String,
+    /// Only for a record pushed with a TTL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
     encoding: &'static str,
     payload: String,
 }

@@ -27,6 +27,10 @@ pub(crate) struct Env {
     pub(crate) arrivals: Arrivals,
     /// `Options::max_age` in microseconds, if set.
     pub(crate) max_age_us: Option<u64>,
+    /// Set once a record with a TTL was pushed or read since open: from then on a full queue
+    /// looks for expired records at its head before it refuses, drops or waits (as with a
+    /// `max_age`).
+    ttl_seen: AtomicBool,
     /// The bound and its usage, for a bounded queue only.
     pub(crate) limits: Option<Limits>,
     /// What happened since open, beyond the push and pop paths (see `counters`).
@@ -63,11 +67,26 @@ impl Env {
             arrivals: Arrivals::default(),
             limits,
             max_age_us,
+            ttl_seen: AtomicBool::new(false),
             counters: Counters::default(),
             coordination,
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
         }
+    }
+
+    /// Notes that a record with a TTL was pushed or read (see `ttl_seen`).
+    #[inline]
+    pub(crate) fn saw_ttl(&self) {
+        if !self.ttl_seen.load(Ordering::Relaxed) {
+            self.ttl_seen.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether expired records may sit at the head: the queue has a `max_age`, or a record with
+    /// a TTL was pushed or read since open.
+    pub(crate) fn may_hold_expiring(&self) -> bool {
+        self.max_age_us.is_some() || self.ttl_seen.load(Ordering::Relaxed)
     }
 
     #[inline]

@@ -19,7 +19,7 @@ use crate::engine::sync::{lock, SyncGroup};
 use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::acklog::check_next_base;
-use crate::format::frame;
+use crate::format::frame::{self, BodyPrefix};
 use crate::format::layout::{parse_segment_file_name, segment_file_name};
 use crate::format::segment::SequenceBreak;
 use crate::format::segment::SEGMENT_HEADER_LEN;
@@ -194,12 +194,12 @@ impl Log {
         &self,
         env: &Env,
         payloads: &[&[u8]],
-        not_before_us: u64,
+        prefix: BodyPrefix,
     ) -> Result<Range<u64>> {
         if let Some(coordination) = &env.coordination {
-            return self.push_shared(env, coordination, payloads, not_before_us);
+            return self.push_shared(env, coordination, payloads, prefix);
         }
-        let batch_len = self.check_batch(env, payloads, not_before_us)?;
+        let batch_len = self.check_batch(env, payloads, prefix)?;
         let always = env.options.sync == SyncPolicy::Always;
         // Announced to the group commit, so that a leader lets this push join its sync.
         let _entered = always.then(|| self.push_sync.enter());
@@ -212,7 +212,7 @@ impl Log {
                 env,
                 &mut writer,
                 payloads,
-                not_before_us,
+                prefix,
                 batch_len,
                 Bound::Enforced,
             )?
@@ -225,12 +225,21 @@ impl Log {
     pub(crate) fn push_one(&self, env: &Env, payload: &[u8]) -> Result<u64> {
         let payloads = std::slice::from_ref(&payload);
         if env.options.sync == SyncPolicy::Always || env.coordination.is_some() {
-            return self.push_batch(env, payloads, 0).map(|range| range.start);
+            return self
+                .push_batch(env, payloads, BodyPrefix::NONE)
+                .map(|range| range.start);
         }
-        let frame_len = self.check_batch(env, payloads, 0)?;
+        let frame_len = self.check_batch(env, payloads, BodyPrefix::NONE)?;
         let mut writer = self.lock_writer();
         let seq = writer.next_seq;
-        self.write_locked(env, &mut writer, payloads, 0, frame_len, Bound::Enforced)?;
+        self.write_locked(
+            env,
+            &mut writer,
+            payloads,
+            BodyPrefix::NONE,
+            frame_len,
+            Bound::Enforced,
+        )?;
         Ok(seq)
     }
 
@@ -239,7 +248,7 @@ impl Log {
         &self,
         env: &Env,
         payloads: &[&[u8]],
-        not_before_us: u64,
+        prefix: BodyPrefix,
     ) -> Result<u64> {
         env.check_poisoned()?;
         let max = env.options.get_max_record_size();
@@ -251,7 +260,7 @@ impl Log {
                     max,
                 });
             }
-            let body_len = frame::body_len(payload.len(), not_before_us != 0);
+            let body_len = frame::body_len(payload.len(), prefix);
             batch_len += frame::frame_len(body_len) as u64;
         }
         if batch_len > env.options.segment_room() {
@@ -275,7 +284,7 @@ impl Log {
         env: &Env,
         writer: &mut Writer,
         payloads: &[&[u8]],
-        not_before_us: u64,
+        prefix: BodyPrefix,
         batch_len: u64,
         bound: Bound,
     ) -> Result<Written> {
@@ -307,7 +316,7 @@ impl Log {
             payloads,
             batch_len,
             enqueued_us,
-            not_before_us,
+            prefix,
             env.options.segment_size,
         );
         if let Err(failure) = appended {
@@ -442,9 +451,9 @@ impl Log {
         env: &Env,
         coordination: &Coordination,
         payloads: &[&[u8]],
-        not_before_us: u64,
+        prefix: BodyPrefix,
     ) -> Result<Range<u64>> {
-        let batch_len = self.check_batch(env, payloads, not_before_us)?;
+        let batch_len = self.check_batch(env, payloads, prefix)?;
         if coordination.is_poisoned() {
             return Err(shared_poison());
         }
@@ -482,7 +491,7 @@ impl Log {
                 env,
                 &mut writer,
                 payloads,
-                not_before_us,
+                prefix,
                 batch_len,
                 Bound::Enforced,
             )?;

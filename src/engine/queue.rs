@@ -26,6 +26,7 @@ use crate::engine::segment::{Segment, SegmentPath};
 use crate::engine::shared::{DeadLetterQueue, Shared};
 use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
+use crate::format::frame::BodyPrefix;
 use crate::format::head::HEAD_FILE_LEN;
 use crate::format::layout::{parse_segment_file_name, segment_file_name};
 use crate::format::segment::SEGMENT_HEADER_LEN;
@@ -363,12 +364,19 @@ impl Queue {
     pub fn push_timeout(&self, payload: &[u8], timeout: Duration) -> Result<u64> {
         let deadline = Instant::now().checked_add(timeout);
         self.shared
-            .push_batch_until(std::slice::from_ref(&payload), 0, deadline)
+            .push_batch_until(std::slice::from_ref(&payload), BodyPrefix::NONE, deadline)
             .map(|range| range.start)
     }
 
-    /// Appends one record with the options of `push` (a delay, a deduplication id) and returns
-    /// its sequence number; see [`Push`](crate::Push).
+    /// Appends one record with the options of `push` (a delay, a time to live, a deduplication
+    /// id) and returns its sequence number; see [`Push`](crate::Push).
+    ///
+    /// A record with a TTL is never handed out once its enqueue time plus the TTL has passed
+    /// (also after a reopen or a crash: the TTL is in its frame); it is discarded when it
+    /// reaches the head, like a record older than [`Options::max_age`](crate::Options::max_age),
+    /// and counted in [`Totals::expired`](crate::Totals). A delay as long as the TTL or longer
+    /// would make a record that is never delivered: such a push is refused with
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions) and writes nothing.
     ///
     /// With a deduplication id, a push with the same id made within
     /// [`Options::dedup_window`](crate::Options::dedup_window) writes nothing and returns the
@@ -377,19 +385,13 @@ impl Queue {
     /// [`SyncPolicy::Always`]). Such a push costs one more write (and, under `Always`, one more
     /// sync, made while pushes wait), and pushes with ids are made one at a time.
     pub fn push_with(&self, payload: &[u8], push: crate::Push) -> Result<u64> {
-        let not_before_us = match push.delay {
-            Some(delay) => {
-                let delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
-                now_micros().saturating_add(delay_us).max(1)
-            }
-            None => 0,
-        };
-        match (&push.dedup_id, not_before_us) {
-            (Some(id), _) => self.shared.push_dedup(payload, not_before_us, id),
-            (None, 0) => self.push(payload),
-            (None, _) => self
+        let prefix = push.body_prefix(now_micros)?;
+        match (&push.dedup_id, prefix.is_empty()) {
+            (Some(id), _) => self.shared.push_dedup(payload, prefix, id),
+            (None, true) => self.push(payload),
+            (None, false) => self
                 .shared
-                .push_batch(std::slice::from_ref(&payload), not_before_us)
+                .push_batch(std::slice::from_ref(&payload), prefix)
                 .map(|range| range.start),
         }
     }
@@ -401,7 +403,10 @@ impl Queue {
         let delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
         let not_before_us = now_micros().saturating_add(delay_us).max(1);
         self.shared
-            .push_batch(std::slice::from_ref(&payload), not_before_us)
+            .push_batch(
+                std::slice::from_ref(&payload),
+                BodyPrefix::delay(not_before_us),
+            )
             .map(|range| range.start)
     }
 
@@ -414,7 +419,27 @@ impl Queue {
     {
         let payloads: Vec<P> = payloads.into_iter().collect();
         let slices: Vec<&[u8]> = payloads.iter().map(AsRef::as_ref).collect();
-        self.shared.push_batch(&slices, 0)
+        self.shared.push_batch(&slices, BodyPrefix::NONE)
+    }
+
+    /// Appends records atomically, like [`push_batch`](Queue::push_batch), each with the delay
+    /// and the TTL of `push` (see [`Push`](crate::Push)). A deduplication id names one record:
+    /// a batch with one is refused with [`Error::InvalidOptions`], as is a delay that would
+    /// outlast the TTL; nothing is written then.
+    pub fn push_batch_with<I, P>(&self, payloads: I, push: &crate::Push) -> Result<Range<u64>>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        if push.dedup_id.is_some() {
+            return Err(Error::InvalidOptions(String::from(
+                "a deduplication id names one record: use push_with, not push_batch_with",
+            )));
+        }
+        let prefix = push.body_prefix(now_micros)?;
+        let payloads: Vec<P> = payloads.into_iter().collect();
+        let slices: Vec<&[u8]> = payloads.iter().map(AsRef::as_ref).collect();
+        self.shared.push_batch(&slices, prefix)
     }
 
     /// Removes every record not yet consumed, those handed out by `recv` included (as SQS's

@@ -18,7 +18,7 @@ use crate::engine::sync::{lock, SyncGroup};
 use crate::error::{Error, Result};
 use crate::format::acklog::{AckEntry, JobHistory};
 use crate::format::dead_letter::DeadLetterReason;
-use crate::format::frame::{self, PAYLOAD_LEN_MAX};
+use crate::format::frame;
 use crate::format::head::HeadState;
 use crate::format::segment::{find_later_frame, is_free_space, walk_headers, SEGMENT_HEADER_LEN};
 use crate::options::SyncPolicy;
@@ -33,15 +33,21 @@ pub(crate) struct Cursor {
     /// The segment's mapping as last seen, so that a read does not take the segment's lock
     /// while the mapping covers what it reads.
     pub(crate) view: Option<Mapping>,
+    /// How the segment's frames are read, taken from it once (it never changes once open).
+    rules: frame::FrameRules,
 }
 
 impl Cursor {
+    /// A cursor at `offset` of `segment`, which must be open (`Segment::ensure_open`), so that
+    /// its format version is known.
     pub(crate) fn new(segment: Arc<Segment>, offset: u64, next_seq: u64) -> Self {
+        let rules = segment.rules();
         Cursor {
             segment,
             offset,
             next_seq,
             view: None,
+            rules,
         }
     }
 
@@ -162,10 +168,10 @@ impl Reader {
         }
     }
 
-    /// Consumes a tracked record older than `max_age` without handing it out: counted as
-    /// expired, and moved to the dead-letter queue when one is configured. Nothing is written
-    /// for a discarded one: expiry depends only on its enqueue time, so after a crash it is
-    /// expired again.
+    /// Consumes a tracked record older than `max_age` or past its TTL without handing it out:
+    /// counted as expired, and moved to the dead-letter queue when one is configured. Nothing is
+    /// written for a discarded one: expiry depends only on its enqueue time and TTL (both in its
+    /// frame) and the stored `max_age`, so after a crash it is expired again.
     fn expire(&mut self, env: &Env, seq: u64) {
         let Some(job) = self.jobs.get(seq) else {
             return;
@@ -207,11 +213,24 @@ impl Reader {
     }
 }
 
-/// Whether a record is older than the queue's `max_age` at `now_us`.
+/// Whether a record has expired at `now_us`: it is older than the queue's `max_age`, or its
+/// own TTL has run out (`Push::ttl`); whichever comes first.
 #[inline]
 fn is_expired(env: &Env, record: &Record, now_us: u64) -> bool {
-    env.max_age_us
-        .is_some_and(|max_age_us| record.enqueued_at_us().saturating_add(max_age_us) < now_us)
+    let too_old = env
+        .max_age_us
+        .is_some_and(|max_age_us| record.enqueued_at_us().saturating_add(max_age_us) < now_us);
+    too_old
+        || record
+            .expires_at_us()
+            .is_some_and(|expires_us| expires_us < now_us)
+}
+
+/// Whether a record can expire at all (so whether the clock must be read for it): the queue
+/// has a `max_age`, or the record a TTL.
+#[inline]
+fn may_expire(env: &Env, record: &Record) -> bool {
+    env.max_age_us.is_some() || record.has_ttl()
 }
 
 /// Gives a consumed record's room back to a bounded queue (see `limits`).
@@ -276,7 +295,7 @@ fn sealed_segment_ends_here(
 ) -> bool {
     segment.is_sealed()
         && is_free_space(bytes, offset, error, segment.base_seq)
-        && find_later_frame(bytes, offset, segment.base_seq, PAYLOAD_LEN_MAX).is_none()
+        && find_later_frame(bytes, offset, segment.base_seq, segment.rules()).is_none()
 }
 
 /// Counts the records from `cursor` to `end_seq` that wait for a delay or a retry, walking frame
@@ -302,10 +321,11 @@ fn count_delayed_unread(
                 let view = segment.view(end)?;
                 let bytes = (*view).as_ref();
                 let bytes = bytes.get(..end as usize).unwrap_or(&[]);
+                let rules = segment.rules();
                 next_seq =
-                    walk_headers(bytes, offset as usize, next_seq, |header, not_before_us| {
+                    walk_headers(bytes, offset as usize, next_seq, rules, |header, prefix| {
                         let seq = header.seq;
-                        if seq < end_seq && history.is_delayed(seq, not_before_us, now_us) {
+                        if seq < end_seq && history.is_delayed(seq, prefix.not_before_us, now_us) {
                             delayed += 1;
                         }
                     });
@@ -359,7 +379,7 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
             let bytes = (*view).as_ref();
             let start = offset as usize;
             let at = bytes.get(start..end as usize).unwrap_or(&[]);
-            let frame = match frame::decode(at, next_seq, PAYLOAD_LEN_MAX) {
+            let frame = match frame::decode(at, next_seq, cursor.rules) {
                 Ok(frame) => frame,
                 Err(error) => {
                     let bytes = bytes.get(..end as usize).unwrap_or(&[]);
@@ -376,10 +396,17 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
                     ));
                 }
             };
+            let prefix = frame::BodyPrefix {
+                not_before_us: frame.not_before_us,
+                ttl_us: frame.ttl_us,
+            };
+            if prefix.ttl_us != 0 {
+                env.saw_ttl();
+            }
             let record = Record::new(
                 next_seq,
                 frame.header.enqueued_us,
-                frame.not_before_us,
+                prefix,
                 view,
                 start + frame.payload.start..start + frame.payload.end,
             );
@@ -629,11 +656,9 @@ impl Consumer {
         reader.jobs.fire_timers(now_us);
         loop {
             if let Some(seq) = reader.jobs.first_ready() {
-                let expired = env.max_age_us.is_some()
-                    && reader
-                        .jobs
-                        .get(seq)
-                        .is_some_and(|job| is_expired(env, &job.record, now_us));
+                let expired = reader.jobs.get(seq).is_some_and(|job| {
+                    may_expire(env, &job.record) && is_expired(env, &job.record, now_us)
+                });
                 if expired {
                     reader.expire(env, seq);
                     reader.jobs.fold();
@@ -766,7 +791,7 @@ impl Consumer {
             let Some(found) = read_next(env, log, &mut reader.cursor)? else {
                 return Ok(None);
             };
-            let expired = env.max_age_us.is_some()
+            let expired = may_expire(env, &found.record)
                 && is_expired(env, &found.record, Clock::default().now_us());
             if found.record.not_before_us() != 0 || expired {
                 // A delayed or expired record: the general path decides whether it is due,
@@ -806,7 +831,7 @@ impl Consumer {
         let Some(found) = read_next(env, log, &mut reader.cursor)? else {
             return Ok(Step::End);
         };
-        if env.max_age_us.is_some() {
+        if may_expire(env, &found.record) {
             let now_us = clock.now_us();
             if is_expired(env, &found.record, now_us) {
                 // Tracked as expired (consumed), and the tracked path goes on after it.
@@ -874,6 +899,20 @@ impl Consumer {
             }
             return Ok(Step::Value(value));
         }
+    }
+
+    /// Reads the record at the frontier and puts it back, while nothing is tracked: nothing
+    /// changes but that reading a record with a TTL is noted (`Env::saw_ttl`). For a full
+    /// queue deciding whether expired records may sit at its head.
+    pub(crate) fn read_frontier(&self, env: &Env, log: &Log) -> Result<()> {
+        let mut guard = lock(&self.reader);
+        let reader = &mut *guard;
+        if reader.jobs.is_idle() {
+            if let Some(found) = read_next(env, log, &mut reader.cursor)? {
+                reader.cursor.rewind(found.offset, found.record.seq());
+            }
+        }
+        Ok(())
     }
 
     /// The oldest record that a pop would return, not removed.

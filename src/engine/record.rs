@@ -5,6 +5,7 @@ use std::fmt;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::format::frame::{self, BodyPrefix};
 use crate::storage::Mapping;
 
 /// A record handed out by the queue.
@@ -16,6 +17,7 @@ pub struct Record {
     seq: u64,
     enqueued_us: u64,
     not_before_us: u64,
+    ttl_us: u64,
     bytes: Mapping,
     payload: Range<usize>,
 }
@@ -24,14 +26,15 @@ impl Record {
     pub(crate) fn new(
         seq: u64,
         enqueued_us: u64,
-        not_before_us: u64,
+        prefix: BodyPrefix,
         bytes: Mapping,
         payload: Range<usize>,
     ) -> Self {
         Record {
             seq,
             enqueued_us,
-            not_before_us,
+            not_before_us: prefix.not_before_us,
+            ttl_us: prefix.ttl_us,
             bytes,
             payload,
         }
@@ -39,8 +42,11 @@ impl Record {
 
     /// The length of the record's frame on disk (what it counts against `max_bytes`).
     pub(crate) fn frame_len(&self) -> u64 {
-        let body = crate::format::frame::body_len(self.payload.len(), self.not_before_us != 0);
-        crate::format::frame::frame_len(body) as u64
+        let prefix = BodyPrefix {
+            not_before_us: self.not_before_us,
+            ttl_us: self.ttl_us,
+        };
+        frame::frame_len(frame::body_len(self.payload.len(), prefix)) as u64
     }
 
     /// The record's sequence number.
@@ -77,6 +83,30 @@ impl Record {
     /// The not-before time in microseconds since the Unix epoch; 0 when the record has none.
     pub fn not_before_us(&self) -> u64 {
         self.not_before_us
+    }
+
+    /// For a record pushed with a TTL ([`Push::ttl`](crate::Push::ttl)): the time after which
+    /// it is never handed out (its enqueue time plus the TTL).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at_us()
+            .map(|expires_us| UNIX_EPOCH + Duration::from_micros(expires_us))
+    }
+
+    /// The expiry time in microseconds since the Unix epoch; `None` when the record has no TTL.
+    #[inline]
+    pub fn expires_at_us(&self) -> Option<u64> {
+        frame::expires_at_us(self.enqueued_us, self.ttl_us)
+    }
+
+    /// The time to live the record was pushed with ([`Push::ttl`](crate::Push::ttl)), if any.
+    pub fn ttl(&self) -> Option<Duration> {
+        (self.ttl_us != 0).then(|| Duration::from_micros(self.ttl_us))
+    }
+
+    /// True when the record carries a TTL.
+    #[inline]
+    pub(crate) fn has_ttl(&self) -> bool {
+        self.ttl_us != 0
     }
 }
 

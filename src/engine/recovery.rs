@@ -14,14 +14,14 @@ use crate::engine::report::{RecoveryReport, Truncation};
 use crate::engine::segment::{create_segment, Segment, SegmentPath};
 use crate::error::{Error, Result};
 use crate::format::acklog::JobHistory;
-use crate::format::frame::{FrameError, PAYLOAD_LEN_MAX, SEQ_LIMIT};
+use crate::format::frame::{FrameError, FrameRules, SEQ_LIMIT};
 use crate::format::head::HeadState;
 use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::layout::SETTINGS_FILE_NAME;
 use crate::format::layout::{parse_segment_file_name, segment_file_name};
 use crate::format::segment::{
-    check_oldest_base, classify_stop, decode_header, header_error, locate_seq, walk_frames,
-    LocateError, StopKind, WalkStep, SEGMENT_HEADER_LEN,
+    check_oldest_base, classify_stop, decode_header, encode_header, header_error, locate_seq,
+    walk_frames, LocateError, SegmentHeader, StopKind, WalkStep, SEGMENT_HEADER_LEN,
 };
 use crate::format::settings::QueueSettings;
 use crate::options::policy_bits;
@@ -163,10 +163,11 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         })
         .collect();
     let (mut active, mut active_file, mut tail, mut next_seq) = match active {
-        Some((base, file, tail, next_seq)) => {
+        Some((base, file, tail, next_seq, rules)) => {
             let path = dir.join(segment_file_name(base));
             let map_len = options.segment_size.max(tail);
             let segment = Segment::active(base, path, file.clone(), tail, map_len);
+            segment.set_rules(rules);
             (Arc::new(segment), file, tail, next_seq)
         }
         None => {
@@ -212,6 +213,30 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
         active_file = file;
         tail = SEGMENT_HEADER_LEN as u64;
         next_seq = head_seq;
+    }
+
+    if active.rules() != FrameRules::CURRENT {
+        // A segment of an older format version (2) is read by its rules, so nothing of this
+        // build's format is appended to it: a frame with a TTL would not read back there.
+        if next_seq == active.base_seq {
+            // No records yet (recovery cut the file to its header): the header becomes this
+            // version's. A torn write of it leaves a header-only file that fails its checksum,
+            // which the next open removes as a segment whose creation was cut short.
+            active_file
+                .write_all_at(&encode_header(active.base_seq), 0)
+                .and_then(|()| active_file.sync_data())
+                .map_err(io_error("rewrite segment header", &active.path))?;
+            active.set_rules(FrameRules::CURRENT);
+        } else {
+            // Sealed as it is (synced whole above, cut to its records), and a segment of this
+            // version starts after it, as at a roll.
+            let (segment, file) = create_segment(storage, dir, next_seq, options.segment_size)?;
+            active.seal(tail);
+            segments.insert(segment.base_seq, segment.clone());
+            active = segment;
+            active_file = file;
+            tail = SEGMENT_HEADER_LEN as u64;
+        }
     }
 
     // Every record below `next_seq` is durable now (sealed segments were synced before the
@@ -268,8 +293,9 @@ fn bytes_of(view: &Mapping) -> &[u8] {
     (**view).as_ref()
 }
 
-/// Recovers the last segment: checks its header, walks its frames, cuts a torn tail. Returns
-/// `None` for a segment whose creation was cut short (no valid header and no room for records).
+/// Recovers the last segment: checks its header, walks its frames (by the rules of its format
+/// version), cuts a torn tail. Returns `(base, file, tail, next_seq, rules)`, or `None` for a
+/// segment whose creation was cut short (no valid header and no room for records).
 ///
 /// A bad frame followed by valid ones is damage when the bad frame's record had been synced
 /// (below `synced_seq`): open refuses. Above it, the writes were never synced, and a power loss
@@ -281,7 +307,7 @@ fn recover_active(
     base: u64,
     head: HeadState,
     report: &mut RecoveryReport,
-) -> Result<Option<(u64, Arc<dyn StorageFile>, u64, u64)>> {
+) -> Result<Option<(u64, Arc<dyn StorageFile>, u64, u64, FrameRules)>> {
     let synced_seq = head.synced_seq;
     let io_error = |operation| move |error: io::Error| Error::io(operation, path, error);
     let file: Arc<dyn StorageFile> =
@@ -296,24 +322,27 @@ fn recover_active(
             "segment mapping shorter than the file",
         ));
     }
-    match decode_header(bytes) {
-        Ok(found) if found == base => {}
+    let rules = match decode_header(bytes) {
+        Ok(found) if found.base_seq == base => found.rules,
         Ok(found) => {
             return Err(Error::corrupt(
                 path,
                 0,
-                format!("header names base sequence {found}, file name {base}"),
+                format!(
+                    "header names base sequence {}, file name {base}",
+                    found.base_seq
+                ),
             ))
         }
         Err(_) if len <= SEGMENT_HEADER_LEN as u64 => return Ok(None),
         Err(error) => return Err(header_error(path, error)),
-    }
+    };
 
     let mut complete_end = SEGMENT_HEADER_LEN as u64;
     let mut complete_next_seq = base;
     let mut stop = None;
     let mut last_frame_seq = base;
-    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base, PAYLOAD_LEN_MAX) {
+    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base, rules) {
         match step {
             WalkStep::Frame { offset, frame } => {
                 last_frame_seq = frame.header.seq;
@@ -340,7 +369,10 @@ fn recover_active(
     let kind = stop.as_ref().map(|(offset, expected_seq, error)| {
         classify_stop(
             bytes,
-            base,
+            SegmentHeader {
+                base_seq: base,
+                rules,
+            },
             *offset,
             *expected_seq,
             error,
@@ -419,7 +451,7 @@ fn recover_active(
     }
     // What recovery read must be durable before anything is built on it.
     file.sync_data().map_err(io_error("sync segment"))?;
-    Ok(Some((base, file, complete_end, complete_next_seq)))
+    Ok(Some((base, file, complete_end, complete_next_seq, rules)))
 }
 
 /// The error for records below the head's `synced_seq` that the log does not hold: a crash
@@ -461,7 +493,7 @@ pub(crate) fn locate_head(
     let view = segment.view(end)?;
     let bytes = bytes_of(&view).get(..end as usize).unwrap_or(&[]);
     let hint = (state.hint_base == segment.base_seq).then_some(state.hint_offset);
-    match locate_seq(bytes, segment.base_seq, hint, head_seq) {
+    match locate_seq(bytes, segment.base_seq, hint, head_seq, segment.rules()) {
         Ok(found) => Ok((segment.clone(), found.offset)),
         Err(LocateError::BadFrame { offset, error }) => Err(Error::corrupt(
             &segment.path,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::engine::sync::lock;
 use crate::error::{Error, Result};
+use crate::format::frame::FrameRules;
 use crate::format::layout::segment_file_name;
 use crate::format::segment::{decode_header, header_error, walk_headers, SEGMENT_HEADER_LEN};
 use crate::storage::{Mapping, Storage, StorageFile};
@@ -86,6 +87,9 @@ pub(crate) struct Segment {
     inner: Mutex<SegmentFiles>,
     /// Once sealed and counted (see [`Segment::delayed_frames`]).
     delayed: OnceLock<DelayedFrames>,
+    /// Whether the segment's header names format version 2, whose frames are read by its rules
+    /// (false for a segment this build created; the header's once opened).
+    version_2: AtomicBool,
 }
 
 /// The delayed frames of a sealed segment, counted once from its frame headers.
@@ -123,6 +127,7 @@ impl Segment {
             map_len: AtomicU64::new(0),
             inner: Mutex::new(SegmentFiles::default()),
             delayed: OnceLock::new(),
+            version_2: AtomicBool::new(false),
         }
     }
 
@@ -145,6 +150,7 @@ impl Segment {
                 view: None,
             }),
             delayed: OnceLock::new(),
+            version_2: AtomicBool::new(false),
         }
     }
 
@@ -168,9 +174,10 @@ impl Segment {
             bytes,
             SEGMENT_HEADER_LEN,
             self.base_seq,
-            |header, not_before_us| {
-                if not_before_us != 0 {
-                    delayed.push((header.seq, not_before_us));
+            self.rules(),
+            |header, prefix| {
+                if prefix.not_before_us != 0 {
+                    delayed.push((header.seq, prefix.not_before_us));
                 }
             },
         );
@@ -178,6 +185,23 @@ impl Segment {
             frames: delayed,
             after,
         })))
+    }
+
+    /// How the segment's frames are read (the rules of the format version in its header).
+    #[inline]
+    pub(crate) fn rules(&self) -> FrameRules {
+        if self.version_2.load(Ordering::Relaxed) {
+            FrameRules::V2
+        } else {
+            FrameRules::CURRENT
+        }
+    }
+
+    /// Records the rules of the format version read from the segment's header (set before
+    /// the segment is readable: under the files' lock at open, or before it is shared).
+    pub(crate) fn set_rules(&self, rules: FrameRules) {
+        self.version_2
+            .store(rules.version() == 2, Ordering::Relaxed);
     }
 
     pub(crate) fn readable_end(&self) -> u64 {
@@ -222,7 +246,9 @@ impl Segment {
         let available = len.min(SEGMENT_HEADER_LEN as u64) as usize;
         file.read_exact_at(&mut header[..available], 0)
             .map_err(|error| Error::io("read segment header", &self.path, error))?;
-        let base = decode_header(&header[..available]).map_err(|e| header_error(&self.path, e))?;
+        let decoded =
+            decode_header(&header[..available]).map_err(|e| header_error(&self.path, e))?;
+        let base = decoded.base_seq;
         if base != self.base_seq {
             return Err(Error::corrupt(
                 &self.path,
@@ -233,6 +259,7 @@ impl Segment {
                 ),
             ));
         }
+        self.set_rules(decoded.rules);
         self.map_len.store(len, Ordering::Release);
         self.readable_end.store(len, Ordering::Release);
         files.file = Some(Arc::from(file));

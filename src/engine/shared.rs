@@ -33,6 +33,7 @@ use crate::engine::timer::Timer;
 use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::dead_letter::{DeadLetter, DeadLetterReason};
+use crate::format::frame::BodyPrefix;
 use crate::options::{Options, Overflow, SyncPolicy};
 use crate::stats::DiscardReason;
 use crate::storage::queue_dir::is_queue;
@@ -197,15 +198,16 @@ impl Shared {
     fn push_one_bounded(&self, payload: &[u8]) -> Result<u64> {
         match self.log.push_one(&self.env, payload) {
             Err(Error::Full { .. }) if self.makes_room() => self
-                .push_making_room(std::slice::from_ref(&payload), 0, None)
+                .push_making_room(std::slice::from_ref(&payload), BodyPrefix::NONE, None)
                 .map(|range| range.start),
             pushed => pushed,
         }
     }
 
-    /// A batch of pushes, all or nothing; `not_before_us` 0 for records that are not delayed.
-    pub(crate) fn push_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<Range<u64>> {
-        self.push_batch_until(payloads, not_before_us, None)
+    /// A batch of pushes, all or nothing; `prefix` the delay and TTL of every record
+    /// ([`BodyPrefix::NONE`] for plain records).
+    pub(crate) fn push_batch(&self, payloads: &[&[u8]], prefix: BodyPrefix) -> Result<Range<u64>> {
+        self.push_batch_until(payloads, prefix, None)
     }
 
     /// Like [`push_batch`](Shared::push_batch); under `Overflow::Block` waits for room until
@@ -213,12 +215,15 @@ impl Shared {
     pub(crate) fn push_batch_until(
         &self,
         payloads: &[&[u8]],
-        not_before_us: u64,
+        prefix: BodyPrefix,
         deadline: Option<Instant>,
     ) -> Result<Range<u64>> {
-        match self.log.push_batch(&self.env, payloads, not_before_us) {
+        if prefix.ttl_us != 0 {
+            self.env.saw_ttl();
+        }
+        match self.log.push_batch(&self.env, payloads, prefix) {
             Err(Error::Full { .. }) if self.makes_room() => {
-                self.push_making_room(payloads, not_before_us, deadline)
+                self.push_making_room(payloads, prefix, deadline)
             }
             pushed => pushed,
         }
@@ -229,7 +234,7 @@ impl Shared {
     /// entry is written (and synced under `Always`) before the record, under the writer lock,
     /// so that after any crash the record never exists without its id (a retry then finds
     /// it); an entry whose record a crash took is dropped at the next open.
-    pub(crate) fn push_dedup(&self, payload: &[u8], not_before_us: u64, id: &[u8]) -> Result<u64> {
+    pub(crate) fn push_dedup(&self, payload: &[u8], prefix: BodyPrefix, id: &[u8]) -> Result<u64> {
         let env = &self.env;
         if env.coordination.is_some() {
             return Err(Error::InvalidOptions(
@@ -245,8 +250,11 @@ impl Shared {
                 id.len()
             )));
         }
+        if prefix.ttl_us != 0 {
+            env.saw_ttl();
+        }
         let payloads = std::slice::from_ref(&payload);
-        let batch_len = self.log.check_batch(env, payloads, not_before_us)?;
+        let batch_len = self.log.check_batch(env, payloads, prefix)?;
         let mut dedup = lock(&self.dedup);
         let mut expiry_tried = false;
         loop {
@@ -272,7 +280,7 @@ impl Shared {
                             env,
                             &mut writer,
                             payloads,
-                            not_before_us,
+                            prefix,
                             batch_len,
                             Bound::Enforced,
                         )
@@ -294,7 +302,7 @@ impl Shared {
                         return Err(limits.full(1, batch_len));
                     }
                     let before = before.unwrap_or_default();
-                    if env.max_age_us.is_some() && !expiry_tried {
+                    if env.may_hold_expiring() && !expiry_tried {
                         // As in `push_making_room`: expired records at the head go first.
                         expiry_tried = true;
                         self.peek()?;
@@ -320,11 +328,22 @@ impl Shared {
     }
 
     /// Whether a full queue may make room for a push (drops, waits, or discards expired
-    /// records at the head) rather than refusing it at once.
+    /// records at the head) rather than refusing it at once. Called once a push found the
+    /// queue full: without a `max_age`, and without a record with a TTL pushed or read since
+    /// open, the record at the reader's frontier is read (and put back) first, so that records
+    /// with a TTL pushed before the open are found there too.
     fn makes_room(&self) -> bool {
-        self.env.limits.as_ref().is_some_and(|limits| {
-            limits.overflow != Overflow::Reject || self.env.max_age_us.is_some()
-        })
+        let Some(limits) = &self.env.limits else {
+            return false;
+        };
+        if !self.env.may_hold_expiring() {
+            // A read error here is met again by the consumer that reaches the record.
+            // (A bounded queue is never shared: its consumer is this handle's.)
+            if let Some(consumer) = self.consumer.get() {
+                let _ = consumer.read_frontier(&self.env, &self.log);
+            }
+        }
+        limits.overflow != Overflow::Reject || self.env.may_hold_expiring()
     }
 
     /// A push that found the queue full under `Overflow::DropOldest` or `Overflow::Block`:
@@ -333,27 +352,28 @@ impl Shared {
     fn push_making_room(
         &self,
         payloads: &[&[u8]],
-        not_before_us: u64,
+        prefix: BodyPrefix,
         deadline: Option<Instant>,
     ) -> Result<Range<u64>> {
         let Some(limits) = &self.env.limits else {
-            return self.log.push_batch(&self.env, payloads, not_before_us);
+            return self.log.push_batch(&self.env, payloads, prefix);
         };
         let records = payloads.len() as u64;
-        let bytes = self.log.check_batch(&self.env, payloads, not_before_us)?;
+        let bytes = self.log.check_batch(&self.env, payloads, prefix)?;
         if limits.never_fits(records, bytes) {
             return Err(limits.full(records, bytes));
         }
         let mut expiry_tried = false;
         loop {
             let before = limits.usage();
-            match self.log.push_batch(&self.env, payloads, not_before_us) {
+            match self.log.push_batch(&self.env, payloads, prefix) {
                 Err(Error::Full { .. }) => {}
                 pushed => return pushed,
             }
-            if self.env.max_age_us.is_some() && !expiry_tried {
-                // Expired records at the head still count until the reader reaches them:
-                // a peek discards them (and gives their room back) without taking anything.
+            if self.env.may_hold_expiring() && !expiry_tried {
+                // Expired records at the head (past `max_age` or their TTL) still count until
+                // the reader reaches them: a peek discards them (and gives their room back)
+                // without taking anything.
                 expiry_tried = true;
                 self.peek()?;
                 if limits.usage() != before {
@@ -405,8 +425,8 @@ impl Shared {
     }
 
     /// Checks a batch against the limits; returns its encoded length (for fanout).
-    pub(crate) fn check_batch(&self, payloads: &[&[u8]], not_before_us: u64) -> Result<u64> {
-        self.log.check_batch(&self.env, payloads, not_before_us)
+    pub(crate) fn check_batch(&self, payloads: &[&[u8]], prefix: BodyPrefix) -> Result<u64> {
+        self.log.check_batch(&self.env, payloads, prefix)
     }
 
     /// The writer, locked (for fanout, which numbers copies in several queues at once).
@@ -419,12 +439,12 @@ impl Shared {
         &self,
         writer: &mut Writer,
         payloads: &[&[u8]],
-        not_before_us: u64,
+        prefix: BodyPrefix,
         batch_len: u64,
         bound: Bound,
     ) -> Result<Written> {
         self.log
-            .write_locked(&self.env, writer, payloads, not_before_us, batch_len, bound)
+            .write_locked(&self.env, writer, payloads, prefix, batch_len, bound)
     }
 
     /// Fails with `Error::Full` if a batch of `records` and `bytes` does not fit the bound now

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::engine::segment::Segment;
 use crate::error::{Error, Result};
-use crate::format::frame;
+use crate::format::frame::{self, BodyPrefix};
 use crate::format::segment::{PREPARED_SPACE_ALIGN, SEGMENT_HEADER_LEN};
 use crate::storage::{StorageFile, WritableMapping};
 
@@ -135,7 +135,7 @@ impl Writer {
         payloads: &[&[u8]],
         batch_len: u64,
         enqueued_us: u64,
-        not_before_us: u64,
+        prefix: BodyPrefix,
         segment_size: u64,
     ) -> std::result::Result<(), AppendFailure> {
         debug_assert!(!payloads.is_empty());
@@ -155,10 +155,10 @@ impl Writer {
                                 enqueued_us,
                                 payload,
                                 false,
-                                not_before_us,
+                                prefix,
                             );
                         }
-                        _ => encode_batch(bytes, first_seq, enqueued_us, not_before_us, payloads),
+                        _ => encode_batch(bytes, first_seq, enqueued_us, prefix, payloads),
                     }
                     window.map.stored(from, to);
                     self.advance(end, payloads.len());
@@ -192,7 +192,7 @@ impl Writer {
             None
         };
         if let Some(bytes) = mapped {
-            encode_batch(bytes, first_seq, enqueued_us, not_before_us, payloads);
+            encode_batch(bytes, first_seq, enqueued_us, prefix, payloads);
             if let Some(window) = self.window.as_mut() {
                 let from = (self.tail - window.start) as usize;
                 window.map.stored(from, from + batch_len as usize);
@@ -212,20 +212,20 @@ impl Writer {
             }
             let written =
                 if batch_len >= MAPPED_BATCH_BYTES_MAX && payloads.len() <= GATHERED_FRAMES_MAX {
-                    self.write_gathered(payloads, enqueued_us, not_before_us)
+                    self.write_gathered(payloads, enqueued_us, prefix)
                 } else {
                     self.scratch.clear();
                     self.scratch.reserve(batch_len as usize);
                     let last = payloads.len() - 1;
                     for (index, payload) in payloads.iter().enumerate() {
                         let seq = self.next_seq + index as u64;
-                        frame::encode(
+                        frame::encode_prefixed(
                             &mut self.scratch,
                             seq,
                             enqueued_us,
                             payload,
                             index < last,
-                            not_before_us,
+                            prefix,
                         );
                     }
                     debug_assert_eq!(self.scratch.len() as u64, batch_len);
@@ -260,26 +260,21 @@ impl Writer {
         &mut self,
         payloads: &[&[u8]],
         enqueued_us: u64,
-        not_before_us: u64,
+        prefix: BodyPrefix,
     ) -> std::io::Result<()> {
         let last = payloads.len() - 1;
-        // Every frame of a batch has the same delay, so the same header length.
-        let delayed = not_before_us != 0;
-        let header_len = if delayed {
-            frame::HEADER_WITH_DELAY_LEN
-        } else {
-            frame::FRAME_HEADER_LEN
-        };
+        // Every frame of a batch has the same delay and TTL, so the same header length.
+        let header_len = frame::FRAME_HEADER_LEN + prefix.len();
         self.scratch.clear();
         for (index, payload) in payloads.iter().enumerate() {
-            let mut header = [0; frame::HEADER_WITH_DELAY_LEN];
+            let mut header = [0; frame::HEADER_WITH_PREFIX_LEN_MAX];
             let len = frame::encode_header(
                 &mut header,
                 self.next_seq + index as u64,
                 enqueued_us,
                 payload,
                 index < last,
-                not_before_us,
+                prefix,
             );
             debug_assert_eq!(len, header_len);
             self.scratch.extend_from_slice(&header[..header_len]);
@@ -288,7 +283,7 @@ impl Writer {
         for (payload, header) in payloads.iter().zip(self.scratch.chunks_exact(header_len)) {
             parts.push(header);
             parts.push(payload);
-            let padding = frame::padding_len(payload.len(), delayed);
+            let padding = frame::padding_len(payload.len(), prefix);
             if padding > 0 {
                 parts.push(&ZEROS[..padding]);
             }
@@ -471,13 +466,13 @@ fn encode_batch(
     bytes: &mut [u8],
     first_seq: u64,
     enqueued_us: u64,
-    not_before_us: u64,
+    prefix: BodyPrefix,
     payloads: &[&[u8]],
 ) {
     let last = payloads.len() - 1;
     let mut rest = bytes;
     for (index, payload) in payloads.iter().enumerate() {
-        let body_len = frame::body_len(payload.len(), not_before_us != 0);
+        let body_len = frame::body_len(payload.len(), prefix);
         let (frame_bytes, after) = rest.split_at_mut(frame::frame_len(body_len));
         frame::encode_into(
             frame_bytes,
@@ -485,7 +480,7 @@ fn encode_batch(
             enqueued_us,
             payload,
             index < last,
-            not_before_us,
+            prefix,
         );
         rest = after;
     }

@@ -9,7 +9,7 @@
 //! header (32 bytes)
 //! offset  size  field
 //!      0     8  magic       b"DSPOOLAK"
-//!      8     2  version     FORMAT_VERSION
+//!      8     2  version     ACK_LOG_FORMAT_VERSION (2)
 //!     10     2  header_len  32
 //!     12     2  entry_len   24
 //!     14     2  reserved    zero
@@ -41,7 +41,11 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::frame::{read_u32, read_u64, SEQ_LIMIT};
-use crate::format::segment::{SequenceBreak, FORMAT_VERSION};
+use crate::format::segment::SequenceBreak;
+
+/// The format version of the ack log this build reads and writes (its own: a change to the
+/// segment format does not change it).
+pub const ACK_LOG_FORMAT_VERSION: u16 = 2;
 
 /// Magic bytes at the start of the ack log.
 pub const ACK_LOG_MAGIC: [u8; 8] = *b"DSPOOLAK";
@@ -84,7 +88,7 @@ pub enum AckEntry {
 pub fn encode_header(log_id: u64) -> [u8; ACK_LOG_HEADER_LEN] {
     let mut header = [0; ACK_LOG_HEADER_LEN];
     header[..8].copy_from_slice(&ACK_LOG_MAGIC);
-    header[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[8..10].copy_from_slice(&ACK_LOG_FORMAT_VERSION.to_le_bytes());
     header[10..12].copy_from_slice(&(ACK_LOG_HEADER_LEN as u16).to_le_bytes());
     header[12..14].copy_from_slice(&(ACK_ENTRY_LEN as u16).to_le_bytes());
     header[16..24].copy_from_slice(&log_id.to_le_bytes());
@@ -122,7 +126,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<u64, AckHeaderError> {
         return Err(AckHeaderError::Checksum);
     }
     let version = u16::from_le_bytes([header[8], header[9]]);
-    if version != FORMAT_VERSION {
+    if version != ACK_LOG_FORMAT_VERSION {
         return Err(AckHeaderError::UnsupportedVersion(version));
     }
     Ok(read_u64(header, 16))
@@ -541,7 +545,7 @@ pub(crate) fn header_error(path: &Path, error: AckHeaderError) -> Error {
         AckHeaderError::UnsupportedVersion(found) => Error::UnsupportedVersion {
             file: path.to_path_buf(),
             found,
-            supported: FORMAT_VERSION,
+            supported: ACK_LOG_FORMAT_VERSION,
         },
         other => Error::corrupt(path, 0, other.to_string()),
     }

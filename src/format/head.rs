@@ -6,7 +6,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic        b"DSPOOLHD"
-//!      8     2  version      FORMAT_VERSION
+//!      8     2  version      HEAD_FORMAT_VERSION (2)
 //!     10     2  slot_len     64
 //!     12     4  reserved     zero
 //!     16     8  generation   incremented on every write; the valid slot with the highest wins
@@ -25,8 +25,10 @@
 
 use crate::error::Result;
 use crate::format::frame::{read_u32, read_u64, SEQ_LIMIT};
-use crate::format::segment::FORMAT_VERSION;
 
+/// The format version of the head index this build reads and writes (its own: a change to
+/// the segment format does not change it).
+pub const HEAD_FORMAT_VERSION: u16 = 2;
 /// Magic bytes at the start of each head slot.
 pub const HEAD_MAGIC: [u8; 8] = *b"DSPOOLHD";
 /// Bytes of one slot.
@@ -131,7 +133,7 @@ pub enum SlotError {
 pub fn encode_slot(slot: &HeadSlot) -> [u8; HEAD_SLOT_LEN] {
     let mut bytes = [0; HEAD_SLOT_LEN];
     bytes[..VERSION_OFFSET].copy_from_slice(&HEAD_MAGIC);
-    bytes[VERSION_OFFSET..SLOT_LEN_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes[VERSION_OFFSET..SLOT_LEN_OFFSET].copy_from_slice(&HEAD_FORMAT_VERSION.to_le_bytes());
     bytes[SLOT_LEN_OFFSET..SLOT_LEN_OFFSET + 2]
         .copy_from_slice(&(HEAD_SLOT_LEN as u16).to_le_bytes());
     bytes[GENERATION_OFFSET..HEAD_SEQ_OFFSET].copy_from_slice(&slot.generation.to_le_bytes());
@@ -160,7 +162,7 @@ pub fn decode_slot(bytes: &[u8]) -> Result<HeadSlot, SlotError> {
         return Err(SlotError::Checksum);
     }
     let version = u16::from_le_bytes([bytes[VERSION_OFFSET], bytes[VERSION_OFFSET + 1]]);
-    if version != FORMAT_VERSION {
+    if version != HEAD_FORMAT_VERSION {
         return Err(SlotError::UnsupportedVersion(version));
     }
     Ok(HeadSlot {

@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic          b"DSPOOLSG"
-//!      8     2  version        FORMAT_VERSION
+//!      8     2  version        FORMAT_VERSION (3); version 2 is read too
 //!     10     2  header_len     32
 //!     12     4  reserved       zero
 //!     16     8  base_seq       sequence number of the first frame
@@ -15,11 +15,13 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::format::frame::{self, DecodedFrame, FrameError};
+use crate::format::frame::{self, BodyPrefix, DecodedFrame, FrameError, FrameRules};
 
-/// The format version this build reads and writes, for segments, the head index and the ack
-/// log alike. Version 1 (no delayed records, no ack log) was never released and is not read.
-pub const FORMAT_VERSION: u16 = 2;
+/// The segment format version this build writes. It reads this one and version 2 (frames
+/// without a TTL, read by [`FrameRules::V2`]); version 1 (no delayed records, no ack log) was
+/// never released and is not read. The head index and the ack log have versions of their own
+/// (`head::HEAD_FORMAT_VERSION`, `acklog::ACK_LOG_FORMAT_VERSION`).
+pub const FORMAT_VERSION: u16 = 3;
 /// The smallest segment size accepted.
 pub const SEGMENT_SIZE_MIN: u64 = 4096;
 /// The largest segment size accepted.
@@ -35,11 +37,18 @@ const HEADER_LEN_OFFSET: usize = VERSION_OFFSET + 2;
 const BASE_SEQ_OFFSET: usize = HEADER_LEN_OFFSET + 2 + 4;
 const CRC_OFFSET: usize = BASE_SEQ_OFFSET + 8 + 4;
 
-/// Encodes a segment header.
+/// Encodes a segment header of the current format version.
 pub fn encode_header(base_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    encode_header_for(base_seq, FrameRules::CURRENT)
+}
+
+/// Encodes a segment header of the format version whose frame rules are `rules`: for a copy of
+/// frames written by an older version (`repair` rebasing a segment), which must be read by the
+/// rules they were written by.
+pub fn encode_header_for(base_seq: u64, rules: FrameRules) -> [u8; SEGMENT_HEADER_LEN] {
     let mut header = [0; SEGMENT_HEADER_LEN];
     header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&SEGMENT_MAGIC);
-    header[VERSION_OFFSET..HEADER_LEN_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[VERSION_OFFSET..HEADER_LEN_OFFSET].copy_from_slice(&rules.version().to_le_bytes());
     header[HEADER_LEN_OFFSET..HEADER_LEN_OFFSET + 2]
         .copy_from_slice(&(SEGMENT_HEADER_LEN as u16).to_le_bytes());
     header[BASE_SEQ_OFFSET..BASE_SEQ_OFFSET + 8].copy_from_slice(&base_seq.to_le_bytes());
@@ -68,8 +77,17 @@ pub enum HeaderError {
     BaseBeyondLimit(u64),
 }
 
-/// Decodes a segment header and returns its base sequence number.
-pub fn decode_header(bytes: &[u8]) -> Result<u64, HeaderError> {
+/// What a segment header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// The sequence number of the segment's first frame.
+    pub base_seq: u64,
+    /// How its frames are read: the rules of the format version that wrote it.
+    pub rules: FrameRules,
+}
+
+/// Decodes a segment header: its base sequence number and the rules its frames are read by.
+pub fn decode_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderError> {
     let header = bytes
         .get(..SEGMENT_HEADER_LEN)
         .ok_or(HeaderError::Truncated(bytes.len()))?;
@@ -81,14 +99,12 @@ pub fn decode_header(bytes: &[u8]) -> Result<u64, HeaderError> {
         return Err(HeaderError::Checksum);
     }
     let version = u16::from_le_bytes([header[VERSION_OFFSET], header[VERSION_OFFSET + 1]]);
-    if version != FORMAT_VERSION {
-        return Err(HeaderError::UnsupportedVersion(version));
-    }
+    let rules = FrameRules::for_version(version).ok_or(HeaderError::UnsupportedVersion(version))?;
     let base_seq = frame::read_u64(header, BASE_SEQ_OFFSET);
     if base_seq > frame::SEQ_LIMIT {
         return Err(HeaderError::BaseBeyondLimit(base_seq));
     }
-    Ok(base_seq)
+    Ok(SegmentHeader { base_seq, rules })
 }
 
 /// Converts a header problem into the crate's error for `path`.
@@ -125,12 +141,13 @@ pub enum WalkStep {
 }
 
 /// Walks the frames of a segment's bytes from `start` (an offset in `bytes`), expecting
-/// `first_seq` there, and stops after the first bad frame or at the end of `bytes`.
+/// `first_seq` there, by the segment's `rules`, and stops after the first bad frame or at the
+/// end of `bytes`.
 pub fn walk_frames(
     bytes: &[u8],
     start: usize,
     first_seq: u64,
-    payload_len_max: u32,
+    rules: FrameRules,
 ) -> impl Iterator<Item = WalkStep> + '_ {
     let mut offset = start;
     let mut expected_seq = first_seq;
@@ -140,7 +157,7 @@ pub fn walk_frames(
             return None;
         }
         let rest = bytes.get(offset..)?;
-        match frame::decode(rest, expected_seq, payload_len_max) {
+        match frame::decode(rest, expected_seq, rules) {
             Ok(frame) => {
                 let step = WalkStep::Frame {
                     offset: offset as u64,
@@ -189,8 +206,9 @@ pub enum LocateError {
     },
 }
 
-/// Finds where record `seq`'s frame starts in a segment whose base is `base` (`bytes`: the
-/// segment from its start, up to where its records may end). The one rule for "find the head in
+/// Finds where record `seq`'s frame starts in a segment whose base is `base` and whose frames
+/// are read by `rules` (`bytes`: the segment from its start, up to where its records may end).
+/// The one rule for "find the head in
 /// a segment", applied by `Queue::open` and by the lock-free readers alike:
 /// - the record the segment starts with is right after the header;
 /// - `hint` (an offset, the head index's `hint_offset` when its `hint_base` is `base`) is taken
@@ -203,6 +221,7 @@ pub fn locate_seq(
     base: u64,
     hint: Option<u64>,
     seq: u64,
+    rules: FrameRules,
 ) -> std::result::Result<Located, LocateError> {
     if seq == base {
         return Ok(Located {
@@ -213,7 +232,7 @@ pub fn locate_seq(
     let hinted = hint.filter(|&offset| {
         let at = usize::try_from(offset).ok().and_then(|at| bytes.get(at..));
         offset >= SEGMENT_HEADER_LEN as u64
-            && at.is_some_and(|at| frame::decode(at, seq, frame::PAYLOAD_LEN_MAX).is_ok())
+            && at.is_some_and(|at| frame::decode(at, seq, rules).is_ok())
     });
     if let Some(offset) = hinted {
         return Ok(Located {
@@ -222,7 +241,7 @@ pub fn locate_seq(
         });
     }
     let mut last_end = None;
-    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base, frame::PAYLOAD_LEN_MAX) {
+    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base, rules) {
         match step {
             WalkStep::Frame { offset, frame } if frame.header.seq == seq => {
                 return Ok(Located {
@@ -335,13 +354,13 @@ pub fn is_free_space(bytes: &[u8], offset: usize, error: &FrameError, base: u64)
     zeros > 0 && ((offset + zeros) as u64).is_multiple_of(PREPARED_SPACE_ALIGN)
 }
 
-/// Searches `bytes` after `from` for any frame that validates with a sequence number at or
-/// above `min_seq`: evidence that damage at `from` is not a torn tail.
+/// Searches `bytes` after `from` for any frame that validates by `rules` with a sequence number
+/// at or above `min_seq`: evidence that damage at `from` is not a torn tail.
 pub fn find_later_frame(
     bytes: &[u8],
     from: usize,
     min_seq: u64,
-    payload_len_max: u32,
+    rules: FrameRules,
 ) -> Option<(u64, u64)> {
     let mut offset = frame::align_up(from + 1);
     while offset + frame::FRAME_HEADER_LEN <= bytes.len() {
@@ -354,10 +373,10 @@ pub fn find_later_frame(
             offset += frame::FRAME_ALIGN;
             continue;
         }
-        if let Some(header) = frame::peek_header(rest) {
+        if let Some(header) = frame::peek_header(rest, rules) {
             // Only plausible sequence numbers are worth a checksum.
             let plausible = header.seq >= min_seq && header.seq - min_seq < (bytes.len() as u64);
-            if plausible && frame::decode(rest, header.seq, payload_len_max).is_ok() {
+            if plausible && frame::decode(rest, header.seq, rules).is_ok() {
                 return Some((offset as u64, header.seq));
             }
         }
@@ -410,7 +429,8 @@ impl StopKind {
 
 /// Classifies the bytes where a walk stopped: at `offset` (an offset in `bytes`, the segment's
 /// bytes from its start), where sequence `expected_seq` was expected and `error` was found, in
-/// a segment whose base is `base`. `complete_next_seq` is the sequence number after the last
+/// a segment whose header is `header` (its base, and the rules its frames are read by).
+/// `complete_next_seq` is the sequence number after the last
 /// complete batch before the stop (what a cut there keeps) and `synced_seq` the head index's
 /// `synced_seq` (every record below it was synced; 0 when unknown). Pass `u64::MAX` for a
 /// sealed segment, which was synced whole.
@@ -421,19 +441,23 @@ impl StopKind {
 /// is [`FreeSpace`](StopKind::FreeSpace) or a [`TornWrite`](StopKind::TornWrite).
 pub fn classify_stop(
     bytes: &[u8],
-    base: u64,
+    header: SegmentHeader,
     offset: u64,
     expected_seq: u64,
     error: &FrameError,
     complete_next_seq: u64,
     synced_seq: u64,
 ) -> StopKind {
+    let SegmentHeader {
+        base_seq: base,
+        rules,
+    } = header;
     let at = usize::try_from(offset).unwrap_or(usize::MAX);
     // An all-zero tail cannot hide a later frame: skip the search.
     let later = if is_zero_tail(bytes, at) {
         None
     } else {
-        find_later_frame(bytes, at, expected_seq, frame::PAYLOAD_LEN_MAX)
+        find_later_frame(bytes, at, expected_seq, rules)
     };
     let free_space = later.is_none() && is_free_space(bytes, at, error, base);
     judge_stop(later, free_space, complete_next_seq, synced_seq)
@@ -462,9 +486,10 @@ pub fn judge_stop(
     }
 }
 
-/// Walks the frame headers in `bytes` from `offset`, the frame of `first_seq`, without checking
-/// checksums: calls `visit(header, not_before_us)` (0 for a record that is not delayed) for each
-/// frame whose header names the expected sequence number, and stops at the first that does not
+/// Walks the frame headers in `bytes` from `offset`, the frame of `first_seq`, by the segment's
+/// `rules`, without checking checksums: calls `visit(header, prefix)` (the body prefix: the
+/// not-before time and the TTL, 0 where absent) for each frame whose header names the expected
+/// sequence number, and stops at the first that does not
 /// or does not fit: pass bytes that end where the valid frames end (zeros after them would
 /// read as an empty record when the expected sequence number is 0). Returns the sequence number after the last frame visited. For counting
 /// (delayed records, for `stats`) over bytes a reader has already validated or will; never to
@@ -473,23 +498,24 @@ pub fn walk_headers(
     bytes: &[u8],
     mut offset: usize,
     first_seq: u64,
-    mut visit: impl FnMut(&frame::FrameHeader, u64),
+    rules: FrameRules,
+    mut visit: impl FnMut(&frame::FrameHeader, BodyPrefix),
 ) -> u64 {
     let mut seq = first_seq;
-    while let Some(header) = bytes.get(offset..).and_then(frame::peek_header) {
+    while let Some(header) = bytes
+        .get(offset..)
+        .and_then(|at| frame::peek_header(at, rules))
+    {
         let body_len = header.payload_len as usize;
         let frame_len = frame::frame_len(body_len);
         if header.seq != seq || bytes.len() - offset < frame_len {
             break;
         }
-        let not_before_us = match header.delayed {
-            true => bytes
-                .get(offset + frame::FRAME_HEADER_LEN..)
-                .and_then(|body| body.get(..frame::DELAY_PREFIX_LEN))
-                .map_or(0, |prefix| frame::read_u64(prefix, 0)),
-            false => 0,
+        let prefix = match header.delayed || header.has_ttl {
+            true => frame::peek_prefix(&bytes[offset..], &header),
+            false => BodyPrefix::NONE,
         };
-        visit(&header, not_before_us);
+        visit(&header, prefix);
         seq += 1;
         offset += frame_len;
     }
@@ -500,30 +526,66 @@ pub fn walk_headers(
 mod tests {
     use super::*;
 
+    fn limit(max: u32) -> FrameRules {
+        FrameRules::CURRENT.with_payload_len_max(max)
+    }
+
     #[test]
     fn walk_headers_visits_frames_in_order_and_stops_at_a_wrong_number() {
         let mut bytes = vec![0u8; 8];
         frame::encode(&mut bytes, 7, 1, b"now", false, 0);
         frame::encode(&mut bytes, 8, 1, b"", false, 99);
         frame::encode(&mut bytes, 9, 1, b"later", false, 0);
+        let ttl = BodyPrefix {
+            not_before_us: 0,
+            ttl_us: 5,
+        };
+        let both = BodyPrefix {
+            not_before_us: 4,
+            ttl_us: 6,
+        };
+        frame::encode_prefixed(&mut bytes, 10, 1, b"ttl", false, ttl);
+        frame::encode_prefixed(&mut bytes, 11, 1, b"both", true, both);
         let valid_end = bytes.len();
         frame::encode(&mut bytes, 42, 1, b"stale", false, 0);
         let mut seen = Vec::new();
-        let after = walk_headers(&bytes, 8, 7, |header, not_before| {
-            seen.push((header.seq, not_before))
+        let after = walk_headers(&bytes, 8, 7, FrameRules::CURRENT, |header, prefix| {
+            seen.push((header.seq, prefix))
         });
-        assert_eq!(seen, [(7, 0), (8, 99), (9, 0)]);
-        assert_eq!(after, 10);
+        let delay = BodyPrefix::delay;
+        assert_eq!(
+            seen,
+            [
+                (7, delay(0)),
+                (8, delay(99)),
+                (9, delay(0)),
+                (10, ttl),
+                (11, both)
+            ]
+        );
+        assert_eq!(after, 12);
         // A cut frame is not visited.
         let mut seen = 0;
-        let after = walk_headers(&bytes[..valid_end - 1], 8, 7, |_, _| seen += 1);
-        assert_eq!((seen, after), (2, 9));
+        let after = walk_headers(
+            &bytes[..valid_end - 1],
+            8,
+            7,
+            FrameRules::CURRENT,
+            |_, _| seen += 1,
+        );
+        assert_eq!((seen, after), (4, 11));
     }
 
     #[test]
     fn header_round_trips_and_rejects_damage() {
         let header = encode_header(1234);
-        assert_eq!(decode_header(&header), Ok(1234));
+        assert_eq!(
+            decode_header(&header),
+            Ok(SegmentHeader {
+                base_seq: 1234,
+                rules: FrameRules::CURRENT
+            })
+        );
         for byte in 0..SEGMENT_HEADER_LEN {
             let mut damaged = header;
             damaged[byte] ^= 0x40;
@@ -535,15 +597,35 @@ mod tests {
         );
     }
 
-    #[test]
-    fn other_versions_are_named() {
+    fn header_of_version(version: u16) -> [u8; SEGMENT_HEADER_LEN] {
         let mut header = encode_header(5);
-        header[VERSION_OFFSET] = 9;
+        header[VERSION_OFFSET..VERSION_OFFSET + 2].copy_from_slice(&version.to_le_bytes());
         let crc = crate::format::frame::crc32(&header[..CRC_OFFSET]);
         header[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        header
+    }
+
+    #[test]
+    fn other_versions_are_named() {
+        for version in [0, 1, 4, 9, u16::MAX] {
+            assert_eq!(
+                decode_header(&header_of_version(version)),
+                Err(HeaderError::UnsupportedVersion(version))
+            );
+        }
+    }
+
+    /// A version 2 segment is read, by version 2 rules; this build writes version 3.
+    #[test]
+    fn version_2_segments_are_read_by_their_rules() {
+        assert_eq!(FORMAT_VERSION, 3);
+        assert_eq!(encode_header(5)[VERSION_OFFSET], 3);
         assert_eq!(
-            decode_header(&header),
-            Err(HeaderError::UnsupportedVersion(9))
+            decode_header(&header_of_version(2)),
+            Ok(SegmentHeader {
+                base_seq: 5,
+                rules: FrameRules::V2
+            })
         );
     }
 
@@ -555,7 +637,7 @@ mod tests {
         }
         let good_end = bytes.len();
         bytes.extend_from_slice(&[0xAB; 40]);
-        let steps: Vec<_> = walk_frames(&bytes, SEGMENT_HEADER_LEN, 0, 1024).collect();
+        let steps: Vec<_> = walk_frames(&bytes, SEGMENT_HEADER_LEN, 0, limit(1024)).collect();
         assert_eq!(steps.len(), 4);
         assert!(matches!(
             steps[3],
@@ -572,11 +654,11 @@ mod tests {
         let second = SEGMENT_HEADER_LEN + frame::frame_len(8);
         bytes[second + 30] ^= 1;
         assert_eq!(
-            find_later_frame(&bytes, second, 1, 1024),
+            find_later_frame(&bytes, second, 1, limit(1024)),
             Some(((second + frame::frame_len(8)) as u64, 2))
         );
         assert_eq!(
-            find_later_frame(&bytes[..second + 40], second, 1, 1024),
+            find_later_frame(&bytes[..second + 40], second, 1, limit(1024)),
             None
         );
     }
@@ -595,7 +677,7 @@ mod tests {
         let third = (SEGMENT_HEADER_LEN + 2 * frame::frame_len(8)) as u64;
         // Damage in a consumed record does not matter when the hint checks out.
         bytes[SEGMENT_HEADER_LEN + 30] ^= 1;
-        let found = locate_seq(&bytes, 10, Some(third), 12);
+        let found = locate_seq(&bytes, 10, Some(third), 12, FrameRules::CURRENT);
         assert_eq!(
             found,
             Ok(Located {
@@ -605,7 +687,7 @@ mod tests {
         );
         // Without the hint, the walk stops at the damage and names its offset.
         assert!(matches!(
-            locate_seq(&bytes, 10, None, 12),
+            locate_seq(&bytes, 10, None, 12, FrameRules::CURRENT),
             Err(LocateError::BadFrame { offset, .. }) if offset == SEGMENT_HEADER_LEN as u64
         ));
     }
@@ -622,23 +704,35 @@ mod tests {
         });
         // Inside the header, at another record, past the end: not taken.
         for hint in [None, Some(0), Some(third), Some(end), Some(u64::MAX)] {
-            assert_eq!(locate_seq(&bytes, 10, hint, 11), walked, "hint {hint:?}");
+            assert_eq!(
+                locate_seq(&bytes, 10, hint, 11, FrameRules::CURRENT),
+                walked,
+                "hint {hint:?}"
+            );
         }
         assert_eq!(
-            locate_seq(&bytes, 10, Some(second), 11).map(|found| found.by_hint),
+            locate_seq(&bytes, 10, Some(second), 11, FrameRules::CURRENT)
+                .map(|found| found.by_hint),
             Ok(true)
         );
         // The first record is right after the header; the one after the last at the end.
         assert_eq!(
-            locate_seq(&bytes[..SEGMENT_HEADER_LEN], 10, None, 10).map(|at| at.offset),
+            locate_seq(
+                &bytes[..SEGMENT_HEADER_LEN],
+                10,
+                None,
+                10,
+                FrameRules::CURRENT
+            )
+            .map(|at| at.offset),
             Ok(SEGMENT_HEADER_LEN as u64)
         );
         assert_eq!(
-            locate_seq(&bytes, 10, None, 13).map(|at| at.offset),
+            locate_seq(&bytes, 10, None, 13, FrameRules::CURRENT).map(|at| at.offset),
             Ok(end)
         );
         assert_eq!(
-            locate_seq(&bytes, 10, None, 14),
+            locate_seq(&bytes, 10, None, 14, FrameRules::CURRENT),
             Err(LocateError::NotInSegment { end })
         );
     }

@@ -37,7 +37,7 @@ use std::time::Duration;
 use super::view;
 use crate::error::{Error, Result};
 use crate::format::acklog::{self, AckHeaderError, AckLogDamage, AckLogEnd, JobHistory};
-use crate::format::frame::{self, FrameError, PAYLOAD_LEN_MAX};
+use crate::format::frame::{self, FrameError, FrameRules};
 use crate::format::head::{decode_head_file, HeadRead, HeadState};
 use crate::format::layout::ACK_LOG_FILE_NAME;
 use crate::format::layout::HEAD_FILE_NAME;
@@ -209,6 +209,9 @@ pub struct SegmentScan {
     pub file_len: u64,
     /// The header's state; frames are only read behind a valid header.
     pub header: HeaderStatus,
+    /// How its frames are read: the rules of the format version in its header (the current
+    /// one when the header is not valid).
+    pub rules: FrameRules,
     /// Records in complete batches.
     pub records: u64,
     /// The first record's sequence number.
@@ -230,12 +233,14 @@ impl SegmentScan {
         bytes: &[u8],
         start: u64,
         last_seq: Option<u64>,
+        rules: FrameRules,
     ) -> SegmentScan {
         SegmentScan {
             name: name.to_string(),
             base_seq,
             file_len: bytes.len() as u64,
             header: HeaderStatus::Ok,
+            rules,
             records: 0,
             first_seq: None,
             last_seq,
@@ -378,6 +383,12 @@ pub struct FrameInfo {
     pub enqueued_us: u64,
     /// True on every frame of a batch but the last.
     pub batch_continues: bool,
+    /// The not-before time of a delayed record, microseconds since the Unix epoch; 0 if none
+    /// (unchecked when `crc_ok` is false).
+    pub not_before_us: u64,
+    /// The time to live of a record pushed with one, in microseconds after `enqueued_us`; 0 if
+    /// none (unchecked when `crc_ok` is false).
+    pub ttl_us: u64,
     /// True when the frame passed every check (checksum, sequence number, length).
     pub crc_ok: bool,
     /// Why the frame was rejected.
@@ -386,12 +397,15 @@ pub struct FrameInfo {
 
 /// Checks a segment file's bytes. Pure: `bytes` is the whole file as read.
 pub fn scan_segment(name: &str, base_seq: u64, bytes: &[u8]) -> SegmentScan {
+    let start = SEGMENT_HEADER_LEN as u64;
     let mut scan =
-        SegmentScan::before_frames(name, base_seq, bytes, SEGMENT_HEADER_LEN as u64, None);
+        SegmentScan::before_frames(name, base_seq, bytes, start, None, FrameRules::CURRENT);
     match decode_header(bytes) {
-        Ok(found) if found == base_seq => {}
+        Ok(found) if found.base_seq == base_seq => scan.rules = found.rules,
         Ok(found) => {
-            scan.header = HeaderStatus::WrongBase { found };
+            scan.header = HeaderStatus::WrongBase {
+                found: found.base_seq,
+            };
             return scan;
         }
         Err(error) => {
@@ -406,16 +420,16 @@ pub fn scan_segment(name: &str, base_seq: u64, bytes: &[u8]) -> SegmentScan {
 /// Like [`scan_segment`], for a segment whose header was checked already, walking from the
 /// frame at `start` (expected to be sequence `start_seq`): what a reader that starts at the
 /// head index's hint sees, so that damage among consumed records before it does not count.
-/// `first_seq` and `records` count from `start_seq`.
+/// `first_seq` and `records` count from `start_seq`; `rules` are those of its header.
 pub(crate) fn scan_segment_from(
     name: &str,
     base_seq: u64,
     bytes: &[u8],
-    start: u64,
-    start_seq: u64,
+    (start, start_seq): (u64, u64),
+    rules: FrameRules,
 ) -> SegmentScan {
-    let mut scan =
-        SegmentScan::before_frames(name, base_seq, bytes, start, start_seq.checked_sub(1));
+    let last_seq = start_seq.checked_sub(1);
+    let mut scan = SegmentScan::before_frames(name, base_seq, bytes, start, last_seq, rules);
     scan_frames(
         &mut scan,
         bytes,
@@ -427,10 +441,10 @@ pub(crate) fn scan_segment_from(
 
 /// Walks the frames of `bytes` from `start`, expecting `start_seq` there, into `scan`.
 fn scan_frames(scan: &mut SegmentScan, bytes: &[u8], start: usize, start_seq: u64) {
-    let base_seq = scan.base_seq;
+    let (base_seq, rules) = (scan.base_seq, scan.rules);
     let mut batch_start = None;
     let mut walk_end = start as u64;
-    for step in walk_frames(bytes, start, start_seq, PAYLOAD_LEN_MAX) {
+    for step in walk_frames(bytes, start, start_seq, rules) {
         match step {
             WalkStep::Frame { offset, frame } => {
                 walk_end = offset + frame.frame_len as u64;
@@ -449,7 +463,7 @@ fn scan_frames(scan: &mut SegmentScan, bytes: &[u8], start: usize, start_seq: u6
                 expected_seq,
                 error,
             } => {
-                let later_frames = later_frames(bytes, offset, expected_seq);
+                let later_frames = later_frames(bytes, offset, expected_seq, rules);
                 // Zeros a writer prepared ahead of its tail, or stale frames of a recycled
                 // file: the segment ends here, nothing is damaged.
                 let free = later_frames.is_empty()
@@ -482,10 +496,10 @@ fn scan_frames(scan: &mut SegmentScan, bytes: &[u8], start: usize, start_seq: u6
 }
 
 /// Every frame after `from` that validates, with a sequence number at or above `min_seq`.
-fn later_frames(bytes: &[u8], from: u64, min_seq: u64) -> Vec<(u64, u64)> {
+fn later_frames(bytes: &[u8], from: u64, min_seq: u64, rules: FrameRules) -> Vec<(u64, u64)> {
     let mut found = Vec::new();
     let mut at = from as usize;
-    while let Some((offset, seq)) = find_later_frame(bytes, at, min_seq, PAYLOAD_LEN_MAX) {
+    while let Some((offset, seq)) = find_later_frame(bytes, at, min_seq, rules) {
         found.push((offset, seq));
         at = offset as usize;
     }
@@ -496,22 +510,28 @@ fn later_frames(bytes: &[u8], from: u64, min_seq: u64) -> Vec<(u64, u64)> {
 /// header fields are shown unchecked), then any valid frames found past the damage.
 pub fn segment_frames(base_seq: u64, bytes: &[u8]) -> Vec<FrameInfo> {
     let mut frames = Vec::new();
-    if decode_header(bytes) != Ok(base_seq) {
-        return frames;
-    }
+    let rules = match decode_header(bytes) {
+        Ok(header) if header.base_seq == base_seq => header.rules,
+        _ => return frames,
+    };
     let info = |offset: u64, crc_ok: bool, error: Option<String>| {
         let at = bytes.get(offset as usize..).unwrap_or(&[]);
-        frame::peek_header(at).map(|header| FrameInfo {
-            offset,
-            seq: header.seq,
-            payload_len: header.payload_len,
-            enqueued_us: header.enqueued_us,
-            batch_continues: header.batch_continues,
-            crc_ok,
-            error,
+        frame::peek_header(at, rules).map(|header| {
+            let prefix = frame::peek_prefix(at, &header);
+            FrameInfo {
+                offset,
+                seq: header.seq,
+                payload_len: header.payload_len,
+                enqueued_us: header.enqueued_us,
+                batch_continues: header.batch_continues,
+                not_before_us: prefix.not_before_us,
+                ttl_us: prefix.ttl_us,
+                crc_ok,
+                error,
+            }
         })
     };
-    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base_seq, PAYLOAD_LEN_MAX) {
+    for step in walk_frames(bytes, SEGMENT_HEADER_LEN, base_seq, rules) {
         match step {
             WalkStep::Frame { offset, .. } => frames.extend(info(offset, true, None)),
             WalkStep::Bad {
@@ -526,11 +546,13 @@ pub fn segment_frames(base_seq: u64, bytes: &[u8]) -> Vec<FrameInfo> {
                     payload_len: 0,
                     enqueued_us: 0,
                     batch_continues: false,
+                    not_before_us: 0,
+                    ttl_us: 0,
                     crc_ok: false,
                     error: detail,
                 });
                 frames.push(bad);
-                for (later, _) in later_frames(bytes, offset, expected_seq) {
+                for (later, _) in later_frames(bytes, offset, expected_seq, rules) {
                     frames.extend(info(later, true, None));
                 }
             }

@@ -25,10 +25,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::format::frame::{self, PAYLOAD_LEN_MAX};
+use crate::format::frame::{self, DecodedFrame, FrameRules};
 use crate::format::layout::{QUARANTINE_DIR_NAME, QUARANTINE_MANIFEST_NAME, RESTORED_DIR_NAME};
 use crate::format::quarantine::{self as manifest, CutFile};
-use crate::format::segment::{find_later_frame, SEGMENT_HEADER_LEN};
+use crate::format::segment::{decode_header, find_later_frame, SEGMENT_HEADER_LEN};
 use crate::storage::Storage;
 use crate::tools::inspect::read_file;
 
@@ -148,13 +148,24 @@ pub fn readable_records(
     } else {
         SEGMENT_HEADER_LEN
     };
+    // A whole segment's frames are read by its header's format version. A cut tail has no
+    // header: its frames are read by the current version's rules, else by version 2's (a
+    // version 2 frame of 512 MiB or more does not validate by the current rules, nor does a
+    // frame with a TTL by version 2's).
+    let rules: Vec<FrameRules> = match decode_header(&bytes) {
+        Ok(header) if start != 0 => vec![header.rules],
+        _ => vec![FrameRules::CURRENT, FrameRules::V2],
+    };
+    let decode_at = |at: &[u8]| -> Option<DecodedFrame> {
+        rules.iter().find_map(|&rules| {
+            let header = frame::peek_header(at, rules)?;
+            frame::decode(at, header.seq, rules).ok()
+        })
+    };
     let mut records: Vec<QuarantinedRecord> = Vec::new();
     let mut offset = start;
     loop {
-        let decoded = bytes.get(offset..).and_then(|at| {
-            let header = frame::peek_header(at)?;
-            frame::decode(at, header.seq, PAYLOAD_LEN_MAX).ok()
-        });
+        let decoded = bytes.get(offset..).and_then(decode_at);
         match decoded {
             Some(found) => {
                 let seq = found.header.seq;
@@ -173,7 +184,7 @@ pub fn readable_records(
                 offset += found.frame_len;
             }
             // Damaged bytes: the next frame that validates, if any.
-            None => match find_later_frame(&bytes, offset, cut.seqs.start, PAYLOAD_LEN_MAX) {
+            None => match find_later_frame(&bytes, offset, cut.seqs.start, rules[0]) {
                 Some((later, _)) => offset = later as usize,
                 None => break,
             },

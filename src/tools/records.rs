@@ -16,9 +16,9 @@ use super::inspect::{
 use super::view::{with_view, Fetched, Held, Step, View};
 use crate::error::{Error, Result};
 use crate::format::acklog::check_next_base;
-use crate::format::frame::{self, PAYLOAD_LEN_MAX};
+use crate::format::frame::{self, BodyPrefix, FrameRules};
 use crate::format::segment::{
-    check_oldest_base, locate_seq, walk_headers, HeaderError, SEGMENT_HEADER_LEN,
+    check_oldest_base, decode_header, locate_seq, walk_headers, HeaderError, SEGMENT_HEADER_LEN,
 };
 use crate::stats::Stats;
 use crate::storage::Storage;
@@ -139,11 +139,14 @@ fn walk_unconsumed(
         });
     let mut delayed = 0;
     let mut oldest_ready_us = None;
-    let mut visit = |header: &frame::FrameHeader, not_before_us: u64| {
+    let mut visit = |header: &frame::FrameHeader, prefix: BodyPrefix| {
         if header.seq >= tail.next_seq || acks.is_acked(header.seq) {
             return;
         }
-        if acks.history.is_delayed(header.seq, not_before_us, now_us) {
+        if acks
+            .history
+            .is_delayed(header.seq, prefix.not_before_us, now_us)
+        {
             delayed += 1;
         } else if oldest_ready_us.is_none() {
             oldest_ready_us = Some(header.enqueued_us);
@@ -157,7 +160,13 @@ fn walk_unconsumed(
         false => cursor.valid_end,
     };
     let bytes = cursor.bytes.get(..end as usize).unwrap_or(&[]);
-    walk_headers(bytes, cursor.offset as usize, cursor.next_seq, &mut visit);
+    walk_headers(
+        bytes,
+        cursor.offset as usize,
+        cursor.next_seq,
+        cursor.rules,
+        &mut visit,
+    );
     let Some(last) = tail.index else {
         return Ok((delayed, oldest_ready_us));
     };
@@ -173,7 +182,8 @@ fn walk_unconsumed(
             false => bytes.len(),
         };
         let bytes = bytes.get(..end).unwrap_or(&[]);
-        walk_headers(bytes, SEGMENT_HEADER_LEN, base, &mut visit);
+        let rules = decode_header(bytes).map_or(FrameRules::CURRENT, |header| header.rules);
+        walk_headers(bytes, SEGMENT_HEADER_LEN, base, rules, &mut visit);
     }
     Ok((delayed, oldest_ready_us))
 }
@@ -308,6 +318,11 @@ pub struct StoredRecord {
     pub seq: u64,
     /// Enqueue time in microseconds since the Unix epoch.
     pub enqueued_us: u64,
+    /// For a delayed record, the time before which it is not handed out, in microseconds since
+    /// the Unix epoch; 0 if none.
+    pub not_before_us: u64,
+    /// For a record pushed with a TTL, the TTL in microseconds after `enqueued_us`; 0 if none.
+    pub ttl_us: u64,
     /// The payload.
     pub payload: Vec<u8>,
 }
@@ -316,6 +331,12 @@ impl StoredRecord {
     /// When the record was pushed.
     pub fn enqueued_at(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_micros(self.enqueued_us)
+    }
+
+    /// For a record pushed with a TTL: when it expires (its enqueue time plus the TTL), in
+    /// microseconds since the Unix epoch. A queue never hands it out after that.
+    pub fn expires_at_us(&self) -> Option<u64> {
+        frame::expires_at_us(self.enqueued_us, self.ttl_us)
     }
 }
 
@@ -329,6 +350,8 @@ struct Cursor {
     /// Index into the listing of the segment in `bytes`.
     loaded: Option<usize>,
     bytes: Vec<u8>,
+    /// How the frames of the segment in `bytes` are read (its header's format version).
+    rules: FrameRules,
     offset: u64,
     next_seq: u64,
     /// Where the loaded segment stops serving records.
@@ -351,6 +374,7 @@ impl Cursor {
             acked: acks.history.acked.clone(),
             loaded: None,
             bytes: Vec::new(),
+            rules: FrameRules::CURRENT,
             offset: SEGMENT_HEADER_LEN as u64,
             next_seq: target,
             valid_end: SEGMENT_HEADER_LEN as u64,
@@ -423,6 +447,7 @@ impl Cursor {
             self.damage = serves_damage(&scan, is_last, view.synced_seq())
                 .then(|| damage_error(&path, &scan));
             self.loaded = Some(index);
+            self.rules = scan.rules;
             self.next_seq = base;
             self.offset = SEGMENT_HEADER_LEN as u64;
             (self.valid_end, self.end_seq) = serving_end(&scan, is_last, bytes.len());
@@ -445,7 +470,7 @@ impl Cursor {
             .state()
             .filter(|state| state.head_seq == target && state.hint_base == *base)
             .map(|state| state.hint_offset);
-        let Ok(found) = locate_seq(&self.bytes, *base, hint, target) else {
+        let Ok(found) = locate_seq(&self.bytes, *base, hint, target, self.rules) else {
             return;
         };
         self.offset = found.offset;
@@ -454,7 +479,8 @@ impl Cursor {
         if !found.by_hint || index + 1 == view.listing.segments.len() {
             return;
         }
-        let scan = scan_segment_from(name, *base, &self.bytes, found.offset, target);
+        let start = (found.offset, target);
+        let scan = scan_segment_from(name, *base, &self.bytes, start, self.rules);
         (self.valid_end, self.end_seq) = serving_end(&scan, false, self.bytes.len());
         self.damage =
             serves_damage(&scan, false, u64::MAX).then(|| damage_error(&view.path(index), &scan));
@@ -490,7 +516,7 @@ impl Cursor {
         let start = usize::try_from(self.offset).unwrap_or(usize::MAX);
         let end = usize::try_from(self.valid_end).unwrap_or(usize::MAX);
         let at = self.bytes.get(start..end).unwrap_or(&[]);
-        let decoded = frame::decode(at, self.next_seq, PAYLOAD_LEN_MAX).map_err(|error| {
+        let decoded = frame::decode(at, self.next_seq, self.rules).map_err(|error| {
             self.finished = true;
             Error::corrupt(&path, self.offset, error.to_string())
         })?;
@@ -498,6 +524,8 @@ impl Cursor {
         let record = StoredRecord {
             seq: self.next_seq,
             enqueued_us: decoded.header.enqueued_us,
+            not_before_us: decoded.not_before_us,
+            ttl_us: decoded.ttl_us,
             payload,
         };
         self.offset += decoded.frame_len as u64;

@@ -58,13 +58,16 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::format::acklog::{check_next_base, AckHeaderError, JobHistory};
+use crate::format::frame::FrameRules;
 use crate::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
 use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::layout::LOCK_FILE_NAME;
 use crate::format::layout::QUARANTINE_DIR_NAME;
 use crate::format::layout::SETTINGS_FILE_NAME;
 use crate::format::layout::{parse_segment_file_name, segment_file_name};
-use crate::format::segment::{encode_header, locate_seq, SEGMENT_HEADER_LEN};
+use crate::format::segment::{
+    decode_header, encode_header, encode_header_for, locate_seq, SEGMENT_HEADER_LEN,
+};
 use crate::format::settings::QueueSettings;
 use crate::options::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::storage::{self, LockFailure, Storage};
@@ -589,12 +592,14 @@ impl<'a> Planner<'a> {
             return None;
         }
         // The hint alone: a walk from the segment's start stops at the damage.
-        let found = locate_seq(bytes, scan.base_seq, Some(state.hint_offset), head).ok()?;
+        let hint = Some(state.hint_offset);
+        let found = locate_seq(bytes, scan.base_seq, hint, head, scan.rules).ok()?;
         if !found.by_hint {
             return None;
         }
         let from_head = bytes.get(usize::try_from(found.offset).ok()?..)?;
-        let mut rebased = encode_header(head).to_vec();
+        // The copied frames keep the format version they were written by.
+        let mut rebased = encode_header_for(head, scan.rules).to_vec();
         rebased.extend_from_slice(from_head);
         let name = segment_file_name(head);
         let new_scan = scan_segment(&name, head, &rebased);
@@ -1081,7 +1086,12 @@ fn rebase_segment(
     let old = storage
         .open(&action.file)
         .map_err(|error| Error::io("open segment", &action.file, error))?;
-    let mut bytes = encode_header(base).to_vec();
+    // The copied frames keep the format version they were written by (the old header's).
+    let mut old_header = [0; SEGMENT_HEADER_LEN];
+    old.read_exact_at(&mut old_header, 0)
+        .map_err(|error| Error::io("read segment", &action.file, error))?;
+    let rules = decode_header(&old_header).map_or(FrameRules::CURRENT, |header| header.rules);
+    let mut bytes = encode_header_for(base, rules).to_vec();
     let header_len = bytes.len();
     bytes.resize(header_len + usize::try_from(action.bytes).unwrap_or(0), 0);
     old.read_exact_at(

@@ -440,7 +440,7 @@ fn header_problem(path: &std::path::Path, scan: &SegmentScan) -> Option<Problem>
         HeaderStatus::Bad(HeaderError::UnsupportedVersion(version)) => (
             ProblemKind::UnsupportedVersion,
             format!(
-                "segment written by format version {version}; this build reads version {}",
+                "segment written by format version {version}; this build reads versions 2 to {}",
                 crate::format::segment::FORMAT_VERSION
             ),
         ),

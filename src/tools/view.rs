@@ -296,7 +296,7 @@ impl<'a> View<'a> {
         };
         let changed = header_now.is_some_and(|now| {
             bytes.get(..SEGMENT_HEADER_LEN) != Some(&now[..])
-                || decode_header(&now).is_ok_and(|found| found != base)
+                || decode_header(&now).is_ok_and(|found| found.base_seq != base)
         });
         if changed {
             return self.vanished_fetch(index);

@@ -224,7 +224,7 @@ fn segment_header_of_another_version_is_named() {
         Err(Error::UnsupportedVersion {
             file,
             found: 9,
-            supported: 2,
+            supported: 3,
         }) => assert_eq!(file, segment),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }

@@ -28,4 +28,5 @@ mod quarantine;
 mod settings;
 mod shared;
 mod torn_tail;
+mod ttl;
 mod typed;

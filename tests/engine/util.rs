@@ -58,12 +58,12 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
 /// Byte offsets of the frames in a segment file, with their sequence numbers.
 pub fn frame_offsets(path: &Path) -> Vec<(u64, u64)> {
     let bytes = std::fs::read(path).unwrap();
-    let base = diskspool::format::segment::decode_header(&bytes).unwrap();
+    let header = diskspool::format::segment::decode_header(&bytes).unwrap();
     diskspool::format::segment::walk_frames(
         &bytes,
         diskspool::format::segment::SEGMENT_HEADER_LEN,
-        base,
-        u32::MAX >> 1,
+        header.base_seq,
+        header.rules,
     )
     .filter_map(|step| match step {
         diskspool::format::segment::WalkStep::Frame { offset, frame } => {

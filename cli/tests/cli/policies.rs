@@ -150,3 +150,54 @@ fn a_push_with_a_dedup_id_is_written_once() {
         .assert()
         .code(2);
 }
+
+/// `push --ttl`: the TTL is stored in each record; `dump --json` shows when it expires, and a
+/// record past it is never popped.
+#[test]
+fn push_with_a_ttl_shows_its_expiry_and_is_not_popped_after_it() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    spool(&["push", "--ttl", "2h", arg(&dir), "kept"])
+        .assert()
+        .success();
+    spool(&["push", "--ttl", "1ms", arg(&dir)])
+        .write_stdin("gone 1\ngone 2\n")
+        .assert()
+        .success();
+    let pushed = std::time::SystemTime::now();
+    spool(&["push", arg(&dir), "plain"]).assert().success();
+    let output = spool(&["dump", "--json", arg(&dir)]).assert().success();
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.get_output().stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let expires = |line: &serde_json::Value| {
+        line.get("expires_at")
+            .and_then(|at| at.as_str().map(String::from))
+    };
+    let enqueued = lines[0]["enqueued_at"].as_str().unwrap();
+    let kept_expiry = expires(&lines[0]).unwrap();
+    // Later, in the same (sortable) format.
+    assert_eq!(kept_expiry.len(), enqueued.len());
+    assert!(kept_expiry.as_str() > enqueued, "{kept_expiry} {enqueued}");
+    assert!(expires(&lines[1]).is_some() && expires(&lines[2]).is_some());
+    assert_eq!(
+        expires(&lines[3]),
+        None,
+        "a record without a TTL has no expiry"
+    );
+    // Once the clock is past the short TTL, only the other records are popped.
+    while std::time::SystemTime::now() <= pushed + std::time::Duration::from_millis(2) {
+        std::thread::yield_now();
+    }
+    spool(&["pop", "--all", arg(&dir)])
+        .assert()
+        .success()
+        .stdout("kept\nplain\n");
+    spool(&["push", "--ttl", "soon", arg(&dir), "x"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("soon"));
+}

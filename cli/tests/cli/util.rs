@@ -90,8 +90,8 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
 /// The frames of a segment file as `(offset, seq)`.
 pub fn frames(path: &Path) -> Vec<(u64, u64)> {
     let bytes = std::fs::read(path).unwrap();
-    let base = diskspool::format::segment::decode_header(&bytes).unwrap();
-    walk_frames(&bytes, SEGMENT_HEADER_LEN, base, u32::MAX >> 1)
+    let header = diskspool::format::segment::decode_header(&bytes).unwrap();
+    walk_frames(&bytes, SEGMENT_HEADER_LEN, header.base_seq, header.rules)
         .filter_map(|step| match step {
             WalkStep::Frame { offset, frame } => Some((offset, frame.header.seq)),
             WalkStep::Bad { .. } => None,
