@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use diskspool::{Options, Queue, SyncPolicy};
 
-use crate::util::payload_for;
+use crate::util::{payload_for, seed_from, Rng};
 
 const MODE_ENV: &str = "DISKSPOOL_MP_CHILD";
 const DIR_ENV: &str = "DISKSPOOL_MP_DIR";
@@ -208,29 +208,8 @@ fn a_producer_killed_at_each_crash_point_leaves_a_log_the_others_go_on_with() {
     }
 }
 
-/// A small deterministic generator, so a failing run can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-}
-
 fn seed() -> u64 {
-    match std::env::var("DISKSPOOL_MP_SEED") {
-        Ok(seed) => seed.parse().unwrap(),
-        Err(_) => {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        }
-    }
+    seed_from("DISKSPOOL_MP_SEED")
 }
 
 /// Two producer processes and one consumer process, killed with SIGKILL at random moments

@@ -9,11 +9,11 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use diskspool::{Options, Queue, SyncPolicy};
 
-use crate::util::payload_for;
+use crate::util::{payload_for, seed_from, Rng};
 
 const CHILD_ENV: &str = "DISKSPOOL_CHILD";
 const DIR_ENV: &str = "DISKSPOOL_CHILD_DIR";
@@ -148,29 +148,8 @@ pub fn wait_for_line(child: &mut Child) {
     }
 }
 
-/// A small deterministic generator, so a failing run can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-}
-
 fn seed() -> u64 {
-    match std::env::var("DISKSPOOL_KILL_SEED") {
-        Ok(seed) => seed.parse().unwrap(),
-        Err(_) => {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        }
-    }
+    seed_from("DISKSPOOL_KILL_SEED")
 }
 
 /// Runs the child until a random moment after it is ready, kills it with SIGKILL and returns

@@ -143,3 +143,30 @@ pub fn data_end(segment: &Path) -> u64 {
         .expect("the segment holds a record");
     last_offset + diskspool::format::frame::frame_len(payload_for(last_seq).len()) as u64
 }
+
+/// A small deterministic generator, so a failing run can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number below `bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+/// The seed in the environment variable `var`, or one from the clock (never zero).
+pub fn seed_from(var: &str) -> u64 {
+    match std::env::var(var) {
+        Ok(seed) => seed.parse().unwrap(),
+        Err(_) => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        }
+    }
+}
