@@ -559,7 +559,10 @@ impl Log {
                     Ordering::Relaxed,
                 );
                 let covered = match synced {
-                    Ok(covered) => covered,
+                    Ok(covered) => {
+                        self.push_sync.mark_durable(covered.next_seq);
+                        covered
+                    }
                     Err(error) => {
                         coordination.poison();
                         return Err(env.poison(error));
@@ -601,7 +604,8 @@ impl Log {
         Ok(committed)
     }
 
-    /// Shows readers of this handle the records up to a tail published in `control`.
+    /// Shows readers of this handle the records up to a tail published in `control` (under
+    /// `Always`, synced; under the other policies, only written).
     fn publish_durable(&self, env: &Env, durable: CommittedTail) {
         let segment = self
             .segments
@@ -612,7 +616,9 @@ impl Log {
         if let Some(segment) = segment {
             segment.publish(durable.tail);
         }
-        self.push_sync.mark_durable(durable.next_seq);
+        // Not marked durable here: a handle under `Never` publishes what no sync covered. Only
+        // the syncs this handle ran or saw (`sync_committed`, rolls) say what the head may
+        // record as synced.
         self.published_next_seq
             .fetch_max(durable.next_seq, Ordering::SeqCst);
         env.arrivals.notify();
