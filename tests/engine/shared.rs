@@ -229,3 +229,27 @@ fn handles_opening_a_new_queue_at_once_all_join_it() {
         assert_eq!(sorted, vec![0, 1, 2, 3], "{pushed:?}");
     }
 }
+
+#[test]
+fn a_consumer_records_as_synced_only_what_a_sync_covered() {
+    let dir = tempfile::tempdir().unwrap();
+    let producer = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    let consumer = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    for seq in 0..10u64 {
+        producer.push(&payload_for(seq)).unwrap();
+    }
+    for _ in 0..10 {
+        consumer.pop().unwrap().unwrap();
+    }
+    // A clean close under Never records in the head how far the records are synced: nothing
+    // was, since the open.
+    consumer.close().unwrap();
+    let bytes = std::fs::read(dir.path().join("head")).unwrap();
+    let read = diskspool::format::head::decode_head_file(&bytes);
+    let slot = read.slots[read.current.unwrap()].clone().unwrap();
+    assert_eq!(slot.state.head_seq, 10);
+    assert_eq!(
+        slot.state.synced_seq, 0,
+        "published under Never is not synced"
+    );
+}
