@@ -47,8 +47,9 @@
 pub const CONTROL_MAGIC: [u8; 8] = *b"DSPOOLCT";
 /// The layout version this build reads and writes.
 pub const CONTROL_VERSION: u32 = 1;
-/// The control file's length: one page.
+/// The control file's length: one page (a power of two: see `storage::process`).
 pub const CONTROL_LEN: u64 = 4096;
+const _: () = assert!(CONTROL_LEN.is_power_of_two());
 
 /// Offset of the build id.
 pub const BUILD_ID: usize = 16;
