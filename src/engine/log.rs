@@ -472,8 +472,7 @@ impl Log {
                 // A repair may have cut the file under this writer's mapping of it (a store
                 // there would be a SIGBUS): start again from the committed tail.
                 writer.seen_repairs = repairs;
-                let (tail, next_seq) = (writer.tail, writer.next_seq);
-                writer.adopt(tail, next_seq);
+                writer.forget_mapping();
             }
             self.catch_up(env, &mut writer, committed)?;
             if let Some(end) = coordination.prepared_end(writer.active.base_seq) {

@@ -413,17 +413,34 @@ impl Writer {
     }
 
     /// Takes up the tail another process committed in the active segment (a shared queue):
-    /// nothing of this writer's own is beyond it. The file's length is unknown, so the next
-    /// trim cuts it to the tail whatever it holds.
+    /// nothing of this writer's own is beyond it. What lies past it is zeros (this writer's,
+    /// or another's: only a dead writer leaves anything else, and the repair that cuts it calls
+    /// [`forget_mapping`](Writer::forget_mapping)), so the mapping is kept when it covers the
+    /// tail. The file's length is not known, so the next trim cuts it to the tail whatever it
+    /// holds.
     pub(crate) fn adopt(&mut self, tail: u64, next_seq: u64) {
-        self.window = None;
+        let covered = self
+            .window
+            .as_ref()
+            .is_some_and(|window| window.start <= tail && tail < window.end);
+        if !covered {
+            self.window = None;
+        }
         self.tail = tail;
         self.next_seq = next_seq;
-        self.written_end = tail;
-        // Not `len_max`: that would have the written path fill zeros ahead of the tail.
-        self.len_max = tail;
+        self.written_end = self.written_end.max(tail);
+        self.len_max = self.len_max.max(tail);
         self.len_unknown = true;
-        self.writeback_from = tail;
+        self.writeback_from = self.writeback_from.min(tail);
+    }
+
+    /// Drops the mapping and what this writer knew of the bytes past its tail: a repair may
+    /// have cut the file there (a store into the old mapping would be a SIGBUS).
+    pub(crate) fn forget_mapping(&mut self) {
+        self.window = None;
+        self.written_end = self.tail;
+        self.len_max = self.tail;
+        self.len_unknown = true;
     }
 
     /// Where the zeros written ahead of the tail end (a shared queue records it in `control`,
