@@ -74,3 +74,25 @@ fn recv_async_wakes_when_a_lease_runs_out() {
     again.ack().unwrap();
     drop(first);
 }
+
+#[test]
+fn recv_async_wakes_when_another_handle_of_a_shared_queue_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Options::default().exclusive(false).sync(SyncPolicy::Never);
+    let consumer = Queue::open(dir.path(), shared.clone()).unwrap();
+    // Its own process state knows nothing of the other handle's push: only the control file's
+    // arrivals word, through the bridge thread, wakes the future.
+    let producer = Queue::open(dir.path(), shared).unwrap();
+    std::thread::scope(|scope| {
+        let pusher = scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            producer.push(b"from elsewhere").unwrap();
+        });
+        let (delivery, polls) = block_on(consumer.recv_async());
+        let delivery = delivery.unwrap();
+        assert_eq!(delivery.payload(), b"from elsewhere");
+        assert!(polls < 100, "woken, not spinning ({polls} polls)");
+        delivery.ack().unwrap();
+        pusher.join().unwrap();
+    });
+}

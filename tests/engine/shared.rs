@@ -253,3 +253,28 @@ fn a_consumer_records_as_synced_only_what_a_sync_covered() {
         "published under Never is not synced"
     );
 }
+
+#[test]
+fn a_handle_that_does_not_consume_counts_the_records_and_leaves_stats_to_the_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let producer = Queue::open(
+        dir.path(),
+        shared(SyncPolicy::Interval(Duration::from_millis(5))),
+    )
+    .unwrap();
+    let consumer = Queue::open(
+        dir.path(),
+        shared(SyncPolicy::Interval(Duration::from_millis(5))),
+    )
+    .unwrap();
+    for seq in 0..10u64 {
+        producer.push(&payload_for(seq)).unwrap();
+    }
+    assert_eq!(consumer.pop().unwrap().unwrap().seq(), 0);
+    consumer.sync().unwrap(); // the head on disk, where the producer reads it
+    assert_eq!(producer.len(), 9);
+    assert!(matches!(producer.stats(), Err(Error::InvalidOptions(_))));
+    assert_eq!(consumer.stats().unwrap().len, 9);
+    // The producer did not take the role by looking.
+    assert_eq!(consumer.pop().unwrap().unwrap().seq(), 1);
+}
