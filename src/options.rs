@@ -292,12 +292,16 @@ impl Options {
     /// first consumer call (`pop`, `peek`, `recv`, `ack`, `purge`, `compact`, …) takes the
     /// consumer role for the handle's life; a consumer call in another handle while it is held
     /// fails with [`Error::Locked`](crate::Error::Locked) naming the holder. A consumer that
-    /// blocks in `pop_timeout` or `recv_timeout` is woken by pushes of every process. What a
-    /// shared queue does not do yet: bounds (`max_records`, `max_bytes`), deduplicated pushes,
-    /// the segment pool, and storage other than the real filesystem are refused with
-    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions); under
-    /// [`SyncPolicy::Always`] each push batch has its own `fdatasync` (no group commit across
-    /// pushes yet). docs/ARCHITECTURE.md ("Several processes") has the design and
+    /// blocks in `pop_timeout`, `recv_timeout` or `recv_async` is woken by pushes of every
+    /// process; under [`SyncPolicy::Always`] producers in different processes share their
+    /// `fdatasync`s. `stats` needs the consumer role (a monitoring handle must not take it:
+    /// elsewhere it fails with [`Error::InvalidOptions`](crate::Error::InvalidOptions); `len`
+    /// works everywhere). What a shared queue does not do yet: consumers in several handles at
+    /// once; bounds (`max_records`, `max_bytes`), deduplicated pushes, the segment pool, and
+    /// storage other than the real filesystem are refused with
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue after a `fork`,
+    /// not before: a child that inherits the handle's locks hides the parent's death from the
+    /// others. docs/ARCHITECTURE.md ("Several processes") has the design and
     /// docs/DURABILITY.md the contract across processes.
     ///
     /// ```
