@@ -278,3 +278,32 @@ fn a_handle_that_does_not_consume_counts_the_records_and_leaves_stats_to_the_con
     // The producer did not take the role by looking.
     assert_eq!(consumer.pop().unwrap().unwrap().seq(), 1);
 }
+
+#[test]
+fn a_129th_handle_is_refused_and_a_closed_handles_slot_is_taken_again() {
+    // 128 handles keep about 400 files open (measured): room under a soft limit of 1,024 with
+    // the other tests' files, and more where the hard limit allows.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut handles: Vec<Queue> = (0..128)
+        .map(|_| Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap())
+        .collect();
+    match Queue::open(dir.path(), shared(SyncPolicy::Never)) {
+        Err(Error::Locked { dir: refused, .. }) => assert!(refused.ends_with("procs")),
+        other => panic!("expected Locked naming procs, got {other:?}"),
+    }
+    handles.pop();
+    let again = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    again.push(b"from the reused slot").unwrap();
+    assert_eq!(
+        handles[0].pop().unwrap().unwrap().payload(),
+        b"from the reused slot"
+    );
+}
