@@ -25,16 +25,16 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::control::{
-    ticket, ticket_parts, ARRIVALS, CONSUMER_CLAIMS, CONSUMER_PID, DURABLE_GEN, DURABLE_SLOTS,
-    EPOCH_MAX, INSIDE, POISONED, PREPARED_BASE, PREPARED_END, REPAIRS, SLEEPERS, SLOTS, SLOT_COUNT,
-    SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
+    ticket, ticket_parts, ARRIVALS, CONSUMER_CLAIMS, CONSUMER_PID, EPOCH_MAX, INSIDE, POISONED,
+    PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_SLOTS, REPAIRS, SLEEPERS, SLOTS,
+    SLOT_COUNT, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
     CONSUMER_LOCK_FILE_NAME, CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
 };
 use crate::storage::process::{
-    create_dir_in_queue, open_lock_file, wait_for_change, wake_all, wake_one, AttachFailure,
-    ControlMapping,
+    create_dir_in_queue, holder_pid, open_lock_file, wait_for_change, wake_all, wake_one,
+    AttachFailure, ControlMapping,
 };
 
 /// A committed end of the log: every frame below `tail` in segment `base` (and every frame of
@@ -76,7 +76,7 @@ pub(crate) fn begin_open(dir: &Path) -> Result<Opening> {
             Err(TryLockError::WouldBlock) => {
                 return Err(Error::Locked {
                     dir: dir.to_path_buf(),
-                    pid: read_pid(&attached),
+                    pid: holder_pid(&attached),
                 })
             }
             Err(TryLockError::Error(error)) => return Err(Error::io("lock", &lock_path, error)),
@@ -91,18 +91,6 @@ pub(crate) fn begin_open(dir: &Path) -> Result<Opening> {
     })
 }
 
-/// The pid an exclusive handle wrote into `lock` (advice for the error message).
-fn read_pid(file: &File) -> Option<u32> {
-    use std::os::unix::fs::FileExt;
-    let mut bytes = [0u8; 16];
-    let read = file.read_at(&mut bytes, 0).ok()?;
-    std::str::from_utf8(&bytes[..read])
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 impl Opening {
     /// The first opener, after recovery: builds `control` with the recovered tail, and keeps
     /// `lock` shared from now on.
@@ -114,7 +102,7 @@ impl Opening {
         // Everything an attacher reads is in place before `open.lock` is released (when `new`
         // takes the opening): the committed and published tails (recovery made every record
         // durable), and `lock` held shared.
-        for slots in [TAIL_SLOTS, DURABLE_SLOTS] {
+        for slots in [TAIL_SLOTS, PUBLISHED_SLOTS] {
             control.word64(slots).store(tail.base, Ordering::Relaxed);
             control
                 .word64(slots + 8)
@@ -124,7 +112,7 @@ impl Opening {
                 .store(tail.next_seq, Ordering::Relaxed);
         }
         control.word64(TAIL_GEN).store(0, Ordering::Release);
-        control.word64(DURABLE_GEN).store(0, Ordering::Release);
+        control.word64(PUBLISHED_GEN).store(0, Ordering::Release);
         // The pid an exclusive handle left in `lock` names nobody now: an exclusive open
         // refused beside the shared handles must not name it.
         let lock_path = self.dir.join(LOCK_FILE_NAME);
@@ -167,7 +155,7 @@ pub(crate) struct Coordination {
     /// The tail generation this handle last caught up with.
     seen_gen: AtomicU64,
     /// The durable tail generation this handle last published to its readers.
-    seen_durable_gen: AtomicU64,
+    seen_published_gen: AtomicU64,
 }
 
 /// Set in the tail lock word when a handle may be waiting for it.
@@ -265,7 +253,7 @@ impl Coordination {
             ticket: ticket(slot, epoch),
             probes: std::sync::Mutex::new(std::collections::HashMap::new()),
             seen_gen: AtomicU64::new(u64::MAX),
-            seen_durable_gen: AtomicU64::new(u64::MAX),
+            seen_published_gen: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -391,41 +379,45 @@ impl Coordination {
 
     /// The committed tail if it moved since this handle last looked.
     pub(crate) fn committed_if_moved(&self) -> Option<CommittedTail> {
-        let generation = self.word64(TAIL_GEN).load(Ordering::Acquire);
-        if generation == self.seen_gen.load(Ordering::Relaxed) {
-            return None;
-        }
-        let (generation, tail) = self.committed();
-        self.seen_gen.store(generation, Ordering::Relaxed);
-        Some(tail)
+        self.tail_if_moved(TAIL_GEN, TAIL_SLOTS, &self.seen_gen)
     }
 
     /// The published tail: what readers read up to; under `SyncPolicy::Always`, every record
     /// below it is synced.
-    pub(crate) fn durable(&self) -> CommittedTail {
-        self.read_tail(DURABLE_GEN, DURABLE_SLOTS).1
+    pub(crate) fn published(&self) -> CommittedTail {
+        self.read_tail(PUBLISHED_GEN, PUBLISHED_SLOTS).1
     }
 
     /// The published tail if it moved since this handle last looked.
-    pub(crate) fn durable_if_moved(&self) -> Option<CommittedTail> {
-        let generation = self.word64(DURABLE_GEN).load(Ordering::Acquire);
-        if generation == self.seen_durable_gen.load(Ordering::Relaxed) {
+    pub(crate) fn published_if_moved(&self) -> Option<CommittedTail> {
+        self.tail_if_moved(PUBLISHED_GEN, PUBLISHED_SLOTS, &self.seen_published_gen)
+    }
+
+    /// The tail at `slots` if its generation moved past `seen` (one load when it did not).
+    fn tail_if_moved(
+        &self,
+        generation_at: usize,
+        slots: usize,
+        seen: &AtomicU64,
+    ) -> Option<CommittedTail> {
+        let generation = self.word64(generation_at).load(Ordering::Acquire);
+        if generation == seen.load(Ordering::Relaxed) {
             return None;
         }
-        let (generation, tail) = self.read_tail(DURABLE_GEN, DURABLE_SLOTS);
-        self.seen_durable_gen.store(generation, Ordering::Relaxed);
+        let (generation, tail) = self.read_tail(generation_at, slots);
+        seen.store(generation, Ordering::Relaxed);
         Some(tail)
     }
 
     /// Publishes a tail to the readers of every process, if it is further on: under the tail
     /// lock only (by a push under `Never` or `Interval`, by the sync leader under `Always`).
     pub(crate) fn publish(&self, tail: CommittedTail) {
-        let (generation, durable) = self.read_tail(DURABLE_GEN, DURABLE_SLOTS);
+        let (generation, durable) = self.read_tail(PUBLISHED_GEN, PUBLISHED_SLOTS);
         if tail.next_seq <= durable.next_seq && tail.base <= durable.base {
             return;
         }
-        self.store_slot(DURABLE_SLOTS, generation + 1, tail);
-        self.word64(DURABLE_GEN)
+        self.store_slot(PUBLISHED_SLOTS, generation + 1, tail);
+        self.word64(PUBLISHED_GEN)
             .store(generation + 1, Ordering::Release);
         self.announce();
     }

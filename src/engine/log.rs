@@ -3,9 +3,9 @@
 //! commit before readers may see it. A roll seals the active segment (synced, trimmed) and
 //! starts the next from the pool or a new file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
@@ -24,7 +24,7 @@ use crate::format::layout::{parse_segment_file_name, segment_file_name};
 use crate::format::segment::SequenceBreak;
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::options::SyncPolicy;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageFile};
 
 /// Whether a write is held to the queue's bound (`Options::max_records`, `max_bytes`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -533,15 +533,15 @@ impl Log {
                 return Err(shared_poison());
             }
             let seen = coordination.arrivals();
-            let durable = coordination.durable();
+            let durable = coordination.published();
             if durable.next_seq >= end {
-                self.publish_durable(env, durable);
+                self.publish_tail(env, durable);
                 return Ok(());
             }
             if let Some(_leading) = coordination.try_lock_sync() {
-                let durable = coordination.durable();
+                let durable = coordination.published();
                 if durable.next_seq >= end {
-                    self.publish_durable(env, durable);
+                    self.publish_tail(env, durable);
                     return Ok(());
                 }
                 failpoint::reached("shared.sync");
@@ -605,7 +605,7 @@ impl Log {
 
     /// Shows readers of this handle the records up to a tail published in `control` (under
     /// `Always`, synced; under the other policies, only written).
-    fn publish_durable(&self, env: &Env, durable: CommittedTail) {
+    fn publish_tail(&self, env: &Env, durable: CommittedTail) {
         let segment = self
             .segments
             .read()
@@ -631,21 +631,13 @@ impl Log {
         let (_, committed) = coordination.committed();
         let storage = &*env.storage;
         let mut removed = false;
-        for name in storage
-            .list_dir(&env.dir)
-            .map_err(|error| Error::io("list queue directory", &env.dir, error))?
-        {
-            let Some(base) = parse_segment_file_name(&name) else {
-                continue;
-            };
-            if base > committed.base {
-                let path = env.dir.join(&name);
-                storage.remove_file(&path).map_err(|error| {
-                    env.poison(Error::io("remove unborn segment", &path, error))
-                })?;
-                self.forget_segment(base);
-                removed = true;
-            }
+        for base in segment_bases(storage, &env.dir)?.range(committed.base + 1..) {
+            let path = env.dir.join(segment_file_name(*base));
+            storage
+                .remove_file(&path)
+                .map_err(|error| env.poison(Error::io("remove unborn segment", &path, error)))?;
+            self.forget_segment(*base);
+            removed = true;
         }
         if removed {
             storage
@@ -673,7 +665,7 @@ impl Log {
     /// Brings this handle's writer and segments up to a tail committed by any process: the
     /// same segment further on, or segments other processes started.
     fn catch_up(&self, env: &Env, writer: &mut Writer, committed: CommittedTail) -> Result<()> {
-        // Readers see only the published tail (`publish_durable`), which a push under `Always`
+        // Readers see only the published tail (`publish_tail`), which a push under `Always`
         // moves once a sync covered it: nothing is published here.
         if committed.base == writer.active.base_seq {
             if committed.tail != writer.tail || committed.next_seq != writer.next_seq {
@@ -703,46 +695,23 @@ impl Log {
         &self,
         env: &Env,
         committed: CommittedTail,
-    ) -> Result<(Arc<Segment>, Arc<dyn crate::storage::StorageFile>)> {
-        let storage = &*env.storage;
-        let names = storage
-            .list_dir(&env.dir)
-            .map_err(|error| Error::io("list queue directory", &env.dir, error))?;
-        let shared_dir: Arc<std::path::Path> = Arc::from(env.dir.as_path());
-        let path = env.dir.join(segment_file_name(committed.base));
-        let file: Arc<dyn crate::storage::StorageFile> = Arc::from(
-            storage
-                .open(&path)
-                .map_err(|error| Error::io("open segment", &path, error))?,
-        );
-        let map_len = env.options.segment_size.max(committed.tail);
-        // Readable once published (`publish_durable`).
-        let readable = SEGMENT_HEADER_LEN as u64;
-        let active = Arc::new(Segment::active(
-            committed.base,
-            path,
-            file.clone(),
-            readable,
-            map_len,
-        ));
+    ) -> Result<(Arc<Segment>, Arc<dyn StorageFile>)> {
+        let on_disk = segment_bases(&*env.storage, &env.dir)?;
+        let (active, file) =
+            open_committed_active(&*env.storage, &env.dir, env.options.segment_size, committed)?;
+        let shared_dir: Arc<Path> = Arc::from(env.dir.as_path());
         let mut segments = self
             .segments
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let newest_known = segments.keys().next_back().copied().unwrap_or(0);
-        for base in names
+        let unknown = on_disk
             .iter()
-            .filter_map(|name| parse_segment_file_name(name))
-        {
-            if base > newest_known && base < committed.base {
-                let path = SegmentPath::lazy(shared_dir.clone(), base);
-                segments.insert(base, Arc::new(Segment::unopened(base, path)));
-            }
+            .filter(|&&base| base > newest_known && base < committed.base);
+        for &base in unknown {
+            let path = SegmentPath::lazy(shared_dir.clone(), base);
+            segments.insert(base, Arc::new(Segment::unopened(base, path)));
         }
-        let on_disk: std::collections::BTreeSet<u64> = names
-            .iter()
-            .filter_map(|name| parse_segment_file_name(name))
-            .collect();
         // Consumed segments the consumer deleted: their files are closed with them.
         segments.retain(|base, _| on_disk.contains(base) || *base >= committed.base);
         let active = match segments.get(&committed.base) {
@@ -759,14 +728,7 @@ impl Log {
     /// Drops the segments whose files are gone (a shared queue's earlier consumer compacted
     /// them) from this handle's map.
     pub(crate) fn forget_deleted_segments(&self, env: &Env) -> Result<()> {
-        let names = env
-            .storage
-            .list_dir(&env.dir)
-            .map_err(|error| Error::io("list queue directory", &env.dir, error))?;
-        let on_disk: std::collections::BTreeSet<u64> = names
-            .iter()
-            .filter_map(|name| parse_segment_file_name(name))
-            .collect();
+        let on_disk = segment_bases(&*env.storage, &env.dir)?;
         self.segments
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -787,8 +749,8 @@ impl Log {
                 self.catch_up(env, &mut writer, committed)?;
             }
         }
-        if let Some(published) = coordination.durable_if_moved() {
-            self.publish_durable(env, published);
+        if let Some(published) = coordination.published_if_moved() {
+            self.publish_tail(env, published);
         }
         Ok(())
     }
@@ -813,6 +775,41 @@ fn shared_poison() -> Error {
                 it (recovery finds what is on the disk)"
             .into(),
     }
+}
+
+/// The bases of the segment files in a queue directory.
+pub(crate) fn segment_bases(storage: &dyn Storage, dir: &Path) -> Result<BTreeSet<u64>> {
+    let names = storage
+        .list_dir(dir)
+        .map_err(|error| Error::io("list queue directory", dir, error))?;
+    Ok(names
+        .iter()
+        .filter_map(|name| parse_segment_file_name(name))
+        .collect())
+}
+
+/// A shared queue's committed active segment, opened by a handle that did not create it:
+/// readable from its header on, up to the published tail once it is taken up.
+pub(crate) fn open_committed_active(
+    storage: &dyn Storage,
+    dir: &Path,
+    segment_size: u64,
+    committed: CommittedTail,
+) -> Result<(Arc<Segment>, Arc<dyn StorageFile>)> {
+    let path = dir.join(segment_file_name(committed.base));
+    let file: Arc<dyn StorageFile> = Arc::from(
+        storage
+            .open(&path)
+            .map_err(|error| Error::io("open segment", &path, error))?,
+    );
+    let segment = Segment::active(
+        committed.base,
+        path,
+        file.clone(),
+        SEGMENT_HEADER_LEN as u64,
+        segment_size.max(committed.tail),
+    );
+    Ok((Arc::new(segment), file))
 }
 
 /// Refuses to number `count` more records from the writer's next sequence number when that would

@@ -10,15 +10,13 @@ use std::time::{Duration, Instant};
 use crate::engine::clock::now_micros;
 use crate::engine::compactor::{self, CompactReport};
 use crate::engine::coordination::{self, CommittedTail, Coordination};
-use crate::engine::counters::ConsumerCounts;
 use crate::engine::dedup::Dedup;
 use crate::engine::delivery::{try_recv_batch, Delivery};
 use crate::engine::env::Env;
 use crate::engine::flusher::Flusher;
-use crate::engine::jobs::Jobs;
-use crate::engine::log::Log;
+use crate::engine::log::{open_committed_active, segment_bases, Log};
 use crate::engine::pool;
-use crate::engine::reader::{Cursor, Reader};
+use crate::engine::reader::Reader;
 use crate::engine::record::Record;
 use crate::engine::recovery;
 use crate::engine::report::RecoveryReport;
@@ -28,7 +26,6 @@ use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::frame::BodyPrefix;
 use crate::format::head::HEAD_FILE_LEN;
-use crate::format::layout::{parse_segment_file_name, segment_file_name};
 use crate::format::segment::SEGMENT_HEADER_LEN;
 use crate::format::settings::SETTINGS_FILE_LEN;
 use crate::options::{OnDamage, Options, SyncPolicy};
@@ -165,34 +162,16 @@ impl Queue {
         options: &Options,
         committed: CommittedTail,
     ) -> Result<Log> {
-        let names = storage
-            .list_dir(dir)
-            .map_err(|error| Error::io("list queue directory", dir, error))?;
         let shared_dir: Arc<Path> = Arc::from(dir);
-        let mut segments: BTreeMap<u64, Arc<Segment>> = names
-            .iter()
-            .filter_map(|name| parse_segment_file_name(name))
-            .filter(|&base| base < committed.base)
-            .map(|base| {
+        let mut segments: BTreeMap<u64, Arc<Segment>> = segment_bases(storage, dir)?
+            .range(..committed.base)
+            .map(|&base| {
                 let path = SegmentPath::lazy(shared_dir.clone(), base);
                 (base, Arc::new(Segment::unopened(base, path)))
             })
             .collect();
-        let path = dir.join(segment_file_name(committed.base));
-        let file: Arc<dyn crate::storage::StorageFile> = Arc::from(
-            storage
-                .open(&path)
-                .map_err(|error| Error::io("open segment", &path, error))?,
-        );
-        let map_len = options.segment_size.max(committed.tail);
         // Readable up to the published tail, which the first consumer call takes up.
-        let active = Arc::new(Segment::active(
-            committed.base,
-            path,
-            file.clone(),
-            SEGMENT_HEADER_LEN as u64,
-            map_len,
-        ));
+        let (active, file) = open_committed_active(storage, dir, options.segment_size, committed)?;
         segments.insert(committed.base, active.clone());
         let mut writer = Writer::new(
             active,
@@ -248,19 +227,14 @@ impl Queue {
             options.mapped_writes,
             options.sync == SyncPolicy::Always,
         );
-        let reader = Reader {
-            cursor: Cursor::new(
-                recovered.head_segment,
-                recovered.head_offset,
-                recovered.head.state().head_seq,
-            ),
-            head: recovered.head,
-            jobs: Jobs::with_history(recovered.history),
-            acklog: recovered.acklog,
-            expired_letters: Vec::new(),
-            counts: ConsumerCounts::default(),
-            retired: recovered.retired.clone(),
-        };
+        let reader = Reader::new(
+            recovered.head_segment,
+            recovered.head_offset,
+            recovered.head,
+            recovered.acklog,
+            recovered.history,
+            recovered.retired.clone(),
+        );
         let log = Log::new(
             recovered.segments,
             writer,

@@ -98,6 +98,28 @@ pub(crate) struct Found {
 }
 
 impl Reader {
+    /// A reader at the head `head` names, which lies at `head_offset` of `head_segment`, with
+    /// what the ack log remembers.
+    pub(crate) fn new(
+        head_segment: Arc<Segment>,
+        head_offset: u64,
+        head: HeadIndex,
+        acklog: AckLog,
+        history: JobHistory,
+        retired: BTreeMap<u64, u64>,
+    ) -> Self {
+        let head_seq = head.state().head_seq;
+        Reader {
+            cursor: Cursor::new(head_segment, head_offset, head_seq),
+            head,
+            jobs: Jobs::with_history(history),
+            acklog,
+            expired_letters: Vec::new(),
+            counts: ConsumerCounts::default(),
+            retired,
+        }
+    }
+
     /// Every record below this sequence number is consumed.
     pub(crate) fn head_seq(&self) -> u64 {
         self.jobs.first_seq().unwrap_or(self.cursor.next_seq)

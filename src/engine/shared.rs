@@ -15,13 +15,10 @@ use std::collections::BTreeMap;
 use crate::engine::acklog::AckLog;
 use crate::engine::clock::now_micros;
 use crate::engine::compactor;
-use crate::engine::counters::ConsumerCounts;
 use crate::engine::dedup::Dedup;
 use crate::engine::env::Env;
 use crate::engine::head::HeadIndex;
-use crate::engine::jobs::Jobs;
 use crate::engine::log::{Bound, Log, Written};
-use crate::engine::reader::Cursor;
 use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped, Reader};
 use crate::engine::record::Record;
 use crate::engine::recovery::{locate_head, retired_ranges};
@@ -737,15 +734,14 @@ fn recover_consumer(env: &Env, log: &Log) -> Result<Reader> {
     acklog.defer_writes(appends_synced);
     let retired = retired_ranges(&history, &segments);
     log.set_retired(retired.clone());
-    Ok(Reader {
-        cursor: Cursor::new(head_segment, head_offset, head_seq),
+    Ok(Reader::new(
+        head_segment,
+        head_offset,
         head,
-        jobs: Jobs::with_history(history),
         acklog,
-        expired_letters: Vec::new(),
-        counts: ConsumerCounts::default(),
+        history,
         retired,
-    })
+    ))
 }
 
 /// How long a shared queue's waiter sleeps at most before it looks at this process's own

@@ -73,9 +73,9 @@ pub const CONSUMER_CLAIMS: usize = 144;
 /// Offset of the tail lock word.
 pub const TAIL_LOCK: usize = 152;
 /// Offset of the published tail's commit counter (readers read up to the published tail).
-pub const DURABLE_GEN: usize = 160;
+pub const PUBLISHED_GEN: usize = 160;
 /// Offset of the two published tail slots, laid out as the tail slots.
-pub const DURABLE_SLOTS: usize = 168;
+pub const PUBLISHED_SLOTS: usize = 168;
 /// Offset of the sync lock word: the ticket of the handle syncing for every producer.
 pub const SYNC_LOCK: usize = 216;
 /// Offset of the poisoned word: non-zero once a sync failed.
@@ -196,8 +196,8 @@ mod tests {
         }
         const { assert!(TAIL_SLOTS + 2 * TAIL_SLOT_LEN <= ARRIVALS) };
         const { assert!(CONSUMER_CLAIMS + 8 <= TAIL_LOCK) };
-        const { assert!(TAIL_LOCK + 4 <= DURABLE_GEN) };
-        const { assert!(DURABLE_SLOTS + 2 * TAIL_SLOT_LEN <= SYNC_LOCK) };
+        const { assert!(TAIL_LOCK + 4 <= PUBLISHED_GEN) };
+        const { assert!(PUBLISHED_SLOTS + 2 * TAIL_SLOT_LEN <= SYNC_LOCK) };
         const { assert!(POISONED + 4 <= REPAIRS) };
         const { assert!(REPAIRS + 4 <= PREPARED_BASE) };
         const { assert!(PREPARED_END + 8 <= SLOTS) };

@@ -323,7 +323,7 @@ impl Storage for OsStorage {
         let path = dir.join(crate::format::layout::LOCK_FILE_NAME);
         // Never through a symlink: the lock file is truncated and written below, and a link to
         // another file (run as root: any file) would have that file emptied.
-        let mut file = open_or_create_regular(&path).map_err(LockFailure::Io)?;
+        let file = open_or_create_regular(&path).map_err(LockFailure::Io)?;
         // A flock belongs to the open file description, which a child process shares between
         // fork and exec: a program that closes and reopens a queue while another thread spawns
         // a process can find its own released lock still held for that moment. Retry briefly
@@ -337,7 +337,7 @@ impl Storage for OsStorage {
                 }
                 Err(TryLockError::WouldBlock) => {
                     return Err(LockFailure::Held {
-                        pid: read_pid(&mut file),
+                        pid: read_pid(&file),
                     })
                 }
                 Err(TryLockError::Error(error)) => return Err(LockFailure::Io(error)),
@@ -502,7 +502,7 @@ fn give_to_owner_of(file: &File, dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn read_pid(file: &mut File) -> Option<u32> {
+pub(crate) fn read_pid(mut file: &File) -> Option<u32> {
     let mut text = String::new();
     file.seek(SeekFrom::Start(0)).ok()?;
     file.take(32).read_to_string(&mut text).ok()?;

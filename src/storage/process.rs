@@ -18,6 +18,11 @@ pub(crate) fn open_lock_file(path: &Path) -> io::Result<File> {
     super::open_or_create_regular(path)
 }
 
+/// The pid an exclusive handle wrote into the lock file (advice for error messages).
+pub(crate) fn holder_pid(file: &File) -> Option<u32> {
+    super::read_pid(file)
+}
+
 /// Creates a folder of the queue directory (`procs/`): see `create_dir_like_parent`.
 pub(crate) fn create_dir_in_queue(dir: &Path) -> io::Result<()> {
     super::create_dir_like_parent(dir)
