@@ -40,7 +40,7 @@ Exit codes:
   1  problems found (verify, repair --dry-run), or repair could not make the queue clean
   2  usage error: bad arguments or input that does not fit the queue
   3  pop --wait ran out of time
-  4  the queue is locked by another process (or its consumer role, held by another process)
+  4  the queue is locked by another process
   5  I/O error or damaged data
   6  the queue is full: push refused at its --max-records/--max-bytes bound";
 
@@ -198,19 +198,6 @@ fn report(failure: Failure) -> u8 {
             eprintln!("spool: {message}");
             EXIT_USAGE
         }
-        Failure::Queue(Error::Locked { dir, pid }) if holds_consumer_role(&dir) => {
-            let queue = dir.parent().unwrap_or(&dir);
-            let holder = pid.map_or_else(String::new, |pid| format!(" (process {pid})"));
-            let message = format!(
-                "queue directory {} is locked by its consumer{holder}, which holds {}: one \
-                 handle at a time consumes from a shared queue; pop, purge and compact work once \
-                 it has closed the queue",
-                queue.display(),
-                dir.display()
-            );
-            eprintln!("spool: {}", for_stderr(&message));
-            EXIT_LOCKED
-        }
         Failure::Queue(error) => {
             eprintln!("spool: {}", for_stderr(&error.to_string()));
             match error {
@@ -224,12 +211,6 @@ fn report(failure: Failure) -> u8 {
             }
         }
     }
-}
-
-/// Whether `locked` (from `Error::Locked`) is a shared queue's consumer role rather than the
-/// queue itself.
-fn holds_consumer_role(locked: &Path) -> bool {
-    locked.file_name() == Some(diskspool::format::layout::CONSUMER_LOCK_FILE_NAME.as_ref())
 }
 
 /// Fails unless `dir` exists, so that a mistyped path is not silently made into a new queue.

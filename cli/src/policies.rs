@@ -300,11 +300,6 @@ pub fn purge(args: &PurgeArgs) -> Result<u8, Failure> {
         false,
         crate::Access::Shared,
     )?;
-    if !queue.options().get_exclusive() {
-        // Takes the consumer role (which purge needs) before asking: exit 4 now, not after the
-        // answer, when another handle consumes.
-        queue.peek()?;
-    }
     if !args.yes {
         if !io::stdin().is_terminal() {
             return Err(Failure::Usage(String::from(

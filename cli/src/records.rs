@@ -104,10 +104,10 @@ Examples:
   spool pop --all --json /var/spool/jobs     everything, as JSON lines
   spool pop --wait 30 /var/spool/jobs        wait up to 30 s for a record (exit 3 if none)
 
-pop works beside a service that holds the queue shared, unless another process consumes it
-(the consumer role of a shared queue: exit 4, naming that process). pop --wait waits woken by
-the pushes of every process, holding the consumer role meanwhile; on a queue that must be opened
-alone (bounds, dedup window) it waits without the lock, polling, so other processes can push.
+pop works beside a service that holds the queue shared, its consumers included: each record
+goes to one of them. pop --wait waits woken by the pushes of every process; on a queue that must
+be opened alone (bounds, dedup window) it waits without the lock, polling, so other processes
+can push.
 
 Removal is durable before a record is printed; if standard output fails, the records of the
 batch being printed (at most 256) are lost. An empty queue prints nothing and exits 0.

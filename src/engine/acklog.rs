@@ -42,12 +42,15 @@ const PREPARED_SPACE: u64 = 32 << 10;
 
 impl AckLog {
     /// Opens the ack log in `dir` if there is one, recovers a torn tail, and returns the history
-    /// it holds at or beyond `head`.
+    /// it holds at or beyond `head`. `settle`: sync what was read (at open, and after a process
+    /// died mid-turn); a shared queue's consumer that reads again what a live holder left in
+    /// the log does not (that holder synced what its policy asks).
     pub(crate) fn open(
         storage: &dyn Storage,
         dir: &Path,
         head: u64,
         appends_synced: bool,
+        settle: bool,
         report: &mut RecoveryReport,
     ) -> Result<(AckLog, JobHistory)> {
         let path = dir.join(ACK_LOG_FILE_NAME);
@@ -115,7 +118,9 @@ impl AckLog {
                 });
             }
         }
-        file.sync_data().map_err(io_error("sync ack log"))?;
+        if settle || skipped || scan.end == AckLogEnd::TornEntry {
+            file.sync_data().map_err(io_error("sync ack log"))?;
+        }
         history.prune_below(head);
         let mut log = AckLog {
             path,
@@ -241,6 +246,18 @@ impl AckLog {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What tells this log's state apart for a shared queue's consumer turn: the file's
+    /// generation and the entries appended through this handle.
+    pub(crate) fn marker(&self) -> (u64, u64) {
+        (self.log_id, self.appended)
+    }
+
+    /// Continues the group-commit tickets of `previous` (the log this one replaces in a
+    /// running consumer), so that a ticket is never one the consumer's sync group has covered.
+    pub(crate) fn continue_tickets(&mut self, previous: &AckLog) {
+        self.appended = previous.appended;
     }
 
     /// True when obsolete entries dominate the file.

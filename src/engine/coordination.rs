@@ -6,17 +6,19 @@
 //! - `open.lock` serialises opens: the first handle to open the queue while no other has it
 //!   open runs the recovery of an exclusive open and builds `control` (see
 //!   `format::control`); later ones attach to it.
-//! - `tail.lock` is held for one push batch. Its holder catches up with the committed tail,
-//!   repairs what a dead writer left (the dirty marker), appends through the usual writer, and
-//!   commits the new tail (a double-buffered slot in `control`, published by one store of its
+//! - The tail lock word is held for one push batch. Its holder catches up with the committed
+//!   tail, repairs what a dead writer left (the dirty marker), appends through the usual writer,
+//!   and commits the new tail (a double-buffered slot in `control`, published by one store of its
 //!   generation). Readers of other processes read up to the committed tail only.
-//! - `consumer.lock` is held for the handle's life by the one handle that consumes (pop, recv,
-//!   ack, …): the reader, the head index and the ack log stay one process's, as in an exclusive
-//!   queue. A handle that takes the role after another held it rebuilds its reader from the files.
+//! - The consumer lock word is held for one *consumer turn*: while any thread of a handle is
+//!   in a consumer call (pop, recv, ack, …). The head index and the ack log are written only
+//!   under it. A turn that changed them moves the consumer epoch; the next holder that sees
+//!   the epoch moved reads them again (see `engine::shared`).
 //!
-//! Every lock is a `flock`: the kernel releases it when its process dies, which is the only
-//! death signal relied on. docs/ARCHITECTURE.md, "Several processes", has the reasoning and
-//! the crash table.
+//! The lock words name their holder by ticket; a waiter takes a word over from a holder whose
+//! `procs/<slot>` file is no longer locked. Every file lock is a `flock`: the kernel releases it
+//! when its process dies, which is the only death signal relied on. docs/ARCHITECTURE.md,
+//! "Several processes", has the reasoning and the crash table.
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
@@ -25,12 +27,12 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::control::{
-    ticket, ticket_parts, ARRIVALS, CONSUMER_CLAIMS, CONSUMER_PID, EPOCH_MAX, INSIDE, POISONED,
+    ticket, ticket_parts, ARRIVALS, CONSUMER_EPOCH, CONSUMER_LOCK, CONSUMER_PID, EPOCH_MAX, INSIDE, POISONED,
     PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_SLOTS, REPAIRS, SLEEPERS, SLOTS,
     SLOT_COUNT, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
-    CONSUMER_LOCK_FILE_NAME, CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
+    CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
 };
 use crate::storage::process::{
     create_dir_in_queue, holder_pid, open_lock_file, wait_for_change, wake_all, wake_one,
@@ -175,8 +177,8 @@ impl std::fmt::Debug for Coordination {
     }
 }
 
-/// The tail lock, held: released when dropped.
-pub(crate) struct TailGuard<'a> {
+/// A lock word (the tail lock), held: released when dropped.
+pub(crate) struct WordGuard<'a> {
     word: &'a AtomicU32,
 }
 
@@ -202,7 +204,7 @@ impl Drop for SyncGuard<'_> {
     }
 }
 
-impl Drop for TailGuard<'_> {
+impl Drop for WordGuard<'_> {
     fn drop(&mut self) {
         if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
             wake_one(self.word);
@@ -296,17 +298,48 @@ impl Coordination {
         self.control.word32(offset)
     }
 
-    /// Takes the tail lock for one batch: a compare-and-swap when it is free; else a futex
-    /// wait, looking every few milliseconds whether its holder died (then the lock is taken
-    /// over; what the dead holder left past the committed tail is cut by `repair_tail`).
-    pub(crate) fn lock_tail(&self) -> TailGuard<'_> {
-        let word = self.word32(TAIL_LOCK);
+    /// Takes the tail lock for one batch (see [`lock_word`](Self::lock_word)).
+    pub(crate) fn lock_tail(&self) -> WordGuard<'_> {
+        self.lock_word(TAIL_LOCK)
+    }
+
+    /// Takes the consumer lock for a turn, held until [`unlock_consumer`](Self::unlock_consumer).
+    pub(crate) fn lock_consumer(&self) {
+        std::mem::forget(self.lock_word(CONSUMER_LOCK));
+        self.word32(CONSUMER_PID)
+            .store(std::process::id(), Ordering::Relaxed);
+    }
+
+    /// Releases the consumer lock taken by [`lock_consumer`](Self::lock_consumer).
+    pub(crate) fn unlock_consumer(&self) {
+        drop(WordGuard {
+            word: self.word32(CONSUMER_LOCK),
+        });
+    }
+
+    /// The consumer epoch (see `format::control::CONSUMER_EPOCH`); read and written under the
+    /// consumer lock.
+    pub(crate) fn consumer_epoch(&self) -> u64 {
+        self.word64(CONSUMER_EPOCH).load(Ordering::Acquire)
+    }
+
+    /// Sets the consumer epoch (under the consumer lock).
+    pub(crate) fn set_consumer_epoch(&self, epoch: u64) {
+        self.word64(CONSUMER_EPOCH).store(epoch, Ordering::Release);
+    }
+
+    /// Takes the lock word at `offset`: a compare-and-swap when it is free; else a futex wait,
+    /// looking every few milliseconds whether its holder died (then the lock is taken over;
+    /// what the dead holder left is for the new holder to repair: the tail by `repair_tail`,
+    /// the consumer files by a full read of them).
+    fn lock_word(&self, offset: usize) -> WordGuard<'_> {
+        let word = self.word32(offset);
         let mine = self.ticket << 1;
         if word
             .compare_exchange(0, mine, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            return TailGuard { word };
+            return WordGuard { word };
         }
         loop {
             let current = word.load(Ordering::Relaxed);
@@ -316,7 +349,7 @@ impl Coordination {
                     .compare_exchange(0, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return TailGuard { word };
+                    return WordGuard { word };
                 }
                 continue;
             }
@@ -340,7 +373,7 @@ impl Coordination {
                     .compare_exchange(waited, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                return TailGuard { word };
+                return WordGuard { word };
             }
         }
     }
@@ -545,28 +578,6 @@ impl Coordination {
     /// The control mapping, for a thread that must not keep the handle alive.
     pub(crate) fn control(&self) -> Arc<ControlMapping> {
         self.control.clone()
-    }
-
-    /// Takes the consumer role (`consumer.lock`) if no other handle holds it. Returns the lock
-    /// and how many claims came before this one since `control` was built.
-    pub(crate) fn claim_consumer(&self) -> Result<(File, u64)> {
-        let path = self.dir.join(CONSUMER_LOCK_FILE_NAME);
-        let file = open_lock_file(&path).map_err(|error| Error::io("open", &path, error))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let pid = self.word32(CONSUMER_PID).load(Ordering::Acquire);
-                return Err(Error::Locked {
-                    dir: self.dir.join(CONSUMER_LOCK_FILE_NAME),
-                    pid: (pid != 0).then_some(pid),
-                });
-            }
-            Err(TryLockError::Error(error)) => return Err(Error::io("lock", &path, error)),
-        }
-        self.word32(CONSUMER_PID)
-            .store(std::process::id(), Ordering::Release);
-        let before = self.word64(CONSUMER_CLAIMS).fetch_add(1, Ordering::AcqRel);
-        Ok((file, before))
     }
 }
 

@@ -3,8 +3,10 @@
 //! Records between the head and the reader's frontier that have been handed out (or are
 //! delayed, or acknowledged out of order) live in a bounded in-memory table. What must survive a
 //! crash (delivery counts, out-of-order acks, retry times) goes to the ack log; the head moves
-//! over the acknowledged prefix. Leases themselves are not persisted: after a restart every
-//! unacknowledged record is available again (the workers holding them are gone too).
+//! over the acknowledged prefix. In a queue of one process leases are not persisted: after a
+//! restart every unacknowledged record is available again (the workers holding them are gone
+//! too). In a queue shared by several processes a lease is written as a retry time at its end,
+//! so that another process's consumer leaves the record alone until then.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -123,6 +125,35 @@ impl Jobs {
         self.next_token
     }
 
+    /// The leases handed out through this table: `(seq, token, deliveries, due_us)`.
+    pub(crate) fn leases(&self) -> Vec<(u64, u64, u32, u64)> {
+        self.entries
+            .iter()
+            .filter_map(|(&seq, job)| match job.state {
+                JobState::Leased { due_us, token } => Some((seq, token, job.deliveries, due_us)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Takes over the token counter and the leases of `previous`, which this table replaces
+    /// (a shared queue's consumer that read the files again): a lease stays this handle's if
+    /// the record is tracked here, not settled, and was handed out no more times since.
+    pub(crate) fn take_over(&mut self, previous: &Jobs) {
+        self.next_token = self.next_token.max(previous.next_token);
+        for (seq, token, deliveries, due_us) in previous.leases() {
+            // The ack log holds the lease as a retry at its end: unchanged, nobody else
+            // took or settled the record.
+            let still_ours = self.entries.get(&seq).is_some_and(|job| {
+                job.deliveries == deliveries
+                    && job.state == JobState::Waiting { due_us }
+            });
+            if still_ours {
+                self.set_state(seq, JobState::Leased { due_us, token });
+            }
+        }
+    }
+
     /// Starts tracking a record.
     pub(crate) fn insert(&mut self, seq: u64, job: Job) {
         let state = job.state;
@@ -224,8 +255,9 @@ impl Jobs {
             + self.history.not_before.len()
     }
 
-    /// The ack log entries that describe the tracked and remembered state.
-    pub(crate) fn live_entries(&self) -> Vec<AckEntry> {
+    /// The ack log entries that describe the tracked and remembered state; with
+    /// `leases_shared`, a lease as a retry time at its end (see the module).
+    pub(crate) fn live_entries(&self, leases_shared: bool) -> Vec<AckEntry> {
         let mut state = self.history.clone();
         for (&seq, job) in &self.entries {
             match job.state {
@@ -234,6 +266,9 @@ impl Jobs {
                     end: seq + 1,
                 }),
                 JobState::Waiting { due_us } if due_us > job.record.not_before_us() => {
+                    state.apply(&AckEntry::NotBefore { seq, at_us: due_us });
+                }
+                JobState::Leased { due_us, .. } if leases_shared => {
                     state.apply(&AckEntry::NotBefore { seq, at_us: due_us });
                 }
                 _ => {}

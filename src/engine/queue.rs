@@ -608,11 +608,8 @@ impl Queue {
     /// ([`Options::segment_pool`]). Runs automatically unless [`Options::auto_compact`] is off;
     /// the automatic runs keep the pool.
     pub fn compact(&self) -> Result<CompactReport> {
-        compactor::compact_and_release_pool(
-            &self.shared.env,
-            &self.shared.log,
-            self.shared.consumer()?,
-        )
+        let consumer = self.shared.consumer()?;
+        compactor::compact_and_release_pool(&self.shared.env, &self.shared.log, &consumer)
     }
 
     /// What recovery found and did when this queue was opened.

@@ -214,6 +214,21 @@ impl Reader {
         }
     }
 
+    /// Reads and tracks records from the frontier up to `seq` (while the table has room): a
+    /// shared queue's consumer whose reader was built again learns where a record it handed
+    /// out stands.
+    fn track_through(&mut self, env: &Env, log: &Log, seq: u64) -> Result<()> {
+        let now_us = now_micros();
+        while self.cursor.next_seq <= seq && self.jobs.len() < crate::engine::jobs::IN_FLIGHT_MAX
+        {
+            let Some(found) = read_next(env, log, &mut self.cursor)? else {
+                break;
+            };
+            self.track(env, found, now_us);
+        }
+        Ok(())
+    }
+
     /// Records in the queue, given the highest published sequence number.
     pub(crate) fn len(&self, published_next_seq: u64) -> u64 {
         published_next_seq
@@ -663,6 +678,42 @@ impl Consumer {
         Ok(true)
     }
 
+    /// What tells the consumer files' state apart, for a shared queue's consumer turn: the
+    /// head's generation and the ack log's marker. A turn that leaves it unchanged wrote
+    /// nothing another process must read again.
+    pub(crate) fn turn_marker(&self) -> (u64, (u64, u64)) {
+        let reader = lock(&self.reader);
+        (reader.head.generation(), reader.acklog.marker())
+    }
+
+    /// Writes the ack log entries still held back for a group commit, so that the next holder
+    /// of a shared queue's consumer turn reads them.
+    pub(crate) fn flush_acklog(&self, env: &Env) -> Result<()> {
+        lock(&self.reader)
+            .acklog
+            .flush()
+            .map_err(|error| env.poison(error))
+    }
+
+    /// Replaces the reader with `fresh`, built from the files another process's consumer turn
+    /// changed: this handle's leases still standing there, its counts and its group-commit
+    /// tickets carry over.
+    pub(crate) fn replace_reader(&self, env: &Env, log: &Log, mut fresh: Reader) -> Result<()> {
+        let mut reader = lock(&self.reader);
+        let leases = reader.jobs.leases();
+        if let Some(last) = leases.iter().map(|lease| lease.0).max() {
+            // Tracked up to the last lease, so that each one's state is known here.
+            fresh.track_through(env, log, last)?;
+        }
+        fresh.jobs.take_over(&reader.jobs);
+        fresh.jobs.fold();
+        fresh.acklog.continue_tickets(&reader.acklog);
+        fresh.acklog.defer_writes(env.options.sync == SyncPolicy::Always);
+        fresh.counts = reader.counts;
+        *reader = fresh;
+        Ok(())
+    }
+
     pub(crate) fn acklog_len(&self) -> u64 {
         let (file, _) = lock(&self.reader).acklog.sync_target();
         file.and_then(|file| file.len().ok()).unwrap_or(0)
@@ -1004,17 +1055,18 @@ impl Consumer {
                 let record = job.record.clone();
                 let count = job.deliveries;
                 reader.counts.redelivered += u64::from(count > 1);
-                reader.jobs.set_state(
-                    seq,
-                    JobState::Leased {
-                        due_us: now_us.saturating_add(lease_us),
-                        token,
-                    },
-                );
+                let due_us = now_us.saturating_add(lease_us);
+                reader
+                    .jobs
+                    .set_state(seq, JobState::Leased { due_us, token });
                 entries.push(AckEntry::Delivered {
                     seq,
                     deliveries: count,
                 });
+                if env.coordination.is_some() {
+                    // Other processes' consumers leave it alone until the lease ends.
+                    entries.push(AckEntry::NotBefore { seq, at_us: due_us });
+                }
                 deliveries.push((record, count, token));
             }
             pending.dead_letters.append(&mut reader.expired_letters);
@@ -1087,6 +1139,10 @@ impl Consumer {
         seq: u64,
         pending: &mut Pending,
     ) -> Result<()> {
+        if env.coordination.is_some() && seq >= reader.cursor.next_seq {
+            // A shared queue's reader built again since the record was handed out.
+            reader.track_through(env, log, seq)?;
+        }
         let Some(job) = reader.jobs.get(seq) else {
             // No longer tracked: the head already passed it.
             return Ok(());
@@ -1168,7 +1224,20 @@ impl Consumer {
                                 .map_err(|error| env.poison(error))?,
                         );
                     }
-                    _ => reader.jobs.set_state(seq, JobState::Ready),
+                    _ => {
+                        reader.jobs.set_state(seq, JobState::Ready);
+                        if env.coordination.is_some() {
+                            // Ends the lease written for other processes' consumers.
+                            env.check_poisoned()?;
+                            let entry = AckEntry::NotBefore { seq, at_us: now_us };
+                            pending.ack_ticket = Some(
+                                reader
+                                    .acklog
+                                    .append(&*env.storage, &[entry])
+                                    .map_err(|error| env.poison(error))?,
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -1177,7 +1246,7 @@ impl Consumer {
     }
 
     /// Extends a lease to `lease` from now.
-    pub(crate) fn extend(&self, seq: u64, token: u64, lease: Duration) -> Result<()> {
+    pub(crate) fn extend(&self, env: &Env, seq: u64, token: u64, lease: Duration) -> Result<()> {
         let now_us = now_micros();
         let mut reader = lock(&self.reader);
         let held = reader.jobs.get(seq).is_some_and(
@@ -1191,6 +1260,16 @@ impl Consumer {
         reader
             .jobs
             .set_state(seq, JobState::Leased { due_us, token });
+        if env.coordination.is_some() {
+            // Written for other processes' consumers (a crash that loses it ends the lease
+            // sooner: the record is delivered again, never lost).
+            env.check_poisoned()?;
+            let entry = AckEntry::NotBefore { seq, at_us: due_us };
+            reader
+                .acklog
+                .append(&*env.storage, &[entry])
+                .map_err(|error| env.poison(error))?;
+        }
         Ok(())
     }
 
@@ -1224,7 +1303,7 @@ impl Consumer {
         }
         let generation = reader.head.sync().map_err(|error| env.poison(error))?;
         self.head_sync.mark_durable(generation);
-        let live = reader.jobs.live_entries();
+        let live = reader.jobs.live_entries(env.coordination.is_some());
         reader
             .acklog
             .rewrite(&*env.storage, &live)

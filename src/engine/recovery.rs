@@ -246,7 +246,7 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
     let appends_synced = options.sync == crate::options::SyncPolicy::Always;
     let (mut acklog, mut history) =
-        AckLog::open(storage, dir, head_seq, appends_synced, &mut report)?;
+        AckLog::open(storage, dir, head_seq, appends_synced, true, &mut report)?;
     if history.prune_from(next_seq) {
         // Facts about records that a power loss took (possible only under the weaker policies,
         // where acks can outlive unsynced records). The next pushes use those sequence numbers

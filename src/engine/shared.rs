@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use crate::engine::acklog::AckLog;
 use crate::engine::clock::now_micros;
 use crate::engine::compactor;
+use crate::engine::coordination::Coordination;
 use crate::engine::dedup::Dedup;
 use crate::engine::env::Env;
 use crate::engine::head::HeadIndex;
@@ -47,19 +48,55 @@ pub(crate) trait DeadLetterQueue: Send + Sync {
 pub(crate) type OpenDeadLetterQueue =
     Box<dyn Fn(PathBuf, Options) -> Result<Arc<dyn DeadLetterQueue>> + Send + Sync>;
 
+/// A shared queue's consumer turns in one handle (see [`Shared::begin_turn`]).
+#[derive(Default)]
+struct Turns {
+    /// Threads of this handle inside a consumer call.
+    active: usize,
+    /// The consumer epoch the handle's reader matches, between turns (`None`: it has none, or
+    /// must read the files again).
+    seen: Option<u64>,
+    /// The epoch when the current turn began (even).
+    base: u64,
+    /// The consumer's [`turn_marker`](Consumer::turn_marker) when the current turn began.
+    marker: (u64, (u64, u64)),
+}
+
+/// The consumer side, for one consumer call: for a shared queue, a consumer turn, which ends
+/// when the last such guard of the handle drops.
+pub(crate) struct Turn<'a> {
+    consumer: &'a Consumer,
+    shared: Option<&'a Shared>,
+}
+
+impl std::ops::Deref for Turn<'_> {
+    type Target = Consumer;
+
+    fn deref(&self) -> &Consumer {
+        self.consumer
+    }
+}
+
+impl Drop for Turn<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared {
+            shared.end_turn();
+        }
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) env: Env,
     pub(crate) log: Log,
-    /// The consumer side. Set at open for an exclusive queue; for a shared one, when this
-    /// handle takes the consumer role (see [`consumer`](Shared::consumer)).
+    /// The consumer side. Set at open for an exclusive queue; for a shared one, at this
+    /// handle's first consumer turn (see [`consumer`](Shared::consumer)).
     consumer: OnceLock<Consumer>,
-    /// A shared queue's first opener: the reader its recovery built, used if it takes the
-    /// consumer role before any other handle did.
+    /// A shared queue's first opener: the reader its recovery built, used at its first turn if
+    /// no other handle's turn changed the files since.
     spare_reader: Mutex<Option<Reader>>,
-    /// A shared queue: `consumer.lock`, held once this handle took the role.
-    consumer_role: OnceLock<std::fs::File>,
-    /// Serialises claims of the consumer role within this handle.
-    claiming: Mutex<()>,
+    /// A shared queue: this handle's consumer turns.
+    turns: Mutex<Turns>,
     /// A shared queue: the thread that turns other processes' pushes into wake-ups of this
     /// handle's async receivers, once one waited.
     #[cfg(feature = "async")]
@@ -90,19 +127,23 @@ impl Shared {
     ) -> Self {
         let consumer = OnceLock::new();
         let mut spare_reader = None;
-        match reader {
-            Some(reader) if env.coordination.is_none() => {
+        let mut turns = Turns::default();
+        match (reader, &env.coordination) {
+            (Some(reader), None) => {
                 let _ = consumer.set(Consumer::new(reader));
             }
-            reader => spare_reader = reader,
+            (Some(reader), Some(coordination)) => {
+                spare_reader = Some(reader);
+                turns.seen = Some(coordination.consumer_epoch());
+            }
+            (None, _) => {}
         }
         Shared {
             env,
             log,
             consumer,
             spare_reader: Mutex::new(spare_reader),
-            consumer_role: OnceLock::new(),
-            claiming: Mutex::new(()),
+            turns: Mutex::new(turns),
             #[cfg(feature = "async")]
             bridge: OnceLock::new(),
             dead_letters: Mutex::new(None),
@@ -115,33 +156,29 @@ impl Shared {
         }
     }
 
-    /// The consumer side: always there for an exclusive queue; for a shared one, taken on
-    /// first use (the consumer role), or [`Error::Locked`] while another handle holds it.
+    /// The consumer side: always there for an exclusive queue; for a shared one, a consumer
+    /// turn (see [`begin_turn`](Shared::begin_turn)), held until the returned guard drops.
     #[inline]
-    pub(crate) fn consumer(&self) -> Result<&Consumer> {
+    pub(crate) fn consumer(&self) -> Result<Turn<'_>> {
+        if self.env.coordination.is_some() {
+            return self.begin_turn();
+        }
         match self.consumer.get() {
-            Some(consumer) => {
-                if self.env.coordination.is_some() {
-                    self.log.refresh(&self.env)?;
-                }
-                Ok(consumer)
-            }
-            None => self.claim_consumer(),
+            Some(consumer) => Ok(Turn {
+                consumer,
+                shared: None,
+            }),
+            None => Err(Error::Locked {
+                dir: self.env.dir.clone(),
+                pid: None,
+            }),
         }
     }
 
-    /// The consumer side for `stats`: a shared queue's handle that does not consume does not
-    /// take the role for a look (a monitoring process would take it from the workers).
-    pub(crate) fn stats_consumer(&self) -> Result<&Consumer> {
-        match self.consumer.get() {
-            Some(_) => self.consumer(),
-            None if self.env.coordination.is_some() => Err(Error::InvalidOptions(
-                "stats of a shared queue come from the handle that consumes it; elsewhere use \
-                 len(), or `spool stat`, which reads the files"
-                    .into(),
-            )),
-            None => self.consumer(),
-        }
+    /// The consumer side for `stats`: a turn of a shared queue too, so that they describe the
+    /// files as every consumer left them (the counts are this handle's).
+    pub(crate) fn stats_consumer(&self) -> Result<Turn<'_>> {
+        self.consumer()
     }
 
     /// The consumer side if this handle has it (background work that only a consumer does).
@@ -149,34 +186,113 @@ impl Shared {
         self.consumer.get()
     }
 
-    /// Takes the consumer role of a shared queue: `consumer.lock`, then a reader built from
-    /// the files as the previous consumer left them (or the one recovery built, if nobody
-    /// consumed since).
-    #[cold]
-    fn claim_consumer(&self) -> Result<&Consumer> {
-        let _one_claim = lock(&self.claiming);
-        if let Some(consumer) = self.consumer.get() {
-            return Ok(consumer);
-        }
+    /// Starts a consumer turn of a shared queue, or joins the one another thread of this handle
+    /// is in. The first thread takes the consumer lock word and catches up: if the consumer
+    /// epoch moved since this handle's reader last matched the files, another handle's turn
+    /// changed the head index or the ack log, and the reader is built from them again (in
+    /// full, settling torn writes, when the epoch is odd: a holder died mid-turn). The epoch
+    /// is then made odd until the turn ends (see [`end_turn`](Shared::end_turn)).
+    #[inline(never)]
+    fn begin_turn(&self) -> Result<Turn<'_>> {
         let Some(coordination) = &self.env.coordination else {
             return Err(Error::Locked {
                 dir: self.env.dir.clone(),
                 pid: None,
             });
         };
-        let (role, claims_before) = coordination.claim_consumer()?;
+        let mut turns = lock(&self.turns);
+        if turns.active == 0 {
+            coordination.lock_consumer();
+            if let Err(error) = self.catch_up(coordination, &mut turns) {
+                turns.seen = None;
+                coordination.unlock_consumer();
+                return Err(error);
+            }
+        }
+        turns.active += 1;
+        drop(turns);
+        match self.consumer.get() {
+            Some(consumer) => Ok(Turn {
+                consumer,
+                shared: Some(self),
+            }),
+            None => {
+                self.end_turn();
+                Err(Error::Locked {
+                    dir: self.env.dir.clone(),
+                    pid: None,
+                })
+            }
+        }
+    }
+
+    /// The first step of a turn, under the consumer lock: see [`begin_turn`](Shared::begin_turn).
+    fn catch_up(&self, coordination: &Coordination, turns: &mut Turns) -> Result<()> {
         self.log.refresh(&self.env)?;
-        let spare = lock(&self.spare_reader).take();
-        let reader = match spare {
-            Some(reader) if claims_before == 0 => reader,
-            _ => recover_consumer(&self.env, &self.log)?,
+        let epoch = coordination.consumer_epoch();
+        // Odd: the holder of a turn died in it, and may have left a torn write.
+        let holder_died = epoch % 2 == 1;
+        let base = epoch + u64::from(holder_died);
+        let current = turns.seen == Some(epoch);
+        if !current || self.consumer.get().is_none() {
+            let spare = lock(&self.spare_reader).take();
+            let reader = match spare {
+                Some(reader) if current => reader,
+                _ => recover_consumer(&self.env, &self.log, holder_died)?,
+            };
+            match self.consumer.get() {
+                Some(consumer) => consumer.replace_reader(&self.env, &self.log, reader)?,
+                None => {
+                    let _ = self.consumer.set(Consumer::new(reader));
+                }
+            }
+        }
+        let marker = match self.consumer.get() {
+            Some(consumer) => consumer.turn_marker(),
+            None => Default::default(),
         };
-        let _ = self.consumer_role.set(role);
-        let _ = self.consumer.set(Consumer::new(reader));
-        self.consumer.get().ok_or_else(|| Error::Locked {
-            dir: self.env.dir.clone(),
-            pid: None,
-        })
+        coordination.set_consumer_epoch(base + 1);
+        turns.base = base;
+        turns.marker = marker;
+        turns.seen = None;
+        Ok(())
+    }
+
+    /// Leaves a consumer turn; the last thread of the handle to leave ends it: the ack log's
+    /// held-back entries are written, the epoch set (moved on if the turn changed the head or
+    /// the ack log, else as it was; left odd if the write failed, so that the next holder
+    /// reads the files in full), other processes' waiters woken if it moved, and the lock
+    /// word released.
+    fn end_turn(&self) {
+        let Some(coordination) = &self.env.coordination else {
+            return;
+        };
+        let mut turns = lock(&self.turns);
+        turns.active = turns.active.saturating_sub(1);
+        if turns.active > 0 {
+            return;
+        }
+        let ended = self.consumer.get().and_then(|consumer| {
+            consumer.flush_acklog(&self.env).ok()?;
+            Some(if consumer.turn_marker() == turns.marker {
+                turns.base
+            } else {
+                turns.base + 2
+            })
+        });
+        match ended {
+            Some(epoch) => {
+                coordination.set_consumer_epoch(epoch);
+                turns.seen = Some(epoch);
+                if epoch != turns.base {
+                    // A release, an ack or a pop may make records available to, or the head
+                    // move for, another process's waiting consumer.
+                    coordination.announce();
+                }
+            }
+            None => turns.seen = None,
+        }
+        coordination.unlock_consumer();
     }
 
     /// One `push`.
@@ -497,14 +613,14 @@ impl Shared {
 
     /// Extends a lease to `lease` from now.
     pub(crate) fn extend(&self, seq: u64, token: u64, lease: Duration) -> Result<()> {
-        self.consumer()?.extend(seq, token, lease)
+        self.consumer()?.extend(&self.env, seq, token, lease)
     }
 
     /// Moves a leased record to the dead-letter queue now, whatever its delivery count.
     pub(crate) fn dead_letter(&self, seq: u64, token: u64) -> Result<()> {
-        let (record, deliveries) = self
-            .consumer()?
-            .take_for_dead_letter(&self.env, seq, token)?;
+        // One turn throughout: the record is being moved only in this handle's memory.
+        let turn = self.consumer()?;
+        let (record, deliveries) = turn.take_for_dead_letter(&self.env, seq, token)?;
         self.move_to_dead_letters(seq, &record, deliveries, DeadLetterReason::Deliveries)
     }
 
@@ -537,13 +653,13 @@ impl Shared {
 
     /// Records in the queue.
     pub(crate) fn len(&self) -> u64 {
-        match self.consumer.get() {
-            Some(consumer) => {
-                // A failure to look is met again by the next call that can report it.
-                let _ = self.log.refresh(&self.env);
-                consumer.len(self.log.published_next_seq())
-            }
-            None => self.len_without_consumer(),
+        if self.consumer.get().is_none() {
+            return self.len_without_consumer();
+        }
+        // A failure to look is met again by the next call that can report it.
+        match self.consumer() {
+            Ok(consumer) => consumer.len(self.log.published_next_seq()),
+            Err(_) => self.len_without_consumer(),
         }
     }
 
@@ -637,7 +753,7 @@ impl Shared {
             .map_err(|error| self.env.poison(error))?;
         self.log.mark_durable(covered);
         match self.consumer.get() {
-            Some(consumer) => consumer.sync_all(&self.env, covered),
+            Some(_) => self.consumer()?.sync_all(&self.env, covered),
             None => Ok(()),
         }
     }
@@ -647,7 +763,9 @@ impl Shared {
     pub(crate) fn record_synced_seq(&self) -> Result<()> {
         self.env.check_poisoned()?;
         match self.consumer.get() {
-            Some(consumer) => consumer.record_synced_seq(&self.env, self.log.synced_seq()),
+            Some(_) => self
+                .consumer()?
+                .record_synced_seq(&self.env, self.log.synced_seq()),
             None => Ok(()),
         }
     }
@@ -710,17 +828,21 @@ impl Shared {
     }
 }
 
-/// The reader of a shared queue's handle that takes the consumer role: built from the head
-/// index and the ack log as the previous consumer left them (it may have died in any step:
-/// they are read as an open after a process kill reads them), over the segments this handle
-/// knows, which are listed again first (the previous consumer may have compacted some).
-fn recover_consumer(env: &Env, log: &Log) -> Result<Reader> {
+/// The reader of a shared queue's handle at a turn after another handle's turn changed the
+/// files: built from the head index and the ack log as that consumer left them, over the
+/// segments this handle knows, which are listed again first (it may have compacted some).
+/// `holder_died`: it died in its turn, at any step; the files are then read as an open after a
+/// process kill reads them, settling what it may have torn.
+fn recover_consumer(env: &Env, log: &Log, holder_died: bool) -> Result<Reader> {
     let storage = &*env.storage;
     let dir = &env.dir;
     log.forget_deleted_segments(env)?;
+    // Synced as read: the slot this handle writes next is the other one.
     let mut head = HeadIndex::open(storage, dir)?;
-    // The other slot may hold a write the previous consumer tore: overwritten durably now.
-    head.settle(head.state().synced_seq)?;
+    if holder_died {
+        // The other slot may hold a write the dead consumer tore: overwritten durably now.
+        head.settle(head.state().synced_seq)?;
+    }
     let head_seq = head.state().head_seq;
     let segments: BTreeMap<u64, Arc<Segment>> = log
         .segments()
@@ -730,7 +852,8 @@ fn recover_consumer(env: &Env, log: &Log) -> Result<Reader> {
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
     let mut report = RecoveryReport::default();
     let appends_synced = env.options.sync == crate::options::SyncPolicy::Always;
-    let (mut acklog, history) = AckLog::open(storage, dir, head_seq, appends_synced, &mut report)?;
+    let (mut acklog, history) =
+        AckLog::open(storage, dir, head_seq, appends_synced, holder_died, &mut report)?;
     acklog.defer_writes(appends_synced);
     let retired = retired_ranges(&history, &segments);
     log.set_retired(retired.clone());

@@ -13,9 +13,10 @@
 //!    104    24  slot 1        the same
 //!    128     4  arrivals      bumped after each commit (a futex word)
 //!    132     4  sleepers      processes waiting on `arrivals`
-//!    136     4  consumer_pid  the process holding the consumer role (advice, for errors)
+//!    136     4  consumer_pid  the process that last took the consumer turn (advice)
 //!    140     4  reserved
-//!    144     8  consumer_claims  how often the consumer role was claimed since the build
+//!    144     8  consumer_epoch  moves when a consumer turn changed the head or the ack log;
+//!                             odd while a turn is under way (left odd by a holder that died)
 //!    152     4  tail_lock     0 free, else (owner ticket << 1) | waiters (a futex word)
 //!    156     4  reserved
 //!    160     8  published_gen commits of the published tail
@@ -28,7 +29,9 @@
 //!                             (a hint for the sync leader, which waits a little for them)
 //!    232     8  prepared_base the segment `prepared_end` is about
 //!    240     8  prepared_end  zeros were written ahead of the tail up to here (writers only)
-//!    248   776  reserved      zero
+//!    248     4  consumer_lock 0 free, else (owner ticket << 1) | waiters (a futex word):
+//!                             held for a consumer turn
+//!    252   772  reserved      zero
 //!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
 //!   2048  2048  reserved      zero
 //! ```
@@ -46,7 +49,7 @@
 /// The control file's first eight bytes.
 pub const CONTROL_MAGIC: [u8; 8] = *b"DSPOOLCT";
 /// The layout version this build reads and writes.
-pub const CONTROL_VERSION: u32 = 1;
+pub const CONTROL_VERSION: u32 = 2;
 /// The control file's length: one page (a power of two: see `storage::process`).
 pub const CONTROL_LEN: u64 = 4096;
 const _: () = assert!(CONTROL_LEN.is_power_of_two());
@@ -65,10 +68,12 @@ pub const TAIL_SLOT_LEN: usize = 24;
 pub const ARRIVALS: usize = 128;
 /// Offset of the count of processes waiting on `arrivals`.
 pub const SLEEPERS: usize = 132;
-/// Offset of the consumer role holder's process id.
+/// Offset of the process id of the handle that last took the consumer turn (advice).
 pub const CONSUMER_PID: usize = 136;
-/// Offset of the count of consumer role claims since the build.
-pub const CONSUMER_CLAIMS: usize = 144;
+/// Offset of the consumer epoch: it moves when a consumer turn changed the head index or the
+/// ack log, so that the next turn's holder knows to read them again; odd while a turn is under
+/// way, so that a holder's death mid-turn is seen too.
+pub const CONSUMER_EPOCH: usize = 144;
 
 /// Offset of the tail lock word.
 pub const TAIL_LOCK: usize = 152;
@@ -90,6 +95,8 @@ pub const PREPARED_BASE: usize = 232;
 /// Offset of the end of the zeros written ahead of the committed tail, read and written under
 /// the tail lock only: a writer that takes up another's tail does not write them again.
 pub const PREPARED_END: usize = 240;
+/// Offset of the consumer lock word, held for one consumer turn (laid out as the tail lock).
+pub const CONSUMER_LOCK: usize = 248;
 /// Offset of the slot table.
 pub const SLOTS: usize = 1024;
 /// How many handles may have a queue open at once.
@@ -179,7 +186,7 @@ mod tests {
             TAIL_DIRTY,
             TAIL_SLOTS,
             TAIL_SLOTS + TAIL_SLOT_LEN,
-            CONSUMER_CLAIMS,
+            CONSUMER_EPOCH,
         ] {
             assert_eq!(offset % 8, 0);
         }
@@ -190,17 +197,19 @@ mod tests {
             TAIL_LOCK,
             SYNC_LOCK,
             POISONED,
+            CONSUMER_LOCK,
             SLOTS,
         ] {
             assert_eq!(offset % 4, 0);
         }
         const { assert!(TAIL_SLOTS + 2 * TAIL_SLOT_LEN <= ARRIVALS) };
-        const { assert!(CONSUMER_CLAIMS + 8 <= TAIL_LOCK) };
+        const { assert!(CONSUMER_EPOCH + 8 <= TAIL_LOCK) };
         const { assert!(TAIL_LOCK + 4 <= PUBLISHED_GEN) };
         const { assert!(PUBLISHED_SLOTS + 2 * TAIL_SLOT_LEN <= SYNC_LOCK) };
         const { assert!(POISONED + 4 <= REPAIRS) };
         const { assert!(REPAIRS + 4 <= PREPARED_BASE) };
-        const { assert!(PREPARED_END + 8 <= SLOTS) };
+        const { assert!(PREPARED_END + 8 <= CONSUMER_LOCK) };
+        const { assert!(CONSUMER_LOCK + 4 <= SLOTS) };
         const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
     }
 

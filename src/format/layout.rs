@@ -12,9 +12,6 @@ pub const LOCK_FILE_NAME: &str = "lock";
 /// Held by a process that opens or closes a queue shared with other processes, while it does.
 pub const OPEN_LOCK_FILE_NAME: &str = "open.lock";
 
-/// Held by the process that consumes a shared queue, for as long as it does.
-pub const CONSUMER_LOCK_FILE_NAME: &str = "consumer.lock";
-
 /// The folder of a shared queue's handle slots: `procs/000` to `procs/127`, each locked by
 /// the handle that holds the slot (see [`control`](crate::format::control)).
 pub const PROCS_DIR_NAME: &str = "procs";
@@ -115,7 +112,6 @@ pub fn classify_entry(name: &str) -> EntryKind {
         HEAD_FILE_NAME => EntryKind::Head,
         LOCK_FILE_NAME
         | OPEN_LOCK_FILE_NAME
-        | CONSUMER_LOCK_FILE_NAME
         | CONTROL_FILE_NAME
         | PROCS_DIR_NAME => EntryKind::Lock,
         QUARANTINE_DIR_NAME => EntryKind::Quarantine,

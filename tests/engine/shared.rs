@@ -36,10 +36,11 @@ fn producers_in_several_handles_and_one_consumer_see_one_fifo() {
             assert_eq!(record.payload(), payload_for(seq));
         }
         assert!(consumer.pop().unwrap().is_none());
-        // The role is the consumer's.
-        assert!(matches!(first.pop(), Err(Error::Locked { .. })));
+        // Any handle consumes, where the others left the head.
+        assert!(first.pop().unwrap().is_none());
         second.push(b"after").unwrap();
-        assert_eq!(consumer.pop().unwrap().unwrap().payload(), b"after");
+        assert_eq!(first.pop().unwrap().unwrap().payload(), b"after");
+        assert!(consumer.pop().unwrap().is_none());
     }
 }
 
@@ -189,16 +190,14 @@ fn a_symlink_planted_where_a_shared_queue_keeps_its_control_file_is_refused() {
     std::fs::write(&target, b"not yours").unwrap();
     let queue_dir = dir.path().join("q");
     drop(Queue::open(&queue_dir, Options::default()).unwrap());
-    for name in ["control", "procs", "consumer.lock", "open.lock"] {
+    for name in ["control", "procs", "open.lock"] {
         let link = queue_dir.join(name);
         // What an earlier round created in its place goes first.
         let _ = std::fs::remove_file(&link);
         let _ = std::fs::remove_dir_all(&link);
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let opened = Queue::open(&queue_dir, shared(SyncPolicy::Never)).and_then(|queue| {
-            // The consumer role's lock is only opened by a consumer call.
-            queue.pop().map(|_| queue)
-        });
+        let opened = Queue::open(&queue_dir, shared(SyncPolicy::Never))
+            .and_then(|queue| queue.pop().map(|_| queue));
         assert!(opened.is_err(), "{name}: a symlink is refused");
         assert_eq!(std::fs::read(&target).unwrap(), b"not yours", "{name}");
         std::fs::remove_file(&link).unwrap();
@@ -255,7 +254,7 @@ fn a_consumer_records_as_synced_only_what_a_sync_covered() {
 }
 
 #[test]
-fn a_handle_that_does_not_consume_counts_the_records_and_leaves_stats_to_the_consumer() {
+fn a_handle_that_does_not_consume_counts_the_records_and_sees_the_consumers_head() {
     let dir = tempfile::tempdir().unwrap();
     let producer = Queue::open(
         dir.path(),
@@ -273,10 +272,14 @@ fn a_handle_that_does_not_consume_counts_the_records_and_leaves_stats_to_the_con
     assert_eq!(consumer.pop().unwrap().unwrap().seq(), 0);
     consumer.sync().unwrap(); // the head on disk, where the producer reads it
     assert_eq!(producer.len(), 9);
-    assert!(matches!(producer.stats(), Err(Error::InvalidOptions(_))));
+    // Stats read the consumer files in a turn: the head the consumer left, the producer's
+    // own counts.
+    let stats = producer.stats().unwrap();
+    assert_eq!((stats.len, stats.head_seq, stats.next_seq), (9, 1, 10));
     assert_eq!(consumer.stats().unwrap().len, 9);
-    // The producer did not take the role by looking.
     assert_eq!(consumer.pop().unwrap().unwrap().seq(), 1);
+    assert_eq!(producer.pop().unwrap().unwrap().seq(), 2);
+    assert_eq!(consumer.len(), 7);
 }
 
 #[test]
