@@ -145,8 +145,7 @@ impl Jobs {
             // The ack log holds the lease as a retry at its end: unchanged, nobody else
             // took or settled the record.
             let still_ours = self.entries.get(&seq).is_some_and(|job| {
-                job.deliveries == deliveries
-                    && job.state == JobState::Waiting { due_us }
+                job.deliveries == deliveries && job.state == JobState::Waiting { due_us }
             });
             if still_ours {
                 self.set_state(seq, JobState::Leased { due_us, token });

@@ -219,8 +219,7 @@ impl Reader {
     /// out stands.
     fn track_through(&mut self, env: &Env, log: &Log, seq: u64) -> Result<()> {
         let now_us = now_micros();
-        while self.cursor.next_seq <= seq && self.jobs.len() < crate::engine::jobs::IN_FLIGHT_MAX
-        {
+        while self.cursor.next_seq <= seq && self.jobs.len() < crate::engine::jobs::IN_FLIGHT_MAX {
             let Some(found) = read_next(env, log, &mut self.cursor)? else {
                 break;
             };
@@ -708,7 +707,9 @@ impl Consumer {
         fresh.jobs.take_over(&reader.jobs);
         fresh.jobs.fold();
         fresh.acklog.continue_tickets(&reader.acklog);
-        fresh.acklog.defer_writes(env.options.sync == SyncPolicy::Always);
+        fresh
+            .acklog
+            .defer_writes(env.options.sync == SyncPolicy::Always);
         fresh.counts = reader.counts;
         *reader = fresh;
         Ok(())

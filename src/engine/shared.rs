@@ -252,6 +252,7 @@ impl Shared {
             None => Default::default(),
         };
         coordination.set_consumer_epoch(base + 1);
+        crate::engine::failpoint::reached("consumer.begun");
         turns.base = base;
         turns.marker = marker;
         turns.seen = None;
@@ -272,6 +273,7 @@ impl Shared {
         if turns.active > 0 {
             return;
         }
+        crate::engine::failpoint::reached("consumer.ending");
         let ended = self.consumer.get().and_then(|consumer| {
             consumer.flush_acklog(&self.env).ok()?;
             Some(if consumer.turn_marker() == turns.marker {
@@ -852,8 +854,14 @@ fn recover_consumer(env: &Env, log: &Log, holder_died: bool) -> Result<Reader> {
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
     let mut report = RecoveryReport::default();
     let appends_synced = env.options.sync == crate::options::SyncPolicy::Always;
-    let (mut acklog, history) =
-        AckLog::open(storage, dir, head_seq, appends_synced, holder_died, &mut report)?;
+    let (mut acklog, history) = AckLog::open(
+        storage,
+        dir,
+        head_seq,
+        appends_synced,
+        holder_died,
+        &mut report,
+    )?;
     acklog.defer_writes(appends_synced);
     let retired = retired_ranges(&history, &segments);
     log.set_retired(retired.clone());

@@ -110,10 +110,9 @@ pub fn classify_entry(name: &str) -> EntryKind {
     }
     match name {
         HEAD_FILE_NAME => EntryKind::Head,
-        LOCK_FILE_NAME
-        | OPEN_LOCK_FILE_NAME
-        | CONTROL_FILE_NAME
-        | PROCS_DIR_NAME => EntryKind::Lock,
+        LOCK_FILE_NAME | OPEN_LOCK_FILE_NAME | CONTROL_FILE_NAME | PROCS_DIR_NAME => {
+            EntryKind::Lock
+        }
         QUARANTINE_DIR_NAME => EntryKind::Quarantine,
         ACK_LOG_FILE_NAME => EntryKind::AckLog,
         SETTINGS_FILE_NAME => EntryKind::Settings,
