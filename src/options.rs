@@ -288,20 +288,23 @@ impl Options {
     /// process or another, then gets [`Error::Locked`](crate::Error::Locked).
     ///
     /// With `false` the queue is **shared**: any number of processes open it at once (each with
-    /// `exclusive(false)`), push from any of them, and one of them at a time consumes. The
-    /// first consumer call (`pop`, `peek`, `recv`, `ack`, `purge`, `compact`, …) takes the
-    /// consumer role for the handle's life; a consumer call in another handle while it is held
-    /// fails with [`Error::Locked`](crate::Error::Locked) naming the holder. A consumer that
-    /// blocks in `pop_timeout`, `recv_timeout` or `recv_async` is woken by pushes of every
-    /// process; under [`SyncPolicy::Always`] producers in different processes share their
-    /// `fdatasync`s. `stats` needs the consumer role (a monitoring handle must not take it:
-    /// elsewhere it fails with [`Error::InvalidOptions`](crate::Error::InvalidOptions); `len`
-    /// works everywhere). What a shared queue does not do yet: consumers in several handles at
-    /// once; bounds (`max_records`, `max_bytes`), deduplicated pushes, the segment pool, and
-    /// storage other than the real filesystem are refused with
-    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue after a `fork`,
-    /// not before: a child that inherits the handle's locks hides the parent's death from the
-    /// others. docs/ARCHITECTURE.md ("Several processes") has the design and
+    /// `exclusive(false)`), and each of them pushes and consumes. Every record gets one
+    /// sequence number in one FIFO order; a `pop` hands a record to one handle only; a record
+    /// received under a lease (`recv`) is left alone by the other processes until its lease
+    /// ends, is acknowledged, or is released (the leases of a process that dies end when they
+    /// run out); delivery counts and dead letters count every process's deliveries. Consumer
+    /// calls take turns: each runs under a lock word in the shared control file, and a handle
+    /// reads the head index and the ack log again when another handle's turn changed them (one
+    /// `fdatasync` of the head file when it moved), so consumers that alternate record by
+    /// record pay more than one that drains many in a row. A consumer that blocks in
+    /// `pop_timeout`, `recv_timeout` or `recv_async` is woken by the pushes and releases of
+    /// every process; under [`SyncPolicy::Always`] producers in different processes share their
+    /// `fdatasync`s. `stats` count what this handle did, over the queue as all consumers left
+    /// it. What a shared queue does not do yet: bounds (`max_records`, `max_bytes`),
+    /// deduplicated pushes, the segment pool, and storage other than the real filesystem are
+    /// refused with [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue
+    /// after a `fork`, not before: a child that inherits the handle's locks hides the parent's
+    /// death from the others. docs/ARCHITECTURE.md ("Several processes") has the design and
     /// docs/DURABILITY.md the contract across processes.
     ///
     /// ```
@@ -312,10 +315,12 @@ impl Options {
     /// let shared = Options::default().exclusive(false).sync(SyncPolicy::Never);
     /// let producer = Queue::open(dir.path(), shared.clone())?;
     /// let consumer = Queue::open(dir.path(), shared)?; // another process would do the same
-    /// producer.push(b"job")?;
-    /// assert_eq!(consumer.pop()?.map(|record| record.payload().to_vec()), Some(b"job".to_vec()));
-    /// // The consumer role is `consumer`'s now.
-    /// assert!(producer.pop().is_err());
+    /// producer.push(b"first")?;
+    /// producer.push(b"second")?;
+    /// assert_eq!(consumer.pop()?.map(|record| record.seq()), Some(0));
+    /// // Every handle consumes, from where the others left the head.
+    /// assert_eq!(producer.pop()?.map(|record| record.seq()), Some(1));
+    /// assert!(consumer.pop()?.is_none());
     /// # Ok(()) }
     /// ```
     pub fn exclusive(mut self, alone: bool) -> Self {

@@ -113,7 +113,8 @@ impl Drop for Delivery {
     fn drop(&mut self) {
         if !self.settled {
             if let Some(shared) = self.shared.upgrade() {
-                // In-memory only: releasing never fails for a reason the caller could act on.
+                // Releasing never fails for a reason the caller could act on (a shared queue
+                // writes it for the other processes: if that fails, the lease runs out).
                 let _ = shared.release(self.record.seq(), self.token, None);
             }
         }

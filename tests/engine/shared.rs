@@ -310,3 +310,201 @@ fn a_129th_handle_is_refused_and_a_closed_handles_slot_is_taken_again() {
         b"from the reused slot"
     );
 }
+
+fn shared_jobs(sync: SyncPolicy, lease: Duration) -> Options {
+    shared(sync).lease(lease)
+}
+
+#[test]
+fn consumers_in_several_handles_pop_each_record_once() {
+    for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let producers: Vec<Queue> = (0..2)
+            .map(|_| Queue::open(dir.path(), shared(sync)).unwrap())
+            .collect();
+        let consumers: Vec<Queue> = (0..3)
+            .map(|_| Queue::open(dir.path(), shared(sync)).unwrap())
+            .collect();
+        const PER_PRODUCER: u64 = 400;
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let popped: Vec<Vec<u64>> = std::thread::scope(|scope| {
+            for (id, producer) in producers.iter().enumerate() {
+                let done = &done;
+                scope.spawn(move || {
+                    for number in 0..PER_PRODUCER {
+                        producer
+                            .push(&payload_for(id as u64 * 1_000_000 + number))
+                            .unwrap();
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+            let handles: Vec<_> = consumers
+                .iter()
+                .enumerate()
+                .map(|(index, consumer)| {
+                    let done = &done;
+                    scope.spawn(move || {
+                        let mut got = Vec::new();
+                        loop {
+                            let finished = done.load(std::sync::atomic::Ordering::SeqCst) == 2;
+                            // Single pops and batches, so that both paths take turns.
+                            let records = if index == 0 {
+                                consumer.pop_batch(7).unwrap()
+                            } else {
+                                consumer.pop().unwrap().into_iter().collect()
+                            };
+                            if records.is_empty() && finished {
+                                return got;
+                            }
+                            got.extend(records.iter().map(|record| record.seq()));
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut all: Vec<u64> = popped.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..2 * PER_PRODUCER).collect::<Vec<_>>(), "{sync:?}");
+        for got in &popped {
+            assert!(
+                got.windows(2).all(|pair| pair[0] < pair[1]),
+                "FIFO per consumer"
+            );
+        }
+        for consumer in &consumers {
+            assert_eq!(consumer.len(), 0);
+        }
+    }
+}
+
+#[test]
+fn a_lease_in_one_handle_keeps_the_record_from_the_others_until_it_is_settled() {
+    for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = shared_jobs(sync, Duration::from_secs(3600));
+        let first = Queue::open(dir.path(), options.clone()).unwrap();
+        let second = Queue::open(dir.path(), options).unwrap();
+        for seq in 0..4u64 {
+            first.push(&payload_for(seq)).unwrap();
+        }
+        let zero = first.try_recv().unwrap().unwrap();
+        assert_eq!((zero.seq(), zero.deliveries()), (0, 1));
+        // The other handle skips the leased record.
+        let one = second.try_recv().unwrap().unwrap();
+        assert_eq!((one.seq(), one.deliveries()), (1, 1));
+        assert_eq!(second.pop().unwrap().unwrap().seq(), 2);
+        // A release in the first hands it to the second, counted as a second delivery.
+        zero.nack().unwrap();
+        let again = second.try_recv().unwrap().unwrap();
+        assert_eq!((again.seq(), again.deliveries()), (0, 2));
+        // An ack in the second and one in the first (of the record the second received
+        // first): neither comes back, and the head moves past both.
+        again.ack().unwrap();
+        let three = first.try_recv().unwrap().unwrap();
+        assert_eq!(three.seq(), 3);
+        assert!(second.try_recv().unwrap().is_none());
+        one.ack().unwrap();
+        three.ack().unwrap();
+        assert!(first.try_recv().unwrap().is_none());
+        assert!(second.pop().unwrap().is_none());
+        assert_eq!(first.len(), 0);
+        assert_eq!(second.stats().unwrap().head_seq, 4);
+        // What they settled holds for a handle opened afterwards.
+        drop((first, second));
+        let reopened = Queue::open(dir.path(), shared(sync)).unwrap();
+        assert!(reopened.try_recv().unwrap().is_none());
+    }
+}
+
+#[test]
+fn the_lease_of_a_handle_that_never_settles_ends_for_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = shared_jobs(SyncPolicy::Never, Duration::from_millis(100));
+    let holder = Queue::open(dir.path(), short.clone()).unwrap();
+    let other = Queue::open(dir.path(), short).unwrap();
+    holder.push(b"job").unwrap();
+    let delivery = holder.try_recv().unwrap().unwrap();
+    // Its worker hangs (or its process died): nothing releases the lease.
+    std::mem::forget(delivery);
+    let again = other
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap()
+        .expect("delivered again once the lease ran out");
+    assert_eq!((again.seq(), again.deliveries()), (0, 2));
+    again.ack().unwrap();
+    assert!(holder.try_recv().unwrap().is_none());
+}
+
+#[test]
+fn an_extended_lease_holds_for_the_other_handles_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = shared_jobs(SyncPolicy::Never, Duration::from_millis(50));
+    let holder = Queue::open(dir.path(), short.clone()).unwrap();
+    let other = Queue::open(dir.path(), short).unwrap();
+    holder.push(b"long job").unwrap();
+    let delivery = holder.try_recv().unwrap().unwrap();
+    delivery.extend(Duration::from_secs(3600)).unwrap();
+    // Well past the first lease: the extension, written for the other handles, holds.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(other.try_recv().unwrap().is_none());
+    assert!(other.pop().unwrap().is_none());
+    // Another handle's turn since: the holder still settles it with its token.
+    delivery.extend(Duration::from_secs(3600)).unwrap();
+    delivery.ack().unwrap();
+    assert_eq!(other.len(), 0);
+}
+
+#[test]
+fn delivery_counts_add_up_across_handles_to_the_dead_letter_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = shared_jobs(SyncPolicy::Never, Duration::from_secs(3600))
+        .max_deliveries(3)
+        .dead_letter_dir(dir.path().join("dead"));
+    let queue_dir = dir.path().join("q");
+    let handles: Vec<Queue> = (0..3)
+        .map(|_| Queue::open(&queue_dir, options.clone()).unwrap())
+        .collect();
+    handles[0].push(b"poison").unwrap();
+    for (turn, handle) in handles.iter().enumerate() {
+        let delivery = handle.try_recv().unwrap().unwrap();
+        assert_eq!(delivery.deliveries(), turn as u32 + 1);
+        delivery.nack().unwrap();
+    }
+    for handle in &handles {
+        assert!(handle.try_recv().unwrap().is_none());
+    }
+    drop(handles);
+    let dead = Queue::open(dir.path().join("dead"), Options::default()).unwrap();
+    assert_eq!(dead.len(), 1, "dead-lettered once");
+}
+
+#[test]
+fn a_handle_acks_what_it_received_before_others_moved_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = shared_jobs(SyncPolicy::Always, Duration::from_secs(3600));
+    let first = Queue::open(dir.path(), options.clone()).unwrap();
+    let second = Queue::open(dir.path(), options).unwrap();
+    for seq in 0..6u64 {
+        first.push(&payload_for(seq)).unwrap();
+    }
+    let early: Vec<_> = first.try_recv_batch(2).unwrap();
+    assert_eq!(early.iter().map(|d| d.seq()).collect::<Vec<_>>(), [0, 1]);
+    // The second handle acks out of order and pops around the leases.
+    let two = second.try_recv().unwrap().unwrap();
+    assert_eq!(second.pop().unwrap().unwrap().seq(), 3);
+    two.ack().unwrap();
+    // The first handle's reader is built again from the files at its next turn; its leases
+    // stay its own.
+    for delivery in early {
+        delivery.ack().unwrap();
+    }
+    assert_eq!(first.pop().unwrap().unwrap().seq(), 4);
+    assert_eq!(second.pop().unwrap().unwrap().seq(), 5);
+    assert_eq!(first.stats().unwrap().head_seq, 6);
+    drop((first, second));
+    let reopened = Queue::open(dir.path(), shared(SyncPolicy::Always)).unwrap();
+    assert_eq!(reopened.len(), 0);
+    assert!(reopened.pop().unwrap().is_none());
+}
