@@ -4,7 +4,8 @@
 //! 200,000). Every figure is measured in the same run as what it is compared with: one producer
 //! process and one consumer process against one process that pushes and pops the same records,
 //! and against yaque's sender and receiver in two processes; four producer processes against
-//! one, under `Never` and `Always`; the wake-up latency from a push in one process to a
+//! one, under `Never` and `Always`; one producer and two consumer processes taking turns
+//! against the pair; the wake-up latency from a push in one process to a
 //! `pop_timeout` blocked in another. The child processes are this binary, run again with
 //! `DISKSPOOL_MP_ROLE` set.
 
@@ -19,6 +20,10 @@ use diskspool::{Options, Queue, SyncPolicy};
 
 const ROLE_ENV: &str = "DISKSPOOL_MP_ROLE";
 const PAYLOAD: [u8; 100] = [7; 100];
+/// The record that ends a consumer of the several-consumers case.
+const STOP: &[u8] = b"stop";
+/// Consumer processes in the several-consumers case.
+const CONSUMERS: u64 = 2;
 
 fn options(sync: SyncPolicy) -> Options {
     Options::default().exclusive(false).sync(sync)
@@ -61,7 +66,10 @@ fn child(role: &str) {
         }
         "pop" => {
             let queue = Queue::open(dir, options(sync_named(sync))).unwrap();
-            assert!(queue.pop().unwrap().is_none(), "takes the consumer role");
+            assert!(
+                queue.pop().unwrap().is_none(),
+                "reads the consumer files first"
+            );
             writeln!(out, "ready").unwrap();
             out.flush().unwrap();
             std::io::stdin().read_line(&mut go).unwrap();
@@ -76,10 +84,44 @@ fn child(role: &str) {
                 }
             }
         }
+        // One of several consumers: pops until it takes a stop record.
+        "pop-until-stop" => {
+            let queue = Queue::open(dir, options(sync_named(sync))).unwrap();
+            assert!(
+                queue.pop().unwrap().is_none(),
+                "reads the consumer files first"
+            );
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            std::io::stdin().read_line(&mut go).unwrap();
+            loop {
+                if let Some(record) = queue.pop_timeout(Duration::from_secs(10)).unwrap() {
+                    if record.payload() == STOP {
+                        break;
+                    }
+                }
+            }
+        }
+        // Pushes `count` records, then one stop record per consumer (`CONSUMERS`).
+        "push-then-stop" => {
+            let queue = Queue::open(dir, options(sync_named(sync))).unwrap();
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            std::io::stdin().read_line(&mut go).unwrap();
+            for _ in 0..count {
+                queue.push(&PAYLOAD).unwrap();
+            }
+            for _ in 0..CONSUMERS {
+                queue.push(STOP).unwrap();
+            }
+        }
         "latency" => {
             // Pops stamped records and prints how long each took to arrive, in µs.
             let queue = Queue::open(dir, options(SyncPolicy::Never)).unwrap();
-            assert!(queue.pop().unwrap().is_none(), "takes the consumer role");
+            assert!(
+                queue.pop().unwrap().is_none(),
+                "reads the consumer files first"
+            );
             writeln!(out, "ready").unwrap();
             out.flush().unwrap();
             for _ in 0..count {
@@ -202,6 +244,19 @@ fn main() {
             rate(count, took),
         ));
     }
+    // One producer process, several consumer processes taking turns.
+    {
+        let dir = fresh("consumers");
+        let mut children: Vec<Child> = (0..CONSUMERS)
+            .map(|_| spawn("pop-until-stop", &dir, count, "never"))
+            .collect();
+        children.push(spawn("push-then-stop", &dir, count, "never"));
+        let took = run(&mut children);
+        rows.push((
+            format!("1 producer + {CONSUMERS} consumer processes, Never"),
+            rate(count, took),
+        ));
+    }
     // yaque: its sender and receiver in two processes.
     {
         let dir = fresh("yaque");
@@ -264,9 +319,11 @@ fn main() {
     println!();
     println!(
         "pair / one process (exclusive): {:.2}; pair / one process (shared): {:.2}; \
-         pair / yaque: {:.2}; 4 / 1 producers Never: {:.2}; 4 / 1 producers Always: {:.2}",
+         {CONSUMERS} consumers / pair: {:.2}; pair / yaque: {:.2}; 4 / 1 producers Never: {:.2}; \
+         4 / 1 producers Always: {:.2}",
         find("1 producer + 1") / find("1 process, exclusive"),
         find("1 producer + 1") / find("1 process, shared"),
+        find(&format!("1 producer + {CONSUMERS}")) / find("1 producer + 1"),
         find("1 producer + 1") / find("yaque"),
         find("4 producer process(es), never") / find("1 producer process(es), never"),
         find("4 producer process(es), always") / find("1 producer process(es), always"),

@@ -248,6 +248,48 @@ impl AckLog {
         &self.path
     }
 
+    /// Where the file stands, for a shared queue's control file: `(log_id, tail,
+    /// prepared_end)`, with `log_id` 0 while there is no file.
+    pub(crate) fn position(&self) -> (u64, u64, u64) {
+        match self.file {
+            Some(_) => (self.log_id, self.tail, self.prepared_end),
+            None => (0, 0, 0),
+        }
+    }
+
+    /// Reads the entries another process's consumer appended since this handle's tail, given
+    /// where that consumer left the file ([`position`](Self::position)). `None` when the file
+    /// is not the one this handle has open (created or rewritten since): it must be opened
+    /// again.
+    pub(crate) fn catch_up(
+        &mut self,
+        (log_id, tail, prepared_end): (u64, u64, u64),
+    ) -> Result<Option<Vec<AckEntry>>> {
+        if log_id != self.position().0 || tail < self.tail || !self.pending.is_empty() {
+            return Ok(None);
+        }
+        let Some(file) = self.file.clone() else {
+            return Ok(Some(Vec::new()));
+        };
+        let len = usize::try_from(tail - self.tail)
+            .map_err(|_| Error::corrupt(&self.path, self.tail, "ack log tail out of range"))?;
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, self.tail)
+            .map_err(|error| Error::io("read ack log", &self.path, error))?;
+        let mut entries = Vec::with_capacity(len / ACK_ENTRY_LEN);
+        for (index, chunk) in bytes.chunks(ACK_ENTRY_LEN).enumerate() {
+            let offset = self.tail + (index * ACK_ENTRY_LEN) as u64;
+            match check_entry(chunk, self.log_id) {
+                Ok(entry) => entries.push(entry),
+                Err(error) => return Err(Error::corrupt(&self.path, offset, error.to_string())),
+            }
+        }
+        self.tail = tail;
+        self.prepared_end = prepared_end.max(tail);
+        self.entries_in_file += entries.len() as u64;
+        Ok(Some(entries))
+    }
+
     /// What tells this log's state apart for a shared queue's consumer turn: the file's
     /// generation and the entries appended through this handle.
     pub(crate) fn marker(&self) -> (u64, u64) {

@@ -27,9 +27,10 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::control::{
-    ticket, ticket_parts, ARRIVALS, CONSUMER_EPOCH, CONSUMER_LOCK, CONSUMER_PID, EPOCH_MAX, INSIDE,
-    POISONED, PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_SLOTS, REPAIRS, SLEEPERS,
-    SLOTS, SLOT_COUNT, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
+    ticket, ticket_parts, ACK_LOG_ID, ACK_PREPARED, ACK_TAIL, ARRIVALS, CONSUMER_EPOCH,
+    CONSUMER_LOCK, CONSUMER_PID, EPOCH_MAX, HEAD_DURABLE, INSIDE, POISONED, PREPARED_BASE,
+    PREPARED_END, PUBLISHED_GEN, PUBLISHED_SLOTS, REPAIRS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_LOCK,
+    TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
     CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
@@ -175,6 +176,16 @@ impl std::fmt::Debug for Coordination {
             .field("dir", &self.dir)
             .finish_non_exhaustive()
     }
+}
+
+/// Where a consumer turn left the head index and the ack log: what the next holder needs to
+/// read only what changed (see `Consumer::catch_up`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct ConsumerFiles {
+    /// The head slot left durable (`None`: not known).
+    pub(crate) head_durable_slot: Option<usize>,
+    /// The ack log's `(log_id, tail, prepared_end)` (see `AckLog::position`).
+    pub(crate) ack_log: (u64, u64, u64),
 }
 
 /// A lock word (the tail lock), held: released when dropped.
@@ -326,6 +337,30 @@ impl Coordination {
     /// Sets the consumer epoch (under the consumer lock).
     pub(crate) fn set_consumer_epoch(&self, epoch: u64) {
         self.word64(CONSUMER_EPOCH).store(epoch, Ordering::Release);
+    }
+
+    /// Where the last consumer turn left the consumer files (read under the consumer lock).
+    pub(crate) fn consumer_files(&self) -> ConsumerFiles {
+        let head_durable = self.word32(HEAD_DURABLE).load(Ordering::Acquire);
+        ConsumerFiles {
+            head_durable_slot: head_durable.checked_sub(1).map(|slot| slot as usize),
+            ack_log: (
+                self.word64(ACK_LOG_ID).load(Ordering::Acquire),
+                self.word64(ACK_TAIL).load(Ordering::Acquire),
+                self.word64(ACK_PREPARED).load(Ordering::Acquire),
+            ),
+        }
+    }
+
+    /// Records where this turn leaves the consumer files (under the consumer lock).
+    pub(crate) fn set_consumer_files(&self, files: ConsumerFiles) {
+        let (log_id, tail, prepared) = files.ack_log;
+        self.word64(ACK_LOG_ID).store(log_id, Ordering::Release);
+        self.word64(ACK_TAIL).store(tail, Ordering::Release);
+        self.word64(ACK_PREPARED).store(prepared, Ordering::Release);
+        let head_durable = files.head_durable_slot.map_or(0, |slot| slot as u32 + 1);
+        self.word32(HEAD_DURABLE)
+            .store(head_durable, Ordering::Release);
     }
 
     /// Takes the lock word at `offset`: a compare-and-swap when it is free; else a futex wait,

@@ -154,6 +154,52 @@ impl HeadIndex {
         self.state
     }
 
+    /// The slot that holds the newest durable generation (see `durable_slot`).
+    pub(crate) fn durable_slot(&self) -> usize {
+        self.durable_slot
+    }
+
+    /// Reads the slots again after another process's consumer wrote them (a shared queue's
+    /// consumer turn), with `durable_slot` the slot that process left durable: the newest slot
+    /// is in force, and the next write goes over the other one as ever, so no sync is needed
+    /// here. The caller holds the consumer lock, so no write or sync is in flight.
+    pub(crate) fn reload(&mut self, durable_slot: usize) -> Result<()> {
+        let mut bytes = [0u8; HEAD_FILE_LEN as usize];
+        match self.map.as_mut() {
+            Some(map) => match map.0.bytes_mut().get(..bytes.len()) {
+                Some(mapped) => bytes.copy_from_slice(mapped),
+                None => return Err(Error::corrupt(&self.path, 0, "head mapping too short")),
+            },
+            None => self
+                .file
+                .read_exact_at(&mut bytes, 0)
+                .map_err(|error| Error::io("read head index", &self.path, error))?,
+        }
+        let read = decode_head_file(&bytes);
+        let durable_valid = read.slots.get(durable_slot).is_some_and(Result::is_ok);
+        let (Some(current), true) = (read.current, durable_valid) else {
+            return Err(Error::corrupt(
+                &self.path,
+                HEAD_SLOT_OFFSETS[durable_slot.min(1)],
+                "the head slot another consumer left durable does not validate",
+            ));
+        };
+        let slot = read.slots[current].clone().map_err(|error| {
+            Error::corrupt(&self.path, HEAD_SLOT_OFFSETS[current], error.to_string())
+        })?;
+        if let Some(why) = slot.out_of_range() {
+            return Err(Error::corrupt(&self.path, HEAD_SLOT_OFFSETS[current], why));
+        }
+        self.generation = slot.generation;
+        self.state = slot.state;
+        self.durable_slot = durable_slot;
+        self.dirty = current != durable_slot;
+        self.in_flight = None;
+        self.deferred = false;
+        self.written = None;
+        Ok(())
+    }
+
     pub(crate) fn generation(&self) -> u64 {
         self.generation
     }

@@ -125,6 +125,59 @@ impl Jobs {
         self.next_token
     }
 
+    /// Forgets the tracked and remembered records below `head` (another process's consumer
+    /// consumed them), as if the table had been built at that head.
+    pub(crate) fn drop_below(&mut self, head: u64) {
+        let kept = self.entries.split_off(&head);
+        for (seq, job) in std::mem::replace(&mut self.entries, kept) {
+            match job.state {
+                JobState::Ready => {
+                    self.ready.remove(&seq);
+                }
+                JobState::Waiting { due_us } | JobState::Leased { due_us, .. } => {
+                    self.timers.remove(&(due_us, seq));
+                }
+                JobState::Acked | JobState::DeadLettering => {}
+            }
+        }
+        self.history.prune_below(head);
+    }
+
+    /// Applies an ack log entry another process's consumer wrote: to the tracked record it
+    /// names, as reading it from the log would have set it, or to the history beyond them.
+    /// A lease of this handle that the entry touches was taken over or settled there.
+    pub(crate) fn follow(&mut self, entry: &AckEntry, now_us: u64) {
+        match *entry {
+            AckEntry::Acked { start, end } => {
+                let tracked: Vec<u64> = self.entries.range(start..end).map(|(&s, _)| s).collect();
+                for seq in tracked {
+                    self.set_state(seq, JobState::Acked);
+                }
+            }
+            AckEntry::Delivered { seq, deliveries } => {
+                if let Some(job) = self.entries.get_mut(&seq) {
+                    job.deliveries = job.deliveries.max(deliveries);
+                    return;
+                }
+            }
+            AckEntry::NotBefore { seq, at_us } => {
+                if let Some(job) = self.entries.get(&seq) {
+                    if matches!(job.state, JobState::Acked | JobState::DeadLettering) {
+                        return;
+                    }
+                    let due_us = at_us.max(job.record.not_before_us());
+                    let state = match due_us > now_us {
+                        true => JobState::Waiting { due_us },
+                        false => JobState::Ready,
+                    };
+                    self.set_state(seq, state);
+                    return;
+                }
+            }
+        }
+        self.history.apply(entry);
+    }
+
     /// The leases handed out through this table: `(seq, token, deliveries, due_us)`.
     pub(crate) fn leases(&self) -> Vec<(u64, u64, u32, u64)> {
         self.entries

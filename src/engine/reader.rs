@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use crate::engine::acklog::AckLog;
 use crate::engine::clock::{now_micros, Clock};
+use crate::engine::coordination::ConsumerFiles;
 use crate::engine::counters::ConsumerCounts;
 use crate::engine::env::Env;
 use crate::engine::head::{HeadIndex, SyncStart};
 use crate::engine::jobs::{Job, JobState, Jobs};
 use crate::engine::log::Log;
 use crate::engine::record::Record;
+use crate::engine::recovery::locate_head;
 use crate::engine::segment::Segment;
 use crate::engine::sync::{lock, SyncGroup};
 use crate::error::{Error, Result};
@@ -225,6 +227,40 @@ impl Reader {
             };
             self.track(env, found, now_us);
         }
+        Ok(())
+    }
+
+    /// Follows what another process's consumer did, as read from the files: the head it left
+    /// (`head`, just reloaded) and the ack log entries it appended. Records below the head are
+    /// dropped and the frontier moves up to it; the entries apply to the tracked records.
+    fn follow(
+        &mut self,
+        env: &Env,
+        log: &Log,
+        head: HeadState,
+        entries: &[AckEntry],
+    ) -> Result<()> {
+        let head_seq = head.head_seq;
+        let head_segment_before = self.head_segment_base();
+        self.jobs.drop_below(head_seq);
+        if head_seq > self.cursor.next_seq {
+            if head.hint_base != head_segment_before {
+                // The head left a segment, which that consumer may have compacted.
+                log.forget_deleted_segments(env)?;
+            }
+            let segments: BTreeMap<u64, Arc<Segment>> = log
+                .segments()
+                .into_iter()
+                .map(|segment| (segment.base_seq, segment))
+                .collect();
+            let (segment, offset) = locate_head(&*env.storage, &segments, head)?;
+            self.cursor = Cursor::new(segment, offset, head_seq);
+        }
+        let now_us = now_micros();
+        for entry in entries {
+            self.jobs.follow(entry, now_us);
+        }
+        self.jobs.fold();
         Ok(())
     }
 
@@ -685,13 +721,35 @@ impl Consumer {
         (reader.head.generation(), reader.acklog.marker())
     }
 
-    /// Writes the ack log entries still held back for a group commit, so that the next holder
-    /// of a shared queue's consumer turn reads them.
-    pub(crate) fn flush_acklog(&self, env: &Env) -> Result<()> {
-        lock(&self.reader)
-            .acklog
-            .flush()
-            .map_err(|error| env.poison(error))
+    /// Ends a shared queue's consumer turn: writes the ack log entries still held back for a
+    /// group commit, so that the next holder reads them; returns the
+    /// [`turn_marker`](Consumer::turn_marker) then, and where the files stand.
+    pub(crate) fn end_turn(&self, env: &Env) -> Result<((u64, (u64, u64)), ConsumerFiles)> {
+        let mut reader = lock(&self.reader);
+        reader.acklog.flush().map_err(|error| env.poison(error))?;
+        let files = ConsumerFiles {
+            head_durable_slot: Some(reader.head.durable_slot()),
+            ack_log: reader.acklog.position(),
+        };
+        Ok(((reader.head.generation(), reader.acklog.marker()), files))
+    }
+
+    /// Catches up in place with what another handle's consumer turn changed, given where it
+    /// left the files: reads the head slots and the ack log entries appended since this
+    /// handle's tail. False when that cannot be done (the ack log was created or rewritten,
+    /// where the head is durable is not known): the reader must be built again.
+    pub(crate) fn catch_up(&self, env: &Env, log: &Log, files: ConsumerFiles) -> Result<bool> {
+        let Some(durable_slot) = files.head_durable_slot else {
+            return Ok(false);
+        };
+        let mut guard = lock(&self.reader);
+        let reader = &mut *guard;
+        let Some(entries) = reader.acklog.catch_up(files.ack_log)? else {
+            return Ok(false);
+        };
+        reader.head.reload(durable_slot)?;
+        let head = reader.head.state();
+        reader.follow(env, log, head, &entries).map(|()| true)
     }
 
     /// Replaces the reader with `fresh`, built from the files another process's consumer turn

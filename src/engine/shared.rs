@@ -234,7 +234,15 @@ impl Shared {
         let holder_died = epoch % 2 == 1;
         let base = epoch + u64::from(holder_died);
         let current = turns.seen == Some(epoch);
-        if !current || self.consumer.get().is_none() {
+        let caught_up = match (self.consumer.get(), current, holder_died) {
+            (Some(_), true, _) => true,
+            // Another handle's turn, ended: read only what it changed.
+            (Some(consumer), false, false) => {
+                consumer.catch_up(&self.env, &self.log, coordination.consumer_files())?
+            }
+            _ => false,
+        };
+        if !caught_up {
             let spare = lock(&self.spare_reader).take();
             let reader = match spare {
                 Some(reader) if current => reader,
@@ -275,15 +283,15 @@ impl Shared {
         }
         crate::engine::failpoint::reached("consumer.ending");
         let ended = self.consumer.get().and_then(|consumer| {
-            consumer.flush_acklog(&self.env).ok()?;
-            Some(if consumer.turn_marker() == turns.marker {
-                turns.base
-            } else {
-                turns.base + 2
+            let (marker, files) = consumer.end_turn(&self.env).ok()?;
+            Some(match marker == turns.marker {
+                true => (turns.base, files),
+                false => (turns.base + 2, files),
             })
         });
         match ended {
-            Some(epoch) => {
+            Some((epoch, files)) => {
+                coordination.set_consumer_files(files);
                 coordination.set_consumer_epoch(epoch);
                 turns.seen = Some(epoch);
                 if epoch != turns.base {

@@ -31,7 +31,12 @@
 //!    240     8  prepared_end  zeros were written ahead of the tail up to here (writers only)
 //!    248     4  consumer_lock 0 free, else (owner ticket << 1) | waiters (a futex word):
 //!                             held for a consumer turn
-//!    252   772  reserved      zero
+//!    252     4  head_durable  the head slot the last consumer turn left durable, plus one
+//!                             (0: not known, the next holder reads the files in full)
+//!    256     8  ack_log_id    the ack log file the last consumer turn left (0: none yet)
+//!    264     8  ack_tail      where its entries end
+//!    272     8  ack_prepared  the end of the zeros written ahead of them
+//!    280   744  reserved      zero
 //!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
 //!   2048  2048  reserved      zero
 //! ```
@@ -97,6 +102,14 @@ pub const PREPARED_BASE: usize = 232;
 pub const PREPARED_END: usize = 240;
 /// Offset of the consumer lock word, held for one consumer turn (laid out as the tail lock).
 pub const CONSUMER_LOCK: usize = 248;
+/// Offset of the head slot the last consumer turn left durable, plus one (0: not known).
+pub const HEAD_DURABLE: usize = 252;
+/// Offset of the id of the ack log file the last consumer turn left (0: there is none).
+pub const ACK_LOG_ID: usize = 256;
+/// Offset of the end of that ack log's entries.
+pub const ACK_TAIL: usize = 264;
+/// Offset of the end of the zeros written ahead of them.
+pub const ACK_PREPARED: usize = 272;
 /// Offset of the slot table.
 pub const SLOTS: usize = 1024;
 /// How many handles may have a queue open at once.
@@ -187,6 +200,9 @@ mod tests {
             TAIL_SLOTS,
             TAIL_SLOTS + TAIL_SLOT_LEN,
             CONSUMER_EPOCH,
+            ACK_LOG_ID,
+            ACK_TAIL,
+            ACK_PREPARED,
         ] {
             assert_eq!(offset % 8, 0);
         }
@@ -198,6 +214,7 @@ mod tests {
             SYNC_LOCK,
             POISONED,
             CONSUMER_LOCK,
+            HEAD_DURABLE,
             SLOTS,
         ] {
             assert_eq!(offset % 4, 0);
@@ -209,7 +226,9 @@ mod tests {
         const { assert!(POISONED + 4 <= REPAIRS) };
         const { assert!(REPAIRS + 4 <= PREPARED_BASE) };
         const { assert!(PREPARED_END + 8 <= CONSUMER_LOCK) };
-        const { assert!(CONSUMER_LOCK + 4 <= SLOTS) };
+        const { assert!(CONSUMER_LOCK + 4 <= HEAD_DURABLE) };
+        const { assert!(HEAD_DURABLE + 4 <= ACK_LOG_ID) };
+        const { assert!(ACK_PREPARED + 8 <= SLOTS) };
         const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
     }
 

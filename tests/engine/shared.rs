@@ -508,3 +508,39 @@ fn a_handle_acks_what_it_received_before_others_moved_the_head() {
     assert_eq!(reopened.len(), 0);
     assert!(reopened.pop().unwrap().is_none());
 }
+
+#[test]
+fn a_handle_follows_what_another_did_to_records_it_had_read() {
+    for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = shared_jobs(sync, Duration::from_secs(3600));
+        let first = Queue::open(dir.path(), options.clone()).unwrap();
+        let second = Queue::open(dir.path(), options).unwrap();
+        for seq in 0..5u64 {
+            first.push(&payload_for(seq)).unwrap();
+        }
+        // The first handle holds 0 and has read 1 (tracked, ready) behind it.
+        let zero = first.try_recv().unwrap().unwrap();
+        assert_eq!(first.peek().unwrap().unwrap().seq(), 1);
+        // The second leases 1 and releases it: the first sees its delivery count.
+        let one = second.try_recv().unwrap().unwrap();
+        assert_eq!(one.seq(), 1);
+        one.nack().unwrap();
+        let one = first.try_recv().unwrap().unwrap();
+        assert_eq!((one.seq(), one.deliveries()), (1, 2));
+        one.nack().unwrap();
+        // The second leases 1 again: the first, which had it ready, leaves it alone.
+        let one = second.try_recv().unwrap().unwrap();
+        assert_eq!((one.seq(), one.deliveries()), (1, 3));
+        assert_eq!(first.peek().unwrap().unwrap().seq(), 2);
+        // The second acks 1 (beyond the head, held by 0): the first never pops it.
+        one.ack().unwrap();
+        assert_eq!(first.pop().unwrap().unwrap().seq(), 2);
+        // The first acks 0: the head moves over 0 to 2, in both.
+        zero.ack().unwrap();
+        assert_eq!(second.stats().unwrap().head_seq, 3);
+        assert_eq!(second.pop().unwrap().unwrap().seq(), 3);
+        assert_eq!(first.pop().unwrap().unwrap().seq(), 4);
+        assert_eq!((first.len(), second.len()), (0, 0));
+    }
+}
