@@ -506,6 +506,10 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
     }
 }
 
+/// What tells the consumer files' state apart for a shared queue's consumer turn: the head's
+/// generation and the ack log's marker (see [`Consumer::turn_marker`]).
+pub(crate) type TurnMarker = (u64, (u64, u64));
+
 /// The consumer side: the reader state under its lock, and the group commits of the head
 /// index and the ack log.
 pub(crate) struct Consumer {
@@ -716,7 +720,7 @@ impl Consumer {
     /// What tells the consumer files' state apart, for a shared queue's consumer turn: the
     /// head's generation and the ack log's marker. A turn that leaves it unchanged wrote
     /// nothing another process must read again.
-    pub(crate) fn turn_marker(&self) -> (u64, (u64, u64)) {
+    pub(crate) fn turn_marker(&self) -> TurnMarker {
         let reader = lock(&self.reader);
         (reader.head.generation(), reader.acklog.marker())
     }
@@ -724,7 +728,7 @@ impl Consumer {
     /// Ends a shared queue's consumer turn: writes the ack log entries still held back for a
     /// group commit, so that the next holder reads them; returns the
     /// [`turn_marker`](Consumer::turn_marker) then, and where the files stand.
-    pub(crate) fn end_turn(&self, env: &Env) -> Result<((u64, (u64, u64)), ConsumerFiles)> {
+    pub(crate) fn end_turn(&self, env: &Env) -> Result<(TurnMarker, ConsumerFiles)> {
         let mut reader = lock(&self.reader);
         reader.acklog.flush().map_err(|error| env.poison(error))?;
         let files = ConsumerFiles {

@@ -20,7 +20,7 @@ use crate::engine::dedup::Dedup;
 use crate::engine::env::Env;
 use crate::engine::head::HeadIndex;
 use crate::engine::log::{Bound, Log, Written};
-use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped, Reader};
+use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped, Reader, TurnMarker};
 use crate::engine::record::Record;
 use crate::engine::recovery::{locate_head, retired_ranges};
 use crate::engine::report::RecoveryReport;
@@ -59,7 +59,7 @@ struct Turns {
     /// The epoch when the current turn began (even).
     base: u64,
     /// The consumer's [`turn_marker`](Consumer::turn_marker) when the current turn began.
-    marker: (u64, (u64, u64)),
+    marker: TurnMarker,
 }
 
 /// The consumer side, for one consumer call: for a shared queue, a consumer turn, which ends
