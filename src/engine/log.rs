@@ -57,7 +57,7 @@ pub(crate) struct Log {
     /// Held by a compaction, so that one runs at a time.
     compact_lock: Mutex<()>,
     /// Gaps between segments that `repair` retired (see `recovery::retired_ranges`). Set
-    /// again when a handle of a shared queue takes the consumer role.
+    /// again when a shared queue's consumer reads the consumer files in full.
     retired: RwLock<BTreeMap<u64, u64>>,
     /// The next sequence number at open: pushes since open are counted by the distance to it.
     opened_next_seq: u64,

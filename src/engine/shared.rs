@@ -115,7 +115,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// `reader`: an exclusive queue's reader, or a shared queue first opener's (kept aside
-    /// until the handle takes the consumer role).
+    /// for its first consumer turn).
     pub(crate) fn new(
         env: Env,
         log: Log,
