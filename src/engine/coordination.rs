@@ -151,8 +151,10 @@ pub(crate) struct Coordination {
     _attached: File,
     /// `procs/<slot>`, held for the handle's life: while it is, the handle lives.
     _slot_lock: File,
-    /// This handle's ticket (see `format::control`), what the tail lock word names.
+    /// This handle's ticket (see `format::control`), what the lock words name.
     ticket: u32,
+    /// This process's id (written as advice into the control file).
+    pid: u32,
     /// The slot files of other handles, opened to see whether their holder lives.
     probes: std::sync::Mutex<std::collections::HashMap<u32, File>>,
     /// The tail generation this handle last caught up with.
@@ -161,8 +163,22 @@ pub(crate) struct Coordination {
     seen_published_gen: AtomicU64,
 }
 
-/// Set in the tail lock word when a handle may be waiting for it.
+/// Set in a lock word when a handle may be waiting for it.
 const WAITERS: u32 = 1;
+
+/// Set in the consumer lock word while its owner is between turns.
+const PARKED: u32 = 2;
+
+/// How [`Coordination::lock_consumer`] got the consumer lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConsumerLock {
+    /// This handle's own parked word: no other handle had a turn since this one's last.
+    Resumed,
+    /// Free, or parked by another handle: the consumer epoch says whether the files changed.
+    Taken,
+    /// From a holder that died in its turn: the files are read in full.
+    TakenFromDead,
+}
 
 /// How long a waiter looks at the arrivals word before it sleeps on it.
 const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(20);
@@ -264,6 +280,7 @@ impl Coordination {
             _attached: opening.attached,
             _slot_lock: slot_lock,
             ticket: ticket(slot, epoch),
+            pid: std::process::id(),
             probes: std::sync::Mutex::new(std::collections::HashMap::new()),
             seen_gen: AtomicU64::new(u64::MAX),
             seen_published_gen: AtomicU64::new(u64::MAX),
@@ -314,18 +331,82 @@ impl Coordination {
         self.lock_word(TAIL_LOCK)
     }
 
-    /// Takes the consumer lock for a turn, held until [`unlock_consumer`](Self::unlock_consumer).
-    pub(crate) fn lock_consumer(&self) {
-        std::mem::forget(self.lock_word(CONSUMER_LOCK));
-        self.word32(CONSUMER_PID)
-            .store(std::process::id(), Ordering::Relaxed);
+    /// Takes the consumer lock for a turn. Its owner leaves it *parked* between turns
+    /// ([`park_consumer`](Self::park_consumer)) and takes it back with one compare-and-swap if
+    /// nobody took it meanwhile (then no other handle had a turn since). Another handle takes a
+    /// parked word at once, a free one too; a held one it waits for (futex), and takes over
+    /// when its holder is gone.
+    pub(crate) fn lock_consumer(&self) -> ConsumerLock {
+        let word = self.word32(CONSUMER_LOCK);
+        let mine = self.ticket << 2;
+        if word
+            .compare_exchange(mine | PARKED, mine, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return ConsumerLock::Resumed;
+        }
+        let mut waited = false;
+        loop {
+            let current = word.load(Ordering::Relaxed);
+            if current == 0 || current & PARKED != 0 {
+                // Free, or parked by its owner between turns. After a wait others may wait
+                // too: keep the bit, so that the release wakes one.
+                let taken = mine | (current & WAITERS) | if waited { WAITERS } else { 0 };
+                if word
+                    .compare_exchange(current, taken, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.word32(CONSUMER_PID).store(self.pid, Ordering::Relaxed);
+                    return ConsumerLock::Taken;
+                }
+                continue;
+            }
+            if current & WAITERS == 0
+                && word
+                    .compare_exchange(
+                        current,
+                        current | WAITERS,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_err()
+            {
+                continue;
+            }
+            let held = current | WAITERS;
+            waited = true;
+            wait_for_change(word, held, HOLDER_CHECK);
+            if word.load(Ordering::Relaxed) == held
+                && self.is_gone(held >> 2)
+                && word
+                    .compare_exchange(held, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.word32(CONSUMER_PID).store(self.pid, Ordering::Relaxed);
+                return ConsumerLock::TakenFromDead;
+            }
+        }
     }
 
-    /// Releases the consumer lock taken by [`lock_consumer`](Self::lock_consumer).
+    /// Ends a turn: parks the consumer lock, or releases it (and wakes a waiter) when another
+    /// handle waits for it.
+    pub(crate) fn park_consumer(&self) {
+        let word = self.word32(CONSUMER_LOCK);
+        let mine = self.ticket << 2;
+        if word
+            .compare_exchange(mine, mine | PARKED, Ordering::Release, Ordering::Relaxed)
+            .is_err()
+        {
+            self.unlock_consumer();
+        }
+    }
+
+    /// Releases the consumer lock (not parked: this handle's next turn reads the epoch).
     pub(crate) fn unlock_consumer(&self) {
-        drop(WordGuard {
-            word: self.word32(CONSUMER_LOCK),
-        });
+        let word = self.word32(CONSUMER_LOCK);
+        if word.swap(0, Ordering::Release) & WAITERS != 0 {
+            wake_one(word);
+        }
     }
 
     /// The consumer epoch (see `format::control::CONSUMER_EPOCH`); read and written under the

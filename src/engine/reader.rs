@@ -510,10 +510,23 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
 /// generation and the ack log's marker (see [`Consumer::turn_marker`]).
 pub(crate) type TurnMarker = (u64, (u64, u64));
 
+/// How a shared queue's consumer turn ended (see [`Consumer::end_turn`]).
+pub(crate) struct TurnEnd {
+    /// The [`turn_marker`](Consumer::turn_marker) at the end.
+    pub(crate) marker: TurnMarker,
+    /// Where the consumer files stand.
+    pub(crate) files: ConsumerFiles,
+    /// Whether a release made a record available during the turn.
+    pub(crate) released: bool,
+}
+
 /// The consumer side: the reader state under its lock, and the group commits of the head
 /// index and the ack log.
 pub(crate) struct Consumer {
     reader: Mutex<Reader>,
+    /// A shared queue: a release since the turn began made a record available before its
+    /// lease's end, which other processes' waiters must hear of (see `Shared::end_turn`).
+    released: std::sync::atomic::AtomicBool,
     head_sync: SyncGroup,
     ack_sync: SyncGroup,
 }
@@ -558,6 +571,7 @@ impl Consumer {
         let generation = reader.head.generation();
         Consumer {
             reader: Mutex::new(reader),
+            released: std::sync::atomic::AtomicBool::new(false),
             head_sync: SyncGroup::new(generation),
             ack_sync: SyncGroup::new(0),
         }
@@ -726,16 +740,20 @@ impl Consumer {
     }
 
     /// Ends a shared queue's consumer turn: writes the ack log entries still held back for a
-    /// group commit, so that the next holder reads them; returns the
-    /// [`turn_marker`](Consumer::turn_marker) then, and where the files stand.
-    pub(crate) fn end_turn(&self, env: &Env) -> Result<(TurnMarker, ConsumerFiles)> {
+    /// group commit, so that the next holder reads them.
+    pub(crate) fn end_turn(&self, env: &Env) -> Result<TurnEnd> {
         let mut reader = lock(&self.reader);
         reader.acklog.flush().map_err(|error| env.poison(error))?;
-        let files = ConsumerFiles {
-            head_durable_slot: Some(reader.head.durable_slot()),
-            ack_log: reader.acklog.position(),
-        };
-        Ok(((reader.head.generation(), reader.acklog.marker()), files))
+        Ok(TurnEnd {
+            marker: (reader.head.generation(), reader.acklog.marker()),
+            files: ConsumerFiles {
+                head_durable_slot: Some(reader.head.durable_slot()),
+                ack_log: reader.acklog.position(),
+            },
+            released: self
+                .released
+                .swap(false, std::sync::atomic::Ordering::Relaxed),
+        })
     }
 
     /// Catches up in place with what another handle's consumer turn changed, given where it
@@ -1305,6 +1323,10 @@ impl Consumer {
             }
         }
         env.arrivals.notify();
+        if env.coordination.is_some() {
+            self.released
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.finish(env, up, pending)
     }
 

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use crate::engine::acklog::AckLog;
 use crate::engine::clock::now_micros;
 use crate::engine::compactor;
-use crate::engine::coordination::Coordination;
+use crate::engine::coordination::{ConsumerLock, Coordination};
 use crate::engine::dedup::Dedup;
 use crate::engine::env::Env;
 use crate::engine::head::HeadIndex;
@@ -53,13 +53,15 @@ pub(crate) type OpenDeadLetterQueue =
 struct Turns {
     /// Threads of this handle inside a consumer call.
     active: usize,
-    /// The consumer epoch the handle's reader matches, between turns (`None`: it has none, or
-    /// must read the files again).
+    /// The consumer epoch the handle's reader matches (`None`: it has none, or must read the
+    /// files again).
     seen: Option<u64>,
-    /// The epoch when the current turn began (even).
-    base: u64,
-    /// The consumer's [`turn_marker`](Consumer::turn_marker) when the current turn began.
+    /// The consumer's [`turn_marker`](Consumer::turn_marker) when the current turn began (and
+    /// between turns, where the last one left it).
     marker: TurnMarker,
+    /// Whether the current turn must record where it leaves the consumer files even if it
+    /// changes nothing (it read them again).
+    must_publish: bool,
 }
 
 /// The consumer side, for one consumer call: for a shared queue, a consumer turn, which ends
@@ -187,11 +189,12 @@ impl Shared {
     }
 
     /// Starts a consumer turn of a shared queue, or joins the one another thread of this handle
-    /// is in. The first thread takes the consumer lock word and catches up: if the consumer
-    /// epoch moved since this handle's reader last matched the files, another handle's turn
-    /// changed the head index or the ack log, and the reader is built from them again (in
-    /// full, settling torn writes, when the epoch is odd: a holder died mid-turn). The epoch
-    /// is then made odd until the turn ends (see [`end_turn`](Shared::end_turn)).
+    /// is in. The first thread takes the consumer lock word and catches up: if it took the word
+    /// back from its own parked state, no other handle had a turn since, and nothing is read;
+    /// else, if the consumer epoch moved since this handle's reader last matched the files,
+    /// another handle's turn changed the head index or the ack log, and the reader reads what
+    /// changed (in full, settling torn writes, when the word was taken over from a holder that
+    /// died in its turn, or the epoch is odd: a turn failed to leave the files in order).
     #[inline(never)]
     fn begin_turn(&self) -> Result<Turn<'_>> {
         let Some(coordination) = &self.env.coordination else {
@@ -202,8 +205,8 @@ impl Shared {
         };
         let mut turns = lock(&self.turns);
         if turns.active == 0 {
-            coordination.lock_consumer();
-            if let Err(error) = self.catch_up(coordination, &mut turns) {
+            let how = coordination.lock_consumer();
+            if let Err(error) = self.catch_up(coordination, &mut turns, how) {
                 turns.seen = None;
                 coordination.unlock_consumer();
                 return Err(error);
@@ -227,14 +230,31 @@ impl Shared {
     }
 
     /// The first step of a turn, under the consumer lock: see [`begin_turn`](Shared::begin_turn).
-    fn catch_up(&self, coordination: &Coordination, turns: &mut Turns) -> Result<()> {
+    fn catch_up(
+        &self,
+        coordination: &Coordination,
+        turns: &mut Turns,
+        how: ConsumerLock,
+    ) -> Result<()> {
         self.log.refresh(&self.env)?;
+        if how == ConsumerLock::Resumed && turns.seen.is_some() && self.consumer.get().is_some() {
+            turns.must_publish = false;
+            crate::engine::failpoint::reached("consumer.begun");
+            return Ok(());
+        }
         let epoch = coordination.consumer_epoch();
-        // Odd: the holder of a turn died in it, and may have left a torn write.
-        let holder_died = epoch % 2 == 1;
-        let base = epoch + u64::from(holder_died);
-        let current = turns.seen == Some(epoch);
-        let caught_up = match (self.consumer.get(), current, holder_died) {
+        // A holder died in its turn, or one could not leave the files in order: they may
+        // hold a torn write.
+        let in_full = how == ConsumerLock::TakenFromDead || epoch % 2 == 1;
+        // After a death the epoch moves whatever this turn does: the dead holder may have
+        // written the files without moving it, and every other handle must read them again.
+        let base = match in_full {
+            true => (epoch | 1) + 1,
+            false => epoch,
+        };
+        let current = turns.seen == Some(epoch) && !in_full;
+        let first = self.consumer.get().is_none();
+        let caught_up = match (self.consumer.get(), current, in_full) {
             (Some(_), true, _) => true,
             // Another handle's turn, ended: read only what it changed.
             (Some(consumer), false, false) => {
@@ -246,7 +266,7 @@ impl Shared {
             let spare = lock(&self.spare_reader).take();
             let reader = match spare {
                 Some(reader) if current => reader,
-                _ => recover_consumer(&self.env, &self.log, holder_died)?,
+                _ => recover_consumer(&self.env, &self.log, in_full)?,
             };
             match self.consumer.get() {
                 Some(consumer) => consumer.replace_reader(&self.env, &self.log, reader)?,
@@ -255,23 +275,30 @@ impl Shared {
                 }
             }
         }
-        let marker = match self.consumer.get() {
-            Some(consumer) => consumer.turn_marker(),
-            None => Default::default(),
-        };
-        coordination.set_consumer_epoch(base + 1);
+        if !current || first {
+            // Otherwise the marker is where this handle's last turn left it.
+            turns.marker = match self.consumer.get() {
+                Some(consumer) => consumer.turn_marker(),
+                None => Default::default(),
+            };
+        }
+        // Read again, maybe from files a dead holder left other than the control file says:
+        // recorded at the end of the turn in any case.
+        turns.must_publish = !current || first;
+        if epoch != base {
+            coordination.set_consumer_epoch(base);
+        }
+        turns.seen = Some(base);
         crate::engine::failpoint::reached("consumer.begun");
-        turns.base = base;
-        turns.marker = marker;
-        turns.seen = None;
         Ok(())
     }
 
     /// Leaves a consumer turn; the last thread of the handle to leave ends it: the ack log's
-    /// held-back entries are written, the epoch set (moved on if the turn changed the head or
-    /// the ack log, else as it was; left odd if the write failed, so that the next holder
-    /// reads the files in full), other processes' waiters woken if it moved, and the lock
-    /// word released.
+    /// held-back entries are written; if the turn changed the head or the ack log, where it
+    /// left them is recorded in the control file and the epoch moved on; other processes'
+    /// waiters are woken if a release made a record available; the lock word is parked. If
+    /// the entries cannot be written, the epoch is made odd and the word released, so that the
+    /// next turn (this handle's too) reads the files in full.
     fn end_turn(&self) {
         let Some(coordination) = &self.env.coordination else {
             return;
@@ -282,27 +309,32 @@ impl Shared {
             return;
         }
         crate::engine::failpoint::reached("consumer.ending");
-        let ended = self.consumer.get().and_then(|consumer| {
-            let (marker, files) = consumer.end_turn(&self.env).ok()?;
-            Some(match marker == turns.marker {
-                true => (turns.base, files),
-                false => (turns.base + 2, files),
-            })
-        });
-        match ended {
-            Some((epoch, files)) => {
-                coordination.set_consumer_files(files);
-                coordination.set_consumer_epoch(epoch);
-                turns.seen = Some(epoch);
-                if epoch != turns.base {
-                    // A release, an ack or a pop may make records available to, or the head
-                    // move for, another process's waiting consumer.
-                    coordination.announce();
-                }
-            }
-            None => turns.seen = None,
+        let ended = self
+            .consumer
+            .get()
+            .and_then(|consumer| consumer.end_turn(&self.env).ok());
+        let (Some(end), Some(base)) = (ended, turns.seen) else {
+            let epoch = coordination.consumer_epoch();
+            coordination.set_consumer_epoch(epoch | 1);
+            turns.seen = None;
+            coordination.unlock_consumer();
+            return;
+        };
+        if end.marker != turns.marker || turns.must_publish {
+            coordination.set_consumer_files(end.files);
         }
-        coordination.unlock_consumer();
+        if end.marker != turns.marker {
+            let epoch = base + 2;
+            coordination.set_consumer_epoch(epoch);
+            turns.seen = Some(epoch);
+            turns.marker = end.marker;
+        }
+        if end.released {
+            // A record is available before its lease's end: other processes' waiters (who
+            // wait for that end) look again.
+            coordination.announce();
+        }
+        coordination.park_consumer();
     }
 
     /// One `push`.

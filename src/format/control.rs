@@ -29,8 +29,9 @@
 //!                             (a hint for the sync leader, which waits a little for them)
 //!    232     8  prepared_base the segment `prepared_end` is about
 //!    240     8  prepared_end  zeros were written ahead of the tail up to here (writers only)
-//!    248     4  consumer_lock 0 free, else (owner ticket << 1) | waiters (a futex word):
-//!                             held for a consumer turn
+//!    248     4  consumer_lock 0 free, else (owner ticket << 2) | parked << 1 | waiters (a
+//!                             futex word): held for a consumer turn, parked by its owner
+//!                             between turns (anyone may take a parked word)
 //!    252     4  head_durable  the head slot the last consumer turn left durable, plus one
 //!                             (0: not known, the next holder reads the files in full)
 //!    256     8  ack_log_id    the ack log file the last consumer turn left (0: none yet)
@@ -42,7 +43,7 @@
 //! ```
 //!
 //! A *ticket* names a handle: `(epoch << 8) | slot`, with the slot's epoch as the handle that
-//! took it set it (never 0, at most 2^23 - 1). Each handle holds `procs/<slot>` locked for its
+//! took it set it (never 0, at most 2^22 - 1). Each handle holds `procs/<slot>` locked for its
 //! life; a ticket whose slot has another epoch, or whose slot file is not locked, belongs to a
 //! handle that is gone.
 //!
@@ -115,7 +116,7 @@ pub const SLOTS: usize = 1024;
 /// How many handles may have a queue open at once.
 pub const SLOT_COUNT: u32 = 128;
 /// The largest epoch a slot reaches before it starts again at 1.
-pub const EPOCH_MAX: u32 = (1 << 23) - 1;
+pub const EPOCH_MAX: u32 = (1 << 22) - 1;
 
 /// The ticket of the handle in `slot` at `epoch`.
 pub fn ticket(slot: u32, epoch: u32) -> u32 {
@@ -236,7 +237,11 @@ mod tests {
     fn tickets_name_their_slot_and_epoch_and_leave_a_bit_free() {
         let ticket = ticket(127, EPOCH_MAX);
         assert_eq!(ticket_parts(ticket), (127, EPOCH_MAX));
-        assert_eq!(ticket << 1 >> 1, ticket, "room for the waiters bit");
+        assert_eq!(
+            ticket << 2 >> 2,
+            ticket,
+            "room for the parked and waiters bits"
+        );
         assert_ne!(super::ticket(0, 1), 0);
     }
 }
