@@ -256,8 +256,9 @@ impl Shared {
         let first = self.consumer.get().is_none();
         let caught_up = match (self.consumer.get(), current, in_full) {
             (Some(_), true, _) => true,
-            // Another handle's turn, ended: read only what it changed.
-            (Some(consumer), false, false) => {
+            // Another handle's turn, ended: read only what it changed (unless this handle's
+            // own last attempt failed half way: `seen` is then unknown).
+            (Some(consumer), false, false) if turns.seen.is_some() => {
                 consumer.catch_up(&self.env, &self.log, coordination.consumer_files())?
             }
             _ => false,
