@@ -301,8 +301,9 @@ impl Options {
     /// every process; under [`SyncPolicy::Always`] producers in different processes share their
     /// `fdatasync`s. `stats` count what this handle did, over the queue as all consumers left
     /// it. What a shared queue does not do yet: bounds (`max_records`, `max_bytes`),
-    /// deduplicated pushes, the segment pool, and storage other than the real filesystem are
-    /// refused with [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue
+    /// deduplicated pushes, the segment pool, storage other than the real filesystem, and
+    /// [`Spool`](crate::Spool)s (fanout) are refused with
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue
     /// after a `fork`, not before: a child that inherits the handle's locks hides the parent's
     /// death from the others. docs/ARCHITECTURE.md ("Several processes") has the design and
     /// docs/DURABILITY.md the contract across processes.

@@ -83,6 +83,15 @@ impl Spool {
     /// interrupted. Every queue of the spool is opened with `options`.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Spool> {
         options.validate()?;
+        if !options.get_exclusive() {
+            // A fanout writes each copy under the queue's writer lock, not under the tail lock
+            // of a queue shared by several processes.
+            return Err(Error::InvalidOptions(
+                "a spool keeps its queues to itself: fanout across processes is not built yet; \
+                 open it with exclusive(true)"
+                    .to_string(),
+            ));
+        }
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
         crate::storage::queue_dir::check_owner(&*storage, &dir)?;

@@ -52,6 +52,18 @@ fn a_spool_is_locked_like_a_queue() {
     ));
 }
 
+#[test]
+fn a_spool_of_queues_shared_by_several_processes_is_refused() {
+    // Its fanout writes under each queue's writer lock, which another process's producer of
+    // a shared queue does not take: refused until fanout across processes is built.
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Spool::open(dir.path(), Options::default().exclusive(false)),
+        Err(diskspool::Error::InvalidOptions(_))
+    ));
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing created");
+}
+
 /// A file that fails every write while `on` is set.
 #[derive(Debug)]
 struct FailingFile {
