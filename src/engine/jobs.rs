@@ -281,6 +281,14 @@ impl Jobs {
         moved
     }
 
+    /// How many records in `start..end` are tracked.
+    pub(crate) fn tracked_between(&self, start: u64, end: u64) -> u64 {
+        match start < end {
+            true => self.entries.range(start..end).count() as u64,
+            false => 0,
+        }
+    }
+
     /// Records acknowledged beyond the head, tracked or remembered.
     pub(crate) fn acked_beyond_head(&self, frontier: u64) -> u64 {
         let tracked = self

@@ -278,9 +278,16 @@ impl Reader {
         if self.retired.is_empty() {
             return 0;
         }
+        // A range is taken for retired when an acknowledged range ends where a segment
+        // starts, which out-of-order acks do too: its numbers that are records, tracked here,
+        // are counted as acknowledged, not as retired.
         self.retired
             .iter()
-            .map(|(&start, &end)| end.min(to).saturating_sub(start.max(from)))
+            .map(|(&start, &end)| {
+                let (start, end) = (start.max(from), end.min(to));
+                end.saturating_sub(start)
+                    .saturating_sub(self.jobs.tracked_between(start, end))
+            })
             .sum()
     }
 }

@@ -61,7 +61,10 @@ fn a_spool_of_queues_shared_by_several_processes_is_refused() {
         Spool::open(dir.path(), Options::default().exclusive(false)),
         Err(diskspool::Error::InvalidOptions(_))
     ));
-    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing created");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing created"
+    );
 }
 
 /// A file that fails every write while `on` is set.

@@ -568,3 +568,47 @@ fn dead_letter_moves_a_delivery_at_once_and_refuses_an_expired_lease() {
     assert_eq!((letter.original_seq, letter.deliveries), (0, 1));
     assert_eq!(letter.payload, payload_for(0));
 }
+
+/// An out-of-order ack whose record is the last before a segment starts looks, after a reopen,
+/// like a gap `repair` retired (an acknowledged range ending at a segment's base): it must be
+/// counted once in the length, as acknowledged, not also as retired.
+#[test]
+fn len_counts_an_ack_ending_at_a_segment_boundary_once_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default()
+        .segment_size(16 << 10)
+        .lease(Duration::from_secs(3600));
+    const RECORDS: u64 = 400;
+    let boundary = {
+        let queue = Queue::open(dir.path(), options.clone()).unwrap();
+        for seq in 0..RECORDS {
+            queue.push(&payload_for(seq)).unwrap();
+        }
+        let mut bases: Vec<u64> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".seg").map(|base| base.parse().unwrap())
+            })
+            .collect();
+        bases.sort_unstable();
+        let boundary = bases[1];
+        for _ in 0..boundary - 2 {
+            queue.pop().unwrap().unwrap();
+        }
+        let held = queue.try_recv().unwrap().unwrap();
+        let last = queue.try_recv().unwrap().unwrap();
+        assert_eq!((held.seq(), last.seq()), (boundary - 2, boundary - 1));
+        last.ack().unwrap();
+        boundary
+    };
+    let queue = Queue::open(dir.path(), options).unwrap();
+    assert_eq!(queue.len(), RECORDS - boundary + 1);
+    let held = queue.try_recv().unwrap().unwrap();
+    assert_eq!(held.seq(), boundary - 2);
+    assert_eq!(queue.pop().unwrap().unwrap().seq(), boundary);
+    // Left: the leased record and those after the boundary's.
+    assert_eq!(queue.len(), RECORDS - boundary);
+    held.ack().unwrap();
+    assert_eq!(queue.len(), RECORDS - boundary - 1);
+}
