@@ -141,8 +141,11 @@ fn child() {
                     let (producer, number) = parse(delivery.payload());
                     let seq = delivery.seq();
                     let deliveries = delivery.deliveries();
-                    writeln!(out, "r {seq} {producer} {number} {deliveries} {start} {end}")
-                        .unwrap();
+                    writeln!(
+                        out,
+                        "r {seq} {producer} {number} {deliveries} {start} {end}"
+                    )
+                    .unwrap();
                     out.flush().unwrap();
                     if deliveries == 1 && seq % 7 == 3 {
                         delivery.nack().unwrap();
@@ -335,6 +338,16 @@ struct Running {
     stderr: PathBuf,
 }
 
+impl Drop for Running {
+    /// A child still running when a check failed does not outlive the test.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Running {
     fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
@@ -462,7 +475,11 @@ impl Events {
                     unsettled = Some(seq);
                 }
                 _ => {
-                    assert_eq!(unsettled, Some(seq), "{context}: a settle of another record");
+                    assert_eq!(
+                        unsettled,
+                        Some(seq),
+                        "{context}: a settle of another record"
+                    );
                     unsettled = None;
                     let settle = Settle {
                         seq,
@@ -511,7 +528,11 @@ fn check_contract(context: &str, events: &Events, drained: &[Receive], lease_us:
         last.insert(producer, number);
     }
     let pushed: BTreeSet<u64> = events.pushed.iter().map(|entry| entry.0).collect();
-    assert_eq!(pushed.len(), events.pushed.len(), "{context}: a seq pushed twice");
+    assert_eq!(
+        pushed.len(),
+        events.pushed.len(),
+        "{context}: a seq pushed twice"
+    );
     // What a killed producer pushed without printing it: one push at most each.
     let unprinted_pushes = events
         .identity
@@ -583,16 +604,12 @@ fn check_contract(context: &str, events: &Events, drained: &[Receive], lease_us:
         by_record.entry(receive.seq).or_default().push(*receive);
     }
     let settled_by = |receive: &Receive, before: u64| {
-        events
-            .acks
-            .iter()
-            .chain(&events.releases)
-            .any(|settle| {
-                settle.child == receive.child
-                    && settle.seq == receive.seq
-                    && settle.at >= receive.end
-                    && settle.at < before
-            })
+        events.acks.iter().chain(&events.releases).any(|settle| {
+            settle.child == receive.child
+                && settle.seq == receive.seq
+                && settle.at >= receive.end
+                && settle.at < before
+        })
     };
     let leased_during = |receive: &Receive, start: u64, end: u64| {
         start > receive.end
@@ -731,7 +748,7 @@ fn kill_soak(kills: u64, sync: &str, producers: usize, consumers: &[&str]) {
     let drain = Queue::open(dir.path(), options(sync).lease(Duration::from_secs(60))).unwrap();
     let mut drained = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while drain.len() > 0 {
+    while !drain.is_empty() {
         assert!(
             Instant::now() < deadline,
             "{context}: {} records never became available again",
@@ -791,4 +808,323 @@ fn long_multiprocess_kill_soak() {
         .unwrap_or(1_000);
     let policy = std::env::var("DISKSPOOL_MP_POLICY").unwrap_or_else(|_| "never".into());
     kill_soak(kills, &policy, 2, &["pop", "pop", "recv", "recv"]);
+}
+
+/// Waits (60 s at most) until `path` holds a line ending in `line` (the test harness starts the
+/// child's first line with the test's name).
+fn wait_for_line(path: &Path, line: &str, running: &mut Running, context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if complete_lines(&text)
+            .iter()
+            .any(|found| found.ends_with(line))
+        {
+            return;
+        }
+        if let Some(status) = running.child.try_wait().unwrap() {
+            panic!(
+                "{context}: child {} ended ({status}): {}",
+                running.mode,
+                running.stderr()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{context}: no {line:?} from {}",
+            running.mode
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A consumer process in `mode` ("pop" or "recv") dies at the consumer crash point `point`
+/// (`consumer.begun:<n>`: its n-th consumer turn just began; `consumer.ending:<n>`: the turn's
+/// call made its writes, the turn is not ended). The parent's handles, opened before, and two
+/// consumer processes (a popper and a receiver, which took a turn before) go on without
+/// reopening: nothing acknowledged or popped comes back, the parent's lease holds, nothing
+/// pushed is lost (but the record whose pop or ack the kill cut short), and `len` counts
+/// exactly what is consumed afterwards.
+fn consumer_killed_at(point: &str, mode: &str, sync: &str) {
+    let context = format!("a {mode} consumer killed at {point} ({sync})");
+    let dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let go = logs.path().join("go");
+    let stop = logs.path().join("stop");
+    let long_lease = Duration::from_secs(60);
+    let producer = Queue::open(dir.path(), options(sync)).unwrap();
+    let consumer = Queue::open(dir.path(), options(sync).lease(long_lease)).unwrap();
+    const BEFORE: u64 = 120;
+    const AFTER: u64 = 40;
+    for number in 0..BEFORE {
+        assert_eq!(producer.push(&payload(1, number)).unwrap(), number);
+    }
+    // The parent consumes first: pops 0..3, receives and acks 3 and 4, and holds 5 leased
+    // across the kill.
+    let mut consumed_before = BTreeSet::new();
+    for _ in 0..3 {
+        consumed_before.insert(consumer.pop().unwrap().unwrap().seq());
+    }
+    for _ in 0..2 {
+        let delivery = consumer.try_recv().unwrap().unwrap();
+        consumed_before.insert(delivery.seq());
+        delivery.ack().unwrap();
+    }
+    assert_eq!(consumed_before, (0..5).collect(), "{context}");
+    let held = consumer.try_recv().unwrap().unwrap();
+    assert_eq!(held.seq(), 5, "{context}");
+    let start = |mode: &str, id: usize, kill_at: Option<&str>, lease: Duration| {
+        let stdout = logs.path().join(format!("{id}.out"));
+        let stderr = logs.path().join(format!("{id}.err"));
+        let lease = lease.as_millis().to_string();
+        let mut env = vec![(LEASE_ENV, std::ffi::OsStr::new(&lease))];
+        if kill_at.is_none() {
+            env.push((GO_ENV, go.as_os_str()));
+            env.push((STOP_ENV, stop.as_os_str()));
+        }
+        let child = spawn_with(
+            mode,
+            dir.path(),
+            sync,
+            kill_at,
+            &env,
+            std::fs::File::create(&stdout).unwrap().into(),
+            std::fs::File::create(&stderr).unwrap().into(),
+        );
+        (
+            Running {
+                id,
+                mode: mode.to_owned(),
+                child,
+                stderr,
+            },
+            stdout,
+        )
+    };
+    // The survivors: open, take a turn, wait for the go.
+    let mut survivors = vec![
+        start("pop", 0, None, long_lease),
+        start("recv", 1, None, long_lease),
+    ];
+    for (running, stdout) in &mut survivors {
+        wait_for_line(stdout, "ready", running, &context);
+    }
+    // The victim consumes at once, until it dies at its crash point.
+    let (mut victim, victim_out) = start(mode, 2, Some(point), Duration::from_millis(300));
+    victim.wait(aborted, &context);
+    let victim_lines = complete_lines(&std::fs::read_to_string(&victim_out).unwrap());
+    let mut victim_events = Events::default();
+    victim_events.add(victim.id, mode, &victim_lines, true, &context);
+    // What it printed it consumed: its pops and acks.
+    for pop in &victim_events.pops {
+        assert!(
+            consumed_before.insert(pop.seq),
+            "{context}: {pop:?} popped again"
+        );
+    }
+    for ack in &victim_events.acks {
+        assert!(
+            consumed_before.insert(ack.seq),
+            "{context}: {ack:?} acked twice"
+        );
+    }
+    assert!(
+        !consumed_before.contains(&5),
+        "{context}: the parent's leased record was handed to the victim"
+    );
+    eprintln!(
+        "{context}: the victim popped {}, received {}, acked {}",
+        victim_events.pops.len(),
+        victim_events.receives.len(),
+        victim_events.acks.len()
+    );
+    // The parent's handles go on: the length, pushes, a pop, without reopening.
+    let len_after_kill = consumer.len();
+    for number in BEFORE..BEFORE + AFTER {
+        assert_eq!(
+            producer.push(&payload(1, number)).unwrap(),
+            number,
+            "{context}"
+        );
+    }
+    assert_eq!(consumer.len(), len_after_kill + AFTER, "{context}");
+    let mut consumed_after = BTreeSet::new();
+    let mut popped_after = BTreeSet::new();
+    let first = consumer.pop().unwrap().unwrap();
+    parse(first.payload());
+    consumed_after.insert(first.seq());
+    popped_after.insert(first.seq());
+    // The survivors join in; the parent receives and acknowledges beside them, until only
+    // its leased record is left.
+    std::fs::write(&go, b"").unwrap();
+    let mut parent_receives = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{context}: {} records left",
+            consumer.len()
+        );
+        match consumer.try_recv().unwrap() {
+            Some(delivery) => {
+                parse(delivery.payload());
+                assert_ne!(
+                    delivery.seq(),
+                    5,
+                    "{context}: a leased record handed out again"
+                );
+                parent_receives.push((delivery.seq(), u64::from(delivery.deliveries())));
+                consumed_after.insert(delivery.seq());
+                delivery.ack().unwrap();
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    // The survivors have not taken the record the parent holds.
+    for (_, stdout) in &survivors {
+        let lines = complete_lines(&std::fs::read_to_string(stdout).unwrap());
+        let taken: Vec<_> = fields(&lines, "g ")
+            .into_iter()
+            .chain(fields(&lines, "r "))
+            .filter(|fields| fields[0] == 5)
+            .collect();
+        assert!(
+            taken.is_empty(),
+            "{context}: the parent's leased record was taken"
+        );
+    }
+    held.ack().unwrap();
+    assert_eq!(consumer.len(), 0, "{context}");
+    std::fs::write(&stop, b"").unwrap();
+    let mut events = Events::default();
+    for (mut running, stdout) in survivors {
+        running.wait(exited_cleanly, &context);
+        let lines = complete_lines(&std::fs::read_to_string(&stdout).unwrap());
+        events.add(running.id, &running.mode, &lines, false, &context);
+    }
+    // Nothing consumed before the kill came back to a survivor; nothing was consumed twice
+    // after it (the leases after the kill last a minute: none ran out).
+    for receive in &events.receives {
+        assert!(
+            !consumed_before.contains(&receive.seq),
+            "{context}: {receive:?} was consumed before"
+        );
+    }
+    for pop in &events.pops {
+        assert!(
+            !consumed_before.contains(&pop.seq),
+            "{context}: {pop:?} was consumed before"
+        );
+        assert!(
+            popped_after.insert(pop.seq),
+            "{context}: {pop:?} popped twice"
+        );
+        consumed_after.insert(pop.seq);
+    }
+    for ack in &events.acks {
+        assert!(
+            !popped_after.contains(&ack.seq),
+            "{context}: {ack:?} popped too"
+        );
+        consumed_after.insert(ack.seq);
+    }
+    for &(seq, _) in &parent_receives {
+        assert!(!popped_after.contains(&seq), "{context}: {seq} popped too");
+    }
+    // A record the victim received was delivered again with a higher count.
+    let victim_counts: BTreeMap<u64, u64> = victim_events
+        .receives
+        .iter()
+        .map(|receive| (receive.seq, receive.deliveries))
+        .collect();
+    for (seq, deliveries) in parent_receives.iter().copied().chain(
+        events
+            .receives
+            .iter()
+            .map(|receive| (receive.seq, receive.deliveries)),
+    ) {
+        if let Some(&before) = victim_counts.get(&seq) {
+            assert!(
+                deliveries > before,
+                "{context}: record {seq} delivered again as delivery {deliveries} (was {before})"
+            );
+        }
+    }
+    // Nothing lost but what the cut call took: the record it popped (the pop was done, the
+    // turn not ended), or the record whose ack it made.
+    let mut accounted = consumed_before.clone();
+    accounted.extend(&consumed_after);
+    accounted.insert(5);
+    let lost: Vec<u64> = (0..BEFORE + AFTER)
+        .filter(|seq| !accounted.contains(seq))
+        .collect();
+    assert_eq!(
+        accounted.len() as u64 + lost.len() as u64,
+        BEFORE + AFTER,
+        "{context}: records nobody pushed"
+    );
+    if point.starts_with("consumer.begun") {
+        assert_eq!(lost, Vec::<u64>::new(), "{context}: lost");
+    } else if mode == "pop" {
+        // Its pop moved the head before the point: the record it took is gone.
+        assert_eq!(lost.len(), 1, "{context}: lost {lost:?}");
+    } else {
+        let acking = victim_events
+            .maybe_acked
+            .iter()
+            .copied()
+            .collect::<Vec<_>>();
+        assert!(
+            lost.is_empty() || lost == acking,
+            "{context}: lost {lost:?} (the victim may have acked {acking:?})"
+        );
+    }
+    // The length the parent saw after the kill: what was consumed afterwards.
+    assert_eq!(
+        len_after_kill,
+        BEFORE - (consumed_before.len() + lost.len()) as u64,
+        "{context}: len after the kill (lost {lost:?})"
+    );
+    assert_eq!(
+        consumed_after.len() as u64,
+        len_after_kill + AFTER - 1,
+        "{context}: consumed after the kill (beside the parent's leased record)"
+    );
+    // And the queue goes on.
+    assert!(consumer.pop().unwrap().is_none(), "{context}");
+    assert_eq!(producer.push(b"next").unwrap(), BEFORE + AFTER, "{context}");
+    assert_eq!(
+        consumer.pop().unwrap().unwrap().seq(),
+        BEFORE + AFTER,
+        "{context}"
+    );
+    assert_eq!(consumer.len(), 0, "{context}");
+}
+
+#[test]
+fn a_popping_consumer_killed_at_each_consumer_crash_point_leaves_the_others_going() {
+    for point in [
+        "consumer.begun:1",
+        "consumer.begun:20",
+        "consumer.ending:20",
+    ] {
+        for sync in ["never", "always"] {
+            consumer_killed_at(point, "pop", sync);
+        }
+    }
+}
+
+#[test]
+fn a_receiving_consumer_killed_at_each_consumer_crash_point_leaves_the_others_going() {
+    // The victim's turns: a receive, then its ack (or release, or an extension first).
+    for point in [
+        "consumer.begun:20",
+        "consumer.begun:21",
+        "consumer.ending:20",
+        "consumer.ending:21",
+    ] {
+        for sync in ["never", "always"] {
+            consumer_killed_at(point, "recv", sync);
+        }
+    }
 }
