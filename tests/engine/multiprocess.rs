@@ -132,44 +132,64 @@ fn child() {
         // "r <seq> <producer> <number> <deliveries> <start> <end>" once the receive returned;
         // then "a <seq> <producer> <number> <end>" once the ack returned, or "n ..." once a
         // release did (a record's first delivery when `seq % 7 == 3`: it comes back at once).
-        // Every fifth record's lease is extended before the ack.
-        "recv" => loop {
-            let start = now_us();
-            match queue.recv_timeout(Duration::from_millis(50)).unwrap() {
-                Some(delivery) => {
-                    let end = now_us();
-                    let (producer, number) = parse(delivery.payload());
-                    let seq = delivery.seq();
-                    let deliveries = delivery.deliveries();
-                    writeln!(
-                        out,
-                        "r {seq} {producer} {number} {deliveries} {start} {end}"
-                    )
-                    .unwrap();
-                    out.flush().unwrap();
-                    if deliveries == 1 && seq % 7 == 3 {
-                        delivery.nack().unwrap();
-                        writeln!(out, "n {seq} {producer} {number} {}", now_us()).unwrap();
-                        out.flush().unwrap();
-                        continue;
+        // Every fifth record's lease is extended before the ack; a record with `seq % 3 == 0`
+        // is acknowledged after the next one (acks out of order), or once nothing came.
+        "recv" => {
+            let mut kept: Option<diskspool::Delivery> = None;
+            loop {
+                let start = now_us();
+                let Some(delivery) = queue.recv_timeout(Duration::from_millis(50)).unwrap() else {
+                    match kept.take() {
+                        Some(earlier) => ack_and_print(&mut out, earlier),
+                        None if stopped() => return,
+                        None => {}
                     }
-                    if seq % 5 == 1 {
-                        // Fails only if the lease already ran out (a slow child).
-                        match delivery.extend(lease) {
-                            Ok(()) | Err(Error::LeaseExpired { .. }) => {}
-                            Err(error) => panic!("extend: {error}"),
-                        }
-                    }
-                    delivery.ack().unwrap();
-                    writeln!(out, "a {seq} {producer} {number} {}", now_us()).unwrap();
+                    continue;
+                };
+                let end = now_us();
+                let (producer, number) = parse(delivery.payload());
+                let seq = delivery.seq();
+                let deliveries = delivery.deliveries();
+                writeln!(
+                    out,
+                    "r {seq} {producer} {number} {deliveries} {start} {end}"
+                )
+                .unwrap();
+                out.flush().unwrap();
+                if deliveries == 1 && seq % 7 == 3 {
+                    delivery.nack().unwrap();
+                    writeln!(out, "n {seq} {producer} {number} {}", now_us()).unwrap();
                     out.flush().unwrap();
+                    continue;
                 }
-                None if stopped() => return,
-                None => {}
+                if seq % 5 == 1 {
+                    // Fails only if the lease already ran out (a slow child).
+                    match delivery.extend(lease) {
+                        Ok(()) | Err(Error::LeaseExpired { .. }) => {}
+                        Err(error) => panic!("extend: {error}"),
+                    }
+                }
+                if seq % 3 == 0 && kept.is_none() {
+                    kept = Some(delivery);
+                    continue;
+                }
+                ack_and_print(&mut out, delivery);
+                if let Some(earlier) = kept.take() {
+                    ack_and_print(&mut out, earlier);
+                }
             }
-        },
+        }
         other => panic!("unknown child mode {other}"),
     }
+}
+
+/// Acknowledges a delivery, then prints "a <seq> <producer> <number> <time>".
+fn ack_and_print(out: &mut impl std::io::Write, delivery: diskspool::Delivery) {
+    let seq = delivery.seq();
+    let (producer, number) = parse(delivery.payload());
+    delivery.ack().unwrap();
+    writeln!(out, "a {seq} {producer} {number} {}", now_us()).unwrap();
+    out.flush().unwrap();
 }
 
 fn spawn(mode: &str, dir: &Path, sync: &str, kill_at: Option<&str>) -> Child {
@@ -397,6 +417,8 @@ struct Receive {
     start: u64,
     end: u64,
     child: usize,
+    /// Its child was killed before it printed the ack or release: one may have been done.
+    cut: bool,
 }
 
 /// An ack or a release that returned, at `at`.
@@ -417,8 +439,8 @@ struct Events {
     receives: Vec<Receive>,
     acks: Vec<Settle>,
     releases: Vec<Settle>,
-    /// The last record a killed receiving child received without printing its ack or
-    /// release: its ack may have been done when the kill came.
+    /// The records a killed receiving child received without printing their ack or release:
+    /// an ack may have been done when the kill came.
     maybe_acked: BTreeSet<u64>,
     push_kills: u64,
     pop_kills: u64,
@@ -450,8 +472,9 @@ impl Events {
                 end: fields[4],
             });
         }
-        // The receiving child's lines in order: settles follow their receive.
-        let mut unsettled = None;
+        // The receiving child's lines in order: a settle follows its receive. Its receives
+        // not settled yet, by record, with their place in `receives`.
+        let mut unsettled: BTreeMap<u64, usize> = BTreeMap::new();
         for line in lines {
             let tag = &line[..line.len().min(2)];
             let fields: Vec<u64> = match tag {
@@ -465,22 +488,25 @@ impl Events {
             let seq = fields[0];
             match tag {
                 "r " => {
+                    let earlier = unsettled.insert(seq, self.receives.len());
+                    assert!(
+                        earlier.is_none(),
+                        "{context}: {seq} received twice unsettled"
+                    );
                     self.receives.push(Receive {
                         seq,
                         deliveries: fields[3],
                         start: fields[4],
                         end: fields[5],
                         child: id,
+                        cut: false,
                     });
-                    unsettled = Some(seq);
                 }
                 _ => {
-                    assert_eq!(
-                        unsettled,
-                        Some(seq),
-                        "{context}: a settle of another record"
+                    assert!(
+                        unsettled.remove(&seq).is_some(),
+                        "{context}: a settle of {seq}, not received"
                     );
-                    unsettled = None;
                     let settle = Settle {
                         seq,
                         at: fields[3],
@@ -500,7 +526,10 @@ impl Events {
                 "pop" => self.pop_kills += 1,
                 _ => {
                     self.recv_kills += 1;
-                    self.maybe_acked.extend(unsettled);
+                    for (seq, index) in unsettled {
+                        self.maybe_acked.insert(seq);
+                        self.receives[index].cut = true;
+                    }
                 }
             }
         }
@@ -612,7 +641,8 @@ fn check_contract(context: &str, events: &Events, drained: &[Receive], lease_us:
         })
     };
     let leased_during = |receive: &Receive, start: u64, end: u64| {
-        start > receive.end
+        !receive.cut
+            && start > receive.end
             && end + clock_slack_us < receive.start + lease_us
             && !settled_by(receive, end)
     };
@@ -645,19 +675,24 @@ fn check_contract(context: &str, events: &Events, drained: &[Receive], lease_us:
         }
     }
     // No returned push lost: each is popped, acked or left for the drain; except the one
-    // record each killed popper may have popped without printing it, and the record a killed
-    // receiver may have acked without printing it.
+    // record each killed popper may have popped without printing it, and the one record a
+    // killed receiver may have acked without printing it (of those it held).
     let consumed: BTreeSet<u64> = popped
         .keys()
         .chain(acked.keys())
         .chain(drained.iter().map(|receive| &receive.seq))
         .copied()
         .collect();
-    let missing: Vec<u64> = pushed
+    let (maybe_acked, missing): (Vec<u64>, Vec<u64>) = pushed
         .iter()
-        .filter(|seq| !consumed.contains(seq) && !events.maybe_acked.contains(seq))
-        .copied()
-        .collect();
+        .filter(|seq| !consumed.contains(seq))
+        .partition(|seq| events.maybe_acked.contains(seq));
+    assert!(
+        maybe_acked.len() as u64 <= events.recv_kills,
+        "{context}: records received, never acked nor left: {maybe_acked:?}, more than the \
+         {} acks killed receivers may have made without printing",
+        events.recv_kills
+    );
     assert!(
         missing.len() as u64 <= events.pop_kills,
         "{context}: returned pushes lost: {missing:?}, more than the {} records killed \
@@ -764,6 +799,7 @@ fn kill_soak(kills: u64, sync: &str, producers: usize, consumers: &[&str]) {
                 start,
                 end: now_us(),
                 child: usize::MAX,
+                cut: false,
             });
             delivery.ack().unwrap();
         }
@@ -954,16 +990,34 @@ fn consumer_killed_at(point: &str, mode: &str, sync: &str) {
     parse(first.payload());
     consumed_after.insert(first.seq());
     popped_after.insert(first.seq());
-    // The survivors join in; the parent receives and acknowledges beside them, until only
-    // its leased record is left.
+    // The survivors join in; the parent receives and acknowledges beside them, until what
+    // they consumed makes up the length the parent saw after the kill and the pushes since,
+    // but its leased record. (Counted from what each printed, not by `len`, which another
+    // bug makes too small while records are leased: see
+    // `len_stays_right_when_a_pop_crosses_into_the_next_segment_beyond_a_lease`.)
     std::fs::write(&go, b"").unwrap();
     let mut parent_receives = Vec::new();
+    let printed_by_survivors = |survivors: &[(Running, PathBuf)]| {
+        let mut consumed = BTreeSet::new();
+        for (_, stdout) in survivors {
+            let lines = complete_lines(&std::fs::read_to_string(stdout).unwrap());
+            consumed.extend(fields(&lines, "g ").into_iter().map(|fields| fields[0]));
+            consumed.extend(fields(&lines, "a ").into_iter().map(|fields| fields[0]));
+        }
+        consumed
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while consumer.len() > 1 {
+    loop {
+        let mut consumed = printed_by_survivors(&survivors);
+        consumed.extend(&consumed_after);
+        if consumed.len() as u64 >= len_after_kill + AFTER - 1 {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "{context}: {} records left",
-            consumer.len()
+            "{context}: {} records consumed after the kill, {} expected",
+            consumed.len(),
+            len_after_kill + AFTER - 1
         );
         match consumer.try_recv().unwrap() {
             Some(delivery) => {
@@ -1075,8 +1129,8 @@ fn consumer_killed_at(point: &str, mode: &str, sync: &str) {
             .copied()
             .collect::<Vec<_>>();
         assert!(
-            lost.is_empty() || lost == acking,
-            "{context}: lost {lost:?} (the victim may have acked {acking:?})"
+            lost.len() <= 1 && lost.iter().all(|seq| acking.contains(seq)),
+            "{context}: lost {lost:?} (the victim may have acked one of {acking:?})"
         );
     }
     // The length the parent saw after the kill: what was consumed afterwards.
@@ -1126,5 +1180,185 @@ fn a_receiving_consumer_killed_at_each_consumer_crash_point_leaves_the_others_go
         for sync in ["never", "always"] {
             consumer_killed_at(point, "recv", sync);
         }
+    }
+}
+
+/// Three handles of one queue in one process (each its own reader and its own consumer turns,
+/// as a process would have) push, pop, receive and acknowledge at once, or hold up to three
+/// leases and acknowledge them later, in an order drawn from `seed`, for `steps` steps. After
+/// every step, each handle that took a consumer turn must report the length of the model:
+/// the records pushed and neither popped nor acknowledged (leased ones count). Returns the
+/// first disagreement, with the steps that led to it. Sequential: no timing (the leases last a
+/// minute).
+fn len_after_turns_in_any_order(sync: &str, seed: u64, steps: usize) -> Option<String> {
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let dir = tempfile::tempdir().unwrap();
+    let lease = Duration::from_secs(60);
+    let handles: Vec<Queue> = (0..3)
+        .map(|_| Queue::open(dir.path(), options(sync).lease(lease)).unwrap())
+        .collect();
+    let mut left = BTreeSet::new();
+    let mut number = 0u64;
+    let mut held: Vec<diskspool::Delivery> = Vec::new();
+    let mut consumed = [false; 3];
+    let mut done = Vec::new();
+    for step in 0..steps {
+        let index = rng.below(3) as usize;
+        let queue = &handles[index];
+        match rng.below(6) {
+            0 => {
+                left.insert(queue.push(&payload(1, number)).unwrap());
+                number += 1;
+                done.push(format!("{index}: push"));
+            }
+            1 => {
+                consumed[index] = true;
+                if let Some(record) = queue.pop().unwrap() {
+                    assert!(
+                        left.remove(&record.seq()),
+                        "seed {seed}: {} popped again",
+                        record.seq()
+                    );
+                    done.push(format!("{index}: pop {}", record.seq()));
+                }
+            }
+            2 => {
+                consumed[index] = true;
+                if let Some(delivery) = queue.try_recv().unwrap() {
+                    done.push(format!("{index}: recv and ack {}", delivery.seq()));
+                    assert!(
+                        left.remove(&delivery.seq()),
+                        "seed {seed}: {} again",
+                        delivery.seq()
+                    );
+                    delivery.ack().unwrap();
+                }
+            }
+            3 if held.len() < 3 => {
+                consumed[index] = true;
+                if let Some(delivery) = queue.try_recv().unwrap() {
+                    done.push(format!("{index}: recv {} (held)", delivery.seq()));
+                    held.push(delivery);
+                }
+            }
+            4 if !held.is_empty() => {
+                let delivery = held.remove(rng.below(held.len() as u64) as usize);
+                done.push(format!("ack of held {}", delivery.seq()));
+                assert!(
+                    left.remove(&delivery.seq()),
+                    "seed {seed}: {} again",
+                    delivery.seq()
+                );
+                delivery.ack().unwrap();
+            }
+            _ => {
+                for _ in 0..5 {
+                    left.insert(handles[0].push(&payload(1, number)).unwrap());
+                    number += 1;
+                }
+                done.push("0: push 5".into());
+            }
+        }
+        let remaining = left.len() as u64;
+        for (other, queue) in handles.iter().enumerate() {
+            let len = queue.len();
+            if consumed[other] && len != remaining {
+                return Some(format!(
+                    "{sync}, seed {seed}, step {step}: handle {other} says len {len}, \
+                     {remaining} records are left; the steps:\n{}",
+                    done.join("\n")
+                ));
+            }
+        }
+    }
+    // Whatever the lengths said, the records left are those of the model, each once.
+    for delivery in held {
+        assert!(left.remove(&delivery.seq()), "seed {seed}");
+        delivery.ack().unwrap();
+    }
+    let mut drained = BTreeSet::new();
+    while let Some(record) = handles[1].pop().unwrap() {
+        assert!(
+            drained.insert(record.seq()),
+            "seed {seed}: {} popped twice",
+            record.seq()
+        );
+    }
+    assert_eq!(drained, left, "{sync}, seed {seed}: the records left");
+    None
+}
+
+#[test]
+fn consuming_handles_report_the_length_after_short_runs_of_turns() {
+    for sync in ["never", "always"] {
+        for seed in 0..40 {
+            if let Some(failure) = len_after_turns_in_any_order(sync, seed, 60) {
+                panic!("{failure}");
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "BUG: a handle's len() is less than the records left after long runs of turns of \
+            several handles, once pops cross a segment boundary (see the test above)"]
+fn consuming_handles_report_the_length_after_long_runs_of_turns() {
+    let mut failures = Vec::new();
+    for sync in ["never", "always"] {
+        for seed in 0..30 {
+            if let Some(failure) = len_after_turns_in_any_order(sync, seed, 300) {
+                failures.push(failure);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The smallest case of the bug below: a handle pops the first record of a segment while the
+/// last record of the previous segment was consumed by another handle and the one before it is
+/// leased to a third (the head stays in the previous segment).
+#[test]
+#[ignore = "BUG: len() of the handle that pops the first record of the next segment, beyond a \
+            lease held by another handle, is one less than the records left"]
+fn len_stays_right_when_a_pop_crosses_into_the_next_segment_beyond_a_lease() {
+    for sync in ["never", "always"] {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = Duration::from_secs(60);
+        let holder = Queue::open(dir.path(), options(sync).lease(lease)).unwrap();
+        let other = Queue::open(dir.path(), options(sync).lease(lease)).unwrap();
+        let popper = Queue::open(dir.path(), options(sync).lease(lease)).unwrap();
+        const RECORDS: u64 = 200;
+        for number in 0..RECORDS {
+            holder.push(&payload(1, number)).unwrap();
+        }
+        let mut bases: Vec<u64> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".seg").map(|base| base.parse().unwrap())
+            })
+            .collect();
+        bases.sort_unstable();
+        // The first record of the second segment.
+        let boundary = bases[1];
+        assert_eq!(popper.pop().unwrap().unwrap().seq(), 0);
+        for seq in 1..boundary - 2 {
+            assert_eq!(holder.pop().unwrap().unwrap().seq(), seq);
+        }
+        let held = holder.try_recv().unwrap().unwrap();
+        assert_eq!(held.seq(), boundary - 2);
+        assert_eq!(other.pop().unwrap().unwrap().seq(), boundary - 1);
+        assert_eq!(popper.pop().unwrap().unwrap().seq(), boundary);
+        // Left: the leased record and those after `boundary`.
+        let left = RECORDS - boundary;
+        assert_eq!(holder.len(), left, "{sync}: the holder");
+        assert_eq!(other.len(), left, "{sync}: the other");
+        assert_eq!(
+            popper.len(),
+            left,
+            "{sync}: the popper (boundary {boundary})"
+        );
+        held.ack().unwrap();
+        assert_eq!(popper.len(), left - 1, "{sync}");
     }
 }
