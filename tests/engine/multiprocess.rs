@@ -130,8 +130,8 @@ fn child() {
             }
         },
         // "r <seq> <producer> <number> <deliveries> <start> <end>" once the receive returned;
-        // then "a <seq> <producer> <number> <end>" once the ack returned, or "n ..." once a
-        // release did (a record's first delivery when `seq % 7 == 3`: it comes back at once).
+        // then "a <seq> <producer> <number> <start> <end>" once the ack returned, or "n ..."
+        // once a release did (a record's first delivery when `seq % 7 == 3`: it comes back at once).
         // Every fifth record's lease is extended before the ack; a record with `seq % 3 == 0`
         // is acknowledged after the next one (acks out of order), or once nothing came.
         "recv" => {
@@ -157,8 +157,9 @@ fn child() {
                 .unwrap();
                 out.flush().unwrap();
                 if deliveries == 1 && seq % 7 == 3 {
+                    let start = now_us();
                     delivery.nack().unwrap();
-                    writeln!(out, "n {seq} {producer} {number} {}", now_us()).unwrap();
+                    writeln!(out, "n {seq} {producer} {number} {start} {}", now_us()).unwrap();
                     out.flush().unwrap();
                     continue;
                 }
@@ -183,12 +184,13 @@ fn child() {
     }
 }
 
-/// Acknowledges a delivery, then prints "a <seq> <producer> <number> <time>".
+/// Acknowledges a delivery, then prints "a <seq> <producer> <number> <start> <end>".
 fn ack_and_print(out: &mut impl std::io::Write, delivery: diskspool::Delivery) {
     let seq = delivery.seq();
     let (producer, number) = parse(delivery.payload());
+    let start = now_us();
     delivery.ack().unwrap();
-    writeln!(out, "a {seq} {producer} {number} {}", now_us()).unwrap();
+    writeln!(out, "a {seq} {producer} {number} {start} {}", now_us()).unwrap();
     out.flush().unwrap();
 }
 
@@ -421,10 +423,11 @@ struct Receive {
     cut: bool,
 }
 
-/// An ack or a release that returned, at `at`.
+/// An ack or a release that returned: called at `start`, returned by `at`.
 #[derive(Clone, Copy, Debug)]
 struct Settle {
     seq: u64,
+    start: u64,
     at: u64,
     child: usize,
 }
@@ -509,7 +512,8 @@ impl Events {
                     );
                     let settle = Settle {
                         seq,
-                        at: fields[3],
+                        start: fields[3],
+                        at: fields[4],
                         child: id,
                     };
                     if tag == "a " {
@@ -627,7 +631,8 @@ fn check_contract(context: &str, events: &Events, drained: &[Receive], lease_us:
         }
     }
     // A record leased is handed to nobody else until its lease ends or its receiver settles
-    // it; each delivery of a record counts one more, across processes.
+    // it (an ack or release that started before the other call returned may have made way
+    // for it); each delivery of a record counts one more, across processes.
     let mut by_record: BTreeMap<u64, Vec<Receive>> = BTreeMap::new();
     for receive in &receives {
         by_record.entry(receive.seq).or_default().push(*receive);
@@ -637,7 +642,7 @@ fn check_contract(context: &str, events: &Events, drained: &[Receive], lease_us:
             settle.child == receive.child
                 && settle.seq == receive.seq
                 && settle.at >= receive.end
-                && settle.at < before
+                && settle.start < before
         })
     };
     let leased_during = |receive: &Receive, start: u64, end: u64| {
