@@ -91,7 +91,7 @@ fn spool_pops_what_a_live_producer_pushed() {
     let (code, out, _) = run(&["peek", "-n", "2", arg(&dir)]);
     assert_eq!(code, 0);
     assert_eq!(out.as_bytes(), lines(0..2));
-    // pop takes the consumer role (free: the service only pushes) for its run.
+    // pop takes consumer turns beside the live producer.
     let (code, out, err) = run(&["pop", "-n", "3", arg(&dir)]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.as_bytes(), lines(0..3));
@@ -105,43 +105,120 @@ fn spool_pops_what_a_live_producer_pushed() {
         })
         .collect();
     assert_eq!(seqs, (3..20).collect::<Vec<_>>());
-    // Nothing is left for the service, once it takes the role: no record was popped twice.
+    // Nothing is left for the service's first consumer turn: no record was popped twice.
     assert!(service.pop().unwrap().is_none());
     service.push(b"later").unwrap();
     assert_eq!(service.pop().unwrap().unwrap().seq(), 20);
 }
 
+/// The seqs `spool pop --json` printed, one record a line.
+fn popped_seqs(out: &str) -> Vec<u64> {
+    out.lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let seq = record["seq"].as_u64().unwrap();
+            let payload = record["payload"].as_str().unwrap();
+            assert_eq!(payload.as_bytes(), payload_for(seq), "record {seq}: {line}");
+            seq
+        })
+        .collect()
+}
+
 #[test]
-fn consumer_commands_exit_4_naming_the_live_consumer() {
+fn spool_pop_beside_a_live_consumer_takes_each_record_once() {
     let (_temp, dir, service) = live_queue();
-    assert!(service.pop().unwrap().is_none()); // takes the consumer role
-    service.push(b"kept").unwrap();
-    let pid = std::process::id().to_string();
-    for args in [
-        vec!["pop", arg(&dir)],
-        vec!["pop", "--wait", "5", arg(&dir)],
-        vec!["purge", "--yes", arg(&dir)],
-        vec!["compact", arg(&dir)],
-    ] {
-        let (code, out, err) = run(&args);
-        assert_eq!(code, 4, "spool {args:?}: {err}");
-        assert_eq!(out, "", "spool {args:?}");
-        assert!(err.contains(&pid), "spool {args:?} names the holder: {err}");
-        assert!(err.contains("consumer"), "spool {args:?}: {err}");
+    const RECORDS: u64 = 400;
+    for seq in 0..RECORDS {
+        assert_eq!(service.push(&payload_for(seq)).unwrap(), seq);
     }
-    // Producers and the lock-free readers go on.
-    spool(&["push", arg(&dir), "pushed"]).assert().code(0);
-    spool(&["peek", "-n", "5", arg(&dir)])
+    // The service pops in a thread while `spool pop` runs in other processes: consumer
+    // turns, not a role, so neither is refused. They race for the records; each is taken
+    // by exactly one of them.
+    // To make sure that both take some, the service waits after each pop until a spool
+    // process took a consumer turn (the control file names the last taker), or spool is done.
+    let service = std::sync::Arc::new(service);
+    let spool_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let popper = {
+        let service = std::sync::Arc::clone(&service);
+        let spool_done = std::sync::Arc::clone(&spool_done);
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            let mut seqs = Vec::new();
+            while let Some(record) = service.pop().unwrap() {
+                assert_eq!(record.payload(), payload_for(record.seq()));
+                seqs.push(record.seq());
+                while control_word(&dir, CONSUMER_PID) == std::process::id()
+                    && !spool_done.load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            seqs
+        })
+    };
+    let mut by_spool = Vec::new();
+    loop {
+        let (code, out, err) = run(&["pop", "-n", "7", "--json", arg(&dir)]);
+        assert_eq!(code, 0, "{err}");
+        let seqs = popped_seqs(&out);
+        if seqs.is_empty() {
+            break;
+        }
+        // One spool pop's records leave in queue order.
+        assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "{seqs:?}");
+        by_spool.extend(seqs);
+    }
+    spool_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let by_service = popper.join().unwrap();
+    // The service pops again only after a spool turn, which pops while records are left.
+    assert!(!by_spool.is_empty(), "spool popped some");
+    assert!(
+        by_service.windows(2).all(|pair| pair[0] < pair[1]),
+        "the service's pops leave in queue order"
+    );
+    let mut all: Vec<u64> = by_spool.iter().chain(&by_service).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..RECORDS).collect::<Vec<_>>(),
+        "every record popped by exactly one of them (spool {}, service {})",
+        by_spool.len(),
+        by_service.len()
+    );
+    assert_eq!(service.len(), 0);
+    // `spool pop --wait` beside the consumer: returns what the service pushed.
+    service.push(b"waited for").unwrap();
+    spool(&["pop", "--wait", "60", arg(&dir)])
         .assert()
         .code(0)
-        .stdout("kept\npushed\n");
-    spool(&["dump", arg(&dir)])
+        .stdout("waited for\n");
+    assert!(service.pop().unwrap().is_none(), "popped once, by spool");
+    // `spool purge --yes` and `spool compact` beside it: the service, which consumed in the
+    // meantime, finds the queue as they left it.
+    for seq in RECORDS + 1..RECORDS + 11 {
+        assert_eq!(service.push(&payload_for(seq)).unwrap(), seq);
+    }
+    assert_eq!(service.pop().unwrap().unwrap().seq(), RECORDS + 1);
+    spool(&["purge", "--yes", arg(&dir)])
         .assert()
         .code(0)
-        .stdout("kept\npushed\n");
-    // Nothing was removed.
-    assert_eq!(service.pop().unwrap().unwrap().payload(), b"kept");
-    assert_eq!(service.pop().unwrap().unwrap().payload(), b"pushed");
+        .stdout("purged 9 record(s)\n");
+    assert_eq!(service.len(), 0, "the service sees the purge");
+    assert!(
+        service.pop().unwrap().is_none(),
+        "nothing purged comes back"
+    );
+    let (code, out, err) = run(&["compact", arg(&dir)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("removed "), "{out}");
+    assert_eq!(service.push(b"after").unwrap(), RECORDS + 11);
+    let record = service.pop().unwrap().unwrap();
+    assert_eq!(
+        (record.seq(), record.payload()),
+        (RECORDS + 11, &b"after"[..])
+    );
+    // The last consumer turn was the service's: the control file names it.
+    assert_eq!(control_word(&dir, CONSUMER_PID), std::process::id());
 }
 
 #[test]
@@ -218,13 +295,7 @@ fn read_only_commands_find_a_live_shared_queue_clean() {
     }
     spool(&["pop", "-n", "30", arg(&dir)]).assert().code(0);
     spool(&["push", arg(&dir), "from spool"]).assert().code(0);
-    for name in [
-        CONTROL_FILE_NAME,
-        "open.lock",
-        "procs",
-        "consumer.lock",
-        "lock",
-    ] {
+    for name in [CONTROL_FILE_NAME, "open.lock", "procs", "lock"] {
         assert!(dir.join(name).exists(), "{name} is there to be checked");
     }
     let check = |dir: &Path, len: u64| {
@@ -278,8 +349,8 @@ fn pop_wait_is_woken_by_a_push_of_a_live_producer() {
         .assert()
         .code(0)
         .stdout("early\n");
-    // The pop waits first: it holds the consumer role and sleeps on the control file's futex
-    // word before the service pushes. Its own 60 s is the failure guard: exit 3 if not woken.
+    // The pop waits first: it took a consumer turn (the control file names the last taker)
+    // and sleeps on the control file's futex word before the service pushes. Its own 60 s is the failure guard: exit 3 if not woken.
     let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("spool"))
         .args(["pop", "--wait", "60", arg(&dir)])
         .stdout(Stdio::piped())
