@@ -11,9 +11,10 @@
 //!   and commits the new tail (a double-buffered slot in `control`, published by one store of its
 //!   generation). Readers of other processes read up to the committed tail only.
 //! - The consumer lock word is held for one *consumer turn*: while any thread of a handle is
-//!   in a consumer call (pop, recv, ack, …). The head index and the ack log are written only
-//!   under it. A turn that changed them moves the consumer epoch; the next holder that sees
-//!   the epoch moved reads them again (see `engine::shared`).
+//!   in a consumer call (pop, recv, ack, …), and parked by its owner between turns (anyone may
+//!   take a parked word). The head index and the ack log are written only under it. A turn
+//!   that changed them moves the consumer epoch; the next holder that sees the epoch moved
+//!   reads what changed (see `engine::shared`).
 //!
 //! The lock words name their holder by ticket; a waiter takes a word over from a holder whose
 //! `procs/<slot>` file is no longer locked. Every file lock is a `flock`: the kernel releases it

@@ -16,7 +16,7 @@
 //!    136     4  consumer_pid  the process that last took the consumer turn (advice)
 //!    140     4  reserved
 //!    144     8  consumer_epoch  moves when a consumer turn changed the head or the ack log;
-//!                             odd while a turn is under way (left odd by a holder that died)
+//!                             odd when a turn could not leave them in order
 //!    152     4  tail_lock     0 free, else (owner ticket << 1) | waiters (a futex word)
 //!    156     4  reserved
 //!    160     8  published_gen commits of the published tail
@@ -77,8 +77,8 @@ pub const SLEEPERS: usize = 132;
 /// Offset of the process id of the handle that last took the consumer turn (advice).
 pub const CONSUMER_PID: usize = 136;
 /// Offset of the consumer epoch: it moves when a consumer turn changed the head index or the
-/// ack log, so that the next turn's holder knows to read them again; odd while a turn is under
-/// way, so that a holder's death mid-turn is seen too.
+/// ack log, so that the next turn's holder knows to read them again; odd when a turn could not
+/// leave them in order (the next holder then reads them in full).
 pub const CONSUMER_EPOCH: usize = 144;
 
 /// Offset of the tail lock word.
@@ -101,7 +101,8 @@ pub const PREPARED_BASE: usize = 232;
 /// Offset of the end of the zeros written ahead of the committed tail, read and written under
 /// the tail lock only: a writer that takes up another's tail does not write them again.
 pub const PREPARED_END: usize = 240;
-/// Offset of the consumer lock word, held for one consumer turn (laid out as the tail lock).
+/// Offset of the consumer lock word, held for one consumer turn and parked by its owner between
+/// turns: `(ticket << 2) | parked << 1 | waiters`.
 pub const CONSUMER_LOCK: usize = 248;
 /// Offset of the head slot the last consumer turn left durable, plus one (0: not known).
 pub const HEAD_DURABLE: usize = 252;
