@@ -1319,7 +1319,9 @@ fn consuming_handles_report_the_length_after_long_runs_of_turns() {
 
 /// The smallest case of the bug below: a handle pops the first record of a segment while the
 /// last record of the previous segment was consumed by another handle and the one before it is
-/// leased to a third (the head stays in the previous segment).
+/// leased to a third (the head stays in the previous segment). The popper's `len` then falls
+/// short by as many records as other handles consumed beyond the lease in the previous
+/// segment (1 here; 9 and 29 when they took the last 9 or 29), until the head moves.
 #[test]
 fn len_stays_right_when_a_pop_crosses_into_the_next_segment_beyond_a_lease() {
     for sync in ["never", "always"] {
