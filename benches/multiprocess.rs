@@ -5,7 +5,7 @@
 //! process and one consumer process against one process that pushes and pops the same records,
 //! and against yaque's sender and receiver in two processes; four producer processes against
 //! one, under `Never` and `Always`; one producer and two consumer processes taking turns
-//! against the pair; the wake-up latency from a push in one process to a
+//! against the pair, and two handles that consume in turn record by record; the wake-up latency from a push in one process to a
 //! `pop_timeout` blocked in another. The child processes are this binary, run again with
 //! `DISKSPOOL_MP_ROLE` set.
 
@@ -229,6 +229,38 @@ fn main() {
         rows.push((
             format!("1 process, {name} queue: push then pop, Never"),
             rate(count, start.elapsed()),
+        ));
+    }
+    // Two handles of one process (as two processes would) taking consumer turns one record at
+    // a time: each turn follows the other handle's (the head slots, the new ack log entries).
+    {
+        let dir = fresh("alternate");
+        let first = Queue::open(&dir, options(SyncPolicy::Never)).unwrap();
+        let second = Queue::open(&dir, options(SyncPolicy::Never)).unwrap();
+        let handles = [&first, &second];
+        let turns = (count / 10).max(1_000);
+        for _ in 0..turns {
+            first.push(&PAYLOAD).unwrap();
+        }
+        let start = Instant::now();
+        for turn in 0..turns {
+            handles[(turn % 2) as usize].pop().unwrap().unwrap();
+        }
+        rows.push((
+            "2 handles popping in turn, one record each, Never".into(),
+            rate(turns, start.elapsed()),
+        ));
+        for _ in 0..turns {
+            first.push(&PAYLOAD).unwrap();
+        }
+        let start = Instant::now();
+        for turn in 0..turns {
+            let delivery = handles[(turn % 2) as usize].try_recv().unwrap().unwrap();
+            delivery.ack().unwrap();
+        }
+        rows.push((
+            "2 handles receiving and acking in turn, Never".into(),
+            rate(turns, start.elapsed()),
         ));
     }
     // One producer process, one consumer process, at the same time.

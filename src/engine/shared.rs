@@ -134,9 +134,12 @@ impl Shared {
             (Some(reader), None) => {
                 let _ = consumer.set(Consumer::new(reader));
             }
-            (Some(reader), Some(coordination)) => {
+            (Some(reader), Some(_)) => {
+                // The first opener's reader matches the files as the control file it built
+                // found them: consumer epoch 0. Not the epoch read now: `open.lock` is released,
+                // and another handle may have had a turn since.
                 spare_reader = Some(reader);
-                turns.seen = Some(coordination.consumer_epoch());
+                turns.seen = Some(0);
             }
             (None, _) => {}
         }
