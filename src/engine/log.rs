@@ -750,6 +750,21 @@ impl Log {
             }
         }
         if let Some(published) = coordination.published_if_moved() {
+            let known = self
+                .segments
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(&published.base);
+            if !known {
+                // Published into a segment rolled after the committed tail read above: the
+                // committed tail, never behind the published one, is taken up first, so that
+                // the segments before are sealed and this one is there to publish into.
+                let (_, committed) = coordination.committed();
+                let mut writer = self.lock_writer();
+                if committed.next_seq > writer.next_seq || committed.base > writer.active.base_seq {
+                    self.catch_up(env, &mut writer, committed)?;
+                }
+            }
             self.publish_tail(env, published);
         }
         Ok(())

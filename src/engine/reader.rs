@@ -216,6 +216,13 @@ impl Reader {
         }
     }
 
+    /// See [`Consumer::turn_marker`]: the head's generation and which slot is durable (a sync
+    /// moves it, and the next writer of another handle must know), and the ack log's marker.
+    fn turn_marker(&self) -> TurnMarker {
+        let head = (self.head.generation() << 1) | self.head.durable_slot() as u64;
+        (head, self.acklog.marker())
+    }
+
     /// Reads and tracks records from the frontier up to `seq` (while the table has room): a
     /// shared queue's consumer whose reader was built again learns where a record it handed
     /// out stands.
@@ -514,7 +521,7 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
 }
 
 /// What tells the consumer files' state apart for a shared queue's consumer turn: the head's
-/// generation and the ack log's marker (see [`Consumer::turn_marker`]).
+/// generation and durable slot, and the ack log's marker (see [`Consumer::turn_marker`]).
 pub(crate) type TurnMarker = (u64, (u64, u64));
 
 /// How a shared queue's consumer turn ended (see [`Consumer::end_turn`]).
@@ -743,7 +750,7 @@ impl Consumer {
     /// nothing another process must read again.
     pub(crate) fn turn_marker(&self) -> TurnMarker {
         let reader = lock(&self.reader);
-        (reader.head.generation(), reader.acklog.marker())
+        reader.turn_marker()
     }
 
     /// Ends a shared queue's consumer turn: writes the ack log entries still held back for a
@@ -752,7 +759,7 @@ impl Consumer {
         let mut reader = lock(&self.reader);
         reader.acklog.flush().map_err(|error| env.poison(error))?;
         Ok(TurnEnd {
-            marker: (reader.head.generation(), reader.acklog.marker()),
+            marker: reader.turn_marker(),
             files: ConsumerFiles {
                 head_durable_slot: Some(reader.head.durable_slot()),
                 ack_log: reader.acklog.position(),
