@@ -1400,6 +1400,13 @@ impl Consumer {
         if !reader.acklog.wants_rewrite(reader.jobs.live_estimate()) {
             return Ok(());
         }
+        // The head in memory may be past the one in the file: a shared queue's consumer folds
+        // the records other handles acknowledged out of order when it catches up, without a
+        // write. Written first: the rewrite drops the facts of every record behind it.
+        let synced_seq = reader.head.state().synced_seq;
+        reader
+            .write_head_if_moved(synced_seq)
+            .map_err(|error| env.poison(error))?;
         let generation = reader.head.sync().map_err(|error| env.poison(error))?;
         self.head_sync.mark_durable(generation);
         let live = reader.jobs.live_entries(env.coordination.is_some());

@@ -451,6 +451,19 @@ struct Events {
 }
 
 impl Events {
+    /// Everything the children printed about `seq`, for a failure's message.
+    fn history_of(&self, seq: u64) -> String {
+        let pops: Vec<&Pop> = self.pops.iter().filter(|pop| pop.seq == seq).collect();
+        let receives: Vec<&Receive> = self.receives.iter().filter(|r| r.seq == seq).collect();
+        let acks: Vec<&Settle> = self.acks.iter().filter(|a| a.seq == seq).collect();
+        let releases: Vec<&Settle> = self.releases.iter().filter(|a| a.seq == seq).collect();
+        format!(
+            "pops {pops:?}, receives {receives:?}, acks {acks:?}, releases {releases:?}, \
+             maybe acked by a killed receiver: {}",
+            self.maybe_acked.contains(&seq)
+        )
+    }
+
     /// Records that `seq` carries `(producer, number)`, checking that it always did.
     fn identify(&mut self, seq: u64, producer: u64, number: u64, context: &str) {
         let known = *self.identity.entry(seq).or_insert((producer, number));
@@ -625,8 +638,9 @@ fn check_contract(context: &str, events: &Events, drained: &[Receive], lease_us:
         if let Some(&at) = acked.get(&pop.seq) {
             assert!(
                 pop.start < at,
-                "{context}: record {} popped after its ack returned: {pop:?}",
-                pop.seq
+                "{context}: record {} popped after its ack returned: {pop:?}; {}",
+                pop.seq,
+                events.history_of(pop.seq)
             );
         }
     }
