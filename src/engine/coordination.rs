@@ -362,27 +362,8 @@ impl Coordination {
                 }
                 continue;
             }
-            if current & WAITERS == 0
-                && word
-                    .compare_exchange(
-                        current,
-                        current | WAITERS,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    )
-                    .is_err()
-            {
-                continue;
-            }
-            let held = current | WAITERS;
             waited = true;
-            wait_for_change(word, held, HOLDER_CHECK);
-            if word.load(Ordering::Relaxed) == held
-                && self.is_gone(held >> 2)
-                && word
-                    .compare_exchange(held, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
+            if self.wait_or_take_over(word, current, 2, mine) {
                 self.word32(CONSUMER_PID).store(self.pid, Ordering::Relaxed);
                 return ConsumerLock::TakenFromDead;
             }
@@ -470,29 +451,42 @@ impl Coordination {
                 }
                 continue;
             }
-            if current & WAITERS == 0
-                && word
-                    .compare_exchange(
-                        current,
-                        current | WAITERS,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    )
-                    .is_err()
-            {
-                continue;
-            }
-            let waited = current | WAITERS;
-            wait_for_change(word, waited, HOLDER_CHECK);
-            if word.load(Ordering::Relaxed) == waited
-                && self.is_gone(waited >> 1)
-                && word
-                    .compare_exchange(waited, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
+            if self.wait_or_take_over(word, current, 1, mine) {
                 return WordGuard { word };
             }
         }
+    }
+
+    /// One wait of a lock word's waiter, `current` the held value it saw: sets the waiters bit,
+    /// sleeps on the word for a while, and takes the word over (as `mine`, with the waiters bit)
+    /// if it still holds that value and its holder (the ticket `current >> holder_shift`) is
+    /// gone. True when it took the word over.
+    fn wait_or_take_over(
+        &self,
+        word: &AtomicU32,
+        current: u32,
+        holder_shift: u32,
+        mine: u32,
+    ) -> bool {
+        if current & WAITERS == 0
+            && word
+                .compare_exchange(
+                    current,
+                    current | WAITERS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return false;
+        }
+        let held = current | WAITERS;
+        wait_for_change(word, held, HOLDER_CHECK);
+        word.load(Ordering::Relaxed) == held
+            && self.is_gone(held >> holder_shift)
+            && word
+                .compare_exchange(held, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn store_slot(&self, slots: usize, generation: u64, tail: CommittedTail) {

@@ -584,14 +584,7 @@ fn len_counts_an_ack_ending_at_a_segment_boundary_once_after_a_reopen() {
         for seq in 0..RECORDS {
             queue.push(&payload_for(seq)).unwrap();
         }
-        let mut bases: Vec<u64> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter_map(|entry| {
-                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-                name.strip_suffix(".seg").map(|base| base.parse().unwrap())
-            })
-            .collect();
-        bases.sort_unstable();
+        let bases = crate::util::segment_bases(dir.path());
         let boundary = bases[1];
         for _ in 0..boundary - 2 {
             queue.pop().unwrap().unwrap();

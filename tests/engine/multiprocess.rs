@@ -1348,14 +1348,7 @@ fn len_stays_right_when_a_pop_crosses_into_the_next_segment_beyond_a_lease() {
         for number in 0..RECORDS {
             holder.push(&payload(1, number)).unwrap();
         }
-        let mut bases: Vec<u64> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter_map(|entry| {
-                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-                name.strip_suffix(".seg").map(|base| base.parse().unwrap())
-            })
-            .collect();
-        bases.sort_unstable();
+        let bases = crate::util::segment_bases(dir.path());
         // The first record of the second segment.
         let boundary = bases[1];
         assert_eq!(popper.pop().unwrap().unwrap().seq(), 0);

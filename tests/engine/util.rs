@@ -170,3 +170,16 @@ pub fn seed_from(var: &str) -> u64 {
         }
     }
 }
+
+/// The bases of the segment files in a queue directory, in order.
+pub fn segment_bases(dir: &std::path::Path) -> Vec<u64> {
+    let mut bases: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".seg").map(|base| base.parse().unwrap())
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
+}
