@@ -746,8 +746,8 @@ impl Consumer {
     }
 
     /// What tells the consumer files' state apart, for a shared queue's consumer turn: the
-    /// head's generation and the ack log's marker. A turn that leaves it unchanged wrote
-    /// nothing another process must read again.
+    /// head's generation and durable slot, and the ack log's marker. A turn that leaves it
+    /// unchanged wrote nothing another process must read again.
     pub(crate) fn turn_marker(&self) -> TurnMarker {
         let reader = lock(&self.reader);
         reader.turn_marker()
@@ -1235,8 +1235,11 @@ impl Consumer {
         pending: &mut Pending,
     ) -> Result<()> {
         if env.coordination.is_some() && seq >= reader.cursor.next_seq {
-            // A shared queue's reader built again since the record was handed out.
+            // A shared queue's reader built again since the record was handed out. The
+            // records read on the way that others acknowledged are folded, so that an ack of
+            // what is then the head moves the head rather than writing an entry.
             reader.track_through(env, log, seq)?;
+            reader.jobs.fold();
         }
         let Some(job) = reader.jobs.get(seq) else {
             // No longer tracked: the head already passed it.
