@@ -65,14 +65,7 @@ fn child(role: &str) {
             }
         }
         "pop" => {
-            let queue = Queue::open(dir, options(sync_named(sync))).unwrap();
-            assert!(
-                queue.pop().unwrap().is_none(),
-                "reads the consumer files first"
-            );
-            writeln!(out, "ready").unwrap();
-            out.flush().unwrap();
-            std::io::stdin().read_line(&mut go).unwrap();
+            let queue = ready_consumer(dir.as_ref(), sync_named(sync), &mut out);
             let mut popped = 0;
             while popped < count {
                 if queue
@@ -86,14 +79,7 @@ fn child(role: &str) {
         }
         // One of several consumers: pops until it takes a stop record.
         "pop-until-stop" => {
-            let queue = Queue::open(dir, options(sync_named(sync))).unwrap();
-            assert!(
-                queue.pop().unwrap().is_none(),
-                "reads the consumer files first"
-            );
-            writeln!(out, "ready").unwrap();
-            out.flush().unwrap();
-            std::io::stdin().read_line(&mut go).unwrap();
+            let queue = ready_consumer(dir.as_ref(), sync_named(sync), &mut out);
             loop {
                 if let Some(record) = queue.pop_timeout(Duration::from_secs(10)).unwrap() {
                     if record.payload() == STOP {
@@ -162,6 +148,20 @@ fn child(role: &str) {
     }
     writeln!(out, "done").unwrap();
     out.flush().unwrap();
+}
+
+/// A consumer child's start: opens the queue, takes a first turn (the consumer files are read
+/// before the clock starts), says "ready" and waits for the line that starts the run.
+fn ready_consumer(dir: &Path, sync: SyncPolicy, out: &mut impl Write) -> Queue {
+    let queue = Queue::open(dir, options(sync)).unwrap();
+    assert!(
+        queue.pop().unwrap().is_none(),
+        "reads the consumer files first"
+    );
+    writeln!(out, "ready").unwrap();
+    out.flush().unwrap();
+    std::io::stdin().read_line(&mut String::new()).unwrap();
+    queue
 }
 
 fn spawn(role: &str, dir: &Path, count: u64, sync: &str) -> Child {

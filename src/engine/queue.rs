@@ -694,7 +694,9 @@ pub(crate) type Mend = fn(&dyn Storage, &Path, &mut RecoveryReport) -> Result<()
 
 /// Computes [`Stats`] from the log and the consumer.
 fn stats_of(shared: &Shared) -> Result<Stats> {
-    let consumer = shared.stats_consumer()?;
+    // A consumer turn in a shared queue: the stats describe the files as every consumer left
+    // them (the counts are this handle's).
+    let consumer = shared.consumer()?;
     let next_seq = shared.log.published_next_seq();
     let position = consumer.position(&shared.env, &shared.log, next_seq)?;
     let (head_base, head_offset) = (position.head_base, position.head_offset);

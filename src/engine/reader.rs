@@ -1308,34 +1308,29 @@ impl Consumer {
             }
             reader.counts.nacked += 1;
             if !Self::divert_if_spent(env, reader, seq, &mut pending) {
-                match delay {
+                let (state, not_before_us) = match delay {
                     Some(delay) if !delay.is_zero() => {
                         let delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
                         let due_us = now_us.saturating_add(delay_us);
-                        reader.jobs.set_state(seq, JobState::Waiting { due_us });
-                        env.check_poisoned()?;
-                        let entry = AckEntry::NotBefore { seq, at_us: due_us };
-                        pending.ack_ticket = Some(
-                            reader
-                                .acklog
-                                .append(&*env.storage, &[entry])
-                                .map_err(|error| env.poison(error))?,
-                        );
+                        (JobState::Waiting { due_us }, Some(due_us))
                     }
-                    _ => {
-                        reader.jobs.set_state(seq, JobState::Ready);
-                        if env.coordination.is_some() {
-                            // Ends the lease written for other processes' consumers.
-                            env.check_poisoned()?;
-                            let entry = AckEntry::NotBefore { seq, at_us: now_us };
-                            pending.ack_ticket = Some(
-                                reader
-                                    .acklog
-                                    .append(&*env.storage, &[entry])
-                                    .map_err(|error| env.poison(error))?,
-                            );
-                        }
-                    }
+                    // In a shared queue a release now ends the lease written for other
+                    // processes' consumers.
+                    _ => (
+                        JobState::Ready,
+                        env.coordination.is_some().then_some(now_us),
+                    ),
+                };
+                reader.jobs.set_state(seq, state);
+                if let Some(at_us) = not_before_us {
+                    env.check_poisoned()?;
+                    let entry = AckEntry::NotBefore { seq, at_us };
+                    pending.ack_ticket = Some(
+                        reader
+                            .acklog
+                            .append(&*env.storage, &[entry])
+                            .map_err(|error| env.poison(error))?,
+                    );
                 }
             }
         }

@@ -180,12 +180,6 @@ impl Shared {
         }
     }
 
-    /// The consumer side for `stats`: a turn of a shared queue too, so that they describe the
-    /// files as every consumer left them (the counts are this handle's).
-    pub(crate) fn stats_consumer(&self) -> Result<Turn<'_>> {
-        self.consumer()
-    }
-
     /// The consumer side if this handle has it (background work that only a consumer does).
     pub(crate) fn consumer_if_held(&self) -> Option<&Consumer> {
         self.consumer.get()
