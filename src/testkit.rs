@@ -19,6 +19,8 @@ use crate::format::segment::{self, walk_frames, WalkStep, SEGMENT_HEADER_LEN};
 use crate::storage::sim::{Fault, FaultKind, SimOp, SimRng, SimStats, SimStorage};
 use crate::{Error, OnDamage, Options, Push, Queue, SyncPolicy};
 
+pub mod processes;
+
 /// The payload limit the decoding checks use: large enough for any frame in a fuzz input.
 const PAYLOAD_LEN_LIMIT: u32 = 1 << 20;
 

@@ -11,6 +11,10 @@
 //!   (`DISKSPOOL_SIM_START` picks the first seed).
 //! - `DISKSPOOL_SIM_SEED=1234 cargo test --test simulation one_seed -- --ignored` replays one.
 
+use diskspool::testkit::processes::{
+    processes_config_from_seed, processes_ops_from_seed, run_processes, ProcessOp,
+    ProcessesConfig, ProcessesSummary,
+};
 use diskspool::testkit::{
     config_from_seed, ops_from_seed_for, run_ops_quarantining, run_ops_with, Op, RunSummary,
     SimConfig,
@@ -235,4 +239,126 @@ fn simulated_writable_mappings_follow_the_storage_contract() {
         kept > 0 && kept < 40,
         "{kept} of 40 power losses kept the unsynced store"
     );
+}
+
+/// Operations per seed of the simulation of several processes.
+const PROCESS_OPS_PER_SEED: usize = 120;
+
+/// Removes operations while the run of several processes still fails (as [`shrink`]).
+fn shrink_processes(config: &ProcessesConfig, mut ops: Vec<ProcessOp>) -> (Vec<ProcessOp>, String) {
+    let mut failure = run_processes(config, &ops).err().unwrap_or_default();
+    let mut chunk = ops.len() / 2;
+    while chunk >= 1 {
+        let mut start = 0;
+        let mut removed_any = false;
+        while start < ops.len() {
+            let end = (start + chunk).min(ops.len());
+            let mut candidate = ops.clone();
+            candidate.drain(start..end);
+            match run_processes(config, &candidate) {
+                Err(error) => {
+                    ops = candidate;
+                    failure = error;
+                    removed_any = true;
+                }
+                Ok(_) => start += chunk,
+            }
+        }
+        if !removed_any {
+            chunk /= 2;
+        }
+    }
+    (ops, failure)
+}
+
+/// Runs one seed of the simulation of several processes; a failure is shrunk and reported
+/// with its replay command.
+fn check_processes_seed(seed: u64) -> ProcessesSummary {
+    let config = processes_config_from_seed(seed);
+    let ops = processes_ops_from_seed(seed, PROCESS_OPS_PER_SEED, &config);
+    match run_processes(&config, &ops) {
+        Ok(summary) => summary,
+        Err(first) => {
+            let (shortest, failure) = if std::env::var_os("DISKSPOOL_SIM_NO_SHRINK").is_some() {
+                (ops, first.clone())
+            } else {
+                shrink_processes(&config, ops)
+            };
+            panic!(
+                "simulation of several processes, seed {seed}, failed: {first}\n\n{config:?}\n\
+                 shortest failing run ({} operations): {failure}\n{shortest:#?}\n\nreplay: \
+                 DISKSPOOL_SIM_SEED={seed} cargo test --test simulation one_processes_seed -- \
+                 --ignored",
+                shortest.len()
+            );
+        }
+    }
+}
+
+fn run_processes_seeds(first: u64, count: u64) -> ProcessesSummary {
+    let started = std::time::Instant::now();
+    let mut total = ProcessesSummary::default();
+    for seed in first..first + count {
+        let summary = check_processes_seed(seed);
+        total.pushed += summary.pushed;
+        total.consumed += summary.consumed;
+        total.kills += summary.kills;
+        total.kills_during += summary.kills_during;
+        total.power_losses += summary.power_losses;
+    }
+    eprintln!(
+        "simulation of several processes: seeds {first}..{} passed in {:.1} s ({total:?})",
+        first + count,
+        started.elapsed().as_secs_f64()
+    );
+    total
+}
+
+/// Two or three handles sharing one queue (`exclusive(false)`), each a simulated process, under
+/// every policy: the contract across processes holds through kills between operations, kills in
+/// the middle of them and power losses, for `DISKSPOOL_SIM_PROCESS_SEEDS` seeds (default 40)
+/// from `DISKSPOOL_SIM_START` (default 0).
+#[test]
+fn several_processes_keep_the_contract() {
+    let first = env_u64("DISKSPOOL_SIM_START").unwrap_or(0);
+    let count = env_u64("DISKSPOOL_SIM_PROCESS_SEEDS").unwrap_or(40);
+    let total = run_processes_seeds(first, count);
+    if count >= 40 {
+        assert!(total.kills >= 40, "{total:?}");
+        assert!(total.kills_during >= 40, "{total:?}");
+        assert!(total.power_losses >= 20, "{total:?}");
+        assert!(total.consumed >= 1000, "{total:?}");
+    }
+}
+
+/// The long run of several processes: `DISKSPOOL_SIM_PROCESS_SEEDS` seeds (default 10,000)
+/// from `DISKSPOOL_SIM_START` (default 1,000,000).
+#[test]
+#[ignore = "long; run with --ignored, see docs/TESTING.md"]
+fn several_processes_keep_the_contract_for_many_seeds() {
+    let first = env_u64("DISKSPOOL_SIM_START").unwrap_or(1_000_000);
+    let count = env_u64("DISKSPOOL_SIM_PROCESS_SEEDS").unwrap_or(10_000);
+    run_processes_seeds(first, count);
+}
+
+/// Replays the seed in `DISKSPOOL_SIM_SEED` of the simulation of several processes.
+#[test]
+#[ignore = "replays DISKSPOOL_SIM_SEED"]
+fn one_processes_seed() {
+    let seed = env_u64("DISKSPOOL_SIM_SEED").unwrap_or(0);
+    let summary = check_processes_seed(seed);
+    eprintln!(
+        "seed {seed} passed: {:?}, {summary:?}",
+        processes_config_from_seed(seed)
+    );
+}
+
+/// A seed of several processes replays identically.
+#[test]
+fn processes_workloads_replay_identically() {
+    let config = processes_config_from_seed(7);
+    assert_eq!(config, processes_config_from_seed(7));
+    let ops = processes_ops_from_seed(7, PROCESS_OPS_PER_SEED, &config);
+    assert_eq!(ops, processes_ops_from_seed(7, PROCESS_OPS_PER_SEED, &config));
+    assert_eq!(run_processes(&config, &ops), run_processes(&config, &ops));
 }

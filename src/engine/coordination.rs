@@ -21,7 +21,7 @@
 //! when its process dies, which is the only death signal relied on. docs/ARCHITECTURE.md,
 //! "Several processes", has the reasoning and the crash table.
 
-use std::fs::{File, TryLockError};
+use std::fs::TryLockError;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,9 +37,10 @@ use crate::format::layout::{
     CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
 };
 use crate::storage::process::{
-    create_dir_in_queue, holder_pid, open_lock_file, wait_for_change, wake_all, wake_one,
-    AttachFailure, ControlMapping,
+    create_dir_in_queue, process_id, wait_for_change, wake_all, wake_one, AttachFailure,
+    ControlMapping, LockFile,
 };
+use crate::storage::Storage;
 
 /// A committed end of the log: every frame below `tail` in segment `base` (and every frame of
 /// the segments before it) is whole, and `next_seq` is the number after the last one.
@@ -52,26 +53,27 @@ pub(crate) struct CommittedTail {
 
 /// An open in progress: `open.lock` is held until it is dropped.
 pub(crate) struct Opening {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
-    _open_lock: File,
-    attached: File,
+    _open_lock: LockFile,
+    attached: LockFile,
     /// No other handle has the queue open: this one recovers and builds `control`.
     pub(crate) first: bool,
 }
 
 /// Starts opening `dir` shared: takes `open.lock`, then `lock` (exclusively if nobody holds
 /// it: then this handle is the first, else shared).
-pub(crate) fn begin_open(dir: &Path) -> Result<Opening> {
+pub(crate) fn begin_open(storage: Arc<dyn Storage>, dir: &Path) -> Result<Opening> {
     let open_lock_path = dir.join(OPEN_LOCK_FILE_NAME);
-    let open_lock = open_lock_file(&open_lock_path)
+    let open_lock = LockFile::open(&*storage, &open_lock_path)
         .map_err(|error| Error::io("open", &open_lock_path, error))?;
     // Held for one open's recovery at most: waiting is right.
     open_lock
         .lock()
         .map_err(|error| Error::io("lock", &open_lock_path, error))?;
     let lock_path = dir.join(LOCK_FILE_NAME);
-    let attached =
-        open_lock_file(&lock_path).map_err(|error| Error::io("open", &lock_path, error))?;
+    let attached = LockFile::open(&*storage, &lock_path)
+        .map_err(|error| Error::io("open", &lock_path, error))?;
     let first = match attached.try_lock() {
         Ok(()) => true,
         Err(TryLockError::WouldBlock) => match attached.try_lock_shared() {
@@ -80,7 +82,7 @@ pub(crate) fn begin_open(dir: &Path) -> Result<Opening> {
             Err(TryLockError::WouldBlock) => {
                 return Err(Error::Locked {
                     dir: dir.to_path_buf(),
-                    pid: holder_pid(&attached),
+                    pid: attached.holder_pid(),
                 })
             }
             Err(TryLockError::Error(error)) => return Err(Error::io("lock", &lock_path, error)),
@@ -88,6 +90,7 @@ pub(crate) fn begin_open(dir: &Path) -> Result<Opening> {
         Err(TryLockError::Error(error)) => return Err(Error::io("lock", &lock_path, error)),
     };
     Ok(Opening {
+        storage,
         dir: dir.to_path_buf(),
         _open_lock: open_lock,
         attached,
@@ -101,7 +104,7 @@ impl Opening {
     pub(crate) fn build(self, tail: CommittedTail) -> Result<Coordination> {
         let path = self.dir.join(CONTROL_FILE_NAME);
         let build_id = crate::engine::clock::now_micros().max(1);
-        let control = ControlMapping::build(&path, build_id)
+        let control = ControlMapping::build(&*self.storage, &path, build_id)
             .map_err(|error| Error::io("build control file", &path, error))?;
         // Everything an attacher reads is in place before `open.lock` is released (when `new`
         // takes the opening): the committed and published tails (recovery made every record
@@ -121,7 +124,7 @@ impl Opening {
         // refused beside the shared handles must not name it.
         let lock_path = self.dir.join(LOCK_FILE_NAME);
         self.attached
-            .set_len(0)
+            .clear()
             .map_err(|error| Error::io("clear", &lock_path, error))?;
         self.attached
             .try_lock_shared()
@@ -132,7 +135,7 @@ impl Opening {
     /// A later opener: maps the `control` file the first one built.
     pub(crate) fn attach(self) -> Result<Coordination> {
         let path = self.dir.join(CONTROL_FILE_NAME);
-        let control = ControlMapping::attach(&path).map_err(|failure| match failure {
+        let control = ControlMapping::attach(&*self.storage, &path).map_err(|failure| match failure {
             AttachFailure::Io(error) => Error::io("open control file", &path, error),
             AttachFailure::Invalid(offset, what) => Error::corrupt(
                 &path,
@@ -146,18 +149,19 @@ impl Opening {
 
 /// This handle's part in a shared queue.
 pub(crate) struct Coordination {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     control: Arc<ControlMapping>,
     /// `lock`, held shared for the handle's life.
-    _attached: File,
+    _attached: LockFile,
     /// `procs/<slot>`, held for the handle's life: while it is, the handle lives.
-    _slot_lock: File,
+    _slot_lock: LockFile,
     /// This handle's ticket (see `format::control`), what the lock words name.
     ticket: u32,
     /// This process's id (written as advice into the control file).
     pid: u32,
     /// The slot files of other handles, opened to see whether their holder lives.
-    probes: std::sync::Mutex<std::collections::HashMap<u32, File>>,
+    probes: std::sync::Mutex<std::collections::HashMap<u32, LockFile>>,
     /// The tail generation this handle last caught up with.
     seen_gen: AtomicU64,
     /// The durable tail generation this handle last published to its readers.
@@ -244,12 +248,13 @@ impl Coordination {
     /// Takes a free slot (under `open.lock`, so no other opener takes it meanwhile).
     fn new(opening: Opening, control: ControlMapping) -> Result<Self> {
         let procs = opening.dir.join(PROCS_DIR_NAME);
-        create_dir_in_queue(&procs)
+        create_dir_in_queue(&*opening.storage, &procs)
             .map_err(|error| Error::io("create directory", &procs, error))?;
         let mut taken = None;
         for slot in 0..SLOT_COUNT {
             let path = procs.join(format!("{slot:03}"));
-            let file = open_lock_file(&path).map_err(|error| Error::io("open", &path, error))?;
+            let file = LockFile::open(&*opening.storage, &path)
+                .map_err(|error| Error::io("open", &path, error))?;
             match file.try_lock() {
                 Ok(()) => {
                     taken = Some((slot, file));
@@ -271,17 +276,19 @@ impl Coordination {
             EPOCH_MAX => 1,
             epoch => epoch + 1,
         };
+        let pid = process_id(&*opening.storage);
         control
             .word32(SLOTS + slot as usize * 8 + 4)
-            .store(std::process::id(), Ordering::Relaxed);
+            .store(pid, Ordering::Relaxed);
         epoch_word.store(epoch, Ordering::Release);
         Ok(Coordination {
+            storage: opening.storage,
             dir: opening.dir,
             control,
             _attached: opening.attached,
             _slot_lock: slot_lock,
             ticket: ticket(slot, epoch),
-            pid: std::process::id(),
+            pid,
             probes: std::sync::Mutex::new(std::collections::HashMap::new()),
             seen_gen: AtomicU64::new(u64::MAX),
             seen_published_gen: AtomicU64::new(u64::MAX),
@@ -304,11 +311,13 @@ impl Coordination {
         let path = self.dir.join(PROCS_DIR_NAME).join(format!("{slot:03}"));
         let probe = match probes.entry(slot) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => match open_lock_file(&path) {
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                match LockFile::open(&*self.storage, &path) {
                 Ok(file) => entry.insert(file),
                 // Cannot look: assume it lives (waiting longer is safe, stealing is not).
-                Err(_) => return false,
-            },
+                    Err(_) => return false,
+                }
+            }
         };
         match probe.try_lock_shared() {
             Ok(()) => {

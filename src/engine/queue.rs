@@ -112,7 +112,7 @@ impl Queue {
     fn open_shared(dir: PathBuf, mut options: Options, mend: Mend) -> Result<Queue> {
         let storage = options.storage.clone();
         queue_dir::create_with_mode(&*storage, &dir, Some(options.dir_mode()))?;
-        let opening = coordination::begin_open(&dir)?;
+        let opening = coordination::begin_open(storage.clone(), &dir)?;
         if opening.first {
             let (log, reader, report) = Self::recover_locked(&dir, &mut options, mend)?;
             let committed = {
@@ -667,6 +667,22 @@ impl Queue {
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Drops a handle whose simulated process was killed (`SimStorage::kill_process`) as the
+    /// kill left it: its background threads stop (they sleep between their rounds, so they
+    /// stop without doing anything), and nothing of its close runs: a killed process does
+    /// not release the lock words or write the files its close would. Its memory is leaked.
+    #[cfg(feature = "testkit")]
+    pub(crate) fn abandon(mut self) {
+        #[cfg(feature = "metrics")]
+        if let Some(reporter) = self.reporter.take() {
+            reporter.stop();
+        }
+        if let Some(flusher) = self.flusher.take() {
+            flusher.stop();
+        }
+        std::mem::forget(self);
     }
 }
 

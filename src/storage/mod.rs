@@ -137,6 +137,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn shares_between_processes(&self) -> bool {
         false
     }
+
+    /// The simulated filesystem behind this storage, if it is one: a queue shared by several
+    /// processes then coordinates through its model of processes (lock files, the control
+    /// file's shared page, process numbers; see `storage::process`) instead of the kernel's.
+    /// Crate-internal: the default is `None`.
+    #[cfg(any(test, feature = "sim"))]
+    #[doc(hidden)]
+    fn as_sim(&self) -> Option<&sim::SimStorage> {
+        None
+    }
 }
 
 /// An open file.

@@ -146,6 +146,9 @@ pub enum SimOp {
     /// [`StorageFile::map_writable`] (only when writable mappings are on, see
     /// [`SimStorage::set_writable_mappings`]).
     MapWritable,
+    /// Taking or releasing a lock on a lock file of a queue shared by several processes
+    /// (`Options::exclusive(false)`).
+    Lock,
 }
 
 /// How an injected fault fails its call.
@@ -201,15 +204,21 @@ pub struct SimStats {
     /// Stores through writable mappings that reached a file
     /// ([`SimStorage::set_writable_mappings`]).
     pub mapped_stores: u64,
+    /// Kills of one simulated process ([`SimStorage::kill_process`], or a kill point armed with
+    /// [`SimStorage::kill_at`] that was reached).
+    pub process_kills: u64,
 }
 
 /// An in-memory filesystem that models what survives a power loss; see the
 /// [module documentation](self).
 ///
-/// Clones share the same filesystem, like two handles on one disk.
+/// Clones share the same filesystem, like two handles on one disk, and act as the same
+/// simulated process; [`process`](SimStorage::process) gives a clone acting as another one.
 #[derive(Clone)]
 pub struct SimStorage {
     state: Arc<Mutex<SimState>>,
+    /// The simulated process this clone acts as (0 unless made by `process`).
+    process: u32,
 }
 
 impl fmt::Debug for SimStorage {
@@ -253,6 +262,12 @@ struct Inode {
     unsynced: Vec<FileChange>,
     /// How far a read mapping shows the file (see [`Inode::wrote`]).
     view_end: u64,
+    /// Bumped by every change of `live`: a writable mapping of another process sees it moved
+    /// and takes up the file's bytes (see `SimWritableMapping::bytes_mut`).
+    version: u64,
+    /// The memory every process maps of this file when it is a shared queue's `control` file,
+    /// kept while the file exists (the page cache); a power loss drops it.
+    page: Option<Arc<SharedPage>>,
 }
 
 impl Inode {
@@ -313,15 +328,47 @@ struct ArmedFault {
     fired: bool,
 }
 
+/// A file lock held in the simulated lock table (a `flock`: owned by one open lock file).
+#[derive(Debug, Clone, Copy)]
+struct Flock {
+    /// The open lock file that holds it.
+    id: u64,
+    process: u32,
+    exclusive: bool,
+}
+
+/// What a process's next calls do when a kill point is armed for it (see
+/// [`SimStorage::kill_at`]).
+#[derive(Debug, Clone, Copy)]
+struct KillPoint {
+    /// Calls still let through before the one that is killed.
+    remaining: u64,
+}
+
 #[derive(Debug)]
 struct SimState {
     rng: SimRng,
+    /// The incarnation of each simulated process that is alive: a handle (file, mapping, lock
+    /// file) opened by an earlier one is dead. A crash or power loss clears it, a kill removes
+    /// one process; the next call of a process starts a new incarnation.
+    lives: BTreeMap<u32, u64>,
+    next_life: u64,
+    /// Whether processes other than 0 have been used: only then do writable mappings take up
+    /// other processes' writes (which costs a copy).
+    several_processes: bool,
+    /// The file lock table, by lock file path.
+    flocks: BTreeMap<PathBuf, Vec<Flock>>,
+    next_flock: u64,
+    /// Kill points armed per process.
+    kill_points: BTreeMap<u32, KillPoint>,
+    /// Kills per process so far.
+    kill_counts: BTreeMap<u32, u64>,
+
     dirs: BTreeMap<PathBuf, Dir>,
     inodes: BTreeMap<u64, Inode>,
     next_inode: u64,
     /// Bumped by every crash; handles from an older epoch are dead.
     epoch: u64,
-    locks: BTreeMap<PathBuf, u64>,
     faults: Vec<ArmedFault>,
     capacity_bytes: Option<u64>,
     reordering: bool,
@@ -492,9 +539,93 @@ impl SimState {
         }
     }
 
+    /// The live incarnation of `process`, started if it has none.
+    fn life(&mut self, process: u32) -> u64 {
+        if let Some(&life) = self.lives.get(&process) {
+            return life;
+        }
+        self.next_life += 1;
+        self.lives.insert(process, self.next_life);
+        self.next_life
+    }
+
+    fn alive(&self, process: u32, life: u64) -> bool {
+        self.lives.get(&process) == Some(&life)
+    }
+
+    fn new_flock_id(&mut self) -> u64 {
+        self.next_flock += 1;
+        self.next_flock
+    }
+
+    /// Takes the lock on `path` for the open lock file `id` (exclusive or shared, converting
+    /// a lock it holds, as `flock` does), unless another open lock file's lock conflicts.
+    fn try_flock(&mut self, path: &Path, id: u64, process: u32, exclusive: bool) -> bool {
+        let holders = self.flocks.entry(path.to_path_buf()).or_default();
+        if holders
+            .iter()
+            .any(|flock| flock.id != id && (exclusive || flock.exclusive))
+        {
+            return false;
+        }
+        holders.retain(|flock| flock.id != id);
+        holders.push(Flock {
+            id,
+            process,
+            exclusive,
+        });
+        if exclusive && path.file_name() == Some(crate::format::layout::LOCK_FILE_NAME.as_ref()) {
+            // A queue instance alone with the queue: the ones before it write nothing any more.
+            if let Some(dir) = path.parent() {
+                let dir = dir.to_path_buf();
+                self.settle_views(Some(&dir));
+            }
+        }
+        true
+    }
+
+    /// Releases the lock the open lock file `id` holds on `path`, if any.
+    fn unflock(&mut self, path: &Path, id: u64) {
+        if let Some(holders) = self.flocks.get_mut(path) {
+            holders.retain(|flock| flock.id != id);
+            if holders.is_empty() {
+                self.flocks.remove(path);
+            }
+        }
+    }
+
+    /// Kills one process: its handles die, its file locks are released. Its writes stay (the
+    /// page cache), and so does whatever it stored into shared memory.
+    fn kill(&mut self, process: u32) {
+        self.lives.remove(&process);
+        self.kill_points.remove(&process);
+        *self.kill_counts.entry(process).or_default() += 1;
+        for holders in self.flocks.values_mut() {
+            holders.retain(|flock| flock.process != process);
+        }
+        self.flocks.retain(|_, holders| !holders.is_empty());
+        self.stats.process_kills += 1;
+    }
+
+    /// Counts a call of `process` against its kill point: true when this call is the one
+    /// killed (the process is then dead, and the caller stops its thread).
+    fn reaches_kill_point(&mut self, process: u32) -> bool {
+        let Some(point) = self.kill_points.get_mut(&process) else {
+            return false;
+        };
+        if point.remaining > 0 {
+            point.remaining -= 1;
+            return false;
+        }
+        self.kill(process);
+        true
+    }
+
     fn crash(&mut self, power_loss: bool) {
         self.epoch += 1;
-        self.locks.clear();
+        self.lives.clear();
+        self.flocks.clear();
+        self.kill_points.clear();
         self.faults.clear();
         if !power_loss {
             self.stats.process_crashes += 1;
@@ -532,6 +663,9 @@ impl SimState {
             }
             inode.live = inode.durable.clone();
             inode.view_end = inode.live.len() as u64;
+            inode.version += 1;
+            // Memory does not survive the power: a mapping reads the file again.
+            inode.page = None;
             survivors.insert(number, inode);
         }
         self.inodes = survivors;
@@ -544,17 +678,24 @@ impl SimStorage {
         SimStorage {
             state: Arc::new(Mutex::new(SimState {
                 rng: SimRng::new(seed),
+                lives: BTreeMap::new(),
+                next_life: 0,
+                several_processes: false,
+                flocks: BTreeMap::new(),
+                next_flock: 0,
+                kill_points: BTreeMap::new(),
+                kill_counts: BTreeMap::new(),
                 dirs: BTreeMap::new(),
                 inodes: BTreeMap::new(),
                 next_inode: 1,
                 epoch: 0,
-                locks: BTreeMap::new(),
                 faults: Vec::new(),
                 capacity_bytes: None,
                 reordering: true,
                 writable_mappings: false,
                 stats: SimStats::default(),
             })),
+            process: 0,
         }
     }
 
@@ -576,6 +717,61 @@ impl SimStorage {
         let saved = std::mem::replace(&mut state.rng, SimRng::new(seed));
         state.crash(true);
         state.rng = saved;
+    }
+
+    /// This filesystem as seen by simulated process `process` (0 is the one every
+    /// `SimStorage` starts as): a clone whose handles and file locks belong to that process,
+    /// so that several queue handles opened with `Options::exclusive(false)` act as several
+    /// processes sharing one queue. [`kill_process`](Self::kill_process) kills one of them.
+    pub fn process(&self, process: u32) -> SimStorage {
+        self.lock().several_processes = true;
+        SimStorage {
+            state: self.state.clone(),
+            process,
+        }
+    }
+
+    /// The simulated process this clone acts as (see [`process`](Self::process)).
+    pub fn process_number(&self) -> u32 {
+        self.process
+    }
+
+    /// Kills simulated process `process` (`kill -9`): its open files, mappings and lock files
+    /// are dead from now on (every call fails; a store through a mapping is dropped), and
+    /// every file lock it held is released. Everything it wrote stays (the page cache), and so
+    /// does what it stored into a shared queue's control file: the other processes find its
+    /// lock words held by a dead holder, as after a real kill. The queue handle it had must
+    /// not be used or dropped afterwards (a drop would run its close, which a killed process
+    /// does not): leak it with `std::mem::forget`. The next call through a clone of
+    /// `process` starts it again, as a new process.
+    pub fn kill_process(&self, process: u32) {
+        self.lock().kill(process);
+    }
+
+    /// Arms a kill of simulated process `process` in the middle of what it does: its
+    /// `calls + 1`-th call from now (through the storage, its files, its writable mappings'
+    /// stores, its lock files) kills it as [`kill_process`](Self::kill_process) does, and the
+    /// thread that made the call stops right there for good: it does nothing more (no
+    /// destructor, no store) and sleeps until the test's process ends. Run the work that may
+    /// be killed on a thread of its own, and watch [`kills`](Self::kills); each reached kill
+    /// point leaves a sleeping thread behind, so a long run spreads over several processes.
+    /// Replaces an armed kill point of the same process; a crash disarms them all.
+    pub fn kill_at(&self, process: u32, calls: u64) {
+        self.lock()
+            .kill_points
+            .insert(process, KillPoint { remaining: calls });
+    }
+
+    /// Disarms the kill point of `process`, if one is armed and not reached.
+    pub fn disarm_kill(&self, process: u32) {
+        self.lock().kill_points.remove(&process);
+    }
+
+    /// How many times `process` was killed so far ([`kill_process`](Self::kill_process), or
+    /// its kill point reached): a thread running work that may be killed compares it with the
+    /// count before.
+    pub fn kills(&self, process: u32) -> u64 {
+        self.lock().kill_counts.get(&process).copied().unwrap_or(0)
     }
 
     /// Kills the "process": every write survives (the page cache outlives the process), every
@@ -645,6 +841,7 @@ impl SimStorage {
         file.live = bytes.to_vec();
         file.durable = bytes.to_vec();
         file.view_end = bytes.len() as u64;
+        file.version += 1;
         file.unsynced.clear();
         Ok(())
     }
@@ -691,6 +888,7 @@ impl SimStorage {
             ));
         }
         let replaced = file.live[range.clone()].to_vec();
+        file.version += 1;
         file.live[range.clone()].copy_from_slice(bytes);
         file.durable[range].copy_from_slice(bytes);
         Ok(replaced)
@@ -706,7 +904,7 @@ impl SimStorage {
     }
 
     fn open_handle(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
-        let mut state = self.lock();
+        let mut state = self.enter_call();
         let op = if create {
             SimOp::CreateNew
         } else {
@@ -724,13 +922,36 @@ impl SimStorage {
             state: self.state.clone(),
             inode,
             epoch: state.epoch,
+            process: self.process,
+            life: state.life(self.process),
         }))
+    }
+
+    /// Locks the state for a call of this clone's process: stops the calling thread for good
+    /// when the call reaches the process's kill point (see [`kill_at`](Self::kill_at)).
+    fn enter_call(&self) -> MutexGuard<'_, SimState> {
+        let mut state = self.lock();
+        if state.reaches_kill_point(self.process) {
+            drop(state);
+            stop_killed_thread();
+        }
+        state
+    }
+}
+
+/// What a thread of a killed process does from its kill point on: nothing, ever, as if the
+/// process had vanished at that instant (no destructor runs, no lock is released, no store is
+/// made). It sleeps until the test's process ends: letting it unwind would run the
+/// destructors a kill skips, and some of them wait for work the dead process will never do.
+fn stop_killed_thread() -> ! {
+    loop {
+        std::thread::park();
     }
 }
 
 impl Storage for SimStorage {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        let mut state = self.lock();
+        let mut state = self.enter_call();
         if let Err(kind) = state.call(SimOp::CreateDirAll) {
             return Err(SimState::fail(kind, "create_dir_all"));
         }
@@ -739,7 +960,7 @@ impl Storage for SimStorage {
     }
 
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let mut state = self.lock();
+        let mut state = self.enter_call();
         if let Err(kind) = state.call(SimOp::ListDir) {
             return Err(SimState::fail(kind, "list_dir"));
         }
@@ -763,7 +984,7 @@ impl Storage for SimStorage {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        let mut state = self.lock();
+        let mut state = self.enter_call();
         if let Err(kind) = state.call(SimOp::RemoveFile) {
             return Err(SimState::fail(kind, "remove_file"));
         }
@@ -775,7 +996,7 @@ impl Storage for SimStorage {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut state = self.lock();
+        let mut state = self.enter_call();
         if let Err(kind) = state.call(SimOp::Rename) {
             return Err(SimState::fail(kind, "rename"));
         }
@@ -797,7 +1018,7 @@ impl Storage for SimStorage {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let mut state = self.lock();
+        let mut state = self.enter_call();
         if let Err(kind) = state.call(SimOp::SyncDir) {
             return Err(SimState::fail(kind, "sync_dir"));
         }
@@ -808,38 +1029,45 @@ impl Storage for SimStorage {
     }
 
     fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
-        let mut state = self.lock();
+        let mut state = self.enter_call();
         if let Err(kind) = state.call(SimOp::LockDir) {
             return Err(LockFailure::Io(SimState::fail(kind, "lock_dir")));
         }
-        if state.locks.contains_key(dir) {
+        // The lock file's lock, as on the real filesystem: a shared queue's handles hold it
+        // shared, so the two kinds of handle exclude each other.
+        let path = dir.join(crate::format::layout::LOCK_FILE_NAME);
+        let id = state.new_flock_id();
+        if !state.try_flock(&path, id, self.process, true) {
             return Err(LockFailure::Held { pid: None });
         }
-        let epoch = state.epoch;
-        state.locks.insert(dir.to_path_buf(), epoch);
-        // A new queue instance: the one before it (if any) writes nothing any more.
-        state.settle_views(Some(dir));
         Ok(Box::new(SimLock {
             state: self.state.clone(),
-            dir: dir.to_path_buf(),
-            epoch,
+            path,
+            id,
         }))
+    }
+
+    fn shares_between_processes(&self) -> bool {
+        true
+    }
+
+    fn as_sim(&self) -> Option<&SimStorage> {
+        Some(self)
     }
 }
 
-/// A lock that dies with its "process": a crash releases it, and dropping a dead one is a no-op.
+/// A lock that dies with its "process": a kill or a crash releases it, and dropping a dead one
+/// is a no-op.
 struct SimLock {
     state: Arc<Mutex<SimState>>,
-    dir: PathBuf,
-    epoch: u64,
+    path: PathBuf,
+    id: u64,
 }
 
 impl Drop for SimLock {
     fn drop(&mut self) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.locks.get(&self.dir) == Some(&self.epoch) {
-            state.locks.remove(&self.dir);
-        }
+        state.unflock(&self.path, self.id);
     }
 }
 
@@ -848,6 +1076,8 @@ struct SimFile {
     state: Arc<Mutex<SimState>>,
     inode: u64,
     epoch: u64,
+    process: u32,
+    life: u64,
 }
 
 impl fmt::Debug for SimFile {
@@ -863,8 +1093,12 @@ impl SimFile {
     /// Locks the state, counts the call, checks the handle is alive and applies faults.
     fn enter(&self, op: SimOp) -> io::Result<(MutexGuard<'_, SimState>, Option<FaultKind>)> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.reaches_kill_point(self.process) {
+            drop(state);
+            stop_killed_thread();
+        }
         let fault = state.call(op).err();
-        if state.epoch != self.epoch {
+        if !state.alive(self.process, self.life) {
             return Err(dead_handle());
         }
         if !state.inodes.contains_key(&self.inode) {
@@ -939,6 +1173,7 @@ impl StorageFile for SimFile {
             };
             if let Some(inode) = state.inodes.get_mut(&self.inode) {
                 change.apply(&mut inode.live);
+                inode.version += 1;
                 inode.wrote(offset, &buf[..count]);
                 inode.unsynced.push(change);
             }
@@ -974,6 +1209,7 @@ impl StorageFile for SimFile {
             };
             let change = FileChange::SetLen(len);
             change.apply(&mut inode.live);
+            inode.version += 1;
             inode.unsynced.push(change);
         }
         Ok(())
@@ -1044,12 +1280,16 @@ impl StorageFile for SimFile {
                     "writable mapping past the end of the file",
                 )
             })?;
+        let bytes = bytes.to_vec();
+        let seen_version = state.inodes.get(&self.inode).map_or(0, |i| i.version);
         Ok(Some(Box::new(SimWritableMapping {
             state: self.state.clone(),
             inode: self.inode,
-            epoch: self.epoch,
+            process: self.process,
+            life: self.life,
             offset,
-            bytes: bytes.to_vec(),
+            bytes,
+            seen_version,
         })))
     }
 }
@@ -1059,19 +1299,41 @@ impl StorageFile for SimFile {
 struct SimWritableMapping {
     state: Arc<Mutex<SimState>>,
     inode: u64,
-    epoch: u64,
+    process: u32,
+    life: u64,
     offset: u64,
     bytes: Vec<u8>,
+    /// The file's version the buffer shows (see `Inode::version`).
+    seen_version: u64,
 }
 
 impl WritableMapping for SimWritableMapping {
     fn bytes_mut(&mut self) -> &mut [u8] {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // A real mapping shows what other processes wrote to the file since: take it up (the
+        // engine stores into the buffer and reports the store before it asks again, so no
+        // store of its own is lost). With one process the buffer is the file's bytes already.
+        if state.several_processes {
+            if let Some(inode) = state.inodes.get(&self.inode) {
+                if inode.version != self.seen_version {
+                    let start = (self.offset as usize).min(inode.live.len());
+                    let end = (start + self.bytes.len()).min(inode.live.len());
+                    self.bytes[..end - start].copy_from_slice(&inode.live[start..end]);
+                    self.seen_version = inode.version;
+                }
+            }
+        }
+        drop(state);
         &mut self.bytes
     }
 
     fn stored(&mut self, from: usize, to: usize) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.epoch != self.epoch {
+        if state.reaches_kill_point(self.process) {
+            drop(state);
+            stop_killed_thread();
+        }
+        if !state.alive(self.process, self.life) {
             // The process that mapped the file is dead: it stores nothing any more.
             return;
         }
@@ -1097,8 +1359,175 @@ impl WritableMapping for SimWritableMapping {
             bytes: bytes.to_vec(),
         };
         change.apply(&mut inode.live);
+        // The buffer shows this store; it shows the rest of the file if it did before.
+        if inode.version == self.seen_version {
+            self.seen_version += 1;
+        }
+        inode.version += 1;
         inode.wrote(offset, bytes);
         inode.unsynced.push(change);
         state.stats.mapped_stores += 1;
+    }
+}
+
+/// The memory of a shared queue's `control` file that every simulated process maps: words
+/// stored by one are seen by the others at once, as through a shared mapping of the page cache.
+#[derive(Debug)]
+pub(crate) struct SharedPage {
+    words: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+impl SharedPage {
+    /// A page holding `bytes` (zeros past them), `len` bytes long (a multiple of 8).
+    fn new(bytes: &[u8], len: u64) -> SharedPage {
+        let words = (0..len as usize / 8)
+            .map(|index| {
+                let mut word = [0u8; 8];
+                for (at, byte) in word.iter_mut().enumerate() {
+                    *byte = bytes.get(index * 8 + at).copied().unwrap_or(0);
+                }
+                std::sync::atomic::AtomicU64::new(u64::from_ne_bytes(word))
+            })
+            .collect();
+        SharedPage { words }
+    }
+
+    /// Where the page starts: 8-byte aligned, never moved while the page lives.
+    pub(crate) fn base(&self) -> std::ptr::NonNull<u8> {
+        std::ptr::NonNull::from(&self.words[..]).cast()
+    }
+}
+
+impl SimStorage {
+    /// Opens (creating it if missing) a lock file for this clone's process.
+    pub(crate) fn open_lock_file(&self, path: &Path) -> io::Result<SimLockFile> {
+        let mut state = self.enter_call();
+        if let Err(kind) = state.call(SimOp::Open) {
+            return Err(SimState::fail(kind, "open lock file"));
+        }
+        if state.lookup(path).is_err() {
+            state.create_file(path, false)?;
+        }
+        let id = state.new_flock_id();
+        let life = state.life(self.process);
+        Ok(SimLockFile {
+            storage: SimStorage {
+                state: self.state.clone(),
+                process: self.process,
+            },
+            path: path.to_path_buf(),
+            id,
+            life,
+        })
+    }
+
+    /// Writes a new control file at `path` (`len` zeros, then `header`) and gives it a fresh
+    /// shared page with those bytes: only a first opener builds, while no process maps it.
+    pub(crate) fn build_control(
+        &self,
+        path: &Path,
+        header: &[u8],
+        len: u64,
+    ) -> io::Result<Arc<SharedPage>> {
+        let file = self.open_handle(path, false).or_else(|error| {
+            if error.kind() == io::ErrorKind::NotFound {
+                self.open_handle(path, true)
+            } else {
+                Err(error)
+            }
+        })?;
+        file.write_all_at(&vec![0u8; len as usize], 0)?;
+        file.write_all_at(header, 0)?;
+        let mut state = self.enter_call();
+        let inode = state.lookup(path)?;
+        let file = state.inodes.get_mut(&inode).ok_or_else(|| not_found(path))?;
+        let page = Arc::new(SharedPage::new(&file.live, len));
+        file.page = Some(page.clone());
+        Ok(page)
+    }
+
+    /// The shared page of the control file at `path`: the one the processes map already, or
+    /// (after a power loss) one read from the file.
+    pub(crate) fn attach_control(&self, path: &Path, len: u64) -> io::Result<Arc<SharedPage>> {
+        let mut state = self.enter_call();
+        if let Err(kind) = state.call(SimOp::Map) {
+            return Err(SimState::fail(kind, "map control file"));
+        }
+        let inode = state.lookup(path)?;
+        let file = state.inodes.get_mut(&inode).ok_or_else(|| not_found(path))?;
+        Ok(file
+            .page
+            .get_or_insert_with(|| Arc::new(SharedPage::new(&file.live, len)))
+            .clone())
+    }
+}
+
+/// A lock file opened by one simulated process; its lock (in the simulated lock table) ends
+/// when it is dropped or its process is killed.
+pub(crate) struct SimLockFile {
+    storage: SimStorage,
+    path: PathBuf,
+    id: u64,
+    life: u64,
+}
+
+impl SimLockFile {
+    /// A lock call: the process's kill point, a fault, a dead handle.
+    fn enter(&self) -> io::Result<MutexGuard<'_, SimState>> {
+        let mut state = self.storage.enter_call();
+        if let Err(kind) = state.call(SimOp::Lock) {
+            return Err(SimState::fail(kind, "lock"));
+        }
+        if !state.alive(self.storage.process, self.life) {
+            return Err(dead_handle());
+        }
+        Ok(state)
+    }
+
+    /// Takes the lock (exclusive or shared), or says another open lock file holds it.
+    pub(crate) fn try_lock(&self, exclusive: bool) -> Result<(), std::fs::TryLockError> {
+        let mut state = self.enter().map_err(std::fs::TryLockError::Error)?;
+        match state.try_flock(&self.path, self.id, self.storage.process, exclusive) {
+            true => Ok(()),
+            false => Err(std::fs::TryLockError::WouldBlock),
+        }
+    }
+
+    /// Takes the lock exclusively, waiting for its holders (a polling wait: only `open.lock`
+    /// is waited for, held for one open).
+    pub(crate) fn lock(&self) -> io::Result<()> {
+        loop {
+            match self.try_lock(true) {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(std::fs::TryLockError::Error(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Releases the lock.
+    pub(crate) fn unlock(&self) -> io::Result<()> {
+        let mut state = self.enter()?;
+        state.unflock(&self.path, self.id);
+        Ok(())
+    }
+
+    /// The process that holds the lock exclusively, if one does.
+    pub(crate) fn exclusive_holder(&self) -> Option<u32> {
+        let state = self.storage.lock();
+        state
+            .flocks
+            .get(&self.path)?
+            .iter()
+            .find(|flock| flock.exclusive)
+            .map(|flock| flock.process)
+    }
+}
+
+impl Drop for SimLockFile {
+    fn drop(&mut self) {
+        self.storage.lock().unflock(&self.path, self.id);
     }
 }
