@@ -242,7 +242,7 @@ fn simulated_writable_mappings_follow_the_storage_contract() {
 }
 
 /// Operations per seed of the simulation of several processes.
-const PROCESS_OPS_PER_SEED: usize = 120;
+const PROCESS_OPS_PER_SEED: usize = 150;
 
 /// Removes operations while the run of several processes still fails (as [`shrink`]).
 fn shrink_processes(config: &ProcessesConfig, mut ops: Vec<ProcessOp>) -> (Vec<ProcessOp>, String) {
@@ -361,4 +361,72 @@ fn processes_workloads_replay_identically() {
     let ops = processes_ops_from_seed(7, PROCESS_OPS_PER_SEED, &config);
     assert_eq!(ops, processes_ops_from_seed(7, PROCESS_OPS_PER_SEED, &config));
     assert_eq!(run_processes(&config, &ops), run_processes(&config, &ops));
+}
+
+/// Found by the simulation of several processes (seed 33): `Queue::sync` on a shared handle
+/// synced the segment its own writer last wrote, not the committed tail, so records other
+/// handles pushed into a later segment stayed unsynced, and a power loss took them.
+#[test]
+fn a_sync_on_one_handle_makes_the_pushes_of_every_handle_durable() {
+    use diskspool::{Options, Queue, SimStorage, SyncPolicy};
+    use std::sync::Arc;
+
+    for seed in 0..8 {
+        let sim = SimStorage::new(seed);
+        let options = |process| {
+            Options::default()
+                .exclusive(false)
+                .segment_size(4096)
+                .sync(SyncPolicy::Never)
+                .storage(Arc::new(sim.process(process)))
+        };
+        let first = Queue::open("/q", options(1)).unwrap();
+        let second = Queue::open("/q", options(2)).unwrap();
+        first.push(b"first").unwrap();
+        // Past the first segment: the second handle rolls into a new one.
+        for _ in 0..12 {
+            second.push(&[7u8; 500]).unwrap();
+        }
+        first.sync().unwrap();
+        sim.power_loss();
+        std::mem::forget((first, second));
+        let reopened = Queue::open("/q", options(3)).unwrap();
+        let mut count = 0;
+        while reopened.pop().unwrap().is_some() {
+            count += 1;
+        }
+        assert_eq!(count, 13, "power loss seed {seed}");
+    }
+}
+
+/// Found by the simulation of several processes (seed 10): a handle that attached to a shared
+/// queue counted every record below the committed tail as synced, and its consumer wrote that
+/// into the head; after a power loss that kept a later unsynced write and lost an earlier one,
+/// the open refused the queue as damaged.
+#[test]
+fn an_attached_handle_claims_no_unsynced_record_synced() {
+    use diskspool::format::head::decode_head_file;
+    use diskspool::{Options, Queue, SimStorage, SyncPolicy};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    let sim = SimStorage::new(1);
+    let options = |process| {
+        Options::default()
+            .exclusive(false)
+            .sync(SyncPolicy::Never)
+            .storage(Arc::new(sim.process(process)))
+    };
+    let first = Queue::open("/q", options(1)).unwrap();
+    for _ in 0..3 {
+        first.push(b"unsynced").unwrap();
+    }
+    let second = Queue::open("/q", options(2)).unwrap();
+    assert!(second.pop().unwrap().is_some());
+    let head = sim.read_file(Path::new("/q/head")).unwrap();
+    let read = decode_head_file(&head);
+    let state = read.slots[read.current.unwrap()].clone().unwrap().state;
+    assert_eq!(state.head_seq, 1);
+    assert_eq!(state.synced_seq, 0, "no sync covered a record: {state:?}");
+    drop((first, second));
 }

@@ -86,6 +86,17 @@ impl Log {
         }
     }
 
+    /// For a shared queue's later opener: no record counts as synced until this handle saw a
+    /// sync cover it (a roll, a sync it led or asked for). The committed tail it attached at
+    /// may hold records other processes pushed and nobody synced; the head's `synced_seq`,
+    /// which this handle's consumer turns write, must not claim them, or a power loss that
+    /// kept a later one of their writes and lost an earlier one would be refused at the next
+    /// open as damage to synced records.
+    pub(crate) fn nothing_known_synced(mut self) -> Self {
+        self.push_sync = SyncGroup::new(0);
+        self
+    }
+
     /// Records pushed since open and visible to readers (the push path counts nothing: the
     /// sequence numbers do).
     pub(crate) fn pushed_since_open(&self) -> u64 {
@@ -363,15 +374,21 @@ impl Log {
         Ok(written.range)
     }
 
-    /// [`sync_data`](Log::sync_data), timed for the fsync histogram (feature `metrics`).
+    /// [`sync_data`](Log::sync_data) (in a shared queue, of the committed tail), timed for the
+    /// fsync histogram (feature `metrics`).
     pub(crate) fn sync_data_timed(&self, env: &Env) -> Result<u64> {
         #[cfg(feature = "metrics")]
         let began = std::time::Instant::now();
-        let covered = self.sync_data();
+        // A shared queue's tail may be in a segment other processes started since this
+        // handle's last push: sync what was committed, not what this writer last wrote.
+        let covered = match &env.coordination {
+            Some(coordination) => self
+                .sync_committed(env, coordination)
+                .map(|committed| committed.next_seq),
+            None => self.sync_data(),
+        };
         #[cfg(feature = "metrics")]
         env.telemetry.fsync_took(began.elapsed());
-        #[cfg(not(feature = "metrics"))]
-        let _ = env;
         covered
     }
 

@@ -182,7 +182,7 @@ impl Queue {
             options.sync == SyncPolicy::Always,
         );
         writer.adopt(committed.tail, committed.next_seq);
-        Ok(Log::new(segments, writer, Vec::new(), BTreeMap::new()))
+        Ok(Log::new(segments, writer, Vec::new(), BTreeMap::new()).nothing_known_synced())
     }
 
     /// Recovery with the queue to this handle alone (an exclusive open, or a shared queue's

@@ -167,8 +167,13 @@ pub fn processes_ops_from_seed(seed: u64, count: usize, config: &ProcessesConfig
                 },
                 3..=7 => ProcessOp::Kill { handle },
                 8..=10 => ProcessOp::Reopen { handle },
-                11..=24 => ProcessOp::KillDuring {
-                    calls: rng.below(40) as u16,
+                11..=26 => ProcessOp::KillDuring {
+                    // Most operations make a few calls: most kill points are early.
+                    calls: match rng.below(10) {
+                        0..=4 => rng.below(4),
+                        5..=7 => rng.below(12),
+                        _ => rng.below(40),
+                    } as u16,
                     op: Box::new(work_op(&mut rng, handle)),
                 },
                 _ => work_op(&mut rng, handle),
@@ -395,11 +400,17 @@ impl Model {
         }
     }
 
-    /// Everything before is durable.
-    fn synced(&mut self) {
+    /// A sync returned: every push before is durable (it syncs the active segment, in which
+    /// every process writes; the sealed ones were synced when they were sealed), and every
+    /// consumption before too if `consumer` (the handle has a consumer: a consumer call since
+    /// its open), whose sync then syncs the head index and the ack log every consumer writes.
+    /// A handle that never consumed syncs no consumer file (`Shared::sync_all`).
+    fn synced(&mut self, consumer: bool) {
         for record in self.records.values_mut() {
             record.push_unsynced = false;
-            record.consume_unsynced = false;
+            if consumer {
+                record.consume_unsynced = false;
+            }
         }
     }
 
@@ -509,6 +520,8 @@ struct Process {
     /// Its number on the simulated filesystem (a new one for each start).
     number: u32,
     queue: Option<Arc<Queue>>,
+    /// Whether it made a consumer call (pop, receive, compaction) since it opened the queue.
+    consumer: bool,
 }
 
 /// The run: the filesystem, the processes, the model, and what killed processes left.
@@ -544,6 +557,7 @@ impl Run {
         self.processes[index] = Process {
             number,
             queue: Some(Arc::new(queue)),
+            consumer: false,
         };
         Ok(())
     }
@@ -627,6 +641,15 @@ impl Run {
         outcome: Result<Outcome, Error>,
     ) -> Result<(), String> {
         let always = self.config.policy == Policy::Always;
+        if matches!(
+            op,
+            ProcessOp::Pop { .. }
+                | ProcessOp::RecvAck { .. }
+                | ProcessOp::RecvNack { .. }
+                | ProcessOp::Compact { .. }
+        ) {
+            self.processes[index].consumer = true;
+        }
         if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
             match &outcome {
                 Ok(Outcome::Pushed(seqs)) => eprintln!("  pushed {seqs:?}"),
@@ -657,7 +680,7 @@ impl Run {
             }
             Outcome::Done => {
                 if matches!(op, ProcessOp::Sync { .. }) {
-                    self.model.synced();
+                    self.model.synced(self.processes[index].consumer);
                 }
                 Ok(())
             }
@@ -754,6 +777,7 @@ pub fn run_processes(config: &ProcessesConfig, ops: &[ProcessOp]) -> Result<Proc
             .map(|_| Process {
                 number: 0,
                 queue: None,
+                consumer: false,
             })
             .collect(),
         next_process: 0,
