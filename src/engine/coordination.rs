@@ -135,14 +135,15 @@ impl Opening {
     /// A later opener: maps the `control` file the first one built.
     pub(crate) fn attach(self) -> Result<Coordination> {
         let path = self.dir.join(CONTROL_FILE_NAME);
-        let control = ControlMapping::attach(&*self.storage, &path).map_err(|failure| match failure {
-            AttachFailure::Io(error) => Error::io("open control file", &path, error),
-            AttachFailure::Invalid(offset, what) => Error::corrupt(
-                &path,
-                offset,
-                format!("{what} (it holds no durable data: close every handle and reopen)"),
-            ),
-        })?;
+        let control =
+            ControlMapping::attach(&*self.storage, &path).map_err(|failure| match failure {
+                AttachFailure::Io(error) => Error::io("open control file", &path, error),
+                AttachFailure::Invalid(offset, what) => Error::corrupt(
+                    &path,
+                    offset,
+                    format!("{what} (it holds no durable data: close every handle and reopen)"),
+                ),
+            })?;
         Coordination::new(self, control)
     }
 }
@@ -313,8 +314,8 @@ impl Coordination {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
                 match LockFile::open(&*self.storage, &path) {
-                Ok(file) => entry.insert(file),
-                // Cannot look: assume it lives (waiting longer is safe, stealing is not).
+                    Ok(file) => entry.insert(file),
+                    // Cannot look: assume it lives (waiting longer is safe, stealing is not).
                     Err(_) => return false,
                 }
             }

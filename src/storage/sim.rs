@@ -1440,7 +1440,10 @@ impl SimStorage {
         file.write_all_at(header, 0)?;
         let mut state = self.enter_call();
         let inode = state.lookup(path)?;
-        let file = state.inodes.get_mut(&inode).ok_or_else(|| not_found(path))?;
+        let file = state
+            .inodes
+            .get_mut(&inode)
+            .ok_or_else(|| not_found(path))?;
         let page = Arc::new(SharedPage::new(&file.live, len));
         file.page = Some(page.clone());
         Ok(page)
@@ -1454,7 +1457,10 @@ impl SimStorage {
             return Err(SimState::fail(kind, "map control file"));
         }
         let inode = state.lookup(path)?;
-        let file = state.inodes.get_mut(&inode).ok_or_else(|| not_found(path))?;
+        let file = state
+            .inodes
+            .get_mut(&inode)
+            .ok_or_else(|| not_found(path))?;
         Ok(file
             .page
             .get_or_insert_with(|| Arc::new(SharedPage::new(&file.live, len)))

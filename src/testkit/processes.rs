@@ -155,7 +155,11 @@ pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
 }
 
 /// `count` operations drawn from `seed` for `config`.
-pub fn processes_ops_from_seed(seed: u64, count: usize, config: &ProcessesConfig) -> Vec<ProcessOp> {
+pub fn processes_ops_from_seed(
+    seed: u64,
+    count: usize,
+    config: &ProcessesConfig,
+) -> Vec<ProcessOp> {
     let mut rng = SimRng::new(seed);
     let handles = u64::from(config.handles);
     (0..count)
@@ -245,7 +249,9 @@ struct Record {
     /// Pushed since the last sync that covered it: a power loss may take it, and its sequence
     /// number may then go to another record.
     push_unsynced: bool,
-    /// Consumed since the last sync that covered it: a power loss may undo the consumption.
+    /// Consumed, or received and released, since the last sync that covered it: a power loss
+    /// may undo the consumption, or keep the lease the receive wrote (until its end, an hour
+    /// on) and lose the release.
     consume_unsynced: bool,
     /// Delivered before (or possibly, by an operation a kill cut): exempt from the order of
     /// first deliveries.
@@ -278,7 +284,12 @@ impl Model {
     }
 
     /// A push that returned `seqs` for `ids`.
-    fn pushed(&mut self, ids: &[u64], seqs: std::ops::Range<u64>, synced: bool) -> Result<(), String> {
+    fn pushed(
+        &mut self,
+        ids: &[u64],
+        seqs: std::ops::Range<u64>,
+        synced: bool,
+    ) -> Result<(), String> {
         if seqs.end - seqs.start != ids.len() as u64 {
             return Err(format!("a push of {} records returned {seqs:?}", ids.len()));
         }
@@ -334,13 +345,21 @@ impl Model {
 
     /// A record handed out (`consumed`: by a pop or an acknowledgement that returned; else a
     /// receive that was released again).
-    fn delivered(&mut self, seq: u64, bytes: &[u8], consumed: bool, synced: bool) -> Result<(), String> {
+    fn delivered(
+        &mut self,
+        seq: u64,
+        bytes: &[u8],
+        consumed: bool,
+        synced: bool,
+    ) -> Result<(), String> {
         let id = bytes
             .get(..8)
             .map(|head| u64::from_le_bytes(head.try_into().unwrap_or_default()))
             .ok_or_else(|| format!("record {seq} is shorter than its id"))?;
         if bytes[8..].iter().any(|&byte| byte != (id as u8) ^ 0xA5) {
-            return Err(format!("record {id} (seq {seq}) has other bytes than were pushed"));
+            return Err(format!(
+                "record {id} (seq {seq}) has other bytes than were pushed"
+            ));
         }
         self.learn_seq(id, seq)?;
         let record = self.records.get_mut(&id).ok_or("unknown record")?;
@@ -369,9 +388,12 @@ impl Model {
             record.fate = Fate::Consumed;
             record.consume_unsynced = !synced;
             self.summary.consumed += 1;
-        } else if record.fate == Fate::Maybe {
+        } else {
             // Released: in the queue again, as any record whose push returned.
-            record.fate = Fate::Owed;
+            if record.fate == Fate::Maybe {
+                record.fate = Fate::Owed;
+            }
+            record.consume_unsynced = !synced;
         }
         Ok(())
     }
@@ -428,7 +450,7 @@ impl Model {
                 if let Some(seq) = record.seq.take() {
                     self.ids_by_seq.remove(&seq);
                 }
-            } else if record.consume_unsynced && record.fate == Fate::Consumed {
+            } else if record.consume_unsynced {
                 record.fate = Fate::Maybe;
                 record.delivered = true;
             }
@@ -767,7 +789,10 @@ impl Run {
 
 /// Runs `ops` against the model with `config`; a violation of the contract (or an operation
 /// that failed) is the error, naming the step.
-pub fn run_processes(config: &ProcessesConfig, ops: &[ProcessOp]) -> Result<ProcessesSummary, String> {
+pub fn run_processes(
+    config: &ProcessesConfig,
+    ops: &[ProcessOp],
+) -> Result<ProcessesSummary, String> {
     let sim = SimStorage::new(0x51_6D_0001);
     sim.set_writable_mappings(config.writable_mappings);
     let mut run = Run {
