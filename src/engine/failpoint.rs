@@ -1,6 +1,8 @@
 //! Crash points for the multi-process tests (feature `testkit` only; nothing without it):
 //! `DISKSPOOL_KILL_AT=<name>:<n>` aborts the process the `n`-th time it reaches `<name>`, as a
-//! `kill -9` at that moment would (no destructor runs; the kernel releases its locks).
+//! `kill -9` at that moment would (no destructor runs; the kernel releases its locks). The
+//! simulation of several processes sets a hook for one thread instead
+//! ([`on_reached_in_this_thread`]): it kills a simulated process there.
 
 #[cfg(feature = "testkit")]
 pub(crate) fn reached(name: &str) {
@@ -13,11 +15,29 @@ pub(crate) fn reached(name: &str) {
         let (point, nth) = spec.rsplit_once(':')?;
         Some((point.to_owned(), nth.parse().ok()?))
     });
+    HOOK.with(|hook| {
+        if let Some(hook) = hook.borrow_mut().as_mut() {
+            hook(name);
+        }
+    });
     if let Some((point, nth)) = target {
         if point == name && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
             std::process::abort();
         }
     }
+}
+
+#[cfg(feature = "testkit")]
+thread_local! {
+    static HOOK: std::cell::RefCell<Option<Box<dyn FnMut(&str)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Calls `hook` with the name of every crash point the calling thread reaches from now on
+/// (`None`: no more). A hook that does not return stops the thread right there.
+#[cfg(feature = "testkit")]
+pub(crate) fn on_reached_in_this_thread(hook: Option<Box<dyn FnMut(&str)>>) {
+    HOOK.with(|slot| *slot.borrow_mut() = hook);
 }
 
 #[cfg(not(feature = "testkit"))]

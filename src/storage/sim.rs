@@ -553,6 +553,26 @@ impl SimState {
         self.lives.get(&process) == Some(&life)
     }
 
+    /// How far a read mapping may show the segment at `path` while a shared queue's
+    /// processes write it: up to the committed tail when it is the active segment. A copy
+    /// cannot show what is written after it was made, as a real mapping does; the engine reads
+    /// only up to the published tail, below the committed one, where nothing changes again.
+    /// Past it, a writer's frames may still be cut by the repair of the next writer (after a
+    /// kill) and written over: a copy that showed them would show them for good.
+    fn committed_view_end(&self, path: &Path) -> Option<u64> {
+        if !self.several_processes {
+            return None;
+        }
+        let (dir, name) = split(path).ok()?;
+        let base = crate::format::layout::parse_segment_file_name(&name)?;
+        let control = self
+            .lookup(&dir.join(crate::format::layout::CONTROL_FILE_NAME))
+            .ok()?;
+        let (committed_base, committed_tail) =
+            self.inodes.get(&control)?.page.as_ref()?.committed_tail();
+        (base == committed_base).then_some(committed_tail)
+    }
+
     fn new_flock_id(&mut self) -> u64 {
         self.next_flock += 1;
         self.next_flock
@@ -575,10 +595,19 @@ impl SimState {
             exclusive,
         });
         if exclusive && path.file_name() == Some(crate::format::layout::LOCK_FILE_NAME.as_ref()) {
-            // A queue instance alone with the queue: the ones before it write nothing any more.
+            // A queue instance alone with the queue: the ones before it write nothing any more,
+            // and the control page of the processes before it describes nothing (the first
+            // opener of a shared queue builds a new one after its recovery).
             if let Some(dir) = path.parent() {
                 let dir = dir.to_path_buf();
                 self.settle_views(Some(&dir));
+                if let Ok(control) =
+                    self.lookup(&dir.join(crate::format::layout::CONTROL_FILE_NAME))
+                {
+                    if let Some(inode) = self.inodes.get_mut(&control) {
+                        inode.page = None;
+                    }
+                }
             }
         }
         true
@@ -920,6 +949,7 @@ impl SimStorage {
         };
         Ok(Box::new(SimFile {
             state: self.state.clone(),
+            path: path.to_path_buf(),
             inode,
             epoch: state.epoch,
             process: self.process,
@@ -1074,6 +1104,9 @@ impl Drop for SimLock {
 /// An open simulated file.
 struct SimFile {
     state: Arc<Mutex<SimState>>,
+    /// The path it was opened at (a segment of a shared queue is shown up to its committed
+    /// tail, see `SimState::committed_view_end`).
+    path: PathBuf,
     inode: u64,
     epoch: u64,
     process: u32,
@@ -1245,6 +1278,10 @@ impl StorageFile for SimFile {
             .get(&self.inode)
             .map_or(&[][..], |i| &i.live[..]);
         let view_end = state.inodes.get(&self.inode).map_or(0, |i| i.view_end);
+        let view_end = match state.committed_view_end(&self.path) {
+            Some(committed) => view_end.min(committed),
+            None => view_end,
+        };
         let end = usize::try_from(len.min(view_end))
             .unwrap_or(usize::MAX)
             .min(live.len());
@@ -1390,6 +1427,23 @@ impl SharedPage {
             })
             .collect();
         SharedPage { words }
+    }
+
+    /// The committed tail's segment base and offset (a sequence lock over two slots, as
+    /// `Coordination::committed` reads it).
+    fn committed_tail(&self) -> (u64, u64) {
+        use crate::format::control::{TAIL_GEN, TAIL_SLOTS, TAIL_SLOT_LEN};
+        use std::sync::atomic::Ordering;
+        let word = |offset: usize| self.words[offset / 8].load(Ordering::Acquire);
+        loop {
+            let generation = word(TAIL_GEN);
+            let slot = TAIL_SLOTS + (generation % 2) as usize * TAIL_SLOT_LEN;
+            let tail = (word(slot), word(slot + 8));
+            if word(TAIL_GEN) == generation {
+                return tail;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Where the page starts: 8-byte aligned, never moved while the page lives.

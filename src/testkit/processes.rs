@@ -118,12 +118,60 @@ pub enum ProcessOp {
         /// The operation cut.
         op: Box<ProcessOp>,
     },
+    /// Kill the handle's process when `op` (an operation of that handle) first reaches the
+    /// engine's crash point `point` (between two stores into memory, where no storage call
+    /// is), then open again; a crash point it does not reach kills nothing.
+    KillAtPoint {
+        /// Where the process dies.
+        point: CrashPoint,
+        /// The operation cut.
+        op: Box<ProcessOp>,
+    },
     /// Cut the power (the crash's choices drawn from `seed`): every process dies; all open
     /// again.
     PowerLoss {
         /// Seed of the crash's choices.
         seed: u64,
     },
+}
+
+/// The engine's crash points in shared queues (`engine::failpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// A roll created the next segment (before the commit names it).
+    RollCreated,
+    /// A producer set the dirty mark, before it wrote anything.
+    SharedDirty,
+    /// A producer wrote its frames, before it committed them.
+    SharedWritten,
+    /// A producer leads a sync under `Always`, before it syncs.
+    SharedSync,
+    /// A consumer turn began (the files caught up with).
+    ConsumerBegun,
+    /// A consumer turn ends, before it records where it left the files.
+    ConsumerEnding,
+}
+
+impl CrashPoint {
+    const ALL: [CrashPoint; 6] = [
+        CrashPoint::RollCreated,
+        CrashPoint::SharedDirty,
+        CrashPoint::SharedWritten,
+        CrashPoint::SharedSync,
+        CrashPoint::ConsumerBegun,
+        CrashPoint::ConsumerEnding,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            CrashPoint::RollCreated => "roll.created",
+            CrashPoint::SharedDirty => "shared.dirty",
+            CrashPoint::SharedWritten => "shared.written",
+            CrashPoint::SharedSync => "shared.sync",
+            CrashPoint::ConsumerBegun => "consumer.begun",
+            CrashPoint::ConsumerEnding => "consumer.ending",
+        }
+    }
 }
 
 impl ProcessOp {
@@ -138,7 +186,7 @@ impl ProcessOp {
             | ProcessOp::Sync { handle }
             | ProcessOp::Reopen { handle }
             | ProcessOp::Kill { handle } => Some(*handle),
-            ProcessOp::KillDuring { op, .. } => op.handle(),
+            ProcessOp::KillDuring { op, .. } | ProcessOp::KillAtPoint { op, .. } => op.handle(),
             ProcessOp::PowerLoss { .. } => None,
         }
     }
@@ -171,6 +219,10 @@ pub fn processes_ops_from_seed(
                 },
                 3..=7 => ProcessOp::Kill { handle },
                 8..=10 => ProcessOp::Reopen { handle },
+                27..=33 => ProcessOp::KillAtPoint {
+                    point: CrashPoint::ALL[rng.below(CrashPoint::ALL.len() as u64) as usize],
+                    op: Box::new(work_op(&mut rng, handle)),
+                },
                 11..=26 => ProcessOp::KillDuring {
                     // Most operations make a few calls: most kill points are early.
                     calls: match rng.below(10) {
@@ -533,8 +585,18 @@ fn run_work(queue: &Queue, op: &ProcessOp, payloads: &[Vec<u8>]) -> Result<Outco
         ProcessOp::Reopen { .. }
         | ProcessOp::Kill { .. }
         | ProcessOp::KillDuring { .. }
+        | ProcessOp::KillAtPoint { .. }
         | ProcessOp::PowerLoss { .. } => Ok(Outcome::Done),
     }
+}
+
+/// Where a kill cuts an operation.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// At the process's `n + 1`-th call.
+    Calls(u16),
+    /// At a crash point of the engine.
+    Point(CrashPoint),
 }
 
 /// One simulated process with its handle.
@@ -632,7 +694,12 @@ impl Run {
                 }
                 self.start(index)
             }
-            ProcessOp::KillDuring { calls, op } => self.cut(index.unwrap_or(0), *calls, op),
+            ProcessOp::KillDuring { calls, op } => {
+                self.cut(index.unwrap_or(0), Cut::Calls(*calls), op)
+            }
+            ProcessOp::KillAtPoint { point, op } => {
+                self.cut(index.unwrap_or(0), Cut::Point(*point), op)
+            }
             work => {
                 let index = index.unwrap_or(0);
                 let payloads = self.prepare(work);
@@ -711,15 +778,36 @@ impl Run {
 
     /// Runs `op` on its own thread with a kill point armed in its process; a reached kill
     /// point stops that thread for good, and the process starts again.
-    fn cut(&mut self, index: usize, calls: u16, op: &ProcessOp) -> Result<(), String> {
+    fn cut(&mut self, index: usize, cut: Cut, op: &ProcessOp) -> Result<(), String> {
         let payloads = self.prepare(op);
         let queue = self.queue(index)?;
         let number = self.processes[index].number;
         let kills_before = self.sim.kills(number);
-        self.sim.kill_at(number, u64::from(calls));
+        let point = match cut {
+            Cut::Calls(calls) => {
+                self.sim.kill_at(number, u64::from(calls));
+                None
+            }
+            Cut::Point(point) => Some(point.name()),
+        };
         let thread = {
-            let (op, payloads) = (op.clone(), payloads.clone());
-            std::thread::spawn(move || run_work(&queue, &op, &payloads))
+            let (op, payloads, sim) = (op.clone(), payloads.clone(), self.sim.clone());
+            std::thread::spawn(move || {
+                if let Some(point) = point {
+                    crate::engine::failpoint::on_reached_in_this_thread(Some(Box::new(
+                        move |name| {
+                            if name == point {
+                                sim.kill_process(number);
+                                // Dead from here on, like a thread stopped at a kill point.
+                                loop {
+                                    std::thread::park();
+                                }
+                            }
+                        },
+                    )));
+                }
+                run_work(&queue, &op, &payloads)
+            })
         };
         loop {
             if self.sim.kills(number) != kills_before {
