@@ -301,7 +301,8 @@ impl Options {
     /// every process; under [`SyncPolicy::Always`] producers in different processes share their
     /// `fdatasync`s. `stats` count what this handle did, over the queue as all consumers left
     /// it. What a shared queue does not do yet: bounds (`max_records`, `max_bytes`),
-    /// deduplicated pushes, the segment pool, storage other than the real filesystem, and
+    /// deduplicated pushes, the segment pool, storage other than the real filesystem and the
+    /// simulated one (`SimStorage::process`, feature `sim`, models processes), and
     /// [`Spool`](crate::Spool)s (fanout) are refused with
     /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue
     /// after a `fork`, not before: a child that inherits the handle's locks hides the parent's
@@ -569,7 +570,7 @@ impl Options {
             } else if self.dedup_window.is_some() {
                 Some("dedup_window")
             } else if !self.storage.shares_between_processes() {
-                Some("this storage (the real filesystem only)")
+                Some("this storage (the real filesystem and the simulated one only)")
             } else {
                 None
             };

@@ -27,16 +27,19 @@ pub(crate) fn reached(name: &str) {
     }
 }
 
+/// What a thread calls at each crash point it reaches (see [`on_reached_in_this_thread`]).
+#[cfg(feature = "testkit")]
+pub(crate) type Hook = Box<dyn FnMut(&str)>;
+
 #[cfg(feature = "testkit")]
 thread_local! {
-    static HOOK: std::cell::RefCell<Option<Box<dyn FnMut(&str)>>> =
-        const { std::cell::RefCell::new(None) };
+    static HOOK: std::cell::RefCell<Option<Hook>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Calls `hook` with the name of every crash point the calling thread reaches from now on
 /// (`None`: no more). A hook that does not return stops the thread right there.
 #[cfg(feature = "testkit")]
-pub(crate) fn on_reached_in_this_thread(hook: Option<Box<dyn FnMut(&str)>>) {
+pub(crate) fn on_reached_in_this_thread(hook: Option<Hook>) {
     HOOK.with(|slot| *slot.borrow_mut() = hook);
 }
 

@@ -600,6 +600,11 @@ impl Queue {
     }
 
     /// Makes every push and pop so far durable, whatever the sync policy.
+    ///
+    /// In a queue shared by several processes ([`Options::exclusive`]`(false)`): every push any
+    /// process committed, and every pop, acknowledgement and release of any process once this
+    /// handle has made a consumer call since it opened the queue (a handle that never consumed
+    /// syncs no consumer file).
     pub fn sync(&self) -> Result<()> {
         self.shared.sync_all()
     }

@@ -132,8 +132,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure>;
 
     /// Whether a queue on this storage may be shared by several processes
-    /// (`Options::exclusive(false)`): the real filesystem only, whose `flock`s and shared
-    /// mappings the processes coordinate through. The default is `false`.
+    /// (`Options::exclusive(false)`): the real filesystem, whose `flock`s and shared mappings
+    /// the processes coordinate through, and the simulated one, which models them
+    /// (`SimStorage::process`). The default is `false`.
     fn shares_between_processes(&self) -> bool {
         false
     }

@@ -43,6 +43,31 @@
 //! A process crash keeps everything written (the kernel's page cache survives it) and only
 //! releases the locks and invalidates the open handles.
 //!
+//! # Processes
+//!
+//! A queue shared by several processes (`Options::exclusive(false)`) runs here too: each handle
+//! opened through [`SimStorage::process`]`(n)` acts as simulated process `n`. The processes
+//! coordinate as on the real filesystem, through the storage seam (`storage::process`): file
+//! locks are entries in a lock table (owned by one open lock file, as a `flock` is), the
+//! `control` file's shared mapping is one page of atomics per file that every process attaches
+//! to (kept while the file exists, like the page cache; a power loss drops it, and the first
+//! opener after it builds a new one), and the process number stands for the pid. The
+//! processes are threads of the test's process, so the engine's futex waits and wakes work on
+//! that page unchanged.
+//!
+//! [`SimStorage::kill_process`] kills one process between two calls: its files, mappings and
+//! lock files are dead from then on, its locks are released, and everything it wrote and
+//! stored into the control page stays as it left it (a lock word it held stays held, for the
+//! survivors to take over from a dead holder). [`SimStorage::kill_at`] kills one in the middle
+//! of what it does, at its `n`-th call: the thread that made the call stops there for good.
+//! [`process_crash`](SimStorage::process_crash) and [`power_loss`](SimStorage::power_loss)
+//! kill every process. Two things a copy cannot do as a real mapping does are modelled where
+//! the engine needs them: once a second process is used, a writable mapping takes up what
+//! other processes wrote to its range before the engine reads or stores into it, and a read
+//! mapping of a shared queue's active segment ends at the committed tail (what a dead writer
+//! left past it is cut and written over by the next writer; a copy that showed it would show
+//! it for good).
+//!
 //! # Writable mappings
 //!
 //! With [`SimStorage::set_writable_mappings`] on, files offer writable mappings as the real

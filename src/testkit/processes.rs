@@ -194,7 +194,7 @@ impl ProcessOp {
 
 /// The setup of seed `seed`'s run.
 pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
-    let mut rng = SimRng::new(seed ^ 0x5EED_0F_5A_A2ED);
+    let mut rng = SimRng::new(seed ^ 0x5EED_0F5A_A2ED);
     ProcessesConfig {
         handles: 2 + rng.below(2) as u8,
         policy: Policy::from_byte(rng.below(3) as u8),
@@ -881,7 +881,7 @@ pub fn run_processes(
     config: &ProcessesConfig,
     ops: &[ProcessOp],
 ) -> Result<ProcessesSummary, String> {
-    let sim = SimStorage::new(0x51_6D_0001);
+    let sim = SimStorage::new(0x516D_0001);
     sim.set_writable_mappings(config.writable_mappings);
     let mut run = Run {
         sim,
