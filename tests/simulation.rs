@@ -471,3 +471,60 @@ fn an_attached_handle_claims_no_unsynced_record_synced() {
     assert_eq!(state.synced_seq, 0, "no sync covered a record: {state:?}");
     drop((first, second));
 }
+
+/// A simulated process killed at each call of a push that rolls to a new segment
+/// (`SimStorage::kill_at`) stops there for good, holding what it held: the other handle takes the tail lock over from the dead holder,
+/// cuts what the dead push left, and goes on; the record of the cut push is there once or not
+/// at all, every other one is, in order.
+#[test]
+fn a_process_killed_at_any_call_of_a_push_leaves_the_others_going() {
+    use diskspool::{Options, Queue, SimStorage, SyncPolicy};
+    use std::sync::Arc;
+
+    let mut killed = 0;
+    for calls in 0..16 {
+        let sim = SimStorage::new(calls);
+        sim.set_writable_mappings(calls % 2 == 0);
+        let options = |process| {
+            Options::default()
+                .exclusive(false)
+                .segment_size(4096)
+                .sync(SyncPolicy::Never)
+                .storage(Arc::new(sim.process(process)))
+        };
+        let dying = Arc::new(Queue::open("/q", options(1)).unwrap());
+        let other = Queue::open("/q", options(2)).unwrap();
+        // The push that is cut rolls to a new segment: many calls to cut at.
+        dying.push(&[b'b'; 2000]).unwrap();
+        sim.kill_at(1, calls);
+        let pushing = dying.clone();
+        let thread = std::thread::spawn(move || pushing.push(&[b'x'; 3000]).is_ok());
+        while sim.kills(1) == 0 && !thread.is_finished() {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        if sim.kills(1) == 0 {
+            assert!(thread.join().unwrap(), "push with kill point {calls}");
+            sim.disarm_kill(1);
+        } else {
+            killed += 1;
+        }
+        // A killed process runs no destructor.
+        std::mem::forget(dying);
+        other.push(b"after").unwrap();
+        let mut popped = Vec::new();
+        while let Some(record) = other.pop().unwrap() {
+            popped.push(record.payload().to_vec());
+        }
+        let cut = popped.len() == 3;
+        assert_eq!(popped.first(), Some(&vec![b'b'; 2000]));
+        assert_eq!(popped.last().map(Vec::as_slice), Some(&b"after"[..]));
+        assert!(
+            popped.len() == 2 || (cut && popped[1] == [b'x'; 3000]),
+            "{calls}"
+        );
+        // A process started later finds the queue as the survivor left it.
+        let later = Queue::open("/q", options(3)).unwrap();
+        assert!(later.pop().unwrap().is_none());
+    }
+    assert!(killed >= 8, "{killed} of 16 kill points reached");
+}

@@ -18,7 +18,9 @@
 //!
 //! The lock words name their holder by ticket; a waiter takes a word over from a holder whose
 //! `procs/<slot>` file is no longer locked. Every file lock is a `flock`: the kernel releases it
-//! when its process dies, which is the only death signal relied on. docs/ARCHITECTURE.md,
+//! when its process dies, which is the only death signal relied on (the locks, the control
+//! file's memory and the pid come through `storage::process`, which the simulated filesystem
+//! hosts with its own model of processes). docs/ARCHITECTURE.md,
 //! "Several processes", has the reasoning and the crash table.
 
 use std::fs::TryLockError;
