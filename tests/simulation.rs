@@ -10,6 +10,21 @@
 //! - `DISKSPOOL_SIM_SEEDS=100000 cargo test --release --test simulation -- --ignored` runs many
 //!   (`DISKSPOOL_SIM_START` picks the first seed).
 //! - `DISKSPOOL_SIM_SEED=1234 cargo test --test simulation one_seed -- --ignored` replays one.
+//!
+//! The simulation of several processes (`diskspool::testkit::processes`): two or three handles
+//! opened with `exclusive(false)` on one simulated filesystem, each a simulated process
+//! (`SimStorage::process`), pushing, popping, receiving and acknowledging or releasing,
+//! compacting and syncing at random, killed between operations, at any storage call of one
+//! (`SimStorage::kill_at`) or at one of the engine's crash points, and powered off, under every
+//! policy, against a model of the contract across processes. A failure is shrunk like the above.
+//!
+//! - `cargo test --test simulation several_processes` runs 100 seeds
+//!   (`DISKSPOOL_SIM_PROCESS_SEEDS`, from `DISKSPOOL_SIM_START`).
+//! - `DISKSPOOL_SIM_PROCESS_SEEDS=10000 cargo test --test simulation
+//!   several_processes_keep_the_contract_for_many_seeds -- --ignored --nocapture` runs many, 250
+//!   seeds per child process.
+//! - `DISKSPOOL_SIM_SEED=33 cargo test --test simulation one_processes_seed -- --ignored`
+//!   replays one; `DISKSPOOL_SIM_TRACE=1` (with `--nocapture`) prints every step.
 
 use diskspool::testkit::processes::{
     processes_config_from_seed, processes_ops_from_seed, run_processes, ProcessOp, ProcessesConfig,
