@@ -876,6 +876,14 @@ impl Shared {
 fn recover_consumer(env: &Env, log: &Log, holder_died: bool) -> Result<Reader> {
     let storage = &*env.storage;
     let dir = &env.dir;
+    if holder_died {
+        // As an open after a kill does: the dead consumer may have renamed a new ack log into
+        // place and died before it synced the directory; the entries this handle syncs into
+        // that file would vanish with its name at a power loss.
+        storage
+            .sync_dir(dir)
+            .map_err(|error| Error::io("sync queue directory", dir, error))?;
+    }
     log.forget_deleted_segments(env)?;
     // Synced as read: the slot this handle writes next is the other one.
     let mut head = HeadIndex::open(storage, dir)?;

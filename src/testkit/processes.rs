@@ -19,6 +19,7 @@
 //! leases last) may come back once or never.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -905,6 +906,19 @@ pub fn run_processes(
         let trace = std::env::var_os("DISKSPOOL_SIM_TRACE").is_some();
         for (step, op) in ops.iter().enumerate() {
             if trace {
+                let files: Vec<String> = run
+                    .sim
+                    .file_names(Path::new(DIR))
+                    .into_iter()
+                    .map(|name| {
+                        let len = run
+                            .sim
+                            .read_file(&Path::new(DIR).join(&name))
+                            .map_or(0, |bytes| bytes.len());
+                        format!("{name}:{len}")
+                    })
+                    .collect();
+                eprintln!("  files {}", files.join(" "));
                 eprintln!("step {step}: {op:?}");
             }
             run.step(op)
