@@ -604,3 +604,68 @@ fn acks_under_always_survive_a_power_loss_after_a_consumer_died_creating_the_ack
     }
     assert!(killed >= 24, "{killed} kills");
 }
+
+/// Found by the simulation of several processes (seed 102,380): a producer killed after its roll
+/// created the next segment, then the producer that repaired the tail killed after it removed
+/// that segment but before it synced the directory; the next repair found nothing to remove and
+/// synced nothing, so a power loss brought the removed segment back beside records appended to
+/// the committed one since, and the queue could not be read. A repair now always syncs the
+/// directory.
+#[test]
+fn a_repair_makes_the_removal_of_an_unborn_segment_durable_even_after_a_repairer_died() {
+    use diskspool::{Options, Queue, SimStorage, SyncPolicy};
+    use std::sync::Arc;
+
+    let kill = |sim: &SimStorage, process: u32, calls: u64, queue: Arc<Queue>, len: usize| {
+        sim.kill_at(process, calls);
+        let pushing = queue.clone();
+        let thread = std::thread::spawn(move || {
+            let _ = pushing.push(&vec![b'k'; len]);
+        });
+        while sim.kills(process) == 0 && !thread.is_finished() {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        sim.disarm_kill(process);
+        let killed = sim.kills(process) > 0;
+        // A killed process runs no destructor.
+        std::mem::forget(queue);
+        killed
+    };
+    let mut cut_twice = 0;
+    for roller_calls in 0..12 {
+        for repairer_calls in 0..10 {
+            for loss in 0..6 {
+                let sim = SimStorage::new(loss);
+                sim.set_writable_mappings(true);
+                let options = |process| {
+                    Options::default()
+                        .exclusive(false)
+                        .segment_size(4096)
+                        .sync(SyncPolicy::Never)
+                        .storage(Arc::new(sim.process(process)))
+                };
+                let survivor = Queue::open("/q", options(9)).unwrap();
+                survivor.push(&[b's'; 3000]).unwrap();
+                // Does not fit: rolls, and is killed at a call of the roll or after it.
+                let roller = Arc::new(Queue::open("/q", options(1)).unwrap());
+                let rolled = kill(&sim, 1, roller_calls, roller, 2000);
+                // Repairs what the roller left, and is killed at a call of the repair.
+                let repairer = Arc::new(Queue::open("/q", options(2)).unwrap());
+                let repaired = kill(&sim, 2, repairer_calls, repairer, 10);
+                cut_twice += u32::from(rolled && repaired);
+                survivor.push(b"fits in the first segment").unwrap();
+                sim.power_loss_seeded(loss);
+                std::mem::forget(survivor);
+                let reopened = Queue::open("/q", options(3)).unwrap();
+                while reopened
+                    .pop()
+                    .unwrap_or_else(|error| {
+                        panic!("roll cut at {roller_calls}, repair at {repairer_calls}: {error}")
+                    })
+                    .is_some()
+                {}
+            }
+        }
+    }
+    assert!(cut_twice >= 12, "{cut_twice}");
+}

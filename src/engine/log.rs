@@ -647,20 +647,19 @@ impl Log {
     fn repair_tail(&self, env: &Env, coordination: &Coordination) -> Result<()> {
         let (_, committed) = coordination.committed();
         let storage = &*env.storage;
-        let mut removed = false;
         for base in segment_bases(storage, &env.dir)?.range(committed.base + 1..) {
             let path = env.dir.join(segment_file_name(*base));
             storage
                 .remove_file(&path)
                 .map_err(|error| env.poison(Error::io("remove unborn segment", &path, error)))?;
             self.forget_segment(*base);
-            removed = true;
         }
-        if removed {
-            storage
-                .sync_dir(&env.dir)
-                .map_err(|error| env.poison(Error::io("sync queue directory", &env.dir, error)))?;
-        }
+        // Also when this repair removed nothing: a repairer that died before it synced the
+        // directory may have removed the unborn segment, whose durable entry a power loss would
+        // bring back beside the records appended to the committed segment from now on.
+        storage
+            .sync_dir(&env.dir)
+            .map_err(|error| env.poison(Error::io("sync queue directory", &env.dir, error)))?;
         let path = env.dir.join(segment_file_name(committed.base));
         let file = storage
             .open(&path)
