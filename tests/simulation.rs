@@ -669,3 +669,19 @@ fn a_repair_makes_the_removal_of_an_unborn_segment_durable_even_after_a_repairer
     }
     assert!(cut_twice >= 12, "{cut_twice}");
 }
+
+/// Found by the simulation of several processes (seed 105,377, replayed here): a handle whose
+/// first consumer turn read the consumer files in full synced the head as it read it, which
+/// made its newest slot the durable one, but recorded no change: the other handles went on
+/// writing their head updates over that slot, the only durable one. A power loss that tore
+/// such a write left the older slot in force, behind segments a compaction had deleted, and the
+/// queue could not be opened. Such a turn now moves the consumer epoch.
+#[test]
+fn a_full_read_that_moved_the_durable_head_slot_tells_the_other_handles() {
+    let seed = 105_377;
+    let config = processes_config_from_seed(seed);
+    let ops = processes_ops_from_seed(seed, PROCESS_OPS_PER_SEED, &config);
+    if let Err(failure) = run_processes(&config, &ops) {
+        panic!("seed {seed}: {failure}");
+    }
+}

@@ -251,6 +251,8 @@ impl Shared {
         };
         let current = turns.seen == Some(epoch) && !in_full;
         let first = self.consumer.get().is_none();
+        // The head slot the other handles take for the durable one (see the marker below).
+        let recorded_durable = coordination.consumer_files().head_durable_slot;
         let caught_up = match (self.consumer.get(), current, in_full) {
             (Some(_), true, _) => true,
             // Another handle's turn, ended: read only what it changed (unless this handle's
@@ -276,7 +278,17 @@ impl Shared {
         if !current || first {
             // Otherwise the marker is where this handle's last turn left it.
             turns.marker = match self.consumer.get() {
-                Some(consumer) => consumer.turn_marker(),
+                Some(consumer) => {
+                    let (head, acklog) = consumer.turn_marker();
+                    match recorded_durable {
+                        // A reader built again synced the head as it read it: the newest slot
+                        // may now be the durable one, where the other handles still take the
+                        // other one for it and would write over it. Marked as changed, so that
+                        // the end of the turn records the durable slot and moves the epoch.
+                        Some(slot) if !caught_up && slot as u64 != head & 1 => (head ^ 1, acklog),
+                        _ => (head, acklog),
+                    }
+                }
                 None => Default::default(),
             };
         }

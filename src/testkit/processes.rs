@@ -919,6 +919,20 @@ pub fn run_processes(
                     })
                     .collect();
                 eprintln!("  files {}", files.join(" "));
+                if let Some(bytes) = run.sim.read_file(&Path::new(DIR).join("head")) {
+                    let read = crate::format::head::decode_head_file(&bytes);
+                    let slots: Vec<String> = read
+                        .slots
+                        .iter()
+                        .map(|slot| match slot {
+                            Ok(slot) => {
+                                format!("gen {} head {}", slot.generation, slot.state.head_seq)
+                            }
+                            Err(_) => "invalid".into(),
+                        })
+                        .collect();
+                    eprintln!("  head {slots:?} current {:?}", read.current);
+                }
                 eprintln!("step {step}: {op:?}");
             }
             run.step(op)
