@@ -28,10 +28,10 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::control::{
-    ticket, ticket_parts, ACK_LOG_ID, ACK_PREPARED, ACK_TAIL, ARRIVALS, CONSUMER_EPOCH,
-    CONSUMER_LOCK, CONSUMER_PID, EPOCH_MAX, HEAD_DURABLE, INSIDE, POISONED, PREPARED_BASE,
-    PREPARED_END, PUBLISHED_GEN, PUBLISHED_SLOTS, REPAIRS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_LOCK,
-    TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
+    ticket, ticket_parts, ACK_LOG_ID, ACK_PREPARED, ACK_TAIL, ARRIVALS, COMMIT_TIMES,
+    CONSUMER_EPOCH, CONSUMER_LOCK, CONSUMER_PID, EPOCH_MAX, GATHER, HEAD_DURABLE, INSIDE, POISONED,
+    PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_SLOTS, REPAIRS, SLEEPERS, SLOTS,
+    SLOT_COUNT, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
     CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
@@ -633,6 +633,67 @@ impl Coordination {
     /// Producers between their start and their commit (see [`enter_push`](Self::enter_push)).
     pub(crate) fn inside(&self) -> u32 {
         self.word32(INSIDE).load(Ordering::SeqCst)
+    }
+
+    /// Records that this handle committed a push under `Always` at `now_us` (a group-commit
+    /// hint, see [`producers_to_gather`](Self::producers_to_gather)).
+    pub(crate) fn mark_committed(&self, now_us: u64) {
+        self.word64(COMMIT_TIMES + self.slot() * 8)
+            .store(now_us, Ordering::Relaxed);
+        let gather = self.word32(GATHER);
+        // SeqCst pairs with `gather`: either the leader's bit is seen here, or the leader
+        // sees this commit before it sleeps.
+        if gather.load(Ordering::SeqCst) & 1 != 0 {
+            gather.fetch_add(2, Ordering::SeqCst);
+            wake_all(gather);
+        }
+    }
+
+    /// The sync leader's wait for producers (see
+    /// [`producers_to_gather`](Self::producers_to_gather)): sleeps until `done` holds, or
+    /// `until`. Producers that commit meanwhile wake it: no CPU is spent looking, which on a
+    /// small machine the producers it waits for need.
+    pub(crate) fn gather(&self, until: std::time::Instant, mut done: impl FnMut() -> bool) {
+        let word = self.word32(GATHER);
+        let mut seen = word.fetch_or(1, Ordering::SeqCst) | 1;
+        loop {
+            if done() {
+                break;
+            }
+            let now = std::time::Instant::now();
+            if now >= until {
+                break;
+            }
+            wait_for_change(word, seen, until - now);
+            seen = word.load(Ordering::SeqCst) | 1;
+        }
+        word.fetch_and(!1, Ordering::SeqCst);
+    }
+
+    /// For a sync leader about to sync at `now_us`: how many handles are worth waiting for,
+    /// those that committed a push within `window_us` but none since the last sync began.
+    /// In a steady stream those are on their way back with their next push: the last sync
+    /// released them, and a wake-up and a push take tens of microseconds. Without this wait a
+    /// leader started as soon as it could, and each sync covered about two pushes however
+    /// many producers there were.
+    pub(crate) fn producers_to_gather(&self, now_us: u64, window_us: u64) -> usize {
+        let began = self.word64(SYNC_BEGAN).load(Ordering::Acquire);
+        let recent = now_us.saturating_sub(window_us);
+        (0..SLOT_COUNT as usize)
+            .map(|slot| self.word64(COMMIT_TIMES + slot * 8).load(Ordering::Relaxed))
+            .filter(|&at| at >= recent && at < began)
+            .count()
+    }
+
+    /// Under the sync lock, as a sync begins at `now_us` (see
+    /// [`producers_to_gather`](Self::producers_to_gather)).
+    pub(crate) fn begin_sync(&self, now_us: u64) {
+        self.word64(SYNC_BEGAN).store(now_us, Ordering::Release);
+    }
+
+    /// This handle's slot.
+    fn slot(&self) -> usize {
+        ticket_parts(self.ticket).0 as usize
     }
 
     /// Counts a repair of the tail (under the tail lock): every writer drops its mapping.

@@ -502,7 +502,7 @@ impl Log {
             };
             coordination.set_prepared_end(writer.active.base_seq, writer.prepared_end());
             coordination.commit(committed);
-            if env.options.sync != SyncPolicy::Always {
+            if !always {
                 // Readers of every process read up to the published tail: under the policies
                 // that do not sync each push, that is the committed one.
                 coordination.publish(committed);
@@ -515,7 +515,9 @@ impl Log {
             }
             written.range
         };
-        if env.options.sync == SyncPolicy::Always {
+        if always {
+            // Out of `inside` by now: a leader woken by this mark sees this push done.
+            coordination.mark_committed(now_micros());
             // Committed, not yet durable: readers see it once a sync covered it, by whichever
             // process leads the next one (a group commit across processes).
             self.wait_durable(env, coordination, range.end)?;
@@ -545,12 +547,17 @@ impl Log {
                     return Ok(());
                 }
                 failpoint::reached("shared.sync");
-                // Gather: producers on their way to a commit are worth waiting for, up to half
-                // a sync (the sync costs more than the wait).
-                let gather_until = std::time::Instant::now() + self.gather_bound();
-                while coordination.inside() > 0 && std::time::Instant::now() < gather_until {
-                    std::thread::yield_now();
-                }
+                // Gather: producers on their way to a commit are worth waiting for, up to a
+                // sync's time (the sync costs more than the wait): those inside a push, and
+                // those that pushed recently, on their way back.
+                let bound = self.gather_bound();
+                let gather_until = std::time::Instant::now() + bound;
+                let window_us = 4 * u64::try_from(bound.as_micros()).unwrap_or(u64::MAX);
+                coordination.gather(gather_until, || {
+                    coordination.inside() == 0
+                        && coordination.producers_to_gather(now_micros(), window_us) == 0
+                });
+                coordination.begin_sync(now_micros());
                 let began = std::time::Instant::now();
                 let synced = self.sync_committed(env, coordination);
                 self.last_shared_sync_us.store(
@@ -576,11 +583,12 @@ impl Log {
         }
     }
 
-    /// How long a sync leader waits for producers still on their way to a commit: half the
-    /// last sync this handle led, at most `GATHER_MAX`.
+    /// How long a sync leader waits for producers still on their way to a commit: as long as
+    /// the last sync this handle led (waiting costs less than the sync it saves), at most
+    /// `GATHER_MAX`.
     fn gather_bound(&self) -> std::time::Duration {
-        let half = self.last_shared_sync_us.load(Ordering::Relaxed) / 2;
-        std::time::Duration::from_micros(half).min(GATHER_MAX)
+        let last_sync_us = self.last_shared_sync_us.load(Ordering::Relaxed);
+        std::time::Duration::from_micros(last_sync_us).min(GATHER_MAX)
     }
 
     /// Syncs the segment the committed tail is in; returns that tail (all below it durable:

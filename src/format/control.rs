@@ -37,9 +37,15 @@
 //!    256     8  ack_log_id    the ack log file the last consumer turn left (0: none yet)
 //!    264     8  ack_tail      where its entries end
 //!    272     8  ack_prepared  the end of the zeros written ahead of them
-//!    280   744  reserved      zero
+//!    280   232  reserved      zero
+//!    512     8  sync_began    when the last sync under `Always` began (µs since the epoch)
+//!    520     4  gather        (commits seen << 1) | a sync leader is gathering (a futex
+//!                             word: committers wake the leader while the bit is set)
+//!    524   500  reserved      zero
 //!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
-//!   2048  2048  reserved      zero
+//!   2048  1024  commit_times  128 × u64: when the handle in slot k last committed a push
+//!                             under `Always` (µs since the epoch; a group-commit hint)
+//!   3072  1024  reserved      zero
 //! ```
 //!
 //! A *ticket* names a handle: `(epoch << 8) | slot`, with the slot's epoch as the handle that
@@ -55,7 +61,7 @@
 /// The control file's first eight bytes.
 pub const CONTROL_MAGIC: [u8; 8] = *b"DSPOOLCT";
 /// The layout version this build reads and writes.
-pub const CONTROL_VERSION: u32 = 2;
+pub const CONTROL_VERSION: u32 = 3;
 /// The control file's length: one page (a power of two: see `storage::process`).
 pub const CONTROL_LEN: u64 = 4096;
 const _: () = assert!(CONTROL_LEN.is_power_of_two());
@@ -112,6 +118,13 @@ pub const ACK_LOG_ID: usize = 256;
 pub const ACK_TAIL: usize = 264;
 /// Offset of the end of the zeros written ahead of them.
 pub const ACK_PREPARED: usize = 272;
+/// Offset of when the last sync under `Always` began (µs since the Unix epoch).
+pub const SYNC_BEGAN: usize = 512;
+/// Offset of the gather word: `(commits << 1) | gathering`, a futex word the sync leader
+/// sleeps on while it waits for producers.
+pub const GATHER: usize = 520;
+/// Offset of the table of when each slot's handle last committed a push under `Always`.
+pub const COMMIT_TIMES: usize = 2048;
 /// Offset of the slot table.
 pub const SLOTS: usize = 1024;
 /// How many handles may have a queue open at once.
