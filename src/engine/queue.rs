@@ -457,7 +457,8 @@ impl Queue {
             if let Some(record) = self.pop()? {
                 return Ok(Some(record));
             }
-            if !self.shared.wait_for_change(seen, deadline) {
+            // Woken early with nothing changed (a delay or a lease ran out): look again.
+            if !self.shared.wait_for_change(seen, deadline) && Instant::now() >= deadline {
                 return Ok(None);
             }
         }
