@@ -28,10 +28,11 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::control::{
-    ticket, ticket_parts, ACK_LOG_ID, ACK_PREPARED, ACK_TAIL, ARRIVALS, COMMIT_TIMES,
-    CONSUMER_EPOCH, CONSUMER_LOCK, CONSUMER_PID, EPOCH_MAX, GATHER, HEAD_DURABLE, INSIDE, POISONED,
-    PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_SLOTS, REPAIRS, SLEEPERS, SLOTS,
-    SLOT_COUNT, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
+    lease_owner, lease_owner_parts, ticket, ticket_parts, ACK_LOG_ID, ACK_PREPARED, ACK_TAIL,
+    ARRIVALS, COMMIT_TIMES, CONSUMER_EPOCH, CONSUMER_LOCK, CONSUMER_PID, EPOCH_MAX, GATHER,
+    HEAD_DURABLE, INSIDE, POISONED, PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_SLOTS,
+    REPAIRS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK,
+    TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
     CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
@@ -689,6 +690,25 @@ impl Coordination {
     /// [`producers_to_gather`](Self::producers_to_gather)).
     pub(crate) fn begin_sync(&self, now_us: u64) {
         self.word64(SYNC_BEGAN).store(now_us, Ordering::Release);
+    }
+
+    /// This handle as the owner of the leases it writes to the ack log (see
+    /// `format::control::lease_owner`).
+    pub(crate) fn lease_owner(&self) -> u32 {
+        lease_owner(self.ticket)
+    }
+
+    /// Whether the handle that wrote leases as `owner` is gone: its slot was taken again
+    /// since, or its slot file is unlocked. An owner that names no slot is taken to live (its
+    /// lease then ends when it runs out, as before owners were written).
+    pub(crate) fn is_lease_owner_gone(&self, owner: u32) -> bool {
+        let Some((slot, epoch_low)) = lease_owner_parts(owner) else {
+            return false;
+        };
+        let epoch = self
+            .word32(SLOTS + slot as usize * 8)
+            .load(Ordering::Acquire);
+        epoch & 0xffff != epoch_low || self.is_gone(ticket(slot, epoch))
     }
 
     /// This handle's slot.

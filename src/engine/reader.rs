@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::engine::acklog::AckLog;
 use crate::engine::clock::{now_micros, Clock};
-use crate::engine::coordination::ConsumerFiles;
+use crate::engine::coordination::{ConsumerFiles, Coordination};
 use crate::engine::counters::ConsumerCounts;
 use crate::engine::env::Env;
 use crate::engine::head::{HeadIndex, SyncStart};
@@ -162,7 +162,7 @@ impl Reader {
     /// what the ack log remembers of it.
     fn track(&mut self, env: &Env, found: Found, now_us: u64) {
         let seq = found.record.seq();
-        let (acked, deliveries, retry_at_us) = self.jobs.take_history(seq);
+        let (acked, deliveries, retry_at_us, lease_owner) = self.jobs.take_history(seq);
         if acked {
             // Acknowledged before the queue was opened: not counted as a record at open, but
             // its frame was counted in the bytes.
@@ -187,6 +187,7 @@ impl Reader {
             state,
         };
         self.jobs.insert(seq, job);
+        self.jobs.set_lease_owner(seq, lease_owner);
         if expired {
             self.expire(env, seq);
         }
@@ -770,6 +771,33 @@ impl Consumer {
         })
     }
 
+    /// Whether any record waits for the end of another handle's lease.
+    pub(crate) fn waits_for_leases(&self) -> bool {
+        lock(&self.reader).jobs.waits_for_leases()
+    }
+
+    /// Ends the leases of other handles that are gone (see `Jobs::end_leases_of_gone`), one
+    /// look per owner; returns how many ended, and whether any record still waits for
+    /// another handle's lease.
+    pub(crate) fn end_leases_of_gone(
+        &self,
+        coordination: &Coordination,
+        now_us: u64,
+    ) -> (usize, bool) {
+        let mut reader = lock(&self.reader);
+        let mut looked: Vec<(u32, bool)> = Vec::new();
+        let mut is_gone = |owner: u32| match looked.iter().find(|(seen, _)| *seen == owner) {
+            Some(&(_, gone)) => gone,
+            None => {
+                let gone = coordination.is_lease_owner_gone(owner);
+                looked.push((owner, gone));
+                gone
+            }
+        };
+        let ended = reader.jobs.end_leases_of_gone(&mut is_gone, now_us);
+        (ended, reader.jobs.waits_for_leases())
+    }
+
     /// Catches up in place with what another handle's consumer turn changed, given where it
     /// left the files: reads the head slots and the ack log entries appended since this
     /// handle's tail. False when that cannot be done (the ack log was created or rewritten,
@@ -1158,9 +1186,14 @@ impl Consumer {
                     seq,
                     deliveries: count,
                 });
-                if env.coordination.is_some() {
-                    // Other processes' consumers leave it alone until the lease ends.
-                    entries.push(AckEntry::NotBefore { seq, at_us: due_us });
+                if let Some(coordination) = &env.coordination {
+                    // Other processes' consumers leave it alone until the lease ends, or
+                    // this handle is gone.
+                    entries.push(AckEntry::NotBefore {
+                        seq,
+                        at_us: due_us,
+                        lease_owner: coordination.lease_owner(),
+                    });
                 }
                 deliveries.push((record, count, token));
             }
@@ -1324,7 +1357,12 @@ impl Consumer {
                 reader.jobs.set_state(seq, state);
                 if let Some(at_us) = not_before_us {
                     env.check_poisoned()?;
-                    let entry = AckEntry::NotBefore { seq, at_us };
+                    // A retry time: it holds whoever wrote it.
+                    let entry = AckEntry::NotBefore {
+                        seq,
+                        at_us,
+                        lease_owner: 0,
+                    };
                     pending.ack_ticket = Some(
                         reader
                             .acklog
@@ -1357,11 +1395,15 @@ impl Consumer {
         reader
             .jobs
             .set_state(seq, JobState::Leased { due_us, token });
-        if env.coordination.is_some() {
+        if let Some(coordination) = &env.coordination {
             // Written for other processes' consumers (a crash that loses it ends the lease
             // sooner: the record is delivered again, never lost).
             env.check_poisoned()?;
-            let entry = AckEntry::NotBefore { seq, at_us: due_us };
+            let entry = AckEntry::NotBefore {
+                seq,
+                at_us: due_us,
+                lease_owner: coordination.lease_owner(),
+            };
             reader
                 .acklog
                 .append(&*env.storage, &[entry])
@@ -1407,7 +1449,11 @@ impl Consumer {
             .map_err(|error| env.poison(error))?;
         let generation = reader.head.sync().map_err(|error| env.poison(error))?;
         self.head_sync.mark_durable(generation);
-        let live = reader.jobs.live_entries(env.coordination.is_some());
+        let live = reader.jobs.live_entries(
+            env.coordination
+                .as_ref()
+                .map(|coordination| coordination.lease_owner()),
+        );
         reader
             .acklog
             .rewrite(&*env.storage, &live)

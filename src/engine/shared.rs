@@ -7,6 +7,7 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,8 @@ struct Turns {
     /// Whether the current turn must record where it leaves the consumer files even if it
     /// changes nothing (it read them again).
     must_publish: bool,
+    /// When the consumer may next look for the leases of gone handles (µs since the epoch).
+    next_lease_check_us: u64,
 }
 
 /// The consumer side, for one consumer call: for a shared queue, a consumer turn, which ends
@@ -99,6 +102,9 @@ pub(crate) struct Shared {
     spare_reader: Mutex<Option<Reader>>,
     /// A shared queue: this handle's consumer turns.
     turns: Mutex<Turns>,
+    /// A shared queue: whether this handle's consumer waits for other handles' leases (see
+    /// [`end_leases_of_gone`](Shared::end_leases_of_gone)).
+    watch_leases: AtomicBool,
     /// A shared queue: the thread that turns other processes' pushes into wake-ups of this
     /// handle's async receivers, once one waited.
     #[cfg(feature = "async")]
@@ -149,6 +155,7 @@ impl Shared {
             consumer,
             spare_reader: Mutex::new(spare_reader),
             turns: Mutex::new(turns),
+            watch_leases: AtomicBool::new(false),
             #[cfg(feature = "async")]
             bridge: OnceLock::new(),
             dead_letters: Mutex::new(None),
@@ -203,11 +210,14 @@ impl Shared {
         let mut turns = lock(&self.turns);
         if turns.active == 0 {
             let how = coordination.lock_consumer();
+            // Resumed: no other handle had a turn since this handle's last one.
+            let resumed = how == ConsumerLock::Resumed && turns.seen.is_some();
             if let Err(error) = self.catch_up(coordination, &mut turns, how) {
                 turns.seen = None;
                 coordination.unlock_consumer();
                 return Err(error);
             }
+            self.end_leases_of_gone(coordination, &mut turns, resumed);
         }
         turns.active += 1;
         drop(turns);
@@ -289,6 +299,34 @@ impl Shared {
         turns.seen = Some(base);
         crate::engine::failpoint::reached("consumer.begun");
         Ok(())
+    }
+
+    /// Ends the leases of other handles that are gone (their process died, or they closed):
+    /// the records are available at once rather than when the leases run out. Looks while
+    /// the consumer waits for other handles' leases, at most every `LEASE_OWNER_CHECK` (a
+    /// look costs a `flock` probe per owner). A resumed turn adds no lease to wait for: only
+    /// another handle's turn writes them.
+    fn end_leases_of_gone(&self, coordination: &Coordination, turns: &mut Turns, resumed: bool) {
+        let Some(consumer) = self.consumer.get() else {
+            return;
+        };
+        if !resumed {
+            self.watch_leases
+                .store(consumer.waits_for_leases(), Ordering::Relaxed);
+        }
+        if !self.watch_leases.load(Ordering::Relaxed) {
+            return;
+        }
+        let now_us = now_micros();
+        if now_us < turns.next_lease_check_us {
+            return;
+        }
+        turns.next_lease_check_us = now_us.saturating_add(LEASE_OWNER_CHECK_US);
+        let (ended, still_waiting) = consumer.end_leases_of_gone(coordination, now_us);
+        self.watch_leases.store(still_waiting, Ordering::Relaxed);
+        if ended > 0 {
+            self.env.arrivals.notify();
+        }
     }
 
     /// Leaves a consumer turn; the last thread of the handle to leave ends it: the ack log's
@@ -732,13 +770,17 @@ impl Shared {
     /// Blocks until the arrivals epoch moves past `seen`, a delay or lease runs out, or
     /// `deadline` passes; false when nothing changed.
     pub(crate) fn wait_for_change(&self, seen: u64, deadline: Instant) -> bool {
-        let wake = match self.consumer.get().and_then(Consumer::next_due_us) {
+        let mut wake = match self.consumer.get().and_then(Consumer::next_due_us) {
             Some(due_us) => {
                 let wait = Duration::from_micros(due_us.saturating_sub(now_micros()));
                 deadline.min(Instant::now() + wait)
             }
             None => deadline,
         };
+        if self.watch_leases.load(Ordering::Relaxed) {
+            // The next turn looks whether the holders of those leases are gone.
+            wake = wake.min(Instant::now() + Duration::from_micros(LEASE_OWNER_CHECK_US));
+        }
         let arrivals = &self.env.arrivals;
         let Some(coordination) = &self.env.coordination else {
             return arrivals.wait_until(wake, || arrivals.epoch() != seen);
@@ -912,6 +954,10 @@ fn recover_consumer(env: &Env, log: &Log, holder_died: bool) -> Result<Reader> {
         retired,
     ))
 }
+
+/// How often a shared queue's consumer looks whether the handles whose leases it waits for
+/// are gone (µs).
+const LEASE_OWNER_CHECK_US: u64 = 10_000;
 
 /// How long a shared queue's waiter sleeps at most before it looks at this process's own
 /// wake-ups again (see `Shared::wait_for_change`).

@@ -142,6 +142,20 @@ pub fn ticket_parts(ticket: u32) -> (u32, u32) {
     (ticket & 0xff, ticket >> 8)
 }
 
+/// The lease owner that ack log entries name for the handle of `ticket`:
+/// `(slot + 1) | (epoch mod 2^16) << 8`, 24 bits, never 0 (0 names no owner).
+pub fn lease_owner(ticket: u32) -> u32 {
+    let (slot, epoch) = ticket_parts(ticket);
+    (slot + 1) | ((epoch & 0xffff) << 8)
+}
+
+/// The slot and the low 16 bits of the epoch a lease owner names; `None` when it names no
+/// slot of the table.
+pub fn lease_owner_parts(owner: u32) -> Option<(u32, u32)> {
+    let slot = (owner & 0xff).checked_sub(1)?;
+    (slot < SLOT_COUNT).then_some((slot, (owner >> 8) & 0xffff))
+}
+
 /// The header bytes `[0, 24)` of a control file built with `build_id`.
 pub fn encode_header(build_id: u64) -> [u8; 24] {
     let mut header = [0u8; 24];
@@ -245,6 +259,17 @@ mod tests {
         const { assert!(HEAD_DURABLE + 4 <= ACK_LOG_ID) };
         const { assert!(ACK_PREPARED + 8 <= SLOTS) };
         const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
+    }
+
+    #[test]
+    fn lease_owners_name_a_slot_and_fit_an_ack_log_entry() {
+        let owner = lease_owner(ticket(127, EPOCH_MAX));
+        assert!(owner <= crate::format::acklog::LEASE_OWNER_MAX);
+        assert_eq!(lease_owner_parts(owner), Some((127, EPOCH_MAX & 0xffff)));
+        assert_ne!(lease_owner(ticket(0, 1)), 0, "0 names no owner");
+        assert_eq!(lease_owner_parts(lease_owner(ticket(0, 1))), Some((0, 1)));
+        assert_eq!(lease_owner_parts(0), None);
+        assert_eq!(lease_owner_parts(200), None);
     }
 
     #[test]

@@ -180,6 +180,18 @@ fn child() {
                 }
             }
         }
+        // "h <seq> <deliveries>" once a record is received; then its lease is held until the
+        // process is killed (or gives up after two minutes, if a failed test left it).
+        "hold" => {
+            let delivery = queue
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap()
+                .expect("a record to hold");
+            writeln!(out, "h {} {}", delivery.seq(), delivery.deliveries()).unwrap();
+            out.flush().unwrap();
+            std::thread::sleep(Duration::from_secs(120));
+            std::process::exit(1);
+        }
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -1370,5 +1382,85 @@ fn len_stays_right_when_a_pop_crosses_into_the_next_segment_beyond_a_lease() {
         );
         held.ack().unwrap();
         assert_eq!(popper.len(), left - 1, "{sync}");
+    }
+}
+
+/// Starts a child that receives one record under an hour's lease and holds it; returns the
+/// child once it printed the record's sequence number and delivery count.
+fn spawn_holder(dir: &Path, sync: &str) -> (Child, (u64, u64)) {
+    use std::io::BufRead;
+    let hour = "3600000";
+    let mut child = spawn_with(
+        "hold",
+        dir,
+        sync,
+        None,
+        &[(LEASE_ENV, std::ffi::OsStr::new(hour))],
+        Stdio::piped(),
+        Stdio::null(),
+    );
+    let stdout = child.stdout.take().unwrap();
+    let held = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let fields: Vec<u64> = line
+                .strip_prefix("h ")?
+                .split(' ')
+                .filter_map(|field| field.parse().ok())
+                .collect();
+            Some((fields[0], fields[1]))
+        })
+        .expect("the child received a record");
+    (child, held)
+}
+
+#[test]
+fn the_lease_of_a_killed_process_ends_for_the_others_at_once() {
+    for sync in ["never", "always"] {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let queue = Queue::open(dir.path(), options(sync).lease(hour)).unwrap();
+        queue.push(b"job").unwrap();
+        let (mut holder, held) = spawn_holder(dir.path(), sync);
+        assert_eq!(held, (0, 1));
+        // A live process's lease holds.
+        assert!(queue.try_recv().unwrap().is_none());
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        // Its slot file is unlocked now: the next turn that looks ends the lease, an hour
+        // before it would have run out.
+        let again = queue
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap()
+            .expect("delivered again once its holder died");
+        assert_eq!((again.seq(), again.deliveries()), (0, 2));
+        again.ack().unwrap();
+        assert_eq!(queue.len(), 0);
+    }
+}
+
+#[test]
+fn the_lease_of_a_process_killed_alone_ends_at_the_next_open() {
+    for exclusive in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        Queue::open(dir.path(), options("never"))
+            .unwrap()
+            .push(b"job")
+            .unwrap();
+        let (mut holder, held) = spawn_holder(dir.path(), "never");
+        assert_eq!(held, (0, 1));
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        // Nobody has the queue open: this open recovers it, and every lease's owner is gone.
+        let hour = Duration::from_secs(3600);
+        let queue = Queue::open(
+            dir.path(),
+            options("never").lease(hour).exclusive(exclusive),
+        )
+        .unwrap();
+        let again = queue.try_recv().unwrap().expect("available at once");
+        assert_eq!((again.seq(), again.deliveries()), (0, 2));
+        again.ack().unwrap();
     }
 }
