@@ -564,8 +564,6 @@ impl Options {
         if !self.exclusive {
             let refused = if self.segment_pool > 0 {
                 Some("segment_pool")
-            } else if self.max_records.is_some() || self.max_bytes.is_some() {
-                Some("max_records and max_bytes")
             } else if self.dedup_window.is_some() {
                 Some("dedup_window")
             } else if !self.storage.shares_between_processes() {

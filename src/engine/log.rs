@@ -306,7 +306,7 @@ impl Log {
         if has_records && writer.tail + batch_len > env.options.segment_size {
             if let Err(error) = self.roll(env, writer) {
                 if let Some(limits) = &env.limits {
-                    limits.release(payloads.len() as u64, batch_len);
+                    limits.unreserve(payloads.len() as u64, batch_len);
                 }
                 return Err(error);
             }
@@ -321,7 +321,7 @@ impl Log {
         );
         if let Err(failure) = appended {
             if let Some(limits) = &env.limits {
-                limits.release(payloads.len() as u64, batch_len);
+                limits.unreserve(payloads.len() as u64, batch_len);
             }
             return Err(if failure.poison {
                 env.poison(failure.error)
@@ -499,6 +499,8 @@ impl Log {
                 base: writer.active.base_seq,
                 tail: writer.tail,
                 next_seq: writer.next_seq,
+                // The tail taken up above: a bounded queue's usage counts from these totals.
+                pushed_bytes: committed.pushed_bytes + batch_len,
             };
             coordination.set_prepared_end(writer.active.base_seq, writer.prepared_end());
             coordination.commit(committed);
@@ -750,23 +752,34 @@ impl Log {
             }
         }
         if let Some(published) = coordination.published_if_moved() {
-            let known = self
-                .segments
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains_key(&published.base);
-            if !known {
-                // Published into a segment rolled after the committed tail read above: the
-                // committed tail, never behind the published one, is taken up first, so that
-                // the segments before are sealed and this one is there to publish into.
-                let (_, committed) = coordination.committed();
-                let mut writer = self.lock_writer();
-                if committed.next_seq > writer.next_seq || committed.base > writer.active.base_seq {
-                    self.catch_up(env, &mut writer, committed)?;
-                }
-            }
-            self.publish_tail(env, published);
+            self.take_up_published(env, coordination, published)?;
         }
+        Ok(())
+    }
+
+    /// Shows this handle's readers the records up to a tail published in `control`.
+    pub(crate) fn take_up_published(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        published: CommittedTail,
+    ) -> Result<()> {
+        let known = self
+            .segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&published.base);
+        if !known {
+            // Published into a segment rolled after the committed tail read above: the
+            // committed tail, never behind the published one, is taken up first, so that
+            // the segments before are sealed and this one is there to publish into.
+            let (_, committed) = coordination.committed();
+            let mut writer = self.lock_writer();
+            if committed.next_seq > writer.next_seq || committed.base > writer.active.base_seq {
+                self.catch_up(env, &mut writer, committed)?;
+            }
+        }
+        self.publish_tail(env, published);
         Ok(())
     }
 

@@ -115,7 +115,7 @@ impl Queue {
         let opening = coordination::begin_open(&dir)?;
         if opening.first {
             let (log, reader, report) = Self::recover_locked(&dir, &mut options, mend)?;
-            let committed = {
+            let mut committed = {
                 let mut writer = log.lock_writer();
                 let (tail, next_seq) = (writer.tail, writer.next_seq);
                 writer.adopt(tail, next_seq);
@@ -123,9 +123,18 @@ impl Queue {
                     base: writer.active.base_seq,
                     tail,
                     next_seq,
+                    pushed_bytes: 0,
                 }
             };
-            let coordination = opening.build(committed)?;
+            // A bounded queue's usage: the totals pushed start at what is not yet consumed,
+            // so that nothing counts as consumed in bytes yet.
+            let (records, bytes) = match options.is_bounded() {
+                true => reader.unconsumed(&*options.storage, &log, committed)?,
+                false => (0, 0),
+            };
+            committed.pushed_bytes = bytes;
+            let consumed = (committed.next_seq - records.min(committed.next_seq), 0);
+            let coordination = opening.build(committed, consumed)?;
             return Self::assemble(
                 dir,
                 options,

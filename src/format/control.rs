@@ -37,7 +37,15 @@
 //!    256     8  ack_log_id    the ack log file the last consumer turn left (0: none yet)
 //!    264     8  ack_tail      where its entries end
 //!    272     8  ack_prepared  the end of the zeros written ahead of them
-//!    280   744  reserved      zero
+//!    280    16  tail_pushed   two words, one per tail slot: frame bytes pushed in all, up to
+//!                             that slot's tail (committed with it, under the tail lock)
+//!    296    16  published_pushed  the same for the two published slots
+//!    312     8  consumed_records  records consumed in all (under the consumer lock): with
+//!                             `next_seq`, the bound's usage (`next_seq - consumed_records`)
+//!    320     8  consumed_bytes    frame bytes consumed in all (`pushed - consumed_bytes`)
+//!    328     4  room          bumped when consumers gave room back (a futex word)
+//!    332     4  room_sleepers pushes waiting on `room` (`Overflow::Block`)
+//!    336   688  reserved      zero
 //!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
 //!   2048  2048  reserved      zero
 //! ```
@@ -55,7 +63,7 @@
 /// The control file's first eight bytes.
 pub const CONTROL_MAGIC: [u8; 8] = *b"DSPOOLCT";
 /// The layout version this build reads and writes.
-pub const CONTROL_VERSION: u32 = 2;
+pub const CONTROL_VERSION: u32 = 3;
 /// The control file's length: one page (a power of two: see `storage::process`).
 pub const CONTROL_LEN: u64 = 4096;
 const _: () = assert!(CONTROL_LEN.is_power_of_two());
@@ -112,6 +120,21 @@ pub const ACK_LOG_ID: usize = 256;
 pub const ACK_TAIL: usize = 264;
 /// Offset of the end of the zeros written ahead of them.
 pub const ACK_PREPARED: usize = 272;
+/// Offset of the frame bytes pushed in all, one word per tail slot (`TAIL_SLOTS`): slot `g % 2`
+/// at `TAIL_PUSHED + 8 * (g % 2)`, written with that slot.
+pub const TAIL_PUSHED: usize = 280;
+/// Offset of the same words for the published slots (`PUBLISHED_SLOTS`).
+pub const PUBLISHED_PUSHED: usize = 296;
+/// Offset of the records consumed in all: a bounded queue's usage is the committed
+/// `next_seq` minus this. Written under the consumer lock only.
+pub const CONSUMED_RECORDS: usize = 312;
+/// Offset of the frame bytes consumed in all: the usage in bytes is the committed pushed bytes
+/// minus this. Written under the consumer lock only.
+pub const CONSUMED_BYTES: usize = 320;
+/// Offset of the room futex word: bumped when consumers gave room back.
+pub const ROOM: usize = 328;
+/// Offset of the count of pushes waiting on `ROOM`.
+pub const ROOM_SLEEPERS: usize = 332;
 /// Offset of the slot table.
 pub const SLOTS: usize = 1024;
 /// How many handles may have a queue open at once.
@@ -205,6 +228,10 @@ mod tests {
             ACK_LOG_ID,
             ACK_TAIL,
             ACK_PREPARED,
+            TAIL_PUSHED,
+            PUBLISHED_PUSHED,
+            CONSUMED_RECORDS,
+            CONSUMED_BYTES,
         ] {
             assert_eq!(offset % 8, 0);
         }
@@ -217,6 +244,8 @@ mod tests {
             POISONED,
             CONSUMER_LOCK,
             HEAD_DURABLE,
+            ROOM,
+            ROOM_SLEEPERS,
             SLOTS,
         ] {
             assert_eq!(offset % 4, 0);
@@ -230,7 +259,11 @@ mod tests {
         const { assert!(PREPARED_END + 8 <= CONSUMER_LOCK) };
         const { assert!(CONSUMER_LOCK + 4 <= HEAD_DURABLE) };
         const { assert!(HEAD_DURABLE + 4 <= ACK_LOG_ID) };
-        const { assert!(ACK_PREPARED + 8 <= SLOTS) };
+        const { assert!(ACK_PREPARED + 8 <= TAIL_PUSHED) };
+        const { assert!(TAIL_PUSHED + 16 <= PUBLISHED_PUSHED) };
+        const { assert!(PUBLISHED_PUSHED + 16 <= CONSUMED_RECORDS) };
+        const { assert!(CONSUMED_BYTES + 8 <= ROOM) };
+        const { assert!(ROOM_SLEEPERS + 4 <= SLOTS) };
         const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
     }
 

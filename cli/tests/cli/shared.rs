@@ -386,7 +386,7 @@ fn pop_wait_is_woken_by_a_push_of_a_live_producer() {
 fn a_queue_that_cannot_be_shared_yet_is_opened_alone_as_before() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("q");
-    drop(Queue::open(&dir, options().max_records(100)).unwrap());
+    drop(Queue::open(&dir, options().dedup_window(Duration::from_secs(60))).unwrap());
     spool(&["push", arg(&dir), "a", "b", "c"]).assert().code(0);
     spool(&["pop", arg(&dir)]).assert().code(0).stdout("a\n");
     spool(&["pop", "--wait", "5", arg(&dir)])
@@ -412,7 +412,10 @@ fn a_queue_that_cannot_be_shared_yet_is_opened_alone_as_before() {
     ] {
         let (code, _, err) = run(&args);
         assert_eq!(code, 4, "spool {args:?}: {err}");
-        assert!(err.contains("settings bound it"), "spool {args:?}: {err}");
+        assert!(
+            err.contains("settings deduplicate pushes"),
+            "spool {args:?}: {err}"
+        );
         assert!(err.contains(&pid), "spool {args:?}: {err}");
     }
 }
