@@ -481,6 +481,10 @@ impl Log {
             if payloads.is_empty() {
                 return Ok(writer.next_seq..writer.next_seq);
             }
+            if let Some(limits) = &env.limits {
+                // A refused push leaves nothing to repair.
+                limits.check(payloads.len() as u64, batch_len)?;
+            }
             // From here until the commit, a death leaves the log past the committed tail: the
             // next writer cuts it (`repair_tail`).
             coordination.set_dirty();

@@ -180,6 +180,22 @@ fn child() {
                 }
             }
         }
+        // A bounded queue's producer: "p ..." as "push"; a push refused at the bound is tried
+        // again.
+        "push-bounded" => {
+            let mut number = 0;
+            loop {
+                match queue.push(&payload(producer, number)) {
+                    Ok(seq) => {
+                        writeln!(out, "p {seq} {producer} {number}").unwrap();
+                        out.flush().unwrap();
+                        number += 1;
+                    }
+                    Err(Error::Full { .. }) => std::thread::yield_now(),
+                    Err(error) => panic!("push: {error}"),
+                }
+            }
+        }
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -1370,5 +1386,137 @@ fn len_stays_right_when_a_pop_crosses_into_the_next_segment_beyond_a_lease() {
         );
         held.ack().unwrap();
         assert_eq!(popper.len(), left - 1, "{sync}");
+    }
+}
+
+/// A bounded queue's usage after kills: the survivors (the parent's handles, opened before)
+/// fill the queue until a push is refused, then drain it; the records and bytes the refusal
+/// named are exactly those drained, and afterwards the bound takes exactly `max_records` again.
+fn check_bounded_usage(producer: &Queue, consumer: &Queue, max_records: u64, context: &str) {
+    // `len` settles the consumer's turn first: it reads the files a dead holder left.
+    let _ = consumer.len();
+    let (records, bytes) = loop {
+        match producer.push(&payload(1, 0)) {
+            Ok(_) => {}
+            Err(Error::Full { records, bytes, .. }) => break (records, bytes),
+            Err(error) => panic!("{context}: push: {error}"),
+        }
+    };
+    assert!(records >= max_records, "{context}: refused at {records}");
+    let (mut drained, mut drained_bytes) = (0u64, 0u64);
+    // Records leased by a killed child come back when their lease ends: `len` counts them.
+    // (`pop_timeout` also returns at the end of a lease: looked at again until 60 s passed.)
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while consumer.len() > 0 {
+        let Some(record) = consumer.pop_timeout(Duration::from_secs(5)).unwrap() else {
+            assert!(
+                Instant::now() < give_up,
+                "{context}: len {} but nothing to pop",
+                consumer.len()
+            );
+            continue;
+        };
+        parse(record.payload());
+        drained += 1;
+        drained_bytes += diskspool::format::frame::frame_len(record.payload().len()) as u64;
+    }
+    assert_eq!(
+        (records, bytes),
+        (drained, drained_bytes),
+        "{context}: the usage the refusal named is what the queue held"
+    );
+    for handle in [producer, consumer] {
+        match handle.push_batch(vec![b"x".as_slice(); max_records as usize + 1]) {
+            Err(Error::Full {
+                records: 0,
+                bytes: 0,
+                ..
+            }) => {}
+            other => panic!("{context}: drained, but {other:?}"),
+        }
+    }
+    for number in 0..max_records {
+        producer.push(&payload(1, number)).unwrap();
+    }
+    assert!(
+        matches!(consumer.push(&payload(1, 0)), Err(Error::Full { .. })),
+        "{context}: full at exactly max_records"
+    );
+}
+
+/// Bounds across processes: producers and consumers of a bounded queue killed at each crash
+/// point, and at random, leave the usage exact for the handles that go on.
+#[test]
+fn a_bounded_queue_keeps_its_usage_exact_when_processes_are_killed() {
+    const MAX: u64 = 40;
+    let bounded = |sync: &str, lease: Duration| options(sync).max_records(MAX).lease(lease);
+    let cases = [
+        ("push-bounded", "shared.dirty:6"),
+        ("push-bounded", "shared.written:6"),
+        ("pop", "consumer.begun:5"),
+        ("pop", "consumer.ending:5"),
+        ("recv", "consumer.begun:5"),
+        ("recv", "consumer.ending:6"),
+    ];
+    for sync in ["never", "always"] {
+        for (mode, point) in cases {
+            let context = format!("a bounded queue, a {mode} child killed at {point} ({sync})");
+            let dir = tempfile::tempdir().unwrap();
+            let producer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+            let consumer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+            for number in 0..30 {
+                producer.push(&payload(1, number)).unwrap();
+            }
+            // The parent's consumer has a reader, and holds a lease across the kill.
+            consumer.pop().unwrap().unwrap();
+            let held = consumer.try_recv().unwrap().unwrap();
+            let mut child = spawn_with(
+                mode,
+                dir.path(),
+                sync,
+                Some(point),
+                &[(LEASE_ENV, std::ffi::OsStr::new("300"))],
+                Stdio::null(),
+                Stdio::null(),
+            );
+            let status = child.wait().unwrap();
+            assert!(aborted(status), "{context}: ended with {status}");
+            held.ack().unwrap();
+            check_bounded_usage(&producer, &consumer, MAX, &context);
+        }
+        // SIGKILL at random moments of producers and consumers.
+        let seed = seed();
+        let context = format!("a bounded queue, random kills, DISKSPOOL_MP_SEED={seed} ({sync})");
+        let mut rng = Rng(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let producer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+        let consumer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+        let start = |mode: &str| {
+            spawn_with(
+                mode,
+                dir.path(),
+                sync,
+                None,
+                &[(LEASE_ENV, std::ffi::OsStr::new("300"))],
+                Stdio::null(),
+                Stdio::null(),
+            )
+        };
+        let modes = ["push-bounded", "push-bounded", "pop", "recv"];
+        let mut children: Vec<(&str, Child)> =
+            modes.iter().map(|&mode| (mode, start(mode))).collect();
+        for _ in 0..12 {
+            std::thread::sleep(Duration::from_micros(2_000 + rng.below(20_000)));
+            let victim = rng.below(children.len() as u64) as usize;
+            let (mode, mut child) = children.swap_remove(victim);
+            child.kill().unwrap();
+            assert!(killed(child.wait().unwrap()), "{context}");
+            children.push((mode, start(mode)));
+        }
+        for (_, mut child) in children {
+            child.kill().unwrap();
+            assert!(killed(child.wait().unwrap()), "{context}");
+        }
+        check_bounded_usage(&producer, &consumer, MAX, &context);
     }
 }
