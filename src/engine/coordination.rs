@@ -764,13 +764,9 @@ impl SharedUsage {
         )
     }
 
-    /// The usage at a tail `upto` (the published one: what consumers have seen).
-    pub(crate) fn usage_at(&self, upto: CommittedTail) -> (u64, u64) {
-        let (records, bytes) = self.consumed();
-        (
-            upto.next_seq.saturating_sub(records),
-            upto.pushed_bytes.saturating_sub(bytes),
-        )
+    /// Whether everything up to the tail `upto` counts as consumed, nothing more.
+    pub(crate) fn is_all_consumed_at(&self, upto: CommittedTail) -> bool {
+        self.consumed() == (upto.next_seq, upto.pushed_bytes)
     }
 
     fn consumed(&self) -> (u64, u64) {

@@ -333,7 +333,7 @@ impl Shared {
             return;
         };
         let upto = usage.published();
-        if consumer.is_drained_at(upto) && usage.usage_at(upto) != (0, 0) {
+        if consumer.is_drained_at(upto) && !usage.is_all_consumed_at(upto) {
             usage.set_usage(upto, 0, 0);
         }
     }

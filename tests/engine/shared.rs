@@ -789,4 +789,37 @@ mod bounds {
         }
         assert!(matches!(b.push(RECORD), Err(Error::Full { .. })));
     }
+
+    #[test]
+    fn a_record_expired_in_two_handles_is_counted_once_the_queue_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = bounded(Overflow::Reject, SyncPolicy::Never).lease(Duration::from_secs(60));
+        let a = Queue::open(dir.path(), options.clone()).unwrap();
+        let b = Queue::open(dir.path(), options).unwrap();
+        a.push(RECORD).unwrap();
+        let short = diskspool::Push::new().ttl(Duration::from_micros(1));
+        a.push_with(RECORD, short).unwrap();
+        a.push(RECORD).unwrap();
+        // Longer than the TTL: the monotonic wait makes the record expired, whatever the load.
+        std::thread::sleep(Duration::from_millis(2));
+        // A discards the expired record behind its lease (beyond the head, nothing written);
+        // B reaches it too, and discards it again.
+        let held = a.try_recv().unwrap().unwrap();
+        let second = a.try_recv().unwrap().unwrap();
+        assert_eq!((held.seq(), second.seq()), (0, 2));
+        assert!(b.try_recv().unwrap().is_none());
+        held.ack().unwrap();
+        second.ack().unwrap();
+        // Drained: the usage is nothing, in every handle, and the bound takes exactly 5 again.
+        for handle in [&a, &b] {
+            assert_eq!(usage(handle), (0, 0));
+        }
+        for _ in 0..5 {
+            b.push(RECORD).unwrap();
+        }
+        assert!(matches!(
+            a.push(RECORD),
+            Err(Error::Full { records: 5, .. })
+        ));
+    }
 }
