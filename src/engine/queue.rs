@@ -341,8 +341,8 @@ impl Queue {
     /// at most `timeout` for room, then fails with [`Error::Full`] (having written nothing).
     /// Under the other overflow rules it is `push`.
     ///
-    /// A thread that blocks here waits for *other* threads (or processes' handles on other
-    /// queues, never this one) to consume: a thread that both pushes and pops a full
+    /// A thread that blocks here waits for *other* threads (or, on a queue shared by several
+    /// processes, other processes) to consume: a thread that both pushes and pops a full
     /// `Block` queue must use this with a timeout (or `Reject`), else its `push` waits forever.
     pub fn push_timeout(&self, payload: &[u8], timeout: Duration) -> Result<u64> {
         let deadline = Instant::now().checked_add(timeout);
