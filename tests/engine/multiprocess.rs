@@ -1407,7 +1407,7 @@ fn check_bounded_usage(producer: &Queue, consumer: &Queue, max_records: u64, con
     // Records leased by a killed child come back when their lease ends: `len` counts them.
     // (`pop_timeout` also returns at the end of a lease: looked at again until 60 s passed.)
     let give_up = Instant::now() + Duration::from_secs(60);
-    while consumer.len() > 0 {
+    while !consumer.is_empty() {
         let Some(record) = consumer.pop_timeout(Duration::from_secs(5)).unwrap() else {
             assert!(
                 Instant::now() < give_up,
