@@ -197,7 +197,11 @@ impl Log {
         prefix: BodyPrefix,
     ) -> Result<Range<u64>> {
         if let Some(coordination) = &env.coordination {
-            return self.push_shared(env, coordination, payloads, prefix);
+            let pushed = self.push_shared(env, coordination, payloads, prefix);
+            if let Err(Error::Full { .. }) = pushed {
+                self.publish_committed(env, coordination)?;
+            }
+            return pushed;
         }
         let batch_len = self.check_batch(env, payloads, prefix)?;
         let always = env.options.sync == SyncPolicy::Always;
@@ -580,6 +584,28 @@ impl Log {
             }
             coordination.wait_for_arrival(seen, SYNC_WAIT);
         }
+    }
+
+    /// After a push of a bounded shared queue was refused: publishes what is committed and not
+    /// yet published (synced first under `Always`). Such records are left by a producer that
+    /// died between its commit and the publication (or the sync) that would have shown them;
+    /// the next push would publish them, but at the bound no push commits, while the usage
+    /// counts them: consumers must see them to make room.
+    #[cold]
+    fn publish_committed(&self, env: &Env, coordination: &Coordination) -> Result<()> {
+        let (_, committed) = coordination.committed();
+        if committed.next_seq <= coordination.published().next_seq {
+            return Ok(());
+        }
+        if env.options.sync == SyncPolicy::Always {
+            return self.wait_durable(env, coordination, committed.next_seq);
+        }
+        let _tail = coordination.lock_tail();
+        let (_, committed) = coordination.committed();
+        coordination.publish(committed);
+        drop(_tail);
+        self.publish_tail(env, committed);
+        Ok(())
     }
 
     /// How long a sync leader waits for producers still on their way to a commit: half the

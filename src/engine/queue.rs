@@ -322,9 +322,12 @@ impl Queue {
             closed: false,
         };
         if let Some(limits) = &queue.shared.env.limits {
-            // The usage the bound starts from: what is on disk and not yet consumed.
-            let (records, bytes) = usage_at_open(&queue.shared)?;
-            limits.set_usage(records, bytes);
+            if limits.shared().is_none() {
+                // The usage the bound starts from: what is on disk and not yet consumed (a
+                // shared queue's first opener counted it into the control file it built).
+                let (records, bytes) = usage_at_open(&queue.shared)?;
+                limits.set_usage(records, bytes);
+            }
         }
         Ok(queue)
     }
