@@ -1526,7 +1526,7 @@ fn a_bounded_queue_keeps_its_usage_exact_when_processes_are_killed() {
         let modes = ["push-bounded", "push-bounded", "pop", "recv"];
         let mut children: Vec<(&str, Child)> =
             modes.iter().map(|&mode| (mode, start(mode))).collect();
-        for _ in 0..std::env::var("BOUNDED_KILLS")
+        for _ in 0..std::env::var("DISKSPOOL_MP_BOUNDED_KILLS")
             .ok()
             .and_then(|k| k.parse().ok())
             .unwrap_or(12)
