@@ -600,12 +600,11 @@ impl Log {
         if env.options.sync == SyncPolicy::Always {
             return self.wait_durable(env, coordination, committed.next_seq);
         }
-        let _tail = coordination.lock_tail();
+        let tail = coordination.lock_tail();
         let (_, committed) = coordination.committed();
         coordination.publish(committed);
-        drop(_tail);
-        self.publish_tail(env, committed);
-        Ok(())
+        drop(tail);
+        self.take_up_published(env, coordination, committed)
     }
 
     /// How long a sync leader waits for producers still on their way to a commit: half the
