@@ -180,6 +180,13 @@ fn child() {
                 }
             }
         }
+        // One push ("p ..." once it returned), then the end: under `Overflow::Block` it waits
+        // for room.
+        "push-once" => {
+            let seq = queue.push(&payload(producer, 0)).unwrap();
+            writeln!(out, "p {seq} {producer} 0").unwrap();
+            out.flush().unwrap();
+        }
         // A bounded queue's producer: "p ..." as "push"; a push refused at the bound is tried
         // again.
         "push-bounded" => {
@@ -1543,5 +1550,48 @@ fn a_bounded_queue_keeps_its_usage_exact_when_processes_are_killed() {
             assert!(killed(child.wait().unwrap()), "{context}");
         }
         check_bounded_usage(&producer, &consumer, None, MAX, &context);
+    }
+}
+
+/// `Overflow::Block` across processes: a child's push into the full queue sleeps on the room
+/// word in `control` (its count of sleepers says so, no timed guess) until a pop in the parent
+/// makes room, and then returns.
+#[test]
+fn a_push_blocked_in_one_process_is_woken_by_a_pop_in_another() {
+    use diskspool::format::control::ROOM_SLEEPERS;
+    use diskspool::format::layout::CONTROL_FILE_NAME;
+    for sync in ["never", "always"] {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(
+            dir.path(),
+            options(sync)
+                .max_records(3)
+                .overflow(diskspool::Overflow::Block),
+        )
+        .unwrap();
+        for number in 0..3 {
+            queue.push(&payload(1, number)).unwrap();
+        }
+        let mut child = spawn("push-once", dir.path(), sync, None);
+        let sleepers = || {
+            let bytes = std::fs::read(dir.path().join(CONTROL_FILE_NAME)).unwrap();
+            u32::from_ne_bytes(bytes[ROOM_SLEEPERS..ROOM_SLEEPERS + 4].try_into().unwrap())
+        };
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while sleepers() == 0 {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{sync}: the child ended"
+            );
+            assert!(Instant::now() < give_up, "{sync}: the child never waited");
+            std::thread::yield_now();
+        }
+        assert_eq!(queue.len(), 3, "{sync}: the blocked push wrote nothing");
+        assert_eq!(queue.pop().unwrap().unwrap().seq(), 0);
+        assert!(child.wait().unwrap().success(), "{sync}");
+        let pushed = entries(&lines_of(&mut child), "p ");
+        assert_eq!(pushed.len(), 1, "{sync}");
+        assert_eq!(pushed[0].0, 3, "{sync}");
+        assert_eq!(queue.len(), 3, "{sync}");
     }
 }
