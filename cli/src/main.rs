@@ -234,8 +234,7 @@ fn require_dir(dir: &Path) -> Result<(), Failure> {
 enum Access {
     /// Shared with the processes that have it open (`Options::exclusive(false)`), so that it
     /// works beside a live service; alone (as [`Access::Alone`], with the reason) when the
-    /// queue's stored settings bound it or deduplicate pushes, which a shared queue does not
-    /// support yet.
+    /// queue's stored settings deduplicate pushes, which a shared queue does not support yet.
     Shared,
     /// The queue to this process alone (an exclusive open): exit 4 while any other process has
     /// it open, shared or not. The reason, if given, is printed before that exit.
@@ -312,12 +311,9 @@ fn open_queue_with(
 fn settings_need_alone(dir: &Path) -> Option<&'static str> {
     use diskspool::storage::{queue_dir::read_settings, OsStorage};
     let settings = read_settings(&OsStorage, dir).ok()??;
-    (settings.max_records.is_some()
-        || settings.max_bytes.is_some()
-        || settings.dedup_window_us.is_some())
-    .then_some(
-        "the queue's settings bound it or deduplicate pushes, which a queue shared by several \
-         processes does not support yet",
+    settings.dedup_window_us.is_some().then_some(
+        "the queue's settings deduplicate pushes, which a queue shared by several processes \
+         does not support yet",
     )
 }
 

@@ -55,8 +55,8 @@ Records from standard input are pushed in atomic batches of up to 1 MiB: after a
 batch is either wholly in the queue or not at all. Exit status 0 means every record was accepted
 under the --sync policy.
 
-push works beside a service that holds the queue shared. --segment-size, the policy flags,
---dedup-id, and a queue whose settings bound it or set a dedup window need the queue alone
+push works beside a service that holds the queue shared, bounded or not. --segment-size, the
+policy flags, --dedup-id, and a queue whose settings set a dedup window need the queue alone
 (exit 4 while another process has it open).")]
 pub struct PushArgs {
     /// The queue directory; created when it does not exist.

@@ -29,9 +29,10 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::control::{
     lease_owner, lease_owner_parts, ticket, ticket_parts, ACK_LOG_ID, ACK_PREPARED, ACK_TAIL,
-    ARRIVALS, COMMIT_TIMES, CONSUMER_EPOCH, CONSUMER_LOCK, CONSUMER_PID, EPOCH_MAX, GATHER,
-    HEAD_DURABLE, INSIDE, POISONED, PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_SLOTS,
-    REPAIRS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK,
+    ARRIVALS, COMMIT_TIMES, CONSUMED_BYTES, CONSUMED_RECORDS, CONSUMER_EPOCH, CONSUMER_LOCK,
+    CONSUMER_PID, EPOCH_MAX, GATHER, HEAD_DURABLE, INSIDE, POISONED, PREPARED_BASE, PREPARED_END,
+    PUBLISHED_GEN, PUBLISHED_PUSHED, PUBLISHED_SLOTS, REPAIRS, ROOM, ROOM_SLEEPERS, SLEEPERS,
+    SLOTS, SLOT_COUNT, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_PUSHED,
     TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
@@ -44,11 +45,14 @@ use crate::storage::process::{
 
 /// A committed end of the log: every frame below `tail` in segment `base` (and every frame of
 /// the segments before it) is whole, and `next_seq` is the number after the last one.
+/// `pushed_bytes`: the frame bytes of every record pushed up to it, counted from where the
+/// control file was built (with `next_seq`, what a bounded queue's usage is measured from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CommittedTail {
     pub(crate) base: u64,
     pub(crate) tail: u64,
     pub(crate) next_seq: u64,
+    pub(crate) pushed_bytes: u64,
 }
 
 /// An open in progress: `open.lock` is held until it is dropped.
@@ -97,9 +101,10 @@ pub(crate) fn begin_open(dir: &Path) -> Result<Opening> {
 }
 
 impl Opening {
-    /// The first opener, after recovery: builds `control` with the recovered tail, and keeps
-    /// `lock` shared from now on.
-    pub(crate) fn build(self, tail: CommittedTail) -> Result<Coordination> {
+    /// The first opener, after recovery: builds `control` with the recovered tail and the
+    /// records and bytes consumed in all up to it (see [`SharedUsage`]), and keeps `lock`
+    /// shared from now on.
+    pub(crate) fn build(self, tail: CommittedTail, consumed: (u64, u64)) -> Result<Coordination> {
         let path = self.dir.join(CONTROL_FILE_NAME);
         let build_id = crate::engine::clock::now_micros().max(1);
         let control = ControlMapping::build(&path, build_id)
@@ -107,7 +112,13 @@ impl Opening {
         // Everything an attacher reads is in place before `open.lock` is released (when `new`
         // takes the opening): the committed and published tails (recovery made every record
         // durable), and `lock` held shared.
-        for slots in [TAIL_SLOTS, PUBLISHED_SLOTS] {
+        for (slots, pushed) in [
+            (TAIL_SLOTS, TAIL_PUSHED),
+            (PUBLISHED_SLOTS, PUBLISHED_PUSHED),
+        ] {
+            control
+                .word64(pushed)
+                .store(tail.pushed_bytes, Ordering::Relaxed);
             control.word64(slots).store(tail.base, Ordering::Relaxed);
             control
                 .word64(slots + 8)
@@ -116,6 +127,12 @@ impl Opening {
                 .word64(slots + 16)
                 .store(tail.next_seq, Ordering::Relaxed);
         }
+        control
+            .word64(CONSUMED_RECORDS)
+            .store(consumed.0, Ordering::Relaxed);
+        control
+            .word64(CONSUMED_BYTES)
+            .store(consumed.1, Ordering::Relaxed);
         control.word64(TAIL_GEN).store(0, Ordering::Release);
         control.word64(PUBLISHED_GEN).store(0, Ordering::Release);
         // The pid an exclusive handle left in `lock` names nobody now: an exclusive open
@@ -496,25 +513,14 @@ impl Coordination {
         self.word64(slot + 8).store(tail.tail, Ordering::Relaxed);
         self.word64(slot + 16)
             .store(tail.next_seq, Ordering::Relaxed);
+        self.word64(pushed_slot(slots, generation))
+            .store(tail.pushed_bytes, Ordering::Relaxed);
     }
 
     /// A tail (committed or durable) and its generation. Lock-free: retried while a commit
     /// overwrote the slot being read (a sequence lock over two slots).
     fn read_tail(&self, generation_at: usize, slots: usize) -> (u64, CommittedTail) {
-        loop {
-            let generation = self.word64(generation_at).load(Ordering::Acquire);
-            let slot = slots + (generation % 2) as usize * TAIL_SLOT_LEN;
-            let tail = CommittedTail {
-                base: self.word64(slot).load(Ordering::Relaxed),
-                tail: self.word64(slot + 8).load(Ordering::Relaxed),
-                next_seq: self.word64(slot + 16).load(Ordering::Relaxed),
-            };
-            fence(Ordering::Acquire);
-            if self.word64(generation_at).load(Ordering::Relaxed) == generation {
-                return (generation, tail);
-            }
-            std::hint::spin_loop();
-        }
+        read_tail_in(&self.control, generation_at, slots)
     }
 
     /// The committed tail and its generation.
@@ -767,9 +773,141 @@ impl Coordination {
         wait_for_arrival_in(&self.control, seen, timeout);
     }
 
+    /// The usage of a bounded queue, for its [`Limits`](crate::engine::limits::Limits).
+    pub(crate) fn shared_usage(&self) -> SharedUsage {
+        SharedUsage {
+            control: self.control.clone(),
+        }
+    }
+
     /// The control mapping, for a thread that must not keep the handle alive.
     pub(crate) fn control(&self) -> Arc<ControlMapping> {
         self.control.clone()
+    }
+}
+
+/// The word of pushed bytes that goes with the tail slot `generation % 2` at `slots`.
+fn pushed_slot(slots: usize, generation: u64) -> usize {
+    let words = match slots {
+        TAIL_SLOTS => TAIL_PUSHED,
+        _ => PUBLISHED_PUSHED,
+    };
+    words + (generation % 2) as usize * 8
+}
+
+/// A tail (committed or durable) of a control mapping and its generation: see
+/// [`Coordination::committed`].
+fn read_tail_in(
+    control: &ControlMapping,
+    generation_at: usize,
+    slots: usize,
+) -> (u64, CommittedTail) {
+    loop {
+        let generation = control.word64(generation_at).load(Ordering::Acquire);
+        let slot = slots + (generation % 2) as usize * TAIL_SLOT_LEN;
+        let tail = CommittedTail {
+            base: control.word64(slot).load(Ordering::Relaxed),
+            tail: control.word64(slot + 8).load(Ordering::Relaxed),
+            next_seq: control.word64(slot + 16).load(Ordering::Relaxed),
+            pushed_bytes: control
+                .word64(pushed_slot(slots, generation))
+                .load(Ordering::Relaxed),
+        };
+        fence(Ordering::Acquire);
+        if control.word64(generation_at).load(Ordering::Relaxed) == generation {
+            return (generation, tail);
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// A bounded shared queue's usage, kept in the control file as totals (see
+/// docs/ARCHITECTURE.md, "Bounds across processes"): records and frame bytes pushed in all
+/// (the committed tail's `next_seq` and `pushed_bytes`, committed with the tail under the tail
+/// lock) minus those consumed in all (two words that consumers raise in their turns, under the
+/// consumer lock). A takeover from a dead consumer counts the consumed totals again from the
+/// files ([`set_usage`](SharedUsage::set_usage)); nothing a kill leaves drifts further than
+/// the next such count. Pushes waiting for room sleep on the `room` futex word, which every
+/// giving back of room bumps.
+pub(crate) struct SharedUsage {
+    control: Arc<ControlMapping>,
+}
+
+impl SharedUsage {
+    /// Records and bytes not yet consumed: the committed totals minus the consumed ones. Exact
+    /// under the tail lock (no push commits meanwhile; consumers only lower it).
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        let (_, committed) = read_tail_in(&self.control, TAIL_GEN, TAIL_SLOTS);
+        let (records, bytes) = self.consumed();
+        (
+            committed.next_seq.saturating_sub(records),
+            committed.pushed_bytes.saturating_sub(bytes),
+        )
+    }
+
+    /// Whether everything up to the tail `upto` counts as consumed, nothing more.
+    pub(crate) fn is_all_consumed_at(&self, upto: CommittedTail) -> bool {
+        self.consumed() == (upto.next_seq, upto.pushed_bytes)
+    }
+
+    fn consumed(&self) -> (u64, u64) {
+        (
+            self.control
+                .word64(CONSUMED_RECORDS)
+                .load(Ordering::Acquire),
+            self.control.word64(CONSUMED_BYTES).load(Ordering::Acquire),
+        )
+    }
+
+    /// Counts consumed records (under the consumer lock) and wakes the pushes waiting for room.
+    pub(crate) fn consume(&self, records: u64, bytes: u64) {
+        self.control
+            .word64(CONSUMED_RECORDS)
+            .fetch_add(records, Ordering::AcqRel);
+        self.control
+            .word64(CONSUMED_BYTES)
+            .fetch_add(bytes, Ordering::AcqRel);
+        self.announce_room();
+    }
+
+    /// Sets the consumed totals so that the usage at the published tail `upto` is `records`
+    /// and `bytes` (counted from the files, under the consumer lock).
+    pub(crate) fn set_usage(&self, upto: CommittedTail, records: u64, bytes: u64) {
+        self.control
+            .word64(CONSUMED_RECORDS)
+            .store(upto.next_seq.saturating_sub(records), Ordering::Release);
+        self.control
+            .word64(CONSUMED_BYTES)
+            .store(upto.pushed_bytes.saturating_sub(bytes), Ordering::Release);
+        self.announce_room();
+    }
+
+    /// The published tail: what consumers read up to.
+    pub(crate) fn published(&self) -> CommittedTail {
+        read_tail_in(&self.control, PUBLISHED_GEN, PUBLISHED_SLOTS).1
+    }
+
+    /// The room word's value, read before the usage a waiter looks at.
+    pub(crate) fn room(&self) -> u32 {
+        self.control.word32(ROOM).load(Ordering::SeqCst)
+    }
+
+    fn announce_room(&self) {
+        let room = self.control.word32(ROOM);
+        room.fetch_add(1, Ordering::SeqCst);
+        // SeqCst pairs with `wait_for_room`, as `announce` with `wait_for_arrival`.
+        if self.control.word32(ROOM_SLEEPERS).load(Ordering::SeqCst) > 0 {
+            wake_all(room);
+        }
+    }
+
+    /// Sleeps until a consumer of any process gives room back after `seen` was read, or
+    /// `timeout`.
+    pub(crate) fn wait_for_room(&self, seen: u32, timeout: std::time::Duration) {
+        let sleepers = self.control.word32(ROOM_SLEEPERS);
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        wait_for_change(self.control.word32(ROOM), seen, timeout);
+        sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

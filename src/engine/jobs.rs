@@ -362,6 +362,20 @@ impl Jobs {
         tracked + self.history.acked_count_from(frontier)
     }
 
+    /// The frame bytes of the tracked records acknowledged beyond the head.
+    pub(crate) fn acked_frame_bytes(&self) -> u64 {
+        self.entries
+            .values()
+            .filter(|job| job.state == JobState::Acked)
+            .map(|job| job.record.frame_len())
+            .sum()
+    }
+
+    /// What the ack log remembers beyond the tracked records.
+    pub(crate) fn history(&self) -> &JobHistory {
+        &self.history
+    }
+
     /// Records handed out and not yet settled.
     pub(crate) fn leased(&self) -> u64 {
         self.entries

@@ -197,7 +197,11 @@ impl Log {
         prefix: BodyPrefix,
     ) -> Result<Range<u64>> {
         if let Some(coordination) = &env.coordination {
-            return self.push_shared(env, coordination, payloads, prefix);
+            let pushed = self.push_shared(env, coordination, payloads, prefix);
+            if let Err(Error::Full { .. }) = pushed {
+                self.publish_committed(env, coordination)?;
+            }
+            return pushed;
         }
         let batch_len = self.check_batch(env, payloads, prefix)?;
         let always = env.options.sync == SyncPolicy::Always;
@@ -306,7 +310,7 @@ impl Log {
         if has_records && writer.tail + batch_len > env.options.segment_size {
             if let Err(error) = self.roll(env, writer) {
                 if let Some(limits) = &env.limits {
-                    limits.release(payloads.len() as u64, batch_len);
+                    limits.unreserve(payloads.len() as u64, batch_len);
                 }
                 return Err(error);
             }
@@ -321,7 +325,7 @@ impl Log {
         );
         if let Err(failure) = appended {
             if let Some(limits) = &env.limits {
-                limits.release(payloads.len() as u64, batch_len);
+                limits.unreserve(payloads.len() as u64, batch_len);
             }
             return Err(if failure.poison {
                 env.poison(failure.error)
@@ -481,6 +485,10 @@ impl Log {
             if payloads.is_empty() {
                 return Ok(writer.next_seq..writer.next_seq);
             }
+            if let Some(limits) = &env.limits {
+                // A refused push leaves nothing to repair.
+                limits.check(payloads.len() as u64, batch_len)?;
+            }
             // From here until the commit, a death leaves the log past the committed tail: the
             // next writer cuts it (`repair_tail`).
             coordination.set_dirty();
@@ -499,6 +507,8 @@ impl Log {
                 base: writer.active.base_seq,
                 tail: writer.tail,
                 next_seq: writer.next_seq,
+                // The tail taken up above: a bounded queue's usage counts from these totals.
+                pushed_bytes: committed.pushed_bytes + batch_len,
             };
             coordination.set_prepared_end(writer.active.base_seq, writer.prepared_end());
             coordination.commit(committed);
@@ -581,6 +591,27 @@ impl Log {
             }
             coordination.wait_for_arrival(seen, SYNC_WAIT);
         }
+    }
+
+    /// After a push of a bounded shared queue was refused: publishes what is committed and not
+    /// yet published (synced first under `Always`). Such records are left by a producer that
+    /// died between its commit and the publication (or the sync) that would have shown them;
+    /// the next push would publish them, but at the bound no push commits, while the usage
+    /// counts them: consumers must see them to make room.
+    #[cold]
+    fn publish_committed(&self, env: &Env, coordination: &Coordination) -> Result<()> {
+        let (_, committed) = coordination.committed();
+        if committed.next_seq <= coordination.published().next_seq {
+            return Ok(());
+        }
+        if env.options.sync == SyncPolicy::Always {
+            return self.wait_durable(env, coordination, committed.next_seq);
+        }
+        let tail = coordination.lock_tail();
+        let (_, committed) = coordination.committed();
+        coordination.publish(committed);
+        drop(tail);
+        self.take_up_published(env, coordination, committed)
     }
 
     /// How long a sync leader waits for producers still on their way to a commit: as long as
@@ -758,23 +789,34 @@ impl Log {
             }
         }
         if let Some(published) = coordination.published_if_moved() {
-            let known = self
-                .segments
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains_key(&published.base);
-            if !known {
-                // Published into a segment rolled after the committed tail read above: the
-                // committed tail, never behind the published one, is taken up first, so that
-                // the segments before are sealed and this one is there to publish into.
-                let (_, committed) = coordination.committed();
-                let mut writer = self.lock_writer();
-                if committed.next_seq > writer.next_seq || committed.base > writer.active.base_seq {
-                    self.catch_up(env, &mut writer, committed)?;
-                }
-            }
-            self.publish_tail(env, published);
+            self.take_up_published(env, coordination, published)?;
         }
+        Ok(())
+    }
+
+    /// Shows this handle's readers the records up to a tail published in `control`.
+    pub(crate) fn take_up_published(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        published: CommittedTail,
+    ) -> Result<()> {
+        let known = self
+            .segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&published.base);
+        if !known {
+            // Published into a segment rolled after the committed tail read above: the
+            // committed tail, never behind the published one, is taken up first, so that
+            // the segments before are sealed and this one is there to publish into.
+            let (_, committed) = coordination.committed();
+            let mut writer = self.lock_writer();
+            if committed.next_seq > writer.next_seq || committed.base > writer.active.base_seq {
+                self.catch_up(env, &mut writer, committed)?;
+            }
+        }
+        self.publish_tail(env, published);
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::engine::acklog::AckLog;
 use crate::engine::clock::{now_micros, Clock};
-use crate::engine::coordination::{ConsumerFiles, Coordination};
+use crate::engine::coordination::{CommittedTail, ConsumerFiles, Coordination};
 use crate::engine::counters::ConsumerCounts;
 use crate::engine::env::Env;
 use crate::engine::head::{HeadIndex, SyncStart};
@@ -24,7 +24,7 @@ use crate::format::frame;
 use crate::format::head::HeadState;
 use crate::format::segment::{find_later_frame, is_free_space, walk_headers, SEGMENT_HEADER_LEN};
 use crate::options::SyncPolicy;
-use crate::storage::Mapping;
+use crate::storage::{Mapping, Storage};
 
 /// A read position: the next frame to read.
 #[derive(Clone)]
@@ -163,9 +163,10 @@ impl Reader {
     fn track(&mut self, env: &Env, found: Found, now_us: u64) {
         let seq = found.record.seq();
         let (acked, deliveries, retry_at_us, lease_owner) = self.jobs.take_history(seq);
-        if acked {
+        if acked && env.coordination.is_none() {
             // Acknowledged before the queue was opened: not counted as a record at open, but
-            // its frame was counted in the bytes.
+            // its frame was counted in the bytes. (A shared queue's count leaves such frames
+            // out: see `Reader::unconsumed`.)
             release_room(env, 0, &found.record);
         }
         let not_before_us = found.record.not_before_us().max(retry_at_us);
@@ -278,6 +279,56 @@ impl Reader {
             .saturating_sub(self.head_seq())
             .saturating_sub(self.jobs.acked_beyond_head(self.cursor.next_seq))
             .saturating_sub(self.retired_between(self.head_seq(), self.cursor.next_seq))
+    }
+
+    /// What a shared queue's bound counts as not yet consumed up to the published tail `upto`
+    /// (which the log has taken up): the records [`len`](Reader::len) counts, and the frame
+    /// bytes from the head to `upto` but those of records acknowledged beyond the head (tracked,
+    /// or remembered from the ack log: their frames are read up to the last one).
+    pub(crate) fn unconsumed(
+        &self,
+        storage: &dyn Storage,
+        log: &Log,
+        upto: CommittedTail,
+    ) -> Result<(u64, u64)> {
+        let records = self.len(upto.next_seq);
+        let head = self.head_state(0);
+        let mut bytes = 0u64;
+        for segment in log.segments() {
+            if segment.base_seq < head.hint_base || segment.base_seq > upto.base {
+                continue;
+            }
+            let end = match segment.base_seq == upto.base {
+                true => upto.tail,
+                false => {
+                    segment.ensure_open(storage)?;
+                    segment.readable_end()
+                }
+            };
+            let start = match segment.base_seq == head.hint_base {
+                true => head.hint_offset,
+                false => SEGMENT_HEADER_LEN as u64,
+            };
+            bytes += end.saturating_sub(start);
+        }
+        let acked = self.jobs.acked_frame_bytes()
+            + acked_bytes_unread(
+                storage,
+                log,
+                &self.cursor,
+                upto.next_seq,
+                self.jobs.history(),
+            )?;
+        Ok((records, bytes.saturating_sub(acked)))
+    }
+
+    /// Whether every record up to the published tail `upto` is consumed, as far as this reader
+    /// knows: nothing tracked or remembered beyond the head, which is at `upto`.
+    pub(crate) fn is_drained_at(&self, upto: CommittedTail) -> bool {
+        self.jobs.is_idle()
+            && self.cursor.next_seq == upto.next_seq
+            && self.cursor.segment.base_seq == upto.base
+            && self.cursor.offset == upto.tail
     }
 
     /// How many retired numbers lie in `from..to`. Beyond the frontier the ack log's history
@@ -430,6 +481,61 @@ fn count_delayed_unread(
         offset = SEGMENT_HEADER_LEN as u64;
     }
     Ok(delayed)
+}
+
+/// The frame bytes of the records from the frontier `cursor` up to `end_seq` that the ack log
+/// remembers as acknowledged: headers only, up to the last such record.
+fn acked_bytes_unread(
+    storage: &dyn Storage,
+    log: &Log,
+    cursor: &Cursor,
+    end_seq: u64,
+    history: &JobHistory,
+) -> Result<u64> {
+    let Some(last_acked) = history.acked.values().next_back().copied() else {
+        return Ok(0);
+    };
+    let end_seq = end_seq.min(last_acked);
+    let is_acked = |seq: u64| {
+        history
+            .acked
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &end)| seq < end)
+    };
+    let (mut segment, mut offset, mut next_seq) =
+        (cursor.segment.clone(), cursor.offset, cursor.next_seq);
+    let mut acked = 0;
+    while next_seq < end_seq {
+        let end = segment.readable_end();
+        if offset < end {
+            let view = segment.view(end)?;
+            let bytes = (*view).as_ref();
+            let bytes = bytes.get(..end as usize).unwrap_or(&[]);
+            next_seq = walk_headers(
+                bytes,
+                offset as usize,
+                next_seq,
+                segment.rules(),
+                |header, _| {
+                    if header.seq < end_seq && is_acked(header.seq) {
+                        acked += frame::frame_len(header.payload_len as usize) as u64;
+                    }
+                },
+            );
+        }
+        if !segment.is_sealed() {
+            break;
+        }
+        let Some(next) = log.segment_after(segment.base_seq) else {
+            break;
+        };
+        next.ensure_open(storage)?;
+        next_seq = next.base_seq.max(next_seq);
+        segment = next;
+        offset = SEGMENT_HEADER_LEN as u64;
+    }
+    Ok(acked)
 }
 
 /// The delayed records among `range` of a sealed segment whose delayed frames are `frames`:
@@ -595,6 +701,21 @@ impl Consumer {
     /// Records in the queue, given the highest published sequence number.
     pub(crate) fn len(&self, published_next_seq: u64) -> u64 {
         lock(&self.reader).len(published_next_seq)
+    }
+
+    /// See [`Reader::unconsumed`].
+    pub(crate) fn unconsumed(
+        &self,
+        env: &Env,
+        log: &Log,
+        upto: CommittedTail,
+    ) -> Result<(u64, u64)> {
+        lock(&self.reader).unconsumed(&*env.storage, log, upto)
+    }
+
+    /// See [`Reader::is_drained_at`].
+    pub(crate) fn is_drained_at(&self, upto: CommittedTail) -> bool {
+        lock(&self.reader).is_drained_at(upto)
     }
 
     /// When the next delay or lease runs out, if any does.

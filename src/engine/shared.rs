@@ -20,6 +20,7 @@ use crate::engine::coordination::{ConsumerLock, Coordination};
 use crate::engine::dedup::Dedup;
 use crate::engine::env::Env;
 use crate::engine::head::HeadIndex;
+use crate::engine::limits::Limits;
 use crate::engine::log::{Bound, Log, Written};
 use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped, Reader, TurnMarker};
 use crate::engine::record::Record;
@@ -297,6 +298,9 @@ impl Shared {
             coordination.set_consumer_epoch(base);
         }
         turns.seen = Some(base);
+        if in_full {
+            self.recount_bound(coordination)?;
+        }
         crate::engine::failpoint::reached("consumer.begun");
         Ok(())
     }
@@ -326,6 +330,49 @@ impl Shared {
         self.watch_leases.store(still_waiting, Ordering::Relaxed);
         if ended > 0 {
             self.env.arrivals.notify();
+        }
+    }
+
+    /// A bounded shared queue, in a consumer turn: counts the usage again from the files as
+    /// this handle's reader now sees them (a dead consumer may have counted consumed records
+    /// that the files do not show consumed, or not counted those they do).
+    #[cold]
+    fn recount_bound(&self, coordination: &Coordination) -> Result<()> {
+        let Some(usage) = self.env.limits.as_ref().and_then(Limits::shared) else {
+            return Ok(());
+        };
+        let Some(consumer) = self.consumer.get() else {
+            return Ok(());
+        };
+        let upto = coordination.published();
+        self.log.take_up_published(&self.env, coordination, upto)?;
+        let (records, bytes) = consumer.unconsumed(&self.env, &self.log, upto)?;
+        usage.set_usage(upto, records, bytes);
+        Ok(())
+    }
+
+    /// A bounded shared queue, at the end of a turn: when this handle's reader consumed
+    /// everything up to the published tail, the usage there is nothing, whatever the totals
+    /// say (a record expired beyond the head in one handle is given back again by the next
+    /// handle that reaches it, which writes nothing about it: this settles such counts).
+    #[inline]
+    fn settle_bound_if_drained(&self) {
+        if self.env.limits.is_some() {
+            self.settle_drained_bound();
+        }
+    }
+
+    #[cold]
+    fn settle_drained_bound(&self) {
+        let Some(usage) = self.env.limits.as_ref().and_then(Limits::shared) else {
+            return;
+        };
+        let Some(consumer) = self.consumer.get() else {
+            return;
+        };
+        let upto = usage.published();
+        if consumer.is_drained_at(upto) && !usage.is_all_consumed_at(upto) {
+            usage.set_usage(upto, 0, 0);
         }
     }
 
@@ -370,6 +417,7 @@ impl Shared {
             // wait for that end) look again.
             coordination.announce();
         }
+        self.settle_bound_if_drained();
         coordination.park_consumer();
     }
 
@@ -528,10 +576,12 @@ impl Shared {
             return false;
         };
         if !self.env.may_hold_expiring() {
-            // A read error here is met again by the consumer that reaches the record.
-            // (A bounded queue is never shared: its consumer is this handle's.)
-            if let Some(consumer) = self.consumer.get() {
-                let _ = consumer.read_frontier(&self.env, &self.log);
+            // A read error here is met again by the consumer that reaches the record. In a
+            // shared queue, in a consumer turn (if this handle consumes at all).
+            if self.consumer.get().is_some() {
+                if let Ok(consumer) = self.consumer() {
+                    let _ = consumer.read_frontier(&self.env, &self.log);
+                }
             }
         }
         limits.overflow != Overflow::Reject || self.env.may_hold_expiring()
@@ -720,6 +770,11 @@ impl Shared {
             }
             purged
         };
+        if let Some(coordination) = &self.env.coordination {
+            // A shared queue's usage is counted where the purge left the head (producers of
+            // other processes may have pushed past this handle's tail meanwhile).
+            self.recount_bound(coordination)?;
+        }
         self.env.discarded(DiscardReason::Purge, purged);
         self.env.arrivals.notify();
         if self.env.options.auto_compact {

@@ -37,7 +37,15 @@
 //!    256     8  ack_log_id    the ack log file the last consumer turn left (0: none yet)
 //!    264     8  ack_tail      where its entries end
 //!    272     8  ack_prepared  the end of the zeros written ahead of them
-//!    280   232  reserved      zero
+//!    280    16  tail_pushed   two words, one per tail slot: frame bytes pushed in all, up to
+//!                             that slot's tail (committed with it, under the tail lock)
+//!    296    16  published_pushed  the same for the two published slots
+//!    312     8  consumed_records  records consumed in all (under the consumer lock): with
+//!                             `next_seq`, the bound's usage (`next_seq - consumed_records`)
+//!    320     8  consumed_bytes    frame bytes consumed in all (`pushed - consumed_bytes`)
+//!    328     4  room          bumped when consumers gave room back (a futex word)
+//!    332     4  room_sleepers pushes waiting on `room` (`Overflow::Block`)
+//!    336   176  reserved      zero
 //!    512     8  sync_began    when the last sync under `Always` began (µs since the epoch)
 //!    520     4  gather        (commits seen << 1) | a sync leader is gathering (a futex
 //!                             word: committers wake the leader while the bit is set)
@@ -118,6 +126,21 @@ pub const ACK_LOG_ID: usize = 256;
 pub const ACK_TAIL: usize = 264;
 /// Offset of the end of the zeros written ahead of them.
 pub const ACK_PREPARED: usize = 272;
+/// Offset of the frame bytes pushed in all, one word per tail slot (`TAIL_SLOTS`): slot `g % 2`
+/// at `TAIL_PUSHED + 8 * (g % 2)`, written with that slot.
+pub const TAIL_PUSHED: usize = 280;
+/// Offset of the same words for the published slots (`PUBLISHED_SLOTS`).
+pub const PUBLISHED_PUSHED: usize = 296;
+/// Offset of the records consumed in all: a bounded queue's usage is the committed
+/// `next_seq` minus this. Written under the consumer lock only.
+pub const CONSUMED_RECORDS: usize = 312;
+/// Offset of the frame bytes consumed in all: the usage in bytes is the committed pushed bytes
+/// minus this. Written under the consumer lock only.
+pub const CONSUMED_BYTES: usize = 320;
+/// Offset of the room futex word: bumped when consumers gave room back.
+pub const ROOM: usize = 328;
+/// Offset of the count of pushes waiting on `ROOM`.
+pub const ROOM_SLEEPERS: usize = 332;
 /// Offset of when the last sync under `Always` began (µs since the Unix epoch).
 pub const SYNC_BEGAN: usize = 512;
 /// Offset of the gather word: `(commits << 1) | gathering`, a futex word the sync leader
@@ -232,6 +255,12 @@ mod tests {
             ACK_LOG_ID,
             ACK_TAIL,
             ACK_PREPARED,
+            TAIL_PUSHED,
+            PUBLISHED_PUSHED,
+            CONSUMED_RECORDS,
+            CONSUMED_BYTES,
+            SYNC_BEGAN,
+            COMMIT_TIMES,
         ] {
             assert_eq!(offset % 8, 0);
         }
@@ -244,6 +273,9 @@ mod tests {
             POISONED,
             CONSUMER_LOCK,
             HEAD_DURABLE,
+            ROOM,
+            ROOM_SLEEPERS,
+            GATHER,
             SLOTS,
         ] {
             assert_eq!(offset % 4, 0);
@@ -257,8 +289,14 @@ mod tests {
         const { assert!(PREPARED_END + 8 <= CONSUMER_LOCK) };
         const { assert!(CONSUMER_LOCK + 4 <= HEAD_DURABLE) };
         const { assert!(HEAD_DURABLE + 4 <= ACK_LOG_ID) };
-        const { assert!(ACK_PREPARED + 8 <= SLOTS) };
-        const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
+        const { assert!(ACK_PREPARED + 8 <= TAIL_PUSHED) };
+        const { assert!(TAIL_PUSHED + 16 <= PUBLISHED_PUSHED) };
+        const { assert!(PUBLISHED_PUSHED + 16 <= CONSUMED_RECORDS) };
+        const { assert!(CONSUMED_BYTES + 8 <= ROOM) };
+        const { assert!(ROOM_SLEEPERS + 4 <= SYNC_BEGAN) };
+        const { assert!(GATHER + 4 <= SLOTS) };
+        const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= COMMIT_TIMES) };
+        const { assert!(COMMIT_TIMES + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
     }
 
     #[test]

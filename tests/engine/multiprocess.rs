@@ -192,6 +192,29 @@ fn child() {
             std::thread::sleep(Duration::from_secs(120));
             std::process::exit(1);
         }
+        // One push ("p ..." once it returned), then the end: under `Overflow::Block` it waits
+        // for room.
+        "push-once" => {
+            let seq = queue.push(&payload(producer, 0)).unwrap();
+            writeln!(out, "p {seq} {producer} 0").unwrap();
+            out.flush().unwrap();
+        }
+        // A bounded queue's producer: "p ..." as "push"; a push refused at the bound is tried
+        // again.
+        "push-bounded" => {
+            let mut number = 0;
+            loop {
+                match queue.push(&payload(producer, number)) {
+                    Ok(seq) => {
+                        writeln!(out, "p {seq} {producer} {number}").unwrap();
+                        out.flush().unwrap();
+                        number += 1;
+                    }
+                    Err(Error::Full { .. }) => std::thread::yield_now(),
+                    Err(error) => panic!("push: {error}"),
+                }
+            }
+        }
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -1462,5 +1485,205 @@ fn the_lease_of_a_process_killed_alone_ends_at_the_next_open() {
         let again = queue.try_recv().unwrap().expect("available at once");
         assert_eq!((again.seq(), again.deliveries()), (0, 2));
         again.ack().unwrap();
+    }
+}
+
+/// A bounded queue's usage after kills: the survivors (the parent's handles, opened before)
+/// fill the queue until a push is refused, then drain it (records leased by killed children
+/// once their lease ended); the records and bytes the refusal
+/// named are exactly those drained, and afterwards the bound takes exactly `max_records` again.
+/// `held`: a record the consumer holds leased, acknowledged once the queue is full.
+fn check_bounded_usage(
+    producer: &Queue,
+    consumer: &Queue,
+    held: Option<diskspool::Delivery>,
+    max_records: u64,
+    context: &str,
+) {
+    // A consumer turn first: after a dead holder's, it counts the usage from the files (until
+    // a consumer takes a turn, the usage counts what the dead one consumed without writing it).
+    consumer.peek().unwrap();
+    let (records, bytes) = loop {
+        match producer.push(&payload(1, 0)) {
+            Ok(_) => {}
+            Err(Error::Full { records, bytes, .. }) => break (records, bytes),
+            Err(error) => panic!("{context}: push: {error}"),
+        }
+    };
+    assert!(records >= max_records, "{context}: refused at {records}");
+    let (mut drained, mut drained_bytes) = (0u64, 0u64);
+    if let Some(held) = held {
+        drained += 1;
+        drained_bytes += diskspool::format::frame::frame_len(held.payload().len()) as u64;
+        held.ack().unwrap();
+    }
+    // Records leased by a killed child come back when their lease ends: `len` counts them.
+    // (`pop_timeout` also returns at the end of a lease: looked at again until 60 s passed.)
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !consumer.is_empty() {
+        let Some(record) = consumer.pop_timeout(Duration::from_secs(5)).unwrap() else {
+            assert!(
+                Instant::now() < give_up,
+                "{context}: len {} but nothing to pop",
+                consumer.len()
+            );
+            continue;
+        };
+        parse(record.payload());
+        drained += 1;
+        drained_bytes += diskspool::format::frame::frame_len(record.payload().len()) as u64;
+    }
+    assert_eq!(
+        (records, bytes),
+        (drained, drained_bytes),
+        "{context}: the usage the refusal named is what the queue held"
+    );
+    for handle in [producer, consumer] {
+        match handle.push_batch(vec![b"x".as_slice(); max_records as usize + 1]) {
+            Err(Error::Full {
+                records: 0,
+                bytes: 0,
+                ..
+            }) => {}
+            other => panic!("{context}: drained, but {other:?}"),
+        }
+    }
+    for number in 0..max_records {
+        producer.push(&payload(1, number)).unwrap();
+    }
+    assert!(
+        matches!(consumer.push(&payload(1, 0)), Err(Error::Full { .. })),
+        "{context}: full at exactly max_records"
+    );
+}
+
+/// Bounds across processes: producers and consumers of a bounded queue killed at each crash
+/// point, and at random, leave the usage exact for the handles that go on.
+#[test]
+fn a_bounded_queue_keeps_its_usage_exact_when_processes_are_killed() {
+    const MAX: u64 = 40;
+    let bounded = |sync: &str, lease: Duration| options(sync).max_records(MAX).lease(lease);
+    // (mode, crash point, records the parent pushes first): the parent then pops one and
+    // holds one leased.
+    let cases = [
+        ("push-bounded", "shared.dirty:6", 30),
+        ("push-bounded", "shared.written:6", 30),
+        // Under Always: the child's 6th push fills the queue, and the child dies leading the
+        // sync of it, committed, never published: a push refused at the bound publishes it.
+        ("push-bounded", "shared.sync:6", 35),
+        ("pop", "consumer.begun:5", 30),
+        ("pop", "consumer.ending:5", 30),
+        ("recv", "consumer.begun:5", 30),
+        ("recv", "consumer.ending:6", 30),
+    ];
+    for sync in ["never", "always"] {
+        for (mode, point, prefill) in cases {
+            if point.starts_with("shared.sync") && sync != "always" {
+                continue;
+            }
+            let context = format!("a bounded queue, a {mode} child killed at {point} ({sync})");
+            let dir = tempfile::tempdir().unwrap();
+            let producer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+            let consumer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+            for number in 0..prefill {
+                producer.push(&payload(1, number)).unwrap();
+            }
+            // The parent's consumer has a reader, and holds a lease across the kill.
+            consumer.pop().unwrap().unwrap();
+            let held = consumer.try_recv().unwrap().unwrap();
+            let mut child = spawn_with(
+                mode,
+                dir.path(),
+                sync,
+                Some(point),
+                &[(LEASE_ENV, std::ffi::OsStr::new("300"))],
+                Stdio::null(),
+                Stdio::null(),
+            );
+            let status = child.wait().unwrap();
+            assert!(aborted(status), "{context}: ended with {status}");
+            check_bounded_usage(&producer, &consumer, Some(held), MAX, &context);
+        }
+        // SIGKILL at random moments of producers and consumers.
+        let seed = seed();
+        let context = format!("a bounded queue, random kills, DISKSPOOL_MP_SEED={seed} ({sync})");
+        let mut rng = Rng(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let producer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+        let consumer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+        let start = |mode: &str| {
+            spawn_with(
+                mode,
+                dir.path(),
+                sync,
+                None,
+                &[(LEASE_ENV, std::ffi::OsStr::new("300"))],
+                Stdio::null(),
+                Stdio::null(),
+            )
+        };
+        let modes = ["push-bounded", "push-bounded", "pop", "recv"];
+        let mut children: Vec<(&str, Child)> =
+            modes.iter().map(|&mode| (mode, start(mode))).collect();
+        for _ in 0..std::env::var("DISKSPOOL_MP_BOUNDED_KILLS")
+            .ok()
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(12)
+        {
+            std::thread::sleep(Duration::from_micros(2_000 + rng.below(20_000)));
+            let victim = rng.below(children.len() as u64) as usize;
+            let (mode, mut child) = children.swap_remove(victim);
+            child.kill().unwrap();
+            assert!(killed(child.wait().unwrap()), "{context}");
+            children.push((mode, start(mode)));
+        }
+        for (_, mut child) in children {
+            child.kill().unwrap();
+            assert!(killed(child.wait().unwrap()), "{context}");
+        }
+        check_bounded_usage(&producer, &consumer, None, MAX, &context);
+    }
+}
+
+/// `Overflow::Block` across processes: a child's push into the full queue sleeps on the room
+/// word in `control` (its count of sleepers says so, no timed guess) until a pop in the parent
+/// makes room, and then returns.
+#[test]
+fn a_push_blocked_in_one_process_is_woken_by_a_pop_in_another() {
+    use diskspool::format::control::ROOM_SLEEPERS;
+    use diskspool::format::layout::CONTROL_FILE_NAME;
+    for sync in ["never", "always"] {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(
+            dir.path(),
+            options(sync)
+                .max_records(3)
+                .overflow(diskspool::Overflow::Block),
+        )
+        .unwrap();
+        for number in 0..3 {
+            queue.push(&payload(1, number)).unwrap();
+        }
+        let mut child = spawn("push-once", dir.path(), sync, None);
+        let sleepers = || {
+            let bytes = std::fs::read(dir.path().join(CONTROL_FILE_NAME)).unwrap();
+            u32::from_ne_bytes(bytes[ROOM_SLEEPERS..ROOM_SLEEPERS + 4].try_into().unwrap())
+        };
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while sleepers() == 0 {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{sync}: the child ended"
+            );
+            assert!(Instant::now() < give_up, "{sync}: the child never waited");
+            std::thread::yield_now();
+        }
+        assert_eq!(queue.len(), 3, "{sync}: the blocked push wrote nothing");
+        assert_eq!(queue.pop().unwrap().unwrap().seq(), 0);
+        assert!(child.wait().unwrap().success(), "{sync}");
+        let pushed = entries(&lines_of(&mut child), "p ");
+        assert_eq!(pushed.len(), 1, "{sync}");
+        assert_eq!(pushed[0].0, 3, "{sync}");
+        assert_eq!(queue.len(), 3, "{sync}");
     }
 }

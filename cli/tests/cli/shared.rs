@@ -386,7 +386,7 @@ fn pop_wait_is_woken_by_a_push_of_a_live_producer() {
 fn a_queue_that_cannot_be_shared_yet_is_opened_alone_as_before() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("q");
-    drop(Queue::open(&dir, options().max_records(100)).unwrap());
+    drop(Queue::open(&dir, options().dedup_window(Duration::from_secs(60))).unwrap());
     spool(&["push", arg(&dir), "a", "b", "c"]).assert().code(0);
     spool(&["pop", arg(&dir)]).assert().code(0).stdout("a\n");
     spool(&["pop", "--wait", "5", arg(&dir)])
@@ -412,7 +412,29 @@ fn a_queue_that_cannot_be_shared_yet_is_opened_alone_as_before() {
     ] {
         let (code, _, err) = run(&args);
         assert_eq!(code, 4, "spool {args:?}: {err}");
-        assert!(err.contains("settings bound it"), "spool {args:?}: {err}");
+        assert!(
+            err.contains("settings deduplicate pushes"),
+            "spool {args:?}: {err}"
+        );
         assert!(err.contains(&pid), "spool {args:?}: {err}");
     }
+}
+
+#[test]
+fn a_bounded_queue_is_shared_and_its_bound_counts_every_process() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    let service = Queue::open(&dir, shared().max_records(3)).unwrap();
+    service.push(b"a").unwrap();
+    spool(&["push", arg(&dir), "b", "c"]).assert().code(0);
+    // Full: the push beside the service is refused at the bound (exit 6), not for the lock.
+    let (code, _, err) = run(&["push", arg(&dir), "d"]);
+    assert_eq!(code, 6, "{err}");
+    assert_eq!(service.pop().unwrap().unwrap().payload(), b"a");
+    spool(&["push", arg(&dir), "d"]).assert().code(0);
+    spool(&["pop", arg(&dir)]).assert().code(0).stdout("b\n");
+    assert!(dir.join(CONTROL_FILE_NAME).exists(), "opened shared");
+    service.push(b"e").unwrap();
+    assert_eq!(service.len(), 3);
+    assert_eq!(run(&["push", arg(&dir), "f"]).0, 6);
 }
