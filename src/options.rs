@@ -301,8 +301,9 @@ impl Options {
     /// every process; under [`SyncPolicy::Always`] producers in different processes share their
     /// `fdatasync`s. `stats` count what this handle did, over the queue as all consumers left
     /// it. A bound ([`max_records`](Options::max_records), [`max_bytes`](Options::max_bytes))
-    /// counts the records of every process, as in one. What a shared queue does not do yet:
-    /// deduplicated pushes, the segment pool, storage other than the real filesystem, and
+    /// counts the records of every process, as in one, and so does a deduplication window
+    /// ([`Push::dedup_id`](crate::Push::dedup_id)). What a shared queue does not do yet: the
+    /// segment pool, storage other than the real filesystem, and
     /// [`Spool`](crate::Spool)s (fanout) are refused with
     /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue
     /// after a `fork`, not before: a child that inherits the handle's locks hides the parent's
@@ -565,8 +566,6 @@ impl Options {
         if !self.exclusive {
             let refused = if self.segment_pool > 0 {
                 Some("segment_pool")
-            } else if self.dedup_window.is_some() {
-                Some("dedup_window")
             } else if !self.storage.shares_between_processes() {
                 Some("this storage (the real filesystem only)")
             } else {

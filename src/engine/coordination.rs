@@ -30,10 +30,10 @@ use crate::error::{Error, Result};
 use crate::format::control::{
     lease_owner, lease_owner_parts, ticket, ticket_parts, ACK_LOG_ID, ACK_PREPARED, ACK_TAIL,
     ARRIVALS, COMMIT_TIMES, CONSUMED_BYTES, CONSUMED_RECORDS, CONSUMER_EPOCH, CONSUMER_LOCK,
-    CONSUMER_PID, EPOCH_MAX, GATHER, HEAD_DURABLE, INSIDE, POISONED, PREPARED_BASE, PREPARED_END,
-    PUBLISHED_GEN, PUBLISHED_PUSHED, PUBLISHED_SLOTS, REPAIRS, ROOM, ROOM_SLEEPERS, SLEEPERS,
-    SLOTS, SLOT_COUNT, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_PUSHED,
-    TAIL_SLOTS, TAIL_SLOT_LEN,
+    CONSUMER_PID, DEDUP_GEN, DEDUP_TAIL, EPOCH_MAX, GATHER, HEAD_DURABLE, INSIDE, POISONED,
+    PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_PUSHED, PUBLISHED_SLOTS, REPAIRS, ROOM,
+    ROOM_SLEEPERS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN,
+    TAIL_LOCK, TAIL_PUSHED, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
     CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
@@ -715,6 +715,21 @@ impl Coordination {
             .word32(SLOTS + slot as usize * 8)
             .load(Ordering::Acquire);
         epoch & 0xffff != epoch_low || self.is_gone(ticket(slot, epoch))
+    }
+
+    /// The deduplication log's generation and the end of its valid entries, as the last
+    /// holder of the tail lock left them (read and written under the tail lock only).
+    pub(crate) fn dedup_log(&self) -> (u64, u64) {
+        (
+            self.word64(DEDUP_GEN).load(Ordering::Acquire),
+            self.word64(DEDUP_TAIL).load(Ordering::Acquire),
+        )
+    }
+
+    /// Records the deduplication log's generation and end (under the tail lock).
+    pub(crate) fn set_dedup_log(&self, generation: u64, tail: u64) {
+        self.word64(DEDUP_GEN).store(generation, Ordering::Release);
+        self.word64(DEDUP_TAIL).store(tail, Ordering::Release);
     }
 
     /// This handle's slot.

@@ -197,7 +197,7 @@ impl Log {
         prefix: BodyPrefix,
     ) -> Result<Range<u64>> {
         if let Some(coordination) = &env.coordination {
-            let pushed = self.push_shared(env, coordination, payloads, prefix);
+            let pushed = self.push_shared(env, coordination, payloads, prefix, None);
             if let Err(Error::Full { .. }) = pushed {
                 self.publish_committed(env, coordination)?;
             }
@@ -222,6 +222,25 @@ impl Log {
             )?
         };
         self.complete(env, written)
+    }
+
+    /// One push with a deduplication id into a shared queue (see
+    /// [`push_shared`](Log::push_shared)); as [`push_batch`](Log::push_batch), a push refused
+    /// at the bound publishes what is committed first.
+    pub(crate) fn push_dedup_shared(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        payload: &[u8],
+        prefix: BodyPrefix,
+        step: &mut DedupStep<'_>,
+    ) -> Result<u64> {
+        let payloads = std::slice::from_ref(&payload);
+        let pushed = self.push_shared(env, coordination, payloads, prefix, Some(step));
+        if let Err(Error::Full { .. }) = pushed {
+            self.publish_committed(env, coordination)?;
+        }
+        pushed.map(|range| range.start)
     }
 
     /// One `push`. Under the policies that publish while writing, nothing is left to do once
@@ -450,12 +469,19 @@ impl Log {
     /// committed tail (repairing what a dead writer left), write as an exclusive queue does,
     /// then commit. Under `Always` the batch is synced before it is committed, so that no
     /// process reads a record that is not durable.
-    fn push_shared(
+    ///
+    /// With `dedup` (one record with a deduplication id), the id is looked up under the lock,
+    /// after the dirty mark (a death while the deduplication log is read, settled or rewritten
+    /// is repaired like one in the middle of a push): if a push with it was committed, nothing
+    /// is written and its number is returned (`DedupStep::found`); otherwise its entry is
+    /// written before the record.
+    pub(crate) fn push_shared(
         &self,
         env: &Env,
         coordination: &Coordination,
         payloads: &[&[u8]],
         prefix: BodyPrefix,
+        mut dedup: Option<&mut DedupStep<'_>>,
     ) -> Result<Range<u64>> {
         let batch_len = self.check_batch(env, payloads, prefix)?;
         if coordination.is_poisoned() {
@@ -485,6 +511,16 @@ impl Log {
             if payloads.is_empty() {
                 return Ok(writer.next_seq..writer.next_seq);
             }
+            if let Some(step) = dedup.as_deref_mut() {
+                if let Some(seq) = self.dedup_find(env, coordination, &writer, step)? {
+                    drop((_tail, writer, _inside));
+                    if always {
+                        // Its record may wait for the sync that covers it.
+                        self.wait_durable(env, coordination, seq + 1)?;
+                    }
+                    return Ok(seq..seq + 1);
+                }
+            }
             if let Some(limits) = &env.limits {
                 // A refused push leaves nothing to repair.
                 limits.check(payloads.len() as u64, batch_len)?;
@@ -493,6 +529,9 @@ impl Log {
             // next writer cuts it (`repair_tail`).
             coordination.set_dirty();
             failpoint::reached("shared.dirty");
+            if let Some(step) = dedup {
+                self.dedup_remember(env, coordination, &writer, step)?;
+            }
             let base_before = writer.active.base_seq;
             let written = self.write_locked(
                 env,
@@ -533,6 +572,59 @@ impl Log {
             self.wait_durable(env, coordination, range.end)?;
         }
         Ok(range)
+    }
+
+    /// The first deduplication step of [`push_shared`](Log::push_shared), under the tail
+    /// lock: catches up with the log (settled first if no handle did since `control` was
+    /// built; a rewrite by rename, so a death in it leaves the old log or the new one) and
+    /// looks the id up. Returns the number of the push with it, if one was committed.
+    fn dedup_find(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        writer: &Writer,
+        step: &mut DedupStep<'_>,
+    ) -> Result<Option<u64>> {
+        let storage = &*env.storage;
+        let (mut generation, mut tail) = coordination.dedup_log();
+        if generation == 0 {
+            // An earlier life of the queue may have left entries past its records.
+            tail = crate::engine::dedup::settle_shared(storage, &env.dir, writer.next_seq)?
+                .unwrap_or(0);
+            generation = 1;
+            coordination.set_dedup_log(generation, tail);
+        }
+        step.dedup
+            .catch_up_shared(storage, generation, tail, step.now_us)?;
+        step.found = step.dedup.lookup(step.id, step.now_us);
+        Ok(step.found)
+    }
+
+    /// The second deduplication step, under the dirty mark (a death from here on is repaired,
+    /// and the repair settles the log): writes the id's entry for the record
+    /// `writer.next_seq` (synced under `Always`), and records where the log now ends.
+    fn dedup_remember(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        writer: &Writer,
+        step: &mut DedupStep<'_>,
+    ) -> Result<()> {
+        check_room(writer, 1)?;
+        let (mut generation, _) = coordination.dedup_log();
+        let rewritten =
+            step.dedup
+                .remember(&*env.storage, step.id, writer.next_seq, step.now_us)?;
+        if env.options.sync == SyncPolicy::Always {
+            step.dedup.sync()?;
+        }
+        if rewritten {
+            generation += 1;
+            step.dedup.set_generation(generation);
+        }
+        coordination.set_dedup_log(generation, step.dedup.position().1);
+        failpoint::reached("shared.dedup");
+        Ok(())
     }
 
     /// Under `Always`, in a shared queue: returns once every record below `end` is synced.
@@ -696,6 +788,14 @@ impl Log {
         }
         // The zeros ahead went with the cut.
         coordination.set_prepared_end(committed.base, committed.tail);
+        // The dead writer may have written a deduplication entry for a record it never
+        // committed, or died rewriting the log: settled, and every handle reads it again.
+        let dedup_tail = crate::engine::dedup::settle_shared(storage, &env.dir, committed.next_seq)
+            .map_err(|error| env.poison(error))?;
+        if let Some(dedup_tail) = dedup_tail {
+            let (generation, _) = coordination.dedup_log();
+            coordination.set_dedup_log(generation + 1, dedup_tail);
+        }
         coordination.count_repair();
         coordination.clear_dirty();
         Ok(())
@@ -829,6 +929,18 @@ impl Log {
 /// How long a producer waiting for another process's sync sleeps before it looks whether
 /// that process is gone (then it syncs itself).
 const SYNC_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A push with a deduplication id into a shared queue (see [`Log::push_shared`]).
+pub(crate) struct DedupStep<'a> {
+    /// This handle's map of the ids.
+    pub(crate) dedup: &'a mut crate::engine::dedup::Dedup,
+    /// The push's id.
+    pub(crate) id: &'a [u8],
+    /// When the push was made.
+    pub(crate) now_us: u64,
+    /// The number of the push with the same id that was found: nothing was written.
+    pub(crate) found: Option<u64>,
+}
 
 /// The longest a sync leader of a shared queue waits for producers on their way to a commit.
 const GATHER_MAX: std::time::Duration = std::time::Duration::from_millis(1);

@@ -268,13 +268,12 @@ impl Queue {
     ) -> Result<Queue> {
         let storage = options.storage.clone();
         let next_seq = log.published_next_seq();
-        let dedup = Dedup::open(
-            &*storage,
-            &dir,
-            u64::try_from(options.get_dedup_window().as_micros()).unwrap_or(u64::MAX),
-            next_seq,
-            now_micros(),
-        )?;
+        let window_us = u64::try_from(options.get_dedup_window().as_micros()).unwrap_or(u64::MAX);
+        let dedup = match &coordination {
+            // Read under the tail lock, at the first push with an id (see `Log::push_shared`).
+            Some(_) => Dedup::unloaded(&dir, window_us),
+            None => Dedup::open(&*storage, &dir, window_us, next_seq, now_micros())?,
+        };
         let env = Env::new(dir, options, storage, coordination);
         let shared = Arc::new(Shared::new(
             env,

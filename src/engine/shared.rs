@@ -21,7 +21,7 @@ use crate::engine::dedup::Dedup;
 use crate::engine::env::Env;
 use crate::engine::head::HeadIndex;
 use crate::engine::limits::Limits;
-use crate::engine::log::{Bound, Log, Written};
+use crate::engine::log::{Bound, DedupStep, Log, Written};
 use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped, Reader, TurnMarker};
 use crate::engine::record::Record;
 use crate::engine::recovery::{locate_head, retired_ranges};
@@ -470,18 +470,12 @@ impl Shared {
 
     /// One push with a deduplication id: if a push with the same id was made within the
     /// window, nothing is written and its sequence number is returned. Otherwise the id's
-    /// entry is written (and synced under `Always`) before the record, under the writer lock,
-    /// so that after any crash the record never exists without its id (a retry then finds
-    /// it); an entry whose record a crash took is dropped at the next open.
+    /// entry is written (and synced under `Always`) before the record, under the writer lock
+    /// (a shared queue's: the tail lock, see `Log::push_shared`), so that after any crash the
+    /// record never exists without its id (a retry then finds it); an entry whose record a
+    /// crash took is dropped at the next open (a shared queue's: by the next writer).
     pub(crate) fn push_dedup(&self, payload: &[u8], prefix: BodyPrefix, id: &[u8]) -> Result<u64> {
         let env = &self.env;
-        if env.coordination.is_some() {
-            return Err(Error::InvalidOptions(
-                "a queue shared by several processes (exclusive(false)) does not take \
-                 deduplicated pushes yet; open it with exclusive(true)"
-                    .into(),
-            ));
-        }
         if id.is_empty() || id.len() > crate::options::DEDUP_ID_LEN_MAX {
             return Err(Error::InvalidOptions(format!(
                 "a deduplication id is 1 to {} bytes, not {}",
@@ -498,70 +492,113 @@ impl Shared {
         let mut expiry_tried = false;
         loop {
             let now_us = now_micros();
-            if let Some(seq) = dedup.lookup(id, now_us) {
-                env.counters.deduplicated();
-                return Ok(seq);
-            }
             let before = env.limits.as_ref().map(|limits| limits.usage());
-            let attempt = {
-                let mut writer = self.log.lock_writer();
-                self.check_bound(1, batch_len).and_then(|()| {
-                    crate::engine::log::check_room(&writer, 1)?;
-                    let seq = writer.next_seq;
-                    dedup
-                        .remember(&*env.storage, id, seq, now_us)
-                        .map_err(|error| env.poison(error))?;
-                    if env.options.sync == SyncPolicy::Always {
-                        dedup.sync().map_err(|error| env.poison(error))?;
+            let attempt = match &env.coordination {
+                Some(coordination) => {
+                    let mut step = DedupStep {
+                        dedup: &mut dedup,
+                        id,
+                        now_us,
+                        found: None,
+                    };
+                    let pushed =
+                        self.log
+                            .push_dedup_shared(env, coordination, payload, prefix, &mut step);
+                    let found = step.found;
+                    match pushed {
+                        Ok(seq) => {
+                            if found.is_some() {
+                                env.counters.deduplicated();
+                            }
+                            return Ok(seq);
+                        }
+                        Err(error) => {
+                            if found.is_none() {
+                                // Its entry may be in the map, for a record that is not there
+                                // (the next writer settles the log).
+                                dedup.forget(id);
+                            }
+                            Err(error)
+                        }
                     }
-                    self.log
-                        .write_locked(
-                            env,
-                            &mut writer,
-                            payloads,
-                            prefix,
-                            batch_len,
-                            Bound::Enforced,
-                        )
-                        .map_err(|error| {
-                            // The entry names a number the next push would take: refuse
-                            // changes until a reopen drops it (its record is not there).
-                            dedup.forget(id);
-                            env.poison(error)
-                        })
-                })
+                }
+                None => {
+                    if let Some(seq) = dedup.lookup(id, now_us) {
+                        env.counters.deduplicated();
+                        return Ok(seq);
+                    }
+                    let mut writer = self.log.lock_writer();
+                    self.check_bound(1, batch_len).and_then(|()| {
+                        crate::engine::log::check_room(&writer, 1)?;
+                        let seq = writer.next_seq;
+                        dedup
+                            .remember(&*env.storage, id, seq, now_us)
+                            .map_err(|error| env.poison(error))?;
+                        if env.options.sync == SyncPolicy::Always {
+                            dedup.sync().map_err(|error| env.poison(error))?;
+                        }
+                        self.log
+                            .write_locked(
+                                env,
+                                &mut writer,
+                                payloads,
+                                prefix,
+                                batch_len,
+                                Bound::Enforced,
+                            )
+                            .map_err(|error| {
+                                // The entry names a number the next push would take: refuse
+                                // changes until a reopen drops it (its record is not there).
+                                dedup.forget(id);
+                                env.poison(error)
+                            })
+                    })
+                }
             };
             match attempt {
                 Ok(written) => return self.log.complete(env, written).map(|range| range.start),
                 Err(Error::Full { .. }) if self.makes_room() => {
-                    let Some(limits) = &env.limits else {
-                        continue;
-                    };
-                    if limits.never_fits(1, batch_len) {
-                        return Err(limits.full(1, batch_len));
-                    }
                     let before = before.unwrap_or_default();
-                    if env.may_hold_expiring() && !expiry_tried {
-                        // As in `push_making_room`: expired records at the head go first.
-                        expiry_tried = true;
-                        self.peek()?;
-                        if limits.usage() != before {
-                            continue;
-                        }
-                    }
-                    match limits.overflow {
-                        Overflow::Reject => return Err(limits.full(1, batch_len)),
-                        Overflow::DropOldest => {
-                            if self.drop_oldest(limits.records_to_drop(1) as usize)? == 0 {
-                                return Err(limits.full(1, batch_len));
-                            }
-                        }
-                        Overflow::Block => {
-                            limits.wait_for_room(before, None);
-                        }
-                    }
+                    self.make_room_for_one(batch_len, before, &mut expiry_tried)?;
                 }
                 Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// A push of one record (`batch_len` bytes) with a deduplication id found the queue full
+    /// (`before`: the usage it saw): makes room as the overflow rule says, or refuses.
+    fn make_room_for_one(
+        &self,
+        batch_len: u64,
+        before: (u64, u64),
+        expiry_tried: &mut bool,
+    ) -> Result<()> {
+        let Some(limits) = &self.env.limits else {
+            return Ok(());
+        };
+        if limits.never_fits(1, batch_len) {
+            return Err(limits.full(1, batch_len));
+        }
+        if self.env.may_hold_expiring() && !*expiry_tried {
+            // As in `push_making_room`: expired records at the head go first.
+            *expiry_tried = true;
+            self.peek()?;
+            if limits.usage() != before {
+                return Ok(());
+            }
+        }
+        match limits.overflow {
+            Overflow::Reject => Err(limits.full(1, batch_len)),
+            Overflow::DropOldest => {
+                if self.drop_oldest(limits.records_to_drop(1) as usize)? == 0 {
+                    return Err(limits.full(1, batch_len));
+                }
+                Ok(())
+            }
+            Overflow::Block => {
+                limits.wait_for_room(before, None);
+                Ok(())
             }
         }
     }

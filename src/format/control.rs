@@ -49,7 +49,12 @@
 //!    512     8  sync_began    when the last sync under `Always` began (µs since the epoch)
 //!    520     4  gather        (commits seen << 1) | a sync leader is gathering (a futex
 //!                             word: committers wake the leader while the bit is set)
-//!    524   500  reserved      zero
+//!    524     4  reserved      zero
+//!    528     8  dedup_gen     generation of the deduplication log: moves when a handle
+//!                             rewrote it or settled it after a dead producer (0: not yet
+//!                             settled since this file was built)
+//!    536     8  dedup_tail    where its valid entries end (under the tail lock)
+//!    544   480  reserved      zero
 //!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
 //!   2048  1024  commit_times  128 × u64: when the handle in slot k last committed a push
 //!                             under `Always` (µs since the epoch; a group-commit hint)
@@ -146,6 +151,10 @@ pub const SYNC_BEGAN: usize = 512;
 /// Offset of the gather word: `(commits << 1) | gathering`, a futex word the sync leader
 /// sleeps on while it waits for producers.
 pub const GATHER: usize = 520;
+/// Offset of the deduplication log's generation (see the layout above).
+pub const DEDUP_GEN: usize = 528;
+/// Offset of where the deduplication log's valid entries end.
+pub const DEDUP_TAIL: usize = 536;
 /// Offset of the table of when each slot's handle last committed a push under `Always`.
 pub const COMMIT_TIMES: usize = 2048;
 /// Offset of the slot table.
@@ -260,6 +269,8 @@ mod tests {
             CONSUMED_RECORDS,
             CONSUMED_BYTES,
             SYNC_BEGAN,
+            DEDUP_GEN,
+            DEDUP_TAIL,
             COMMIT_TIMES,
         ] {
             assert_eq!(offset % 8, 0);
@@ -294,7 +305,8 @@ mod tests {
         const { assert!(PUBLISHED_PUSHED + 16 <= CONSUMED_RECORDS) };
         const { assert!(CONSUMED_BYTES + 8 <= ROOM) };
         const { assert!(ROOM_SLEEPERS + 4 <= SYNC_BEGAN) };
-        const { assert!(GATHER + 4 <= SLOTS) };
+        const { assert!(GATHER + 4 <= DEDUP_GEN) };
+        const { assert!(DEDUP_TAIL + 8 <= SLOTS) };
         const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= COMMIT_TIMES) };
         const { assert!(COMMIT_TIMES + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
     }

@@ -215,6 +215,14 @@ fn child() {
                 }
             }
         }
+        // Pushes with the deduplication id "k" ("p <seq> ..." once returned), then ends.
+        "push-dedup" => {
+            let seq = queue
+                .push_with(&payload(producer, 0), diskspool::Push::new().dedup_id("k"))
+                .unwrap();
+            writeln!(out, "p {seq} {producer} 0").unwrap();
+            out.flush().unwrap();
+        }
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -1685,5 +1693,70 @@ fn a_push_blocked_in_one_process_is_woken_by_a_pop_in_another() {
         assert_eq!(pushed.len(), 1, "{sync}");
         assert_eq!(pushed[0].0, 3, "{sync}");
         assert_eq!(queue.len(), 3, "{sync}");
+    }
+}
+
+/// A producer killed after it wrote its push's deduplication entry and before it committed
+/// the record (or while the log was being settled or rewritten): the next writer cuts the
+/// record and settles the log, so a retry of the id pushes the record again instead of
+/// returning the number of a record that was never there (which the next push takes).
+#[test]
+fn a_producer_killed_between_its_dedup_entry_and_its_record_leaves_the_id_free() {
+    for point in ["shared.dedup:1", "shared.written:1"] {
+        for sync in ["never", "always"] {
+            let context = format!("{point} {sync}");
+            let dir = tempfile::tempdir().unwrap();
+            // The default window (5 minutes), as the child's.
+            let options = || options(sync);
+            let survivor = Queue::open(dir.path(), options()).unwrap();
+            // The survivor has read the log before the child appends to it.
+            assert_eq!(
+                survivor
+                    .push_with(b"other", diskspool::Push::new().dedup_id("other"))
+                    .unwrap(),
+                0
+            );
+            let mut child = spawn("push-dedup", dir.path(), sync, Some(point));
+            let status = child.wait().unwrap();
+            assert!(
+                aborted(status),
+                "{context}: died at its crash point ({status})"
+            );
+            assert!(entries(&lines_of(&mut child), "p ").is_empty(), "{context}");
+            // The retry pushes the record: the id named a record that never was.
+            let retried = survivor
+                .push_with(b"retried", diskspool::Push::new().dedup_id("k"))
+                .unwrap();
+            assert_eq!(retried, 1, "{context}");
+            survivor.push(b"plain").unwrap();
+            assert_eq!(
+                survivor
+                    .push_with(b"again", diskspool::Push::new().dedup_id("k"))
+                    .unwrap(),
+                1,
+                "{context}: deduplicated now"
+            );
+            // A handle opened afterwards agrees, and so does the queue after every handle closed.
+            let late = Queue::open(dir.path(), options()).unwrap();
+            assert_eq!(
+                late.push_with(b"late", diskspool::Push::new().dedup_id("k"))
+                    .unwrap(),
+                1,
+                "{context}"
+            );
+            let payloads: Vec<Vec<u8>> = std::iter::from_fn(|| late.pop().unwrap())
+                .map(|record| record.payload().to_vec())
+                .collect();
+            assert_eq!(payloads, [&b"other"[..], b"retried", b"plain"], "{context}");
+            drop((survivor, late));
+            let reopened = Queue::open(dir.path(), options()).unwrap();
+            assert_eq!(
+                reopened
+                    .push_with(b"reopened", diskspool::Push::new().dedup_id("k"))
+                    .unwrap(),
+                1,
+                "{context}"
+            );
+        }
     }
 }

@@ -104,15 +104,10 @@ fn a_blocked_consumer_wakes_on_another_handles_push() {
 #[test]
 fn shared_queues_refuse_what_they_cannot_share_yet() {
     let dir = tempfile::tempdir().unwrap();
-    for options in [
-        shared(SyncPolicy::Never).segment_pool(2),
-        shared(SyncPolicy::Never).dedup_window(Duration::from_secs(1)),
-    ] {
-        assert!(matches!(
-            Queue::open(dir.path(), options),
-            Err(Error::InvalidOptions(_))
-        ));
-    }
+    assert!(matches!(
+        Queue::open(dir.path(), shared(SyncPolicy::Never).segment_pool(2)),
+        Err(Error::InvalidOptions(_))
+    ));
 }
 
 /// Files of `dir` this process has open (Linux), for the leak check below.
@@ -821,5 +816,79 @@ mod bounds {
             a.push(RECORD),
             Err(Error::Full { records: 5, .. })
         ));
+    }
+}
+
+mod dedup {
+    use std::time::Duration;
+
+    use diskspool::{Push, Queue, SyncPolicy};
+
+    use super::shared;
+
+    fn with_id(id: &str) -> Push {
+        Push::new().dedup_id(id)
+    }
+
+    #[test]
+    fn an_id_pushed_in_one_handle_is_deduplicated_in_the_others() {
+        for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = shared(sync).dedup_window(Duration::from_secs(3600));
+            let first = Queue::open(dir.path(), options.clone()).unwrap();
+            let second = Queue::open(dir.path(), options.clone()).unwrap();
+            assert_eq!(first.push_with(b"order 1", with_id("o1")).unwrap(), 0);
+            // A retry from another process finds the first push: nothing written.
+            assert_eq!(second.push_with(b"order 1", with_id("o1")).unwrap(), 0);
+            assert_eq!(second.push_with(b"order 2", with_id("o2")).unwrap(), 1);
+            assert_eq!(first.push_with(b"order 2", with_id("o2")).unwrap(), 1);
+            first.push(b"plain").unwrap();
+            assert_eq!(first.len(), 3, "{sync:?}");
+            assert_eq!(second.stats().unwrap().totals.unwrap().deduplicated, 1);
+            // Consumed, still remembered within the window, by a handle opened later too.
+            assert_eq!(second.pop().unwrap().unwrap().payload(), b"order 1");
+            let third = Queue::open(dir.path(), options).unwrap();
+            assert_eq!(third.push_with(b"order 1", with_id("o1")).unwrap(), 0);
+            assert_eq!(third.push_with(b"order 3", with_id("o3")).unwrap(), 3);
+            assert_eq!(first.push_with(b"order 3", with_id("o3")).unwrap(), 3);
+            assert_eq!(first.len(), 3, "{sync:?}");
+        }
+    }
+
+    /// Many ids through two handles, the window short enough that the log is rewritten (a new
+    /// file, by one handle) again and again: the other handle reads the new file, and every id
+    /// still in the window is deduplicated whichever handle pushed it.
+    #[test]
+    fn handles_follow_each_others_rewrites_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = shared(SyncPolicy::Never).dedup_window(Duration::from_millis(1));
+        let first = Queue::open(dir.path(), options.clone()).unwrap();
+        let second = Queue::open(dir.path(), options).unwrap();
+        let handles = [&first, &second];
+        let mut expected = 0u64;
+        for round in 0..3000u64 {
+            let id = format!("id-{round}");
+            let pushed = handles[(round % 2) as usize]
+                .push_with(b"x", with_id(&id))
+                .unwrap();
+            assert_eq!(pushed, expected);
+            // At once, from the other handle: within the window however slow the machine
+            // (the window is checked against the push's own time, written with the id... so a
+            // slow machine may let it lapse: then it is pushed again, which this checks too).
+            let again = handles[((round + 1) % 2) as usize]
+                .push_with(b"x", with_id(&id))
+                .unwrap();
+            assert!(
+                again == expected || again == expected + 1,
+                "{round}: {again}"
+            );
+            expected = again + 1;
+        }
+        assert_eq!(first.len(), expected);
+        let log_len = std::fs::metadata(dir.path().join("dedup")).unwrap().len();
+        assert!(
+            log_len < 3000 * 32,
+            "the log was rewritten: {log_len} bytes"
+        );
     }
 }
