@@ -235,7 +235,13 @@ pub(crate) struct Inside<'a> {
 
 impl Drop for Inside<'_> {
     fn drop(&mut self) {
-        self.word.fetch_sub(1, Ordering::SeqCst);
+        // Never below zero: a leader may have cleared the count of a gone handle just as a
+        // new one took its slot (a hint, and a wrapped count would hold every leader back).
+        let _ = self
+            .word
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |count| {
+                count.checked_sub(1)
+            });
     }
 }
 
@@ -292,6 +298,10 @@ impl Coordination {
         control
             .word32(SLOTS + slot as usize * 8 + 4)
             .store(std::process::id(), Ordering::Relaxed);
+        // A count a dead handle of this slot left (see `producers_inside`).
+        control
+            .word32(INSIDE + slot as usize * 4)
+            .store(0, Ordering::SeqCst);
         epoch_word.store(epoch, Ordering::Release);
         Ok(Coordination {
             dir: opening.dir,
@@ -629,17 +639,35 @@ impl Coordination {
     }
 
     /// Announces a producer on its way to a commit under `Always`, until the guard is dropped:
-    /// a sync leader waits a little for it, so that one sync covers both (a process killed
-    /// meanwhile leaves the count one too high, which costs each later leader that wait).
+    /// a sync leader waits a little for it, so that one sync covers both. Counted in this
+    /// handle's slot, so that a process killed meanwhile leaves a count the leader can tell
+    /// from a live one (see [`producers_inside`](Self::producers_inside)).
     pub(crate) fn enter_push(&self) -> Inside<'_> {
-        let word = self.word32(INSIDE);
+        let word = self.word32(INSIDE + self.slot() * 4);
         word.fetch_add(1, Ordering::SeqCst);
         Inside { word }
     }
 
-    /// Producers between their start and their commit (see [`enter_push`](Self::enter_push)).
-    pub(crate) fn inside(&self) -> u32 {
-        self.word32(INSIDE).load(Ordering::SeqCst)
+    /// Whether a producer of a live handle is between its start and its commit (see
+    /// [`enter_push`](Self::enter_push)). A count left by a handle that is gone is cleared:
+    /// with one global count, a producer killed inside a push made every later leader wait its
+    /// whole gathering time, at every sync.
+    pub(crate) fn producers_inside(&self) -> bool {
+        let mine = self.slot();
+        (0..SLOT_COUNT as usize).any(|slot| {
+            let word = self.word32(INSIDE + slot * 4);
+            let count = word.load(Ordering::SeqCst);
+            if count == 0 || slot == mine {
+                return count != 0;
+            }
+            let epoch = self.word32(SLOTS + slot * 8).load(Ordering::Acquire);
+            if !self.is_gone(ticket(slot as u32, epoch)) {
+                return true;
+            }
+            // Gone: its count is nobody's (the next handle in the slot starts from zero too).
+            let _ = word.compare_exchange(count, 0, Ordering::SeqCst, Ordering::Relaxed);
+            false
+        })
     }
 
     /// Records that this handle committed a push under `Always` at `now_us` (a group-commit

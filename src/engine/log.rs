@@ -656,7 +656,7 @@ impl Log {
                 let gather_until = std::time::Instant::now() + bound;
                 let window_us = 4 * u64::try_from(bound.as_micros()).unwrap_or(u64::MAX);
                 coordination.gather(gather_until, || {
-                    coordination.inside() == 0
+                    !coordination.producers_inside()
                         && coordination.producers_to_gather(now_micros(), window_us) == 0
                 });
                 coordination.begin_sync(now_micros());

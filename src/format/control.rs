@@ -25,8 +25,7 @@
 //!    216     4  sync_lock     0 free, else the ticket of the handle syncing for all
 //!    220     4  poisoned      non-zero once a sync failed: every handle refuses changes
 //!    224     4  repairs       bumped by each repair of the tail (writers drop their mappings)
-//!    228     4  inside        producers between their start and their commit under `Always`
-//!                             (a hint for the sync leader, which waits a little for them)
+//!    228     4  reserved      zero (before version 3: producers inside a push)
 //!    232     8  prepared_base the segment `prepared_end` is about
 //!    240     8  prepared_end  zeros were written ahead of the tail up to here (writers only)
 //!    248     4  consumer_lock 0 free, else (owner ticket << 2) | parked << 1 | waiters (a
@@ -58,7 +57,11 @@
 //!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
 //!   2048  1024  commit_times  128 × u64: when the handle in slot k last committed a push
 //!                             under `Always` (µs since the epoch; a group-commit hint)
-//!   3072  1024  reserved      zero
+//!   3072   512  inside        128 × u32: the producers of the handle in slot k between their
+//!                             start and their commit under `Always` (a hint for the sync
+//!                             leader, which waits a little for them; a gone handle's count
+//!                             is cleared by the leader that finds it, or the next taker)
+//!   3584   512  reserved      zero
 //! ```
 //!
 //! A *ticket* names a handle: `(epoch << 8) | slot`, with the slot's epoch as the handle that
@@ -113,8 +116,9 @@ pub const POISONED: usize = 220;
 /// Offset of the count of tail repairs: a writer that sees it move drops its writable
 /// mapping of the active segment, which a repair may have cut short.
 pub const REPAIRS: usize = 224;
-/// Offset of the count of producers inside a push under `Always` (a group-commit hint).
-pub const INSIDE: usize = 228;
+/// Offset of the table of producers inside a push under `Always`, one u32 per slot (a
+/// group-commit hint).
+pub const INSIDE: usize = 3072;
 /// Offset of the base of the segment whose prepared zeros `PREPARED_END` gives.
 pub const PREPARED_BASE: usize = 232;
 /// Offset of the end of the zeros written ahead of the committed tail, read and written under
@@ -308,7 +312,8 @@ mod tests {
         const { assert!(GATHER + 4 <= DEDUP_GEN) };
         const { assert!(DEDUP_TAIL + 8 <= SLOTS) };
         const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= COMMIT_TIMES) };
-        const { assert!(COMMIT_TIMES + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
+        const { assert!(COMMIT_TIMES + SLOT_COUNT as usize * 8 <= INSIDE) };
+        const { assert!(INSIDE + SLOT_COUNT as usize * 4 <= CONTROL_LEN as usize) };
     }
 
     #[test]

@@ -1760,3 +1760,40 @@ fn a_producer_killed_between_its_dedup_entry_and_its_record_leaves_the_id_free()
         }
     }
 }
+
+/// The producers inside a push under `Always`, summed over the control file's per-slot table
+/// (`format::control::INSIDE`), read through the file (the mapping's page).
+fn producers_inside(dir: &Path) -> u64 {
+    let control = std::fs::read(dir.join(diskspool::format::layout::CONTROL_FILE_NAME)).unwrap();
+    let table = diskspool::format::control::INSIDE;
+    (0..diskspool::format::control::SLOT_COUNT as usize)
+        .map(|slot| {
+            let at = table + slot * 4;
+            u64::from(u32::from_ne_bytes(control[at..at + 4].try_into().unwrap()))
+        })
+        .sum()
+}
+
+/// A producer killed inside a push under `Always` stays counted there; the next sync leader
+/// finds its handle gone and clears the count, instead of waiting for it at every sync (with
+/// one global count, every later sync waited its whole gathering time).
+#[test]
+fn a_producer_killed_inside_a_push_holds_no_later_sync_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let survivor = Queue::open(dir.path(), options("always")).unwrap();
+    survivor.push(b"before").unwrap();
+    let mut child = spawn("push", dir.path(), "always", Some("shared.written:1"));
+    assert!(aborted(child.wait().unwrap()), "died at its crash point");
+    assert_eq!(
+        producers_inside(dir.path()),
+        1,
+        "the dead producer is counted"
+    );
+    // The survivor leads the next sync: it finds the dead producer's handle gone.
+    survivor.push(b"after").unwrap();
+    assert_eq!(producers_inside(dir.path()), 0);
+    let payloads: Vec<Vec<u8>> = std::iter::from_fn(|| survivor.pop().unwrap())
+        .map(|record| record.payload().to_vec())
+        .collect();
+    assert_eq!(payloads, [&b"before"[..], b"after"]);
+}
