@@ -838,8 +838,34 @@ fn kill_soak(kills: u64, sync: &str, producers: usize, consumers: &[&str]) {
         end(running, &mut events);
         children.push(start(&mode));
     }
-    for running in children {
-        end(running, &mut events);
+    // The producers still running push on until the producers made progress (a minute at
+    // most), so that the check below does not depend on how fast this machine ran them
+    // between kills.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ahead: BTreeMap<usize, String> = BTreeMap::new();
+    while events.pushed.len() + pushes_in(&ahead) <= SOAK_PUSHES_MIN && Instant::now() < deadline {
+        for running in children.iter_mut().filter(|running| running.mode == "push") {
+            read_available(&mut running.child, ahead.entry(running.id).or_default());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for mut running in children {
+        running.child.kill().unwrap(); // SIGKILL
+        running.wait(killed, &context);
+        let mut text = ahead.remove(&running.id).unwrap_or_default();
+        let _ = running
+            .child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut text);
+        events.add(
+            running.id,
+            &running.mode,
+            &complete_lines(&text),
+            true,
+            &context,
+        );
     }
     // The drain: what is left, once the leases of killed receivers ran out.
     let drain = Queue::open(dir.path(), options(sync).lease(Duration::from_secs(60))).unwrap();
@@ -882,9 +908,42 @@ fn kill_soak(kills: u64, sync: &str, producers: usize, consumers: &[&str]) {
     );
     check_contract(&context, &events, &drained, SOAK_LEASE_MS * 1_000);
     assert!(
-        events.pushed.len() > 100,
+        events.pushed.len() > SOAK_PUSHES_MIN,
         "{context}: the producers made progress"
     );
+}
+
+/// The pushes a kill soak's producers make at least (they push on at the end until they did).
+const SOAK_PUSHES_MIN: usize = 100;
+
+/// The push lines ("p ...") in the texts read ahead of producers' ends.
+fn pushes_in(ahead: &BTreeMap<usize, String>) -> usize {
+    ahead
+        .values()
+        .map(|text| {
+            complete_lines(text)
+                .iter()
+                .filter(|line| line.starts_with("p "))
+                .count()
+        })
+        .sum()
+}
+
+/// Appends to `text` what `child` printed that can be read now, without waiting.
+fn read_available(child: &mut Child, text: &mut String) {
+    use std::os::fd::AsRawFd;
+    let Some(stdout) = child.stdout.as_mut() else {
+        return;
+    };
+    let fd = stdout.as_raw_fd();
+    // SAFETY: fcntl on a pipe this process owns; only its status flags change.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let mut bytes = Vec::new();
+    let _ = stdout.read_to_end(&mut bytes); // stops at WouldBlock
+    text.push_str(&String::from_utf8_lossy(&bytes));
 }
 
 /// Two producer processes and three consumer processes (one pops, two receive and
