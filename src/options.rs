@@ -302,9 +302,9 @@ impl Options {
     /// `fdatasync`s. `stats` count what this handle did, over the queue as all consumers left
     /// it. A bound ([`max_records`](Options::max_records), [`max_bytes`](Options::max_bytes))
     /// counts the records of every process, as in one, and so does a deduplication window
-    /// ([`Push::dedup_id`](crate::Push::dedup_id)). What a shared queue does not do yet: the
-    /// segment pool, storage other than the real filesystem, and
-    /// [`Spool`](crate::Spool)s (fanout) are refused with
+    /// ([`Push::dedup_id`](crate::Push::dedup_id)), and a [`Spool`](crate::Spool)'s fanout
+    /// reaches the queues from any process. What a shared queue does not do yet: the segment
+    /// pool and storage other than the real filesystem are refused with
     /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue
     /// after a `fork`, not before: a child that inherits the handle's locks hides the parent's
     /// death from the others. docs/ARCHITECTURE.md ("Several processes") has the design and

@@ -87,6 +87,13 @@ fn child() {
         .and_then(|ms| ms.parse().ok())
         .unwrap_or(SOAK_LEASE_MS);
     let lease = Duration::from_millis(lease_ms);
+    if mode == "fanout" {
+        // `dir` is a spool: one fanout to queues a, b and c ("f <seq a> <seq b> <seq c>").
+        let spool = diskspool::Spool::open(&dir, options(&sync)).unwrap();
+        let seqs = spool.fanout(b"from the child", &["a", "b", "c"]).unwrap();
+        println!("f {} {} {}", seqs[0], seqs[1], seqs[2]);
+        return;
+    }
     let queue = Queue::open(&dir, options(&sync).lease(lease)).unwrap();
     let stop = std::env::var_os(STOP_ENV).map(PathBuf::from);
     let stopped = || stop.as_ref().is_some_and(|stop| stop.exists());
@@ -1855,4 +1862,66 @@ fn a_producer_killed_inside_a_push_holds_no_later_sync_back() {
         .map(|record| record.payload().to_vec())
         .collect();
     assert_eq!(payloads, [&b"before"[..], b"after"]);
+}
+
+/// The payloads of a spool's queue, popped through a handle of the parent.
+fn spool_payloads(spool: &diskspool::Spool, name: &str) -> Vec<Vec<u8>> {
+    let queue = spool.queue(name).unwrap();
+    std::iter::from_fn(|| queue.pop().unwrap())
+        .map(|record| record.payload().to_vec())
+        .collect()
+}
+
+/// A process killed in the middle of a fanout to a spool of shared queues, after its intent
+/// and some of its copies: the next fanout of another process, or the next open of the
+/// spool, pushes the copies that did not make it, once each (the copies carry a
+/// deduplication id naming the fanout, so those that made it are found).
+#[test]
+fn a_fanout_cut_short_by_a_kill_is_finished_once_by_another_process() {
+    for (point, sync) in [
+        ("spool.copy:1", "never"),
+        ("spool.copy:2", "never"),
+        ("spool.copy:1", "always"),
+        ("shared.written:2", "always"),
+    ] {
+        let context = format!("{point} {sync}");
+        // Finished by a fanout of a spool open all along.
+        let dir = tempfile::tempdir().unwrap();
+        let spool = diskspool::Spool::open(dir.path(), options(sync)).unwrap();
+        spool.fanout(b"first", &["a", "b", "c"]).unwrap();
+        let mut child = spawn("fanout", dir.path(), sync, Some(point));
+        assert!(
+            aborted(child.wait().unwrap()),
+            "{context}: died at its crash point"
+        );
+        spool.fanout(b"last", &["a", "c"]).unwrap();
+        for name in ["a", "b", "c"] {
+            let mut expected = vec![b"first".to_vec(), b"from the child".to_vec()];
+            if name != "b" {
+                expected.push(b"last".to_vec());
+            }
+            assert_eq!(
+                spool_payloads(&spool, name),
+                expected,
+                "{context}: queue {name}"
+            );
+        }
+        drop(spool);
+        // Finished by the next open, after every process closed it.
+        let dir = tempfile::tempdir().unwrap();
+        drop(diskspool::Spool::open(dir.path(), options(sync)).unwrap());
+        let mut child = spawn("fanout", dir.path(), sync, Some(point));
+        assert!(
+            aborted(child.wait().unwrap()),
+            "{context}: died at its crash point"
+        );
+        let spool = diskspool::Spool::open(dir.path(), options(sync)).unwrap();
+        for name in ["a", "b", "c"] {
+            assert_eq!(
+                spool_payloads(&spool, name),
+                [b"from the child".to_vec()],
+                "{context}: queue {name} after a reopen"
+            );
+        }
+    }
 }
