@@ -241,15 +241,7 @@ impl Spool {
             let range = queue.shared().complete(written)?;
             seqs_by_name.insert(*name, range.start);
         }
-        // A lost DONE mark costs only a roll-forward that finds every copy in place.
-        log.append_done(intent.id)?;
-        if log.pending.is_empty() && log.tail > LOG_TRUNCATE_BYTES {
-            log.truncate()?;
-        }
-        Ok(names
-            .iter()
-            .filter_map(|name| seqs_by_name.get(name).copied())
-            .collect())
+        finish_fanout(&mut log, intent.id, names, &seqs_by_name)
     }
 
     /// [`fanout`](Spool::fanout) in a spool of shared queues (see [`Spool::open`]): under
@@ -289,15 +281,9 @@ impl Spool {
             crate::engine::failpoint::reached("spool.copy");
             seqs_by_name.insert(*name, seq);
         }
-        log.append_done(intent.id)?;
-        if log.pending.is_empty() && log.tail > LOG_TRUNCATE_BYTES {
-            log.truncate()?;
-        }
+        let seqs = finish_fanout(&mut log, intent.id, names, &seqs_by_name);
         *local = log;
-        Ok(names
-            .iter()
-            .filter_map(|name| seqs_by_name.get(name).copied())
-            .collect())
+        seqs
     }
 
     /// In a spool of shared queues, under `fanout.lock`: pushes the copies of `intents` (left
@@ -344,6 +330,25 @@ impl Spool {
         }
         Ok(())
     }
+}
+
+/// Marks fanout `id` done (truncating the log once nothing is pending and it grew long), and
+/// returns its copies' sequence numbers in the order of `names`.
+fn finish_fanout(
+    log: &mut FanoutLog,
+    id: u64,
+    names: &[&str],
+    seqs_by_name: &BTreeMap<&str, u64>,
+) -> Result<Vec<u64>> {
+    // A lost DONE mark costs only a roll-forward that finds every copy in place.
+    log.append_done(id)?;
+    if log.pending.is_empty() && log.tail > LOG_TRUNCATE_BYTES {
+        log.truncate()?;
+    }
+    Ok(names
+        .iter()
+        .filter_map(|name| seqs_by_name.get(name).copied())
+        .collect())
 }
 
 /// The push of a fanout's copy in a spool of shared queues: its deduplication id names the

@@ -59,18 +59,8 @@ impl Dedup {
         next_seq: u64,
         now_us: u64,
     ) -> Result<Dedup> {
-        let path = dir.join(DEDUP_FILE_NAME);
-        let mut dedup = Dedup {
-            dir: dir.to_path_buf(),
-            path: path.clone(),
-            window_us,
-            ids: HashMap::new(),
-            file: None,
-            tail: 0,
-            entries_in_file: 0,
-            swept_len: 0,
-            generation: None,
-        };
+        let mut dedup = Dedup::unloaded(dir, window_us);
+        let path = dedup.path.clone();
         let file = match storage.open(&path) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(dedup),

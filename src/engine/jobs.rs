@@ -137,12 +137,7 @@ impl Jobs {
         is_gone: &mut dyn FnMut(u32) -> bool,
         now_us: u64,
     ) -> usize {
-        let gone: Vec<u64> = self
-            .lease_owners
-            .iter()
-            .filter(|&(_, &owner)| is_gone(owner))
-            .map(|(&seq, _)| seq)
-            .collect();
+        let gone = crate::format::acklog::leases_of_gone(&self.lease_owners, is_gone);
         for &seq in &gone {
             let Some(job) = self.entries.get(&seq) else {
                 continue;

@@ -541,12 +541,7 @@ impl JobHistory {
     /// Forgets the leases whose owner `is_gone` says is gone: their not-before times no
     /// longer hold. Returns how many.
     pub fn end_leases_of_gone(&mut self, is_gone: &mut dyn FnMut(u32) -> bool) -> usize {
-        let gone: Vec<u64> = self
-            .lease_owners
-            .iter()
-            .filter(|&(_, &owner)| is_gone(owner))
-            .map(|(&seq, _)| seq)
-            .collect();
+        let gone = leases_of_gone(&self.lease_owners, is_gone);
         for seq in &gone {
             self.lease_owners.remove(seq);
             self.not_before.remove(seq);
@@ -604,6 +599,18 @@ impl JobHistory {
         );
         entries
     }
+}
+
+/// The records of `owners` (record -> lease owner) whose owner `is_gone` says is gone.
+pub fn leases_of_gone(
+    owners: &BTreeMap<u64, u32>,
+    is_gone: &mut dyn FnMut(u32) -> bool,
+) -> Vec<u64> {
+    owners
+        .iter()
+        .filter(|&(_, &owner)| is_gone(owner))
+        .map(|(&seq, _)| seq)
+        .collect()
 }
 
 /// Converts a header problem into the crate's error for `path`.
