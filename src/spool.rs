@@ -97,34 +97,30 @@ impl Spool {
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
         crate::storage::queue_dir::check_owner(&*storage, &dir)?;
-        if !options.get_exclusive() {
-            crate::storage::queue_dir::create_with_mode(&*storage, &dir, None)?;
-            let spool = {
-                let _fanouts = lock_fanouts(&dir)?;
-                let (fanout_log, intents) = FanoutLog::open(&*storage, &dir)?;
-                let spool = Spool {
-                    dir,
-                    options,
-                    queues: Mutex::new(BTreeMap::new()),
-                    fanout_log: Mutex::new(fanout_log),
-                    _lock: None,
-                };
-                let mut log = lock(&spool.fanout_log);
-                spool.roll_forward_shared(&mut log, &intents)?;
-                drop(log);
-                spool
-            };
-            return Ok(spool);
-        }
-        let dir_lock = crate::storage::queue_dir::create_and_lock(&*storage, &dir)?;
+        let (dir_lock, fanouts) = match options.get_exclusive() {
+            true => (
+                Some(crate::storage::queue_dir::create_and_lock(&*storage, &dir)?),
+                None,
+            ),
+            false => {
+                crate::storage::queue_dir::create_with_mode(&*storage, &dir, None)?;
+                (None, Some(lock_fanouts(&dir)?))
+            }
+        };
         let (fanout_log, intents) = FanoutLog::open(&*storage, &dir)?;
         let spool = Spool {
             dir,
             options,
             queues: Mutex::new(BTreeMap::new()),
             fanout_log: Mutex::new(fanout_log),
-            _lock: Some(dir_lock),
+            _lock: dir_lock,
         };
+        if let Some(fanouts) = fanouts {
+            let mut log = lock(&spool.fanout_log);
+            spool.roll_forward_shared(&mut log, &intents)?;
+            drop((log, fanouts));
+            return Ok(spool);
+        }
         for intent in &intents {
             spool.roll_forward(intent)?;
         }

@@ -60,14 +60,9 @@ impl Dedup {
         now_us: u64,
     ) -> Result<Dedup> {
         let mut dedup = Dedup::unloaded(dir, window_us);
-        let path = dedup.path.clone();
-        let file = match storage.open(&path) {
-            Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(dedup),
-            Err(error) => return Err(Error::io("open deduplication log", &path, error)),
+        let Some((file, bytes)) = read_log(storage, &dedup.path)? else {
+            return Ok(dedup);
         };
-        let bytes = storage::read_all(&*file)
-            .map_err(|error| Error::io("read deduplication log", &path, error))?;
         if !dedup_header_ok(&bytes) {
             // Only a torn creation leaves a file without its header (it is written whole,
             // atomically, otherwise); the ids it held are lost, which may let a retry through.
@@ -171,21 +166,15 @@ impl Dedup {
         self.file = None;
         self.tail = 0;
         self.entries_in_file = 0;
-        match storage.open(&self.path) {
-            Ok(file) => {
-                let bytes = storage::read_all(&*file)
-                    .map_err(|error| Error::io("read deduplication log", &self.path, error))?;
-                let end = usize::try_from(tail).unwrap_or(usize::MAX).min(bytes.len());
-                let (entries, _) = decode_dedup_entries(&bytes[..end]);
-                self.entries_in_file = entries.len();
-                for entry in entries {
-                    self.insert(entry, now_us);
-                }
-                self.file = Some(Arc::from(file));
-                self.tail = tail;
+        if let Some((file, bytes)) = read_log(storage, &self.path)? {
+            let end = usize::try_from(tail).unwrap_or(usize::MAX).min(bytes.len());
+            let (entries, _) = decode_dedup_entries(&bytes[..end]);
+            self.entries_in_file = entries.len();
+            for entry in entries {
+                self.insert(entry, now_us);
             }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(Error::io("open deduplication log", &self.path, error)),
+            self.file = Some(Arc::from(file));
+            self.tail = tail;
         }
         self.swept_len = self.ids.len();
         self.generation = Some(generation);
@@ -305,6 +294,21 @@ impl Dedup {
     }
 }
 
+/// A log file, opened, and its bytes.
+type ReadLog = (Box<dyn StorageFile>, Vec<u8>);
+
+/// The deduplication log at `path`, opened, and its bytes; `None` when there is none.
+fn read_log(storage: &dyn Storage, path: &Path) -> Result<Option<ReadLog>> {
+    let file = match storage.open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(Error::io("open deduplication log", path, error)),
+    };
+    let bytes = storage::read_all(&*file)
+        .map_err(|error| Error::io("read deduplication log", path, error))?;
+    Ok(Some((file, bytes)))
+}
+
 /// A shared queue, under the tail lock: settles the deduplication log of the queue in `dir`
 /// after a producer died holding the lock (or when `control` was built): keeps the entries of
 /// records below `next_seq` (an entry is written before its record, so a producer that died
@@ -317,13 +321,9 @@ pub(crate) fn settle_shared(
     next_seq: u64,
 ) -> Result<Option<u64>> {
     let path = dir.join(DEDUP_FILE_NAME);
-    let file = match storage.open(&path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(Error::io("open deduplication log", &path, error)),
+    let Some((_, bytes)) = read_log(storage, &path)? else {
+        return Ok(None);
     };
-    let bytes = storage::read_all(&*file)
-        .map_err(|error| Error::io("read deduplication log", &path, error))?;
     let (entries, end) = match dedup_header_ok(&bytes) {
         true => decode_dedup_entries(&bytes),
         false => (Vec::new(), 0),
