@@ -300,10 +300,12 @@ impl Options {
     /// `pop_timeout`, `recv_timeout` or `recv_async` is woken by the pushes and releases of
     /// every process; under [`SyncPolicy::Always`] producers in different processes share their
     /// `fdatasync`s. `stats` count what this handle did, over the queue as all consumers left
-    /// it. What a shared queue does not do yet: bounds (`max_records`, `max_bytes`),
-    /// deduplicated pushes, the segment pool, storage other than the real filesystem and the
-    /// simulated one (`SimStorage::process`, feature `sim`, models processes), and
-    /// [`Spool`](crate::Spool)s (fanout) are refused with
+    /// it. A bound ([`max_records`](Options::max_records), [`max_bytes`](Options::max_bytes))
+    /// counts the records of every process, as in one, and so does a deduplication window
+    /// ([`Push::dedup_id`](crate::Push::dedup_id)), and a [`Spool`](crate::Spool)'s fanout
+    /// reaches the queues from any process. What a shared queue does not do yet: the segment
+    /// pool and storage other than the real filesystem and the simulated one
+    /// (`SimStorage::process`, feature `sim`, models processes) are refused with
     /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue
     /// after a `fork`, not before: a child that inherits the handle's locks hides the parent's
     /// death from the others. docs/ARCHITECTURE.md ("Several processes") has the design and
@@ -565,10 +567,6 @@ impl Options {
         if !self.exclusive {
             let refused = if self.segment_pool > 0 {
                 Some("segment_pool")
-            } else if self.max_records.is_some() || self.max_bytes.is_some() {
-                Some("max_records and max_bytes")
-            } else if self.dedup_window.is_some() {
-                Some("dedup_window")
             } else if !self.storage.shares_between_processes() {
                 Some("this storage (the real filesystem and the simulated one only)")
             } else {

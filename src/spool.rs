@@ -34,8 +34,8 @@ use crate::engine::sync::lock;
 use crate::error::{Error, Result};
 use crate::format::fanout::{decode_entry, encode_header, encode_intent, Entry, Intent, KIND_DONE};
 use crate::format::frame::BodyPrefix;
-use crate::format::layout::{validate_queue_name, FANOUT_LOG_FILE_NAME};
-use crate::options::{Options, SyncPolicy};
+use crate::format::layout::{validate_queue_name, FANOUT_LOCK_FILE_NAME, FANOUT_LOG_FILE_NAME};
+use crate::options::{Options, Push, SyncPolicy};
 use crate::storage::{DirLock, Storage, StorageFile};
 
 /// Once all intents are done, a log longer than this is truncated.
@@ -59,7 +59,9 @@ pub struct Spool {
     options: Options,
     queues: Mutex<BTreeMap<String, Arc<Queue>>>,
     fanout_log: Mutex<FanoutLog>,
-    _lock: DirLock,
+    /// An exclusive spool's directory lock; a spool of shared queues has none (see
+    /// [`Spool::open`]).
+    _lock: Option<DirLock>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -81,21 +83,30 @@ struct FanoutLog {
 impl Spool {
     /// Opens (creating if needed) the spool in `dir`, and completes any fanout that a crash
     /// interrupted. Every queue of the spool is opened with `options`.
+    ///
+    /// With `options.exclusive(false)` the spool is shared by several processes, as its
+    /// queues are: each process opens it, and a fanout from any of them reaches the queues'
+    /// consumers in every process. A fanout then holds `fanout.lock` (a `flock`), records its
+    /// intent, and pushes each copy with a deduplication id naming the fanout, so that the
+    /// roll-forward of a fanout whose process died (by the next fanout or open in any process)
+    /// pushes the copies that did not make it and finds the others. A copy rolled forward after
+    /// the queues' deduplication window (`Options::dedup_window`, 5 minutes by default) may be
+    /// pushed twice: all or nothing holds, exactly once only within the window.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Spool> {
         options.validate()?;
-        if !options.get_exclusive() {
-            // A fanout writes each copy under the queue's writer lock, not under the tail lock
-            // of a queue shared by several processes.
-            return Err(Error::InvalidOptions(
-                "a spool keeps its queues to itself: fanout across processes is not built yet; \
-                 open it with exclusive(true)"
-                    .to_string(),
-            ));
-        }
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
         crate::storage::queue_dir::check_owner(&*storage, &dir)?;
-        let dir_lock = crate::storage::queue_dir::create_and_lock(&*storage, &dir)?;
+        let (dir_lock, fanouts) = match options.get_exclusive() {
+            true => (
+                Some(crate::storage::queue_dir::create_and_lock(&*storage, &dir)?),
+                None,
+            ),
+            false => {
+                crate::storage::queue_dir::create_with_mode(&*storage, &dir, None)?;
+                (None, Some(lock_fanouts(&*storage, &dir)?))
+            }
+        };
         let (fanout_log, intents) = FanoutLog::open(&*storage, &dir)?;
         let spool = Spool {
             dir,
@@ -104,6 +115,12 @@ impl Spool {
             fanout_log: Mutex::new(fanout_log),
             _lock: dir_lock,
         };
+        if let Some(fanouts) = fanouts {
+            let mut log = lock(&spool.fanout_log);
+            spool.roll_forward_shared(&mut log, &intents)?;
+            drop((log, fanouts));
+            return Ok(spool);
+        }
         for intent in &intents {
             spool.roll_forward(intent)?;
         }
@@ -167,6 +184,9 @@ impl Spool {
             .iter()
             .map(|name| self.queue(name))
             .collect::<Result<Vec<_>>>()?;
+        if self._lock.is_none() {
+            return self.fanout_shared(payload, names, &sorted, &queues);
+        }
         let payloads = [payload];
         let mut batch_lens = Vec::with_capacity(queues.len());
         for queue in &queues {
@@ -217,15 +237,66 @@ impl Spool {
             let range = queue.shared().complete(written)?;
             seqs_by_name.insert(*name, range.start);
         }
-        // A lost DONE mark costs only a roll-forward that finds every copy in place.
-        log.append_done(intent.id)?;
-        if log.pending.is_empty() && log.tail > LOG_TRUNCATE_BYTES {
+        finish_fanout(&mut log, intent.id, names, &seqs_by_name)
+    }
+
+    /// [`fanout`](Spool::fanout) in a spool of shared queues (see [`Spool::open`]): under
+    /// `fanout.lock`, finishes the fanouts a dead process left, records the intent, pushes
+    /// each copy with the fanout's deduplication id, and marks it done.
+    fn fanout_shared(
+        &self,
+        payload: &[u8],
+        names: &[&str],
+        sorted: &[&str],
+        queues: &[Arc<Queue>],
+    ) -> Result<Vec<u64>> {
+        let payloads = [payload];
+        // This process's threads, then the other processes.
+        let mut local = lock(&self.fanout_log);
+        let _fanouts = lock_fanouts(&*self.options.storage, &self.dir)?;
+        let (mut log, intents) = FanoutLog::open(&*self.options.storage, &self.dir)?;
+        self.roll_forward_shared(&mut log, &intents)?;
+        // A target that cannot take the copy refuses the whole fanout before its intent, as in
+        // one process (another process may still fill a bounded queue meanwhile: the copy is
+        // then pushed when the intent is rolled forward).
+        for queue in queues {
+            let batch_len = queue.shared().check_batch(&payloads, BodyPrefix::NONE)?;
+            queue.shared().check_bound(1, batch_len)?;
+        }
+        let intent = Intent {
+            // Never a number an earlier fanout had, even if the log was removed: copies are
+            // told apart by it.
+            id: log.next_id.max(crate::engine::clock::now_micros()),
+            targets: sorted.iter().map(|name| (name.to_string(), 0)).collect(),
+            payload: payload.to_vec(),
+        };
+        log.append_intent(&intent, self.options.sync == SyncPolicy::Always)?;
+        let mut seqs_by_name = BTreeMap::new();
+        for (queue, name) in queues.iter().zip(sorted) {
+            let seq = queue.push_with(payload, copy_push(intent.id))?;
+            crate::engine::failpoint::reached("spool.copy");
+            seqs_by_name.insert(*name, seq);
+        }
+        let seqs = finish_fanout(&mut log, intent.id, names, &seqs_by_name);
+        *local = log;
+        seqs
+    }
+
+    /// In a spool of shared queues, under `fanout.lock`: pushes the copies of `intents` (left
+    /// by a process that died in a fanout) with their fanout's deduplication id, so that those
+    /// that made it are found rather than pushed again, and marks each done.
+    fn roll_forward_shared(&self, log: &mut FanoutLog, intents: &[Intent]) -> Result<()> {
+        for intent in intents {
+            for (name, _) in &intent.targets {
+                self.queue(name)?
+                    .push_with(&intent.payload, copy_push(intent.id))?;
+            }
+            log.append_done(intent.id)?;
+        }
+        if !intents.is_empty() {
             log.truncate()?;
         }
-        Ok(names
-            .iter()
-            .filter_map(|name| seqs_by_name.get(name).copied())
-            .collect())
+        Ok(())
     }
 
     /// Writes the copies of an interrupted fanout that did not make it.
@@ -255,6 +326,42 @@ impl Spool {
         }
         Ok(())
     }
+}
+
+/// Marks fanout `id` done (truncating the log once nothing is pending and it grew long), and
+/// returns its copies' sequence numbers in the order of `names`.
+fn finish_fanout(
+    log: &mut FanoutLog,
+    id: u64,
+    names: &[&str],
+    seqs_by_name: &BTreeMap<&str, u64>,
+) -> Result<Vec<u64>> {
+    // A lost DONE mark costs only a roll-forward that finds every copy in place.
+    log.append_done(id)?;
+    if log.pending.is_empty() && log.tail > LOG_TRUNCATE_BYTES {
+        log.truncate()?;
+    }
+    Ok(names
+        .iter()
+        .filter_map(|name| seqs_by_name.get(name).copied())
+        .collect())
+}
+
+/// The push of a fanout's copy in a spool of shared queues: its deduplication id names the
+/// fanout.
+fn copy_push(fanout_id: u64) -> Push {
+    Push::new().dedup_id(format!("fanout/{fanout_id}"))
+}
+
+/// Takes `fanout.lock` in `dir` (a `flock`, released when the returned file is dropped, or when
+/// the process dies), waiting for another process's fanout.
+fn lock_fanouts(storage: &dyn Storage, dir: &Path) -> Result<crate::storage::process::LockFile> {
+    let path = dir.join(FANOUT_LOCK_FILE_NAME);
+    let file = crate::storage::process::LockFile::open(storage, &path)
+        .map_err(|error| Error::io("open", &path, error))?;
+    file.lock()
+        .map_err(|error| Error::io("lock", &path, error))?;
+    Ok(file)
 }
 
 impl FanoutLog {

@@ -205,7 +205,7 @@ fn read_queue(dir: &Path) -> Result<Shown, String> {
         let header_ok = log.len() >= 32
             && &log[..8] == b"DSPOOLAK"
             && crc32fast::hash(&log[..28]) == u32_at(&log, 28)
-            && u16_at(&log, 8) == 2;
+            && (2..=3).contains(&u16_at(&log, 8));
         if !header_ok {
             return Err(String::from("bad ack log header"));
         }

@@ -233,9 +233,7 @@ fn require_dir(dir: &Path) -> Result<(), Failure> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
     /// Shared with the processes that have it open (`Options::exclusive(false)`), so that it
-    /// works beside a live service; alone (as [`Access::Alone`], with the reason) when the
-    /// queue's stored settings bound it or deduplicate pushes, which a shared queue does not
-    /// support yet.
+    /// works beside a live service.
     Shared,
     /// The queue to this process alone (an exclusive open): exit 4 while any other process has
     /// it open, shared or not. The reason, if given, is printed before that exit.
@@ -290,35 +288,17 @@ fn open_queue_with(
         options = options.segment_size(bytes);
     }
     let queue = match access {
-        Access::Shared => match settings_need_alone(dir) {
-            None => match Queue::open(dir, options.clone().exclusive(false)) {
-                // The settings changed since they were read, or the queue refuses to be shared
-                // for another reason: open it alone, as before shared queues existed.
-                Err(diskspool::Error::InvalidOptions(why)) => open_alone(dir, options, &why)?,
-                opened => opened?,
-            },
-            Some(why) => open_alone(dir, options, why)?,
+        Access::Shared => match Queue::open(dir, options.clone().exclusive(false)) {
+            // The queue refuses to be shared (an option no shared queue takes yet): open it
+            // alone, as before shared queues existed.
+            Err(diskspool::Error::InvalidOptions(why)) => open_alone(dir, options, &why)?,
+            opened => opened?,
         },
         Access::Alone(None) => Queue::open(dir, options)?,
         Access::Alone(Some(why)) => open_alone(dir, options, why)?,
     };
     report_recovery(queue.recovery_report());
     Ok(queue)
-}
-
-/// Why a queue's stored settings keep it from being opened shared (read without a lock: an
-/// open that finds them changed falls back to an exclusive open). `None` when they do not, or
-/// when they cannot be read (the open then reports why).
-fn settings_need_alone(dir: &Path) -> Option<&'static str> {
-    use diskspool::storage::{queue_dir::read_settings, OsStorage};
-    let settings = read_settings(&OsStorage, dir).ok()??;
-    (settings.max_records.is_some()
-        || settings.max_bytes.is_some()
-        || settings.dedup_window_us.is_some())
-    .then_some(
-        "the queue's settings bound it or deduplicate pushes, which a queue shared by several \
-         processes does not support yet",
-    )
 }
 
 /// An exclusive open for a command that needs the queue alone for the reason `why`; when

@@ -55,8 +55,8 @@ Records from standard input are pushed in atomic batches of up to 1 MiB: after a
 batch is either wholly in the queue or not at all. Exit status 0 means every record was accepted
 under the --sync policy.
 
-push works beside a service that holds the queue shared. --segment-size, the policy flags,
---dedup-id, and a queue whose settings bound it or set a dedup window need the queue alone
+push works beside a service that holds the queue shared, bounded or not. --segment-size, the
+policy flags, --dedup-id, and a queue whose settings set a dedup window need the queue alone
 (exit 4 while another process has it open).")]
 pub struct PushArgs {
     /// The queue directory; created when it does not exist.
@@ -187,14 +187,10 @@ pub fn push(args: &PushArgs) -> Result<u8, Failure> {
         SyncArg::Never => SyncPolicy::Never,
     };
     // Settings change only while no other process has the queue open (each works by the ones
-    // it opened with), and a shared queue takes no deduplicated pushes yet.
+    // it opened with).
     let access = if args.policies.any() || args.segment_size.is_some() {
         Access::Alone(Some(
             "--segment-size and the policy flags change the queue's settings",
-        ))
-    } else if args.dedup_id.is_some() {
-        Access::Alone(Some(
-            "a queue shared by several processes takes no --dedup-id yet",
         ))
     } else {
         Access::Shared
@@ -356,33 +352,22 @@ fn stored(record: &Record) -> StoredRecord {
 
 /// Waits until the queue holds a record and pops it; `None` when `wait` ran out first.
 ///
-/// A queue that can be shared is opened shared and waited on in `pop_timeout`: producers in
-/// every process go on pushing, and each of their pushes wakes it. This handle holds the consumer
-/// role meanwhile, as any consumer does (another `pop` exits 4).
+/// The queue is opened shared and waited on in `pop_timeout`: producers in every process go on
+/// pushing, and each of their pushes wakes it.
 ///
-/// A queue that must be opened alone (bounds, deduplication) would keep every other process out
-/// while it is open, so that wait happens without the lock: a lock-free `stat` every few
-/// milliseconds lets producers in other processes push meanwhile. Once a record shows, the queue
-/// is opened and `pop_timeout` takes it (waiting briefly, as another consumer may have taken it
-/// first). An exclusive handle of another process that keeps the queue for a moment is waited
-/// out the same way.
+/// A queue opened alone (one that refuses to be shared) polls instead, with short
+/// `pop_timeout`s. An exclusive handle of another process that keeps the queue for a moment is
+/// waited out: the open is tried again until the deadline.
 fn wait_for_record(dir: &Path, wait: Duration) -> Result<Option<(Queue, Record)>, Failure> {
     let deadline = Instant::now() + wait;
     loop {
-        let shareable = crate::settings_need_alone(dir).is_none();
-        let queue = if shareable || inspect::stat(&OsStorage, dir)?.len > 0 {
-            match open_queue(dir, None, SyncPolicy::Always, true, false, Access::Shared) {
-                Ok(queue) => Some(queue),
-                // Another process has it alone for a moment: try again until the deadline.
-                Err(Failure::Queue(diskspool::Error::Locked { .. }))
-                    if Instant::now() < deadline =>
-                {
-                    None
-                }
-                Err(failure) => return Err(failure),
+        let queue = match open_queue(dir, None, SyncPolicy::Always, true, false, Access::Shared) {
+            Ok(queue) => Some(queue),
+            // Another process has it alone for a moment: try again until the deadline.
+            Err(Failure::Queue(diskspool::Error::Locked { .. })) if Instant::now() < deadline => {
+                None
             }
-        } else {
-            None
+            Err(failure) => return Err(failure),
         };
         if let Some(queue) = queue {
             let remaining = deadline.saturating_duration_since(Instant::now());

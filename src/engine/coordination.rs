@@ -30,10 +30,12 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::control::{
-    ticket, ticket_parts, ACK_LOG_ID, ACK_PREPARED, ACK_TAIL, ARRIVALS, CONSUMER_EPOCH,
-    CONSUMER_LOCK, CONSUMER_PID, EPOCH_MAX, HEAD_DURABLE, INSIDE, POISONED, PREPARED_BASE,
-    PREPARED_END, PUBLISHED_GEN, PUBLISHED_SLOTS, REPAIRS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_LOCK,
-    TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_SLOTS, TAIL_SLOT_LEN,
+    lease_owner, lease_owner_parts, ticket, ticket_parts, ACK_LOG_ID, ACK_PREPARED, ACK_TAIL,
+    ARRIVALS, COMMIT_TIMES, CONSUMED_BYTES, CONSUMED_RECORDS, CONSUMER_EPOCH, CONSUMER_LOCK,
+    CONSUMER_PID, DEDUP_GEN, DEDUP_TAIL, EPOCH_MAX, GATHER, HEAD_DURABLE, INSIDE, POISONED,
+    PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_PUSHED, PUBLISHED_SLOTS, REPAIRS, ROOM,
+    ROOM_SLEEPERS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN,
+    TAIL_LOCK, TAIL_PUSHED, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
     CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
@@ -46,11 +48,14 @@ use crate::storage::Storage;
 
 /// A committed end of the log: every frame below `tail` in segment `base` (and every frame of
 /// the segments before it) is whole, and `next_seq` is the number after the last one.
+/// `pushed_bytes`: the frame bytes of every record pushed up to it, counted from where the
+/// control file was built (with `next_seq`, what a bounded queue's usage is measured from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CommittedTail {
     pub(crate) base: u64,
     pub(crate) tail: u64,
     pub(crate) next_seq: u64,
+    pub(crate) pushed_bytes: u64,
 }
 
 /// An open in progress: `open.lock` is held until it is dropped.
@@ -101,9 +106,10 @@ pub(crate) fn begin_open(storage: Arc<dyn Storage>, dir: &Path) -> Result<Openin
 }
 
 impl Opening {
-    /// The first opener, after recovery: builds `control` with the recovered tail, and keeps
-    /// `lock` shared from now on.
-    pub(crate) fn build(self, tail: CommittedTail) -> Result<Coordination> {
+    /// The first opener, after recovery: builds `control` with the recovered tail and the
+    /// records and bytes consumed in all up to it (see [`SharedUsage`]), and keeps `lock`
+    /// shared from now on.
+    pub(crate) fn build(self, tail: CommittedTail, consumed: (u64, u64)) -> Result<Coordination> {
         let path = self.dir.join(CONTROL_FILE_NAME);
         let build_id = crate::engine::clock::now_micros().max(1);
         let control = ControlMapping::build(&*self.storage, &path, build_id)
@@ -111,7 +117,13 @@ impl Opening {
         // Everything an attacher reads is in place before `open.lock` is released (when `new`
         // takes the opening): the committed and published tails (recovery made every record
         // durable), and `lock` held shared.
-        for slots in [TAIL_SLOTS, PUBLISHED_SLOTS] {
+        for (slots, pushed) in [
+            (TAIL_SLOTS, TAIL_PUSHED),
+            (PUBLISHED_SLOTS, PUBLISHED_PUSHED),
+        ] {
+            control
+                .word64(pushed)
+                .store(tail.pushed_bytes, Ordering::Relaxed);
             control.word64(slots).store(tail.base, Ordering::Relaxed);
             control
                 .word64(slots + 8)
@@ -120,6 +132,12 @@ impl Opening {
                 .word64(slots + 16)
                 .store(tail.next_seq, Ordering::Relaxed);
         }
+        control
+            .word64(CONSUMED_RECORDS)
+            .store(consumed.0, Ordering::Relaxed);
+        control
+            .word64(CONSUMED_BYTES)
+            .store(consumed.1, Ordering::Relaxed);
         control.word64(TAIL_GEN).store(0, Ordering::Release);
         control.word64(PUBLISHED_GEN).store(0, Ordering::Release);
         // The pid an exclusive handle left in `lock` names nobody now: an exclusive open
@@ -224,7 +242,13 @@ pub(crate) struct Inside<'a> {
 
 impl Drop for Inside<'_> {
     fn drop(&mut self) {
-        self.word.fetch_sub(1, Ordering::SeqCst);
+        // Never below zero: a leader may have cleared the count of a gone handle just as a
+        // new one took its slot (a hint, and a wrapped count would hold every leader back).
+        let _ = self
+            .word
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |count| {
+                count.checked_sub(1)
+            });
     }
 }
 
@@ -283,6 +307,10 @@ impl Coordination {
         control
             .word32(SLOTS + slot as usize * 8 + 4)
             .store(pid, Ordering::Relaxed);
+        // A count a dead handle of this slot left (see `producers_inside`).
+        control
+            .word32(INSIDE + slot as usize * 4)
+            .store(0, Ordering::SeqCst);
         epoch_word.store(epoch, Ordering::Release);
         Ok(Coordination {
             storage: opening.storage,
@@ -507,25 +535,14 @@ impl Coordination {
         self.word64(slot + 8).store(tail.tail, Ordering::Relaxed);
         self.word64(slot + 16)
             .store(tail.next_seq, Ordering::Relaxed);
+        self.word64(pushed_slot(slots, generation))
+            .store(tail.pushed_bytes, Ordering::Relaxed);
     }
 
     /// A tail (committed or durable) and its generation. Lock-free: retried while a commit
     /// overwrote the slot being read (a sequence lock over two slots).
     fn read_tail(&self, generation_at: usize, slots: usize) -> (u64, CommittedTail) {
-        loop {
-            let generation = self.word64(generation_at).load(Ordering::Acquire);
-            let slot = slots + (generation % 2) as usize * TAIL_SLOT_LEN;
-            let tail = CommittedTail {
-                base: self.word64(slot).load(Ordering::Relaxed),
-                tail: self.word64(slot + 8).load(Ordering::Relaxed),
-                next_seq: self.word64(slot + 16).load(Ordering::Relaxed),
-            };
-            fence(Ordering::Acquire);
-            if self.word64(generation_at).load(Ordering::Relaxed) == generation {
-                return (generation, tail);
-            }
-            std::hint::spin_loop();
-        }
+        read_tail_in(&self.control, generation_at, slots)
     }
 
     /// The committed tail and its generation.
@@ -634,17 +651,130 @@ impl Coordination {
     }
 
     /// Announces a producer on its way to a commit under `Always`, until the guard is dropped:
-    /// a sync leader waits a little for it, so that one sync covers both (a process killed
-    /// meanwhile leaves the count one too high, which costs each later leader that wait).
+    /// a sync leader waits a little for it, so that one sync covers both. Counted in this
+    /// handle's slot, so that a process killed meanwhile leaves a count the leader can tell
+    /// from a live one (see [`producers_inside`](Self::producers_inside)).
     pub(crate) fn enter_push(&self) -> Inside<'_> {
-        let word = self.word32(INSIDE);
+        let word = self.word32(INSIDE + self.slot() * 4);
         word.fetch_add(1, Ordering::SeqCst);
         Inside { word }
     }
 
-    /// Producers between their start and their commit (see [`enter_push`](Self::enter_push)).
-    pub(crate) fn inside(&self) -> u32 {
-        self.word32(INSIDE).load(Ordering::SeqCst)
+    /// Whether a producer of a live handle is between its start and its commit (see
+    /// [`enter_push`](Self::enter_push)). A count left by a handle that is gone is cleared:
+    /// with one global count, a producer killed inside a push made every later leader wait its
+    /// whole gathering time, at every sync.
+    pub(crate) fn producers_inside(&self) -> bool {
+        let mine = self.slot();
+        (0..SLOT_COUNT as usize).any(|slot| {
+            let word = self.word32(INSIDE + slot * 4);
+            let count = word.load(Ordering::SeqCst);
+            if count == 0 || slot == mine {
+                return count != 0;
+            }
+            let epoch = self.word32(SLOTS + slot * 8).load(Ordering::Acquire);
+            if !self.is_gone(ticket(slot as u32, epoch)) {
+                return true;
+            }
+            // Gone: its count is nobody's (the next handle in the slot starts from zero too).
+            let _ = word.compare_exchange(count, 0, Ordering::SeqCst, Ordering::Relaxed);
+            false
+        })
+    }
+
+    /// Records that this handle committed a push under `Always` at `now_us` (a group-commit
+    /// hint, see [`producers_to_gather`](Self::producers_to_gather)).
+    pub(crate) fn mark_committed(&self, now_us: u64) {
+        self.word64(COMMIT_TIMES + self.slot() * 8)
+            .store(now_us, Ordering::Relaxed);
+        let gather = self.word32(GATHER);
+        // SeqCst pairs with `gather`: either the leader's bit is seen here, or the leader
+        // sees this commit before it sleeps.
+        if gather.load(Ordering::SeqCst) & 1 != 0 {
+            gather.fetch_add(2, Ordering::SeqCst);
+            wake_all(gather);
+        }
+    }
+
+    /// The sync leader's wait for producers (see
+    /// [`producers_to_gather`](Self::producers_to_gather)): sleeps until `done` holds, or
+    /// `until`. Producers that commit meanwhile wake it: no CPU is spent looking, which on a
+    /// small machine the producers it waits for need.
+    pub(crate) fn gather(&self, until: std::time::Instant, mut done: impl FnMut() -> bool) {
+        let word = self.word32(GATHER);
+        let mut seen = word.fetch_or(1, Ordering::SeqCst) | 1;
+        loop {
+            if done() {
+                break;
+            }
+            let now = std::time::Instant::now();
+            if now >= until {
+                break;
+            }
+            wait_for_change(word, seen, until - now);
+            seen = word.load(Ordering::SeqCst) | 1;
+        }
+        word.fetch_and(!1, Ordering::SeqCst);
+    }
+
+    /// For a sync leader about to sync at `now_us`: how many handles are worth waiting for,
+    /// those that committed a push within `window_us` but none since the last sync began.
+    /// In a steady stream those are on their way back with their next push: the last sync
+    /// released them, and a wake-up and a push take tens of microseconds. Without this wait a
+    /// leader started as soon as it could, and each sync covered about two pushes however
+    /// many producers there were.
+    pub(crate) fn producers_to_gather(&self, now_us: u64, window_us: u64) -> usize {
+        let began = self.word64(SYNC_BEGAN).load(Ordering::Acquire);
+        let recent = now_us.saturating_sub(window_us);
+        (0..SLOT_COUNT as usize)
+            .map(|slot| self.word64(COMMIT_TIMES + slot * 8).load(Ordering::Relaxed))
+            .filter(|&at| at >= recent && at < began)
+            .count()
+    }
+
+    /// Under the sync lock, as a sync begins at `now_us` (see
+    /// [`producers_to_gather`](Self::producers_to_gather)).
+    pub(crate) fn begin_sync(&self, now_us: u64) {
+        self.word64(SYNC_BEGAN).store(now_us, Ordering::Release);
+    }
+
+    /// This handle as the owner of the leases it writes to the ack log (see
+    /// `format::control::lease_owner`).
+    pub(crate) fn lease_owner(&self) -> u32 {
+        lease_owner(self.ticket)
+    }
+
+    /// Whether the handle that wrote leases as `owner` is gone: its slot was taken again
+    /// since, or its slot file is unlocked. An owner that names no slot is taken to live (its
+    /// lease then ends when it runs out, as before owners were written).
+    pub(crate) fn is_lease_owner_gone(&self, owner: u32) -> bool {
+        let Some((slot, epoch_low)) = lease_owner_parts(owner) else {
+            return false;
+        };
+        let epoch = self
+            .word32(SLOTS + slot as usize * 8)
+            .load(Ordering::Acquire);
+        epoch & 0xffff != epoch_low || self.is_gone(ticket(slot, epoch))
+    }
+
+    /// The deduplication log's generation and the end of its valid entries, as the last
+    /// holder of the tail lock left them (read and written under the tail lock only).
+    pub(crate) fn dedup_log(&self) -> (u64, u64) {
+        (
+            self.word64(DEDUP_GEN).load(Ordering::Acquire),
+            self.word64(DEDUP_TAIL).load(Ordering::Acquire),
+        )
+    }
+
+    /// Records the deduplication log's generation and end (under the tail lock).
+    pub(crate) fn set_dedup_log(&self, generation: u64, tail: u64) {
+        self.word64(DEDUP_GEN).store(generation, Ordering::Release);
+        self.word64(DEDUP_TAIL).store(tail, Ordering::Release);
+    }
+
+    /// This handle's slot.
+    fn slot(&self) -> usize {
+        ticket_parts(self.ticket).0 as usize
     }
 
     /// Counts a repair of the tail (under the tail lock): every writer drops its mapping.
@@ -698,9 +828,141 @@ impl Coordination {
         wait_for_arrival_in(&self.control, seen, timeout);
     }
 
+    /// The usage of a bounded queue, for its [`Limits`](crate::engine::limits::Limits).
+    pub(crate) fn shared_usage(&self) -> SharedUsage {
+        SharedUsage {
+            control: self.control.clone(),
+        }
+    }
+
     /// The control mapping, for a thread that must not keep the handle alive.
     pub(crate) fn control(&self) -> Arc<ControlMapping> {
         self.control.clone()
+    }
+}
+
+/// The word of pushed bytes that goes with the tail slot `generation % 2` at `slots`.
+fn pushed_slot(slots: usize, generation: u64) -> usize {
+    let words = match slots {
+        TAIL_SLOTS => TAIL_PUSHED,
+        _ => PUBLISHED_PUSHED,
+    };
+    words + (generation % 2) as usize * 8
+}
+
+/// A tail (committed or durable) of a control mapping and its generation: see
+/// [`Coordination::committed`].
+fn read_tail_in(
+    control: &ControlMapping,
+    generation_at: usize,
+    slots: usize,
+) -> (u64, CommittedTail) {
+    loop {
+        let generation = control.word64(generation_at).load(Ordering::Acquire);
+        let slot = slots + (generation % 2) as usize * TAIL_SLOT_LEN;
+        let tail = CommittedTail {
+            base: control.word64(slot).load(Ordering::Relaxed),
+            tail: control.word64(slot + 8).load(Ordering::Relaxed),
+            next_seq: control.word64(slot + 16).load(Ordering::Relaxed),
+            pushed_bytes: control
+                .word64(pushed_slot(slots, generation))
+                .load(Ordering::Relaxed),
+        };
+        fence(Ordering::Acquire);
+        if control.word64(generation_at).load(Ordering::Relaxed) == generation {
+            return (generation, tail);
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// A bounded shared queue's usage, kept in the control file as totals (see
+/// docs/ARCHITECTURE.md, "Bounds across processes"): records and frame bytes pushed in all
+/// (the committed tail's `next_seq` and `pushed_bytes`, committed with the tail under the tail
+/// lock) minus those consumed in all (two words that consumers raise in their turns, under the
+/// consumer lock). A takeover from a dead consumer counts the consumed totals again from the
+/// files ([`set_usage`](SharedUsage::set_usage)); nothing a kill leaves drifts further than
+/// the next such count. Pushes waiting for room sleep on the `room` futex word, which every
+/// giving back of room bumps.
+pub(crate) struct SharedUsage {
+    control: Arc<ControlMapping>,
+}
+
+impl SharedUsage {
+    /// Records and bytes not yet consumed: the committed totals minus the consumed ones. Exact
+    /// under the tail lock (no push commits meanwhile; consumers only lower it).
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        let (_, committed) = read_tail_in(&self.control, TAIL_GEN, TAIL_SLOTS);
+        let (records, bytes) = self.consumed();
+        (
+            committed.next_seq.saturating_sub(records),
+            committed.pushed_bytes.saturating_sub(bytes),
+        )
+    }
+
+    /// Whether everything up to the tail `upto` counts as consumed, nothing more.
+    pub(crate) fn is_all_consumed_at(&self, upto: CommittedTail) -> bool {
+        self.consumed() == (upto.next_seq, upto.pushed_bytes)
+    }
+
+    fn consumed(&self) -> (u64, u64) {
+        (
+            self.control
+                .word64(CONSUMED_RECORDS)
+                .load(Ordering::Acquire),
+            self.control.word64(CONSUMED_BYTES).load(Ordering::Acquire),
+        )
+    }
+
+    /// Counts consumed records (under the consumer lock) and wakes the pushes waiting for room.
+    pub(crate) fn consume(&self, records: u64, bytes: u64) {
+        self.control
+            .word64(CONSUMED_RECORDS)
+            .fetch_add(records, Ordering::AcqRel);
+        self.control
+            .word64(CONSUMED_BYTES)
+            .fetch_add(bytes, Ordering::AcqRel);
+        self.announce_room();
+    }
+
+    /// Sets the consumed totals so that the usage at the published tail `upto` is `records`
+    /// and `bytes` (counted from the files, under the consumer lock).
+    pub(crate) fn set_usage(&self, upto: CommittedTail, records: u64, bytes: u64) {
+        self.control
+            .word64(CONSUMED_RECORDS)
+            .store(upto.next_seq.saturating_sub(records), Ordering::Release);
+        self.control
+            .word64(CONSUMED_BYTES)
+            .store(upto.pushed_bytes.saturating_sub(bytes), Ordering::Release);
+        self.announce_room();
+    }
+
+    /// The published tail: what consumers read up to.
+    pub(crate) fn published(&self) -> CommittedTail {
+        read_tail_in(&self.control, PUBLISHED_GEN, PUBLISHED_SLOTS).1
+    }
+
+    /// The room word's value, read before the usage a waiter looks at.
+    pub(crate) fn room(&self) -> u32 {
+        self.control.word32(ROOM).load(Ordering::SeqCst)
+    }
+
+    fn announce_room(&self) {
+        let room = self.control.word32(ROOM);
+        room.fetch_add(1, Ordering::SeqCst);
+        // SeqCst pairs with `wait_for_room`, as `announce` with `wait_for_arrival`.
+        if self.control.word32(ROOM_SLEEPERS).load(Ordering::SeqCst) > 0 {
+            wake_all(room);
+        }
+    }
+
+    /// Sleeps until a consumer of any process gives room back after `seen` was read, or
+    /// `timeout`.
+    pub(crate) fn wait_for_room(&self, seen: u32, timeout: std::time::Duration) {
+        let sleepers = self.control.word32(ROOM_SLEEPERS);
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        wait_for_change(self.control.word32(ROOM), seen, timeout);
+        sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -52,7 +52,10 @@ impl Env {
         storage: Arc<dyn Storage>,
         coordination: Option<Coordination>,
     ) -> Self {
-        let limits = Limits::new(&options);
+        let limits = Limits::new(
+            &options,
+            coordination.as_ref().map(Coordination::shared_usage),
+        );
         let max_age_us = options
             .max_age
             .map(|age| u64::try_from(age.as_micros()).unwrap_or(u64::MAX));

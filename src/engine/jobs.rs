@@ -6,7 +6,8 @@
 //! over the acknowledged prefix. In a queue of one process leases are not persisted: after a
 //! restart every unacknowledged record is available again (the workers holding them are gone
 //! too). In a queue shared by several processes a lease is written as a retry time at its end,
-//! so that another process's consumer leaves the record alone until then.
+//! naming its owner (the handle that holds it), so that another process's consumer leaves the
+//! record alone until then, or until the owner is gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub(crate) struct Jobs {
     timers: BTreeSet<(u64, u64)>,
     history: JobHistory,
     next_token: u64,
+    /// The owners of other handles' leases among the `Waiting` records (see the module).
+    lease_owners: BTreeMap<u64, u32>,
 }
 
 impl Jobs {
@@ -69,6 +72,7 @@ impl Jobs {
         self.ready.clear();
         self.timers.clear();
         self.history = JobHistory::default();
+        self.lease_owners.clear();
     }
 
     /// True when nothing beyond the head is tracked or remembered: plain FIFO.
@@ -97,10 +101,56 @@ impl Jobs {
         self.entries.len()
     }
 
-    /// What the ack log remembers of `seq` (acknowledged, delivery count, retry time), taken
-    /// out of the history as the record starts being tracked.
-    pub(crate) fn take_history(&mut self, seq: u64) -> (bool, u32, u64) {
-        self.history.take(seq)
+    /// What the ack log remembers of `seq` (acknowledged, delivery count, retry time, the
+    /// owner of the lease that time ends), taken out of the history as the record starts
+    /// being tracked.
+    pub(crate) fn take_history(&mut self, seq: u64) -> (bool, u32, u64, u32) {
+        let (acked, deliveries, not_before_us) = self.history.take(seq);
+        (
+            acked,
+            deliveries,
+            not_before_us,
+            self.history.take_lease_owner(seq),
+        )
+    }
+
+    /// Records that the `Waiting` record `seq` waits for the end of a lease `owner` holds.
+    pub(crate) fn set_lease_owner(&mut self, seq: u64, owner: u32) {
+        let waiting = self
+            .entries
+            .get(&seq)
+            .is_some_and(|job| matches!(job.state, JobState::Waiting { .. }));
+        if waiting && owner != 0 {
+            self.lease_owners.insert(seq, owner);
+        }
+    }
+
+    /// Whether any record waits for the end of another handle's lease.
+    pub(crate) fn waits_for_leases(&self) -> bool {
+        !self.lease_owners.is_empty() || !self.history.lease_owners.is_empty()
+    }
+
+    /// Ends the leases of other handles that `is_gone` says are gone: their records are
+    /// available at once (or when their own delay runs out). Returns how many.
+    pub(crate) fn end_leases_of_gone(
+        &mut self,
+        is_gone: &mut dyn FnMut(u32) -> bool,
+        now_us: u64,
+    ) -> usize {
+        let gone = crate::format::acklog::leases_of_gone(&self.lease_owners, is_gone);
+        for &seq in &gone {
+            let Some(job) = self.entries.get(&seq) else {
+                continue;
+            };
+            let due_us = job.record.not_before_us();
+            let state = match due_us > now_us {
+                true => JobState::Waiting { due_us },
+                false => JobState::Ready,
+            };
+            // (Drops the owner too.)
+            self.set_state(seq, state);
+        }
+        gone.len() + self.history.end_leases_of_gone(is_gone)
     }
 
     /// How many tracked records wait for a delay that has not run out at `now_us`.
@@ -141,6 +191,7 @@ impl Jobs {
             }
         }
         self.history.prune_below(head);
+        self.lease_owners = self.lease_owners.split_off(&head);
     }
 
     /// Applies an ack log entry another process's consumer wrote: to the tracked record it
@@ -160,7 +211,11 @@ impl Jobs {
                     return;
                 }
             }
-            AckEntry::NotBefore { seq, at_us } => {
+            AckEntry::NotBefore {
+                seq,
+                at_us,
+                lease_owner,
+            } => {
                 if let Some(job) = self.entries.get(&seq) {
                     if matches!(job.state, JobState::Acked | JobState::DeadLettering) {
                         return;
@@ -171,6 +226,7 @@ impl Jobs {
                         false => JobState::Ready,
                     };
                     self.set_state(seq, state);
+                    self.set_lease_owner(seq, lease_owner);
                     return;
                 }
             }
@@ -219,6 +275,8 @@ impl Jobs {
             return;
         };
         let old = std::mem::replace(&mut job.state, state);
+        // A new state owes nothing to another handle's lease (`set_lease_owner` says when).
+        self.lease_owners.remove(&seq);
         match old {
             JobState::Ready => {
                 self.ready.remove(&seq);
@@ -299,6 +357,20 @@ impl Jobs {
         tracked + self.history.acked_count_from(frontier)
     }
 
+    /// The frame bytes of the tracked records acknowledged beyond the head.
+    pub(crate) fn acked_frame_bytes(&self) -> u64 {
+        self.entries
+            .values()
+            .filter(|job| job.state == JobState::Acked)
+            .map(|job| job.record.frame_len())
+            .sum()
+    }
+
+    /// What the ack log remembers beyond the tracked records.
+    pub(crate) fn history(&self) -> &JobHistory {
+        &self.history
+    }
+
     /// Records handed out and not yet settled.
     pub(crate) fn leased(&self) -> u64 {
         self.entries
@@ -316,8 +388,9 @@ impl Jobs {
     }
 
     /// The ack log entries that describe the tracked and remembered state; with
-    /// `leases_shared`, a lease as a retry time at its end (see the module).
-    pub(crate) fn live_entries(&self, leases_shared: bool) -> Vec<AckEntry> {
+    /// `lease_owner` (a shared queue's handle), this handle's leases as retry times at their
+    /// end naming it (see the module), and other handles' as they were written.
+    pub(crate) fn live_entries(&self, lease_owner: Option<u32>) -> Vec<AckEntry> {
         let mut state = self.history.clone();
         for (&seq, job) in &self.entries {
             match job.state {
@@ -326,10 +399,20 @@ impl Jobs {
                     end: seq + 1,
                 }),
                 JobState::Waiting { due_us } if due_us > job.record.not_before_us() => {
-                    state.apply(&AckEntry::NotBefore { seq, at_us: due_us });
+                    state.apply(&AckEntry::NotBefore {
+                        seq,
+                        at_us: due_us,
+                        lease_owner: self.lease_owners.get(&seq).copied().unwrap_or(0),
+                    });
                 }
-                JobState::Leased { due_us, .. } if leases_shared => {
-                    state.apply(&AckEntry::NotBefore { seq, at_us: due_us });
+                JobState::Leased { due_us, .. } => {
+                    if let Some(owner) = lease_owner {
+                        state.apply(&AckEntry::NotBefore {
+                            seq,
+                            at_us: due_us,
+                            lease_owner: owner,
+                        });
+                    }
                 }
                 _ => {}
             }

@@ -208,7 +208,11 @@ impl Log {
         prefix: BodyPrefix,
     ) -> Result<Range<u64>> {
         if let Some(coordination) = &env.coordination {
-            return self.push_shared(env, coordination, payloads, prefix);
+            let pushed = self.push_shared(env, coordination, payloads, prefix, None);
+            if let Err(Error::Full { .. }) = pushed {
+                self.publish_committed(env, coordination)?;
+            }
+            return pushed;
         }
         let batch_len = self.check_batch(env, payloads, prefix)?;
         let always = env.options.sync == SyncPolicy::Always;
@@ -229,6 +233,25 @@ impl Log {
             )?
         };
         self.complete(env, written)
+    }
+
+    /// One push with a deduplication id into a shared queue (see
+    /// [`push_shared`](Log::push_shared)); as [`push_batch`](Log::push_batch), a push refused
+    /// at the bound publishes what is committed first.
+    pub(crate) fn push_dedup_shared(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        payload: &[u8],
+        prefix: BodyPrefix,
+        step: &mut DedupStep<'_>,
+    ) -> Result<u64> {
+        let payloads = std::slice::from_ref(&payload);
+        let pushed = self.push_shared(env, coordination, payloads, prefix, Some(step));
+        if let Err(Error::Full { .. }) = pushed {
+            self.publish_committed(env, coordination)?;
+        }
+        pushed.map(|range| range.start)
     }
 
     /// One `push`. Under the policies that publish while writing, nothing is left to do once
@@ -317,7 +340,7 @@ impl Log {
         if has_records && writer.tail + batch_len > env.options.segment_size {
             if let Err(error) = self.roll(env, writer) {
                 if let Some(limits) = &env.limits {
-                    limits.release(payloads.len() as u64, batch_len);
+                    limits.unreserve(payloads.len() as u64, batch_len);
                 }
                 return Err(error);
             }
@@ -332,7 +355,7 @@ impl Log {
         );
         if let Err(failure) = appended {
             if let Some(limits) = &env.limits {
-                limits.release(payloads.len() as u64, batch_len);
+                limits.unreserve(payloads.len() as u64, batch_len);
             }
             return Err(if failure.poison {
                 env.poison(failure.error)
@@ -463,12 +486,19 @@ impl Log {
     /// committed tail (repairing what a dead writer left), write as an exclusive queue does,
     /// then commit. Under `Always` the batch is synced before it is committed, so that no
     /// process reads a record that is not durable.
-    fn push_shared(
+    ///
+    /// With `dedup` (one record with a deduplication id), the id is looked up under the lock,
+    /// after the dirty mark (a death while the deduplication log is read, settled or rewritten
+    /// is repaired like one in the middle of a push): if a push with it was committed, nothing
+    /// is written and its number is returned (`DedupStep::found`); otherwise its entry is
+    /// written before the record.
+    pub(crate) fn push_shared(
         &self,
         env: &Env,
         coordination: &Coordination,
         payloads: &[&[u8]],
         prefix: BodyPrefix,
+        mut dedup: Option<&mut DedupStep<'_>>,
     ) -> Result<Range<u64>> {
         let batch_len = self.check_batch(env, payloads, prefix)?;
         if coordination.is_poisoned() {
@@ -498,10 +528,27 @@ impl Log {
             if payloads.is_empty() {
                 return Ok(writer.next_seq..writer.next_seq);
             }
+            if let Some(step) = dedup.as_deref_mut() {
+                if let Some(seq) = self.dedup_find(env, coordination, &writer, step)? {
+                    drop((_tail, writer, _inside));
+                    if always {
+                        // Its record may wait for the sync that covers it.
+                        self.wait_durable(env, coordination, seq + 1)?;
+                    }
+                    return Ok(seq..seq + 1);
+                }
+            }
+            if let Some(limits) = &env.limits {
+                // A refused push leaves nothing to repair.
+                limits.check(payloads.len() as u64, batch_len)?;
+            }
             // From here until the commit, a death leaves the log past the committed tail: the
             // next writer cuts it (`repair_tail`).
             coordination.set_dirty();
             failpoint::reached("shared.dirty");
+            if let Some(step) = dedup {
+                self.dedup_remember(env, coordination, &writer, step)?;
+            }
             let base_before = writer.active.base_seq;
             let written = self.write_locked(
                 env,
@@ -516,10 +563,12 @@ impl Log {
                 base: writer.active.base_seq,
                 tail: writer.tail,
                 next_seq: writer.next_seq,
+                // The tail taken up above: a bounded queue's usage counts from these totals.
+                pushed_bytes: committed.pushed_bytes + batch_len,
             };
             coordination.set_prepared_end(writer.active.base_seq, writer.prepared_end());
             coordination.commit(committed);
-            if env.options.sync != SyncPolicy::Always {
+            if !always {
                 // Readers of every process read up to the published tail: under the policies
                 // that do not sync each push, that is the committed one.
                 coordination.publish(committed);
@@ -532,12 +581,67 @@ impl Log {
             }
             written.range
         };
-        if env.options.sync == SyncPolicy::Always {
+        if always {
+            // Out of `inside` by now: a leader woken by this mark sees this push done.
+            coordination.mark_committed(now_micros());
             // Committed, not yet durable: readers see it once a sync covered it, by whichever
             // process leads the next one (a group commit across processes).
             self.wait_durable(env, coordination, range.end)?;
         }
         Ok(range)
+    }
+
+    /// The first deduplication step of [`push_shared`](Log::push_shared), under the tail
+    /// lock: catches up with the log (settled first if no handle did since `control` was
+    /// built; a rewrite by rename, so a death in it leaves the old log or the new one) and
+    /// looks the id up. Returns the number of the push with it, if one was committed.
+    fn dedup_find(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        writer: &Writer,
+        step: &mut DedupStep<'_>,
+    ) -> Result<Option<u64>> {
+        let storage = &*env.storage;
+        let (mut generation, mut tail) = coordination.dedup_log();
+        if generation == 0 {
+            // An earlier life of the queue may have left entries past its records.
+            tail = crate::engine::dedup::settle_shared(storage, &env.dir, writer.next_seq)?
+                .unwrap_or(0);
+            generation = 1;
+            coordination.set_dedup_log(generation, tail);
+        }
+        step.dedup
+            .catch_up_shared(storage, generation, tail, step.now_us)?;
+        step.found = step.dedup.lookup(step.id, step.now_us);
+        Ok(step.found)
+    }
+
+    /// The second deduplication step, under the dirty mark (a death from here on is repaired,
+    /// and the repair settles the log): writes the id's entry for the record
+    /// `writer.next_seq` (synced under `Always`), and records where the log now ends.
+    fn dedup_remember(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        writer: &Writer,
+        step: &mut DedupStep<'_>,
+    ) -> Result<()> {
+        check_room(writer, 1)?;
+        let (mut generation, _) = coordination.dedup_log();
+        let rewritten =
+            step.dedup
+                .remember(&*env.storage, step.id, writer.next_seq, step.now_us)?;
+        if env.options.sync == SyncPolicy::Always {
+            step.dedup.sync()?;
+        }
+        if rewritten {
+            generation += 1;
+            step.dedup.set_generation(generation);
+        }
+        coordination.set_dedup_log(generation, step.dedup.position().1);
+        failpoint::reached("shared.dedup");
+        Ok(())
     }
 
     /// Under `Always`, in a shared queue: returns once every record below `end` is synced.
@@ -562,12 +666,17 @@ impl Log {
                     return Ok(());
                 }
                 failpoint::reached("shared.sync");
-                // Gather: producers on their way to a commit are worth waiting for, up to half
-                // a sync (the sync costs more than the wait).
-                let gather_until = std::time::Instant::now() + self.gather_bound();
-                while coordination.inside() > 0 && std::time::Instant::now() < gather_until {
-                    std::thread::yield_now();
-                }
+                // Gather: producers on their way to a commit are worth waiting for, up to a
+                // sync's time (the sync costs more than the wait): those inside a push, and
+                // those that pushed recently, on their way back.
+                let bound = self.gather_bound();
+                let gather_until = std::time::Instant::now() + bound;
+                let window_us = 4 * u64::try_from(bound.as_micros()).unwrap_or(u64::MAX);
+                coordination.gather(gather_until, || {
+                    !coordination.producers_inside()
+                        && coordination.producers_to_gather(now_micros(), window_us) == 0
+                });
+                coordination.begin_sync(now_micros());
                 let began = std::time::Instant::now();
                 let synced = self.sync_committed(env, coordination);
                 self.last_shared_sync_us.store(
@@ -593,11 +702,33 @@ impl Log {
         }
     }
 
-    /// How long a sync leader waits for producers still on their way to a commit: half the
-    /// last sync this handle led, at most `GATHER_MAX`.
+    /// After a push of a bounded shared queue was refused: publishes what is committed and not
+    /// yet published (synced first under `Always`). Such records are left by a producer that
+    /// died between its commit and the publication (or the sync) that would have shown them;
+    /// the next push would publish them, but at the bound no push commits, while the usage
+    /// counts them: consumers must see them to make room.
+    #[cold]
+    fn publish_committed(&self, env: &Env, coordination: &Coordination) -> Result<()> {
+        let (_, committed) = coordination.committed();
+        if committed.next_seq <= coordination.published().next_seq {
+            return Ok(());
+        }
+        if env.options.sync == SyncPolicy::Always {
+            return self.wait_durable(env, coordination, committed.next_seq);
+        }
+        let tail = coordination.lock_tail();
+        let (_, committed) = coordination.committed();
+        coordination.publish(committed);
+        drop(tail);
+        self.take_up_published(env, coordination, committed)
+    }
+
+    /// How long a sync leader waits for producers still on their way to a commit: as long as
+    /// the last sync this handle led (waiting costs less than the sync it saves), at most
+    /// `GATHER_MAX`.
     fn gather_bound(&self) -> std::time::Duration {
-        let half = self.last_shared_sync_us.load(Ordering::Relaxed) / 2;
-        std::time::Duration::from_micros(half).min(GATHER_MAX)
+        let last_sync_us = self.last_shared_sync_us.load(Ordering::Relaxed);
+        std::time::Duration::from_micros(last_sync_us).min(GATHER_MAX)
     }
 
     /// Syncs the segment the committed tail is in; returns that tail (all below it durable:
@@ -673,6 +804,14 @@ impl Log {
         }
         // The zeros ahead went with the cut.
         coordination.set_prepared_end(committed.base, committed.tail);
+        // The dead writer may have written a deduplication entry for a record it never
+        // committed, or died rewriting the log: settled, and every handle reads it again.
+        let dedup_tail = crate::engine::dedup::settle_shared(storage, &env.dir, committed.next_seq)
+            .map_err(|error| env.poison(error))?;
+        if let Some(dedup_tail) = dedup_tail {
+            let (generation, _) = coordination.dedup_log();
+            coordination.set_dedup_log(generation + 1, dedup_tail);
+        }
         coordination.count_repair();
         coordination.clear_dirty();
         Ok(())
@@ -766,23 +905,34 @@ impl Log {
             }
         }
         if let Some(published) = coordination.published_if_moved() {
-            let known = self
-                .segments
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains_key(&published.base);
-            if !known {
-                // Published into a segment rolled after the committed tail read above: the
-                // committed tail, never behind the published one, is taken up first, so that
-                // the segments before are sealed and this one is there to publish into.
-                let (_, committed) = coordination.committed();
-                let mut writer = self.lock_writer();
-                if committed.next_seq > writer.next_seq || committed.base > writer.active.base_seq {
-                    self.catch_up(env, &mut writer, committed)?;
-                }
-            }
-            self.publish_tail(env, published);
+            self.take_up_published(env, coordination, published)?;
         }
+        Ok(())
+    }
+
+    /// Shows this handle's readers the records up to a tail published in `control`.
+    pub(crate) fn take_up_published(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        published: CommittedTail,
+    ) -> Result<()> {
+        let known = self
+            .segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&published.base);
+        if !known {
+            // Published into a segment rolled after the committed tail read above: the
+            // committed tail, never behind the published one, is taken up first, so that
+            // the segments before are sealed and this one is there to publish into.
+            let (_, committed) = coordination.committed();
+            let mut writer = self.lock_writer();
+            if committed.next_seq > writer.next_seq || committed.base > writer.active.base_seq {
+                self.catch_up(env, &mut writer, committed)?;
+            }
+        }
+        self.publish_tail(env, published);
         Ok(())
     }
 
@@ -795,6 +945,18 @@ impl Log {
 /// How long a producer waiting for another process's sync sleeps before it looks whether
 /// that process is gone (then it syncs itself).
 const SYNC_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A push with a deduplication id into a shared queue (see [`Log::push_shared`]).
+pub(crate) struct DedupStep<'a> {
+    /// This handle's map of the ids.
+    pub(crate) dedup: &'a mut crate::engine::dedup::Dedup,
+    /// The push's id.
+    pub(crate) id: &'a [u8],
+    /// When the push was made.
+    pub(crate) now_us: u64,
+    /// The number of the push with the same id that was found: nothing was written.
+    pub(crate) found: Option<u64>,
+}
 
 /// The longest a sync leader of a shared queue waits for producers on their way to a commit.
 const GATHER_MAX: std::time::Duration = std::time::Duration::from_millis(1);

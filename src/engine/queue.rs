@@ -115,7 +115,7 @@ impl Queue {
         let opening = coordination::begin_open(storage.clone(), &dir)?;
         if opening.first {
             let (log, reader, report) = Self::recover_locked(&dir, &mut options, mend)?;
-            let committed = {
+            let mut committed = {
                 let mut writer = log.lock_writer();
                 let (tail, next_seq) = (writer.tail, writer.next_seq);
                 writer.adopt(tail, next_seq);
@@ -123,9 +123,18 @@ impl Queue {
                     base: writer.active.base_seq,
                     tail,
                     next_seq,
+                    pushed_bytes: 0,
                 }
             };
-            let coordination = opening.build(committed)?;
+            // A bounded queue's usage: the totals pushed start at what is not yet consumed,
+            // so that nothing counts as consumed in bytes yet.
+            let (records, bytes) = match options.is_bounded() {
+                true => reader.unconsumed(&*options.storage, &log, committed)?,
+                false => (0, 0),
+            };
+            committed.pushed_bytes = bytes;
+            let consumed = (committed.next_seq - records.min(committed.next_seq), 0);
+            let coordination = opening.build(committed, consumed)?;
             return Self::assemble(
                 dir,
                 options,
@@ -259,13 +268,12 @@ impl Queue {
     ) -> Result<Queue> {
         let storage = options.storage.clone();
         let next_seq = log.published_next_seq();
-        let dedup = Dedup::open(
-            &*storage,
-            &dir,
-            u64::try_from(options.get_dedup_window().as_micros()).unwrap_or(u64::MAX),
-            next_seq,
-            now_micros(),
-        )?;
+        let window_us = u64::try_from(options.get_dedup_window().as_micros()).unwrap_or(u64::MAX);
+        let dedup = match &coordination {
+            // Read under the tail lock, at the first push with an id (see `Log::push_shared`).
+            Some(_) => Dedup::unloaded(&dir, window_us),
+            None => Dedup::open(&*storage, &dir, window_us, next_seq, now_micros())?,
+        };
         let env = Env::new(dir, options, storage, coordination);
         let shared = Arc::new(Shared::new(
             env,
@@ -313,9 +321,12 @@ impl Queue {
             closed: false,
         };
         if let Some(limits) = &queue.shared.env.limits {
-            // The usage the bound starts from: what is on disk and not yet consumed.
-            let (records, bytes) = usage_at_open(&queue.shared)?;
-            limits.set_usage(records, bytes);
+            if limits.shared().is_none() {
+                // The usage the bound starts from: what is on disk and not yet consumed (a
+                // shared queue's first opener counted it into the control file it built).
+                let (records, bytes) = usage_at_open(&queue.shared)?;
+                limits.set_usage(records, bytes);
+            }
         }
         Ok(queue)
     }
@@ -332,8 +343,8 @@ impl Queue {
     /// at most `timeout` for room, then fails with [`Error::Full`] (having written nothing).
     /// Under the other overflow rules it is `push`.
     ///
-    /// A thread that blocks here waits for *other* threads (or processes' handles on other
-    /// queues, never this one) to consume: a thread that both pushes and pops a full
+    /// A thread that blocks here waits for *other* threads (or, on a queue shared by several
+    /// processes, other processes) to consume: a thread that both pushes and pops a full
     /// `Block` queue must use this with a timeout (or `Reject`), else its `push` waits forever.
     pub fn push_timeout(&self, payload: &[u8], timeout: Duration) -> Result<u64> {
         let deadline = Instant::now().checked_add(timeout);
@@ -457,7 +468,8 @@ impl Queue {
             if let Some(record) = self.pop()? {
                 return Ok(Some(record));
             }
-            if !self.shared.wait_for_change(seen, deadline) {
+            // Woken early with nothing changed (a delay or a lease ran out): look again.
+            if !self.shared.wait_for_change(seen, deadline) && Instant::now() >= deadline {
                 return Ok(None);
             }
         }

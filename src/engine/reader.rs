@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::engine::acklog::AckLog;
 use crate::engine::clock::{now_micros, Clock};
-use crate::engine::coordination::ConsumerFiles;
+use crate::engine::coordination::{CommittedTail, ConsumerFiles, Coordination};
 use crate::engine::counters::ConsumerCounts;
 use crate::engine::env::Env;
 use crate::engine::head::{HeadIndex, SyncStart};
@@ -24,7 +24,7 @@ use crate::format::frame;
 use crate::format::head::HeadState;
 use crate::format::segment::{find_later_frame, is_free_space, walk_headers, SEGMENT_HEADER_LEN};
 use crate::options::SyncPolicy;
-use crate::storage::Mapping;
+use crate::storage::{Mapping, Storage};
 
 /// A read position: the next frame to read.
 #[derive(Clone)]
@@ -162,10 +162,11 @@ impl Reader {
     /// what the ack log remembers of it.
     fn track(&mut self, env: &Env, found: Found, now_us: u64) {
         let seq = found.record.seq();
-        let (acked, deliveries, retry_at_us) = self.jobs.take_history(seq);
-        if acked {
+        let (acked, deliveries, retry_at_us, lease_owner) = self.jobs.take_history(seq);
+        if acked && env.coordination.is_none() {
             // Acknowledged before the queue was opened: not counted as a record at open, but
-            // its frame was counted in the bytes.
+            // its frame was counted in the bytes. (A shared queue's count leaves such frames
+            // out: see `Reader::unconsumed`.)
             release_room(env, 0, &found.record);
         }
         let not_before_us = found.record.not_before_us().max(retry_at_us);
@@ -187,6 +188,7 @@ impl Reader {
             state,
         };
         self.jobs.insert(seq, job);
+        self.jobs.set_lease_owner(seq, lease_owner);
         if expired {
             self.expire(env, seq);
         }
@@ -277,6 +279,56 @@ impl Reader {
             .saturating_sub(self.head_seq())
             .saturating_sub(self.jobs.acked_beyond_head(self.cursor.next_seq))
             .saturating_sub(self.retired_between(self.head_seq(), self.cursor.next_seq))
+    }
+
+    /// What a shared queue's bound counts as not yet consumed up to the published tail `upto`
+    /// (which the log has taken up): the records [`len`](Reader::len) counts, and the frame
+    /// bytes from the head to `upto` but those of records acknowledged beyond the head (tracked,
+    /// or remembered from the ack log: their frames are read up to the last one).
+    pub(crate) fn unconsumed(
+        &self,
+        storage: &dyn Storage,
+        log: &Log,
+        upto: CommittedTail,
+    ) -> Result<(u64, u64)> {
+        let records = self.len(upto.next_seq);
+        let head = self.head_state(0);
+        let mut bytes = 0u64;
+        for segment in log.segments() {
+            if segment.base_seq < head.hint_base || segment.base_seq > upto.base {
+                continue;
+            }
+            let end = match segment.base_seq == upto.base {
+                true => upto.tail,
+                false => {
+                    segment.ensure_open(storage)?;
+                    segment.readable_end()
+                }
+            };
+            let start = match segment.base_seq == head.hint_base {
+                true => head.hint_offset,
+                false => SEGMENT_HEADER_LEN as u64,
+            };
+            bytes += end.saturating_sub(start);
+        }
+        let acked = self.jobs.acked_frame_bytes()
+            + acked_bytes_unread(
+                storage,
+                log,
+                &self.cursor,
+                upto.next_seq,
+                self.jobs.history(),
+            )?;
+        Ok((records, bytes.saturating_sub(acked)))
+    }
+
+    /// Whether every record up to the published tail `upto` is consumed, as far as this reader
+    /// knows: nothing tracked or remembered beyond the head, which is at `upto`.
+    pub(crate) fn is_drained_at(&self, upto: CommittedTail) -> bool {
+        self.jobs.is_idle()
+            && self.cursor.next_seq == upto.next_seq
+            && self.cursor.segment.base_seq == upto.base
+            && self.cursor.offset == upto.tail
     }
 
     /// How many retired numbers lie in `from..to`. Beyond the frontier the ack log's history
@@ -429,6 +481,61 @@ fn count_delayed_unread(
         offset = SEGMENT_HEADER_LEN as u64;
     }
     Ok(delayed)
+}
+
+/// The frame bytes of the records from the frontier `cursor` up to `end_seq` that the ack log
+/// remembers as acknowledged: headers only, up to the last such record.
+fn acked_bytes_unread(
+    storage: &dyn Storage,
+    log: &Log,
+    cursor: &Cursor,
+    end_seq: u64,
+    history: &JobHistory,
+) -> Result<u64> {
+    let Some(last_acked) = history.acked.values().next_back().copied() else {
+        return Ok(0);
+    };
+    let end_seq = end_seq.min(last_acked);
+    let is_acked = |seq: u64| {
+        history
+            .acked
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &end)| seq < end)
+    };
+    let (mut segment, mut offset, mut next_seq) =
+        (cursor.segment.clone(), cursor.offset, cursor.next_seq);
+    let mut acked = 0;
+    while next_seq < end_seq {
+        let end = segment.readable_end();
+        if offset < end {
+            let view = segment.view(end)?;
+            let bytes = (*view).as_ref();
+            let bytes = bytes.get(..end as usize).unwrap_or(&[]);
+            next_seq = walk_headers(
+                bytes,
+                offset as usize,
+                next_seq,
+                segment.rules(),
+                |header, _| {
+                    if header.seq < end_seq && is_acked(header.seq) {
+                        acked += frame::frame_len(header.payload_len as usize) as u64;
+                    }
+                },
+            );
+        }
+        if !segment.is_sealed() {
+            break;
+        }
+        let Some(next) = log.segment_after(segment.base_seq) else {
+            break;
+        };
+        next.ensure_open(storage)?;
+        next_seq = next.base_seq.max(next_seq);
+        segment = next;
+        offset = SEGMENT_HEADER_LEN as u64;
+    }
+    Ok(acked)
 }
 
 /// The delayed records among `range` of a sealed segment whose delayed frames are `frames`:
@@ -594,6 +701,21 @@ impl Consumer {
     /// Records in the queue, given the highest published sequence number.
     pub(crate) fn len(&self, published_next_seq: u64) -> u64 {
         lock(&self.reader).len(published_next_seq)
+    }
+
+    /// See [`Reader::unconsumed`].
+    pub(crate) fn unconsumed(
+        &self,
+        env: &Env,
+        log: &Log,
+        upto: CommittedTail,
+    ) -> Result<(u64, u64)> {
+        lock(&self.reader).unconsumed(&*env.storage, log, upto)
+    }
+
+    /// See [`Reader::is_drained_at`].
+    pub(crate) fn is_drained_at(&self, upto: CommittedTail) -> bool {
+        lock(&self.reader).is_drained_at(upto)
     }
 
     /// When the next delay or lease runs out, if any does.
@@ -768,6 +890,33 @@ impl Consumer {
                 .released
                 .swap(false, std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// Whether any record waits for the end of another handle's lease.
+    pub(crate) fn waits_for_leases(&self) -> bool {
+        lock(&self.reader).jobs.waits_for_leases()
+    }
+
+    /// Ends the leases of other handles that are gone (see `Jobs::end_leases_of_gone`), one
+    /// look per owner; returns how many ended, and whether any record still waits for
+    /// another handle's lease.
+    pub(crate) fn end_leases_of_gone(
+        &self,
+        coordination: &Coordination,
+        now_us: u64,
+    ) -> (usize, bool) {
+        let mut reader = lock(&self.reader);
+        let mut looked: Vec<(u32, bool)> = Vec::new();
+        let mut is_gone = |owner: u32| match looked.iter().find(|(seen, _)| *seen == owner) {
+            Some(&(_, gone)) => gone,
+            None => {
+                let gone = coordination.is_lease_owner_gone(owner);
+                looked.push((owner, gone));
+                gone
+            }
+        };
+        let ended = reader.jobs.end_leases_of_gone(&mut is_gone, now_us);
+        (ended, reader.jobs.waits_for_leases())
     }
 
     /// Catches up in place with what another handle's consumer turn changed, given where it
@@ -1158,9 +1307,14 @@ impl Consumer {
                     seq,
                     deliveries: count,
                 });
-                if env.coordination.is_some() {
-                    // Other processes' consumers leave it alone until the lease ends.
-                    entries.push(AckEntry::NotBefore { seq, at_us: due_us });
+                if let Some(coordination) = &env.coordination {
+                    // Other processes' consumers leave it alone until the lease ends, or
+                    // this handle is gone.
+                    entries.push(AckEntry::NotBefore {
+                        seq,
+                        at_us: due_us,
+                        lease_owner: coordination.lease_owner(),
+                    });
                 }
                 deliveries.push((record, count, token));
             }
@@ -1324,7 +1478,12 @@ impl Consumer {
                 reader.jobs.set_state(seq, state);
                 if let Some(at_us) = not_before_us {
                     env.check_poisoned()?;
-                    let entry = AckEntry::NotBefore { seq, at_us };
+                    // A retry time: it holds whoever wrote it.
+                    let entry = AckEntry::NotBefore {
+                        seq,
+                        at_us,
+                        lease_owner: 0,
+                    };
                     pending.ack_ticket = Some(
                         reader
                             .acklog
@@ -1357,11 +1516,15 @@ impl Consumer {
         reader
             .jobs
             .set_state(seq, JobState::Leased { due_us, token });
-        if env.coordination.is_some() {
+        if let Some(coordination) = &env.coordination {
             // Written for other processes' consumers (a crash that loses it ends the lease
             // sooner: the record is delivered again, never lost).
             env.check_poisoned()?;
-            let entry = AckEntry::NotBefore { seq, at_us: due_us };
+            let entry = AckEntry::NotBefore {
+                seq,
+                at_us: due_us,
+                lease_owner: coordination.lease_owner(),
+            };
             reader
                 .acklog
                 .append(&*env.storage, &[entry])
@@ -1407,7 +1570,11 @@ impl Consumer {
             .map_err(|error| env.poison(error))?;
         let generation = reader.head.sync().map_err(|error| env.poison(error))?;
         self.head_sync.mark_durable(generation);
-        let live = reader.jobs.live_entries(env.coordination.is_some());
+        let live = reader.jobs.live_entries(
+            env.coordination
+                .as_ref()
+                .map(|coordination| coordination.lease_owner()),
+        );
         reader
             .acklog
             .rewrite(&*env.storage, &live)

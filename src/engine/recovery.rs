@@ -247,10 +247,16 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     let appends_synced = options.sync == crate::options::SyncPolicy::Always;
     let (mut acklog, mut history) =
         AckLog::open(storage, dir, head_seq, appends_synced, true, &mut report)?;
-    if history.prune_from(next_seq) {
-        // Facts about records that a power loss took (possible only under the weaker policies,
-        // where acks can outlive unsynced records). The next pushes use those sequence numbers
-        // again, so the facts must go, durably, or they would apply to the new records.
+    // Facts about records that a power loss took (possible only under the weaker policies,
+    // where acks can outlive unsynced records). The next pushes use those sequence numbers
+    // again, so the facts must go, durably, or they would apply to the new records.
+    let pruned = history.prune_from(next_seq);
+    // Leases of a shared queue's handles: every one of them is gone (this open recovers a
+    // queue nobody has open), so their records are available at once, as an exclusive
+    // queue's leases are after a restart. Dropped durably too: a handle that attaches later
+    // must not take an owner of an earlier life for a handle of this one.
+    let leases_ended = history.end_leases_of_gone(&mut |_| true) > 0;
+    if pruned || leases_ended {
         acklog.rewrite(storage, &history.entries())?;
     }
     let retired = retired_ranges(&history, &segments);

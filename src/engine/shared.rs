@@ -7,6 +7,7 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,8 @@ use crate::engine::coordination::{ConsumerLock, Coordination};
 use crate::engine::dedup::Dedup;
 use crate::engine::env::Env;
 use crate::engine::head::HeadIndex;
-use crate::engine::log::{Bound, Log, Written};
+use crate::engine::limits::Limits;
+use crate::engine::log::{Bound, DedupStep, Log, Written};
 use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped, Reader, TurnMarker};
 use crate::engine::record::Record;
 use crate::engine::recovery::{locate_head, retired_ranges};
@@ -62,6 +64,8 @@ struct Turns {
     /// Whether the current turn must record where it leaves the consumer files even if it
     /// changes nothing (it read them again).
     must_publish: bool,
+    /// When the consumer may next look for the leases of gone handles (µs since the epoch).
+    next_lease_check_us: u64,
 }
 
 /// The consumer side, for one consumer call: for a shared queue, a consumer turn, which ends
@@ -99,6 +103,9 @@ pub(crate) struct Shared {
     spare_reader: Mutex<Option<Reader>>,
     /// A shared queue: this handle's consumer turns.
     turns: Mutex<Turns>,
+    /// A shared queue: whether this handle's consumer waits for other handles' leases (see
+    /// [`end_leases_of_gone`](Shared::end_leases_of_gone)).
+    watch_leases: AtomicBool,
     /// A shared queue: the thread that turns other processes' pushes into wake-ups of this
     /// handle's async receivers, once one waited.
     #[cfg(feature = "async")]
@@ -149,6 +156,7 @@ impl Shared {
             consumer,
             spare_reader: Mutex::new(spare_reader),
             turns: Mutex::new(turns),
+            watch_leases: AtomicBool::new(false),
             #[cfg(feature = "async")]
             bridge: OnceLock::new(),
             dead_letters: Mutex::new(None),
@@ -203,11 +211,14 @@ impl Shared {
         let mut turns = lock(&self.turns);
         if turns.active == 0 {
             let how = coordination.lock_consumer();
+            // Resumed: no other handle had a turn since this handle's last one.
+            let resumed = how == ConsumerLock::Resumed && turns.seen.is_some();
             if let Err(error) = self.catch_up(coordination, &mut turns, how) {
                 turns.seen = None;
                 coordination.unlock_consumer();
                 return Err(error);
             }
+            self.end_leases_of_gone(coordination, &mut turns, resumed);
         }
         turns.active += 1;
         drop(turns);
@@ -299,8 +310,82 @@ impl Shared {
             coordination.set_consumer_epoch(base);
         }
         turns.seen = Some(base);
+        if in_full {
+            self.recount_bound(coordination)?;
+        }
         crate::engine::failpoint::reached("consumer.begun");
         Ok(())
+    }
+
+    /// Ends the leases of other handles that are gone (their process died, or they closed):
+    /// the records are available at once rather than when the leases run out. Looks while
+    /// the consumer waits for other handles' leases, at most every `LEASE_OWNER_CHECK` (a
+    /// look costs a `flock` probe per owner). A resumed turn adds no lease to wait for: only
+    /// another handle's turn writes them.
+    fn end_leases_of_gone(&self, coordination: &Coordination, turns: &mut Turns, resumed: bool) {
+        let Some(consumer) = self.consumer.get() else {
+            return;
+        };
+        if !resumed {
+            self.watch_leases
+                .store(consumer.waits_for_leases(), Ordering::Relaxed);
+        }
+        if !self.watch_leases.load(Ordering::Relaxed) {
+            return;
+        }
+        let now_us = now_micros();
+        if now_us < turns.next_lease_check_us {
+            return;
+        }
+        turns.next_lease_check_us = now_us.saturating_add(LEASE_OWNER_CHECK_US);
+        let (ended, still_waiting) = consumer.end_leases_of_gone(coordination, now_us);
+        self.watch_leases.store(still_waiting, Ordering::Relaxed);
+        if ended > 0 {
+            self.env.arrivals.notify();
+        }
+    }
+
+    /// A bounded shared queue, in a consumer turn: counts the usage again from the files as
+    /// this handle's reader now sees them (a dead consumer may have counted consumed records
+    /// that the files do not show consumed, or not counted those they do).
+    #[cold]
+    fn recount_bound(&self, coordination: &Coordination) -> Result<()> {
+        let Some(usage) = self.env.limits.as_ref().and_then(Limits::shared) else {
+            return Ok(());
+        };
+        let Some(consumer) = self.consumer.get() else {
+            return Ok(());
+        };
+        let upto = coordination.published();
+        self.log.take_up_published(&self.env, coordination, upto)?;
+        let (records, bytes) = consumer.unconsumed(&self.env, &self.log, upto)?;
+        usage.set_usage(upto, records, bytes);
+        Ok(())
+    }
+
+    /// A bounded shared queue, at the end of a turn: when this handle's reader consumed
+    /// everything up to the published tail, the usage there is nothing, whatever the totals
+    /// say (a record expired beyond the head in one handle is given back again by the next
+    /// handle that reaches it, which writes nothing about it: this settles such counts).
+    #[inline]
+    fn settle_bound_if_drained(&self) {
+        if self.env.limits.is_some() {
+            self.settle_drained_bound();
+        }
+    }
+
+    #[cold]
+    fn settle_drained_bound(&self) {
+        let Some(usage) = self.env.limits.as_ref().and_then(Limits::shared) else {
+            return;
+        };
+        let Some(consumer) = self.consumer.get() else {
+            return;
+        };
+        let upto = usage.published();
+        if consumer.is_drained_at(upto) && !usage.is_all_consumed_at(upto) {
+            usage.set_usage(upto, 0, 0);
+        }
     }
 
     /// Leaves a consumer turn; the last thread of the handle to leave ends it: the ack log's
@@ -344,6 +429,7 @@ impl Shared {
             // wait for that end) look again.
             coordination.announce();
         }
+        self.settle_bound_if_drained();
         coordination.park_consumer();
     }
 
@@ -396,18 +482,12 @@ impl Shared {
 
     /// One push with a deduplication id: if a push with the same id was made within the
     /// window, nothing is written and its sequence number is returned. Otherwise the id's
-    /// entry is written (and synced under `Always`) before the record, under the writer lock,
-    /// so that after any crash the record never exists without its id (a retry then finds
-    /// it); an entry whose record a crash took is dropped at the next open.
+    /// entry is written (and synced under `Always`) before the record, under the writer lock
+    /// (a shared queue's: the tail lock, see `Log::push_shared`), so that after any crash the
+    /// record never exists without its id (a retry then finds it); an entry whose record a
+    /// crash took is dropped at the next open (a shared queue's: by the next writer).
     pub(crate) fn push_dedup(&self, payload: &[u8], prefix: BodyPrefix, id: &[u8]) -> Result<u64> {
         let env = &self.env;
-        if env.coordination.is_some() {
-            return Err(Error::InvalidOptions(
-                "a queue shared by several processes (exclusive(false)) does not take \
-                 deduplicated pushes yet; open it with exclusive(true)"
-                    .into(),
-            ));
-        }
         if id.is_empty() || id.len() > crate::options::DEDUP_ID_LEN_MAX {
             return Err(Error::InvalidOptions(format!(
                 "a deduplication id is 1 to {} bytes, not {}",
@@ -424,70 +504,113 @@ impl Shared {
         let mut expiry_tried = false;
         loop {
             let now_us = now_micros();
-            if let Some(seq) = dedup.lookup(id, now_us) {
-                env.counters.deduplicated();
-                return Ok(seq);
-            }
             let before = env.limits.as_ref().map(|limits| limits.usage());
-            let attempt = {
-                let mut writer = self.log.lock_writer();
-                self.check_bound(1, batch_len).and_then(|()| {
-                    crate::engine::log::check_room(&writer, 1)?;
-                    let seq = writer.next_seq;
-                    dedup
-                        .remember(&*env.storage, id, seq, now_us)
-                        .map_err(|error| env.poison(error))?;
-                    if env.options.sync == SyncPolicy::Always {
-                        dedup.sync().map_err(|error| env.poison(error))?;
+            let attempt = match &env.coordination {
+                Some(coordination) => {
+                    let mut step = DedupStep {
+                        dedup: &mut dedup,
+                        id,
+                        now_us,
+                        found: None,
+                    };
+                    let pushed =
+                        self.log
+                            .push_dedup_shared(env, coordination, payload, prefix, &mut step);
+                    let found = step.found;
+                    match pushed {
+                        Ok(seq) => {
+                            if found.is_some() {
+                                env.counters.deduplicated();
+                            }
+                            return Ok(seq);
+                        }
+                        Err(error) => {
+                            if found.is_none() {
+                                // Its entry may be in the map, for a record that is not there
+                                // (the next writer settles the log).
+                                dedup.forget(id);
+                            }
+                            Err(error)
+                        }
                     }
-                    self.log
-                        .write_locked(
-                            env,
-                            &mut writer,
-                            payloads,
-                            prefix,
-                            batch_len,
-                            Bound::Enforced,
-                        )
-                        .map_err(|error| {
-                            // The entry names a number the next push would take: refuse
-                            // changes until a reopen drops it (its record is not there).
-                            dedup.forget(id);
-                            env.poison(error)
-                        })
-                })
+                }
+                None => {
+                    if let Some(seq) = dedup.lookup(id, now_us) {
+                        env.counters.deduplicated();
+                        return Ok(seq);
+                    }
+                    let mut writer = self.log.lock_writer();
+                    self.check_bound(1, batch_len).and_then(|()| {
+                        crate::engine::log::check_room(&writer, 1)?;
+                        let seq = writer.next_seq;
+                        dedup
+                            .remember(&*env.storage, id, seq, now_us)
+                            .map_err(|error| env.poison(error))?;
+                        if env.options.sync == SyncPolicy::Always {
+                            dedup.sync().map_err(|error| env.poison(error))?;
+                        }
+                        self.log
+                            .write_locked(
+                                env,
+                                &mut writer,
+                                payloads,
+                                prefix,
+                                batch_len,
+                                Bound::Enforced,
+                            )
+                            .map_err(|error| {
+                                // The entry names a number the next push would take: refuse
+                                // changes until a reopen drops it (its record is not there).
+                                dedup.forget(id);
+                                env.poison(error)
+                            })
+                    })
+                }
             };
             match attempt {
                 Ok(written) => return self.log.complete(env, written).map(|range| range.start),
                 Err(Error::Full { .. }) if self.makes_room() => {
-                    let Some(limits) = &env.limits else {
-                        continue;
-                    };
-                    if limits.never_fits(1, batch_len) {
-                        return Err(limits.full(1, batch_len));
-                    }
                     let before = before.unwrap_or_default();
-                    if env.may_hold_expiring() && !expiry_tried {
-                        // As in `push_making_room`: expired records at the head go first.
-                        expiry_tried = true;
-                        self.peek()?;
-                        if limits.usage() != before {
-                            continue;
-                        }
-                    }
-                    match limits.overflow {
-                        Overflow::Reject => return Err(limits.full(1, batch_len)),
-                        Overflow::DropOldest => {
-                            if self.drop_oldest(limits.records_to_drop(1) as usize)? == 0 {
-                                return Err(limits.full(1, batch_len));
-                            }
-                        }
-                        Overflow::Block => {
-                            limits.wait_for_room(before, None);
-                        }
-                    }
+                    self.make_room_for_one(batch_len, before, &mut expiry_tried)?;
                 }
                 Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// A push of one record (`batch_len` bytes) with a deduplication id found the queue full
+    /// (`before`: the usage it saw): makes room as the overflow rule says, or refuses.
+    fn make_room_for_one(
+        &self,
+        batch_len: u64,
+        before: (u64, u64),
+        expiry_tried: &mut bool,
+    ) -> Result<()> {
+        let Some(limits) = &self.env.limits else {
+            return Ok(());
+        };
+        if limits.never_fits(1, batch_len) {
+            return Err(limits.full(1, batch_len));
+        }
+        if self.env.may_hold_expiring() && !*expiry_tried {
+            // As in `push_making_room`: expired records at the head go first.
+            *expiry_tried = true;
+            self.peek()?;
+            if limits.usage() != before {
+                return Ok(());
+            }
+        }
+        match limits.overflow {
+            Overflow::Reject => Err(limits.full(1, batch_len)),
+            Overflow::DropOldest => {
+                if self.drop_oldest(limits.records_to_drop(1) as usize)? == 0 {
+                    return Err(limits.full(1, batch_len));
+                }
+                Ok(())
+            }
+            Overflow::Block => {
+                limits.wait_for_room(before, None);
+                Ok(())
             }
         }
     }
@@ -502,10 +625,12 @@ impl Shared {
             return false;
         };
         if !self.env.may_hold_expiring() {
-            // A read error here is met again by the consumer that reaches the record.
-            // (A bounded queue is never shared: its consumer is this handle's.)
-            if let Some(consumer) = self.consumer.get() {
-                let _ = consumer.read_frontier(&self.env, &self.log);
+            // A read error here is met again by the consumer that reaches the record. In a
+            // shared queue, in a consumer turn (if this handle consumes at all).
+            if self.consumer.get().is_some() {
+                if let Ok(consumer) = self.consumer() {
+                    let _ = consumer.read_frontier(&self.env, &self.log);
+                }
             }
         }
         limits.overflow != Overflow::Reject || self.env.may_hold_expiring()
@@ -694,6 +819,11 @@ impl Shared {
             }
             purged
         };
+        if let Some(coordination) = &self.env.coordination {
+            // A shared queue's usage is counted where the purge left the head (producers of
+            // other processes may have pushed past this handle's tail meanwhile).
+            self.recount_bound(coordination)?;
+        }
         self.env.discarded(DiscardReason::Purge, purged);
         self.env.arrivals.notify();
         if self.env.options.auto_compact {
@@ -744,13 +874,17 @@ impl Shared {
     /// Blocks until the arrivals epoch moves past `seen`, a delay or lease runs out, or
     /// `deadline` passes; false when nothing changed.
     pub(crate) fn wait_for_change(&self, seen: u64, deadline: Instant) -> bool {
-        let wake = match self.consumer.get().and_then(Consumer::next_due_us) {
+        let mut wake = match self.consumer.get().and_then(Consumer::next_due_us) {
             Some(due_us) => {
                 let wait = Duration::from_micros(due_us.saturating_sub(now_micros()));
                 deadline.min(Instant::now() + wait)
             }
             None => deadline,
         };
+        if self.watch_leases.load(Ordering::Relaxed) {
+            // The next turn looks whether the holders of those leases are gone.
+            wake = wake.min(Instant::now() + Duration::from_micros(LEASE_OWNER_CHECK_US));
+        }
         let arrivals = &self.env.arrivals;
         let Some(coordination) = &self.env.coordination else {
             return arrivals.wait_until(wake, || arrivals.epoch() != seen);
@@ -932,6 +1066,10 @@ fn recover_consumer(env: &Env, log: &Log, holder_died: bool) -> Result<Reader> {
         retired,
     ))
 }
+
+/// How often a shared queue's consumer looks whether the handles whose leases it waits for
+/// are gone (µs).
+const LEASE_OWNER_CHECK_US: u64 = 10_000;
 
 /// How long a shared queue's waiter sleeps at most before it looks at this process's own
 /// wake-ups again (see `Shared::wait_for_change`).

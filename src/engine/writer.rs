@@ -42,9 +42,6 @@ pub(crate) const WRITEBACK_BYTES: u64 = 1 << 20;
 /// system's limit of 1,024); larger batches of small records are encoded into one buffer.
 const GATHERED_FRAMES_MAX: usize = 256;
 
-/// The page size assumed for writeback hints (a hint only: a wrong guess costs a page fault).
-const PAGE_BYTES: u64 = 4096;
-
 /// Zeros for the zero fill, written in chunks of this size.
 static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
 
@@ -88,8 +85,6 @@ pub(crate) struct Writer {
     sync_always: bool,
     /// Encoding buffer of the written path, reused across batches.
     scratch: Vec<u8>,
-    /// Bytes before this offset were handed to early writeback (or are the header).
-    writeback_from: u64,
 }
 
 struct Window {
@@ -123,7 +118,6 @@ impl Writer {
             mapping_probed: false,
             sync_always,
             scratch: Vec::new(),
-            writeback_from: tail,
         }
     }
 
@@ -293,19 +287,20 @@ impl Writer {
 
     /// Moves the tail to `end` past `records` records just written.
     fn advance(&mut self, end: u64, records: usize) {
+        let start = self.tail;
         self.tail = end;
         self.written_end = self.written_end.max(end);
         self.len_max = self.len_max.max(end);
         self.next_seq += records as u64;
-        if !self.sync_always && end - self.writeback_from >= WRITEBACK_BYTES {
-            // Whole pages only: the page the tail is in is still being written.
-            let until = end - end % PAGE_BYTES;
-            crate::engine::writeback::start(
-                &self.file,
-                self.writeback_from,
-                until - self.writeback_from,
-            );
-            self.writeback_from = until;
+        // The batch that ends a `WRITEBACK_BYTES` block of the file hands the blocks it
+        // finished to writeback: by position, not by what this writer appended, so that in a
+        // queue shared by several processes each block is handed over once, by whichever
+        // process finished it (when each writer counted its own appends, every process handed
+        // every block over again: a quarter of a producer's time with four of them).
+        let from = start - start % WRITEBACK_BYTES;
+        let until = end - end % WRITEBACK_BYTES;
+        if !self.sync_always && until > from {
+            crate::engine::writeback::start(&self.file, from, until - from);
         }
     }
 
@@ -431,7 +426,6 @@ impl Writer {
         self.written_end = self.written_end.max(tail);
         self.len_max = self.len_max.max(tail);
         self.len_unknown = true;
-        self.writeback_from = self.writeback_from.min(tail);
     }
 
     /// Drops the mapping and what this writer knew of the bytes past its tail: a repair may
@@ -474,7 +468,6 @@ impl Writer {
         self.written_end = self.tail;
         self.len_max = len.max(self.tail);
         self.len_unknown = false;
-        self.writeback_from = 0;
     }
 }
 

@@ -9,7 +9,7 @@
 //! header (32 bytes)
 //! offset  size  field
 //!      0     8  magic       b"DSPOOLAK"
-//!      8     2  version     ACK_LOG_FORMAT_VERSION (2)
+//!      8     2  version     ACK_LOG_FORMAT_VERSION (3; version 2 is read too)
 //!     10     2  header_len  32
 //!     12     2  entry_len   24
 //!     14     2  reserved    zero
@@ -20,7 +20,8 @@
 //! entry (24 bytes), from offset 32
 //!      0     4  crc32       CRC-32 of log_id (8 bytes, little-endian) then bytes 4..24
 //!      4     1  kind        1 = ACKED, 2 = DELIVERED, 3 = NOT_BEFORE
-//!      5     3  reserved    zero
+//!      5     3  owner       NOT_BEFORE: the lease owner, 24 bits little-endian (0: none, a
+//!                           retry time); otherwise zero
 //!      8     8  seq         ACKED: first sequence number; otherwise: the record
 //!     16     8  value       ACKED: end (exclusive); DELIVERED: delivery count;
 //!                           NOT_BEFORE: microseconds since the Unix epoch
@@ -43,9 +44,17 @@ use crate::error::{Error, Result};
 use crate::format::frame::{read_u32, read_u64, SEQ_LIMIT};
 use crate::format::segment::SequenceBreak;
 
-/// The format version of the ack log this build reads and writes (its own: a change to the
-/// segment format does not change it).
-pub const ACK_LOG_FORMAT_VERSION: u16 = 2;
+/// The format version of the ack log this build writes (its own: a change to the segment
+/// format does not change it). Version 3 gave `NOT_BEFORE` entries a lease owner in bytes 5..8
+/// (zero in version 2, which reads as "no owner": version 2 files are read, and appended to,
+/// as they are).
+pub const ACK_LOG_FORMAT_VERSION: u16 = 3;
+
+/// The oldest ack log format version this build reads.
+pub const ACK_LOG_FORMAT_VERSION_MIN: u16 = 2;
+
+/// The largest lease owner an entry holds (24 bits).
+pub const LEASE_OWNER_MAX: u32 = (1 << 24) - 1;
 
 /// Magic bytes at the start of the ack log.
 pub const ACK_LOG_MAGIC: [u8; 8] = *b"DSPOOLAK";
@@ -75,12 +84,17 @@ pub enum AckEntry {
         /// Its delivery count.
         deliveries: u32,
     },
-    /// Record `seq` must not be handed out before `at_us`.
+    /// Record `seq` must not be handed out before `at_us`: a retry time, or the end of a
+    /// lease taken in a queue shared by several processes.
     NotBefore {
         /// The record.
         seq: u64,
         /// Microseconds since the Unix epoch.
         at_us: u64,
+        /// For a lease, the handle that holds it (a shared queue's `lease owner`, at most
+        /// [`LEASE_OWNER_MAX`]): the time no longer holds once that handle is gone. 0: a retry
+        /// time, which always holds.
+        lease_owner: u32,
     },
 }
 
@@ -126,7 +140,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<u64, AckHeaderError> {
         return Err(AckHeaderError::Checksum);
     }
     let version = u16::from_le_bytes([header[8], header[9]]);
-    if version != ACK_LOG_FORMAT_VERSION {
+    if !(ACK_LOG_FORMAT_VERSION_MIN..=ACK_LOG_FORMAT_VERSION).contains(&version) {
         return Err(AckHeaderError::UnsupportedVersion(version));
     }
     Ok(read_u64(header, 16))
@@ -153,14 +167,24 @@ pub fn salvage(bytes: &[u8]) -> Option<(u64, JobHistory)> {
 
 /// Appends one encoded entry to `out`.
 pub fn encode_entry(out: &mut Vec<u8>, log_id: u64, entry: &AckEntry) {
-    let (kind, seq, value) = match *entry {
-        AckEntry::Acked { start, end } => (KIND_ACKED, start, end),
-        AckEntry::Delivered { seq, deliveries } => (KIND_DELIVERED, seq, u64::from(deliveries)),
-        AckEntry::NotBefore { seq, at_us } => (KIND_NOT_BEFORE, seq, at_us),
+    let (kind, seq, value, owner) = match *entry {
+        AckEntry::Acked { start, end } => (KIND_ACKED, start, end, 0),
+        AckEntry::Delivered { seq, deliveries } => (KIND_DELIVERED, seq, u64::from(deliveries), 0),
+        AckEntry::NotBefore {
+            seq,
+            at_us,
+            lease_owner,
+        } => (
+            KIND_NOT_BEFORE,
+            seq,
+            at_us,
+            lease_owner.min(LEASE_OWNER_MAX),
+        ),
     };
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&[kind, 0, 0, 0]);
+    let [owner_0, owner_1, owner_2, _] = owner.to_le_bytes();
+    out.extend_from_slice(&[kind, owner_0, owner_1, owner_2]);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&value.to_le_bytes());
     let crc = entry_checksum(log_id, &out[start + 4..]);
@@ -228,7 +252,11 @@ pub fn check_entry(bytes: &[u8], log_id: u64) -> Result<AckEntry, EntryError> {
             seq,
             deliveries: u32::try_from(value).unwrap_or(u32::MAX),
         }),
-        KIND_NOT_BEFORE => Ok(AckEntry::NotBefore { seq, at_us: value }),
+        KIND_NOT_BEFORE => Ok(AckEntry::NotBefore {
+            seq,
+            at_us: value,
+            lease_owner: u32::from_le_bytes([bytes[5], bytes[6], bytes[7], 0]),
+        }),
         kind => Err(EntryError::Invalid(format!("unknown kind {kind}"))),
     }
 }
@@ -371,8 +399,11 @@ pub struct JobHistory {
     pub acked: BTreeMap<u64, u64>,
     /// Delivery counts.
     pub deliveries: BTreeMap<u64, u32>,
-    /// Not-before times from retries.
+    /// Not-before times from retries and leases.
     pub not_before: BTreeMap<u64, u64>,
+    /// The owners of the leases among `not_before` (a record whose last `NOT_BEFORE` entry
+    /// named one).
+    pub lease_owners: BTreeMap<u64, u32>,
 }
 
 /// Whether the sequence numbers from `from` up to a segment that starts at `to` were retired by
@@ -417,8 +448,16 @@ impl JobHistory {
                 let count = self.deliveries.entry(seq).or_insert(0);
                 *count = (*count).max(deliveries);
             }
-            AckEntry::NotBefore { seq, at_us } => {
+            AckEntry::NotBefore {
+                seq,
+                at_us,
+                lease_owner,
+            } => {
                 self.not_before.insert(seq, at_us);
+                match lease_owner {
+                    0 => self.lease_owners.remove(&seq),
+                    owner => self.lease_owners.insert(seq, owner),
+                };
             }
         }
     }
@@ -457,6 +496,7 @@ impl JobHistory {
         }
         self.deliveries = self.deliveries.split_off(&head);
         self.not_before = self.not_before.split_off(&head);
+        self.lease_owners = self.lease_owners.split_off(&head);
     }
 
     /// Forgets everything at or above `end`; returns whether anything was known there.
@@ -476,10 +516,12 @@ impl JobHistory {
         removed |= !self.acked.split_off(&end).is_empty();
         removed |= !self.deliveries.split_off(&end).is_empty();
         removed |= !self.not_before.split_off(&end).is_empty();
+        let _ = self.lease_owners.split_off(&end);
         removed
     }
 
-    /// Takes what is known about `seq`: (acknowledged, deliveries, not-before).
+    /// Takes what is known about `seq`: (acknowledged, deliveries, not-before); see
+    /// [`take_lease_owner`](Self::take_lease_owner) for the owner of a not-before time.
     pub fn take(&mut self, seq: u64) -> (bool, u32, u64) {
         let acked = self
             .acked
@@ -489,6 +531,22 @@ impl JobHistory {
         let deliveries = self.deliveries.remove(&seq).unwrap_or(0);
         let not_before = self.not_before.remove(&seq).unwrap_or(0);
         (acked, deliveries, not_before)
+    }
+
+    /// Takes the lease owner of `seq`'s not-before time (0: none).
+    pub fn take_lease_owner(&mut self, seq: u64) -> u32 {
+        self.lease_owners.remove(&seq).unwrap_or(0)
+    }
+
+    /// Forgets the leases whose owner `is_gone` says is gone: their not-before times no
+    /// longer hold. Returns how many.
+    pub fn end_leases_of_gone(&mut self, is_gone: &mut dyn FnMut(u32) -> bool) -> usize {
+        let gone = leases_of_gone(&self.lease_owners, is_gone);
+        for seq in &gone {
+            self.lease_owners.remove(seq);
+            self.not_before.remove(seq);
+        }
+        gone.len()
     }
 
     /// Whether a record not yet handed out, `seq` with the frame's `not_before_us` (0 when not
@@ -533,10 +591,26 @@ impl JobHistory {
         entries.extend(
             self.not_before
                 .iter()
-                .map(|(&seq, &at_us)| AckEntry::NotBefore { seq, at_us }),
+                .map(|(&seq, &at_us)| AckEntry::NotBefore {
+                    seq,
+                    at_us,
+                    lease_owner: self.lease_owners.get(&seq).copied().unwrap_or(0),
+                }),
         );
         entries
     }
+}
+
+/// The records of `owners` (record -> lease owner) whose owner `is_gone` says is gone.
+pub fn leases_of_gone(
+    owners: &BTreeMap<u64, u32>,
+    is_gone: &mut dyn FnMut(u32) -> bool,
+) -> Vec<u64> {
+    owners
+        .iter()
+        .filter(|&(_, &owner)| is_gone(owner))
+        .map(|(&seq, _)| seq)
+        .collect()
 }
 
 /// Converts a header problem into the crate's error for `path`.
@@ -563,7 +637,16 @@ mod tests {
                 seq: 7,
                 deliveries: 3,
             },
-            AckEntry::NotBefore { seq: 8, at_us: 42 },
+            AckEntry::NotBefore {
+                seq: 8,
+                at_us: 42,
+                lease_owner: 0,
+            },
+            AckEntry::NotBefore {
+                seq: 9,
+                at_us: 43,
+                lease_owner: LEASE_OWNER_MAX,
+            },
         ];
         for entry in entries {
             let mut bytes = Vec::new();
@@ -572,6 +655,47 @@ mod tests {
             assert_eq!(decode_entry(&bytes, 12), None, "an entry of another log");
         }
         assert_eq!(decode_entry(&[0; ACK_ENTRY_LEN], 1), None);
+    }
+
+    /// Version 2 had zeros where version 3 keeps a lease owner: its files read as they are,
+    /// every `NOT_BEFORE` a retry time.
+    #[test]
+    fn version_2_logs_are_read_with_no_lease_owners() {
+        let mut header = encode_header(5);
+        header[8..10].copy_from_slice(&2u16.to_le_bytes());
+        let crc = crate::format::frame::crc32(&header[..28]);
+        header[28..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_header(&header), Ok(5));
+        header[8..10].copy_from_slice(&4u16.to_le_bytes());
+        let crc = crate::format::frame::crc32(&header[..28]);
+        header[28..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_header(&header),
+            Err(AckHeaderError::UnsupportedVersion(4))
+        );
+    }
+
+    #[test]
+    fn history_keeps_lease_owners_until_a_plain_time_or_their_end() {
+        let mut history = JobHistory::default();
+        let lease = |seq, lease_owner| AckEntry::NotBefore {
+            seq,
+            at_us: 1_000,
+            lease_owner,
+        };
+        history.apply(&lease(3, 7));
+        history.apply(&lease(4, 8));
+        history.apply(&lease(5, 7));
+        history.apply(&lease(5, 0));
+        assert_eq!(history.entries(), [lease(3, 7), lease(4, 8), lease(5, 0)]);
+        assert_eq!(history.end_leases_of_gone(&mut |owner| owner == 7), 1);
+        assert_eq!(history.entries(), [lease(4, 8), lease(5, 0)]);
+        assert_eq!(history.take_lease_owner(4), 8);
+        assert_eq!(history.take(4), (false, 0, 1_000));
+        assert!(
+            !history.is_delayed(3, 0, 0),
+            "the lease of a gone owner ended"
+        );
     }
 
     #[test]

@@ -25,8 +25,7 @@
 //!    216     4  sync_lock     0 free, else the ticket of the handle syncing for all
 //!    220     4  poisoned      non-zero once a sync failed: every handle refuses changes
 //!    224     4  repairs       bumped by each repair of the tail (writers drop their mappings)
-//!    228     4  inside        producers between their start and their commit under `Always`
-//!                             (a hint for the sync leader, which waits a little for them)
+//!    228     4  reserved      zero (before version 3: producers inside a push)
 //!    232     8  prepared_base the segment `prepared_end` is about
 //!    240     8  prepared_end  zeros were written ahead of the tail up to here (writers only)
 //!    248     4  consumer_lock 0 free, else (owner ticket << 2) | parked << 1 | waiters (a
@@ -37,9 +36,32 @@
 //!    256     8  ack_log_id    the ack log file the last consumer turn left (0: none yet)
 //!    264     8  ack_tail      where its entries end
 //!    272     8  ack_prepared  the end of the zeros written ahead of them
-//!    280   744  reserved      zero
+//!    280    16  tail_pushed   two words, one per tail slot: frame bytes pushed in all, up to
+//!                             that slot's tail (committed with it, under the tail lock)
+//!    296    16  published_pushed  the same for the two published slots
+//!    312     8  consumed_records  records consumed in all (under the consumer lock): with
+//!                             `next_seq`, the bound's usage (`next_seq - consumed_records`)
+//!    320     8  consumed_bytes    frame bytes consumed in all (`pushed - consumed_bytes`)
+//!    328     4  room          bumped when consumers gave room back (a futex word)
+//!    332     4  room_sleepers pushes waiting on `room` (`Overflow::Block`)
+//!    336   176  reserved      zero
+//!    512     8  sync_began    when the last sync under `Always` began (µs since the epoch)
+//!    520     4  gather        (commits seen << 1) | a sync leader is gathering (a futex
+//!                             word: committers wake the leader while the bit is set)
+//!    524     4  reserved      zero
+//!    528     8  dedup_gen     generation of the deduplication log: moves when a handle
+//!                             rewrote it or settled it after a dead producer (0: not yet
+//!                             settled since this file was built)
+//!    536     8  dedup_tail    where its valid entries end (under the tail lock)
+//!    544   480  reserved      zero
 //!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
-//!   2048  2048  reserved      zero
+//!   2048  1024  commit_times  128 × u64: when the handle in slot k last committed a push
+//!                             under `Always` (µs since the epoch; a group-commit hint)
+//!   3072   512  inside        128 × u32: the producers of the handle in slot k between their
+//!                             start and their commit under `Always` (a hint for the sync
+//!                             leader, which waits a little for them; a gone handle's count
+//!                             is cleared by the leader that finds it, or the next taker)
+//!   3584   512  reserved      zero
 //! ```
 //!
 //! A *ticket* names a handle: `(epoch << 8) | slot`, with the slot's epoch as the handle that
@@ -55,7 +77,7 @@
 /// The control file's first eight bytes.
 pub const CONTROL_MAGIC: [u8; 8] = *b"DSPOOLCT";
 /// The layout version this build reads and writes.
-pub const CONTROL_VERSION: u32 = 2;
+pub const CONTROL_VERSION: u32 = 3;
 /// The control file's length: one page (a power of two: see `storage::process`).
 pub const CONTROL_LEN: u64 = 4096;
 const _: () = assert!(CONTROL_LEN.is_power_of_two());
@@ -94,8 +116,9 @@ pub const POISONED: usize = 220;
 /// Offset of the count of tail repairs: a writer that sees it move drops its writable
 /// mapping of the active segment, which a repair may have cut short.
 pub const REPAIRS: usize = 224;
-/// Offset of the count of producers inside a push under `Always` (a group-commit hint).
-pub const INSIDE: usize = 228;
+/// Offset of the table of producers inside a push under `Always`, one u32 per slot (a
+/// group-commit hint).
+pub const INSIDE: usize = 3072;
 /// Offset of the base of the segment whose prepared zeros `PREPARED_END` gives.
 pub const PREPARED_BASE: usize = 232;
 /// Offset of the end of the zeros written ahead of the committed tail, read and written under
@@ -112,6 +135,32 @@ pub const ACK_LOG_ID: usize = 256;
 pub const ACK_TAIL: usize = 264;
 /// Offset of the end of the zeros written ahead of them.
 pub const ACK_PREPARED: usize = 272;
+/// Offset of the frame bytes pushed in all, one word per tail slot (`TAIL_SLOTS`): slot `g % 2`
+/// at `TAIL_PUSHED + 8 * (g % 2)`, written with that slot.
+pub const TAIL_PUSHED: usize = 280;
+/// Offset of the same words for the published slots (`PUBLISHED_SLOTS`).
+pub const PUBLISHED_PUSHED: usize = 296;
+/// Offset of the records consumed in all: a bounded queue's usage is the committed
+/// `next_seq` minus this. Written under the consumer lock only.
+pub const CONSUMED_RECORDS: usize = 312;
+/// Offset of the frame bytes consumed in all: the usage in bytes is the committed pushed bytes
+/// minus this. Written under the consumer lock only.
+pub const CONSUMED_BYTES: usize = 320;
+/// Offset of the room futex word: bumped when consumers gave room back.
+pub const ROOM: usize = 328;
+/// Offset of the count of pushes waiting on `ROOM`.
+pub const ROOM_SLEEPERS: usize = 332;
+/// Offset of when the last sync under `Always` began (µs since the Unix epoch).
+pub const SYNC_BEGAN: usize = 512;
+/// Offset of the gather word: `(commits << 1) | gathering`, a futex word the sync leader
+/// sleeps on while it waits for producers.
+pub const GATHER: usize = 520;
+/// Offset of the deduplication log's generation (see the layout above).
+pub const DEDUP_GEN: usize = 528;
+/// Offset of where the deduplication log's valid entries end.
+pub const DEDUP_TAIL: usize = 536;
+/// Offset of the table of when each slot's handle last committed a push under `Always`.
+pub const COMMIT_TIMES: usize = 2048;
 /// Offset of the slot table.
 pub const SLOTS: usize = 1024;
 /// How many handles may have a queue open at once.
@@ -127,6 +176,20 @@ pub fn ticket(slot: u32, epoch: u32) -> u32 {
 /// The slot and epoch a ticket names.
 pub fn ticket_parts(ticket: u32) -> (u32, u32) {
     (ticket & 0xff, ticket >> 8)
+}
+
+/// The lease owner that ack log entries name for the handle of `ticket`:
+/// `(slot + 1) | (epoch mod 2^16) << 8`, 24 bits, never 0 (0 names no owner).
+pub fn lease_owner(ticket: u32) -> u32 {
+    let (slot, epoch) = ticket_parts(ticket);
+    (slot + 1) | ((epoch & 0xffff) << 8)
+}
+
+/// The slot and the low 16 bits of the epoch a lease owner names; `None` when it names no
+/// slot of the table.
+pub fn lease_owner_parts(owner: u32) -> Option<(u32, u32)> {
+    let slot = (owner & 0xff).checked_sub(1)?;
+    (slot < SLOT_COUNT).then_some((slot, (owner >> 8) & 0xffff))
 }
 
 /// The header bytes `[0, 24)` of a control file built with `build_id`.
@@ -205,6 +268,14 @@ mod tests {
             ACK_LOG_ID,
             ACK_TAIL,
             ACK_PREPARED,
+            TAIL_PUSHED,
+            PUBLISHED_PUSHED,
+            CONSUMED_RECORDS,
+            CONSUMED_BYTES,
+            SYNC_BEGAN,
+            DEDUP_GEN,
+            DEDUP_TAIL,
+            COMMIT_TIMES,
         ] {
             assert_eq!(offset % 8, 0);
         }
@@ -217,6 +288,9 @@ mod tests {
             POISONED,
             CONSUMER_LOCK,
             HEAD_DURABLE,
+            ROOM,
+            ROOM_SLEEPERS,
+            GATHER,
             SLOTS,
         ] {
             assert_eq!(offset % 4, 0);
@@ -230,8 +304,27 @@ mod tests {
         const { assert!(PREPARED_END + 8 <= CONSUMER_LOCK) };
         const { assert!(CONSUMER_LOCK + 4 <= HEAD_DURABLE) };
         const { assert!(HEAD_DURABLE + 4 <= ACK_LOG_ID) };
-        const { assert!(ACK_PREPARED + 8 <= SLOTS) };
-        const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= CONTROL_LEN as usize) };
+        const { assert!(ACK_PREPARED + 8 <= TAIL_PUSHED) };
+        const { assert!(TAIL_PUSHED + 16 <= PUBLISHED_PUSHED) };
+        const { assert!(PUBLISHED_PUSHED + 16 <= CONSUMED_RECORDS) };
+        const { assert!(CONSUMED_BYTES + 8 <= ROOM) };
+        const { assert!(ROOM_SLEEPERS + 4 <= SYNC_BEGAN) };
+        const { assert!(GATHER + 4 <= DEDUP_GEN) };
+        const { assert!(DEDUP_TAIL + 8 <= SLOTS) };
+        const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= COMMIT_TIMES) };
+        const { assert!(COMMIT_TIMES + SLOT_COUNT as usize * 8 <= INSIDE) };
+        const { assert!(INSIDE + SLOT_COUNT as usize * 4 <= CONTROL_LEN as usize) };
+    }
+
+    #[test]
+    fn lease_owners_name_a_slot_and_fit_an_ack_log_entry() {
+        let owner = lease_owner(ticket(127, EPOCH_MAX));
+        assert!(owner <= crate::format::acklog::LEASE_OWNER_MAX);
+        assert_eq!(lease_owner_parts(owner), Some((127, EPOCH_MAX & 0xffff)));
+        assert_ne!(lease_owner(ticket(0, 1)), 0, "0 names no owner");
+        assert_eq!(lease_owner_parts(lease_owner(ticket(0, 1))), Some((0, 1)));
+        assert_eq!(lease_owner_parts(0), None);
+        assert_eq!(lease_owner_parts(200), None);
     }
 
     #[test]

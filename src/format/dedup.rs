@@ -82,8 +82,14 @@ pub fn encode_dedup_entry(out: &mut Vec<u8>, entry: &DedupEntry) {
 /// Decodes the entries after the header, up to the first that does not validate; returns them
 /// with the offset where the valid log ends.
 pub fn decode_dedup_entries(bytes: &[u8]) -> (Vec<DedupEntry>, usize) {
+    decode_dedup_entries_from(bytes, DEDUP_HEADER_LEN)
+}
+
+/// Decodes the entries of `bytes` from `offset` on, as [`decode_dedup_entries`] does from the
+/// header's end (`bytes` may be a part of the log that starts at an entry: `offset` 0).
+pub fn decode_dedup_entries_from(bytes: &[u8], offset: usize) -> (Vec<DedupEntry>, usize) {
     let mut entries = Vec::new();
-    let mut offset = DEDUP_HEADER_LEN;
+    let mut offset = offset;
     while let Some(entry) = decode_entry_at(bytes, offset) {
         offset += dedup_entry_len(entry.id.len());
         entries.push(entry);

@@ -4,7 +4,8 @@
 //! settings file (`settings`), the lock file (`lock`), the ack log (`acks`) when the jobs API is
 //! used, the deduplication log (`dedup`) when pushes carry a deduplication id, consumed segment files kept for reuse (`<base:020>.free`), temporary files of an
 //! atomic replacement (`<name>.tmp`), and the `quarantine` folder that `repair` writes. A spool
-//! directory holds one queue directory per name and the fanout intent log (`fanout.log`).
+//! directory holds one queue directory per name and the fanout intent log (`fanout.log`), and, for
+//! a spool of shared queues, the lock file of its fanouts (`fanout.lock`).
 
 /// The lock file's name inside the queue directory.
 pub const LOCK_FILE_NAME: &str = "lock";
@@ -34,6 +35,9 @@ pub const DEDUP_FILE_NAME: &str = "dedup";
 
 /// The fanout intent log's file name inside the spool directory.
 pub const FANOUT_LOG_FILE_NAME: &str = "fanout.log";
+
+/// The file a spool of shared queues locks (`flock`) for one fanout, inside the spool directory.
+pub const FANOUT_LOCK_FILE_NAME: &str = "fanout.lock";
 
 /// The folder inside a queue directory where `repair` moves data it cuts.
 pub const QUARANTINE_DIR_NAME: &str = "quarantine";
@@ -132,7 +136,7 @@ pub const QUEUE_NAME_LEN_MAX: usize = 128;
 /// Checks a queue name: 1 to 128 characters of `A-Z a-z 0-9 _ - .`, not starting with a dot,
 /// and not a name the spool uses for its own files.
 pub fn validate_queue_name(name: &str) -> crate::error::Result<()> {
-    if name == FANOUT_LOG_FILE_NAME || name == LOCK_FILE_NAME {
+    if name == FANOUT_LOG_FILE_NAME || name == FANOUT_LOCK_FILE_NAME || name == LOCK_FILE_NAME {
         return Err(crate::error::Error::InvalidOptions(format!(
             "queue name {name:?} is reserved"
         )));
@@ -181,6 +185,7 @@ mod tests {
             "a b",
             "lock",
             "fanout.log",
+            "fanout.lock",
             &"x".repeat(129),
         ] {
             assert!(validate_queue_name(bad).is_err(), "{bad:?}");

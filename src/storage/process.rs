@@ -304,12 +304,24 @@ pub(crate) fn wait_for_change(word: &AtomicU32, seen: u32, timeout: Duration) {
     }
 }
 
-/// Wakes every process sleeping in [`wait_for_change`] on `word`.
-pub(crate) fn wake_all(word: &AtomicU32) {
+/// The largest count `FUTEX_WAKE` takes: every sleeper.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const WAKE_ALL: u32 = i32::MAX as u32;
+
+/// Wakes every process sleeping in [`wait_for_change`] on `word`; returns how many it woke
+/// (where the system says).
+pub(crate) fn wake_all(word: &AtomicU32) -> usize {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), u32::MAX);
+    {
+        // The kernel reads the count as an `int`: `u32::MAX` would be -1, which wakes one.
+        rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), WAKE_ALL)
+            .unwrap_or(0)
+    }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = word;
+    {
+        let _ = word;
+        0
+    }
 }
 
 /// Wakes one process sleeping in [`wait_for_change`] on `word`.
@@ -318,4 +330,54 @@ pub(crate) fn wake_one(word: &AtomicU32) {
     let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1);
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let _ = word;
+}
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::{mpsc, Arc};
+
+    /// Whether thread `tid` of this process is asleep (state `S` in its `stat`).
+    fn asleep(tid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let after_name = stat.rfind(')')?;
+                stat[after_name + 1..].trim_start().chars().next()
+            })
+            == Some('S')
+    }
+
+    #[test]
+    fn wake_all_wakes_every_sleeper_at_once() {
+        const SLEEPERS: usize = 4;
+        let word = Arc::new(AtomicU32::new(0));
+        let (tids, started) = mpsc::channel();
+        let threads: Vec<_> = (0..SLEEPERS)
+            .map(|_| {
+                let (word, tids) = (word.clone(), tids.clone());
+                std::thread::spawn(move || {
+                    tids.send(rustix::thread::gettid().as_raw_nonzero().get())
+                        .unwrap();
+                    while word.load(Ordering::SeqCst) == 0 {
+                        wait_for_change(&word, 0, Duration::from_secs(60));
+                    }
+                })
+            })
+            .collect();
+        let tids: Vec<i32> = (0..SLEEPERS).map(|_| started.recv().unwrap()).collect();
+        // Nothing else puts these threads to sleep: once all are asleep, all are in the wait.
+        while !tids.iter().all(|&tid| asleep(tid)) {
+            std::thread::yield_now();
+        }
+        let woken = wake_all(&word);
+        word.store(1, Ordering::SeqCst);
+        while threads.iter().any(|thread| !thread.is_finished()) {
+            wake_all(&word);
+            std::thread::yield_now();
+        }
+        // Before the fix the count was `u32::MAX`, which the kernel reads as -1: one woken.
+        assert_eq!(woken, SLEEPERS, "one wake-up for every sleeper");
+    }
 }

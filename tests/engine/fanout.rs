@@ -52,19 +52,32 @@ fn a_spool_is_locked_like_a_queue() {
     ));
 }
 
+/// Spool handles stand for processes here (each opens its own queues shared); a child
+/// process killed in a fanout is in `multiprocess.rs`.
 #[test]
-fn a_spool_of_queues_shared_by_several_processes_is_refused() {
-    // Its fanout writes under each queue's writer lock, which another process's producer of
-    // a shared queue does not take: refused until fanout across processes is built.
-    let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        Spool::open(dir.path(), Options::default().exclusive(false)),
-        Err(diskspool::Error::InvalidOptions(_))
-    ));
-    assert!(
-        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
-        "nothing created"
-    );
+fn spools_of_shared_queues_fan_out_from_every_handle() {
+    for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options::default().exclusive(false).sync(sync);
+        let first = Spool::open(dir.path(), options.clone()).unwrap();
+        let second = Spool::open(dir.path(), options.clone()).unwrap();
+        assert_eq!(first.fanout(b"one", &["x", "y"]).unwrap(), [0, 0]);
+        assert_eq!(second.fanout(b"two", &["z", "y"]).unwrap(), [0, 1]);
+        assert_eq!(first.fanout(b"three", &["x", "z"]).unwrap(), [1, 1]);
+        // A consumer of one queue, opened on its own beside the spools.
+        let y = diskspool::Queue::open(dir.path().join("y"), options.clone()).unwrap();
+        assert_eq!(y.pop().unwrap().unwrap().payload(), b"one");
+        let pop = |spool: &Spool, name: &str| -> Vec<Vec<u8>> {
+            let queue = spool.queue(name).unwrap();
+            std::iter::from_fn(|| queue.pop().unwrap())
+                .map(|record| record.payload().to_vec())
+                .collect()
+        };
+        assert_eq!(pop(&second, "x"), [b"one".to_vec(), b"three".to_vec()]);
+        assert_eq!(pop(&first, "y"), [b"two".to_vec()]);
+        assert_eq!(pop(&first, "z"), [b"two".to_vec(), b"three".to_vec()]);
+        assert_eq!(first.queue_names().unwrap(), ["x", "y", "z"]);
+    }
 }
 
 /// A file that fails every write while `on` is set.

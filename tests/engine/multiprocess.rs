@@ -87,6 +87,13 @@ fn child() {
         .and_then(|ms| ms.parse().ok())
         .unwrap_or(SOAK_LEASE_MS);
     let lease = Duration::from_millis(lease_ms);
+    if mode == "fanout" {
+        // `dir` is a spool: one fanout to queues a, b and c ("f <seq a> <seq b> <seq c>").
+        let spool = diskspool::Spool::open(&dir, options(&sync)).unwrap();
+        let seqs = spool.fanout(b"from the child", &["a", "b", "c"]).unwrap();
+        println!("f {} {} {}", seqs[0], seqs[1], seqs[2]);
+        return;
+    }
     let queue = Queue::open(&dir, options(&sync).lease(lease)).unwrap();
     let stop = std::env::var_os(STOP_ENV).map(PathBuf::from);
     let stopped = || stop.as_ref().is_some_and(|stop| stop.exists());
@@ -179,6 +186,49 @@ fn child() {
                     ack_and_print(&mut out, earlier);
                 }
             }
+        }
+        // "h <seq> <deliveries>" once a record is received; then its lease is held until the
+        // process is killed (or gives up after two minutes, if a failed test left it).
+        "hold" => {
+            let delivery = queue
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap()
+                .expect("a record to hold");
+            writeln!(out, "h {} {}", delivery.seq(), delivery.deliveries()).unwrap();
+            out.flush().unwrap();
+            std::thread::sleep(Duration::from_secs(120));
+            std::process::exit(1);
+        }
+        // One push ("p ..." once it returned), then the end: under `Overflow::Block` it waits
+        // for room.
+        "push-once" => {
+            let seq = queue.push(&payload(producer, 0)).unwrap();
+            writeln!(out, "p {seq} {producer} 0").unwrap();
+            out.flush().unwrap();
+        }
+        // A bounded queue's producer: "p ..." as "push"; a push refused at the bound is tried
+        // again.
+        "push-bounded" => {
+            let mut number = 0;
+            loop {
+                match queue.push(&payload(producer, number)) {
+                    Ok(seq) => {
+                        writeln!(out, "p {seq} {producer} {number}").unwrap();
+                        out.flush().unwrap();
+                        number += 1;
+                    }
+                    Err(Error::Full { .. }) => std::thread::yield_now(),
+                    Err(error) => panic!("push: {error}"),
+                }
+            }
+        }
+        // Pushes with the deduplication id "k" ("p <seq> ..." once returned), then ends.
+        "push-dedup" => {
+            let seq = queue
+                .push_with(&payload(producer, 0), diskspool::Push::new().dedup_id("k"))
+                .unwrap();
+            writeln!(out, "p {seq} {producer} 0").unwrap();
+            out.flush().unwrap();
         }
         other => panic!("unknown child mode {other}"),
     }
@@ -795,8 +845,34 @@ fn kill_soak(kills: u64, sync: &str, producers: usize, consumers: &[&str]) {
         end(running, &mut events);
         children.push(start(&mode));
     }
-    for running in children {
-        end(running, &mut events);
+    // The producers still running push on until the producers made progress (a minute at
+    // most), so that the check below does not depend on how fast this machine ran them
+    // between kills.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ahead: BTreeMap<usize, String> = BTreeMap::new();
+    while events.pushed.len() + pushes_in(&ahead) <= SOAK_PUSHES_MIN && Instant::now() < deadline {
+        for running in children.iter_mut().filter(|running| running.mode == "push") {
+            read_available(&mut running.child, ahead.entry(running.id).or_default());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for mut running in children {
+        running.child.kill().unwrap(); // SIGKILL
+        running.wait(killed, &context);
+        let mut text = ahead.remove(&running.id).unwrap_or_default();
+        let _ = running
+            .child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut text);
+        events.add(
+            running.id,
+            &running.mode,
+            &complete_lines(&text),
+            true,
+            &context,
+        );
     }
     // The drain: what is left, once the leases of killed receivers ran out.
     let drain = Queue::open(dir.path(), options(sync).lease(Duration::from_secs(60))).unwrap();
@@ -839,9 +915,42 @@ fn kill_soak(kills: u64, sync: &str, producers: usize, consumers: &[&str]) {
     );
     check_contract(&context, &events, &drained, SOAK_LEASE_MS * 1_000);
     assert!(
-        events.pushed.len() > 100,
+        events.pushed.len() > SOAK_PUSHES_MIN,
         "{context}: the producers made progress"
     );
+}
+
+/// The pushes a kill soak's producers make at least (they push on at the end until they did).
+const SOAK_PUSHES_MIN: usize = 100;
+
+/// The push lines ("p ...") in the texts read ahead of producers' ends.
+fn pushes_in(ahead: &BTreeMap<usize, String>) -> usize {
+    ahead
+        .values()
+        .map(|text| {
+            complete_lines(text)
+                .iter()
+                .filter(|line| line.starts_with("p "))
+                .count()
+        })
+        .sum()
+}
+
+/// Appends to `text` what `child` printed that can be read now, without waiting.
+fn read_available(child: &mut Child, text: &mut String) {
+    use std::os::fd::AsRawFd;
+    let Some(stdout) = child.stdout.as_mut() else {
+        return;
+    };
+    let fd = stdout.as_raw_fd();
+    // SAFETY: fcntl on a pipe this process owns; only its status flags change.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let mut bytes = Vec::new();
+    let _ = stdout.read_to_end(&mut bytes); // stops at WouldBlock
+    text.push_str(&String::from_utf8_lossy(&bytes));
 }
 
 /// Two producer processes and three consumer processes (one pops, two receive and
@@ -1370,5 +1479,449 @@ fn len_stays_right_when_a_pop_crosses_into_the_next_segment_beyond_a_lease() {
         );
         held.ack().unwrap();
         assert_eq!(popper.len(), left - 1, "{sync}");
+    }
+}
+
+/// Starts a child that receives one record under an hour's lease and holds it; returns the
+/// child once it printed the record's sequence number and delivery count.
+fn spawn_holder(dir: &Path, sync: &str) -> (Child, (u64, u64)) {
+    use std::io::BufRead;
+    let hour = "3600000";
+    let mut child = spawn_with(
+        "hold",
+        dir,
+        sync,
+        None,
+        &[(LEASE_ENV, std::ffi::OsStr::new(hour))],
+        Stdio::piped(),
+        Stdio::null(),
+    );
+    let stdout = child.stdout.take().unwrap();
+    let held = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let fields: Vec<u64> = line
+                .strip_prefix("h ")?
+                .split(' ')
+                .filter_map(|field| field.parse().ok())
+                .collect();
+            Some((fields[0], fields[1]))
+        })
+        .expect("the child received a record");
+    (child, held)
+}
+
+#[test]
+fn the_lease_of_a_killed_process_ends_for_the_others_at_once() {
+    for sync in ["never", "always"] {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let queue = Queue::open(dir.path(), options(sync).lease(hour)).unwrap();
+        queue.push(b"job").unwrap();
+        let (mut holder, held) = spawn_holder(dir.path(), sync);
+        assert_eq!(held, (0, 1));
+        // A live process's lease holds.
+        assert!(queue.try_recv().unwrap().is_none());
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        // Its slot file is unlocked now: the next turn that looks ends the lease, an hour
+        // before it would have run out.
+        let again = queue
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap()
+            .expect("delivered again once its holder died");
+        assert_eq!((again.seq(), again.deliveries()), (0, 2));
+        again.ack().unwrap();
+        assert_eq!(queue.len(), 0);
+    }
+}
+
+#[test]
+fn the_lease_of_a_process_killed_alone_ends_at_the_next_open() {
+    for exclusive in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        Queue::open(dir.path(), options("never"))
+            .unwrap()
+            .push(b"job")
+            .unwrap();
+        let (mut holder, held) = spawn_holder(dir.path(), "never");
+        assert_eq!(held, (0, 1));
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        // Nobody has the queue open: this open recovers it, and every lease's owner is gone.
+        let hour = Duration::from_secs(3600);
+        let queue = Queue::open(
+            dir.path(),
+            options("never").lease(hour).exclusive(exclusive),
+        )
+        .unwrap();
+        let again = queue.try_recv().unwrap().expect("available at once");
+        assert_eq!((again.seq(), again.deliveries()), (0, 2));
+        again.ack().unwrap();
+    }
+}
+
+/// A bounded queue's usage after kills: the survivors (the parent's handles, opened before)
+/// fill the queue until a push is refused, then drain it (records leased by killed children
+/// once their lease ended); the records and bytes the refusal
+/// named are exactly those drained, and afterwards the bound takes exactly `max_records` again.
+/// `held`: a record the consumer holds leased, acknowledged once the queue is full.
+fn check_bounded_usage(
+    producer: &Queue,
+    consumer: &Queue,
+    held: Option<diskspool::Delivery>,
+    max_records: u64,
+    context: &str,
+) {
+    // A consumer turn first: after a dead holder's, it counts the usage from the files (until
+    // a consumer takes a turn, the usage counts what the dead one consumed without writing it).
+    consumer.peek().unwrap();
+    let (records, bytes) = loop {
+        match producer.push(&payload(1, 0)) {
+            Ok(_) => {}
+            Err(Error::Full { records, bytes, .. }) => break (records, bytes),
+            Err(error) => panic!("{context}: push: {error}"),
+        }
+    };
+    assert!(records >= max_records, "{context}: refused at {records}");
+    let (mut drained, mut drained_bytes) = (0u64, 0u64);
+    if let Some(held) = held {
+        drained += 1;
+        drained_bytes += diskspool::format::frame::frame_len(held.payload().len()) as u64;
+        held.ack().unwrap();
+    }
+    // Records leased by a killed child come back when their lease ends: `len` counts them.
+    // (`pop_timeout` also returns at the end of a lease: looked at again until 60 s passed.)
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !consumer.is_empty() {
+        let Some(record) = consumer.pop_timeout(Duration::from_secs(5)).unwrap() else {
+            assert!(
+                Instant::now() < give_up,
+                "{context}: len {} but nothing to pop",
+                consumer.len()
+            );
+            continue;
+        };
+        parse(record.payload());
+        drained += 1;
+        drained_bytes += diskspool::format::frame::frame_len(record.payload().len()) as u64;
+    }
+    assert_eq!(
+        (records, bytes),
+        (drained, drained_bytes),
+        "{context}: the usage the refusal named is what the queue held"
+    );
+    for handle in [producer, consumer] {
+        match handle.push_batch(vec![b"x".as_slice(); max_records as usize + 1]) {
+            Err(Error::Full {
+                records: 0,
+                bytes: 0,
+                ..
+            }) => {}
+            other => panic!("{context}: drained, but {other:?}"),
+        }
+    }
+    for number in 0..max_records {
+        producer.push(&payload(1, number)).unwrap();
+    }
+    assert!(
+        matches!(consumer.push(&payload(1, 0)), Err(Error::Full { .. })),
+        "{context}: full at exactly max_records"
+    );
+}
+
+/// Bounds across processes: producers and consumers of a bounded queue killed at each crash
+/// point, and at random, leave the usage exact for the handles that go on.
+#[test]
+fn a_bounded_queue_keeps_its_usage_exact_when_processes_are_killed() {
+    const MAX: u64 = 40;
+    let bounded = |sync: &str, lease: Duration| options(sync).max_records(MAX).lease(lease);
+    // (mode, crash point, records the parent pushes first): the parent then pops one and
+    // holds one leased.
+    let cases = [
+        ("push-bounded", "shared.dirty:6", 30),
+        ("push-bounded", "shared.written:6", 30),
+        // Under Always: the child's 6th push fills the queue, and the child dies leading the
+        // sync of it, committed, never published: a push refused at the bound publishes it.
+        ("push-bounded", "shared.sync:6", 35),
+        ("pop", "consumer.begun:5", 30),
+        ("pop", "consumer.ending:5", 30),
+        ("recv", "consumer.begun:5", 30),
+        ("recv", "consumer.ending:6", 30),
+    ];
+    for sync in ["never", "always"] {
+        for (mode, point, prefill) in cases {
+            if point.starts_with("shared.sync") && sync != "always" {
+                continue;
+            }
+            let context = format!("a bounded queue, a {mode} child killed at {point} ({sync})");
+            let dir = tempfile::tempdir().unwrap();
+            let producer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+            let consumer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+            for number in 0..prefill {
+                producer.push(&payload(1, number)).unwrap();
+            }
+            // The parent's consumer has a reader, and holds a lease across the kill.
+            consumer.pop().unwrap().unwrap();
+            let held = consumer.try_recv().unwrap().unwrap();
+            let mut child = spawn_with(
+                mode,
+                dir.path(),
+                sync,
+                Some(point),
+                &[(LEASE_ENV, std::ffi::OsStr::new("300"))],
+                Stdio::null(),
+                Stdio::null(),
+            );
+            let status = child.wait().unwrap();
+            assert!(aborted(status), "{context}: ended with {status}");
+            check_bounded_usage(&producer, &consumer, Some(held), MAX, &context);
+        }
+        // SIGKILL at random moments of producers and consumers.
+        let seed = seed();
+        let context = format!("a bounded queue, random kills, DISKSPOOL_MP_SEED={seed} ({sync})");
+        let mut rng = Rng(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let producer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+        let consumer = Queue::open(dir.path(), bounded(sync, Duration::from_secs(60))).unwrap();
+        let start = |mode: &str| {
+            spawn_with(
+                mode,
+                dir.path(),
+                sync,
+                None,
+                &[(LEASE_ENV, std::ffi::OsStr::new("300"))],
+                Stdio::null(),
+                Stdio::null(),
+            )
+        };
+        let modes = ["push-bounded", "push-bounded", "pop", "recv"];
+        let mut children: Vec<(&str, Child)> =
+            modes.iter().map(|&mode| (mode, start(mode))).collect();
+        for _ in 0..std::env::var("DISKSPOOL_MP_BOUNDED_KILLS")
+            .ok()
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(12)
+        {
+            std::thread::sleep(Duration::from_micros(2_000 + rng.below(20_000)));
+            let victim = rng.below(children.len() as u64) as usize;
+            let (mode, mut child) = children.swap_remove(victim);
+            child.kill().unwrap();
+            assert!(killed(child.wait().unwrap()), "{context}");
+            children.push((mode, start(mode)));
+        }
+        for (_, mut child) in children {
+            child.kill().unwrap();
+            assert!(killed(child.wait().unwrap()), "{context}");
+        }
+        check_bounded_usage(&producer, &consumer, None, MAX, &context);
+    }
+}
+
+/// `Overflow::Block` across processes: a child's push into the full queue sleeps on the room
+/// word in `control` (its count of sleepers says so, no timed guess) until a pop in the parent
+/// makes room, and then returns.
+#[test]
+fn a_push_blocked_in_one_process_is_woken_by_a_pop_in_another() {
+    use diskspool::format::control::ROOM_SLEEPERS;
+    use diskspool::format::layout::CONTROL_FILE_NAME;
+    for sync in ["never", "always"] {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(
+            dir.path(),
+            options(sync)
+                .max_records(3)
+                .overflow(diskspool::Overflow::Block),
+        )
+        .unwrap();
+        for number in 0..3 {
+            queue.push(&payload(1, number)).unwrap();
+        }
+        let mut child = spawn("push-once", dir.path(), sync, None);
+        let sleepers = || {
+            let bytes = std::fs::read(dir.path().join(CONTROL_FILE_NAME)).unwrap();
+            u32::from_ne_bytes(bytes[ROOM_SLEEPERS..ROOM_SLEEPERS + 4].try_into().unwrap())
+        };
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while sleepers() == 0 {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{sync}: the child ended"
+            );
+            assert!(Instant::now() < give_up, "{sync}: the child never waited");
+            std::thread::yield_now();
+        }
+        assert_eq!(queue.len(), 3, "{sync}: the blocked push wrote nothing");
+        assert_eq!(queue.pop().unwrap().unwrap().seq(), 0);
+        assert!(child.wait().unwrap().success(), "{sync}");
+        let pushed = entries(&lines_of(&mut child), "p ");
+        assert_eq!(pushed.len(), 1, "{sync}");
+        assert_eq!(pushed[0].0, 3, "{sync}");
+        assert_eq!(queue.len(), 3, "{sync}");
+    }
+}
+
+/// A producer killed after it wrote its push's deduplication entry and before it committed
+/// the record (or while the log was being settled or rewritten): the next writer cuts the
+/// record and settles the log, so a retry of the id pushes the record again instead of
+/// returning the number of a record that was never there (which the next push takes).
+#[test]
+fn a_producer_killed_between_its_dedup_entry_and_its_record_leaves_the_id_free() {
+    for point in ["shared.dedup:1", "shared.written:1"] {
+        for sync in ["never", "always"] {
+            let context = format!("{point} {sync}");
+            let dir = tempfile::tempdir().unwrap();
+            // The default window (5 minutes), as the child's.
+            let options = || options(sync);
+            let survivor = Queue::open(dir.path(), options()).unwrap();
+            // The survivor has read the log before the child appends to it.
+            assert_eq!(
+                survivor
+                    .push_with(b"other", diskspool::Push::new().dedup_id("other"))
+                    .unwrap(),
+                0
+            );
+            let mut child = spawn("push-dedup", dir.path(), sync, Some(point));
+            let status = child.wait().unwrap();
+            assert!(
+                aborted(status),
+                "{context}: died at its crash point ({status})"
+            );
+            assert!(entries(&lines_of(&mut child), "p ").is_empty(), "{context}");
+            // The retry pushes the record: the id named a record that never was.
+            let retried = survivor
+                .push_with(b"retried", diskspool::Push::new().dedup_id("k"))
+                .unwrap();
+            assert_eq!(retried, 1, "{context}");
+            survivor.push(b"plain").unwrap();
+            assert_eq!(
+                survivor
+                    .push_with(b"again", diskspool::Push::new().dedup_id("k"))
+                    .unwrap(),
+                1,
+                "{context}: deduplicated now"
+            );
+            // A handle opened afterwards agrees, and so does the queue after every handle closed.
+            let late = Queue::open(dir.path(), options()).unwrap();
+            assert_eq!(
+                late.push_with(b"late", diskspool::Push::new().dedup_id("k"))
+                    .unwrap(),
+                1,
+                "{context}"
+            );
+            let payloads: Vec<Vec<u8>> = std::iter::from_fn(|| late.pop().unwrap())
+                .map(|record| record.payload().to_vec())
+                .collect();
+            assert_eq!(payloads, [&b"other"[..], b"retried", b"plain"], "{context}");
+            drop((survivor, late));
+            let reopened = Queue::open(dir.path(), options()).unwrap();
+            assert_eq!(
+                reopened
+                    .push_with(b"reopened", diskspool::Push::new().dedup_id("k"))
+                    .unwrap(),
+                1,
+                "{context}"
+            );
+        }
+    }
+}
+
+/// The producers inside a push under `Always`, summed over the control file's per-slot table
+/// (`format::control::INSIDE`), read through the file (the mapping's page).
+fn producers_inside(dir: &Path) -> u64 {
+    let control = std::fs::read(dir.join(diskspool::format::layout::CONTROL_FILE_NAME)).unwrap();
+    let table = diskspool::format::control::INSIDE;
+    (0..diskspool::format::control::SLOT_COUNT as usize)
+        .map(|slot| {
+            let at = table + slot * 4;
+            u64::from(u32::from_ne_bytes(control[at..at + 4].try_into().unwrap()))
+        })
+        .sum()
+}
+
+/// A producer killed inside a push under `Always` stays counted there; the next sync leader
+/// finds its handle gone and clears the count, instead of waiting for it at every sync (with
+/// one global count, every later sync waited its whole gathering time).
+#[test]
+fn a_producer_killed_inside_a_push_holds_no_later_sync_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let survivor = Queue::open(dir.path(), options("always")).unwrap();
+    survivor.push(b"before").unwrap();
+    let mut child = spawn("push", dir.path(), "always", Some("shared.written:1"));
+    assert!(aborted(child.wait().unwrap()), "died at its crash point");
+    assert_eq!(
+        producers_inside(dir.path()),
+        1,
+        "the dead producer is counted"
+    );
+    // The survivor leads the next sync: it finds the dead producer's handle gone.
+    survivor.push(b"after").unwrap();
+    assert_eq!(producers_inside(dir.path()), 0);
+    let payloads: Vec<Vec<u8>> = std::iter::from_fn(|| survivor.pop().unwrap())
+        .map(|record| record.payload().to_vec())
+        .collect();
+    assert_eq!(payloads, [&b"before"[..], b"after"]);
+}
+
+/// The payloads of a spool's queue, popped through a handle of the parent.
+fn spool_payloads(spool: &diskspool::Spool, name: &str) -> Vec<Vec<u8>> {
+    let queue = spool.queue(name).unwrap();
+    std::iter::from_fn(|| queue.pop().unwrap())
+        .map(|record| record.payload().to_vec())
+        .collect()
+}
+
+/// A process killed in the middle of a fanout to a spool of shared queues, after its intent
+/// and some of its copies: the next fanout of another process, or the next open of the
+/// spool, pushes the copies that did not make it, once each (the copies carry a
+/// deduplication id naming the fanout, so those that made it are found).
+#[test]
+fn a_fanout_cut_short_by_a_kill_is_finished_once_by_another_process() {
+    for (point, sync) in [
+        ("spool.copy:1", "never"),
+        ("spool.copy:2", "never"),
+        ("spool.copy:1", "always"),
+        ("shared.written:2", "always"),
+    ] {
+        let context = format!("{point} {sync}");
+        // Finished by a fanout of a spool open all along.
+        let dir = tempfile::tempdir().unwrap();
+        let spool = diskspool::Spool::open(dir.path(), options(sync)).unwrap();
+        spool.fanout(b"first", &["a", "b", "c"]).unwrap();
+        let mut child = spawn("fanout", dir.path(), sync, Some(point));
+        assert!(
+            aborted(child.wait().unwrap()),
+            "{context}: died at its crash point"
+        );
+        spool.fanout(b"last", &["a", "c"]).unwrap();
+        for name in ["a", "b", "c"] {
+            let mut expected = vec![b"first".to_vec(), b"from the child".to_vec()];
+            if name != "b" {
+                expected.push(b"last".to_vec());
+            }
+            assert_eq!(
+                spool_payloads(&spool, name),
+                expected,
+                "{context}: queue {name}"
+            );
+        }
+        drop(spool);
+        // Finished by the next open, after every process closed it.
+        let dir = tempfile::tempdir().unwrap();
+        drop(diskspool::Spool::open(dir.path(), options(sync)).unwrap());
+        let mut child = spawn("fanout", dir.path(), sync, Some(point));
+        assert!(
+            aborted(child.wait().unwrap()),
+            "{context}: died at its crash point"
+        );
+        let spool = diskspool::Spool::open(dir.path(), options(sync)).unwrap();
+        for name in ["a", "b", "c"] {
+            assert_eq!(
+                spool_payloads(&spool, name),
+                [b"from the child".to_vec()],
+                "{context}: queue {name} after a reopen"
+            );
+        }
     }
 }

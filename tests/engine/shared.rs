@@ -104,16 +104,10 @@ fn a_blocked_consumer_wakes_on_another_handles_push() {
 #[test]
 fn shared_queues_refuse_what_they_cannot_share_yet() {
     let dir = tempfile::tempdir().unwrap();
-    for options in [
-        shared(SyncPolicy::Never).segment_pool(2),
-        shared(SyncPolicy::Never).max_records(10),
-        shared(SyncPolicy::Never).dedup_window(Duration::from_secs(1)),
-    ] {
-        assert!(matches!(
-            Queue::open(dir.path(), options),
-            Err(Error::InvalidOptions(_))
-        ));
-    }
+    assert!(matches!(
+        Queue::open(dir.path(), shared(SyncPolicy::Never).segment_pool(2)),
+        Err(Error::InvalidOptions(_))
+    ));
 }
 
 /// Files of `dir` this process has open (Linux), for the leak check below.
@@ -542,5 +536,359 @@ fn a_handle_follows_what_another_did_to_records_it_had_read() {
         assert_eq!(second.pop().unwrap().unwrap().seq(), 3);
         assert_eq!(first.pop().unwrap().unwrap().seq(), 4);
         assert_eq!((first.len(), second.len()), (0, 0));
+    }
+}
+
+/// Bounds across handles (`max_records`, `max_bytes` on a shared queue): every handle checks
+/// the one usage in the control file, as processes do.
+mod bounds {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use diskspool::format::control::ROOM_SLEEPERS;
+    use diskspool::format::frame::frame_len;
+    use diskspool::format::layout::CONTROL_FILE_NAME;
+    use diskspool::{Error, Options, Overflow, Queue, SyncPolicy};
+
+    use super::shared;
+
+    /// Records of 10 bytes: 10 fit the byte bound of `bounded`.
+    const RECORD: &[u8] = b"0123456789";
+
+    fn bounded(overflow: Overflow, sync: SyncPolicy) -> Options {
+        shared(sync)
+            .max_records(5)
+            .max_bytes(10 * frame_len(RECORD.len()) as u64)
+            .overflow(overflow)
+    }
+
+    /// The usage a handle checks pushes against (records, bytes): what a batch that can never
+    /// fit is refused with (nothing is written).
+    fn usage(queue: &Queue) -> (u64, u64) {
+        let batch = vec![RECORD; 6];
+        match queue.push_batch(&batch) {
+            Err(Error::Full { records, bytes, .. }) => (records, bytes),
+            other => panic!("expected Full, got {other:?}"),
+        }
+    }
+
+    fn bytes_of(records: u64) -> u64 {
+        records * frame_len(RECORD.len()) as u64
+    }
+
+    #[test]
+    fn a_push_in_one_handle_is_refused_when_another_filled_the_queue() {
+        for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+            let dir = tempfile::tempdir().unwrap();
+            let a = Queue::open(dir.path(), bounded(Overflow::Reject, sync)).unwrap();
+            let b = Queue::open(dir.path(), bounded(Overflow::Reject, sync)).unwrap();
+            let c = Queue::open(dir.path(), bounded(Overflow::Reject, sync)).unwrap();
+            for _ in 0..5 {
+                a.push(RECORD).unwrap();
+            }
+            match b.push(RECORD) {
+                Err(Error::Full {
+                    records: 5,
+                    max_records: Some(5),
+                    batch_records: 1,
+                    ..
+                }) => {}
+                other => panic!("expected Full, got {other:?}"),
+            }
+            assert_eq!(c.pop().unwrap().unwrap().seq(), 0);
+            assert_eq!(b.push(RECORD).unwrap(), 5);
+            assert!(matches!(a.push(RECORD), Err(Error::Full { .. })));
+            // A record handed out still counts; its ack gives the room back.
+            let delivery = c.try_recv().unwrap().unwrap();
+            assert!(matches!(b.push(RECORD), Err(Error::Full { .. })));
+            delivery.ack().unwrap();
+            assert_eq!(a.push(RECORD).unwrap(), 6);
+            // Every handle sees the same usage, and it agrees with `len` and `stats`.
+            for handle in [&a, &b, &c] {
+                assert_eq!(usage(handle), (5, bytes_of(5)));
+                assert_eq!(handle.len(), 5);
+                let stats = handle.stats().unwrap();
+                assert_eq!((stats.len, stats.live_bytes), (5, bytes_of(5)));
+            }
+            // Out of order: the bound counts what is not consumed, wherever the head is.
+            let first = c.try_recv().unwrap().unwrap();
+            let second = a.try_recv().unwrap().unwrap();
+            second.ack().unwrap();
+            assert_eq!(usage(&b), (4, bytes_of(4)));
+            b.push(RECORD).unwrap();
+            assert!(matches!(c.push(RECORD), Err(Error::Full { .. })));
+            first.ack().unwrap();
+            assert_eq!(usage(&c), (4, bytes_of(4)));
+            while b.pop().unwrap().is_some() {}
+            for handle in [&a, &b, &c] {
+                assert_eq!(usage(handle), (0, 0), "{sync:?}");
+                assert_eq!(handle.len(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn the_byte_bound_holds_across_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = shared(SyncPolicy::Never).max_bytes(3 * frame_len(100) as u64);
+        let a = Queue::open(dir.path(), options.clone()).unwrap();
+        let b = Queue::open(dir.path(), options).unwrap();
+        a.push(&[1; 100]).unwrap();
+        a.push(&[2; 150]).unwrap();
+        match b.push(&[3; 100]) {
+            Err(Error::Full { bytes, .. }) => {
+                assert_eq!(bytes, (frame_len(100) + frame_len(150)) as u64)
+            }
+            other => panic!("expected Full, got {other:?}"),
+        }
+        b.push(&[3; 40]).unwrap();
+        assert_eq!(a.pop().unwrap().unwrap().payload(), &[1; 100]);
+        b.push(&[4; 100]).unwrap();
+    }
+
+    #[test]
+    fn drop_oldest_drops_through_any_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = bounded(Overflow::DropOldest, SyncPolicy::Never);
+        let a = Queue::open(dir.path(), options.clone()).unwrap();
+        let b = Queue::open(dir.path(), options.clone()).unwrap();
+        let c = Queue::open(dir.path(), options).unwrap();
+        for _ in 0..5 {
+            a.push(RECORD).unwrap();
+        }
+        // C consumed once: its reader is behind what B drops.
+        assert_eq!(c.pop().unwrap().unwrap().seq(), 0);
+        a.push(RECORD).unwrap();
+        // Full: B's pushes drop 1 and 2.
+        assert_eq!(b.push(RECORD).unwrap(), 6);
+        assert_eq!(b.push(RECORD).unwrap(), 7);
+        for handle in [&a, &b, &c] {
+            assert_eq!(handle.len(), 5);
+            assert_eq!(usage(handle), (5, bytes_of(5)));
+        }
+        let left: Vec<u64> = std::iter::from_fn(|| c.pop().unwrap().map(|r| r.seq())).collect();
+        assert_eq!(left, vec![3, 4, 5, 6, 7]);
+        assert_eq!(
+            b.stats()
+                .unwrap()
+                .totals
+                .unwrap()
+                .discarded(diskspool::DiscardReason::Overflow),
+            2
+        );
+    }
+
+    /// The processes waiting for room (`room_sleepers` in the control file).
+    fn room_sleepers(dir: &std::path::Path) -> u32 {
+        let bytes = std::fs::read(dir.join(CONTROL_FILE_NAME)).unwrap();
+        u32::from_ne_bytes(bytes[ROOM_SLEEPERS..ROOM_SLEEPERS + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn a_blocked_push_is_woken_by_a_pop_in_another_handle() {
+        for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+            let dir = tempfile::tempdir().unwrap();
+            let a = Queue::open(dir.path(), bounded(Overflow::Block, sync)).unwrap();
+            let b = Queue::open(dir.path(), bounded(Overflow::Block, sync)).unwrap();
+            let c = Queue::open(dir.path(), bounded(Overflow::Block, sync)).unwrap();
+            for _ in 0..5 {
+                a.push(RECORD).unwrap();
+            }
+            // Nobody consumes: a wait with a deadline gives up, having written nothing.
+            assert!(matches!(
+                b.push_timeout(RECORD, Duration::from_millis(20)),
+                Err(Error::Full { records: 5, .. })
+            ));
+            let (pushed, returned) = mpsc::channel();
+            std::thread::scope(|scope| {
+                let blocked = scope.spawn(|| {
+                    let seq = b.push(b"waited").unwrap();
+                    pushed.send(seq).unwrap();
+                });
+                // It sleeps on the room word (not a timed guess: the count in the control file).
+                while room_sleepers(dir.path()) == 0 {
+                    assert!(!blocked.is_finished(), "the push returned without room");
+                    std::thread::yield_now();
+                }
+                assert!(returned.try_recv().is_err(), "the push waits for room");
+                assert_eq!(c.pop().unwrap().unwrap().seq(), 0);
+                assert_eq!(returned.recv().unwrap(), 5);
+            });
+            assert_eq!(usage(&a), (5, bytes_of(4) + frame_len(6) as u64));
+            let last: Vec<Vec<u8>> =
+                std::iter::from_fn(|| a.pop().unwrap().map(|r| r.payload().to_vec())).collect();
+            assert_eq!(last.last().unwrap(), b"waited");
+        }
+    }
+
+    #[test]
+    fn the_usage_survives_handles_closing_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = bounded(Overflow::Reject, SyncPolicy::Never);
+        let a = Queue::open(dir.path(), options.clone()).unwrap();
+        for _ in 0..4 {
+            a.push(RECORD).unwrap();
+        }
+        {
+            let b = Queue::open(dir.path(), options.clone()).unwrap();
+            let delivery = b.try_recv().unwrap().unwrap();
+            assert_eq!(delivery.seq(), 0);
+            assert_eq!(b.try_recv().unwrap().unwrap().seq(), 1);
+            delivery.ack().unwrap();
+            // B closes holding 1 leased: it still counts.
+        }
+        assert_eq!(usage(&a), (3, bytes_of(3)));
+        drop(a);
+        // Every handle gone: the first opener counts from the files (1 acknowledged beyond
+        // nothing, 3 left, the lease gone with its process's handle but still unconsumed).
+        let a = Queue::open(dir.path(), options.clone()).unwrap();
+        let b = Queue::open(dir.path(), options).unwrap();
+        assert_eq!(usage(&b), (3, bytes_of(3)));
+        a.push(RECORD).unwrap();
+        a.push(RECORD).unwrap();
+        assert!(matches!(b.push(RECORD), Err(Error::Full { .. })));
+        assert_eq!(b.purge().unwrap(), 5);
+        assert_eq!(usage(&a), (0, 0));
+        for _ in 0..5 {
+            b.push(RECORD).unwrap();
+        }
+        assert!(matches!(a.push(RECORD), Err(Error::Full { .. })));
+    }
+
+    #[test]
+    fn a_reopen_counts_records_acknowledged_out_of_order_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = bounded(Overflow::Reject, SyncPolicy::Never).lease(Duration::from_secs(60));
+        {
+            let a = Queue::open(dir.path(), options.clone()).unwrap();
+            for _ in 0..5 {
+                a.push(RECORD).unwrap();
+            }
+            let held = a.try_recv().unwrap().unwrap();
+            let later = a.try_recv().unwrap().unwrap();
+            later.ack().unwrap();
+            assert_eq!(usage(&a), (4, bytes_of(4)));
+            drop(held);
+        }
+        let a = Queue::open(dir.path(), options.clone()).unwrap();
+        let b = Queue::open(dir.path(), options).unwrap();
+        for handle in [&a, &b] {
+            assert_eq!(usage(handle), (4, bytes_of(4)));
+        }
+        // Reading across the acknowledged record gives nothing back twice.
+        let seqs: Vec<u64> = std::iter::from_fn(|| b.pop().unwrap().map(|r| r.seq())).collect();
+        assert_eq!(seqs, vec![0, 2, 3, 4]);
+        assert_eq!(usage(&a), (0, 0));
+        for _ in 0..5 {
+            a.push(RECORD).unwrap();
+        }
+        assert!(matches!(b.push(RECORD), Err(Error::Full { .. })));
+    }
+
+    #[test]
+    fn a_record_expired_in_two_handles_is_counted_once_the_queue_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = bounded(Overflow::Reject, SyncPolicy::Never).lease(Duration::from_secs(60));
+        let a = Queue::open(dir.path(), options.clone()).unwrap();
+        let b = Queue::open(dir.path(), options).unwrap();
+        a.push(RECORD).unwrap();
+        let short = diskspool::Push::new().ttl(Duration::from_micros(1));
+        a.push_with(RECORD, short).unwrap();
+        a.push(RECORD).unwrap();
+        // Longer than the TTL: the monotonic wait makes the record expired, whatever the load.
+        std::thread::sleep(Duration::from_millis(2));
+        // A discards the expired record behind its lease (beyond the head, nothing written);
+        // B reaches it too, and discards it again.
+        let held = a.try_recv().unwrap().unwrap();
+        let second = a.try_recv().unwrap().unwrap();
+        assert_eq!((held.seq(), second.seq()), (0, 2));
+        assert!(b.try_recv().unwrap().is_none());
+        held.ack().unwrap();
+        second.ack().unwrap();
+        // Drained: the usage is nothing, in every handle, and the bound takes exactly 5 again.
+        for handle in [&a, &b] {
+            assert_eq!(usage(handle), (0, 0));
+        }
+        for _ in 0..5 {
+            b.push(RECORD).unwrap();
+        }
+        assert!(matches!(
+            a.push(RECORD),
+            Err(Error::Full { records: 5, .. })
+        ));
+    }
+}
+
+mod dedup {
+    use std::time::Duration;
+
+    use diskspool::{Push, Queue, SyncPolicy};
+
+    use super::shared;
+
+    fn with_id(id: &str) -> Push {
+        Push::new().dedup_id(id)
+    }
+
+    #[test]
+    fn an_id_pushed_in_one_handle_is_deduplicated_in_the_others() {
+        for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = shared(sync).dedup_window(Duration::from_secs(3600));
+            let first = Queue::open(dir.path(), options.clone()).unwrap();
+            let second = Queue::open(dir.path(), options.clone()).unwrap();
+            assert_eq!(first.push_with(b"order 1", with_id("o1")).unwrap(), 0);
+            // A retry from another process finds the first push: nothing written.
+            assert_eq!(second.push_with(b"order 1", with_id("o1")).unwrap(), 0);
+            assert_eq!(second.push_with(b"order 2", with_id("o2")).unwrap(), 1);
+            assert_eq!(first.push_with(b"order 2", with_id("o2")).unwrap(), 1);
+            first.push(b"plain").unwrap();
+            assert_eq!(first.len(), 3, "{sync:?}");
+            assert_eq!(second.stats().unwrap().totals.unwrap().deduplicated, 1);
+            // Consumed, still remembered within the window, by a handle opened later too.
+            assert_eq!(second.pop().unwrap().unwrap().payload(), b"order 1");
+            let third = Queue::open(dir.path(), options).unwrap();
+            assert_eq!(third.push_with(b"order 1", with_id("o1")).unwrap(), 0);
+            assert_eq!(third.push_with(b"order 3", with_id("o3")).unwrap(), 3);
+            assert_eq!(first.push_with(b"order 3", with_id("o3")).unwrap(), 3);
+            assert_eq!(first.len(), 3, "{sync:?}");
+        }
+    }
+
+    /// Many ids through two handles, the window short enough that the log is rewritten (a new
+    /// file, by one handle) again and again: the other handle reads the new file, and every id
+    /// still in the window is deduplicated whichever handle pushed it.
+    #[test]
+    fn handles_follow_each_others_rewrites_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = shared(SyncPolicy::Never).dedup_window(Duration::from_millis(1));
+        let first = Queue::open(dir.path(), options.clone()).unwrap();
+        let second = Queue::open(dir.path(), options).unwrap();
+        let handles = [&first, &second];
+        let mut expected = 0u64;
+        for round in 0..3000u64 {
+            let id = format!("id-{round}");
+            let pushed = handles[(round % 2) as usize]
+                .push_with(b"x", with_id(&id))
+                .unwrap();
+            assert_eq!(pushed, expected);
+            // At once, from the other handle: within the window however slow the machine
+            // (the window is checked against the push's own time, written with the id... so a
+            // slow machine may let it lapse: then it is pushed again, which this checks too).
+            let again = handles[((round + 1) % 2) as usize]
+                .push_with(b"x", with_id(&id))
+                .unwrap();
+            assert!(
+                again == expected || again == expected + 1,
+                "{round}: {again}"
+            );
+            expected = again + 1;
+        }
+        assert_eq!(first.len(), expected);
+        let log_len = std::fs::metadata(dir.path().join("dedup")).unwrap().len();
+        assert!(
+            log_len < 3000 * 32,
+            "the log was rewritten: {log_len} bytes"
+        );
     }
 }

@@ -171,3 +171,42 @@ fn codec_errors_read_as_sentences_and_chain_their_source() {
     assert!(error.to_string().starts_with("could not decode record 0: "));
     assert!(std::error::Error::source(&error).is_some());
 }
+
+/// Handles of one process stand for processes here (each takes its own locks and slot, as in
+/// `shared.rs`): typed values pushed in one handle come out of the others, each once.
+#[test]
+fn typed_queues_of_several_handles_share_one_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default()
+        .exclusive(false)
+        .sync(SyncPolicy::Never)
+        .segment_size(4096)
+        .lease(Duration::from_secs(3600));
+    let producer: TypedQueue<Job> = TypedQueue::open(dir.path(), options.clone()).unwrap();
+    let first: TypedQueue<Job> = TypedQueue::open(dir.path(), options.clone()).unwrap();
+    let second: TypedQueue<Job> = TypedQueue::open(dir.path(), options).unwrap();
+    for id in 0..40 {
+        assert_eq!(producer.push(&job(id)).unwrap(), id);
+    }
+    // Pops and leases in both consumers, alternating: every value once, in order.
+    let mut seen = Vec::new();
+    let mut held = Vec::new();
+    for turn in 0..40u64 {
+        let consumer = if turn % 2 == 0 { &first } else { &second };
+        if turn % 3 == 0 {
+            let delivery = consumer.try_recv().unwrap().expect("a value");
+            seen.push((delivery.seq(), delivery.value().clone()));
+            held.push(delivery);
+        } else {
+            seen.push(consumer.pop().unwrap().expect("a value"));
+        }
+    }
+    assert_eq!(seen, (0..40).map(|id| (id, job(id))).collect::<Vec<_>>());
+    // Leased values are nobody else's until acknowledged.
+    assert!(first.try_recv().unwrap().is_none());
+    assert_eq!(second.len(), held.len() as u64);
+    for delivery in held {
+        delivery.ack().unwrap();
+    }
+    assert!(producer.is_empty());
+}

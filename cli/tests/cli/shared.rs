@@ -260,7 +260,6 @@ fn commands_that_need_the_queue_alone_exit_4_beside_a_shared_handle() {
         vec!["push", "--max-records", "5", arg(&dir), "x"],
         vec!["push", "--max-age", "1h", arg(&dir), "x"],
         vec!["push", "--segment-size", "8192", arg(&dir), "x"],
-        vec!["push", "--dedup-id", "k", arg(&dir), "x"],
     ] {
         let (code, out, err) = run(&args);
         assert_eq!(code, 4, "spool {args:?}: {out}{err}");
@@ -383,36 +382,51 @@ fn pop_wait_is_woken_by_a_push_of_a_live_producer() {
 }
 
 #[test]
-fn a_queue_that_cannot_be_shared_yet_is_opened_alone_as_before() {
+fn a_deduplicating_queue_is_shared_and_its_ids_count_across_processes() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("q");
-    drop(Queue::open(&dir, options().max_records(100)).unwrap());
-    spool(&["push", arg(&dir), "a", "b", "c"]).assert().code(0);
-    spool(&["pop", arg(&dir)]).assert().code(0).stdout("a\n");
-    spool(&["pop", "--wait", "5", arg(&dir)])
-        .assert()
-        .code(0)
-        .stdout("b\n");
-    spool(&["compact", arg(&dir)]).assert().code(0);
-    spool(&["purge", "--yes", arg(&dir)])
-        .assert()
-        .code(0)
-        .stdout("purged 1 record(s)\n");
-    assert!(
-        !dir.join(CONTROL_FILE_NAME).exists(),
-        "opened alone, never shared"
+    let service = Queue::open(&dir, shared().dedup_window(Duration::from_secs(3600))).unwrap();
+    let with_id = |id: &str| diskspool::Push::new().dedup_id(id);
+    assert_eq!(
+        service
+            .push_with(b"from the service", with_id("a"))
+            .unwrap(),
+        0
     );
-    // While another process has it open, the refusal says why the command needs it alone.
-    let _held = Queue::open(&dir, options()).unwrap();
-    let pid = std::process::id().to_string();
-    for args in [
-        vec!["push", arg(&dir), "x"],
-        vec!["pop", arg(&dir)],
-        vec!["compact", arg(&dir)],
-    ] {
-        let (code, _, err) = run(&args);
-        assert_eq!(code, 4, "spool {args:?}: {err}");
-        assert!(err.contains("settings bound it"), "spool {args:?}: {err}");
-        assert!(err.contains(&pid), "spool {args:?}: {err}");
+    // `spool push --dedup-id` beside it: a retry of the service's id writes nothing, a new id
+    // is pushed, and the service sees it as a push made before.
+    for (id, payload) in [("a", "retried"), ("b", "from spool"), ("b", "retried")] {
+        spool(&["push", "--dedup-id", id, arg(&dir), payload])
+            .assert()
+            .code(0);
     }
+    assert_eq!(service.push_with(b"retried", with_id("b")).unwrap(), 1);
+    assert_eq!(service.len(), 2);
+    spool(&["pop", "-n", "2", arg(&dir)])
+        .assert()
+        .code(0)
+        .stdout("from the service\nfrom spool\n");
+    assert!(
+        dir.join(CONTROL_FILE_NAME).exists(),
+        "opened shared beside the service"
+    );
+}
+
+#[test]
+fn a_bounded_queue_is_shared_and_its_bound_counts_every_process() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    let service = Queue::open(&dir, shared().max_records(3)).unwrap();
+    service.push(b"a").unwrap();
+    spool(&["push", arg(&dir), "b", "c"]).assert().code(0);
+    // Full: the push beside the service is refused at the bound (exit 6), not for the lock.
+    let (code, _, err) = run(&["push", arg(&dir), "d"]);
+    assert_eq!(code, 6, "{err}");
+    assert_eq!(service.pop().unwrap().unwrap().payload(), b"a");
+    spool(&["push", arg(&dir), "d"]).assert().code(0);
+    spool(&["pop", arg(&dir)]).assert().code(0).stdout("b\n");
+    assert!(dir.join(CONTROL_FILE_NAME).exists(), "opened shared");
+    service.push(b"e").unwrap();
+    assert_eq!(service.len(), 3);
+    assert_eq!(run(&["push", arg(&dir), "f"]).0, 6);
 }
