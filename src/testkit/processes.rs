@@ -454,6 +454,14 @@ impl Model {
     /// A consuming operation of up to `max` records was cut by a kill: the records at the front
     /// may be consumed, leased for good, or still there.
     fn consumption_cut(&mut self, max: usize) {
+        // Records a cut push may have left (number unknown) may be at the front too: the cut
+        // operation may have leased them, and a lease of a dead process ends (when it runs out,
+        // or sooner when its death is found): they may then come after later ones.
+        for record in self.records.values_mut() {
+            if record.fate == Fate::Maybe {
+                record.delivered = true;
+            }
+        }
         let front: Vec<u64> = self
             .records
             .values()
