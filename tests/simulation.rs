@@ -27,12 +27,10 @@
 //!   replays one; `DISKSPOOL_SIM_TRACE=1` (with `--nocapture`) prints every step.
 
 use diskspool::testkit::processes::{
-    processes_config_from_seed, processes_ops_from_seed, run_processes, ProcessOp, ProcessesConfig,
-    ProcessesSummary,
+    processes_config_from_seed, processes_ops_from_seed, run_processes, ProcessesSummary,
 };
 use diskspool::testkit::{
-    config_from_seed, ops_from_seed_for, run_ops_quarantining, run_ops_with, Op, RunSummary,
-    SimConfig,
+    config_from_seed, ops_from_seed_for, run_ops_quarantining, run_ops_with, RunSummary, SimConfig,
 };
 
 /// Operations per seed: enough for several segments, crashes and faults per run.
@@ -44,9 +42,13 @@ fn env_u64(name: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
-/// Removes operations while the run still fails (delta debugging: chunks, then single ops).
-fn shrink(config: &SimConfig, mut ops: Vec<Op>) -> (Vec<Op>, String) {
-    let mut failure = run_ops_with(config, &ops).err().unwrap_or_default();
+/// Removes operations while `run` still fails on them (delta debugging: chunks, then single
+/// ops); returns the shortest failing list found and its failure.
+fn shrink<O: Clone, T>(
+    mut ops: Vec<O>,
+    run: impl Fn(&[O]) -> Result<T, String>,
+) -> (Vec<O>, String) {
+    let mut failure = run(&ops).err().unwrap_or_default();
     let mut chunk = ops.len() / 2;
     while chunk >= 1 {
         let mut start = 0;
@@ -55,7 +57,7 @@ fn shrink(config: &SimConfig, mut ops: Vec<Op>) -> (Vec<Op>, String) {
             let end = (start + chunk).min(ops.len());
             let mut candidate = ops.clone();
             candidate.drain(start..end);
-            match run_ops_with(config, &candidate) {
+            match run(&candidate) {
                 Err(error) => {
                     ops = candidate;
                     failure = error;
@@ -78,7 +80,7 @@ fn check_seed(seed: u64) -> (SimConfig, RunSummary) {
     match run_ops_with(&config, &ops) {
         Ok(summary) => (config, summary),
         Err(first) => {
-            let (shortest, failure) = shrink(&config, ops);
+            let (shortest, failure) = shrink(ops, |ops| run_ops_with(&config, ops));
             panic!(
                 "simulation seed {seed} failed: {first}\n\n{config:?}\nshortest failing run ({} \
              operations): {failure}\n{shortest:#?}\n\nreplay: DISKSPOOL_SIM_SEED={seed} cargo \
@@ -259,33 +261,6 @@ fn simulated_writable_mappings_follow_the_storage_contract() {
 /// Operations per seed of the simulation of several processes.
 const PROCESS_OPS_PER_SEED: usize = 150;
 
-/// Removes operations while the run of several processes still fails (as [`shrink`]).
-fn shrink_processes(config: &ProcessesConfig, mut ops: Vec<ProcessOp>) -> (Vec<ProcessOp>, String) {
-    let mut failure = run_processes(config, &ops).err().unwrap_or_default();
-    let mut chunk = ops.len() / 2;
-    while chunk >= 1 {
-        let mut start = 0;
-        let mut removed_any = false;
-        while start < ops.len() {
-            let end = (start + chunk).min(ops.len());
-            let mut candidate = ops.clone();
-            candidate.drain(start..end);
-            match run_processes(config, &candidate) {
-                Err(error) => {
-                    ops = candidate;
-                    failure = error;
-                    removed_any = true;
-                }
-                Ok(_) => start += chunk,
-            }
-        }
-        if !removed_any {
-            chunk /= 2;
-        }
-    }
-    (ops, failure)
-}
-
 /// Runs one seed of the simulation of several processes; a failure is shrunk and reported
 /// with its replay command.
 fn check_processes_seed(seed: u64) -> ProcessesSummary {
@@ -297,7 +272,7 @@ fn check_processes_seed(seed: u64) -> ProcessesSummary {
             let (shortest, failure) = if std::env::var_os("DISKSPOOL_SIM_NO_SHRINK").is_some() {
                 (ops, first.clone())
             } else {
-                shrink_processes(&config, ops)
+                shrink(ops, |ops| run_processes(&config, ops))
             };
             panic!(
                 "simulation of several processes, seed {seed}, failed: {first}\n\n{config:?}\n\

@@ -319,7 +319,7 @@ impl Shared {
 
     /// Ends the leases of other handles that are gone (their process died, or they closed):
     /// the records are available at once rather than when the leases run out. Looks while
-    /// the consumer waits for other handles' leases, at most every `LEASE_OWNER_CHECK` (a
+    /// the consumer waits for other handles' leases, at most every `LEASE_OWNER_CHECK_US` (a
     /// look costs a `flock` probe per owner). A resumed turn adds no lease to wait for: only
     /// another handle's turn writes them.
     fn end_leases_of_gone(&self, coordination: &Coordination, turns: &mut Turns, resumed: bool) {

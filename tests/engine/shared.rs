@@ -872,9 +872,8 @@ mod dedup {
                 .push_with(b"x", with_id(&id))
                 .unwrap();
             assert_eq!(pushed, expected);
-            // At once, from the other handle: within the window however slow the machine
-            // (the window is checked against the push's own time, written with the id... so a
-            // slow machine may let it lapse: then it is pushed again, which this checks too).
+            // At once, from the other handle: deduplicated, unless this machine was slow
+            // enough for the 1 ms window to lapse in between (then pushed again, once).
             let again = handles[((round + 1) % 2) as usize]
                 .push_with(b"x", with_id(&id))
                 .unwrap();
