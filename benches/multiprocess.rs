@@ -63,6 +63,9 @@ fn child(role: &str) {
             for _ in 0..count {
                 queue.push(&PAYLOAD).unwrap();
             }
+            // The group commit's work, for the parent's records-per-sync figure.
+            let stats = queue.stats().unwrap();
+            writeln!(out, "syncs {} {}", stats.commit_syncs, stats.commit_records).unwrap();
         }
         "pop" => {
             let queue = ready_consumer(dir.as_ref(), sync_named(sync), &mut out);
@@ -191,6 +194,26 @@ fn run(children: &mut [Child]) -> Duration {
     start.elapsed()
 }
 
+/// The group-commit syncs the producer children led, and the records those syncs covered
+/// (each child prints `syncs <led> <records>` when done).
+fn group_commits(children: &mut [Child]) -> (u64, u64) {
+    let mut total = (0, 0);
+    for child in children {
+        let Some(stdout) = child.stdout.take() else {
+            continue;
+        };
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let mut words = line.split(' ');
+            if words.next() == Some("syncs") {
+                let mut next = || words.next().and_then(|word| word.parse::<u64>().ok());
+                total.0 += next().unwrap_or(0);
+                total.1 += next().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
 fn rate(count: u64, took: Duration) -> f64 {
     count as f64 / took.as_secs_f64()
 }
@@ -300,6 +323,7 @@ fn main() {
         rows.push(("yaque sender + receiver process".into(), rate(count, took)));
     }
     // Producer processes alone: 1, then 4, each pushing as many as the single one.
+    let mut per_sync = Vec::new();
     for (sync, per) in [("never", count), ("always", always_count)] {
         for producers in [1u64, 4] {
             let dir = fresh(&format!("producers-{sync}-{producers}"));
@@ -311,6 +335,13 @@ fn main() {
                 format!("{producers} producer process(es), {sync}: aggregate push"),
                 rate(per * producers, took),
             ));
+            if sync == "always" {
+                let (syncs, records) = group_commits(&mut children);
+                per_sync.push(format!(
+                    "{producers}: {:.2}",
+                    records as f64 / syncs.max(1) as f64
+                ));
+            }
         }
     }
     // Wake-up latency: a consumer process blocked in pop_timeout, a push every 2 ms here.
@@ -359,6 +390,10 @@ fn main() {
         find("1 producer + 1") / find("yaque"),
         find("4 producer process(es), never") / find("1 producer process(es), never"),
         find("4 producer process(es), always") / find("1 producer process(es), always"),
+    );
+    println!(
+        "records per group-commit sync under Always, by producer processes: {}",
+        per_sync.join(", ")
     );
     println!("wake-up latency, push in one process to pop_timeout in another: median {median} µs, p99 {p99} µs");
 }

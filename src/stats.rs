@@ -109,7 +109,8 @@ pub struct Totals {
     /// Pushes recognised as duplicates, which wrote nothing.
     pub deduplicated: u64,
     /// Syncs of the push group commit (under [`SyncPolicy::Always`](crate::SyncPolicy::Always);
-    /// zero under the other policies, whose pushes never wait for a sync).
+    /// zero under the other policies, whose pushes never wait for a sync). In a queue shared by
+    /// several processes: the syncs this handle led, each for the producers of every process.
     pub commit_syncs: u64,
     /// Records those syncs made durable: divided by `commit_syncs`, the records per sync.
     pub commit_records: u64,

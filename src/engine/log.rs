@@ -685,6 +685,8 @@ impl Log {
                 );
                 let covered = match synced {
                     Ok(covered) => {
+                        self.push_sync
+                            .count_shared_sync(covered.next_seq.saturating_sub(durable.next_seq));
                         self.push_sync.mark_durable(covered.next_seq);
                         covered
                     }

@@ -191,6 +191,14 @@ impl SyncGroup {
         self.durable_seen.load(Ordering::Acquire)
     }
 
+    /// Counts a group-commit sync this handle led for producers of several processes (a shared
+    /// queue under `Always`), which made `records` more records durable.
+    pub(crate) fn count_shared_sync(&self, records: u64) {
+        let mut state = lock(&self.state);
+        state.syncs += 1;
+        state.synced_tickets += records;
+    }
+
     /// Records that a sync outside the group (a roll, the interval flusher) covered `ticket`.
     pub(crate) fn mark_durable(&self, ticket: u64) {
         let mut state = lock(&self.state);

@@ -44,6 +44,45 @@ fn producers_in_several_handles_and_one_consumer_see_one_fifo() {
     }
 }
 
+/// Under `Always` the sync leader of one handle syncs for the producers of every handle; each
+/// handle counts the syncs it led and the records they made durable, so that over all handles
+/// every record is counted once.
+#[test]
+fn group_commit_syncs_are_counted_by_the_handle_that_led_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default().exclusive(false).sync(SyncPolicy::Always);
+    let handles = [
+        Queue::open(dir.path(), options.clone()).unwrap(),
+        Queue::open(dir.path(), options).unwrap(),
+    ];
+    for _ in 0..5 {
+        handles[0].push(b"alone").unwrap();
+    }
+    let alone = handles[0].stats().unwrap().totals.unwrap();
+    // One producer: a sync per push, each covering that push.
+    assert_eq!((alone.commit_syncs, alone.commit_records), (5, 5));
+    std::thread::scope(|scope| {
+        for handle in &handles {
+            for _ in 0..2 {
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        handle.push(b"together").unwrap();
+                    }
+                });
+            }
+        }
+    });
+    let (syncs, records) = handles.iter().fold((0, 0), |(syncs, records), handle| {
+        let stats = handle.stats().unwrap().totals.unwrap();
+        (syncs + stats.commit_syncs, records + stats.commit_records)
+    });
+    assert_eq!(
+        records, 205,
+        "every record made durable by exactly one counted sync"
+    );
+    assert!((1..=205).contains(&syncs), "{syncs} syncs");
+}
+
 #[test]
 fn the_consumer_role_moves_to_the_next_handle_with_the_head() {
     let dir = tempfile::tempdir().unwrap();
