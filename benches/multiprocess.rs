@@ -64,8 +64,8 @@ fn child(role: &str) {
                 queue.push(&PAYLOAD).unwrap();
             }
             // The group commit's work, for the parent's records-per-sync figure.
-            let stats = queue.stats().unwrap();
-            writeln!(out, "syncs {} {}", stats.commit_syncs, stats.commit_records).unwrap();
+            let totals = queue.stats().unwrap().totals.unwrap_or_default();
+            writeln!(out, "syncs {} {}", totals.commit_syncs, totals.commit_records).unwrap();
         }
         "pop" => {
             let queue = ready_consumer(dir.as_ref(), sync_named(sync), &mut out);
