@@ -4,7 +4,8 @@
 //! 200,000). Every figure is measured in the same run as what it is compared with: one producer
 //! process and one consumer process against one process that pushes and pops the same records,
 //! and against yaque's sender and receiver in two processes; four producer processes against
-//! one, under `Never` and `Always`; one producer and two consumer processes taking turns
+//! one, under `Never` and `Always` (and the raw disk: 4 processes against one, each writing and
+//! syncing every record itself); one producer and two consumer processes taking turns
 //! against the pair, and two handles that consume in turn record by record; the wake-up latency from a push in one process to a
 //! `pop_timeout` blocked in another. The child processes are this binary, run again with
 //! `DISKSPOOL_MP_ROLE` set.
@@ -65,7 +66,31 @@ fn child(role: &str) {
             }
             // The group commit's work, for the parent's records-per-sync figure.
             let totals = queue.stats().unwrap().totals.unwrap_or_default();
-            writeln!(out, "syncs {} {}", totals.commit_syncs, totals.commit_records).unwrap();
+            writeln!(
+                out,
+                "syncs {} {}",
+                totals.commit_syncs, totals.commit_records
+            )
+            .unwrap();
+        }
+        // The raw disk under `Always`'s promise: each record written with `pwrite` at its own
+        // place of one shared file and synced with `fdatasync` by its own process, which lets
+        // the kernel merge the syncs of several processes.
+        "rawsync" => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(Path::new(dir).join("raw"))
+                .unwrap();
+            let slot = std::process::id() as u64 % 64;
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            std::io::stdin().read_line(&mut go).unwrap();
+            for record in 0..count {
+                let at = (slot * count + record) * PAYLOAD.len() as u64;
+                std::os::unix::fs::FileExt::write_all_at(&file, &PAYLOAD, at).unwrap();
+                file.sync_data().unwrap();
+            }
         }
         "pop" => {
             let queue = ready_consumer(dir.as_ref(), sync_named(sync), &mut out);
@@ -344,6 +369,22 @@ fn main() {
             }
         }
     }
+    // The raw disk: 1, then 4 processes writing and syncing each record themselves.
+    for processes in [1u64, 4] {
+        let dir = fresh(&format!("raw-{processes}"));
+        let file = std::fs::File::create(dir.join("raw")).unwrap();
+        file.set_len(64 * always_count * PAYLOAD.len() as u64)
+            .unwrap();
+        file.sync_all().unwrap();
+        let mut children: Vec<Child> = (0..processes)
+            .map(|_| spawn("rawsync", &dir, always_count, "always"))
+            .collect();
+        let took = run(&mut children);
+        rows.push((
+            format!("raw disk, {processes} process(es): pwrite + fdatasync per record"),
+            rate(always_count * processes, took),
+        ));
+    }
     // Wake-up latency: a consumer process blocked in pop_timeout, a push every 2 ms here.
     let (median, p99) = {
         let dir = fresh("latency");
@@ -390,6 +431,13 @@ fn main() {
         find("1 producer + 1") / find("yaque"),
         find("4 producer process(es), never") / find("1 producer process(es), never"),
         find("4 producer process(es), always") / find("1 producer process(es), always"),
+    );
+    println!(
+        "raw disk, 4 / 1 processes syncing each record: {:.2}; 1 producer Always / raw disk 1: \
+         {:.2}; 4 producers Always / raw disk 4: {:.2}",
+        find("raw disk, 4") / find("raw disk, 1"),
+        find("1 producer process(es), always") / find("raw disk, 1"),
+        find("4 producer process(es), always") / find("raw disk, 4"),
     );
     println!(
         "records per group-commit sync under Always, by producer processes: {}",
