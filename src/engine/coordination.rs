@@ -828,6 +828,15 @@ impl Coordination {
         wait_for_arrival_in(&self.control, seen, timeout);
     }
 
+    /// Sleeps until a process publishes after `seen` was read, or `timeout`, without looking
+    /// first: for producers under `Always` waiting for a sync led by another handle. A sync
+    /// takes a hundred microseconds or more, and looking meanwhile takes the CPU that the
+    /// producers the leader gathers need (four producer processes on two cores: 11 % more
+    /// records a second without the look).
+    pub(crate) fn sleep_for_arrival(&self, seen: u32, timeout: std::time::Duration) {
+        wait_for_arrival_in(&self.control, seen, timeout);
+    }
+
     /// The usage of a bounded queue, for its [`Limits`](crate::engine::limits::Limits).
     pub(crate) fn shared_usage(&self) -> SharedUsage {
         SharedUsage {

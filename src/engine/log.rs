@@ -700,7 +700,7 @@ impl Log {
                 coordination.publish(covered);
                 continue;
             }
-            coordination.wait_for_arrival(seen, SYNC_WAIT);
+            coordination.sleep_for_arrival(seen, SYNC_WAIT);
         }
     }
 
