@@ -95,8 +95,8 @@ pub struct VerifyArgs {
 Example:
   spool compact /var/spool/jobs
 
-Works beside a service that holds the queue shared unless another process consumes it (exit 4,
-naming it); exit 4 while a process keeps the queue to itself.")]
+Works beside a service that holds the queue shared, its consumers included (they take turns);
+exit 4 while a process keeps the queue to itself.")]
 pub struct CompactArgs {
     /// The queue directory.
     pub(crate) dir: PathBuf,

@@ -48,8 +48,8 @@ Exit codes:
 ///
 /// A queue is a directory. Read-only commands (stat, inspect, dump, peek, verify) take no lock
 /// and work while another process uses the queue. push, pop, purge and compact work beside a
-/// service that holds the queue shared (pop, purge and compact while no other process consumes
-/// it); repair, config with flags and quarantine --restore need the queue alone.
+/// service that holds the queue shared, its consumers included (they take turns); repair, config
+/// with flags and quarantine --restore need the queue alone.
 #[derive(Debug, Parser)]
 #[command(name = "spool", version, about, after_help = EXIT_CODES_HELP)]
 struct Cli {

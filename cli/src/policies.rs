@@ -279,8 +279,8 @@ Examples:
 Removes every record not yet consumed, those handed out to workers included, and frees their
 segments. All or nothing: after a crash the queue holds every record or none. Prints how many
 records were removed. Without --yes and without a terminal to ask on, it refuses (exit 2).
-Works beside a service that holds the queue shared unless another process consumes it (exit 4,
-naming it, before it asks).")]
+Works beside a service that holds the queue shared, its consumers included (they take turns);
+records pushed after the purge stay. Exit 4 while a process keeps the queue to itself.")]
 pub struct PurgeArgs {
     /// The queue directory.
     pub(crate) dir: PathBuf,
