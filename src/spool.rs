@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::format::fanout::{decode_entry, encode_header, encode_intent, Entry, Intent, KIND_DONE};
 use crate::format::frame::BodyPrefix;
 use crate::format::layout::{validate_queue_name, FANOUT_LOCK_FILE_NAME, FANOUT_LOG_FILE_NAME};
-use crate::options::{Options, Push, SyncPolicy};
+use crate::options::{Options, SyncPolicy};
 use crate::storage::{DirLock, Storage, StorageFile};
 
 /// Once all intents are done, a log longer than this is truncated.
@@ -257,8 +257,8 @@ impl Spool {
         let (mut log, intents) = FanoutLog::open(&*self.options.storage, &self.dir)?;
         self.roll_forward_shared(&mut log, &intents)?;
         // A target that cannot take the copy refuses the whole fanout before its intent, as in
-        // one process (another process may still fill a bounded queue meanwhile: the copy is
-        // then pushed when the intent is rolled forward).
+        // one process. Once the intent is recorded the fanout is accepted: its copies are
+        // written whatever the bound (another process may fill a bounded queue meanwhile).
         for queue in queues {
             let batch_len = queue.shared().check_batch(&payloads, BodyPrefix::NONE)?;
             queue.shared().check_bound(1, batch_len)?;
@@ -273,7 +273,7 @@ impl Spool {
         log.append_intent(&intent, self.options.sync == SyncPolicy::Always)?;
         let mut seqs_by_name = BTreeMap::new();
         for (queue, name) in queues.iter().zip(sorted) {
-            let seq = queue.push_with(payload, copy_push(intent.id))?;
+            let seq = push_copy(queue, payload, intent.id)?;
             crate::engine::failpoint::reached("spool.copy");
             seqs_by_name.insert(*name, seq);
         }
@@ -288,8 +288,7 @@ impl Spool {
     fn roll_forward_shared(&self, log: &mut FanoutLog, intents: &[Intent]) -> Result<()> {
         for intent in intents {
             for (name, _) in &intent.targets {
-                self.queue(name)?
-                    .push_with(&intent.payload, copy_push(intent.id))?;
+                push_copy(&*self.queue(name)?, &intent.payload, intent.id)?;
             }
             log.append_done(intent.id)?;
         }
@@ -347,10 +346,15 @@ fn finish_fanout(
         .collect())
 }
 
-/// The push of a fanout's copy in a spool of shared queues: its deduplication id names the
-/// fanout.
-fn copy_push(fanout_id: u64) -> Push {
-    Push::new().dedup_id(format!("fanout/{fanout_id}"))
+/// Pushes a fanout's copy into a shared queue: its deduplication id names the fanout (a copy
+/// that made it is found, not pushed again), and the queue's bound is waived (the fanout was
+/// accepted before its intent was recorded, as in one process: a copy refused at the bound
+/// would fail every later fanout's roll-forward until the queue drained).
+fn push_copy(queue: &Queue, payload: &[u8], fanout_id: u64) -> Result<u64> {
+    let id = format!("fanout/{fanout_id}");
+    queue
+        .shared()
+        .push_dedup(payload, BodyPrefix::NONE, id.as_bytes(), Bound::Waived)
 }
 
 /// Takes `fanout.lock` in `dir` (a `flock`, released when the returned file is dropped, or when

@@ -31,7 +31,8 @@ use crate::storage::{Storage, StorageFile};
 pub(crate) enum Bound {
     /// A push: refused with `Error::Full` when it does not fit.
     Enforced,
-    /// The copy of an accepted fanout rolled forward at open: written and counted regardless.
+    /// The copy of an accepted fanout (its intent recorded after the bound was checked), also
+    /// rolled forward: written and counted regardless.
     Waived,
 }
 
@@ -208,7 +209,8 @@ impl Log {
         prefix: BodyPrefix,
     ) -> Result<Range<u64>> {
         if let Some(coordination) = &env.coordination {
-            let pushed = self.push_shared(env, coordination, payloads, prefix, None);
+            let pushed =
+                self.push_shared(env, coordination, payloads, prefix, None, Bound::Enforced);
             if let Err(Error::Full { .. }) = pushed {
                 self.publish_committed(env, coordination)?;
             }
@@ -245,9 +247,10 @@ impl Log {
         payload: &[u8],
         prefix: BodyPrefix,
         step: &mut DedupStep<'_>,
+        bound: Bound,
     ) -> Result<u64> {
         let payloads = std::slice::from_ref(&payload);
-        let pushed = self.push_shared(env, coordination, payloads, prefix, Some(step));
+        let pushed = self.push_shared(env, coordination, payloads, prefix, Some(step), bound);
         if let Err(Error::Full { .. }) = pushed {
             self.publish_committed(env, coordination)?;
         }
@@ -499,6 +502,7 @@ impl Log {
         payloads: &[&[u8]],
         prefix: BodyPrefix,
         mut dedup: Option<&mut DedupStep<'_>>,
+        bound: Bound,
     ) -> Result<Range<u64>> {
         let batch_len = self.check_batch(env, payloads, prefix)?;
         if coordination.is_poisoned() {
@@ -538,7 +542,7 @@ impl Log {
                     return Ok(seq..seq + 1);
                 }
             }
-            if let Some(limits) = &env.limits {
+            if let (Some(limits), Bound::Enforced) = (&env.limits, bound) {
                 // A refused push leaves nothing to repair.
                 limits.check(payloads.len() as u64, batch_len)?;
             }
@@ -550,14 +554,8 @@ impl Log {
                 self.dedup_remember(env, coordination, &writer, step)?;
             }
             let base_before = writer.active.base_seq;
-            let written = self.write_locked(
-                env,
-                &mut writer,
-                payloads,
-                prefix,
-                batch_len,
-                Bound::Enforced,
-            )?;
+            let written =
+                self.write_locked(env, &mut writer, payloads, prefix, batch_len, bound)?;
             failpoint::reached("shared.written");
             let committed = CommittedTail {
                 base: writer.active.base_seq,

@@ -14,7 +14,7 @@ use crate::engine::dedup::Dedup;
 use crate::engine::delivery::{try_recv_batch, Delivery};
 use crate::engine::env::Env;
 use crate::engine::flusher::Flusher;
-use crate::engine::log::{open_committed_active, segment_bases, Log};
+use crate::engine::log::{open_committed_active, segment_bases, Bound, Log};
 use crate::engine::pool;
 use crate::engine::reader::Reader;
 use crate::engine::record::Record;
@@ -372,7 +372,7 @@ impl Queue {
     pub fn push_with(&self, payload: &[u8], push: crate::Push) -> Result<u64> {
         let prefix = push.body_prefix(now_micros)?;
         match (&push.dedup_id, prefix.is_empty()) {
-            (Some(id), _) => self.shared.push_dedup(payload, prefix, id),
+            (Some(id), _) => self.shared.push_dedup(payload, prefix, id, Bound::Enforced),
             (None, true) => self.push(payload),
             (None, false) => self
                 .shared

@@ -486,7 +486,13 @@ impl Shared {
     /// (a shared queue's: the tail lock, see `Log::push_shared`), so that after any crash the
     /// record never exists without its id (a retry then finds it); an entry whose record a
     /// crash took is dropped at the next open (a shared queue's: by the next writer).
-    pub(crate) fn push_dedup(&self, payload: &[u8], prefix: BodyPrefix, id: &[u8]) -> Result<u64> {
+    pub(crate) fn push_dedup(
+        &self,
+        payload: &[u8],
+        prefix: BodyPrefix,
+        id: &[u8],
+        bound: Bound,
+    ) -> Result<u64> {
         let env = &self.env;
         if id.is_empty() || id.len() > crate::options::DEDUP_ID_LEN_MAX {
             return Err(Error::InvalidOptions(format!(
@@ -513,9 +519,14 @@ impl Shared {
                         now_us,
                         found: None,
                     };
-                    let pushed =
-                        self.log
-                            .push_dedup_shared(env, coordination, payload, prefix, &mut step);
+                    let pushed = self.log.push_dedup_shared(
+                        env,
+                        coordination,
+                        payload,
+                        prefix,
+                        &mut step,
+                        bound,
+                    );
                     let found = step.found;
                     match pushed {
                         Ok(seq) => {
@@ -540,7 +551,11 @@ impl Shared {
                         return Ok(seq);
                     }
                     let mut writer = self.log.lock_writer();
-                    self.check_bound(1, batch_len).and_then(|()| {
+                    let fits = match bound {
+                        Bound::Enforced => self.check_bound(1, batch_len),
+                        Bound::Waived => Ok(()),
+                    };
+                    fits.and_then(|()| {
                         crate::engine::log::check_room(&writer, 1)?;
                         let seq = writer.next_seq;
                         dedup
@@ -550,14 +565,7 @@ impl Shared {
                             dedup.sync().map_err(|error| env.poison(error))?;
                         }
                         self.log
-                            .write_locked(
-                                env,
-                                &mut writer,
-                                payloads,
-                                prefix,
-                                batch_len,
-                                Bound::Enforced,
-                            )
+                            .write_locked(env, &mut writer, payloads, prefix, batch_len, bound)
                             .map_err(|error| {
                                 // The entry names a number the next push would take: refuse
                                 // changes until a reopen drops it (its record is not there).

@@ -1872,6 +1872,47 @@ fn spool_payloads(spool: &diskspool::Spool, name: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The copies of an accepted fanout are written whatever the bound, as in one process: a
+/// fanout cut short by a kill whose missing copy's queue another process filled meanwhile is
+/// finished past that queue's bound, and the fanouts after it go on. (Before, the roll-forward
+/// pushed the copy under the bound: every later fanout of the spool failed with `Full`, whatever
+/// queues it named, until that queue drained.)
+#[test]
+fn a_fanout_cut_short_is_finished_past_a_bound_another_process_reached_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let bounded = options("never")
+        .max_records(2)
+        .overflow(diskspool::Overflow::Reject);
+    let spool = diskspool::Spool::open(dir.path(), bounded).unwrap();
+    for name in ["a", "b", "c"] {
+        spool.queue(name).unwrap();
+    }
+    // Dies after its copy to `a`, before those to `b` and `c`.
+    let mut child = spawn("fanout", dir.path(), "never", Some("spool.copy:1"));
+    assert!(aborted(child.wait().unwrap()), "died at its crash point");
+    let b = spool.queue("b").unwrap();
+    b.push(b"mine").unwrap();
+    b.push(b"mine too").unwrap();
+    assert!(
+        matches!(b.push(b"one more"), Err(Error::Full { .. })),
+        "b is full"
+    );
+    spool.fanout(b"after", &["c"]).unwrap();
+    assert_eq!(
+        spool_payloads(&spool, "b"),
+        [
+            b"mine".to_vec(),
+            b"mine too".to_vec(),
+            b"from the child".to_vec()
+        ]
+    );
+    assert_eq!(
+        spool_payloads(&spool, "c"),
+        [b"from the child".to_vec(), b"after".to_vec()]
+    );
+    assert_eq!(spool_payloads(&spool, "a"), [b"from the child".to_vec()]);
+}
+
 /// A process killed in the middle of a fanout to a spool of shared queues, after its intent
 /// and some of its copies: the next fanout of another process, or the next open of the
 /// spool, pushes the copies that did not make it, once each (the copies carry a
