@@ -996,7 +996,7 @@ impl Shared {
                 path.display()
             )));
         }
-        let mut options = env.options.clone();
+        let mut options = env.options.clone().fitted_to_envelopes();
         options.metrics_name = Some(format!("{}-dead-letters", options.name_for(&env.dir)));
         options.max_deliveries = None;
         options.dead_letter_dir = None;
