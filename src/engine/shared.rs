@@ -34,6 +34,7 @@ use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::format::frame::BodyPrefix;
+use crate::format::layout::{classify_entry, EntryKind};
 use crate::options::{Options, Overflow, SyncPolicy};
 use crate::stats::DiscardReason;
 use crate::storage::queue_dir::is_queue;
@@ -984,9 +985,14 @@ impl Shared {
         }
         let env = &self.env;
         let path = env.options.dead_letter_path(&env.dir);
-        // Only a queue, an empty folder or a new one: never someone's files.
+        // Only a queue, an empty folder or a new one (or one whose creation a kill cut: the
+        // lock files and settings of an open, nothing else): never someone's files.
         let usable = match env.storage.list_dir(&path) {
-            Ok(names) => names.is_empty() || is_queue(&*env.storage, &path)?,
+            Ok(names) => {
+                names.iter().all(|name| {
+                    matches!(classify_entry(name), EntryKind::Lock | EntryKind::Settings)
+                }) || is_queue(&*env.storage, &path)?
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
             Err(error) => return Err(Error::io("list dead-letter directory", &path, error)),
         };
