@@ -295,6 +295,7 @@ fn run_processes_seeds(first: u64, count: u64) -> ProcessesSummary {
         total.kills += summary.kills;
         total.kills_during += summary.kills_during;
         total.power_losses += summary.power_losses;
+        total.dead_lettered += summary.dead_lettered;
     }
     eprintln!(
         "simulation of several processes: seeds {first}..{} passed in {:.1} s ({total:?})",
@@ -654,7 +655,7 @@ fn a_repair_makes_the_removal_of_an_unborn_segment_durable_even_after_a_repairer
 #[test]
 fn a_full_read_that_moved_the_durable_head_slot_tells_the_other_handles() {
     let seed = 105_377;
-    let config = processes_config_from_seed(seed);
+    let config = processes_config_from_seed(seed).narrow();
     let ops = processes_ops_from_seed(seed, PROCESS_OPS_PER_SEED, &config);
     if let Err(failure) = run_processes(&config, &ops) {
         panic!("seed {seed}: {failure}");

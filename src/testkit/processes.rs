@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use super::Policy;
 use crate::storage::sim::{SimRng, SimStorage};
-use crate::{Error, Options, Queue};
+use crate::{Delivery, Error, Options, Queue};
 
 /// The segment size of these runs: small, so that rolls and compactions are frequent.
 const SEGMENT_SIZE: u64 = 4096;
@@ -46,6 +46,23 @@ pub struct ProcessesConfig {
     /// Whether the simulated filesystem offers writable mappings (the real filesystem's write
     /// path: frames and head slots stored through mappings under `Never` and `Interval`).
     pub writable_mappings: bool,
+    /// Whether the workload also draws the operations added after the first version (peeks,
+    /// ...); off, a seed draws the workload it always drew (the fixed seeds replay it).
+    pub wide: bool,
+    /// `Options::max_deliveries` of every handle (wide runs only): a record released that
+    /// many times moves to the dead-letter queue.
+    pub max_deliveries: Option<u32>,
+}
+
+impl ProcessesConfig {
+    /// This setup with the workload of the first version only (see [`wide`](Self::wide)).
+    pub fn narrow(self) -> Self {
+        ProcessesConfig {
+            wide: false,
+            max_deliveries: None,
+            ..self
+        }
+    }
 }
 
 /// One step of the workload. `handle` is taken modulo the number of handles.
@@ -89,6 +106,29 @@ pub enum ProcessOp {
         handle: u8,
         /// Most records to receive.
         count: u8,
+    },
+    /// Receive up to `count` records and keep them (the handle holds their leases until a
+    /// `Settle`, its death or its close).
+    RecvHold {
+        /// The receiving handle.
+        handle: u8,
+        /// Most records to receive.
+        count: u8,
+    },
+    /// Settle every record the handle holds, as `how` says.
+    Settle {
+        /// The holding handle.
+        handle: u8,
+        /// Acknowledge, release, release for later, or extend.
+        how: Settle,
+    },
+    /// Peek, and (`then_pop`) pop right after from the same handle: the pop must return
+    /// what the peek showed, when no lease may end in between.
+    Peek {
+        /// The peeking handle.
+        handle: u8,
+        /// Pop right after.
+        then_pop: bool,
     },
     /// Run the compactor.
     Compact {
@@ -134,6 +174,19 @@ pub enum ProcessOp {
         /// Seed of the crash's choices.
         seed: u64,
     },
+}
+
+/// How `ProcessOp::Settle` settles the records a handle holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// `Delivery::ack`.
+    Ack,
+    /// `Delivery::nack`: available again at once.
+    Nack,
+    /// `Delivery::retry_after` an hour: not delivered again during the run.
+    RetryLater,
+    /// `Delivery::extend` by two hours: still held, by this handle only.
+    Extend,
 }
 
 /// The engine's crash points in shared queues (`engine::failpoint`).
@@ -183,6 +236,9 @@ impl ProcessOp {
             | ProcessOp::Pop { handle, .. }
             | ProcessOp::RecvAck { handle, .. }
             | ProcessOp::RecvNack { handle, .. }
+            | ProcessOp::Peek { handle, .. }
+            | ProcessOp::RecvHold { handle, .. }
+            | ProcessOp::Settle { handle, .. }
             | ProcessOp::Compact { handle }
             | ProcessOp::Sync { handle }
             | ProcessOp::Reopen { handle }
@@ -200,6 +256,8 @@ pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
         handles: 2 + rng.below(2) as u8,
         policy: Policy::from_byte(rng.below(3) as u8),
         writable_mappings: rng.chance(3, 4),
+        wide: true,
+        max_deliveries: rng.chance(1, 3).then(|| 1 + rng.below(2) as u32),
     }
 }
 
@@ -210,10 +268,24 @@ pub fn processes_ops_from_seed(
     config: &ProcessesConfig,
 ) -> Vec<ProcessOp> {
     let mut rng = SimRng::new(seed);
+    // The operations added later come from a stream of their own, drawn only in wide runs, so
+    // that a narrow run draws what the first version drew.
+    let mut extra = config.wide.then(|| SimRng::new(seed ^ 0xE57A_0F5E_ED00));
     let handles = u64::from(config.handles);
     (0..count)
         .map(|_| {
             let handle = rng.below(handles) as u8;
+            let draw_work =
+                |rng: &mut SimRng, extra: &mut Option<SimRng>, handle| match extra.as_mut() {
+                    Some(extra) => {
+                        if extra.chance(1, 3) {
+                            wide_op(extra, handle, config)
+                        } else {
+                            work_op(rng, handle)
+                        }
+                    }
+                    None => work_op(rng, handle),
+                };
             match rng.below(100) {
                 0..=2 => ProcessOp::PowerLoss {
                     seed: rng.next_u64(),
@@ -222,7 +294,7 @@ pub fn processes_ops_from_seed(
                 8..=10 => ProcessOp::Reopen { handle },
                 27..=33 => ProcessOp::KillAtPoint {
                     point: CrashPoint::ALL[rng.below(CrashPoint::ALL.len() as u64) as usize],
-                    op: Box::new(work_op(&mut rng, handle)),
+                    op: Box::new(draw_work(&mut rng, &mut extra, handle)),
                 },
                 11..=26 => ProcessOp::KillDuring {
                     // Most operations make a few calls: most kill points are early.
@@ -231,9 +303,9 @@ pub fn processes_ops_from_seed(
                         5..=7 => rng.below(12),
                         _ => rng.below(40),
                     } as u16,
-                    op: Box::new(work_op(&mut rng, handle)),
+                    op: Box::new(draw_work(&mut rng, &mut extra, handle)),
                 },
-                _ => work_op(&mut rng, handle),
+                _ => draw_work(&mut rng, &mut extra, handle),
             }
         })
         .collect()
@@ -267,6 +339,29 @@ fn work_op(rng: &mut SimRng, handle: u8) -> ProcessOp {
     }
 }
 
+/// An operation added after the first version (drawn from its own stream).
+fn wide_op(rng: &mut SimRng, handle: u8, _config: &ProcessesConfig) -> ProcessOp {
+    match rng.below(100) {
+        0..=29 => ProcessOp::Peek {
+            handle,
+            then_pop: rng.chance(1, 2),
+        },
+        30..=49 => ProcessOp::RecvHold {
+            handle,
+            count: 1 + rng.below(3) as u8,
+        },
+        _ => ProcessOp::Settle {
+            handle,
+            how: match rng.below(4) {
+                0 => Settle::Ack,
+                1 => Settle::Nack,
+                2 => Settle::RetryLater,
+                _ => Settle::Extend,
+            },
+        },
+    }
+}
+
 /// What a run exercised.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProcessesSummary {
@@ -280,6 +375,8 @@ pub struct ProcessesSummary {
     pub kills_during: u64,
     /// Power losses.
     pub power_losses: u64,
+    /// Records moved to the dead-letter queue by a release that returned.
+    pub dead_lettered: u64,
 }
 
 /// Where the model stands on one record (by the id in its first 8 bytes).
@@ -292,6 +389,12 @@ enum Fate {
     Maybe,
     /// Consumed (a pop or an acknowledgement returned): it must never come again.
     Consumed,
+    /// Released for an hour (`retry_after` returned): it must not come again during the run
+    /// (but after a power loss the policy allows to undo the release).
+    Parked,
+    /// Moved to the dead-letter queue (a release that used up `max_deliveries` returned): it
+    /// must never come again here, and be in the dead-letter queue once.
+    Dead,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -309,6 +412,17 @@ struct Record {
     /// Delivered before (or possibly, by an operation a kill cut): exempt from the order of
     /// first deliveries.
     delivered: bool,
+    /// The live process that holds its lease (received by `RecvHold`, not settled): no other
+    /// receive, pop or peek may hand it out.
+    holder: Option<u32>,
+    /// The highest delivery count a receive returned for it (counts only grow).
+    deliveries: u32,
+    /// A dead process held its lease: it is available again once a consumer finds it dead.
+    lease_may_end: bool,
+    /// It may have moved to the dead-letter queue (or once more) where the model cannot tell:
+    /// a move cut by a kill, or a record with its deliveries used up whose lease ended (the
+    /// next consumer to reach it moves it).
+    dead_loose: bool,
 }
 
 /// The model of the contract across processes.
@@ -320,6 +434,11 @@ struct Model {
     next_id: u64,
     /// The sequence number of the last record delivered for the first time.
     last_first: Option<u64>,
+    /// A lease of a dead process may end at any moment (a consumer looks whether its holder
+    /// lives at most every 10 ms): a pop right after a peek may then take that record.
+    leases_may_end: bool,
+    /// `Options::max_deliveries`.
+    max_deliveries: Option<u32>,
     summary: ProcessesSummary,
 }
 
@@ -367,6 +486,10 @@ impl Model {
                     push_unsynced: true,
                     consume_unsynced: false,
                     delivered: false,
+                    holder: None,
+                    deliveries: 0,
+                    lease_may_end: false,
+                    dead_loose: false,
                 },
             );
         }
@@ -405,23 +528,8 @@ impl Model {
         consumed: bool,
         synced: bool,
     ) -> Result<(), String> {
-        let id = bytes
-            .get(..8)
-            .map(|head| u64::from_le_bytes(head.try_into().unwrap_or_default()))
-            .ok_or_else(|| format!("record {seq} is shorter than its id"))?;
-        if bytes[8..].iter().any(|&byte| byte != (id as u8) ^ 0xA5) {
-            return Err(format!(
-                "record {id} (seq {seq}) has other bytes than were pushed"
-            ));
-        }
-        self.learn_seq(id, seq)?;
+        let id = self.identify(seq, bytes)?;
         let record = self.records.get_mut(&id).ok_or("unknown record")?;
-        if record.fate == Fate::Consumed {
-            return Err(format!(
-                "record {id} (seq {seq}) delivered again after a pop or an acknowledgement of \
-                 it returned"
-            ));
-        }
         if !record.delivered {
             if let Some(last) = self.last_first {
                 if seq <= last {
@@ -451,26 +559,221 @@ impl Model {
         Ok(())
     }
 
+    /// The id of the record `seq` handed out with `bytes`, checked: pushed with these bytes,
+    /// this sequence number its only one, and still in the queue as far as the model knows.
+    fn identify(&mut self, seq: u64, bytes: &[u8]) -> Result<u64, String> {
+        let id = bytes
+            .get(..8)
+            .map(|head| u64::from_le_bytes(head.try_into().unwrap_or_default()))
+            .ok_or_else(|| format!("record {seq} is shorter than its id"))?;
+        if bytes[8..].iter().any(|&byte| byte != (id as u8) ^ 0xA5) {
+            return Err(format!(
+                "record {id} (seq {seq}) has other bytes than were pushed"
+            ));
+        }
+        self.learn_seq(id, seq)?;
+        let record = self.records.get(&id).ok_or("unknown record")?;
+        if record.fate == Fate::Consumed {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered again after a pop or an acknowledgement of \
+                 it returned"
+            ));
+        }
+        if record.fate == Fate::Dead {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered again after it was moved to the dead-letter \
+                 queue"
+            ));
+        }
+        if record.fate == Fate::Parked {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered again within the hour of its retry_after"
+            ));
+        }
+        if let Some(holder) = record.holder {
+            return Err(format!(
+                "record {id} (seq {seq}) handed out while process {holder} holds its lease"
+            ));
+        }
+        Ok(id)
+    }
+
+    /// A receive that returned record `seq` with delivery count `deliveries`, kept under the
+    /// lease of process `holder` if any (else settled in the same operation).
+    fn received(
+        &mut self,
+        seq: u64,
+        bytes: &[u8],
+        deliveries: u32,
+        holder: Option<u32>,
+        synced: bool,
+    ) -> Result<u64, String> {
+        self.delivered(seq, bytes, false, synced)?;
+        let id = self.identify(seq, bytes)?;
+        let record = self.records.get_mut(&id).ok_or("unknown record")?;
+        if self.max_deliveries.is_some_and(|max| deliveries > max) {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered with count {deliveries}, past max_deliveries"
+            ));
+        }
+        if deliveries <= record.deliveries {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered with count {deliveries}, after count {}",
+                record.deliveries
+            ));
+        }
+        record.deliveries = deliveries;
+        record.holder = holder;
+        record.lease_may_end = false;
+        Ok(id)
+    }
+
+    /// An acknowledgement of `id` returned.
+    fn acked(&mut self, id: u64, synced: bool) -> Result<(), String> {
+        let record = self.records.get_mut(&id).ok_or("unknown record")?;
+        record.holder = None;
+        record.fate = Fate::Consumed;
+        record.consume_unsynced = !synced;
+        self.summary.consumed += 1;
+        Ok(())
+    }
+
+    /// A release of `id` (delivered `deliveries` times) returned (for an hour if `later`):
+    /// with its deliveries used up, it moved to the dead-letter queue.
+    fn released(
+        &mut self,
+        id: u64,
+        deliveries: u32,
+        later: bool,
+        synced: bool,
+    ) -> Result<(), String> {
+        let spent = self.max_deliveries.is_some_and(|max| deliveries >= max);
+        let record = self.records.get_mut(&id).ok_or("unknown record")?;
+        record.holder = None;
+        record.fate = if spent {
+            self.summary.dead_lettered += 1;
+            Fate::Dead
+        } else if later {
+            Fate::Parked
+        } else {
+            Fate::Owed
+        };
+        record.consume_unsynced = !synced;
+        Ok(())
+    }
+
+    /// Process `process` died holding leases: they end when its death is found (a consumer
+    /// looks at most every 10 ms), and the records are delivered again.
+    fn holder_died(&mut self, process: u32) {
+        for record in self.records.values_mut() {
+            if record.holder == Some(process) {
+                record.holder = None;
+                record.lease_may_end = true;
+                // Spent, the next consumer that reaches it moves it.
+                record.dead_loose |= self
+                    .max_deliveries
+                    .is_some_and(|max| record.deliveries >= max);
+                self.leases_may_end = true;
+            }
+        }
+    }
+
+    /// A settling of the records `ids` was cut by a kill: each may be settled or not.
+    fn settle_cut(&mut self, ids: &[u64]) {
+        self.leases_may_end = true;
+        for id in ids {
+            if let Some(record) = self.records.get_mut(id) {
+                record.holder = None;
+                record.fate = Fate::Maybe;
+                record.consume_unsynced = true;
+                record.dead_loose = true;
+            }
+        }
+    }
+
+    /// A peek showed `peeked`; `popped` is what a pop right after returned, if one ran. The
+    /// record shown is one a pop may return: never consumed, and if it was never delivered, the
+    /// next in the order of first deliveries. The pop returns that very record (or nothing
+    /// after a peek of nothing), unless a dead process's lease may have ended in between.
+    fn peeked(
+        &mut self,
+        peeked: Option<&(u64, Vec<u8>)>,
+        popped: Option<Option<&(u64, Vec<u8>)>>,
+        synced: bool,
+    ) -> Result<(), String> {
+        if let Some((seq, bytes)) = peeked {
+            let id = self.identify(*seq, bytes)?;
+            let delivered = self.records.get(&id).is_some_and(|record| record.delivered);
+            if let (false, Some(last)) = (delivered, self.last_first) {
+                if *seq <= last {
+                    return Err(format!(
+                        "a peek showed record {id} (seq {seq}), never delivered, after the \
+                         first delivery of seq {last}"
+                    ));
+                }
+            }
+        }
+        let Some(popped) = popped else {
+            return Ok(());
+        };
+        // A peek shows a record whose deliveries are used up, which a pop moves to the
+        // dead-letter queue instead.
+        let spent = peeked.is_some_and(|(_, bytes)| {
+            self.records.get(&id_of(bytes)).is_some_and(|record| {
+                record.dead_loose
+                    || self
+                        .max_deliveries
+                        .is_some_and(|max| record.deliveries >= max)
+            })
+        });
+        if !self.leases_may_end
+            && !spent
+            && peeked.map(|(seq, _)| *seq) != popped.map(|(seq, _)| *seq)
+        {
+            return Err(format!(
+                "a peek showed seq {:?}, the pop right after returned seq {:?}",
+                peeked.map(|(seq, _)| *seq),
+                popped.map(|(seq, _)| *seq)
+            ));
+        }
+        if let Some((seq, bytes)) = popped {
+            self.delivered(*seq, bytes, true, synced)?;
+        }
+        Ok(())
+    }
+
     /// A consuming operation of up to `max` records was cut by a kill: the records at the front
     /// may be consumed, leased for good, or still there.
     fn consumption_cut(&mut self, max: usize) {
+        // It may have left leases of its own, which end when its death is found.
+        self.leases_may_end = true;
         // Records a cut push may have left (number unknown) may be at the front too: the cut
         // operation may have leased them, and a lease of a dead process ends (when it runs out,
         // or sooner when its death is found): they may then come after later ones.
         for record in self.records.values_mut() {
             if record.fate == Fate::Maybe {
                 record.delivered = true;
+                record.dead_loose = true;
             }
         }
-        let front: Vec<u64> = self
-            .records
-            .values()
-            .filter(|record| record.fate == Fate::Owed)
-            .filter_map(|record| record.seq)
-            .collect::<std::collections::BTreeSet<u64>>()
-            .into_iter()
-            .take(max)
-            .collect();
+        // Records a live process holds are not at the front; those a dead process held may
+        // be (if its death was found) or not: they may be taken, but do not count.
+        let mut front = Vec::new();
+        let mut taken = 0;
+        for (seq, id) in &self.ids_by_seq {
+            if taken == max {
+                break;
+            }
+            let Some(record) = self.records.get(id) else {
+                continue;
+            };
+            if record.fate != Fate::Owed || record.holder.is_some() {
+                continue;
+            }
+            // A spent record is moved to the dead-letter queue rather than taken.
+            taken += usize::from(!record.lease_may_end && !record.dead_loose);
+            front.push(*seq);
+        }
         for seq in front {
             if let Some(record) = self
                 .ids_by_seq
@@ -479,6 +782,7 @@ impl Model {
             {
                 record.fate = Fate::Maybe;
                 record.delivered = true;
+                record.dead_loose = true;
             }
         }
     }
@@ -501,12 +805,25 @@ impl Model {
     fn power_loss(&mut self, policy: Policy) {
         self.summary.power_losses += 1;
         self.last_first = None;
+        // Every process died; the open that recovers the queue ends every lease.
+        self.leases_may_end = false;
         // Under `Always` only pushes cut by a kill are unsynced, and no consumption is.
-        let _ = policy;
         for record in self.records.values_mut() {
+            record.holder = None;
+            record.lease_may_end = false;
+            // Its lease ends: spent, the next consumer that reaches it moves it.
+            record.dead_loose |= self
+                .max_deliveries
+                .is_some_and(|max| record.deliveries >= max);
+            if policy != Policy::Always {
+                // The delivery counts the ack log had not synced may be lost.
+                record.deliveries = 0;
+            }
             if record.push_unsynced {
                 record.fate = Fate::Maybe;
                 record.delivered = true;
+                // It may survive with a delivery count that spends it.
+                record.dead_loose = true;
                 // Lost, its sequence number goes to the next push.
                 if let Some(seq) = record.seq.take() {
                     self.ids_by_seq.remove(&seq);
@@ -514,9 +831,78 @@ impl Model {
             } else if record.consume_unsynced {
                 record.fate = Fate::Maybe;
                 record.delivered = true;
+                // A move to the dead-letter queue may be undone (or half of it: the push
+                // there is as durable as any push under this policy).
+                record.dead_loose = true;
+            } else if (record.fate == Fate::Dead || record.dead_loose) && policy != Policy::Always {
+                // Moved (or possibly moved) to the dead-letter queue, whose push no sync of
+                // this queue covers (durable only under `Always`, sentence 14): a power loss
+                // may take it there after a sync here made the acknowledgement durable.
+                record.fate = Fate::Maybe;
+                record.dead_loose = true;
             }
             record.consume_unsynced = false;
         }
+    }
+
+    /// Whether a record owed was leased by a dead (or closed) process.
+    fn owes_behind_dead_leases(&self) -> bool {
+        self.records
+            .values()
+            .any(|record| record.fate == Fate::Owed && record.lease_may_end)
+    }
+
+    /// The dead-letter queue held `letters` (original seq, payload) after the final drain:
+    /// every record moved is there once (or, where a kill or a power loss may have cut or
+    /// undone a move, any number of times), nothing else is; a record owed but not drained
+    /// is there.
+    fn dead_letters(&mut self, letters: &[(u64, Vec<u8>)]) -> Result<(), String> {
+        let mut copies: BTreeMap<u64, u32> = BTreeMap::new();
+        for (seq, bytes) in letters {
+            let id = id_of(bytes);
+            if bytes
+                .get(8..)
+                .is_none_or(|rest| rest.iter().any(|&byte| byte != (id as u8) ^ 0xA5))
+            {
+                return Err(format!(
+                    "dead letter of seq {seq} has other bytes than were pushed"
+                ));
+            }
+            let record = self
+                .records
+                .get(&id)
+                .ok_or_else(|| format!("dead letter of seq {seq} names no record pushed"))?;
+            if record.seq.is_some_and(|known| known != *seq) {
+                return Err(format!(
+                    "dead letter of record {id} names seq {seq}, not {:?}",
+                    record.seq
+                ));
+            }
+            *copies.entry(id).or_default() += 1;
+        }
+        for (&id, record) in &mut self.records {
+            let count = copies.get(&id).copied().unwrap_or(0);
+            let wrong = match (record.fate, record.dead_loose) {
+                (Fate::Maybe, _) => false,
+                (Fate::Dead, false) => count != 1,
+                (Fate::Dead, true) => count == 0,
+                // Spent where the model cannot tell: moved by the drain, or before.
+                (Fate::Owed, true) if count > 0 => {
+                    record.fate = Fate::Dead;
+                    false
+                }
+                (Fate::Owed, _) => false,
+                (_, true) => false,
+                (_, false) => count != 0,
+            };
+            if wrong {
+                return Err(format!(
+                    "record {id} (seq {:?}, {:?}) is in the dead-letter queue {count} times",
+                    record.seq, record.fate
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// After the final drain: every record owed was delivered.
@@ -542,10 +928,28 @@ enum Outcome {
     Pushed(std::ops::Range<u64>),
     /// `(seq, payload, consumed)` of each record handed out.
     Delivered(Vec<(u64, Vec<u8>, bool)>),
+    /// What a peek showed, and what the pop right after returned if one ran.
+    Peeked(Option<(u64, Vec<u8>)>, Option<Option<(u64, Vec<u8>)>>),
+    /// Records received and kept under their lease.
+    Received(Vec<Delivery>),
+    /// Records settled as `how` says (`fresh`: received by the same operation), as `(seq,
+    /// payload, delivery count)`; `kept`: the deliveries still held (after an extension).
+    Settled {
+        fresh: bool,
+        how: Settle,
+        records: Vec<(u64, Vec<u8>, u32)>,
+        kept: Vec<Delivery>,
+    },
     Done,
 }
 
-fn run_work(queue: &Queue, op: &ProcessOp, payloads: &[Vec<u8>]) -> Result<Outcome, Error> {
+/// Runs `op` on `queue`; `held`: the deliveries its process holds, for a `Settle`.
+fn run_work(
+    queue: &Queue,
+    op: &ProcessOp,
+    payloads: &[Vec<u8>],
+    held: Vec<Delivery>,
+) -> Result<Outcome, Error> {
     match op {
         ProcessOp::Push { .. } => {
             let seq = queue.push(&payloads[0])?;
@@ -582,12 +986,26 @@ fn run_work(queue: &Queue, op: &ProcessOp, payloads: &[Vec<u8>]) -> Result<Outco
         }
         ProcessOp::RecvNack { count, .. } => {
             let deliveries = queue.try_recv_batch(usize::from(*count))?;
-            let mut seen = Vec::new();
-            for delivery in deliveries {
-                seen.push((delivery.seq(), delivery.payload().to_vec(), false));
-                delivery.nack()?;
-            }
-            Ok(Outcome::Delivered(seen))
+            settle(deliveries, Settle::Nack, true)
+        }
+        ProcessOp::RecvHold { count, .. } => Ok(Outcome::Received(
+            queue.try_recv_batch(usize::from(*count))?,
+        )),
+        ProcessOp::Settle { how, .. } => settle(held, *how, false),
+        ProcessOp::Peek { then_pop, .. } => {
+            let peeked = queue
+                .peek()?
+                .map(|record| (record.seq(), record.payload().to_vec()));
+            let popped = if *then_pop {
+                Some(
+                    queue
+                        .pop()?
+                        .map(|record| (record.seq(), record.payload().to_vec())),
+                )
+            } else {
+                None
+            };
+            Ok(Outcome::Peeked(peeked, popped))
         }
         ProcessOp::Compact { .. } => queue.compact().map(|_| Outcome::Done),
         ProcessOp::Sync { .. } => queue.sync().map(|_| Outcome::Done),
@@ -597,6 +1015,45 @@ fn run_work(queue: &Queue, op: &ProcessOp, payloads: &[Vec<u8>]) -> Result<Outco
         | ProcessOp::KillAtPoint { .. }
         | ProcessOp::PowerLoss { .. } => Ok(Outcome::Done),
     }
+}
+
+/// Settles `deliveries` as `how` says.
+fn settle(deliveries: Vec<Delivery>, how: Settle, fresh: bool) -> Result<Outcome, Error> {
+    let records = deliveries
+        .iter()
+        .map(|delivery| {
+            (
+                delivery.seq(),
+                delivery.payload().to_vec(),
+                delivery.deliveries(),
+            )
+        })
+        .collect();
+    let mut kept = Vec::new();
+    for delivery in deliveries {
+        match how {
+            Settle::Ack => delivery.ack()?,
+            Settle::Nack => delivery.nack()?,
+            Settle::RetryLater => delivery.retry_after(Duration::from_secs(3600))?,
+            Settle::Extend => {
+                delivery.extend(2 * LEASE)?;
+                kept.push(delivery);
+            }
+        }
+    }
+    Ok(Outcome::Settled {
+        fresh,
+        how,
+        records,
+        kept,
+    })
+}
+
+/// The id in the first 8 bytes of a payload.
+fn id_of(bytes: &[u8]) -> u64 {
+    bytes.get(..8).map_or(u64::MAX, |head| {
+        u64::from_le_bytes(head.try_into().unwrap_or_default())
+    })
 }
 
 /// Where a kill cuts an operation.
@@ -615,6 +1072,8 @@ struct Process {
     queue: Option<Arc<Queue>>,
     /// Whether it made a consumer call (pop, receive, compaction) since it opened the queue.
     consumer: bool,
+    /// The deliveries it received and holds (`RecvHold`).
+    held: Vec<Delivery>,
 }
 
 /// The run: the filesystem, the processes, the model, and what killed processes left.
@@ -632,6 +1091,15 @@ struct Run {
 
 impl Run {
     fn options(&self, process: u32) -> Options {
+        let options = self.dead_letter_options(process);
+        match self.config.max_deliveries {
+            Some(max) => options.max_deliveries(max),
+            None => options,
+        }
+    }
+
+    /// The options of the dead-letter queue (those of the queue without its policies).
+    fn dead_letter_options(&self, process: u32) -> Options {
         Options::default()
             .exclusive(false)
             .segment_size(SEGMENT_SIZE)
@@ -651,6 +1119,7 @@ impl Run {
             number,
             queue: Some(Arc::new(queue)),
             consumer: false,
+            held: Vec::new(),
         };
         Ok(())
     }
@@ -660,6 +1129,11 @@ impl Run {
         if let Some(queue) = self.processes[index].queue.take() {
             self.dead.push(queue);
         }
+        // A dead process settles nothing: its deliveries are never dropped (a drop releases).
+        for delivery in std::mem::take(&mut self.processes[index].held) {
+            std::mem::forget(delivery);
+        }
+        self.model.holder_died(self.processes[index].number);
     }
 
     fn queue(&self, index: usize) -> Result<Arc<Queue>, String> {
@@ -701,6 +1175,13 @@ impl Run {
                         .close()
                         .map_err(|error| format!("close of handle {index} failed: {error}"))?;
                 }
+                // What it held settles nothing now. Its leases end for the other handles as a
+                // dead process's do: once a consumer finds its slot file unlocked (it looks at
+                // most every 10 ms; sentence 29).
+                for delivery in std::mem::take(&mut self.processes[index].held) {
+                    std::mem::forget(delivery);
+                }
+                self.model.holder_died(self.processes[index].number);
                 self.start(index)
             }
             ProcessOp::KillDuring { calls, op } => {
@@ -713,9 +1194,19 @@ impl Run {
                 let index = index.unwrap_or(0);
                 let payloads = self.prepare(work);
                 let queue = self.queue(index)?;
-                let outcome = run_work(&queue, work, &payloads);
+                let held = self.held_for(index, work);
+                let outcome = run_work(&queue, work, &payloads, held);
                 self.apply(index, work, &payloads, outcome)
             }
+        }
+    }
+
+    /// The deliveries `op` settles: all that the process holds, for a `Settle`.
+    fn held_for(&mut self, index: usize, op: &ProcessOp) -> Vec<Delivery> {
+        if matches!(op, ProcessOp::Settle { .. }) {
+            std::mem::take(&mut self.processes[index].held)
+        } else {
+            Vec::new()
         }
     }
 
@@ -744,8 +1235,11 @@ impl Run {
             ProcessOp::Pop { .. }
                 | ProcessOp::RecvAck { .. }
                 | ProcessOp::RecvNack { .. }
+                | ProcessOp::Peek { .. }
+                | ProcessOp::RecvHold { .. }
                 | ProcessOp::Compact { .. }
-        ) {
+        ) || matches!(&outcome, Ok(Outcome::Settled { records, .. }) if !records.is_empty())
+        {
             self.processes[index].consumer = true;
         }
         if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
@@ -756,6 +1250,27 @@ impl Run {
                     records
                         .iter()
                         .map(|(seq, bytes, consumed)| (*seq, bytes.get(..1), *consumed))
+                        .collect::<Vec<_>>()
+                ),
+                Ok(Outcome::Peeked(peeked, popped)) => eprintln!(
+                    "  peeked {:?}, popped {:?}",
+                    peeked.as_ref().map(|(seq, _)| seq),
+                    popped
+                        .as_ref()
+                        .map(|popped| popped.as_ref().map(|(seq, _)| seq))
+                ),
+                Ok(Outcome::Received(deliveries)) => eprintln!(
+                    "  received {:?}",
+                    deliveries
+                        .iter()
+                        .map(|delivery| (delivery.seq(), delivery.deliveries()))
+                        .collect::<Vec<_>>()
+                ),
+                Ok(Outcome::Settled { how, records, .. }) => eprintln!(
+                    "  settled {how:?} {:?}",
+                    records
+                        .iter()
+                        .map(|(seq, _, count)| (*seq, *count))
                         .collect::<Vec<_>>()
                 ),
                 Ok(Outcome::Done) => {}
@@ -776,6 +1291,46 @@ impl Run {
                 }
                 Ok(())
             }
+            Outcome::Received(deliveries) => {
+                let number = self.processes[index].number;
+                for delivery in &deliveries {
+                    self.model.received(
+                        delivery.seq(),
+                        delivery.payload(),
+                        delivery.deliveries(),
+                        Some(number),
+                        always,
+                    )?;
+                }
+                self.processes[index].held.extend(deliveries);
+                Ok(())
+            }
+            Outcome::Settled {
+                fresh,
+                how,
+                records,
+                kept,
+            } => {
+                for (seq, bytes, count) in records {
+                    let id = if fresh {
+                        self.model.received(seq, &bytes, count, None, always)?
+                    } else {
+                        id_of(&bytes)
+                    };
+                    match how {
+                        Settle::Ack => self.model.acked(id, always)?,
+                        Settle::Nack => self.model.released(id, count, false, always)?,
+                        Settle::RetryLater => self.model.released(id, count, true, always)?,
+                        Settle::Extend => {}
+                    }
+                }
+                self.processes[index].held.extend(kept);
+                Ok(())
+            }
+            Outcome::Peeked(peeked, popped) => {
+                self.model
+                    .peeked(peeked.as_ref(), popped.as_ref().map(Option::as_ref), always)
+            }
             Outcome::Done => {
                 if matches!(op, ProcessOp::Sync { .. }) {
                     self.model.synced(self.processes[index].consumer);
@@ -790,6 +1345,11 @@ impl Run {
     fn cut(&mut self, index: usize, cut: Cut, op: &ProcessOp) -> Result<(), String> {
         let payloads = self.prepare(op);
         let queue = self.queue(index)?;
+        let held = self.held_for(index, op);
+        let held_ids: Vec<u64> = held
+            .iter()
+            .map(|delivery| id_of(delivery.payload()))
+            .collect();
         let number = self.processes[index].number;
         let kills_before = self.sim.kills(number);
         let point = match cut {
@@ -815,7 +1375,7 @@ impl Run {
                         },
                     )));
                 }
-                run_work(&queue, &op, &payloads)
+                run_work(&queue, &op, &payloads, held)
             })
         };
         loop {
@@ -826,6 +1386,15 @@ impl Run {
                 self.model.summary.kills_during += 1;
                 match op {
                     ProcessOp::Pop { max, .. } => self.model.consumption_cut(usize::from(*max)),
+                    ProcessOp::Peek { .. } => self.model.consumption_cut(1),
+                    ProcessOp::RecvHold { count, .. } => {
+                        self.model.consumption_cut(usize::from(*count))
+                    }
+                    ProcessOp::Settle { how, .. } if *how != Settle::Extend => {
+                        self.model.settle_cut(&held_ids)
+                    }
+                    // An extension cut ends with its process, and its leases (`bury`).
+                    ProcessOp::Settle { .. } => {}
                     ProcessOp::RecvAck { count, .. } | ProcessOp::RecvNack { count, .. } => {
                         self.model.consumption_cut(usize::from(*count))
                     }
@@ -847,12 +1416,35 @@ impl Run {
 
     /// Pops everything left from one handle.
     fn drain(&mut self) -> Result<(), String> {
+        // What the live processes hold, released.
+        for index in 0..self.processes.len() {
+            let held = std::mem::take(&mut self.processes[index].held);
+            let outcome = settle(held, Settle::Nack, false);
+            self.apply(
+                index,
+                &ProcessOp::Settle {
+                    handle: index as u8,
+                    how: Settle::Nack,
+                },
+                &[],
+                outcome,
+            )?;
+        }
         let queue = self.queue(0)?;
+        // The leases of dead processes end once a consumer finds them dead (it looks at most
+        // every 10 ms).
+        let mut waits = 2;
         loop {
             let records = queue
                 .pop_batch(64)
                 .map_err(|error| format!("final drain failed: {error}"))?;
             if records.is_empty() {
+                if waits > 0 && self.model.owes_behind_dead_leases() {
+                    waits -= 1;
+                    std::thread::sleep(Duration::from_millis(11));
+                    continue;
+                }
+                self.read_dead_letters()?;
                 return self.model.check_drained();
             }
             for record in records {
@@ -860,6 +1452,33 @@ impl Run {
                     .delivered(record.seq(), record.payload(), true, false)?;
             }
         }
+    }
+
+    /// Reads the dead-letter queue in a process of its own, into the model.
+    fn read_dead_letters(&mut self) -> Result<(), String> {
+        if self.config.max_deliveries.is_none() {
+            return Ok(());
+        }
+        self.next_process += 1;
+        let letters_dir = format!("{DIR}.dead");
+        let letters = Queue::open(&letters_dir, self.dead_letter_options(self.next_process))
+            .map_err(|error| format!("open of the dead-letter queue failed: {error}"))?;
+        let mut read = Vec::new();
+        loop {
+            let records = letters
+                .pop_batch(64)
+                .map_err(|error| format!("drain of the dead-letter queue failed: {error}"))?;
+            if records.is_empty() {
+                break;
+            }
+            for record in records {
+                let letter = crate::DeadLetter::decode(record.payload())
+                    .ok_or_else(|| format!("dead letter {} is no envelope", record.seq()))?;
+                read.push((letter.original_seq, letter.payload.to_vec()));
+            }
+        }
+        let _ = letters.close();
+        self.model.dead_letters(&read)
     }
 
     /// Closes the live handles; leaves the dead ones as their kills left them (a thread stopped
@@ -900,10 +1519,14 @@ pub fn run_processes(
                 number: 0,
                 queue: None,
                 consumer: false,
+                held: Vec::new(),
             })
             .collect(),
         next_process: 0,
-        model: Model::default(),
+        model: Model {
+            max_deliveries: config.max_deliveries,
+            ..Model::default()
+        },
         dead: Vec::new(),
         stopped: Vec::new(),
     };
@@ -927,6 +1550,10 @@ pub fn run_processes(
                     })
                     .collect();
                 eprintln!("  files {}", files.join(" "));
+                let letters = run.sim.file_names(Path::new(&format!("{DIR}.dead")));
+                if !letters.is_empty() {
+                    eprintln!("  dead-letter files {}", letters.join(" "));
+                }
                 if let Some(bytes) = run.sim.read_file(&Path::new(DIR).join("head")) {
                     let read = crate::format::head::decode_head_file(&bytes);
                     let slots: Vec<String> = read
