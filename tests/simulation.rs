@@ -709,3 +709,44 @@ fn an_id_whose_record_a_power_loss_took_never_names_a_later_record() {
     // Some power losses took the first record (the plain push took its number).
     assert!(stale > 0, "{stale}");
 }
+
+/// Found by the simulation of several processes (seed 32 of its deduplication runs):
+/// `Queue::sync` on a handle of a shared queue synced the deduplication log only through the
+/// file that handle had opened itself, none if it never pushed with an id: the record another
+/// handle pushed with an id was made durable without its id, and after a power loss a push with
+/// that id wrote the record a second time. A sync now syncs the log the queue has.
+#[test]
+fn a_sync_on_any_handle_makes_the_ids_of_every_handle_durable_with_their_records() {
+    use diskspool::{Options, Push, Queue, SimStorage, SyncPolicy};
+    use std::sync::Arc;
+
+    for loss in 0..20 {
+        let sim = SimStorage::new(loss);
+        let options = |process| {
+            Options::default()
+                .exclusive(false)
+                .sync(SyncPolicy::Never)
+                .dedup_window(std::time::Duration::from_secs(3600))
+                .storage(Arc::new(sim.process(process)))
+        };
+        let pusher = Queue::open("/q", options(1)).unwrap();
+        let syncer = Queue::open("/q", options(2)).unwrap();
+        // The first id creates the log (durably); the second is appended to it.
+        pusher
+            .push_with(b"first", Push::new().dedup_id(b"a"))
+            .unwrap();
+        pusher.sync().unwrap();
+        let seq = pusher
+            .push_with(b"once", Push::new().dedup_id(b"k"))
+            .unwrap();
+        syncer.sync().unwrap();
+        sim.power_loss_seeded(loss);
+        std::mem::forget((pusher, syncer));
+        let reopened = Queue::open("/q", options(3)).unwrap();
+        let again = reopened
+            .push_with(b"twice", Push::new().dedup_id(b"k"))
+            .unwrap();
+        assert_eq!(again, seq, "power loss {loss}: the id was forgotten");
+        assert_eq!(reopened.len(), 2, "power loss {loss}");
+    }
+}

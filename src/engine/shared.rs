@@ -930,10 +930,13 @@ impl Shared {
     /// Makes every push and pop so far durable, whatever the sync policy.
     pub(crate) fn sync_all(&self) -> Result<()> {
         self.env.check_poisoned()?;
-        // Ids before their records, as a push with an id orders them.
-        lock(&self.dedup)
-            .sync()
-            .map_err(|error| self.env.poison(error))?;
+        // Ids before their records, as a push with an id orders them. A shared queue's log is
+        // the one in the directory: this handle may have opened none, or one since replaced.
+        match &self.env.coordination {
+            Some(_) => Dedup::sync_existing(&*self.env.storage, &self.env.dir),
+            None => lock(&self.dedup).sync(),
+        }
+        .map_err(|error| self.env.poison(error))?;
         let covered = self
             .log
             .sync_data_timed(&self.env)
