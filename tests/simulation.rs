@@ -296,6 +296,7 @@ fn run_processes_seeds(first: u64, count: u64) -> ProcessesSummary {
         total.kills_during += summary.kills_during;
         total.power_losses += summary.power_losses;
         total.dead_lettered += summary.dead_lettered;
+        total.refused += summary.refused;
     }
     eprintln!(
         "simulation of several processes: seeds {first}..{} passed in {:.1} s ({total:?})",
@@ -684,7 +685,9 @@ fn an_id_whose_record_a_power_loss_took_never_names_a_later_record() {
                 .storage(Arc::new(sim.process(process)))
         };
         let first = Queue::open("/q", options(1)).unwrap();
-        first.push_with(b"with the id", Push::new().dedup_id(b"k")).unwrap();
+        first
+            .push_with(b"with the id", Push::new().dedup_id(b"k"))
+            .unwrap();
         sim.power_loss_seeded(loss);
         std::mem::forget(first);
         let second = Queue::open("/q", options(2)).unwrap();

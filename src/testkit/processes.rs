@@ -52,6 +52,10 @@ pub struct ProcessesConfig {
     /// `Options::max_deliveries` of every handle (wide runs only): a record released that
     /// many times moves to the dead-letter queue.
     pub max_deliveries: Option<u32>,
+    /// Whether pushes with deduplication ids are drawn (wide runs only; window: an hour).
+    pub dedup: bool,
+    /// `Options::max_records` with `Overflow::Reject` (wide runs only).
+    pub max_records: Option<u64>,
 }
 
 impl ProcessesConfig {
@@ -60,6 +64,8 @@ impl ProcessesConfig {
         ProcessesConfig {
             wide: false,
             max_deliveries: None,
+            dedup: false,
+            max_records: None,
             ..self
         }
     }
@@ -122,6 +128,15 @@ pub enum ProcessOp {
         /// Acknowledge, release, release for later, or extend.
         how: Settle,
     },
+    /// Push one record with deduplication id `key` (`Push::dedup_id`).
+    PushDedup {
+        /// The pushing handle.
+        handle: u8,
+        /// The id (few: pushes of one id from several processes meet).
+        key: u8,
+        /// Payload length.
+        len: u16,
+    },
     /// Peek, and (`then_pop`) pop right after from the same handle: the pop must return
     /// what the peek showed, when no lease may end in between.
     Peek {
@@ -167,6 +182,18 @@ pub enum ProcessOp {
         point: CrashPoint,
         /// The operation cut.
         op: Box<ProcessOp>,
+    },
+    /// Kill the handle's process between two operations, and kill the new process at its
+    /// `calls + 1`-th storage call of `Queue::open` (a kill point it does not reach kills
+    /// nothing), then open again; with `racing_push`, the next handle pushes one record while
+    /// the cut open runs (or stands, dead, where it stopped).
+    KillOpen {
+        /// The handle.
+        handle: u8,
+        /// How many of its calls the opening process makes first.
+        calls: u16,
+        /// Whether another handle pushes meanwhile.
+        racing_push: bool,
     },
     /// Cut the power (the crash's choices drawn from `seed`): every process dies; all open
     /// again.
@@ -237,12 +264,14 @@ impl ProcessOp {
             | ProcessOp::RecvAck { handle, .. }
             | ProcessOp::RecvNack { handle, .. }
             | ProcessOp::Peek { handle, .. }
+            | ProcessOp::PushDedup { handle, .. }
             | ProcessOp::RecvHold { handle, .. }
             | ProcessOp::Settle { handle, .. }
             | ProcessOp::Compact { handle }
             | ProcessOp::Sync { handle }
             | ProcessOp::Reopen { handle }
-            | ProcessOp::Kill { handle } => Some(*handle),
+            | ProcessOp::Kill { handle }
+            | ProcessOp::KillOpen { handle, .. } => Some(*handle),
             ProcessOp::KillDuring { op, .. } | ProcessOp::KillAtPoint { op, .. } => op.handle(),
             ProcessOp::PowerLoss { .. } => None,
         }
@@ -258,6 +287,8 @@ pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
         writable_mappings: rng.chance(3, 4),
         wide: true,
         max_deliveries: rng.chance(1, 3).then(|| 1 + rng.below(2) as u32),
+        dedup: rng.chance(1, 3),
+        max_records: rng.chance(1, 4).then(|| 4 + rng.below(9)),
     }
 }
 
@@ -291,7 +322,18 @@ pub fn processes_ops_from_seed(
                     seed: rng.next_u64(),
                 },
                 3..=7 => ProcessOp::Kill { handle },
-                8..=10 => ProcessOp::Reopen { handle },
+                // Cut opens take a quarter of the wide runs' reopens.
+                8..=10 => match extra
+                    .as_mut()
+                    .map(|extra| (extra.below(4), extra.below(24), extra.chance(1, 2)))
+                {
+                    Some((0, calls, racing_push)) => ProcessOp::KillOpen {
+                        handle,
+                        calls: calls as u16,
+                        racing_push,
+                    },
+                    _ => ProcessOp::Reopen { handle },
+                },
                 27..=33 => ProcessOp::KillAtPoint {
                     point: CrashPoint::ALL[rng.below(CrashPoint::ALL.len() as u64) as usize],
                     op: Box::new(draw_work(&mut rng, &mut extra, handle)),
@@ -340,7 +382,14 @@ fn work_op(rng: &mut SimRng, handle: u8) -> ProcessOp {
 }
 
 /// An operation added after the first version (drawn from its own stream).
-fn wide_op(rng: &mut SimRng, handle: u8, _config: &ProcessesConfig) -> ProcessOp {
+fn wide_op(rng: &mut SimRng, handle: u8, config: &ProcessesConfig) -> ProcessOp {
+    if config.dedup && rng.chance(1, 3) {
+        return ProcessOp::PushDedup {
+            handle,
+            key: rng.below(6) as u8,
+            len: 8 + rng.below(u64::from(PAYLOAD_MAX) - 7) as u16,
+        };
+    }
     match rng.below(100) {
         0..=29 => ProcessOp::Peek {
             handle,
@@ -377,6 +426,8 @@ pub struct ProcessesSummary {
     pub power_losses: u64,
     /// Records moved to the dead-letter queue by a release that returned.
     pub dead_lettered: u64,
+    /// Pushes refused by a full bounded queue.
+    pub refused: u64,
 }
 
 /// Where the model stands on one record (by the id in its first 8 bytes).
@@ -395,6 +446,8 @@ enum Fate {
     /// Moved to the dead-letter queue (a release that used up `max_deliveries` returned): it
     /// must never come again here, and be in the dead-letter queue once.
     Dead,
+    /// Its push returned without writing it (deduplicated): it must never come.
+    Never,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -425,6 +478,20 @@ struct Record {
     dead_loose: bool,
 }
 
+/// What the model knows of one deduplication id.
+#[derive(Debug, Default)]
+struct DedupKey {
+    /// The push with the id that returned: `(record id, seq, unsynced)`. Every later push with
+    /// the id returns that seq and writes nothing.
+    returned: Option<(u64, u64, bool)>,
+    /// Records of pushes with the id that did not return (cut by a kill, or forgotten by a
+    /// power loss): each may be in the queue with its id remembered, or not at all.
+    candidates: Vec<u64>,
+    /// A power loss under `Never` or `Interval` may have kept a record and lost its id's
+    /// entry: a later push may then write the record again.
+    loose: bool,
+}
+
 /// The model of the contract across processes.
 #[derive(Debug, Default)]
 struct Model {
@@ -439,6 +506,11 @@ struct Model {
     leases_may_end: bool,
     /// `Options::max_deliveries`.
     max_deliveries: Option<u32>,
+    /// What the model knows of each deduplication id.
+    dedup: BTreeMap<u8, DedupKey>,
+    /// Sequence numbers a push with an id returned whose record is one of several the model
+    /// cannot tell apart: each must be delivered (`true`: unsynced, a power loss may take it).
+    owed_seqs: BTreeMap<u64, bool>,
     summary: ProcessesSummary,
 }
 
@@ -529,6 +601,7 @@ impl Model {
         synced: bool,
     ) -> Result<(), String> {
         let id = self.identify(seq, bytes)?;
+        self.owed_seqs.remove(&seq);
         let record = self.records.get_mut(&id).ok_or("unknown record")?;
         if !record.delivered {
             if let Some(last) = self.last_first {
@@ -579,6 +652,11 @@ impl Model {
                  it returned"
             ));
         }
+        if record.fate == Fate::Never {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered, but its push wrote nothing (deduplicated)"
+            ));
+        }
         if record.fate == Fate::Dead {
             return Err(format!(
                 "record {id} (seq {seq}) delivered again after it was moved to the dead-letter \
@@ -596,6 +674,161 @@ impl Model {
             ));
         }
         Ok(id)
+    }
+
+    /// A push of record `id` with deduplication id `key` returned `seq`: the number of an
+    /// earlier push with the id that returned (nothing written), of a record a cut push with
+    /// the id left, or of the new record; never a number twice for one id in the window.
+    fn pushed_dedup(&mut self, key: u8, id: u64, seq: u64, synced: bool) -> Result<(), String> {
+        let entry = self.dedup.entry(key).or_default();
+        if let Some((first, first_seq, _)) = entry.returned {
+            if seq != first_seq {
+                return Err(format!(
+                    "a push with id {key} returned seq {seq}, an earlier one returned \
+                     {first_seq} (record {first})"
+                ));
+            }
+            if let Some(record) = self.records.get_mut(&id) {
+                record.fate = Fate::Never;
+            }
+            return Ok(());
+        }
+        let candidates = std::mem::take(&mut entry.candidates);
+        let loose = entry.loose;
+        if let Some(&other) = self.ids_by_seq.get(&seq) {
+            // The record of a cut push with the id.
+            if !candidates.contains(&other) {
+                return Err(format!(
+                    "a push with id {key} returned seq {seq}, which record {other} holds"
+                ));
+            }
+            if let Some(record) = self.records.get_mut(&id) {
+                record.fate = Fate::Never;
+            }
+            if let Some(record) = self.records.get_mut(&other) {
+                // Its push took effect: owed, unless it may have been consumed already.
+                if record.fate == Fate::Maybe && !record.delivered {
+                    record.fate = Fate::Owed;
+                }
+                record.push_unsynced &= !synced;
+            }
+            let entry = self.dedup.entry(key).or_default();
+            entry.returned = Some((other, seq, !synced));
+            entry.candidates = candidates.into_iter().filter(|&c| c != other).collect();
+            return Ok(());
+        }
+        if !loose {
+            // A cut push's record known to be there has its id remembered.
+            if let Some(known) = candidates
+                .iter()
+                .filter_map(|c| self.records.get(c).and_then(|record| record.seq))
+                .next()
+            {
+                return Err(format!(
+                    "a push with id {key} wrote seq {seq}, but a record with the id is at {known}"
+                ));
+            }
+        }
+        let unknown: Vec<u64> = candidates
+            .iter()
+            .copied()
+            .filter(|c| {
+                self.records
+                    .get(c)
+                    .is_some_and(|record| record.seq.is_none())
+            })
+            .collect();
+        if unknown.is_empty() {
+            self.pushed(&[id], seq..seq + 1, synced)?;
+        } else if unknown
+            .iter()
+            .all(|c| self.records.get(c).is_some_and(|record| !record.delivered))
+        {
+            // The new record or one a cut push left: whichever it is must be delivered.
+            self.owed_seqs.insert(seq, !synced);
+        }
+        let entry = self.dedup.entry(key).or_default();
+        entry.returned = Some((id, seq, !synced));
+        entry.candidates = candidates;
+        if !unknown.is_empty() {
+            entry.candidates.push(id);
+        }
+        Ok(())
+    }
+
+    /// The records the queue holds for sure, and at most (for its bound and `len`): owed (not
+    /// possibly moved to the dead-letter queue) and parked ones; and those that may be there.
+    fn usage_bounds(&self) -> (u64, u64) {
+        let (mut lower, mut upper) = (0, 0);
+        for record in self.records.values() {
+            match record.fate {
+                Fate::Owed if !record.dead_loose => lower += 1,
+                Fate::Parked => lower += 1,
+                Fate::Owed | Fate::Maybe => upper += 1,
+                Fate::Consumed | Fate::Dead | Fate::Never => {}
+            }
+        }
+        (lower, lower + upper)
+    }
+
+    /// A push of `ids` returned with the bound `max`: the queue had room for it.
+    fn accepted(&self, count: u64, max: u64) -> Result<(), String> {
+        let (lower, _) = self.usage_bounds();
+        if lower + count > max {
+            return Err(format!(
+                "a push of {count} records was accepted by a queue bounded to {max} records \
+                 that holds at least {lower}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A push of `ids` was refused (`Error::Full`) naming the usage `usage`, with the bound
+    /// `max`: it wrote nothing; the queue had no room; the usage is what the queue holds.
+    fn refused(&mut self, ids: &[u64], usage: u64, max: u64) -> Result<(), String> {
+        let (lower, upper) = self.usage_bounds();
+        let count = ids.len() as u64;
+        if upper + count <= max {
+            return Err(format!(
+                "a push of {count} records was refused by a queue bounded to {max} records \
+                 that holds at most {upper}"
+            ));
+        }
+        if usage < lower || usage > upper {
+            return Err(format!(
+                "a refused push names a usage of {usage} records; the queue holds {lower} to \
+                 {upper}"
+            ));
+        }
+        for id in ids {
+            if let Some(record) = self.records.get_mut(id) {
+                record.fate = Fate::Never;
+            }
+        }
+        self.summary.refused += 1;
+        Ok(())
+    }
+
+    /// `len` returned `len`: the records the queue holds.
+    fn check_len(&self, len: u64) -> Result<(), String> {
+        let (lower, upper) = self.usage_bounds();
+        if len < lower || len > upper {
+            return Err(format!(
+                "len is {len}; the queue holds {lower} to {upper} records"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A push of record `id` with deduplication id `key` was cut by a kill.
+    fn dedup_cut(&mut self, key: u8, id: u64) {
+        let entry = self.dedup.entry(key).or_default();
+        if entry.returned.is_none() {
+            entry.candidates.push(id);
+        } else if let Some(record) = self.records.get_mut(&id) {
+            // The id is taken: it writes nothing.
+            record.fate = Fate::Never;
+        }
     }
 
     /// A receive that returned record `seq` with delivery count `deliveries`, kept under the
@@ -793,6 +1026,15 @@ impl Model {
     /// its open), whose sync then syncs the head index and the ack log every consumer writes.
     /// A handle that never consumed syncs no consumer file (`Shared::sync_all`).
     fn synced(&mut self, consumer: bool) {
+        // The deduplication log too, before the records.
+        for entry in self.dedup.values_mut() {
+            if let Some((_, _, unsynced)) = &mut entry.returned {
+                *unsynced = false;
+            }
+        }
+        for unsynced in self.owed_seqs.values_mut() {
+            *unsynced = false;
+        }
         for record in self.records.values_mut() {
             record.push_unsynced = false;
             if consumer {
@@ -807,6 +1049,17 @@ impl Model {
         self.last_first = None;
         // Every process died; the open that recovers the queue ends every lease.
         self.leases_may_end = false;
+        if policy != Policy::Always {
+            self.owed_seqs.retain(|_, unsynced| !*unsynced);
+            for entry in self.dedup.values_mut() {
+                // A record may survive without its id's entry.
+                entry.loose = true;
+                if let Some((id, _, true)) = entry.returned {
+                    entry.returned = None;
+                    entry.candidates.push(id);
+                }
+            }
+        }
         // Under `Always` only pushes cut by a kill are unsynced, and no consumption is.
         for record in self.records.values_mut() {
             record.holder = None;
@@ -913,6 +1166,12 @@ impl Model {
             .filter(|(_, record)| record.fate == Fate::Owed)
             .map(|(&id, record)| (id, record.seq))
             .collect();
+        if !self.owed_seqs.is_empty() {
+            return Err(format!(
+                "numbers pushes with ids returned were never delivered: {:?}",
+                self.owed_seqs.keys().collect::<Vec<_>>()
+            ));
+        }
         if owed.is_empty() {
             Ok(())
         } else {
@@ -956,6 +1215,10 @@ fn run_work(
             Ok(Outcome::Pushed(seq..seq + 1))
         }
         ProcessOp::PushBatch { .. } => Ok(Outcome::Pushed(queue.push_batch(payloads)?)),
+        ProcessOp::PushDedup { key, .. } => {
+            let seq = queue.push_with(&payloads[0], crate::Push::new().dedup_id([*key]))?;
+            Ok(Outcome::Pushed(seq..seq + 1))
+        }
         ProcessOp::Pop { max, .. } => {
             let records = if *max == 1 {
                 queue.pop()?.into_iter().collect()
@@ -1011,6 +1274,7 @@ fn run_work(
         ProcessOp::Sync { .. } => queue.sync().map(|_| Outcome::Done),
         ProcessOp::Reopen { .. }
         | ProcessOp::Kill { .. }
+        | ProcessOp::KillOpen { .. }
         | ProcessOp::KillDuring { .. }
         | ProcessOp::KillAtPoint { .. }
         | ProcessOp::PowerLoss { .. } => Ok(Outcome::Done),
@@ -1087,15 +1351,23 @@ struct Run {
     dead: Vec<Arc<Queue>>,
     /// Threads stopped at a kill point.
     stopped: Vec<std::thread::JoinHandle<Result<Outcome, Error>>>,
+    /// Opens stopped at a kill point.
+    stopped_opens: Vec<std::thread::JoinHandle<Result<Arc<Queue>, Error>>>,
 }
 
 impl Run {
     fn options(&self, process: u32) -> Options {
-        let options = self.dead_letter_options(process);
-        match self.config.max_deliveries {
-            Some(max) => options.max_deliveries(max),
-            None => options,
+        let mut options = self.dead_letter_options(process);
+        if let Some(max) = self.config.max_deliveries {
+            options = options.max_deliveries(max);
         }
+        if self.config.dedup {
+            options = options.dedup_window(Duration::from_secs(3600));
+        }
+        if let Some(max) = self.config.max_records {
+            options = options.max_records(max).overflow(crate::Overflow::Reject);
+        }
+        options
     }
 
     /// The options of the dead-letter queue (those of the queue without its policies).
@@ -1122,6 +1394,51 @@ impl Run {
             held: Vec::new(),
         };
         Ok(())
+    }
+
+    /// Starts a new process for slot `index` whose open is killed at its `calls + 1`-th
+    /// storage call (then another starts), while the next handle pushes if `racing_push`.
+    fn start_cut(&mut self, index: usize, calls: u16, racing_push: bool) -> Result<(), String> {
+        self.next_process += 1;
+        let number = self.next_process;
+        let options = self.options(number);
+        let kills_before = self.sim.kills(number);
+        self.sim.kill_at(number, u64::from(calls));
+        let opening = std::thread::spawn(move || Queue::open(DIR, options).map(Arc::new));
+        if racing_push {
+            let pusher = (index + 1) % self.processes.len();
+            let push = ProcessOp::Push {
+                handle: pusher as u8,
+                len: 8 + (calls % 64),
+            };
+            let payloads = self.prepare(&push);
+            let queue = self.queue(pusher)?;
+            let outcome = run_work(&queue, &push, &payloads, Vec::new());
+            self.apply(pusher, &push, &payloads, outcome)?;
+        }
+        loop {
+            if self.sim.kills(number) != kills_before {
+                // Killed: the thread stays where the kill stopped it.
+                self.stopped_opens.push(opening);
+                self.model.summary.kills_during += 1;
+                return self.start(index);
+            }
+            if opening.is_finished() {
+                self.sim.disarm_kill(number);
+                let queue = opening
+                    .join()
+                    .map_err(|_| format!("open in process {number} panicked"))?
+                    .map_err(|error| format!("open in process {number} failed: {error}"))?;
+                self.processes[index] = Process {
+                    number,
+                    queue: Some(queue),
+                    consumer: false,
+                    held: Vec::new(),
+                };
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// The process of slot `index` is dead: its handle is kept as it is, never dropped.
@@ -1184,6 +1501,15 @@ impl Run {
                 self.model.holder_died(self.processes[index].number);
                 self.start(index)
             }
+            ProcessOp::KillOpen {
+                calls, racing_push, ..
+            } => {
+                let index = index.unwrap_or(0);
+                self.sim.kill_process(self.processes[index].number);
+                self.bury(index);
+                self.model.summary.kills += 1;
+                self.start_cut(index, *calls, *racing_push)
+            }
             ProcessOp::KillDuring { calls, op } => {
                 self.cut(index.unwrap_or(0), Cut::Calls(*calls), op)
             }
@@ -1196,7 +1522,13 @@ impl Run {
                 let queue = self.queue(index)?;
                 let held = self.held_for(index, work);
                 let outcome = run_work(&queue, work, &payloads, held);
-                self.apply(index, work, &payloads, outcome)
+                self.apply(index, work, &payloads, outcome)?;
+                // The usage of a bounded queue is exact, also after kills (sentence 31), as
+                // a consumer counts it.
+                if self.config.max_records.is_some() && self.processes[index].consumer {
+                    self.model.check_len(queue.len())?;
+                }
+                Ok(())
             }
         }
     }
@@ -1213,7 +1545,7 @@ impl Run {
     /// The ids and payloads of what `op` pushes (known to the model from now on).
     fn prepare(&mut self, op: &ProcessOp) -> Vec<Vec<u8>> {
         let (count, len) = match op {
-            ProcessOp::Push { len, .. } => (1, *len),
+            ProcessOp::Push { len, .. } | ProcessOp::PushDedup { len, .. } => (1, *len),
             ProcessOp::PushBatch { count, len, .. } => (usize::from(*count), *len),
             _ => return Vec::new(),
         };
@@ -1277,14 +1609,22 @@ impl Run {
                 Err(error) => eprintln!("  failed: {error}"),
             }
         }
-        match outcome.map_err(|error| format!("{op:?} on handle {index} failed: {error}"))? {
-            Outcome::Pushed(seqs) => {
-                let ids: Vec<u64> = payloads
-                    .iter()
-                    .map(|bytes| u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()))
-                    .collect();
-                self.model.pushed(&ids, seqs, always)
+        let ids: Vec<u64> = payloads.iter().map(|bytes| id_of(bytes)).collect();
+        if let (Err(Error::Full { records, .. }), Some(max)) = (&outcome, self.config.max_records) {
+            return self.model.refused(&ids, *records, max);
+        }
+        if let (Ok(Outcome::Pushed(_)), Some(max)) = (&outcome, self.config.max_records) {
+            if !matches!(op, ProcessOp::PushDedup { .. }) {
+                self.model.accepted(ids.len() as u64, max)?;
             }
+        }
+        match outcome.map_err(|error| format!("{op:?} on handle {index} failed: {error}"))? {
+            Outcome::Pushed(seqs) => match op {
+                ProcessOp::PushDedup { key, .. } => {
+                    self.model.pushed_dedup(*key, ids[0], seqs.start, always)
+                }
+                _ => self.model.pushed(&ids, seqs, always),
+            },
             Outcome::Delivered(records) => {
                 for (seq, bytes, consumed) in records {
                     self.model.delivered(seq, &bytes, consumed, always)?;
@@ -1398,6 +1738,9 @@ impl Run {
                     ProcessOp::RecvAck { count, .. } | ProcessOp::RecvNack { count, .. } => {
                         self.model.consumption_cut(usize::from(*count))
                     }
+                    ProcessOp::PushDedup { key, .. } => {
+                        self.model.dedup_cut(*key, id_of(&payloads[0]))
+                    }
                     // What it pushed stays "maybe"; a sync that did not return promises nothing.
                     _ => {}
                 }
@@ -1493,6 +1836,7 @@ impl Run {
         }
         // Detached: they never end.
         self.stopped.clear();
+        self.stopped_opens.clear();
         for queue in self.dead.drain(..) {
             match Arc::try_unwrap(queue) {
                 Ok(queue) => queue.abandon(),
@@ -1529,6 +1873,7 @@ pub fn run_processes(
         },
         dead: Vec::new(),
         stopped: Vec::new(),
+        stopped_opens: Vec::new(),
     };
     let result = (|| {
         for index in 0..run.processes.len() {
