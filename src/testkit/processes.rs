@@ -993,11 +993,25 @@ impl Model {
         // be (if its death was found) or not: they may be taken, but do not count.
         let mut front = Vec::new();
         let mut taken = 0;
-        for (seq, id) in &self.ids_by_seq {
+        // The records at known numbers, and those owed at numbers whose record the model
+        // cannot name (pushes with ids).
+        let seqs: std::collections::BTreeSet<u64> = self
+            .ids_by_seq
+            .keys()
+            .chain(self.owed_seqs.keys())
+            .copied()
+            .collect();
+        for seq in seqs {
             if taken == max {
                 break;
             }
-            let Some(record) = self.records.get(id) else {
+            if self.owed_seqs.contains_key(&seq) {
+                taken += 1;
+                front.push(seq);
+                continue;
+            }
+            let Some(record) = self.ids_by_seq.get(&seq).and_then(|id| self.records.get(id))
+            else {
                 continue;
             };
             if record.fate != Fate::Owed || record.holder.is_some() {
@@ -1005,9 +1019,10 @@ impl Model {
             }
             // A spent record is moved to the dead-letter queue rather than taken.
             taken += usize::from(!record.lease_may_end && !record.dead_loose);
-            front.push(*seq);
+            front.push(seq);
         }
         for seq in front {
+            self.owed_seqs.remove(&seq);
             if let Some(record) = self
                 .ids_by_seq
                 .get(&seq)
