@@ -1010,7 +1010,10 @@ impl Model {
                 front.push(seq);
                 continue;
             }
-            let Some(record) = self.ids_by_seq.get(&seq).and_then(|id| self.records.get(id))
+            let Some(record) = self
+                .ids_by_seq
+                .get(&seq)
+                .and_then(|id| self.records.get(id))
             else {
                 continue;
             };
