@@ -753,3 +753,65 @@ fn a_sync_on_any_handle_makes_the_ids_of_every_handle_durable_with_their_records
         assert_eq!(reopened.len(), 2, "power loss {loss}");
     }
 }
+
+/// Found by the simulation of several processes (seed 3,003,806, shrunk to these steps): a
+/// producer died after writing a batch of six frames, before its commit; a sync (of another
+/// handle) made those frames durable; the next producer cut them and wrote its record (with a
+/// deduplication id) over the first, but the cut was never synced: a power loss kept that
+/// record's entry and brought the dead batch's other frames back after the first, part of a push
+/// that never returned, at numbers the entries of later pushes name. A repair now syncs its cut.
+#[test]
+fn a_repair_makes_its_cut_durable_before_anything_is_written_over_it() {
+    use diskspool::testkit::processes::{CrashPoint, ProcessOp};
+
+    let config = processes_config_from_seed(3_003_806);
+    let ops = vec![
+        ProcessOp::PushDedup {
+            handle: 1,
+            key: 4,
+            len: 10,
+        },
+        ProcessOp::KillAtPoint {
+            point: CrashPoint::SharedWritten,
+            op: Box::new(ProcessOp::PushBatch {
+                handle: 1,
+                count: 6,
+                len: 62,
+            }),
+        },
+        ProcessOp::Peek {
+            handle: 1,
+            then_pop: true,
+        },
+        ProcessOp::Sync { handle: 1 },
+        ProcessOp::KillAtPoint {
+            point: CrashPoint::ConsumerBegun,
+            op: Box::new(ProcessOp::PushDedup {
+                handle: 0,
+                key: 2,
+                len: 31,
+            }),
+        },
+        ProcessOp::RecvAck {
+            handle: 0,
+            count: 3,
+            reverse: true,
+        },
+        ProcessOp::PowerLoss {
+            seed: 13_042_296_393_467_142_402,
+        },
+        ProcessOp::RecvAck {
+            handle: 1,
+            count: 2,
+            reverse: false,
+        },
+        ProcessOp::PushDedup {
+            handle: 1,
+            key: 2,
+            len: 136,
+        },
+    ];
+    if let Err(failure) = run_processes(&config, &ops) {
+        panic!("{config:?}: {failure}");
+    }
+}
