@@ -559,6 +559,20 @@ impl Options {
     }
 
     /// Bytes of a segment available to frames.
+    /// These options for a dead-letter queue of a queue opened with them: a record of the
+    /// largest size the queue accepts must fit there with its envelope before it, in a
+    /// segment of a new dead-letter queue too.
+    pub(crate) fn fitted_to_envelopes(mut self) -> Self {
+        let largest = self
+            .get_max_record_size()
+            .saturating_add(crate::format::dead_letter::DEAD_LETTER_HEADER_LEN)
+            .min(RECORD_LEN_MAX as usize);
+        self.max_record_size = Some(largest);
+        let needed = (frame_len(largest) as u64).saturating_add(SEGMENT_HEADER_LEN as u64);
+        self.segment_size = self.segment_size.max(needed.min(SEGMENT_SIZE_MAX));
+        self
+    }
+
     pub(crate) fn segment_room(&self) -> u64 {
         self.segment_size.saturating_sub(SEGMENT_HEADER_LEN as u64)
     }

@@ -295,6 +295,8 @@ fn run_processes_seeds(first: u64, count: u64) -> ProcessesSummary {
         total.kills += summary.kills;
         total.kills_during += summary.kills_during;
         total.power_losses += summary.power_losses;
+        total.dead_lettered += summary.dead_lettered;
+        total.refused += summary.refused;
     }
     eprintln!(
         "simulation of several processes: seeds {first}..{} passed in {:.1} s ({total:?})",
@@ -654,9 +656,162 @@ fn a_repair_makes_the_removal_of_an_unborn_segment_durable_even_after_a_repairer
 #[test]
 fn a_full_read_that_moved_the_durable_head_slot_tells_the_other_handles() {
     let seed = 105_377;
-    let config = processes_config_from_seed(seed);
+    let config = processes_config_from_seed(seed).narrow();
     let ops = processes_ops_from_seed(seed, PROCESS_OPS_PER_SEED, &config);
     if let Err(failure) = run_processes(&config, &ops) {
         panic!("seed {seed}: {failure}");
+    }
+}
+
+/// Found by the simulation of several processes (seed 16 of its deduplication runs): after a
+/// power loss that kept a deduplication entry and lost its record, a shared queue dropped the
+/// entries past its records only at the first push with an id, against the end of the log
+/// then: plain pushes had taken those numbers meanwhile, so the stale entry named another
+/// record, and a push with the id wrote nothing and returned that record's number. The first
+/// open after every handle is gone now settles the log against the recovered end.
+#[test]
+fn an_id_whose_record_a_power_loss_took_never_names_a_later_record() {
+    use diskspool::{Options, Push, Queue, SimStorage, SyncPolicy};
+    use std::sync::Arc;
+
+    let mut stale = 0;
+    for loss in 0..40 {
+        let sim = SimStorage::new(loss);
+        let options = |process| {
+            Options::default()
+                .exclusive(false)
+                .sync(SyncPolicy::Never)
+                .dedup_window(std::time::Duration::from_secs(3600))
+                .storage(Arc::new(sim.process(process)))
+        };
+        let first = Queue::open("/q", options(1)).unwrap();
+        first
+            .push_with(b"with the id", Push::new().dedup_id(b"k"))
+            .unwrap();
+        sim.power_loss_seeded(loss);
+        std::mem::forget(first);
+        let second = Queue::open("/q", options(2)).unwrap();
+        let plain = second.push(b"plain").unwrap();
+        let again = second
+            .push_with(b"with the id, again", Push::new().dedup_id(b"k"))
+            .unwrap();
+        stale += u32::from(plain == 0);
+        let mut records = Vec::new();
+        while let Some(record) = second.pop().unwrap() {
+            records.push((record.seq(), record.payload().to_vec()));
+        }
+        let named = records
+            .iter()
+            .find(|(seq, _)| *seq == again)
+            .map(|(_, payload)| payload.as_slice());
+        assert!(
+            named == Some(&b"with the id"[..]) || named == Some(&b"with the id, again"[..]),
+            "power loss {loss}: a push with the id returned seq {again}, which holds {named:?}"
+        );
+    }
+    // Some power losses took the first record (the plain push took its number).
+    assert!(stale > 0, "{stale}");
+}
+
+/// Found by the simulation of several processes (seed 32 of its deduplication runs):
+/// `Queue::sync` on a handle of a shared queue synced the deduplication log only through the
+/// file that handle had opened itself, none if it never pushed with an id: the record another
+/// handle pushed with an id was made durable without its id, and after a power loss a push with
+/// that id wrote the record a second time. A sync now syncs the log the queue has.
+#[test]
+fn a_sync_on_any_handle_makes_the_ids_of_every_handle_durable_with_their_records() {
+    use diskspool::{Options, Push, Queue, SimStorage, SyncPolicy};
+    use std::sync::Arc;
+
+    for loss in 0..20 {
+        let sim = SimStorage::new(loss);
+        let options = |process| {
+            Options::default()
+                .exclusive(false)
+                .sync(SyncPolicy::Never)
+                .dedup_window(std::time::Duration::from_secs(3600))
+                .storage(Arc::new(sim.process(process)))
+        };
+        let pusher = Queue::open("/q", options(1)).unwrap();
+        let syncer = Queue::open("/q", options(2)).unwrap();
+        // The first id creates the log (durably); the second is appended to it.
+        pusher
+            .push_with(b"first", Push::new().dedup_id(b"a"))
+            .unwrap();
+        pusher.sync().unwrap();
+        let seq = pusher
+            .push_with(b"once", Push::new().dedup_id(b"k"))
+            .unwrap();
+        syncer.sync().unwrap();
+        sim.power_loss_seeded(loss);
+        std::mem::forget((pusher, syncer));
+        let reopened = Queue::open("/q", options(3)).unwrap();
+        let again = reopened
+            .push_with(b"twice", Push::new().dedup_id(b"k"))
+            .unwrap();
+        assert_eq!(again, seq, "power loss {loss}: the id was forgotten");
+        assert_eq!(reopened.len(), 2, "power loss {loss}");
+    }
+}
+
+/// Found by the simulation of several processes (seed 3,003,806, shrunk to these steps): a
+/// producer died after writing a batch of six frames, before its commit; a sync (of another
+/// handle) made those frames durable; the next producer cut them and wrote its record (with a
+/// deduplication id) over the first, but the cut was never synced: a power loss kept that
+/// record's entry and brought the dead batch's other frames back after the first, part of a push
+/// that never returned, at numbers the entries of later pushes name. A repair now syncs its cut.
+#[test]
+fn a_repair_makes_its_cut_durable_before_anything_is_written_over_it() {
+    use diskspool::testkit::processes::{CrashPoint, ProcessOp};
+
+    let config = processes_config_from_seed(3_003_806);
+    let ops = vec![
+        ProcessOp::PushDedup {
+            handle: 1,
+            key: 4,
+            len: 10,
+        },
+        ProcessOp::KillAtPoint {
+            point: CrashPoint::SharedWritten,
+            op: Box::new(ProcessOp::PushBatch {
+                handle: 1,
+                count: 6,
+                len: 62,
+            }),
+        },
+        ProcessOp::Peek {
+            handle: 1,
+            then_pop: true,
+        },
+        ProcessOp::Sync { handle: 1 },
+        ProcessOp::KillAtPoint {
+            point: CrashPoint::ConsumerBegun,
+            op: Box::new(ProcessOp::PushDedup {
+                handle: 0,
+                key: 2,
+                len: 31,
+            }),
+        },
+        ProcessOp::RecvAck {
+            handle: 0,
+            count: 3,
+            reverse: true,
+        },
+        ProcessOp::PowerLoss {
+            seed: 13_042_296_393_467_142_402,
+        },
+        ProcessOp::RecvAck {
+            handle: 1,
+            count: 2,
+            reverse: false,
+        },
+        ProcessOp::PushDedup {
+            handle: 1,
+            key: 2,
+            len: 136,
+        },
+    ];
+    if let Err(failure) = run_processes(&config, &ops) {
+        panic!("{config:?}: {failure}");
     }
 }

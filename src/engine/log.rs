@@ -802,6 +802,13 @@ impl Log {
             file.set_len(committed.tail)
                 .map_err(|error| env.poison(Error::io("cut torn tail", &path, error)))?;
         }
+        // The cut durable before anything is written over it: a sync (of any handle) may have
+        // made the dead writer's frames durable, and a power loss that kept the frames written
+        // over the first of them but not the cut would bring the others back, a part of a push
+        // that never returned. Also when nothing was cut here: a repairer that died before
+        // this sync may have cut them.
+        file.sync_data()
+            .map_err(|error| env.poison(Error::io("sync cut segment", &path, error)))?;
         // The zeros ahead went with the cut.
         coordination.set_prepared_end(committed.base, committed.tail);
         // The dead writer may have written a deduplication entry for a record it never

@@ -134,6 +134,9 @@ impl Queue {
             };
             committed.pushed_bytes = bytes;
             let consumed = (committed.next_seq - records.min(committed.next_seq), 0);
+            // Entries of records a crash took name numbers at or past the recovered end: they
+            // go now, before a plain push takes those numbers and they would name its record.
+            crate::engine::dedup::settle_shared(&*storage, &dir, committed.next_seq)?;
             let coordination = opening.build(committed, consumed)?;
             return Self::assemble(
                 dir,

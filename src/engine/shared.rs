@@ -34,6 +34,7 @@ use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::format::frame::BodyPrefix;
+use crate::format::layout::{classify_entry, EntryKind};
 use crate::options::{Options, Overflow, SyncPolicy};
 use crate::stats::DiscardReason;
 use crate::storage::queue_dir::is_queue;
@@ -937,10 +938,13 @@ impl Shared {
     /// Makes every push and pop so far durable, whatever the sync policy.
     pub(crate) fn sync_all(&self) -> Result<()> {
         self.env.check_poisoned()?;
-        // Ids before their records, as a push with an id orders them.
-        lock(&self.dedup)
-            .sync()
-            .map_err(|error| self.env.poison(error))?;
+        // Ids before their records, as a push with an id orders them. A shared queue's log is
+        // the one in the directory: this handle may have opened none, or one since replaced.
+        match &self.env.coordination {
+            Some(_) => Dedup::sync_existing(&*self.env.storage, &self.env.dir),
+            None => lock(&self.dedup).sync(),
+        }
+        .map_err(|error| self.env.poison(error))?;
         let covered = self
             .log
             .sync_data_timed(&self.env)
@@ -992,9 +996,14 @@ impl Shared {
         }
         let env = &self.env;
         let path = env.options.dead_letter_path(&env.dir);
-        // Only a queue, an empty folder or a new one: never someone's files.
+        // Only a queue, an empty folder or a new one (or one whose creation a kill cut: the
+        // lock files and settings of an open, nothing else): never someone's files.
         let usable = match env.storage.list_dir(&path) {
-            Ok(names) => names.is_empty() || is_queue(&*env.storage, &path)?,
+            Ok(names) => {
+                names.iter().all(|name| {
+                    matches!(classify_entry(name), EntryKind::Lock | EntryKind::Settings)
+                }) || is_queue(&*env.storage, &path)?
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
             Err(error) => return Err(Error::io("list dead-letter directory", &path, error)),
         };
@@ -1004,7 +1013,7 @@ impl Shared {
                 path.display()
             )));
         }
-        let mut options = env.options.clone();
+        let mut options = env.options.clone().fitted_to_envelopes();
         options.metrics_name = Some(format!("{}-dead-letters", options.name_for(&env.dir)));
         options.max_deliveries = None;
         options.dead_letter_dir = None;

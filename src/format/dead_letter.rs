@@ -66,7 +66,8 @@ impl DeadLetterReason {
 }
 
 const DEAD_LETTER_MAGIC: [u8; 4] = *b"DSDL";
-const DEAD_LETTER_HEADER_LEN: usize = 24;
+/// The envelope's bytes before the payload.
+pub(crate) const DEAD_LETTER_HEADER_LEN: usize = 24;
 
 impl<'a> DeadLetter<'a> {
     /// Encodes the envelope: the reason's magic (`DSDL`, `DSDX`, `DSDO`), deliveries (u32), original seq (u64), enqueue time (u64),

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use super::Policy;
 use crate::storage::sim::{SimRng, SimStorage};
-use crate::{Error, Options, Queue};
+use crate::{Delivery, Error, Options, Queue};
 
 /// The segment size of these runs: small, so that rolls and compactions are frequent.
 const SEGMENT_SIZE: u64 = 4096;
@@ -46,6 +46,29 @@ pub struct ProcessesConfig {
     /// Whether the simulated filesystem offers writable mappings (the real filesystem's write
     /// path: frames and head slots stored through mappings under `Never` and `Interval`).
     pub writable_mappings: bool,
+    /// Whether the workload also draws the operations added after the first version (peeks,
+    /// ...); off, a seed draws the workload it always drew (the fixed seeds replay it).
+    pub wide: bool,
+    /// `Options::max_deliveries` of every handle (wide runs only): a record released that
+    /// many times moves to the dead-letter queue.
+    pub max_deliveries: Option<u32>,
+    /// Whether pushes with deduplication ids are drawn (wide runs only; window: an hour).
+    pub dedup: bool,
+    /// `Options::max_records` with `Overflow::Reject` (wide runs only).
+    pub max_records: Option<u64>,
+}
+
+impl ProcessesConfig {
+    /// This setup with the workload of the first version only (see [`wide`](Self::wide)).
+    pub fn narrow(self) -> Self {
+        ProcessesConfig {
+            wide: false,
+            max_deliveries: None,
+            dedup: false,
+            max_records: None,
+            ..self
+        }
+    }
 }
 
 /// One step of the workload. `handle` is taken modulo the number of handles.
@@ -90,6 +113,38 @@ pub enum ProcessOp {
         /// Most records to receive.
         count: u8,
     },
+    /// Receive up to `count` records and keep them (the handle holds their leases until a
+    /// `Settle`, its death or its close).
+    RecvHold {
+        /// The receiving handle.
+        handle: u8,
+        /// Most records to receive.
+        count: u8,
+    },
+    /// Settle every record the handle holds, as `how` says.
+    Settle {
+        /// The holding handle.
+        handle: u8,
+        /// Acknowledge, release, release for later, or extend.
+        how: Settle,
+    },
+    /// Push one record with deduplication id `key` (`Push::dedup_id`).
+    PushDedup {
+        /// The pushing handle.
+        handle: u8,
+        /// The id (few: pushes of one id from several processes meet).
+        key: u8,
+        /// Payload length.
+        len: u16,
+    },
+    /// Peek, and (`then_pop`) pop right after from the same handle: the pop must return
+    /// what the peek showed, when no lease may end in between.
+    Peek {
+        /// The peeking handle.
+        handle: u8,
+        /// Pop right after.
+        then_pop: bool,
+    },
     /// Run the compactor.
     Compact {
         /// The compacting handle.
@@ -128,12 +183,37 @@ pub enum ProcessOp {
         /// The operation cut.
         op: Box<ProcessOp>,
     },
+    /// Kill the handle's process between two operations, and kill the new process at its
+    /// `calls + 1`-th storage call of `Queue::open` (a kill point it does not reach kills
+    /// nothing), then open again; with `racing_push`, the next handle pushes one record while
+    /// the cut open runs (or stands, dead, where it stopped).
+    KillOpen {
+        /// The handle.
+        handle: u8,
+        /// How many of its calls the opening process makes first.
+        calls: u16,
+        /// Whether another handle pushes meanwhile.
+        racing_push: bool,
+    },
     /// Cut the power (the crash's choices drawn from `seed`): every process dies; all open
     /// again.
     PowerLoss {
         /// Seed of the crash's choices.
         seed: u64,
     },
+}
+
+/// How `ProcessOp::Settle` settles the records a handle holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// `Delivery::ack`.
+    Ack,
+    /// `Delivery::nack`: available again at once.
+    Nack,
+    /// `Delivery::retry_after` an hour: not delivered again during the run.
+    RetryLater,
+    /// `Delivery::extend` by two hours: still held, by this handle only.
+    Extend,
 }
 
 /// The engine's crash points in shared queues (`engine::failpoint`).
@@ -183,10 +263,15 @@ impl ProcessOp {
             | ProcessOp::Pop { handle, .. }
             | ProcessOp::RecvAck { handle, .. }
             | ProcessOp::RecvNack { handle, .. }
+            | ProcessOp::Peek { handle, .. }
+            | ProcessOp::PushDedup { handle, .. }
+            | ProcessOp::RecvHold { handle, .. }
+            | ProcessOp::Settle { handle, .. }
             | ProcessOp::Compact { handle }
             | ProcessOp::Sync { handle }
             | ProcessOp::Reopen { handle }
-            | ProcessOp::Kill { handle } => Some(*handle),
+            | ProcessOp::Kill { handle }
+            | ProcessOp::KillOpen { handle, .. } => Some(*handle),
             ProcessOp::KillDuring { op, .. } | ProcessOp::KillAtPoint { op, .. } => op.handle(),
             ProcessOp::PowerLoss { .. } => None,
         }
@@ -200,6 +285,10 @@ pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
         handles: 2 + rng.below(2) as u8,
         policy: Policy::from_byte(rng.below(3) as u8),
         writable_mappings: rng.chance(3, 4),
+        wide: true,
+        max_deliveries: rng.chance(1, 3).then(|| 1 + rng.below(2) as u32),
+        dedup: rng.chance(1, 3),
+        max_records: rng.chance(1, 4).then(|| 4 + rng.below(9)),
     }
 }
 
@@ -210,19 +299,44 @@ pub fn processes_ops_from_seed(
     config: &ProcessesConfig,
 ) -> Vec<ProcessOp> {
     let mut rng = SimRng::new(seed);
+    // The operations added later come from a stream of their own, drawn only in wide runs, so
+    // that a narrow run draws what the first version drew.
+    let mut extra = config.wide.then(|| SimRng::new(seed ^ 0xE57A_0F5E_ED00));
     let handles = u64::from(config.handles);
     (0..count)
         .map(|_| {
             let handle = rng.below(handles) as u8;
+            let draw_work =
+                |rng: &mut SimRng, extra: &mut Option<SimRng>, handle| match extra.as_mut() {
+                    Some(extra) => {
+                        if extra.chance(1, 3) {
+                            wide_op(extra, handle, config)
+                        } else {
+                            work_op(rng, handle)
+                        }
+                    }
+                    None => work_op(rng, handle),
+                };
             match rng.below(100) {
                 0..=2 => ProcessOp::PowerLoss {
                     seed: rng.next_u64(),
                 },
                 3..=7 => ProcessOp::Kill { handle },
-                8..=10 => ProcessOp::Reopen { handle },
+                // Cut opens take a quarter of the wide runs' reopens.
+                8..=10 => match extra
+                    .as_mut()
+                    .map(|extra| (extra.below(4), extra.below(24), extra.chance(1, 2)))
+                {
+                    Some((0, calls, racing_push)) => ProcessOp::KillOpen {
+                        handle,
+                        calls: calls as u16,
+                        racing_push,
+                    },
+                    _ => ProcessOp::Reopen { handle },
+                },
                 27..=33 => ProcessOp::KillAtPoint {
                     point: CrashPoint::ALL[rng.below(CrashPoint::ALL.len() as u64) as usize],
-                    op: Box::new(work_op(&mut rng, handle)),
+                    op: Box::new(draw_work(&mut rng, &mut extra, handle)),
                 },
                 11..=26 => ProcessOp::KillDuring {
                     // Most operations make a few calls: most kill points are early.
@@ -231,9 +345,9 @@ pub fn processes_ops_from_seed(
                         5..=7 => rng.below(12),
                         _ => rng.below(40),
                     } as u16,
-                    op: Box::new(work_op(&mut rng, handle)),
+                    op: Box::new(draw_work(&mut rng, &mut extra, handle)),
                 },
-                _ => work_op(&mut rng, handle),
+                _ => draw_work(&mut rng, &mut extra, handle),
             }
         })
         .collect()
@@ -267,6 +381,36 @@ fn work_op(rng: &mut SimRng, handle: u8) -> ProcessOp {
     }
 }
 
+/// An operation added after the first version (drawn from its own stream).
+fn wide_op(rng: &mut SimRng, handle: u8, config: &ProcessesConfig) -> ProcessOp {
+    if config.dedup && rng.chance(1, 3) {
+        return ProcessOp::PushDedup {
+            handle,
+            key: rng.below(6) as u8,
+            len: 8 + rng.below(u64::from(PAYLOAD_MAX) - 7) as u16,
+        };
+    }
+    match rng.below(100) {
+        0..=29 => ProcessOp::Peek {
+            handle,
+            then_pop: rng.chance(1, 2),
+        },
+        30..=49 => ProcessOp::RecvHold {
+            handle,
+            count: 1 + rng.below(3) as u8,
+        },
+        _ => ProcessOp::Settle {
+            handle,
+            how: match rng.below(4) {
+                0 => Settle::Ack,
+                1 => Settle::Nack,
+                2 => Settle::RetryLater,
+                _ => Settle::Extend,
+            },
+        },
+    }
+}
+
 /// What a run exercised.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProcessesSummary {
@@ -280,6 +424,10 @@ pub struct ProcessesSummary {
     pub kills_during: u64,
     /// Power losses.
     pub power_losses: u64,
+    /// Records moved to the dead-letter queue by a release that returned.
+    pub dead_lettered: u64,
+    /// Pushes refused by a full bounded queue.
+    pub refused: u64,
 }
 
 /// Where the model stands on one record (by the id in its first 8 bytes).
@@ -292,6 +440,14 @@ enum Fate {
     Maybe,
     /// Consumed (a pop or an acknowledgement returned): it must never come again.
     Consumed,
+    /// Released for an hour (`retry_after` returned): it must not come again during the run
+    /// (but after a power loss the policy allows to undo the release).
+    Parked,
+    /// Moved to the dead-letter queue (a release that used up `max_deliveries` returned): it
+    /// must never come again here, and be in the dead-letter queue once.
+    Dead,
+    /// Its push returned without writing it (deduplicated): it must never come.
+    Never,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -309,6 +465,31 @@ struct Record {
     /// Delivered before (or possibly, by an operation a kill cut): exempt from the order of
     /// first deliveries.
     delivered: bool,
+    /// The live process that holds its lease (received by `RecvHold`, not settled): no other
+    /// receive, pop or peek may hand it out.
+    holder: Option<u32>,
+    /// The highest delivery count a receive returned for it (counts only grow).
+    deliveries: u32,
+    /// A dead process held its lease: it is available again once a consumer finds it dead.
+    lease_may_end: bool,
+    /// It may have moved to the dead-letter queue (or once more) where the model cannot tell:
+    /// a move cut by a kill, or a record with its deliveries used up whose lease ended (the
+    /// next consumer to reach it moves it).
+    dead_loose: bool,
+}
+
+/// What the model knows of one deduplication id.
+#[derive(Debug, Default)]
+struct DedupKey {
+    /// The push with the id that returned: `(record id, seq, unsynced)`. Every later push with
+    /// the id returns that seq and writes nothing.
+    returned: Option<(u64, u64, bool)>,
+    /// Records of pushes with the id that did not return (cut by a kill, or forgotten by a
+    /// power loss): each may be in the queue with its id remembered, or not at all.
+    candidates: Vec<u64>,
+    /// A power loss under `Never` or `Interval` may have kept a record and lost its id's
+    /// entry: a later push may then write the record again.
+    loose: bool,
 }
 
 /// The model of the contract across processes.
@@ -320,6 +501,16 @@ struct Model {
     next_id: u64,
     /// The sequence number of the last record delivered for the first time.
     last_first: Option<u64>,
+    /// A lease of a dead process may end at any moment (a consumer looks whether its holder
+    /// lives at most every 10 ms): a pop right after a peek may then take that record.
+    leases_may_end: bool,
+    /// `Options::max_deliveries`.
+    max_deliveries: Option<u32>,
+    /// What the model knows of each deduplication id.
+    dedup: BTreeMap<u8, DedupKey>,
+    /// Sequence numbers a push with an id returned whose record is one of several the model
+    /// cannot tell apart: each must be delivered (`true`: unsynced, a power loss may take it).
+    owed_seqs: BTreeMap<u64, bool>,
     summary: ProcessesSummary,
 }
 
@@ -367,6 +558,10 @@ impl Model {
                     push_unsynced: true,
                     consume_unsynced: false,
                     delivered: false,
+                    holder: None,
+                    deliveries: 0,
+                    lease_may_end: false,
+                    dead_loose: false,
                 },
             );
         }
@@ -405,23 +600,9 @@ impl Model {
         consumed: bool,
         synced: bool,
     ) -> Result<(), String> {
-        let id = bytes
-            .get(..8)
-            .map(|head| u64::from_le_bytes(head.try_into().unwrap_or_default()))
-            .ok_or_else(|| format!("record {seq} is shorter than its id"))?;
-        if bytes[8..].iter().any(|&byte| byte != (id as u8) ^ 0xA5) {
-            return Err(format!(
-                "record {id} (seq {seq}) has other bytes than were pushed"
-            ));
-        }
-        self.learn_seq(id, seq)?;
+        let id = self.identify(seq, bytes)?;
+        self.owed_seqs.remove(&seq);
         let record = self.records.get_mut(&id).ok_or("unknown record")?;
-        if record.fate == Fate::Consumed {
-            return Err(format!(
-                "record {id} (seq {seq}) delivered again after a pop or an acknowledgement of \
-                 it returned"
-            ));
-        }
         if !record.delivered {
             if let Some(last) = self.last_first {
                 if seq <= last {
@@ -451,27 +632,400 @@ impl Model {
         Ok(())
     }
 
+    /// The id of the record `seq` handed out with `bytes`, checked: pushed with these bytes,
+    /// this sequence number its only one, and still in the queue as far as the model knows.
+    fn identify(&mut self, seq: u64, bytes: &[u8]) -> Result<u64, String> {
+        let id = bytes
+            .get(..8)
+            .map(|head| u64::from_le_bytes(head.try_into().unwrap_or_default()))
+            .ok_or_else(|| format!("record {seq} is shorter than its id"))?;
+        if bytes[8..].iter().any(|&byte| byte != (id as u8) ^ 0xA5) {
+            return Err(format!(
+                "record {id} (seq {seq}) has other bytes than were pushed"
+            ));
+        }
+        self.learn_seq(id, seq)?;
+        let record = self.records.get(&id).ok_or("unknown record")?;
+        if record.fate == Fate::Consumed {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered again after a pop or an acknowledgement of \
+                 it returned"
+            ));
+        }
+        if record.fate == Fate::Never {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered, but its push wrote nothing (deduplicated)"
+            ));
+        }
+        if record.fate == Fate::Dead {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered again after it was moved to the dead-letter \
+                 queue"
+            ));
+        }
+        if record.fate == Fate::Parked {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered again within the hour of its retry_after"
+            ));
+        }
+        if let Some(holder) = record.holder {
+            return Err(format!(
+                "record {id} (seq {seq}) handed out while process {holder} holds its lease"
+            ));
+        }
+        Ok(id)
+    }
+
+    /// A push of record `id` with deduplication id `key` returned `seq`: the number of an
+    /// earlier push with the id that returned (nothing written), of a record a cut push with
+    /// the id left, or of the new record; never a number twice for one id in the window.
+    fn pushed_dedup(&mut self, key: u8, id: u64, seq: u64, synced: bool) -> Result<(), String> {
+        let entry = self.dedup.entry(key).or_default();
+        if let Some((first, first_seq, _)) = entry.returned {
+            if seq != first_seq {
+                return Err(format!(
+                    "a push with id {key} returned seq {seq}, an earlier one returned \
+                     {first_seq} (record {first})"
+                ));
+            }
+            if let Some(record) = self.records.get_mut(&id) {
+                record.fate = Fate::Never;
+            }
+            return Ok(());
+        }
+        let candidates = std::mem::take(&mut entry.candidates);
+        let loose = entry.loose;
+        if let Some(&other) = self.ids_by_seq.get(&seq) {
+            // The record of a cut push with the id.
+            if !candidates.contains(&other) {
+                return Err(format!(
+                    "a push with id {key} returned seq {seq}, which record {other} holds"
+                ));
+            }
+            if let Some(record) = self.records.get_mut(&id) {
+                record.fate = Fate::Never;
+            }
+            if let Some(record) = self.records.get_mut(&other) {
+                // Its push took effect: owed, unless it may have been consumed already.
+                if record.fate == Fate::Maybe && !record.delivered {
+                    record.fate = Fate::Owed;
+                }
+                record.push_unsynced &= !synced;
+            }
+            let entry = self.dedup.entry(key).or_default();
+            entry.returned = Some((other, seq, !synced));
+            entry.candidates = candidates.into_iter().filter(|&c| c != other).collect();
+            return Ok(());
+        }
+        if !loose {
+            // A cut push's record known to be there has its id remembered.
+            if let Some(known) = candidates
+                .iter()
+                .filter_map(|c| self.records.get(c).and_then(|record| record.seq))
+                .next()
+            {
+                return Err(format!(
+                    "a push with id {key} wrote seq {seq}, but a record with the id is at {known}"
+                ));
+            }
+        }
+        let unknown: Vec<u64> = candidates
+            .iter()
+            .copied()
+            .filter(|c| {
+                self.records
+                    .get(c)
+                    .is_some_and(|record| record.seq.is_none())
+            })
+            .collect();
+        if unknown.is_empty() {
+            self.pushed(&[id], seq..seq + 1, synced)?;
+        } else if unknown
+            .iter()
+            .all(|c| self.records.get(c).is_some_and(|record| !record.delivered))
+        {
+            // The new record or one a cut push left: whichever it is must be delivered.
+            self.owed_seqs.insert(seq, !synced);
+        }
+        let entry = self.dedup.entry(key).or_default();
+        entry.returned = Some((id, seq, !synced));
+        entry.candidates = candidates;
+        if !unknown.is_empty() {
+            entry.candidates.push(id);
+        }
+        Ok(())
+    }
+
+    /// The records the queue holds for sure, and at most (for its bound and `len`): owed (not
+    /// possibly moved to the dead-letter queue) and parked ones; and those that may be there.
+    fn usage_bounds(&self) -> (u64, u64) {
+        let (mut lower, mut upper) = (0, 0);
+        for record in self.records.values() {
+            match record.fate {
+                Fate::Owed if !record.dead_loose => lower += 1,
+                Fate::Parked => lower += 1,
+                Fate::Owed | Fate::Maybe => upper += 1,
+                Fate::Consumed | Fate::Dead | Fate::Never => {}
+            }
+        }
+        (lower, lower + upper)
+    }
+
+    /// A push of `ids` returned with the bound `max`: the queue had room for it.
+    fn accepted(&self, count: u64, max: u64) -> Result<(), String> {
+        let (lower, _) = self.usage_bounds();
+        if lower + count > max {
+            return Err(format!(
+                "a push of {count} records was accepted by a queue bounded to {max} records \
+                 that holds at least {lower}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A push of `ids` was refused (`Error::Full`) naming the usage `usage`, with the bound
+    /// `max`: it wrote nothing; the queue had no room; the usage is what the queue holds.
+    fn refused(&mut self, ids: &[u64], usage: u64, max: u64) -> Result<(), String> {
+        let (lower, upper) = self.usage_bounds();
+        let count = ids.len() as u64;
+        if upper + count <= max {
+            return Err(format!(
+                "a push of {count} records was refused by a queue bounded to {max} records \
+                 that holds at most {upper}"
+            ));
+        }
+        if usage < lower || usage > upper {
+            return Err(format!(
+                "a refused push names a usage of {usage} records; the queue holds {lower} to \
+                 {upper}"
+            ));
+        }
+        for id in ids {
+            if let Some(record) = self.records.get_mut(id) {
+                record.fate = Fate::Never;
+            }
+        }
+        self.summary.refused += 1;
+        Ok(())
+    }
+
+    /// `len` returned `len`: the records the queue holds.
+    fn check_len(&self, len: u64) -> Result<(), String> {
+        let (lower, upper) = self.usage_bounds();
+        if len < lower || len > upper {
+            return Err(format!(
+                "len is {len}; the queue holds {lower} to {upper} records"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A push of record `id` with deduplication id `key` was cut by a kill.
+    fn dedup_cut(&mut self, key: u8, id: u64) {
+        let entry = self.dedup.entry(key).or_default();
+        if entry.returned.is_none() {
+            entry.candidates.push(id);
+        } else if let Some(record) = self.records.get_mut(&id) {
+            // The id is taken: it writes nothing.
+            record.fate = Fate::Never;
+        }
+    }
+
+    /// A receive that returned record `seq` with delivery count `deliveries`, kept under the
+    /// lease of process `holder` if any (else settled in the same operation).
+    fn received(
+        &mut self,
+        seq: u64,
+        bytes: &[u8],
+        deliveries: u32,
+        holder: Option<u32>,
+        synced: bool,
+    ) -> Result<u64, String> {
+        self.delivered(seq, bytes, false, synced)?;
+        let id = self.identify(seq, bytes)?;
+        let record = self.records.get_mut(&id).ok_or("unknown record")?;
+        if self.max_deliveries.is_some_and(|max| deliveries > max) {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered with count {deliveries}, past max_deliveries"
+            ));
+        }
+        if deliveries <= record.deliveries {
+            return Err(format!(
+                "record {id} (seq {seq}) delivered with count {deliveries}, after count {}",
+                record.deliveries
+            ));
+        }
+        record.deliveries = deliveries;
+        record.holder = holder;
+        record.lease_may_end = false;
+        Ok(id)
+    }
+
+    /// An acknowledgement of `id` returned.
+    fn acked(&mut self, id: u64, synced: bool) -> Result<(), String> {
+        let record = self.records.get_mut(&id).ok_or("unknown record")?;
+        record.holder = None;
+        record.fate = Fate::Consumed;
+        record.consume_unsynced = !synced;
+        self.summary.consumed += 1;
+        Ok(())
+    }
+
+    /// A release of `id` (delivered `deliveries` times) returned (for an hour if `later`):
+    /// with its deliveries used up, it moved to the dead-letter queue.
+    fn released(
+        &mut self,
+        id: u64,
+        deliveries: u32,
+        later: bool,
+        synced: bool,
+    ) -> Result<(), String> {
+        let spent = self.max_deliveries.is_some_and(|max| deliveries >= max);
+        let record = self.records.get_mut(&id).ok_or("unknown record")?;
+        record.holder = None;
+        record.fate = if spent {
+            self.summary.dead_lettered += 1;
+            Fate::Dead
+        } else if later {
+            Fate::Parked
+        } else {
+            Fate::Owed
+        };
+        record.consume_unsynced = !synced;
+        Ok(())
+    }
+
+    /// Process `process` died holding leases: they end when its death is found (a consumer
+    /// looks at most every 10 ms), and the records are delivered again.
+    fn holder_died(&mut self, process: u32) {
+        for record in self.records.values_mut() {
+            if record.holder == Some(process) {
+                record.holder = None;
+                record.lease_may_end = true;
+                // Spent, the next consumer that reaches it moves it.
+                record.dead_loose |= self
+                    .max_deliveries
+                    .is_some_and(|max| record.deliveries >= max);
+                self.leases_may_end = true;
+            }
+        }
+    }
+
+    /// A settling of the records `ids` was cut by a kill: each may be settled or not.
+    fn settle_cut(&mut self, ids: &[u64]) {
+        self.leases_may_end = true;
+        for id in ids {
+            if let Some(record) = self.records.get_mut(id) {
+                record.holder = None;
+                record.fate = Fate::Maybe;
+                record.consume_unsynced = true;
+                record.dead_loose = true;
+            }
+        }
+    }
+
+    /// A peek showed `peeked`; `popped` is what a pop right after returned, if one ran. The
+    /// record shown is one a pop may return: never consumed, and if it was never delivered, the
+    /// next in the order of first deliveries. The pop returns that very record (or nothing
+    /// after a peek of nothing), unless a dead process's lease may have ended in between.
+    fn peeked(
+        &mut self,
+        peeked: Option<&(u64, Vec<u8>)>,
+        popped: Option<Option<&(u64, Vec<u8>)>>,
+        synced: bool,
+    ) -> Result<(), String> {
+        if let Some((seq, bytes)) = peeked {
+            let id = self.identify(*seq, bytes)?;
+            let delivered = self.records.get(&id).is_some_and(|record| record.delivered);
+            if let (false, Some(last)) = (delivered, self.last_first) {
+                if *seq <= last {
+                    return Err(format!(
+                        "a peek showed record {id} (seq {seq}), never delivered, after the \
+                         first delivery of seq {last}"
+                    ));
+                }
+            }
+        }
+        let Some(popped) = popped else {
+            return Ok(());
+        };
+        // A peek shows a record whose deliveries are used up, which a pop moves to the
+        // dead-letter queue instead.
+        let spent = peeked.is_some_and(|(_, bytes)| {
+            self.records.get(&id_of(bytes)).is_some_and(|record| {
+                record.dead_loose
+                    || self
+                        .max_deliveries
+                        .is_some_and(|max| record.deliveries >= max)
+            })
+        });
+        if !self.leases_may_end
+            && !spent
+            && peeked.map(|(seq, _)| *seq) != popped.map(|(seq, _)| *seq)
+        {
+            return Err(format!(
+                "a peek showed seq {:?}, the pop right after returned seq {:?}",
+                peeked.map(|(seq, _)| *seq),
+                popped.map(|(seq, _)| *seq)
+            ));
+        }
+        if let Some((seq, bytes)) = popped {
+            self.delivered(*seq, bytes, true, synced)?;
+        }
+        Ok(())
+    }
+
     /// A consuming operation of up to `max` records was cut by a kill: the records at the front
     /// may be consumed, leased for good, or still there.
     fn consumption_cut(&mut self, max: usize) {
+        // It may have left leases of its own, which end when its death is found.
+        self.leases_may_end = true;
         // Records a cut push may have left (number unknown) may be at the front too: the cut
         // operation may have leased them, and a lease of a dead process ends (when it runs out,
         // or sooner when its death is found): they may then come after later ones.
         for record in self.records.values_mut() {
             if record.fate == Fate::Maybe {
                 record.delivered = true;
+                record.dead_loose = true;
             }
         }
-        let front: Vec<u64> = self
-            .records
-            .values()
-            .filter(|record| record.fate == Fate::Owed)
-            .filter_map(|record| record.seq)
-            .collect::<std::collections::BTreeSet<u64>>()
-            .into_iter()
-            .take(max)
+        // Records a live process holds are not at the front; those a dead process held may
+        // be (if its death was found) or not: they may be taken, but do not count.
+        let mut front = Vec::new();
+        let mut taken = 0;
+        // The records at known numbers, and those owed at numbers whose record the model
+        // cannot name (pushes with ids).
+        let seqs: std::collections::BTreeSet<u64> = self
+            .ids_by_seq
+            .keys()
+            .chain(self.owed_seqs.keys())
+            .copied()
             .collect();
+        for seq in seqs {
+            if taken == max {
+                break;
+            }
+            if self.owed_seqs.contains_key(&seq) {
+                taken += 1;
+                front.push(seq);
+                continue;
+            }
+            let Some(record) = self
+                .ids_by_seq
+                .get(&seq)
+                .and_then(|id| self.records.get(id))
+            else {
+                continue;
+            };
+            if record.fate != Fate::Owed || record.holder.is_some() {
+                continue;
+            }
+            // A spent record is moved to the dead-letter queue rather than taken.
+            taken += usize::from(!record.lease_may_end && !record.dead_loose);
+            front.push(seq);
+        }
         for seq in front {
+            self.owed_seqs.remove(&seq);
             if let Some(record) = self
                 .ids_by_seq
                 .get(&seq)
@@ -479,6 +1033,7 @@ impl Model {
             {
                 record.fate = Fate::Maybe;
                 record.delivered = true;
+                record.dead_loose = true;
             }
         }
     }
@@ -489,6 +1044,15 @@ impl Model {
     /// its open), whose sync then syncs the head index and the ack log every consumer writes.
     /// A handle that never consumed syncs no consumer file (`Shared::sync_all`).
     fn synced(&mut self, consumer: bool) {
+        // The deduplication log too, before the records.
+        for entry in self.dedup.values_mut() {
+            if let Some((_, _, unsynced)) = &mut entry.returned {
+                *unsynced = false;
+            }
+        }
+        for unsynced in self.owed_seqs.values_mut() {
+            *unsynced = false;
+        }
         for record in self.records.values_mut() {
             record.push_unsynced = false;
             if consumer {
@@ -501,12 +1065,36 @@ impl Model {
     fn power_loss(&mut self, policy: Policy) {
         self.summary.power_losses += 1;
         self.last_first = None;
+        // Every process died; the open that recovers the queue ends every lease.
+        self.leases_may_end = false;
+        if policy != Policy::Always {
+            self.owed_seqs.retain(|_, unsynced| !*unsynced);
+            for entry in self.dedup.values_mut() {
+                // A record may survive without its id's entry.
+                entry.loose = true;
+                if let Some((id, _, true)) = entry.returned {
+                    entry.returned = None;
+                    entry.candidates.push(id);
+                }
+            }
+        }
         // Under `Always` only pushes cut by a kill are unsynced, and no consumption is.
-        let _ = policy;
         for record in self.records.values_mut() {
+            record.holder = None;
+            record.lease_may_end = false;
+            // Its lease ends: spent, the next consumer that reaches it moves it.
+            record.dead_loose |= self
+                .max_deliveries
+                .is_some_and(|max| record.deliveries >= max);
+            if policy != Policy::Always {
+                // The delivery counts the ack log had not synced may be lost.
+                record.deliveries = 0;
+            }
             if record.push_unsynced {
                 record.fate = Fate::Maybe;
                 record.delivered = true;
+                // It may survive with a delivery count that spends it.
+                record.dead_loose = true;
                 // Lost, its sequence number goes to the next push.
                 if let Some(seq) = record.seq.take() {
                     self.ids_by_seq.remove(&seq);
@@ -514,9 +1102,78 @@ impl Model {
             } else if record.consume_unsynced {
                 record.fate = Fate::Maybe;
                 record.delivered = true;
+                // A move to the dead-letter queue may be undone (or half of it: the push
+                // there is as durable as any push under this policy).
+                record.dead_loose = true;
+            } else if (record.fate == Fate::Dead || record.dead_loose) && policy != Policy::Always {
+                // Moved (or possibly moved) to the dead-letter queue, whose push no sync of
+                // this queue covers (durable only under `Always`, sentence 14): a power loss
+                // may take it there after a sync here made the acknowledgement durable.
+                record.fate = Fate::Maybe;
+                record.dead_loose = true;
             }
             record.consume_unsynced = false;
         }
+    }
+
+    /// Whether a record owed was leased by a dead (or closed) process.
+    fn owes_behind_dead_leases(&self) -> bool {
+        self.records
+            .values()
+            .any(|record| record.fate == Fate::Owed && record.lease_may_end)
+    }
+
+    /// The dead-letter queue held `letters` (original seq, payload) after the final drain:
+    /// every record moved is there once (or, where a kill or a power loss may have cut or
+    /// undone a move, any number of times), nothing else is; a record owed but not drained
+    /// is there.
+    fn dead_letters(&mut self, letters: &[(u64, Vec<u8>)]) -> Result<(), String> {
+        let mut copies: BTreeMap<u64, u32> = BTreeMap::new();
+        for (seq, bytes) in letters {
+            let id = id_of(bytes);
+            if bytes
+                .get(8..)
+                .is_none_or(|rest| rest.iter().any(|&byte| byte != (id as u8) ^ 0xA5))
+            {
+                return Err(format!(
+                    "dead letter of seq {seq} has other bytes than were pushed"
+                ));
+            }
+            let record = self
+                .records
+                .get(&id)
+                .ok_or_else(|| format!("dead letter of seq {seq} names no record pushed"))?;
+            if record.seq.is_some_and(|known| known != *seq) {
+                return Err(format!(
+                    "dead letter of record {id} names seq {seq}, not {:?}",
+                    record.seq
+                ));
+            }
+            *copies.entry(id).or_default() += 1;
+        }
+        for (&id, record) in &mut self.records {
+            let count = copies.get(&id).copied().unwrap_or(0);
+            let wrong = match (record.fate, record.dead_loose) {
+                (Fate::Maybe, _) => false,
+                (Fate::Dead, false) => count != 1,
+                (Fate::Dead, true) => count == 0,
+                // Spent where the model cannot tell: moved by the drain, or before.
+                (Fate::Owed, true) if count > 0 => {
+                    record.fate = Fate::Dead;
+                    false
+                }
+                (Fate::Owed, _) => false,
+                (_, true) => false,
+                (_, false) => count != 0,
+            };
+            if wrong {
+                return Err(format!(
+                    "record {id} (seq {:?}, {:?}) is in the dead-letter queue {count} times",
+                    record.seq, record.fate
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// After the final drain: every record owed was delivered.
@@ -527,6 +1184,12 @@ impl Model {
             .filter(|(_, record)| record.fate == Fate::Owed)
             .map(|(&id, record)| (id, record.seq))
             .collect();
+        if !self.owed_seqs.is_empty() {
+            return Err(format!(
+                "numbers pushes with ids returned were never delivered: {:?}",
+                self.owed_seqs.keys().collect::<Vec<_>>()
+            ));
+        }
         if owed.is_empty() {
             Ok(())
         } else {
@@ -542,16 +1205,38 @@ enum Outcome {
     Pushed(std::ops::Range<u64>),
     /// `(seq, payload, consumed)` of each record handed out.
     Delivered(Vec<(u64, Vec<u8>, bool)>),
+    /// What a peek showed, and what the pop right after returned if one ran.
+    Peeked(Option<(u64, Vec<u8>)>, Option<Option<(u64, Vec<u8>)>>),
+    /// Records received and kept under their lease.
+    Received(Vec<Delivery>),
+    /// Records settled as `how` says (`fresh`: received by the same operation), as `(seq,
+    /// payload, delivery count)`; `kept`: the deliveries still held (after an extension).
+    Settled {
+        fresh: bool,
+        how: Settle,
+        records: Vec<(u64, Vec<u8>, u32)>,
+        kept: Vec<Delivery>,
+    },
     Done,
 }
 
-fn run_work(queue: &Queue, op: &ProcessOp, payloads: &[Vec<u8>]) -> Result<Outcome, Error> {
+/// Runs `op` on `queue`; `held`: the deliveries its process holds, for a `Settle`.
+fn run_work(
+    queue: &Queue,
+    op: &ProcessOp,
+    payloads: &[Vec<u8>],
+    held: Vec<Delivery>,
+) -> Result<Outcome, Error> {
     match op {
         ProcessOp::Push { .. } => {
             let seq = queue.push(&payloads[0])?;
             Ok(Outcome::Pushed(seq..seq + 1))
         }
         ProcessOp::PushBatch { .. } => Ok(Outcome::Pushed(queue.push_batch(payloads)?)),
+        ProcessOp::PushDedup { key, .. } => {
+            let seq = queue.push_with(&payloads[0], crate::Push::new().dedup_id([*key]))?;
+            Ok(Outcome::Pushed(seq..seq + 1))
+        }
         ProcessOp::Pop { max, .. } => {
             let records = if *max == 1 {
                 queue.pop()?.into_iter().collect()
@@ -582,21 +1267,75 @@ fn run_work(queue: &Queue, op: &ProcessOp, payloads: &[Vec<u8>]) -> Result<Outco
         }
         ProcessOp::RecvNack { count, .. } => {
             let deliveries = queue.try_recv_batch(usize::from(*count))?;
-            let mut seen = Vec::new();
-            for delivery in deliveries {
-                seen.push((delivery.seq(), delivery.payload().to_vec(), false));
-                delivery.nack()?;
-            }
-            Ok(Outcome::Delivered(seen))
+            settle(deliveries, Settle::Nack, true)
+        }
+        ProcessOp::RecvHold { count, .. } => Ok(Outcome::Received(
+            queue.try_recv_batch(usize::from(*count))?,
+        )),
+        ProcessOp::Settle { how, .. } => settle(held, *how, false),
+        ProcessOp::Peek { then_pop, .. } => {
+            let peeked = queue
+                .peek()?
+                .map(|record| (record.seq(), record.payload().to_vec()));
+            let popped = if *then_pop {
+                Some(
+                    queue
+                        .pop()?
+                        .map(|record| (record.seq(), record.payload().to_vec())),
+                )
+            } else {
+                None
+            };
+            Ok(Outcome::Peeked(peeked, popped))
         }
         ProcessOp::Compact { .. } => queue.compact().map(|_| Outcome::Done),
         ProcessOp::Sync { .. } => queue.sync().map(|_| Outcome::Done),
         ProcessOp::Reopen { .. }
         | ProcessOp::Kill { .. }
+        | ProcessOp::KillOpen { .. }
         | ProcessOp::KillDuring { .. }
         | ProcessOp::KillAtPoint { .. }
         | ProcessOp::PowerLoss { .. } => Ok(Outcome::Done),
     }
+}
+
+/// Settles `deliveries` as `how` says.
+fn settle(deliveries: Vec<Delivery>, how: Settle, fresh: bool) -> Result<Outcome, Error> {
+    let records = deliveries
+        .iter()
+        .map(|delivery| {
+            (
+                delivery.seq(),
+                delivery.payload().to_vec(),
+                delivery.deliveries(),
+            )
+        })
+        .collect();
+    let mut kept = Vec::new();
+    for delivery in deliveries {
+        match how {
+            Settle::Ack => delivery.ack()?,
+            Settle::Nack => delivery.nack()?,
+            Settle::RetryLater => delivery.retry_after(Duration::from_secs(3600))?,
+            Settle::Extend => {
+                delivery.extend(2 * LEASE)?;
+                kept.push(delivery);
+            }
+        }
+    }
+    Ok(Outcome::Settled {
+        fresh,
+        how,
+        records,
+        kept,
+    })
+}
+
+/// The id in the first 8 bytes of a payload.
+fn id_of(bytes: &[u8]) -> u64 {
+    bytes.get(..8).map_or(u64::MAX, |head| {
+        u64::from_le_bytes(head.try_into().unwrap_or_default())
+    })
 }
 
 /// Where a kill cuts an operation.
@@ -615,6 +1354,8 @@ struct Process {
     queue: Option<Arc<Queue>>,
     /// Whether it made a consumer call (pop, receive, compaction) since it opened the queue.
     consumer: bool,
+    /// The deliveries it received and holds (`RecvHold`).
+    held: Vec<Delivery>,
 }
 
 /// The run: the filesystem, the processes, the model, and what killed processes left.
@@ -628,10 +1369,27 @@ struct Run {
     dead: Vec<Arc<Queue>>,
     /// Threads stopped at a kill point.
     stopped: Vec<std::thread::JoinHandle<Result<Outcome, Error>>>,
+    /// Opens stopped at a kill point.
+    stopped_opens: Vec<std::thread::JoinHandle<Result<Arc<Queue>, Error>>>,
 }
 
 impl Run {
     fn options(&self, process: u32) -> Options {
+        let mut options = self.dead_letter_options(process);
+        if let Some(max) = self.config.max_deliveries {
+            options = options.max_deliveries(max);
+        }
+        if self.config.dedup {
+            options = options.dedup_window(Duration::from_secs(3600));
+        }
+        if let Some(max) = self.config.max_records {
+            options = options.max_records(max).overflow(crate::Overflow::Reject);
+        }
+        options
+    }
+
+    /// The options of the dead-letter queue (those of the queue without its policies).
+    fn dead_letter_options(&self, process: u32) -> Options {
         Options::default()
             .exclusive(false)
             .segment_size(SEGMENT_SIZE)
@@ -651,8 +1409,54 @@ impl Run {
             number,
             queue: Some(Arc::new(queue)),
             consumer: false,
+            held: Vec::new(),
         };
         Ok(())
+    }
+
+    /// Starts a new process for slot `index` whose open is killed at its `calls + 1`-th
+    /// storage call (then another starts), while the next handle pushes if `racing_push`.
+    fn start_cut(&mut self, index: usize, calls: u16, racing_push: bool) -> Result<(), String> {
+        self.next_process += 1;
+        let number = self.next_process;
+        let options = self.options(number);
+        let kills_before = self.sim.kills(number);
+        self.sim.kill_at(number, u64::from(calls));
+        let opening = std::thread::spawn(move || Queue::open(DIR, options).map(Arc::new));
+        if racing_push {
+            let pusher = (index + 1) % self.processes.len();
+            let push = ProcessOp::Push {
+                handle: pusher as u8,
+                len: 8 + (calls % 64),
+            };
+            let payloads = self.prepare(&push);
+            let queue = self.queue(pusher)?;
+            let outcome = run_work(&queue, &push, &payloads, Vec::new());
+            self.apply(pusher, &push, &payloads, outcome)?;
+        }
+        loop {
+            if self.sim.kills(number) != kills_before {
+                // Killed: the thread stays where the kill stopped it.
+                self.stopped_opens.push(opening);
+                self.model.summary.kills_during += 1;
+                return self.start(index);
+            }
+            if opening.is_finished() {
+                self.sim.disarm_kill(number);
+                let queue = opening
+                    .join()
+                    .map_err(|_| format!("open in process {number} panicked"))?
+                    .map_err(|error| format!("open in process {number} failed: {error}"))?;
+                self.processes[index] = Process {
+                    number,
+                    queue: Some(queue),
+                    consumer: false,
+                    held: Vec::new(),
+                };
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// The process of slot `index` is dead: its handle is kept as it is, never dropped.
@@ -660,6 +1464,11 @@ impl Run {
         if let Some(queue) = self.processes[index].queue.take() {
             self.dead.push(queue);
         }
+        // A dead process settles nothing: its deliveries are never dropped (a drop releases).
+        for delivery in std::mem::take(&mut self.processes[index].held) {
+            std::mem::forget(delivery);
+        }
+        self.model.holder_died(self.processes[index].number);
     }
 
     fn queue(&self, index: usize) -> Result<Arc<Queue>, String> {
@@ -701,7 +1510,23 @@ impl Run {
                         .close()
                         .map_err(|error| format!("close of handle {index} failed: {error}"))?;
                 }
+                // What it held settles nothing now. Its leases end for the other handles as a
+                // dead process's do: once a consumer finds its slot file unlocked (it looks at
+                // most every 10 ms; sentence 29).
+                for delivery in std::mem::take(&mut self.processes[index].held) {
+                    std::mem::forget(delivery);
+                }
+                self.model.holder_died(self.processes[index].number);
                 self.start(index)
+            }
+            ProcessOp::KillOpen {
+                calls, racing_push, ..
+            } => {
+                let index = index.unwrap_or(0);
+                self.sim.kill_process(self.processes[index].number);
+                self.bury(index);
+                self.model.summary.kills += 1;
+                self.start_cut(index, *calls, *racing_push)
             }
             ProcessOp::KillDuring { calls, op } => {
                 self.cut(index.unwrap_or(0), Cut::Calls(*calls), op)
@@ -713,16 +1538,32 @@ impl Run {
                 let index = index.unwrap_or(0);
                 let payloads = self.prepare(work);
                 let queue = self.queue(index)?;
-                let outcome = run_work(&queue, work, &payloads);
-                self.apply(index, work, &payloads, outcome)
+                let held = self.held_for(index, work);
+                let outcome = run_work(&queue, work, &payloads, held);
+                self.apply(index, work, &payloads, outcome)?;
+                // The usage of a bounded queue is exact, also after kills (sentence 31), as
+                // a consumer counts it.
+                if self.config.max_records.is_some() && self.processes[index].consumer {
+                    self.model.check_len(queue.len())?;
+                }
+                Ok(())
             }
+        }
+    }
+
+    /// The deliveries `op` settles: all that the process holds, for a `Settle`.
+    fn held_for(&mut self, index: usize, op: &ProcessOp) -> Vec<Delivery> {
+        if matches!(op, ProcessOp::Settle { .. }) {
+            std::mem::take(&mut self.processes[index].held)
+        } else {
+            Vec::new()
         }
     }
 
     /// The ids and payloads of what `op` pushes (known to the model from now on).
     fn prepare(&mut self, op: &ProcessOp) -> Vec<Vec<u8>> {
         let (count, len) = match op {
-            ProcessOp::Push { len, .. } => (1, *len),
+            ProcessOp::Push { len, .. } | ProcessOp::PushDedup { len, .. } => (1, *len),
             ProcessOp::PushBatch { count, len, .. } => (usize::from(*count), *len),
             _ => return Vec::new(),
         };
@@ -744,8 +1585,11 @@ impl Run {
             ProcessOp::Pop { .. }
                 | ProcessOp::RecvAck { .. }
                 | ProcessOp::RecvNack { .. }
+                | ProcessOp::Peek { .. }
+                | ProcessOp::RecvHold { .. }
                 | ProcessOp::Compact { .. }
-        ) {
+        ) || matches!(&outcome, Ok(Outcome::Settled { records, .. }) if !records.is_empty())
+        {
             self.processes[index].consumer = true;
         }
         if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
@@ -758,23 +1602,92 @@ impl Run {
                         .map(|(seq, bytes, consumed)| (*seq, bytes.get(..1), *consumed))
                         .collect::<Vec<_>>()
                 ),
+                Ok(Outcome::Peeked(peeked, popped)) => eprintln!(
+                    "  peeked {:?}, popped {:?}",
+                    peeked.as_ref().map(|(seq, _)| seq),
+                    popped
+                        .as_ref()
+                        .map(|popped| popped.as_ref().map(|(seq, _)| seq))
+                ),
+                Ok(Outcome::Received(deliveries)) => eprintln!(
+                    "  received {:?}",
+                    deliveries
+                        .iter()
+                        .map(|delivery| (delivery.seq(), delivery.deliveries()))
+                        .collect::<Vec<_>>()
+                ),
+                Ok(Outcome::Settled { how, records, .. }) => eprintln!(
+                    "  settled {how:?} {:?}",
+                    records
+                        .iter()
+                        .map(|(seq, _, count)| (*seq, *count))
+                        .collect::<Vec<_>>()
+                ),
                 Ok(Outcome::Done) => {}
                 Err(error) => eprintln!("  failed: {error}"),
             }
         }
-        match outcome.map_err(|error| format!("{op:?} on handle {index} failed: {error}"))? {
-            Outcome::Pushed(seqs) => {
-                let ids: Vec<u64> = payloads
-                    .iter()
-                    .map(|bytes| u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()))
-                    .collect();
-                self.model.pushed(&ids, seqs, always)
+        let ids: Vec<u64> = payloads.iter().map(|bytes| id_of(bytes)).collect();
+        if let (Err(Error::Full { records, .. }), Some(max)) = (&outcome, self.config.max_records) {
+            return self.model.refused(&ids, *records, max);
+        }
+        if let (Ok(Outcome::Pushed(_)), Some(max)) = (&outcome, self.config.max_records) {
+            if !matches!(op, ProcessOp::PushDedup { .. }) {
+                self.model.accepted(ids.len() as u64, max)?;
             }
+        }
+        match outcome.map_err(|error| format!("{op:?} on handle {index} failed: {error}"))? {
+            Outcome::Pushed(seqs) => match op {
+                ProcessOp::PushDedup { key, .. } => {
+                    self.model.pushed_dedup(*key, ids[0], seqs.start, always)
+                }
+                _ => self.model.pushed(&ids, seqs, always),
+            },
             Outcome::Delivered(records) => {
                 for (seq, bytes, consumed) in records {
                     self.model.delivered(seq, &bytes, consumed, always)?;
                 }
                 Ok(())
+            }
+            Outcome::Received(deliveries) => {
+                let number = self.processes[index].number;
+                for delivery in &deliveries {
+                    self.model.received(
+                        delivery.seq(),
+                        delivery.payload(),
+                        delivery.deliveries(),
+                        Some(number),
+                        always,
+                    )?;
+                }
+                self.processes[index].held.extend(deliveries);
+                Ok(())
+            }
+            Outcome::Settled {
+                fresh,
+                how,
+                records,
+                kept,
+            } => {
+                for (seq, bytes, count) in records {
+                    let id = if fresh {
+                        self.model.received(seq, &bytes, count, None, always)?
+                    } else {
+                        id_of(&bytes)
+                    };
+                    match how {
+                        Settle::Ack => self.model.acked(id, always)?,
+                        Settle::Nack => self.model.released(id, count, false, always)?,
+                        Settle::RetryLater => self.model.released(id, count, true, always)?,
+                        Settle::Extend => {}
+                    }
+                }
+                self.processes[index].held.extend(kept);
+                Ok(())
+            }
+            Outcome::Peeked(peeked, popped) => {
+                self.model
+                    .peeked(peeked.as_ref(), popped.as_ref().map(Option::as_ref), always)
             }
             Outcome::Done => {
                 if matches!(op, ProcessOp::Sync { .. }) {
@@ -790,6 +1703,11 @@ impl Run {
     fn cut(&mut self, index: usize, cut: Cut, op: &ProcessOp) -> Result<(), String> {
         let payloads = self.prepare(op);
         let queue = self.queue(index)?;
+        let held = self.held_for(index, op);
+        let held_ids: Vec<u64> = held
+            .iter()
+            .map(|delivery| id_of(delivery.payload()))
+            .collect();
         let number = self.processes[index].number;
         let kills_before = self.sim.kills(number);
         let point = match cut {
@@ -815,7 +1733,7 @@ impl Run {
                         },
                     )));
                 }
-                run_work(&queue, &op, &payloads)
+                run_work(&queue, &op, &payloads, held)
             })
         };
         loop {
@@ -826,8 +1744,20 @@ impl Run {
                 self.model.summary.kills_during += 1;
                 match op {
                     ProcessOp::Pop { max, .. } => self.model.consumption_cut(usize::from(*max)),
+                    ProcessOp::Peek { .. } => self.model.consumption_cut(1),
+                    ProcessOp::RecvHold { count, .. } => {
+                        self.model.consumption_cut(usize::from(*count))
+                    }
+                    ProcessOp::Settle { how, .. } if *how != Settle::Extend => {
+                        self.model.settle_cut(&held_ids)
+                    }
+                    // An extension cut ends with its process, and its leases (`bury`).
+                    ProcessOp::Settle { .. } => {}
                     ProcessOp::RecvAck { count, .. } | ProcessOp::RecvNack { count, .. } => {
                         self.model.consumption_cut(usize::from(*count))
+                    }
+                    ProcessOp::PushDedup { key, .. } => {
+                        self.model.dedup_cut(*key, id_of(&payloads[0]))
                     }
                     // What it pushed stays "maybe"; a sync that did not return promises nothing.
                     _ => {}
@@ -847,12 +1777,35 @@ impl Run {
 
     /// Pops everything left from one handle.
     fn drain(&mut self) -> Result<(), String> {
+        // What the live processes hold, released.
+        for index in 0..self.processes.len() {
+            let held = std::mem::take(&mut self.processes[index].held);
+            let outcome = settle(held, Settle::Nack, false);
+            self.apply(
+                index,
+                &ProcessOp::Settle {
+                    handle: index as u8,
+                    how: Settle::Nack,
+                },
+                &[],
+                outcome,
+            )?;
+        }
         let queue = self.queue(0)?;
+        // The leases of dead processes end once a consumer finds them dead (it looks at most
+        // every 10 ms).
+        let mut waits = 2;
         loop {
             let records = queue
                 .pop_batch(64)
                 .map_err(|error| format!("final drain failed: {error}"))?;
             if records.is_empty() {
+                if waits > 0 && self.model.owes_behind_dead_leases() {
+                    waits -= 1;
+                    std::thread::sleep(Duration::from_millis(11));
+                    continue;
+                }
+                self.read_dead_letters()?;
                 return self.model.check_drained();
             }
             for record in records {
@@ -860,6 +1813,33 @@ impl Run {
                     .delivered(record.seq(), record.payload(), true, false)?;
             }
         }
+    }
+
+    /// Reads the dead-letter queue in a process of its own, into the model.
+    fn read_dead_letters(&mut self) -> Result<(), String> {
+        if self.config.max_deliveries.is_none() {
+            return Ok(());
+        }
+        self.next_process += 1;
+        let letters_dir = format!("{DIR}.dead");
+        let letters = Queue::open(&letters_dir, self.dead_letter_options(self.next_process))
+            .map_err(|error| format!("open of the dead-letter queue failed: {error}"))?;
+        let mut read = Vec::new();
+        loop {
+            let records = letters
+                .pop_batch(64)
+                .map_err(|error| format!("drain of the dead-letter queue failed: {error}"))?;
+            if records.is_empty() {
+                break;
+            }
+            for record in records {
+                let letter = crate::DeadLetter::decode(record.payload())
+                    .ok_or_else(|| format!("dead letter {} is no envelope", record.seq()))?;
+                read.push((letter.original_seq, letter.payload.to_vec()));
+            }
+        }
+        let _ = letters.close();
+        self.model.dead_letters(&read)
     }
 
     /// Closes the live handles; leaves the dead ones as their kills left them (a thread stopped
@@ -874,6 +1854,7 @@ impl Run {
         }
         // Detached: they never end.
         self.stopped.clear();
+        self.stopped_opens.clear();
         for queue in self.dead.drain(..) {
             match Arc::try_unwrap(queue) {
                 Ok(queue) => queue.abandon(),
@@ -900,12 +1881,17 @@ pub fn run_processes(
                 number: 0,
                 queue: None,
                 consumer: false,
+                held: Vec::new(),
             })
             .collect(),
         next_process: 0,
-        model: Model::default(),
+        model: Model {
+            max_deliveries: config.max_deliveries,
+            ..Model::default()
+        },
         dead: Vec::new(),
         stopped: Vec::new(),
+        stopped_opens: Vec::new(),
     };
     let result = (|| {
         for index in 0..run.processes.len() {
@@ -927,6 +1913,10 @@ pub fn run_processes(
                     })
                     .collect();
                 eprintln!("  files {}", files.join(" "));
+                let letters = run.sim.file_names(Path::new(&format!("{DIR}.dead")));
+                if !letters.is_empty() {
+                    eprintln!("  dead-letter files {}", letters.join(" "));
+                }
                 if let Some(bytes) = run.sim.read_file(&Path::new(DIR).join("head")) {
                     let read = crate::format::head::decode_head_file(&bytes);
                     let slots: Vec<String> = read

@@ -196,6 +196,63 @@ fn max_deliveries_moves_the_record_to_the_dead_letter_queue_intact() {
     assert!(dead.pop().unwrap().is_none());
 }
 
+/// Found by the simulation of several processes (seed 2 of its dead-letter runs): the
+/// dead-letter queue took the queue's `max_record_size`, which the envelope (24 bytes before the
+/// payload) overran, so a record of the largest size accepted could never be moved: every
+/// release that used up its deliveries failed, and it stayed in the queue for good.
+#[test]
+fn a_record_of_the_largest_size_accepted_moves_to_the_dead_letter_queue() {
+    // An explicit limit, and the default one (what the segment holds).
+    for limit in [Some(100), None] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("jobs");
+        let mut queue_options = options().max_deliveries(1);
+        if let Some(limit) = limit {
+            queue_options = queue_options.max_record_size(limit);
+        }
+        let largest = queue_options.get_max_record_size();
+        let queue = Queue::open(&dir, queue_options).unwrap();
+        let payload = vec![7u8; largest];
+        queue.push(&payload).unwrap();
+        queue.try_recv().unwrap().unwrap().nack().unwrap();
+        assert!(queue.is_empty(), "limit {limit:?}");
+        drop(queue);
+
+        let dead = Queue::open(root.path().join("jobs.dead"), options()).unwrap();
+        let record = dead.pop().unwrap().unwrap();
+        let letter = DeadLetter::decode(record.payload()).unwrap();
+        assert_eq!(letter.payload, &payload[..], "limit {limit:?}");
+    }
+}
+
+/// Found by the simulation of several processes (seed 89 of its dead-letter runs): a process
+/// killed while it created the dead-letter queue left the lock files of an open in its
+/// directory and no settings yet; every later move then refused the directory ("holds no
+/// queue"), and every receive that reached a record with its deliveries used up failed, in
+/// every process, for good. What an open killed that early leaves is a queue being created.
+#[test]
+fn a_dead_letter_queue_whose_creation_was_cut_by_a_kill_is_used() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("jobs");
+    let letters = root.path().join("jobs.dead");
+    std::fs::create_dir(&letters).unwrap();
+    for name in ["lock", "open.lock"] {
+        std::fs::write(letters.join(name), b"").unwrap();
+    }
+    let queue = Queue::open(&dir, options().max_deliveries(1)).unwrap();
+    queue.push(b"spent").unwrap();
+    queue.try_recv().unwrap().unwrap().nack().unwrap();
+    assert!(queue.is_empty());
+    drop(queue);
+
+    let dead = Queue::open(&letters, options()).unwrap();
+    let record = dead.pop().unwrap().unwrap();
+    assert_eq!(
+        DeadLetter::decode(record.payload()).unwrap().payload,
+        b"spent"
+    );
+}
+
 #[test]
 fn expired_leases_count_towards_max_deliveries() {
     let root = tempfile::tempdir().unwrap();
