@@ -558,7 +558,6 @@ impl Options {
         }
     }
 
-    /// Bytes of a segment available to frames.
     /// These options for a dead-letter queue of a queue opened with them: a record of the
     /// largest size the queue accepts must fit there with its envelope before it, in a
     /// segment of a new dead-letter queue too.
@@ -573,6 +572,7 @@ impl Options {
         self
     }
 
+    /// Bytes of a segment available to frames.
     pub(crate) fn segment_room(&self) -> u64 {
         self.segment_size.saturating_sub(SEGMENT_HEADER_LEN as u64)
     }

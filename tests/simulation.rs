@@ -815,3 +815,72 @@ fn a_repair_makes_its_cut_durable_before_anything_is_written_over_it() {
         panic!("{config:?}: {failure}");
     }
 }
+
+/// `Queue::sync` makes a move to the dead-letter queue durable too: under `Never` the move's
+/// acknowledgement and its push into the dead-letter queue are both unsynced until then, and a
+/// sync of the queue alone made only the acknowledgement durable, so that a power loss could take
+/// the record from both queues (the question the simulation of several processes raised).
+#[test]
+fn a_sync_makes_a_move_to_the_dead_letter_queue_durable_with_its_acknowledgement() {
+    use diskspool::{Options, Queue, SimStorage, SyncPolicy};
+    use std::sync::Arc;
+
+    for loss in 0..20 {
+        let sim = SimStorage::new(loss);
+        let options = || {
+            Options::default()
+                .sync(SyncPolicy::Never)
+                .max_deliveries(1)
+                .storage(Arc::new(sim.clone()))
+        };
+        let queue = Queue::open("/q", options()).unwrap();
+        queue.push(b"job").unwrap();
+        queue.sync().unwrap();
+        // Its one delivery spent: the release moves it to `/q.dead`.
+        queue.try_recv().unwrap().unwrap().nack().unwrap();
+        queue.sync().unwrap();
+        sim.power_loss_seeded(loss);
+        std::mem::forget(queue);
+        let reopened = Queue::open("/q", options()).unwrap();
+        let dead = Queue::open("/q.dead", Options::default().storage(Arc::new(sim.clone())))
+            .map(|queue| queue.len())
+            .unwrap_or(0);
+        assert_eq!(
+            (reopened.len(), dead),
+            (0, 1),
+            "power loss {loss}: the job in exactly the dead-letter queue"
+        );
+    }
+    // The move made by a process killed before any sync: the sync of another process, which
+    // makes the move's acknowledgement durable, makes its dead letter durable too.
+    for loss in 0..20 {
+        let sim = SimStorage::new(loss);
+        let options = |process| {
+            Options::default()
+                .exclusive(false)
+                .sync(SyncPolicy::Never)
+                .max_deliveries(1)
+                .storage(Arc::new(sim.process(process)))
+        };
+        let mover = Queue::open("/q", options(1)).unwrap();
+        mover.push(b"job").unwrap();
+        mover.sync().unwrap();
+        mover.try_recv().unwrap().unwrap().nack().unwrap();
+        sim.kill_process(1);
+        std::mem::forget(mover);
+        let syncer = Queue::open("/q", options(2)).unwrap();
+        assert_eq!(syncer.len(), 0, "the move is seen");
+        syncer.sync().unwrap();
+        sim.power_loss_seeded(loss);
+        std::mem::forget(syncer);
+        let reopened = Queue::open("/q", options(3)).unwrap();
+        let dead = Queue::open("/q.dead", options(4))
+            .map(|queue| queue.len())
+            .unwrap_or(0);
+        assert_eq!(
+            (reopened.len(), dead),
+            (0, 1),
+            "power loss {loss}: the job another process moved, in exactly the dead-letter queue"
+        );
+    }
+}

@@ -614,7 +614,9 @@ impl Queue {
         report_metrics(&self.shared)
     }
 
-    /// Makes every push and pop so far durable, whatever the sync policy.
+    /// Makes every push and pop so far durable, whatever the sync policy, and the records
+    /// moved to the dead-letter queue ([`Options::max_deliveries`]) before the
+    /// acknowledgements that removed them here.
     ///
     /// In a queue shared by several processes ([`Options::exclusive`]`(false)`): every push any
     /// process committed, and every pop, acknowledgement and release of any process once this
@@ -719,6 +721,10 @@ impl Drop for Queue {
 impl DeadLetterQueue for Queue {
     fn push(&self, payload: &[u8]) -> Result<u64> {
         Queue::push(self, payload)
+    }
+
+    fn sync(&self) -> Result<()> {
+        Queue::sync(self)
     }
 }
 

@@ -45,6 +45,9 @@ use crate::storage::DirLock;
 pub(crate) trait DeadLetterQueue: Send + Sync {
     /// Appends one record.
     fn push(&self, payload: &[u8]) -> Result<u64>;
+
+    /// Makes every record appended so far durable.
+    fn sync(&self) -> Result<()>;
 }
 
 /// Opens the dead-letter queue in a directory with the given options.
@@ -938,6 +941,24 @@ impl Shared {
     /// Makes every push and pop so far durable, whatever the sync policy.
     pub(crate) fn sync_all(&self) -> Result<()> {
         self.env.check_poisoned()?;
+        // The records moved to the dead-letter queue before the acknowledgements that removed
+        // them here, as a move orders them: else a power loss after this sync could take a
+        // record from both queues. Also moves this handle did not make (another process's, or
+        // an earlier life's, whose acknowledgements this sync makes durable too).
+        let opened = lock(&self.dead_letters).clone();
+        let dead_letters = match opened {
+            Some(queue) => Some(queue),
+            None => {
+                let path = self.env.options.dead_letter_path(&self.env.dir);
+                match is_queue(&*self.env.storage, &path)? {
+                    true => Some(self.dead_letter_queue()?),
+                    false => None,
+                }
+            }
+        };
+        if let Some(dead_letters) = dead_letters {
+            dead_letters.sync()?;
+        }
         // Ids before their records, as a push with an id orders them. A shared queue's log is
         // the one in the directory: this handle may have opened none, or one since replaced.
         match &self.env.coordination {
