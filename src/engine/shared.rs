@@ -21,7 +21,7 @@ use crate::engine::dedup::Dedup;
 use crate::engine::env::Env;
 use crate::engine::head::HeadIndex;
 use crate::engine::limits::Limits;
-use crate::engine::log::{Bound, DedupStep, Log, Written};
+use crate::engine::log::{segment_bases, Bound, DedupStep, Log, Written};
 use crate::engine::reader::{AfterConsume, Consumer, Leased, Popped, Reader, TurnMarker};
 use crate::engine::record::Record;
 use crate::engine::recovery::{locate_head, retired_ranges};
@@ -34,7 +34,7 @@ use crate::engine::writer::Writer;
 use crate::error::{Error, Result};
 use crate::format::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::format::frame::BodyPrefix;
-use crate::format::layout::{classify_entry, EntryKind};
+use crate::format::layout::{classify_entry, segment_file_name, EntryKind};
 use crate::options::{Options, Overflow, SyncPolicy};
 use crate::stats::DiscardReason;
 use crate::storage::queue_dir::is_queue;
@@ -946,18 +946,9 @@ impl Shared {
         // record from both queues. Also moves this handle did not make (another process's, or
         // an earlier life's, whose acknowledgements this sync makes durable too).
         let opened = lock(&self.dead_letters).clone();
-        let dead_letters = match opened {
-            Some(queue) => Some(queue),
-            None => {
-                let path = self.env.options.dead_letter_path(&self.env.dir);
-                match is_queue(&*self.env.storage, &path)? {
-                    true => Some(self.dead_letter_queue()?),
-                    false => None,
-                }
-            }
-        };
-        if let Some(dead_letters) = dead_letters {
-            dead_letters.sync()?;
+        match opened {
+            Some(queue) => queue.sync()?,
+            None => self.sync_dead_letter_files()?,
         }
         // Ids before their records, as a push with an id orders them. A shared queue's log is
         // the one in the directory: this handle may have opened none, or one since replaced.
@@ -975,6 +966,28 @@ impl Shared {
             Some(_) => self.consumer()?.sync_all(&self.env, covered),
             None => Ok(()),
         }
+    }
+
+    /// [`sync_all`](Shared::sync_all) of a dead-letter queue this handle has not opened: its
+    /// last segment and its directory, synced through the files, without opening it (another
+    /// handle may hold it, a worker draining it; and a queue without one needs none). The
+    /// segments before the last were synced when they were sealed.
+    fn sync_dead_letter_files(&self) -> Result<()> {
+        let storage = &*self.env.storage;
+        let dir = self.env.options.dead_letter_path(&self.env.dir);
+        if !is_queue(storage, &dir)? {
+            return Ok(());
+        }
+        if let Some(base) = segment_bases(storage, &dir)?.last() {
+            let path = dir.join(segment_file_name(*base));
+            storage
+                .open(&path)
+                .and_then(|file| file.sync_data())
+                .map_err(|error| Error::io("sync dead-letter segment", &path, error))?;
+        }
+        storage
+            .sync_dir(&dir)
+            .map_err(|error| Error::io("sync dead-letter directory", &dir, error))
     }
 
     /// Writes into the head how far the records are known to be synced (by rolls and earlier

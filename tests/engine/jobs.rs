@@ -662,3 +662,19 @@ fn len_counts_an_ack_ending_at_a_segment_boundary_once_after_a_reopen() {
     held.ack().unwrap();
     assert_eq!(queue.len(), RECORDS - boundary - 1);
 }
+
+/// `Queue::sync` syncs the dead-letter queue's files without opening it: a worker draining it
+/// may hold it (it is an exclusive queue), and the sync still succeeds.
+#[test]
+fn a_sync_beside_a_worker_holding_the_dead_letter_queue_succeeds() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("jobs");
+    let queue = Queue::open(&dir, options().max_deliveries(1)).unwrap();
+    queue.push(b"job").unwrap();
+    queue.try_recv().unwrap().unwrap().nack().unwrap();
+    drop(queue);
+    let queue = Queue::open(&dir, options().max_deliveries(1)).unwrap();
+    let worker = Queue::open(root.path().join("jobs.dead"), options()).unwrap();
+    queue.sync().unwrap();
+    assert_eq!(worker.len(), 1);
+}
