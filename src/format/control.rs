@@ -13,10 +13,7 @@
 //!    104    24  slot 1        the same
 //!    128     4  arrivals      bumped after each commit (a futex word)
 //!    132     4  sleepers      processes waiting on `arrivals`
-//!    136     4  consumer_pid  the process that last took the consumer turn (advice)
-//!    140     4  reserved
-//!    144     8  consumer_epoch  moves when a consumer turn changed the head or the ack log;
-//!                             odd when a turn could not leave them in order
+//!    136    16  reserved      zero (before version 4: the consumer's pid and epoch)
 //!    152     4  tail_lock     0 free, else (owner ticket << 1) | waiters (a futex word)
 //!    156     4  reserved
 //!    160     8  published_gen commits of the published tail
@@ -28,23 +25,33 @@
 //!    228     4  reserved      zero (before version 3: producers inside a push)
 //!    232     8  prepared_base the segment `prepared_end` is about
 //!    240     8  prepared_end  zeros were written ahead of the tail up to here (writers only)
-//!    248     4  consumer_lock 0 free, else (owner ticket << 2) | parked << 1 | waiters (a
-//!                             futex word): held for a consumer turn, parked by its owner
-//!                             between turns (anyone may take a parked word)
-//!    252     4  head_durable  the head slot the last consumer turn left durable, plus one
-//!                             (0: not known, the next holder reads the files in full)
-//!    256     8  ack_log_id    the ack log file the last consumer turn left (0: none yet)
-//!    264     8  ack_tail      where its entries end
-//!    272     8  ack_prepared  the end of the zeros written ahead of them
+//!    248    32  reserved      zero (before version 4: the consumer's words, now at 384)
 //!    280    16  tail_pushed   two words, one per tail slot: frame bytes pushed in all, up to
 //!                             that slot's tail (committed with it, under the tail lock)
 //!    296    16  published_pushed  the same for the two published slots
-//!    312     8  consumed_records  records consumed in all (under the consumer lock): with
-//!                             `next_seq`, the bound's usage (`next_seq - consumed_records`)
-//!    320     8  consumed_bytes    frame bytes consumed in all (`pushed - consumed_bytes`)
+//!    312    16  reserved      zero (before version 4: the consumed totals, now at 432)
 //!    328     4  room          bumped when consumers gave room back (a futex word)
 //!    332     4  room_sleepers pushes waiting on `room` (`Overflow::Block`)
-//!    336   176  reserved      zero
+//!    336    48  reserved      zero
+//!             The words a consumer turn writes, on cache lines of their own (version 4): no
+//!             push, which writes the lines above, makes a consumer's line move, nor the
+//!             other way round.
+//!    384     4  consumer_lock 0 free, else (owner ticket << 2) | parked << 1 | waiters (a
+//!                             futex word): held for a consumer turn, parked by its owner
+//!                             between turns (anyone may take a parked word)
+//!    388     4  head_durable  the head slot the last consumer turn left durable, plus one
+//!                             (0: not known, the next holder reads the files in full)
+//!    392     8  consumer_epoch  moves when a consumer turn changed the head or the ack log;
+//!                             odd when a turn could not leave them in order
+//!    400     4  consumer_pid  the process that last took the consumer turn (advice)
+//!    404     4  reserved      zero
+//!    408     8  ack_log_id    the ack log file the last consumer turn left (0: none yet)
+//!    416     8  ack_tail      where its entries end
+//!    424     8  ack_prepared  the end of the zeros written ahead of them
+//!    432     8  consumed_records  records consumed in all (under the consumer lock): with
+//!                             `next_seq`, the bound's usage (`next_seq - consumed_records`)
+//!    440     8  consumed_bytes    frame bytes consumed in all (`pushed - consumed_bytes`)
+//!    448    64  reserved      zero
 //!    512     8  sync_began    when the last sync under `Always` began (µs since the epoch)
 //!    520     4  gather        (commits seen << 1) | a sync leader is gathering (a futex
 //!                             word: committers wake the leader while the bit is set)
@@ -77,7 +84,7 @@
 /// The control file's first eight bytes.
 pub const CONTROL_MAGIC: [u8; 8] = *b"DSPOOLCT";
 /// The layout version this build reads and writes.
-pub const CONTROL_VERSION: u32 = 3;
+pub const CONTROL_VERSION: u32 = 4;
 /// The control file's length: one page (a power of two: see `storage::process`).
 pub const CONTROL_LEN: u64 = 4096;
 const _: () = assert!(CONTROL_LEN.is_power_of_two());
@@ -97,11 +104,11 @@ pub const ARRIVALS: usize = 128;
 /// Offset of the count of processes waiting on `arrivals`.
 pub const SLEEPERS: usize = 132;
 /// Offset of the process id of the handle that last took the consumer turn (advice).
-pub const CONSUMER_PID: usize = 136;
+pub const CONSUMER_PID: usize = 400;
 /// Offset of the consumer epoch: it moves when a consumer turn changed the head index or the
 /// ack log, so that the next turn's holder knows to read them again; odd when a turn could not
 /// leave them in order (the next holder then reads them in full).
-pub const CONSUMER_EPOCH: usize = 144;
+pub const CONSUMER_EPOCH: usize = 392;
 
 /// Offset of the tail lock word.
 pub const TAIL_LOCK: usize = 152;
@@ -126,15 +133,15 @@ pub const PREPARED_BASE: usize = 232;
 pub const PREPARED_END: usize = 240;
 /// Offset of the consumer lock word, held for one consumer turn and parked by its owner between
 /// turns: `(ticket << 2) | parked << 1 | waiters`.
-pub const CONSUMER_LOCK: usize = 248;
+pub const CONSUMER_LOCK: usize = 384;
 /// Offset of the head slot the last consumer turn left durable, plus one (0: not known).
-pub const HEAD_DURABLE: usize = 252;
+pub const HEAD_DURABLE: usize = 388;
 /// Offset of the id of the ack log file the last consumer turn left (0: there is none).
-pub const ACK_LOG_ID: usize = 256;
+pub const ACK_LOG_ID: usize = 408;
 /// Offset of the end of that ack log's entries.
-pub const ACK_TAIL: usize = 264;
+pub const ACK_TAIL: usize = 416;
 /// Offset of the end of the zeros written ahead of them.
-pub const ACK_PREPARED: usize = 272;
+pub const ACK_PREPARED: usize = 424;
 /// Offset of the frame bytes pushed in all, one word per tail slot (`TAIL_SLOTS`): slot `g % 2`
 /// at `TAIL_PUSHED + 8 * (g % 2)`, written with that slot.
 pub const TAIL_PUSHED: usize = 280;
@@ -142,10 +149,10 @@ pub const TAIL_PUSHED: usize = 280;
 pub const PUBLISHED_PUSHED: usize = 296;
 /// Offset of the records consumed in all: a bounded queue's usage is the committed
 /// `next_seq` minus this. Written under the consumer lock only.
-pub const CONSUMED_RECORDS: usize = 312;
+pub const CONSUMED_RECORDS: usize = 432;
 /// Offset of the frame bytes consumed in all: the usage in bytes is the committed pushed bytes
 /// minus this. Written under the consumer lock only.
-pub const CONSUMED_BYTES: usize = 320;
+pub const CONSUMED_BYTES: usize = 440;
 /// Offset of the room futex word: bumped when consumers gave room back.
 pub const ROOM: usize = 328;
 /// Offset of the count of pushes waiting on `ROOM`.
@@ -240,6 +247,81 @@ mod tests {
         bytes
     }
 
+    /// Every field of the layout: where it starts, how long it is, and whether a consumer turn
+    /// writes it (else a producer, or nobody once built).
+    fn fields() -> Vec<(&'static str, usize, usize, bool)> {
+        let slots = SLOT_COUNT as usize;
+        vec![
+            ("header", 0, 24, false),
+            ("tail_gen", TAIL_GEN, 8, false),
+            ("tail_dirty", TAIL_DIRTY, 8, false),
+            ("tail_slots", TAIL_SLOTS, 2 * TAIL_SLOT_LEN, false),
+            ("arrivals", ARRIVALS, 4, false),
+            ("sleepers", SLEEPERS, 4, false),
+            ("tail_lock", TAIL_LOCK, 4, false),
+            ("published_gen", PUBLISHED_GEN, 8, false),
+            ("published_slots", PUBLISHED_SLOTS, 2 * TAIL_SLOT_LEN, false),
+            ("sync_lock", SYNC_LOCK, 4, false),
+            ("poisoned", POISONED, 4, false),
+            ("repairs", REPAIRS, 4, false),
+            ("prepared_base", PREPARED_BASE, 8, false),
+            ("prepared_end", PREPARED_END, 8, false),
+            ("tail_pushed", TAIL_PUSHED, 16, false),
+            ("published_pushed", PUBLISHED_PUSHED, 16, false),
+            ("room", ROOM, 4, false),
+            ("room_sleepers", ROOM_SLEEPERS, 4, false),
+            ("consumer_lock", CONSUMER_LOCK, 4, true),
+            ("head_durable", HEAD_DURABLE, 4, true),
+            ("consumer_epoch", CONSUMER_EPOCH, 8, true),
+            ("consumer_pid", CONSUMER_PID, 4, true),
+            ("ack_log_id", ACK_LOG_ID, 8, true),
+            ("ack_tail", ACK_TAIL, 8, true),
+            ("ack_prepared", ACK_PREPARED, 8, true),
+            ("consumed_records", CONSUMED_RECORDS, 8, true),
+            ("consumed_bytes", CONSUMED_BYTES, 8, true),
+            ("sync_began", SYNC_BEGAN, 8, false),
+            ("gather", GATHER, 4, false),
+            ("dedup_gen", DEDUP_GEN, 8, false),
+            ("dedup_tail", DEDUP_TAIL, 8, false),
+            ("slots", SLOTS, 8 * slots, false),
+            ("commit_times", COMMIT_TIMES, 8 * slots, false),
+            ("inside", INSIDE, 4 * slots, false),
+        ]
+    }
+
+    #[test]
+    fn fields_are_aligned_disjoint_and_inside_the_page() {
+        let mut fields = fields();
+        fields.sort_by_key(|field| field.1);
+        for pair in fields.windows(2) {
+            let ((a, a_at, a_len, _), (b, b_at, _, _)) = (pair[0], pair[1]);
+            assert!(a_at + a_len <= b_at, "{a} overlaps {b}");
+        }
+        for (name, at, len, _) in fields {
+            let word = if len % 8 == 0 { 8 } else { 4 };
+            assert_eq!(at % word, 0, "{name} is not aligned");
+            assert!(at + len <= CONTROL_LEN as usize, "{name} is past the page");
+        }
+    }
+
+    /// The words a consumer turn writes share no 64-byte cache line with the words a push
+    /// writes or reads: a producer and a consumer in two processes do not take each other's
+    /// lines at every call.
+    #[test]
+    fn consumer_words_share_no_cache_line_with_the_others() {
+        let lines = |at: usize, len: usize| (at / 64)..=((at + len - 1) / 64);
+        let fields = fields();
+        for &(consumer, at, len, _) in fields.iter().filter(|field| field.3) {
+            for &(other, other_at, other_len, _) in fields.iter().filter(|field| !field.3) {
+                let (mine, theirs) = (lines(at, len), lines(other_at, other_len));
+                assert!(
+                    mine.end() < theirs.start() || theirs.end() < mine.start(),
+                    "{consumer} shares a cache line with {other}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_built_header_checks_out() {
         assert_eq!(check_header(&built(7)), Ok(7));
@@ -255,65 +337,6 @@ mod tests {
         assert_eq!(check_header(&bad_version).unwrap_err().0, 8);
         assert_eq!(check_header(&built(0)).unwrap_err().0, BUILD_ID as u64);
         assert_eq!(check_header(&built(7)[..100]).unwrap_err().0, 100);
-    }
-
-    #[test]
-    fn words_are_aligned_and_inside_the_page() {
-        for offset in [
-            TAIL_GEN,
-            TAIL_DIRTY,
-            TAIL_SLOTS,
-            TAIL_SLOTS + TAIL_SLOT_LEN,
-            CONSUMER_EPOCH,
-            ACK_LOG_ID,
-            ACK_TAIL,
-            ACK_PREPARED,
-            TAIL_PUSHED,
-            PUBLISHED_PUSHED,
-            CONSUMED_RECORDS,
-            CONSUMED_BYTES,
-            SYNC_BEGAN,
-            DEDUP_GEN,
-            DEDUP_TAIL,
-            COMMIT_TIMES,
-        ] {
-            assert_eq!(offset % 8, 0);
-        }
-        for offset in [
-            ARRIVALS,
-            SLEEPERS,
-            CONSUMER_PID,
-            TAIL_LOCK,
-            SYNC_LOCK,
-            POISONED,
-            CONSUMER_LOCK,
-            HEAD_DURABLE,
-            ROOM,
-            ROOM_SLEEPERS,
-            GATHER,
-            SLOTS,
-        ] {
-            assert_eq!(offset % 4, 0);
-        }
-        const { assert!(TAIL_SLOTS + 2 * TAIL_SLOT_LEN <= ARRIVALS) };
-        const { assert!(CONSUMER_EPOCH + 8 <= TAIL_LOCK) };
-        const { assert!(TAIL_LOCK + 4 <= PUBLISHED_GEN) };
-        const { assert!(PUBLISHED_SLOTS + 2 * TAIL_SLOT_LEN <= SYNC_LOCK) };
-        const { assert!(POISONED + 4 <= REPAIRS) };
-        const { assert!(REPAIRS + 4 <= PREPARED_BASE) };
-        const { assert!(PREPARED_END + 8 <= CONSUMER_LOCK) };
-        const { assert!(CONSUMER_LOCK + 4 <= HEAD_DURABLE) };
-        const { assert!(HEAD_DURABLE + 4 <= ACK_LOG_ID) };
-        const { assert!(ACK_PREPARED + 8 <= TAIL_PUSHED) };
-        const { assert!(TAIL_PUSHED + 16 <= PUBLISHED_PUSHED) };
-        const { assert!(PUBLISHED_PUSHED + 16 <= CONSUMED_RECORDS) };
-        const { assert!(CONSUMED_BYTES + 8 <= ROOM) };
-        const { assert!(ROOM_SLEEPERS + 4 <= SYNC_BEGAN) };
-        const { assert!(GATHER + 4 <= DEDUP_GEN) };
-        const { assert!(DEDUP_TAIL + 8 <= SLOTS) };
-        const { assert!(SLOTS + SLOT_COUNT as usize * 8 <= COMMIT_TIMES) };
-        const { assert!(COMMIT_TIMES + SLOT_COUNT as usize * 8 <= INSIDE) };
-        const { assert!(INSIDE + SLOT_COUNT as usize * 4 <= CONTROL_LEN as usize) };
     }
 
     #[test]
