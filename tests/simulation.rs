@@ -671,19 +671,12 @@ fn a_full_read_that_moved_the_durable_head_slot_tells_the_other_handles() {
 /// open after every handle is gone now settles the log against the recovered end.
 #[test]
 fn an_id_whose_record_a_power_loss_took_never_names_a_later_record() {
-    use diskspool::{Options, Push, Queue, SimStorage, SyncPolicy};
-    use std::sync::Arc;
+    use diskspool::{Push, Queue, SimStorage};
 
     let mut stale = 0;
     for loss in 0..40 {
         let sim = SimStorage::new(loss);
-        let options = |process| {
-            Options::default()
-                .exclusive(false)
-                .sync(SyncPolicy::Never)
-                .dedup_window(std::time::Duration::from_secs(3600))
-                .storage(Arc::new(sim.process(process)))
-        };
+        let options = |process| dedup_process_options(&sim, process);
         let first = Queue::open("/q", options(1)).unwrap();
         first
             .push_with(b"with the id", Push::new().dedup_id(b"k"))
@@ -720,18 +713,11 @@ fn an_id_whose_record_a_power_loss_took_never_names_a_later_record() {
 /// that id wrote the record a second time. A sync now syncs the log the queue has.
 #[test]
 fn a_sync_on_any_handle_makes_the_ids_of_every_handle_durable_with_their_records() {
-    use diskspool::{Options, Push, Queue, SimStorage, SyncPolicy};
-    use std::sync::Arc;
+    use diskspool::{Push, Queue, SimStorage};
 
     for loss in 0..20 {
         let sim = SimStorage::new(loss);
-        let options = |process| {
-            Options::default()
-                .exclusive(false)
-                .sync(SyncPolicy::Never)
-                .dedup_window(std::time::Duration::from_secs(3600))
-                .storage(Arc::new(sim.process(process)))
-        };
+        let options = |process| dedup_process_options(&sim, process);
         let pusher = Queue::open("/q", options(1)).unwrap();
         let syncer = Queue::open("/q", options(2)).unwrap();
         // The first id creates the log (durably); the second is appended to it.
@@ -883,4 +869,14 @@ fn a_sync_makes_a_move_to_the_dead_letter_queue_durable_with_its_acknowledgement
             "power loss {loss}: the job another process moved, in exactly the dead-letter queue"
         );
     }
+}
+
+/// A shared queue under `Never` with a deduplication window of an hour, opened by the simulated
+/// process `process`.
+fn dedup_process_options(sim: &diskspool::SimStorage, process: u32) -> diskspool::Options {
+    diskspool::Options::default()
+        .exclusive(false)
+        .sync(diskspool::SyncPolicy::Never)
+        .dedup_window(std::time::Duration::from_secs(3600))
+        .storage(std::sync::Arc::new(sim.process(process)))
 }
