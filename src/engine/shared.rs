@@ -338,7 +338,7 @@ impl Shared {
             return;
         }
         let now_us = now_micros();
-        if now_us < turns.next_lease_check_us {
+        if now_us < turns.next_lease_check_us && !self.env.storage.replays_runs() {
             return;
         }
         turns.next_lease_check_us = now_us.saturating_add(LEASE_OWNER_CHECK_US);

@@ -78,6 +78,14 @@ pub struct DirOwner {
 
 /// A filesystem as the engine sees it.
 pub trait Storage: Send + Sync + fmt::Debug {
+    /// Whether this storage replays runs from a seed (the simulated filesystem): the engine then
+    /// leaves the wall clock out of which calls it makes, so that a seed replays the same calls
+    /// however fast the machine runs (a consumer looks whether the owners of the leases it
+    /// waits for are gone at every turn, instead of at most every 10 ms). The default: no.
+    fn replays_runs(&self) -> bool {
+        false
+    }
+
     /// Creates `dir` and any missing parents (private: `0700` on a real filesystem).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Makes sure `dir` is a directory the queue may write into: creates it (one level,

@@ -1005,6 +1005,10 @@ fn stop_killed_thread() -> ! {
 }
 
 impl Storage for SimStorage {
+    fn replays_runs(&self) -> bool {
+        true
+    }
+
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.enter_call();
         if let Err(kind) = state.call(SimOp::CreateDirAll) {
