@@ -1088,8 +1088,9 @@ impl Consumer {
     /// the head or delays) without the batch machinery of [`pop_with`](Shared::pop_with), which
     /// handles every other case.
     // Inlined into `Queue::pop`, as it was before the engine was split: without it a pop costs
-    // about 4 % more instructions (callgrind, `examples/hot_paths`).
-    #[inline]
+    // about 4 % more instructions (callgrind, `examples/hot_paths`). Always: with the two calls
+    // of a shared queue's pop beside it, `#[inline]` was not enough.
+    #[inline(always)]
     pub(crate) fn pop_one(
         &self,
         env: &Env,

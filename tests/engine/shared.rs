@@ -83,6 +83,45 @@ fn group_commit_syncs_are_counted_by_the_handle_that_led_them() {
     assert!((1..=205).contains(&syncs), "{syncs} syncs");
 }
 
+/// A pop looks in the records its handle already took up before it reads what other handles
+/// pushed since: the order stays one FIFO across that boundary, under both kinds of policy
+/// (`Always` shows records once a sync covered them), and a pop that finds nothing it knew
+/// still returns what another handle pushed before it began. The same for a receive.
+#[test]
+fn a_pop_hands_out_what_its_handle_knew_then_what_others_pushed_since_in_order() {
+    for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let consumer = Queue::open(dir.path(), shared(sync)).unwrap();
+        let producer = Queue::open(dir.path(), shared(sync)).unwrap();
+        for seq in 0..3u64 {
+            producer.push(&payload_for(seq)).unwrap();
+        }
+        // Takes up records 0..3.
+        assert_eq!(consumer.pop().unwrap().unwrap().seq(), 0);
+        // Unknown to the consumer until it looks again; one of them in a segment of its own.
+        for seq in 3..300u64 {
+            producer.push(&payload_for(seq)).unwrap();
+        }
+        consumer.push(&payload_for(300)).unwrap();
+        for seq in 1..=300u64 {
+            let record = consumer.pop().unwrap().expect("a record");
+            assert_eq!(
+                (record.seq(), record.payload()),
+                (seq, &payload_for(seq)[..])
+            );
+        }
+        assert!(consumer.pop().unwrap().is_none());
+        producer.push(b"last").unwrap();
+        assert_eq!(consumer.pop().unwrap().unwrap().payload(), b"last");
+        // A receive of one record likewise.
+        producer.push(b"job").unwrap();
+        let job = consumer.try_recv().unwrap().expect("the job");
+        assert_eq!(job.payload(), b"job");
+        job.ack().unwrap();
+        assert!(consumer.try_recv().unwrap().is_none());
+    }
+}
+
 #[test]
 fn the_consumer_role_moves_to_the_next_handle_with_the_head() {
     let dir = tempfile::tempdir().unwrap();
