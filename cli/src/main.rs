@@ -17,6 +17,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use diskspool::format::layout::CONTROL_FILE_NAME;
 use diskspool::{Options, Queue, SyncPolicy};
 
 /// Everything went well (for `verify`: no problem found).
@@ -202,6 +203,13 @@ fn report(failure: Failure) -> u8 {
             eprintln!("spool: {}", for_stderr(&error.to_string()));
             match error {
                 Error::Locked { .. } => EXIT_LOCKED,
+                // Live handles of another diskspool version coordinate through another
+                // layout of `control`: the queue is theirs until they close.
+                Error::UnsupportedVersion { file, .. }
+                    if file.file_name() == Some(CONTROL_FILE_NAME.as_ref()) =>
+                {
+                    EXIT_LOCKED
+                }
                 Error::Full { .. } => EXIT_FULL,
                 Error::RecordTooLarge { .. }
                 | Error::BatchTooLarge { .. }

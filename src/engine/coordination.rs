@@ -32,10 +32,10 @@ use crate::error::{Error, Result};
 use crate::format::control::{
     lease_owner, lease_owner_parts, ticket, ticket_parts, ACK_LOG_ID, ACK_PREPARED, ACK_TAIL,
     ARRIVALS, COMMIT_TIMES, CONSUMED_BYTES, CONSUMED_RECORDS, CONSUMER_EPOCH, CONSUMER_LOCK,
-    CONSUMER_PID, DEDUP_GEN, DEDUP_TAIL, EPOCH_MAX, GATHER, HEAD_DURABLE, INSIDE, POISONED,
-    PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_PUSHED, PUBLISHED_SLOTS, REPAIRS, ROOM,
-    ROOM_SLEEPERS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN,
-    TAIL_LOCK, TAIL_PUSHED, TAIL_SLOTS, TAIL_SLOT_LEN,
+    CONSUMER_PID, CONTROL_VERSION, DEDUP_GEN, DEDUP_TAIL, EPOCH_MAX, GATHER, HEAD_DURABLE, INSIDE,
+    POISONED, PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_PUSHED, PUBLISHED_SLOTS,
+    REPAIRS, ROOM, ROOM_SLEEPERS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY,
+    TAIL_GEN, TAIL_LOCK, TAIL_PUSHED, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
     CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
@@ -158,6 +158,14 @@ impl Opening {
         let control =
             ControlMapping::attach(&*self.storage, &path).map_err(|failure| match failure {
                 AttachFailure::Io(error) => Error::io("open control file", &path, error),
+                // Live processes of another version of this crate: they coordinate through
+                // another layout, which this build must not read or write. Once they all
+                // closed, the next open builds the file anew.
+                AttachFailure::OtherVersion(found) => Error::UnsupportedVersion {
+                    file: path.clone(),
+                    found: u16::try_from(found).unwrap_or(u16::MAX),
+                    supported: CONTROL_VERSION as u16,
+                },
                 AttachFailure::Invalid(offset, what) => Error::corrupt(
                     &path,
                     offset,

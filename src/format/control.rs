@@ -208,6 +208,15 @@ pub fn encode_header(build_id: u64) -> [u8; 24] {
     header
 }
 
+/// The layout version of a control file built by another version of this crate: `Some` when
+/// `bytes` start with the control magic and name a version other than [`CONTROL_VERSION`].
+/// Processes of that version have the queue open (a first opener builds the file anew).
+pub fn other_layout_version(bytes: &[u8]) -> Option<u32> {
+    let version: [u8; 4] = bytes.get(8..12)?.try_into().ok()?;
+    let version = u32::from_ne_bytes(version);
+    (bytes.get(..8)? == CONTROL_MAGIC && version != CONTROL_VERSION).then_some(version)
+}
+
 /// Checks a control file's header; returns its build id, or what is wrong and at which offset.
 pub fn check_header(bytes: &[u8]) -> Result<u64, (u64, String)> {
     if bytes.len() < CONTROL_LEN as usize {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
-use crate::format::control::{check_header, encode_header, CONTROL_LEN};
+use crate::format::control::{check_header, encode_header, other_layout_version, CONTROL_LEN};
 use crate::storage::Storage;
 
 /// A lock file of a shared queue (`lock`, `open.lock`, `procs/NNN`), opened and created if
@@ -151,6 +151,8 @@ impl std::fmt::Debug for ControlMapping {
 /// Why the control file could not be attached.
 pub(crate) enum AttachFailure {
     Io(io::Error),
+    /// Built by processes of another control layout version (this one).
+    OtherVersion(u32),
     /// Its header does not check out: `(offset, what)`.
     Invalid(u64, String),
 }
@@ -197,6 +199,9 @@ impl ControlMapping {
             ));
         }
         let map = Self::map_file(&file).map_err(AttachFailure::Io)?;
+        if let Some(version) = other_layout_version(&map) {
+            return Err(AttachFailure::OtherVersion(version));
+        }
         check_header(&map).map_err(|(offset, what)| AttachFailure::Invalid(offset, what))?;
         Self::of_mmap(map, path).map_err(AttachFailure::Io)
     }
@@ -210,6 +215,9 @@ impl ControlMapping {
                 .word64(index * 8)
                 .load(std::sync::atomic::Ordering::Acquire);
             chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        if let Some(version) = other_layout_version(&header) {
+            return Err(AttachFailure::OtherVersion(version));
         }
         check_header(&header)
             .map(|_| ())

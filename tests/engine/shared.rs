@@ -276,6 +276,42 @@ fn a_symlink_planted_where_a_shared_queue_keeps_its_control_file_is_refused() {
     }
 }
 
+/// A rolling upgrade: a handle of a build with another control layout (here: the version word
+/// of the live handles' control file says 3) cannot join them, and says so with the file and
+/// both versions, not as damage. Once they closed, the next open builds the control file anew
+/// and finds every record.
+#[test]
+fn a_build_with_another_control_layout_cannot_join_live_handles_and_can_once_they_closed() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let live = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    for seq in 0..5u64 {
+        live.push(&payload_for(seq)).unwrap();
+    }
+    let control = dir.path().join("control");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&control)
+        .unwrap();
+    file.write_all_at(&3u32.to_ne_bytes(), 8).unwrap();
+    match Queue::open(dir.path(), shared(SyncPolicy::Never)) {
+        Err(Error::UnsupportedVersion {
+            file,
+            found,
+            supported,
+        }) => {
+            assert_eq!(file, control);
+            assert_eq!((found, supported), (3, 4));
+        }
+        other => panic!("expected UnsupportedVersion naming the control file, got {other:?}"),
+    }
+    drop(live);
+    let next = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    for seq in 0..5u64 {
+        assert_eq!(next.pop().unwrap().unwrap().payload(), payload_for(seq));
+    }
+}
+
 #[test]
 fn handles_opening_a_new_queue_at_once_all_join_it() {
     for _ in 0..20 {

@@ -430,3 +430,36 @@ fn a_bounded_queue_is_shared_and_its_bound_counts_every_process() {
     assert_eq!(service.len(), 3);
     assert_eq!(run(&["push", arg(&dir), "f"]).0, 6);
 }
+
+/// A `spool` of another diskspool version beside a live service (here: the service's control
+/// file says layout version 3): the commands that join the service's handles (`push`, `pop`)
+/// exit 4, naming the control file and both versions, since the queue is the service's until
+/// it closes; `stat` and `peek`, which read the files alone, still work.
+#[test]
+fn spool_of_another_control_layout_beside_a_live_service_exits_4_naming_both_versions() {
+    use std::os::unix::fs::FileExt;
+    let (_temp, dir, service) = live_queue();
+    service.push(b"kept").unwrap();
+    let control = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(CONTROL_FILE_NAME))
+        .unwrap();
+    control.write_all_at(&3u32.to_ne_bytes(), 8).unwrap();
+    for args in [&["push", arg(&dir), "x"][..], &["pop", arg(&dir)][..]] {
+        let (code, _, stderr) = run(args);
+        assert_eq!(code, 4, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("control")
+                && stderr.contains("version 3")
+                && stderr.contains("version 4"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let (code, _, stderr) = run(&["stat", arg(&dir)]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run(&["peek", arg(&dir)]);
+    assert_eq!((code, stdout.as_str()), (0, "kept\n"), "{stderr}");
+    drop(service);
+    let (code, stdout, stderr) = run(&["pop", arg(&dir)]);
+    assert_eq!((code, stdout.as_str()), (0, "kept\n"), "{stderr}");
+}
