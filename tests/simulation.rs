@@ -297,6 +297,10 @@ fn run_processes_seeds(first: u64, count: u64) -> ProcessesSummary {
         total.power_losses += summary.power_losses;
         total.dead_lettered += summary.dead_lettered;
         total.refused += summary.refused;
+        total.dropped += summary.dropped;
+        total.dropped_known += summary.dropped_known;
+        total.skipped += summary.skipped;
+        total.cut_batches_found += summary.cut_batches_found;
     }
     eprintln!(
         "simulation of several processes: seeds {first}..{} passed in {:.1} s ({total:?})",

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use super::Policy;
 use crate::storage::sim::{SimRng, SimStorage};
-use crate::{Delivery, Error, Options, Queue};
+use crate::{Delivery, Error, Options, Overflow, Queue};
 
 /// The segment size of these runs: small, so that rolls and compactions are frequent.
 const SEGMENT_SIZE: u64 = 4096;
@@ -54,8 +54,23 @@ pub struct ProcessesConfig {
     pub max_deliveries: Option<u32>,
     /// Whether pushes with deduplication ids are drawn (wide runs only; window: an hour).
     pub dedup: bool,
-    /// `Options::max_records` with `Overflow::Reject` (wide runs only).
+    /// `Options::max_records` (wide runs only).
     pub max_records: Option<u64>,
+    /// `Options::max_bytes` (wide runs only), in bytes of frames (a record of `n` bytes takes
+    /// `n` + 24 rounded up to a multiple of 8).
+    pub max_bytes: Option<u64>,
+    /// `Options::overflow` of a bounded run. Under `Block` a push never waits (the simulation
+    /// is one thread): `push` runs as `push_timeout` with no time to wait, and a batch or a
+    /// push with an id runs only when the usage every push checks leaves room for it (else it
+    /// is skipped and writes nothing).
+    pub overflow: Overflow,
+}
+
+impl ProcessesConfig {
+    /// Whether the queue is bounded (`max_records` or `max_bytes`).
+    pub fn bounded(&self) -> bool {
+        self.max_records.is_some() || self.max_bytes.is_some()
+    }
 }
 
 impl ProcessesConfig {
@@ -66,6 +81,8 @@ impl ProcessesConfig {
             max_deliveries: None,
             dedup: false,
             max_records: None,
+            max_bytes: None,
+            overflow: Overflow::Reject,
             ..self
         }
     }
@@ -281,14 +298,36 @@ impl ProcessOp {
 /// The setup of seed `seed`'s run.
 pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
     let mut rng = SimRng::new(seed ^ 0x5EED_0F5A_A2ED);
+    let handles = 2 + rng.below(2) as u8;
+    let policy = Policy::from_byte(rng.below(3) as u8);
+    let writable_mappings = rng.chance(3, 4);
+    let max_deliveries = rng.chance(1, 3).then(|| 1 + rng.below(2) as u32);
+    let dedup = rng.chance(1, 3);
+    let max_records = rng.chance(1, 4).then(|| 4 + rng.below(9));
+    // The byte bound and the overflow rule come from a stream of their own, so that the draws
+    // above stay what they were.
+    let mut bound = SimRng::new(seed ^ 0xB0DE_D0F1_0B00);
+    let byte_bound = if max_records.is_some() {
+        bound.chance(1, 3)
+    } else {
+        bound.chance(1, 8)
+    };
+    let max_bytes = byte_bound.then(|| 600 + bound.below(3000));
+    let overflow = match bound.below(3) {
+        0 => Overflow::Reject,
+        1 => Overflow::DropOldest,
+        _ => Overflow::Block,
+    };
     ProcessesConfig {
-        handles: 2 + rng.below(2) as u8,
-        policy: Policy::from_byte(rng.below(3) as u8),
-        writable_mappings: rng.chance(3, 4),
+        handles,
+        policy,
+        writable_mappings,
         wide: true,
-        max_deliveries: rng.chance(1, 3).then(|| 1 + rng.below(2) as u32),
-        dedup: rng.chance(1, 3),
-        max_records: rng.chance(1, 4).then(|| 4 + rng.below(9)),
+        max_deliveries,
+        dedup,
+        max_records,
+        max_bytes,
+        overflow,
     }
 }
 
@@ -428,6 +467,17 @@ pub struct ProcessesSummary {
     pub dead_lettered: u64,
     /// Pushes refused by a full bounded queue.
     pub refused: u64,
+    /// Records a push discarded to make room (`Overflow::DropOldest`).
+    pub dropped: u64,
+    /// Of those, the ones the model knew (the front of the queue was certain): consumed for
+    /// good; the others made the records at the front uncertain.
+    pub dropped_known: u64,
+    /// Batches and pushes with an id skipped under `Overflow::Block` (no room to push them
+    /// without waiting).
+    pub skipped: u64,
+    /// Batches cut by a kill or a power loss that were found in the queue, so that every
+    /// record of theirs is owed from then on.
+    pub cut_batches_found: u64,
 }
 
 /// Where the model stands on one record (by the id in its first 8 bytes).
@@ -476,6 +526,11 @@ struct Record {
     /// a move cut by a kill, or a record with its deliveries used up whose lease ended (the
     /// next consumer to reach it moves it).
     dead_loose: bool,
+    /// The bytes of its frame (for `max_bytes`).
+    frame: u64,
+    /// The batch it was pushed in, as `(first id, records)` (the ids of a batch follow each
+    /// other): all of it is in the queue, at numbers that follow each other, or none of it.
+    batch: Option<(u64, u64)>,
 }
 
 /// What the model knows of one deduplication id.
@@ -511,7 +566,22 @@ struct Model {
     /// Sequence numbers a push with an id returned whose record is one of several the model
     /// cannot tell apart: each must be delivered (`true`: unsynced, a power loss may take it).
     owed_seqs: BTreeMap<u64, bool>,
+    /// The policy is `Always`.
+    always: bool,
     summary: ProcessesSummary,
+}
+
+/// What the model knows of a bounded queue's usage: the records and bytes it holds for sure,
+/// and at most.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    records: (u64, u64),
+    bytes: (u64, u64),
+}
+
+/// The bytes of the frame of a record of `len` bytes (no delay, no TTL).
+fn frame_bytes(len: usize) -> u64 {
+    crate::format::frame::frame_len(len) as u64
 }
 
 fn payload(id: u64, len: u16) -> Vec<u8> {
@@ -547,8 +617,10 @@ impl Model {
         Ok(())
     }
 
-    /// Records about to be pushed: they may be in the queue from now on.
-    fn pushing(&mut self, ids: &[u64]) {
+    /// Records about to be pushed (`frame`: the bytes of each one's frame): they may be in the
+    /// queue from now on.
+    fn pushing(&mut self, ids: &[u64], frame: u64) {
+        let batch = (ids.len() > 1).then(|| (ids[0], ids.len() as u64));
         for &id in ids {
             self.records.insert(
                 id,
@@ -562,6 +634,8 @@ impl Model {
                     deliveries: 0,
                     lease_may_end: false,
                     dead_loose: false,
+                    frame,
+                    batch,
                 },
             );
         }
@@ -588,6 +662,61 @@ impl Model {
             _ => record.seq = Some(seq),
         }
         self.ids_by_seq.insert(seq, id);
+        // The records of a batch follow each other.
+        if let Some((first, count)) = record.batch {
+            for other in first..first + count {
+                let Some(other_seq) = self.records.get(&other).and_then(|record| record.seq) else {
+                    continue;
+                };
+                if i128::from(other_seq) - i128::from(seq) != i128::from(other) - i128::from(id) {
+                    return Err(format!(
+                        "records {other} and {id} of one batch have sequence numbers {other_seq} \
+                         and {seq}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Record `id`, of a batch whose push a kill or a power loss cut, turned up at `seq`
+    /// before any record of the batch may have been handed out: the whole batch is there (a
+    /// batch is all or nothing), at the numbers around `seq`, and owed.
+    fn batch_found(&mut self, id: u64, seq: u64) -> Result<(), String> {
+        let Some(record) = self.records.get(&id) else {
+            return Ok(());
+        };
+        let Some((first, count)) = record.batch else {
+            return Ok(());
+        };
+        if record.fate != Fate::Maybe || record.delivered {
+            return Ok(());
+        }
+        let members = first..first + count;
+        let untouched = members.clone().filter(|&other| other != id).all(|other| {
+            self.records.get(&other).is_some_and(|record| {
+                record.fate == Fate::Maybe
+                    && !record.delivered
+                    && record.seq.is_none()
+                    && record.holder.is_none()
+            })
+        });
+        if !untouched {
+            return Ok(());
+        }
+        for other in members.filter(|&other| other != id) {
+            let other_seq = (i128::from(seq) + i128::from(other) - i128::from(id))
+                .try_into()
+                .map_err(|_| {
+                    format!("record {id} of a batch of {count} from id {first} is at seq {seq}")
+                })?;
+            self.learn_seq(other, other_seq)?;
+            if let Some(record) = self.records.get_mut(&other) {
+                record.fate = Fate::Owed;
+                record.push_unsynced = !self.always;
+            }
+        }
+        self.summary.cut_batches_found += 1;
         Ok(())
     }
 
@@ -645,6 +774,7 @@ impl Model {
             ));
         }
         self.learn_seq(id, seq)?;
+        self.batch_found(id, seq)?;
         let record = self.records.get(&id).ok_or("unknown record")?;
         if record.fate == Fate::Consumed {
             return Err(format!(
@@ -756,50 +886,81 @@ impl Model {
         Ok(())
     }
 
-    /// The records the queue holds for sure, and at most (for its bound and `len`): owed (not
-    /// possibly moved to the dead-letter queue) and parked ones; and those that may be there.
-    fn usage_bounds(&self) -> (u64, u64) {
-        let (mut lower, mut upper) = (0, 0);
+    /// The records (and bytes) the queue holds for sure, and at most (for its bound, `len`
+    /// and the usage pushes check): owed (not possibly moved to the dead-letter queue) and
+    /// parked ones; and those that may be there.
+    fn usage_bounds(&self) -> Usage {
+        let (mut lower, mut upper) = ((0, 0), (0, 0));
         for record in self.records.values() {
+            let add = |sum: &mut (u64, u64)| {
+                sum.0 += 1;
+                sum.1 += record.frame;
+            };
             match record.fate {
-                Fate::Owed if !record.dead_loose => lower += 1,
-                Fate::Parked => lower += 1,
-                Fate::Owed | Fate::Maybe => upper += 1,
+                Fate::Owed if !record.dead_loose => add(&mut lower),
+                Fate::Parked => add(&mut lower),
+                Fate::Owed | Fate::Maybe => add(&mut upper),
                 Fate::Consumed | Fate::Dead | Fate::Never => {}
             }
         }
-        (lower, lower + upper)
+        Usage {
+            records: (lower.0, lower.0 + upper.0),
+            bytes: (lower.1, lower.1 + upper.1),
+        }
     }
 
-    /// A push of `ids` returned with the bound `max`: the queue had room for it.
-    fn accepted(&self, count: u64, max: u64) -> Result<(), String> {
-        let (lower, _) = self.usage_bounds();
-        if lower + count > max {
+    /// A push of `count` records of `bytes` bytes of frames returned: the queue had room for
+    /// it (after what it dropped, if the model knows what that was).
+    fn accepted(&self, count: u64, bytes: u64, bound: &Bound) -> Result<(), String> {
+        let usage = self.usage_bounds();
+        if bound
+            .max_records
+            .is_some_and(|max| usage.records.0 + count > max)
+        {
             return Err(format!(
-                "a push of {count} records was accepted by a queue bounded to {max} records \
-                 that holds at least {lower}"
+                "a push of {count} records was accepted by a queue bounded to {:?} records \
+                 that holds at least {}",
+                bound.max_records, usage.records.0
+            ));
+        }
+        if bound
+            .max_bytes
+            .is_some_and(|max| usage.bytes.0 + bytes > max)
+        {
+            return Err(format!(
+                "a push of {count} records ({bytes} bytes) was accepted by a queue bounded to \
+                 {:?} bytes that holds at least {}",
+                bound.max_bytes, usage.bytes.0
             ));
         }
         Ok(())
     }
 
-    /// A push of `ids` was refused (`Error::Full`) naming the usage `usage`, with the bound
-    /// `max`: it wrote nothing; the queue had no room; the usage is what the queue holds.
-    fn refused(&mut self, ids: &[u64], usage: u64, max: u64) -> Result<(), String> {
-        let (lower, upper) = self.usage_bounds();
+    /// A push of `ids` (`bytes` bytes of frames) was refused (`Error::Full`) naming the usage
+    /// `used`: it wrote nothing; the queue had no room; the usage is what the queue holds.
+    fn refused(
+        &mut self,
+        ids: &[u64],
+        bytes: u64,
+        used: (u64, u64),
+        bound: &Bound,
+    ) -> Result<(), String> {
+        let usage = self.usage_bounds();
         let count = ids.len() as u64;
-        if upper + count <= max {
+        let no_room = bound
+            .max_records
+            .is_some_and(|max| usage.records.1 + count > max)
+            || bound
+                .max_bytes
+                .is_some_and(|max| usage.bytes.1 + bytes > max);
+        if !no_room {
             return Err(format!(
-                "a push of {count} records was refused by a queue bounded to {max} records \
-                 that holds at most {upper}"
+                "a push of {count} records ({bytes} bytes) was refused by a queue bounded to \
+                 {:?} records and {:?} bytes that holds at most {} records and {} bytes",
+                bound.max_records, bound.max_bytes, usage.records.1, usage.bytes.1
             ));
         }
-        if usage < lower || usage > upper {
-            return Err(format!(
-                "a refused push names a usage of {usage} records; the queue holds {lower} to \
-                 {upper}"
-            ));
-        }
+        self.check_usage(used, "a refused push names")?;
         for id in ids {
             if let Some(record) = self.records.get_mut(id) {
                 record.fate = Fate::Never;
@@ -809,15 +970,76 @@ impl Model {
         Ok(())
     }
 
+    /// The usage `used` (records, bytes) lies between what the queue holds for sure and at
+    /// most.
+    fn check_usage(&self, used: (u64, u64), what: &str) -> Result<(), String> {
+        let usage = self.usage_bounds();
+        let within = |value: u64, (lower, upper): (u64, u64)| lower <= value && value <= upper;
+        if !within(used.0, usage.records) || !within(used.1, usage.bytes) {
+            return Err(format!(
+                "{what} a usage of {} records and {} bytes; the queue holds {:?} records and \
+                 {:?} bytes",
+                used.0, used.1, usage.records, usage.bytes
+            ));
+        }
+        Ok(())
+    }
+
     /// `len` returned `len`: the records the queue holds.
     fn check_len(&self, len: u64) -> Result<(), String> {
-        let (lower, upper) = self.usage_bounds();
+        let (lower, upper) = self.usage_bounds().records;
         if len < lower || len > upper {
             return Err(format!(
                 "len is {len}; the queue holds {lower} to {upper} records"
             ));
         }
         Ok(())
+    }
+
+    /// A push returned (or was refused) after it discarded `dropped` records to make room
+    /// (`Overflow::DropOldest`): the oldest ready records, consumed like a pop's. Where the
+    /// model knows the front of the queue (no record ahead that may or may not be there, or
+    /// whose lease may have ended), those are consumed; else the records at the front may be
+    /// gone, as after a consumer call cut by a kill.
+    fn dropped(&mut self, dropped: u64) {
+        self.summary.dropped += dropped;
+        let mut taken = Vec::new();
+        if self.owed_seqs.is_empty() {
+            // The records that exist follow each other in the order of their ids (pushes are
+            // made one at a time; a record a power loss took gives its number to the next).
+            for (&id, record) in &self.records {
+                if taken.len() as u64 == dropped {
+                    break;
+                }
+                let spent = self
+                    .max_deliveries
+                    .is_some_and(|max| record.deliveries >= max);
+                match record.fate {
+                    Fate::Consumed | Fate::Dead | Fate::Never | Fate::Parked => continue,
+                    Fate::Owed if record.holder.is_some() => continue,
+                    Fate::Owed
+                        if !record.lease_may_end
+                            && !record.dead_loose
+                            && !spent
+                            && record.seq.is_some() =>
+                    {
+                        taken.push(id)
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if taken.len() as u64 == dropped {
+            self.summary.dropped_known += dropped;
+            for id in taken {
+                if let Some(record) = self.records.get_mut(&id) {
+                    record.fate = Fate::Consumed;
+                    record.consume_unsynced = !self.always;
+                }
+            }
+        } else {
+            self.consumption_cut(usize::try_from(dropped).unwrap_or(usize::MAX));
+        }
     }
 
     /// A push of record `id` with deduplication id `key` was cut by a kill.
@@ -1217,16 +1439,63 @@ enum Outcome {
         records: Vec<(u64, Vec<u8>, u32)>,
         kept: Vec<Delivery>,
     },
+    /// A batch or a push with an id not made under `Overflow::Block`: no room without waiting.
+    Skipped,
     Done,
 }
 
-/// Runs `op` on `queue`; `held`: the deliveries its process holds, for a `Settle`.
+/// The bound of a run, as pushes need it.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    max_records: Option<u64>,
+    max_bytes: Option<u64>,
+    overflow: Overflow,
+}
+
+impl Bound {
+    fn of(config: &ProcessesConfig) -> Option<Bound> {
+        config.bounded().then_some(Bound {
+            max_records: config.max_records,
+            max_bytes: config.max_bytes,
+            overflow: config.overflow,
+        })
+    }
+
+    /// Whether `payloads` fit beside `used` (records, bytes).
+    fn fits(&self, used: (u64, u64), payloads: &[Vec<u8>]) -> bool {
+        let bytes: u64 = payloads.iter().map(|bytes| frame_bytes(bytes.len())).sum();
+        self.max_records
+            .is_none_or(|max| used.0 + payloads.len() as u64 <= max)
+            && self.max_bytes.is_none_or(|max| used.1 + bytes <= max)
+    }
+}
+
+/// Runs `op` on `queue`; `held`: the deliveries its process holds, for a `Settle`; `bound`:
+/// the queue's bound (under `Overflow::Block` no push may wait: the simulation is one thread).
 fn run_work(
     queue: &Queue,
     op: &ProcessOp,
     payloads: &[Vec<u8>],
     held: Vec<Delivery>,
+    bound: Option<Bound>,
 ) -> Result<Outcome, Error> {
+    if let Some(bound) = bound.filter(|bound| bound.overflow == Overflow::Block) {
+        match op {
+            ProcessOp::Push { .. } => {
+                // Fails with `Error::Full` at once when there is no room.
+                let seq = queue.push_timeout(&payloads[0], Duration::ZERO)?;
+                return Ok(Outcome::Pushed(seq..seq + 1));
+            }
+            ProcessOp::PushBatch { .. } | ProcessOp::PushDedup { .. } => {
+                // Nothing else runs while this thread pushes: with room now, it never waits.
+                let used = queue.bound_usage().unwrap_or_default();
+                if !bound.fits(used, payloads) {
+                    return Ok(Outcome::Skipped);
+                }
+            }
+            _ => {}
+        }
+    }
     match op {
         ProcessOp::Push { .. } => {
             let seq = queue.push(&payloads[0])?;
@@ -1371,6 +1640,14 @@ struct Run {
     stopped: Vec<std::thread::JoinHandle<Result<Outcome, Error>>>,
     /// Opens stopped at a kill point.
     stopped_opens: Vec<std::thread::JoinHandle<Result<Arc<Queue>, Error>>>,
+    /// Records the handle of the operation running had discarded to make room before it.
+    discards_before: u64,
+    /// How many records the queue may hold over its bound: consumer calls cut by a kill
+    /// may have counted as consumed records that are still there (sentence 31).
+    bound_slack: u64,
+    /// Whether a consumer call returned since the last one a kill cut (its turn counted the
+    /// usage from the files).
+    slack_settled: bool,
 }
 
 impl Run {
@@ -1383,7 +1660,13 @@ impl Run {
             options = options.dedup_window(Duration::from_secs(3600));
         }
         if let Some(max) = self.config.max_records {
-            options = options.max_records(max).overflow(crate::Overflow::Reject);
+            options = options.max_records(max);
+        }
+        if let Some(max) = self.config.max_bytes {
+            options = options.max_bytes(max);
+        }
+        if self.config.bounded() {
+            options = options.overflow(self.config.overflow);
         }
         options
     }
@@ -1431,7 +1714,14 @@ impl Run {
             };
             let payloads = self.prepare(&push);
             let queue = self.queue(pusher)?;
-            let outcome = run_work(&queue, &push, &payloads, Vec::new());
+            self.discards_before = queue.overflow_discards();
+            let outcome = run_work(
+                &queue,
+                &push,
+                &payloads,
+                Vec::new(),
+                Bound::of(&self.config),
+            );
             self.apply(pusher, &push, &payloads, outcome)?;
         }
         loop {
@@ -1539,7 +1829,8 @@ impl Run {
                 let payloads = self.prepare(work);
                 let queue = self.queue(index)?;
                 let held = self.held_for(index, work);
-                let outcome = run_work(&queue, work, &payloads, held);
+                self.discards_before = queue.overflow_discards();
+                let outcome = run_work(&queue, work, &payloads, held, Bound::of(&self.config));
                 self.apply(index, work, &payloads, outcome)?;
                 // The usage of a bounded queue is exact, also after kills (sentence 31), as
                 // a consumer counts it.
@@ -1549,6 +1840,44 @@ impl Run {
                 Ok(())
             }
         }
+    }
+
+    /// After every step of a bounded run: the usage every push checks (the control file's
+    /// totals pushed and consumed) lies between what the queue holds for sure and at most,
+    /// and within the bound (unless a power loss under `Never` or `Interval` undid
+    /// consumptions, which may leave more records than the bound).
+    fn check_bound_usage(&mut self) -> Result<(), String> {
+        if !self.config.bounded() {
+            return Ok(());
+        }
+        let queue = self.queue(0)?;
+        let used = queue
+            .bound_usage()
+            .ok_or("a bounded queue's handle has no bound")?;
+        let may_overflow =
+            self.config.policy != Policy::Always && self.model.summary.power_losses > 0;
+        let slack = self.bound_slack;
+        let over = self.config.max_records.is_some_and(|max| used.0 > max)
+            || self.config.max_bytes.is_some_and(|max| used.1 > max);
+        let past_slack =
+            self.config
+                .max_records
+                .is_some_and(|max| used.0 > max + slack)
+                || self.config.max_bytes.is_some_and(|max| {
+                    used.1 > max + slack * frame_bytes(usize::from(PAYLOAD_MAX))
+                });
+        if !may_overflow && past_slack {
+            return Err(format!(
+                "the usage is {} records and {} bytes, past the bound of {:?} records and {:?} \
+                 bytes (by more than the {slack} records consumer calls cut by kills may have \
+                 counted)",
+                used.0, used.1, self.config.max_records, self.config.max_bytes
+            ));
+        }
+        if !over && self.slack_settled {
+            self.bound_slack = 0;
+        }
+        self.model.check_usage(used, "pushes check")
     }
 
     /// The deliveries `op` settles: all that the process holds, for a `Settle`.
@@ -1568,7 +1897,8 @@ impl Run {
             _ => return Vec::new(),
         };
         let ids = self.model.new_ids(count);
-        self.model.pushing(&ids);
+        self.model
+            .pushing(&ids, frame_bytes(usize::from(len.max(8))));
         ids.iter().map(|&id| payload(id, len)).collect()
     }
 
@@ -1591,6 +1921,8 @@ impl Run {
         ) || matches!(&outcome, Ok(Outcome::Settled { records, .. }) if !records.is_empty())
         {
             self.processes[index].consumer = true;
+            // Its turn counted the usage from the files, after any that a kill cut.
+            self.slack_settled |= outcome.is_ok();
         }
         if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
             match &outcome {
@@ -1624,16 +1956,45 @@ impl Run {
                         .collect::<Vec<_>>()
                 ),
                 Ok(Outcome::Done) => {}
+                Ok(Outcome::Skipped) => eprintln!("  skipped: no room without waiting"),
                 Err(error) => eprintln!("  failed: {error}"),
             }
         }
         let ids: Vec<u64> = payloads.iter().map(|bytes| id_of(bytes)).collect();
-        if let (Err(Error::Full { records, .. }), Some(max)) = (&outcome, self.config.max_records) {
-            return self.model.refused(&ids, *records, max);
-        }
-        if let (Ok(Outcome::Pushed(_)), Some(max)) = (&outcome, self.config.max_records) {
-            if !matches!(op, ProcessOp::PushDedup { .. }) {
-                self.model.accepted(ids.len() as u64, max)?;
+        let bytes: u64 = payloads.iter().map(|bytes| frame_bytes(bytes.len())).sum();
+        if let Some(bound) = Bound::of(&self.config) {
+            if !payloads.is_empty() {
+                // What a push under `DropOldest` discarded first (the handle counts it).
+                let dropped = self
+                    .queue(index)?
+                    .overflow_discards()
+                    .saturating_sub(self.discards_before);
+                if dropped > 0 {
+                    if bound.overflow != Overflow::DropOldest {
+                        return Err(format!(
+                            "{op:?} discarded {dropped} records under {:?}",
+                            bound.overflow
+                        ));
+                    }
+                    // A consumer call: its sync syncs the consumer files.
+                    self.processes[index].consumer = true;
+                    self.model.dropped(dropped);
+                }
+            }
+            if let Err(Error::Full {
+                records: used_records,
+                bytes: used_bytes,
+                ..
+            }) = &outcome
+            {
+                return self
+                    .model
+                    .refused(&ids, bytes, (*used_records, *used_bytes), &bound);
+            }
+            if let Ok(Outcome::Pushed(_)) = &outcome {
+                if !matches!(op, ProcessOp::PushDedup { .. }) {
+                    self.model.accepted(ids.len() as u64, bytes, &bound)?;
+                }
             }
         }
         match outcome.map_err(|error| format!("{op:?} on handle {index} failed: {error}"))? {
@@ -1689,6 +2050,15 @@ impl Run {
                 self.model
                     .peeked(peeked.as_ref(), popped.as_ref().map(Option::as_ref), always)
             }
+            Outcome::Skipped => {
+                for id in &ids {
+                    if let Some(record) = self.model.records.get_mut(id) {
+                        record.fate = Fate::Never;
+                    }
+                }
+                self.model.summary.skipped += 1;
+                Ok(())
+            }
             Outcome::Done => {
                 if matches!(op, ProcessOp::Sync { .. }) {
                     self.model.synced(self.processes[index].consumer);
@@ -1717,6 +2087,8 @@ impl Run {
             }
             Cut::Point(point) => Some(point.name()),
         };
+        self.discards_before = queue.overflow_discards();
+        let bound = Bound::of(&self.config);
         let thread = {
             let (op, payloads, sim) = (op.clone(), payloads.clone(), self.sim.clone());
             std::thread::spawn(move || {
@@ -1733,7 +2105,7 @@ impl Run {
                         },
                     )));
                 }
-                run_work(&queue, &op, &payloads, held)
+                run_work(&queue, &op, &payloads, held, bound)
             })
         };
         loop {
@@ -1742,6 +2114,29 @@ impl Run {
                 self.stopped.push(thread);
                 self.bury(index);
                 self.model.summary.kills_during += 1;
+                // A consumer call cut short may have counted as consumed records that are not
+                // (they come back): the queue may then go over its bound by as many, until the
+                // next consumer turn counts the usage from the files and they are consumed
+                // (sentence 31).
+                let counted = match op {
+                    ProcessOp::Pop { max: count, .. }
+                    | ProcessOp::RecvHold { count, .. }
+                    | ProcessOp::RecvAck { count, .. }
+                    | ProcessOp::RecvNack { count, .. } => u64::from(*count),
+                    ProcessOp::Peek { .. } => 1,
+                    ProcessOp::Settle { .. } => held_ids.len() as u64,
+                    _ if self.config.overflow == Overflow::DropOldest => {
+                        payloads.len() as u64
+                            + payloads
+                                .iter()
+                                .map(|bytes| frame_bytes(bytes.len()))
+                                .sum::<u64>()
+                                .div_ceil(frame_bytes(8))
+                    }
+                    _ => 0,
+                };
+                self.bound_slack += counted;
+                self.slack_settled = false;
                 match op {
                     ProcessOp::Pop { max, .. } => self.model.consumption_cut(usize::from(*max)),
                     ProcessOp::Peek { .. } => self.model.consumption_cut(1),
@@ -1761,6 +2156,17 @@ impl Run {
                     }
                     // What it pushed stays "maybe"; a sync that did not return promises nothing.
                     _ => {}
+                }
+                if self.config.bounded()
+                    && self.config.overflow == Overflow::DropOldest
+                    && !payloads.is_empty()
+                {
+                    // It may have dropped records at the front first: as many as its records
+                    // need, and one at a time for its bytes.
+                    let bytes: u64 = payloads.iter().map(|bytes| frame_bytes(bytes.len())).sum();
+                    let most = payloads.len() as u64 + bytes.div_ceil(frame_bytes(8));
+                    self.model
+                        .consumption_cut(usize::try_from(most).unwrap_or(usize::MAX));
                 }
                 return self.start(index);
             }
@@ -1887,11 +2293,15 @@ pub fn run_processes(
         next_process: 0,
         model: Model {
             max_deliveries: config.max_deliveries,
+            always: config.policy == Policy::Always,
             ..Model::default()
         },
         dead: Vec::new(),
         stopped: Vec::new(),
         stopped_opens: Vec::new(),
+        discards_before: 0,
+        bound_slack: 0,
+        slack_settled: true,
     };
     let result = (|| {
         for index in 0..run.processes.len() {
@@ -1934,6 +2344,7 @@ pub fn run_processes(
                 eprintln!("step {step}: {op:?}");
             }
             run.step(op)
+                .and_then(|()| run.check_bound_usage())
                 .map_err(|violation| format!("step {step} ({op:?}): {violation}"))?;
         }
         run.drain()
