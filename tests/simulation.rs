@@ -298,7 +298,6 @@ fn run_processes_seeds(first: u64, count: u64) -> ProcessesSummary {
         total.dead_lettered += summary.dead_lettered;
         total.refused += summary.refused;
         total.dropped += summary.dropped;
-        total.dropped_known += summary.dropped_known;
         total.skipped += summary.skipped;
         total.cut_batches_found += summary.cut_batches_found;
     }

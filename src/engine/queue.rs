@@ -829,6 +829,11 @@ impl Queue {
         self.shared.env.limits.as_ref().map(|limits| limits.usage())
     }
 
+    /// The records (seq, payload) this handle discarded to make room since the last call.
+    pub(crate) fn take_dropped(&self) -> Vec<(u64, Vec<u8>)> {
+        std::mem::take(&mut *crate::engine::sync::lock(&self.shared.dropped))
+    }
+
     /// Records this handle discarded to make room (`Overflow::DropOldest`).
     pub(crate) fn overflow_discards(&self) -> u64 {
         self.shared

@@ -124,6 +124,10 @@ pub(crate) struct Shared {
     pub(crate) recovery: RecoveryReport,
     /// An exclusive queue's directory lock (a shared one's locks are in `env.coordination`).
     _lock: Option<DirLock>,
+    /// The records this handle discarded to make room (`Overflow::DropOldest`), as
+    /// `(seq, payload)`, until the simulation takes them (`testkit::processes`).
+    #[cfg(feature = "testkit")]
+    pub(crate) dropped: Mutex<Vec<(u64, Vec<u8>)>>,
 }
 
 impl Shared {
@@ -161,6 +165,8 @@ impl Shared {
             spare_reader: Mutex::new(spare_reader),
             turns: Mutex::new(turns),
             watch_leases: AtomicBool::new(false),
+            #[cfg(feature = "testkit")]
+            dropped: Mutex::new(Vec::new()),
             #[cfg(feature = "async")]
             bridge: OnceLock::new(),
             dead_letters: Mutex::new(None),
@@ -709,6 +715,7 @@ impl Shared {
         let dropped = if self.env.options.dead_letter_dir.is_some() {
             let leased = self.recv_batch(max)?;
             for leased in &leased {
+                self.note_dropped(&leased.record);
                 self.move_to_dead_letters(
                     leased.record.seq(),
                     &leased.record,
@@ -718,13 +725,31 @@ impl Shared {
             }
             leased.len() as u64
         } else {
-            self.pop_with(max, |_| Ok(()), Vec::new())?.len() as u64
+            self.pop_with(
+                max,
+                |record| {
+                    self.note_dropped(&record);
+                    Ok(())
+                },
+                Vec::new(),
+            )?
+            .len() as u64
         };
         self.env
             .counters
             .discarded(DiscardReason::Overflow, dropped);
         Ok(dropped)
     }
+
+    /// Keeps a record discarded to make room for the simulation to see.
+    #[cfg(feature = "testkit")]
+    fn note_dropped(&self, record: &Record) {
+        lock(&self.dropped).push((record.seq(), record.payload().to_vec()));
+    }
+
+    #[cfg(not(feature = "testkit"))]
+    #[inline]
+    fn note_dropped(&self, _record: &Record) {}
 
     /// Checks a batch against the limits; returns its encoded length (for fanout).
     pub(crate) fn check_batch(&self, payloads: &[&[u8]], prefix: BodyPrefix) -> Result<u64> {

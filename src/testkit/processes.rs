@@ -64,6 +64,9 @@ pub struct ProcessesConfig {
     /// push with an id runs only when the usage every push checks leaves room for it (else it
     /// is skipped and writes nothing).
     pub overflow: Overflow,
+    /// Under `Overflow::DropOldest`, whether the records dropped go to the dead-letter queue
+    /// (`Options::dead_letter_dir` set: a drop receives them and moves them there).
+    pub drops_to_dead_letters: bool,
 }
 
 impl ProcessesConfig {
@@ -83,6 +86,7 @@ impl ProcessesConfig {
             max_records: None,
             max_bytes: None,
             overflow: Overflow::Reject,
+            drops_to_dead_letters: false,
             ..self
         }
     }
@@ -318,6 +322,7 @@ pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
         1 => Overflow::DropOldest,
         _ => Overflow::Block,
     };
+    let drops_to_dead_letters = overflow == Overflow::DropOldest && bound.chance(1, 2);
     ProcessesConfig {
         handles,
         policy,
@@ -328,6 +333,7 @@ pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
         max_records,
         max_bytes,
         overflow,
+        drops_to_dead_letters,
     }
 }
 
@@ -455,7 +461,7 @@ fn wide_op(rng: &mut SimRng, handle: u8, config: &ProcessesConfig) -> ProcessOp 
 pub struct ProcessesSummary {
     /// Records whose push returned.
     pub pushed: u64,
-    /// Records delivered (popped, or received and acknowledged).
+    /// Records delivered (popped, received and acknowledged, or dropped to make room).
     pub consumed: u64,
     /// Processes killed between two operations.
     pub kills: u64,
@@ -467,11 +473,9 @@ pub struct ProcessesSummary {
     pub dead_lettered: u64,
     /// Pushes refused by a full bounded queue.
     pub refused: u64,
-    /// Records a push discarded to make room (`Overflow::DropOldest`).
+    /// Records a push discarded to make room (`Overflow::DropOldest`; counted in `consumed`
+    /// too).
     pub dropped: u64,
-    /// Of those, the ones the model knew (the front of the queue was certain): consumed for
-    /// good; the others made the records at the front uncertain.
-    pub dropped_known: u64,
     /// Batches and pushes with an id skipped under `Overflow::Block` (no room to push them
     /// without waiting).
     pub skipped: u64,
@@ -515,6 +519,11 @@ struct Record {
     /// Delivered before (or possibly, by an operation a kill cut): exempt from the order of
     /// first deliveries.
     delivered: bool,
+    /// Handed out or consumed before (or possibly, by an operation a kill cut, or by a
+    /// consumption a power loss undid); unlike `delivered`, not set by a power loss that may
+    /// have taken its push: a batch none of whose records was ever handed out is all there or
+    /// not at all.
+    handed: bool,
     /// The live process that holds its lease (received by `RecvHold`, not settled): no other
     /// receive, pop or peek may hand it out.
     holder: Option<u32>,
@@ -630,6 +639,7 @@ impl Model {
                     push_unsynced: true,
                     consume_unsynced: false,
                     delivered: false,
+                    handed: false,
                     holder: None,
                     deliveries: 0,
                     lease_may_end: false,
@@ -689,14 +699,14 @@ impl Model {
         let Some((first, count)) = record.batch else {
             return Ok(());
         };
-        if record.fate != Fate::Maybe || record.delivered {
+        if record.fate != Fate::Maybe || record.handed {
             return Ok(());
         }
         let members = first..first + count;
         let untouched = members.clone().filter(|&other| other != id).all(|other| {
             self.records.get(&other).is_some_and(|record| {
                 record.fate == Fate::Maybe
-                    && !record.delivered
+                    && !record.handed
                     && record.seq.is_none()
                     && record.holder.is_none()
             })
@@ -743,6 +753,7 @@ impl Model {
             self.last_first = Some(seq);
         }
         record.delivered = true;
+        record.handed = true;
         if synced {
             // Under `Always` readers read only what a sync covered.
             record.push_unsynced = false;
@@ -996,50 +1007,22 @@ impl Model {
         Ok(())
     }
 
-    /// A push returned (or was refused) after it discarded `dropped` records to make room
-    /// (`Overflow::DropOldest`): the oldest ready records, consumed like a pop's. Where the
-    /// model knows the front of the queue (no record ahead that may or may not be there, or
-    /// whose lease may have ended), those are consumed; else the records at the front may be
-    /// gone, as after a consumer call cut by a kill.
-    fn dropped(&mut self, dropped: u64) {
-        self.summary.dropped += dropped;
-        let mut taken = Vec::new();
-        if self.owed_seqs.is_empty() {
-            // The records that exist follow each other in the order of their ids (pushes are
-            // made one at a time; a record a power loss took gives its number to the next).
-            for (&id, record) in &self.records {
-                if taken.len() as u64 == dropped {
-                    break;
-                }
-                let spent = self
-                    .max_deliveries
-                    .is_some_and(|max| record.deliveries >= max);
-                match record.fate {
-                    Fate::Consumed | Fate::Dead | Fate::Never | Fate::Parked => continue,
-                    Fate::Owed if record.holder.is_some() => continue,
-                    Fate::Owed
-                        if !record.lease_may_end
-                            && !record.dead_loose
-                            && !spent
-                            && record.seq.is_some() =>
-                    {
-                        taken.push(id)
-                    }
-                    _ => break,
+    /// A push returned (or was refused) after it discarded `dropped` (seq, payload) to make
+    /// room (`Overflow::DropOldest`): consumed like a pop's records, so checked like them
+    /// (the oldest ready records: never consumed, held or parked, first deliveries in order)
+    /// and never delivered again.
+    /// With `to_dead_letters`, they moved to the dead-letter queue: there once at the end.
+    fn dropped(&mut self, dropped: &[(u64, Vec<u8>)], to_dead_letters: bool) -> Result<(), String> {
+        for (seq, bytes) in dropped {
+            self.delivered(*seq, bytes, true, self.always)?;
+            if to_dead_letters {
+                if let Some(record) = self.records.get_mut(&id_of(bytes)) {
+                    record.fate = Fate::Dead;
                 }
             }
+            self.summary.dropped += 1;
         }
-        if taken.len() as u64 == dropped {
-            self.summary.dropped_known += dropped;
-            for id in taken {
-                if let Some(record) = self.records.get_mut(&id) {
-                    record.fate = Fate::Consumed;
-                    record.consume_unsynced = !self.always;
-                }
-            }
-        } else {
-            self.consumption_cut(usize::try_from(dropped).unwrap_or(usize::MAX));
-        }
+        Ok(())
     }
 
     /// A push of record `id` with deduplication id `key` was cut by a kill.
@@ -1202,12 +1185,48 @@ impl Model {
     fn consumption_cut(&mut self, max: usize) {
         // It may have left leases of its own, which end when its death is found.
         self.leases_may_end = true;
+        if self.owed_seqs.is_empty() {
+            // The records that exist follow each other in the order of their ids (pushes are
+            // made one at a time; a record a power loss took gives its number to the next):
+            // the operation reached no further than its first `max` records certainly there
+            // and ready. Before them, the records that may be there (a cut push's, a cut
+            // consumption's) may have been taken or leased too, and those a dead process held
+            // (if its death was found) may have been taken: neither counts. Records a live
+            // process holds or that are parked are not ready.
+            let mut front = Vec::new();
+            let mut taken = 0;
+            for (&id, record) in &self.records {
+                if taken == max {
+                    break;
+                }
+                match record.fate {
+                    Fate::Consumed | Fate::Dead | Fate::Never | Fate::Parked => {}
+                    Fate::Owed if record.holder.is_some() => {}
+                    Fate::Owed => {
+                        // A spent record is moved to the dead-letter queue rather than taken.
+                        taken += usize::from(!record.lease_may_end && !record.dead_loose);
+                        front.push(id);
+                    }
+                    Fate::Maybe => front.push(id),
+                }
+            }
+            for id in front {
+                if let Some(record) = self.records.get_mut(&id) {
+                    record.fate = Fate::Maybe;
+                    record.delivered = true;
+                    record.handed = true;
+                    record.dead_loose = true;
+                }
+            }
+            return;
+        }
         // Records a cut push may have left (number unknown) may be at the front too: the cut
         // operation may have leased them, and a lease of a dead process ends (when it runs out,
         // or sooner when its death is found): they may then come after later ones.
         for record in self.records.values_mut() {
             if record.fate == Fate::Maybe {
                 record.delivered = true;
+                record.handed = true;
                 record.dead_loose = true;
             }
         }
@@ -1255,6 +1274,7 @@ impl Model {
             {
                 record.fate = Fate::Maybe;
                 record.delivered = true;
+                record.handed = true;
                 record.dead_loose = true;
             }
         }
@@ -1324,6 +1344,7 @@ impl Model {
             } else if record.consume_unsynced {
                 record.fate = Fate::Maybe;
                 record.delivered = true;
+                record.handed = true;
                 // A move to the dead-letter queue may be undone (or half of it: the push
                 // there is as durable as any push under this policy).
                 record.dead_loose = true;
@@ -1668,6 +1689,9 @@ impl Run {
         if self.config.bounded() {
             options = options.overflow(self.config.overflow);
         }
+        if self.config.drops_to_dead_letters {
+            options = options.dead_letter_dir(format!("{DIR}.dead"));
+        }
         options
     }
 
@@ -1715,6 +1739,7 @@ impl Run {
             let payloads = self.prepare(&push);
             let queue = self.queue(pusher)?;
             self.discards_before = queue.overflow_discards();
+            queue.take_dropped();
             let outcome = run_work(
                 &queue,
                 &push,
@@ -1830,6 +1855,7 @@ impl Run {
                 let queue = self.queue(index)?;
                 let held = self.held_for(index, work);
                 self.discards_before = queue.overflow_discards();
+                queue.take_dropped();
                 let outcome = run_work(&queue, work, &payloads, held, Bound::of(&self.config));
                 self.apply(index, work, &payloads, outcome)?;
                 // The usage of a bounded queue is exact, also after kills (sentence 31), as
@@ -1964,21 +1990,29 @@ impl Run {
         let bytes: u64 = payloads.iter().map(|bytes| frame_bytes(bytes.len())).sum();
         if let Some(bound) = Bound::of(&self.config) {
             if !payloads.is_empty() {
-                // What a push under `DropOldest` discarded first (the handle counts it).
-                let dropped = self
-                    .queue(index)?
+                // What a push under `DropOldest` discarded first.
+                let queue = self.queue(index)?;
+                let dropped = queue.take_dropped();
+                let counted = queue
                     .overflow_discards()
                     .saturating_sub(self.discards_before);
-                if dropped > 0 {
+                if counted != dropped.len() as u64 {
+                    return Err(format!(
+                        "{op:?} discarded {} records and counted {counted}",
+                        dropped.len()
+                    ));
+                }
+                if !dropped.is_empty() {
                     if bound.overflow != Overflow::DropOldest {
                         return Err(format!(
-                            "{op:?} discarded {dropped} records under {:?}",
+                            "{op:?} discarded {counted} records under {:?}",
                             bound.overflow
                         ));
                     }
                     // A consumer call: its sync syncs the consumer files.
                     self.processes[index].consumer = true;
-                    self.model.dropped(dropped);
+                    self.model
+                        .dropped(&dropped, self.config.drops_to_dead_letters)?;
                 }
             }
             if let Err(Error::Full {
@@ -2088,6 +2122,7 @@ impl Run {
             Cut::Point(point) => Some(point.name()),
         };
         self.discards_before = queue.overflow_discards();
+        queue.take_dropped();
         let bound = Bound::of(&self.config);
         let thread = {
             let (op, payloads, sim) = (op.clone(), payloads.clone(), self.sim.clone());
@@ -2223,7 +2258,7 @@ impl Run {
 
     /// Reads the dead-letter queue in a process of its own, into the model.
     fn read_dead_letters(&mut self) -> Result<(), String> {
-        if self.config.max_deliveries.is_none() {
+        if self.config.max_deliveries.is_none() && !self.config.drops_to_dead_letters {
             return Ok(());
         }
         self.next_process += 1;
