@@ -27,7 +27,8 @@
 //!   replays one; `DISKSPOOL_SIM_TRACE=1` (with `--nocapture`) prints every step.
 
 use diskspool::testkit::processes::{
-    processes_config_from_seed, processes_ops_from_seed, run_processes, ProcessesSummary,
+    processes_config_from_seed, processes_ops_from_seed, run_processes, simpler_ops,
+    ProcessesSummary,
 };
 use diskspool::testkit::{
     config_from_seed, ops_from_seed_for, run_ops_quarantining, run_ops_with, RunSummary, SimConfig,
@@ -44,7 +45,39 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Removes operations while `run` still fails on them (delta debugging: chunks, then single
 /// ops); returns the shortest failing list found and its failure.
-fn shrink<O: Clone, T>(
+fn shrink<O: Clone, T>(ops: Vec<O>, run: impl Fn(&[O]) -> Result<T, String>) -> (Vec<O>, String) {
+    shrink_with(ops, run, |_| Vec::new())
+}
+
+/// [`shrink`], then replaces each operation by a simpler one (`simpler` lists them, simplest
+/// first) while the run still fails, until none can be.
+fn shrink_with<O: Clone, T>(
+    ops: Vec<O>,
+    run: impl Fn(&[O]) -> Result<T, String>,
+    simpler: impl Fn(&O) -> Vec<O>,
+) -> (Vec<O>, String) {
+    let (mut ops, mut failure) = remove_while_failing(ops, &run);
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for index in 0..ops.len() {
+            for candidate in simpler(&ops[index]) {
+                let mut trial = ops.clone();
+                trial[index] = candidate;
+                if let Err(error) = run(&trial) {
+                    ops = trial;
+                    failure = error;
+                    changed = true;
+                    break;
+                }
+            }
+        }
+    }
+    (ops, failure)
+}
+
+/// The delta debugging of [`shrink`].
+fn remove_while_failing<O: Clone, T>(
     mut ops: Vec<O>,
     run: impl Fn(&[O]) -> Result<T, String>,
 ) -> (Vec<O>, String) {
@@ -272,7 +305,7 @@ fn check_processes_seed(seed: u64) -> ProcessesSummary {
             let (shortest, failure) = if std::env::var_os("DISKSPOOL_SIM_NO_SHRINK").is_some() {
                 (ops, first.clone())
             } else {
-                shrink(ops, |ops| run_processes(&config, ops))
+                shrink_with(ops, |ops| run_processes(&config, ops), simpler_ops)
             };
             panic!(
                 "simulation of several processes, seed {seed}, failed: {first}\n\n{config:?}\n\

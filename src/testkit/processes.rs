@@ -398,6 +398,115 @@ pub fn processes_ops_from_seed(
         .collect()
 }
 
+/// Simpler forms of `op`, for shrinking a failing run after operations were removed: the
+/// operation without its kill, kills earlier in it, fewer and shorter records, a cut open
+/// without a racing push.
+pub fn simpler_ops(op: &ProcessOp) -> Vec<ProcessOp> {
+    let mut simpler = Vec::new();
+    match op {
+        ProcessOp::KillDuring { calls, op } => {
+            simpler.push((**op).clone());
+            if *calls > 0 {
+                simpler.push(ProcessOp::KillDuring {
+                    calls: calls / 2,
+                    op: op.clone(),
+                });
+            }
+            simpler.extend(simpler_ops(op).into_iter().map(|op| ProcessOp::KillDuring {
+                calls: *calls,
+                op: Box::new(op),
+            }));
+        }
+        ProcessOp::KillAtPoint { point, op } => {
+            simpler.push((**op).clone());
+            simpler.extend(
+                simpler_ops(op)
+                    .into_iter()
+                    .map(|op| ProcessOp::KillAtPoint {
+                        point: *point,
+                        op: Box::new(op),
+                    }),
+            );
+        }
+        ProcessOp::KillOpen {
+            handle,
+            calls,
+            racing_push,
+        } => {
+            simpler.push(ProcessOp::Kill { handle: *handle });
+            if *racing_push {
+                simpler.push(ProcessOp::KillOpen {
+                    handle: *handle,
+                    calls: *calls,
+                    racing_push: false,
+                });
+            }
+        }
+        ProcessOp::PushBatch { handle, count, len } => {
+            if *count > 2 {
+                simpler.push(ProcessOp::PushBatch {
+                    handle: *handle,
+                    count: count - 1,
+                    len: *len,
+                });
+            }
+            if *len > 8 {
+                simpler.push(ProcessOp::PushBatch {
+                    handle: *handle,
+                    count: *count,
+                    len: 8,
+                });
+            }
+        }
+        ProcessOp::Push { handle, len } if *len > 8 => {
+            simpler.push(ProcessOp::Push {
+                handle: *handle,
+                len: 8,
+            });
+        }
+        ProcessOp::Pop { handle, max } if *max > 1 => {
+            simpler.push(ProcessOp::Pop {
+                handle: *handle,
+                max: 1,
+            });
+        }
+        ProcessOp::RecvAck {
+            handle,
+            count,
+            reverse,
+        } if *count > 1 || *reverse => {
+            simpler.push(ProcessOp::RecvAck {
+                handle: *handle,
+                count: 1,
+                reverse: false,
+            });
+        }
+        ProcessOp::RecvNack { handle, count } if *count > 1 => {
+            simpler.push(ProcessOp::RecvNack {
+                handle: *handle,
+                count: 1,
+            });
+        }
+        ProcessOp::RecvHold { handle, count } if *count > 1 => {
+            simpler.push(ProcessOp::RecvHold {
+                handle: *handle,
+                count: 1,
+            });
+        }
+        ProcessOp::Peek {
+            handle,
+            then_pop: true,
+        } => {
+            simpler.push(ProcessOp::Peek {
+                handle: *handle,
+                then_pop: false,
+            });
+        }
+        _ => {}
+    }
+    simpler
+}
+
 /// An operation that does work on the queue (what a kill may cut).
 fn work_op(rng: &mut SimRng, handle: u8) -> ProcessOp {
     let len = 8 + rng.below(u64::from(PAYLOAD_MAX) - 7) as u16;
@@ -2386,4 +2495,69 @@ pub fn run_processes(
     })();
     run.finish();
     result.map(|()| run.model.summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model whose push of a batch of three records was cut (ids 0, 1, 2).
+    fn cut_batch() -> (Model, Vec<u64>) {
+        let mut model = Model::default();
+        let ids = model.new_ids(3);
+        model.pushing(&ids, frame_bytes(16));
+        (model, ids)
+    }
+
+    #[test]
+    fn a_cut_batch_that_shows_is_owed_whole() {
+        let (mut model, ids) = cut_batch();
+        model
+            .delivered(7, &payload(ids[0], 16), true, false)
+            .unwrap();
+        // The other two are owed, at 8 and 9.
+        assert!(model.check_drained().is_err());
+        model
+            .delivered(8, &payload(ids[1], 16), true, false)
+            .unwrap();
+        model
+            .delivered(9, &payload(ids[2], 16), true, false)
+            .unwrap();
+        model.check_drained().unwrap();
+        assert_eq!(model.summary.cut_batches_found, 1);
+    }
+
+    #[test]
+    fn a_batch_is_refused_out_of_order_or_apart() {
+        let (mut model, ids) = cut_batch();
+        model
+            .delivered(7, &payload(ids[1], 16), true, false)
+            .unwrap();
+        // Its first record, before it, was never handed out: it cannot come after it.
+        let error = model
+            .delivered(6, &payload(ids[0], 16), true, false)
+            .unwrap_err();
+        assert!(error.contains("first time"), "{error}");
+
+        let (mut model, ids) = cut_batch();
+        model
+            .delivered(7, &payload(ids[0], 16), true, false)
+            .unwrap();
+        let error = model
+            .delivered(9, &payload(ids[1], 16), true, false)
+            .unwrap_err();
+        // Its second record is owed at 8 (9 is its third's).
+        assert!(error.contains("belongs to record 2"), "{error}");
+    }
+
+    #[test]
+    fn a_batch_possibly_handed_out_in_part_promises_nothing() {
+        let (mut model, ids) = cut_batch();
+        // A consumer call cut by a kill may have taken its first record.
+        model.consumption_cut(1);
+        model
+            .delivered(8, &payload(ids[1], 16), true, false)
+            .unwrap();
+        model.check_drained().unwrap();
+    }
 }
