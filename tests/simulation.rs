@@ -16,7 +16,13 @@
 //! (`SimStorage::process`), pushing, popping, receiving and acknowledging or releasing,
 //! compacting and syncing at random, killed between operations, at any storage call of one
 //! (`SimStorage::kill_at`) or at one of the engine's crash points, and powered off, under every
-//! policy, against a model of the contract across processes. A failure is shrunk like the above.
+//! policy, against a model of the contract across processes. A third of the runs bound the queue
+//! (`max_records`, `max_bytes` or both) under each overflow rule: `Reject`; `Block`, whose pushes
+//! never wait (a `push_timeout` of zero; a batch or a push with an id only when the usage leaves
+//! room); `DropOldest`, whose drops (to the dead-letter queue in half the runs) are checked like
+//! pops and never delivered again. The usage every push checks is compared with the model after
+//! each step. A batch whose push a kill or a power loss cut is all there, at numbers that follow
+//! each other, or not at all. A failure is shrunk like the above, then each operation simplified.
 //!
 //! - `cargo test --test simulation several_processes` runs 100 seeds
 //!   (`DISKSPOOL_SIM_PROCESS_SEEDS`, from `DISKSPOOL_SIM_START`).
