@@ -339,6 +339,9 @@ fn run_processes_seeds(first: u64, count: u64) -> ProcessesSummary {
         total.dropped += summary.dropped;
         total.skipped += summary.skipped;
         total.cut_batches_found += summary.cut_batches_found;
+        total.fanouts += summary.fanouts;
+        total.cut_fanouts_found += summary.cut_fanouts_found;
+        total.copies_popped += summary.copies_popped;
     }
     eprintln!(
         "simulation of several processes: seeds {first}..{} passed in {:.1} s ({total:?})",

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use super::Policy;
 use crate::storage::sim::{SimRng, SimStorage};
-use crate::{Delivery, Error, Options, Overflow, Queue};
+use crate::{Delivery, Error, Options, Overflow, Queue, Spool};
 
 /// The segment size of these runs: small, so that rolls and compactions are frequent.
 const SEGMENT_SIZE: u64 = 4096;
@@ -35,6 +35,9 @@ const PAYLOAD_MAX: u16 = 400;
 const LEASE: Duration = Duration::from_secs(3600);
 /// Where the queue lives on the simulated filesystem.
 const DIR: &str = "/shared-queue";
+/// Where the spool of the runs with fanout lives, and the queues a fanout writes to.
+const SPOOL_DIR: &str = "/shared-spool";
+const TARGETS: [&str; 2] = ["a", "b"];
 
 /// How a run is set up; drawn from the seed ([`processes_config_from_seed`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,9 @@ pub struct ProcessesConfig {
     /// Under `Overflow::DropOldest`, whether the records dropped go to the dead-letter queue
     /// (`Options::dead_letter_dir` set: a drop receives them and moves them there).
     pub drops_to_dead_letters: bool,
+    /// Whether every process also opens a spool of shared queues, fans records out to two of
+    /// its queues and pops them (wide runs only).
+    pub spool: bool,
 }
 
 impl ProcessesConfig {
@@ -87,6 +93,7 @@ impl ProcessesConfig {
             max_bytes: None,
             overflow: Overflow::Reject,
             drops_to_dead_letters: false,
+            spool: false,
             ..self
         }
     }
@@ -165,6 +172,20 @@ pub enum ProcessOp {
         handle: u8,
         /// Pop right after.
         then_pop: bool,
+    },
+    /// Fan one record of `len` bytes out to the spool's two queues (`Spool::fanout`).
+    Fanout {
+        /// The handle whose process's spool fans out.
+        handle: u8,
+        /// Payload length.
+        len: u16,
+    },
+    /// Pop one record from the spool's queue `target` (0 or 1).
+    PopCopy {
+        /// The popping handle (its process's spool).
+        handle: u8,
+        /// Which queue.
+        target: u8,
     },
     /// Run the compactor.
     Compact {
@@ -288,6 +309,8 @@ impl ProcessOp {
             | ProcessOp::PushDedup { handle, .. }
             | ProcessOp::RecvHold { handle, .. }
             | ProcessOp::Settle { handle, .. }
+            | ProcessOp::Fanout { handle, .. }
+            | ProcessOp::PopCopy { handle, .. }
             | ProcessOp::Compact { handle }
             | ProcessOp::Sync { handle }
             | ProcessOp::Reopen { handle }
@@ -323,6 +346,7 @@ pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
         _ => Overflow::Block,
     };
     let drops_to_dead_letters = overflow == Overflow::DropOldest && bound.chance(1, 2);
+    let spool = SimRng::new(seed ^ 0x5B00_1FA7_0E11).chance(1, 4);
     ProcessesConfig {
         handles,
         policy,
@@ -334,6 +358,7 @@ pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
         max_bytes,
         overflow,
         drops_to_dead_letters,
+        spool,
     }
 }
 
@@ -347,12 +372,29 @@ pub fn processes_ops_from_seed(
     // The operations added later come from a stream of their own, drawn only in wide runs, so
     // that a narrow run draws what the first version drew.
     let mut extra = config.wide.then(|| SimRng::new(seed ^ 0xE57A_0F5E_ED00));
+    // And the spool's, drawn only in runs with a spool.
+    let mut spooling = config.spool.then(|| SimRng::new(seed ^ 0x5B00_1FA7_0D05));
     let handles = u64::from(config.handles);
     (0..count)
         .map(|_| {
             let handle = rng.below(handles) as u8;
-            let draw_work =
-                |rng: &mut SimRng, extra: &mut Option<SimRng>, handle| match extra.as_mut() {
+            let mut draw_work = |rng: &mut SimRng, extra: &mut Option<SimRng>, handle| {
+                if let Some(spooling) = spooling.as_mut() {
+                    if spooling.chance(1, 5) {
+                        return if spooling.chance(1, 2) {
+                            ProcessOp::Fanout {
+                                handle,
+                                len: 8 + spooling.below(200) as u16,
+                            }
+                        } else {
+                            ProcessOp::PopCopy {
+                                handle,
+                                target: spooling.below(2) as u8,
+                            }
+                        };
+                    }
+                }
+                match extra.as_mut() {
                     Some(extra) => {
                         if extra.chance(1, 3) {
                             wide_op(extra, handle, config)
@@ -361,7 +403,8 @@ pub fn processes_ops_from_seed(
                         }
                     }
                     None => work_op(rng, handle),
-                };
+                }
+            };
             match rng.below(100) {
                 0..=2 => ProcessOp::PowerLoss {
                     seed: rng.next_u64(),
@@ -457,6 +500,12 @@ pub fn simpler_ops(op: &ProcessOp) -> Vec<ProcessOp> {
                     len: 8,
                 });
             }
+        }
+        ProcessOp::Fanout { handle, len } if *len > 8 => {
+            simpler.push(ProcessOp::Fanout {
+                handle: *handle,
+                len: 8,
+            });
         }
         ProcessOp::Push { handle, len } if *len > 8 => {
             simpler.push(ProcessOp::Push {
@@ -591,6 +640,13 @@ pub struct ProcessesSummary {
     /// Batches cut by a kill or a power loss that were found in the queue, so that every
     /// record of theirs is owed from then on.
     pub cut_batches_found: u64,
+    /// Fanouts that returned (runs with a spool).
+    pub fanouts: u64,
+    /// Fanouts cut by a kill whose copy showed in one queue, so that the other's is owed
+    /// (rolled forward by the next fanout or open).
+    pub cut_fanouts_found: u64,
+    /// Copies popped from the spool's queues.
+    pub copies_popped: u64,
 }
 
 /// Where the model stands on one record (by the id in its first 8 bytes).
@@ -686,6 +742,8 @@ struct Model {
     owed_seqs: BTreeMap<u64, bool>,
     /// The policy is `Always`.
     always: bool,
+    /// The fanouts of a run with a spool.
+    spool: SpoolModel,
     summary: ProcessesSummary,
 }
 
@@ -1415,6 +1473,7 @@ impl Model {
     /// What a power loss may undo under `policy`.
     fn power_loss(&mut self, policy: Policy) {
         self.summary.power_losses += 1;
+        self.spool.power_loss(policy == Policy::Always);
         self.last_first = None;
         // Every process died; the open that recovers the queue ends every lease.
         self.leases_may_end = false;
@@ -1552,6 +1611,200 @@ impl Model {
     }
 }
 
+/// Where the model stands on one copy of a fanout.
+#[derive(Debug, Clone, Copy, Default)]
+struct Copy {
+    fate: Option<Fate>,
+    seq: Option<u64>,
+    /// A pop a kill cut may have taken it (or a power loss undone its pop): if it comes, it
+    /// tells nothing of the other copy.
+    taken: bool,
+    /// A power loss under `Never` or `Interval` may have kept it and lost its deduplication
+    /// entry, or the fanout's mark of done: a roll-forward may then write it again (as a push
+    /// with an id there may be written twice).
+    loose: bool,
+}
+
+/// The model of the fanouts of a run with a spool: each fanout writes one copy into each of
+/// the two queues, all or nothing, across kills under every policy (its intent is recorded
+/// first, and the next fanout or open in any process rolls it forward) and across power
+/// losses under `Always`; each copy comes once from its queue, in the order of that queue.
+#[derive(Debug, Default)]
+struct SpoolModel {
+    /// The two copies of each fanout, by the record id in its payload; `linked`: a fanout
+    /// cut by a kill, none of whose copies came yet: if one comes, the other is owed.
+    fanouts: BTreeMap<u64, ([Copy; 2], bool)>,
+    /// The fanout each known sequence number of each queue belongs to.
+    ids_by_seq: [BTreeMap<u64, u64>; 2],
+    /// The number of the last copy popped from each queue.
+    last_popped: [Option<u64>; 2],
+}
+
+impl SpoolModel {
+    /// A fanout of record `id` is about to run.
+    fn fanning(&mut self, id: u64) {
+        let maybe = Copy {
+            fate: Some(Fate::Maybe),
+            ..Copy::default()
+        };
+        self.fanouts.insert(id, ([maybe; 2], false));
+    }
+
+    fn learn_seq(&mut self, id: u64, target: usize, seq: u64) -> Result<(), String> {
+        if let Some(&other) = self.ids_by_seq[target].get(&seq) {
+            if other != id {
+                return Err(format!(
+                    "seq {seq} of queue {} belongs to fanouts {other} and {id}",
+                    TARGETS[target]
+                ));
+            }
+        }
+        let (copies, _) = self
+            .fanouts
+            .get_mut(&id)
+            .ok_or_else(|| format!("fanout {id} never ran"))?;
+        match copies[target].seq {
+            Some(known) if known != seq && !copies[target].loose => {
+                return Err(format!(
+                    "the copy of fanout {id} in queue {} has seq {known} and now {seq}",
+                    TARGETS[target]
+                ))
+            }
+            _ => copies[target].seq = Some(seq),
+        }
+        self.ids_by_seq[target].insert(seq, id);
+        Ok(())
+    }
+
+    /// A fanout of record `id` returned the numbers `seqs` (in the order of `TARGETS`).
+    fn fanned_out(
+        &mut self,
+        id: u64,
+        seqs: &[u64],
+        summary: &mut ProcessesSummary,
+    ) -> Result<(), String> {
+        if seqs.len() != TARGETS.len() {
+            return Err(format!("a fanout to two queues returned {seqs:?}"));
+        }
+        for (target, &seq) in seqs.iter().enumerate() {
+            self.learn_seq(id, target, seq)?;
+        }
+        if let Some((copies, _)) = self.fanouts.get_mut(&id) {
+            for copy in copies {
+                copy.fate = Some(Fate::Owed);
+            }
+        }
+        summary.fanouts += 1;
+        Ok(())
+    }
+
+    /// A fanout of record `id` was cut by a kill: all of it comes or none.
+    fn fanout_cut(&mut self, id: u64) {
+        if let Some((_, linked)) = self.fanouts.get_mut(&id) {
+            *linked = true;
+        }
+    }
+
+    /// A pop from queue `target` was cut by a kill: it may have taken any copy there.
+    fn pop_cut(&mut self, target: usize) {
+        for (copies, _) in self.fanouts.values_mut() {
+            let copy = &mut copies[target];
+            if matches!(copy.fate, Some(Fate::Owed | Fate::Maybe)) {
+                copy.fate = Some(Fate::Maybe);
+                copy.taken = true;
+            }
+        }
+    }
+
+    /// A pop from queue `target` returned `seq` with `bytes`.
+    fn popped(
+        &mut self,
+        target: usize,
+        seq: u64,
+        bytes: &[u8],
+        summary: &mut ProcessesSummary,
+    ) -> Result<(), String> {
+        let id = id_of(bytes);
+        if bytes
+            .get(8..)
+            .is_none_or(|rest| rest.iter().any(|&byte| byte != (id as u8) ^ 0xA5))
+        {
+            return Err(format!(
+                "copy {seq} of queue {} has other bytes than were fanned out",
+                TARGETS[target]
+            ));
+        }
+        self.learn_seq(id, target, seq)?;
+        if let Some(last) = self.last_popped[target] {
+            if seq <= last {
+                return Err(format!(
+                    "queue {} handed out seq {seq} after seq {last}",
+                    TARGETS[target]
+                ));
+            }
+        }
+        self.last_popped[target] = Some(seq);
+        let (copies, linked) = self.fanouts.get_mut(&id).ok_or("unknown fanout")?;
+        match copies[target].fate {
+            Some(Fate::Consumed) if !copies[target].loose => {
+                return Err(format!(
+                    "the copy of fanout {id} came twice from queue {} (seq {seq})",
+                    TARGETS[target]
+                ))
+            }
+            Some(Fate::Owed | Fate::Maybe | Fate::Consumed) => {}
+            other => return Err(format!("the copy of fanout {id} came as {other:?}")),
+        }
+        if *linked && !copies[target].taken {
+            // The cut fanout took effect: its other copy is there too.
+            let other = &mut copies[1 - target];
+            if other.fate == Some(Fate::Maybe) && !other.taken {
+                other.fate = Some(Fate::Owed);
+                summary.cut_fanouts_found += 1;
+            }
+        }
+        *linked = false;
+        copies[target].fate = Some(Fate::Consumed);
+        summary.copies_popped += 1;
+        Ok(())
+    }
+
+    /// A power loss: under `Always` every fanout and pop that returned was durable, and a cut
+    /// fanout's intent too if it was recorded; under the other policies any of it may be lost
+    /// (no sync of the spool's queues runs), a copy without the other.
+    fn power_loss(&mut self, always: bool) {
+        self.last_popped = [None; 2];
+        if always {
+            return;
+        }
+        self.ids_by_seq = Default::default();
+        for (copies, linked) in self.fanouts.values_mut() {
+            *linked = false;
+            for copy in copies {
+                copy.fate = Some(Fate::Maybe);
+                copy.seq = None;
+                copy.taken = true;
+                copy.loose = true;
+            }
+        }
+    }
+
+    /// After the final drain: every copy owed came.
+    fn check_drained(&self) -> Result<(), String> {
+        for (id, (copies, _)) in &self.fanouts {
+            for (target, copy) in copies.iter().enumerate() {
+                if copy.fate == Some(Fate::Owed) {
+                    return Err(format!(
+                        "the copy of fanout {id} in queue {} (seq {:?}) never came",
+                        TARGETS[target], copy.seq
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What an operation on one handle did (computed on whichever thread ran it).
 enum Outcome {
     Pushed(std::ops::Range<u64>),
@@ -1571,6 +1824,10 @@ enum Outcome {
     },
     /// A batch or a push with an id not made under `Overflow::Block`: no room without waiting.
     Skipped,
+    /// A fanout returned these numbers.
+    FannedOut(Vec<u64>),
+    /// A pop from a spool's queue returned this copy.
+    Copy(usize, Option<(u64, Vec<u8>)>),
     Done,
 }
 
@@ -1604,11 +1861,29 @@ impl Bound {
 /// the queue's bound (under `Overflow::Block` no push may wait: the simulation is one thread).
 fn run_work(
     queue: &Queue,
+    spool: Option<&Spool>,
     op: &ProcessOp,
     payloads: &[Vec<u8>],
     held: Vec<Delivery>,
     bound: Option<Bound>,
 ) -> Result<Outcome, Error> {
+    match (op, spool) {
+        (ProcessOp::Fanout { .. }, Some(spool)) => {
+            return Ok(Outcome::FannedOut(spool.fanout(&payloads[0], &TARGETS)?));
+        }
+        (ProcessOp::PopCopy { target, .. }, Some(spool)) => {
+            let target = usize::from(*target % 2);
+            let copy = spool
+                .queue(TARGETS[target])?
+                .pop()?
+                .map(|record| (record.seq(), record.payload().to_vec()));
+            return Ok(Outcome::Copy(target, copy));
+        }
+        (ProcessOp::Fanout { .. } | ProcessOp::PopCopy { .. }, None) => {
+            return Err(Error::InvalidOptions("a run without a spool".into()));
+        }
+        _ => {}
+    }
     if let Some(bound) = bound.filter(|bound| bound.overflow == Overflow::Block) {
         match op {
             ProcessOp::Push { .. } => {
@@ -1689,7 +1964,9 @@ fn run_work(
         }
         ProcessOp::Compact { .. } => queue.compact().map(|_| Outcome::Done),
         ProcessOp::Sync { .. } => queue.sync().map(|_| Outcome::Done),
-        ProcessOp::Reopen { .. }
+        ProcessOp::Fanout { .. }
+        | ProcessOp::PopCopy { .. }
+        | ProcessOp::Reopen { .. }
         | ProcessOp::Kill { .. }
         | ProcessOp::KillOpen { .. }
         | ProcessOp::KillDuring { .. }
@@ -1730,6 +2007,14 @@ fn settle(deliveries: Vec<Delivery>, how: Settle, fresh: bool) -> Result<Outcome
     })
 }
 
+/// Whether `op` pushes into the queue (a fanout pushes into the spool's queues).
+fn pushes(op: &ProcessOp) -> bool {
+    matches!(
+        op,
+        ProcessOp::Push { .. } | ProcessOp::PushBatch { .. } | ProcessOp::PushDedup { .. }
+    )
+}
+
 /// The id in the first 8 bytes of a payload.
 fn id_of(bytes: &[u8]) -> u64 {
     bytes.get(..8).map_or(u64::MAX, |head| {
@@ -1755,6 +2040,8 @@ struct Process {
     consumer: bool,
     /// The deliveries it received and holds (`RecvHold`).
     held: Vec<Delivery>,
+    /// Its spool, in a run with one.
+    spool: Option<Arc<Spool>>,
 }
 
 /// The run: the filesystem, the processes, the model, and what killed processes left.
@@ -1826,8 +2113,33 @@ impl Run {
             queue: Some(Arc::new(queue)),
             consumer: false,
             held: Vec::new(),
+            spool: None,
         };
+        self.open_spool(index)
+    }
+
+    /// Opens the spool in the process of slot `index` (in a run with one): its open finishes
+    /// the fanouts a dead process left.
+    fn open_spool(&mut self, index: usize) -> Result<(), String> {
+        if !self.config.spool {
+            return Ok(());
+        }
+        let number = self.processes[index].number;
+        let spool = Spool::open(SPOOL_DIR, self.spool_options(number))
+            .map_err(|error| format!("open of the spool in process {number} failed: {error}"))?;
+        self.processes[index].spool = Some(Arc::new(spool));
         Ok(())
+    }
+
+    /// The options of the spool's queues.
+    fn spool_options(&self, process: u32) -> Options {
+        Options::default()
+            .exclusive(false)
+            .segment_size(SEGMENT_SIZE)
+            .max_record_size(usize::from(PAYLOAD_MAX) + 16)
+            .sync(self.config.policy.sync_policy())
+            .dedup_window(Duration::from_secs(3600))
+            .storage(Arc::new(self.sim.process(process)))
     }
 
     /// Starts a new process for slot `index` whose open is killed at its `calls + 1`-th
@@ -1851,6 +2163,7 @@ impl Run {
             queue.take_dropped();
             let outcome = run_work(
                 &queue,
+                None,
                 &push,
                 &payloads,
                 Vec::new(),
@@ -1876,8 +2189,9 @@ impl Run {
                     queue: Some(queue),
                     consumer: false,
                     held: Vec::new(),
+                    spool: None,
                 };
-                return Ok(());
+                return self.open_spool(index);
             }
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -1887,6 +2201,10 @@ impl Run {
     fn bury(&mut self, index: usize) {
         if let Some(queue) = self.processes[index].queue.take() {
             self.dead.push(queue);
+        }
+        if let Some(spool) = self.processes[index].spool.take() {
+            // Never dropped: its queues would close.
+            std::mem::forget(spool);
         }
         // A dead process settles nothing: its deliveries are never dropped (a drop releases).
         for delivery in std::mem::take(&mut self.processes[index].held) {
@@ -1934,6 +2252,8 @@ impl Run {
                         .close()
                         .map_err(|error| format!("close of handle {index} failed: {error}"))?;
                 }
+                // Its spool closes its queues.
+                drop(self.processes[index].spool.take());
                 // What it held settles nothing now. Its leases end for the other handles as a
                 // dead process's do: once a consumer finds its slot file unlocked (it looks at
                 // most every 10 ms; sentence 29).
@@ -1965,7 +2285,15 @@ impl Run {
                 let held = self.held_for(index, work);
                 self.discards_before = queue.overflow_discards();
                 queue.take_dropped();
-                let outcome = run_work(&queue, work, &payloads, held, Bound::of(&self.config));
+                let spool = self.processes[index].spool.clone();
+                let outcome = run_work(
+                    &queue,
+                    spool.as_deref(),
+                    work,
+                    &payloads,
+                    held,
+                    Bound::of(&self.config),
+                );
                 self.apply(index, work, &payloads, outcome)?;
                 // The usage of a bounded queue is exact, also after kills (sentence 31), as
                 // a consumer counts it.
@@ -2026,6 +2354,11 @@ impl Run {
 
     /// The ids and payloads of what `op` pushes (known to the model from now on).
     fn prepare(&mut self, op: &ProcessOp) -> Vec<Vec<u8>> {
+        if let ProcessOp::Fanout { len, .. } = op {
+            let id = self.model.new_ids(1)[0];
+            self.model.spool.fanning(id);
+            return vec![payload(id, *len)];
+        }
         let (count, len) = match op {
             ProcessOp::Push { len, .. } | ProcessOp::PushDedup { len, .. } => (1, *len),
             ProcessOp::PushBatch { count, len, .. } => (usize::from(*count), *len),
@@ -2092,13 +2425,19 @@ impl Run {
                 ),
                 Ok(Outcome::Done) => {}
                 Ok(Outcome::Skipped) => eprintln!("  skipped: no room without waiting"),
+                Ok(Outcome::FannedOut(seqs)) => eprintln!("  fanned out {seqs:?}"),
+                Ok(Outcome::Copy(target, copy)) => eprintln!(
+                    "  popped from {} {:?}",
+                    TARGETS[*target],
+                    copy.as_ref().map(|(seq, bytes)| (*seq, id_of(bytes)))
+                ),
                 Err(error) => eprintln!("  failed: {error}"),
             }
         }
         let ids: Vec<u64> = payloads.iter().map(|bytes| id_of(bytes)).collect();
         let bytes: u64 = payloads.iter().map(|bytes| frame_bytes(bytes.len())).sum();
-        if let Some(bound) = Bound::of(&self.config) {
-            if !payloads.is_empty() {
+        if let Some(bound) = Bound::of(&self.config).filter(|_| pushes(op)) {
+            {
                 // What a push under `DropOldest` discarded first.
                 let queue = self.queue(index)?;
                 let dropped = queue.take_dropped();
@@ -2193,6 +2532,19 @@ impl Run {
                 self.model
                     .peeked(peeked.as_ref(), popped.as_ref().map(Option::as_ref), always)
             }
+            Outcome::FannedOut(seqs) => {
+                self.model
+                    .spool
+                    .fanned_out(ids[0], &seqs, &mut self.model.summary)
+            }
+            Outcome::Copy(target, copy) => match copy {
+                Some((seq, bytes)) => {
+                    self.model
+                        .spool
+                        .popped(target, seq, &bytes, &mut self.model.summary)
+                }
+                None => Ok(()),
+            },
             Outcome::Skipped => {
                 for id in &ids {
                     if let Some(record) = self.model.records.get_mut(id) {
@@ -2233,6 +2585,7 @@ impl Run {
         self.discards_before = queue.overflow_discards();
         queue.take_dropped();
         let bound = Bound::of(&self.config);
+        let spool = self.processes[index].spool.clone();
         let thread = {
             let (op, payloads, sim) = (op.clone(), payloads.clone(), self.sim.clone());
             std::thread::spawn(move || {
@@ -2249,7 +2602,7 @@ impl Run {
                         },
                     )));
                 }
-                run_work(&queue, &op, &payloads, held, bound)
+                run_work(&queue, spool.as_deref(), &op, &payloads, held, bound)
             })
         };
         loop {
@@ -2269,7 +2622,7 @@ impl Run {
                     | ProcessOp::RecvNack { count, .. } => u64::from(*count),
                     ProcessOp::Peek { .. } => 1,
                     ProcessOp::Settle { .. } => held_ids.len() as u64,
-                    _ if self.config.overflow == Overflow::DropOldest => {
+                    _ if self.config.overflow == Overflow::DropOldest && pushes(op) => {
                         payloads.len() as u64
                             + payloads
                                 .iter()
@@ -2298,12 +2651,16 @@ impl Run {
                     ProcessOp::PushDedup { key, .. } => {
                         self.model.dedup_cut(*key, id_of(&payloads[0]))
                     }
+                    ProcessOp::Fanout { .. } => self.model.spool.fanout_cut(id_of(&payloads[0])),
+                    ProcessOp::PopCopy { target, .. } => {
+                        self.model.spool.pop_cut(usize::from(*target % 2))
+                    }
                     // What it pushed stays "maybe"; a sync that did not return promises nothing.
                     _ => {}
                 }
                 if self.config.bounded()
                     && self.config.overflow == Overflow::DropOldest
-                    && !payloads.is_empty()
+                    && pushes(op)
                 {
                     // It may have dropped records at the front first: as many as its records
                     // need, and one at a time for its bytes.
@@ -2356,6 +2713,7 @@ impl Run {
                     continue;
                 }
                 self.read_dead_letters()?;
+                self.drain_spool()?;
                 return self.model.check_drained();
             }
             for record in records {
@@ -2363,6 +2721,31 @@ impl Run {
                     .delivered(record.seq(), record.payload(), true, false)?;
             }
         }
+    }
+
+    /// Pops everything left in the spool's queues (in a run with one), and checks that every
+    /// copy owed came.
+    fn drain_spool(&mut self) -> Result<(), String> {
+        let Some(spool) = self.processes[0].spool.clone() else {
+            return Ok(());
+        };
+        for (target, name) in TARGETS.iter().enumerate() {
+            let queue = spool
+                .queue(name)
+                .map_err(|error| format!("open of spool queue {name} failed: {error}"))?;
+            while let Some(record) = queue
+                .pop()
+                .map_err(|error| format!("drain of spool queue {name} failed: {error}"))?
+            {
+                self.model.spool.popped(
+                    target,
+                    record.seq(),
+                    record.payload(),
+                    &mut self.model.summary,
+                )?;
+            }
+        }
+        self.model.spool.check_drained()
     }
 
     /// Reads the dead-letter queue in a process of its own, into the model.
@@ -2432,6 +2815,7 @@ pub fn run_processes(
                 queue: None,
                 consumer: false,
                 held: Vec::new(),
+                spool: None,
             })
             .collect(),
         next_process: 0,
