@@ -22,7 +22,9 @@
 //! room); `DropOldest`, whose drops (to the dead-letter queue in half the runs) are checked like
 //! pops and never delivered again. The usage every push checks is compared with the model after
 //! each step. A batch whose push a kill or a power loss cut is all there, at numbers that follow
-//! each other, or not at all. A failure is shrunk like the above, then each operation simplified.
+//! each other, or not at all. A quarter of the runs also open a spool of shared queues in every
+//! process and fan out to two of its queues: a fanout a kill cut comes whole or not at all, each
+//! copy once per queue. A failure is shrunk like the above, then each operation simplified.
 //!
 //! - `cargo test --test simulation several_processes` runs 100 seeds
 //!   (`DISKSPOOL_SIM_PROCESS_SEEDS`, from `DISKSPOOL_SIM_START`).

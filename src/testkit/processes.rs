@@ -2,8 +2,10 @@
 //! opened with `Options::exclusive(false)` on one [`SimStorage`], each acting as a simulated
 //! process of its own ([`SimStorage::process`]). One seed draws the setup and the workload:
 //! pushes, batches, pops, receives acknowledged or released, compactions and syncs from random
-//! handles, clean reopens, kills of one process between two operations
-//! ([`SimStorage::kill_process`]) or in the middle of one, at its `n`-th storage call
+//! handles (and in wide runs peeks, leases held across operations, pushes with ids, bounds under
+//! each overflow rule, fanouts of a shared spool; see docs/TESTING.md), clean reopens, kills of
+//! one process between two operations ([`SimStorage::kill_process`]) or in the middle of one,
+//! at its `n`-th storage call
 //! ([`SimStorage::kill_at`]: the thread stops right there, nothing of the operation after it
 //! runs), and power losses that kill every process. A killed process opens the queue again at
 //! once, as a restarted one would.
