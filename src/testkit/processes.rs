@@ -2033,6 +2033,9 @@ enum Cut {
     Point(CrashPoint),
 }
 
+/// What an open in a thread of its own returns: the queue, and the spool in a run with one.
+type OpenResult = Result<(Arc<Queue>, Option<Arc<Spool>>), Error>;
+
 /// One simulated process with its handle.
 struct Process {
     /// Its number on the simulated filesystem (a new one for each start).
@@ -2058,7 +2061,7 @@ struct Run {
     /// Threads stopped at a kill point.
     stopped: Vec<std::thread::JoinHandle<Result<Outcome, Error>>>,
     /// Opens stopped at a kill point.
-    stopped_opens: Vec<std::thread::JoinHandle<Result<Arc<Queue>, Error>>>,
+    stopped_opens: Vec<std::thread::JoinHandle<OpenResult>>,
     /// Records the handle of the operation running had discarded to make room before it.
     discards_before: u64,
     /// How many records the queue may hold over its bound: consumer calls cut by a kill
@@ -2150,9 +2153,19 @@ impl Run {
         self.next_process += 1;
         let number = self.next_process;
         let options = self.options(number);
+        // In a run with a spool the kill may also cut the spool's open, and the roll-forward
+        // of the fanouts a dead process left in it.
+        let spool_options = self.config.spool.then(|| self.spool_options(number));
         let kills_before = self.sim.kills(number);
         self.sim.kill_at(number, u64::from(calls));
-        let opening = std::thread::spawn(move || Queue::open(DIR, options).map(Arc::new));
+        let opening = std::thread::spawn(move || {
+            let queue = Arc::new(Queue::open(DIR, options)?);
+            let spool = match spool_options {
+                Some(options) => Some(Arc::new(Spool::open(SPOOL_DIR, options)?)),
+                None => None,
+            };
+            Ok((queue, spool))
+        });
         if racing_push {
             let pusher = (index + 1) % self.processes.len();
             let push = ProcessOp::Push {
@@ -2182,18 +2195,18 @@ impl Run {
             }
             if opening.is_finished() {
                 self.sim.disarm_kill(number);
-                let queue = opening
+                let (queue, spool) = opening
                     .join()
                     .map_err(|_| format!("open in process {number} panicked"))?
-                    .map_err(|error| format!("open in process {number} failed: {error}"))?;
+                    .map_err(|error: Error| format!("open in process {number} failed: {error}"))?;
                 self.processes[index] = Process {
                     number,
                     queue: Some(queue),
                     consumer: false,
                     held: Vec::new(),
-                    spool: None,
+                    spool,
                 };
-                return self.open_spool(index);
+                return Ok(());
             }
             std::thread::sleep(Duration::from_micros(200));
         }
