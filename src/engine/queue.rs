@@ -829,9 +829,13 @@ impl Queue {
         self.shared.env.limits.as_ref().map(|limits| limits.usage())
     }
 
-    /// The records (seq, payload) this handle discarded to make room since the last call.
+    /// The records (seq, payload) this handle discarded to make room since the last call; the
+    /// first call starts keeping them.
     pub(crate) fn take_dropped(&self) -> Vec<(u64, Vec<u8>)> {
-        std::mem::take(&mut *crate::engine::sync::lock(&self.shared.dropped))
+        crate::engine::sync::lock(&self.shared.dropped)
+            .get_or_insert_with(Vec::new)
+            .drain(..)
+            .collect()
     }
 
     /// Records this handle discarded to make room (`Overflow::DropOldest`).

@@ -96,6 +96,10 @@ impl Drop for Turn<'_> {
     }
 }
 
+/// A record discarded to make room, as the simulation reads it: `(seq, payload)`.
+#[cfg(feature = "testkit")]
+pub(crate) type DroppedRecord = (u64, Vec<u8>);
+
 pub(crate) struct Shared {
     pub(crate) env: Env,
     pub(crate) log: Log,
@@ -125,9 +129,10 @@ pub(crate) struct Shared {
     /// An exclusive queue's directory lock (a shared one's locks are in `env.coordination`).
     _lock: Option<DirLock>,
     /// The records this handle discarded to make room (`Overflow::DropOldest`), as
-    /// `(seq, payload)`, until the simulation takes them (`testkit::processes`).
+    /// `(seq, payload)`, until the simulation takes them (`testkit::processes`); kept only once
+    /// it has looked (`Some`), so that other users of the feature keep nothing.
     #[cfg(feature = "testkit")]
-    pub(crate) dropped: Mutex<Vec<(u64, Vec<u8>)>>,
+    pub(crate) dropped: Mutex<Option<Vec<DroppedRecord>>>,
 }
 
 impl Shared {
@@ -166,7 +171,7 @@ impl Shared {
             turns: Mutex::new(turns),
             watch_leases: AtomicBool::new(false),
             #[cfg(feature = "testkit")]
-            dropped: Mutex::new(Vec::new()),
+            dropped: Mutex::new(None),
             #[cfg(feature = "async")]
             bridge: OnceLock::new(),
             dead_letters: Mutex::new(None),
@@ -744,7 +749,9 @@ impl Shared {
     /// Keeps a record discarded to make room for the simulation to see.
     #[cfg(feature = "testkit")]
     fn note_dropped(&self, record: &Record) {
-        lock(&self.dropped).push((record.seq(), record.payload().to_vec()));
+        if let Some(dropped) = lock(&self.dropped).as_mut() {
+            dropped.push((record.seq(), record.payload().to_vec()));
+        }
     }
 
     #[cfg(not(feature = "testkit"))]
