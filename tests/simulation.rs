@@ -16,7 +16,15 @@
 //! (`SimStorage::process`), pushing, popping, receiving and acknowledging or releasing,
 //! compacting and syncing at random, killed between operations, at any storage call of one
 //! (`SimStorage::kill_at`) or at one of the engine's crash points, and powered off, under every
-//! policy, against a model of the contract across processes. A failure is shrunk like the above.
+//! policy, against a model of the contract across processes. A third of the runs bound the queue
+//! (`max_records`, `max_bytes` or both) under each overflow rule: `Reject`; `Block`, whose pushes
+//! never wait (a `push_timeout` of zero; a batch or a push with an id only when the usage leaves
+//! room); `DropOldest`, whose drops (to the dead-letter queue in half the runs) are checked like
+//! pops and never delivered again. The usage every push checks is compared with the model after
+//! each step. A batch whose push a kill or a power loss cut is all there, at numbers that follow
+//! each other, or not at all. A quarter of the runs also open a spool of shared queues in every
+//! process and fan out to two of its queues: a fanout a kill cut comes whole or not at all, each
+//! copy once per queue. A failure is shrunk like the above, then each operation simplified.
 //!
 //! - `cargo test --test simulation several_processes` runs 100 seeds
 //!   (`DISKSPOOL_SIM_PROCESS_SEEDS`, from `DISKSPOOL_SIM_START`).
@@ -27,7 +35,8 @@
 //!   replays one; `DISKSPOOL_SIM_TRACE=1` (with `--nocapture`) prints every step.
 
 use diskspool::testkit::processes::{
-    processes_config_from_seed, processes_ops_from_seed, run_processes, ProcessesSummary,
+    processes_config_from_seed, processes_ops_from_seed, run_processes, simpler_ops,
+    ProcessesSummary,
 };
 use diskspool::testkit::{
     config_from_seed, ops_from_seed_for, run_ops_quarantining, run_ops_with, RunSummary, SimConfig,
@@ -44,7 +53,39 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Removes operations while `run` still fails on them (delta debugging: chunks, then single
 /// ops); returns the shortest failing list found and its failure.
-fn shrink<O: Clone, T>(
+fn shrink<O: Clone, T>(ops: Vec<O>, run: impl Fn(&[O]) -> Result<T, String>) -> (Vec<O>, String) {
+    shrink_with(ops, run, |_| Vec::new())
+}
+
+/// [`shrink`], then replaces each operation by a simpler one (`simpler` lists them, simplest
+/// first) while the run still fails, until none can be.
+fn shrink_with<O: Clone, T>(
+    ops: Vec<O>,
+    run: impl Fn(&[O]) -> Result<T, String>,
+    simpler: impl Fn(&O) -> Vec<O>,
+) -> (Vec<O>, String) {
+    let (mut ops, mut failure) = remove_while_failing(ops, &run);
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for index in 0..ops.len() {
+            for candidate in simpler(&ops[index]) {
+                let mut trial = ops.clone();
+                trial[index] = candidate;
+                if let Err(error) = run(&trial) {
+                    ops = trial;
+                    failure = error;
+                    changed = true;
+                    break;
+                }
+            }
+        }
+    }
+    (ops, failure)
+}
+
+/// The delta debugging of [`shrink`].
+fn remove_while_failing<O: Clone, T>(
     mut ops: Vec<O>,
     run: impl Fn(&[O]) -> Result<T, String>,
 ) -> (Vec<O>, String) {
@@ -272,7 +313,7 @@ fn check_processes_seed(seed: u64) -> ProcessesSummary {
             let (shortest, failure) = if std::env::var_os("DISKSPOOL_SIM_NO_SHRINK").is_some() {
                 (ops, first.clone())
             } else {
-                shrink(ops, |ops| run_processes(&config, ops))
+                shrink_with(ops, |ops| run_processes(&config, ops), simpler_ops)
             };
             panic!(
                 "simulation of several processes, seed {seed}, failed: {first}\n\n{config:?}\n\
@@ -297,6 +338,12 @@ fn run_processes_seeds(first: u64, count: u64) -> ProcessesSummary {
         total.power_losses += summary.power_losses;
         total.dead_lettered += summary.dead_lettered;
         total.refused += summary.refused;
+        total.dropped += summary.dropped;
+        total.skipped += summary.skipped;
+        total.cut_batches_found += summary.cut_batches_found;
+        total.fanouts += summary.fanouts;
+        total.cut_fanouts_found += summary.cut_fanouts_found;
+        total.copies_popped += summary.copies_popped;
     }
     eprintln!(
         "simulation of several processes: seeds {first}..{} passed in {:.1} s ({total:?})",

@@ -45,6 +45,12 @@ impl Counters {
         self.discarded[reason.index()].fetch_add(count, Ordering::Relaxed);
     }
 
+    /// Records discarded for `reason` so far.
+    #[cfg(feature = "testkit")]
+    pub(crate) fn discarded_for(&self, reason: DiscardReason) -> u64 {
+        self.discarded[reason.index()].load(Ordering::Relaxed)
+    }
+
     /// `count` records expired before they were delivered (queue policies).
     pub(crate) fn expired(&self, count: u64) {
         self.expired.fetch_add(count, Ordering::Relaxed);

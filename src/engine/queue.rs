@@ -820,3 +820,29 @@ fn usage_at_open(shared: &Shared) -> Result<(u64, u64)> {
     }
     Ok((position.len, bytes))
 }
+
+/// What the simulation reads of a handle beside the public API (`testkit::processes`).
+#[cfg(feature = "testkit")]
+impl Queue {
+    /// A bounded queue's usage (records, bytes) as every push checks it against the bound.
+    pub(crate) fn bound_usage(&self) -> Option<(u64, u64)> {
+        self.shared.env.limits.as_ref().map(|limits| limits.usage())
+    }
+
+    /// The records (seq, payload) this handle discarded to make room since the last call; the
+    /// first call starts keeping them.
+    pub(crate) fn take_dropped(&self) -> Vec<(u64, Vec<u8>)> {
+        crate::engine::sync::lock(&self.shared.dropped)
+            .get_or_insert_with(Vec::new)
+            .drain(..)
+            .collect()
+    }
+
+    /// Records this handle discarded to make room (`Overflow::DropOldest`).
+    pub(crate) fn overflow_discards(&self) -> u64 {
+        self.shared
+            .env
+            .counters
+            .discarded_for(crate::stats::DiscardReason::Overflow)
+    }
+}

@@ -108,6 +108,10 @@ impl Drop for Turn<'_> {
     }
 }
 
+/// A record discarded to make room, as the simulation reads it: `(seq, payload)`.
+#[cfg(feature = "testkit")]
+pub(crate) type DroppedRecord = (u64, Vec<u8>);
+
 pub(crate) struct Shared {
     pub(crate) env: Env,
     pub(crate) log: Log,
@@ -136,6 +140,11 @@ pub(crate) struct Shared {
     pub(crate) recovery: RecoveryReport,
     /// An exclusive queue's directory lock (a shared one's locks are in `env.coordination`).
     _lock: Option<DirLock>,
+    /// The records this handle discarded to make room (`Overflow::DropOldest`), as
+    /// `(seq, payload)`, until the simulation takes them (`testkit::processes`); kept only once
+    /// it has looked (`Some`), so that other users of the feature keep nothing.
+    #[cfg(feature = "testkit")]
+    pub(crate) dropped: Mutex<Option<Vec<DroppedRecord>>>,
 }
 
 impl Shared {
@@ -173,6 +182,8 @@ impl Shared {
             spare_reader: Mutex::new(spare_reader),
             turns: Mutex::new(turns),
             watch_leases: AtomicBool::new(false),
+            #[cfg(feature = "testkit")]
+            dropped: Mutex::new(None),
             #[cfg(feature = "async")]
             bridge: OnceLock::new(),
             dead_letters: Mutex::new(None),
@@ -733,6 +744,7 @@ impl Shared {
         let dropped = if self.env.options.dead_letter_dir.is_some() {
             let leased = self.recv_batch(max)?;
             for leased in &leased {
+                self.note_dropped(&leased.record);
                 self.move_to_dead_letters(
                     leased.record.seq(),
                     &leased.record,
@@ -742,13 +754,33 @@ impl Shared {
             }
             leased.len() as u64
         } else {
-            self.pop_with(max, |_| Ok(()), Vec::new())?.len() as u64
+            self.pop_with(
+                max,
+                |record| {
+                    self.note_dropped(&record);
+                    Ok(())
+                },
+                Vec::new(),
+            )?
+            .len() as u64
         };
         self.env
             .counters
             .discarded(DiscardReason::Overflow, dropped);
         Ok(dropped)
     }
+
+    /// Keeps a record discarded to make room for the simulation to see.
+    #[cfg(feature = "testkit")]
+    fn note_dropped(&self, record: &Record) {
+        if let Some(dropped) = lock(&self.dropped).as_mut() {
+            dropped.push((record.seq(), record.payload().to_vec()));
+        }
+    }
+
+    #[cfg(not(feature = "testkit"))]
+    #[inline]
+    fn note_dropped(&self, _record: &Record) {}
 
     /// Checks a batch against the limits; returns its encoded length (for fanout).
     pub(crate) fn check_batch(&self, payloads: &[&[u8]], prefix: BodyPrefix) -> Result<u64> {

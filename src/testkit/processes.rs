@@ -2,8 +2,10 @@
 //! opened with `Options::exclusive(false)` on one [`SimStorage`], each acting as a simulated
 //! process of its own ([`SimStorage::process`]). One seed draws the setup and the workload:
 //! pushes, batches, pops, receives acknowledged or released, compactions and syncs from random
-//! handles, clean reopens, kills of one process between two operations
-//! ([`SimStorage::kill_process`]) or in the middle of one, at its `n`-th storage call
+//! handles (and in wide runs peeks, leases held across operations, pushes with ids, bounds under
+//! each overflow rule, fanouts of a shared spool; see docs/TESTING.md), clean reopens, kills of
+//! one process between two operations ([`SimStorage::kill_process`]) or in the middle of one,
+//! at its `n`-th storage call
 //! ([`SimStorage::kill_at`]: the thread stops right there, nothing of the operation after it
 //! runs), and power losses that kill every process. A killed process opens the queue again at
 //! once, as a restarted one would.
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 use super::Policy;
 use crate::storage::sim::{SimRng, SimStorage};
-use crate::{Delivery, Error, Options, Queue};
+use crate::{Delivery, Error, Options, Overflow, Queue, Spool};
 
 /// The segment size of these runs: small, so that rolls and compactions are frequent.
 const SEGMENT_SIZE: u64 = 4096;
@@ -35,6 +37,9 @@ const PAYLOAD_MAX: u16 = 400;
 const LEASE: Duration = Duration::from_secs(3600);
 /// Where the queue lives on the simulated filesystem.
 const DIR: &str = "/shared-queue";
+/// Where the spool of the runs with fanout lives, and the queues a fanout writes to.
+const SPOOL_DIR: &str = "/shared-spool";
+const TARGETS: [&str; 2] = ["a", "b"];
 
 /// How a run is set up; drawn from the seed ([`processes_config_from_seed`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +59,29 @@ pub struct ProcessesConfig {
     pub max_deliveries: Option<u32>,
     /// Whether pushes with deduplication ids are drawn (wide runs only; window: an hour).
     pub dedup: bool,
-    /// `Options::max_records` with `Overflow::Reject` (wide runs only).
+    /// `Options::max_records` (wide runs only).
     pub max_records: Option<u64>,
+    /// `Options::max_bytes` (wide runs only), in bytes of frames (a record of `n` bytes takes
+    /// `n` + 24 rounded up to a multiple of 8).
+    pub max_bytes: Option<u64>,
+    /// `Options::overflow` of a bounded run. Under `Block` a push never waits (the simulation
+    /// is one thread): `push` runs as `push_timeout` with no time to wait, and a batch or a
+    /// push with an id runs only when the usage every push checks leaves room for it (else it
+    /// is skipped and writes nothing).
+    pub overflow: Overflow,
+    /// Under `Overflow::DropOldest`, whether the records dropped go to the dead-letter queue
+    /// (`Options::dead_letter_dir` set: a drop receives them and moves them there).
+    pub drops_to_dead_letters: bool,
+    /// Whether every process also opens a spool of shared queues, fans records out to two of
+    /// its queues and pops them (wide runs only).
+    pub spool: bool,
+}
+
+impl ProcessesConfig {
+    /// Whether the queue is bounded (`max_records` or `max_bytes`).
+    pub fn bounded(&self) -> bool {
+        self.max_records.is_some() || self.max_bytes.is_some()
+    }
 }
 
 impl ProcessesConfig {
@@ -66,6 +92,10 @@ impl ProcessesConfig {
             max_deliveries: None,
             dedup: false,
             max_records: None,
+            max_bytes: None,
+            overflow: Overflow::Reject,
+            drops_to_dead_letters: false,
+            spool: false,
             ..self
         }
     }
@@ -144,6 +174,20 @@ pub enum ProcessOp {
         handle: u8,
         /// Pop right after.
         then_pop: bool,
+    },
+    /// Fan one record of `len` bytes out to the spool's two queues (`Spool::fanout`).
+    Fanout {
+        /// The handle whose process's spool fans out.
+        handle: u8,
+        /// Payload length.
+        len: u16,
+    },
+    /// Pop one record from the spool's queue `target` (0 or 1).
+    PopCopy {
+        /// The popping handle (its process's spool).
+        handle: u8,
+        /// Which queue.
+        target: u8,
     },
     /// Run the compactor.
     Compact {
@@ -267,6 +311,8 @@ impl ProcessOp {
             | ProcessOp::PushDedup { handle, .. }
             | ProcessOp::RecvHold { handle, .. }
             | ProcessOp::Settle { handle, .. }
+            | ProcessOp::Fanout { handle, .. }
+            | ProcessOp::PopCopy { handle, .. }
             | ProcessOp::Compact { handle }
             | ProcessOp::Sync { handle }
             | ProcessOp::Reopen { handle }
@@ -281,14 +327,40 @@ impl ProcessOp {
 /// The setup of seed `seed`'s run.
 pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
     let mut rng = SimRng::new(seed ^ 0x5EED_0F5A_A2ED);
+    let handles = 2 + rng.below(2) as u8;
+    let policy = Policy::from_byte(rng.below(3) as u8);
+    let writable_mappings = rng.chance(3, 4);
+    let max_deliveries = rng.chance(1, 3).then(|| 1 + rng.below(2) as u32);
+    let dedup = rng.chance(1, 3);
+    let max_records = rng.chance(1, 4).then(|| 4 + rng.below(9));
+    // The byte bound and the overflow rule come from a stream of their own, so that the draws
+    // above stay what they were.
+    let mut bound = SimRng::new(seed ^ 0xB0DE_D0F1_0B00);
+    let byte_bound = if max_records.is_some() {
+        bound.chance(1, 3)
+    } else {
+        bound.chance(1, 8)
+    };
+    let max_bytes = byte_bound.then(|| 600 + bound.below(3000));
+    let overflow = match bound.below(3) {
+        0 => Overflow::Reject,
+        1 => Overflow::DropOldest,
+        _ => Overflow::Block,
+    };
+    let drops_to_dead_letters = overflow == Overflow::DropOldest && bound.chance(1, 2);
+    let spool = SimRng::new(seed ^ 0x5B00_1FA7_0E11).chance(1, 4);
     ProcessesConfig {
-        handles: 2 + rng.below(2) as u8,
-        policy: Policy::from_byte(rng.below(3) as u8),
-        writable_mappings: rng.chance(3, 4),
+        handles,
+        policy,
+        writable_mappings,
         wide: true,
-        max_deliveries: rng.chance(1, 3).then(|| 1 + rng.below(2) as u32),
-        dedup: rng.chance(1, 3),
-        max_records: rng.chance(1, 4).then(|| 4 + rng.below(9)),
+        max_deliveries,
+        dedup,
+        max_records,
+        max_bytes,
+        overflow,
+        drops_to_dead_letters,
+        spool,
     }
 }
 
@@ -302,12 +374,29 @@ pub fn processes_ops_from_seed(
     // The operations added later come from a stream of their own, drawn only in wide runs, so
     // that a narrow run draws what the first version drew.
     let mut extra = config.wide.then(|| SimRng::new(seed ^ 0xE57A_0F5E_ED00));
+    // And the spool's, drawn only in runs with a spool.
+    let mut spooling = config.spool.then(|| SimRng::new(seed ^ 0x5B00_1FA7_0D05));
     let handles = u64::from(config.handles);
     (0..count)
         .map(|_| {
             let handle = rng.below(handles) as u8;
-            let draw_work =
-                |rng: &mut SimRng, extra: &mut Option<SimRng>, handle| match extra.as_mut() {
+            let mut draw_work = |rng: &mut SimRng, extra: &mut Option<SimRng>, handle| {
+                if let Some(spooling) = spooling.as_mut() {
+                    if spooling.chance(1, 5) {
+                        return if spooling.chance(1, 2) {
+                            ProcessOp::Fanout {
+                                handle,
+                                len: 8 + spooling.below(200) as u16,
+                            }
+                        } else {
+                            ProcessOp::PopCopy {
+                                handle,
+                                target: spooling.below(2) as u8,
+                            }
+                        };
+                    }
+                }
+                match extra.as_mut() {
                     Some(extra) => {
                         if extra.chance(1, 3) {
                             wide_op(extra, handle, config)
@@ -316,7 +405,8 @@ pub fn processes_ops_from_seed(
                         }
                     }
                     None => work_op(rng, handle),
-                };
+                }
+            };
             match rng.below(100) {
                 0..=2 => ProcessOp::PowerLoss {
                     seed: rng.next_u64(),
@@ -351,6 +441,121 @@ pub fn processes_ops_from_seed(
             }
         })
         .collect()
+}
+
+/// Simpler forms of `op`, for shrinking a failing run after operations were removed: the
+/// operation without its kill, kills earlier in it, fewer and shorter records, a cut open
+/// without a racing push.
+pub fn simpler_ops(op: &ProcessOp) -> Vec<ProcessOp> {
+    let mut simpler = Vec::new();
+    match op {
+        ProcessOp::KillDuring { calls, op } => {
+            simpler.push((**op).clone());
+            if *calls > 0 {
+                simpler.push(ProcessOp::KillDuring {
+                    calls: calls / 2,
+                    op: op.clone(),
+                });
+            }
+            simpler.extend(simpler_ops(op).into_iter().map(|op| ProcessOp::KillDuring {
+                calls: *calls,
+                op: Box::new(op),
+            }));
+        }
+        ProcessOp::KillAtPoint { point, op } => {
+            simpler.push((**op).clone());
+            simpler.extend(
+                simpler_ops(op)
+                    .into_iter()
+                    .map(|op| ProcessOp::KillAtPoint {
+                        point: *point,
+                        op: Box::new(op),
+                    }),
+            );
+        }
+        ProcessOp::KillOpen {
+            handle,
+            calls,
+            racing_push,
+        } => {
+            simpler.push(ProcessOp::Kill { handle: *handle });
+            if *racing_push {
+                simpler.push(ProcessOp::KillOpen {
+                    handle: *handle,
+                    calls: *calls,
+                    racing_push: false,
+                });
+            }
+        }
+        ProcessOp::PushBatch { handle, count, len } => {
+            if *count > 2 {
+                simpler.push(ProcessOp::PushBatch {
+                    handle: *handle,
+                    count: count - 1,
+                    len: *len,
+                });
+            }
+            if *len > 8 {
+                simpler.push(ProcessOp::PushBatch {
+                    handle: *handle,
+                    count: *count,
+                    len: 8,
+                });
+            }
+        }
+        ProcessOp::Fanout { handle, len } if *len > 8 => {
+            simpler.push(ProcessOp::Fanout {
+                handle: *handle,
+                len: 8,
+            });
+        }
+        ProcessOp::Push { handle, len } if *len > 8 => {
+            simpler.push(ProcessOp::Push {
+                handle: *handle,
+                len: 8,
+            });
+        }
+        ProcessOp::Pop { handle, max } if *max > 1 => {
+            simpler.push(ProcessOp::Pop {
+                handle: *handle,
+                max: 1,
+            });
+        }
+        ProcessOp::RecvAck {
+            handle,
+            count,
+            reverse,
+        } if *count > 1 || *reverse => {
+            simpler.push(ProcessOp::RecvAck {
+                handle: *handle,
+                count: 1,
+                reverse: false,
+            });
+        }
+        ProcessOp::RecvNack { handle, count } if *count > 1 => {
+            simpler.push(ProcessOp::RecvNack {
+                handle: *handle,
+                count: 1,
+            });
+        }
+        ProcessOp::RecvHold { handle, count } if *count > 1 => {
+            simpler.push(ProcessOp::RecvHold {
+                handle: *handle,
+                count: 1,
+            });
+        }
+        ProcessOp::Peek {
+            handle,
+            then_pop: true,
+        } => {
+            simpler.push(ProcessOp::Peek {
+                handle: *handle,
+                then_pop: false,
+            });
+        }
+        _ => {}
+    }
+    simpler
 }
 
 /// An operation that does work on the queue (what a kill may cut).
@@ -416,7 +621,7 @@ fn wide_op(rng: &mut SimRng, handle: u8, config: &ProcessesConfig) -> ProcessOp 
 pub struct ProcessesSummary {
     /// Records whose push returned.
     pub pushed: u64,
-    /// Records delivered (popped, or received and acknowledged).
+    /// Records delivered (popped, received and acknowledged, or dropped to make room).
     pub consumed: u64,
     /// Processes killed between two operations.
     pub kills: u64,
@@ -428,6 +633,22 @@ pub struct ProcessesSummary {
     pub dead_lettered: u64,
     /// Pushes refused by a full bounded queue.
     pub refused: u64,
+    /// Records a push discarded to make room (`Overflow::DropOldest`; counted in `consumed`
+    /// too).
+    pub dropped: u64,
+    /// Batches and pushes with an id skipped under `Overflow::Block` (no room to push them
+    /// without waiting).
+    pub skipped: u64,
+    /// Batches cut by a kill or a power loss that were found in the queue, so that every
+    /// record of theirs is owed from then on.
+    pub cut_batches_found: u64,
+    /// Fanouts that returned (runs with a spool).
+    pub fanouts: u64,
+    /// Fanouts cut by a kill whose copy showed in one queue, so that the other's is owed
+    /// (rolled forward by the next fanout or open).
+    pub cut_fanouts_found: u64,
+    /// Copies popped from the spool's queues.
+    pub copies_popped: u64,
 }
 
 /// Where the model stands on one record (by the id in its first 8 bytes).
@@ -465,6 +686,11 @@ struct Record {
     /// Delivered before (or possibly, by an operation a kill cut): exempt from the order of
     /// first deliveries.
     delivered: bool,
+    /// Handed out or consumed before (or possibly, by an operation a kill cut, or by a
+    /// consumption a power loss undid); unlike `delivered`, not set by a power loss that may
+    /// have taken its push: a batch none of whose records was ever handed out is all there or
+    /// not at all.
+    handed: bool,
     /// The live process that holds its lease (received by `RecvHold`, not settled): no other
     /// receive, pop or peek may hand it out.
     holder: Option<u32>,
@@ -476,6 +702,11 @@ struct Record {
     /// a move cut by a kill, or a record with its deliveries used up whose lease ended (the
     /// next consumer to reach it moves it).
     dead_loose: bool,
+    /// The bytes of its frame (for `max_bytes`).
+    frame: u64,
+    /// The batch it was pushed in, as `(first id, records)` (the ids of a batch follow each
+    /// other): all of it is in the queue, at numbers that follow each other, or none of it.
+    batch: Option<(u64, u64)>,
 }
 
 /// What the model knows of one deduplication id.
@@ -511,7 +742,24 @@ struct Model {
     /// Sequence numbers a push with an id returned whose record is one of several the model
     /// cannot tell apart: each must be delivered (`true`: unsynced, a power loss may take it).
     owed_seqs: BTreeMap<u64, bool>,
+    /// The policy is `Always`.
+    always: bool,
+    /// The fanouts of a run with a spool.
+    spool: SpoolModel,
     summary: ProcessesSummary,
+}
+
+/// What the model knows of a bounded queue's usage: the records and bytes it holds for sure,
+/// and at most.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    records: (u64, u64),
+    bytes: (u64, u64),
+}
+
+/// The bytes of the frame of a record of `len` bytes (no delay, no TTL).
+fn frame_bytes(len: usize) -> u64 {
+    crate::format::frame::frame_len(len) as u64
 }
 
 fn payload(id: u64, len: u16) -> Vec<u8> {
@@ -547,8 +795,10 @@ impl Model {
         Ok(())
     }
 
-    /// Records about to be pushed: they may be in the queue from now on.
-    fn pushing(&mut self, ids: &[u64]) {
+    /// Records about to be pushed (`frame`: the bytes of each one's frame): they may be in the
+    /// queue from now on.
+    fn pushing(&mut self, ids: &[u64], frame: u64) {
+        let batch = (ids.len() > 1).then(|| (ids[0], ids.len() as u64));
         for &id in ids {
             self.records.insert(
                 id,
@@ -558,10 +808,13 @@ impl Model {
                     push_unsynced: true,
                     consume_unsynced: false,
                     delivered: false,
+                    handed: false,
                     holder: None,
                     deliveries: 0,
                     lease_may_end: false,
                     dead_loose: false,
+                    frame,
+                    batch,
                 },
             );
         }
@@ -588,6 +841,61 @@ impl Model {
             _ => record.seq = Some(seq),
         }
         self.ids_by_seq.insert(seq, id);
+        // The records of a batch follow each other.
+        if let Some((first, count)) = record.batch {
+            for other in first..first + count {
+                let Some(other_seq) = self.records.get(&other).and_then(|record| record.seq) else {
+                    continue;
+                };
+                if i128::from(other_seq) - i128::from(seq) != i128::from(other) - i128::from(id) {
+                    return Err(format!(
+                        "records {other} and {id} of one batch have sequence numbers {other_seq} \
+                         and {seq}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Record `id`, of a batch whose push a kill or a power loss cut, turned up at `seq`
+    /// before any record of the batch may have been handed out: the whole batch is there (a
+    /// batch is all or nothing), at the numbers around `seq`, and owed.
+    fn batch_found(&mut self, id: u64, seq: u64) -> Result<(), String> {
+        let Some(record) = self.records.get(&id) else {
+            return Ok(());
+        };
+        let Some((first, count)) = record.batch else {
+            return Ok(());
+        };
+        if record.fate != Fate::Maybe || record.handed {
+            return Ok(());
+        }
+        let members = first..first + count;
+        let untouched = members.clone().filter(|&other| other != id).all(|other| {
+            self.records.get(&other).is_some_and(|record| {
+                record.fate == Fate::Maybe
+                    && !record.handed
+                    && record.seq.is_none()
+                    && record.holder.is_none()
+            })
+        });
+        if !untouched {
+            return Ok(());
+        }
+        for other in members.filter(|&other| other != id) {
+            let other_seq = (i128::from(seq) + i128::from(other) - i128::from(id))
+                .try_into()
+                .map_err(|_| {
+                    format!("record {id} of a batch of {count} from id {first} is at seq {seq}")
+                })?;
+            self.learn_seq(other, other_seq)?;
+            if let Some(record) = self.records.get_mut(&other) {
+                record.fate = Fate::Owed;
+                record.push_unsynced = !self.always;
+            }
+        }
+        self.summary.cut_batches_found += 1;
         Ok(())
     }
 
@@ -614,6 +922,7 @@ impl Model {
             self.last_first = Some(seq);
         }
         record.delivered = true;
+        record.handed = true;
         if synced {
             // Under `Always` readers read only what a sync covered.
             record.push_unsynced = false;
@@ -645,6 +954,7 @@ impl Model {
             ));
         }
         self.learn_seq(id, seq)?;
+        self.batch_found(id, seq)?;
         let record = self.records.get(&id).ok_or("unknown record")?;
         if record.fate == Fate::Consumed {
             return Err(format!(
@@ -756,50 +1066,81 @@ impl Model {
         Ok(())
     }
 
-    /// The records the queue holds for sure, and at most (for its bound and `len`): owed (not
-    /// possibly moved to the dead-letter queue) and parked ones; and those that may be there.
-    fn usage_bounds(&self) -> (u64, u64) {
-        let (mut lower, mut upper) = (0, 0);
+    /// The records (and bytes) the queue holds for sure, and at most (for its bound, `len`
+    /// and the usage pushes check): owed (not possibly moved to the dead-letter queue) and
+    /// parked ones; and those that may be there.
+    fn usage_bounds(&self) -> Usage {
+        let (mut lower, mut upper) = ((0, 0), (0, 0));
         for record in self.records.values() {
+            let add = |sum: &mut (u64, u64)| {
+                sum.0 += 1;
+                sum.1 += record.frame;
+            };
             match record.fate {
-                Fate::Owed if !record.dead_loose => lower += 1,
-                Fate::Parked => lower += 1,
-                Fate::Owed | Fate::Maybe => upper += 1,
+                Fate::Owed if !record.dead_loose => add(&mut lower),
+                Fate::Parked => add(&mut lower),
+                Fate::Owed | Fate::Maybe => add(&mut upper),
                 Fate::Consumed | Fate::Dead | Fate::Never => {}
             }
         }
-        (lower, lower + upper)
+        Usage {
+            records: (lower.0, lower.0 + upper.0),
+            bytes: (lower.1, lower.1 + upper.1),
+        }
     }
 
-    /// A push of `ids` returned with the bound `max`: the queue had room for it.
-    fn accepted(&self, count: u64, max: u64) -> Result<(), String> {
-        let (lower, _) = self.usage_bounds();
-        if lower + count > max {
+    /// A push of `count` records of `bytes` bytes of frames returned: the queue had room for
+    /// it (after what it dropped, if the model knows what that was).
+    fn accepted(&self, count: u64, bytes: u64, bound: &Bound) -> Result<(), String> {
+        let usage = self.usage_bounds();
+        if bound
+            .max_records
+            .is_some_and(|max| usage.records.0 + count > max)
+        {
             return Err(format!(
-                "a push of {count} records was accepted by a queue bounded to {max} records \
-                 that holds at least {lower}"
+                "a push of {count} records was accepted by a queue bounded to {:?} records \
+                 that holds at least {}",
+                bound.max_records, usage.records.0
+            ));
+        }
+        if bound
+            .max_bytes
+            .is_some_and(|max| usage.bytes.0 + bytes > max)
+        {
+            return Err(format!(
+                "a push of {count} records ({bytes} bytes) was accepted by a queue bounded to \
+                 {:?} bytes that holds at least {}",
+                bound.max_bytes, usage.bytes.0
             ));
         }
         Ok(())
     }
 
-    /// A push of `ids` was refused (`Error::Full`) naming the usage `usage`, with the bound
-    /// `max`: it wrote nothing; the queue had no room; the usage is what the queue holds.
-    fn refused(&mut self, ids: &[u64], usage: u64, max: u64) -> Result<(), String> {
-        let (lower, upper) = self.usage_bounds();
+    /// A push of `ids` (`bytes` bytes of frames) was refused (`Error::Full`) naming the usage
+    /// `used`: it wrote nothing; the queue had no room; the usage is what the queue holds.
+    fn refused(
+        &mut self,
+        ids: &[u64],
+        bytes: u64,
+        used: (u64, u64),
+        bound: &Bound,
+    ) -> Result<(), String> {
+        let usage = self.usage_bounds();
         let count = ids.len() as u64;
-        if upper + count <= max {
+        let no_room = bound
+            .max_records
+            .is_some_and(|max| usage.records.1 + count > max)
+            || bound
+                .max_bytes
+                .is_some_and(|max| usage.bytes.1 + bytes > max);
+        if !no_room {
             return Err(format!(
-                "a push of {count} records was refused by a queue bounded to {max} records \
-                 that holds at most {upper}"
+                "a push of {count} records ({bytes} bytes) was refused by a queue bounded to \
+                 {:?} records and {:?} bytes that holds at most {} records and {} bytes",
+                bound.max_records, bound.max_bytes, usage.records.1, usage.bytes.1
             ));
         }
-        if usage < lower || usage > upper {
-            return Err(format!(
-                "a refused push names a usage of {usage} records; the queue holds {lower} to \
-                 {upper}"
-            ));
-        }
+        self.check_usage(used, "a refused push names")?;
         for id in ids {
             if let Some(record) = self.records.get_mut(id) {
                 record.fate = Fate::Never;
@@ -809,13 +1150,46 @@ impl Model {
         Ok(())
     }
 
+    /// The usage `used` (records, bytes) lies between what the queue holds for sure and at
+    /// most.
+    fn check_usage(&self, used: (u64, u64), what: &str) -> Result<(), String> {
+        let usage = self.usage_bounds();
+        let within = |value: u64, (lower, upper): (u64, u64)| lower <= value && value <= upper;
+        if !within(used.0, usage.records) || !within(used.1, usage.bytes) {
+            return Err(format!(
+                "{what} a usage of {} records and {} bytes; the queue holds {:?} records and \
+                 {:?} bytes",
+                used.0, used.1, usage.records, usage.bytes
+            ));
+        }
+        Ok(())
+    }
+
     /// `len` returned `len`: the records the queue holds.
     fn check_len(&self, len: u64) -> Result<(), String> {
-        let (lower, upper) = self.usage_bounds();
+        let (lower, upper) = self.usage_bounds().records;
         if len < lower || len > upper {
             return Err(format!(
                 "len is {len}; the queue holds {lower} to {upper} records"
             ));
+        }
+        Ok(())
+    }
+
+    /// A push returned (or was refused) after it discarded `dropped` (seq, payload) to make
+    /// room (`Overflow::DropOldest`): consumed like a pop's records, so checked like them
+    /// (the oldest ready records: never consumed, held or parked, first deliveries in order)
+    /// and never delivered again.
+    /// With `to_dead_letters`, they moved to the dead-letter queue: there once at the end.
+    fn dropped(&mut self, dropped: &[(u64, Vec<u8>)], to_dead_letters: bool) -> Result<(), String> {
+        for (seq, bytes) in dropped {
+            self.delivered(*seq, bytes, true, self.always)?;
+            if to_dead_letters {
+                if let Some(record) = self.records.get_mut(&id_of(bytes)) {
+                    record.fate = Fate::Dead;
+                }
+            }
+            self.summary.dropped += 1;
         }
         Ok(())
     }
@@ -980,12 +1354,48 @@ impl Model {
     fn consumption_cut(&mut self, max: usize) {
         // It may have left leases of its own, which end when its death is found.
         self.leases_may_end = true;
+        if self.owed_seqs.is_empty() {
+            // The records that exist follow each other in the order of their ids (pushes are
+            // made one at a time; a record a power loss took gives its number to the next):
+            // the operation reached no further than its first `max` records certainly there
+            // and ready. Before them, the records that may be there (a cut push's, a cut
+            // consumption's) may have been taken or leased too, and those a dead process held
+            // (if its death was found) may have been taken: neither counts. Records a live
+            // process holds or that are parked are not ready.
+            let mut front = Vec::new();
+            let mut taken = 0;
+            for (&id, record) in &self.records {
+                if taken == max {
+                    break;
+                }
+                match record.fate {
+                    Fate::Consumed | Fate::Dead | Fate::Never | Fate::Parked => {}
+                    Fate::Owed if record.holder.is_some() => {}
+                    Fate::Owed => {
+                        // A spent record is moved to the dead-letter queue rather than taken.
+                        taken += usize::from(!record.lease_may_end && !record.dead_loose);
+                        front.push(id);
+                    }
+                    Fate::Maybe => front.push(id),
+                }
+            }
+            for id in front {
+                if let Some(record) = self.records.get_mut(&id) {
+                    record.fate = Fate::Maybe;
+                    record.delivered = true;
+                    record.handed = true;
+                    record.dead_loose = true;
+                }
+            }
+            return;
+        }
         // Records a cut push may have left (number unknown) may be at the front too: the cut
         // operation may have leased them, and a lease of a dead process ends (when it runs out,
         // or sooner when its death is found): they may then come after later ones.
         for record in self.records.values_mut() {
             if record.fate == Fate::Maybe {
                 record.delivered = true;
+                record.handed = true;
                 record.dead_loose = true;
             }
         }
@@ -1033,6 +1443,7 @@ impl Model {
             {
                 record.fate = Fate::Maybe;
                 record.delivered = true;
+                record.handed = true;
                 record.dead_loose = true;
             }
         }
@@ -1064,6 +1475,7 @@ impl Model {
     /// What a power loss may undo under `policy`.
     fn power_loss(&mut self, policy: Policy) {
         self.summary.power_losses += 1;
+        self.spool.power_loss(policy == Policy::Always);
         self.last_first = None;
         // Every process died; the open that recovers the queue ends every lease.
         self.leases_may_end = false;
@@ -1102,6 +1514,7 @@ impl Model {
             } else if record.consume_unsynced {
                 record.fate = Fate::Maybe;
                 record.delivered = true;
+                record.handed = true;
                 // A move to the dead-letter queue may be undone (or half of it: the push
                 // there is as durable as any push under this policy).
                 record.dead_loose = true;
@@ -1200,6 +1613,200 @@ impl Model {
     }
 }
 
+/// Where the model stands on one copy of a fanout.
+#[derive(Debug, Clone, Copy, Default)]
+struct Copy {
+    fate: Option<Fate>,
+    seq: Option<u64>,
+    /// A pop a kill cut may have taken it (or a power loss undone its pop): if it comes, it
+    /// tells nothing of the other copy.
+    taken: bool,
+    /// A power loss under `Never` or `Interval` may have kept it and lost its deduplication
+    /// entry, or the fanout's mark of done: a roll-forward may then write it again (as a push
+    /// with an id there may be written twice).
+    loose: bool,
+}
+
+/// The model of the fanouts of a run with a spool: each fanout writes one copy into each of
+/// the two queues, all or nothing, across kills under every policy (its intent is recorded
+/// first, and the next fanout or open in any process rolls it forward) and across power
+/// losses under `Always`; each copy comes once from its queue, in the order of that queue.
+#[derive(Debug, Default)]
+struct SpoolModel {
+    /// The two copies of each fanout, by the record id in its payload; `linked`: a fanout
+    /// cut by a kill, none of whose copies came yet: if one comes, the other is owed.
+    fanouts: BTreeMap<u64, ([Copy; 2], bool)>,
+    /// The fanout each known sequence number of each queue belongs to.
+    ids_by_seq: [BTreeMap<u64, u64>; 2],
+    /// The number of the last copy popped from each queue.
+    last_popped: [Option<u64>; 2],
+}
+
+impl SpoolModel {
+    /// A fanout of record `id` is about to run.
+    fn fanning(&mut self, id: u64) {
+        let maybe = Copy {
+            fate: Some(Fate::Maybe),
+            ..Copy::default()
+        };
+        self.fanouts.insert(id, ([maybe; 2], false));
+    }
+
+    fn learn_seq(&mut self, id: u64, target: usize, seq: u64) -> Result<(), String> {
+        if let Some(&other) = self.ids_by_seq[target].get(&seq) {
+            if other != id {
+                return Err(format!(
+                    "seq {seq} of queue {} belongs to fanouts {other} and {id}",
+                    TARGETS[target]
+                ));
+            }
+        }
+        let (copies, _) = self
+            .fanouts
+            .get_mut(&id)
+            .ok_or_else(|| format!("fanout {id} never ran"))?;
+        match copies[target].seq {
+            Some(known) if known != seq && !copies[target].loose => {
+                return Err(format!(
+                    "the copy of fanout {id} in queue {} has seq {known} and now {seq}",
+                    TARGETS[target]
+                ))
+            }
+            _ => copies[target].seq = Some(seq),
+        }
+        self.ids_by_seq[target].insert(seq, id);
+        Ok(())
+    }
+
+    /// A fanout of record `id` returned the numbers `seqs` (in the order of `TARGETS`).
+    fn fanned_out(
+        &mut self,
+        id: u64,
+        seqs: &[u64],
+        summary: &mut ProcessesSummary,
+    ) -> Result<(), String> {
+        if seqs.len() != TARGETS.len() {
+            return Err(format!("a fanout to two queues returned {seqs:?}"));
+        }
+        for (target, &seq) in seqs.iter().enumerate() {
+            self.learn_seq(id, target, seq)?;
+        }
+        if let Some((copies, _)) = self.fanouts.get_mut(&id) {
+            for copy in copies {
+                copy.fate = Some(Fate::Owed);
+            }
+        }
+        summary.fanouts += 1;
+        Ok(())
+    }
+
+    /// A fanout of record `id` was cut by a kill: all of it comes or none.
+    fn fanout_cut(&mut self, id: u64) {
+        if let Some((_, linked)) = self.fanouts.get_mut(&id) {
+            *linked = true;
+        }
+    }
+
+    /// A pop from queue `target` was cut by a kill: it may have taken any copy there.
+    fn pop_cut(&mut self, target: usize) {
+        for (copies, _) in self.fanouts.values_mut() {
+            let copy = &mut copies[target];
+            if matches!(copy.fate, Some(Fate::Owed | Fate::Maybe)) {
+                copy.fate = Some(Fate::Maybe);
+                copy.taken = true;
+            }
+        }
+    }
+
+    /// A pop from queue `target` returned `seq` with `bytes`.
+    fn popped(
+        &mut self,
+        target: usize,
+        seq: u64,
+        bytes: &[u8],
+        summary: &mut ProcessesSummary,
+    ) -> Result<(), String> {
+        let id = id_of(bytes);
+        if bytes
+            .get(8..)
+            .is_none_or(|rest| rest.iter().any(|&byte| byte != (id as u8) ^ 0xA5))
+        {
+            return Err(format!(
+                "copy {seq} of queue {} has other bytes than were fanned out",
+                TARGETS[target]
+            ));
+        }
+        self.learn_seq(id, target, seq)?;
+        if let Some(last) = self.last_popped[target] {
+            if seq <= last {
+                return Err(format!(
+                    "queue {} handed out seq {seq} after seq {last}",
+                    TARGETS[target]
+                ));
+            }
+        }
+        self.last_popped[target] = Some(seq);
+        let (copies, linked) = self.fanouts.get_mut(&id).ok_or("unknown fanout")?;
+        match copies[target].fate {
+            Some(Fate::Consumed) if !copies[target].loose => {
+                return Err(format!(
+                    "the copy of fanout {id} came twice from queue {} (seq {seq})",
+                    TARGETS[target]
+                ))
+            }
+            Some(Fate::Owed | Fate::Maybe | Fate::Consumed) => {}
+            other => return Err(format!("the copy of fanout {id} came as {other:?}")),
+        }
+        if *linked && !copies[target].taken {
+            // The cut fanout took effect: its other copy is there too.
+            let other = &mut copies[1 - target];
+            if other.fate == Some(Fate::Maybe) && !other.taken {
+                other.fate = Some(Fate::Owed);
+                summary.cut_fanouts_found += 1;
+            }
+        }
+        *linked = false;
+        copies[target].fate = Some(Fate::Consumed);
+        summary.copies_popped += 1;
+        Ok(())
+    }
+
+    /// A power loss: under `Always` every fanout and pop that returned was durable, and a cut
+    /// fanout's intent too if it was recorded; under the other policies any of it may be lost
+    /// (no sync of the spool's queues runs), a copy without the other.
+    fn power_loss(&mut self, always: bool) {
+        self.last_popped = [None; 2];
+        if always {
+            return;
+        }
+        self.ids_by_seq = Default::default();
+        for (copies, linked) in self.fanouts.values_mut() {
+            *linked = false;
+            for copy in copies {
+                copy.fate = Some(Fate::Maybe);
+                copy.seq = None;
+                copy.taken = true;
+                copy.loose = true;
+            }
+        }
+    }
+
+    /// After the final drain: every copy owed came.
+    fn check_drained(&self) -> Result<(), String> {
+        for (id, (copies, _)) in &self.fanouts {
+            for (target, copy) in copies.iter().enumerate() {
+                if copy.fate == Some(Fate::Owed) {
+                    return Err(format!(
+                        "the copy of fanout {id} in queue {} (seq {:?}) never came",
+                        TARGETS[target], copy.seq
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What an operation on one handle did (computed on whichever thread ran it).
 enum Outcome {
     Pushed(std::ops::Range<u64>),
@@ -1217,16 +1824,85 @@ enum Outcome {
         records: Vec<(u64, Vec<u8>, u32)>,
         kept: Vec<Delivery>,
     },
+    /// A batch or a push with an id not made under `Overflow::Block`: no room without waiting.
+    Skipped,
+    /// A fanout returned these numbers.
+    FannedOut(Vec<u64>),
+    /// A pop from a spool's queue returned this copy.
+    Copy(usize, Option<(u64, Vec<u8>)>),
     Done,
 }
 
-/// Runs `op` on `queue`; `held`: the deliveries its process holds, for a `Settle`.
+/// The bound of a run, as pushes need it.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    max_records: Option<u64>,
+    max_bytes: Option<u64>,
+    overflow: Overflow,
+}
+
+impl Bound {
+    fn of(config: &ProcessesConfig) -> Option<Bound> {
+        config.bounded().then_some(Bound {
+            max_records: config.max_records,
+            max_bytes: config.max_bytes,
+            overflow: config.overflow,
+        })
+    }
+
+    /// Whether `payloads` fit beside `used` (records, bytes).
+    fn fits(&self, used: (u64, u64), payloads: &[Vec<u8>]) -> bool {
+        let bytes: u64 = payloads.iter().map(|bytes| frame_bytes(bytes.len())).sum();
+        self.max_records
+            .is_none_or(|max| used.0 + payloads.len() as u64 <= max)
+            && self.max_bytes.is_none_or(|max| used.1 + bytes <= max)
+    }
+}
+
+/// Runs `op` on `queue`; `held`: the deliveries its process holds, for a `Settle`; `bound`:
+/// the queue's bound (under `Overflow::Block` no push may wait: the simulation is one thread).
 fn run_work(
     queue: &Queue,
+    spool: Option<&Spool>,
     op: &ProcessOp,
     payloads: &[Vec<u8>],
     held: Vec<Delivery>,
+    bound: Option<Bound>,
 ) -> Result<Outcome, Error> {
+    match (op, spool) {
+        (ProcessOp::Fanout { .. }, Some(spool)) => {
+            return Ok(Outcome::FannedOut(spool.fanout(&payloads[0], &TARGETS)?));
+        }
+        (ProcessOp::PopCopy { target, .. }, Some(spool)) => {
+            let target = usize::from(*target % 2);
+            let copy = spool
+                .queue(TARGETS[target])?
+                .pop()?
+                .map(|record| (record.seq(), record.payload().to_vec()));
+            return Ok(Outcome::Copy(target, copy));
+        }
+        (ProcessOp::Fanout { .. } | ProcessOp::PopCopy { .. }, None) => {
+            return Err(Error::InvalidOptions("a run without a spool".into()));
+        }
+        _ => {}
+    }
+    if let Some(bound) = bound.filter(|bound| bound.overflow == Overflow::Block) {
+        match op {
+            ProcessOp::Push { .. } => {
+                // Fails with `Error::Full` at once when there is no room.
+                let seq = queue.push_timeout(&payloads[0], Duration::ZERO)?;
+                return Ok(Outcome::Pushed(seq..seq + 1));
+            }
+            ProcessOp::PushBatch { .. } | ProcessOp::PushDedup { .. } => {
+                // Nothing else runs while this thread pushes: with room now, it never waits.
+                let used = queue.bound_usage().unwrap_or_default();
+                if !bound.fits(used, payloads) {
+                    return Ok(Outcome::Skipped);
+                }
+            }
+            _ => {}
+        }
+    }
     match op {
         ProcessOp::Push { .. } => {
             let seq = queue.push(&payloads[0])?;
@@ -1290,7 +1966,9 @@ fn run_work(
         }
         ProcessOp::Compact { .. } => queue.compact().map(|_| Outcome::Done),
         ProcessOp::Sync { .. } => queue.sync().map(|_| Outcome::Done),
-        ProcessOp::Reopen { .. }
+        ProcessOp::Fanout { .. }
+        | ProcessOp::PopCopy { .. }
+        | ProcessOp::Reopen { .. }
         | ProcessOp::Kill { .. }
         | ProcessOp::KillOpen { .. }
         | ProcessOp::KillDuring { .. }
@@ -1331,6 +2009,14 @@ fn settle(deliveries: Vec<Delivery>, how: Settle, fresh: bool) -> Result<Outcome
     })
 }
 
+/// Whether `op` pushes into the queue (a fanout pushes into the spool's queues).
+fn pushes(op: &ProcessOp) -> bool {
+    matches!(
+        op,
+        ProcessOp::Push { .. } | ProcessOp::PushBatch { .. } | ProcessOp::PushDedup { .. }
+    )
+}
+
 /// The id in the first 8 bytes of a payload.
 fn id_of(bytes: &[u8]) -> u64 {
     bytes.get(..8).map_or(u64::MAX, |head| {
@@ -1347,6 +2033,9 @@ enum Cut {
     Point(CrashPoint),
 }
 
+/// What an open in a thread of its own returns: the queue, and the spool in a run with one.
+type OpenResult = Result<(Arc<Queue>, Option<Arc<Spool>>), Error>;
+
 /// One simulated process with its handle.
 struct Process {
     /// Its number on the simulated filesystem (a new one for each start).
@@ -1356,6 +2045,8 @@ struct Process {
     consumer: bool,
     /// The deliveries it received and holds (`RecvHold`).
     held: Vec<Delivery>,
+    /// Its spool, in a run with one.
+    spool: Option<Arc<Spool>>,
 }
 
 /// The run: the filesystem, the processes, the model, and what killed processes left.
@@ -1370,7 +2061,15 @@ struct Run {
     /// Threads stopped at a kill point.
     stopped: Vec<std::thread::JoinHandle<Result<Outcome, Error>>>,
     /// Opens stopped at a kill point.
-    stopped_opens: Vec<std::thread::JoinHandle<Result<Arc<Queue>, Error>>>,
+    stopped_opens: Vec<std::thread::JoinHandle<OpenResult>>,
+    /// Records the handle of the operation running had discarded to make room before it.
+    discards_before: u64,
+    /// How many records the queue may hold over its bound: consumer calls cut by a kill
+    /// may have counted as consumed records that are still there (sentence 31).
+    bound_slack: u64,
+    /// Whether a consumer call returned since the last one a kill cut (its turn counted the
+    /// usage from the files).
+    slack_settled: bool,
 }
 
 impl Run {
@@ -1383,7 +2082,16 @@ impl Run {
             options = options.dedup_window(Duration::from_secs(3600));
         }
         if let Some(max) = self.config.max_records {
-            options = options.max_records(max).overflow(crate::Overflow::Reject);
+            options = options.max_records(max);
+        }
+        if let Some(max) = self.config.max_bytes {
+            options = options.max_bytes(max);
+        }
+        if self.config.bounded() {
+            options = options.overflow(self.config.overflow);
+        }
+        if self.config.drops_to_dead_letters {
+            options = options.dead_letter_dir(format!("{DIR}.dead"));
         }
         options
     }
@@ -1410,8 +2118,33 @@ impl Run {
             queue: Some(Arc::new(queue)),
             consumer: false,
             held: Vec::new(),
+            spool: None,
         };
+        self.open_spool(index)
+    }
+
+    /// Opens the spool in the process of slot `index` (in a run with one): its open finishes
+    /// the fanouts a dead process left.
+    fn open_spool(&mut self, index: usize) -> Result<(), String> {
+        if !self.config.spool {
+            return Ok(());
+        }
+        let number = self.processes[index].number;
+        let spool = Spool::open(SPOOL_DIR, self.spool_options(number))
+            .map_err(|error| format!("open of the spool in process {number} failed: {error}"))?;
+        self.processes[index].spool = Some(Arc::new(spool));
         Ok(())
+    }
+
+    /// The options of the spool's queues.
+    fn spool_options(&self, process: u32) -> Options {
+        Options::default()
+            .exclusive(false)
+            .segment_size(SEGMENT_SIZE)
+            .max_record_size(usize::from(PAYLOAD_MAX) + 16)
+            .sync(self.config.policy.sync_policy())
+            .dedup_window(Duration::from_secs(3600))
+            .storage(Arc::new(self.sim.process(process)))
     }
 
     /// Starts a new process for slot `index` whose open is killed at its `calls + 1`-th
@@ -1420,9 +2153,19 @@ impl Run {
         self.next_process += 1;
         let number = self.next_process;
         let options = self.options(number);
+        // In a run with a spool the kill may also cut the spool's open, and the roll-forward
+        // of the fanouts a dead process left in it.
+        let spool_options = self.config.spool.then(|| self.spool_options(number));
         let kills_before = self.sim.kills(number);
         self.sim.kill_at(number, u64::from(calls));
-        let opening = std::thread::spawn(move || Queue::open(DIR, options).map(Arc::new));
+        let opening = std::thread::spawn(move || {
+            let queue = Arc::new(Queue::open(DIR, options)?);
+            let spool = match spool_options {
+                Some(options) => Some(Arc::new(Spool::open(SPOOL_DIR, options)?)),
+                None => None,
+            };
+            Ok((queue, spool))
+        });
         if racing_push {
             let pusher = (index + 1) % self.processes.len();
             let push = ProcessOp::Push {
@@ -1431,7 +2174,16 @@ impl Run {
             };
             let payloads = self.prepare(&push);
             let queue = self.queue(pusher)?;
-            let outcome = run_work(&queue, &push, &payloads, Vec::new());
+            self.discards_before = queue.overflow_discards();
+            queue.take_dropped();
+            let outcome = run_work(
+                &queue,
+                None,
+                &push,
+                &payloads,
+                Vec::new(),
+                Bound::of(&self.config),
+            );
             self.apply(pusher, &push, &payloads, outcome)?;
         }
         loop {
@@ -1443,15 +2195,16 @@ impl Run {
             }
             if opening.is_finished() {
                 self.sim.disarm_kill(number);
-                let queue = opening
+                let (queue, spool) = opening
                     .join()
                     .map_err(|_| format!("open in process {number} panicked"))?
-                    .map_err(|error| format!("open in process {number} failed: {error}"))?;
+                    .map_err(|error: Error| format!("open in process {number} failed: {error}"))?;
                 self.processes[index] = Process {
                     number,
                     queue: Some(queue),
                     consumer: false,
                     held: Vec::new(),
+                    spool,
                 };
                 return Ok(());
             }
@@ -1463,6 +2216,10 @@ impl Run {
     fn bury(&mut self, index: usize) {
         if let Some(queue) = self.processes[index].queue.take() {
             self.dead.push(queue);
+        }
+        if let Some(spool) = self.processes[index].spool.take() {
+            // Never dropped: its queues would close.
+            std::mem::forget(spool);
         }
         // A dead process settles nothing: its deliveries are never dropped (a drop releases).
         for delivery in std::mem::take(&mut self.processes[index].held) {
@@ -1510,6 +2267,8 @@ impl Run {
                         .close()
                         .map_err(|error| format!("close of handle {index} failed: {error}"))?;
                 }
+                // Its spool closes its queues.
+                drop(self.processes[index].spool.take());
                 // What it held settles nothing now. Its leases end for the other handles as a
                 // dead process's do: once a consumer finds its slot file unlocked (it looks at
                 // most every 10 ms; sentence 29).
@@ -1539,7 +2298,17 @@ impl Run {
                 let payloads = self.prepare(work);
                 let queue = self.queue(index)?;
                 let held = self.held_for(index, work);
-                let outcome = run_work(&queue, work, &payloads, held);
+                self.discards_before = queue.overflow_discards();
+                queue.take_dropped();
+                let spool = self.processes[index].spool.clone();
+                let outcome = run_work(
+                    &queue,
+                    spool.as_deref(),
+                    work,
+                    &payloads,
+                    held,
+                    Bound::of(&self.config),
+                );
                 self.apply(index, work, &payloads, outcome)?;
                 // The usage of a bounded queue is exact, also after kills (sentence 31), as
                 // a consumer counts it.
@@ -1549,6 +2318,44 @@ impl Run {
                 Ok(())
             }
         }
+    }
+
+    /// After every step of a bounded run: the usage every push checks (the control file's
+    /// totals pushed and consumed) lies between what the queue holds for sure and at most,
+    /// and within the bound (unless a power loss under `Never` or `Interval` undid
+    /// consumptions, which may leave more records than the bound).
+    fn check_bound_usage(&mut self) -> Result<(), String> {
+        if !self.config.bounded() {
+            return Ok(());
+        }
+        let queue = self.queue(0)?;
+        let used = queue
+            .bound_usage()
+            .ok_or("a bounded queue's handle has no bound")?;
+        let may_overflow =
+            self.config.policy != Policy::Always && self.model.summary.power_losses > 0;
+        let slack = self.bound_slack;
+        let over = self.config.max_records.is_some_and(|max| used.0 > max)
+            || self.config.max_bytes.is_some_and(|max| used.1 > max);
+        let past_slack =
+            self.config
+                .max_records
+                .is_some_and(|max| used.0 > max + slack)
+                || self.config.max_bytes.is_some_and(|max| {
+                    used.1 > max + slack * frame_bytes(usize::from(PAYLOAD_MAX))
+                });
+        if !may_overflow && past_slack {
+            return Err(format!(
+                "the usage is {} records and {} bytes, past the bound of {:?} records and {:?} \
+                 bytes (by more than the {slack} records consumer calls cut by kills may have \
+                 counted)",
+                used.0, used.1, self.config.max_records, self.config.max_bytes
+            ));
+        }
+        if !over && self.slack_settled {
+            self.bound_slack = 0;
+        }
+        self.model.check_usage(used, "pushes check")
     }
 
     /// The deliveries `op` settles: all that the process holds, for a `Settle`.
@@ -1562,13 +2369,19 @@ impl Run {
 
     /// The ids and payloads of what `op` pushes (known to the model from now on).
     fn prepare(&mut self, op: &ProcessOp) -> Vec<Vec<u8>> {
+        if let ProcessOp::Fanout { len, .. } = op {
+            let id = self.model.new_ids(1)[0];
+            self.model.spool.fanning(id);
+            return vec![payload(id, *len)];
+        }
         let (count, len) = match op {
             ProcessOp::Push { len, .. } | ProcessOp::PushDedup { len, .. } => (1, *len),
             ProcessOp::PushBatch { count, len, .. } => (usize::from(*count), *len),
             _ => return Vec::new(),
         };
         let ids = self.model.new_ids(count);
-        self.model.pushing(&ids);
+        self.model
+            .pushing(&ids, frame_bytes(usize::from(len.max(8))));
         ids.iter().map(|&id| payload(id, len)).collect()
     }
 
@@ -1591,6 +2404,8 @@ impl Run {
         ) || matches!(&outcome, Ok(Outcome::Settled { records, .. }) if !records.is_empty())
         {
             self.processes[index].consumer = true;
+            // Its turn counted the usage from the files, after any that a kill cut.
+            self.slack_settled |= outcome.is_ok();
         }
         if std::env::var_os("DISKSPOOL_SIM_TRACE").is_some() {
             match &outcome {
@@ -1624,16 +2439,59 @@ impl Run {
                         .collect::<Vec<_>>()
                 ),
                 Ok(Outcome::Done) => {}
+                Ok(Outcome::Skipped) => eprintln!("  skipped: no room without waiting"),
+                Ok(Outcome::FannedOut(seqs)) => eprintln!("  fanned out {seqs:?}"),
+                Ok(Outcome::Copy(target, copy)) => eprintln!(
+                    "  popped from {} {:?}",
+                    TARGETS[*target],
+                    copy.as_ref().map(|(seq, bytes)| (*seq, id_of(bytes)))
+                ),
                 Err(error) => eprintln!("  failed: {error}"),
             }
         }
         let ids: Vec<u64> = payloads.iter().map(|bytes| id_of(bytes)).collect();
-        if let (Err(Error::Full { records, .. }), Some(max)) = (&outcome, self.config.max_records) {
-            return self.model.refused(&ids, *records, max);
-        }
-        if let (Ok(Outcome::Pushed(_)), Some(max)) = (&outcome, self.config.max_records) {
-            if !matches!(op, ProcessOp::PushDedup { .. }) {
-                self.model.accepted(ids.len() as u64, max)?;
+        let bytes: u64 = payloads.iter().map(|bytes| frame_bytes(bytes.len())).sum();
+        if let Some(bound) = Bound::of(&self.config).filter(|_| pushes(op)) {
+            {
+                // What a push under `DropOldest` discarded first.
+                let queue = self.queue(index)?;
+                let dropped = queue.take_dropped();
+                let counted = queue
+                    .overflow_discards()
+                    .saturating_sub(self.discards_before);
+                if counted != dropped.len() as u64 {
+                    return Err(format!(
+                        "{op:?} discarded {} records and counted {counted}",
+                        dropped.len()
+                    ));
+                }
+                if !dropped.is_empty() {
+                    if bound.overflow != Overflow::DropOldest {
+                        return Err(format!(
+                            "{op:?} discarded {counted} records under {:?}",
+                            bound.overflow
+                        ));
+                    }
+                    // A consumer call: its sync syncs the consumer files.
+                    self.processes[index].consumer = true;
+                    self.model
+                        .dropped(&dropped, self.config.drops_to_dead_letters)?;
+                }
+            }
+            if let Err(Error::Full {
+                records: used_records,
+                bytes: used_bytes,
+                ..
+            }) = &outcome
+            {
+                return self
+                    .model
+                    .refused(&ids, bytes, (*used_records, *used_bytes), &bound);
+            }
+            if let Ok(Outcome::Pushed(_)) = &outcome {
+                if !matches!(op, ProcessOp::PushDedup { .. }) {
+                    self.model.accepted(ids.len() as u64, bytes, &bound)?;
+                }
             }
         }
         match outcome.map_err(|error| format!("{op:?} on handle {index} failed: {error}"))? {
@@ -1689,6 +2547,28 @@ impl Run {
                 self.model
                     .peeked(peeked.as_ref(), popped.as_ref().map(Option::as_ref), always)
             }
+            Outcome::FannedOut(seqs) => {
+                self.model
+                    .spool
+                    .fanned_out(ids[0], &seqs, &mut self.model.summary)
+            }
+            Outcome::Copy(target, copy) => match copy {
+                Some((seq, bytes)) => {
+                    self.model
+                        .spool
+                        .popped(target, seq, &bytes, &mut self.model.summary)
+                }
+                None => Ok(()),
+            },
+            Outcome::Skipped => {
+                for id in &ids {
+                    if let Some(record) = self.model.records.get_mut(id) {
+                        record.fate = Fate::Never;
+                    }
+                }
+                self.model.summary.skipped += 1;
+                Ok(())
+            }
             Outcome::Done => {
                 if matches!(op, ProcessOp::Sync { .. }) {
                     self.model.synced(self.processes[index].consumer);
@@ -1717,6 +2597,10 @@ impl Run {
             }
             Cut::Point(point) => Some(point.name()),
         };
+        self.discards_before = queue.overflow_discards();
+        queue.take_dropped();
+        let bound = Bound::of(&self.config);
+        let spool = self.processes[index].spool.clone();
         let thread = {
             let (op, payloads, sim) = (op.clone(), payloads.clone(), self.sim.clone());
             std::thread::spawn(move || {
@@ -1733,7 +2617,7 @@ impl Run {
                         },
                     )));
                 }
-                run_work(&queue, &op, &payloads, held)
+                run_work(&queue, spool.as_deref(), &op, &payloads, held, bound)
             })
         };
         loop {
@@ -1742,6 +2626,29 @@ impl Run {
                 self.stopped.push(thread);
                 self.bury(index);
                 self.model.summary.kills_during += 1;
+                // A consumer call cut short may have counted as consumed records that are not
+                // (they come back): the queue may then go over its bound by as many, until the
+                // next consumer turn counts the usage from the files and they are consumed
+                // (sentence 31).
+                let counted = match op {
+                    ProcessOp::Pop { max: count, .. }
+                    | ProcessOp::RecvHold { count, .. }
+                    | ProcessOp::RecvAck { count, .. }
+                    | ProcessOp::RecvNack { count, .. } => u64::from(*count),
+                    ProcessOp::Peek { .. } => 1,
+                    ProcessOp::Settle { .. } => held_ids.len() as u64,
+                    _ if self.config.overflow == Overflow::DropOldest && pushes(op) => {
+                        payloads.len() as u64
+                            + payloads
+                                .iter()
+                                .map(|bytes| frame_bytes(bytes.len()))
+                                .sum::<u64>()
+                                .div_ceil(frame_bytes(8))
+                    }
+                    _ => 0,
+                };
+                self.bound_slack += counted;
+                self.slack_settled = false;
                 match op {
                     ProcessOp::Pop { max, .. } => self.model.consumption_cut(usize::from(*max)),
                     ProcessOp::Peek { .. } => self.model.consumption_cut(1),
@@ -1759,8 +2666,23 @@ impl Run {
                     ProcessOp::PushDedup { key, .. } => {
                         self.model.dedup_cut(*key, id_of(&payloads[0]))
                     }
+                    ProcessOp::Fanout { .. } => self.model.spool.fanout_cut(id_of(&payloads[0])),
+                    ProcessOp::PopCopy { target, .. } => {
+                        self.model.spool.pop_cut(usize::from(*target % 2))
+                    }
                     // What it pushed stays "maybe"; a sync that did not return promises nothing.
                     _ => {}
+                }
+                if self.config.bounded()
+                    && self.config.overflow == Overflow::DropOldest
+                    && pushes(op)
+                {
+                    // It may have dropped records at the front first: as many as its records
+                    // need, and one at a time for its bytes.
+                    let bytes: u64 = payloads.iter().map(|bytes| frame_bytes(bytes.len())).sum();
+                    let most = payloads.len() as u64 + bytes.div_ceil(frame_bytes(8));
+                    self.model
+                        .consumption_cut(usize::try_from(most).unwrap_or(usize::MAX));
                 }
                 return self.start(index);
             }
@@ -1806,6 +2728,7 @@ impl Run {
                     continue;
                 }
                 self.read_dead_letters()?;
+                self.drain_spool()?;
                 return self.model.check_drained();
             }
             for record in records {
@@ -1815,9 +2738,34 @@ impl Run {
         }
     }
 
+    /// Pops everything left in the spool's queues (in a run with one), and checks that every
+    /// copy owed came.
+    fn drain_spool(&mut self) -> Result<(), String> {
+        let Some(spool) = self.processes[0].spool.clone() else {
+            return Ok(());
+        };
+        for (target, name) in TARGETS.iter().enumerate() {
+            let queue = spool
+                .queue(name)
+                .map_err(|error| format!("open of spool queue {name} failed: {error}"))?;
+            while let Some(record) = queue
+                .pop()
+                .map_err(|error| format!("drain of spool queue {name} failed: {error}"))?
+            {
+                self.model.spool.popped(
+                    target,
+                    record.seq(),
+                    record.payload(),
+                    &mut self.model.summary,
+                )?;
+            }
+        }
+        self.model.spool.check_drained()
+    }
+
     /// Reads the dead-letter queue in a process of its own, into the model.
     fn read_dead_letters(&mut self) -> Result<(), String> {
-        if self.config.max_deliveries.is_none() {
+        if self.config.max_deliveries.is_none() && !self.config.drops_to_dead_letters {
             return Ok(());
         }
         self.next_process += 1;
@@ -1882,16 +2830,21 @@ pub fn run_processes(
                 queue: None,
                 consumer: false,
                 held: Vec::new(),
+                spool: None,
             })
             .collect(),
         next_process: 0,
         model: Model {
             max_deliveries: config.max_deliveries,
+            always: config.policy == Policy::Always,
             ..Model::default()
         },
         dead: Vec::new(),
         stopped: Vec::new(),
         stopped_opens: Vec::new(),
+        discards_before: 0,
+        bound_slack: 0,
+        slack_settled: true,
     };
     let result = (|| {
         for index in 0..run.processes.len() {
@@ -1934,10 +2887,76 @@ pub fn run_processes(
                 eprintln!("step {step}: {op:?}");
             }
             run.step(op)
+                .and_then(|()| run.check_bound_usage())
                 .map_err(|violation| format!("step {step} ({op:?}): {violation}"))?;
         }
         run.drain()
     })();
     run.finish();
     result.map(|()| run.model.summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model whose push of a batch of three records was cut (ids 0, 1, 2).
+    fn cut_batch() -> (Model, Vec<u64>) {
+        let mut model = Model::default();
+        let ids = model.new_ids(3);
+        model.pushing(&ids, frame_bytes(16));
+        (model, ids)
+    }
+
+    #[test]
+    fn a_cut_batch_that_shows_is_owed_whole() {
+        let (mut model, ids) = cut_batch();
+        model
+            .delivered(7, &payload(ids[0], 16), true, false)
+            .unwrap();
+        // The other two are owed, at 8 and 9.
+        assert!(model.check_drained().is_err());
+        model
+            .delivered(8, &payload(ids[1], 16), true, false)
+            .unwrap();
+        model
+            .delivered(9, &payload(ids[2], 16), true, false)
+            .unwrap();
+        model.check_drained().unwrap();
+        assert_eq!(model.summary.cut_batches_found, 1);
+    }
+
+    #[test]
+    fn a_batch_is_refused_out_of_order_or_apart() {
+        let (mut model, ids) = cut_batch();
+        model
+            .delivered(7, &payload(ids[1], 16), true, false)
+            .unwrap();
+        // Its first record, before it, was never handed out: it cannot come after it.
+        let error = model
+            .delivered(6, &payload(ids[0], 16), true, false)
+            .unwrap_err();
+        assert!(error.contains("first time"), "{error}");
+
+        let (mut model, ids) = cut_batch();
+        model
+            .delivered(7, &payload(ids[0], 16), true, false)
+            .unwrap();
+        let error = model
+            .delivered(9, &payload(ids[1], 16), true, false)
+            .unwrap_err();
+        // Its second record is owed at 8 (9 is its third's).
+        assert!(error.contains("belongs to record 2"), "{error}");
+    }
+
+    #[test]
+    fn a_batch_possibly_handed_out_in_part_promises_nothing() {
+        let (mut model, ids) = cut_batch();
+        // A consumer call cut by a kill may have taken its first record.
+        model.consumption_cut(1);
+        model
+            .delivered(8, &payload(ids[1], 16), true, false)
+            .unwrap();
+        model.check_drained().unwrap();
+    }
 }
