@@ -296,13 +296,13 @@ fn open_queue_with(
         options = options.segment_size(bytes);
     }
     let queue = match access {
-        Access::Shared => match Queue::open(dir, options.clone().exclusive(false)) {
+        Access::Shared => match open_waiting(dir, &options.clone().exclusive(false)) {
             // The queue refuses to be shared (an option no shared queue takes yet): open it
             // alone, as before shared queues existed.
             Err(diskspool::Error::InvalidOptions(why)) => open_alone(dir, options, &why)?,
             opened => opened?,
         },
-        Access::Alone(None) => Queue::open(dir, options)?,
+        Access::Alone(None) => open_waiting(dir, &options)?,
         Access::Alone(Some(why)) => open_alone(dir, options, why)?,
     };
     report_recovery(queue.recovery_report());
@@ -312,7 +312,7 @@ fn open_queue_with(
 /// An exclusive open for a command that needs the queue alone for the reason `why`; when
 /// another process has it open, says that reason before the exit-4 message.
 fn open_alone(dir: &Path, options: Options, why: &str) -> Result<Queue, diskspool::Error> {
-    let opened = Queue::open(dir, options);
+    let opened = open_waiting(dir, &options);
     if let Err(diskspool::Error::Locked { .. }) = &opened {
         eprintln!(
             "spool: this command needs the queue alone: {}",
@@ -320,6 +320,25 @@ fn open_alone(dir: &Path, options: Options, why: &str) -> Result<Queue, diskspoo
         );
     }
     opened
+}
+
+/// How long a command waits for a queue that is locked against it before it exits 4: a hold
+/// of a moment (another `spool` command that needs the queue alone, a process closing it, a
+/// process that forked while it had the queue open and has not yet started its new program)
+/// is waited out; a service that keeps the queue is reported.
+pub(crate) const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `Queue::open`, tried again every 10 ms while the queue is locked, for up to [`LOCK_GRACE`].
+pub(crate) fn open_waiting(dir: &Path, options: &Options) -> Result<Queue, diskspool::Error> {
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match Queue::open(dir, options.clone()) {
+            Err(diskspool::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened,
+        }
+    }
 }
 
 /// Tells the operator on standard error what opening the queue recovered from a crash.

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use diskspool::format::settings::QueueSettings;
 use diskspool::storage::queue_dir::read_settings;
 use diskspool::storage::OsStorage;
-use diskspool::{Options, Overflow, Queue, SyncPolicy};
+use diskspool::{Options, Overflow, SyncPolicy};
 use serde::Serialize;
 
 use crate::{print, require_dir, Failure, EXIT_OK};
@@ -248,7 +248,7 @@ pub fn config(args: &ConfigArgs) -> Result<u8, Failure> {
         let options = args
             .policies
             .apply(Options::default().create_if_missing(false));
-        Queue::open(&args.dir, options)?.close()?;
+        crate::open_waiting(&args.dir, &options)?.close()?;
     } else if !diskspool::storage::queue_dir::is_queue(&OsStorage, &args.dir)? {
         return Err(Failure::Queue(diskspool::Error::NotAQueue {
             dir: args.dir.clone(),

@@ -229,6 +229,32 @@ fn commands_that_change_the_queue_report_the_lock_holder_with_exit_4() {
     }
 }
 
+/// A queue locked for a moment (here: held alone by this process for 200 ms after the command
+/// started, less than `LOCK_GRACE`) is waited out, not reported: the push lands once the
+/// holder closes.
+#[test]
+fn a_command_waits_out_a_lock_held_for_a_moment() {
+    let (_temp, dir) = queue_with(5, 0);
+    let held = diskspool::Queue::open(&dir, options()).unwrap();
+    let child = std::process::Command::new(spool(&[]).get_program())
+        .args(["push", arg(&dir), "after the hold"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(held);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let records = drain(&dir);
+    assert_eq!(records.len(), 6);
+    assert_eq!(records[5].1, b"after the hold");
+}
+
 #[test]
 fn every_subcommand_has_help_with_examples() {
     for command in [
