@@ -81,20 +81,34 @@ pub(crate) fn begin_open(storage: Arc<dyn Storage>, dir: &Path) -> Result<Openin
     let lock_path = dir.join(LOCK_FILE_NAME);
     let attached = LockFile::open(&*storage, &lock_path)
         .map_err(|error| Error::io("open", &lock_path, error))?;
-    let first = match attached.try_lock() {
-        Ok(()) => true,
-        Err(TryLockError::WouldBlock) => match attached.try_lock_shared() {
-            Ok(()) => false,
-            // An exclusive handle has the queue.
-            Err(TryLockError::WouldBlock) => {
-                return Err(Error::Locked {
-                    dir: dir.to_path_buf(),
-                    pid: attached.holder_pid(),
-                })
-            }
+    // An exclusive lock found held may be a closed handle's, still held by a child process
+    // that forked while it was open and has not yet started its new program: tried again for a
+    // moment, as an exclusive open does (`OsStorage::lock_dir`).
+    let deadline = std::time::Instant::now() + crate::storage::LOCK_RETRY_WINDOW;
+    let first = loop {
+        match attached.try_lock() {
+            Ok(()) => break true,
+            Err(TryLockError::WouldBlock) => match attached.try_lock_shared() {
+                Ok(()) => break false,
+                Err(TryLockError::WouldBlock)
+                    if attached.may_be_held_for_a_moment()
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                // An exclusive handle has the queue.
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::Locked {
+                        dir: dir.to_path_buf(),
+                        pid: attached.holder_pid(),
+                    })
+                }
+                Err(TryLockError::Error(error)) => {
+                    return Err(Error::io("lock", &lock_path, error))
+                }
+            },
             Err(TryLockError::Error(error)) => return Err(Error::io("lock", &lock_path, error)),
-        },
-        Err(TryLockError::Error(error)) => return Err(Error::io("lock", &lock_path, error)),
+        }
     };
     Ok(Opening {
         storage,

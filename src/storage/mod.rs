@@ -200,8 +200,9 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     }
 }
 
-/// How long `lock_dir` keeps trying before it reports the directory as locked.
-const LOCK_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long `lock_dir` (and a shared queue's open) keeps trying before it reports the
+/// directory as locked.
+pub(crate) const LOCK_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The real filesystem.
 ///

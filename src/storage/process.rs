@@ -67,6 +67,14 @@ impl LockFile {
         }
     }
 
+    /// Whether a lock found held may be held for a moment only, and is worth trying again
+    /// (see `OsStorage::lock_dir`): a child process shares its parent's lock between fork and
+    /// exec. Not on the simulated filesystem, whose runs replay the same calls whatever the
+    /// time, and whose processes do not fork.
+    pub(crate) fn may_be_held_for_a_moment(&self) -> bool {
+        matches!(self.inner, LockInner::Os(_))
+    }
+
     /// Takes the lock exclusively, waiting for its holders.
     pub(crate) fn lock(&self) -> io::Result<()> {
         match &self.inner {

@@ -162,6 +162,45 @@ fn an_exclusive_handle_and_a_shared_one_exclude_each_other() {
     Queue::open(dir.path(), Options::default()).unwrap();
 }
 
+/// A child process forked while a handle had the queue open shares the handle's lock until it
+/// starts its new program or exits (here it sleeps 100 ms first, as a child of a loaded machine
+/// may before its `exec`): an open right after the handle closed waits that moment out, shared
+/// or exclusive, instead of reporting the queue locked by this very process.
+#[test]
+fn an_open_waits_out_a_lock_a_forked_child_holds_for_a_moment() {
+    let forked_child_holding_the_lock = || {
+        // SAFETY: the child calls only async-signal-safe functions (usleep, _exit).
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                libc::usleep(100_000);
+                libc::_exit(0)
+            },
+            pid => {
+                assert!(pid > 0, "fork failed");
+                pid
+            }
+        }
+    };
+    let reap = |pid: libc::pid_t| {
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (first, then) in [
+        (Options::default(), shared(SyncPolicy::Never)),
+        (shared(SyncPolicy::Never), Options::default()),
+    ] {
+        let handle = Queue::open(dir.path(), first).unwrap();
+        handle.push(b"x").unwrap();
+        let child = forked_child_holding_the_lock();
+        drop(handle);
+        let opened = Queue::open(dir.path(), then);
+        reap(child);
+        assert!(opened.is_ok(), "{:?}", opened.err());
+    }
+}
+
 #[test]
 fn a_blocked_consumer_wakes_on_another_handles_push() {
     for sync in [SyncPolicy::Never, SyncPolicy::Always] {
