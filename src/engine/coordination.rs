@@ -83,19 +83,15 @@ pub(crate) fn begin_open(storage: Arc<dyn Storage>, dir: &Path) -> Result<Openin
         .map_err(|error| Error::io("open", &lock_path, error))?;
     // An exclusive lock found held may be a closed handle's, still held by a child process
     // that forked while it was open and has not yet started its new program: tried again for a
-    // moment, as an exclusive open does (`OsStorage::lock_dir`).
-    let deadline = std::time::Instant::now() + crate::storage::LOCK_RETRY_WINDOW;
+    // moment, as an exclusive open does (`MomentaryHold`).
+    let hold = crate::storage::MomentaryHold::new();
     let first = loop {
         match attached.try_lock() {
             Ok(()) => break true,
             Err(TryLockError::WouldBlock) => match attached.try_lock_shared() {
                 Ok(()) => break false,
                 Err(TryLockError::WouldBlock)
-                    if attached.may_be_held_for_a_moment()
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
+                    if attached.may_be_held_for_a_moment() && hold.wait_again() => {}
                 // An exclusive handle has the queue.
                 Err(TryLockError::WouldBlock) => {
                     return Err(Error::Locked {

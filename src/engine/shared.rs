@@ -863,21 +863,17 @@ impl Shared {
 
     /// Hands out up to `max` records under a lease.
     pub(crate) fn recv_batch(&self, max: usize) -> Result<Vec<Leased>> {
-        // One record: as `pop_one`, what this handle knows first. A batch takes up everything
-        // first, so that it is as full as the queue allows.
-        let mut take_up = match max {
-            1 => TakeUp::Later,
-            _ => TakeUp::First,
-        };
-        loop {
+        if max == 1 && self.env.coordination.is_some() {
+            // One record: as `pop_one_shared`, what this handle knows first. A batch takes up
+            // everything first, so that it is as full as the queue allows.
             let leased = self
-                .consumer_taking_up(take_up)?
+                .begin_turn(TakeUp::Later)?
                 .recv_batch(&self.env, &self.log, self, max)?;
-            if !leased.is_empty() || take_up == TakeUp::First || self.env.coordination.is_none() {
+            if !leased.is_empty() {
                 return Ok(leased);
             }
-            take_up = TakeUp::First;
         }
+        self.consumer()?.recv_batch(&self.env, &self.log, self, max)
     }
 
     /// Acknowledges `seq`.

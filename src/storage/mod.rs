@@ -200,9 +200,32 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     }
 }
 
-/// How long `lock_dir` (and a shared queue's open) keeps trying before it reports the
-/// directory as locked.
-pub(crate) const LOCK_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+/// A lock found held that may be held for a moment only: a `flock` belongs to the open file
+/// description, which a child process shares between fork and exec, so a program that closes
+/// and reopens a queue while another thread spawns a process can find its own released lock
+/// still held. `lock_dir` and a shared queue's open try again for 200 ms before they report
+/// the directory as locked.
+pub(crate) struct MomentaryHold {
+    deadline: std::time::Instant,
+}
+
+impl MomentaryHold {
+    /// The window starts now.
+    pub(crate) fn new() -> Self {
+        MomentaryHold {
+            deadline: std::time::Instant::now() + std::time::Duration::from_millis(200),
+        }
+    }
+
+    /// Whether to try again: waits 2 ms and says yes while the window lasts.
+    pub(crate) fn wait_again(&self) -> bool {
+        let again = std::time::Instant::now() < self.deadline;
+        if again {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        again
+    }
+}
 
 /// The real filesystem.
 ///
@@ -344,17 +367,12 @@ impl Storage for OsStorage {
         // Never through a symlink: the lock file is truncated and written below, and a link to
         // another file (run as root: any file) would have that file emptied.
         let file = open_or_create_regular(&path).map_err(LockFailure::Io)?;
-        // A flock belongs to the open file description, which a child process shares between
-        // fork and exec: a program that closes and reopens a queue while another thread spawns
-        // a process can find its own released lock still held for that moment. Retry briefly
-        // before reporting the directory as locked.
-        let deadline = std::time::Instant::now() + LOCK_RETRY_WINDOW;
+        // Held for a moment only, maybe (see `MomentaryHold`).
+        let hold = MomentaryHold::new();
         loop {
             match file.try_lock() {
                 Ok(()) => break,
-                Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
+                Err(TryLockError::WouldBlock) if hold.wait_again() => {}
                 Err(TryLockError::WouldBlock) => {
                     return Err(LockFailure::Held {
                         pid: read_pid(&file),

@@ -68,7 +68,7 @@ impl LockFile {
     }
 
     /// Whether a lock found held may be held for a moment only, and is worth trying again
-    /// (see `OsStorage::lock_dir`): a child process shares its parent's lock between fork and
+    /// (see `MomentaryHold`): a child process shares its parent's lock between fork and
     /// exec. Not on the simulated filesystem, whose runs replay the same calls whatever the
     /// time, and whose processes do not fork.
     pub(crate) fn may_be_held_for_a_moment(&self) -> bool {
