@@ -330,20 +330,7 @@ fn run_processes_seeds(first: u64, count: u64) -> ProcessesSummary {
     let started = std::time::Instant::now();
     let mut total = ProcessesSummary::default();
     for seed in first..first + count {
-        let summary = check_processes_seed(seed);
-        total.pushed += summary.pushed;
-        total.consumed += summary.consumed;
-        total.kills += summary.kills;
-        total.kills_during += summary.kills_during;
-        total.power_losses += summary.power_losses;
-        total.dead_lettered += summary.dead_lettered;
-        total.refused += summary.refused;
-        total.dropped += summary.dropped;
-        total.skipped += summary.skipped;
-        total.cut_batches_found += summary.cut_batches_found;
-        total.fanouts += summary.fanouts;
-        total.cut_fanouts_found += summary.cut_fanouts_found;
-        total.copies_popped += summary.copies_popped;
+        total += check_processes_seed(seed);
     }
     eprintln!(
         "simulation of several processes: seeds {first}..{} passed in {:.1} s ({total:?})",

@@ -651,6 +651,25 @@ pub struct ProcessesSummary {
     pub copies_popped: u64,
 }
 
+/// The sum of the runs' summaries (beside the struct, so that a new field is added here too).
+impl std::ops::AddAssign for ProcessesSummary {
+    fn add_assign(&mut self, run: ProcessesSummary) {
+        self.pushed += run.pushed;
+        self.consumed += run.consumed;
+        self.kills += run.kills;
+        self.kills_during += run.kills_during;
+        self.power_losses += run.power_losses;
+        self.dead_lettered += run.dead_lettered;
+        self.refused += run.refused;
+        self.dropped += run.dropped;
+        self.skipped += run.skipped;
+        self.cut_batches_found += run.cut_batches_found;
+        self.fanouts += run.fanouts;
+        self.cut_fanouts_found += run.cut_fanouts_found;
+        self.copies_popped += run.copies_popped;
+    }
+}
+
 /// Where the model stands on one record (by the id in its first 8 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
