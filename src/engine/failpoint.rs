@@ -4,8 +4,31 @@
 //! simulation of several processes sets a hook for one thread instead
 //! ([`on_reached_in_this_thread`]): it kills a simulated process there.
 
+/// Whether a crash point can do anything: [`UNKNOWN`] until the first one reached looks at
+/// `DISKSPOOL_KILL_AT`, then [`ARMED`] or [`DISARMED`] (a hook set arms it for good).
 #[cfg(feature = "testkit")]
+static STATE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNKNOWN);
+#[cfg(feature = "testkit")]
+const UNKNOWN: u8 = 0;
+#[cfg(feature = "testkit")]
+const ARMED: u8 = 1;
+#[cfg(feature = "testkit")]
+const DISARMED: u8 = 2;
+
+/// A crash point. One load and a branch when nothing is armed: the benchmarks are built with
+/// `testkit` too, and measure the shared queue's hot paths, where these sit.
+#[cfg(feature = "testkit")]
+#[inline(always)]
 pub(crate) fn reached(name: &str) {
+    if STATE.load(std::sync::atomic::Ordering::Relaxed) != DISARMED {
+        reached_armed(name);
+    }
+}
+
+#[cfg(feature = "testkit")]
+#[cold]
+#[inline(never)]
+fn reached_armed(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
@@ -15,7 +38,11 @@ pub(crate) fn reached(name: &str) {
         let (point, nth) = spec.rsplit_once(':')?;
         Some((point.to_owned(), nth.parse().ok()?))
     });
-    // One load when no thread ever set a hook (the benchmarks, built with `testkit` too).
+    if target.is_none() && !HOOKS_SET.load(Ordering::SeqCst) {
+        // Fails if a hook was set meanwhile (it stores `ARMED`): then this stays armed.
+        let _ = STATE.compare_exchange(UNKNOWN, DISARMED, Ordering::SeqCst, Ordering::SeqCst);
+        return;
+    }
     if HOOKS_SET.load(Ordering::Relaxed) {
         HOOK.with(|hook| {
             if let Some(hook) = hook.borrow_mut().as_mut() {
@@ -48,7 +75,8 @@ thread_local! {
 #[cfg(feature = "testkit")]
 pub(crate) fn on_reached_in_this_thread(hook: Option<Hook>) {
     if hook.is_some() {
-        HOOKS_SET.store(true, std::sync::atomic::Ordering::Relaxed);
+        HOOKS_SET.store(true, std::sync::atomic::Ordering::SeqCst);
+        STATE.store(ARMED, std::sync::atomic::Ordering::SeqCst);
     }
     HOOK.with(|slot| *slot.borrow_mut() = hook);
 }

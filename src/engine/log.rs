@@ -261,7 +261,10 @@ impl Log {
     /// the frame is written, so the write is all there is.
     pub(crate) fn push_one(&self, env: &Env, payload: &[u8]) -> Result<u64> {
         let payloads = std::slice::from_ref(&payload);
-        if env.options.sync == SyncPolicy::Always || env.coordination.is_some() {
+        if let Some(coordination) = &env.coordination {
+            return self.push_one_shared(env, coordination, payloads);
+        }
+        if env.options.sync == SyncPolicy::Always {
             return self
                 .push_batch(env, payloads, BodyPrefix::NONE)
                 .map(|range| range.start);
@@ -278,6 +281,27 @@ impl Log {
             Bound::Enforced,
         )?;
         Ok(seq)
+    }
+
+    /// [`push_one`](Log::push_one) of a shared queue: [`push_batch`](Log::push_batch)'s shared
+    /// branch, without the batch's range passed up through it.
+    #[inline(never)]
+    fn push_one_shared(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        payloads: &[&[u8]],
+    ) -> Result<u64> {
+        match self.push_shared(env, coordination, payloads, BodyPrefix::NONE, None, Bound::Enforced)
+        {
+            Ok(range) => Ok(range.start),
+            Err(error) => {
+                if let Error::Full { .. } = error {
+                    self.publish_committed(env, coordination)?;
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Checks a batch against the limits; returns its encoded length.
