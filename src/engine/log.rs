@@ -292,8 +292,14 @@ impl Log {
         coordination: &Coordination,
         payloads: &[&[u8]],
     ) -> Result<u64> {
-        match self.push_shared(env, coordination, payloads, BodyPrefix::NONE, None, Bound::Enforced)
-        {
+        match self.push_shared(
+            env,
+            coordination,
+            payloads,
+            BodyPrefix::NONE,
+            None,
+            Bound::Enforced,
+        ) {
             Ok(range) => Ok(range.start),
             Err(error) => {
                 if let Error::Full { .. } = error {
