@@ -32,6 +32,22 @@ pub enum Error {
         /// The holder's process id, when the lock file names it.
         pid: Option<u32>,
     },
+    /// The handle was opened by another process, of which this one is a child forked after the
+    /// open: a copy of a handle shares the parent's place in the queue but none of its
+    /// threads, and using it would hand out what the parent hands out. Nothing was done; open
+    /// the queue again in the child (see [`Options::exclusive`](crate::Options::exclusive) for
+    /// several processes on one queue).
+    #[error(
+        "{}: this handle was opened by process {opened_by}, and this process is a child forked \
+         from it: open the queue again in the child",
+        dir.display()
+    )]
+    Forked {
+        /// The queue directory.
+        dir: PathBuf,
+        /// The process that opened the handle.
+        opened_by: u32,
+    },
     /// Bytes on disk are damaged or inconsistent. Nothing is skipped: the queue stops at the
     /// damage until it is repaired (see `spool repair`).
     #[error("{}: corrupt at byte offset {offset}: {detail}", file.display())]

@@ -43,6 +43,10 @@ pub(crate) struct Env {
     pub(crate) telemetry: Telemetry,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
+    /// The fork count when this handle was opened, and the process that opened it (see
+    /// `forks`).
+    fork_generation: u64,
+    opened_by: u32,
 }
 
 impl Env {
@@ -75,6 +79,8 @@ impl Env {
             coordination,
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
+            fork_generation: crate::engine::forks::generation(),
+            opened_by: std::process::id(),
         }
     }
 
@@ -92,12 +98,41 @@ impl Env {
         self.max_age_us.is_some() || self.ttl_seen.load(Ordering::Relaxed)
     }
 
+    /// Fails once a change failed in a way that leaves the disk unknown (see [`poison`]
+    /// (Self::poison)), and in a child forked after the open (see [`check_forked`]
+    /// (Self::check_forked)).
     #[inline]
     pub(crate) fn check_poisoned(&self) -> Result<()> {
+        self.check_forked()?;
         if self.poisoned.load(Ordering::Acquire) {
             return Err(self.poisoned_error());
         }
         Ok(())
+    }
+
+    /// Fails with `Error::Forked` in a child process forked after this handle was opened:
+    /// first in every call that takes a lock (one the parent's threads held at the fork stays
+    /// held in the child).
+    #[inline(always)]
+    pub(crate) fn check_forked(&self) -> Result<()> {
+        if self.is_forked() {
+            return Err(self.forked_error());
+        }
+        Ok(())
+    }
+
+    /// Whether this process is a child forked after the handle was opened.
+    #[inline(always)]
+    pub(crate) fn is_forked(&self) -> bool {
+        crate::engine::forks::forked_since(self.fork_generation)
+    }
+
+    #[cold]
+    fn forked_error(&self) -> Error {
+        Error::Forked {
+            dir: self.dir.clone(),
+            opened_by: self.opened_by,
+        }
     }
 
     #[cold]

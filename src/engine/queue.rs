@@ -604,6 +604,7 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> Result<Stats> {
+        self.shared.env.check_forked()?;
         stats_of(&self.shared)
     }
 
@@ -672,7 +673,22 @@ impl Queue {
     /// ```
     pub fn close(mut self) -> Result<()> {
         self.closed = true;
+        if self.shared.env.is_forked() {
+            self.leave_to_parent();
+            return self.shared.env.check_forked();
+        }
         self.shut_down()
+    }
+
+    /// In a child forked after the open: drops nothing that would write or wait. The files
+    /// and the lock words are the parent's, and so are the threads the flusher and the
+    /// reporter would join; the memory is leaked (see `engine::forks`).
+    fn leave_to_parent(&mut self) {
+        #[cfg(feature = "metrics")]
+        std::mem::forget(self.reporter.take());
+        std::mem::forget(self.flusher.take());
+        // The last reference would drop the log, the reader and the lock guards.
+        std::mem::forget(Arc::clone(&self.shared));
     }
 
     /// What closing does, shared by [`close`](Queue::close) and `Drop`.
@@ -710,6 +726,10 @@ impl Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
+        if self.shared.env.is_forked() {
+            self.leave_to_parent();
+            return;
+        }
         if !self.closed {
             // `close` returns what this can only ignore.
             let _ = self.shut_down();

@@ -207,6 +207,7 @@ impl Shared {
     /// other processes as `take_up` says.
     #[inline]
     fn consumer_taking_up(&self, take_up: TakeUp) -> Result<Turn<'_>> {
+        self.env.check_forked()?;
         if self.env.coordination.is_some() {
             return self.begin_turn(take_up);
         }
@@ -835,6 +836,7 @@ impl Shared {
     /// taken up.
     #[inline(never)]
     fn pop_one_shared(&self) -> Result<Option<Record>> {
+        self.env.check_forked()?;
         let known = self.begin_turn(TakeUp::Later)?;
         let popped = known.pop_one(&self.env, &self.log, self);
         if !matches!(popped, Ok(None)) {

@@ -36,3 +36,107 @@ fn another_process_holding_the_queue_locks_it_until_it_dies() {
     // The lock dies with the process: no stale lock file blocks the next open.
     Queue::open(dir.path(), Options::default()).unwrap();
 }
+
+/// What a child process forked after the open does with its copy of the handle: every call
+/// fails with `Error::Forked` naming the parent, and dropping the copy neither waits for the
+/// parent's threads nor touches the files. The parent's handle goes on as if there had been no
+/// fork: the record pushed before it is popped once, and a reopen finds the files whole.
+#[test]
+fn a_forked_child_cannot_use_its_copy_of_the_handle_and_its_drop_leaves_the_queue_alone() {
+    use std::time::{Duration, Instant};
+    let cases = [
+        (
+            "exclusive, Interval",
+            Options::default().sync(SyncPolicy::Interval(Duration::from_millis(5))),
+        ),
+        ("exclusive, Always", Options::default()),
+        (
+            "shared, Never",
+            Options::default().exclusive(false).sync(SyncPolicy::Never),
+        ),
+        ("shared, Always", Options::default().exclusive(false)),
+    ];
+    for (case, options) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path(), options.clone()).unwrap();
+        queue.push(b"before the fork").unwrap();
+        let parent = std::process::id();
+        // SAFETY: fork in a test process with other threads; the child runs the queue's
+        // refusals (which allocate: glibc's malloc is usable after fork) and `_exit`s, never
+        // returning into the test harness.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let in_child = std::panic::AssertUnwindSafe(|| {
+                let forked = |result: Result<(), Error>| matches!(result, Err(Error::Forked { opened_by, .. }) if opened_by == parent);
+                let refusals = [
+                    forked(queue.push(b"from the child").map(drop)),
+                    forked(queue.pop().map(drop)),
+                    forked(queue.peek().map(drop)),
+                    forked(queue.try_recv().map(drop)),
+                    forked(queue.sync()),
+                    forked(queue.stats().map(drop)),
+                    forked(queue.compact().map(drop)),
+                ];
+                drop(queue);
+                // Bit k set: the k-th call was not refused as it should be.
+                refusals
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, refused)| !**refused)
+                    .fold(0, |failed, (bit, _)| failed | 1 << bit)
+            });
+            // A panic must not unwind into the test harness's copy in the child.
+            let code = std::panic::catch_unwind(in_child).unwrap_or(200);
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        assert!(child > 0, "fork failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for our own child, without blocking.
+            let reaped = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+            if reaped == child {
+                break;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: our own child.
+                unsafe { libc::kill(child, libc::SIGKILL) };
+                panic!("{case}: the child did not finish in 30 s (its drop waited?)");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(libc::WIFEXITED(status), "{case}: child status {status}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "{case}: bit k set = the k-th call in the child was not refused with Forked; 200 = a panic"
+        );
+        assert_eq!(
+            queue.pop().unwrap().unwrap().payload(),
+            b"before the fork",
+            "{case}"
+        );
+        queue.push(b"after the fork").unwrap();
+        assert_eq!(
+            queue.pop().unwrap().unwrap().payload(),
+            b"after the fork",
+            "{case}"
+        );
+        assert!(queue.pop().unwrap().is_none(), "{case}");
+        queue.push(b"kept").unwrap();
+        queue.close().unwrap();
+        let reopened = Queue::open(dir.path(), options).unwrap();
+        let report = reopened.recovery_report();
+        assert!(
+            report.truncated.is_empty() && report.removed_files.is_empty() && !report.repaired(),
+            "{case}: {report:?}"
+        );
+        assert_eq!(
+            reopened.pop().unwrap().unwrap().payload(),
+            b"kept",
+            "{case}"
+        );
+        assert!(reopened.pop().unwrap().is_none(), "{case}");
+    }
+}
