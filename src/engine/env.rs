@@ -103,11 +103,20 @@ impl Env {
     /// (Self::check_forked)).
     #[inline]
     pub(crate) fn check_poisoned(&self) -> Result<()> {
-        self.check_forked()?;
-        if self.poisoned.load(Ordering::Acquire) {
-            return Err(self.poisoned_error());
+        // One branch on the hot paths (a second one kept `check_batch` from being inlined).
+        if self.poisoned.load(Ordering::Acquire) | self.is_forked() {
+            return Err(self.refusal());
         }
         Ok(())
+    }
+
+    #[cold]
+    fn refusal(&self) -> Error {
+        // Forked first: the cause's lock may be held for good in a forked child.
+        match self.is_forked() {
+            true => self.forked_error(),
+            false => self.poisoned_error(),
+        }
     }
 
     /// Fails with `Error::Forked` in a child process forked after this handle was opened:

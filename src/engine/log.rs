@@ -311,6 +311,7 @@ impl Log {
     }
 
     /// Checks a batch against the limits; returns its encoded length.
+    #[inline(always)]
     pub(crate) fn check_batch(
         &self,
         env: &Env,
