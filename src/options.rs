@@ -307,8 +307,9 @@ impl Options {
     /// pool and storage other than the real filesystem and the simulated one
     /// (`SimStorage::process`, feature `sim`, models processes) are refused with
     /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue
-    /// after a `fork`, not before: a child that inherits the handle's locks hides the parent's
-    /// death from the others. docs/ARCHITECTURE.md ("Several processes") has the design and
+    /// after a `fork`, not before: a handle copied into a child refuses every call there
+    /// ([`Error::Forked`](crate::Error::Forked)), and while the child lives its copy keeps the
+    /// parent's locks, which hides the parent's death from the others. docs/ARCHITECTURE.md ("Several processes") has the design and
     /// docs/DURABILITY.md the contract across processes.
     ///
     /// ```
