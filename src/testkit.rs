@@ -21,6 +21,16 @@ use crate::{Error, OnDamage, Options, Push, Queue, SyncPolicy};
 
 pub mod processes;
 
+/// What [`on_crash_points_in_this_thread`] calls at each crash point, with its name.
+pub type CrashPointHook = Box<dyn FnMut(&str)>;
+
+/// Calls `hook` with the name of every crash point the calling thread reaches from now on
+/// (`None`: no more). A hook that calls into a queue passes the crash points of that call.
+/// For tests that put another handle's call at an exact moment of one call.
+pub fn on_crash_points_in_this_thread(hook: Option<CrashPointHook>) {
+    crate::engine::failpoint::on_reached_in_this_thread(hook);
+}
+
 /// The payload limit the decoding checks use: large enough for any frame in a fuzz input.
 const PAYLOAD_LEN_LIMIT: u32 = 1 << 20;
 

@@ -433,6 +433,57 @@ fn processes_workloads_replay_identically() {
 /// Found by the simulation of several processes (seed 33): `Queue::sync` on a shared handle
 /// synced the segment its own writer last wrote, not the committed tail, so records other
 /// handles pushed into a later segment stayed unsynced, and a power loss took them.
+/// A handle under `Never` publishes what it commits, and with it the records handles under
+/// `Always` committed and have not synced yet. A push under `Always` that finds its record
+/// published that way must still have it synced before it returns: here a `Never` handle
+/// pushes right after an `Always` push committed (at its crash point `shared.committed`),
+/// and a power loss follows the `Always` push's return. Each seed draws what the power loss
+/// keeps of the unsynced bytes.
+#[test]
+fn an_always_push_is_synced_before_it_returns_though_a_never_handle_published_it() {
+    use diskspool::{Options, Queue, SimStorage, SyncPolicy};
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    for seed in 0..32 {
+        let sim = SimStorage::new(seed);
+        let options = |process, sync| {
+            Options::default()
+                .exclusive(false)
+                .sync(sync)
+                .storage(Arc::new(sim.process(process)))
+        };
+        let dir = Path::new("/q");
+        let always = Queue::open(dir, options(1, SyncPolicy::Always)).unwrap();
+        let never = Arc::new(Mutex::new(Some(
+            Queue::open(dir, options(2, SyncPolicy::Never)).unwrap(),
+        )));
+        let pushing = never.clone();
+        diskspool::testkit::on_crash_points_in_this_thread(Some(Box::new(move |name| {
+            if name == "shared.committed" {
+                if let Some(never) = pushing.lock().unwrap().as_ref() {
+                    never.push(b"never").unwrap();
+                }
+            }
+        })));
+        let pushed = always.push(b"always");
+        diskspool::testkit::on_crash_points_in_this_thread(None);
+        assert_eq!(pushed.unwrap(), 0, "seed {seed}");
+        sim.power_loss();
+        std::mem::forget((always, never.lock().unwrap().take()));
+        let reopened = Queue::open(dir, options(3, SyncPolicy::Always)).unwrap();
+        let first = reopened
+            .pop()
+            .unwrap()
+            .map(|record| record.payload().to_vec());
+        assert_eq!(
+            first.as_deref(),
+            Some(&b"always"[..]),
+            "power loss seed {seed}: the returned Always push is gone"
+        );
+    }
+}
+
 #[test]
 fn a_sync_on_one_handle_makes_the_pushes_of_every_handle_durable() {
     use diskspool::{Options, Queue, SimStorage, SyncPolicy};

@@ -34,8 +34,8 @@ use crate::format::control::{
     ARRIVALS, COMMIT_TIMES, CONSUMED_BYTES, CONSUMED_RECORDS, CONSUMER_EPOCH, CONSUMER_LOCK,
     CONSUMER_PID, CONTROL_VERSION, DEDUP_GEN, DEDUP_TAIL, EPOCH_MAX, GATHER, HEAD_DURABLE, INSIDE,
     POISONED, PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_PUSHED, PUBLISHED_SLOTS,
-    REPAIRS, ROOM, ROOM_SLEEPERS, SLEEPERS, SLOTS, SLOT_COUNT, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY,
-    TAIL_GEN, TAIL_LOCK, TAIL_PUSHED, TAIL_SLOTS, TAIL_SLOT_LEN,
+    REPAIRS, ROOM, ROOM_SLEEPERS, SLEEPERS, SLOTS, SLOT_COUNT, SYNCED_NEXT_SEQ, SYNC_BEGAN,
+    SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_PUSHED, TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
     CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
@@ -148,6 +148,9 @@ impl Opening {
         control
             .word64(CONSUMED_BYTES)
             .store(consumed.1, Ordering::Relaxed);
+        control
+            .word64(SYNCED_NEXT_SEQ)
+            .store(tail.next_seq, Ordering::Relaxed);
         control.word64(TAIL_GEN).store(0, Ordering::Release);
         control.word64(PUBLISHED_GEN).store(0, Ordering::Release);
         // The pid an exclusive handle left in `lock` names nobody now: an exclusive open
@@ -603,14 +606,37 @@ impl Coordination {
     /// Publishes a tail to the readers of every process, if it is further on: under the tail
     /// lock only (by a push under `Never` or `Interval`, by the sync leader under `Always`).
     pub(crate) fn publish(&self, tail: CommittedTail) {
+        if self.store_published(tail) {
+            self.announce();
+        }
+    }
+
+    /// Publishes a tail a sync covered (by the sync leader under `Always`, under the tail
+    /// lock): the published tail, then the synced sequence number, then the wake-up, so that
+    /// a producer woken by it finds both.
+    pub(crate) fn publish_synced(&self, tail: CommittedTail) {
+        self.store_published(tail);
+        self.word64(SYNCED_NEXT_SEQ)
+            .fetch_max(tail.next_seq, Ordering::AcqRel);
+        self.announce();
+    }
+
+    /// Every record below this sequence number is synced (see `format::control::
+    /// SYNCED_NEXT_SEQ`).
+    pub(crate) fn synced_next_seq(&self) -> u64 {
+        self.word64(SYNCED_NEXT_SEQ).load(Ordering::Acquire)
+    }
+
+    /// Stores `tail` as the published one if it is further on; true if it was.
+    fn store_published(&self, tail: CommittedTail) -> bool {
         let (generation, durable) = self.read_tail(PUBLISHED_GEN, PUBLISHED_SLOTS);
         if tail.next_seq <= durable.next_seq && tail.base <= durable.base {
-            return;
+            return false;
         }
         self.store_slot(PUBLISHED_SLOTS, generation + 1, tail);
         self.word64(PUBLISHED_GEN)
             .store(generation + 1, Ordering::Release);
-        self.announce();
+        true
     }
 
     /// Takes the sync lock if it is free or its holder is gone.

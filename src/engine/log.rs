@@ -611,6 +611,7 @@ impl Log {
             written.range
         };
         if always {
+            failpoint::reached("shared.committed");
             // Out of `inside` by now: a leader woken by this mark sees this push done.
             coordination.mark_committed(now_micros());
             // Committed, not yet durable: readers see it once a sync covered it, by whichever
@@ -683,15 +684,17 @@ impl Log {
                 return Err(shared_poison());
             }
             let seen = coordination.arrivals();
-            let durable = coordination.published();
-            if durable.next_seq >= end {
-                self.publish_tail(env, durable);
+            // The synced sequence number, not the published tail: a handle under another
+            // policy publishes what it commits, with the records before it that no sync
+            // covered yet.
+            if coordination.synced_next_seq() >= end {
+                self.publish_tail(env, coordination.published());
                 return Ok(());
             }
             if let Some(_leading) = coordination.try_lock_sync() {
-                let durable = coordination.published();
-                if durable.next_seq >= end {
-                    self.publish_tail(env, durable);
+                let synced_before = coordination.synced_next_seq();
+                if synced_before >= end {
+                    self.publish_tail(env, coordination.published());
                     return Ok(());
                 }
                 failpoint::reached("shared.sync");
@@ -715,7 +718,7 @@ impl Log {
                 let covered = match synced {
                     Ok(covered) => {
                         self.push_sync
-                            .count_shared_sync(covered.next_seq.saturating_sub(durable.next_seq));
+                            .count_shared_sync(covered.next_seq.saturating_sub(synced_before));
                         self.push_sync.mark_durable(covered.next_seq);
                         covered
                     }
@@ -726,7 +729,7 @@ impl Log {
                 };
                 // Publishers are serialised by the tail lock (a push publishes under it too).
                 let _tail = coordination.lock_tail();
-                coordination.publish(covered);
+                coordination.publish_synced(covered);
                 continue;
             }
             coordination.sleep_for_arrival(seen, SYNC_WAIT);

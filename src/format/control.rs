@@ -25,7 +25,10 @@
 //!    228     4  reserved      zero (before version 3: producers inside a push)
 //!    232     8  prepared_base the segment `prepared_end` is about
 //!    240     8  prepared_end  zeros were written ahead of the tail up to here (writers only)
-//!    248    32  reserved      zero (before version 4: the consumer's words, now at 384)
+//!    248     8  synced_next_seq  every record below it is synced (version 5): moved by
+//!                             the sync leader under `Always` only, where `published` is also
+//!                             moved by pushes under the other policies
+//!    256    24  reserved      zero (before version 4: the consumer's words, now at 384)
 //!    280    16  tail_pushed   two words, one per tail slot: frame bytes pushed in all, up to
 //!                             that slot's tail (committed with it, under the tail lock)
 //!    296    16  published_pushed  the same for the two published slots
@@ -84,7 +87,7 @@
 /// The control file's first eight bytes.
 pub const CONTROL_MAGIC: [u8; 8] = *b"DSPOOLCT";
 /// The layout version this build reads and writes.
-pub const CONTROL_VERSION: u32 = 4;
+pub const CONTROL_VERSION: u32 = 5;
 /// The control file's length: one page (a power of two: see `storage::process`).
 pub const CONTROL_LEN: u64 = 4096;
 const _: () = assert!(CONTROL_LEN.is_power_of_two());
@@ -147,6 +150,10 @@ pub const ACK_PREPARED: usize = 424;
 pub const TAIL_PUSHED: usize = 280;
 /// Offset of the same words for the published slots (`PUBLISHED_SLOTS`).
 pub const PUBLISHED_PUSHED: usize = 296;
+/// Offset of the sequence number below which every record is synced: what a push under
+/// `Always` waits for. Not the published tail, which a push of a handle under another policy
+/// moves past records no sync covered.
+pub const SYNCED_NEXT_SEQ: usize = 248;
 /// Offset of the records consumed in all: a bounded queue's usage is the committed
 /// `next_seq` minus this. Written under the consumer lock only.
 pub const CONSUMED_RECORDS: usize = 432;
@@ -277,6 +284,7 @@ mod tests {
             ("prepared_end", PREPARED_END, 8, false),
             ("tail_pushed", TAIL_PUSHED, 16, false),
             ("published_pushed", PUBLISHED_PUSHED, 16, false),
+            ("synced_next_seq", SYNCED_NEXT_SEQ, 8, false),
             ("room", ROOM, 4, false),
             ("room_sleepers", ROOM_SLEEPERS, 4, false),
             ("consumer_lock", CONSUMER_LOCK, 4, true),

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use diskspool::format::control::CONTROL_VERSION;
 use diskspool::{Error, Options, Queue, SyncPolicy};
 
 use crate::util::payload_for;
@@ -340,7 +341,7 @@ fn a_build_with_another_control_layout_cannot_join_live_handles_and_can_once_the
             supported,
         }) => {
             assert_eq!(file, control);
-            assert_eq!((found, supported), (3, 4));
+            assert_eq!((found, u32::from(supported)), (3, CONTROL_VERSION));
         }
         other => panic!("expected UnsupportedVersion naming the control file, got {other:?}"),
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
-use diskspool::format::control::{CONSUMER_PID, SLEEPERS};
+use diskspool::format::control::{CONSUMER_PID, CONTROL_VERSION, SLEEPERS};
 use diskspool::format::layout::CONTROL_FILE_NAME;
 use diskspool::{Options, Queue};
 use predicates::prelude::*;
@@ -451,7 +451,7 @@ fn spool_of_another_control_layout_beside_a_live_service_exits_4_naming_both_ver
         assert!(
             stderr.contains("control")
                 && stderr.contains("version 3")
-                && stderr.contains("version 4"),
+                && stderr.contains(&format!("version {CONTROL_VERSION}")),
             "{args:?}: {stderr}"
         );
     }
