@@ -308,8 +308,9 @@ impl Options {
     /// (`SimStorage::process`, feature `sim`, models processes) are refused with
     /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue
     /// after a `fork`, not before: a handle copied into a child refuses every call there
-    /// ([`Error::Forked`](crate::Error::Forked)), and while the child lives its copy keeps the
-    /// parent's locks, which hides the parent's death from the others. docs/ARCHITECTURE.md ("Several processes") has the design and
+    /// ([`Error::Forked`](crate::Error::Forked)); dropping it there lets go of the parent's
+    /// locks (a copy not dropped keeps them while the child lives, which hides the parent's
+    /// death from the others). docs/ARCHITECTURE.md ("Several processes") has the design and
     /// docs/DURABILITY.md the contract across processes.
     ///
     /// ```

@@ -84,6 +84,30 @@ impl LockFile {
         }
     }
 
+    /// In a child forked after the lock was taken: lets go of this process's reference to the
+    /// lock without unlocking it. An `flock` belongs to the open file description, which the
+    /// child shares with the parent: unlocking would take the lock from the parent, and
+    /// keeping the descriptor keeps the lock held after the parent dies, for as long as the
+    /// child lives. The descriptor is pointed at `/dev/null` instead, so that the file handle
+    /// still owns an open descriptor. Nothing on the simulated filesystem, whose processes do
+    /// not fork.
+    pub(crate) fn let_go_in_forked_child(&self) {
+        match &self.inner {
+            LockInner::Os(file) => {
+                let Ok(null) = File::open("/dev/null") else {
+                    return;
+                };
+                use std::os::fd::AsRawFd;
+                // SAFETY: both descriptors are open and owned by live `File`s; `dup2` replaces
+                // what `file`'s number refers to, and the number stays open (now `/dev/null`),
+                // so `file` still owns an open descriptor when it is closed.
+                unsafe { libc::dup2(null.as_raw_fd(), file.as_raw_fd()) };
+            }
+            #[cfg(any(test, feature = "sim"))]
+            LockInner::Sim(_) => {}
+        }
+    }
+
     /// Releases the lock.
     pub(crate) fn unlock(&self) -> io::Result<()> {
         match &self.inner {

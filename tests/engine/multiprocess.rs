@@ -230,6 +230,30 @@ fn child() {
             writeln!(out, "p {seq} {producer} 0").unwrap();
             out.flush().unwrap();
         }
+        // Forks a child that drops its copy of the handle and then lives on ("g <pid>" once
+        // the copy is dropped), then pushes: the test kills this process in that push.
+        "fork-then-push" => {
+            // SAFETY: this process has the test harness's threads; the child only drops the
+            // handle's copy (refusals and leaks, no lock taken), writes a line and sleeps.
+            match unsafe { libc::fork() } {
+                0 => {
+                    drop(queue);
+                    writeln!(out, "g {}", std::process::id()).unwrap();
+                    out.flush().unwrap();
+                    // SAFETY: closes this process's end of the pipe to the test (standard
+                    // output), so that the test reads to its end once the parent died; nothing
+                    // writes to it any more.
+                    unsafe { libc::close(1) };
+                    loop {
+                        std::thread::sleep(Duration::from_secs(60));
+                    }
+                }
+                forked => assert!(forked > 0, "fork failed"),
+            }
+            let seq = queue.push(&payload(producer, 0)).unwrap();
+            writeln!(out, "p {seq} {producer} 0").unwrap();
+            out.flush().unwrap();
+        }
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -1974,5 +1998,52 @@ fn a_fanout_cut_short_by_a_kill_is_finished_once_by_another_process() {
                 "{context}: queue {name} after a reopen"
             );
         }
+    }
+}
+
+/// A process that opened the queue and forked before it died mid-push, holding the tail lock:
+/// its child dropped its copy of the handle and lives on. The child let go of the parent's
+/// locks (`lock` and `procs/<slot>`), so the parent's death shows at once: the next push takes
+/// the tail lock over, cuts the half-written push and lands. Before, the child's copy of the
+/// descriptors kept the parent's slot locked, and every push waited for as long as the child
+/// lived.
+#[test]
+fn a_dead_process_whose_forked_child_lives_on_is_seen_dead() {
+    for sync in ["never", "always"] {
+        let dir = tempfile::tempdir().unwrap();
+        let survivor = Queue::open(dir.path(), options(sync)).unwrap();
+        survivor.push(b"before").unwrap();
+        let mut child = spawn("fork-then-push", dir.path(), sync, Some("shared.dirty:1"));
+        let status = child.wait().unwrap();
+        assert!(aborted(status), "{sync}: died in its push ({status})");
+        let lines = lines_of(&mut child);
+        let grandchild: libc::pid_t = lines
+            .iter()
+            .find_map(|line| line.strip_prefix("g "))
+            .unwrap_or_else(|| panic!("{sync}: the forked child's line in {lines:?}"))
+            .parse()
+            .unwrap();
+        assert!(entries(&lines, "p ").is_empty(), "{sync}");
+        // The push waits for the dead holder's tail lock as long as it looks alive: with a
+        // deadline, so that a failure ends (by killing the forked child, which frees it).
+        let (done, pushed) = std::sync::mpsc::channel();
+        let pusher = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _ = done.send(survivor.push(b"after").unwrap());
+            });
+            let landed = pushed.recv_timeout(Duration::from_secs(60));
+            // SAFETY: kills the forked child by the pid it printed (its parent is dead, so it
+            // is nobody's to wait for).
+            unsafe { libc::kill(grandchild, libc::SIGKILL) };
+            landed
+        });
+        assert!(
+            pusher.is_ok(),
+            "{sync}: a push waited 60 s for a dead process whose forked child lived"
+        );
+        let payloads: Vec<Vec<u8>> = std::iter::from_fn(|| survivor.pop().unwrap())
+            .map(|record| record.payload().to_vec())
+            .collect();
+        assert_eq!(payloads, [&b"before"[..], b"after"], "{sync}");
     }
 }
