@@ -22,7 +22,7 @@ use crate::{Error, OnDamage, Options, Push, Queue, SyncPolicy};
 pub mod processes;
 
 /// What [`on_crash_points_in_this_thread`] calls at each crash point, with its name.
-pub type CrashPointHook = Box<dyn FnMut(&str)>;
+pub type CrashPointHook = crate::engine::failpoint::Hook;
 
 /// Calls `hook` with the name of every crash point the calling thread reaches from now on
 /// (`None`: no more). A hook that calls into a queue passes the crash points of that call.
