@@ -430,9 +430,6 @@ fn processes_workloads_replay_identically() {
     assert_eq!(run_processes(&config, &ops), run_processes(&config, &ops));
 }
 
-/// Found by the simulation of several processes (seed 33): `Queue::sync` on a shared handle
-/// synced the segment its own writer last wrote, not the committed tail, so records other
-/// handles pushed into a later segment stayed unsynced, and a power loss took them.
 /// A handle under `Never` publishes what it commits, and with it the records handles under
 /// `Always` committed and have not synced yet. A push under `Always` that finds its record
 /// published that way must still have it synced before it returns: here a `Never` handle
@@ -459,16 +456,24 @@ fn an_always_push_is_synced_before_it_returns_though_a_never_handle_published_it
             Queue::open(dir, options(2, SyncPolicy::Never)).unwrap(),
         )));
         let pushing = never.clone();
+        let interleaved = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = interleaved.clone();
         diskspool::testkit::on_crash_points_in_this_thread(Some(Box::new(move |name| {
             if name == "shared.committed" {
                 if let Some(never) = pushing.lock().unwrap().as_ref() {
                     never.push(b"never").unwrap();
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         })));
         let pushed = always.push(b"always");
         diskspool::testkit::on_crash_points_in_this_thread(None);
         assert_eq!(pushed.unwrap(), 0, "seed {seed}");
+        // Else the race this is about did not happen (the Always push synced for itself).
+        assert!(
+            interleaved.load(std::sync::atomic::Ordering::Relaxed),
+            "seed {seed}: the Never push did not land between the commit and the wait"
+        );
         sim.power_loss();
         std::mem::forget((always, never.lock().unwrap().take()));
         let reopened = Queue::open(dir, options(3, SyncPolicy::Always)).unwrap();
@@ -484,6 +489,9 @@ fn an_always_push_is_synced_before_it_returns_though_a_never_handle_published_it
     }
 }
 
+/// Found by the simulation of several processes (seed 33): `Queue::sync` on a shared handle
+/// synced the segment its own writer last wrote, not the committed tail, so records other
+/// handles pushed into a later segment stayed unsynced, and a power loss took them.
 #[test]
 fn a_sync_on_one_handle_makes_the_pushes_of_every_handle_durable() {
     use diskspool::{Options, Queue, SimStorage, SyncPolicy};
