@@ -8,7 +8,9 @@
 //! at its `n`-th storage call
 //! ([`SimStorage::kill_at`]: the thread stops right there, nothing of the operation after it
 //! runs), and power losses that kill every process. A killed process opens the queue again at
-//! once, as a restarted one would.
+//! once, as a restarted one would. In a third of the runs each handle has a sync policy of its
+//! own ([`ProcessesConfig::mixed`]): what returned under `Always` must survive a power loss
+//! whatever the others did, and the rest may be undone as under `Never`.
 //!
 //! The model checks the contract across processes (docs/DURABILITY.md, sentences 25 to 27):
 //! every returned push has one sequence number of its own and is delivered, unless a power loss
@@ -46,8 +48,11 @@ const TARGETS: [&str; 2] = ["a", "b"];
 pub struct ProcessesConfig {
     /// Handles (simulated processes) on the queue: 2 or 3.
     pub handles: u8,
-    /// The sync policy of every handle.
+    /// The sync policy of every handle (of the first, in a run that mixes policies).
     pub policy: Policy,
+    /// In a run that mixes policies, the sync policy of the handle in each slot (a process
+    /// started again in a slot opens with that slot's policy): handles of one queue may differ.
+    pub mixed: Option<[Policy; 3]>,
     /// Whether the simulated filesystem offers writable mappings (the real filesystem's write
     /// path: frames and head slots stored through mappings under `Never` and `Interval`).
     pub writable_mappings: bool,
@@ -82,6 +87,20 @@ impl ProcessesConfig {
     pub fn bounded(&self) -> bool {
         self.max_records.is_some() || self.max_bytes.is_some()
     }
+
+    /// The sync policy of the handle in slot `index`.
+    pub fn policy_of(&self, index: usize) -> Policy {
+        match self.mixed {
+            Some(policies) => policies[index % policies.len()],
+            None => self.policy,
+        }
+    }
+
+    /// Whether every handle syncs each operation (`Always`): then readers read only what a
+    /// sync covered, and a power loss undoes nothing that returned.
+    pub fn all_always(&self) -> bool {
+        (0..usize::from(self.handles)).all(|index| self.policy_of(index) == Policy::Always)
+    }
 }
 
 impl ProcessesConfig {
@@ -96,6 +115,7 @@ impl ProcessesConfig {
             overflow: Overflow::Reject,
             drops_to_dead_letters: false,
             spool: false,
+            mixed: None,
             ..self
         }
     }
@@ -349,9 +369,19 @@ pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
     };
     let drops_to_dead_letters = overflow == Overflow::DropOldest && bound.chance(1, 2);
     let spool = SimRng::new(seed ^ 0x5B00_1FA7_0E11).chance(1, 4);
+    // Mixed policies too: a stream of their own, so that the draws above stay what they were.
+    let mut mixing = SimRng::new(seed ^ 0x0B1E_D5EE_D000);
+    let mixed = mixing.chance(1, 3).then(|| {
+        let mut policies = [policy; 3];
+        for other in &mut policies[1..] {
+            *other = Policy::from_byte(mixing.below(3) as u8);
+        }
+        policies
+    });
     ProcessesConfig {
         handles,
         policy,
+        mixed,
         writable_mappings,
         wide: true,
         max_deliveries,
@@ -649,6 +679,10 @@ pub struct ProcessesSummary {
     pub cut_fanouts_found: u64,
     /// Copies popped from the spool's queues.
     pub copies_popped: u64,
+    /// Runs whose handles had different sync policies.
+    pub mixed_runs: u64,
+    /// Power losses in those runs.
+    pub mixed_power_losses: u64,
 }
 
 /// The sum of the runs' summaries (beside the struct, so that a new field is added here too).
@@ -667,6 +701,8 @@ impl std::ops::AddAssign for ProcessesSummary {
         self.fanouts += run.fanouts;
         self.cut_fanouts_found += run.cut_fanouts_found;
         self.copies_popped += run.copies_popped;
+        self.mixed_runs += run.mixed_runs;
+        self.mixed_power_losses += run.mixed_power_losses;
     }
 }
 
@@ -761,8 +797,8 @@ struct Model {
     /// Sequence numbers a push with an id returned whose record is one of several the model
     /// cannot tell apart: each must be delivered (`true`: unsynced, a power loss may take it).
     owed_seqs: BTreeMap<u64, bool>,
-    /// The policy is `Always`.
-    always: bool,
+    /// Every handle's policy is `Always` (see [`ProcessesConfig::all_always`]).
+    all_always: bool,
     /// The fanouts of a run with a spool.
     spool: SpoolModel,
     summary: ProcessesSummary,
@@ -911,7 +947,7 @@ impl Model {
             self.learn_seq(other, other_seq)?;
             if let Some(record) = self.records.get_mut(&other) {
                 record.fate = Fate::Owed;
-                record.push_unsynced = !self.always;
+                record.push_unsynced = !self.all_always;
             }
         }
         self.summary.cut_batches_found += 1;
@@ -942,8 +978,9 @@ impl Model {
         }
         record.delivered = true;
         record.handed = true;
-        if synced {
-            // Under `Always` readers read only what a sync covered.
+        if synced && self.all_always {
+            // Where every handle is under `Always`, readers read only what a sync covered (a
+            // handle under another policy shows what it commits, synced or not).
             record.push_unsynced = false;
         }
         if consumed {
@@ -1200,9 +1237,14 @@ impl Model {
     /// (the oldest ready records: never consumed, held or parked, first deliveries in order)
     /// and never delivered again.
     /// With `to_dead_letters`, they moved to the dead-letter queue: there once at the end.
-    fn dropped(&mut self, dropped: &[(u64, Vec<u8>)], to_dead_letters: bool) -> Result<(), String> {
+    fn dropped(
+        &mut self,
+        dropped: &[(u64, Vec<u8>)],
+        to_dead_letters: bool,
+        synced: bool,
+    ) -> Result<(), String> {
         for (seq, bytes) in dropped {
-            self.delivered(*seq, bytes, true, self.always)?;
+            self.delivered(*seq, bytes, true, synced)?;
             if to_dead_letters {
                 if let Some(record) = self.records.get_mut(&id_of(bytes)) {
                     record.fate = Fate::Dead;
@@ -1491,14 +1533,15 @@ impl Model {
         }
     }
 
-    /// What a power loss may undo under `policy`.
-    fn power_loss(&mut self, policy: Policy) {
+    /// What a power loss may undo: where a handle is under `Never` or `Interval`, whatever no
+    /// sync covered (the model does not follow which syncs covered what another handle did).
+    fn power_loss(&mut self) {
         self.summary.power_losses += 1;
-        self.spool.power_loss(policy == Policy::Always);
+        self.spool.power_loss(self.all_always);
         self.last_first = None;
         // Every process died; the open that recovers the queue ends every lease.
         self.leases_may_end = false;
-        if policy != Policy::Always {
+        if !self.all_always {
             self.owed_seqs.retain(|_, unsynced| !*unsynced);
             for entry in self.dedup.values_mut() {
                 // A record may survive without its id's entry.
@@ -1517,7 +1560,7 @@ impl Model {
             record.dead_loose |= self
                 .max_deliveries
                 .is_some_and(|max| record.deliveries >= max);
-            if policy != Policy::Always {
+            if !self.all_always {
                 // The delivery counts the ack log had not synced may be lost.
                 record.deliveries = 0;
             }
@@ -1537,7 +1580,7 @@ impl Model {
                 // A move to the dead-letter queue may be undone (or half of it: the push
                 // there is as durable as any push under this policy).
                 record.dead_loose = true;
-            } else if (record.fate == Fate::Dead || record.dead_loose) && policy != Policy::Always {
+            } else if (record.fate == Fate::Dead || record.dead_loose) && !self.all_always {
                 // Moved (or possibly moved) to the dead-letter queue, whose push no sync of
                 // this queue covers (durable only under `Always`, sentence 14): a power loss
                 // may take it there after a sync here made the acknowledgement durable.
@@ -2092,8 +2135,9 @@ struct Run {
 }
 
 impl Run {
-    fn options(&self, process: u32) -> Options {
-        let mut options = self.dead_letter_options(process);
+    /// The options of the process `process` started in slot `index`.
+    fn options(&self, index: usize, process: u32) -> Options {
+        let mut options = self.dead_letter_options(index, process);
         if let Some(max) = self.config.max_deliveries {
             options = options.max_deliveries(max);
         }
@@ -2116,12 +2160,12 @@ impl Run {
     }
 
     /// The options of the dead-letter queue (those of the queue without its policies).
-    fn dead_letter_options(&self, process: u32) -> Options {
+    fn dead_letter_options(&self, index: usize, process: u32) -> Options {
         Options::default()
             .exclusive(false)
             .segment_size(SEGMENT_SIZE)
             .max_record_size(usize::from(PAYLOAD_MAX) + 16)
-            .sync(self.config.policy.sync_policy())
+            .sync(self.config.policy_of(index).sync_policy())
             .lease(LEASE)
             .storage(Arc::new(self.sim.process(process)))
     }
@@ -2130,7 +2174,7 @@ impl Run {
     fn start(&mut self, index: usize) -> Result<(), String> {
         self.next_process += 1;
         let number = self.next_process;
-        let queue = Queue::open(DIR, self.options(number))
+        let queue = Queue::open(DIR, self.options(index, number))
             .map_err(|error| format!("open in process {number} failed: {error}"))?;
         self.processes[index] = Process {
             number,
@@ -2149,19 +2193,19 @@ impl Run {
             return Ok(());
         }
         let number = self.processes[index].number;
-        let spool = Spool::open(SPOOL_DIR, self.spool_options(number))
+        let spool = Spool::open(SPOOL_DIR, self.spool_options(index, number))
             .map_err(|error| format!("open of the spool in process {number} failed: {error}"))?;
         self.processes[index].spool = Some(Arc::new(spool));
         Ok(())
     }
 
     /// The options of the spool's queues.
-    fn spool_options(&self, process: u32) -> Options {
+    fn spool_options(&self, index: usize, process: u32) -> Options {
         Options::default()
             .exclusive(false)
             .segment_size(SEGMENT_SIZE)
             .max_record_size(usize::from(PAYLOAD_MAX) + 16)
-            .sync(self.config.policy.sync_policy())
+            .sync(self.config.policy_of(index).sync_policy())
             .dedup_window(Duration::from_secs(3600))
             .storage(Arc::new(self.sim.process(process)))
     }
@@ -2171,10 +2215,10 @@ impl Run {
     fn start_cut(&mut self, index: usize, calls: u16, racing_push: bool) -> Result<(), String> {
         self.next_process += 1;
         let number = self.next_process;
-        let options = self.options(number);
+        let options = self.options(index, number);
         // In a run with a spool the kill may also cut the spool's open, and the roll-forward
         // of the fanouts a dead process left in it.
-        let spool_options = self.config.spool.then(|| self.spool_options(number));
+        let spool_options = self.config.spool.then(|| self.spool_options(index, number));
         let kills_before = self.sim.kills(number);
         self.sim.kill_at(number, u64::from(calls));
         let opening = std::thread::spawn(move || {
@@ -2264,7 +2308,7 @@ impl Run {
                 for index in 0..self.processes.len() {
                     self.bury(index);
                 }
-                self.model.power_loss(self.config.policy);
+                self.model.power_loss();
                 for index in 0..self.processes.len() {
                     self.start(index)?;
                 }
@@ -2351,8 +2395,7 @@ impl Run {
         let used = queue
             .bound_usage()
             .ok_or("a bounded queue's handle has no bound")?;
-        let may_overflow =
-            self.config.policy != Policy::Always && self.model.summary.power_losses > 0;
+        let may_overflow = !self.config.all_always() && self.model.summary.power_losses > 0;
         let slack = self.bound_slack;
         let over = self.config.max_records.is_some_and(|max| used.0 > max)
             || self.config.max_bytes.is_some_and(|max| used.1 > max);
@@ -2411,7 +2454,7 @@ impl Run {
         payloads: &[Vec<u8>],
         outcome: Result<Outcome, Error>,
     ) -> Result<(), String> {
-        let always = self.config.policy == Policy::Always;
+        let always = self.config.policy_of(index) == Policy::Always;
         if matches!(
             op,
             ProcessOp::Pop { .. }
@@ -2494,7 +2537,7 @@ impl Run {
                     // A consumer call: its sync syncs the consumer files.
                     self.processes[index].consumer = true;
                     self.model
-                        .dropped(&dropped, self.config.drops_to_dead_letters)?;
+                        .dropped(&dropped, self.config.drops_to_dead_letters, always)?;
                 }
             }
             if let Err(Error::Full {
@@ -2789,7 +2832,7 @@ impl Run {
         }
         self.next_process += 1;
         let letters_dir = format!("{DIR}.dead");
-        let letters = Queue::open(&letters_dir, self.dead_letter_options(self.next_process))
+        let letters = Queue::open(&letters_dir, self.dead_letter_options(0, self.next_process))
             .map_err(|error| format!("open of the dead-letter queue failed: {error}"))?;
         let mut read = Vec::new();
         loop {
@@ -2855,7 +2898,7 @@ pub fn run_processes(
         next_process: 0,
         model: Model {
             max_deliveries: config.max_deliveries,
-            always: config.policy == Policy::Always,
+            all_always: config.all_always(),
             ..Model::default()
         },
         dead: Vec::new(),
@@ -2912,7 +2955,17 @@ pub fn run_processes(
         run.drain()
     })();
     run.finish();
-    result.map(|()| run.model.summary)
+    let mixes =
+        (1..usize::from(config.handles)).any(|index| config.policy_of(index) != config.policy);
+    result.map(|()| ProcessesSummary {
+        mixed_runs: u64::from(mixes),
+        mixed_power_losses: if mixes {
+            run.model.summary.power_losses
+        } else {
+            0
+        },
+        ..run.model.summary
+    })
 }
 
 #[cfg(test)]
