@@ -308,9 +308,9 @@ impl Options {
     /// (`SimStorage::process`, feature `sim`, models processes) are refused with
     /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue
     /// after a `fork`, not before: a handle copied into a child refuses every call there
-    /// ([`Error::Forked`](crate::Error::Forked)); dropping it there lets go of the parent's
-    /// locks (a copy not dropped keeps them while the child lives, which hides the parent's
-    /// death from the others). docs/ARCHITECTURE.md ("Several processes") has the design and
+    /// ([`Error::Forked`](crate::Error::Forked)), and the child lets go of the parent's locks
+    /// at the fork (so that the parent's close or death shows while the child lives).
+    /// docs/ARCHITECTURE.md ("Several processes") has the design and
     /// docs/DURABILITY.md the contract across processes.
     ///
     /// ```

@@ -487,15 +487,6 @@ impl Coordination {
             .store(head_durable, Ordering::Release);
     }
 
-    /// In a child forked after the open (see `engine::forks`): lets go of the child's
-    /// references to this handle's `lock` and `procs/<slot>` locks, which stay the parent's.
-    /// Otherwise a parent that died would look alive to the other handles for as long as the
-    /// child lives: the lock words and leases it held would wait for it.
-    pub(crate) fn let_go_in_forked_child(&self) {
-        self._attached.let_go_in_forked_child();
-        self._slot_lock.let_go_in_forked_child();
-    }
-
     /// Takes the lock word at `offset`: a compare-and-swap when it is free; else a futex wait,
     /// looking every few milliseconds whether its holder died (then the lock is taken over;
     /// what the dead holder left is for the new holder to repair: the tail by `repair_tail`,

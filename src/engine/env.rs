@@ -79,7 +79,7 @@ impl Env {
             coordination,
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
-            fork_generation: crate::engine::forks::generation(),
+            fork_generation: crate::storage::forks::generation(),
             opened_by: std::process::id(),
         }
     }
@@ -133,7 +133,7 @@ impl Env {
     /// Whether this process is a child forked after the handle was opened.
     #[inline(always)]
     pub(crate) fn is_forked(&self) -> bool {
-        crate::engine::forks::forked_since(self.fork_generation)
+        crate::storage::forks::forked_since(self.fork_generation)
     }
 
     #[cold]

@@ -12,7 +12,6 @@ pub(crate) mod counters;
 #[cfg(feature = "tracing")]
 pub(crate) mod events;
 pub(crate) mod failpoint;
-pub(crate) mod forks;
 pub(crate) mod report;
 pub(crate) mod sync;
 #[cfg(feature = "metrics")]

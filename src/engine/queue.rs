@@ -682,12 +682,9 @@ impl Queue {
 
     /// In a child forked after the open: drops nothing that would write or wait. The files
     /// and the lock words are the parent's, and so are the threads the flusher and the
-    /// reporter would join; the memory is leaked (see `engine::forks`). A shared handle's
-    /// locks are let go of, so that the parent's death shows.
+    /// reporter would join; the memory is leaked. The child let go of the lock files' `flock`s
+    /// at the fork (see `storage::forks`).
     fn leave_to_parent(&mut self) {
-        if let Some(coordination) = &self.shared.env.coordination {
-            coordination.let_go_in_forked_child();
-        }
         #[cfg(feature = "metrics")]
         std::mem::forget(self.reporter.take());
         std::mem::forget(self.flusher.take());

@@ -20,6 +20,7 @@
 //!   store the engine calls [`WritableMapping::stored`], so that an implementation whose mapping
 //!   is not the file's memory (the simulated filesystem) can apply it at that point.
 
+pub(crate) mod forks;
 pub(crate) mod process;
 pub mod queue_dir;
 #[cfg(any(test, feature = "sim"))]
@@ -386,7 +387,10 @@ impl Storage for OsStorage {
         file.set_len(0).map_err(LockFailure::Io)?;
         file.write_all_at(pid.as_bytes(), 0)
             .map_err(LockFailure::Io)?;
-        Ok(Box::new(LockedFile { _file: file }))
+        Ok(Box::new(LockedFile {
+            _held: forks::HeldLock::register(std::os::fd::AsRawFd::as_raw_fd(&file)),
+            _file: file,
+        }))
     }
 }
 
@@ -549,6 +553,9 @@ pub(crate) fn read_pid(mut file: &File) -> Option<u32> {
 
 /// Keeps the lock file open: the `flock` lives as long as the open file description.
 struct LockedFile {
+    /// Registered so that a forked child lets go of the lock (`storage::forks`); before
+    /// `_file`, so unregistered before the file closes.
+    _held: forks::HeldLock,
     _file: File,
 }
 

@@ -12,18 +12,23 @@
 
 use std::fs::{File, TryLockError};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
 use crate::format::control::{check_header, encode_header, other_layout_version, CONTROL_LEN};
+use crate::storage::forks::HeldLock;
 use crate::storage::Storage;
 
 /// A lock file of a shared queue (`lock`, `open.lock`, `procs/NNN`), opened and created if
 /// missing. Its locks belong to this open file, so two handles in one process exclude each
 /// other like two processes do, and they end with the process that holds them.
 pub(crate) struct LockFile {
+    /// A real lock file's descriptor, registered so that a forked child lets go of it
+    /// (`storage::forks`). Before `inner`: dropped, so unregistered, before the file closes.
+    _held: Option<HeldLock>,
     inner: LockInner,
 }
 
@@ -40,12 +45,15 @@ impl LockFile {
         #[cfg(any(test, feature = "sim"))]
         if let Some(sim) = storage.as_sim() {
             return Ok(LockFile {
+                _held: None,
                 inner: LockInner::Sim(sim.open_lock_file(path)?),
             });
         }
         let _ = storage;
+        let file = super::open_or_create_regular(path)?;
         Ok(LockFile {
-            inner: LockInner::Os(super::open_or_create_regular(path)?),
+            _held: Some(HeldLock::register(file.as_raw_fd())),
+            inner: LockInner::Os(file),
         })
     }
 
@@ -81,30 +89,6 @@ impl LockFile {
             LockInner::Os(file) => file.lock(),
             #[cfg(any(test, feature = "sim"))]
             LockInner::Sim(file) => file.lock(),
-        }
-    }
-
-    /// In a child forked after the lock was taken: lets go of this process's reference to the
-    /// lock without unlocking it. An `flock` belongs to the open file description, which the
-    /// child shares with the parent: unlocking would take the lock from the parent, and
-    /// keeping the descriptor keeps the lock held after the parent dies, for as long as the
-    /// child lives. The descriptor is pointed at `/dev/null` instead, so that the file handle
-    /// still owns an open descriptor. Nothing on the simulated filesystem, whose processes do
-    /// not fork.
-    pub(crate) fn let_go_in_forked_child(&self) {
-        match &self.inner {
-            LockInner::Os(file) => {
-                let Ok(null) = File::open("/dev/null") else {
-                    return;
-                };
-                use std::os::fd::AsRawFd;
-                // SAFETY: both descriptors are open and owned by live `File`s; `dup2` replaces
-                // what `file`'s number refers to, and the number stays open (now `/dev/null`),
-                // so `file` still owns an open descriptor when it is closed.
-                unsafe { libc::dup2(null.as_raw_fd(), file.as_raw_fd()) };
-            }
-            #[cfg(any(test, feature = "sim"))]
-            LockInner::Sim(_) => {}
         }
     }
 

@@ -40,6 +40,8 @@ fn now_us() -> u64 {
     time.tv_sec as u64 * 1_000_000 + time.tv_nsec as u64 / 1_000
 }
 
+/// The options of the tests and their children: `sync` is "always" or "never" for a shared
+/// queue, "exclusive" for an exclusive one under `Never`.
 fn options(sync: &str) -> Options {
     let policy = match sync {
         "always" => SyncPolicy::Always,
@@ -47,7 +49,7 @@ fn options(sync: &str) -> Options {
     };
     // Small segments: kills land in rolls too.
     Options::default()
-        .exclusive(false)
+        .exclusive(sync == "exclusive")
         .sync(policy)
         .segment_size(16 << 10)
 }
@@ -230,32 +232,53 @@ fn child() {
             writeln!(out, "p {seq} {producer} 0").unwrap();
             out.flush().unwrap();
         }
-        // Forks a child that drops its copy of the handle and then lives on ("g <pid>" once
-        // the copy is dropped), then pushes: the test kills this process in that push.
-        "fork-then-push" => {
-            // SAFETY: this process has the test harness's threads; the child only drops the
-            // handle's copy (refusals and leaks, no lock taken), writes a line and sleeps.
-            match unsafe { libc::fork() } {
-                0 => {
-                    drop(queue);
-                    writeln!(out, "g {}", std::process::id()).unwrap();
-                    out.flush().unwrap();
-                    // SAFETY: closes this process's end of the pipe to the test (standard
-                    // output), so that the test reads to its end once the parent died; nothing
-                    // writes to it any more.
-                    unsafe { libc::close(1) };
-                    loop {
-                        std::thread::sleep(Duration::from_secs(60));
-                    }
-                }
-                forked => assert!(forked > 0, "fork failed"),
-            }
+        // Forks a child that drops its copy of the handle (or keeps it, "fork-keep-then-push")
+        // and then lives on ("g <pid>"), then pushes: the test kills this process in that
+        // push.
+        "fork-then-push" | "fork-keep-then-push" => {
+            let queue = fork_sleeper(&mut out, queue, mode == "fork-keep-then-push");
             let seq = queue.push(&payload(producer, 0)).unwrap();
             writeln!(out, "p {seq} {producer} 0").unwrap();
             out.flush().unwrap();
         }
+        // Pushes one record ("p ..."), forks a child that keeps its copy of the handle and
+        // lives on ("g <pid>"), then closes the queue ("c") and ends.
+        "push-fork-close" => {
+            let seq = queue.push(&payload(producer, 0)).unwrap();
+            writeln!(out, "p {seq} {producer} 0").unwrap();
+            let queue = fork_sleeper(&mut out, queue, true);
+            queue.close().unwrap();
+            writeln!(out, "c").unwrap();
+            out.flush().unwrap();
+        }
         other => panic!("unknown child mode {other}"),
     }
+}
+
+/// Forks a child that drops its copy of `queue` (or keeps it, with `keep`), prints
+/// "g <pid>", closes its standard output and sleeps until killed. Returns `queue` in the
+/// parent.
+fn fork_sleeper(out: &mut impl std::io::Write, queue: Queue, keep: bool) -> Queue {
+    out.flush().unwrap();
+    // SAFETY: this process has the test harness's threads; the child only drops the handle's
+    // copy (refusals and leaks, no lock taken) or keeps it, writes a line and sleeps.
+    match unsafe { libc::fork() } {
+        0 => {
+            let kept = keep.then_some(queue);
+            writeln!(out, "g {}", std::process::id()).unwrap();
+            out.flush().unwrap();
+            // SAFETY: closes this process's end of the pipe to the test (standard output), so
+            // that the test reads to its end once the parent died; nothing writes to it any
+            // more.
+            unsafe { libc::close(1) };
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+                let _ = &kept;
+            }
+        }
+        forked => assert!(forked > 0, "fork failed"),
+    }
+    queue
 }
 
 /// Acknowledges a delivery, then prints "a <seq> <producer> <number> <start> <end>".
@@ -2002,28 +2025,34 @@ fn a_fanout_cut_short_by_a_kill_is_finished_once_by_another_process() {
 }
 
 /// A process that opened the queue and forked before it died mid-push, holding the tail lock:
-/// its child dropped its copy of the handle and lives on. The child let go of the parent's
-/// locks (`lock` and `procs/<slot>`), so the parent's death shows at once: the next push takes
-/// the tail lock over, cuts the half-written push and lands. Before, the child's copy of the
-/// descriptors kept the parent's slot locked, and every push waited for as long as the child
-/// lived.
+/// its child dropped its copy of the handle, or kept it, and lives on. The child let go of the
+/// parent's locks (`lock` and `procs/<slot>`) at the fork, so the parent's death shows at once:
+/// the next push takes the tail lock over, cuts the half-written push and lands. Before, the
+/// child's copy of the descriptors kept the parent's slot locked, and every push waited for as
+/// long as the child lived (until its copy was dropped, from the previous version on).
 #[test]
 fn a_dead_process_whose_forked_child_lives_on_is_seen_dead() {
-    for sync in ["never", "always"] {
+    for (sync, mode) in [
+        ("never", "fork-then-push"),
+        ("always", "fork-then-push"),
+        ("never", "fork-keep-then-push"),
+        ("always", "fork-keep-then-push"),
+    ] {
+        let context = format!("{sync}, {mode}");
         let dir = tempfile::tempdir().unwrap();
         let survivor = Queue::open(dir.path(), options(sync)).unwrap();
         survivor.push(b"before").unwrap();
-        let mut child = spawn("fork-then-push", dir.path(), sync, Some("shared.dirty:1"));
+        let mut child = spawn(mode, dir.path(), sync, Some("shared.dirty:1"));
         let status = child.wait().unwrap();
-        assert!(aborted(status), "{sync}: died in its push ({status})");
+        assert!(aborted(status), "{context}: died in its push ({status})");
         let lines = lines_of(&mut child);
         let grandchild: libc::pid_t = lines
             .iter()
             .find_map(|line| line.strip_prefix("g "))
-            .unwrap_or_else(|| panic!("{sync}: the forked child's line in {lines:?}"))
+            .unwrap_or_else(|| panic!("{context}: the forked child's line in {lines:?}"))
             .parse()
             .unwrap();
-        assert!(entries(&lines, "p ").is_empty(), "{sync}");
+        assert!(entries(&lines, "p ").is_empty(), "{context}");
         // The push waits for the dead holder's tail lock as long as it looks alive: with a
         // deadline, so that a failure ends (by killing the forked child, which frees it).
         let (done, pushed) = std::sync::mpsc::channel();
@@ -2039,11 +2068,51 @@ fn a_dead_process_whose_forked_child_lives_on_is_seen_dead() {
         });
         assert!(
             pusher.is_ok(),
-            "{sync}: a push waited 60 s for a dead process whose forked child lived"
+            "{context}: a push waited 60 s for a dead process whose forked child lived"
         );
         let payloads: Vec<Vec<u8>> = std::iter::from_fn(|| survivor.pop().unwrap())
             .map(|record| record.payload().to_vec())
             .collect();
-        assert_eq!(payloads, [&b"before"[..], b"after"], "{sync}");
+        assert_eq!(payloads, [&b"before"[..], b"after"], "{context}");
+    }
+}
+
+/// A process opened the queue, pushed, forked a child that keeps its copy of the handle and
+/// lives on, then closed the queue and ended. The child let go of the lock files at the fork:
+/// the queue opens exclusively at once and holds the record. Before, the child's descriptors
+/// kept the parent's `flock` on `lock` (exclusive, or shared in a shared queue) for as long as
+/// the child lived, and every exclusive open failed with `Error::Locked`.
+#[test]
+fn a_queue_closed_while_its_forked_child_lives_on_opens_again() {
+    for sync in ["exclusive", "never"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn("push-fork-close", dir.path(), sync, None);
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "{sync}: the child closed and ended ({status})"
+        );
+        let lines = lines_of(&mut child);
+        assert!(lines.iter().any(|line| line == "c"), "{sync}: {lines:?}");
+        let grandchild: libc::pid_t = lines
+            .iter()
+            .find_map(|line| line.strip_prefix("g "))
+            .unwrap_or_else(|| panic!("{sync}: the forked child's line in {lines:?}"))
+            .parse()
+            .unwrap();
+        let opened = Queue::open(dir.path(), options("exclusive"));
+        let popped = opened
+            .as_ref()
+            .ok()
+            .map(|queue| queue.pop().unwrap().map(|record| record.payload().to_vec()));
+        // SAFETY: kills the forked child by the pid it printed (its parent ended, so it is
+        // nobody's to wait for).
+        unsafe { libc::kill(grandchild, libc::SIGKILL) };
+        let queue = opened.unwrap_or_else(|error| {
+            panic!("{sync}: the open beside the forked child failed: {error}")
+        });
+        let (_, producer, _) = entries(&lines, "p ")[0];
+        assert_eq!(popped, Some(Some(payload(producer, 0))), "{sync}");
+        assert!(queue.pop().unwrap().is_none(), "{sync}");
     }
 }
