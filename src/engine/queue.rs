@@ -570,6 +570,11 @@ impl Queue {
     }
 
     /// The number of records in the queue.
+    ///
+    /// In a child forked after the open, where every other call fails with
+    /// [`Error::Forked`], it counts from the files without taking a lock: from the head in the
+    /// `head` file to the published tail (a shared queue's, read from `control`; an exclusive
+    /// queue's, as it was at the fork).
     pub fn len(&self) -> u64 {
         self.shared.len()
     }

@@ -945,13 +945,21 @@ impl Shared {
         }
     }
 
-    /// A shared queue's length seen from a handle that does not consume: the records between
-    /// the head in the `head` file and the committed tail (records acknowledged out of order
-    /// beyond the head are counted).
+    /// A shared queue's length seen from a handle that does not consume (or from a copy in a
+    /// forked child): the records between the head in the `head` file and the published tail
+    /// (records acknowledged out of order beyond the head are counted).
     #[cold]
     fn len_without_consumer(&self) -> u64 {
-        let _ = self.log.refresh(&self.env);
-        let next_seq = self.log.published_next_seq();
+        let next_seq = match &self.env.coordination {
+            // A child's copy takes no lock, which a parent thread may have held at the fork:
+            // the published tail straight from `control` (an exclusive copy's is the fork's).
+            Some(coordination) if self.env.is_forked() => coordination.published().next_seq,
+            _ if self.env.is_forked() => self.log.published_next_seq(),
+            _ => {
+                let _ = self.log.refresh(&self.env);
+                self.log.published_next_seq()
+            }
+        };
         let head_seq = crate::engine::head::head_seq_in_file(&*self.env.storage, &self.env.dir)
             .unwrap_or(next_seq);
         next_seq.saturating_sub(head_seq)

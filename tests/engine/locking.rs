@@ -38,9 +38,11 @@ fn another_process_holding_the_queue_locks_it_until_it_dies() {
 }
 
 /// What a child process forked after the open does with its copy of the handle: every call
-/// fails with `Error::Forked` naming the parent, and dropping the copy neither waits for the
-/// parent's threads nor touches the files. The parent's handle goes on as if there had been no
-/// fork: the record pushed before it is popped once, and a reopen finds the files whole.
+/// fails with `Error::Forked` naming the parent, `len` (which cannot fail) counts the records
+/// without taking a lock (in a shared queue, those another handle pushed too), and dropping the
+/// copy neither waits for the parent's threads nor touches the files. The parent's handle goes
+/// on as if there had been no fork: the records pushed before it are popped once, and a reopen
+/// finds the files whole.
 #[test]
 fn a_forked_child_cannot_use_its_copy_of_the_handle_and_its_drop_leaves_the_queue_alone() {
     use std::time::{Duration, Instant};
@@ -60,6 +62,13 @@ fn a_forked_child_cannot_use_its_copy_of_the_handle_and_its_drop_leaves_the_queu
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::open(dir.path(), options.clone()).unwrap();
         queue.push(b"before the fork").unwrap();
+        let shared = case.starts_with("shared");
+        if shared {
+            // Committed by another handle: the child's `len` takes it up from `control`.
+            let other = Queue::open(dir.path(), options.clone()).unwrap();
+            other.push(b"from another handle").unwrap();
+        }
+        let expected = if shared { 2 } else { 1 };
         let parent = std::process::id();
         // SAFETY: fork in a test process with other threads; the child runs the queue's
         // refusals (which allocate: glibc's malloc is usable after fork) and `_exit`s, never
@@ -76,6 +85,7 @@ fn a_forked_child_cannot_use_its_copy_of_the_handle_and_its_drop_leaves_the_queu
                     forked(queue.sync()),
                     forked(queue.stats().map(drop)),
                     forked(queue.compact().map(drop)),
+                    queue.len() == expected,
                 ];
                 drop(queue);
                 // Bit k set: the k-th call was not refused as it should be.
@@ -110,13 +120,21 @@ fn a_forked_child_cannot_use_its_copy_of_the_handle_and_its_drop_leaves_the_queu
         assert_eq!(
             libc::WEXITSTATUS(status),
             0,
-            "{case}: bit k set = the k-th call in the child was not refused with Forked; 200 = a panic"
+            "{case}: bit k set = the k-th call in the child was not refused with Forked (bit 7: \
+             len was wrong); 200 = a panic"
         );
         assert_eq!(
             queue.pop().unwrap().unwrap().payload(),
             b"before the fork",
             "{case}"
         );
+        if shared {
+            assert_eq!(
+                queue.pop().unwrap().unwrap().payload(),
+                b"from another handle",
+                "{case}"
+            );
+        }
         queue.push(b"after the fork").unwrap();
         assert_eq!(
             queue.pop().unwrap().unwrap().payload(),
