@@ -292,13 +292,14 @@ impl Writer {
         self.written_end = self.written_end.max(end);
         self.len_max = self.len_max.max(end);
         self.next_seq += records as u64;
-        // The batch that ends a `WRITEBACK_BYTES` block of the file hands the blocks it
-        // finished to writeback: by position, not by what this writer appended, so that in a
-        // queue shared by several processes each block is handed over once, by whichever
-        // process finished it (when each writer counted its own appends, every process handed
-        // every block over again: a quarter of a producer's time with four of them).
-        let from = start - start % WRITEBACK_BYTES;
-        let until = end - end % WRITEBACK_BYTES;
+        // The batch that ends a `WRITEBACK_BYTES` block of the file hands the block before it
+        // to writeback (a block late: by then every writer still pushing has its window in a
+        // later block, see `mapped`): by position, not by what this writer appended, so that
+        // in a queue shared by several processes each block is handed over once, by whichever
+        // process finished the next (when each writer counted its own appends, every process
+        // handed every block over again: a quarter of a producer's time with four of them).
+        let from = (start - start % WRITEBACK_BYTES).saturating_sub(WRITEBACK_BYTES);
+        let until = (end - end % WRITEBACK_BYTES).saturating_sub(WRITEBACK_BYTES);
         if !self.sync_always && until > from {
             crate::engine::writeback::start(&self.file, from, until - from);
         }
@@ -334,10 +335,17 @@ impl Writer {
         if !covered {
             // Unmap first: at most one window is mapped, which bounds the writer's memory.
             self.window = None;
+            // The window is the writeback block the tail is in (and the rest of a frame that
+            // crosses its end): once the tail is in the next block, no process maps this one,
+            // and its writeback (a block later, see `advance`) write-protects no page of ours.
+            // A page still mapped there would cost a TLB shootdown each, an interrupt of every
+            // CPU running a process that maps it (a fifth of the time of two producer
+            // processes went to them).
+            let start = self.tail - self.tail % WRITEBACK_BYTES;
             // Prepared space ends on an aligned boundary (possibly past the segment size, by
             // less than the alignment): how recovery tells it from zeros a crash left.
             let window_end = end
-                .max(segment_size.min(self.tail + WRITE_WINDOW_BYTES))
+                .max(segment_size.min(start + WRITE_WINDOW_BYTES))
                 .next_multiple_of(PREPARED_SPACE_ALIGN);
             // The whole window must be zeros this writer wrote (inside the file, no stale
             // bytes): `written_end` may lie anywhere before or after `end` (the written path
@@ -351,16 +359,18 @@ impl Writer {
                 // by the next store. The zeros still spare the syncs block allocation.
                 return Ok(None);
             }
+            // From the block's start: the frames before the tail are in the file, and no store
+            // goes there.
             let map = self
                 .file
-                .map_writable(self.tail, window_end - self.tail)
+                .map_writable(start, window_end - start)
                 .map_err(|error| Error::io("map segment for writing", &self.active.path, error))?;
             let Some(map) = map else {
                 self.mapping_enabled = false;
                 return Ok(None);
             };
             self.window = Some(Window {
-                start: self.tail,
+                start,
                 end: window_end,
                 map,
             });
