@@ -4,8 +4,9 @@
 //! 200,000). Every figure is measured in the same run as what it is compared with: one producer
 //! process and one consumer process against one process that pushes and pops the same records,
 //! and against yaque's sender and receiver in two processes; four producer processes against
-//! one, under `Never` and `Always` (and the raw disk: 4 processes against one, each writing and
-//! syncing every record itself); one producer and two consumer processes taking turns
+//! one, under `Never` (the four push the one's records between them) and `Always` (as many
+//! each), and the raw disk: 4 processes against one, each writing and syncing every record
+//! itself; one producer and two consumer processes taking turns
 //! against the pair, and two handles that consume in turn record by record; the wake-up latency from a push in one process to a
 //! `pop_timeout` blocked in another. The child processes are this binary, run again with
 //! `DISKSPOOL_MP_ROLE` set.
@@ -64,6 +65,9 @@ fn child(role: &str) {
             for _ in 0..count {
                 queue.push(&PAYLOAD).unwrap();
             }
+            // The clock stops here: `stats` below reads every record's header.
+            writeln!(out, "pushed").unwrap();
+            out.flush().unwrap();
             // The group commit's work, for the parent's records-per-sync figure.
             let totals = queue.stats().unwrap().totals.unwrap_or_default();
             writeln!(
@@ -207,16 +211,36 @@ fn spawn(role: &str, dir: &Path, count: u64, sync: &str) -> Child {
     child
 }
 
-/// Starts the children together and returns the time until all are done.
+/// Starts the children together and returns the time until each said its work is done
+/// ("pushed" or "done"; what a child does after, its `stats`, its close and its exit, is not
+/// timed: a producer's `stats` reads the header of every record in the queue, its close syncs
+/// the segment, and both grow with the number of processes, not with their pushes).
 fn run(children: &mut [Child]) -> Duration {
     let start = Instant::now();
     for child in children.iter_mut() {
         child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     }
     for child in children.iter_mut() {
+        let line = read_line_unbuffered(child.stdout.as_mut().unwrap());
+        assert!(line == "pushed" || line == "done", "a child said {line:?}");
+    }
+    let took = start.elapsed();
+    for child in children.iter_mut() {
         assert!(child.wait().unwrap().success());
     }
-    start.elapsed()
+    took
+}
+
+/// One line of a child's output, read byte by byte so that nothing after it is taken from the
+/// pipe (`group_commits` reads the rest).
+fn read_line_unbuffered(stdout: &mut std::process::ChildStdout) -> String {
+    use std::io::Read;
+    let mut line = Vec::new();
+    let mut byte = [0];
+    while stdout.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
 }
 
 /// The group-commit syncs the producer children led, and the records those syncs covered
@@ -354,10 +378,17 @@ fn main() {
         let took = run(&mut children);
         rows.push(("yaque sender + receiver process".into(), rate(count, took)));
     }
-    // Producer processes alone: 1, then 4, each pushing as many as the single one.
+    // Producer processes alone: 1, then 4. Under Never the 4 push the single one's records
+    // between them (the same bytes for the page cache and the disk to take); under Always each
+    // pushes as many as the single one (a run of a few hundred syncs).
     let mut per_sync = Vec::new();
-    for (sync, per) in [("never", count), ("always", always_count)] {
+    for (sync, total) in [("never", count), ("always", always_count)] {
         for producers in [1u64, 4] {
+            let per = if sync == "never" {
+                total / producers
+            } else {
+                total
+            };
             let dir = fresh(&format!("producers-{sync}-{producers}"));
             let mut children: Vec<Child> = (0..producers)
                 .map(|_| spawn("push", &dir, per, sync))
