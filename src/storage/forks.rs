@@ -25,9 +25,12 @@
 //!
 //! The registry of those descriptors is a list of fixed chunks of atomic slots, never freed:
 //! the handler walks it with loads only (no lock, no allocation, as a handler in the child of
-//! a multi-threaded process must). A slot is cleared before its descriptor is closed, so the
-//! handler never touches a number that another file may have reused. A fork that lands between
-//! a lock file's open and its registration leaves that one descriptor in the child, as before.
+//! a multi-threaded process must). When a lock file closes, its descriptor is first pointed at
+//! `/dev/null` (which lets go of the lock, as the close would), then its slot is cleared, then
+//! it is closed: a fork at any moment of that finds the lock either registered or already let
+//! go of, and the handler never touches a number that another file may have reused. A fork
+//! that lands between a lock file's open and its registration leaves that one descriptor in
+//! the child, as before.
 
 use std::os::fd::RawFd;
 use std::ptr;
@@ -60,6 +63,39 @@ impl Chunk {
 static HELD: Chunk = Chunk::new();
 
 /// Runs in the child of every `fork`.
+/// Points `fd` at `/dev/null`, keeping it open and close-on-exec; false if that failed.
+///
+/// Async-signal-safe: `open`, `dup2`, `fcntl` and `close` only.
+fn point_at_null(fd: RawFd, null: &mut RawFd) -> bool {
+    if *null == FREE {
+        // SAFETY: `open` is async-signal-safe, as calls in a handler run in the child of a
+        // multi-threaded process must be; the path is a static C string.
+        *null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if *null < 0 {
+            *null = FREE;
+            return false;
+        }
+    }
+    // SAFETY: `fd` is open (see the callers); `dup2` replaces what it refers to and the number
+    // stays open. `dup2` clears close-on-exec: `fcntl` sets it again, as the lock file's
+    // descriptor had it.
+    unsafe {
+        if libc::dup2(*null, fd) != fd {
+            return false;
+        }
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+    true
+}
+
+/// Closes the `/dev/null` descriptor [`point_at_null`] opened, if it did.
+fn close_null(null: RawFd) {
+    if null != FREE {
+        // SAFETY: opened by `point_at_null` and not used after this.
+        unsafe { libc::close(null) };
+    }
+}
+
 extern "C" fn in_child() {
     FORKS.fetch_add(1, Ordering::Relaxed);
     // Opened at the first descriptor found: a process holding no lock pays nothing more.
@@ -69,35 +105,15 @@ extern "C" fn in_child() {
         // SAFETY: chunks are never freed: `HELD` is static and the others are leaked boxes.
         let current = unsafe { &*chunk };
         for slot in &current.slots {
+            // A set slot holds a descriptor that was open at the fork (see the module).
             let fd = slot.load(Ordering::Acquire);
-            if fd == FREE {
-                continue;
-            }
-            if null == FREE {
-                // SAFETY: `open` is async-signal-safe, as calls in a handler run in the child
-                // of a multi-threaded process must be; the path is a static C string.
-                null =
-                    unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-                if null < 0 {
-                    return;
-                }
-            }
-            // SAFETY: the slot holds a descriptor that was open at the fork (slots are cleared
-            // before their descriptor is closed); `dup2` (async-signal-safe) replaces what it
-            // refers to, and the number stays open. `dup2` clears close-on-exec: `fcntl` sets
-            // it again, as the lock file's descriptor had it.
-            unsafe {
-                if libc::dup2(null, fd) == fd {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
+            if fd != FREE && !point_at_null(fd, &mut null) && null == FREE {
+                return;
             }
         }
         chunk = current.next.load(Ordering::Acquire);
     }
-    if null != FREE {
-        // SAFETY: `null` was opened above and is not used after this.
-        unsafe { libc::close(null) };
-    }
+    close_null(null);
 }
 
 /// Registers the handler once per process.
@@ -128,6 +144,7 @@ pub(crate) fn forked_since(generation: u64) -> bool {
 /// dropped (and the slot cleared) before the file is closed.
 pub(crate) struct HeldLock {
     slot: &'static AtomicI32,
+    fd: RawFd,
 }
 
 impl HeldLock {
@@ -141,7 +158,7 @@ impl HeldLock {
                     .compare_exchange(FREE, fd, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return HeldLock { slot };
+                    return HeldLock { slot, fd };
                 }
             }
             let next = chunk.next.load(Ordering::Acquire);
@@ -173,7 +190,12 @@ impl HeldLock {
 }
 
 impl Drop for HeldLock {
+    /// Lets go of the lock before the slot is cleared (see the module); the file's close
+    /// follows.
     fn drop(&mut self) {
+        let mut null = FREE;
+        point_at_null(self.fd, &mut null);
+        close_null(null);
         self.slot.store(FREE, Ordering::Release);
     }
 }
@@ -181,25 +203,46 @@ impl Drop for HeldLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     /// Every registration gets a slot of its own, past the first chunk too, and a dropped one
-    /// frees its slot for the next.
+    /// frees its slot.
     #[test]
     fn registrations_take_distinct_slots_and_give_them_back() {
-        // Numbers no real descriptor of this test has: the handler runs only in a child.
-        let held: Vec<HeldLock> = (0..3 * CHUNK_SLOTS as i32)
-            .map(|n| HeldLock::register(1_000_000 + n))
+        let files: Vec<std::fs::File> = (0..3 * CHUNK_SLOTS)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let held: Vec<HeldLock> = files
+            .iter()
+            .map(|file| HeldLock::register(file.as_raw_fd()))
             .collect();
         let mut slots: Vec<*const AtomicI32> = held.iter().map(|h| h.slot as *const _).collect();
         slots.sort();
         slots.dedup();
         assert_eq!(slots.len(), held.len());
-        for h in &held {
-            assert!(h.slot.load(Ordering::Relaxed) >= 1_000_000);
+        for (h, file) in held.iter().zip(&files) {
+            assert_eq!(h.slot.load(Ordering::Relaxed), file.as_raw_fd());
         }
         let first: &'static AtomicI32 = held[0].slot;
         drop(held);
-        // Free again (or another test's lock file's since: a small number, never this one).
-        assert_ne!(first.load(Ordering::Relaxed), 1_000_000);
+        // Free (or another test's since: never this number, which `files` still holds).
+        assert_ne!(first.load(Ordering::Relaxed), files[0].as_raw_fd());
+    }
+
+    /// Dropping the registration lets go of the lock at once, before the file closes: another
+    /// open of the file takes it while the first is still open.
+    #[test]
+    fn a_dropped_registration_lets_go_of_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let file = std::fs::File::create(&path).unwrap();
+        file.try_lock().unwrap();
+        let other = std::fs::File::open(&path).unwrap();
+        assert!(other.try_lock().is_err(), "held by the first open");
+        let held = HeldLock::register(file.as_raw_fd());
+        assert!(other.try_lock().is_err(), "registering keeps the lock");
+        drop(held);
+        other.try_lock().unwrap();
+        drop(file);
     }
 }
