@@ -281,6 +281,16 @@ fn fork_sleeper(out: &mut impl std::io::Write, queue: Queue, keep: bool) -> Queu
     queue
 }
 
+/// The pid a child's forked child printed ("g <pid>", see [`fork_sleeper`]).
+fn forked_child_pid(lines: &[String], context: &str) -> libc::pid_t {
+    lines
+        .iter()
+        .find_map(|line| line.strip_prefix("g "))
+        .unwrap_or_else(|| panic!("{context}: the forked child's line in {lines:?}"))
+        .parse()
+        .unwrap()
+}
+
 /// Acknowledges a delivery, then prints "a <seq> <producer> <number> <start> <end>".
 fn ack_and_print(out: &mut impl std::io::Write, delivery: diskspool::Delivery) {
     let seq = delivery.seq();
@@ -2046,12 +2056,7 @@ fn a_dead_process_whose_forked_child_lives_on_is_seen_dead() {
         let status = child.wait().unwrap();
         assert!(aborted(status), "{context}: died in its push ({status})");
         let lines = lines_of(&mut child);
-        let grandchild: libc::pid_t = lines
-            .iter()
-            .find_map(|line| line.strip_prefix("g "))
-            .unwrap_or_else(|| panic!("{context}: the forked child's line in {lines:?}"))
-            .parse()
-            .unwrap();
+        let grandchild = forked_child_pid(&lines, &context);
         assert!(entries(&lines, "p ").is_empty(), "{context}");
         // The push waits for the dead holder's tail lock as long as it looks alive: with a
         // deadline, so that a failure ends (by killing the forked child, which frees it).
@@ -2094,12 +2099,7 @@ fn a_queue_closed_while_its_forked_child_lives_on_opens_again() {
         );
         let lines = lines_of(&mut child);
         assert!(lines.iter().any(|line| line == "c"), "{sync}: {lines:?}");
-        let grandchild: libc::pid_t = lines
-            .iter()
-            .find_map(|line| line.strip_prefix("g "))
-            .unwrap_or_else(|| panic!("{sync}: the forked child's line in {lines:?}"))
-            .parse()
-            .unwrap();
+        let grandchild = forked_child_pid(&lines, sync);
         let opened = Queue::open(dir.path(), options("exclusive"));
         let popped = opened
             .as_ref()
