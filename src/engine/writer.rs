@@ -38,6 +38,9 @@ pub(crate) const MAPPED_BATCH_BYTES_MAX: u64 = 32 << 10;
 /// pushing thread waits.
 pub(crate) const WRITEBACK_BYTES: u64 = 1 << 20;
 
+// The write window is one writeback block (see `Writer::mapped`).
+const _: () = assert!(WRITE_WINDOW_BYTES == WRITEBACK_BYTES);
+
 /// The most frames written with one gathering write (up to three parts each, below the
 /// system's limit of 1,024); larger batches of small records are encoded into one buffer.
 const GATHERED_FRAMES_MAX: usize = 256;
