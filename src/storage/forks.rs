@@ -62,7 +62,6 @@ impl Chunk {
 /// The first chunk; more are appended (and leaked) when every slot is taken.
 static HELD: Chunk = Chunk::new();
 
-/// Runs in the child of every `fork`.
 /// Points `fd` at `/dev/null`, keeping it open and close-on-exec; false if that failed.
 ///
 /// Async-signal-safe: `open`, `dup2`, `fcntl` and `close` only.
@@ -96,6 +95,7 @@ fn close_null(null: RawFd) {
     }
 }
 
+/// Runs in the child of every `fork`: counts it, and lets go of every registered lock.
 extern "C" fn in_child() {
     FORKS.fetch_add(1, Ordering::Relaxed);
     // Opened at the first descriptor found: a process holding no lock pays nothing more.
