@@ -96,10 +96,20 @@ impl ProcessesConfig {
         }
     }
 
+    /// The sync policies of the handles, one per slot in use.
+    fn policies(&self) -> impl Iterator<Item = Policy> + '_ {
+        (0..usize::from(self.handles)).map(|index| self.policy_of(index))
+    }
+
     /// Whether every handle syncs each operation (`Always`): then readers read only what a
     /// sync covered, and a power loss undoes nothing that returned.
     pub fn all_always(&self) -> bool {
-        (0..usize::from(self.handles)).all(|index| self.policy_of(index) == Policy::Always)
+        self.policies().all(|policy| policy == Policy::Always)
+    }
+
+    /// Whether the handles' sync policies differ.
+    pub fn mixes_policies(&self) -> bool {
+        self.policies().any(|policy| policy != self.policy_of(0))
     }
 }
 
@@ -2955,8 +2965,7 @@ pub fn run_processes(
         run.drain()
     })();
     run.finish();
-    let mixes =
-        (1..usize::from(config.handles)).any(|index| config.policy_of(index) != config.policy);
+    let mixes = config.mixes_policies();
     result.map(|()| ProcessesSummary {
         mixed_runs: u64::from(mixes),
         mixed_power_losses: if mixes {
