@@ -230,6 +230,13 @@ pub(crate) enum ConsumerLock {
 /// How long a waiter looks at the arrivals word before it sleeps on it.
 const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(20);
 
+/// How many times a waiter for the tail lock looks at the word before it sleeps. A push holds
+/// the lock for a few hundred nanoseconds: a waiter that slept at once paid a futex wait, and
+/// its holder a wake, for a lock about to be free, and a sleeper often found it taken again
+/// when it woke. 40 looks (a microsecond or two) measured best of 16, 40, 100, 250 and 1,000
+/// with four producer processes on two cores (docs/PERFORMANCE.md).
+const TAIL_LOOKS_BEFORE_SLEEP: u32 = 40;
+
 /// How long a waiter for the tail lock sleeps before it looks whether the holder died.
 const HOLDER_CHECK: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -487,7 +494,8 @@ impl Coordination {
             .store(head_durable, Ordering::Release);
     }
 
-    /// Takes the lock word at `offset`: a compare-and-swap when it is free; else a futex wait,
+    /// Takes the lock word at `offset`: a compare-and-swap when it is free; else a few looks at
+    /// it (`TAIL_LOOKS_BEFORE_SLEEP`), then a futex wait,
     /// looking every few milliseconds whether its holder died (then the lock is taken over;
     /// what the dead holder left is for the new holder to repair: the tail by `repair_tail`,
     /// the consumer files by a full read of them).
@@ -500,6 +508,7 @@ impl Coordination {
         {
             return WordGuard { word };
         }
+        let mut looks = 0;
         loop {
             let current = word.load(Ordering::Relaxed);
             if current == 0 {
@@ -512,6 +521,12 @@ impl Coordination {
                 }
                 continue;
             }
+            if looks < TAIL_LOOKS_BEFORE_SLEEP {
+                looks += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            looks = 0;
             if self.wait_or_take_over(word, current, 1, mine) {
                 return WordGuard { word };
             }
