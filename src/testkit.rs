@@ -31,6 +31,17 @@ pub fn on_crash_points_in_this_thread(hook: Option<CrashPointHook>) {
     crate::engine::failpoint::on_reached_in_this_thread(hook);
 }
 
+/// What an open that finds its lock held for a moment calls, in [`on_momentary_holds_in_this_thread`].
+pub type MomentaryHoldHook = Box<dyn FnMut()>;
+
+/// An open in the calling thread that finds its lock held, maybe for a moment only (by a child
+/// process between fork and exec), tries again for `window` instead of 200 ms, and calls `hook`
+/// before each wait (`None`: back to normal). For tests that end such a hold at a known moment
+/// of the wait instead of racing the window.
+pub fn on_momentary_holds_in_this_thread(hook: Option<(Duration, MomentaryHoldHook)>) {
+    crate::storage::momentary_hold_hook::set(hook);
+}
+
 /// The payload limit the decoding checks use: large enough for any frame in a fuzz input.
 const PAYLOAD_LEN_LIMIT: u32 = 1 << 20;
 

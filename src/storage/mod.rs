@@ -210,11 +210,18 @@ pub(crate) struct MomentaryHold {
     deadline: std::time::Instant,
 }
 
+/// How long [`MomentaryHold`] tries again.
+const MOMENTARY_HOLD_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl MomentaryHold {
     /// The window starts now.
     pub(crate) fn new() -> Self {
+        #[cfg(feature = "testkit")]
+        let window = momentary_hold_hook::window().unwrap_or(MOMENTARY_HOLD_WINDOW);
+        #[cfg(not(feature = "testkit"))]
+        let window = MOMENTARY_HOLD_WINDOW;
         MomentaryHold {
-            deadline: std::time::Instant::now() + std::time::Duration::from_millis(200),
+            deadline: std::time::Instant::now() + window,
         }
     }
 
@@ -222,9 +229,44 @@ impl MomentaryHold {
     pub(crate) fn wait_again(&self) -> bool {
         let again = std::time::Instant::now() < self.deadline;
         if again {
+            #[cfg(feature = "testkit")]
+            momentary_hold_hook::call();
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         again
+    }
+}
+
+/// A test's hold on [`MomentaryHold`] in one thread (`testkit::on_momentary_holds_in_this_thread`):
+/// a window of its own, and a call at each wait, so that a test ends the hold at a known moment
+/// of the wait instead of racing a timer.
+#[cfg(feature = "testkit")]
+pub(crate) mod momentary_hold_hook {
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    /// A window, and what each wait in it calls.
+    pub(crate) type Hook = (Duration, Box<dyn FnMut()>);
+
+    thread_local! {
+        static IN_THIS_THREAD: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Sets (or with `None` removes) the calling thread's hook.
+    pub(crate) fn set(hook: Option<Hook>) {
+        IN_THIS_THREAD.with(|slot| *slot.borrow_mut() = hook);
+    }
+
+    pub(super) fn window() -> Option<Duration> {
+        IN_THIS_THREAD.with(|slot| slot.borrow().as_ref().map(|(window, _)| *window))
+    }
+
+    pub(super) fn call() {
+        let taken = IN_THIS_THREAD.with(|slot| slot.borrow_mut().take());
+        if let Some((window, mut call)) = taken {
+            call();
+            IN_THIS_THREAD.with(|slot| *slot.borrow_mut() = Some((window, call)));
+        }
     }
 }
 

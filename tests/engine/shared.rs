@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use diskspool::format::control::CONTROL_VERSION;
-use diskspool::{Error, Options, Queue, SyncPolicy};
+use diskspool::{testkit, Error, Options, Queue, SyncPolicy};
 
 use crate::util::payload_for;
 
@@ -165,20 +165,24 @@ fn an_exclusive_handle_and_a_shared_one_exclude_each_other() {
 
 /// A child process started while a handle had the queue open, by a call that runs no
 /// `pthread_atfork` handler (`posix_spawn`, which `std::process` uses, is one), shares the
-/// handle's lock until it starts its new program or exits (here it sleeps 100 ms first, as a
-/// child of a loaded machine may before its `exec`): an open right after the handle closed
-/// waits that moment out, shared or exclusive, instead of reporting the queue locked by this
-/// very process. (A child of `fork` lets go of the lock at once: see `multiprocess`.)
+/// handle's lock until it starts its new program or exits: an open right after the handle
+/// closed waits that moment out, shared or exclusive, instead of reporting the queue locked by
+/// this very process. (A child of `fork` lets go of the lock at once: see `multiprocess`.)
+///
+/// The child waits until it is killed, and the open's first wait kills it: the open must
+/// then take the lock at its next try. The window is a minute here, not 200 ms, so that no
+/// timer races the child's death on a loaded machine.
 #[test]
 fn an_open_waits_out_a_lock_a_forked_child_holds_for_a_moment() {
     let forked_child_holding_the_lock = || {
         // A raw `clone` with a copy of the memory and the descriptors, as `fork` makes, but
         // without the handlers `fork` runs.
-        // SAFETY: the child calls only async-signal-safe functions (usleep, _exit).
+        // SAFETY: the child calls only an async-signal-safe function (pause) until killed.
         match unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) as libc::pid_t } {
             0 => unsafe {
-                libc::usleep(100_000);
-                libc::_exit(0)
+                loop {
+                    libc::pause();
+                }
             },
             pid => {
                 assert!(pid > 0, "fork failed");
@@ -186,11 +190,26 @@ fn an_open_waits_out_a_lock_a_forked_child_holds_for_a_moment() {
             }
         }
     };
-    let reap = |pid: libc::pid_t| {
-        let mut status = 0;
-        // SAFETY: waits for our own child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    };
+    /// The child, killed and reaped when it is taken or dropped (also when an assert fails:
+    /// a child left alive would keep the test's output open).
+    struct Child(std::cell::Cell<Option<libc::pid_t>>);
+    impl Child {
+        fn kill(&self) {
+            if let Some(pid) = self.0.take() {
+                let mut status = 0;
+                // SAFETY: kills and waits for our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+                }
+            }
+        }
+    }
+    impl Drop for Child {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     for (first, then) in [
         (Options::default(), shared(SyncPolicy::Never)),
@@ -198,11 +217,27 @@ fn an_open_waits_out_a_lock_a_forked_child_holds_for_a_moment() {
     ] {
         let handle = Queue::open(dir.path(), first).unwrap();
         handle.push(b"x").unwrap();
-        let child = forked_child_holding_the_lock();
+        let child = std::rc::Rc::new(Child(Some(forked_child_holding_the_lock()).into()));
         drop(handle);
+        let waits = std::rc::Rc::new(std::cell::Cell::new(0));
+        let (counted, killed) = (waits.clone(), child.clone());
+        testkit::on_momentary_holds_in_this_thread(Some((
+            Duration::from_secs(60),
+            Box::new(move || {
+                killed.kill();
+                counted.set(counted.get() + 1);
+            }),
+        )));
         let opened = Queue::open(dir.path(), then);
-        reap(child);
+        testkit::on_momentary_holds_in_this_thread(None);
+        child.kill();
         assert!(opened.is_ok(), "{:?}", opened.err());
+        assert_eq!(
+            waits.get(),
+            1,
+            "the open found the child's lock and waited once"
+        );
+        assert_eq!(opened.unwrap().pop().unwrap().unwrap().payload(), b"x");
     }
 }
 
