@@ -28,14 +28,22 @@
 //! a multi-threaded process must). When a lock file closes, its descriptor is first pointed at
 //! `/dev/null` (which lets go of the lock, as the close would), then its slot is cleared, then
 //! it is closed: a fork at any moment of that finds the lock either registered or already let
-//! go of, and the handler never touches a number that another file may have reused. A fork
-//! that lands between a lock file's open and its registration leaves that one descriptor in
-//! the child, as before.
+//! go of, and the handler never touches a number that another file may have reused.
+//!
+//! A lock file is opened and registered with no fork in between ([`open_lock_file`]): the
+//! opens in flight are counted, and a handler that runs in the forking thread before the fork
+//! waits until none is (and holds new ones back until the fork is done). Otherwise a fork
+//! between the open and the registration would leave that descriptor in the child, sharing
+//! the lock its parent takes on it later. The wait is bounded (a second): a fork from a signal
+//! handler that interrupted an open in the same thread would otherwise wait for good.
 
-use std::os::fd::RawFd;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
 /// Forks this process's memory went through (counted in each child).
 static FORKS: AtomicU64 = AtomicU64::new(0);
@@ -95,8 +103,82 @@ fn close_null(null: RawFd) {
     }
 }
 
+/// Lock files being opened and not yet registered, plus [`FORKING`] while a fork waits for
+/// them or is under way.
+static OPENING: AtomicU32 = AtomicU32::new(0);
+/// Set in [`OPENING`] by the fork in progress.
+const FORKING: u32 = 1 << 31;
+/// How long a fork waits for the lock-file opens in flight.
+const OPENS_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// A lock-file open in flight, counted in [`OPENING`] until dropped.
+struct Opening;
+
+impl Opening {
+    /// Waits while a fork is under way, then counts this open.
+    fn enter() -> Opening {
+        loop {
+            let current = OPENING.load(Ordering::Acquire);
+            if current & FORKING == 0
+                && OPENING
+                    .compare_exchange_weak(
+                        current,
+                        current + 1,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                return Opening;
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        OPENING.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Runs in the forking thread before every `fork`: holds new lock-file opens back and waits
+/// (at most [`OPENS_WAIT_MAX`]) for those in flight to be registered.
+extern "C" fn before_fork() {
+    // One fork at a time sets the bit; another thread's fork waits for it to clear.
+    loop {
+        let current = OPENING.load(Ordering::Acquire);
+        if current & FORKING == 0
+            && OPENING
+                .compare_exchange_weak(
+                    current,
+                    current | FORKING,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    let deadline = Instant::now() + OPENS_WAIT_MAX;
+    while OPENING.load(Ordering::Acquire) & !FORKING != 0 && Instant::now() < deadline {
+        #[cfg(test)]
+        tests::FORKS_WAITING_FOR_OPENS.fetch_add(1, Ordering::Relaxed);
+        std::thread::yield_now();
+    }
+}
+
+/// Runs in the parent after every `fork`: lets lock-file opens go on.
+extern "C" fn after_fork_in_parent() {
+    OPENING.fetch_and(!FORKING, Ordering::Release);
+}
+
 /// Runs in the child of every `fork`: counts it, and lets go of every registered lock.
 extern "C" fn in_child() {
+    // The opens in flight were other threads', which the child does not have.
+    OPENING.store(0, Ordering::Relaxed);
     FORKS.fetch_add(1, Ordering::Relaxed);
     // Opened at the first descriptor found: a process holding no lock pays nothing more.
     let mut null = FREE;
@@ -120,10 +202,17 @@ extern "C" fn in_child() {
 fn register_handler() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
-        // SAFETY: the handler only adds to an atomic, reads the registry's atomics and makes
-        // async-signal-safe calls, as a handler run in a forked child must. On failure (ENOMEM)
-        // forks go uncounted and locks stay shared with children, as before this existed.
-        let _ = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        // SAFETY: the child's handler only writes atomics, reads the registry's atomics and
+        // makes async-signal-safe calls, as a handler run in a forked child must; the others
+        // run in the parent, with atomics and yields only. On failure (ENOMEM) forks go
+        // uncounted and locks stay shared with children, as before this existed.
+        let _ = unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_in_parent),
+                Some(in_child),
+            )
+        };
     });
 }
 
@@ -147,9 +236,29 @@ pub(crate) struct HeldLock {
     fd: RawFd,
 }
 
+/// Opens a lock file with `open` and registers its descriptor, with no fork in between (see
+/// the module).
+pub(crate) fn open_lock_file(
+    open: impl FnOnce() -> io::Result<File>,
+) -> io::Result<(HeldLock, File)> {
+    open_lock_file_then(open, |_| {})
+}
+
+/// [`open_lock_file`], calling `before_registering` between the open and the registration.
+fn open_lock_file_then(
+    open: impl FnOnce() -> io::Result<File>,
+    before_registering: impl FnOnce(&File),
+) -> io::Result<(HeldLock, File)> {
+    register_handler();
+    let _opening = Opening::enter();
+    let file = open()?;
+    before_registering(&file);
+    Ok((HeldLock::register(file.as_raw_fd()), file))
+}
+
 impl HeldLock {
     /// Registers `fd`, an open descriptor of a lock file.
-    pub(crate) fn register(fd: RawFd) -> HeldLock {
+    fn register(fd: RawFd) -> HeldLock {
         register_handler();
         let mut chunk: &'static Chunk = &HELD;
         loop {
@@ -203,7 +312,92 @@ impl Drop for HeldLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+
+    /// Rounds in which a fork waited for a lock-file open in flight.
+    pub(super) static FORKS_WAITING_FOR_OPENS: AtomicU64 = AtomicU64::new(0);
+
+    /// A fork while a lock file is being opened waits until it is registered: its child lets
+    /// go of the lock the parent takes on that file afterwards. The fork starts once the open
+    /// is between its open and its registration, and the open stays there until the fork
+    /// waits for it, or (were there no wait) until the fork returned: either way the fork
+    /// lands in that window, with no timer.
+    #[test]
+    fn a_fork_waits_for_a_lock_file_being_opened_and_its_child_lets_go_of_the_lock() {
+        /// The child, killed and reaped when dropped (also when an assert fails).
+        struct Child(libc::pid_t);
+        impl Drop for Child {
+            fn drop(&mut self) {
+                let mut status = 0;
+                // SAFETY: kills and waits for our own child.
+                unsafe {
+                    libc::kill(self.0, libc::SIGKILL);
+                    libc::waitpid(self.0, &mut status, 0);
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        File::create(&path).unwrap();
+        let waiting_before = FORKS_WAITING_FOR_OPENS.load(Ordering::Relaxed);
+        let in_window = std::sync::atomic::AtomicBool::new(false);
+        let fork_returned = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let opener = scope.spawn(|| {
+                let open = || File::options().read(true).write(true).open(&path);
+                open_lock_file_then(open, |_| {
+                    in_window.store(true, Ordering::Relaxed);
+                    while FORKS_WAITING_FOR_OPENS.load(Ordering::Relaxed) == waiting_before
+                        && !fork_returned.load(Ordering::Relaxed)
+                    {
+                        std::thread::yield_now();
+                    }
+                })
+                .unwrap()
+            });
+            while !in_window.load(Ordering::Relaxed) {
+                std::thread::yield_now();
+            }
+            let mut ready = [0; 2];
+            // SAFETY: `ready` has room for the two descriptors.
+            assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
+            // SAFETY: the child calls only async-signal-safe functions (write, pause) until
+            // killed.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: as above; one byte from a static.
+                unsafe { libc::write(ready[1], b"r".as_ptr().cast(), 1) };
+                loop {
+                    // SAFETY: as above.
+                    unsafe { libc::pause() };
+                }
+            }
+            assert!(pid > 0, "fork failed");
+            let _child = Child(pid);
+            fork_returned.store(true, Ordering::Relaxed);
+            let (held, file) = opener.join().unwrap();
+            // The child's handler has run once the child is past its fork.
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into `byte` from the pipe made above.
+            let read = unsafe { libc::read(ready[0], (&raw mut byte).cast(), 1) };
+            assert_eq!(read, 1, "the child said it runs");
+            assert_ne!(
+                FORKS_WAITING_FOR_OPENS.load(Ordering::Relaxed),
+                waiting_before,
+                "the fork did not wait for the open"
+            );
+            file.try_lock().unwrap();
+            drop((held, file));
+            let other = File::open(&path).unwrap();
+            other
+                .try_lock()
+                .expect("the child forked during the open still shares its lock");
+            // SAFETY: the pipe's descriptors, not used after this.
+            unsafe {
+                libc::close(ready[0]);
+                libc::close(ready[1]);
+            }
+        });
+    }
 
     /// Every registration gets a slot of its own, past the first chunk too, and a dropped one
     /// frees its slot.

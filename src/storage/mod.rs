@@ -409,7 +409,8 @@ impl Storage for OsStorage {
         let path = dir.join(crate::format::layout::LOCK_FILE_NAME);
         // Never through a symlink: the lock file is truncated and written below, and a link to
         // another file (run as root: any file) would have that file emptied.
-        let file = open_or_create_regular(&path).map_err(LockFailure::Io)?;
+        let (held, file) =
+            forks::open_lock_file(|| open_or_create_regular(&path)).map_err(LockFailure::Io)?;
         // Held for a moment only, maybe (see `MomentaryHold`).
         let hold = MomentaryHold::new();
         loop {
@@ -430,7 +431,7 @@ impl Storage for OsStorage {
         file.write_all_at(pid.as_bytes(), 0)
             .map_err(LockFailure::Io)?;
         Ok(Box::new(LockedFile {
-            _held: forks::HeldLock::register(std::os::fd::AsRawFd::as_raw_fd(&file)),
+            _held: held,
             _file: file,
         }))
     }

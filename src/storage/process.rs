@@ -12,14 +12,13 @@
 
 use std::fs::{File, TryLockError};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
 use crate::format::control::{check_header, encode_header, other_layout_version, CONTROL_LEN};
-use crate::storage::forks::HeldLock;
+use crate::storage::forks::{open_lock_file, HeldLock};
 use crate::storage::Storage;
 
 /// A lock file of a shared queue (`lock`, `open.lock`, `procs/NNN`), opened and created if
@@ -50,9 +49,9 @@ impl LockFile {
             });
         }
         let _ = storage;
-        let file = super::open_or_create_regular(path)?;
+        let (held, file) = open_lock_file(|| super::open_or_create_regular(path))?;
         Ok(LockFile {
-            _held: Some(HeldLock::register(file.as_raw_fd())),
+            _held: Some(held),
             inner: LockInner::Os(file),
         })
     }
