@@ -117,22 +117,29 @@ struct Opening;
 impl Opening {
     /// Waits while a fork is under way, then counts this open.
     fn enter() -> Opening {
-        loop {
-            let current = OPENING.load(Ordering::Acquire);
-            if current & FORKING == 0
-                && OPENING
-                    .compare_exchange_weak(
-                        current,
-                        current + 1,
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
-                return Opening;
-            }
-            std::thread::yield_now();
+        change_when_no_fork(|opening| opening + 1);
+        Opening
+    }
+}
+
+/// Waits until no fork is under way in [`OPENING`], then changes it with `change` (in one
+/// compare-and-swap with that wait's last look).
+fn change_when_no_fork(change: impl Fn(u32) -> u32) {
+    loop {
+        let current = OPENING.load(Ordering::Acquire);
+        if current & FORKING == 0
+            && OPENING
+                .compare_exchange_weak(
+                    current,
+                    change(current),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return;
         }
+        std::thread::yield_now();
     }
 }
 
@@ -146,22 +153,7 @@ impl Drop for Opening {
 /// (at most [`OPENS_WAIT_MAX`]) for those in flight to be registered.
 extern "C" fn before_fork() {
     // One fork at a time sets the bit; another thread's fork waits for it to clear.
-    loop {
-        let current = OPENING.load(Ordering::Acquire);
-        if current & FORKING == 0
-            && OPENING
-                .compare_exchange_weak(
-                    current,
-                    current | FORKING,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            break;
-        }
-        std::thread::yield_now();
-    }
+    change_when_no_fork(|opening| opening | FORKING);
     let deadline = Instant::now() + OPENS_WAIT_MAX;
     while OPENING.load(Ordering::Acquire) & !FORKING != 0 && Instant::now() < deadline {
         #[cfg(test)]
