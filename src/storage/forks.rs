@@ -221,18 +221,35 @@ pub(crate) fn forked_since(generation: u64) -> bool {
 }
 
 /// A descriptor holding a lock file's `flock`, registered so that a forked child lets go of it
-/// (see the module). Declared before the `File` it names in the owning struct, so that it is
+/// (see the module). Declared before the `File` it names in [`RegisteredFile`], so that it is
 /// dropped (and the slot cleared) before the file is closed.
-pub(crate) struct HeldLock {
+struct HeldLock {
     slot: &'static AtomicI32,
     fd: RawFd,
+}
+
+/// A lock file's descriptor, registered (see the module). Its registration is dropped, and
+/// the lock let go of, before the file closes: one value, so that no binding order can close
+/// the file first (the registration would then point a number another file may have reused
+/// at `/dev/null`).
+pub(crate) struct RegisteredFile {
+    _held: HeldLock,
+    file: File,
+}
+
+impl std::ops::Deref for RegisteredFile {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        &self.file
+    }
 }
 
 /// Opens a lock file with `open` and registers its descriptor, with no fork in between (see
 /// the module).
 pub(crate) fn open_lock_file(
     open: impl FnOnce() -> io::Result<File>,
-) -> io::Result<(HeldLock, File)> {
+) -> io::Result<RegisteredFile> {
     open_lock_file_then(open, |_| {})
 }
 
@@ -240,12 +257,15 @@ pub(crate) fn open_lock_file(
 fn open_lock_file_then(
     open: impl FnOnce() -> io::Result<File>,
     before_registering: impl FnOnce(&File),
-) -> io::Result<(HeldLock, File)> {
+) -> io::Result<RegisteredFile> {
     register_handler();
     let _opening = Opening::enter();
     let file = open()?;
     before_registering(&file);
-    Ok((HeldLock::register(file.as_raw_fd()), file))
+    Ok(RegisteredFile {
+        _held: HeldLock::register(file.as_raw_fd()),
+        file,
+    })
 }
 
 impl HeldLock {
@@ -366,7 +386,7 @@ mod tests {
             assert!(pid > 0, "fork failed");
             let _child = Child(pid);
             fork_returned.store(true, Ordering::Relaxed);
-            let (held, file) = opener.join().unwrap();
+            let file = opener.join().unwrap();
             // The child's handler has run once the child is past its fork.
             let mut byte = 0u8;
             // SAFETY: reads one byte into `byte` from the pipe made above.
@@ -378,7 +398,7 @@ mod tests {
                 "the fork did not wait for the open"
             );
             file.try_lock().unwrap();
-            drop((held, file));
+            drop(file);
             let other = File::open(&path).unwrap();
             other
                 .try_lock()

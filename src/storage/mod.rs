@@ -409,7 +409,7 @@ impl Storage for OsStorage {
         let path = dir.join(crate::format::layout::LOCK_FILE_NAME);
         // Never through a symlink: the lock file is truncated and written below, and a link to
         // another file (run as root: any file) would have that file emptied.
-        let (held, file) =
+        let file =
             forks::open_lock_file(|| open_or_create_regular(&path)).map_err(LockFailure::Io)?;
         // Held for a moment only, maybe (see `MomentaryHold`).
         let hold = MomentaryHold::new();
@@ -430,10 +430,7 @@ impl Storage for OsStorage {
         file.set_len(0).map_err(LockFailure::Io)?;
         file.write_all_at(pid.as_bytes(), 0)
             .map_err(LockFailure::Io)?;
-        Ok(Box::new(LockedFile {
-            _held: held,
-            _file: file,
-        }))
+        Ok(Box::new(LockedFile { _file: file }))
     }
 }
 
@@ -596,10 +593,8 @@ pub(crate) fn read_pid(mut file: &File) -> Option<u32> {
 
 /// Keeps the lock file open: the `flock` lives as long as the open file description.
 struct LockedFile {
-    /// Registered so that a forked child lets go of the lock (`storage::forks`); before
-    /// `_file`, so unregistered before the file closes.
-    _held: forks::HeldLock,
-    _file: File,
+    /// Registered so that a forked child lets go of the lock (`storage::forks`).
+    _file: forks::RegisteredFile,
 }
 
 #[derive(Debug)]

@@ -18,21 +18,19 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
 use crate::format::control::{check_header, encode_header, other_layout_version, CONTROL_LEN};
-use crate::storage::forks::{open_lock_file, HeldLock};
+use crate::storage::forks::{open_lock_file, RegisteredFile};
 use crate::storage::Storage;
 
 /// A lock file of a shared queue (`lock`, `open.lock`, `procs/NNN`), opened and created if
 /// missing. Its locks belong to this open file, so two handles in one process exclude each
 /// other like two processes do, and they end with the process that holds them.
 pub(crate) struct LockFile {
-    /// A real lock file's descriptor, registered so that a forked child lets go of it
-    /// (`storage::forks`). Before `inner`: dropped, so unregistered, before the file closes.
-    _held: Option<HeldLock>,
     inner: LockInner,
 }
 
 enum LockInner {
-    Os(File),
+    /// A real lock file, registered so that a forked child lets go of it (`storage::forks`).
+    Os(RegisteredFile),
     #[cfg(any(test, feature = "sim"))]
     Sim(super::sim::SimLockFile),
 }
@@ -44,15 +42,12 @@ impl LockFile {
         #[cfg(any(test, feature = "sim"))]
         if let Some(sim) = storage.as_sim() {
             return Ok(LockFile {
-                _held: None,
                 inner: LockInner::Sim(sim.open_lock_file(path)?),
             });
         }
         let _ = storage;
-        let (held, file) = open_lock_file(|| super::open_or_create_regular(path))?;
         Ok(LockFile {
-            _held: Some(held),
-            inner: LockInner::Os(file),
+            inner: LockInner::Os(open_lock_file(|| super::open_or_create_regular(path))?),
         })
     }
 
