@@ -508,6 +508,14 @@ impl Coordination {
         {
             return WordGuard { word };
         }
+        self.lock_word_held(word, mine)
+    }
+
+    /// [`lock_word`](Self::lock_word) once the word was found taken: out of line, so that the
+    /// free word's path stays as short as it was.
+    #[cold]
+    #[inline(never)]
+    fn lock_word_held<'a>(&self, word: &'a AtomicU32, mine: u32) -> WordGuard<'a> {
         let mut looks = 0;
         loop {
             let current = word.load(Ordering::Relaxed);
