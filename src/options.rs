@@ -310,8 +310,8 @@ impl Options {
     /// after a `fork`, not before: a handle copied into a child refuses every call there
     /// ([`Error::Forked`](crate::Error::Forked)), and the child lets go of the parent's locks
     /// at the fork (so that the parent's close or death shows while the child lives).
-    /// docs/ARCHITECTURE.md ("Several processes") has the design and
-    /// docs/DURABILITY.md the contract across processes.
+    /// docs/ARCHITECTURE.md ("Several processes") has the design and docs/DURABILITY.md the
+    /// contract across processes.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

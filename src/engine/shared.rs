@@ -950,15 +950,16 @@ impl Shared {
     /// (records acknowledged out of order beyond the head are counted).
     #[cold]
     fn len_without_consumer(&self) -> u64 {
-        let next_seq = match &self.env.coordination {
+        let next_seq = if self.env.is_forked() {
             // A child's copy takes no lock, which a parent thread may have held at the fork:
             // the published tail straight from `control` (an exclusive copy's is the fork's).
-            Some(coordination) if self.env.is_forked() => coordination.published().next_seq,
-            _ if self.env.is_forked() => self.log.published_next_seq(),
-            _ => {
-                let _ = self.log.refresh(&self.env);
-                self.log.published_next_seq()
+            match &self.env.coordination {
+                Some(coordination) => coordination.published().next_seq,
+                None => self.log.published_next_seq(),
             }
+        } else {
+            let _ = self.log.refresh(&self.env);
+            self.log.published_next_seq()
         };
         let head_seq = crate::engine::head::head_seq_in_file(&*self.env.storage, &self.env.dir)
             .unwrap_or(next_seq);
