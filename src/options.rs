@@ -112,6 +112,7 @@ pub struct Options {
     pub(crate) policies_explicit: u8,
     pub(crate) on_damage: OnDamage,
     pub(crate) exclusive: bool,
+    pub(crate) allow_network_filesystem: bool,
     pub(crate) metrics_name: Option<String>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics_interval: Duration,
@@ -147,6 +148,7 @@ impl Default for Options {
             policies_explicit: 0,
             on_damage: OnDamage::Refuse,
             exclusive: true,
+            allow_network_filesystem: false,
             metrics_name: None,
             #[cfg(feature = "metrics")]
             metrics_interval: METRICS_INTERVAL_DEFAULT,
@@ -306,7 +308,9 @@ impl Options {
     /// reaches the queues from any process. What a shared queue does not do yet: the segment
     /// pool and storage other than the real filesystem and the simulated one
     /// (`SimStorage::process`, feature `sim`, models processes) are refused with
-    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Open the queue
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions), and so is a directory on a
+    /// network filesystem unless every process runs on one machine
+    /// ([`allow_network_filesystem`](Options::allow_network_filesystem)). Open the queue
     /// after a `fork`, not before: a handle copied into a child refuses every call there
     /// ([`Error::Forked`](crate::Error::Forked)), and the child lets go of the parent's locks
     /// at the fork (so that the parent's close or death shows while the child lives).
@@ -337,6 +341,36 @@ impl Options {
     /// Whether the handle keeps the queue to itself (see [`exclusive`](Options::exclusive)).
     pub fn get_exclusive(&self) -> bool {
         self.exclusive
+    }
+
+    /// Whether a queue shared by several processes ([`exclusive`](Options::exclusive)`(false)`)
+    /// may lie on a network or cluster filesystem (default `false`).
+    ///
+    /// The processes of a shared queue coordinate through a shared mapping of its control file
+    /// and futexes in it. Both work between processes of one machine only: two machines that
+    /// mount the same NFS, SMB, CephFS or FUSE directory each see their own copy, so their
+    /// producers would write over each other's records. A shared open therefore refuses a
+    /// directory on such a filesystem ([`Storage::network_filesystem`] names it) with
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions). Set `true` if every process
+    /// that opens the queue runs on this machine (a home directory on NFS, say). An exclusive
+    /// open needs no such promise: its `flock` is seen across machines where the filesystem
+    /// supports it (NFS, CephFS), and one process reads and writes the files.
+    ///
+    /// ```
+    /// use diskspool::Options;
+    ///
+    /// let one_machine = Options::default().exclusive(false).allow_network_filesystem(true);
+    /// assert!(one_machine.get_allow_network_filesystem());
+    /// ```
+    pub fn allow_network_filesystem(mut self, allow: bool) -> Self {
+        self.allow_network_filesystem = allow;
+        self
+    }
+
+    /// Whether a shared queue may lie on a network filesystem (see
+    /// [`allow_network_filesystem`](Options::allow_network_filesystem)).
+    pub fn get_allow_network_filesystem(&self) -> bool {
+        self.allow_network_filesystem
     }
 
     /// How many consumed segment files are kept for reuse instead of deleted (default 0: none).

@@ -112,6 +112,7 @@ impl Queue {
     fn open_shared(dir: PathBuf, mut options: Options, mend: Mend) -> Result<Queue> {
         let storage = options.storage.clone();
         queue_dir::create_with_mode(&*storage, &dir, Some(options.dir_mode()))?;
+        refuse_network_filesystem(&*storage, &dir, &options)?;
         let opening = coordination::begin_open(storage.clone(), &dir)?;
         if opening.first {
             let (log, reader, report) = Self::recover_locked(&dir, &mut options, mend)?;
@@ -759,6 +760,28 @@ impl DeadLetterQueue for Queue {
 /// what it did in the report's `repairs`, `cut_seqs` and `quarantined_records`. It is
 /// `tools::repair`, which sits above the engine and is handed down by `Queue::open`.
 pub(crate) type Mend = fn(&dyn Storage, &Path, &mut RecoveryReport) -> Result<()>;
+
+/// Refuses a shared open of a directory on a network filesystem, unless the options say that
+/// every process runs on this machine: processes elsewhere would not see this machine's
+/// mapping of the control file, nor its futexes, and would write over each other's records.
+fn refuse_network_filesystem(storage: &dyn Storage, dir: &Path, options: &Options) -> Result<()> {
+    if options.allow_network_filesystem {
+        return Ok(());
+    }
+    let kind = storage
+        .network_filesystem(dir)
+        .map_err(|error| Error::io("statfs queue directory", dir, error))?;
+    match kind {
+        None => Ok(()),
+        Some(kind) => Err(Error::InvalidOptions(format!(
+            "{} is on a network filesystem ({kind}): a queue shared by several processes \
+             coordinates through a shared mapping and futexes, which processes on other \
+             machines do not see; open it with exclusive(true), or with \
+             allow_network_filesystem(true) if every process that opens it runs on this machine",
+            dir.display()
+        ))),
+    }
+}
 
 /// Computes [`Stats`] from the log and the consumer.
 fn stats_of(shared: &Shared) -> Result<Stats> {

@@ -148,6 +148,18 @@ pub trait Storage: Send + Sync + fmt::Debug {
         false
     }
 
+    /// The kind of network or cluster filesystem `dir` lies on (`"nfs"`, `"cifs"`, `"ceph"`,
+    /// `"fuse"`, ...), or `None` for a local one. Processes on other machines that open a queue
+    /// there see neither this machine's shared mappings nor its futexes, so a queue shared by
+    /// several processes refuses such a directory unless told that every process that opens it
+    /// runs on one machine
+    /// ([`Options::allow_network_filesystem`](crate::Options::allow_network_filesystem)). The
+    /// default: `None`.
+    fn network_filesystem(&self, dir: &Path) -> io::Result<Option<&'static str>> {
+        let _ = dir;
+        Ok(None)
+    }
+
     /// The simulated filesystem behind this storage, if it is one: a queue shared by several
     /// processes then coordinates through its model of processes (lock files, the control
     /// file's shared page, process numbers; see `storage::process`) instead of the kernel's.
@@ -405,6 +417,13 @@ impl Storage for OsStorage {
         true
     }
 
+    fn network_filesystem(&self, dir: &Path) -> io::Result<Option<&'static str>> {
+        let stat = rustix::fs::statfs(dir)?;
+        // `f_type` is a word of the platform's width, signed on some; the magic numbers are
+        // 32 bits.
+        Ok(network_filesystem_named(stat.f_type as u32))
+    }
+
     fn lock_dir(&self, dir: &Path) -> Result<DirLock, LockFailure> {
         let path = dir.join(crate::format::layout::LOCK_FILE_NAME);
         // Never through a symlink: the lock file is truncated and written below, and a link to
@@ -477,6 +496,38 @@ pub(crate) fn create_dir_like_parent(dir: &Path) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The network and cluster filesystems, by the magic number `statfs` gives (Linux's
+/// `linux/magic.h` and the filesystems' own sources). FUSE is among them: sshfs, s3fs and
+/// virtiofs are FUSE filesystems, and FUSE does not say where its files live.
+const NETWORK_FILESYSTEMS: [(u32, &str); 17] = [
+    (0x0000_6969, "nfs"),
+    (0x0000_517B, "smb"),
+    (0xFF53_4D42, "cifs"),
+    (0xFE53_4D42, "smb2"),
+    (0x00C3_6400, "ceph"),
+    (0x6573_5546, "fuse"),
+    (0x0102_1997, "9p"),
+    (0x5346_414F, "afs"),
+    (0x6B41_4653, "kafs"),
+    (0x7375_7245, "coda"),
+    (0x0000_564C, "ncp"),
+    (0x7461_636F, "ocfs2"),
+    (0x0116_1970, "gfs2"),
+    (0x0BD0_0BD0, "lustre"),
+    (0x4750_4653, "gpfs"),
+    (0x786F_4256, "vboxsf"),
+    (0x2003_0528, "orangefs"),
+];
+
+/// The name of the network or cluster filesystem whose `statfs` magic number is `magic`;
+/// `None` for any other (a local filesystem, or one this list does not know).
+fn network_filesystem_named(magic: u32) -> Option<&'static str> {
+    NETWORK_FILESYSTEMS
+        .iter()
+        .find(|(known, _)| *known == magic)
+        .map(|&(_, name)| name)
 }
 
 /// Opens a regular file for reading and writing, creating it (with its directory's permissions)
@@ -772,6 +823,36 @@ mod tests {
         assert_eq!(visited, listed);
         assert_eq!(visited.len(), 6);
         let missing = OsStorage.visit_dir(&temp.path().join("missing"), &mut |_| {});
+        assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn network_filesystems_are_told_from_local_ones_by_their_magic_number() {
+        assert_eq!(network_filesystem_named(0x6969), Some("nfs"));
+        assert_eq!(network_filesystem_named(0x6573_5546), Some("fuse"));
+        assert_eq!(network_filesystem_named(0x00C3_6400), Some("ceph"));
+        // CIFS's number has its top bit set: a signed 64-bit `f_type` holds it sign-extended
+        // on some platforms, and the cast keeps its low 32 bits.
+        let cifs_as_signed_word = 0xFF53_4D42_u32 as i32 as i64;
+        assert_eq!(
+            network_filesystem_named(cifs_as_signed_word as u32),
+            Some("cifs")
+        );
+        // Local ones, tmpfs next to 9p's number among them.
+        for local in [0xEF53, 0x0102_1994, 0x9123_683E, 0x5846_5342, 0x794C_7630] {
+            assert_eq!(network_filesystem_named(local), None, "{local:#x}");
+        }
+        let mut names: Vec<_> = NETWORK_FILESYSTEMS.iter().map(|(_, name)| name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            NETWORK_FILESYSTEMS.len(),
+            "one name per filesystem"
+        );
+        let temp = tempfile::tempdir().unwrap();
+        assert!(OsStorage.network_filesystem(temp.path()).is_ok());
+        let missing = OsStorage.network_filesystem(&temp.path().join("missing"));
         assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 }

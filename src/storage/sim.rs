@@ -398,6 +398,7 @@ struct SimState {
     capacity_bytes: Option<u64>,
     reordering: bool,
     writable_mappings: bool,
+    network_filesystem: Option<&'static str>,
     stats: SimStats,
 }
 
@@ -747,6 +748,7 @@ impl SimStorage {
                 capacity_bytes: None,
                 reordering: true,
                 writable_mappings: false,
+                network_filesystem: None,
                 stats: SimStats::default(),
             })),
             process: 0,
@@ -874,6 +876,12 @@ impl SimStorage {
     /// lie inside the file, as on Linux.
     pub fn set_writable_mappings(&self, enabled: bool) {
         self.lock().writable_mappings = enabled;
+    }
+
+    /// The network filesystem the simulated files lie on, as [`Storage::network_filesystem`]
+    /// reports it for every directory (default `None`: a local one).
+    pub fn set_network_filesystem(&self, name: Option<&'static str>) {
+        self.lock().network_filesystem = name;
     }
 
     /// Counters of calls, faults and crashes so far.
@@ -1108,6 +1116,10 @@ impl Storage for SimStorage {
 
     fn shares_between_processes(&self) -> bool {
         true
+    }
+
+    fn network_filesystem(&self, _dir: &Path) -> io::Result<Option<&'static str>> {
+        Ok(self.lock().network_filesystem)
     }
 
     fn as_sim(&self) -> Option<&SimStorage> {

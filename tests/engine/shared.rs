@@ -267,6 +267,41 @@ fn shared_queues_refuse_what_they_cannot_share_yet() {
     ));
 }
 
+/// Two machines that mount one network directory each map their own copy of the control file:
+/// a shared open there is refused, before it creates anything but the directory, unless the
+/// caller promises that every process runs on one machine. An exclusive open is not refused.
+#[test]
+fn a_shared_queue_on_a_network_filesystem_is_refused_unless_every_process_is_on_one_machine() {
+    let sim = diskspool::SimStorage::new(7);
+    sim.set_network_filesystem(Some("nfs"));
+    let on =
+        |process: u32| shared(SyncPolicy::Never).storage(std::sync::Arc::new(sim.process(process)));
+    match Queue::open("/q", on(1)) {
+        Err(Error::InvalidOptions(why)) => {
+            assert!(why.contains("/q is on a network filesystem (nfs)"), "{why}");
+            assert!(why.contains("allow_network_filesystem(true)"), "{why}");
+        }
+        other => panic!("a shared open on NFS: {other:?}"),
+    }
+    assert_eq!(
+        sim.file_names(std::path::Path::new("/q")),
+        Vec::<String>::new()
+    );
+
+    let first = Queue::open("/q", on(1).allow_network_filesystem(true)).unwrap();
+    let second = Queue::open("/q", on(2).allow_network_filesystem(true)).unwrap();
+    first.push(b"one machine").unwrap();
+    assert_eq!(second.pop().unwrap().unwrap().payload(), b"one machine");
+    drop((first, second));
+
+    let alone = Options::default()
+        .sync(SyncPolicy::Never)
+        .storage(std::sync::Arc::new(sim.process(3)));
+    let queue = Queue::open("/q", alone).unwrap();
+    queue.push(b"alone").unwrap();
+    assert_eq!(queue.pop().unwrap().unwrap().payload(), b"alone");
+}
+
 /// Files of `dir` this process has open (Linux), for the leak check below.
 fn open_files_in(dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
