@@ -60,7 +60,17 @@ struct Cli {
     /// `diskspool::Spool`): every command then works on DIR/NAME.
     #[arg(long, global = true, value_name = "NAME")]
     queue: Option<String>,
+    /// Open the queue shared even on a network filesystem (NFS, SMB, CephFS, FUSE): a promise
+    /// that every process that opens it runs on this machine (see
+    /// `Options::allow_network_filesystem`). Without it, a command beside a live service there
+    /// opens the queue alone, and exits 4 while the service has it.
+    #[arg(long, global = true)]
+    allow_network_filesystem: bool,
 }
+
+/// `--allow-network-filesystem`, set once from the command line before any queue is opened.
+static ALLOW_NETWORK_FILESYSTEM: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 impl Command {
     /// The queue directory the command works on (`demo` has none).
@@ -140,6 +150,10 @@ impl From<io::Error> for Failure {
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    ALLOW_NETWORK_FILESYSTEM.store(
+        cli.allow_network_filesystem,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if let Some(name) = &cli.queue {
         if let Err(error) = diskspool::validate_queue_name(name) {
             return ExitCode::from(report(Failure::Queue(error)));
@@ -296,12 +310,19 @@ fn open_queue_with(
         options = options.segment_size(bytes);
     }
     let queue = match access {
-        Access::Shared => match open_waiting(dir, &options.clone().exclusive(false)) {
-            // The queue refuses to be shared (an option no shared queue takes yet): open it
-            // alone, as before shared queues existed.
-            Err(diskspool::Error::InvalidOptions(why)) => open_alone(dir, options, &why)?,
-            opened => opened?,
-        },
+        Access::Shared => {
+            let allow = ALLOW_NETWORK_FILESYSTEM.load(std::sync::atomic::Ordering::Relaxed);
+            let shared = options
+                .clone()
+                .exclusive(false)
+                .allow_network_filesystem(allow);
+            match open_waiting(dir, &shared) {
+                // The queue refuses to be shared (an option no shared queue takes yet, or a
+                // network filesystem): open it alone, as before shared queues existed.
+                Err(diskspool::Error::InvalidOptions(why)) => open_alone(dir, options, &why)?,
+                opened => opened?,
+            }
+        }
         Access::Alone(None) => open_waiting(dir, &options)?,
         Access::Alone(Some(why)) => open_alone(dir, options, why)?,
     };

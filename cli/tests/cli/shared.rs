@@ -77,6 +77,24 @@ fn records_pushed_by_spool_reach_the_live_consumer_in_order() {
     assert_eq!(service.pop().unwrap().unwrap().payload(), b"seven");
 }
 
+/// `--allow-network-filesystem` (a promise that every process runs on this machine) is taken
+/// before or after the command, and the command still joins the live service (the refusal
+/// itself, on a network filesystem, is the engine test
+/// `a_shared_queue_on_a_network_filesystem_is_refused_unless_every_process_is_on_one_machine`).
+#[test]
+fn the_one_machine_promise_still_opens_beside_the_live_service() {
+    let (_temp, dir, service) = live_queue();
+    spool(&["--allow-network-filesystem", "push", arg(&dir), "promised"])
+        .assert()
+        .code(0);
+    assert_eq!(service.pop().unwrap().unwrap().payload(), b"promised");
+    service.push(b"back").unwrap();
+    spool(&["pop", arg(&dir), "--allow-network-filesystem"])
+        .assert()
+        .code(0)
+        .stdout("back\n");
+}
+
 #[test]
 fn spool_pops_what_a_live_producer_pushed() {
     let (_temp, dir, service) = live_queue();
