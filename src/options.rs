@@ -221,12 +221,14 @@ impl Options {
         self
     }
 
-    /// Whether pushes store frames through a writable mapping of the active segment (default
-    /// on, where the storage offers one): no system call per push. Space is written with zeros
-    /// before it is mapped, so on filesystems that overwrite in place (ext4, XFS without
-    /// reflinks) a full disk is an error from `push`. On copy-on-write filesystems (btrfs, ZFS)
-    /// overwriting needs new space too, and a full disk could raise SIGBUS at a store: turn
-    /// this off there, and pushes use one `pwrite` per batch instead.
+    /// Whether pushes store frames through a writable mapping of the active segment, and (under
+    /// [`SyncPolicy::Never`] and [`SyncPolicy::Interval`]) `recv`, `ack` and the other job
+    /// calls store their ack log entries through one of the ack log (default on, where the
+    /// storage offers mappings): no system call per push or acknowledgement. Space is written
+    /// with zeros before it is mapped, so on filesystems that overwrite in place (ext4, XFS
+    /// without reflinks) a full disk is an error from the call. On copy-on-write filesystems
+    /// (btrfs, ZFS) overwriting needs new space too, and a full disk could raise SIGBUS at a
+    /// store: turn this off there, and each call uses one `pwrite` instead.
     pub fn mapped_writes(mut self, enabled: bool) -> Self {
         self.mapped_writes = enabled;
         self

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::format::acklog::*;
 use crate::format::layout::ACK_LOG_FILE_NAME;
 use crate::format::segment::PREPARED_SPACE_ALIGN;
-use crate::storage::{self, Storage, StorageFile};
+use crate::storage::{self, Storage, StorageFile, WritableMapping};
 
 /// The open ack log of a running queue. The file is created on the first append, so a queue
 /// used only with `push`/`pop` never has one.
@@ -29,6 +29,28 @@ pub(crate) struct AckLog {
     pending: Vec<u8>,
     /// True when appends wait in `pending` for [`AckLog::flush`].
     deferred: bool,
+    /// Whether appends that are not deferred are stored through a writable mapping of the
+    /// file (see [`AckLog::map_writes`]); cleared for good when the storage offers none.
+    map_writes: bool,
+    /// The mapping appends are stored through, while `map_writes`.
+    window: Option<AckWindow>,
+}
+
+/// A writable mapping of the ack log's bytes `[start, end)`: from an offset at or before its
+/// tail to the end of the zeros prepared ahead of it.
+struct AckWindow {
+    map: Box<dyn WritableMapping>,
+    start: u64,
+    end: u64,
+}
+
+impl std::fmt::Debug for AckWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AckWindow")
+            .field("start", &self.start)
+            .field("end", &self.end)
+            .finish()
+    }
 }
 
 /// Below this many entries the log is never rewritten.
@@ -44,13 +66,17 @@ impl AckLog {
     /// Opens the ack log in `dir` if there is one, recovers a torn tail, and returns the history
     /// it holds at or beyond `head`. `settle`: sync what was read (at open, and after a process
     /// died mid-turn); a shared queue's consumer that reads again what a live holder left in
-    /// the log does not (that holder synced what its policy asks).
+    /// the log does not (that holder synced what its policy asks). `live`: other handles of a
+    /// shared queue have the file open, and may map it up to where its zeros end, so it is
+    /// never made shorter: a torn entry is overwritten with zeros instead of cut, and the
+    /// zeros prepared ahead of the tail stay (a cold open cuts both).
     pub(crate) fn open(
         storage: &dyn Storage,
         dir: &Path,
         head: u64,
         appends_synced: bool,
         settle: bool,
+        live: bool,
         report: &mut RecoveryReport,
     ) -> Result<(AckLog, JobHistory)> {
         let path = dir.join(ACK_LOG_FILE_NAME);
@@ -72,6 +98,8 @@ impl AckLog {
                     appended: 0,
                     pending: Vec::new(),
                     deferred: false,
+                    map_writes: false,
+                    window: None,
                 };
                 return Ok((log, JobHistory::default()));
             }
@@ -102,9 +130,18 @@ impl AckLog {
         let log_id = scan.log_id;
         let entries_in_file = scan.entries;
         let offset = scan.valid_end as usize;
-        if scan.end != AckLogEnd::Clean {
+        let mut prepared_end = offset as u64;
+        if live {
+            if scan.end == AckLogEnd::TornEntry {
+                file.write_all_at(&vec![0; bytes.len() - offset], offset as u64)
+                    .map_err(io_error("clear torn ack log tail"))?;
+            }
+            prepared_end = bytes.len() as u64;
+        } else if scan.end != AckLogEnd::Clean {
             file.set_len(offset as u64)
                 .map_err(io_error("truncate torn ack log tail"))?;
+        }
+        if scan.end != AckLogEnd::Clean {
             // Zeros are space prepared ahead of the tail (or appends a power loss took before
             // any byte of them reached the disk): nothing torn to report.
             if scan.end == AckLogEnd::TornEntry {
@@ -128,11 +165,13 @@ impl AckLog {
             file: Some(file),
             log_id,
             tail: offset as u64,
-            prepared_end: offset as u64,
+            prepared_end,
             entries_in_file,
             appended: 0,
             pending: Vec::new(),
             deferred: false,
+            map_writes: false,
+            window: None,
         };
         if skipped {
             log.rewrite(storage, &history.entries())?;
@@ -170,7 +209,21 @@ impl AckLog {
         self.deferred = deferred;
     }
 
-    /// Writes the entries appended but not written yet, with one write.
+    /// Whether appends that are not deferred are stored through a writable mapping of the file
+    /// (`Options::mapped_writes`, where the storage offers mappings) instead of written with
+    /// one `pwrite` each: under `Never` and `Interval` an acknowledgement is then a store into
+    /// the page cache, which a process kill keeps as it keeps a write, with no system call.
+    /// Deferred appends (`Always`) stay one write per group commit: each sync would
+    /// write-protect a mapped page, and the next store fault it in again.
+    pub(crate) fn map_writes(&mut self, enabled: bool) {
+        self.map_writes = enabled;
+        if !enabled {
+            self.window = None;
+        }
+    }
+
+    /// Writes the entries appended but not written yet: one store through the mapping, or
+    /// one write.
     pub(crate) fn flush(&mut self) -> Result<()> {
         let Some(file) = self.file.clone() else {
             return Ok(());
@@ -179,14 +232,16 @@ impl AckLog {
             return Ok(());
         }
         let end = self.tail + self.pending.len() as u64;
-        let written = self
-            .prepare(&*file, end)
-            .and_then(|()| file.write_all_at(&self.pending, self.tail));
-        if let Err(error) = written {
-            // Undo a partial append so that no fragment is left between entries (the prepared
-            // zeros go too).
-            self.prepared_end = self.tail;
-            if let Err(cleanup) = file.set_len(self.tail) {
+        if let Err(error) = self.prepare(&*file, end) {
+            // Zeros only (some of them): nothing to undo.
+            return Err(Error::io("append to ack log", &self.path, error));
+        }
+        if let Err(error) = self.store(&*file, end) {
+            // Undo a partial append, so that no entry of it is found after a crash: zeros over
+            // it (into space written before, so nothing to allocate). The file is not cut:
+            // other handles of a shared queue may map it up to where its zeros end, and a
+            // store past the end of a file is a SIGBUS.
+            if let Err(cleanup) = file.write_all_at(&vec![0; self.pending.len()], self.tail) {
                 return Err(Error::Poisoned {
                     cause: format!(
                         "{}: undoing a failed append failed: {cleanup}",
@@ -199,6 +254,54 @@ impl AckLog {
         self.tail = end;
         self.pending.clear();
         Ok(())
+    }
+
+    /// Writes the pending entries at the tail, `[tail, end)`, which [`prepare`](Self::prepare)
+    /// filled with zeros: through the mapping when appends are mapped, else with one write.
+    fn store(&mut self, file: &dyn StorageFile, end: u64) -> std::io::Result<()> {
+        if self.map_writes && !self.deferred && self.map_window(file, end)? {
+            if let Some(window) = self.window.as_mut() {
+                let from = (self.tail - window.start) as usize;
+                let to = (end - window.start) as usize;
+                if let Some(bytes) = window.map.bytes_mut().get_mut(from..to) {
+                    bytes.copy_from_slice(&self.pending);
+                    window.map.stored(from, to);
+                    return Ok(());
+                }
+            }
+        }
+        file.write_all_at(&self.pending, self.tail)
+    }
+
+    /// Makes sure the mapping covers `[tail, end)`; false when the storage offers no writable
+    /// mappings (appends are then written, for good).
+    fn map_window(&mut self, file: &dyn StorageFile, end: u64) -> std::io::Result<bool> {
+        let covered = self
+            .window
+            .as_ref()
+            .is_some_and(|window| window.start <= self.tail && end <= window.end);
+        if covered {
+            return Ok(true);
+        }
+        self.window = None;
+        // From the tail to the end of the zeros written ahead of it: a store allocates no
+        // block (no SIGBUS on a full disk) and lies inside the file, which is never cut while
+        // the queue is open (see `flush` and `open`'s `live`).
+        let (start, window_end) = (self.tail, self.prepared_end.max(end));
+        match file.map_writable(start, window_end - start)? {
+            Some(map) => {
+                self.window = Some(AckWindow {
+                    map,
+                    start,
+                    end: window_end,
+                });
+                Ok(true)
+            }
+            None => {
+                self.map_writes = false;
+                Ok(false)
+            }
+        }
     }
 
     /// Writes zeros ahead of the tail, if `end` lies beyond them: up to `PREPARED_SPACE` past
@@ -231,6 +334,7 @@ impl AckLog {
                 .map_err(|error| Error::io("open ack log", &self.path, error))?,
         );
         self.file = Some(file);
+        self.window = None;
         self.log_id = log_id;
         self.tail = ACK_LOG_HEADER_LEN as u64;
         self.prepared_end = self.tail;
@@ -273,9 +377,28 @@ impl AckLog {
         };
         let len = usize::try_from(tail - self.tail)
             .map_err(|_| Error::corrupt(&self.path, self.tail, "ack log tail out of range"))?;
-        let mut bytes = vec![0; len];
-        file.read_exact_at(&mut bytes, self.tail)
-            .map_err(|error| Error::io("read ack log", &self.path, error))?;
+        let from = self.tail;
+        // Through this handle's mapping when it covers them (the entries the other handle
+        // wrote are in the page cache it maps): no read call.
+        let mapped = self.window.as_mut().and_then(|window| {
+            let at = usize::try_from(from.checked_sub(window.start)?).ok()?;
+            if tail > window.end {
+                return None;
+            }
+            let bytes: &[u8] = window.map.bytes_mut();
+            bytes.get(at..at + len)
+        });
+        let read;
+        let bytes = match mapped {
+            Some(bytes) => bytes,
+            None => {
+                let mut buf = vec![0; len];
+                file.read_exact_at(&mut buf, from)
+                    .map_err(|error| Error::io("read ack log", &self.path, error))?;
+                read = buf;
+                &read[..]
+            }
+        };
         let mut entries = Vec::with_capacity(len / ACK_ENTRY_LEN);
         for (index, chunk) in bytes.chunks(ACK_ENTRY_LEN).enumerate() {
             let offset = self.tail + (index * ACK_ENTRY_LEN) as u64;
@@ -323,6 +446,7 @@ impl AckLog {
             .open(&self.path)
             .map_err(|error| Error::io("open ack log", &self.path, error))?;
         self.file = Some(Arc::from(file));
+        self.window = None;
         self.log_id = log_id;
         self.tail = bytes.len() as u64;
         self.prepared_end = self.tail;

@@ -232,6 +232,7 @@ impl Queue {
         recovered
             .acklog
             .defer_writes(options.sync == SyncPolicy::Always);
+        recovered.acklog.map_writes(options.mapped_writes);
         let writer = Writer::new(
             recovered.active,
             recovered.active_file,

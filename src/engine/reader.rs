@@ -953,6 +953,7 @@ impl Consumer {
         fresh
             .acklog
             .defer_writes(env.options.sync == SyncPolicy::Always);
+        fresh.acklog.map_writes(env.options.mapped_writes);
         fresh.counts = reader.counts;
         *reader = fresh;
         Ok(())

@@ -245,8 +245,17 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &Options) -> R
     head.settle(next_seq)?;
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
     let appends_synced = options.sync == crate::options::SyncPolicy::Always;
-    let (mut acklog, mut history) =
-        AckLog::open(storage, dir, head_seq, appends_synced, true, &mut report)?;
+    // Settled (synced as read), and cut where it ends: no other handle has it open.
+    let (settle, live) = (true, false);
+    let (mut acklog, mut history) = AckLog::open(
+        storage,
+        dir,
+        head_seq,
+        appends_synced,
+        settle,
+        live,
+        &mut report,
+    )?;
     // Facts about records that a power loss took (possible only under the weaker policies,
     // where acks can outlive unsynced records). The next pushes use those sequence numbers
     // again, so the facts must go, durably, or they would apply to the new records.

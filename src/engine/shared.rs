@@ -1194,15 +1194,19 @@ fn recover_consumer(env: &Env, log: &Log, holder_died: bool) -> Result<Reader> {
     let (head_segment, head_offset) = locate_head(storage, &segments, head.state())?;
     let mut report = RecoveryReport::default();
     let appends_synced = env.options.sync == crate::options::SyncPolicy::Always;
+    // Other handles have the ack log open, and may map it: it is not cut.
+    let live = true;
     let (mut acklog, history) = AckLog::open(
         storage,
         dir,
         head_seq,
         appends_synced,
         holder_died,
+        live,
         &mut report,
     )?;
     acklog.defer_writes(appends_synced);
+    acklog.map_writes(env.options.mapped_writes);
     let retired = retired_ranges(&history, &segments);
     log.set_retired(retired.clone());
     Ok(Reader::new(

@@ -716,12 +716,14 @@ impl StorageFile for OsFile {
                 "writable mapping past the end of the file",
             ));
         }
-        // SAFETY: the range lies inside the file (checked above) and the engine, which holds the
-        // directory lock, never truncates the file below a range while a writable mapping of it
-        // is alive, so no access can fault past the end. The blocks were written before the
-        // mapping is made, so stores need no allocation (no SIGBUS on a full disk). Only the
-        // writer thread, under the writer lock, stores into the mapping, and only into bytes no
-        // reader has been given yet.
+        // SAFETY: the range lies inside the file (checked above), and the engine never makes a
+        // file shorter under a byte it then stores into through a mapping, so no access can
+        // fault past the end: a segment is cut only under the directory lock (exclusive) or by
+        // a repair that makes every writer drop its mapping (shared), and the ack log is never
+        // cut while the queue is open, its handles storing only below the zeros written ahead
+        // of its tail. Those blocks were written before the stores, so stores need no
+        // allocation (no SIGBUS on a full disk). One handle stores into a mapping, under its
+        // writer or reader lock, and only into bytes no reader has been given yet.
         let mmap = unsafe {
             memmap2::MmapOptions::new()
                 .offset(offset)

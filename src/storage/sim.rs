@@ -378,8 +378,8 @@ struct SimState {
     /// one process; the next call of a process starts a new incarnation.
     lives: BTreeMap<u32, u64>,
     next_life: u64,
-    /// Whether processes other than 0 have been used: only then do writable mappings take up
-    /// other processes' writes (which costs a copy).
+    /// Whether processes other than 0 have been used: only then does a read mapping of a
+    /// shared queue's active segment end at the committed tail (`committed_view_end`).
     several_processes: bool,
     /// The file lock table, by lock file path.
     flocks: BTreeMap<PathBuf, Vec<Flock>>,
@@ -1388,17 +1388,16 @@ struct SimWritableMapping {
 impl WritableMapping for SimWritableMapping {
     fn bytes_mut(&mut self) -> &mut [u8] {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        // A real mapping shows what other processes wrote to the file since: take it up (the
-        // engine stores into the buffer and reports the store before it asks again, so no
-        // store of its own is lost). With one process the buffer is the file's bytes already.
-        if state.several_processes {
-            if let Some(inode) = state.inodes.get(&self.inode) {
-                if inode.version != self.seen_version {
-                    let start = (self.offset as usize).min(inode.live.len());
-                    let end = (start + self.bytes.len()).min(inode.live.len());
-                    self.bytes[..end - start].copy_from_slice(&inode.live[start..end]);
-                    self.seen_version = inode.version;
-                }
+        // A real mapping shows what was written to the file since by other means (another
+        // process, another handle, a write call): take it up (the engine stores into the
+        // buffer and reports the store before it asks again, so no store of its own is lost;
+        // its own stores keep `seen_version` current, so they cost no copy).
+        if let Some(inode) = state.inodes.get(&self.inode) {
+            if inode.version != self.seen_version {
+                let start = (self.offset as usize).min(inode.live.len());
+                let end = (start + self.bytes.len()).min(inode.live.len());
+                self.bytes[..end - start].copy_from_slice(&inode.live[start..end]);
+                self.seen_version = inode.version;
             }
         }
         drop(state);

@@ -678,3 +678,95 @@ fn a_sync_beside_a_worker_holding_the_dead_letter_queue_succeeds() {
     queue.sync().unwrap();
     assert_eq!(worker.len(), 1);
 }
+
+/// Under `Never` an acknowledgement is stored through a writable mapping of the ack log: no
+/// call into the storage each (zeros are written ahead of the tail every 32 KiB of entries, and
+/// mapped), where `mapped_writes(false)` writes each one. A process crash keeps the stores as it
+/// keeps a write: acknowledgements that only the ack log knows (the first record is still
+/// leased, so the head cannot pass them) are not delivered again.
+#[test]
+fn acks_under_never_are_stored_through_a_mapping_and_a_crash_keeps_them() {
+    for mapped in [true, false] {
+        let sim = diskspool::SimStorage::new(5);
+        sim.set_writable_mappings(true);
+        let options = || {
+            Options::default()
+                .segment_size(1 << 20)
+                .sync(SyncPolicy::Never)
+                .mapped_writes(mapped)
+                .storage(Arc::new(sim.clone()))
+        };
+        let queue = Queue::open("/q", options()).unwrap();
+        let pairs = 2_000u64;
+        queue.push_batch((0..pairs + 3).map(payload_for)).unwrap();
+        let first = queue.try_recv().unwrap().unwrap();
+        queue.try_recv().unwrap().unwrap().ack().unwrap();
+        let before = sim.stats();
+        for _ in 0..pairs {
+            queue.try_recv().unwrap().unwrap().ack().unwrap();
+        }
+        let after = sim.stats();
+        let calls = after.calls - before.calls;
+        let stores = after.mapped_stores - before.mapped_stores;
+        if mapped {
+            assert!(
+                calls < pairs / 20,
+                "{calls} storage calls for {pairs} receives and acks"
+            );
+            assert!(stores >= pairs, "{stores} mapped stores");
+        } else {
+            assert!(
+                calls >= pairs,
+                "{calls} storage calls for {pairs} written receives and acks"
+            );
+        }
+        sim.process_crash();
+        drop((first, queue));
+        let queue = Queue::open("/q", options()).unwrap();
+        let mut received = BTreeSet::new();
+        while let Some(delivery) = queue.try_recv().unwrap() {
+            received.insert(delivery.seq());
+            delivery.ack().unwrap();
+        }
+        // Record 0 when its lease is over; never one of the acknowledged 1..=2001.
+        assert!(
+            received.contains(&(pairs + 2)),
+            "mapped {mapped}: {received:?}"
+        );
+        assert!(
+            received.iter().all(|&seq| seq == 0 || seq == pairs + 2),
+            "mapped {mapped}: delivered again after their acks: {received:?}"
+        );
+    }
+}
+
+/// A handle of a shared queue stores its ack log entries through a mapping that reaches the end
+/// of the zeros written ahead of the tail. Another handle that reads the files in full (its
+/// first consumer turn) must leave those zeros: cutting them would put the first handle's next
+/// store past the end of the file, a SIGBUS on a real mapping (the simulated filesystem
+/// panics), since a turn that writes nothing does not tell the other handles to read again.
+#[test]
+fn a_handle_reading_the_ack_log_in_full_leaves_the_zeros_others_store_into() {
+    let sim = diskspool::SimStorage::new(9);
+    sim.set_writable_mappings(true);
+    let on = |process: u32| {
+        Options::default()
+            .exclusive(false)
+            .sync(SyncPolicy::Never)
+            .storage(Arc::new(sim.process(process)))
+    };
+    let first = Queue::open("/q", on(1)).unwrap();
+    first.push_batch((0..10).map(payload_for)).unwrap();
+    // A lease keeps the head at 0, so the ack log holds what follows.
+    let held = first.try_recv().unwrap().unwrap();
+    first.try_recv().unwrap().unwrap().ack().unwrap();
+    let second = Queue::open("/q", on(2)).unwrap();
+    assert_eq!(second.peek().unwrap().map(|record| record.seq()), Some(2));
+    for seq in 2..6 {
+        let delivery = first.try_recv().unwrap().unwrap();
+        assert_eq!(delivery.seq(), seq);
+        delivery.ack().unwrap();
+    }
+    held.ack().unwrap();
+    assert_eq!(second.try_recv().unwrap().unwrap().seq(), 6);
+}
