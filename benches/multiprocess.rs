@@ -7,7 +7,8 @@
 //! one, under `Never` (the four push the one's records between them) and `Always` (as many
 //! each), and the raw disk: 4 processes against one, each writing and syncing every record
 //! itself; one producer and two consumer processes taking turns
-//! against the pair, and two handles that consume in turn record by record; the wake-up latency from a push in one process to a
+//! against the pair, and two handles that consume in turn record by record; one process
+//! receiving and acknowledging with the ack log mapped and written; the wake-up latency from a push in one process to a
 //! `pop_timeout` blocked in another. The child processes are this binary, run again with
 //! `DISKSPOOL_MP_ROLE` set.
 
@@ -310,6 +311,33 @@ fn main() {
             rate(count, start.elapsed()),
         ));
     }
+    // One process receives and acknowledges records one at a time, on an exclusive queue and
+    // a shared one, with the ack log's entries stored through a mapping (the default) and
+    // written with a `pwrite` each (`mapped_writes(false)`).
+    for (name, alone) in [("exclusive", true), ("shared", false)] {
+        for (how, mapped) in [("mapped", true), ("written", false)] {
+            let dir = fresh(&format!("jobs-{name}-{how}"));
+            let queue = Queue::open(
+                &dir,
+                options(SyncPolicy::Never)
+                    .exclusive(alone)
+                    .mapped_writes(mapped),
+            )
+            .unwrap();
+            let jobs = (count / 10).max(1_000);
+            for _ in 0..jobs {
+                queue.push(&PAYLOAD).unwrap();
+            }
+            let start = Instant::now();
+            for _ in 0..jobs {
+                queue.try_recv().unwrap().unwrap().ack().unwrap();
+            }
+            rows.push((
+                format!("1 process, {name} queue: recv + ack, Never, ack log {how}"),
+                rate(jobs, start.elapsed()),
+            ));
+        }
+    }
     // Two handles of one process (as two processes would) taking consumer turns one record at
     // a time: each turn follows the other handle's (the head slots, the new ack log entries).
     {
@@ -476,6 +504,13 @@ fn main() {
         find("raw disk, 4") / find("raw disk, 1"),
         find("1 producer process(es), always") / find("raw disk, 1"),
         find("4 producer process(es), always") / find("raw disk, 4"),
+    );
+    println!(
+        "recv + ack one at a time, ack log mapped / written: exclusive {:.2}, shared {:.2}",
+        find("1 process, exclusive queue: recv + ack, Never, ack log mapped")
+            / find("1 process, exclusive queue: recv + ack, Never, ack log written"),
+        find("1 process, shared queue: recv + ack, Never, ack log mapped")
+            / find("1 process, shared queue: recv + ack, Never, ack log written"),
     );
     println!(
         "records per group-commit sync under Always, by producer processes: {}",
