@@ -260,6 +260,17 @@ fn child() {
 /// parent.
 fn fork_sleeper(out: &mut impl std::io::Write, queue: Queue, keep: bool) -> Queue {
     out.flush().unwrap();
+    // The parent goes on only once the child's line is written: written later, it could land
+    // inside a line of the parent's (the test harness writes "test result: " and the rest
+    // apart), where the test would not find it.
+    let mut written = [0; 2];
+    // SAFETY: `written` has room for the two descriptors `pipe` fills in.
+    assert_eq!(
+        unsafe { libc::pipe(written.as_mut_ptr()) },
+        0,
+        "pipe failed"
+    );
+    let [read_end, write_end] = written;
     // SAFETY: this process has the test harness's threads; the child only drops the handle's
     // copy (refusals and leaks, no lock taken) or keeps it, writes a line and sleeps.
     match unsafe { libc::fork() } {
@@ -269,14 +280,29 @@ fn fork_sleeper(out: &mut impl std::io::Write, queue: Queue, keep: bool) -> Queu
             out.flush().unwrap();
             // SAFETY: closes this process's end of the pipe to the test (standard output), so
             // that the test reads to its end once the parent died; nothing writes to it any
-            // more.
-            unsafe { libc::close(1) };
+            // more. Then closes its ends of the pipe to the parent, which the parent waits
+            // for.
+            unsafe {
+                libc::close(1);
+                libc::close(read_end);
+                libc::close(write_end);
+            }
             loop {
                 std::thread::sleep(Duration::from_secs(60));
                 let _ = &kept;
             }
         }
         forked => assert!(forked > 0, "fork failed"),
+    }
+    let mut byte = [0u8; 1];
+    // SAFETY: closes the parent's write end, then reads the pipe until the child closed its
+    // own (end of file), into a buffer of the length given; then closes the read end.
+    unsafe {
+        libc::close(write_end);
+        while libc::read(read_end, byte.as_mut_ptr().cast(), 1) < 0
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
+        libc::close(read_end);
     }
     queue
 }
