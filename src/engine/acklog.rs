@@ -259,7 +259,7 @@ impl AckLog {
     /// Writes the pending entries at the tail, `[tail, end)`, which [`prepare`](Self::prepare)
     /// filled with zeros: through the mapping when appends are mapped, else with one write.
     fn store(&mut self, file: &dyn StorageFile, end: u64) -> std::io::Result<()> {
-        if self.map_writes && !self.deferred && self.map_window(file, end)? {
+        if self.map_writes && !self.deferred && self.map_window(file, end) {
             if let Some(window) = self.window.as_mut() {
                 let from = (self.tail - window.start) as usize;
                 let to = (end - window.start) as usize;
@@ -274,32 +274,33 @@ impl AckLog {
     }
 
     /// Makes sure the mapping covers `[tail, end)`; false when the storage offers no writable
-    /// mappings (appends are then written, for good).
-    fn map_window(&mut self, file: &dyn StorageFile, end: u64) -> std::io::Result<bool> {
+    /// mappings, or mapping failed (the number of mappings a process may have is bounded, for
+    /// one): appends are then written, for good, since the mapping only saves system calls.
+    fn map_window(&mut self, file: &dyn StorageFile, end: u64) -> bool {
         let covered = self
             .window
             .as_ref()
             .is_some_and(|window| window.start <= self.tail && end <= window.end);
         if covered {
-            return Ok(true);
+            return true;
         }
         self.window = None;
         // From the tail to the end of the zeros written ahead of it: a store allocates no
         // block (no SIGBUS on a full disk) and lies inside the file, which is never cut while
         // the queue is open (see `flush` and `open`'s `live`).
         let (start, window_end) = (self.tail, self.prepared_end.max(end));
-        match file.map_writable(start, window_end - start)? {
-            Some(map) => {
+        match file.map_writable(start, window_end - start) {
+            Ok(Some(map)) => {
                 self.window = Some(AckWindow {
                     map,
                     start,
                     end: window_end,
                 });
-                Ok(true)
+                true
             }
-            None => {
+            Ok(None) | Err(_) => {
                 self.map_writes = false;
-                Ok(false)
+                false
             }
         }
     }
