@@ -237,11 +237,7 @@ impl AckLog {
             return Err(Error::io("append to ack log", &self.path, error));
         }
         if let Err(error) = self.store(&*file, end) {
-            // Undo a partial append, so that no entry of it is found after a crash: zeros over
-            // it (into space written before, so nothing to allocate). The file is not cut:
-            // other handles of a shared queue may map it up to where its zeros end, and a
-            // store past the end of a file is a SIGBUS.
-            if let Err(cleanup) = file.write_all_at(&vec![0; self.pending.len()], self.tail) {
+            if let Err(cleanup) = self.clear_failed_append(&*file) {
                 return Err(Error::Poisoned {
                     cause: format!(
                         "{}: undoing a failed append failed: {cleanup}",
@@ -253,6 +249,22 @@ impl AckLog {
         }
         self.tail = end;
         self.pending.clear();
+        Ok(())
+    }
+
+    /// Undoes an append that failed part way, so that no entry of it is found after a crash:
+    /// zeros over it, into space written before (nothing to allocate). Not cut: other handles
+    /// of a shared queue may map the file up to where its zeros end, and a store past the end
+    /// of a file is a SIGBUS. The last entry first, one at a time: a failure of this too
+    /// leaves the entries before it whole and the ones after it zeros, never a damaged entry
+    /// followed by a valid one (which an open under `Always` refuses as damage).
+    fn clear_failed_append(&self, file: &dyn StorageFile) -> std::io::Result<()> {
+        let zeros = [0; ACK_ENTRY_LEN];
+        let starts = (0..self.pending.len()).step_by(ACK_ENTRY_LEN).rev();
+        for start in starts {
+            let len = (self.pending.len() - start).min(ACK_ENTRY_LEN);
+            file.write_all_at(&zeros[..len], self.tail + start as u64)?;
+        }
         Ok(())
     }
 
