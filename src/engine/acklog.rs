@@ -34,6 +34,8 @@ pub(crate) struct AckLog {
     map_writes: bool,
     /// The mapping appends are stored through, while `map_writes`.
     window: Option<AckWindow>,
+    /// Failed appends undone by cutting the file (see [`AckLog::flush`]), part of the marker.
+    cuts: u64,
 }
 
 /// A writable mapping of the ack log's bytes `[start, end)`: from an offset at or before its
@@ -100,6 +102,7 @@ impl AckLog {
                     deferred: false,
                     map_writes: false,
                     window: None,
+                    cuts: 0,
                 };
                 return Ok((log, JobHistory::default()));
             }
@@ -172,6 +175,7 @@ impl AckLog {
             deferred: false,
             map_writes: false,
             window: None,
+            cuts: 0,
         };
         if skipped {
             log.rewrite(storage, &history.entries())?;
@@ -237,7 +241,18 @@ impl AckLog {
             return Err(Error::io("append to ack log", &self.path, error));
         }
         if let Err(error) = self.store(&*file, end) {
-            if let Err(cleanup) = self.clear_failed_append(&*file) {
+            // Only a write fails here (a store through the mapping cannot): undo what it left,
+            // so that no fragment is found between entries, by cutting the file back to the
+            // tail (the prepared zeros go too). Not by writing zeros over it: two unsynced
+            // writes at one place may both be torn by a power loss, into a damaged entry before
+            // a valid one, which an open under `Always` refuses. Other handles of a shared queue
+            // may map the file past the cut: the cut is counted in the marker, so that this
+            // turn moves the consumer epoch and they take up where the zeros now end before
+            // they store again.
+            self.window = None;
+            self.prepared_end = self.tail;
+            self.cuts += 1;
+            if let Err(cleanup) = file.set_len(self.tail) {
                 return Err(Error::Poisoned {
                     cause: format!(
                         "{}: undoing a failed append failed: {cleanup}",
@@ -249,22 +264,6 @@ impl AckLog {
         }
         self.tail = end;
         self.pending.clear();
-        Ok(())
-    }
-
-    /// Undoes an append that failed part way, so that no entry of it is found after a crash:
-    /// zeros over it, into space written before (nothing to allocate). Not cut: other handles
-    /// of a shared queue may map the file up to where its zeros end, and a store past the end
-    /// of a file is a SIGBUS. The last entry first, one at a time: a failure of this too
-    /// leaves the entries before it whole and the ones after it zeros, never a damaged entry
-    /// followed by a valid one (which an open under `Always` refuses as damage).
-    fn clear_failed_append(&self, file: &dyn StorageFile) -> std::io::Result<()> {
-        let zeros = [0; ACK_ENTRY_LEN];
-        let starts = (0..self.pending.len()).step_by(ACK_ENTRY_LEN).rev();
-        for start in starts {
-            let len = (self.pending.len() - start).min(ACK_ENTRY_LEN);
-            file.write_all_at(&zeros[..len], self.tail + start as u64)?;
-        }
         Ok(())
     }
 
@@ -298,8 +297,9 @@ impl AckLog {
         }
         self.window = None;
         // From the tail to the end of the zeros written ahead of it: a store allocates no
-        // block (no SIGBUS on a full disk) and lies inside the file, which is never cut while
-        // the queue is open (see `flush` and `open`'s `live`).
+        // block (no SIGBUS on a full disk) and lies inside the file, which is cut while the
+        // queue is open only by a failed write's undo, which every handle learns of before it
+        // stores again (see `flush` and `open`'s `live`).
         let (start, window_end) = (self.tail, self.prepared_end.max(end));
         match file.map_writable(start, window_end - start) {
             Ok(Some(map)) => {
@@ -427,9 +427,9 @@ impl AckLog {
     }
 
     /// What tells this log's state apart for a shared queue's consumer turn: the file's
-    /// generation and the entries appended through this handle.
-    pub(crate) fn marker(&self) -> (u64, u64) {
-        (self.log_id, self.appended)
+    /// generation, the entries appended through this handle, and the failed appends it cut.
+    pub(crate) fn marker(&self) -> (u64, u64, u64) {
+        (self.log_id, self.appended, self.cuts)
     }
 
     /// Continues the group-commit tickets of `previous` (the log this one replaces in a

@@ -629,7 +629,7 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
 
 /// What tells the consumer files' state apart for a shared queue's consumer turn: the head's
 /// generation and durable slot, and the ack log's marker (see [`Consumer::turn_marker`]).
-pub(crate) type TurnMarker = (u64, (u64, u64));
+pub(crate) type TurnMarker = (u64, (u64, u64, u64));
 
 /// How a shared queue's consumer turn ended (see [`Consumer::end_turn`]).
 pub(crate) struct TurnEnd {

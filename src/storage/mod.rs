@@ -719,9 +719,9 @@ impl StorageFile for OsFile {
         // SAFETY: the range lies inside the file (checked above), and the engine never makes a
         // file shorter under a byte it then stores into through a mapping, so no access can
         // fault past the end: a segment is cut only under the directory lock (exclusive) or by
-        // a repair that makes every writer drop its mapping (shared), and the ack log is never
-        // cut while the queue is open, its handles storing only below the zeros written ahead
-        // of its tail. Those blocks were written before the stores, so stores need no
+        // a repair that makes every writer drop its mapping (shared), and the ack log only by
+        // a failed write's undo, which moves the consumer epoch so that every handle takes up
+        // where the zeros written ahead of its tail end before it stores below them again. Those blocks were written before the stores, so stores need no
         // allocation (no SIGBUS on a full disk). One handle stores into a mapping, under its
         // writer or reader lock, and only into bytes no reader has been given yet.
         let mmap = unsafe {

@@ -770,3 +770,45 @@ fn a_handle_reading_the_ack_log_in_full_leaves_the_zeros_others_store_into() {
     held.ack().unwrap();
     assert_eq!(second.try_recv().unwrap().unwrap().seq(), 6);
 }
+
+/// A handle whose ack log write fails cuts the file back to its tail. Another handle of the
+/// shared queue that stores its entries through a mapping of the zeros that were there must
+/// learn of the cut before it stores again (the cut moves the consumer epoch): a store past
+/// the new end would be a SIGBUS on a real mapping (the simulated filesystem panics).
+#[test]
+fn an_append_cut_back_by_one_handle_is_seen_by_a_handle_that_maps_the_ack_log() {
+    use diskspool::storage::sim::{Fault, FaultKind, SimOp};
+    let sim = diskspool::SimStorage::new(11);
+    sim.set_writable_mappings(true);
+    let on = |process: u32, mapped: bool| {
+        Options::default()
+            .exclusive(false)
+            .sync(SyncPolicy::Never)
+            .mapped_writes(mapped)
+            .storage(Arc::new(sim.process(process)))
+    };
+    let mapping = Queue::open("/q", on(1, true)).unwrap();
+    let writing = Queue::open("/q", on(2, false)).unwrap();
+    mapping.push_batch((0..20).map(payload_for)).unwrap();
+    // A lease keeps the head at 0, so that acks go to the ack log.
+    let held = mapping.try_recv().unwrap().unwrap();
+    mapping.try_recv().unwrap().unwrap().ack().unwrap();
+    let delivery = writing.try_recv().unwrap().unwrap();
+    assert_eq!(delivery.seq(), 2);
+    sim.inject(Fault {
+        op: Some(SimOp::Write),
+        skip: 0,
+        kind: FaultKind::Io,
+        sticky: false,
+    });
+    assert!(delivery.ack().is_err(), "the injected write failure");
+    for seq in 3..8 {
+        let delivery = mapping.try_recv().unwrap().unwrap();
+        assert_eq!(delivery.seq(), seq);
+        delivery.ack().unwrap();
+    }
+    held.ack().unwrap();
+    // Record 2 stays leased to the handle whose ack failed (and which refuses changes now).
+    assert_eq!(mapping.try_recv().unwrap().unwrap().seq(), 8);
+    assert!(matches!(writing.try_recv(), Err(Error::Poisoned { .. })));
+}
