@@ -762,13 +762,18 @@ fn a_handle_reading_the_ack_log_in_full_leaves_the_zeros_others_store_into() {
     first.try_recv().unwrap().unwrap().ack().unwrap();
     let second = Queue::open("/q", on(2)).unwrap();
     assert_eq!(second.peek().unwrap().map(|record| record.seq()), Some(2));
-    for seq in 2..6 {
-        let delivery = first.try_recv().unwrap().unwrap();
+    receive_and_ack_in_order(&first, 2..6);
+    held.ack().unwrap();
+    assert_eq!(second.try_recv().unwrap().unwrap().seq(), 6);
+}
+
+/// Receives the records `seqs` one by one from `queue`, checking their order, and acks each.
+fn receive_and_ack_in_order(queue: &Queue, seqs: std::ops::Range<u64>) {
+    for seq in seqs {
+        let delivery = queue.try_recv().unwrap().unwrap();
         assert_eq!(delivery.seq(), seq);
         delivery.ack().unwrap();
     }
-    held.ack().unwrap();
-    assert_eq!(second.try_recv().unwrap().unwrap().seq(), 6);
 }
 
 /// A handle whose ack log write fails cuts the file back to its tail. Another handle of the
@@ -802,11 +807,7 @@ fn an_append_cut_back_by_one_handle_is_seen_by_a_handle_that_maps_the_ack_log() 
         sticky: false,
     });
     assert!(delivery.ack().is_err(), "the injected write failure");
-    for seq in 3..8 {
-        let delivery = mapping.try_recv().unwrap().unwrap();
-        assert_eq!(delivery.seq(), seq);
-        delivery.ack().unwrap();
-    }
+    receive_and_ack_in_order(&mapping, 3..8);
     held.ack().unwrap();
     // Record 2 stays leased to the handle whose ack failed (and which refuses changes now).
     assert_eq!(mapping.try_recv().unwrap().unwrap().seq(), 8);
