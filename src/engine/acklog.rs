@@ -30,7 +30,8 @@ pub(crate) struct AckLog {
     /// True when appends wait in `pending` for [`AckLog::flush`].
     deferred: bool,
     /// Whether appends that are not deferred are stored through a writable mapping of the
-    /// file (see [`AckLog::map_writes`]); cleared for good when the storage offers none.
+    /// file (see [`AckLog::map_writes`]); cleared for good when the storage offers none or
+    /// mapping failed (see `map_window`).
     map_writes: bool,
     /// The mapping appends are stored through, while `map_writes`.
     window: Option<AckWindow>,
