@@ -634,6 +634,19 @@ impl Coordination {
         }
     }
 
+    /// [`publish`](Self::publish) of the tail a push just committed, under the tail lock,
+    /// under `Never` or `Interval`: published tails are committed ones, and this one holds
+    /// more records than any committed before, so it is further on without reading the
+    /// published one back.
+    #[inline]
+    pub(crate) fn publish_pushed(&self, tail: CommittedTail) {
+        let generation = self.word64(PUBLISHED_GEN).load(Ordering::Acquire) + 1;
+        self.store_slot(PUBLISHED_SLOTS, generation, tail);
+        self.word64(PUBLISHED_GEN)
+            .store(generation, Ordering::Release);
+        self.announce();
+    }
+
     /// Publishes a tail a sync covered (by the sync leader under `Always`, under the tail
     /// lock): the published tail, then the synced sequence number, then the wake-up, so that
     /// a producer woken by it finds both.
@@ -857,12 +870,26 @@ impl Coordination {
     /// Commits a new tail (under the tail lock): the slot the current generation does not use,
     /// then the generation, then the dirty mark cleared. Readers wait for [`publish`]
     /// (Self::publish), which wakes them.
-    pub(crate) fn commit(&self, tail: CommittedTail) {
+    /// Returns the tail's generation.
+    pub(crate) fn commit(&self, tail: CommittedTail) -> u64 {
         let generation = self.word64(TAIL_GEN).load(Ordering::Relaxed) + 1;
         self.store_slot(TAIL_SLOTS, generation, tail);
         self.word64(TAIL_GEN).store(generation, Ordering::Release);
         self.seen_gen.store(generation, Ordering::Relaxed);
         self.clear_dirty();
+        generation
+    }
+
+    /// Whether, under the tail lock, the log is as a writer left it when the committed tail
+    /// was at `generation` and `repairs` repairs were done: no handle committed since (a
+    /// commit moves the generation), none failed or died past the committed tail (the dirty
+    /// mark), and none repaired such a failure (which cuts the file and the zeros ahead,
+    /// without a commit).
+    #[inline]
+    pub(crate) fn is_unchanged_since(&self, generation: u64, repairs: u32) -> bool {
+        self.word64(TAIL_GEN).load(Ordering::Acquire) == generation
+            && !self.is_dirty()
+            && self.repairs() == repairs
     }
 
     /// Moves the arrivals word and wakes the processes waiting on it.

@@ -545,21 +545,16 @@ impl Log {
             let _inside = always.then(|| coordination.enter_push());
             let mut writer = self.lock_writer();
             let _tail = coordination.lock_tail();
-            if coordination.is_dirty() {
-                self.repair_tail(env, coordination)?;
-            }
-            let (_, committed) = coordination.committed();
-            let repairs = coordination.repairs();
-            if writer.seen_repairs != repairs {
-                // A repair may have cut the file under this writer's mapping of it (a store
-                // there would be a SIGBUS): start again from the committed tail.
-                writer.seen_repairs = repairs;
-                writer.forget_mapping();
-            }
-            self.catch_up(env, &mut writer, committed)?;
-            if let Some(end) = coordination.prepared_end(writer.active.base_seq) {
-                writer.adopt_prepared(end);
-            }
+            let committed = match writer.caught_up {
+                // No other handle committed, failed or repaired since this writer last
+                // committed or caught up: its state is the committed tail's.
+                Some((generation, committed))
+                    if coordination.is_unchanged_since(generation, writer.seen_repairs) =>
+                {
+                    committed
+                }
+                _ => self.take_up_tail(env, coordination, &mut writer)?,
+            };
             if payloads.is_empty() {
                 return Ok(writer.next_seq..writer.next_seq);
             }
@@ -596,11 +591,12 @@ impl Log {
                 pushed_bytes: committed.pushed_bytes + batch_len,
             };
             coordination.set_prepared_end(writer.active.base_seq, writer.prepared_end());
-            coordination.commit(committed);
+            let generation = coordination.commit(committed);
+            writer.caught_up = Some((generation, committed));
             if !always {
                 // Readers of every process read up to the published tail: under the policies
                 // that do not sync each push, that is the committed one.
-                coordination.publish(committed);
+                coordination.publish_pushed(committed);
             }
             if writer.active.base_seq != base_before {
                 // Segments the consumer (another process) deleted stay in this handle's map,
@@ -619,6 +615,36 @@ impl Log {
             self.wait_durable(env, coordination, range.end)?;
         }
         Ok(range)
+    }
+
+    /// The first step of [`push_shared`](Log::push_shared) when another handle may have
+    /// changed the log, under the tail lock: repairs what a writer that died or failed left,
+    /// and brings this writer up to the committed tail. Returns that tail.
+    #[inline(never)]
+    fn take_up_tail(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        writer: &mut Writer,
+    ) -> Result<CommittedTail> {
+        writer.caught_up = None;
+        if coordination.is_dirty() {
+            self.repair_tail(env, coordination)?;
+        }
+        let (generation, committed) = coordination.committed();
+        let repairs = coordination.repairs();
+        if writer.seen_repairs != repairs {
+            // A repair may have cut the file under this writer's mapping of it (a store
+            // there would be a SIGBUS): start again from the committed tail.
+            writer.seen_repairs = repairs;
+            writer.forget_mapping();
+        }
+        self.catch_up(env, writer, committed)?;
+        if let Some(end) = coordination.prepared_end(writer.active.base_seq) {
+            writer.adopt_prepared(end);
+        }
+        writer.caught_up = Some((generation, committed));
+        Ok(committed)
     }
 
     /// The first deduplication step of [`push_shared`](Log::push_shared), under the tail
@@ -861,6 +887,8 @@ impl Log {
     /// Brings this handle's writer and segments up to a tail committed by any process: the
     /// same segment further on, or segments other processes started.
     fn catch_up(&self, env: &Env, writer: &mut Writer, committed: CommittedTail) -> Result<()> {
+        // Set again by the caller that knows the tail's generation.
+        writer.caught_up = None;
         // Readers see only the published tail (`publish_tail`), which a push under `Always`
         // moves once a sync covered it: nothing is published here.
         if committed.base == writer.active.base_seq {

@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 
+use crate::engine::coordination::CommittedTail;
 use crate::engine::segment::Segment;
 use crate::error::{Error, Result};
 use crate::format::frame::{self, BodyPrefix};
@@ -71,6 +72,11 @@ pub(crate) struct Writer {
     /// A shared queue: the count of tail repairs this writer has taken into account (see
     /// `Coordination::repairs`).
     pub(crate) seen_repairs: u32,
+    /// A shared queue: the generation of the committed tail this writer's state is, and that
+    /// tail, as this writer last committed or caught up with it (`None`: not known). While the
+    /// generation, the repairs count and the dirty mark are unchanged, no other handle changed
+    /// the log, and a push skips reading the tail back (see `Log::push_shared`).
+    pub(crate) caught_up: Option<(u64, CommittedTail)>,
     /// Set when the writer took up a tail another process committed: the file's length is not
     /// known, so the next trim cuts it to the tail whatever it holds.
     len_unknown: bool,
@@ -114,6 +120,7 @@ impl Writer {
             next_seq,
             written_end: tail,
             seen_repairs: 0,
+            caught_up: None,
             len_unknown: false,
             len_max: tail,
             window: None,

@@ -302,6 +302,64 @@ fn a_shared_queue_on_a_network_filesystem_is_refused_unless_every_process_is_on_
     assert_eq!(queue.pop().unwrap().unwrap().payload(), b"alone");
 }
 
+/// A push skips reading the committed tail back while no other handle changed the log since
+/// its handle's last commit (one load of the tail's generation). A failed push leaves the log
+/// dirty without a commit, and a repair of it cuts the active segment (with the zeros a mapping
+/// handle stores into) without one: the next push of the mapping handle must see both. Without
+/// the repairs count in that check, its store lands past the cut end of the file.
+#[test]
+fn a_push_sees_a_failed_push_and_a_repair_that_committed_nothing() {
+    use diskspool::storage::sim::{Fault, FaultKind, SimOp};
+    let sim = diskspool::SimStorage::new(13);
+    sim.set_writable_mappings(true);
+    let on = |process: u32, mapped: bool| {
+        shared(SyncPolicy::Never)
+            .mapped_writes(mapped)
+            .storage(std::sync::Arc::new(sim.process(process)))
+    };
+    let mapping = Queue::open("/q", on(1, true)).unwrap();
+    let failing = Queue::open("/q", on(2, false)).unwrap();
+    let repairing = Queue::open("/q", on(3, false)).unwrap();
+    for round in 0..2u64 {
+        let first = round * 30;
+        // The mapping handle maps the active segment's tail and the zeros ahead of it.
+        mapping
+            .push_batch((first..first + 20).map(payload_for))
+            .unwrap();
+        sim.inject(Fault {
+            op: Some(SimOp::Write),
+            skip: 0,
+            kind: FaultKind::ShortWrite,
+            sticky: false,
+        });
+        assert!(
+            failing.push(b"never returned").is_err(),
+            "the injected write failure"
+        );
+        if round == 0 {
+            // Repairs and commits nothing: an empty batch.
+            assert_eq!(repairing.push_batch(Vec::<Vec<u8>>::new()).unwrap(), 20..20);
+        }
+        // Round 0: after the repair; round 1: the mapping handle repairs.
+        assert_eq!(
+            mapping
+                .push_batch((first + 20..first + 30).map(payload_for))
+                .unwrap(),
+            first + 20..first + 30
+        );
+    }
+    drop((mapping, failing, repairing));
+    let reopened = Queue::open("/q", on(4, true)).unwrap();
+    for seq in 0..60u64 {
+        let record = reopened.pop().unwrap().expect("every returned push");
+        assert_eq!(
+            (record.seq(), record.payload()),
+            (seq, &payload_for(seq)[..])
+        );
+    }
+    assert!(reopened.pop().unwrap().is_none());
+}
+
 /// Files of `dir` this process has open (Linux), for the leak check below.
 fn open_files_in(dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
