@@ -22,15 +22,17 @@ pub enum Error {
         source: io::Error,
     },
     /// Another handle, in this process or another, has the queue open.
-    #[error("queue directory {} is locked by another handle{}", dir.display(), match pid {
-        Some(pid) => format!(" (process {pid})"),
-        None => String::new(),
-    })]
+    #[error("queue directory {} is locked by another handle{}", dir.display(), holders(*pid, shared_by))]
     Locked {
         /// The queue directory.
         dir: PathBuf,
-        /// The holder's process id, when the lock file names it.
+        /// The holder's process id, when the lock file names it (an exclusive handle).
         pid: Option<u32>,
+        /// When shared handles hold it (see [`Options::exclusive`](crate::Options::exclusive)):
+        /// the ids of their processes, each once, as the control file names them and their
+        /// slot files' locks show alive. Advice for the message: a handle may open or close
+        /// meanwhile.
+        shared_by: Vec<u32>,
     },
     /// The handle was opened by another process, of which this one is a child forked after the
     /// open: a copy of a handle shares the parent's place in the queue but none of its
@@ -199,6 +201,19 @@ impl Error {
             file: file.into(),
             offset,
             detail: detail.into(),
+        }
+    }
+}
+
+/// The holders an [`Error::Locked`] message names.
+fn holders(pid: Option<u32>, shared_by: &[u32]) -> String {
+    match (pid, shared_by) {
+        (Some(pid), _) => format!(" (process {pid})"),
+        (None, []) => String::new(),
+        (None, [only]) => format!(" (shared by process {only})"),
+        (None, several) => {
+            let listed: Vec<String> = several.iter().map(u32::to_string).collect();
+            format!(" (shared by processes {})", listed.join(", "))
         }
     }
 }

@@ -143,6 +143,9 @@ struct StatJson {
     delayed: u64,
     quarantine_files: usize,
     quarantine_records: u64,
+    /// The processes whose shared handles have the queue open (empty: none, or an exclusive
+    /// handle's queue).
+    shared_by: Vec<u32>,
 }
 
 pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
@@ -155,6 +158,7 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
     let settings = crate::policies::stored_settings(&args.dir)?;
     let age = stat.oldest_age(SystemTime::now());
     let quarantined = diskspool::tools::quarantine::list(&OsStorage, &args.dir)?;
+    let shared_by = diskspool::storage::queue_dir::sharing_processes(&OsStorage, &args.dir);
     let mut out = print::stdout();
     if args.prometheus {
         crate::observe::prometheus(&args.dir, &stat, &mut out)?;
@@ -174,6 +178,7 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
             delayed: stat.delayed,
             quarantine_files: quarantined.files.len(),
             quarantine_records: quarantined.restorable_records(),
+            shared_by,
         };
         serde_json::to_writer(&mut out, &json).map_err(io::Error::from)?;
         writeln!(out)?;
@@ -191,6 +196,18 @@ pub fn stat(args: &StatArgs) -> Result<u8, Failure> {
     table.row(vec!["oldest ready age".into(), oldest]);
     if let Some(summary) = crate::quarantine::summary(&quarantined) {
         table.row(vec!["quarantine".into(), summary]);
+    }
+    if !shared_by.is_empty() {
+        let pids: Vec<String> = shared_by.iter().map(u32::to_string).collect();
+        let noun = if pids.len() == 1 {
+            "process"
+        } else {
+            "processes"
+        };
+        table.row(vec![
+            "shared by".into(),
+            format!("{noun} {}", pids.join(", ")),
+        ]);
     }
     table.print(&mut out)?;
     crate::policies::print_policies(&mut out, &settings)?;

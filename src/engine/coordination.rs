@@ -30,15 +30,16 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::control::{
-    lease_owner, lease_owner_parts, ticket, ticket_parts, ACK_LOG_ID, ACK_PREPARED, ACK_TAIL,
-    ARRIVALS, COMMIT_TIMES, CONSUMED_BYTES, CONSUMED_RECORDS, CONSUMER_EPOCH, CONSUMER_LOCK,
-    CONSUMER_PID, CONTROL_VERSION, DEDUP_GEN, DEDUP_TAIL, EPOCH_MAX, GATHER, HEAD_DURABLE, INSIDE,
-    POISONED, PREPARED_BASE, PREPARED_END, PUBLISHED_GEN, PUBLISHED_PUSHED, PUBLISHED_SLOTS,
-    REPAIRS, ROOM, ROOM_SLEEPERS, SLEEPERS, SLOTS, SLOT_COUNT, SYNCED_NEXT_SEQ, SYNC_BEGAN,
-    SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_PUSHED, TAIL_SLOTS, TAIL_SLOT_LEN,
+    lease_owner, lease_owner_parts, slot_epoch_at, slot_pid_at, ticket, ticket_parts, ACK_LOG_ID,
+    ACK_PREPARED, ACK_TAIL, ARRIVALS, COMMIT_TIMES, CONSUMED_BYTES, CONSUMED_RECORDS,
+    CONSUMER_EPOCH, CONSUMER_LOCK, CONSUMER_PID, CONTROL_VERSION, DEDUP_GEN, DEDUP_TAIL, EPOCH_MAX,
+    GATHER, HEAD_DURABLE, INSIDE, POISONED, PREPARED_BASE, PREPARED_END, PUBLISHED_GEN,
+    PUBLISHED_PUSHED, PUBLISHED_SLOTS, REPAIRS, ROOM, ROOM_SLEEPERS, SLEEPERS, SLOT_COUNT,
+    SYNCED_NEXT_SEQ, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_PUSHED,
+    TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
-    CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
+    slot_file_name, CONTROL_FILE_NAME, LOCK_FILE_NAME, OPEN_LOCK_FILE_NAME, PROCS_DIR_NAME,
 };
 use crate::storage::process::{
     create_dir_in_queue, process_id, wait_for_change, wake_all, wake_one, AttachFailure,
@@ -97,6 +98,7 @@ pub(crate) fn begin_open(storage: Arc<dyn Storage>, dir: &Path) -> Result<Openin
                     return Err(Error::Locked {
                         dir: dir.to_path_buf(),
                         pid: attached.holder_pid(),
+                        shared_by: Vec::new(),
                     })
                 }
                 Err(TryLockError::Error(error)) => {
@@ -307,7 +309,7 @@ impl Coordination {
             .map_err(|error| Error::io("create directory", &procs, error))?;
         let mut taken = None;
         for slot in 0..SLOT_COUNT {
-            let path = procs.join(format!("{slot:03}"));
+            let path = procs.join(slot_file_name(slot));
             let file = LockFile::open(&*opening.storage, &path)
                 .map_err(|error| Error::io("open", &path, error))?;
             match file.try_lock() {
@@ -323,17 +325,18 @@ impl Coordination {
             return Err(Error::Locked {
                 dir: procs,
                 pid: None,
+                shared_by: Vec::new(),
             });
         };
         let control = Arc::new(control);
-        let epoch_word = control.word32(SLOTS + slot as usize * 8);
+        let epoch_word = control.word32(slot_epoch_at(slot));
         let epoch = match epoch_word.load(Ordering::Acquire) {
             EPOCH_MAX => 1,
             epoch => epoch + 1,
         };
         let pid = process_id(&*opening.storage);
         control
-            .word32(SLOTS + slot as usize * 8 + 4)
+            .word32(slot_pid_at(slot))
             .store(pid, Ordering::Relaxed);
         // A count a dead handle of this slot left (see `producers_inside`).
         control
@@ -358,16 +361,11 @@ impl Coordination {
     /// file is not locked (the kernel released it when the holder died).
     fn is_gone(&self, holder: u32) -> bool {
         let (slot, epoch) = ticket_parts(holder);
-        if slot >= SLOT_COUNT
-            || self
-                .word32(SLOTS + slot as usize * 8)
-                .load(Ordering::Acquire)
-                != epoch
-        {
+        if slot >= SLOT_COUNT || self.word32(slot_epoch_at(slot)).load(Ordering::Acquire) != epoch {
             return true;
         }
         let mut probes = crate::engine::sync::lock(&self.probes);
-        let path = self.dir.join(PROCS_DIR_NAME).join(format!("{slot:03}"));
+        let path = self.dir.join(PROCS_DIR_NAME).join(slot_file_name(slot));
         let probe = match probes.entry(slot) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
@@ -752,7 +750,9 @@ impl Coordination {
             if count == 0 || slot == mine {
                 return count != 0;
             }
-            let epoch = self.word32(SLOTS + slot * 8).load(Ordering::Acquire);
+            let epoch = self
+                .word32(slot_epoch_at(slot as u32))
+                .load(Ordering::Acquire);
             if !self.is_gone(ticket(slot as u32, epoch)) {
                 return true;
             }
@@ -831,9 +831,7 @@ impl Coordination {
         let Some((slot, epoch_low)) = lease_owner_parts(owner) else {
             return false;
         };
-        let epoch = self
-            .word32(SLOTS + slot as usize * 8)
-            .load(Ordering::Acquire);
+        let epoch = self.word32(slot_epoch_at(slot)).load(Ordering::Acquire);
         epoch & 0xffff != epoch_low || self.is_gone(ticket(slot, epoch))
     }
 

@@ -219,6 +219,7 @@ impl Shared {
             None => Err(Error::Locked {
                 dir: self.env.dir.clone(),
                 pid: None,
+                shared_by: Vec::new(),
             }),
         }
     }
@@ -241,6 +242,7 @@ impl Shared {
             return Err(Error::Locked {
                 dir: self.env.dir.clone(),
                 pid: None,
+                shared_by: Vec::new(),
             });
         };
         let mut turns = lock(&self.turns);
@@ -267,6 +269,7 @@ impl Shared {
                 Err(Error::Locked {
                     dir: self.env.dir.clone(),
                     pid: None,
+                    shared_by: Vec::new(),
                 })
             }
         }

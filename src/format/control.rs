@@ -206,6 +206,17 @@ pub fn lease_owner_parts(owner: u32) -> Option<(u32, u32)> {
     (slot < SLOT_COUNT).then_some((slot, (owner >> 8) & 0xffff))
 }
 
+/// Offset of the epoch of slot `slot`'s handle (see [`ticket`]), in the slot table.
+pub fn slot_epoch_at(slot: u32) -> usize {
+    SLOTS + slot as usize * 8
+}
+
+/// Offset of the process id of slot `slot`'s handle (advice: it stays after the handle closed
+/// or died; whether it lives is for its slot file's lock to say).
+pub fn slot_pid_at(slot: u32) -> usize {
+    slot_epoch_at(slot) + 4
+}
+
 /// The header bytes `[0, 24)` of a control file built with `build_id`.
 pub fn encode_header(build_id: u64) -> [u8; 24] {
     let mut header = [0u8; 24];

@@ -17,6 +17,11 @@ pub const OPEN_LOCK_FILE_NAME: &str = "open.lock";
 /// the handle that holds the slot (see [`control`](crate::format::control)).
 pub const PROCS_DIR_NAME: &str = "procs";
 
+/// The name of slot `slot`'s file inside [`PROCS_DIR_NAME`]: `000` to `127`.
+pub fn slot_file_name(slot: u32) -> String {
+    format!("{slot:03}")
+}
+
 /// The control file of a queue shared by several processes (see
 /// [`control`](crate::format::control)).
 pub const CONTROL_FILE_NAME: &str = "control";

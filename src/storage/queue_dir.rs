@@ -2,15 +2,20 @@
 //! write the same way, so that each rule (what makes a directory a queue, how the settings file
 //! is read and replaced) has one implementation.
 
+use std::fs::TryLockError;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
+use crate::format::control::{slot_pid_at, SLOT_COUNT};
 use crate::format::layout::parse_segment_file_name;
 use crate::format::layout::HEAD_FILE_NAME;
 use crate::format::layout::LOCK_FILE_NAME;
 use crate::format::layout::SETTINGS_FILE_NAME;
+use crate::format::layout::{slot_file_name, CONTROL_FILE_NAME, PROCS_DIR_NAME};
 use crate::format::settings::{decode_settings, encode_settings, QueueSettings};
+use crate::storage::process::{ControlMapping, LockFile};
 use crate::storage::{self, DirLock, LockFailure, Storage};
 
 /// Reads a queue's settings file: `None` when there is none (a queue created before settings
@@ -94,13 +99,63 @@ pub fn create_and_lock_with_mode(
     new_dir_mode: Option<u32>,
 ) -> Result<DirLock> {
     create_with_mode(storage, dir, new_dir_mode)?;
-    storage.lock_dir(dir).map_err(|failure| match failure {
+    storage
+        .lock_dir(dir)
+        .map_err(|failure| lock_failure(storage, dir, failure))
+}
+
+/// The error for a failure to take `dir`'s exclusive lock: [`Error::Locked`] naming the
+/// exclusive holder, or else the processes of the shared handles that have the queue open.
+pub(crate) fn lock_failure(storage: &dyn Storage, dir: &Path, failure: LockFailure) -> Error {
+    match failure {
         LockFailure::Held { pid } => Error::Locked {
             dir: dir.to_path_buf(),
             pid,
+            shared_by: match pid {
+                Some(_) => Vec::new(),
+                None => sharing_processes(storage, dir),
+            },
         },
         LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
-    })
+    }
+}
+
+/// The ids of the processes whose shared handles have the queue in `dir` open, each once: the
+/// slots of its control file that name a process and whose slot file (`procs/<slot>`) is
+/// locked. Advice (a handle may open or close meanwhile), for messages and `spool stat`; empty
+/// when the queue has no control file, or one this version does not read.
+pub fn sharing_processes(storage: &dyn Storage, dir: &Path) -> Vec<u32> {
+    let path = dir.join(CONTROL_FILE_NAME);
+    // Looked for first: attaching would create it.
+    if storage.open_read(&path).is_err() {
+        return Vec::new();
+    }
+    // Read through a mapping, as the handles store into it.
+    let Ok(control) = ControlMapping::attach(storage, &path) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = Vec::new();
+    for slot in 0..SLOT_COUNT {
+        let pid = control.word32(slot_pid_at(slot)).load(Ordering::Acquire);
+        if pid == 0 || pids.contains(&pid) {
+            continue;
+        }
+        let path = dir.join(PROCS_DIR_NAME).join(slot_file_name(slot));
+        // Opening creates a missing file, but a slot names a pid only once its handle
+        // created its file.
+        let Ok(slot_file) = LockFile::open(storage, &path) else {
+            continue;
+        };
+        match slot_file.try_lock_shared() {
+            // Free: its last handle closed or died.
+            Ok(()) => {
+                let _ = slot_file.unlock();
+            }
+            Err(TryLockError::WouldBlock) => pids.push(pid),
+            Err(TryLockError::Error(_)) => {}
+        }
+    }
+    pids
 }
 
 /// Creates a queue directory if missing; a new one (holding nothing yet) gets `new_dir_mode`.

@@ -61,7 +61,6 @@ use crate::format::acklog::{check_next_base, AckHeaderError, JobHistory};
 use crate::format::frame::FrameRules;
 use crate::format::head::{encode_slot, HeadSlot, HeadState, HEAD_FILE_LEN, HEAD_SLOT_LEN};
 use crate::format::layout::HEAD_FILE_NAME;
-use crate::format::layout::LOCK_FILE_NAME;
 use crate::format::layout::QUARANTINE_DIR_NAME;
 use crate::format::layout::SETTINGS_FILE_NAME;
 use crate::format::layout::{parse_segment_file_name, segment_file_name};
@@ -70,7 +69,7 @@ use crate::format::segment::{
 };
 use crate::format::settings::QueueSettings;
 use crate::options::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
-use crate::storage::{self, LockFailure, Storage};
+use crate::storage::{self, Storage};
 use crate::tools::inspect::{
     read_file, scan_segment, segment_frames, HeaderStatus, SegmentEnd, SegmentScan, Snapshot,
 };
@@ -234,13 +233,9 @@ pub fn repair(storage: &dyn Storage, dir: &Path, mode: Mode) -> Result<RepairRep
         });
     }
     crate::storage::queue_dir::check_owner(storage, dir)?;
-    let _lock = storage.lock_dir(dir).map_err(|failure| match failure {
-        LockFailure::Held { pid } => Error::Locked {
-            dir: dir.to_path_buf(),
-            pid,
-        },
-        LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),
-    })?;
+    let _lock = storage
+        .lock_dir(dir)
+        .map_err(|failure| crate::storage::queue_dir::lock_failure(storage, dir, failure))?;
     let snapshot = Snapshot::take(storage, dir)?;
     repair_snapshot(storage, dir, mode, snapshot)
 }

@@ -7,12 +7,62 @@ fn second_open_in_the_same_process_is_locked_and_names_this_process() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
     match Queue::open(dir.path(), Options::default()) {
-        Err(Error::Locked { dir: locked, pid }) => {
+        Err(Error::Locked {
+            dir: locked,
+            pid,
+            shared_by,
+        }) => {
             assert_eq!(locked, dir.path());
             assert_eq!(pid, Some(std::process::id()));
+            assert_eq!(shared_by, Vec::<u32>::new());
         }
         other => panic!("expected Locked, got {other:?}"),
     }
+}
+
+/// An exclusive open, or a repair, refused because shared handles have the queue open names
+/// their processes: each once, only those whose handles are still open.
+#[test]
+fn an_exclusive_open_refused_by_shared_handles_names_their_processes() {
+    let sim = diskspool::SimStorage::new(5);
+    let on = |process: u32| {
+        Options::default()
+            .sync(SyncPolicy::Never)
+            .storage(std::sync::Arc::new(sim.process(process)))
+    };
+    let first = Queue::open("/q", on(7).exclusive(false)).unwrap();
+    let second = Queue::open("/q", on(9).exclusive(false)).unwrap();
+    let again_in_seven = Queue::open("/q", on(7).exclusive(false)).unwrap();
+    let refused = |process: u32| match Queue::open("/q", on(process)) {
+        Err(error @ Error::Locked { .. }) => error,
+        other => panic!("an exclusive open beside shared handles: {other:?}"),
+    };
+    let error = refused(3);
+    assert!(
+        matches!(&error, Error::Locked { pid: None, shared_by, .. } if shared_by == &[7, 9]),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "queue directory /q is locked by another handle (shared by processes 7, 9)"
+    );
+    let process = sim.process(3);
+    match diskspool::tools::repair::repair(
+        &process,
+        std::path::Path::new("/q"),
+        diskspool::tools::repair::Mode::DryRun,
+    ) {
+        Err(Error::Locked { shared_by, .. }) => assert_eq!(shared_by, [7, 9]),
+        other => panic!("a repair beside shared handles: {other:?}"),
+    }
+    drop((first, again_in_seven));
+    let error = refused(3);
+    assert_eq!(
+        error.to_string(),
+        "queue directory /q is locked by another handle (shared by process 9)"
+    );
+    drop(second);
+    Queue::open("/q", on(3)).unwrap();
 }
 
 #[test]

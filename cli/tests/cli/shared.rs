@@ -106,6 +106,13 @@ fn spool_pops_what_a_live_producer_pushed() {
     assert_eq!(code, 0);
     let stat: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(stat["len"], 20);
+    // The service is this test process; `stat` itself opens nothing.
+    assert_eq!(stat["shared_by"], serde_json::json!([std::process::id()]));
+    let (code, out, _) = run(&["stat", arg(&dir)]);
+    assert_eq!(code, 0);
+    let row = out.lines().find(|line| line.starts_with("shared by"));
+    let named = format!(" process {}", std::process::id());
+    assert!(row.is_some_and(|row| row.ends_with(&named)), "{out}");
     let (code, out, _) = run(&["peek", "-n", "2", arg(&dir)]);
     assert_eq!(code, 0);
     assert_eq!(out.as_bytes(), lines(0..2));
@@ -282,6 +289,9 @@ fn commands_that_need_the_queue_alone_exit_4_beside_a_shared_handle() {
         let (code, out, err) = run(&args);
         assert_eq!(code, 4, "spool {args:?}: {out}{err}");
         assert!(err.contains("locked"), "spool {args:?}: {err}");
+        // The service is this test process: the message names it.
+        let holder = format!("shared by process {}", std::process::id());
+        assert!(err.contains(&holder), "spool {args:?}: {err}");
         if args[0] == "push" {
             assert!(err.contains("needs the queue alone"), "{err}");
         }
@@ -297,6 +307,10 @@ fn commands_that_need_the_queue_alone_exit_4_beside_a_shared_handle() {
     assert!(service.pop().unwrap().is_none());
     // Alone once the service is gone.
     drop(service);
+    let (code, out, _) = run(&["stat", "--json", arg(&dir)]);
+    assert_eq!(code, 0);
+    let stat: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stat["shared_by"], serde_json::json!([]));
     spool(&["repair", arg(&dir)]).assert().code(0);
     spool(&["push", "--dedup-id", "k", arg(&dir), "x"])
         .assert()
