@@ -372,4 +372,92 @@ mod events {
         assert_eq!(poisoned[0].field("queue"), Some("payments"));
         assert!(poisoned[0].field("error").unwrap().contains("sync"));
     }
+
+    /// The messages of `events` that say `message`.
+    fn said<'a>(events: &'a [Captured], message: &str) -> Vec<&'a Captured> {
+        events
+            .iter()
+            .filter(|event| event.field("message") == Some(message))
+            .collect()
+    }
+
+    /// What a handle of a shared queue takes over from handles that died or failed is logged:
+    /// the tail a producer left, the consumer turn of a process that died in it, the leases of
+    /// handles that are gone.
+    #[test]
+    fn a_shared_queue_logs_what_it_takes_over_from_dead_or_failed_handles() {
+        let sim = SimStorage::new(9);
+        let on = |process: u32| {
+            Options::default()
+                .exclusive(false)
+                .sync(SyncPolicy::Never)
+                .storage(Arc::new(sim.process(process)))
+                .metrics_name("jobs")
+        };
+        let survivor = Queue::open("/q", on(1)).unwrap();
+
+        // A producer fails in a push: the survivor's next push cuts what it left.
+        let failing = Queue::open("/q", on(2)).unwrap();
+        survivor.push(b"kept").unwrap();
+        sim.inject(Fault {
+            op: Some(SimOp::Write),
+            skip: 0,
+            kind: FaultKind::ShortWrite,
+            sticky: false,
+        });
+        assert!(failing.push(b"never returned").is_err());
+        let events = capture(|| assert_eq!(survivor.push(b"after").unwrap(), 1));
+        let repaired = said(
+            &events,
+            "repaired the tail a producer left when it died or failed in a push",
+        );
+        assert_eq!(repaired.len(), 1, "{events:#?}");
+        assert_eq!(repaired[0].level, Level::WARN);
+        assert_eq!(repaired[0].field("queue"), Some("jobs"));
+        assert_eq!(repaired[0].field("next_seq"), Some("1"));
+        assert_eq!(repaired[0].field("segments_removed"), Some("0"));
+        // The failing handle cut its own partial write back; the dirty mark stayed.
+        assert_eq!(repaired[0].field("bytes_past_tail"), Some("0"));
+
+        // A consumer receives record 0, then its process dies: the survivor ends the lease
+        // (and drops the delivery it then gets: record 0 is ready again).
+        let receiving = Queue::open("/q", on(3)).unwrap();
+        let held = receiving.try_recv().unwrap().unwrap();
+        assert_eq!(held.seq(), 0);
+        sim.kill_process(3);
+        // A dead process runs no destructor (a drop would release the lease).
+        std::mem::forget(held);
+        std::mem::forget(receiving);
+        let events = capture(|| assert_eq!(survivor.try_recv().unwrap().unwrap().seq(), 0));
+        let ended = said(
+            &events,
+            "ended the leases of handles that are gone: their records are delivered again",
+        );
+        assert_eq!(ended.len(), 1, "{events:#?}");
+        assert_eq!(ended[0].level, Level::INFO);
+        assert_eq!(ended[0].field("count"), Some("1"));
+
+        // A consumer dies in its turn (at its first call through the storage, reading the
+        // files): the survivor takes the turn over.
+        let dying = Queue::open("/q", on(4)).unwrap();
+        sim.kill_at(4, 0);
+        let stopped_for_good = std::thread::spawn(move || {
+            let _ = dying.pop();
+        });
+        while sim.kills(4) == 0 {
+            assert!(
+                !stopped_for_good.is_finished(),
+                "the pop made no call to kill it at"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let events = capture(|| assert_eq!(survivor.pop().unwrap().unwrap().seq(), 0));
+        let taken = said(
+            &events,
+            "took over the consumer turn of a process that died in it",
+        );
+        assert_eq!(taken.len(), 1, "{events:#?}");
+        assert_eq!(taken[0].level, Level::WARN);
+        assert_eq!(taken[0].field("pid"), Some("4"));
+    }
 }

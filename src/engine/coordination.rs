@@ -225,8 +225,12 @@ pub(crate) enum ConsumerLock {
     Resumed,
     /// Free, or parked by another handle: the consumer epoch says whether the files changed.
     Taken,
-    /// From a holder that died in its turn: the files are read in full.
-    TakenFromDead,
+    /// From a holder that died in its turn (of the process it names): the files are read in
+    /// full.
+    TakenFromDead {
+        /// The process of the dead holder, as the control file names it (advice).
+        pid: u32,
+    },
 }
 
 /// How long a waiter looks at the arrivals word before it sleeps on it.
@@ -430,8 +434,8 @@ impl Coordination {
             }
             waited = true;
             if self.wait_or_take_over(word, current, 2, mine) {
-                self.word32(CONSUMER_PID).store(self.pid, Ordering::Relaxed);
-                return ConsumerLock::TakenFromDead;
+                let pid = self.word32(CONSUMER_PID).swap(self.pid, Ordering::Relaxed);
+                return ConsumerLock::TakenFromDead { pid };
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `tracing` events (feature `tracing`): what recovery did at open, damage an open refused,
-//! dead-lettering, and the I/O errors that poison a queue. Cold paths only; the library never
-//! prints otherwise. `docs/METRICS.md` lists the events and their fields.
+//! dead-lettering, the I/O errors that poison a queue, and what a handle of a shared queue
+//! takes over from handles that died or failed. Cold paths only; the library never prints
+//! otherwise. `docs/METRICS.md` lists the events and their fields.
 
 use std::path::Path;
 
@@ -131,6 +132,47 @@ pub(crate) fn poisoned(queue: &str, error: &Error) {
         queue,
         error = %error,
         "I/O error poisoned the queue; later changes are refused until it is reopened"
+    );
+}
+
+/// A producer of a shared queue died or failed in a push, after it marked the log dirty: this
+/// handle cut what it left past the committed tail: `segments_removed` segment files it had
+/// started, and `bytes_past_tail` bytes of the committed segment (its frames, and the zeros
+/// prepared ahead of the tail). No push that wrote them returned.
+pub(crate) fn tail_repaired(
+    queue: &str,
+    next_seq: u64,
+    segments_removed: usize,
+    bytes_past_tail: u64,
+) {
+    tracing::warn!(
+        target: "diskspool",
+        queue,
+        next_seq,
+        segments_removed,
+        bytes_past_tail,
+        "repaired the tail a producer left when it died or failed in a push"
+    );
+}
+
+/// The handle of process `pid` died in a consumer turn of a shared queue, and this handle took
+/// the turn over: it reads the head index and the ack log in full.
+pub(crate) fn consumer_turn_taken_over(queue: &str, pid: u32) {
+    tracing::warn!(
+        target: "diskspool",
+        queue,
+        pid,
+        "took over the consumer turn of a process that died in it"
+    );
+}
+
+/// `count` leases of shared handles that are gone ended: their records are delivered again.
+pub(crate) fn leases_of_gone_ended(queue: &str, count: usize) {
+    tracing::info!(
+        target: "diskspool",
+        queue,
+        count,
+        "ended the leases of handles that are gone: their records are delivered again"
     );
 }
 

@@ -838,12 +838,14 @@ impl Log {
     fn repair_tail(&self, env: &Env, coordination: &Coordination) -> Result<()> {
         let (_, committed) = coordination.committed();
         let storage = &*env.storage;
+        let mut segments_removed = 0;
         for base in segment_bases(storage, &env.dir)?.range(committed.base + 1..) {
             let path = env.dir.join(segment_file_name(*base));
             storage
                 .remove_file(&path)
                 .map_err(|error| env.poison(Error::io("remove unborn segment", &path, error)))?;
             self.forget_segment(*base);
+            segments_removed += 1;
         }
         // Also when this repair removed nothing: a repairer that died before it synced the
         // directory may have removed the unborn segment, whose durable entry a power loss would
@@ -858,7 +860,8 @@ impl Log {
         let len = file
             .len()
             .map_err(|error| Error::io("stat segment", &path, error))?;
-        if len > committed.tail {
+        let bytes_cut = len.saturating_sub(committed.tail);
+        if bytes_cut > 0 {
             file.set_len(committed.tail)
                 .map_err(|error| env.poison(Error::io("cut torn tail", &path, error)))?;
         }
@@ -881,6 +884,15 @@ impl Log {
         }
         coordination.count_repair();
         coordination.clear_dirty();
+        #[cfg(feature = "tracing")]
+        crate::engine::events::tail_repaired(
+            &env.options.name_for(&env.dir),
+            committed.next_seq,
+            segments_removed,
+            bytes_cut,
+        );
+        #[cfg(not(feature = "tracing"))]
+        let _ = (segments_removed, bytes_cut);
         Ok(())
     }
 

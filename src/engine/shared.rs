@@ -296,7 +296,14 @@ impl Shared {
         let epoch = coordination.consumer_epoch();
         // A holder died in its turn, or one could not leave the files in order: they may
         // hold a torn write.
-        let in_full = how == ConsumerLock::TakenFromDead || epoch % 2 == 1;
+        let in_full = matches!(how, ConsumerLock::TakenFromDead { .. }) || epoch % 2 == 1;
+        #[cfg(feature = "tracing")]
+        if let ConsumerLock::TakenFromDead { pid } = how {
+            crate::engine::events::consumer_turn_taken_over(
+                &self.env.options.name_for(&self.env.dir),
+                pid,
+            );
+        }
         // After a death the epoch moves whatever this turn does: the dead holder may have
         // written the files without moving it, and every other handle must read them again.
         let base = match in_full {
@@ -385,6 +392,11 @@ impl Shared {
         self.watch_leases.store(still_waiting, Ordering::Relaxed);
         if ended > 0 {
             self.env.arrivals.notify();
+            #[cfg(feature = "tracing")]
+            crate::engine::events::leases_of_gone_ended(
+                &self.env.options.name_for(&self.env.dir),
+                ended,
+            );
         }
     }
 
