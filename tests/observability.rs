@@ -418,6 +418,31 @@ mod events {
         assert_eq!(repaired[0].field("segments_removed"), Some("0"));
         // The failing handle cut its own partial write back; the dirty mark stayed.
         assert_eq!(repaired[0].field("bytes_past_tail"), Some("0"));
+        // It failed, it did not die.
+        assert_eq!(repaired[0].field("dead_pid"), None);
+
+        // A producer dies in a push (at its first call through the storage after the dirty
+        // mark): the survivor takes the tail lock over and names it.
+        let dying = Queue::open("/q", on(5)).unwrap();
+        sim.kill_at(5, 0);
+        let stopped_for_good = std::thread::spawn(move || {
+            let _ = dying.push(b"never returned either");
+        });
+        while sim.kills(5) == 0 {
+            assert!(
+                !stopped_for_good.is_finished(),
+                "the push made no call to kill it at"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let events = capture(|| assert_eq!(survivor.push(b"last").unwrap(), 2));
+        let repaired = said(
+            &events,
+            "repaired the tail a producer left when it died or failed in a push",
+        );
+        assert_eq!(repaired.len(), 1, "{events:#?}");
+        assert_eq!(repaired[0].field("dead_pid"), Some("5"));
+        assert_eq!(repaired[0].field("next_seq"), Some("2"));
 
         // A consumer receives record 0, then its process dies: the survivor ends the lease
         // (and drops the delivery it then gets: record 0 is ready again).

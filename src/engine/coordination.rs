@@ -210,6 +210,10 @@ pub(crate) struct Coordination {
     seen_gen: AtomicU64,
     /// The durable tail generation this handle last published to its readers.
     seen_published_gen: AtomicU64,
+    /// The process of the dead holder this handle took the tail lock from with the dirty mark
+    /// set, and the repairs count then (`repairs << 32 | pid`; 0: none), until the repair that
+    /// follows reports it.
+    tail_taken_from: AtomicU64,
 }
 
 /// Set in a lock word when a handle may be waiting for it.
@@ -358,6 +362,7 @@ impl Coordination {
             probes: std::sync::Mutex::new(std::collections::HashMap::new()),
             seen_gen: AtomicU64::new(u64::MAX),
             seen_published_gen: AtomicU64::new(u64::MAX),
+            tail_taken_from: AtomicU64::new(0),
         })
     }
 
@@ -538,9 +543,34 @@ impl Coordination {
             }
             looks = 0;
             if self.wait_or_take_over(word, current, 1, mine) {
+                // For the repair of the dead holder's dirty mark, if no other handle repairs
+                // it first.
+                let dead = (current & !WAITERS) >> 1;
+                if let Some(pid) = self.pid_of(dead).filter(|_| self.is_dirty()) {
+                    let repairs = u64::from(self.repairs());
+                    self.tail_taken_from
+                        .store(repairs << 32 | u64::from(pid), Ordering::Relaxed);
+                }
                 return WordGuard { word };
             }
         }
+    }
+
+    /// The process of the handle a ticket names, if its slot was not taken again since.
+    fn pid_of(&self, ticket: u32) -> Option<u32> {
+        let (slot, epoch) = ticket_parts(ticket);
+        (slot < SLOT_COUNT && self.word32(slot_epoch_at(slot)).load(Ordering::Acquire) == epoch)
+            .then(|| self.word32(slot_pid_at(slot)).load(Ordering::Relaxed))
+    }
+
+    /// For a repair of the dirty mark, before it counts itself (under the tail lock): the
+    /// process whose handle died with the mark set holding the tail lock that this handle took
+    /// over, if no repair happened since (`None`: the writer failed, or another handle repaired
+    /// that death).
+    pub(crate) fn take_tail_death(&self) -> Option<u32> {
+        let taken = self.tail_taken_from.swap(0, Ordering::Relaxed);
+        let (repairs, pid) = ((taken >> 32) as u32, taken as u32);
+        (pid != 0 && repairs == self.repairs()).then_some(pid)
     }
 
     /// One wait of a lock word's waiter, `current` the held value it saw: sets the waiters bit,

@@ -135,12 +135,14 @@ pub(crate) fn poisoned(queue: &str, error: &Error) {
     );
 }
 
-/// A producer of a shared queue died or failed in a push, after it marked the log dirty: this
+/// A producer of a shared queue died (its process `dead_pid`, when this handle took the tail
+/// lock over from it) or failed in a push, after it marked the log dirty: this
 /// handle cut what it left past the committed tail: `segments_removed` segment files it had
 /// started, and `bytes_past_tail` bytes of the committed segment (its frames, and the zeros
 /// prepared ahead of the tail). No push that wrote them returned.
 pub(crate) fn tail_repaired(
     queue: &str,
+    dead_pid: Option<u32>,
     next_seq: u64,
     segments_removed: usize,
     bytes_past_tail: u64,
@@ -148,6 +150,7 @@ pub(crate) fn tail_repaired(
     tracing::warn!(
         target: "diskspool",
         queue,
+        dead_pid,
         next_seq,
         segments_removed,
         bytes_past_tail,

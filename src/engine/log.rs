@@ -882,17 +882,19 @@ impl Log {
             let (generation, _) = coordination.dedup_log();
             coordination.set_dedup_log(generation + 1, dedup_tail);
         }
+        let dead_pid = coordination.take_tail_death();
         coordination.count_repair();
         coordination.clear_dirty();
         #[cfg(feature = "tracing")]
         crate::engine::events::tail_repaired(
             &env.options.name_for(&env.dir),
+            dead_pid,
             committed.next_seq,
             segments_removed,
             bytes_cut,
         );
         #[cfg(not(feature = "tracing"))]
-        let _ = (segments_removed, bytes_cut);
+        let _ = (dead_pid, segments_removed, bytes_cut);
         Ok(())
     }
 
