@@ -373,12 +373,26 @@ mod events {
         assert!(poisoned[0].field("error").unwrap().contains("sync"));
     }
 
-    /// The messages of `events` that say `message`.
-    fn said<'a>(events: &'a [Captured], message: &str) -> Vec<&'a Captured> {
-        events
+    /// The one event of `events` that says `message`, checked to be at `level`.
+    fn the_one<'a>(events: &'a [Captured], message: &str, level: Level) -> &'a Captured {
+        let said: Vec<&Captured> = events
             .iter()
             .filter(|event| event.field("message") == Some(message))
-            .collect()
+            .collect();
+        assert_eq!(said.len(), 1, "{message}: {events:#?}");
+        assert_eq!(said[0].level, level, "{message}");
+        said[0]
+    }
+
+    /// Runs `work` on a thread of its own in simulated process `process`, killed at its first
+    /// call through the storage; returns once it is dead (the thread stays stopped for good).
+    fn killed_in(sim: &SimStorage, process: u32, work: impl FnOnce() + Send + 'static) {
+        sim.kill_at(process, 0);
+        let stopped_for_good = std::thread::spawn(work);
+        while sim.kills(process) == 0 {
+            assert!(!stopped_for_good.is_finished(), "no call to kill it at");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// What a handle of a shared queue takes over from handles that died or failed is logged:
@@ -406,43 +420,30 @@ mod events {
             sticky: false,
         });
         assert!(failing.push(b"never returned").is_err());
-        let events = capture(|| assert_eq!(survivor.push(b"after").unwrap(), 1));
-        let repaired = said(
-            &events,
-            "repaired the tail a producer left when it died or failed in a push",
-        );
-        assert_eq!(repaired.len(), 1, "{events:#?}");
-        assert_eq!(repaired[0].level, Level::WARN);
-        assert_eq!(repaired[0].field("queue"), Some("jobs"));
-        assert_eq!(repaired[0].field("next_seq"), Some("1"));
-        assert_eq!(repaired[0].field("segments_removed"), Some("0"));
+        // The event of the repair that `survivor`'s push of record `seq` makes first.
+        let repaired_by_push = |seq: u64| {
+            let events = capture(|| assert_eq!(survivor.push(b"repairs").unwrap(), seq));
+            let message = "repaired the tail a producer left when it died or failed in a push";
+            the_one(&events, message, Level::WARN).clone()
+        };
+        let repaired = repaired_by_push(1);
+        assert_eq!(repaired.field("queue"), Some("jobs"));
+        assert_eq!(repaired.field("next_seq"), Some("1"));
+        assert_eq!(repaired.field("segments_removed"), Some("0"));
         // The failing handle cut its own partial write back; the dirty mark stayed.
-        assert_eq!(repaired[0].field("bytes_past_tail"), Some("0"));
+        assert_eq!(repaired.field("bytes_past_tail"), Some("0"));
         // It failed, it did not die.
-        assert_eq!(repaired[0].field("dead_pid"), None);
+        assert_eq!(repaired.field("dead_pid"), None);
 
         // A producer dies in a push (at its first call through the storage after the dirty
         // mark): the survivor takes the tail lock over and names it.
         let dying = Queue::open("/q", on(5)).unwrap();
-        sim.kill_at(5, 0);
-        let stopped_for_good = std::thread::spawn(move || {
+        killed_in(&sim, 5, move || {
             let _ = dying.push(b"never returned either");
         });
-        while sim.kills(5) == 0 {
-            assert!(
-                !stopped_for_good.is_finished(),
-                "the push made no call to kill it at"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let events = capture(|| assert_eq!(survivor.push(b"last").unwrap(), 2));
-        let repaired = said(
-            &events,
-            "repaired the tail a producer left when it died or failed in a push",
-        );
-        assert_eq!(repaired.len(), 1, "{events:#?}");
-        assert_eq!(repaired[0].field("dead_pid"), Some("5"));
-        assert_eq!(repaired[0].field("next_seq"), Some("2"));
+        let repaired = repaired_by_push(2);
+        assert_eq!(repaired.field("dead_pid"), Some("5"));
+        assert_eq!(repaired.field("next_seq"), Some("2"));
 
         // A consumer receives record 0, then its process dies: the survivor ends the lease
         // (and drops the delivery it then gets: record 0 is ready again).
@@ -454,35 +455,20 @@ mod events {
         std::mem::forget(held);
         std::mem::forget(receiving);
         let events = capture(|| assert_eq!(survivor.try_recv().unwrap().unwrap().seq(), 0));
-        let ended = said(
-            &events,
-            "ended the leases of handles that are gone: their records are delivered again",
-        );
-        assert_eq!(ended.len(), 1, "{events:#?}");
-        assert_eq!(ended[0].level, Level::INFO);
-        assert_eq!(ended[0].field("count"), Some("1"));
+        let message =
+            "ended the leases of handles that are gone: their records are delivered again";
+        let ended = the_one(&events, message, Level::INFO);
+        assert_eq!(ended.field("count"), Some("1"));
 
         // A consumer dies in its turn (at its first call through the storage, reading the
         // files): the survivor takes the turn over.
         let dying = Queue::open("/q", on(4)).unwrap();
-        sim.kill_at(4, 0);
-        let stopped_for_good = std::thread::spawn(move || {
+        killed_in(&sim, 4, move || {
             let _ = dying.pop();
         });
-        while sim.kills(4) == 0 {
-            assert!(
-                !stopped_for_good.is_finished(),
-                "the pop made no call to kill it at"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
         let events = capture(|| assert_eq!(survivor.pop().unwrap().unwrap().seq(), 0));
-        let taken = said(
-            &events,
-            "took over the consumer turn of a process that died in it",
-        );
-        assert_eq!(taken.len(), 1, "{events:#?}");
-        assert_eq!(taken[0].level, Level::WARN);
-        assert_eq!(taken[0].field("pid"), Some("4"));
+        let message = "took over the consumer turn of a process that died in it";
+        let taken = the_one(&events, message, Level::WARN);
+        assert_eq!(taken.field("pid"), Some("4"));
     }
 }
