@@ -333,7 +333,11 @@ impl Coordination {
             return Err(Error::Locked {
                 dir: procs,
                 pid: None,
-                shared_by: Vec::new(),
+                // Every slot is taken: by these processes.
+                shared_by: crate::storage::queue_dir::sharing_processes(
+                    &*opening.storage,
+                    &opening.dir,
+                ),
             });
         };
         let control = Arc::new(control);

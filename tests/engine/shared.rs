@@ -579,7 +579,14 @@ fn a_129th_handle_is_refused_and_a_closed_handles_slot_is_taken_again() {
         .map(|_| Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap())
         .collect();
     match Queue::open(dir.path(), shared(SyncPolicy::Never)) {
-        Err(Error::Locked { dir: refused, .. }) => assert!(refused.ends_with("procs")),
+        Err(Error::Locked {
+            dir: refused,
+            shared_by,
+            ..
+        }) => {
+            assert!(refused.ends_with("procs"));
+            assert_eq!(shared_by, [std::process::id()]);
+        }
         other => panic!("expected Locked naming procs, got {other:?}"),
     }
     handles.pop();
