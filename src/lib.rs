@@ -61,7 +61,7 @@ pub use options::{
     SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
 pub use spool::Spool;
-pub use stats::{DiscardReason, Stats, Totals};
+pub use stats::{DiscardReason, Stats, TakeoverKind, Totals};
 #[cfg(any(test, feature = "sim"))]
 pub use storage::sim::SimStorage;
 pub use typed::{Bincode, BoxError, Codec, TypedDelivery, TypedQueue, TypedRecvError};

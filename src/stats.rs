@@ -53,6 +53,46 @@ pub struct Stats {
     pub totals: Option<Totals>,
 }
 
+/// What a handle of a queue shared by several processes took over from a handle that died or
+/// failed (`takeovers_total{kind}`; each is also a `tracing` event, docs/METRICS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TakeoverKind {
+    /// The tail a producer left when it died or failed in a push: cut past the committed tail.
+    Tail,
+    /// The consumer turn of a handle that died in it: the head index and the ack log read in
+    /// full.
+    ConsumerTurn,
+    /// A lease of a handle that is gone, ended: its record is delivered again.
+    Lease,
+}
+
+impl TakeoverKind {
+    /// Every kind, in the order of [`Totals::takeovers`].
+    pub const ALL: [TakeoverKind; 3] = [
+        TakeoverKind::Tail,
+        TakeoverKind::ConsumerTurn,
+        TakeoverKind::Lease,
+    ];
+
+    /// The kind as a metric label value: `tail`, `consumer_turn`, `lease`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TakeoverKind::Tail => "tail",
+            TakeoverKind::ConsumerTurn => "consumer_turn",
+            TakeoverKind::Lease => "lease",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            TakeoverKind::Tail => 0,
+            TakeoverKind::ConsumerTurn => 1,
+            TakeoverKind::Lease => 2,
+        }
+    }
+}
+
 /// Why records were discarded without being delivered (`discarded_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -114,6 +154,9 @@ pub struct Totals {
     pub commit_syncs: u64,
     /// Records those syncs made durable: divided by `commit_syncs`, the records per sync.
     pub commit_records: u64,
+    /// What this handle took over from handles of a shared queue that died or failed, by
+    /// [`TakeoverKind`] (see [`Totals::takeovers`]); zero for an exclusive queue.
+    pub(crate) takeovers: [u64; TakeoverKind::ALL.len()],
 }
 
 impl Totals {
@@ -125,6 +168,12 @@ impl Totals {
     /// Records discarded for any reason.
     pub fn discarded_total(&self) -> u64 {
         self.discarded.iter().sum()
+    }
+
+    /// What this handle took over of `kind` from handles that died or failed (a queue shared
+    /// by several processes).
+    pub fn takeovers(&self, kind: TakeoverKind) -> u64 {
+        self.takeovers[kind.index()]
     }
 
     /// Records per group-commit sync; `None` before the first.

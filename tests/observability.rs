@@ -95,6 +95,14 @@ fn metrics_report_the_scripted_workload_under_the_queues_name() {
     );
     assert_eq!(get("diskspool_commit_records_total"), 4.0);
     assert!(get("diskspool_fsync_seconds") >= 4.0, "one sample per sync");
+    for kind in ["tail", "consumer_turn", "lease"] {
+        let key = format!("diskspool_takeovers_total{{queue=orders,kind={kind}}}");
+        assert_eq!(
+            metrics.get(&key),
+            Some(&0.0),
+            "{key}: one handle, nothing to take over"
+        );
+    }
     for reason in ["overflow", "purge"] {
         let key = format!("diskspool_discarded_total{{queue=orders,reason={reason}}}");
         assert_eq!(metrics.get(&key), Some(&0.0), "{key}");
@@ -104,7 +112,7 @@ fn metrics_report_the_scripted_workload_under_the_queues_name() {
         metrics.keys().all(|key| key.contains("queue=orders")),
         "{metrics:#?}"
     );
-    assert_eq!(metrics.len(), 20, "{metrics:#?}");
+    assert_eq!(metrics.len(), 23, "{metrics:#?}");
 }
 
 #[test]
@@ -137,7 +145,7 @@ mod events {
 
     use diskspool::format::frame;
     use diskspool::storage::sim::{Fault, FaultKind, SimOp};
-    use diskspool::{Error, Options, Queue, SimStorage, SyncPolicy};
+    use diskspool::{Error, Options, Queue, SimStorage, SyncPolicy, TakeoverKind};
     use tracing::field::{Field, Visit};
     use tracing::{Event, Level, Subscriber};
     use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -470,5 +478,11 @@ mod events {
         let message = "took over the consumer turn of a process that died in it";
         let taken = the_one(&events, message, Level::WARN);
         assert_eq!(taken.field("pid"), Some("4"));
+
+        // The same, counted (`diskspool_takeovers_total{kind}`).
+        let totals = survivor.stats().unwrap().totals.unwrap();
+        assert_eq!(totals.takeovers(TakeoverKind::Tail), 2);
+        assert_eq!(totals.takeovers(TakeoverKind::ConsumerTurn), 1);
+        assert_eq!(totals.takeovers(TakeoverKind::Lease), 1);
     }
 }

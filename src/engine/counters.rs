@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::stats::{DiscardReason, Totals};
+use crate::stats::{DiscardReason, TakeoverKind, Totals};
 
 /// The consumer's counts, kept in the reader under its lock (no atomics on the pop path).
 #[derive(Debug, Default, Clone, Copy)]
@@ -32,6 +32,7 @@ pub(crate) struct Counters {
     discarded: [AtomicU64; DiscardReason::ALL.len()],
     expired: AtomicU64,
     deduplicated: AtomicU64,
+    takeovers: [AtomicU64; TakeoverKind::ALL.len()],
 }
 
 impl Counters {
@@ -61,6 +62,12 @@ impl Counters {
         self.deduplicated.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// This handle took over `count` of `kind` from handles of a shared queue that died or
+    /// failed.
+    pub(crate) fn took_over(&self, kind: TakeoverKind, count: u64) {
+        self.takeovers[kind.index()].fetch_add(count, Ordering::Relaxed);
+    }
+
     /// The totals, with the figures kept elsewhere: pushes, the consumer's counts and the push
     /// group commit's (`syncs` leader syncs that made `synced_records` records durable).
     pub(crate) fn totals(
@@ -72,6 +79,10 @@ impl Counters {
     ) -> Totals {
         let mut discarded = [0; DiscardReason::ALL.len()];
         for (total, counter) in discarded.iter_mut().zip(&self.discarded) {
+            *total = counter.load(Ordering::Relaxed);
+        }
+        let mut takeovers = [0; TakeoverKind::ALL.len()];
+        for (total, counter) in takeovers.iter_mut().zip(&self.takeovers) {
             *total = counter.load(Ordering::Relaxed);
         }
         Totals {
@@ -86,6 +97,7 @@ impl Counters {
             deduplicated: self.deduplicated.load(Ordering::Relaxed),
             commit_syncs: syncs,
             commit_records: synced_records,
+            takeovers,
         }
     }
 }
@@ -103,6 +115,8 @@ mod tests {
         counters.expired(4);
         counters.deduplicated();
         counters.deduplicated();
+        counters.took_over(TakeoverKind::Tail, 1);
+        counters.took_over(TakeoverKind::Lease, 3);
         let consumer = ConsumerCounts {
             delivered: 7,
             acked: 5,
@@ -121,6 +135,9 @@ mod tests {
         assert_eq!(totals.discarded_total(), 5);
         assert_eq!(totals.expired, 4);
         assert_eq!(totals.deduplicated, 2);
+        assert_eq!(totals.takeovers(TakeoverKind::Tail), 1);
+        assert_eq!(totals.takeovers(TakeoverKind::ConsumerTurn), 0);
+        assert_eq!(totals.takeovers(TakeoverKind::Lease), 3);
         assert_eq!(totals.records_per_sync(), Some(2.0));
     }
 }

@@ -885,6 +885,7 @@ impl Log {
         let dead_pid = coordination.take_tail_death();
         coordination.count_repair();
         coordination.clear_dirty();
+        env.counters.took_over(crate::stats::TakeoverKind::Tail, 1);
         #[cfg(feature = "tracing")]
         crate::engine::events::tail_repaired(
             &env.options.name_for(&env.dir),

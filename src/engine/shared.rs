@@ -297,12 +297,17 @@ impl Shared {
         // A holder died in its turn, or one could not leave the files in order: they may
         // hold a torn write.
         let in_full = matches!(how, ConsumerLock::TakenFromDead { .. }) || epoch % 2 == 1;
-        #[cfg(feature = "tracing")]
         if let ConsumerLock::TakenFromDead { pid } = how {
+            self.env
+                .counters
+                .took_over(crate::stats::TakeoverKind::ConsumerTurn, 1);
+            #[cfg(feature = "tracing")]
             crate::engine::events::consumer_turn_taken_over(
                 &self.env.options.name_for(&self.env.dir),
                 pid,
             );
+            #[cfg(not(feature = "tracing"))]
+            let _ = pid;
         }
         // After a death the epoch moves whatever this turn does: the dead holder may have
         // written the files without moving it, and every other handle must read them again.
@@ -392,6 +397,9 @@ impl Shared {
         self.watch_leases.store(still_waiting, Ordering::Relaxed);
         if ended > 0 {
             self.env.arrivals.notify();
+            self.env
+                .counters
+                .took_over(crate::stats::TakeoverKind::Lease, ended as u64);
             #[cfg(feature = "tracing")]
             crate::engine::events::leases_of_gone_ended(
                 &self.env.options.name_for(&self.env.dir),

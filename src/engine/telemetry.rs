@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use metrics::{Counter, Gauge, Histogram};
 
-use crate::stats::{DiscardReason, Stats};
+use crate::stats::{DiscardReason, Stats, TakeoverKind};
 
 /// The handles of one queue's metrics, each labelled `queue`.
 pub(crate) struct Telemetry {
@@ -30,6 +30,7 @@ pub(crate) struct Telemetry {
     deduplicated: Counter,
     commit_syncs: Counter,
     commit_records: Counter,
+    takeovers: Vec<Counter>,
     fsync: Histogram,
 }
 
@@ -59,6 +60,16 @@ impl Telemetry {
                 )
             })
             .collect();
+        let takeovers = TakeoverKind::ALL
+            .iter()
+            .map(|kind| {
+                metrics::counter!(
+                    "diskspool_takeovers_total",
+                    "queue" => queue.clone(),
+                    "kind" => kind.as_str()
+                )
+            })
+            .collect();
         Telemetry {
             ready: gauge!("diskspool_messages_ready"),
             in_flight: gauge!("diskspool_messages_in_flight"),
@@ -78,6 +89,7 @@ impl Telemetry {
             deduplicated: counter!("diskspool_deduplicated_total"),
             commit_syncs: counter!("diskspool_commit_syncs_total"),
             commit_records: counter!("diskspool_commit_records_total"),
+            takeovers,
             fsync: metrics::histogram!("diskspool_fsync_seconds", "queue" => queue.clone()),
         }
     }
@@ -108,6 +120,9 @@ impl Telemetry {
         self.deduplicated.absolute(totals.deduplicated);
         self.commit_syncs.absolute(totals.commit_syncs);
         self.commit_records.absolute(totals.commit_records);
+        for (counter, kind) in self.takeovers.iter().zip(TakeoverKind::ALL) {
+            counter.absolute(totals.takeovers(kind));
+        }
     }
 
     /// Records how long one sync of the records took.
@@ -181,6 +196,10 @@ fn describe() {
     describe_counter!(
         "diskspool_commit_records_total",
         "Records made durable by those syncs"
+    );
+    describe_counter!(
+        "diskspool_takeovers_total",
+        "What this handle took over from handles of a shared queue that died or failed, by kind"
     );
     describe_histogram!(
         "diskspool_fsync_seconds",

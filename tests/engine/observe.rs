@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use diskspool::storage::OsStorage;
 use diskspool::tools::inspect;
-use diskspool::{DiscardReason, Options, Queue, Stats, SyncPolicy, Totals};
+use diskspool::{DiscardReason, Options, Queue, Stats, SyncPolicy, TakeoverKind, Totals};
 
 const LONG: Duration = Duration::from_secs(3600);
 
@@ -91,6 +91,13 @@ fn every_counter_and_gauge_follows_a_scripted_workload() {
     assert_eq!(t.discarded(DiscardReason::Overflow), 0);
     assert_eq!((t.expired, t.deduplicated), (0, 0));
     assert_eq!((t.commit_syncs, t.records_per_sync()), (0, None), "Never");
+    for kind in TakeoverKind::ALL {
+        assert_eq!(
+            t.takeovers(kind),
+            0,
+            "an exclusive queue takes nothing over"
+        );
+    }
     // Only b (retried) and e (pushed delayed) are left, both delayed: nothing is ready, so
     // there is no oldest ready record, however old they are.
     assert_eq!((stats.len, stats.ready, stats.delayed), (2, 0, 2));
