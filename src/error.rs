@@ -32,7 +32,9 @@ pub enum Error {
         /// the ids of their processes, each once, as the control file names them and their
         /// slot files' locks show alive. Advice for the message: a handle may open or close
         /// meanwhile.
-        shared_by: Vec<u32>,
+        /// (Boxed: this variant is then no larger than the others, and every `Result` of the
+        /// crate stays as small as it was.)
+        shared_by: Box<[u32]>,
     },
     /// The handle was opened by another process, of which this one is a child forked after the
     /// open: a copy of a handle shares the parent's place in the queue but none of its

@@ -98,7 +98,7 @@ pub(crate) fn begin_open(storage: Arc<dyn Storage>, dir: &Path) -> Result<Openin
                     return Err(Error::Locked {
                         dir: dir.to_path_buf(),
                         pid: attached.holder_pid(),
-                        shared_by: Vec::new(),
+                        shared_by: Box::default(),
                     })
                 }
                 Err(TryLockError::Error(error)) => {
@@ -337,7 +337,8 @@ impl Coordination {
                 shared_by: crate::storage::queue_dir::sharing_processes(
                     &*opening.storage,
                     &opening.dir,
-                ),
+                )
+                .into_boxed_slice(),
             });
         };
         let control = Arc::new(control);

@@ -112,8 +112,8 @@ pub(crate) fn lock_failure(storage: &dyn Storage, dir: &Path, failure: LockFailu
             dir: dir.to_path_buf(),
             pid,
             shared_by: match pid {
-                Some(_) => Vec::new(),
-                None => sharing_processes(storage, dir),
+                Some(_) => Box::default(),
+                None => sharing_processes(storage, dir).into_boxed_slice(),
             },
         },
         LockFailure::Io(error) => Error::io("lock", dir.join(LOCK_FILE_NAME), error),

@@ -14,7 +14,7 @@ fn second_open_in_the_same_process_is_locked_and_names_this_process() {
         }) => {
             assert_eq!(locked, dir.path());
             assert_eq!(pid, Some(std::process::id()));
-            assert_eq!(shared_by, Vec::<u32>::new());
+            assert!(shared_by.is_empty());
         }
         other => panic!("expected Locked, got {other:?}"),
     }
@@ -39,7 +39,7 @@ fn an_exclusive_open_refused_by_shared_handles_names_their_processes() {
     };
     let error = refused(3);
     assert!(
-        matches!(&error, Error::Locked { pid: None, shared_by, .. } if shared_by == &[7, 9]),
+        matches!(&error, Error::Locked { pid: None, shared_by, .. } if **shared_by == [7, 9]),
         "{error:?}"
     );
     assert_eq!(
@@ -52,7 +52,7 @@ fn an_exclusive_open_refused_by_shared_handles_names_their_processes() {
         std::path::Path::new("/q"),
         diskspool::tools::repair::Mode::DryRun,
     ) {
-        Err(Error::Locked { shared_by, .. }) => assert_eq!(shared_by, [7, 9]),
+        Err(Error::Locked { shared_by, .. }) => assert_eq!(*shared_by, [7, 9]),
         other => panic!("a repair beside shared handles: {other:?}"),
     }
     drop((first, again_in_seven));

@@ -585,7 +585,7 @@ fn a_129th_handle_is_refused_and_a_closed_handles_slot_is_taken_again() {
             ..
         }) => {
             assert!(refused.ends_with("procs"));
-            assert_eq!(shared_by, [std::process::id()]);
+            assert_eq!(*shared_by, [std::process::id()]);
         }
         other => panic!("expected Locked naming procs, got {other:?}"),
     }
