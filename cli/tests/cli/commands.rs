@@ -31,10 +31,13 @@ fn stat_json_has_the_documented_fields_and_values() {
             "quarantine_files",
             "quarantine_records",
             "ready",
-            "segments"
+            "segments",
+            "shared_by"
         ]
     );
     assert_eq!(stat["quarantine_files"], 0);
+    // An exclusive queue, closed: nobody shares it.
+    assert_eq!(stat["shared_by"], serde_json::json!([]));
     assert_eq!(stat["len"], 30);
     assert_eq!(
         (stat["ready"].as_u64(), stat["delayed"].as_u64()),
