@@ -390,13 +390,7 @@ impl Coordination {
                 }
             }
         };
-        match probe.try_lock_shared() {
-            Ok(()) => {
-                let _ = probe.unlock();
-                true
-            }
-            Err(_) => false,
-        }
+        !probe.is_held_by_another()
     }
 
     fn word64(&self, offset: usize) -> &AtomicU64 {

@@ -69,6 +69,19 @@ impl LockFile {
         }
     }
 
+    /// Whether another holder has the lock exclusively (a slot file's live handle): looks by
+    /// taking it shared for a moment. `false` when it is free; `true` also when the look
+    /// fails (waiting longer is safe, taking a live holder's place is not).
+    pub(crate) fn is_held_by_another(&self) -> bool {
+        match self.try_lock_shared() {
+            Ok(()) => {
+                let _ = self.unlock();
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
     /// Whether a lock found held may be held for a moment only, and is worth trying again
     /// (see `MomentaryHold`): a child process shares its parent's lock between fork and
     /// exec. Not on the simulated filesystem, whose runs replay the same calls whatever the

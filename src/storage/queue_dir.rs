@@ -2,7 +2,6 @@
 //! write the same way, so that each rule (what makes a directory a queue, how the settings file
 //! is read and replaced) has one implementation.
 
-use std::fs::TryLockError;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -146,13 +145,9 @@ pub fn sharing_processes(storage: &dyn Storage, dir: &Path) -> Vec<u32> {
         let Ok(slot_file) = LockFile::open(storage, &path) else {
             continue;
         };
-        match slot_file.try_lock_shared() {
-            // Free: its last handle closed or died.
-            Ok(()) => {
-                let _ = slot_file.unlock();
-            }
-            Err(TryLockError::WouldBlock) => pids.push(pid),
-            Err(TryLockError::Error(_)) => {}
+        // Free when its last handle closed or died.
+        if slot_file.is_held_by_another() {
+            pids.push(pid);
         }
     }
     pids
