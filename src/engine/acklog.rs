@@ -469,3 +469,24 @@ impl AckLog {
         Ok(())
     }
 }
+
+/// Records in `seqs` that the ack log in `dir` says were acknowledged (out of order, beyond a
+/// head at `seqs.start`), read without a lock: what a handle that does not consume subtracts
+/// from its length. Advice: 0 when the file cannot be read; entries a writer is still appending
+/// are not counted.
+pub(crate) fn acked_in_file(storage: &dyn Storage, dir: &Path, seqs: std::ops::Range<u64>) -> u64 {
+    let Ok(file) = storage.open_read(&dir.join(ACK_LOG_FILE_NAME)) else {
+        return 0;
+    };
+    let Ok(bytes) = storage::read_all(&*file) else {
+        return 0;
+    };
+    let mut history = JobHistory::default();
+    // A scan that stops at a torn entry or damage keeps what it read before.
+    let _ = scan_ack_log(&bytes, &mut |entry| history.apply(entry));
+    history
+        .acked
+        .range(..seqs.end)
+        .map(|(&start, &end)| end.min(seqs.end).saturating_sub(start.max(seqs.start)))
+        .sum()
+}

@@ -970,8 +970,9 @@ impl Shared {
     }
 
     /// A shared queue's length seen from a handle that does not consume (or from a copy in a
-    /// forked child): the records between the head in the `head` file and the published tail
-    /// (records acknowledged out of order beyond the head are counted).
+    /// forked child): the records between the head in the `head` file and the published tail,
+    /// less those the ack log says were acknowledged out of order beyond the head (as `spool
+    /// stat` counts).
     #[cold]
     fn len_without_consumer(&self) -> u64 {
         let next_seq = if self.env.is_forked() {
@@ -985,9 +986,12 @@ impl Shared {
             let _ = self.log.refresh(&self.env);
             self.log.published_next_seq()
         };
-        let head_seq = crate::engine::head::head_seq_in_file(&*self.env.storage, &self.env.dir)
-            .unwrap_or(next_seq);
-        next_seq.saturating_sub(head_seq)
+        let storage = &*self.env.storage;
+        let head_seq =
+            crate::engine::head::head_seq_in_file(storage, &self.env.dir).unwrap_or(next_seq);
+        let acked =
+            crate::engine::acklog::acked_in_file(storage, &self.env.dir, head_seq..next_seq);
+        next_seq.saturating_sub(head_seq).saturating_sub(acked)
     }
 
     /// The arrivals epoch a waiter reads before it looks for records, and hands to

@@ -562,6 +562,32 @@ fn a_handle_that_does_not_consume_counts_the_records_and_sees_the_consumers_head
     assert_eq!(consumer.len(), 7);
 }
 
+/// A handle that never consumed counts as `spool stat` does: records acknowledged out of order
+/// beyond the head (a lease held before them keeps the head back) are not in the queue.
+#[test]
+fn a_handle_that_does_not_consume_leaves_out_what_was_acknowledged_beyond_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = shared_jobs(SyncPolicy::Never, Duration::from_secs(3600));
+    let consumer = Queue::open(dir.path(), jobs.clone()).unwrap();
+    for seq in 0..5u64 {
+        consumer.push(&payload_for(seq)).unwrap();
+    }
+    let held = consumer.try_recv().unwrap().unwrap();
+    for seq in 1..3u64 {
+        let delivery = consumer.try_recv().unwrap().unwrap();
+        assert_eq!(delivery.seq(), seq);
+        delivery.ack().unwrap();
+    }
+    // Record 0 held, 1 and 2 acknowledged, 3 and 4 ready: 3 records in the queue.
+    assert_eq!(consumer.len(), 3);
+    let watching = Queue::open(dir.path(), jobs).unwrap();
+    assert_eq!(watching.len(), 3, "the head is still at 0");
+    held.ack().unwrap();
+    consumer.sync().unwrap();
+    assert_eq!(watching.len(), 2);
+    assert_eq!(consumer.len(), 2);
+}
+
 #[test]
 fn a_129th_handle_is_refused_and_a_closed_handles_slot_is_taken_again() {
     // 128 handles keep about 400 files open (measured): room under a soft limit of 1,024 with
