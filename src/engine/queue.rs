@@ -571,12 +571,14 @@ impl Queue {
         self.shared.peek()
     }
 
-    /// The number of records in the queue.
+    /// The number of records in the queue: from the head to the end of the log, less the
+    /// records acknowledged out of order (jobs API), as [`Stats::len`](crate::Stats::len).
     ///
-    /// In a child forked after the open, where every other call fails with
-    /// [`Error::Forked`], it counts from the files without taking a lock: from the head in the
-    /// `head` file to the published tail (a shared queue's, read from `control`; an exclusive
-    /// queue's, as it was at the fork).
+    /// A shared handle that has not consumed yet, and a child forked after the open (where every
+    /// other call fails with [`Error::Forked`]), count from the files without taking a lock:
+    /// from the head in the `head` file to the published tail (a shared queue's, read from
+    /// `control`; an exclusive queue's, as it was at the fork), less what the ack log says was
+    /// acknowledged in between, as `spool stat` does.
     pub fn len(&self) -> u64 {
         self.shared.len()
     }
