@@ -484,9 +484,5 @@ pub(crate) fn acked_in_file(storage: &dyn Storage, dir: &Path, seqs: std::ops::R
     let mut history = JobHistory::default();
     // A scan that stops at a torn entry or damage keeps what it read before.
     let _ = scan_ack_log(&bytes, &mut |entry| history.apply(entry));
-    history
-        .acked
-        .range(..seqs.end)
-        .map(|(&start, &end)| end.min(seqs.end).saturating_sub(start.max(seqs.start)))
-        .sum()
+    history.acked_count_in(seqs)
 }

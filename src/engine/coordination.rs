@@ -374,10 +374,10 @@ impl Coordination {
     /// Whether the handle a ticket names is gone: its slot was taken again since, or its slot
     /// file is not locked (the kernel released it when the holder died).
     fn is_gone(&self, holder: u32) -> bool {
-        let (slot, epoch) = ticket_parts(holder);
-        if slot >= SLOT_COUNT || self.word32(slot_epoch_at(slot)).load(Ordering::Acquire) != epoch {
+        if !self.is_current(holder) {
             return true;
         }
+        let slot = ticket_parts(holder).0;
         let mut probes = crate::engine::sync::lock(&self.probes);
         let path = self.dir.join(PROCS_DIR_NAME).join(slot_file_name(slot));
         let probe = match probes.entry(slot) {
@@ -555,11 +555,18 @@ impl Coordination {
         }
     }
 
+    /// Whether the slot a ticket names is still at the ticket's epoch (not taken again since).
+    fn is_current(&self, ticket: u32) -> bool {
+        let (slot, epoch) = ticket_parts(ticket);
+        slot < SLOT_COUNT && self.word32(slot_epoch_at(slot)).load(Ordering::Acquire) == epoch
+    }
+
     /// The process of the handle a ticket names, if its slot was not taken again since.
     fn pid_of(&self, ticket: u32) -> Option<u32> {
-        let (slot, epoch) = ticket_parts(ticket);
-        (slot < SLOT_COUNT && self.word32(slot_epoch_at(slot)).load(Ordering::Acquire) == epoch)
-            .then(|| self.word32(slot_pid_at(slot)).load(Ordering::Relaxed))
+        self.is_current(ticket).then(|| {
+            self.word32(slot_pid_at(ticket_parts(ticket).0))
+                .load(Ordering::Relaxed)
+        })
     }
 
     /// For a repair of the dirty mark, before it counts itself (under the tail lock): the

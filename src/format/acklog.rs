@@ -570,9 +570,14 @@ impl JobHistory {
 
     /// Acknowledged records at or beyond `from`.
     pub fn acked_count_from(&self, from: u64) -> u64 {
+        self.acked_count_in(from..u64::MAX)
+    }
+
+    /// Acknowledged records in `seqs`.
+    pub fn acked_count_in(&self, seqs: std::ops::Range<u64>) -> u64 {
         self.acked
-            .iter()
-            .map(|(&start, &end)| end.saturating_sub(start.max(from)))
+            .range(..seqs.end)
+            .map(|(&start, &end)| end.min(seqs.end).saturating_sub(start.max(seqs.start)))
             .sum()
     }
 
@@ -710,6 +715,9 @@ mod tests {
         let ranges: Vec<_> = history.acked.iter().map(|(&s, &e)| (s, e)).collect();
         assert_eq!(ranges, [(12, 15), (20, 21)]);
         assert_eq!(history.acked_count_from(12), 4);
+        assert_eq!(history.acked_count_in(12..15), 3);
+        assert_eq!(history.acked_count_in(14..21), 2);
+        assert_eq!(history.acked_count_in(15..20), 0);
         assert_eq!(history.take(13), (true, 0, 0));
         assert_eq!(history.take(16), (false, 0, 0));
     }

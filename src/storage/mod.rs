@@ -721,8 +721,9 @@ impl StorageFile for OsFile {
         // fault past the end: a segment is cut only under the directory lock (exclusive) or by
         // a repair that makes every writer drop its mapping (shared), and the ack log only by
         // a failed write's undo, which moves the consumer epoch so that every handle takes up
-        // where the zeros written ahead of its tail end before it stores below them again. Those blocks were written before the stores, so stores need no
-        // allocation (no SIGBUS on a full disk). One handle stores into a mapping, under its
+        // where the zeros written ahead of its tail end before it stores below them again.
+        // Those blocks were written before the stores, so stores need no allocation (no SIGBUS
+        // on a full disk). One handle stores into a mapping, under its
         // writer or reader lock, and only into bytes no reader has been given yet.
         let mmap = unsafe {
             memmap2::MmapOptions::new()
