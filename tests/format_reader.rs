@@ -205,10 +205,12 @@ fn read_queue(dir: &Path) -> Result<Shown, String> {
         let header_ok = log.len() >= 32
             && &log[..8] == b"DSPOOLAK"
             && crc32fast::hash(&log[..28]) == u32_at(&log, 28)
-            && (2..=3).contains(&u16_at(&log, 8));
+            && (2..=4).contains(&u16_at(&log, 8));
         if !header_ok {
             return Err(String::from("bad ack log header"));
         }
+        // Version 4: bit 7 of the kind byte is the SYNCED_BEFORE mark.
+        let kind_mask = if u16_at(&log, 8) >= 4 { 0x7F } else { 0xFF };
         let log_id = u64_at(&log, 16).to_le_bytes();
         let mut entries = Vec::new();
         let mut at = 32;
@@ -218,17 +220,11 @@ fn read_queue(dir: &Path) -> Result<Shown, String> {
             hasher.update(&log_id);
             hasher.update(&entry[4..]);
             let (seq, value) = (u64_at(entry, 8), u64_at(entry, 16));
+            let kind = entry[4] & kind_mask;
             let valid = hasher.finalize() == u32_at(entry, 0)
-                && matches!(entry[4], 1..=3)
-                && (entry[4] != 1 || value > seq);
-            entries.push((
-                at,
-                valid,
-                entry.iter().all(|&b| b == 0),
-                entry[4],
-                seq,
-                value,
-            ));
+                && matches!(kind, 1..=3)
+                && (kind != 1 || value > seq);
+            entries.push((at, valid, entry.iter().all(|&b| b == 0), kind, seq, value));
             at += 24;
         }
         let last_valid = entries.iter().rposition(|entry| entry.1);

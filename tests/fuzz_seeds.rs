@@ -52,12 +52,17 @@ fn ops_model_seeds() {
 
 /// Inputs fuzzing found that still fail, kept in `fuzz/known_failures/<target>/` until they are
 /// fixed (then they move to `fuzz/seeds/`): `cargo test --test fuzz_seeds -- --ignored` replays
-/// them. docs/TESTING.md ("Fuzzing") says what each one shows.
+/// them. docs/TESTING.md ("Fuzzing") says what each one shows. None is known now (the folder
+/// does not exist).
 #[test]
 #[ignore = "known failures, not fixed yet: see docs/TESTING.md"]
 fn ops_model_known_failures() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/known_failures/ops_model");
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        eprintln!("no known failures: {} does not exist", dir.display());
+        return;
+    };
+    for entry in entries {
         let path = entry.unwrap().path();
         eprintln!("replaying {}", path.display());
         testkit::check_ops_model(&std::fs::read(&path).unwrap());

@@ -37,6 +37,11 @@ pub(crate) struct AckLog {
     window: Option<AckWindow>,
     /// Failed appends undone by cutting the file (see [`AckLog::flush`]), part of the marker.
     cuts: u64,
+    /// Whether appends carry the SYNCED_BEFORE mark: the file is of version 4 or later (older
+    /// files are appended to as they are).
+    marks: bool,
+    /// How far this handle knows the file to be synced: an append that starts here is marked.
+    synced_end: u64,
 }
 
 /// A writable mapping of the ack log's bytes `[start, end)`: from an offset at or before its
@@ -104,6 +109,8 @@ impl AckLog {
                     map_writes: false,
                     window: None,
                     cuts: 0,
+                    marks: true,
+                    synced_end: 0,
                 };
                 return Ok((log, JobHistory::default()));
             }
@@ -118,16 +125,19 @@ impl AckLog {
         // A damaged entry followed by valid ones is refused (see `scan_ack_log`).
         let scan = scan_ack_log(&bytes, &mut |entry| history.apply(entry))
             .map_err(|error| header_error(&path, error))?;
-        // A torn append followed by valid ones is what a power loss leaves when appends are not
-        // synced one by one (`Never`, `Interval`): skipped (its one fact was not durable),
-        // reported, and the log rewritten below so that every reader agrees. Under `Always`
-        // every append was synced before the next was written, so it is damage: refused.
+        // A torn append followed by valid ones is what a power loss leaves of appends that no
+        // sync separated: skipped (its one fact was not durable), reported, and the log
+        // rewritten below so that every reader agrees. The SYNCED_BEFORE marks say which
+        // appends were synced before later ones were written (a torn one of those is damage,
+        // refused by the scan). A file of version 2 or 3 has none: its appends are taken to
+        // have been synced as this open's policy syncs them, one by one under `Always`.
         let mut skipped = false;
         if let Some(damage) = scan.damage {
-            if appends_synced || !damage.checksum_only {
+            let power_loss = damage.skippable && (scan.has_marks || !appends_synced);
+            if !power_loss {
                 return Err(Error::corrupt(&path, damage.offset, damage.detail));
             }
-            report.skipped_ack_entries.push(damage.offset);
+            report.skipped_ack_entries.extend(&scan.skippable);
             skipped = true;
         }
         let truncations = &mut report.truncated;
@@ -159,8 +169,12 @@ impl AckLog {
                 });
             }
         }
+        // Not known to be synced unless synced here: the header was (the file was written
+        // whole, synced and renamed into place).
+        let mut synced_end = ACK_LOG_HEADER_LEN as u64;
         if settle || skipped || scan.end == AckLogEnd::TornEntry {
             file.sync_data().map_err(io_error("sync ack log"))?;
+            synced_end = offset as u64;
         }
         history.prune_below(head);
         let mut log = AckLog {
@@ -177,6 +191,8 @@ impl AckLog {
             map_writes: false,
             window: None,
             cuts: 0,
+            marks: scan.has_marks,
+            synced_end,
         };
         if skipped {
             log.rewrite(storage, &history.entries())?;
@@ -191,7 +207,11 @@ impl AckLog {
             self.create(storage)?;
         }
         for entry in entries {
-            encode_entry(&mut self.pending, self.log_id, entry);
+            // Only an entry written at the tail can follow synced bytes: the first one written
+            // since a sync that covered the tail.
+            let synced_before =
+                self.marks && self.pending.is_empty() && self.synced_end == self.tail;
+            encode_marked_entry(&mut self.pending, self.log_id, entry, synced_before);
         }
         if !self.deferred {
             if let Err(error) = self.flush() {
@@ -353,6 +373,8 @@ impl AckLog {
         self.tail = ACK_LOG_HEADER_LEN as u64;
         self.prepared_end = self.tail;
         self.entries_in_file = 0;
+        self.marks = true;
+        self.synced_end = self.tail;
         Ok(())
     }
 
@@ -360,6 +382,22 @@ impl AckLog {
     /// [`flush`](AckLog::flush) wrote what is pending.
     pub(crate) fn sync_target(&self) -> (Option<Arc<dyn StorageFile>>, u64) {
         (self.file.clone(), self.appended)
+    }
+
+    /// How far a sync of the file now would make it durable, once [`flush`](AckLog::flush)
+    /// wrote what is pending: for [`synced`](AckLog::synced).
+    pub(crate) fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    /// Records that a sync of `file` begun when the tail was `tail` succeeded: the next append
+    /// at that tail is marked SYNCED_BEFORE. Ignored when this log no longer has `file` open.
+    /// (A failed sync poisons the handle, so no append follows it: after a failed `fdatasync`,
+    /// one that succeeds would not show that the earlier writes reached the disk.)
+    pub(crate) fn synced(&mut self, file: &Arc<dyn StorageFile>, tail: u64) {
+        if self.file.as_ref().is_some_and(|own| Arc::ptr_eq(own, file)) {
+            self.synced_end = self.synced_end.max(tail);
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -466,6 +504,9 @@ impl AckLog {
         self.prepared_end = self.tail;
         self.pending.clear();
         self.entries_in_file = live.len() as u64;
+        // Written whole and synced before the rename: a new file, of this build's version.
+        self.marks = true;
+        self.synced_end = self.tail;
         Ok(())
     }
 }

@@ -1620,15 +1620,17 @@ impl Consumer {
 
     /// Writes the ack log's pending entries and syncs it; returns the ticket covered.
     pub(crate) fn sync_acklog(&self) -> Result<u64> {
-        let (file, ticket, path) = {
+        let (file, ticket, path, tail) = {
             let mut reader = lock(&self.reader);
             reader.acklog.flush()?;
             let (file, ticket) = reader.acklog.sync_target();
-            (file, ticket, reader.acklog.path().to_path_buf())
+            let tail = reader.acklog.tail();
+            (file, ticket, reader.acklog.path().to_path_buf(), tail)
         };
         if let Some(file) = file {
             file.sync_data()
                 .map_err(|error| Error::io("sync ack log", path, error))?;
+            lock(&self.reader).acklog.synced(&file, tail);
         }
         Ok(ticket)
     }

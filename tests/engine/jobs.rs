@@ -504,64 +504,157 @@ fn acks_with_a_damaged_entry(
 }
 
 /// ack is in the ack log), closes, and flips a byte in an entry in the middle of `acks`, valid
-/// entries after it: `open` refuses with `Error::Corrupt` naming the file and the entry's
-/// offset, and changes nothing. Skipping the entry would make an acknowledged job deliverable
-/// again.
+/// entries after it. Under `Always` each ack was synced before the next was written, and the
+/// entries say so (the SYNCED_BEFORE mark, ack log version 4): `open` refuses with
+/// `Error::Corrupt` naming the file and the entry's offset, and changes nothing, whatever the
+/// policy it opens with. Skipping the entry would make an acknowledged job deliverable again.
 #[test]
 fn a_damaged_ack_log_entry_followed_by_valid_ones_is_refused_not_skipped() {
     let options = || Options::default().segment_size(4096);
     let (dir, acks, bytes, damaged) = acks_with_a_damaged_entry(options());
-    match Queue::open(dir.path(), options()) {
-        Err(Error::Corrupt {
-            file,
-            offset,
-            detail,
-        }) => {
-            assert_eq!(file, acks);
-            assert_eq!(offset, damaged as u64);
-            assert!(detail.contains("valid entry"), "{detail}");
-        }
-        Ok(queue) => panic!(
-            "open skipped a damaged ack log entry: {} records deliverable",
-            queue.len()
-        ),
-        Err(other) => panic!("expected Corrupt, got {other:?}"),
-    }
-    assert_eq!(std::fs::read(&acks).unwrap(), bytes, "nothing is cut");
-}
-
-/// The same bytes opened under `Never` or `Interval`: their ack-log appends are not synced one
-/// by one, so a power loss can tear one and keep a later one (the simulation's seed 3,070,686).
-/// Open must not refuse a queue a crash left (a service would crash-loop): it skips the torn
-/// entry, whose one fact was not durable, reports it, applies every other entry, and rewrites
-/// the log so that the lock-free readers agree afterwards.
-#[test]
-fn under_the_weaker_policies_a_torn_ack_log_entry_before_valid_ones_is_skipped_and_reported() {
     for policy in [
+        SyncPolicy::Always,
         SyncPolicy::Never,
         SyncPolicy::Interval(Duration::from_secs(60)),
     ] {
-        let options = || Options::default().segment_size(4096).sync(policy);
-        let (dir, _, _, damaged) = acks_with_a_damaged_entry(options());
-        let queue = Queue::open(dir.path(), options()).unwrap();
-        assert_eq!(
-            queue.recovery_report().skipped_ack_entries,
-            [damaged as u64],
-            "{policy:?}"
-        );
-        // At most the one acknowledgement the torn entry held comes back; every other holds.
-        let mut delivered = Vec::new();
-        while let Some(delivery) = queue.try_recv().unwrap() {
-            delivered.push(delivery.seq());
+        match Queue::open(dir.path(), options().sync(policy)) {
+            Err(Error::Corrupt {
+                file,
+                offset,
+                detail,
+            }) => {
+                assert_eq!(file, acks);
+                assert_eq!(offset, damaged as u64);
+                assert!(
+                    detail.contains("written after this one was synced"),
+                    "{detail}"
+                );
+            }
+            Ok(queue) => panic!(
+                "open under {policy:?} skipped a damaged ack log entry: {} records deliverable",
+                queue.len()
+            ),
+            Err(other) => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(&acks).unwrap(), bytes, "nothing is cut");
+    }
+}
+
+/// The same bytes written under `Never` or `Interval`: their ack-log appends are not synced one
+/// by one, so a power loss can tear one and keep a later one (the simulation's seed 3,070,686).
+/// Open must not refuse a queue a crash left (a service would crash-loop): it skips the torn
+/// entry, whose one fact was not durable, reports it, applies every other entry, and rewrites
+/// the log so that the lock-free readers agree afterwards. Whatever the policy it opens with:
+/// an open under `Always` refused it before the entries said how they were synced (`ops_model`
+/// found it: `fuzz/seeds/ops_model/power_loss_reopened_under_always_skips_an_interval_ack_log_tear`).
+#[test]
+fn a_torn_ack_log_entry_before_valid_ones_written_under_the_weaker_policies_is_skipped() {
+    for written_under in [
+        SyncPolicy::Never,
+        SyncPolicy::Interval(Duration::from_secs(60)),
+    ] {
+        for opened_under in [written_under, SyncPolicy::Always] {
+            let case = format!("written under {written_under:?}, opened under {opened_under:?}");
+            let options = |policy| Options::default().segment_size(4096).sync(policy);
+            let (dir, _, _, damaged) = acks_with_a_damaged_entry(options(written_under));
+            let queue = Queue::open(dir.path(), options(opened_under)).unwrap();
+            assert_eq!(
+                queue.recovery_report().skipped_ack_entries,
+                [damaged as u64],
+                "{case}"
+            );
+            // At most the one acknowledgement the torn entry held comes back; every other holds.
+            let mut delivered = Vec::new();
+            while let Some(delivery) = queue.try_recv().unwrap() {
+                delivered.push(delivery.seq());
+                delivery.ack().unwrap();
+            }
+            assert!(delivered.contains(&0), "{case}: {delivered:?}");
+            assert!(delivered.len() <= 2, "{case}: {delivered:?}");
+            drop(queue);
+            let report =
+                diskspool::tools::verify::verify(&diskspool::storage::OsStorage, dir.path())
+                    .unwrap();
+            assert!(report.is_clean(), "{case}: {report:?}");
+        }
+    }
+}
+
+/// An ack log of version 3 (before the SYNCED_BEFORE mark) does not say how its appends were
+/// synced: `open` judges a torn entry before valid ones by its own policy, as builds of version
+/// 3 did (refused under `Always`, skipped under `Never`), appends to it without marks, and a
+/// rewrite makes it version 4.
+#[test]
+fn a_version_3_ack_log_is_judged_by_the_policy_of_the_open() {
+    use diskspool::format::acklog::{self, AckEntry};
+    let options = |policy| {
+        Options::default()
+            .segment_size(4096)
+            .sync(policy)
+            .auto_compact(false)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path(), options(SyncPolicy::Never)).unwrap();
+        push_expected(&queue, 10);
+    }
+    let acks = dir
+        .path()
+        .join(diskspool::format::layout::ACK_LOG_FILE_NAME);
+    let mut bytes = acklog::encode_header(1).to_vec();
+    bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    for seq in [3, 5, 7] {
+        let entry = AckEntry::Acked {
+            start: seq,
+            end: seq + 1,
+        };
+        acklog::encode_entry(&mut bytes, 1, &entry);
+    }
+    std::fs::write(&acks, &bytes).unwrap();
+    // Appended to as it is: still version 3, no entry marked.
+    {
+        let queue = Queue::open(dir.path(), options(SyncPolicy::Always)).unwrap();
+        assert_eq!(queue.pop().unwrap().unwrap().seq(), 0);
+        // 3 is acknowledged in the log.
+        for seq in [1, 2, 4] {
+            let delivery = queue.try_recv().unwrap().unwrap();
+            assert_eq!(delivery.seq(), seq);
             delivery.ack().unwrap();
         }
-        assert!(delivered.contains(&0), "{policy:?}: {delivered:?}");
-        assert!(delivered.len() <= 2, "{policy:?}: {delivered:?}");
-        drop(queue);
-        let report =
-            diskspool::tools::verify::verify(&diskspool::storage::OsStorage, dir.path()).unwrap();
-        assert!(report.is_clean(), "{policy:?}: {report:?}");
     }
+    let bytes = std::fs::read(&acks).unwrap();
+    let scan = acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
+    assert_eq!(acklog::read_header(&bytes).unwrap().version, 3);
+    assert!(!scan.has_marks);
+    assert!(scan.entries > 3, "{scan:?}");
+    let kinds = bytes[acklog::ACK_LOG_HEADER_LEN..].chunks_exact(acklog::ACK_ENTRY_LEN);
+    assert!(kinds.clone().all(|entry| entry[4] < 0x80), "no marks");
+    // Entry 1 (record 5's ack) torn, valid ones after it.
+    let mut bytes = bytes;
+    let torn = acklog::ACK_LOG_HEADER_LEN + acklog::ACK_ENTRY_LEN;
+    bytes[torn + 10] ^= 0x01;
+    std::fs::write(&acks, &bytes).unwrap();
+    match Queue::open(dir.path(), options(SyncPolicy::Always)) {
+        Err(Error::Corrupt { offset, .. }) => assert_eq!(offset, torn as u64),
+        other => panic!("expected Corrupt, got {:?}", other.map(|queue| queue.len())),
+    }
+    assert_eq!(std::fs::read(&acks).unwrap(), bytes, "nothing is cut");
+    let queue = Queue::open(dir.path(), options(SyncPolicy::Never)).unwrap();
+    assert_eq!(queue.recovery_report().skipped_ack_entries, [torn as u64]);
+    // The open rewrote the log without the entry: version 4.
+    let rewritten = std::fs::read(&acks).unwrap();
+    assert_eq!(
+        acklog::read_header(&rewritten).unwrap().version,
+        acklog::ACK_LOG_FORMAT_VERSION
+    );
+    let left: Vec<u64> = std::iter::from_fn(|| queue.pop().unwrap().map(|r| r.seq())).collect();
+    assert_eq!(
+        left,
+        [5, 6, 8, 9],
+        "5 is back: its acknowledgement was torn"
+    );
 }
 
 #[test]

@@ -462,16 +462,22 @@ fn a_deleted_segment_holding_the_head_moves_the_head_past_it_and_cuts_nothing_el
 
 #[test]
 fn a_damaged_ack_log_entry_is_dropped_and_every_valid_one_kept() {
-    // Records 1..30 acknowledged out of order (0 stays, so every ack is in the ack log), then a
-    // byte flipped in one entry with valid ones after it: open refuses; repair rewrites the log
-    // without that entry, the old one saved in quarantine/, and the queue opens again with
-    // every other acknowledgement in force.
+    // Records 1..30 acknowledged out of order (0 stays, so every ack is in the ack log), with a
+    // sync before the last five acks (the first entry after it says that everything before it
+    // was synced), then a byte flipped in an entry before that one: open refuses; repair
+    // rewrites the log without that entry, the old one saved in quarantine/, and the queue
+    // opens again with every other acknowledgement in force.
     let (_temp, dir) = queue_with(40, 0);
     {
         let queue = diskspool::Queue::open(&dir, options()).unwrap();
         let mut deliveries = queue.try_recv_batch(30).unwrap();
         let first = deliveries.remove(0);
+        let last_five = deliveries.split_off(24);
         for delivery in deliveries {
+            delivery.ack().unwrap();
+        }
+        queue.sync().unwrap();
+        for delivery in last_five {
             delivery.ack().unwrap();
         }
         drop(first);
@@ -481,11 +487,10 @@ fn a_damaged_ack_log_entry_is_dropped_and_every_valid_one_kept() {
     let bytes = std::fs::read(&acks).unwrap();
     let scan = diskspool::format::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
     let damaged = (diskspool::format::acklog::ACK_LOG_HEADER_LEN
-        + diskspool::format::acklog::ACK_ENTRY_LEN * (scan.entries as usize - 5))
+        + diskspool::format::acklog::ACK_ENTRY_LEN * (scan.entries as usize - 8))
         as u64;
     flip_byte(&acks, damaged + 9);
-    let always = options().sync(diskspool::SyncPolicy::Always);
-    assert!(diskspool::Queue::open(&dir, always).is_err());
+    assert!(diskspool::Queue::open(&dir, options()).is_err());
     let (report, code) = repair_json(&dir, false);
     assert_eq!(code, 0, "{report}");
     let actions: Vec<&str> = report["actions"]
