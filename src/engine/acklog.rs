@@ -207,11 +207,7 @@ impl AckLog {
             self.create(storage)?;
         }
         for entry in entries {
-            // Only an entry written at the tail can follow synced bytes: the first one written
-            // since a sync that covered the tail.
-            let synced_before =
-                self.marks && self.pending.is_empty() && self.synced_end == self.tail;
-            encode_marked_entry(&mut self.pending, self.log_id, entry, synced_before);
+            encode_entry(&mut self.pending, self.log_id, entry);
         }
         if !self.deferred {
             if let Err(error) = self.flush() {
@@ -257,6 +253,11 @@ impl AckLog {
             return Ok(());
         }
         let end = self.tail + self.pending.len() as u64;
+        // Decided here, where the entries land, not when they were appended: under `Always`
+        // they wait for the group-commit leader, which writes them after the previous sync.
+        if self.marks && self.synced_end == self.tail {
+            mark_synced_before(&mut self.pending, self.log_id);
+        }
         if let Err(error) = self.prepare(&*file, end) {
             // Zeros only (some of them): nothing to undo.
             return Err(Error::io("append to ack log", &self.path, error));

@@ -242,6 +242,18 @@ pub fn encode_marked_entry(out: &mut Vec<u8>, log_id: u64, entry: &AckEntry, syn
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Sets the SYNCED_BEFORE mark on the encoded entry at the start of `entry` (of log `log_id`),
+/// and its checksum with it: for a writer that learns where an entry lands only when it writes
+/// it. Bytes shorter than an entry are left as they are.
+pub fn mark_synced_before(entry: &mut [u8], log_id: u64) {
+    let Some(entry) = entry.get_mut(..ACK_ENTRY_LEN) else {
+        return;
+    };
+    entry[4] |= MARK_SYNCED_BEFORE;
+    let crc = entry_checksum(log_id, &entry[4..]);
+    entry[..4].copy_from_slice(&crc.to_le_bytes());
+}
+
 fn entry_checksum(log_id: u64, body: &[u8]) -> u32 {
     let mut hasher = crate::format::frame::crc32_hasher();
     hasher.update(&log_id.to_le_bytes());
@@ -842,6 +854,9 @@ mod tests {
         };
         let entry = AckEntry::Acked { start: 7, end: 8 };
         assert_eq!(check_entry_of(&marked, &v4), Ok((entry, true)));
+        let mut marked_later = acked(7, false);
+        mark_synced_before(&mut marked_later, 1);
+        assert_eq!(marked_later, marked);
         assert_eq!(check_entry_of(&acked(7, false), &v4), Ok((entry, false)));
         assert_eq!(check_entry_of(&acked(7, false), &v3), Ok((entry, false)));
         assert!(matches!(
