@@ -580,6 +580,62 @@ fn a_torn_ack_log_entry_before_valid_ones_written_under_the_weaker_policies_is_s
     }
 }
 
+/// Under `Always` every group commit's first entry carries the SYNCED_BEFORE mark, also when
+/// threads receive and acknowledge at once (their entries wait for the leader, which writes
+/// them after the previous sync): each thread has one entry in flight at most, so a log of `E`
+/// entries written by `T` threads holds at least `E / T` marks. A damaged entry in the middle
+/// is then refused by an open under `Never` too.
+#[test]
+fn under_always_the_first_entry_of_every_group_commit_says_it_follows_a_sync() {
+    use diskspool::format::acklog;
+    const THREADS: usize = 4;
+    let options = |policy| Options::default().segment_size(4096).sync(policy);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Arc::new(Queue::open(dir.path(), options(SyncPolicy::Always)).unwrap());
+        push_expected(&queue, 401);
+        // Record 0 stays, so that every ack is beyond the head.
+        let held = queue.try_recv().unwrap().unwrap();
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let queue = queue.clone();
+                std::thread::spawn(move || {
+                    while let Some(delivery) = queue.try_recv().unwrap() {
+                        delivery.ack().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        drop(held);
+    }
+    let acks = dir
+        .path()
+        .join(diskspool::format::layout::ACK_LOG_FILE_NAME);
+    let mut bytes = std::fs::read(&acks).unwrap();
+    let scan = acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
+    let entries = &bytes[acklog::ACK_LOG_HEADER_LEN..scan.valid_end as usize];
+    let marked = entries
+        .chunks_exact(acklog::ACK_ENTRY_LEN)
+        .filter(|entry| entry[4] & 0x80 != 0)
+        .count();
+    assert!(scan.entries >= 800, "{scan:?}");
+    assert!(
+        marked * THREADS >= scan.entries as usize,
+        "{marked} marks in {} entries",
+        scan.entries
+    );
+    let damaged = acklog::ACK_LOG_HEADER_LEN + acklog::ACK_ENTRY_LEN * (scan.entries as usize / 2);
+    bytes[damaged + 10] ^= 0x01;
+    std::fs::write(&acks, &bytes).unwrap();
+    match Queue::open(dir.path(), options(SyncPolicy::Never)) {
+        Err(Error::Corrupt { offset, .. }) => assert_eq!(offset, damaged as u64),
+        other => panic!("expected Corrupt, got {:?}", other.map(|queue| queue.len())),
+    }
+}
+
 /// An ack log of version 3 (before the SYNCED_BEFORE mark) does not say how its appends were
 /// synced: `open` judges a torn entry before valid ones by its own policy, as builds of version
 /// 3 did (refused under `Always`, skipped under `Never`), appends to it without marks, and a
