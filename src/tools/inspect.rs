@@ -620,6 +620,11 @@ pub struct AckLogSnapshot {
     pub bad_entry_offset: Option<u64>,
     /// A damaged entry followed by a valid one (`Queue::open` refuses the queue), if any.
     pub damage: Option<AckLogDamage>,
+    /// Entries that fail their checksum before valid ones where the file (version 4) shows
+    /// that no sync came between them and a later entry: appends a power loss tore while it
+    /// kept later ones. Their facts were not durable; `Queue::open` skips them (and rewrites
+    /// the log), and the readers leave them out as it does.
+    pub torn_entries: Vec<u64>,
 }
 
 impl AckLogSnapshot {
@@ -661,7 +666,14 @@ pub fn read_ack_log(storage: &dyn Storage, dir: &Path) -> Result<AckLogSnapshot>
             if scan.end == AckLogEnd::TornEntry {
                 snapshot.bad_entry_offset = Some(scan.valid_end);
             }
-            snapshot.damage = scan.damage;
+            // What `open` skips under every policy. In a log of version 2 or 3 that depends on
+            // the policy the queue runs under, which a reader does not know: damage.
+            match scan.damage {
+                Some(damage) if damage.skippable && scan.has_marks => {
+                    snapshot.torn_entries = scan.skippable;
+                }
+                damage => snapshot.damage = damage,
+            }
         }
         Err(error) => snapshot.header_error = Some(error),
     }

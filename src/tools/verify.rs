@@ -43,7 +43,9 @@ pub enum ProblemKind {
     /// it, in the same segment or a later one: damage, not an interrupted write.
     DamagedFrame,
     /// The last segment (or the ack log) ends in bytes that do not form a complete record or
-    /// batch (entry): the remains of an interrupted write, which `Queue::open` cuts on its own.
+    /// batch (entry): the remains of an interrupted write, which `Queue::open` cuts on its own;
+    /// or an ack log entry that a power loss tore while it kept later ones, which
+    /// `Queue::open` skips (see `AckLogSnapshot::torn_entries`).
     TornTail,
     /// A segment's header is cut short, has bad magic bytes or checksum, or names another base
     /// sequence number than the file name.
@@ -277,6 +279,18 @@ fn check_ack_log(snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             file: file.clone(),
             offset: damage.offset,
             detail: damage.detail.clone(),
+        });
+    }
+    for &offset in &acks.torn_entries {
+        problems.push(Problem {
+            kind: ProblemKind::TornTail,
+            file: file.clone(),
+            offset,
+            detail: String::from(
+                "an ack log entry that fails its checksum before valid ones, none of them \
+                 written after a sync that covered it: an append a power loss tore while it \
+                 kept later ones, which `Queue::open` skips",
+            ),
         });
     }
     if let (Some(offset), Some(len)) = (acks.bad_entry_offset, acks.file_len) {

@@ -7,13 +7,6 @@ use predicates::prelude::*;
 
 use crate::util::*;
 
-/// The JSON of `spool stat --json`, which must succeed.
-fn stat_json(dir: &std::path::Path) -> serde_json::Value {
-    let output = spool(&["stat", "--json", arg(dir)]).output().unwrap();
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 /// A flipped byte in a synced record of the active segment, with valid records after it, is
 /// damage: `Queue::open` refuses it, so `pop` exits 5, `verify` reports `damaged_frame`, and
 /// `dump`, `peek` and `stat` stop at it with exit 5 naming the file and offset (dump prints the

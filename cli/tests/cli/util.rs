@@ -192,3 +192,10 @@ pub fn problems(report: &serde_json::Value) -> Vec<(String, String, u64)> {
 pub fn name(path: &Path) -> String {
     path.file_name().unwrap().to_string_lossy().into_owned()
 }
+
+/// The JSON of `spool stat --json`, which must succeed.
+pub fn stat_json(dir: &std::path::Path) -> serde_json::Value {
+    let output = spool(&["stat", "--json", arg(dir)]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}

@@ -316,12 +316,10 @@ fn an_unreadable_segment_is_reported_and_the_rest_still_checked() {
     );
 }
 
-/// A jobs queue whose ack log holds many acknowledgements beyond the head, with a byte flipped
-/// in an entry in the middle (valid entries after it): `verify` reports the entry with its
-/// offset and exits 1; `stat` and `dump` refuse (exit 5) rather than show acknowledged records
-/// as still in the queue.
-#[test]
-fn a_damaged_ack_log_entry_is_reported_and_read_commands_stop_with_exit_5() {
+/// A jobs queue whose ack log holds many acknowledgements beyond the head, `sync` called
+/// halfway through them, then `acks_after_sync` more acknowledged. Returns the directory's
+/// temporary parent, the directory, and the ack log's entries.
+fn queue_with_acks(sync_after: usize) -> (tempfile::TempDir, std::path::PathBuf, u64) {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("q");
     {
@@ -331,20 +329,35 @@ fn a_damaged_ack_log_entry_is_reported_and_read_commands_stop_with_exit_5() {
         }
         let mut deliveries = queue.try_recv_batch(60).unwrap();
         let first = deliveries.remove(0);
-        for delivery in deliveries.into_iter().rev() {
+        for (index, delivery) in deliveries.into_iter().rev().enumerate() {
+            if index == sync_after {
+                queue.sync().unwrap();
+            }
             delivery.ack().unwrap();
         }
         drop(first);
         queue.sync().unwrap();
     }
     assert_eq!(verify_json(&dir).1, 0, "clean before the damage");
-    let acks = dir.join("acks");
-    let bytes = std::fs::read(&acks).unwrap();
+    let bytes = std::fs::read(dir.join("acks")).unwrap();
     let scan = diskspool::format::acklog::scan_ack_log(&bytes, &mut |_| {}).unwrap();
-    let damaged = (diskspool::format::acklog::ACK_LOG_HEADER_LEN
-        + diskspool::format::acklog::ACK_ENTRY_LEN * (scan.entries as usize / 2))
-        as u64;
-    flip_byte(&acks, damaged + 12);
+    (temp, dir, scan.entries)
+}
+
+fn entry_offset(index: u64) -> u64 {
+    (diskspool::format::acklog::ACK_LOG_HEADER_LEN
+        + diskspool::format::acklog::ACK_ENTRY_LEN * index as usize) as u64
+}
+
+/// A byte flipped in an ack log entry with valid entries after it, one of them written after a
+/// sync that covered the damaged one (so no power loss tore it): `verify` reports the entry
+/// with its offset and exits 1; `stat` and `dump` refuse (exit 5) rather than show acknowledged
+/// records as still in the queue.
+#[test]
+fn a_damaged_ack_log_entry_is_reported_and_read_commands_stop_with_exit_5() {
+    let (_temp, dir, entries) = queue_with_acks(30);
+    let damaged = entry_offset(entries / 3);
+    flip_byte(&dir.join("acks"), damaged + 12);
     let (report, code) = verify_json(&dir);
     assert_eq!(code, 1);
     assert_eq!(
@@ -362,6 +375,30 @@ fn a_damaged_ack_log_entry_is_reported_and_read_commands_stop_with_exit_5() {
             .stderr(predicate::str::contains("acks"))
             .stderr(predicate::str::contains(damaged.to_string()));
     }
+}
+
+/// A byte flipped in an ack log entry with valid entries after it, none written after a sync
+/// that covered it: what a power loss leaves of appends that no sync separated. `verify`
+/// reports it as `torn_tail` (exit 1), not as damage; `stat` and `dump` show the queue as
+/// `Queue::open` will, without the torn entry's acknowledgement.
+#[test]
+fn an_ack_log_entry_torn_by_a_power_loss_is_a_torn_tail_and_read_commands_leave_it_out() {
+    let (_temp, dir, entries) = queue_with_acks(usize::MAX);
+    let torn = entry_offset(entries - 10);
+    flip_byte(&dir.join("acks"), torn + 12);
+    let (report, code) = verify_json(&dir);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        [("torn_tail".to_string(), "acks".to_string(), torn)]
+    );
+    // Record 0 is held, one record's acknowledgement was torn: two records in the queue.
+    let stat = stat_json(&dir);
+    assert_eq!(stat["len"], 2, "{stat}");
+    spool(&["dump", arg(&dir)]).assert().code(0);
+    let queue = diskspool::Queue::open(&dir, options()).unwrap();
+    assert_eq!(queue.recovery_report().skipped_ack_entries, [torn]);
+    assert_eq!(queue.len(), 2);
 }
 
 /// A head slot with a valid checksum and `head_seq = u64::MAX` (beyond the largest sequence
