@@ -51,14 +51,19 @@ def head_file(slot0, slot1=None):
     return bytes(out)
 
 
-def acklog_header(log_id):
-    head = b"DSPOOLAK" + struct.pack("<HHHHQI", 2, 32, 24, 0, log_id, 0)
+def acklog_header(log_id, version=2):
+    head = b"DSPOOLAK" + struct.pack("<HHHHQI", version, 32, 24, 0, log_id, 0)
     return head + struct.pack("<I", zlib.crc32(head))
 
 
-def ack_entry(log_id, kind, seq, value):
-    body = struct.pack("<B3xQQ", kind, seq, value)
+def ack_entry(log_id, kind, seq, value, synced_before=False):
+    # Version 4: bit 7 of the kind byte is the SYNCED_BEFORE mark (FORMAT.md, "Ack log").
+    body = struct.pack("<B3xQQ", kind | (0x80 if synced_before else 0), seq, value)
     return struct.pack("<I", zlib.crc32(struct.pack("<Q", log_id) + body)) + body
+
+
+def torn(entry):
+    return entry[:12] + bytes([entry[12] ^ 1]) + entry[13:]
 
 
 def dir_blob(seed, files):
@@ -100,6 +105,10 @@ acks = acklog_header(7) + ack_entry(7, 1, 2, 4) + ack_entry(7, 2, 1, 3) + ack_en
 write("acklog_decode", "three_kinds", acks)
 write("acklog_decode", "torn_entry", acks[:-7])
 write("acklog_decode", "overlapping", acklog_header(1) + ack_entry(1, 1, 2, 6) + ack_entry(1, 1, 4, 9) + ack_entry(1, 1, 9, 12))
+# Version 4: a torn entry before a marked one (damage), and one after the last mark (skippable).
+v4 = acklog_header(3, 4) + ack_entry(3, 1, 2, 4, True) + torn(ack_entry(3, 2, 1, 3))
+write("acklog_decode", "v4_torn_before_a_mark", v4 + ack_entry(3, 3, 5, 99, True))
+write("acklog_decode", "v4_torn_after_the_last_mark", v4 + ack_entry(3, 3, 5, 99))
 
 # open_dir selectors: 0 head, 1 head.tmp, 2 acks, 3 stray, 8*k+4.. segment with base k.
 head = head_file(head_slot(3, 1, 0, 32 + len(frame(0, records[0]))))

@@ -180,6 +180,52 @@ pub fn check_acklog_decode(data: &[u8]) {
     history.prune_below(head);
     assert_eq!(history.acked_count_from(head), before, "pruning lost acks");
     assert!(history.acked.keys().all(|&start| start >= head));
+    check_acklog_scan(data);
+}
+
+/// The scan's classification of the file `data` (see `acklog::scan_ack_log`) is consistent:
+/// what it reports lies in the file before the last valid entry; damage that is not
+/// skippable leaves no skippable entries; skippable damage is the first skippable entry, and
+/// in a file with marks no marked entry follows a skippable one.
+fn check_acklog_scan(data: &[u8]) {
+    let mut applied = 0;
+    let Ok(scan) = acklog::scan_ack_log(data, &mut |_| applied += 1) else {
+        return;
+    };
+    assert_eq!(scan.entries, applied);
+    let slots = data.len().saturating_sub(acklog::ACK_LOG_HEADER_LEN) / acklog::ACK_ENTRY_LEN;
+    assert!(scan.entries <= slots as u64);
+    assert!(scan.valid_end <= data.len() as u64);
+    let entry_at = |offset: u64| {
+        offset >= acklog::ACK_LOG_HEADER_LEN as u64
+            && (offset - acklog::ACK_LOG_HEADER_LEN as u64)
+                .is_multiple_of(acklog::ACK_ENTRY_LEN as u64)
+            && offset < scan.valid_end
+    };
+    assert!(scan.skippable.iter().all(|&offset| entry_at(offset)));
+    assert!(scan.skippable.windows(2).all(|pair| pair[0] < pair[1]));
+    match &scan.damage {
+        None => assert!(scan.skippable.is_empty()),
+        Some(damage) => {
+            assert!(entry_at(damage.offset), "{damage:?}");
+            if damage.skippable {
+                assert_eq!(scan.skippable.first(), Some(&damage.offset));
+            } else {
+                assert!(scan.skippable.is_empty());
+            }
+        }
+    }
+    let Ok(header) = acklog::read_header(data) else {
+        return;
+    };
+    if let Some(&first) = scan.skippable.first() {
+        let marked_after = data
+            .get(first as usize..)
+            .unwrap_or(&[])
+            .chunks_exact(acklog::ACK_ENTRY_LEN)
+            .any(|entry| matches!(acklog::check_entry_of(entry, &header), Ok((_, true))));
+        assert!(!marked_after, "a skippable entry before a marked one");
+    }
 }
 
 /// Fuzz target `open_dir`: `data` describes the files of a queue directory (see
