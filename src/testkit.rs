@@ -196,18 +196,25 @@ fn check_acklog_scan(data: &[u8]) {
     let slots = data.len().saturating_sub(acklog::ACK_LOG_HEADER_LEN) / acklog::ACK_ENTRY_LEN;
     assert!(scan.entries <= slots as u64);
     assert!(scan.valid_end <= data.len() as u64);
-    let entry_at = |offset: u64| {
+    // An entry slot before `end`.
+    let entry_at = |offset: u64, end: u64| {
         offset >= acklog::ACK_LOG_HEADER_LEN as u64
             && (offset - acklog::ACK_LOG_HEADER_LEN as u64)
                 .is_multiple_of(acklog::ACK_ENTRY_LEN as u64)
-            && offset < scan.valid_end
+            && offset < end
     };
-    assert!(scan.skippable.iter().all(|&offset| entry_at(offset)));
+    let before_last_valid = |offset| entry_at(offset, scan.valid_end);
+    assert!(scan
+        .skippable
+        .iter()
+        .all(|&offset| before_last_valid(offset)));
     assert!(scan.skippable.windows(2).all(|pair| pair[0] < pair[1]));
     match &scan.damage {
         None => assert!(scan.skippable.is_empty()),
         Some(damage) => {
-            assert!(entry_at(damage.offset), "{damage:?}");
+            // A bad field under a valid checksum is damage wherever it is, also at the end.
+            assert!(entry_at(damage.offset, data.len() as u64), "{damage:?}");
+            assert!(!damage.skippable || before_last_valid(damage.offset));
             if damage.skippable {
                 assert_eq!(scan.skippable.first(), Some(&damage.offset));
             } else {
