@@ -24,9 +24,11 @@ pub struct RecoveryReport {
     /// which a fresh segment was started so that no sequence number is ever reused.
     pub restarted_at_seq: Option<u64>,
     /// Byte offsets in the ack log (`acks`) of torn entries skipped while valid ones follow:
-    /// appends a power loss tore under `SyncPolicy::Never` or `Interval` (whose appends are
-    /// not synced one by one). Each lost one fact (an acknowledgement, a delivery count or a
-    /// retry time) that had not been made durable; the log was rewritten without them.
+    /// appends a power loss tore while it kept later ones that no sync separated from them
+    /// (the log's SYNCED_BEFORE marks say which; in a log of version 2 or 3, under
+    /// `SyncPolicy::Never` or `Interval` only). Each lost one fact (an acknowledgement, a
+    /// delivery count or a retry time) that had not been made durable; the log was rewritten
+    /// without them.
     pub skipped_ack_entries: Vec<u64>,
     /// What an open with [`OnDamage::Quarantine`](crate::OnDamage::Quarantine) did to damage it
     /// found, in the order it was done: the steps of
