@@ -364,6 +364,18 @@ fn several_processes_keep_the_contract() {
 /// from `DISKSPOOL_SIM_START` (default 1,000,000), in batches of 250 seeds, each run by a child
 /// process of this test binary (every kill in the middle of an operation leaves a sleeping
 /// thread behind, which only the end of a process frees).
+/// Seeds of the simulation of several processes that found a fault, replayed by `cargo test`.
+/// 1,302,275: a handle holding a lease counted a length of 0 after another handle consumed
+/// the records behind it that a producer killed in a push had committed and not published.
+#[test]
+fn several_processes_keep_the_contract_for_the_seeds_that_found_faults() {
+    for &seed in PROCESS_SEEDS_THAT_FOUND_FAULTS {
+        check_processes_seed(seed);
+    }
+}
+
+const PROCESS_SEEDS_THAT_FOUND_FAULTS: &[u64] = &[1_302_275];
+
 #[test]
 #[ignore = "long; run with --ignored, see docs/TESTING.md"]
 fn several_processes_keep_the_contract_for_many_seeds() {

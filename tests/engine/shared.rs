@@ -588,6 +588,35 @@ fn a_handle_that_does_not_consume_leaves_out_what_was_acknowledged_beyond_the_he
     assert_eq!(consumer.len(), 2);
 }
 
+/// A consuming handle's length counts its own lease, what other handles consumed beyond it
+/// (not), and what they pushed since.
+#[test]
+fn a_consumer_counts_what_another_handle_pushed_and_consumed_beyond_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = shared_jobs(SyncPolicy::Never, Duration::from_secs(3600));
+    let first = Queue::open(dir.path(), jobs.clone()).unwrap();
+    let second = Queue::open(dir.path(), jobs).unwrap();
+    for seq in 0..2u64 {
+        first.push(&payload_for(seq)).unwrap();
+    }
+    let held = first.try_recv().unwrap().unwrap();
+    assert_eq!(held.seq(), 0);
+    second.push(&payload_for(2)).unwrap();
+    for seq in 1..3u64 {
+        assert_eq!(second.pop().unwrap().map(|record| record.seq()), Some(seq));
+    }
+    assert!(
+        first.pop().unwrap().is_none(),
+        "0 is held, 1 and 2 are consumed"
+    );
+    assert_eq!(first.len(), 1, "the held record is in the queue");
+    assert_eq!(second.len(), 1);
+    second.push(&payload_for(3)).unwrap();
+    assert_eq!(first.len(), 2, "and the record pushed since");
+    held.ack().unwrap();
+    assert_eq!(first.len(), 1);
+}
+
 #[test]
 fn a_129th_handle_is_refused_and_a_closed_handles_slot_is_taken_again() {
     // 128 handles keep about 400 files open (measured): room under a soft limit of 1,024 with
