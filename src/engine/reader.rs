@@ -277,12 +277,19 @@ impl Reader {
     pub(crate) fn len(&self, published_next_seq: u64) -> u64 {
         // A consumer reads up to the committed tail, which runs ahead of the published one
         // while a producer that committed has not published yet, or died before it did (the
-        // next push publishes both): records the cursor passed are in the log, and those
-        // acknowledged are subtracted below. Without this, a lease held before records another
-        // handle consumed there counted as 0 (the simulation of several processes, seed
-        // 1,302,275).
+        // next push publishes both): records the cursor passed, and records another handle
+        // acknowledged, are in the log, and those acknowledged are subtracted below. Without
+        // this, a lease held before records another handle consumed there counted as 0 (the
+        // simulation of several processes, seed 1,302,275).
+        let acked_end = self
+            .jobs
+            .history()
+            .acked
+            .last_key_value()
+            .map_or(0, |(_, &end)| end);
         published_next_seq
             .max(self.cursor.next_seq)
+            .max(acked_end)
             .saturating_sub(self.head_seq())
             .saturating_sub(self.jobs.acked_beyond_head(self.cursor.next_seq))
             .saturating_sub(self.retired_between(self.head_seq(), self.cursor.next_seq))
