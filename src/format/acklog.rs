@@ -204,15 +204,9 @@ pub fn salvage(bytes: &[u8]) -> Option<(u64, JobHistory)> {
     Some((log_id, history))
 }
 
-/// Appends one encoded entry to `out`, without the SYNCED_BEFORE mark.
+/// Appends one encoded entry to `out`, without the SYNCED_BEFORE mark (see
+/// [`mark_synced_before`]).
 pub fn encode_entry(out: &mut Vec<u8>, log_id: u64, entry: &AckEntry) {
-    encode_marked_entry(out, log_id, entry, false);
-}
-
-/// Appends one encoded entry to `out`; `synced_before`: set the SYNCED_BEFORE mark, which only
-/// a file of version 4 or later may hold, and only when every byte of the file before the
-/// entry was synced.
-pub fn encode_marked_entry(out: &mut Vec<u8>, log_id: u64, entry: &AckEntry, synced_before: bool) {
     let (kind, seq, value, owner) = match *entry {
         AckEntry::Acked { start, end } => (KIND_ACKED, start, end, 0),
         AckEntry::Delivered { seq, deliveries } => (KIND_DELIVERED, seq, u64::from(deliveries), 0),
@@ -230,11 +224,6 @@ pub fn encode_marked_entry(out: &mut Vec<u8>, log_id: u64, entry: &AckEntry, syn
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     let [owner_0, owner_1, owner_2, _] = owner.to_le_bytes();
-    let kind = if synced_before {
-        kind | MARK_SYNCED_BEFORE
-    } else {
-        kind
-    };
     out.extend_from_slice(&[kind, owner_0, owner_1, owner_2]);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&value.to_le_bytes());
@@ -244,7 +233,9 @@ pub fn encode_marked_entry(out: &mut Vec<u8>, log_id: u64, entry: &AckEntry, syn
 
 /// Sets the SYNCED_BEFORE mark on the encoded entry at the start of `entry` (of log `log_id`),
 /// and its checksum with it: for a writer that learns where an entry lands only when it writes
-/// it. Bytes shorter than an entry are left as they are.
+/// it. Only a file of version 4 or later may hold the mark, and only on an entry written after
+/// every byte of the file before it was synced. Bytes shorter than an entry are left as they
+/// are.
 pub fn mark_synced_before(entry: &mut [u8], log_id: u64) {
     let Some(entry) = entry.get_mut(..ACK_ENTRY_LEN) else {
         return;
@@ -831,7 +822,10 @@ mod tests {
             start: seq,
             end: seq + 1,
         };
-        encode_marked_entry(&mut bytes, 1, &entry, synced_before);
+        encode_entry(&mut bytes, 1, &entry);
+        if synced_before {
+            mark_synced_before(&mut bytes, 1);
+        }
         bytes
     }
 
@@ -854,9 +848,7 @@ mod tests {
         };
         let entry = AckEntry::Acked { start: 7, end: 8 };
         assert_eq!(check_entry_of(&marked, &v4), Ok((entry, true)));
-        let mut marked_later = acked(7, false);
-        mark_synced_before(&mut marked_later, 1);
-        assert_eq!(marked_later, marked);
+        assert_eq!(marked[4], 0x80 | 1, "bit 7 of the kind byte");
         assert_eq!(check_entry_of(&acked(7, false), &v4), Ok((entry, false)));
         assert_eq!(check_entry_of(&acked(7, false), &v3), Ok((entry, false)));
         assert!(matches!(
