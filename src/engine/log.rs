@@ -397,20 +397,27 @@ impl Log {
                 failure.error
             });
         }
-        if env.options.sync != SyncPolicy::Always {
-            // Under the writer lock, the only place this segment's end and the published
-            // sequence number move under these policies (but sealing, also under the lock):
-            // plain stores, not read-modify-writes.
-            writer.active.publish_locked(writer.tail);
-            self.published_next_seq
-                .store(writer.next_seq, Ordering::Release);
-            env.arrivals.notify();
+        if env.options.sync != SyncPolicy::Always && env.coordination.is_none() {
+            // A shared queue's readers see the batch once it is committed (`push_shared`).
+            self.publish_written(env, writer);
         }
         Ok(Written {
             segment: (env.options.sync == SyncPolicy::Always).then(|| writer.active.clone()),
             range: first..writer.next_seq,
             end: writer.tail,
         })
+    }
+
+    /// Shows this handle's readers everything the writer wrote, under the policies that do not
+    /// wait for a sync. Under the writer lock, the only place this segment's end and the
+    /// published sequence number move under these policies (but sealing, also under the lock):
+    /// plain stores, not read-modify-writes.
+    #[inline]
+    fn publish_written(&self, env: &Env, writer: &Writer) {
+        writer.active.publish_locked(writer.tail);
+        self.published_next_seq
+            .store(writer.next_seq, Ordering::Release);
+        env.arrivals.notify();
     }
 
     /// Finishes a write: under [`SyncPolicy::Always`], waits until it is durable (sharing the
@@ -595,8 +602,11 @@ impl Log {
             writer.caught_up = Some((generation, committed));
             if !always {
                 // Readers of every process read up to the published tail: under the policies
-                // that do not sync each push, that is the committed one.
+                // that do not sync each push, that is the committed one. This handle's too:
+                // not before the commit, or a consumer could take a record that a kill before
+                // the commit leaves to be cut, and its number to be given to another.
                 coordination.publish_pushed(committed);
+                self.publish_written(env, &writer);
             }
             if writer.active.base_seq != base_before {
                 // Segments the consumer (another process) deleted stay in this handle's map,

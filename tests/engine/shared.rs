@@ -1239,3 +1239,43 @@ mod dedup {
         );
     }
 }
+
+/// A record is handed out only once its push committed it, also by the handle writing it:
+/// else a consumer could pop a record that a producer killed before its commit leaves
+/// uncommitted, which the next writer cuts and whose number it gives to another record (that
+/// one then counts as popped: lost), and another handle's consumer would find the head past
+/// the tail it knows ("the head ... is not in this segment").
+#[test]
+fn a_record_is_not_handed_out_before_its_push_committed_it_even_by_its_own_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = std::sync::Arc::new(Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap());
+    let other = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    // Both handles caught up with the tail: the pops below need no writer (the stopped
+    // producer holds its handle's).
+    queue.push(b"before").unwrap();
+    assert_eq!(other.pop().unwrap().unwrap().payload(), b"before");
+    assert!(queue.pop().unwrap().is_none());
+    let (written, on_written) = std::sync::mpsc::channel();
+    let (resume, on_resume) = std::sync::mpsc::channel::<()>();
+    let producer = {
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            // Stopped between the write and the commit (a kill there cuts the record).
+            testkit::on_crash_points_in_this_thread(Some(Box::new(move |point: &str| {
+                if point == "shared.written" {
+                    written.send(()).unwrap();
+                    on_resume.recv().unwrap();
+                }
+            })));
+            queue.push(b"job").unwrap()
+        })
+    };
+    on_written.recv().unwrap();
+    assert!(queue.pop().unwrap().is_none(), "popped before its commit");
+    assert!(queue.peek().unwrap().is_none(), "seen before its commit");
+    assert!(other.pop().unwrap().is_none());
+    resume.send(()).unwrap();
+    assert_eq!(producer.join().unwrap(), 1);
+    assert_eq!(queue.pop().unwrap().unwrap().payload(), b"job");
+    assert_eq!(other.len(), 0);
+}
