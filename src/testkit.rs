@@ -34,6 +34,17 @@ pub fn on_crash_points_in_this_thread(hook: Option<CrashPointHook>) {
 /// What an open that finds its lock held for a moment calls, in [`on_momentary_holds_in_this_thread`].
 pub type MomentaryHoldHook = Box<dyn FnMut()>;
 
+/// Whether a handle of a shared queue has it to itself (*solo*: it built the control file
+/// and no other handle attached since), running its pushes and pops as an exclusive queue's.
+pub fn is_solo(queue: &crate::Queue) -> bool {
+    queue
+        .shared()
+        .env
+        .coordination
+        .as_ref()
+        .is_some_and(|coordination| coordination.is_solo())
+}
+
 /// An open in the calling thread that finds its lock held, maybe for a moment only (by a child
 /// process between fork and exec), tries again for `window` instead of 200 ms, and calls `hook`
 /// before each wait (`None`: back to normal). For tests that end such a hold at a known moment

@@ -25,7 +25,7 @@
 
 use std::fs::TryLockError;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -34,8 +34,8 @@ use crate::format::control::{
     ACK_PREPARED, ACK_TAIL, ARRIVALS, COMMIT_TIMES, CONSUMED_BYTES, CONSUMED_RECORDS,
     CONSUMER_EPOCH, CONSUMER_LOCK, CONSUMER_PID, CONTROL_VERSION, DEDUP_GEN, DEDUP_TAIL, EPOCH_MAX,
     GATHER, HEAD_DURABLE, INSIDE, POISONED, PREPARED_BASE, PREPARED_END, PUBLISHED_GEN,
-    PUBLISHED_PUSHED, PUBLISHED_SLOTS, REPAIRS, ROOM, ROOM_SLEEPERS, SLEEPERS, SLOT_COUNT,
-    SYNCED_NEXT_SEQ, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_PUSHED,
+    PUBLISHED_PUSHED, PUBLISHED_SLOTS, REPAIRS, REVOKE, ROOM, ROOM_SLEEPERS, SLEEPERS, SLOT_COUNT,
+    SOLO, SYNCED_NEXT_SEQ, SYNC_BEGAN, SYNC_LOCK, TAIL_DIRTY, TAIL_GEN, TAIL_LOCK, TAIL_PUSHED,
     TAIL_SLOTS, TAIL_SLOT_LEN,
 };
 use crate::format::layout::{
@@ -121,7 +121,15 @@ impl Opening {
     /// The first opener, after recovery: builds `control` with the recovered tail and the
     /// records and bytes consumed in all up to it (see [`SharedUsage`]), and keeps `lock`
     /// shared from now on.
-    pub(crate) fn build(self, tail: CommittedTail, consumed: (u64, u64)) -> Result<Coordination> {
+    ///
+    /// With `solo`, the handle has the queue to itself until another opener asks for it
+    /// (see [`Coordination::is_solo`]).
+    pub(crate) fn build(
+        self,
+        tail: CommittedTail,
+        consumed: (u64, u64),
+        solo: bool,
+    ) -> Result<Coordination> {
         let path = self.dir.join(CONTROL_FILE_NAME);
         let build_id = crate::engine::clock::now_micros().max(1);
         let control = ControlMapping::build(&*self.storage, &path, build_id)
@@ -164,11 +172,14 @@ impl Opening {
         self.attached
             .try_lock_shared()
             .map_err(|error| Error::io("lock", &lock_path, std::io::Error::other(error)))?;
-        Coordination::new(self, control)
+        Coordination::new(self, control, solo)
     }
 
-    /// A later opener: maps the `control` file the first one built.
-    pub(crate) fn attach(self) -> Result<Coordination> {
+    /// A later opener: maps the `control` file the first one built. If a handle has the
+    /// queue to itself (solo), asks it to write its state into the file first and waits; if
+    /// that handle died while solo, this opener is the first after all (`Attached::First`):
+    /// nothing in the file is current, and no other handle is attached.
+    pub(crate) fn attach(mut self) -> Result<Attached> {
         let path = self.dir.join(CONTROL_FILE_NAME);
         let control =
             ControlMapping::attach(&*self.storage, &path).map_err(|failure| match failure {
@@ -187,8 +198,74 @@ impl Opening {
                     format!("{what} (it holds no durable data: close every handle and reopen)"),
                 ),
             })?;
-        Coordination::new(self, control)
+        if self.wait_for_solo_to_end(&control) {
+            return Coordination::new(self, control, false).map(Attached::Coordination);
+        }
+        // The solo handle died: its process held `lock` shared, and the kernel released it.
+        let lock_path = self.dir.join(LOCK_FILE_NAME);
+        let hold = crate::storage::MomentaryHold::new();
+        loop {
+            match self.attached.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock)
+                    if self.attached.may_be_held_for_a_moment() && hold.wait_again() => {}
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::Locked {
+                        dir: self.dir.clone(),
+                        pid: None,
+                        shared_by: crate::storage::queue_dir::sharing_processes(
+                            &*self.storage,
+                            &self.dir,
+                        )
+                        .into_boxed_slice(),
+                    })
+                }
+                Err(TryLockError::Error(error)) => {
+                    return Err(Error::io("lock", &lock_path, error))
+                }
+            }
+        }
+        self.first = true;
+        Ok(Attached::First(self))
     }
+
+    /// Under `open.lock`, before anything in `control` is read: if a handle is solo, bumps the
+    /// revoke word and waits until that handle cleared the solo word (true), or died (false).
+    fn wait_for_solo_to_end(&self, control: &ControlMapping) -> bool {
+        let solo = control.word32(SOLO);
+        let holder = solo.load(Ordering::Acquire);
+        if holder == 0 {
+            return true;
+        }
+        let revoke = control.word32(REVOKE);
+        revoke.fetch_add(1, Ordering::SeqCst);
+        wake_all(revoke);
+        let (slot, epoch) = ticket_parts(holder);
+        let path = self.dir.join(PROCS_DIR_NAME).join(slot_file_name(slot));
+        let probe = LockFile::open(&*self.storage, &path).ok();
+        loop {
+            if solo.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            let current = slot < SLOT_COUNT
+                && control.word32(slot_epoch_at(slot)).load(Ordering::Acquire) == epoch;
+            // A slot file that cannot be opened: assume its holder lives (waiting is safe).
+            let lives = current && probe.as_ref().is_none_or(LockFile::is_held_by_another);
+            if !lives && solo.load(Ordering::Acquire) != 0 {
+                return false;
+            }
+            wait_for_change(solo, holder, HOLDER_CHECK);
+        }
+    }
+}
+
+/// What [`Opening::attach`] found.
+pub(crate) enum Attached {
+    /// Attached to the handles that have the queue open.
+    Coordination(Coordination),
+    /// The handle that had the queue to itself died: this opener recovers the queue and builds
+    /// `control` (`first` is set).
+    First(Opening),
 }
 
 /// This handle's part in a shared queue.
@@ -214,6 +291,14 @@ pub(crate) struct Coordination {
     /// set, and the repairs count then (`repairs << 32 | pid`; 0: none), until the repair that
     /// follows reports it.
     tail_taken_from: AtomicU64,
+    /// Whether this handle has the queue to itself (see [`is_solo`](Coordination::is_solo)).
+    solo: AtomicBool,
+    /// Whether its pushes still run the solo way (see
+    /// [`is_solo_writer`](Coordination::is_solo_writer)).
+    solo_writer: AtomicBool,
+    /// Consumer calls of this handle running the solo way (see
+    /// [`enter_solo_call`](Coordination::enter_solo_call)).
+    solo_calls: AtomicUsize,
 }
 
 /// Set in a lock word when a handle may be waiting for it.
@@ -311,7 +396,7 @@ impl Drop for WordGuard<'_> {
 
 impl Coordination {
     /// Takes a free slot (under `open.lock`, so no other opener takes it meanwhile).
-    fn new(opening: Opening, control: ControlMapping) -> Result<Self> {
+    fn new(opening: Opening, control: ControlMapping, solo: bool) -> Result<Self> {
         let procs = opening.dir.join(PROCS_DIR_NAME);
         create_dir_in_queue(&*opening.storage, &procs)
             .map_err(|error| Error::io("create directory", &procs, error))?;
@@ -356,19 +441,106 @@ impl Coordination {
             .word32(INSIDE + slot as usize * 4)
             .store(0, Ordering::SeqCst);
         epoch_word.store(epoch, Ordering::Release);
+        let ticket = ticket(slot, epoch);
+        // Before `open.lock` is released (the opening is dropped at the end of this call):
+        // a later opener finds it set.
+        control
+            .word32(SOLO)
+            .store(if solo { ticket } else { 0 }, Ordering::Release);
         Ok(Coordination {
             storage: opening.storage,
             dir: opening.dir,
             control,
             _attached: opening.attached,
             _slot_lock: slot_lock,
-            ticket: ticket(slot, epoch),
+            ticket,
             pid,
             probes: std::sync::Mutex::new(std::collections::HashMap::new()),
             seen_gen: AtomicU64::new(u64::MAX),
             seen_published_gen: AtomicU64::new(u64::MAX),
             tail_taken_from: AtomicU64::new(0),
+            solo: AtomicBool::new(solo),
+            solo_writer: AtomicBool::new(solo),
+            solo_calls: AtomicUsize::new(0),
         })
+    }
+
+    /// Whether this handle has the queue to itself: it built `control`, and no other handle
+    /// attached since. Its pushes and consumer calls then run as an exclusive queue's do (the
+    /// files are written as a shared queue writes them; the words of `control` are left as
+    /// they were) until the handle leaves solo (`Shared::leave_solo`) and writes its state
+    /// there. See [`is_solo_writer`](Self::is_solo_writer) for pushes and
+    /// [`enter_solo_call`](Self::enter_solo_call) for consumer calls.
+    #[inline]
+    pub(crate) fn is_solo(&self) -> bool {
+        self.solo.load(Ordering::Relaxed)
+    }
+
+    /// Whether this handle's pushes run the solo way: read under the writer lock, under which
+    /// leaving solo commits the writer's tail and clears it at once
+    /// ([`stop_solo_writer`](Self::stop_solo_writer)). Outside the lock, a hint.
+    #[inline]
+    pub(crate) fn is_solo_writer(&self) -> bool {
+        self.solo_writer.load(Ordering::Relaxed)
+    }
+
+    /// Leaving solo, under the writer lock, as the writer's tail is committed: pushes take the
+    /// tail lock from now on.
+    pub(crate) fn stop_solo_writer(&self) {
+        self.solo_writer.store(false, Ordering::Relaxed);
+    }
+
+    /// Starts a consumer call of a solo handle: counted while it runs (until
+    /// [`leave_solo_call`](Self::leave_solo_call)), so that leaving solo waits for it. False
+    /// once the handle is not solo (nothing counted): the call takes a consumer turn.
+    #[inline]
+    pub(crate) fn enter_solo_call(&self) -> bool {
+        if !self.solo.load(Ordering::Relaxed) {
+            return false;
+        }
+        // Against `stop_solo`: either this call sees the flag cleared, or that one sees the
+        // count raised (both SeqCst).
+        self.solo_calls.fetch_add(1, Ordering::SeqCst);
+        if self.solo.load(Ordering::SeqCst) {
+            return true;
+        }
+        self.leave_solo_call();
+        false
+    }
+
+    /// Ends a consumer call that [`enter_solo_call`](Self::enter_solo_call) counted.
+    #[inline]
+    pub(crate) fn leave_solo_call(&self) {
+        self.solo_calls.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Leaving solo, once the writer's tail is committed: no consumer call starts the solo way
+    /// from now on. Waits for those that did.
+    pub(crate) fn stop_solo(&self) {
+        self.solo.store(false, Ordering::SeqCst);
+        while self.solo_calls.load(Ordering::SeqCst) != 0 {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+
+    /// The last step of leaving solo, once this handle's state is in `control`: clears the
+    /// solo word and wakes the opener waiting for it.
+    pub(crate) fn end_solo(&self) {
+        let solo = self.word32(SOLO);
+        if solo.load(Ordering::Relaxed) == self.ticket {
+            solo.store(0, Ordering::Release);
+            wake_all(solo);
+        }
+    }
+
+    /// How many times openers asked a solo handle to leave solo (the revoke word).
+    pub(crate) fn revoke_requests(&self) -> u32 {
+        self.word32(REVOKE).load(Ordering::Acquire)
+    }
+
+    /// Wakes the threads asleep on the revoke word (this handle's, when it closes).
+    pub(crate) fn wake_revoke_waiters(&self) {
+        wake_all(self.word32(REVOKE));
     }
 
     /// Whether the handle a ticket names is gone: its slot was taken again since, or its slot
@@ -1113,6 +1285,16 @@ impl SharedUsage {
 /// The arrivals word of a control mapping.
 pub(crate) fn arrivals_in(control: &ControlMapping) -> u32 {
     control.word32(ARRIVALS).load(Ordering::SeqCst)
+}
+
+/// Sleeps until the revoke word of `control` may have moved past `seen`, or `timeout` passes
+/// (a solo handle's revoke thread, which holds the mapping, not the handle).
+pub(crate) fn wait_for_revoke_in(
+    control: &ControlMapping,
+    seen: u32,
+    timeout: std::time::Duration,
+) {
+    wait_for_change(control.word32(REVOKE), seen, timeout);
 }
 
 /// Sleeps until the arrivals word of `control` moves from `seen`, or `timeout`.

@@ -209,12 +209,9 @@ impl Log {
         prefix: BodyPrefix,
     ) -> Result<Range<u64>> {
         if let Some(coordination) = &env.coordination {
-            let pushed =
-                self.push_shared(env, coordination, payloads, prefix, None, Bound::Enforced);
-            if let Err(Error::Full { .. }) = pushed {
-                self.publish_committed(env, coordination)?;
+            if !coordination.is_solo_writer() {
+                return self.push_batch_shared(env, coordination, payloads, prefix);
             }
-            return pushed;
         }
         let batch_len = self.check_batch(env, payloads, prefix)?;
         let always = env.options.sync == SyncPolicy::Always;
@@ -222,6 +219,13 @@ impl Log {
         let _entered = always.then(|| self.push_sync.enter());
         let written = {
             let mut writer = self.lock_writer();
+            if let Some(coordination) = &env.coordination {
+                if !coordination.is_solo_writer() {
+                    // The handle left solo while this push waited for the writer.
+                    drop(writer);
+                    return self.push_batch_shared(env, coordination, payloads, prefix);
+                }
+            }
             if payloads.is_empty() {
                 return Ok(writer.next_seq..writer.next_seq);
             }
@@ -235,6 +239,22 @@ impl Log {
             )?
         };
         self.complete(env, written)
+    }
+
+    /// [`push_batch`](Log::push_batch) of a shared queue (not solo).
+    #[inline(never)]
+    fn push_batch_shared(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        payloads: &[&[u8]],
+        prefix: BodyPrefix,
+    ) -> Result<Range<u64>> {
+        let pushed = self.push_shared(env, coordination, payloads, prefix, None, Bound::Enforced);
+        if let Err(Error::Full { .. }) = pushed {
+            self.publish_committed(env, coordination)?;
+        }
+        pushed
     }
 
     /// One push with a deduplication id into a shared queue (see
@@ -262,7 +282,10 @@ impl Log {
     pub(crate) fn push_one(&self, env: &Env, payload: &[u8]) -> Result<u64> {
         let payloads = std::slice::from_ref(&payload);
         if let Some(coordination) = &env.coordination {
-            return self.push_one_shared(env, coordination, payloads);
+            if coordination.is_solo_writer() {
+                return self.push_one_solo(env, coordination, payloads);
+            }
+            return self.push_one_coordinated(env, coordination, payloads);
         }
         if env.options.sync == SyncPolicy::Always {
             return self
@@ -283,10 +306,39 @@ impl Log {
         Ok(seq)
     }
 
-    /// [`push_one`](Log::push_one) of a shared queue: [`push_batch`](Log::push_batch)'s shared
-    /// branch, without the batch's range passed up through it.
+    /// [`push_one`](Log::push_one) of a solo handle (never under `Always`): as an exclusive
+    /// queue's, unless the handle left solo before this push took the writer.
+    #[inline(always)]
+    fn push_one_solo(
+        &self,
+        env: &Env,
+        coordination: &Coordination,
+        payloads: &[&[u8]],
+    ) -> Result<u64> {
+        let frame_len = self.check_batch(env, payloads, BodyPrefix::NONE)?;
+        let mut writer = self.lock_writer();
+        // Settled under the writer lock.
+        if !coordination.is_solo_writer() {
+            drop(writer);
+            return self.push_one_coordinated(env, coordination, payloads);
+        }
+        let seq = writer.next_seq;
+        self.write_locked(
+            env,
+            &mut writer,
+            payloads,
+            BodyPrefix::NONE,
+            frame_len,
+            Bound::Enforced,
+        )?;
+        Ok(seq)
+    }
+
+    /// [`push_one`](Log::push_one) of a shared queue, not solo:
+    /// [`push_batch`](Log::push_batch)'s shared branch, without the batch's range passed up
+    /// through it.
     #[inline(never)]
-    fn push_one_shared(
+    fn push_one_coordinated(
         &self,
         env: &Env,
         coordination: &Coordination,
@@ -397,8 +449,9 @@ impl Log {
                 failure.error
             });
         }
-        if env.options.sync != SyncPolicy::Always && env.coordination.is_none() {
-            // A shared queue's readers see the batch once it is committed (`push_shared`).
+        if writer.publishes_on_write {
+            // Not under `Always`, nor in a shared queue but by a solo handle: a shared queue's
+            // readers see the batch once it is committed (`push_shared`).
             self.publish_written(env, writer);
         }
         Ok(Written {
@@ -446,10 +499,11 @@ impl Log {
         // A shared queue's tail may be in a segment other processes started since this
         // handle's last push: sync what was committed, not what this writer last wrote.
         let covered = match &env.coordination {
-            Some(coordination) => self
+            // A solo handle's `control` is not current: its writer's tail is the log's.
+            Some(coordination) if !coordination.is_solo_writer() => self
                 .sync_committed(env, coordination)
                 .map(|committed| committed.next_seq),
-            None => self.sync_data(),
+            _ => self.sync_data(),
         };
         #[cfg(feature = "metrics")]
         env.telemetry.fsync_took(began.elapsed());
@@ -625,6 +679,27 @@ impl Log {
             self.wait_durable(env, coordination, range.end)?;
         }
         Ok(range)
+    }
+
+    /// A solo handle leaving solo (`Shared::leave_solo`), with the writer held: commits and
+    /// publishes the tail it wrote, with the zeros prepared ahead of it, as a push commits
+    /// (the bytes pushed in all are left as the tail in `control` gives them: a queue with a
+    /// bound, which counts them, is never solo).
+    pub(crate) fn commit_solo_tail(&self, coordination: &Coordination, writer: &mut Writer) {
+        let _tail = coordination.lock_tail();
+        let (_, known) = coordination.committed();
+        let committed = CommittedTail {
+            base: writer.active.base_seq,
+            tail: writer.tail,
+            next_seq: writer.next_seq,
+            pushed_bytes: known.pushed_bytes,
+        };
+        coordination.set_prepared_end(writer.active.base_seq, writer.prepared_end());
+        let generation = coordination.commit(committed);
+        writer.caught_up = Some((generation, committed));
+        coordination.publish_pushed(committed);
+        // From now on its batches are shown once committed, as every shared writer's.
+        writer.publishes_on_write = false;
     }
 
     /// The first step of [`push_shared`](Log::push_shared) when another handle may have

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::clock::now_micros;
 use crate::engine::compactor::{self, CompactReport};
-use crate::engine::coordination::{self, CommittedTail, Coordination};
+use crate::engine::coordination::{self, Attached, CommittedTail, Coordination};
 use crate::engine::dedup::Dedup;
 use crate::engine::delivery::{try_recv_batch, Delivery};
 use crate::engine::env::Env;
@@ -113,55 +113,64 @@ impl Queue {
         let storage = options.storage.clone();
         queue_dir::create_with_mode(&*storage, &dir, Some(options.dir_mode()))?;
         refuse_network_filesystem(&*storage, &dir, &options)?;
-        let opening = coordination::begin_open(storage.clone(), &dir)?;
-        if opening.first {
-            let (log, reader, report) = Self::recover_locked(&dir, &mut options, mend)?;
-            let mut committed = {
-                let mut writer = log.lock_writer();
-                let (tail, next_seq) = (writer.tail, writer.next_seq);
-                writer.adopt(tail, next_seq);
-                CommittedTail {
-                    base: writer.active.base_seq,
-                    tail,
-                    next_seq,
-                    pushed_bytes: 0,
+        let mut opening = coordination::begin_open(storage.clone(), &dir)?;
+        if !opening.first {
+            recovery::settle_attached(&*storage, &dir, &mut options)?;
+            options.validate()?;
+            match opening.attach()? {
+                Attached::Coordination(coordination) => {
+                    let (_, committed) = coordination.committed();
+                    let log = Self::attach_log(&*storage, &dir, &options, committed)?;
+                    return Self::assemble(
+                        dir,
+                        options,
+                        mend,
+                        log,
+                        None,
+                        RecoveryReport::default(),
+                        None,
+                        Some(coordination),
+                    );
                 }
-            };
-            // A bounded queue's usage: the totals pushed start at what is not yet consumed,
-            // so that nothing counts as consumed in bytes yet.
-            let (records, bytes) = match options.is_bounded() {
-                true => reader.unconsumed(&*options.storage, &log, committed)?,
-                false => (0, 0),
-            };
-            committed.pushed_bytes = bytes;
-            let consumed = (committed.next_seq - records.min(committed.next_seq), 0);
-            // Entries of records a crash took name numbers at or past the recovered end: they
-            // go now, before a plain push takes those numbers and they would name its record.
-            crate::engine::dedup::settle_shared(&*storage, &dir, committed.next_seq)?;
-            let coordination = opening.build(committed, consumed)?;
-            return Self::assemble(
-                dir,
-                options,
-                mend,
-                log,
-                Some(reader),
-                report,
-                None,
-                Some(coordination),
-            );
+                // The handle that had the queue to itself died: recover as the first.
+                Attached::First(first) => opening = first,
+            }
         }
-        recovery::settle_attached(&*storage, &dir, &mut options)?;
-        options.validate()?;
-        let coordination = opening.attach()?;
-        let (_, committed) = coordination.committed();
-        let log = Self::attach_log(&*storage, &dir, &options, committed)?;
+        let (log, reader, report) = Self::recover_locked(&dir, &mut options, mend)?;
+        let solo = may_be_solo(&options);
+        let mut committed = {
+            let mut writer = log.lock_writer();
+            let (tail, next_seq) = (writer.tail, writer.next_seq);
+            writer.adopt(tail, next_seq);
+            // A shared writer shows its batches to its readers once committed; a solo one, at
+            // once (never under `Always`).
+            writer.publishes_on_write = solo;
+            CommittedTail {
+                base: writer.active.base_seq,
+                tail,
+                next_seq,
+                pushed_bytes: 0,
+            }
+        };
+        // A bounded queue's usage: the totals pushed start at what is not yet consumed,
+        // so that nothing counts as consumed in bytes yet.
+        let (records, bytes) = match options.is_bounded() {
+            true => reader.unconsumed(&*options.storage, &log, committed)?,
+            false => (0, 0),
+        };
+        committed.pushed_bytes = bytes;
+        let consumed = (committed.next_seq - records.min(committed.next_seq), 0);
+        // Entries of records a crash took name numbers at or past the recovered end: they
+        // go now, before a plain push takes those numbers and they would name its record.
+        crate::engine::dedup::settle_shared(&*storage, &dir, committed.next_seq)?;
+        let coordination = opening.build(committed, consumed, solo)?;
         Self::assemble(
             dir,
             options,
             mend,
             log,
-            None,
-            RecoveryReport::default(),
+            Some(reader),
+            report,
             None,
             Some(coordination),
         )
@@ -195,6 +204,7 @@ impl Queue {
             options.sync == SyncPolicy::Always,
         );
         writer.adopt(committed.tail, committed.next_seq);
+        writer.publishes_on_write = false;
         Ok(Log::new(segments, writer, Vec::new(), BTreeMap::new()).nothing_known_synced())
     }
 
@@ -294,6 +304,7 @@ impl Queue {
             }),
             dedup,
         ));
+        shared.start_revoke_thread()?;
         let env = &shared.env;
         if env.options.auto_compact {
             if let Some(consumer) = shared.consumer_if_held() {
@@ -784,6 +795,14 @@ fn refuse_network_filesystem(storage: &dyn Storage, dir: &Path, options: &Option
             dir.display()
         ))),
     }
+}
+
+/// Whether the first handle of a shared queue starts solo (see `Coordination::is_solo`): not
+/// under `SyncPolicy::Always`, whose group commit goes through `control`, nor with a bound,
+/// whose usage totals live there; not on the simulated filesystem, whose processes run one
+/// step at a time and cannot answer an opener from a thread of their own.
+fn may_be_solo(options: &Options) -> bool {
+    options.sync != SyncPolicy::Always && !options.is_bounded() && !options.storage.replays_runs()
 }
 
 /// Computes [`Stats`] from the log and the consumer.

@@ -88,7 +88,17 @@ struct Turns {
 /// when the last such guard of the handle drops.
 pub(crate) struct Turn<'a> {
     consumer: &'a Consumer,
-    shared: Option<&'a Shared>,
+    kind: TurnKind<'a>,
+}
+
+/// What a [`Turn`] ends when it drops.
+enum TurnKind<'a> {
+    /// An exclusive queue's call: nothing.
+    Alone,
+    /// A shared queue's consumer turn.
+    Shared(&'a Shared),
+    /// A solo handle's call, counted until it ends (see `Coordination::is_solo`).
+    Solo(&'a Coordination),
 }
 
 impl std::ops::Deref for Turn<'_> {
@@ -102,8 +112,10 @@ impl std::ops::Deref for Turn<'_> {
 impl Drop for Turn<'_> {
     #[inline]
     fn drop(&mut self) {
-        if let Some(shared) = self.shared {
-            shared.end_turn();
+        match self.kind {
+            TurnKind::Alone => {}
+            TurnKind::Shared(shared) => shared.end_turn(),
+            TurnKind::Solo(coordination) => coordination.leave_solo_call(),
         }
     }
 }
@@ -118,6 +130,8 @@ pub(crate) struct Shared {
     /// The consumer side. Set at open for an exclusive queue; for a shared one, at this
     /// handle's first consumer turn (see [`consumer`](Shared::consumer)).
     consumer: OnceLock<Consumer>,
+    /// Held while the handle leaves solo (see [`leave_solo`](Shared::leave_solo)).
+    leaving_solo: Mutex<()>,
     /// A shared queue's first opener: the reader its recovery built, used at its first turn if
     /// no other handle's turn changed the files since.
     spare_reader: Mutex<Option<Reader>>,
@@ -159,12 +173,21 @@ impl Shared {
         open_dead_letters: OpenDeadLetterQueue,
         dedup: Dedup,
     ) -> Self {
-        let consumer = OnceLock::new();
+        let consumer_cell = OnceLock::new();
         let mut spare_reader = None;
         let mut turns = Turns::default();
         match (reader, &env.coordination) {
             (Some(reader), None) => {
-                let _ = consumer.set(Consumer::new(reader));
+                let _ = consumer_cell.set(Consumer::new(reader));
+            }
+            (Some(reader), Some(coordination)) if coordination.is_solo() => {
+                // Alone: the consumer is this handle's from the start, as an exclusive
+                // queue's. Every lease the files name is of a handle that is gone (this one
+                // built `control`: no other was attached), so none is waited for.
+                let consumer = Consumer::new(reader);
+                consumer.end_leases_of_gone(coordination, now_micros());
+                let _ = consumer_cell.set(consumer);
+                turns.seen = Some(0);
             }
             (Some(reader), Some(_)) => {
                 // The first opener's reader matches the files as the control file it built
@@ -178,7 +201,8 @@ impl Shared {
         Shared {
             env,
             log,
-            consumer,
+            consumer: consumer_cell,
+            leaving_solo: Mutex::new(()),
             spare_reader: Mutex::new(spare_reader),
             turns: Mutex::new(turns),
             watch_leases: AtomicBool::new(false),
@@ -208,16 +232,38 @@ impl Shared {
     #[inline]
     fn consumer_taking_up(&self, take_up: TakeUp) -> Result<Turn<'_>> {
         self.env.check_forked()?;
-        if self.env.coordination.is_some() {
-            return self.begin_turn(take_up);
+        if let Some(coordination) = &self.env.coordination {
+            return self.solo_call_or_turn(coordination, take_up);
         }
         match self.consumer.get() {
             Some(consumer) => Ok(Turn {
                 consumer,
-                shared: None,
+                kind: TurnKind::Alone,
             }),
             None => Err(self.no_consumer()),
         }
+    }
+
+    /// [`consumer_taking_up`](Shared::consumer_taking_up) of a shared queue: a solo handle's
+    /// call (no turn: a solo handle always has its consumer), or a consumer turn.
+    #[inline]
+    fn solo_call_or_turn<'a>(
+        &'a self,
+        coordination: &'a Coordination,
+        take_up: TakeUp,
+    ) -> Result<Turn<'a>> {
+        if coordination.enter_solo_call() {
+            match self.consumer.get() {
+                Some(consumer) => {
+                    return Ok(Turn {
+                        consumer,
+                        kind: TurnKind::Solo(coordination),
+                    })
+                }
+                None => coordination.leave_solo_call(),
+            }
+        }
+        self.begin_turn(take_up)
     }
 
     /// The error of a consumer call on a handle without a consumer side: out of line, so that
@@ -267,7 +313,7 @@ impl Shared {
         match self.consumer.get() {
             Some(consumer) => Ok(Turn {
                 consumer,
-                shared: Some(self),
+                kind: TurnKind::Shared(self),
             }),
             None => {
                 self.end_turn();
@@ -497,6 +543,114 @@ impl Shared {
         coordination.park_consumer();
     }
 
+    /// Makes a solo handle one of several (see `Coordination::is_solo`): no push or consumer
+    /// call starts the solo way from now on; once those that did ended, the tail this handle
+    /// wrote is committed and published in `control`, and where its consumer left the head
+    /// and the ack log is recorded there (the consumer epoch moved, so that every other
+    /// handle reads them), as at the end of a consumer turn; then the solo word is cleared,
+    /// which lets the waiting opener attach. This handle's waiters wake, to wait on the
+    /// shared word from then on. Nothing when the handle is not solo.
+    ///
+    /// Run by the handle's revoke thread when an opener asks, and before every call that
+    /// solo does not cover (a push with an id, a purge, a fanout, a close).
+    pub(crate) fn leave_solo(&self) {
+        let Some(coordination) = &self.env.coordination else {
+            return;
+        };
+        if !coordination.is_solo() {
+            return;
+        }
+        let _leaving = lock(&self.leaving_solo);
+        if !coordination.is_solo() {
+            return;
+        }
+        {
+            // At once: a push that does not run the solo way takes up the committed tail.
+            let mut writer = self.log.lock_writer();
+            self.log.commit_solo_tail(coordination, &mut writer);
+            coordination.stop_solo_writer();
+        }
+        crate::engine::failpoint::reached("solo.committed");
+        // Consumer calls running the solo way read what this handle's pushes published to
+        // it, whichever way they ran.
+        coordination.stop_solo();
+        crate::engine::failpoint::reached("solo.stopped");
+        // A turn that began since (the handle is no longer solo) ends first: its end records
+        // the files too.
+        let mut turns = loop {
+            let turns = lock(&self.turns);
+            if turns.active == 0 {
+                break turns;
+            }
+            drop(turns);
+            std::thread::sleep(Duration::from_micros(50));
+        };
+        self.end_solo_turn(coordination, &mut turns);
+        drop(turns);
+        crate::engine::failpoint::reached("solo.consumer");
+        coordination.end_solo();
+        crate::engine::failpoint::reached("solo.ended");
+        // This handle's revoke thread ends (if it is not the caller).
+        coordination.wake_revoke_waiters();
+        self.env.arrivals.notify();
+    }
+
+    /// [`leave_solo`](Shared::leave_solo)'s consumer part: the end of a consumer turn that
+    /// lasted since the handle opened (the consumer lock is free, or parked by this handle if
+    /// a turn ran since it stopped being solo).
+    fn end_solo_turn(&self, coordination: &Coordination, turns: &mut Turns) {
+        let _ = coordination.lock_consumer();
+        let epoch = coordination.consumer_epoch();
+        let ended = self
+            .consumer
+            .get()
+            .map(|consumer| consumer.end_turn(&self.env));
+        match ended {
+            Some(Ok(end)) => {
+                coordination.set_consumer_files(end.files);
+                // Even, and moved: every other handle reads the files again.
+                let epoch = (epoch | 1) + 1;
+                coordination.set_consumer_epoch(epoch);
+                turns.seen = Some(epoch);
+                turns.marker = end.marker;
+                turns.must_publish = false;
+                coordination.park_consumer();
+            }
+            // No consumer (none is made solo without one), or its held-back entries could
+            // not be written: the next turn, of any handle, reads the files in full.
+            _ => {
+                coordination.set_consumer_epoch(epoch | 1);
+                turns.seen = None;
+                coordination.unlock_consumer();
+            }
+        }
+    }
+
+    /// A solo handle: starts the thread that answers an opener asking it to leave solo (an
+    /// idle handle must answer too). It holds the handle weakly, and ends once the handle
+    /// left solo or is gone.
+    pub(crate) fn start_revoke_thread(self: &Arc<Self>) -> Result<()> {
+        let Some(coordination) = &self.env.coordination else {
+            return Ok(());
+        };
+        if !coordination.is_solo() {
+            return Ok(());
+        }
+        let seen = coordination.revoke_requests();
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("diskspool-solo".into())
+            .spawn(move || answer_revoke(weak, seen));
+        match spawned {
+            Ok(_) => Ok(()),
+            // Without the thread nobody could answer: not solo, then.
+            Err(_) => {
+                self.leave_solo();
+                Ok(())
+            }
+        }
+    }
+
     /// One `push`.
     #[inline]
     pub(crate) fn push_one(&self, payload: &[u8]) -> Result<u64> {
@@ -557,6 +711,8 @@ impl Shared {
         id: &[u8],
         bound: Bound,
     ) -> Result<u64> {
+        // The deduplication log's place lives in `control` (see `Log::push_shared`).
+        self.leave_solo();
         let env = &self.env;
         if id.is_empty() || id.len() > crate::options::DEDUP_ID_LEN_MAX {
             return Err(Error::InvalidOptions(format!(
@@ -814,6 +970,7 @@ impl Shared {
 
     /// The writer, locked (for fanout, which numbers copies in several queues at once).
     pub(crate) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.leave_solo();
         self.log.lock_writer()
     }
 
@@ -847,8 +1004,11 @@ impl Shared {
     /// One `pop`.
     #[inline]
     pub(crate) fn pop_one(&self) -> Result<Option<Record>> {
-        if self.env.coordination.is_some() {
-            return self.pop_one_shared();
+        if let Some(coordination) = &self.env.coordination {
+            // A solo handle pops as an exclusive queue does (`consumer` below).
+            if !coordination.is_solo() {
+                return self.pop_one_shared();
+            }
         }
         self.consumer()?.pop_one(&self.env, &self.log, self)
     }
@@ -889,7 +1049,7 @@ impl Shared {
 
     /// Hands out up to `max` records under a lease.
     pub(crate) fn recv_batch(&self, max: usize) -> Result<Vec<Leased>> {
-        if max == 1 && self.env.coordination.is_some() {
+        if max == 1 && self.env.coordination.as_ref().is_some_and(|c| !c.is_solo()) {
             // One record: as `pop_one_shared`, what this handle knows first. A batch takes up
             // everything first, so that it is as full as the queue allows.
             let leased = self
@@ -927,6 +1087,9 @@ impl Shared {
 
     /// Removes every record not yet consumed, handed out ones included; returns how many.
     pub(crate) fn purge(&self) -> Result<u64> {
+        // It holds the writer through a consumer call, which leaving solo would wait for
+        // while it holds the writer.
+        self.leave_solo();
         let consumer = self.consumer()?;
         let purged = {
             // Held throughout: no push takes a number or room until the head has moved.
@@ -1001,10 +1164,11 @@ impl Shared {
     pub(crate) fn arrivals_epoch(&self) -> u64 {
         let local = self.env.arrivals.epoch();
         match &self.env.coordination {
-            Some(coordination) => {
+            // A solo handle's pushes are this process's: they move the local epoch only.
+            Some(coordination) if !coordination.is_solo() => {
                 (u64::from(coordination.arrivals()) << 32) | (local & u64::from(u32::MAX))
             }
-            None => local,
+            _ => local,
         }
     }
 
@@ -1023,8 +1187,12 @@ impl Shared {
             wake = wake.min(Instant::now() + Duration::from_micros(LEASE_OWNER_CHECK_US));
         }
         let arrivals = &self.env.arrivals;
-        let Some(coordination) = &self.env.coordination else {
-            return arrivals.wait_until(wake, || arrivals.epoch() != seen);
+        let coordination = match &self.env.coordination {
+            Some(coordination) if !coordination.is_solo() => coordination,
+            // A solo handle leaving solo notifies the local epoch: its waiters wake, and wait
+            // on the shared word from then on (`seen` then misses the high half, so the next
+            // wait returns at once and the caller reads the epoch again).
+            _ => return arrivals.wait_until(wake, || arrivals.epoch() != seen),
         };
         // A shared queue: woken by any process's commit through the control file's futex
         // word; what only this process announces (a release, a due timer) is seen within a
@@ -1130,6 +1298,9 @@ impl Shared {
     /// The steps of a clean close: the zeros after the data trimmed (if this fails, recovery
     /// treats them as free space anyway), then what the policy syncs.
     pub(crate) fn close(&self) -> Result<()> {
+        // An opener may wait for this handle's state; the next after the last close builds
+        // `control` anew anyway.
+        self.leave_solo();
         if self.env.coordination.is_none() {
             // A shared queue's writer may be behind the tail other processes committed, and
             // its segments hold no zeros to cut.
@@ -1258,6 +1429,34 @@ const SHARED_WAIT_SLICE: Duration = Duration::from_millis(10);
 /// The arrivals bridge of a shared queue: sleeps on the control file's futex word and wakes
 /// the handle's local waiters when it moves; ends once the handle is gone.
 #[cfg(feature = "async")]
+/// The revoke thread of a solo handle (see [`Shared::start_revoke_thread`]): sleeps on the
+/// revoke word, and makes the handle leave solo when an opener bumps it.
+fn answer_revoke(weak: std::sync::Weak<Shared>, seen: u32) {
+    loop {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let Some(coordination) = &shared.env.coordination else {
+            return;
+        };
+        if !coordination.is_solo() {
+            return;
+        }
+        if coordination.revoke_requests() != seen {
+            shared.leave_solo();
+            return;
+        }
+        let coordination_words = coordination.control();
+        drop(shared);
+        // Not holding the handle while asleep: a handle dropped meanwhile closes. The
+        // mapping stays for the word.
+        crate::engine::coordination::wait_for_revoke_in(&coordination_words, seen, REVOKE_CHECK);
+    }
+}
+
+/// How long the revoke thread sleeps before it looks whether its handle is still there.
+const REVOKE_CHECK: Duration = Duration::from_millis(100);
+
 fn bridge_arrivals(weak: std::sync::Weak<Shared>) {
     use crate::engine::coordination::{arrivals_in, wait_for_arrival_in};
     // The mapping, not the handle: sleeping here must not keep a closed queue open.

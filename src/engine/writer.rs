@@ -92,6 +92,10 @@ pub(crate) struct Writer {
     /// Under `SyncPolicy::Always`: zeros are prepared ahead, but frames are written with
     /// `write_all_at` rather than stored through a mapping.
     sync_always: bool,
+    /// Whether a write shows its frames to this handle's readers at once (`Log::write_locked`):
+    /// under the policies that do not wait for a sync, in an exclusive queue or a solo handle.
+    /// A shared queue's writer shows them once they are committed (`Log::push_shared`).
+    pub(crate) publishes_on_write: bool,
     /// Encoding buffer of the written path, reused across batches.
     scratch: Vec<u8>,
 }
@@ -127,6 +131,7 @@ impl Writer {
             mapping_enabled: mapped_writes,
             mapping_probed: false,
             sync_always,
+            publishes_on_write: !sync_always,
             scratch: Vec::new(),
         }
     }

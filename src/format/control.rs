@@ -63,7 +63,12 @@
 //!                             rewrote it or settled it after a dead producer (0: not yet
 //!                             settled since this file was built)
 //!    536     8  dedup_tail    where its valid entries end (under the tail lock)
-//!    544   480  reserved      zero
+//!    544     4  solo          the ticket of the handle that has the queue to itself, 0 when
+//!                             none (version 6): while it is set, the words above are as
+//!                             that handle last left them, not current (a futex word)
+//!    548     4  revoke        bumped by an opener that asks the solo handle to write its
+//!                             state here and run as one of several (a futex word)
+//!    552   472  reserved      zero
 //!   1024  1024  slots         128 × (epoch u32, pid u32): slot k at 1024 + 8k
 //!   2048  1024  commit_times  128 × u64: when the handle in slot k last committed a push
 //!                             under `Always` (µs since the epoch; a group-commit hint)
@@ -87,7 +92,7 @@
 /// The control file's first eight bytes.
 pub const CONTROL_MAGIC: [u8; 8] = *b"DSPOOLCT";
 /// The layout version this build reads and writes.
-pub const CONTROL_VERSION: u32 = 5;
+pub const CONTROL_VERSION: u32 = 6;
 /// The control file's length: one page (a power of two: see `storage::process`).
 pub const CONTROL_LEN: u64 = 4096;
 const _: () = assert!(CONTROL_LEN.is_power_of_two());
@@ -173,6 +178,13 @@ pub const GATHER: usize = 520;
 pub const DEDUP_GEN: usize = 528;
 /// Offset of where the deduplication log's valid entries end.
 pub const DEDUP_TAIL: usize = 536;
+/// Offset of the solo word: the ticket of the handle that has the queue to itself (0: none).
+/// While it is set, no other handle is attached, and the tail, the published tail and the
+/// consumer's words are as that handle last left them, not current.
+pub const SOLO: usize = 544;
+/// Offset of the revoke word, bumped by an opener that waits for the solo handle to write its
+/// state into this file and clear `SOLO`.
+pub const REVOKE: usize = 548;
 /// Offset of the table of when each slot's handle last committed a push under `Always`.
 pub const COMMIT_TIMES: usize = 2048;
 /// Offset of the slot table.

@@ -34,6 +34,11 @@ const STOP_ENV: &str = "DISKSPOOL_MP_STOP";
 /// children run out during the run.
 const SOAK_LEASE_MS: u64 = 300;
 
+/// Records the solo child pushes, across several 16 KiB segments.
+const SOLO_PUSHES: u64 = 600;
+/// Records it pops of them.
+const SOLO_POPS: u64 = 250;
+
 /// Microseconds of the system-wide monotonic clock: comparable between processes.
 fn now_us() -> u64 {
     let time = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -250,6 +255,30 @@ fn child() {
             queue.close().unwrap();
             writeln!(out, "c").unwrap();
             out.flush().unwrap();
+        }
+        // The first handle of the queue, solo: pushes `SOLO_PUSHES` records ("p ..."), pops
+        // `SOLO_POPS` ("g <seq> <producer> <number>"), says whether it is still solo
+        // ("solo 1"), then idles until killed (its revoke thread answers openers meanwhile),
+        // or gives up after two minutes, if a failed test left it.
+        "solo" => {
+            for number in 0..SOLO_PUSHES {
+                let seq = queue.push(&payload(producer, number)).unwrap();
+                writeln!(out, "p {seq} {producer} {number}").unwrap();
+            }
+            for _ in 0..SOLO_POPS {
+                let record = queue.pop().unwrap().expect("a record");
+                let (producer, number) = parse(record.payload());
+                writeln!(out, "g {} {producer} {number}", record.seq()).unwrap();
+            }
+            writeln!(
+                out,
+                "solo {}",
+                u8::from(diskspool::testkit::is_solo(&queue))
+            )
+            .unwrap();
+            out.flush().unwrap();
+            std::thread::sleep(Duration::from_secs(120));
+            std::process::exit(1);
         }
         other => panic!("unknown child mode {other}"),
     }
@@ -1044,6 +1073,14 @@ fn read_available(child: &mut Child, text: &mut String) {
     let mut bytes = Vec::new();
     let _ = stdout.read_to_end(&mut bytes); // stops at WouldBlock
     text.push_str(&String::from_utf8_lossy(&bytes));
+}
+
+/// One producer process alone, killed at random and restarted: each new one opens the queue
+/// first and pushes solo (nothing committed in `control`), each kill lands in a solo push or
+/// between two; the drain finds every push that returned, once, in order.
+#[test]
+fn a_lone_producer_killed_again_and_again_while_solo_loses_no_push() {
+    kill_soak(30, "never", 1, &[]);
 }
 
 /// Two producer processes and three consumer processes (one pops, two receive and
@@ -2141,4 +2178,107 @@ fn a_queue_closed_while_its_forked_child_lives_on_opens_again() {
         assert_eq!(popped, Some(Some(payload(producer, 0))), "{sync}");
         assert!(queue.pop().unwrap().is_none(), "{sync}");
     }
+}
+
+/// A child that opened the queue first runs solo; another process opens the queue while the
+/// child idles, and the child is killed: before it answers (it is stopped, then killed), at
+/// each step of its handing over (aborted at a crash point), or after it handed over. Every
+/// time the opener gets on with the queue as the child left it: the records it pushed and did
+/// not pop, each once, in order; nothing it popped; the numbers go on after its last push.
+#[test]
+fn a_solo_process_killed_before_or_while_it_hands_over_leaves_the_queue_to_the_opener() {
+    use std::io::BufRead;
+    for kill_at in [
+        None,
+        Some("solo.committed:1"),
+        Some("solo.stopped:1"),
+        Some("solo.consumer:1"),
+        Some("solo.ended:1"),
+        Some("stopped"),
+    ] {
+        let context = format!("{kill_at:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let crash_point = kill_at.filter(|point| point.starts_with("solo."));
+        let mut child = spawn("solo", dir.path(), "never", crash_point);
+        let mut lines = Vec::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        loop {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "{context}: the child ended"
+            );
+            let line = line.trim_end().to_owned();
+            let done = line.starts_with("solo ");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        assert!(lines.contains(&"solo 1".to_owned()), "{context}: not solo");
+        let pushed = entries(&lines, "p ");
+        let popped = entries(&lines, "g ");
+        assert_eq!((pushed.len(), popped.len()), (600, 250), "{context}");
+        if kill_at == Some("stopped") {
+            // It cannot answer: the open below waits for it until it is killed.
+            let pid = libc::pid_t::try_from(child.id()).unwrap();
+            // SAFETY: a signal to the child this test started, which has not been waited for.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+            // Until it has stopped (a signal is delivered later): its revoke thread must not
+            // answer the open below.
+            let mut status = 0;
+            // SAFETY: waits for a state change of that child; `status` outlives the call.
+            let waited = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+            assert!(waited == pid && libc::WIFSTOPPED(status), "{context}");
+            let killer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                child.kill().unwrap();
+                child.wait().unwrap()
+            });
+            let queue = Queue::open(dir.path(), options("never")).unwrap();
+            assert!(killed(killer.join().unwrap()), "{context}");
+            assert!(
+                diskspool::testkit::is_solo(&queue),
+                "{context}: not the first"
+            );
+            check_left_by_solo(&queue, &pushed, &popped, &context);
+            continue;
+        }
+        let queue = Queue::open(dir.path(), options("never")).unwrap();
+        // A child that died before it cleared the solo word leaves this opener the first,
+        // alone: solo in its turn.
+        let first = crash_point.is_some_and(|point| point != "solo.ended:1");
+        assert_eq!(diskspool::testkit::is_solo(&queue), first, "{context}");
+        match crash_point {
+            Some(_) => assert!(aborted(child.wait().unwrap()), "{context}"),
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+            }
+        }
+        check_left_by_solo(&queue, &pushed, &popped, &context);
+    }
+}
+
+/// What a solo child that pushed `pushed` and popped `popped` leaves: the rest, in order.
+fn check_left_by_solo(
+    queue: &Queue,
+    pushed: &[(u64, u64, u64)],
+    popped: &[(u64, u64, u64)],
+    context: &str,
+) {
+    let expected: Vec<(u64, u64, u64)> = pushed[popped.len()..].to_vec();
+    assert_eq!(
+        &pushed[..popped.len()],
+        popped,
+        "{context}: popped out of order"
+    );
+    let mut left = Vec::new();
+    while let Some(record) = queue.pop().unwrap() {
+        let (producer, number) = parse(record.payload());
+        left.push((record.seq(), producer, number));
+    }
+    assert_eq!(left, expected, "{context}");
+    let next = pushed.last().unwrap().0 + 1;
+    assert_eq!(queue.push(b"after").unwrap(), next, "{context}");
 }

@@ -1279,3 +1279,147 @@ fn a_record_is_not_handed_out_before_its_push_committed_it_even_by_its_own_handl
     assert_eq!(queue.pop().unwrap().unwrap().payload(), b"job");
     assert_eq!(other.len(), 0);
 }
+
+/// The first handle of a shared queue has it to itself (solo) until another opens it: then
+/// what it did alone (pushes across segments, pops, leases, an acknowledgement out of order)
+/// is what the other handle finds, and both go on as one queue.
+#[test]
+fn a_handle_alone_is_solo_until_another_opens_and_hands_over_what_it_did() {
+    for sync in [
+        SyncPolicy::Never,
+        SyncPolicy::Interval(Duration::from_millis(5)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let first = Queue::open(dir.path(), shared(sync).lease(hour)).unwrap();
+        assert!(testkit::is_solo(&first), "{sync:?}");
+        // 16 KiB segments: these records fill several.
+        let count = 400;
+        for n in 0..count {
+            assert_eq!(first.push(&payload_for(n)).unwrap(), n);
+        }
+        for n in 0..3 {
+            assert_eq!(first.pop().unwrap().unwrap().seq(), n);
+        }
+        let held = first.try_recv().unwrap().unwrap();
+        let acked = first.try_recv().unwrap().unwrap();
+        assert_eq!((held.seq(), acked.seq()), (3, 4));
+        acked.ack().unwrap();
+        assert!(testkit::is_solo(&first));
+
+        let second = Queue::open(dir.path(), shared(sync).lease(hour)).unwrap();
+        assert!(!testkit::is_solo(&first) && !testkit::is_solo(&second));
+        // 3 popped, 4 acknowledged; 3 leased, still counted.
+        assert_eq!(second.len(), count - 4);
+        assert_eq!(first.len(), count - 4);
+        // The lease taken alone holds for the other handle.
+        let next = second.try_recv().unwrap().unwrap();
+        assert_eq!(next.seq(), 5);
+        assert_eq!(next.payload(), payload_for(5));
+        next.ack().unwrap();
+        held.ack().unwrap();
+        assert_eq!(first.push(b"after").unwrap(), count);
+        assert_eq!(second.push(b"and after").unwrap(), count + 1);
+        let mut seqs = Vec::new();
+        loop {
+            let popped = match seqs.len() % 2 {
+                0 => first.pop().unwrap(),
+                _ => second.pop().unwrap(),
+            };
+            let Some(record) = popped.or_else(|| second.pop().unwrap()) else {
+                break;
+            };
+            if record.seq() < count {
+                assert_eq!(record.payload(), payload_for(record.seq()));
+            }
+            seqs.push(record.seq());
+        }
+        assert_eq!(seqs, (6..count + 2).collect::<Vec<_>>(), "{sync:?}");
+        assert_eq!((first.len(), second.len()), (0, 0));
+    }
+}
+
+/// A handle stays solo only while alone: the second handle of a process, a handle under
+/// `Always` or with a bound, and every handle after the first are not.
+#[test]
+fn only_the_first_handle_of_an_unbounded_queue_not_under_always_is_solo() {
+    let dir = tempfile::tempdir().unwrap();
+    let always = Queue::open(dir.path(), shared(SyncPolicy::Always)).unwrap();
+    assert!(!testkit::is_solo(&always));
+    let never = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    assert!(!testkit::is_solo(&never));
+    drop((always, never));
+    // A bound is a setting of the queue: another directory.
+    let bounded_dir = tempfile::tempdir().unwrap();
+    let bounded = Queue::open(
+        bounded_dir.path(),
+        shared(SyncPolicy::Never).max_records(10),
+    )
+    .unwrap();
+    assert!(!testkit::is_solo(&bounded));
+    let alone = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    assert!(testkit::is_solo(&alone));
+    // A push with a deduplication id keeps its log's place in the control file: not solo.
+    alone
+        .push_with(b"once", diskspool::Push::new().dedup_id("id"))
+        .unwrap();
+    assert!(!testkit::is_solo(&alone));
+}
+
+/// A solo handle whose threads push and pop while another handle opens: every record is
+/// popped once, by one of the two, and each popper sees them in order.
+#[test]
+fn a_solo_handle_busy_in_several_threads_hands_over_without_losing_or_repeating_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = std::sync::Arc::new(Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap());
+    assert!(testkit::is_solo(&first));
+    let count = 20_000u64;
+    let (started, on_start) = std::sync::mpsc::channel();
+    let producer = {
+        let first = first.clone();
+        std::thread::spawn(move || {
+            for n in 0..count {
+                assert_eq!(first.push(&n.to_le_bytes()).unwrap(), n);
+                if n == 1_000 {
+                    started.send(()).unwrap();
+                }
+            }
+        })
+    };
+    let pops = |queue: std::sync::Arc<Queue>,
+                done: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        std::thread::spawn(move || {
+            let mut seqs = Vec::new();
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                match queue.pop().unwrap() {
+                    Some(record) => {
+                        assert_eq!(record.payload(), record.seq().to_le_bytes());
+                        seqs.push(record.seq());
+                    }
+                    None if finished => return seqs,
+                    None => std::thread::yield_now(),
+                }
+            }
+        })
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consumer = pops(first.clone(), done.clone());
+    on_start.recv().unwrap();
+    let second = std::sync::Arc::new(Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap());
+    assert!(!testkit::is_solo(&first));
+    let other = pops(second.clone(), done.clone());
+    producer.join().unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mine, theirs) = (consumer.join().unwrap(), other.join().unwrap());
+    for seqs in [&mine, &theirs] {
+        assert!(
+            seqs.windows(2).all(|pair| pair[0] < pair[1]),
+            "out of order"
+        );
+    }
+    let mut all: Vec<u64> = mine.iter().chain(&theirs).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..count).collect::<Vec<_>>());
+    assert_eq!((first.len(), second.len()), (0, 0));
+}
