@@ -299,6 +299,9 @@ pub(crate) struct Coordination {
     /// Consumer calls of this handle running the solo way (see
     /// [`enter_solo_call`](Coordination::enter_solo_call)).
     solo_calls: AtomicUsize,
+    /// The revoke word when this handle built `control` (see
+    /// [`revoke_seen`](Coordination::revoke_seen)).
+    revoke_seen: u32,
 }
 
 /// Set in a lock word when a handle may be waiting for it.
@@ -447,6 +450,7 @@ impl Coordination {
         control
             .word32(SOLO)
             .store(if solo { ticket } else { 0 }, Ordering::Release);
+        let revoke_seen = control.word32(REVOKE).load(Ordering::Acquire);
         Ok(Coordination {
             storage: opening.storage,
             dir: opening.dir,
@@ -462,6 +466,7 @@ impl Coordination {
             solo: AtomicBool::new(solo),
             solo_writer: AtomicBool::new(solo),
             solo_calls: AtomicUsize::new(0),
+            revoke_seen,
         })
     }
 
@@ -536,6 +541,13 @@ impl Coordination {
     /// How many times openers asked a solo handle to leave solo (the revoke word).
     pub(crate) fn revoke_requests(&self) -> u32 {
         self.word32(REVOKE).load(Ordering::Acquire)
+    }
+
+    /// The revoke word as it was when this handle built `control`, under `open.lock`: every
+    /// opener since bumped it past this (so that the revoke thread, started later, misses
+    /// none of them).
+    pub(crate) fn revoke_seen(&self) -> u32 {
+        self.revoke_seen
     }
 
     /// Wakes the threads asleep on the revoke word (this handle's, when it closes).

@@ -636,7 +636,10 @@ impl Shared {
         if !coordination.is_solo() {
             return Ok(());
         }
-        let seen = coordination.revoke_requests();
+        crate::engine::failpoint::reached("solo.starting");
+        // As it was when this handle built `control`, under `open.lock`: an opener that came
+        // since has bumped it.
+        let seen = coordination.revoke_seen();
         let weak = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("diskspool-solo".into())
@@ -1426,9 +1429,6 @@ const LEASE_OWNER_CHECK_US: u64 = 10_000;
 /// wake-ups again (see `Shared::wait_for_change`).
 const SHARED_WAIT_SLICE: Duration = Duration::from_millis(10);
 
-/// The arrivals bridge of a shared queue: sleeps on the control file's futex word and wakes
-/// the handle's local waiters when it moves; ends once the handle is gone.
-#[cfg(feature = "async")]
 /// The revoke thread of a solo handle (see [`Shared::start_revoke_thread`]): sleeps on the
 /// revoke word, and makes the handle leave solo when an opener bumps it.
 fn answer_revoke(weak: std::sync::Weak<Shared>, seen: u32) {
@@ -1457,6 +1457,9 @@ fn answer_revoke(weak: std::sync::Weak<Shared>, seen: u32) {
 /// How long the revoke thread sleeps before it looks whether its handle is still there.
 const REVOKE_CHECK: Duration = Duration::from_millis(100);
 
+/// The arrivals bridge of a shared queue: sleeps on the control file's futex word and wakes
+/// the handle's local waiters when it moves; ends once the handle is gone.
+#[cfg(feature = "async")]
 fn bridge_arrivals(weak: std::sync::Weak<Shared>) {
     use crate::engine::coordination::{arrivals_in, wait_for_arrival_in};
     // The mapping, not the handle: sleeping here must not keep a closed queue open.

@@ -1423,3 +1423,51 @@ fn a_solo_handle_busy_in_several_threads_hands_over_without_losing_or_repeating_
     assert_eq!(all, (0..count).collect::<Vec<_>>());
     assert_eq!((first.len(), second.len()), (0, 0));
 }
+
+/// An opener that comes between the moment the first handle built the control file (solo)
+/// and the start of that handle's revoke thread is answered all the same: the thread starts
+/// from the revoke word as it was at the build, not as it finds it.
+#[test]
+fn an_opener_that_comes_before_the_revoke_thread_started_is_answered() {
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let (opened, on_opened) = mpsc::channel();
+    let revoke_word = |path: &std::path::Path| {
+        let bytes = std::fs::read(path.join("control")).unwrap();
+        let at = diskspool::format::control::REVOKE;
+        u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap())
+    };
+    let hook_path = path.clone();
+    testkit::on_crash_points_in_this_thread(Some(Box::new(move |point: &str| {
+        if point != "solo.starting" {
+            return;
+        }
+        let before = revoke_word(&hook_path);
+        let (dir, opened) = (hook_path.clone(), opened.clone());
+        std::thread::spawn(move || {
+            let queue = Queue::open(&dir, shared(SyncPolicy::Never));
+            let _ = opened.send(queue.map(|queue| queue.len()));
+        });
+        // Until the other opener asked (it then waits for this handle).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while revoke_word(&hook_path) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the opener never asked"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })));
+    let first = Queue::open(&path, shared(SyncPolicy::Never));
+    testkit::on_crash_points_in_this_thread(None);
+    let first = first.unwrap();
+    let len = on_opened
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the opener was never answered")
+        .unwrap();
+    assert_eq!(len, 0);
+    assert!(!testkit::is_solo(&first));
+    first.push(b"after").unwrap();
+    assert_eq!(first.pop().unwrap().unwrap().payload(), b"after");
+}
