@@ -1008,12 +1008,27 @@ impl Shared {
     #[inline]
     pub(crate) fn pop_one(&self) -> Result<Option<Record>> {
         if let Some(coordination) = &self.env.coordination {
-            // A solo handle pops as an exclusive queue does (`consumer` below).
-            if !coordination.is_solo() {
-                return self.pop_one_shared();
-            }
+            return self.pop_one_coordinated(coordination);
         }
         self.consumer()?.pop_one(&self.env, &self.log, self)
+    }
+
+    /// [`pop_one`](Shared::pop_one) of a shared queue: a solo handle pops as an exclusive
+    /// queue does, in a solo call; another, in consumer turns.
+    #[inline(always)]
+    fn pop_one_coordinated(&self, coordination: &Coordination) -> Result<Option<Record>> {
+        if coordination.enter_solo_call() {
+            self.env.check_forked()?;
+            if let Some(consumer) = self.consumer.get() {
+                let call = Turn {
+                    consumer,
+                    kind: TurnKind::Solo(coordination),
+                };
+                return call.pop_one(&self.env, &self.log, self);
+            }
+            coordination.leave_solo_call();
+        }
+        self.pop_one_shared()
     }
 
     /// [`pop_one`](Shared::pop_one) of a shared queue. It looks in the records this handle
