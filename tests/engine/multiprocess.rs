@@ -127,6 +127,25 @@ fn child() {
                 out.flush().unwrap();
             }
         }
+        // Pushes, and pops after every third push: "p ..." and "g ..." as below. Alone, the
+        // process runs solo (the kill soak's lone process, restarted after each kill).
+        "push-pop" => {
+            for number in 0.. {
+                let seq = queue.push(&payload(producer, number)).unwrap();
+                writeln!(out, "p {seq} {producer} {number}").unwrap();
+                out.flush().unwrap();
+                if number % 3 == 2 {
+                    let start = now_us();
+                    if let Some(record) = queue.pop().unwrap() {
+                        let end = now_us();
+                        let (popped_by, popped_number) = parse(record.payload());
+                        let seq = record.seq();
+                        writeln!(out, "g {seq} {popped_by} {popped_number} {start} {end}").unwrap();
+                        out.flush().unwrap();
+                    }
+                }
+            }
+        }
         // "g <seq> <producer> <number> <start> <end>" once the pop returned the record, with
         // the clock before the call and after it returned.
         "pop" => loop {
@@ -712,6 +731,11 @@ impl Events {
         if killed {
             match mode {
                 "push" => self.push_kills += 1,
+                // It may have been killed after a pop returned, before it printed it.
+                "push-pop" => {
+                    self.push_kills += 1;
+                    self.pop_kills += 1;
+                }
                 "pop" => self.pop_kills += 1,
                 _ => {
                     self.recv_kills += 1;
@@ -973,7 +997,10 @@ fn kill_soak(kills: u64, sync: &str, producers: usize, consumers: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut ahead: BTreeMap<usize, String> = BTreeMap::new();
     while events.pushed.len() + pushes_in(&ahead) <= SOAK_PUSHES_MIN && Instant::now() < deadline {
-        for running in children.iter_mut().filter(|running| running.mode == "push") {
+        for running in children
+            .iter_mut()
+            .filter(|running| running.mode.starts_with("push"))
+        {
             read_available(&mut running.child, ahead.entry(running.id).or_default());
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -1081,6 +1108,8 @@ fn read_available(child: &mut Child, text: &mut String) {
 #[test]
 fn a_lone_producer_killed_again_and_again_while_solo_loses_no_push() {
     kill_soak(30, "never", 1, &[]);
+    // Alone, pushing and popping: each kill lands in a solo push or pop.
+    kill_soak(30, "never", 0, &["push-pop"]);
 }
 
 /// Two producer processes and three consumer processes (one pops, two receive and
@@ -1101,7 +1130,11 @@ fn long_multiprocess_kill_soak() {
         .and_then(|kills| kills.parse().ok())
         .unwrap_or(1_000);
     let policy = std::env::var("DISKSPOOL_MP_POLICY").unwrap_or_else(|_| "never".into());
-    kill_soak(kills, &policy, 2, &["pop", "pop", "recv", "recv"]);
+    match std::env::var("DISKSPOOL_MP_ALONE").is_ok() {
+        // One process at a time, pushing and popping: solo after each restart.
+        true => kill_soak(kills, &policy, 0, &["push-pop"]),
+        false => kill_soak(kills, &policy, 2, &["pop", "pop", "recv", "recv"]),
+    }
 }
 
 /// Waits (60 s at most) until `path` holds a line ending in `line` (the test harness starts the
