@@ -307,7 +307,11 @@ impl Options {
     /// it. A bound ([`max_records`](Options::max_records), [`max_bytes`](Options::max_bytes))
     /// counts the records of every process, as in one, and so does a deduplication window
     /// ([`Push::dedup_id`](crate::Push::dedup_id)), and a [`Spool`](crate::Spool)'s fanout
-    /// reaches the queues from any process. What a shared queue does not do yet: the segment
+    /// reaches the queues from any process. A handle alone on a shared queue costs what an
+    /// exclusive one does: the first handle of an unbounded queue not under `Always` runs the
+    /// exclusive paths (*solo*) until another opens the queue, whose open then waits until a
+    /// thread of the first handle has written its state into the control file. What a shared
+    /// queue does not do yet: the segment
     /// pool and storage other than the real filesystem and the simulated one
     /// (`SimStorage::process`, feature `sim`, models processes) are refused with
     /// [`Error::InvalidOptions`](crate::Error::InvalidOptions), and so is a directory on a
