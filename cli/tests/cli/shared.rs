@@ -160,7 +160,9 @@ fn spool_pop_beside_a_live_consumer_takes_each_record_once() {
     // turns, not a role, so neither is refused. They race for the records; each is taken
     // by exactly one of them.
     // To make sure that both take some, the service waits after each pop until a spool
-    // process took a consumer turn (the control file names the last taker), or spool is done.
+    // process took a consumer turn (the control file names the last taker: none while the
+    // service has the queue alone, solo, before the first spool process opens it), or spool
+    // is done.
     let service = std::sync::Arc::new(service);
     let spool_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let popper = {
@@ -172,7 +174,7 @@ fn spool_pop_beside_a_live_consumer_takes_each_record_once() {
             while let Some(record) = service.pop().unwrap() {
                 assert_eq!(record.payload(), payload_for(record.seq()));
                 seqs.push(record.seq());
-                while control_word(&dir, CONSUMER_PID) == std::process::id()
+                while [0, std::process::id()].contains(&control_word(&dir, CONSUMER_PID))
                     && !spool_done.load(std::sync::atomic::Ordering::SeqCst)
                 {
                     std::thread::sleep(Duration::from_millis(1));
