@@ -294,10 +294,22 @@ impl Log {
         }
         let frame_len = self.check_batch(env, payloads, BodyPrefix::NONE)?;
         let mut writer = self.lock_writer();
+        self.write_one(env, &mut writer, payloads, frame_len)
+    }
+
+    /// The write of one plain record with the writer held; returns its sequence number.
+    #[inline(always)]
+    fn write_one(
+        &self,
+        env: &Env,
+        writer: &mut Writer,
+        payloads: &[&[u8]],
+        frame_len: u64,
+    ) -> Result<u64> {
         let seq = writer.next_seq;
         self.write_locked(
             env,
-            &mut writer,
+            writer,
             payloads,
             BodyPrefix::NONE,
             frame_len,
@@ -322,16 +334,7 @@ impl Log {
             drop(writer);
             return self.push_one_coordinated(env, coordination, payloads);
         }
-        let seq = writer.next_seq;
-        self.write_locked(
-            env,
-            &mut writer,
-            payloads,
-            BodyPrefix::NONE,
-            frame_len,
-            Bound::Enforced,
-        )?;
-        Ok(seq)
+        self.write_one(env, &mut writer, payloads, frame_len)
     }
 
     /// [`push_one`](Log::push_one) of a shared queue, not solo:
