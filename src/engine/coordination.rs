@@ -482,8 +482,8 @@ impl Coordination {
     }
 
     /// Whether this handle's pushes run the solo way: read under the writer lock, under which
-    /// leaving solo commits the writer's tail and clears it at once
-    /// ([`stop_solo_writer`](Self::stop_solo_writer)). Outside the lock, a hint.
+    /// leaving solo commits the writer's tail and clears it at once (`Log::commit_solo_tail`,
+    /// with the writer's `publishes_on_write`). Outside the lock, a hint.
     #[inline]
     pub(crate) fn is_solo_writer(&self) -> bool {
         self.solo_writer.load(Ordering::Relaxed)

@@ -685,7 +685,8 @@ impl Log {
     }
 
     /// A solo handle leaving solo (`Shared::leave_solo`), with the writer held: commits and
-    /// publishes the tail it wrote, with the zeros prepared ahead of it, as a push commits
+    /// publishes the tail it wrote, with the zeros prepared ahead of it, and ends the writer's
+    /// solo, as a push commits
     /// (the bytes pushed in all are left as the tail in `control` gives them: a queue with a
     /// bound, which counts them, is never solo).
     pub(crate) fn commit_solo_tail(&self, coordination: &Coordination, writer: &mut Writer) {
@@ -701,8 +702,10 @@ impl Log {
         let generation = coordination.commit(committed);
         writer.caught_up = Some((generation, committed));
         coordination.publish_pushed(committed);
-        // From now on its batches are shown once committed, as every shared writer's.
+        // From now on its batches are shown once committed, as every shared writer's, and
+        // its pushes take the tail lock: both settled here, under the writer lock.
         writer.publishes_on_write = false;
+        coordination.stop_solo_writer();
     }
 
     /// The first step of [`push_shared`](Log::push_shared) when another handle may have

@@ -568,7 +568,6 @@ impl Shared {
             // At once: a push that does not run the solo way takes up the committed tail.
             let mut writer = self.log.lock_writer();
             self.log.commit_solo_tail(coordination, &mut writer);
-            coordination.stop_solo_writer();
         }
         crate::engine::failpoint::reached("solo.committed");
         // Consumer calls running the solo way read what this handle's pushes published to
