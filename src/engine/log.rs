@@ -285,7 +285,7 @@ impl Log {
             if coordination.is_solo_writer() {
                 return self.push_one_solo(env, coordination, payloads);
             }
-            return self.push_one_coordinated(env, coordination, payloads);
+            return self.push_one_shared(env, coordination, payloads);
         }
         if env.options.sync == SyncPolicy::Always {
             return self
@@ -332,7 +332,7 @@ impl Log {
         // Settled under the writer lock.
         if !coordination.is_solo_writer() {
             drop(writer);
-            return self.push_one_coordinated(env, coordination, payloads);
+            return self.push_one_shared(env, coordination, payloads);
         }
         self.write_one(env, &mut writer, payloads, frame_len)
     }
@@ -341,7 +341,7 @@ impl Log {
     /// [`push_batch`](Log::push_batch)'s shared branch, without the batch's range passed up
     /// through it.
     #[inline(never)]
-    fn push_one_coordinated(
+    fn push_one_shared(
         &self,
         env: &Env,
         coordination: &Coordination,
