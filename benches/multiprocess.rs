@@ -6,7 +6,9 @@
 //! and against yaque's sender and receiver in two processes; four producer processes against
 //! one, under `Never` (the four push the one's records between them) and `Always` (as many
 //! each), and the raw disk: 4 processes against one, each writing and syncing every record
-//! itself; one producer and two consumer processes taking turns
+//! itself; under `Never`, the machine's ceiling for any design with one tail: 4 processes
+//! against one appending checksummed frames to one mapped file under a lock word, and 4
+//! processes appending to a file each; one producer and two consumer processes taking turns
 //! against the pair, and two handles that consume in turn record by record; one process
 //! receiving and acknowledging with the ack log mapped and written; the wake-up latency from a push in one process to a
 //! `pop_timeout` blocked in another. The child processes are this binary, run again with
@@ -17,6 +19,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diskspool::{Options, Queue, SyncPolicy};
@@ -95,6 +98,51 @@ fn child(role: &str) {
                 let at = (slot * count + record) * PAYLOAD.len() as u64;
                 std::os::unix::fs::FileExt::write_all_at(&file, &PAYLOAD, at).unwrap();
                 file.sync_data().unwrap();
+            }
+        }
+        // What the machine gives any design whose producers append to one tail: a lock word
+        // in a shared mapping (taken with a compare-and-swap, a few looks, then a futex
+        // sleep), and under it the frame (length, checksum, sequence number, payload) copied
+        // into one shared mapped file at the tail. No commit, no publication, no recovery.
+        "rawtail" => {
+            let RawFiles { control, mut log } = RawFiles::open(Path::new(dir));
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            std::io::stdin().read_line(&mut go).unwrap();
+            let (lock, tail) = (control.word32(RAW_LOCK), control.word64(RAW_TAIL));
+            for _ in 0..count {
+                raw_lock(lock);
+                let at = tail.load(Ordering::Relaxed);
+                let seq = at / RAW_FRAME_LEN;
+                encode_raw_frame(&mut log[at as usize..(at + RAW_FRAME_LEN) as usize], seq);
+                tail.store(at + RAW_FRAME_LEN, Ordering::Release);
+                raw_unlock(lock);
+            }
+        }
+        // What per-process logs would get: each process appends to a file of its own, its
+        // records numbered from one counter in a shared mapping (one total order).
+        "rawlanes" => {
+            let raw = RawFiles::open(Path::new(dir));
+            let mut lane = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(Path::new(dir).join(format!("lane-{}", std::process::id())))
+                .unwrap();
+            lane.write_all(&vec![0u8; (count * RAW_FRAME_LEN) as usize])
+                .unwrap();
+            lane.sync_all().unwrap();
+            // SAFETY: the file is this process's own; nothing truncates it while mapped.
+            let mut log = unsafe { memmap2::MmapMut::map_mut(&lane) }.unwrap();
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            std::io::stdin().read_line(&mut go).unwrap();
+            let counter = raw.control.word64(RAW_TAIL);
+            for record in 0..count {
+                let seq = counter.fetch_add(1, Ordering::AcqRel);
+                let at = (record * RAW_FRAME_LEN) as usize;
+                encode_raw_frame(&mut log[at..at + RAW_FRAME_LEN as usize], seq);
             }
         }
         "pop" => {
@@ -181,6 +229,115 @@ fn child(role: &str) {
     }
     writeln!(out, "done").unwrap();
     out.flush().unwrap();
+}
+
+/// The raw producers' frame: length, checksum, sequence number and 100 B payload, rounded up
+/// to 8 bytes (as a diskspool frame of the same payload).
+const RAW_FRAME_LEN: u64 = (16 + PAYLOAD.len() as u64 + 7) & !7;
+/// The raw producers' words in `raw-control`, on cache lines of their own.
+const RAW_LOCK: usize = 0;
+const RAW_TAIL: usize = 64;
+const RAW_LOCK_WAITERS: u32 = 2;
+
+/// The raw producers' files: `raw-tail` (the log) and `raw-control` (the lock and tail words),
+/// both made by the parent ([`RawFiles::create`]).
+struct RawFiles {
+    control: RawControl,
+    log: memmap2::MmapMut,
+}
+
+/// The mapping of `raw-control`.
+struct RawControl(memmap2::MmapMut);
+
+impl RawFiles {
+    /// Zeros written and synced before the clock starts (stores into the holes of a sparse
+    /// file cost a block allocation at each page fault; diskspool writes zeros ahead too).
+    fn create(dir: &Path, records: u64) {
+        let zeros = |name: &str, len: u64| {
+            let mut file = std::fs::File::create(dir.join(name)).unwrap();
+            let chunk = vec![0u8; 1 << 20];
+            let mut left = len;
+            while left > 0 {
+                let part = left.min(chunk.len() as u64) as usize;
+                file.write_all(&chunk[..part]).unwrap();
+                left -= part as u64;
+            }
+            file.sync_all().unwrap();
+        };
+        zeros("raw-control", 4096);
+        zeros("raw-tail", records * RAW_FRAME_LEN);
+    }
+
+    fn open(dir: &Path) -> RawFiles {
+        let map = |name: &str| {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.join(name))
+                .unwrap();
+            // SAFETY: the bench's own files, never truncated while the children run.
+            unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap()
+        };
+        RawFiles {
+            control: RawControl(map("raw-control")),
+            log: map("raw-tail"),
+        }
+    }
+}
+
+impl RawControl {
+    fn word32(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: in bounds and aligned (the mapping is page-aligned, the offsets multiples of
+        // 64); other processes touch the word only atomically.
+        unsafe { &*(self.0.as_ptr().add(offset) as *const AtomicU32) }
+    }
+
+    fn word64(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: as in `word32`.
+        unsafe { &*(self.0.as_ptr().add(offset) as *const AtomicU64) }
+    }
+}
+
+fn encode_raw_frame(frame: &mut [u8], seq: u64) {
+    frame[0..4].copy_from_slice(&(PAYLOAD.len() as u32).to_le_bytes());
+    frame[8..16].copy_from_slice(&seq.to_le_bytes());
+    frame[16..16 + PAYLOAD.len()].copy_from_slice(&PAYLOAD);
+    let checksum = crc32fast::hash(&frame[8..16 + PAYLOAD.len()]);
+    frame[4..8].copy_from_slice(&checksum.to_le_bytes());
+}
+
+/// Takes the raw producers' lock: 0 free, 1 held, `RAW_LOCK_WAITERS` held with sleepers.
+fn raw_lock(word: &AtomicU32) {
+    for _ in 0..40 {
+        if word
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+    while word.swap(RAW_LOCK_WAITERS, Ordering::Acquire) != 0 {
+        // SAFETY: a futex wait on a word of a shared mapping that outlives the call.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT,
+                RAW_LOCK_WAITERS,
+                std::ptr::null::<libc::timespec>(),
+            );
+        }
+    }
+}
+
+fn raw_unlock(word: &AtomicU32) {
+    if word.swap(0, Ordering::Release) == RAW_LOCK_WAITERS {
+        // SAFETY: a futex wake on a word of a shared mapping that outlives the call.
+        unsafe {
+            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1);
+        }
+    }
 }
 
 /// A consumer child's start: opens the queue, takes a first turn (the consumer files are read
@@ -451,6 +608,25 @@ fn main() {
             rate(always_count * processes, took),
         ));
     }
+    // The machine's own figures for processes that push without syncing: 1, then 4 processes
+    // appending to one tail under a lock, the 4 taking the 1's records between them; and 4
+    // processes appending to files of their own.
+    for (role, processes) in [("rawtail", 1u64), ("rawtail", 4), ("rawlanes", 4)] {
+        let dir = fresh(&format!("{role}-{processes}"));
+        RawFiles::create(&dir, count);
+        let per = count / processes;
+        let mut children: Vec<Child> = (0..processes)
+            .map(|_| spawn(role, &dir, per, "never"))
+            .collect();
+        let took = run(&mut children);
+        let case = match role {
+            "rawtail" => format!(
+                "raw tail, {processes} process(es): lock, checksum, copy into one mapped file"
+            ),
+            _ => format!("raw lanes, {processes} processes: a file each, numbers from one counter"),
+        };
+        rows.push((case, rate(per * processes, took)));
+    }
     // Wake-up latency: a consumer process blocked in pop_timeout, a push every 2 ms here.
     let (median, p99) = {
         let dir = fresh("latency");
@@ -504,6 +680,13 @@ fn main() {
         find("raw disk, 4") / find("raw disk, 1"),
         find("1 producer process(es), always") / find("raw disk, 1"),
         find("4 producer process(es), always") / find("raw disk, 4"),
+    );
+    println!(
+        "raw tail, 4 / 1 processes: {:.2}; 4 producers Never / raw tail 4: {:.2}; raw lanes 4 / \
+         raw tail 1: {:.2}",
+        find("raw tail, 4") / find("raw tail, 1"),
+        find("4 producer process(es), never") / find("raw tail, 4"),
+        find("raw lanes, 4") / find("raw tail, 1"),
     );
     println!(
         "recv + ack one at a time, ack log mapped / written: exclusive {:.2}, shared {:.2}",
