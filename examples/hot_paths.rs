@@ -5,7 +5,8 @@
 //!
 //! `sizes` is a comma-separated list of record sizes (default `100,65536`). With
 //! `DISKSPOOL_SHARED=1` the queue is opened shared (`Options::exclusive(false)`): what a queue
-//! that other processes could join costs one process alone.
+//! that other processes could join costs one process alone (solo). With `DISKSPOOL_SHARED=2` a
+//! second handle opens the queue too, so the first pushes and pops as a handle that shares it.
 
 use std::time::Instant;
 
@@ -58,7 +59,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let options = Options::default()
             .sync(SyncPolicy::Never)
             .exclusive(!shared);
-        let queue = Queue::open(dir.path(), options)?;
+        let queue = Queue::open(dir.path(), options.clone())?;
+        // A second handle ends the first one's solo: what a push and a pop cost a handle that
+        // shares the queue with another.
+        let _second = match std::env::var("DISKSPOOL_SHARED").as_deref() {
+            Ok("2") => Some(Queue::open(dir.path(), options)?),
+            _ => None,
+        };
         measure(&format!("push {size} B"), count, || {
             for _ in 0..count {
                 queue.push(&payload)?;
