@@ -167,7 +167,13 @@ pub fn quarantined(dir: &Path) -> Vec<String> {
 /// Runs `spool verify --json DIR` and returns the parsed report and the exit code.
 pub fn verify_json(dir: &Path) -> (serde_json::Value, i32) {
     let output = spool(&["verify", "--json", arg(dir)]).output().unwrap();
-    let report = serde_json::from_slice(&output.stdout).unwrap();
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "verify --json printed no report ({error}); exit {:?}, stderr: {}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
     (report, output.status.code().unwrap())
 }
 
