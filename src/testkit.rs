@@ -34,8 +34,9 @@ pub fn on_crash_points_in_this_thread(hook: Option<CrashPointHook>) {
 /// What an open that finds its lock held for a moment calls, in [`on_momentary_holds_in_this_thread`].
 pub type MomentaryHoldHook = Box<dyn FnMut()>;
 
-/// Whether a handle of a shared queue has it to itself (*solo*: it built the control file
-/// and no other handle attached since), running its pushes and pops as an exclusive queue's.
+/// Whether a handle of a shared queue has it to itself (*solo*: it built the control file, or
+/// found every other handle gone, and no other handle attached since), running its pushes and
+/// pops as an exclusive queue's.
 pub fn is_solo(queue: &crate::Queue) -> bool {
     queue
         .shared()
@@ -43,6 +44,14 @@ pub fn is_solo(queue: &crate::Queue) -> bool {
         .coordination
         .as_ref()
         .is_some_and(|coordination| coordination.is_solo())
+}
+
+/// Makes a handle of a shared queue solo again if it is alone (every other handle closed or
+/// died, none opening), as its solo thread does when woken (a handle that drops wakes it) or
+/// every second: for tests that must not wait for that thread. True when this call made it
+/// solo.
+pub fn enter_solo_if_alone(queue: &crate::Queue) -> crate::Result<bool> {
+    queue.shared().try_enter_solo(true)
 }
 
 /// An open in the calling thread that finds its lock held, maybe for a moment only (by a child

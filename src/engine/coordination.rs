@@ -59,6 +59,16 @@ pub(crate) struct CommittedTail {
     pub(crate) pushed_bytes: u64,
 }
 
+/// Whether a handle of a shared queue may be solo (see `Coordination::is_solo`): not
+/// under `SyncPolicy::Always`, whose group commit goes through `control`, nor with a bound,
+/// whose usage totals live there; not on the simulated filesystem, whose processes run one
+/// step at a time and cannot answer an opener from a thread of their own.
+pub(crate) fn may_be_solo(options: &crate::options::Options) -> bool {
+    options.sync != crate::options::SyncPolicy::Always
+        && !options.is_bounded()
+        && !options.storage.replays_runs()
+}
+
 /// An open in progress: `open.lock` is held until it is dropped.
 pub(crate) struct Opening {
     storage: Arc<dyn Storage>,
@@ -275,8 +285,12 @@ pub(crate) struct Coordination {
     control: Arc<ControlMapping>,
     /// `lock`, held shared for the handle's life.
     _attached: LockFile,
-    /// `procs/<slot>`, held for the handle's life: while it is, the handle lives.
-    _slot_lock: LockFile,
+    /// `procs/<slot>`, held for the handle's life: while it is, the handle lives. Released
+    /// first when the handle drops, so that the handles it wakes then find it gone.
+    slot_lock: Option<LockFile>,
+    /// `open.lock`, opened the first time this handle looks whether it is alone (see
+    /// [`lock_open_if_alone`](Coordination::lock_open_if_alone)).
+    open_lock: std::sync::Mutex<Option<LockFile>>,
     /// This handle's ticket (see `format::control`), what the lock words name.
     ticket: u32,
     /// This process's id (written as advice into the control file).
@@ -299,9 +313,32 @@ pub(crate) struct Coordination {
     /// Consumer calls of this handle running the solo way (see
     /// [`enter_solo_call`](Coordination::enter_solo_call)).
     solo_calls: AtomicUsize,
-    /// The revoke word when this handle built `control` (see
+    /// The revoke word when this handle last became solo (see
     /// [`revoke_seen`](Coordination::revoke_seen)).
-    revoke_seen: u32,
+    revoke_seen: AtomicU32,
+}
+
+/// `open.lock`, held by a handle that found itself alone (see
+/// [`Coordination::lock_open_if_alone`]): no handle attaches until it drops.
+pub(crate) struct AloneGuard<'a> {
+    open_lock: std::sync::MutexGuard<'a, Option<LockFile>>,
+}
+
+impl Drop for AloneGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.open_lock.as_ref() {
+            let _ = file.unlock();
+        }
+    }
+}
+
+impl Drop for Coordination {
+    fn drop(&mut self) {
+        // The other handles' solo threads look whether they are alone now (see
+        // `Shared::try_enter_solo`): after the slot is released, which is what they look at.
+        drop(self.slot_lock.take());
+        wake_all(self.word32(REVOKE));
+    }
 }
 
 /// Set in a lock word when a handle may be waiting for it.
@@ -456,7 +493,8 @@ impl Coordination {
             dir: opening.dir,
             control,
             _attached: opening.attached,
-            _slot_lock: slot_lock,
+            slot_lock: Some(slot_lock),
+            open_lock: std::sync::Mutex::new(None),
             ticket,
             pid,
             probes: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -466,7 +504,7 @@ impl Coordination {
             solo: AtomicBool::new(solo),
             solo_writer: AtomicBool::new(solo),
             solo_calls: AtomicUsize::new(0),
-            revoke_seen,
+            revoke_seen: AtomicU32::new(revoke_seen),
         })
     }
 
@@ -543,11 +581,53 @@ impl Coordination {
         self.word32(REVOKE).load(Ordering::Acquire)
     }
 
-    /// The revoke word as it was when this handle built `control`, under `open.lock`: every
-    /// opener since bumped it past this (so that the revoke thread, started later, misses
-    /// none of them).
+    /// The revoke word as it was when this handle became solo (it built `control`, or found
+    /// itself alone), under `open.lock`: every opener since bumped it past this (so that the
+    /// solo thread, which looks later, misses none of them).
     pub(crate) fn revoke_seen(&self) -> u32 {
-        self.revoke_seen
+        self.revoke_seen.load(Ordering::Acquire)
+    }
+
+    /// Takes `open.lock` if no opener holds it, and keeps it if every other handle that took
+    /// a slot since `control` was built is gone (its slot file is not locked: it closed, or
+    /// its process died). While the guard lives no handle attaches: this one is alone.
+    /// `None`: another handle lives or is opening, or a look failed.
+    pub(crate) fn lock_open_if_alone(&self) -> Option<AloneGuard<'_>> {
+        let mut open_lock = crate::engine::sync::lock(&self.open_lock);
+        if open_lock.is_none() {
+            let path = self.dir.join(OPEN_LOCK_FILE_NAME);
+            *open_lock = Some(LockFile::open(&*self.storage, &path).ok()?);
+        }
+        open_lock.as_ref()?.try_lock().ok()?;
+        let guard = AloneGuard { open_lock };
+        let mine = ticket_parts(self.ticket).0;
+        for slot in (0..SLOT_COUNT).filter(|&slot| slot != mine) {
+            // Epoch 0: never taken since `control` was built.
+            let epoch = self.word32(slot_epoch_at(slot)).load(Ordering::Acquire);
+            if epoch != 0 && !self.is_gone(ticket(slot, epoch)) {
+                return None;
+            }
+        }
+        Some(guard)
+    }
+
+    /// A handle that found itself alone (the guard held) becomes solo: its consumer calls
+    /// run the solo way from now on, an opener finds the solo word set, and the revoke word
+    /// seen from now on is the current one. Its pushes follow under the writer lock
+    /// ([`start_solo_writer`](Self::start_solo_writer)).
+    pub(crate) fn start_solo(&self, _alone: &AloneGuard<'_>) {
+        self.revoke_seen.store(
+            self.word32(REVOKE).load(Ordering::Acquire),
+            Ordering::Release,
+        );
+        self.solo.store(true, Ordering::SeqCst);
+        self.word32(SOLO).store(self.ticket, Ordering::Release);
+    }
+
+    /// Becoming solo, under the writer lock, once the writer is at the committed tail: pushes
+    /// take the writer lock only from now on.
+    pub(crate) fn start_solo_writer(&self) {
+        self.solo_writer.store(true, Ordering::Relaxed);
     }
 
     /// Wakes the threads asleep on the revoke word (this handle's, when it closes).
@@ -1300,7 +1380,7 @@ pub(crate) fn arrivals_in(control: &ControlMapping) -> u32 {
 }
 
 /// Sleeps until the revoke word of `control` may have moved past `seen`, or `timeout` passes
-/// (a solo handle's revoke thread, which holds the mapping, not the handle).
+/// (a solo handle's solo thread, which holds the mapping, not the handle).
 pub(crate) fn wait_for_revoke_in(
     control: &ControlMapping,
     seen: u32,

@@ -708,6 +708,37 @@ impl Log {
         coordination.stop_solo_writer();
     }
 
+    /// A handle becoming solo again (`Shared::try_enter_solo`), alone, first step: under the
+    /// tail lock, brings the writer up to the committed tail (repairing what a writer that
+    /// died left past it) and shows every committed record, to every process and to this
+    /// handle's readers. Changes no flag: a failure leaves the handle as it was.
+    pub(crate) fn take_up_for_solo(&self, env: &Env, coordination: &Coordination) -> Result<()> {
+        let mut writer = self.lock_writer();
+        let _tail = coordination.lock_tail();
+        let committed = match writer.caught_up {
+            Some((generation, committed))
+                if coordination.is_unchanged_since(generation, writer.seen_repairs) =>
+            {
+                committed
+            }
+            _ => self.take_up_tail(env, coordination, &mut writer)?,
+        };
+        // A writer that died between its commit and its publication left records unshown.
+        coordination.publish(committed);
+        self.publish_tail(env, coordination.published());
+        Ok(())
+    }
+
+    /// A handle becoming solo again, last step, with the writer held: its pushes run the solo
+    /// way from now on (shown to this handle's readers as written, committed in `control`
+    /// when it leaves solo: [`commit_solo_tail`](Log::commit_solo_tail)). The writer is at
+    /// the committed tail: no other handle lives, and this one's own pushes since
+    /// [`take_up_for_solo`](Log::take_up_for_solo) committed.
+    pub(crate) fn start_solo_writer(&self, coordination: &Coordination, writer: &mut Writer) {
+        writer.publishes_on_write = true;
+        coordination.start_solo_writer();
+    }
+
     /// The first step of [`push_shared`](Log::push_shared) when another handle may have
     /// changed the log, under the tail lock: repairs what a writer that died or failed left,
     /// and brings this writer up to the committed tail. Returns that tail.

@@ -137,7 +137,7 @@ impl Queue {
             }
         }
         let (log, reader, report) = Self::recover_locked(&dir, &mut options, mend)?;
-        let solo = may_be_solo(&options);
+        let solo = crate::engine::coordination::may_be_solo(&options);
         let mut committed = {
             let mut writer = log.lock_writer();
             let (tail, next_seq) = (writer.tail, writer.next_seq);
@@ -304,7 +304,7 @@ impl Queue {
             }),
             dedup,
         ));
-        shared.start_revoke_thread()?;
+        shared.start_solo_thread()?;
         let env = &shared.env;
         if env.options.auto_compact {
             if let Some(consumer) = shared.consumer_if_held() {
@@ -795,14 +795,6 @@ fn refuse_network_filesystem(storage: &dyn Storage, dir: &Path, options: &Option
             dir.display()
         ))),
     }
-}
-
-/// Whether the first handle of a shared queue starts solo (see `Coordination::is_solo`): not
-/// under `SyncPolicy::Always`, whose group commit goes through `control`, nor with a bound,
-/// whose usage totals live there; not on the simulated filesystem, whose processes run one
-/// step at a time and cannot answer an opener from a thread of their own.
-fn may_be_solo(options: &Options) -> bool {
-    options.sync != SyncPolicy::Always && !options.is_bounded() && !options.storage.replays_runs()
 }
 
 /// Computes [`Stats`] from the log and the consumer.

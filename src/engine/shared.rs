@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -130,8 +130,12 @@ pub(crate) struct Shared {
     /// The consumer side. Set at open for an exclusive queue; for a shared one, at this
     /// handle's first consumer turn (see [`consumer`](Shared::consumer)).
     consumer: OnceLock<Consumer>,
-    /// Held while the handle leaves solo (see [`leave_solo`](Shared::leave_solo)).
+    /// Held while the handle leaves solo (see [`leave_solo`](Shared::leave_solo)) or becomes
+    /// solo again ([`try_enter_solo`](Shared::try_enter_solo)).
     leaving_solo: Mutex<()>,
+    /// Calls running that solo does not cover (see [`bar_solo`](Shared::bar_solo)); a closed
+    /// handle keeps one for good.
+    solo_bars: AtomicUsize,
     /// A shared queue's first opener: the reader its recovery built, used at its first turn if
     /// no other handle's turn changed the files since.
     spare_reader: Mutex<Option<Reader>>,
@@ -203,6 +207,7 @@ impl Shared {
             log,
             consumer: consumer_cell,
             leaving_solo: Mutex::new(()),
+            solo_bars: AtomicUsize::new(0),
             spare_reader: Mutex::new(spare_reader),
             turns: Mutex::new(turns),
             watch_leases: AtomicBool::new(false),
@@ -551,7 +556,7 @@ impl Shared {
     /// which lets the waiting opener attach. This handle's waiters wake, to wait on the
     /// shared word from then on. Nothing when the handle is not solo.
     ///
-    /// Run by the handle's revoke thread when an opener asks, and before every call that
+    /// Run by the handle's solo thread when an opener asks, and before every call that
     /// solo does not cover (a push with an id, a purge, a fanout, a close).
     pub(crate) fn leave_solo(&self) {
         let Some(coordination) = &self.env.coordination else {
@@ -589,9 +594,82 @@ impl Shared {
         crate::engine::failpoint::reached("solo.consumer");
         coordination.end_solo();
         crate::engine::failpoint::reached("solo.ended");
-        // This handle's revoke thread ends (if it is not the caller).
+        // This handle's solo thread sleeps on the revoke word again (if it is not the caller).
         coordination.wake_revoke_waiters();
         self.env.arrivals.notify();
+    }
+
+    /// Makes the handle leave solo, and keeps it from becoming solo again until the guard
+    /// drops: for calls that solo does not cover (a push with an id, a purge, a fanout's
+    /// writer lock).
+    pub(crate) fn bar_solo(&self) -> SoloBar<'_> {
+        // Counted, then the lock that `try_enter_solo` looks at the count under is taken and
+        // let go: an entry that looked before is done by then (and this leaves what it
+        // entered), a later one sees the count.
+        self.solo_bars.fetch_add(1, Ordering::SeqCst);
+        let bar = SoloBar {
+            count: &self.solo_bars,
+        };
+        drop(lock(&self.leaving_solo));
+        self.leave_solo();
+        bar
+    }
+
+    /// A handle that left solo (or was never solo) becomes solo again if it finds itself
+    /// alone: every other handle closed or died, and none is opening (`open.lock` is held
+    /// throughout, so none attaches meanwhile). Its writer takes up the committed tail, its
+    /// consumer has one turn (which reads what the others left, and ends their leases: they
+    /// are gone), then its consumer calls and its pushes run the solo way, and the solo word
+    /// names it for the next opener, who asks it to leave solo as it asks a first opener.
+    /// True when it became solo. Nothing (false) when the handle is solo, may not be
+    /// (`coordination::may_be_solo`), is closed or in a call that solo does not cover, or failed.
+    ///
+    /// `wait`: wait for a leave or an entry in progress (the solo thread does not wait; a test
+    /// that asks for an entry does, to see its outcome).
+    pub(crate) fn try_enter_solo(&self, wait: bool) -> Result<bool> {
+        let Some(coordination) = &self.env.coordination else {
+            return Ok(false);
+        };
+        if coordination.is_solo()
+            || coordination.is_poisoned()
+            || !crate::engine::coordination::may_be_solo(&self.env.options)
+        {
+            return Ok(false);
+        }
+        let _entering = match wait {
+            true => lock(&self.leaving_solo),
+            false => match self.leaving_solo.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(false),
+            },
+        };
+        if coordination.is_solo() {
+            return Ok(false);
+        }
+        if self.solo_bars.load(Ordering::SeqCst) != 0 {
+            return Ok(false);
+        }
+        let Some(alone) = coordination.lock_open_if_alone() else {
+            return Ok(false);
+        };
+        self.log.take_up_for_solo(&self.env, coordination)?;
+        {
+            // Ends with the consumer word parked by this handle, which no other can take now.
+            let turn = self.begin_turn(TakeUp::First)?;
+            let (ended, _) = turn.end_leases_of_gone(coordination, now_micros());
+            if ended > 0 {
+                self.env.arrivals.notify();
+            }
+        }
+        crate::engine::failpoint::reached("solo.entering");
+        // Consumer calls first: they see what pushes show this handle's readers either way.
+        coordination.start_solo(&alone);
+        {
+            let mut writer = self.log.lock_writer();
+            self.log.start_solo_writer(coordination, &mut writer);
+        }
+        crate::engine::failpoint::reached("solo.entered");
+        Ok(true)
     }
 
     /// [`leave_solo`](Shared::leave_solo)'s consumer part: the end of a consumer turn that
@@ -625,32 +703,27 @@ impl Shared {
         }
     }
 
-    /// A solo handle: starts the thread that answers an opener asking it to leave solo (an
-    /// idle handle must answer too). It holds the handle weakly, and ends once the handle
-    /// left solo or is gone.
-    pub(crate) fn start_revoke_thread(self: &Arc<Self>) -> Result<()> {
+    /// Starts the handle's solo thread (see [`watch_solo`]) if it may be solo: it answers an
+    /// opener asking a solo handle to leave solo (an idle handle must answer too), and makes
+    /// the handle solo again when it finds itself alone. It holds the handle weakly, and ends
+    /// once the handle is gone.
+    pub(crate) fn start_solo_thread(self: &Arc<Self>) -> Result<()> {
         let Some(coordination) = &self.env.coordination else {
             return Ok(());
         };
-        if !coordination.is_solo() {
+        if !crate::engine::coordination::may_be_solo(&self.env.options) {
             return Ok(());
         }
         crate::engine::failpoint::reached("solo.starting");
-        // As it was when this handle built `control`, under `open.lock`: an opener that came
-        // since has bumped it.
-        let seen = coordination.revoke_seen();
         let weak = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("diskspool-solo".into())
-            .spawn(move || answer_revoke(weak, seen));
-        match spawned {
-            Ok(_) => Ok(()),
-            // Without the thread nobody could answer: not solo, then.
-            Err(_) => {
-                self.leave_solo();
-                Ok(())
-            }
+            .spawn(move || watch_solo(weak));
+        if spawned.is_err() && coordination.is_solo() {
+            // Without the thread nobody could answer: not solo, then (and never again).
+            std::mem::forget(self.bar_solo());
         }
+        Ok(())
     }
 
     /// One `push`.
@@ -714,7 +787,7 @@ impl Shared {
         bound: Bound,
     ) -> Result<u64> {
         // The deduplication log's place lives in `control` (see `Log::push_shared`).
-        self.leave_solo();
+        let _not_solo = self.bar_solo();
         let env = &self.env;
         if id.is_empty() || id.len() > crate::options::DEDUP_ID_LEN_MAX {
             return Err(Error::InvalidOptions(format!(
@@ -972,7 +1045,8 @@ impl Shared {
 
     /// The writer, locked (for fanout, which numbers copies in several queues at once).
     pub(crate) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
-        self.leave_solo();
+        let _not_solo = self.bar_solo();
+        // Once held, the writer keeps the handle from becoming solo again.
         self.log.lock_writer()
     }
 
@@ -1106,7 +1180,7 @@ impl Shared {
     pub(crate) fn purge(&self) -> Result<u64> {
         // It holds the writer through a consumer call, which leaving solo would wait for
         // while it holds the writer.
-        self.leave_solo();
+        let _not_solo = self.bar_solo();
         let consumer = self.consumer()?;
         let purged = {
             // Held throughout: no push takes a number or room until the head has moved.
@@ -1316,8 +1390,9 @@ impl Shared {
     /// treats them as free space anyway), then what the policy syncs.
     pub(crate) fn close(&self) -> Result<()> {
         // An opener may wait for this handle's state; the next after the last close builds
-        // `control` anew anyway.
-        self.leave_solo();
+        // `control` anew anyway. Closed, the handle never becomes solo again: the bar is
+        // kept.
+        std::mem::forget(self.bar_solo());
         if self.env.coordination.is_none() {
             // A shared queue's writer may be behind the tail other processes committed, and
             // its segments hold no zeros to cut.
@@ -1443,9 +1518,12 @@ const LEASE_OWNER_CHECK_US: u64 = 10_000;
 /// wake-ups again (see `Shared::wait_for_change`).
 const SHARED_WAIT_SLICE: Duration = Duration::from_millis(10);
 
-/// The revoke thread of a solo handle (see [`Shared::start_revoke_thread`]): sleeps on the
-/// revoke word, and makes the handle leave solo when an opener bumps it.
-fn answer_revoke(weak: std::sync::Weak<Shared>, seen: u32) {
+/// The solo thread of a handle that may be solo (see [`Shared::start_solo_thread`]). While the
+/// handle is solo, it sleeps on the revoke word and makes the handle leave solo when an opener
+/// bumps it. Otherwise it sleeps on the same word, which every handle that drops wakes, and
+/// looks whether the handle is alone (`Shared::try_enter_solo`); every `ALONE_CHECK` too,
+/// for handles whose process died.
+fn watch_solo(weak: std::sync::Weak<Shared>) {
     loop {
         let Some(shared) = weak.upgrade() else {
             return;
@@ -1453,23 +1531,50 @@ fn answer_revoke(weak: std::sync::Weak<Shared>, seen: u32) {
         let Some(coordination) = &shared.env.coordination else {
             return;
         };
-        if !coordination.is_solo() {
-            return;
-        }
-        if coordination.revoke_requests() != seen {
-            shared.leave_solo();
-            return;
-        }
+        let (seen, timeout) = if coordination.is_solo() {
+            let seen = coordination.revoke_seen();
+            if coordination.revoke_requests() != seen {
+                shared.leave_solo();
+                continue;
+            }
+            (seen, REVOKE_CHECK)
+        } else {
+            // A handle that drops wakes this thread without moving the word: a wake between
+            // the look below and the sleep is missed, and the look after `ALONE_CHECK` finds
+            // it alone.
+            let seen = coordination.revoke_requests();
+            // A failure leaves the handle as it was; the next look tries again.
+            if let Ok(true) = shared.try_enter_solo(false) {
+                continue;
+            }
+            (seen, ALONE_CHECK)
+        };
         let coordination_words = coordination.control();
         drop(shared);
         // Not holding the handle while asleep: a handle dropped meanwhile closes. The
         // mapping stays for the word.
-        crate::engine::coordination::wait_for_revoke_in(&coordination_words, seen, REVOKE_CHECK);
+        crate::engine::coordination::wait_for_revoke_in(&coordination_words, seen, timeout);
     }
 }
 
-/// How long the revoke thread sleeps before it looks whether its handle is still there.
+/// How long the solo thread of a solo handle sleeps before it looks whether its handle is
+/// still there.
 const REVOKE_CHECK: Duration = Duration::from_millis(100);
+
+/// How long the solo thread of a handle that is not solo sleeps before it looks whether the
+/// handle is alone (a handle that closes wakes it at once; one whose process died does not).
+const ALONE_CHECK: Duration = Duration::from_secs(1);
+
+/// A call that solo does not cover, running (see [`Shared::bar_solo`]).
+pub(crate) struct SoloBar<'a> {
+    count: &'a AtomicUsize,
+}
+
+impl Drop for SoloBar<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// The arrivals bridge of a shared queue: sleeps on the control file's futex word and wakes
 /// the handle's local waiters when it moves; ends once the handle is gone.

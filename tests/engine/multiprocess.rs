@@ -2281,7 +2281,13 @@ fn a_solo_process_killed_before_or_while_it_hands_over_leaves_the_queue_to_the_o
         // A child that died before it cleared the solo word leaves this opener the first,
         // alone: solo in its turn.
         let first = crash_point.is_some_and(|point| point != "solo.ended:1");
-        assert_eq!(diskspool::testkit::is_solo(&queue), first, "{context}");
+        match (first, crash_point) {
+            (true, _) => assert!(diskspool::testkit::is_solo(&queue), "{context}"),
+            // The child lives: this handle is not alone.
+            (false, None) => assert!(!diskspool::testkit::is_solo(&queue), "{context}"),
+            // Alone once the child is gone: solo again then, by its solo thread.
+            (false, Some(_)) => {}
+        }
         match crash_point {
             Some(_) => assert!(aborted(child.wait().unwrap()), "{context}"),
             None => {
@@ -2314,4 +2320,70 @@ fn check_left_by_solo(
     assert_eq!(left, expected, "{context}");
     let next = pushed.last().unwrap().0 + 1;
     assert_eq!(queue.push(b"after").unwrap(), next, "{context}");
+}
+
+/// A handle whose only companion, a producer process, is killed (in the middle of a push, or
+/// between pushes) becomes solo again: the dead writer's half-pushed record is cut, every push
+/// that returned is there once and in order, and the numbers go on after the last.
+#[test]
+fn a_handle_left_alone_by_a_killed_process_becomes_solo_again() {
+    use std::io::BufRead;
+    for kill_at in [Some("shared.dirty:150"), Some("shared.written:200"), None] {
+        let context = format!("{kill_at:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path(), options("never")).unwrap();
+        assert!(diskspool::testkit::is_solo(&queue), "{context}");
+        assert_eq!(queue.push(&payload(0, 0)).unwrap(), 0);
+        let mut child = spawn("push", dir.path(), "never", kill_at);
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            lines.push(line.trim_end().to_owned());
+            if kill_at.is_none() && lines.len() == 300 {
+                // What it printed before it died is read on, to the end.
+                child.kill().unwrap();
+            }
+        }
+        let status = child.wait().unwrap();
+        match kill_at {
+            Some(_) => assert!(aborted(status), "{context}"),
+            None => assert!(killed(status), "{context}"),
+        }
+        // Alone now: this call makes it solo, unless its solo thread already did.
+        diskspool::testkit::enter_solo_if_alone(&queue).unwrap();
+        assert!(diskspool::testkit::is_solo(&queue), "{context}");
+        let pushed = entries(&lines, "p ");
+        let mut left = Vec::new();
+        while let Some(record) = queue.pop().unwrap() {
+            let (producer, number) = parse(record.payload());
+            left.push((record.seq(), producer, number));
+        }
+        assert_eq!(left.first(), Some(&(0, 0, 0)), "{context}");
+        let by_child = &left[1..];
+        assert_eq!(&by_child[..pushed.len()], &pushed[..], "{context}");
+        // A push that returned as the child was killed may not have been printed: the next
+        // number of the same producer, then nothing.
+        match (kill_at, &by_child[pushed.len()..]) {
+            (_, []) => {}
+            (None, [(seq, producer, number)]) => {
+                let last = pushed.last().unwrap();
+                assert_eq!(
+                    (*seq, *producer, *number),
+                    (last.0 + 1, last.1, last.2 + 1),
+                    "{context}"
+                );
+            }
+            (_, rest) => panic!("{context}: not pushed by any returned push: {rest:?}"),
+        }
+        assert_eq!(
+            queue.push(b"after").unwrap(),
+            left.len() as u64,
+            "{context}"
+        );
+        assert!(diskspool::testkit::is_solo(&queue), "{context}");
+    }
 }

@@ -1359,11 +1359,173 @@ fn only_the_first_handle_of_an_unbounded_queue_not_under_always_is_solo() {
     assert!(!testkit::is_solo(&bounded));
     let alone = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
     assert!(testkit::is_solo(&alone));
-    // A push with a deduplication id keeps its log's place in the control file: not solo.
-    alone
-        .push_with(b"once", diskspool::Push::new().dedup_id("id"))
-        .unwrap();
+    // A push with a deduplication id keeps its log's place in the control file: it leaves
+    // solo; alone, the handle becomes solo again after it, and the id is still known.
+    let once = || diskspool::Push::new().dedup_id("id");
+    let seq = alone.push_with(b"once", once()).unwrap();
+    testkit::enter_solo_if_alone(&alone).unwrap();
+    assert!(testkit::is_solo(&alone));
+    assert_eq!(alone.push_with(b"once", once()).unwrap(), seq);
+    assert_eq!(alone.len(), 1);
+    // A handle under `Always`, left alone, does not become solo.
+    let always = Queue::open(dir.path(), shared(SyncPolicy::Always)).unwrap();
     assert!(!testkit::is_solo(&alone));
+    drop(alone);
+    assert!(!testkit::enter_solo_if_alone(&always).unwrap());
+    assert!(!testkit::is_solo(&always));
+    assert_eq!(always.pop().unwrap().unwrap().payload(), b"once");
+}
+
+/// A handle that left solo becomes solo again once every other handle is gone: it takes up
+/// what they pushed and consumed, ends the leases they left, and hands over to the next
+/// opener as a first opener does.
+#[test]
+fn a_handle_left_alone_becomes_solo_again_and_hands_over_again() {
+    for sync in [
+        SyncPolicy::Never,
+        SyncPolicy::Interval(Duration::from_millis(5)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || shared(sync).lease(Duration::from_secs(3600));
+        let first = Queue::open(dir.path(), options()).unwrap();
+        let second = Queue::open(dir.path(), options()).unwrap();
+        assert!(!testkit::is_solo(&first));
+        assert!(!testkit::enter_solo_if_alone(&first).unwrap(), "{sync:?}");
+        // 16 KiB segments: these records fill several.
+        let count = 300;
+        for n in 0..count {
+            let queue = if n % 2 == 0 { &first } else { &second };
+            assert_eq!(queue.push(&payload_for(n)).unwrap(), n);
+        }
+        for n in 0..3 {
+            assert_eq!(first.pop().unwrap().unwrap().seq(), n);
+        }
+        for n in 3..5 {
+            assert_eq!(second.pop().unwrap().unwrap().seq(), n);
+        }
+        // A lease the second handle takes with it, and one the first keeps throughout.
+        let left = second.try_recv().unwrap().unwrap();
+        assert_eq!(left.seq(), 5);
+        std::mem::forget(left);
+        let kept = first.try_recv().unwrap().unwrap();
+        assert_eq!(kept.seq(), 6);
+        drop(second);
+        // Solo again: by this call, or by its solo thread (which the drop woke).
+        testkit::enter_solo_if_alone(&first).unwrap();
+        assert!(testkit::is_solo(&first), "{sync:?}");
+        // The gone handle's lease ended: its record is handed out again.
+        let back = first.try_recv().unwrap().unwrap();
+        assert_eq!((back.seq(), back.deliveries()), (5, 2), "{sync:?}");
+        assert_eq!(back.payload(), payload_for(5));
+        back.ack().unwrap();
+        for n in 7..10 {
+            assert_eq!(first.pop().unwrap().unwrap().seq(), n);
+        }
+        assert_eq!(first.push(b"solo again").unwrap(), count);
+        assert!(testkit::is_solo(&first));
+        // The next opener finds what the solo handle did.
+        let third = Queue::open(dir.path(), options()).unwrap();
+        assert!(!testkit::is_solo(&first) && !testkit::is_solo(&third));
+        // 9 consumed (0..5 and 7..10 popped, 5 acknowledged); 6 leased, still counted.
+        assert_eq!(third.len(), count + 1 - 9, "{sync:?}");
+        let next = third.try_recv().unwrap().unwrap();
+        assert_eq!(next.seq(), 10, "{sync:?}: the kept lease holds");
+        next.ack().unwrap();
+        kept.ack().unwrap();
+        let mut seqs = Vec::new();
+        while let Some(record) = third.pop().unwrap() {
+            if record.seq() < count {
+                assert_eq!(record.payload(), payload_for(record.seq()));
+            }
+            seqs.push(record.seq());
+        }
+        assert_eq!(seqs, (11..=count).collect::<Vec<_>>(), "{sync:?}");
+        assert_eq!((first.len(), third.len()), (0, 0));
+    }
+}
+
+/// A handle whose threads push and pop while other handles come and go, again and again:
+/// it leaves solo for each and becomes solo again after each, and every record is popped
+/// once, by one of them, each popper seeing them in order.
+#[test]
+fn a_busy_handle_solo_again_and_again_loses_and_repeats_no_record() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let first = Arc::new(Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap());
+    let count = 100_000u64;
+    let producer = {
+        let first = first.clone();
+        std::thread::spawn(move || {
+            for n in 0..count {
+                assert_eq!(first.push(&n.to_le_bytes()).unwrap(), n);
+            }
+        })
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let consumer = {
+        let (first, done) = (first.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut seqs = Vec::new();
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                match first.pop().unwrap() {
+                    Some(record) => {
+                        assert_eq!(record.payload(), record.seq().to_le_bytes());
+                        seqs.push(record.seq());
+                    }
+                    None if finished => return seqs,
+                    None => std::thread::yield_now(),
+                }
+            }
+        })
+    };
+    let mut theirs = Vec::new();
+    let mut solo_again = 0;
+    while !producer.is_finished() {
+        let other = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+        assert!(!testkit::is_solo(&first));
+        let mut seqs = Vec::new();
+        for _ in 0..20 {
+            if let Some(record) = other.pop().unwrap() {
+                assert_eq!(record.payload(), record.seq().to_le_bytes());
+                seqs.push(record.seq());
+            }
+        }
+        assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "{seqs:?}");
+        theirs.extend(seqs);
+        drop(other);
+        testkit::enter_solo_if_alone(&first).unwrap();
+        solo_again += usize::from(testkit::is_solo(&first));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    producer.join().unwrap();
+    done.store(true, Ordering::SeqCst);
+    let mine = consumer.join().unwrap();
+    assert!(mine.windows(2).all(|pair| pair[0] < pair[1]));
+    assert!(solo_again > 0);
+    let mut all: Vec<u64> = mine.into_iter().chain(theirs).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..count).collect::<Vec<_>>());
+}
+
+/// A handle's solo thread makes it solo again by itself once the other handle closes.
+#[test]
+fn a_handle_becomes_solo_again_by_itself_when_the_other_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    let second = Queue::open(dir.path(), shared(SyncPolicy::Never)).unwrap();
+    assert!(!testkit::is_solo(&first));
+    second.push(b"from the second").unwrap();
+    drop(second);
+    // The drop wakes the first handle's solo thread at once; its fallback look comes every
+    // second. The deadline is far beyond both.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !testkit::is_solo(&first) {
+        assert!(std::time::Instant::now() < deadline, "never became solo");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(first.pop().unwrap().unwrap().payload(), b"from the second");
 }
 
 /// A solo handle whose threads push and pop while another handle opens: every record is
@@ -1447,7 +1609,8 @@ fn an_opener_that_comes_before_the_revoke_thread_started_is_answered() {
         let (dir, opened) = (hook_path.clone(), opened.clone());
         std::thread::spawn(move || {
             let queue = Queue::open(&dir, shared(SyncPolicy::Never));
-            let _ = opened.send(queue.map(|queue| queue.len()));
+            // Kept open (sent along): the first handle, alone again, would become solo.
+            let _ = opened.send(queue.map(|queue| (queue.len(), queue)));
         });
         // Until the other opener asked (it then waits for this handle).
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -1462,7 +1625,7 @@ fn an_opener_that_comes_before_the_revoke_thread_started_is_answered() {
     let first = Queue::open(&path, shared(SyncPolicy::Never));
     testkit::on_crash_points_in_this_thread(None);
     let first = first.unwrap();
-    let len = on_opened
+    let (len, _second) = on_opened
         .recv_timeout(Duration::from_secs(30))
         .expect("the opener was never answered")
         .unwrap();
