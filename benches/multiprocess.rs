@@ -1,7 +1,9 @@
 //! Several processes on one queue (`Options::exclusive(false)`), 100 B records: prints a table.
 //!
 //! `cargo bench --bench multiprocess` (`DISKSPOOL_MP_RECORDS` records per run, default
-//! 200,000). Every figure is measured in the same run as what it is compared with: one producer
+//! 200,000). Every figure is measured in the same run as what it is compared with: one process
+//! pushing then popping an exclusive queue, a shared one alone (solo), one that another
+//! handle has open, and one after that handle came and went (solo again); one producer
 //! process and one consumer process against one process that pushes and pops the same records,
 //! and against yaque's sender and receiver in two processes; four producer processes against
 //! one, under `Never` (the four push the one's records between them) and `Always` (as many
@@ -468,6 +470,33 @@ fn main() {
             rate(count, start.elapsed()),
         ));
     }
+    // The same on a shared queue that another handle has open (idle): this handle is not
+    // solo. Then once that handle closed: solo again.
+    for (name, other_stays) in [
+        ("another handle open", true),
+        ("after another handle came and went", false),
+    ] {
+        let dir = fresh("alone-visited");
+        let queue = Queue::open(&dir, options(SyncPolicy::Never)).unwrap();
+        let other = Some(Queue::open(&dir, options(SyncPolicy::Never)).unwrap());
+        let other = other.filter(|_| other_stays);
+        if other.is_none() {
+            diskspool::testkit::enter_solo_if_alone(&queue).unwrap();
+            assert!(diskspool::testkit::is_solo(&queue));
+        }
+        let start = Instant::now();
+        for _ in 0..count {
+            queue.push(&PAYLOAD).unwrap();
+        }
+        for _ in 0..count {
+            queue.pop().unwrap().unwrap();
+        }
+        rows.push((
+            format!("1 process, shared queue, {name}: push then pop, Never"),
+            rate(count, start.elapsed()),
+        ));
+        drop(other);
+    }
     // One process receives and acknowledges records one at a time, on an exclusive queue and
     // a shared one, with the ack log's entries stored through a mapping (the default) and
     // written with a `pwrite` each (`mapped_writes(false)`).
@@ -663,6 +692,11 @@ fn main() {
             .map_or(f64::NAN, |row| row.1)
     };
     println!();
+    println!(
+        "shared, another handle open / alone: {:.2}; after it came and went / alone: {:.2}",
+        find("1 process, shared queue, another") / find("1 process, shared queue: push"),
+        find("1 process, shared queue, after") / find("1 process, shared queue: push"),
+    );
     println!(
         "pair / one process (exclusive): {:.2}; pair / one process (shared): {:.2}; \
          {CONSUMERS} consumers / pair: {:.2}; pair / yaque: {:.2}; 4 / 1 producers Never: {:.2}; \
