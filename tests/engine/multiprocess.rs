@@ -128,11 +128,18 @@ fn child() {
             }
         }
         // Pushes, and pops after every third push: "p ..." and "g ..." as below. Alone, the
-        // process runs solo (the kill soak's lone process, restarted after each kill).
+        // process runs solo (the kill soak's lone process, restarted after each kill); "e"
+        // when it sees its handle solo again after it was not.
         "push-pop" => {
+            let mut solo = diskspool::testkit::is_solo(&queue);
             for number in 0.. {
                 let seq = queue.push(&payload(producer, number)).unwrap();
                 writeln!(out, "p {seq} {producer} {number}").unwrap();
+                let solo_now = diskspool::testkit::is_solo(&queue);
+                if solo_now && !solo {
+                    writeln!(out, "e").unwrap();
+                }
+                solo = solo_now;
                 out.flush().unwrap();
                 if number % 3 == 2 {
                     let start = now_us();
@@ -639,6 +646,8 @@ struct Events {
     push_kills: u64,
     pop_kills: u64,
     recv_kills: u64,
+    /// How many times a `push-pop` child saw its handle become solo again ("e" lines).
+    solo_again: u64,
 }
 
 impl Events {
@@ -667,6 +676,7 @@ impl Events {
 
     /// Adds the lines of child `id` in `mode`; `killed`: it was killed (not stopped).
     fn add(&mut self, id: usize, mode: &str, lines: &[String], killed: bool, context: &str) {
+        self.solo_again += lines.iter().filter(|line| *line == "e").count() as u64;
         for fields in fields(lines, "p ") {
             self.identify(fields[0], fields[1], fields[2], context);
             self.pushed.push((fields[0], fields[1], fields[2]));
@@ -944,6 +954,19 @@ fn check_contract(context: &str, events: &Events, drained: &[Receive], lease_us:
 /// parent drains what is left (receiving and acknowledging, after the leases of killed
 /// receivers ran out) and checks the contract (see [`check_contract`]).
 fn kill_soak(kills: u64, sync: &str, producers: usize, consumers: &[&str]) {
+    kill_soak_pausing(kills, sync, producers, consumers, Duration::ZERO);
+}
+
+/// [`kill_soak`], waiting a random time up to `pause` before each restart: the processes left
+/// may find themselves alone meanwhile (and become solo again: their solo thread looks every
+/// second for processes that died).
+fn kill_soak_pausing(
+    kills: u64,
+    sync: &str,
+    producers: usize,
+    consumers: &[&str],
+    pause: Duration,
+) {
     let seed = seed();
     let context = format!("DISKSPOOL_MP_SEED={seed} ({sync})");
     eprintln!("multi-process kill soak: {context}");
@@ -977,25 +1000,50 @@ fn kill_soak(kills: u64, sync: &str, producers: usize, consumers: &[&str]) {
         .collect();
     let mut children: Vec<Running> = modes.iter().map(|mode| start(mode)).collect();
     let mut events = Events::default();
-    let end = |mut running: Running, events: &mut Events| {
+    // What the children printed, read while they run (during the pauses, and at the end).
+    let mut ahead: BTreeMap<usize, String> = BTreeMap::new();
+    let end = |mut running: Running, events: &mut Events, ahead: &mut BTreeMap<usize, String>| {
         running.child.kill().unwrap(); // SIGKILL
         running.wait(killed, &context);
-        let lines = lines_of(&mut running.child);
-        events.add(running.id, &running.mode, &lines, true, &context);
+        let mut text = ahead.remove(&running.id).unwrap_or_default();
+        let _ = running
+            .child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut text);
+        events.add(
+            running.id,
+            &running.mode,
+            &complete_lines(&text),
+            true,
+            &context,
+        );
     };
     for _ in 0..kills {
         std::thread::sleep(Duration::from_micros(2_000 + rng.below(30_000)));
         let victim = rng.below(children.len() as u64) as usize;
         let running = children.swap_remove(victim);
         let mode = running.mode.clone();
-        end(running, &mut events);
+        end(running, &mut events, &mut ahead);
+        let pause_us = u64::try_from(pause.as_micros()).unwrap();
+        if pause_us > 0 {
+            // The others' output is read meanwhile: a child blocked on a full pipe would do
+            // nothing in the pause.
+            let until = Instant::now() + Duration::from_micros(rng.below(pause_us));
+            while Instant::now() < until {
+                for running in &mut children {
+                    read_available(&mut running.child, ahead.entry(running.id).or_default());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         children.push(start(&mode));
     }
     // The producers still running push on until the producers made progress (a minute at
     // most), so that the check below does not depend on how fast this machine ran them
     // between kills.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut ahead: BTreeMap<usize, String> = BTreeMap::new();
     while events.pushed.len() + pushes_in(&ahead) <= SOAK_PUSHES_MIN && Instant::now() < deadline {
         for running in children
             .iter_mut()
@@ -1051,7 +1099,7 @@ fn kill_soak(kills: u64, sync: &str, producers: usize, consumers: &[&str]) {
     assert!(drain.pop().unwrap().is_none(), "{context}");
     eprintln!(
         "{context}: {} pushed, {} popped, {} received, {} acked, {} released, {} drained; \
-         killed {} producers, {} poppers, {} receivers",
+         killed {} producers, {} poppers, {} receivers; solo again {} times",
         events.pushed.len(),
         events.pops.len(),
         events.receives.len(),
@@ -1061,6 +1109,7 @@ fn kill_soak(kills: u64, sync: &str, producers: usize, consumers: &[&str]) {
         events.push_kills,
         events.pop_kills,
         events.recv_kills,
+        events.solo_again,
     );
     check_contract(&context, &events, &drained, SOAK_LEASE_MS * 1_000);
     assert!(
@@ -1112,6 +1161,20 @@ fn a_lone_producer_killed_again_and_again_while_solo_loses_no_push() {
     kill_soak(30, "never", 0, &["push-pop"]);
 }
 
+/// Two processes pushing and popping, killed at random, each restarted after a pause of up to
+/// 1.5 s: the one left finds itself alone and becomes solo again, and hands over again to the
+/// next; kills land in every step of that too.
+#[test]
+fn processes_killed_while_the_other_comes_and_goes_from_solo_keep_the_contract() {
+    kill_soak_pausing(
+        8,
+        "never",
+        0,
+        &["push-pop", "push-pop"],
+        Duration::from_millis(1_500),
+    );
+}
+
 /// Two producer processes and three consumer processes (one pops, two receive and
 /// acknowledge) killed at random and restarted.
 #[test]
@@ -1130,10 +1193,15 @@ fn long_multiprocess_kill_soak() {
         .and_then(|kills| kills.parse().ok())
         .unwrap_or(1_000);
     let policy = std::env::var("DISKSPOOL_MP_POLICY").unwrap_or_else(|_| "never".into());
-    match std::env::var("DISKSPOOL_MP_ALONE").is_ok() {
+    if std::env::var("DISKSPOOL_MP_ALONE").is_ok() {
         // One process at a time, pushing and popping: solo after each restart.
-        true => kill_soak(kills, &policy, 0, &["push-pop"]),
-        false => kill_soak(kills, &policy, 2, &["pop", "pop", "recv", "recv"]),
+        kill_soak(kills, &policy, 0, &["push-pop"]);
+    } else if std::env::var("DISKSPOOL_MP_COME_AND_GO").is_ok() {
+        // Two, each restarted after a pause: the other becomes solo again meanwhile.
+        let pause = Duration::from_millis(1_500);
+        kill_soak_pausing(kills, &policy, 0, &["push-pop", "push-pop"], pause);
+    } else {
+        kill_soak(kills, &policy, 2, &["pop", "pop", "recv", "recv"]);
     }
 }
 
@@ -2385,5 +2453,39 @@ fn a_handle_left_alone_by_a_killed_process_becomes_solo_again() {
             "{context}"
         );
         assert!(diskspool::testkit::is_solo(&queue), "{context}");
+    }
+}
+
+/// A process that becomes solo again and is aborted in the middle of it (after its consumer
+/// turn, before its flags and the solo word are set; or after all of it): the next opener is
+/// the first, and finds what the process pushed and did not pop, in order.
+#[test]
+fn a_process_aborted_while_it_becomes_solo_again_leaves_the_queue_whole() {
+    use std::io::BufRead;
+    for point in ["solo.entering:1", "solo.entered:1"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn("solo", dir.path(), "never", Some(point));
+        let mut lines = Vec::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        while !lines
+            .last()
+            .is_some_and(|line: &String| line.starts_with("solo "))
+        {
+            let mut line = String::new();
+            assert!(stdout.read_line(&mut line).unwrap() > 0, "{point}: ended");
+            lines.push(line.trim_end().to_owned());
+        }
+        // A visit: the child leaves solo for it, and becomes solo again when it drops.
+        let visitor = Queue::open(dir.path(), options("never")).unwrap();
+        assert!(!diskspool::testkit::is_solo(&visitor));
+        drop(visitor);
+        assert!(aborted(child.wait().unwrap()), "{point}");
+        let queue = Queue::open(dir.path(), options("never")).unwrap();
+        assert!(
+            diskspool::testkit::is_solo(&queue),
+            "{point}: not the first"
+        );
+        let (pushed, popped) = (entries(&lines, "p "), entries(&lines, "g "));
+        check_left_by_solo(&queue, &pushed, &popped, point);
     }
 }
