@@ -423,6 +423,18 @@ fn group_commits(children: &mut [Child]) -> (u64, u64) {
     total
 }
 
+/// One process pushes `count` records, then pops them: how long it took.
+fn push_then_pop(queue: &Queue, count: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..count {
+        queue.push(&PAYLOAD).unwrap();
+    }
+    for _ in 0..count {
+        queue.pop().unwrap().unwrap();
+    }
+    start.elapsed()
+}
+
 fn rate(count: u64, took: Duration) -> f64 {
     count as f64 / took.as_secs_f64()
 }
@@ -458,16 +470,10 @@ fn main() {
     for (name, alone) in [("exclusive", true), ("shared", false)] {
         let dir = fresh(&format!("alone-{name}"));
         let queue = Queue::open(&dir, options(SyncPolicy::Never).exclusive(alone)).unwrap();
-        let start = Instant::now();
-        for _ in 0..count {
-            queue.push(&PAYLOAD).unwrap();
-        }
-        for _ in 0..count {
-            queue.pop().unwrap().unwrap();
-        }
+        let took = push_then_pop(&queue, count);
         rows.push((
             format!("1 process, {name} queue: push then pop, Never"),
-            rate(count, start.elapsed()),
+            rate(count, took),
         ));
     }
     // The same on a shared queue that another handle has open (idle): this handle is not
@@ -484,16 +490,10 @@ fn main() {
             diskspool::testkit::enter_solo_if_alone(&queue).unwrap();
             assert!(diskspool::testkit::is_solo(&queue));
         }
-        let start = Instant::now();
-        for _ in 0..count {
-            queue.push(&PAYLOAD).unwrap();
-        }
-        for _ in 0..count {
-            queue.pop().unwrap().unwrap();
-        }
+        let took = push_then_pop(&queue, count);
         rows.push((
             format!("1 process, shared queue, {name}: push then pop, Never"),
-            rate(count, start.elapsed()),
+            rate(count, took),
         ));
         drop(other);
     }

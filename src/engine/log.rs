@@ -609,15 +609,9 @@ impl Log {
             let _inside = always.then(|| coordination.enter_push());
             let mut writer = self.lock_writer();
             let _tail = coordination.lock_tail();
-            let committed = match writer.caught_up {
-                // No other handle committed, failed or repaired since this writer last
-                // committed or caught up: its state is the committed tail's.
-                Some((generation, committed))
-                    if coordination.is_unchanged_since(generation, writer.seen_repairs) =>
-                {
-                    committed
-                }
-                _ => self.take_up_tail(env, coordination, &mut writer)?,
+            let committed = match Self::caught_up_tail(coordination, &writer) {
+                Some(committed) => committed,
+                None => self.take_up_tail(env, coordination, &mut writer)?,
             };
             if payloads.is_empty() {
                 return Ok(writer.next_seq..writer.next_seq);
@@ -708,6 +702,19 @@ impl Log {
         coordination.stop_solo_writer();
     }
 
+    /// Under the tail lock: the committed tail, if the writer is at it (no other handle
+    /// committed, failed or repaired since this writer last committed or caught up: nothing is
+    /// read). `None`: the writer must [`take_up_tail`](Log::take_up_tail).
+    #[inline(always)]
+    fn caught_up_tail(coordination: &Coordination, writer: &Writer) -> Option<CommittedTail> {
+        writer
+            .caught_up
+            .filter(|&(generation, _)| {
+                coordination.is_unchanged_since(generation, writer.seen_repairs)
+            })
+            .map(|(_, committed)| committed)
+    }
+
     /// A handle becoming solo again (`Shared::try_enter_solo`), alone, first step: under the
     /// tail lock, brings the writer up to the committed tail (repairing what a writer that
     /// died left past it) and shows every committed record, to every process and to this
@@ -715,13 +722,9 @@ impl Log {
     pub(crate) fn take_up_for_solo(&self, env: &Env, coordination: &Coordination) -> Result<()> {
         let mut writer = self.lock_writer();
         let _tail = coordination.lock_tail();
-        let committed = match writer.caught_up {
-            Some((generation, committed))
-                if coordination.is_unchanged_since(generation, writer.seen_repairs) =>
-            {
-                committed
-            }
-            _ => self.take_up_tail(env, coordination, &mut writer)?,
+        let committed = match Self::caught_up_tail(coordination, &writer) {
+            Some(committed) => committed,
+            None => self.take_up_tail(env, coordination, &mut writer)?,
         };
         // A writer that died between its commit and its publication left records unshown.
         coordination.publish(committed);

@@ -1002,30 +1002,12 @@ fn kill_soak_pausing(
     let mut events = Events::default();
     // What the children printed, read while they run (during the pauses, and at the end).
     let mut ahead: BTreeMap<usize, String> = BTreeMap::new();
-    let end = |mut running: Running, events: &mut Events, ahead: &mut BTreeMap<usize, String>| {
-        running.child.kill().unwrap(); // SIGKILL
-        running.wait(killed, &context);
-        let mut text = ahead.remove(&running.id).unwrap_or_default();
-        let _ = running
-            .child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut text);
-        events.add(
-            running.id,
-            &running.mode,
-            &complete_lines(&text),
-            true,
-            &context,
-        );
-    };
     for _ in 0..kills {
         std::thread::sleep(Duration::from_micros(2_000 + rng.below(30_000)));
         let victim = rng.below(children.len() as u64) as usize;
         let running = children.swap_remove(victim);
         let mode = running.mode.clone();
-        end(running, &mut events, &mut ahead);
+        kill_and_record(running, &mut events, &mut ahead, &context);
         let pause_us = u64::try_from(pause.as_micros()).unwrap();
         if pause_us > 0 {
             // The others' output is read meanwhile: a child blocked on a full pipe would do
@@ -1053,23 +1035,8 @@ fn kill_soak_pausing(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    for mut running in children {
-        running.child.kill().unwrap(); // SIGKILL
-        running.wait(killed, &context);
-        let mut text = ahead.remove(&running.id).unwrap_or_default();
-        let _ = running
-            .child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut text);
-        events.add(
-            running.id,
-            &running.mode,
-            &complete_lines(&text),
-            true,
-            &context,
-        );
+    for running in children {
+        kill_and_record(running, &mut events, &mut ahead, &context);
     }
     // The drain: what is left, once the leases of killed receivers ran out.
     let drain = Queue::open(dir.path(), options(sync).lease(Duration::from_secs(60))).unwrap();
@@ -1132,6 +1099,32 @@ fn pushes_in(ahead: &BTreeMap<usize, String>) -> usize {
                 .count()
         })
         .sum()
+}
+
+/// Kills a soak's child and adds what it printed (the part read while it ran, in `ahead`,
+/// and the rest) to `events`.
+fn kill_and_record(
+    mut running: Running,
+    events: &mut Events,
+    ahead: &mut BTreeMap<usize, String>,
+    context: &str,
+) {
+    running.child.kill().unwrap(); // SIGKILL
+    running.wait(killed, context);
+    let mut text = ahead.remove(&running.id).unwrap_or_default();
+    let _ = running
+        .child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text);
+    events.add(
+        running.id,
+        &running.mode,
+        &complete_lines(&text),
+        true,
+        context,
+    );
 }
 
 /// Appends to `text` what `child` printed that can be read now, without waiting.
