@@ -288,9 +288,6 @@ pub(crate) struct Coordination {
     /// `procs/<slot>`, held for the handle's life: while it is, the handle lives. Released
     /// first when the handle drops, so that the handles it wakes then find it gone.
     slot_lock: Option<LockFile>,
-    /// `open.lock`, opened the first time this handle looks whether it is alone (see
-    /// [`lock_open_if_alone`](Coordination::lock_open_if_alone)).
-    open_lock: std::sync::Mutex<Option<LockFile>>,
     /// This handle's ticket (see `format::control`), what the lock words name.
     ticket: u32,
     /// This process's id (written as advice into the control file).
@@ -320,15 +317,13 @@ pub(crate) struct Coordination {
 
 /// `open.lock`, held by a handle that found itself alone (see
 /// [`Coordination::lock_open_if_alone`]): no handle attaches until it drops.
-pub(crate) struct AloneGuard<'a> {
-    open_lock: std::sync::MutexGuard<'a, Option<LockFile>>,
+pub(crate) struct AloneGuard {
+    open_lock: LockFile,
 }
 
-impl Drop for AloneGuard<'_> {
+impl Drop for AloneGuard {
     fn drop(&mut self) {
-        if let Some(file) = self.open_lock.as_ref() {
-            let _ = file.unlock();
-        }
+        let _ = self.open_lock.unlock();
     }
 }
 
@@ -494,7 +489,6 @@ impl Coordination {
             control,
             _attached: opening.attached,
             slot_lock: Some(slot_lock),
-            open_lock: std::sync::Mutex::new(None),
             ticket,
             pid,
             probes: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -592,19 +586,24 @@ impl Coordination {
     /// a slot since `control` was built is gone (its slot file is not locked: it closed, or
     /// its process died). While the guard lives no handle attaches: this one is alone.
     /// `None`: another handle lives or is opening, or a look failed.
-    pub(crate) fn lock_open_if_alone(&self) -> Option<AloneGuard<'_>> {
-        let mut open_lock = crate::engine::sync::lock(&self.open_lock);
-        if open_lock.is_none() {
-            let path = self.dir.join(OPEN_LOCK_FILE_NAME);
-            *open_lock = Some(LockFile::open(&*self.storage, &path).ok()?);
-        }
-        open_lock.as_ref()?.try_lock().ok()?;
+    ///
+    /// The files it opens are closed before it returns (`open.lock` when the guard drops): a
+    /// look every second must not keep a file open per slot.
+    pub(crate) fn lock_open_if_alone(&self) -> Option<AloneGuard> {
+        let path = self.dir.join(OPEN_LOCK_FILE_NAME);
+        let open_lock = LockFile::open(&*self.storage, &path).ok()?;
+        open_lock.try_lock().ok()?;
         let guard = AloneGuard { open_lock };
         let mine = ticket_parts(self.ticket).0;
+        let procs = self.dir.join(PROCS_DIR_NAME);
         for slot in (0..SLOT_COUNT).filter(|&slot| slot != mine) {
             // Epoch 0: never taken since `control` was built.
             let epoch = self.word32(slot_epoch_at(slot)).load(Ordering::Acquire);
-            if epoch != 0 && !self.is_gone(ticket(slot, epoch)) {
+            if epoch == 0 || !self.is_current(ticket(slot, epoch)) {
+                continue;
+            }
+            let probe = LockFile::open(&*self.storage, &procs.join(slot_file_name(slot))).ok()?;
+            if probe.is_held_by_another() {
                 return None;
             }
         }
@@ -615,7 +614,7 @@ impl Coordination {
     /// run the solo way from now on, an opener finds the solo word set, and the revoke word
     /// seen from now on is the current one. Its pushes follow under the writer lock
     /// ([`start_solo_writer`](Self::start_solo_writer)).
-    pub(crate) fn start_solo(&self, _alone: &AloneGuard<'_>) {
+    pub(crate) fn start_solo(&self, _alone: &AloneGuard) {
         self.revoke_seen.store(
             self.word32(REVOKE).load(Ordering::Acquire),
             Ordering::Release,
