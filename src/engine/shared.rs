@@ -445,6 +445,17 @@ impl Shared {
             return;
         }
         turns.next_lease_check_us = now_us.saturating_add(LEASE_OWNER_CHECK_US);
+        self.end_leases_of_gone_now(coordination, consumer, now_us);
+    }
+
+    /// Ends the leases of other handles that are gone, now: the records are available again
+    /// (waiters woken), and the takeovers counted.
+    fn end_leases_of_gone_now(
+        &self,
+        coordination: &Coordination,
+        consumer: &Consumer,
+        now_us: u64,
+    ) {
         let (ended, still_waiting) = consumer.end_leases_of_gone(coordination, now_us);
         self.watch_leases.store(still_waiting, Ordering::Relaxed);
         if ended > 0 {
@@ -656,10 +667,9 @@ impl Shared {
         {
             // Ends with the consumer word parked by this handle, which no other can take now.
             let turn = self.begin_turn(TakeUp::First)?;
-            let (ended, _) = turn.end_leases_of_gone(coordination, now_micros());
-            if ended > 0 {
-                self.env.arrivals.notify();
-            }
+            // Every one (not only every `LEASE_OWNER_CHECK_US`, as a turn does): a solo
+            // handle's calls take no turn that would look later.
+            self.end_leases_of_gone_now(coordination, &turn, now_micros());
         }
         crate::engine::failpoint::reached("solo.entering");
         // Consumer calls first: they see what pushes show this handle's readers either way.

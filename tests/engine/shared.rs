@@ -1418,6 +1418,12 @@ fn a_handle_left_alone_becomes_solo_again_and_hands_over_again() {
         // The gone handle's lease ended: its record is handed out again.
         let back = first.try_recv().unwrap().unwrap();
         assert_eq!((back.seq(), back.deliveries()), (5, 2), "{sync:?}");
+        let totals = first.stats().unwrap().totals.unwrap();
+        assert_eq!(
+            totals.takeovers(diskspool::TakeoverKind::Lease),
+            1,
+            "{sync:?}: the lease taken over is counted"
+        );
         assert_eq!(back.payload(), payload_for(5));
         back.ack().unwrap();
         for n in 7..10 {
