@@ -75,14 +75,7 @@ pub(crate) fn compact(env: &Env, log: &Log, consumer: &Consumer) -> Result<Compa
                 }
             }
         }
-        let bytes = match segment.file() {
-            Some(file) => file.len().unwrap_or(0),
-            None => env
-                .storage
-                .open(&segment.path)
-                .and_then(|file| file.len())
-                .unwrap_or(0),
-        };
+        let bytes = segment.disk_len().unwrap_or(0);
         match env.storage.remove_file(&segment.path) {
             Ok(()) => {}
             // Deleted before a crash whose directory sync never happened: gone either way.

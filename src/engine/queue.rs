@@ -810,13 +810,7 @@ fn stats_of(shared: &Shared) -> Result<Stats> {
     let mut disk_bytes = HEAD_FILE_LEN + SETTINGS_FILE_LEN as u64 + consumer.acklog_len();
     for segment in &segments {
         segment.ensure_open(&*shared.env.storage)?;
-        let len = match segment.file() {
-            Some(file) => file
-                .len()
-                .map_err(|error| Error::io("stat segment", &segment.path, error))?,
-            None => 0,
-        };
-        disk_bytes += len;
+        disk_bytes += segment.disk_len()?;
         if segment.base_seq == head_base {
             live_bytes += segment.readable_end().saturating_sub(head_offset);
         } else if segment.base_seq > head_base {

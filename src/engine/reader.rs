@@ -54,13 +54,13 @@ impl Cursor {
     }
 
     /// A mapping of the cursor's segment at least `end` bytes long.
-    fn view(&mut self, end: u64) -> Result<Mapping> {
+    fn view(&mut self, storage: &dyn Storage, end: u64) -> Result<Mapping> {
         let covered = self
             .view
             .as_ref()
             .is_some_and(|view| (**view).as_ref().len() as u64 >= end);
         if !covered {
-            self.view = Some(self.segment.view(end)?);
+            self.view = Some(self.segment.view(storage, end)?);
         }
         match &self.view {
             Some(view) => Ok(view.clone()),
@@ -463,14 +463,14 @@ fn count_delayed_unread(
     let (mut segment, mut offset, mut next_seq) = (cursor.segment, cursor.offset, cursor.next_seq);
     let mut delayed = 0;
     while next_seq < end_seq {
-        if let Some(counted) = segment.delayed_frames()? {
+        if let Some(counted) = segment.delayed_frames(&*env.storage)? {
             let range = next_seq..end_seq.min(counted.after);
             delayed += count_delayed_in(&counted.frames, range, history, now_us);
             next_seq = counted.after;
         } else {
             let end = segment.readable_end();
             if offset < end {
-                let view = segment.view(end)?;
+                let view = segment.view(&*env.storage, end)?;
                 let bytes = (*view).as_ref();
                 let bytes = bytes.get(..end as usize).unwrap_or(&[]);
                 let rules = segment.rules();
@@ -523,7 +523,7 @@ fn acked_bytes_unread(
     while next_seq < end_seq {
         let end = segment.readable_end();
         if offset < end {
-            let view = segment.view(end)?;
+            let view = segment.view(storage, end)?;
             let bytes = (*view).as_ref();
             let bytes = bytes.get(..end as usize).unwrap_or(&[]);
             next_seq = walk_headers(
@@ -582,7 +582,7 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
         let end = cursor.segment.readable_end();
         if cursor.offset < end {
             let (offset, next_seq) = (cursor.offset, cursor.next_seq);
-            let view = cursor.view(end)?;
+            let view = cursor.view(&*env.storage, end)?;
             let bytes = (*view).as_ref();
             let start = offset as usize;
             let at = bytes.get(start..end as usize).unwrap_or(&[]);

@@ -505,7 +505,7 @@ pub(crate) fn locate_head(
         return Ok((segment, SEGMENT_HEADER_LEN as u64));
     }
     let end = segment.readable_end();
-    let view = segment.view(end)?;
+    let view = segment.view(storage, end)?;
     let bytes = bytes_of(&view).get(..end as usize).unwrap_or(&[]);
     let hint = (state.hint_base == segment.base_seq).then_some(state.hint_offset);
     match locate_seq(bytes, segment.base_seq, hint, head_seq, segment.rules()) {

@@ -74,6 +74,12 @@ impl std::fmt::Debug for SegmentPath {
 
 /// A segment as the running engine holds it. Sealed segments found at open are opened lazily,
 /// when the reader reaches them, so that open time does not grow with their number.
+///
+/// A sealed segment keeps no file descriptor: only the active segment has its file open. A
+/// mapping outlives the descriptor it was made from, so a sealed segment being read keeps its
+/// mapping and nothing else; one not mapped yet is opened again when it is. Otherwise a queue
+/// with more unread segments than the process may open files (often 1,024) would fail every
+/// roll, `stats` and read once it reached that many.
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) base_seq: u64,
@@ -103,8 +109,13 @@ pub(crate) struct DelayedFrames {
 
 #[derive(Default)]
 struct SegmentFiles {
+    /// The open file: the active segment's only (see [`Segment`]).
     file: Option<Arc<dyn StorageFile>>,
     view: Option<Mapping>,
+    /// The header was checked and `readable_end`, `map_len` and the rules are known: at
+    /// creation for a segment this process made or took up active, on first use for one found
+    /// on disk sealed.
+    checked: bool,
 }
 
 impl std::fmt::Debug for SegmentFiles {
@@ -112,6 +123,7 @@ impl std::fmt::Debug for SegmentFiles {
         f.debug_struct("SegmentFiles")
             .field("open", &self.file.is_some())
             .field("mapped", &self.view.is_some())
+            .field("checked", &self.checked)
             .finish()
     }
 }
@@ -148,6 +160,7 @@ impl Segment {
             inner: Mutex::new(SegmentFiles {
                 file: Some(file),
                 view: None,
+                checked: true,
             }),
             delayed: OnceLock::new(),
             version_2: AtomicBool::new(false),
@@ -158,7 +171,7 @@ impl Segment {
     /// the sequence number after its last frame. Counted from the frame headers once (a sealed
     /// segment never changes), so that `stats` does not walk every unread record on each call.
     /// `None` for the active segment.
-    pub(crate) fn delayed_frames(&self) -> Result<Option<&DelayedFrames>> {
+    pub(crate) fn delayed_frames(&self, storage: &dyn Storage) -> Result<Option<&DelayedFrames>> {
         if !self.is_sealed() {
             return Ok(None);
         }
@@ -166,7 +179,9 @@ impl Segment {
             return Ok(Some(counted));
         }
         let end = self.readable_end();
-        let view = self.view(end)?;
+        // Not kept: `stats` counts every unread segment, and a mapping each could exceed the
+        // process's mapping limit (`vm.max_map_count`) on a long queue.
+        let view = self.map(storage, end, false)?;
         let bytes = AsRef::<[u8]>::as_ref(&*view);
         let bytes = bytes.get(..end as usize).unwrap_or(&[]);
         let mut delayed = Vec::new();
@@ -224,18 +239,36 @@ impl Segment {
         self.readable_end.store(end, Ordering::Release);
     }
 
-    /// Marks the segment complete at `end` bytes.
+    /// Marks the segment complete at `end` bytes, its file's length, and closes its file (a
+    /// reader maps it again from its path when needed; see [`Segment`]).
     pub(crate) fn seal(&self, end: u64) {
+        self.map_len.store(end, Ordering::Release);
         self.publish(end);
         self.sealed.store(true, Ordering::Release);
+        lock(&self.inner).file = None;
     }
 
-    /// Opens a sealed segment found on disk and checks its header; a no-op once opened.
+    /// Checks the header of a sealed segment found on disk and learns its length; a no-op once
+    /// checked. Keeps no descriptor: [`view`](Segment::view) opens the file again to map it.
     pub(crate) fn ensure_open(&self, storage: &dyn Storage) -> Result<()> {
         let mut files = lock(&self.inner);
-        if files.file.is_some() {
+        if files.checked {
             return Ok(());
         }
+        let (_file, len, rules) = self.open_checked(storage)?;
+        self.set_rules(rules);
+        self.map_len.store(len, Ordering::Release);
+        self.readable_end.store(len, Ordering::Release);
+        files.checked = true;
+        Ok(())
+    }
+
+    /// Opens the segment's file and checks that its header names this segment. Returns the
+    /// file, its length and the rules its header names.
+    fn open_checked(
+        &self,
+        storage: &dyn Storage,
+    ) -> Result<(Arc<dyn StorageFile>, u64, FrameRules)> {
         let file = storage
             .open(&self.path)
             .map_err(|error| Error::io("open segment", &self.path, error))?;
@@ -259,11 +292,20 @@ impl Segment {
                 ),
             ));
         }
-        self.set_rules(decoded.rules);
-        self.map_len.store(len, Ordering::Release);
-        self.readable_end.store(len, Ordering::Release);
-        files.file = Some(Arc::from(file));
-        Ok(())
+        Ok((Arc::from(file), len, decoded.rules))
+    }
+
+    /// The segment file's length: for a sealed segment its records' end (sealed files are cut
+    /// to their records), for the active one its file's (space made ahead of the tail counts).
+    /// A sealed segment found on disk must be checked first ([`ensure_open`](Segment::ensure_open)).
+    pub(crate) fn disk_len(&self) -> Result<u64> {
+        let file = lock(&self.inner).file.clone();
+        match file {
+            Some(file) if !self.is_sealed() => file
+                .len()
+                .map_err(|error| Error::io("stat segment", &self.path, error)),
+            _ => Ok(self.readable_end()),
+        }
     }
 
     /// True when no record (or anything else) shares this segment's read mapping: the file may
@@ -275,25 +317,46 @@ impl Segment {
             .is_none_or(|view| Arc::strong_count(view) == 1)
     }
 
-    /// The open file; `ensure_open` must have succeeded.
-    pub(crate) fn file(&self) -> Option<Arc<dyn StorageFile>> {
-        lock(&self.inner).file.clone()
+    /// A mapping that covers at least `[0, end)`, kept for the next read.
+    pub(crate) fn view(&self, storage: &dyn Storage, end: u64) -> Result<Mapping> {
+        self.map(storage, end, true)
     }
 
-    /// A mapping that covers at least `[0, end)`.
-    pub(crate) fn view(&self, end: u64) -> Result<Mapping> {
+    /// A mapping that covers at least `[0, end)`: the segment's own if it covers, otherwise a
+    /// new one, which becomes the segment's own if `keep`.
+    fn map(&self, storage: &dyn Storage, end: u64, keep: bool) -> Result<Mapping> {
         let mut files = lock(&self.inner);
         if let Some(view) = &files.view {
             if (*view).as_ref().as_ref().len() as u64 >= end {
                 return Ok(view.clone());
             }
         }
-        let Some(file) = files.file.clone() else {
+        if !files.checked {
             return Err(Error::corrupt(
                 &self.path,
                 0,
                 "segment read before it was opened",
             ));
+        }
+        let file = match files.file.clone() {
+            Some(file) => file,
+            None => {
+                // Sealed: its descriptor was closed (see `Segment`). The file must still be
+                // the segment and hold every byte readers were told of.
+                let (file, len, _) = self.open_checked(storage)?;
+                let readable_end = self.readable_end();
+                if len < readable_end {
+                    return Err(Error::corrupt(
+                        &self.path,
+                        len,
+                        format!(
+                            "segment is {len} bytes, shorter than its records' end \
+                             {readable_end}: cut since it was written"
+                        ),
+                    ));
+                }
+                file
+            }
         };
         let map_len = self.map_len.load(Ordering::Acquire).max(end);
         let view = file
@@ -306,7 +369,13 @@ impl Segment {
                 "segment is shorter than the data written to it",
             ));
         }
-        files.view = Some(view.clone());
+        if keep {
+            files.view = Some(view.clone());
+        }
+        if self.is_sealed() {
+            // The mapping stays valid without it.
+            files.file = None;
+        }
         Ok(view)
     }
 }

@@ -21,6 +21,7 @@ mod lost_records;
 mod model;
 mod multiprocess;
 mod observe;
+mod open_files;
 mod persistence;
 mod policies;
 mod process_kill;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use diskspool::format::control::CONTROL_VERSION;
 use diskspool::{testkit, Error, Options, Queue, SyncPolicy};
 
-use crate::util::payload_for;
+use crate::util::{open_segment_files, payload_for};
 
 fn shared(sync: SyncPolicy) -> Options {
     Options::default()
@@ -360,19 +360,6 @@ fn a_push_sees_a_failed_push_and_a_repair_that_committed_nothing() {
     assert!(reopened.pop().unwrap().is_none());
 }
 
-/// Segment files of `dir` this process has open, deleted ones too (Linux), for the leak check
-/// below. Only segments: lock files are opened for a moment now and then (a handle looks every
-/// second whether it is alone).
-fn open_files_in(dir: &std::path::Path) -> usize {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return 0;
-    };
-    entries
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .filter(|target| target.starts_with(dir) && target.to_string_lossy().contains(".seg"))
-        .count()
-}
-
 #[test]
 fn a_producer_does_not_keep_the_segments_the_consumer_deleted_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -385,7 +372,7 @@ fn a_producer_does_not_keep_the_segments_the_consumer_deleted_open() {
             producer.push(&payload_for(seq)).unwrap();
             assert_eq!(consumer.pop().unwrap().unwrap().seq(), seq);
         }
-        counted.push(open_files_in(dir.path()));
+        counted.push(open_segment_files(dir.path()));
     }
     assert!(counted[0] > 0, "the queue's files are seen");
     assert!(
