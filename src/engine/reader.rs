@@ -145,8 +145,13 @@ impl Reader {
         }
     }
 
-    fn head_segment_base(&self) -> u64 {
-        self.head_state(0).hint_base
+    /// The segment of the head index as last written. Compaction follows it, not the head in
+    /// memory: a receive moves the head in memory into the next segment as it takes its first
+    /// record (the head is then that lease), and the ack that follows moves the written head
+    /// there but not the head in memory. Compared with the head in memory, a consumer that
+    /// receives and acknowledges in order never compacted.
+    fn written_head_segment(&self) -> u64 {
+        self.head.state().hint_base
     }
 
     /// Writes the head if it moved; returns the generation to sync.
@@ -250,7 +255,7 @@ impl Reader {
         entries: &[AckEntry],
     ) -> Result<()> {
         let head_seq = head.head_seq;
-        let head_segment_before = self.head_segment_base();
+        let head_segment_before = self.head_state(0).hint_base;
         self.jobs.drop_below(head_seq);
         if head_seq > self.cursor.next_seq {
             if head.hint_base != head_segment_before {
@@ -1049,7 +1054,7 @@ impl Consumer {
         {
             let mut guard = lock(&self.reader);
             let reader = &mut *guard;
-            let head_segment_before = reader.head_segment_base();
+            let head_segment_before = reader.written_head_segment();
             let mut acked = Vec::new();
             while out.count() < max {
                 let step = if reader.jobs.is_idle() {
@@ -1090,7 +1095,7 @@ impl Consumer {
                         .map_err(|e| env.poison(e))?,
                 );
             }
-            pending.head_segment_moved = reader.head_segment_base() != head_segment_before;
+            pending.head_segment_moved = reader.written_head_segment() != head_segment_before;
         }
         self.finish(env, up, pending)?;
         match failure {
@@ -1293,6 +1298,8 @@ impl Consumer {
         {
             let mut guard = lock(&self.reader);
             let reader = &mut *guard;
+            // Expired and spent records at the head are consumed on the way.
+            let head_segment_before = reader.written_head_segment();
             let mut entries = Vec::new();
             while deliveries.len() < max {
                 let seq = match Self::next_available(env, log, reader, now_us) {
@@ -1352,6 +1359,7 @@ impl Consumer {
                 self.maybe_rewrite_acklog(env, reader)?;
                 reader.counts.delivered += deliveries.len() as u64;
             }
+            pending.head_segment_moved = reader.written_head_segment() != head_segment_before;
         }
         let deliveries: Vec<Leased> = deliveries
             .into_iter()
@@ -1389,9 +1397,9 @@ impl Consumer {
         let _entered = self.announce_to_ack_sync(env);
         {
             let mut reader = lock(&self.reader);
-            let head_segment_before = reader.head_segment_base();
+            let head_segment_before = reader.written_head_segment();
             self.settle_acked(env, log, &mut reader, seq, &mut pending)?;
-            pending.head_segment_moved = reader.head_segment_base() != head_segment_before;
+            pending.head_segment_moved = reader.written_head_segment() != head_segment_before;
         }
         self.finish(env, up, pending)
     }

@@ -114,3 +114,44 @@ fn compaction_leaves_a_foreign_file_with_a_segment_name_for_repair() {
     );
     assert_eq!(drain_checked(&queue), (200..300).collect::<Vec<_>>());
 }
+
+/// A consumer that receives and acknowledges (one at a time, in batches, or out of order within
+/// a batch) frees the segments behind it as it goes, as a popping one does. Before, only an
+/// ack that moved the head across a segment boundary in memory compacted, which receiving and
+/// acknowledging in order never does: such a consumer never freed a byte.
+#[test]
+fn a_consumer_that_receives_and_acknowledges_frees_the_segments_behind_it() {
+    for (exclusive, batch) in [(true, 1), (false, 1), (true, 7), (false, 7)] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = small_segments(SyncPolicy::Never).exclusive(exclusive);
+        let queue = Queue::open(dir.path(), options).unwrap();
+        push_expected(&queue, 3000);
+        let written = segment_files(dir.path()).len();
+        assert!(written > 60, "{written} segments");
+        let mut most = 0;
+        let mut next = 0;
+        while next < 3000 {
+            let mut deliveries = queue.try_recv_batch(batch).unwrap();
+            assert!(!deliveries.is_empty());
+            // The last of each batch first: out of order within the batch.
+            deliveries.reverse();
+            for delivery in deliveries {
+                let seq = delivery.seq();
+                assert_eq!(delivery.payload(), crate::util::payload_for(seq));
+                delivery.ack().unwrap();
+            }
+            next += batch as u64;
+            let left = segment_files(dir.path()).len();
+            let consumed_segments = written * next.min(3000) as usize / 3000;
+            // Within two segments of what is left (rounding, the segment being read).
+            assert!(
+                left <= written - consumed_segments + 2,
+                "exclusive {exclusive}, batch {batch}: {left} of {written} segments left \
+                 after {next} records"
+            );
+            most = most.max(left);
+        }
+        assert!(queue.try_recv().unwrap().is_none());
+        assert!(segment_files(dir.path()).len() <= 2, "{most}");
+    }
+}
