@@ -54,18 +54,29 @@ impl Cursor {
     }
 
     /// A mapping of the cursor's segment at least `end` bytes long.
-    fn view(&mut self, storage: &dyn Storage, end: u64) -> Result<Mapping> {
+    /// `env` rather than its storage: the storage is needed only when the cursor's mapping
+    /// does not cover `end`, and loading it on every read costs a pop instructions (callgrind).
+    #[inline]
+    fn view(&mut self, env: &Env, end: u64) -> Result<Mapping> {
         let covered = self
             .view
             .as_ref()
             .is_some_and(|view| (**view).as_ref().len() as u64 >= end);
         if !covered {
-            self.view = Some(self.segment.view(storage, end)?);
+            self.map_again(env, end)?;
         }
         match &self.view {
             Some(view) => Ok(view.clone()),
             None => Err(Error::corrupt(&self.segment.path, 0, "segment not mapped")),
         }
+    }
+
+    /// Takes the segment's mapping again, to cover `end`.
+    #[cold]
+    #[inline(never)]
+    fn map_again(&mut self, env: &Env, end: u64) -> Result<()> {
+        self.view = Some(self.segment.view(&*env.storage, end)?);
+        Ok(())
     }
 
     /// Moves the cursor back to `seq`, whose frame starts at `offset` of the cursor's segment.
@@ -587,7 +598,7 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
         let end = cursor.segment.readable_end();
         if cursor.offset < end {
             let (offset, next_seq) = (cursor.offset, cursor.next_seq);
-            let view = cursor.view(&*env.storage, end)?;
+            let view = cursor.view(env, end)?;
             let bytes = (*view).as_ref();
             let start = offset as usize;
             let at = bytes.get(start..end as usize).unwrap_or(&[]);
