@@ -263,8 +263,11 @@ impl Jobs {
     }
 
     /// Starts tracking a record.
-    pub(crate) fn insert(&mut self, seq: u64, job: Job) {
+    pub(crate) fn insert(&mut self, seq: u64, mut job: Job) {
         let state = job.state;
+        if state == JobState::Acked {
+            job.record.forget_bytes();
+        }
         self.entries.insert(seq, job);
         self.enter(seq, state);
     }
@@ -275,6 +278,12 @@ impl Jobs {
             return;
         };
         let old = std::mem::replace(&mut job.state, state);
+        // Its bytes are gone (below): an acknowledged record is never handed out again.
+        debug_assert!(old != JobState::Acked || state == JobState::Acked);
+        if state == JobState::Acked {
+            // Never handed out again: its mapping would only keep its segment mapped.
+            job.record.forget_bytes();
+        }
         // A new state owes nothing to another handle's lease (`set_lease_owner` says when).
         self.lease_owners.remove(&seq);
         match old {

@@ -539,7 +539,7 @@ fn acked_bytes_unread(
     while next_seq < end_seq {
         let end = segment.readable_end();
         if offset < end {
-            let view = segment.view(storage, end)?;
+            let view = segment.view_for_scan(storage, end)?;
             let bytes = (*view).as_ref();
             let bytes = bytes.get(..end as usize).unwrap_or(&[]);
             next_seq = walk_headers(
@@ -653,7 +653,13 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
         if let Err(sequence_break) = log.check_next_base(cursor.next_seq, next.base_seq) {
             return Err(Error::corrupt(&next.path, 0, sequence_break.to_string()));
         }
-        *cursor = Cursor::new(next.clone(), SEGMENT_HEADER_LEN as u64, next.base_seq);
+        let left = std::mem::replace(
+            cursor,
+            Cursor::new(next.clone(), SEGMENT_HEADER_LEN as u64, next.base_seq),
+        );
+        let Cursor { segment, view, .. } = left;
+        drop(view);
+        segment.release_view_if_unshared();
     }
 }
 

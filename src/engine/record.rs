@@ -40,6 +40,17 @@ impl Record {
         }
     }
 
+    /// Lets go of the record's mapping, keeping what it says of the frame (its number, times
+    /// and [`frame_len`](Record::frame_len)); its payload reads as empty from then on. For a
+    /// record acknowledged beyond the head, which is tracked until the head passes it and
+    /// never read again: otherwise each such record would keep its segment mapped.
+    pub(crate) fn forget_bytes(&mut self) {
+        static EMPTY: std::sync::OnceLock<Mapping> = std::sync::OnceLock::new();
+        self.bytes = EMPTY
+            .get_or_init(|| std::sync::Arc::new(Vec::<u8>::new()))
+            .clone();
+    }
+
     /// The length of the record's frame on disk (what it counts against `max_bytes`).
     pub(crate) fn frame_len(&self) -> u64 {
         let prefix = BodyPrefix {

@@ -181,7 +181,7 @@ impl Segment {
         let end = self.readable_end();
         // Not kept: `stats` counts every unread segment, and a mapping each could exceed the
         // process's mapping limit (`vm.max_map_count`) on a long queue.
-        let view = self.map(storage, end, false)?;
+        let view = self.view_for_scan(storage, end)?;
         let bytes = AsRef::<[u8]>::as_ref(&*view);
         let bytes = bytes.get(..end as usize).unwrap_or(&[]);
         let mut delayed = Vec::new();
@@ -317,9 +317,31 @@ impl Segment {
             .is_none_or(|view| Arc::strong_count(view) == 1)
     }
 
+    /// Lets go of the segment's mapping if nothing else holds it (no record, no cursor): the
+    /// reader left the segment. A mapping each for the segments between the head and the
+    /// reader (a lease that keeps the head back) could exceed the process's mapping limit;
+    /// a segment read again is mapped again.
+    pub(crate) fn release_view_if_unshared(&self) {
+        let mut files = lock(&self.inner);
+        if files
+            .view
+            .as_ref()
+            .is_some_and(|view| Arc::strong_count(view) == 1)
+        {
+            files.view = None;
+        }
+    }
+
     /// A mapping that covers at least `[0, end)`, kept for the next read.
     pub(crate) fn view(&self, storage: &dyn Storage, end: u64) -> Result<Mapping> {
         self.map(storage, end, true)
+    }
+
+    /// A mapping that covers at least `[0, end)` for a scan that reads ahead of the reader
+    /// (`stats`): kept only for the active segment, so that the mappings a scan makes do not
+    /// grow with the number of segments it crosses.
+    pub(crate) fn view_for_scan(&self, storage: &dyn Storage, end: u64) -> Result<Mapping> {
+        self.map(storage, end, !self.is_sealed())
     }
 
     /// A mapping that covers at least `[0, end)`: the segment's own if it covers, otherwise a

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use diskspool::{Options, Queue, SyncPolicy};
 
-use crate::util::{open_segment_files, payload_for, segment_files};
+use crate::util::{mapped_segment_files, open_segment_files, payload_for, segment_files};
 
 /// Set in the child process of [`more_segments_than_the_process_may_open_files`].
 const CHILD_ENV: &str = "DISKSPOOL_OPEN_FILES_CHILD";
@@ -70,6 +70,12 @@ fn unread_segments_hold_no_open_files_while_written_counted_and_read() {
         let stats = queue.stats().unwrap();
         assert_eq!((stats.len, stats.delayed), (3100, 100));
         assert_eq!(open_segment_files(dir.path()), 1, "after stats, reopened");
+        // `stats` read the delayed records' headers in every unread segment and kept none of
+        // its mappings; its peek read past the 3,000 records popped before (acknowledged
+        // beyond the delayed head) and kept those of the delayed records only, tracked until
+        // they are due (about 4 segments), and the reader's.
+        let mapped = mapped_segment_files(dir.path());
+        assert!(mapped <= 6, "{mapped} segments mapped after stats");
         pop_checked(&queue, &mut range, 2000);
         // Pushed since the reopening, read across the rolls that sealed them.
         let more = fill(&queue, 0, 1000);
@@ -81,6 +87,84 @@ fn unread_segments_hold_no_open_files_while_written_counted_and_read() {
         assert!(queue.pop().unwrap().is_none(), "the delayed records wait");
         assert_eq!(queue.stats().unwrap().delayed, 100);
         assert!(open_segment_files(dir.path()) <= 1);
+    }
+}
+
+/// Records acknowledged far beyond the head: the first open of a bounded shared queue counts
+/// the bytes not consumed, reading the headers of every frame up to the last acknowledged
+/// record to leave those out, and keeps neither descriptors nor mappings of what it read.
+#[test]
+fn counting_acknowledged_records_beyond_the_head_keeps_no_segment_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = || {
+        options(false)
+            .max_bytes(100 << 20)
+            .lease(Duration::from_secs(3600))
+    };
+    {
+        let queue = Queue::open(dir.path(), jobs()).unwrap();
+        fill(&queue, 0, 6000);
+        let mut deliveries = queue.try_recv_batch(6000).unwrap();
+        assert_eq!(deliveries.len(), 6000);
+        let first = deliveries.remove(0);
+        for delivery in deliveries {
+            delivery.ack().unwrap();
+        }
+        // Never acknowledged: the head stays at it, the other acks stay in the ack log.
+        drop(first);
+    }
+    let queue = Queue::open(dir.path(), jobs()).unwrap();
+    let mapped = mapped_segment_files(dir.path());
+    assert!(mapped <= 2, "{mapped} segments mapped after the open");
+    assert_eq!(open_segment_files(dir.path()), 1);
+    let stats = queue.stats().unwrap();
+    assert_eq!(stats.len, 1);
+    assert!(stats.segments > 150, "{} segments", stats.segments);
+    let mapped = mapped_segment_files(dir.path());
+    assert!(mapped <= 2, "{mapped} segments mapped after stats");
+    let record = queue.pop().unwrap().expect("the record never acknowledged");
+    assert_eq!((record.seq(), record.payload()), (0, &payload_for(0)[..]));
+    drop(record);
+    assert!(queue.pop().unwrap().is_none());
+    assert!(segment_files(dir.path()).len() <= 2, "compacted");
+}
+
+/// One long job keeps the head back while workers receive and acknowledge thousands of records
+/// behind it: the segments they read stay on disk (the head is at the long job), but neither
+/// open nor mapped (each acknowledged record, tracked until the head passes it, lets go of its
+/// segment's mapping).
+#[test]
+fn a_long_lease_at_the_head_keeps_the_segments_read_behind_it_unmapped() {
+    for exclusive in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(exclusive).lease(Duration::from_secs(3600));
+        let queue = Queue::open(dir.path(), options).unwrap();
+        let mut range = fill(&queue, 0, 6000);
+        let long_job = queue.try_recv().unwrap().unwrap();
+        assert_eq!(Some(long_job.seq()), range.next());
+        for seq in range {
+            let delivery = queue.try_recv().unwrap().unwrap();
+            assert_eq!(
+                (delivery.seq(), delivery.payload()),
+                (seq, &payload_for(seq)[..])
+            );
+            delivery.ack().unwrap();
+        }
+        assert!(
+            segment_files(dir.path()).len() > 150,
+            "kept behind the head"
+        );
+        let mapped = mapped_segment_files(dir.path());
+        assert!(
+            mapped <= 3,
+            "exclusive {exclusive}: {mapped} segments mapped"
+        );
+        assert_eq!(open_segment_files(dir.path()), 1);
+        long_job.ack().unwrap();
+        assert!(
+            segment_files(dir.path()).len() <= 2,
+            "compacted once the head moved"
+        );
     }
 }
 

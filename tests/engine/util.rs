@@ -196,3 +196,15 @@ pub fn open_segment_files(dir: &std::path::Path) -> usize {
         .filter(|target| target.starts_with(dir) && target.to_string_lossy().contains(".seg"))
         .count()
 }
+
+/// Mappings of segment files of `dir` this process holds (Linux), for the checks that a queue
+/// does not keep one for each segment it merely counted.
+pub fn mapped_segment_files(dir: &std::path::Path) -> usize {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return 0;
+    };
+    let dir = dir.to_string_lossy();
+    maps.lines()
+        .filter(|line| line.contains(&*dir) && line.contains(".seg"))
+        .count()
+}
