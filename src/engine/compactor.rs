@@ -62,7 +62,7 @@ pub(crate) fn compact(env: &Env, log: &Log, consumer: &Consumer) -> Result<Compa
     for segment in victims {
         // Delete only a file whose header proves it is the segment its name says: a damaged or
         // foreign file with a segment's name stays for `spool verify` and `spool repair`.
-        if segment.ensure_open(&*env.storage).is_err() {
+        if segment.ensure_checked(&*env.storage).is_err() {
             continue;
         }
         if recycled.len() < pool_room {

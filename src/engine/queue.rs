@@ -809,7 +809,7 @@ fn stats_of(shared: &Shared) -> Result<Stats> {
     let mut live_bytes = 0;
     let mut disk_bytes = HEAD_FILE_LEN + SETTINGS_FILE_LEN as u64 + consumer.acklog_len();
     for segment in &segments {
-        segment.ensure_open(&*shared.env.storage)?;
+        segment.ensure_checked(&*shared.env.storage)?;
         disk_bytes += segment.disk_len()?;
         if segment.base_seq == head_base {
             live_bytes += segment.readable_end().saturating_sub(head_offset);
@@ -866,7 +866,7 @@ fn usage_at_open(shared: &Shared) -> Result<(u64, u64)> {
     let position = consumer.position(&shared.env, &shared.log, shared.log.published_next_seq())?;
     let mut bytes = 0;
     for segment in shared.log.segments() {
-        segment.ensure_open(&*shared.env.storage)?;
+        segment.ensure_checked(&*shared.env.storage)?;
         if segment.base_seq == position.head_base {
             bytes += segment.readable_end().saturating_sub(position.head_offset);
         } else if segment.base_seq > position.head_base {

@@ -40,8 +40,8 @@ pub(crate) struct Cursor {
 }
 
 impl Cursor {
-    /// A cursor at `offset` of `segment`, which must be open (`Segment::ensure_open`), so that
-    /// its format version is known.
+    /// A cursor at `offset` of `segment`, whose header was checked
+    /// (`Segment::ensure_checked`), so that its format version is known.
     pub(crate) fn new(segment: Arc<Segment>, offset: u64, next_seq: u64) -> Self {
         let rules = segment.rules();
         Cursor {
@@ -331,7 +331,7 @@ impl Reader {
             let end = match segment.base_seq == upto.base {
                 true => upto.tail,
                 false => {
-                    segment.ensure_open(storage)?;
+                    segment.ensure_checked(storage)?;
                     segment.readable_end()
                 }
             };
@@ -505,7 +505,7 @@ fn count_delayed_unread(
         let Some(next) = log.segment_after(segment.base_seq) else {
             break;
         };
-        next.ensure_open(&*env.storage)?;
+        next.ensure_checked(&*env.storage)?;
         next_seq = next.base_seq.max(next_seq);
         segment = next;
         offset = SEGMENT_HEADER_LEN as u64;
@@ -560,7 +560,7 @@ fn acked_bytes_unread(
         let Some(next) = log.segment_after(segment.base_seq) else {
             break;
         };
-        next.ensure_open(storage)?;
+        next.ensure_checked(storage)?;
         next_seq = next.base_seq.max(next_seq);
         segment = next;
         offset = SEGMENT_HEADER_LEN as u64;
@@ -649,7 +649,7 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
         let Some(next) = next else {
             return Ok(None);
         };
-        next.ensure_open(&*env.storage)?;
+        next.ensure_checked(&*env.storage)?;
         if let Err(sequence_break) = log.check_next_base(cursor.next_seq, next.base_seq) {
             return Err(Error::corrupt(&next.path, 0, sequence_break.to_string()));
         }

@@ -499,7 +499,7 @@ pub(crate) fn locate_head(
         ));
     };
     let segment = segment.clone();
-    segment.ensure_open(storage)?;
+    segment.ensure_checked(storage)?;
     // What `locate_seq` answers too, without mapping the segment.
     if segment.base_seq == head_seq {
         return Ok((segment, SEGMENT_HEADER_LEN as u64));

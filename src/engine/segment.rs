@@ -250,7 +250,7 @@ impl Segment {
 
     /// Checks the header of a sealed segment found on disk and learns its length; a no-op once
     /// checked. Keeps no descriptor: [`view`](Segment::view) opens the file again to map it.
-    pub(crate) fn ensure_open(&self, storage: &dyn Storage) -> Result<()> {
+    pub(crate) fn ensure_checked(&self, storage: &dyn Storage) -> Result<()> {
         let mut files = lock(&self.inner);
         if files.checked {
             return Ok(());
@@ -297,7 +297,8 @@ impl Segment {
 
     /// The segment file's length: for a sealed segment its records' end (sealed files are cut
     /// to their records), for the active one its file's (space made ahead of the tail counts).
-    /// A sealed segment found on disk must be checked first ([`ensure_open`](Segment::ensure_open)).
+    /// A sealed segment found on disk must be checked first
+    /// ([`ensure_checked`](Segment::ensure_checked)).
     pub(crate) fn disk_len(&self) -> Result<u64> {
         let file = lock(&self.inner).file.clone();
         match file {
