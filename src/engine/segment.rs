@@ -358,7 +358,7 @@ impl Segment {
             return Err(Error::corrupt(
                 &self.path,
                 0,
-                "segment read before it was opened",
+                "segment read before its header was checked",
             ));
         }
         let file = match files.file.clone() {
@@ -392,12 +392,9 @@ impl Segment {
                 "segment is shorter than the data written to it",
             ));
         }
+        // A sealed segment's file, opened again above, closes here; the mapping stays valid.
         if keep {
             files.view = Some(view.clone());
-        }
-        if self.is_sealed() {
-            // The mapping stays valid without it.
-            files.file = None;
         }
         Ok(view)
     }
