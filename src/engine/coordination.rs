@@ -634,6 +634,12 @@ impl Coordination {
         wake_all(self.word32(REVOKE));
     }
 
+    /// Wakes the threads asleep on the arrivals word (this handle's arrivals bridge, when it
+    /// closes; other handles' sleepers look and sleep again).
+    pub(crate) fn wake_arrival_waiters(&self) {
+        wake_all(self.word32(ARRIVALS));
+    }
+
     /// Whether the handle a ticket names is gone: its slot was taken again since, or its slot
     /// file is not locked (the kernel released it when the holder died).
     fn is_gone(&self, holder: u32) -> bool {

@@ -16,6 +16,7 @@ pub(crate) mod report;
 pub(crate) mod sync;
 #[cfg(feature = "metrics")]
 pub(crate) mod telemetry;
+pub(crate) mod threads;
 pub(crate) mod writeback;
 // The bound of a bounded queue.
 pub(crate) mod limits;

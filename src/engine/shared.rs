@@ -28,6 +28,7 @@ use crate::engine::recovery::{locate_head, retired_ranges};
 use crate::engine::report::RecoveryReport;
 use crate::engine::segment::Segment;
 use crate::engine::sync::lock;
+use crate::engine::threads::HandleThreads;
 #[cfg(feature = "async")]
 use crate::engine::timer::Timer;
 use crate::engine::writer::Writer;
@@ -148,6 +149,8 @@ pub(crate) struct Shared {
     /// handle's async receivers, once one waited.
     #[cfg(feature = "async")]
     bridge: OnceLock<()>,
+    /// The solo thread and the arrivals bridge: ended and joined by [`close`](Shared::close).
+    threads: HandleThreads,
     dead_letters: Mutex<Option<Arc<dyn DeadLetterQueue>>>,
     /// The ids of recent pushes with a deduplication id; held by such a push until it is
     /// complete, so that a second push with the same id finds the first durable.
@@ -215,6 +218,7 @@ impl Shared {
             dropped: Mutex::new(None),
             #[cfg(feature = "async")]
             bridge: OnceLock::new(),
+            threads: HandleThreads::default(),
             dead_letters: Mutex::new(None),
             dedup: Mutex::new(dedup),
             open_dead_letters,
@@ -729,9 +733,11 @@ impl Shared {
         let spawned = std::thread::Builder::new()
             .name("diskspool-solo".into())
             .spawn(move || watch_solo(weak));
-        if spawned.is_err() && coordination.is_solo() {
+        match spawned {
+            Ok(thread) => self.threads.keep(thread),
             // Without the thread nobody could answer: not solo, then (and never again).
-            std::mem::forget(self.bar_solo());
+            Err(_) if coordination.is_solo() => std::mem::forget(self.bar_solo()),
+            Err(_) => {}
         }
         Ok(())
     }
@@ -1326,9 +1332,12 @@ impl Shared {
             let weak = Arc::downgrade(self);
             // Best effort: without the thread, async receivers still wake on this process's
             // own events and timers.
-            let _ = std::thread::Builder::new()
+            if let Ok(thread) = std::thread::Builder::new()
                 .name("diskspool-arrivals".into())
-                .spawn(move || bridge_arrivals(weak));
+                .spawn(move || bridge_arrivals(weak))
+            {
+                self.threads.keep(thread);
+            }
         });
     }
 
@@ -1403,6 +1412,12 @@ impl Shared {
         // `control` anew anyway. Closed, the handle never becomes solo again: the bar is
         // kept.
         std::mem::forget(self.bar_solo());
+        if let Some(coordination) = &self.env.coordination {
+            self.threads.end(|| {
+                coordination.wake_revoke_waiters();
+                coordination.wake_arrival_waiters();
+            });
+        }
         if self.env.coordination.is_none() {
             // A shared queue's writer may be behind the tail other processes committed, and
             // its segments hold no zeros to cut.
@@ -1541,6 +1556,9 @@ fn watch_solo(weak: std::sync::Weak<Shared>) {
         let Some(coordination) = &shared.env.coordination else {
             return;
         };
+        if shared.threads.is_ending() {
+            return;
+        }
         let (seen, timeout) = if coordination.is_solo() {
             let seen = coordination.revoke_seen();
             if coordination.revoke_requests() != seen {
@@ -1606,6 +1624,9 @@ fn bridge_arrivals(weak: std::sync::Weak<Shared>) {
         let Some(shared) = weak.upgrade() else {
             return;
         };
+        if shared.threads.is_ending() {
+            return;
+        }
         let now = arrivals_in(&control);
         if now != seen {
             seen = now;

@@ -11,6 +11,9 @@ use crate::engine::sync::lock;
 #[derive(Default)]
 pub(crate) struct Timer {
     state: Arc<(Mutex<TimerState>, Condvar)>,
+    /// The thread, once started: joined by [`stop`](Timer::stop), so that it holds its queue
+    /// (which `notify` takes for a moment) no longer than the queue's close.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -41,14 +44,24 @@ impl Timer {
                 .spawn(move || run(&state, &notify));
             // Without the thread, tasks still wake on pushes and releases.
             timer.started = spawned.is_ok();
+            if let Ok(thread) = spawned {
+                *lock(&self.thread) = Some(thread);
+            }
         }
     }
 
-    /// Ends the timer thread.
+    /// Ends the timer thread and waits for it (unless called on it).
     pub(crate) fn stop(&self) {
         let (state, changed) = &*self.state;
         lock(state).stopped = true;
         changed.notify_all();
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread {
+            if thread.thread().id() != std::thread::current().id() {
+                // A panic in the thread has nothing left to report: the queue is closing.
+                let _ = thread.join();
+            }
+        }
     }
 }
 

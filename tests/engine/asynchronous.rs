@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use diskspool::{Options, Queue, SyncPolicy};
 
+use crate::util::files_held_under;
+
 struct Unpark(Thread);
 
 impl Wake for Unpark {
@@ -95,4 +97,50 @@ fn recv_async_wakes_when_another_handle_of_a_shared_queue_pushes() {
         delivery.ack().unwrap();
         pusher.join().unwrap();
     });
+}
+
+/// Polls `future` once (with a waker that does nothing): a receive with nothing to receive
+/// registers its waker and starts the threads that will wake it.
+fn poll_once<F: Future>(future: F) -> Poll<F::Output> {
+    struct Nothing;
+    impl Wake for Nothing {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = Waker::from(Arc::new(Nothing));
+    std::pin::pin!(future).poll(&mut Context::from_waker(&waker))
+}
+
+#[test]
+fn a_handle_has_let_go_of_the_queue_files_when_its_close_returns() {
+    // A handle's own threads (a shared handle's solo thread, the bridge that wakes its async
+    // receivers on other processes' pushes, the timer of a delayed record) sleep holding the
+    // control file's mapping, or take the handle for a moment: close waits for them.
+    for exclusive in [true, false] {
+        for closing in ["close", "drop"] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = Options::default()
+                .exclusive(exclusive)
+                .sync(SyncPolicy::Never);
+            let handles: Vec<Queue> = (0..if exclusive { 1 } else { 2 })
+                .map(|_| Queue::open(dir.path(), options.clone()).unwrap())
+                .collect();
+            handles[0]
+                .push_delayed(b"later", Duration::from_secs(3600))
+                .unwrap();
+            for queue in &handles {
+                assert!(poll_once(queue.recv_async()).is_pending());
+            }
+            for queue in handles {
+                match closing {
+                    "close" => queue.close().unwrap(),
+                    _ => drop(queue),
+                }
+            }
+            let held = files_held_under(dir.path());
+            assert!(
+                held.is_empty(),
+                "exclusive {exclusive}, {closing}: still held: {held:#?}"
+            );
+        }
+    }
 }

@@ -184,6 +184,27 @@ pub fn segment_bases(dir: &std::path::Path) -> Vec<u64> {
     bases
 }
 
+/// Every file under `dir` this process has open or mapped (Linux): what a closed handle must
+/// have let go of by the time its close returned.
+pub fn files_held_under(dir: &std::path::Path) -> Vec<String> {
+    let mut held: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .map(|target| format!("open {}", target.display()))
+        .collect();
+    let dir = dir.to_string_lossy();
+    held.extend(
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(&*dir))
+            .map(|line| format!("mapped {line}")),
+    );
+    held
+}
+
 /// Segment files of `dir` this process has open, deleted ones too (Linux), for the checks that
 /// a queue does not keep them. Only segments: lock files are opened for a moment now and then
 /// (a handle looks every second whether it is alone).
