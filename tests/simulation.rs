@@ -306,7 +306,11 @@ const PROCESS_OPS_PER_SEED: usize = 150;
 /// Runs one seed of the simulation of several processes; a failure is shrunk and reported
 /// with its replay command.
 fn check_processes_seed(seed: u64) -> ProcessesSummary {
-    let config = processes_config_from_seed(seed);
+    check_processes_seed_with(seed, processes_config_from_seed(seed))
+}
+
+/// [`check_processes_seed`] with `config` instead of the seed's own.
+fn check_processes_seed_with(seed: u64, config: ProcessesConfig) -> ProcessesSummary {
     let ops = processes_ops_from_seed(seed, PROCESS_OPS_PER_SEED, &config);
     match run_processes(&config, &ops) {
         Ok(summary) => summary,
@@ -357,6 +361,8 @@ fn several_processes_keep_the_contract() {
         assert!(total.consumed >= 1000, "{total:?}");
         assert!(total.mixed_runs >= 5, "{total:?}");
         assert!(total.mixed_power_losses >= 5, "{total:?}");
+        assert!(total.solo_entries >= 20, "{total:?}");
+        assert!(total.solo_answers >= 20, "{total:?}");
     }
 }
 
@@ -371,6 +377,15 @@ fn several_processes_keep_the_contract() {
 fn several_processes_keep_the_contract_for_the_seeds_that_found_faults() {
     for &seed in PROCESS_SEEDS_THAT_FOUND_FAULTS {
         check_processes_seed(seed);
+        // As the seed ran when it found its fault: solo came later.
+        let config = processes_config_from_seed(seed);
+        check_processes_seed_with(
+            seed,
+            ProcessesConfig {
+                solo: false,
+                ..config
+            },
+        );
     }
 }
 

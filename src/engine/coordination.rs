@@ -61,12 +61,24 @@ pub(crate) struct CommittedTail {
 
 /// Whether a handle of a shared queue may be solo (see `Coordination::is_solo`): not
 /// under `SyncPolicy::Always`, whose group commit goes through `control`, nor with a bound,
-/// whose usage totals live there; not on the simulated filesystem, whose processes run one
-/// step at a time and cannot answer an opener from a thread of their own.
+/// whose usage totals live there; on the simulated filesystem only where the simulation
+/// allows it (`SimStorage::allow_solo`: its processes run one step at a time, and an opener
+/// runs the solo handle's answer itself).
 pub(crate) fn may_be_solo(options: &crate::options::Options) -> bool {
     options.sync != crate::options::SyncPolicy::Always
         && !options.is_bounded()
-        && !options.storage.replays_runs()
+        && (!options.storage.replays_runs() || simulated_solo(&*options.storage))
+}
+
+/// Whether `storage` is the simulated filesystem and lets handles run solo.
+#[cfg(any(test, feature = "sim"))]
+fn simulated_solo(storage: &dyn Storage) -> bool {
+    storage.as_sim().is_some_and(|sim| sim.allows_solo())
+}
+
+#[cfg(not(any(test, feature = "sim")))]
+fn simulated_solo(_storage: &dyn Storage) -> bool {
+    false
 }
 
 /// An open in progress: `open.lock` is held until it is dropped.
@@ -253,7 +265,19 @@ impl Opening {
         let (slot, epoch) = ticket_parts(holder);
         let path = self.dir.join(PROCS_DIR_NAME).join(slot_file_name(slot));
         let probe = LockFile::open(&*self.storage, &path).ok();
+        // The simulation starts no solo thread: the opener runs the answer itself (a holder
+        // that is dead registered none, or one of a life that ended).
+        #[cfg(any(test, feature = "sim"))]
+        let mut ask_simulated = self.storage.as_sim();
         loop {
+            #[cfg(any(test, feature = "sim"))]
+            if let Some(sim) = ask_simulated.take() {
+                if !sim.ask_solo(&self.dir, holder) && solo.load(Ordering::Acquire) == holder {
+                    // Nobody will answer. Not dead if its slot file is held: then the
+                    // opener is refused below, as `Locked`, rather than waiting for good.
+                    return false;
+                }
+            }
             if solo.load(Ordering::Acquire) == 0 {
                 return true;
             }
@@ -500,6 +524,12 @@ impl Coordination {
             solo_calls: AtomicUsize::new(0),
             revoke_seen: AtomicU32::new(revoke_seen),
         })
+    }
+
+    /// This handle's ticket (see `format::control`): what the solo word names while it is solo.
+    #[cfg(any(test, feature = "sim"))]
+    pub(crate) fn ticket(&self) -> u32 {
+        self.ticket
     }
 
     /// Whether this handle has the queue to itself: it built `control`, and no other handle

@@ -730,6 +730,34 @@ impl Shared {
         }
         crate::engine::failpoint::reached("solo.starting");
         let weak = Arc::downgrade(self);
+        // The simulation starts no thread: an opener runs the answer (`SimStorage::allow_solo`).
+        #[cfg(any(test, feature = "sim"))]
+        if let Some(sim) = self.env.storage.as_sim() {
+            #[cfg(feature = "testkit")]
+            let process = sim.clone();
+            let answer = move || {
+                if let Some(shared) = weak.upgrade() {
+                    // A kill armed in the answer (`SimStorage::kill_in_answer_at`) stops it
+                    // at that crash point, as a kill of the solo thread's process would.
+                    #[cfg(feature = "testkit")]
+                    {
+                        let process = process.clone();
+                        crate::engine::failpoint::on_reached_in_this_thread(Some(Box::new(
+                            move |point| {
+                                if process.answer_reached(point) {
+                                    loop {
+                                        std::thread::park();
+                                    }
+                                }
+                            },
+                        )));
+                    }
+                    shared.leave_solo();
+                }
+            };
+            sim.on_solo_asked(&self.env.dir, coordination.ticket(), Arc::new(answer));
+            return Ok(());
+        }
         let spawned = std::thread::Builder::new()
             .name("diskspool-solo".into())
             .spawn(move || watch_solo(weak));

@@ -232,6 +232,8 @@ pub struct SimStats {
     /// Kills of one simulated process ([`SimStorage::kill_process`], or a kill point armed with
     /// [`SimStorage::kill_at`] that was reached).
     pub process_kills: u64,
+    /// Answers of solo handles run by openers ([`SimStorage::allow_solo`]).
+    pub solo_answers: u64,
 }
 
 /// An in-memory filesystem that models what survives a power loss; see the
@@ -370,6 +372,31 @@ struct KillPoint {
     remaining: u64,
 }
 
+/// What a solo handle does when an opener asks it to leave solo (see
+/// [`SimStorage::allow_solo`]).
+pub(crate) type SoloAnswer = Arc<dyn Fn() + Send + Sync>;
+
+/// A solo handle's answer, registered by its process (see [`SimStorage::on_solo_asked`]).
+struct SoloAnswerer {
+    process: u32,
+    /// The incarnation of `process` that registered it: a killed process answers nothing.
+    life: u64,
+    dir: PathBuf,
+    ticket: u32,
+    answer: SoloAnswer,
+}
+
+impl fmt::Debug for SoloAnswerer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SoloAnswerer")
+            .field("process", &self.process)
+            .field("life", &self.life)
+            .field("dir", &self.dir)
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 struct SimState {
     rng: SimRng,
@@ -388,6 +415,13 @@ struct SimState {
     kill_points: BTreeMap<u32, KillPoint>,
     /// Kills per process so far.
     kill_counts: BTreeMap<u32, u64>,
+    /// Whether shared handles may run solo here (see [`SimStorage::allow_solo`]).
+    solo_allowed: bool,
+    /// Kills armed at a crash point of a solo handle's answer, per process (see
+    /// [`SimStorage::kill_in_answer_at`]).
+    answer_kill_points: BTreeMap<u32, &'static str>,
+    /// The answers of the handles that may be solo.
+    solo_answerers: Vec<SoloAnswerer>,
 
     dirs: BTreeMap<PathBuf, Dir>,
     inodes: BTreeMap<u64, Inode>,
@@ -580,7 +614,8 @@ impl SimState {
     }
 
     /// How far a read mapping may show the segment at `path` while a shared queue's
-    /// processes write it: up to the committed tail when it is the active segment. A copy
+    /// processes write it: up to the committed tail when it is the active segment (unless a
+    /// handle is solo). A copy
     /// cannot show what is written after it was made, as a real mapping does; the engine reads
     /// only up to the published tail, below the committed one, where nothing changes again.
     /// Past it, a writer's frames may still be cut by the repair of the next writer (after a
@@ -594,8 +629,14 @@ impl SimState {
         let control = self
             .lookup(&dir.join(crate::format::layout::CONTROL_FILE_NAME))
             .ok()?;
-        let (committed_base, committed_tail) =
-            self.inodes.get(&control)?.page.as_ref()?.committed_tail();
+        let page = self.inodes.get(&control)?.page.as_ref()?;
+        // A solo handle writes as an exclusive one and leaves the committed tail as it was:
+        // it alone writes, and what it wrote is committed before another writer comes, so
+        // its frames are shown as an exclusive queue's are.
+        if page.solo_holder() != 0 {
+            return None;
+        }
+        let (committed_base, committed_tail) = page.committed_tail();
         (base == committed_base).then_some(committed_tail)
     }
 
@@ -740,6 +781,9 @@ impl SimStorage {
                 next_flock: 0,
                 kill_points: BTreeMap::new(),
                 kill_counts: BTreeMap::new(),
+                solo_allowed: false,
+                answer_kill_points: BTreeMap::new(),
+                solo_answerers: Vec::new(),
                 dirs: BTreeMap::new(),
                 inodes: BTreeMap::new(),
                 next_inode: 1,
@@ -787,6 +831,90 @@ impl SimStorage {
         }
     }
 
+    /// Lets the handles of queues shared by several simulated processes have the queue to
+    /// themselves while they are alone (*solo*, see `Options::exclusive`), as on a real
+    /// filesystem; without it they never do. On a real filesystem a solo handle answers an
+    /// opener from a thread of its own; here no thread is started, so that a seed replays the
+    /// same calls: the opener runs the solo handle's answer itself, on its own thread, as the
+    /// solo handle's process would (its calls are that process's). A handle never becomes solo
+    /// again by itself either: the simulation asks it to (`testkit::enter_solo_if_alone`).
+    pub fn allow_solo(&self) {
+        self.lock().solo_allowed = true;
+    }
+
+    /// Whether [`allow_solo`](Self::allow_solo) was called.
+    pub(crate) fn allows_solo(&self) -> bool {
+        self.lock().solo_allowed
+    }
+
+    /// Registers what the handle with `ticket` on the queue in `dir`, of this clone's process,
+    /// does when an opener asks it to leave solo (in place of its solo thread).
+    pub(crate) fn on_solo_asked(&self, dir: &Path, ticket: u32, answer: SoloAnswer) {
+        let mut state = self.lock();
+        let life = state.life(self.process);
+        let SimState {
+            lives,
+            solo_answerers,
+            ..
+        } = &mut *state;
+        solo_answerers.retain(|known| {
+            lives.get(&known.process) == Some(&known.life)
+                && (known.dir.as_path(), known.ticket) != (dir, ticket)
+        });
+        solo_answerers.push(SoloAnswerer {
+            process: self.process,
+            life,
+            dir: dir.to_path_buf(),
+            ticket,
+            answer,
+        });
+    }
+
+    /// Runs the answer of the handle with `ticket` on the queue in `dir`, if its process is
+    /// alive and registered one, and waits until it returned or its process was killed in it
+    /// (a kill armed with [`kill_at`](Self::kill_at) stops the answer's thread for good, as
+    /// the solo thread of a process killed while it answers): true when it ran.
+    pub(crate) fn ask_solo(&self, dir: &Path, ticket: u32) -> bool {
+        let found = {
+            let mut state = self.lock();
+            let found = state
+                .solo_answerers
+                .iter()
+                .find(|known| {
+                    known.dir == dir
+                        && known.ticket == ticket
+                        && state.alive(known.process, known.life)
+                })
+                .map(|known| (known.answer.clone(), known.process, known.life));
+            state.stats.solo_answers += u64::from(found.is_some());
+            found
+        };
+        let Some((answer, process, life)) = found else {
+            return false;
+        };
+        // On a thread of its own, as the solo thread's: the asker waits while it runs (one at
+        // a time, so a seed still replays), and goes on if a kill stops it. Not under the
+        // state's lock: the answer calls the storage.
+        let Ok(answering) = std::thread::Builder::new()
+            .name("sim-solo-answer".into())
+            .spawn(move || answer())
+        else {
+            return false;
+        };
+        loop {
+            if answering.is_finished() {
+                // The answer does not panic; if it did, the asker sees the solo word still set.
+                let _ = answering.join();
+                return true;
+            }
+            if !self.lock().alive(process, life) {
+                // Killed in its answer: the thread stays where the kill stopped it.
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+
     /// The simulated process this clone acts as (see [`process`](Self::process)).
     pub fn process_number(&self) -> u32 {
         self.process
@@ -818,9 +946,35 @@ impl SimStorage {
             .insert(process, KillPoint { remaining: calls });
     }
 
-    /// Disarms the kill point of `process`, if one is armed and not reached.
+    /// Disarms the kill point of `process`, if one is armed and not reached (and the kill
+    /// armed with [`kill_in_answer_at`](Self::kill_in_answer_at)).
     pub fn disarm_kill(&self, process: u32) {
-        self.lock().kill_points.remove(&process);
+        let mut state = self.lock();
+        state.kill_points.remove(&process);
+        state.answer_kill_points.remove(&process);
+    }
+
+    /// Arms a kill of simulated process `process` at the crash point named `point` (see
+    /// `engine::failpoint`) of a solo handle's answer to an opener (see
+    /// [`allow_solo`](Self::allow_solo)): most answers make no storage call, so
+    /// [`kill_at`](Self::kill_at) cannot reach inside them. The answer's thread stops there
+    /// for good; the process is dead. (Feature `testkit`: the crash points' hooks.)
+    #[cfg(feature = "testkit")]
+    pub fn kill_in_answer_at(&self, process: u32, point: &'static str) {
+        self.lock().answer_kill_points.insert(process, point);
+    }
+
+    /// Called by a solo handle's answer at each crash point it reaches, through a clone of
+    /// its process: true when a kill was armed there, which it carries out.
+    #[cfg(feature = "testkit")]
+    pub(crate) fn answer_reached(&self, point: &str) -> bool {
+        let mut state = self.lock();
+        if state.answer_kill_points.get(&self.process) != Some(&point) {
+            return false;
+        }
+        state.answer_kill_points.remove(&self.process);
+        state.kill(self.process);
+        true
     }
 
     /// How many times `process` was killed so far ([`kill_process`](Self::kill_process), or
@@ -1484,6 +1638,15 @@ impl SharedPage {
             }
             std::hint::spin_loop();
         }
+    }
+
+    /// The solo word: the ticket of the handle that has the queue to itself, 0 when none.
+    fn solo_holder(&self) -> u32 {
+        use crate::format::control::SOLO;
+        use std::sync::atomic::Ordering;
+        let word = self.words[SOLO / 8].load(Ordering::Acquire).to_ne_bytes();
+        let at = SOLO % 8;
+        u32::from_ne_bytes([word[at], word[at + 1], word[at + 2], word[at + 3]])
     }
 
     /// Where the page starts: 8-byte aligned, never moved while the page lives.

@@ -80,6 +80,10 @@ pub struct ProcessesConfig {
     /// Whether every process also opens a spool of shared queues, fans records out to two of
     /// its queues and pops them (wide runs only).
     pub spool: bool,
+    /// Whether handles may be solo (`SimStorage::allow_solo`): the first opener has the
+    /// queue to itself until the next opens (which runs its answer), and a handle left alone by
+    /// a close or a kill becomes solo again at once, as its solo thread would make it.
+    pub solo: bool,
 }
 
 impl ProcessesConfig {
@@ -126,6 +130,7 @@ impl ProcessesConfig {
             drops_to_dead_letters: false,
             spool: false,
             mixed: None,
+            solo: false,
             ..self
         }
     }
@@ -269,6 +274,15 @@ pub enum ProcessOp {
         /// Whether another handle pushes meanwhile.
         racing_push: bool,
     },
+    /// In a run with solo, while a handle is solo (every other slot's process closed or
+    /// died, and has not started again): start the process of the first empty slot, whose
+    /// open asks the solo handle to leave solo, and kill the solo handle's process at one of
+    /// the crash points of its answer (`SOLO_ANSWER_POINTS[point % 4]`). Nothing when no
+    /// handle is solo.
+    KillAnswer {
+        /// Which crash point of the answer.
+        point: u8,
+    },
     /// Cut the power (the crash's choices drawn from `seed`): every process dies; all open
     /// again.
     PowerLoss {
@@ -349,10 +363,20 @@ impl ProcessOp {
             | ProcessOp::Kill { handle }
             | ProcessOp::KillOpen { handle, .. } => Some(*handle),
             ProcessOp::KillDuring { op, .. } | ProcessOp::KillAtPoint { op, .. } => op.handle(),
-            ProcessOp::PowerLoss { .. } => None,
+            ProcessOp::PowerLoss { .. } | ProcessOp::KillAnswer { .. } => None,
         }
     }
 }
+
+/// The crash points of a solo handle's answer to an opener (`Shared::leave_solo`), in order:
+/// after its tail was committed, after its consumer calls stopped running the solo way, after
+/// its consumer's state was recorded, after the solo word was cleared.
+const SOLO_ANSWER_POINTS: [&str; 4] = [
+    "solo.committed",
+    "solo.stopped",
+    "solo.consumer",
+    "solo.ended",
+];
 
 /// The setup of seed `seed`'s run.
 pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
@@ -379,6 +403,8 @@ pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
     };
     let drops_to_dead_letters = overflow == Overflow::DropOldest && bound.chance(1, 2);
     let spool = SimRng::new(seed ^ 0x5B00_1FA7_0E11).chance(1, 4);
+    // A stream of its own too.
+    let solo = SimRng::new(seed ^ 0x5010_A15E_5EED).chance(1, 2);
     // Mixed policies too: a stream of their own, so that the draws above stay what they were.
     let mut mixing = SimRng::new(seed ^ 0x0B1E_D5EE_D000);
     let mixed = mixing.chance(1, 3).then(|| {
@@ -401,6 +427,7 @@ pub fn processes_config_from_seed(seed: u64) -> ProcessesConfig {
         overflow,
         drops_to_dead_letters,
         spool,
+        solo,
     }
 }
 
@@ -416,8 +443,10 @@ pub fn processes_ops_from_seed(
     let mut extra = config.wide.then(|| SimRng::new(seed ^ 0xE57A_0F5E_ED00));
     // And the spool's, drawn only in runs with a spool.
     let mut spooling = config.spool.then(|| SimRng::new(seed ^ 0x5B00_1FA7_0D05));
+    // And the kills of solo handles in their answers, drawn only in runs with solo.
+    let mut answering = config.solo.then(|| SimRng::new(seed ^ 0x5010_A125_E4ED));
     let handles = u64::from(config.handles);
-    (0..count)
+    let drawn: Vec<ProcessOp> = (0..count)
         .map(|_| {
             let handle = rng.below(handles) as u8;
             let mut draw_work = |rng: &mut SimRng, extra: &mut Option<SimRng>, handle| {
@@ -480,7 +509,19 @@ pub fn processes_ops_from_seed(
                 _ => draw_work(&mut rng, &mut extra, handle),
             }
         })
-        .collect()
+        .collect();
+    let mut ops = Vec::with_capacity(drawn.len());
+    for op in drawn {
+        ops.push(op);
+        if let Some(answering) = answering.as_mut() {
+            if answering.chance(1, 10) {
+                ops.push(ProcessOp::KillAnswer {
+                    point: answering.below(SOLO_ANSWER_POINTS.len() as u64) as u8,
+                });
+            }
+        }
+    }
+    ops
 }
 
 /// Simpler forms of `op`, for shrinking a failing run after operations were removed: the
@@ -693,6 +734,12 @@ pub struct ProcessesSummary {
     pub mixed_runs: u64,
     /// Power losses in those runs.
     pub mixed_power_losses: u64,
+    /// Handles that became solo again after a close or a kill left them alone.
+    pub solo_entries: u64,
+    /// Openers that asked a solo handle to leave solo, and it did (its answer ran).
+    pub solo_answers: u64,
+    /// Solo handles' processes killed in the middle of their answer (`KillAnswer`).
+    pub kills_in_answers: u64,
 }
 
 /// The sum of the runs' summaries (beside the struct, so that a new field is added here too).
@@ -713,6 +760,9 @@ impl std::ops::AddAssign for ProcessesSummary {
         self.copies_popped += run.copies_popped;
         self.mixed_runs += run.mixed_runs;
         self.mixed_power_losses += run.mixed_power_losses;
+        self.solo_entries += run.solo_entries;
+        self.solo_answers += run.solo_answers;
+        self.kills_in_answers += run.kills_in_answers;
     }
 }
 
@@ -2045,6 +2095,7 @@ fn run_work(
         | ProcessOp::KillOpen { .. }
         | ProcessOp::KillDuring { .. }
         | ProcessOp::KillAtPoint { .. }
+        | ProcessOp::KillAnswer { .. }
         | ProcessOp::PowerLoss { .. } => Ok(Outcome::Done),
     }
 }
@@ -2142,6 +2193,9 @@ struct Run {
     /// Whether a consumer call returned since the last one a kill cut (its turn counted the
     /// usage from the files).
     slack_settled: bool,
+    /// Draws whether a process that closed or died starts again at once or only at its slot's
+    /// next operation (runs with solo: meanwhile the others may work solo).
+    restarts: SimRng,
 }
 
 impl Run {
@@ -2239,8 +2293,8 @@ impl Run {
             };
             Ok((queue, spool))
         });
-        if racing_push {
-            let pusher = (index + 1) % self.processes.len();
+        let pusher = (index + 1) % self.processes.len();
+        if racing_push && self.processes[pusher].queue.is_some() {
             let push = ProcessOp::Push {
                 handle: pusher as u8,
                 len: 8 + (calls % 64),
@@ -2285,6 +2339,77 @@ impl Run {
         }
     }
 
+    /// After the process of slot `index` closed or died: starts the next at once, or, in a
+    /// run where handles may be solo, half of the time only at the slot's next operation (see
+    /// [`start_if_not_running`](Self::start_if_not_running)), so that the handles left work
+    /// alone (solo) meanwhile.
+    fn start_now_or_later(&mut self, index: usize) -> Result<(), String> {
+        if self.config.solo && !self.config.bounded() && self.restarts.chance(1, 2) {
+            return Ok(());
+        }
+        self.start(index)
+    }
+
+    /// Starts a process in slot `index` if none runs there (see
+    /// [`start_now_or_later`](Self::start_now_or_later)).
+    fn start_if_not_running(&mut self, index: usize) -> Result<(), String> {
+        match self.processes[index].queue {
+            Some(_) => Ok(()),
+            None => self.start(index),
+        }
+    }
+
+    /// `ProcessOp::KillAnswer`.
+    fn kill_in_answer(&mut self, point: u8) -> Result<(), String> {
+        let slots = 0..self.processes.len();
+        let solo = slots.clone().find(|&index| {
+            self.processes[index]
+                .queue
+                .as_ref()
+                .is_some_and(|queue| crate::testkit::is_solo(queue))
+        });
+        let empty = slots
+            .clone()
+            .find(|&index| self.processes[index].queue.is_none());
+        let (Some(solo), Some(empty)) = (solo, empty) else {
+            return Ok(());
+        };
+        let number = self.processes[solo].number;
+        let kills_before = self.sim.kills(number);
+        let point = SOLO_ANSWER_POINTS[usize::from(point) % SOLO_ANSWER_POINTS.len()];
+        self.sim.kill_in_answer_at(number, point);
+        let started = self.start(empty);
+        if self.sim.kills(number) == kills_before {
+            self.sim.disarm_kill(number);
+            return started;
+        }
+        // Killed in its answer (of the queue's open, or of the open of a queue of the
+        // spool): dead, as a process killed while its solo thread answered.
+        self.bury(solo);
+        self.model.summary.kills_in_answers += 1;
+        started?;
+        self.others_look_if_alone(solo)?;
+        self.start_now_or_later(solo)
+    }
+
+    /// In a run with solo, after the handle of slot `index` closed or died: each other live
+    /// handle looks whether it is alone and becomes solo if so, as its solo thread does when
+    /// a handle that drops wakes it (or a second later, for a killed one). The process that
+    /// starts in slot `index` next then finds it solo, and runs its answer.
+    fn others_look_if_alone(&mut self, index: usize) -> Result<(), String> {
+        if !self.config.solo {
+            return Ok(());
+        }
+        for other in (0..self.processes.len()).filter(|&other| other != index) {
+            if let Some(queue) = &self.processes[other].queue {
+                let entered = crate::testkit::enter_solo_if_alone(queue)
+                    .map_err(|error| format!("handle {other} failed to become solo: {error}"))?;
+                self.model.summary.solo_entries += u64::from(entered);
+            }
+        }
+        Ok(())
+    }
+
     /// The process of slot `index` is dead: its handle is kept as it is, never dropped.
     fn bury(&mut self, index: usize) {
         if let Some(queue) = self.processes[index].queue.take() {
@@ -2312,6 +2437,9 @@ impl Run {
         let index = op
             .handle()
             .map(|handle| usize::from(handle) % self.processes.len());
+        if let Some(index) = index {
+            self.start_if_not_running(index)?;
+        }
         match op {
             ProcessOp::PowerLoss { seed } => {
                 self.sim.power_loss_seeded(*seed);
@@ -2329,7 +2457,8 @@ impl Run {
                 self.sim.kill_process(self.processes[index].number);
                 self.bury(index);
                 self.model.summary.kills += 1;
-                self.start(index)
+                self.others_look_if_alone(index)?;
+                self.start_now_or_later(index)
             }
             ProcessOp::Reopen { .. } => {
                 let index = index.unwrap_or(0);
@@ -2349,7 +2478,8 @@ impl Run {
                     std::mem::forget(delivery);
                 }
                 self.model.holder_died(self.processes[index].number);
-                self.start(index)
+                self.others_look_if_alone(index)?;
+                self.start_now_or_later(index)
             }
             ProcessOp::KillOpen {
                 calls, racing_push, ..
@@ -2358,6 +2488,7 @@ impl Run {
                 self.sim.kill_process(self.processes[index].number);
                 self.bury(index);
                 self.model.summary.kills += 1;
+                self.others_look_if_alone(index)?;
                 self.start_cut(index, *calls, *racing_push)
             }
             ProcessOp::KillDuring { calls, op } => {
@@ -2366,6 +2497,7 @@ impl Run {
             ProcessOp::KillAtPoint { point, op } => {
                 self.cut(index.unwrap_or(0), Cut::Point(*point), op)
             }
+            ProcessOp::KillAnswer { point } => self.kill_in_answer(*point),
             work => {
                 let index = index.unwrap_or(0);
                 let payloads = self.prepare(work);
@@ -2756,7 +2888,8 @@ impl Run {
                     self.model
                         .consumption_cut(usize::try_from(most).unwrap_or(usize::MAX));
                 }
-                return self.start(index);
+                self.others_look_if_alone(index)?;
+                return self.start_now_or_later(index);
             }
             if thread.is_finished() {
                 self.sim.disarm_kill(number);
@@ -2771,6 +2904,9 @@ impl Run {
 
     /// Pops everything left from one handle.
     fn drain(&mut self) -> Result<(), String> {
+        for index in 0..self.processes.len() {
+            self.start_if_not_running(index)?;
+        }
         // What the live processes hold, released.
         for index in 0..self.processes.len() {
             let held = std::mem::take(&mut self.processes[index].held);
@@ -2893,6 +3029,9 @@ pub fn run_processes(
 ) -> Result<ProcessesSummary, String> {
     let sim = SimStorage::new(0x516D_0001);
     sim.set_writable_mappings(config.writable_mappings);
+    if config.solo {
+        sim.allow_solo();
+    }
     let mut run = Run {
         sim,
         config: *config,
@@ -2917,6 +3056,7 @@ pub fn run_processes(
         discards_before: 0,
         bound_slack: 0,
         slack_settled: true,
+        restarts: SimRng::new(0x5010_0057_A127),
     };
     let result = (|| {
         for index in 0..run.processes.len() {
@@ -2973,6 +3113,7 @@ pub fn run_processes(
         } else {
             0
         },
+        solo_answers: run.sim.stats().solo_answers,
         ..run.model.summary
     })
 }
