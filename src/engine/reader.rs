@@ -479,24 +479,33 @@ fn count_delayed_unread(
     let (mut segment, mut offset, mut next_seq) = (cursor.segment, cursor.offset, cursor.next_seq);
     let mut delayed = 0;
     while next_seq < end_seq {
-        if let Some(counted) = segment.delayed_frames(&*env.storage)? {
-            let range = next_seq..end_seq.min(counted.after);
-            delayed += count_delayed_in(&counted.frames, range, history, now_us);
-            next_seq = counted.after;
-        } else {
-            let end = segment.readable_end();
-            if offset < end {
-                let view = segment.view(&*env.storage, end)?;
-                let bytes = (*view).as_ref();
-                let bytes = bytes.get(..end as usize).unwrap_or(&[]);
-                let rules = segment.rules();
-                next_seq =
-                    walk_headers(bytes, offset as usize, next_seq, rules, |header, prefix| {
-                        let seq = header.seq;
-                        if seq < end_seq && history.is_delayed(seq, prefix.not_before_us, now_us) {
-                            delayed += 1;
-                        }
-                    });
+        match segment.delayed_frames(&*env.storage)? {
+            // The count walks a sealed segment from its start, and stops at damage: damage
+            // behind the frontier (consumed records, which nothing reads again) stops it
+            // before `next_seq`. The segment is then walked from the frontier, as the active
+            // one is.
+            Some(counted) if counted.after >= next_seq => {
+                let range = next_seq..end_seq.min(counted.after);
+                delayed += count_delayed_in(&counted.frames, range, history, now_us);
+                next_seq = counted.after;
+            }
+            _ => {
+                let end = segment.readable_end();
+                if offset < end {
+                    let view = segment.view_for_scan(&*env.storage, end)?;
+                    let bytes = (*view).as_ref();
+                    let bytes = bytes.get(..end as usize).unwrap_or(&[]);
+                    let rules = segment.rules();
+                    next_seq =
+                        walk_headers(bytes, offset as usize, next_seq, rules, |header, prefix| {
+                            let seq = header.seq;
+                            if seq < end_seq
+                                && history.is_delayed(seq, prefix.not_before_us, now_us)
+                            {
+                                delayed += 1;
+                            }
+                        });
+                }
             }
         }
         if !segment.is_sealed() {

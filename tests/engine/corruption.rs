@@ -369,3 +369,57 @@ fn a_sealed_segment_cut_inside_its_padding_is_read_alike_by_pop_and_dump() {
     assert_eq!(popped, (0..100).collect::<Vec<_>>());
     assert_eq!(dumped, popped);
 }
+
+#[test]
+fn stats_counts_the_delayed_records_ahead_of_damage_behind_the_head_in_a_sealed_segment() {
+    // The head is past a sealed segment's damaged frame: the records behind it are consumed,
+    // and counting the delayed records ahead of the head must not read the segment from its
+    // start as if the damage ended it.
+    for exclusive in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = small_segments(SyncPolicy::Never).exclusive(exclusive);
+        {
+            let queue = Queue::open(dir.path(), options.clone()).unwrap();
+            // Plain records first, then every third one delayed by an hour.
+            for seq in 0..60u64 {
+                let payload = payload_for(seq);
+                let pushed = match seq > 6 && seq % 3 == 0 {
+                    true => queue
+                        .push_delayed(&payload, std::time::Duration::from_secs(3600))
+                        .unwrap(),
+                    false => queue.push(&payload).unwrap(),
+                };
+                assert_eq!(pushed, seq);
+            }
+            let segments = segment_files(dir.path());
+            assert!(segments.len() > 2, "{segments:?}");
+            let in_first = frame_offsets(&segments[0]).len() as u64;
+            assert!(in_first > 9, "{in_first} records in the first segment");
+            for seq in 0..5 {
+                assert_eq!(queue.pop().unwrap().unwrap().seq(), seq);
+            }
+            // A retry time in the ack log too (counted as delayed from there).
+            let delivery = queue.try_recv().unwrap().unwrap();
+            assert_eq!(delivery.seq(), 5);
+            delivery
+                .retry_after(std::time::Duration::from_secs(3600))
+                .unwrap();
+            queue.sync().unwrap();
+        }
+        let damaged = &segment_files(dir.path())[0];
+        let frames = frame_offsets(damaged);
+        // The frame of record 1, header and all.
+        let (offset, _) = frames[1];
+        let mut bytes = std::fs::read(damaged).unwrap();
+        bytes[offset as usize..offset as usize + 40].fill(0xA5);
+        std::fs::write(damaged, &bytes).unwrap();
+        let queue = Queue::open(dir.path(), options).unwrap();
+        let stats = queue.stats().unwrap();
+        // Records 5..60 left; delayed: every third from 9 on (17), and record 5's retry.
+        assert_eq!(
+            (stats.head_seq, stats.len, stats.delayed),
+            (5, 55, 18),
+            "exclusive {exclusive}: {stats:?}"
+        );
+    }
+}
