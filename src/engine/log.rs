@@ -116,6 +116,15 @@ impl Log {
     }
 
     /// The segment after `base`, if there is one.
+    /// The segment starting at `base`, as the map holds it now.
+    pub(crate) fn segment_at(&self, base: u64) -> Option<Arc<Segment>> {
+        self.segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&base)
+            .cloned()
+    }
+
     pub(crate) fn segment_after(&self, base: u64) -> Option<Arc<Segment>> {
         self.segments
             .read()

@@ -654,6 +654,19 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
             }
             return Ok(None);
         }
+        // A shared queue's push that rolled and then failed left the segment it sealed as
+        // the committed one, and the next push took it up again as a new segment object for
+        // the same file (`Log::adopt_segments`): the records go on there.
+        if let Some(current) = log.segment_at(cursor.segment.base_seq) {
+            if !Arc::ptr_eq(&current, &cursor.segment) {
+                let left = std::mem::replace(
+                    cursor,
+                    Cursor::new(current, cursor.offset, cursor.next_seq),
+                );
+                drop(left);
+                continue;
+            }
+        }
         let next = log.segment_after(cursor.segment.base_seq);
         let Some(next) = next else {
             return Ok(None);
