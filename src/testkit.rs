@@ -494,6 +494,11 @@ pub struct SimConfig {
     /// [`Options::max_records`] with `Overflow::Reject`, if any: a push may then fail with
     /// `Error::Full`, which the run checks is right (the queue holds that many records).
     pub max_records: Option<u64>,
+    /// Whether the queue is opened as processes sharing it open it
+    /// ([`Options::exclusive`]`(false)`), alone: solo where it may be
+    /// ([`SimStorage::allow_solo`]), else on the shared paths. No segment pool then (shared
+    /// queues have none).
+    pub shared: bool,
 }
 
 impl Default for SimConfig {
@@ -506,6 +511,7 @@ impl Default for SimConfig {
             writable_mappings: false,
             record_size_max: SIM_RECORD_SIZE_MAX,
             max_records: None,
+            shared: false,
         }
     }
 }
@@ -531,6 +537,8 @@ pub fn config_from_seed(seed: u64) -> SimConfig {
         },
         // Drawn last, so that the setups drawn before stay those of earlier builds.
         max_records: rng.chance(1, 4).then(|| 4 + rng.below(28)),
+        // From a generator of its own, for the same reason.
+        shared: SimRng::new(seed ^ 0x5AA2_ED00_5EED).chance(1, 3),
     }
 }
 /// The most operations decoded from one fuzz input.
@@ -1188,10 +1196,14 @@ struct Run {
 impl Run {
     fn options(&self, policy: Policy) -> Options {
         Options::default()
+            .exclusive(!self.config.shared)
             .max_records(self.config.max_records.unwrap_or(0))
             .segment_size(self.config.segment_size)
             .max_record_size(usize::from(self.config.record_size_max) + 16)
-            .segment_pool(self.config.segment_pool)
+            .segment_pool(match self.config.shared {
+                true => 0,
+                false => self.config.segment_pool,
+            })
             .sync(policy.sync_policy())
             .storage(Arc::new(self.sim.clone()))
             .on_damage(if self.quarantine {
@@ -2012,10 +2024,14 @@ impl Run {
         }
         (self.model.head, self.model.head_high) = saved;
         for delivery in deliveries {
-            // Releasing is in memory only.
-            delivery
-                .nack()
-                .map_err(|error| format!("nack failed: {error}"))?;
+            // Releasing is in memory only, except in a shared queue, which writes it into
+            // the ack log for the other processes (synced under `Always`): a fault may fail it
+            // there, and poisons the queue.
+            match delivery.nack() {
+                Ok(()) => {}
+                Err(error) if self.config.shared => return self.expect_fault(error, faults_before),
+                Err(error) => return Err(format!("nack failed: {error}")),
+            }
         }
         Ok(())
     }
@@ -2218,6 +2234,9 @@ pub fn run_ops_quarantining(config: &SimConfig, ops: &[Op]) -> Result<RunSummary
 fn run(config: &SimConfig, ops: &[Op], quarantine: bool) -> Result<RunSummary, String> {
     let sim = SimStorage::new(0x5eed);
     sim.set_writable_mappings(config.writable_mappings);
+    if config.shared {
+        sim.allow_solo();
+    }
     let mut run = Run {
         config: *config,
         sim,

@@ -142,6 +142,7 @@ struct Coverage {
     damaged: u64,
     refused: u64,
     cut: u64,
+    shared: u64,
 }
 
 fn run_seeds(first: u64, count: u64) -> Coverage {
@@ -153,7 +154,9 @@ fn run_seeds(first: u64, count: u64) -> Coverage {
         coverage.damaged += summary.damaged;
         coverage.refused += summary.refused;
         coverage.cut += summary.cut;
-        coverage.pooled += u64::from(config.segment_pool > 0);
+        // Shared queues have no segment pool.
+        coverage.pooled += u64::from(config.segment_pool > 0 && !config.shared);
+        coverage.shared += u64::from(config.shared);
         coverage.large += u64::from(config.record_size_max > 600);
     }
     eprintln!(
@@ -164,15 +167,18 @@ fn run_seeds(first: u64, count: u64) -> Coverage {
     coverage
 }
 
-/// The contract holds for 500 seeded workloads.
+/// The contract holds for 200 seeded workloads.
 /// Most of them store through writable mappings (the real filesystem's write path under `Never`
-/// and `Interval`, and for head slots) and recycle segment files, a quarter push large records,
-/// and they damage synced data a few hundred times, most of which the queue refuses.
+/// and `Interval`, and for head slots) and half recycle segment files, a quarter push large
+/// records, a third open the queue as processes sharing it do (`exclusive(false)`, alone: solo
+/// where it may be), and they damage synced data a few hundred times, most of which the queue
+/// refuses.
 #[test]
 fn contract_holds_for_200_seeds() {
     let coverage = run_seeds(0, 200);
     assert!(coverage.mapped >= 100, "{coverage:?}");
-    assert!(coverage.pooled >= 100, "{coverage:?}");
+    assert!(coverage.pooled >= 80, "{coverage:?}");
+    assert!(coverage.shared >= 40, "{coverage:?}");
     assert!(coverage.large >= 30, "{coverage:?}");
     assert!(coverage.damaged >= 200, "{coverage:?}");
     assert!(coverage.refused >= 150, "{coverage:?}");
