@@ -222,6 +222,21 @@ fn quarantine_keeps_the_contract() {
     );
 }
 
+/// Seeds that found faults, replayed by `cargo test`. With shared queues (December 6 2026):
+/// 3,201,469, a push failed past a roll and this handle's reader stayed on the segment object
+/// it had sealed; 3,309,649, then stepped into the new segment before it was cut, and the
+/// compactor deleted the committed one; 3,324,479, the segment taken up again did not show
+/// what the sealed object had shown. Exclusive: 3,304,657, the reader that waits at the end of
+/// a segment before an active one with nothing shown hid a missing segment between them.
+#[test]
+fn contract_holds_for_the_seeds_that_found_faults() {
+    for &seed in SEEDS_THAT_FOUND_FAULTS {
+        check_seed(seed);
+    }
+}
+
+const SEEDS_THAT_FOUND_FAULTS: &[u64] = &[3_201_469, 3_309_649, 3_324_479, 3_304_657];
+
 /// The long run: `DISKSPOOL_SIM_SEEDS` seeds (default 100,000) from `DISKSPOOL_SIM_START`.
 #[test]
 #[ignore = "long; run with --ignored, see docs/TESTING.md"]
@@ -1016,4 +1031,202 @@ fn dedup_process_options(sim: &diskspool::SimStorage, process: u32) -> diskspool
         .sync(diskspool::SyncPolicy::Never)
         .dedup_window(std::time::Duration::from_secs(3600))
         .storage(std::sync::Arc::new(sim.process(process)))
+}
+
+/// A shared queue's push that rolled to a new segment and then failed (after the new segment
+/// was created) leaves the segment it sealed as the committed one: the handle cuts the new
+/// segment at once and takes the old one up again, as a new segment object for the same file.
+/// Its reader must go on in that object, and neither its reader nor its compactor may take the
+/// new segment for the log's meanwhile. Found by the simulation's shared runs: before, the
+/// reader found no segment after the sealed object and returned nothing while the records the
+/// next push wrote there were owed; then, with that fixed, the reader stepped into the new
+/// segment before the repair, and the compactor deleted the committed one.
+#[test]
+fn a_shared_push_that_fails_past_a_roll_leaves_its_handle_on_the_committed_segment() {
+    use diskspool::storage::sim::{Fault, FaultKind, SimOp};
+    use diskspool::{Options, Queue, SimStorage, SyncPolicy};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    let dir = Path::new("/q");
+    // Three fill a segment; two small ones fit in the room left after them.
+    let payload = [7u8; 1000];
+    let small = [8u8; 8];
+    // Under `Never` with a bound, so that the handle alone is not solo (a solo handle writes
+    // as an exclusive one), and under `Always`.
+    for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+        let options = |sim: &SimStorage| {
+            Options::default()
+                .exclusive(false)
+                .sync(sync)
+                .max_records(1000)
+                .segment_size(4096)
+                .storage(Arc::new(sim.process(1)))
+        };
+        let segments = |sim: &SimStorage| {
+            sim.file_names(dir)
+                .into_iter()
+                .filter(|name| name.ends_with(".seg"))
+                .count()
+        };
+        // How many records fill the first segment.
+        let per_segment = {
+            let sim = SimStorage::new(1);
+            let queue = Queue::open(dir, options(&sim)).unwrap();
+            let mut pushed = 0;
+            while segments(&sim) < 2 {
+                queue.push(&payload).unwrap();
+                pushed += 1;
+            }
+            pushed - 1
+        };
+        // Two segments full: the reader in the first, the next push rolls from the second.
+        let filled = 2 * per_segment;
+        let rolled_to = format!("{filled:020}.seg");
+        let mut scenarios = 0;
+        for skip in 0..8 {
+            let sim = SimStorage::new(1);
+            let queue = Queue::open(dir, options(&sim)).unwrap();
+            for seq in 0..filled {
+                assert_eq!(queue.push(&payload).unwrap(), seq);
+            }
+            // The reader in the segment, with a mapping of it.
+            let mut popped = vec![queue.pop().unwrap().unwrap().seq()];
+            sim.inject(Fault {
+                op: Some(SimOp::Write),
+                skip,
+                kind: FaultKind::Io,
+                sticky: false,
+            });
+            let failed = queue.push(&payload);
+            sim.clear_faults();
+            match failed {
+                // Failed in the new segment, once it was created.
+                Err(error) if error.to_string().contains(&rolled_to) => {}
+                _ => continue,
+            }
+            scenarios += 1;
+            assert_eq!(
+                segments(&sim),
+                2,
+                "{sync:?}, skip {skip}: the new segment is cut at once"
+            );
+            // The reader reads to the end of the second segment (shown before the failure, and
+            // still), and the compactor keeps that one: the log goes on in it.
+            while let Some(record) = queue.pop().unwrap() {
+                popped.push(record.seq());
+            }
+            queue.compact().unwrap();
+            assert_eq!(
+                segments(&sim),
+                1,
+                "{sync:?}, skip {skip}: the first segment compacted"
+            );
+            let range = queue.push_batch([&small[..], &small[..]]).unwrap();
+            assert_eq!(range, filled..filled + 2, "{sync:?}, skip {skip}");
+            assert_eq!(
+                segments(&sim),
+                1,
+                "{sync:?}, skip {skip}: into the committed segment"
+            );
+            while let Some(record) = queue.pop().unwrap() {
+                popped.push(record.seq());
+            }
+            assert_eq!(
+                popped,
+                (0..filled + 2).collect::<Vec<_>>(),
+                "{sync:?}, skip {skip}"
+            );
+        }
+        assert!(scenarios > 0, "{sync:?}: no push failed past its roll");
+    }
+}
+
+/// The race behind [`a_shared_push_that_fails_past_a_roll_leaves_its_handle_on_the_committed_segment`],
+/// forced: right after the push rolled (crash point `roll.switched`), another thread of the
+/// handle pops to the end of the sealed segment and compacts; then the push fails. The reader
+/// must not have stepped into the new segment, which the failed push cuts, nor the compactor
+/// have deleted the sealed one, which stays the committed segment.
+#[test]
+fn a_reader_and_compactor_racing_a_shared_push_that_fails_past_a_roll_keep_the_committed_segment() {
+    use diskspool::storage::sim::{Fault, FaultKind, SimOp};
+    use diskspool::{Options, Queue, SimStorage, SyncPolicy};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    let dir = Path::new("/q");
+    // Three fill a segment (see the test above); two small ones fit after them.
+    let payload = [7u8; 1000];
+    let small = [8u8; 8];
+    let sim = SimStorage::new(1);
+    let queue = Arc::new(
+        Queue::open(
+            dir,
+            Options::default()
+                .exclusive(false)
+                .sync(SyncPolicy::Always)
+                .segment_size(4096)
+                .storage(Arc::new(sim.process(1))),
+        )
+        .unwrap(),
+    );
+    let segments = |sim: &SimStorage| {
+        sim.file_names(dir)
+            .into_iter()
+            .filter(|name| name.ends_with(".seg"))
+            .count()
+    };
+    for seq in 0..3 {
+        assert_eq!(queue.push(&payload).unwrap(), seq);
+    }
+    assert_eq!(segments(&sim), 1);
+    let racing = queue.clone();
+    let fault_sim = sim.clone();
+    let raced = Arc::new(std::sync::Mutex::new(None));
+    let race = raced.clone();
+    diskspool::testkit::on_crash_points_in_this_thread(Some(Box::new(move |name| {
+        if name != "roll.switched" {
+            return;
+        }
+        let racing = racing.clone();
+        let popped_and_compacted = std::thread::spawn(move || {
+            let mut popped = Vec::new();
+            while let Some(record) = racing.pop().unwrap() {
+                popped.push(record.seq());
+            }
+            racing.compact().unwrap();
+            popped
+        })
+        .join()
+        .unwrap();
+        *race.lock().unwrap() = Some(popped_and_compacted);
+        // The write of the record into the new segment fails.
+        fault_sim.inject(Fault {
+            op: Some(SimOp::Write),
+            skip: 0,
+            kind: FaultKind::Io,
+            sticky: false,
+        });
+    })));
+    let failed = queue.push(&payload);
+    diskspool::testkit::on_crash_points_in_this_thread(None);
+    sim.clear_faults();
+    assert_eq!(raced.lock().unwrap().take(), Some(vec![0, 1, 2]));
+    assert!(
+        failed
+            .as_ref()
+            .is_err_and(|error| error.to_string().contains(&format!("{:020}.seg", 3))),
+        "{failed:?}"
+    );
+    assert_eq!(
+        segments(&sim),
+        1,
+        "the new segment cut, the committed one kept"
+    );
+    assert_eq!(queue.push_batch([&small[..], &small[..]]).unwrap(), 3..5);
+    let mut popped = Vec::new();
+    while let Some(record) = queue.pop().unwrap() {
+        popped.push(record.seq());
+    }
+    assert_eq!(popped, [3, 4]);
 }

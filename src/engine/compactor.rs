@@ -55,7 +55,14 @@ pub(crate) fn compact(env: &Env, log: &Log, consumer: &Consumer) -> Result<Compa
     let _one_at_a_time = log.lock_compaction();
     env.check_poisoned()?;
     let durable_head = consumer.sync_head_now(env)?;
-    let victims = log.consumed_segments(durable_head);
+    let mut victims = log.consumed_segments(durable_head);
+    // A shared queue's log ends at the committed tail: a segment at or past its segment is
+    // one a push created and has not committed (it fails, and the segment it sealed is taken
+    // up again), never behind the head. (A solo handle leaves that tail as it was.)
+    if let Some(coordination) = env.coordination.as_ref().filter(|c| !c.is_solo()) {
+        let (_, committed) = coordination.committed();
+        victims.retain(|segment| segment.base_seq < committed.base);
+    }
     let mut report = CompactReport::default();
     let pool_room = log.pool_room(env.options.segment_pool);
     let mut recycled = Vec::new();

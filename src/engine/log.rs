@@ -586,6 +586,9 @@ impl Log {
             .insert(segment.base_seq, segment.clone());
         writer.active.seal(writer.tail);
         writer.start_segment(segment, file, len);
+        // Readers of this handle may now find the new segment in the map (a race the tests
+        // force here).
+        failpoint::reached("roll.switched");
         Ok(())
     }
 
@@ -648,7 +651,18 @@ impl Log {
             }
             let base_before = writer.active.base_seq;
             let written =
-                self.write_locked(env, &mut writer, payloads, prefix, batch_len, bound)?;
+                match self.write_locked(env, &mut writer, payloads, prefix, batch_len, bound) {
+                    Ok(written) => written,
+                    Err(error) => {
+                        // Cut at once what the failed write left past the committed tail (a
+                        // roll's new segment, which this handle's map holds, and the segment
+                        // it sealed, which stays the committed one), as the next writer
+                        // would: until then this handle's reader and compactor would take the
+                        // new segment for the log's. A repair that fails poisons the handle.
+                        let _ = self.take_up_tail(env, coordination, &mut writer);
+                        return Err(error);
+                    }
+                };
             failpoint::reached("shared.written");
             let committed = CommittedTail {
                 base: writer.active.base_seq,
@@ -1090,7 +1104,13 @@ impl Log {
         let active = match segments.get(&committed.base) {
             // Already known (a reader of this handle adopted it first).
             Some(known) if !known.is_sealed() => known.clone(),
-            _ => {
+            known => {
+                // Known and sealed: this handle rolled past it, and that push failed. What it
+                // showed this handle's readers stays shown (a reader at the end of the sealed
+                // object goes on in this one).
+                if let Some(known) = known {
+                    active.publish(known.readable_end());
+                }
                 segments.insert(committed.base, active.clone());
                 active
             }

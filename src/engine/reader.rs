@@ -659,10 +659,8 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
         // the same file (`Log::adopt_segments`): the records go on there.
         if let Some(current) = log.segment_at(cursor.segment.base_seq) {
             if !Arc::ptr_eq(&current, &cursor.segment) {
-                let left = std::mem::replace(
-                    cursor,
-                    Cursor::new(current, cursor.offset, cursor.next_seq),
-                );
+                let left =
+                    std::mem::replace(cursor, Cursor::new(current, cursor.offset, cursor.next_seq));
                 drop(left);
                 continue;
             }
@@ -674,6 +672,16 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
         next.ensure_checked(&*env.storage)?;
         if let Err(sequence_break) = log.check_next_base(cursor.next_seq, next.base_seq) {
             return Err(Error::corrupt(&next.path, 0, sequence_break.to_string()));
+        }
+        if next.base_seq == cursor.next_seq
+            && !next.is_sealed()
+            && next.readable_end() <= SEGMENT_HEADER_LEN as u64
+        {
+            // The active segment, nothing in it shown yet, right after this one: the reader
+            // waits at the end of this one. A shared push that rolled to it may still fail,
+            // and the segment then be cut. (After numbers a repair retired, it goes on:
+            // the head it leaves names the next segment, not a number that was cut.)
+            return Ok(None);
         }
         let left = std::mem::replace(
             cursor,

@@ -82,7 +82,9 @@ pub struct ProcessesConfig {
     pub spool: bool,
     /// Whether handles may be solo (`SimStorage::allow_solo`): the first opener has the
     /// queue to itself until the next opens (which runs its answer), and a handle left alone by
-    /// a close or a kill becomes solo again at once, as its solo thread would make it.
+    /// a close or a kill becomes solo again at once, as its solo thread would make it. In
+    /// unbounded runs the next process of a closed or killed slot then starts half of the time
+    /// only at the slot's next operation, and the workload holds `ProcessOp::KillAnswer`s.
     pub solo: bool,
 }
 
