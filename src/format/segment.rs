@@ -215,7 +215,9 @@ pub enum LocateError {
 ///   when a frame of `seq` decodes there, so consumed records before it are not read and damage
 ///   among them does not matter;
 /// - otherwise the frames are walked from the first: the first one that fails is
-///   [`LocateError::BadFrame`]; a record just past the last frame is located at that frame's end.
+///   [`LocateError::BadFrame`], unless free space follows the last frame there
+///   ([`is_free_space`], and no later frame); a record just past the last frame is located at
+///   that frame's end.
 pub fn locate_seq(
     bytes: &[u8],
     base: u64,
@@ -253,7 +255,15 @@ pub fn locate_seq(
                 last_end = Some((frame.header.seq, offset + frame.frame_len as u64));
             }
             WalkStep::Bad { offset, error, .. } => {
-                return Err(LocateError::BadFrame { offset, error })
+                // Free space after the last record ends the records, as it ends a sealed
+                // segment for the readers: the record may be the one right after them.
+                let at = usize::try_from(offset).unwrap_or(usize::MAX);
+                if is_free_space(bytes, at, &error, base)
+                    && find_later_frame(bytes, at, base, rules).is_none()
+                {
+                    break;
+                }
+                return Err(LocateError::BadFrame { offset, error });
             }
         }
     }
@@ -689,6 +699,32 @@ mod tests {
         assert!(matches!(
             locate_seq(&bytes, 10, None, 12, FrameRules::CURRENT),
             Err(LocateError::BadFrame { offset, .. }) if offset == SEGMENT_HEADER_LEN as u64
+        ));
+    }
+
+    #[test]
+    fn locate_finds_the_record_after_the_last_one_before_free_space() {
+        let mut bytes = segment_of(10, 3);
+        let end = bytes.len() as u64;
+        // Zeros to the page's end follow the records (a sealed segment's free space).
+        bytes.resize(4096, 0);
+        assert_eq!(
+            locate_seq(&bytes, 10, None, 13, FrameRules::CURRENT),
+            Ok(Located {
+                offset: end,
+                by_hint: false
+            })
+        );
+        // Not a record further on.
+        assert!(matches!(
+            locate_seq(&bytes, 10, None, 14, FrameRules::CURRENT),
+            Err(LocateError::NotInSegment { .. })
+        ));
+        // Zeros that stop short of the page's end, before other bytes, are damage.
+        bytes[4000] = 1;
+        assert!(matches!(
+            locate_seq(&bytes, 10, None, 13, FrameRules::CURRENT),
+            Err(LocateError::BadFrame { offset, .. }) if offset == end
         ));
     }
 

@@ -549,3 +549,28 @@ fn the_length_leaves_out_retired_numbers_after_the_reader_crossed_them() {
     assert_eq!(drained, expected);
     assert_eq!(queue.len(), 0);
 }
+
+/// The head recorded right after the last record of a sealed segment that a self-healing open
+/// cut (zeros follow it to the page's end): the next open finds the head there, as the readers
+/// find the segment's end. Before, it refused the queue as damaged ("checksum mismatch while
+/// locating the head"), under `OnDamage::Quarantine` too, once a consumer had popped exactly
+/// the records before the cut and closed the queue.
+#[test]
+fn a_head_right_after_the_records_a_repair_kept_in_a_sealed_segment_reopens() {
+    let dir = queue_of(100);
+    let sealed = segment_files(dir.path())[0].clone();
+    let (last_offset, last_seq) = *frame_offsets(&sealed).last().unwrap();
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    bytes[last_offset as usize..].fill(0);
+    bytes.resize(bytes.len().div_ceil(4096) * 4096 + 4096, 0);
+    std::fs::write(&sealed, &bytes).unwrap();
+    {
+        let queue = Queue::open(dir.path(), quarantining(SyncPolicy::Never)).unwrap();
+        for seq in 0..last_seq {
+            assert_eq!(queue.pop().unwrap().unwrap().seq(), seq);
+        }
+        next_push_is_new(&queue, 100);
+    }
+    let queue = Queue::open(dir.path(), quarantining(SyncPolicy::Never)).unwrap();
+    assert_eq!(queue.pop().unwrap().unwrap().seq(), 100);
+}
