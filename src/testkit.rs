@@ -46,6 +46,14 @@ pub fn is_solo(queue: &crate::Queue) -> bool {
         .is_some_and(|coordination| coordination.is_solo())
 }
 
+/// Whether a handle has its consumer side: always for an exclusive queue; for a shared one,
+/// once it made a consumer call. Only then does its `sync` record in the head how far the
+/// records are synced (docs/DURABILITY.md: a handle that never consumed syncs no consumer
+/// file).
+pub fn has_consumer(queue: &crate::Queue) -> bool {
+    queue.shared().has_consumer()
+}
+
 /// Makes a handle of a shared queue solo again if it is alone (every other handle closed or
 /// died, none opening), as its solo thread does when woken (a handle that drops wakes it) or
 /// every second: for tests that must not wait for that thread. True when this call made it
@@ -1663,7 +1671,13 @@ impl Run {
             },
             Op::Sync => match self.queue()?.sync() {
                 Ok(()) => {
+                    let promised = self.model.promised;
                     self.model.all_durable();
+                    if !has_consumer(self.queue()?) {
+                        // Synced, but the head, which this handle does not write, does not
+                        // know it: damage there after a crash may be cut, as after any crash.
+                        self.model.promised = promised;
+                    }
                     Ok(())
                 }
                 Err(error) => self.expect_fault(error, faults_before),

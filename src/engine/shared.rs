@@ -229,6 +229,12 @@ impl Shared {
         }
     }
 
+    /// Whether the consumer side is set (see [`consumer`](Shared::consumer)).
+    #[cfg(feature = "testkit")]
+    pub(crate) fn has_consumer(&self) -> bool {
+        self.consumer.get().is_some()
+    }
+
     /// The consumer side: always there for an exclusive queue; for a shared one, a consumer
     /// turn (see [`begin_turn`](Shared::begin_turn)), held until the returned guard drops.
     #[inline]
