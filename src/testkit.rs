@@ -1933,6 +1933,9 @@ impl Run {
         let Some(bound) = self.config.max_records else {
             return Err(String::from("Error::Full from an unbounded queue"));
         };
+        // A fault armed for the push must not fail the count (a shared handle that has not
+        // consumed reads the head file, and counts 0 when it cannot).
+        self.sim.clear_faults();
         let len = self.queue()?.len();
         if len + count as u64 <= bound {
             return Err(format!(
