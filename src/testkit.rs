@@ -1948,6 +1948,8 @@ impl Run {
     /// After a push returned: the queue holds no more than its bound.
     fn check_bound(&self) -> Result<(), String> {
         if let Some(bound) = self.config.max_records {
+            // As in `check_full`: not with the push's faults armed.
+            self.sim.clear_faults();
             let len = self.queue()?.len();
             if len > bound {
                 return Err(format!("{len} records in a queue bounded at {bound}"));

@@ -589,7 +589,9 @@ impl Queue {
     /// other call fails with [`Error::Forked`]), count from the files without taking a lock:
     /// from the head in the `head` file to the published tail (a shared queue's, read from
     /// `control`; an exclusive queue's, as it was at the fork), less what the ack log says was
-    /// acknowledged in between, as `spool stat` does.
+    /// acknowledged in between, as `spool stat` does. This count cannot report an I/O error:
+    /// if those files cannot be read, it leaves out what they would say (no head read: 0; no
+    /// ack log read: nothing acknowledged). [`stats`](Queue::stats) returns the error instead.
     pub fn len(&self) -> u64 {
         self.shared.len()
     }
