@@ -306,9 +306,9 @@ fn damage_inside_a_sealed_batch_cuts_at_the_batch_and_saves_its_readable_records
     next_push_is_new(&queue, 211);
 }
 
-/// Records zeroed in a sealed segment: missing records, cut there.
-#[test]
-fn zeroed_records_in_a_sealed_segment_are_cut() {
+/// A closed queue of 100 records in 4 KiB segments whose first segment's last record is
+/// zeroed, with zeros to a page past its end; returns that record's number.
+fn queue_with_the_last_record_of_its_first_segment_zeroed() -> (tempfile::TempDir, u64) {
     let dir = queue_of(100);
     let sealed = segment_files(dir.path())[0].clone();
     let (last_offset, last_seq) = *frame_offsets(&sealed).last().unwrap();
@@ -316,6 +316,13 @@ fn zeroed_records_in_a_sealed_segment_are_cut() {
     bytes[last_offset as usize..].fill(0);
     bytes.resize(bytes.len().div_ceil(4096) * 4096 + 4096, 0);
     std::fs::write(&sealed, &bytes).unwrap();
+    (dir, last_seq)
+}
+
+/// Records zeroed in a sealed segment: missing records, cut there.
+#[test]
+fn zeroed_records_in_a_sealed_segment_are_cut() {
+    let (dir, last_seq) = queue_with_the_last_record_of_its_first_segment_zeroed();
     let queue = Queue::open(dir.path(), quarantining(SyncPolicy::Never)).unwrap();
     let report = queue.recovery_report().clone();
     check_totals(&report);
@@ -557,13 +564,7 @@ fn the_length_leaves_out_retired_numbers_after_the_reader_crossed_them() {
 /// the records before the cut and closed the queue.
 #[test]
 fn a_head_right_after_the_records_a_repair_kept_in_a_sealed_segment_reopens() {
-    let dir = queue_of(100);
-    let sealed = segment_files(dir.path())[0].clone();
-    let (last_offset, last_seq) = *frame_offsets(&sealed).last().unwrap();
-    let mut bytes = std::fs::read(&sealed).unwrap();
-    bytes[last_offset as usize..].fill(0);
-    bytes.resize(bytes.len().div_ceil(4096) * 4096 + 4096, 0);
-    std::fs::write(&sealed, &bytes).unwrap();
+    let (dir, last_seq) = queue_with_the_last_record_of_its_first_segment_zeroed();
     {
         let queue = Queue::open(dir.path(), quarantining(SyncPolicy::Never)).unwrap();
         for seq in 0..last_seq {
