@@ -115,7 +115,6 @@ impl Log {
         self.published_next_seq.load(Ordering::Acquire)
     }
 
-    /// The segment after `base`, if there is one.
     /// The segment starting at `base`, as the map holds it now.
     pub(crate) fn segment_at(&self, base: u64) -> Option<Arc<Segment>> {
         self.segments
@@ -125,6 +124,7 @@ impl Log {
             .cloned()
     }
 
+    /// The segment after `base`, if there is one.
     pub(crate) fn segment_after(&self, base: u64) -> Option<Arc<Segment>> {
         self.segments
             .read()
