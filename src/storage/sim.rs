@@ -615,8 +615,8 @@ impl SimState {
 
     /// How far a read mapping may show the segment at `path` while a shared queue's
     /// processes write it: up to the committed tail when it is the active segment (unless a
-    /// handle is solo). A copy
-    /// cannot show what is written after it was made, as a real mapping does; the engine reads
+    /// handle is solo). A copy cannot show what is written after it was made, as a real
+    /// mapping does; the engine reads
     /// only up to the published tail, below the committed one, where nothing changes again.
     /// Past it, a writer's frames may still be cut by the repair of the next writer (after a
     /// kill) and written over: a copy that showed them would show them for good.
@@ -872,8 +872,9 @@ impl SimStorage {
 
     /// Runs the answer of the handle with `ticket` on the queue in `dir`, if its process is
     /// alive and registered one, and waits until it returned or its process was killed in it
-    /// (a kill armed with [`kill_at`](Self::kill_at) stops the answer's thread for good, as
-    /// the solo thread of a process killed while it answers): true when it ran.
+    /// (a kill armed with [`kill_at`](Self::kill_at) or `kill_in_answer_at` stops the answer's
+    /// thread for good, as the solo thread of a process killed while it answers): true when it
+    /// ran.
     pub(crate) fn ask_solo(&self, dir: &Path, ticket: u32) -> bool {
         let found = {
             let mut state = self.lock();
