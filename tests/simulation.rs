@@ -1230,3 +1230,58 @@ fn a_reader_and_compactor_racing_a_shared_push_that_fails_past_a_roll_keep_the_c
     }
     assert_eq!(popped, [3, 4]);
 }
+
+/// A consumer turn that lists the segment files to forget those another handle compacted
+/// (here the first turn of a handle, which reads the consumer files in full) races its own
+/// handle's writer, which rolls to a new segment between the listing and the forgetting
+/// (forced at crash point `segments.listed`): the new segment must stay in the handle's map.
+/// Before, it was forgotten, and the handle's reader never saw the records pushed into it (a
+/// loop of the engine tests found it as "no segment holds the head").
+#[test]
+fn a_segment_rolled_while_a_consumer_turn_lists_the_files_is_not_forgotten() {
+    use diskspool::{Options, Queue, SimStorage, SyncPolicy};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    let dir = Path::new("/q");
+    let payload = [7u8; 1000];
+    let sim = SimStorage::new(1);
+    let options = |process: u32| {
+        Options::default()
+            .exclusive(false)
+            .sync(SyncPolicy::Never)
+            .segment_size(4096)
+            .storage(Arc::new(sim.process(process)))
+    };
+    // Another handle first, so that this one is not solo.
+    let _other = Queue::open(dir, options(1)).unwrap();
+    let queue = Arc::new(Queue::open(dir, options(2)).unwrap());
+    // Three fill a segment: the next push rolls.
+    for seq in 0..3 {
+        assert_eq!(queue.push(&payload).unwrap(), seq);
+    }
+    let pushing = queue.clone();
+    let rolled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let roll = rolled.clone();
+    diskspool::testkit::on_crash_points_in_this_thread(Some(Box::new(move |name| {
+        if name == "segments.listed" && !roll.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let pushing = pushing.clone();
+            let seq = std::thread::spawn(move || pushing.push(&payload).unwrap())
+                .join()
+                .unwrap();
+            assert_eq!(seq, 3);
+        }
+    })));
+    let first = queue.pop().unwrap().map(|record| record.seq());
+    diskspool::testkit::on_crash_points_in_this_thread(None);
+    assert!(
+        rolled.load(std::sync::atomic::Ordering::SeqCst),
+        "no listing was raced"
+    );
+    assert_eq!(first, Some(0));
+    let mut popped = vec![0];
+    while let Some(record) = queue.pop().unwrap() {
+        popped.push(record.seq());
+    }
+    assert_eq!(popped, [0, 1, 2, 3]);
+}

@@ -1119,13 +1119,17 @@ impl Log {
     }
 
     /// Drops the segments whose files are gone (a shared queue's earlier consumer compacted
-    /// them) from this handle's map.
+    /// them) from this handle's map. A segment newer than every file listed stays: a consumer
+    /// calls this without the writer lock, and this handle's writer may have created it after
+    /// the listing (compaction never deletes the newest segment).
     pub(crate) fn forget_deleted_segments(&self, env: &Env) -> Result<()> {
         let on_disk = segment_bases(&*env.storage, &env.dir)?;
+        failpoint::reached("segments.listed");
+        let newest_listed = on_disk.iter().next_back().copied().unwrap_or(0);
         self.segments
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|base, _| on_disk.contains(base));
+            .retain(|base, _| on_disk.contains(base) || *base > newest_listed);
         Ok(())
     }
 
