@@ -1033,6 +1033,14 @@ fn dedup_process_options(sim: &diskspool::SimStorage, process: u32) -> diskspool
         .storage(std::sync::Arc::new(sim.process(process)))
 }
 
+/// How many segment files the simulated directory `dir` holds.
+fn segment_files_in(sim: &diskspool::SimStorage, dir: &std::path::Path) -> usize {
+    sim.file_names(dir)
+        .into_iter()
+        .filter(|name| name.ends_with(".seg"))
+        .count()
+}
+
 /// A shared queue's push that rolled to a new segment and then failed (after the new segment
 /// was created) leaves the segment it sealed as the committed one: the handle cuts the new
 /// segment at once and takes the old one up again, as a new segment object for the same file.
@@ -1063,12 +1071,7 @@ fn a_shared_push_that_fails_past_a_roll_leaves_its_handle_on_the_committed_segme
                 .segment_size(4096)
                 .storage(Arc::new(sim.process(1)))
         };
-        let segments = |sim: &SimStorage| {
-            sim.file_names(dir)
-                .into_iter()
-                .filter(|name| name.ends_with(".seg"))
-                .count()
-        };
+        let segments = |sim: &SimStorage| segment_files_in(sim, dir);
         // How many records fill the first segment.
         let per_segment = {
             let sim = SimStorage::new(1);
@@ -1170,12 +1173,7 @@ fn a_reader_and_compactor_racing_a_shared_push_that_fails_past_a_roll_keep_the_c
         )
         .unwrap(),
     );
-    let segments = |sim: &SimStorage| {
-        sim.file_names(dir)
-            .into_iter()
-            .filter(|name| name.ends_with(".seg"))
-            .count()
-    };
+    let segments = |sim: &SimStorage| segment_files_in(sim, dir);
     for seq in 0..3 {
         assert_eq!(queue.push(&payload).unwrap(), seq);
     }

@@ -659,9 +659,7 @@ pub(crate) fn read_next(env: &Env, log: &Log, cursor: &mut Cursor) -> Result<Opt
         // the same file (`Log::adopt_segments`): the records go on there.
         if let Some(current) = log.segment_at(cursor.segment.base_seq) {
             if !Arc::ptr_eq(&current, &cursor.segment) {
-                let left =
-                    std::mem::replace(cursor, Cursor::new(current, cursor.offset, cursor.next_seq));
-                drop(left);
+                *cursor = Cursor::new(current, cursor.offset, cursor.next_seq);
                 continue;
             }
         }
